@@ -1,0 +1,124 @@
+"""The one exception tree of tierwise. Every error says what to do next.
+
+    TierwiseError
+    ├── ConfigError (ValueError)          bad registry / policy / constraints input
+    │   └── UnknownModelError (KeyError)  a model id that is not in the registry
+    ├── InputError (ValueError)           a malformed request (messages, text)
+    ├── TokenizerError (ValueError)       unknown encoding or tokenizer family
+    ├── DatasetError (ValueError)         outcome data that cannot be loaded
+    ├── NoRouteError                      no model satisfies the constraints
+    ├── UnpricedModelError                a cost was needed for a model with no price
+    └── ProviderError                     an upstream call failed
+        ├── RetryableError                429, 408, 5xx, connection errors
+        ├── AuthError                     401/403: the deployment is disabled
+        ├── ContextLengthError            the prompt did not fit the model's window
+        ├── BadRequestError               400 that retrying will not fix
+        └── AllAttemptsFailedError        every candidate failed; `.attempts` lists why
+
+This module never imports tierwise._core: the Rust binding raises these classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AllAttemptsFailedError",
+    "AuthError",
+    "BadRequestError",
+    "ConfigError",
+    "ContextLengthError",
+    "DatasetError",
+    "InputError",
+    "NoRouteError",
+    "ProviderError",
+    "RetryableError",
+    "TierwiseError",
+    "TokenizerError",
+    "UnknownModelError",
+    "UnpricedModelError",
+]
+
+
+class TierwiseError(Exception):
+    """Base class of every error tierwise raises on purpose."""
+
+
+class ConfigError(TierwiseError, ValueError):
+    """The registry, policy or constraints are invalid; the message names the field."""
+
+
+class UnknownModelError(ConfigError, KeyError):
+    """A model id that the registry does not know."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InputError(TierwiseError, ValueError):
+    """A malformed request: messages that are not a list of {role, content}, bad text."""
+
+
+class TokenizerError(TierwiseError, ValueError):
+    """An unknown encoding or tokenizer family."""
+
+
+class DatasetError(TierwiseError, ValueError):
+    """Outcome data that cannot be loaded; the message names the file and the problem."""
+
+
+class NoRouteError(TierwiseError):
+    """No model satisfies the constraints. `.filtered` maps each model to why it was dropped."""
+
+    def __init__(self, message: str, filtered: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.filtered: dict[str, str] = dict(filtered or {})
+
+
+class UnpricedModelError(TierwiseError):
+    """A USD figure was required for a model whose registry entry has no price."""
+
+
+class ProviderError(TierwiseError):
+    """An upstream call failed. Never carries an API key."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str | None = None,
+        deployment: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.deployment = deployment
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
+
+
+class RetryableError(ProviderError):
+    """429, 408, 5xx or a connection error: another try (or another deployment) may work."""
+
+
+class AuthError(ProviderError):
+    """401/403: the key is wrong or missing; the deployment is disabled until fixed."""
+
+
+class ContextLengthError(ProviderError):
+    """The prompt did not fit; the router moves to a model with a larger window."""
+
+
+class BadRequestError(ProviderError):
+    """A 400 that retrying will not fix: the request itself must change."""
+
+
+class AllAttemptsFailedError(ProviderError):
+    """Every candidate failed. `.attempts` lists each attempt and its cause."""
+
+    def __init__(self, message: str, attempts: list[Any]) -> None:
+        super().__init__(message)
+        self.attempts = attempts

@@ -1,0 +1,141 @@
+"""LLMRouter (U Lab @ UIUC) JSON loader: `dcrouter_*.json` outcomes + `llm_prices.json`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DatasetError
+from ._io import PathArg, Prices, TokenCounter, cost_usd, default_token_counter, unique_ids
+from ._set import OutcomeSet
+
+__all__ = ["load_llmrouter", "read_llmrouter_prices"]
+
+PRICES_FILE = "llm_prices.json"
+
+
+def read_llmrouter_prices(path: PathArg) -> dict[str, tuple[float, float]]:
+    """`{model: {"input_price": usd_per_1M, "output_price": usd_per_1M, ...}}` as a mapping."""
+    data = _read_json(Path(path))
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected an object mapping model names to prices")
+    prices: dict[str, tuple[float, float]] = {}
+    for model, entry in data.items():
+        try:
+            prices[model] = (float(entry["input_price"]), float(entry["output_price"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(
+                f"{path}: model {model!r} needs numeric 'input_price' and 'output_price' "
+                f"(USD per 1M tokens): {exc}"
+            ) from exc
+    return prices
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def _data_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        found = sorted(p for p in path.glob("*.json") if p.name != PRICES_FILE)
+        if not found:
+            raise DatasetError(f"{path}: no outcome .json files (other than {PRICES_FILE})")
+        return found
+    if path.is_file():
+        return [path]
+    raise DatasetError(f"{path}: no such file or directory")
+
+
+def _score(value: object, where: str) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DatasetError(f"{where}: score {value!r} is not a number")
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise DatasetError(f"{where}: score {number:g} is outside [0, 1]")
+    return number
+
+
+def load_llmrouter(
+    path: PathArg,
+    prices_path: PathArg | None = None,
+    *,
+    count_tokens: TokenCounter | None = None,
+    assumed_tokens_out: int = 256,
+    keep_missing: bool = False,
+) -> OutcomeSet:
+    """Load LLMRouter's `dcrouter_train.json` (a file, or a directory of such files).
+
+    Each record is `{"question": str, "scores": {model: 0..1}, "cluster_id": int}`; the group
+    is `cluster_<id>`, the id a hash of the question. Prices come from `prices_path`
+    (`llm_prices.json`, default: beside the data) as USD per 1M input/output tokens.
+
+    The data records no answers, so cost = count_tokens(question) x input price +
+    `assumed_tokens_out` x output price, with 256 output tokens assumed per answer (a short
+    explanation or worked solution; the questions are trivia, multiple choice and grade-school
+    math). Every model here has equal input and output prices, so this assumption shifts each
+    model's cost by the same share and leaves their price ranking unchanged. `count_tokens`
+    defaults to the Rust core's `o200k_base` count (the models use their own tokenizers; this
+    is an estimate). Models without a price get NaN cost. Rows where some model has no score
+    are dropped (logged) unless `keep_missing=True`.
+    """
+    base = Path(path)
+    files = _data_files(base)
+    price_file = Path(prices_path) if prices_path is not None else files[0].parent / PRICES_FILE
+    if not price_file.is_file():
+        raise DatasetError(
+            f"{price_file}: no price file; pass prices_path=<llm_prices.json> "
+            f"(USD per 1M tokens per model)"
+        )
+    prices: Prices = read_llmrouter_prices(price_file)
+    counter = count_tokens if count_tokens is not None else default_token_counter()
+
+    records: list[tuple[str, dict[str, float], str]] = []
+    models: dict[str, None] = {}  # insertion-ordered set
+    for file in files:
+        data = _read_json(file)
+        if not isinstance(data, list):
+            raise DatasetError(
+                f'{file}: expected a JSON list of {{"question", "scores", "cluster_id"}} records'
+            )
+        for k, rec in enumerate(data):
+            where = f"{file}[{k}]"
+            if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
+                raise DatasetError(f"{where}: expected an object with a 'question' string")
+            raw = rec.get("scores")
+            if not isinstance(raw, dict) or not raw:
+                raise DatasetError(f"{where}: 'scores' must be a non-empty {{model: score}}")
+            scores = {str(m): _score(v, f"{where}.scores[{m!r}]") for m, v in raw.items()}
+            models.update(dict.fromkeys(scores))
+            records.append((rec["question"], scores, f"cluster_{rec.get('cluster_id', 'none')}"))
+
+    names = list(models)
+    score_arr = np.full((len(records), len(names)), np.nan)
+    cost_arr = np.full((len(records), len(names)), np.nan)
+    for i, (question, scores, _) in enumerate(records):
+        tokens_in = counter(question)
+        for j, m in enumerate(names):
+            score_arr[i, j] = scores.get(m, math.nan)
+            cost_arr[i, j] = cost_usd(prices, m, tokens_in, assumed_tokens_out)
+    prompts = [r[0] for r in records]
+    result = OutcomeSet(
+        prompts=prompts,
+        models=names,
+        scores=score_arr,
+        costs=cost_arr,
+        groups=[r[2] for r in records],
+        ids=unique_ids([None] * len(prompts), prompts),
+        responses=None,
+    )
+    return result if keep_missing else result.drop_missing(source="llmrouter")

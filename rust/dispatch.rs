@@ -1,0 +1,489 @@
+//! The compiled routing table: model rows, a quality predictor and rules, built once per
+//! registry/policy change and shared read-only. `plan` featurises the prompt, estimates
+//! tokens and cost per model, filters by the constraints and ranks what is left.
+
+use crate::features::{self, FeaturizerConfig, Message, PromptInfo, Task};
+use crate::tokens::{self, Family};
+use crate::CoreError;
+
+/// Capability bits (`needs=["json", "tools"]`).
+pub mod cap {
+    pub const NAMES: [&str; 7] =
+        ["json", "tools", "vision", "streaming", "reasoning", "logprobs", "system_prompt"];
+    pub fn parse(name: &str) -> Option<u32> {
+        NAMES.iter().position(|n| *n == name).map(|i| 1 << i)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelRow {
+    pub id: String,
+    /// USD per 1M tokens; NaN = unpriced (never treated as free).
+    pub price_in: f64,
+    pub price_out: f64,
+    pub context_window: u32,
+    pub max_output: u32,
+    pub caps: u32,
+    /// NaN = unknown (then a latency SLO cannot be checked and the model is dropped under one).
+    pub p95_ms: f64,
+    pub family: Family,
+    pub bias: f32,
+    pub ability: Vec<f32>,
+    pub disabled: bool,
+}
+
+impl ModelRow {
+    pub fn priced(&self) -> bool {
+        self.price_in.is_finite() && self.price_out.is_finite()
+    }
+    pub fn cost(&self, tokens_in: f64, tokens_out: f64) -> f64 {
+        (tokens_in * self.price_in + tokens_out * self.price_out) / 1e6
+    }
+}
+
+/// Multidimensional IRT predictor:
+/// P(good | m, x) = sigmoid(bias_m + ability_m · e(x) − d(x)), where `[e(x), d(x)] = W x + c`.
+/// `weights` is feature-major: row j holds the k+1 outputs' weights for feature j, so a
+/// sparse prompt touches only its non-zero rows.
+#[derive(Clone, Debug)]
+pub struct Predictor {
+    pub dim: usize,
+    pub k: usize,
+    pub weights: Vec<f32>,
+    pub intercept: Vec<f32>,
+}
+
+impl Predictor {
+    pub fn new(dim: usize, k: usize, weights: Vec<f32>, intercept: Vec<f32>) -> Result<Self, CoreError> {
+        if weights.len() != dim * (k + 1) || intercept.len() != k + 1 {
+            return Err(CoreError::Config(format!(
+                "predictor shape mismatch: weights has {} values, need dim*(k+1) = {}*{}; \
+                 intercept has {}, need {}",
+                weights.len(), dim, k + 1, intercept.len(), k + 1
+            )));
+        }
+        if weights.iter().chain(intercept.iter()).any(|v| !v.is_finite()) {
+            return Err(CoreError::Config("predictor weights contain NaN or infinity".into()));
+        }
+        Ok(Self { dim, k, weights, intercept })
+    }
+
+    /// `[e_0..e_{k-1}, difficulty]` for one feature vector.
+    pub fn latent(&self, x: &[f32]) -> Vec<f32> {
+        let w = self.k + 1;
+        let mut z = self.intercept.clone();
+        for (j, &xj) in x.iter().enumerate().take(self.dim) {
+            if xj != 0.0 {
+                let row = &self.weights[j * w..(j + 1) * w];
+                for (zi, wi) in z.iter_mut().zip(row) {
+                    *zi += xj * wi;
+                }
+            }
+        }
+        z
+    }
+
+    pub fn p_good(&self, latent: &[f32], bias: f32, ability: &[f32]) -> f32 {
+        let (e, d) = latent.split_at(self.k);
+        let logit = bias + ability.iter().zip(e).map(|(a, b)| a * b).sum::<f32>() - d[0];
+        1.0 / (1.0 + (-logit).exp())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub task: Option<Task>,
+    /// All of these flags must be set.
+    pub flags_all: u32,
+    pub min_tokens_in: f32,
+    pub max_tokens_in: f32,
+    /// Model row indices, in the rule's order of preference.
+    pub models: Vec<usize>,
+}
+
+impl Rule {
+    fn matches(&self, info: &PromptInfo, tokens_in: f32) -> bool {
+        self.task.is_none_or(|t| t == info.task)
+            && info.flags & self.flags_all == self.flags_all
+            && tokens_in >= self.min_tokens_in
+            && tokens_in <= self.max_tokens_in
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Constraints {
+    /// NaN = no limit.
+    pub max_cost: f64,
+    pub latency_slo_ms: f64,
+    pub quality_floor: f32,
+    pub required_caps: u32,
+    /// Caller's max_tokens; None = the table's expectation for the task.
+    pub max_output_tokens: Option<u32>,
+    /// Some(λ): rank by P(good) − λ·USD instead of cheapest-above-floor.
+    pub lambda: Option<f64>,
+    /// Per row: true = skip (cooling down, or not allowed for this caller).
+    pub exclude: Vec<bool>,
+}
+
+impl Default for Constraints {
+    fn default() -> Self {
+        Self {
+            max_cost: f64::NAN,
+            latency_slo_ms: f64::NAN,
+            quality_floor: 0.0,
+            required_caps: 0,
+            max_output_tokens: None,
+            lambda: None,
+            exclude: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Filtered {
+    Disabled,
+    Excluded,
+    MissingCaps(u32),
+    ContextWindow { need: u32, window: u32 },
+    OutputTooLong { want: u32, max: u32 },
+    LatencyUnknown,
+    Latency { p95: f64, slo: f64 },
+    Unpriced,
+    Cost { est: f64, max: f64 },
+    BelowFloor { p: f32, floor: f32 },
+}
+
+impl Filtered {
+    pub fn describe(&self) -> String {
+        match self {
+            Filtered::Disabled => "disabled in the registry".into(),
+            Filtered::Excluded => "excluded for this request (cooling down or not allowed)".into(),
+            Filtered::MissingCaps(c) => {
+                let names: Vec<&str> = cap::NAMES
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| c & (1 << i) != 0)
+                    .map(|(_, n)| *n)
+                    .collect();
+                format!("lacks capability {}", names.join(", "))
+            }
+            Filtered::ContextWindow { need, window } => {
+                format!("needs {need} tokens, context window is {window}")
+            }
+            Filtered::OutputTooLong { want, max } => {
+                format!("max_tokens {want} exceeds the model's max output {max}")
+            }
+            Filtered::LatencyUnknown => "p95 latency unknown, cannot meet a latency SLO".into(),
+            Filtered::Latency { p95, slo } => format!("p95 {p95:.0} ms > SLO {slo:.0} ms"),
+            Filtered::Unpriced => "unpriced: cannot check max_cost".into(),
+            Filtered::Cost { est, max } => format!("est ${est:.6} > max_cost ${max:.6}"),
+            Filtered::BelowFloor { p, floor } => {
+                format!("predicted quality {p:.2} < floor {floor:.2}")
+            }
+        }
+    }
+    /// The constraint this reason belongs to, for NoRouteError messages.
+    pub fn constraint(&self) -> &'static str {
+        match self {
+            Filtered::Disabled => "disabled",
+            Filtered::Excluded => "exclude",
+            Filtered::MissingCaps(_) => "needs",
+            Filtered::ContextWindow { .. } => "context_window",
+            Filtered::OutputTooLong { .. } => "max_output_tokens",
+            Filtered::LatencyUnknown | Filtered::Latency { .. } => "latency_slo_ms",
+            Filtered::Unpriced | Filtered::Cost { .. } => "max_cost",
+            Filtered::BelowFloor { .. } => "quality_floor",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub row: usize,
+    pub p_good: f32,
+    /// NaN when unpriced.
+    pub est_cost: f64,
+    pub tokens_in: u32,
+    pub tokens_in_exact: bool,
+    pub by_rule: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Ranked: primary first, then fallbacks.
+    pub candidates: Vec<Candidate>,
+    pub filtered: Vec<(usize, Filtered)>,
+    pub rule: Option<usize>,
+    /// No model met the floor: candidates are ranked by P(good) instead and say so.
+    pub below_floor: bool,
+    pub tokens_out: u32,
+    pub info: PromptInfo,
+}
+
+pub struct DispatchTable {
+    pub rows: Vec<ModelRow>,
+    pub predictor: Predictor,
+    pub rules: Vec<Rule>,
+    pub featurizer: FeaturizerConfig,
+    /// Expected completion tokens per task when the caller gives no max_tokens.
+    pub expected_out: [u32; 8],
+}
+
+/// Within this relative distance of a limit, the estimate is replaced by an exact count.
+const CLOSE: f64 = 0.15;
+
+fn text_of(messages: &[Message]) -> impl Iterator<Item = &str> {
+    messages.iter().map(|m| m.content.as_str())
+}
+
+impl DispatchTable {
+    pub fn new(
+        rows: Vec<ModelRow>,
+        predictor: Predictor,
+        rules: Vec<Rule>,
+        featurizer: FeaturizerConfig,
+        expected_out: [u32; 8],
+    ) -> Result<Self, CoreError> {
+        if rows.is_empty() {
+            return Err(CoreError::Config("the registry has no models".into()));
+        }
+        if predictor.dim != featurizer.dim() {
+            return Err(CoreError::Config(format!(
+                "predictor expects {} features but the featurizer makes {}; retrain or use \
+                 the predictor's hash_buckets",
+                predictor.dim,
+                featurizer.dim()
+            )));
+        }
+        for r in &rows {
+            if r.ability.len() != predictor.k {
+                return Err(CoreError::Config(format!(
+                    "model {:?} has {} ability values, the predictor needs {}",
+                    r.id, r.ability.len(), predictor.k
+                )));
+            }
+        }
+        for rule in &rules {
+            if let Some(&bad) = rule.models.iter().find(|&&i| i >= rows.len()) {
+                return Err(CoreError::Config(format!(
+                    "rule {:?} names model row {bad}, the table has {}",
+                    rule.name, rows.len()
+                )));
+            }
+        }
+        Ok(Self { rows, predictor, rules, featurizer, expected_out })
+    }
+
+    pub fn plan(&self, messages: &[Message], c: &Constraints) -> Plan {
+        let mut x = vec![0f32; self.featurizer.dim()];
+        let info = features::featurize_into(messages, &self.featurizer, &mut x);
+        self.plan_features(messages, &x, info, c)
+    }
+
+    pub fn plan_features(&self, messages: &[Message], x: &[f32], info: PromptInfo, c: &Constraints) -> Plan {
+        let latent = self.predictor.latent(x);
+        let tokens_out = c.max_output_tokens.unwrap_or(self.expected_out[info.task as usize]);
+        let overhead = (messages.len() * tokens::PER_MESSAGE_OVERHEAD + tokens::PER_REQUEST_OVERHEAD) as f64;
+        // Exact counts are made at most once per base encoding, and only when needed.
+        let mut exact_o200k: Option<f64> = None;
+        let mut exact_cl100k: Option<f64> = None;
+        let mut exact = |family: Family| -> f64 {
+            let (base, ratio) = family.base();
+            let slot = if base == Family::Cl100k { &mut exact_cl100k } else { &mut exact_o200k };
+            let n = *slot.get_or_insert_with(|| {
+                text_of(messages).map(|t| tokens::count(t, base) as f64).sum::<f64>()
+            });
+            (n * ratio as f64).round() + overhead
+        };
+        let mut passing: Vec<Candidate> = Vec::with_capacity(self.rows.len());
+        let mut filtered = Vec::new();
+        for (i, r) in self.rows.iter().enumerate() {
+            let reason = 'check: {
+                if r.disabled {
+                    break 'check Some(Filtered::Disabled);
+                }
+                if c.exclude.get(i).copied().unwrap_or(false) {
+                    break 'check Some(Filtered::Excluded);
+                }
+                let missing = c.required_caps & !r.caps;
+                if missing != 0 {
+                    break 'check Some(Filtered::MissingCaps(missing));
+                }
+                if tokens_out > r.max_output {
+                    break 'check Some(Filtered::OutputTooLong { want: tokens_out, max: r.max_output });
+                }
+                if c.latency_slo_ms.is_finite() {
+                    if !r.p95_ms.is_finite() {
+                        break 'check Some(Filtered::LatencyUnknown);
+                    }
+                    if r.p95_ms > c.latency_slo_ms {
+                        break 'check Some(Filtered::Latency { p95: r.p95_ms, slo: c.latency_slo_ms });
+                    }
+                }
+                None
+            };
+            if let Some(f) = reason {
+                filtered.push((i, f));
+                continue;
+            }
+            let mut t_in = info.est_tokens(r.family) as f64;
+            let mut is_exact = false;
+            let window = r.context_window as f64;
+            let need = t_in + tokens_out as f64;
+            if (need - window).abs() <= CLOSE * window {
+                t_in = exact(r.family);
+                is_exact = r.family.is_exact();
+            }
+            if t_in + tokens_out as f64 > window {
+                filtered.push((i, Filtered::ContextWindow {
+                    need: (t_in + tokens_out as f64).round() as u32,
+                    window: r.context_window,
+                }));
+                continue;
+            }
+            let mut cost = if r.priced() { r.cost(t_in, tokens_out as f64) } else { f64::NAN };
+            if c.max_cost.is_finite() {
+                if !r.priced() {
+                    filtered.push((i, Filtered::Unpriced));
+                    continue;
+                }
+                if !is_exact && (cost - c.max_cost).abs() <= CLOSE * c.max_cost {
+                    t_in = exact(r.family);
+                    is_exact = r.family.is_exact();
+                    cost = r.cost(t_in, tokens_out as f64);
+                }
+                if cost > c.max_cost {
+                    filtered.push((i, Filtered::Cost { est: cost, max: c.max_cost }));
+                    continue;
+                }
+            }
+            passing.push(Candidate {
+                row: i,
+                p_good: self.predictor.p_good(&latent, r.bias, &r.ability),
+                est_cost: cost,
+                tokens_in: t_in.round() as u32,
+                tokens_in_exact: is_exact,
+                by_rule: false,
+            });
+        }
+
+        let tokens_ref = info.est_tokens(Family::O200k);
+        let rule = self.rules.iter().position(|r| r.matches(&info, tokens_ref));
+        let mut below_floor = false;
+        // Unpriced models sort after every priced one: their cost is unknown, not zero.
+        let cost_key = |c: &Candidate| if c.est_cost.is_nan() { f64::INFINITY } else { c.est_cost };
+        let mut ranked: Vec<Candidate> = Vec::with_capacity(passing.len());
+        if let Some(ri) = rule {
+            for &m in &self.rules[ri].models {
+                if let Some(pos) = passing.iter().position(|c| c.row == m) {
+                    let mut cand = passing.swap_remove(pos);
+                    cand.by_rule = true;
+                    ranked.push(cand);
+                }
+            }
+        }
+        match c.lambda {
+            Some(lam) => {
+                let score = |c: &Candidate| c.p_good as f64 - lam * cost_key(c).min(1e12);
+                passing.sort_by(|a, b| {
+                    score(b).total_cmp(&score(a)).then(cost_key(a).total_cmp(&cost_key(b))).then(a.row.cmp(&b.row))
+                });
+                ranked.extend(passing);
+            }
+            None => {
+                let floor = c.quality_floor;
+                let (mut ok, mut below): (Vec<_>, Vec<_>) =
+                    passing.into_iter().partition(|c| c.p_good >= floor);
+                ok.sort_by(|a, b| {
+                    cost_key(a).total_cmp(&cost_key(b)).then(b.p_good.total_cmp(&a.p_good)).then(a.row.cmp(&b.row))
+                });
+                below.sort_by(|a, b| b.p_good.total_cmp(&a.p_good).then(a.row.cmp(&b.row)));
+                if ok.is_empty() && ranked.is_empty() && !below.is_empty() {
+                    below_floor = true;
+                    ranked.extend(below);
+                } else {
+                    for cnd in below {
+                        filtered.push((cnd.row, Filtered::BelowFloor { p: cnd.p_good, floor }));
+                    }
+                    ranked.extend(ok);
+                }
+            }
+        }
+        Plan { candidates: ranked, filtered, rule, below_floor, tokens_out, info }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::DEFAULT_BUCKETS;
+
+    fn row(id: &str, pin: f64, pout: f64, bias: f32) -> ModelRow {
+        ModelRow {
+            id: id.into(), price_in: pin, price_out: pout, context_window: 8000, max_output: 4096,
+            caps: 0, p95_ms: 1000.0, family: Family::O200k, bias, ability: vec![0.0],
+            disabled: false,
+        }
+    }
+
+    fn table(rows: Vec<ModelRow>, rules: Vec<Rule>) -> DispatchTable {
+        let cfg = FeaturizerConfig { hash_buckets: DEFAULT_BUCKETS, ..Default::default() };
+        let p = Predictor::new(cfg.dim(), 1, vec![0.0; cfg.dim() * 2], vec![0.0, 0.0]).unwrap();
+        DispatchTable::new(rows, p, rules, cfg, [256; 8]).unwrap()
+    }
+
+    fn msg(s: &str) -> Vec<Message> {
+        vec![Message { role: "user".into(), content: s.into() }]
+    }
+
+    #[test]
+    fn cheapest_above_floor() {
+        let t = table(vec![row("big", 10.0, 30.0, 3.0), row("small", 0.1, 0.2, -1.0), row("mid", 1.0, 2.0, 1.0)], vec![]);
+        let c = Constraints { quality_floor: 0.7, ..Default::default() };
+        let p = t.plan(&msg("hi"), &c);
+        assert_eq!(t.rows[p.candidates[0].row].id, "mid");
+        assert_eq!(t.rows[p.candidates[1].row].id, "big");
+        assert!(p.filtered.iter().any(|(i, f)| t.rows[*i].id == "small" && matches!(f, Filtered::BelowFloor { .. })));
+    }
+
+    #[test]
+    fn unpriced_never_free() {
+        let t = table(vec![row("free?", f64::NAN, f64::NAN, 3.0), row("paid", 1.0, 1.0, 3.0)], vec![]);
+        let p = t.plan(&msg("hi"), &Constraints::default());
+        assert_eq!(t.rows[p.candidates[0].row].id, "paid");
+        let c = Constraints { max_cost: 1.0, ..Default::default() };
+        let p = t.plan(&msg("hi"), &c);
+        assert_eq!(p.filtered, vec![(0, Filtered::Unpriced)]);
+    }
+
+    #[test]
+    fn context_window_uses_exact_count_when_close() {
+        let mut r = row("tiny", 1.0, 1.0, 0.0);
+        r.context_window = 300;
+        let t = table(vec![r], vec![]);
+        let c = Constraints { max_output_tokens: Some(10), ..Default::default() };
+        let text = "hello world ".repeat(140); // ~280 tokens: close to the window
+        let p = t.plan(&msg(&text), &c);
+        assert!(p.candidates.is_empty() || p.candidates[0].tokens_in_exact);
+    }
+
+    #[test]
+    fn rules_come_first() {
+        let rule = Rule { name: "code".into(), task: Some(Task::Code), flags_all: 0, min_tokens_in: 0.0, max_tokens_in: f32::INFINITY, models: vec![0] };
+        let t = table(vec![row("big", 10.0, 30.0, 3.0), row("small", 0.1, 0.2, 3.0)], vec![rule]);
+        let p = t.plan(&msg("write a python function"), &Constraints::default());
+        assert_eq!(p.rule, Some(0));
+        assert_eq!(t.rows[p.candidates[0].row].id, "big");
+        assert!(p.candidates[0].by_rule);
+    }
+
+    #[test]
+    fn all_below_floor_is_flagged() {
+        let t = table(vec![row("a", 1.0, 1.0, -3.0), row("b", 2.0, 2.0, -2.0)], vec![]);
+        let c = Constraints { quality_floor: 0.99, ..Default::default() };
+        let p = t.plan(&msg("hi"), &c);
+        assert!(p.below_floor);
+        assert_eq!(t.rows[p.candidates[0].row].id, "b");
+    }
+}

@@ -1,0 +1,476 @@
+//! Prompt → fixed-length f32 feature vector, flags and task class, in one pass per message.
+//!
+//! Layout (stable: trained predictors depend on it; bump `FEATURE_VERSION` on any change):
+//! `[0, DENSE)` named dense features (see `DENSE_NAMES`), then `hash_buckets` signed,
+//! L2-normalised hashed word unigrams and bigrams (xxh3 with a fixed seed, so the same
+//! prompt maps to the same buckets on every platform and release).
+
+use crate::tokens::{self, CharCounts, Family};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+pub const FEATURE_VERSION: u32 = 1;
+pub const DENSE: usize = 32;
+pub const DEFAULT_BUCKETS: usize = 1024;
+pub const DEFAULT_SEED: u64 = 0x7469_6572_7769_7365; // "tierwise"
+
+pub const DENSE_NAMES: [&str; DENSE] = [
+    "log_chars", "log_tokens", "log_turns", "log_system_chars", "code", "json", "math", "list",
+    "question", "multiple_choice", "reasoning", "translation", "summarize", "extraction",
+    "creative", "frac_latin", "frac_cjk", "frac_cyrillic", "frac_other_script", "frac_digits",
+    "frac_punct", "newline_density", "avg_word_len", "frac_upper", "log_lines",
+    "log_last_user_chars", "url", "code_fence", "log_numbers", "math_op_density",
+    "frac_long_words", "bias",
+];
+
+/// Flag bits (also the dense features 4..=14, in the same order).
+pub mod flag {
+    pub const CODE: u32 = 1 << 0;
+    pub const JSON: u32 = 1 << 1;
+    pub const MATH: u32 = 1 << 2;
+    pub const LIST: u32 = 1 << 3;
+    pub const QUESTION: u32 = 1 << 4;
+    pub const MULTIPLE_CHOICE: u32 = 1 << 5;
+    pub const REASONING: u32 = 1 << 6;
+    pub const TRANSLATION: u32 = 1 << 7;
+    pub const SUMMARIZE: u32 = 1 << 8;
+    pub const EXTRACTION: u32 = 1 << 9;
+    pub const CREATIVE: u32 = 1 << 10;
+    pub const NAMES: [&str; 11] = [
+        "code", "json", "math", "list", "question", "multiple_choice", "reasoning",
+        "translation", "summarize", "extraction", "creative",
+    ];
+}
+
+/// One coarse task class per prompt, for rules (`when task = "code"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    Code,
+    Math,
+    Extraction,
+    Translation,
+    Summarize,
+    Creative,
+    Reasoning,
+    General,
+}
+
+impl Task {
+    pub const NAMES: [&'static str; 8] = [
+        "code", "math", "extraction", "translation", "summarize", "creative", "reasoning",
+        "general",
+    ];
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+    pub fn parse(s: &str) -> Option<Task> {
+        Self::NAMES.iter().position(|n| *n == s).map(Self::from_index)
+    }
+    fn from_index(i: usize) -> Task {
+        [
+            Task::Code, Task::Math, Task::Extraction, Task::Translation, Task::Summarize,
+            Task::Creative, Task::Reasoning, Task::General,
+        ][i]
+    }
+    fn from_flags(f: u32) -> Task {
+        if f & flag::CODE != 0 {
+            Task::Code
+        } else if f & flag::MATH != 0 {
+            Task::Math
+        } else if f & (flag::JSON | flag::EXTRACTION) != 0 {
+            Task::Extraction
+        } else if f & flag::TRANSLATION != 0 {
+            Task::Translation
+        } else if f & flag::SUMMARIZE != 0 {
+            Task::Summarize
+        } else if f & flag::CREATIVE != 0 {
+            Task::Creative
+        } else if f & flag::REASONING != 0 {
+            Task::Reasoning
+        } else {
+            Task::General
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct FeaturizerConfig {
+    pub hash_buckets: usize,
+    pub seed: u64,
+}
+
+impl Default for FeaturizerConfig {
+    fn default() -> Self {
+        Self { hash_buckets: DEFAULT_BUCKETS, seed: DEFAULT_SEED }
+    }
+}
+
+impl FeaturizerConfig {
+    pub fn dim(&self) -> usize {
+        DENSE + self.hash_buckets
+    }
+}
+
+/// What the router needs from a prompt besides the vector.
+#[derive(Clone, Debug)]
+pub struct PromptInfo {
+    pub flags: u32,
+    pub task: Task,
+    pub chars: usize,
+    pub turns: usize,
+    pub system_chars: usize,
+    /// Character-class counts over all message contents (for per-family estimates).
+    pub counts: CharCounts,
+    pub messages: usize,
+}
+
+impl PromptInfo {
+    /// Estimated prompt tokens for a family, including chat-format overhead.
+    pub fn est_tokens(&self, family: Family) -> f32 {
+        tokens::estimate_from_counts(&self.counts, family)
+            + (self.messages * tokens::PER_MESSAGE_OVERHEAD + tokens::PER_REQUEST_OVERHEAD) as f32
+    }
+}
+
+#[derive(Default)]
+struct Scan {
+    letters: usize,
+    latin: usize,
+    cjk: usize,
+    cyrillic: usize,
+    other_script: usize,
+    digits: usize,
+    punct: usize,
+    upper: usize,
+    newlines: usize,
+    words: usize,
+    word_bytes: usize,
+    long_words: usize,
+    numbers: usize,
+    math_ops: usize,
+    code_chars: usize,
+    flags: u32,
+    url: bool,
+    fence: bool,
+    mc_options: u32, // bit per option letter seen as "A)", "(B)", "C." at line start
+    bullets: usize,
+    prev_word: u64,
+    first_word_of_msg: bool,
+}
+
+/// Keyword → flag. Lower-case ASCII words; one table so adding a marker is one line.
+fn keyword_flag(w: &[u8]) -> u32 {
+    match w {
+        b"def" | b"function" | b"class" | b"import" | b"python" | b"javascript"
+        | b"typescript" | b"code" | b"program" | b"implement" | b"compile" | b"bug" | b"sql"
+        | b"regex" | b"java" | b"rust" | b"golang" | b"cpp" | b"script" | b"debug"
+        | b"refactor" | b"api" | b"html" | b"css" | b"bash" | b"lambda" | b"const"
+        | b"println" | b"printf" | b"elif" | b"struct" | b"fn" => flag::CODE,
+        b"json" | b"yaml" | b"schema" | b"xml" | b"csv" => flag::JSON,
+        b"calculate" | b"compute" | b"solve" | b"equation" | b"integral" | b"derivative"
+        | b"probability" | b"percent" | b"percentage" | b"sum" | b"math" | b"arithmetic"
+        | b"algebra" | b"geometry" | b"fraction" | b"ratio" | b"average" | b"multiply"
+        | b"divide" | b"total" | b"remainder" | b"prime" | b"polynomial" => flag::MATH,
+        b"list" | b"enumerate" | b"bullet" | b"bullets" => flag::LIST,
+        b"explain" | b"why" | b"prove" | b"reason" | b"reasoning" | b"analyze"
+        | b"analyse" | b"compare" | b"justify" | b"evaluate" | b"infer" | b"deduce"
+        | b"logic" | b"step" => flag::REASONING,
+        b"translate" | b"translation" | b"translated" => flag::TRANSLATION,
+        b"summarize" | b"summarise" | b"summary" | b"tldr" | b"condense" => flag::SUMMARIZE,
+        b"extract" | b"classify" | b"label" | b"entities" | b"sentiment" | b"categorize"
+        | b"categorise" | b"parse" | b"tag" => flag::EXTRACTION,
+        b"story" | b"poem" | b"poetry" | b"creative" | b"song" | b"lyrics" | b"essay"
+        | b"fiction" | b"haiku" | b"slogan" => flag::CREATIVE,
+        _ => 0,
+    }
+}
+
+fn question_opener(w: &[u8]) -> bool {
+    matches!(
+        w,
+        b"what" | b"why" | b"how" | b"who" | b"when" | b"where" | b"which" | b"is" | b"are"
+            | b"can" | b"does" | b"do"
+    )
+}
+
+#[inline]
+fn bucket_add(vec: &mut [f32], h: u64, buckets: usize) {
+    let idx = (h % buckets as u64) as usize;
+    let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
+    vec[DENSE + idx] += sign;
+}
+
+impl Scan {
+    fn content(&mut self, text: &str, vec: &mut [f32], cfg: &FeaturizerConfig) {
+        let b = text.as_bytes();
+        let buckets = cfg.hash_buckets;
+        let mut i = 0;
+        let mut line_start = true;
+        let mut word = [0u8; 32];
+        self.first_word_of_msg = true;
+        while i < b.len() {
+            let x = b[i];
+            if x.is_ascii_alphabetic() {
+                let start = i;
+                while i < b.len() && b[i].is_ascii_alphanumeric() || (i < b.len() && b[i] == b'_')
+                {
+                    i += 1;
+                }
+                let len = i - start;
+                self.words += 1;
+                self.word_bytes += len;
+                self.letters += len;
+                self.latin += len;
+                if len >= 10 {
+                    self.long_words += 1;
+                }
+                let n = len.min(word.len());
+                for (k, &c) in b[start..start + n].iter().enumerate() {
+                    self.upper += c.is_ascii_uppercase() as usize;
+                    word[k] = c.to_ascii_lowercase();
+                }
+                let w = &word[..n];
+                self.flags |= keyword_flag(w);
+                if self.first_word_of_msg && question_opener(w) {
+                    self.flags |= flag::QUESTION;
+                }
+                if w == b"http" || w == b"https" || w == b"www" {
+                    self.url = true;
+                }
+                // Multiple-choice options: a single capital letter A-E at a line start
+                // followed by ')' or '.' (or preceded by '(').
+                if line_start && len == 1 && (b'A'..=b'E').contains(&x) {
+                    let next = b.get(i).copied().unwrap_or(b' ');
+                    if next == b')' || next == b'.' || next == b':' {
+                        self.mc_options |= 1 << (x - b'A');
+                    }
+                }
+                self.first_word_of_msg = false;
+                line_start = false;
+                if buckets > 0 {
+                    let h = xxh3_64_with_seed(w, cfg.seed);
+                    bucket_add(vec, h, buckets);
+                    if self.prev_word != 0 {
+                        let bi = (self.prev_word.rotate_left(23) ^ h)
+                            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                        bucket_add(vec, bi, buckets);
+                    }
+                    self.prev_word = h;
+                }
+            } else if x.is_ascii_digit() {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.' || b[i] == b',') {
+                    i += 1;
+                }
+                self.digits += i - start;
+                self.numbers += 1;
+                line_start = false;
+            } else if x == b'\n' {
+                self.newlines += 1;
+                line_start = true;
+                i += 1;
+            } else if x == b' ' || x == b'\t' || x == b'\r' {
+                i += 1;
+            } else if x.is_ascii() {
+                self.punct += 1;
+                match x {
+                    b'?' => self.flags |= flag::QUESTION,
+                    b'-' | b'*' if line_start => self.bullets += 1,
+                    b'+' | b'*' | b'/' | b'=' | b'^' | b'%' => self.math_ops += 1,
+                    b'{' | b'}' | b';' | b'<' | b'>' => self.code_chars += 1,
+                    b'`' if b[i..].starts_with(b"```") => {
+                        self.fence = true;
+                        i += 2;
+                        self.punct += 2;
+                    }
+                    b'(' if line_start => {
+                        if let (Some(&l), Some(&r)) = (b.get(i + 1), b.get(i + 2)) {
+                            if (b'A'..=b'E').contains(&l) && r == b')' {
+                                self.mc_options |= 1 << (l - b'A');
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                if x != b'(' && x != b'-' && x != b'*' {
+                    line_start = false;
+                }
+                i += 1;
+            } else {
+                let ch = text[i..].chars().next().unwrap_or('\u{FFFD}');
+                let n = ch.len_utf8();
+                if tokens::is_cjk(ch) {
+                    self.cjk += 1;
+                    self.letters += 1;
+                    if buckets > 0 {
+                        // CJK has no spaces: each character is a "word" for hashing.
+                        let h = xxh3_64_with_seed(&b[i..i + n], cfg.seed);
+                        bucket_add(vec, h, buckets);
+                        self.prev_word = h;
+                    }
+                } else if ch.is_alphabetic() {
+                    self.letters += 1;
+                    if ('\u{0400}'..='\u{04FF}').contains(&ch) {
+                        self.cyrillic += 1;
+                    } else if ch.is_alphabetic() && (ch as u32) < 0x250 {
+                        self.latin += 1; // accented Latin
+                    } else {
+                        self.other_script += 1;
+                    }
+                    self.upper += ch.is_uppercase() as usize;
+                }
+                line_start = false;
+                i += n;
+            }
+        }
+    }
+}
+
+/// Featurize one conversation into `out` (length `cfg.dim()`, overwritten).
+pub fn featurize_into(messages: &[Message], cfg: &FeaturizerConfig, out: &mut [f32]) -> PromptInfo {
+    debug_assert_eq!(out.len(), cfg.dim());
+    out.iter_mut().for_each(|v| *v = 0.0);
+    let mut s = Scan::default();
+    let mut counts = CharCounts::default();
+    let mut chars = 0usize;
+    let mut system_chars = 0usize;
+    let mut turns = 0usize;
+    let mut last_user_chars = 0usize;
+    for m in messages {
+        let c = tokens::char_counts(&m.content);
+        for (a, b) in counts.counts.iter_mut().zip(c.counts.iter()) {
+            *a += *b;
+        }
+        let len = m.content.len();
+        chars += len;
+        match m.role.as_str() {
+            "system" | "developer" => system_chars += len,
+            "user" => {
+                turns += 1;
+                last_user_chars = len;
+            }
+            _ => turns += 1,
+        }
+        s.prev_word = 0;
+        s.content(&m.content, out, cfg);
+    }
+    counts.counts[tokens::est::BIAS] = 1.0;
+    let mut flags = s.flags;
+    if s.fence || (s.code_chars >= 4 && s.code_chars * 40 >= chars.max(1)) {
+        flags |= flag::CODE;
+    }
+    if s.mc_options.count_ones() >= 2 {
+        flags |= flag::MULTIPLE_CHOICE;
+    }
+    if s.bullets >= 2 {
+        flags |= flag::LIST;
+    }
+    if s.math_ops >= 2 && s.numbers >= 2 {
+        flags |= flag::MATH;
+    }
+    let info = PromptInfo {
+        flags,
+        task: Task::from_flags(flags),
+        chars,
+        turns,
+        system_chars,
+        counts,
+        messages: messages.len(),
+    };
+    let fc = chars.max(1) as f32;
+    let letters = s.letters.max(1) as f32;
+    let ln = |v: usize| (v as f32).ln_1p() / 10.0;
+    let dense = &mut out[..DENSE];
+    dense[0] = ln(chars);
+    dense[1] = (info.est_tokens(Family::O200k)).ln_1p() / 10.0;
+    dense[2] = ln(turns);
+    dense[3] = ln(system_chars);
+    for (k, d) in dense[4..15].iter_mut().enumerate() {
+        *d = ((flags >> k) & 1) as f32;
+    }
+    dense[15] = s.latin as f32 / letters;
+    dense[16] = s.cjk as f32 / letters;
+    dense[17] = s.cyrillic as f32 / letters;
+    dense[18] = s.other_script as f32 / letters;
+    dense[19] = s.digits as f32 / fc;
+    dense[20] = s.punct as f32 / fc;
+    dense[21] = (s.newlines as f32 / fc * 10.0).min(1.0);
+    dense[22] = if s.words > 0 { s.word_bytes as f32 / s.words as f32 / 10.0 } else { 0.0 };
+    dense[23] = s.upper as f32 / letters;
+    dense[24] = ln(s.newlines + 1);
+    dense[25] = ln(last_user_chars);
+    dense[26] = s.url as u8 as f32;
+    dense[27] = s.fence as u8 as f32;
+    dense[28] = ln(s.numbers);
+    dense[29] = (s.math_ops as f32 / fc * 20.0).min(1.0);
+    dense[30] = if s.words > 0 { s.long_words as f32 / s.words as f32 } else { 0.0 };
+    dense[31] = 1.0;
+    let hashed = &mut out[DENSE..];
+    let norm = hashed.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        hashed.iter_mut().for_each(|v| *v /= norm);
+    }
+    info
+}
+
+pub fn featurize(messages: &[Message], cfg: &FeaturizerConfig) -> (Vec<f32>, PromptInfo) {
+    let mut v = vec![0f32; cfg.dim()];
+    let info = featurize_into(messages, cfg, &mut v);
+    (v, info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(s: &str) -> Vec<Message> {
+        vec![Message { role: "user".into(), content: s.into() }]
+    }
+
+    #[test]
+    fn flags_and_task() {
+        let cfg = FeaturizerConfig::default();
+        let (_, i) = featurize(&user("Write a python function that returns the sum"), &cfg);
+        assert_eq!(i.task, Task::Code);
+        let (_, i) = featurize(&user("Solve 12 + 7 * 3 = ?"), &cfg);
+        assert_eq!(i.task, Task::Math);
+        let (_, i) = featurize(&user("Return the answer as JSON"), &cfg);
+        assert_eq!(i.task, Task::Extraction);
+        let (_, i) = featurize(&user("Q?\nA) one\nB) two\nC) three"), &cfg);
+        assert!(i.flags & flag::MULTIPLE_CHOICE != 0);
+        let (_, i) = featurize(&user("hello there"), &cfg);
+        assert_eq!(i.task, Task::General);
+    }
+
+    #[test]
+    fn deterministic_and_normalised() {
+        let cfg = FeaturizerConfig::default();
+        let (a, _) = featurize(&user("the same prompt twice"), &cfg);
+        let (b, _) = featurize(&user("the same prompt twice"), &cfg);
+        assert_eq!(a, b);
+        let n: f32 = a[DENSE..].iter().map(|v| v * v).sum();
+        assert!((n - 1.0).abs() < 1e-4);
+        assert_eq!(a.len(), DENSE + DEFAULT_BUCKETS);
+    }
+
+    #[test]
+    fn empty_and_odd_input() {
+        let cfg = FeaturizerConfig::default();
+        let (v, i) = featurize(&[], &cfg);
+        assert!(v.iter().all(|x| x.is_finite()));
+        assert_eq!(i.chars, 0);
+        let (v, _) = featurize(&user("日本語のテキスト🙂 Привет мир \u{0}"), &cfg);
+        assert!(v.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn names_match_dim() {
+        assert_eq!(DENSE_NAMES.len(), DENSE);
+        assert_eq!(Task::parse("code"), Some(Task::Code));
+    }
+}

@@ -1,0 +1,496 @@
+//! The only file that touches pyo3: coarse calls, batch variants, the GIL released where
+//! cost grows with input. Errors cross once, as the classes defined in `tierwise.errors`.
+
+use crate::dispatch::{cap, Constraints, DispatchTable, ModelRow, Plan, Predictor, Rule};
+use crate::features::{self, flag, FeaturizerConfig, Message, Task};
+use crate::tokens::{self, Family};
+use crate::CoreError;
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString};
+
+pyo3::import_exception!(tierwise.errors, ConfigError);
+pyo3::import_exception!(tierwise.errors, InputError);
+pyo3::import_exception!(tierwise.errors, TokenizerError);
+
+impl From<CoreError> for PyErr {
+    fn from(e: CoreError) -> PyErr {
+        match e {
+            CoreError::Config(m) => ConfigError::new_err(m),
+            CoreError::Input(m) => InputError::new_err(m),
+            CoreError::Tokenizer(m) => TokenizerError::new_err(m),
+        }
+    }
+}
+
+/// Inputs above this many bytes release the GIL while they are processed.
+const DETACH_BYTES: usize = 16 * 1024;
+
+fn text(s: &Bound<'_, PyString>, what: &str) -> Result<String, CoreError> {
+    s.to_str().map(str::to_owned).map_err(|_| {
+        CoreError::Input(format!(
+            "{what} is not valid Unicode (it holds an unpaired surrogate such as '\\ud800'); \
+             clean it first, e.g. text.encode('utf-8', 'replace').decode('utf-8')"
+        ))
+    })
+}
+
+fn family(name: &str) -> Result<Family, CoreError> {
+    Family::parse(name)
+}
+
+/// A prompt string, or OpenAI-style messages: `[{"role": ..., "content": str | parts}]`.
+/// Returns the messages and how many image parts they carry.
+fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreError> {
+    if let Ok(s) = obj.downcast::<PyString>() {
+        return Ok((vec![Message { role: "user".into(), content: text(s, "the prompt")? }], 0));
+    }
+    let list = obj.downcast::<PyList>().map_err(|_| {
+        CoreError::Input(format!(
+            "messages must be a str or a list of {{'role': ..., 'content': ...}} dicts, got {}",
+            obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
+    })?;
+    let mut out = Vec::with_capacity(list.len());
+    let mut images = 0;
+    for (i, item) in list.iter().enumerate() {
+        let d = item.downcast::<PyDict>().map_err(|_| {
+            CoreError::Input(format!("messages[{i}] must be a dict with 'role' and 'content'"))
+        })?;
+        let role = match d.get_item("role").ok().flatten() {
+            Some(r) => match r.downcast::<PyString>() {
+                Ok(s) => text(s, &format!("messages[{i}].role"))?,
+                Err(_) => return Err(CoreError::Input(format!("messages[{i}].role must be a str"))),
+            },
+            None => return Err(CoreError::Input(format!("messages[{i}] has no 'role'"))),
+        };
+        if !matches!(role.as_str(), "system" | "developer" | "user" | "assistant" | "tool" | "function") {
+            return Err(CoreError::Input(format!(
+                "messages[{i}].role {role:?} is not one of system, developer, user, assistant, tool"
+            )));
+        }
+        let content = match d.get_item("content").ok().flatten() {
+            None => String::new(),
+            Some(c) if c.is_none() => String::new(),
+            Some(c) => {
+                if let Ok(s) = c.downcast::<PyString>() {
+                    text(s, &format!("messages[{i}].content"))?
+                } else if let Ok(parts) = c.downcast::<PyList>() {
+                    let mut buf = String::new();
+                    for (j, p) in parts.iter().enumerate() {
+                        let pd = p.downcast::<PyDict>().map_err(|_| {
+                            CoreError::Input(format!("messages[{i}].content[{j}] must be a dict"))
+                        })?;
+                        let kind: String = pd
+                            .get_item("type")
+                            .ok()
+                            .flatten()
+                            .and_then(|t| t.extract().ok())
+                            .unwrap_or_default();
+                        match kind.as_str() {
+                            "text" | "input_text" => {
+                                if let Some(t) = pd.get_item("text").ok().flatten() {
+                                    let s = t.downcast::<PyString>().map_err(|_| {
+                                        CoreError::Input(format!(
+                                            "messages[{i}].content[{j}].text must be a str"
+                                        ))
+                                    })?;
+                                    if !buf.is_empty() {
+                                        buf.push('\n');
+                                    }
+                                    buf.push_str(&text(s, &format!("messages[{i}].content[{j}].text"))?);
+                                }
+                            }
+                            "image_url" | "image" | "input_image" => images += 1,
+                            _ => {}
+                        }
+                    }
+                    buf
+                } else {
+                    return Err(CoreError::Input(format!(
+                        "messages[{i}].content must be a str, a list of parts, or None"
+                    )));
+                }
+            }
+        };
+        out.push(Message { role, content });
+    }
+    Ok((out, images))
+}
+
+fn total_bytes(m: &[Message]) -> usize {
+    m.iter().map(|m| m.content.len()).sum()
+}
+
+fn flag_names(flags: u32) -> Vec<&'static str> {
+    flag::NAMES.iter().enumerate().filter(|(i, _)| flags & (1 << i) != 0).map(|(_, n)| *n).collect()
+}
+
+/// Exact token count of `text` in `encoding`.
+#[pyfunction]
+#[pyo3(signature = (text, encoding = "o200k_base"))]
+fn count_tokens(py: Python<'_>, text: &Bound<'_, PyString>, encoding: &str) -> PyResult<usize> {
+    let f = family(encoding)?;
+    let s = self::text(text, "text")?;
+    Ok(if s.len() > DETACH_BYTES { py.detach(|| tokens::count(&s, f)) } else { tokens::count(&s, f) })
+}
+
+/// Exact count, or None as soon as it would exceed `limit` (cost ~ O(limit), not O(text)).
+#[pyfunction]
+#[pyo3(signature = (text, limit, encoding = "o200k_base"))]
+fn count_tokens_till_limit(
+    py: Python<'_>,
+    text: &Bound<'_, PyString>,
+    limit: usize,
+    encoding: &str,
+) -> PyResult<Option<usize>> {
+    let f = family(encoding)?;
+    let s = self::text(text, "text")?;
+    Ok(py.detach(|| tokens::count_till_limit(&s, f, limit)))
+}
+
+#[pyfunction]
+#[pyo3(signature = (texts, encoding = "o200k_base"))]
+fn count_tokens_batch(py: Python<'_>, texts: Vec<Bound<'_, PyString>>, encoding: &str) -> PyResult<Vec<usize>> {
+    let f = family(encoding)?;
+    let owned = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| text(t, &format!("texts[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(py.detach(|| owned.iter().map(|s| tokens::count(s, f)).collect()))
+}
+
+/// Fast estimate of the token count in a tokenizer family (see `is_exact_family`).
+#[pyfunction]
+#[pyo3(signature = (text, family = "o200k_base"))]
+fn estimate_tokens(text: &Bound<'_, PyString>, family: &str) -> PyResult<f32> {
+    let f = self::family(family)?;
+    Ok(tokens::estimate(&self::text(text, "text")?, f))
+}
+
+#[pyfunction]
+#[pyo3(signature = (texts, family = "o200k_base"))]
+fn estimate_tokens_batch(py: Python<'_>, texts: Vec<Bound<'_, PyString>>, family: &str) -> PyResult<Vec<f32>> {
+    let f = self::family(family)?;
+    let owned = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| text(t, &format!("texts[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(py.detach(|| owned.iter().map(|s| tokens::estimate(s, f)).collect()))
+}
+
+/// Estimator inputs (character-class counts) for calibration scripts.
+#[pyfunction]
+fn estimator_inputs(text: &Bound<'_, PyString>) -> PyResult<Vec<f32>> {
+    Ok(tokens::char_counts(&self::text(text, "text")?).counts.to_vec())
+}
+
+/// Exact tokens of a chat request: contents plus OpenAI's per-message overhead.
+#[pyfunction]
+#[pyo3(signature = (messages, encoding = "o200k_base"))]
+fn count_message_tokens(py: Python<'_>, messages: &Bound<'_, PyAny>, encoding: &str) -> PyResult<usize> {
+    let f = family(encoding)?;
+    let (msgs, _) = messages_from(messages)?;
+    Ok(py.detach(|| {
+        msgs.iter().map(|m| tokens::count(&m.content, f) + tokens::PER_MESSAGE_OVERHEAD).sum::<usize>()
+            + tokens::PER_REQUEST_OVERHEAD
+    }))
+}
+
+#[pyfunction]
+fn is_exact_family(family: &str) -> PyResult<bool> {
+    Ok(self::family(family)?.is_exact())
+}
+
+#[pyclass(frozen, module = "tierwise._core")]
+struct Featurizer {
+    cfg: FeaturizerConfig,
+}
+
+fn make_config(hash_buckets: usize, seed: u64) -> Result<FeaturizerConfig, CoreError> {
+    if hash_buckets > 1 << 20 {
+        return Err(CoreError::Config(format!("hash_buckets {hash_buckets} is above 1048576")));
+    }
+    Ok(FeaturizerConfig { hash_buckets, seed })
+}
+
+fn info_dict<'py>(py: Python<'py>, info: &features::PromptInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("task", info.task.name())?;
+    d.set_item("flags", flag_names(info.flags))?;
+    d.set_item("chars", info.chars)?;
+    d.set_item("turns", info.turns)?;
+    d.set_item("system_chars", info.system_chars)?;
+    d.set_item("est_tokens", info.est_tokens(Family::O200k))?;
+    Ok(d)
+}
+
+#[pymethods]
+impl Featurizer {
+    #[new]
+    #[pyo3(signature = (hash_buckets = features::DEFAULT_BUCKETS, seed = features::DEFAULT_SEED))]
+    fn new(hash_buckets: usize, seed: u64) -> PyResult<Self> {
+        Ok(Self { cfg: make_config(hash_buckets, seed)? })
+    }
+    #[getter]
+    fn dim(&self) -> usize {
+        self.cfg.dim()
+    }
+    #[getter]
+    fn hash_buckets(&self) -> usize {
+        self.cfg.hash_buckets
+    }
+    #[getter]
+    fn seed(&self) -> u64 {
+        self.cfg.seed
+    }
+    #[staticmethod]
+    fn dense_names() -> Vec<&'static str> {
+        features::DENSE_NAMES.to_vec()
+    }
+    /// One conversation → (feature vector, info dict).
+    fn featurize<'py>(
+        &self,
+        py: Python<'py>,
+        messages: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyArray1<f32>>, Bound<'py, PyDict>)> {
+        let (msgs, _) = messages_from(messages)?;
+        let cfg = self.cfg;
+        let (v, info) = if total_bytes(&msgs) > DETACH_BYTES {
+            py.detach(|| features::featurize(&msgs, &cfg))
+        } else {
+            features::featurize(&msgs, &cfg)
+        };
+        Ok((v.into_pyarray(py), info_dict(py, &info)?))
+    }
+    /// Many prompts (str or message lists) → (n, dim) float32 array, one boundary crossing.
+    fn featurize_batch<'py>(&self, py: Python<'py>, prompts: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let mut all = Vec::new();
+        for (i, p) in prompts.try_iter()?.enumerate() {
+            let (m, _) = messages_from(&p?).map_err(|e| match e {
+                CoreError::Input(m) => CoreError::Input(format!("prompts[{i}]: {m}")),
+                other => other,
+            })?;
+            all.push(m);
+        }
+        let cfg = self.cfg;
+        let n = all.len();
+        let dim = cfg.dim();
+        let flat = py.detach(|| {
+            let mut flat = vec![0f32; n * dim];
+            for (m, row) in all.iter().zip(flat.chunks_mut(dim.max(1))) {
+                features::featurize_into(m, &cfg, row);
+            }
+            flat
+        });
+        Ok(numpy::ndarray::Array2::from_shape_vec((n, dim), flat)
+            .map_err(|e| CoreError::Config(e.to_string()))?
+            .into_pyarray(py))
+    }
+}
+
+#[pyclass(frozen, module = "tierwise._core", name = "DispatchTable")]
+struct PyDispatchTable {
+    table: DispatchTable,
+}
+
+type RowTuple = (String, f64, f64, u32, u32, Vec<String>, f64, String, f32, Vec<f32>, bool);
+type RuleTuple = (String, Option<String>, Vec<String>, f32, f32, Vec<usize>);
+
+fn caps_of(names: &[String], what: &str) -> Result<u32, CoreError> {
+    names.iter().try_fold(0u32, |acc, n| {
+        cap::parse(n).map(|b| acc | b).ok_or_else(|| {
+            CoreError::Config(format!(
+                "{what}: unknown capability {n:?}; known: {}",
+                cap::NAMES.join(", ")
+            ))
+        })
+    })
+}
+
+#[pymethods]
+impl PyDispatchTable {
+    /// rows: (id, price_in, price_out, context_window, max_output, capabilities, p95_ms,
+    ///        tokenizer, bias, ability, disabled); rules: (name, task, flags, min_tokens,
+    ///        max_tokens, model indices); predictor: feature-major weights (dim*(k+1)).
+    #[new]
+    #[pyo3(signature = (rows, weights, intercept, k, rules, expected_out, hash_buckets = features::DEFAULT_BUCKETS, seed = features::DEFAULT_SEED))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        rows: Vec<RowTuple>,
+        weights: PyReadonlyArray1<'_, f32>,
+        intercept: Vec<f32>,
+        k: usize,
+        rules: Vec<RuleTuple>,
+        expected_out: [u32; 8],
+        hash_buckets: usize,
+        seed: u64,
+    ) -> PyResult<Self> {
+        let cfg = make_config(hash_buckets, seed)?;
+        let mut model_rows = Vec::with_capacity(rows.len());
+        for (id, pin, pout, ctx, max_out, caps, p95, fam, bias, ability, disabled) in rows {
+            let caps = caps_of(&caps, &format!("model {id:?}"))?;
+            let family = family(&fam).map_err(|e| CoreError::Config(format!("model {id:?}: {e}")))?;
+            model_rows.push(ModelRow {
+                id, price_in: pin, price_out: pout, context_window: ctx, max_output: max_out,
+                caps, p95_ms: p95, family, bias, ability, disabled,
+            });
+        }
+        let mut compiled = Vec::with_capacity(rules.len());
+        for (name, task, flags, lo, hi, models) in rules {
+            let task = match task {
+                Some(t) => Some(Task::parse(&t).ok_or_else(|| {
+                    CoreError::Config(format!(
+                        "rule {name:?}: unknown task {t:?}; known: {}",
+                        Task::NAMES.join(", ")
+                    ))
+                })?),
+                None => None,
+            };
+            let mut flags_all = 0;
+            for f in &flags {
+                let bit = flag::NAMES.iter().position(|n| n == f).ok_or_else(|| {
+                    CoreError::Config(format!(
+                        "rule {name:?}: unknown flag {f:?}; known: {}",
+                        flag::NAMES.join(", ")
+                    ))
+                })?;
+                flags_all |= 1 << bit;
+            }
+            compiled.push(Rule { name, task, flags_all, min_tokens_in: lo, max_tokens_in: hi, models });
+        }
+        let predictor = Predictor::new(cfg.dim(), k, weights.as_slice()?.to_vec(), intercept)?;
+        Ok(Self { table: DispatchTable::new(model_rows, predictor, compiled, cfg, expected_out)? })
+    }
+
+    #[getter]
+    fn model_ids(&self) -> Vec<String> {
+        self.table.rows.iter().map(|r| r.id.clone()).collect()
+    }
+
+    /// Featurise, estimate, filter and rank in one call.
+    #[pyo3(signature = (messages, *, max_cost = None, latency_slo_ms = None, quality_floor = 0.0, needs = None, max_output_tokens = None, lam = None, exclude = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &self,
+        py: Python<'_>,
+        messages: &Bound<'_, PyAny>,
+        max_cost: Option<f64>,
+        latency_slo_ms: Option<f64>,
+        quality_floor: f32,
+        needs: Option<Vec<String>>,
+        max_output_tokens: Option<u32>,
+        lam: Option<f64>,
+        exclude: Option<Vec<usize>>,
+    ) -> PyResult<PyPlan> {
+        let (msgs, images) = messages_from(messages)?;
+        let mut required_caps = caps_of(needs.as_deref().unwrap_or(&[]), "needs")?;
+        if images > 0 {
+            required_caps |= cap::parse("vision").unwrap_or(0);
+        }
+        let mut ex = vec![false; self.table.rows.len()];
+        for i in exclude.unwrap_or_default() {
+            if let Some(e) = ex.get_mut(i) {
+                *e = true;
+            }
+        }
+        let c = Constraints {
+            max_cost: max_cost.unwrap_or(f64::NAN),
+            latency_slo_ms: latency_slo_ms.unwrap_or(f64::NAN),
+            quality_floor,
+            required_caps,
+            max_output_tokens,
+            lambda: lam,
+            exclude: ex,
+        };
+        let table = &self.table;
+        let plan = if total_bytes(&msgs) > DETACH_BYTES {
+            py.detach(|| table.plan(&msgs, &c))
+        } else {
+            table.plan(&msgs, &c)
+        };
+        Ok(PyPlan { plan })
+    }
+}
+
+/// The result of `DispatchTable.plan`, read lazily by `tierwise.Decision`.
+#[pyclass(frozen, module = "tierwise._core", name = "Plan")]
+struct PyPlan {
+    plan: Plan,
+}
+
+#[pymethods]
+impl PyPlan {
+    /// [(row, p_good, est_cost_usd or nan, tokens_in, tokens_in_exact, by_rule)], ranked.
+    #[getter]
+    fn candidates(&self) -> Vec<(usize, f32, f64, u32, bool, bool)> {
+        self.plan
+            .candidates
+            .iter()
+            .map(|c| (c.row, c.p_good, c.est_cost, c.tokens_in, c.tokens_in_exact, c.by_rule))
+            .collect()
+    }
+    /// [(row, constraint, reason)]
+    #[getter]
+    fn filtered(&self) -> Vec<(usize, &'static str, String)> {
+        self.plan.filtered.iter().map(|(i, f)| (*i, f.constraint(), f.describe())).collect()
+    }
+    #[getter]
+    fn rule(&self) -> Option<usize> {
+        self.plan.rule
+    }
+    #[getter]
+    fn below_floor(&self) -> bool {
+        self.plan.below_floor
+    }
+    #[getter]
+    fn tokens_out(&self) -> u32 {
+        self.plan.tokens_out
+    }
+    #[getter]
+    fn task(&self) -> &'static str {
+        self.plan.info.task.name()
+    }
+    #[getter]
+    fn flags(&self) -> Vec<&'static str> {
+        flag_names(self.plan.info.flags)
+    }
+    #[getter]
+    fn chars(&self) -> usize {
+        self.plan.info.chars
+    }
+    /// Estimated prompt tokens in a family (for the cost of the same request elsewhere).
+    fn est_tokens(&self, family: &str) -> PyResult<f32> {
+        Ok(self.plan.info.est_tokens(self::family(family)?))
+    }
+}
+
+#[pymodule]
+mod _core {
+    #[pymodule_export]
+    use super::{
+        count_message_tokens, count_tokens, count_tokens_batch, count_tokens_till_limit,
+        estimate_tokens, estimate_tokens_batch, estimator_inputs, is_exact_family, Featurizer,
+        PyDispatchTable, PyPlan,
+    };
+
+    #[pymodule_export]
+    const FEATURE_VERSION: u32 = crate::features::FEATURE_VERSION;
+
+    #[pymodule_init]
+    fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+        use pyo3::types::PyModuleMethods;
+        m.add("CAPABILITIES", crate::dispatch::cap::NAMES.to_vec())?;
+        m.add("TASKS", crate::features::Task::NAMES.to_vec())?;
+        m.add("FLAGS", crate::features::flag::NAMES.to_vec())?;
+        m.add(
+            "FAMILIES",
+            crate::tokens::Family::ALL.iter().map(|f| f.name()).collect::<Vec<_>>(),
+        )?;
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        Ok(())
+    }
+}
+

@@ -1,0 +1,284 @@
+//! Token counting: exact o200k_base / cl100k_base counts (bpe-openai embeds both vocabularies,
+//! so nothing is downloaded), and a one-pass estimator per tokenizer family.
+//!
+//! The estimator counts character classes (ASCII words by length, digit runs, punctuation,
+//! whitespace runs, CJK and other scripts) and takes a dot product with coefficients fitted
+//! against exact counts (`scripts/calibrate_estimator.py` writes `estimator_coefs.rs`).
+//! Families without a public tokenizer here (Claude, Llama, Qwen, Mistral, Gemini, DeepSeek)
+//! scale the nearest OpenAI estimate by a published-ratio constant; `is_exact()` says which.
+
+use crate::CoreError;
+use bpe_openai::{NormalizedString, Tokenizer};
+
+include!("estimator_coefs.rs");
+
+/// Tokenizer families a registry entry can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    O200k,
+    Cl100k,
+    Claude,
+    Llama,
+    Qwen,
+    Mistral,
+    Gemini,
+    DeepSeek,
+}
+
+impl Family {
+    pub const ALL: [Family; 8] = [
+        Family::O200k,
+        Family::Cl100k,
+        Family::Claude,
+        Family::Llama,
+        Family::Qwen,
+        Family::Mistral,
+        Family::Gemini,
+        Family::DeepSeek,
+    ];
+
+    pub fn parse(name: &str) -> Result<Family, CoreError> {
+        Ok(match name {
+            "o200k_base" | "o200k" | "openai" | "gpt-4o" => Family::O200k,
+            "cl100k_base" | "cl100k" | "gpt-4" | "gpt-3.5" => Family::Cl100k,
+            "claude" | "anthropic" => Family::Claude,
+            "llama" | "meta" => Family::Llama,
+            "qwen" => Family::Qwen,
+            "mistral" => Family::Mistral,
+            "gemini" | "google" => Family::Gemini,
+            "deepseek" => Family::DeepSeek,
+            _ => {
+                return Err(CoreError::Tokenizer(format!(
+                    "unknown tokenizer family {name:?}; use one of o200k_base, cl100k_base, \
+                     claude, llama, qwen, mistral, gemini, deepseek"
+                )))
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::O200k => "o200k_base",
+            Family::Cl100k => "cl100k_base",
+            Family::Claude => "claude",
+            Family::Llama => "llama",
+            Family::Qwen => "qwen",
+            Family::Mistral => "mistral",
+            Family::Gemini => "gemini",
+            Family::DeepSeek => "deepseek",
+        }
+    }
+
+    /// The OpenAI encoding whose exact count this family is derived from, and the ratio.
+    /// Ratios are approximate published figures (vendor docs and tokenizer comparisons on
+    /// English prose), not fits: only the two OpenAI encodings are exact here.
+    pub fn base(self) -> (Family, f32) {
+        match self {
+            Family::O200k => (Family::O200k, 1.0),
+            Family::Cl100k => (Family::Cl100k, 1.0),
+            Family::Claude => (Family::Cl100k, 1.16),
+            Family::Llama => (Family::Cl100k, 1.0), // Llama 3 uses a 128k tiktoken-style vocab
+            Family::Qwen => (Family::Cl100k, 1.0),
+            Family::Mistral => (Family::Cl100k, 1.12),
+            Family::Gemini => (Family::O200k, 1.05),
+            Family::DeepSeek => (Family::Cl100k, 1.05),
+        }
+    }
+
+    pub fn is_exact(self) -> bool {
+        matches!(self, Family::O200k | Family::Cl100k)
+    }
+}
+
+fn tokenizer(f: Family) -> &'static Tokenizer {
+    match f {
+        Family::Cl100k => bpe_openai::cl100k_base(),
+        _ => bpe_openai::o200k_base(),
+    }
+}
+
+/// Exact token count of `text` in the family's base encoding (scaled for non-OpenAI families).
+pub fn count(text: &str, family: Family) -> usize {
+    let (base, ratio) = family.base();
+    let n = tokenizer(base).count(text);
+    if ratio == 1.0 {
+        n
+    } else {
+        (n as f32 * ratio).round() as usize
+    }
+}
+
+/// Exact count that stops early: `None` as soon as the count would exceed `limit`.
+pub fn count_till_limit(text: &str, family: Family, limit: usize) -> Option<usize> {
+    let (base, ratio) = family.base();
+    let base_limit = (limit as f32 / ratio).floor() as usize;
+    // o200k/cl100k do not normalise (nfc = false), so the text is already "normalised".
+    // SAFETY: bpe-openai only requires that the text be in the tokenizer's normal form,
+    // which for these two encodings is the identity.
+    let norm = unsafe { NormalizedString::from_str(text) };
+    let n = tokenizer(base).count_till_limit(&norm, base_limit.saturating_add(1))?;
+    let scaled = (n as f32 * ratio).round() as usize;
+    (scaled <= limit).then_some(scaled)
+}
+
+/// Tokens a chat request adds around its messages (OpenAI's documented accounting:
+/// 3 per message plus 3 to prime the reply; the role name counts as one token).
+pub const PER_MESSAGE_OVERHEAD: usize = 4;
+pub const PER_REQUEST_OVERHEAD: usize = 3;
+
+/// Character-class counts gathered in one pass; the estimator's inputs.
+#[derive(Clone, Debug, Default)]
+pub struct CharCounts {
+    pub counts: [f32; N_EST],
+}
+
+/// Index of each estimator input in `CharCounts.counts`.
+pub mod est {
+    /// ASCII letter runs of length 1..=12 (index = len-1), then 13..16, 17..24, 25+.
+    pub const WORD_LEN: usize = 0; // 15 slots
+    pub const WORD_CAPITALISED: usize = 15; // words with an upper-case letter after the first
+    pub const DIGIT_GROUPS: usize = 16; // sum of ceil(run/3)
+    pub const PUNCT: usize = 17; // ASCII punctuation characters
+    pub const PUNCT_RUNS: usize = 18; // runs of ASCII punctuation
+    pub const NEWLINES: usize = 19;
+    pub const SPACE_RUNS: usize = 20; // runs of 2+ spaces/tabs (indentation)
+    pub const CJK: usize = 21; // Han, Kana, Hangul characters
+    pub const OTHER_LETTERS: usize = 22; // non-ASCII alphabetic (Cyrillic, Greek, Arabic, …)
+    pub const OTHER_BYTES: usize = 23; // bytes of other non-ASCII chars (emoji, symbols)
+    pub const BIAS: usize = 24; // one per text
+}
+pub const N_EST: usize = 25;
+
+/// Gather `CharCounts` for `text` (one pass over the bytes, no allocation).
+pub fn char_counts(text: &str) -> CharCounts {
+    let mut c = [0f32; N_EST];
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let x = b[i];
+        if x.is_ascii_alphabetic() {
+            let start = i;
+            let mut caps_inside = false;
+            i += 1;
+            while i < b.len() && b[i].is_ascii_alphabetic() {
+                caps_inside |= b[i].is_ascii_uppercase();
+                i += 1;
+            }
+            let len = i - start;
+            let slot = match len {
+                1..=12 => len - 1,
+                13..=16 => 12,
+                17..=24 => 13,
+                _ => 14,
+            };
+            c[est::WORD_LEN + slot] += 1.0;
+            if caps_inside {
+                c[est::WORD_CAPITALISED] += 1.0;
+            }
+        } else if x.is_ascii_digit() {
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            c[est::DIGIT_GROUPS] += (i - start).div_ceil(3) as f32;
+        } else if x == b'\n' {
+            c[est::NEWLINES] += 1.0;
+            i += 1;
+        } else if x == b' ' || x == b'\t' || x == b'\r' {
+            let start = i;
+            while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+                i += 1;
+            }
+            if i - start >= 2 {
+                c[est::SPACE_RUNS] += 1.0;
+            }
+            if i == start {
+                i += 1; // lone \r
+            }
+        } else if x.is_ascii() {
+            let start = i;
+            while i < b.len() && b[i].is_ascii_punctuation() {
+                i += 1;
+            }
+            if i == start {
+                i += 1; // other control characters
+            }
+            c[est::PUNCT] += (i - start) as f32;
+            c[est::PUNCT_RUNS] += 1.0;
+        } else {
+            // Non-ASCII: decode one char (text is valid UTF-8).
+            let ch = text[i..].chars().next().unwrap_or('\u{FFFD}');
+            let n = ch.len_utf8();
+            if is_cjk(ch) {
+                c[est::CJK] += 1.0;
+            } else if ch.is_alphabetic() {
+                c[est::OTHER_LETTERS] += 1.0;
+            } else {
+                c[est::OTHER_BYTES] += n as f32;
+            }
+            i += n;
+        }
+    }
+    c[est::BIAS] = 1.0;
+    CharCounts { counts: c }
+}
+
+pub fn is_cjk(ch: char) -> bool {
+    matches!(ch as u32,
+        0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xAC00..=0xD7AF
+        | 0xF900..=0xFAFF | 0xFF66..=0xFF9F | 0x20000..=0x2FA1F)
+}
+
+/// Estimated tokens from counts already gathered (the hot path calls this once per family).
+pub fn estimate_from_counts(c: &CharCounts, family: Family) -> f32 {
+    let (base, ratio) = family.base();
+    let coefs = match base {
+        Family::Cl100k => &CL100K_COEFS,
+        _ => &O200K_COEFS,
+    };
+    let dot: f32 = c.counts.iter().zip(coefs.iter()).map(|(a, b)| a * b).sum();
+    if c.counts.iter().take(N_EST - 1).all(|&v| v == 0.0) {
+        return 0.0;
+    }
+    (dot * ratio).max(1.0)
+}
+
+pub fn estimate(text: &str, family: Family) -> f32 {
+    estimate_from_counts(&char_counts(text), family)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_counts_known_values() {
+        assert_eq!(count("hello world", Family::O200k), 2);
+        assert_eq!(count("hello world", Family::Cl100k), 2);
+        assert_eq!(count("", Family::O200k), 0);
+    }
+
+    #[test]
+    fn till_limit_stops() {
+        let text = "word ".repeat(1000);
+        assert_eq!(count_till_limit(&text, Family::O200k, 10), None);
+        let n = count(&text, Family::O200k);
+        assert_eq!(count_till_limit(&text, Family::O200k, n), Some(n));
+    }
+
+    #[test]
+    fn estimate_close_on_prose() {
+        let text = "The quick brown fox jumps over the lazy dog. ".repeat(50);
+        let exact = count(&text, Family::O200k) as f32;
+        let est = estimate(&text, Family::O200k);
+        assert!((est - exact).abs() / exact < 0.15, "est {est} exact {exact}");
+    }
+
+    #[test]
+    fn family_names_round_trip() {
+        for f in Family::ALL {
+            assert_eq!(Family::parse(f.name()).unwrap(), f);
+        }
+        assert!(Family::parse("nope").is_err());
+    }
+}
