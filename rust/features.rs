@@ -72,16 +72,18 @@ impl Task {
         ][i]
     }
     fn from_flags(f: u32) -> Task {
+        // Explicit instructions (extract, translate, summarise) outrank the math heuristics,
+        // which also fire on prices and dates inside the text being processed.
         if f & flag::CODE != 0 {
             Task::Code
-        } else if f & flag::MATH != 0 {
-            Task::Math
         } else if f & (flag::JSON | flag::EXTRACTION) != 0 {
             Task::Extraction
         } else if f & flag::TRANSLATION != 0 {
             Task::Translation
         } else if f & flag::SUMMARIZE != 0 {
             Task::Summarize
+        } else if f & flag::MATH != 0 {
+            Task::Math
         } else if f & flag::CREATIVE != 0 {
             Task::Creative
         } else if f & flag::REASONING != 0 {

@@ -142,12 +142,16 @@ pub mod est {
     pub const PUNCT_RUNS: usize = 18; // runs of ASCII punctuation
     pub const NEWLINES: usize = 19;
     pub const SPACE_RUNS: usize = 20; // runs of 2+ spaces/tabs (indentation)
-    pub const CJK: usize = 21; // Han, Kana, Hangul characters
-    pub const OTHER_LETTERS: usize = 22; // non-ASCII alphabetic (Cyrillic, Greek, Arabic, …)
-    pub const OTHER_BYTES: usize = 23; // bytes of other non-ASCII chars (emoji, symbols)
-    pub const BIAS: usize = 24; // one per text
+    pub const HAN: usize = 21; // CJK ideographs
+    pub const KANA: usize = 22; // Hiragana, Katakana
+    pub const HANGUL: usize = 23;
+    pub const CJK_PUNCT: usize = 24; // CJK symbols and full-width forms
+    pub const OTHER_LETTERS: usize = 25; // non-ASCII alphabetic (Cyrillic, Greek, Arabic, …)
+    pub const OTHER_BYTES: usize = 26; // bytes of other non-ASCII chars (emoji, symbols)
+    pub const SPACE_RUN_CHARS: usize = 27; // characters inside runs of 2+ spaces/tabs
+    pub const BIAS: usize = 28; // one per text
 }
-pub const N_EST: usize = 25;
+pub const N_EST: usize = 29;
 
 /// Gather `CharCounts` for `text` (one pass over the bytes, no allocation).
 pub fn char_counts(text: &str) -> CharCounts {
@@ -191,6 +195,7 @@ pub fn char_counts(text: &str) -> CharCounts {
             }
             if i - start >= 2 {
                 c[est::SPACE_RUNS] += 1.0;
+                c[est::SPACE_RUN_CHARS] += (i - start) as f32;
             }
             if i == start {
                 i += 1; // lone \r
@@ -209,8 +214,15 @@ pub fn char_counts(text: &str) -> CharCounts {
             // Non-ASCII: decode one char (text is valid UTF-8).
             let ch = text[i..].chars().next().unwrap_or('\u{FFFD}');
             let n = ch.len_utf8();
-            if is_cjk(ch) {
-                c[est::CJK] += 1.0;
+            let cp = ch as u32;
+            if matches!(cp, 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x2FA1F) {
+                c[est::HAN] += 1.0;
+            } else if matches!(cp, 0x3040..=0x30FF | 0xFF66..=0xFF9F) {
+                c[est::KANA] += 1.0;
+            } else if matches!(cp, 0xAC00..=0xD7AF | 0x1100..=0x11FF | 0x3130..=0x318F) {
+                c[est::HANGUL] += 1.0;
+            } else if matches!(cp, 0x3000..=0x303F | 0xFF00..=0xFF65 | 0xFFE0..=0xFFEF) {
+                c[est::CJK_PUNCT] += 1.0;
             } else if ch.is_alphabetic() {
                 c[est::OTHER_LETTERS] += 1.0;
             } else {

@@ -13,6 +13,7 @@
         ├── AuthError                     401/403: the deployment is disabled
         ├── ContextLengthError            the prompt did not fit the model's window
         ├── BadRequestError               400 that retrying will not fix
+        ├── StreamInterruptedError        a stream broke after its first byte reached you
         └── AllAttemptsFailedError        every candidate failed; `.attempts` lists why
 
 This module never imports tierwise._core: the Rust binding raises these classes.
@@ -33,6 +34,7 @@ __all__ = [
     "NoRouteError",
     "ProviderError",
     "RetryableError",
+    "StreamInterruptedError",
     "TierwiseError",
     "TokenizerError",
     "UnknownModelError",
@@ -91,6 +93,7 @@ class ProviderError(TierwiseError):
         status: int | None = None,
         retry_after: float | None = None,
         body: Any = None,
+        attempts: list[Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.model = model
@@ -98,6 +101,8 @@ class ProviderError(TierwiseError):
         self.status = status
         self.retry_after = retry_after
         self.body = body
+        # Filled by the executor: every attempt made for the request, ledger-ready.
+        self.attempts: list[Any] = list(attempts or [])
 
 
 class RetryableError(ProviderError):
@@ -116,9 +121,19 @@ class BadRequestError(ProviderError):
     """A 400 that retrying will not fix: the request itself must change."""
 
 
+class StreamInterruptedError(ProviderError):
+    """A stream failed after text had reached the caller, so no fallback was possible.
+
+    `.partial_text` is what was delivered; retry the request if a whole answer is needed.
+    """
+
+    def __init__(self, message: str, *, partial_text: str = "", **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.partial_text = partial_text
+
+
 class AllAttemptsFailedError(ProviderError):
     """Every candidate failed. `.attempts` lists each attempt and its cause."""
 
     def __init__(self, message: str, attempts: list[Any]) -> None:
-        super().__init__(message)
-        self.attempts = attempts
+        super().__init__(message, attempts=attempts)

@@ -1,0 +1,50 @@
+"""Providers: one small protocol, one module per wire format, all on a shared httpx client."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import httpx
+
+from ..errors import AuthError
+from .anthropic import AnthropicProvider
+from .base import ChatRequest, ChatResponse, Provider, StreamDelta, ToolCall, Usage
+from .openai import OpenAIProvider
+
+if TYPE_CHECKING:
+    from ..registry import Deployment
+
+__all__ = [
+    "AnthropicProvider",
+    "ChatRequest",
+    "ChatResponse",
+    "OpenAIProvider",
+    "Provider",
+    "StreamDelta",
+    "ToolCall",
+    "Usage",
+    "make_provider",
+]
+
+
+def make_provider(client: httpx.AsyncClient, model_id: str, dep: Deployment) -> Provider:
+    """The provider for a registry deployment, with its key read from the environment now.
+
+    Raises AuthError naming the variable (never its value) when the key is not set.
+    """
+    key = None
+    if dep.api_key_env:
+        key = os.environ.get(dep.api_key_env)
+        if not key:
+            raise AuthError(
+                f"{model_id} via {dep.name}: environment variable {dep.api_key_env} is not set; "
+                "export the API key there or remove this deployment from the registry",
+                model=model_id,
+                deployment=dep.name,
+            )
+    cls = AnthropicProvider if dep.api == "anthropic" else OpenAIProvider
+    return cls(
+        client, base_url=dep.base_url, model=dep.model, api_key=key, deployment=dep.name,
+        model_id=model_id,
+    )

@@ -1,0 +1,197 @@
+"""OpenAI-compatible Chat Completions (OpenAI, OpenRouter, Together, Groq, vLLM, Ollama, ...)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from .base import (
+    ChatRequest,
+    ChatResponse,
+    ToolCall,
+    Usage,
+    error_from_response,
+    error_from_transport,
+    malformed,
+    sse_events,
+)
+
+__all__ = ["OpenAIProvider"]
+
+# Compact, non-ASCII kept: the same bytes httpx's `json=` would send, without its per-call
+# encoder construction.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# OpenAI's reasoning models reject `max_tokens` and want `max_completion_tokens`; every other
+# OpenAI-compatible server understands `max_tokens`.
+_COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)")
+
+
+def _usage(u: Any) -> Usage | None:
+    if not isinstance(u, dict) or u.get("prompt_tokens") is None:
+        return None
+    details = u.get("prompt_tokens_details") or {}
+    return Usage(
+        int(u["prompt_tokens"]),
+        int(u.get("completion_tokens") or 0),
+        int(details.get("cached_tokens") or 0),
+    )
+
+
+class _ToolAcc:
+    """Tool-call pieces of a stream, assembled by index."""
+
+    __slots__ = ("args", "id", "name")
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name = ""
+        self.args: list[str] = []
+
+
+class OpenAIProvider:
+    """One OpenAI-compatible deployment on a shared `httpx.AsyncClient`.
+
+    `model_id` is the registry id (used in errors); `model` is the name the upstream expects.
+    The API key goes into a prebuilt header and nowhere else.
+    """
+
+    __slots__ = ("_client", "_headers", "_max_key", "_url", "deployment", "model", "model_id")
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        deployment: str = "openai",
+        model_id: str | None = None,
+    ) -> None:
+        self._client = client
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"content-type": "application/json"}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self.model = model
+        self.model_id = model_id or model
+        self.deployment = deployment
+        self._max_key = (
+            "max_completion_tokens" if _COMPLETION_TOKENS_MODELS.match(model) else "max_tokens"
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider(model={self.model!r}, url={self._url!r})"
+
+    def _body(self, r: ChatRequest, stream: bool) -> bytes:
+        p: dict[str, Any] = {"model": self.model, "messages": r.messages}
+        if r.max_tokens is not None:
+            p[self._max_key] = r.max_tokens
+        if r.temperature is not None:
+            p["temperature"] = r.temperature
+        if r.tools:
+            p["tools"] = r.tools
+        if r.tool_choice is not None:
+            p["tool_choice"] = r.tool_choice
+        if r.response_format is not None:
+            p["response_format"] = r.response_format
+        if stream:
+            p["stream"] = True
+            p["stream_options"] = {"include_usage": True}
+        if r.extra:
+            p.update(r.extra)
+        return _ENCODE(p).encode()
+
+    async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
+        try:
+            resp = await self._client.post(
+                self._url, content=self._body(request, False), headers=self._headers,
+                timeout=timeout,
+            )
+        except httpx.RequestError as e:
+            raise error_from_transport(e, self.model_id, self.deployment) from None
+        if resp.status_code >= 300:
+            raise error_from_response(
+                resp.status_code, resp.headers, resp.content, self.model_id, self.deployment
+            )
+        try:
+            data = json.loads(resp.content)
+            msg = data["choices"][0]
+            message = msg["message"]
+            calls = [
+                ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "")
+                for c in message.get("tool_calls") or ()
+            ]
+            return ChatResponse(
+                message.get("content") or "",
+                data,
+                _usage(data.get("usage")),
+                msg.get("finish_reason"),
+                calls,
+            )
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            raise malformed(self.model_id, self.deployment, f"{type(e).__name__}: {e}") from None
+
+    async def stream(
+        self, request: ChatRequest, timeout: httpx.Timeout
+    ) -> AsyncIterator[str | ChatResponse]:
+        req = self._client.build_request(
+            "POST", self._url, content=self._body(request, True), headers=self._headers,
+            timeout=timeout,
+        )
+        try:
+            resp = await self._client.send(req, stream=True)
+        except httpx.RequestError as e:
+            raise error_from_transport(e, self.model_id, self.deployment) from None
+        try:
+            if resp.status_code >= 300:
+                await resp.aread()
+                raise error_from_response(
+                    resp.status_code, resp.headers, resp.content, self.model_id, self.deployment
+                )
+            parts: list[str] = []
+            tools: dict[int, _ToolAcc] = {}
+            finish: str | None = None
+            usage: Usage | None = None
+            last: Any = None
+            done = False
+            async for _, data in sse_events(resp):
+                if data == "[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise error_from_response(
+                            500, resp.headers, data.encode(), self.model_id, self.deployment
+                        )
+                    last = chunk
+                    if chunk.get("usage"):
+                        usage = _usage(chunk["usage"])
+                    for choice in chunk.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        piece = delta.get("content")
+                        if piece:
+                            parts.append(piece)
+                            yield piece
+                        for tc in delta.get("tool_calls") or ():
+                            acc = tools.setdefault(int(tc.get("index", 0)), _ToolAcc())
+                            acc.id = tc.get("id") or acc.id
+                            fn = tc.get("function") or {}
+                            acc.name = fn.get("name") or acc.name
+                            acc.args.append(fn.get("arguments") or "")
+                        finish = choice.get("finish_reason") or finish
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
+                    why = f"bad stream event ({type(e).__name__}: {e})"
+                    raise malformed(self.model_id, self.deployment, why) from None
+            if not done and finish is None:
+                raise malformed(self.model_id, self.deployment, "the stream ended before [DONE]")
+            calls = [ToolCall(a.id, a.name, "".join(a.args)) for _, a in sorted(tools.items())]
+            yield ChatResponse("".join(parts), last, usage, finish, calls)
+        except httpx.RequestError as e:
+            raise error_from_transport(e, self.model_id, self.deployment) from None
+        finally:
+            await resp.aclose()
