@@ -147,7 +147,7 @@ pub mod est {
     pub const HANGUL: usize = 23;
     pub const CJK_PUNCT: usize = 24; // CJK symbols and full-width forms
     pub const OTHER_LETTERS: usize = 25; // non-ASCII alphabetic (Cyrillic, Greek, Arabic, …)
-    pub const OTHER_BYTES: usize = 26; // bytes of other non-ASCII chars (emoji, symbols)
+    pub const OTHER_BYTES: usize = 26; // other non-ASCII chars (emoji, symbols, box drawing)
     pub const SPACE_RUN_CHARS: usize = 27; // characters inside runs of 2+ spaces/tabs
     pub const BIAS: usize = 28; // one per text
 }
@@ -226,7 +226,7 @@ pub fn char_counts(text: &str) -> CharCounts {
             } else if ch.is_alphabetic() {
                 c[est::OTHER_LETTERS] += 1.0;
             } else {
-                c[est::OTHER_BYTES] += n as f32;
+                c[est::OTHER_BYTES] += 1.0;
             }
             i += n;
         }

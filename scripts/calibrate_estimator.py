@@ -23,6 +23,15 @@ from corpus import CATEGORIES, samples  # noqa: E402
 from tierwise import _core  # noqa: E402
 
 
+# Prior tokens per estimator input (order of rust/tokens.rs `est`): ASCII words by length
+# 1..12, 13-16, 17-24, 25+; capitalised; digit groups; punct; punct runs; newlines; space
+# runs; Han; Kana; Hangul; CJK punct; other letters; other bytes; space-run chars; bias.
+PRIOR = [1.0] * 7 + [1.2, 1.4, 1.6, 1.8, 2.0, 2.6, 3.5, 6.0] + [0.3, 1.0, 0.3, 0.5, 0.6, 0.5,
+         0.9, 0.7, 0.6, 1.0, 0.45, 1.5, 0.05, 0.0]
+PRIOR_WEIGHT = 0.002
+FIXED = [25]  # other letters (Cyrillic, Greek, Arabic: ~0.45 tokens each)
+
+
 def design(texts: list[str]) -> np.ndarray:
     return np.array([_core.estimator_inputs(t) for t in texts], dtype=np.float64)
 
@@ -36,7 +45,21 @@ def fit(encoding: str) -> np.ndarray:
         w = 1.0 / np.maximum(y, 1.0) / np.sqrt(len(texts))  # relative error, categories equal
         xs.append(x * w[:, None])
         ys.append(y * w)
-    coefs, _ = nnls(np.vstack(xs), np.concatenate(ys))
+    # Pseudo-observations pull each coefficient towards a plain prior, so features the corpus
+    # rarely shows (Cyrillic, emoji) keep sensible values instead of absorbing noise.
+    # A feature's pull shrinks with how much evidence the corpus has for it.
+    support = (np.vstack(xs) ** 2).sum(axis=0)
+    s = np.sqrt(PRIOR_WEIGHT / (1.0 + support / PRIOR_WEIGHT))
+    xs.append(np.diag(s))
+    ys.append(np.array(PRIOR) * s)
+    x_all, y_all = np.vstack(xs), np.concatenate(ys)
+    # Inputs too rare in the corpus to fit (symbols, emoji, CJK punctuation) keep their prior:
+    # their contribution is taken out of the target and the rest is fitted.
+    fixed = np.zeros(len(PRIOR), dtype=bool)
+    fixed[FIXED] = True
+    y_rest = y_all - x_all[:, fixed] @ np.array(PRIOR)[fixed]
+    coefs = np.array(PRIOR, dtype=np.float64)
+    coefs[~fixed], _ = nnls(x_all[:, ~fixed], y_rest)
     return coefs
 
 

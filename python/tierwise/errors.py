@@ -10,6 +10,7 @@
     ├── UnpricedModelError                a cost was needed for a model with no price
     └── ProviderError                     an upstream call failed
         ├── RetryableError                429, 408, 5xx, connection errors
+        │   └── UpstreamTimeoutError      no answer within the attempt's timeout
         ├── AuthError                     401/403: the deployment is disabled
         ├── ContextLengthError            the prompt did not fit the model's window
         ├── BadRequestError               400 that retrying will not fix
@@ -39,6 +40,7 @@ __all__ = [
     "TokenizerError",
     "UnknownModelError",
     "UnpricedModelError",
+    "UpstreamTimeoutError",
 ]
 
 
@@ -107,6 +109,10 @@ class ProviderError(TierwiseError):
 
 class RetryableError(ProviderError):
     """429, 408, 5xx or a connection error: another try (or another deployment) may work."""
+
+
+class UpstreamTimeoutError(RetryableError):
+    """No answer within the attempt's timeout: the next candidate is tried, not this one again."""
 
 
 class AuthError(ProviderError):

@@ -162,7 +162,7 @@ class QualityModel:
         }
         return cls(
             meta["name"], int(meta["k"]), int(meta["hash_buckets"]), int(meta["seed"]),
-            weights, intercept, models, tuple(meta["prior_map"]),  # type: ignore[arg-type]
+            weights, intercept, models, tuple(meta["prior_map"]),
             int(meta["feature_version"]), meta.get("meta", {}),
         )
 

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 from .errors import NoRouteError
 from .policy import Constraints, Policy
 from .registry import ModelSpec, Registry
+
+if TYPE_CHECKING:  # httpx costs ~100 ms to import: only chat() and stream() load it
+    import httpx
+
+    from .executor import Accept, ChatStream, ExecutionConfig, Executor
+    from .result import ChatResult
+    from .state import HealthStore
 
 __all__ = ["Candidate", "Decision", "Router"]
 
@@ -228,7 +237,7 @@ class Router:
         floor = self.policy.quality_floor if c.quality_floor is None else c.quality_floor
         lam = c.lam if c.lam is not None else self.policy.lam
         plan = self._table.plan(
-            messages,  # type: ignore[arg-type]
+            messages,
             max_cost=c.max_cost_usd,
             latency_slo_ms=c.latency_slo_ms,
             quality_floor=floor,
@@ -241,6 +250,171 @@ class Router:
             raise _no_route(plan.filtered, self._ids)
         return Decision(self, plan, c)
 
+    # -- calling models (issue 5): see executor.py ---------------------------------------
+    _io: Executor | None = None  # built by the first chat()/stream(), or by configure()
+    _owns_client = False
+
+    def configure(
+        self,
+        *,
+        http: httpx.AsyncClient | None = None,
+        health: HealthStore | None = None,
+        execution: ExecutionConfig | None = None,
+    ) -> Router:
+        """Use your own httpx client, health store or timeouts/retries. Call before the
+        first request; a client you pass is yours to close."""
+        from .executor import ExecutionConfig, Executor, make_client
+        from .state import Health
+
+        if self._io is not None:
+            raise RuntimeError("configure() must be called before the first chat() or stream()")
+        cfg = execution or ExecutionConfig()
+        self._owns_client = http is None
+        self._io = Executor(http or make_client(cfg), health or Health(), cfg)
+        return self
+
+    def _prepare(
+        self,
+        messages: Messages,
+        constraints: Constraints | Mapping[str, Any] | None,
+        overrides: dict[str, Any],
+        req: dict[str, Any],
+        timeout: float | None,
+        t0: float,
+    ) -> tuple[Executor, Decision, Any, float | None]:
+        from .providers.base import ChatRequest
+
+        io = self._io if self._io is not None else self.configure()._io
+        assert io is not None
+        msgs = [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
+        # A request that needs tools or JSON must not be routed to a model without them.
+        needs: tuple[str, ...] = ()
+        if req["tools"]:
+            needs += ("tools",)
+        rf = req["response_format"]
+        if rf is not None and rf.get("type") != "text":
+            needs += ("json",)
+        if req["max_tokens"] is not None and "max_output_tokens" not in overrides:
+            overrides["max_output_tokens"] = req["max_tokens"]
+        c = Constraints.of(constraints, **overrides)
+        if needs and not set(needs) <= set(c.needs):
+            c = Constraints.of(c, needs=tuple(sorted({*c.needs, *needs})))
+        decision = self.route(msgs, c)
+        blocked = io.health.blocked()
+        if blocked:  # models whose every deployment is cooling or disabled are routed around
+            cooled = [m for m in io.blocked_models(self.registry, blocked) if m not in c.deny]
+            if cooled:
+                # If nothing else is left, keep the first decision: the executor then reports
+                # each cooldown instead of a bare "no route".
+                with contextlib.suppress(NoRouteError):
+                    decision = self.route(msgs, Constraints.of(c, deny=(*c.deny, *cooled)))
+        if req["max_tokens"] is None:
+            req["max_tokens"] = c.max_output_tokens
+        if timeout is None and c.latency_slo_ms is not None:
+            timeout = c.latency_slo_ms / 1000.0
+        # route() accepted them, so they are a list of message dicts (or were a str)
+        request = ChatRequest(msgs if isinstance(msgs, list) else list(msgs), **req)  # type: ignore[arg-type]
+        return io, decision, request, None if timeout is None else t0 + timeout
+
+    async def chat(
+        self,
+        messages: Messages,
+        constraints: Constraints | Mapping[str, Any] | None = None,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        response_format: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        hedge: bool = False,
+        race: int = 0,
+        accept: Accept | None = None,
+        **overrides: Any,
+    ) -> ChatResult:
+        """Route `messages` and call the chosen model, falling back as needed.
+
+        `timeout` (seconds; default: the latency SLO, if any) bounds the whole request.
+        `hedge=True` sends a second attempt to the next candidate when the first is slower
+        than its p95; `race=n` calls n candidates at once. Either way the first answer that
+        `accept` (default: any) approves wins and the rest are cancelled.
+        Raises NoRouteError, AllAttemptsFailedError (`.attempts` says why), BadRequestError.
+        """
+        t0 = perf_counter()
+        req = {
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "tools": tools,
+            "tool_choice": tool_choice,
+            "response_format": response_format,
+            "extra": extra,
+        }
+        io, decision, request, deadline = self._prepare(
+            messages, constraints, overrides, req, timeout, t0
+        )
+        return await io.complete(
+            self.registry,
+            decision,
+            request,
+            t0=t0,
+            deadline=deadline,
+            hedge=hedge,
+            race=race,
+            accept=accept,
+        )
+
+    def stream(
+        self,
+        messages: Messages,
+        constraints: Constraints | Mapping[str, Any] | None = None,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        response_format: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        **overrides: Any,
+    ) -> ChatStream:
+        """Like chat(), streamed: `async with router.stream(msgs) as s: async for d in s:`.
+
+        Text pieces arrive as `d.text`; the last item has `d.done` and `d.result` (a
+        ChatResult). Fallbacks happen only before the first piece; a failure after it raises
+        StreamInterruptedError. `timeout` bounds the wait for the first piece.
+        """
+        t0 = perf_counter()
+        req = {
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "tools": tools,
+            "tool_choice": tool_choice,
+            "response_format": response_format,
+            "extra": extra,
+        }
+        io, decision, request, deadline = self._prepare(
+            messages, constraints, overrides, req, timeout, t0
+        )
+        return io.stream(self.registry, decision, request, t0=t0, deadline=deadline)
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Live health per "model/deployment": state (ok, cooling, half_open, disabled), why,
+        cooldown left, EWMA and p95 latency, error rate, counters."""
+        return self._io.health.snapshot() if self._io is not None else {}
+
+    async def aclose(self) -> None:
+        """Close the router's HTTP connections (not a client you passed to configure())."""
+        io, self._io = self._io, None
+        if io is not None and self._owns_client:
+            await io.client.aclose()
+
+    async def __aenter__(self) -> Router:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
 
 def _no_route(filtered: list[tuple[int, str, str]], ids: list[str]) -> NoRouteError:
     counts: dict[str, int] = {}
@@ -251,7 +425,6 @@ def _no_route(filtered: list[tuple[int, str, str]], ids: list[str]) -> NoRouteEr
     more = f" (+{len(filtered) - 8} more)" if len(filtered) > 8 else ""
     summary = ", ".join(f"{n} by {k}" for k, n in sorted(counts.items()))
     return NoRouteError(
-        f"no model satisfies the constraints ({summary}); loosen {worst!r} first. "
-        f"{detail}{more}",
+        f"no model satisfies the constraints ({summary}); loosen {worst!r} first. {detail}{more}",
         {ids[i]: why for i, _, why in filtered},
     )

@@ -45,6 +45,10 @@ def make_provider(client: httpx.AsyncClient, model_id: str, dep: Deployment) -> 
             )
     cls = AnthropicProvider if dep.api == "anthropic" else OpenAIProvider
     return cls(
-        client, base_url=dep.base_url, model=dep.model, api_key=key, deployment=dep.name,
+        client,
+        base_url=dep.base_url,
+        model=dep.model,
+        api_key=key,
+        deployment=dep.name,
         model_id=model_id,
     )

@@ -12,7 +12,7 @@ inside `prompt_tokens` (Anthropic's `input_tokens` excludes them) and separately
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -63,7 +63,10 @@ def _block(part: Any) -> Any:
         url = url.get("url", "") if isinstance(url, dict) else str(url or "")
         if url.startswith("data:") and ";base64," in url:
             media, data = url[5:].split(";base64,", 1)
-            return {"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}
+            return {
+                "type": "image",
+                "source": {"type": "base64", "media_type": media, "data": data},
+            }
         return {"type": "image", "source": {"type": "url", "url": url}}
     return part
 
@@ -140,8 +143,10 @@ def to_anthropic(r: ChatRequest, model: str, stream: bool = False) -> dict[str, 
             body = _content(content)
             calls = m.get("tool_calls") if role == "assistant" else None
             if calls:
-                blocks = [{"type": "text", "text": body}] if isinstance(body, str) and body else (
-                    body if isinstance(body, list) else []
+                blocks = (
+                    [{"type": "text", "text": body}]
+                    if isinstance(body, str) and body
+                    else (body if isinstance(body, list) else [])
                 )
                 for c in calls:
                     fn = c["function"]
@@ -172,7 +177,8 @@ def to_anthropic(r: ChatRequest, model: str, stream: bool = False) -> dict[str, 
             p["system"] = "\n\n".join(system)
         else:
             p["system"] = [
-                b for s in system
+                b
+                for s in system
                 for b in ([{"type": "text", "text": s}] if isinstance(s, str) else s)
             ]
     if r.temperature is not None:
@@ -188,7 +194,9 @@ def to_anthropic(r: ChatRequest, model: str, stream: bool = False) -> dict[str, 
                 "combined with tools; drop one of the two"
             )
         schema = (r.response_format.get("json_schema") or {}).get("schema") or {"type": "object"}
-        p["tools"] = [{"name": _JSON_TOOL, "description": "Give the answer.", "input_schema": schema}]
+        p["tools"] = [
+            {"name": _JSON_TOOL, "description": "Give the answer.", "input_schema": schema}
+        ]
         p["tool_choice"] = {"type": "tool", "name": _JSON_TOOL}
     if stream:
         p["stream"] = True
@@ -272,7 +280,7 @@ class AnthropicProvider:
 
     async def stream(
         self, request: ChatRequest, timeout: httpx.Timeout
-    ) -> AsyncIterator[str | ChatResponse]:
+    ) -> AsyncGenerator[str | ChatResponse, None]:
         body = _ENCODE(to_anthropic(request, self.model, stream=True)).encode()
         req = self._client.build_request(
             "POST", self._url, content=body, headers=self._headers, timeout=timeout
@@ -321,8 +329,11 @@ class AnthropicProvider:
                         u = ev.get("usage") or {}
                         if u.get("output_tokens") is not None:
                             out_tokens = int(u["output_tokens"])
-                        for k in ("input_tokens", "cache_read_input_tokens",
-                                  "cache_creation_input_tokens"):
+                        for k in (
+                            "input_tokens",
+                            "cache_read_input_tokens",
+                            "cache_creation_input_tokens",
+                        ):
                             if u.get(k) is not None:
                                 usage_in[k] = u[k]
                     elif kind == "message_stop":
@@ -334,7 +345,11 @@ class AnthropicProvider:
                             f"{self.model_id} via {self.deployment}: error event in the stream: "
                             f"{err.get('type')}: {str(err.get('message', ''))[:300]}"
                         )
-                        cls = RetryableError if err.get("type") in _RETRYABLE_EVENTS else ProviderError
+                        cls = (
+                            RetryableError
+                            if err.get("type") in _RETRYABLE_EVENTS
+                            else ProviderError
+                        )
                         raise cls(msg, model=self.model_id, deployment=self.deployment)
                 except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
                     raise self._fail(f"bad stream event ({type(e).__name__}: {e})") from None

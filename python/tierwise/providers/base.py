@@ -23,7 +23,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ from ..errors import (
     ContextLengthError,
     ProviderError,
     RetryableError,
+    UpstreamTimeoutError,
 )
 
 __all__ = [
@@ -122,7 +123,7 @@ class Provider(Protocol):
 
     def stream(
         self, request: ChatRequest, timeout: httpx.Timeout
-    ) -> AsyncIterator[str | ChatResponse]: ...
+    ) -> AsyncGenerator[str | ChatResponse, None]: ...
 
 
 _RETRYABLE = frozenset({408, 409, 425, 429, 529})
@@ -220,9 +221,15 @@ def error_from_response(
 
 def error_from_transport(exc: Exception, model: str, deployment: str) -> RetryableError:
     """A RetryableError for an httpx transport failure (timeouts, resets, refused)."""
-    what = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection failed"
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeoutError(
+            f"{model} via {deployment}: no answer in time ({detail})",
+            model=model,
+            deployment=deployment,
+        )
     return RetryableError(
-        f"{model} via {deployment}: {what} ({type(exc).__name__}: {exc})",
+        f"{model} via {deployment}: connection failed ({detail})",
         model=model,
         deployment=deployment,
     )

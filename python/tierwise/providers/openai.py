@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -108,7 +108,9 @@ class OpenAIProvider:
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
         try:
             resp = await self._client.post(
-                self._url, content=self._body(request, False), headers=self._headers,
+                self._url,
+                content=self._body(request, False),
+                headers=self._headers,
                 timeout=timeout,
             )
         except httpx.RequestError as e:
@@ -137,9 +139,12 @@ class OpenAIProvider:
 
     async def stream(
         self, request: ChatRequest, timeout: httpx.Timeout
-    ) -> AsyncIterator[str | ChatResponse]:
+    ) -> AsyncGenerator[str | ChatResponse, None]:
         req = self._client.build_request(
-            "POST", self._url, content=self._body(request, True), headers=self._headers,
+            "POST",
+            self._url,
+            content=self._body(request, True),
+            headers=self._headers,
             timeout=timeout,
         )
         try:

@@ -1,0 +1,227 @@
+"""Router overhead: tierwise `chat()` vs LiteLLM `Router.acompletion` vs a direct httpx call,
+all against the same local upstream (`python -m tierwise.testing`, in its own process so it
+does not share the client's GIL), sequentially and at 32 concurrent requests.
+
+    python benches/bench_overhead.py            # prints the markdown table for the README
+    python benches/bench_overhead.py --n 4000   # more requests per cell
+    pytest benches/bench_overhead.py --benchmark-enable   # pytest-benchmark, sequential
+
+"direct httpx (default)" is `httpx.AsyncClient()` as most code creates it; "direct httpx"
+is the same client with the pool tuned the way tierwise tunes its own (every connection
+slot may stay alive), so the "added" columns measure tierwise itself, not the transport.
+LiteLLM columns are left out when litellm is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from tierwise import Registry, Router
+from tierwise.executor import ExecutionConfig, make_client
+from tierwise.testing import patch_registry
+
+MODEL = "gpt-4o-mini"  # the bundled registry routes "hi" here; asserted below
+MESSAGES = [{"role": "user", "content": "hi"}]
+CONCURRENCY = 32
+
+Call = Callable[[], Awaitable[str]]
+
+
+@contextmanager
+def upstream() -> Iterator[str]:
+    """The local upstream in a child process; yields its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tierwise.testing"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"the local upstream did not start: {line!r}")
+        yield line.split()[1]
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def direct_call(client: httpx.AsyncClient, url: str) -> Call:
+    body = {"model": MODEL, "messages": MESSAGES}
+
+    async def call() -> str:
+        r = await client.post(url + "/v1/chat/completions", json=body)
+        r.raise_for_status()
+        text: str = r.json()["choices"][0]["message"]["content"]
+        return text
+
+    return call
+
+
+def tierwise_call(router: Router) -> Call:
+    async def call() -> str:
+        return (await router.chat(MESSAGES)).text
+
+    return call
+
+
+def litellm_call(url: str) -> tuple[Call, Any] | None:
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # no network at import
+    try:
+        import litellm
+    except ImportError:
+        return None
+    litellm.suppress_debug_info = True
+    router = litellm.Router(
+        model_list=[
+            {
+                "model_name": MODEL,
+                "litellm_params": {
+                    "model": f"openai/{MODEL}",
+                    "api_base": url + "/v1",
+                    "api_key": "unused",
+                },
+            }
+        ]
+    )
+
+    async def call() -> str:
+        r = await router.acompletion(model=MODEL, messages=MESSAGES)
+        text: str = r.choices[0].message.content
+        return text
+
+    return call, router
+
+
+async def run(call: Call, n: int, concurrency: int) -> tuple[list[float], float]:
+    """Per-request latencies (s) and wall time for `n` calls at `concurrency`."""
+    lat: list[float] = []
+    per = n // concurrency
+
+    async def worker() -> None:
+        for _ in range(per):
+            t = time.perf_counter()
+            await call()
+            lat.append(time.perf_counter() - t)
+
+    gc.collect()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return lat, time.perf_counter() - t0
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(int(q * len(s)), len(s) - 1)]
+
+
+async def measure(url: str, n: int, rounds: int) -> tuple[list[list[str]], dict[str, float]]:
+    default_client = httpx.AsyncClient()
+    tuned_client = make_client(ExecutionConfig())
+    router = Router(patch_registry(Registry.default(), url))
+    decision = router.route(MESSAGES)
+    assert decision.model == MODEL, f"the registry now routes 'hi' to {decision.model}"
+    calls: dict[str, Call] = {
+        "direct httpx (default)": direct_call(default_client, url),
+        "direct httpx": direct_call(tuned_client, url),
+        "tierwise chat()": tierwise_call(router),
+    }
+    lite = litellm_call(url)
+    if lite is not None:
+        calls["LiteLLM Router"] = lite[0]
+    # warm up every path (connections, imports, caches)
+    for call in calls.values():
+        await run(call, 256, CONCURRENCY)
+        await run(call, 64, 1)
+    # Interleave the contenders round by round so drift on the machine hits all alike.
+    results: dict[tuple[str, int], tuple[list[float], float]] = {}
+    for _ in range(rounds):
+        for conc in (1, CONCURRENCY):
+            for name, call in calls.items():
+                lat, wall = await run(call, n if conc > 1 else n // 2, conc)
+                prev = results.get((name, conc), ([], 0.0))
+                results[name, conc] = (prev[0] + lat, prev[1] + wall)
+    overhead = []
+    for _ in range(n // 2):
+        overhead.append((await router.chat(MESSAGES)).overhead_s)
+    await router.aclose()
+    await default_client.aclose()
+    await tuned_client.aclose()
+
+    rows = []
+    base = {c: results["direct httpx", c] for c in (1, CONCURRENCY)}
+    for conc in (1, CONCURRENCY):
+        b_lat, b_wall = base[conc]
+        b50, b99 = pct(b_lat, 0.5), pct(b_lat, 0.99)
+        b_rps = len(b_lat) / b_wall
+        for name in calls:
+            lat, wall = results[name, conc]
+            p50, p99 = pct(lat, 0.5), pct(lat, 0.99)
+            rps = len(lat) / wall
+            base_row = name == "direct httpx"
+            rows.append([
+                "sequential" if conc == 1 else f"{conc} concurrent",
+                name,
+                f"{p50 * 1e3:.3f}",
+                f"{p99 * 1e3:.3f}",
+                "—" if base_row else f"{(p50 - b50) * 1e3:+.3f}",
+                "—" if base_row else f"{(p99 - b99) * 1e3:+.3f}",
+                f"{rps:,.0f}",
+                f"{rps / b_rps:.2f}",
+            ])
+    own = {
+        "overhead_p50_ms": statistics.median(overhead) * 1e3,
+        "overhead_p99_ms": pct(overhead, 0.99) * 1e3,
+    }
+    return rows, own
+
+
+def table(rows: list[list[str]]) -> str:
+    head = [
+        "load", "client", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "req/s",
+        "throughput vs direct",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=3200, help="requests per concurrent cell per round")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    with upstream() as url:
+        rows, own = asyncio.run(measure(url, args.n, args.rounds))
+    cmd = "python benches/bench_overhead.py" + (
+        f" --n {args.n}" if args.n != 3200 else ""
+    ) + (f" --rounds {args.rounds}" if args.rounds != 2 else "")
+    print(f"`{cmd}` ({os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+          f"httpx {httpx.__version__})\n")
+    print(table(rows))
+    print(
+        f"\ntierwise's own accounting (`ChatResult.overhead_s`, routing included): "
+        f"p50 {own['overhead_p50_ms']:.3f} ms, p99 {own['overhead_p99_ms']:.3f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

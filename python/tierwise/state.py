@@ -1,0 +1,238 @@
+"""Live health per deployment: latency, errors, 429s, cooldowns and a circuit breaker.
+
+A deployment is *cooling* after a Retry-After (for exactly that long, capped) or after the
+breaker opens (several failures in a row, or a high error rate): it is skipped until the
+cooldown ends. Then it is *half-open*: one request per `base_cooldown_s` window probes it;
+a success closes the breaker, a failure reopens it for twice as long (up to a cap).
+An auth failure *disables* a deployment until `enable()` is called: a bad key never fixes
+itself. Request faults (bad request, context length) say nothing about the deployment and
+are not recorded here.
+
+`Health` keeps this in memory, for one process. Other stores (Redis for several replicas)
+implement `HealthStore`: its methods are synchronous because they sit on every request; a
+shared store should answer from a local mirror and push its records in the background.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["Health", "HealthConfig", "HealthStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Breaker and smoothing settings. Defaults suit interactive LLM traffic."""
+
+    alpha: float = 0.2  # EWMA weight of the newest sample
+    consecutive_failures: int = 3  # failures in a row that open the breaker
+    error_rate: float = 0.5  # smoothed error rate that opens it ...
+    min_samples: int = 10  # ... once this many calls were seen
+    base_cooldown_s: float = 5.0
+    max_cooldown_s: float = 120.0
+    max_retry_after_s: float = 600.0  # longer Retry-After values are capped to this
+
+
+class HealthStore(Protocol):
+    """What the executor needs from a health store (in-memory `Health`, or a shared one)."""
+
+    def unavailable(self, key: str) -> str | None:
+        """None when `key` may be called now, else why not (disabled, cooling ...)."""
+
+    def blocked(self) -> frozenset[str]:
+        """Keys that are disabled or cooling now (no side effects; usually empty)."""
+
+    def record_success(self, key: str, latency_s: float) -> None: ...
+
+    def record_failure(
+        self, key: str, *, rate_limited: bool, retry_after: float | None, reason: str
+    ) -> None: ...
+
+    def disable(self, key: str, reason: str) -> None: ...
+
+    def enable(self, key: str) -> None: ...
+
+    def p95_s(self, key: str) -> float | None:
+        """Live p95 latency estimate once enough calls were seen, else None."""
+
+    def snapshot(self) -> dict[str, dict[str, Any]]: ...
+
+
+class _State:
+    __slots__ = (
+        "consecutive",
+        "cool_kind",
+        "cool_until",
+        "disabled",
+        "err",
+        "last_error",
+        "lat_mean",
+        "lat_var",
+        "n_429",
+        "n_err",
+        "n_ok",
+        "opens",
+        "reason",
+    )
+
+    def __init__(self) -> None:
+        self.lat_mean = 0.0
+        self.lat_var = 0.0
+        self.err = 0.0
+        self.n_ok = 0
+        self.n_err = 0
+        self.n_429 = 0
+        self.consecutive = 0
+        self.opens = 0
+        self.cool_until = 0.0
+        self.cool_kind = ""  # "retry_after" | "breaker" | "probe"
+        self.reason = ""
+        self.last_error = ""
+        self.disabled: str | None = None
+
+
+class Health:
+    """In-memory HealthStore. Keys are "model/deployment". Not thread-safe: one event loop."""
+
+    _MIN_LATENCY_SAMPLES = 20
+
+    def __init__(self, config: HealthConfig | None = None, *, clock: Any = None) -> None:
+        self.config = config or HealthConfig()
+        self._clock = clock or time.perf_counter
+        self._s: dict[str, _State] = {}
+        # key -> until when (inf: disabled); lets the router skip cooled models in O(1)
+        # when, as usual, nothing is cooling.
+        self._blocked: dict[str, float] = {}
+
+    def _get(self, key: str) -> _State:
+        s = self._s.get(key)
+        if s is None:
+            s = self._s[key] = _State()
+        return s
+
+    def unavailable(self, key: str) -> str | None:
+        s = self._s.get(key)
+        if s is None:
+            return None
+        if s.disabled is not None:
+            return f"disabled: {s.disabled}"
+        if s.cool_until:
+            now = self._clock()
+            if now < s.cool_until:
+                return f"cooling for {s.cool_until - now:.2f}s more ({s.reason})"
+            if s.cool_kind == "breaker":
+                # Half-open: let this request probe, and hold others back for one window.
+                s.cool_until = now + self.config.base_cooldown_s
+                s.cool_kind, s.reason = "probe", "half-open: a probe is in flight"
+                self._blocked[key] = s.cool_until
+            else:  # the upstream's own Retry-After has passed
+                s.cool_until, s.cool_kind, s.reason = 0.0, "", ""
+        return None
+
+    def blocked(self) -> frozenset[str]:
+        if not self._blocked:
+            return frozenset()
+        now = self._clock()
+        for key in [k for k, until in self._blocked.items() if until <= now]:
+            del self._blocked[key]
+        return frozenset(self._blocked)
+
+    def record_success(self, key: str, latency_s: float) -> None:
+        s = self._get(key)
+        a = self.config.alpha
+        if s.n_ok == 0:
+            s.lat_mean = latency_s
+        else:
+            d = latency_s - s.lat_mean
+            s.lat_mean += a * d
+            s.lat_var = (1 - a) * (s.lat_var + a * d * d)
+        s.n_ok += 1
+        s.err *= 1 - a
+        s.consecutive = 0
+        # A success closes the breaker, but an upstream's Retry-After still holds: a request
+        # that was in flight before the 429 proves nothing about the rate limit.
+        if s.cool_until and s.cool_kind != "retry_after":
+            s.cool_until, s.cool_kind, s.opens, s.reason = 0.0, "", 0, ""
+            if s.disabled is None:
+                self._blocked.pop(key, None)
+
+    def record_failure(
+        self, key: str, *, rate_limited: bool, retry_after: float | None, reason: str
+    ) -> None:
+        s = self._get(key)
+        c = self.config
+        s.n_err += 1
+        s.n_429 += rate_limited
+        s.err = s.err * (1 - c.alpha) + c.alpha
+        s.consecutive += 1
+        s.last_error = reason
+        now = self._clock()
+        if retry_after is not None and retry_after > 0:
+            wait = min(retry_after, c.max_retry_after_s)
+            if now + wait > s.cool_until:
+                s.cool_until, s.cool_kind = now + wait, "retry_after"
+                s.reason = f"Retry-After {wait:g}s: {reason}"
+                self._block(key, s.cool_until)
+            return
+        n = s.n_ok + s.n_err
+        if s.consecutive >= c.consecutive_failures or (
+            n >= c.min_samples and s.err >= c.error_rate
+        ):
+            wait = min(c.base_cooldown_s * 2.0**s.opens, c.max_cooldown_s)
+            s.opens += 1
+            s.cool_until, s.cool_kind = now + wait, "breaker"
+            self._block(key, s.cool_until)
+            s.reason = f"breaker open after {s.consecutive} failure(s) in a row: {reason}"
+
+    def _block(self, key: str, until: float) -> None:
+        if self._blocked.get(key, 0.0) < until:
+            self._blocked[key] = until
+
+    def disable(self, key: str, reason: str) -> None:
+        self._get(key).disabled = reason
+        self._blocked[key] = math.inf
+
+    def enable(self, key: str) -> None:
+        """Re-enable a deployment (after fixing its key) and close its breaker."""
+        s = self._get(key)
+        s.disabled = None
+        s.cool_until, s.cool_kind, s.opens, s.consecutive, s.reason = 0.0, "", 0, 0, ""
+        self._blocked.pop(key, None)
+
+    def p95_s(self, key: str) -> float | None:
+        s = self._s.get(key)
+        if s is None or s.n_ok < self._MIN_LATENCY_SAMPLES:
+            return None
+        return s.lat_mean + 1.645 * math.sqrt(s.lat_var)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every deployment seen so far: state, smoothed latency and error rate, counters."""
+        now = self._clock()
+        out: dict[str, dict[str, Any]] = {}
+        for key, s in self._s.items():
+            if s.disabled is not None:
+                state = "disabled"
+            elif s.cool_until > now:
+                state = "half_open" if s.cool_kind == "probe" else "cooling"
+            else:
+                state = "ok"
+            p95 = self.p95_s(key)
+            out[key] = {
+                "state": state,
+                "reason": s.disabled
+                if state == "disabled"
+                else (s.reason if state != "ok" else None),
+                "last_error": s.last_error or None,
+                "cooldown_remaining_s": round(max(s.cool_until - now, 0.0), 3),
+                "ewma_latency_ms": round(s.lat_mean * 1000, 3) if s.n_ok else None,
+                "p95_latency_ms": round(p95 * 1000, 3) if p95 is not None else None,
+                "error_rate": round(s.err, 4),
+                "successes": s.n_ok,
+                "failures": s.n_err,
+                "rate_limited": s.n_429,
+                "consecutive_failures": s.consecutive,
+            }
+        return out

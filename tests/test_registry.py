@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tierwise import ConfigError, ModelSpec, Price, Registry, UnknownModelError
+
+
+def test_bundled_registry_is_valid_and_dated() -> None:
+    reg = Registry.default()
+    assert len(reg) >= 15
+    assert reg.meta["prices_as_of"]
+    providers = {m.provider for m in reg}
+    assert {"openai", "anthropic", "google", "mistral", "meta", "qwen", "deepseek"} <= providers
+    for m in reg:
+        assert m.deployments, m.id
+        assert m.price is not None and m.price.output >= m.price.input * 0.5
+
+
+def test_from_toml_errors_name_the_field(tmp_path: Path) -> None:
+    p = tmp_path / "r.toml"
+    p.write_text('[[model]]\nid = "x"\ncontext_window = 100\nmax_output = 10\nprice = {input = -1, output = 1}\n')
+    with pytest.raises(ConfigError, match=r"model 'x'.price: 'input' must be a finite number >= 0"):
+        Registry.from_toml(p)
+    p.write_text('[[model]]\nid = "x"\ncontext_window = 100\nmax_output = 10\ncolour = "red"\n')
+    with pytest.raises(ConfigError, match="unknown field"):
+        Registry.from_toml(p)
+    p.write_text("not = [valid")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        Registry.from_toml(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Registry.from_toml(tmp_path / "missing.toml")
+
+
+def test_unpriced_model_has_no_cost() -> None:
+    m = ModelSpec("local", "ollama", 8000, 1000)
+    assert not m.priced and m.cost(100, 100) is None
+    reg = Registry([m])
+    assert reg.unpriced == ["local"]
+
+
+def test_duplicate_and_unknown_ids() -> None:
+    m = ModelSpec("a", "p", 100, 10, price=Price(1, 1))
+    with pytest.raises(ConfigError, match="twice"):
+        Registry([m, m])
+    with pytest.raises(UnknownModelError, match="the registry has: a"):
+        Registry([m])["b"]
+
+
+def test_price_tiers() -> None:
+    p = Price(2.0, 8.0, cached_input=0.5)
+    assert p.cost(1_000_000, 0) == pytest.approx(2.0)
+    assert p.cost(1_000_000, 1_000_000, cached_in=500_000) == pytest.approx(1.0 + 0.25 + 8.0)
+
+
+def test_bad_spec_values() -> None:
+    with pytest.raises(ConfigError, match="tokenizer"):
+        ModelSpec("a", "p", 100, 10, tokenizer="klingon")
+    with pytest.raises(ConfigError, match="capabilities"):
+        ModelSpec("a", "p", 100, 10, capabilities=frozenset({"telepathy"}))
+    with pytest.raises(ConfigError, match="max_output exceeds"):
+        ModelSpec("a", "p", 100, 1000)

@@ -1,0 +1,184 @@
+"""Router.route on the bundled registry and on small hand-made registries."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tierwise import (
+    ConfigError,
+    Constraints,
+    InputError,
+    ModelSpec,
+    NoRouteError,
+    Policy,
+    Price,
+    Registry,
+    Router,
+    Rule,
+    UnknownModelError,
+)
+
+
+def spec(mid: str, pin: float | None, pout: float | None, q: float, **kw: object) -> ModelSpec:
+    price = Price(pin, pout) if pin is not None and pout is not None else None
+    args: dict[str, object] = {
+        "id": mid, "provider": "test", "context_window": 8000, "max_output": 4000,
+        "price": price, "quality": {"general": q}, "p95_latency_ms": 1000.0,
+        "capabilities": frozenset({"json"}),
+    }
+    args.update(kw)
+    return ModelSpec(**args)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def router() -> Router:
+    return Router()
+
+
+def test_default_router_routes_with_reasons(router: Router) -> None:
+    d = router.route("What is the capital of France?")
+    assert d.model in router.registry
+    assert d.model not in d.fallbacks and len(d.fallbacks) <= router.policy.max_fallbacks
+    assert d.primary.p_good >= router.policy.quality_floor
+    text = d.explain()
+    assert d.model in text and "filtered out" in text or "candidates" in text
+    out = d.to_dict()
+    for key in ("model", "fallbacks", "tokens_in", "tokens_in_exact", "est_cost_usd", "reasons"):
+        assert key in out
+    ref_id, ref_cost = d.reference
+    assert ref_id == "claude-opus-4" and ref_cost is not None and ref_cost > out["est_cost_usd"]
+
+
+def test_cheapest_above_floor_and_fallback_order() -> None:
+    reg = Registry([spec("top", 10, 30, 0.95), spec("mid", 1, 2, 0.9), spec("low", 0.1, 0.1, 0.5)])
+    r = Router(reg, Policy(quality_floor=0.8))
+    d = r.route("hello")
+    assert d.model == "mid" and d.fallbacks == ["top"]
+    assert d.filtered["low"][0] == "quality_floor"
+    d = r.route("hello", quality_floor=0.0)
+    assert d.model == "low"
+
+
+def test_unpriced_is_never_free() -> None:
+    reg = Registry([spec("mystery", None, None, 0.95), spec("paid", 1, 1, 0.95)])
+    assert reg.unpriced == ["mystery"]
+    r = Router(reg)
+    d = r.route("hello")
+    assert d.model == "paid"  # unpriced sorts after every priced model
+    assert d.candidates[1].est_cost_usd is None
+    d = r.route("hello", max_cost_usd=1.0)
+    assert d.filtered["mystery"] == ("max_cost", "unpriced: cannot check max_cost")
+
+
+def test_no_route_names_the_constraint() -> None:
+    reg = Registry([spec("a", 10, 30, 0.9), spec("b", 5, 10, 0.9)])
+    with pytest.raises(NoRouteError, match="max_cost") as e:
+        Router(reg).route("hello", max_cost_usd=1e-9)
+    assert set(e.value.filtered) == {"a", "b"}
+    with pytest.raises(NoRouteError, match="latency_slo_ms"):
+        Router(reg).route("hello", latency_slo_ms=10)
+    with pytest.raises(NoRouteError, match="needs"):
+        Router(reg).route("hello", needs=("vision",))
+
+
+def test_context_window_filter_and_exact_count() -> None:
+    small = spec("small", 0.1, 0.1, 0.9, context_window=200, max_output=100)
+    big = spec("big", 1, 1, 0.9, context_window=100_000)
+    r = Router(Registry([small, big]))
+    d = r.route("word " * 400, max_output_tokens=50)
+    assert d.model == "big"
+    assert d.filtered["small"][0] == "context_window"
+    # ~157 exact tokens in + 50 out > 200, while the estimate alone would have let it pass:
+    # near a limit the router counts exactly.
+    d = r.route("word " * 150, max_output_tokens=50)
+    assert d.filtered["small"][0] == "context_window"
+    assert r.route("word " * 100, max_output_tokens=50).model == "small"
+
+
+def test_rules_first_and_validated() -> None:
+    reg = Registry([spec("coder", 5, 5, 0.9), spec("cheap", 0.1, 0.1, 0.9)])
+    pol = Policy(rules=(Rule("code", ("coder",), task="code"),))
+    r = Router(reg, pol)
+    d = r.route("Write a Python function that reverses a list")
+    assert d.model == "coder" and d.rule == "code" and "rule 'code'" in d.reasons()[0]
+    assert r.route("hello").model == "cheap"
+    with pytest.raises(UnknownModelError, match="unknown model 'nope'"):
+        Router(reg, Policy(rules=(Rule("x", ("nope",)),)))
+    with pytest.raises(ConfigError, match="unknown task"):
+        Router(reg, Policy(rules=(Rule("x", ("coder",), task="cooking"),)))
+
+
+def test_allow_deny_and_unknown_models() -> None:
+    reg = Registry([spec("a", 1, 1, 0.9), spec("b", 2, 2, 0.9)])
+    r = Router(reg)
+    assert r.route("hi", deny=("a",)).model == "b"
+    assert r.route("hi", allow=("b",)).model == "b"
+    with pytest.raises(UnknownModelError, match="unknown model 'zzz'"):
+        r.route("hi", allow=("zzz",))
+
+
+def test_lambda_mode_trades_quality_for_cost() -> None:
+    reg = Registry([spec("top", 10, 30, 0.95), spec("low", 0.1, 0.1, 0.6)])
+    r = Router(reg)
+    assert r.route("hi", lam=0.0).model == "top"
+    assert r.route("hi", lam=1e6).model == "low"
+
+
+def test_below_floor_is_flagged_not_silent() -> None:
+    reg = Registry([spec("a", 1, 1, 0.3), spec("b", 2, 2, 0.4)])
+    d = Router(reg).route("hi", quality_floor=0.99)
+    assert d.below_floor and d.model == "b" and "no model reached" in d.reasons()[0]
+
+
+def test_vision_parts_require_vision() -> None:
+    reg = Registry([spec("text-only", 0.1, 0.1, 0.9),
+                    spec("eyes", 1, 1, 0.9, capabilities=frozenset({"vision"}))])
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                         {"type": "image_url", "image_url": {"url": "x"}}]}]
+    assert Router(reg).route(msgs).model == "eyes"
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"max_cost_usd": -1}, "max_cost_usd"),
+        ({"latency_slo_ms": math.inf}, "latency_slo_ms"),
+        ({"quality_floor": 1.5}, "quality_floor"),
+        ({"needs": ("teleport",)}, "unknown"),
+        ({"max_output_tokens": 0}, "max_output_tokens"),
+    ],
+)
+def test_bad_constraints(kw: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        Constraints(**kw)  # type: ignore[arg-type]
+
+
+def test_bad_input_changes_nothing(router: Router) -> None:
+    before = router.route("hello").to_dict()
+    with pytest.raises(InputError):
+        router.route("bad \ud800")
+    with pytest.raises(InputError):
+        router.route([{"role": "user"}, {"role": "nobody", "content": "x"}])
+    assert router.route("hello").to_dict() == before
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.text(max_size=500),
+    st.one_of(st.none(), st.floats(min_value=0, max_value=1)),
+    st.one_of(st.none(), st.integers(min_value=1, max_value=200_000)),
+)
+def test_route_never_crashes(text: str, floor: float | None, max_tokens: int | None) -> None:
+    r = _ROUTER
+    try:
+        d = r.route(text, quality_floor=floor, max_output_tokens=max_tokens)
+    except (InputError, NoRouteError):
+        return
+    assert d.model in r.registry
+
+
+_ROUTER = Router()
