@@ -50,8 +50,14 @@ def _json_docs(part: str) -> list[str]:
             "active": rng.random() < 0.5,
             "score": round(rng.random() * 100, 3),
             "tags": rng.sample(words, 3),
-            "items": [{"sku": f"SKU-{rng.randrange(10000):04d}", "qty": rng.randrange(1, 9),
-                       "unit_price": round(rng.random() * 50, 2)} for _ in range(rng.randrange(1, 6))],
+            "items": [
+                {
+                    "sku": f"SKU-{rng.randrange(10000):04d}",
+                    "qty": rng.randrange(1, 9),
+                    "unit_price": round(rng.random() * 50, 2),
+                }
+                for _ in range(rng.randrange(1, 6))
+            ],
             "created_at": f"2025-0{rng.randrange(1, 9)}-1{rng.randrange(0, 9)}T10:2{i % 10}:00Z",
         }
         docs.append(json.dumps(obj, indent=2 if i % 2 else None))

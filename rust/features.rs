@@ -139,8 +139,12 @@ impl PromptInfo {
     }
 }
 
-#[derive(Default)]
-struct Scan {
+/// Per-conversation state the featurizer gathers through `tokens::Visitor` callbacks,
+/// so the estimator's counts and the features come from one pass over each message.
+struct Scan<'a> {
+    vec: &'a mut [f32],
+    buckets: usize,
+    seed: u64,
     letters: usize,
     latin: usize,
     cjk: usize,
@@ -200,135 +204,100 @@ fn question_opener(w: &[u8]) -> bool {
     )
 }
 
-#[inline]
-fn bucket_add(vec: &mut [f32], h: u64, buckets: usize) {
-    let idx = (h % buckets as u64) as usize;
-    let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
-    vec[DENSE + idx] += sign;
+
+impl Scan<'_> {
+    #[inline]
+    fn bucket_add(&mut self, h: u64) {
+        if self.buckets > 0 {
+            let idx = (h % self.buckets as u64) as usize;
+            self.vec[DENSE + idx] += if h >> 63 == 0 { 1.0 } else { -1.0 };
+        }
+    }
 }
 
-impl Scan {
-    fn content(&mut self, text: &str, vec: &mut [f32], cfg: &FeaturizerConfig) {
-        let b = text.as_bytes();
-        let buckets = cfg.hash_buckets;
-        let mut i = 0;
-        let mut line_start = true;
-        let mut word = [0u8; 32];
-        self.first_word_of_msg = true;
-        while i < b.len() {
-            let x = b[i];
-            if x.is_ascii_alphabetic() {
-                let start = i;
-                while i < b.len() && b[i].is_ascii_alphanumeric() || (i < b.len() && b[i] == b'_')
-                {
-                    i += 1;
-                }
-                let len = i - start;
-                self.words += 1;
-                self.word_bytes += len;
-                self.letters += len;
-                self.latin += len;
-                if len >= 10 {
-                    self.long_words += 1;
-                }
-                let n = len.min(word.len());
-                for (k, &c) in b[start..start + n].iter().enumerate() {
-                    self.upper += c.is_ascii_uppercase() as usize;
-                    word[k] = c.to_ascii_lowercase();
-                }
-                let w = &word[..n];
-                self.flags |= keyword_flag(w);
-                if self.first_word_of_msg && question_opener(w) {
-                    self.flags |= flag::QUESTION;
-                }
-                if w == b"http" || w == b"https" || w == b"www" {
-                    self.url = true;
-                }
-                // Multiple-choice options: a single capital letter A-E at a line start
-                // followed by ')' or '.' (or preceded by '(').
-                if line_start && len == 1 && (b'A'..=b'E').contains(&x) {
-                    let next = b.get(i).copied().unwrap_or(b' ');
-                    if next == b')' || next == b'.' || next == b':' {
-                        self.mc_options |= 1 << (x - b'A');
-                    }
-                }
-                self.first_word_of_msg = false;
-                line_start = false;
-                if buckets > 0 {
-                    let h = xxh3_64_with_seed(w, cfg.seed);
-                    bucket_add(vec, h, buckets);
-                    if self.prev_word != 0 {
-                        let bi = (self.prev_word.rotate_left(23) ^ h)
-                            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                        bucket_add(vec, bi, buckets);
-                    }
-                    self.prev_word = h;
-                }
-            } else if x.is_ascii_digit() {
-                let start = i;
-                while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.' || b[i] == b',') {
-                    i += 1;
-                }
-                self.digits += i - start;
-                self.numbers += 1;
-                line_start = false;
-            } else if x == b'\n' {
-                self.newlines += 1;
-                line_start = true;
-                i += 1;
-            } else if x == b' ' || x == b'\t' || x == b'\r' {
-                i += 1;
-            } else if x.is_ascii() {
-                self.punct += 1;
-                match x {
-                    b'?' => self.flags |= flag::QUESTION,
-                    b'-' | b'*' if line_start => self.bullets += 1,
-                    b'+' | b'*' | b'/' | b'=' | b'^' | b'%' => self.math_ops += 1,
-                    b'{' | b'}' | b';' | b'<' | b'>' => self.code_chars += 1,
-                    b'`' if b[i..].starts_with(b"```") => {
-                        self.fence = true;
-                        i += 2;
-                        self.punct += 2;
-                    }
-                    b'(' if line_start => {
-                        if let (Some(&l), Some(&r)) = (b.get(i + 1), b.get(i + 2)) {
-                            if (b'A'..=b'E').contains(&l) && r == b')' {
-                                self.mc_options |= 1 << (l - b'A');
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                if x != b'(' && x != b'-' && x != b'*' {
-                    line_start = false;
-                }
-                i += 1;
-            } else {
-                let ch = text[i..].chars().next().unwrap_or('\u{FFFD}');
-                let n = ch.len_utf8();
-                if tokens::is_cjk(ch) {
-                    self.cjk += 1;
-                    self.letters += 1;
-                    if buckets > 0 {
-                        // CJK has no spaces: each character is a "word" for hashing.
-                        let h = xxh3_64_with_seed(&b[i..i + n], cfg.seed);
-                        bucket_add(vec, h, buckets);
-                        self.prev_word = h;
-                    }
-                } else if ch.is_alphabetic() {
-                    self.letters += 1;
-                    if ('\u{0400}'..='\u{04FF}').contains(&ch) {
-                        self.cyrillic += 1;
-                    } else if ch.is_alphabetic() && (ch as u32) < 0x250 {
-                        self.latin += 1; // accented Latin
-                    } else {
-                        self.other_script += 1;
-                    }
-                    self.upper += ch.is_uppercase() as usize;
-                }
-                line_start = false;
-                i += n;
+impl tokens::Visitor for Scan<'_> {
+    fn word(&mut self, w: &[u8], line_start: bool, next: u8) {
+        let len = w.len();
+        self.words += 1;
+        self.word_bytes += len;
+        self.letters += len;
+        self.latin += len;
+        if len >= 10 {
+            self.long_words += 1;
+        }
+        let mut lower = [0u8; 32];
+        let n = len.min(lower.len());
+        for (k, &c) in w[..n].iter().enumerate() {
+            self.upper += c.is_ascii_uppercase() as usize;
+            lower[k] = c.to_ascii_lowercase();
+        }
+        let lw = &lower[..n];
+        self.flags |= keyword_flag(lw);
+        if self.first_word_of_msg && question_opener(lw) {
+            self.flags |= flag::QUESTION;
+        }
+        self.url |= lw == b"http" || lw == b"https" || lw == b"www";
+        // Multiple-choice options: a single capital A-E at a line start followed by ) . or :
+        if line_start && len == 1 && (b'A'..=b'E').contains(&w[0]) && matches!(next, b')' | b'.' | b':') {
+            self.mc_options |= 1 << (w[0] - b'A');
+        }
+        self.first_word_of_msg = false;
+        if self.buckets > 0 {
+            let h = xxh3_64_with_seed(lw, self.seed);
+            self.bucket_add(h);
+            if self.prev_word != 0 {
+                self.bucket_add((self.prev_word.rotate_left(23) ^ h).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             }
+            self.prev_word = h;
+        }
+    }
+
+    fn digits(&mut self, len: usize) {
+        self.digits += len;
+        self.numbers += 1;
+    }
+
+    fn punct(&mut self, rest: &[u8], line_start: bool) {
+        self.punct += 1;
+        match rest[0] {
+            b'?' => self.flags |= flag::QUESTION,
+            b'-' | b'*' if line_start => self.bullets += 1,
+            b'+' | b'*' | b'/' | b'=' | b'^' | b'%' => self.math_ops += 1,
+            b'{' | b'}' | b';' | b'<' | b'>' => self.code_chars += 1,
+            b'`' if rest.starts_with(b"```") => self.fence = true,
+            b'(' if line_start => {
+                if let [_, l @ b'A'..=b'E', b')', ..] = rest {
+                    self.mc_options |= 1 << (l - b'A');
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn newline(&mut self) {
+        self.newlines += 1;
+    }
+
+    fn non_ascii(&mut self, ch: char, bytes: &[u8]) {
+        if tokens::is_cjk(ch) {
+            self.cjk += 1;
+            self.letters += 1;
+            // CJK has no spaces: each character is a "word" for hashing.
+            if self.buckets > 0 {
+                let h = xxh3_64_with_seed(bytes, self.seed);
+                self.bucket_add(h);
+                self.prev_word = h;
+            }
+        } else if ch.is_alphabetic() {
+            self.letters += 1;
+            if ('\u{0400}'..='\u{04FF}').contains(&ch) {
+                self.cyrillic += 1;
+            } else if (ch as u32) < 0x250 {
+                self.latin += 1; // accented Latin
+            } else {
+                self.other_script += 1;
+            }
+            self.upper += ch.is_uppercase() as usize;
         }
     }
 }
@@ -337,14 +306,42 @@ impl Scan {
 pub fn featurize_into(messages: &[Message], cfg: &FeaturizerConfig, out: &mut [f32]) -> PromptInfo {
     debug_assert_eq!(out.len(), cfg.dim());
     out.iter_mut().for_each(|v| *v = 0.0);
-    let mut s = Scan::default();
+    let mut s = Scan {
+        vec: out,
+        buckets: cfg.hash_buckets,
+        seed: cfg.seed,
+        letters: 0,
+        latin: 0,
+        cjk: 0,
+        cyrillic: 0,
+        other_script: 0,
+        digits: 0,
+        punct: 0,
+        upper: 0,
+        newlines: 0,
+        words: 0,
+        word_bytes: 0,
+        long_words: 0,
+        numbers: 0,
+        math_ops: 0,
+        code_chars: 0,
+        flags: 0,
+        url: false,
+        fence: false,
+        mc_options: 0,
+        bullets: 0,
+        prev_word: 0,
+        first_word_of_msg: true,
+    };
     let mut counts = CharCounts::default();
     let mut chars = 0usize;
     let mut system_chars = 0usize;
     let mut turns = 0usize;
     let mut last_user_chars = 0usize;
     for m in messages {
-        let c = tokens::char_counts(&m.content);
+        s.prev_word = 0;
+        s.first_word_of_msg = true;
+        let c = tokens::scan(&m.content, &mut s);
         for (a, b) in counts.counts.iter_mut().zip(c.counts.iter()) {
             *a += *b;
         }
@@ -358,8 +355,6 @@ pub fn featurize_into(messages: &[Message], cfg: &FeaturizerConfig, out: &mut [f
             }
             _ => turns += 1,
         }
-        s.prev_word = 0;
-        s.content(&m.content, out, cfg);
     }
     counts.counts[tokens::est::BIAS] = 1.0;
     let mut flags = s.flags;
@@ -387,6 +382,7 @@ pub fn featurize_into(messages: &[Message], cfg: &FeaturizerConfig, out: &mut [f
     let fc = chars.max(1) as f32;
     let letters = s.letters.max(1) as f32;
     let ln = |v: usize| (v as f32).ln_1p() / 10.0;
+    let out = &mut *s.vec;
     let dense = &mut out[..DENSE];
     dense[0] = ln(chars);
     dense[1] = (info.est_tokens(Family::O200k)).ln_1p() / 10.0;

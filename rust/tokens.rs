@@ -153,11 +153,32 @@ pub mod est {
 }
 pub const N_EST: usize = 29;
 
+/// What the featurizer needs from the same pass that gathers the estimator's counts.
+/// Every method has an empty default, so the estimator alone pays for nothing else.
+pub trait Visitor {
+    /// An ASCII letter run (`line_start`: first token on its line).
+    fn word(&mut self, _w: &[u8], _line_start: bool, _next: u8) {}
+    fn digits(&mut self, _len: usize) {}
+    /// One ASCII punctuation or control byte; `rest` starts at it.
+    fn punct(&mut self, _rest: &[u8], _line_start: bool) {}
+    fn newline(&mut self) {}
+    fn non_ascii(&mut self, _ch: char, _bytes: &[u8]) {}
+}
+
+impl Visitor for () {}
+
 /// Gather `CharCounts` for `text` (one pass over the bytes, no allocation).
 pub fn char_counts(text: &str) -> CharCounts {
-    let mut c = [0f32; N_EST];
+    scan(text, &mut ())
+}
+
+/// The one pass over a text: estimator counts, plus callbacks for the featurizer.
+pub fn scan<V: Visitor>(text: &str, v: &mut V) -> CharCounts {
+    // Integer counters: f32 `+=` on the same slots would chain their latencies.
+    let mut c = [0u32; N_EST];
     let b = text.as_bytes();
     let mut i = 0;
+    let mut line_start = true;
     while i < b.len() {
         let x = b[i];
         if x.is_ascii_alphabetic() {
@@ -175,18 +196,24 @@ pub fn char_counts(text: &str) -> CharCounts {
                 17..=24 => 13,
                 _ => 14,
             };
-            c[est::WORD_LEN + slot] += 1.0;
+            c[est::WORD_LEN + slot] += 1;
             if caps_inside {
-                c[est::WORD_CAPITALISED] += 1.0;
+                c[est::WORD_CAPITALISED] += 1;
             }
+            v.word(&b[start..i], line_start, b.get(i).copied().unwrap_or(b' '));
+            line_start = false;
         } else if x.is_ascii_digit() {
             let start = i;
             while i < b.len() && b[i].is_ascii_digit() {
                 i += 1;
             }
-            c[est::DIGIT_GROUPS] += (i - start).div_ceil(3) as f32;
+            c[est::DIGIT_GROUPS] += (i - start).div_ceil(3) as u32;
+            v.digits(i - start);
+            line_start = false;
         } else if x == b'\n' {
-            c[est::NEWLINES] += 1.0;
+            c[est::NEWLINES] += 1;
+            v.newline();
+            line_start = true;
             i += 1;
         } else if x == b' ' || x == b'\t' || x == b'\r' {
             let start = i;
@@ -194,45 +221,50 @@ pub fn char_counts(text: &str) -> CharCounts {
                 i += 1;
             }
             if i - start >= 2 {
-                c[est::SPACE_RUNS] += 1.0;
-                c[est::SPACE_RUN_CHARS] += (i - start) as f32;
+                c[est::SPACE_RUNS] += 1;
+                c[est::SPACE_RUN_CHARS] += (i - start) as u32;
             }
             if i == start {
                 i += 1; // lone \r
             }
         } else if x.is_ascii() {
             let start = i;
-            while i < b.len() && b[i].is_ascii_punctuation() {
+            loop {
+                v.punct(&b[i..], line_start);
+                // Bullets and "(A)" options keep the line start for what follows them.
+                line_start &= matches!(b[i], b'(' | b'-' | b'*');
                 i += 1;
+                if i >= b.len() || !b[i].is_ascii_punctuation() {
+                    break;
+                }
             }
-            if i == start {
-                i += 1; // other control characters
-            }
-            c[est::PUNCT] += (i - start) as f32;
-            c[est::PUNCT_RUNS] += 1.0;
+            c[est::PUNCT] += (i - start) as u32;
+            c[est::PUNCT_RUNS] += 1;
         } else {
             // Non-ASCII: decode one char (text is valid UTF-8).
             let ch = text[i..].chars().next().unwrap_or('\u{FFFD}');
             let n = ch.len_utf8();
             let cp = ch as u32;
             if matches!(cp, 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x2FA1F) {
-                c[est::HAN] += 1.0;
+                c[est::HAN] += 1;
             } else if matches!(cp, 0x3040..=0x30FF | 0xFF66..=0xFF9F) {
-                c[est::KANA] += 1.0;
+                c[est::KANA] += 1;
             } else if matches!(cp, 0xAC00..=0xD7AF | 0x1100..=0x11FF | 0x3130..=0x318F) {
-                c[est::HANGUL] += 1.0;
+                c[est::HANGUL] += 1;
             } else if matches!(cp, 0x3000..=0x303F | 0xFF00..=0xFF65 | 0xFFE0..=0xFFEF) {
-                c[est::CJK_PUNCT] += 1.0;
+                c[est::CJK_PUNCT] += 1;
             } else if ch.is_alphabetic() {
-                c[est::OTHER_LETTERS] += 1.0;
+                c[est::OTHER_LETTERS] += 1;
             } else {
-                c[est::OTHER_BYTES] += 1.0;
+                c[est::OTHER_BYTES] += 1;
             }
+            v.non_ascii(ch, &b[i..i + n]);
+            line_start = false;
             i += n;
         }
     }
-    c[est::BIAS] = 1.0;
-    CharCounts { counts: c }
+    c[est::BIAS] = 1;
+    CharCounts { counts: c.map(|v| v as f32) }
 }
 
 pub fn is_cjk(ch: char) -> bool {

@@ -19,15 +19,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benches"))
 
 from corpus import CATEGORIES, samples  # noqa: E402
-
 from tierwise import _core  # noqa: E402
-
 
 # Prior tokens per estimator input (order of rust/tokens.rs `est`): ASCII words by length
 # 1..12, 13-16, 17-24, 25+; capitalised; digit groups; punct; punct runs; newlines; space
 # runs; Han; Kana; Hangul; CJK punct; other letters; other bytes; space-run chars; bias.
-PRIOR = [1.0] * 7 + [1.2, 1.4, 1.6, 1.8, 2.0, 2.6, 3.5, 6.0] + [0.3, 1.0, 0.3, 0.5, 0.6, 0.5,
-         0.9, 0.7, 0.6, 1.0, 0.45, 1.5, 0.05, 0.0]
+PRIOR = (
+    [1.0] * 7
+    + [1.2, 1.4, 1.6, 1.8, 2.0, 2.6, 3.5, 6.0]
+    + [0.3, 1.0, 0.3, 0.5, 0.6, 0.5, 0.9, 0.7, 0.6, 1.0, 0.45, 1.5, 0.05, 0.0]
+)
 PRIOR_WEIGHT = 0.002
 FIXED = [25]  # other letters (Cyrillic, Greek, Arabic: ~0.45 tokens each)
 
@@ -37,7 +38,7 @@ def design(texts: list[str]) -> np.ndarray:
 
 
 def fit(encoding: str) -> np.ndarray:
-    xs, ys, ws = [], [], []
+    xs, ys = [], []
     for cat in CATEGORIES:
         texts = samples(cat, "fit")
         x = design(texts)

@@ -10,6 +10,7 @@ import pytest
 
 from tierwise import Policy, Registry, Router
 from tierwise.executor import ExecutionConfig
+from tierwise.state import Health
 from tierwise.testing import LocalUpstream
 
 # Cheapest first, equal quality: the router tries alpha, beta, gamma, delta in this order.
@@ -46,11 +47,11 @@ def registry(url: str, p95_ms: float = 100.0) -> Registry:
     return Registry.from_dict({"model": models})
 
 
-def router(url: str, **config: Any) -> Router:
+def router(url: str, health: Health | None = None, **config: Any) -> Router:
     r = Router(registry(url), Policy(quality_floor=0.5, max_fallbacks=3))
     # Tight timeouts and short backoffs keep the fault tests fast; the logic is the same.
     cfg = {"read_timeout_s": 2.0, "attempt_timeout_s": 5.0, "backoff_base_s": 0.01} | config
-    return r.configure(execution=ExecutionConfig(**cfg))
+    return r.configure(execution=ExecutionConfig(**cfg), health=health)
 
 
 def wire(model: str) -> str:

@@ -360,7 +360,7 @@ async def test_race_failures_are_replaced_by_the_next_candidate(up: LocalUpstrea
 
 async def test_cancelling_chat_cancels_its_upstream_calls(up: LocalUpstream) -> None:
     for m in ORDER:
-        up.script(wire(m), hang())
+        up.script(wire(m), *[hang()] * 3)
     before = open_fds()
     async with router(up.url) as r:
         for kw in ({}, {"race": 2}, {"hedge": True}):
@@ -369,6 +369,7 @@ async def test_cancelling_chat_cancels_its_upstream_calls(up: LocalUpstream) -> 
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+    assert len(up.requests) == 1 + 2 + 2  # hedge fired after alpha's 100 ms p95
     for _ in range(50):
         if up.open_connections == 0:
             break

@@ -8,8 +8,11 @@ from pathlib import Path
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tierwise.cli", *args], capture_output=True, text=True,
-        input=stdin, timeout=60,
+        [sys.executable, "-m", "tierwise.cli", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=60,
     )
 
 

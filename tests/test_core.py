@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from tierwise import _core
 from tierwise.errors import InputError, TokenizerError
 
@@ -32,7 +31,9 @@ SAMPLES = [
 def test_exact_counts_match_tiktoken(encoding: str) -> None:
     enc = tiktoken_encoding(encoding)
     for text in SAMPLES:
-        assert _core.count_tokens(text, encoding) == len(enc.encode(text, disallowed_special=())), text
+        assert _core.count_tokens(text, encoding) == len(enc.encode(text, disallowed_special=())), (
+            text
+        )
 
 
 @settings(max_examples=300, deadline=None)
@@ -108,11 +109,16 @@ def test_featurizer_shapes_and_determinism() -> None:
 
 
 def test_multimodal_parts() -> None:
-    msgs = [{"role": "user", "content": [
-        {"type": "text", "text": "what is in this picture?"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-    ]}]
-    v, info = _core.Featurizer().featurize(msgs)
+    msgs = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is in this picture?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ],
+        }
+    ]
+    _, info = _core.Featurizer().featurize(msgs)
     assert info["chars"] == len("what is in this picture?")
 
 

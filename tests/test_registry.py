@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tierwise import ConfigError, ModelSpec, Price, Registry, UnknownModelError
 
 
@@ -20,7 +19,8 @@ def test_bundled_registry_is_valid_and_dated() -> None:
 
 def test_from_toml_errors_name_the_field(tmp_path: Path) -> None:
     p = tmp_path / "r.toml"
-    p.write_text('[[model]]\nid = "x"\ncontext_window = 100\nmax_output = 10\nprice = {input = -1, output = 1}\n')
+    head = '[[model]]\nid = "x"\ncontext_window = 100\nmax_output = 10\n'
+    p.write_text(head + "price = {input = -1, output = 1}\n")
     with pytest.raises(ConfigError, match=r"model 'x'.price: 'input' must be a finite number >= 0"):
         Registry.from_toml(p)
     p.write_text('[[model]]\nid = "x"\ncontext_window = 100\nmax_output = 10\ncolour = "red"\n')

@@ -7,7 +7,6 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from tierwise import (
     ConfigError,
     Constraints,
@@ -26,8 +25,13 @@ from tierwise import (
 def spec(mid: str, pin: float | None, pout: float | None, q: float, **kw: object) -> ModelSpec:
     price = Price(pin, pout) if pin is not None and pout is not None else None
     args: dict[str, object] = {
-        "id": mid, "provider": "test", "context_window": 8000, "max_output": 4000,
-        "price": price, "quality": {"general": q}, "p95_latency_ms": 1000.0,
+        "id": mid,
+        "provider": "test",
+        "context_window": 8000,
+        "max_output": 4000,
+        "price": price,
+        "quality": {"general": q},
+        "p95_latency_ms": 1000.0,
         "capabilities": frozenset({"json"}),
     }
     args.update(kw)
@@ -45,7 +49,7 @@ def test_default_router_routes_with_reasons(router: Router) -> None:
     assert d.model not in d.fallbacks and len(d.fallbacks) <= router.policy.max_fallbacks
     assert d.primary.p_good >= router.policy.quality_floor
     text = d.explain()
-    assert d.model in text and "filtered out" in text or "candidates" in text
+    assert d.model in text and "candidates (ranked)" in text
     out = d.to_dict()
     for key in ("model", "fallbacks", "tokens_in", "tokens_in_exact", "est_cost_usd", "reasons"):
         assert key in out
@@ -135,10 +139,21 @@ def test_below_floor_is_flagged_not_silent() -> None:
 
 
 def test_vision_parts_require_vision() -> None:
-    reg = Registry([spec("text-only", 0.1, 0.1, 0.9),
-                    spec("eyes", 1, 1, 0.9, capabilities=frozenset({"vision"}))])
-    msgs = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
-                                         {"type": "image_url", "image_url": {"url": "x"}}]}]
+    reg = Registry(
+        [
+            spec("text-only", 0.1, 0.1, 0.9),
+            spec("eyes", 1, 1, 0.9, capabilities=frozenset({"vision"})),
+        ]
+    )
+    msgs = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "x"}},
+            ],
+        }
+    ]
     assert Router(reg).route(msgs).model == "eyes"
 
 

@@ -3,29 +3,40 @@
 A model that writes `12 / 20 x 100 = 55` has made a mistake we can see from the text alone,
 so a cascade can escalate without asking anyone. This module finds runs of numbers and
 operators joined by `=` (`3 x 60 = 180`, `$40 + $24 = $64`, GSM8K's `<<8*5=40>>`), evaluates
-each side with a tiny recursive-descent parser and reports the equalities that do not hold.
-Anything it cannot parse (units between numbers, implicit products, words) is skipped, never
-guessed: a check that cries wolf would escalate good answers.
+each side with a small operator-precedence evaluator and reports the equalities that do not
+hold. Anything it cannot parse (units between numbers, implicit products, words) is skipped,
+never guessed: a check that cries wolf would escalate good answers.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["Mismatch", "check_arithmetic", "last_stated_value", "parse_number"]
 
-# One run: digits, operators, parentheses, `=` and `$`/`%`, with spaces but no newline, so a
-# run never joins two lines of a solution. It must contain `=` to be worth parsing.
-_RUN = re.compile("[($\\d][\\d \t.,$%()+\\-*/x\u00d7\u00f7\u2212=]*[\\d%)]")
-_TOKEN = re.compile(
-    r"\s*(?:(?P<num>\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?)|(?P<op>[-+*/x()"
-    "\u00d7\u00f7\u2212]))"
-)
-_OPS = {"x": "*", "\u00d7": "*", "\u00f7": "/", "\u2212": "-"}  # x, times, divide, minus
+_CHARS = "\\d \t.,$%()+\\-*/x\u00d7\u00f7\u2212"  # x, times, divide and minus signs too
+# One run: numbers and operators around at least one `=`, with blanks but no newline, so a
+# run never joins two lines of a solution.
+_RUN = re.compile(f"[($\\d][{_CHARS}]*=[{_CHARS}=]*[\\d%)]")
+# Tokens of one side: numbers (`$1,250.50`, `60%`) and operators; blanks are not tokens.
+_TOKEN = re.compile(r"\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?|[-+*/x()" "\u00d7\u00f7\u2212]")
+_OPS = {"x": "*", "\u00d7": "*", "\u00f7": "/", "\u2212": "-"}
+_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "neg": 3}
+_APPLY: dict[str, Callable[[float, float], float]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+}
 # The value a solution last states: after `=` (or GSM8K's `>>`), allowing `$` and commas.
 _STATED = re.compile(r"(?:=|>>)\s*\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
+
+# (value, has an operator, decimals of the last number, last number ends in %)
+_Side = tuple[float, bool, int, bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,108 +54,100 @@ class Mismatch:
 
 def parse_number(text: str) -> float | None:
     """`$1,250.50` -> 1250.5; None when `text` is not one number."""
-    t = text.strip().replace("$", "").replace(",", "")
     try:
-        return float(t)
+        return float(text.strip().replace("$", "").replace(",", ""))
     except ValueError:
         return None
 
 
-class _Parser:
-    """expr := term (('+'|'-') term)*; term := unary (('*'|'/') unary)*; unary := '-'? atom."""
-
-    __slots__ = ("has_op", "pos", "toks")
-
-    def __init__(self, toks: list[tuple[str, float]]) -> None:
-        self.toks = toks
-        self.pos = 0
-        self.has_op = False
-
-    def peek(self) -> str | None:
-        return self.toks[self.pos][0] if self.pos < len(self.toks) else None
-
-    def expr(self) -> float:
-        v = self.term()
-        while (op := self.peek()) in ("+", "-"):
-            self.pos += 1
-            self.has_op = True
-            r = self.term()
-            v = v + r if op == "+" else v - r
-        return v
-
-    def term(self) -> float:
-        v = self.unary()
-        while (op := self.peek()) in ("*", "/"):
-            self.pos += 1
-            self.has_op = True
-            r = self.unary()
-            if op == "*":
-                v *= r
-            elif r == 0.0:
-                raise ValueError("division by zero")
-            else:
-                v /= r
-        return v
-
-    def unary(self) -> float:
-        if self.peek() == "-":
-            self.pos += 1
-            return -self.atom()
-        return self.atom()
-
-    def atom(self) -> float:
-        kind = self.peek()
-        if kind == "n":
-            v = self.toks[self.pos][1]
-            self.pos += 1
-            return v
-        if kind == "(":
-            self.pos += 1
-            v = self.expr()
-            if self.peek() != ")":
-                raise ValueError("unbalanced parenthesis")
-            self.pos += 1
-            return v
-        raise ValueError("expected a number")
+def _number(tok: str) -> tuple[float, int, bool]:
+    """(value, decimals shown, ends in %) of one number token such as `$1,250.50` or `60%`."""
+    pct = tok[-1] == "%"
+    digits = tok.rstrip("%").lstrip("$").replace(",", "")
+    dot = digits.find(".")
+    value = float(digits)
+    return (value / 100.0 if pct else value), (len(digits) - dot - 1 if dot >= 0 else 0), pct
 
 
-def _tokens(side: str) -> tuple[list[tuple[str, float]], int, bool] | None:
-    """Tokens of one side, the decimals of its last number, and whether it ends in `%`."""
-    toks: list[tuple[str, float]] = []
-    pos, end = 0, len(side.rstrip())
+def _reduce(vals: list[float], op: str) -> None:
+    if op == "neg":
+        vals[-1] = -vals[-1]
+        return
+    right = vals.pop()
+    vals[-1] = _APPLY[op](vals[-1], right)
+
+
+def _calc(found: list[str]) -> tuple[float, int, bool] | None:
+    """Evaluate tokens by precedence climbing (two stacks); None when they do not parse."""
+    vals: list[float] = []
+    ops: list[str] = []
+    operand = True  # whether the next token must be a number, `(` or a unary minus
     decimals, pct = 0, False
-    while pos < end:
-        m = _TOKEN.match(side, pos)
-        if m is None:
+    for tok in found:
+        c = tok[0]
+        if c.isdigit() or c == "$":
+            if not operand:
+                return None
+            value, decimals, pct = _number(tok)
+            vals.append(value)
+            operand = False
+        elif c == "(":
+            if not operand:
+                return None
+            ops.append(c)
+        elif c == ")":
+            if operand:
+                return None
+            while ops and ops[-1] != "(":
+                _reduce(vals, ops.pop())
+            if not ops:
+                return None
+            ops.pop()
+        else:
+            op = _OPS.get(c, c)
+            if operand:
+                if op != "-":
+                    return None
+                ops.append("neg")
+                continue
+            prec = _PREC[op]
+            while ops and ops[-1] != "(" and _PREC[ops[-1]] >= prec:
+                _reduce(vals, ops.pop())
+            ops.append(op)
+            operand = True
+    if operand:
+        return None
+    while ops:
+        op = ops.pop()
+        if op == "(":
             return None
-        pos = m.end()
-        num = m.group("num")
-        if num is None:
-            op = m.group("op")
-            toks.append((_OPS.get(op, op), 0.0))
-            continue
-        pct = num.endswith("%")
-        digits = num.rstrip("%").lstrip("$").replace(",", "")
-        decimals = len(digits) - digits.index(".") - 1 if "." in digits else 0
-        value = float(digits)
-        toks.append(("n", value / 100.0 if pct else value))
-    return (toks, decimals, pct) if toks else None
+        _reduce(vals, op)
+    return (vals[0], decimals, pct) if len(vals) == 1 else None
 
 
-def _evaluate(side: str) -> tuple[float, bool, int, bool] | None:
-    """(value, has an operator, decimals shown, ends in %) or None when it does not parse."""
-    got = _tokens(side)
-    if got is None:
+def _evaluate(side: str) -> _Side | None:
+    """The side's value and form, or None when it is not pure arithmetic."""
+    bare = side.strip()
+    if bare.isdigit():  # most right-hand sides: skip the tokenizer
+        return float(bare), False, 0, False
+    found = _TOKEN.findall(side)
+    # Every character but blanks must belong to a token, else the side holds something
+    # (a unit, a word, a colon) that makes it not pure arithmetic.
+    if not found or sum(map(len, found)) != len(side) - side.count(" ") - side.count("\t"):
         return None
-    toks, decimals, pct = got
-    p = _Parser(toks)
+    if len(found) == 1:  # the common right-hand side: one stated number
+        tok = found[0]
+        if not (tok[0].isdigit() or tok[0] == "$"):
+            return None
+        value, decimals, pct = _number(tok)
+        return value, False, decimals, pct
     try:
-        v = p.expr()
-    except (ValueError, OverflowError):
+        got = _calc(found)
+    except (ZeroDivisionError, OverflowError):
         return None
-    if p.pos != len(toks) or not math.isfinite(v):
+    if got is None or not math.isfinite(got[0]):
         return None
-    return v, p.has_op, decimals, pct
+    return got[0], True, got[1], got[2]
 
 
 def _close(value: float, stated: float, decimals: int) -> bool:
@@ -153,8 +156,8 @@ def _close(value: float, stated: float, decimals: int) -> bool:
     return abs(value - stated) <= tol
 
 
-def _holds(left: tuple[float, bool, int, bool], right: tuple[float, bool, int, bool]) -> bool:
-    lv, _, _, _ = left
+def _holds(left: _Side, right: _Side) -> bool:
+    lv = left[0]
     rv, r_op, r_dec, r_pct = right
     if r_op:  # both sides are expressions: equal up to float noise
         return _close(lv, rv, 9)
@@ -162,24 +165,34 @@ def _holds(left: tuple[float, bool, int, bool], right: tuple[float, bool, int, b
     return _close(lv, rv, r_dec) or (r_pct and _close(lv, rv * 100.0, max(r_dec - 2, 0)))
 
 
+_BEFORE = frozenset("+-*/x)\u00d7\u00f7\u2212")  # a run right after these misses its start
+_AFTER = frozenset("+-*/\u00d7\u00f7\u2212")  # a run right before these misses its end
+
+
 def check_arithmetic(text: str, limit: int = 64) -> tuple[int, list[Mismatch]]:
     """(equalities checked, those that do not hold) in `text`, at most `limit` checked."""
     checked = 0
     bad: list[Mismatch] = []
     for m in _RUN.finditer(text):
-        run = m.group()
-        if "=" not in run:
-            continue
-        sides = run.split("=")
-        values = [_evaluate(s) if s.strip() else None for s in sides]
+        sides = m.group().split("=")
+        values = [_evaluate(s) for s in sides]
+        # `x - 3 = 5` yields the run `3 = 5` and `-3 + 5 = 2` the run `3 + 5 = 2`: a side
+        # cut off by an operator outside the run is not the side the text wrote.
+        before = text[max(m.start() - 3, 0) : m.start()].rstrip()
+        if before and before[-1] in _BEFORE:
+            values[0] = None
+        after = text[m.end() : m.end() + 3].lstrip()
+        if after and after[0] in _AFTER:
+            values[-1] = None
         for k in range(len(sides) - 1):
             a, b = values[k], values[k + 1]
             if a is None or b is None or not (a[1] or b[1]):
                 continue  # a pure `5 = 5` or an unparsable side says nothing
-            left, right = (a, b) if a[1] else (b, a)
+            left, right, ls, rs = (
+                (a, b, sides[k], sides[k + 1]) if a[1] else (b, a, sides[k + 1], sides[k])
+            )
             checked += 1
             if not _holds(left, right):
-                ls, rs = (sides[k], sides[k + 1]) if a[1] else (sides[k + 1], sides[k])
                 stated = right[0] * 100.0 if right[3] else right[0]  # as written
                 bad.append(Mismatch(ls, rs, left[0], stated))
             if checked >= limit:

@@ -9,10 +9,23 @@ import numpy.typing as npt
 _Messages = str | Sequence[Mapping[str, Any]]
 
 __all__ = [
-    "CAPABILITIES", "FAMILIES", "FEATURE_VERSION", "FLAGS", "TASKS", "DispatchTable",
-    "Featurizer", "Plan", "count_message_tokens", "count_tokens", "count_tokens_batch",
-    "count_tokens_till_limit", "estimate_tokens", "estimate_tokens_batch", "estimator_inputs",
-    "is_exact_family", "__version__",
+    "CAPABILITIES",
+    "FAMILIES",
+    "FEATURE_VERSION",
+    "FLAGS",
+    "TASKS",
+    "DispatchTable",
+    "Featurizer",
+    "Plan",
+    "count_message_tokens",
+    "count_tokens",
+    "count_tokens_batch",
+    "count_tokens_till_limit",
+    "estimate_tokens",
+    "estimate_tokens_batch",
+    "estimator_inputs",
+    "is_exact_family",
+    "__version__",
 ]
 
 __version__: Final[str]
@@ -72,7 +85,9 @@ class DispatchTable:
     def __new__(
         cls,
         rows: Sequence[
-            tuple[str, float, float, int, int, Sequence[str], float, str, float, Sequence[float], bool]
+            tuple[
+                str, float, float, int, int, Sequence[str], float, str, float, Sequence[float], bool
+            ]
         ],
         weights: npt.NDArray[np.float32],
         intercept: Sequence[float],

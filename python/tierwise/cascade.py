@@ -207,6 +207,22 @@ class CascadeResult:
         }
 
 
+@dataclass(slots=True)
+class _Climb:
+    """One request's progress up the ladder (what a cut-off must still be able to report)."""
+
+    msgs: list[dict[str, Any]]
+    p_good: dict[str, float]
+    records: list[StepRecord] = field(default_factory=list)
+    pool: list[Answer] = field(default_factory=list)  # every answer: agreement's peers
+    best: tuple[Answer, Verdict] | None = None
+    spent: float = 0.0
+    elapsed: float = 0.0
+    budget_hit: Literal["latency", "cost"] | None = None
+    current: StepRecord | None = None  # the step in flight
+    t0: float = 0.0  # when it started
+
+
 _NO_ESTIMATE = ModelEstimate()
 
 
@@ -321,36 +337,56 @@ class Cascade:
             else [dict(m) for m in messages]
         )
         est = estimates or {}
-        records: list[StepRecord] = []
-        pool: list[Answer] = []  # every answer so far: the peers agreement compares against
-        best: tuple[Answer, Verdict] | None = None
-        spent = 0.0
-        elapsed = 0.0
-        budget_hit: Literal["latency", "cost"] | None = None
+        climb = _Climb(msgs, {m: e.p_good for m, e in est.items() if e.p_good is not None})
+        if self.latency_budget_ms is None:  # no timer to arm: the common case stays cheap
+            done = await self._climb(climb, call, est)
+        else:
+            # One timer for the whole request: a step that runs past its p95 is cut off
+            # when the budget, not the step's estimate, runs out.
+            try:
+                async with asyncio.timeout(self.latency_budget_ms / 1000.0):
+                    done = await self._climb(climb, call, est)
+            except TimeoutError:
+                rec = climb.current
+                if rec is not None:  # the cancelled calls may be billed; by how much is unknown
+                    rec.status, rec.reason, rec.cost_usd = "failed", _CUT_OFF, None
+                    rec.latency_ms = (self.clock() - climb.t0) * 1000.0
+                climb.budget_hit = climb.budget_hit or "latency"
+                done = None
+        if done is not None:
+            return done
+        return self._finish(climb.records, climb.best, climb.budget_hit)
+
+    async def _climb(
+        self, climb: _Climb, call: Call, est: Mapping[str, ModelEstimate]
+    ) -> CascadeResult | None:
+        """Run steps up the ladder; the accepted result, or None when none was accepted."""
         last = len(self.steps) - 1
         for i, step in enumerate(self.steps):
-            why, step_cost, hit = self._blocked(step, est, i == last, spent, elapsed)
+            why, step_cost, hit = self._blocked(step, est, i == last, climb.spent, climb.elapsed)
             if why is not None:
-                budget_hit = budget_hit or hit
-                records.append(StepRecord(i, step.models, "skipped", why, est_cost_usd=step_cost))
+                climb.budget_hit = climb.budget_hit or hit
+                climb.records.append(
+                    StepRecord(i, step.models, "skipped", why, est_cost_usd=step_cost)
+                )
                 continue
-            rec = await self._step(i, step, call, msgs, pool, elapsed)
-            rec.est_cost_usd = step_cost
-            records.append(rec)
-            spent += rec.cost_usd or 0.0
-            elapsed += rec.latency_ms
+            rec = StepRecord(i, step.models, "escalated", "", est_cost_usd=step_cost)
+            climb.records.append(rec)
+            climb.current, climb.t0 = rec, self.clock()
+            await self._step(rec, step, call, climb)
+            climb.current = None
+            climb.spent += rec.cost_usd or 0.0
+            climb.elapsed += rec.latency_ms
             if rec.status == "accepted":
                 k = rec.verdicts.index(
                     max((v for v in rec.verdicts if v.passed), key=lambda v: v.confidence)
                 )
-                return CascadeResult(rec.answers[k], rec.verdicts[k], True, records)
+                return CascadeResult(rec.answers[k], rec.verdicts[k], True, climb.records)
             for a, v in zip(rec.answers, rec.verdicts, strict=True):
                 # Ties go to the later answer: it came from a step higher up the ladder.
-                if best is None or v.confidence >= best[1].confidence:
-                    best = (a, v)
-            if rec.reason == _CUT_OFF:
-                budget_hit = budget_hit or "latency"
-        return self._finish(records, best, budget_hit)
+                if climb.best is None or v.confidence >= climb.best[1].confidence:
+                    climb.best = (a, v)
+        return None
 
     def _blocked(
         self,
@@ -405,35 +441,8 @@ class Cascade:
                 )
         return None, step_cost, None
 
-    async def _step(
-        self,
-        i: int,
-        step: Step,
-        call: Call,
-        msgs: list[dict[str, Any]],
-        pool: list[Answer],
-        elapsed: float,
-    ) -> StepRecord:
-        t0 = self.clock()
-        rec = StepRecord(i, step.models, "escalated", "")
-        left_s = (
-            None
-            if self.latency_budget_ms is None
-            else ((self.latency_budget_ms - elapsed) / 1000.0)
-        )
-        try:
-            async with asyncio.timeout(left_s):
-                if len(step.models) == 1:  # no task to schedule: the common case stays cheap
-                    got: list[Answer | BaseException] = [await _attempt(call, step.models[0], msgs)]
-                else:
-                    got = list(
-                        await asyncio.gather(*(_attempt(call, m, msgs) for m in step.models))
-                    )
-        except TimeoutError:
-            # The cancelled calls may still be billed, and by how much is unknown.
-            rec.status, rec.reason, rec.cost_usd = "failed", _CUT_OFF, None
-            rec.latency_ms = (self.clock() - t0) * 1000.0
-            return rec
+    async def _step(self, rec: StepRecord, step: Step, call: Call, climb: _Climb) -> None:
+        got = await _calls(call, step.models, climb.msgs)
         cost: float | None = 0.0
         slowest = 0.0
         for model, out in zip(step.models, got, strict=True):
@@ -445,36 +454,31 @@ class Cascade:
             rec.tokens_in += out.tokens_in or 0
             rec.tokens_out += out.tokens_out or 0
             slowest = max(slowest, out.latency_ms or 0.0)
-        pool.extend(rec.answers)
-        if not rec.answers:
-            rec.status, rec.reason = "failed", "every call failed"
-            rec.cost_usd = cost
-            rec.latency_ms = max((self.clock() - t0) * 1000.0, slowest)
-            return rec
-        ctx = Context(msgs, pool)
-        for a in rec.answers:
-            v = _PASS_LAST if step.validator is None else await resolve(step.validator(a, ctx))
-            rec.verdicts.append(v)
-            for extra in v.calls:  # the judge's own calls are part of this step's bill
-                cost = _add(cost, extra.cost_usd)
-                rec.tokens_in += extra.tokens_in or 0
-                rec.tokens_out += extra.tokens_out or 0
+        climb.pool.extend(rec.answers)
+        if rec.answers:
+            ctx = Context(climb.msgs, climb.pool, climb.p_good or None)
+            for a in rec.answers:
+                v = _PASS_LAST if step.validator is None else await resolve(step.validator(a, ctx))
+                rec.verdicts.append(v)
+                for extra in v.calls:  # the judge's own calls are part of this step's bill
+                    cost = _add(cost, extra.cost_usd)
+                    rec.tokens_in += extra.tokens_in or 0
+                    rec.tokens_out += extra.tokens_out or 0
         rec.cost_usd = cost
         # A step lasts as long as its slowest call says it took, or as long as we waited.
-        rec.latency_ms = max((self.clock() - t0) * 1000.0, slowest)
+        rec.latency_ms = max((self.clock() - climb.t0) * 1000.0, slowest)
         passed = [v for v in rec.verdicts if v.passed]
-        if passed:
+        if not rec.answers:
+            rec.status, rec.reason = "failed", "every call failed"
+        elif passed:
             rec.status = "accepted"
             rec.reason = max(passed, key=lambda v: v.confidence).reason
+        elif len(rec.verdicts) == 1:
+            rec.reason = rec.verdicts[0].reason
         else:
-            rec.reason = (
-                rec.verdicts[0].reason
-                if len(rec.verdicts) == 1
-                else "; ".join(
-                    f"{a.model}: {v.reason}" for a, v in zip(rec.answers, rec.verdicts, strict=True)
-                )
+            rec.reason = "; ".join(
+                f"{a.model}: {v.reason}" for a, v in zip(rec.answers, rec.verdicts, strict=True)
             )
-        return rec
 
     def _finish(
         self,
@@ -522,6 +526,14 @@ class Cascade:
 
 _PASS_LAST = Verdict(True, 1.0, "last step: accepted without a check")
 _CUT_OFF = "cut off: the latency budget ran out mid-step"
+
+
+async def _calls(
+    call: Call, models: tuple[str, ...], msgs: list[dict[str, Any]]
+) -> list[Answer | BaseException]:
+    if len(models) == 1:  # no task to schedule for a single call
+        return [await _attempt(call, models[0], msgs)]
+    return list(await asyncio.gather(*(_attempt(call, m, msgs) for m in models)))
 
 
 async def _attempt(call: Call, model: str, msgs: list[dict[str, Any]]) -> Answer | BaseException:

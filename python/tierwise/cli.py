@@ -100,20 +100,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = []
     for p in prompts:
         d = router.route(p, _constraints(args))
-        ref_id, ref_cost = d.reference
+        _, ref_cost = d.reference
         cost = d.est_cost_usd
         total += cost or 0.0
         total_ref += ref_cost or 0.0
         rows.append((p, d.task, d.model, cost, ref_cost))
     if args.json:
-        print(json.dumps({
-            "reference_model": ref.id,
-            "routes": [
-                {"prompt": p, "task": t, "model": m, "est_cost_usd": c, "reference_cost_usd": r}
-                for p, t, m, c, r in rows
-            ],
-            "total_est_cost_usd": total, "total_reference_cost_usd": total_ref,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "reference_model": ref.id,
+                    "routes": [
+                        {
+                            "prompt": p,
+                            "task": t,
+                            "model": m,
+                            "est_cost_usd": c,
+                            "reference_cost_usd": r,
+                        }
+                        for p, t, m, c, r in rows
+                    ],
+                    "total_est_cost_usd": total,
+                    "total_reference_cost_usd": total_ref,
+                },
+                indent=2,
+            )
+        )
         return 0
     print(f"{'prompt':<52} {'task':<11} {'routed to':<20} {'est $':>10} {ref.id + ' $':>18}")
     for p, t, m, c, r in rows:
@@ -149,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("route", help="show where a prompt would go, and why")
     p.add_argument("prompt", nargs="?", help="the prompt text")
     p.add_argument("--file", help="read the prompt from a file (- for stdin)")
-    p.add_argument("--messages", action="store_true",
-                   help="the --file holds OpenAI-style messages as JSON")
+    p.add_argument(
+        "--messages", action="store_true", help="the --file holds OpenAI-style messages as JSON"
+    )
     _add_route_options(p)
     p.set_defaults(func=cmd_route)
 
@@ -158,8 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="text file (- for stdin)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model", help="a registry model id: uses its tokenizer")
-    g.add_argument("--encoding", default="o200k_base",
-                   help="o200k_base (default), cl100k_base, or a family: claude, llama, ...")
+    g.add_argument(
+        "--encoding",
+        default="o200k_base",
+        help="o200k_base (default), cl100k_base, or a family: claude, llama, ...",
+    )
     p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_count)

@@ -69,23 +69,29 @@ class ExecutionConfig:
     backoff_max_s: float = 2.0
     max_retry_wait_s: float = 2.0  # a longer Retry-After moves on instead of waiting
     hedge_default_s: float = 2.0  # hedge delay when no p95 is known for a deployment
-    # Keep-alive slots = connection slots: httpx keeps only 20 idle by default, so a burst of
-    # more concurrent calls closes and reopens connections on every request (its long tail).
-    max_connections: int = 512
+    max_connections: int = 512  # every slot may stay alive (httpx keeps 20 by default)
     keepalive_expiry_s: float = 60.0
+    # tierwise's lean HTTP/1.1 pool (transport.py); False: httpx's own (for HTTP/2, proxies)
+    pooled_transport: bool = True
 
 
 def make_client(config: ExecutionConfig | None = None) -> httpx.AsyncClient:
-    """The shared client a Router uses: one pool, keep-alive for every connection slot."""
+    """The shared client a Router uses: one keep-alive pool for every upstream."""
+    from .transport import PooledTransport
+
     c = config or ExecutionConfig()
-    return httpx.AsyncClient(
-        limits=httpx.Limits(
-            max_connections=c.max_connections,
-            max_keepalive_connections=c.max_connections,
-            keepalive_expiry=c.keepalive_expiry_s,
-        ),
-        timeout=httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s),
+    timeout = httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s)
+    if c.pooled_transport:
+        transport = PooledTransport(
+            max_connections=c.max_connections, keepalive_expiry=c.keepalive_expiry_s
+        )
+        return httpx.AsyncClient(transport=transport, timeout=timeout)
+    limits = httpx.Limits(
+        max_connections=c.max_connections,
+        max_keepalive_connections=c.max_connections,
+        keepalive_expiry=c.keepalive_expiry_s,
     )
+    return httpx.AsyncClient(limits=limits, timeout=timeout)
 
 
 class _Target:

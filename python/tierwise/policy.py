@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,14 @@ __all__ = ["Constraints", "Policy", "Rule"]
 
 #: Completion tokens expected per task when the caller sets no max_tokens (for cost estimates).
 DEFAULT_EXPECTED_OUTPUT: Mapping[str, int] = {
-    "code": 600, "math": 400, "extraction": 150, "translation": 300, "summarize": 250,
-    "creative": 600, "reasoning": 500, "general": 300,
+    "code": 600,
+    "math": 400,
+    "extraction": 150,
+    "translation": 300,
+    "summarize": 250,
+    "creative": 600,
+    "reasoning": 500,
+    "general": 300,
 }
 
 
@@ -50,7 +56,9 @@ class Constraints:
             if v is not None and (not isinstance(v, int | float) or not math.isfinite(v) or v < 0):
                 raise ConfigError(f"constraints.{name} must be a finite number >= 0, got {v!r}")
         if self.quality_floor is not None and not 0.0 <= self.quality_floor <= 1.0:
-            raise ConfigError(f"constraints.quality_floor must be in [0, 1], got {self.quality_floor}")
+            raise ConfigError(
+                f"constraints.quality_floor must be in [0, 1], got {self.quality_floor}"
+            )
         if self.max_output_tokens is not None and (
             not isinstance(self.max_output_tokens, int) or self.max_output_tokens <= 0
         ):
@@ -59,7 +67,9 @@ class Constraints:
             object.__setattr__(self, "needs", (self.needs,))
         bad = set(self.needs) - set(_core.CAPABILITIES)
         if bad:
-            raise ConfigError(f"constraints.needs: unknown {sorted(bad)}; known: {_core.CAPABILITIES}")
+            raise ConfigError(
+                f"constraints.needs: unknown {sorted(bad)}; known: {_core.CAPABILITIES}"
+            )
 
     @classmethod
     def of(cls, c: Constraints | Mapping[str, Any] | None = None, **kw: Any) -> Constraints:
@@ -130,19 +140,21 @@ class Policy:
         for m in registry:
             p = qm.params_for(m)
             price = m.price
-            rows.append((
-                m.id,
-                price.input if price else math.nan,
-                price.output if price else math.nan,
-                m.context_window,
-                m.max_output,
-                sorted(m.capabilities),
-                m.p95_latency_ms if m.p95_latency_ms is not None else math.nan,
-                m.tokenizer,
-                float(p.bias),
-                [float(a) for a in p.ability],
-                m.disabled,
-            ))
+            rows.append(
+                (
+                    m.id,
+                    price.input if price else math.nan,
+                    price.output if price else math.nan,
+                    m.context_window,
+                    m.max_output,
+                    sorted(m.capabilities),
+                    m.p95_latency_ms if m.p95_latency_ms is not None else math.nan,
+                    m.tokenizer,
+                    float(p.bias),
+                    [float(a) for a in p.ability],
+                    m.disabled,
+                )
+            )
         rules = []
         for r in self.rules:
             idx = [registry.index(mid) for mid in r.use]  # UnknownModelError names the id
@@ -150,8 +162,7 @@ class Policy:
                 raise ConfigError(f"rule {r.name!r}: unknown task {r.task!r}; use {_core.TASKS}")
             rules.append((r.name, r.task, list(r.flags), r.min_tokens_in, r.max_tokens_in, idx))
         expected = [
-            int(self.expected_output_tokens.get(t, DEFAULT_EXPECTED_OUTPUT[t]))
-            for t in _core.TASKS
+            int(self.expected_output_tokens.get(t, DEFAULT_EXPECTED_OUTPUT[t])) for t in _core.TASKS
         ]
         return _core.DispatchTable(
             rows,
@@ -172,19 +183,34 @@ class Policy:
             "max_fallbacks": self.max_fallbacks,
             "expected_output_tokens": dict(self.expected_output_tokens),
             "rules": [
-                {"name": r.name, "use": list(r.use), "when": {
-                    k: v for k, v in (("task", r.task), ("flags", list(r.flags)),
-                                      ("min_tokens_in", r.min_tokens_in),
-                                      ("max_tokens_in", r.max_tokens_in))
-                    if v not in (None, [], 0.0, math.inf)}}
+                {
+                    "name": r.name,
+                    "use": list(r.use),
+                    "when": {
+                        k: v
+                        for k, v in (
+                            ("task", r.task),
+                            ("flags", list(r.flags)),
+                            ("min_tokens_in", r.min_tokens_in),
+                            ("max_tokens_in", r.max_tokens_in),
+                        )
+                        if v not in (None, [], 0.0, math.inf)
+                    },
+                }
                 for r in self.rules
             ],
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], quality: QualityModel | None = None) -> Policy:
-        unknown = set(d) - {"quality_floor", "lam", "max_fallbacks", "expected_output_tokens",
-                            "rules", "predictor"}
+        unknown = set(d) - {
+            "quality_floor",
+            "lam",
+            "max_fallbacks",
+            "expected_output_tokens",
+            "rules",
+            "predictor",
+        }
         if unknown:
             raise ConfigError(f"policy: unknown field(s) {sorted(unknown)}")
         if quality is None and d.get("predictor"):
@@ -194,7 +220,10 @@ class Policy:
             quality_floor=float(d.get("quality_floor", 0.8)),
             lam=d.get("lam"),
             max_fallbacks=int(d.get("max_fallbacks", 3)),
-            expected_output_tokens={**DEFAULT_EXPECTED_OUTPUT, **d.get("expected_output_tokens", {})},
+            expected_output_tokens={
+                **DEFAULT_EXPECTED_OUTPUT,
+                **d.get("expected_output_tokens", {}),
+            },
             quality=quality,
         )
 
@@ -219,5 +248,3 @@ def _bundled_quality() -> QualityModel:
     if not _BUNDLED:
         _BUNDLED.append(QualityModel.bundled())
     return _BUNDLED[0]
-
-

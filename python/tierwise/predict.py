@@ -80,7 +80,9 @@ class QualityModel:
             )
         for mid, p in self.models.items():
             if len(p.ability) != self.k:
-                raise ConfigError(f"predictor {self.name!r}: model {mid!r} needs {self.k} abilities")
+                raise ConfigError(
+                    f"predictor {self.name!r}: model {mid!r} needs {self.k} abilities"
+                )
 
     @property
     def dim(self) -> int:
@@ -104,8 +106,16 @@ class QualityModel:
 
     def with_models(self, models: Mapping[str, ModelParams]) -> QualityModel:
         return QualityModel(
-            self.name, self.k, self.hash_buckets, self.seed, self.weights, self.intercept,
-            dict(models), self.prior_map, self.feature_version, self.meta,
+            self.name,
+            self.k,
+            self.hash_buckets,
+            self.seed,
+            self.weights,
+            self.intercept,
+            dict(models),
+            self.prior_map,
+            self.feature_version,
+            self.meta,
         )
 
     # -- batch evaluation, for offline work (the router's hot path runs the same maths in Rust)
@@ -129,18 +139,28 @@ class QualityModel:
     # -- persistence
     def save(self, path: str | Path) -> None:
         meta = {
-            "name": self.name, "k": self.k, "hash_buckets": self.hash_buckets,
-            "seed": self.seed, "prior_map": list(self.prior_map),
-            "feature_version": self.feature_version, "meta": dict(self.meta),
+            "name": self.name,
+            "k": self.k,
+            "hash_buckets": self.hash_buckets,
+            "seed": self.seed,
+            "prior_map": list(self.prior_map),
+            "feature_version": self.feature_version,
+            "meta": dict(self.meta),
             "models": {
-                m: {"bias": p.bias, "ability": list(p.ability), "n_obs": p.n_obs,
-                    "source": p.source}
+                m: {
+                    "bias": p.bias,
+                    "ability": list(p.ability),
+                    "n_obs": p.n_obs,
+                    "source": p.source,
+                }
                 for m, p in self.models.items()
             },
         }
         with Path(path).open("wb") as f:
             np.savez_compressed(
-                f, weights=self.weights, intercept=self.intercept,
+                f,
+                weights=self.weights,
+                intercept=self.intercept,
                 meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
             )
 
@@ -156,14 +176,25 @@ class QualityModel:
         except (KeyError, ValueError, OSError) as e:
             raise ConfigError(f"predictor file {path} is not a tierwise predictor: {e}") from None
         models = {
-            m: ModelParams(float(p["bias"]), tuple(p["ability"]), float(p.get("n_obs", 0)),
-                           str(p.get("source", "trained")))
+            m: ModelParams(
+                float(p["bias"]),
+                tuple(p["ability"]),
+                float(p.get("n_obs", 0)),
+                str(p.get("source", "trained")),
+            )
             for m, p in meta["models"].items()
         }
         return cls(
-            meta["name"], int(meta["k"]), int(meta["hash_buckets"]), int(meta["seed"]),
-            weights, intercept, models, tuple(meta["prior_map"]),
-            int(meta["feature_version"]), meta.get("meta", {}),
+            meta["name"],
+            int(meta["k"]),
+            int(meta["hash_buckets"]),
+            int(meta["seed"]),
+            weights,
+            intercept,
+            models,
+            tuple(meta["prior_map"]),
+            int(meta["feature_version"]),
+            meta.get("meta", {}),
         )
 
     @classmethod
@@ -184,20 +215,39 @@ class QualityModel:
         k = len(tasks)
         w = np.zeros((32 + hash_buckets, k + 1), dtype=np.float32)
         skill_features = {
-            "code": ["code"], "math": ["math"], "extraction": ["json", "extraction"],
-            "translation": ["translation"], "summarize": ["summarize"],
-            "creative": ["creative"], "reasoning": ["reasoning"], "general": ["bias"],
+            "code": ["code"],
+            "math": ["math"],
+            "extraction": ["json", "extraction"],
+            "translation": ["translation"],
+            "summarize": ["summarize"],
+            "creative": ["creative"],
+            "reasoning": ["reasoning"],
+            "general": ["bias"],
         }
         for t, feats in skill_features.items():
             for f in feats:
                 w[names.index(f), tasks.index(t)] = 1.0
-        difficulty = {"log_tokens": 2.5, "math": 0.6, "code": 0.4, "reasoning": 0.5,
-                      "multiple_choice": 0.3, "bias": -1.0}
+        difficulty = {
+            "log_tokens": 2.5,
+            "math": 0.6,
+            "code": 0.4,
+            "reasoning": 0.5,
+            "multiple_choice": 0.3,
+            "bias": -1.0,
+        }
         for f, v in difficulty.items():
             w[names.index(f), k] = v
-        return cls("prior", k, hash_buckets, _core.Featurizer().seed, w,
-                   np.zeros(k + 1, dtype=np.float32), {}, (1.0, 0.0),
-                   meta={"tasks": tasks})
+        return cls(
+            "prior",
+            k,
+            hash_buckets,
+            _core.Featurizer().seed,
+            w,
+            np.zeros(k + 1, dtype=np.float32),
+            {},
+            (1.0, 0.0),
+            meta={"tasks": tasks},
+        )
 
     def prior_params(self, spec: ModelSpec) -> ModelParams:
         """For the `prior` predictor: ability per task = logit(q_task) − logit(q_general)."""

@@ -82,7 +82,13 @@ class Deployment:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str, default_model: str) -> Deployment:
         unknown = set(d) - {
-            "name", "api", "base_url", "model", "api_key_env", "price", "p95_latency_ms",
+            "name",
+            "api",
+            "base_url",
+            "model",
+            "api_key_env",
+            "price",
+            "p95_latency_ms",
         }
         if unknown:
             raise ConfigError(f"{where}: unknown deployment field(s) {sorted(unknown)}")
@@ -162,12 +168,23 @@ class ModelSpec:
             raise ConfigError(f"every model needs a string 'id'; got {d!r:.200}")
         where = f"model {mid!r}"
         known = {
-            "id", "provider", "context_window", "max_output", "tokenizer", "price",
-            "capabilities", "p95_latency_ms", "quality", "deployments", "disabled",
+            "id",
+            "provider",
+            "context_window",
+            "max_output",
+            "tokenizer",
+            "price",
+            "capabilities",
+            "p95_latency_ms",
+            "quality",
+            "deployments",
+            "disabled",
         }
         unknown = set(d) - known
         if unknown:
-            raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise ConfigError(
+                f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
         for key in ("context_window", "max_output"):
             if not isinstance(d.get(key), int) or isinstance(d.get(key), bool):
                 raise ConfigError(f"{where}: {key!r} must be an integer")

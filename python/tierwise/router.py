@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from . import _core
 from .errors import NoRouteError
 from .policy import Constraints, Policy
 from .registry import ModelSpec, Registry

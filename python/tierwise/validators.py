@@ -18,6 +18,7 @@ judge (a model call) and user callables that choose to be async await anything.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
 import json
@@ -50,12 +51,15 @@ __all__ = [
     "extracts",
     "final_answer",
     "final_number",
+    "final_number_or_last",
     "json_valid",
     "judge",
     "logprob_confidence",
     "openai_logprobs",
+    "predicted",
     "regex",
     "resolve",
+    "uses_inputs",
 ]
 
 Messages: TypeAlias = Sequence[Mapping[str, Any]]
@@ -92,11 +96,13 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What a validator may look at besides the answer: the request and the other answers
-    (same step and earlier steps) that agreement checks compare against."""
+    """What a validator may look at besides the answer: the request, the other answers
+    (same step and earlier steps) that agreement checks compare against, and the router's
+    predicted P(good) per model for this prompt."""
 
     messages: Messages = ()
     peers: Sequence[Answer] = ()
+    p_good: Mapping[str, float] | None = None  # the router's prediction per model
 
 
 class Validator(Protocol):
@@ -133,11 +139,16 @@ _LEAD_LETTER = re.compile(r"\A\W{0,3}([A-Z])(?![A-Za-z])")
 _SAID_LETTER = re.compile(
     r"(?:answer|choice|option)\s*(?:is|:)?\s*[:\-]?\s*\(?\*{0,2}([A-Z])\b", re.IGNORECASE
 )
-_FINAL_MARKED = (
-    re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)"),
-    re.compile(r"\\boxed\{\s*\$?(-?[\d,]*\.?\d+)\s*\}"),
-    re.compile(r"final answer(?: is)?\s*[:=]?\s*\$?\s*(-?[\d,]*\.?\d+)", re.IGNORECASE),
-    re.compile(r"\bthe answer is\s*[:=]?\s*\$?\s*(-?[\d,]*\.?\d+)", re.IGNORECASE),
+# Each marker captures the number and the rest of its line (a well-formed answer has no
+# second number there, e.g. not `#### 24 2/3`).
+_FINAL_MARKED = tuple(
+    re.compile(p + r"(?P<rest>[^\n]*)", re.IGNORECASE)
+    for p in (
+        r"####\s*\$?\s*(?P<n>-?[\d,]*\.?\d+)",
+        r"\\boxed\{\s*\$?(?P<n>-?[\d,]*\.?\d+)\s*\}",
+        r"final answer(?: is)?\s*[:=]?\s*\$?\s*(?P<n>-?[\d,]*\.?\d+)",
+        r"\bthe answer is\s*[:=]?\s*\$?\s*(?P<n>-?[\d,]*\.?\d+)",
+    )
 )
 _ANY_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _FENCE = re.compile(
@@ -164,18 +175,32 @@ def _normal_number(raw: str) -> str | None:
     return str(int(v)) if v == int(v) and abs(v) < 1e15 else repr(v)
 
 
+@functools.lru_cache(maxsize=64)
+def _marked_final(text: str) -> re.Match[str] | None:
+    # Cached: final_answer, consistent_final and agreement read the same answer in turn.
+    for pattern in _FINAL_MARKED:
+        found = list(pattern.finditer(text))
+        if found:
+            return found[-1]  # the last marked answer is the one the model settled on
+    return None
+
+
 def final_number(text: str, fallback_last: bool = False) -> str | None:
     """The final numeric answer, normalised (`$1,200.00` -> `1200`): after `####`, in
     `\\boxed{}`, or after `final answer`/`the answer is`; with `fallback_last`, else the
     last number in the text."""
-    for pattern in _FINAL_MARKED:
-        found = pattern.findall(text)
-        if found:
-            return _normal_number(found[-1])
+    m = _marked_final(text)
+    if m is not None:
+        return _normal_number(m.group("n"))
     if fallback_last:
         nums = _ANY_NUMBER.findall(text)
         return _normal_number(nums[-1]) if nums else None
     return None
+
+
+def final_number_or_last(text: str) -> str | None:
+    """`final_number` falling back to the last number in the text (for agreement)."""
+    return final_number(text, fallback_last=True)
 
 
 def extract_code(text: str) -> tuple[str, str] | None:
@@ -445,17 +470,21 @@ class _Final:
 
     def __init__(self, integer: bool) -> None:
         self._integer = integer
-        self.name = "final_answer"
+        self.name = "final_answer_int" if integer else "final_answer"
 
     def __call__(self, answer: Answer, ctx: Context) -> Verdict:
-        value = final_number(answer.text)
-        if value is None:
+        m = _marked_final(answer.text)
+        if m is None:
             return Verdict(False, 0.0, "no final answer marked (#### n, \\boxed{n}, answer is n)")
+        value = _normal_number(m.group("n"))
+        if value is None or _DIGIT.search(m.group("rest")):
+            return Verdict(False, 0.0, f"final answer {m.group().strip()!r} is not one number")
         if self._integer and not _is_integer(value):
             return Verdict(False, 0.0, f"final answer {value} is not a whole number")
-        if self._integer and answer.text.count("####") > 1:
-            return Verdict(False, 0.2, "more than one final answer marked")
         return _PASS
+
+
+_DIGIT = re.compile(r"\d")
 
 
 def _is_integer(value: str) -> bool:
@@ -464,8 +493,8 @@ def _is_integer(value: str) -> bool:
 
 
 def final_answer(*, integer: bool = False) -> Validator:
-    """A final numeric answer is marked and well formed (a whole number with `integer`,
-    as every GSM8K answer is)."""
+    """A final numeric answer is marked and well formed: one number on its line (and a
+    whole number with `integer`, as every GSM8K answer is)."""
     return _Final(integer)
 
 
@@ -516,6 +545,77 @@ def consistent_final() -> Validator:
     """The final answer equals the last value the working computed (a rounded whole number
     of it counts): a different number means the model jumped to its answer."""
     return _Consistent()
+
+
+_GIVEN = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def _numbers(text: str) -> set[str]:
+    # Compared as normalised strings (`1,200.0` -> `1200`): no float per number needed.
+    out = set()
+    for raw in _GIVEN.findall(text):
+        n = raw.replace(",", "")
+        if "." in n:
+            n = n.rstrip("0").rstrip(".")
+        out.add(n)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _request_numbers(text: str) -> frozenset[str]:
+    # Every answer of a cascade is compared with the same request: parse it once.
+    return frozenset(_numbers(text))
+
+
+class _UsesInputs:
+    __slots__ = ("_min", "name")
+
+    def __init__(self, min_share: float) -> None:
+        if not 0.0 <= min_share <= 1.0:
+            raise ConfigError(f"uses_inputs: min_share must be in [0, 1], got {min_share}")
+        self._min = min_share
+        self.name = "uses_inputs"
+
+    def __call__(self, answer: Answer, ctx: Context) -> Verdict:
+        given: frozenset[str] = frozenset()
+        for m in ctx.messages:
+            if m.get("role", "user") == "user" and isinstance(m.get("content"), str):
+                given |= _request_numbers(m["content"])
+        if not given:
+            return Verdict(True, 1.0, "the request states no numbers")
+        used = given & _numbers(answer.text)
+        share = len(used) / len(given)
+        if share + 1e-12 >= self._min:
+            return Verdict(True, share, f"uses {len(used)} of {len(given)} given numbers")
+        unused = ", ".join(sorted(given - used)[:5])
+        return Verdict(False, share, f"never uses the given {unused}")
+
+
+def uses_inputs(min_share: float = 1.0) -> Validator:
+    """The working uses the numbers the request gives (at least `min_share` of them): a
+    word problem's solution that ignores a stated quantity has usually misread it.
+    Confidence is the share used."""
+    return _UsesInputs(min_share)
+
+
+class _Predicted:
+    __slots__ = ("_min", "name")
+
+    def __init__(self, min_p: float) -> None:
+        self._min = min_p
+        self.name = "predicted"
+
+    def __call__(self, answer: Answer, ctx: Context) -> Verdict:
+        p = None if ctx.p_good is None else ctx.p_good.get(answer.model)
+        if p is None:
+            return Verdict(True, 0.5, f"no prediction for {answer.model}")
+        return Verdict(p >= self._min, p, f"router predicted P(good)={p:.2f}")
+
+
+def predicted(min_p: float = 0.5) -> Validator:
+    """The router's prompt-only P(good) for the answering model, as a check: on its own a
+    weak one, inside `calibrated(...)` the prior that the answer checks refine."""
+    return _Predicted(min_p)
 
 
 # -- judge model and user callables ---------------------------------------------------------

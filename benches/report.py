@@ -1,0 +1,86 @@
+"""Turn a pytest-benchmark JSON file into the README's tables (ratios, p50/p99), and add the
+figures that are not timings: estimator error on held-out text and import time.
+
+    make bench            # writes .benchmarks/bench.json and prints the tables
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from corpus import CATEGORIES, samples  # noqa: E402
+
+
+def pct(data: list[float], q: float) -> float:
+    s = sorted(data)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def main(path: str) -> None:
+    benches = json.loads(Path(path).read_text())["benchmarks"]
+    by = {b["fullname"].split("::")[-1]: b for b in benches}
+
+    print("\n### route() latency (µs)\n")
+    print("| prompt | p50 | p99 | mean | rounds |")
+    print("|---|---:|---:|---:|---:|")
+    for name, b in by.items():
+        if b["group"] != "route":
+            continue
+        data = b["stats"].get("data") or [b["stats"]["median"]]
+        print(
+            f"| {name.removeprefix('test_')} | {pct(data, 0.5) * 1e6:.1f} | "
+            f"{pct(data, 0.99) * 1e6:.1f} | {b['stats']['mean'] * 1e6:.1f} | "
+            f"{b['stats']['rounds']} |"
+        )
+
+    print("\n### token counting, 256 KB of held-out text (MB/s, median; ratio vs tiktoken)\n")
+    print("| text | tiktoken | tierwise exact | exact ÷ tiktoken | estimate | estimate ÷ tiktoken |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for cat in CATEGORIES:
+        size = len("".join(samples(cat, "eval"))[: 256 * 1024].encode())
+        med = {
+            k: by[f"test_{k}[{cat}]"]["stats"]["median"]
+            for k in ("tiktoken_encode", "tierwise_count", "tierwise_estimate")
+        }
+        mbs = {k: size / v / 1e6 for k, v in med.items()}
+        t = med["tiktoken_encode"]
+        print(
+            f"| {cat} | {mbs['tiktoken_encode']:.1f} | {mbs['tierwise_count']:.1f} | "
+            f"{t / med['tierwise_count']:.1f}× | {mbs['tierwise_estimate']:.0f} | "
+            f"{t / med['tierwise_estimate']:.0f}× |"
+        )
+
+    from tierwise import _core
+
+    print("\n### estimator error on held-out text (mean |estimate − exact| / exact)\n")
+    print("| text | o200k_base | cl100k_base | samples |")
+    print("|---|---:|---:|---:|")
+    for cat in CATEGORIES:
+        texts = samples(cat, "eval")
+        errs = []
+        for enc in ("o200k_base", "cl100k_base"):
+            exact = _core.count_tokens_batch(texts, enc)
+            est = _core.estimate_tokens_batch(texts, enc)
+            errs.append(statistics.mean(abs(e - x) / max(x, 1) for e, x in zip(est, exact)))
+        print(f"| {cat} | {errs[0]:.1%} | {errs[1]:.1%} | {len(texts)} |")
+
+    runs = []
+    for _ in range(7):
+        out = subprocess.run(
+            [sys.executable, "-c",
+             "import time; t=time.perf_counter(); import tierwise; "
+             "print(time.perf_counter()-t)"],
+            capture_output=True, text=True, check=True,
+        )
+        runs.append(float(out.stdout))
+    print(f"\n`import tierwise`: median {statistics.median(runs) * 1e3:.0f} ms over 7 runs")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else ".benchmarks/bench.json")

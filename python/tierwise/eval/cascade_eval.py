@@ -1,0 +1,587 @@
+"""Evaluate cascades offline: the real Cascade, validators and accounting on recorded answers.
+
+`evaluate_cascade(outcomes)` splits the prompts by hash into a tuning part and a test part,
+chooses cascade settings on the tuning part only, and reports the test part:
+
+- Two models (weak, strong), e.g. RouteLLM GSM8K: the weak model's recorded answer is read
+  by checks (its final answer, its arithmetic, whether it uses the given numbers, hedging)
+  plus the prompt-only prior; a logistic fit on the tuning rows turns them into one
+  P(ok), and the cascade escalates when P(ok) is below a threshold. Sweeping the threshold
+  gives RouteLLM's strong-share curve and APGR, shown beside prompt-only routing's APGR and
+  the checks alone, on the same test rows.
+- More models, e.g. RouterBench: for each task (the outcome set's group by default, since
+  the checks depend on the answer format), candidate ladders of cheap models with
+  agreement or format checks are replayed on the tuning rows; for each cost budget (a share
+  of the reference model's cost) the best combination of one ladder per task is chosen and
+  then replayed on the test rows. Reported: cost and quality against the reference model,
+  the share of requests that needed 1, 2 or 3 sequential steps (the latency price), and
+  prompt-only routing at the same budgets.
+
+Every figure on the test part comes from rows never used to fit or choose anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import validators as v
+from .._core import Featurizer
+from ..cascade import Cascade, CascadeResult, ModelEstimate, Step
+from ..errors import DatasetError
+from ..replay import Replay
+from ._set import OutcomeSet
+from .metrics import (
+    aiq,
+    apgr,
+    cost_to_reach,
+    cpt,
+    oracle,
+    single_models,
+    strong_share_curve,
+    sweep_lambda,
+)
+
+__all__ = ["HEDGES", "evaluate_cascade", "fit_calibrated", "math_checks"]
+
+#: Words with which a worked solution admits it is unsure or has changed its mind.
+# The lookahead on first letters lets the engine skip most positions: about 3x faster.
+HEDGES = re.compile(
+    r"\b(?=[arehwmnc])(?:a(?:pproximately|round|bout|ssum\w*|ctually)|"
+    r"r(?:oughly|ound(?:ed|ing)?|e-?evaluate)|estimate[ds]?|however|wait|mistake|"
+    r"not possible|cannot)\b",
+    re.IGNORECASE,
+)
+_DENSE = 32  # the Featurizer's named dense features; the hashed n-grams overfit small sets
+
+
+def math_checks() -> list[v.Validator]:
+    """The checks of one worked math solution that the two-model evaluation combines."""
+    return [
+        v.final_answer(),
+        v.final_answer(integer=True),
+        v.arithmetic(),
+        v.consistent_final(),
+        v.uses_inputs(),
+        v.regex(HEDGES, forbid=True, name="hedge"),
+    ]
+
+
+# -- small fitted models ------------------------------------------------------------------
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression by Newton steps; soft labels in [0, 1] allowed."""
+    n, d = x.shape
+    a = np.c_[x, np.ones(n)]
+    w = np.zeros(d + 1)
+    reg = l2 * np.eye(d + 1)
+    reg[-1, -1] = 0.0  # the intercept is not shrunk
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-np.clip(a @ w, -30, 30)))
+        grad = a.T @ (p - y) + reg @ w
+        hess = (a * (p * (1 - p))[:, None]).T @ a + reg + 1e-9 * np.eye(d + 1)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if float(np.abs(step).max()) < 1e-9:
+            break
+    return w[:-1], float(w[-1])
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+    return out
+
+
+@dataclass(frozen=True)
+class _PromptModel:
+    """Prompt-only P(good) per model: logistic regression on the dense prompt features."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray  # (d, m)
+    bias: np.ndarray  # (m,)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, scores: np.ndarray) -> _PromptModel:
+        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+        z = (x - mean) / scale
+        ws, bs = [], []
+        for j in range(scores.shape[1]):
+            w, b = _fit_logistic(z, scores[:, j])
+            ws.append(w)
+            bs.append(b)
+        return cls(mean, scale, np.array(ws).T, np.array(bs))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return _sigmoid(((x - self.mean) / self.scale) @ self.weights + self.bias)
+
+
+def _features(prompts: Sequence[str]) -> np.ndarray:
+    return np.asarray(Featurizer().featurize_batch(list(prompts)), np.float64)[:, :_DENSE]
+
+
+def fit_calibrated(
+    checks: Sequence[v.Validator],
+    answers: Sequence[v.Answer],
+    contexts: Sequence[v.Context],
+    labels: np.ndarray,
+    *,
+    l2: float = 1.0,
+    threshold: float = 0.5,
+) -> v.Validator:
+    """`validators.calibrated(checks, ...)` with weights fitted by logistic regression of
+    `labels` (1 = the answer was good) on the checks' confidences. Checks must be sync."""
+    rows = []
+    for a, ctx in zip(answers, contexts, strict=True):
+        row = []
+        for c in checks:
+            got = c(a, ctx)
+            if not isinstance(got, v.Verdict):
+                raise DatasetError(f"fit_calibrated: check {c.name} is async; use sync checks")
+            row.append(got.confidence)
+        rows.append(row)
+    w, b = _fit_logistic(np.array(rows, dtype=np.float64), np.asarray(labels, np.float64), l2)
+    return v.calibrated(checks, w.tolist(), b, threshold)
+
+
+# -- replaying cascades ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Run:
+    quality: np.ndarray  # per row, the recorded score of the answer the cascade returned
+    cost: np.ndarray  # per row, USD of every call the cascade made
+    steps: np.ndarray  # per row, sequential steps that ran
+    results: list[CascadeResult]
+
+
+def _replay(
+    cascade: Cascade,
+    replay: Replay,
+    rows: Sequence[int],
+    estimates: Callable[[int], Mapping[str, ModelEstimate]] | None = None,
+) -> _Run:
+    async def go() -> list[CascadeResult]:
+        out = []
+        for i in rows:
+            est = None if estimates is None else estimates(i)
+            out.append(
+                await cascade.run(replay.call_for(i), replay.outcomes.prompts[i], estimates=est)
+            )
+        return out
+
+    results = asyncio.run(go())
+    quality = np.array([replay.score(i, r.model or "") for i, r in zip(rows, results, strict=True)])
+    cost = np.array([r.cost_usd if r.cost_usd is not None else math.nan for r in results])
+    steps = np.array([r.sequential_steps for r in results])
+    return _Run(quality, cost, steps, results)
+
+
+def _step_shares(steps: np.ndarray) -> dict[str, float]:
+    n = max(len(steps), 1)
+    return {str(k): float((steps == k).sum() / n) for k in range(1, int(steps.max(initial=1)) + 1)}
+
+
+# -- two models: checks of the weak model's answer ---------------------------------------------
+
+
+def _two_model(
+    tune: OutcomeSet,
+    test: OutcomeSet,
+    checks: Sequence[v.Validator],
+    n_quantiles: int,
+) -> dict[str, Any]:
+    means = np.nanmean(tune.costs, axis=0)
+    weak, strong = (0, 1) if means[0] <= means[1] else (1, 0)
+    wm, sm = tune.models[weak], tune.models[strong]
+    prior = _PromptModel.fit(_features(tune.prompts), tune.scores[:, [weak]])
+    p_tune = prior.predict(_features(tune.prompts))[:, 0]
+    p_test = prior.predict(_features(test.prompts))[:, 0]
+
+    def contexts(s: OutcomeSet, p: np.ndarray) -> list[v.Context]:
+        return [
+            v.Context([{"role": "user", "content": q}], (), {wm: float(pi)})
+            for q, pi in zip(s.prompts, p, strict=True)
+        ]
+
+    tune_answers = [Replay(tune, count_tokens=False).answer(i, wm) for i in range(len(tune))]
+    labels = tune.scores[:, weak]
+    with_prior = [*checks, v.predicted()]
+    full = fit_calibrated(with_prior, tune_answers, contexts(tune, p_tune), labels)
+    bare = fit_calibrated(checks, tune_answers, contexts(tune, p_tune), labels)
+
+    replay = Replay(test)
+    rows = list(range(len(test)))
+
+    def est(i: int) -> dict[str, ModelEstimate]:
+        return replay.estimates(p_good={wm: float(p_test[i])})
+
+    def p_ok(check: v.Validator) -> np.ndarray:
+        run = _replay(Cascade([Step((wm,), check), Step((sm,))]), replay, rows, est)
+        # A weak model with no recorded answer has nothing to accept: confidence 0.
+        return np.array(
+            [r.steps[0].verdicts[0].confidence if r.steps[0].verdicts else 0.0 for r in run.results]
+        )
+
+    ws, ss = test.scores[:, weak], test.scores[:, strong]
+    out: dict[str, Any] = {"kind": "two-model", "weak": wm, "strong": sm}
+    scores = {
+        "cascade": 1.0 - p_ok(full),
+        "checks_only": 1.0 - p_ok(bare),
+        "prompt_only": 1.0 - p_test,
+    }
+    for name, score in scores.items():
+        curve = strong_share_curve(score, ws, ss, n_quantiles)
+        out[f"apgr_{name}"] = apgr(curve)
+        out[f"cpt50_{name}"] = cpt(curve, 0.5)
+        out[f"cpt80_{name}"] = cpt(curve, 0.8)
+    # The real cascade at each quantile threshold: its cost includes the weak call it
+    # always makes, which prompt-only routing does not pay.
+    conf = 1.0 - scores["cascade"]
+    points = []
+    for t in np.quantile(conf, np.linspace(0.0, 1.0, n_quantiles + 1)):
+        thr = min(max(float(t), 0.0), 1.0)
+        check = v.calibrated(with_prior, _weights_of(full), _bias_of(full), thr)
+        run = _replay(Cascade([Step((wm,), check), Step((sm,))]), replay, rows, est)
+        points.append(
+            {
+                "threshold": thr,
+                "strong_share": float((run.steps == 2).mean()),
+                "quality": float(run.quality.mean()),
+                "cost_usd": float(run.cost.mean()),
+                "steps": _step_shares(run.steps),
+            }
+        )
+    out["curve"] = points
+    out["weights"] = {c.name: w for c, w in zip(with_prior, _weights_of(full), strict=True)}
+    out["bias"] = _bias_of(full)
+    out["weak_quality"], out["strong_quality"] = float(ws.mean()), float(ss.mean())
+    out["weak_cost_usd"] = float(np.mean(test.costs[:, weak]))
+    out["strong_cost_usd"] = float(np.mean(test.costs[:, strong]))
+    return out
+
+
+def _weights_of(check: v.Validator) -> list[float]:
+    return list(getattr(check, "weights", ()))
+
+
+def _bias_of(check: v.Validator) -> float:
+    return float(getattr(check, "bias", 0.0))
+
+
+# -- many models: ladders per task -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    label: str
+    cascade: Cascade
+
+
+def _answer_kind(s: OutcomeSet, rows: Sequence[int], ref: int) -> str:
+    responses = s.responses or []
+    texts = [responses[i][ref] or "" for i in rows]
+    if not texts:
+        return "text"
+    if np.mean([v.choice_letter(t) is not None for t in texts]) >= 0.8:
+        return "choice"
+    if np.mean([v.extract_code(t) is not None for t in texts]) >= 0.5:
+        return "code"
+    if np.mean([v.final_number(t) is not None for t in texts]) >= 0.8:
+        return "number"
+    return "text"
+
+
+def _short(model: str) -> str:
+    return model.rsplit("/", 1)[-1]
+
+
+def _ladders(kind: str, pool: Sequence[str], ref: str) -> list[_Candidate]:
+    """Candidate ladders over the cheap `pool` ending at `ref` (or at a cheap model)."""
+    out = [_Candidate(f"[{_short(ref)}]", Cascade([Step((ref,))]))]
+    for a in pool:
+        out.append(_Candidate(f"[{_short(a)}]", Cascade([Step((a,))])))
+    if kind == "code":
+        fmt = v.code_block("python")
+        for a in pool:
+            out.append(
+                _Candidate(f"[{_short(a)}]/code -> top", Cascade([Step((a,), fmt), Step((ref,))]))
+            )
+            for b in pool:
+                if b != a:
+                    out.append(
+                        _Candidate(
+                            f"[{_short(a)}]/code -> [{_short(b)}]/code -> top",
+                            Cascade([Step((a,), fmt), Step((b,), fmt), Step((ref,))]),
+                        )
+                    )
+                    out.append(
+                        _Candidate(
+                            f"[{_short(a)}]/code -> [{_short(b)}]",
+                            Cascade([Step((a,), fmt), Step((b,))]),
+                        )
+                    )
+        return out
+    if kind not in ("choice", "number"):
+        return out
+    extract = v.choice_letter if kind == "choice" else v.final_number_or_last
+    agree = {k: v.agreement(extract, min_agree=k) for k in (2, 3)}
+    fmt = v.extracts(extract)
+    for a in pool:
+        out.append(
+            _Candidate(f"[{_short(a)}]/format -> top", Cascade([Step((a,), fmt), Step((ref,))]))
+        )
+    for a, b in itertools.combinations(pool, 2):
+        pair = f"[{_short(a)}, {_short(b)}]/agree2"
+        out.append(_Candidate(f"{pair} -> top", Cascade([Step((a, b), agree[2]), Step((ref,))])))
+        rest = [c for c in pool if c not in (a, b)]
+        for c in rest:
+            out.append(
+                _Candidate(
+                    f"{pair} -> [{_short(c)}]/agree2 -> top",
+                    Cascade([Step((a, b), agree[2]), Step((c,), agree[2]), Step((ref,))]),
+                )
+            )
+        for c, d in itertools.combinations(rest, 2):
+            out.append(
+                _Candidate(
+                    f"{pair} -> [{_short(c)}, {_short(d)}]/agree3 -> top",
+                    Cascade([Step((a, b), agree[2]), Step((c, d), agree[3]), Step((ref,))]),
+                )
+            )
+    for trio in itertools.combinations(pool, 3):
+        names = ", ".join(_short(m) for m in trio)
+        for k in (2, 3):
+            out.append(
+                _Candidate(
+                    f"[{names}]/agree{k} -> top", Cascade([Step(trio, agree[k]), Step((ref,))])
+                )
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class _Scored:
+    candidate: _Candidate
+    quality: float  # summed over the task's tuning rows
+    cost: float
+
+
+def _front(scored: Sequence[_Scored]) -> list[_Scored]:
+    """Pareto front: by rising cost, each strictly better than all cheaper ones."""
+    out: list[_Scored] = []
+    for s in sorted(scored, key=lambda s: (s.cost, -s.quality)):
+        if not out or s.quality > out[-1].quality + 1e-12:
+            out.append(s)
+    return out
+
+
+def _choose(fronts: Mapping[str, list[_Scored]], max_cost: float) -> dict[str, _Scored] | None:
+    """One ladder per task maximising total tuning quality within `max_cost` (exhaustive
+    over the Pareto fronts: a few tasks with a few dozen points each)."""
+    tasks = list(fronts)
+    best: tuple[float, tuple[_Scored, ...]] | None = None
+    for combo in itertools.product(*(fronts[t] for t in tasks)):
+        cost = sum(s.cost for s in combo)
+        if cost > max_cost:
+            continue
+        q = sum(s.quality for s in combo)
+        if best is None or q > best[0] + 1e-12:
+            best = (q, combo)
+    return None if best is None else dict(zip(tasks, best[1], strict=True))
+
+
+def _many_models(
+    tune: OutcomeSet,
+    test: OutcomeSet,
+    reference: str | None,
+    budget_shares: Sequence[float],
+    target_quality_share: float,
+    target_cost_share: float,
+    cheap_share: float,
+    pool_size: int,
+    task_of: Callable[[OutcomeSet, int], str],
+) -> dict[str, Any]:
+    singles = single_models(tune.models, tune.scores, tune.costs)
+    ref = reference or min(singles, key=lambda p: (-p.quality, p.cost)).model
+    if ref not in tune.models:
+        raise DatasetError(f"reference model {ref!r} is not in the outcome set {tune.models}")
+    r = tune.models.index(ref)
+    tune_replay, test_replay = Replay(tune, count_tokens=False), Replay(test)
+    tune_tasks = [task_of(tune, i) for i in range(len(tune))]
+    test_tasks = [task_of(test, i) for i in range(len(test))]
+    fronts: dict[str, list[_Scored]] = {}
+    kinds: dict[str, str] = {}
+    for task in sorted(set(tune_tasks)):
+        rows = [i for i, t in enumerate(tune_tasks) if t == task]
+        kinds[task] = _answer_kind(tune, rows, r)
+        cost_m = tune.costs[rows].mean(axis=0)
+        qual_m = tune.scores[rows].mean(axis=0)
+        cheap = [
+            j for j in range(len(tune.models)) if j != r and cost_m[j] <= cheap_share * cost_m[r]
+        ]
+        pool = [tune.models[j] for j in sorted(cheap, key=lambda j: -qual_m[j])[:pool_size]]
+        scored = []
+        for cand in _ladders(kinds[task], pool, ref):
+            run = _replay(cand.cascade, tune_replay, rows)
+            scored.append(_Scored(cand, float(run.quality.sum()), float(run.cost.sum())))
+        fronts[task] = _front(scored)
+    ref_tune_cost = float(tune.costs[:, r].sum())
+    ref_tune_quality = float(tune.scores[:, r].sum())
+
+    def on_test(choice: Mapping[str, _Scored]) -> dict[str, Any]:
+        q = np.zeros(len(test))
+        c = np.zeros(len(test))
+        steps = np.zeros(len(test), dtype=np.int64)
+        for task, s in choice.items():
+            rows = [i for i, t in enumerate(test_tasks) if t == task]
+            if not rows:
+                continue
+            run = _replay(s.candidate.cascade, test_replay, rows)
+            q[rows], c[rows], steps[rows] = run.quality, run.cost, run.steps
+        ref_q, ref_c = float(test.scores[:, r].mean()), float(test.costs[:, r].mean())
+        return {
+            "ladders": {t: s.candidate.label for t, s in choice.items()},
+            "quality": float(q.mean()),
+            "cost_usd": float(c.mean()),
+            "quality_share": float(q.mean() / ref_q),
+            "cost_share": float(c.mean() / ref_c),
+            "steps": _step_shares(steps),
+            "mean_steps": float(steps.mean()),
+        }
+
+    sweep = []
+    for share in sorted(set(budget_shares) | {target_cost_share}):
+        choice = _choose(fronts, share * ref_tune_cost)
+        if choice is not None:
+            sweep.append({"budget_share": share, **on_test(choice)})
+    # The cheapest ladders that reached the quality target on the tuning rows.
+    target_choice = None
+    for share in np.linspace(0.02, 1.0, 50):
+        choice = _choose(fronts, float(share) * ref_tune_cost)
+        if choice and sum(s.quality for s in choice.values()) >= (
+            target_quality_share * ref_tune_quality
+        ):
+            target_choice = choice
+            break
+    at_budget = next((p for p in sweep if p["budget_share"] == target_cost_share), None)
+    prompt_only = _prompt_only(tune, test, r, target_cost_share, target_quality_share)
+    ref_q, ref_c = float(test.scores[:, r].mean()), float(test.costs[:, r].mean())
+    all_costs = [p["cost_usd"] for p in sweep] + [ref_c]
+    return {
+        "kind": "ladders",
+        "reference": ref,
+        "reference_quality": ref_q,
+        "reference_cost_usd": ref_c,
+        "task_answer_kinds": kinds,
+        "at_cost_target": at_budget,
+        "at_quality_target": None if target_choice is None else on_test(target_choice),
+        "sweep": sweep,
+        "aiq_cascade": aiq(
+            [p["cost_usd"] for p in sweep], [p["quality"] for p in sweep], max(all_costs)
+        )
+        if sweep
+        else None,
+        "prompt_only": prompt_only,
+        "singles": [
+            {"model": p.model, "quality": p.quality, "cost_usd": p.cost}
+            for p in single_models(test.models, test.scores, test.costs)
+        ],
+        "oracle": vars(oracle(test.scores, test.costs)),
+    }
+
+
+def _prompt_only(
+    tune: OutcomeSet, test: OutcomeSet, ref: int, cost_share: float, quality_share: float
+) -> dict[str, Any]:
+    """Prompt-only routing on the same split: per-model P(good) from prompt features
+    (fitted on the tuning rows), routed by max P(good) - lambda * expected cost."""
+    model = _PromptModel.fit(_features(tune.prompts), tune.scores)
+    pred = model.predict(_features(test.prompts))
+    expected = np.broadcast_to(np.nanmean(tune.costs, axis=0), pred.shape)
+    curve = sweep_lambda(pred, expected, test.scores, test.costs, label="prompt-only")
+    ref_q, ref_c = float(test.scores[:, ref].mean()), float(test.costs[:, ref].mean())
+    ok = curve.costs <= cost_share * ref_c
+    reach = cost_to_reach(curve, quality_share * ref_q)
+    return {
+        "quality_share_at_cost_target": float(curve.qualities[ok].max() / ref_q)
+        if ok.any()
+        else None,
+        "cost_share_at_quality_target": None if reach is None else reach / ref_c,
+        "aiq": aiq(curve.costs, curve.qualities, max(float(curve.costs.max()), ref_c)),
+    }
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def _by_group(s: OutcomeSet, i: int) -> str:
+    return s.groups[i]
+
+
+def evaluate_cascade(
+    outcomes: OutcomeSet,
+    *,
+    test_fraction: float = 0.5,
+    seed: int = 0,
+    reference: str | None = None,
+    budget_shares: Sequence[float] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5),
+    target_quality_share: float = 0.98,
+    target_cost_share: float = 0.30,
+    cheap_share: float = 0.15,
+    pool_size: int = 4,
+    checks: Sequence[v.Validator] | None = None,
+    n_quantiles: int = 10,
+    max_rows: int | None = None,
+    task_of: Callable[[OutcomeSet, int], str] | None = None,
+) -> dict[str, Any]:
+    """Tune cascades on one hash part of `outcomes`, report them on the other.
+
+    Two-model sets get the answer-check cascade and APGR (`checks` default to
+    `math_checks()`); larger sets get per-task ladders swept over `budget_shares` of the
+    `reference` model's cost (default: the best single model on the tuning rows). Cheap
+    pool: up to `pool_size` models costing at most `cheap_share` of the reference on a
+    task. `max_rows` evaluates an evenly spaced slice (for CI). Needs recorded responses.
+    """
+    if outcomes.responses is None:
+        raise DatasetError(
+            "evaluate_cascade replays recorded answers and this set has none; use RouterBench "
+            "or RouteLLM GSM8K data (with responses)"
+        )
+    if np.isnan(outcomes.scores).any() or np.isnan(outcomes.costs).any():
+        raise DatasetError("evaluate_cascade needs complete scores and costs: drop_missing() first")
+    if max_rows is not None and max_rows < len(outcomes):
+        outcomes = outcomes.subset(np.linspace(0, len(outcomes) - 1, max_rows).astype(np.intp))
+    tune, test = outcomes.split_by_hash(test_fraction, seed)
+    head = {
+        "strategy": "cascade",
+        "split": {
+            "method": "prompt hash",
+            "seed": seed,
+            "test_fraction": test_fraction,
+            "n_tune": len(tune),
+            "n_test": len(test),
+        },
+        "models": list(outcomes.models),
+    }
+    if len(outcomes.models) == 2:
+        return head | _two_model(tune, test, checks or math_checks(), n_quantiles)
+    return head | _many_models(
+        tune,
+        test,
+        reference,
+        budget_shares,
+        target_quality_share,
+        target_cost_share,
+        cheap_share,
+        pool_size,
+        task_of or _by_group,
+    )
