@@ -154,7 +154,7 @@ def test_agreement_on_numbers() -> None:
         v.agreement(v.final_number, min_agree=0)
 
 
-# -- log-prob confidence ----------------------------------------------------------------------------
+# -- log-prob confidence ---------------------------------------------------------------------
 
 
 def test_logprob_confidence() -> None:
@@ -220,7 +220,7 @@ def test_user_callables_sync_async_text_or_answer() -> None:
         run(v.check(lambda text: "yes"), ans("x"))
 
 
-# -- combinators ------------------------------------------------------------------------------------
+# -- combinators ------------------------------------------------------------------------------
 
 
 def test_all_of_stops_at_the_first_failure_and_names_it() -> None:
@@ -322,7 +322,9 @@ def test_consistent_final_compares_with_the_last_computed_value() -> None:
     assert run(v.consistent_final(), ans(GOOD)).passed
     jumped = run(v.consistent_final(), ans("3 x 60 = 180\n#### 200"))
     assert not jumped.passed and "180" in jumped.reason
-    assert run(v.consistent_final(), ans("4/15 = 0.27 so 27 cents = 0.27 x 100 = 27\n#### 27")).passed
+    assert run(
+        v.consistent_final(), ans("4/15 = 0.27 so 27 cents = 0.27 x 100 = 27\n#### 27")
+    ).passed
     assert run(v.consistent_final(), ans("No working.\n#### 5")).confidence == 0.5
     assert not run(v.consistent_final(), ans("no final")).passed
 

@@ -274,7 +274,7 @@ def json_valid(schema: Mapping[str, Any] | None = None) -> Validator:
 
 
 class _Regex:
-    __slots__ = ("_forbid", "_match", "_pattern", "name")
+    __slots__ = ("_forbid", "_full", "_pattern", "name")
 
     def __init__(
         self,
@@ -288,14 +288,16 @@ class _Regex:
             self._pattern = re.compile(pattern, flags) if isinstance(pattern, str) else pattern
         except re.error as e:
             raise ConfigError(f"regex: invalid pattern {pattern!r}: {e}") from None
-        self._match = self._pattern.fullmatch if fullmatch else self._pattern.search
+        self._full = fullmatch
         self._forbid = forbid
         self.name = name or ("forbid" if forbid else "regex")
 
     def __call__(self, answer: Answer, ctx: Context) -> Verdict:
-        found = self._match(
-            answer.text.strip() if self._match is self._pattern.fullmatch else answer.text
-        )
+        # A whole-answer format check ignores the blank lines models put around answers.
+        if self._full:
+            found = self._pattern.fullmatch(answer.text.strip())
+        else:
+            found = self._pattern.search(answer.text)
         if self._forbid:
             if found is None:
                 return _PASS
