@@ -177,16 +177,18 @@ async def measure(url: str, n: int, rounds: int) -> tuple[list[list[str]], dict[
             p50, p99 = pct(lat, 0.5), pct(lat, 0.99)
             rps = len(lat) / wall
             base_row = name == "direct httpx"
-            rows.append([
-                "sequential" if conc == 1 else f"{conc} concurrent",
-                name,
-                f"{p50 * 1e3:.3f}",
-                f"{p99 * 1e3:.3f}",
-                "—" if base_row else f"{(p50 - b50) * 1e3:+.3f}",
-                "—" if base_row else f"{(p99 - b99) * 1e3:+.3f}",
-                f"{rps:,.0f}",
-                f"{rps / b_rps:.2f}",
-            ])
+            rows.append(
+                [
+                    "sequential" if conc == 1 else f"{conc} concurrent",
+                    name,
+                    f"{p50 * 1e3:.3f}",
+                    f"{p99 * 1e3:.3f}",
+                    "—" if base_row else f"{(p50 - b50) * 1e3:+.3f}",
+                    "—" if base_row else f"{(p99 - b99) * 1e3:+.3f}",
+                    f"{rps:,.0f}",
+                    f"{rps / b_rps:.2f}",
+                ]
+            )
     own = {
         "overhead_p50_ms": statistics.median(overhead) * 1e3,
         "overhead_p99_ms": pct(overhead, 0.99) * 1e3,
@@ -196,7 +198,13 @@ async def measure(url: str, n: int, rounds: int) -> tuple[list[list[str]], dict[
 
 def table(rows: list[list[str]]) -> str:
     head = [
-        "load", "client", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "req/s",
+        "load",
+        "client",
+        "p50 ms",
+        "p99 ms",
+        "added p50 ms",
+        "added p99 ms",
+        "req/s",
         "throughput vs direct",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -211,11 +219,15 @@ def main() -> None:
     args = ap.parse_args()
     with upstream() as url:
         rows, own = asyncio.run(measure(url, args.n, args.rounds))
-    cmd = "python benches/bench_overhead.py" + (
-        f" --n {args.n}" if args.n != 3200 else ""
-    ) + (f" --rounds {args.rounds}" if args.rounds != 2 else "")
-    print(f"`{cmd}` ({os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-          f"httpx {httpx.__version__})\n")
+    cmd = (
+        "python benches/bench_overhead.py"
+        + (f" --n {args.n}" if args.n != 3200 else "")
+        + (f" --rounds {args.rounds}" if args.rounds != 2 else "")
+    )
+    print(
+        f"`{cmd}` ({os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+        f"httpx {httpx.__version__})\n"
+    )
     print(table(rows))
     print(
         f"\ntierwise's own accounting (`ChatResult.overhead_s`, routing included): "

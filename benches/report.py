@@ -40,7 +40,9 @@ def main(path: str) -> None:
         )
 
     print("\n### token counting, 256 KB of held-out text (MB/s, median; ratio vs tiktoken)\n")
-    print("| text | tiktoken | tierwise exact | exact ÷ tiktoken | estimate | estimate ÷ tiktoken |")
+    print(
+        "| text | tiktoken | tierwise exact | exact ÷ tiktoken | estimate | estimate ÷ tiktoken |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for cat in CATEGORIES:
         size = len("".join(samples(cat, "eval"))[: 256 * 1024].encode())
@@ -70,16 +72,27 @@ def main(path: str) -> None:
             errs.append(statistics.mean(abs(e - x) / max(x, 1) for e, x in zip(est, exact)))
         print(f"| {cat} | {errs[0]:.1%} | {errs[1]:.1%} | {len(texts)} |")
 
-    runs = []
-    for _ in range(7):
-        out = subprocess.run(
-            [sys.executable, "-c",
-             "import time; t=time.perf_counter(); import tierwise; "
-             "print(time.perf_counter()-t)"],
-            capture_output=True, text=True, check=True,
-        )
-        runs.append(float(out.stdout))
-    print(f"\n`import tierwise`: median {statistics.median(runs) * 1e3:.0f} ms over 7 runs")
+    for what, code in (
+        ("`import tierwise`", "import tierwise"),
+        (
+            "`tierwise.Router()` in a fresh process (numpy, registry, predictor, table)",
+            "import tierwise; tierwise.Router()",
+        ),
+    ):
+        runs = []
+        for _ in range(7):
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    f"import time; t=time.perf_counter(); {code}; print(time.perf_counter()-t)",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            runs.append(float(out.stdout))
+        print(f"\n{what}: median {statistics.median(runs) * 1e3:.0f} ms over 7 runs")
 
 
 if __name__ == "__main__":

@@ -432,6 +432,13 @@ impl PyPlan {
             .map(|c| (c.row, c.p_good, c.est_cost, c.tokens_in, c.tokens_in_exact, c.by_rule))
             .collect()
     }
+    /// Row indices of the first `n` candidates (primary, then fallbacks): the hot path's read.
+    fn head(&self, n: usize) -> Vec<usize> {
+        self.plan.candidates.iter().take(n).map(|c| c.row).collect()
+    }
+    fn __len__(&self) -> usize {
+        self.plan.candidates.len()
+    }
     /// [(row, constraint, reason)]
     #[getter]
     fn filtered(&self) -> Vec<(usize, &'static str, String)> {

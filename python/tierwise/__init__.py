@@ -1,4 +1,13 @@
-"""tierwise: route each LLM request to the cheapest model that answers it well enough."""
+"""tierwise: route each LLM request to the cheapest model that answers it well enough.
+
+Modules that need numpy (registry, policy, predictor, router) load on first use, so
+`import tierwise` stays fast for CLIs and for services that only count tokens.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._core import (
     Featurizer,
@@ -24,10 +33,41 @@ from .errors import (
     UnknownModelError,
     UnpricedModelError,
 )
-from .policy import Constraints, Policy, Rule
-from .predict import ModelParams, QualityModel
-from .registry import Deployment, ModelSpec, Price, Registry
-from .router import Candidate, Decision, Router
+
+if TYPE_CHECKING:
+    from .policy import Constraints, Policy, Rule
+    from .predict import ModelParams, QualityModel
+    from .registry import Deployment, ModelSpec, Price, Registry
+    from .router import Candidate, Decision, Router
+
+_LAZY = {
+    "Constraints": "policy",
+    "Policy": "policy",
+    "Rule": "policy",
+    "ModelParams": "predict",
+    "QualityModel": "predict",
+    "Deployment": "registry",
+    "ModelSpec": "registry",
+    "Price": "registry",
+    "Registry": "registry",
+    "Candidate": "router",
+    "Decision": "router",
+    "Router": "router",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tierwise' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AllAttemptsFailedError",

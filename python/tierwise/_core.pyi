@@ -119,6 +119,9 @@ class Plan:
 
     @property
     def candidates(self) -> list[tuple[int, float, float, int, bool, bool]]: ...
+    def head(self, n: int) -> list[int]:
+        """Row indices of the first `n` candidates."""
+    def __len__(self) -> int: ...
     @property
     def filtered(self) -> list[tuple[int, str, str]]: ...
     @property

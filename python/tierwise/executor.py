@@ -25,6 +25,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -237,11 +238,12 @@ class Executor:
             return self._timeout, left
         return httpx.Timeout(left, connect=min(c.connect_timeout_s, left)), left
 
-    async def _bounded(self, run: _Run, t: _Target, call: Awaitable[T]) -> T:
+    async def _bounded(self, run: _Run, t: _Target, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` within what is left of the deadline (or attempt_timeout_s)."""
         _, budget = self._budget(run)
         try:
             async with asyncio.timeout(budget):
-                return await call
+                return await call()
         except TimeoutError:
             raise UpstreamTimeoutError(
                 f"{t.model} via {t.dep.name}: no answer within {budget:.3g}s "
@@ -309,9 +311,8 @@ class Executor:
             while True:
                 started = perf_counter()
                 try:
-                    value = await self._bounded(
-                        run, t, open_(self._provider(t), self._budget(run)[0])
-                    )
+                    p = self._provider(t)
+                    value = await self._bounded(run, t, lambda: open_(p, self._budget(run)[0]))
                 except ProviderError as e:
                     action = self._failed(run, t, e, started)
                     if action == _STOP:
@@ -503,10 +504,11 @@ class Executor:
                     more = False
                     return
                 try:
-                    call = self._provider(t).complete(run.request, self._budget(run)[0])
+                    p = self._provider(t)
                 except AuthError as e:  # no key set: next target
                     self._failed(run, t, e, perf_counter())
                     continue
+                call = partial(p.complete, run.request, self._budget(run)[0])
                 task = asyncio.ensure_future(self._bounded(run, t, call))
                 running[task] = (t, perf_counter())
                 return

@@ -74,8 +74,13 @@ class Constraints:
     @classmethod
     def of(cls, c: Constraints | Mapping[str, Any] | None = None, **kw: Any) -> Constraints:
         """Accept a Constraints, a dict, None, and keyword overrides."""
+        if c is None and not kw:
+            return _NO_CONSTRAINTS  # the common case: no validation, no allocation
         base = c if isinstance(c, Constraints) else cls(**dict(c or {}))
         return replace(base, **kw) if kw else base
+
+
+_NO_CONSTRAINTS = Constraints()
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,10 +46,9 @@ class Decision:
         self._cands: list[Candidate] | None = None
         self.constraints = constraints
         ids = router._ids
-        rows = plan.candidates
-        self.model: str = ids[rows[0][0]]
-        n = 1 + router.policy.max_fallbacks
-        self.fallbacks: list[str] = [ids[r[0]] for r in rows[1:n]]
+        rows = plan.head(1 + router.policy.max_fallbacks)
+        self.model: str = ids[rows[0]]
+        self.fallbacks: list[str] = [ids[r] for r in rows[1:]]
 
     @property
     def candidates(self) -> list[Candidate]:
@@ -245,7 +244,7 @@ class Router:
             lam=lam,
             exclude=self._exclude(c),
         )
-        if not plan.candidates:
+        if not len(plan):
             raise _no_route(plan.filtered, self._ids)
         return Decision(self, plan, c)
 
