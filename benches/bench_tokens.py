@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from corpus import CATEGORIES, samples
-
 from tests.reference import tiktoken_encoding
+
 from tierwise import _core
 
 TEXTS = {cat: "".join(samples(cat, "eval"))[: 256 * 1024] for cat in CATEGORIES}

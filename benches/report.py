@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from corpus import CATEGORIES, samples  # noqa: E402
+from corpus import CATEGORIES, samples
 
 
 def pct(data: list[float], q: float) -> float:
@@ -69,7 +69,7 @@ def main(path: str) -> None:
         for enc in ("o200k_base", "cl100k_base"):
             exact = _core.count_tokens_batch(texts, enc)
             est = _core.estimate_tokens_batch(texts, enc)
-            errs.append(statistics.mean(abs(e - x) / max(x, 1) for e, x in zip(est, exact)))
+            errs.append(statistics.mean(abs(e - x) / max(x, 1) for e, x in zip(est, exact, strict=True)))
         print(f"| {cat} | {errs[0]:.1%} | {errs[1]:.1%} | {len(texts)} |")
 
     for what, code in (
