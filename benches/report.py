@@ -69,7 +69,9 @@ def main(path: str) -> None:
         for enc in ("o200k_base", "cl100k_base"):
             exact = _core.count_tokens_batch(texts, enc)
             est = _core.estimate_tokens_batch(texts, enc)
-            errs.append(statistics.mean(abs(e - x) / max(x, 1) for e, x in zip(est, exact, strict=True)))
+            errs.append(
+                statistics.mean(abs(e - x) / max(x, 1) for e, x in zip(est, exact, strict=True))
+            )
         print(f"| {cat} | {errs[0]:.1%} | {errs[1]:.1%} | {len(texts)} |")
 
     for what, code in (
