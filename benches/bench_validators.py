@@ -90,9 +90,7 @@ LADDERS = {
     "1_step_accept": (Cascade([Step(("a",), v.extracts(v.choice_letter))]), None, 1),
     "2_steps_escalate": (Cascade([Step(("b",), v.json_valid()), Step(("top",))]), None, 2),
     "2_steps_budgets_and_estimates": (
-        Cascade(
-            [Step(("b",), v.json_valid()), Step(("top",))], max_cost_usd=1.0, skip_below=0.1
-        ),  # fmt: skip
+        Cascade([Step(("b",), v.json_valid()), Step(("top",))], max_cost_usd=1.0, skip_below=0.1),
         EST,
         2,
     ),

@@ -70,6 +70,8 @@ def upstream() -> Iterator[LocalUpstream]:
 
 @pytest.fixture
 def up(upstream: LocalUpstream) -> Iterator[LocalUpstream]:
+    # A request cancelled by the previous test may still be on its way in: let it land
+    # before scripting, or it would take this test's first behaviour.
+    assert upstream.wait_idle(), "a connection from an earlier test is still open"
     upstream.reset_script()
     yield upstream
-    upstream.reset_script()

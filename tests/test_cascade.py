@@ -25,7 +25,7 @@ from tierwise.cascade import (
 )
 from tierwise.errors import AllAttemptsFailedError, ConfigError, ProviderError, RetryableError
 from tierwise.eval import OutcomeSet
-from tierwise.eval.cascade_eval import evaluate_cascade
+from tierwise.eval.cascade_eval import evaluate_cascade, fit_calibrated, summary_lines
 from tierwise.providers.base import ChatResponse, Usage
 from tierwise.replay import Replay
 from tierwise.workflow import Job
@@ -94,6 +94,8 @@ def test_model_lists_take_the_cascade_validator_except_the_last() -> None:
     assert ladder.steps[0].validator is not None and ladder.steps[1].validator is None
     r = run(ladder, Fake({"a": "not json", "top": "{}"}))
     assert r.model == "top"
+    bare = Cascade(["gpt-4o-mini", ["a", "b"], "top"], validator=LETTER)
+    assert [s.models for s in bare.steps] == [("gpt-4o-mini",), ("a", "b"), ("top",)]
     with pytest.raises(ConfigError):
         Cascade([])
     with pytest.raises(ConfigError):
@@ -385,6 +387,17 @@ def test_evaluate_cascade_on_a_synthetic_multiple_choice_set() -> None:
     assert best["quality"] >= cheapest["quality"]
     for p in report["sweep"]:
         assert p["cost_share"] <= 1.05 and abs(sum(p["steps"].values()) - 1.0) < 1e-9
+    assert any("reference top" in line for line in summary_lines(report))
+
+
+def test_fit_calibrated_learns_which_check_matters() -> None:
+    good = [v.Answer("m", "#### 4") for _ in range(30)]
+    bad = [v.Answer("m", "about four") for _ in range(30)]
+    labels = np.array([1.0] * 30 + [0.0] * 30)
+    fitted = fit_calibrated([v.final_answer(), v.regex("zzz")], good + bad,
+                            [v.Context()] * 60, labels)  # fmt: skip
+    assert fitted.weights[0] > 2.0 and abs(fitted.weights[1]) < 1e-6
+    assert fitted(good[0], v.Context()).passed and not fitted(bad[0], v.Context()).passed
 
 
 DATA = Path(os.environ.get("TIERWISE_DATA_DIR", "../shared/data"))
@@ -400,3 +413,4 @@ def test_evaluate_cascade_on_a_gsm8k_slice() -> None:
     assert 0.0 < report["apgr_cascade"] < 1.5 and report["curve"][0]["strong_share"] < 0.05
     # The checks see what the prompt cannot: they should beat prompt-only routing.
     assert report["apgr_checks_only"] > report["apgr_prompt_only"]
+    assert any("APGR" in line for line in summary_lines(report))

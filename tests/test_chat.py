@@ -80,6 +80,26 @@ async def test_a_long_retry_after_cools_the_deployment_and_routes_around_it(
     assert len(up.seen(wire("alpha"))) == 1
 
 
+async def test_when_every_model_is_rate_limited_the_soonest_is_waited_for(
+    up: LocalUpstream,
+) -> None:
+    for m, ra in zip(ORDER, (0.3, 0.15, 0.3, 0.3), strict=True):
+        up.script(wire(m), status(429, retry_after=ra))
+    async with router(up.url, max_retries=0) as r:
+        t = time.perf_counter()
+        res = await r.chat(MSGS)
+        assert time.perf_counter() - t >= 0.15
+        # a Retry-After beyond the deadline is not waited for
+        for m in ORDER:
+            up.script(wire(m), status(429, retry_after=1.0))
+        await asyncio.sleep(0.3)
+        with pytest.raises(AllAttemptsFailedError):
+            await r.chat(MSGS, timeout=0.5)
+    assert res.model == "beta"  # its Retry-After ended first
+    assert [(a.model, a.outcome) for a in res.attempts] == [
+        *[(m, "error") for m in ORDER], ("alpha", "skipped"), ("beta", "ok")]
+
+
 async def test_server_errors_retry_then_fall_back(up: LocalUpstream) -> None:
     up.script(wire("alpha"), status(500), status(503))
     async with router(up.url) as r:

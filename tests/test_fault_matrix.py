@@ -107,7 +107,7 @@ async def test_fault_matrix(up: LocalUpstream, fault: str, api: str, stream: boo
 async def test_1000_mixed_fault_requests_leave_nothing_hanging(up: LocalUpstream) -> None:
     rng = random.Random(5)
     faults = [
-        lambda: status(429, retry_after=rng.choice([0.02, 0.3])),
+        lambda: status(429, retry_after=rng.choice([0.02, 0.1])),
         lambda: status(500),
         lambda: status(503),
         lambda: hang(),
@@ -144,14 +144,17 @@ async def test_1000_mixed_fault_requests_leave_nothing_hanging(up: LocalUpstream
             outcomes[kind] = outcomes.get(kind, 0) + 1
 
     t0 = time.perf_counter()
-    # Breakers open (and half-open) within the run's few seconds, as they would over minutes.
-    health = Health(HealthConfig(base_cooldown_s=0.2, max_cooldown_s=0.5))
+    # With 40% faults the default breaker would (rightly) cool every model at once and fail
+    # the rest fast; a tolerant one keeps most requests exercising the fallback paths.
+    health = Health(HealthConfig(consecutive_failures=6, error_rate=0.9, base_cooldown_s=0.05,
+                                 max_cooldown_s=0.2))
     async with router(up.url, health, read_timeout_s=0.2) as r:
         await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(1000))), 45)
     total = time.perf_counter() - t0
     assert sum(outcomes.values()) == 1000
     print("OUTCOMES", outcomes, f"{total:.2f}s", f"slowest {slowest:.3f}s")
-    assert outcomes.get("ok", 0) > 500, outcomes
+    # most requests get through a fallback; the rest fail fast while every model cools
+    assert outcomes.get("ok", 0) > 700, outcomes
     assert slowest < 1.0 + 0.3, f"a request took {slowest:.2f}s with a 1 s deadline"
     assert total < 40
     # nothing left behind: no tasks, no client sockets, no server-side connections

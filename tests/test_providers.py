@@ -29,6 +29,7 @@ from tierwise.providers import (
 from tierwise.providers.anthropic import to_anthropic
 from tierwise.providers.base import parse_retry_after
 from tierwise.registry import Deployment
+from tierwise.transport import PooledTransport
 from tierwise.testing import (
     LocalUpstream,
     context_length,
@@ -46,9 +47,11 @@ T = httpx.Timeout(2.0)
 MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
+@pytest.fixture(params=["pooled", "httpx"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """Every test runs on tierwise's transport and on httpx's default one."""
+    transport = PooledTransport() if request.param == "pooled" else None
+    async with httpx.AsyncClient(transport=transport) as c:
         yield c
 
 

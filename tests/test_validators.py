@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tierwise import _arith
 from tierwise import validators as v
 from tierwise.errors import ConfigError
@@ -254,6 +255,8 @@ def test_calibrated_is_a_logistic_score_of_the_confidences() -> None:
     assert both.passed and both.confidence == pytest.approx(0.6225, abs=1e-4)
     one = run(combo, ans('"no"'))  # sigmoid(-0.5)
     assert not one.passed and "regex" in one.reason
+    stricter = combo.at(0.7)
+    assert not run(stricter, ans('"ok"')).passed and stricter.weights == combo.weights
     with pytest.raises(ConfigError):
         v.calibrated(checks, [1.0])
 

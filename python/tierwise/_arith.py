@@ -32,6 +32,7 @@ _APPLY: dict[str, Callable[[float, float], float]] = {
     "*": operator.mul,
     "/": operator.truediv,
 }
+_BINARY = {op: _APPLY[_OPS.get(op, op)] for op in ("+", "-", "*", "/", *_OPS)}
 # The value a solution last states: after `=` (or GSM8K's `>>`), allowing `$` and commas.
 _STATED = re.compile(r"(?:=|>>)\s*\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
 
@@ -142,8 +143,14 @@ def _evaluate(side: str) -> _Side | None:
         value, decimals, pct = _number(tok)
         return value, False, decimals, pct
     try:
-        got = _calc(found)
-    except (ZeroDivisionError, OverflowError):
+        if len(found) == 3 and found[1] in _BINARY and found[0][-1].isdigit():
+            # `a op b`, most of what a worked solution writes: no stacks needed.
+            a, _, _ = _number(found[0])
+            b, decimals, pct = _number(found[2])
+            got: tuple[float, int, bool] | None = (_BINARY[found[1]](a, b), decimals, pct)
+        else:
+            got = _calc(found)
+    except (ZeroDivisionError, OverflowError, ValueError):
         return None
     if got is None or not math.isfinite(got[0]):
         return None
@@ -202,5 +209,14 @@ def check_arithmetic(text: str, limit: int = 64) -> tuple[int, list[Mismatch]]:
 
 def last_stated_value(text: str) -> float | None:
     """The last value a solution states after `=` (or `>>`), e.g. 540 in `180 x 3 = 540`."""
-    found = _STATED.findall(text)
-    return parse_number(found[-1]) if found else None
+    # Walk back from the end: only the last statement matters, so most of the text is
+    # never scanned.
+    end = len(text)
+    while True:
+        i = max(text.rfind("=", 0, end), text.rfind(">>", 0, end))
+        if i < 0:
+            return None
+        m = _STATED.match(text, i)
+        if m is not None:
+            return parse_number(m.group(1))
+        end = i

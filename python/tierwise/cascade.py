@@ -245,13 +245,16 @@ class Cascade:
         skip_below: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        """`steps` are Steps, or model lists that get `validator` (all but the last)."""
+        """`steps` are Steps, or model ids / lists of them that get `validator` (all but
+        the last)."""
         if not steps:
             raise ConfigError("a cascade needs at least one step")
         built: list[Step] = []
         for i, s in enumerate(steps):
             if isinstance(s, Step):
                 built.append(s)
+            elif isinstance(s, str):  # a bare model id is a one-model step, not its letters
+                built.append(Step((s,), None if i == len(steps) - 1 else validator))
             else:
                 last = i == len(steps) - 1
                 built.append(Step(tuple(s), None if last else validator))

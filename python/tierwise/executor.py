@@ -15,6 +15,9 @@ caller's constraints). Per failure:
                                         reject it too; raised with `.attempts`
     everything failed                   AllAttemptsFailedError listing every attempt
 
+When every target left is cooling and the soonest is free again within max_retry_wait_s
+(and the deadline), it is waited for once instead of failing the request.
+
 A deadline (the latency SLO, or `timeout=`) bounds the whole request: each attempt gets what
 is left. Streams fall back only until the first piece of text has been handed to the caller.
 """
@@ -191,8 +194,11 @@ class Executor:
             t.provider = make_provider(self.client, t.model, t.dep)  # AuthError: no key set
         return t.provider
 
-    def _available(self, run: _Run) -> Iterator[_Target]:
-        """Targets in order, skipping (and recording) those that cannot be called now."""
+    def _available(
+        self, run: _Run, cooled: list[_Target], only: set[str] | None = None
+    ) -> Iterator[_Target]:
+        """Targets in order, skipping (and recording) those that cannot be called now;
+        the cooling ones are added to `cooled`. `only`: keys to consider (a second pass)."""
         d = run.decision
         order = [d.model, *d.fallbacks]
         i = 0
@@ -210,6 +216,8 @@ class Executor:
             if not targets:
                 run.skip(order[i - 1], "-", "no deployments configured; add one to the registry")
             for t in targets:
+                if only is not None and t.key not in only:
+                    continue
                 if t.spec.context_window <= run.min_window:
                     run.skip(
                         t.model,
@@ -224,6 +232,7 @@ class Executor:
                 why = self.health.unavailable(t.key)
                 if why is not None:
                     run.skip(t.model, t.dep.name, why)
+                    cooled.append(t)
                     continue
                 yield t
 
@@ -305,27 +314,53 @@ class Executor:
     async def _first_success(
         self, run: _Run, open_: Callable[[Provider, httpx.Timeout], Awaitable[T]]
     ) -> tuple[_Target, float, T]:
-        """Walk the targets until one answers: (target, start time, what `open_` returned)."""
-        for t in self._available(run):
-            retry = 0
-            while True:
-                started = perf_counter()
-                try:
-                    p = self._provider(t)
-                    value = await self._bounded(run, t, lambda: open_(p, self._budget(run)[0]))
-                except ProviderError as e:
-                    action = self._failed(run, t, e, started)
-                    if action == _STOP:
-                        e.attempts = run.attempts
-                        raise
-                    wait = self._backoff(run, e, retry) if action == _RETRY else None
-                    if wait is None:
-                        break
-                    await asyncio.sleep(wait)
-                    retry += 1
-                    continue
-                return t, started, value
+        """Walk the targets until one answers: (target, start time, what `open_` returned).
+
+        If every target left was cooling and the soonest is free again within
+        max_retry_wait_s (and the deadline), wait for it once rather than fail.
+        """
+        only: set[str] | None = None
+        for _ in range(2):
+            cooled: list[_Target] = []
+            for t in self._available(run, cooled, only):
+                retry = 0
+                while True:
+                    started = perf_counter()
+                    try:
+                        call = partial(open_, self._provider(t), self._budget(run)[0])
+                        value = await self._bounded(run, t, call)
+                    except ProviderError as e:
+                        action = self._failed(run, t, e, started)
+                        if action == _STOP:
+                            e.attempts = run.attempts
+                            raise
+                        wait = self._backoff(run, e, retry) if action == _RETRY else None
+                        if wait is None:
+                            if e.retry_after is not None:
+                                cooled.append(t)  # free again soon: a second pass may wait
+                            break
+                        await asyncio.sleep(wait)
+                        retry += 1
+                        continue
+                    return t, started, value
+            wait = self._cooldown_wait(run, cooled)
+            if wait is None:
+                break
+            await asyncio.sleep(wait)
+            only = {t.key for t in cooled}
         raise self._all_failed(run)
+
+    def _cooldown_wait(self, run: _Run, cooled: list[_Target]) -> float | None:
+        """Seconds until the first cooled target is free, if that is worth waiting for."""
+        lefts = [x for t in cooled if (x := self.health.retry_in(t.key)) is not None]
+        if not lefts:
+            return None
+        wait = min(lefts) + 0.001
+        if wait > self.config.max_retry_wait_s:
+            return None
+        if run.deadline is not None and perf_counter() + wait >= run.deadline:
+            return None
+        return wait
 
     # results ------------------------------------------------------------------------------
     def _usage(self, run: _Run, t: _Target, resp: ChatResponse) -> Usage:
@@ -351,12 +386,7 @@ class Executor:
         paused: float = 0.0,
     ) -> ChatResult:
         usage = self._usage(run, t, resp)
-        p = t.price
-        cost = (
-            None
-            if p is None
-            else p.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-        )
+        cost = self._cost(t, usage)
         now = perf_counter()
         run.attempts.append(
             Attempt(
@@ -474,7 +504,7 @@ class Executor:
             self.health.record_success(t.key, perf_counter() - started - paused)
             yield StreamDelta(done=True, result=self._result(run, t, item, started, ttft, paused))
         except ProviderError as e:
-            self._failed(run, t, e, perf_counter())
+            self._failed(run, t, e, started)
             text = "".join(delivered)
             raise StreamInterruptedError(
                 f"the stream from {t.model} via {t.dep.name} failed after {len(text)} characters "
@@ -492,7 +522,7 @@ class Executor:
     async def _concurrent(self, run: _Run, width: int, *, hedge: bool) -> ChatResult:
         """Race `width` attempts at once, or (hedge) add one when the newest is slower than
         its p95. The first accepted answer wins; the others are cancelled, their cost kept."""
-        it = self._available(run)
+        it = self._available(run, [])
         running: dict[asyncio.Task[ChatResponse], tuple[_Target, float]] = {}
         more = True  # targets left to launch
 
@@ -587,8 +617,11 @@ class Executor:
         await asyncio.gather(*running, return_exceptions=True)
         now = perf_counter()
         tokens_in = {c.model: c.tokens_in for c in run.decision.candidates}
-        for t, started in running.values():
-            est = self._cost(t, Usage(tokens_in.get(t.model, 0), 0))
+        for task, (t, started) in running.items():
+            if not task.cancelled() and task.exception() is None:  # finished with the winner
+                usage, estimated = self._usage(run, t, task.result()), False
+            else:  # the prompt, as far as it got: billed or not, we cannot know
+                usage, estimated = Usage(tokens_in.get(t.model, 0), 0), True
             run.attempts.append(
                 Attempt(
                     t.model,
@@ -596,8 +629,9 @@ class Executor:
                     "cancelled",
                     started - run.t0,
                     now - started,
-                    cost_usd=est,
-                    cost_estimated=True,
+                    usage=None if estimated else usage,
+                    cost_usd=self._cost(t, usage),
+                    cost_estimated=estimated,
                 )
             )
         running.clear()

@@ -5,18 +5,21 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .errors import NoRouteError
 from .policy import Constraints, Policy
+from .predict import ModelParams
 from .registry import ModelSpec, Registry
 
 if TYPE_CHECKING:  # httpx costs ~100 ms to import: only chat() and stream() load it
     import httpx
 
     from .executor import Accept, ChatStream, ExecutionConfig, Executor
+    from .feedback import FeedbackLog
     from .result import ChatResult
     from .state import HealthStore
 
@@ -38,17 +41,39 @@ class Candidate:
 class Decision:
     """Which model, which fallbacks, and why. Built lazily from the Rust plan."""
 
-    __slots__ = ("_cands", "_plan", "_router", "constraints", "fallbacks", "model")
+    __slots__ = (
+        "_cands",
+        "_messages",
+        "_plan",
+        "_request_id",
+        "_router",
+        "constraints",
+        "fallbacks",
+        "model",
+    )
 
-    def __init__(self, router: Router, plan: Any, constraints: Constraints) -> None:
+    def __init__(
+        self, router: Router, plan: Any, constraints: Constraints, messages: Any = None
+    ) -> None:
         self._router = router
         self._plan = plan
         self._cands: list[Candidate] | None = None
+        self._messages = messages  # a reference, read only if request_id is asked for
+        self._request_id: str | None = None
         self.constraints = constraints
         ids = router._ids
         rows = plan.head(1 + router.policy.max_fallbacks)
         self.model: str = ids[rows[0]]
         self.fallbacks: list[str] = [ids[r] for r in rows[1:]]
+
+    @property
+    def request_id(self) -> str:
+        """A unique id (uuid4 hex) for `router.feedback(request_id, score)`. Made on first
+        read, which is also when the router starts remembering this decision for feedback:
+        routing that never asks for an id pays nothing."""
+        if self._request_id is None:
+            self._request_id = self._router._remember(self)
+        return self._request_id
 
     @property
     def candidates(self) -> list[Candidate]:
@@ -246,7 +271,53 @@ class Router:
         )
         if not len(plan):
             raise _no_route(plan.filtered, self._ids)
-        return Decision(self, plan, c)
+        return Decision(self, plan, c, messages)
+
+    # -- feedback (issue 3): see feedback.py ----------------------------------------------
+    _feedback: FeedbackLog | None = None  # made by the first Decision.request_id
+
+    def _remember(self, decision: Decision) -> str:
+        from .feedback import FeedbackLog, latent_of, new_request_id
+
+        if self._feedback is None:
+            self._feedback = FeedbackLog()
+        rid = new_request_id()
+        latent: Sequence[float] | None = getattr(decision._plan, "latent", None)
+        if latent is None:  # Rust cores that do not expose the plan's latent
+            latent = latent_of(self.policy.quality_model(), decision._messages).tolist()
+        self._feedback.remember(rid, latent, decision.model)
+        decision._messages = None  # the prompt is not kept once the latent is known
+        return rid
+
+    def feedback(self, request_id: str, score: float, model: str | None = None) -> ModelParams:
+        """Tell the router how good an answer was (score in [0, 1]; 1 = acceptable).
+
+        Updates the answering model's ability by a Bayesian (Laplace) step on that prompt's
+        latent difficulty and skills, and recompiles the table, so the next route() uses
+        it. `model` defaults to the decision's primary; pass the model that actually answered
+        if a fallback did. Returns the model's new parameters. Persist them with
+        `save_policy()`.
+        """
+        from .feedback import FeedbackLog
+
+        if self._feedback is None:
+            self._feedback = FeedbackLog()
+        latent, chosen = self._feedback.lookup(request_id)  # InputError if unknown
+        target = model if model is not None else chosen
+        spec = self.registry[target]  # UnknownModelError names the known ids
+        qm = self.policy.quality_model()
+        new = self._feedback.observe(qm, target, qm.params_for(spec), latent, score)
+        updated = qm.with_models({**qm.models, target: new})
+        self.update(policy=replace(self.policy, quality=updated))
+        return new
+
+    def save_policy(self, policy_path: str | Path, predictor_path: str | Path) -> None:
+        """Save the predictor (with every feedback update) to `predictor_path` and the policy
+        JSON, pointing at it, to `policy_path`; `Policy.load(policy_path)` restores both."""
+        from .feedback import save_policy
+
+        self.policy.quality_model().save(predictor_path)
+        save_policy(self.policy, policy_path, str(predictor_path))
 
     # -- calling models (issue 5): see executor.py ---------------------------------------
     _io: Executor | None = None  # built by the first chat()/stream(), or by configure()

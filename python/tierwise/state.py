@@ -45,6 +45,10 @@ class HealthStore(Protocol):
     def blocked(self) -> frozenset[str]:
         """Keys that are disabled or cooling now (no side effects; usually empty)."""
 
+    def retry_in(self, key: str) -> float | None:
+        """Seconds until a cooling `key` may be called again; None if it is not cooling
+        (or is disabled, which no wait fixes)."""
+
     def record_success(self, key: str, latency_s: float) -> None: ...
 
     def record_failure(
@@ -132,6 +136,13 @@ class Health:
                 s.cool_until, s.cool_kind, s.reason = 0.0, "", ""
         return None
 
+    def retry_in(self, key: str) -> float | None:
+        s = self._s.get(key)
+        if s is None or s.disabled is not None:
+            return None
+        left = s.cool_until - self._clock()
+        return left if left > 0 else None
+
     def blocked(self) -> frozenset[str]:
         if not self._blocked:
             return frozenset()
@@ -177,15 +188,17 @@ class Health:
                 s.reason = f"Retry-After {wait:g}s: {reason}"
                 self._block(key, s.cool_until)
             return
-        n = s.n_ok + s.n_err
-        if s.consecutive >= c.consecutive_failures or (
-            n >= c.min_samples and s.err >= c.error_rate
-        ):
-            wait = min(c.base_cooldown_s * 2.0**s.opens, c.max_cooldown_s)
-            s.opens += 1
-            s.cool_until, s.cool_kind = now + wait, "breaker"
-            self._block(key, s.cool_until)
-            s.reason = f"breaker open after {s.consecutive} failure(s) in a row: {reason}"
+        if s.consecutive >= c.consecutive_failures:
+            why = f"{s.consecutive} failures in a row"
+        elif s.n_ok + s.n_err >= c.min_samples and s.err >= c.error_rate:
+            why = f"error rate {s.err:.0%}"
+        else:
+            return
+        wait = min(c.base_cooldown_s * 2.0**s.opens, c.max_cooldown_s)
+        s.opens += 1
+        s.cool_until, s.cool_kind = now + wait, "breaker"
+        self._block(key, s.cool_until)
+        s.reason = f"breaker open ({why}, last: {reason})"
 
     def _block(self, key: str, until: float) -> None:
         if self._blocked.get(key, 0.0) < until:

@@ -27,6 +27,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -499,6 +500,34 @@ class LocalUpstream:
         with self._lock:
             self._scripts.clear()
             self.requests.clear()
+
+    def wait_idle(self, timeout: float = 2.0) -> bool:
+        """Wait until no client connection is open (so nothing from an earlier test can
+        still arrive and take a behaviour scripted for the next one). False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._conns:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def drop_connections(self) -> None:
+        """Close every client connection from the server side, as an upstream restarting
+        or expiring idle keep-alive connections would."""
+        loop = self._loop
+        if loop is None:
+            return
+        done = threading.Event()
+
+        def close() -> None:
+            for c in list(self._conns):
+                if c.transport is not None:
+                    c.transport.close()
+            done.set()
+
+        loop.call_soon_threadsafe(close)
+        done.wait(5)
+        self.wait_idle()  # until the sockets are really closed (their FIN is on the wire)
 
     def pending(self, model: str) -> int:
         """Behaviours still queued for `model`."""

@@ -15,6 +15,7 @@ proxy keeps httpx's default transport (`Router.configure(http=httpx.AsyncClient(
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
@@ -41,11 +42,21 @@ class _Conn:
 
     def usable(self, expiry: float) -> bool:
         """Reusable: not closed by either side, and not idle for too long."""
-        return (
-            not self.writer.transport.is_closing()
-            and not self.reader.at_eof()
-            and monotonic() - self.used < expiry
-        )
+        if (
+            self.writer.transport.is_closing()
+            or self.reader.at_eof()
+            or monotonic() - self.used >= expiry
+        ):
+            return False
+        # The upstream may have closed it while our loop was busy: an idle connection that
+        # is readable has a FIN (or stray bytes) waiting. One poll of this one socket.
+        sock = self.writer.transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            return not select.select([sock.fileno()], [], [], 0)[0]
+        except (OSError, ValueError):
+            return False
 
     def close(self) -> None:
         self.writer.transport.abort()  # no graceful TLS close: the connection is dead to us
@@ -257,7 +268,9 @@ async def _timed(
 async def _read(conn: _Conn, coro: Any, timeout: float | None, request: httpx.Request) -> Any:
     try:
         return await _timed(coro, timeout, httpx.ReadTimeout, request)
-    except asyncio.IncompleteReadError:
+    except asyncio.IncompleteReadError as e:
+        if not e.partial:
+            raise _NothingRead("the upstream closed the connection", request=request) from None
         raise httpx.ReadError(
             "the upstream closed the connection mid-response", request=request
         ) from None

@@ -18,7 +18,6 @@ judge (a model call) and user callables that choose to be async await anything.
 from __future__ import annotations
 
 import ast
-import functools
 import importlib
 import inspect
 import json
@@ -26,13 +25,22 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeAlias, cast
+from typing import Any, Literal, TypeAlias, cast
 
-from . import _arith
+from ._verdict import PASS, Answer, Context, Messages, Validator, Verdict, accept, resolve
+from ._worked import (
+    arithmetic,
+    consistent_final,
+    final_answer,
+    final_number,
+    final_number_or_last,
+    uses_inputs,
+)
 from .errors import ConfigError
 
 __all__ = [
     "Answer",
+    "Calibrated",
     "Context",
     "JudgeCall",
     "Validator",
@@ -62,76 +70,6 @@ __all__ = [
     "uses_inputs",
 ]
 
-Messages: TypeAlias = Sequence[Mapping[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """One model's answer with what it cost; what a cascade's `call` returns.
-
-    `cost_usd` None means unknown (unpriced), never free. `logprobs` are the completion's
-    per-token log-probabilities when the provider returned them.
-    """
-
-    model: str
-    text: str
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    cost_usd: float | None = None
-    latency_ms: float | None = None
-    logprobs: tuple[float, ...] | None = None
-    finish_reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """Pass or fail, how sure (P(acceptable) in [0, 1]) and why. `calls` are the model calls
-    the validator itself made (a judge), so the cascade can bill them to the step."""
-
-    passed: bool
-    confidence: float
-    reason: str
-    calls: tuple[Answer, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    """What a validator may look at besides the answer: the request, the other answers
-    (same step and earlier steps) that agreement checks compare against, and the router's
-    predicted P(good) per model for this prompt."""
-
-    messages: Messages = ()
-    peers: Sequence[Answer] = ()
-    p_good: Mapping[str, float] | None = None  # the router's prediction per model
-
-
-class Validator(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    def __call__(self, answer: Answer, ctx: Context) -> Verdict | Awaitable[Verdict]: ...
-
-
-async def resolve(result: Verdict | Awaitable[Verdict]) -> Verdict:
-    """A verdict from a validator's return value, awaiting it if it is awaitable."""
-    if isinstance(result, Verdict):
-        return result
-    return await result
-
-
-_PASS = Verdict(True, 1.0, "ok")
-
-
-class _Accept:
-    name = "accept"
-
-    def __call__(self, answer: Answer, ctx: Context) -> Verdict:
-        return _PASS
-
-
-accept: Validator = _Accept()
-"""Passes every answer: a ladder's last step usually takes what the top model says."""
-
 
 # -- extraction ------------------------------------------------------------------------
 
@@ -139,18 +77,6 @@ _LEAD_LETTER = re.compile(r"\A\W{0,3}([A-Z])(?![A-Za-z])")
 _SAID_LETTER = re.compile(
     r"(?:answer|choice|option)\s*(?:is|:)?\s*[:\-]?\s*\(?\*{0,2}([A-Z])\b", re.IGNORECASE
 )
-# Each marker captures the number and the rest of its line (a well-formed answer has no
-# second number there, e.g. not `#### 24 2/3`).
-_FINAL_MARKED = tuple(
-    re.compile(p + r"(?P<rest>[^\n]*)", re.IGNORECASE)
-    for p in (
-        r"####\s*\$?\s*(?P<n>-?[\d,]*\.?\d+)",
-        r"\\boxed\{\s*\$?(?P<n>-?[\d,]*\.?\d+)\s*\}",
-        r"final answer(?: is)?\s*[:=]?\s*\$?\s*(?P<n>-?[\d,]*\.?\d+)",
-        r"\bthe answer is\s*[:=]?\s*\$?\s*(?P<n>-?[\d,]*\.?\d+)",
-    )
-)
-_ANY_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _FENCE = re.compile(
     r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)|\[PYTHON\]\n?(.*?)(?:\[/PYTHON\]|\Z)", re.S
 )
@@ -166,41 +92,6 @@ def choice_letter(text: str, letters: str = "ABCDE") -> str | None:
     if m is not None and m.group(1).upper() in letters:
         return m.group(1).upper()
     return None
-
-
-def _normal_number(raw: str) -> str | None:
-    v = _arith.parse_number(raw)
-    if v is None or not math.isfinite(v):
-        return None
-    return str(int(v)) if v == int(v) and abs(v) < 1e15 else repr(v)
-
-
-@functools.lru_cache(maxsize=64)
-def _marked_final(text: str) -> re.Match[str] | None:
-    # Cached: final_answer, consistent_final and agreement read the same answer in turn.
-    for pattern in _FINAL_MARKED:
-        found = list(pattern.finditer(text))
-        if found:
-            return found[-1]  # the last marked answer is the one the model settled on
-    return None
-
-
-def final_number(text: str, fallback_last: bool = False) -> str | None:
-    """The final numeric answer, normalised (`$1,200.00` -> `1200`): after `####`, in
-    `\\boxed{}`, or after `final answer`/`the answer is`; with `fallback_last`, else the
-    last number in the text."""
-    m = _marked_final(text)
-    if m is not None:
-        return _normal_number(m.group("n"))
-    if fallback_last:
-        nums = _ANY_NUMBER.findall(text)
-        return _normal_number(nums[-1]) if nums else None
-    return None
-
-
-def final_number_or_last(text: str) -> str | None:
-    """`final_number` falling back to the last number in the text (for agreement)."""
-    return final_number(text, fallback_last=True)
 
 
 def extract_code(text: str) -> tuple[str, str] | None:
@@ -261,7 +152,7 @@ class _Json:
             problem = self._check(doc)
             if problem is not None:
                 return Verdict(False, 0.0, f"JSON does not match the schema {problem}")
-        return _PASS
+        return PASS
 
 
 def json_valid(schema: Mapping[str, Any] | None = None) -> Validator:
@@ -300,11 +191,11 @@ class _Regex:
             found = self._pattern.search(answer.text)
         if self._forbid:
             if found is None:
-                return _PASS
+                return PASS
             return Verdict(False, 0.0, f"contains forbidden {found.group()!r}")
         if found is None:
             return Verdict(False, 0.0, f"does not match {self._pattern.pattern!r}")
-        return _PASS
+        return PASS
 
 
 def regex(
@@ -330,7 +221,7 @@ class _Extracts:
     def __call__(self, answer: Answer, ctx: Context) -> Verdict:
         if self._extract(answer.text) is None:
             return Verdict(False, 0.0, f"no answer found by {self.name}")
-        return _PASS
+        return PASS
 
 
 def extracts(extract: Callable[[str], object | None], *, name: str | None = None) -> Validator:
@@ -359,7 +250,7 @@ class _Code:
                 compile(code, "<answer>", "exec", ast.PyCF_ONLY_AST)
             except (SyntaxError, ValueError) as e:
                 return Verdict(False, 0.0, f"code does not parse: {e.__class__.__name__} {e}")
-        return _PASS
+        return PASS
 
 
 def code_block(language: str | None = None, *, parses: bool = True) -> Validator:
@@ -464,142 +355,6 @@ def openai_logprobs(raw: Any) -> tuple[float, ...] | None:
         return None
 
 
-# -- GSM8K-style checks of one worked solution ------------------------------------------------
-
-
-class _Final:
-    __slots__ = ("_integer", "name")
-
-    def __init__(self, integer: bool) -> None:
-        self._integer = integer
-        self.name = "final_answer_int" if integer else "final_answer"
-
-    def __call__(self, answer: Answer, ctx: Context) -> Verdict:
-        m = _marked_final(answer.text)
-        if m is None:
-            return Verdict(False, 0.0, "no final answer marked (#### n, \\boxed{n}, answer is n)")
-        value = _normal_number(m.group("n"))
-        if value is None or _DIGIT.search(m.group("rest")):
-            return Verdict(False, 0.0, f"final answer {m.group().strip()!r} is not one number")
-        if self._integer and not _is_integer(value):
-            return Verdict(False, 0.0, f"final answer {value} is not a whole number")
-        return _PASS
-
-
-_DIGIT = re.compile(r"\d")
-
-
-def _is_integer(value: str) -> bool:
-    v = _arith.parse_number(value)
-    return v is not None and v == int(v)
-
-
-def final_answer(*, integer: bool = False) -> Validator:
-    """A final numeric answer is marked and well formed: one number on its line (and a
-    whole number with `integer`, as every GSM8K answer is)."""
-    return _Final(integer)
-
-
-class _Arithmetic:
-    __slots__ = ("name",)
-
-    def __init__(self) -> None:
-        self.name = "arithmetic"
-
-    def __call__(self, answer: Answer, ctx: Context) -> Verdict:
-        checked, bad = _arith.check_arithmetic(answer.text)
-        if bad:
-            return Verdict(False, 0.0, f"{len(bad)} of {checked} equalities wrong, e.g. {bad[0]}")
-        return Verdict(True, 1.0, f"{checked} equalities hold")
-
-
-def arithmetic() -> Validator:
-    """Every `a op b = c` the worked solution writes (and GSM8K's `<<a*b=c>>`) holds, up to
-    the rounding the stated value shows. Passes when there is nothing to check."""
-    return _Arithmetic()
-
-
-class _Consistent:
-    __slots__ = ("name",)
-
-    def __init__(self) -> None:
-        self.name = "consistent_final"
-
-    def __call__(self, answer: Answer, ctx: Context) -> Verdict:
-        text = answer.text
-        final = final_number(text)
-        if final is None:
-            return Verdict(False, 0.0, "no final answer to compare with the working")
-        cut = text.rfind("####")
-        last = _arith.last_stated_value(text[:cut] if cut >= 0 else text)
-        if last is None:
-            return Verdict(True, 0.5, "the working states no computed value")
-        f = _arith.parse_number(final)
-        if f is not None and (
-            abs(f - last) <= 1e-6 * max(1.0, abs(last))
-            or (abs(f - round(last)) < 1e-9 and abs(last - f) < 1)
-        ):
-            return Verdict(True, 1.0, f"final answer {final} is the last computed value")
-        return Verdict(False, 0.0, f"final answer {final} differs from last computed {last:g}")
-
-
-def consistent_final() -> Validator:
-    """The final answer equals the last value the working computed (a rounded whole number
-    of it counts): a different number means the model jumped to its answer."""
-    return _Consistent()
-
-
-_GIVEN = re.compile(r"\d[\d,]*(?:\.\d+)?")
-
-
-def _numbers(text: str) -> set[str]:
-    # Compared as normalised strings (`1,200.0` -> `1200`): no float per number needed.
-    out = set()
-    for raw in _GIVEN.findall(text):
-        n = raw.replace(",", "")
-        if "." in n:
-            n = n.rstrip("0").rstrip(".")
-        out.add(n)
-    return out
-
-
-@functools.lru_cache(maxsize=256)
-def _request_numbers(text: str) -> frozenset[str]:
-    # Every answer of a cascade is compared with the same request: parse it once.
-    return frozenset(_numbers(text))
-
-
-class _UsesInputs:
-    __slots__ = ("_min", "name")
-
-    def __init__(self, min_share: float) -> None:
-        if not 0.0 <= min_share <= 1.0:
-            raise ConfigError(f"uses_inputs: min_share must be in [0, 1], got {min_share}")
-        self._min = min_share
-        self.name = "uses_inputs"
-
-    def __call__(self, answer: Answer, ctx: Context) -> Verdict:
-        given: frozenset[str] = frozenset()
-        for m in ctx.messages:
-            if m.get("role", "user") == "user" and isinstance(m.get("content"), str):
-                given |= _request_numbers(m["content"])
-        if not given:
-            return Verdict(True, 1.0, "the request states no numbers")
-        used = given & _numbers(answer.text)
-        share = len(used) / len(given)
-        if share + 1e-12 >= self._min:
-            return Verdict(True, share, f"uses {len(used)} of {len(given)} given numbers")
-        unused = ", ".join(sorted(given - used)[:5])
-        return Verdict(False, share, f"never uses the given {unused}")
-
-
-def uses_inputs(min_share: float = 1.0) -> Validator:
-    """The working uses the numbers the request gives (at least `min_share` of them): a
-    word problem's solution that ignores a stated quantity has usually misread it.
-    Confidence is the share used."""
-    return _UsesInputs(min_share)
-
-
 class _Predicted:
     __slots__ = ("_min", "name")
 
@@ -684,7 +439,7 @@ def _as_verdict(value: object, name: str) -> Verdict:
     if isinstance(value, Verdict):
         return value
     if isinstance(value, bool):
-        return _PASS if value else Verdict(False, 0.0, f"{name} said no")
+        return PASS if value else Verdict(False, 0.0, f"{name} said no")
     raise ConfigError(
         f"validator {name} returned {type(value).__name__}; return a bool or a Verdict"
     )
@@ -799,7 +554,9 @@ def any_of(*validators: Validator) -> Validator:
 
 
 @dataclass(frozen=True, slots=True)
-class _Calibrated:
+class Calibrated:
+    """Several checks combined into one fitted P(ok); see `calibrated`."""
+
     parts: tuple[Validator, ...]
     weights: tuple[float, ...]
     bias: float
@@ -814,6 +571,10 @@ class _Calibrated:
 
     async def _gather(self, results: list[Verdict | Awaitable[Verdict]]) -> Verdict:
         return self._score([await resolve(r) for r in results])
+
+    def at(self, threshold: float) -> Calibrated:
+        """The same score passing at another threshold (for sweeps)."""
+        return calibrated(self.parts, self.weights, self.bias, threshold)
 
     def _score(self, verdicts: list[Verdict]) -> Verdict:
         z = self.bias + sum(w * v.confidence for w, v in zip(self.weights, verdicts, strict=True))
@@ -833,7 +594,7 @@ def calibrated(
     weights: Sequence[float],
     bias: float = 0.0,
     threshold: float = 0.5,
-) -> Validator:
+) -> Calibrated:
     """One score from several checks: P(ok) = sigmoid(bias + sum(w_i * confidence_i)),
     passing at `threshold`. Fit the weights on outcome data (logistic regression, see
     `tierwise.eval.cascade_eval.fit_calibrated`), then sweep the threshold."""
@@ -841,6 +602,6 @@ def calibrated(
         raise ConfigError(f"calibrated: {len(validators)} validators but {len(weights)} weights")
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"calibrated: threshold must be in [0, 1], got {threshold}")
-    return _Calibrated(
+    return Calibrated(
         tuple(validators), tuple(float(w) for w in weights), float(bias), float(threshold)
     )

@@ -39,7 +39,6 @@ from ..errors import DatasetError
 from ..replay import Replay
 from ._set import OutcomeSet
 from .metrics import (
-    aiq,
     apgr,
     cost_to_reach,
     cpt,
@@ -49,7 +48,7 @@ from .metrics import (
     sweep_lambda,
 )
 
-__all__ = ["HEDGES", "evaluate_cascade", "fit_calibrated", "math_checks"]
+__all__ = ["HEDGES", "evaluate_cascade", "fit_calibrated", "math_checks", "summary_lines"]
 
 #: Words with which a worked solution admits it is unsure or has changed its mind.
 # The lookahead on first letters lets the engine skip most positions: about 3x faster.
@@ -136,7 +135,7 @@ def fit_calibrated(
     *,
     l2: float = 1.0,
     threshold: float = 0.5,
-) -> v.Validator:
+) -> v.Calibrated:
     """`validators.calibrated(checks, ...)` with weights fitted by logistic regression of
     `labels` (1 = the answer was good) on the checks' confidences. Checks must be sync."""
     rows = []
@@ -212,7 +211,9 @@ def _two_model(
             for q, pi in zip(s.prompts, p, strict=True)
         ]
 
-    tune_answers = [Replay(tune, count_tokens=False).answer(i, wm) for i in range(len(tune))]
+    responses = tune.responses or []
+    # A missing recorded answer is an empty one: every check fails it, as it should.
+    tune_answers = [v.Answer(wm, responses[i][weak] or "") for i in range(len(tune))]
     labels = tune.scores[:, weak]
     with_prior = [*checks, v.predicted()]
     full = fit_calibrated(with_prior, tune_answers, contexts(tune, p_tune), labels)
@@ -249,7 +250,7 @@ def _two_model(
     points = []
     for t in np.quantile(conf, np.linspace(0.0, 1.0, n_quantiles + 1)):
         thr = min(max(float(t), 0.0), 1.0)
-        check = v.calibrated(with_prior, _weights_of(full), _bias_of(full), thr)
+        check = full.at(thr)
         run = _replay(Cascade([Step((wm,), check), Step((sm,))]), replay, rows, est)
         points.append(
             {
@@ -261,20 +262,12 @@ def _two_model(
             }
         )
     out["curve"] = points
-    out["weights"] = {c.name: w for c, w in zip(with_prior, _weights_of(full), strict=True)}
-    out["bias"] = _bias_of(full)
+    out["weights"] = {c.name: w for c, w in zip(with_prior, full.weights, strict=True)}
+    out["bias"] = full.bias
     out["weak_quality"], out["strong_quality"] = float(ws.mean()), float(ss.mean())
     out["weak_cost_usd"] = float(np.mean(test.costs[:, weak]))
     out["strong_cost_usd"] = float(np.mean(test.costs[:, strong]))
     return out
-
-
-def _weights_of(check: v.Validator) -> list[float]:
-    return list(getattr(check, "weights", ()))
-
-
-def _bias_of(check: v.Validator) -> float:
-    return float(getattr(check, "bias", 0.0))
 
 
 # -- many models: ladders per task -----------------------------------------------------------
@@ -388,8 +381,13 @@ def _choose(fronts: Mapping[str, list[_Scored]], max_cost: float) -> dict[str, _
     """One ladder per task maximising total tuning quality within `max_cost` (exhaustive
     over the Pareto fronts: a few tasks with a few dozen points each)."""
     tasks = list(fronts)
+    lists = [list(fronts[t]) for t in tasks]
+    while math.prod(len(f) for f in lists) > 200_000:
+        # Many tasks: thin the longest front (keeping its ends) rather than search forever.
+        k = max(range(len(lists)), key=lambda j: len(lists[j]))
+        lists[k] = lists[k][:-1:2] + lists[k][-1:]
     best: tuple[float, tuple[_Scored, ...]] | None = None
-    for combo in itertools.product(*(fronts[t] for t in tasks)):
+    for combo in itertools.product(*lists):
         cost = sum(s.cost for s in combo)
         if cost > max_cost:
             continue
@@ -475,7 +473,6 @@ def _many_models(
     at_budget = next((p for p in sweep if p["budget_share"] == target_cost_share), None)
     prompt_only = _prompt_only(tune, test, r, target_cost_share, target_quality_share)
     ref_q, ref_c = float(test.scores[:, r].mean()), float(test.costs[:, r].mean())
-    all_costs = [p["cost_usd"] for p in sweep] + [ref_c]
     return {
         "kind": "ladders",
         "reference": ref,
@@ -485,11 +482,6 @@ def _many_models(
         "at_cost_target": at_budget,
         "at_quality_target": None if target_choice is None else on_test(target_choice),
         "sweep": sweep,
-        "aiq_cascade": aiq(
-            [p["cost_usd"] for p in sweep], [p["quality"] for p in sweep], max(all_costs)
-        )
-        if sweep
-        else None,
         "prompt_only": prompt_only,
         "singles": [
             {"model": p.model, "quality": p.quality, "cost_usd": p.cost}
@@ -516,7 +508,6 @@ def _prompt_only(
         if ok.any()
         else None,
         "cost_share_at_quality_target": None if reach is None else reach / ref_c,
-        "aiq": aiq(curve.costs, curve.qualities, max(float(curve.costs.max()), ref_c)),
     }
 
 
@@ -585,3 +576,44 @@ def evaluate_cascade(
         pool_size,
         task_of or _by_group,
     )
+
+
+def summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """A few human-readable lines of an `evaluate_cascade` report (test part only)."""
+    sp = report["split"]
+    head = (
+        f"cascade on {sp['n_test']} test prompts (tuned on {sp['n_tune']} others, "
+        f"split by prompt hash, seed {sp['seed']})"
+    )
+    if report["kind"] == "two-model":
+        lines = [head, f"weak {report['weak']}, strong {report['strong']}"]
+        for name in ("cascade", "checks_only", "prompt_only"):
+            lines.append(
+                f"  {name.replace('_', '-'):<12} APGR {report[f'apgr_{name}']:.3f}  "
+                f"CPT(50%) {report[f'cpt50_{name}']:.1%}  CPT(80%) {report[f'cpt80_{name}']:.1%}"
+            )
+        return lines
+    lines = [head, f"reference {report['reference']}: quality {report['reference_quality']:.3f}"]
+    for label, point in (
+        ("at the cost target", report["at_cost_target"]),
+        ("at the quality target", report["at_quality_target"]),
+    ):
+        if point is None:
+            lines.append(f"  {label}: no setting reached it on the tuning rows")
+            continue
+        steps = ", ".join(f"{k} step(s) {v:.0%}" for k, v in point["steps"].items())
+        lines.append(
+            f"  {label}: {point['quality_share']:.1%} of its quality at "
+            f"{point['cost_share']:.1%} of its cost ({steps})"
+        )
+        lines += [f"    {task}: {ladder}" for task, ladder in point["ladders"].items()]
+    po = report["prompt_only"]
+    q30, c98 = po["quality_share_at_cost_target"], po["cost_share_at_quality_target"]
+    lines.append(
+        "  prompt-only routing: "
+        + ("-" if q30 is None else f"{q30:.1%}")
+        + " of its quality at the cost target; "
+        + ("never reaches" if c98 is None else f"{c98:.1%} of its cost to reach")
+        + " the quality target"
+    )
+    return lines

@@ -29,6 +29,7 @@ from .. import _core
 from ..errors import DatasetError
 from ..predict import ModelParams, QualityModel
 from ._set import OutcomeSet
+from .membership import META_KEY, PromptFilter
 
 __all__ = [
     "CostModel",
@@ -206,6 +207,18 @@ def fit(
     w_export = (w_dense / sd[:, None]).astype(np.float32)
     c_export = (c - (mu / sd) @ w_dense).astype(np.float32)
 
+    # What feedback needs to weigh one new observation against the training evidence
+    # (tierwise.feedback): the second moments of [1, e(x)] and the mean curvature p(1 - p).
+    z = xs @ w + c
+    phi = np.concatenate([np.ones((n, 1), dtype=np.float32), z[:, :k]], axis=1)
+    logits = z[:, :k] @ ability.T + bias[None, :] - z[:, k : k + 1]
+    p = 1.0 / (1.0 + np.exp(-logits))
+    fisher = {
+        "phi_moment": (phi.T @ phi / n).astype(np.float64).round(6).tolist(),
+        "mean_weight": float((p * (1 - p))[obs].mean()),
+    }
+    prompts = [text for part in sets for text in part.prompts]
+
     counts = obs.sum(axis=0)
     params = {
         m: ModelParams(
@@ -239,6 +252,9 @@ def fit(
                 "l2_model": cfg.l2_model,
             },
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "fisher": fisher,
+            # Lets `tierwise eval` refuse to score this predictor on its own training rows.
+            META_KEY: PromptFilter.build(prompts).to_meta(),
         },
     )
 

@@ -1,0 +1,91 @@
+"""PooledTransport: keep-alive reuse, the connection limit, pool timeouts, stale
+connections and cancellation, over real sockets (the protocol paths are also exercised by
+every provider test, which runs on both transports)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from tierwise.testing import LocalUpstream, hang, reply
+
+from .chat_support import up, upstream  # noqa: F401
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def client(**kw: object) -> httpx.AsyncClient:
+    from tierwise.transport import PooledTransport
+
+    return httpx.AsyncClient(transport=PooledTransport(**kw))  # type: ignore[arg-type]
+
+
+async def test_connections_are_kept_alive_and_reused(up: LocalUpstream) -> None:
+    before = up.total_connections
+    async with client() as c:
+        for _ in range(50):
+            r = await c.post(up.url + "/v1/chat/completions", json=BODY)
+            assert r.json()["choices"][0]["message"]["content"] == "answer from m"
+    assert up.total_connections - before == 1
+
+
+async def test_the_connection_limit_queues_requests_in_order(up: LocalUpstream) -> None:
+    up.default = reply(latency=0.02)
+    try:
+        before = up.total_connections
+        async with client(max_connections=2) as c:
+            rs = await asyncio.gather(
+                *(c.post(up.url + "/v1/chat/completions", json=BODY) for _ in range(12))
+            )
+        assert all(r.status_code == 200 for r in rs)
+        assert up.total_connections - before == 2
+    finally:
+        up.default = reply()
+
+
+async def test_pool_timeout_when_every_slot_is_busy(up: LocalUpstream) -> None:
+    up.script("m", hang())
+    async with client(max_connections=1) as c:
+        stuck = asyncio.create_task(c.post(up.url + "/v1/chat/completions", json=BODY))
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx.PoolTimeout, match="max_connections=1"):
+            await c.post(up.url + "/v1/chat/completions", json=BODY,
+                         timeout=httpx.Timeout(5.0, pool=0.1))
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        # the cancelled request gave its slot back
+        r = await c.post(up.url + "/v1/chat/completions", json=BODY)
+        assert r.status_code == 200
+
+
+async def test_a_connection_the_upstream_closed_is_not_reused_blindly(
+    up: LocalUpstream,
+) -> None:
+    async with client() as c:
+        for _ in range(5):
+            assert (await c.post(up.url + "/v1/chat/completions", json=BODY)).status_code == 200
+            up.drop_connections()  # the idle connection dies under us, FIN possibly unseen
+    assert len(up.seen("m")) == 5  # each request reached the upstream exactly once
+
+
+async def test_read_timeout_and_connect_error(up: LocalUpstream) -> None:
+    up.script("m", hang())
+    async with client() as c:
+        with pytest.raises(httpx.ReadTimeout):
+            await c.post(up.url + "/v1/chat/completions", json=BODY, timeout=0.1)
+        with LocalUpstream() as gone:
+            url = gone.url
+        with pytest.raises(httpx.ConnectError):
+            await c.post(url + "/v1/chat/completions", json=BODY)
+
+
+async def test_streamed_responses_arrive_piece_by_piece(up: LocalUpstream) -> None:
+    up.script("m", reply("a b c", chunk_delay=0.02))
+    async with client() as c:
+        body = {**BODY, "stream": True}
+        async with c.stream("POST", up.url + "/v1/chat/completions", json=body) as r:
+            lines = [line async for line in r.aiter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and len(lines) == 6
