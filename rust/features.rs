@@ -169,41 +169,182 @@ struct Scan<'a> {
     first_word_of_msg: bool,
 }
 
-/// Keyword → flag. Lower-case ASCII words; one table so adding a marker is one line.
-fn keyword_flag(w: &[u8]) -> u32 {
-    match w {
-        b"def" | b"function" | b"class" | b"import" | b"python" | b"javascript"
-        | b"typescript" | b"code" | b"program" | b"implement" | b"compile" | b"bug" | b"sql"
-        | b"regex" | b"java" | b"rust" | b"golang" | b"cpp" | b"script" | b"debug"
-        | b"refactor" | b"api" | b"html" | b"css" | b"bash" | b"lambda" | b"const"
-        | b"println" | b"printf" | b"elif" | b"struct" | b"fn" => flag::CODE,
-        b"json" | b"yaml" | b"schema" | b"xml" | b"csv" => flag::JSON,
-        b"calculate" | b"compute" | b"solve" | b"equation" | b"integral" | b"derivative"
-        | b"probability" | b"percent" | b"percentage" | b"sum" | b"math" | b"arithmetic"
-        | b"algebra" | b"geometry" | b"fraction" | b"ratio" | b"average" | b"multiply"
-        | b"divide" | b"total" | b"remainder" | b"prime" | b"polynomial" => flag::MATH,
-        b"list" | b"enumerate" | b"bullet" | b"bullets" => flag::LIST,
-        b"explain" | b"why" | b"prove" | b"reason" | b"reasoning" | b"analyze"
-        | b"analyse" | b"compare" | b"justify" | b"evaluate" | b"infer" | b"deduce"
-        | b"logic" | b"step" => flag::REASONING,
-        b"translate" | b"translation" | b"translated" => flag::TRANSLATION,
-        b"summarize" | b"summarise" | b"summary" | b"tldr" | b"condense" => flag::SUMMARIZE,
-        b"extract" | b"classify" | b"label" | b"entities" | b"sentiment" | b"categorize"
-        | b"categorise" | b"parse" | b"tag" => flag::EXTRACTION,
-        b"story" | b"poem" | b"poetry" | b"creative" | b"song" | b"lyrics" | b"essay"
-        | b"fiction" | b"haiku" | b"slogan" => flag::CREATIVE,
-        _ => 0,
+/// Keyword → flags. Lower-case ASCII words; one table so adding a marker is one line.
+/// `OPENER` marks words that make a message a question when they open it.
+const OPENER: u32 = 1 << 31;
+const KEYWORDS: &[(&str, u32)] = &[
+    ("def", flag::CODE),
+    ("function", flag::CODE),
+    ("class", flag::CODE),
+    ("import", flag::CODE),
+    ("python", flag::CODE),
+    ("javascript", flag::CODE),
+    ("typescript", flag::CODE),
+    ("code", flag::CODE),
+    ("program", flag::CODE),
+    ("implement", flag::CODE),
+    ("compile", flag::CODE),
+    ("bug", flag::CODE),
+    ("sql", flag::CODE),
+    ("regex", flag::CODE),
+    ("java", flag::CODE),
+    ("rust", flag::CODE),
+    ("golang", flag::CODE),
+    ("cpp", flag::CODE),
+    ("script", flag::CODE),
+    ("debug", flag::CODE),
+    ("refactor", flag::CODE),
+    ("api", flag::CODE),
+    ("html", flag::CODE),
+    ("css", flag::CODE),
+    ("bash", flag::CODE),
+    ("lambda", flag::CODE),
+    ("const", flag::CODE),
+    ("println", flag::CODE),
+    ("printf", flag::CODE),
+    ("elif", flag::CODE),
+    ("struct", flag::CODE),
+    ("fn", flag::CODE),
+    ("json", flag::JSON),
+    ("yaml", flag::JSON),
+    ("schema", flag::JSON),
+    ("xml", flag::JSON),
+    ("csv", flag::JSON),
+    ("calculate", flag::MATH),
+    ("compute", flag::MATH),
+    ("solve", flag::MATH),
+    ("equation", flag::MATH),
+    ("integral", flag::MATH),
+    ("derivative", flag::MATH),
+    ("probability", flag::MATH),
+    ("percent", flag::MATH),
+    ("percentage", flag::MATH),
+    ("sum", flag::MATH),
+    ("math", flag::MATH),
+    ("arithmetic", flag::MATH),
+    ("algebra", flag::MATH),
+    ("geometry", flag::MATH),
+    ("fraction", flag::MATH),
+    ("ratio", flag::MATH),
+    ("average", flag::MATH),
+    ("multiply", flag::MATH),
+    ("divide", flag::MATH),
+    ("total", flag::MATH),
+    ("remainder", flag::MATH),
+    ("prime", flag::MATH),
+    ("polynomial", flag::MATH),
+    ("list", flag::LIST),
+    ("enumerate", flag::LIST),
+    ("bullet", flag::LIST),
+    ("bullets", flag::LIST),
+    ("explain", flag::REASONING),
+    ("why", flag::REASONING | OPENER),
+    ("prove", flag::REASONING),
+    ("reason", flag::REASONING),
+    ("reasoning", flag::REASONING),
+    ("analyze", flag::REASONING),
+    ("analyse", flag::REASONING),
+    ("compare", flag::REASONING),
+    ("justify", flag::REASONING),
+    ("evaluate", flag::REASONING),
+    ("infer", flag::REASONING),
+    ("deduce", flag::REASONING),
+    ("logic", flag::REASONING),
+    ("step", flag::REASONING),
+    ("translate", flag::TRANSLATION),
+    ("translation", flag::TRANSLATION),
+    ("translated", flag::TRANSLATION),
+    ("summarize", flag::SUMMARIZE),
+    ("summarise", flag::SUMMARIZE),
+    ("summary", flag::SUMMARIZE),
+    ("tldr", flag::SUMMARIZE),
+    ("condense", flag::SUMMARIZE),
+    ("extract", flag::EXTRACTION),
+    ("classify", flag::EXTRACTION),
+    ("label", flag::EXTRACTION),
+    ("entities", flag::EXTRACTION),
+    ("sentiment", flag::EXTRACTION),
+    ("categorize", flag::EXTRACTION),
+    ("categorise", flag::EXTRACTION),
+    ("parse", flag::EXTRACTION),
+    ("tag", flag::EXTRACTION),
+    ("story", flag::CREATIVE),
+    ("poem", flag::CREATIVE),
+    ("poetry", flag::CREATIVE),
+    ("creative", flag::CREATIVE),
+    ("song", flag::CREATIVE),
+    ("lyrics", flag::CREATIVE),
+    ("essay", flag::CREATIVE),
+    ("fiction", flag::CREATIVE),
+    ("haiku", flag::CREATIVE),
+    ("slogan", flag::CREATIVE),
+    ("what", OPENER),
+    ("how", OPENER),
+    ("who", OPENER),
+    ("when", OPENER),
+    ("where", OPENER),
+    ("which", OPENER),
+    ("is", OPENER),
+    ("are", OPENER),
+    ("can", OPENER),
+    ("does", OPENER),
+    ("do", OPENER),
+];
+
+/// Open-addressing table over words packed into a u128 (keywords are ≤ 16 bytes): one
+/// multiply and usually one compare per word, instead of a long chain of slice matches.
+struct KeywordTable {
+    keys: Vec<u128>,
+    flags: Vec<u32>,
+}
+
+const KW_BITS: u32 = 10;
+
+fn kw_slot(key: u128) -> usize {
+    let h = ((key as u64) ^ ((key >> 64) as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> (64 - KW_BITS)) as usize
+}
+
+fn pack(w: &[u8]) -> Option<u128> {
+    if w.is_empty() || w.len() > 16 {
+        return None;
+    }
+    let mut buf = [0u8; 16];
+    buf[..w.len()].copy_from_slice(w);
+    Some(u128::from_le_bytes(buf))
+}
+
+static KEYWORD_TABLE: std::sync::LazyLock<KeywordTable> = std::sync::LazyLock::new(|| {
+    let size = 1 << KW_BITS;
+    let mut t = KeywordTable { keys: vec![0; size], flags: vec![0; size] };
+    for (w, f) in KEYWORDS {
+        let key = pack(w.as_bytes()).unwrap_or(0);
+        let mut i = kw_slot(key);
+        while t.keys[i] != 0 && t.keys[i] != key {
+            i = (i + 1) & (size - 1);
+        }
+        t.keys[i] = key;
+        t.flags[i] |= f;
+    }
+    t
+});
+
+/// Flags (and `OPENER`) for a lower-case word; 0 for ordinary words.
+fn keyword_flags(w: &[u8]) -> u32 {
+    let Some(key) = pack(w) else { return 0 };
+    let t = &*KEYWORD_TABLE;
+    let mut i = kw_slot(key);
+    loop {
+        let k = t.keys[i];
+        if k == key {
+            return t.flags[i];
+        }
+        if k == 0 {
+            return 0;
+        }
+        i = (i + 1) & (t.keys.len() - 1);
     }
 }
-
-fn question_opener(w: &[u8]) -> bool {
-    matches!(
-        w,
-        b"what" | b"why" | b"how" | b"who" | b"when" | b"where" | b"which" | b"is" | b"are"
-            | b"can" | b"does" | b"do"
-    )
-}
-
 
 impl Scan<'_> {
     #[inline]
@@ -235,8 +376,9 @@ impl tokens::Visitor for Scan<'_> {
             lower[k] = c.to_ascii_lowercase();
         }
         let lw = &lower[..n];
-        self.flags |= keyword_flag(lw);
-        if self.first_word_of_msg && question_opener(lw) {
+        let kw = keyword_flags(lw);
+        self.flags |= kw & !OPENER;
+        if self.first_word_of_msg && kw & OPENER != 0 {
             self.flags |= flag::QUESTION;
         }
         self.url |= lw == b"http" || lw == b"https" || lw == b"www";
@@ -467,6 +609,16 @@ mod tests {
         assert_eq!(i.chars, 0);
         let (v, _) = featurize(&user("日本語のテキスト🙂 Привет мир \u{0}"), &cfg);
         assert!(v.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn keyword_table_finds_every_keyword() {
+        for (w, f) in KEYWORDS {
+            assert_eq!(keyword_flags(w.as_bytes()), *f | keyword_flags(w.as_bytes()), "{w}");
+            assert_ne!(keyword_flags(w.as_bytes()), 0, "{w}");
+        }
+        assert_eq!(keyword_flags(b"the"), 0);
+        assert_eq!(keyword_flags(b"abcdefghijklmnopq"), 0);
     }
 
     #[test]

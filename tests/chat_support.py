@@ -1,17 +1,13 @@
-"""Shared pieces of the chat tests: a running LocalUpstream and a small registry on it."""
+"""Shared pieces of the chat tests: a small registry on a LocalUpstream, and a router."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from tierwise import Policy, Registry, Router
 from tierwise.executor import ExecutionConfig
 from tierwise.state import Health
-from tierwise.testing import LocalUpstream
 
 # Cheapest first, equal quality: the router tries alpha, beta, gamma, delta in this order.
 # alpha and beta share a small window, so a context-length error on alpha skips beta.
@@ -27,23 +23,27 @@ ORDER = [m[0] for m in MODELS]
 def registry(url: str, p95_ms: float = 100.0) -> Registry:
     models: list[dict[str, Any]] = []
     for mid, api, window, p_in, p_out in MODELS:
-        models.append({
-            "id": mid,
-            "provider": api,
-            "tokenizer": "o200k_base" if api == "openai" else "claude",
-            "context_window": window,
-            "max_output": 4_000,
-            "capabilities": ["json", "tools", "streaming", "system_prompt"],
-            "p95_latency_ms": p95_ms,
-            "price": {"input": p_in, "output": p_out, "cached_input": p_in / 10},
-            "quality": {"general": 0.9},
-            "deployments": [{
-                "name": f"{mid}-dep",
-                "api": api,
-                "base_url": url + ("/v1" if api == "openai" else ""),
-                "model": f"{mid}-wire",
-            }],
-        })
+        models.append(
+            {
+                "id": mid,
+                "provider": api,
+                "tokenizer": "o200k_base" if api == "openai" else "claude",
+                "context_window": window,
+                "max_output": 4_000,
+                "capabilities": ["json", "tools", "streaming", "system_prompt"],
+                "p95_latency_ms": p95_ms,
+                "price": {"input": p_in, "output": p_out, "cached_input": p_in / 10},
+                "quality": {"general": 0.9},
+                "deployments": [
+                    {
+                        "name": f"{mid}-dep",
+                        "api": api,
+                        "base_url": url + ("/v1" if api == "openai" else ""),
+                        "model": f"{mid}-wire",
+                    }
+                ],
+            }
+        )
     return Registry.from_dict({"model": models})
 
 
@@ -60,18 +60,3 @@ def wire(model: str) -> str:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[LocalUpstream]:
-    with LocalUpstream() as up:
-        yield up
-
-
-@pytest.fixture
-def up(upstream: LocalUpstream) -> Iterator[LocalUpstream]:
-    # A request cancelled by the previous test may still be on its way in: let it land
-    # before scripting, or it would take this test's first behaviour.
-    assert upstream.wait_idle(), "a connection from an earlier test is still open"
-    upstream.reset_script()
-    yield upstream

@@ -17,7 +17,7 @@ from tierwise.errors import (
 from tierwise.providers.base import ChatResponse
 from tierwise.testing import LocalUpstream, context_length, hang, reply, reset, status
 
-from .chat_support import ORDER, open_fds, router, up, upstream, wire  # noqa: F401
+from .chat_support import ORDER, open_fds, router, wire
 
 MSGS = [{"role": "user", "content": "hello there"}]
 
@@ -60,7 +60,9 @@ async def test_a_short_retry_after_is_waited_for_on_the_same_deployment(
         assert time.perf_counter() - t >= 0.2
     assert res.model == "alpha"
     assert [(a.model, a.outcome, a.status) for a in res.attempts] == [
-        ("alpha", "error", 429), ("alpha", "ok", None)]
+        ("alpha", "error", 429),
+        ("alpha", "ok", None),
+    ]
     assert res.attempts[0].retry_after == 0.2
 
 
@@ -97,7 +99,10 @@ async def test_when_every_model_is_rate_limited_the_soonest_is_waited_for(
             await r.chat(MSGS, timeout=0.5)
     assert res.model == "beta"  # its Retry-After ended first
     assert [(a.model, a.outcome) for a in res.attempts] == [
-        *[(m, "error") for m in ORDER], ("alpha", "skipped"), ("beta", "ok")]
+        *[(m, "error") for m in ORDER],
+        ("alpha", "skipped"),
+        ("beta", "ok"),
+    ]
 
 
 async def test_server_errors_retry_then_fall_back(up: LocalUpstream) -> None:
@@ -106,7 +111,10 @@ async def test_server_errors_retry_then_fall_back(up: LocalUpstream) -> None:
         res = await r.chat(MSGS)
     assert res.model == "beta"
     assert [(a.model, a.status) for a in res.attempts] == [
-        ("alpha", 500), ("alpha", 503), ("beta", None)]
+        ("alpha", 500),
+        ("alpha", 503),
+        ("beta", None),
+    ]
 
 
 async def test_the_breaker_skips_a_failing_deployment(up: LocalUpstream) -> None:
@@ -156,7 +164,10 @@ async def test_context_length_moves_to_a_larger_window(up: LocalUpstream) -> Non
         res = await r.chat(MSGS)
     assert res.model == "gamma"  # beta has alpha's 8k window: skipped, not called
     assert [(a.model, a.outcome) for a in res.attempts] == [
-        ("alpha", "error"), ("beta", "skipped"), ("gamma", "ok")]
+        ("alpha", "error"),
+        ("beta", "skipped"),
+        ("gamma", "ok"),
+    ]
     assert "context window 8000" in (res.attempts[1].error or "")
     assert up.seen(wire("beta")) == []
 
@@ -263,7 +274,8 @@ async def test_stream_yields_pieces_and_a_final_result(up: LocalUpstream) -> Non
     assert pieces == ["one ", "two ", "three"]
     assert res.text == "one two three" and res.model == "alpha"
     assert res.usage.prompt_tokens == 9 and res.cost_usd == pytest.approx(
-        (9 * 0.10 + 3 * 0.40) / 1e6)
+        (9 * 0.10 + 3 * 0.40) / 1e6
+    )
     assert res.ttft_s is not None and 0 < res.ttft_s <= res.latency_s
     assert 0 <= res.overhead_s < res.latency_s
 
@@ -275,7 +287,10 @@ async def test_stream_falls_back_before_the_first_byte(up: LocalUpstream) -> Non
         res = await r.stream(MSGS).result()
     assert res.text == "from beta" and res.model == "beta"
     assert [(a.model, a.outcome) for a in res.attempts] == [
-        ("alpha", "error"), ("alpha", "error"), ("beta", "ok")]
+        ("alpha", "error"),
+        ("alpha", "error"),
+        ("beta", "ok"),
+    ]
 
 
 async def test_stream_failure_after_the_first_byte_is_raised_as_such(

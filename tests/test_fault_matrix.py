@@ -30,7 +30,7 @@ from tierwise.testing import (
     status,
 )
 
-from .chat_support import open_fds, router, up, upstream, wire  # noqa: F401
+from .chat_support import open_fds, router, wire
 
 MSGS = [{"role": "user", "content": "hello there"}]
 READ_TIMEOUT = 0.25
@@ -146,8 +146,11 @@ async def test_1000_mixed_fault_requests_leave_nothing_hanging(up: LocalUpstream
     t0 = time.perf_counter()
     # With 40% faults the default breaker would (rightly) cool every model at once and fail
     # the rest fast; a tolerant one keeps most requests exercising the fallback paths.
-    health = Health(HealthConfig(consecutive_failures=6, error_rate=0.9, base_cooldown_s=0.05,
-                                 max_cooldown_s=0.2))
+    health = Health(
+        HealthConfig(
+            consecutive_failures=6, error_rate=0.9, base_cooldown_s=0.05, max_cooldown_s=0.2
+        )
+    )
     async with router(up.url, health, read_timeout_s=0.2) as r:
         await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(1000))), 45)
     total = time.perf_counter() - t0

@@ -29,7 +29,6 @@ from tierwise.providers import (
 from tierwise.providers.anthropic import to_anthropic
 from tierwise.providers.base import parse_retry_after
 from tierwise.registry import Deployment
-from tierwise.transport import PooledTransport
 from tierwise.testing import (
     LocalUpstream,
     context_length,
@@ -39,8 +38,7 @@ from tierwise.testing import (
     reset,
     status,
 )
-
-from .chat_support import up, upstream  # noqa: F401  (fixtures)
+from tierwise.transport import PooledTransport
 
 SECRET = "sk-test-SECRET-4242"
 T = httpx.Timeout(2.0)
@@ -78,8 +76,9 @@ async def test_openai_complete_sends_the_request_and_reads_the_answer(
 ) -> None:
     up.script("m-oai", reply("four words right here", usage=(12, 4, 3)))
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-    req = ChatRequest(MSGS, max_tokens=50, temperature=0.2, tools=tools, tool_choice="auto",
-                      extra={"seed": 7})
+    req = ChatRequest(
+        MSGS, max_tokens=50, temperature=0.2, tools=tools, tool_choice="auto", extra={"seed": 7}
+    )
     r = await oai(client, up).complete(req, T)
     assert r.text == "four words right here"
     assert r.finish_reason == "stop"
@@ -89,8 +88,13 @@ async def test_openai_complete_sends_the_request_and_reads_the_answer(
     assert seen.path == "/v1/chat/completions"
     assert seen.headers["authorization"] == f"Bearer {SECRET}"
     assert seen.body == {
-        "model": "m-oai", "messages": MSGS, "max_tokens": 50, "temperature": 0.2,
-        "tools": tools, "tool_choice": "auto", "seed": 7,
+        "model": "m-oai",
+        "messages": MSGS,
+        "max_tokens": 50,
+        "temperature": 0.2,
+        "tools": tools,
+        "tool_choice": "auto",
+        "seed": 7,
     }
 
 
@@ -138,51 +142,91 @@ def test_to_anthropic_translates_roles_tools_images_and_json_mode() -> None:
     msgs: list[dict[str, Any]] = [
         {"role": "system", "content": "sys one"},
         {"role": "developer", "content": "sys two"},
-        {"role": "user", "content": [
-            {"type": "text", "text": "what is this?"},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-        ]},
-        {"role": "assistant", "content": "let me check", "tool_calls": [
-            {"id": "c1", "type": "function",
-             "function": {"name": "look", "arguments": '{"q": 1}'}},
-            {"id": "c2", "type": "function", "function": {"name": "look", "arguments": ""}},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": "let me check",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "look", "arguments": '{"q": 1}'},
+                },
+                {"id": "c2", "type": "function", "function": {"name": "look", "arguments": ""}},
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "a cat"},
         {"role": "tool", "tool_call_id": "c2", "content": "a hat"},
     ]
-    tools = [{"type": "function",
-              "function": {"name": "look", "description": "d", "parameters": {"type": "object"}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "look", "description": "d", "parameters": {"type": "object"}},
+        }
+    ]
     p = to_anthropic(ChatRequest(msgs, tools=tools, tool_choice="required"), "claude-x")
     assert p["system"] == "sys one\n\nsys two"
     assert p["max_tokens"] == 4096
-    assert p["messages"][0] == {"role": "user", "content": [
-        {"type": "text", "text": "what is this?"},
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
-    ]}
+    assert p["messages"][0] == {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "what is this?"},
+            {
+                "type": "image",
+                "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"},
+            },
+        ],
+    }
     assert p["messages"][1]["content"] == [
         {"type": "text", "text": "let me check"},
         {"type": "tool_use", "id": "c1", "name": "look", "input": {"q": 1}},
         {"type": "tool_use", "id": "c2", "name": "look", "input": {}},
     ]
     # both results of one assistant turn go in one user turn
-    assert p["messages"][2] == {"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": "c1", "content": "a cat"},
-        {"type": "tool_result", "tool_use_id": "c2", "content": "a hat"},
-    ]}
+    assert p["messages"][2] == {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "c1", "content": "a cat"},
+            {"type": "tool_result", "tool_use_id": "c2", "content": "a hat"},
+        ],
+    }
     assert len(p["messages"]) == 3
     assert p["tools"] == [{"name": "look", "description": "d", "input_schema": {"type": "object"}}]
     assert p["tool_choice"] == {"type": "any"}
 
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    j = to_anthropic(ChatRequest(MSGS, response_format={
-        "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}), "claude-x")
+    j = to_anthropic(
+        ChatRequest(
+            MSGS,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        ),
+        "claude-x",
+    )
     assert j["tools"][0]["input_schema"] == schema
     assert j["tool_choice"] == {"type": "tool", "name": j["tools"][0]["name"]}
     with pytest.raises(BadRequestError, match="cannot be combined with tools"):
         to_anthropic(ChatRequest(MSGS, tools=tools, response_format={"type": "json_object"}), "c")
     with pytest.raises(BadRequestError, match="not JSON"):
-        to_anthropic(ChatRequest([{"role": "assistant", "content": "", "tool_calls": [
-            {"id": "c", "function": {"name": "f", "arguments": "{oops"}}]}]), "c")
+        to_anthropic(
+            ChatRequest(
+                [
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [
+                            {"id": "c", "function": {"name": "f", "arguments": "{oops"}}
+                        ],
+                    }
+                ]
+            ),
+            "c",
+        )
 
 
 async def test_anthropic_complete_maps_usage_with_cache_and_stop_reasons(
@@ -258,8 +302,14 @@ FAULTS = [
 @pytest.mark.parametrize(("fault", "cls", "code", "retry_after"), FAULTS)
 @pytest.mark.parametrize("stream", [False, True])
 async def test_failures_map_to_the_error_tree(
-    client: httpx.AsyncClient, up: LocalUpstream, api: str, fault: Any, cls: type,
-    code: int | None, retry_after: float | None, stream: bool,
+    client: httpx.AsyncClient,
+    up: LocalUpstream,
+    api: str,
+    fault: Any,
+    cls: type,
+    code: int | None,
+    retry_after: float | None,
+    stream: bool,
 ) -> None:
     p = oai(client, up) if api == "openai" else ant(client, up)
     up.script(p.model, fault)

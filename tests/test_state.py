@@ -51,6 +51,8 @@ def test_breaker_opens_half_opens_and_closes() -> None:
     assert h.unavailable("m/d") is None  # two failures: still closed
     fail(h)
     assert "breaker open (3 failures in a row" in (h.unavailable("m/d") or "")
+    fail(h)  # a call that was in flight when it opened does not lengthen the cooldown
+    assert h.retry_in("m/d") == 5.0
     assert h.snapshot()["m/d"]["state"] == "cooling"
     clock.t += 5.01
     assert h.unavailable("m/d") is None  # half-open: this caller probes ...
@@ -67,8 +69,9 @@ def test_breaker_opens_half_opens_and_closes() -> None:
 
 
 def test_error_rate_opens_the_breaker_without_a_streak() -> None:
-    h = Health(HealthConfig(consecutive_failures=100, min_samples=10, error_rate=0.5),
-               clock=Clock())
+    h = Health(
+        HealthConfig(consecutive_failures=100, min_samples=10, error_rate=0.5), clock=Clock()
+    )
     for _ in range(6):
         h.record_success("m/d", 0.1)
     for _ in range(4):

@@ -5,13 +5,14 @@ every provider test, which runs on both transports)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import httpx
 import pytest
 
 from tierwise.testing import LocalUpstream, hang, reply
 
-from .chat_support import up, upstream  # noqa: F401
+from .chat_support import router
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -51,8 +52,9 @@ async def test_pool_timeout_when_every_slot_is_busy(up: LocalUpstream) -> None:
         stuck = asyncio.create_task(c.post(up.url + "/v1/chat/completions", json=BODY))
         await asyncio.sleep(0.05)
         with pytest.raises(httpx.PoolTimeout, match="max_connections=1"):
-            await c.post(up.url + "/v1/chat/completions", json=BODY,
-                         timeout=httpx.Timeout(5.0, pool=0.1))
+            await c.post(
+                up.url + "/v1/chat/completions", json=BODY, timeout=httpx.Timeout(5.0, pool=0.1)
+            )
         stuck.cancel()
         with pytest.raises(asyncio.CancelledError):
             await stuck
@@ -89,3 +91,17 @@ async def test_streamed_responses_arrive_piece_by_piece(up: LocalUpstream) -> No
         async with c.stream("POST", up.url + "/v1/chat/completions", json=body) as r:
             lines = [line async for line in r.aiter_lines() if line]
     assert lines[-1] == "data: [DONE]" and len(lines) == 6
+
+
+# The first loop's idle connection cannot be closed once that loop is (asyncio.run closes
+# it); its socket is closed when collected, with the ResourceWarning that comes with that.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_router_survives_a_new_event_loop(upstream: LocalUpstream) -> None:
+    """A module-level router used by two asyncio.run() calls, as scripts do."""
+    r = router(upstream.url)
+    for _ in range(2):
+        res = asyncio.run(r.chat("hi"))
+        assert res.text.startswith("answer from")
+    asyncio.run(r.aclose())
+    gc.collect()

@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from .errors import AllAttemptsFailedError, ConfigError, ProviderError, TierwiseError
+from .errors import AllAttemptsFailedError, CascadeBudgetError, ConfigError, ProviderError
 from .validators import Answer, Context, Validator, Verdict, resolve
 
 if TYPE_CHECKING:
@@ -64,16 +64,6 @@ __all__ = [
 
 Call: TypeAlias = Callable[[str, list[dict[str, Any]]], Awaitable[Answer]]
 StepStatus: TypeAlias = Literal["accepted", "escalated", "skipped", "failed"]
-
-
-class CascadeBudgetError(TierwiseError):
-    """No answer was accepted because the latency budget or cost cap ruled out the steps
-    that might have produced one. `.result` holds every step run and why the rest were not;
-    raise the budget, or use on_budget="best" to take the best answer so far."""
-
-    def __init__(self, message: str, result: CascadeResult) -> None:
-        super().__init__(message)
-        self.result = result
 
 
 @dataclass(frozen=True, slots=True)

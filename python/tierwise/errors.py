@@ -8,6 +8,7 @@
     ├── DatasetError (ValueError)         outcome data that cannot be loaded
     ├── NoRouteError                      no model satisfies the constraints
     ├── UnpricedModelError                a cost was needed for a model with no price
+    ├── CascadeBudgetError                no answer accepted inside the latency/cost budget
     └── ProviderError                     an upstream call failed
         ├── RetryableError                429, 408, 5xx, connection errors
         │   └── UpstreamTimeoutError      no answer within the attempt's timeout
@@ -28,6 +29,7 @@ __all__ = [
     "AllAttemptsFailedError",
     "AuthError",
     "BadRequestError",
+    "CascadeBudgetError",
     "ConfigError",
     "ContextLengthError",
     "DatasetError",
@@ -81,6 +83,16 @@ class NoRouteError(TierwiseError):
 
 class UnpricedModelError(TierwiseError):
     """A USD figure was required for a model whose registry entry has no price."""
+
+
+class CascadeBudgetError(TierwiseError):
+    """No answer was accepted because the latency budget or cost cap ruled out the steps
+    that might have produced one. `.result` holds every step run and why the rest were not;
+    raise the budget, or use on_budget="best" to take the best answer so far."""
+
+    def __init__(self, message: str, result: Any) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class ProviderError(TierwiseError):

@@ -188,6 +188,8 @@ class Health:
                 s.reason = f"Retry-After {wait:g}s: {reason}"
                 self._block(key, s.cool_until)
             return
+        if s.cool_kind == "breaker" and now < s.cool_until:
+            return  # calls that were in flight when it opened: already counted against it
         if s.consecutive >= c.consecutive_failures:
             why = f"{s.consecutive} failures in a row"
         elif s.n_ok + s.n_err >= c.min_samples and s.err >= c.error_rate:

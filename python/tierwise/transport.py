@@ -15,6 +15,7 @@ proxy keeps httpx's default transport (`Router.configure(http=httpx.AsyncClient(
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import ssl
 from collections import deque
@@ -59,7 +60,10 @@ class _Conn:
             return False
 
     def close(self) -> None:
-        self.writer.transport.abort()  # no graceful TLS close: the connection is dead to us
+        # No graceful TLS close: the connection is dead to us. A loop that has been closed
+        # cannot abort its transport; the socket is then closed when it is collected.
+        with contextlib.suppress(RuntimeError):
+            self.writer.transport.abort()
 
 
 class PooledTransport(httpx.AsyncBaseTransport):
@@ -80,6 +84,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._total = 0  # open connections, idle or busy
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # pool -----------------------------------------------------------------------------------
     def _ssl_context(self) -> ssl.SSLContext:
@@ -95,6 +100,18 @@ class PooledTransport(httpx.AsyncBaseTransport):
         """A connection for `key`, and whether it was reused."""
         if self._closed:
             raise RuntimeError("the transport is closed")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # A new event loop (e.g. a second asyncio.run()): connections and waiters of the
+            # old one cannot be used from here.
+            if self._loop is not None:
+                for stack in self._idle.values():
+                    for conn in stack:
+                        conn.close()
+                self._idle.clear()
+                self._waiters.clear()
+                self._total = 0
+            self._loop = loop
         deadline = None
         while True:
             stack = self._idle.get(key)
@@ -117,7 +134,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             pool = timeouts.get("pool")
             if deadline is None and pool is not None:
                 deadline = monotonic() + pool
-            fut = asyncio.get_running_loop().create_future()
+            fut = loop.create_future()
             self._waiters.append(fut)
             try:
                 left = None if deadline is None else max(deadline - monotonic(), 0.0)

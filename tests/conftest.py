@@ -1,0 +1,24 @@
+"""Fixtures shared by the chat tests: a local upstream per module, reset for each test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tierwise.testing import LocalUpstream
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[LocalUpstream]:
+    with LocalUpstream() as up:
+        yield up
+
+
+@pytest.fixture
+def up(upstream: LocalUpstream) -> Iterator[LocalUpstream]:
+    # A request cancelled by the previous test may still be on its way in: let it land
+    # before scripting, or it would take this test's first behaviour.
+    assert upstream.wait_idle(), "a connection from an earlier test is still open"
+    upstream.reset_script()
+    yield upstream
