@@ -219,6 +219,8 @@ pub struct Plan {
     pub below_floor: bool,
     pub tokens_out: u32,
     pub info: PromptInfo,
+    /// The predictor's `[e(x), d(x)]` for this prompt (what feedback updates are made with).
+    pub latent: Vec<f32>,
 }
 
 pub struct DispatchTable {
@@ -411,7 +413,7 @@ impl DispatchTable {
                 }
             }
         }
-        Plan { candidates: ranked, filtered, rule, below_floor, tokens_out, info }
+        Plan { candidates: ranked, filtered, rule, below_floor, tokens_out, info, latent }
     }
 }
 

@@ -444,6 +444,11 @@ impl PyPlan {
     fn filtered(&self) -> Vec<(usize, &'static str, String)> {
         self.plan.filtered.iter().map(|(i, f)| (*i, f.constraint(), f.describe())).collect()
     }
+    /// The predictor's latent `[e_0..e_{k-1}, difficulty]` for this prompt.
+    #[getter]
+    fn latent(&self) -> Vec<f32> {
+        self.plan.latent.clone()
+    }
     #[getter]
     fn rule(&self) -> Option<usize> {
         self.plan.rule

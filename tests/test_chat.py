@@ -390,7 +390,12 @@ async def test_race_failures_are_replaced_by_the_next_candidate(up: LocalUpstrea
     up.script(wire("beta"), status(401))
     async with router(up.url) as r:
         res = await r.chat(MSGS, race=2)
-    assert res.model == "gamma"
+    # each failure launched the next candidate: gamma and delta race, either may win
+    assert res.model in ("gamma", "delta")
+    outcomes = {a.model: (a.outcome, a.error_type) for a in res.attempts}
+    assert outcomes["alpha"] == ("error", "RetryableError")
+    assert outcomes["beta"] == ("error", "AuthError")
+    assert [a.model for a in res.attempts if a.outcome == "ok"] == [res.model]
 
 
 async def test_cancelling_chat_cancels_its_upstream_calls(up: LocalUpstream) -> None:

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -105,3 +109,49 @@ def test_a_router_survives_a_new_event_loop(upstream: LocalUpstream) -> None:
         assert res.text.startswith("answer from")
     asyncio.run(r.aclose())
     gc.collect()
+
+
+async def test_tls_with_verification(tmp_path: Path) -> None:
+    """HTTPS through the pool against a local TLS server with a throwaway certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    url = f"https://localhost:{server.sockets[0].getsockname()[1]}/x"
+    try:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        async with client(verify=trusted) as c:
+            for _ in range(3):
+                assert (await c.post(url, content=b"hi")).text == "ok"
+        async with client() as c:  # the system trust store does not know this certificate
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await c.post(url, content=b"hi")
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -125,6 +125,9 @@ class Plan:
     @property
     def filtered(self) -> list[tuple[int, str, str]]: ...
     @property
+    def latent(self) -> list[float]:
+        """The predictor's `[e_0..e_{k-1}, difficulty]` for this prompt."""
+    @property
     def rule(self) -> int | None: ...
     @property
     def below_floor(self) -> bool: ...

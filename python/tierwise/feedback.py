@@ -25,6 +25,7 @@ public benchmark score counts as `prior_evidence` observations.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import threading
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _core
 from .errors import ConfigError, InputError
 from .predict import ModelParams, QualityModel
 
@@ -48,7 +50,6 @@ __all__ = [
     "FeedbackLog",
     "new_request_id",
     "prior_belief",
-    "save_policy",
     "update_belief",
 ]
 
@@ -160,10 +161,18 @@ class FeedbackLog:
     may run on many threads while feedback() arrives on another.
     """
 
-    def __init__(self, capacity: int = 100_000) -> None:
-        if capacity < 1:
-            raise ConfigError("feedback capacity must be >= 1")
+    def __init__(
+        self,
+        capacity: int = 100_000,
+        *,
+        max_evidence: float = MAX_EVIDENCE,
+        prior_evidence: float = PRIOR_EVIDENCE,
+    ) -> None:
+        if capacity < 1 or max_evidence < 0 or prior_evidence < 0:
+            raise ConfigError("feedback capacity must be >= 1 and evidence weights >= 0")
         self.capacity = capacity
+        self.max_evidence = max_evidence
+        self.prior_evidence = prior_evidence
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self._beliefs: dict[str, AbilityBelief] = {}
         self._lock = threading.Lock()
@@ -197,22 +206,26 @@ class FeedbackLog:
         with self._lock:
             belief = self._beliefs.get(model)
             if belief is None or not belief.matches(current):
-                belief = prior_belief(qm, current)
+                belief = prior_belief(
+                    qm,
+                    current,
+                    max_evidence=self.max_evidence,
+                    prior_evidence=self.prior_evidence,
+                )
             belief = update_belief(belief, latent, score)
             self._beliefs[model] = belief
         return belief.params()
 
 
+@functools.lru_cache(maxsize=8)
+def _featurizer(hash_buckets: int, seed: int) -> _core.Featurizer:
+    return _core.Featurizer(hash_buckets, seed)
+
+
 def latent_of(qm: QualityModel, messages: Any) -> np.ndarray:
     """[e(x)..., d(x)] for one prompt (str or chat messages), as the Rust table computes it."""
-    x, _ = qm.featurizer().featurize(messages)
+    x, _ = _featurizer(qm.hash_buckets, qm.seed).featurize(messages)
     out: np.ndarray = qm.latent(np.asarray(x, dtype=np.float32)[None, :])[0]
     return out
 
 
-def save_policy(policy: Policy, path: str | Path, predictor_path: str | None = None) -> None:
-    """Write `policy` as JSON, with `"predictor": predictor_path` so Policy.load finds it."""
-    data: dict[str, Any] = policy.to_dict()
-    if predictor_path:
-        data["predictor"] = str(predictor_path)
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")

@@ -232,13 +232,27 @@ class Policy:
             quality=quality,
         )
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+    def save(self, path: str | Path, predictor_path: str | Path | None = None) -> None:
+        """Write the policy as JSON. `predictor_path` (a saved QualityModel) is recorded as
+        `"predictor"`, relative to the policy file when it sits beside it."""
+        p = Path(path)
+        data = self.to_dict()
+        if predictor_path is not None:
+            pred = Path(predictor_path)
+            try:
+                data["predictor"] = str(pred.resolve().relative_to(p.resolve().parent))
+            except ValueError:
+                data["predictor"] = str(pred.resolve())
+        p.write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
+        """Read a policy JSON; a relative `"predictor"` path is taken from the file's folder."""
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            data = json.loads(Path(path).read_text())
+            if isinstance(data, dict) and data.get("predictor"):
+                data["predictor"] = str(Path(path).parent / data["predictor"])
+            return cls.from_dict(data)
         except FileNotFoundError:
             raise ConfigError(f"policy file {path} does not exist") from None
         except json.JSONDecodeError as e:

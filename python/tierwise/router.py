@@ -314,10 +314,8 @@ class Router:
     def save_policy(self, policy_path: str | Path, predictor_path: str | Path) -> None:
         """Save the predictor (with every feedback update) to `predictor_path` and the policy
         JSON, pointing at it, to `policy_path`; `Policy.load(policy_path)` restores both."""
-        from .feedback import save_policy
-
         self.policy.quality_model().save(predictor_path)
-        save_policy(self.policy, policy_path, str(predictor_path))
+        self.policy.save(policy_path, predictor_path)
 
     # -- calling models (issue 5): see executor.py ---------------------------------------
     _io: Executor | None = None  # built by the first chat()/stream(), or by configure()

@@ -105,8 +105,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
             # A new event loop (e.g. a second asyncio.run()): connections and waiters of the
             # old one cannot be used from here.
             if self._loop is not None:
-                for stack in self._idle.values():
-                    for conn in stack:
+                for idle in self._idle.values():
+                    for conn in idle:
                         conn.close()
                 self._idle.clear()
                 self._waiters.clear()

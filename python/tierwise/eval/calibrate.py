@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, NoRouteError
-from ..feedback import save_policy
 from ..policy import Policy
 from ..predict import QualityModel
 from ..registry import Registry
@@ -266,7 +265,7 @@ def calibrate_files(
         predictor=predictor_path or "shipped",
     )
     if write:
-        save_policy(new, path, predictor_path)
+        new.save(path, predictor_path)
     return result
 
 

@@ -39,15 +39,24 @@ def register_eval(sub: Any) -> None:
     p.add_argument("--format", required=True, choices=FORMATS, help="format of FILES")
     p.add_argument("files", nargs="+", metavar="FILES", help="outcome files or directories")
     p.add_argument(
-        "--train", nargs="+", metavar="FILES", help="fit a predictor on these files first"
+        "--train",
+        nargs="+",
+        metavar="FILES",
+        help="fit a predictor on these files first (list them after the FILES to evaluate)",
     )
     p.add_argument("--train-format", choices=FORMATS, help="format of --train (default --format)")
     p.add_argument("--test-split", nargs="+", metavar="SPEC", help=_SPLIT_HELP)
     p.add_argument(
-        "--predictor", help="saved predictor .npz to score (default: the shipped one)"
+        "--predictor",
+        help="saved predictor .npz to score (default: the one trained on public data)",
     )
     p.add_argument("--registry", help="registry TOML, to seed models the predictor never saw")
-    p.add_argument("--strategy", choices=("route", "cascade"), default="route")
+    p.add_argument(
+        "--strategy",
+        choices=("route", "cascade"),
+        default="route",
+        help="route: learned routing (default); cascade: cheap model first, checked answers",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="PNG", help="draw the cost-quality curve to this file")
     p.add_argument("--save-predictor", metavar="NPZ", help="save the fitted predictor")
@@ -79,7 +88,9 @@ def register_calibrate(sub: Any) -> None:
         choices=("floor", "lambda"),
         help="what to tune (default: lambda if the policy sets one, else the quality floor)",
     )
-    p.add_argument("--predictor", help="predictor .npz (default: the policy's, else shipped)")
+    p.add_argument(
+        "--predictor", help="predictor .npz (default: the policy's, else the router's default)"
+    )
     p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
     p.add_argument("--dry-run", action="store_true", help="report, but do not write the policy")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -133,7 +144,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress.done()
         test = split.test
     else:
-        qm = QualityModel.load(args.predictor) if args.predictor else QualityModel.bundled()
+        qm = QualityModel.load(args.predictor) if args.predictor else E.shipped_predictor()
         test, seen = E.exclude_trained_rows(split.test, qm)
         if seen:
             notes.append(f"dropped {seen} test rows the predictor {qm.name!r} was trained on")
@@ -170,8 +181,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _title(args: argparse.Namespace, out: dict[str, Any]) -> str:
     names = ", ".join(Path(f).name for f in args.files[:3])
     names += " ..." if len(args.files) > 3 else ""
-    split = out["split"].get("method", "")
-    return f"{args.format}: {names} — {out['n']} test prompts ({split})"
+    split = out["split"]
+    how = split.get("method", "")
+    if "test_groups" in split:
+        how += f": {len(split['test_groups'])} held-out groups"
+    elif "seed" in split:
+        how += f" {split['test_fraction']:g}, seed {split['seed']}"
+    return f"{args.format} ({names}): {out['n']} test prompts, {how}"
 
 
 def _jsonable(v: object) -> object:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,10 @@ __all__ = [
     "EvalReport",
     "SplitSpec",
     "evaluate_predictor",
+    "exclude_trained_rows",
     "params_for_models",
     "parse_split",
+    "shipped_predictor",
     "split_data",
 ]
 
@@ -136,15 +139,31 @@ def split_data(
             raise DatasetError("the split leaves no training rows; choose a smaller test part")
         seen = {p for t in train_parts for p in t.prompts}
         before = len(test)
-        test = _drop_seen(
-            test, lambda ps: np.fromiter((p in seen for p in ps), np.bool_, len(ps))
-        )
+        test = _drop_seen(test, lambda ps: np.fromiter((p in seen for p in ps), np.bool_, len(ps)))
         info["test_rows_dropped_as_seen_in_training"] = before - len(test)
         info["n_train"] = sum(len(t) for t in train_parts)
     if not len(test):
         raise DatasetError("no test rows left: every test prompt also occurs in the training data")
     info["n_test"] = len(test)
     return Split(train_parts, test, info)
+
+
+#: The predictor trained on the public outcome data (scripts/train_default_predictor.py).
+SHIPPED = "data/benchmark_predictor.npz"
+
+
+def shipped_predictor() -> QualityModel:
+    """The predictor `tierwise eval` scores when not told to train: the one trained on the
+    public benchmark outcomes and shipped with tierwise (else the bundled one).
+
+    It is not the router's default: trained on benchmark prompts only, it ranks everyday
+    prompts (greetings, chit-chat) as hard as an average benchmark item; see README.
+    """
+    res = resources.files("tierwise").joinpath(SHIPPED)
+    if res.is_file():
+        with resources.as_file(res) as path:
+            return QualityModel.load(path)
+    return QualityModel.bundled()
 
 
 def exclude_trained_rows(test: OutcomeSet, qm: QualityModel) -> tuple[OutcomeSet, int]:

@@ -2,9 +2,9 @@
 
 `tierwise eval` without `--train` scores the shipped (or a saved) predictor; if the test
 files overlap its training data, those rows would be scored in-sample. The filter lets eval
-drop them. A Bloom filter answers "maybe seen" for about 1 in 1000 unseen prompts (that row
-is dropped too, which costs a little data, never honesty) and never misses a seen prompt.
-About 1.8 bytes per training prompt; the prompts themselves are not recoverable from it.
+drop them. A Bloom filter answers "maybe seen" for about 1 in 10,000 unseen prompts (that
+row is dropped too, which costs a little data, never honesty) and never misses a seen
+prompt. About 2.4 bytes per training prompt; the prompts are not recoverable from it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _hashes(prompt: str) -> tuple[int, int]:
 
 
 class PromptFilter:
-    """A Bloom filter over prompt texts (false-positive rate `fp` at `capacity` prompts)."""
+    """A Bloom filter over prompt texts, sized by `build` for a false-positive rate."""
 
     def __init__(self, bits: np.ndarray, n_hashes: int, count: int) -> None:
         self._bits = bits.astype(np.uint8, copy=False)
@@ -36,7 +36,7 @@ class PromptFilter:
         self.count = count
 
     @classmethod
-    def build(cls, prompts: Sequence[str], fp: float = 1e-3) -> PromptFilter:
+    def build(cls, prompts: Sequence[str], fp: float = 1e-4) -> PromptFilter:
         n = max(len(prompts), 1)
         m = max(64, math.ceil(-n * math.log(fp) / math.log(2) ** 2))
         m = (m + 7) // 8 * 8

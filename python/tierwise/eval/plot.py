@@ -113,6 +113,21 @@ def plot_curve(
             zorder=5,
         )
 
+    if singles:
+        # What "matches the best model" and "95% of it" mean, read straight off the chart.
+        best = max(p.quality for p in singles)
+        for level, text in ((best, "best single model"), (0.95 * best, "95% of it")):
+            ax.axhline(level, color="0.6", linestyle=":", linewidth=0.9, zorder=1)
+            ax.annotate(
+                text,
+                (0.0, level),
+                xycoords=("axes fraction", "data"),
+                xytext=(4, 2),
+                textcoords="offset points",
+                fontsize=7,
+                color="0.4",
+            )
+
     ax.set_xlabel("mean cost per request (USD)")
     ax.set_ylabel("mean score (0 to 1)")
     if title:

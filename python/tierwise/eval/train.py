@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 DENSE = 32  # named dense features ahead of the hashed block (rust/features.rs)
+MIN_SCALE = 0.02  # smallest standard deviation a dense feature is divided by
 
 Progress = Callable[[int, int, float], None]
 
@@ -55,13 +56,28 @@ class TrainConfig:
     l2_dense: float = 1e-4  # on W's dense rows (standardised features)
     l2_hashed: float = 3e-3  # on W's hashed n-gram rows
     l2_model: float = 1e-3  # on abilities
-    hash_buckets: int = 1024
+    # Dense features only by default: hashed n-grams (e.g. 1024 buckets) mostly name topics,
+    # added nothing on held-out subjects or benchmarks of the shared data, and train 30x slower.
+    hash_buckets: int = 0
     seed: int = 0  # initialisation only; the Featurizer's hash seed is its own
+    # Rows off a dense feature's median needed to learn its weight: at least this many...
+    min_support: int = 20
+    # ...and this share of the rows (a rare pattern, e.g. a script seen in 0.5% of benchmark
+    # prompts, otherwise gets a weight that dominates the prompts where it is common).
+    min_support_share: float = 0.01
     name: str = "trained"
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.steps < 1 or self.hash_buckets < 0:
-            raise DatasetError("TrainConfig needs k >= 1, steps >= 1 and hash_buckets >= 0")
+        if (
+            self.k < 1
+            or self.steps < 1
+            or self.hash_buckets < 0
+            or self.min_support < 1
+            or not 0.0 <= self.min_support_share < 1.0
+        ):
+            raise DatasetError(
+                "TrainConfig needs k >= 1, steps >= 1, hash_buckets >= 0 and min_support >= 1"
+            )
 
 
 def featurize(prompts: Sequence[str], hash_buckets: int = 1024) -> np.ndarray:
@@ -155,15 +171,21 @@ def fit(
     n, dim = x.shape
     n_models, k = len(prob.models), cfg.k
 
-    # Standardise the dense block; constant columns (the bias feature) stay as they are.
+    # Standardise the dense block (in float64: float32 rounding makes a constant column look
+    # slightly varying, and dividing by that noise gave weights in the hundreds). Columns
+    # that too few rows move away from their median are not learned at all: a weight fitted
+    # on a handful of rows, or on a column that never varies here (turns, scripts), would
+    # extrapolate wildly on the prompts a router sees later. The scale is floored at
+    # MIN_SCALE (features are built to span about 0..1) for the same reason.
+    dense = x[:, :DENSE].astype(np.float64)
+    support = (np.abs(dense - np.median(dense, axis=0)) > 1e-6).sum(axis=0)
+    varying = support >= max(cfg.min_support, cfg.min_support_share * n)
     mu = np.zeros(dim, dtype=np.float32)
     sd = np.ones(dim, dtype=np.float32)
-    dense_sd = x[:, :DENSE].std(axis=0)
-    varying = dense_sd > 1e-6
-    mu[:DENSE][varying] = x[:, :DENSE].mean(axis=0)[varying]
-    sd[:DENSE][varying] = dense_sd[varying]
+    mu[:DENSE][varying] = dense.mean(axis=0)[varying]
+    sd[:DENSE][varying] = np.maximum(dense.std(axis=0), MIN_SCALE)[varying]
     xs = ((x - mu) / sd).astype(np.float32)
-    xs[:, :DENSE][:, ~varying] = 0.0  # constant columns carry nothing the intercept lacks
+    xs[:, :DENSE][:, ~varying] = 0.0  # the intercept carries what constant columns would
 
     rng = np.random.default_rng(cfg.seed)
     w = (rng.standard_normal((dim, k + 1)) * 0.01).astype(np.float32)
@@ -250,6 +272,9 @@ def fit(
                 "l2_dense": cfg.l2_dense,
                 "l2_hashed": cfg.l2_hashed,
                 "l2_model": cfg.l2_model,
+                "hash_buckets": cfg.hash_buckets,
+                "min_support": cfg.min_support,
+                "min_support_share": cfg.min_support_share,
             },
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "fisher": fisher,

@@ -21,11 +21,10 @@ from ..errors import BadRequestError, ProviderError, RetryableError
 from .base import (
     ChatRequest,
     ChatResponse,
+    HTTPProvider,
     ToolCall,
     Usage,
-    error_from_response,
-    error_from_transport,
-    malformed,
+    encode_json,
     sse_events,
 )
 
@@ -35,7 +34,6 @@ API_VERSION = "2023-06-01"
 # The Messages API requires max_tokens; used when the caller sets none.
 DEFAULT_MAX_TOKENS = 4096
 _JSON_TOOL = "tierwise_json_answer"
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _FINISH = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -218,10 +216,10 @@ def _usage(u: Any, out: int | None = None) -> Usage | None:
     )
 
 
-class AnthropicProvider:
+class AnthropicProvider(HTTPProvider):
     """One Anthropic Messages deployment on a shared `httpx.AsyncClient`."""
 
-    __slots__ = ("_client", "_headers", "_url", "deployment", "model", "model_id")
+    __slots__ = ()
 
     def __init__(
         self,
@@ -233,68 +231,40 @@ class AnthropicProvider:
         deployment: str = "anthropic",
         model_id: str | None = None,
     ) -> None:
-        self._client = client
+        headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
+        if api_key:
+            headers["x-api-key"] = api_key
         base = base_url.rstrip("/")
         # Registry base URLs follow the Anthropic SDK (no /v1); accept either.
-        self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
-        self._headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
-        if api_key:
-            self._headers["x-api-key"] = api_key
-        self.model = model
-        self.model_id = model_id or model
-        self.deployment = deployment
-
-    def __repr__(self) -> str:
-        return f"AnthropicProvider(model={self.model!r}, url={self._url!r})"
-
-    def _fail(self, why: str) -> RetryableError:
-        return malformed(self.model_id, self.deployment, why)
+        url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        super().__init__(
+            client, url, headers, model=model, deployment=deployment, model_id=model_id
+        )
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
-        body = _ENCODE(to_anthropic(request, self.model)).encode()
+        content = await self._post(encode_json(to_anthropic(request, self.model)).encode(), timeout)
         try:
-            resp = await self._client.post(
-                self._url, content=body, headers=self._headers, timeout=timeout
-            )
-        except httpx.RequestError as e:
-            raise error_from_transport(e, self.model_id, self.deployment) from None
-        if resp.status_code >= 300:
-            raise error_from_response(
-                resp.status_code, resp.headers, resp.content, self.model_id, self.deployment
-            )
-        try:
-            data = json.loads(resp.content)
+            data = json.loads(content)
             texts: list[str] = []
             calls: list[ToolCall] = []
             for b in data["content"]:
                 if b["type"] == "text":
                     texts.append(b["text"])
                 elif b["type"] == "tool_use":
-                    calls.append(ToolCall(b["id"], b["name"], _ENCODE(b["input"])))
+                    calls.append(ToolCall(b["id"], b["name"], encode_json(b["input"])))
             finish = _FINISH.get(data.get("stop_reason") or "", data.get("stop_reason"))
             if calls and calls[0].name == _JSON_TOOL:
                 texts, calls, finish = [calls[0].arguments], [], "stop"
             return ChatResponse("".join(texts), data, _usage(data.get("usage")), finish, calls)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            raise self._fail(f"{type(e).__name__}: {e}") from None
+            raise self._malformed(f"{type(e).__name__}: {e}") from None
 
     async def stream(
         self, request: ChatRequest, timeout: httpx.Timeout
     ) -> AsyncGenerator[str | ChatResponse, None]:
-        body = _ENCODE(to_anthropic(request, self.model, stream=True)).encode()
-        req = self._client.build_request(
-            "POST", self._url, content=body, headers=self._headers, timeout=timeout
-        )
+        body = encode_json(to_anthropic(request, self.model, stream=True)).encode()
+        resp = await self._open(body, timeout)
         try:
-            resp = await self._client.send(req, stream=True)
-        except httpx.RequestError as e:
-            raise error_from_transport(e, self.model_id, self.deployment) from None
-        try:
-            if resp.status_code >= 300:
-                await resp.aread()
-                raise error_from_response(
-                    resp.status_code, resp.headers, resp.content, self.model_id, self.deployment
-                )
             parts: list[str] = []
             # index -> [id, name, json pieces] for tool_use blocks
             tools: dict[int, tuple[str, str, list[str]]] = {}
@@ -352,9 +322,9 @@ class AnthropicProvider:
                         )
                         raise cls(msg, model=self.model_id, deployment=self.deployment)
                 except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-                    raise self._fail(f"bad stream event ({type(e).__name__}: {e})") from None
+                    raise self._malformed(f"bad stream event ({type(e).__name__}: {e})") from None
             if not ended:
-                raise self._fail("the stream ended before message_stop")
+                raise self._malformed("the stream ended before message_stop")
             calls = [ToolCall(i, n, "".join(a)) for _, (i, n, a) in sorted(tools.items())]
             finish = _FINISH.get(stop or "", stop)
             text = "".join(parts)
@@ -363,6 +333,6 @@ class AnthropicProvider:
             usage = _usage(usage_in, out_tokens) if out_tokens is not None else None
             yield ChatResponse(text, last, usage, finish, calls)
         except httpx.RequestError as e:
-            raise error_from_transport(e, self.model_id, self.deployment) from None
+            raise self._transport_error(e) from None
         finally:
             await resp.aclose()

@@ -41,10 +41,12 @@ from ..errors import (
 __all__ = [
     "ChatRequest",
     "ChatResponse",
+    "HTTPProvider",
     "Provider",
     "StreamDelta",
     "ToolCall",
     "Usage",
+    "encode_json",
     "error_from_response",
     "error_from_transport",
 ]
@@ -235,14 +237,80 @@ def error_from_transport(exc: Exception, model: str, deployment: str) -> Retryab
     )
 
 
-def malformed(model: str, deployment: str, why: str) -> RetryableError:
-    return RetryableError(
-        f"{model} via {deployment}: the upstream answered 200 with a malformed body ({why}); "
-        "retrying or another deployment usually works",
-        model=model,
-        deployment=deployment,
-        status=200,
-    )
+# Compact, non-ASCII kept: the bytes httpx's `json=` would send, without its per-call encoder.
+encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class HTTPProvider:
+    """The HTTP plumbing both wire formats share: one deployment, a prebuilt URL and
+    headers (the key lives there and nowhere else), failures mapped to errors.py."""
+
+    __slots__ = ("_client", "_headers", "_url", "deployment", "model", "model_id")
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        headers: dict[str, str],
+        *,
+        model: str,
+        deployment: str,
+        model_id: str | None,
+    ) -> None:
+        self._client = client
+        self._url = url
+        self._headers = headers
+        self.model = model  # the name the upstream expects
+        self.model_id = model_id or model  # the registry id, used in errors
+        self.deployment = deployment
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r}, url={self._url!r})"
+
+    def _malformed(self, why: str) -> RetryableError:
+        return RetryableError(
+            f"{self.model_id} via {self.deployment}: the upstream answered 200 with a malformed "
+            f"body ({why}); retrying or another deployment usually works",
+            model=self.model_id,
+            deployment=self.deployment,
+            status=200,
+        )
+
+    def _transport_error(self, e: Exception) -> RetryableError:
+        return error_from_transport(e, self.model_id, self.deployment)
+
+    async def _post(self, body: bytes, timeout: httpx.Timeout) -> bytes:
+        """The body of a 2xx answer, else the mapped error."""
+        try:
+            resp = await self._client.post(
+                self._url, content=body, headers=self._headers, timeout=timeout
+            )
+        except httpx.RequestError as e:
+            raise self._transport_error(e) from None
+        if resp.status_code >= 300:
+            raise error_from_response(
+                resp.status_code, resp.headers, resp.content, self.model_id, self.deployment
+            )
+        return resp.content
+
+    async def _open(self, body: bytes, timeout: httpx.Timeout) -> httpx.Response:
+        """A 2xx response whose body is still to be read (the caller closes it)."""
+        req = self._client.build_request(
+            "POST", self._url, content=body, headers=self._headers, timeout=timeout
+        )
+        try:
+            resp = await self._client.send(req, stream=True)
+            if resp.status_code < 300:
+                return resp
+            try:
+                await resp.aread()
+            finally:
+                await resp.aclose()
+        except httpx.RequestError as e:
+            raise self._transport_error(e) from None
+        raise error_from_response(
+            resp.status_code, resp.headers, resp.content, self.model_id, self.deployment
+        )
 
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:

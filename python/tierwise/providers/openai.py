@@ -12,19 +12,16 @@ import httpx
 from .base import (
     ChatRequest,
     ChatResponse,
+    HTTPProvider,
     ToolCall,
     Usage,
+    encode_json,
     error_from_response,
-    error_from_transport,
-    malformed,
     sse_events,
 )
 
 __all__ = ["OpenAIProvider"]
 
-# Compact, non-ASCII kept: the same bytes httpx's `json=` would send, without its per-call
-# encoder construction.
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 # OpenAI's reasoning models reject `max_tokens` and want `max_completion_tokens`; every other
 # OpenAI-compatible server understands `max_tokens`.
 _COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)")
@@ -52,14 +49,10 @@ class _ToolAcc:
         self.args: list[str] = []
 
 
-class OpenAIProvider:
-    """One OpenAI-compatible deployment on a shared `httpx.AsyncClient`.
+class OpenAIProvider(HTTPProvider):
+    """One OpenAI-compatible deployment on a shared `httpx.AsyncClient`."""
 
-    `model_id` is the registry id (used in errors); `model` is the name the upstream expects.
-    The API key goes into a prebuilt header and nowhere else.
-    """
-
-    __slots__ = ("_client", "_headers", "_max_key", "_url", "deployment", "model", "model_id")
+    __slots__ = ("_max_key",)
 
     def __init__(
         self,
@@ -71,20 +64,16 @@ class OpenAIProvider:
         deployment: str = "openai",
         model_id: str | None = None,
     ) -> None:
-        self._client = client
-        self._url = base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json"}
         if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
-        self.model = model
-        self.model_id = model_id or model
-        self.deployment = deployment
+            headers["authorization"] = f"Bearer {api_key}"
+        url = base_url.rstrip("/") + "/chat/completions"
+        super().__init__(
+            client, url, headers, model=model, deployment=deployment, model_id=model_id
+        )
         self._max_key = (
             "max_completion_tokens" if _COMPLETION_TOKENS_MODELS.match(model) else "max_tokens"
         )
-
-    def __repr__(self) -> str:
-        return f"OpenAIProvider(model={self.model!r}, url={self._url!r})"
 
     def _body(self, r: ChatRequest, stream: bool) -> bytes:
         p: dict[str, Any] = {"model": self.model, "messages": r.messages}
@@ -103,24 +92,12 @@ class OpenAIProvider:
             p["stream_options"] = {"include_usage": True}
         if r.extra:
             p.update(r.extra)
-        return _ENCODE(p).encode()
+        return encode_json(p).encode()
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
+        content = await self._post(self._body(request, False), timeout)
         try:
-            resp = await self._client.post(
-                self._url,
-                content=self._body(request, False),
-                headers=self._headers,
-                timeout=timeout,
-            )
-        except httpx.RequestError as e:
-            raise error_from_transport(e, self.model_id, self.deployment) from None
-        if resp.status_code >= 300:
-            raise error_from_response(
-                resp.status_code, resp.headers, resp.content, self.model_id, self.deployment
-            )
-        try:
-            data = json.loads(resp.content)
+            data = json.loads(content)
             msg = data["choices"][0]
             message = msg["message"]
             calls = [
@@ -135,28 +112,13 @@ class OpenAIProvider:
                 calls,
             )
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            raise malformed(self.model_id, self.deployment, f"{type(e).__name__}: {e}") from None
+            raise self._malformed(f"{type(e).__name__}: {e}") from None
 
     async def stream(
         self, request: ChatRequest, timeout: httpx.Timeout
     ) -> AsyncGenerator[str | ChatResponse, None]:
-        req = self._client.build_request(
-            "POST",
-            self._url,
-            content=self._body(request, True),
-            headers=self._headers,
-            timeout=timeout,
-        )
+        resp = await self._open(self._body(request, True), timeout)
         try:
-            resp = await self._client.send(req, stream=True)
-        except httpx.RequestError as e:
-            raise error_from_transport(e, self.model_id, self.deployment) from None
-        try:
-            if resp.status_code >= 300:
-                await resp.aread()
-                raise error_from_response(
-                    resp.status_code, resp.headers, resp.content, self.model_id, self.deployment
-                )
             parts: list[str] = []
             tools: dict[int, _ToolAcc] = {}
             finish: str | None = None
@@ -191,12 +153,12 @@ class OpenAIProvider:
                         finish = choice.get("finish_reason") or finish
                 except (ValueError, KeyError, TypeError, AttributeError) as e:
                     why = f"bad stream event ({type(e).__name__}: {e})"
-                    raise malformed(self.model_id, self.deployment, why) from None
+                    raise self._malformed(why) from None
             if not done and finish is None:
-                raise malformed(self.model_id, self.deployment, "the stream ended before [DONE]")
+                raise self._malformed("the stream ended before [DONE]")
             calls = [ToolCall(a.id, a.name, "".join(a.args)) for _, a in sorted(tools.items())]
             yield ChatResponse("".join(parts), last, usage, finish, calls)
         except httpx.RequestError as e:
-            raise error_from_transport(e, self.model_id, self.deployment) from None
+            raise self._transport_error(e) from None
         finally:
             await resp.aclose()

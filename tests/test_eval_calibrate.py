@@ -1,0 +1,115 @@
+"""`tierwise calibrate`: the chosen floor or lambda meets the target when really routed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tierwise import ConfigError, Policy
+from tierwise.cli import main
+from tierwise.eval import calibrate as C
+
+PROMPTS = [
+    "Hi there, how are you?",
+    "What is the capital of Peru?",
+    "Write a Python function that parses a CSV file and returns the rows as dicts.",
+    "Prove that there are infinitely many prime numbers.",
+    "Translate to German: the meeting moved to Thursday.",
+    "Summarize this report in two sentences: " + "Revenue grew while costs fell. " * 60,
+    "A train travels 210 km at 84 km/h. When does it arrive if it leaves at 3:40 pm?",
+    "Write a short poem about the sea.",
+]
+
+
+def logs(path: Path, n: int = 48) -> Path:
+    lines = [
+        json.dumps(
+            {"prompt": f"{PROMPTS[i % len(PROMPTS)]} (#{i})", "outcomes": {"m": {"score": 1}}}
+        )
+        for i in range(n)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def calibrate(tmp_path: Path, target: str, **kw: object) -> dict[str, object]:
+    prompts = [
+        json.loads(line)["prompt"]
+        for line in logs(tmp_path / "l.jsonl").read_text().split("\n")
+        if line
+    ]
+    return C.calibrate_files(prompts, C.parse_target(target), policy_path=tmp_path / "p.json", **kw)  # type: ignore[arg-type]
+
+
+def test_cost_target_is_met_when_routed(tmp_path: Path) -> None:
+    lo = calibrate(tmp_path, "cost:1", write=False)["range"]["cost_usd"]  # type: ignore[index]
+    budget = (lo[0] + lo[1]) / 4
+    r = calibrate(tmp_path, f"cost:{budget}")
+    assert r["met"] and r["knob"] == "floor"
+    ver, pred = r["verified"], r["predicted"]
+    assert ver["mean_cost_usd"] <= budget  # type: ignore[index]
+    # The numpy replay of the table's ranking agrees with the real router.
+    assert ver["mean_cost_usd"] == pytest.approx(pred["mean_cost_usd"], rel=1e-6)  # type: ignore[index]
+    assert ver["mean_p_good"] == pytest.approx(pred["mean_p_good"], abs=1e-6)  # type: ignore[index]
+    policy = Policy.load(tmp_path / "p.json")
+    assert policy.quality_floor == pytest.approx(r["value"]) and policy.lam is None
+    # A looser budget buys at least as much predicted quality.
+    looser = calibrate(tmp_path, f"cost:{budget * 3}")
+    assert looser["verified"]["mean_p_good"] >= ver["mean_p_good"]  # type: ignore[index]
+
+
+def test_quality_and_top_share_targets_and_lambda(tmp_path: Path) -> None:
+    r = calibrate(tmp_path, "quality:90")
+    best = r["best_single"]["mean_p_good"]  # type: ignore[index]
+    assert r["met"] and r["verified"]["mean_p_good"] >= 0.9 * best - 1e-9  # type: ignore[index]
+    cheap = calibrate(tmp_path, "quality:70")
+    assert cheap["verified"]["mean_cost_usd"] <= r["verified"]["mean_cost_usd"]  # type: ignore[index]
+    r = calibrate(tmp_path, "top-share:0.05", knob="lambda")
+    assert r["met"] and r["verified"]["top_share"] <= 0.05  # type: ignore[index]
+    policy = Policy.load(tmp_path / "p.json")
+    assert policy.lam == pytest.approx(r["value"])
+    assert r["verified"]["mean_cost_usd"] == pytest.approx(  # type: ignore[index]
+        r["predicted"]["mean_cost_usd"],
+        rel=1e-6,  # type: ignore[index]
+    )
+
+
+def test_cli_writes_the_policy_and_keeps_its_predictor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tierwise.eval.evaluate import shipped_predictor
+
+    pred = tmp_path / "pred.npz"
+    shipped_predictor().save(pred)
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"quality_floor": 0.5, "predictor": str(pred), "rules": [
+        {"name": "poems", "use": ["gpt-4o-mini"], "when": {"task": "creative"}}]}))  # fmt: skip
+    data = logs(tmp_path / "l.jsonl")
+    code = main(["calibrate", "--format", "outcomes", str(data), "--target", "quality:95",
+                 "--policy", str(policy), "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["met"] and out["predictor"] == str(pred)
+    saved = json.loads(policy.read_text())
+    # Recorded relative to the policy file, so the pair can be moved together.
+    assert (policy.parent / saved["predictor"]).resolve() == pred.resolve()
+    assert saved["rules"][0]["name"] == "poems"
+    assert saved["quality_floor"] == pytest.approx(out["value"])
+    # An unreachable budget: exit 1, the closest setting is reported, the policy untouched
+    # by --dry-run.
+    code = main(["calibrate", "--format", "outcomes", str(data), "--target", "cost:1e-12",
+                 "--policy", str(policy), "--dry-run"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 1 and "NOT met" in text and "dry run" in text
+    assert json.loads(policy.read_text()) == saved
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("cost", "use cost:"), ("speed:3", "use cost:"), ("cost:abc", "not a number"),
+     ("top-share:2", "share in"), ("quality:120", "up to 100"), ("cost:-1", "positive")],
+)  # fmt: skip
+def test_bad_targets(text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        C.parse_target(text)
