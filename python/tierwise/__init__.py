@@ -21,6 +21,7 @@ from .errors import (
     AllAttemptsFailedError,
     AuthError,
     BadRequestError,
+    CascadeBudgetError,
     ConfigError,
     ContextLengthError,
     DatasetError,
@@ -28,19 +29,32 @@ from .errors import (
     NoRouteError,
     ProviderError,
     RetryableError,
+    StreamInterruptedError,
     TierwiseError,
     TokenizerError,
     UnknownModelError,
     UnpricedModelError,
+    UpstreamTimeoutError,
 )
 
 if TYPE_CHECKING:
+    from .cascade import Cascade, Step
+    from .executor import ExecutionConfig
     from .policy import Constraints, Policy, Rule
     from .predict import ModelParams, QualityModel
     from .registry import Deployment, ModelSpec, Price, Registry
+    from .result import Attempt, ChatResult
     from .router import Candidate, Decision, Router
+    from .state import Health, HealthConfig
 
 _LAZY = {
+    "Cascade": "cascade",
+    "Step": "cascade",
+    "ExecutionConfig": "executor",
+    "Attempt": "result",
+    "ChatResult": "result",
+    "Health": "state",
+    "HealthConfig": "state",
     "Constraints": "policy",
     "Policy": "policy",
     "Rule": "policy",
@@ -71,16 +85,23 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AllAttemptsFailedError",
+    "Attempt",
     "AuthError",
     "BadRequestError",
     "Candidate",
+    "Cascade",
+    "CascadeBudgetError",
+    "ChatResult",
     "ConfigError",
     "Constraints",
     "ContextLengthError",
     "DatasetError",
     "Decision",
     "Deployment",
+    "ExecutionConfig",
     "Featurizer",
+    "Health",
+    "HealthConfig",
     "InputError",
     "ModelParams",
     "ModelSpec",
@@ -93,10 +114,13 @@ __all__ = [
     "RetryableError",
     "Router",
     "Rule",
+    "Step",
+    "StreamInterruptedError",
     "TierwiseError",
     "TokenizerError",
     "UnknownModelError",
     "UnpricedModelError",
+    "UpstreamTimeoutError",
     "count_message_tokens",
     "count_tokens",
     "count_tokens_till_limit",
