@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benches"))
 
 from corpus import CATEGORIES, samples  # noqa: E402
+
 from tierwise import _core  # noqa: E402
 
 # Prior tokens per estimator input (order of rust/tokens.rs `est`): ASCII words by length

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tierwise import _core
 from tierwise.errors import InputError, TokenizerError
 

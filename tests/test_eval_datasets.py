@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tierwise.errors import DatasetError
 from tierwise.eval import datasets as ds
 from tierwise.eval.datasets import OutcomeSet

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tierwise.errors import DatasetError
 from tierwise.eval import metrics as M
 from tierwise.eval.plot import plot_curve

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tierwise.errors import DatasetError
 from tierwise.eval import train as T
 from tierwise.eval.datasets import OutcomeSet

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tierwise import ConfigError, ModelSpec, Price, Registry, UnknownModelError
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "DispatchTable",
     "Featurizer",
     "Plan",
+    "__version__",
     "count_message_tokens",
     "count_tokens",
     "count_tokens_batch",
@@ -25,7 +26,6 @@ __all__ = [
     "estimate_tokens_batch",
     "estimator_inputs",
     "is_exact_family",
-    "__version__",
 ]
 
 __version__: Final[str]

@@ -26,14 +26,12 @@ public benchmark score counts as `prior_evidence` observations.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,7 +41,7 @@ from .errors import ConfigError, InputError
 from .predict import ModelParams, QualityModel
 
 if TYPE_CHECKING:
-    from .policy import Policy
+    pass
 
 __all__ = [
     "AbilityBelief",
@@ -227,5 +225,3 @@ def latent_of(qm: QualityModel, messages: Any) -> np.ndarray:
     x, _ = _featurizer(qm.hash_buckets, qm.seed).featurize(messages)
     out: np.ndarray = qm.latent(np.asarray(x, dtype=np.float32)[None, :])[0]
     return out
-
-
