@@ -8,9 +8,11 @@ does not share the client's GIL), sequentially and at 32 concurrent requests.
 
 "direct httpx" is `httpx.AsyncClient()` as most code creates it: the baseline of the
 "added" and "throughput" columns. "direct httpx + tierwise pool" is the same call on the
-transport tierwise's router uses (tierwise/transport.py), which separates what the
-transport gains from what routing, fallbacks and accounting cost. LiteLLM rows are left out
-when litellm is not installed.
+transport tierwise's router uses by default (tierwise/transport.py), and "+ aiohttp" on
+httpx-aiohttp's `AiohttpTransport` with the same limits; together they separate what the
+transport gains from what routing, fallbacks and accounting cost. `tierwise chat()` runs on
+each of the three. LiteLLM rows are left out when litellm is not installed, aiohttp rows
+when httpx-aiohttp is not.
 """
 
 from __future__ import annotations
@@ -79,6 +81,21 @@ def direct_call(client: httpx.AsyncClient, url: str) -> Call:
     return call
 
 
+def aiohttp_client(config: ExecutionConfig) -> httpx.AsyncClient | None:
+    """httpx over httpx-aiohttp's transport, with the limits tierwise's pool gets."""
+    try:
+        from httpx_aiohttp import AiohttpTransport
+    except ImportError:
+        return None
+    limits = httpx.Limits(
+        max_connections=config.max_connections,
+        max_keepalive_connections=config.max_connections,
+        keepalive_expiry=config.keepalive_expiry_s,
+    )
+    timeout = httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s)
+    return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=timeout)
+
+
 def tierwise_call(router: Router) -> Call:
     async def call() -> str:
         return (await router.chat(MESSAGES)).text
@@ -137,16 +154,35 @@ def pct(xs: list[float], q: float) -> float:
 
 
 async def measure(url: str, n: int, rounds: int) -> tuple[list[list[str]], dict[str, float]]:
+    cfg = ExecutionConfig()
     default_client = httpx.AsyncClient()
-    tuned_client = make_client(ExecutionConfig())  # what Router.chat() uses
+    tuned_client = make_client(cfg)  # what Router.chat() uses
+    aio_client = aiohttp_client(cfg)
     router = Router(patch_registry(Registry.default(), url))
     decision = router.route(MESSAGES)
     assert decision.model == MODEL, f"the registry now routes 'hi' to {decision.model}"
+    # tierwise on httpx's own pool (the pooled_transport=False escape) and on aiohttp
+    httpx_router = Router(patch_registry(Registry.default(), url)).configure(
+        execution=ExecutionConfig(pooled_transport=False)
+    )
     calls: dict[str, Call] = {
         "direct httpx": direct_call(default_client, url),
         "direct httpx + tierwise pool": direct_call(tuned_client, url),
-        "tierwise chat()": tierwise_call(router),
     }
+    routers = [router, httpx_router]
+    clients = [default_client, tuned_client]
+    if aio_client is not None:
+        clients.append(aio_client)
+        calls["direct httpx + aiohttp"] = direct_call(aio_client, url)
+    calls["tierwise chat()"] = tierwise_call(router)
+    calls["tierwise chat() on httpx pool"] = tierwise_call(httpx_router)
+    if aio_client is not None:
+        own_client = aiohttp_client(cfg)  # a client of its own, as the router's would be
+        assert own_client is not None
+        clients.append(own_client)
+        aio_router = Router(patch_registry(Registry.default(), url)).configure(http=own_client)
+        routers.append(aio_router)
+        calls["tierwise chat() on aiohttp"] = tierwise_call(aio_router)
     lite = litellm_call(url)
     if lite is not None:
         calls["LiteLLM Router"] = lite[0]
@@ -165,9 +201,10 @@ async def measure(url: str, n: int, rounds: int) -> tuple[list[list[str]], dict[
     overhead = []
     for _ in range(n // 2):
         overhead.append((await router.chat(MESSAGES)).overhead_s)
-    await router.aclose()
-    await default_client.aclose()
-    await tuned_client.aclose()
+    for r in routers:
+        await r.aclose()
+    for c in clients:  # the routers do not close a client they were given
+        await c.aclose()
 
     rows = []
     base = {c: results["direct httpx", c] for c in (1, CONCURRENCY)}

@@ -264,8 +264,13 @@ def _eval_cascade(args: argparse.Namespace, data: OutcomeSet) -> int:
         if spec.method != "hash":
             raise TierwiseError("--strategy cascade takes --test-split hash:FRACTION[:SEED] only")
         kw = {"test_fraction": spec.fraction, "seed": spec.seed}
+    if args.max_rows:
+        kw["max_rows"] = args.max_rows
     result = mod.evaluate_cascade(data, **kw)
-    print(json.dumps(result, indent=None if args.json else 2, default=_jsonable))
+    if args.json:
+        print(json.dumps(result, default=_jsonable))
+    else:
+        print("\n".join(mod.summary_lines(result)))
     return 0
 
 
