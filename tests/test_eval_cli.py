@@ -201,3 +201,21 @@ def test_shipped_predictor_refuses_its_own_training_data(
 ) -> None:
     code, _, err = run(capsys, "--format", "llmrouter", f"{DATA}/llmrouter", "--max-rows", "50")
     assert code == 2 and "in-sample" in err
+
+
+@shared
+@pytest.mark.parametrize(
+    ("fmt", "sub"), [("routerbench", "routerbench"), ("routellm", "routellm/gsm8k")]
+)
+def test_cascade_strategy_on_a_slice_of_real_responses(
+    capsys: pytest.CaptureFixture[str], fmt: str, sub: str
+) -> None:
+    assert DATA is not None
+    code, out, err = run(
+        capsys, "--format", fmt, str(Path(DATA) / sub), "--strategy", "cascade",
+        "--max-rows", "300", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["strategy"] == "cascade"
+    assert report["split"]["n_test"] + report["split"]["n_tune"] == 300
