@@ -8,7 +8,7 @@
 use crate::tokens::{self, CharCounts, Family};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-pub const FEATURE_VERSION: u32 = 2;
+pub const FEATURE_VERSION: u32 = 3;
 pub const DENSE: usize = 32;
 pub const DEFAULT_BUCKETS: usize = 1024;
 pub const DEFAULT_SEED: u64 = 0x7469_6572_7769_7365; // "tierwise"
@@ -217,19 +217,13 @@ const KEYWORDS: &[(&str, u32)] = &[
     ("integral", flag::MATH),
     ("derivative", flag::MATH),
     ("probability", flag::MATH),
-    ("percent", flag::MATH),
-    ("percentage", flag::MATH),
-    ("sum", flag::MATH),
     ("math", flag::MATH),
     ("arithmetic", flag::MATH),
     ("algebra", flag::MATH),
     ("geometry", flag::MATH),
     ("fraction", flag::MATH),
-    ("ratio", flag::MATH),
-    ("average", flag::MATH),
     ("multiply", flag::MATH),
     ("divide", flag::MATH),
-    ("total", flag::MATH),
     ("remainder", flag::MATH),
     ("prime", flag::MATH),
     ("polynomial", flag::MATH),
@@ -407,7 +401,7 @@ impl tokens::Visitor for Scan<'_> {
         match rest[0] {
             b'?' => self.flags |= flag::QUESTION,
             b'-' | b'*' if line_start => self.bullets += 1,
-            b'+' | b'*' | b'/' | b'=' | b'^' | b'%' => self.math_ops += 1,
+            b'+' | b'*' | b'/' | b'=' | b'^' => self.math_ops += 1,
             b'{' | b'}' | b';' | b'<' | b'>' => self.code_chars += 1,
             b'`' if rest.starts_with(b"```") => self.fence = true,
             b'(' if line_start => {
