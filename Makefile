@@ -27,7 +27,9 @@ lint:
 	$(PY) -m mypy.stubtest tierwise._core
 
 bench:              ## benchmarks side by side with the alternatives (not part of `test`)
-	$(PY) -m pytest benches --benchmark-enable --benchmark-only --benchmark-columns=min,median,mean,max,rounds -p no:randomly
+	$(PY) -m pytest benches --benchmark-enable --benchmark-only --benchmark-json=.benchmarks/bench.json --benchmark-save-data
+	$(PY) benches/report.py .benchmarks/bench.json
+	$(PY) benches/bench_overhead.py
 
 demo:
 	tierwise demo
