@@ -172,7 +172,12 @@ struct Scan<'a> {
 /// Keyword → flags. Lower-case ASCII words; one table so adding a marker is one line.
 /// `OPENER` marks words that make a message a question when they open it.
 const OPENER: u32 = 1 << 31;
+/// Words that start a URL.
+const URL: u32 = 1 << 30;
 const KEYWORDS: &[(&str, u32)] = &[
+    ("http", URL),
+    ("https", URL),
+    ("www", URL),
     ("def", flag::CODE),
     ("function", flag::CODE),
     ("class", flag::CODE),
@@ -323,9 +328,13 @@ static KEYWORD_TABLE: std::sync::LazyLock<KeywordTable> = std::sync::LazyLock::n
     t
 });
 
-/// Flags (and `OPENER`) for a lower-case word; 0 for ordinary words.
+/// Flags (and `OPENER`, `URL`) for a lower-case word; 0 for ordinary words.
+#[cfg(test)]
 fn keyword_flags(w: &[u8]) -> u32 {
-    let Some(key) = pack(w) else { return 0 };
+    pack(w).map_or(0, keyword_flags_packed)
+}
+
+fn keyword_flags_packed(key: u128) -> u32 {
     let t = &*KEYWORD_TABLE;
     let mut i = kw_slot(key);
     loop {
@@ -354,8 +363,9 @@ impl Scan<'_> {
 }
 
 impl tokens::Visitor for Scan<'_> {
-    fn word(&mut self, w: &[u8], line_start: bool, next: u8) {
-        let len = w.len();
+    fn word(&mut self, rest: &[u8], len: usize, line_start: bool) {
+        let w = &rest[..len];
+        let next = rest.get(len).copied().unwrap_or(b' ');
         self.words += 1;
         self.word_bytes += len;
         self.letters += len;
@@ -363,19 +373,38 @@ impl tokens::Visitor for Scan<'_> {
         if len >= 10 {
             self.long_words += 1;
         }
-        let mut lower = [0u8; 32];
-        let n = len.min(lower.len());
-        for (k, &c) in w[..n].iter().enumerate() {
-            self.upper += c.is_ascii_uppercase() as usize;
-            lower[k] = c.to_ascii_lowercase();
-        }
-        let lw = &lower[..n];
-        let kw = keyword_flags(lw);
+        // Words are ASCII letters only, so lower-casing is OR-ing 0x20 into every byte and
+        // the upper-case count is how many bytes lack that bit: branch-free on a packed u128
+        // for the usual ≤ 16-byte word, which is also the keyword table's key.
+        let mut buf = [0u8; 32];
+        let n = len.min(buf.len());
+        let (kw, upper) = if n <= 16 {
+            let mask = if n == 16 { u128::MAX } else { (1u128 << (8 * n)) - 1 };
+            // One 16-byte load from the text when it has that many bytes left.
+            let raw = match rest.first_chunk::<16>() {
+                Some(chunk) => u128::from_le_bytes(*chunk),
+                None => {
+                    buf[..n].copy_from_slice(w);
+                    u128::from_le_bytes(buf[..16].try_into().unwrap_or([0; 16]))
+                }
+            } & mask;
+            let case_bits = 0x2020_2020_2020_2020_2020_2020_2020_2020u128 & mask;
+            let lower = raw | case_bits;
+            buf[..16].copy_from_slice(&lower.to_le_bytes());
+            (keyword_flags_packed(lower), n - (raw & case_bits).count_ones() as usize)
+        } else {
+            buf[..n].copy_from_slice(&w[..n]);
+            let upper = buf[..n].iter().filter(|c| c.is_ascii_uppercase()).count();
+            buf[..n].make_ascii_lowercase();
+            (0, upper) // no keyword is longer than 16 bytes
+        };
+        self.upper += upper;
+        let lw = &buf[..n];
         self.flags |= kw & !OPENER;
         if self.first_word_of_msg && kw & OPENER != 0 {
             self.flags |= flag::QUESTION;
         }
-        self.url |= lw == b"http" || lw == b"https" || lw == b"www";
+        self.url |= kw & URL != 0;
         // Multiple-choice options: a single capital A-E at a line start followed by ) . or :
         if line_start && len == 1 && (b'A'..=b'E').contains(&w[0]) && matches!(next, b')' | b'.' | b':') {
             self.mc_options |= 1 << (w[0] - b'A');

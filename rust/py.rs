@@ -26,8 +26,10 @@ impl From<CoreError> for PyErr {
 /// Inputs above this many bytes release the GIL while they are processed.
 const DETACH_BYTES: usize = 16 * 1024;
 
-fn text(s: &Bound<'_, PyString>, what: &str) -> Result<String, CoreError> {
-    s.to_str().map(str::to_owned).map_err(|_| {
+/// Borrow the UTF-8 of a Python str; `what` names it in the error (built only on failure).
+fn text<'a>(s: &'a Bound<'_, PyString>, what: impl FnOnce() -> String) -> Result<&'a str, CoreError> {
+    s.to_str().map_err(|_| {
+        let what = what();
         CoreError::Input(format!(
             "{what} is not valid Unicode (it holds an unpaired surrogate such as '\\ud800'); \
              clean it first, e.g. text.encode('utf-8', 'replace').decode('utf-8')"
@@ -43,7 +45,7 @@ fn family(name: &str) -> Result<Family, CoreError> {
 /// Returns the messages and how many image parts they carry.
 fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreError> {
     if let Ok(s) = obj.downcast::<PyString>() {
-        return Ok((vec![Message { role: "user".into(), content: text(s, "the prompt")? }], 0));
+        return Ok((vec![Message { role: "user".into(), content: text(s, || "the prompt".into())?.to_owned() }], 0));
     }
     let list = obj.downcast::<PyList>().map_err(|_| {
         CoreError::Input(format!(
@@ -59,7 +61,7 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreEr
         })?;
         let role = match d.get_item("role").ok().flatten() {
             Some(r) => match r.downcast::<PyString>() {
-                Ok(s) => text(s, &format!("messages[{i}].role"))?,
+                Ok(s) => text(s, || format!("messages[{i}].role"))?.to_owned(),
                 Err(_) => return Err(CoreError::Input(format!("messages[{i}].role must be a str"))),
             },
             None => return Err(CoreError::Input(format!("messages[{i}] has no 'role'"))),
@@ -74,7 +76,7 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreEr
             Some(c) if c.is_none() => String::new(),
             Some(c) => {
                 if let Ok(s) = c.downcast::<PyString>() {
-                    text(s, &format!("messages[{i}].content"))?
+                    text(s, || format!("messages[{i}].content"))?.to_owned()
                 } else if let Ok(parts) = c.downcast::<PyList>() {
                     let mut buf = String::new();
                     for (j, p) in parts.iter().enumerate() {
@@ -98,7 +100,7 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreEr
                                     if !buf.is_empty() {
                                         buf.push('\n');
                                     }
-                                    buf.push_str(&text(s, &format!("messages[{i}].content[{j}].text"))?);
+                                    buf.push_str(text(s, || format!("messages[{i}].content[{j}].text"))?);
                                 }
                             }
                             "image_url" | "image" | "input_image" => images += 1,
@@ -131,8 +133,13 @@ fn flag_names(flags: u32) -> Vec<&'static str> {
 #[pyo3(signature = (text, encoding = "o200k_base"))]
 fn count_tokens(py: Python<'_>, text: &Bound<'_, PyString>, encoding: &str) -> PyResult<usize> {
     let f = family(encoding)?;
-    let s = self::text(text, "text")?;
-    Ok(if s.len() > DETACH_BYTES { py.detach(|| tokens::count(&s, f)) } else { tokens::count(&s, f) })
+    let s = self::text(text, || "text".into())?;
+    Ok(if s.len() > DETACH_BYTES {
+        let owned = s.to_owned(); // copied first, then the GIL is released
+        py.detach(|| tokens::count(&owned, f))
+    } else {
+        tokens::count(s, f)
+    })
 }
 
 /// Exact count, or None as soon as it would exceed `limit` (cost ~ O(limit), not O(text)).
@@ -145,7 +152,7 @@ fn count_tokens_till_limit(
     encoding: &str,
 ) -> PyResult<Option<usize>> {
     let f = family(encoding)?;
-    let s = self::text(text, "text")?;
+    let s = self::text(text, || "text".into())?.to_owned();
     Ok(py.detach(|| tokens::count_till_limit(&s, f, limit)))
 }
 
@@ -156,7 +163,7 @@ fn count_tokens_batch(py: Python<'_>, texts: Vec<Bound<'_, PyString>>, encoding:
     let owned = texts
         .iter()
         .enumerate()
-        .map(|(i, t)| text(t, &format!("texts[{i}]")))
+        .map(|(i, t)| text(t, || format!("texts[{i}]")).map(str::to_owned))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(py.detach(|| owned.iter().map(|s| tokens::count(s, f)).collect()))
 }
@@ -166,7 +173,7 @@ fn count_tokens_batch(py: Python<'_>, texts: Vec<Bound<'_, PyString>>, encoding:
 #[pyo3(signature = (text, family = "o200k_base"))]
 fn estimate_tokens(text: &Bound<'_, PyString>, family: &str) -> PyResult<f32> {
     let f = self::family(family)?;
-    Ok(tokens::estimate(&self::text(text, "text")?, f))
+    Ok(tokens::estimate(self::text(text, || "text".into())?, f))
 }
 
 #[pyfunction]
@@ -176,7 +183,7 @@ fn estimate_tokens_batch(py: Python<'_>, texts: Vec<Bound<'_, PyString>>, family
     let owned = texts
         .iter()
         .enumerate()
-        .map(|(i, t)| text(t, &format!("texts[{i}]")))
+        .map(|(i, t)| text(t, || format!("texts[{i}]")).map(str::to_owned))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(py.detach(|| owned.iter().map(|s| tokens::estimate(s, f)).collect()))
 }
@@ -184,7 +191,7 @@ fn estimate_tokens_batch(py: Python<'_>, texts: Vec<Bound<'_, PyString>>, family
 /// Estimator inputs (character-class counts) for calibration scripts.
 #[pyfunction]
 fn estimator_inputs(text: &Bound<'_, PyString>) -> PyResult<Vec<f32>> {
-    Ok(tokens::char_counts(&self::text(text, "text")?).counts.to_vec())
+    Ok(tokens::char_counts(self::text(text, || "text".into())?).counts.to_vec())
 }
 
 /// Exact tokens of a chat request: contents plus OpenAI's per-message overhead.

@@ -156,8 +156,9 @@ pub const N_EST: usize = 29;
 /// What the featurizer needs from the same pass that gathers the estimator's counts.
 /// Every method has an empty default, so the estimator alone pays for nothing else.
 pub trait Visitor {
-    /// An ASCII letter run (`line_start`: first token on its line).
-    fn word(&mut self, _w: &[u8], _line_start: bool, _next: u8) {}
+    /// An ASCII letter run of `len` bytes at the start of `rest` (the text from the word on,
+    /// so a reader can load 16 bytes at once); `line_start`: first token on its line.
+    fn word(&mut self, _rest: &[u8], _len: usize, _line_start: bool) {}
     fn digits(&mut self, _len: usize) {}
     /// One ASCII punctuation or control byte; `rest` starts at it.
     fn punct(&mut self, _rest: &[u8], _line_start: bool) {}
@@ -200,7 +201,7 @@ pub fn scan<V: Visitor>(text: &str, v: &mut V) -> CharCounts {
             if caps_inside {
                 c[est::WORD_CAPITALISED] += 1;
             }
-            v.word(&b[start..i], line_start, b.get(i).copied().unwrap_or(b' '));
+            v.word(&b[start..], i - start, line_start);
             line_start = false;
         } else if x.is_ascii_digit() {
             let start = i;
@@ -215,6 +216,8 @@ pub fn scan<V: Visitor>(text: &str, v: &mut V) -> CharCounts {
             v.newline();
             line_start = true;
             i += 1;
+        } else if x == b' ' && b.get(i + 1).is_some_and(|&c| c != b' ' && c != b'\t') {
+            i += 1; // the usual single space between words
         } else if x == b' ' || x == b'\t' || x == b'\r' {
             let start = i;
             while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
