@@ -5,7 +5,7 @@
 //! whitespace runs, CJK and other scripts) and takes a dot product with coefficients fitted
 //! against exact counts (`scripts/calibrate_estimator.py` writes `estimator_coefs.rs`).
 //! Families without a public tokenizer here (Claude, Llama, Qwen, Mistral, Gemini, DeepSeek)
-//! scale the nearest OpenAI estimate by a published-ratio constant; `is_exact()` says which.
+//! scale the nearest OpenAI estimate by a ratio constant; `is_exact()` says which.
 
 use crate::CoreError;
 use bpe_openai::{NormalizedString, Tokenizer};
@@ -70,13 +70,14 @@ impl Family {
     }
 
     /// The OpenAI encoding whose exact count this family is derived from, and the ratio.
-    /// Ratios are approximate published figures (vendor docs and tokenizer comparisons on
-    /// English prose), not fits: only the two OpenAI encodings are exact here.
+    /// Claude's is measured (`scripts/measure_family_ratios.py`, against Anthropic's public
+    /// legacy tokenizer); the others are approximate published figures. Only the two OpenAI
+    /// encodings are exact, and chat() bills from provider-reported usage.
     pub fn base(self) -> (Family, f32) {
         match self {
             Family::O200k => (Family::O200k, 1.0),
             Family::Cl100k => (Family::Cl100k, 1.0),
-            Family::Claude => (Family::Cl100k, 1.16),
+            Family::Claude => (Family::Cl100k, 1.05),
             Family::Llama => (Family::Cl100k, 1.0), // Llama 3 uses a 128k tiktoken-style vocab
             Family::Qwen => (Family::Cl100k, 1.0),
             Family::Mistral => (Family::Cl100k, 1.12),
