@@ -16,16 +16,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
 
-from corpus import samples  # noqa: E402
-from tokenizers import Tokenizer  # noqa: E402
+from corpus import samples
+from tokenizers import Tokenizer
 
-from tierwise import _core  # noqa: E402
+from tierwise import _core
 
 
 def main() -> None:
     spec = importlib.util.find_spec("litellm")
     if spec is None or spec.origin is None:
-        raise SystemExit("needs the litellm wheel (it ships the tokenizer files): pip install litellm")
+        raise SystemExit("needs the litellm wheel, which ships the tokenizer files")
     folder = Path(spec.origin).parent / "litellm_core_utils" / "tokenizers"
     tok = Tokenizer.from_file(str(folder / "anthropic_tokenizer.json"))
     total_theirs = total_cl100k = 0
