@@ -414,3 +414,15 @@ def test_evaluate_cascade_on_a_gsm8k_slice() -> None:
     # The checks see what the prompt cannot: they should beat prompt-only routing.
     assert report["apgr_checks_only"] > report["apgr_prompt_only"]
     assert any("APGR" in line for line in summary_lines(report))
+
+
+async def test_an_unpriced_answer_is_charged_at_its_estimate_under_a_cost_cap() -> None:
+    # "a" answers without a known cost; counting it as $0 would let "b" break the cap.
+    fake = Fake({"a": "no letter", "b": "B", "top": "B"}, cost=None)  # type: ignore[arg-type]
+    ladder = Cascade([Step(("a",), LETTER), Step(("b",), LETTER), Step(("top",))],
+                     max_cost_usd=0.003)  # fmt: skip
+    result = await ladder.run(fake, "q", estimates=est(cost=0.002))
+    assert [s.status for s in result.steps] == ["escalated", "skipped", "skipped"]
+    assert not result.accepted and result.budget_hit == "cost"
+    assert result.steps[0].cost_usd is None and result.cost_usd is None
+    assert fake.calls == ["a"]

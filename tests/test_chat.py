@@ -416,3 +416,20 @@ async def test_cancelling_chat_cancels_its_upstream_calls(up: LocalUpstream) -> 
         await asyncio.sleep(0.01)
     assert up.open_connections == 0
     assert open_fds() <= before
+
+
+def test_total_cost_is_unknown_when_a_billed_attempt_is_unpriced() -> None:
+    from tierwise.providers.base import Usage
+    from tierwise.result import Attempt, ChatResult
+
+    usage = Usage(10, 5)
+    attempts = [
+        Attempt("alpha", "a", "error", error_type="RetryableError"),  # not billed
+        Attempt("beta", "b", "cancelled", cost_usd=0.002, cost_estimated=True),
+        Attempt("gamma", "g", "ok", usage=usage, cost_usd=None),  # unpriced answer
+    ]
+    res = ChatResult("hi", "gamma", "g", usage, None, 0.1, 0.0, attempts, None)
+    assert res.total_cost_usd is None  # not $0.002: the answer's own cost is unknown
+    attempts[2].cost_usd = 0.001
+    res.cost_usd = 0.001
+    assert res.total_cost_usd == pytest.approx(0.003)

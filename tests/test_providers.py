@@ -356,3 +356,18 @@ def test_make_provider_reads_the_key_and_never_shows_it(
     monkeypatch.setenv("TIERWISE_TEST_KEY", SECRET)
     p = make_provider(client, "claude", dep)
     assert isinstance(p, AnthropicProvider) and SECRET not in repr(p)
+
+
+@pytest.mark.parametrize(
+    ("messages", "tools"),
+    [
+        ([{"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]}], None),
+        ([{"role": "user", "content": "hi"}], [{"type": "function", "function": {}}]),
+        (["not a message"], None),
+    ],
+)
+def test_to_anthropic_rejects_malformed_requests_as_bad_requests(
+    messages: list[Any], tools: list[dict[str, Any]] | None
+) -> None:
+    with pytest.raises(BadRequestError, match="cannot be translated"):
+        to_anthropic(ChatRequest(messages, tools=tools), "claude")

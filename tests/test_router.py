@@ -198,3 +198,13 @@ def test_route_never_crashes(text: str, floor: float | None, max_tokens: int | N
 
 
 _ROUTER = Router()
+
+
+def test_a_decision_keeps_its_model_names_after_the_registry_is_swapped() -> None:
+    models = [spec("cheap", 0.1, 0.4, 0.9), spec("mid", 1.0, 4.0, 0.95)]
+    r = Router(Registry(models))
+    d = r.route("hello there", quality_floor=0.0, deny=("mid",))
+    r.update(registry=Registry(list(reversed(models))))  # same ids, other indices
+    # read only now: the decision must still name the models it was planned over
+    assert [c.model for c in d.candidates] == ["cheap"]
+    assert list(d.filtered) == ["mid"]

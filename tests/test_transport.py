@@ -155,3 +155,37 @@ async def test_tls_with_verification(tmp_path: Path) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_bad_content_length_is_a_protocol_error_and_frees_the_slot() -> None:
+    answers = [b"content-length: abc", b"content-length: 2"]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\n" + answers.pop(0) + b"\r\n\r\nok")
+            await writer.drain()
+            await reader.read()  # until the client closes
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x"
+    try:
+        async with client(max_connections=1) as c:
+            with pytest.raises(httpx.RemoteProtocolError, match="Content-Length"):
+                await c.post(url, content=b"hi")
+            # the broken connection gave its only slot back
+            r = await c.post(url, content=b"hi", timeout=httpx.Timeout(2.0, pool=0.5))
+            assert r.text == "ok"
+    finally:
+        server.close()
+        await server.wait_closed()

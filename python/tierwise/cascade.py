@@ -368,7 +368,9 @@ class Cascade:
             climb.current, climb.t0 = rec, self.clock()
             await self._step(rec, step, call, climb)
             climb.current = None
-            climb.spent += rec.cost_usd or 0.0
+            # An unknown bill (an unpriced call) is charged at the step's estimate, not $0:
+            # under a cap every step that ran had one, so the cap still holds.
+            climb.spent += rec.cost_usd if rec.cost_usd is not None else rec.est_cost_usd or 0.0
             climb.elapsed += rec.latency_ms
             if rec.status == "accepted":
                 k = rec.verdicts.index(

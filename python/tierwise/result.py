@@ -9,6 +9,9 @@ from .providers.base import ToolCall, Usage
 
 __all__ = ["Attempt", "ChatResult"]
 
+# Outcomes of calls that reached an upstream and may be billed (errors and skips are not).
+_BILLED = frozenset({"ok", "rejected", "cancelled"})
+
 
 @dataclass(slots=True)
 class Attempt:
@@ -65,8 +68,17 @@ class ChatResult:
 
     @property
     def total_cost_usd(self) -> float | None:
-        costs = [a.cost_usd for a in self.attempts if a.cost_usd is not None]
-        return sum(costs) if costs else self.cost_usd
+        """This answer plus every other call that may be billed; None when any of their
+        costs is unknown (an unpriced model), never a partial sum that counts it as $0."""
+        total, billed = 0.0, False
+        for a in self.attempts:
+            if a.outcome not in _BILLED:
+                continue
+            if a.cost_usd is None:
+                return None
+            total += a.cost_usd
+            billed = True
+        return total if billed else self.cost_usd
 
     @property
     def fallbacks_used(self) -> list[str]:

@@ -43,8 +43,11 @@ class Decision:
 
     __slots__ = (
         "_cands",
+        "_ids",
         "_messages",
         "_plan",
+        "_policy",
+        "_registry",
         "_request_id",
         "_router",
         "constraints",
@@ -61,7 +64,11 @@ class Decision:
         self._messages = messages  # a reference, read only if request_id is asked for
         self._request_id: str | None = None
         self.constraints = constraints
-        ids = router._ids
+        # What the plan's indices refer to, taken now: a later router.update() swaps these
+        # on the router and must not rename the models of a decision already made.
+        self._ids = ids = router._ids
+        self._policy = router.policy
+        self._registry = router.registry
         rows = plan.head(1 + router.policy.max_fallbacks)
         self.model: str = ids[rows[0]]
         self.fallbacks: list[str] = [ids[r] for r in rows[1:]]
@@ -79,7 +86,7 @@ class Decision:
     def candidates(self) -> list[Candidate]:
         """Every model that passed the filters, ranked (primary first)."""
         if self._cands is None:
-            ids = self._router._ids
+            ids = self._ids
             self._cands = [
                 Candidate(ids[r], p, None if math.isnan(c) else c, t, ex, rule)
                 for r, p, c, t, ex, rule in self._plan.candidates
@@ -93,7 +100,7 @@ class Decision:
     @property
     def filtered(self) -> dict[str, tuple[str, str]]:
         """model → (constraint, reason) for every model that was dropped."""
-        ids = self._router._ids
+        ids = self._ids
         return {ids[i]: (c, why) for i, c, why in self._plan.filtered}
 
     @property
@@ -112,7 +119,7 @@ class Decision:
     @property
     def rule(self) -> str | None:
         r = self._plan.rule
-        return None if r is None else self._router.policy.rules[r].name
+        return None if r is None else self._policy.rules[r].name
 
     @property
     def below_floor(self) -> bool:
@@ -122,7 +129,7 @@ class Decision:
     @property
     def reference(self) -> tuple[str, float | None]:
         """The registry's most capable model and its estimated cost for this same request."""
-        ref: ModelSpec = self._router.registry.reference
+        ref: ModelSpec = self._registry.reference
         return ref.id, ref.cost(self._plan.est_tokens(ref.tokenizer), self.tokens_out)
 
     @property
@@ -134,7 +141,7 @@ class Decision:
         out = []
         if self.rule is not None and c.by_rule:
             out.append(f"rule {self.rule!r} matched (task={self.task}) and lists {c.model}")
-        elif self._router.policy.lam is not None or self.constraints.lam is not None:
+        elif self._policy.lam is not None or self.constraints.lam is not None:
             out.append(f"{c.model} has the best P(good) − λ·cost (P(good)={c.p_good:.2f})")
         elif self.below_floor:
             out.append(
@@ -164,7 +171,7 @@ class Decision:
 
     def _floor(self) -> float:
         f = self.constraints.quality_floor
-        return self._router.policy.quality_floor if f is None else f
+        return self._policy.quality_floor if f is None else f
 
     def explain(self) -> str:
         """A human-readable account: choice, fallbacks, each candidate, each dropped model."""

@@ -236,6 +236,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                         conn.writer.drain(), timeouts.get("write"), httpx.WriteTimeout, request
                     )
                 status, reason, headers, keep = await _read_head(conn, request, timeouts)
+                length = _body_length(request, status, headers)
             except _NothingRead:
                 self._discard(conn)
                 if reused and attempt == 0:
@@ -247,15 +248,6 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 self._discard(conn)
                 raise
             break
-        length = None
-        for k, v in headers:
-            lk = k.lower()
-            if lk == b"content-length":
-                length = int(v)
-            elif lk == b"transfer-encoding" and b"chunked" in v.lower():
-                length = -1
-        if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-            length = 0
         stream = _Body(self, conn, request, length, keep, timeouts.get("read"))
         return httpx.Response(
             status,
@@ -331,6 +323,24 @@ async def _read_head(
             if k.strip().lower() == b"connection":
                 keep = b"close" not in v.lower() if keep else b"keep-alive" in v.lower()
         return status, parts[2] if len(parts) > 2 else b"", headers, keep
+
+
+def _body_length(
+    request: httpx.Request, status: int, headers: list[tuple[bytes, bytes]]
+) -> int | None:
+    """Bytes of body to read: None until EOF, -1 chunked."""
+    if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        return 0
+    length = None
+    for k, v in headers:
+        lk = k.lower()
+        if lk == b"content-length":
+            if not v.isdigit():
+                raise httpx.RemoteProtocolError(f"bad Content-Length {v[:40]!r}", request=request)
+            length = int(v)
+        elif lk == b"transfer-encoding" and b"chunked" in v.lower():
+            length = -1
+    return length
 
 
 class _Body(httpx.AsyncByteStream):

@@ -111,7 +111,22 @@ def _tool_choice(choice: Any) -> Any:
 
 
 def to_anthropic(r: ChatRequest, model: str, stream: bool = False) -> dict[str, Any]:
-    """The Messages API payload for a normalized request."""
+    """The Messages API payload for a normalized request.
+
+    Raises BadRequestError when a message, tool call or tool is not shaped as the OpenAI
+    vocabulary says (a missing `function`, `name` or `id`): no retry would fix it.
+    """
+    try:
+        return _payload(r, model, stream)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise BadRequestError(
+            f"the request cannot be translated for the Anthropic Messages API "
+            f"({type(e).__name__}: {e}); check the messages' tool_calls, the tools and "
+            "tool_choice against the OpenAI Chat Completions format"
+        ) from None
+
+
+def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
     system: list[Any] = []
     msgs: list[dict[str, Any]] = []
     for i, m in enumerate(r.messages):
