@@ -330,6 +330,23 @@ def test_job_routes_each_step_under_its_own_constraints_and_rolls_up() -> None:
     assert job.steps[2].decision.constraints.max_cost_usd == pytest.approx(0.006)
 
 
+def test_job_cap_charges_an_unknown_cost_at_its_estimate() -> None:
+    router = tierwise.Router()
+
+    async def call(model: str, messages: list[dict[str, Any]]) -> v.Answer:
+        return v.Answer(model, "ok", 10, 10, None)  # the provider reported no cost
+
+    async def go() -> Job:
+        job = Job(router, call, max_cost_usd=0.01)
+        await job.step("one", "hello", quality_floor=0.0)
+        return job
+
+    job = asyncio.run(go())
+    est = job.steps[0].decision.est_cost_usd
+    assert job.cost_usd is None and est is not None and est > 0
+    assert job.spent_usd == pytest.approx(est)  # never $0 against the cap
+
+
 def test_job_falls_back_on_provider_errors_and_runs_cascades() -> None:
     router = tierwise.Router()
     primary = router.route("hello", quality_floor=0.0).model
@@ -426,3 +443,14 @@ async def test_an_unpriced_answer_is_charged_at_its_estimate_under_a_cost_cap() 
     assert not result.accepted and result.budget_hit == "cost"
     assert result.steps[0].cost_usd is None and result.cost_usd is None
     assert fake.calls == ["a"]
+
+
+def test_replay_rejects_rows_outside_the_set() -> None:
+    from tierwise.errors import InputError
+
+    replay = Replay(tiny())
+    with pytest.raises(InputError, match="outside"):
+        replay.answer(-1, "a")
+    with pytest.raises(InputError, match="outside"):
+        replay.score(3, "a")
+    assert replay.score(2, "top") == 1.0

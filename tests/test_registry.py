@@ -62,3 +62,19 @@ def test_bad_spec_values() -> None:
         ModelSpec("a", "p", 100, 10, capabilities=frozenset({"telepathy"}))
     with pytest.raises(ConfigError, match="max_output exceeds"):
         ModelSpec("a", "p", 100, 1000)
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"quality": 0.9}, "quality must be a table"),
+        ({"quality": {"general": "high"}}, "quality must be a table"),
+        ({"capabilities": 3}, "capabilities must be a list"),
+        ({"price": 2.0}, "price must be a table"),
+        ({"deployments": ["openai"]}, "deployments must be a list of tables"),
+    ],
+)
+def test_wrong_types_are_config_errors(extra: dict[str, object], match: str) -> None:
+    base = {"id": "x", "context_window": 100, "max_output": 10}
+    with pytest.raises(ConfigError, match=match):
+        Registry.from_dict({"model": [{**base, **extra}]})

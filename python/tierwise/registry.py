@@ -189,9 +189,19 @@ class ModelSpec:
             if not isinstance(d.get(key), int) or isinstance(d.get(key), bool):
                 raise ConfigError(f"{where}: {key!r} must be an integer")
         price = d.get("price")
+        if price is not None and not isinstance(price, Mapping):
+            raise ConfigError(f"{where}: price must be a table like {{input = 1.0, output = 2.0}}")
         deps = d.get("deployments", [])
-        if not isinstance(deps, list):
-            raise ConfigError(f"{where}: deployments must be a list")
+        if not isinstance(deps, list) or not all(isinstance(x, Mapping) for x in deps):
+            raise ConfigError(f"{where}: deployments must be a list of tables")
+        caps = d.get("capabilities", [])
+        if not isinstance(caps, list | tuple) or not all(isinstance(x, str) for x in caps):
+            raise ConfigError(f"{where}: capabilities must be a list of names")
+        quality = d.get("quality", {})
+        if not isinstance(quality, Mapping) or not all(
+            isinstance(q, int | float) and not isinstance(q, bool) for q in quality.values()
+        ):
+            raise ConfigError(f"{where}: quality must be a table of task = number in (0, 1)")
         return cls(
             id=mid,
             provider=str(d.get("provider", "unknown")),
@@ -199,9 +209,9 @@ class ModelSpec:
             max_output=int(d["max_output"]),
             tokenizer=str(d.get("tokenizer", "o200k_base")),
             price=Price.from_dict(price, f"{where}.price") if price is not None else None,
-            capabilities=frozenset(d.get("capabilities", ())),
+            capabilities=frozenset(caps),
             p95_latency_ms=_num(d, "p95_latency_ms", where),
-            quality=dict(d.get("quality", {})),
+            quality=dict(quality),
             deployments=tuple(
                 Deployment.from_dict(x, f"{where}.deployments[{i}]", mid)
                 for i, x in enumerate(deps)

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _core
 from .cascade import Call, ModelEstimate
-from .errors import ConfigError, ProviderError
+from .errors import ConfigError, InputError, ProviderError
 from .validators import Answer
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ class Replay:
     def answer(self, row: int, model: str) -> Answer:
         """Model `model`'s recorded answer on `row`; ProviderError when none was recorded."""
         j = self._column(model)
+        self._check_row(row)
         responses = self.outcomes.responses
         assert responses is not None  # checked in __init__
         text = responses[row][j]
@@ -138,7 +139,13 @@ class Replay:
 
     def score(self, row: int, model: str) -> float:
         """The dataset's recorded score of `model` on `row` (NaN when none was recorded)."""
+        self._check_row(row)
         return float(self.outcomes.scores[row, self._column(model)])
+
+    def _check_row(self, row: int) -> None:
+        # numpy would wrap a negative row around and raise a bare IndexError past the end
+        if not 0 <= row < len(self.outcomes):
+            raise InputError(f"replay: row {row} is outside 0..{len(self.outcomes) - 1}")
 
     def estimates(
         self,

@@ -108,8 +108,14 @@ class Job:
 
     @property
     def spent_usd(self) -> float:
-        """USD of the steps whose cost is known (what a job cap is charged)."""
-        return sum(s.cost_usd or 0.0 for s in self.steps)
+        """What a job cap is charged: each step's cost, or its routed estimate when the
+        provider's cost is unknown. Under a cap every step is routed with max_cost, which
+        no unpriced model passes, so such a step always has an estimate."""
+        total = 0.0
+        for s in self.steps:
+            c = s.cost_usd if s.cost_usd is not None else s.decision.est_cost_usd
+            total += c if c is not None else 0.0  # only possible for a job without a cap
+        return total
 
     async def step(
         self,
