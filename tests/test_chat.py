@@ -340,14 +340,14 @@ async def test_hedge_sends_a_second_request_after_the_p95(up: LocalUpstream) -> 
         t = time.perf_counter()
         res = await r.chat(MSGS, hedge=True)
         elapsed = time.perf_counter() - t
-    assert res.model == "beta" and elapsed < 0.6
+    assert res.model == "beta" and elapsed < 0.9  # well before the primary's 1.0 s
     outcomes = {a.model: a for a in res.attempts}
     assert outcomes["beta"].outcome == "ok"
     loser = outcomes["alpha"]
     assert loser.outcome == "cancelled" and loser.cost_estimated
     assert loser.cost_usd is not None and loser.cost_usd > 0  # its prompt was billed
     assert res.total_cost_usd == pytest.approx(res.cost_usd + loser.cost_usd)
-    assert 0.08 < outcomes["beta"].started_s < 0.3
+    assert 0.08 < outcomes["beta"].started_s < 0.5  # after the 100 ms p95, not at once
 
 
 async def test_hedge_does_not_fire_when_the_primary_is_fast(up: LocalUpstream) -> None:
@@ -358,12 +358,12 @@ async def test_hedge_does_not_fire_when_the_primary_is_fast(up: LocalUpstream) -
 
 
 async def test_race_takes_the_first_answer_and_records_the_losers(up: LocalUpstream) -> None:
-    up.script(wire("alpha"), reply("slow", latency=0.5))
-    up.script(wire("gamma"), reply("slower", latency=0.5))
+    up.script(wire("alpha"), reply("slow", latency=1.0))
+    up.script(wire("gamma"), reply("slower", latency=1.0))
     async with router(up.url) as r:
         t = time.perf_counter()
         res = await r.chat(MSGS, race=3)
-        assert time.perf_counter() - t < 0.4
+        assert time.perf_counter() - t < 0.8  # did not wait for the 1.0 s losers
     assert res.model == "beta"
     cancelled = sorted(a.model for a in res.attempts if a.outcome == "cancelled")
     assert cancelled == ["alpha", "gamma"]
@@ -388,6 +388,9 @@ async def test_race_accept_rejects_answers_and_keeps_their_cost(up: LocalUpstrea
 async def test_race_failures_are_replaced_by_the_next_candidate(up: LocalUpstream) -> None:
     up.script(wire("alpha"), status(500))
     up.script(wire("beta"), status(401))
+    # the replacements answer after both failures are in, so neither failure is cancelled
+    up.script(wire("gamma"), reply("g", latency=0.2))
+    up.script(wire("delta"), reply("d", latency=0.2))
     async with router(up.url) as r:
         res = await r.chat(MSGS, race=2)
     # each failure launched the next candidate: gamma and delta race, either may win
