@@ -212,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TierwiseError as e:
         print(f"tierwise {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tierwise demo | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
