@@ -1,4 +1,4 @@
-"""`tierwise` command line: route, count, demo, eval, calibrate, serve."""
+"""`tierwise` command line: route, count, demo, eval, calibrate."""
 
 from __future__ import annotations
 
@@ -184,25 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_route_options(p)
     p.set_defaults(func=cmd_demo)
 
-    for name in ("eval", "calibrate", "serve"):
-        _add_optional(sub, name)
+    from .eval.cli import register_calibrate, register_eval
+
+    register_eval(sub)
+    register_calibrate(sub)
     return parser
-
-
-def _add_optional(sub: Any, name: str) -> None:
-    """Subcommands whose modules pull in heavier dependencies register themselves lazily."""
-    import importlib
-
-    module = {"eval": ".eval.cli", "calibrate": ".eval.cli", "serve": ".server"}[name]
-    try:
-        mod = importlib.import_module(module, __package__)
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("tierwise"):
-            return  # not built yet in this version
-        raise
-    register = getattr(mod, f"register_{name}", None)
-    if register is not None:
-        register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
