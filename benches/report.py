@@ -39,11 +39,12 @@ def main(path: str) -> None:
             f"{b['stats']['rounds']} |"
         )
 
-    print("\n### token counting, 256 KB of held-out text (MB/s, median; ratio vs tiktoken)\n")
+    print("\n### token counting on held-out text (MB/s, median; ratio vs tiktoken)\n")
     print(
-        "| text | tiktoken | tierwise exact | exact ÷ tiktoken | estimate | estimate ÷ tiktoken |"
+        "| text | KB | tiktoken | tierwise exact | exact ÷ tiktoken | estimate "
+        "| estimate ÷ tiktoken |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for cat in CATEGORIES:
         size = len("".join(samples(cat, "eval"))[: 256 * 1024].encode())
         med = {
@@ -53,7 +54,8 @@ def main(path: str) -> None:
         mbs = {k: size / v / 1e6 for k, v in med.items()}
         t = med["tiktoken_encode"]
         print(
-            f"| {cat} | {mbs['tiktoken_encode']:.1f} | {mbs['tierwise_count']:.1f} | "
+            f"| {cat} | {size / 1024:.0f} | {mbs['tiktoken_encode']:.1f} | "
+            f"{mbs['tierwise_count']:.1f} | "
             f"{t / med['tierwise_count']:.1f}× | {mbs['tierwise_estimate']:.0f} | "
             f"{t / med['tierwise_estimate']:.0f}× |"
         )

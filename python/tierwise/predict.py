@@ -207,9 +207,10 @@ class QualityModel:
         return cls.prior()
 
     @classmethod
-    def prior(cls, hash_buckets: int = 1024) -> QualityModel:
+    def prior(cls, hash_buckets: int = 0) -> QualityModel:
         """A hand-set predictor from registry priors: skills are the task flags, difficulty
-        grows with prompt length and with math/code/reasoning markers. Transparent, untrained."""
+        grows with prompt length and with math/code/reasoning markers. Transparent, untrained.
+        It reads only the dense features, so by default the router hashes no n-grams."""
         names = list(_core.Featurizer.dense_names())
         tasks = list(_core.TASKS)
         k = len(tasks)
