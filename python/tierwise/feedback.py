@@ -25,18 +25,16 @@ public benchmark score counts as `prior_evidence` observations.
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _core
 from .errors import ConfigError, InputError
 from .predict import ModelParams, QualityModel
 
@@ -213,15 +211,3 @@ class FeedbackLog:
             belief = update_belief(belief, latent, score)
             self._beliefs[model] = belief
         return belief.params()
-
-
-@functools.lru_cache(maxsize=8)
-def _featurizer(hash_buckets: int, seed: int) -> _core.Featurizer:
-    return _core.Featurizer(hash_buckets, seed)
-
-
-def latent_of(qm: QualityModel, messages: Any) -> np.ndarray:
-    """[e(x)..., d(x)] for one prompt (str or chat messages), as the Rust table computes it."""
-    x, _ = _featurizer(qm.hash_buckets, qm.seed).featurize(messages)
-    out: np.ndarray = qm.latent(np.asarray(x, dtype=np.float32)[None, :])[0]
-    return out

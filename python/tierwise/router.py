@@ -44,7 +44,6 @@ class Decision:
     __slots__ = (
         "_cands",
         "_ids",
-        "_messages",
         "_plan",
         "_policy",
         "_registry",
@@ -55,13 +54,10 @@ class Decision:
         "model",
     )
 
-    def __init__(
-        self, router: Router, plan: Any, constraints: Constraints, messages: Any = None
-    ) -> None:
+    def __init__(self, router: Router, plan: Any, constraints: Constraints) -> None:
         self._router = router
         self._plan = plan
         self._cands: list[Candidate] | None = None
-        self._messages = messages  # a reference, read only if request_id is asked for
         self._request_id: str | None = None
         self.constraints = constraints
         # What the plan's indices refer to, taken now: a later router.update() swaps these
@@ -278,22 +274,19 @@ class Router:
         )
         if not len(plan):
             raise _no_route(plan.filtered, self._ids)
-        return Decision(self, plan, c, messages)
+        return Decision(self, plan, c)
 
     # -- feedback (issue 3): see feedback.py ----------------------------------------------
     _feedback: FeedbackLog | None = None  # made by the first Decision.request_id
 
     def _remember(self, decision: Decision) -> str:
-        from .feedback import FeedbackLog, latent_of, new_request_id
+        from .feedback import FeedbackLog, new_request_id
 
         if self._feedback is None:
             self._feedback = FeedbackLog()
         rid = new_request_id()
-        latent: Sequence[float] | None = getattr(decision._plan, "latent", None)
-        if latent is None:  # Rust cores that do not expose the plan's latent
-            latent = latent_of(self.policy.quality_model(), decision._messages).tolist()
-        self._feedback.remember(rid, latent, decision.model)
-        decision._messages = None  # the prompt is not kept once the latent is known
+        # The plan carries the prompt's latent, so the prompt itself is never kept.
+        self._feedback.remember(rid, decision._plan.latent, decision.model)
         return rid
 
     def feedback(self, request_id: str, score: float, model: str | None = None) -> ModelParams:
