@@ -1,6 +1,6 @@
 # One place for the incantations; README and .ci/run call these targets.
 PY ?= python
-export TIERWISE_DATA_DIR ?= $(abspath ../shared/data)
+export SATISFICE_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: install build test test-rust test-py lint bench demo
 
@@ -24,7 +24,7 @@ lint:
 	$(PY) -m ruff check python tests benches scripts
 	$(PY) -m ruff format --check python tests benches scripts
 	$(PY) -m mypy
-	$(PY) -m mypy.stubtest tierwise._core
+	$(PY) -m mypy.stubtest satisfice._core
 
 bench:              ## benchmarks side by side with the alternatives (not part of `test`)
 	$(PY) -m pytest benches --benchmark-enable --benchmark-only --benchmark-json=.benchmarks/bench.json --benchmark-save-data
@@ -32,4 +32,4 @@ bench:              ## benchmarks side by side with the alternatives (not part o
 	$(PY) benches/bench_overhead.py
 
 demo:
-	tierwise demo
+	satisfice demo

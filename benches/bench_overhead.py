@@ -1,5 +1,5 @@
-"""Router overhead: tierwise `chat()` vs LiteLLM `Router.acompletion` vs a direct httpx call,
-all against the same local upstream (`python -m tierwise.testing`, in its own process so it
+"""Router overhead: satisfice `chat()` vs LiteLLM `Router.acompletion` vs a direct httpx call,
+all against the same local upstream (`python -m satisfice.testing`, in its own process so it
 does not share the client's GIL), sequentially and at 32 concurrent requests.
 
     python benches/bench_overhead.py            # prints the markdown table for the README
@@ -7,10 +7,10 @@ does not share the client's GIL), sequentially and at 32 concurrent requests.
     pytest benches/bench_overhead.py --benchmark-enable   # pytest-benchmark, sequential
 
 "direct httpx" is `httpx.AsyncClient()` as most code creates it: the baseline of the
-"added" and "throughput" columns. "direct httpx + tierwise pool" is the same call on the
-transport tierwise's router uses by default (tierwise/transport.py), and "+ aiohttp" on
+"added" and "throughput" columns. "direct httpx + satisfice pool" is the same call on the
+transport satisfice's router uses by default (satisfice/transport.py), and "+ aiohttp" on
 httpx-aiohttp's `AiohttpTransport` with the same limits; together they separate what the
-transport gains from what routing, fallbacks and accounting cost. `tierwise chat()` runs on
+transport gains from what routing, fallbacks and accounting cost. `satisfice chat()` runs on
 each of the three. LiteLLM rows are left out when litellm is not installed, aiohttp rows
 when httpx-aiohttp is not.
 """
@@ -31,9 +31,9 @@ from typing import Any
 
 import httpx
 
-from tierwise import Registry, Router
-from tierwise.executor import ExecutionConfig, make_client
-from tierwise.testing import patch_registry
+from satisfice import Registry, Router
+from satisfice.executor import ExecutionConfig, make_client
+from satisfice.testing import patch_registry
 
 MODEL = "gpt-4o-mini"  # the bundled registry routes "hi" here; asserted below
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -46,7 +46,7 @@ Call = Callable[[], Awaitable[str]]
 def upstream() -> Iterator[str]:
     """The local upstream in a child process; yields its base URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tierwise.testing"],
+        [sys.executable, "-m", "satisfice.testing"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -82,7 +82,7 @@ def direct_call(client: httpx.AsyncClient, url: str) -> Call:
 
 
 def aiohttp_client(config: ExecutionConfig) -> httpx.AsyncClient | None:
-    """httpx over httpx-aiohttp's transport, with the limits tierwise's pool gets."""
+    """httpx over httpx-aiohttp's transport, with the limits satisfice's pool gets."""
     try:
         from httpx_aiohttp import AiohttpTransport
     except ImportError:
@@ -96,7 +96,7 @@ def aiohttp_client(config: ExecutionConfig) -> httpx.AsyncClient | None:
     return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=timeout)
 
 
-def tierwise_call(router: Router) -> Call:
+def satisfice_call(router: Router) -> Call:
     async def call() -> str:
         return (await router.chat(MESSAGES)).text
 
@@ -161,28 +161,28 @@ async def measure(url: str, n: int, rounds: int) -> tuple[list[list[str]], dict[
     router = Router(patch_registry(Registry.default(), url))
     decision = router.route(MESSAGES)
     assert decision.model == MODEL, f"the registry now routes 'hi' to {decision.model}"
-    # tierwise on httpx's own pool (the pooled_transport=False escape) and on aiohttp
+    # satisfice on httpx's own pool (the pooled_transport=False escape) and on aiohttp
     httpx_router = Router(patch_registry(Registry.default(), url)).configure(
         execution=ExecutionConfig(pooled_transport=False)
     )
     calls: dict[str, Call] = {
         "direct httpx": direct_call(default_client, url),
-        "direct httpx + tierwise pool": direct_call(tuned_client, url),
+        "direct httpx + satisfice pool": direct_call(tuned_client, url),
     }
     routers = [router, httpx_router]
     clients = [default_client, tuned_client]
     if aio_client is not None:
         clients.append(aio_client)
         calls["direct httpx + aiohttp"] = direct_call(aio_client, url)
-    calls["tierwise chat()"] = tierwise_call(router)
-    calls["tierwise chat() on httpx pool"] = tierwise_call(httpx_router)
+    calls["satisfice chat()"] = satisfice_call(router)
+    calls["satisfice chat() on httpx pool"] = satisfice_call(httpx_router)
     if aio_client is not None:
         own_client = aiohttp_client(cfg)  # a client of its own, as the router's would be
         assert own_client is not None
         clients.append(own_client)
         aio_router = Router(patch_registry(Registry.default(), url)).configure(http=own_client)
         routers.append(aio_router)
-        calls["tierwise chat() on aiohttp"] = tierwise_call(aio_router)
+        calls["satisfice chat() on aiohttp"] = satisfice_call(aio_router)
     lite = litellm_call(url)
     if lite is not None:
         calls["LiteLLM Router"] = lite[0]
@@ -233,9 +233,9 @@ async def measure(url: str, n: int, rounds: int) -> tuple[list[list[str]], dict[
         "overhead_p50_ms": statistics.median(overhead) * 1e3,
         "overhead_p99_ms": pct(overhead, 0.99) * 1e3,
     }
-    for conc in (1, CONCURRENCY):  # tierwise minus the same call on the same transport
-        same = results["direct httpx + tierwise pool", conc][0]
-        tw = results["tierwise chat()", conc][0]
+    for conc in (1, CONCURRENCY):  # satisfice minus the same call on the same transport
+        same = results["direct httpx + satisfice pool", conc][0]
+        tw = results["satisfice chat()", conc][0]
         own[f"same_transport_p50_ms_{conc}"] = (pct(tw, 0.5) - pct(same, 0.5)) * 1e3
         own[f"same_transport_p99_ms_{conc}"] = (pct(tw, 0.99) - pct(same, 0.99)) * 1e3
     return rows, own
@@ -275,11 +275,11 @@ def main() -> None:
     )
     print(table(rows))
     print(
-        f"\ntierwise `chat()` minus a direct call on the same transport: sequential "
+        f"\nsatisfice `chat()` minus a direct call on the same transport: sequential "
         f"p50 {own['same_transport_p50_ms_1']:+.3f} ms, p99 {own['same_transport_p99_ms_1']:+.3f}"
         f" ms; {CONCURRENCY} concurrent p50 {own[f'same_transport_p50_ms_{CONCURRENCY}']:+.3f}"
         f" ms, p99 {own[f'same_transport_p99_ms_{CONCURRENCY}']:+.3f} ms. "
-        f"tierwise's own accounting (`ChatResult.overhead_s`: routing, fallback logic, "
+        f"satisfice's own accounting (`ChatResult.overhead_s`: routing, fallback logic, "
         f"accounting): p50 {own['overhead_p50_ms']:.3f} ms, p99 {own['overhead_p99_ms']:.3f} ms."
     )
 
@@ -314,9 +314,11 @@ if pytest is not None:
         _bench(benchmark, loop, direct_call(client, bench_url))
         loop.run_until_complete(client.aclose())
 
-    def test_tierwise_chat(benchmark: Any, loop: asyncio.AbstractEventLoop, bench_url: str) -> None:
+    def test_satisfice_chat(
+        benchmark: Any, loop: asyncio.AbstractEventLoop, bench_url: str
+    ) -> None:
         router = Router(patch_registry(Registry.default(), bench_url))
-        _bench(benchmark, loop, tierwise_call(router))
+        _bench(benchmark, loop, satisfice_call(router))
         loop.run_until_complete(router.aclose())
 
     def test_litellm_router(

@@ -11,7 +11,7 @@ from itertools import cycle
 import pytest
 from corpus import samples
 
-from tierwise import Router
+from satisfice import Router
 
 ROUTER = Router()
 PROSE = "".join(samples("prose", "eval")) + "".join(samples("prose", "fit"))
@@ -49,7 +49,7 @@ def test_route_messages_4kb(benchmark) -> None:
 def test_route_4kb_with_1024_hashed_ngram_buckets(benchmark) -> None:
     """The default predictors read dense features only; one that also reads hashed n-grams
     makes the featurizer hash every word (the cost a user opts into)."""
-    from tierwise import Policy, QualityModel
+    from satisfice import Policy, QualityModel
 
     router = Router(policy=Policy(quality=QualityModel.prior(hash_buckets=1024)))
     nxt = cycle(prompts(4096)).__next__

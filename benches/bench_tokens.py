@@ -6,7 +6,7 @@ import pytest
 from corpus import CATEGORIES, samples
 from tests.reference import tiktoken_encoding
 
-from tierwise import _core
+from satisfice import _core
 
 TEXTS = {cat: "".join(samples(cat, "eval"))[: 256 * 1024] for cat in CATEGORIES}
 ENC = tiktoken_encoding("o200k_base")
@@ -21,13 +21,13 @@ def test_tiktoken_encode(benchmark, cat: str) -> None:
 
 
 @pytest.mark.parametrize("cat", CATEGORIES)
-def test_tierwise_count(benchmark, cat: str) -> None:
+def test_satisfice_count(benchmark, cat: str) -> None:
     benchmark.group = f"tokens-{cat}"
     text = TEXTS[cat]
     assert benchmark(_core.count_tokens, text) == len(ENC.encode(text, disallowed_special=()))
 
 
 @pytest.mark.parametrize("cat", CATEGORIES)
-def test_tierwise_estimate(benchmark, cat: str) -> None:
+def test_satisfice_estimate(benchmark, cat: str) -> None:
     benchmark.group = f"tokens-{cat}"
     assert benchmark(_core.estimate_tokens, TEXTS[cat]) > 0

@@ -1,5 +1,5 @@
 """Cascade overhead: each built-in validator on a typical answer, and the per-step
-bookkeeping of `Cascade.run` with calls that answer at once (so only tierwise's own time is
+bookkeeping of `Cascade.run` with calls that answer at once (so only satisfice's own time is
 measured). Budget (issue 4): validator + bookkeeping <= 50 µs per step for the built-in
 non-model validators.
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tierwise import validators as v
-from tierwise.cascade import Cascade, ModelEstimate, Step
-from tierwise.eval.cascade_eval import math_checks
+from satisfice import validators as v
+from satisfice.cascade import Cascade, ModelEstimate, Step
+from satisfice.eval.cascade_eval import math_checks
 
 # A typical GSM8K worked solution (about 400 characters, as Mixtral writes them).
 SOLUTION = (

@@ -41,7 +41,7 @@ def main(path: str) -> None:
 
     print("\n### token counting on held-out text (MB/s, median; ratio vs tiktoken)\n")
     print(
-        "| text | KB | tiktoken | tierwise exact | exact ÷ tiktoken | estimate "
+        "| text | KB | tiktoken | satisfice exact | exact ÷ tiktoken | estimate "
         "| estimate ÷ tiktoken |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -49,18 +49,18 @@ def main(path: str) -> None:
         size = len("".join(samples(cat, "eval"))[: 256 * 1024].encode())
         med = {
             k: by[f"test_{k}[{cat}]"]["stats"]["median"]
-            for k in ("tiktoken_encode", "tierwise_count", "tierwise_estimate")
+            for k in ("tiktoken_encode", "satisfice_count", "satisfice_estimate")
         }
         mbs = {k: size / v / 1e6 for k, v in med.items()}
         t = med["tiktoken_encode"]
         print(
             f"| {cat} | {size / 1024:.0f} | {mbs['tiktoken_encode']:.1f} | "
-            f"{mbs['tierwise_count']:.1f} | "
-            f"{t / med['tierwise_count']:.1f}× | {mbs['tierwise_estimate']:.0f} | "
-            f"{t / med['tierwise_estimate']:.0f}× |"
+            f"{mbs['satisfice_count']:.1f} | "
+            f"{t / med['satisfice_count']:.1f}× | {mbs['satisfice_estimate']:.0f} | "
+            f"{t / med['satisfice_estimate']:.0f}× |"
         )
 
-    from tierwise import _core
+    from satisfice import _core
 
     print("\n### estimator error on held-out text (mean |estimate − exact| / exact)\n")
     print("| text | o200k_base | cl100k_base | samples |")
@@ -77,10 +77,10 @@ def main(path: str) -> None:
         print(f"| {cat} | {errs[0]:.1%} | {errs[1]:.1%} | {len(texts)} |")
 
     for what, code in (
-        ("`import tierwise`", "import tierwise"),
+        ("`import satisfice`", "import satisfice"),
         (
-            "`tierwise.Router()` in a fresh process (numpy, registry, predictor, table)",
-            "import tierwise; tierwise.Router()",
+            "`satisfice.Router()` in a fresh process (numpy, registry, predictor, table)",
+            "import satisfice; satisfice.Router()",
         ),
     ):
         runs = []

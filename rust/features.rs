@@ -11,7 +11,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 pub const FEATURE_VERSION: u32 = 3;
 pub const DENSE: usize = 32;
 pub const DEFAULT_BUCKETS: usize = 1024;
-pub const DEFAULT_SEED: u64 = 0x7469_6572_7769_7365; // "tierwise"
+pub const DEFAULT_SEED: u64 = 0x7469_6572_7769_7365; // "satisfice"
 
 pub const DENSE_NAMES: [&str; DENSE] = [
     "log_chars", "log_tokens", "log_turns", "log_system_chars", "code", "json", "math", "list",

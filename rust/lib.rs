@@ -1,4 +1,4 @@
-//! tierwise core: feature extraction, token counting/estimation and the dispatch table.
+//! satisfice core: feature extraction, token counting/estimation and the dispatch table.
 //! Pure Rust with no I/O, clocks or threads; `py.rs` (feature `python`) is the only binding.
 
 pub mod dispatch;

@@ -1,5 +1,5 @@
 //! The only file that touches pyo3: coarse calls, batch variants, the GIL released where
-//! cost grows with input. Errors cross once, as the classes defined in `tierwise.errors`.
+//! cost grows with input. Errors cross once, as the classes defined in `satisfice.errors`.
 
 use crate::dispatch::{cap, Constraints, DispatchTable, ModelRow, Plan, Predictor, Rule};
 use crate::features::{self, flag, FeaturizerConfig, Message, Task};
@@ -9,9 +9,9 @@ use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 
-pyo3::import_exception!(tierwise.errors, ConfigError);
-pyo3::import_exception!(tierwise.errors, InputError);
-pyo3::import_exception!(tierwise.errors, TokenizerError);
+pyo3::import_exception!(satisfice.errors, ConfigError);
+pyo3::import_exception!(satisfice.errors, InputError);
+pyo3::import_exception!(satisfice.errors, TokenizerError);
 
 impl From<CoreError> for PyErr {
     fn from(e: CoreError) -> PyErr {
@@ -211,7 +211,7 @@ fn is_exact_family(family: &str) -> PyResult<bool> {
     Ok(self::family(family)?.is_exact())
 }
 
-#[pyclass(frozen, module = "tierwise._core")]
+#[pyclass(frozen, module = "satisfice._core")]
 struct Featurizer {
     cfg: FeaturizerConfig,
 }
@@ -298,7 +298,7 @@ impl Featurizer {
     }
 }
 
-#[pyclass(frozen, module = "tierwise._core", name = "DispatchTable")]
+#[pyclass(frozen, module = "satisfice._core", name = "DispatchTable")]
 struct PyDispatchTable {
     table: DispatchTable,
 }
@@ -422,8 +422,8 @@ impl PyDispatchTable {
     }
 }
 
-/// The result of `DispatchTable.plan`, read lazily by `tierwise.Decision`.
-#[pyclass(frozen, module = "tierwise._core", name = "Plan")]
+/// The result of `DispatchTable.plan`, read lazily by `satisfice.Decision`.
+#[pyclass(frozen, module = "satisfice._core", name = "Plan")]
 struct PyPlan {
     plan: Plan,
 }

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "benches"))
 
 from corpus import CATEGORIES, samples  # noqa: E402
 
-from tierwise import _core  # noqa: E402
+from satisfice import _core  # noqa: E402
 
 # Prior tokens per estimator input (order of rust/tokens.rs `est`): ASCII words by length
 # 1..12, 13-16, 17-24, 25+; capitalised; digit groups; punct; punct runs; newlines; space

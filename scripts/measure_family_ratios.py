@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
 from corpus import samples
 from tokenizers import Tokenizer
 
-from tierwise import _core
+from satisfice import _core
 
 
 def main() -> None:

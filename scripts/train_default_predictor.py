@@ -1,19 +1,19 @@
-"""Train the predictor shipped as python/tierwise/data/benchmark_predictor.npz.
+"""Train the predictor shipped as python/satisfice/data/benchmark_predictor.npz.
 
-    TIERWISE_DATA_DIR=../shared/data python scripts/train_default_predictor.py [--out PATH]
+    SATISFICE_DATA_DIR=../shared/data python scripts/train_default_predictor.py [--out PATH]
 
-Fits `tierwise.eval.train.fit` (default TrainConfig: dense features, k=4) on every outcome
+Fits `satisfice.eval.train.fit` (default TrainConfig: dense features, k=4) on every outcome
 file of the shared data: RouterBench (3 evals x 11 models), RouteLLM MMLU and GSM8K
 (Mixtral-8x7B vs GPT-4-1106) and LLMRouter (9 NIM-served models). None of the bundled
 registry's models are in that data, so what transfers is the prompt side, W and c (difficulty
 and skills). Registry models are then seeded from their quality priors (see
-`tierwise.eval.seed`) through `prior_map`, the line from logit(public MMLU score) to the
+`satisfice.eval.seed`) through `prior_map`, the line from logit(public MMLU score) to the
 trained bias, fitted on the data models below whose MMLU score is public.
 
-`tierwise eval` scores this predictor when it is not told to train. It is deliberately not
-`data/predictor.npz`, which `tierwise.Router()` would load by default: trained on benchmark
+`satisfice eval` scores this predictor when it is not told to train. It is deliberately not
+`data/predictor.npz`, which `satisfice.Router()` would load by default: trained on benchmark
 items only, it rates chit-chat and one-line lookups ("Hi!", "capital of Australia?") as hard
-as an average benchmark question, so `tierwise demo` sent them to o3 and cost 2.5x the
+as an average benchmark question, so `satisfice demo` sent them to o3 and cost 2.5x the
 hand-set prior ($0.040 vs $0.016 for the 20 demo prompts). Use it with
 `Policy(quality=QualityModel.load(...))` or `"predictor"` in a policy JSON for traffic that
 looks like the benchmarks. Rerun this script after any FEATURE_VERSION change.
@@ -30,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tierwise.eval import datasets as D
-from tierwise.eval import train as T
-from tierwise.eval.seed import seed_registry_models
-from tierwise.registry import Registry
+from satisfice.eval import datasets as D
+from satisfice.eval import train as T
+from satisfice.eval.seed import seed_registry_models
+from satisfice.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "python" / "tierwise" / "data" / "benchmark_predictor.npz"
+OUT = ROOT / "python" / "satisfice" / "data" / "benchmark_predictor.npz"
 
 # Public 5-shot MMLU accuracy of the data models (model cards, papers and reports of each
 # vendor). Models without a trustworthy public figure are left out of the prior map
@@ -81,13 +81,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    root = os.environ.get("TIERWISE_DATA_DIR")
+    root = os.environ.get("SATISFICE_DATA_DIR")
     if not root:
-        sys.exit("set TIERWISE_DATA_DIR to the outcome data (e.g. ../shared/data)")
+        sys.exit("set SATISFICE_DATA_DIR to the outcome data (e.g. ../shared/data)")
     t0 = time.perf_counter()
     sets = load_all(Path(root))
     t1 = time.perf_counter()
-    cfg = T.TrainConfig(name="tierwise-default")
+    cfg = T.TrainConfig(name="satisfice-default")
     qm = T.fit(sets, cfg, priors=PUBLIC_MMLU)
     t2 = time.perf_counter()
     x = T.featurize([p for s in sets for p in s.prompts], cfg.hash_buckets)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tierwise import Policy, Registry, Router
-from tierwise.executor import ExecutionConfig
-from tierwise.state import Health
+from satisfice import Policy, Registry, Router
+from satisfice.executor import ExecutionConfig
+from satisfice.state import Health
 
 # Cheapest first, equal quality: the router tries alpha, beta, gamma, delta in this order.
 # alpha and beta share a small window, so a context-length error on alpha skips beta.

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tierwise.testing import LocalUpstream
+from satisfice.testing import LocalUpstream
 
 
 @pytest.fixture(scope="module")

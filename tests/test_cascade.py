@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-import tierwise
-from tierwise import validators as v
-from tierwise.cascade import (
+import satisfice
+from satisfice import validators as v
+from satisfice.cascade import (
     Cascade,
     CascadeBudgetError,
     ModelEstimate,
@@ -23,12 +23,12 @@ from tierwise.cascade import (
     estimates_from,
     routed_judge,
 )
-from tierwise.errors import AllAttemptsFailedError, ConfigError, ProviderError, RetryableError
-from tierwise.eval import OutcomeSet
-from tierwise.eval.cascade_eval import evaluate_cascade, fit_calibrated, summary_lines
-from tierwise.providers.base import ChatResponse, Usage
-from tierwise.replay import Replay
-from tierwise.workflow import Job
+from satisfice.errors import AllAttemptsFailedError, ConfigError, ProviderError, RetryableError
+from satisfice.eval import OutcomeSet
+from satisfice.eval.cascade_eval import evaluate_cascade, fit_calibrated, summary_lines
+from satisfice.providers.base import ChatResponse, Usage
+from satisfice.replay import Replay
+from satisfice.workflow import Job
 
 LETTER = v.agreement(v.choice_letter)
 
@@ -224,7 +224,7 @@ def test_an_unknown_cost_makes_the_total_unknown_not_zero() -> None:
 
 
 def test_ladder_and_estimates_from_a_router_decision() -> None:
-    router = tierwise.Router()
+    router = satisfice.Router()
     d = router.route("What is 2+2?", quality_floor=0.0, latency_slo_ms=20000)
     ladder = Cascade.from_decision(d, LETTER)
     assert len(ladder.steps) in (2, 3) and len(ladder.steps[0].models) == 2
@@ -238,7 +238,7 @@ def test_ladder_and_estimates_from_a_router_decision() -> None:
 
 
 def test_routed_judge_calls_the_routed_model() -> None:
-    router = tierwise.Router()
+    router = satisfice.Router()
     seen: list[str] = []
 
     async def call(model: str, messages: list[dict[str, Any]]) -> v.Answer:
@@ -306,7 +306,7 @@ def test_replay_looks_prompts_up_and_estimates_without_peeking() -> None:
 
 
 def test_job_routes_each_step_under_its_own_constraints_and_rolls_up() -> None:
-    router = tierwise.Router()
+    router = satisfice.Router()
     models: list[str] = []
 
     async def call(model: str, messages: list[dict[str, Any]]) -> v.Answer:
@@ -331,7 +331,7 @@ def test_job_routes_each_step_under_its_own_constraints_and_rolls_up() -> None:
 
 
 def test_job_cap_charges_an_unknown_cost_at_its_estimate() -> None:
-    router = tierwise.Router()
+    router = satisfice.Router()
 
     async def call(model: str, messages: list[dict[str, Any]]) -> v.Answer:
         return v.Answer(model, "ok", 10, 10, None)  # the provider reported no cost
@@ -348,7 +348,7 @@ def test_job_cap_charges_an_unknown_cost_at_its_estimate() -> None:
 
 
 def test_job_falls_back_on_provider_errors_and_runs_cascades() -> None:
-    router = tierwise.Router()
+    router = satisfice.Router()
     primary = router.route("hello", quality_floor=0.0).model
 
     async def call(model: str, messages: list[dict[str, Any]]) -> v.Answer:
@@ -417,13 +417,13 @@ def test_fit_calibrated_learns_which_check_matters() -> None:
     assert fitted(good[0], v.Context()).passed and not fitted(bad[0], v.Context()).passed
 
 
-DATA = Path(os.environ.get("TIERWISE_DATA_DIR", "../shared/data"))
+DATA = Path(os.environ.get("SATISFICE_DATA_DIR", "../shared/data"))
 GSM8K = DATA / "routellm" / "gsm8k" / "gsm8k_responses.csv"
 
 
 @pytest.mark.skipif(not GSM8K.is_file(), reason="GSM8K outcome data not found")
 def test_evaluate_cascade_on_a_gsm8k_slice() -> None:
-    from tierwise.eval import load_routellm
+    from satisfice.eval import load_routellm
 
     report = evaluate_cascade(load_routellm(GSM8K), max_rows=240)
     assert report["kind"] == "two-model" and report["split"]["n_test"] > 60
@@ -446,7 +446,7 @@ async def test_an_unpriced_answer_is_charged_at_its_estimate_under_a_cost_cap() 
 
 
 def test_replay_rejects_rows_outside_the_set() -> None:
-    from tierwise.errors import InputError
+    from satisfice.errors import InputError
 
     replay = Replay(tiny())
     with pytest.raises(InputError, match="outside"):

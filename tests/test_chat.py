@@ -7,15 +7,15 @@ import time
 
 import pytest
 
-from tierwise import _core
-from tierwise.errors import (
+from satisfice import _core
+from satisfice.errors import (
     AllAttemptsFailedError,
     BadRequestError,
     NoRouteError,
     StreamInterruptedError,
 )
-from tierwise.providers.base import ChatResponse
-from tierwise.testing import LocalUpstream, context_length, hang, reply, reset, status
+from satisfice.providers.base import ChatResponse
+from satisfice.testing import LocalUpstream, context_length, hang, reply, reset, status
 
 from .chat_support import ORDER, open_fds, router, wire
 
@@ -146,15 +146,15 @@ async def test_missing_key_variable_is_an_auth_skip(
 ) -> None:
     from dataclasses import replace
 
-    monkeypatch.delenv("TIERWISE_NO_SUCH_KEY", raising=False)
+    monkeypatch.delenv("SATISFICE_NO_SUCH_KEY", raising=False)
     r = router(up.url)
     alpha = r.registry["alpha"]
-    dep = replace(alpha.deployments[0], api_key_env="TIERWISE_NO_SUCH_KEY")
+    dep = replace(alpha.deployments[0], api_key_env="SATISFICE_NO_SUCH_KEY")
     r.update(r.registry.replace(replace(alpha, deployments=(dep,))))
     async with r:
         res = await r.chat(MSGS)
     assert res.model == "beta"
-    assert "TIERWISE_NO_SUCH_KEY is not set" in (res.attempts[0].error or "")
+    assert "SATISFICE_NO_SUCH_KEY is not set" in (res.attempts[0].error or "")
     assert up.seen(wire("alpha")) == []
 
 
@@ -173,7 +173,7 @@ async def test_context_length_moves_to_a_larger_window(up: LocalUpstream) -> Non
 
 
 async def test_context_length_looks_beyond_the_fallbacks(up: LocalUpstream) -> None:
-    from tierwise import Policy
+    from satisfice import Policy
 
     up.script(wire("alpha"), context_length())
     r = router(up.url)
@@ -422,8 +422,8 @@ async def test_cancelling_chat_cancels_its_upstream_calls(up: LocalUpstream) -> 
 
 
 def test_total_cost_is_unknown_when_a_billed_attempt_is_unpriced() -> None:
-    from tierwise.providers.base import Usage
-    from tierwise.result import Attempt, ChatResult
+    from satisfice.providers.base import Usage
+    from satisfice.result import Attempt, ChatResult
 
     usage = Usage(10, 5)
     attempts = [

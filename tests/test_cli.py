@@ -8,7 +8,7 @@ from pathlib import Path
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tierwise.cli", *args],
+        [sys.executable, "-m", "satisfice.cli", *args],
         capture_output=True,
         text=True,
         input=stdin,

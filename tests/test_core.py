@@ -1,4 +1,4 @@
-"""The binding contract of tierwise._core: types, clear errors, odd and huge inputs."""
+"""The binding contract of satisfice._core: types, clear errors, odd and huge inputs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tierwise import _core
-from tierwise.errors import InputError, TokenizerError
+from satisfice import _core
+from satisfice.errors import InputError, TokenizerError
 
 from .reference import tiktoken_encoding
 

@@ -1,4 +1,4 @@
-"""`tierwise calibrate`: the chosen floor or lambda meets the target when really routed."""
+"""`satisfice calibrate`: the chosen floor or lambda meets the target when really routed."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tierwise import ConfigError, Policy
-from tierwise.cli import main
-from tierwise.eval import calibrate as C
+from satisfice import ConfigError, Policy
+from satisfice.cli import main
+from satisfice.eval import calibrate as C
 
 PROMPTS = [
     "Hi there, how are you?",
@@ -79,7 +79,7 @@ def test_quality_and_top_share_targets_and_lambda(tmp_path: Path) -> None:
 def test_cli_writes_the_policy_and_keeps_its_predictor(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tierwise.eval.evaluate import shipped_predictor
+    from satisfice.eval.evaluate import shipped_predictor
 
     pred = tmp_path / "pred.npz"
     shipped_predictor().save(pred)

@@ -1,4 +1,4 @@
-"""`tierwise eval`: a hand-made outcomes file (always) and slices of the shared data (CI)."""
+"""`satisfice eval`: a hand-made outcomes file (always) and slices of the shared data (CI)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tierwise.cli import main
+from satisfice.cli import main
 
 KEYS = {
     "n",
@@ -144,8 +144,8 @@ def test_cascade_strategy_needs_recorded_answers(
 
 # -- the shared data, on small slices -----------------------------------------------------
 
-DATA = os.environ.get("TIERWISE_DATA_DIR")
-shared = pytest.mark.skipif(not DATA, reason="TIERWISE_DATA_DIR is not set")
+DATA = os.environ.get("SATISFICE_DATA_DIR")
+shared = pytest.mark.skipif(not DATA, reason="SATISFICE_DATA_DIR is not set")
 
 
 def _check(res: dict[str, object], models: int) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tierwise.errors import DatasetError
-from tierwise.eval import datasets as ds
-from tierwise.eval.datasets import OutcomeSet
+from satisfice.errors import DatasetError
+from satisfice.eval import datasets as ds
+from satisfice.eval.datasets import OutcomeSet
 
 
 def words(text: str) -> int:
@@ -112,7 +112,7 @@ def test_routerbench_drops_missing_rows_by_default_and_says_so(
             rb_row(1, "s2", "p2", "g", ["", "1"]),
         ],
     )
-    with caplog.at_level(logging.WARNING, logger="tierwise.eval"):
+    with caplog.at_level(logging.WARNING, logger="satisfice.eval"):
         loaded = ds.load_routerbench(path, with_responses=False)
     assert len(loaded) == 1 and loaded.responses is None
     assert "dropped 1 of 2 rows" in caplog.text
@@ -224,7 +224,7 @@ def test_routellm_without_rust_core_says_how_to_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_routellm(tmp_path)
-    monkeypatch.setitem(sys.modules, "tierwise._core", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "satisfice._core", None)  # makes the import fail
     with pytest.raises(DatasetError, match="count_tokens=<callable>"):
         ds.load_routellm(tmp_path)
 
@@ -422,12 +422,12 @@ def test_outcome_set_validates_and_is_read_only() -> None:
 
 
 def test_data_dir_and_dispatcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TIERWISE_DATA_DIR", raising=False)
-    with pytest.raises(DatasetError, match=re.escape("TIERWISE_DATA_DIR=../shared/data")):
+    monkeypatch.delenv("SATISFICE_DATA_DIR", raising=False)
+    with pytest.raises(DatasetError, match=re.escape("SATISFICE_DATA_DIR=../shared/data")):
         ds.data_dir()
-    monkeypatch.setenv("TIERWISE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SATISFICE_DATA_DIR", str(tmp_path))
     assert ds.data_dir() == tmp_path
-    monkeypatch.setenv("TIERWISE_DATA_DIR", str(tmp_path / "nope"))
+    monkeypatch.setenv("SATISFICE_DATA_DIR", str(tmp_path / "nope"))
     with pytest.raises(DatasetError, match="not a directory"):
         ds.data_dir()
     with pytest.raises(DatasetError, match="choose one of routerbench, routellm"):
@@ -436,12 +436,14 @@ def test_data_dir_and_dispatcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         ds.load("routerbench", [tmp_path / "missing.csv"])
 
 
-# --- the real data (only when TIERWISE_DATA_DIR points at it) --------------------------
+# --- the real data (only when SATISFICE_DATA_DIR points at it) --------------------------
 
 
-@pytest.mark.skipif(not os.environ.get("TIERWISE_DATA_DIR"), reason="TIERWISE_DATA_DIR is not set")
+@pytest.mark.skipif(
+    not os.environ.get("SATISFICE_DATA_DIR"), reason="SATISFICE_DATA_DIR is not set"
+)
 def test_real_data_shapes() -> None:
-    from tierwise.eval import metrics
+    from satisfice.eval import metrics
 
     root = ds.data_dir()
     rb = ds.load_routerbench(root / "routerbench", keep_missing=True, with_responses=False)

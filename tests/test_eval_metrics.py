@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tierwise.errors import DatasetError
-from tierwise.eval import metrics as M
-from tierwise.eval.plot import plot_curve
+from satisfice.errors import DatasetError
+from satisfice.eval import metrics as M
+from satisfice.eval.plot import plot_curve
 
 # --- hull and AIQ ----------------------------------------------------------------------
 

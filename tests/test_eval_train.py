@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tierwise.errors import DatasetError
-from tierwise.eval import train as T
-from tierwise.eval.datasets import OutcomeSet
-from tierwise.predict import QualityModel
+from satisfice.errors import DatasetError
+from satisfice.eval import train as T
+from satisfice.eval.datasets import OutcomeSet
+from satisfice.predict import QualityModel
 
 FAST = T.TrainConfig(k=2, steps=150, learning_rate=0.1, hash_buckets=64)
 

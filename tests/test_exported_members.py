@@ -2,24 +2,24 @@ import subprocess
 import sys
 import types
 
-import tierwise
+import satisfice
 
 
 def test_all_is_complete_and_sorted() -> None:
     public = {
         n
-        for n in dir(tierwise)
+        for n in dir(satisfice)
         if not n.startswith("_")
-        and not isinstance(getattr(tierwise, n), types.ModuleType)
+        and not isinstance(getattr(satisfice, n), types.ModuleType)
         and n not in {"annotations", "importlib", "TYPE_CHECKING", "Any"}
     }
-    assert set(tierwise.__all__) == public
-    assert tierwise.__all__ == sorted(tierwise.__all__)
-    for name in tierwise.__all__:
-        assert getattr(tierwise, name) is not None
+    assert set(satisfice.__all__) == public
+    assert satisfice.__all__ == sorted(satisfice.__all__)
+    for name in satisfice.__all__:
+        assert getattr(satisfice, name) is not None
 
 
 def test_import_does_not_load_numpy() -> None:
-    code = "import sys, tierwise; print('numpy' in sys.modules)"
+    code = "import sys, satisfice; print('numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from tierwise.errors import (
+from satisfice.errors import (
     AllAttemptsFailedError,
     BadRequestError,
     ProviderError,
     StreamInterruptedError,
 )
-from tierwise.result import ChatResult
-from tierwise.state import Health, HealthConfig
-from tierwise.testing import (
+from satisfice.result import ChatResult
+from satisfice.state import Health, HealthConfig
+from satisfice.testing import (
     Behavior,
     LocalUpstream,
     context_length,

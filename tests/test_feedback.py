@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tierwise import InputError, Policy, QualityModel, Router
-from tierwise.feedback import (
+from satisfice import InputError, Policy, QualityModel, Router
+from satisfice.feedback import (
     AbilityBelief,
     FeedbackLog,
     prior_belief,
     update_belief,
 )
-from tierwise.predict import ModelParams
+from satisfice.predict import ModelParams
 
 PROMPT = "Write a Python function that merges two sorted lists into one sorted list."
 

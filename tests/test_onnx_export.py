@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tierwise import Policy, QualityModel, Registry, Router
-from tierwise.eval.evaluate import params_for_models, shipped_predictor
-from tierwise.eval.onnx_export import export_onnx, onnx_bytes
+from satisfice import Policy, QualityModel, Registry, Router
+from satisfice.eval.evaluate import params_for_models, shipped_predictor
+from satisfice.eval.onnx_export import export_onnx, onnx_bytes
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

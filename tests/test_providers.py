@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tierwise.errors import (
+from satisfice.errors import (
     AuthError,
     BadRequestError,
     ContextLengthError,
@@ -19,17 +19,17 @@ from tierwise.errors import (
     RetryableError,
     UpstreamTimeoutError,
 )
-from tierwise.providers import (
+from satisfice.providers import (
     AnthropicProvider,
     ChatRequest,
     ChatResponse,
     OpenAIProvider,
     make_provider,
 )
-from tierwise.providers.anthropic import to_anthropic
-from tierwise.providers.base import parse_retry_after
-from tierwise.registry import Deployment
-from tierwise.testing import (
+from satisfice.providers.anthropic import to_anthropic
+from satisfice.providers.base import parse_retry_after
+from satisfice.registry import Deployment
+from satisfice.testing import (
     LocalUpstream,
     context_length,
     hang,
@@ -38,7 +38,7 @@ from tierwise.testing import (
     reset,
     status,
 )
-from tierwise.transport import PooledTransport
+from satisfice.transport import PooledTransport
 
 SECRET = "sk-test-SECRET-4242"
 T = httpx.Timeout(2.0)
@@ -47,7 +47,7 @@ MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "
 
 @pytest.fixture(params=["pooled", "httpx"])
 async def client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
-    """Every test runs on tierwise's transport and on httpx's default one."""
+    """Every test runs on satisfice's transport and on httpx's default one."""
     transport = PooledTransport() if request.param == "pooled" else None
     async with httpx.AsyncClient(transport=transport) as c:
         yield c
@@ -348,12 +348,12 @@ async def test_connection_refused_is_retryable(client: httpx.AsyncClient) -> Non
 def test_make_provider_reads_the_key_and_never_shows_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    dep = Deployment("d", "anthropic", "http://127.0.0.1:9", "claude-x", "TIERWISE_TEST_KEY")
-    monkeypatch.delenv("TIERWISE_TEST_KEY", raising=False)
+    dep = Deployment("d", "anthropic", "http://127.0.0.1:9", "claude-x", "SATISFICE_TEST_KEY")
+    monkeypatch.delenv("SATISFICE_TEST_KEY", raising=False)
     client = httpx.AsyncClient()
-    with pytest.raises(AuthError, match="TIERWISE_TEST_KEY is not set"):
+    with pytest.raises(AuthError, match="SATISFICE_TEST_KEY is not set"):
         make_provider(client, "claude", dep)
-    monkeypatch.setenv("TIERWISE_TEST_KEY", SECRET)
+    monkeypatch.setenv("SATISFICE_TEST_KEY", SECRET)
     p = make_provider(client, "claude", dep)
     assert isinstance(p, AnthropicProvider) and SECRET not in repr(p)
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tierwise import ConfigError, ModelSpec, Price, Registry, UnknownModelError
+from satisfice import ConfigError, ModelSpec, Price, Registry, UnknownModelError
 
 
 def test_bundled_registry_is_valid_and_dated() -> None:

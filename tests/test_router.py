@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tierwise import (
+from satisfice import (
     ConfigError,
     Constraints,
     InputError,

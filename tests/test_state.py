@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from tierwise.state import Health, HealthConfig
+from satisfice.state import Health, HealthConfig
 
 
 class Clock:

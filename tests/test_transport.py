@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tierwise.testing import LocalUpstream, hang, reply
+from satisfice.testing import LocalUpstream, hang, reply
 
 from .chat_support import router
 
@@ -22,7 +22,7 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def client(**kw: object) -> httpx.AsyncClient:
-    from tierwise.transport import PooledTransport
+    from satisfice.transport import PooledTransport
 
     return httpx.AsyncClient(transport=PooledTransport(**kw))  # type: ignore[arg-type]
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tierwise import _arith
-from tierwise import validators as v
-from tierwise.errors import ConfigError
+from satisfice import _arith
+from satisfice import validators as v
+from satisfice.errors import ConfigError
 
 
 def ans(text: str, model: str = "m", **kw: object) -> v.Answer:

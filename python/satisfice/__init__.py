@@ -1,0 +1,128 @@
+"""satisfice: route each LLM request to the cheapest model that answers it well enough.
+
+Modules that need numpy (registry, policy, predictor, router) load on first use, so
+`import satisfice` stays fast for CLIs and for services that only count tokens.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._core import (
+    Featurizer,
+    count_message_tokens,
+    count_tokens,
+    count_tokens_till_limit,
+    estimate_tokens,
+)
+from ._core import __version__ as __version__
+from .errors import (
+    AllAttemptsFailedError,
+    AuthError,
+    BadRequestError,
+    CascadeBudgetError,
+    ConfigError,
+    ContextLengthError,
+    DatasetError,
+    InputError,
+    NoRouteError,
+    ProviderError,
+    RetryableError,
+    SatisficeError,
+    StreamInterruptedError,
+    TokenizerError,
+    UnknownModelError,
+    UnpricedModelError,
+    UpstreamTimeoutError,
+)
+
+if TYPE_CHECKING:
+    from .cascade import Cascade, Step
+    from .executor import ExecutionConfig
+    from .policy import Constraints, Policy, Rule
+    from .predict import ModelParams, QualityModel
+    from .registry import Deployment, ModelSpec, Price, Registry
+    from .result import Attempt, ChatResult
+    from .router import Candidate, Decision, Router
+    from .state import Health, HealthConfig
+
+_LAZY = {
+    "Cascade": "cascade",
+    "Step": "cascade",
+    "ExecutionConfig": "executor",
+    "Attempt": "result",
+    "ChatResult": "result",
+    "Health": "state",
+    "HealthConfig": "state",
+    "Constraints": "policy",
+    "Policy": "policy",
+    "Rule": "policy",
+    "ModelParams": "predict",
+    "QualityModel": "predict",
+    "Deployment": "registry",
+    "ModelSpec": "registry",
+    "Price": "registry",
+    "Registry": "registry",
+    "Candidate": "router",
+    "Decision": "router",
+    "Router": "router",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'satisfice' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = [
+    "AllAttemptsFailedError",
+    "Attempt",
+    "AuthError",
+    "BadRequestError",
+    "Candidate",
+    "Cascade",
+    "CascadeBudgetError",
+    "ChatResult",
+    "ConfigError",
+    "Constraints",
+    "ContextLengthError",
+    "DatasetError",
+    "Decision",
+    "Deployment",
+    "ExecutionConfig",
+    "Featurizer",
+    "Health",
+    "HealthConfig",
+    "InputError",
+    "ModelParams",
+    "ModelSpec",
+    "NoRouteError",
+    "Policy",
+    "Price",
+    "ProviderError",
+    "QualityModel",
+    "Registry",
+    "RetryableError",
+    "Router",
+    "Rule",
+    "SatisficeError",
+    "Step",
+    "StreamInterruptedError",
+    "TokenizerError",
+    "UnknownModelError",
+    "UnpricedModelError",
+    "UpstreamTimeoutError",
+    "count_message_tokens",
+    "count_tokens",
+    "count_tokens_till_limit",
+    "estimate_tokens",
+]

@@ -1,0 +1,142 @@
+"""Rust core of satisfice: token counting, feature extraction and the dispatch table."""
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, final
+
+import numpy as np
+import numpy.typing as npt
+
+_Messages = str | Sequence[Mapping[str, Any]]
+
+__all__ = [
+    "CAPABILITIES",
+    "FAMILIES",
+    "FEATURE_VERSION",
+    "FLAGS",
+    "TASKS",
+    "DispatchTable",
+    "Featurizer",
+    "Plan",
+    "__version__",
+    "count_message_tokens",
+    "count_tokens",
+    "count_tokens_batch",
+    "count_tokens_till_limit",
+    "estimate_tokens",
+    "estimate_tokens_batch",
+    "estimator_inputs",
+    "is_exact_family",
+]
+
+__version__: Final[str]
+FEATURE_VERSION: Final[int]
+CAPABILITIES: Final[list[str]]
+TASKS: Final[list[str]]
+FLAGS: Final[list[str]]
+FAMILIES: Final[list[str]]
+
+def count_tokens(text: str, encoding: str = "o200k_base") -> int:
+    """Exact token count (o200k_base, cl100k_base; other families are scaled from those)."""
+
+def count_tokens_till_limit(text: str, limit: int, encoding: str = "o200k_base") -> int | None:
+    """Exact count, or None as soon as it would exceed `limit`."""
+
+def count_tokens_batch(texts: Sequence[str], encoding: str = "o200k_base") -> list[int]:
+    """Exact counts of many texts in one call."""
+
+def estimate_tokens(text: str, family: str = "o200k_base") -> float:
+    """Fast one-pass estimate of the token count in a tokenizer family."""
+
+def estimate_tokens_batch(texts: Sequence[str], family: str = "o200k_base") -> list[float]:
+    """Estimates for many texts in one call."""
+
+def estimator_inputs(text: str) -> list[float]:
+    """The character-class counts the estimator multiplies by its coefficients."""
+
+def count_message_tokens(messages: _Messages, encoding: str = "o200k_base") -> int:
+    """Exact tokens of a chat request, with OpenAI's per-message overhead."""
+
+def is_exact_family(family: str) -> bool:
+    """True for o200k_base and cl100k_base; other families are approximations."""
+
+@final
+class Featurizer:
+    """Prompt → fixed-length float32 features (32 named dense + hashed n-grams)."""
+
+    def __new__(cls, hash_buckets: int = ..., seed: int = ...) -> Featurizer: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def hash_buckets(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @staticmethod
+    def dense_names() -> list[str]:
+        """Names of the 32 dense features, in order."""
+    def featurize(self, messages: _Messages) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
+        """One conversation → (vector, info: task, flags, chars, turns, est_tokens)."""
+    def featurize_batch(self, prompts: Iterable[_Messages]) -> npt.NDArray[np.float32]:
+        """Many prompts → (n, dim) array, in one call with the GIL released."""
+
+@final
+class DispatchTable:
+    """Compiled model rows, predictor and rules; built by `Policy.compile`."""
+
+    def __new__(
+        cls,
+        rows: Sequence[
+            tuple[
+                str, float, float, int, int, Sequence[str], float, str, float, Sequence[float], bool
+            ]
+        ],
+        weights: npt.NDArray[np.float32],
+        intercept: Sequence[float],
+        k: int,
+        rules: Sequence[tuple[str, str | None, Sequence[str], float, float, Sequence[int]]],
+        expected_out: Sequence[int],
+        hash_buckets: int = ...,
+        seed: int = ...,
+    ) -> DispatchTable: ...
+    @property
+    def model_ids(self) -> list[str]: ...
+    def plan(
+        self,
+        messages: _Messages,
+        *,
+        max_cost: float | None = None,
+        latency_slo_ms: float | None = None,
+        quality_floor: float = 0.0,
+        needs: Sequence[str] | None = None,
+        max_output_tokens: int | None = None,
+        lam: float | None = None,
+        exclude: Sequence[int] | None = None,
+    ) -> Plan:
+        """Featurise, estimate, filter and rank in one call."""
+
+@final
+class Plan:
+    """The ranked candidates and the reasons for everything filtered out."""
+
+    @property
+    def candidates(self) -> list[tuple[int, float, float, int, bool, bool]]: ...
+    def head(self, n: int) -> list[int]:
+        """Row indices of the first `n` candidates."""
+    def __len__(self) -> int: ...
+    @property
+    def filtered(self) -> list[tuple[int, str, str]]: ...
+    @property
+    def latent(self) -> list[float]:
+        """The predictor's `[e_0..e_{k-1}, difficulty]` for this prompt."""
+    @property
+    def rule(self) -> int | None: ...
+    @property
+    def below_floor(self) -> bool: ...
+    @property
+    def tokens_out(self) -> int: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def flags(self) -> list[str]: ...
+    @property
+    def chars(self) -> int: ...
+    def est_tokens(self, family: str) -> float: ...

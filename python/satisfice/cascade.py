@@ -1,0 +1,585 @@
+"""Cascades: try cheap models first, check the answer, escalate only when the check says no.
+
+A cascade is an ordered ladder of steps; each step is a set of models called in parallel
+and a validator that accepts one of their answers or sends the request up a step:
+
+    ladder = Cascade(
+        [Step(("gpt-4.1-nano", "gemini-2.5-flash-lite"), agreement(choice_letter)),
+         Step(("gpt-4.1-mini",), agreement(choice_letter)),
+         Step(("claude-opus-4",))],                      # the top step takes what it gets
+        latency_budget_ms=20_000, max_cost_usd=0.01)
+    result = await ladder.run(call, messages, estimates=estimates_from(decision, registry))
+    result.answer.text, result.cost_usd, result.steps[0].to_dict()
+
+`Cascade.from_decision(decision, validator)` builds the ladder from a router
+decision instead (cheap pair -> mid -> top). The core is transport-free: it calls models
+only through the injected `call(model_id, messages) -> Answer`, so production (the
+executor) and offline replay (`satisfice.replay`) run exactly this code.
+
+Rules, in order, before each step starts:
+
+1. Prediction: with `skip_below`, a step whose every model has P(good) below it is skipped:
+   the predictor is sure a cheap model fails this prompt, so its call would only add cost
+   and a sequential round trip. The last step is never skipped for this reason.
+2. Cost: the step's estimated cost (sum of its models' estimates) must fit in what is left
+   of `max_cost_usd`; an unpriced model never fits a cap.
+3. Latency: the slowest model's p95 must fit in what is left of `latency_budget_ms`; a
+   model with no p95 never fits a budget. A step that starts anyway is cut off when the
+   budget runs out.
+
+A step that breaks rule 2 or 3 is skipped and the next one considered. When no answer is
+accepted the result carries the best answer so far with `accepted=False` and the reason,
+or, with `on_budget="raise"` and a budget to blame, `CascadeBudgetError` is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from .errors import AllAttemptsFailedError, CascadeBudgetError, ConfigError, ProviderError
+from .validators import Answer, Context, Validator, Verdict, resolve
+
+if TYPE_CHECKING:
+    from .providers.base import ChatResponse
+    from .registry import Registry
+    from .router import Decision, Router
+
+__all__ = [
+    "Call",
+    "Cascade",
+    "CascadeBudgetError",
+    "CascadeResult",
+    "ModelEstimate",
+    "Step",
+    "StepRecord",
+    "answer_from_chat",
+    "estimates_from",
+    "routed_judge",
+]
+
+Call: TypeAlias = Callable[[str, list[dict[str, Any]]], Awaitable[Answer]]
+StepStatus: TypeAlias = Literal["accepted", "escalated", "skipped", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Models called in parallel, and the check one of their answers must pass.
+
+    `validator=None` accepts the first successful answer: the usual last step.
+    """
+
+    models: tuple[str, ...]
+    validator: Validator | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.models, str):
+            object.__setattr__(self, "models", (self.models,))
+        if not self.models:
+            raise ConfigError("a cascade step needs at least one model")
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"a cascade step lists a model twice: {self.models}")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEstimate:
+    """What the router expects of one model on this request (None = unknown)."""
+
+    p_good: float | None = None
+    cost_usd: float | None = None
+    p95_ms: float | None = None
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One step: what ran, what it cost and what the validator said.
+
+    `cost_usd` includes validator calls (a judge); it is None when some call's cost is
+    unknown. Token counts add what the calls reported (0 for a call that reported none).
+    """
+
+    index: int
+    models: tuple[str, ...]
+    status: StepStatus
+    reason: str
+    answers: list[Answer] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    est_cost_usd: float | None = None
+    cost_usd: float | None = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_ms: float = 0.0
+
+    @property
+    def ran(self) -> bool:
+        return self.status != "skipped"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "models": list(self.models),
+            "status": self.status,
+            "reason": self.reason,
+            "answered": [a.model for a in self.answers],
+            "verdicts": [
+                {"passed": v.passed, "confidence": round(v.confidence, 4), "reason": v.reason}
+                for v in self.verdicts
+            ],
+            "errors": dict(self.errors),
+            "est_cost_usd": self.est_cost_usd,
+            "cost_usd": self.cost_usd,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "latency_ms": round(self.latency_ms, 3),
+        }
+
+
+@dataclass(slots=True)
+class CascadeResult:
+    """The accepted answer (or the best one, flagged) and every step's accounting."""
+
+    answer: Answer | None
+    verdict: Verdict | None
+    accepted: bool
+    steps: list[StepRecord]
+    stopped: str | None = None  # why no answer was accepted
+    budget_hit: Literal["latency", "cost"] | None = None
+
+    @property
+    def model(self) -> str | None:
+        return None if self.answer is None else self.answer.model
+
+    @property
+    def cost_usd(self) -> float | None:
+        """Total USD over every step and validator call; None if any cost is unknown."""
+        total = 0.0
+        for s in self.steps:
+            if s.cost_usd is None:
+                return None
+            total += s.cost_usd
+        return total
+
+    @property
+    def tokens_in(self) -> int:
+        return sum(s.tokens_in for s in self.steps)
+
+    @property
+    def tokens_out(self) -> int:
+        return sum(s.tokens_out for s in self.steps)
+
+    @property
+    def latency_ms(self) -> float:
+        return sum(s.latency_ms for s in self.steps)
+
+    @property
+    def sequential_steps(self) -> int:
+        """Steps that actually ran one after another: the cascade's latency multiplier."""
+        return sum(1 for s in self.steps if s.ran)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "accepted": self.accepted,
+            "stopped": self.stopped,
+            "budget_hit": self.budget_hit,
+            "reason": None if self.verdict is None else self.verdict.reason,
+            "cost_usd": self.cost_usd,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "latency_ms": round(self.latency_ms, 3),
+            "sequential_steps": self.sequential_steps,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+@dataclass(slots=True)
+class _Climb:
+    """One request's progress up the ladder (what a cut-off must still be able to report)."""
+
+    msgs: list[dict[str, Any]]
+    p_good: dict[str, float]
+    records: list[StepRecord] = field(default_factory=list)
+    pool: list[Answer] = field(default_factory=list)  # every answer: agreement's peers
+    best: tuple[Answer, Verdict] | None = None
+    spent: float = 0.0
+    elapsed: float = 0.0
+    budget_hit: Literal["latency", "cost"] | None = None
+    current: StepRecord | None = None  # the step in flight
+    t0: float = 0.0  # when it started
+
+
+_NO_ESTIMATE = ModelEstimate()
+
+
+class Cascade:
+    """An ordered ladder of steps with a latency budget, a cost cap and a skip rule.
+
+    Immutable once built, so one Cascade serves concurrent requests.
+    """
+
+    __slots__ = ("clock", "latency_budget_ms", "max_cost_usd", "on_budget", "skip_below", "steps")
+
+    def __init__(
+        self,
+        steps: Sequence[Step | Sequence[str]],
+        *,
+        validator: Validator | None = None,
+        latency_budget_ms: float | None = None,
+        max_cost_usd: float | None = None,
+        on_budget: Literal["best", "raise"] = "best",
+        skip_below: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """`steps` are Steps, or model ids / lists of them that get `validator` (all but
+        the last)."""
+        if not steps:
+            raise ConfigError("a cascade needs at least one step")
+        built: list[Step] = []
+        for i, s in enumerate(steps):
+            if isinstance(s, Step):
+                built.append(s)
+            elif isinstance(s, str):  # a bare model id is a one-model step, not its letters
+                built.append(Step((s,), None if i == len(steps) - 1 else validator))
+            else:
+                last = i == len(steps) - 1
+                built.append(Step(tuple(s), None if last else validator))
+        for name, v in (("latency_budget_ms", latency_budget_ms), ("max_cost_usd", max_cost_usd)):
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"cascade {name} must be a finite number >= 0, got {v!r}")
+        if on_budget not in ("best", "raise"):
+            raise ConfigError(f"on_budget must be 'best' or 'raise', got {on_budget!r}")
+        if skip_below is not None and not 0.0 <= skip_below <= 1.0:
+            raise ConfigError(f"skip_below must be in [0, 1], got {skip_below}")
+        self.steps: tuple[Step, ...] = tuple(built)
+        self.latency_budget_ms = latency_budget_ms
+        self.max_cost_usd = max_cost_usd
+        self.on_budget = on_budget
+        self.skip_below = skip_below
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        ladder = " -> ".join("[" + ", ".join(s.models) + "]" for s in self.steps)
+        return f"Cascade({ladder})"
+
+    @classmethod
+    def from_decision(
+        cls,
+        decision: Decision,
+        validator: Validator,
+        *,
+        width: int = 2,
+        mid: bool = True,
+        **kw: Any,
+    ) -> Cascade:
+        """The default ladder for one routed request: the `width` cheapest candidates in
+        parallel, then (with `mid`) the cheapest candidate predicted clearly better than
+        them, then the candidate of highest P(good). Budgets default to the decision's
+        latency SLO and cost cap.
+
+        Route with a low quality floor (e.g. `router.route(msgs, quality_floor=0.0)`) so
+        the cheap models are among the candidates at all.
+        """
+        cands = [c for c in decision.candidates if c.est_cost_usd is not None]
+        if not cands:
+            raise ConfigError(
+                "no priced candidate in the decision; a cascade needs cost estimates: "
+                "add prices to the registry or write the ladder yourself"
+            )
+        top = max(cands, key=lambda c: (c.p_good, -(c.est_cost_usd or 0.0)))
+        cheaper = sorted(
+            (
+                c
+                for c in cands
+                if c is not top and (c.est_cost_usd or 0.0) < (top.est_cost_usd or 0.0)
+            ),
+            key=lambda c: c.est_cost_usd or 0.0,
+        )
+        first = cheaper[: max(width, 1)]
+        steps: list[Step] = []
+        if first:
+            steps.append(Step(tuple(c.model for c in first), validator))
+            best_cheap = max(c.p_good for c in first)
+            want = (best_cheap + top.p_good) / 2.0
+            middle = next((c for c in cheaper[len(first) :] if c.p_good >= want), None)
+            if mid and middle is not None:
+                steps.append(Step((middle.model,), validator))
+        steps.append(Step((top.model,)))
+        c = decision.constraints
+        kw.setdefault("latency_budget_ms", c.latency_slo_ms)
+        kw.setdefault("max_cost_usd", c.max_cost_usd)
+        return cls(steps, **kw)
+
+    async def run(
+        self,
+        call: Call,
+        messages: Sequence[Mapping[str, Any]] | str,
+        *,
+        estimates: Mapping[str, ModelEstimate] | None = None,
+    ) -> CascadeResult:
+        """Run the ladder for one request. `estimates` (see `estimates_from`) give each
+        model's P(good), estimated cost and p95; without them only the cost of calls
+        already made and the time already spent limit the cascade."""
+        msgs: list[dict[str, Any]] = (
+            [{"role": "user", "content": messages}]
+            if isinstance(messages, str)
+            else [dict(m) for m in messages]
+        )
+        est = estimates or {}
+        climb = _Climb(msgs, {m: e.p_good for m, e in est.items() if e.p_good is not None})
+        if self.latency_budget_ms is None:  # no timer to arm: the common case stays cheap
+            done = await self._climb(climb, call, est)
+        else:
+            # One timer for the whole request: a step that runs past its p95 is cut off
+            # when the budget, not the step's estimate, runs out.
+            try:
+                async with asyncio.timeout(self.latency_budget_ms / 1000.0):
+                    done = await self._climb(climb, call, est)
+            except TimeoutError:
+                rec = climb.current
+                if rec is not None:  # the cancelled calls may be billed; by how much is unknown
+                    rec.status, rec.reason, rec.cost_usd = "failed", _CUT_OFF, None
+                    rec.latency_ms = (self.clock() - climb.t0) * 1000.0
+                climb.budget_hit = climb.budget_hit or "latency"
+                done = None
+        if done is not None:
+            return done
+        return self._finish(climb.records, climb.best, climb.budget_hit)
+
+    async def _climb(
+        self, climb: _Climb, call: Call, est: Mapping[str, ModelEstimate]
+    ) -> CascadeResult | None:
+        """Run steps up the ladder; the accepted result, or None when none was accepted."""
+        last = len(self.steps) - 1
+        for i, step in enumerate(self.steps):
+            why, step_cost, hit = self._blocked(step, est, i == last, climb.spent, climb.elapsed)
+            if why is not None:
+                climb.budget_hit = climb.budget_hit or hit
+                climb.records.append(
+                    StepRecord(i, step.models, "skipped", why, est_cost_usd=step_cost)
+                )
+                continue
+            rec = StepRecord(i, step.models, "escalated", "", est_cost_usd=step_cost)
+            climb.records.append(rec)
+            climb.current, climb.t0 = rec, self.clock()
+            await self._step(rec, step, call, climb)
+            climb.current = None
+            # An unknown bill (an unpriced call) is charged at the step's estimate, not $0:
+            # under a cap every step that ran had one, so the cap still holds.
+            climb.spent += rec.cost_usd if rec.cost_usd is not None else rec.est_cost_usd or 0.0
+            climb.elapsed += rec.latency_ms
+            if rec.status == "accepted":
+                k = rec.verdicts.index(
+                    max((v for v in rec.verdicts if v.passed), key=lambda v: v.confidence)
+                )
+                return CascadeResult(rec.answers[k], rec.verdicts[k], True, climb.records)
+            for a, v in zip(rec.answers, rec.verdicts, strict=True):
+                # Ties go to the later answer: it came from a step higher up the ladder.
+                if climb.best is None or v.confidence >= climb.best[1].confidence:
+                    climb.best = (a, v)
+        return None
+
+    def _blocked(
+        self,
+        step: Step,
+        est: Mapping[str, ModelEstimate],
+        is_last: bool,
+        spent: float,
+        elapsed: float,
+    ) -> tuple[str | None, float | None, Literal["latency", "cost"] | None]:
+        """(why the step may not start, its estimated cost, which budget blocked it)."""
+        models = [est.get(m, _NO_ESTIMATE) for m in step.models]
+        costs = [e.cost_usd for e in models]
+        step_cost = None if any(c is None for c in costs) else sum(c or 0.0 for c in costs)
+        if self.skip_below is not None and not is_last:
+            ps = [e.p_good for e in models]
+            if all(p is not None and p < self.skip_below for p in ps):
+                top = max(p or 0.0 for p in ps)
+                return (
+                    f"predicted P(good) <= {top:.2f} < {self.skip_below:g} for every "
+                    "model: the prompt needs a stronger step",
+                    step_cost,
+                    None,
+                )
+        if self.max_cost_usd is not None:
+            if step_cost is None:
+                unknown = [m for m, c in zip(step.models, costs, strict=True) if c is None]
+                return (f"no cost estimate for {', '.join(unknown)} under a cost cap", None, "cost")
+            if spent + step_cost > self.max_cost_usd:
+                return (
+                    f"estimated ${step_cost:.6f} on top of ${spent:.6f} spent exceeds the "
+                    f"${self.max_cost_usd:.6f} cap",
+                    step_cost,
+                    "cost",
+                )
+        if self.latency_budget_ms is not None:
+            p95s = [e.p95_ms for e in models]
+            if any(p is None for p in p95s):
+                unknown = [m for m, p in zip(step.models, p95s, strict=True) if p is None]
+                return (
+                    f"no p95 latency for {', '.join(unknown)} under a latency budget",
+                    step_cost,
+                    "latency",
+                )
+            need = max(p or 0.0 for p in p95s)
+            left = self.latency_budget_ms - elapsed
+            if need > left:
+                return (
+                    f"p95 {need:.0f} ms does not fit the {left:.0f} ms left of the "
+                    f"{self.latency_budget_ms:.0f} ms budget",
+                    step_cost,
+                    "latency",
+                )
+        return None, step_cost, None
+
+    async def _step(self, rec: StepRecord, step: Step, call: Call, climb: _Climb) -> None:
+        got = await _calls(call, step.models, climb.msgs)
+        cost: float | None = 0.0
+        slowest = 0.0
+        for model, out in zip(step.models, got, strict=True):
+            if isinstance(out, BaseException):
+                rec.errors[model] = f"{type(out).__name__}: {out}"
+                continue
+            rec.answers.append(out)
+            cost = _add(cost, out.cost_usd)
+            rec.tokens_in += out.tokens_in or 0
+            rec.tokens_out += out.tokens_out or 0
+            slowest = max(slowest, out.latency_ms or 0.0)
+        climb.pool.extend(rec.answers)
+        if rec.answers:
+            ctx = Context(climb.msgs, climb.pool, climb.p_good or None)
+            for a in rec.answers:
+                v = _PASS_LAST if step.validator is None else await resolve(step.validator(a, ctx))
+                rec.verdicts.append(v)
+                for extra in v.calls:  # the judge's own calls are part of this step's bill
+                    cost = _add(cost, extra.cost_usd)
+                    rec.tokens_in += extra.tokens_in or 0
+                    rec.tokens_out += extra.tokens_out or 0
+        rec.cost_usd = cost
+        # A step lasts as long as its slowest call says it took, or as long as we waited.
+        rec.latency_ms = max((self.clock() - climb.t0) * 1000.0, slowest)
+        passed = [v for v in rec.verdicts if v.passed]
+        if not rec.answers:
+            rec.status, rec.reason = "failed", "every call failed"
+        elif passed:
+            rec.status = "accepted"
+            rec.reason = max(passed, key=lambda v: v.confidence).reason
+        elif len(rec.verdicts) == 1:
+            rec.reason = rec.verdicts[0].reason
+        else:
+            rec.reason = "; ".join(
+                f"{a.model}: {v.reason}" for a, v in zip(rec.answers, rec.verdicts, strict=True)
+            )
+
+    def _finish(
+        self,
+        records: list[StepRecord],
+        best: tuple[Answer, Verdict] | None,
+        budget_hit: Literal["latency", "cost"] | None,
+    ) -> CascadeResult:
+        if budget_hit is not None:
+            stopped = (
+                f"the {'latency budget' if budget_hit == 'latency' else 'cost cap'} "
+                "ruled out the remaining steps"
+            )
+        else:
+            stopped = "no step's answer passed its check"
+        result = CascadeResult(
+            None if best is None else best[0],
+            None if best is None else best[1],
+            False,
+            records,
+            stopped,
+            budget_hit,
+        )
+        ran = [r for r in records if r.ran]
+        if best is None and ran and budget_hit is None:
+            attempts = [f"{m}: {e}" for r in ran for m, e in r.errors.items()]
+            raise AllAttemptsFailedError(
+                "every model the cascade called failed: "
+                + "; ".join(attempts[:6])
+                + "; check the providers' health or add fallbacks to the ladder",
+                attempts,
+            )
+        if budget_hit is not None and (self.on_budget == "raise" or best is None):
+            skipped = "; ".join(
+                f"step {r.index}: {r.reason}"
+                for r in records
+                if r.status == "skipped" or r.status == "failed"
+            )
+            raise CascadeBudgetError(
+                f"no answer accepted: {stopped} ({skipped}); raise the budget or pass "
+                "on_budget='best' to take the best answer so far",
+                result,
+            )
+        return result
+
+
+_PASS_LAST = Verdict(True, 1.0, "last step: accepted without a check")
+_CUT_OFF = "cut off: the latency budget ran out mid-step"
+
+
+async def _calls(
+    call: Call, models: tuple[str, ...], msgs: list[dict[str, Any]]
+) -> list[Answer | BaseException]:
+    if len(models) == 1:  # no task to schedule for a single call
+        return [await _attempt(call, models[0], msgs)]
+    return list(await asyncio.gather(*(_attempt(call, m, msgs) for m in models)))
+
+
+async def _attempt(call: Call, model: str, msgs: list[dict[str, Any]]) -> Answer | BaseException:
+    # A provider failure costs this model its turn, not the whole step.
+    try:
+        return await call(model, msgs)
+    except ProviderError as e:
+        return e
+
+
+def _add(total: float | None, cost: float | None) -> float | None:
+    return None if total is None or cost is None else total + cost
+
+
+def estimates_from(decision: Decision, registry: Registry) -> dict[str, ModelEstimate]:
+    """Each candidate's P(good) and estimated cost from a decision, with its p95 from the
+    registry: what the cascade's skip, cost and latency rules read."""
+    out: dict[str, ModelEstimate] = {}
+    for c in decision.candidates:
+        p95 = registry[c.model].p95_latency_ms if c.model in registry else None
+        out[c.model] = ModelEstimate(c.p_good, c.est_cost_usd, p95)
+    return out
+
+
+def answer_from_chat(
+    model: str, response: ChatResponse, *, cost_usd: float | None, latency_ms: float | None = None
+) -> Answer:
+    """An Answer from a provider's ChatResponse (what a production `call` returns)."""
+    from .validators import openai_logprobs
+
+    usage = response.usage
+    return Answer(
+        model=model,
+        text=response.text,
+        tokens_in=None if usage is None else usage.prompt_tokens,
+        tokens_out=None if usage is None else usage.completion_tokens,
+        cost_usd=cost_usd,
+        latency_ms=latency_ms,
+        logprobs=openai_logprobs(response.raw),
+        finish_reason=response.finish_reason,
+    )
+
+
+def routed_judge(
+    router: Router, call: Call, *, quality_floor: float = 0.5, **constraints: Any
+) -> Callable[[list[dict[str, Any]]], Awaitable[Answer]]:
+    """A judge `ask` for `validators.judge` that routes each grading prompt through `router`
+    (cheapest model predicted good enough at `quality_floor`) and calls it with `call`."""
+
+    async def ask(messages: list[dict[str, Any]]) -> Answer:
+        decision = router.route(messages, quality_floor=quality_floor, **constraints)
+        return await call(decision.model, messages)
+
+    return ask

@@ -1,0 +1,207 @@
+"""`satisfice` command line: route, count, demo, eval, calibrate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import SatisficeError
+
+__all__ = ["main"]
+
+
+def _router(args: argparse.Namespace) -> Any:
+    from .policy import Policy
+    from .registry import Registry
+    from .router import Router
+
+    registry = Registry.from_toml(args.registry) if args.registry else None
+    policy = Policy.load(args.policy) if args.policy else None
+    return Router(registry, policy)
+
+
+def _constraints(args: argparse.Namespace) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    if args.max_cost is not None:
+        c["max_cost_usd"] = args.max_cost
+    if args.latency_slo_ms is not None:
+        c["latency_slo_ms"] = args.latency_slo_ms
+    if args.quality_floor is not None:
+        c["quality_floor"] = args.quality_floor
+    if args.needs:
+        c["needs"] = tuple(args.needs)
+    if args.max_tokens is not None:
+        c["max_output_tokens"] = args.max_tokens
+    return c
+
+
+def _read_text(path: str) -> str:
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SatisficeError(f"file {path} does not exist") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SatisficeError(f"{path} is not UTF-8 text ({e}); convert it first") from None
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    if (args.prompt is None) == (args.file is None):
+        raise SatisficeError("give a prompt, or --file PATH (- for stdin), not both")
+    prompt = args.prompt if args.prompt is not None else _read_text(args.file)
+    messages: Any = prompt
+    if args.file and args.messages:
+        try:
+            messages = json.loads(prompt)
+        except json.JSONDecodeError as e:
+            raise SatisficeError(f"--messages: {args.file} is not JSON: {e}") from None
+    d = _router(args).route(messages, _constraints(args))
+    if args.json:
+        print(json.dumps(d.to_dict(), indent=2))
+    else:
+        print(d.explain())
+    return 0
+
+
+def cmd_count(args: argparse.Namespace) -> int:
+    from . import _core
+
+    text = _read_text(args.file)
+    if args.model:
+        from .registry import Registry
+
+        reg = Registry.from_toml(args.registry) if args.registry else Registry.default()
+        family = reg[args.model].tokenizer
+    else:
+        family = args.encoding
+    n = _core.count_tokens(text, family)
+    exact = _core.is_exact_family(family)
+    if args.json:
+        print(json.dumps({"tokens": n, "encoding": family, "exact": exact}))
+    else:
+        note = "" if exact else f"  (approximate: {family} scaled from the nearest OpenAI encoding)"
+        print(f"{n}{note}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    router = _router(args)
+    prompts: list[str] = json.loads(
+        resources.files("satisfice").joinpath("data/demo_prompts.json").read_text("utf-8")
+    )
+    ref = router.registry.reference
+    total = total_ref = 0.0
+    rows = []
+    for p in prompts:
+        d = router.route(p, _constraints(args))
+        _, ref_cost = d.reference
+        cost = d.est_cost_usd
+        total += cost or 0.0
+        total_ref += ref_cost or 0.0
+        rows.append((p, d.task, d.model, cost, ref_cost))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "reference_model": ref.id,
+                    "routes": [
+                        {
+                            "prompt": p,
+                            "task": t,
+                            "model": m,
+                            "est_cost_usd": c,
+                            "reference_cost_usd": r,
+                        }
+                        for p, t, m, c, r in rows
+                    ],
+                    "total_est_cost_usd": total,
+                    "total_reference_cost_usd": total_ref,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"{'prompt':<52} {'task':<11} {'routed to':<20} {'est $':>10} {ref.id + ' $':>18}")
+    for p, t, m, c, r in rows:
+        short = p.replace("\n", " ")
+        short = short if len(short) <= 50 else short[:49] + "…"
+        cs = "unpriced" if c is None else f"{c:.6f}"
+        rs = "unpriced" if r is None else f"{r:.6f}"
+        print(f"{short:<52} {t:<11} {m:<20} {cs:>10} {rs:>18}")
+    saving = 1 - total / total_ref if total_ref else 0.0
+    print(
+        f"\n{len(rows)} prompts: est ${total:.4f} routed vs ${total_ref:.4f} always on {ref.id} "
+        f"({saving:.0%} saving; estimates from the registry's list prices, expected output "
+        "lengths per task and the bundled quality predictor)"
+    )
+    return 0
+
+
+def _add_route_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
+    p.add_argument("--policy", help="policy JSON written by `satisfice calibrate`")
+    p.add_argument("--max-cost", type=float, help="max estimated USD per request")
+    p.add_argument("--latency-slo-ms", type=float, help="max p95 latency in ms")
+    p.add_argument("--quality-floor", type=float, help="min predicted P(good), 0..1")
+    p.add_argument("--needs", nargs="*", help="required capabilities, e.g. json tools vision")
+    p.add_argument("--max-tokens", type=int, help="the request's max output tokens")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="satisfice", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("route", help="show where a prompt would go, and why")
+    p.add_argument("prompt", nargs="?", help="the prompt text")
+    p.add_argument("--file", help="read the prompt from a file (- for stdin)")
+    p.add_argument(
+        "--messages", action="store_true", help="the --file holds OpenAI-style messages as JSON"
+    )
+    _add_route_options(p)
+    p.set_defaults(func=cmd_route)
+
+    p = sub.add_parser("count", help="count the tokens of a file")
+    p.add_argument("file", help="text file (- for stdin)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", help="a registry model id: uses its tokenizer")
+    g.add_argument(
+        "--encoding",
+        default="o200k_base",
+        help="o200k_base (default), cl100k_base, or a family: claude, llama, ...",
+    )
+    p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("demo", help="route a set of sample prompts and show the saving")
+    _add_route_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    from .eval.cli import register_calibrate, register_eval
+
+    register_eval(sub)
+    register_calibrate(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SatisficeError as e:
+        print(f"satisfice {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `satisfice demo | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The one exception tree of satisfice. Every error says what to do next.
+
+    SatisficeError
+    ├── ConfigError (ValueError)          bad registry / policy / constraints input
+    │   └── UnknownModelError (KeyError)  a model id that is not in the registry
+    ├── InputError (ValueError)           a malformed request (messages, text)
+    ├── TokenizerError (ValueError)       unknown encoding or tokenizer family
+    ├── DatasetError (ValueError)         outcome data that cannot be loaded
+    ├── NoRouteError                      no model satisfies the constraints
+    ├── UnpricedModelError                a cost was needed for a model with no price
+    ├── CascadeBudgetError                no answer accepted inside the latency/cost budget
+    └── ProviderError                     an upstream call failed
+        ├── RetryableError                429, 408, 5xx, connection errors
+        │   └── UpstreamTimeoutError      no answer within the attempt's timeout
+        ├── AuthError                     401/403: the deployment is disabled
+        ├── ContextLengthError            the prompt did not fit the model's window
+        ├── BadRequestError               400 that retrying will not fix
+        ├── StreamInterruptedError        a stream broke after its first byte reached you
+        └── AllAttemptsFailedError        every candidate failed; `.attempts` lists why
+
+This module never imports satisfice._core: the Rust binding raises these classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AllAttemptsFailedError",
+    "AuthError",
+    "BadRequestError",
+    "CascadeBudgetError",
+    "ConfigError",
+    "ContextLengthError",
+    "DatasetError",
+    "InputError",
+    "NoRouteError",
+    "ProviderError",
+    "RetryableError",
+    "SatisficeError",
+    "StreamInterruptedError",
+    "TokenizerError",
+    "UnknownModelError",
+    "UnpricedModelError",
+    "UpstreamTimeoutError",
+]
+
+
+class SatisficeError(Exception):
+    """Base class of every error satisfice raises on purpose."""
+
+
+class ConfigError(SatisficeError, ValueError):
+    """The registry, policy or constraints are invalid; the message names the field."""
+
+
+class UnknownModelError(ConfigError, KeyError):
+    """A model id that the registry does not know."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InputError(SatisficeError, ValueError):
+    """A malformed request: messages that are not a list of {role, content}, bad text."""
+
+
+class TokenizerError(SatisficeError, ValueError):
+    """An unknown encoding or tokenizer family."""
+
+
+class DatasetError(SatisficeError, ValueError):
+    """Outcome data that cannot be loaded; the message names the file and the problem."""
+
+
+class NoRouteError(SatisficeError):
+    """No model satisfies the constraints. `.filtered` maps each model to why it was dropped."""
+
+    def __init__(self, message: str, filtered: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.filtered: dict[str, str] = dict(filtered or {})
+
+
+class UnpricedModelError(SatisficeError):
+    """A USD figure was required for a model whose registry entry has no price."""
+
+
+class CascadeBudgetError(SatisficeError):
+    """No answer was accepted because the latency budget or cost cap ruled out the steps
+    that might have produced one. `.result` holds every step run and why the rest were not;
+    raise the budget, or use on_budget="best" to take the best answer so far."""
+
+    def __init__(self, message: str, result: Any) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class ProviderError(SatisficeError):
+    """An upstream call failed. Never carries an API key."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str | None = None,
+        deployment: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        body: Any = None,
+        attempts: list[Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.deployment = deployment
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
+        # Filled by the executor: every attempt made for the request, ledger-ready.
+        self.attempts: list[Any] = list(attempts or [])
+
+
+class RetryableError(ProviderError):
+    """429, 408, 5xx or a connection error: another try (or another deployment) may work."""
+
+
+class UpstreamTimeoutError(RetryableError):
+    """No answer within the attempt's timeout: the next candidate is tried, not this one again."""
+
+
+class AuthError(ProviderError):
+    """401/403: the key is wrong or missing; the deployment is disabled until fixed."""
+
+
+class ContextLengthError(ProviderError):
+    """The prompt did not fit; the router moves to a model with a larger window."""
+
+
+class BadRequestError(ProviderError):
+    """A 400 that retrying will not fix: the request itself must change."""
+
+
+class StreamInterruptedError(ProviderError):
+    """A stream failed after text had reached the caller, so no fallback was possible.
+
+    `.partial_text` is what was delivered; retry the request if a whole answer is needed.
+    """
+
+    def __init__(self, message: str, *, partial_text: str = "", **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.partial_text = partial_text
+
+
+class AllAttemptsFailedError(ProviderError):
+    """Every candidate failed. `.attempts` lists each attempt and its cause."""
+
+    def __init__(self, message: str, attempts: list[Any]) -> None:
+        super().__init__(message, attempts=attempts)

@@ -1,0 +1,290 @@
+"""`satisfice calibrate`: choose the quality floor or cost weight that meets a target on the
+prompts a user actually sends, and write it into the policy.
+
+Each prompt is planned once with no floor, which gives every routable model's predicted
+P(good) and estimated USD; the DispatchTable's ranking is then replayed in numpy for every
+setting of the knob (it is a pure function of those two numbers, or a matching rule). The
+chosen setting is finally checked by routing every prompt through a real Router with it.
+
+Targets:
+- `cost:USD` — highest predicted quality whose mean estimated cost per request <= USD;
+- `top-share:F` — highest predicted quality sending at most F of requests to the registry's
+  reference (top) model;
+- `quality:PCT` — cheapest setting whose mean predicted P(good) >= PCT% of the best single
+  model's on the same prompts.
+Quality here is predicted, not measured: logged traffic rarely has every model's outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, NoRouteError
+from ..policy import Policy
+from ..predict import QualityModel
+from ..registry import Registry
+from ..router import Router
+from .progress import ProgressLine
+
+__all__ = ["Target", "calibrate_files", "choose", "format_result", "parse_target"]
+
+KINDS = ("cost", "top-share", "quality")
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str
+    value: float
+
+    def describe(self) -> str:
+        if self.kind == "cost":
+            return f"mean estimated cost <= ${self.value:g} per request"
+        if self.kind == "top-share":
+            return f"at most {100 * self.value:g}% of requests to the top model"
+        return f"mean predicted quality >= {self.value:g}% of the best single model's"
+
+
+def parse_target(text: str) -> Target:
+    kind, _, raw = text.partition(":")
+    if kind not in KINDS or not raw:
+        raise ConfigError(
+            f"--target {text!r}: use cost:USD_PER_REQUEST, top-share:FRACTION or "
+            f"quality:PCT_OF_BEST (e.g. cost:0.002, top-share:0.2, quality:95)"
+        )
+    try:
+        value = float(raw.rstrip("%"))
+    except ValueError:
+        raise ConfigError(f"--target {text!r}: {raw!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"--target {text!r}: the value must be a positive number")
+    if kind == "top-share" and value > 1:
+        raise ConfigError(f"--target {text!r}: FRACTION is a share in (0, 1], e.g. 0.2")
+    if kind == "quality" and value > 100:
+        raise ConfigError(f"--target {text!r}: PCT_OF_BEST is a percentage up to 100")
+    return Target(kind, value)
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """Per prompt and registry model: predicted P(good) and estimated USD (NaN: the model
+    cannot take that prompt, or is unpriced), and the rule's choice where a rule decides."""
+
+    p: np.ndarray  # (n, m)
+    cost: np.ndarray  # (n, m), inf where filtered, NaN where unpriced
+    forced: np.ndarray  # (n,) model index a rule picks, -1 if none
+    models: list[str]
+    top: int
+
+
+def plan_table(router: Router, prompts: Sequence[str], progress: ProgressLine) -> Table:
+    ids = list(router.registry.ids)
+    n, m = len(prompts), len(ids)
+    p = np.full((n, m), -np.inf)
+    cost = np.full((n, m), np.inf)
+    forced = np.full(n, -1, dtype=np.intp)
+    keep = np.ones(n, dtype=np.bool_)
+    index = {mid: j for j, mid in enumerate(ids)}
+    for i, prompt in enumerate(prompts):
+        try:
+            d = router.route(prompt, quality_floor=0.0, lam=None)
+        except NoRouteError:
+            keep[i] = False
+            continue
+        for c in d.candidates:
+            j = index[c.model]
+            p[i, j] = c.p_good
+            cost[i, j] = math.nan if c.est_cost_usd is None else c.est_cost_usd
+        if d.rule is not None and d.primary.by_rule:
+            forced[i] = index[d.model]
+        if i % 256 == 0:
+            progress.update(i, n)
+    progress.update(n, n)
+    if not keep.any():
+        raise ConfigError("no logged prompt can be routed with this registry and policy")
+    top = index[router.registry.reference.id]
+    return Table(p[keep], cost[keep], forced[keep], ids, top)
+
+
+def _choose_floor(t: Table, floor: float) -> np.ndarray:
+    key = np.where(np.isnan(t.cost), np.inf, t.cost)  # unpriced sorts after priced
+    ok = t.p >= floor
+    # Cheapest passing model; among equal costs the likelier one (as the Rust ranking).
+    cheapest = np.where(ok, key, np.inf)
+    best_cost = cheapest.min(axis=1, keepdims=True)
+    tie = ok & (cheapest <= best_cost)
+    pick = np.argmax(np.where(tie, t.p, -np.inf), axis=1)
+    fallback = np.argmax(t.p, axis=1)
+    pick = np.where(ok.any(axis=1), pick, fallback)
+    return np.where(t.forced >= 0, t.forced, pick)
+
+
+def _choose_lambda(t: Table, lam: float) -> np.ndarray:
+    key = np.where(np.isnan(t.cost), np.inf, t.cost)
+    score = t.p - lam * np.minimum(key, 1e12)
+    score = np.where(np.isinf(t.p), -np.inf, score)
+    best = score.max(axis=1, keepdims=True)
+    tie = score >= best
+    pick = np.argmin(np.where(tie, key, np.inf), axis=1)
+    return np.where(t.forced >= 0, t.forced, pick)
+
+
+def _figures(t: Table, pick: np.ndarray) -> tuple[float, float, float]:
+    rows = np.arange(len(pick))
+    c = t.cost[rows, pick]
+    return float(np.nanmean(c)), float(np.mean(t.p[rows, pick])), float(np.mean(pick == t.top))
+
+
+def _settings(t: Table, knob: str) -> np.ndarray:
+    if knob == "floor":
+        finite = t.p[np.isfinite(t.p)]
+        qs = np.quantile(finite, np.linspace(0.0, 1.0, 801)) if finite.size else np.array([])
+        return np.unique(np.clip(np.concatenate([[0.0, 1.0], qs]), 0.0, 1.0))
+    finite = t.cost[np.isfinite(t.cost)]
+    positive = finite[finite > 0]
+    if not positive.size:
+        return np.array([0.0])
+    # From a weight at which a 0.1% quality gain outweighs the dearest call, to one at which
+    # the cheapest call outweighs certainty.
+    lo, hi = 1e-3 / float(positive.max()), 1.0 / float(positive.min())
+    return np.concatenate([[0.0], np.geomspace(lo, max(hi, 10 * lo), 400)])
+
+
+def best_quality(t: Table) -> tuple[str, float]:
+    """The single model with the highest mean predicted P(good) among those that can take
+    every prompt."""
+    usable = np.isfinite(t.p).all(axis=0)
+    if not usable.any():
+        usable = np.ones(t.p.shape[1], dtype=np.bool_)
+    means = np.where(usable, np.where(np.isfinite(t.p), t.p, 0.0).mean(axis=0), -np.inf)
+    j = int(np.argmax(means))
+    return t.models[j], float(means[j])
+
+
+def choose(t: Table, knob: str, target: Target) -> dict[str, Any]:
+    """The setting of `knob` that meets `target` best, with its predicted figures."""
+    settings = _settings(t, knob)
+    pick_fn = _choose_floor if knob == "floor" else _choose_lambda
+    figs = np.array([_figures(t, pick_fn(t, float(s))) for s in settings])
+    cost, quality, share = figs[:, 0], figs[:, 1], figs[:, 2]
+    best_model, best_q = best_quality(t)
+    if target.kind == "quality":
+        goal = target.value / 100.0 * best_q
+        ok = quality >= goal - 1e-12
+        order = np.lexsort((-quality, cost))  # cheapest first
+        fallback = int(np.argmax(quality))
+    else:
+        measure = cost if target.kind == "cost" else share
+        ok = measure <= target.value + 1e-12
+        order = np.lexsort((cost, -quality))  # best quality first
+        fallback = int(np.argmin(measure))
+    met = bool(ok.any())
+    k = int(next(i for i in order if ok[i])) if met else fallback
+    return {
+        "knob": knob,
+        "value": float(settings[k]),
+        "met": met,
+        "predicted": {
+            "mean_cost_usd": float(cost[k]),
+            "mean_p_good": float(quality[k]),
+            "top_share": float(share[k]),
+        },
+        "best_single": {"model": best_model, "mean_p_good": best_q},
+        "range": {
+            "cost_usd": [float(cost.min()), float(cost.max())],
+            "top_share": [float(share.min()), float(share.max())],
+            "mean_p_good": [float(quality.min()), float(quality.max())],
+        },
+    }
+
+
+def _verify(router: Router, prompts: Sequence[str], top: str) -> dict[str, float]:
+    costs, ps, tops = [], [], 0
+    for prompt in prompts:
+        try:
+            d = router.route(prompt)
+        except NoRouteError:
+            continue
+        if d.est_cost_usd is not None:
+            costs.append(d.est_cost_usd)
+        ps.append(d.primary.p_good)
+        tops += d.model == top
+    n = max(len(ps), 1)
+    return {
+        "mean_cost_usd": float(np.mean(costs)) if costs else math.nan,
+        "mean_p_good": float(np.mean(ps)) if ps else math.nan,
+        "top_share": tops / n,
+        "routed": len(ps),
+    }
+
+
+def calibrate_files(
+    prompts: Sequence[str],
+    target: Target,
+    *,
+    policy_path: str | Path,
+    knob: str | None = None,
+    predictor: str | Path | None = None,
+    registry: str | Path | None = None,
+    write: bool = True,
+    progress: ProgressLine | None = None,
+) -> dict[str, Any]:
+    """Calibrate the policy at `policy_path` (created if absent) on `prompts`."""
+    progress = progress or ProgressLine(enabled=False)
+    path = Path(policy_path)
+    raw: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    policy = Policy.load(path) if path.is_file() else Policy()
+    predictor_path = str(predictor) if predictor else raw.get("predictor")
+    if predictor:
+        policy = replace(policy, quality=QualityModel.load(predictor))
+    reg = Registry.from_toml(registry) if registry else Registry.default()
+    chosen_knob = knob or ("lambda" if policy.lam is not None else "floor")
+    router = Router(reg, policy)
+    progress.stage(f"planning {len(prompts)} prompts")
+    table = plan_table(router, prompts, progress)
+    progress.done()
+    result = choose(table, chosen_knob, target)
+    if chosen_knob == "floor":
+        new = replace(policy, quality_floor=result["value"], lam=None)
+    else:
+        new = replace(policy, lam=result["value"])
+    result["verified"] = _verify(Router(reg, new), prompts, reg.reference.id)
+    result.update(
+        target=target.describe(),
+        prompts=len(prompts),
+        routable=int(table.p.shape[0]),
+        top_model=reg.reference.id,
+        policy=str(path),
+        written=write,
+        predictor=predictor_path or "shipped",
+    )
+    if write:
+        new.save(path, predictor_path)
+    return result
+
+
+def format_result(r: dict[str, Any]) -> str:
+    pred, ver = r["predicted"], r["verified"]
+    status = "met" if r["met"] else "NOT met (closest setting shown)"
+    lines = [
+        f"target: {r['target']} — {status}",
+        f"{r['knob']} = {r['value']:.6g}"
+        + (f"  (written to {r['policy']})" if r["written"] else "  (dry run: not written)"),
+        f"on {r['routable']} of {r['prompts']} prompts, routed with this setting:",
+        f"  mean est. cost  ${ver['mean_cost_usd']:.6f} per request",
+        f"  top model share {100 * ver['top_share']:.1f}% ({r['top_model']})",
+        f"  mean P(good)    {ver['mean_p_good']:.4f} (best single model "
+        f"{r['best_single']['model']}: {r['best_single']['mean_p_good']:.4f}, predicted)",
+        "reachable: cost ${:.6f}..${:.6f}, top share {:.1f}%..{:.1f}%".format(
+            *r["range"]["cost_usd"], *(100 * v for v in r["range"]["top_share"])
+        ),
+    ]
+    if abs(ver["mean_cost_usd"] - pred["mean_cost_usd"]) > 1e-9 + 1e-6 * pred["mean_cost_usd"]:
+        lines.append("note: the replayed and the routed cost differ slightly (ties)")
+    return "\n".join(lines)

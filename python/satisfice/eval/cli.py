@@ -1,0 +1,303 @@
+"""`satisfice eval` and `satisfice calibrate` (registered into the main CLI by `satisfice.cli`).
+
+Both are thin: the work is in `evaluate.py` and `calibrate.py`, which tests call directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import DatasetError, SatisficeError
+from .datasets import FORMATS, OutcomeSet, load
+from .progress import ProgressLine
+
+__all__ = ["register_calibrate", "register_eval"]
+
+_SPLIT_HELP = (
+    "test on part of FILES and train on the rest: hash:FRACTION[:SEED] (by prompt hash), "
+    "group:NAME[,NAME...] (those groups: MMLU subjects, RouterBench evals, clusters) or "
+    "fold:K/N (every N-th group from the K-th, sorted by name)"
+)
+
+
+def register_eval(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score learned routing on outcome data against single models, random and oracle",
+        description=(
+            "Sweep the router's cost weight over recorded outcomes and report AIQ, APGR and "
+            "CPT (two models), and the cost at which it matches the best single model. "
+            "Never scores a row the predictor was trained on."
+        ),
+    )
+    p.add_argument("--format", required=True, choices=FORMATS, help="format of FILES")
+    p.add_argument("files", nargs="+", metavar="FILES", help="outcome files or directories")
+    p.add_argument(
+        "--train",
+        nargs="+",
+        metavar="FILES",
+        help="fit a predictor on these files first (list them after the FILES to evaluate)",
+    )
+    p.add_argument("--train-format", choices=FORMATS, help="format of --train (default --format)")
+    p.add_argument("--test-split", nargs="+", metavar="SPEC", help=_SPLIT_HELP)
+    p.add_argument(
+        "--predictor",
+        help="saved predictor .npz to score (default: the one trained on public data)",
+    )
+    p.add_argument("--registry", help="registry TOML, to seed models the predictor never saw")
+    p.add_argument(
+        "--strategy",
+        choices=("route", "cascade"),
+        default="route",
+        help="route: learned routing (default); cascade: cheap model first, checked answers",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="PNG", help="draw the cost-quality curve to this file")
+    p.add_argument("--save-predictor", metavar="NPZ", help="save the fitted predictor")
+    p.add_argument("--save-onnx", metavar="ONNX", help="export the predictor to ONNX as well")
+    p.add_argument("--max-rows", type=int, help="evaluate an evenly spaced slice of FILES")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_eval)
+
+
+def register_calibrate(sub: Any) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="pick the quality floor or cost weight that hits a target on logged prompts",
+        description=(
+            "Route every logged prompt at each setting of the policy's knob and write the "
+            "setting that meets --target into the policy JSON."
+        ),
+    )
+    p.add_argument("--format", required=True, choices=FORMATS, help="format of FILES")
+    p.add_argument("files", nargs="+", metavar="FILES", help="logged prompts (outcome files)")
+    p.add_argument(
+        "--target",
+        required=True,
+        help="cost:USD_PER_REQUEST | top-share:FRACTION | quality:PCT_OF_BEST",
+    )
+    p.add_argument("--policy", required=True, help="policy JSON to update (created if absent)")
+    p.add_argument(
+        "--knob",
+        choices=("floor", "lambda"),
+        help="what to tune (default: lambda if the policy sets one, else the quality floor)",
+    )
+    p.add_argument(
+        "--predictor", help="predictor .npz (default: the policy's, else the router's default)"
+    )
+    p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
+    p.add_argument("--dry-run", action="store_true", help="report, but do not write the policy")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_calibrate)
+
+
+# -- eval -------------------------------------------------------------------------------------
+
+
+def _load(fmt: str, files: list[str], max_rows: int | None = None) -> OutcomeSet:
+    import numpy as np
+
+    data = load(fmt, files)
+    if max_rows is not None and max_rows < len(data):
+        if max_rows < 1:
+            raise DatasetError("--max-rows must be >= 1")
+        data = data.subset(np.linspace(0, len(data) - 1, max_rows).astype(np.intp))
+    return data
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    progress = ProgressLine(enabled=not args.quiet)
+    progress.stage("loading outcomes")
+    data = _load(args.format, args.files, args.max_rows)
+    progress.done()
+    if args.strategy == "cascade":
+        return _eval_cascade(args, data)
+
+    from ..predict import QualityModel
+    from ..registry import Registry
+    from . import evaluate as E
+    from . import train as T
+
+    spec = E.parse_split(args.test_split) if args.test_split else None
+    extra = []
+    if args.train:
+        progress.stage("loading training files")
+        extra.append(_load(args.train_format or args.format, args.train))
+        progress.done()
+    split = E.split_data(data, spec, extra)
+    registry = Registry.from_toml(args.registry) if args.registry else None
+    notes: list[str] = []
+    if split.train:
+        if args.predictor:
+            raise SatisficeError("--predictor scores a saved predictor; drop it when training")
+        progress.stage("training")
+        qm = T.fit(
+            split.train,
+            progress=lambda step, total, loss: progress.update(step, total, f"loss {loss:.4f}"),
+        )
+        progress.done()
+        test = split.test
+    else:
+        qm = QualityModel.load(args.predictor) if args.predictor else E.shipped_predictor()
+        test, seen = E.exclude_trained_rows(split.test, qm)
+        if seen:
+            notes.append(f"dropped {seen} test rows the predictor {qm.name!r} was trained on")
+        split.info["n_test"] = len(test)
+    if args.save_predictor:
+        qm.save(args.save_predictor)
+    if args.save_onnx:
+        from .onnx_export import export_onnx
+
+        export_onnx(qm, E.params_for_models(qm, test.models, registry), args.save_onnx)
+    progress.stage("predicting and sweeping")
+    pred = E.predict_for(qm, test, registry)
+    dcost, how = E.decision_costs(split.train, test)
+    report = E.evaluate_predictor(test, pred, dcost)
+    progress.done()
+    notes.append(f"decision costs: per-model a + b x prompt tokens, {how}")
+    out = report.to_dict()
+    out["notes"] = [*notes, *out["notes"]]
+    out["strategy"] = "route"
+    out["split"] = split.info
+    out["predictor"] = {"name": qm.name, "trained_here": bool(split.train)}
+    if args.plot:
+        from .plot import plot_curve
+
+        s = report.summary
+        plot_curve(s.curve, s.singles, s.oracle, args.plot, title=_title(args, out))
+    if args.json:
+        print(json.dumps(out, indent=2, default=_jsonable))
+    else:
+        print(format_report(out))
+    return 0
+
+
+def _title(args: argparse.Namespace, out: dict[str, Any]) -> str:
+    names = ", ".join(Path(f).name for f in args.files[:3])
+    names += " ..." if len(args.files) > 3 else ""
+    split = out["split"]
+    how = split.get("method", "")
+    if "test_groups" in split:
+        how += f": {len(split['test_groups'])} held-out groups"
+    elif "seed" in split:
+        how += f" {split['test_fraction']:g}, seed {split['seed']}"
+    return f"{args.format} ({names}): {out['n']} test prompts, {how}"
+
+
+def _jsonable(v: object) -> object:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def _usd(v: float | None) -> str:
+    return "never" if v is None else f"${v:.6f}"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def format_report(out: dict[str, Any]) -> str:
+    """The human-readable report: the figures first, then the baselines, then notes."""
+    best = out["best_single"]
+    lines = [
+        f"{out['n']} test prompts, {len(out['models'])} models; split: "
+        + ", ".join(f"{k}={v}" for k, v in out["split"].items()),
+        "",
+        f"{'':34} {'router':>10} {'random':>10}",
+        f"{'AIQ':34} {out['aiq']:>10.4f} {out['random']['aiq']:>10.4f}",
+    ]
+    if out["apgr"] is not None:
+        weak, strong = out["weak_strong"]
+        lines += [
+            f"{'APGR':34} {out['apgr']:>10.4f} {0.5:>10.4f}",
+            f"{'CPT(50%) strong-call share':34} {_pct(out['cpt50']):>10} {'50.0%':>10}",
+            f"{'CPT(80%) strong-call share':34} {_pct(out['cpt80']):>10} {'80.0%':>10}",
+            f"  (weak {weak}, strong {strong})",
+        ]
+    lines += [
+        "",
+        f"best single model: {best['model']}  quality {best['quality']:.4f}  "
+        f"cost {_usd(best['cost'])}/request",
+        f"router reaches its quality at {_usd(out['cost_at_best_quality'])} "
+        f"({_pct(out['cost_share_at_best_quality'])} of its cost)",
+        f"router reaches 95% of it at {_usd(out['cost_at_95pct_best_quality'])} "
+        f"({_pct(out['cost_share_at_95pct_best_quality'])} of its cost)",
+        f"oracle: quality {out['oracle']['quality']:.4f} at {_usd(out['oracle']['cost'])}",
+        "",
+        "single models:",
+    ]
+    for s in sorted(out["single_models"], key=lambda s: s["cost"]):
+        lines.append(f"  {s['model']:<40} quality {s['quality']:.4f}  cost {_usd(s['cost'])}")
+    lines += ["", *(f"note: {n}" for n in out["notes"])]
+    return "\n".join(lines)
+
+
+def _eval_cascade(args: argparse.Namespace, data: OutcomeSet) -> int:
+    try:
+        mod = importlib.import_module("satisfice.eval.cascade_eval")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("satisfice"):
+            raise SatisficeError(
+                "--strategy cascade needs satisfice.eval.cascade_eval, which this version lacks"
+            ) from None
+        raise
+    if args.train or args.predictor or args.save_predictor or args.plot:
+        raise SatisficeError(
+            "--strategy cascade tunes on a hash split of FILES itself: drop --train, "
+            "--predictor, --save-predictor and --plot"
+        )
+    kw: dict[str, Any] = {}
+    if args.test_split:
+        from .evaluate import parse_split
+
+        spec = parse_split(args.test_split)
+        if spec.method != "hash":
+            raise SatisficeError("--strategy cascade takes --test-split hash:FRACTION[:SEED] only")
+        kw = {"test_fraction": spec.fraction, "seed": spec.seed}
+    if args.max_rows:
+        kw["max_rows"] = args.max_rows
+    result = mod.evaluate_cascade(data, **kw)
+    if args.json:
+        print(json.dumps(result, default=_jsonable))
+    else:
+        print("\n".join(mod.summary_lines(result)))
+    return 0
+
+
+# -- calibrate --------------------------------------------------------------------------------
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from . import calibrate as C
+
+    target = C.parse_target(args.target)
+    data = load(args.format, args.files, keep_missing=True)
+    result = C.calibrate_files(
+        data.prompts,
+        target,
+        policy_path=args.policy,
+        knob=args.knob,
+        predictor=args.predictor,
+        registry=args.registry,
+        write=not args.dry_run,
+        progress=ProgressLine(enabled=not args.json),
+    )
+    if args.json:
+        print(json.dumps(result, indent=2, default=_jsonable))
+    else:
+        print(C.format_result(result))
+    return 0 if result["met"] else 1
+
+
+if __name__ == "__main__":  # pragma: no cover - for `python -m satisfice.eval.cli` debugging
+    sys.exit("run `satisfice eval` or `satisfice calibrate`")

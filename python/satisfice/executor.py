@@ -1,0 +1,679 @@
+"""Executes a Decision against real providers: fallbacks, retries, cooldowns, hedging, races.
+
+Order: the decision's primary model, then its fallbacks, each model's deployments in
+registry order. It never leaves the decision's candidates (they already satisfy the
+caller's constraints). Per failure:
+
+    RetryableError (429, 5xx, connect)  retry the same deployment after a jittered backoff or
+                                        its Retry-After (if short enough and inside the
+                                        deadline), then the next deployment
+    UpstreamTimeoutError                the next deployment (a second wait would bust the SLO)
+    AuthError                           disable the deployment (see Health), next deployment
+    ContextLengthError                  skip every deployment whose window is not larger,
+                                        continuing into the decision's further candidates
+    BadRequestError                     stop: the request must change, another model would
+                                        reject it too; raised with `.attempts`
+    everything failed                   AllAttemptsFailedError listing every attempt
+
+When every target left is cooling and the soonest is free again within max_retry_wait_s
+(and the deadline), it is waited for once instead of failing the request.
+
+A deadline (the latency SLO, or `timeout=`) bounds the whole request: each attempt gets what
+is left. Streams fall back only until the first piece of text has been handed to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+
+from . import _core
+from .errors import (
+    AllAttemptsFailedError,
+    AuthError,
+    BadRequestError,
+    ContextLengthError,
+    ProviderError,
+    RetryableError,
+    SatisficeError,
+    StreamInterruptedError,
+    UpstreamTimeoutError,
+)
+from .providers import make_provider
+from .providers.base import ChatRequest, ChatResponse, Provider, StreamDelta, Usage
+from .result import Attempt, ChatResult
+from .state import HealthStore
+
+if TYPE_CHECKING:
+    from .registry import Deployment, ModelSpec, Price, Registry
+    from .router import Decision
+
+__all__ = ["ChatStream", "ExecutionConfig", "Executor", "make_client"]
+
+T = TypeVar("T")
+Accept = Callable[[ChatResponse], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionConfig:
+    """Timeouts, retries and the connection pool. Defaults suit interactive traffic."""
+
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 120.0  # longest silence between bytes (when no deadline is tighter)
+    attempt_timeout_s: float = 600.0  # one whole attempt, when the request has no deadline
+    max_retries: int = 1  # extra tries of the same deployment for retryable errors
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 2.0
+    max_retry_wait_s: float = 2.0  # a longer Retry-After moves on instead of waiting
+    hedge_default_s: float = 2.0  # hedge delay when no p95 is known for a deployment
+    max_connections: int = 512  # every slot may stay alive (httpx keeps 20 by default)
+    keepalive_expiry_s: float = 60.0
+    # satisfice's lean HTTP/1.1 pool (transport.py); False: httpx's own (for HTTP/2, proxies)
+    pooled_transport: bool = True
+
+
+def make_client(config: ExecutionConfig | None = None) -> httpx.AsyncClient:
+    """The shared client a Router uses: one keep-alive pool for every upstream."""
+    from .transport import PooledTransport
+
+    c = config or ExecutionConfig()
+    timeout = httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s)
+    if c.pooled_transport:
+        transport = PooledTransport(
+            max_connections=c.max_connections, keepalive_expiry=c.keepalive_expiry_s
+        )
+        return httpx.AsyncClient(transport=transport, timeout=timeout)
+    limits = httpx.Limits(
+        max_connections=c.max_connections,
+        max_keepalive_connections=c.max_connections,
+        keepalive_expiry=c.keepalive_expiry_s,
+    )
+    return httpx.AsyncClient(limits=limits, timeout=timeout)
+
+
+class _Target:
+    """One deployment of one model, with its provider built on first use."""
+
+    __slots__ = ("dep", "key", "model", "price", "provider", "spec")
+
+    def __init__(self, spec: ModelSpec, dep: Deployment) -> None:
+        self.spec = spec
+        self.dep = dep
+        self.model = spec.id
+        self.key = f"{spec.id}/{dep.name}"
+        self.price: Price | None = dep.price if dep.price is not None else spec.price
+        self.provider: Provider | None = None
+
+
+class _Run:
+    """Per-request state: one object per request, nothing else allocated until needed."""
+
+    __slots__ = (
+        "accept",
+        "attempts",
+        "deadline",
+        "decision",
+        "min_window",
+        "registry",
+        "request",
+        "t0",
+        "upstream_s",
+    )
+
+    def __init__(
+        self,
+        registry: Registry,
+        decision: Decision,
+        request: ChatRequest,
+        t0: float,
+        deadline: float | None,
+        accept: Accept | None,
+    ) -> None:
+        self.registry = registry
+        self.decision = decision
+        self.request = request
+        self.t0 = t0
+        self.deadline = deadline
+        self.accept = accept
+        self.attempts: list[Attempt] = []
+        self.upstream_s = 0.0
+        self.min_window = 0  # after a context-length error: windows must be larger than this
+
+    def skip(self, model: str, deployment: str, why: str) -> None:
+        self.attempts.append(
+            Attempt(model, deployment, "skipped", perf_counter() - self.t0, error=why)
+        )
+
+
+_RETRY, _NEXT, _STOP = 0, 1, 2
+
+
+class Executor:
+    """Runs decisions over one shared httpx client and one health store."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, health: HealthStore, config: ExecutionConfig | None = None
+    ) -> None:
+        self.client = client
+        self.health = health
+        self.config = config or ExecutionConfig()
+        c = self.config
+        self._timeout = httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s)
+        self._reg: Registry | None = None
+        self._targets: dict[str, tuple[_Target, ...]] = {}
+
+    # targets ------------------------------------------------------------------------------
+    def targets(self, registry: Registry, model: str) -> tuple[_Target, ...]:
+        """The deployments of `model`; rebuilt when the router swaps in a new registry."""
+        if registry is not self._reg:
+            self._reg, self._targets = registry, {}
+        ts = self._targets.get(model)
+        if ts is None:
+            spec = registry[model]
+            ts = self._targets[model] = tuple(_Target(spec, d) for d in spec.deployments)
+        return ts
+
+    def blocked_models(self, registry: Registry, keys: set[str] | frozenset[str]) -> list[str]:
+        """Models none of whose deployments may be called now (`keys` are blocked)."""
+        out = []
+        for m in registry:
+            ts = self.targets(registry, m.id)
+            if ts and all(t.key in keys for t in ts):
+                out.append(m.id)
+        return out
+
+    def _provider(self, t: _Target) -> Provider:
+        if t.provider is None:
+            t.provider = make_provider(self.client, t.model, t.dep)  # AuthError: no key set
+        return t.provider
+
+    def _available(
+        self, run: _Run, cooled: list[_Target], only: set[str] | None = None
+    ) -> Iterator[_Target]:
+        """Targets in order, skipping (and recording) those that cannot be called now;
+        the cooling ones are added to `cooled`. `only`: keys to consider (a second pass)."""
+        d = run.decision
+        order = [d.model, *d.fallbacks]
+        i = 0
+        extended = False
+        while True:
+            if i == len(order):
+                if not run.min_window or extended:
+                    return
+                # A context-length error: look further down the ranked candidates.
+                extended = True
+                order += [c.model for c in d.candidates if c.model not in order]
+                continue
+            targets = self.targets(run.registry, order[i])
+            i += 1
+            if not targets:
+                run.skip(order[i - 1], "-", "no deployments configured; add one to the registry")
+            for t in targets:
+                if only is not None and t.key not in only:
+                    continue
+                if t.spec.context_window <= run.min_window:
+                    run.skip(
+                        t.model,
+                        t.dep.name,
+                        f"context window {t.spec.context_window} is "
+                        f"not larger than {run.min_window}, which the prompt did not fit",
+                    )
+                    continue
+                if run.deadline is not None and perf_counter() >= run.deadline:
+                    run.skip(t.model, t.dep.name, "the request's deadline had passed")
+                    return
+                why = self.health.unavailable(t.key)
+                if why is not None:
+                    run.skip(t.model, t.dep.name, why)
+                    cooled.append(t)
+                    continue
+                yield t
+
+    # one attempt --------------------------------------------------------------------------
+    def _budget(self, run: _Run) -> tuple[httpx.Timeout, float]:
+        """httpx timeouts and the whole-attempt bound, from what is left of the deadline."""
+        c = self.config
+        if run.deadline is None:
+            return self._timeout, c.attempt_timeout_s
+        left = max(run.deadline - perf_counter(), 0.001)
+        if left >= c.read_timeout_s:
+            return self._timeout, left
+        return httpx.Timeout(left, connect=min(c.connect_timeout_s, left)), left
+
+    async def _bounded(self, run: _Run, t: _Target, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` within what is left of the deadline (or attempt_timeout_s)."""
+        _, budget = self._budget(run)
+        try:
+            async with asyncio.timeout(budget):
+                return await call()
+        except TimeoutError:
+            raise UpstreamTimeoutError(
+                f"{t.model} via {t.dep.name}: no answer within {budget:.3g}s "
+                "(the request's deadline or attempt_timeout_s)",
+                model=t.model,
+                deployment=t.dep.name,
+            ) from None
+
+    def _failed(self, run: _Run, t: _Target, e: ProviderError, started: float) -> int:
+        """Record a failed attempt, update health, and say what to do next."""
+        now = perf_counter()
+        run.upstream_s += now - started
+        run.attempts.append(
+            Attempt(
+                t.model,
+                t.dep.name,
+                "error",
+                started - run.t0,
+                now - started,
+                type(e).__name__,
+                str(e),
+                e.status,
+                e.retry_after,
+            )
+        )
+        if isinstance(e, AuthError):
+            self.health.disable(t.key, str(e))
+            return _NEXT
+        if isinstance(e, ContextLengthError):
+            run.min_window = max(run.min_window, t.spec.context_window)
+            return _NEXT
+        if isinstance(e, BadRequestError):
+            return _STOP
+        self.health.record_failure(
+            t.key,
+            rate_limited=e.status == 429,
+            retry_after=e.retry_after,
+            reason=type(e).__name__ if e.status is None else f"HTTP {e.status}",
+        )
+        if isinstance(e, RetryableError) and not isinstance(e, UpstreamTimeoutError):
+            return _RETRY
+        return _NEXT
+
+    def _backoff(self, run: _Run, e: ProviderError, retry: int) -> float | None:
+        """Seconds to wait before retrying the same deployment, or None to move on."""
+        c = self.config
+        if retry >= c.max_retries:
+            return None
+        if e.retry_after is not None:
+            if e.retry_after > c.max_retry_wait_s:
+                return None
+            wait = e.retry_after
+        else:  # full jitter: spreads retries of many clients hit by the same outage
+            wait = random.uniform(0.0, min(c.backoff_max_s, c.backoff_base_s * 2.0**retry))
+        if run.deadline is not None and perf_counter() + wait >= run.deadline:
+            return None
+        return wait
+
+    async def _first_success(
+        self, run: _Run, open_: Callable[[Provider, httpx.Timeout], Awaitable[T]]
+    ) -> tuple[_Target, float, T]:
+        """Walk the targets until one answers: (target, start time, what `open_` returned).
+
+        If every target left was cooling and the soonest is free again within
+        max_retry_wait_s (and the deadline), wait for it once rather than fail.
+        """
+        only: set[str] | None = None
+        for _ in range(2):
+            cooled: list[_Target] = []
+            for t in self._available(run, cooled, only):
+                retry = 0
+                while True:
+                    started = perf_counter()
+                    try:
+                        call = partial(open_, self._provider(t), self._budget(run)[0])
+                        value = await self._bounded(run, t, call)
+                    except ProviderError as e:
+                        action = self._failed(run, t, e, started)
+                        if action == _STOP:
+                            e.attempts = run.attempts
+                            raise
+                        wait = self._backoff(run, e, retry) if action == _RETRY else None
+                        if wait is None:
+                            if e.retry_after is not None:
+                                cooled.append(t)  # free again soon: a second pass may wait
+                            break
+                        await asyncio.sleep(wait)
+                        retry += 1
+                        continue
+                    return t, started, value
+            wait = self._cooldown_wait(run, cooled)
+            if wait is None:
+                break
+            await asyncio.sleep(wait)
+            only = {t.key for t in cooled}
+        raise self._all_failed(run)
+
+    def _cooldown_wait(self, run: _Run, cooled: list[_Target]) -> float | None:
+        """Seconds until the first cooled target is free, if that is worth waiting for."""
+        lefts = [x for t in cooled if (x := self.health.retry_in(t.key)) is not None]
+        if not lefts:
+            return None
+        wait = min(lefts) + 0.001
+        if wait > self.config.max_retry_wait_s:
+            return None
+        if run.deadline is not None and perf_counter() + wait >= run.deadline:
+            return None
+        return wait
+
+    # results ------------------------------------------------------------------------------
+    def _usage(self, run: _Run, t: _Target, resp: ChatResponse) -> Usage:
+        """Provider-reported usage, else our own count (exact for OpenAI encodings)."""
+        if resp.usage is not None:
+            return resp.usage
+        tok = t.spec.tokenizer
+        out = resp.text + "".join(c.name + c.arguments for c in resp.tool_calls)
+        try:
+            n_in = _core.count_message_tokens(run.request.messages, tok)
+        except SatisficeError:  # messages the counter cannot read (exotic parts): estimate
+            n_in = sum(len(str(m.get("content", ""))) for m in run.request.messages) // 4
+        source = "counted" if _core.is_exact_family(tok) else "estimated"
+        return Usage(n_in, _core.count_tokens(out, tok), source=source)
+
+    def _result(
+        self,
+        run: _Run,
+        t: _Target,
+        resp: ChatResponse,
+        started: float,
+        ttft: float | None = None,
+        paused: float = 0.0,
+    ) -> ChatResult:
+        usage = self._usage(run, t, resp)
+        cost = self._cost(t, usage)
+        now = perf_counter()
+        run.attempts.append(
+            Attempt(
+                t.model,
+                t.dep.name,
+                "ok",
+                started - run.t0,
+                now - started,
+                usage=usage,
+                cost_usd=cost,
+            )
+        )
+        latency = now - run.t0
+        return ChatResult(
+            resp.text,
+            t.model,
+            t.dep.name,
+            usage,
+            cost,
+            latency,
+            max(latency - run.upstream_s - paused, 0.0),
+            run.attempts,
+            run.decision,
+            resp.finish_reason,
+            resp.tool_calls,
+            resp.raw,
+            ttft,
+        )
+
+    def _all_failed(self, run: _Run) -> AllAttemptsFailedError:
+        d = run.decision
+        lines = [
+            f"  {i}. {a.model} via {a.deployment}: {a.outcome}"
+            + (f" ({a.error_type}: {a.error})" if a.error_type else f" ({a.error})")
+            for i, a in enumerate(run.attempts, 1)
+        ]
+        return AllAttemptsFailedError(
+            f"every attempt failed (routed to {d.model}, fallbacks {d.fallbacks}); "
+            "see router.health() for cooldowns, or allow more fallbacks "
+            "(Policy.max_fallbacks, looser constraints):\n" + "\n".join(lines),
+            run.attempts,
+        )
+
+    # entry points -------------------------------------------------------------------------
+    async def complete(
+        self,
+        registry: Registry,
+        decision: Decision,
+        request: ChatRequest,
+        *,
+        t0: float,
+        deadline: float | None = None,
+        hedge: bool = False,
+        race: int = 0,
+        accept: Accept | None = None,
+    ) -> ChatResult:
+        run = _Run(registry, decision, request, t0, deadline, accept)
+        if hedge or race > 1:
+            return await self._concurrent(run, max(race, 2), hedge=hedge and race <= 1)
+        t, started, resp = await self._first_success(
+            run, lambda p, timeout: p.complete(request, timeout)
+        )
+        done = perf_counter()
+        run.upstream_s += done - started
+        self.health.record_success(t.key, done - started)
+        return self._result(run, t, resp, started)
+
+    def stream(
+        self,
+        registry: Registry,
+        decision: Decision,
+        request: ChatRequest,
+        *,
+        t0: float,
+        deadline: float | None = None,
+    ) -> ChatStream:
+        run = _Run(registry, decision, request, t0, deadline, None)
+        return ChatStream(self._stream(run))
+
+    async def _stream(self, run: _Run) -> AsyncIterator[StreamDelta]:
+        async def open_(p: Provider, timeout: httpx.Timeout) -> tuple[Any, str | ChatResponse]:
+            gen = p.stream(run.request, timeout)
+            try:
+                return gen, await anext(gen)
+            except BaseException:
+                await gen.aclose()
+                raise
+            # StopAsyncIteration cannot happen: a provider stream ends with a ChatResponse
+
+        t, started, (gen, item) = await self._first_success(run, open_)
+        upstream = perf_counter() - started
+        run.upstream_s += upstream
+        ttft = None
+        paused = 0.0
+        delivered: list[str] = []
+        try:
+            while not isinstance(item, ChatResponse):
+                if ttft is None:
+                    ttft = perf_counter() - run.t0
+                delivered.append(item)
+                y = perf_counter()
+                yield StreamDelta(item)
+                w = perf_counter()
+                paused += w - y
+                try:
+                    item = await anext(gen)
+                except StopAsyncIteration:
+                    raise ProviderError(
+                        f"{t.model} via {t.dep.name}: the stream ended without a final answer",
+                        model=t.model,
+                        deployment=t.dep.name,
+                    ) from None
+                finally:
+                    run.upstream_s += perf_counter() - w
+            self.health.record_success(t.key, perf_counter() - started - paused)
+            yield StreamDelta(done=True, result=self._result(run, t, item, started, ttft, paused))
+        except ProviderError as e:
+            self._failed(run, t, e, started)
+            text = "".join(delivered)
+            raise StreamInterruptedError(
+                f"the stream from {t.model} via {t.dep.name} failed after {len(text)} characters "
+                f"had reached you, so no fallback was possible ({e}); retry the request if you "
+                "need a whole answer",
+                partial_text=text,
+                model=t.model,
+                deployment=t.dep.name,
+                status=e.status,
+                attempts=run.attempts,
+            ) from e
+        finally:
+            await gen.aclose()
+
+    async def _concurrent(self, run: _Run, width: int, *, hedge: bool) -> ChatResult:
+        """Race `width` attempts at once, or (hedge) add one when the newest is slower than
+        its p95. The first accepted answer wins; the others are cancelled, their cost kept."""
+        it = self._available(run, [])
+        running: dict[asyncio.Task[ChatResponse], tuple[_Target, float]] = {}
+        more = True  # targets left to launch
+
+        def launch() -> None:
+            nonlocal more
+            while more:
+                t = next(it, None)
+                if t is None:
+                    more = False
+                    return
+                try:
+                    p = self._provider(t)
+                except AuthError as e:  # no key set: next target
+                    self._failed(run, t, e, perf_counter())
+                    continue
+                call = partial(p.complete, run.request, self._budget(run)[0])
+                task = asyncio.ensure_future(self._bounded(run, t, call))
+                running[task] = (t, perf_counter())
+                return
+
+        first = perf_counter()
+        try:
+            for _ in range(1 if hedge else width):
+                launch()
+            while running:
+                timeout = None
+                if hedge and more and len(running) < width:
+                    t, started = max(running.values(), key=lambda v: v[1])
+                    timeout = max(self._hedge_delay(t) - (perf_counter() - started), 0.0)
+                if run.deadline is not None:
+                    left = max(run.deadline - perf_counter(), 0.0)
+                    timeout = left if timeout is None else min(timeout, left)
+                done, _ = await asyncio.wait(
+                    running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    if run.deadline is not None and perf_counter() >= run.deadline:
+                        break  # the attempts' own timeouts fire too; stop waiting now
+                    launch()  # hedge: the newest attempt is slower than its p95
+                    continue
+                for task in done:
+                    t, started = running.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        resp = task.result()
+                        now = perf_counter()
+                        if run.accept is None or run.accept(resp):
+                            self.health.record_success(t.key, now - started)
+                            run.upstream_s = now - first
+                            return self._result(run, t, resp, started)
+                        usage = self._usage(run, t, resp)
+                        run.attempts.append(
+                            Attempt(
+                                t.model,
+                                t.dep.name,
+                                "rejected",
+                                started - run.t0,
+                                now - started,
+                                usage=usage,
+                                cost_usd=self._cost(t, usage),
+                            )
+                        )
+                    elif isinstance(exc, ProviderError):
+                        if self._failed(run, t, exc, started) == _STOP:
+                            exc.attempts = run.attempts
+                            raise exc
+                    else:
+                        raise exc
+                    if len(running) < width:
+                        launch()
+            raise self._all_failed(run)
+        finally:
+            await self._cancel(run, running)
+
+    def _cost(self, t: _Target, usage: Usage) -> float | None:
+        p = t.price
+        return (
+            None
+            if p is None
+            else p.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+        )
+
+    async def _cancel(
+        self, run: _Run, running: dict[asyncio.Task[ChatResponse], tuple[_Target, float]]
+    ) -> None:
+        """Cancel losers and record them, with the prompt's cost as an estimate: providers
+        bill prompt tokens a request has reached, and we cannot know how far it got."""
+        if not running:
+            return
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        now = perf_counter()
+        tokens_in = {c.model: c.tokens_in for c in run.decision.candidates}
+        for task, (t, started) in running.items():
+            if not task.cancelled() and task.exception() is None:  # finished with the winner
+                usage, estimated = self._usage(run, t, task.result()), False
+            else:  # the prompt, as far as it got: billed or not, we cannot know
+                usage, estimated = Usage(tokens_in.get(t.model, 0), 0), True
+            run.attempts.append(
+                Attempt(
+                    t.model,
+                    t.dep.name,
+                    "cancelled",
+                    started - run.t0,
+                    now - started,
+                    usage=None if estimated else usage,
+                    cost_usd=self._cost(t, usage),
+                    cost_estimated=estimated,
+                )
+            )
+        running.clear()
+
+    def _hedge_delay(self, t: _Target) -> float:
+        live = self.health.p95_s(t.key)
+        if live is not None:
+            return live
+        ms = t.dep.p95_latency_ms or t.spec.p95_latency_ms
+        return ms / 1000.0 if ms else self.config.hedge_default_s
+
+
+class ChatStream:
+    """`async for delta in stream`: text pieces, then one item with `done=True` and `.result`.
+
+    Use it as `async with router.stream(...) as s:` (or read it to the end) so that an early
+    exit releases the connection at once.
+    """
+
+    __slots__ = ("_gen",)
+
+    def __init__(self, gen: AsyncIterator[StreamDelta]) -> None:
+        self._gen = gen
+
+    def __aiter__(self) -> AsyncIterator[StreamDelta]:
+        return self._gen
+
+    async def __aenter__(self) -> ChatStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._gen, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def result(self) -> ChatResult:
+        """Read the whole stream and return the final result."""
+        async for d in self._gen:
+            if d.done:
+                result: ChatResult = d.result
+                return result
+        raise RuntimeError("the stream ended without a final item")  # providers guarantee one

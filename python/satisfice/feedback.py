@@ -1,0 +1,213 @@
+"""Online feedback: a Bayesian update of one model's IRT parameters from one observed score.
+
+The predictor says P(good | m, x) = sigmoid(theta_m . phi(x) - d(x)) with theta_m =
+[bias_m, ability_m] and phi(x) = [1, e(x)], where [e(x), d(x)] is the prompt's latent from
+the trained W, c. A score y in [0, 1] for model m on prompt x is one (soft) Bernoulli
+observation of that logistic model. Each model keeps a Gaussian belief N(mean, P^-1) over
+theta_m and every observation is folded in by a Laplace approximation (assumed-density
+filtering), which for a single observation is exact up to the Gaussian fit:
+
+    maximise  -1/2 (theta - mean)' P (theta - mean) + y log s(a) + (1 - y) log(1 - s(a)),
+    a = theta . phi - d.
+
+The likelihood depends on theta only through a, so the maximiser is mean + t P^-1 phi with
+the scalar t solving t = y - s(a0 + v t) (a0 = mean . phi - d, v = phi' P^-1 phi), found by
+Newton's method (the equation is monotone). The precision then gains the observation's
+curvature: P += s(a)(1 - s(a)) phi phi'.
+
+Where the prior precision comes from: a parameter fitted on n outcomes has the Fisher
+information of n observations, about n * h * E[phi phi'] (h = mean s(1 - s) in training, the
+moments stored by `satisfice.eval.train.fit`), plus a weak N(0, 1) prior. Evidence is capped
+at `max_evidence` observations so that a model trained on thousands of benchmark prompts
+still adapts to a user's own traffic and to drift (a power prior); a model seeded from a
+public benchmark score counts as `prior_evidence` observations.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import ConfigError, InputError
+from .predict import ModelParams, QualityModel
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = [
+    "AbilityBelief",
+    "FeedbackLog",
+    "new_request_id",
+    "prior_belief",
+    "update_belief",
+]
+
+#: Observations beyond which older evidence stops tightening the belief.
+MAX_EVIDENCE = 200.0
+#: What a quality prior seeded from a public benchmark is worth, in observations.
+PRIOR_EVIDENCE = 10.0
+#: Curvature per observation when the predictor carries no training moments.
+_DEFAULT_WEIGHT = 0.2
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    ez = math.exp(z)
+    return ez / (1.0 + ez)
+
+
+@dataclass(frozen=True, eq=False)
+class AbilityBelief:
+    """Gaussian belief over theta = [bias, ability_1..k] of one model."""
+
+    mean: np.ndarray  # (k+1,)
+    precision: np.ndarray  # (k+1, k+1)
+    n_obs: float
+
+    def params(self, source: str = "feedback") -> ModelParams:
+        return ModelParams(
+            float(self.mean[0]), tuple(float(a) for a in self.mean[1:]), self.n_obs, source
+        )
+
+    def matches(self, p: ModelParams) -> bool:
+        """True if `p` is what this belief would publish (no outside change since)."""
+        theta = np.array([p.bias, *p.ability])
+        return theta.shape == self.mean.shape and bool(
+            np.allclose(theta, self.mean, rtol=0.0, atol=1e-6)
+        )
+
+
+def _fisher(qm: QualityModel) -> tuple[np.ndarray, float]:
+    """E[phi phi'] over training prompts and the mean curvature s(1 - s), if recorded."""
+    k = qm.k
+    entry = qm.meta.get("fisher")
+    if isinstance(entry, Mapping):
+        m = np.asarray(entry.get("phi_moment"), dtype=np.float64)
+        w = float(str(entry.get("mean_weight", _DEFAULT_WEIGHT)))
+        if m.shape == (k + 1, k + 1) and np.all(np.isfinite(m)):
+            return m, w
+    return np.eye(k + 1), _DEFAULT_WEIGHT
+
+
+def prior_belief(
+    qm: QualityModel,
+    p: ModelParams,
+    *,
+    max_evidence: float = MAX_EVIDENCE,
+    prior_evidence: float = PRIOR_EVIDENCE,
+) -> AbilityBelief:
+    """The belief a model's current parameters stand for (see the module docstring)."""
+    moment, weight = _fisher(qm)
+    evidence = min(p.n_obs, max_evidence)
+    if p.source == "prior":
+        evidence = max(evidence, prior_evidence)
+    precision = np.eye(qm.k + 1) + evidence * weight * moment
+    return AbilityBelief(np.array([p.bias, *p.ability], dtype=np.float64), precision, p.n_obs)
+
+
+def update_belief(belief: AbilityBelief, latent: Sequence[float], score: float) -> AbilityBelief:
+    """Fold in one observed `score` in [0, 1] on a prompt with `latent` = [e(x)..., d(x)]."""
+    if not (isinstance(score, int | float) and 0.0 <= score <= 1.0):
+        raise InputError(f"feedback score must be a number in [0, 1], got {score!r}")
+    z = np.asarray(latent, dtype=np.float64)
+    k = belief.mean.size - 1
+    if z.shape != (k + 1,):
+        raise InputError(f"latent must hold {k + 1} values (k skills and a difficulty)")
+    phi = np.concatenate([[1.0], z[:k]])
+    d = float(z[k])
+    s_phi = np.linalg.solve(belief.precision, phi)
+    v = float(phi @ s_phi)
+    a0 = float(belief.mean @ phi) - d
+    t = 0.0
+    for _ in range(50):
+        s = _sigmoid(a0 + v * t)
+        f = t - score + s
+        step = f / (1.0 + v * s * (1.0 - s))
+        t -= step
+        if abs(step) < 1e-12:
+            break
+    s = _sigmoid(a0 + v * t)
+    mean = belief.mean + t * s_phi
+    precision = belief.precision + s * (1.0 - s) * np.outer(phi, phi)
+    return AbilityBelief(mean, precision, belief.n_obs + 1.0)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    latent: tuple[float, ...]
+    model: str
+
+
+class FeedbackLog:
+    """Recent request ids -> (prompt latent, chosen model), a bounded LRU; and the beliefs.
+
+    Only the k+1 latent numbers are kept per request, never the prompt. Thread-safe: route()
+    may run on many threads while feedback() arrives on another.
+    """
+
+    def __init__(
+        self,
+        capacity: int = 100_000,
+        *,
+        max_evidence: float = MAX_EVIDENCE,
+        prior_evidence: float = PRIOR_EVIDENCE,
+    ) -> None:
+        if capacity < 1 or max_evidence < 0 or prior_evidence < 0:
+            raise ConfigError("feedback capacity must be >= 1 and evidence weights >= 0")
+        self.capacity = capacity
+        self.max_evidence = max_evidence
+        self.prior_evidence = prior_evidence
+        self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        self._beliefs: dict[str, AbilityBelief] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, request_id: str, latent: Sequence[float], model: str) -> None:
+        with self._lock:
+            self._seen[request_id] = _Seen(tuple(float(v) for v in latent), model)
+            self._seen.move_to_end(request_id)
+            while len(self._seen) > self.capacity:
+                self._seen.popitem(last=False)
+
+    def lookup(self, request_id: str) -> tuple[tuple[float, ...], str]:
+        with self._lock:
+            seen = self._seen.get(request_id)
+        if seen is None:
+            raise InputError(
+                f"unknown request id {request_id!r}: feedback is accepted for the last "
+                f"{self.capacity} decisions whose request_id was read, in this process"
+            )
+        return seen.latent, seen.model
+
+    def observe(
+        self,
+        qm: QualityModel,
+        model: str,
+        current: ModelParams,
+        latent: Sequence[float],
+        score: float,
+    ) -> ModelParams:
+        """Update `model`'s belief (starting from `current` if it changed meanwhile)."""
+        with self._lock:
+            belief = self._beliefs.get(model)
+            if belief is None or not belief.matches(current):
+                belief = prior_belief(
+                    qm,
+                    current,
+                    max_evidence=self.max_evidence,
+                    prior_evidence=self.prior_evidence,
+                )
+            belief = update_belief(belief, latent, score)
+            self._beliefs[model] = belief
+        return belief.params()

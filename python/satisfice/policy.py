@@ -1,0 +1,269 @@
+"""Constraints (per request) and Policy (per router): what the DispatchTable is compiled from.
+
+Rules come first, in order: the first rule whose conditions match puts its models at the
+head of the plan (those that pass the filters). Then the learned (or prior) quality ranks
+the rest: the cheapest model with P(good) ≥ quality_floor, or, when `lam` is set, the
+highest P(good) − lam·USD.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .errors import ConfigError
+from .predict import QualityModel
+from .registry import Registry
+
+__all__ = ["Constraints", "Policy", "Rule"]
+
+#: Completion tokens expected per task when the caller sets no max_tokens (for cost estimates).
+DEFAULT_EXPECTED_OUTPUT: Mapping[str, int] = {
+    "code": 600,
+    "math": 400,
+    "extraction": 150,
+    "translation": 300,
+    "summarize": 250,
+    "creative": 600,
+    "reasoning": 500,
+    "general": 300,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Constraints:
+    """Per-request limits. None means no limit."""
+
+    max_cost_usd: float | None = None
+    latency_slo_ms: float | None = None
+    quality_floor: float | None = None
+    needs: tuple[str, ...] = ()
+    max_output_tokens: int | None = None
+    lam: float | None = None
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("max_cost_usd", "latency_slo_ms", "lam"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int | float) or not math.isfinite(v) or v < 0):
+                raise ConfigError(f"constraints.{name} must be a finite number >= 0, got {v!r}")
+        if self.quality_floor is not None and not 0.0 <= self.quality_floor <= 1.0:
+            raise ConfigError(
+                f"constraints.quality_floor must be in [0, 1], got {self.quality_floor}"
+            )
+        if self.max_output_tokens is not None and (
+            not isinstance(self.max_output_tokens, int) or self.max_output_tokens <= 0
+        ):
+            raise ConfigError("constraints.max_output_tokens must be a positive integer")
+        if isinstance(self.needs, str):
+            object.__setattr__(self, "needs", (self.needs,))
+        bad = set(self.needs) - set(_core.CAPABILITIES)
+        if bad:
+            raise ConfigError(
+                f"constraints.needs: unknown {sorted(bad)}; known: {_core.CAPABILITIES}"
+            )
+
+    @classmethod
+    def of(cls, c: Constraints | Mapping[str, Any] | None = None, **kw: Any) -> Constraints:
+        """Accept a Constraints, a dict, None, and keyword overrides."""
+        if c is None and not kw:
+            return _NO_CONSTRAINTS  # the common case: no validation, no allocation
+        base = c if isinstance(c, Constraints) else cls(**dict(c or {}))
+        return replace(base, **kw) if kw else base
+
+
+_NO_CONSTRAINTS = Constraints()
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """`when` conditions → `use` these models first. Conditions that are None match anything."""
+
+    name: str
+    use: tuple[str, ...]
+    task: str | None = None
+    flags: tuple[str, ...] = ()
+    min_tokens_in: float = 0.0
+    max_tokens_in: float = math.inf
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Rule:
+        when = dict(d.get("when", {}))
+        unknown = set(when) - {"task", "flags", "min_tokens_in", "max_tokens_in"}
+        if unknown:
+            raise ConfigError(f"rule {d.get('name')!r}: unknown condition(s) {sorted(unknown)}")
+        use = d.get("use")
+        if not use:
+            raise ConfigError(f"rule {d.get('name')!r} needs a non-empty 'use' list of model ids")
+        return cls(
+            name=str(d.get("name", "rule")),
+            use=tuple([use] if isinstance(use, str) else use),
+            task=when.get("task"),
+            flags=tuple(when.get("flags", ())),
+            min_tokens_in=float(when.get("min_tokens_in", 0.0)),
+            max_tokens_in=float(when.get("max_tokens_in", math.inf)),
+        )
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a router ranks: rules, then learned quality with a floor or a cost weight."""
+
+    rules: tuple[Rule, ...] = ()
+    quality_floor: float = 0.8
+    lam: float | None = None
+    max_fallbacks: int = 3
+    expected_output_tokens: Mapping[str, int] = field(
+        default_factory=lambda: dict(DEFAULT_EXPECTED_OUTPUT)
+    )
+    quality: QualityModel | None = None  # None: the bundled predictor
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.quality_floor <= 1.0:
+            raise ConfigError(f"policy.quality_floor must be in [0, 1], got {self.quality_floor}")
+        if self.max_fallbacks < 0:
+            raise ConfigError("policy.max_fallbacks must be >= 0")
+        bad = set(self.expected_output_tokens) - set(_core.TASKS)
+        if bad:
+            raise ConfigError(f"policy.expected_output_tokens: unknown tasks {sorted(bad)}")
+
+    def quality_model(self) -> QualityModel:
+        return self.quality if self.quality is not None else _bundled_quality()
+
+    def compile(self, registry: Registry) -> _core.DispatchTable:
+        """Build the immutable table the router plans with (once per registry/policy change)."""
+        qm = self.quality_model()
+        rows = []
+        for m in registry:
+            p = qm.params_for(m)
+            price = m.price
+            rows.append(
+                (
+                    m.id,
+                    price.input if price else math.nan,
+                    price.output if price else math.nan,
+                    m.context_window,
+                    m.max_output,
+                    sorted(m.capabilities),
+                    m.p95_latency_ms if m.p95_latency_ms is not None else math.nan,
+                    m.tokenizer,
+                    float(p.bias),
+                    [float(a) for a in p.ability],
+                    m.disabled,
+                )
+            )
+        rules = []
+        for r in self.rules:
+            idx = [registry.index(mid) for mid in r.use]  # UnknownModelError names the id
+            if r.task is not None and r.task not in _core.TASKS:
+                raise ConfigError(f"rule {r.name!r}: unknown task {r.task!r}; use {_core.TASKS}")
+            rules.append((r.name, r.task, list(r.flags), r.min_tokens_in, r.max_tokens_in, idx))
+        expected = [
+            int(self.expected_output_tokens.get(t, DEFAULT_EXPECTED_OUTPUT[t])) for t in _core.TASKS
+        ]
+        return _core.DispatchTable(
+            rows,
+            np.ascontiguousarray(qm.weights, dtype=np.float32).ravel(),
+            [float(v) for v in qm.intercept],
+            qm.k,
+            rules,
+            expected,
+            qm.hash_buckets,
+            qm.seed,
+        )
+
+    # -- persistence (what `satisfice calibrate` writes)
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "quality_floor": self.quality_floor,
+            "lam": self.lam,
+            "max_fallbacks": self.max_fallbacks,
+            "expected_output_tokens": dict(self.expected_output_tokens),
+            "rules": [
+                {
+                    "name": r.name,
+                    "use": list(r.use),
+                    "when": {
+                        k: v
+                        for k, v in (
+                            ("task", r.task),
+                            ("flags", list(r.flags)),
+                            ("min_tokens_in", r.min_tokens_in),
+                            ("max_tokens_in", r.max_tokens_in),
+                        )
+                        if v not in (None, [], 0.0, math.inf)
+                    },
+                }
+                for r in self.rules
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], quality: QualityModel | None = None) -> Policy:
+        unknown = set(d) - {
+            "quality_floor",
+            "lam",
+            "max_fallbacks",
+            "expected_output_tokens",
+            "rules",
+            "predictor",
+        }
+        if unknown:
+            raise ConfigError(f"policy: unknown field(s) {sorted(unknown)}")
+        if quality is None and d.get("predictor"):
+            quality = QualityModel.load(d["predictor"])
+        return cls(
+            rules=tuple(Rule.from_dict(r) for r in d.get("rules", [])),
+            quality_floor=float(d.get("quality_floor", 0.8)),
+            lam=d.get("lam"),
+            max_fallbacks=int(d.get("max_fallbacks", 3)),
+            expected_output_tokens={
+                **DEFAULT_EXPECTED_OUTPUT,
+                **d.get("expected_output_tokens", {}),
+            },
+            quality=quality,
+        )
+
+    def save(self, path: str | Path, predictor_path: str | Path | None = None) -> None:
+        """Write the policy as JSON. `predictor_path` (a saved QualityModel) is recorded as
+        `"predictor"`, relative to the policy file when it sits beside it."""
+        p = Path(path)
+        data = self.to_dict()
+        if predictor_path is not None:
+            pred = Path(predictor_path)
+            try:
+                data["predictor"] = str(pred.resolve().relative_to(p.resolve().parent))
+            except ValueError:
+                data["predictor"] = str(pred.resolve())
+        p.write_text(json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """Read a policy JSON; a relative `"predictor"` path is taken from the file's folder."""
+        try:
+            data = json.loads(Path(path).read_text())
+            if isinstance(data, dict) and data.get("predictor"):
+                data["predictor"] = str(Path(path).parent / data["predictor"])
+            return cls.from_dict(data)
+        except FileNotFoundError:
+            raise ConfigError(f"policy file {path} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"policy file {path} is not valid JSON: {e}") from None
+
+
+_BUNDLED: list[QualityModel] = []
+
+
+def _bundled_quality() -> QualityModel:
+    # Loaded once per process: the bundled file never changes under a running router.
+    if not _BUNDLED:
+        _BUNDLED.append(QualityModel.bundled())
+    return _BUNDLED[0]

@@ -1,0 +1,258 @@
+"""Quality predictors: P(model answers acceptably | prompt), evaluated exactly in Rust.
+
+The shape is item-response style (multidimensional IRT), so a model that was never in the
+training data can still be scored:
+
+    [e(x), d(x)] = W x + c                       (k "skill" dimensions and a difficulty)
+    P(good | m, x) = sigmoid(bias_m + ability_m · e(x) − d(x))
+
+`x` is the Rust Featurizer's vector. `W`, `c` come from training on outcome data
+(`satisfice.eval.train`); `bias_m`, `ability_m` are per model. A model the predictor has not
+seen gets `bias = a·logit(prior) + b` from its registry quality prior (the map is fitted on
+the models that were seen) and the mean ability; `router.feedback()` refines both online.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _core
+from .errors import ConfigError
+from .registry import ModelSpec
+
+__all__ = ["ModelParams", "QualityModel"]
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelParams:
+    """One model's IRT parameters, and how many feedback/training observations back them."""
+
+    bias: float
+    ability: tuple[float, ...]
+    n_obs: float = 0.0
+    source: str = "trained"
+
+
+@dataclass(frozen=True)
+class QualityModel:
+    """A predictor the DispatchTable evaluates; immutable, saved as one .npz file."""
+
+    name: str
+    k: int
+    hash_buckets: int
+    seed: int
+    weights: FloatArray  # (dim, k+1), feature-major
+    intercept: FloatArray  # (k+1,)
+    models: Mapping[str, ModelParams] = field(default_factory=dict)
+    prior_map: tuple[float, float] = (1.0, 0.0)
+    feature_version: int = _core.FEATURE_VERSION
+    meta: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        dim = 32 + self.hash_buckets
+        if self.weights.shape != (dim, self.k + 1):
+            raise ConfigError(
+                f"predictor {self.name!r}: weights shape {self.weights.shape}, "
+                f"expected ({dim}, {self.k + 1}) for hash_buckets={self.hash_buckets}"
+            )
+        if self.intercept.shape != (self.k + 1,):
+            raise ConfigError(f"predictor {self.name!r}: intercept must have {self.k + 1} values")
+        if self.feature_version != _core.FEATURE_VERSION:
+            raise ConfigError(
+                f"predictor {self.name!r} was trained on feature version {self.feature_version}, "
+                f"this satisfice makes version {_core.FEATURE_VERSION}; retrain it with "
+                "`satisfice eval --train ... --save-predictor`"
+            )
+        for mid, p in self.models.items():
+            if len(p.ability) != self.k:
+                raise ConfigError(
+                    f"predictor {self.name!r}: model {mid!r} needs {self.k} abilities"
+                )
+
+    @property
+    def dim(self) -> int:
+        return 32 + self.hash_buckets
+
+    def params_for(self, spec: ModelSpec) -> ModelParams:
+        """Parameters for a registry model: trained ones, else seeded from its quality prior."""
+        p = self.models.get(spec.id)
+        if p is not None:
+            return p
+        if self.name == "prior":
+            return self.prior_params(spec)
+        a, b = self.prior_map
+        if self.models:
+            mean_ability = tuple(
+                float(v) for v in np.mean([m.ability for m in self.models.values()], axis=0)
+            )
+        else:
+            mean_ability = (0.0,) * self.k
+        return ModelParams(a * _logit(spec.quality_prior()) + b, mean_ability, 0.0, "prior")
+
+    def with_models(self, models: Mapping[str, ModelParams]) -> QualityModel:
+        return QualityModel(
+            self.name,
+            self.k,
+            self.hash_buckets,
+            self.seed,
+            self.weights,
+            self.intercept,
+            dict(models),
+            self.prior_map,
+            self.feature_version,
+            self.meta,
+        )
+
+    # -- batch evaluation, for offline work (the router's hot path runs the same maths in Rust)
+    def featurizer(self) -> _core.Featurizer:
+        return _core.Featurizer(self.hash_buckets, self.seed)
+
+    def latent(self, features: FloatArray) -> FloatArray:
+        out: FloatArray = (features @ self.weights + self.intercept).astype(np.float32)
+        return out
+
+    def p_good(self, features: FloatArray, params: list[ModelParams]) -> FloatArray:
+        """(n, m) predicted P(good) for n feature rows and m models."""
+        z = self.latent(features)
+        e, d = z[:, : self.k], z[:, self.k]
+        bias = np.array([p.bias for p in params], dtype=np.float32)
+        ab = np.array([p.ability for p in params], dtype=np.float32).reshape(len(params), self.k)
+        logits = e @ ab.T + bias[None, :] - d[:, None]
+        out: FloatArray = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        return out
+
+    # -- persistence
+    def save(self, path: str | Path) -> None:
+        meta = {
+            "name": self.name,
+            "k": self.k,
+            "hash_buckets": self.hash_buckets,
+            "seed": self.seed,
+            "prior_map": list(self.prior_map),
+            "feature_version": self.feature_version,
+            "meta": dict(self.meta),
+            "models": {
+                m: {
+                    "bias": p.bias,
+                    "ability": list(p.ability),
+                    "n_obs": p.n_obs,
+                    "source": p.source,
+                }
+                for m, p in self.models.items()
+            },
+        }
+        with Path(path).open("wb") as f:
+            np.savez_compressed(
+                f,
+                weights=self.weights,
+                intercept=self.intercept,
+                meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> QualityModel:
+        try:
+            with np.load(Path(path), allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                weights = z["weights"].astype(np.float32)
+                intercept = z["intercept"].astype(np.float32)
+        except FileNotFoundError:
+            raise ConfigError(f"predictor file {path} does not exist") from None
+        except (KeyError, ValueError, OSError) as e:
+            raise ConfigError(f"predictor file {path} is not a satisfice predictor: {e}") from None
+        models = {
+            m: ModelParams(
+                float(p["bias"]),
+                tuple(p["ability"]),
+                float(p.get("n_obs", 0)),
+                str(p.get("source", "trained")),
+            )
+            for m, p in meta["models"].items()
+        }
+        return cls(
+            meta["name"],
+            int(meta["k"]),
+            int(meta["hash_buckets"]),
+            int(meta["seed"]),
+            weights,
+            intercept,
+            models,
+            tuple(meta["prior_map"]),
+            int(meta["feature_version"]),
+            meta.get("meta", {}),
+        )
+
+    @classmethod
+    def bundled(cls) -> QualityModel:
+        """The predictor shipped with satisfice (trained on public outcome data), else the prior."""
+        res = resources.files("satisfice").joinpath("data/predictor.npz")
+        if res.is_file():
+            with resources.as_file(res) as p:
+                return cls.load(p)
+        return cls.prior()
+
+    @classmethod
+    def prior(cls, hash_buckets: int = 0) -> QualityModel:
+        """A hand-set predictor from registry priors: skills are the task flags, difficulty
+        grows with prompt length and with math/code/reasoning markers. Transparent, untrained.
+        It reads only the dense features, so by default the router hashes no n-grams."""
+        names = list(_core.Featurizer.dense_names())
+        tasks = list(_core.TASKS)
+        k = len(tasks)
+        w = np.zeros((32 + hash_buckets, k + 1), dtype=np.float32)
+        skill_features = {
+            "code": ["code"],
+            "math": ["math"],
+            "extraction": ["json", "extraction"],
+            "translation": ["translation"],
+            "summarize": ["summarize"],
+            "creative": ["creative"],
+            "reasoning": ["reasoning"],
+            "general": ["bias"],
+        }
+        for t, feats in skill_features.items():
+            for f in feats:
+                w[names.index(f), tasks.index(t)] = 1.0
+        difficulty = {
+            "log_tokens": 2.5,
+            "math": 0.6,
+            "code": 0.4,
+            "reasoning": 0.5,
+            "multiple_choice": 0.3,
+            "bias": -1.0,
+        }
+        for f, v in difficulty.items():
+            w[names.index(f), k] = v
+        return cls(
+            "prior",
+            k,
+            hash_buckets,
+            _core.Featurizer().seed,
+            w,
+            np.zeros(k + 1, dtype=np.float32),
+            {},
+            (1.0, 0.0),
+            meta={"tasks": tasks},
+        )
+
+    def prior_params(self, spec: ModelSpec) -> ModelParams:
+        """For the `prior` predictor: ability per task = logit(q_task) − logit(q_general)."""
+        tasks = list(_core.TASKS)
+        g = _logit(spec.quality_prior("general"))
+        ab = tuple(0.0 if t == "general" else _logit(spec.quality_prior(t)) - g for t in tasks)
+        return ModelParams(g, ab, 0.0, "prior")

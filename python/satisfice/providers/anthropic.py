@@ -1,0 +1,353 @@
+"""Anthropic Messages API, translated to and from the OpenAI-shaped normalized types.
+
+Requests: system/developer messages become the top-level `system`; assistant `tool_calls`
+become `tool_use` blocks; `tool` messages become `tool_result` blocks in one user turn;
+image parts become image blocks; OpenAI function tools become `input_schema` tools.
+`response_format` (JSON mode or a JSON schema) becomes one forced tool whose input is the
+answer, because the Messages API has no JSON mode: the caller still gets JSON text.
+Responses: stop reasons map to OpenAI finish reasons; usage counts cache reads and writes
+inside `prompt_tokens` (Anthropic's `input_tokens` excludes them) and separately.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from ..errors import BadRequestError, ProviderError, RetryableError
+from .base import (
+    ChatRequest,
+    ChatResponse,
+    HTTPProvider,
+    ToolCall,
+    Usage,
+    encode_json,
+    sse_events,
+)
+
+__all__ = ["AnthropicProvider", "to_anthropic"]
+
+API_VERSION = "2023-06-01"
+# The Messages API requires max_tokens; used when the caller sets none.
+DEFAULT_MAX_TOKENS = 4096
+_JSON_TOOL = "satisfice_json_answer"
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+_RETRYABLE_EVENTS = frozenset({"overloaded_error", "api_error", "rate_limit_error"})
+
+
+def _block(part: Any) -> Any:
+    """An OpenAI content part as an Anthropic block; Anthropic-shaped blocks pass through."""
+    if not isinstance(part, dict):
+        return {"type": "text", "text": str(part)}
+    kind = part.get("type")
+    if kind in ("text", "input_text"):
+        out = {"type": "text", "text": part.get("text", "")}
+        if "cache_control" in part:
+            out["cache_control"] = part["cache_control"]
+        return out
+    if kind == "image_url":
+        url = part.get("image_url")
+        url = url.get("url", "") if isinstance(url, dict) else str(url or "")
+        if url.startswith("data:") and ";base64," in url:
+            media, data = url[5:].split(";base64,", 1)
+            return {
+                "type": "image",
+                "source": {"type": "base64", "media_type": media, "data": data},
+            }
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    return part
+
+
+def _content(content: Any) -> Any:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return [_block(p) for p in content]
+
+
+def _text_of(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
+
+
+def _tool(t: dict[str, Any]) -> dict[str, Any]:
+    if "input_schema" in t:  # already Anthropic-shaped
+        return t
+    fn = t.get("function", t)
+    out = {
+        "name": fn["name"],
+        "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
+    }
+    if fn.get("description"):
+        out["description"] = fn["description"]
+    return out
+
+
+def _tool_choice(choice: Any) -> Any:
+    if choice == "auto":
+        return {"type": "auto"}
+    if choice == "required":
+        return {"type": "any"}
+    if choice == "none":
+        return {"type": "none"}
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "tool", "name": choice["function"]["name"]}
+    return choice
+
+
+def to_anthropic(r: ChatRequest, model: str, stream: bool = False) -> dict[str, Any]:
+    """The Messages API payload for a normalized request.
+
+    Raises BadRequestError when a message, tool call or tool is not shaped as the OpenAI
+    vocabulary says (a missing `function`, `name` or `id`): no retry would fix it.
+    """
+    try:
+        return _payload(r, model, stream)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise BadRequestError(
+            f"the request cannot be translated for the Anthropic Messages API "
+            f"({type(e).__name__}: {e}); check the messages' tool_calls, the tools and "
+            "tool_choice against the OpenAI Chat Completions format"
+        ) from None
+
+
+def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
+    system: list[Any] = []
+    msgs: list[dict[str, Any]] = []
+    for i, m in enumerate(r.messages):
+        role = m.get("role")
+        content = m.get("content")
+        if role in ("system", "developer"):
+            system.append(content if isinstance(content, str) else _content(content))
+        elif role == "tool":
+            result = {
+                "type": "tool_result",
+                "tool_use_id": m.get("tool_call_id", ""),
+                "content": _text_of(content),
+            }
+            prev = msgs[-1] if msgs else None
+            # Anthropic wants every result of one assistant turn in the next user turn.
+            if (
+                prev is not None
+                and prev["role"] == "user"
+                and isinstance(prev["content"], list)
+                and prev["content"]
+                and prev["content"][-1].get("type") == "tool_result"
+            ):
+                prev["content"].append(result)
+            else:
+                msgs.append({"role": "user", "content": [result]})
+        elif role in ("user", "assistant"):
+            body = _content(content)
+            calls = m.get("tool_calls") if role == "assistant" else None
+            if calls:
+                blocks = (
+                    [{"type": "text", "text": body}]
+                    if isinstance(body, str) and body
+                    else (body if isinstance(body, list) else [])
+                )
+                for c in calls:
+                    fn = c["function"]
+                    try:
+                        args = json.loads(fn.get("arguments") or "{}")
+                    except ValueError:
+                        raise BadRequestError(
+                            f"messages[{i}].tool_calls: arguments of {fn['name']!r} are not "
+                            "JSON; Anthropic needs them as an object"
+                        ) from None
+                    blocks.append(
+                        {"type": "tool_use", "id": c["id"], "name": fn["name"], "input": args}
+                    )
+                body = blocks
+            msgs.append({"role": role, "content": body})
+        else:
+            raise BadRequestError(
+                f"messages[{i}].role {role!r} is not one of system, developer, user, "
+                "assistant, tool"
+            )
+    p: dict[str, Any] = {
+        "model": model,
+        "max_tokens": r.max_tokens or DEFAULT_MAX_TOKENS,
+        "messages": msgs,
+    }
+    if system:
+        if all(isinstance(s, str) for s in system):
+            p["system"] = "\n\n".join(system)
+        else:
+            p["system"] = [
+                b
+                for s in system
+                for b in ([{"type": "text", "text": s}] if isinstance(s, str) else s)
+            ]
+    if r.temperature is not None:
+        p["temperature"] = r.temperature
+    if r.tools:
+        p["tools"] = [_tool(t) for t in r.tools]
+    if r.tool_choice is not None:
+        p["tool_choice"] = _tool_choice(r.tool_choice)
+    if r.response_format is not None and r.response_format.get("type") != "text":
+        if r.tools:
+            raise BadRequestError(
+                "Anthropic models take response_format as a forced tool, so it cannot be "
+                "combined with tools; drop one of the two"
+            )
+        schema = (r.response_format.get("json_schema") or {}).get("schema") or {"type": "object"}
+        p["tools"] = [
+            {"name": _JSON_TOOL, "description": "Give the answer.", "input_schema": schema}
+        ]
+        p["tool_choice"] = {"type": "tool", "name": _JSON_TOOL}
+    if stream:
+        p["stream"] = True
+    if r.extra:
+        p.update(r.extra)
+    return p
+
+
+def _usage(u: Any, out: int | None = None) -> Usage | None:
+    if not isinstance(u, dict) or u.get("input_tokens") is None:
+        return None
+    read = int(u.get("cache_read_input_tokens") or 0)
+    write = int(u.get("cache_creation_input_tokens") or 0)
+    return Usage(
+        int(u["input_tokens"]) + read + write,
+        int(u.get("output_tokens") or 0) if out is None else out,
+        read,
+        write,
+    )
+
+
+class AnthropicProvider(HTTPProvider):
+    """One Anthropic Messages deployment on a shared `httpx.AsyncClient`."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        deployment: str = "anthropic",
+        model_id: str | None = None,
+    ) -> None:
+        headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
+        if api_key:
+            headers["x-api-key"] = api_key
+        base = base_url.rstrip("/")
+        # Registry base URLs follow the Anthropic SDK (no /v1); accept either.
+        url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        super().__init__(
+            client, url, headers, model=model, deployment=deployment, model_id=model_id
+        )
+
+    async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
+        content = await self._post(encode_json(to_anthropic(request, self.model)).encode(), timeout)
+        try:
+            data = json.loads(content)
+            texts: list[str] = []
+            calls: list[ToolCall] = []
+            for b in data["content"]:
+                if b["type"] == "text":
+                    texts.append(b["text"])
+                elif b["type"] == "tool_use":
+                    calls.append(ToolCall(b["id"], b["name"], encode_json(b["input"])))
+            finish = _FINISH.get(data.get("stop_reason") or "", data.get("stop_reason"))
+            if calls and calls[0].name == _JSON_TOOL:
+                texts, calls, finish = [calls[0].arguments], [], "stop"
+            return ChatResponse("".join(texts), data, _usage(data.get("usage")), finish, calls)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            raise self._malformed(f"{type(e).__name__}: {e}") from None
+
+    async def stream(
+        self, request: ChatRequest, timeout: httpx.Timeout
+    ) -> AsyncGenerator[str | ChatResponse, None]:
+        body = encode_json(to_anthropic(request, self.model, stream=True)).encode()
+        resp = await self._open(body, timeout)
+        try:
+            parts: list[str] = []
+            # index -> [id, name, json pieces] for tool_use blocks
+            tools: dict[int, tuple[str, str, list[str]]] = {}
+            usage_in: dict[str, Any] = {}
+            out_tokens: int | None = None
+            stop: str | None = None
+            last: Any = None
+            ended = False
+            async for _, data in sse_events(resp):
+                try:
+                    ev = json.loads(data)
+                    kind = ev["type"]
+                    last = ev
+                    if kind == "content_block_delta":
+                        d = ev["delta"]
+                        if d["type"] == "text_delta":
+                            parts.append(d["text"])
+                            yield d["text"]
+                        elif d["type"] == "input_json_delta":
+                            t = tools[ev["index"]]
+                            t[2].append(d["partial_json"])
+                            if t[1] == _JSON_TOOL and d["partial_json"]:
+                                yield d["partial_json"]
+                    elif kind == "content_block_start":
+                        b = ev["content_block"]
+                        if b["type"] == "tool_use":
+                            tools[ev["index"]] = (b["id"], b["name"], [])
+                    elif kind == "message_start":
+                        usage_in = ev["message"].get("usage") or {}
+                    elif kind == "message_delta":
+                        stop = ev.get("delta", {}).get("stop_reason") or stop
+                        u = ev.get("usage") or {}
+                        if u.get("output_tokens") is not None:
+                            out_tokens = int(u["output_tokens"])
+                        for k in (
+                            "input_tokens",
+                            "cache_read_input_tokens",
+                            "cache_creation_input_tokens",
+                        ):
+                            if u.get(k) is not None:
+                                usage_in[k] = u[k]
+                    elif kind == "message_stop":
+                        ended = True
+                        break
+                    elif kind == "error":
+                        err = ev.get("error") or {}
+                        msg = (
+                            f"{self.model_id} via {self.deployment}: error event in the stream: "
+                            f"{err.get('type')}: {str(err.get('message', ''))[:300]}"
+                        )
+                        cls = (
+                            RetryableError
+                            if err.get("type") in _RETRYABLE_EVENTS
+                            else ProviderError
+                        )
+                        raise cls(msg, model=self.model_id, deployment=self.deployment)
+                except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+                    raise self._malformed(f"bad stream event ({type(e).__name__}: {e})") from None
+            if not ended:
+                raise self._malformed("the stream ended before message_stop")
+            calls = [ToolCall(i, n, "".join(a)) for _, (i, n, a) in sorted(tools.items())]
+            finish = _FINISH.get(stop or "", stop)
+            text = "".join(parts)
+            if calls and calls[0].name == _JSON_TOOL:
+                text, calls, finish = calls[0].arguments, [], "stop"
+            usage = _usage(usage_in, out_tokens) if out_tokens is not None else None
+            yield ChatResponse(text, last, usage, finish, calls)
+        except httpx.RequestError as e:
+            raise self._transport_error(e) from None
+        finally:
+            await resp.aclose()

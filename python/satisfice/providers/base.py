@@ -1,0 +1,331 @@
+"""The one Provider protocol, the normalized request/response types, and HTTP error mapping.
+
+Requests and responses are normalized to the OpenAI Chat Completions vocabulary (messages,
+`tools`, `finish_reason` in {stop, length, tool_calls, content_filter}); each provider
+translates to and from its own wire format.
+
+Failure mapping, shared by every provider:
+
+    429, 408, 409, 425, 5xx, 529, connect/read errors, timeouts  -> RetryableError
+    401, 403                                                      -> AuthError
+    400/413/422 whose message talks about the context window      -> ContextLengthError
+    other 400/422                                                 -> BadRequestError
+    other 4xx (404 model not found, 405, ...)                     -> ProviderError
+    200 whose body is not the JSON the API promises               -> RetryableError
+
+A malformed 200 is retryable on purpose: the request was valid and the fault lies upstream
+(a truncating proxy, an overloaded gateway), so another try or another deployment usually
+works. Messages never carry headers, so an API key cannot leak through an error.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from ..errors import (
+    AuthError,
+    BadRequestError,
+    ContextLengthError,
+    ProviderError,
+    RetryableError,
+    UpstreamTimeoutError,
+)
+
+__all__ = [
+    "ChatRequest",
+    "ChatResponse",
+    "HTTPProvider",
+    "Provider",
+    "StreamDelta",
+    "ToolCall",
+    "Usage",
+    "encode_json",
+    "error_from_response",
+    "error_from_transport",
+]
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens of one call. `prompt_tokens` includes cached reads and cache writes.
+
+    `source` is "provider" when the upstream reported it, "counted" when satisfice counted
+    exactly (OpenAI encodings), "estimated" for families without a public tokenizer.
+    """
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    source: str = "provider"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCall:
+    """A function call the model asked for; `arguments` is the JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """One chat request in OpenAI form; `extra` is merged into the wire payload verbatim."""
+
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    stream: bool = False
+    extra: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class ChatResponse:
+    """A normalized answer. `raw` is the provider's JSON (the last event when streamed)."""
+
+    text: str
+    raw: Any
+    usage: Usage | None
+    finish_reason: str | None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StreamDelta:
+    """One piece of a streamed answer. The last item has `done=True` and `.result` set."""
+
+    text: str = ""
+    done: bool = False
+    result: Any = None  # satisfice.result.ChatResult on the final item
+
+
+class Provider(Protocol):
+    """Calls one deployment. Implementations hold no per-request state.
+
+    `stream` yields text pieces, then exactly one ChatResponse (the assembled answer with
+    usage and tool calls) as its last item.
+    """
+
+    async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse: ...
+
+    def stream(
+        self, request: ChatRequest, timeout: httpx.Timeout
+    ) -> AsyncGenerator[str | ChatResponse, None]: ...
+
+
+_RETRYABLE = frozenset({408, 409, 425, 429, 529})
+_CONTEXT_WORDS = (
+    "context length",
+    "context_length",
+    "context window",
+    "maximum context",
+    "prompt is too long",
+    "too many tokens",
+    "input is too long",
+    "reduce the length",
+    "exceeds the model",
+)
+
+
+def parse_retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from `retry-after-ms`, `Retry-After` (seconds or HTTP date), or None."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(float(ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _message_of(body: bytes) -> str:
+    """The upstream's own error message (both APIs use {"error": {"message": ...}})."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:300].decode("utf-8", "replace").strip()
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message") or err.get("type") or "")[:300]
+    if isinstance(err, str):
+        return err[:300]
+    return str(data)[:300]
+
+
+def error_from_response(
+    status: int, headers: httpx.Headers, body: bytes, model: str, deployment: str
+) -> ProviderError:
+    """The errors.py class for a non-2xx answer."""
+    said = _message_of(body)
+    where = f"{model} via {deployment}"
+    kw: dict[str, Any] = {"model": model, "deployment": deployment, "status": status}
+    if status in _RETRYABLE or status >= 500:
+        ra = parse_retry_after(headers)
+        wait = f"; upstream asks to wait {ra:g}s" if ra is not None else ""
+        return RetryableError(
+            f"{where}: HTTP {status}{wait}: {said}", retry_after=ra, body=said, **kw
+        )
+    if status in (401, 403):
+        return AuthError(
+            f"{where}: HTTP {status}, the upstream rejected the API key ({said}); check the "
+            "key in the deployment's api_key_env variable. The deployment is disabled until "
+            "Health.enable() is called",
+            body=said,
+            **kw,
+        )
+    if status in (400, 413, 422):
+        low = said.lower()
+        if status == 413 or any(w in low for w in _CONTEXT_WORDS):
+            return ContextLengthError(
+                f"{where}: the prompt does not fit the model's context window ({said}); "
+                "shorten it or route to a model with a larger window",
+                body=said,
+                **kw,
+            )
+        return BadRequestError(
+            f"{where}: HTTP {status}, the upstream rejected the request ({said}); "
+            "fix the request, retrying will not help",
+            body=said,
+            **kw,
+        )
+    return ProviderError(
+        f"{where}: HTTP {status} ({said}); check the deployment's base_url and model name",
+        body=said,
+        **kw,
+    )
+
+
+def error_from_transport(exc: Exception, model: str, deployment: str) -> RetryableError:
+    """A RetryableError for an httpx transport failure (timeouts, resets, refused)."""
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeoutError(
+            f"{model} via {deployment}: no answer in time ({detail})",
+            model=model,
+            deployment=deployment,
+        )
+    return RetryableError(
+        f"{model} via {deployment}: connection failed ({detail})",
+        model=model,
+        deployment=deployment,
+    )
+
+
+# Compact, non-ASCII kept: the bytes httpx's `json=` would send, without its per-call encoder.
+encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class HTTPProvider:
+    """The HTTP plumbing both wire formats share: one deployment, a prebuilt URL and
+    headers (the key lives there and nowhere else), failures mapped to errors.py."""
+
+    __slots__ = ("_client", "_headers", "_url", "deployment", "model", "model_id")
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        headers: dict[str, str],
+        *,
+        model: str,
+        deployment: str,
+        model_id: str | None,
+    ) -> None:
+        self._client = client
+        self._url = url
+        self._headers = headers
+        self.model = model  # the name the upstream expects
+        self.model_id = model_id or model  # the registry id, used in errors
+        self.deployment = deployment
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r}, url={self._url!r})"
+
+    def _malformed(self, why: str) -> RetryableError:
+        return RetryableError(
+            f"{self.model_id} via {self.deployment}: the upstream answered 200 with a malformed "
+            f"body ({why}); retrying or another deployment usually works",
+            model=self.model_id,
+            deployment=self.deployment,
+            status=200,
+        )
+
+    def _transport_error(self, e: Exception) -> RetryableError:
+        return error_from_transport(e, self.model_id, self.deployment)
+
+    async def _post(self, body: bytes, timeout: httpx.Timeout) -> bytes:
+        """The body of a 2xx answer, else the mapped error."""
+        try:
+            resp = await self._client.post(
+                self._url, content=body, headers=self._headers, timeout=timeout
+            )
+        except httpx.RequestError as e:
+            raise self._transport_error(e) from None
+        if resp.status_code >= 300:
+            raise error_from_response(
+                resp.status_code, resp.headers, resp.content, self.model_id, self.deployment
+            )
+        return resp.content
+
+    async def _open(self, body: bytes, timeout: httpx.Timeout) -> httpx.Response:
+        """A 2xx response whose body is still to be read (the caller closes it)."""
+        req = self._client.build_request(
+            "POST", self._url, content=body, headers=self._headers, timeout=timeout
+        )
+        try:
+            resp = await self._client.send(req, stream=True)
+            if resp.status_code < 300:
+                return resp
+            try:
+                await resp.aread()
+            finally:
+                await resp.aclose()
+        except httpx.RequestError as e:
+            raise self._transport_error(e) from None
+        raise error_from_response(
+            resp.status_code, resp.headers, resp.content, self.model_id, self.deployment
+        )
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+    """(event, data) pairs of a server-sent-events body; multi-line data joined by newlines."""
+    event = ""
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "", []
+        elif line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        # comments (":") and id/retry fields carry nothing we need
+    if data:
+        yield event, "\n".join(data)

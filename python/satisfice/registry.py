@@ -1,0 +1,312 @@
+"""Models, their deployments and prices: the registry the router compiles into its table.
+
+A registry is immutable. A refresh builds a new one and the router swaps it in one
+assignment, so a request never sees half an update. A model without a price is *unpriced*:
+its cost is unknown (None), never $0, and it cannot pass a `max_cost` constraint.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from . import _core
+from .errors import ConfigError, UnknownModelError
+
+__all__ = ["Deployment", "ModelSpec", "Price", "Registry"]
+
+_APIS = ("openai", "anthropic")
+
+
+def _num(d: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> float | None:
+    v = d.get(key)
+    if v is None:
+        if required:
+            raise ConfigError(f"{where}: {key!r} is required")
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+        raise ConfigError(f"{where}: {key!r} must be a finite number >= 0, got {v!r}")
+    return float(v)
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per 1M tokens. Optional tiers are None when the provider does not offer them."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+    batch_input: float | None = None
+    batch_output: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> Price:
+        unknown = set(d) - {"input", "output", "cached_input", "batch_input", "batch_output"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown price field(s) {sorted(unknown)}")
+        inp = _num(d, "input", where, required=True)
+        out = _num(d, "output", where, required=True)
+        assert inp is not None and out is not None
+        return cls(
+            inp,
+            out,
+            _num(d, "cached_input", where),
+            _num(d, "batch_input", where),
+            _num(d, "batch_output", where),
+        )
+
+    def cost(self, tokens_in: float, tokens_out: float, cached_in: float = 0.0) -> float:
+        """USD for one request; cached input tokens use the cached tier when there is one."""
+        cached_rate = self.cached_input if self.cached_input is not None else self.input
+        fresh = max(tokens_in - cached_in, 0.0)
+        return (fresh * self.input + cached_in * cached_rate + tokens_out * self.output) / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One place to call a model: an API wire format, a base URL and a key variable."""
+
+    name: str
+    api: str
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    price: Price | None = None
+    p95_latency_ms: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str, default_model: str) -> Deployment:
+        unknown = set(d) - {
+            "name",
+            "api",
+            "base_url",
+            "model",
+            "api_key_env",
+            "price",
+            "p95_latency_ms",
+        }
+        if unknown:
+            raise ConfigError(f"{where}: unknown deployment field(s) {sorted(unknown)}")
+        api = d.get("api", "openai")
+        if api not in _APIS:
+            raise ConfigError(f"{where}: api must be one of {list(_APIS)}, got {api!r}")
+        base_url = d.get("base_url")
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}: base_url must be an http(s) URL, got {base_url!r}")
+        price = d.get("price")
+        return cls(
+            name=str(d.get("name", api)),
+            api=api,
+            base_url=base_url.rstrip("/"),
+            model=str(d.get("model", default_model)),
+            api_key_env=d.get("api_key_env"),
+            price=Price.from_dict(price, f"{where}.price") if price is not None else None,
+            p95_latency_ms=_num(d, "p95_latency_ms", where),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model. `price=None` means unpriced (cost unknown), never free."""
+
+    id: str
+    provider: str
+    context_window: int
+    max_output: int
+    tokenizer: str = "o200k_base"
+    price: Price | None = None
+    capabilities: frozenset[str] = frozenset()
+    p95_latency_ms: float | None = None
+    quality: Mapping[str, float] = field(default_factory=dict)
+    deployments: tuple[Deployment, ...] = ()
+    disabled: bool = False
+
+    def __post_init__(self) -> None:
+        where = f"model {self.id!r}"
+        if not self.id or not isinstance(self.id, str):
+            raise ConfigError("a model needs a non-empty string id")
+        if self.context_window <= 0 or self.max_output <= 0:
+            raise ConfigError(f"{where}: context_window and max_output must be > 0")
+        if self.max_output > self.context_window:
+            raise ConfigError(f"{where}: max_output exceeds context_window")
+        if self.tokenizer not in _core.FAMILIES:
+            raise ConfigError(
+                f"{where}: tokenizer {self.tokenizer!r} unknown; use one of {_core.FAMILIES}"
+            )
+        bad = set(self.capabilities) - set(_core.CAPABILITIES)
+        if bad:
+            raise ConfigError(
+                f"{where}: unknown capabilities {sorted(bad)}; known: {_core.CAPABILITIES}"
+            )
+        for task, q in self.quality.items():
+            if task not in _core.TASKS:
+                raise ConfigError(f"{where}: quality task {task!r} unknown; use {_core.TASKS}")
+            if not 0.0 < q < 1.0:
+                raise ConfigError(f"{where}: quality[{task!r}] must be in (0, 1), got {q}")
+
+    @property
+    def priced(self) -> bool:
+        return self.price is not None
+
+    def quality_prior(self, task: str = "general") -> float:
+        """Prior P(good) for a task: the task's entry, else `general`, else 0.7."""
+        return float(self.quality.get(task, self.quality.get("general", 0.7)))
+
+    def cost(self, tokens_in: float, tokens_out: float, cached_in: float = 0.0) -> float | None:
+        """USD for a request, or None when the model is unpriced."""
+        return None if self.price is None else self.price.cost(tokens_in, tokens_out, cached_in)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
+        mid = d.get("id")
+        if not isinstance(mid, str) or not mid:
+            raise ConfigError(f"every model needs a string 'id'; got {d!r:.200}")
+        where = f"model {mid!r}"
+        known = {
+            "id",
+            "provider",
+            "context_window",
+            "max_output",
+            "tokenizer",
+            "price",
+            "capabilities",
+            "p95_latency_ms",
+            "quality",
+            "deployments",
+            "disabled",
+        }
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        for key in ("context_window", "max_output"):
+            if not isinstance(d.get(key), int) or isinstance(d.get(key), bool):
+                raise ConfigError(f"{where}: {key!r} must be an integer")
+        price = d.get("price")
+        if price is not None and not isinstance(price, Mapping):
+            raise ConfigError(f"{where}: price must be a table like {{input = 1.0, output = 2.0}}")
+        deps = d.get("deployments", [])
+        if not isinstance(deps, list) or not all(isinstance(x, Mapping) for x in deps):
+            raise ConfigError(f"{where}: deployments must be a list of tables")
+        caps = d.get("capabilities", [])
+        if not isinstance(caps, list | tuple) or not all(isinstance(x, str) for x in caps):
+            raise ConfigError(f"{where}: capabilities must be a list of names")
+        quality = d.get("quality", {})
+        if not isinstance(quality, Mapping) or not all(
+            isinstance(q, int | float) and not isinstance(q, bool) for q in quality.values()
+        ):
+            raise ConfigError(f"{where}: quality must be a table of task = number in (0, 1)")
+        return cls(
+            id=mid,
+            provider=str(d.get("provider", "unknown")),
+            context_window=int(d["context_window"]),
+            max_output=int(d["max_output"]),
+            tokenizer=str(d.get("tokenizer", "o200k_base")),
+            price=Price.from_dict(price, f"{where}.price") if price is not None else None,
+            capabilities=frozenset(caps),
+            p95_latency_ms=_num(d, "p95_latency_ms", where),
+            quality=dict(quality),
+            deployments=tuple(
+                Deployment.from_dict(x, f"{where}.deployments[{i}]", mid)
+                for i, x in enumerate(deps)
+            ),
+            disabled=bool(d.get("disabled", False)),
+        )
+
+
+class Registry:
+    """An immutable, validated set of models. Build with `from_toml`, `from_dict` or models."""
+
+    __slots__ = ("_by_id", "_models", "meta")
+
+    def __init__(self, models: Iterable[ModelSpec], meta: Mapping[str, Any] | None = None):
+        self._models: tuple[ModelSpec, ...] = tuple(models)
+        if not self._models:
+            raise ConfigError("a registry needs at least one model")
+        self._by_id: dict[str, ModelSpec] = {}
+        for m in self._models:
+            if not isinstance(m, ModelSpec):
+                raise ConfigError(f"registry entries must be ModelSpec, got {type(m).__name__}")
+            if m.id in self._by_id:
+                raise ConfigError(f"model id {m.id!r} appears twice in the registry")
+            self._by_id[m.id] = m
+        self.meta: dict[str, Any] = dict(meta or {})
+        ref = self.meta.get("reference_model")
+        if ref is not None and ref not in self._by_id:
+            raise ConfigError(f"meta.reference_model {ref!r} is not a model in this registry")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Registry:
+        models = d.get("model", d.get("models"))
+        if not isinstance(models, list):
+            raise ConfigError("a registry needs a list of models under 'model' ([[model]] in TOML)")
+        return cls((ModelSpec.from_dict(m) for m in models), d.get("meta"))
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Registry:
+        p = Path(path)
+        try:
+            with p.open("rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"registry file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"registry file {p} is not valid TOML: {e}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def default(cls) -> Registry:
+        """The bundled registry of common models with dated public list prices."""
+        text = resources.files("satisfice").joinpath("data/registry.toml").read_text("utf-8")
+        return cls.from_dict(tomllib.loads(text))
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def __iter__(self) -> Iterator[ModelSpec]:
+        return iter(self._models)
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self._by_id
+
+    def __getitem__(self, model_id: str) -> ModelSpec:
+        try:
+            return self._by_id[model_id]
+        except KeyError:
+            raise UnknownModelError(
+                f"unknown model {model_id!r}; the registry has: {', '.join(self.ids)}"
+            ) from None
+
+    @property
+    def ids(self) -> list[str]:
+        return [m.id for m in self._models]
+
+    @property
+    def unpriced(self) -> list[str]:
+        """Models whose cost is unknown: they never pass a max_cost constraint."""
+        return [m.id for m in self._models if m.price is None]
+
+    def index(self, model_id: str) -> int:
+        self[model_id]  # raises UnknownModelError with the list of known ids
+        return self.ids.index(model_id)
+
+    @property
+    def reference(self) -> ModelSpec:
+        """The most capable model: `meta.reference_model`, else the highest general prior."""
+        ref = self.meta.get("reference_model")
+        if ref is not None:
+            return self._by_id[ref]
+        priced = [m for m in self._models if m.priced] or list(self._models)
+        return max(priced, key=lambda m: m.quality_prior())
+
+    def replace(self, *models: ModelSpec) -> Registry:
+        """A new registry with these models added or replacing those with the same id."""
+        new = {m.id: m for m in models}
+        kept = [new.pop(m.id, m) for m in self._models]
+        return Registry([*kept, *new.values()], self.meta)

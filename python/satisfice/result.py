@@ -1,0 +1,111 @@
+"""What a request returns: the answer, and a ledger-ready account of how it was obtained."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .providers.base import ToolCall, Usage
+
+__all__ = ["Attempt", "ChatResult"]
+
+# Outcomes of calls that reached an upstream and may be billed (errors and skips are not).
+_BILLED = frozenset({"ok", "rejected", "cancelled"})
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One call (or one skipped deployment) made for a request.
+
+    `outcome`: "ok"; "error" (`error_type` names the errors.py class); "skipped" (cooling,
+    disabled, missing key, window too small, deadline passed); "cancelled" (a hedge or race
+    loser); "rejected" (answered, but `accept` said no). `cost_usd` is what the call cost as
+    far as it is known: from usage when it answered, the prompt alone (estimated) when it
+    was cancelled in flight, None when unpriced.
+    """
+
+    model: str
+    deployment: str
+    outcome: str
+    started_s: float = 0.0  # since the request started
+    duration_s: float = 0.0
+    error_type: str | None = None
+    error: str | None = None
+    status: int | None = None
+    retry_after: float | None = None
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    cost_estimated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """The answer and its accounting.
+
+    `usage` is the provider's report, else satisfice's own count (`usage.source` says which).
+    `cost_usd` is this answer's cost from the registry price (None when unpriced);
+    `total_cost_usd` adds every other attempt that cost something (hedge and race losers).
+    `overhead_s` is the time satisfice itself added: total latency minus time spent waiting on
+    upstreams (and, for streams, minus time the caller spent between items).
+    """
+
+    text: str
+    model: str
+    deployment: str
+    usage: Usage
+    cost_usd: float | None
+    latency_s: float
+    overhead_s: float
+    attempts: list[Attempt]
+    decision: Any
+    finish_reason: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    raw: Any = field(default=None, repr=False)
+    ttft_s: float | None = None  # streams: time to the first piece of text
+
+    @property
+    def total_cost_usd(self) -> float | None:
+        """This answer plus every other call that may be billed; None when any of their
+        costs is unknown (an unpriced model), never a partial sum that counts it as $0."""
+        total, billed = 0.0, False
+        for a in self.attempts:
+            if a.outcome not in _BILLED:
+                continue
+            if a.cost_usd is None:
+                return None
+            total += a.cost_usd
+            billed = True
+        return total if billed else self.cost_usd
+
+    @property
+    def fallbacks_used(self) -> list[str]:
+        """Models tried (and failed or skipped) before the one that answered."""
+        out: list[str] = []
+        for a in self.attempts:
+            if a.model != self.model and a.model not in out:
+                out.append(a.model)
+        return out
+
+    def to_record(self) -> dict[str, Any]:
+        """A flat, JSON-ready record for a ledger."""
+        d = self.decision
+        return {
+            "model": self.model,
+            "deployment": self.deployment,
+            "tokens_in": self.usage.prompt_tokens,
+            "tokens_out": self.usage.completion_tokens,
+            "cached_tokens": self.usage.cached_tokens,
+            "usage_source": self.usage.source,
+            "cost_usd": self.cost_usd,
+            "total_cost_usd": self.total_cost_usd,
+            "latency_s": self.latency_s,
+            "overhead_s": self.overhead_s,
+            "ttft_s": self.ttft_s,
+            "finish_reason": self.finish_reason,
+            "routed_model": getattr(d, "model", None),
+            "reasons": d.reasons() if hasattr(d, "reasons") else None,
+            "attempts": [a.to_dict() for a in self.attempts],
+        }

@@ -1,0 +1,607 @@
+"""Validators: checks of one model answer that tell a cascade to accept it or escalate.
+
+A validator is any callable `(answer, context) -> Verdict` (or an awaitable of one) with a
+`name`. The built-in ones are plain synchronous objects built once and called per answer,
+with their regular expressions compiled at import, so a check costs microseconds; only the
+judge (a model call) and user callables that choose to be async await anything.
+
+    from satisfice import validators as v
+
+    check = v.all_of(v.json_valid(schema), v.regex(r"\\bTODO\\b", forbid=True))
+    mc = v.agreement(v.choice_letter, min_agree=2)        # two models, same letter
+    gsm = v.all_of(v.final_answer(integer=True), v.arithmetic(), v.consistent_final())
+
+`Verdict.confidence` is the validator's belief, in [0, 1], that the answer is acceptable;
+`passed` is the decision. `calibrated(...)` turns several checks into one learned score.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias, cast
+
+from ._verdict import PASS, Answer, Context, Messages, Validator, Verdict, accept, resolve
+from ._worked import (
+    arithmetic,
+    consistent_final,
+    final_answer,
+    final_number,
+    final_number_or_last,
+    uses_inputs,
+)
+from .errors import ConfigError
+
+__all__ = [
+    "Answer",
+    "Calibrated",
+    "Context",
+    "JudgeCall",
+    "Validator",
+    "Verdict",
+    "accept",
+    "agreement",
+    "all_of",
+    "any_of",
+    "arithmetic",
+    "calibrated",
+    "check",
+    "choice_letter",
+    "code_block",
+    "consistent_final",
+    "extract_code",
+    "extracts",
+    "final_answer",
+    "final_number",
+    "final_number_or_last",
+    "json_valid",
+    "judge",
+    "logprob_confidence",
+    "openai_logprobs",
+    "predicted",
+    "regex",
+    "resolve",
+    "uses_inputs",
+]
+
+
+# -- extraction ------------------------------------------------------------------------
+
+_LEAD_LETTER = re.compile(r"\A\W{0,3}([A-Z])(?![A-Za-z])")
+_SAID_LETTER = re.compile(
+    r"(?:answer|choice|option)\s*(?:is|:)?\s*[:\-]?\s*\(?\*{0,2}([A-Z])\b", re.IGNORECASE
+)
+_FENCE = re.compile(
+    r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)|\[PYTHON\]\n?(.*?)(?:\[/PYTHON\]|\Z)", re.S
+)
+
+
+def choice_letter(text: str, letters: str = "ABCDE") -> str | None:
+    """The multiple-choice letter an answer gives: a leading `B`, `(B)`, `B)`, or an
+    `answer is B` phrase; None when there is none among `letters`."""
+    m = _LEAD_LETTER.match(text.lstrip())
+    if m is not None and m.group(1) in letters:
+        return m.group(1)
+    m = _SAID_LETTER.search(text)
+    if m is not None and m.group(1).upper() in letters:
+        return m.group(1).upper()
+    return None
+
+
+def extract_code(text: str) -> tuple[str, str] | None:
+    """(language, code) of the first fenced code block (or `[PYTHON]` block); None if none.
+    The language is lower-case and empty when the fence names none."""
+    m = _FENCE.search(text)
+    if m is None:
+        return None
+    if m.group(3) is not None:
+        return "python", m.group(3)
+    return m.group(1).lower(), m.group(2)
+
+
+# -- format checks -----------------------------------------------------------------------
+
+_JSON_FENCE = re.compile(r"\A\s*```(?:json)?[ \t]*\n(.*?)\n?```\s*\Z", re.S | re.IGNORECASE)
+
+
+class _Json:
+    __slots__ = ("_check", "name")
+
+    def __init__(self, schema: Mapping[str, Any] | None) -> None:
+        self.name = "json_schema" if schema is not None else "json"
+        self._check: Callable[[Any], str | None] | None = None
+        if schema is None:
+            return
+        try:
+            # Imported here: only schema checks need it. It ships no type stubs.
+            jsonschema: Any = importlib.import_module("jsonschema")
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ConfigError(
+                "json_valid(schema=...) needs the jsonschema package: pip install jsonschema"
+            ) from None
+        cls = jsonschema.validators.validator_for(schema)
+        try:
+            cls.check_schema(schema)
+        except jsonschema.SchemaError as e:
+            raise ConfigError(f"json_valid: the schema itself is invalid: {e.message}") from None
+        compiled = cls(schema)
+
+        def first_error(doc: Any) -> str | None:
+            err = jsonschema.exceptions.best_match(compiled.iter_errors(doc))
+            if err is None:
+                return None
+            where = "/".join(str(p) for p in err.absolute_path) or "(root)"
+            return f"at {where}: {err.message}"
+
+        self._check = first_error
+
+    def __call__(self, answer: Answer, ctx: Context) -> Verdict:
+        text = answer.text
+        fenced = _JSON_FENCE.match(text)
+        try:
+            doc = json.loads(fenced.group(1) if fenced else text)
+        except ValueError as e:
+            return Verdict(False, 0.0, f"not valid JSON: {e}")
+        if self._check is not None:
+            problem = self._check(doc)
+            if problem is not None:
+                return Verdict(False, 0.0, f"JSON does not match the schema {problem}")
+        return PASS
+
+
+def json_valid(schema: Mapping[str, Any] | None = None) -> Validator:
+    """The answer is JSON (a ```json fence around it is allowed), matching `schema` if given.
+
+    The schema is checked and compiled once here; a bad schema raises ConfigError now rather
+    than failing every answer later.
+    """
+    return _Json(schema)
+
+
+class _Regex:
+    __slots__ = ("_forbid", "_full", "_pattern", "name")
+
+    def __init__(
+        self,
+        pattern: str | re.Pattern[str],
+        fullmatch: bool,
+        forbid: bool,
+        flags: int,
+        name: str | None,
+    ) -> None:
+        try:
+            self._pattern = re.compile(pattern, flags) if isinstance(pattern, str) else pattern
+        except re.error as e:
+            raise ConfigError(f"regex: invalid pattern {pattern!r}: {e}") from None
+        self._full = fullmatch
+        self._forbid = forbid
+        self.name = name or ("forbid" if forbid else "regex")
+
+    def __call__(self, answer: Answer, ctx: Context) -> Verdict:
+        # A whole-answer format check ignores the blank lines models put around answers.
+        if self._full:
+            found = self._pattern.fullmatch(answer.text.strip())
+        else:
+            found = self._pattern.search(answer.text)
+        if self._forbid:
+            if found is None:
+                return PASS
+            return Verdict(False, 0.0, f"contains forbidden {found.group()!r}")
+        if found is None:
+            return Verdict(False, 0.0, f"does not match {self._pattern.pattern!r}")
+        return PASS
+
+
+def regex(
+    pattern: str | re.Pattern[str],
+    *,
+    fullmatch: bool = False,
+    forbid: bool = False,
+    flags: int = 0,
+    name: str | None = None,
+) -> Validator:
+    """The answer matches `pattern` (anywhere, or entirely with `fullmatch`), or with
+    `forbid` must not contain it (e.g. hedges such as `as an AI`)."""
+    return _Regex(pattern, fullmatch, forbid, flags, name)
+
+
+class _Extracts:
+    __slots__ = ("_extract", "name")
+
+    def __init__(self, extract: Callable[[str], object | None], name: str | None) -> None:
+        self._extract = extract
+        self.name = name or f"extracts:{getattr(extract, '__name__', 'value')}"
+
+    def __call__(self, answer: Answer, ctx: Context) -> Verdict:
+        if self._extract(answer.text) is None:
+            return Verdict(False, 0.0, f"no answer found by {self.name}")
+        return PASS
+
+
+def extracts(extract: Callable[[str], object | None], *, name: str | None = None) -> Validator:
+    """An answer can be extracted (a letter, a number, a code block): the format is right."""
+    return _Extracts(extract, name)
+
+
+class _Code:
+    __slots__ = ("_language", "_parses", "name")
+
+    def __init__(self, language: str | None, parses: bool) -> None:
+        self._language = language.lower() if language else None
+        self._parses = parses
+        self.name = "code_block"
+
+    def __call__(self, answer: Answer, ctx: Context) -> Verdict:
+        block = extract_code(answer.text)
+        if block is None:
+            return Verdict(False, 0.0, "no code block")
+        lang, code = block
+        want = self._language
+        if want is not None and lang and lang not in (want, "py" if want == "python" else want):
+            return Verdict(False, 0.0, f"code block is {lang}, expected {want}")
+        if self._parses and want in ("python", None) and (lang in ("", "python", "py")):
+            try:
+                compile(code, "<answer>", "exec", ast.PyCF_ONLY_AST)
+            except (SyntaxError, ValueError) as e:
+                return Verdict(False, 0.0, f"code does not parse: {e.__class__.__name__} {e}")
+        return PASS
+
+
+def code_block(language: str | None = None, *, parses: bool = True) -> Validator:
+    """The answer holds a fenced code block in `language` (any when None); with `parses`,
+    Python code must compile (syntax only, nothing is executed)."""
+    return _Code(language, parses)
+
+
+# -- agreement ---------------------------------------------------------------------------
+
+
+class _Agreement:
+    __slots__ = ("_extract", "_min", "_weights", "name")
+
+    def __init__(
+        self,
+        extract: Callable[[str], object | None],
+        min_agree: float,
+        weights: Mapping[str, float] | None,
+    ) -> None:
+        if min_agree <= 0:
+            raise ConfigError(f"agreement: min_agree must be > 0, got {min_agree}")
+        self._extract = extract
+        self._min = min_agree
+        self._weights = dict(weights) if weights else None
+        self.name = f"agreement:{getattr(extract, '__name__', 'value')}"
+
+    def _weight(self, model: str) -> float:
+        return 1.0 if self._weights is None else self._weights.get(model, 1.0)
+
+    def __call__(self, answer: Answer, ctx: Context) -> Verdict:
+        mine = self._extract(answer.text)
+        if mine is None:
+            return Verdict(False, 0.0, f"no answer to compare ({self.name} found none)")
+        weight = self._weight
+        votes = weight(answer.model)
+        total = votes
+        for peer in ctx.peers:
+            if peer is answer:
+                continue
+            theirs = self._extract(peer.text)
+            if theirs is None:
+                continue
+            total += weight(peer.model)
+            if theirs == mine:
+                votes += weight(peer.model)
+        share = votes / total if total > 0 else 0.0
+        if votes + 1e-12 >= self._min:
+            return Verdict(True, share, f"{votes:g} vote(s) for {mine!r} (share {share:.2f})")
+        return Verdict(False, share, f"only {votes:g} vote(s) for {mine!r}, need {self._min:g}")
+
+
+def agreement(
+    extract: Callable[[str], object | None],
+    *,
+    min_agree: float = 2,
+    weights: Mapping[str, float] | None = None,
+) -> Validator:
+    """At least `min_agree` answers (this one and its peers; weighted by model when
+    `weights` is given) give the same extracted answer. Confidence is the agreeing share."""
+    return _Agreement(extract, min_agree, weights)
+
+
+# -- log-prob confidence -------------------------------------------------------------------
+
+
+class _Logprob:
+    __slots__ = ("_if_missing", "_min", "name")
+
+    def __init__(self, min_prob: float, if_missing: Literal["pass", "fail"]) -> None:
+        if not 0.0 <= min_prob <= 1.0:
+            raise ConfigError(f"logprob_confidence: min_prob must be in [0, 1], got {min_prob}")
+        self._min = min_prob
+        self._if_missing = if_missing
+        self.name = "logprob"
+
+    def __call__(self, answer: Answer, ctx: Context) -> Verdict:
+        lps = answer.logprobs
+        if not lps:
+            ok = self._if_missing == "pass"
+            return Verdict(ok, 0.5, "the provider returned no log-probs")
+        prob = math.exp(sum(lps) / len(lps))
+        if prob >= self._min:
+            return Verdict(True, prob, f"mean token probability {prob:.3f}")
+        return Verdict(False, prob, f"mean token probability {prob:.3f} < {self._min:g}")
+
+
+def logprob_confidence(
+    min_prob: float = 0.8, *, if_missing: Literal["pass", "fail"] = "pass"
+) -> Validator:
+    """The geometric-mean token probability of the answer is at least `min_prob`. Answers
+    without log-probs pass (or fail, with `if_missing="fail"`) at confidence 0.5."""
+    return _Logprob(min_prob, if_missing)
+
+
+def openai_logprobs(raw: Any) -> tuple[float, ...] | None:
+    """Per-token log-probs from an OpenAI chat completion body, None when absent."""
+    try:
+        content = raw["choices"][0]["logprobs"]["content"]
+        return tuple(float(t["logprob"]) for t in content)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+class _Predicted:
+    __slots__ = ("_min", "name")
+
+    def __init__(self, min_p: float) -> None:
+        self._min = min_p
+        self.name = "predicted"
+
+    def __call__(self, answer: Answer, ctx: Context) -> Verdict:
+        p = None if ctx.p_good is None else ctx.p_good.get(answer.model)
+        if p is None:
+            return Verdict(True, 0.5, f"no prediction for {answer.model}")
+        return Verdict(p >= self._min, p, f"router predicted P(good)={p:.2f}")
+
+
+def predicted(min_p: float = 0.5) -> Validator:
+    """The router's prompt-only P(good) for the answering model, as a check: on its own a
+    weak one, inside `calibrated(...)` the prior that the answer checks refine."""
+    return _Predicted(min_p)
+
+
+# -- judge model and user callables ---------------------------------------------------------
+
+JudgeCall: TypeAlias = Callable[[list[dict[str, Any]]], Awaitable[Answer]]
+
+_JUDGE_SYSTEM = (
+    "You grade an assistant's answer against a rubric. Be strict and brief. Reply with "
+    "exactly two lines:\nVERDICT: PASS or VERDICT: FAIL\nCONFIDENCE: a number from 0 to 100"
+)
+_VERDICT = re.compile(r"VERDICT\s*:\s*\**\s*(PASS|FAIL)", re.IGNORECASE)
+_CONFIDENCE = re.compile(r"CONFIDENCE\s*:\s*\**\s*(\d{1,3}(?:\.\d+)?)", re.IGNORECASE)
+
+
+def _request_text(messages: Messages) -> str:
+    parts = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            parts.append(f"[{m.get('role', 'user')}] {content}")
+    return "\n\n".join(parts)
+
+
+class _Judge:
+    __slots__ = ("_ask", "_min", "_rubric", "name")
+
+    def __init__(self, ask: JudgeCall, rubric: str, min_confidence: float) -> None:
+        if not rubric.strip():
+            raise ConfigError("judge: the rubric is empty; say what a good answer must do")
+        self._ask = ask
+        self._rubric = rubric
+        self._min = min_confidence
+        self.name = "judge"
+
+    async def __call__(self, answer: Answer, ctx: Context) -> Verdict:
+        prompt = (
+            f"Request:\n{_request_text(ctx.messages)}\n\nAnswer to grade:\n{answer.text}\n\n"
+            f"Rubric: {self._rubric}"
+        )
+        reply = await self._ask(
+            [{"role": "system", "content": _JUDGE_SYSTEM}, {"role": "user", "content": prompt}]
+        )
+        said = _VERDICT.search(reply.text)
+        if said is None:
+            # An unreadable grade is no evidence the answer is good: escalate.
+            return Verdict(False, 0.0, f"judge {reply.model} gave no VERDICT line", (reply,))
+        conf_m = _CONFIDENCE.search(reply.text)
+        conf = min(float(conf_m.group(1)) / 100.0, 1.0) if conf_m else 0.75
+        p_ok = conf if said.group(1).upper() == "PASS" else 1.0 - conf
+        ok = p_ok >= self._min
+        return Verdict(
+            ok, p_ok, f"judge {reply.model}: {said.group(1).upper()} ({conf:.0%} sure)", (reply,)
+        )
+
+
+def judge(ask: JudgeCall, rubric: str, *, min_confidence: float = 0.5) -> Validator:
+    """Ask a model whether the answer meets `rubric`. `ask(messages) -> Answer` calls the
+    judge model; `satisfice.cascade.routed_judge(router, call)` routes it to a cheap model.
+    The judge's own cost is billed to the step through `Verdict.calls`."""
+    return _Judge(ask, rubric, min_confidence)
+
+
+def _as_verdict(value: object, name: str) -> Verdict:
+    if isinstance(value, Verdict):
+        return value
+    if isinstance(value, bool):
+        return PASS if value else Verdict(False, 0.0, f"{name} said no")
+    raise ConfigError(
+        f"validator {name} returned {type(value).__name__}; return a bool or a Verdict"
+    )
+
+
+class _User:
+    __slots__ = ("_fn", "_text_only", "name")
+
+    def __init__(self, fn: Callable[..., Any], name: str | None) -> None:
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        self._text_only = len(params) < 2
+        self._fn = fn
+        self.name = name or str(getattr(fn, "__name__", "check"))
+
+    def __call__(self, answer: Answer, ctx: Context) -> Verdict | Awaitable[Verdict]:
+        out = self._fn(answer.text) if self._text_only else self._fn(answer, ctx)
+        if inspect.isawaitable(out):
+            return self._await(out)
+        return _as_verdict(out, self.name)
+
+    async def _await(self, pending: Awaitable[object]) -> Verdict:
+        return _as_verdict(await pending, self.name)
+
+
+def check(fn: Callable[..., Any], *, name: str | None = None) -> Validator:
+    """Your own check: `fn(text)` or `fn(answer, context)`, sync or async, returning a bool
+    or a Verdict."""
+    return _User(fn, name)
+
+
+# -- combinators --------------------------------------------------------------------------
+
+
+class _AllOf:
+    __slots__ = ("_parts", "name")
+
+    def __init__(self, parts: Sequence[Validator]) -> None:
+        if not parts:
+            raise ConfigError("all_of needs at least one validator")
+        self._parts = tuple(parts)
+        self.name = "all_of(" + ", ".join(p.name for p in parts) + ")"
+
+    def __call__(self, answer: Answer, ctx: Context) -> Verdict | Awaitable[Verdict]:
+        low = 1.0
+        calls: tuple[Answer, ...] = ()
+        for i, part in enumerate(self._parts):
+            v = part(answer, ctx)
+            if not isinstance(v, Verdict):
+                # Async from here on; the sync checks before it already ran.
+                return self._rest(answer, ctx, i, v, low, calls)
+            calls += v.calls
+            if not v.passed:  # the first failure decides; later checks would be wasted time
+                return Verdict(False, v.confidence, f"{part.name}: {v.reason}", calls)
+            low = min(low, v.confidence)
+        return Verdict(True, low, "all checks passed", calls)
+
+    async def _rest(
+        self,
+        answer: Answer,
+        ctx: Context,
+        i: int,
+        pending: Awaitable[Verdict],
+        low: float,
+        calls: tuple[Answer, ...],
+    ) -> Verdict:
+        for k, part in enumerate(self._parts[i:]):
+            v = await pending if k == 0 else await resolve(part(answer, ctx))
+            calls += v.calls
+            if not v.passed:
+                return Verdict(False, v.confidence, f"{part.name}: {v.reason}", calls)
+            low = min(low, v.confidence)
+        return Verdict(True, low, "all checks passed", calls)
+
+
+def all_of(*validators: Validator) -> Validator:
+    """Passes when every validator passes (checked in order, stopping at the first failure);
+    confidence is the lowest."""
+    return _AllOf(validators)
+
+
+class _AnyOf:
+    __slots__ = ("_parts", "name")
+
+    def __init__(self, parts: Sequence[Validator]) -> None:
+        if not parts:
+            raise ConfigError("any_of needs at least one validator")
+        self._parts = tuple(parts)
+        self.name = "any_of(" + ", ".join(p.name for p in parts) + ")"
+
+    def __call__(self, answer: Answer, ctx: Context) -> Verdict | Awaitable[Verdict]:
+        results = [p(answer, ctx) for p in self._parts]
+        if all(isinstance(r, Verdict) for r in results):
+            return self._combine(cast(list[Verdict], results))
+        return self._gather(results)
+
+    async def _gather(self, results: list[Verdict | Awaitable[Verdict]]) -> Verdict:
+        return self._combine([await resolve(r) for r in results])
+
+    def _combine(self, verdicts: list[Verdict]) -> Verdict:
+        calls = tuple(c for v in verdicts for c in v.calls)
+        best = max(verdicts, key=lambda v: (v.passed, v.confidence))
+        return Verdict(best.passed, best.confidence, best.reason, calls)
+
+
+def any_of(*validators: Validator) -> Validator:
+    """Passes when at least one validator passes; confidence is the best passing one's."""
+    return _AnyOf(validators)
+
+
+@dataclass(frozen=True, slots=True)
+class Calibrated:
+    """Several checks combined into one fitted P(ok); see `calibrated`."""
+
+    parts: tuple[Validator, ...]
+    weights: tuple[float, ...]
+    bias: float
+    threshold: float
+    name: str = field(default="calibrated")
+
+    def __call__(self, answer: Answer, ctx: Context) -> Verdict | Awaitable[Verdict]:
+        results = [p(answer, ctx) for p in self.parts]
+        if all(isinstance(r, Verdict) for r in results):
+            return self._score(cast(list[Verdict], results))
+        return self._gather(results)
+
+    async def _gather(self, results: list[Verdict | Awaitable[Verdict]]) -> Verdict:
+        return self._score([await resolve(r) for r in results])
+
+    def at(self, threshold: float) -> Calibrated:
+        """The same score passing at another threshold (for sweeps)."""
+        return calibrated(self.parts, self.weights, self.bias, threshold)
+
+    def _score(self, verdicts: list[Verdict]) -> Verdict:
+        z = self.bias + sum(w * v.confidence for w, v in zip(self.weights, verdicts, strict=True))
+        p = 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+        calls = tuple(c for v in verdicts for c in v.calls)
+        failed = [
+            f"{part.name}: {v.reason}"
+            for part, v in zip(self.parts, verdicts, strict=True)
+            if not v.passed
+        ]
+        why = "; ".join(failed) if failed else "all checks passed"
+        return Verdict(p >= self.threshold, p, f"P(ok)={p:.2f} ({why})", calls)
+
+
+def calibrated(
+    validators: Sequence[Validator],
+    weights: Sequence[float],
+    bias: float = 0.0,
+    threshold: float = 0.5,
+) -> Calibrated:
+    """One score from several checks: P(ok) = sigmoid(bias + sum(w_i * confidence_i)),
+    passing at `threshold`. Fit the weights on outcome data (logistic regression, see
+    `satisfice.eval.cascade_eval.fit_calibrated`), then sweep the threshold."""
+    if len(validators) != len(weights) or not validators:
+        raise ConfigError(f"calibrated: {len(validators)} validators but {len(weights)} weights")
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"calibrated: threshold must be in [0, 1], got {threshold}")
+    return Calibrated(
+        tuple(validators), tuple(float(w) for w in weights), float(bias), float(threshold)
+    )
