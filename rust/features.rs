@@ -11,15 +11,41 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 pub const FEATURE_VERSION: u32 = 3;
 pub const DENSE: usize = 32;
 pub const DEFAULT_BUCKETS: usize = 1024;
-pub const DEFAULT_SEED: u64 = 0x7469_6572_7769_7365; // "satisfice"
+pub const DEFAULT_SEED: u64 = 0x7469_6572_7769_7365; // fixed: trained predictors depend on it
 
 pub const DENSE_NAMES: [&str; DENSE] = [
-    "log_chars", "log_tokens", "log_turns", "log_system_chars", "code", "json", "math", "list",
-    "question", "multiple_choice", "reasoning", "translation", "summarize", "extraction",
-    "creative", "frac_latin", "frac_cjk", "frac_cyrillic", "frac_other_script", "frac_digits",
-    "frac_punct", "newline_density", "avg_word_len", "frac_upper", "log_lines",
-    "log_last_user_chars", "url", "code_fence", "log_numbers", "math_op_density",
-    "frac_long_words", "bias",
+    "log_chars",
+    "log_tokens",
+    "log_turns",
+    "log_system_chars",
+    "code",
+    "json",
+    "math",
+    "list",
+    "question",
+    "multiple_choice",
+    "reasoning",
+    "translation",
+    "summarize",
+    "extraction",
+    "creative",
+    "frac_latin",
+    "frac_cjk",
+    "frac_cyrillic",
+    "frac_other_script",
+    "frac_digits",
+    "frac_punct",
+    "newline_density",
+    "avg_word_len",
+    "frac_upper",
+    "log_lines",
+    "log_last_user_chars",
+    "url",
+    "code_fence",
+    "log_numbers",
+    "math_op_density",
+    "frac_long_words",
+    "bias",
 ];
 
 /// Flag bits (also the dense features 4..=14, in the same order).
@@ -36,8 +62,17 @@ pub mod flag {
     pub const EXTRACTION: u32 = 1 << 9;
     pub const CREATIVE: u32 = 1 << 10;
     pub const NAMES: [&str; 11] = [
-        "code", "json", "math", "list", "question", "multiple_choice", "reasoning",
-        "translation", "summarize", "extraction", "creative",
+        "code",
+        "json",
+        "math",
+        "list",
+        "question",
+        "multiple_choice",
+        "reasoning",
+        "translation",
+        "summarize",
+        "extraction",
+        "creative",
     ];
 }
 
@@ -56,19 +91,34 @@ pub enum Task {
 
 impl Task {
     pub const NAMES: [&'static str; 8] = [
-        "code", "math", "extraction", "translation", "summarize", "creative", "reasoning",
+        "code",
+        "math",
+        "extraction",
+        "translation",
+        "summarize",
+        "creative",
+        "reasoning",
         "general",
     ];
     pub fn name(self) -> &'static str {
         Self::NAMES[self as usize]
     }
     pub fn parse(s: &str) -> Option<Task> {
-        Self::NAMES.iter().position(|n| *n == s).map(Self::from_index)
+        Self::NAMES
+            .iter()
+            .position(|n| *n == s)
+            .map(Self::from_index)
     }
     fn from_index(i: usize) -> Task {
         [
-            Task::Code, Task::Math, Task::Extraction, Task::Translation, Task::Summarize,
-            Task::Creative, Task::Reasoning, Task::General,
+            Task::Code,
+            Task::Math,
+            Task::Extraction,
+            Task::Translation,
+            Task::Summarize,
+            Task::Creative,
+            Task::Reasoning,
+            Task::General,
         ][i]
     }
     fn from_flags(f: u32) -> Task {
@@ -108,7 +158,10 @@ pub struct FeaturizerConfig {
 
 impl Default for FeaturizerConfig {
     fn default() -> Self {
-        Self { hash_buckets: DEFAULT_BUCKETS, seed: DEFAULT_SEED }
+        Self {
+            hash_buckets: DEFAULT_BUCKETS,
+            seed: DEFAULT_SEED,
+        }
     }
 }
 
@@ -300,7 +353,8 @@ struct KeywordTable {
 const KW_BITS: u32 = 10;
 
 fn kw_slot(key: u128) -> usize {
-    let h = ((key as u64) ^ ((key >> 64) as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let h =
+        ((key as u64) ^ ((key >> 64) as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (h >> (64 - KW_BITS)) as usize
 }
 
@@ -315,7 +369,10 @@ fn pack(w: &[u8]) -> Option<u128> {
 
 static KEYWORD_TABLE: std::sync::LazyLock<KeywordTable> = std::sync::LazyLock::new(|| {
     let size = 1 << KW_BITS;
-    let mut t = KeywordTable { keys: vec![0; size], flags: vec![0; size] };
+    let mut t = KeywordTable {
+        keys: vec![0; size],
+        flags: vec![0; size],
+    };
     for (w, f) in KEYWORDS {
         let key = pack(w.as_bytes()).unwrap_or(0);
         let mut i = kw_slot(key);
@@ -379,7 +436,11 @@ impl tokens::Visitor for Scan<'_> {
         let mut buf = [0u8; 32];
         let n = len.min(buf.len());
         let (kw, upper) = if n <= 16 {
-            let mask = if n == 16 { u128::MAX } else { (1u128 << (8 * n)) - 1 };
+            let mask = if n == 16 {
+                u128::MAX
+            } else {
+                (1u128 << (8 * n)) - 1
+            };
             // One 16-byte load from the text when it has that many bytes left.
             let raw = match rest.first_chunk::<16>() {
                 Some(chunk) => u128::from_le_bytes(*chunk),
@@ -391,7 +452,10 @@ impl tokens::Visitor for Scan<'_> {
             let case_bits = 0x2020_2020_2020_2020_2020_2020_2020_2020u128 & mask;
             let lower = raw | case_bits;
             buf[..16].copy_from_slice(&lower.to_le_bytes());
-            (keyword_flags_packed(lower), n - (raw & case_bits).count_ones() as usize)
+            (
+                keyword_flags_packed(lower),
+                n - (raw & case_bits).count_ones() as usize,
+            )
         } else {
             buf[..n].copy_from_slice(&w[..n]);
             let upper = buf[..n].iter().filter(|c| c.is_ascii_uppercase()).count();
@@ -406,7 +470,11 @@ impl tokens::Visitor for Scan<'_> {
         }
         self.url |= kw & URL != 0;
         // Multiple-choice options: a single capital A-E at a line start followed by ) . or :
-        if line_start && len == 1 && (b'A'..=b'E').contains(&w[0]) && matches!(next, b')' | b'.' | b':') {
+        if line_start
+            && len == 1
+            && (b'A'..=b'E').contains(&w[0])
+            && matches!(next, b')' | b'.' | b':')
+        {
             self.mc_options |= 1 << (w[0] - b'A');
         }
         self.first_word_of_msg = false;
@@ -414,7 +482,9 @@ impl tokens::Visitor for Scan<'_> {
             let h = xxh3_64_with_seed(lw, self.seed);
             self.bucket_add(h);
             if self.prev_word != 0 {
-                self.bucket_add((self.prev_word.rotate_left(23) ^ h).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                self.bucket_add(
+                    (self.prev_word.rotate_left(23) ^ h).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
             }
             self.prev_word = h;
         }
@@ -566,7 +636,11 @@ pub fn featurize_into(messages: &[Message], cfg: &FeaturizerConfig, out: &mut [f
     dense[19] = s.digits as f32 / fc;
     dense[20] = s.punct as f32 / fc;
     dense[21] = (s.newlines as f32 / fc * 10.0).min(1.0);
-    dense[22] = if s.words > 0 { s.word_bytes as f32 / s.words as f32 / 10.0 } else { 0.0 };
+    dense[22] = if s.words > 0 {
+        s.word_bytes as f32 / s.words as f32 / 10.0
+    } else {
+        0.0
+    };
     dense[23] = s.upper as f32 / letters;
     dense[24] = ln(s.newlines + 1);
     dense[25] = ln(last_user_chars);
@@ -574,7 +648,11 @@ pub fn featurize_into(messages: &[Message], cfg: &FeaturizerConfig, out: &mut [f
     dense[27] = s.fence as u8 as f32;
     dense[28] = ln(s.numbers);
     dense[29] = (s.math_ops as f32 / fc * 20.0).min(1.0);
-    dense[30] = if s.words > 0 { s.long_words as f32 / s.words as f32 } else { 0.0 };
+    dense[30] = if s.words > 0 {
+        s.long_words as f32 / s.words as f32
+    } else {
+        0.0
+    };
     dense[31] = 1.0;
     let hashed = &mut out[DENSE..];
     let norm = hashed.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -595,7 +673,10 @@ mod tests {
     use super::*;
 
     fn user(s: &str) -> Vec<Message> {
-        vec![Message { role: "user".into(), content: s.into() }]
+        vec![Message {
+            role: "user".into(),
+            content: s.into(),
+        }]
     }
 
     #[test]
@@ -637,7 +718,11 @@ mod tests {
     #[test]
     fn keyword_table_finds_every_keyword() {
         for (w, f) in KEYWORDS {
-            assert_eq!(keyword_flags(w.as_bytes()), *f | keyword_flags(w.as_bytes()), "{w}");
+            assert_eq!(
+                keyword_flags(w.as_bytes()),
+                *f | keyword_flags(w.as_bytes()),
+                "{w}"
+            );
             assert_ne!(keyword_flags(w.as_bytes()), 0, "{w}");
         }
         assert_eq!(keyword_flags(b"the"), 0);

@@ -1,6 +1,8 @@
 //! satisfice core: feature extraction, token counting/estimation and the dispatch table.
 //! Pure Rust with no I/O, clocks or threads; `py.rs` (feature `python`) is the only binding.
 
+#![forbid(unsafe_code)]
+
 pub mod dispatch;
 pub mod features;
 pub mod tokens;

@@ -1,11 +1,13 @@
 //! The only file that touches pyo3: coarse calls, batch variants, the GIL released where
 //! cost grows with input. Errors cross once, as the classes defined in `satisfice.errors`.
 
-use crate::dispatch::{cap, Constraints, DispatchTable, ModelRow, Plan, Predictor, Rule};
+use crate::dispatch::{cap, Constraints, DispatchTable, ModelRow, Plan, Predictor, Ranking, Rule};
 use crate::features::{self, flag, FeaturizerConfig, Message, Task};
 use crate::tokens::{self, Family};
 use crate::CoreError;
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 
@@ -27,7 +29,10 @@ impl From<CoreError> for PyErr {
 const DETACH_BYTES: usize = 16 * 1024;
 
 /// Borrow the UTF-8 of a Python str; `what` names it in the error (built only on failure).
-fn text<'a>(s: &'a Bound<'_, PyString>, what: impl FnOnce() -> String) -> Result<&'a str, CoreError> {
+fn text<'a>(
+    s: &'a Bound<'_, PyString>,
+    what: impl FnOnce() -> String,
+) -> Result<&'a str, CoreError> {
     s.to_str().map_err(|_| {
         let what = what();
         CoreError::Input(format!(
@@ -45,28 +50,46 @@ fn family(name: &str) -> Result<Family, CoreError> {
 /// Returns the messages and how many image parts they carry.
 fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreError> {
     if let Ok(s) = obj.downcast::<PyString>() {
-        return Ok((vec![Message { role: "user".into(), content: text(s, || "the prompt".into())?.to_owned() }], 0));
+        return Ok((
+            vec![Message {
+                role: "user".into(),
+                content: text(s, || "the prompt".into())?.to_owned(),
+            }],
+            0,
+        ));
     }
     let list = obj.downcast::<PyList>().map_err(|_| {
         CoreError::Input(format!(
             "messages must be a str or a list of {{'role': ..., 'content': ...}} dicts, got {}",
-            obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            obj.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ))
     })?;
     let mut out = Vec::with_capacity(list.len());
     let mut images = 0;
     for (i, item) in list.iter().enumerate() {
         let d = item.downcast::<PyDict>().map_err(|_| {
-            CoreError::Input(format!("messages[{i}] must be a dict with 'role' and 'content'"))
+            CoreError::Input(format!(
+                "messages[{i}] must be a dict with 'role' and 'content'"
+            ))
         })?;
         let role = match d.get_item("role").ok().flatten() {
             Some(r) => match r.downcast::<PyString>() {
                 Ok(s) => text(s, || format!("messages[{i}].role"))?.to_owned(),
-                Err(_) => return Err(CoreError::Input(format!("messages[{i}].role must be a str"))),
+                Err(_) => {
+                    return Err(CoreError::Input(format!(
+                        "messages[{i}].role must be a str"
+                    )))
+                }
             },
             None => return Err(CoreError::Input(format!("messages[{i}] has no 'role'"))),
         };
-        if !matches!(role.as_str(), "system" | "developer" | "user" | "assistant" | "tool" | "function") {
+        if !matches!(
+            role.as_str(),
+            "system" | "developer" | "user" | "assistant" | "tool" | "function"
+        ) {
             return Err(CoreError::Input(format!(
                 "messages[{i}].role {role:?} is not one of system, developer, user, assistant, tool"
             )));
@@ -100,7 +123,9 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreEr
                                     if !buf.is_empty() {
                                         buf.push('\n');
                                     }
-                                    buf.push_str(text(s, || format!("messages[{i}].content[{j}].text"))?);
+                                    buf.push_str(text(s, || {
+                                        format!("messages[{i}].content[{j}].text")
+                                    })?);
                                 }
                             }
                             "image_url" | "image" | "input_image" => images += 1,
@@ -120,12 +145,111 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreEr
     Ok((out, images))
 }
 
+/// Many prompts (each a str or a message list), copied into Rust before the GIL is released.
+fn prompts_from(prompts: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<Message>>> {
+    let mut all = Vec::new();
+    for (i, p) in prompts.try_iter()?.enumerate() {
+        let (m, _) = messages_from(&p?).map_err(|e| match e {
+            CoreError::Input(m) => CoreError::Input(format!("prompts[{i}]: {m}")),
+            other => other,
+        })?;
+        all.push(m);
+    }
+    Ok(all)
+}
+
+/// The router's ranking replayed over a table of plans, for every setting at once:
+/// `p_good` and `est_cost` are (n, models) (a non-finite P(good) = filtered out, NaN cost =
+/// unpriced), `by` is "floor" or "lambda", `forced` the rule's pick per prompt (−1: none).
+/// Returns (len(settings), n) int64 picks, −1 where nothing passed. GIL released.
+#[pyfunction]
+#[pyo3(signature = (p_good, est_cost, settings, by, forced = None))]
+fn rank<'py>(
+    py: Python<'py>,
+    p_good: PyReadonlyArray2<'py, f64>,
+    est_cost: PyReadonlyArray2<'py, f64>,
+    settings: Vec<f64>,
+    by: &str,
+    forced: Option<PyReadonlyArray1<'py, i64>>,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let (n, m) = (p_good.shape()[0], p_good.shape()[1]);
+    if est_cost.shape() != p_good.shape() {
+        return Err(CoreError::Input(format!(
+            "est_cost has shape {:?}, p_good {:?}: they must match",
+            est_cost.shape(),
+            p_good.shape()
+        ))
+        .into());
+    }
+    let make: fn(f64) -> Ranking = match by {
+        "floor" => Ranking::Floor,
+        "lambda" => Ranking::Lambda,
+        other => {
+            return Err(
+                CoreError::Input(format!("by must be 'floor' or 'lambda', got {other:?}")).into(),
+            )
+        }
+    };
+    if let Some(bad) = settings.iter().find(|v| v.is_nan() || **v < 0.0) {
+        return Err(CoreError::Input(format!("settings must be >= 0, got {bad}")).into());
+    }
+    let p = p_good
+        .as_array()
+        .as_standard_layout()
+        .into_owned()
+        .into_raw_vec_and_offset()
+        .0;
+    let c = est_cost
+        .as_array()
+        .as_standard_layout()
+        .into_owned()
+        .into_raw_vec_and_offset()
+        .0;
+    let f: Vec<i64> = match forced {
+        Some(f) if f.len() != n => {
+            return Err(
+                CoreError::Input(format!("forced has {} values for {n} prompts", f.len())).into(),
+            )
+        }
+        Some(f) => f.as_array().iter().copied().collect(),
+        None => vec![-1; n],
+    };
+    if let Some(bad) = f.iter().find(|&&j| j >= m as i64) {
+        return Err(CoreError::Input(format!("forced names model {bad}, there are {m}")).into());
+    }
+    let out = py.detach(|| {
+        let mut out = Vec::with_capacity(settings.len() * n);
+        for &s in &settings {
+            let r = make(s);
+            for (i, &fi) in f.iter().enumerate() {
+                let row = i * m..(i + 1) * m;
+                let forced = (fi >= 0).then_some(fi as usize);
+                out.push(
+                    r.pick(&p[row.clone()], &c[row], forced)
+                        .map_or(-1, |j| j as i64),
+                );
+            }
+        }
+        out
+    });
+    Ok(
+        numpy::ndarray::Array2::from_shape_vec((settings.len(), n), out)
+            .map_err(|e| CoreError::Config(e.to_string()))?
+            .into_pyarray(py),
+    )
+}
+
 fn total_bytes(m: &[Message]) -> usize {
     m.iter().map(|m| m.content.len()).sum()
 }
 
 fn flag_names(flags: u32) -> Vec<&'static str> {
-    flag::NAMES.iter().enumerate().filter(|(i, _)| flags & (1 << i) != 0).map(|(_, n)| *n).collect()
+    flag::NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| flags & (1 << i) != 0)
+        .map(|(_, n)| *n)
+        .collect()
 }
 
 /// Exact token count of `text` in `encoding`.
@@ -158,7 +282,11 @@ fn count_tokens_till_limit(
 
 #[pyfunction]
 #[pyo3(signature = (texts, encoding = "o200k_base"))]
-fn count_tokens_batch(py: Python<'_>, texts: Vec<Bound<'_, PyString>>, encoding: &str) -> PyResult<Vec<usize>> {
+fn count_tokens_batch(
+    py: Python<'_>,
+    texts: Vec<Bound<'_, PyString>>,
+    encoding: &str,
+) -> PyResult<Vec<usize>> {
     let f = family(encoding)?;
     let owned = texts
         .iter()
@@ -178,7 +306,11 @@ fn estimate_tokens(text: &Bound<'_, PyString>, family: &str) -> PyResult<f32> {
 
 #[pyfunction]
 #[pyo3(signature = (texts, family = "o200k_base"))]
-fn estimate_tokens_batch(py: Python<'_>, texts: Vec<Bound<'_, PyString>>, family: &str) -> PyResult<Vec<f32>> {
+fn estimate_tokens_batch(
+    py: Python<'_>,
+    texts: Vec<Bound<'_, PyString>>,
+    family: &str,
+) -> PyResult<Vec<f32>> {
     let f = self::family(family)?;
     let owned = texts
         .iter()
@@ -191,17 +323,25 @@ fn estimate_tokens_batch(py: Python<'_>, texts: Vec<Bound<'_, PyString>>, family
 /// Estimator inputs (character-class counts) for calibration scripts.
 #[pyfunction]
 fn estimator_inputs(text: &Bound<'_, PyString>) -> PyResult<Vec<f32>> {
-    Ok(tokens::char_counts(self::text(text, || "text".into())?).counts.to_vec())
+    Ok(tokens::char_counts(self::text(text, || "text".into())?)
+        .counts
+        .to_vec())
 }
 
 /// Exact tokens of a chat request: contents plus OpenAI's per-message overhead.
 #[pyfunction]
 #[pyo3(signature = (messages, encoding = "o200k_base"))]
-fn count_message_tokens(py: Python<'_>, messages: &Bound<'_, PyAny>, encoding: &str) -> PyResult<usize> {
+fn count_message_tokens(
+    py: Python<'_>,
+    messages: &Bound<'_, PyAny>,
+    encoding: &str,
+) -> PyResult<usize> {
     let f = family(encoding)?;
     let (msgs, _) = messages_from(messages)?;
     Ok(py.detach(|| {
-        msgs.iter().map(|m| tokens::count(&m.content, f) + tokens::PER_MESSAGE_OVERHEAD).sum::<usize>()
+        msgs.iter()
+            .map(|m| tokens::count(&m.content, f) + tokens::PER_MESSAGE_OVERHEAD)
+            .sum::<usize>()
             + tokens::PER_REQUEST_OVERHEAD
     }))
 }
@@ -218,7 +358,9 @@ struct Featurizer {
 
 fn make_config(hash_buckets: usize, seed: u64) -> Result<FeaturizerConfig, CoreError> {
     if hash_buckets > 1 << 20 {
-        return Err(CoreError::Config(format!("hash_buckets {hash_buckets} is above 1048576")));
+        return Err(CoreError::Config(format!(
+            "hash_buckets {hash_buckets} is above 1048576"
+        )));
     }
     Ok(FeaturizerConfig { hash_buckets, seed })
 }
@@ -239,7 +381,9 @@ impl Featurizer {
     #[new]
     #[pyo3(signature = (hash_buckets = features::DEFAULT_BUCKETS, seed = features::DEFAULT_SEED))]
     fn new(hash_buckets: usize, seed: u64) -> PyResult<Self> {
-        Ok(Self { cfg: make_config(hash_buckets, seed)? })
+        Ok(Self {
+            cfg: make_config(hash_buckets, seed)?,
+        })
     }
     #[getter]
     fn dim(&self) -> usize {
@@ -273,15 +417,12 @@ impl Featurizer {
         Ok((v.into_pyarray(py), info_dict(py, &info)?))
     }
     /// Many prompts (str or message lists) → (n, dim) float32 array, one boundary crossing.
-    fn featurize_batch<'py>(&self, py: Python<'py>, prompts: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let mut all = Vec::new();
-        for (i, p) in prompts.try_iter()?.enumerate() {
-            let (m, _) = messages_from(&p?).map_err(|e| match e {
-                CoreError::Input(m) => CoreError::Input(format!("prompts[{i}]: {m}")),
-                other => other,
-            })?;
-            all.push(m);
-        }
+    fn featurize_batch<'py>(
+        &self,
+        py: Python<'py>,
+        prompts: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let all = prompts_from(prompts)?;
         let cfg = self.cfg;
         let n = all.len();
         let dim = cfg.dim();
@@ -303,8 +444,36 @@ struct PyDispatchTable {
     table: DispatchTable,
 }
 
-type RowTuple = (String, f64, f64, u32, u32, Vec<String>, f64, String, f32, Vec<f32>, bool);
-type RuleTuple = (String, Option<String>, Vec<String>, f32, f32, Vec<usize>);
+/// One registry model, by name (`ModelRowSpec` in the stub).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct RowSpec {
+    id: String,
+    /// USD per 1M tokens; NaN = unpriced.
+    price_in: f64,
+    price_out: f64,
+    context_window: u32,
+    max_output: u32,
+    capabilities: Vec<String>,
+    /// NaN = unknown.
+    p95_ms: f64,
+    tokenizer: String,
+    bias: f32,
+    ability: Vec<f32>,
+    disabled: bool,
+}
+
+/// One rule, by name (`RuleSpec` in the stub); `models` are row indices in preference order.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct RuleSpec {
+    name: String,
+    task: Option<String>,
+    flags: Vec<String>,
+    min_tokens_in: f32,
+    max_tokens_in: f32,
+    models: Vec<usize>,
+}
 
 fn caps_of(names: &[String], what: &str) -> Result<u32, CoreError> {
     names.iter().try_fold(0u32, |acc, n| {
@@ -317,36 +486,80 @@ fn caps_of(names: &[String], what: &str) -> Result<u32, CoreError> {
     })
 }
 
+impl PyDispatchTable {
+    fn constraints(
+        &self,
+        max_cost: Option<f64>,
+        latency_slo_ms: Option<f64>,
+        needs: Option<Vec<String>>,
+        max_output_tokens: Option<u32>,
+        exclude: Option<Vec<usize>>,
+    ) -> Result<Constraints, CoreError> {
+        let mut ex = vec![false; self.table.rows.len()];
+        for i in exclude.unwrap_or_default() {
+            if let Some(e) = ex.get_mut(i) {
+                *e = true;
+            }
+        }
+        Ok(Constraints {
+            max_cost: max_cost.unwrap_or(f64::NAN),
+            latency_slo_ms: latency_slo_ms.unwrap_or(f64::NAN),
+            required_caps: caps_of(needs.as_deref().unwrap_or(&[]), "needs")?,
+            max_output_tokens,
+            exclude: ex,
+            ..Constraints::default()
+        })
+    }
+}
+
 #[pymethods]
 impl PyDispatchTable {
-    /// rows: (id, price_in, price_out, context_window, max_output, capabilities, p95_ms,
-    ///        tokenizer, bias, ability, disabled); rules: (name, task, flags, min_tokens,
-    ///        max_tokens, model indices); predictor: feature-major weights (dim*(k+1)).
+    /// rows: one `ModelRowSpec` mapping per model; rules: `RuleSpec` mappings;
+    /// predictor: feature-major weights (dim*(k+1)).
     #[new]
     #[pyo3(signature = (rows, weights, intercept, k, rules, expected_out, hash_buckets = features::DEFAULT_BUCKETS, seed = features::DEFAULT_SEED))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        rows: Vec<RowTuple>,
+        rows: Vec<RowSpec>,
         weights: PyReadonlyArray1<'_, f32>,
         intercept: Vec<f32>,
         k: usize,
-        rules: Vec<RuleTuple>,
+        rules: Vec<RuleSpec>,
         expected_out: [u32; 8],
         hash_buckets: usize,
         seed: u64,
     ) -> PyResult<Self> {
         let cfg = make_config(hash_buckets, seed)?;
         let mut model_rows = Vec::with_capacity(rows.len());
-        for (id, pin, pout, ctx, max_out, caps, p95, fam, bias, ability, disabled) in rows {
-            let caps = caps_of(&caps, &format!("model {id:?}"))?;
-            let family = family(&fam).map_err(|e| CoreError::Config(format!("model {id:?}: {e}")))?;
+        for r in rows {
+            let id = r.id;
+            let caps = caps_of(&r.capabilities, &format!("model {id:?}"))?;
+            let family = family(&r.tokenizer)
+                .map_err(|e| CoreError::Config(format!("model {id:?}: {e}")))?;
             model_rows.push(ModelRow {
-                id, price_in: pin, price_out: pout, context_window: ctx, max_output: max_out,
-                caps, p95_ms: p95, family, bias, ability, disabled,
+                id,
+                price_in: r.price_in,
+                price_out: r.price_out,
+                context_window: r.context_window,
+                max_output: r.max_output,
+                caps,
+                p95_ms: r.p95_ms,
+                family,
+                bias: r.bias,
+                ability: r.ability,
+                disabled: r.disabled,
             });
         }
         let mut compiled = Vec::with_capacity(rules.len());
-        for (name, task, flags, lo, hi, models) in rules {
+        for RuleSpec {
+            name,
+            task,
+            flags,
+            min_tokens_in: lo,
+            max_tokens_in: hi,
+            models,
+        } in rules
+        {
             let task = match task {
                 Some(t) => Some(Task::parse(&t).ok_or_else(|| {
                     CoreError::Config(format!(
@@ -366,10 +579,60 @@ impl PyDispatchTable {
                 })?;
                 flags_all |= 1 << bit;
             }
-            compiled.push(Rule { name, task, flags_all, min_tokens_in: lo, max_tokens_in: hi, models });
+            compiled.push(Rule {
+                name,
+                task,
+                flags_all,
+                min_tokens_in: lo,
+                max_tokens_in: hi,
+                models,
+            });
         }
         let predictor = Predictor::new(cfg.dim(), k, weights.as_slice()?.to_vec(), intercept)?;
-        Ok(Self { table: DispatchTable::new(model_rows, predictor, compiled, cfg, expected_out)? })
+        Ok(Self {
+            table: DispatchTable::new(model_rows, predictor, compiled, cfg, expected_out)?,
+        })
+    }
+
+    /// A copy with one model's bias and ability replaced (feedback), the rest reused.
+    fn with_model(&self, row: usize, bias: f32, ability: Vec<f32>) -> PyResult<Self> {
+        Ok(Self {
+            table: self.table.with_model(row, bias, ability)?,
+        })
+    }
+
+    /// Plan many prompts at once (no floor, no λ), GIL released: `(p_good, est_cost,
+    /// rule_pick)`, (n, models) float64 arrays and an (n,) int64 array; see `rank`.
+    #[pyo3(signature = (prompts, *, max_cost = None, latency_slo_ms = None, needs = None, max_output_tokens = None, exclude = None))]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn plan_batch<'py>(
+        &self,
+        py: Python<'py>,
+        prompts: &Bound<'py, PyAny>,
+        max_cost: Option<f64>,
+        latency_slo_ms: Option<f64>,
+        needs: Option<Vec<String>>,
+        max_output_tokens: Option<u32>,
+        exclude: Option<Vec<usize>>,
+    ) -> PyResult<(
+        Bound<'py, PyArray2<f64>>,
+        Bound<'py, PyArray2<f64>>,
+        Bound<'py, PyArray1<i64>>,
+    )> {
+        let c = self.constraints(max_cost, latency_slo_ms, needs, max_output_tokens, exclude)?;
+        let all = prompts_from(prompts)?;
+        let (n, m) = (all.len(), self.table.rows.len());
+        let table = &self.table;
+        let (p, cost, forced) = py.detach(|| table.plan_matrix(&all, &c));
+        let shape = |v: Vec<f64>| {
+            numpy::ndarray::Array2::from_shape_vec((n, m), v)
+                .map_err(|e| CoreError::Config(e.to_string()))
+        };
+        Ok((
+            shape(p)?.into_pyarray(py),
+            shape(cost)?.into_pyarray(py),
+            forced.into_pyarray(py),
+        ))
     }
 
     #[getter]
@@ -393,25 +656,13 @@ impl PyDispatchTable {
         exclude: Option<Vec<usize>>,
     ) -> PyResult<PyPlan> {
         let (msgs, images) = messages_from(messages)?;
-        let mut required_caps = caps_of(needs.as_deref().unwrap_or(&[]), "needs")?;
+        let mut c =
+            self.constraints(max_cost, latency_slo_ms, needs, max_output_tokens, exclude)?;
+        c.quality_floor = quality_floor;
+        c.lambda = lam;
         if images > 0 {
-            required_caps |= cap::parse("vision").unwrap_or(0);
+            c.required_caps |= cap::parse("vision").unwrap_or(0);
         }
-        let mut ex = vec![false; self.table.rows.len()];
-        for i in exclude.unwrap_or_default() {
-            if let Some(e) = ex.get_mut(i) {
-                *e = true;
-            }
-        }
-        let c = Constraints {
-            max_cost: max_cost.unwrap_or(f64::NAN),
-            latency_slo_ms: latency_slo_ms.unwrap_or(f64::NAN),
-            quality_floor,
-            required_caps,
-            max_output_tokens,
-            lambda: lam,
-            exclude: ex,
-        };
         let table = &self.table;
         let plan = if total_bytes(&msgs) > DETACH_BYTES {
             py.detach(|| table.plan(&msgs, &c))
@@ -436,7 +687,16 @@ impl PyPlan {
         self.plan
             .candidates
             .iter()
-            .map(|c| (c.row, c.p_good, c.est_cost, c.tokens_in, c.tokens_in_exact, c.by_rule))
+            .map(|c| {
+                (
+                    c.row,
+                    c.p_good,
+                    c.est_cost,
+                    c.tokens_in,
+                    c.tokens_in_exact,
+                    c.by_rule,
+                )
+            })
             .collect()
     }
     /// Row indices of the first `n` candidates (primary, then fallbacks): the hot path's read.
@@ -449,7 +709,11 @@ impl PyPlan {
     /// [(row, constraint, reason)]
     #[getter]
     fn filtered(&self) -> Vec<(usize, &'static str, String)> {
-        self.plan.filtered.iter().map(|(i, f)| (*i, f.constraint(), f.describe())).collect()
+        self.plan
+            .filtered
+            .iter()
+            .map(|(i, f)| (*i, f.constraint(), f.describe()))
+            .collect()
     }
     /// The predictor's latent `[e_0..e_{k-1}, difficulty]` for this prompt.
     #[getter]
@@ -491,12 +755,16 @@ mod _core {
     #[pymodule_export]
     use super::{
         count_message_tokens, count_tokens, count_tokens_batch, count_tokens_till_limit,
-        estimate_tokens, estimate_tokens_batch, estimator_inputs, is_exact_family, Featurizer,
-        PyDispatchTable, PyPlan,
+        estimate_tokens, estimate_tokens_batch, estimator_inputs, is_exact_family, rank,
+        Featurizer, PyDispatchTable, PyPlan,
     };
 
     #[pymodule_export]
     const FEATURE_VERSION: u32 = crate::features::FEATURE_VERSION;
+
+    /// Named dense features ahead of the hashed n-gram block.
+    #[pymodule_export]
+    const DENSE: usize = crate::features::DENSE;
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
@@ -506,10 +774,12 @@ mod _core {
         m.add("FLAGS", crate::features::flag::NAMES.to_vec())?;
         m.add(
             "FAMILIES",
-            crate::tokens::Family::ALL.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            crate::tokens::Family::ALL
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>(),
         )?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         Ok(())
     }
 }
-

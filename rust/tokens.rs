@@ -8,7 +8,7 @@
 //! scale the nearest OpenAI estimate by a ratio constant; `is_exact()` says which.
 
 use crate::CoreError;
-use bpe_openai::{NormalizedString, Tokenizer};
+use bpe_openai::Tokenizer;
 
 include!("estimator_coefs.rs");
 
@@ -113,11 +113,9 @@ pub fn count(text: &str, family: Family) -> usize {
 pub fn count_till_limit(text: &str, family: Family, limit: usize) -> Option<usize> {
     let (base, ratio) = family.base();
     let base_limit = (limit as f32 / ratio).floor() as usize;
-    // o200k/cl100k do not normalise (nfc = false), so the text is already "normalised".
-    // SAFETY: bpe-openai only requires that the text be in the tokenizer's normal form,
-    // which for these two encodings is the identity.
-    let norm = unsafe { NormalizedString::from_str(text) };
-    let n = tokenizer(base).count_till_limit(&norm, base_limit.saturating_add(1))?;
+    // o200k/cl100k do not normalise (nfc = false): `normalize` borrows the text, no copy.
+    let tok = tokenizer(base);
+    let n = tok.count_till_limit(&tok.normalize(text), base_limit.saturating_add(1))?;
     let scaled = (n as f32 * ratio).round() as usize;
     (scaled <= limit).then_some(scaled)
 }
@@ -249,7 +247,8 @@ pub fn scan<V: Visitor>(text: &str, v: &mut V) -> CharCounts {
             let ch = text[i..].chars().next().unwrap_or('\u{FFFD}');
             let n = ch.len_utf8();
             let cp = ch as u32;
-            if matches!(cp, 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x2FA1F) {
+            if matches!(cp, 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x2FA1F)
+            {
                 c[est::HAN] += 1;
             } else if matches!(cp, 0x3040..=0x30FF | 0xFF66..=0xFF9F) {
                 c[est::KANA] += 1;
@@ -268,7 +267,9 @@ pub fn scan<V: Visitor>(text: &str, v: &mut V) -> CharCounts {
         }
     }
     c[est::BIAS] = 1;
-    CharCounts { counts: c.map(|v| v as f32) }
+    CharCounts {
+        counts: c.map(|v| v as f32),
+    }
 }
 
 pub fn is_cjk(ch: char) -> bool {
@@ -319,7 +320,10 @@ mod tests {
         let text = "The quick brown fox jumps over the lazy dog. ".repeat(50);
         let exact = count(&text, Family::O200k) as f32;
         let est = estimate(&text, Family::O200k);
-        assert!((est - exact).abs() / exact < 0.15, "est {est} exact {exact}");
+        assert!(
+            (est - exact).abs() / exact < 0.15,
+            "est {est} exact {exact}"
+        );
     }
 
     #[test]
