@@ -28,7 +28,6 @@ from satisfice.eval import OutcomeSet
 from satisfice.eval.cascade_eval import evaluate_cascade, fit_calibrated, summary_lines
 from satisfice.providers.base import ChatResponse, Usage
 from satisfice.replay import Replay
-from satisfice.workflow import Job
 
 LETTER = v.agreement(v.choice_letter)
 
@@ -300,74 +299,6 @@ def test_replay_looks_prompts_up_and_estimates_without_peeking() -> None:
     no_text = OutcomeSet(["q"], ["a"], np.ones((1, 1)), np.ones((1, 1)), ["g"], ["1"])
     with pytest.raises(ConfigError, match="recorded responses"):
         Replay(no_text)
-
-
-# -- per-step workflow routing ---------------------------------------------------------------------
-
-
-def test_job_routes_each_step_under_its_own_constraints_and_rolls_up() -> None:
-    router = satisfice.Router()
-    models: list[str] = []
-
-    async def call(model: str, messages: list[dict[str, Any]]) -> v.Answer:
-        models.append(model)
-        return v.Answer(model, f"out of {model}", 100, 20, 0.002)
-
-    async def go() -> Job:
-        job = Job(router, call, name="ticket", max_cost_usd=0.01)
-        await job.step("plan", "Plan the migration of 3 services.", quality_floor=0.9)
-        await job.step("extract", "Extract the service names as JSON.", quality_floor=0.0,
-                       needs=("json",))  # fmt: skip
-        await job.step("summarise", "Summarise the plan.", quality_floor=0.0)
-        return job
-
-    job = asyncio.run(go())
-    assert [s.name for s in job.steps] == ["plan", "extract", "summarise"]
-    assert job.cost_usd == pytest.approx(0.006) and models[0] != models[2]
-    d = job.to_dict()
-    assert d["tokens_in"] == 300 and d["steps"][1]["routed_to"] == job.steps[1].decision.model
-    # The job cap is passed down: the last step could spend at most what was left.
-    assert job.steps[2].decision.constraints.max_cost_usd == pytest.approx(0.006)
-
-
-def test_job_cap_charges_an_unknown_cost_at_its_estimate() -> None:
-    router = satisfice.Router()
-
-    async def call(model: str, messages: list[dict[str, Any]]) -> v.Answer:
-        return v.Answer(model, "ok", 10, 10, None)  # the provider reported no cost
-
-    async def go() -> Job:
-        job = Job(router, call, max_cost_usd=0.01)
-        await job.step("one", "hello", quality_floor=0.0)
-        return job
-
-    job = asyncio.run(go())
-    est = job.steps[0].decision.est_cost_usd
-    assert job.cost_usd is None and est is not None and est > 0
-    assert job.spent_usd == pytest.approx(est)  # never $0 against the cap
-
-
-def test_job_falls_back_on_provider_errors_and_runs_cascades() -> None:
-    router = satisfice.Router()
-    primary = router.route("hello", quality_floor=0.0).model
-
-    async def call(model: str, messages: list[dict[str, Any]]) -> v.Answer:
-        if model == primary:
-            raise RetryableError("503", model=model)
-        return v.Answer(model, "B", 1, 1, 0.001)
-
-    async def go() -> Job:
-        job = Job(router, call)
-        first = await job.step("chat", "hello", quality_floor=0.0)
-        assert primary in first.failed and first.answer.model != primary
-        ladder = Cascade([["x"], ["y"]], validator=v.accept)
-        d = router.route("hi", quality_floor=0.0)
-        ladder = Cascade([Step((d.fallbacks[0],), v.accept), Step((d.fallbacks[1],))])
-        step = await job.step("cascade", "hi", quality_floor=0.0, cascade=ladder)
-        assert step.cascade is not None and step.cost_usd == pytest.approx(0.001)
-        return job
-
-    assert asyncio.run(go()).cost_usd == pytest.approx(0.002)
 
 
 # -- offline evaluation ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from satisfice.errors import (
     NoRouteError,
     StreamInterruptedError,
 )
-from satisfice.providers.base import ChatResponse
+from satisfice import validators as v
 from satisfice.testing import LocalUpstream, context_length, hang, reply, reset, status
 
 from .chat_support import ORDER, open_fds, router, wire
@@ -36,8 +36,8 @@ async def test_chat_returns_the_answer_with_its_accounting(up: LocalUpstream) ->
     assert 0 <= res.overhead_s < res.latency_s
     assert [(a.model, a.outcome) for a in res.attempts] == [("alpha", "ok")]
     rec = res.to_record()
-    assert rec["routed_model"] == "alpha" and rec["attempts"][0]["outcome"] == "ok"
-    assert rec["reasons"]
+    assert rec["decision"]["model"] == "alpha" and rec["attempts"][0]["outcome"] == "ok"
+    assert rec["decision"]["reasons"]
 
 
 async def test_missing_usage_is_counted_exactly(up: LocalUpstream) -> None:
@@ -374,14 +374,15 @@ async def test_race_accept_rejects_answers_and_keeps_their_cost(up: LocalUpstrea
     up.script(wire("beta"), reply("yes: good", latency=0.05))
     up.script(wire("gamma"), reply("yes: but late", latency=0.5))  # alpha's replacement
 
-    def accept(r: ChatResponse) -> bool:
-        return r.text.startswith("yes")
-
+    accept = v.check(lambda text: text.startswith("yes"), name="says yes")
     async with router(up.url) as r:
         res = await r.chat(MSGS, race=2, accept=accept)
     assert res.text == "yes: good"
     rejected = [a for a in res.attempts if a.outcome == "rejected"]
     assert [a.model for a in rejected] == ["alpha"] and rejected[0].cost_usd
+    assert rejected[0].verdict is not None and not rejected[0].verdict["passed"]
+    (ok,) = [a for a in res.attempts if a.outcome == "ok"]
+    assert ok.verdict is not None and ok.verdict["passed"] and ok.model == "beta"
     assert [a.model for a in res.attempts if a.outcome == "cancelled"] == ["gamma"]
 
 

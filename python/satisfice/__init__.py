@@ -38,19 +38,38 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .cascade import Cascade, Step
-    from .executor import ExecutionConfig
+    from .cascade import Cascade, CascadeResult, ModelEstimate, Step, StepRecord
+    from .decision import Candidate, Decision, Snapshot
+    from .executor import ChatStream, ExecutionConfig
     from .policy import Constraints, Policy, Rule
     from .predict import ModelParams, QualityModel
+    from .providers.base import StreamDelta, ToolCall, Usage
     from .registry import Deployment, ModelSpec, Price, Registry
     from .result import Attempt, ChatResult
-    from .router import Candidate, Decision, Router
+    from .router import RequestOptions, Router
     from .state import Health, HealthConfig
+    from .validators import Answer, Context, Validator, Verdict
+    from .workflow import Job, JobStep
 
 _LAZY = {
+    "Answer": "validators",
+    "Context": "validators",
+    "Validator": "validators",
+    "Verdict": "validators",
     "Cascade": "cascade",
+    "CascadeResult": "cascade",
+    "ModelEstimate": "cascade",
     "Step": "cascade",
+    "StepRecord": "cascade",
+    "ChatStream": "executor",
     "ExecutionConfig": "executor",
+    "Job": "workflow",
+    "JobStep": "workflow",
+    "StreamDelta": "providers.base",
+    "ToolCall": "providers.base",
+    "Usage": "providers.base",
+    "RequestOptions": "router",
+    "Snapshot": "decision",
     "Attempt": "result",
     "ChatResult": "result",
     "Health": "state",
@@ -64,8 +83,8 @@ _LAZY = {
     "ModelSpec": "registry",
     "Price": "registry",
     "Registry": "registry",
-    "Candidate": "router",
-    "Decision": "router",
+    "Candidate": "decision",
+    "Decision": "decision",
     "Router": "router",
 }
 
@@ -85,15 +104,19 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AllAttemptsFailedError",
+    "Answer",
     "Attempt",
     "AuthError",
     "BadRequestError",
     "Candidate",
     "Cascade",
     "CascadeBudgetError",
+    "CascadeResult",
     "ChatResult",
+    "ChatStream",
     "ConfigError",
     "Constraints",
+    "Context",
     "ContextLengthError",
     "DatasetError",
     "Decision",
@@ -103,6 +126,9 @@ __all__ = [
     "Health",
     "HealthConfig",
     "InputError",
+    "Job",
+    "JobStep",
+    "ModelEstimate",
     "ModelParams",
     "ModelSpec",
     "NoRouteError",
@@ -111,16 +137,24 @@ __all__ = [
     "ProviderError",
     "QualityModel",
     "Registry",
+    "RequestOptions",
     "RetryableError",
     "Router",
     "Rule",
     "SatisficeError",
+    "Snapshot",
     "Step",
+    "StepRecord",
+    "StreamDelta",
     "StreamInterruptedError",
     "TokenizerError",
+    "ToolCall",
     "UnknownModelError",
     "UnpricedModelError",
     "UpstreamTimeoutError",
+    "Usage",
+    "Validator",
+    "Verdict",
     "count_message_tokens",
     "count_tokens",
     "count_tokens_till_limit",

@@ -1,7 +1,7 @@
 """Rust core of satisfice: token counting, feature extraction and the dispatch table."""
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final, final
+from typing import Any, Final, Literal, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
@@ -10,13 +10,16 @@ _Messages = str | Sequence[Mapping[str, Any]]
 
 __all__ = [
     "CAPABILITIES",
+    "DENSE",
     "FAMILIES",
     "FEATURE_VERSION",
     "FLAGS",
     "TASKS",
     "DispatchTable",
     "Featurizer",
+    "ModelRowSpec",
     "Plan",
+    "RuleSpec",
     "__version__",
     "count_message_tokens",
     "count_tokens",
@@ -26,10 +29,12 @@ __all__ = [
     "estimate_tokens_batch",
     "estimator_inputs",
     "is_exact_family",
+    "rank",
 ]
 
 __version__: Final[str]
 FEATURE_VERSION: Final[int]
+DENSE: Final[int]
 CAPABILITIES: Final[list[str]]
 TASKS: Final[list[str]]
 FLAGS: Final[list[str]]
@@ -78,25 +83,70 @@ class Featurizer:
     def featurize_batch(self, prompts: Iterable[_Messages]) -> npt.NDArray[np.float32]:
         """Many prompts → (n, dim) array, in one call with the GIL released."""
 
+class ModelRowSpec(TypedDict):
+    """One model row of a DispatchTable (prices in USD per 1M tokens; NaN = unpriced)."""
+
+    id: str
+    price_in: float
+    price_out: float
+    context_window: int
+    max_output: int
+    capabilities: Sequence[str]
+    p95_ms: float  # NaN = unknown
+    tokenizer: str
+    bias: float
+    ability: Sequence[float]
+    disabled: bool
+
+class RuleSpec(TypedDict):
+    """One rule of a DispatchTable; `models` are row indices in preference order."""
+
+    name: str
+    task: str | None
+    flags: Sequence[str]
+    min_tokens_in: float
+    max_tokens_in: float
+    models: Sequence[int]
+
+def rank(
+    p_good: npt.NDArray[np.float64],
+    est_cost: npt.NDArray[np.float64],
+    settings: Sequence[float],
+    by: Literal["floor", "lambda"],
+    forced: npt.NDArray[np.int64] | None = None,
+) -> npt.NDArray[np.int64]:
+    """The router's ranking over a table of plans for every setting: (len(settings), n)
+    picks, -1 where nothing passed. A non-finite P(good) means filtered; NaN cost unpriced."""
+
 @final
 class DispatchTable:
     """Compiled model rows, predictor and rules; built by `Policy.compile`."""
 
     def __new__(
         cls,
-        rows: Sequence[
-            tuple[
-                str, float, float, int, int, Sequence[str], float, str, float, Sequence[float], bool
-            ]
-        ],
+        rows: Sequence[ModelRowSpec],
         weights: npt.NDArray[np.float32],
         intercept: Sequence[float],
         k: int,
-        rules: Sequence[tuple[str, str | None, Sequence[str], float, float, Sequence[int]]],
+        rules: Sequence[RuleSpec],
         expected_out: Sequence[int],
         hash_buckets: int = ...,
         seed: int = ...,
     ) -> DispatchTable: ...
+    def with_model(self, row: int, bias: float, ability: Sequence[float]) -> DispatchTable:
+        """A copy with one model's bias and ability replaced (feedback); the rest reused."""
+    def plan_batch(
+        self,
+        prompts: Iterable[_Messages],
+        *,
+        max_cost: float | None = None,
+        latency_slo_ms: float | None = None,
+        needs: Sequence[str] | None = None,
+        max_output_tokens: int | None = None,
+        exclude: Sequence[int] | None = None,
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """Plan many prompts (no floor, no λ) with the GIL released: P(good) (n, models),
+        -inf where filtered; est. USD, NaN unpriced, +inf filtered; the rule's pick or -1."""
     @property
     def model_ids(self) -> list[str]: ...
     def plan(

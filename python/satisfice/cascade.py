@@ -8,13 +8,15 @@ and a validator that accepts one of their answers or sends the request up a step
          Step(("gpt-4.1-mini",), agreement(choice_letter)),
          Step(("claude-opus-4",))],                      # the top step takes what it gets
         latency_budget_ms=20_000, max_cost_usd=0.01)
-    result = await ladder.run(call, messages, estimates=estimates_from(decision, registry))
-    result.answer.text, result.cost_usd, result.steps[0].to_dict()
+    result = await router.chat(messages, cascade=ladder)   # every call via the executor
+    result.text, result.total_cost_usd, result.cascade.steps[0].to_dict()
 
-`Cascade.from_decision(decision, validator)` builds the ladder from a router
-decision instead (cheap pair -> mid -> top). The core is transport-free: it calls models
-only through the injected `call(model_id, messages) -> Answer`, so production (the
-executor) and offline replay (`satisfice.replay`) run exactly this code.
+`router.chat(messages, cascade=True, accept=validator)` builds the ladder from the decision
+instead (`Cascade.from_decision`: cheap pair -> mid -> top). The ladder itself is
+transport-free: it calls models only through a `call(model_id, messages) -> Answer`, which
+`router.chat` takes from the executor (retries, health, pricing, one attempt record per
+call) and offline replay (`satisfice.replay`) from recorded outcomes, so both run exactly
+this code.
 
 Rules, in order, before each step starts:
 
@@ -35,6 +37,7 @@ or, with `on_budget="raise"` and a budget to blame, `CascadeBudgetError` is rais
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -47,7 +50,8 @@ from .validators import Answer, Context, Validator, Verdict, resolve
 if TYPE_CHECKING:
     from .providers.base import ChatResponse
     from .registry import Registry
-    from .router import Decision, Router
+    from .decision import Decision
+    from .router import Router
 
 __all__ = [
     "Call",
@@ -58,6 +62,7 @@ __all__ = [
     "Step",
     "StepRecord",
     "answer_from_chat",
+    "current_step",
     "estimates_from",
     "routed_judge",
 ]
@@ -214,6 +219,12 @@ class _Climb:
 
 
 _NO_ESTIMATE = ModelEstimate()
+_STEP: contextvars.ContextVar[int | None] = contextvars.ContextVar("satisfice_step", default=None)
+
+
+def current_step() -> int | None:
+    """Inside a cascade's `call`: the index of the step making the call (else None)."""
+    return _STEP.get()
 
 
 class Cascade:
@@ -366,7 +377,11 @@ class Cascade:
             rec = StepRecord(i, step.models, "escalated", "", est_cost_usd=step_cost)
             climb.records.append(rec)
             climb.current, climb.t0 = rec, self.clock()
-            await self._step(rec, step, call, climb)
+            token = _STEP.set(i)  # the step's calls (tasks included) see their index
+            try:
+                await self._step(rec, step, call, climb)
+            finally:
+                _STEP.reset(token)
             climb.current = None
             # An unknown bill (an unpriced call) is charged at the step's estimate, not $0:
             # under a cap every step that ran had one, so the cap still holds.

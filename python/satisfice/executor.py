@@ -1,64 +1,54 @@
-"""Executes a Decision against real providers: fallbacks, retries, cooldowns, hedging, races.
+"""Executes a Decision against real providers: fallbacks, retries, cooldowns, hedging, races
+and cascades, all over one attempt loop.
 
 Order: the decision's primary model, then its fallbacks, each model's deployments in
 registry order. It never leaves the decision's candidates (they already satisfy the
-caller's constraints). Per failure:
-
-    RetryableError (429, 5xx, connect)  retry the same deployment after a jittered backoff or
-                                        its Retry-After (if short enough and inside the
-                                        deadline), then the next deployment
-    UpstreamTimeoutError                the next deployment (a second wait would bust the SLO)
-    AuthError                           disable the deployment (see Health), next deployment
-    ContextLengthError                  skip every deployment whose window is not larger,
-                                        continuing into the decision's further candidates
-    BadRequestError                     stop: the request must change, another model would
-                                        reject it too; raised with `.attempts`
-    everything failed                   AllAttemptsFailedError listing every attempt
+caller's constraints). What each failure leads to is decided in `retry.py`.
 
 When every target left is cooling and the soonest is free again within max_retry_wait_s
 (and the deadline), it is waited for once instead of failing the request.
 
 A deadline (the latency SLO, or `timeout=`) bounds the whole request: each attempt gets what
 is left. Streams fall back only until the first piece of text has been handed to the caller.
+A cascade calls each of its models through the same loop, one model at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from . import _core
+from .accounting import cost_of, usage_of
 from .errors import (
     AllAttemptsFailedError,
     AuthError,
-    BadRequestError,
-    ContextLengthError,
+    ConfigError,
     ProviderError,
-    RetryableError,
-    SatisficeError,
     StreamInterruptedError,
     UpstreamTimeoutError,
 )
 from .providers import make_provider
 from .providers.base import ChatRequest, ChatResponse, Provider, StreamDelta, Usage
 from .result import Attempt, ChatResult
+from .retry import Action, backoff_s, classify, cooldown_wait_s
 from .state import HealthStore
+from .validators import Answer, Context, Validator, Verdict, resolve
 
 if TYPE_CHECKING:
+    from .cascade import Cascade
+    from .decision import Decision
     from .registry import Deployment, ModelSpec, Price, Registry
-    from .router import Decision
 
 __all__ = ["ChatStream", "ExecutionConfig", "Executor", "make_client"]
 
 T = TypeVar("T")
-Accept = Callable[[ChatResponse], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +102,9 @@ class _Target:
         self.provider: Provider | None = None
 
 
-class _Run:
-    """Per-request state: one object per request, nothing else allocated until needed."""
+class Run:
+    """One request's state: the decision, the wire request, its clock and every attempt.
+    Made by `Executor.run()`; a cascade's calls are sub-runs that share its attempts."""
 
     __slots__ = (
         "accept",
@@ -121,38 +112,46 @@ class _Run:
         "deadline",
         "decision",
         "min_window",
+        "order",
         "registry",
         "request",
+        "step",
         "t0",
         "upstream_s",
     )
 
     def __init__(
         self,
-        registry: Registry,
         decision: Decision,
         request: ChatRequest,
         t0: float,
         deadline: float | None,
-        accept: Accept | None,
+        accept: Validator | None,
+        attempts: list[Attempt] | None = None,
+        order: list[str] | None = None,
+        step: int | None = None,
     ) -> None:
-        self.registry = registry
+        self.registry: Registry = decision.registry
         self.decision = decision
         self.request = request
         self.t0 = t0
         self.deadline = deadline
         self.accept = accept
-        self.attempts: list[Attempt] = []
+        self.attempts: list[Attempt] = [] if attempts is None else attempts
+        self.order = order  # None: the decision's model, then its fallbacks
+        self.step = step  # the cascade step this run belongs to
         self.upstream_s = 0.0
         self.min_window = 0  # after a context-length error: windows must be larger than this
 
+    def sub(self, model: str, messages: list[dict[str, Any]], step: int | None) -> Run:
+        """One model of a cascade step: its own target order, the shared attempt list."""
+        request = replace(self.request, messages=messages)
+        return Run(self.decision, request, self.t0, self.deadline, None, self.attempts, [model], step)
+
     def skip(self, model: str, deployment: str, why: str) -> None:
         self.attempts.append(
-            Attempt(model, deployment, "skipped", perf_counter() - self.t0, error=why)
+            Attempt(model, deployment, "skipped", perf_counter() - self.t0, error=why, step=self.step)
         )
-
-
-_RETRY, _NEXT, _STOP = 0, 1, 2
 
 
 class Executor:
@@ -195,17 +194,17 @@ class Executor:
         return t.provider
 
     def _available(
-        self, run: _Run, cooled: list[_Target], only: set[str] | None = None
+        self, run: Run, cooled: list[_Target], only: set[str] | None = None
     ) -> Iterator[_Target]:
         """Targets in order, skipping (and recording) those that cannot be called now;
         the cooling ones are added to `cooled`. `only`: keys to consider (a second pass)."""
         d = run.decision
-        order = [d.model, *d.fallbacks]
+        order = list(run.order) if run.order is not None else [d.model, *d.fallbacks]
         i = 0
         extended = False
         while True:
             if i == len(order):
-                if not run.min_window or extended:
+                if not run.min_window or extended or run.order is not None:
                     return
                 # A context-length error: look further down the ranked candidates.
                 extended = True
@@ -237,7 +236,7 @@ class Executor:
                 yield t
 
     # one attempt --------------------------------------------------------------------------
-    def _budget(self, run: _Run) -> tuple[httpx.Timeout, float]:
+    def _budget(self, run: Run) -> tuple[httpx.Timeout, float]:
         """httpx timeouts and the whole-attempt bound, from what is left of the deadline."""
         c = self.config
         if run.deadline is None:
@@ -247,7 +246,7 @@ class Executor:
             return self._timeout, left
         return httpx.Timeout(left, connect=min(c.connect_timeout_s, left)), left
 
-    async def _bounded(self, run: _Run, t: _Target, call: Callable[[], Awaitable[T]]) -> T:
+    async def _bounded(self, run: Run, t: _Target, call: Callable[[], Awaitable[T]]) -> T:
         """`call()` within what is left of the deadline (or attempt_timeout_s)."""
         _, budget = self._budget(run)
         try:
@@ -261,7 +260,7 @@ class Executor:
                 deployment=t.dep.name,
             ) from None
 
-    def _failed(self, run: _Run, t: _Target, e: ProviderError, started: float) -> int:
+    def _failed(self, run: Run, t: _Target, e: ProviderError, started: float) -> Action:
         """Record a failed attempt, update health, and say what to do next."""
         now = perf_counter()
         run.upstream_s += now - started
@@ -276,43 +275,39 @@ class Executor:
                 str(e),
                 e.status,
                 e.retry_after,
+                step=run.step,
             )
         )
-        if isinstance(e, AuthError):
+        action = classify(e)
+        if action is Action.DISABLE:
             self.health.disable(t.key, str(e))
-            return _NEXT
-        if isinstance(e, ContextLengthError):
+        elif action is Action.WIDEN:
             run.min_window = max(run.min_window, t.spec.context_window)
-            return _NEXT
-        if isinstance(e, BadRequestError):
-            return _STOP
-        self.health.record_failure(
-            t.key,
-            rate_limited=e.status == 429,
-            retry_after=e.retry_after,
-            reason=type(e).__name__ if e.status is None else f"HTTP {e.status}",
-        )
-        if isinstance(e, RetryableError) and not isinstance(e, UpstreamTimeoutError):
-            return _RETRY
-        return _NEXT
+        elif action is not Action.STOP:
+            self.health.record_failure(
+                t.key,
+                rate_limited=e.status == 429,
+                retry_after=e.retry_after,
+                reason=type(e).__name__ if e.status is None else f"HTTP {e.status}",
+            )
+        return action
 
-    def _backoff(self, run: _Run, e: ProviderError, retry: int) -> float | None:
+    def _backoff(self, run: Run, e: ProviderError, retry: int) -> float | None:
         """Seconds to wait before retrying the same deployment, or None to move on."""
         c = self.config
-        if retry >= c.max_retries:
-            return None
-        if e.retry_after is not None:
-            if e.retry_after > c.max_retry_wait_s:
-                return None
-            wait = e.retry_after
-        else:  # full jitter: spreads retries of many clients hit by the same outage
-            wait = random.uniform(0.0, min(c.backoff_max_s, c.backoff_base_s * 2.0**retry))
-        if run.deadline is not None and perf_counter() + wait >= run.deadline:
-            return None
-        return wait
+        return backoff_s(
+            retry=retry,
+            max_retries=c.max_retries,
+            retry_after=e.retry_after,
+            max_retry_wait_s=c.max_retry_wait_s,
+            base_s=c.backoff_base_s,
+            max_s=c.backoff_max_s,
+            jitter=random.random(),
+            time_left_s=None if run.deadline is None else run.deadline - perf_counter(),
+        )
 
     async def _first_success(
-        self, run: _Run, open_: Callable[[Provider, httpx.Timeout], Awaitable[T]]
+        self, run: Run, open_: Callable[[Provider, httpx.Timeout], Awaitable[T]]
     ) -> tuple[_Target, float, T]:
         """Walk the targets until one answers: (target, start time, what `open_` returned).
 
@@ -331,10 +326,10 @@ class Executor:
                         value = await self._bounded(run, t, call)
                     except ProviderError as e:
                         action = self._failed(run, t, e, started)
-                        if action == _STOP:
+                        if action is Action.STOP:
                             e.attempts = run.attempts
                             raise
-                        wait = self._backoff(run, e, retry) if action == _RETRY else None
+                        wait = self._backoff(run, e, retry) if action is Action.RETRY else None
                         if wait is None:
                             if e.retry_after is not None:
                                 cooled.append(t)  # free again soon: a second pass may wait
@@ -350,35 +345,21 @@ class Executor:
             only = {t.key for t in cooled}
         raise self._all_failed(run)
 
-    def _cooldown_wait(self, run: _Run, cooled: list[_Target]) -> float | None:
+    def _cooldown_wait(self, run: Run, cooled: list[_Target]) -> float | None:
         """Seconds until the first cooled target is free, if that is worth waiting for."""
-        lefts = [x for t in cooled if (x := self.health.retry_in(t.key)) is not None]
-        if not lefts:
-            return None
-        wait = min(lefts) + 0.001
-        if wait > self.config.max_retry_wait_s:
-            return None
-        if run.deadline is not None and perf_counter() + wait >= run.deadline:
-            return None
-        return wait
+        return cooldown_wait_s(
+            [x for t in cooled if (x := self.health.retry_in(t.key)) is not None],
+            max_retry_wait_s=self.config.max_retry_wait_s,
+            time_left_s=None if run.deadline is None else run.deadline - perf_counter(),
+        )
 
     # results ------------------------------------------------------------------------------
-    def _usage(self, run: _Run, t: _Target, resp: ChatResponse) -> Usage:
-        """Provider-reported usage, else our own count (exact for OpenAI encodings)."""
-        if resp.usage is not None:
-            return resp.usage
-        tok = t.spec.tokenizer
-        out = resp.text + "".join(c.name + c.arguments for c in resp.tool_calls)
-        try:
-            n_in = _core.count_message_tokens(run.request.messages, tok)
-        except SatisficeError:  # messages the counter cannot read (exotic parts): estimate
-            n_in = sum(len(str(m.get("content", ""))) for m in run.request.messages) // 4
-        source = "counted" if _core.is_exact_family(tok) else "estimated"
-        return Usage(n_in, _core.count_tokens(out, tok), source=source)
+    def _usage(self, run: Run, t: _Target, resp: ChatResponse) -> Usage:
+        return usage_of(run.request.messages, t.spec.tokenizer, resp)
 
     def _result(
         self,
-        run: _Run,
+        run: Run,
         t: _Target,
         resp: ChatResponse,
         started: float,
@@ -386,7 +367,7 @@ class Executor:
         paused: float = 0.0,
     ) -> ChatResult:
         usage = self._usage(run, t, resp)
-        cost = self._cost(t, usage)
+        cost = cost_of(t.price, usage)
         now = perf_counter()
         run.attempts.append(
             Attempt(
@@ -397,6 +378,7 @@ class Executor:
                 now - started,
                 usage=usage,
                 cost_usd=cost,
+                step=run.step,
             )
         )
         latency = now - run.t0
@@ -416,7 +398,7 @@ class Executor:
             ttft,
         )
 
-    def _all_failed(self, run: _Run) -> AllAttemptsFailedError:
+    def _all_failed(self, run: Run) -> AllAttemptsFailedError:
         d = run.decision
         lines = [
             f"  {i}. {a.model} via {a.deployment}: {a.outcome}"
@@ -431,21 +413,24 @@ class Executor:
         )
 
     # entry points -------------------------------------------------------------------------
-    async def complete(
+    def run(
         self,
-        registry: Registry,
         decision: Decision,
         request: ChatRequest,
         *,
         t0: float,
         deadline: float | None = None,
-        hedge: bool = False,
-        race: int = 0,
-        accept: Accept | None = None,
-    ) -> ChatResult:
-        run = _Run(registry, decision, request, t0, deadline, accept)
+        accept: Validator | None = None,
+    ) -> Run:
+        """The state of one request, for `complete`, `stream` or `cascade`."""
+        return Run(decision, request, t0, deadline, accept)
+
+    async def complete(self, run: Run, *, hedge: bool = False, race: int = 0) -> ChatResult:
+        """One answer: the first target that answers, or (hedge/race) the first accepted
+        among concurrent attempts."""
         if hedge or race > 1:
             return await self._concurrent(run, max(race, 2), hedge=hedge and race <= 1)
+        request = run.request
         t, started, resp = await self._first_success(
             run, lambda p, timeout: p.complete(request, timeout)
         )
@@ -455,18 +440,84 @@ class Executor:
         return self._result(run, t, resp, started)
 
     def stream(
-        self,
-        registry: Registry,
-        decision: Decision,
-        request: ChatRequest,
-        *,
-        t0: float,
-        deadline: float | None = None,
+        self, run: Run, *, started_at: float | None = None, metadata: Mapping[str, Any] | None = None
     ) -> ChatStream:
-        run = _Run(registry, decision, request, t0, deadline, None)
-        return ChatStream(self._stream(run))
+        return ChatStream(self._stream(run, started_at, dict(metadata or {})))
 
-    async def _stream(self, run: _Run) -> AsyncIterator[StreamDelta]:
+    async def cascade(self, run: Run, ladder: Cascade | bool) -> ChatResult:
+        """Climb `ladder` (True: the decision's default ladder, checked by `run.accept`);
+        every model call goes through the attempt loop and lands in `run.attempts`, tagged
+        with its step and, once checked, its verdict."""
+        from .cascade import Cascade, answer_from_chat, current_step, estimates_from
+
+        d = run.decision
+        if not isinstance(ladder, Cascade):
+            if run.accept is None:
+                raise ConfigError(
+                    "cascade=True builds the ladder from the decision and needs a check: "
+                    "pass accept=<validator> (see satisfice.validators), or a Cascade"
+                )
+            ladder = Cascade.from_decision(d, run.accept)
+        answered: dict[int, tuple[_Target, ChatResponse, float, Attempt]] = {}
+
+        async def call(model: str, messages: list[dict[str, Any]]) -> Answer:
+            sub = run.sub(model, messages, current_step())
+            t, started, resp = await self._first_success(
+                sub, lambda p, timeout: p.complete(sub.request, timeout)
+            )
+            done = perf_counter()
+            run.upstream_s += done - started
+            self.health.record_success(t.key, done - started)
+            usage = self._usage(sub, t, resp)
+            cost = cost_of(t.price, usage)
+            attempt = Attempt(
+                t.model,
+                t.dep.name,
+                "ok",
+                started - run.t0,
+                done - started,
+                usage=usage,
+                cost_usd=cost,
+                step=sub.step,
+            )
+            run.attempts.append(attempt)
+            answer = answer_from_chat(model, resp, cost_usd=cost, latency_ms=(done - started) * 1e3)
+            answered[id(answer)] = (t, resp, started, attempt)
+            return answer
+
+        result = await ladder.run(
+            call, run.request.messages, estimates=estimates_from(d, run.registry)
+        )
+        for step in result.steps:
+            for a, v in zip(step.answers, step.verdicts, strict=True):
+                if id(a) in answered:
+                    attempt = answered[id(a)][3]
+                    attempt.verdict = _verdict_dict(v)
+                    if not v.passed and a is not result.answer:
+                        attempt.outcome = "rejected"
+        assert result.answer is not None  # Cascade.run raises when there is none
+        t, resp, started, attempt = answered[id(result.answer)]
+        now = perf_counter()
+        latency = now - run.t0
+        return ChatResult(
+            resp.text,
+            t.model,
+            t.dep.name,
+            attempt.usage or Usage(0, 0),
+            attempt.cost_usd,
+            latency,
+            max(latency - run.upstream_s, 0.0),
+            run.attempts,
+            d,
+            resp.finish_reason,
+            resp.tool_calls,
+            resp.raw,
+            cascade=result,
+        )
+
+    async def _stream(
+        self, run: Run, started_at: float | None, metadata: dict[str, Any]
+    ) -> AsyncIterator[StreamDelta]:
         async def open_(p: Provider, timeout: httpx.Timeout) -> tuple[Any, str | ChatResponse]:
             gen = p.stream(run.request, timeout)
             try:
@@ -502,7 +553,11 @@ class Executor:
                 finally:
                     run.upstream_s += perf_counter() - w
             self.health.record_success(t.key, perf_counter() - started - paused)
-            yield StreamDelta(done=True, result=self._result(run, t, item, started, ttft, paused))
+            result = self._result(run, t, item, started, ttft, paused)
+            if started_at is not None:
+                result.started_at = started_at
+            result.metadata = metadata
+            yield StreamDelta(done=True, result=result)
         except ProviderError as e:
             self._failed(run, t, e, started)
             text = "".join(delivered)
@@ -519,7 +574,7 @@ class Executor:
         finally:
             await gen.aclose()
 
-    async def _concurrent(self, run: _Run, width: int, *, hedge: bool) -> ChatResult:
+    async def _concurrent(self, run: Run, width: int, *, hedge: bool) -> ChatResult:
         """Race `width` attempts at once, or (hedge) add one when the newest is slower than
         its p95. The first accepted answer wins; the others are cancelled, their cost kept."""
         it = self._available(run, [])
@@ -569,10 +624,14 @@ class Executor:
                     if exc is None:
                         resp = task.result()
                         now = perf_counter()
-                        if run.accept is None or run.accept(resp):
+                        verdict = await self._check(run, t, resp)
+                        if verdict is None or verdict.passed:
                             self.health.record_success(t.key, now - started)
                             run.upstream_s = now - first
-                            return self._result(run, t, resp, started)
+                            result = self._result(run, t, resp, started)
+                            if verdict is not None:
+                                run.attempts[-1].verdict = _verdict_dict(verdict)
+                            return result
                         usage = self._usage(run, t, resp)
                         run.attempts.append(
                             Attempt(
@@ -582,11 +641,12 @@ class Executor:
                                 started - run.t0,
                                 now - started,
                                 usage=usage,
-                                cost_usd=self._cost(t, usage),
+                                cost_usd=cost_of(t.price, usage),
+                                verdict=_verdict_dict(verdict),
                             )
                         )
                     elif isinstance(exc, ProviderError):
-                        if self._failed(run, t, exc, started) == _STOP:
+                        if self._failed(run, t, exc, started) is Action.STOP:
                             exc.attempts = run.attempts
                             raise exc
                     else:
@@ -597,16 +657,17 @@ class Executor:
         finally:
             await self._cancel(run, running)
 
-    def _cost(self, t: _Target, usage: Usage) -> float | None:
-        p = t.price
-        return (
-            None
-            if p is None
-            else p.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-        )
+    async def _check(self, run: Run, t: _Target, resp: ChatResponse) -> Verdict | None:
+        """The race's acceptance check: `run.accept`, a Validator (None: take any answer)."""
+        if run.accept is None:
+            return None
+        from .cascade import answer_from_chat
+
+        answer = answer_from_chat(t.model, resp, cost_usd=None)
+        return await resolve(run.accept(answer, Context(run.request.messages)))
 
     async def _cancel(
-        self, run: _Run, running: dict[asyncio.Task[ChatResponse], tuple[_Target, float]]
+        self, run: Run, running: dict[asyncio.Task[ChatResponse], tuple[_Target, float]]
     ) -> None:
         """Cancel losers and record them, with the prompt's cost as an estimate: providers
         bill prompt tokens a request has reached, and we cannot know how far it got."""
@@ -630,7 +691,7 @@ class Executor:
                     started - run.t0,
                     now - started,
                     usage=None if estimated else usage,
-                    cost_usd=self._cost(t, usage),
+                    cost_usd=cost_of(t.price, usage),
                     cost_estimated=estimated,
                 )
             )
@@ -677,3 +738,7 @@ class ChatStream:
                 result: ChatResult = d.result
                 return result
         raise RuntimeError("the stream ended without a final item")  # providers guarantee one
+
+
+def _verdict_dict(v: Verdict) -> dict[str, Any]:
+    return {"passed": v.passed, "confidence": round(v.confidence, 4), "reason": v.reason}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +76,18 @@ class Constraints:
         """Accept a Constraints, a dict, None, and keyword overrides."""
         if c is None and not kw:
             return _NO_CONSTRAINTS  # the common case: no validation, no allocation
-        base = c if isinstance(c, Constraints) else cls(**dict(c or {}))
+        given = {} if c is None or isinstance(c, Constraints) else dict(c)
+        unknown = (set(given) | set(kw)) - _FIELDS
+        if unknown:
+            raise ConfigError(
+                f"unknown constraint(s) {sorted(unknown)}; the constraints are {sorted(_FIELDS)}"
+            )
+        base = c if isinstance(c, Constraints) else cls(**given)
         return replace(base, **kw) if kw else base
 
 
 _NO_CONSTRAINTS = Constraints()
+_FIELDS = frozenset(f.name for f in fields(Constraints))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,31 +148,40 @@ class Policy:
     def compile(self, registry: Registry) -> _core.DispatchTable:
         """Build the immutable table the router plans with (once per registry/policy change)."""
         qm = self.quality_model()
-        rows = []
+        rows: list[_core.ModelRowSpec] = []
         for m in registry:
             p = qm.params_for(m)
             price = m.price
             rows.append(
-                (
-                    m.id,
-                    price.input if price else math.nan,
-                    price.output if price else math.nan,
-                    m.context_window,
-                    m.max_output,
-                    sorted(m.capabilities),
-                    m.p95_latency_ms if m.p95_latency_ms is not None else math.nan,
-                    m.tokenizer,
-                    float(p.bias),
-                    [float(a) for a in p.ability],
-                    m.disabled,
-                )
+                {
+                    "id": m.id,
+                    "price_in": price.input if price else math.nan,
+                    "price_out": price.output if price else math.nan,
+                    "context_window": m.context_window,
+                    "max_output": m.max_output,
+                    "capabilities": sorted(m.capabilities),
+                    "p95_ms": m.p95_latency_ms if m.p95_latency_ms is not None else math.nan,
+                    "tokenizer": m.tokenizer,
+                    "bias": float(p.bias),
+                    "ability": [float(a) for a in p.ability],
+                    "disabled": m.disabled,
+                }
             )
-        rules = []
+        rules: list[_core.RuleSpec] = []
         for r in self.rules:
             idx = [registry.index(mid) for mid in r.use]  # UnknownModelError names the id
             if r.task is not None and r.task not in _core.TASKS:
                 raise ConfigError(f"rule {r.name!r}: unknown task {r.task!r}; use {_core.TASKS}")
-            rules.append((r.name, r.task, list(r.flags), r.min_tokens_in, r.max_tokens_in, idx))
+            rules.append(
+                {
+                    "name": r.name,
+                    "task": r.task,
+                    "flags": list(r.flags),
+                    "min_tokens_in": r.min_tokens_in,
+                    "max_tokens_in": r.max_tokens_in,
+                    "models": idx,
+                }
+            )
         expected = [
             int(self.expected_output_tokens.get(t, DEFAULT_EXPECTED_OUTPUT[t])) for t in _core.TASKS
         ]

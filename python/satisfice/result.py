@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from time import time
+from typing import TYPE_CHECKING, Any
 
 from .providers.base import ToolCall, Usage
+
+if TYPE_CHECKING:
+    from .cascade import CascadeResult
+    from .decision import Decision
 
 __all__ = ["Attempt", "ChatResult"]
 
@@ -19,9 +24,11 @@ class Attempt:
 
     `outcome`: "ok"; "error" (`error_type` names the errors.py class); "skipped" (cooling,
     disabled, missing key, window too small, deadline passed); "cancelled" (a hedge or race
-    loser); "rejected" (answered, but `accept` said no). `cost_usd` is what the call cost as
-    far as it is known: from usage when it answered, the prompt alone (estimated) when it
-    was cancelled in flight, None when unpriced.
+    loser); "rejected" (answered, but the `accept` validator or a cascade step's check said
+    no). `cost_usd` is what the call cost as far as it is known: from usage when it
+    answered, the prompt alone (estimated) when it was cancelled in flight, None when
+    unpriced. `step` is the cascade step the call belonged to; `verdict` the check's
+    {passed, confidence, reason} when the answer was checked.
     """
 
     model: str
@@ -36,6 +43,8 @@ class Attempt:
     usage: Usage | None = None
     cost_usd: float | None = None
     cost_estimated: bool = False
+    step: int | None = None
+    verdict: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,7 +52,8 @@ class Attempt:
 
 @dataclass(slots=True)
 class ChatResult:
-    """The answer and its accounting.
+    """The answer and its accounting: what every strategy (single call, fallbacks, hedge,
+    race, cascade, workflow step, stream) returns, and the one request record.
 
     `usage` is the provider's report, else satisfice's own count (`usage.source` says which).
     `cost_usd` is this answer's cost from the registry price (None when unpriced);
@@ -60,11 +70,19 @@ class ChatResult:
     latency_s: float
     overhead_s: float
     attempts: list[Attempt]
-    decision: Any
+    decision: Decision
     finish_reason: str | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     raw: Any = field(default=None, repr=False)
     ttft_s: float | None = None  # streams: time to the first piece of text
+    cascade: CascadeResult | None = None  # the ladder's steps, when a cascade answered
+    started_at: float = field(default_factory=time)  # Unix time the request arrived
+    metadata: dict[str, Any] = field(default_factory=dict)  # the caller's tags
+
+    @property
+    def request_id(self) -> str:
+        """The decision's id: what `router.feedback(request_id, score)` takes."""
+        return self.decision.request_id
 
     @property
     def total_cost_usd(self) -> float | None:
@@ -90,22 +108,42 @@ class ChatResult:
         return out
 
     def to_record(self) -> dict[str, Any]:
-        """A flat, JSON-ready record for a ledger."""
+        """The one flat, JSON-ready record of the request, whatever strategy answered it."""
         d = self.decision
+        billed = self.total_cost_usd
         return {
+            "request_id": self.request_id,
+            "started_at": self.started_at,
+            "metadata": dict(self.metadata),
+            "task": d.task,
+            "flags": d.flags,
+            "decision": {
+                "model": d.model,
+                "fallbacks": d.fallbacks,
+                "rule": d.rule,
+                "below_floor": d.below_floor,
+                "reasons": d.reasons(),
+                "candidates": [
+                    {"model": c.model, "p_good": round(c.p_good, 4), "est_cost_usd": c.est_cost_usd}
+                    for c in d.candidates
+                ],
+            },
             "model": self.model,
             "deployment": self.deployment,
+            "est_tokens_in": d.primary.tokens_in,
+            "est_tokens_in_exact": d.primary.tokens_in_exact,
+            "est_cost_usd": d.est_cost_usd,
             "tokens_in": self.usage.prompt_tokens,
             "tokens_out": self.usage.completion_tokens,
             "cached_tokens": self.usage.cached_tokens,
             "usage_source": self.usage.source,
             "cost_usd": self.cost_usd,
-            "total_cost_usd": self.total_cost_usd,
+            "total_cost_usd": billed,
+            "cost_estimated": any(a.cost_estimated for a in self.attempts),
             "latency_s": self.latency_s,
             "overhead_s": self.overhead_s,
             "ttft_s": self.ttft_s,
             "finish_reason": self.finish_reason,
-            "routed_model": getattr(d, "model", None),
-            "reasons": d.reasons() if hasattr(d, "reasons") else None,
             "attempts": [a.to_dict() for a in self.attempts],
+            "cascade": None if self.cascade is None else self.cascade.to_dict(),
         }

@@ -1,10 +1,11 @@
 """Per-step routing for multi-step jobs: each step routed under its own constraints.
 
 An agent's plan needs a strong model; its tool-argument extraction and the final summary
-usually do not. A `Job` routes every step through one router with that step's constraints,
-calls the chosen model (then its fallbacks) or a cascade, and rolls the costs up per job:
+usually do not. A `Job` sends every step through `router.chat` with that step's
+constraints (a single call with fallbacks, or a cascade), so each step is one request with
+one record, and rolls the costs up per job:
 
-    job = Job(router, call, name="ticket-4711", max_cost_usd=0.05)
+    job = Job(router, name="ticket-4711", max_cost_usd=0.05)
     plan = await job.step("plan", plan_msgs, quality_floor=0.9)
     args = await job.step("extract", extract_msgs(plan.text), needs=("json",), max_cost_usd=0.002)
     done = await job.step("summarise", summary_msgs(args.text), latency_slo_ms=3000)
@@ -17,80 +18,71 @@ a late step is routed to something cheaper (or gets NoRouteError) instead of ove
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Unpack
 
-from .cascade import Call, Cascade, CascadeResult, estimates_from
-from .errors import AllAttemptsFailedError, ConfigError, ProviderError
+from .errors import ConfigError
 from .policy import Constraints
-from .validators import Answer
 
 if TYPE_CHECKING:
-    from .router import Decision, Router
+    from .cascade import Cascade
+    from .decision import Decision
+    from .result import ChatResult
+    from .router import RequestOptions, Router
+    from .validators import Validator
 
 __all__ = ["Job", "JobStep"]
 
 
 @dataclass(slots=True)
 class JobStep:
-    """One routed step: the decision, the answer used and what the step cost."""
+    """One routed step: its name and the request's result (the one record)."""
 
     name: str
-    decision: Decision
-    answer: Answer
-    failed: dict[str, str] = field(default_factory=dict)  # model -> error, before `answer`
-    cascade: CascadeResult | None = None
+    result: ChatResult
+
+    @property
+    def decision(self) -> Decision:
+        return self.result.decision
 
     @property
     def text(self) -> str:
-        return self.answer.text
+        return self.result.text
 
     @property
     def cost_usd(self) -> float | None:
-        if self.cascade is not None:
-            return self.cascade.cost_usd
-        return self.answer.cost_usd
+        """Every billed call of the step (fallbacks, cascade steps); None if any is unpriced."""
+        return self.result.total_cost_usd
 
     @property
     def tokens_in(self) -> int:
-        if self.cascade is not None:
-            return self.cascade.tokens_in
-        return self.answer.tokens_in or 0
+        return sum(a.usage.prompt_tokens for a in self.result.attempts if a.usage is not None)
 
     @property
     def tokens_out(self) -> int:
-        if self.cascade is not None:
-            return self.cascade.tokens_out
-        return self.answer.tokens_out or 0
+        return sum(a.usage.completion_tokens for a in self.result.attempts if a.usage is not None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "model": self.answer.model,
+            "model": self.result.model,
             "routed_to": self.decision.model,
-            "failed": dict(self.failed),
             "cost_usd": self.cost_usd,
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
-            "cascade": None if self.cascade is None else self.cascade.to_dict(),
+            "record": self.result.to_record(),
         }
 
 
 class Job:
-    """A multi-step job: steps routed one by one, their costs rolled up."""
+    """A multi-step job: steps routed one by one through `router.chat`, costs rolled up."""
 
     def __init__(
-        self,
-        router: Router,
-        call: Call,
-        *,
-        name: str = "job",
-        max_cost_usd: float | None = None,
+        self, router: Router, *, name: str = "job", max_cost_usd: float | None = None
     ) -> None:
         if max_cost_usd is not None and not max_cost_usd >= 0:
             raise ConfigError(f"job max_cost_usd must be >= 0, got {max_cost_usd!r}")
         self.router = router
-        self.call = call
         self.name = name
         self.max_cost_usd = max_cost_usd
         self.steps: list[JobStep] = []
@@ -123,53 +115,23 @@ class Job:
         messages: Sequence[Mapping[str, Any]] | str,
         constraints: Constraints | Mapping[str, Any] | None = None,
         *,
-        cascade: Cascade | None = None,
-        **overrides: Any,
+        cascade: Cascade | bool | None = None,
+        accept: Validator | None = None,
+        **options: Unpack[RequestOptions],
     ) -> JobStep:
-        """Route `messages` under this step's constraints and answer them.
-
-        Without `cascade` the decision's model is called, then its fallbacks on provider
-        errors; with one, the cascade runs on the decision's estimates. The step is
-        recorded on the job either way.
-        """
-        c = Constraints.of(constraints, **overrides)
+        """Answer `messages` with `router.chat` under this step's constraints (and what is
+        left of the job's cap), and record the step on the job."""
+        c = Constraints.of(constraints)
         if self.max_cost_usd is not None:
             left = max(self.max_cost_usd - self.spent_usd, 0.0)
-            if c.max_cost_usd is None or c.max_cost_usd > left:
-                c = Constraints.of(c, max_cost_usd=left)
-        decision = self.router.route(messages, c)
-        msgs = (
-            [{"role": "user", "content": messages}]
-            if isinstance(messages, str)
-            else [dict(m) for m in messages]
-        )
-        if cascade is not None:
-            est = estimates_from(decision, self.router.registry)
-            result = await cascade.run(self.call, msgs, estimates=est)
-            if result.answer is None:  # run() raises before this; kept for the type checker
-                raise ConfigError(f"step {name!r}: the cascade returned no answer")
-            rec = JobStep(name, decision, result.answer, cascade=result)
-        else:
-            rec = await self._direct(name, decision, msgs)
+            cap = options.get("max_cost_usd", c.max_cost_usd)
+            if cap is None or cap > left:
+                options["max_cost_usd"] = left
+        options["metadata"] = {**(options.get("metadata") or {}), "job": self.name, "step": name}
+        result = await self.router.chat(messages, c, cascade=cascade, accept=accept, **options)
+        rec = JobStep(name, result)
         self.steps.append(rec)
         return rec
-
-    async def _direct(self, name: str, decision: Decision, msgs: list[dict[str, Any]]) -> JobStep:
-        failed: dict[str, str] = {}
-        for model in (decision.model, *decision.fallbacks):
-            try:
-                answer = await self.call(model, msgs)
-            except ProviderError as e:
-                failed[model] = f"{type(e).__name__}: {e}"
-                continue
-            return JobStep(name, decision, answer, failed)
-        attempts = [f"{m}: {e}" for m, e in failed.items()]
-        raise AllAttemptsFailedError(
-            f"job {self.name!r} step {name!r}: every routed model failed ("
-            + "; ".join(attempts)
-            + "); check provider health or loosen the step's constraints for more fallbacks",
-            attempts,
-        )
 
     def to_dict(self) -> dict[str, Any]:
         """The job's ledger: each step, and the totals."""

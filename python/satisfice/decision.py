@@ -1,0 +1,287 @@
+"""What `route()` decides, and the frozen routing state it decided with.
+
+A `Snapshot` holds everything a route reads (registry, policy, the compiled DispatchTable,
+the model ids the table's rows stand for). The router builds a new one off to the side and
+swaps it in with one assignment; `route()` reads the router's snapshot once and the
+`Decision` keeps it, so a decision never names a model by another snapshot's row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from . import _core
+from .errors import NoRouteError
+from .policy import Constraints, Policy
+from .predict import ModelParams
+from .registry import Registry
+
+if TYPE_CHECKING:
+    from .feedback import FeedbackLog
+
+__all__ = ["Candidate", "Decision", "Snapshot"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Snapshot:
+    """The routing state one request sees: immutable, replaced whole."""
+
+    registry: Registry
+    policy: Policy
+    table: _core.DispatchTable
+    ids: tuple[str, ...]  # table row -> model id
+    index: dict[str, int]  # model id -> table row
+
+    @classmethod
+    def build(cls, registry: Registry, policy: Policy) -> Snapshot:
+        table = policy.compile(registry)
+        ids = tuple(registry.ids)
+        return cls(registry, policy, table, ids, {m: i for i, m in enumerate(ids)})
+
+    def with_params(self, model: str, params: ModelParams) -> Snapshot:
+        """This snapshot with one model's learned parameters replaced (feedback): the
+        table's other rows are reused as compiled."""
+        qm = self.policy.quality_model()
+        policy = replace(self.policy, quality=qm.with_models({**qm.models, model: params}))
+        table = self.table.with_model(
+            self.index[model], float(params.bias), [float(a) for a in params.ability]
+        )
+        return Snapshot(self.registry, policy, table, self.ids, self.index)
+
+    def exclude(self, c: Constraints) -> list[int] | None:
+        """Table rows the caller's allow/deny lists rule out (None: no list given)."""
+        if c.allow is None and not c.deny:
+            return None
+        idx = self.index
+        for m in (*(c.allow or ()), *c.deny):
+            if m not in idx:
+                self.registry[m]  # raises UnknownModelError listing the known ids
+        allowed = set(c.allow) if c.allow is not None else None
+        return [
+            i for m, i in idx.items() if m in c.deny or (allowed is not None and m not in allowed)
+        ]
+
+    def no_route(self, filtered: list[tuple[int, str, str]]) -> NoRouteError:
+        ids = self.ids
+        counts: dict[str, int] = {}
+        for _, constraint, _ in filtered:
+            counts[constraint] = counts.get(constraint, 0) + 1
+        worst = max(counts, key=lambda k: counts[k]) if counts else "registry"
+        detail = "; ".join(f"{ids[i]}: {why}" for i, _, why in filtered[:8])
+        more = f" (+{len(filtered) - 8} more)" if len(filtered) > 8 else ""
+        summary = ", ".join(f"{n} by {k}" for k, n in sorted(counts.items()))
+        return NoRouteError(
+            f"no model satisfies the constraints ({summary}); loosen {worst!r} first. "
+            f"{detail}{more}",
+            {ids[i]: why for i, _, why in filtered},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    model: str
+    p_good: float
+    est_cost_usd: float | None  # None: unpriced
+    tokens_in: int
+    tokens_in_exact: bool
+    by_rule: bool
+
+
+class Decision:
+    """Which model, which fallbacks, and why. Built lazily from the Rust plan; every name
+    and reason is read from the snapshot the plan was made with."""
+
+    __slots__ = (
+        "_cands",
+        "_feedback",
+        "_plan",
+        "_request_id",
+        "constraints",
+        "fallbacks",
+        "model",
+        "snapshot",
+    )
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        plan: Any,
+        constraints: Constraints,
+        feedback: FeedbackLog | None = None,
+    ) -> None:
+        self.snapshot = snapshot
+        self._plan = plan
+        self._feedback = feedback
+        self._cands: list[Candidate] | None = None
+        self._request_id: str | None = None
+        self.constraints = constraints
+        ids = snapshot.ids
+        rows = plan.head(1 + snapshot.policy.max_fallbacks)
+        self.model: str = ids[rows[0]]
+        self.fallbacks: list[str] = [ids[r] for r in rows[1:]]
+
+    @property
+    def registry(self) -> Registry:
+        return self.snapshot.registry
+
+    @property
+    def policy(self) -> Policy:
+        return self.snapshot.policy
+
+    @property
+    def request_id(self) -> str:
+        """A unique id (uuid4 hex) for `router.feedback(request_id, score)`. Made on first
+        read, which is also when the router starts remembering this decision for feedback:
+        routing that never asks for an id pays nothing."""
+        if self._request_id is None:
+            from .feedback import new_request_id
+
+            rid = new_request_id()
+            if self._feedback is not None:
+                # The plan carries the prompt's latent, so the prompt itself is never kept.
+                self._feedback.remember(rid, self._plan.latent, self.model)
+            self._request_id = rid
+        return self._request_id
+
+    @property
+    def latent(self) -> list[float]:
+        """The predictor's `[e(x), d(x)]` for this prompt (what feedback updates use)."""
+        return list(self._plan.latent)
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        """Every model that passed the filters, ranked (primary first)."""
+        if self._cands is None:
+            ids = self.snapshot.ids
+            self._cands = [
+                Candidate(ids[r], p, None if math.isnan(c) else c, t, ex, rule)
+                for r, p, c, t, ex, rule in self._plan.candidates
+            ]
+        return self._cands
+
+    @property
+    def primary(self) -> Candidate:
+        return self.candidates[0]
+
+    @property
+    def filtered(self) -> dict[str, tuple[str, str]]:
+        """model → (constraint, reason) for every model that was dropped."""
+        ids = self.snapshot.ids
+        return {ids[i]: (c, why) for i, c, why in self._plan.filtered}
+
+    @property
+    def task(self) -> str:
+        return str(self._plan.task)
+
+    @property
+    def flags(self) -> list[str]:
+        return list(self._plan.flags)
+
+    @property
+    def tokens_out(self) -> int:
+        """Completion tokens the estimate assumes (caller's max_tokens, else per-task default)."""
+        return int(self._plan.tokens_out)
+
+    @property
+    def rule(self) -> str | None:
+        r = self._plan.rule
+        return None if r is None else self.snapshot.policy.rules[r].name
+
+    @property
+    def below_floor(self) -> bool:
+        """True when no model reached the quality floor and the best predicted one was chosen."""
+        return bool(self._plan.below_floor)
+
+    @property
+    def reference(self) -> tuple[str, float | None]:
+        """The registry's most capable model and its estimated cost for this same request."""
+        ref = self.snapshot.registry.reference
+        return ref.id, ref.cost(self._plan.est_tokens(ref.tokenizer), self.tokens_out)
+
+    @property
+    def est_cost_usd(self) -> float | None:
+        return self.primary.est_cost_usd
+
+    def reasons(self) -> list[str]:
+        c = self.primary
+        out = []
+        if self.rule is not None and c.by_rule:
+            out.append(f"rule {self.rule!r} matched (task={self.task}) and lists {c.model}")
+        elif self.snapshot.policy.lam is not None or self.constraints.lam is not None:
+            out.append(f"{c.model} has the best P(good) − λ·cost (P(good)={c.p_good:.2f})")
+        elif self.below_floor:
+            out.append(
+                f"no model reached quality floor {self._floor():.2f}; {c.model} has the "
+                f"highest predicted quality ({c.p_good:.2f})"
+            )
+        else:
+            out.append(
+                f"{c.model} is the cheapest model with predicted quality {c.p_good:.2f} >= "
+                f"floor {self._floor():.2f}"
+            )
+        cost = "unpriced" if c.est_cost_usd is None else f"${c.est_cost_usd:.6f}"
+        exact = "exact" if c.tokens_in_exact else "estimated"
+        out.append(
+            f"task={self.task}, flags={self.flags or '[]'}, {c.tokens_in} tokens in ({exact}), "
+            f"{self.tokens_out} out expected, est {cost}"
+        )
+        by_constraint: dict[str, int] = {}
+        for constraint, _ in self.filtered.values():
+            by_constraint[constraint] = by_constraint.get(constraint, 0) + 1
+        if by_constraint:
+            out.append(
+                "filtered out: "
+                + ", ".join(f"{n} by {k}" for k, n in sorted(by_constraint.items()))
+            )
+        return out
+
+    def _floor(self) -> float:
+        f = self.constraints.quality_floor
+        return self.snapshot.policy.quality_floor if f is None else f
+
+    def explain(self) -> str:
+        """A human-readable account: choice, fallbacks, each candidate, each dropped model."""
+        lines = [f"model: {self.model}", f"fallbacks: {', '.join(self.fallbacks) or '(none)'}"]
+        lines += [f"why: {r}" for r in self.reasons()]
+        ref, ref_cost = self.reference
+        if ref_cost is not None and self.est_cost_usd is not None:
+            lines.append(f"same request on {ref}: est ${ref_cost:.6f}")
+        lines.append("candidates (ranked):")
+        for c in self.candidates:
+            cost = "unpriced" if c.est_cost_usd is None else f"${c.est_cost_usd:.6f}"
+            lines.append(f"  {c.model:<24} P(good)={c.p_good:.2f}  est {cost}")
+        if self.filtered:
+            lines.append("filtered out:")
+            for m, (_, why) in self.filtered.items():
+                lines.append(f"  {m:<24} {why}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.primary
+        ref, ref_cost = self.reference
+        return {
+            "model": self.model,
+            "fallbacks": self.fallbacks,
+            "tokens_in": c.tokens_in,
+            "tokens_in_exact": c.tokens_in_exact,
+            "tokens_out_expected": self.tokens_out,
+            "est_cost_usd": c.est_cost_usd,
+            "p_good": round(c.p_good, 4),
+            "task": self.task,
+            "flags": self.flags,
+            "rule": self.rule,
+            "below_floor": self.below_floor,
+            "reference_model": ref,
+            "reference_cost_usd": ref_cost,
+            "reasons": self.reasons(),
+            "filtered": {m: why for m, (_, why) in self.filtered.items()},
+            "candidates": [
+                {"model": x.model, "p_good": round(x.p_good, 4), "est_cost_usd": x.est_cost_usd}
+                for x in self.candidates
+            ],
+        }
+
+    def __repr__(self) -> str:
+        return f"Decision(model={self.model!r}, fallbacks={self.fallbacks!r})"

@@ -1,0 +1,93 @@
+"""What to do after a failed call: pure decisions, no I/O and no clock, so that a table of
+cases tests them (tests/test_retry.py). The executor applies them.
+
+    RetryableError (429, 5xx, connect)  RETRY the same deployment after a jittered backoff or
+                                        its Retry-After (if short enough and inside the
+                                        deadline), else the NEXT deployment
+    UpstreamTimeoutError                NEXT (a second wait would bust the SLO)
+    AuthError                           DISABLE the deployment (see Health), then NEXT
+    ContextLengthError                  WIDEN: skip every deployment whose window is not
+                                        larger, into the decision's further candidates
+    BadRequestError                     STOP: the request must change; another model would
+                                        reject it too
+    anything else from a provider       NEXT
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .errors import (
+    AuthError,
+    BadRequestError,
+    ContextLengthError,
+    ProviderError,
+    RetryableError,
+    UpstreamTimeoutError,
+)
+
+__all__ = ["Action", "backoff_s", "classify", "cooldown_wait_s"]
+
+
+class Action(enum.Enum):
+    RETRY = "retry"
+    NEXT = "next"
+    STOP = "stop"
+    DISABLE = "disable"
+    WIDEN = "widen"
+
+
+def classify(e: ProviderError) -> Action:
+    """The action for one failed call (checked most specific class first)."""
+    if isinstance(e, AuthError):
+        return Action.DISABLE
+    if isinstance(e, ContextLengthError):
+        return Action.WIDEN
+    if isinstance(e, BadRequestError):
+        return Action.STOP
+    if isinstance(e, RetryableError) and not isinstance(e, UpstreamTimeoutError):
+        return Action.RETRY
+    return Action.NEXT
+
+
+def backoff_s(
+    *,
+    retry: int,
+    max_retries: int,
+    retry_after: float | None,
+    max_retry_wait_s: float,
+    base_s: float,
+    max_s: float,
+    jitter: float,
+    time_left_s: float | None,
+) -> float | None:
+    """Seconds to wait before retry number `retry` of the same deployment, or None to move
+    on. A Retry-After is honoured when it is at most `max_retry_wait_s` (a longer one moves
+    on at once); otherwise full jitter (`jitter` in [0, 1)) on an exponential backoff. No
+    wait that ends at or past the deadline (`time_left_s`)."""
+    if retry >= max_retries:
+        return None
+    if retry_after is not None:
+        if retry_after > max_retry_wait_s:
+            return None
+        wait = retry_after
+    else:  # full jitter spreads the retries of many clients hit by the same outage
+        wait = jitter * min(max_s, base_s * 2.0**retry)
+    if time_left_s is not None and wait >= time_left_s:
+        return None
+    return wait
+
+
+def cooldown_wait_s(
+    frees_in_s: list[float], *, max_retry_wait_s: float, time_left_s: float | None
+) -> float | None:
+    """When every target left is cooling: seconds until the first is free again, if that
+    is worth waiting for (at most `max_retry_wait_s`, and before the deadline)."""
+    if not frees_in_s:
+        return None
+    wait = min(frees_in_s) + 0.001
+    if wait > max_retry_wait_s:
+        return None
+    if time_left_s is not None and wait >= time_left_s:
+        return None
+    return wait
