@@ -1,10 +1,10 @@
 """`satisfice calibrate`: choose the quality floor or cost weight that meets a target on the
 prompts a user actually sends, and write it into the policy.
 
-Each prompt is planned once with no floor, which gives every routable model's predicted
-P(good) and estimated USD; the DispatchTable's ranking is then replayed in numpy for every
-setting of the knob (it is a pure function of those two numbers, or a matching rule). The
-chosen setting is finally checked by routing every prompt through a real Router with it.
+The prompts are planned in batches with no floor (`DispatchTable.plan_batch`), which gives
+every routable model's predicted P(good) and estimated USD; the router's own ranking
+(`_core.rank`, the code `route()` serves) then picks a model per prompt for every setting
+of the knob at once. What is measured is what the router would do.
 
 Targets:
 - `cost:USD` — highest predicted quality whose mean estimated cost per request <= USD;
@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, NoRouteError
+from .. import _core
+from ..errors import ConfigError
 from ..policy import Policy
 from ..predict import QualityModel
 from ..registry import Registry
@@ -84,55 +85,30 @@ class Table:
 
 
 def plan_table(router: Router, prompts: Sequence[str], progress: ProgressLine) -> Table:
-    ids = list(router.registry.ids)
-    n, m = len(prompts), len(ids)
-    p = np.full((n, m), -np.inf)
-    cost = np.full((n, m), np.inf)
-    forced = np.full(n, -1, dtype=np.intp)
-    keep = np.ones(n, dtype=np.bool_)
-    index = {mid: j for j, mid in enumerate(ids)}
-    for i, prompt in enumerate(prompts):
-        try:
-            d = router.route(prompt, quality_floor=0.0, lam=None)
-        except NoRouteError:
-            keep[i] = False
-            continue
-        for c in d.candidates:
-            j = index[c.model]
-            p[i, j] = c.p_good
-            cost[i, j] = math.nan if c.est_cost_usd is None else c.est_cost_usd
-        if d.rule is not None and d.primary.by_rule:
-            forced[i] = index[d.model]
-        if i % 256 == 0:
-            progress.update(i, n)
+    snap = router.snapshot
+    n = len(prompts)
+    parts = []
+    for start in range(0, n, _BATCH):
+        parts.append(snap.table.plan_batch(prompts[start : start + _BATCH]))
+        progress.update(min(start + _BATCH, n), n)
     progress.update(n, n)
+    m = len(snap.ids)
+    p = np.concatenate([x[0] for x in parts]) if parts else np.empty((0, m))
+    cost = np.concatenate([x[1] for x in parts]) if parts else np.empty((0, m))
+    forced = np.concatenate([x[2] for x in parts]) if parts else np.empty(0, np.int64)
+    keep = np.isfinite(p).any(axis=1)  # a prompt no model can take is not routable
     if not keep.any():
         raise ConfigError("no logged prompt can be routed with this registry and policy")
-    top = index[router.registry.reference.id]
-    return Table(p[keep], cost[keep], forced[keep], ids, top)
+    top = snap.index[snap.registry.reference.id]
+    return Table(p[keep], cost[keep], forced[keep], list(snap.ids), top)
 
 
-def _choose_floor(t: Table, floor: float) -> np.ndarray:
-    key = np.where(np.isnan(t.cost), np.inf, t.cost)  # unpriced sorts after priced
-    ok = t.p >= floor
-    # Cheapest passing model; among equal costs the likelier one (as the Rust ranking).
-    cheapest = np.where(ok, key, np.inf)
-    best_cost = cheapest.min(axis=1, keepdims=True)
-    tie = ok & (cheapest <= best_cost)
-    pick = np.argmax(np.where(tie, t.p, -np.inf), axis=1)
-    fallback = np.argmax(t.p, axis=1)
-    pick = np.where(ok.any(axis=1), pick, fallback)
-    return np.where(t.forced >= 0, t.forced, pick)
+_BATCH = 4096  # prompts per plan_batch call: one boundary crossing each, progress between
 
 
-def _choose_lambda(t: Table, lam: float) -> np.ndarray:
-    key = np.where(np.isnan(t.cost), np.inf, t.cost)
-    score = t.p - lam * np.minimum(key, 1e12)
-    score = np.where(np.isinf(t.p), -np.inf, score)
-    best = score.max(axis=1, keepdims=True)
-    tie = score >= best
-    pick = np.argmin(np.where(tie, key, np.inf), axis=1)
-    return np.where(t.forced >= 0, t.forced, pick)
+def picks(t: Table, knob: str, settings: Sequence[float]) -> np.ndarray:
+    """(len(settings), n) model indices: the router's choice for every prompt and setting."""
+    return _core.rank(t.p, t.cost, list(settings), "floor" if knob == "floor" else "lambda", t.forced)
 
 
 def _figures(t: Table, pick: np.ndarray) -> tuple[float, float, float]:
@@ -170,8 +146,7 @@ def best_quality(t: Table) -> tuple[str, float]:
 def choose(t: Table, knob: str, target: Target) -> dict[str, Any]:
     """The setting of `knob` that meets `target` best, with its predicted figures."""
     settings = _settings(t, knob)
-    pick_fn = _choose_floor if knob == "floor" else _choose_lambda
-    figs = np.array([_figures(t, pick_fn(t, float(s))) for s in settings])
+    figs = np.array([_figures(t, row) for row in picks(t, knob, settings.tolist())])
     cost, quality, share = figs[:, 0], figs[:, 1], figs[:, 2]
     best_model, best_q = best_quality(t)
     if target.kind == "quality":
@@ -201,26 +176,6 @@ def choose(t: Table, knob: str, target: Target) -> dict[str, Any]:
             "top_share": [float(share.min()), float(share.max())],
             "mean_p_good": [float(quality.min()), float(quality.max())],
         },
-    }
-
-
-def _verify(router: Router, prompts: Sequence[str], top: str) -> dict[str, float]:
-    costs, ps, tops = [], [], 0
-    for prompt in prompts:
-        try:
-            d = router.route(prompt)
-        except NoRouteError:
-            continue
-        if d.est_cost_usd is not None:
-            costs.append(d.est_cost_usd)
-        ps.append(d.primary.p_good)
-        tops += d.model == top
-    n = max(len(ps), 1)
-    return {
-        "mean_cost_usd": float(np.mean(costs)) if costs else math.nan,
-        "mean_p_good": float(np.mean(ps)) if ps else math.nan,
-        "top_share": tops / n,
-        "routed": len(ps),
     }
 
 
@@ -254,7 +209,6 @@ def calibrate_files(
         new = replace(policy, quality_floor=result["value"], lam=None)
     else:
         new = replace(policy, lam=result["value"])
-    result["verified"] = _verify(Router(reg, new), prompts, reg.reference.id)
     result.update(
         target=target.describe(),
         prompts=len(prompts),
@@ -270,21 +224,19 @@ def calibrate_files(
 
 
 def format_result(r: dict[str, Any]) -> str:
-    pred, ver = r["predicted"], r["verified"]
+    pred = r["predicted"]
     status = "met" if r["met"] else "NOT met (closest setting shown)"
     lines = [
         f"target: {r['target']} — {status}",
         f"{r['knob']} = {r['value']:.6g}"
         + (f"  (written to {r['policy']})" if r["written"] else "  (dry run: not written)"),
         f"on {r['routable']} of {r['prompts']} prompts, routed with this setting:",
-        f"  mean est. cost  ${ver['mean_cost_usd']:.6f} per request",
-        f"  top model share {100 * ver['top_share']:.1f}% ({r['top_model']})",
-        f"  mean P(good)    {ver['mean_p_good']:.4f} (best single model "
+        f"  mean est. cost  ${pred['mean_cost_usd']:.6f} per request",
+        f"  top model share {100 * pred['top_share']:.1f}% ({r['top_model']})",
+        f"  mean P(good)    {pred['mean_p_good']:.4f} (best single model "
         f"{r['best_single']['model']}: {r['best_single']['mean_p_good']:.4f}, predicted)",
         "reachable: cost ${:.6f}..${:.6f}, top share {:.1f}%..{:.1f}%".format(
             *r["range"]["cost_usd"], *(100 * v for v in r["range"]["top_share"])
         ),
     ]
-    if abs(ver["mean_cost_usd"] - pred["mean_cost_usd"]) > 1e-9 + 1e-6 * pred["mean_cost_usd"]:
-        lines.append("note: the replayed and the routed cost differ slightly (ties)")
     return "\n".join(lines)

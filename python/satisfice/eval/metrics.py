@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import _core
+
 from ..errors import DatasetError
 
 __all__ = [
@@ -226,16 +228,6 @@ def cost_to_reach(curve: Curve, target_quality: float) -> float | None:
     return float(curve.costs[ok].min()) if ok.any() else None
 
 
-def _choose_by_lambda(pred: np.ndarray, dcost: np.ndarray, lam: float) -> np.ndarray:
-    if np.isinf(lam):  # cost is all that matters: the cheapest, the likelier on a tie
-        cheapest = dcost <= dcost.min(axis=1, keepdims=True)
-        return np.asarray(np.argmax(np.where(cheapest, pred, -np.inf), axis=1), dtype=np.intp)
-    utility = pred - lam * dcost
-    # Among models within float noise of the best utility, take the cheapest.
-    near = utility >= utility.max(axis=1, keepdims=True) - 1e-12
-    return np.asarray(np.argmin(np.where(near, dcost, np.inf), axis=1), dtype=np.intp)
-
-
 def default_lambdas(decision_costs: np.ndarray, k: int = 200) -> np.ndarray:
     """Lambdas (quality per USD) for a sweep: 0, then k geometric steps scaled to the price
     gaps in `decision_costs`, then inf (always the cheapest model)."""
@@ -258,24 +250,19 @@ def sweep_lambda(
     lambdas: Floats | None = None,
     label: str = "router",
 ) -> Curve:
-    """Route each prompt to argmax_m pred[i, m] - lambda * decision_costs[i, m] for each lambda.
+    """Route each prompt to argmax_m pred[i, m] - lambda * decision_costs[i, m] for each lambda,
+    with the router's own ranking (`_core.rank`: ties go to the cheaper model).
 
     `pred` is the predicted quality (n, m); `decision_costs` what the router believes each call
     costs (estimated before the call); `scores` and `costs` are the recorded outcomes used to
-    measure the result. Ties go to the cheaper model.
+    measure the result.
     """
     s, c = _matrix_pair(scores, costs)
     p, dc = _matrix_pair(pred, decision_costs)
     if p.shape != s.shape:
         raise DatasetError(f"pred {p.shape} must match scores {s.shape}")
     lams = default_lambdas(dc) if lambdas is None else np.asarray(lambdas, dtype=np.float64)
-    rows = np.arange(s.shape[0])
-    out_c, out_q = [], []
-    for lam in lams:
-        pick = _choose_by_lambda(p, dc, float(lam))
-        out_c.append(c[rows, pick].mean())
-        out_q.append(s[rows, pick].mean())
-    return Curve(np.array(out_c), np.array(out_q), lams, label)
+    return _curve(_core.rank(p, dc, lams.tolist(), "lambda"), s, c, lams, label)
 
 
 def sweep_floor(
@@ -287,21 +274,22 @@ def sweep_floor(
     label: str = "router",
 ) -> Curve:
     """Route each prompt to the cheapest model with pred >= floor (the most likely model
-    when none qualifies), for each floor; default floors 0.00, 0.01, ..., 1.00."""
+    when none qualifies), for each floor, with the router's own ranking (`_core.rank`);
+    default floors 0.00, 0.01, ..., 1.00."""
     s, c = _matrix_pair(scores, costs)
     p, dc = _matrix_pair(pred, decision_costs)
     if p.shape != s.shape:
         raise DatasetError(f"pred {p.shape} must match scores {s.shape}")
     grid = np.linspace(0.0, 1.0, 101) if floors is None else np.asarray(floors, np.float64)
+    return _curve(_core.rank(p, dc, grid.tolist(), "floor"), s, c, grid, label)
+
+
+def _curve(
+    picks: np.ndarray, s: np.ndarray, c: np.ndarray, params: np.ndarray, label: str
+) -> Curve:
+    """Mean recorded cost and quality of each row of `picks` (settings x prompts)."""
     rows = np.arange(s.shape[0])
-    fallback = _choose_by_lambda(p, dc, 0.0)
-    out_c, out_q = [], []
-    for floor in grid:
-        ok = p >= floor
-        pick = np.where(ok.any(axis=1), np.argmin(np.where(ok, dc, np.inf), axis=1), fallback)
-        out_c.append(c[rows, pick].mean())
-        out_q.append(s[rows, pick].mean())
-    return Curve(np.array(out_c), np.array(out_q), grid, label)
+    return Curve(c[rows, picks].mean(axis=1), s[rows, picks].mean(axis=1), params, label)
 
 
 def strong_share_curve(
