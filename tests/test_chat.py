@@ -8,13 +8,13 @@ import time
 import pytest
 
 from satisfice import _core
+from satisfice import validators as v
 from satisfice.errors import (
     AllAttemptsFailedError,
     BadRequestError,
     NoRouteError,
     StreamInterruptedError,
 )
-from satisfice import validators as v
 from satisfice.testing import LocalUpstream, context_length, hang, reply, reset, status
 
 from .chat_support import ORDER, open_fds, router, wire

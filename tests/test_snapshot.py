@@ -58,7 +58,9 @@ def test_concurrent_swaps_never_mix_snapshots() -> None:
         except BaseException as e:  # reported below, with the thread's traceback
             errors.append(e)
 
-    threads = [threading.Thread(target=swapper)] + [threading.Thread(target=routes) for _ in range(3)]
+    threads = [threading.Thread(target=swapper)] + [
+        threading.Thread(target=routes) for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads[1:]:
@@ -83,7 +85,7 @@ def test_feedback_replaces_one_row_and_is_cheap() -> None:
     router = Router()
     d = router.route("hello there")
     before = router.snapshot
-    other = [m for m in before.ids if m != d.model][0]
+    other = next(m for m in before.ids if m != d.model)
     router.feedback(d.request_id, 0.0)
     after = router.snapshot
     assert after is not before and after.registry is before.registry

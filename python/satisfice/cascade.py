@@ -48,9 +48,9 @@ from .errors import AllAttemptsFailedError, CascadeBudgetError, ConfigError, Pro
 from .validators import Answer, Context, Validator, Verdict, resolve
 
 if TYPE_CHECKING:
+    from .decision import Decision
     from .providers.base import ChatResponse
     from .registry import Registry
-    from .decision import Decision
     from .router import Router
 
 __all__ = [

@@ -146,11 +146,15 @@ class Run:
     def sub(self, model: str, messages: list[dict[str, Any]], step: int | None) -> Run:
         """One model of a cascade step: its own target order, the shared attempt list."""
         request = replace(self.request, messages=messages)
-        return Run(self.decision, request, self.t0, self.deadline, None, self.attempts, [model], step)
+        return Run(
+            self.decision, request, self.t0, self.deadline, None, self.attempts, [model], step
+        )
 
     def skip(self, model: str, deployment: str, why: str) -> None:
         self.attempts.append(
-            Attempt(model, deployment, "skipped", perf_counter() - self.t0, error=why, step=self.step)
+            Attempt(
+                model, deployment, "skipped", perf_counter() - self.t0, error=why, step=self.step
+            )
         )
 
 
@@ -440,7 +444,11 @@ class Executor:
         return self._result(run, t, resp, started)
 
     def stream(
-        self, run: Run, *, started_at: float | None = None, metadata: Mapping[str, Any] | None = None
+        self,
+        run: Run,
+        *,
+        started_at: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> ChatStream:
         return ChatStream(self._stream(run, started_at, dict(metadata or {})))
 
@@ -458,7 +466,7 @@ class Executor:
                     "pass accept=<validator> (see satisfice.validators), or a Cascade"
                 )
             ladder = Cascade.from_decision(d, run.accept)
-        answered: dict[int, tuple[_Target, ChatResponse, float, Attempt]] = {}
+        answered: dict[int, tuple[_Target, ChatResponse, Attempt]] = {}
 
         async def call(model: str, messages: list[dict[str, Any]]) -> Answer:
             sub = run.sub(model, messages, current_step())
@@ -482,7 +490,7 @@ class Executor:
             )
             run.attempts.append(attempt)
             answer = answer_from_chat(model, resp, cost_usd=cost, latency_ms=(done - started) * 1e3)
-            answered[id(answer)] = (t, resp, started, attempt)
+            answered[id(answer)] = (t, resp, attempt)
             return answer
 
         result = await ladder.run(
@@ -491,12 +499,12 @@ class Executor:
         for step in result.steps:
             for a, v in zip(step.answers, step.verdicts, strict=True):
                 if id(a) in answered:
-                    attempt = answered[id(a)][3]
+                    attempt = answered[id(a)][2]
                     attempt.verdict = _verdict_dict(v)
                     if not v.passed and a is not result.answer:
                         attempt.outcome = "rejected"
         assert result.answer is not None  # Cascade.run raises when there is none
-        t, resp, started, attempt = answered[id(result.answer)]
+        t, resp, attempt = answered[id(result.answer)]
         now = perf_counter()
         latency = now - run.t0
         return ChatResult(

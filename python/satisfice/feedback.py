@@ -25,25 +25,21 @@ public benchmark score counts as `prior_evidence` observations.
 
 from __future__ import annotations
 
-import math
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import ConfigError, InputError
-from .predict import ModelParams, QualityModel
-
-if TYPE_CHECKING:
-    pass
+from .predict import ModelParams, QualityModel, sigmoid
 
 __all__ = [
     "AbilityBelief",
     "FeedbackLog",
+    "fisher_moments",
     "new_request_id",
     "prior_belief",
     "update_belief",
@@ -58,10 +54,22 @@ _DEFAULT_WEIGHT = 0.2
 
 
 def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    ez = math.exp(z)
-    return ez / (1.0 + ez)
+    return float(sigmoid(z))
+
+
+def fisher_moments(
+    skills: np.ndarray, p: np.ndarray, observed: np.ndarray | None = None
+) -> dict[str, object]:
+    """What a prior belief is built from: E[phi phi'] of phi = [1, e(x)] over the (n, k)
+    `skills` e(x), and the mean curvature p(1 - p) of the (n, m) predictions `p` (over the
+    `observed` entries only, when given). Stored by training as meta["fisher"]."""
+    n = skills.shape[0]
+    phi = np.concatenate([np.ones((n, 1)), np.asarray(skills, dtype=np.float64)], axis=1)
+    curv = np.asarray(p, dtype=np.float64) * (1 - np.asarray(p, dtype=np.float64))
+    return {
+        "phi_moment": (phi.T @ phi / n).round(6).tolist(),
+        "mean_weight": float(curv[observed].mean() if observed is not None else curv.mean()),
+    }
 
 
 @dataclass(frozen=True, eq=False)

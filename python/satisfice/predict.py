@@ -18,7 +18,6 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +27,33 @@ from . import _core
 from .errors import ConfigError
 from .registry import ModelSpec
 
+#: The Featurizer flags that mark a prompt as belonging to each task with its own prior
+#: (the prior predictor's skills, and the skills `eval.seed` adds to a trained predictor).
+TASK_FLAGS: Mapping[str, tuple[str, ...]] = {
+    "code": ("code",),
+    "math": ("math",),
+    "extraction": ("json", "extraction"),
+    "translation": ("translation",),
+    "summarize": ("summarize",),
+    "creative": ("creative",),
+    "reasoning": ("reasoning",),
+}
+
+
+def logit(p: float) -> float:
+    """log(p / (1 - p)), p clipped to [1e-4, 1 - 1e-4] so that a prior of 0 or 1 stays finite."""
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p))
+
+
+def sigmoid(z: npt.ArrayLike) -> np.ndarray:
+    """1 / (1 + e^-z), without overflow for any z (arrays or scalars)."""
+    return np.asarray(np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64))))
+
+
 __all__ = ["ModelParams", "QualityModel"]
 
 FloatArray = npt.NDArray[np.float32]
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-4), 1 - 1e-4)
-    return math.log(p / (1 - p))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +82,7 @@ class QualityModel:
     meta: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        dim = 32 + self.hash_buckets
+        dim = _core.DENSE + self.hash_buckets
         if self.weights.shape != (dim, self.k + 1):
             raise ConfigError(
                 f"predictor {self.name!r}: weights shape {self.weights.shape}, "
@@ -86,7 +104,7 @@ class QualityModel:
 
     @property
     def dim(self) -> int:
-        return 32 + self.hash_buckets
+        return _core.DENSE + self.hash_buckets
 
     def params_for(self, spec: ModelSpec) -> ModelParams:
         """Parameters for a registry model: trained ones, else seeded from its quality prior."""
@@ -102,7 +120,7 @@ class QualityModel:
             )
         else:
             mean_ability = (0.0,) * self.k
-        return ModelParams(a * _logit(spec.quality_prior()) + b, mean_ability, 0.0, "prior")
+        return ModelParams(a * logit(spec.quality_prior()) + b, mean_ability, 0.0, "prior")
 
     def with_models(self, models: Mapping[str, ModelParams]) -> QualityModel:
         return QualityModel(
@@ -133,7 +151,7 @@ class QualityModel:
         bias = np.array([p.bias for p in params], dtype=np.float32)
         ab = np.array([p.ability for p in params], dtype=np.float32).reshape(len(params), self.k)
         logits = e @ ab.T + bias[None, :] - d[:, None]
-        out: FloatArray = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        out: FloatArray = sigmoid(logits).astype(np.float32)
         return out
 
     # -- persistence
@@ -199,11 +217,9 @@ class QualityModel:
 
     @classmethod
     def bundled(cls) -> QualityModel:
-        """The predictor shipped with satisfice (trained on public outcome data), else the prior."""
-        res = resources.files("satisfice").joinpath("data/predictor.npz")
-        if res.is_file():
-            with resources.as_file(res) as p:
-                return cls.load(p)
+        """The predictor `Router()` uses: the transparent prior (see `prior`). The trained
+        benchmark predictor is opt-in (`satisfice.eval.evaluate.shipped_predictor`): it rates
+        chit-chat as hard as a benchmark item."""
         return cls.prior()
 
     @classmethod
@@ -214,17 +230,8 @@ class QualityModel:
         names = list(_core.Featurizer.dense_names())
         tasks = list(_core.TASKS)
         k = len(tasks)
-        w = np.zeros((32 + hash_buckets, k + 1), dtype=np.float32)
-        skill_features = {
-            "code": ["code"],
-            "math": ["math"],
-            "extraction": ["json", "extraction"],
-            "translation": ["translation"],
-            "summarize": ["summarize"],
-            "creative": ["creative"],
-            "reasoning": ["reasoning"],
-            "general": ["bias"],
-        }
+        w = np.zeros((_core.DENSE + hash_buckets, k + 1), dtype=np.float32)
+        skill_features = {**TASK_FLAGS, "general": ("bias",)}
         for t, feats in skill_features.items():
             for f in feats:
                 w[names.index(f), tasks.index(t)] = 1.0
@@ -253,6 +260,6 @@ class QualityModel:
     def prior_params(self, spec: ModelSpec) -> ModelParams:
         """For the `prior` predictor: ability per task = logit(q_task) − logit(q_general)."""
         tasks = list(_core.TASKS)
-        g = _logit(spec.quality_prior("general"))
-        ab = tuple(0.0 if t == "general" else _logit(spec.quality_prior(t)) - g for t in tasks)
+        g = logit(spec.quality_prior("general"))
+        ab = tuple(0.0 if t == "general" else logit(spec.quality_prior(t)) - g for t in tasks)
         return ModelParams(g, ab, 0.0, "prior")

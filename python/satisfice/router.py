@@ -182,7 +182,7 @@ class Router:
 
         io = self._io if self._io is not None else self.configure()._io
         assert io is not None
-        opts = dict(options)
+        opts: dict[str, Any] = dict(options)
         call = {k: opts.pop(k, None) for k in _CALL_FIELDS}
         timeout = opts.pop("timeout", None)
         metadata = dict(opts.pop("metadata", None) or {})

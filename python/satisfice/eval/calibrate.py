@@ -108,7 +108,9 @@ _BATCH = 4096  # prompts per plan_batch call: one boundary crossing each, progre
 
 def picks(t: Table, knob: str, settings: Sequence[float]) -> np.ndarray:
     """(len(settings), n) model indices: the router's choice for every prompt and setting."""
-    return _core.rank(t.p, t.cost, list(settings), "floor" if knob == "floor" else "lambda", t.forced)
+    return _core.rank(
+        t.p, t.cost, list(settings), "floor" if knob == "floor" else "lambda", t.forced
+    )
 
 
 def _figures(t: Table, pick: np.ndarray) -> tuple[float, float, float]:

@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from .. import validators as v
-from .._core import Featurizer
+from .._core import DENSE, Featurizer
 from ..cascade import Cascade, CascadeResult, ModelEstimate, Step
 from ..errors import DatasetError
+from ..predict import sigmoid
 from ..replay import Replay
 from ._set import OutcomeSet
 from .metrics import (
@@ -58,7 +59,6 @@ HEDGES = re.compile(
     r"not possible|cannot)\b",
     re.IGNORECASE,
 )
-_DENSE = 32  # the Featurizer's named dense features; the hashed n-grams overfit small sets
 
 
 def math_checks() -> list[v.Validator]:
@@ -94,11 +94,6 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[np.nda
     return w[:-1], float(w[-1])
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
-    return out
-
-
 @dataclass(frozen=True)
 class _PromptModel:
     """Prompt-only P(good) per model: logistic regression on the dense prompt features."""
@@ -120,11 +115,12 @@ class _PromptModel:
         return cls(mean, scale, np.array(ws).T, np.array(bs))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return _sigmoid(((x - self.mean) / self.scale) @ self.weights + self.bias)
+        return sigmoid(((x - self.mean) / self.scale) @ self.weights + self.bias)
 
 
 def _features(prompts: Sequence[str]) -> np.ndarray:
-    return np.asarray(Featurizer().featurize_batch(list(prompts)), np.float64)[:, :_DENSE]
+    # the named dense features only: the hashed n-grams overfit small sets
+    return np.asarray(Featurizer().featurize_batch(list(prompts)), np.float64)[:, :DENSE]
 
 
 def fit_calibrated(

@@ -35,9 +35,6 @@ __all__ = [
     "split_data",
 ]
 
-# Checks in a long eval that a user may want to watch: (stage name) -> None.
-StageHook = Callable[[str], None]
-
 
 @dataclass(frozen=True)
 class SplitSpec:

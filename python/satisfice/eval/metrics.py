@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-
 from ..errors import DatasetError
 
 __all__ = [

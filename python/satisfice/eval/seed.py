@@ -18,47 +18,25 @@ Feedback (`router.feedback`) then refines every ability from the user's own traf
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from .. import _core
 from ..errors import ConfigError
-from ..predict import ModelParams, QualityModel
+from ..feedback import fisher_moments as feedback_moments
+from ..predict import TASK_FLAGS, ModelParams, QualityModel, logit
 from ..registry import Registry
 
 __all__ = ["TASK_FLAGS", "fisher_moments", "seed_registry_models"]
 
-#: The Featurizer flags that mark a prompt as belonging to each task with its own prior.
-TASK_FLAGS: Mapping[str, tuple[str, ...]] = {
-    "code": ("code",),
-    "math": ("math",),
-    "extraction": ("json", "extraction"),
-    "translation": ("translation",),
-    "summarize": ("summarize",),
-    "creative": ("creative",),
-    "reasoning": ("reasoning",),
-}
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-4), 1 - 1e-4)
-    return math.log(p / (1 - p))
-
 
 def fisher_moments(qm: QualityModel, features: np.ndarray) -> dict[str, object]:
-    """E[phi phi'] of phi = [1, e(x)] over `features`, and the mean p(1 - p) of the models
-    the predictor knows: what `satisfice.feedback` weighs one new observation against."""
+    """`feedback.fisher_moments` of the models the predictor knows, over `features`."""
     z = qm.latent(features).astype(np.float64)
-    n = z.shape[0]
-    phi = np.concatenate([np.ones((n, 1)), z[:, : qm.k]], axis=1)
     params = list(qm.models.values())
-    p = qm.p_good(features, params).astype(np.float64) if params else np.full((n, 1), 0.5)
-    return {
-        "phi_moment": (phi.T @ phi / n).round(6).tolist(),
-        "mean_weight": float((p * (1 - p)).mean()),
-    }
+    p = qm.p_good(features, params) if params else np.full((z.shape[0], 1), 0.5)
+    return feedback_moments(z[:, : qm.k], p)
 
 
 def seed_registry_models(
@@ -108,8 +86,8 @@ def seed_registry_models(
             base = models[alias]
             models[spec.id] = ModelParams(base.bias, base.ability, base.n_obs, f"trained:{alias}")
             continue
-        g = _logit(spec.quality_prior("general"))
-        deltas = tuple(a * (_logit(spec.quality_prior(t)) - g) for t in tasks)
+        g = logit(spec.quality_prior("general"))
+        deltas = tuple(a * (logit(spec.quality_prior(t)) - g) for t in tasks)
         models[spec.id] = ModelParams(a * g + b, (*mean_ability, *deltas), 0.0, "prior")
     meta = dict(qm.meta)
     meta["task_skills"] = list(tasks)

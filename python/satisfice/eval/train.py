@@ -27,7 +27,8 @@ import numpy as np
 
 from .. import _core
 from ..errors import DatasetError
-from ..predict import ModelParams, QualityModel
+from ..feedback import fisher_moments
+from ..predict import ModelParams, QualityModel, logit, sigmoid
 from ._set import OutcomeSet
 from .membership import META_KEY, PromptFilter
 
@@ -40,7 +41,7 @@ __all__ = [
     "predict",
 ]
 
-DENSE = 32  # named dense features ahead of the hashed block (rust/features.rs)
+DENSE = _core.DENSE  # named dense features ahead of the hashed block
 MIN_SCALE = 0.02  # smallest standard deviation a dense feature is divided by
 
 Progress = Callable[[int, int, float], None]
@@ -129,17 +130,12 @@ class _Adam:
             p -= scale * m / (np.sqrt(v) + 1e-8)
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-4), 1 - 1e-4)
-    return math.log(p / (1 - p))
-
-
 def _fit_prior_map(bias: Mapping[str, float], quality: Mapping[str, float]) -> tuple[float, float]:
     """Least-squares bias ~ a * logit(quality) + b over models that have both."""
     common = [m for m in bias if m in quality]
     if len(common) < 2:
         return (1.0, 0.0)
-    q = np.array([_logit(quality[m]) for m in common])
+    q = np.array([logit(quality[m]) for m in common])
     b = np.array([bias[m] for m in common])
     if np.ptp(q) < 1e-6:
         return (1.0, float(np.mean(b - q)))
@@ -193,7 +189,7 @@ def fit(
     mean_score = np.array(
         [y[obs[:, j], j].mean() if obs[:, j].any() else 0.5 for j in range(n_models)]
     )
-    bias = np.array([_logit(float(q)) for q in mean_score], dtype=np.float32)
+    bias = np.array([logit(float(q)) for q in mean_score], dtype=np.float32)
     ability = (rng.standard_normal((n_models, k)) * 0.1).astype(np.float32)
     l2_rows = np.full((dim, 1), cfg.l2_hashed, dtype=np.float32)
     l2_rows[:DENSE] = cfg.l2_dense
@@ -232,13 +228,8 @@ def fit(
     # What feedback needs to weigh one new observation against the training evidence
     # (satisfice.feedback): the second moments of [1, e(x)] and the mean curvature p(1 - p).
     z = xs @ w + c
-    phi = np.concatenate([np.ones((n, 1), dtype=np.float32), z[:, :k]], axis=1)
     logits = z[:, :k] @ ability.T + bias[None, :] - z[:, k : k + 1]
-    p = 1.0 / (1.0 + np.exp(-logits))
-    fisher = {
-        "phi_moment": (phi.T @ phi / n).astype(np.float64).round(6).tolist(),
-        "mean_weight": float((p * (1 - p))[obs].mean()),
-    }
+    fisher = fisher_moments(z[:, :k], sigmoid(logits), obs)
     prompts = [text for part in sets for text in part.prompts]
 
     counts = obs.sum(axis=0)
