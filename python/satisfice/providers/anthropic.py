@@ -236,25 +236,20 @@ class AnthropicProvider(HTTPProvider):
 
     __slots__ = ()
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        *,
-        base_url: str,
-        model: str,
-        api_key: str | None = None,
-        deployment: str = "anthropic",
-        model_id: str | None = None,
-    ) -> None:
-        headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
-        if api_key:
-            headers["x-api-key"] = api_key
-        base = base_url.rstrip("/")
+    default_deployment = "anthropic"
+
+    @staticmethod
+    def _endpoint(base_url: str) -> str:
         # Registry base URLs follow the Anthropic SDK (no /v1); accept either.
-        url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
-        super().__init__(
-            client, url, headers, model=model, deployment=deployment, model_id=model_id
-        )
+        return base_url + ("/messages" if base_url.endswith("/v1") else "/v1/messages")
+
+    @staticmethod
+    def _auth(api_key: str) -> dict[str, str]:
+        return {"x-api-key": api_key}
+
+    @staticmethod
+    def _extra_headers() -> dict[str, str]:
+        return {"anthropic-version": API_VERSION}
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
         content = await self._post(encode_json(to_anthropic(request, self.model)).encode(), timeout)

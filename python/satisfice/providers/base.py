@@ -250,19 +250,36 @@ class HTTPProvider:
     def __init__(
         self,
         client: httpx.AsyncClient,
-        url: str,
-        headers: dict[str, str],
         *,
+        base_url: str,
         model: str,
-        deployment: str,
-        model_id: str | None,
+        api_key: str | None = None,
+        deployment: str | None = None,
+        model_id: str | None = None,
     ) -> None:
         self._client = client
-        self._url = url
-        self._headers = headers
+        self._url = self._endpoint(base_url.rstrip("/"))
+        self._headers = {"content-type": "application/json", **self._extra_headers()}
+        if api_key:
+            self._headers.update(self._auth(api_key))
         self.model = model  # the name the upstream expects
         self.model_id = model_id or model  # the registry id, used in errors
-        self.deployment = deployment
+        self.deployment = deployment or self.default_deployment
+
+    # What differs between wire formats: where to POST and how the key is sent.
+    default_deployment = "http"
+
+    @staticmethod
+    def _endpoint(base_url: str) -> str:
+        raise NotImplementedError
+
+    @staticmethod
+    def _auth(api_key: str) -> dict[str, str]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _extra_headers() -> dict[str, str]:
+        return {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, url={self._url!r})"

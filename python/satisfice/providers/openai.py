@@ -54,25 +54,20 @@ class OpenAIProvider(HTTPProvider):
 
     __slots__ = ("_max_key",)
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        *,
-        base_url: str,
-        model: str,
-        api_key: str | None = None,
-        deployment: str = "openai",
-        model_id: str | None = None,
-    ) -> None:
-        headers = {"content-type": "application/json"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        url = base_url.rstrip("/") + "/chat/completions"
-        super().__init__(
-            client, url, headers, model=model, deployment=deployment, model_id=model_id
-        )
+    default_deployment = "openai"
+
+    @staticmethod
+    def _endpoint(base_url: str) -> str:
+        return base_url + "/chat/completions"
+
+    @staticmethod
+    def _auth(api_key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {api_key}"}
+
+    def __init__(self, client: httpx.AsyncClient, **kw: Any) -> None:
+        super().__init__(client, **kw)
         self._max_key = (
-            "max_completion_tokens" if _COMPLETION_TOKENS_MODELS.match(model) else "max_tokens"
+            "max_completion_tokens" if _COMPLETION_TOKENS_MODELS.match(self.model) else "max_tokens"
         )
 
     def _body(self, r: ChatRequest, stream: bool) -> bytes:

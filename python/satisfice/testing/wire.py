@@ -1,0 +1,281 @@
+"""The bytes the local upstream sends: OpenAI and Anthropic bodies, SSE events, errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    pass
+
+from .behaviors import Behavior
+
+_REASON = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    529: "Overloaded",
+}
+_ANTHROPIC_ERR = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def _head(code: int, ctype: str, length: int | None, extra: str = "") -> bytes:
+    size = (
+        f"content-length: {length}\r\n" if length is not None else "transfer-encoding: chunked\r\n"
+    )
+    return (
+        f"HTTP/1.1 {code} {_REASON.get(code, 'Status')}\r\ncontent-type: {ctype}\r\n"
+        f"{size}{extra}\r\n"
+    ).encode()
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _words(messages: Any) -> int:
+    n = 0
+    for m in messages if isinstance(messages, list) else ():
+        c = m.get("content") if isinstance(m, dict) else None
+        if isinstance(c, str):
+            n += len(c.split())
+        elif isinstance(c, list):
+            n += sum(len(str(p.get("text", "")).split()) for p in c if isinstance(p, dict))
+    return n
+
+
+class _Answer:
+    """The pieces of one scripted answer, rendered in either wire format."""
+
+    __slots__ = ("cached", "forced_tool", "n_in", "n_out", "pieces", "text", "tool", "usage")
+
+    def __init__(self, b: Behavior, model: str, body: dict[str, Any]) -> None:
+        self.text = b.text if b.text is not None else f"answer from {model}"
+        words = self.text.split(" ")
+        self.pieces = [w + " " for w in words[:-1]] + [words[-1]]
+        self.usage = b.usage is not False
+        if isinstance(b.usage, tuple):
+            self.n_in, self.n_out, self.cached = b.usage
+        else:
+            self.n_in = _words(body.get("messages")) + 1
+            self.n_out, self.cached = len(words), 0
+        self.tool = b.tool_call
+        choice = body.get("tool_choice")
+        # Anthropic JSON mode is a forced tool: answer through it, as the real API does.
+        self.forced_tool = (
+            choice.get("name")
+            if isinstance(choice, dict) and choice.get("type") == "tool"
+            else None
+        )
+        if self.forced_tool and self.tool is None:
+            try:
+                obj = json.loads(self.text)
+            except ValueError:
+                obj = None
+            args = self.text if isinstance(obj, dict) else json.dumps({"text": self.text})
+            self.tool = (self.forced_tool, args)
+
+    # OpenAI -------------------------------------------------------------------------------
+    def openai(self, model: str) -> bytes:
+        msg: dict[str, Any] = {"role": "assistant", "content": self.text}
+        if self.tool:
+            msg["tool_calls"] = [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": self.tool[0], "arguments": self.tool[1]},
+                }
+            ]
+        out: dict[str, Any] = {
+            "id": "chatcmpl-local",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [
+                {"index": 0, "message": msg, "finish_reason": "tool_calls" if self.tool else "stop"}
+            ],
+        }
+        if self.usage:
+            out["usage"] = self._openai_usage()
+        return json.dumps(out).encode()
+
+    def _openai_usage(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.n_in,
+            "completion_tokens": self.n_out,
+            "total_tokens": self.n_in + self.n_out,
+            "prompt_tokens_details": {"cached_tokens": self.cached},
+        }
+
+    def openai_events(self, model: str, include_usage: bool) -> Iterator[bytes]:
+        base = {
+            "id": "chatcmpl-local",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+        }
+
+        def ev(choices: list[Any], **kw: Any) -> bytes:
+            return b"data: " + json.dumps({**base, "choices": choices, **kw}).encode() + b"\n\n"
+
+        yield ev(
+            [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+        )
+        for p in self.pieces:
+            yield ev([{"index": 0, "delta": {"content": p}, "finish_reason": None}])
+        if self.tool:
+            name, args = self.tool
+            half = len(args) // 2
+            yield ev(
+                [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "tool_calls": [
+                                {
+                                    "index": 0,
+                                    "id": "call_1",
+                                    "type": "function",
+                                    "function": {"name": name, "arguments": args[:half]},
+                                }
+                            ]
+                        },
+                        "finish_reason": None,
+                    }
+                ]
+            )
+            yield ev(
+                [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "tool_calls": [{"index": 0, "function": {"arguments": args[half:]}}]
+                        },
+                        "finish_reason": None,
+                    }
+                ]
+            )
+        yield ev(
+            [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if self.tool else "stop"}]
+        )
+        if include_usage and self.usage:
+            yield ev([], usage=self._openai_usage())
+        yield b"data: [DONE]\n\n"
+
+    # Anthropic ----------------------------------------------------------------------------
+    def _anthropic_usage(self) -> dict[str, Any]:
+        return {
+            "input_tokens": self.n_in - self.cached,
+            "output_tokens": self.n_out,
+            "cache_read_input_tokens": self.cached,
+            "cache_creation_input_tokens": 0,
+        }
+
+    def anthropic(self, model: str) -> bytes:
+        content: list[Any] = []
+        if not self.forced_tool:
+            content.append({"type": "text", "text": self.text})
+        if self.tool:
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": "toolu_1",
+                    "name": self.tool[0],
+                    "input": json.loads(self.tool[1]),
+                }
+            )
+        out: dict[str, Any] = {
+            "id": "msg_local",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": "tool_use" if self.tool else "end_turn",
+            "stop_sequence": None,
+        }
+        if self.usage:
+            out["usage"] = self._anthropic_usage()
+        return json.dumps(out).encode()
+
+    def anthropic_events(self, model: str) -> Iterator[bytes]:
+        def ev(kind: str, **kw: Any) -> bytes:
+            return (
+                f"event: {kind}\ndata: ".encode()
+                + json.dumps({"type": kind, **kw}).encode()
+                + b"\n\n"
+            )
+
+        msg: dict[str, Any] = {
+            "id": "msg_local",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+        }
+        if self.usage:
+            msg["usage"] = {**self._anthropic_usage(), "output_tokens": 1}
+        yield ev("message_start", message=msg)
+        idx = 0
+        if not self.forced_tool:
+            yield ev("content_block_start", index=0, content_block={"type": "text", "text": ""})
+            yield ev("ping")
+            for p in self.pieces:
+                yield ev("content_block_delta", index=0, delta={"type": "text_delta", "text": p})
+            yield ev("content_block_stop", index=0)
+            idx = 1
+        if self.tool:
+            name, args = self.tool
+            half = len(args) // 2
+            yield ev(
+                "content_block_start",
+                index=idx,
+                content_block={"type": "tool_use", "id": "toolu_1", "name": name, "input": {}},
+            )
+            for part in (args[:half], args[half:]):
+                yield ev(
+                    "content_block_delta",
+                    index=idx,
+                    delta={"type": "input_json_delta", "partial_json": part},
+                )
+            yield ev("content_block_stop", index=idx)
+        delta: dict[str, Any] = {
+            "delta": {"stop_reason": "tool_use" if self.tool else "end_turn", "stop_sequence": None}
+        }
+        if self.usage:
+            delta["usage"] = {"output_tokens": self.n_out}
+        yield ev("message_delta", **delta)
+        yield ev("message_stop")
+
+
+def _error_response(
+    code: int, message: str, api: str = "openai", retry_after: float | None = None
+) -> bytes:
+    if api == "anthropic":
+        err = {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_ERR.get(code, "api_error"), "message": message},
+        }
+    else:
+        err = {"error": {"message": message, "type": "local_upstream", "code": code}}
+    body = json.dumps(err).encode()
+    extra = f"retry-after: {retry_after:g}\r\n" if retry_after is not None else ""
+    return _head(code, "application/json", len(body), extra) + body
