@@ -4,11 +4,24 @@ export SATISFICE_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: install build test test-rust test-py lint bench demo
 
-install:            ## the package with its dev/test dependencies, built from source
-	$(PY) -m pip install -q -e ".[dev]"
+# Stamps: the dependencies are installed once (the only step that needs the network), the
+# extension is rebuilt only when rust/ or the build files change, never on every `make test`.
+DEPS := .make/deps
+EXT := .make/ext
 
-build:              ## rebuild the Rust extension after editing rust/
+$(DEPS): pyproject.toml
+	$(PY) -m pip install -q -e ".[dev]"
+	@mkdir -p .make && touch $@ $(EXT)
+
+$(EXT): $(DEPS) Cargo.toml Cargo.lock $(wildcard rust/*.rs)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	@touch $@
+
+install: $(EXT)     ## the package with its dev/test dependencies, built from source
+
+build:              ## rebuild the Rust extension now (no network)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	@mkdir -p .make && touch $(EXT)
 
 test: install test-rust test-py
 
@@ -19,6 +32,7 @@ test-py:
 	$(PY) -m pytest
 
 lint:
+	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
 	cargo clippy --release --features python -- -D warnings
 	$(PY) -m ruff check python tests benches scripts

@@ -9,7 +9,7 @@ use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::types::{PyDict, PyList, PyMapping, PySequence, PyString};
 
 pyo3::import_exception!(satisfice.errors, ConfigError);
 pyo3::import_exception!(satisfice.errors, InputError);
@@ -58,7 +58,7 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreEr
             0,
         ));
     }
-    let list = obj.downcast::<PyList>().map_err(|_| {
+    let list = items(obj).ok_or_else(|| {
         CoreError::Input(format!(
             "messages must be a str or a list of {{'role': ..., 'content': ...}} dicts, got {}",
             obj.get_type()
@@ -70,12 +70,14 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreEr
     let mut out = Vec::with_capacity(list.len());
     let mut images = 0;
     for (i, item) in list.iter().enumerate() {
-        let d = item.downcast::<PyDict>().map_err(|_| {
-            CoreError::Input(format!(
-                "messages[{i}] must be a dict with 'role' and 'content'"
-            ))
-        })?;
-        let role = match d.get_item("role").ok().flatten() {
+        let get = |key: &str| {
+            field(item, key).ok_or_else(|| {
+                CoreError::Input(format!(
+                    "messages[{i}] must be a dict with 'role' and 'content'"
+                ))
+            })
+        };
+        let role = match get("role")? {
             Some(r) => match r.downcast::<PyString>() {
                 Ok(s) => text(s, || format!("messages[{i}].role"))?.to_owned(),
                 Err(_) => {
@@ -94,27 +96,28 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreEr
                 "messages[{i}].role {role:?} is not one of system, developer, user, assistant, tool"
             )));
         }
-        let content = match d.get_item("content").ok().flatten() {
+        let content = match get("content")? {
             None => String::new(),
             Some(c) if c.is_none() => String::new(),
             Some(c) => {
                 if let Ok(s) = c.downcast::<PyString>() {
                     text(s, || format!("messages[{i}].content"))?.to_owned()
-                } else if let Ok(parts) = c.downcast::<PyList>() {
+                } else if let Some(parts) = items(&c) {
                     let mut buf = String::new();
                     for (j, p) in parts.iter().enumerate() {
-                        let pd = p.downcast::<PyDict>().map_err(|_| {
-                            CoreError::Input(format!("messages[{i}].content[{j}] must be a dict"))
-                        })?;
-                        let kind: String = pd
-                            .get_item("type")
-                            .ok()
-                            .flatten()
+                        let part = |key: &str| {
+                            field(p, key).ok_or_else(|| {
+                                CoreError::Input(format!(
+                                    "messages[{i}].content[{j}] must be a dict"
+                                ))
+                            })
+                        };
+                        let kind: String = part("type")?
                             .and_then(|t| t.extract().ok())
                             .unwrap_or_default();
                         match kind.as_str() {
                             "text" | "input_text" => {
-                                if let Some(t) = pd.get_item("text").ok().flatten() {
+                                if let Some(t) = part("text")? {
                                     let s = t.downcast::<PyString>().map_err(|_| {
                                         CoreError::Input(format!(
                                             "messages[{i}].content[{j}].text must be a str"
@@ -143,6 +146,28 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreEr
         out.push(Message { role, content });
     }
     Ok((out, images))
+}
+
+/// The items of a list, tuple or other sequence (not a str); None for anything else.
+fn items<'py>(obj: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyAny>>> {
+    if let Ok(list) = obj.downcast::<PyList>() {
+        return Some(list.iter().collect());
+    }
+    if obj.is_instance_of::<PyString>() {
+        return None;
+    }
+    let seq = obj.downcast::<PySequence>().ok()?;
+    seq.try_iter().ok()?.collect::<PyResult<Vec<_>>>().ok()
+}
+
+/// `obj[key]` of a dict or other mapping: Some(None) when the key is absent, None when
+/// `obj` is not a mapping.
+fn field<'py>(obj: &Bound<'py, PyAny>, key: &str) -> Option<Option<Bound<'py, PyAny>>> {
+    if let Ok(d) = obj.downcast::<PyDict>() {
+        return Some(d.get_item(key).ok().flatten());
+    }
+    let m = obj.downcast::<PyMapping>().ok()?;
+    Some(m.get_item(key).ok())
 }
 
 /// Many prompts (each a str or a message list), copied into Rust before the GIL is released.

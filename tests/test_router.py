@@ -208,3 +208,18 @@ def test_a_decision_keeps_its_model_names_after_the_registry_is_swapped() -> Non
     # read only now: the decision must still name the models it was planned over
     assert [c.model for c in d.candidates] == ["cheap"]
     assert list(d.filtered) == ["mid"]
+
+
+def test_messages_may_be_any_sequence_of_mappings() -> None:
+    from types import MappingProxyType
+
+    router = Router()
+    as_list = router.route([{"role": "user", "content": "Write a Python function."}])
+    msgs = (MappingProxyType({"role": "user", "content": "Write a Python function."}),)
+    assert router.route(msgs).model == as_list.model
+    parts = ({"role": "user", "content": ({"type": "text", "text": "Write a Python function."},)},)
+    assert router.route(parts).task == as_list.task
+    with pytest.raises(InputError, match="messages must be a str or a list"):
+        router.route(42)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"messages\[0\] must be a dict"):
+        router.route(["hello"])  # type: ignore[list-item]

@@ -1,10 +1,12 @@
 """Rust core of satisfice: token counting, feature extraction and the dispatch table."""
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final, Literal, TypedDict, final
+from typing import Any, Final, Literal, final
 
 import numpy as np
 import numpy.typing as npt
+
+from satisfice._table import ModelRowSpec, RuleSpec
 
 _Messages = str | Sequence[Mapping[str, Any]]
 
@@ -17,9 +19,7 @@ __all__ = [
     "TASKS",
     "DispatchTable",
     "Featurizer",
-    "ModelRowSpec",
     "Plan",
-    "RuleSpec",
     "__version__",
     "count_message_tokens",
     "count_tokens",
@@ -82,31 +82,6 @@ class Featurizer:
         """One conversation → (vector, info: task, flags, chars, turns, est_tokens)."""
     def featurize_batch(self, prompts: Iterable[_Messages]) -> npt.NDArray[np.float32]:
         """Many prompts → (n, dim) array, in one call with the GIL released."""
-
-class ModelRowSpec(TypedDict):
-    """One model row of a DispatchTable (prices in USD per 1M tokens; NaN = unpriced)."""
-
-    id: str
-    price_in: float
-    price_out: float
-    context_window: int
-    max_output: int
-    capabilities: Sequence[str]
-    p95_ms: float  # NaN = unknown
-    tokenizer: str
-    bias: float
-    ability: Sequence[float]
-    disabled: bool
-
-class RuleSpec(TypedDict):
-    """One rule of a DispatchTable; `models` are row indices in preference order."""
-
-    name: str
-    task: str | None
-    flags: Sequence[str]
-    min_tokens_in: float
-    max_tokens_in: float
-    models: Sequence[int]
 
 def rank(
     p_good: npt.NDArray[np.float64],

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from ._table import ModelRowSpec, RuleSpec
 from .errors import ConfigError
 from .predict import QualityModel
 from .registry import Registry
@@ -148,7 +149,7 @@ class Policy:
     def compile(self, registry: Registry) -> _core.DispatchTable:
         """Build the immutable table the router plans with (once per registry/policy change)."""
         qm = self.quality_model()
-        rows: list[_core.ModelRowSpec] = []
+        rows: list[ModelRowSpec] = []
         for m in registry:
             p = qm.params_for(m)
             price = m.price
@@ -167,7 +168,7 @@ class Policy:
                     "disabled": m.disabled,
                 }
             )
-        rules: list[_core.RuleSpec] = []
+        rules: list[RuleSpec] = []
         for r in self.rules:
             idx = [registry.index(mid) for mid in r.use]  # UnknownModelError names the id
             if r.task is not None and r.task not in _core.TASKS:

@@ -1,0 +1,35 @@
+"""The named rows a `_core.DispatchTable` is built from (typed here, read by name in Rust)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypedDict
+
+__all__ = ["ModelRowSpec", "RuleSpec"]
+
+
+class ModelRowSpec(TypedDict):
+    """One model row of a DispatchTable (prices in USD per 1M tokens; NaN = unpriced)."""
+
+    id: str
+    price_in: float
+    price_out: float
+    context_window: int
+    max_output: int
+    capabilities: Sequence[str]
+    p95_ms: float  # NaN = unknown
+    tokenizer: str
+    bias: float
+    ability: Sequence[float]
+    disabled: bool
+
+
+class RuleSpec(TypedDict):
+    """One rule of a DispatchTable; `models` are row indices in preference order."""
+
+    name: str
+    task: str | None
+    flags: Sequence[str]
+    min_tokens_in: float
+    max_tokens_in: float
+    models: Sequence[int]
