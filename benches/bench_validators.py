@@ -1,6 +1,6 @@
 """Cascade overhead: each built-in validator on a typical answer, and the per-step
 bookkeeping of `Cascade.run` with calls that answer at once (so only satisfice's own time is
-measured). Budget (issue 4): validator + bookkeeping <= 50 µs per step for the built-in
+measured). Budget: validator + bookkeeping <= 50 µs per step for the built-in
 non-model validators.
 
     make bench        # or: pytest benches/bench_validators.py --benchmark-enable
