@@ -67,6 +67,11 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreEr
                 .unwrap_or_default()
         ))
     })?;
+    if list.is_empty() {
+        return Err(CoreError::Input(
+            "messages is empty: send at least one {'role': 'user', 'content': ...}".into(),
+        ));
+    }
     let mut out = Vec::with_capacity(list.len());
     let mut images = 0;
     for (i, item) in list.iter().enumerate() {

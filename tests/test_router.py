@@ -223,3 +223,48 @@ def test_messages_may_be_any_sequence_of_mappings() -> None:
         router.route(42)  # type: ignore[arg-type]
     with pytest.raises(InputError, match=r"messages\[0\] must be a dict"):
         router.route(["hello"])  # type: ignore[list-item]
+
+
+def test_strict_floor_raises_naming_the_floor_and_default_is_flagged() -> None:
+    router = Router()
+    loose = router.route("hello", quality_floor=0.999)
+    assert loose.below_floor  # the default: best candidate, flagged
+    with pytest.raises(NoRouteError, match=r"quality floor 1\.00 \(strict\)") as e:
+        router.route("hello", quality_floor=0.999, strict_floor=True)
+    assert e.value.filtered and all("< floor" in why for why in e.value.filtered.values())
+    strict = Router(policy=Policy(quality_floor=0.999, strict_floor=True))
+    with pytest.raises(NoRouteError, match="strict_floor=False"):
+        strict.route("hello")
+    assert strict.route("hello", strict_floor=False).below_floor
+    assert not strict.route("hello", quality_floor=0.0).below_floor
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"quality_floor": "high"}, "quality_floor must be a finite number"),
+        ({"quality_floor": True}, "quality_floor must be a finite number"),
+        ({"max_output_tokens": 2**32}, r"max_output_tokens must be an integer in \[1, 2\*\*32\)"),
+        ({"max_cost_usd": float("nan")}, "max_cost_usd must be a finite number"),
+        ({"strict_floor": "yes"}, "strict_floor must be True, False or None"),
+        ({"deny": [1, 2]}, "deny must be a list of strings"),
+        ({"allow": 5}, "allow must be a list of strings"),
+    ],
+)
+def test_bad_constraint_values_are_config_errors(kw: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        Router().route("hi", **kw)
+
+
+def test_constraint_edge_shapes() -> None:
+    router = Router()
+    one = router.registry.ids[0]
+    d = router.route("hi", allow=one)  # one id, not its letters
+    assert d.model == one and d.fallbacks == []
+    assert one not in [router.route("hi", deny=one).model]
+    with pytest.raises(ConfigError, match="constraints must be a Constraints, a dict or None"):
+        router.route("hi", ["max_cost_usd", 1])  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="messages is empty"):
+        router.route([])
+    with pytest.raises(ConfigError, match="policy.quality_floor must be a number"):
+        Policy(quality_floor="0.8")  # type: ignore[arg-type]

@@ -63,6 +63,18 @@ class Snapshot:
             i for m, i in idx.items() if m in c.deny or (allowed is not None and m not in allowed)
         ]
 
+    def below_floor(self, plan: Any, c: Constraints) -> NoRouteError:
+        """The strict floor's refusal: no candidate reaches it; the best is named."""
+        floor = self.policy.quality_floor if c.quality_floor is None else c.quality_floor
+        ranked = plan.candidates
+        best = max(ranked, key=lambda r: r[1])
+        return NoRouteError(
+            f"no model reaches quality floor {floor:.2f} (strict): the best candidate, "
+            f"{self.ids[best[0]]}, is predicted {best[1]:.2f}; lower 'quality_floor', allow "
+            "more models, or pass strict_floor=False to take the best candidate",
+            {self.ids[r[0]]: f"predicted quality {r[1]:.2f} < floor {floor:.2f}" for r in ranked},
+        )
+
     def no_route(self, filtered: list[tuple[int, str, str]]) -> NoRouteError:
         ids = self.ids
         counts: dict[str, int] = {}

@@ -40,7 +40,12 @@ DEFAULT_EXPECTED_OUTPUT: Mapping[str, int] = {
 
 @dataclass(frozen=True, slots=True)
 class Constraints:
-    """Per-request limits. None means no limit."""
+    """Per-request limits. None means no limit (or: the policy's setting).
+
+    `strict_floor`: when no model reaches the quality floor, True raises NoRouteError naming
+    the floor; False routes to the model of highest predicted quality and flags the decision
+    `below_floor`; None takes the policy's `strict_floor` (default False).
+    """
 
     max_cost_usd: float | None = None
     latency_slo_ms: float | None = None
@@ -50,22 +55,41 @@ class Constraints:
     lam: float | None = None
     allow: tuple[str, ...] | None = None
     deny: tuple[str, ...] = ()
+    strict_floor: bool | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_cost_usd", "latency_slo_ms", "lam"):
+        for name in ("max_cost_usd", "latency_slo_ms", "lam", "quality_floor"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, int | float) or not math.isfinite(v) or v < 0):
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+                or v < 0
+            ):  # fmt: skip
                 raise ConfigError(f"constraints.{name} must be a finite number >= 0, got {v!r}")
         if self.quality_floor is not None and not 0.0 <= self.quality_floor <= 1.0:
             raise ConfigError(
                 f"constraints.quality_floor must be in [0, 1], got {self.quality_floor}"
             )
-        if self.max_output_tokens is not None and (
-            not isinstance(self.max_output_tokens, int) or self.max_output_tokens <= 0
-        ):
-            raise ConfigError("constraints.max_output_tokens must be a positive integer")
-        if isinstance(self.needs, str):
-            object.__setattr__(self, "needs", (self.needs,))
+        m = self.max_output_tokens
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 0 < m < 2**32):
+            raise ConfigError(
+                f"constraints.max_output_tokens must be an integer in [1, 2**32), got {m!r}"
+            )
+        if self.strict_floor is not None and not isinstance(self.strict_floor, bool):
+            raise ConfigError("constraints.strict_floor must be True, False or None")
+        for name in ("needs", "allow", "deny"):
+            v = getattr(self, name)
+            if isinstance(v, str):  # one id, not its letters
+                object.__setattr__(self, name, (v,))
+            elif v is not None and not isinstance(v, tuple):
+                try:
+                    object.__setattr__(self, name, tuple(v))
+                except TypeError:
+                    raise ConfigError(
+                        f"constraints.{name} must be a list of strings, got {v!r}"
+                    ) from None
+            v = getattr(self, name)
+            if v is not None and not all(isinstance(x, str) for x in v):
+                raise ConfigError(f"constraints.{name} must be a list of strings, got {v!r}")
         bad = set(self.needs) - set(_core.CAPABILITIES)
         if bad:
             raise ConfigError(
@@ -77,6 +101,11 @@ class Constraints:
         """Accept a Constraints, a dict, None, and keyword overrides."""
         if c is None and not kw:
             return _NO_CONSTRAINTS  # the common case: no validation, no allocation
+        if c is not None and not isinstance(c, Constraints | Mapping):
+            raise ConfigError(
+                f"constraints must be a Constraints, a dict or None, got {type(c).__name__}; "
+                f"pass them as keywords, e.g. route(msgs, max_cost_usd=0.01)"
+            )
         given = {} if c is None or isinstance(c, Constraints) else dict(c)
         unknown = (set(given) | set(kw)) - _FIELDS
         if unknown:
@@ -129,14 +158,21 @@ class Policy:
     quality_floor: float = 0.8
     lam: float | None = None
     max_fallbacks: int = 3
+    strict_floor: bool = False  # True: NoRouteError when no model reaches the floor
     expected_output_tokens: Mapping[str, int] = field(
         default_factory=lambda: dict(DEFAULT_EXPECTED_OUTPUT)
     )
     quality: QualityModel | None = None  # None: the bundled predictor
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.quality_floor <= 1.0:
-            raise ConfigError(f"policy.quality_floor must be in [0, 1], got {self.quality_floor}")
+        f = self.quality_floor
+        if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 <= f <= 1.0:
+            raise ConfigError(f"policy.quality_floor must be a number in [0, 1], got {f!r}")
+        if self.lam is not None and (
+            isinstance(self.lam, bool) or not isinstance(self.lam, int | float)
+            or not math.isfinite(self.lam) or self.lam < 0
+        ):  # fmt: skip
+            raise ConfigError(f"policy.lam must be a finite number >= 0, got {self.lam!r}")
         if self.max_fallbacks < 0:
             raise ConfigError("policy.max_fallbacks must be >= 0")
         bad = set(self.expected_output_tokens) - set(_core.TASKS)
@@ -203,6 +239,7 @@ class Policy:
             "quality_floor": self.quality_floor,
             "lam": self.lam,
             "max_fallbacks": self.max_fallbacks,
+            "strict_floor": self.strict_floor,
             "expected_output_tokens": dict(self.expected_output_tokens),
             "rules": [
                 {
@@ -229,6 +266,7 @@ class Policy:
             "quality_floor",
             "lam",
             "max_fallbacks",
+            "strict_floor",
             "expected_output_tokens",
             "rules",
             "predictor",
@@ -242,6 +280,7 @@ class Policy:
             quality_floor=float(d.get("quality_floor", 0.8)),
             lam=d.get("lam"),
             max_fallbacks=int(d.get("max_fallbacks", 3)),
+            strict_floor=_bool(d.get("strict_floor", False), "policy.strict_floor"),
             expected_output_tokens={
                 **DEFAULT_EXPECTED_OUTPUT,
                 **d.get("expected_output_tokens", {}),
@@ -274,6 +313,12 @@ class Policy:
             raise ConfigError(f"policy file {path} does not exist") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"policy file {path} is not valid JSON: {e}") from None
+
+
+def _bool(v: object, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{where} must be true or false, got {v!r}")
+    return v
 
 
 _BUNDLED: list[QualityModel] = []

@@ -52,6 +52,7 @@ class RequestOptions(TypedDict, total=False):
     lam: float | None
     allow: Sequence[str] | None
     deny: Sequence[str]
+    strict_floor: bool | None
 
 
 _CALL_FIELDS = ("max_tokens", "temperature", "tools", "tool_choice", "response_format", "extra")
@@ -102,8 +103,9 @@ class Router:
     ) -> Decision:
         """Pick a model for `messages` (a prompt string or OpenAI-style messages).
 
-        Raises NoRouteError naming the constraint that emptied the candidate set, and
-        ConfigError for a constraint keyword that does not exist.
+        Raises NoRouteError naming the constraint that emptied the candidate set (and, with
+        `strict_floor`, when no model reaches the quality floor), and ConfigError for a
+        constraint that does not exist or has a bad value.
         """
         c = Constraints.of(constraints, **overrides)
         snap = self._snap  # read once: everything below uses this one snapshot
@@ -120,6 +122,8 @@ class Router:
         )
         if not len(plan):
             raise snap.no_route(plan.filtered)
+        if plan.below_floor and (policy.strict_floor if c.strict_floor is None else c.strict_floor):
+            raise snap.below_floor(plan, c)
         return Decision(snap, plan, c, self._feedback)
 
     def feedback(self, request_id: str, score: float, model: str | None = None) -> ModelParams:
