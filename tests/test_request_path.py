@@ -101,3 +101,15 @@ async def test_job_steps_are_requests_with_their_own_constraints(up: LocalUpstre
     d = job.to_dict()
     assert d["steps"][1]["record"]["metadata"] == {"job": "ticket", "step": "check"}
     assert d["tokens_in"] == sum(s.tokens_in for s in job.steps) > 0
+
+
+async def test_feedback_credits_the_model_that_answered(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), status(401))  # alpha's deployment is disabled: beta answers
+    async with router(up.url) as r:
+        res = await r.chat(MSGS)
+        assert res.model == "beta" and res.decision.model == "alpha"
+        before = {c.model: c.p_good for c in r.route(MSGS).candidates}
+        r.feedback(res.request_id, 0.0)
+        after = {c.model: c.p_good for c in r.route(MSGS, deny=()).candidates}
+    assert res.decision.request_id == res.request_id  # one id per request
+    assert after["beta"] < before["beta"] and after.get("alpha") == before.get("alpha")

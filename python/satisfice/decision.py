@@ -148,13 +148,19 @@ class Decision:
         read, which is also when the router starts remembering this decision for feedback:
         routing that never asks for an id pays nothing."""
         if self._request_id is None:
+            return self.answered_by(self.model)
+        return self._request_id
+
+    def answered_by(self, model: str) -> str:
+        """The request id, with `model` as the one `router.feedback` credits (a fallback
+        that answered, rather than the routed primary)."""
+        if self._request_id is None:
             from .feedback import new_request_id
 
-            rid = new_request_id()
-            if self._feedback is not None:
-                # The plan carries the prompt's latent, so the prompt itself is never kept.
-                self._feedback.remember(rid, self._plan.latent, self.model)
-            self._request_id = rid
+            self._request_id = new_request_id()
+        if self._feedback is not None:
+            # The plan carries the prompt's latent, so the prompt itself is never kept.
+            self._feedback.remember(self._request_id, self._plan.latent, model)
         return self._request_id
 
     @property

@@ -81,8 +81,9 @@ class ChatResult:
 
     @property
     def request_id(self) -> str:
-        """The decision's id: what `router.feedback(request_id, score)` takes."""
-        return self.decision.request_id
+        """The request's id for `router.feedback(request_id, score)`, which then credits
+        the model that answered (a fallback, if one did), not the routed primary."""
+        return self.decision.answered_by(self.model)
 
     @property
     def total_cost_usd(self) -> float | None:
