@@ -186,7 +186,9 @@ impl Filtered {
     pub fn describe(&self) -> String {
         match self {
             Filtered::Disabled => "disabled in the registry".into(),
-            Filtered::Excluded => "excluded for this request (cooling down or not allowed)".into(),
+            Filtered::Excluded => {
+                "excluded for this request (not allowed, cooling down or no deployment)".into()
+            }
             Filtered::MissingCaps(c) => {
                 let names: Vec<&str> = cap::NAMES
                     .iter()

@@ -106,3 +106,17 @@ def test_latency_ewma_and_p95() -> None:
     snap = h.snapshot()["m/d"]
     assert math.isclose(snap["ewma_latency_ms"], 110, rel_tol=0.1)
     assert snap["successes"] == 20 and snap["failures"] == 0
+
+
+def test_a_half_open_probe_answered_by_429_reopens_the_breaker() -> None:
+    clock = Clock()
+    h = Health(HealthConfig(consecutive_failures=1, base_cooldown_s=5), clock=clock)
+    fail(h)
+    clock.t += 5.01
+    assert h.unavailable("m/d") is None  # the probe goes out ...
+    fail(h, retry_after=1.0, code=429)  # ... and is rate-limited
+    assert h.snapshot()["m/d"]["state"] == "cooling"
+    clock.t += 1.01  # the Retry-After alone has passed: the breaker is still open
+    assert "breaker open (half-open probe failed" in (h.unavailable("m/d") or "")
+    clock.t += 9.0  # twice the base cooldown
+    assert h.unavailable("m/d") is None

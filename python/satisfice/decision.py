@@ -33,12 +33,21 @@ class Snapshot:
     table: _core.DispatchTable
     ids: tuple[str, ...]  # table row -> model id
     index: dict[str, int]  # model id -> table row
+    undeployable: frozenset[str]  # models with no deployment: routable, never callable
 
     @classmethod
     def build(cls, registry: Registry, policy: Policy) -> Snapshot:
         table = policy.compile(registry)
         ids = tuple(registry.ids)
-        return cls(registry, policy, table, ids, {m: i for i, m in enumerate(ids)})
+        index = {m: i for i, m in enumerate(ids)}
+        return cls(
+            registry,
+            policy,
+            table,
+            ids,
+            index,
+            frozenset(m.id for m in registry if not m.deployments),
+        )
 
     def with_params(self, model: str, params: ModelParams) -> Snapshot:
         """This snapshot with one model's learned parameters replaced (feedback): the
@@ -48,11 +57,12 @@ class Snapshot:
         table = self.table.with_model(
             self.index[model], float(params.bias), [float(a) for a in params.ability]
         )
-        return Snapshot(self.registry, policy, table, self.ids, self.index)
+        return replace(self, policy=policy, table=table)
 
-    def exclude(self, c: Constraints) -> list[int] | None:
-        """Table rows the caller's allow/deny lists rule out (None: no list given)."""
-        if c.allow is None and not c.deny:
+    def exclude(self, c: Constraints, skip: frozenset[str] = frozenset()) -> list[int] | None:
+        """Table rows the caller's allow/deny lists rule out, plus `skip` (models this
+        request cannot call: cooling, no deployment). None when nothing is ruled out."""
+        if c.allow is None and not c.deny and not skip:
             return None
         idx = self.index
         for m in (*(c.allow or ()), *c.deny):
@@ -60,7 +70,9 @@ class Snapshot:
                 self.registry[m]  # raises UnknownModelError listing the known ids
         allowed = set(c.allow) if c.allow is not None else None
         return [
-            i for m, i in idx.items() if m in c.deny or (allowed is not None and m not in allowed)
+            i
+            for m, i in idx.items()
+            if m in c.deny or m in skip or (allowed is not None and m not in allowed)
         ]
 
     def below_floor(self, plan: Any, c: Constraints) -> NoRouteError:

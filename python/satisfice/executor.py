@@ -16,6 +16,7 @@ A cascade calls each of its models through the same loop, one model at a time.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -183,6 +184,24 @@ class Executor:
             ts = self._targets[model] = tuple(_Target(spec, d) for d in spec.deployments)
         return ts
 
+    def enable(self, registry: Registry, model: str, deployment: str | None = None) -> None:
+        for t in self._named(registry, model, deployment):
+            self.health.enable(t.key)
+
+    def disable(self, registry: Registry, model: str, deployment: str | None, reason: str) -> None:
+        for t in self._named(registry, model, deployment):
+            self.health.disable(t.key, reason)
+
+    def _named(self, registry: Registry, model: str, deployment: str | None) -> list[_Target]:
+        ts = self.targets(registry, model)  # UnknownModelError names the known ids
+        chosen = [t for t in ts if deployment is None or t.dep.name == deployment]
+        if not chosen:
+            raise ConfigError(
+                f"model {model!r} has no deployment {deployment!r}; it has "
+                f"{[t.dep.name for t in ts]}"
+            )
+        return chosen
+
     def blocked_models(self, registry: Registry, keys: set[str] | frozenset[str]) -> list[str]:
         """Models none of whose deployments may be called now (`keys` are blocked)."""
         out = []
@@ -232,6 +251,14 @@ class Executor:
                 if run.deadline is not None and perf_counter() >= run.deadline:
                     run.skip(t.model, t.dep.name, "the request's deadline had passed")
                     return
+                env = t.dep.api_key_env
+                if env and not os.environ.get(env):  # read per request: set it and it is used
+                    run.skip(
+                        t.model,
+                        t.dep.name,
+                        f"environment variable {env} is not set; export the API key there",
+                    )
+                    continue
                 why = self.health.unavailable(t.key)
                 if why is not None:
                     run.skip(t.model, t.dep.name, why)

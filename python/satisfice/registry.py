@@ -8,12 +8,14 @@ its cost is unknown (None), never $0, and it cannot pass a `max_cost` constraint
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import _core
 from .errors import ConfigError, UnknownModelError
@@ -21,6 +23,14 @@ from .errors import ConfigError, UnknownModelError
 __all__ = ["Deployment", "ModelSpec", "Price", "Registry"]
 
 _APIS = ("openai", "anthropic")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+
+
+def _is_url(url: str) -> bool:
+    if any(c.isspace() for c in url):
+        return False
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _num(d: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> float | None:
@@ -96,15 +106,28 @@ class Deployment:
         if api not in _APIS:
             raise ConfigError(f"{where}: api must be one of {list(_APIS)}, got {api!r}")
         base_url = d.get("base_url")
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{where}: base_url must be an http(s) URL, got {base_url!r}")
+        if not isinstance(base_url, str) or not _is_url(base_url):
+            raise ConfigError(
+                f"{where}: base_url must be an http(s) URL with a host and no spaces, "
+                f"got {base_url!r:.200}"
+            )
+        env = d.get("api_key_env")
+        if env is not None and (not isinstance(env, str) or not _ENV_NAME.match(env)):
+            # Never echo it: a key pasted here by mistake must not reach a log.
+            raise ConfigError(
+                f"{where}: api_key_env must name an environment variable (like "
+                "OPENAI_API_KEY), not hold the key itself; put the key in that variable"
+            )
+        name = d.get("name", api)
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: name must be a non-empty string")
         price = d.get("price")
         return cls(
-            name=str(d.get("name", api)),
+            name=name,
             api=api,
             base_url=base_url.rstrip("/"),
             model=str(d.get("model", default_model)),
-            api_key_env=d.get("api_key_env"),
+            api_key_env=env,
             price=Price.from_dict(price, f"{where}.price") if price is not None else None,
             p95_latency_ms=_num(d, "p95_latency_ms", where),
         )
@@ -148,6 +171,16 @@ class ModelSpec:
                 raise ConfigError(f"{where}: quality task {task!r} unknown; use {_core.TASKS}")
             if not 0.0 < q < 1.0:
                 raise ConfigError(f"{where}: quality[{task!r}] must be in (0, 1), got {q}")
+        # Health is kept per "model/deployment": two deployments of one name would share it,
+        # and one that is down would take its healthy twin with it.
+        seen: set[str] = set()
+        for dep in self.deployments:
+            if dep.name in seen:
+                raise ConfigError(
+                    f"{where}: two deployments are named {dep.name!r}; give each a distinct "
+                    "'name' (it keys the deployment's health and cooldowns)"
+                )
+            seen.add(dep.name)
 
     @property
     def priced(self) -> bool:
@@ -194,6 +227,9 @@ class ModelSpec:
         deps = d.get("deployments", [])
         if not isinstance(deps, list) or not all(isinstance(x, Mapping) for x in deps):
             raise ConfigError(f"{where}: deployments must be a list of tables")
+        disabled = d.get("disabled", False)
+        if not isinstance(disabled, bool):
+            raise ConfigError(f"{where}: disabled must be true or false, got {disabled!r}")
         caps = d.get("capabilities", [])
         if not isinstance(caps, list | tuple) or not all(isinstance(x, str) for x in caps):
             raise ConfigError(f"{where}: capabilities must be a list of names")
@@ -216,7 +252,7 @@ class ModelSpec:
                 Deployment.from_dict(x, f"{where}.deployments[{i}]", mid)
                 for i, x in enumerate(deps)
             ),
-            disabled=bool(d.get("disabled", False)),
+            disabled=disabled,
         )
 
 
@@ -243,6 +279,12 @@ class Registry:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Registry:
+        unknown = set(d) - {"model", "models", "meta"}
+        if unknown:  # a misspelt [[modle]] would otherwise drop its models without a word
+            raise ConfigError(
+                f"registry: unknown top-level table(s) {sorted(unknown)}; "
+                "known: [[model]] and [meta]"
+            )
         models = d.get("model", d.get("models"))
         if not isinstance(models, list):
             raise ConfigError("a registry needs a list of models under 'model' ([[model]] in TOML)")

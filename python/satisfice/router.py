@@ -107,8 +107,12 @@ class Router:
         `strict_floor`, when no model reaches the quality floor), and ConfigError for a
         constraint that does not exist or has a bad value.
         """
-        c = Constraints.of(constraints, **overrides)
-        snap = self._snap  # read once: everything below uses this one snapshot
+        return self._route(self._snap, messages, Constraints.of(constraints, **overrides))
+
+    def _route(
+        self, snap: Snapshot, messages: Messages, c: Constraints, skip: frozenset[str] = frozenset()
+    ) -> Decision:
+        """route() on one snapshot, with `skip` (models this request cannot call) excluded."""
         policy = snap.policy
         plan = snap.table.plan(
             messages,
@@ -118,7 +122,7 @@ class Router:
             needs=list(c.needs) if c.needs else None,
             max_output_tokens=c.max_output_tokens,
             lam=c.lam if c.lam is not None else policy.lam,
-            exclude=snap.exclude(c),
+            exclude=snap.exclude(c, skip),
         )
         if not len(plan):
             raise snap.no_route(plan.filtered)
@@ -207,15 +211,16 @@ class Router:
         c = Constraints.of(constraints, **opts)
         if needs and not set(needs) <= set(c.needs):
             c = Constraints.of(c, needs=tuple(sorted({*c.needs, *needs})))
-        decision = self.route(msgs, c)
+        snap = self._snap  # one snapshot for every routing of this request
+        decision = self._route(snap, msgs, c, snap.undeployable)
         blocked = io.health.blocked()
         if blocked:  # models whose every deployment is cooling or disabled are routed around
-            cooled = [m for m in io.blocked_models(decision.registry, blocked) if m not in c.deny]
+            cooled = io.blocked_models(snap.registry, blocked)
             if cooled:
                 # If nothing else is left, keep the first decision: the executor then reports
                 # each cooldown instead of a bare "no route".
                 with contextlib.suppress(NoRouteError):
-                    decision = self.route(msgs, Constraints.of(c, deny=(*c.deny, *cooled)))
+                    decision = self._route(snap, msgs, c, snap.undeployable | set(cooled))
         if call["max_tokens"] is None:
             call["max_tokens"] = c.max_output_tokens
         if timeout is None and c.latency_slo_ms is not None:
@@ -277,6 +282,21 @@ class Router:
         )
         run = io.run(decision, request, t0=t0, deadline=deadline)
         return io.stream(run, started_at=started_at, metadata=metadata)
+
+    def enable(self, model: str, deployment: str | None = None) -> None:
+        """Put a disabled or cooling deployment (all of the model's, by default) back in
+        service, e.g. after fixing a rejected key."""
+        io = self._io if self._io is not None else self.configure()._io
+        assert io is not None
+        io.enable(self._snap.registry, model, deployment)
+
+    def disable(
+        self, model: str, deployment: str | None = None, *, reason: str = "disabled by the operator"
+    ) -> None:
+        """Take a deployment (all of the model's, by default) out of service until enable()."""
+        io = self._io if self._io is not None else self.configure()._io
+        assert io is not None
+        io.disable(self._snap.registry, model, deployment, reason)
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Live health per "model/deployment": state (ok, cooling, half_open, disabled), why,

@@ -4,9 +4,11 @@ A deployment is *cooling* after a Retry-After (for exactly that long, capped) or
 breaker opens (several failures in a row, or a high error rate): it is skipped until the
 cooldown ends. Then it is *half-open*: one request per `base_cooldown_s` window probes it;
 a success closes the breaker, a failure reopens it for twice as long (up to a cap).
-An auth failure *disables* a deployment until `enable()` is called: a bad key never fixes
-itself. Request faults (bad request, context length) say nothing about the deployment and
-are not recorded here.
+An auth failure (401/403) *disables* a deployment until `enable()` is called: a rejected
+key never fixes itself. (A key that is merely not set is not a failure: the executor skips
+that deployment while its variable is empty and uses it as soon as it is set.) Request
+faults (bad request, context length) say nothing about the deployment and are not recorded
+here.
 
 `Health` keeps this in memory, for one process. Other stores (Redis for several replicas)
 implement `HealthStore`: its methods are synchronous because they sit on every request; a
@@ -181,6 +183,9 @@ class Health:
         s.consecutive += 1
         s.last_error = reason
         now = self._clock()
+        if s.cool_kind == "probe":  # the half-open probe failed: reopen, Retry-After or not
+            self._open(key, s, now, "half-open probe failed", reason, retry_after or 0.0)
+            return
         if retry_after is not None and retry_after > 0:
             wait = min(retry_after, c.max_retry_after_s)
             if now + wait > s.cool_until:
@@ -196,7 +201,14 @@ class Health:
             why = f"error rate {s.err:.0%}"
         else:
             return
+        self._open(key, s, now, why, reason)
+
+    def _open(
+        self, key: str, s: _State, now: float, why: str, reason: str, at_least: float = 0.0
+    ) -> None:
+        c = self.config
         wait = min(c.base_cooldown_s * 2.0**s.opens, c.max_cooldown_s)
+        wait = max(wait, min(at_least, c.max_retry_after_s))
         s.opens += 1
         s.cool_until, s.cool_kind = now + wait, "breaker"
         self._block(key, s.cool_until)

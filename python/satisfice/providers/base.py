@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -142,26 +143,38 @@ _CONTEXT_WORDS = (
 )
 
 
+#: A Retry-After beyond this is not a wait anybody means (nor one worth honouring).
+MAX_RETRY_AFTER_S = 86_400.0
+
+
+def _seconds(v: float) -> float | None:
+    """A usable wait: finite, clamped to [0, MAX_RETRY_AFTER_S]; None for nan or ±inf."""
+    return min(max(v, 0.0), MAX_RETRY_AFTER_S) if math.isfinite(v) else None
+
+
 def parse_retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds to wait from `retry-after-ms`, `Retry-After` (seconds or HTTP date), or None."""
+    """Seconds to wait from `retry-after-ms`, `Retry-After` (seconds or HTTP date), or None.
+    Values that are not finite (`nan`, `inf`) are ignored; absurd ones are capped."""
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
-            return max(float(ms) / 1000.0, 0.0)
-        except ValueError:
-            pass
+            wait = _seconds(float(ms) / 1000.0)
+        except (ValueError, OverflowError):
+            wait = None
+        if wait is not None:
+            return wait
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(float(value), 0.0)
-    except ValueError:
+        return _seconds(float(value))
+    except (ValueError, OverflowError):
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return _seconds(when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(when.timestamp() - time.time(), 0.0)
 
 
 def _message_of(body: bytes) -> str:

@@ -1,0 +1,141 @@
+"""Promises that must hold against bad configs and odd upstream headers: clear errors that
+name the field (never echoing a key), health kept per deployment, keys picked up when set,
+operator enable/disable, Retry-After values that cannot stall a request."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import pytest
+
+from satisfice import ConfigError, Registry
+from satisfice.providers.base import MAX_RETRY_AFTER_S, parse_retry_after
+from satisfice.testing import LocalUpstream, reply, status
+
+from .chat_support import registry, router, wire
+
+MSGS = [{"role": "user", "content": "hello"}]
+
+
+def model(**over: Any) -> dict[str, Any]:
+    m: dict[str, Any] = {
+        "id": "m",
+        "context_window": 8000,
+        "max_output": 1000,
+        "deployments": [{"name": "a", "base_url": "http://127.0.0.1:1/v1"}],
+    }
+    m.update(over)
+    return m
+
+
+@pytest.mark.parametrize(
+    ("doc", "match"),
+    [
+        ({"model": [model(disabled="no")]}, "disabled must be true or false"),
+        ({"modle": [model()]}, r"unknown top-level table\(s\) \['modle'\]"),
+        ({"model": [model()], "polcy": {}}, r"unknown top-level table\(s\) \['polcy'\]"),
+        (
+            {
+                "model": [
+                    model(deployments=[{"base_url": "http://x/v1"}, {"base_url": "http://y/v1"}])
+                ]
+            },
+            "two deployments are named 'openai'",
+        ),
+        (
+            {
+                "model": [
+                    model(deployments=[{"name": "a", "base_url": "http://api.example .com/v1"}])
+                ]
+            },
+            "base_url must be an http",
+        ),
+        ({"model": [model(deployments=[{"name": "a", "base_url": "https:///v1"}])]}, "with a host"),
+    ],
+)
+def test_config_mistakes_are_refused_with_the_field(doc: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        Registry.from_dict(doc)
+
+
+def test_a_key_pasted_into_api_key_env_is_refused_and_never_echoed() -> None:
+    key = "sk-proj-" + "x" * 40
+    dep = {"name": "a", "base_url": "http://127.0.0.1:1/v1", "api_key_env": key}
+    with pytest.raises(ConfigError) as e:
+        Registry.from_dict({"model": [model(deployments=[dep])]})
+    assert key not in str(e.value) and "environment variable" in str(e.value)
+
+
+async def test_a_missing_key_is_skipped_and_used_once_it_is_set(
+    up: LocalUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SATISFICE_TEST_KEY", raising=False)
+    reg = registry(up.url)
+    alpha = reg["alpha"]
+    dep = replace(alpha.deployments[0], api_key_env="SATISFICE_TEST_KEY")
+    async with router(up.url) as r:
+        r.update(reg.replace(replace(alpha, deployments=(dep,))))
+        first = await r.chat(MSGS)
+        assert first.model == "beta" and "SATISFICE_TEST_KEY is not set" in str(
+            first.attempts[0].error
+        )
+        assert "alpha/alpha-dep" not in r.health()  # skipped, not disabled
+        monkeypatch.setenv("SATISFICE_TEST_KEY", "k-123")
+        second = await r.chat(MSGS)
+    assert second.model == "alpha"
+    (seen,) = up.seen(wire("alpha"))
+    assert seen.headers["authorization"] == "Bearer k-123"
+
+
+async def test_operator_disable_and_enable(up: LocalUpstream) -> None:
+    async with router(up.url) as r:
+        r.disable("alpha", reason="maintenance")
+        res = await r.chat(MSGS)
+        assert res.model == "beta" and r.health()["alpha/alpha-dep"]["state"] == "disabled"
+        r.enable("alpha")
+        assert (await r.chat(MSGS)).model == "alpha"
+        with pytest.raises(ConfigError, match="has no deployment 'nope'"):
+            r.disable("alpha", "nope")
+
+
+async def test_a_model_without_deployments_is_routed_around(up: LocalUpstream) -> None:
+    reg = registry(up.url)
+    async with router(up.url) as r:
+        r.update(reg.replace(replace(reg["alpha"], deployments=())))
+        assert r.route(MSGS).model == "alpha"  # route() alone: still a valid choice
+        res = await r.chat(MSGS)
+    assert res.model == "beta" and [a.model for a in res.attempts] == ["beta"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after": "-inf"}, None),
+        ({"retry-after": "1e400"}, None),
+        ({"retry-after": "-5"}, 0.0),
+        ({"retry-after": "1e9"}, MAX_RETRY_AFTER_S),
+        ({"retry-after-ms": "nan", "retry-after": "2"}, 2.0),
+        ({"retry-after-ms": "1500"}, 1.5),
+        ({"retry-after": "Mon, 99 Foo 9999 99:99:99 GMT"}, None),
+        ({"retry-after": "1.9"}, 1.9),
+    ],
+)
+def test_retry_after_values_are_finite_and_bounded(
+    headers: dict[str, str], expected: float | None
+) -> None:
+    got = parse_retry_after(httpx.Headers(headers))
+    assert got == expected or (
+        got is not None and expected is not None and math.isclose(got, expected)
+    )
+
+
+async def test_retry_after_nan_does_not_stall_a_request(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), status(429, retry_after=math.nan), reply("ok"))
+    async with router(up.url) as r:
+        res = await r.chat(MSGS, timeout=5)
+    assert res.text in ("ok", "answer from beta-wire") and res.latency_s < 2.0
