@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._redact import scrub
+
 __all__ = [
     "AllAttemptsFailedError",
     "AuthError",
@@ -96,7 +98,8 @@ class CascadeBudgetError(SatisficeError):
 
 
 class ProviderError(SatisficeError):
-    """An upstream call failed. Never carries an API key."""
+    """An upstream call failed. Never carries an API key: its message and body are scrubbed
+    of every key satisfice holds, whatever the upstream sent."""
 
     def __init__(
         self,
@@ -109,12 +112,12 @@ class ProviderError(SatisficeError):
         body: Any = None,
         attempts: list[Any] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(scrub(message))
         self.model = model
         self.deployment = deployment
         self.status = status
         self.retry_after = retry_after
-        self.body = body
+        self.body = scrub(body) if isinstance(body, str) else body
         # Filled by the executor: every attempt made for the request, ledger-ready.
         self.attempts: list[Any] = list(attempts or [])
 

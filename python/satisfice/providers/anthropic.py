@@ -19,6 +19,7 @@ import httpx
 
 from ..errors import BadRequestError, ProviderError, RetryableError
 from .base import (
+    PARSE_ERRORS,
     ChatRequest,
     ChatResponse,
     HTTPProvider,
@@ -26,6 +27,8 @@ from .base import (
     Usage,
     encode_json,
     sse_events,
+    text_field,
+    token_count,
 )
 
 __all__ = ["AnthropicProvider", "to_anthropic"]
@@ -218,17 +221,21 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
     return p
 
 
-def _usage(u: Any, out: int | None = None) -> Usage | None:
+def _usage(u: Any, out: Any = None) -> Usage | None:
+    """The reported usage; None when absent or implausible (negative, huge, not integers):
+    the executor then counts the tokens itself."""
     if not isinstance(u, dict) or u.get("input_tokens") is None:
         return None
-    read = int(u.get("cache_read_input_tokens") or 0)
-    write = int(u.get("cache_creation_input_tokens") or 0)
-    return Usage(
-        int(u["input_tokens"]) + read + write,
-        int(u.get("output_tokens") or 0) if out is None else out,
-        read,
-        write,
-    )
+    try:
+        read = token_count(u.get("cache_read_input_tokens") or 0, "cache_read_input_tokens")
+        write = token_count(
+            u.get("cache_creation_input_tokens") or 0, "cache_creation_input_tokens"
+        )
+        fresh = token_count(u["input_tokens"], "input_tokens")
+        out_n = token_count(u.get("output_tokens") or 0 if out is None else out, "output_tokens")
+    except ValueError:
+        return None
+    return Usage(fresh + read + write, out_n, read, write)
 
 
 class AnthropicProvider(HTTPProvider):
@@ -259,14 +266,21 @@ class AnthropicProvider(HTTPProvider):
             calls: list[ToolCall] = []
             for b in data["content"]:
                 if b["type"] == "text":
-                    texts.append(b["text"])
+                    texts.append(text_field(b["text"], "content[].text"))
                 elif b["type"] == "tool_use":
-                    calls.append(ToolCall(b["id"], b["name"], encode_json(b["input"])))
-            finish = _FINISH.get(data.get("stop_reason") or "", data.get("stop_reason"))
+                    calls.append(
+                        ToolCall(
+                            text_field(b["id"], "tool_use.id"),
+                            text_field(b["name"], "tool_use.name"),
+                            encode_json(b["input"]),
+                        )
+                    )
+            stop = text_field(data.get("stop_reason"), "stop_reason")
+            finish = _FINISH.get(stop, stop or None)
             if calls and calls[0].name == _JSON_TOOL:
                 texts, calls, finish = [calls[0].arguments], [], "stop"
             return ChatResponse("".join(texts), data, _usage(data.get("usage")), finish, calls)
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        except PARSE_ERRORS as e:
             raise self._malformed(f"{type(e).__name__}: {e}") from None
 
     async def stream(
@@ -279,7 +293,7 @@ class AnthropicProvider(HTTPProvider):
             # index -> [id, name, json pieces] for tool_use blocks
             tools: dict[int, tuple[str, str, list[str]]] = {}
             usage_in: dict[str, Any] = {}
-            out_tokens: int | None = None
+            out_tokens: Any = None
             stop: str | None = None
             last: Any = None
             ended = False
@@ -291,24 +305,33 @@ class AnthropicProvider(HTTPProvider):
                     if kind == "content_block_delta":
                         d = ev["delta"]
                         if d["type"] == "text_delta":
-                            parts.append(d["text"])
-                            yield d["text"]
+                            piece = text_field(d["text"], "text_delta.text")
+                            parts.append(piece)
+                            yield piece
                         elif d["type"] == "input_json_delta":
                             t = tools[ev["index"]]
-                            t[2].append(d["partial_json"])
-                            if t[1] == _JSON_TOOL and d["partial_json"]:
-                                yield d["partial_json"]
+                            piece = text_field(d["partial_json"], "partial_json")
+                            t[2].append(piece)
+                            if t[1] == _JSON_TOOL and piece:
+                                yield piece
                     elif kind == "content_block_start":
                         b = ev["content_block"]
                         if b["type"] == "tool_use":
-                            tools[ev["index"]] = (b["id"], b["name"], [])
+                            if len(tools) >= 128:
+                                raise ValueError("more than 128 tool calls in one answer")
+                            tools[ev["index"]] = (
+                                text_field(b["id"], "tool_use.id"),
+                                text_field(b["name"], "tool_use.name"),
+                                [],
+                            )
                     elif kind == "message_start":
                         usage_in = ev["message"].get("usage") or {}
                     elif kind == "message_delta":
-                        stop = ev.get("delta", {}).get("stop_reason") or stop
+                        said = (ev.get("delta") or {}).get("stop_reason")
+                        stop = text_field(said, "stop_reason") or stop
                         u = ev.get("usage") or {}
                         if u.get("output_tokens") is not None:
-                            out_tokens = int(u["output_tokens"])
+                            out_tokens = u["output_tokens"]  # checked by _usage
                         for k in (
                             "input_tokens",
                             "cache_read_input_tokens",
@@ -331,7 +354,7 @@ class AnthropicProvider(HTTPProvider):
                             else ProviderError
                         )
                         raise cls(msg, model=self.model_id, deployment=self.deployment)
-                except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+                except PARSE_ERRORS as e:
                     raise self._malformed(f"bad stream event ({type(e).__name__}: {e})") from None
             if not ended:
                 raise self._malformed("the stream ended before message_stop")

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from .._redact import register, scrub, scrub_bytes
 from ..errors import (
     AuthError,
     BadRequestError,
@@ -143,6 +144,37 @@ _CONTEXT_WORDS = (
 )
 
 
+#: What parsing an upstream's JSON can raise; each becomes a "malformed reply" error that
+#: the executor retries or moves past, never a raw Python exception.
+PARSE_ERRORS = (
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+)
+#: A reported token count above this is not believable (no context window is that large).
+MAX_REPORTED_TOKENS = 100_000_000
+
+
+def text_field(v: Any, what: str) -> str:
+    """A string field of a reply (None reads as ""); anything else is malformed."""
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    raise TypeError(f"{what} is a {type(v).__name__}, not a string")
+
+
+def token_count(v: Any, what: str) -> int:
+    """A reported token count: an integer in [0, MAX_REPORTED_TOKENS], else ValueError."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_REPORTED_TOKENS:
+        raise ValueError(f"{what} = {str(v)[:40]!r} is not a plausible token count")
+    return v
+
+
 #: A Retry-After beyond this is not a wait anybody means (nor one worth honouring).
 MAX_RETRY_AFTER_S = 86_400.0
 
@@ -195,7 +227,7 @@ def error_from_response(
     status: int, headers: httpx.Headers, body: bytes, model: str, deployment: str
 ) -> ProviderError:
     """The errors.py class for a non-2xx answer."""
-    said = _message_of(body)
+    said = _message_of(scrub_bytes(body))
     where = f"{model} via {deployment}"
     kw: dict[str, Any] = {"model": model, "deployment": deployment, "status": status}
     if status in _RETRYABLE or status >= 500:
@@ -274,6 +306,7 @@ class HTTPProvider:
         self._url = self._endpoint(base_url.rstrip("/"))
         self._headers = {"content-type": "application/json", **self._extra_headers()}
         if api_key:
+            register(api_key)  # from now on scrubbed from anything an upstream sends back
             self._headers.update(self._auth(api_key))
         self.model = model  # the name the upstream expects
         self.model_id = model_id or model  # the registry id, used in errors
@@ -321,7 +354,7 @@ class HTTPProvider:
             raise error_from_response(
                 resp.status_code, resp.headers, resp.content, self.model_id, self.deployment
             )
-        return resp.content
+        return scrub_bytes(resp.content)
 
     async def _open(self, body: bytes, timeout: httpx.Timeout) -> httpx.Response:
         """A 2xx response whose body is still to be read (the caller closes it)."""
@@ -347,7 +380,8 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]
     """(event, data) pairs of a server-sent-events body; multi-line data joined by newlines."""
     event = ""
     data: list[str] = []
-    async for line in response.aiter_lines():
+    async for raw in response.aiter_lines():
+        line = scrub(raw)
         if not line:
             if data:
                 yield event, "\n".join(data)

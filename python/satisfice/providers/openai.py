@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from .base import (
+    PARSE_ERRORS,
     ChatRequest,
     ChatResponse,
     HTTPProvider,
@@ -18,6 +19,8 @@ from .base import (
     encode_json,
     error_from_response,
     sse_events,
+    text_field,
+    token_count,
 )
 
 __all__ = ["OpenAIProvider"]
@@ -28,14 +31,21 @@ _COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)")
 
 
 def _usage(u: Any) -> Usage | None:
+    """The reported usage; None when absent or implausible (negative, huge, not integers,
+    more cached than sent): the executor then counts the tokens itself."""
     if not isinstance(u, dict) or u.get("prompt_tokens") is None:
         return None
     details = u.get("prompt_tokens_details") or {}
-    return Usage(
-        int(u["prompt_tokens"]),
-        int(u.get("completion_tokens") or 0),
-        int(details.get("cached_tokens") or 0),
-    )
+    try:
+        prompt = token_count(u["prompt_tokens"], "usage.prompt_tokens")
+        out = token_count(u.get("completion_tokens") or 0, "usage.completion_tokens")
+        cached = token_count(
+            (details if isinstance(details, dict) else {}).get("cached_tokens") or 0,
+            "usage.prompt_tokens_details.cached_tokens",
+        )
+    except ValueError:
+        return None
+    return Usage(prompt, out, cached) if cached <= prompt else None
 
 
 class _ToolAcc:
@@ -96,17 +106,21 @@ class OpenAIProvider(HTTPProvider):
             msg = data["choices"][0]
             message = msg["message"]
             calls = [
-                ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "")
+                ToolCall(
+                    text_field(c["id"], "tool_calls[].id"),
+                    text_field(c["function"]["name"], "tool_calls[].function.name"),
+                    text_field(c["function"].get("arguments"), "tool_calls[].function.arguments"),
+                )
                 for c in message.get("tool_calls") or ()
             ]
             return ChatResponse(
-                message.get("content") or "",
+                text_field(message.get("content"), "message.content"),
                 data,
                 _usage(data.get("usage")),
-                msg.get("finish_reason"),
+                text_field(msg.get("finish_reason"), "finish_reason") or None,
                 calls,
             )
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        except PARSE_ERRORS as e:
             raise self._malformed(f"{type(e).__name__}: {e}") from None
 
     async def stream(
@@ -135,18 +149,21 @@ class OpenAIProvider(HTTPProvider):
                         usage = _usage(chunk["usage"])
                     for choice in chunk.get("choices") or ():
                         delta = choice.get("delta") or {}
-                        piece = delta.get("content")
+                        piece = text_field(delta.get("content"), "delta.content")
                         if piece:
                             parts.append(piece)
                             yield piece
                         for tc in delta.get("tool_calls") or ():
-                            acc = tools.setdefault(int(tc.get("index", 0)), _ToolAcc())
-                            acc.id = tc.get("id") or acc.id
+                            i = token_count(tc.get("index", 0), "tool_calls[].index")
+                            if i not in tools and len(tools) >= 128:
+                                raise ValueError("more than 128 tool calls in one answer")
+                            acc = tools.setdefault(i, _ToolAcc())
+                            acc.id = text_field(tc.get("id"), "tool_calls[].id") or acc.id
                             fn = tc.get("function") or {}
-                            acc.name = fn.get("name") or acc.name
-                            acc.args.append(fn.get("arguments") or "")
-                        finish = choice.get("finish_reason") or finish
-                except (ValueError, KeyError, TypeError, AttributeError) as e:
+                            acc.name = text_field(fn.get("name"), "function.name") or acc.name
+                            acc.args.append(text_field(fn.get("arguments"), "function.arguments"))
+                        finish = text_field(choice.get("finish_reason"), "finish_reason") or finish
+                except PARSE_ERRORS as e:
                     why = f"bad stream event ({type(e).__name__}: {e})"
                     raise self._malformed(why) from None
             if not done and finish is None:

@@ -18,14 +18,17 @@ process) and prints its URL.
 """
 
 from .behaviors import Behavior, context_length, hang, malformed, reply, reset, status
+from .raw import RawUpstream, http_response
 from .upstream import LocalUpstream, Seen, patch_registry
 
 __all__ = [
     "Behavior",
     "LocalUpstream",
+    "RawUpstream",
     "Seen",
     "context_length",
     "hang",
+    "http_response",
     "malformed",
     "patch_registry",
     "reply",

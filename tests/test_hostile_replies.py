@@ -1,0 +1,135 @@
+"""Malformed and lying replies, byte for byte from a raw socket: each ends in a fallback
+success or a counted usage, with every attempt recorded, never a raw Python exception."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from satisfice.testing import LocalUpstream, RawUpstream, http_response
+
+from .chat_support import registry, router
+
+MSGS = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture
+def raw() -> Iterator[RawUpstream]:
+    with RawUpstream() as r:
+        yield r
+
+
+def openai_body(message: object, usage: object = None, finish: object = "stop") -> bytes:
+    doc: dict[str, object] = {"choices": [{"message": message, "finish_reason": finish}]}
+    if usage is not None:
+        doc["usage"] = usage
+    return json.dumps(doc).encode()
+
+
+def with_alpha_on(raw: RawUpstream, up: LocalUpstream, api: str = "openai") -> object:
+    reg = registry(up.url)
+    alpha = reg["alpha"]
+    dep = replace(
+        alpha.deployments[0], api=api, base_url=raw.url + ("/v1" if api == "openai" else "")
+    )
+    return reg.replace(replace(alpha, deployments=(dep,)))
+
+
+# Replies alpha cannot be taken at its word on: the request must fall back to beta.
+MALFORMED = {
+    "content is a number": openai_body({"content": 42}),
+    "content is a list": openai_body({"content": ["a"]}),
+    "tool name is a number": openai_body(
+        {"content": None, "tool_calls": [{"id": "1", "function": {"name": 7, "arguments": "{}"}}]}
+    ),
+    "finish_reason is an object": openai_body({"content": "hi"}, finish={"x": 1}),
+    "choices is a string": b'{"choices": "nope"}',
+    "not JSON": b"<html>502 Bad Gateway</html>",
+    "deeply nested": b"[" * 100_000 + b"]" * 100_000,
+    "truncated": b'{"choices": [{"message": {"content": "hi',
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+async def test_malformed_replies_fall_back(raw: RawUpstream, up: LocalUpstream, case: str) -> None:
+    raw.push(http_response(MALFORMED[case]), http_response(MALFORMED[case]))
+    async with router(up.url) as r:
+        r.update(with_alpha_on(raw, up))  # type: ignore[arg-type]
+        res = await r.chat(MSGS)
+    assert res.model == "beta"
+    errors = [a for a in res.attempts if a.model == "alpha"]
+    assert errors and all(a.outcome == "error" for a in errors)
+    assert all(a.error_type == "RetryableError" and "malformed" in (a.error or "") for a in errors)
+
+
+# Replies whose text is fine but whose usage is not believable: counted instead, never $<0.
+IMPLAUSIBLE_USAGE = {
+    "negative": {"prompt_tokens": -1_000_000, "completion_tokens": 5},
+    "infinity": "INF",
+    "400 digits": {"prompt_tokens": int("9" * 400), "completion_tokens": 1},
+    "a string": {"prompt_tokens": "12", "completion_tokens": 1},
+    "more cached than sent": {
+        "prompt_tokens": 10,
+        "completion_tokens": 1,
+        "prompt_tokens_details": {"cached_tokens": 50},
+    },  # fmt: skip
+    "a bool": {"prompt_tokens": True, "completion_tokens": 1},
+}
+
+
+@pytest.mark.parametrize("case", list(IMPLAUSIBLE_USAGE))
+async def test_implausible_usage_is_counted(raw: RawUpstream, up: LocalUpstream, case: str) -> None:
+    usage = IMPLAUSIBLE_USAGE[case]
+    if usage == "INF":
+        body = b'{"choices":[{"message":{"content":"fine"},"finish_reason":"stop"}],' + (
+            b'"usage":{"prompt_tokens":Infinity,"completion_tokens":1}}'
+        )
+    else:
+        body = openai_body({"content": "fine"}, usage)
+    raw.push(http_response(body))
+    async with router(up.url) as r:
+        r.update(with_alpha_on(raw, up))  # type: ignore[arg-type]
+        res = await r.chat(MSGS)
+    assert res.model == "alpha" and res.text == "fine"
+    assert res.usage.source == "counted" and 0 < res.usage.prompt_tokens < 100
+    assert res.cost_usd is not None and res.cost_usd > 0
+
+
+ANTHROPIC_MALFORMED = {
+    "text is a number": {"content": [{"type": "text", "text": 5}], "stop_reason": "end_turn"},
+    "tool id is a list": {
+        "content": [{"type": "tool_use", "id": [1], "name": "f", "input": {}}],
+        "stop_reason": "tool_use",
+    },
+    "content missing": {"stop_reason": "end_turn"},
+}
+
+
+@pytest.mark.parametrize("case", list(ANTHROPIC_MALFORMED))
+async def test_anthropic_malformed_replies_fall_back(
+    raw: RawUpstream, up: LocalUpstream, case: str
+) -> None:
+    body = json.dumps(ANTHROPIC_MALFORMED[case]).encode()
+    raw.push(http_response(body), http_response(body))
+    async with router(up.url) as r:
+        r.update(with_alpha_on(raw, up, "anthropic"))  # type: ignore[arg-type]
+        res = await r.chat(MSGS)
+    assert res.model == "beta"
+    assert all(a.outcome == "error" for a in res.attempts if a.model == "alpha")
+
+
+async def test_anthropic_negative_usage_is_counted(raw: RawUpstream, up: LocalUpstream) -> None:
+    body = {
+        "content": [{"type": "text", "text": "fine"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": -5, "output_tokens": 3},
+    }
+    raw.push(http_response(json.dumps(body).encode()))
+    async with router(up.url) as r:
+        r.update(with_alpha_on(raw, up, "anthropic"))  # type: ignore[arg-type]
+        res = await r.chat(MSGS)
+    assert res.model == "alpha" and res.usage.source == "counted"
+    assert res.cost_usd is not None and res.cost_usd > 0

@@ -1,0 +1,66 @@
+"""Canary keys: an upstream that echoes the key back (in error bodies, answers, streams)
+never gets it into an exception, an attempt, health, a repr, a record or a DEBUG log."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+
+import pytest
+
+from satisfice.errors import SatisficeError
+from satisfice.testing import LocalUpstream, reply, status
+
+from .chat_support import registry, router, wire
+
+CANARY = "sk-canary-" + "7f3a9c" * 6
+MSGS = [{"role": "user", "content": "hello"}]
+
+
+def keyed(url: str) -> object:
+    reg = registry(url)
+    out = reg
+    for m in reg:
+        dep = replace(m.deployments[0], api_key_env="SATISFICE_CANARY_KEY")
+        out = out.replace(replace(m, deployments=(dep,)))
+    return out
+
+
+def assert_clean(*surfaces: object) -> None:
+    for s in surfaces:
+        text = s if isinstance(s, str) else repr(s)
+        assert CANARY not in text, f"the key leaked into {text[:200]!r}"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_echoed_keys_never_leak(
+    up: LocalUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    stream: bool,
+) -> None:
+    monkeypatch.setenv("SATISFICE_CANARY_KEY", CANARY)
+    caplog.set_level(logging.DEBUG)
+    echo = f"invalid header Authorization: Bearer {CANARY} / x-api-key: {CANARY}"
+    up.script(wire("alpha"), status(500, message=echo), status(503, message=echo))
+    up.script(wire("beta"), status(401, message=echo))
+    up.script(wire("gamma"), status(400, message=echo))  # a bad request: stops here
+    async with router(up.url) as r:
+        r.update(keyed(up.url))  # type: ignore[arg-type]
+        with pytest.raises(SatisficeError) as e:
+            await (r.stream(MSGS).result() if stream else r.chat(MSGS))
+        err = e.value
+        health = json.dumps(r.health())
+        up.script(wire("delta"), reply(f"your key is {CANARY}"))
+        r.enable("beta")
+        up.script(wire("alpha"), reply(f"the key: {CANARY}."))
+        res = await (r.stream(MSGS).result() if stream else r.chat(MSGS))
+        health2 = json.dumps(r.health())
+    assert up.seen(wire("alpha"))[0].headers["authorization"] == f"Bearer {CANARY}"  # it was sent
+    attempts = getattr(err, "attempts", [])
+    assert attempts, "the error lists its attempts"
+    assert_clean(str(err), repr(err), err.args, [a.to_dict() for a in attempts], health, health2)
+    assert_clean(res.text, repr(res), json.dumps(res.to_record()), str(res.raw))
+    assert "[redacted]" in res.text
+    assert_clean(caplog.text)
