@@ -75,7 +75,7 @@ IMPLAUSIBLE_USAGE = {
         "prompt_tokens": 10,
         "completion_tokens": 1,
         "prompt_tokens_details": {"cached_tokens": 50},
-    },  # fmt: skip
+    },
     "a bool": {"prompt_tokens": True, "completion_tokens": 1},
 }
 
