@@ -40,7 +40,7 @@ async def test_the_connection_limit_queues_requests_in_order(up: LocalUpstream) 
     up.default = reply(latency=0.02)
     try:
         before = up.total_connections
-        async with client(max_connections=2) as c:
+        async with client(max_connections=2, max_per_host=2) as c:
             rs = await asyncio.gather(
                 *(c.post(up.url + "/v1/chat/completions", json=BODY) for _ in range(12))
             )

@@ -59,13 +59,18 @@ class ExecutionConfig:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 120.0  # longest silence between bytes (when no deadline is tighter)
     attempt_timeout_s: float = 600.0  # one whole attempt, when the request has no deadline
+    # longest wait for the next piece of a stream's text (keep-alive comments and pings are
+    # not text); a request's deadline bounds the whole stream as well
+    stream_idle_timeout_s: float = 120.0
     max_retries: int = 1  # extra tries of the same deployment for retryable errors
     backoff_base_s: float = 0.1
     backoff_max_s: float = 2.0
     max_retry_wait_s: float = 2.0  # a longer Retry-After moves on instead of waiting
     hedge_default_s: float = 2.0  # hedge delay when no p95 is known for a deployment
     max_connections: int = 512  # every slot may stay alive (httpx keeps 20 by default)
+    max_connections_per_host: int | None = None  # None: half of max_connections
     keepalive_expiry_s: float = 60.0
+    max_response_bytes: int = 64 << 20  # a body (after decompression) above this is an error
     # satisfice's lean HTTP/1.1 pool (transport.py); False: httpx's own (for HTTP/2, proxies)
     pooled_transport: bool = True
 
@@ -78,9 +83,14 @@ def make_client(config: ExecutionConfig | None = None) -> httpx.AsyncClient:
     timeout = httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s)
     if c.pooled_transport:
         transport = PooledTransport(
-            max_connections=c.max_connections, keepalive_expiry=c.keepalive_expiry_s
+            max_connections=c.max_connections,
+            max_per_host=c.max_connections_per_host,
+            keepalive_expiry=c.keepalive_expiry_s,
+            max_body=c.max_response_bytes,
         )
-        return httpx.AsyncClient(transport=transport, timeout=timeout)
+        # Only what the transport decodes itself, in bounded steps (no br/zstd).
+        headers = {"accept-encoding": "gzip, deflate"}
+        return httpx.AsyncClient(transport=transport, timeout=timeout, headers=headers)
     limits = httpx.Limits(
         max_connections=c.max_connections,
         max_keepalive_connections=c.max_connections,
@@ -553,10 +563,15 @@ class Executor:
     async def _stream(
         self, run: Run, started_at: float | None, metadata: dict[str, Any]
     ) -> AsyncIterator[StreamDelta]:
+        idle = self.config.stream_idle_timeout_s
+
         async def open_(p: Provider, timeout: httpx.Timeout) -> tuple[Any, str | ChatResponse]:
             gen = p.stream(run.request, timeout)
             try:
-                return gen, await anext(gen)
+                # keep-alive comments or pings are no progress: the first text must come
+                # within the idle timeout (and, as every wait, inside the deadline)
+                async with asyncio.timeout(idle):
+                    return gen, await anext(gen)
             except BaseException:
                 await gen.aclose()
                 raise
@@ -577,11 +592,26 @@ class Executor:
                 yield StreamDelta(item)
                 w = perf_counter()
                 paused += w - y
+                wait = idle
+                if run.deadline is not None:
+                    wait = max(min(idle, run.deadline - w), 0.0)
                 try:
-                    item = await anext(gen)
+                    async with asyncio.timeout(wait):
+                        item = await anext(gen)
                 except StopAsyncIteration:
                     raise ProviderError(
                         f"{t.model} via {t.dep.name}: the stream ended without a final answer",
+                        model=t.model,
+                        deployment=t.dep.name,
+                    ) from None
+                except TimeoutError:
+                    why = (
+                        "the request's deadline passed"
+                        if wait < idle
+                        else (f"no new text for {idle:g}s (stream_idle_timeout_s)")
+                    )
+                    raise UpstreamTimeoutError(
+                        f"{t.model} via {t.dep.name}: {why} mid-stream",
                         model=t.model,
                         deployment=t.dep.name,
                     ) from None

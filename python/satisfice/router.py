@@ -274,7 +274,8 @@ class Router:
 
         Text pieces arrive as `d.text`; the last item has `d.done` and `d.result` (a
         ChatResult). Fallbacks happen only before the first piece; a failure after it raises
-        StreamInterruptedError. `timeout` bounds the wait for the first piece.
+        StreamInterruptedError. `timeout` (default: the latency SLO) bounds the whole
+        stream; `ExecutionConfig.stream_idle_timeout_s` bounds each wait for more text.
         """
         t0, started_at = perf_counter(), time()
         io, decision, request, deadline, metadata = self._prepare(

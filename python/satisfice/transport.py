@@ -8,6 +8,16 @@ transport keeps, per origin, a stack of idle connections (the warmest is reused 
 FIFO of waiters for a free slot, and plain asyncio streams, behind httpx's own
 `AsyncBaseTransport` interface: callers keep the httpx API, timeouts and exceptions.
 
+What comes from the network is bounded: the response head (1 MiB), the body (`max_body`,
+counted after decompression, which happens here in small steps so a gzip bomb neither
+fills memory nor holds the event loop), and connections per origin (`max_per_host`), so
+one hung upstream cannot take every slot from the healthy ones. A connection goes back to
+the pool only when its response was read to the end and nothing unread is waiting on it (a
+body closed early is closed with its connection: that is how a caller stops an upstream that
+is still generating; providers read a finished stream to its end, see `providers.base`). A
+request is never re-sent by the transport: a stale keep-alive connection is an error the
+executor retries, so every request that reached an upstream is an attempt on the record.
+
 Scope, on purpose: HTTP/1.1 over TCP or TLS, no proxies, no HTTP/2. A client that needs a
 proxy keeps httpx's default transport (`Router.configure(http=httpx.AsyncClient(...))`).
 
@@ -23,6 +33,7 @@ import asyncio
 import contextlib
 import select
 import ssl
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator
 from time import monotonic
@@ -33,6 +44,7 @@ import httpx
 __all__ = ["PooledTransport"]
 
 _MAX_HEAD = 1 << 20  # largest response head accepted
+_STEP = 1 << 16  # decompressed bytes per step: bounded CPU between two awaits
 
 
 class _Conn:
@@ -54,13 +66,17 @@ class _Conn:
             or monotonic() - self.used >= expiry
         ):
             return False
-        # The upstream may have closed it while our loop was busy: an idle connection that
-        # is readable has a FIN (or stray bytes) waiting. One poll of this one socket.
+        # Bytes already buffered, or a readable socket (a FIN, or bytes nobody asked for, e.g.
+        # a second response): what the next request would read would not be its answer.
+        if getattr(self.reader, "_buffer", b""):
+            return False
         sock = self.writer.transport.get_extra_info("socket")
         if sock is None:
             return True
         try:
-            return not select.select([sock.fileno()], [], [], 0)[0]
+            poll = select.poll()  # not select(): it fails for descriptors >= 1024
+            poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+            return not poll.poll(0)
         except (OSError, ValueError):
             return False
 
@@ -78,16 +94,22 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self,
         *,
         max_connections: int = 512,
+        max_per_host: int | None = None,
         keepalive_expiry: float = 60.0,
+        max_body: int = 64 << 20,
         verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._max = max_connections
+        # Default: half the pool per origin, so one hung upstream leaves room for the others.
+        self._max_host = max_per_host or max(max_connections // 2, 1)
         self._expiry = keepalive_expiry
+        self._max_body = max_body
         self._verify = verify
         self._ssl: ssl.SSLContext | None = None
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[tuple[tuple[str, str, int], asyncio.Future[None]]] = deque()
         self._total = 0  # open connections, idle or busy
+        self._per_host: dict[tuple[str, str, int], int] = {}
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -116,6 +138,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 self._idle.clear()
                 self._waiters.clear()
                 self._total = 0
+                self._per_host.clear()
             self._loop = loop
         deadline = None
         while True:
@@ -125,22 +148,24 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 if conn.usable(self._expiry):
                     return conn, True
                 self._discard(conn)
-            if self._total < self._max:
-                self._total += 1
+            host_full = self._per_host.get(key, 0) >= self._max_host
+            if self._total < self._max and not host_full:
+                self._count(key, +1)
                 try:
                     return await self._connect(key, request, timeouts.get("connect")), False
                 except BaseException:
-                    self._total -= 1
+                    self._count(key, -1)
                     self._wake()
                     raise
-            if self._drop_idle():
+            if not host_full and self._drop_idle():
                 continue  # freed a slot held by an idle connection to another origin
             # every slot is busy: wait in line for one
             pool = timeouts.get("pool")
             if deadline is None and pool is not None:
                 deadline = monotonic() + pool
             fut = loop.create_future()
-            self._waiters.append(fut)
+            entry = (key, fut)
+            self._waiters.append(entry)
             try:
                 left = None if deadline is None else max(deadline - monotonic(), 0.0)
                 async with asyncio.timeout(left):
@@ -150,11 +175,12 @@ class PooledTransport(httpx.AsyncBaseTransport):
                     self._wake()  # we were handed a slot we will not use: pass it on
                 else:
                     fut.cancel()
-                    if fut in self._waiters:
-                        self._waiters.remove(fut)
+                    if entry in self._waiters:
+                        self._waiters.remove(entry)
                 if isinstance(e, TimeoutError):
                     raise httpx.PoolTimeout(
-                        f"no free connection within {pool}s (max_connections={self._max})",
+                        f"no free connection to {key[1]}:{key[2]} within {pool}s "
+                        f"(max_connections={self._max}, max_per_host={self._max_host})",
                         request=request,
                     ) from None
                 raise
@@ -166,16 +192,24 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 return True
         return False
 
+    def _count(self, key: tuple[str, str, int], n: int) -> None:
+        self._total += n
+        self._per_host[key] = self._per_host.get(key, 0) + n
+
     def _wake(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
+        """Hand the freed slot to the first waiter whose origin has room (FIFO otherwise)."""
+        for entry in self._waiters:
+            key, fut = entry
+            if fut.done():
+                continue
+            if self._per_host.get(key, 0) < self._max_host or self._idle.get(key):
+                self._waiters.remove(entry)
                 fut.set_result(None)
                 return
 
     def _discard(self, conn: _Conn) -> None:
         conn.close()
-        self._total -= 1
+        self._count(conn.key, -1)
         self._wake()
 
     def _release(self, conn: _Conn, reusable: bool) -> None:
@@ -226,29 +260,31 @@ class PooledTransport(httpx.AsyncBaseTransport):
         if chunked:  # we have the whole body: send it with a length
             lines.append(b"Content-Length: %d" % len(body))
         head = b"\r\n".join(lines) + b"\r\n\r\n"
-        for attempt in (0, 1):
-            conn, reused = await self._acquire(key, request, timeouts)
-            try:
-                conn.writer.write(head + body if len(body) < 65536 else head)
-                if len(body) >= 65536:
-                    conn.writer.write(body)
-                    await _timed(
-                        conn.writer.drain(), timeouts.get("write"), httpx.WriteTimeout, request
-                    )
-                status, reason, headers, keep = await _read_head(conn, request, timeouts)
-                length = _body_length(request, status, headers)
-            except _NothingRead:
-                self._discard(conn)
-                if reused and attempt == 0:
-                    # The upstream closed this idle connection as our request went out
-                    # (a clean close, not a byte of answer): one retry on a fresh one.
-                    continue
-                raise
-            except BaseException:
-                self._discard(conn)
-                raise
-            break
-        stream = _Body(self, conn, request, length, keep, timeouts.get("read"))
+        conn, reused = await self._acquire(key, request, timeouts)
+        try:
+            conn.writer.write(head + body if len(body) < 65536 else head)
+            if len(body) >= 65536:
+                conn.writer.write(body)
+                await _timed(
+                    conn.writer.drain(), timeouts.get("write"), httpx.WriteTimeout, request
+                )
+            status, reason, headers, keep = await _read_head(conn, request, timeouts)
+            length = _body_length(request, status, headers)
+            decoder = _decoder(headers, request)
+        except _NothingRead:
+            # The upstream closed this connection as our request went out. Not re-sent here:
+            # it may have reached the upstream, so the executor decides and records it.
+            self._discard(conn)
+            stale = " (a kept-alive connection the upstream had closed)" if reused else ""
+            raise httpx.RemoteProtocolError(
+                f"the upstream closed the connection without answering{stale}", request=request
+            ) from None
+        except BaseException:
+            self._discard(conn)
+            raise
+        if decoder is not None:  # decoded here, bounded; httpx must not decode it again
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
+        stream = _Body(self, conn, request, length, keep, timeouts.get("read"), decoder)
         return httpx.Response(
             status,
             headers=headers,
@@ -261,7 +297,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         for stack in self._idle.values():
             for conn in stack:
                 conn.close()
-                self._total -= 1
+                self._count(conn.key, -1)
         self._idle.clear()
 
 
@@ -332,21 +368,63 @@ def _body_length(
     if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
         return 0
     length = None
+    chunked = False
     for k, v in headers:
         lk = k.lower()
         if lk == b"content-length":
-            if not v.isdigit():
+            if not v.isdigit() or len(v) > 18:
                 raise httpx.RemoteProtocolError(f"bad Content-Length {v[:40]!r}", request=request)
+            if length is not None and int(v) != length:
+                raise httpx.RemoteProtocolError(
+                    "conflicting Content-Length headers", request=request
+                )
             length = int(v)
-        elif lk == b"transfer-encoding" and b"chunked" in v.lower():
-            length = -1
-    return length
+        elif lk == b"transfer-encoding":
+            if v.strip().lower() != b"chunked":
+                raise httpx.RemoteProtocolError(
+                    f"unsupported Transfer-Encoding {v[:40]!r}", request=request
+                )
+            chunked = True
+    if chunked and length is not None:  # a request-smuggling shape: trust neither
+        raise httpx.RemoteProtocolError(
+            "both Content-Length and Transfer-Encoding: chunked", request=request
+        )
+    return -1 if chunked else length
+
+
+def _decoder(headers: list[tuple[bytes, bytes]], request: httpx.Request) -> Any:
+    """A zlib decompressor for a gzip/deflate body (None for identity)."""
+    for k, v in headers:
+        if k.lower() == b"content-encoding":
+            enc = v.strip().lower()
+            if enc in (b"", b"identity"):
+                return None
+            if enc in (b"gzip", b"x-gzip"):
+                return zlib.decompressobj(16 + zlib.MAX_WBITS)
+            if enc == b"deflate":
+                return zlib.decompressobj()
+            raise httpx.RemoteProtocolError(
+                f"unsupported Content-Encoding {v[:40]!r} (satisfice asks for gzip or none)",
+                request=request,
+            )
+    return None
 
 
 class _Body(httpx.AsyncByteStream):
-    """The response body; gives the connection back once read to the end, else closes it."""
+    """The response body: bounded, decoded in small steps, and its connection given back
+    once read to the end (or drained in the background when closed early)."""
 
-    __slots__ = ("_conn", "_keep", "_length", "_read", "_request", "_transport")
+    __slots__ = (
+        "_chunk_done",
+        "_conn",
+        "_decoder",
+        "_keep",
+        "_left",
+        "_read",
+        "_request",
+        "_size",
+        "_transport",
+    )
 
     def __init__(
         self,
@@ -356,52 +434,78 @@ class _Body(httpx.AsyncByteStream):
         length: int | None,
         keep: bool,
         read: float | None,
+        decoder: Any = None,
     ) -> None:
         self._transport = transport
         self._conn: _Conn | None = conn
         self._request = request
-        self._length = length  # None: until EOF; -1: chunked
+        self._left = length  # bytes left; None: until EOF; -1: chunked
         self._keep = keep
         self._read = read
+        self._decoder = decoder
+        self._size = 0  # body bytes so far, after decoding: what max_body bounds
+        self._chunk_done = False  # chunked: the last chunk and trailers have been read
+
+    def _count(self, n: int) -> None:
+        self._size += n
+        if self._size > self._transport._max_body:
+            raise httpx.RemoteProtocolError(
+                f"response body larger than max_body={self._transport._max_body} bytes",
+                request=self._request,
+            )
+
+    async def _raw(self, conn: _Conn) -> AsyncIterator[bytes]:
+        """The body's bytes as sent (still encoded), as they arrive."""
+        r, req, t = conn.reader, self._request, self._read
+        if self._left is None:
+            while chunk := await _read(conn, r.read(65536), t, req):
+                yield chunk
+            return
+        if self._left >= 0:
+            while self._left:
+                chunk = await _read(conn, r.read(min(self._left, 65536)), t, req)
+                if not chunk:
+                    raise httpx.ReadError(
+                        "the upstream closed the connection mid-body", request=req
+                    )
+                self._left -= len(chunk)
+                yield chunk
+            return
+        while not self._chunk_done:
+            data = await _next_chunk(conn, t, req)
+            if data is None:
+                self._chunk_done = True
+            else:
+                yield data
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self._conn
         if conn is None:
             return
-        r, req, t = conn.reader, self._request, self._read
         try:
-            if self._length is None:
-                while chunk := await _read(conn, r.read(65536), t, req):
-                    yield chunk
-                self._done(False)
-                return
-            if self._length >= 0:
-                left = self._length
-                while left:
-                    chunk = await _read(conn, r.read(min(left, 65536)), t, req)
-                    if not chunk:
-                        raise httpx.ReadError(
-                            "the upstream closed the connection mid-body", request=req
-                        )
-                    left -= len(chunk)
-                    yield chunk
-                self._done(self._keep)
-                return
-            while True:  # chunked
-                line = await _read(conn, r.readuntil(b"\r\n"), t, req)
-                try:
-                    size = int(line.split(b";", 1)[0], 16)
-                except ValueError:
-                    raise httpx.RemoteProtocolError(
-                        f"bad chunk size line {line[:40]!r}", request=req
-                    ) from None
-                if size == 0:
-                    while await _read(conn, r.readuntil(b"\r\n"), t, req) != b"\r\n":
-                        pass  # trailers
-                    break
-                data = await _read(conn, r.readexactly(size + 2), t, req)
-                yield data[:-2]
-            self._done(self._keep)
+            dec = self._decoder
+            async for raw in self._raw(conn):
+                if dec is None:
+                    self._count(len(raw))
+                    yield raw
+                    continue
+                data = raw
+                while data:  # at most _STEP decoded bytes per step, however much it inflates
+                    out = dec.decompress(data, _STEP)
+                    data = dec.unconsumed_tail
+                    self._count(len(out))
+                    if out:
+                        yield out
+                    await asyncio.sleep(0)  # let the loop run between two steps
+            if dec is not None:
+                tail = dec.flush()
+                self._count(len(tail))
+                if tail:
+                    yield tail
+            self._done(self._keep and self._left is not None)
+        except zlib.error as e:
+            self._done(False)
+            raise httpx.DecodingError(f"bad compressed body: {e}", request=self._request) from None
         except BaseException:
             self._done(False)
             raise
@@ -412,4 +516,28 @@ class _Body(httpx.AsyncByteStream):
             self._transport._release(conn, reusable)
 
     async def aclose(self) -> None:
-        self._done(False)  # closed before the end: the connection's state is unknown
+        # Closed before the end: the connection's state is unknown, and closing it is how a
+        # caller stops an upstream that is still generating (and billing).
+        self._done(False)
+
+
+async def _next_chunk(conn: _Conn, t: float | None, req: httpx.Request) -> bytes | None:
+    """One chunk of a chunked body; None after the last one (its trailers read too)."""
+    r = conn.reader
+    line = await _read(conn, r.readuntil(b"\r\n"), t, req)
+    try:
+        size = int(line.split(b";", 1)[0], 16)
+        if size < 0:
+            raise ValueError(size)
+    except ValueError:
+        raise httpx.RemoteProtocolError(f"bad chunk size line {line[:40]!r}", request=req) from None
+    if size == 0:
+        while await _read(conn, r.readuntil(b"\r\n"), t, req) != b"\r\n":
+            pass  # trailers
+        return None
+    if size > 1 << 26:
+        raise httpx.RemoteProtocolError(f"a chunk of {size} bytes is too large", request=req)
+    data: bytes = await _read(conn, r.readexactly(size + 2), t, req)
+    if data[-2:] != b"\r\n":
+        raise httpx.RemoteProtocolError("a chunk does not end with CRLF", request=req)
+    return data[:-2]

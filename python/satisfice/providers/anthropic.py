@@ -26,6 +26,7 @@ from .base import (
     ToolCall,
     Usage,
     encode_json,
+    finish_stream,
     sse_events,
     text_field,
     token_count,
@@ -297,7 +298,8 @@ class AnthropicProvider(HTTPProvider):
             stop: str | None = None
             last: Any = None
             ended = False
-            async for _, data in sse_events(resp):
+            events = sse_events(resp)
+            async for _, data in events:
                 try:
                     ev = json.loads(data)
                     kind = ev["type"]
@@ -341,6 +343,7 @@ class AnthropicProvider(HTTPProvider):
                                 usage_in[k] = u[k]
                     elif kind == "message_stop":
                         ended = True
+                        await finish_stream(events)
                         break
                     elif kind == "error":
                         err = ev.get("error") or {}

@@ -20,6 +20,8 @@ works. Messages never carry headers, so an API key cannot leak through an error.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import json
 import math
@@ -376,20 +378,58 @@ class HTTPProvider:
         )
 
 
-async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
-    """(event, data) pairs of a server-sent-events body; multi-line data joined by newlines."""
+#: Longest SSE line (or event) accepted; a line that never ends must not grow without bound.
+MAX_SSE_LINE = 1 << 20
+
+
+async def sse_events(
+    response: httpx.Response, max_line: int = MAX_SSE_LINE
+) -> AsyncIterator[tuple[str, str]]:
+    """(event, data) pairs of a server-sent-events body; multi-line data joined by newlines.
+    Keys are scrubbed from every line; a line or event over `max_line` characters is a
+    protocol error."""
     event = ""
     data: list[str] = []
-    async for raw in response.aiter_lines():
-        line = scrub(raw)
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "", []
-        elif line.startswith("data:"):
-            data.append(line[6:] if line.startswith("data: ") else line[5:])
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        # comments (":") and id/retry fields carry nothing we need
+    size = 0
+    buf = ""
+    async for text in response.aiter_text():
+        buf += text
+        if "\n" not in text:
+            if len(buf) > max_line:
+                raise httpx.RemoteProtocolError(f"an SSE line longer than {max_line} characters")
+            continue
+        *lines, buf = buf.split("\n")
+        for raw in lines:
+            line = scrub(raw.removesuffix("\r"))
+            if not line:
+                if data:
+                    yield event, "\n".join(data)
+                event, data, size = "", [], 0
+            elif line.startswith("data:"):
+                data.append(line[6:] if line.startswith("data: ") else line[5:])
+                size += len(line)
+                if size > max_line:
+                    raise httpx.RemoteProtocolError(
+                        f"an SSE event longer than {max_line} characters"
+                    )
+            elif line.startswith("event:"):
+                event = line[6:].strip()
+            # comments (":") and id/retry fields carry nothing we need
+    line = scrub(buf.removesuffix("\r"))
+    if line.startswith("data:"):
+        data.append(line[6:] if line.startswith("data: ") else line[5:])
     if data:
         yield event, "\n".join(data)
+
+
+async def finish_stream(events: AsyncIterator[Any]) -> None:
+    """After a stream's end marker ([DONE], message_stop): read what is left, normally just
+    the chunked terminator, so that the connection goes back to the pool instead of being
+    closed. Briefly and a few events at most: an upstream that keeps talking loses it."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(0.5):
+            n = 0
+            async for _ in events:
+                n += 1
+                if n > 8:
+                    return

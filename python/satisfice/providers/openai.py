@@ -18,6 +18,7 @@ from .base import (
     Usage,
     encode_json,
     error_from_response,
+    finish_stream,
     sse_events,
     text_field,
     token_count,
@@ -134,9 +135,11 @@ class OpenAIProvider(HTTPProvider):
             usage: Usage | None = None
             last: Any = None
             done = False
-            async for _, data in sse_events(resp):
+            events = sse_events(resp)
+            async for _, data in events:
                 if data == "[DONE]":
                     done = True
+                    await finish_stream(events)
                     break
                 try:
                     chunk = json.loads(data)

@@ -1,0 +1,256 @@
+"""Hostile upstreams at the byte level: streams that never finish, bodies that never end or
+inflate, lying lengths, extra responses, one upstream hogging the pool. Each request ends
+within its deadline in a fallback success or an explicit error listing the attempts."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from satisfice.errors import AllAttemptsFailedError, StreamInterruptedError
+from satisfice.testing import LocalUpstream, RawUpstream, hang, http_response
+
+from .chat_support import registry, router, wire
+
+MSGS = [{"role": "user", "content": "hello there"}]
+OK_BODY = json.dumps(
+    {"choices": [{"message": {"content": "right"}, "finish_reason": "stop"}]}
+).encode()
+
+
+@pytest.fixture
+def raw() -> Iterator[RawUpstream]:
+    with RawUpstream() as r:
+        yield r
+
+
+def alpha_on(raw: RawUpstream, up: LocalUpstream) -> Any:
+    reg = registry(up.url)
+    alpha = reg["alpha"]
+    dep = replace(alpha.deployments[0], base_url=raw.url + "/v1")
+    return reg.replace(replace(alpha, deployments=(dep,)))
+
+
+class LoopLag:
+    """The longest the event loop went without running a 2 ms ticker."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.002)
+            now = time.perf_counter()
+            self.worst = max(self.worst, now - last - 0.002)
+            last = now
+
+    async def __aenter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+def sse_head() -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def piece(text: str) -> bytes:
+    event = {"choices": [{"delta": {"content": text}, "finish_reason": None}]}
+    return chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+
+
+def forever(first: bytes, then: bytes) -> Callable[[asyncio.StreamWriter], Awaitable[None]]:
+    async def send(w: asyncio.StreamWriter) -> None:
+        w.write(sse_head() + first)
+        while True:  # until the client goes away
+            await asyncio.sleep(0.05)
+            w.write(then)
+            await w.drain()
+
+    return send
+
+
+@pytest.mark.parametrize("api_model", ["alpha", "beta"])  # OpenAI and Anthropic wire formats
+async def test_streams_keep_their_connection(up: LocalUpstream, api_model: str) -> None:
+    before = up.total_connections
+    async with router(up.url) as r:
+        for _ in range(50):
+            res = await r.stream(MSGS, allow=(api_model,)).result()
+            assert res.model == api_model
+    assert up.total_connections - before == 1
+
+
+async def test_keep_alive_comments_do_not_hold_a_stream_past_its_deadline(
+    raw: RawUpstream, up: LocalUpstream
+) -> None:
+    raw.push(forever(piece("one"), chunk(b": keep-alive\n\n")))
+    async with router(up.url) as r:
+        r.update(alpha_on(raw, up))
+        t = time.perf_counter()
+        with pytest.raises(StreamInterruptedError) as e:
+            await r.stream(MSGS, timeout=1.0).result()
+        took = time.perf_counter() - t
+    assert took < 1.5, took
+    assert e.value.partial_text == "one" and "deadline" in str(e.value)
+    assert e.value.attempts
+
+
+async def test_pings_before_any_text_fall_back_within_the_deadline(
+    raw: RawUpstream, up: LocalUpstream
+) -> None:
+    raw.push(forever(b"", chunk(b": ping\n\n")))
+    async with router(up.url, stream_idle_timeout_s=0.5) as r:
+        r.update(alpha_on(raw, up))
+        t = time.perf_counter()
+        res = await r.stream(MSGS, timeout=3.0).result()
+    assert res.model == "beta" and time.perf_counter() - t < 1.5
+    assert res.attempts[0].model == "alpha" and res.attempts[0].error_type == "UpstreamTimeoutError"
+
+
+async def test_an_sse_line_that_never_ends_is_refused(raw: RawUpstream, up: LocalUpstream) -> None:
+    raw.push(forever(chunk(b"data: " + b"x" * 60_000), chunk(b"y" * 60_000)))
+    async with router(up.url) as r:
+        r.update(alpha_on(raw, up))
+        res = await r.stream(MSGS, timeout=10.0).result()
+    assert res.model == "beta"
+    assert "SSE line longer" in (res.attempts[0].error or "")
+
+
+async def test_a_gzip_bomb_is_bounded_and_keeps_the_loop_running(
+    raw: RawUpstream, up: LocalUpstream
+) -> None:
+    bomb = gzip.compress(b"\0" * (200 << 20), compresslevel=1)  # 200 MB inflated, ~0.2 MB sent
+    head = "content-encoding: gzip\r\n"
+    raw.push(http_response(bomb, extra=head), http_response(bomb, extra=head))
+    async with router(up.url, max_response_bytes=8 << 20) as r:
+        r.update(alpha_on(raw, up))
+        async with LoopLag() as lag:
+            res = await r.chat(MSGS)
+    assert res.model == "beta"
+    assert "max_body" in (res.attempts[0].error or "")
+    print(f"worst event-loop lag during the bomb: {lag.worst * 1e3:.1f} ms")
+    assert lag.worst < 0.25  # 50 ms on a quiet machine; generous for a noisy CI
+
+
+async def test_a_huge_body_is_refused_not_buffered(raw: RawUpstream, up: LocalUpstream) -> None:
+    async def huge(w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (200 << 20))
+        block = b"x" * (1 << 20)
+        for _ in range(200):
+            w.write(block)
+            await w.drain()
+
+    raw.push(huge, huge)
+    async with router(up.url, max_response_bytes=4 << 20) as r:
+        r.update(alpha_on(raw, up))
+        res = await r.chat(MSGS)
+    assert res.model == "beta" and "max_body" in (res.attempts[0].error or "")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\ncontent-length: 12\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: -5\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n-5\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\ncontent-length: 2\r\n\r\n{}",
+    ],
+)
+async def test_lying_lengths_are_protocol_errors(
+    raw: RawUpstream, up: LocalUpstream, head: bytes
+) -> None:
+    raw.push(head + OK_BODY, head + OK_BODY)
+    async with router(up.url) as r:
+        r.update(alpha_on(raw, up))
+        res = await r.chat(MSGS)
+    assert res.model == "beta"
+    assert all(a.outcome == "error" for a in res.attempts if a.model == "alpha")
+
+
+async def test_an_extra_response_never_answers_the_next_request(up: LocalUpstream) -> None:
+    with RawUpstream(keep_alive=True) as raw:
+        wrong = json.dumps(
+            {"choices": [{"message": {"content": "wrong"}, "finish_reason": "stop"}]}
+        )
+        keep = "connection: keep-alive\r\n"
+
+        def resp(body: bytes) -> bytes:
+            return (
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n%s\r\n%s" % (len(body), keep.encode(), body)
+            )
+
+        raw.push(resp(OK_BODY) + resp(wrong.encode()), resp(OK_BODY), resp(OK_BODY))
+        async with router(up.url) as r:
+            r.update(alpha_on(raw, up))
+            first = await r.chat(MSGS)
+            await asyncio.sleep(0.05)  # the extra response has arrived by now
+            second = await r.chat(MSGS)
+        assert (first.text, second.text) == ("right", "right")
+        assert raw.connections == 2  # the tainted connection was not reused
+
+
+async def test_one_hung_upstream_does_not_starve_the_others(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), *[hang()] * 40)
+    async with router(up.url, max_connections=40, attempt_timeout_s=30) as r:
+        stuck = [asyncio.create_task(r.chat(MSGS, allow=("alpha",))) for _ in range(40)]
+        await asyncio.sleep(0.2)
+        ok = await asyncio.wait_for(
+            asyncio.gather(*(r.chat(MSGS, allow=("gamma",)) for _ in range(10))), 5
+        )
+        for t in stuck:
+            t.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)
+    assert all(res.model == "gamma" for res in ok)
+    up.drop_connections()
+
+
+async def test_every_post_that_reached_an_upstream_is_an_attempt(up: LocalUpstream) -> None:
+    # The upstream reads the second POST on a kept-alive connection and closes without a
+    # byte of answer. The transport does not re-send it behind the executor's back: the
+    # failure is an attempt on the record, and the executor's retry is another.
+    async def close_now(w: asyncio.StreamWriter) -> None:
+        w.close()
+
+    keep = b"connection: keep-alive\r\n"
+    ok = http_response(OK_BODY).replace(b"connection: close\r\n", keep)
+    with RawUpstream(keep_alive=True) as raw:
+        raw.push(ok, close_now, ok)
+        async with router(up.url) as r:
+            r.update(alpha_on(raw, up))
+            await r.chat(MSGS)
+            res = await r.chat(MSGS)
+        posts = len(raw.requests) - 1  # those of the second request
+    attempts = [a for a in res.attempts if a.outcome != "skipped"]
+    assert res.model == "alpha" and res.text == "right"
+    assert [a.outcome for a in attempts] == ["error", "ok"] and posts == len(attempts) == 2
+
+
+async def test_an_all_hostile_registry_ends_with_the_attempts(raw: RawUpstream) -> None:
+    with LocalUpstream() as up:
+        reg = registry(raw.url)
+        raw.push(*[http_response(b"{", status="200 OK")] * 20)
+        async with router(up.url) as r:
+            r.update(reg)
+            with pytest.raises(AllAttemptsFailedError) as e:
+                await r.chat(MSGS, timeout=5)
+    assert len(e.value.attempts) >= 4
