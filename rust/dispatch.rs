@@ -341,10 +341,6 @@ pub struct DispatchTable {
     pub expected_out: [u32; 8],
 }
 
-/// Within this relative distance of a limit, the estimate is replaced by an exact count
-/// (wide enough to cover the estimator's error on unusual text, e.g. one word repeated).
-const CLOSE: f64 = 0.25;
-
 fn text_of(messages: &[Message]) -> impl Iterator<Item = &str> {
     messages.iter().map(|m| m.content.as_str())
 }
@@ -524,26 +520,30 @@ impl DispatchTable {
                 filtered.push((i, f));
                 continue;
             }
+            // The estimate decides when even its bounds agree; a decision the bounds straddle
+            // (near a limit, or text the estimator cannot vouch for) uses the exact count.
             let mut t_in = info.est_tokens(r.family) as f64;
+            let (lo, hi) = info.bounds(r.family);
+            let (lo, hi) = (lo as f64, hi as f64);
+            let out = tokens_out as f64;
             let mut is_exact = false;
             let window = r.context_window as f64;
-            let need = t_in + tokens_out as f64;
-            if (need - window).abs() <= CLOSE * window {
+            if hi + out > window && lo + out <= window {
                 t_in = exact(r.family);
                 is_exact = r.family.is_exact();
             }
-            if t_in + tokens_out as f64 > window {
+            if t_in + out > window {
                 filtered.push((
                     i,
                     Filtered::ContextWindow {
-                        need: (t_in + tokens_out as f64).round() as u32,
+                        need: (t_in + out).round() as u32,
                         window: r.context_window,
                     },
                 ));
                 continue;
             }
             let mut cost = if r.priced() {
-                r.cost(t_in, tokens_out as f64)
+                r.cost(t_in, out)
             } else {
                 f64::NAN
             };
@@ -552,10 +552,10 @@ impl DispatchTable {
                     filtered.push((i, Filtered::Unpriced));
                     continue;
                 }
-                if !is_exact && (cost - c.max_cost).abs() <= CLOSE * c.max_cost {
+                if !is_exact && r.cost(hi, out) > c.max_cost && r.cost(lo, out) <= c.max_cost {
                     t_in = exact(r.family);
                     is_exact = r.family.is_exact();
-                    cost = r.cost(t_in, tokens_out as f64);
+                    cost = r.cost(t_in, out);
                 }
                 if cost > c.max_cost {
                     filtered.push((

@@ -187,8 +187,17 @@ pub struct PromptInfo {
 impl PromptInfo {
     /// Estimated prompt tokens for a family, including chat-format overhead.
     pub fn est_tokens(&self, family: Family) -> f32 {
-        tokens::estimate_from_counts(&self.counts, family)
-            + (self.messages * tokens::PER_MESSAGE_OVERHEAD + tokens::PER_REQUEST_OVERHEAD) as f32
+        tokens::estimate_from_counts(&self.counts, family) + self.overhead()
+    }
+
+    /// Bounds on the exact prompt tokens in `family` (see `tokens::bounds_from_counts`).
+    pub fn bounds(&self, family: Family) -> (f32, f32) {
+        let (lo, hi) = tokens::bounds_from_counts(&self.counts, family);
+        (lo + self.overhead(), hi + self.overhead())
+    }
+
+    fn overhead(&self) -> f32 {
+        (self.messages * tokens::PER_MESSAGE_OVERHEAD + tokens::PER_REQUEST_OVERHEAD) as f32
     }
 }
 
@@ -579,10 +588,7 @@ pub fn featurize_into(messages: &[Message], cfg: &FeaturizerConfig, out: &mut [f
     for m in messages {
         s.prev_word = 0;
         s.first_word_of_msg = true;
-        let c = tokens::scan(&m.content, &mut s);
-        for (a, b) in counts.counts.iter_mut().zip(c.counts.iter()) {
-            *a += *b;
-        }
+        counts.add(&tokens::scan(&m.content, &mut s));
         let len = m.content.len();
         chars += len;
         match m.role.as_str() {

@@ -125,11 +125,54 @@ pub fn count_till_limit(text: &str, family: Family, limit: usize) -> Option<usiz
 pub const PER_MESSAGE_OVERHEAD: usize = 4;
 pub const PER_REQUEST_OVERHEAD: usize = 3;
 
-/// Character-class counts gathered in one pass; the estimator's inputs.
+/// Character-class counts gathered in one pass; the estimator's inputs, and what says how
+/// far the estimate can be trusted.
 #[derive(Clone, Debug, Default)]
 pub struct CharCounts {
     pub counts: [f32; N_EST],
+    /// Bytes of text: a hard upper bound on byte-level BPE tokens.
+    pub bytes: u32,
+    /// Letters beyond the 24th in ASCII letter runs longer than 24 (DNA, base64, "xxxx…").
+    pub long_run_chars: u32,
+    /// Non-ASCII characters.
+    pub non_ascii: u32,
 }
+
+impl CharCounts {
+    pub fn add(&mut self, other: &CharCounts) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += *b;
+        }
+        self.bytes += other.bytes;
+        self.long_run_chars += other.long_run_chars;
+        self.non_ascii += other.non_ascii;
+    }
+
+    /// Text of the kind the estimator was fitted on (mostly ASCII words, digits, punctuation
+    /// and space; no long letter runs, few mixed-case words, not mostly long runs of mixed
+    /// punctuation): its estimate is within
+    /// `MARGIN` of the exact count. Anything else may be off by any factor (1 MB of "x" is
+    /// 125,000 tokens; base64, hex or rare scripts tokenise unlike prose).
+    pub fn fitted(&self) -> bool {
+        let words: f32 = self.counts[est::WORD_LEN..est::WORD_LEN + 15].iter().sum();
+        let (punct, runs) = (self.counts[est::PUNCT], self.counts[est::PUNCT_RUNS]);
+        let punct_soup = punct > 0.35 * self.bytes as f32 && punct > 3.0 * runs;
+        self.long_run_chars == 0
+            && !punct_soup
+            && self.non_ascii as f32 <= 0.05 * self.bytes as f32
+            && self.counts[est::WORD_CAPITALISED] <= 0.25 * words
+    }
+}
+
+/// How far an estimate of fitted text may be from the exact count, as a factor either way.
+/// Calibration errors are 0.5–9% on average (`scripts/calibrate_estimator.py`); 25% covers
+/// the worst texts seen. Decisions within this factor of a limit use an exact count.
+pub const MARGIN: f32 = 1.25;
+/// ... plus this many tokens either way: on a few words, one token is a large share.
+pub const SLACK: f32 = 4.0;
+/// Estimated tokens per letter beyond the 24th of a long letter run (random letters are
+/// ~3 per token; a repeated letter is ~8: the estimate leans high, never 1 token for a MB).
+const LONG_RUN_TOKENS_PER_CHAR: f32 = 0.3;
 
 /// Index of each estimator input in `CharCounts.counts`.
 pub mod est {
@@ -176,6 +219,8 @@ pub fn char_counts(text: &str) -> CharCounts {
 pub fn scan<V: Visitor>(text: &str, v: &mut V) -> CharCounts {
     // Integer counters: f32 `+=` on the same slots would chain their latencies.
     let mut c = [0u32; N_EST];
+    let mut long_run = 0u32;
+    let mut non_ascii = 0u32;
     let b = text.as_bytes();
     let mut i = 0;
     let mut line_start = true;
@@ -190,6 +235,9 @@ pub fn scan<V: Visitor>(text: &str, v: &mut V) -> CharCounts {
                 i += 1;
             }
             let len = i - start;
+            if len > 24 {
+                long_run += (len - 24) as u32;
+            }
             let slot = match len {
                 1..=12 => len - 1,
                 13..=16 => 12,
@@ -262,6 +310,7 @@ pub fn scan<V: Visitor>(text: &str, v: &mut V) -> CharCounts {
                 c[est::OTHER_BYTES] += 1;
             }
             v.non_ascii(ch, &b[i..i + n]);
+            non_ascii += 1;
             line_start = false;
             i += n;
         }
@@ -269,6 +318,9 @@ pub fn scan<V: Visitor>(text: &str, v: &mut V) -> CharCounts {
     c[est::BIAS] = 1;
     CharCounts {
         counts: c.map(|v| v as f32),
+        bytes: u32::try_from(b.len()).unwrap_or(u32::MAX),
+        long_run_chars: long_run,
+        non_ascii,
     }
 }
 
@@ -285,11 +337,29 @@ pub fn estimate_from_counts(c: &CharCounts, family: Family) -> f32 {
         Family::Cl100k => &CL100K_COEFS,
         _ => &O200K_COEFS,
     };
-    let dot: f32 = c.counts.iter().zip(coefs.iter()).map(|(a, b)| a * b).sum();
+    let dot: f32 = c
+        .counts
+        .iter()
+        .zip(coefs.iter())
+        .map(|(a, b)| a * b)
+        .sum::<f32>()
+        + c.long_run_chars as f32 * LONG_RUN_TOKENS_PER_CHAR;
     if c.counts.iter().take(N_EST - 1).all(|&v| v == 0.0) {
         return 0.0;
     }
     (dot * ratio).max(1.0)
+}
+
+/// (lower, upper) bounds on the exact count in `family` of text with counts `c`: the
+/// estimate within `MARGIN` for fitted text; otherwise 0 and the byte count, which no
+/// byte-level BPE count can exceed (scaled like the family's exact count).
+pub fn bounds_from_counts(c: &CharCounts, family: Family) -> (f32, f32) {
+    let est = estimate_from_counts(c, family);
+    if c.fitted() {
+        ((est / MARGIN - SLACK).max(0.0), est * MARGIN + SLACK)
+    } else {
+        (0.0, (c.bytes as f32 * family.base().1).ceil().max(est))
+    }
 }
 
 pub fn estimate(text: &str, family: Family) -> f32 {
@@ -324,6 +394,19 @@ mod tests {
             (est - exact).abs() / exact < 0.15,
             "est {est} exact {exact}"
         );
+    }
+
+    #[test]
+    fn long_runs_are_proportional_and_never_fitted() {
+        let text = "x".repeat(1 << 20);
+        let c = char_counts(&text);
+        assert!(!c.fitted());
+        let exact = count(&text, Family::O200k) as f32;
+        let (lo, hi) = bounds_from_counts(&c, Family::O200k);
+        assert!(lo <= exact && exact <= hi, "{lo} {exact} {hi}");
+        assert!(estimate(&text, Family::O200k) > 100_000.0);
+        let prose = "The quick brown fox jumps over the lazy dog. ".repeat(20);
+        assert!(char_counts(&prose).fitted());
     }
 
     #[test]
