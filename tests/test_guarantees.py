@@ -139,3 +139,45 @@ async def test_retry_after_nan_does_not_stall_a_request(up: LocalUpstream) -> No
     async with router(up.url) as r:
         res = await r.chat(MSGS, timeout=5)
     assert res.text in ("ok", "answer from beta-wire") and res.latency_s < 2.0
+
+
+async def test_a_large_prompt_is_routed_off_the_event_loop(up: LocalUpstream) -> None:
+    import base64
+    import os
+
+    from .test_hostile_transport import LoopLag
+
+    from satisfice import _core
+
+    blob = base64.b64encode(os.urandom(225_000)).decode()  # 300 KB that needs an exact count
+    msgs = [{"role": "user", "content": blob}]
+    exact = _core.count_message_tokens(msgs, "o200k_base")
+    reg = registry(up.url)
+    # a window the blob just fits: the estimate cannot decide, the exact count must
+    near = replace(reg["alpha"], context_window=exact + 500, max_output=4000)
+    async with router(up.url) as r:
+        r.update(reg.replace(near))
+        async with LoopLag() as lag:
+            res = await r.chat(msgs, max_tokens=100)
+    print(f"worst event-loop lag while routing 300 KB: {lag.worst * 1e3:.1f} ms")
+    assert res.model == "alpha" and res.decision.primary.tokens_in_exact
+    assert lag.worst < 0.05  # the target; 61 ms when routed on the loop, 4 ms measured here
+
+
+async def test_unknown_options_and_odd_response_formats_are_config_errors(
+    up: LocalUpstream,
+) -> None:
+    class Model:  # what a pydantic model class would be
+        pass
+
+    async with router(up.url) as r:
+        with pytest.raises(ConfigError, match=r"pass other OpenAI parameters in extra="):
+            await r.chat(MSGS, top_p=0.9)  # type: ignore[call-arg]
+        with pytest.raises(ConfigError, match="response_format must be a dict"):
+            await r.chat(MSGS, response_format=Model)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="top_p"):
+            async with r.stream(MSGS, top_p=0.9) as s:  # type: ignore[call-arg]
+                async for _ in s:
+                    pass
+        res = await r.chat(MSGS, extra={"top_p": 0.9})
+    assert res.text and up.seen(wire(res.model))[-1].body["top_p"] == 0.9

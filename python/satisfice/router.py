@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from .decision import Candidate, Decision, Snapshot
-from .errors import NoRouteError
+from .errors import ConfigError, NoRouteError
 from .feedback import FeedbackLog
 from .policy import Constraints, Policy
 from .predict import ModelParams
@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # httpx costs ~100 ms to import: only chat() and stream() loa
     import httpx
 
     from .cascade import Cascade
-    from .executor import ChatStream, ExecutionConfig, Executor
-    from .providers.base import ChatRequest
+    from .executor import ChatStream, ExecutionConfig, Executor, Run
+    from .providers.base import StreamDelta
     from .result import ChatResult
     from .state import HealthStore
     from .validators import Validator
@@ -56,6 +56,20 @@ class RequestOptions(TypedDict, total=False):
 
 
 _CALL_FIELDS = ("max_tokens", "temperature", "tools", "tool_choice", "response_format", "extra")
+_OPTIONS = frozenset(RequestOptions.__annotations__)
+# Prompts above this many bytes are routed on a worker thread (the GIL is released there).
+_ROUTE_INLINE_BYTES = 32 * 1024
+
+
+def _text_bytes(msgs: list[dict[str, Any]]) -> int:
+    n = 0
+    for m in msgs:
+        content = m.get("content")
+        if isinstance(content, str):
+            n += len(content)
+        elif isinstance(content, list):
+            n += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    return n
 
 
 class Router:
@@ -179,18 +193,29 @@ class Router:
         self._io = Executor(http or make_client(cfg), health or Health(), cfg)
         return self
 
-    def _prepare(
-        self, messages: Messages, constraints: Constraints | Mapping[str, Any] | None,
-        options: RequestOptions, t0: float,
-    ) -> tuple[Executor, Decision, ChatRequest, float | None, dict[str, Any]]:  # fmt: skip
-        """The one request builder behind chat() and stream(): route (around cooling
-        deployments), then the wire request and the deadline. The caller's dicts are read,
-        never changed."""
+    async def _begin(
+        self,
+        messages: Messages,
+        constraints: Constraints | Mapping[str, Any] | None,
+        options: RequestOptions,
+        t0: float,
+        accept: Validator | None = None,
+    ) -> tuple[Executor, Run, dict[str, Any]]:
+        """The one request builder behind chat() and stream(): check the options, route
+        (around cooling deployments; a large prompt on a worker thread, so an exact count
+        never holds the event loop), then the wire request and its deadline. The caller's
+        dicts are read, never changed."""
         from .providers.base import ChatRequest
 
         io = self._io if self._io is not None else self.configure()._io
         assert io is not None
         opts: dict[str, Any] = dict(options)
+        unknown = set(opts) - _OPTIONS
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {sorted(unknown)}: chat() and stream() take "
+                f"{sorted(_OPTIONS)}; pass other OpenAI parameters in extra={{...}}"
+            )
         call = {k: opts.pop(k, None) for k in _CALL_FIELDS}
         timeout = opts.pop("timeout", None)
         metadata = dict(opts.pop("metadata", None) or {})
@@ -204,6 +229,12 @@ class Router:
         if call["tools"]:
             needs += ("tools",)
         rf = call["response_format"]
+        if rf is not None and not isinstance(rf, Mapping):
+            raise ConfigError(
+                f"response_format must be a dict such as {{'type': 'json_object'}}, got "
+                f"{type(rf).__name__}; for a pydantic model pass {{'type': 'json_schema', "
+                "'json_schema': {'name': ..., 'schema': Model.model_json_schema()}}"
+            )
         if rf is not None and rf.get("type") != "text":
             needs += ("json",)
         if call["max_tokens"] is not None and "max_output_tokens" not in opts:
@@ -212,21 +243,42 @@ class Router:
         if needs and not set(needs) <= set(c.needs):
             c = Constraints.of(c, needs=tuple(sorted({*c.needs, *needs})))
         snap = self._snap  # one snapshot for every routing of this request
-        decision = self._route(snap, msgs, c, snap.undeployable)
+        skip = snap.undeployable
         blocked = io.health.blocked()
         if blocked:  # models whose every deployment is cooling or disabled are routed around
-            cooled = io.blocked_models(snap.registry, blocked)
-            if cooled:
-                # If nothing else is left, keep the first decision: the executor then reports
-                # each cooldown instead of a bare "no route".
-                with contextlib.suppress(NoRouteError):
-                    decision = self._route(snap, msgs, c, snap.undeployable | set(cooled))
+            skip = skip | set(io.blocked_models(snap.registry, blocked))
+        decision = await self._decide(snap, msgs, c, skip, snap.undeployable)
         if call["max_tokens"] is None:
             call["max_tokens"] = c.max_output_tokens
         if timeout is None and c.latency_slo_ms is not None:
             timeout = c.latency_slo_ms / 1000.0
         request = ChatRequest(msgs, **call)
-        return io, decision, request, None if timeout is None else t0 + timeout, metadata
+        deadline = None if timeout is None else t0 + timeout
+        return io, io.run(decision, request, t0=t0, deadline=deadline, accept=accept), metadata
+
+    async def _decide(
+        self,
+        snap: Snapshot,
+        msgs: list[dict[str, Any]],
+        c: Constraints,
+        skip: frozenset[str],
+        fallback_skip: frozenset[str],
+    ) -> Decision:
+        """Route skipping `skip`; if that leaves nothing, skipping only `fallback_skip`, so
+        that the executor reports each cooldown instead of a bare "no route"."""
+        if _text_bytes(msgs) < _ROUTE_INLINE_BYTES:
+            try:
+                return self._route(snap, msgs, c, skip)
+            except NoRouteError:
+                if skip == fallback_skip:
+                    raise
+                return self._route(snap, msgs, c, fallback_skip)
+        try:
+            return await asyncio.to_thread(self._route, snap, msgs, c, skip)
+        except NoRouteError:
+            if skip == fallback_skip:
+                raise
+            return await asyncio.to_thread(self._route, snap, msgs, c, fallback_skip)
 
     async def chat(
         self,
@@ -253,10 +305,7 @@ class Router:
         CascadeBudgetError.
         """
         t0, started_at = perf_counter(), time()
-        io, decision, request, deadline, metadata = self._prepare(
-            messages, constraints, options, t0
-        )
-        run = io.run(decision, request, t0=t0, deadline=deadline, accept=accept)
+        io, run, metadata = await self._begin(messages, constraints, options, t0, accept)
         if cascade:
             result = await io.cascade(run, cascade)
         else:
@@ -277,12 +326,24 @@ class Router:
         StreamInterruptedError. `timeout` (default: the latency SLO) bounds the whole
         stream; `ExecutionConfig.stream_idle_timeout_s` bounds each wait for more text.
         """
+        from .executor import ChatStream
+
+        return ChatStream(self._stream(messages, constraints, options))
+
+    async def _stream(
+        self,
+        messages: Messages,
+        constraints: Constraints | Mapping[str, Any] | None,
+        options: RequestOptions,
+    ) -> AsyncIterator[StreamDelta]:
         t0, started_at = perf_counter(), time()
-        io, decision, request, deadline, metadata = self._prepare(
-            messages, constraints, options, t0
-        )
-        run = io.run(decision, request, t0=t0, deadline=deadline)
-        return io.stream(run, started_at=started_at, metadata=metadata)
+        io, run, metadata = await self._begin(messages, constraints, options, t0)
+        inner = io.stream(run, started_at=started_at, metadata=metadata)
+        try:
+            async for delta in inner:
+                yield delta
+        finally:  # an early exit releases the upstream connection now, not at collection
+            await inner.aclose()
 
     def enable(self, model: str, deployment: str | None = None) -> None:
         """Put a disabled or cooling deployment (all of the model's, by default) back in
