@@ -145,9 +145,9 @@ async def test_a_large_prompt_is_routed_off_the_event_loop(up: LocalUpstream) ->
     import base64
     import os
 
-    from .test_hostile_transport import LoopLag
-
     from satisfice import _core
+
+    from .test_hostile_transport import LoopLag
 
     blob = base64.b64encode(os.urandom(225_000)).decode()  # 300 KB that needs an exact count
     msgs = [{"role": "user", "content": blob}]
