@@ -152,6 +152,9 @@ pub struct Constraints {
     pub lambda: Option<f64>,
     /// Per row: true = skip (cooling down, or not allowed for this caller).
     pub exclude: Vec<bool>,
+    /// Per row: measured p95 latency (ms) that replaces the registry's; NaN = none. Empty
+    /// when nothing has been measured.
+    pub live_p95_ms: Vec<f64>,
 }
 
 impl Default for Constraints {
@@ -164,6 +167,7 @@ impl Default for Constraints {
             max_output_tokens: None,
             lambda: None,
             exclude: Vec::new(),
+            live_p95_ms: Vec::new(),
         }
     }
 }
@@ -504,12 +508,16 @@ impl DispatchTable {
                     });
                 }
                 if c.latency_slo_ms.is_finite() {
-                    if !r.p95_ms.is_finite() {
+                    let p95 = match c.live_p95_ms.get(i) {
+                        Some(live) if live.is_finite() => *live,
+                        _ => r.p95_ms,
+                    };
+                    if !p95.is_finite() {
                         break 'check Some(Filtered::LatencyUnknown);
                     }
-                    if r.p95_ms > c.latency_slo_ms {
+                    if p95 > c.latency_slo_ms {
                         break 'check Some(Filtered::Latency {
-                            p95: r.p95_ms,
+                            p95,
                             slo: c.latency_slo_ms,
                         });
                     }

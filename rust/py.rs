@@ -517,6 +517,7 @@ fn caps_of(names: &[String], what: &str) -> Result<u32, CoreError> {
 }
 
 impl PyDispatchTable {
+    #[allow(clippy::too_many_arguments)]
     fn constraints(
         &self,
         max_cost: Option<f64>,
@@ -524,11 +525,21 @@ impl PyDispatchTable {
         needs: Option<Vec<String>>,
         max_output_tokens: Option<u32>,
         exclude: Option<Vec<usize>>,
+        live_p95_ms: Option<Vec<(usize, f64)>>,
     ) -> Result<Constraints, CoreError> {
         let mut ex = vec![false; self.table.rows.len()];
         for i in exclude.unwrap_or_default() {
             if let Some(e) = ex.get_mut(i) {
                 *e = true;
+            }
+        }
+        let mut live = Vec::new();
+        if let Some(pairs) = live_p95_ms.filter(|p| !p.is_empty()) {
+            live = vec![f64::NAN; self.table.rows.len()];
+            for (i, ms) in pairs {
+                if let Some(slot) = live.get_mut(i) {
+                    *slot = ms;
+                }
             }
         }
         Ok(Constraints {
@@ -537,6 +548,7 @@ impl PyDispatchTable {
             required_caps: caps_of(needs.as_deref().unwrap_or(&[]), "needs")?,
             max_output_tokens,
             exclude: ex,
+            live_p95_ms: live,
             ..Constraints::default()
         })
     }
@@ -649,7 +661,14 @@ impl PyDispatchTable {
         Bound<'py, PyArray2<f64>>,
         Bound<'py, PyArray1<i64>>,
     )> {
-        let c = self.constraints(max_cost, latency_slo_ms, needs, max_output_tokens, exclude)?;
+        let c = self.constraints(
+            max_cost,
+            latency_slo_ms,
+            needs,
+            max_output_tokens,
+            exclude,
+            None,
+        )?;
         let all = prompts_from(prompts)?;
         let (n, m) = (all.len(), self.table.rows.len());
         let table = &self.table;
@@ -670,8 +689,9 @@ impl PyDispatchTable {
         self.table.rows.iter().map(|r| r.id.clone()).collect()
     }
 
-    /// Featurise, estimate, filter and rank in one call.
-    #[pyo3(signature = (messages, *, max_cost = None, latency_slo_ms = None, quality_floor = 0.0, needs = None, max_output_tokens = None, lam = None, exclude = None))]
+    /// Featurise, estimate, filter and rank in one call. `live_p95_ms`: (row, measured p95)
+    /// pairs that replace the registry's p95 under a latency SLO.
+    #[pyo3(signature = (messages, *, max_cost = None, latency_slo_ms = None, quality_floor = 0.0, needs = None, max_output_tokens = None, lam = None, exclude = None, live_p95_ms = None))]
     #[allow(clippy::too_many_arguments)]
     fn plan(
         &self,
@@ -684,10 +704,17 @@ impl PyDispatchTable {
         max_output_tokens: Option<u32>,
         lam: Option<f64>,
         exclude: Option<Vec<usize>>,
+        live_p95_ms: Option<Vec<(usize, f64)>>,
     ) -> PyResult<PyPlan> {
         let (msgs, images) = messages_from(messages)?;
-        let mut c =
-            self.constraints(max_cost, latency_slo_ms, needs, max_output_tokens, exclude)?;
+        let mut c = self.constraints(
+            max_cost,
+            latency_slo_ms,
+            needs,
+            max_output_tokens,
+            exclude,
+            live_p95_ms,
+        )?;
         c.quality_floor = quality_floor;
         c.lambda = lam;
         if images > 0 {

@@ -50,20 +50,39 @@ async def test_missing_usage_is_counted_exactly(up: LocalUpstream) -> None:
     assert res.cost_usd is not None and res.cost_usd > 0
 
 
-async def test_a_short_retry_after_is_waited_for_on_the_same_deployment(
-    up: LocalUpstream,
+@pytest.mark.parametrize("retry_after", [0.2, 1.9, 3.0])
+async def test_a_retry_after_moves_to_a_ready_fallback_however_short(
+    up: LocalUpstream, retry_after: float
 ) -> None:
-    up.script(wire("alpha"), status(429, retry_after=0.2))
+    up.script(wire("alpha"), status(429, retry_after=retry_after))
     async with router(up.url) as r:
         t = time.perf_counter()
         res = await r.chat(MSGS)
-        assert time.perf_counter() - t >= 0.2
-    assert res.model == "alpha"
+        assert time.perf_counter() - t < 0.15  # nobody waited
+    assert res.model == "beta"
     assert [(a.model, a.outcome, a.status) for a in res.attempts] == [
         ("alpha", "error", 429),
-        ("alpha", "ok", None),
+        ("beta", "ok", None),
     ]
-    assert res.attempts[0].retry_after == 0.2
+    assert res.attempts[0].retry_after == retry_after
+
+
+async def test_a_short_retry_after_is_waited_for_when_nothing_else_is_left(
+    up: LocalUpstream,
+) -> None:
+    up.script(wire("alpha"), status(429, retry_after=0.2), reply("ok"))
+    async with router(up.url) as r:
+        t = time.perf_counter()
+        res = await r.chat(MSGS, allow=("alpha",))
+        assert time.perf_counter() - t >= 0.2
+        assert res.model == "alpha"
+        assert [a.outcome for a in res.attempts if a.outcome != "skipped"] == ["error", "ok"]
+        # a wait longer than max_retry_wait_s (2 s) is not taken: the error says so at once
+        up.script(wire("alpha"), status(429, retry_after=3.0))
+        t = time.perf_counter()
+        with pytest.raises(AllAttemptsFailedError):
+            await r.chat(MSGS, allow=("alpha",))
+        assert time.perf_counter() - t < 0.5
 
 
 async def test_a_long_retry_after_cools_the_deployment_and_routes_around_it(
@@ -223,11 +242,27 @@ async def test_deadline_bounds_the_whole_request(up: LocalUpstream) -> None:
 
 async def test_latency_slo_is_the_default_deadline(up: LocalUpstream) -> None:
     up.script(wire("alpha"), hang())
+    up.script(wire("beta"), hang())
     async with router(up.url) as r:
         t = time.perf_counter()
         with pytest.raises(AllAttemptsFailedError):
-            await r.chat(MSGS, latency_slo_ms=300)
+            await r.chat(MSGS, latency_slo_ms=300, allow=("alpha", "beta"))
         assert time.perf_counter() - t < 0.7
+
+
+@pytest.mark.parametrize("slo_ms", [300, 2000])
+async def test_a_hung_primary_leaves_the_fallback_time_inside_the_slo(
+    up: LocalUpstream, slo_ms: int
+) -> None:
+    up.script(wire("alpha"), hang())
+    async with router(up.url) as r:
+        t = time.perf_counter()
+        res = await r.chat(MSGS, latency_slo_ms=slo_ms)
+        took = time.perf_counter() - t
+    assert res.model == "beta" and took < slo_ms / 1000
+    assert res.attempts[0].error_type == "UpstreamTimeoutError"
+    # the primary got its share: at most half of the SLO (registry p95 100 ms, x2 = 0.2 s)
+    assert res.attempts[0].duration_s <= max(slo_ms / 2000, 0.2) + 0.05
 
 
 async def test_hang_falls_back_within_the_read_timeout(up: LocalUpstream) -> None:

@@ -40,7 +40,7 @@ READ_TIMEOUT = 0.25
 # with counted usage; an exception class: raised.
 MATRIX: dict[str, tuple[list[Behavior], Any, str | None]] = {
     "429 long Retry-After": ([status(429, retry_after=30)], "next", "RetryableError"),
-    "429 short Retry-After": ([status(429, retry_after=0.1)], "same", "RetryableError"),
+    "429 short Retry-After": ([status(429, retry_after=0.1)], "next", "RetryableError"),
     "500": ([status(500), status(500)], "next", "RetryableError"),
     "503": ([status(503), status(503)], "next", "RetryableError"),
     "read timeout (hang)": ([hang()], "next", "UpstreamTimeoutError"),

@@ -181,3 +181,35 @@ async def test_unknown_options_and_odd_response_formats_are_config_errors(
                     pass
         res = await r.chat(MSGS, extra={"top_p": 0.9})
     assert res.text and up.seen(wire(res.model))[-1].body["top_p"] == 0.9
+
+
+async def test_measured_latency_replaces_the_registry_p95_under_an_slo(up: LocalUpstream) -> None:
+    from satisfice import Policy, Router
+    from satisfice.executor import ExecutionConfig
+    from satisfice.state import Health
+
+    r = Router(registry(up.url, p95_ms=10.0), Policy(quality_floor=0.5))
+    r.configure(execution=ExecutionConfig(read_timeout_s=2.0), health=Health())
+    up.script(wire("alpha"), *[reply("slow", latency=0.05)] * 20)
+    async with r:
+        for _ in range(20):  # enough samples for a live p95
+            assert (await r.chat(MSGS)).model == "alpha"
+        assert r.route(MSGS, latency_slo_ms=30).model == "alpha"  # route() alone: registry
+        res = await r.chat(MSGS, latency_slo_ms=30)
+    assert res.model == "beta"
+    why = res.decision.filtered["alpha"][1]
+    assert why.startswith("p95 ") and int(why.split()[1]) >= 45, why
+
+
+def test_a_cancelled_loser_that_took_long_raises_the_latency_estimate() -> None:
+    from satisfice.state import Health
+
+    h = Health()
+    for _ in range(25):
+        h.record_success("m/d", 0.1)
+    before = h.p95_s("m/d")
+    h.record_slow("m/d", 0.05)  # faster than usual: no news
+    assert h.p95_s("m/d") == before
+    h.record_slow("m/d", 2.0)
+    after = h.p95_s("m/d")
+    assert before is not None and after is not None and after > before

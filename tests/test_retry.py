@@ -44,12 +44,11 @@ BASE = {"max_retries": 2, "max_retry_wait_s": 2.0, "base_s": 0.1, "max_s": 1.0, 
         ({"retry": 1, "retry_after": None, "time_left_s": None}, 0.1),  # doubled
         ({"retry": 1, "retry_after": None, "time_left_s": None, "max_s": 0.15}, 0.075),  # capped
         ({"retry": 2, "retry_after": None, "time_left_s": None}, None),  # out of retries
-        ({"retry": 0, "retry_after": 1.9, "time_left_s": None}, 1.9),  # honoured
-        ({"retry": 0, "retry_after": 2.0, "time_left_s": None}, 2.0),  # at the limit
-        ({"retry": 0, "retry_after": 3.0, "time_left_s": None}, None),  # too long: move on
-        ({"retry": 0, "retry_after": 1.0, "time_left_s": 0.5}, None),  # past the deadline
-        ({"retry": 0, "retry_after": None, "time_left_s": 0.01}, None),  # backoff too
-        ({"retry": 0, "retry_after": 0.2, "time_left_s": 0.5}, 0.2),
+        # a Retry-After moves on, short or long: cooldown_wait_s waits when nothing is left
+        ({"retry": 0, "retry_after": 1.9, "time_left_s": None}, None),
+        ({"retry": 0, "retry_after": 3.0, "time_left_s": None}, None),
+        ({"retry": 0, "retry_after": 0.2, "time_left_s": 0.5}, None),
+        ({"retry": 0, "retry_after": None, "time_left_s": 0.01}, None),  # past the deadline
     ],
 )
 def test_backoff(case: dict[str, float | None], expected: float | None) -> None:

@@ -135,8 +135,10 @@ class DispatchTable:
         max_output_tokens: int | None = None,
         lam: float | None = None,
         exclude: Sequence[int] | None = None,
+        live_p95_ms: Sequence[tuple[int, float]] | None = None,
     ) -> Plan:
-        """Featurise, estimate, filter and rank in one call."""
+        """Featurise, estimate, filter and rank in one call; `live_p95_ms` (row, ms) pairs
+        replace the registry's p95 under a latency SLO."""
 
 @final
 class Plan:

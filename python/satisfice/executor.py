@@ -202,6 +202,20 @@ class Executor:
         for t in self._named(registry, model, deployment):
             self.health.disable(t.key, reason)
 
+    def live_p95_ms(self, registry: Registry, index: Mapping[str, int]) -> list[tuple[int, float]]:
+        """(table row, p95 ms) for every model with a measured deployment: its fastest
+        deployment's p95, measured where known, else the registry's."""
+        if registry is not self._reg:
+            return []
+        out = []
+        for model, ts in self._targets.items():
+            live = [p for t in ts if (p := self.health.p95_s(t.key)) is not None]
+            if not live or model not in index:
+                continue
+            known = [p for t in ts if (p := self._p95_s(t)) is not None]
+            out.append((index[model], min(known) * 1000.0))
+        return out
+
     def _named(self, registry: Registry, model: str, deployment: str | None) -> list[_Target]:
         ts = self.targets(registry, model)  # UnknownModelError names the known ids
         chosen = [t for t in ts if deployment is None or t.dep.name == deployment]
@@ -277,26 +291,50 @@ class Executor:
                 yield t
 
     # one attempt --------------------------------------------------------------------------
-    def _budget(self, run: Run) -> tuple[httpx.Timeout, float]:
-        """httpx timeouts and the whole-attempt bound, from what is left of the deadline."""
+    def _budget(self, run: Run, t: _Target) -> tuple[httpx.Timeout, float]:
+        """httpx timeouts and the whole-attempt bound, from what is left of the deadline.
+
+        While another target could still answer, one attempt may take at most the larger
+        of twice its deployment's p95 (live, else the registry's) and half of what is
+        left: a hung primary cannot spend the whole deadline, the fallback gets time."""
         c = self.config
         if run.deadline is None:
             return self._timeout, c.attempt_timeout_s
         left = max(run.deadline - perf_counter(), 0.001)
+        if self._fallback_ready(run, t):
+            p95 = self._p95_s(t)
+            left = min(left, max(left / 2, 0.0 if p95 is None else 2 * p95))
         if left >= c.read_timeout_s:
             return self._timeout, left
         return httpx.Timeout(left, connect=min(c.connect_timeout_s, left)), left
 
+    def _fallback_ready(self, run: Run, t: _Target) -> bool:
+        """Is there a target besides `t` in this request's order that is not cooling?"""
+        d = run.decision
+        blocked = self.health.blocked()
+        for m in run.order if run.order is not None else (d.model, *d.fallbacks):
+            for x in self.targets(run.registry, m):
+                if x.key != t.key and x.key not in blocked:
+                    return True
+        return False
+
+    def _p95_s(self, t: _Target) -> float | None:
+        live = self.health.p95_s(t.key)
+        if live is not None:
+            return live
+        ms = t.dep.p95_latency_ms or t.spec.p95_latency_ms
+        return ms / 1000.0 if ms else None
+
     async def _bounded(self, run: Run, t: _Target, call: Callable[[], Awaitable[T]]) -> T:
-        """`call()` within what is left of the deadline (or attempt_timeout_s)."""
-        _, budget = self._budget(run)
+        """`call()` within its share of the deadline (or attempt_timeout_s)."""
+        _, budget = self._budget(run, t)
         try:
             async with asyncio.timeout(budget):
                 return await call()
         except TimeoutError:
             raise UpstreamTimeoutError(
                 f"{t.model} via {t.dep.name}: no answer within {budget:.3g}s "
-                "(the request's deadline or attempt_timeout_s)",
+                "(its share of the request's deadline, or attempt_timeout_s)",
                 model=t.model,
                 deployment=t.dep.name,
             ) from None
@@ -363,7 +401,7 @@ class Executor:
                 while True:
                     started = perf_counter()
                     try:
-                        call = partial(open_, self._provider(t), self._budget(run)[0])
+                        call = partial(open_, self._provider(t), self._budget(run, t)[0])
                         value = await self._bounded(run, t, call)
                     except ProviderError as e:
                         action = self._failed(run, t, e, started)
@@ -658,7 +696,7 @@ class Executor:
                 except AuthError as e:  # no key set: next target
                     self._failed(run, t, e, perf_counter())
                     continue
-                call = partial(p.complete, run.request, self._budget(run)[0])
+                call = partial(p.complete, run.request, self._budget(run, t)[0])
                 task = asyncio.ensure_future(self._bounded(run, t, call))
                 running[task] = (t, perf_counter())
                 return
@@ -744,6 +782,7 @@ class Executor:
         now = perf_counter()
         tokens_in = {c.model: c.tokens_in for c in run.decision.candidates}
         for task, (t, started) in running.items():
+            self.health.record_slow(t.key, now - started)  # it took at least this long
             if not task.cancelled() and task.exception() is None:  # finished with the winner
                 usage, estimated = self._usage(run, t, task.result()), False
             else:  # the prompt, as far as it got: billed or not, we cannot know
@@ -763,11 +802,8 @@ class Executor:
         running.clear()
 
     def _hedge_delay(self, t: _Target) -> float:
-        live = self.health.p95_s(t.key)
-        if live is not None:
-            return live
-        ms = t.dep.p95_latency_ms or t.spec.p95_latency_ms
-        return ms / 1000.0 if ms else self.config.hedge_default_s
+        p95 = self._p95_s(t)
+        return self.config.hedge_default_s if p95 is None else p95
 
 
 class ChatStream:

@@ -1,9 +1,10 @@
 """What to do after a failed call: pure decisions, no I/O and no clock, so that a table of
 cases tests them (tests/test_retry.py). The executor applies them.
 
-    RetryableError (429, 5xx, connect)  RETRY the same deployment after a jittered backoff or
-                                        its Retry-After (if short enough and inside the
-                                        deadline), else the NEXT deployment
+    RetryableError (429, 5xx, connect)  RETRY the same deployment after a jittered backoff;
+                                        with a Retry-After, the NEXT deployment at once (the
+                                        executor waits out a Retry-After only when no other
+                                        target is left: `cooldown_wait_s`)
     UpstreamTimeoutError                NEXT (a second wait would bust the SLO)
     AuthError                           DISABLE the deployment (see Health), then NEXT
     ContextLengthError                  WIDEN: skip every deployment whose window is not
@@ -62,17 +63,14 @@ def backoff_s(
     time_left_s: float | None,
 ) -> float | None:
     """Seconds to wait before retry number `retry` of the same deployment, or None to move
-    on. A Retry-After is honoured when it is at most `max_retry_wait_s` (a longer one moves
-    on at once); otherwise full jitter (`jitter` in [0, 1)) on an exponential backoff. No
-    wait that ends at or past the deadline (`time_left_s`)."""
-    if retry >= max_retries:
+    on: full jitter (`jitter` in [0, 1)) on an exponential backoff. A Retry-After always
+    moves on: while another target may answer, nobody waits for this one (when none is
+    left, `cooldown_wait_s` decides, the same way for 1.9 s and 3 s). No wait that ends at
+    or past the deadline (`time_left_s`)."""
+    del max_retry_wait_s  # the rule for Retry-After lives in cooldown_wait_s
+    if retry >= max_retries or retry_after is not None:
         return None
-    if retry_after is not None:
-        if retry_after > max_retry_wait_s:
-            return None
-        wait = retry_after
-    else:  # full jitter spreads the retries of many clients hit by the same outage
-        wait = jitter * min(max_s, base_s * 2.0**retry)
+    wait = jitter * min(max_s, base_s * 2.0**retry)  # full jitter spreads many clients' retries
     if time_left_s is not None and wait >= time_left_s:
         return None
     return wait

@@ -124,9 +124,15 @@ class Router:
         return self._route(self._snap, messages, Constraints.of(constraints, **overrides))
 
     def _route(
-        self, snap: Snapshot, messages: Messages, c: Constraints, skip: frozenset[str] = frozenset()
+        self,
+        snap: Snapshot,
+        messages: Messages,
+        c: Constraints,
+        skip: frozenset[str] = frozenset(),
+        live_p95_ms: list[tuple[int, float]] | None = None,
     ) -> Decision:
-        """route() on one snapshot, with `skip` (models this request cannot call) excluded."""
+        """route() on one snapshot, with `skip` (models this request cannot call) excluded
+        and measured p95 latencies (table row, ms) in place of the registry's."""
         policy = snap.policy
         plan = snap.table.plan(
             messages,
@@ -137,6 +143,7 @@ class Router:
             max_output_tokens=c.max_output_tokens,
             lam=c.lam if c.lam is not None else policy.lam,
             exclude=snap.exclude(c, skip),
+            live_p95_ms=live_p95_ms,
         )
         if not len(plan):
             raise snap.no_route(plan.filtered)
@@ -247,7 +254,9 @@ class Router:
         blocked = io.health.blocked()
         if blocked:  # models whose every deployment is cooling or disabled are routed around
             skip = skip | set(io.blocked_models(snap.registry, blocked))
-        decision = await self._decide(snap, msgs, c, skip, snap.undeployable)
+        # under a latency SLO, what the deployments have measured replaces the registry's p95
+        live = io.live_p95_ms(snap.registry, snap.index) if c.latency_slo_ms is not None else None
+        decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live)
         if call["max_tokens"] is None:
             call["max_tokens"] = c.max_output_tokens
         if timeout is None and c.latency_slo_ms is not None:
@@ -263,22 +272,23 @@ class Router:
         c: Constraints,
         skip: frozenset[str],
         fallback_skip: frozenset[str],
+        live: list[tuple[int, float]] | None,
     ) -> Decision:
         """Route skipping `skip`; if that leaves nothing, skipping only `fallback_skip`, so
         that the executor reports each cooldown instead of a bare "no route"."""
         if _text_bytes(msgs) < _ROUTE_INLINE_BYTES:
             try:
-                return self._route(snap, msgs, c, skip)
+                return self._route(snap, msgs, c, skip, live)
             except NoRouteError:
                 if skip == fallback_skip:
                     raise
-                return self._route(snap, msgs, c, fallback_skip)
+                return self._route(snap, msgs, c, fallback_skip, live)
         try:
-            return await asyncio.to_thread(self._route, snap, msgs, c, skip)
+            return await asyncio.to_thread(self._route, snap, msgs, c, skip, live)
         except NoRouteError:
             if skip == fallback_skip:
                 raise
-            return await asyncio.to_thread(self._route, snap, msgs, c, fallback_skip)
+            return await asyncio.to_thread(self._route, snap, msgs, c, fallback_skip, live)
 
     async def chat(
         self,

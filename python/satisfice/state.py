@@ -53,6 +53,10 @@ class HealthStore(Protocol):
 
     def record_success(self, key: str, latency_s: float) -> None: ...
 
+    def record_slow(self, key: str, at_least_s: float) -> None:
+        """A call cancelled after `at_least_s` (a hedge or race loser): its latency is at
+        least that, which counts when it is more than the deployment's usual."""
+
     def record_failure(
         self, key: str, *, rate_limited: bool, retry_after: float | None, reason: str
     ) -> None: ...
@@ -171,6 +175,15 @@ class Health:
             s.cool_until, s.cool_kind, s.opens, s.reason = 0.0, "", 0, ""
             if s.disabled is None:
                 self._blocked.pop(key, None)
+
+    def record_slow(self, key: str, at_least_s: float) -> None:
+        s = self._s.get(key)
+        if s is None or s.n_ok == 0 or at_least_s <= s.lat_mean:
+            return  # a lower bound under the mean says nothing new
+        a = self.config.alpha
+        d = at_least_s - s.lat_mean
+        s.lat_mean += a * d
+        s.lat_var = (1 - a) * (s.lat_var + a * d * d)
 
     def record_failure(
         self, key: str, *, rate_limited: bool, retry_after: float | None, reason: str
