@@ -38,14 +38,25 @@ pub struct ModelRow {
     pub bias: f32,
     pub ability: Vec<f32>,
     pub disabled: bool,
+    /// Prompt tokens above which `long_in`/`long_out` apply (infinity: no such tier).
+    pub long_above: f64,
+    pub long_in: f64,
+    pub long_out: f64,
 }
 
 impl ModelRow {
     pub fn priced(&self) -> bool {
         self.price_in.is_finite() && self.price_out.is_finite()
     }
+    /// Estimated USD; a prompt above the long-context threshold is billed whole at those
+    /// rates (as the providers do).
     pub fn cost(&self, tokens_in: f64, tokens_out: f64) -> f64 {
-        (tokens_in * self.price_in + tokens_out * self.price_out) / 1e6
+        let (pin, pout) = if tokens_in > self.long_above {
+            (self.long_in, self.long_out)
+        } else {
+            (self.price_in, self.price_out)
+        };
+        (tokens_in * pin + tokens_out * pout) / 1e6
     }
 }
 
@@ -644,6 +655,9 @@ mod tests {
             bias,
             ability: vec![0.0],
             disabled: false,
+            long_above: f64::INFINITY,
+            long_in: f64::NAN,
+            long_out: f64::NAN,
         }
     }
 

@@ -491,6 +491,10 @@ struct RowSpec {
     bias: f32,
     ability: Vec<f32>,
     disabled: bool,
+    /// Long-context tier: prompt tokens above which it applies (inf: none) and its prices.
+    long_above: f64,
+    long_in: f64,
+    long_out: f64,
 }
 
 /// One rule, by name (`RuleSpec` in the stub); `models` are row indices in preference order.
@@ -590,6 +594,9 @@ impl PyDispatchTable {
                 bias: r.bias,
                 ability: r.ability,
                 disabled: r.disabled,
+                long_above: r.long_above,
+                long_in: r.long_in,
+                long_out: r.long_out,
             });
         }
         let mut compiled = Vec::with_capacity(rules.len());

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from satisfice import ConfigError, Registry
+from satisfice import ConfigError, NoRouteError, Registry
 from satisfice.providers.base import MAX_RETRY_AFTER_S, parse_retry_after
 from satisfice.testing import LocalUpstream, reply, status
 
@@ -213,3 +213,56 @@ def test_a_cancelled_loser_that_took_long_raises_the_latency_estimate() -> None:
     h.record_slow("m/d", 2.0)
     after = h.p95_s("m/d")
     assert before is not None and after is not None and after > before
+
+
+def test_every_billed_dimension_is_priced() -> None:
+    from satisfice import Price
+
+    p = Price.from_dict(
+        {
+            "input": 3.0,
+            "output": 15.0,
+            "cached_input": 0.3,
+            "cache_write": 3.75,
+            "long_context": {"above": 200_000, "input": 6.0, "output": 22.5},
+        },
+        "test",
+    )
+    # 1,000 prompt tokens: 200 cached reads, 300 cache writes, 500 fresh; 100 out
+    assert p.cost(1000, 100, 200, 300) == pytest.approx(
+        (500 * 3.0 + 200 * 0.3 + 300 * 3.75 + 100 * 15.0) / 1e6
+    )
+    # above the threshold the whole request is billed at the long-context rates
+    assert p.cost(300_000, 1000) == pytest.approx((300_000 * 6.0 + 1000 * 22.5) / 1e6)
+    sonnet = Registry.default()["claude-sonnet-4"].price
+    assert sonnet is not None and sonnet.cache_write == 3.75  # Anthropic: 1.25 x input
+    with pytest.raises(ConfigError, match="long_context must be a table"):
+        Price.from_dict({"input": 1, "output": 1, "long_context": {"above": 5}}, "x")
+
+
+def test_the_router_estimates_long_prompts_at_long_context_rates() -> None:
+    from satisfice import Router
+
+    router = Router()
+    pro = router.registry["gemini-2.5-pro"]
+    text = "word " * 230_000  # 230k tokens: above the 200k tier (estimated at ~182k)
+    # under a cap the tier can break, the decision is made on the exact count and tier
+    d = router.route(text, allow=(pro.id,), max_output_tokens=1000, max_cost_usd=0.7)
+    c = d.primary
+    assert c.tokens_in_exact and c.tokens_in > 200_000
+    assert c.est_cost_usd == pytest.approx((c.tokens_in * 2.5 + 1000 * 15.0) / 1e6, rel=1e-6)
+    with pytest.raises(NoRouteError, match="max_cost"):  # $0.59 at the long-context rates
+        router.route(text, allow=(pro.id,), max_output_tokens=1000, max_cost_usd=0.5)
+
+
+async def test_a_timed_out_call_is_billed_at_an_estimate(up: LocalUpstream) -> None:
+    from satisfice.testing import hang
+
+    up.script(wire("alpha"), hang())
+    async with router(up.url, read_timeout_s=0.3) as r:
+        res = await r.chat(MSGS)
+    timed_out = res.attempts[0]
+    assert timed_out.error_type == "UpstreamTimeoutError" and timed_out.cost_estimated
+    assert timed_out.cost_usd is not None and timed_out.cost_usd > 0
+    assert res.total_cost_usd == pytest.approx(timed_out.cost_usd + (res.cost_usd or 0))
+    assert res.to_record()["cost_estimated"] is True

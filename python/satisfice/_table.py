@@ -22,6 +22,9 @@ class ModelRowSpec(TypedDict):
     bias: float
     ability: Sequence[float]
     disabled: bool
+    long_above: float  # prompt tokens above which the long-context prices apply; inf: none
+    long_in: float
+    long_out: float
 
 
 class RuleSpec(TypedDict):

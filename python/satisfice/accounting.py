@@ -32,4 +32,6 @@ def usage_of(messages: Sequence[Mapping[str, Any]], tokenizer: str, resp: ChatRe
 def cost_of(price: Price | None, usage: Usage) -> float | None:
     if price is None:
         return None
-    return price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+    return price.cost(
+        usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens
+    )

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from . import _core
 from .accounting import cost_of, usage_of
 from .errors import (
     AllAttemptsFailedError,
@@ -339,24 +340,32 @@ class Executor:
                 deployment=t.dep.name,
             ) from None
 
-    def _failed(self, run: Run, t: _Target, e: ProviderError, started: float) -> Action:
-        """Record a failed attempt, update health, and say what to do next."""
+    def _failed(
+        self, run: Run, t: _Target, e: ProviderError, started: float, streamed: str | None = None
+    ) -> Action:
+        """Record a failed attempt, update health, and say what to do next.
+
+        A call the upstream may still bill (it timed out after reaching it, or a stream broke
+        after `streamed` text) carries an estimated cost: the prompt (and that text)."""
         now = perf_counter()
         run.upstream_s += now - started
-        run.attempts.append(
-            Attempt(
-                t.model,
-                t.dep.name,
-                "error",
-                started - run.t0,
-                now - started,
-                type(e).__name__,
-                str(e),
-                e.status,
-                e.retry_after,
-                step=run.step,
-            )
+        attempt = Attempt(
+            t.model,
+            t.dep.name,
+            "error",
+            started - run.t0,
+            now - started,
+            type(e).__name__,
+            str(e),
+            e.status,
+            e.retry_after,
+            step=run.step,
         )
+        if streamed is not None or isinstance(e, UpstreamTimeoutError):
+            usage = self._prompt_usage(run, t, streamed or "")
+            attempt.usage, attempt.cost_estimated = usage, True
+            attempt.cost_usd = cost_of(t.price, usage)
+        run.attempts.append(attempt)
         action = classify(e)
         if action is Action.DISABLE:
             self.health.disable(t.key, str(e))
@@ -435,6 +444,13 @@ class Executor:
     # results ------------------------------------------------------------------------------
     def _usage(self, run: Run, t: _Target, resp: ChatResponse) -> Usage:
         return usage_of(run.request.messages, t.spec.tokenizer, resp)
+
+    def _prompt_usage(self, run: Run, t: _Target, completion: str = "") -> Usage:
+        """What a call that got no final answer may be billed: the prompt as routed (the
+        decision's count for this model), plus any text that already streamed."""
+        tokens_in = next((c.tokens_in for c in run.decision.candidates if c.model == t.model), 0)
+        out = _core.count_tokens(completion, t.spec.tokenizer) if completion else 0
+        return Usage(tokens_in, out, source="estimated")
 
     def _result(
         self,
@@ -662,8 +678,8 @@ class Executor:
             result.metadata = metadata
             yield StreamDelta(done=True, result=result)
         except ProviderError as e:
-            self._failed(run, t, e, started)
             text = "".join(delivered)
+            self._failed(run, t, e, started, streamed=text)
             raise StreamInterruptedError(
                 f"the stream from {t.model} via {t.dep.name} failed after {len(text)} characters "
                 f"had reached you, so no fallback was possible ({e}); retry the request if you "
@@ -780,13 +796,12 @@ class Executor:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         now = perf_counter()
-        tokens_in = {c.model: c.tokens_in for c in run.decision.candidates}
         for task, (t, started) in running.items():
             self.health.record_slow(t.key, now - started)  # it took at least this long
             if not task.cancelled() and task.exception() is None:  # finished with the winner
                 usage, estimated = self._usage(run, t, task.result()), False
             else:  # the prompt, as far as it got: billed or not, we cannot know
-                usage, estimated = Usage(tokens_in.get(t.model, 0), 0), True
+                usage, estimated = self._prompt_usage(run, t), True
             run.attempts.append(
                 Attempt(
                     t.model,

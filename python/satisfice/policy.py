@@ -189,6 +189,7 @@ class Policy:
         for m in registry:
             p = qm.params_for(m)
             price = m.price
+            long = price.long_context if price else None
             rows.append(
                 {
                     "id": m.id,
@@ -202,6 +203,9 @@ class Policy:
                     "bias": float(p.bias),
                     "ability": [float(a) for a in p.ability],
                     "disabled": m.disabled,
+                    "long_above": long.above if long else math.inf,
+                    "long_in": long.input if long else math.nan,
+                    "long_out": long.output if long else math.nan,
                 }
             )
         rules: list[RuleSpec] = []

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from . import _core
 from .errors import ConfigError, UnknownModelError
 
-__all__ = ["Deployment", "ModelSpec", "Price", "Registry"]
+__all__ = ["Deployment", "LongContext", "ModelSpec", "Price", "Registry"]
 
 _APIS = ("openai", "anthropic")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
@@ -45,36 +45,86 @@ def _num(d: Mapping[str, Any], key: str, where: str, *, required: bool = False) 
 
 
 @dataclass(frozen=True, slots=True)
+class LongContext:
+    """Rates for a request whose prompt exceeds `above` tokens: the provider bills the
+    whole request at them (Anthropic above 200k, Gemini above 200k, GPT-5.x above 272k)."""
+
+    above: float
+    input: float
+    output: float
+
+
+@dataclass(frozen=True, slots=True)
 class Price:
-    """USD per 1M tokens. Optional tiers are None when the provider does not offer them."""
+    """USD per 1M tokens. Optional tiers are None when the provider does not offer them.
+
+    `cache_write`: writing a prompt cache (Anthropic: 1.25 x input for 5 minutes);
+    unset, writes are billed at the input rate. `long_context`: higher rates above a
+    prompt length. Batch rates are kept for reports; interactive calls use the others.
+    """
 
     input: float
     output: float
     cached_input: float | None = None
+    cache_write: float | None = None
     batch_input: float | None = None
     batch_output: float | None = None
+    long_context: LongContext | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> Price:
-        unknown = set(d) - {"input", "output", "cached_input", "batch_input", "batch_output"}
+        known = {
+            "input", "output", "cached_input", "cache_write", "batch_input", "batch_output",
+            "long_context",
+        }  # fmt: skip
+        unknown = set(d) - known
         if unknown:
-            raise ConfigError(f"{where}: unknown price field(s) {sorted(unknown)}")
+            raise ConfigError(
+                f"{where}: unknown price field(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
         inp = _num(d, "input", where, required=True)
         out = _num(d, "output", where, required=True)
         assert inp is not None and out is not None
+        long = d.get("long_context")
+        tier = None
+        if long is not None:
+            if not isinstance(long, Mapping) or set(long) != {"above", "input", "output"}:
+                raise ConfigError(
+                    f"{where}.long_context must be a table {{above = TOKENS, input = USD, "
+                    "output = USD}}"
+                )
+            above = _num(long, "above", f"{where}.long_context", required=True)
+            li = _num(long, "input", f"{where}.long_context", required=True)
+            lo = _num(long, "output", f"{where}.long_context", required=True)
+            assert above is not None and li is not None and lo is not None
+            tier = LongContext(above, li, lo)
         return cls(
             inp,
             out,
             _num(d, "cached_input", where),
+            _num(d, "cache_write", where),
             _num(d, "batch_input", where),
             _num(d, "batch_output", where),
+            tier,
         )
 
-    def cost(self, tokens_in: float, tokens_out: float, cached_in: float = 0.0) -> float:
-        """USD for one request; cached input tokens use the cached tier when there is one."""
-        cached_rate = self.cached_input if self.cached_input is not None else self.input
-        fresh = max(tokens_in - cached_in, 0.0)
-        return (fresh * self.input + cached_in * cached_rate + tokens_out * self.output) / 1e6
+    def cost(
+        self, tokens_in: float, tokens_out: float, cached_in: float = 0.0, cache_write: float = 0.0
+    ) -> float:
+        """USD for one request. `tokens_in` counts every prompt token, cached reads and cache
+        writes included; each part is billed at its own rate, and the whole request at the
+        long-context rates when the prompt is longer than their threshold."""
+        inp, out = self.input, self.output
+        long = self.long_context
+        if long is not None and tokens_in > long.above:
+            inp, out = long.input, long.output
+        scale = inp / self.input if self.input else 1.0  # tiers scale with the input rate
+        cached_rate = (self.cached_input if self.cached_input is not None else self.input) * scale
+        write_rate = (self.cache_write if self.cache_write is not None else self.input) * scale
+        fresh = max(tokens_in - cached_in - cache_write, 0.0)
+        return (
+            fresh * inp + cached_in * cached_rate + cache_write * write_rate + tokens_out * out
+        ) / 1e6
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,11 +87,13 @@ class ChatResult:
 
     @property
     def total_cost_usd(self) -> float | None:
-        """This answer plus every other call that may be billed; None when any of their
-        costs is unknown (an unpriced model), never a partial sum that counts it as $0."""
+        """This answer plus every other call that may be billed (hedge and race losers,
+        rejected answers, and calls that timed out or broke mid-stream after reaching the
+        upstream, at an estimate: `cost_estimated`); None when any of their costs is unknown
+        (an unpriced model), never a partial sum that counts it as $0."""
         total, billed = 0.0, False
         for a in self.attempts:
-            if a.outcome not in _BILLED:
+            if a.outcome not in _BILLED and not a.cost_estimated:
                 continue
             if a.cost_usd is None:
                 return None
