@@ -246,13 +246,14 @@ def test_the_router_estimates_long_prompts_at_long_context_rates() -> None:
     router = Router()
     pro = router.registry["gemini-2.5-pro"]
     text = "word " * 230_000  # 230k tokens: above the 200k tier (estimated at ~182k)
-    # under a cap the tier can break, the decision is made on the exact count and tier
+    # a cap that even the upper bound at long-context rates fits: decided on the estimate
     d = router.route(text, allow=(pro.id,), max_output_tokens=1000, max_cost_usd=0.7)
-    c = d.primary
-    assert c.tokens_in_exact and c.tokens_in > 200_000
-    assert c.est_cost_usd == pytest.approx((c.tokens_in * 2.5 + 1000 * 15.0) / 1e6, rel=1e-6)
-    with pytest.raises(NoRouteError, match="max_cost"):  # $0.59 at the long-context rates
+    assert d.model == pro.id and not d.primary.tokens_in_exact
+    # a cap the tier breaks: decided on the exact count (x1.05 for Gemini) at 2.50/15.00
+    with pytest.raises(NoRouteError, match="max_cost") as e:
         router.route(text, allow=(pro.id,), max_output_tokens=1000, max_cost_usd=0.5)
+    est = float(e.value.filtered[pro.id].split("$")[1].split()[0])
+    assert est == pytest.approx((round(230_001 * 1.05) + 7) * 2.5e-6 + 1000 * 15e-6, rel=1e-3)
 
 
 async def test_a_timed_out_call_is_billed_at_an_estimate(up: LocalUpstream) -> None:
