@@ -166,7 +166,14 @@ pub struct Constraints {
     /// Per row: measured p95 latency (ms) that replaces the registry's; NaN = none. Empty
     /// when nothing has been measured.
     pub live_p95_ms: Vec<f64>,
+    /// Image parts in the messages: their tokens are added to the prompt's.
+    pub images: u32,
 }
+
+/// Prompt tokens of one image: an estimate, and bounds wide enough for every provider's
+/// accounting (OpenAI: 85 at low detail to ~1,100 for a large high-detail image; Anthropic:
+/// up to ~1,600 for a 1.15-megapixel image).
+pub const IMAGE_TOKENS: (f64, f64, f64) = (85.0, 765.0, 1600.0);
 
 impl Default for Constraints {
     fn default() -> Self {
@@ -179,6 +186,7 @@ impl Default for Constraints {
             lambda: None,
             exclude: Vec::new(),
             live_p95_ms: Vec::new(),
+            images: 0,
         }
     }
 }
@@ -496,7 +504,8 @@ impl DispatchTable {
                     .map(|t| tokens::count(t, base) as f64)
                     .sum::<f64>()
             });
-            (n * ratio as f64).round() + overhead
+            // images have no exact count: the safe side of their range
+            (n * ratio as f64).round() + overhead + c.images as f64 * IMAGE_TOKENS.2
         };
         let mut passing: Vec<Candidate> = Vec::with_capacity(self.rows.len());
         let mut filtered = Vec::new();
@@ -541,15 +550,19 @@ impl DispatchTable {
             }
             // The estimate decides when even its bounds agree; a decision the bounds straddle
             // (near a limit, or text the estimator cannot vouch for) uses the exact count.
-            let mut t_in = info.est_tokens(r.family) as f64;
+            let img = c.images as f64;
+            let mut t_in = info.est_tokens(r.family) as f64 + img * IMAGE_TOKENS.1;
             let (lo, hi) = info.bounds(r.family);
-            let (lo, hi) = (lo as f64, hi as f64);
+            let (lo, hi) = (
+                lo as f64 + img * IMAGE_TOKENS.0,
+                hi as f64 + img * IMAGE_TOKENS.2,
+            );
             let out = tokens_out as f64;
             let mut is_exact = false;
             let window = r.context_window as f64;
             if hi + out > window && lo + out <= window {
                 t_in = exact(r.family);
-                is_exact = r.family.is_exact();
+                is_exact = r.family.is_exact() && c.images == 0;
             }
             if t_in + out > window {
                 filtered.push((
@@ -573,7 +586,7 @@ impl DispatchTable {
                 }
                 if !is_exact && r.cost(hi, out) > c.max_cost && r.cost(lo, out) <= c.max_cost {
                     t_in = exact(r.family);
-                    is_exact = r.family.is_exact();
+                    is_exact = r.family.is_exact() && c.images == 0;
                     cost = r.cost(t_in, out);
                 }
                 if cost > c.max_cost {

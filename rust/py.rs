@@ -137,7 +137,14 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreEr
                                 }
                             }
                             "image_url" | "image" | "input_image" => images += 1,
-                            _ => {}
+                            // carried to the model, not counted here
+                            "input_audio" | "file" | "input_file" | "refusal" => {}
+                            other => {
+                                return Err(CoreError::Input(format!(
+                                    "messages[{i}].content[{j}] has type {other:?}; known: \
+                                     text, image_url, input_audio, file, refusal"
+                                )))
+                            }
                         }
                     }
                     buf
@@ -726,6 +733,7 @@ impl PyDispatchTable {
         c.lambda = lam;
         if images > 0 {
             c.required_caps |= cap::parse("vision").unwrap_or(0);
+            c.images = images as u32;
         }
         let table = &self.table;
         let plan = if total_bytes(&msgs) > DETACH_BYTES {

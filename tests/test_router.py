@@ -268,3 +268,15 @@ def test_constraint_edge_shapes() -> None:
         router.route([])
     with pytest.raises(ConfigError, match="policy.quality_floor must be a number"):
         Policy(quality_floor="0.8")  # type: ignore[arg-type]
+
+
+def test_images_add_tokens_and_unknown_parts_are_refused() -> None:
+    router = Router()
+    text = {"type": "text", "text": "What is in this picture?"}
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    plain = router.route([{"role": "user", "content": [text]}])
+    with_images = router.route([{"role": "user", "content": [text, image, image]}])
+    assert with_images.primary.tokens_in >= plain.primary.tokens_in + 2 * 85
+    assert "vision" not in with_images.filtered.get(with_images.model, ("", ""))[1]
+    with pytest.raises(InputError, match=r'content\[1\] has type "video"'):
+        router.route([{"role": "user", "content": [text, {"type": "video", "url": "x"}]}])
