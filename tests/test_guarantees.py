@@ -267,3 +267,33 @@ async def test_a_timed_out_call_is_billed_at_an_estimate(up: LocalUpstream) -> N
     assert timed_out.cost_usd is not None and timed_out.cost_usd > 0
     assert res.total_cost_usd == pytest.approx(timed_out.cost_usd + (res.cost_usd or 0))
     assert res.to_record()["cost_estimated"] is True
+
+
+def test_chat_sync_pools_connections_and_closes_cleanly() -> None:
+    from .chat_support import open_fds
+
+    with LocalUpstream() as up:
+        fds = open_fds()
+        before = up.total_connections
+        with router(up.url) as r:
+            results = [r.chat_sync(MSGS) for _ in range(20)]
+        assert all(res.model == "alpha" for res in results)
+        assert up.total_connections - before == 1  # one connection for every call
+        assert open_fds() <= fds + 1  # the loop thread and its sockets are gone
+
+
+async def test_chat_sync_refuses_a_running_loop(up: LocalUpstream) -> None:
+    async with router(up.url) as r:
+        with pytest.raises(RuntimeError, match="await router.chat"):
+            r.chat_sync(MSGS)
+
+
+async def test_async_with_sets_the_client_up_before_the_first_request(up: LocalUpstream) -> None:
+    from satisfice import Router
+
+    r = Router(registry(up.url))
+    async with r:
+        io = r._io
+        assert io is not None  # built on entry, not inside the first request
+        await r.chat(MSGS)
+        assert r._io is io

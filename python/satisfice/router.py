@@ -382,7 +382,66 @@ class Router:
             await io.client.aclose()
 
     async def __aenter__(self) -> Router:
+        if self._io is None:  # set up now, not inside the first request's overhead
+            self.configure()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    # -- for scripts: the same calls without async ---------------------------------------
+    _sync: _LoopThread | None = None
+
+    def chat_sync(
+        self,
+        messages: Messages,
+        constraints: Constraints | Mapping[str, Any] | None = None,
+        **kw: Any,
+    ) -> ChatResult:
+        """`chat()` for code without an event loop (scripts, notebooks' plain cells). Every
+        call runs on one private event loop thread, so connections are pooled across calls;
+        `close()` (or `with router:`) ends it. Inside async code, `await router.chat()`."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop running here: the expected case
+            pass
+        else:
+            raise RuntimeError(
+                "chat_sync() was called from a running event loop; use await router.chat()"
+            )
+        if self._sync is None:
+            self._sync = _LoopThread()
+        result: ChatResult = self._sync.run(self.chat(messages, constraints, **kw))
+        return result
+
+    def close(self) -> None:
+        """Close what chat_sync() opened (its connections and its loop thread)."""
+        sync, self._sync = self._sync, None
+        if sync is not None:
+            sync.run(self.aclose())
+            sync.stop()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _LoopThread:
+    """One event loop on a daemon thread: where chat_sync() runs its requests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, daemon=True, name="satisfice-sync"
+        )
+        self.thread.start()
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
