@@ -4,7 +4,6 @@ recorded outcomes, per-step workflow routing and the offline evaluation."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ from satisfice.eval import OutcomeSet
 from satisfice.eval.cascade_eval import evaluate_cascade, fit_calibrated, summary_lines
 from satisfice.providers.base import ChatResponse, Usage
 from satisfice.replay import Replay
+
+from .data_support import DATA, needs_data
 
 LETTER = v.agreement(v.choice_letter)
 
@@ -348,11 +349,10 @@ def test_fit_calibrated_learns_which_check_matters() -> None:
     assert fitted(good[0], v.Context()).passed and not fitted(bad[0], v.Context()).passed
 
 
-DATA = Path(os.environ.get("SATISFICE_DATA_DIR", "../shared/data"))
-GSM8K = DATA / "routellm" / "gsm8k" / "gsm8k_responses.csv"
+GSM8K = (DATA or Path("/nonexistent")) / "routellm" / "gsm8k" / "gsm8k_responses.csv"
 
 
-@pytest.mark.skipif(not GSM8K.is_file(), reason="GSM8K outcome data not found")
+@needs_data
 def test_evaluate_cascade_on_a_gsm8k_slice() -> None:
     from satisfice.eval import load_routellm
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from satisfice.cli import main
+
+from .data_support import DATA, needs_data
 
 KEYS = {
     "n",
@@ -144,8 +146,7 @@ def test_cascade_strategy_needs_recorded_answers(
 
 # -- the shared data, on small slices -----------------------------------------------------
 
-DATA = os.environ.get("SATISFICE_DATA_DIR")
-shared = pytest.mark.skipif(not DATA, reason="SATISFICE_DATA_DIR is not set")
+shared = needs_data
 
 
 def _check(res: dict[str, object], models: int) -> None:
@@ -219,3 +220,23 @@ def test_cascade_strategy_on_a_slice_of_real_responses(
     report = json.loads(out)
     assert report["strategy"] == "cascade"
     assert report["split"]["n_test"] + report["split"]["n_tune"] == 300
+
+
+def test_plot_without_matplotlib_still_prints_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name: str, *a: Any, **kw: Any) -> Any:
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    data = write_outcomes(tmp_path / "log.jsonl", 80)
+    code, out, err = run(capsys, "--format", "outcomes", str(data), "--test-split", "hash:0.5",
+                         "--plot", str(tmp_path / "c.png"))  # fmt: skip
+    assert code == 1 and "AIQ" in out and "plotting needs matplotlib" in err
+    assert not (tmp_path / "c.png").exists()

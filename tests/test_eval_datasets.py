@@ -6,7 +6,6 @@ import csv
 import json
 import logging
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -17,6 +16,8 @@ import pytest
 from satisfice.errors import DatasetError
 from satisfice.eval import datasets as ds
 from satisfice.eval.datasets import OutcomeSet
+
+from .data_support import needs_data
 
 
 def words(text: str) -> int:
@@ -439,9 +440,7 @@ def test_data_dir_and_dispatcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 # --- the real data (only when SATISFICE_DATA_DIR points at it) --------------------------
 
 
-@pytest.mark.skipif(
-    not os.environ.get("SATISFICE_DATA_DIR"), reason="SATISFICE_DATA_DIR is not set"
-)
+@needs_data
 def test_real_data_shapes() -> None:
     from satisfice.eval import metrics
 

@@ -166,15 +166,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out["strategy"] = "route"
     out["split"] = split.info
     out["predictor"] = {"name": qm.name, "trained_here": bool(split.train)}
+    plot_failed = None
     if args.plot:
         from .plot import plot_curve
 
         s = report.summary
-        plot_curve(s.curve, s.singles, s.oracle, args.plot, title=_title(args, out))
+        try:
+            plot_curve(s.curve, s.singles, s.oracle, args.plot, title=_title(args, out))
+        except ImportError as e:  # the report is still worth printing
+            plot_failed = f"--plot: {e}"
+            out["notes"].append(f"no plot drawn: {e}")
     if args.json:
         print(json.dumps(out, indent=2, default=_jsonable))
     else:
         print(format_report(out))
+    if plot_failed:
+        print(f"satisfice eval: {plot_failed}", file=sys.stderr)
+        return 1
     return 0
 
 
