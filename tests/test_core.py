@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from satisfice import _core
+from satisfice import Router, _core
 from satisfice.errors import InputError, TokenizerError
 
 from .reference import tiktoken_encoding
@@ -142,3 +142,42 @@ def test_featurize_never_crashes(text: str) -> None:
     assert np.isfinite(v).all()
     assert info["task"] in _core.TASKS
     assert _core.estimate_tokens(text) >= 0
+
+
+# Anything a caller might pass as messages: the boundary answers with a route or a
+# SatisficeError, never a crash or a bare Python error.
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=50),
+    st.binary(max_size=20),
+    st.sampled_from(["user", "system", "assistant", "tool", "text", "image_url", "content"]),
+)
+_values = st.recursive(
+    _leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(
+            st.sampled_from(["role", "content", "type", "text", "x"]), inner, max_size=4
+        ),
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_values)
+def test_the_boundary_never_raises_a_bare_error(messages: object) -> None:
+    from satisfice import SatisficeError
+
+    for call in (_ROUTER.route, _core.count_message_tokens):
+        try:
+            call(messages)  # type: ignore[operator]
+        except SatisficeError:
+            pass  # a clear error is the answer; anything else fails the test
+
+
+_ROUTER = Router()
