@@ -171,13 +171,13 @@ _values = st.recursive(
 @settings(max_examples=400, deadline=None)
 @given(_values)
 def test_the_boundary_never_raises_a_bare_error(messages: object) -> None:
+    import contextlib
+
     from satisfice import SatisficeError
 
     for call in (_ROUTER.route, _core.count_message_tokens):
-        try:
+        with contextlib.suppress(SatisficeError):  # a clear error is an answer; nothing else
             call(messages)  # type: ignore[operator]
-        except SatisficeError:
-            pass  # a clear error is the answer; anything else fails the test
 
 
 _ROUTER = Router()
