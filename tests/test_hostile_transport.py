@@ -63,6 +63,15 @@ class LoopLag:
         self._task.cancel()
 
 
+def rss_mb() -> float:
+    """Resident memory of this process now (Linux), in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def sse_head() -> bytes:
     return (
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -160,10 +169,23 @@ async def test_a_huge_body_is_refused_not_buffered(raw: RawUpstream, up: LocalUp
             await w.drain()
 
     raw.push(huge, huge)
-    async with router(up.url, max_response_bytes=4 << 20) as r:
+    before, peak = rss_mb(), 0.0
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, rss_mb())
+            await asyncio.sleep(0.005)
+
+    sampler = asyncio.create_task(sample())
+    async with router(up.url) as r:  # the default cap: 64 MiB
         r.update(alpha_on(raw, up))
         res = await r.chat(MSGS)
+    sampler.cancel()
+    grew = peak - before
+    print(f"peak RSS grew by {grew:.0f} MB for two 200 MB replies")
     assert res.model == "beta" and "max_body" in (res.attempts[0].error or "")
+    assert grew < 300
 
 
 @pytest.mark.parametrize(
