@@ -161,16 +161,15 @@ async def measure(url: str, n: int, rounds: int) -> tuple[list[list[str]], dict[
     router = Router(patch_registry(Registry.default(), url))
     decision = router.route(MESSAGES)
     assert decision.model == MODEL, f"the registry now routes 'hi' to {decision.model}"
-    # satisfice on httpx's own pool (the pooled_transport=False escape) and on aiohttp
-    httpx_router = Router(patch_registry(Registry.default(), url)).configure(
-        execution=ExecutionConfig(pooled_transport=False)
-    )
+    # satisfice on a client of httpx's own pool (configure(http=...)) and on aiohttp
+    httpx_client = httpx.AsyncClient(limits=httpx.Limits(max_connections=cfg.max_connections))
+    httpx_router = Router(patch_registry(Registry.default(), url)).configure(http=httpx_client)
     calls: dict[str, Call] = {
         "direct httpx": direct_call(default_client, url),
         "direct httpx + satisfice pool": direct_call(tuned_client, url),
     }
     routers = [router, httpx_router]
-    clients = [default_client, tuned_client]
+    clients = [default_client, tuned_client, httpx_client]
     if aio_client is not None:
         clients.append(aio_client)
         calls["direct httpx + aiohttp"] = direct_call(aio_client, url)

@@ -68,12 +68,10 @@ class Snapshot:
         for m in (*(c.allow or ()), *c.deny):
             if m not in idx:
                 self.registry[m]  # raises UnknownModelError listing the known ids
-        allowed = set(c.allow) if c.allow is not None else None
-        return [
-            i
-            for m, i in idx.items()
-            if m in c.deny or m in skip or (allowed is not None and m not in allowed)
-        ]
+        if c.allow is None:  # the usual case: as long as the lists, not the registry
+            return [idx[m] for m in (*c.deny, *skip) if m in idx]
+        allowed = set(c.allow)
+        return [i for m, i in idx.items() if m in c.deny or m in skip or m not in allowed]
 
     def below_floor(self, plan: Any, c: Constraints) -> NoRouteError:
         """The strict floor's refusal: no candidate reaches it; the best is named."""

@@ -72,32 +72,25 @@ class ExecutionConfig:
     max_connections_per_host: int | None = None  # None: half of max_connections
     keepalive_expiry_s: float = 60.0
     max_response_bytes: int = 64 << 20  # a body (after decompression) above this is an error
-    # satisfice's lean HTTP/1.1 pool (transport.py); False: httpx's own (for HTTP/2, proxies)
-    pooled_transport: bool = True
 
 
 def make_client(config: ExecutionConfig | None = None) -> httpx.AsyncClient:
-    """The shared client a Router uses: one keep-alive pool for every upstream."""
+    """The shared client a Router uses: one keep-alive pool for every upstream, on
+    satisfice's bounded HTTP/1.1 transport (transport.py). For HTTP/2 or a proxy, pass your
+    own client to `Router.configure(http=...)`: its limits are then yours to set."""
     from .transport import PooledTransport
 
     c = config or ExecutionConfig()
     timeout = httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s)
-    if c.pooled_transport:
-        transport = PooledTransport(
-            max_connections=c.max_connections,
-            max_per_host=c.max_connections_per_host,
-            keepalive_expiry=c.keepalive_expiry_s,
-            max_body=c.max_response_bytes,
-        )
-        # Only what the transport decodes itself, in bounded steps (no br/zstd).
-        headers = {"accept-encoding": "gzip, deflate"}
-        return httpx.AsyncClient(transport=transport, timeout=timeout, headers=headers)
-    limits = httpx.Limits(
+    transport = PooledTransport(
         max_connections=c.max_connections,
-        max_keepalive_connections=c.max_connections,
+        max_per_host=c.max_connections_per_host,
         keepalive_expiry=c.keepalive_expiry_s,
+        max_body=c.max_response_bytes,
     )
-    return httpx.AsyncClient(limits=limits, timeout=timeout)
+    # Only what the transport decodes itself, in bounded steps (no br/zstd).
+    headers = {"accept-encoding": "gzip, deflate"}
+    return httpx.AsyncClient(transport=transport, timeout=timeout, headers=headers)
 
 
 class _Target:
@@ -183,12 +176,13 @@ class Executor:
         self._timeout = httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s)
         self._reg: Registry | None = None
         self._targets: dict[str, tuple[_Target, ...]] = {}
+        self._key_model: dict[str, str] | None = None  # "model/deployment" -> model
 
     # targets ------------------------------------------------------------------------------
     def targets(self, registry: Registry, model: str) -> tuple[_Target, ...]:
         """The deployments of `model`; rebuilt when the router swaps in a new registry."""
         if registry is not self._reg:
-            self._reg, self._targets = registry, {}
+            self._reg, self._targets, self._key_model = registry, {}, None
         ts = self._targets.get(model)
         if ts is None:
             spec = registry[model]
@@ -228,13 +222,15 @@ class Executor:
         return chosen
 
     def blocked_models(self, registry: Registry, keys: set[str] | frozenset[str]) -> list[str]:
-        """Models none of whose deployments may be called now (`keys` are blocked)."""
-        out = []
-        for m in registry:
-            ts = self.targets(registry, m.id)
-            if ts and all(t.key in keys for t in ts):
-                out.append(m.id)
-        return out
+        """Models none of whose deployments may be called now (`keys` are blocked): read
+        from the blocked keys, so it costs the same at 20 models as at 2,000."""
+        if registry is not self._reg or self._key_model is None:
+            self.targets(registry, registry.ids[0])  # (re)bind to this registry
+            self._key_model = {
+                f"{m.id}/{d.name}": m.id for m in registry for d in m.deployments
+            }
+        models = {m for k in keys if (m := self._key_model.get(k)) is not None}
+        return [m for m in models if all(t.key in keys for t in self.targets(registry, m))]
 
     def _provider(self, t: _Target) -> Provider:
         if t.provider is None:
