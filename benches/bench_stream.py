@@ -1,0 +1,95 @@
+"""Streaming: satisfice `stream()` vs a direct httpx stream on the same transport, against the
+local upstream in its own process: time to first token (wall) and client CPU per stream.
+(That sequential streams keep one connection is a test: tests/test_hostile_transport.py.)
+
+    python benches/bench_stream.py          # prints the markdown table for the README
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+from bench_overhead import MESSAGES, MODEL, upstream
+
+from satisfice import Registry, Router
+from satisfice.executor import make_client
+from satisfice.testing import patch_registry
+
+Stream = Callable[[], Awaitable[float]]  # returns the time to the first text piece (s)
+
+
+def direct(client: httpx.AsyncClient, url: str) -> Stream:
+    body = {"model": MODEL, "messages": MESSAGES, "stream": True}
+
+    async def one() -> float:
+        t = time.perf_counter()
+        ttft = 0.0
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    delta = json.loads(line[6:])["choices"]
+                    if not ttft and delta and delta[0]["delta"].get("content"):
+                        ttft = time.perf_counter() - t
+        return ttft
+
+    return one
+
+
+def routed(router: Router) -> Stream:
+    async def one() -> float:
+        t = time.perf_counter()
+        ttft = 0.0
+        async with router.stream(MESSAGES) as s:
+            async for d in s:
+                if d.text and not ttft:
+                    ttft = time.perf_counter() - t
+        return ttft
+
+    return one
+
+
+async def measure(stream: Stream, n: int) -> tuple[list[float], float]:
+    for _ in range(20):  # warm up: connections, lazy imports
+        await stream()
+    ttfts = []
+    cpu = time.process_time()
+    for _ in range(n):
+        ttfts.append(await stream())
+    return ttfts, (time.process_time() - cpu) / n
+
+
+async def main_async(n: int) -> None:
+    with upstream() as url:
+        client = make_client()
+        router = Router(patch_registry(Registry.default(), url))
+        assert router.route(MESSAGES).model == MODEL
+        rows = []
+        for name, s in (("direct httpx stream (same transport)", direct(client, url)),
+                        ("satisfice stream()", routed(router))):  # fmt: skip
+            ttfts, cpu = await measure(s, n)
+            rows.append((name, statistics.median(ttfts) * 1e3, cpu * 1e6))
+        base_ttft, base_cpu = rows[0][1], rows[0][2]
+        print(f"`python benches/bench_stream.py --n {n}` (2 CPUs)\n")
+        print("| client | TTFT p50 ms | CPU µs per stream | TTFT vs direct | CPU vs direct |")
+        print("|---|---:|---:|---:|---:|")
+        for name, ttft, cpu in rows:
+            print(f"| {name} | {ttft:.3f} | {cpu:.0f} | {ttft / base_ttft:.2f}× | "
+                  f"{cpu / base_cpu:.2f}× |")  # fmt: skip
+        await client.aclose()
+        await router.aclose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=500)
+    asyncio.run(main_async(ap.parse_args().n))
+
+
+if __name__ == "__main__":
+    main()
