@@ -31,10 +31,11 @@ def raw() -> Iterator[RawUpstream]:
         yield r
 
 
-def alpha_on(raw: RawUpstream, up: LocalUpstream) -> Any:
+def alpha_on(raw: RawUpstream, up: LocalUpstream, api: str = "openai") -> Any:
     reg = registry(up.url)
     alpha = reg["alpha"]
-    dep = replace(alpha.deployments[0], base_url=raw.url + "/v1")
+    base = raw.url + ("/v1" if api == "openai" else "")
+    dep = replace(alpha.deployments[0], api=api, base_url=base)
     return reg.replace(replace(alpha, deployments=(dep,)))
 
 
@@ -82,9 +83,24 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def piece(text: str) -> bytes:
+def piece(text: str, api: str = "openai") -> bytes:
+    if api == "anthropic":
+        ev = {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": text},
+        }
+        return chunk(b"event: content_block_delta\ndata: " + json.dumps(ev).encode() + b"\n\n")
     event = {"choices": [{"delta": {"content": text}, "finish_reason": None}]}
     return chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+
+
+# what each wire format sends to keep a quiet stream open
+PING = {
+    "openai": chunk(b": keep-alive\n\n"),
+    "anthropic": chunk(b'event: ping\ndata: {"type": "ping"}\n\n'),
+}
+APIS = pytest.mark.parametrize("api", ["openai", "anthropic"])
 
 
 def forever(first: bytes, then: bytes) -> Callable[[asyncio.StreamWriter], Awaitable[None]]:
@@ -108,12 +124,13 @@ async def test_streams_keep_their_connection(up: LocalUpstream, api_model: str) 
     assert up.total_connections - before == 1
 
 
+@APIS
 async def test_keep_alive_comments_do_not_hold_a_stream_past_its_deadline(
-    raw: RawUpstream, up: LocalUpstream
+    raw: RawUpstream, up: LocalUpstream, api: str
 ) -> None:
-    raw.push(forever(piece("one"), chunk(b": keep-alive\n\n")))
+    raw.push(forever(piece("one", api), PING[api]))
     async with router(up.url) as r:
-        r.update(alpha_on(raw, up))
+        r.update(alpha_on(raw, up, api))
         t = time.perf_counter()
         with pytest.raises(StreamInterruptedError) as e:
             await r.stream(MSGS, timeout=1.0).result()
@@ -123,22 +140,26 @@ async def test_keep_alive_comments_do_not_hold_a_stream_past_its_deadline(
     assert e.value.attempts
 
 
+@APIS
 async def test_pings_before_any_text_fall_back_within_the_deadline(
-    raw: RawUpstream, up: LocalUpstream
+    raw: RawUpstream, up: LocalUpstream, api: str
 ) -> None:
-    raw.push(forever(b"", chunk(b": ping\n\n")))
+    raw.push(forever(b"", PING[api]))
     async with router(up.url, stream_idle_timeout_s=0.5) as r:
-        r.update(alpha_on(raw, up))
+        r.update(alpha_on(raw, up, api))
         t = time.perf_counter()
         res = await r.stream(MSGS, timeout=3.0).result()
     assert res.model == "beta" and time.perf_counter() - t < 1.5
     assert res.attempts[0].model == "alpha" and res.attempts[0].error_type == "UpstreamTimeoutError"
 
 
-async def test_an_sse_line_that_never_ends_is_refused(raw: RawUpstream, up: LocalUpstream) -> None:
+@APIS
+async def test_an_sse_line_that_never_ends_is_refused(
+    raw: RawUpstream, up: LocalUpstream, api: str
+) -> None:
     raw.push(forever(chunk(b"data: " + b"x" * 60_000), chunk(b"y" * 60_000)))
     async with router(up.url) as r:
-        r.update(alpha_on(raw, up))
+        r.update(alpha_on(raw, up, api))
         res = await r.stream(MSGS, timeout=10.0).result()
     assert res.model == "beta"
     assert "SSE line longer" in (res.attempts[0].error or "")
@@ -198,13 +219,15 @@ async def test_a_huge_body_is_refused_not_buffered(raw: RawUpstream, up: LocalUp
         b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\ncontent-length: 2\r\n\r\n{}",
     ],
 )
+@pytest.mark.parametrize("stream", [False, True])
+@APIS
 async def test_lying_lengths_are_protocol_errors(
-    raw: RawUpstream, up: LocalUpstream, head: bytes
+    raw: RawUpstream, up: LocalUpstream, head: bytes, api: str, stream: bool
 ) -> None:
     raw.push(head + OK_BODY, head + OK_BODY)
     async with router(up.url) as r:
-        r.update(alpha_on(raw, up))
-        res = await r.chat(MSGS)
+        r.update(alpha_on(raw, up, api))
+        res = await (r.stream(MSGS).result() if stream else r.chat(MSGS))
     assert res.model == "beta"
     assert all(a.outcome == "error" for a in res.attempts if a.model == "alpha")
 
