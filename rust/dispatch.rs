@@ -48,6 +48,21 @@ impl ModelRow {
     pub fn priced(&self) -> bool {
         self.price_in.is_finite() && self.price_out.is_finite()
     }
+    /// The most prompt tokens whose cost, with `out` completion tokens, stays within `cap`
+    /// (the inverse of `cost`, long-context tier included).
+    pub fn max_tokens_within(&self, cap: f64, out: f64) -> f64 {
+        let base = (cap * 1e6 - out * self.price_out) / self.price_in;
+        if base <= self.long_above {
+            return base;
+        }
+        let long = (cap * 1e6 - out * self.long_out) / self.long_in;
+        if long > self.long_above {
+            long
+        } else {
+            self.long_above
+        }
+    }
+
     /// Estimated USD; a prompt above the long-context threshold is billed whole at those
     /// rates (as the providers do).
     pub fn cost(&self, tokens_in: f64, tokens_out: f64) -> f64 {
@@ -196,13 +211,32 @@ pub enum Filtered {
     Disabled,
     Excluded,
     MissingCaps(u32),
-    ContextWindow { need: u32, window: u32 },
-    OutputTooLong { want: u32, max: u32 },
+    ContextWindow {
+        need: u32,
+        window: u32,
+    },
+    /// Counted up to the window and over it (the count stopped there).
+    OverWindow {
+        window: u32,
+    },
+    OutputTooLong {
+        want: u32,
+        max: u32,
+    },
     LatencyUnknown,
-    Latency { p95: f64, slo: f64 },
+    Latency {
+        p95: f64,
+        slo: f64,
+    },
     Unpriced,
-    Cost { est: f64, max: f64 },
-    BelowFloor { p: f32, floor: f32 },
+    Cost {
+        est: f64,
+        max: f64,
+    },
+    BelowFloor {
+        p: f32,
+        floor: f32,
+    },
 }
 
 impl Filtered {
@@ -224,6 +258,9 @@ impl Filtered {
             Filtered::ContextWindow { need, window } => {
                 format!("needs {need} tokens, context window is {window}")
             }
+            Filtered::OverWindow { window } => {
+                format!("needs more than its context window of {window} tokens (counted)")
+            }
             Filtered::OutputTooLong { want, max } => {
                 format!("max_tokens {want} exceeds the model's max output {max}")
             }
@@ -242,7 +279,7 @@ impl Filtered {
             Filtered::Disabled => "disabled",
             Filtered::Excluded => "exclude",
             Filtered::MissingCaps(_) => "needs",
-            Filtered::ContextWindow { .. } => "context_window",
+            Filtered::ContextWindow { .. } | Filtered::OverWindow { .. } => "context_window",
             Filtered::OutputTooLong { .. } => "max_output_tokens",
             Filtered::LatencyUnknown | Filtered::Latency { .. } => "latency_slo_ms",
             Filtered::Unpriced | Filtered::Cost { .. } => "max_cost",
@@ -364,8 +401,37 @@ pub struct DispatchTable {
     pub expected_out: [u32; 8],
 }
 
-fn text_of(messages: &[Message]) -> impl Iterator<Item = &str> {
-    messages.iter().map(|m| m.content.as_str())
+/// Exact counts of one request's text, made only as far as a decision needs: per base
+/// encoding, the count if it was finished, else the least it is known to exceed.
+struct Counter<'a> {
+    messages: &'a [Message],
+    known: [Option<usize>; 2],
+    over: [usize; 2],
+}
+
+impl Counter<'_> {
+    /// The exact count in `base` if it is at most `limit`, else None. Costs O(limit).
+    fn upto(&mut self, base: Family, limit: usize) -> Option<usize> {
+        let k = usize::from(base == Family::Cl100k);
+        if let Some(n) = self.known[k] {
+            return (n <= limit).then_some(n);
+        }
+        if self.over[k] > limit {
+            return None;
+        }
+        let mut total = 0usize;
+        for m in self.messages {
+            match tokens::count_till_limit(&m.content, base, limit - total) {
+                Some(n) => total += n,
+                None => {
+                    self.over[k] = limit + 1;
+                    return None;
+                }
+            }
+        }
+        self.known[k] = Some(total);
+        Some(total)
+    }
 }
 
 impl DispatchTable {
@@ -489,23 +555,10 @@ impl DispatchTable {
             .unwrap_or(self.expected_out[info.task as usize]);
         let overhead =
             (messages.len() * tokens::PER_MESSAGE_OVERHEAD + tokens::PER_REQUEST_OVERHEAD) as f64;
-        // Exact counts are made at most once per base encoding, and only when needed.
-        let mut exact_o200k: Option<f64> = None;
-        let mut exact_cl100k: Option<f64> = None;
-        let mut exact = |family: Family| -> f64 {
-            let (base, ratio) = family.base();
-            let slot = if base == Family::Cl100k {
-                &mut exact_cl100k
-            } else {
-                &mut exact_o200k
-            };
-            let n = *slot.get_or_insert_with(|| {
-                text_of(messages)
-                    .map(|t| tokens::count(t, base) as f64)
-                    .sum::<f64>()
-            });
-            // images have no exact count: the safe side of their range
-            (n * ratio as f64).round() + overhead + c.images as f64 * IMAGE_TOKENS.2
+        let mut counter = Counter {
+            messages,
+            known: [None; 2],
+            over: [0; 2],
         };
         let mut passing: Vec<Candidate> = Vec::with_capacity(self.rows.len());
         let mut filtered = Vec::new();
@@ -548,8 +601,9 @@ impl DispatchTable {
                 filtered.push((i, f));
                 continue;
             }
-            // The estimate decides when even its bounds agree; a decision the bounds straddle
-            // (near a limit, or text the estimator cannot vouch for) uses the exact count.
+            // A limit is decided on the estimate only when its bounds agree (the upper bound
+            // is the byte count, which no byte-level BPE count exceeds); otherwise on the
+            // exact count, made only as far as the limit (see `Counter`).
             let img = c.images as f64;
             let mut t_in = info.est_tokens(r.family) as f64 + img * IMAGE_TOKENS.1;
             let (lo, hi) = info.bounds(r.family);
@@ -558,11 +612,35 @@ impl DispatchTable {
                 hi as f64 + img * IMAGE_TOKENS.2,
             );
             let out = tokens_out as f64;
+            let (base, ratio) = r.family.base();
+            let ratio = ratio as f64;
+            // images have no exact count: the safe side of their range
+            let fixed = overhead + img * IMAGE_TOKENS.2;
+            let counted = |n: usize| (n as f64 * ratio).round() + fixed;
+            let base_limit = |room: f64| {
+                let x = ((room - fixed) / ratio).floor();
+                (x >= 0.0).then(|| x.min(u32::MAX as f64) as usize)
+            };
+            let exact_family = r.family.is_exact() && c.images == 0;
             let mut is_exact = false;
+            let mut was_counted = false;
             let window = r.context_window as f64;
             if hi + out > window && lo + out <= window {
-                t_in = exact(r.family);
-                is_exact = r.family.is_exact() && c.images == 0;
+                match base_limit(window - out).and_then(|l| counter.upto(base, l)) {
+                    Some(n) => {
+                        t_in = counted(n);
+                        (is_exact, was_counted) = (exact_family, true);
+                    }
+                    None => {
+                        filtered.push((
+                            i,
+                            Filtered::OverWindow {
+                                window: r.context_window,
+                            },
+                        ));
+                        continue;
+                    }
+                }
             }
             if t_in + out > window {
                 filtered.push((
@@ -584,10 +662,27 @@ impl DispatchTable {
                     filtered.push((i, Filtered::Unpriced));
                     continue;
                 }
-                if !is_exact && r.cost(hi, out) > c.max_cost && r.cost(lo, out) <= c.max_cost {
-                    t_in = exact(r.family);
-                    is_exact = r.family.is_exact() && c.images == 0;
-                    cost = r.cost(t_in, out);
+                if !was_counted && r.cost(hi, out) > c.max_cost && r.cost(lo, out) <= c.max_cost {
+                    let room = r.max_tokens_within(c.max_cost, out);
+                    match base_limit(room).and_then(|l| counter.upto(base, l)) {
+                        Some(n) => {
+                            t_in = counted(n);
+                            is_exact = exact_family;
+                            cost = r.cost(t_in, out);
+                        }
+                        None => {
+                            let past = base_limit(room).map_or(0, |l| l + 1);
+                            let est = r.cost(counted(past).max(t_in), out);
+                            filtered.push((
+                                i,
+                                Filtered::Cost {
+                                    est,
+                                    max: c.max_cost,
+                                },
+                            ));
+                            continue;
+                        }
+                    }
                 }
                 if cost > c.max_cost {
                     filtered.push((

@@ -157,18 +157,23 @@ impl CharCounts {
         let words: f32 = self.counts[est::WORD_LEN..est::WORD_LEN + 15].iter().sum();
         let (punct, runs) = (self.counts[est::PUNCT], self.counts[est::PUNCT_RUNS]);
         let punct_soup = punct > 0.35 * self.bytes as f32 && punct > 3.0 * runs;
+        // mostly line breaks or indentation: tokenisers merge runs the estimator counts apart
+        let blank = self.counts[est::NEWLINES] + self.counts[est::SPACE_RUN_CHARS];
+        let layout = blank > 0.25 * self.bytes as f32;
         self.long_run_chars == 0
             && !punct_soup
+            && !layout
             && self.non_ascii as f32 <= 0.05 * self.bytes as f32
             && self.counts[est::WORD_CAPITALISED] <= 0.25 * words
     }
 }
 
-/// How far an estimate of fitted text may be from the exact count, as a factor either way.
-/// Calibration errors are 0.5–9% on average (`scripts/calibrate_estimator.py`); 25% covers
-/// the worst texts seen. Decisions within this factor of a limit use an exact count.
-pub const MARGIN: f32 = 1.25;
-/// ... plus this many tokens either way: on a few words, one token is a large share.
+/// The estimate of fitted text never exceeds the exact count by more than this factor
+/// (plus `SLACK`): a prompt whose estimate is that far over a limit is refused without a
+/// count. (Under-estimates have no such bound: random lower-case words count 3x their
+/// estimate; the upper bound is the byte count.)
+pub const OVER_FACTOR: f32 = 1.5;
+/// ... plus this many tokens: on a few words, one token is a large share.
 pub const SLACK: f32 = 4.0;
 /// Estimated tokens per letter beyond the 24th of a long letter run (random letters are
 /// ~3 per token; a repeated letter is ~8: the estimate leans high, never 1 token for a MB).
@@ -350,16 +355,18 @@ pub fn estimate_from_counts(c: &CharCounts, family: Family) -> f32 {
     (dot * ratio).max(1.0)
 }
 
-/// (lower, upper) bounds on the exact count in `family` of text with counts `c`: the
-/// estimate within `MARGIN` for fitted text; otherwise 0 and the byte count, which no
-/// byte-level BPE count can exceed (scaled like the family's exact count).
+/// (lower, upper) bounds on the exact count in `family` of text with counts `c`. Upper:
+/// the byte count, which no byte-level BPE count can exceed (scaled like the family's
+/// exact count). Lower: the estimate over `OVER_FACTOR` for fitted text, else 0.
 pub fn bounds_from_counts(c: &CharCounts, family: Family) -> (f32, f32) {
     let est = estimate_from_counts(c, family);
-    if c.fitted() {
-        ((est / MARGIN - SLACK).max(0.0), est * MARGIN + SLACK)
+    let hi = (c.bytes as f32 * family.base().1).ceil().max(est);
+    let lo = if c.fitted() {
+        (est / OVER_FACTOR - SLACK).max(0.0)
     } else {
-        (0.0, (c.bytes as f32 * family.base().1).ceil().max(est))
-    }
+        0.0
+    };
+    (lo, hi)
 }
 
 pub fn estimate(text: &str, family: Family) -> f32 {

@@ -226,9 +226,7 @@ class Executor:
         from the blocked keys, so it costs the same at 20 models as at 2,000."""
         if registry is not self._reg or self._key_model is None:
             self.targets(registry, registry.ids[0])  # (re)bind to this registry
-            self._key_model = {
-                f"{m.id}/{d.name}": m.id for m in registry for d in m.deployments
-            }
+            self._key_model = {f"{m.id}/{d.name}": m.id for m in registry for d in m.deployments}
         models = {m for k in keys if (m := self._key_model.get(k)) is not None}
         return [m for m in models if all(t.key in keys for t in self.targets(registry, m))]
 
