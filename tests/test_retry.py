@@ -34,7 +34,7 @@ def test_classify(error: ProviderError, action: Action) -> None:
     assert classify(error) is action
 
 
-BASE = {"max_retries": 2, "max_retry_wait_s": 2.0, "base_s": 0.1, "max_s": 1.0, "jitter": 0.5}
+BASE = {"max_retries": 2, "base_s": 0.1, "max_s": 1.0, "jitter": 0.5}
 
 
 @pytest.mark.parametrize(
@@ -49,6 +49,7 @@ BASE = {"max_retries": 2, "max_retry_wait_s": 2.0, "base_s": 0.1, "max_s": 1.0, 
         ({"retry": 0, "retry_after": 3.0, "time_left_s": None}, None),
         ({"retry": 0, "retry_after": 0.2, "time_left_s": 0.5}, None),
         ({"retry": 0, "retry_after": None, "time_left_s": 0.01}, None),  # past the deadline
+        ({"retry": 0, "retry_after": 0.0, "time_left_s": None}, 0.05),  # "0": no wait asked
     ],
 )
 def test_backoff(case: dict[str, float | None], expected: float | None) -> None:

@@ -9,7 +9,9 @@ The registry is a tuple replaced whole, so readers on any thread never see it ha
 
 from __future__ import annotations
 
-__all__ = ["REDACTED", "register", "scrub", "scrub_bytes"]
+from typing import Any
+
+__all__ = ["REDACTED", "StreamScrubber", "register", "scrub", "scrub_bytes", "scrub_values"]
 
 REDACTED = "[redacted]"
 _MIN_LEN = 8  # shorter values are not keys, and would redact ordinary words
@@ -31,6 +33,47 @@ def scrub(text: str) -> str:
         if s in text:
             text = text.replace(s, REDACTED)
     return text
+
+
+def scrub_values(data: Any) -> Any:
+    """`data` (parsed JSON) with every string scrubbed, keys included."""
+    if not _secrets:
+        return data
+    if isinstance(data, str):
+        return scrub(data)
+    if isinstance(data, list):
+        return [scrub_values(v) for v in data]
+    if isinstance(data, dict):
+        return {scrub(k) if isinstance(k, str) else k: scrub_values(v) for k, v in data.items()}
+    return data
+
+
+class StreamScrubber:
+    """Scrubs text that arrives in pieces: a key split across two pieces is still caught.
+    Only a piece's end that could be the start of a key is held back, until the next piece
+    says whether it is one (usually nothing is held: text rarely ends like a key begins)."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        if not _secrets:
+            return piece
+        text = scrub(self._held + piece)
+        hold = 0
+        for s in _secrets:
+            for k in range(min(len(s) - 1, len(text)), hold, -1):
+                if text.endswith(s[:k]):
+                    hold = k
+                    break
+        self._held = text[len(text) - hold :] if hold else ""
+        return text[: len(text) - hold] if hold else text
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held
 
 
 def scrub_bytes(data: bytes) -> bytes:

@@ -16,17 +16,31 @@ if TYPE_CHECKING:
 __all__ = ["cost_of", "usage_of"]
 
 
+#: Above this many bytes, text is estimated rather than counted: an exact count of a large
+#: answer would hold the event loop (and the request's deadline) for a noticeable time.
+COUNT_LIMIT_BYTES = 256 * 1024
+
+
 def usage_of(messages: Sequence[Mapping[str, Any]], tokenizer: str, resp: ChatResponse) -> Usage:
-    """Provider-reported usage, else our own count (exact for OpenAI encodings)."""
+    """Provider-reported usage, else our own count (exact for OpenAI encodings, for texts up
+    to COUNT_LIMIT_BYTES; estimated beyond, and `source` says so)."""
     if resp.usage is not None:
         return resp.usage
     out = resp.text + "".join(c.name + c.arguments for c in resp.tool_calls)
+    texts = [c for m in messages if isinstance(c := m.get("content"), str)]
+    big = len(out) + sum(len(t) for t in texts) > COUNT_LIMIT_BYTES
+    exact = _core.is_exact_family(tokenizer) and not big
     try:
-        n_in = _core.count_message_tokens(messages, tokenizer)
+        if big:
+            n_in = round(sum(_core.estimate_tokens(t, tokenizer) for t in texts))
+        else:
+            n_in = _core.count_message_tokens(messages, tokenizer)
     except SatisficeError:  # messages the counter cannot read (exotic parts): estimate
-        n_in = sum(len(str(m.get("content", ""))) for m in messages) // 4
-    source = "counted" if _core.is_exact_family(tokenizer) else "estimated"
-    return Usage(n_in, _core.count_tokens(out, tokenizer), source=source)
+        n_in, exact = sum(len(str(m.get("content", ""))) for m in messages) // 4, False
+    n_out = (
+        round(_core.estimate_tokens(out, tokenizer)) if big else _core.count_tokens(out, tokenizer)
+    )
+    return Usage(n_in, n_out, source="counted" if exact else "estimated")
 
 
 def cost_of(price: Price | None, usage: Usage) -> float | None:

@@ -277,6 +277,17 @@ class Cascade:
         ladder = " -> ".join("[" + ", ".join(s.models) + "]" for s in self.steps)
         return f"Cascade({ladder})"
 
+    def capped(self, max_cost_usd: float) -> Cascade:
+        """This ladder with a cost cap (the same steps, budgets and rules otherwise)."""
+        return Cascade(
+            self.steps,
+            latency_budget_ms=self.latency_budget_ms,
+            max_cost_usd=max_cost_usd,
+            on_budget=self.on_budget,
+            skip_below=self.skip_below,
+            clock=self.clock,
+        )
+
     @classmethod
     def from_decision(
         cls,

@@ -54,6 +54,10 @@ class Snapshot:
         table's other rows are reused as compiled."""
         qm = self.policy.quality_model()
         policy = replace(self.policy, quality=qm.with_models({**qm.models, model: params}))
+        if qm.name != "prior" and any(m.id not in qm.models for m in self.registry):
+            # a trained predictor seeds models it never saw from the mean of those it knows,
+            # which this update moves: every such row changes, so compile them all
+            return Snapshot.build(self.registry, policy)
         table = self.table.with_model(
             self.index[model], float(params.bias), [float(a) for a in params.ability]
         )

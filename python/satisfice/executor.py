@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from . import _core
+from ._redact import StreamScrubber
 from .accounting import cost_of, usage_of
 from .errors import (
     AllAttemptsFailedError,
@@ -122,6 +123,7 @@ class Run:
         "request",
         "step",
         "t0",
+        "tried",
         "upstream_s",
     )
 
@@ -147,6 +149,7 @@ class Run:
         self.step = step  # the cascade step this run belongs to
         self.upstream_s = 0.0
         self.min_window = 0  # after a context-length error: windows must be larger than this
+        self.tried: set[str] = set()  # targets already called: no longer fallbacks
 
     def sub(self, model: str, messages: list[dict[str, Any]], step: int | None) -> Run:
         """One model of a cascade step: its own target order, the shared attempt list."""
@@ -192,6 +195,7 @@ class Executor:
     def enable(self, registry: Registry, model: str, deployment: str | None = None) -> None:
         for t in self._named(registry, model, deployment):
             self.health.enable(t.key)
+            t.provider = None  # rebuilt on next use, with the key the environment holds now
 
     def disable(self, registry: Registry, model: str, deployment: str | None, reason: str) -> None:
         for t in self._named(registry, model, deployment):
@@ -309,7 +313,7 @@ class Executor:
         blocked = self.health.blocked()
         for m in run.order if run.order is not None else (d.model, *d.fallbacks):
             for x in self.targets(run.registry, m):
-                if x.key != t.key and x.key not in blocked:
+                if x.key != t.key and x.key not in blocked and x.key not in run.tried:
                     return True
         return False
 
@@ -381,7 +385,6 @@ class Executor:
             retry=retry,
             max_retries=c.max_retries,
             retry_after=e.retry_after,
-            max_retry_wait_s=c.max_retry_wait_s,
             base_s=c.backoff_base_s,
             max_s=c.backoff_max_s,
             jitter=random.random(),
@@ -401,6 +404,7 @@ class Executor:
             cooled: list[_Target] = []
             for t in self._available(run, cooled, only):
                 retry = 0
+                run.tried.add(t.key)
                 while True:
                     started = perf_counter()
                     try:
@@ -551,13 +555,23 @@ class Executor:
                     "pass accept=<validator> (see satisfice.validators), or a Cascade"
                 )
             ladder = Cascade.from_decision(d, run.accept)
+        cap = d.constraints.max_cost_usd
+        if cap is not None and (ladder.max_cost_usd is None or ladder.max_cost_usd > cap):
+            ladder = ladder.capped(cap)  # the request's cap (a job's share) binds the ladder
         answered: dict[int, tuple[_Target, ChatResponse, Attempt]] = {}
 
         async def call(model: str, messages: list[dict[str, Any]]) -> Answer:
             sub = run.sub(model, messages, current_step())
-            t, started, resp = await self._first_success(
-                sub, lambda p, timeout: p.complete(sub.request, timeout)
-            )
+            began = perf_counter()
+            try:
+                t, started, resp = await self._first_success(
+                    sub, lambda p, timeout: p.complete(sub.request, timeout)
+                )
+            except asyncio.CancelledError:  # the ladder's latency budget cut the step off
+                self._cut_off(sub, model, began)
+                raise
+            finally:
+                run.upstream_s += sub.upstream_s  # time its failed tries waited
             done = perf_counter()
             run.upstream_s += done - started
             self.health.record_success(t.key, done - started)
@@ -631,15 +645,18 @@ class Executor:
         ttft = None
         paused = 0.0
         delivered: list[str] = []
+        scrubber = StreamScrubber()  # a key split across pieces never reaches the caller
         try:
             while not isinstance(item, ChatResponse):
-                if ttft is None:
-                    ttft = perf_counter() - run.t0
-                delivered.append(item)
-                y = perf_counter()
-                yield StreamDelta(item)
+                piece = scrubber.feed(item)
                 w = perf_counter()
-                paused += w - y
+                if piece:
+                    if ttft is None:
+                        ttft = w - run.t0
+                    delivered.append(piece)
+                    yield StreamDelta(piece)
+                    y, w = w, perf_counter()
+                    paused += w - y
                 wait = idle
                 if run.deadline is not None:
                     wait = max(min(idle, run.deadline - w), 0.0)
@@ -665,6 +682,10 @@ class Executor:
                     ) from None
                 finally:
                     run.upstream_s += perf_counter() - w
+            rest = scrubber.flush()
+            if rest:
+                delivered.append(rest)
+                yield StreamDelta(rest)
             self.health.record_success(t.key, perf_counter() - started - paused)
             result = self._result(run, t, item, started, ttft, paused)
             if started_at is not None:
@@ -706,6 +727,7 @@ class Executor:
                 except AuthError as e:  # no key set: next target
                     self._failed(run, t, e, perf_counter())
                     continue
+                run.tried.add(t.key)
                 call = partial(p.complete, run.request, self._budget(run, t)[0])
                 task = asyncio.ensure_future(self._bounded(run, t, call))
                 running[task] = (t, perf_counter())
@@ -714,6 +736,8 @@ class Executor:
         first = perf_counter()
         try:
             for _ in range(1 if hedge else width):
+                if not more:
+                    break  # fewer targets than the width asked for
                 launch()
             while running:
                 timeout = None
@@ -769,6 +793,27 @@ class Executor:
             raise self._all_failed(run)
         finally:
             await self._cancel(run, running)
+
+    def _cut_off(self, run: Run, model: str, began: float) -> None:
+        """Record a call cancelled in flight (it may be billed: the prompt, estimated)."""
+        ts = self.targets(run.registry, model)
+        if not ts:
+            return
+        t = ts[0]
+        usage = self._prompt_usage(run, t)
+        run.attempts.append(
+            Attempt(
+                t.model,
+                t.dep.name,
+                "cancelled",
+                began - run.t0,
+                perf_counter() - began,
+                usage=None,
+                cost_usd=cost_of(t.price, usage),
+                cost_estimated=True,
+                step=run.step,
+            )
+        )
 
     async def _check(self, run: Run, t: _Target, resp: ChatResponse) -> Verdict | None:
         """The race's acceptance check: `run.accept`, a Validator (None: take any answer)."""

@@ -60,11 +60,8 @@ class Constraints:
     def __post_init__(self) -> None:
         for name in ("max_cost_usd", "latency_slo_ms", "lam", "quality_floor"):
             v = getattr(self, name)
-            if v is not None and (
-                isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
-                or v < 0
-            ):  # fmt: skip
-                raise ConfigError(f"constraints.{name} must be a finite number >= 0, got {v!r}")
+            if v is not None and not _finite_number(v):
+                raise ConfigError(f"constraints.{name} must be a finite number >= 0, got {v!r:.40}")
         if self.quality_floor is not None and not 0.0 <= self.quality_floor <= 1.0:
             raise ConfigError(
                 f"constraints.quality_floor must be in [0, 1], got {self.quality_floor}"
@@ -76,6 +73,9 @@ class Constraints:
             )
         if self.strict_floor is not None and not isinstance(self.strict_floor, bool):
             raise ConfigError("constraints.strict_floor must be True, False or None")
+        for name in ("needs", "deny"):
+            if getattr(self, name) is None:  # "none" of them
+                object.__setattr__(self, name, ())
         for name in ("needs", "allow", "deny"):
             v = getattr(self, name)
             if isinstance(v, str):  # one id, not its letters
@@ -317,6 +317,16 @@ class Policy:
             raise ConfigError(f"policy file {path} does not exist") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"policy file {path} is not valid JSON: {e}") from None
+
+
+def _finite_number(v: object) -> bool:
+    """A real number >= 0 that fits a float (10**400 does not)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    try:
+        return math.isfinite(float(v)) and v >= 0
+    except OverflowError:
+        return False
 
 
 def _bool(v: object, where: str) -> bool:

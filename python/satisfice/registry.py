@@ -29,7 +29,11 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 def _is_url(url: str) -> bool:
     if any(c.isspace() for c in url):
         return False
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not 0..65535)
+    except ValueError:
+        return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
@@ -39,8 +43,12 @@ def _num(d: Mapping[str, Any], key: str, where: str, *, required: bool = False) 
         if required:
             raise ConfigError(f"{where}: {key!r} is required")
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-        raise ConfigError(f"{where}: {key!r} must be a finite number >= 0, got {v!r}")
+    try:
+        ok = not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(float(v))
+    except OverflowError:  # 10**400
+        ok = False
+    if not ok or v < 0:
+        raise ConfigError(f"{where}: {key!r} must be a finite number >= 0, got {v!r:.40}")
     return float(v)
 
 
@@ -172,6 +180,8 @@ class Deployment:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}: name must be a non-empty string")
         price = d.get("price")
+        if price is not None and not isinstance(price, Mapping):
+            raise ConfigError(f"{where}: price must be a table like {{input = 1.0, output = 2.0}}")
         return cls(
             name=name,
             api=api,
@@ -203,8 +213,8 @@ class ModelSpec:
         where = f"model {self.id!r}"
         if not self.id or not isinstance(self.id, str):
             raise ConfigError("a model needs a non-empty string id")
-        if self.context_window <= 0 or self.max_output <= 0:
-            raise ConfigError(f"{where}: context_window and max_output must be > 0")
+        if not (0 < self.context_window < 2**32 and 0 < self.max_output < 2**32):
+            raise ConfigError(f"{where}: context_window and max_output must be in [1, 2**32)")
         if self.max_output > self.context_window:
             raise ConfigError(f"{where}: max_output exceeds context_window")
         if self.tokenizer not in _core.FAMILIES:
@@ -329,6 +339,8 @@ class Registry:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Registry:
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a registry is a table of [[model]] entries, got {type(d).__name__}")
         unknown = set(d) - {"model", "models", "meta"}
         if unknown:  # a misspelt [[modle]] would otherwise drop its models without a word
             raise ConfigError(
@@ -338,7 +350,13 @@ class Registry:
         models = d.get("model", d.get("models"))
         if not isinstance(models, list):
             raise ConfigError("a registry needs a list of models under 'model' ([[model]] in TOML)")
-        return cls((ModelSpec.from_dict(m) for m in models), d.get("meta"))
+        for i, m in enumerate(models):
+            if not isinstance(m, Mapping):
+                raise ConfigError(f"model[{i}] must be a table, got {type(m).__name__}")
+        meta = d.get("meta")
+        if meta is not None and not isinstance(meta, Mapping):
+            raise ConfigError(f"meta must be a table, got {type(meta).__name__}")
+        return cls((ModelSpec.from_dict(m) for m in models), meta)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Registry:

@@ -56,19 +56,17 @@ def backoff_s(
     retry: int,
     max_retries: int,
     retry_after: float | None,
-    max_retry_wait_s: float,
     base_s: float,
     max_s: float,
     jitter: float,
     time_left_s: float | None,
 ) -> float | None:
     """Seconds to wait before retry number `retry` of the same deployment, or None to move
-    on: full jitter (`jitter` in [0, 1)) on an exponential backoff. A Retry-After always
-    moves on: while another target may answer, nobody waits for this one (when none is
-    left, `cooldown_wait_s` decides, the same way for 1.9 s and 3 s). No wait that ends at
-    or past the deadline (`time_left_s`)."""
-    del max_retry_wait_s  # the rule for Retry-After lives in cooldown_wait_s
-    if retry >= max_retries or retry_after is not None:
+    on: full jitter (`jitter` in [0, 1)) on an exponential backoff. A Retry-After (above 0)
+    always moves on: while another target may answer, nobody waits for this one (when none
+    is left, `cooldown_wait_s` decides, the same way for 1.9 s and 3 s). No wait that ends
+    at or past the deadline (`time_left_s`)."""
+    if retry >= max_retries or (retry_after is not None and retry_after > 0):
         return None
     wait = jitter * min(max_s, base_s * 2.0**retry)  # full jitter spreads many clients' retries
     if time_left_s is not None and wait >= time_left_s:

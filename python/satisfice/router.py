@@ -10,7 +10,7 @@ from time import perf_counter, time
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from .decision import Candidate, Decision, Snapshot
-from .errors import ConfigError, NoRouteError
+from .errors import ConfigError, InputError, NoRouteError
 from .feedback import FeedbackLog
 from .policy import Constraints, Policy
 from .predict import ModelParams
@@ -68,8 +68,50 @@ def _text_bytes(msgs: list[dict[str, Any]]) -> int:
         if isinstance(content, str):
             n += len(content)
         elif isinstance(content, list):
-            n += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+            n += sum(
+                len(t)
+                for p in content
+                if isinstance(p, dict) and isinstance(t := p.get("text"), str)
+            )
     return n
+
+
+def _message_list(messages: object) -> list[dict[str, Any]]:
+    """The caller's messages as a list of fresh dicts (theirs are never changed)."""
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    if isinstance(messages, Sequence) and all(isinstance(m, Mapping) for m in messages):
+        return [dict(m) for m in messages]
+    raise InputError(
+        "messages must be a str or a list of {'role': ..., 'content': ...} dicts, got "
+        f"{type(messages).__name__}" + (" holding a non-dict" if isinstance(messages, list) else "")
+    )
+
+
+def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> None:
+    """The call's own options have the types the wire needs (values are checked there)."""
+    for name in ("extra", "response_format"):
+        if call[name] is not None and not isinstance(call[name], Mapping):
+            raise ConfigError(
+                f"{name} must be a dict, got {type(call[name]).__name__}"
+                + (
+                    "; for a pydantic model pass {'type': 'json_schema', 'json_schema': "
+                    "{'name': ..., 'schema': Model.model_json_schema()}}"
+                    if name == "response_format"
+                    else ""
+                )
+            )
+    if call["tools"] is not None and not isinstance(call["tools"], list):
+        raise ConfigError(f"tools must be a list of tool dicts, got {type(call['tools']).__name__}")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise ConfigError(f"metadata must be a dict, got {type(metadata).__name__}")
+    if timeout is not None and not (
+        isinstance(timeout, int | float) and not isinstance(timeout, bool) and 0 < timeout < 1e9
+    ):
+        raise ConfigError(f"timeout must be a number of seconds > 0, got {timeout!r:.40}")
+    m = call["max_tokens"]
+    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 0 < m < 2**32):
+        raise ConfigError(f"max_tokens must be an integer in [1, 2**32), got {m!r:.40}")
 
 
 class Router:
@@ -225,12 +267,10 @@ class Router:
             )
         call = {k: opts.pop(k, None) for k in _CALL_FIELDS}
         timeout = opts.pop("timeout", None)
-        metadata = dict(opts.pop("metadata", None) or {})
-        msgs = (
-            [{"role": "user", "content": messages}]
-            if isinstance(messages, str)
-            else [dict(m) for m in messages]
-        )
+        metadata = opts.pop("metadata", None)
+        _check_options(call, timeout, metadata)
+        metadata = dict(metadata or {})
+        msgs = _message_list(messages)
         # A request that needs tools or JSON must not be routed to a model without them.
         needs: tuple[str, ...] = ()
         if call["tools"]:
@@ -314,6 +354,15 @@ class Router:
         Raises NoRouteError, AllAttemptsFailedError (`.attempts` says why), BadRequestError,
         CascadeBudgetError.
         """
+        if isinstance(race, bool) or not isinstance(race, int) or not 0 <= race <= 64:
+            raise ConfigError(f"race must be an integer from 0 to 64, got {race!r:.40}")
+        if not isinstance(hedge, bool):
+            raise ConfigError(f"hedge must be True or False, got {hedge!r:.40}")
+        if accept is not None and not callable(accept):
+            raise ConfigError(
+                "accept must be a validator (see satisfice.validators), e.g. "
+                f"validators.check(lambda text: ...); got {type(accept).__name__}"
+            )
         t0, started_at = perf_counter(), time()
         io, run, metadata = await self._begin(messages, constraints, options, t0, accept)
         if cascade:

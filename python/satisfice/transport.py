@@ -262,12 +262,17 @@ class PooledTransport(httpx.AsyncBaseTransport):
         head = b"\r\n".join(lines) + b"\r\n\r\n"
         conn, reused = await self._acquire(key, request, timeouts)
         try:
-            conn.writer.write(head + body if len(body) < 65536 else head)
-            if len(body) >= 65536:
-                conn.writer.write(body)
-                await _timed(
-                    conn.writer.drain(), timeouts.get("write"), httpx.WriteTimeout, request
-                )
+            try:
+                conn.writer.write(head + body if len(body) < 65536 else head)
+                if len(body) >= 65536:
+                    conn.writer.write(body)
+                    await _timed(
+                        conn.writer.drain(), timeouts.get("write"), httpx.WriteTimeout, request
+                    )
+            except (ConnectionError, OSError) as e:
+                raise httpx.WriteError(
+                    f"sending the request failed: {e}", request=request
+                ) from None
             status, reason, headers, keep = await _read_head(conn, request, timeouts)
             length = _body_length(request, status, headers)
             decoder = _decoder(headers, request)
@@ -346,7 +351,8 @@ async def _read_head(
             status = int(parts[1])
         except (ValueError, IndexError):
             raise httpx.RemoteProtocolError(
-                f"not an HTTP/1.x response: {lines[0][:80]!r}", request=request
+                f"not an HTTP/1.x response (a status line of {len(lines[0])} bytes)",
+                request=request,
             ) from None
         if 100 <= status < 200 and status != 101:
             continue  # 100 Continue and friends: the real answer follows
@@ -373,7 +379,9 @@ def _body_length(
         lk = k.lower()
         if lk == b"content-length":
             if not v.isdigit() or len(v) > 18:
-                raise httpx.RemoteProtocolError(f"bad Content-Length {v[:40]!r}", request=request)
+                raise httpx.RemoteProtocolError(
+                    "a Content-Length that is not a number", request=request
+                )
             if length is not None and int(v) != length:
                 raise httpx.RemoteProtocolError(
                     "conflicting Content-Length headers", request=request
@@ -382,7 +390,7 @@ def _body_length(
         elif lk == b"transfer-encoding":
             if v.strip().lower() != b"chunked":
                 raise httpx.RemoteProtocolError(
-                    f"unsupported Transfer-Encoding {v[:40]!r}", request=request
+                    "a Transfer-Encoding other than chunked", request=request
                 )
             chunked = True
     if chunked and length is not None:  # a request-smuggling shape: trust neither
@@ -404,7 +412,7 @@ def _decoder(headers: list[tuple[bytes, bytes]], request: httpx.Request) -> Any:
             if enc == b"deflate":
                 return zlib.decompressobj()
             raise httpx.RemoteProtocolError(
-                f"unsupported Content-Encoding {v[:40]!r} (satisfice asks for gzip or none)",
+                "a Content-Encoding other than gzip or deflate (satisfice asks for those only)",
                 request=request,
             )
     return None
@@ -412,7 +420,7 @@ def _decoder(headers: list[tuple[bytes, bytes]], request: httpx.Request) -> Any:
 
 class _Body(httpx.AsyncByteStream):
     """The response body: bounded, decoded in small steps, and its connection given back
-    once read to the end (or drained in the background when closed early)."""
+    once read to the end (closed with it when the body is closed early)."""
 
     __slots__ = (
         "_chunk_done",
@@ -530,7 +538,7 @@ async def _next_chunk(conn: _Conn, t: float | None, req: httpx.Request) -> bytes
         if size < 0:
             raise ValueError(size)
     except ValueError:
-        raise httpx.RemoteProtocolError(f"bad chunk size line {line[:40]!r}", request=req) from None
+        raise httpx.RemoteProtocolError("a chunk size that is not a number", request=req) from None
     if size == 0:
         while await _read(conn, r.readuntil(b"\r\n"), t, req) != b"\r\n":
             pass  # trailers

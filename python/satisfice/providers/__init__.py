@@ -35,7 +35,15 @@ def make_provider(client: httpx.AsyncClient, model_id: str, dep: Deployment) -> 
     """
     key = None
     if dep.api_key_env:
-        key = os.environ.get(dep.api_key_env)
+        key = (os.environ.get(dep.api_key_env) or "").strip()  # HTTP trims it: so do we
+        if key and not (key.isascii() and key.isprintable()):
+            raise AuthError(
+                f"{model_id} via {dep.name}: environment variable {dep.api_key_env} holds "
+                "characters an HTTP header cannot carry (non-ASCII or control characters); "
+                "check how the key was pasted",
+                model=model_id,
+                deployment=dep.name,
+            )
         if not key:
             raise AuthError(
                 f"{model_id} via {dep.name}: environment variable {dep.api_key_env} is not set; "

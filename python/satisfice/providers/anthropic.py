@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from .._redact import scrub
 from ..errors import BadRequestError, ProviderError, RetryableError
 from .base import (
     PARSE_ERRORS,
@@ -25,8 +26,10 @@ from .base import (
     HTTPProvider,
     ToolCall,
     Usage,
+    encode_body,
     encode_json,
     finish_stream,
+    parse_json,
     sse_events,
     text_field,
     token_count,
@@ -260,9 +263,9 @@ class AnthropicProvider(HTTPProvider):
         return {"anthropic-version": API_VERSION}
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
-        content = await self._post(encode_json(to_anthropic(request, self.model)).encode(), timeout)
+        content = await self._post(encode_body(to_anthropic(request, self.model)), timeout)
         try:
-            data = json.loads(content)
+            data = parse_json(content)
             texts: list[str] = []
             calls: list[ToolCall] = []
             for b in data["content"]:
@@ -287,7 +290,7 @@ class AnthropicProvider(HTTPProvider):
     async def stream(
         self, request: ChatRequest, timeout: httpx.Timeout
     ) -> AsyncGenerator[str | ChatResponse, None]:
-        body = encode_json(to_anthropic(request, self.model, stream=True)).encode()
+        body = encode_body(to_anthropic(request, self.model, stream=True))
         resp = await self._open(body, timeout)
         try:
             parts: list[str] = []
@@ -321,7 +324,7 @@ class AnthropicProvider(HTTPProvider):
                         if b["type"] == "tool_use":
                             if len(tools) >= 128:
                                 raise ValueError("more than 128 tool calls in one answer")
-                            tools[ev["index"]] = (
+                            tools[token_count(ev["index"], "content_block.index")] = (
                                 text_field(b["id"], "tool_use.id"),
                                 text_field(b["name"], "tool_use.name"),
                                 [],
@@ -361,9 +364,9 @@ class AnthropicProvider(HTTPProvider):
                     raise self._malformed(f"bad stream event ({type(e).__name__}: {e})") from None
             if not ended:
                 raise self._malformed("the stream ended before message_stop")
-            calls = [ToolCall(i, n, "".join(a)) for _, (i, n, a) in sorted(tools.items())]
+            calls = [ToolCall(i, n, scrub("".join(a))) for _, (i, n, a) in sorted(tools.items())]
             finish = _FINISH.get(stop or "", stop)
-            text = "".join(parts)
+            text = scrub("".join(parts))  # a key split across pieces is whole only now
             if calls and calls[0].name == _JSON_TOOL:
                 text, calls, finish = calls[0].arguments, [], "stop"
             usage = _usage(usage_in, out_tokens) if out_tokens is not None else None

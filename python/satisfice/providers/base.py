@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from .._redact import register, scrub, scrub_bytes
+from .._redact import register, scrub, scrub_bytes, scrub_values
 from ..errors import (
     AuthError,
     BadRequestError,
@@ -215,7 +215,7 @@ def _message_of(body: bytes) -> str:
     """The upstream's own error message (both APIs use {"error": {"message": ...}})."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body[:300].decode("utf-8", "replace").strip()
     err = data.get("error") if isinstance(data, dict) else None
     if isinstance(err, dict):
@@ -286,6 +286,26 @@ def error_from_transport(exc: Exception, model: str, deployment: str) -> Retryab
 
 # Compact, non-ASCII kept: the bytes httpx's `json=` would send, without its per-call encoder.
 encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode_body(payload: Any) -> bytes:
+    """The JSON body of a request; what cannot be JSON (an object in `extra`, a non-string
+    key) is the request's fault: BadRequestError, never a raw TypeError."""
+    try:
+        return encode_json(payload).encode()
+    except (TypeError, ValueError, RecursionError) as e:
+        raise BadRequestError(
+            f"the request cannot be sent as JSON ({type(e).__name__}: {e}); pass only JSON "
+            "values in messages, tools, tool_choice, response_format and extra"
+        ) from None
+
+
+def parse_json(content: bytes) -> Any:
+    """An upstream's JSON body, with every configured key scrubbed from its strings (a key
+    written with \\u escapes survives the byte-level scrub, so the decoded values are
+    scrubbed too when the body has escapes)."""
+    data = json.loads(content)
+    return scrub_values(data) if b"\\u" in content else data
 
 
 class HTTPProvider:

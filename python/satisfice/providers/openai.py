@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from .._redact import scrub
 from .base import (
     PARSE_ERRORS,
     ChatRequest,
@@ -16,9 +17,10 @@ from .base import (
     HTTPProvider,
     ToolCall,
     Usage,
-    encode_json,
+    encode_body,
     error_from_response,
     finish_stream,
+    parse_json,
     sse_events,
     text_field,
     token_count,
@@ -98,12 +100,12 @@ class OpenAIProvider(HTTPProvider):
             p["stream_options"] = {"include_usage": True}
         if r.extra:
             p.update(r.extra)
-        return encode_json(p).encode()
+        return encode_body(p)
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
         content = await self._post(self._body(request, False), timeout)
         try:
-            data = json.loads(content)
+            data = parse_json(content)
             msg = data["choices"][0]
             message = msg["message"]
             calls = [
@@ -171,8 +173,11 @@ class OpenAIProvider(HTTPProvider):
                     raise self._malformed(why) from None
             if not done and finish is None:
                 raise self._malformed("the stream ended before [DONE]")
-            calls = [ToolCall(a.id, a.name, "".join(a.args)) for _, a in sorted(tools.items())]
-            yield ChatResponse("".join(parts), last, usage, finish, calls)
+            calls = [
+                ToolCall(a.id, a.name, scrub("".join(a.args))) for _, a in sorted(tools.items())
+            ]
+            # a key split across pieces is whole only now
+            yield ChatResponse(scrub("".join(parts)), last, usage, finish, calls)
         except httpx.RequestError as e:
             raise self._transport_error(e) from None
         finally:
