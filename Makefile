@@ -41,8 +41,9 @@ lint:
 	$(PY) -m mypy.stubtest satisfice._core
 
 bench:              ## benchmarks side by side with the alternatives (not part of `test`)
-	$(PY) -m pytest benches --benchmark-enable --benchmark-only --benchmark-json=.benchmarks/bench.json --benchmark-save-data
+	$(PY) -m pytest benches/bench_*.py --benchmark-enable --benchmark-only --benchmark-json=.benchmarks/bench.json --benchmark-save-data
 	$(PY) benches/report.py .benchmarks/bench.json
+	cd benches && $(PY) bench_stream.py
 	$(PY) benches/bench_overhead.py
 
 demo:
