@@ -443,6 +443,24 @@ class Executor:
     def _usage(self, run: Run, t: _Target, resp: ChatResponse) -> Usage:
         return usage_of(run.request.messages, t.spec.tokenizer, resp)
 
+    def _answered(
+        self, run: Run, t: _Target, resp: ChatResponse, started: float, now: float
+    ) -> Attempt:
+        """Record a call that answered: its usage, its cost, on the request's attempts."""
+        usage = self._usage(run, t, resp)
+        attempt = Attempt(
+            t.model,
+            t.dep.name,
+            "ok",
+            started - run.t0,
+            now - started,
+            usage=usage,
+            cost_usd=cost_of(t.price, usage),
+            step=run.step,
+        )
+        run.attempts.append(attempt)
+        return attempt
+
     def _prompt_usage(self, run: Run, t: _Target, completion: str = "") -> Usage:
         """What a call that got no final answer may be billed: the prompt as routed (the
         decision's count for this model), plus any text that already streamed."""
@@ -459,28 +477,16 @@ class Executor:
         ttft: float | None = None,
         paused: float = 0.0,
     ) -> ChatResult:
-        usage = self._usage(run, t, resp)
-        cost = cost_of(t.price, usage)
         now = perf_counter()
-        run.attempts.append(
-            Attempt(
-                t.model,
-                t.dep.name,
-                "ok",
-                started - run.t0,
-                now - started,
-                usage=usage,
-                cost_usd=cost,
-                step=run.step,
-            )
-        )
+        attempt = self._answered(run, t, resp, started, now)
+        assert attempt.usage is not None
         latency = now - run.t0
         return ChatResult(
             resp.text,
             t.model,
             t.dep.name,
-            usage,
-            cost,
+            attempt.usage,
+            attempt.cost_usd,
             latency,
             max(latency - run.upstream_s - paused, 0.0),
             run.attempts,
@@ -575,19 +581,8 @@ class Executor:
             done = perf_counter()
             run.upstream_s += done - started
             self.health.record_success(t.key, done - started)
-            usage = self._usage(sub, t, resp)
-            cost = cost_of(t.price, usage)
-            attempt = Attempt(
-                t.model,
-                t.dep.name,
-                "ok",
-                started - run.t0,
-                done - started,
-                usage=usage,
-                cost_usd=cost,
-                step=sub.step,
-            )
-            run.attempts.append(attempt)
+            attempt = self._answered(sub, t, resp, started, done)
+            cost = attempt.cost_usd
             answer = answer_from_chat(model, resp, cost_usd=cost, latency_ms=(done - started) * 1e3)
             answered[id(answer)] = (t, resp, attempt)
             return answer
