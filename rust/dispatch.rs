@@ -560,6 +560,7 @@ impl DispatchTable {
             known: [None; 2],
             over: [0; 2],
         };
+        let mut by_family: [Option<(f64, f64, f64)>; Family::ALL.len()] = [None; Family::ALL.len()];
         let mut passing: Vec<Candidate> = Vec::with_capacity(self.rows.len());
         let mut filtered = Vec::new();
         for (i, r) in self.rows.iter().enumerate() {
@@ -605,12 +606,13 @@ impl DispatchTable {
             // is the byte count, which no byte-level BPE count exceeds); otherwise on the
             // exact count, made only as far as the limit (see `Counter`).
             let img = c.images as f64;
-            let mut t_in = info.est_tokens(r.family) as f64 + img * IMAGE_TOKENS.1;
-            let (lo, hi) = info.bounds(r.family);
-            let (lo, hi) = (
-                lo as f64 + img * IMAGE_TOKENS.0,
-                hi as f64 + img * IMAGE_TOKENS.2,
-            );
+            // one estimate per tokenizer family, however many rows share it
+            let (est, lo, hi) = *by_family[r.family as usize].get_or_insert_with(|| {
+                let (e, l, h) = info.bounds(r.family);
+                (e as f64, l as f64, h as f64)
+            });
+            let mut t_in = est + img * IMAGE_TOKENS.1;
+            let (lo, hi) = (lo + img * IMAGE_TOKENS.0, hi + img * IMAGE_TOKENS.2);
             let out = tokens_out as f64;
             let (base, ratio) = r.family.base();
             let ratio = ratio as f64;

@@ -190,10 +190,12 @@ impl PromptInfo {
         tokens::estimate_from_counts(&self.counts, family) + self.overhead()
     }
 
-    /// Bounds on the exact prompt tokens in `family` (see `tokens::bounds_from_counts`).
-    pub fn bounds(&self, family: Family) -> (f32, f32) {
-        let (lo, hi) = tokens::bounds_from_counts(&self.counts, family);
-        (lo + self.overhead(), hi + self.overhead())
+    /// (estimate, lower, upper) prompt tokens in `family`, chat overhead included (see
+    /// `tokens::bounds_from_counts`).
+    pub fn bounds(&self, family: Family) -> (f32, f32, f32) {
+        let (est, lo, hi) = tokens::bounds_from_counts(&self.counts, family);
+        let o = self.overhead();
+        (est + o, lo + o, hi + o)
     }
 
     fn overhead(&self) -> f32 {

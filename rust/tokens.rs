@@ -355,10 +355,10 @@ pub fn estimate_from_counts(c: &CharCounts, family: Family) -> f32 {
     (dot * ratio).max(1.0)
 }
 
-/// (lower, upper) bounds on the exact count in `family` of text with counts `c`. Upper:
-/// the byte count, which no byte-level BPE count can exceed (scaled like the family's
-/// exact count). Lower: the estimate over `OVER_FACTOR` for fitted text, else 0.
-pub fn bounds_from_counts(c: &CharCounts, family: Family) -> (f32, f32) {
+/// (estimate, lower, upper) for the exact count in `family` of text with counts `c`.
+/// Upper: the byte count, which no byte-level BPE count can exceed (scaled like the
+/// family's exact count). Lower: the estimate over `OVER_FACTOR` for fitted text, else 0.
+pub fn bounds_from_counts(c: &CharCounts, family: Family) -> (f32, f32, f32) {
     let est = estimate_from_counts(c, family);
     let hi = (c.bytes as f32 * family.base().1).ceil().max(est);
     let lo = if c.fitted() {
@@ -366,7 +366,7 @@ pub fn bounds_from_counts(c: &CharCounts, family: Family) -> (f32, f32) {
     } else {
         0.0
     };
-    (lo, hi)
+    (est, lo, hi)
 }
 
 pub fn estimate(text: &str, family: Family) -> f32 {
@@ -409,7 +409,7 @@ mod tests {
         let c = char_counts(&text);
         assert!(!c.fitted());
         let exact = count(&text, Family::O200k) as f32;
-        let (lo, hi) = bounds_from_counts(&c, Family::O200k);
+        let (_, lo, hi) = bounds_from_counts(&c, Family::O200k);
         assert!(lo <= exact && exact <= hi, "{lo} {exact} {hi}");
         assert!(estimate(&text, Family::O200k) > 100_000.0);
         let prose = "The quick brown fox jumps over the lazy dog. ".repeat(20);

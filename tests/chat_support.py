@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 from satisfice import Policy, Registry, Router
@@ -45,6 +46,14 @@ def registry(url: str, p95_ms: float = 100.0) -> Registry:
             }
         )
     return Registry.from_dict({"model": models})
+
+
+def move_alpha(reg: Registry, server_url: str, api: str = "openai") -> Registry:
+    """`reg` with alpha's deployment on another server (a hostile one), in wire format `api`."""
+    alpha = reg["alpha"]
+    base = server_url + ("/v1" if api == "openai" else "")
+    dep = replace(alpha.deployments[0], api=api, base_url=base)
+    return reg.replace(replace(alpha, deployments=(dep,)))
 
 
 def router(url: str, health: Health | None = None, **config: Any) -> Router:

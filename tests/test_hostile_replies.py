@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 
+from satisfice import Registry
 from satisfice.testing import LocalUpstream, RawUpstream, http_response
 
-from .chat_support import registry, router
+from .chat_support import move_alpha, registry, router
 
 MSGS = [{"role": "user", "content": "hello there"}]
 
@@ -29,13 +29,8 @@ def openai_body(message: object, usage: object = None, finish: object = "stop") 
     return json.dumps(doc).encode()
 
 
-def with_alpha_on(raw: RawUpstream, up: LocalUpstream, api: str = "openai") -> object:
-    reg = registry(up.url)
-    alpha = reg["alpha"]
-    dep = replace(
-        alpha.deployments[0], api=api, base_url=raw.url + ("/v1" if api == "openai" else "")
-    )
-    return reg.replace(replace(alpha, deployments=(dep,)))
+def with_alpha_on(raw: RawUpstream, up: LocalUpstream, api: str = "openai") -> Registry:
+    return move_alpha(registry(up.url), raw.url, api)
 
 
 # Replies alpha cannot be taken at its word on: the request must fall back to beta.
@@ -57,7 +52,7 @@ MALFORMED = {
 async def test_malformed_replies_fall_back(raw: RawUpstream, up: LocalUpstream, case: str) -> None:
     raw.push(http_response(MALFORMED[case]), http_response(MALFORMED[case]))
     async with router(up.url) as r:
-        r.update(with_alpha_on(raw, up))  # type: ignore[arg-type]
+        r.update(with_alpha_on(raw, up))
         res = await r.chat(MSGS)
     assert res.model == "beta"
     errors = [a for a in res.attempts if a.model == "alpha"]
@@ -91,7 +86,7 @@ async def test_implausible_usage_is_counted(raw: RawUpstream, up: LocalUpstream,
         body = openai_body({"content": "fine"}, usage)
     raw.push(http_response(body))
     async with router(up.url) as r:
-        r.update(with_alpha_on(raw, up))  # type: ignore[arg-type]
+        r.update(with_alpha_on(raw, up))
         res = await r.chat(MSGS)
     assert res.model == "alpha" and res.text == "fine"
     assert res.usage.source == "counted" and 0 < res.usage.prompt_tokens < 100
@@ -115,7 +110,7 @@ async def test_anthropic_malformed_replies_fall_back(
     body = json.dumps(ANTHROPIC_MALFORMED[case]).encode()
     raw.push(http_response(body), http_response(body))
     async with router(up.url) as r:
-        r.update(with_alpha_on(raw, up, "anthropic"))  # type: ignore[arg-type]
+        r.update(with_alpha_on(raw, up, "anthropic"))
         res = await r.chat(MSGS)
     assert res.model == "beta"
     assert all(a.outcome == "error" for a in res.attempts if a.model == "alpha")
@@ -129,7 +124,7 @@ async def test_anthropic_negative_usage_is_counted(raw: RawUpstream, up: LocalUp
     }
     raw.push(http_response(json.dumps(body).encode()))
     async with router(up.url) as r:
-        r.update(with_alpha_on(raw, up, "anthropic"))  # type: ignore[arg-type]
+        r.update(with_alpha_on(raw, up, "anthropic"))
         res = await r.chat(MSGS)
     assert res.model == "alpha" and res.usage.source == "counted"
     assert res.cost_usd is not None and res.cost_usd > 0

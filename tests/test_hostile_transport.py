@@ -9,7 +9,6 @@ import gzip
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from satisfice.errors import AllAttemptsFailedError, StreamInterruptedError
 from satisfice.testing import LocalUpstream, RawUpstream, hang, http_response
 
-from .chat_support import registry, router, wire
+from .chat_support import move_alpha, registry, router, wire
 
 MSGS = [{"role": "user", "content": "hello there"}]
 OK_BODY = json.dumps(
@@ -32,11 +31,7 @@ def raw() -> Iterator[RawUpstream]:
 
 
 def alpha_on(raw: RawUpstream, up: LocalUpstream, api: str = "openai") -> Any:
-    reg = registry(up.url)
-    alpha = reg["alpha"]
-    base = raw.url + ("/v1" if api == "openai" else "")
-    dep = replace(alpha.deployments[0], api=api, base_url=base)
-    return reg.replace(replace(alpha, deployments=(dep,)))
+    return move_alpha(registry(up.url), raw.url, api)
 
 
 class LoopLag:

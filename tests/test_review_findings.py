@@ -18,7 +18,7 @@ from satisfice import validators as v
 from satisfice.testing import LocalUpstream, RawUpstream, http_response, reply, status
 from satisfice.workflow import Job
 
-from .chat_support import registry, router, wire
+from .chat_support import move_alpha, registry, router, wire
 
 MSGS = [{"role": "user", "content": "hello"}]
 KEY = "sk-canary-" + "5e1f0c" * 7
@@ -144,11 +144,7 @@ async def test_a_key_escaped_in_json_or_split_across_pieces_is_scrubbed(
             '{"choices":[{"message":{"content":"key: ' + escaped + '"},"finish_reason":"stop"}]}'
         ).encode()
         raw.push(http_response(body))
-        reg = keyed(up.url)
-        alpha = reg["alpha"]
-        reg = reg.replace(
-            replace(alpha, deployments=(replace(alpha.deployments[0], base_url=raw.url + "/v1"),))
-        )
+        reg = move_alpha(keyed(up.url), raw.url)
         async with router(up.url) as r:
             r.update(reg)
             res = await r.chat(MSGS)
@@ -218,11 +214,7 @@ async def test_deeply_nested_error_bodies_are_provider_errors(up: LocalUpstream)
     with RawUpstream() as raw:
         nested = b"[" * 100_000 + b"]" * 100_000
         raw.push(*[http_response(nested, status="500 Internal Server Error")] * 2)
-        reg = registry(up.url)
-        alpha = reg["alpha"]
-        reg = reg.replace(
-            replace(alpha, deployments=(replace(alpha.deployments[0], base_url=raw.url + "/v1"),))
-        )
+        reg = move_alpha(registry(up.url), raw.url)
         async with router(up.url) as r:
             r.update(reg)
             res = await r.chat(MSGS)
@@ -248,14 +240,7 @@ async def test_a_reset_during_a_large_upload_falls_back(up: LocalUpstream) -> No
 
     server = await asyncio.start_server(reset_after_head, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    reg = registry(up.url)
-    alpha = reg["alpha"]
-    reg = reg.replace(
-        replace(
-            alpha,
-            deployments=(replace(alpha.deployments[0], base_url=f"http://127.0.0.1:{port}/v1"),),
-        )
-    )
+    reg = move_alpha(registry(up.url), f"http://127.0.0.1:{port}")
     try:
         async with router(up.url) as r:
             r.update(reg)
