@@ -42,6 +42,8 @@ pub struct ModelRow {
     pub long_above: f64,
     pub long_in: f64,
     pub long_out: f64,
+    /// USD billed per call on top of tokens (0 for most models).
+    pub fee: f64,
 }
 
 impl ModelRow {
@@ -51,6 +53,7 @@ impl ModelRow {
     /// The most prompt tokens whose cost, with `out` completion tokens, stays within `cap`
     /// (the inverse of `cost`, long-context tier included).
     pub fn max_tokens_within(&self, cap: f64, out: f64) -> f64 {
+        let cap = cap - self.fee;
         let base = (cap * 1e6 - out * self.price_out) / self.price_in;
         if base <= self.long_above {
             return base;
@@ -71,7 +74,7 @@ impl ModelRow {
         } else {
             (self.price_in, self.price_out)
         };
-        (tokens_in * pin + tokens_out * pout) / 1e6
+        (tokens_in * pin + tokens_out * pout) / 1e6 + self.fee
     }
 }
 
@@ -768,6 +771,7 @@ mod tests {
             long_above: f64::INFINITY,
             long_in: f64::NAN,
             long_out: f64::NAN,
+            fee: 0.0,
         }
     }
 

@@ -502,6 +502,8 @@ struct RowSpec {
     long_above: f64,
     long_in: f64,
     long_out: f64,
+    /// USD per call on top of tokens.
+    fee: f64,
 }
 
 /// One rule, by name (`RuleSpec` in the stub); `models` are row indices in preference order.
@@ -604,6 +606,7 @@ impl PyDispatchTable {
                 long_above: r.long_above,
                 long_in: r.long_in,
                 long_out: r.long_out,
+                fee: r.fee,
             });
         }
         let mut compiled = Vec::with_capacity(rules.len());

@@ -148,7 +148,7 @@ def test_table_rows_are_named_and_typed() -> None:
         "id": spec.id, "price_in": 1.0, "price_out": 2.0, "context_window": 1000,
         "max_output": 100, "capabilities": ["json"], "p95_ms": float("nan"),
         "tokenizer": "o200k_base", "bias": 0.0, "ability": [0.0] * qm.k, "disabled": False,
-        "long_above": float("inf"), "long_in": float("nan"), "long_out": float("nan"),
+        "long_above": float("inf"), "long_in": float("nan"), "long_out": float("nan"), "fee": 0.0,
     }  # fmt: skip
     w = np.zeros(_core.Featurizer(qm.hash_buckets).dim * (qm.k + 1), np.float32)
     args = (w, [0.0] * (qm.k + 1), qm.k, [], [256] * 8, qm.hash_buckets)

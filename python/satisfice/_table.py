@@ -25,6 +25,7 @@ class ModelRowSpec(TypedDict):
     long_above: float  # prompt tokens above which the long-context prices apply; inf: none
     long_in: float
     long_out: float
+    fee: float  # USD per call on top of tokens
 
 
 class RuleSpec(TypedDict):

@@ -143,6 +143,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _catalogue_update(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    from . import sources
+    from .registry import Registry
+
+    base = Registry.from_toml(args.registry) if args.registry else Registry.default()
+    print(f"reading {args.source} {args.location or '(default location)'} ...", file=sys.stderr)
+    cat = sources.load(args.source, args.location)
+    names = [n for part in (args.models or []) for n in part.split(",") if n]
+    new, diff = sources.apply(base, cat, names)
+    return base, new, diff
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from .registry import Registry
+
+    if args.action == "check":
+        reg = Registry.from_toml(args.registry) if args.registry else Registry.default()
+        notes = reg.attention(max_price_age_days=args.max_price_age_days)
+        print("\n".join(notes) if notes else f"{len(reg)} models: nothing needs attention")
+        return 1 if notes else 0
+    if args.source is None:
+        raise SatisficeError(f"registry {args.action} needs --from {{litellm,openrouter,models.dev}}")
+    _, new, diff = _catalogue_update(args)
+    print(diff.render())
+    for note in new.attention(max_price_age_days=args.max_price_age_days):
+        print(f"! {note}")
+    if args.action == "diff":
+        return 0
+    bad = diff.absurd()
+    if bad and not args.yes:
+        raise SatisficeError(
+            "refusing to write: these prices moved more than 10x, to 0 or to unknown:\n  "
+            + "\n  ".join(map(str, bad))
+            + "\ncheck them at the provider, then run again with --yes"
+        )
+    out = args.out or args.registry
+    if out is None:
+        raise SatisficeError("give --out FILE (or --registry FILE to update it in place)")
+    Path(out).write_text(
+        new.to_toml(f"# satisfice registry, prices from {args.source} as of "
+                    f"{new.meta['prices_as_of']}\n\n"),
+        encoding="utf-8",
+    )  # fmt: skip
+    Registry.from_toml(out)  # what was written reads back
+    print(f"wrote {out} ({len(new)} models)")
+    return 0
+
+
 def _add_route_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
     p.add_argument("--policy", help="policy JSON written by `satisfice calibrate`")
@@ -183,6 +231,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="route a set of sample prompts and show the saving")
     _add_route_options(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "registry", help="refresh a registry's models and prices from a public catalogue"
+    )
+    p.add_argument("action", choices=["diff", "update", "check"],
+                   help="diff: show what would change; update: write it; check: deprecations "
+                   "and stale prices")  # fmt: skip
+    p.add_argument("location", nargs="?",
+                   help="FILE or URL of the catalogue (default: litellm's map inside the "
+                   "installed litellm package; the public URL for the others)")  # fmt: skip
+    p.add_argument("--from", dest="source", choices=["litellm", "openrouter", "models.dev"])
+    p.add_argument("--registry", help="the registry TOML to update (default: the bundled one)")
+    p.add_argument("--models", nargs="*", help="models to add, as the host names them "
+                   "(e.g. gpt-5.4 claude-sonnet-4-6 or groq:llama-3.3-70b-versatile)")  # fmt: skip
+    p.add_argument("--out", help="where update writes (default: --registry, in place)")
+    p.add_argument("--yes", action="store_true", help="write even if a price moved > 10x")
+    p.add_argument("--max-price-age-days", type=int, default=90)
+    p.set_defaults(func=cmd_registry)
 
     from .eval.cli import register_calibrate, register_eval
 

@@ -38,6 +38,7 @@ __all__ = [
     "InputError",
     "NoRouteError",
     "ProviderError",
+    "RegistryWarning",
     "RetryableError",
     "SatisficeError",
     "StreamInterruptedError",
@@ -46,6 +47,11 @@ __all__ = [
     "UnpricedModelError",
     "UpstreamTimeoutError",
 ]
+
+
+class RegistryWarning(UserWarning):
+    """A registry loaded, but something in it needs attention: a model past or near its
+    deprecation date, or prices older than the configured age."""
 
 
 class SatisficeError(Exception):

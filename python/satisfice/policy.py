@@ -189,7 +189,12 @@ class Policy:
         for m in registry:
             p = qm.params_for(m)
             price = m.price
-            long = price.long_context if price else None
+            # The table holds one long-context tier: the first threshold at the highest
+            # rates of any tier, so a cost cap is never checked against too low a price
+            # (billing, in Price.cost, applies each tier exactly).
+            tiers = price.long_context if price else ()
+            long_in = max((t.input for t in tiers), default=math.nan)
+            long_out = max((t.output for t in tiers), default=math.nan)
             rows.append(
                 {
                     "id": m.id,
@@ -203,9 +208,10 @@ class Policy:
                     "bias": float(p.bias),
                     "ability": [float(a) for a in p.ability],
                     "disabled": m.disabled,
-                    "long_above": long.above if long else math.inf,
-                    "long_in": long.input if long else math.nan,
-                    "long_out": long.output if long else math.nan,
+                    "long_above": tiers[0].above if tiers else math.inf,
+                    "long_in": long_in,
+                    "long_out": long_out,
+                    "fee": (price.per_request or 0.0) if price else 0.0,
                 }
             )
         rules: list[RuleSpec] = []

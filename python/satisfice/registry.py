@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from datetime import date, datetime
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -62,13 +63,55 @@ class LongContext:
     output: float
 
 
+def _tiers(v: Any, where: str) -> tuple[LongContext, ...]:
+    """`long_context` is one table {above, input, output} or a list of them."""
+    items = [v] if isinstance(v, Mapping) else v
+    if not isinstance(items, list | tuple) or not items:
+        items = [None]
+    out = []
+    for i, t in enumerate(items):
+        w = f"{where}.long_context" + (f"[{i}]" if len(items) > 1 else "")
+        if not isinstance(t, Mapping) or set(t) != {"above", "input", "output"}:
+            raise ConfigError(
+                f"{w} must be a table {{above = TOKENS, input = USD, output = USD}} "
+                "(or a list of them, one per tier)"
+            )
+        above = _num(t, "above", w, required=True)
+        li = _num(t, "input", w, required=True)
+        lo = _num(t, "output", w, required=True)
+        assert above is not None and li is not None and lo is not None
+        out.append(LongContext(above, li, lo))
+    out.sort(key=lambda t: t.above)
+    if len({t.above for t in out}) != len(out):
+        raise ConfigError(f"{where}.long_context: two tiers start at the same prompt length")
+    return tuple(out)
+
+
+#: Optional per-1M-token rates, beside input and output, in the order a TOML writer keeps.
+_OPTIONAL_RATES = (
+    "cached_input",  # a prompt-cache read
+    "cache_write",  # a prompt-cache write, 5-minute lifetime (Anthropic 1.25 x input)
+    "cache_write_1h",  # a prompt-cache write, 1-hour lifetime (Anthropic 2 x input)
+    "reasoning",  # reasoning tokens, when billed apart from output
+    "batch_input",
+    "batch_output",
+    "priority_input",
+    "priority_output",
+    "flex_input",
+    "flex_output",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per 1M tokens. Optional tiers are None when the provider does not offer them.
+    """USD per 1M tokens; `per_request` in USD per call. Optional rates are None when the
+    provider does not offer them (a cache read is then billed at the input rate, reasoning
+    at the output rate).
 
-    `cache_write`: writing a prompt cache (Anthropic: 1.25 x input for 5 minutes);
-    unset, writes are billed at the input rate. `long_context`: higher rates above a
-    prompt length. Batch rates are kept for reports; interactive calls use the others.
+    `long_context`: tiers of higher rates above a prompt length, lowest first; the highest
+    tier the prompt exceeds applies to the whole request. Batch, priority and flex rates are
+    carried for reports and for callers who pick a service tier; interactive calls bill the
+    standard ones.
     """
 
     input: float
@@ -77,14 +120,18 @@ class Price:
     cache_write: float | None = None
     batch_input: float | None = None
     batch_output: float | None = None
-    long_context: LongContext | None = None
+    long_context: tuple[LongContext, ...] = ()
+    cache_write_1h: float | None = None
+    reasoning: float | None = None
+    priority_input: float | None = None
+    priority_output: float | None = None
+    flex_input: float | None = None
+    flex_output: float | None = None
+    per_request: float | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> Price:
-        known = {
-            "input", "output", "cached_input", "cache_write", "batch_input", "batch_output",
-            "long_context",
-        }  # fmt: skip
+        known = {"input", "output", "long_context", "per_request", *_OPTIONAL_RATES}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(
@@ -94,45 +141,70 @@ class Price:
         out = _num(d, "output", where, required=True)
         assert inp is not None and out is not None
         long = d.get("long_context")
-        tier = None
-        if long is not None:
-            if not isinstance(long, Mapping) or set(long) != {"above", "input", "output"}:
-                raise ConfigError(
-                    f"{where}.long_context must be a table {{above = TOKENS, input = USD, "
-                    "output = USD}}"
-                )
-            above = _num(long, "above", f"{where}.long_context", required=True)
-            li = _num(long, "input", f"{where}.long_context", required=True)
-            lo = _num(long, "output", f"{where}.long_context", required=True)
-            assert above is not None and li is not None and lo is not None
-            tier = LongContext(above, li, lo)
+        rates = {k: _num(d, k, where) for k in _OPTIONAL_RATES}
         return cls(
             inp,
             out,
-            _num(d, "cached_input", where),
-            _num(d, "cache_write", where),
-            _num(d, "batch_input", where),
-            _num(d, "batch_output", where),
-            tier,
+            long_context=_tiers(long, where) if long is not None else (),
+            per_request=_num(d, "per_request", where),
+            **rates,
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML/JSON form `from_dict` reads (unset rates left out)."""
+        d: dict[str, Any] = {"input": self.input, "output": self.output}
+        for k in _OPTIONAL_RATES:
+            if (v := getattr(self, k)) is not None:
+                d[k] = v
+        if self.per_request is not None:
+            d["per_request"] = self.per_request
+        if self.long_context:
+            tiers = [{"above": t.above, "input": t.input, "output": t.output}
+                     for t in self.long_context]  # fmt: skip
+            d["long_context"] = tiers[0] if len(tiers) == 1 else tiers
+        return d
+
+    def tier(self, tokens_in: float) -> LongContext | None:
+        """The long-context tier a prompt of `tokens_in` tokens is billed at, if any."""
+        hit = None
+        for t in self.long_context:
+            if tokens_in > t.above:
+                hit = t
+        return hit
+
     def cost(
-        self, tokens_in: float, tokens_out: float, cached_in: float = 0.0, cache_write: float = 0.0
+        self,
+        tokens_in: float,
+        tokens_out: float,
+        cached_in: float = 0.0,
+        cache_write: float = 0.0,
+        *,
+        cache_write_1h: float = 0.0,
+        reasoning_tokens: float = 0.0,
     ) -> float:
         """USD for one request. `tokens_in` counts every prompt token, cached reads and cache
-        writes included; each part is billed at its own rate, and the whole request at the
-        long-context rates when the prompt is longer than their threshold."""
+        writes included; `tokens_out` counts every output token, reasoning included. Each
+        part is billed at its own rate, and the whole request at a long-context tier's rates
+        when the prompt is longer than its threshold."""
         inp, out = self.input, self.output
-        long = self.long_context
-        if long is not None and tokens_in > long.above:
+        long = self.tier(tokens_in)
+        if long is not None:
             inp, out = long.input, long.output
         scale = inp / self.input if self.input else 1.0  # tiers scale with the input rate
         cached_rate = (self.cached_input if self.cached_input is not None else self.input) * scale
         write_rate = (self.cache_write if self.cache_write is not None else self.input) * scale
-        fresh = max(tokens_in - cached_in - cache_write, 0.0)
-        return (
-            fresh * inp + cached_in * cached_rate + cache_write * write_rate + tokens_out * out
+        write_1h = self.cache_write_1h * scale if self.cache_write_1h is not None else write_rate
+        fresh = max(tokens_in - cached_in - cache_write - cache_write_1h, 0.0)
+        reasoning = min(reasoning_tokens, tokens_out) if self.reasoning is not None else 0.0
+        usd = (
+            fresh * inp
+            + cached_in * cached_rate
+            + cache_write * write_rate
+            + cache_write_1h * write_1h
+            + (tokens_out - reasoning) * out
+            + reasoning * (self.reasoning or 0.0) * (out / self.output if self.output else 1.0)
         ) / 1e6
+        return usd + (self.per_request or 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +264,17 @@ class Deployment:
             p95_latency_ms=_num(d, "p95_latency_ms", where),
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "api": self.api, "base_url": self.base_url}
+        if self.api_key_env is not None:
+            d["api_key_env"] = self.api_key_env
+        d["model"] = self.model
+        if self.price is not None:
+            d["price"] = self.price.to_dict()
+        if self.p95_latency_ms is not None:
+            d["p95_latency_ms"] = self.p95_latency_ms
+        return d
+
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
@@ -208,6 +291,8 @@ class ModelSpec:
     quality: Mapping[str, float] = field(default_factory=dict)
     deployments: tuple[Deployment, ...] = ()
     disabled: bool = False
+    deprecation_date: date | None = None  # the provider retires it on this day
+    successor: str | None = None  # the model the provider names as its replacement
 
     def __post_init__(self) -> None:
         where = f"model {self.id!r}"
@@ -272,6 +357,8 @@ class ModelSpec:
             "quality",
             "deployments",
             "disabled",
+            "deprecation_date",
+            "successor",
         }
         unknown = set(d) - known
         if unknown:
@@ -313,7 +400,54 @@ class ModelSpec:
                 for i, x in enumerate(deps)
             ),
             disabled=disabled,
+            deprecation_date=_date(d.get("deprecation_date"), f"{where}.deprecation_date"),
+            successor=_opt_str(d.get("successor"), f"{where}.successor"),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML form `from_dict` reads (defaults left out)."""
+        d: dict[str, Any] = {
+            "id": self.id,
+            "provider": self.provider,
+            "tokenizer": self.tokenizer,
+            "context_window": self.context_window,
+            "max_output": self.max_output,
+            "capabilities": sorted(self.capabilities),
+        }
+        if self.p95_latency_ms is not None:
+            d["p95_latency_ms"] = self.p95_latency_ms
+        if self.price is not None:
+            d["price"] = self.price.to_dict()
+        if self.quality:
+            d["quality"] = dict(self.quality)
+        if self.deprecation_date is not None:
+            d["deprecation_date"] = self.deprecation_date
+        if self.successor is not None:
+            d["successor"] = self.successor
+        if self.disabled:
+            d["disabled"] = True
+        d["deployments"] = [dep.to_dict() for dep in self.deployments]
+        return d
+
+
+def _date(v: Any, where: str) -> date | None:
+    """A TOML date (or "YYYY-MM-DD" from JSON), None when absent."""
+    if v is None or (isinstance(v, date) and not isinstance(v, datetime)):
+        return v
+    if isinstance(v, datetime):
+        return v.date()
+    if isinstance(v, str):
+        try:
+            return date.fromisoformat(v.strip())
+        except ValueError:
+            pass
+    raise ConfigError(f"{where} must be a date like 2026-12-01, got {v!r:.40}")
+
+
+def _opt_str(v: Any, where: str) -> str | None:
+    if v is None or (isinstance(v, str) and v):
+        return v
+    raise ConfigError(f"{where} must be a non-empty string, got {v!r:.40}")
 
 
 class Registry:
@@ -414,6 +548,54 @@ class Registry:
             return self._by_id[ref]
         priced = [m for m in self._models if m.priced] or list(self._models)
         return max(priced, key=lambda m: m.quality_prior())
+
+    def attention(
+        self, today: date | None = None, *, max_price_age_days: int = 90, soon_days: int = 60
+    ) -> list[str]:
+        """What a user should act on: models past or within `soon_days` of their
+        deprecation date (naming the successor), and prices older than `max_price_age_days`.
+        The router emits these as `RegistryWarning`s when it loads the registry."""
+        today = today or date.today()
+        notes = []
+        for m in self._models:
+            if m.deprecation_date is None or m.disabled:
+                continue
+            left = (m.deprecation_date - today).days
+            move = (
+                f"move to its successor {m.successor!r}"
+                if m.successor
+                else "replace it, or disable it"
+            )
+            if left < 0:
+                notes.append(
+                    f"model {m.id!r} was retired on {m.deprecation_date}: calls to it will "
+                    f"fail; {move}"
+                )
+            elif left <= soon_days:
+                notes.append(
+                    f"model {m.id!r} is retired on {m.deprecation_date} (in {left} days); {move}"
+                )
+        as_of = self.meta.get("prices_as_of")
+        if as_of is not None:
+            try:
+                day = _date(as_of, "meta.prices_as_of")
+            except ConfigError:
+                day = None
+            if day is not None and (today - day).days > max_price_age_days:
+                notes.append(
+                    f"prices are as of {day} ({(today - day).days} days ago); refresh them "
+                    "with `satisfice registry update --from litellm|openrouter|models.dev`"
+                )
+        return notes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"meta": dict(self.meta), "model": [m.to_dict() for m in self._models]}
+
+    def to_toml(self, header: str = "") -> str:
+        """The registry as TOML that `from_toml` reads back to an equal registry."""
+        import tomli_w
+
+        return header + tomli_w.dumps(self.to_dict())
 
     def replace(self, *models: ModelSpec) -> Registry:
         """A new registry with these models added or replacing those with the same id."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -10,11 +11,13 @@ from time import perf_counter, time
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from .decision import Candidate, Decision, Snapshot
-from .errors import ConfigError, InputError, NoRouteError
+from .errors import ConfigError, InputError, NoRouteError, RegistryWarning
 from .feedback import FeedbackLog
 from .policy import Constraints, Policy
 from .predict import ModelParams
 from .registry import Registry
+
+_log = logging.getLogger("satisfice.router")
 
 if TYPE_CHECKING:  # httpx costs ~100 ms to import: only chat() and stream() load it
     import httpx
@@ -114,6 +117,15 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
         raise ConfigError(f"max_tokens must be an integer in [1, 2**32), got {m!r:.40}")
 
 
+def _warn_attention(registry: Registry) -> None:
+    """Retired or retiring models and stale prices: a warning and a log line each."""
+    import warnings
+
+    for note in registry.attention():
+        _log.warning("registry: %s", note, extra={"event": "registry_attention"})
+        warnings.warn(note, RegistryWarning, stacklevel=3)
+
+
 class Router:
     """Routes requests over a registry. `Router()` uses the bundled registry and policy.
 
@@ -127,6 +139,7 @@ class Router:
             registry if registry is not None else Registry.default(),
             policy if policy is not None else Policy(),
         )
+        _warn_attention(self._snap.registry)
         self._feedback = FeedbackLog()
         self._swap = threading.Lock()  # writers only: two updates must not lose one another
 
@@ -150,6 +163,8 @@ class Router:
                 registry if registry is not None else old.registry,
                 policy if policy is not None else old.policy,
             )
+        if registry is not None:
+            _warn_attention(registry)
 
     def route(
         self,

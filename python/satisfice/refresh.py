@@ -1,0 +1,119 @@
+"""Keep a running router's prices true: refresh its registry from a catalogue on an interval.
+
+Each refresh reads the source off the event loop, carries its prices, windows and deprecation
+dates into the router's current registry (`sources.apply`, adding no models), and refuses a
+snapshot with absurd changes (a price x10 or /10, to 0, or to unknown) unless `confirm=True`.
+An accepted one is swapped in with one assignment (`Router.update`): requests in flight
+finish on the snapshot they started with, the next ones use the new prices. Feedback the
+router learned lives in its policy and survives the swap. A failed refresh keeps the old
+registry and is logged; the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import date
+from typing import TYPE_CHECKING
+
+from . import sources
+from .errors import ConfigError, SatisficeError
+
+if TYPE_CHECKING:
+    from .router import Router
+
+__all__ = ["RefreshRefused", "RegistryRefresher"]
+
+_log = logging.getLogger("satisfice.refresh")
+
+
+class RefreshRefused(SatisficeError):
+    """A refresh found changes too large to apply without confirmation."""
+
+    def __init__(self, diff: sources.Diff, bad: list[sources.Change]):
+        self.diff, self.bad = diff, bad
+        super().__init__(
+            "refresh refused: " + "; ".join(map(str, bad)) + " (check them at the provider; "
+            "pass confirm=True to apply)"
+        )
+
+
+class RegistryRefresher:
+    """Refreshes `router`'s registry from `source` every `interval_s` seconds.
+
+    `on_diff(diff)` is called after each applied refresh that changed something (for logs,
+    metrics or alerts). `start()` runs the loop as a task; `refresh()` runs one refresh.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        source: str,
+        location: str | None = None,
+        *,
+        interval_s: float = 3600.0,
+        max_ratio: float = 10.0,
+        confirm: bool = False,
+        timeout_s: float = 30.0,
+        on_diff: Callable[[sources.Diff], None] | None = None,
+    ) -> None:
+        if source not in sources.SOURCES:
+            raise ConfigError(f"unknown source {source!r}; use one of {list(sources.SOURCES)}")
+        if not (interval_s > 0 and max_ratio > 1):
+            raise ConfigError("interval_s must be > 0 and max_ratio > 1")
+        self.router, self.source, self.location = router, source, location
+        self.interval_s, self.max_ratio, self.confirm = interval_s, max_ratio, confirm
+        self.timeout_s, self.on_diff = timeout_s, on_diff
+        self.refreshes = self.failures = self.refused = 0
+        self.last_diff: sources.Diff | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> sources.Diff:
+        """One refresh: read, apply, validate, swap. Raises RefreshRefused or ConfigError
+        (the old registry stays)."""
+        cat = await asyncio.to_thread(sources.load, self.source, self.location,
+                                      timeout_s=self.timeout_s)  # fmt: skip
+        current = self.router.registry
+        new, diff = sources.apply(current, cat, prices_as_of=date.today())
+        bad = diff.absurd(self.max_ratio)
+        if bad and not self.confirm:
+            self.refused += 1
+            raise RefreshRefused(diff, bad)
+        if diff:
+            self.router.update(registry=new)
+            _log.info(
+                "registry refreshed from %s: %d change(s)", self.source,
+                sum(1 for c in diff.changes if c.what != "unlisted"),
+                extra={"event": "registry_refresh", "changes": [str(c) for c in diff.changes]},
+            )  # fmt: skip
+            if self.on_diff is not None:
+                self.on_diff(diff)
+        self.refreshes += 1
+        self.last_diff = diff
+        return diff
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except SatisficeError as e:
+                self.failures += 1
+                _log.warning("registry refresh from %s failed: %s", self.source, e,
+                             extra={"event": "registry_refresh_failed"})  # fmt: skip
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> asyncio.Task[None]:
+        """Run refreshes every `interval_s` (the first one now) until `stop()`."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None

@@ -1,0 +1,612 @@
+"""Where models and prices come from: importers for the catalogues users already trust.
+
+Each source has its own schema; each importer maps it to `Listing`s, one per (host, model
+name at that host), with prices in USD per 1M tokens. `apply()` then carries a catalogue's
+facts (prices, windows, deprecation) into a registry's deployments, and adds the models
+named, and `Diff` says what changed before anything is written or swapped in.
+
+- LiteLLM's `model_prices_and_context_window.json`: USD per token; keys like
+  `claude-sonnet-4-6` or `gemini/gemini-3.5-flash`, the host in `litellm_provider`.
+- OpenRouter's `GET /api/v1/models`: USD per token as decimal strings under `pricing`;
+  every model is a deployment on the OpenRouter host.
+- models.dev's `api.json`: providers, each with models; USD per 1M tokens under `cost`.
+
+A listing without a price, with a negative sentinel (OpenRouter's -1 on routers), or priced at
+0 for both input and output, is *unpriced*: the importers never turn a missing price into $0.
+(OpenRouter documents 0 as free; a free variant is rate-limited and changes without notice, so
+it is left for the user to price by hand rather than routed to as costless.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .registry import Deployment, LongContext, ModelSpec, Price, Registry, _date
+
+__all__ = [
+    "HOSTS",
+    "SOURCES",
+    "Catalogue",
+    "Change",
+    "Diff",
+    "Host",
+    "Listing",
+    "apply",
+    "load",
+    "parse",
+]
+
+SOURCES = ("litellm", "openrouter", "models.dev")
+DEFAULT_URLS = {
+    "openrouter": "https://openrouter.ai/api/v1/models",
+    "models.dev": "https://models.dev/api.json",
+}
+MAX_SOURCE_BYTES = 128 * 1024 * 1024  # LiteLLM's map is ~1.5 MB; anything far past is wrong
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """A place that serves models, and how each source names it."""
+
+    name: str  # the deployment name in a registry
+    vendor: str  # `provider` of a model first served here
+    api: str
+    base_url: str
+    api_key_env: str
+    tokenizer: str
+    litellm: str  # `litellm_provider`
+    models_dev: str | None = None  # provider key in models.dev
+
+
+HOSTS: dict[str, Host] = {
+    h.name: h
+    for h in (
+        Host("openai", "openai", "openai", "https://api.openai.com/v1", "OPENAI_API_KEY",
+             "o200k_base", "openai", "openai"),
+        Host("anthropic", "anthropic", "anthropic", "https://api.anthropic.com",
+             "ANTHROPIC_API_KEY", "claude", "anthropic", "anthropic"),
+        Host("google", "google", "openai", "https://generativelanguage.googleapis.com/v1beta/openai",
+             "GEMINI_API_KEY", "gemini", "gemini", "google"),
+        Host("mistral", "mistral", "openai", "https://api.mistral.ai/v1", "MISTRAL_API_KEY",
+             "mistral", "mistral", "mistral"),
+        Host("deepseek", "deepseek", "openai", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY",
+             "deepseek", "deepseek", "deepseek"),
+        Host("xai", "xai", "openai", "https://api.x.ai/v1", "XAI_API_KEY", "o200k_base", "xai",
+             "xai"),
+        Host("groq", "meta", "openai", "https://api.groq.com/openai/v1", "GROQ_API_KEY", "llama",
+             "groq", "groq"),
+        Host("together", "meta", "openai", "https://api.together.xyz/v1", "TOGETHER_API_KEY",
+             "llama", "together_ai", "togetherai"),
+        Host("fireworks", "meta", "openai", "https://api.fireworks.ai/inference/v1",
+             "FIREWORKS_API_KEY", "llama", "fireworks_ai", "fireworks-ai"),
+        Host("openrouter", "openrouter", "openai", "https://openrouter.ai/api/v1",
+             "OPENROUTER_API_KEY", "o200k_base", "openrouter", "openrouter"),
+    )
+}  # fmt: skip
+_BY_LITELLM = {h.litellm: h.name for h in HOSTS.values()}
+_BY_MODELS_DEV = {h.models_dev: h.name for h in HOSTS.values() if h.models_dev}
+# The model families an open-weight model's name gives away (tokenizer and vendor).
+_FAMILIES = (
+    ("llama", "meta", "llama"), ("qwen", "qwen", "qwen"), ("mistral", "mistral", "mistral"),
+    ("mixtral", "mistral", "mistral"), ("deepseek", "deepseek", "deepseek"),
+    ("gemma", "google", "gemini"), ("kimi", "moonshot", "o200k_base"),
+    ("gpt-oss", "openai", "o200k_base"), ("glm", "zhipu", "o200k_base"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One model at one host, as a source lists it. `price=None`: the source has no price."""
+
+    host: str
+    model: str
+    price: Price | None
+    context_window: int | None = None
+    max_output: int | None = None
+    capabilities: frozenset[str] = frozenset()
+    deprecation_date: date | None = None
+    successor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    """What one source says, keyed by (host, model name at that host)."""
+
+    source: str
+    listings: Mapping[tuple[str, str], Listing]
+
+    def find(self, name: str) -> Listing | None:
+        """A listing by `host:model` or by a bare model name (first-party hosts first)."""
+        if ":" in name and name.split(":", 1)[0] in HOSTS:
+            host, model = name.split(":", 1)
+            return self.listings.get((host, model))
+        for host in HOSTS:
+            if (hit := self.listings.get((host, name))) is not None:
+                return hit
+        return None
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def _per_token(v: Any) -> float | None:
+    """A per-token USD figure (number or decimal string) as USD per 1M tokens."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return round(f * 1e6, 6) if math.isfinite(f) and f >= 0 else None
+
+
+def _per_million(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return round(f, 6) if math.isfinite(f) and f >= 0 else None
+
+
+def _positive_int(v: Any) -> int | None:
+    try:
+        n = int(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return n if 0 < n < 2**32 else None
+
+
+def _safe_date(v: Any) -> date | None:
+    try:
+        return _date(v, "")
+    except ConfigError:
+        return None
+
+
+def _make_price(rates: Mapping[str, float | None], tiers: Iterable[LongContext] = ()) -> Price | None:
+    """A Price from parsed rates, or None (unpriced) when input or output is missing or both
+    are 0: a source's 0 means 'not listed' far more often than 'free'."""
+    inp, out = rates.get("input"), rates.get("output")
+    if inp is None or out is None or (inp == 0 and out == 0):
+        return None
+    extra = {k: v for k, v in rates.items() if k not in ("input", "output") and v is not None}
+    try:
+        return Price.from_dict(
+            {"input": inp, "output": out, **extra,
+             **({"long_context": [{"above": t.above, "input": t.input, "output": t.output}
+                                  for t in tiers]} if tiers else {})},
+            "imported price",
+        )  # fmt: skip
+    except ConfigError:
+        return None
+
+
+def _litellm_tiers(e: Mapping[str, Any]) -> list[LongContext]:
+    tiers = []
+    for k, v in e.items():
+        if k.startswith("input_cost_per_token_above_") and k.endswith("k_tokens"):
+            n = k[len("input_cost_per_token_above_") : -len("k_tokens")]
+            out = _per_token(e.get(f"output_cost_per_token_above_{n}k_tokens"))
+            inp = _per_token(v)
+            if n.isdigit() and inp is not None and out is not None:
+                tiers.append(LongContext(int(n) * 1000, inp, out))
+    return tiers
+
+
+def parse_litellm(data: Mapping[str, Any]) -> Catalogue:
+    listings: dict[tuple[str, str], Listing] = {}
+    for key, e in data.items():
+        if not isinstance(e, Mapping) or e.get("mode") != "chat":
+            continue
+        host = _BY_LITELLM.get(str(e.get("litellm_provider")))
+        if host is None:
+            continue
+        prefix = f"{e['litellm_provider']}/"
+        model = key[len(prefix) :] if key.startswith(prefix) else key
+        if "/" in model and host in ("openai", "anthropic"):
+            continue  # another gateway's route to this vendor, not the vendor itself
+        rates = {
+            "input": _per_token(e.get("input_cost_per_token")),
+            "output": _per_token(e.get("output_cost_per_token")),
+            "cached_input": _per_token(e.get("cache_read_input_token_cost")),
+            "cache_write": _per_token(e.get("cache_creation_input_token_cost")),
+            "cache_write_1h": _per_token(e.get("cache_creation_input_token_cost_above_1hr")),
+            "reasoning": _per_token(e.get("output_cost_per_reasoning_token")),
+            "batch_input": _per_token(e.get("input_cost_per_token_batches")),
+            "batch_output": _per_token(e.get("output_cost_per_token_batches")),
+            "priority_input": _per_token(e.get("input_cost_per_token_priority")),
+            "priority_output": _per_token(e.get("output_cost_per_token_priority")),
+            "flex_input": _per_token(e.get("input_cost_per_token_flex")),
+            "flex_output": _per_token(e.get("output_cost_per_token_flex")),
+            "per_request": _per_million(e.get("input_cost_per_request")),
+        }
+        if rates["cache_write"] == 0:  # "no charge listed" for hosts with automatic caching
+            rates["cache_write"] = None
+        successor = e.get("successor_model")
+        if isinstance(successor, str) and successor.startswith(prefix):
+            successor = successor[len(prefix) :]
+        listings[(host, model)] = Listing(
+            host,
+            model,
+            _make_price(rates, _litellm_tiers(e)),
+            _positive_int(e.get("max_input_tokens") or e.get("max_tokens")),
+            _positive_int(e.get("max_output_tokens")),
+            _litellm_caps(e),
+            _safe_date(e.get("deprecation_date")),
+            successor if isinstance(successor, str) and successor else None,
+        )
+    return Catalogue("litellm", listings)
+
+
+def _litellm_caps(e: Mapping[str, Any]) -> frozenset[str]:
+    caps = {"streaming"}
+    flags = {
+        "supports_function_calling": "tools", "supports_vision": "vision",
+        "supports_reasoning": "reasoning", "supports_response_schema": "json",
+    }  # fmt: skip
+    caps |= {cap for flag, cap in flags.items() if e.get(flag) is True}
+    if e.get("supports_system_messages") is not False:
+        caps.add("system_prompt")
+    return frozenset(caps)
+
+
+def parse_openrouter(data: Mapping[str, Any]) -> Catalogue:
+    models = data.get("data")
+    if not isinstance(models, list):
+        raise ConfigError("an OpenRouter model list has its models in a 'data' array")
+    listings: dict[tuple[str, str], Listing] = {}
+    for e in models:
+        if not isinstance(e, Mapping) or not isinstance(mid := e.get("id"), str):
+            continue
+        arch = e.get("architecture") if isinstance(e.get("architecture"), Mapping) else {}
+        out_mod = arch.get("output_modalities") or ["text"]
+        if "text" not in out_mod:
+            continue
+        p = e.get("pricing") if isinstance(e.get("pricing"), Mapping) else {}
+        rates = {
+            "input": _per_token(p.get("prompt")),
+            "output": _per_token(p.get("completion")),
+            "cached_input": _per_token(p.get("input_cache_read")),
+            "cache_write": _per_token(p.get("input_cache_write")),
+            "cache_write_1h": _per_token(p.get("input_cache_write_1h")),
+            "reasoning": _per_token(p.get("internal_reasoning")),
+            "per_request": _per_million(p.get("request")) or None,
+        }
+        for k in ("cached_input", "cache_write", "cache_write_1h", "reasoning"):
+            if rates[k] == 0:
+                rates[k] = None
+        tiers = []
+        for o in p.get("overrides") or ():  # {min_prompt_tokens, prompt, completion, ...}
+            if isinstance(o, Mapping) and (n := _positive_int(o.get("min_prompt_tokens"))):
+                li, lo = _per_token(o.get("prompt")), _per_token(o.get("completion"))
+                if li is not None and lo is not None:
+                    tiers.append(LongContext(n, li, lo))
+        top = e.get("top_provider") if isinstance(e.get("top_provider"), Mapping) else {}
+        params = set(e.get("supported_parameters") or ())
+        caps = {"streaming", "system_prompt"}
+        caps |= {"tools"} if "tools" in params else set()
+        caps |= {"json"} if {"response_format", "structured_outputs"} & params else set()
+        caps |= {"reasoning"} if {"reasoning", "include_reasoning"} & params else set()
+        caps |= {"vision"} if "image" in (arch.get("input_modalities") or ()) else set()
+        caps |= {"logprobs"} if "logprobs" in params else set()
+        listings[("openrouter", mid)] = Listing(
+            "openrouter",
+            mid,
+            _make_price(rates, tiers),
+            _positive_int(e.get("context_length") or top.get("context_length")),
+            _positive_int(top.get("max_completion_tokens")),
+            frozenset(caps),
+            _safe_date(e.get("expiration_date")),
+        )
+    return Catalogue("openrouter", listings)
+
+
+def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
+    listings: dict[tuple[str, str], Listing] = {}
+    for pkey, prov in data.items():
+        host = _BY_MODELS_DEV.get(pkey)
+        if host is None or not isinstance(prov, Mapping):
+            continue
+        models = prov.get("models")
+        if not isinstance(models, Mapping):
+            continue
+        for mid, e in models.items():
+            if not isinstance(e, Mapping):
+                continue
+            mods = e.get("modalities") if isinstance(e.get("modalities"), Mapping) else {}
+            if "text" not in (mods.get("output") or ["text"]) or "embedding" in (
+                f"{mid} {e.get('family', '')}"
+            ):
+                continue
+            c = e.get("cost") if isinstance(e.get("cost"), Mapping) else {}
+            rates = {
+                "input": _per_million(c.get("input")),
+                "output": _per_million(c.get("output")),
+                "cached_input": _per_million(c.get("cache_read")),
+                "cache_write": _per_million(c.get("cache_write")),
+                "reasoning": _per_million(c.get("reasoning")),
+            }
+            tiers = []
+            for t in c.get("tiers") or ():  # {input, output, tier: {type: context, size}}
+                kind = t.get("tier") if isinstance(t, Mapping) else None
+                if isinstance(kind, Mapping) and kind.get("type") == "context":
+                    n = _positive_int(kind.get("size"))
+                    li, lo = _per_million(t.get("input")), _per_million(t.get("output"))
+                    if n and li is not None and lo is not None:
+                        tiers.append(LongContext(n, li, lo))
+            lim = e.get("limit") if isinstance(e.get("limit"), Mapping) else {}
+            caps = {"streaming", "system_prompt"}
+            caps |= {"tools"} if e.get("tool_call") else set()
+            caps |= {"reasoning"} if e.get("reasoning") else set()
+            caps |= {"json"} if e.get("structured_output") else set()
+            caps |= {"vision"} if "image" in (mods.get("input") or ()) else set()
+            # models.dev has no retirement date, only a status: a deprecated model is taken
+            # as retired from the day it was seen so.
+            retired = e.get("status") == "deprecated"
+            listings[(host, str(mid))] = Listing(
+                host,
+                str(mid),
+                _make_price(rates, tiers),
+                _positive_int(lim.get("context")),
+                _positive_int(lim.get("output")),
+                frozenset(caps),
+                date.today() if retired else None,
+            )
+    return Catalogue("models.dev", listings)
+
+
+_PARSERS = {"litellm": parse_litellm, "openrouter": parse_openrouter, "models.dev": parse_models_dev}
+
+
+def parse(source: str, data: Any) -> Catalogue:
+    if source not in _PARSERS:
+        raise ConfigError(f"unknown source {source!r}; use one of {list(SOURCES)}")
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a JSON object at the top, got {type(data).__name__}")
+    return _PARSERS[source](data)
+
+
+def bundled_litellm_map() -> Path:
+    """The price map inside the installed `litellm` wheel (found without importing it:
+    importing litellm fetches a remote copy of the map)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "--from litellm without a FILE or URL reads the map inside the litellm package, "
+            "which is not installed; `pip install litellm` or give the file"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / (
+        "model_prices_and_context_window_backup.json"
+    )
+    if not path.is_file():
+        raise ConfigError(f"the installed litellm has no price map at {path}; give the file")
+    return path
+
+
+def load(source: str, location: str | None = None, *, timeout_s: float = 30.0) -> Catalogue:
+    """Read a source from a file or an http(s) URL (default: the source's public URL, or
+    for litellm the map inside the installed litellm package) and parse it."""
+    if source not in _PARSERS:
+        raise ConfigError(f"unknown source {source!r}; use one of {list(SOURCES)}")
+    if location is None:
+        location = str(bundled_litellm_map()) if source == "litellm" else DEFAULT_URLS[source]
+    if location.startswith(("http://", "https://")):
+        raw = _fetch(location, timeout_s)
+    else:
+        p = Path(location)
+        if not p.is_file():
+            raise ConfigError(f"{source}: {location} is not a file or an http(s) URL")
+        if p.stat().st_size > MAX_SOURCE_BYTES:
+            raise ConfigError(f"{source}: {location} is over {MAX_SOURCE_BYTES >> 20} MB")
+        raw = p.read_bytes()
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"{source}: {location} is not JSON ({e})") from None
+    return parse(source, data)
+
+
+def _fetch(url: str, timeout_s: float) -> bytes:
+    import httpx
+
+    try:
+        with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=True) as r:
+            if r.status_code != 200:
+                raise ConfigError(f"GET {url} answered HTTP {r.status_code}")
+            body = bytearray()
+            for chunk in r.iter_bytes():
+                body += chunk
+                if len(body) > MAX_SOURCE_BYTES:
+                    raise ConfigError(f"GET {url}: the answer is over {MAX_SOURCE_BYTES >> 20} MB")
+            return bytes(body)
+    except httpx.HTTPError as e:
+        raise ConfigError(f"GET {url} failed: {type(e).__name__}") from None
+
+
+# -- applying a catalogue to a registry and saying what changed -------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    model: str
+    what: str  # price.input, context_window, deprecation_date, added, unlisted, ...
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        if self.what == "added":
+            return f"+ {self.model}: added ({self.new})"
+        if self.what == "unlisted":
+            return f"? {self.model}: not in the source ({self.old}); kept as it is"
+        return f"~ {self.model}: {self.what} {self.old} -> {self.new}"
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    changes: tuple[Change, ...] = ()
+
+    def __bool__(self) -> bool:
+        return any(c.what != "unlisted" for c in self.changes)
+
+    def absurd(self, max_ratio: float = 10.0) -> list[Change]:
+        """Changes a refresh refuses unless confirmed: a price multiplied or divided by more
+        than `max_ratio`, a price gone to 0, or a priced model becoming unpriced."""
+        bad = []
+        for c in self.changes:
+            if not c.what.startswith("price"):
+                continue
+            if c.old is not None and c.new is None:
+                bad.append(c)
+            elif isinstance(c.old, float) and isinstance(c.new, float):
+                if c.old > 0 and (c.new == 0 or not 1 / max_ratio <= c.new / c.old <= max_ratio):
+                    bad.append(c)
+        return bad
+
+    def render(self) -> str:
+        real = [c for c in self.changes if c.what != "unlisted"]
+        if not real and not self.changes:
+            return "no changes"
+        lines = [str(c) for c in self.changes]
+        return "\n".join(lines) + f"\n{len(real)} change(s)"
+
+
+def _price_changes(model: str, where: str, old: Price | None, new: Price | None) -> list[Change]:
+    if old == new:
+        return []
+    if old is None or new is None:
+        return [Change(model, f"price{where}", None if old is None else old.to_dict(),
+                       None if new is None else new.to_dict())]  # fmt: skip
+    a, b = old.to_dict(), new.to_dict()
+    return [
+        Change(model, f"price{where}.{k}", a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
+
+
+def diff(old: Registry, new: Registry) -> Diff:
+    out: list[Change] = []
+    for m in new:
+        if m.id not in old:
+            out.append(Change(m.id, "added", None, ", ".join(d.name for d in m.deployments)))
+            continue
+        o = old[m.id]
+        out += _price_changes(m.id, "", o.price, m.price)
+        for dep in m.deployments:  # effective prices: an own price, else the model's
+            od = next((x for x in o.deployments if x.name == dep.name), None)
+            if od is None:
+                continue
+            was, now = od.price or o.price, dep.price or m.price
+            if (was, now) != (o.price, m.price):
+                out += _price_changes(m.id, f"[{dep.name}]", was, now)
+        for f in ("context_window", "max_output", "deprecation_date", "successor"):
+            if getattr(o, f) != getattr(m, f):
+                out.append(Change(m.id, f, getattr(o, f), getattr(m, f)))
+    return Diff(tuple(out))
+
+
+def _listing_for(cat: Catalogue, dep: Deployment) -> Listing | None:
+    return cat.listings.get((dep.name, dep.model))
+
+
+def apply(
+    registry: Registry,
+    cat: Catalogue,
+    add: Sequence[str] = (),
+    *,
+    prices_as_of: date | None = None,
+) -> tuple[Registry, Diff]:
+    """`registry` with the catalogue's prices, windows and deprecation dates carried into
+    the models it lists (matched per deployment by host and model name), plus the models
+    named in `add` (`model` or `host:model`). Qualities, latencies, capabilities and
+    deployments a user configured are kept. Models the source does not list are kept as
+    they are and reported as unlisted."""
+    models: list[ModelSpec] = []
+    unlisted: list[Change] = []
+    for m in registry:
+        hits = [(d, h) for d in m.deployments if (h := _listing_for(cat, d)) is not None]
+        if not hits:
+            unlisted.append(Change(m.id, "unlisted", ", ".join(f"{d.name}:{d.model}"
+                                                           for d in m.deployments), None))  # fmt: skip
+            models.append(m)
+            continue
+        models.append(_updated(m, hits))
+    known = {m.id for m in models}
+    for name in add:
+        hit = cat.find(name)
+        if hit is None:
+            raise ConfigError(
+                f"{cat.source} lists no chat model {name!r}; name it as the host calls it, "
+                f"optionally as host:model with host one of {list(HOSTS)}"
+            )
+        mid = hit.model.rsplit("/", 1)[-1]
+        if mid in known:
+            continue
+        known.add(mid)
+        models.append(_new_model(mid, hit))
+    meta = dict(registry.meta)
+    meta["prices_as_of"] = prices_as_of or date.today()
+    meta["source"] = cat.source
+    new = Registry(models, meta)
+    d = diff(registry, new)
+    return new, Diff(d.changes + tuple(unlisted))
+
+
+def _updated(m: ModelSpec, hits: list[tuple[Deployment, Listing]]) -> ModelSpec:
+    """The model's price follows its first deployment's listing; another deployment keeps
+    an own price where its listing differs, and one the source does not list keeps the price
+    it had (pinned, so it does not silently inherit the first deployment's new price)."""
+    listed = {id(d): h for d, h in hits}
+    head = listed.get(id(m.deployments[0])) if m.deployments else None
+    model_price = head.price if head is not None and head.price is not None else m.price
+    deps = []
+    for dep in m.deployments:
+        had = dep.price if dep.price is not None else m.price
+        h = listed.get(id(dep))
+        now = h.price if h is not None and h.price is not None else had
+        deps.append(replace(dep, price=None if now == model_price else now))
+    windows = [h.context_window for _, h in hits if h.context_window]
+    outs = [h.max_output for _, h in hits if h.max_output]
+    window = min(windows) if windows else m.context_window
+    max_out = min(min(outs) if outs else m.max_output, window)
+    first = head or hits[0][1]
+    return replace(
+        m,
+        price=model_price,
+        context_window=window,
+        max_output=max_out,
+        deployments=tuple(deps),
+        deprecation_date=first.deprecation_date or m.deprecation_date,
+        successor=first.successor or m.successor,
+    )
+
+
+def _new_model(mid: str, hit: Listing) -> ModelSpec:
+    host = HOSTS[hit.host]
+    vendor, tokenizer = host.vendor, host.tokenizer
+    low = mid.lower()
+    for key, v, t in _FAMILIES:
+        if key in low:
+            vendor, tokenizer = v, t
+            break
+    window = hit.context_window or 8192
+    dep = Deployment(host.name, host.api, host.base_url, hit.model, host.api_key_env)
+    return ModelSpec(
+        id=mid,
+        provider=vendor if host.name != "openrouter" else hit.model.split("/", 1)[0],
+        context_window=window,
+        max_output=min(hit.max_output or min(window, 4096), window),
+        tokenizer=tokenizer,
+        price=hit.price,
+        capabilities=hit.capabilities,
+        deployments=(dep,),
+        deprecation_date=hit.deprecation_date,
+        successor=hit.successor,
+    )

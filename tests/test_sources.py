@@ -1,0 +1,348 @@
+"""Registry importers, diffs, the `registry` command, deprecation warnings and live refresh."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from datetime import date
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from satisfice import Policy, Registry, Router, sources
+from satisfice.cli import main
+from satisfice.errors import ConfigError, RegistryWarning
+from satisfice.executor import ExecutionConfig
+from satisfice.refresh import RefreshRefused, RegistryRefresher
+from satisfice.registry import Price
+from satisfice.testing import LocalUpstream
+
+FIX = Path(__file__).parent / "fixtures" / "sources"
+
+
+class _Catalogue:
+    """A catalogue served over HTTP on 127.0.0.1 whose body a test replaces at will."""
+
+    def __init__(self, body: Any) -> None:
+        self.body = json.dumps(body).encode()
+        self.hits = 0
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                outer.hits += 1
+                body = outer.body
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/map.json"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def served() -> Iterator[_Catalogue]:
+    c = _Catalogue({})
+    yield c
+    c.close()
+
+
+# -- importers --------------------------------------------------------------------------------
+
+
+def test_litellm_every_billed_dimension_in_usd_per_million() -> None:
+    cat = sources.load("litellm", str(FIX / "litellm_prices.json"))
+    sonnet = cat.listings[("anthropic", "claude-sonnet-4-7")]
+    assert sonnet.price is not None
+    assert (sonnet.price.input, sonnet.price.output) == (3.0, 15.0)
+    assert (sonnet.price.cached_input, sonnet.price.cache_write) == (0.3, 3.75)
+    assert sonnet.price.cache_write_1h == 6.0 and sonnet.price.batch_input == 1.5
+    gpt = cat.listings[("openai", "gpt-5.3")].price
+    assert gpt is not None and (gpt.priority_input, gpt.flex_output) == (3.0, 6.0)
+    gem = cat.listings[("google", "gemini-3.2-pro-preview")]
+    assert gem.price is not None and gem.price.long_context[0].above == 200_000
+    assert gem.deprecation_date == date(2026, 12, 20)
+    # no output price: unpriced, never $0; embeddings and the schema sample are skipped
+    assert cat.listings[("groq", "moonshotai/kimi-k2-instruct-0905")].price is None
+    assert not any("embedding" in m for _, m in cat.listings)
+    assert not any(m == "sample_spec" for _, m in cat.listings)
+
+
+def test_openrouter_strings_overrides_and_sentinels() -> None:
+    cat = sources.load("openrouter", str(FIX / "openrouter_models.json"))
+    gem = cat.listings[("openrouter", "google/gemini-3.2-pro-preview")].price
+    assert gem is not None and gem.input == 2.0 and gem.reasoning == 12.0
+    assert gem.long_context[0].above == 200_000 and gem.long_context[0].input == 4.0
+    assert cat.listings[("openrouter", "openrouter/auto")].price is None  # "-1": varies
+    assert cat.listings[("openrouter", "deepseek/deepseek-r2:free")].price is None
+    assert cat.listings[("openrouter", "mistralai/mistral-large-2411")].deprecation_date == date(
+        2026, 3, 1
+    )
+    assert ("openrouter", "openai/text-embedding-3-small") not in cat.listings
+
+
+def test_models_dev_tiers_status_and_missing_cost() -> None:
+    cat = sources.load("models.dev", str(FIX / "models_dev_api.json"))
+    gem = cat.listings[("google", "gemini-3.2-pro-preview")].price
+    assert gem is not None and gem.long_context[0].output == 18.0
+    assert cat.listings[("groq", "groq/compound")].price is None  # no cost block
+    haiku = cat.listings[("anthropic", "claude-3-5-haiku-20241022")]
+    assert haiku.deprecation_date is not None  # status "deprecated": retired as seen
+    assert ("google", "gemini-embedding-001") not in cat.listings
+
+
+def test_bad_sources_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown source"):
+        sources.load("nope", "x")
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="is not JSON"):
+        sources.load("litellm", str(tmp_path / "x.json"))
+    with pytest.raises(ConfigError, match="'data' array"):
+        sources.parse("openrouter", {"models": []})
+    with pytest.raises(ConfigError, match="not a file"):
+        sources.load("litellm", str(tmp_path / "missing.json"))
+
+
+def test_load_over_http(served: _Catalogue) -> None:
+    served.body = (FIX / "openrouter_models.json").read_bytes()
+    cat = sources.load("openrouter", served.url)
+    assert ("openrouter", "anthropic/claude-sonnet-4.7") in cat.listings and served.hits == 1
+
+
+# -- applying and diffing ---------------------------------------------------------------------
+
+
+def _reg(**price: float) -> Registry:
+    return Registry.from_dict({"model": [{
+        "id": "sonnet", "provider": "anthropic", "tokenizer": "claude", "context_window": 100_000,
+        "max_output": 8_000, "quality": {"general": 0.9}, "price": price or {"input": 1, "output": 2},
+        "deployments": [
+            {"name": "anthropic", "api": "anthropic", "base_url": "https://api.anthropic.com",
+             "model": "claude-sonnet-4-7"},
+            {"name": "other", "api": "openai", "base_url": "https://example.invalid/v1",
+             "model": "sonnet"},
+        ]}]})  # fmt: skip
+
+
+def test_apply_carries_facts_and_keeps_what_the_user_set() -> None:
+    cat = sources.load("litellm", str(FIX / "litellm_prices.json"))
+    new, diff = sources.apply(_reg(), cat, ["gpt-5.3"])
+    s = new["sonnet"]
+    assert s.price is not None and s.price.input == 3.0 and s.context_window == 200_000
+    assert s.quality == {"general": 0.9}  # the user's prior stays
+    # the unlisted deployment keeps the price it had, pinned (not the new model price)
+    other = s.deployments[1].price
+    assert other is not None and (other.input, other.output) == (1.0, 2.0)
+    assert "gpt-5.3" in new and new["gpt-5.3"].deployments[0].name == "openai"
+    assert new.meta["source"] == "litellm"
+    text = diff.render()
+    assert "sonnet: price.input 1.0 -> 3.0" in text and "+ gpt-5.3" in text
+    with pytest.raises(ConfigError, match="lists no chat model 'nope'"):
+        sources.apply(_reg(), cat, ["nope"])
+
+
+def test_absurd_changes_are_flagged() -> None:
+    cat = sources.load("litellm", str(FIX / "litellm_prices.json"))
+    _, ok = sources.apply(_reg(input=2.0, output=10.0), cat)
+    assert ok.absurd() == []  # 2 -> 3 and 10 -> 15 are ordinary moves
+    _, big = sources.apply(_reg(input=0.01, output=15.0), cat)
+    assert [c.what for c in big.absurd()] == ["price.input"]  # 0.01 -> 3.0 is 300x
+
+
+def test_registry_round_trips_through_toml(tmp_path: Path) -> None:
+    cat = sources.load("litellm", str(FIX / "litellm_prices.json"))
+    new, _ = sources.apply(_reg(), cat, ["gpt-5.3", "gemini-3.2-pro-preview"])
+    p = tmp_path / "r.toml"
+    p.write_text(new.to_toml())
+    back = Registry.from_toml(p)
+    assert [m.to_dict() for m in back] == [m.to_dict() for m in new]
+
+
+# -- prices in every dimension ----------------------------------------------------------------
+
+
+def test_price_tiers_fees_cache_lifetimes_and_reasoning() -> None:
+    p = Price.from_dict({
+        "input": 1.0, "output": 4.0, "cache_write": 1.25, "cache_write_1h": 2.0,
+        "reasoning": 8.0, "per_request": 0.01,
+        "long_context": [{"above": 272_000, "input": 4, "output": 9},
+                         {"above": 128_000, "input": 2, "output": 6}],
+    }, "p")  # fmt: skip
+    assert [t.above for t in p.long_context] == [128_000, 272_000]
+    assert p.cost(1e6, 0) == pytest.approx(4.0 + 0.01)  # highest tier passed: 4/M
+    assert p.cost(200_000, 0) == pytest.approx(0.4 + 0.01)  # the 128k tier
+    assert p.cost(1000, 1000, reasoning_tokens=400) == pytest.approx(
+        (1000 * 1 + 600 * 4 + 400 * 8) / 1e6 + 0.01
+    )
+    assert p.cost(1000, 0, cache_write=500, cache_write_1h=500) == pytest.approx(
+        (500 * 1.25 + 500 * 2.0) / 1e6 + 0.01
+    )
+    with pytest.raises(ConfigError, match="same prompt length"):
+        Price.from_dict({"input": 1, "output": 1, "long_context": [
+            {"above": 5, "input": 1, "output": 1}, {"above": 5, "input": 2, "output": 2}]}, "x")
+
+
+def test_a_per_request_fee_counts_against_max_cost() -> None:
+    reg = Registry.from_dict({"model": [
+        {"id": "fee", "provider": "x", "context_window": 8000, "max_output": 100,
+         "price": {"input": 0.01, "output": 0.01, "per_request": 0.05}, "quality": {"general": 0.9},
+         "deployments": [{"name": "x", "base_url": "https://example.invalid/v1"}]},
+        {"id": "dear", "provider": "x", "context_window": 8000, "max_output": 100,
+         "price": {"input": 10, "output": 10}, "quality": {"general": 0.8},
+         "deployments": [{"name": "x", "base_url": "https://example.invalid/v1"}]},
+    ]})  # fmt: skip
+    r = Router(reg, Policy(quality_floor=0.5))
+    d = r.route("hi", max_cost_usd=0.02, max_output_tokens=50)
+    assert d.model == "dear"  # the 5-cent fee puts "fee" over the cap
+    assert r.route("hi", max_output_tokens=50).est_cost_usd is not None
+
+
+# -- deprecation and staleness ----------------------------------------------------------------
+
+
+def test_attention_names_retired_retiring_and_stale() -> None:
+    today = date(2026, 12, 1)
+    reg = Registry.from_dict({"meta": {"prices_as_of": "2026-06-01"}, "model": [
+        {"id": "old", "provider": "x", "context_window": 10, "max_output": 5,
+         "deprecation_date": "2026-11-01", "successor": "new"},
+        {"id": "soon", "provider": "x", "context_window": 10, "max_output": 5,
+         "deprecation_date": date(2026, 12, 20)},
+        {"id": "fine", "provider": "x", "context_window": 10, "max_output": 5,
+         "deprecation_date": "2028-01-01"},
+    ]})  # fmt: skip
+    notes = reg.attention(today)
+    assert len(notes) == 3
+    assert "'old' was retired on 2026-11-01" in notes[0] and "'new'" in notes[0]
+    assert "'soon' is retired on 2026-12-20 (in 19 days)" in notes[1]
+    assert "183 days ago" in notes[2]
+    assert reg.attention(today, max_price_age_days=365)[2:] == []
+    with pytest.warns(RegistryWarning, match="'old' was retired"):
+        Router(reg)
+    with pytest.raises(ConfigError, match="must be a date"):
+        Registry.from_dict({"model": [{"id": "x", "provider": "x", "context_window": 10,
+                                       "max_output": 5, "deprecation_date": "soon"}]})  # fmt: skip
+
+
+def test_the_bundled_registry_is_current() -> None:
+    reg = Registry.default()
+    as_of = date.fromisoformat(str(reg.meta["prices_as_of"]))
+    for m in reg:  # nothing retired on the day it was generated
+        assert m.deprecation_date is None or m.deprecation_date > as_of, m.id
+        assert m.price is not None, m.id
+    assert reg.reference.id == reg.meta["reference_model"]
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def test_registry_command_diff_update_and_refusal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = tmp_path / "base.toml"
+    base.write_text(_reg(input=0.01, output=15.0).to_toml())
+    fix = str(FIX / "litellm_prices.json")
+    assert main(["registry", "diff", fix, "--from", "litellm", "--registry", str(base)]) == 0
+    assert "sonnet: price.input 0.01 -> 3.0" in capsys.readouterr().out
+    out = tmp_path / "new.toml"
+    args = ["registry", "update", fix, "--from", "litellm", "--registry", str(base),
+            "--out", str(out), "--models", "gpt-5.3"]  # fmt: skip
+    assert main(args) == 2 and not out.exists()  # 300x: refused
+    assert "--yes" in capsys.readouterr().err
+    assert main([*args, "--yes"]) == 0
+    reg = Registry.from_toml(out)
+    assert reg["sonnet"].price is not None and reg["sonnet"].price.input == 3.0
+    assert "gpt-5.3" in reg
+    assert main(["registry", "check", "--registry", str(out)]) == 0
+
+
+# -- live refresh -----------------------------------------------------------------------------
+
+
+def _litellm_map(price_in: float) -> dict[str, Any]:
+    return {
+        f"{m}-wire": {"litellm_provider": "openai", "mode": "chat", "max_input_tokens": 100_000,
+                      "max_output_tokens": 4000, "input_cost_per_token": price_in * k / 1e6,
+                      "output_cost_per_token": 4 * price_in * k / 1e6}
+        for k, m in ((1, "alpha"), (2, "beta"))
+    }  # fmt: skip
+
+
+def _upstream_registry(url: str) -> Registry:
+    return Registry.from_dict({"model": [
+        {"id": m, "provider": "openai", "context_window": 100_000, "max_output": 4000,
+         "price": {"input": 1.0 * k, "output": 4.0 * k}, "quality": {"general": 0.9},
+         "p95_latency_ms": 100,
+         "deployments": [{"name": "openai", "base_url": url + "/v1", "model": f"{m}-wire"}]}
+        for k, m in ((1, "alpha"), (2, "beta"))
+    ]})  # fmt: skip
+
+
+async def test_refresh_swaps_prices_under_load_without_failing_a_request(
+    served: _Catalogue,
+) -> None:
+    with LocalUpstream() as up:
+        router = Router(_upstream_registry(up.url), Policy(quality_floor=0.5)).configure(
+            execution=ExecutionConfig(read_timeout_s=5.0)
+        )
+        before = router.route("hello", max_output_tokens=100).est_cost_usd
+        seen: list[float] = []
+        refresher = RegistryRefresher(router, "litellm", served.url, interval_s=0.01)
+
+        async def traffic() -> None:
+            for _ in range(60):
+                res = await router.chat("hello", max_tokens=100)
+                assert res.text and res.cost_usd is not None
+                seen.append(res.cost_usd)
+
+        async def refreshes() -> None:
+            for step in (1.5, 2.0, 2.5, 3.0):  # each move under the 10x guard
+                served.body = json.dumps(_litellm_map(step)).encode()
+                await refresher.refresh()
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(traffic(), traffic(), refreshes())
+        after = router.route("hello", max_output_tokens=100).est_cost_usd
+        assert before is not None and after == pytest.approx(before * 3.0)
+        assert refresher.refreshes == 4 and len(seen) == 120
+        assert router.registry["alpha"].price == Price(3.0, 12.0)
+        assert router.registry.meta["prices_as_of"] == date.today()
+
+        # a price x100 is refused and the old registry stays; confirm=True applies it
+        served.body = json.dumps(_litellm_map(300.0)).encode()
+        with pytest.raises(RefreshRefused, match="price.input 3.0 -> 300.0"):
+            await refresher.refresh()
+        assert router.registry["alpha"].price == Price(3.0, 12.0)
+        await RegistryRefresher(router, "litellm", served.url, confirm=True).refresh()
+        assert router.registry["alpha"].price == Price(300.0, 1200.0)
+        await router.aclose()
+
+
+async def test_the_refresh_loop_survives_a_broken_source(served: _Catalogue) -> None:
+    router = Router(_upstream_registry("http://127.0.0.1:9"), Policy(quality_floor=0.5))
+    served.body = b"{broken"
+    r = RegistryRefresher(router, "litellm", served.url, interval_s=0.01)
+    r.start()
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if r.failures >= 2:
+            break
+    await r.stop()
+    assert r.failures >= 2 and router.registry["alpha"].price == Price(1.0, 4.0)
