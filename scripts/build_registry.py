@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     for m in reg:
         if m.price is None:
             problems.append(f"{m.id}: {args.source} has no price for it")
-        if m.deprecation_date is not None and (m.deprecation_date - today).days < args.min_days_left:
+        if (
+            m.deprecation_date is not None
+            and (m.deprecation_date - today).days < args.min_days_left
+        ):
             problems.append(f"{m.id}: retired on {m.deprecation_date} (successor {m.successor})")
         for d in m.deployments:
             listing = cat.listings.get((d.name, d.model))

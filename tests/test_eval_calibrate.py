@@ -104,7 +104,7 @@ def test_cli_writes_the_policy_and_keeps_its_predictor(
     shipped_predictor().save(pred)
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"quality_floor": 0.5, "predictor": str(pred), "rules": [
-        {"name": "poems", "use": ["gpt-4o-mini"], "when": {"task": "creative"}}]}))  # fmt: skip
+        {"name": "poems", "use": ["gpt-5.4-mini"], "when": {"task": "creative"}}]}))  # fmt: skip
     data = logs(tmp_path / "l.jsonl")
     code = main(["calibrate", "--format", "outcomes", str(data), "--target", "quality:95",
                  "--policy", str(policy), "--json"])  # fmt: skip

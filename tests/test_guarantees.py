@@ -234,8 +234,9 @@ def test_every_billed_dimension_is_priced() -> None:
     )
     # above the threshold the whole request is billed at the long-context rates
     assert p.cost(300_000, 1000) == pytest.approx((300_000 * 6.0 + 1000 * 22.5) / 1e6)
-    sonnet = Registry.default()["claude-sonnet-4"].price
-    assert sonnet is not None and sonnet.cache_write == 3.75  # Anthropic: 1.25 x input
+    sonnet = Registry.default()["claude-sonnet-5-5"].price
+    assert sonnet is not None and sonnet.cache_write == 1.25 * sonnet.input  # Anthropic 5m
+    assert sonnet.cache_write_1h == 2 * sonnet.input  # and 1h writes
     with pytest.raises(ConfigError, match="long_context must be a table"):
         Price.from_dict({"input": 1, "output": 1, "long_context": {"above": 5}}, "x")
 
@@ -243,8 +244,15 @@ def test_every_billed_dimension_is_priced() -> None:
 def test_the_router_estimates_long_prompts_at_long_context_rates() -> None:
     from satisfice import Router
 
-    router = Router()
-    pro = router.registry["gemini-2.5-pro"]
+    # a Gemini-2.5-Pro-like model: 1.25/10 up to 200k prompt tokens, 2.50/15 above
+    router = Router(Registry.from_dict({"model": [{
+        "id": "pro", "provider": "google", "tokenizer": "gemini", "context_window": 1048576,
+        "max_output": 65536, "p95_latency_ms": 30000, "quality": {"general": 0.9},
+        "price": {"input": 1.25, "output": 10.0,
+                  "long_context": {"above": 200000, "input": 2.5, "output": 15.0}},
+        "deployments": [{"name": "google", "base_url": "https://example.invalid/v1"}],
+    }]}))  # fmt: skip
+    pro = router.registry["pro"]
     text = "word " * 230_000  # 230k tokens: above the 200k tier (estimated at ~182k)
     # a cap that even the upper bound at long-context rates fits: decided on the estimate
     d = router.route(text, allow=(pro.id,), max_output_tokens=1000, max_cost_usd=0.7)

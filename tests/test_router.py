@@ -55,7 +55,11 @@ def test_default_router_routes_with_reasons(router: Router) -> None:
     for key in ("model", "fallbacks", "tokens_in", "tokens_in_exact", "est_cost_usd", "reasons"):
         assert key in out
     ref_id, ref_cost = d.reference
-    assert ref_id == "claude-opus-4" and ref_cost is not None and ref_cost > out["est_cost_usd"]
+    assert (
+        ref_id == router.registry.meta["reference_model"]
+        and ref_cost is not None
+        and ref_cost > out["est_cost_usd"]
+    )
 
 
 def test_cheapest_above_floor_and_fallback_order() -> None:

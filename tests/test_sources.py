@@ -33,7 +33,7 @@ class _Catalogue:
         outer = self
 
         class H(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 outer.hits += 1
                 body = outer.body
                 self.send_response(200)
@@ -133,7 +133,8 @@ def test_load_over_http(served: _Catalogue) -> None:
 def _reg(**price: float) -> Registry:
     return Registry.from_dict({"model": [{
         "id": "sonnet", "provider": "anthropic", "tokenizer": "claude", "context_window": 100_000,
-        "max_output": 8_000, "quality": {"general": 0.9}, "price": price or {"input": 1, "output": 2},
+        "max_output": 8_000, "quality": {"general": 0.9},
+        "price": price or {"input": 1, "output": 2},
         "deployments": [
             {"name": "anthropic", "api": "anthropic", "base_url": "https://api.anthropic.com",
              "model": "claude-sonnet-4-7"},
@@ -196,8 +197,17 @@ def test_price_tiers_fees_cache_lifetimes_and_reasoning() -> None:
         (500 * 1.25 + 500 * 2.0) / 1e6 + 0.01
     )
     with pytest.raises(ConfigError, match="same prompt length"):
-        Price.from_dict({"input": 1, "output": 1, "long_context": [
-            {"above": 5, "input": 1, "output": 1}, {"above": 5, "input": 2, "output": 2}]}, "x")
+        Price.from_dict(
+            {
+                "input": 1,
+                "output": 1,
+                "long_context": [
+                    {"above": 5, "input": 1, "output": 1},
+                    {"above": 5, "input": 2, "output": 2},
+                ],
+            },
+            "x",
+        )
 
 
 def test_a_per_request_fee_counts_against_max_cost() -> None:

@@ -164,7 +164,9 @@ def cmd_registry(args: argparse.Namespace) -> int:
         print("\n".join(notes) if notes else f"{len(reg)} models: nothing needs attention")
         return 1 if notes else 0
     if args.source is None:
-        raise SatisficeError(f"registry {args.action} needs --from {{litellm,openrouter,models.dev}}")
+        raise SatisficeError(
+            f"registry {args.action} needs --from {{litellm,openrouter,models.dev}}"
+        )
     _, new, diff = _catalogue_update(args)
     print(diff.render())
     for note in new.attention(max_price_age_days=args.max_price_age_days):

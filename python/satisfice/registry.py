@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from datetime import date, datetime
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any

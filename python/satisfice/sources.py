@@ -161,6 +161,12 @@ def _positive_int(v: Any) -> int | None:
     return n if 0 < n < 2**32 else None
 
 
+def _sub(e: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """`e[key]` when it is a table, else an empty one (sources leave out or null fields)."""
+    v = e.get(key)
+    return v if isinstance(v, Mapping) else {}
+
+
 def _safe_date(v: Any) -> date | None:
     try:
         return _date(v, "")
@@ -168,7 +174,9 @@ def _safe_date(v: Any) -> date | None:
         return None
 
 
-def _make_price(rates: Mapping[str, float | None], tiers: Iterable[LongContext] = ()) -> Price | None:
+def _make_price(
+    rates: Mapping[str, float | None], tiers: Iterable[LongContext] = ()
+) -> Price | None:
     """A Price from parsed rates, or None (unpriced) when input or output is missing or both
     are 0: a source's 0 means 'not listed' far more often than 'free'."""
     inp, out = rates.get("input"), rates.get("output")
@@ -263,11 +271,11 @@ def parse_openrouter(data: Mapping[str, Any]) -> Catalogue:
     for e in models:
         if not isinstance(e, Mapping) or not isinstance(mid := e.get("id"), str):
             continue
-        arch = e.get("architecture") if isinstance(e.get("architecture"), Mapping) else {}
+        arch = _sub(e, "architecture")
         out_mod = arch.get("output_modalities") or ["text"]
         if "text" not in out_mod:
             continue
-        p = e.get("pricing") if isinstance(e.get("pricing"), Mapping) else {}
+        p = _sub(e, "pricing")
         rates = {
             "input": _per_token(p.get("prompt")),
             "output": _per_token(p.get("completion")),
@@ -286,7 +294,7 @@ def parse_openrouter(data: Mapping[str, Any]) -> Catalogue:
                 li, lo = _per_token(o.get("prompt")), _per_token(o.get("completion"))
                 if li is not None and lo is not None:
                     tiers.append(LongContext(n, li, lo))
-        top = e.get("top_provider") if isinstance(e.get("top_provider"), Mapping) else {}
+        top = _sub(e, "top_provider")
         params = set(e.get("supported_parameters") or ())
         caps = {"streaming", "system_prompt"}
         caps |= {"tools"} if "tools" in params else set()
@@ -318,12 +326,12 @@ def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
         for mid, e in models.items():
             if not isinstance(e, Mapping):
                 continue
-            mods = e.get("modalities") if isinstance(e.get("modalities"), Mapping) else {}
+            mods = _sub(e, "modalities")
             if "text" not in (mods.get("output") or ["text"]) or "embedding" in (
                 f"{mid} {e.get('family', '')}"
             ):
                 continue
-            c = e.get("cost") if isinstance(e.get("cost"), Mapping) else {}
+            c = _sub(e, "cost")
             rates = {
                 "input": _per_million(c.get("input")),
                 "output": _per_million(c.get("output")),
@@ -339,7 +347,7 @@ def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
                     li, lo = _per_million(t.get("input")), _per_million(t.get("output"))
                     if n and li is not None and lo is not None:
                         tiers.append(LongContext(n, li, lo))
-            lim = e.get("limit") if isinstance(e.get("limit"), Mapping) else {}
+            lim = _sub(e, "limit")
             caps = {"streaming", "system_prompt"}
             caps |= {"tools"} if e.get("tool_call") else set()
             caps |= {"reasoning"} if e.get("reasoning") else set()
@@ -360,7 +368,11 @@ def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
     return Catalogue("models.dev", listings)
 
 
-_PARSERS = {"litellm": parse_litellm, "openrouter": parse_openrouter, "models.dev": parse_models_dev}
+_PARSERS = {
+    "litellm": parse_litellm,
+    "openrouter": parse_openrouter,
+    "models.dev": parse_models_dev,
+}
 
 
 def parse(source: str, data: Any) -> Catalogue:
@@ -464,9 +476,13 @@ class Diff:
                 continue
             if c.old is not None and c.new is None:
                 bad.append(c)
-            elif isinstance(c.old, float) and isinstance(c.new, float):
-                if c.old > 0 and (c.new == 0 or not 1 / max_ratio <= c.new / c.old <= max_ratio):
-                    bad.append(c)
+            elif (
+                isinstance(c.old, float)
+                and isinstance(c.new, float)
+                and c.old > 0
+                and (c.new == 0 or not 1 / max_ratio <= c.new / c.old <= max_ratio)
+            ):
+                bad.append(c)
         return bad
 
     def render(self) -> str:
@@ -533,8 +549,8 @@ def apply(
     for m in registry:
         hits = [(d, h) for d in m.deployments if (h := _listing_for(cat, d)) is not None]
         if not hits:
-            unlisted.append(Change(m.id, "unlisted", ", ".join(f"{d.name}:{d.model}"
-                                                           for d in m.deployments), None))  # fmt: skip
+            where = ", ".join(f"{d.name}:{d.model}" for d in m.deployments)
+            unlisted.append(Change(m.id, "unlisted", where, None))
             models.append(m)
             continue
         models.append(_updated(m, hits))
