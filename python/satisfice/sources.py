@@ -474,9 +474,7 @@ class Diff:
         for c in self.changes:
             if not c.what.startswith("price"):
                 continue
-            if c.old is not None and c.new is None:
-                bad.append(c)
-            elif (
+            if (c.old is not None and c.new is None) or (
                 isinstance(c.old, float)
                 and isinstance(c.new, float)
                 and c.old > 0
