@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tomllib
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
 from satisfice import sources
-from satisfice.registry import Deployment, ModelSpec, Registry
+from satisfice.registry import Deployment, ModelSpec, Registry, _efforts
 
 ROOT = Path(__file__).resolve().parent.parent
 SELECTION = ROOT / "scripts" / "registry_models.toml"
@@ -72,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 p95_latency_ms=entry["p95_latency_ms"],
                 quality=entry["quality"],
                 deployments=tuple(deps),
+                efforts=_efforts(entry.get("efforts"), f"model {entry['id']!r}"),
             )
         )
     meta = dict(sel["meta"])
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("refusing to write the registry:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
-    reg = Registry([replace(m) for m in reg], {**reg.meta, "prices_as_of": today})
+    reg = Registry(list(reg), {**reg.meta, "prices_as_of": today})
     text = reg.to_toml(
         HEADER.format(
             source=args.source, location=args.location or "the installed package's copy",

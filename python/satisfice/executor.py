@@ -103,7 +103,8 @@ class _Target:
         self.spec = spec
         self.dep = dep
         self.model = spec.id
-        self.key = f"{spec.id}/{dep.name}"
+        # health is the deployment's: a model's effort variants call the same one
+        self.key = f"{spec.base or spec.id}/{dep.name}"
         self.price: Price | None = dep.price if dep.price is not None else spec.price
         self.provider: Provider | None = None
 
@@ -179,7 +180,7 @@ class Executor:
         self._timeout = httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s)
         self._reg: Registry | None = None
         self._targets: dict[str, tuple[_Target, ...]] = {}
-        self._key_model: dict[str, str] | None = None  # "model/deployment" -> model
+        self._key_model: dict[str, list[str]] | None = None  # "model/deployment" -> models
 
     # targets ------------------------------------------------------------------------------
     def targets(self, registry: Registry, model: str) -> tuple[_Target, ...]:
@@ -230,13 +231,18 @@ class Executor:
         from the blocked keys, so it costs the same at 20 models as at 2,000."""
         if registry is not self._reg or self._key_model is None:
             self.targets(registry, registry.ids[0])  # (re)bind to this registry
-            self._key_model = {f"{m.id}/{d.name}": m.id for m in registry for d in m.deployments}
-        models = {m for k in keys if (m := self._key_model.get(k)) is not None}
+            self._key_model = {}
+            for m in registry:
+                for d in m.deployments:
+                    self._key_model.setdefault(f"{m.base or m.id}/{d.name}", []).append(m.id)
+        models = {m for k in keys for m in self._key_model.get(k, ())}
         return [m for m in models if all(t.key in keys for t in self.targets(registry, m))]
 
     def _provider(self, t: _Target) -> Provider:
         if t.provider is None:
-            t.provider = make_provider(self.client, t.model, t.dep)  # AuthError: no key set
+            t.provider = make_provider(
+                self.client, t.model, t.dep, t.spec.effort, t.spec.reasoning_tokens
+            )  # AuthError: no key set
         return t.provider
 
     def _available(

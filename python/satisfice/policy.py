@@ -21,7 +21,7 @@ from . import _core
 from ._table import ModelRowSpec, RuleSpec
 from .errors import ConfigError
 from .predict import QualityModel
-from .registry import Registry
+from .registry import ModelSpec, Registry
 
 __all__ = ["Constraints", "Policy", "Rule"]
 
@@ -150,6 +150,16 @@ class Rule:
         )
 
 
+def _fee(m: ModelSpec) -> float:
+    """USD a call costs beyond its prompt and answer: the per-request fee, and for an
+    effort variant its expected reasoning tokens (at the reasoning rate, else output)."""
+    p = m.price
+    if p is None:
+        return 0.0
+    rate = p.reasoning if p.reasoning is not None else p.output
+    return (p.per_request or 0.0) + m.reasoning_tokens * rate / 1e6
+
+
 @dataclass(frozen=True)
 class Policy:
     """How a router ranks: rules, then learned quality with a floor or a cost weight."""
@@ -211,7 +221,7 @@ class Policy:
                     "long_above": tiers[0].above if tiers else math.inf,
                     "long_in": long_in,
                     "long_out": long_out,
-                    "fee": (price.per_request or 0.0) if price else 0.0,
+                    "fee": _fee(m),
                 }
             )
         rules: list[RuleSpec] = []

@@ -11,7 +11,7 @@ import math
 import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from importlib import resources
 from pathlib import Path
@@ -277,6 +277,32 @@ class Deployment:
 
 
 @dataclass(frozen=True, slots=True)
+class Effort:
+    """One reasoning-effort level of a model: the reasoning tokens it spends per call on top
+    of the answer (billed at the reasoning rate, else the output rate) and the change it
+    makes to the model's P(good) priors."""
+
+    reasoning_tokens: int
+    quality: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Effort:
+        if not isinstance(d, Mapping) or not set(d) <= {"reasoning_tokens", "quality"}:
+            raise ConfigError(f"{where} must be a table {{reasoning_tokens = N, quality = DELTA}}")
+        n = d.get("reasoning_tokens")
+        q = d.get("quality", 0.0)
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 2**24:
+            raise ConfigError(f"{where}.reasoning_tokens must be an integer >= 0, got {n!r:.40}")
+        if isinstance(q, bool) or not isinstance(q, int | float) or not -0.5 < q < 0.5:
+            raise ConfigError(f"{where}.quality must be a number in (-0.5, 0.5), got {q!r:.40}")
+        return cls(n, float(q))
+
+
+#: Effort names the APIs accept (OpenAI's reasoning_effort; Anthropic takes a token budget).
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One model. `price=None` means unpriced (cost unknown), never free."""
 
@@ -293,6 +319,12 @@ class ModelSpec:
     disabled: bool = False
     deprecation_date: date | None = None  # the provider retires it on this day
     successor: str | None = None  # the model the provider names as its replacement
+    # Reasoning-effort levels. The registry adds one routable variant per level, with id
+    # "MODEL@LEVEL", `effort` set and `base` naming this model (see Registry).
+    efforts: Mapping[str, Effort] = field(default_factory=dict)
+    effort: str | None = None
+    base: str | None = None
+    reasoning_tokens: int = 0  # a variant's expected reasoning tokens per call
 
     def __post_init__(self) -> None:
         where = f"model {self.id!r}"
@@ -359,6 +391,7 @@ class ModelSpec:
             "disabled",
             "deprecation_date",
             "successor",
+            "efforts",
         }
         unknown = set(d) - known
         if unknown:
@@ -402,6 +435,28 @@ class ModelSpec:
             disabled=disabled,
             deprecation_date=_date(d.get("deprecation_date"), f"{where}.deprecation_date"),
             successor=_opt_str(d.get("successor"), f"{where}.successor"),
+            efforts=_efforts(d.get("efforts"), where),
+        )
+
+    def variant(self, name: str) -> ModelSpec:
+        """This model at one effort level: its own row in the routing table, priced with
+        the level's reasoning tokens and its priors moved by the level's quality delta."""
+        e = self.efforts[name]
+        q = {t: min(max(v + e.quality, 0.01), 0.99) for t, v in self.quality.items()}
+        if not q:
+            q = {"general": min(max(0.7 + e.quality, 0.01), 0.99)}
+        return replace(
+            self,
+            id=f"{self.id}@{name}",
+            quality=q,
+            efforts={},
+            effort=name,
+            base=self.id,
+            reasoning_tokens=e.reasoning_tokens,
+            # reasoning tokens stream at roughly 100/s before the answer starts
+            p95_latency_ms=None
+            if self.p95_latency_ms is None
+            else self.p95_latency_ms + e.reasoning_tokens * 10.0,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -426,6 +481,11 @@ class ModelSpec:
             d["successor"] = self.successor
         if self.disabled:
             d["disabled"] = True
+        if self.efforts:
+            d["efforts"] = {
+                k: {"reasoning_tokens": e.reasoning_tokens, "quality": e.quality}
+                for k, e in self.efforts.items()
+            }
         d["deployments"] = [dep.to_dict() for dep in self.deployments]
         return d
 
@@ -444,10 +504,30 @@ def _date(v: Any, where: str) -> date | None:
     raise ConfigError(f"{where} must be a date like 2026-12-01, got {v!r:.40}")
 
 
+def _efforts(v: Any, where: str) -> dict[str, Effort]:
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"{where}.efforts must be a table of LEVEL = {{reasoning_tokens = N}}")
+    bad = set(v) - set(EFFORTS)
+    if bad:
+        raise ConfigError(f"{where}.efforts: unknown level(s) {sorted(bad)}; use {list(EFFORTS)}")
+    return {k: Effort.from_dict(e, f"{where}.efforts.{k}") for k, e in v.items()}
+
+
 def _opt_str(v: Any, where: str) -> str | None:
     if v is None or (isinstance(v, str) and v):
         return v
     raise ConfigError(f"{where} must be a non-empty string, got {v!r:.40}")
+
+
+def _default_effort(m: Any) -> Any:
+    """A model with effort levels, called without one, runs at the provider's default: a
+    declared `medium` level is that default (OpenAI, Gemini) and prices the model; without
+    one the default is no extended reasoning (Anthropic's), priced with none."""
+    if not isinstance(m, ModelSpec) or "medium" not in m.efforts or m.reasoning_tokens:
+        return m
+    return replace(m, reasoning_tokens=m.efforts["medium"].reasoning_tokens)
 
 
 class Registry:
@@ -456,7 +536,14 @@ class Registry:
     __slots__ = ("_by_id", "_models", "meta")
 
     def __init__(self, models: Iterable[ModelSpec], meta: Mapping[str, Any] | None = None):
-        self._models: tuple[ModelSpec, ...] = tuple(models)
+        declared = [m for m in models if not (isinstance(m, ModelSpec) and m.base is not None)]
+        # Each effort level of a model is routed as a model of its own ("MODEL@LEVEL"),
+        # placed right after it; the model itself stands for the provider's default effort.
+        self._models: tuple[ModelSpec, ...] = tuple(
+            v
+            for m in declared
+            for v in (_default_effort(m), *(m.variant(k) for k in getattr(m, "efforts", {})))
+        )
         if not self._models:
             raise ConfigError("a registry needs at least one model")
         self._by_id: dict[str, ModelSpec] = {}
@@ -589,7 +676,9 @@ class Registry:
         return notes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"meta": dict(self.meta), "model": [m.to_dict() for m in self._models]}
+        """The declared models (effort variants are written as their model's `efforts`)."""
+        models = [m.to_dict() for m in self._models if m.base is None]
+        return {"meta": dict(self.meta), "model": models}
 
     def to_toml(self, header: str = "") -> str:
         """The registry as TOML that `from_toml` reads back to an equal registry."""

@@ -508,6 +508,8 @@ def _price_changes(model: str, where: str, old: Price | None, new: Price | None)
 def diff(old: Registry, new: Registry) -> Diff:
     out: list[Change] = []
     for m in new:
+        if m.base is not None:
+            continue
         if m.id not in old:
             out.append(Change(m.id, "added", None, ", ".join(d.name for d in m.deployments)))
             continue
@@ -545,6 +547,8 @@ def apply(
     models: list[ModelSpec] = []
     unlisted: list[Change] = []
     for m in registry:
+        if m.base is not None:  # an effort variant: rebuilt from its model
+            continue
         hits = [(d, h) for d in m.deployments if (h := _listing_for(cat, d)) is not None]
         if not hits:
             where = ", ".join(f"{d.name}:{d.model}" for d in m.deployments)

@@ -28,7 +28,13 @@ __all__ = [
 ]
 
 
-def make_provider(client: httpx.AsyncClient, model_id: str, dep: Deployment) -> Provider:
+def make_provider(
+    client: httpx.AsyncClient,
+    model_id: str,
+    dep: Deployment,
+    effort: str | None = None,
+    reasoning_tokens: int = 0,
+) -> Provider:
     """The provider for a registry deployment, with its key read from the environment now.
 
     Raises AuthError naming the variable (never its value) when the key is not set.
@@ -59,4 +65,6 @@ def make_provider(client: httpx.AsyncClient, model_id: str, dep: Deployment) -> 
         api_key=key,
         deployment=dep.name,
         model_id=model_id,
+        effort=effort,
+        reasoning_tokens=reasoning_tokens,
     )

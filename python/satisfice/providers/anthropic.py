@@ -258,12 +258,21 @@ class AnthropicProvider(HTTPProvider):
     def _auth(api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}
 
+    def _wire(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
+        p = to_anthropic(request, self.model, stream=stream)
+        if self.effort is not None and self.effort != "none" and self.reasoning_tokens:
+            # extended thinking: the budget is spent before the answer, within max_tokens
+            budget = max(self.reasoning_tokens, 1024)
+            p["thinking"] = {"type": "enabled", "budget_tokens": budget}
+            p["max_tokens"] = p["max_tokens"] + budget
+        return p
+
     @staticmethod
     def _extra_headers() -> dict[str, str]:
         return {"anthropic-version": API_VERSION}
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
-        content = await self._post(encode_body(to_anthropic(request, self.model)), timeout)
+        content = await self._post(encode_body(self._wire(request, False)), timeout)
         try:
             data = parse_json(content)
             texts: list[str] = []
@@ -290,7 +299,7 @@ class AnthropicProvider(HTTPProvider):
     async def stream(
         self, request: ChatRequest, timeout: httpx.Timeout
     ) -> AsyncGenerator[str | ChatResponse, None]:
-        body = encode_body(to_anthropic(request, self.model, stream=True))
+        body = encode_body(self._wire(request, True))
         resp = await self._open(body, timeout)
         try:
             parts: list[str] = []

@@ -312,7 +312,10 @@ class HTTPProvider:
     """The HTTP plumbing both wire formats share: one deployment, a prebuilt URL and
     headers (the key lives there and nowhere else), failures mapped to errors.py."""
 
-    __slots__ = ("_client", "_headers", "_url", "deployment", "model", "model_id")
+    __slots__ = (
+        "_client", "_headers", "_url", "deployment", "effort", "model", "model_id",
+        "reasoning_tokens",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -323,8 +326,13 @@ class HTTPProvider:
         api_key: str | None = None,
         deployment: str | None = None,
         model_id: str | None = None,
+        effort: str | None = None,
+        reasoning_tokens: int = 0,
     ) -> None:
         self._client = client
+        # a (model, effort) variant: OpenAI-style APIs get `reasoning_effort`, Anthropic a
+        # thinking budget of `reasoning_tokens`
+        self.effort, self.reasoning_tokens = effort, reasoning_tokens
         self._url = self._endpoint(base_url.rstrip("/"))
         self._headers = {"content-type": "application/json", **self._extra_headers()}
         if api_key:

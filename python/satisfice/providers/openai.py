@@ -95,6 +95,8 @@ class OpenAIProvider(HTTPProvider):
             p["tool_choice"] = r.tool_choice
         if r.response_format is not None:
             p["response_format"] = r.response_format
+        if self.effort is not None:
+            p["reasoning_effort"] = self.effort
         if stream:
             p["stream"] = True
             p["stream_options"] = {"include_usage": True}

@@ -1,0 +1,86 @@
+"""(model, effort) as the routing unit: variants, their prices, the choice and the wire."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from satisfice import Policy, Registry, Router
+from satisfice.errors import ConfigError
+from satisfice.executor import ExecutionConfig
+from satisfice.testing import LocalUpstream
+
+
+def _reg(url: str = "https://example.invalid", api: str = "openai") -> Registry:
+    efforts: dict[str, Any] = {
+        "low": {"reasoning_tokens": 500, "quality": -0.05},
+        "medium": {"reasoning_tokens": 2000},
+        "high": {"reasoning_tokens": 8000, "quality": 0.12},
+    }
+    return Registry.from_dict({"model": [{
+        "id": "think", "provider": api, "context_window": 100_000, "max_output": 8000,
+        "price": {"input": 1.0, "output": 4.0}, "quality": {"general": 0.8}, "efforts": efforts,
+        "p95_latency_ms": 1000,
+        "deployments": [{"name": "d", "api": api, "model": "think-wire",
+                         "base_url": url + ("/v1" if api == "openai" else "")}],
+    }]})  # fmt: skip
+
+
+def test_each_level_is_a_routable_variant_priced_with_its_reasoning() -> None:
+    reg = _reg()
+    assert reg.ids == ["think", "think@low", "think@medium", "think@high"]
+    low, high = reg["think@low"], reg["think@high"]
+    assert (low.effort, low.base, low.reasoning_tokens) == ("low", "think", 500)
+    assert reg["think"].reasoning_tokens == 2000  # the default effort is medium
+    assert high.quality["general"] == pytest.approx(0.92)
+    assert high.p95_latency_ms == pytest.approx(1000 + 8000 * 10)
+    r = Router(reg, Policy(quality_floor=0.5))
+    d = r.route("What is 2+2?", max_output_tokens=100)
+    assert d.model == "think@low"  # cheapest level that clears the floor
+    by = {c.model: c.est_cost_usd for c in d.candidates}
+    assert by["think@high"] - by["think@low"] == pytest.approx((8000 - 500) * 4.0 / 1e6)
+    assert r.route("What is 2+2?", quality_floor=0.9).model == "think@high"
+    assert "think@low" in d.explain()
+
+
+def test_variants_are_written_as_their_models_levels(tmp_path: Path) -> None:
+    reg = _reg()
+    p = tmp_path / "r.toml"
+    p.write_text(reg.to_toml())
+    assert "think@" not in p.read_text()
+    assert Registry.from_toml(p).ids == reg.ids
+    with pytest.raises(ConfigError, match="unknown level"):
+        Registry.from_dict({"model": [{"id": "x", "provider": "x", "context_window": 10,
+                                       "max_output": 5, "efforts": {"turbo": {}}}]})  # fmt: skip
+    with pytest.raises(ConfigError, match="reasoning_tokens must be an integer"):
+        Registry.from_dict({"model": [{"id": "x", "provider": "x", "context_window": 10,
+                                       "max_output": 5, "efforts": {"low": {}}}]})  # fmt: skip
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+async def test_the_level_reaches_the_provider(api: str) -> None:
+    with LocalUpstream() as up:
+        async with Router(_reg(up.url, api), Policy(quality_floor=0.5)).configure(
+            execution=ExecutionConfig(read_timeout_s=5.0)
+        ) as r:
+            await r.chat("hi", allow=("think@high",), max_tokens=100)
+            await r.chat("hi", allow=("think",), max_tokens=100)
+        high, base = up.seen("think-wire")
+    if api == "openai":
+        assert high.body["reasoning_effort"] == "high"
+        assert "reasoning_effort" not in base.body
+    else:
+        assert high.body["thinking"] == {"type": "enabled", "budget_tokens": 8000}
+        assert high.body["max_tokens"] == 100 + 8000  # the answer keeps its 100
+        assert "thinking" not in base.body
+
+
+def test_a_cooling_deployment_blocks_every_level_of_its_model() -> None:
+    from satisfice.executor import Executor
+    from satisfice.state import Health
+
+    reg = _reg()
+    io = Executor(None, Health(), ExecutionConfig())  # type: ignore[arg-type]
+    assert sorted(io.blocked_models(reg, {"think/d"})) == sorted(reg.ids)
