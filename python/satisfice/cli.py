@@ -193,6 +193,48 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .probe import run_probes
+
+    router = _router(args)
+    if args.health:
+        from .state import Health
+
+        router.configure(health=Health.load(args.health))
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    async def go() -> Any:
+        async with router:
+            report = await run_probes(router, args.models or None, budget_usd=args.budget_usd,
+                                      progress=None if args.json else say)  # fmt: skip
+            if args.health:
+                router._io.health.save(args.health)  # type: ignore[union-attr]
+            return report
+
+    report = asyncio.run(go())
+    if args.save_policy:
+        router.save_policy(args.save_policy, args.save_predictor or f"{args.save_policy}.npz")
+    out = report.to_dict()
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{'model':<24} {'passed':>8} {'errors':>7} {'P(good) before':>15} {'after':>7}")
+    for m, r in out["models"].items():
+        print(f"{m:<24} {r['passed']:>4}/{r['asked']:<3} {r['errors']:>7} "
+              f"{r['p_good_before']:>15.3f} {r['p_good_after']:>7.3f}")  # fmt: skip
+    print(
+        f"spent ${out['spent_usd']:.4f}"
+        + (f"; stopped: {out['stopped']}" if out["stopped"] else "")
+    )
+    if not args.save_policy:
+        print("(abilities updated in memory only; --save-policy PATH keeps them)")
+    return 0
+
+
 def _add_route_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
     p.add_argument("--policy", help="policy JSON written by `satisfice calibrate`")
@@ -251,6 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="write even if a price moved > 10x")
     p.add_argument("--max-price-age-days", type=int, default=90)
     p.set_defaults(func=cmd_registry)
+
+    p = sub.add_parser("probe", help="re-measure models with checkable probe tasks")
+    p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
+    p.add_argument("--policy", help="policy JSON to start from")
+    p.add_argument("--models", nargs="*", help="models to probe (default: all)")
+    p.add_argument("--budget-usd", type=float, help="stop once this much is spent")
+    p.add_argument("--save-policy", help="write the updated policy JSON here")
+    p.add_argument("--save-predictor", help="and its predictor here (default: POLICY.npz)")
+    p.add_argument("--health", help="JSON file of measured latencies: read, then updated")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_probe)
 
     from .eval.cli import register_calibrate, register_eval
 

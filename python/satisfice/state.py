@@ -17,10 +17,14 @@ shared store should answer from a local mirror and push its records in the backg
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
+
+from .errors import ConfigError
 
 __all__ = ["Health", "HealthConfig", "HealthStore"]
 
@@ -247,6 +251,36 @@ class Health:
         if s is None or s.n_ok < self._MIN_LATENCY_SAMPLES:
             return None
         return s.lat_mean + 1.645 * math.sqrt(s.lat_var)
+
+    def save(self, path: str | Path) -> None:
+        """Write what was measured (latency mean/variance and counts per deployment) so a
+        restart starts from it: `Health.load(path)`. Cooldowns are not kept: they are about
+        the moment, and a restarted process probes again."""
+        data = {
+            key: {"lat_mean": s.lat_mean, "lat_var": s.lat_var, "n_ok": s.n_ok, "err": s.err}
+            for key, s in self._s.items()
+            if s.n_ok
+        }
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps({"version": 1, "latency": data}), encoding="utf-8")
+        tmp.replace(path)  # atomic: a crash mid-write leaves the old file
+
+    @classmethod
+    def load(cls, path: str | Path, config: HealthConfig | None = None) -> Health:
+        """A Health that remembers the latencies `save()` wrote (a missing file: a new one)."""
+        h = cls(config)
+        p = Path(path)
+        if not p.exists():
+            return h
+        try:
+            data = json.loads(p.read_text("utf-8"))["latency"]
+            for key, v in data.items():
+                s = h._get(str(key))
+                s.lat_mean, s.lat_var = float(v["lat_mean"]), float(v["lat_var"])
+                s.n_ok, s.err = int(v["n_ok"]), float(v["err"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"health file {p} is not one Health.save() wrote: {e}") from None
+        return h
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Every deployment seen so far: state, smoothed latency and error rate, counters."""

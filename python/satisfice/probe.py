@@ -1,0 +1,215 @@
+"""Probes: re-measure each model's ability with small checkable tasks, through the real path.
+
+`satisfice probe` (or `await run_probes(router)`) sends every probe to every configured model
+with `chat(allow=(model,))`, so each call goes through the same routing constraints, retries,
+health and pricing as traffic. The answer is scored by the probe's check (exact numbers,
+JSON fields, a multiple-choice letter, a format rule, or code run against tests in a separate
+Python process with a time limit), and the score is fed back with `router.feedback()`, the
+same Bayesian update users' feedback makes. Save the result with `router.save_policy()`.
+
+Each probe carries an `example` answer that passes its own check (the tests hold the
+project to that), and which a scripted upstream can send back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import ProviderError, SatisficeError
+
+if TYPE_CHECKING:
+    from .router import Router
+
+__all__ = ["PROBES", "Probe", "ProbeReport", "run_probes"]
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    name: str
+    task: str
+    prompt: str
+    check: Callable[[str], bool]
+    example: str
+    max_tokens: int = 400
+
+
+def _number(expected: float) -> Callable[[str], bool]:
+    def check(text: str) -> bool:
+        nums = re.findall(r"-?\d+(?:\.\d+)?", text.replace(",", ""))
+        return bool(nums) and abs(float(nums[-1]) - expected) < 1e-6
+
+    return check
+
+
+def _json_fields(**want: Any) -> Callable[[str], bool]:
+    def check(text: str) -> bool:
+        m = re.search(r"\{.*\}", text, re.S)
+        try:
+            data = json.loads(m.group(0)) if m else None
+        except ValueError:
+            return False
+        return isinstance(data, dict) and all(data.get(k) == v for k, v in want.items())
+
+    return check
+
+
+def _letter(expected: str) -> Callable[[str], bool]:
+    from .validators import choice_letter
+
+    return lambda text: choice_letter(text) == expected
+
+
+def _words(n: int, lower: bool) -> Callable[[str], bool]:
+    def check(text: str) -> bool:
+        words = text.strip().rstrip(".!").split()
+        return len(words) == n and (not lower or text.strip() == text.strip().lower())
+
+    return check
+
+
+def _code(tests: str) -> Callable[[str], bool]:
+    """Run the answer's first Python code block with `tests` appended, isolated (-I), with
+    no environment and a 5-second limit; it passes when the process exits 0."""
+    from .validators import extract_code
+
+    def check(text: str) -> bool:
+        found = extract_code(text)
+        if found is None:
+            return False
+        try:
+            done = subprocess.run(
+                [sys.executable, "-I", "-c", found[1] + "\n" + tests],
+                capture_output=True,
+                timeout=5,
+                env={},
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        return done.returncode == 0
+
+    return check
+
+
+PROBES: tuple[Probe, ...] = (
+    Probe("multiply", "math", "What is 17 * 23? Reply with the number only.", _number(391),
+          "391"),
+    Probe("percent", "math", "A jacket costs $80 and is 15% off. What is the sale price in "
+          "dollars? Reply with the number only.", _number(68), "68"),
+    Probe("train", "reasoning", "A train leaves at 14:10 and arrives at 16:45. How many "
+          "minutes is the trip? Reply with the number only.", _number(155), "155"),
+    Probe("ages", "reasoning", "Ann is twice as old as Ben. In 5 years their ages will sum to "
+          "40. How old is Ann now? Reply with the number only.", _number(20), "20"),
+    Probe("invoice", "extraction", 'Extract JSON {"company": str, "amount": number} from: '
+          '"Invoice from Acme GmbH, total due 1250 EUR." Reply with the JSON only.',
+          _json_fields(company="Acme GmbH", amount=1250),
+          '{"company": "Acme GmbH", "amount": 1250}'),
+    Probe("person", "extraction", 'Extract JSON {"name": str, "age": number} from: "Maria '
+          'turned 34 last week." Reply with the JSON only.',
+          _json_fields(name="Maria", age=34), '{"name": "Maria", "age": 34}'),
+    Probe("prime", "general", "Which is a prime number? A) 21 B) 27 C) 29 D) 33. Reply with "
+          "the letter only.", _letter("C"), "C"),
+    Probe("capital", "general", "Which city is the capital of Australia? A) Sydney "
+          "B) Canberra C) Melbourne D) Perth. Reply with the letter only.", _letter("B"), "B"),
+    Probe("three-words", "creative", "Describe the sea in exactly three words, all lowercase, "
+          "nothing else.", _words(3, lower=True), "vast blue restless"),
+    Probe("add", "code", "Write a Python function add(a, b) that returns a + b, in one "
+          "```python code block.", _code("assert add(2, 3) == 5\nassert add(-1, 1) == 0"),
+          "```python\ndef add(a, b):\n    return a + b\n```"),
+    Probe("fib", "code", "Write a Python function fib(n) returning the n-th Fibonacci number "
+          "with fib(0) == 0 and fib(1) == 1, in one ```python code block.",
+          _code("assert [fib(i) for i in range(8)] == [0, 1, 1, 2, 3, 5, 8, 13]"),
+          "```python\ndef fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n"
+          "        a, b = b, a + b\n    return a\n```"),
+)  # fmt: skip
+
+
+@dataclass
+class ProbeReport:
+    """Per model: probes passed, asked and failed to answer, the USD spent, and the mean
+    predicted P(good) over the probe prompts before and after the updates."""
+
+    passed: dict[str, int] = field(default_factory=dict)
+    asked: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    p_before: dict[str, float] = field(default_factory=dict)
+    p_after: dict[str, float] = field(default_factory=dict)
+    spent_usd: float = 0.0
+    stopped: str | None = None  # why the run stopped early (budget)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "models": {
+                m: {
+                    "passed": self.passed.get(m, 0),
+                    "asked": self.asked.get(m, 0),
+                    "errors": self.errors.get(m, 0),
+                    "p_good_before": round(self.p_before[m], 4),
+                    "p_good_after": round(self.p_after.get(m, self.p_before[m]), 4),
+                }
+                for m in self.p_before
+            },
+            "spent_usd": round(self.spent_usd, 6),
+            "stopped": self.stopped,
+        }
+
+
+def _mean_p(router: Router, model: str, probes: Sequence[Probe]) -> float:
+    ps = []
+    for p in probes:
+        d = router.route(p.prompt, allow=(model,), max_output_tokens=p.max_tokens, quality_floor=0)
+        ps.append(d.primary.p_good)
+    return sum(ps) / len(ps)
+
+
+async def run_probes(
+    router: Router,
+    models: Sequence[str] | None = None,
+    probes: Sequence[Probe] = PROBES,
+    *,
+    budget_usd: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ProbeReport:
+    """Ask every probe of every model (default: every model the registry can call) and
+    feed each score back. Stops before the next call once `budget_usd` is spent. A call
+    that fails (after its retries) is counted as an error, not as a wrong answer."""
+    ids = list(models) if models is not None else [
+        m.id for m in router.registry if m.deployments and not m.disabled
+    ]  # fmt: skip
+    report = ProbeReport()
+    for m in ids:
+        router.registry[m]  # UnknownModelError names the known ids
+        report.p_before[m] = _mean_p(router, m, probes)
+    for m in ids:
+        for p in probes:
+            if budget_usd is not None and report.spent_usd >= budget_usd:
+                report.stopped = f"budget ${budget_usd} spent"
+                break
+            report.asked[m] = report.asked.get(m, 0) + 1
+            try:
+                res = await router.chat(
+                    p.prompt, allow=(m,), max_tokens=p.max_tokens, metadata={"probe": p.name},
+                    quality_floor=0,
+                )  # fmt: skip
+            except (ProviderError, SatisficeError) as e:
+                report.errors[m] = report.errors.get(m, 0) + 1
+                if progress:
+                    progress(f"{m} {p.name}: error {type(e).__name__}")
+                continue
+            report.spent_usd += res.total_cost_usd or 0.0
+            ok = p.check(res.text)
+            report.passed[m] = report.passed.get(m, 0) + int(ok)
+            router.feedback(res.request_id, 1.0 if ok else 0.0, model=res.model)
+            if progress:
+                progress(f"{m} {p.name}: {'pass' if ok else 'fail'}")
+        if report.stopped:
+            break
+    for m in ids:
+        report.p_after[m] = _mean_p(router, m, probes)
+    return report
