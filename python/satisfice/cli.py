@@ -212,7 +212,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
             report = await run_probes(router, args.models or None, budget_usd=args.budget_usd,
                                       progress=None if args.json else say)  # fmt: skip
             if args.health:
-                router._io.health.save(args.health)  # type: ignore[union-attr]
+                router._io.health.save(args.health)
             return report
 
     report = asyncio.run(go())
