@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from .decision import Candidate, Decision, Snapshot
-from .errors import ConfigError, InputError, NoRouteError, RegistryWarning
+from .errors import ConfigError, InputError, NoRouteError, RegistryWarning, SatisficeError
 from .feedback import FeedbackLog
 from .policy import Constraints, Policy
 from .predict import ModelParams
@@ -24,8 +24,11 @@ if TYPE_CHECKING:  # httpx costs ~100 ms to import: only chat() and stream() loa
 
     from .cascade import Cascade
     from .executor import ChatStream, ExecutionConfig, Executor, Run
+    from .ledger import Ledger
+    from .metrics import Metrics
     from .providers.base import StreamDelta
-    from .result import ChatResult
+    from .record import Recorder
+    from .result import Attempt, ChatResult
     from .state import HealthStore
     from .validators import Validator
 
@@ -225,6 +228,8 @@ class Router:
             qm = snap.policy.quality_model()
             new = self._feedback.observe(qm, target, qm.params_for(spec), latent, score)
             self._snap = snap.with_params(target, new)
+        if self._rec is not None:
+            self._rec.feedback(request_id, score, "feedback")
         return new
 
     def save_policy(self, policy_path: str | Path, predictor_path: str | Path) -> None:
@@ -256,6 +261,32 @@ class Router:
         self._owns_client = http is None
         self._io = Executor(http or make_client(cfg), health or Health(), cfg)
         return self
+
+    _rec: Recorder | None = None  # set by attach(): ledger, metrics, logs, callbacks
+
+    def attach(
+        self,
+        *,
+        ledger: Ledger | str | Path | None = None,
+        metrics: Metrics | None = None,
+        on_decision: Callable[[Decision], Any] | None = None,
+        on_attempt: Callable[[Attempt], Any] | None = None,
+        on_result: Callable[[ChatResult], Any] | None = None,
+    ) -> Router:
+        """Record every request: to a `Ledger` (or a path/DSN: SQLite file, *.jsonl,
+        postgresql://...), into Prometheus `Metrics`, and through callbacks (plain or async;
+        an exception in one is logged, never raised). See satisfice.record."""
+        from .ledger import Ledger
+        from .record import Recorder
+
+        if ledger is not None and not isinstance(ledger, Ledger):
+            ledger = Ledger.open(ledger)
+        self._rec = Recorder(ledger, metrics, on_decision, on_attempt, on_result)
+        return self
+
+    @property
+    def ledger(self) -> Ledger | None:
+        return None if self._rec is None else self._rec.ledger
 
     async def _begin(
         self,
@@ -312,6 +343,8 @@ class Router:
         # under a latency SLO, what the deployments have measured replaces the registry's p95
         live = io.live_p95_ms(snap.registry, snap.index) if c.latency_slo_ms is not None else None
         decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live)
+        if self._rec is not None:
+            self._rec.decision(decision)
         if call["max_tokens"] is None:
             call["max_tokens"] = c.max_output_tokens
         if timeout is None and c.latency_slo_ms is not None:
@@ -379,13 +412,40 @@ class Router:
                 f"validators.check(lambda text: ...); got {type(accept).__name__}"
             )
         t0, started_at = perf_counter(), time()
-        io, run, metadata = await self._begin(messages, constraints, options, t0, accept)
-        if cascade:
-            result = await io.cascade(run, cascade)
-        else:
-            result = await io.complete(run, hedge=hedge, race=race)
+        rec, run = self._rec, None
+        try:
+            io, run, metadata = await self._begin(messages, constraints, options, t0, accept)
+            if cascade:
+                result = await io.cascade(run, cascade)
+            else:
+                result = await io.complete(run, hedge=hedge, race=race)
+        except SatisficeError as e:
+            if rec is not None:
+                self._record_failure(rec, e, run, started_at, t0, options)
+            raise
         result.started_at, result.metadata = started_at, metadata
+        if rec is not None:
+            rec.result(result)
         return result
+
+    @staticmethod
+    def _record_failure(
+        rec: Recorder,
+        e: BaseException,
+        run: Run | None,
+        started_at: float,
+        t0: float,
+        options: Mapping[str, Any],
+    ) -> None:
+        meta = options.get("metadata") if isinstance(options.get("metadata"), Mapping) else None
+        rec.failure(
+            None if run is None else run.decision,
+            e,
+            list(getattr(e, "attempts", None) or (run.attempts if run is not None else ())),
+            started_at=started_at,
+            latency_s=perf_counter() - t0,
+            metadata=meta,
+        )
 
     def stream(
         self,
@@ -411,11 +471,23 @@ class Router:
         options: RequestOptions,
     ) -> AsyncIterator[StreamDelta]:
         t0, started_at = perf_counter(), time()
-        io, run, metadata = await self._begin(messages, constraints, options, t0)
-        inner = io.stream(run, started_at=started_at, metadata=metadata)
+        rec, run = self._rec, None
+        try:
+            io, run, metadata = await self._begin(messages, constraints, options, t0)
+            inner = io.stream(run, started_at=started_at, metadata=metadata)
+        except SatisficeError as e:
+            if rec is not None:
+                self._record_failure(rec, e, run, started_at, t0, options)
+            raise
         try:
             async for delta in inner:
+                if delta.done and rec is not None:
+                    rec.result(delta.result)
                 yield delta
+        except SatisficeError as e:
+            if rec is not None:
+                self._record_failure(rec, e, run, started_at, t0, options)
+            raise
         finally:  # an early exit releases the upstream connection now, not at collection
             await inner.aclose()
 

@@ -1,0 +1,560 @@
+"""The ledger: one record per request, written off the request path, never lost quietly.
+
+    ledger = Ledger.open("satisfice.db")            # SQLite (WAL); or "x.jsonl",
+    router.attach(ledger=ledger)                    # or "postgresql://..." (psycopg 3)
+
+The request path only appends the finished `ChatResult` (or the failure) to a bounded queue;
+one writer thread turns queued items into records and writes them in batches, one
+transaction per batch. A record is **acknowledged** when the transaction (SQLite, PostgreSQL)
+or the write and flush (JSONL) holding it has returned: from then on it survives the process
+being killed (SIGKILL); `on_ack(ids)` is called with the acknowledged request ids, and
+`flush()` waits for everything queued so far. (Surviving power loss as well needs
+`synchronous=FULL` for SQLite, `fsync=True` for JSONL: both are options.)
+
+A failing sink never fails a request: the writer keeps the batch and retries with backoff
+while new records queue behind it, up to `max_buffer` records; past that the oldest are
+dropped, counted in `dropped` (and the `satisfice_ledger_dropped_total` metric) and logged.
+
+Schema (version 1): `requests` holds the columns reports filter and group by and the whole
+record as JSON; `feedback` holds scores given later (`router.feedback`, validators);
+`meta` holds `schema_version`. `retention_days` deletes older requests once a day.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .decision import Decision
+    from .result import Attempt, ChatResult
+
+__all__ = ["JSONLSink", "Ledger", "PostgresSink", "SQLiteSink", "failure_record", "read_records"]
+
+SCHEMA_VERSION = 1
+_log = logging.getLogger("satisfice.ledger")
+
+#: The columns of `requests` besides the JSON record (name, SQLite type, PostgreSQL type).
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("request_id", "TEXT PRIMARY KEY", "TEXT PRIMARY KEY"),
+    ("ts", "REAL", "DOUBLE PRECISION"),
+    ("day", "TEXT", "TEXT"),
+    ("outcome", "TEXT", "TEXT"),
+    ("api_key", "TEXT", "TEXT"),
+    ("team", "TEXT", "TEXT"),
+    ("session", "TEXT", "TEXT"),
+    ("task", "TEXT", "TEXT"),
+    ("routed_model", "TEXT", "TEXT"),
+    ("model", "TEXT", "TEXT"),
+    ("deployment", "TEXT", "TEXT"),
+    ("p_good", "REAL", "DOUBLE PRECISION"),
+    ("est_cost_usd", "REAL", "DOUBLE PRECISION"),
+    ("cost_usd", "REAL", "DOUBLE PRECISION"),
+    ("reference_cost_usd", "REAL", "DOUBLE PRECISION"),
+    ("cost_estimated", "INTEGER", "INTEGER"),
+    ("tokens_in", "INTEGER", "BIGINT"),
+    ("tokens_out", "INTEGER", "BIGINT"),
+    ("latency_s", "REAL", "DOUBLE PRECISION"),
+    ("overhead_s", "REAL", "DOUBLE PRECISION"),
+    ("attempts", "INTEGER", "INTEGER"),
+    ("fallbacks", "INTEGER", "INTEGER"),
+    ("cascade_steps", "INTEGER", "INTEGER"),
+    ("cache_hit", "INTEGER", "INTEGER"),
+    ("record", "TEXT", "TEXT"),
+)
+_NAMES = [c[0] for c in COLUMNS]
+
+
+def _row(rec: Mapping[str, Any]) -> tuple[Any, ...]:
+    meta = rec.get("metadata") or {}
+    dec = rec.get("decision") or {}
+    cands = dec.get("candidates") or []
+    routed = dec.get("model")
+    p_good = next((c.get("p_good") for c in cands if c.get("model") == rec.get("model")), None)
+    ts = float(rec.get("started_at") or time.time())
+    casc = rec.get("cascade")
+    return (
+        rec["request_id"],
+        ts,
+        time.strftime("%Y-%m-%d", time.gmtime(ts)),
+        rec.get("outcome", "ok"),
+        meta.get("key"),
+        meta.get("team"),
+        meta.get("session"),
+        rec.get("task"),
+        routed,
+        rec.get("model"),
+        rec.get("deployment"),
+        p_good,
+        rec.get("est_cost_usd"),
+        rec.get("total_cost_usd"),
+        rec.get("reference_cost_usd"),
+        int(bool(rec.get("cost_estimated"))),
+        rec.get("tokens_in"),
+        rec.get("tokens_out"),
+        rec.get("latency_s"),
+        rec.get("overhead_s"),
+        len(rec.get("attempts") or ()),
+        len({a["model"] for a in rec.get("attempts") or () if a["model"] != rec.get("model")}),
+        len(casc.get("steps") or ()) if isinstance(casc, Mapping) else 0,
+        int(bool(rec.get("cache_hit"))),
+        json.dumps(rec, default=str, separators=(",", ":")),
+    )
+
+
+def record_of(result: ChatResult) -> dict[str, Any]:
+    """The ledger record of an answered request: `ChatResult.to_record()` plus what the
+    reports need (the reference model's estimated cost, for savings)."""
+    rec = result.to_record()
+    rec["outcome"] = "ok"
+    ref, ref_cost = result.decision.reference
+    rec["reference_model"], rec["reference_cost_usd"] = ref, ref_cost
+    return rec
+
+
+def failure_record(
+    decision: Decision | None,
+    error: BaseException,
+    attempts: Sequence[Attempt] = (),
+    *,
+    started_at: float,
+    latency_s: float,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The record of a request that raised (no route, every attempt failed, bad request)."""
+    rid = decision.request_id if decision is not None else f"fail-{uuid.uuid4().hex[:16]}"
+    rec: dict[str, Any] = {
+        "request_id": rid,
+        "started_at": started_at,
+        "metadata": dict(metadata or {}),
+        "outcome": "error",
+        "error_type": type(error).__name__,
+        "error": str(error)[:2000],
+        "latency_s": latency_s,
+        "attempts": [a.to_dict() for a in attempts],
+        "total_cost_usd": None,
+    }
+    if decision is not None:
+        rec["task"] = decision.task
+        rec["decision"] = {
+            "model": decision.model,
+            "fallbacks": decision.fallbacks,
+            "reasons": decision.reasons(),
+            "candidates": [
+                {"model": c.model, "p_good": round(c.p_good, 4), "est_cost_usd": c.est_cost_usd}
+                for c in decision.candidates
+            ],
+        }
+        rec["est_cost_usd"] = decision.est_cost_usd
+        costs = [a.cost_usd for a in attempts if a.cost_usd is not None]
+        if costs and all(a.cost_usd is not None for a in attempts if a.usage is not None):
+            rec["total_cost_usd"] = sum(costs)
+    return rec
+
+
+# -- sinks ------------------------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    """Where records go. Called from the ledger's writer thread only."""
+
+    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Write the records durably (one transaction); raise to have them retried."""
+
+    def feedback(self, rows: Sequence[tuple[str, float, float, str]]) -> None:
+        """(request_id, ts, score, source) rows."""
+
+    def expire(self, before_ts: float) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class SQLiteSink:
+    """SQLite in WAL mode: no set-up, one file, readers never block the writer."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ConfigError("synchronous must be NORMAL or FULL")
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+        self._sync = synchronous
+        self._connect()  # fail now, in the caller's thread, on a path that cannot be opened
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            try:
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"PRAGMA synchronous={self._sync}")
+                db.execute("PRAGMA busy_timeout=5000")
+                _sqlite_schema(db)
+            except sqlite3.Error as e:
+                raise ConfigError(f"cannot open the ledger {self.path}: {e}") from None
+            self._db = db
+        return self._db
+
+    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
+        db = self._connect()
+        marks = ",".join("?" * len(_NAMES))
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                f"INSERT OR REPLACE INTO requests ({','.join(_NAMES)}) VALUES ({marks})",
+                [_row(r) for r in records],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def feedback(self, rows: Sequence[tuple[str, float, float, str]]) -> None:
+        db = self._connect()
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT INTO feedback (request_id, ts, score, source) VALUES (?,?,?,?)", rows
+        )
+        db.execute("COMMIT")
+
+    def expire(self, before_ts: float) -> int:
+        cur = self._connect().execute("DELETE FROM requests WHERE ts < ?", (before_ts,))
+        return cur.rowcount
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def _sqlite_schema(db: sqlite3.Connection) -> None:
+    cols = ", ".join(f"{n} {t}" for n, t, _ in COLUMNS)
+    db.execute(f"CREATE TABLE IF NOT EXISTS requests ({cols})")
+    db.execute("CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS feedback (request_id TEXT, ts REAL, score REAL, source TEXT)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS feedback_id ON feedback (request_id)")
+    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    elif int(row[0]) != SCHEMA_VERSION:
+        raise ConfigError(f"ledger schema version {row[0]}; this satisfice writes {SCHEMA_VERSION}")
+
+
+class JSONLSink:
+    """One JSON object per line, appended: for pipelines that tail a file."""
+
+    def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self._fsync = fsync
+        try:
+            self._f = self.path.open("a", encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot open the ledger {self.path}: {e}") from None
+
+    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
+        self._f.write(
+            "".join(json.dumps(r, default=str, separators=(",", ":")) + "\n" for r in records)
+        )
+        self._f.flush()
+        if self._fsync:
+            import os
+
+            os.fsync(self._f.fileno())
+
+    def feedback(self, rows: Sequence[tuple[str, float, float, str]]) -> None:
+        self.write([{"feedback": {"request_id": i, "ts": t, "score": s, "source": src}}
+                    for i, t, s, src in rows])  # fmt: skip
+
+    def expire(self, before_ts: float) -> int:
+        return 0  # an append-only file: rotate it with the pipeline's tools
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class PostgresSink:
+    """PostgreSQL (psycopg 3) for several replicas writing one ledger."""
+
+    def __init__(self, dsn: str) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise ConfigError(
+                "a PostgreSQL ledger needs psycopg 3: pip install 'satisfice[postgres]'"
+            ) from None
+        self.dsn = dsn
+        try:
+            self._db = psycopg.connect(dsn, autocommit=False)
+            with self._db.cursor() as cur:
+                cols = ", ".join(f"{n} {pg}" for n, _, pg in COLUMNS)
+                cur.execute(f"CREATE TABLE IF NOT EXISTS requests ({cols})")
+                cur.execute("CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)")
+                cur.execute(
+                    "CREATE TABLE IF NOT EXISTS feedback (request_id TEXT, ts DOUBLE PRECISION,"
+                    " score DOUBLE PRECISION, source TEXT)"
+                )
+                cur.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+                cur.execute(
+                    "INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
+                    (str(SCHEMA_VERSION),),
+                )
+            self._db.commit()
+        except psycopg.Error as e:
+            raise ConfigError(f"cannot open the PostgreSQL ledger: {type(e).__name__}") from None
+
+    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
+        marks = ",".join(["%s"] * len(_NAMES))
+        sets = ",".join(f"{n}=EXCLUDED.{n}" for n in _NAMES[1:])
+        with self._db.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO requests ({','.join(_NAMES)}) VALUES ({marks}) "
+                f"ON CONFLICT (request_id) DO UPDATE SET {sets}",
+                [_row(r) for r in records],
+            )
+        self._db.commit()
+
+    def feedback(self, rows: Sequence[tuple[str, float, float, str]]) -> None:
+        with self._db.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO feedback (request_id, ts, score, source) VALUES (%s,%s,%s,%s)", rows
+            )
+        self._db.commit()
+
+    def expire(self, before_ts: float) -> int:
+        with self._db.cursor() as cur:
+            cur.execute("DELETE FROM requests WHERE ts < %s", (before_ts,))
+            n = cur.rowcount
+        self._db.commit()
+        return int(n)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_sink(target: str | Path) -> Sink:
+    t = str(target)
+    if t.startswith(("postgresql://", "postgres://")):
+        return PostgresSink(t)
+    if t.endswith((".jsonl", ".ndjson")):
+        return JSONLSink(t)
+    return SQLiteSink(t)
+
+
+# -- the ledger: a queue and a writer thread --------------------------------------------------
+
+
+class Ledger:
+    """Batches records to a sink from a writer thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        max_buffer: int = 100_000,
+        batch: int = 1024,
+        flush_interval_s: float = 0.02,
+        retention_days: float | None = None,
+        on_ack: Callable[[list[str]], None] | None = None,
+        on_record: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.max_buffer, self.batch, self.flush_interval_s = max_buffer, batch, flush_interval_s
+        self.retention_days, self.on_ack, self.on_record = retention_days, on_ack, on_record
+        self._q: deque[Any] = deque()
+        self._fb: deque[tuple[str, float, float, str]] = deque()
+        self._cv = threading.Condition()
+        self.queued = self.acked = self.dropped = self.failures = 0
+        self._closing = False
+        self._last_expire = 0.0
+        self._thread = threading.Thread(target=self._run, name="satisfice-ledger", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def open(cls, target: str | Path, **kw: Any) -> Ledger:
+        """A ledger on SQLite (a path), JSONL (*.jsonl) or PostgreSQL (postgresql://...)."""
+        return cls(open_sink(target), **kw)
+
+    # the request path: append only ---------------------------------------------------------
+    def put(self, item: Any) -> None:
+        """Queue a ChatResult or a ready record dict (never blocks, never raises)."""
+        q = self._q
+        q.append(item)
+        self.queued += 1
+        if len(q) > self.max_buffer:
+            q.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                _log.error(
+                    "ledger buffer full (%d records): dropped %d record(s) so far; the sink "
+                    "is failing or too slow", self.max_buffer, self.dropped,
+                    extra={"event": "ledger_dropped", "dropped": self.dropped},
+                )  # fmt: skip
+        if len(q) >= self.batch:
+            with self._cv:
+                self._cv.notify()
+
+    def feedback(self, request_id: str, score: float, source: str = "user") -> None:
+        self._fb.append((request_id, time.time(), float(score), source))
+
+    @property
+    def backlog(self) -> int:
+        return len(self._q)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every record queued so far is acknowledged (False on timeout)."""
+        target = self.queued - self.dropped
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            self._cv.notify()
+        while self.acked < target - 0 and time.monotonic() < deadline:
+            if not self._thread.is_alive():
+                return False
+            time.sleep(0.002)
+            target = min(target, self.queued - self.dropped)
+        return self.acked >= target
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.flush(timeout)
+        self._closing = True
+        with self._cv:
+            self._cv.notify()
+        self._thread.join(timeout)
+        self.sink.close()
+
+    # the writer thread ----------------------------------------------------------------------
+    def _take(self) -> list[Any]:
+        out: list[Any] = []
+        q = self._q
+        while q and len(out) < self.batch:
+            out.append(q.popleft())
+        return out
+
+    def _run(self) -> None:
+        from .result import ChatResult
+
+        pending: list[dict[str, Any]] = []
+        backoff = 0.05
+        while True:
+            with self._cv:
+                if not self._q and not self._fb and not pending and not self._closing:
+                    self._cv.wait(self.flush_interval_s)
+            if not pending:
+                items = self._take()
+                for it in items:
+                    try:
+                        rec = record_of(it) if isinstance(it, ChatResult) else dict(it)
+                    except Exception as e:  # a record that cannot be built: say so, go on
+                        _log.error("ledger: a record could not be built: %s", e)
+                        continue
+                    pending.append(rec)
+                    if self.on_record is not None:
+                        try:
+                            self.on_record(rec)
+                        except Exception as e:
+                            _log.error("ledger on_record hook failed: %s", e)
+            if pending:
+                try:
+                    self.sink.write(pending)
+                except Exception as e:
+                    self.failures += 1
+                    _log.warning(
+                        "ledger sink failed (%s: %s); keeping %d record(s), retrying in %.2fs",
+                        type(e).__name__, e, len(pending), backoff,
+                        extra={"event": "ledger_sink_failed"},
+                    )  # fmt: skip
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.05
+                self.acked += len(pending)
+                if self.on_ack is not None:
+                    try:
+                        self.on_ack([r["request_id"] for r in pending])
+                    except Exception as e:
+                        _log.error("ledger on_ack hook failed: %s", e)
+                pending = []
+            if self._fb:
+                rows = []
+                while self._fb:
+                    rows.append(self._fb.popleft())
+                try:
+                    self.sink.feedback(rows)
+                except Exception as e:
+                    self._fb.extendleft(reversed(rows))
+                    _log.warning("ledger feedback write failed: %s", e)
+            if self.retention_days is not None and time.time() - self._last_expire > 86400:
+                self._last_expire = time.time()
+                try:
+                    self.sink.expire(time.time() - self.retention_days * 86400)
+                except Exception as e:
+                    _log.warning("ledger retention delete failed: %s", e)
+            if self._closing and not self._q and not pending and not self._fb:
+                return
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def read_records(target: str | Path) -> Iterator[dict[str, Any]]:
+    """Every request record in a ledger (SQLite, JSONL or PostgreSQL), with its latest
+    feedback score under "feedback" when one was given."""
+    t = str(target)
+    if t.startswith(("postgresql://", "postgres://")):
+        yield from _read_pg(t)
+        return
+    p = Path(t)
+    if not p.exists():
+        raise ConfigError(f"ledger {p} does not exist")
+    if t.endswith((".jsonl", ".ndjson")):
+        scores: dict[str, float] = {}
+        recs = []
+        with p.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line after a crash
+                if "feedback" in r:
+                    scores[r["feedback"]["request_id"]] = r["feedback"]["score"]
+                else:
+                    recs.append(r)
+        for r in recs:
+            if r["request_id"] in scores:
+                r["feedback"] = scores[r["request_id"]]
+            yield r
+        return
+    db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+    try:
+        scores = dict(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"))
+        for (text,) in db.execute("SELECT record FROM requests ORDER BY ts"):
+            r = json.loads(text)
+            if r["request_id"] in scores:
+                r["feedback"] = scores[r["request_id"]]
+            yield r
+    finally:
+        db.close()
+
+
+def _read_pg(dsn: str) -> Iterable[dict[str, Any]]:
+    import psycopg
+
+    with psycopg.connect(dsn) as db:
+        scores: dict[str, float] = dict(
+            db.execute("SELECT request_id, score FROM feedback ORDER BY ts").fetchall()
+        )
+        for (text,) in db.execute("SELECT record FROM requests ORDER BY ts"):
+            r = json.loads(text)
+            if r["request_id"] in scores:
+                r["feedback"] = scores[r["request_id"]]
+            yield r

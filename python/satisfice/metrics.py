@@ -1,0 +1,104 @@
+"""Prometheus metrics, derived from ledger records (so every number has a record behind it).
+
+    metrics = Metrics()                     # its own CollectorRegistry, or pass one
+    router.attach(metrics=metrics)          # updated off the request path
+    metrics.exposition()                    # text for a /metrics endpoint
+
+Label values come from the registry and the caller's key name, never from upstream text, so
+the label sets stay bounded and nothing an upstream sends can reach them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
+_OVERHEAD_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
+
+
+class Metrics:
+    def __init__(self, registry: Any = None, prefix: str = "satisfice") -> None:
+        try:
+            from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        except ImportError:
+            raise ConfigError(
+                "metrics need prometheus-client: pip install 'satisfice[server]'"
+            ) from None
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r, p = self.registry, prefix
+        lab = ("model", "deployment", "task", "key")
+        self.requests = Counter(f"{p}_requests", "Requests by outcome", (*lab, "outcome"),
+                                registry=r)  # fmt: skip
+        self.tokens = Counter(f"{p}_tokens", "Tokens billed", (*lab, "direction"), registry=r)
+        self.cost = Counter(f"{p}_cost_usd", "USD billed (known costs)", lab, registry=r)
+        self.unpriced = Counter(f"{p}_unpriced_requests", "Answered requests whose cost is "
+                                "unknown (unpriced model)", lab, registry=r)  # fmt: skip
+        self.latency = Histogram(f"{p}_request_latency_seconds", "Request latency", ("model",),
+                                 buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.overhead = Histogram(f"{p}_router_overhead_seconds", "Time satisfice added",
+                                  buckets=_OVERHEAD_BUCKETS, registry=r)  # fmt: skip
+        self.fallbacks = Counter(f"{p}_fallbacks", "Attempts that failed over to another "
+                                 "model or deployment", ("model", "deployment", "reason"),
+                                 registry=r)  # fmt: skip
+        self.escalations = Counter(f"{p}_cascade_escalations", "Cascade steps that escalated",
+                                   ("step",), registry=r)  # fmt: skip
+        self.cooldowns = Counter(f"{p}_cooldowns", "Deployments put to cool (429/overload)",
+                                 ("model", "deployment"), registry=r)  # fmt: skip
+        self.budget_refusals = Counter(f"{p}_budget_refusals", "Requests refused by a budget",
+                                       ("key", "budget"), registry=r)  # fmt: skip
+        self.cache_hits = Counter(f"{p}_cache_hits", "Requests answered from a cache",
+                                  registry=r)  # fmt: skip
+        self.ledger_backlog = Gauge(f"{p}_ledger_backlog", "Records waiting for the ledger",
+                                    registry=r)  # fmt: skip
+        self.ledger_dropped = Counter(f"{p}_ledger_dropped", "Records dropped: buffer full",
+                                      registry=r)  # fmt: skip
+        self._dropped_seen = 0
+
+    def observe(self, rec: Mapping[str, Any]) -> None:
+        """Count one ledger record."""
+        meta = rec.get("metadata") or {}
+        key = str(meta.get("key") or "")
+        task = str(rec.get("task") or "")
+        model = str(rec.get("model") or (rec.get("decision") or {}).get("model") or "")
+        dep = str(rec.get("deployment") or "")
+        outcome = rec.get("outcome", "ok")
+        self.requests.labels(model, dep, task, key, outcome).inc()
+        if outcome == "ok":
+            self.tokens.labels(model, dep, task, key, "in").inc(rec.get("tokens_in") or 0)
+            self.tokens.labels(model, dep, task, key, "out").inc(rec.get("tokens_out") or 0)
+            cost = rec.get("total_cost_usd")
+            if cost is None:
+                self.unpriced.labels(model, dep, task, key).inc()
+            else:
+                self.cost.labels(model, dep, task, key).inc(cost)
+            self.latency.labels(model).observe(rec.get("latency_s") or 0.0)
+            self.overhead.observe(rec.get("overhead_s") or 0.0)
+            if rec.get("cache_hit"):
+                self.cache_hits.inc()
+        for a in rec.get("attempts") or ():
+            if a.get("outcome") in ("error", "skipped"):
+                why = a.get("error_type") or a.get("outcome")
+                self.fallbacks.labels(a.get("model", ""), a.get("deployment", ""), why).inc()
+            if a.get("status") in (429, 503, 529):
+                self.cooldowns.labels(a.get("model", ""), a.get("deployment", "")).inc()
+        casc = rec.get("cascade")
+        if isinstance(casc, Mapping):
+            for i, step in enumerate(casc.get("steps") or ()):
+                if step.get("status") == "escalated":
+                    self.escalations.labels(str(i)).inc()
+
+    def ledger(self, backlog: int, dropped: int) -> None:
+        self.ledger_backlog.set(backlog)
+        if dropped > self._dropped_seen:
+            self.ledger_dropped.inc(dropped - self._dropped_seen)
+            self._dropped_seen = dropped
+
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return bytes(generate_latest(self.registry))

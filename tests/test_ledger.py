@@ -1,0 +1,255 @@
+"""The record: ledger sinks, failures and streams on the record, hooks, logs and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from satisfice import Policy, Router
+from satisfice.ledger import JSONLSink, Ledger, read_records
+from satisfice.metrics import Metrics
+from satisfice.testing import LocalUpstream, status
+
+from .chat_support import registry, router, wire
+
+MSGS = [{"role": "user", "content": "Say hello"}]
+
+
+async def test_every_request_lands_once_with_its_accounting(up: LocalUpstream, tmp_path: Path):
+    db = tmp_path / "l.db"
+    async with router(up.url).attach(ledger=db) as r:
+        res = await r.chat(MSGS, metadata={"key": "team-a-key", "team": "a", "session": "s1"})
+        up.script(wire("alpha"), status(500), status(500), status(500))
+        fell_back = await r.chat(MSGS)
+        async with r.stream(MSGS) as s:
+            streamed = await s.result()
+        r.feedback(res.request_id, 0.25)
+        assert r.ledger is not None and r.ledger.flush()
+    recs = {x["request_id"]: x for x in read_records(db)}
+    assert set(recs) == {res.request_id, fell_back.request_id, streamed.request_id}
+    one = recs[res.request_id]
+    assert one["outcome"] == "ok" and one["model"] == "alpha" and one["feedback"] == 0.25
+    assert one["metadata"]["team"] == "a" and one["total_cost_usd"] == res.total_cost_usd
+    assert one["reference_cost_usd"] is not None and one["decision"]["candidates"]
+    assert one["tokens_in"] == res.usage.prompt_tokens and one["overhead_s"] >= 0
+    assert [a["outcome"] for a in recs[fell_back.request_id]["attempts"]][-1] == "ok"
+    row = sqlite3.connect(db).execute(
+        "SELECT api_key, team, session, model, fallbacks, attempts FROM requests "
+        "WHERE request_id = ?", (fell_back.request_id,)).fetchone()  # fmt: skip
+    assert row[3] == fell_back.model and row[4] >= 1 and row[5] >= 2
+    v = sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema_version'")
+    assert v.fetchone() == ("1",)
+
+
+async def test_a_failed_request_is_on_the_record(up: LocalUpstream, tmp_path: Path) -> None:
+    db = tmp_path / "l.jsonl"
+    for m in ("alpha", "beta", "gamma", "delta"):
+        up.script(wire(m), *[status(400, message="bad")] * 3)
+    async with router(up.url).attach(ledger=db) as r:
+        with pytest.raises(Exception):
+            await r.chat(MSGS)
+        assert r.ledger is not None and r.ledger.flush()
+    (rec,) = list(read_records(db))
+    assert rec["outcome"] == "error" and rec["error_type"]
+    assert rec["decision"]["model"] == "alpha" and rec["attempts"]
+
+
+async def test_a_failing_sink_keeps_records_and_never_fails_a_request(
+    up: LocalUpstream, tmp_path: Path
+) -> None:
+    class Flaky(JSONLSink):
+        broken = True
+
+        def write(self, records: Any) -> None:
+            if self.broken:
+                raise OSError("disk full")
+            super().write(records)
+
+    sink = Flaky(tmp_path / "l.jsonl")
+    ledger = Ledger(sink, max_buffer=5, batch=2, flush_interval_s=0.005)
+    async with router(up.url).attach(ledger=ledger) as r:
+        results = [await r.chat(MSGS) for _ in range(8)]
+        await asyncio.sleep(0.05)
+        assert ledger.acked == 0 and ledger.failures >= 1
+        assert ledger.dropped >= 1  # the bounded buffer let the oldest go, and said so
+        sink.broken = False
+        assert ledger.flush(5)
+    ids = [x["request_id"] for x in read_records(tmp_path / "l.jsonl")]
+    kept = ledger.queued - ledger.dropped
+    every = [x.request_id for x in results]
+    # the batch in the writer's hands and the newest in the buffer are kept, in order
+    assert len(ids) == kept == 7 and ids[-5:] == every[-5:] and set(ids) <= set(every)
+    ledger.close()
+
+
+async def test_hooks_sync_and_async_and_their_errors(up: LocalUpstream) -> None:
+    seen: list[str] = []
+
+    def on_decision(d: Any) -> None:
+        seen.append(f"decision {d.model}")
+        raise RuntimeError("a broken hook")
+
+    async def on_result(res: Any) -> None:
+        seen.append(f"result {res.model}")
+
+    r = router(up.url).attach(on_decision=on_decision, on_attempt=lambda a: seen.append(
+        f"attempt {a.outcome}"), on_result=on_result)  # fmt: skip
+    async with r:
+        res = await r.chat(MSGS)
+        await asyncio.sleep(0)
+    assert res.text and seen == ["decision alpha", "attempt ok", "result alpha"]
+    assert r._rec is not None and r._rec.hook_errors == 1
+
+
+async def test_logs_say_what_happened_and_nothing_secret(
+    up: LocalUpstream, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-test-ledger-secret-0123456789"
+    monkeypatch.setenv("ALPHA_KEY", secret)
+    reg = registry(up.url)
+    from dataclasses import replace
+
+    a = reg["alpha"]
+    reg = reg.replace(replace(a, deployments=(replace(a.deployments[0], api_key_env="ALPHA_KEY"),)))
+    up.script(wire("alpha"), status(429, retry_after=0.01, message=f"slow down {secret}"))
+    caplog.set_level(logging.INFO, logger="satisfice")
+    r = Router(reg, Policy(quality_floor=0.5, max_fallbacks=3)).attach(ledger=None)
+    async with r:
+        await r.chat(MSGS)
+    text = "\n".join(f"{x.getMessage()} {x.__dict__}" for x in caplog.records)
+    assert "falling back" in text and "answered by beta" in text
+    assert secret not in text
+    ev = [x.__dict__.get("event") for x in caplog.records]
+    assert "fallback" in ev and "result" in ev
+
+
+async def test_metrics_are_scraped_and_parsed(up: LocalUpstream, tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = Metrics()
+    up.script(wire("alpha"), status(503))
+    async with router(up.url).attach(ledger=tmp_path / "l.db", metrics=m) as r:
+        for _ in range(3):
+            await r.chat(MSGS, metadata={"key": "k1"})
+        assert r.ledger is not None and r.ledger.flush()
+    fams = {f.name: f for f in text_string_to_metric_families(m.exposition().decode())}
+    reqs = {tuple(sorted(s.labels.items())): s.value for s in fams["satisfice_requests"].samples
+            if s.name == "satisfice_requests_total"}  # fmt: skip
+    assert sum(reqs.values()) == 3
+    assert any(dict(k)["key"] == "k1" and dict(k)["outcome"] == "ok" for k in reqs)
+    cost = sum(s.value for s in fams["satisfice_cost_usd"].samples if s.name.endswith("_total"))
+    assert cost > 0
+    fb = [s for s in fams["satisfice_fallbacks"].samples if s.name.endswith("_total")]
+    assert fb and fb[0].labels["model"] == "alpha"
+    lat = [s for s in fams["satisfice_request_latency_seconds"].samples
+           if s.name.endswith("_count")]  # fmt: skip
+    assert sum(s.value for s in lat) == 3
+
+
+async def test_metrics_without_a_ledger(up: LocalUpstream) -> None:
+    m = Metrics()
+    async with router(up.url).attach(metrics=m) as r:
+        await r.chat(MSGS)
+        assert r.ledger is not None and r.ledger.flush()
+    assert b'satisfice_requests_total{deployment="alpha-dep"' in m.exposition()
+
+
+def test_a_ledger_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    from satisfice.errors import ConfigError
+    from satisfice.ledger import SQLiteSink
+
+    db = tmp_path / "l.db"
+    SQLiteSink(db).close()
+    c = sqlite3.connect(db)
+    c.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    c.commit()
+    c.close()
+    with pytest.raises(ConfigError, match="schema version 99"):
+        SQLiteSink(db)
+
+
+def test_jsonl_reader_skips_a_torn_last_line(tmp_path: Path) -> None:
+    p = tmp_path / "l.jsonl"
+    p.write_text(json.dumps({"request_id": "a", "started_at": 1}) + '\n{"request_id": "b"')
+    assert [r["request_id"] for r in read_records(p)] == ["a"]
+
+
+async def test_postgres_ledger_against_a_real_server(up: LocalUpstream) -> None:
+    from .servers import postgres
+
+    with postgres() as dsn:
+        async with router(up.url).attach(ledger=dsn) as r:
+            ids = [(await r.chat(MSGS, metadata={"key": "k"})).request_id for _ in range(5)]
+            r.feedback(ids[0], 1.0)
+            assert r.ledger is not None and r.ledger.flush()
+            r.ledger.close()
+        recs = {x["request_id"]: x for x in read_records(dsn)}
+        assert set(recs) == set(ids) and recs[ids[0]]["feedback"] == 1.0
+        import psycopg
+
+        with psycopg.connect(dsn) as db:
+            n, key = db.execute("SELECT count(*), min(api_key) FROM requests").fetchone()
+        assert (n, key) == (5, "k")
+
+
+_CHILD = r"""
+import asyncio, sys
+from satisfice import Policy, Router
+from satisfice.executor import ExecutionConfig
+from satisfice.ledger import Ledger
+from satisfice.testing import LocalUpstream
+sys.path.insert(0, sys.argv[2])
+from tests.chat_support import registry
+
+def ack(ids):
+    sys.stdout.write("".join(i + "\n" for i in ids))
+    sys.stdout.flush()
+
+async def main():
+    with LocalUpstream(record=False) as up:
+        r = Router(registry(up.url), Policy(quality_floor=0.5)).configure(
+            execution=ExecutionConfig(read_timeout_s=5.0))
+        r.attach(ledger=Ledger.open(sys.argv[1], on_ack=ack, flush_interval_s=0.002))
+        async def worker():
+            while True:
+                await r.chat("hello")
+        await asyncio.gather(*(worker() for _ in range(8)))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("kind", ["l.db", "l.jsonl"])
+def test_acknowledged_records_survive_sigkill(tmp_path: Path, kind: str) -> None:
+    """kill -9 under load: every record acknowledged before the kill is in the ledger."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / kind
+    root = str(Path(__file__).resolve().parent.parent)
+    p = subprocess.Popen([sys.executable, "-c", _CHILD, str(db), root],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert p.stdout is not None
+    acked: list[str] = []
+    deadline = time.monotonic() + 30
+    while len(acked) < 400 and time.monotonic() < deadline:
+        line = p.stdout.readline()
+        if not line:
+            break
+        acked.append(line.decode().strip())
+    os.kill(p.pid, signal.SIGKILL)  # mid-load: requests in flight, batches being written
+    rest, err = p.communicate(timeout=10)
+    acked += [x for x in rest.decode().split("\n") if x]
+    assert len(acked) >= 400, err.decode()[-2000:]
+    stored = {r["request_id"] for r in read_records(db)}
+    lost = [i for i in acked if i not in stored]
+    assert lost == [], f"{len(lost)} of {len(acked)} acknowledged records lost"
