@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from satisfice import Policy, Router
+from satisfice.errors import BadRequestError
 from satisfice.ledger import JSONLSink, Ledger, read_records
 from satisfice.metrics import Metrics
 from satisfice.testing import LocalUpstream, status
@@ -52,7 +53,7 @@ async def test_a_failed_request_is_on_the_record(up: LocalUpstream, tmp_path: Pa
     for m in ("alpha", "beta", "gamma", "delta"):
         up.script(wire(m), *[status(400, message="bad")] * 3)
     async with router(up.url).attach(ledger=db) as r:
-        with pytest.raises(Exception):
+        with pytest.raises(BadRequestError):
             await r.chat(MSGS)
         assert r.ledger is not None and r.ledger.flush()
     (rec,) = list(read_records(db))
