@@ -35,7 +35,20 @@ from satisfice import Registry, Router
 from satisfice.executor import ExecutionConfig, make_client
 from satisfice.testing import patch_registry
 
-MODEL = "gpt-4o-mini"  # the bundled registry routes "hi" here; asserted below
+MODEL = "gpt-6-luna"  # the one model left enabled (OpenAI wire format); asserted below
+
+
+def bench_registry(url: str) -> Registry:
+    """The bundled registry on the local upstream, every model but MODEL disabled: the
+    router still ranks the whole table, and the answer comes from one known model."""
+    from dataclasses import replace
+
+    reg = patch_registry(Registry.default(), url)
+    models = [replace(m, efforts={}) if m.id == MODEL else replace(m, disabled=True)
+              for m in reg if m.base is None]  # fmt: skip
+    return Registry(models, reg.meta)
+
+
 MESSAGES = [{"role": "user", "content": "hi"}]
 CONCURRENCY = 32
 
@@ -158,12 +171,12 @@ async def measure(url: str, n: int, rounds: int) -> tuple[list[list[str]], dict[
     default_client = httpx.AsyncClient()
     tuned_client = make_client(cfg)  # what Router.chat() uses
     aio_client = aiohttp_client(cfg)
-    router = Router(patch_registry(Registry.default(), url))
+    router = Router(bench_registry(url))
     decision = router.route(MESSAGES)
     assert decision.model == MODEL, f"the registry now routes 'hi' to {decision.model}"
     # satisfice on a client of httpx's own pool (configure(http=...)) and on aiohttp
     httpx_client = httpx.AsyncClient(limits=httpx.Limits(max_connections=cfg.max_connections))
-    httpx_router = Router(patch_registry(Registry.default(), url)).configure(http=httpx_client)
+    httpx_router = Router(bench_registry(url)).configure(http=httpx_client)
     calls: dict[str, Call] = {
         "direct httpx": direct_call(default_client, url),
         "direct httpx + satisfice pool": direct_call(tuned_client, url),
@@ -179,7 +192,7 @@ async def measure(url: str, n: int, rounds: int) -> tuple[list[list[str]], dict[
         own_client = aiohttp_client(cfg)  # a client of its own, as the router's would be
         assert own_client is not None
         clients.append(own_client)
-        aio_router = Router(patch_registry(Registry.default(), url)).configure(http=own_client)
+        aio_router = Router(bench_registry(url)).configure(http=own_client)
         routers.append(aio_router)
         calls["satisfice chat() on aiohttp"] = satisfice_call(aio_router)
     lite = litellm_call(url)

@@ -15,11 +15,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 import httpx
-from bench_overhead import MESSAGES, MODEL, upstream
+from bench_overhead import MESSAGES, MODEL, bench_registry, upstream
 
-from satisfice import Registry, Router
+from satisfice import Router
 from satisfice.executor import make_client
-from satisfice.testing import patch_registry
 
 Stream = Callable[[], Awaitable[float]]  # returns the time to the first text piece (s)
 
@@ -67,7 +66,7 @@ async def measure(stream: Stream, n: int) -> tuple[list[float], float]:
 async def main_async(n: int) -> None:
     with upstream() as url:
         client = make_client()
-        router = Router(patch_registry(Registry.default(), url))
+        router = Router(bench_registry(url))
         assert router.route(MESSAGES).model == MODEL
         rows = []
         for name, s in (("direct httpx stream (same transport)", direct(client, url)),

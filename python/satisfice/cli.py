@@ -235,6 +235,24 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import time
+
+    from .report import render_html, render_text, rows, summarize
+
+    t0 = time.perf_counter()
+    s = summarize(rows(args.ledger))
+    if args.html:
+        Path(args.html).write_text(render_html(s), encoding="utf-8")
+        print(f"wrote {args.html} ({s['requests']:,} requests, "
+              f"{time.perf_counter() - t0:.2f}s)", file=sys.stderr)  # fmt: skip
+    if args.json:
+        print(json.dumps(s, indent=2))
+    elif not args.html:
+        print(render_text(s))
+    return 0
+
+
 def _add_route_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
     p.add_argument("--policy", help="policy JSON written by `satisfice calibrate`")
@@ -293,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="write even if a price moved > 10x")
     p.add_argument("--max-price-age-days", type=int, default=90)
     p.set_defaults(func=cmd_registry)
+
+    p = sub.add_parser("report", help="where the money went: a report over the ledger")
+    p.add_argument("ledger", help="ledger: SQLite file, *.jsonl, or postgresql://...")
+    p.add_argument("--html", help="write a self-contained HTML page with charts here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("probe", help="re-measure models with checkable probe tasks")
     p.add_argument("--registry", help="registry TOML (default: the bundled registry)")

@@ -1,0 +1,356 @@
+"""`satisfice report`: where the money went, read from the ledger.
+
+Cost per task class and per model, the saving against sending everything to the reference
+model, quality by model where feedback exists, escalation rate per cascade step, fallback and
+failure rates, latency and router-overhead percentiles, and drift (each model's share of
+traffic per day). Terminal tables by default; `--html` writes one self-contained page whose
+charts are inline SVG (no scripts, no network).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import sqlite3
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .ledger import _NAMES, _row, read_records
+
+__all__ = ["render_html", "render_text", "rows", "summarize"]
+
+
+def rows(target: str | Path) -> Iterator[dict[str, Any]]:
+    """The ledger's requests as flat rows (the `requests` columns, `feedback`, and the
+    cascade steps' statuses). SQLite is read by column; other ledgers record by record."""
+    t = str(target)
+    if not t.startswith(("postgresql://", "postgres://")) and not t.endswith((".jsonl", ".ndjson")):
+        p = Path(t)
+        if not p.exists():
+            raise ConfigError(f"ledger {p} does not exist")
+        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        try:
+            scores = dict(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"))
+            cols = [n for n in _NAMES if n != "record"]
+            q = f"SELECT {','.join(cols)}, CASE WHEN cascade_steps > 0 THEN record END FROM requests"
+            for values in db.execute(q):
+                r = dict(zip(cols, values, strict=False))
+                r["feedback"] = scores.get(r["request_id"])
+                r["steps"] = _steps(json.loads(values[-1])) if values[-1] else []
+                yield r
+        finally:
+            db.close()
+        return
+    for rec in read_records(t):
+        r = dict(zip(_NAMES, _row(rec), strict=True))
+        del r["record"]
+        r["feedback"] = rec.get("feedback")
+        r["steps"] = _steps(rec)
+        yield r
+
+
+def _steps(rec: Mapping[str, Any]) -> list[str]:
+    casc = rec.get("cascade")
+    if not isinstance(casc, Mapping):
+        return []
+    return [str(s.get("status")) for s in casc.get("steps") or ()]
+
+
+def _pct(xs: Sequence[float], q: float) -> float | None:
+    if not xs:
+        return None
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
+
+
+def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    n = ok = errors = fell_back = estimated = unpriced = 0
+    cost = ref_cost = 0.0
+    ref_known = True
+    by_task: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    by_model: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"n": 0, "cost": 0.0, "lat": [], "fb": [], "p": []}
+    )
+    lat: list[float] = []
+    over: list[float] = []
+    days: dict[str, Counter[str]] = defaultdict(Counter)
+    step_ran: Counter[int] = Counter()
+    step_up: Counter[int] = Counter()
+    for r in source:
+        n += 1
+        if r.get("outcome") != "ok":
+            errors += 1
+            continue
+        ok += 1
+        m = str(r.get("model"))
+        c = r.get("cost_usd")
+        bm = by_model[m]
+        bm["n"] += 1
+        if c is None:
+            unpriced += 1
+        else:
+            cost += c
+            bm["cost"] += c
+        rc = r.get("reference_cost_usd")
+        if rc is None:
+            ref_known = False
+        else:
+            ref_cost += rc
+        t = by_task[str(r.get("task"))]
+        t[0] += 1
+        t[1] += c or 0.0
+        t[2] += rc or 0.0
+        if r.get("latency_s") is not None:
+            lat.append(r["latency_s"])
+            bm["lat"].append(r["latency_s"])
+        if r.get("overhead_s") is not None:
+            over.append(r["overhead_s"])
+        if r.get("feedback") is not None:
+            bm["fb"].append(float(r["feedback"]))
+        if r.get("p_good") is not None:
+            bm["p"].append(float(r["p_good"]))
+        fell_back += bool(r.get("fallbacks"))
+        estimated += bool(r.get("cost_estimated"))
+        days[str(r.get("day"))][m] += 1
+        for i, status in enumerate(r.get("steps") or ()):
+            if status in ("escalated", "accepted", "failed"):
+                step_ran[i] += 1
+            if status == "escalated":
+                step_up[i] += 1
+    lat.sort()
+    over.sort()
+    models = {}
+    for m, b in sorted(by_model.items(), key=lambda kv: -kv[1]["cost"]):
+        b["lat"].sort()
+        models[m] = {
+            "requests": b["n"],
+            "share": b["n"] / ok if ok else 0.0,
+            "cost_usd": b["cost"],
+            "p50_latency_s": _pct(b["lat"], 0.5),
+            "p95_latency_s": _pct(b["lat"], 0.95),
+            "feedback_n": len(b["fb"]),
+            "mean_feedback": sum(b["fb"]) / len(b["fb"]) if b["fb"] else None,
+            "mean_predicted": sum(b["p"]) / len(b["p"]) if b["p"] else None,
+        }
+    return {
+        "requests": n,
+        "answered": ok,
+        "failure_rate": errors / n if n else 0.0,
+        "fallback_rate": fell_back / ok if ok else 0.0,
+        "cost_usd": cost,
+        "unpriced_requests": unpriced,
+        "estimated_cost_requests": estimated,
+        "reference_cost_usd": ref_cost if ref_known else None,
+        "saving": (1 - cost / ref_cost) if ref_known and ref_cost > 0 and not unpriced else None,
+        "latency_s": {q: _pct(lat, v) for q, v in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
+        "overhead_s": {q: _pct(over, v) for q, v in (("p50", 0.5), ("p99", 0.99))},
+        "tasks": {
+            k: {
+                "requests": int(v[0]),
+                "cost_usd": v[1],
+                "mean_cost_usd": v[1] / v[0],
+                "reference_cost_usd": v[2],
+            }
+            for k, v in sorted(by_task.items(), key=lambda kv: -kv[1][1])
+        },  # fmt: skip
+        "models": models,
+        "escalation": {
+            str(i): {
+                "ran": step_ran[i],
+                "escalated": step_up[i],
+                "rate": step_up[i] / step_ran[i] if step_ran[i] else 0.0,
+            }
+            for i in sorted(step_ran)
+        },  # fmt: skip
+        "drift": {d: dict(c) for d, c in sorted(days.items())},
+    }
+
+
+# -- text -------------------------------------------------------------------------------------
+
+
+def _usd(x: float | None) -> str:
+    return "unpriced" if x is None else f"${x:,.4f}"
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1000:,.1f} ms"
+
+
+def render_text(s: Mapping[str, Any]) -> str:
+    out = [
+        f"{s['requests']:,} requests, {s['answered']:,} answered; failure rate "
+        f"{s['failure_rate']:.2%}, fallback rate {s['fallback_rate']:.2%}",
+        f"cost {_usd(s['cost_usd'])}"
+        + (
+            f" ({s['unpriced_requests']:,} unpriced requests not counted)"
+            if s["unpriced_requests"]
+            else ""
+        )  # fmt: skip
+        + (
+            f"; {_usd(s['reference_cost_usd'])} on the reference model: {s['saving']:.1%} saved"
+            if s["saving"] is not None
+            else ""
+        )  # fmt: skip
+        + (
+            f"; {s['estimated_cost_requests']:,} with estimated parts"
+            if s["estimated_cost_requests"]
+            else ""
+        ),  # fmt: skip
+        "latency p50/p90/p99: "
+        + " / ".join(_ms(s["latency_s"][q]) for q in ("p50", "p90", "p99"))
+        + "; router overhead p50/p99: "
+        + " / ".join(_ms(s["overhead_s"][q]) for q in ("p50", "p99")),
+        "",
+        f"{'task':<14} {'requests':>9} {'cost':>12} {'mean':>11} {'on reference':>13}",
+    ]
+    for k, v in s["tasks"].items():
+        out.append(f"{k:<14} {v['requests']:>9,} {_usd(v['cost_usd']):>12} "
+                   f"{_usd(v['mean_cost_usd']):>11} {_usd(v['reference_cost_usd']):>13}")  # fmt: skip
+    out += ["", f"{'model':<24} {'share':>6} {'cost':>12} {'p50':>10} {'p95':>10} "
+            f"{'feedback':>9} {'predicted':>9}"]  # fmt: skip
+    for m, v in s["models"].items():
+        fb = "-" if v["mean_feedback"] is None else f"{v['mean_feedback']:.2f} ({v['feedback_n']})"
+        pr = "-" if v["mean_predicted"] is None else f"{v['mean_predicted']:.2f}"
+        out.append(f"{m:<24} {v['share']:>6.1%} {_usd(v['cost_usd']):>12} "
+                   f"{_ms(v['p50_latency_s']):>10} {_ms(v['p95_latency_s']):>10} {fb:>9} "
+                   f"{pr:>9}")  # fmt: skip
+    if s["escalation"]:
+        out += ["", "cascade step   ran   escalated   rate"]
+        for i, v in s["escalation"].items():
+            out.append(f"{i:>12} {v['ran']:>5} {v['escalated']:>11} {v['rate']:>6.1%}")
+    if s["drift"]:
+        out += ["", "traffic share per day (top models)"]
+        top = list(s["models"])[:5]
+        out.append(f"{'day':<11} " + " ".join(f"{m[:14]:>14}" for m in top))
+        for d, c in s["drift"].items():
+            tot = sum(c.values())
+            out.append(f"{d:<11} " + " ".join(f"{c.get(m, 0) / tot:>14.1%}" for m in top))
+    return "\n".join(out)
+
+
+# -- HTML -------------------------------------------------------------------------------------
+
+_PALETTE = ("#3b6ea5", "#e07b39", "#4c9f70", "#c4473a", "#8a63b3", "#b8a038", "#3aa6b8",
+            "#9c6644", "#6c757d", "#d16ba5")  # fmt: skip
+
+
+def _bars(items: Sequence[tuple[str, float]], fmt: str, width: int = 560) -> str:
+    if not items:
+        return "<p>no data</p>"
+    top = max(v for _, v in items) or 1.0
+    h = 24
+    parts = [f'<svg width="{width}" height="{h * len(items) + 8}" role="img">']
+    for i, (label, v) in enumerate(items):
+        w = max(1.0, (width - 260) * v / top)
+        y = i * h + 4
+        parts.append(
+            f'<text x="0" y="{y + 15}" font-size="12">{html.escape(label[:28])}</text>'
+            f'<rect x="190" y="{y}" width="{w:.1f}" height="{h - 6}" '
+            f'fill="{_PALETTE[i % len(_PALETTE)]}"/>'
+            f'<text x="{194 + w:.1f}" y="{y + 15}" font-size="12">{fmt.format(v)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _stacked(drift: Mapping[str, Mapping[str, int]], models: Sequence[str]) -> str:
+    days = list(drift)
+    if not days:
+        return "<p>no data</p>"
+    width, height, left = 700, 260, 40
+    bw = max(4.0, (width - left) / len(days) - 2)
+    parts = [f'<svg width="{width}" height="{height + 40}" role="img">']
+    for i, d in enumerate(days):
+        tot = sum(drift[d].values()) or 1
+        y = float(height)
+        x = left + i * (bw + 2)
+        for j, m in enumerate(models):
+            share = drift[d].get(m, 0) / tot
+            hh = share * height
+            y -= hh
+            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw:.1f}" height="{hh:.1f}" '
+                         f'fill="{_PALETTE[j % len(_PALETTE)]}"><title>{html.escape(d)} '
+                         f'{html.escape(m)} {share:.1%}</title></rect>')  # fmt: skip
+        if len(days) <= 14 or i % max(1, len(days) // 10) == 0:
+            parts.append(f'<text x="{x:.1f}" y="{height + 15}" font-size="10">'
+                         f'{html.escape(d[5:])}</text>')  # fmt: skip
+    parts.append(f'<text x="0" y="12" font-size="10">100%</text>'
+                 f'<text x="0" y="{height}" font-size="10">0%</text></svg>')  # fmt: skip
+    legend = " ".join(
+        f'<span style="color:{_PALETTE[j % len(_PALETTE)]}">&#9632;</span> {html.escape(m)}'
+        for j, m in enumerate(models)
+    )
+    return "".join(parts) + f"<p class=legend>{legend}</p>"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
+    models = list(s["models"])
+    top = models[:9]
+    drift = {d: {(m if m in top else "other"): 0 for m in [*top, "other"]} for d in s["drift"]}
+    for d, c in s["drift"].items():
+        for m, k in c.items():
+            drift[d][m if m in top else "other"] += k
+    saving = "" if s["saving"] is None else f"{s['saving']:.1%}"
+    cards = [
+        ("requests", f"{s['requests']:,}"),
+        ("cost", _usd(s["cost_usd"])),
+        ("on the reference model", _usd(s["reference_cost_usd"])),
+        ("saved", saving or "-"),
+        ("failure rate", f"{s['failure_rate']:.2%}"),
+        ("fallback rate", f"{s['fallback_rate']:.2%}"),
+        ("p50 / p99 latency", f"{_ms(s['latency_s']['p50'])} / {_ms(s['latency_s']['p99'])}"),
+        ("router overhead p50", _ms(s["overhead_s"]["p50"])),
+    ]
+    rows_m = "".join(
+        f"<tr><td>{html.escape(m)}</td><td>{v['requests']:,}</td><td>{v['share']:.1%}</td>"
+        f"<td>{_usd(v['cost_usd'])}</td><td>{_ms(v['p50_latency_s'])}</td>"
+        f"<td>{_ms(v['p95_latency_s'])}</td>"
+        f"<td>{_num(v['mean_feedback'])}</td><td>{_num(v['mean_predicted'])}</td></tr>"
+        for m, v in s["models"].items()
+    )
+    esc = "".join(
+        f"<tr><td>{i}</td><td>{v['ran']:,}</td><td>{v['escalated']:,}</td>"
+        f"<td>{v['rate']:.1%}</td></tr>"
+        for i, v in s["escalation"].items()
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1100px; }}
+.cards {{ display: flex; flex-wrap: wrap; gap: 12px; }}
+.card {{ border: 1px solid #ddd; border-radius: 8px; padding: 10px 14px; min-width: 150px; }}
+.card b {{ display: block; font-size: 20px; }}
+table {{ border-collapse: collapse; margin: 8px 0 20px; }}
+td, th {{ border-bottom: 1px solid #eee; padding: 4px 10px; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }}
+h2 {{ margin-top: 28px; }} .legend {{ font-size: 12px; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<div class="cards">{
+        "".join(f'<div class="card">{html.escape(k)}<b>{v}</b></div>' for k, v in cards)
+    }</div>
+<h2>Cost per model</h2>
+{_bars([(m, v["cost_usd"]) for m, v in s["models"].items()][:12], "${:,.4f}")}
+<h2>Cost per task class</h2>
+{_bars([(k, v["cost_usd"]) for k, v in s["tasks"].items()], "${:,.4f}")}
+<h2>Traffic share per model per day (drift)</h2>
+{_stacked(drift, [*top, "other"])}
+<h2>Models</h2>
+<table><tr><th>model</th><th>requests</th><th>share</th><th>cost</th><th>p50</th><th>p95</th>
+<th>mean feedback</th><th>mean predicted</th></tr>{rows_m}</table>
+<h2>Cascade escalation per step</h2>
+{
+        f"<table><tr><th>step</th><th>ran</th><th>escalated</th><th>rate</th></tr>{esc}</table>"
+        if esc
+        else "<p>no cascades in this ledger</p>"
+    }
+</body></html>
+"""
