@@ -36,7 +36,8 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
         try:
             scores = dict(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"))
             cols = [n for n in _NAMES if n != "record"]
-            q = f"SELECT {','.join(cols)}, CASE WHEN cascade_steps > 0 THEN record END FROM requests"
+            casc = "CASE WHEN cascade_steps > 0 THEN record END"
+            q = f"SELECT {','.join(cols)}, {casc} FROM requests"
             for values in db.execute(q):
                 r = dict(zip(cols, values, strict=False))
                 r["feedback"] = scores.get(r["request_id"])
@@ -155,7 +156,7 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 "reference_cost_usd": v[2],
             }
             for k, v in sorted(by_task.items(), key=lambda kv: -kv[1][1])
-        },  # fmt: skip
+        },
         "models": models,
         "escalation": {
             str(i): {
@@ -164,7 +165,7 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 "rate": step_up[i] / step_ran[i] if step_ran[i] else 0.0,
             }
             for i in sorted(step_ran)
-        },  # fmt: skip
+        },
         "drift": {d: dict(c) for d, c in sorted(days.items())},
     }
 
@@ -189,17 +190,17 @@ def render_text(s: Mapping[str, Any]) -> str:
             f" ({s['unpriced_requests']:,} unpriced requests not counted)"
             if s["unpriced_requests"]
             else ""
-        )  # fmt: skip
+        )
         + (
             f"; {_usd(s['reference_cost_usd'])} on the reference model: {s['saving']:.1%} saved"
             if s["saving"] is not None
             else ""
-        )  # fmt: skip
+        )
         + (
             f"; {s['estimated_cost_requests']:,} with estimated parts"
             if s["estimated_cost_requests"]
             else ""
-        ),  # fmt: skip
+        ),
         "latency p50/p90/p99: "
         + " / ".join(_ms(s["latency_s"][q]) for q in ("p50", "p90", "p99"))
         + "; router overhead p50/p99: "
@@ -208,8 +209,12 @@ def render_text(s: Mapping[str, Any]) -> str:
         f"{'task':<14} {'requests':>9} {'cost':>12} {'mean':>11} {'on reference':>13}",
     ]
     for k, v in s["tasks"].items():
-        out.append(f"{k:<14} {v['requests']:>9,} {_usd(v['cost_usd']):>12} "
-                   f"{_usd(v['mean_cost_usd']):>11} {_usd(v['reference_cost_usd']):>13}")  # fmt: skip
+        cost, mean, ref = (
+            _usd(v["cost_usd"]),
+            _usd(v["mean_cost_usd"]),
+            _usd(v["reference_cost_usd"]),
+        )
+        out.append(f"{k:<14} {v['requests']:>9,} {cost:>12} {mean:>11} {ref:>13}")
     out += ["", f"{'model':<24} {'share':>6} {'cost':>12} {'p50':>10} {'p95':>10} "
             f"{'feedback':>9} {'predicted':>9}"]  # fmt: skip
     for m, v in s["models"].items():
