@@ -117,8 +117,12 @@ def record_of(result: ChatResult) -> dict[str, Any]:
     reports need (the reference model's estimated cost, for savings)."""
     rec = result.to_record()
     rec["outcome"] = "ok"
-    ref, ref_cost = result.decision.reference
-    rec["reference_model"], rec["reference_cost_usd"] = ref, ref_cost
+    # What the same tokens would have cost on the reference model: the saving a report shows
+    # compares billed with billed, not billed with an estimate.
+    ref = result.decision.snapshot.registry.reference
+    u = result.usage
+    rec["reference_model"] = ref.id
+    rec["reference_cost_usd"] = ref.cost(u.prompt_tokens, u.completion_tokens)
     return rec
 
 
@@ -525,7 +529,7 @@ def read_records(target: str | Path) -> Iterator[dict[str, Any]]:
                     r = json.loads(line)
                 except ValueError:
                     continue  # a torn last line after a crash
-                if "feedback" in r:
+                if "request_id" not in r and isinstance(r.get("feedback"), dict):
                     scores[r["feedback"]["request_id"]] = r["feedback"]["score"]
                 else:
                     recs.append(r)

@@ -174,11 +174,15 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _usd(x: float | None) -> str:
-    return "unpriced" if x is None else f"${x:,.4f}"
+    if x is None:
+        return "unpriced"
+    return f"${x:,.2f}" if x >= 100 else f"${x:,.4f}" if x >= 1 else f"${x:.6f}"
 
 
 def _ms(x: float | None) -> str:
-    return "-" if x is None else f"{x * 1000:,.1f} ms"
+    if x is None:
+        return "-"
+    return f"{x * 1e6:.0f} µs" if x < 1e-3 else f"{x * 1000:,.1f} ms"
 
 
 def render_text(s: Mapping[str, Any]) -> str:
@@ -243,7 +247,7 @@ _PALETTE = ("#3b6ea5", "#e07b39", "#4c9f70", "#c4473a", "#8a63b3", "#b8a038", "#
             "#9c6644", "#6c757d", "#d16ba5")  # fmt: skip
 
 
-def _bars(items: Sequence[tuple[str, float]], fmt: str, width: int = 560) -> str:
+def _bars(items: Sequence[tuple[str, float]], width: int = 560) -> str:
     if not items:
         return "<p>no data</p>"
     top = max(v for _, v in items) or 1.0
@@ -256,7 +260,7 @@ def _bars(items: Sequence[tuple[str, float]], fmt: str, width: int = 560) -> str
             f'<text x="0" y="{y + 15}" font-size="12">{html.escape(label[:28])}</text>'
             f'<rect x="190" y="{y}" width="{w:.1f}" height="{h - 6}" '
             f'fill="{_PALETTE[i % len(_PALETTE)]}"/>'
-            f'<text x="{194 + w:.1f}" y="{y + 15}" font-size="12">{fmt.format(v)}</text>'
+            f'<text x="{194 + w:.1f}" y="{y + 15}" font-size="12">{_usd(v)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -267,7 +271,7 @@ def _stacked(drift: Mapping[str, Mapping[str, int]], models: Sequence[str]) -> s
     if not days:
         return "<p>no data</p>"
     width, height, left = 700, 260, 40
-    bw = max(4.0, (width - left) / len(days) - 2)
+    bw = min(60.0, max(4.0, (width - left) / len(days) - 2))
     parts = [f'<svg width="{width}" height="{height + 40}" role="img">']
     for i, d in enumerate(days):
         tot = sum(drift[d].values()) or 1
@@ -343,9 +347,9 @@ h2 {{ margin-top: 28px; }} .legend {{ font-size: 12px; }}
         "".join(f'<div class="card">{html.escape(k)}<b>{v}</b></div>' for k, v in cards)
     }</div>
 <h2>Cost per model</h2>
-{_bars([(m, v["cost_usd"]) for m, v in s["models"].items()][:12], "${:,.4f}")}
+{_bars([(m, v["cost_usd"]) for m, v in s["models"].items()][:12])}
 <h2>Cost per task class</h2>
-{_bars([(k, v["cost_usd"]) for k, v in s["tasks"].items()], "${:,.4f}")}
+{_bars([(k, v["cost_usd"]) for k, v in s["tasks"].items()])}
 <h2>Traffic share per model per day (drift)</h2>
 {_stacked(drift, [*top, "other"])}
 <h2>Models</h2>

@@ -1,0 +1,107 @@
+"""`satisfice report` over a ledger written by real requests, checked as text, JSON and as a
+page rendered by a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from satisfice.cli import main
+from satisfice.report import rows, summarize
+from satisfice.testing import LocalUpstream, status
+
+from .chat_support import router, wire
+
+MSGS = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.fixture
+def ledger(up: LocalUpstream, tmp_path: Path) -> tuple[Path, list[float]]:
+    import asyncio
+
+    db = tmp_path / "l.db"
+    costs: list[float] = []
+
+    async def fill() -> None:
+        async with router(up.url).attach(ledger=db) as r:
+            for i in range(12):
+                res = await r.chat(MSGS, metadata={"key": f"k{i % 2}"})
+                costs.append(res.total_cost_usd or 0.0)
+                r.feedback(res.request_id, 1.0 if i % 3 else 0.0)
+            up.script(wire("alpha"), status(503), status(503), status(503))
+            res = await r.chat(MSGS)  # one fallback to beta
+            costs.append(res.total_cost_usd or 0.0)
+            for m in ("alpha", "beta", "gamma", "delta"):
+                up.script(wire(m), status(400, message="no"))
+            with pytest.raises(Exception):  # noqa: B017  (any failure: it is recorded)
+                await r.chat(MSGS)
+            assert r.ledger is not None and r.ledger.flush()
+
+    asyncio.run(fill())
+    return db, costs
+
+
+def test_the_summary_adds_up(ledger: tuple[Path, list[float]]) -> None:
+    db, costs = ledger
+    s = summarize(rows(db))
+    assert s["requests"] == 14 and s["answered"] == 13
+    assert s["failure_rate"] == pytest.approx(1 / 14)
+    assert s["fallback_rate"] == pytest.approx(1 / 13)
+    assert s["cost_usd"] == pytest.approx(sum(costs))
+    assert s["models"]["alpha"]["requests"] == 12 and s["models"]["beta"]["requests"] == 1
+    assert s["models"]["alpha"]["mean_feedback"] == pytest.approx(8 / 12)
+    # the reference (here alpha, the highest prior) billed the same tokens: the beta
+    # fallback cost more than alpha would have, so the saving is below zero
+    assert s["reference_cost_usd"] is not None
+    assert s["saving"] == pytest.approx(1 - s["cost_usd"] / s["reference_cost_usd"])
+    assert s["saving"] < 0
+    assert sum(sum(c.values()) for c in s["drift"].values()) == 13
+
+
+def test_jsonl_and_sqlite_say_the_same(ledger: tuple[Path, list[float]], tmp_path: Path) -> None:
+    from satisfice.ledger import read_records
+
+    db, _ = ledger
+    j = tmp_path / "l.jsonl"
+    j.write_text("".join(json.dumps(r) + "\n" for r in read_records(db)))
+    a, b = summarize(rows(db)), summarize(rows(j))
+    assert (
+        a["cost_usd"] == pytest.approx(b["cost_usd"]) and a["models"].keys() == b["models"].keys()
+    )
+
+
+def test_report_command_text(ledger: tuple[Path, list[float]], capsys: pytest.CaptureFixture[str]):
+    db, _ = ledger
+    assert main(["report", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "14 requests, 13 answered" in out and "saved" in out and "alpha" in out
+    assert main(["report", str(db.parent / "missing.db")]) == 2
+
+
+def test_html_report_renders_in_headless_chromium(
+    ledger: tuple[Path, list[float]], tmp_path: Path
+) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    db, _ = ledger
+    page = tmp_path / "report.html"
+    assert main(["report", str(db), "--html", str(page)]) == 0
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=120, check=True).stdout  # fmt: skip
+    assert "Cost per model" in dom and "Traffic share per model per day" in dom
+    assert dom.count("<rect") >= 4 and "alpha" in dom
+    png = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={png}", "--window-size=1100,1400", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(png)
+    assert img.shape[0] == 1400 and img.shape[1] == 1100
+    assert img[..., :3].std() > 0.05  # drawn, not a blank page
