@@ -253,6 +253,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import ServerConfig, serve
+
+    cfg = ServerConfig.load(args.config)
+    if args.host:
+        cfg.host = args.host
+    if args.port is not None:
+        cfg.port = args.port
+    cfg.__post_init__()  # re-check: a non-loopback --host needs keys
+    what = cfg.registry_path or "the bundled registry"
+    where = f"http://{cfg.host}:{cfg.port}/v1"
+    print(f"satisfice serving {what} on {where} (state: {cfg.state_backend})", file=sys.stderr)
+    serve(cfg)
+    return 0
+
+
 def _add_route_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
     p.add_argument("--policy", help="policy JSON written by `satisfice calibrate`")
@@ -311,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="write even if a price moved > 10x")
     p.add_argument("--max-price-age-days", type=int, default=90)
     p.set_defaults(func=cmd_registry)
+
+    p = sub.add_parser("serve", help="run the router as an OpenAI/Anthropic-compatible service")
+    p.add_argument("--config", help="satisfice.toml (default: bundled registry on 127.0.0.1)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="where the money went: a report over the ledger")
     p.add_argument("ledger", help="ledger: SQLite file, *.jsonl, or postgresql://...")

@@ -235,6 +235,23 @@ class Health:
         if self._blocked.get(key, 0.0) < until:
             self._blocked[key] = until
 
+    def cool(self, key: str, seconds: float, reason: str) -> None:
+        """Hold `key` back for `seconds` on another's word (a replica saw it fail): like a
+        Retry-After, a success here does not end it early."""
+        s = self._get(key)
+        until = self._clock() + min(seconds, self.config.max_retry_after_s)
+        if until > s.cool_until:
+            s.cool_until, s.cool_kind, s.reason = until, "retry_after", reason
+            self._block(key, until)
+
+    def cooling_for(self, key: str) -> float | None:
+        """Seconds `key` stays cooling (None when it is not)."""
+        s = self._s.get(key)
+        if s is None or s.disabled is not None:
+            return None
+        left = s.cool_until - self._clock()
+        return left if left > 0 else None
+
     def disable(self, key: str, reason: str) -> None:
         self._get(key).disabled = reason
         self._blocked[key] = math.inf

@@ -260,6 +260,9 @@ class AnthropicProvider(HTTPProvider):
 
     def _wire(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         p = to_anthropic(request, self.model, stream=stream)
+        if "stop" in p:  # OpenAI's `stop` (a string or a list) is Anthropic's stop_sequences
+            stop = p.pop("stop")
+            p["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
         if self.effort is not None and self.effort != "none" and self.reasoning_tokens:
             # extended thinking: the budget is spent before the answer, within max_tokens
             budget = max(self.reasoning_tokens, 1024)

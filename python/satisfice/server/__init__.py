@@ -1,0 +1,23 @@
+"""`satisfice serve`: the router as an OpenAI- and Anthropic-compatible HTTP service."""
+
+from __future__ import annotations
+
+from .app import Service, create_app
+from .config import ServerConfig
+
+__all__ = ["ServerConfig", "Service", "create_app", "serve"]
+
+
+def serve(config: ServerConfig) -> None:
+    """Run the app under uvicorn until SIGINT/SIGTERM; in-flight requests and streams get
+    `shutdown_grace_s` to finish."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        timeout_graceful_shutdown=int(config.shutdown_grace_s),
+        access_log=False,
+    )

@@ -1,0 +1,183 @@
+"""The admin API (Authorization: Bearer <master key>, from the variable the config names).
+
+POST   /admin/keys               {name, team?, budget_usd?, period?, models?, rpm?, tpm?}
+GET    /admin/keys
+PATCH  /admin/keys/{id}          any of the fields above
+DELETE /admin/keys/{id}          revoke
+POST   /admin/teams              {name, budget_usd, period?}
+GET    /admin/spend              per key and team: spent, held (reserved), limit
+GET    /admin/health             deployments: state, latency, errors
+POST   /admin/deployments/{model}/disable|enable   {deployment?}
+POST   /admin/reload             re-read the registry (and policy) files; in-flight
+                                 requests finish on the snapshot they started with
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import ConfigError, SatisficeError
+from .state import Budget, VirtualKey
+
+if TYPE_CHECKING:
+    from .app import Service
+
+_KEY_FIELDS = {"name", "team", "budget_usd", "period", "models", "rpm", "tpm"}
+
+
+def _err(status: int, msg: str) -> Response:
+    return JSONResponse(
+        {"error": {"message": msg, "type": "invalid_request_error", "param": None, "code": None}},
+        status,
+    )
+
+
+def admin_routes(svc: Service) -> list[Route]:
+    def guard(request: Request) -> Response | None:
+        master = svc.master_key
+        if master is None:
+            return _err(403, f"the admin API is off: set {svc.config.master_key_env}")
+        auth = request.headers.get("authorization", "")
+        given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), master.encode()):
+            return _err(401, "the admin API needs the master key")
+        return None
+
+    async def body(request: Request) -> dict[str, Any]:
+        try:
+            d = json.loads(await request.body() or b"{}")
+        except ValueError:
+            raise ConfigError("the body is not JSON") from None
+        if not isinstance(d, dict):
+            raise ConfigError("the body must be a JSON object")
+        return d
+
+    def checked(d: dict[str, Any]) -> dict[str, Any]:
+        bad = set(d) - _KEY_FIELDS
+        if bad:
+            raise ConfigError(f"unknown field(s) {sorted(bad)}; known: {sorted(_KEY_FIELDS)}")
+        for f in ("rpm", "tpm"):
+            if d.get(f) is not None and (not isinstance(d[f], int) or d[f] < 1):
+                raise ConfigError(f"{f} must be an integer >= 1")
+        if d.get("budget_usd") is not None and not (
+            isinstance(d["budget_usd"], int | float) and d["budget_usd"] >= 0
+        ):
+            raise ConfigError("budget_usd must be a number >= 0")
+        if d.get("models") is not None and not (
+            isinstance(d["models"], list) and all(isinstance(m, str) for m in d["models"])
+        ):
+            raise ConfigError("models must be a list of model ids or aliases")
+        return d
+
+    def wrap(fn: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            if (denied := guard(request)) is not None:
+                return denied
+            try:
+                return await fn(request)  # type: ignore[no-any-return]
+            except SatisficeError as e:
+                return _err(400, str(e))
+
+        return endpoint
+
+    async def create_key(request: Request) -> Response:
+        d = checked(await body(request))
+        if not isinstance(d.get("name"), str) or not d["name"]:
+            raise ConfigError("name is required")
+        k, secret = VirtualKey.new(d.pop("name"), **d)
+        await svc.state.put_key(k)
+        return JSONResponse({**k.public(), "key": secret}, 201)
+
+    async def list_keys(request: Request) -> Response:
+        return JSONResponse({"keys": [k.public() for k in await svc.state.list_keys()]})
+
+    async def _find(kid: str) -> VirtualKey:
+        for k in await svc.state.list_keys():
+            if k.id == kid:
+                return k
+        raise ConfigError(f"no key with id {kid!r}")
+
+    async def update_key(request: Request) -> Response:
+        k = await _find(request.path_params["kid"])
+        k = replace(k, **checked(await body(request)))
+        await svc.state.put_key(k)
+        return JSONResponse(k.public())
+
+    async def revoke_key(request: Request) -> Response:
+        k = replace(await _find(request.path_params["kid"]), revoked=True)
+        await svc.state.put_key(k)
+        return JSONResponse(k.public())
+
+    async def create_team(request: Request) -> Response:
+        d = await body(request)
+        if set(d) - {"name", "budget_usd", "period"} or not isinstance(d.get("name"), str):
+            raise ConfigError("a team is {name, budget_usd, period?}")
+        b = Budget(f"team:{d['name']}", float(d["budget_usd"]), d.get("period", "month"))
+        await svc.state.put_team(b)
+        return JSONResponse({"team": d["name"], "budget_usd": b.limit_usd, "period": b.period}, 201)
+
+    async def spend(request: Request) -> Response:
+        out = []
+        teams = set()
+        for k in await svc.state.list_keys():
+            for b in await svc.budgets_of(k):
+                if b.scope.startswith("team:"):
+                    if b.scope in teams:
+                        continue
+                    teams.add(b.scope)
+                spent, held = await svc.state.spent(b)
+                out.append(
+                    {
+                        "scope": b.scope,
+                        "name": k.name if b.scope.startswith("key:") else b.scope[5:],
+                        "period": b.period,
+                        "limit_usd": b.limit_usd,
+                        "spent_usd": spent,
+                        "held_usd": held,
+                        "left_usd": b.limit_usd - spent - held,
+                    }
+                )
+        return JSONResponse({"budgets": out})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"deployments": svc.router.health()})
+
+    async def set_deployment(request: Request) -> Response:
+        model, action = request.path_params["model"], request.path_params["action"]
+        dep = (await body(request)).get("deployment")
+        if action == "disable":
+            svc.router.disable(model, dep, reason="disabled by an admin")
+        elif action == "enable":
+            svc.router.enable(model, dep)
+        else:
+            raise ConfigError("action is enable or disable")
+        return JSONResponse({"deployments": svc.router.health()})
+
+    async def reload(request: Request) -> Response:
+        from ..policy import Policy
+        from ..registry import Registry
+
+        c = svc.config
+        reg = Registry.from_toml(c.registry_path) if c.registry_path else Registry.default()
+        pol = Policy.load(c.policy_path) if c.policy_path else None
+        svc.router.update(registry=reg, policy=pol)
+        return JSONResponse({"models": len(reg), "prices_as_of": str(reg.meta.get("prices_as_of"))})
+
+    return [
+        Route("/admin/keys", wrap(create_key), methods=["POST"]),
+        Route("/admin/keys", wrap(list_keys), methods=["GET"]),
+        Route("/admin/keys/{kid}", wrap(update_key), methods=["PATCH"]),
+        Route("/admin/keys/{kid}", wrap(revoke_key), methods=["DELETE"]),
+        Route("/admin/teams", wrap(create_team), methods=["POST"]),
+        Route("/admin/spend", wrap(spend), methods=["GET"]),
+        Route("/admin/health", wrap(health), methods=["GET"]),
+        Route("/admin/deployments/{model}/{action}", wrap(set_deployment), methods=["POST"]),
+        Route("/admin/reload", wrap(reload), methods=["POST"]),
+    ]

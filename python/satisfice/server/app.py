@@ -1,0 +1,633 @@
+"""The ASGI app behind `satisfice serve` (Starlette): mount it in your own app, or run it.
+
+    from satisfice.server import ServerConfig, create_app
+    app = create_app(ServerConfig.load("satisfice.toml"))
+
+Routes: POST /v1/chat/completions, POST /v1/messages, GET /v1/models, GET /health, GET /ready,
+GET /metrics, and the admin API under /admin (Bearer master key): keys, teams, spend,
+deployment health, registry reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..errors import (
+    AllAttemptsFailedError,
+    AuthError,
+    BadRequestError,
+    CascadeBudgetError,
+    ConfigError,
+    ContextLengthError,
+    InputError,
+    NoRouteError,
+    ProviderError,
+    SatisficeError,
+    UnknownModelError,
+    UpstreamTimeoutError,
+)
+from ..metrics import Metrics
+from ..policy import Policy
+from ..registry import Registry
+from ..router import Router
+from ..state import Health
+from . import wire
+from .config import ServerConfig
+from .state import Budget, MemoryState, RedisState, StateUnavailable, VirtualKey
+
+__all__ = ["Service", "create_app"]
+
+_log = logging.getLogger("satisfice.server")
+
+
+class HTTPError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        # extra: fields added to the error object (attempts, budget, remaining_usd)
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code = status, message, kind, code
+        self.headers, self.extra = dict(headers or {}), extra
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": None,
+                "code": self.code,
+                **self.extra,
+            }
+        }
+
+
+def _attempts(e: BaseException) -> list[dict[str, Any]]:
+    return [
+        {
+            "model": a.model,
+            "deployment": a.deployment,
+            "outcome": a.outcome,
+            "error_type": a.error_type,
+            "error": a.error,
+            "status": a.status,
+        }
+        for a in getattr(e, "attempts", None) or ()
+    ]
+
+
+def http_error(e: SatisficeError) -> HTTPError:
+    """satisfice's errors in OpenAI's error shape and status codes, attempts listed."""
+    att: dict[str, Any] = {"attempts": _attempts(e)} if getattr(e, "attempts", None) else {}
+    msg = str(e)
+    if isinstance(e, UnknownModelError):
+        return HTTPError(404, msg, "invalid_request_error", "model_not_found")
+    if isinstance(e, InputError | ConfigError | BadRequestError | ContextLengthError):
+        return HTTPError(400, msg, "invalid_request_error", type(e).__name__, None, **att)
+    if isinstance(e, NoRouteError):
+        return HTTPError(400, msg, "invalid_request_error", "no_route")
+    if isinstance(e, CascadeBudgetError):
+        return HTTPError(400, msg, "invalid_request_error", "cascade_budget")
+    if isinstance(e, UpstreamTimeoutError):
+        return HTTPError(504, msg, "upstream_timeout", "upstream_timeout", None, **att)
+    if isinstance(e, AllAttemptsFailedError | AuthError | ProviderError):
+        return HTTPError(502, msg, "upstream_error", type(e).__name__, None, **att)
+    if isinstance(e, StateUnavailable):
+        return HTTPError(
+            503,
+            f"{msg}; budgets cannot be checked, so requests are refused until it is back",
+            "service_unavailable",
+            "state_unavailable",
+        )
+    return HTTPError(500, msg, "server_error", type(e).__name__)
+
+
+class SharedHealth(Health):
+    """Health whose cooldowns other replicas learn about through the shared state."""
+
+    def __init__(self, state: Any) -> None:
+        super().__init__()
+        self._state = state
+        self._pushed: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def record_failure(self, key: str, **kw: Any) -> None:
+        super().record_failure(key, **kw)
+        left = self.cooling_for(key)
+        if left is not None:
+            until = time.time() + left
+            if self._pushed.get(key, 0.0) < until - 0.01:
+                self._pushed[key] = until
+                with contextlib.suppress(RuntimeError):
+                    t = asyncio.get_running_loop().create_task(
+                        self._state.push_cooldown(key, until, self._s[key].reason)
+                    )
+                    self._tasks.add(t)
+                    t.add_done_callback(self._tasks.discard)
+
+    async def sync(self) -> None:
+        for key, (until, why) in (await self._state.cooldowns_now()).items():
+            if self._pushed.get(key, 0.0) >= until - 0.01:
+                continue  # ours
+            self.cool(key, until - time.time(), f"cooled by another replica: {why}")
+
+
+class Service:
+    """The router, the shared state and everything a request needs, built from a config."""
+
+    def __init__(self, config: ServerConfig, router: Router | None = None) -> None:
+        self.config = config
+        registry = (
+            Registry.from_toml(config.registry_path) if config.registry_path else Registry.default()
+        )
+        policy = Policy.load(config.policy_path) if config.policy_path else Policy()
+        self.router = router or Router(registry, policy)
+        self.state: MemoryState | RedisState = (
+            RedisState(config.redis_url)
+            if config.state_backend == "redis" and config.redis_url
+            else MemoryState()
+        )
+        self.health = SharedHealth(self.state) if self.state.backend == "redis" else Health()
+        self.router.configure(health=self.health)
+        self.metrics = Metrics()
+        self.router.attach(ledger=config.ledger, metrics=self.metrics)
+        self.ready = False
+        self.in_flight = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.refresher: Any = None
+
+    @property
+    def master_key(self) -> str | None:
+        return os.environ.get(self.config.master_key_env) or None
+
+    async def startup(self) -> None:
+        if self.config.refresh:
+            from ..refresh import RegistryRefresher
+
+            r = dict(self.config.refresh)
+            self.refresher = RegistryRefresher(
+                self.router, r.pop("source"), r.pop("location", None), **r
+            )
+            self.refresher.start()
+        if isinstance(self.health, SharedHealth):
+            self._tasks.append(asyncio.get_running_loop().create_task(self._sync_loop()))
+        self.ready = True
+
+    async def _sync_loop(self) -> None:
+        assert isinstance(self.health, SharedHealth)
+        while True:
+            with contextlib.suppress(Exception):
+                await self.health.sync()
+            await asyncio.sleep(0.2)
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        if self.refresher is not None:
+            await self.refresher.stop()
+        for t in self._tasks:
+            t.cancel()
+        await self.router.aclose()
+        if self.router.ledger is not None:
+            self.router.ledger.close()
+        await self.state.close()
+
+    # keys, budgets, limits -------------------------------------------------------------------
+    async def authenticate(self, request: Request) -> VirtualKey | None:
+        auth = request.headers.get("authorization", "")
+        secret = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        secret = secret or request.headers.get("x-api-key", "")
+        key = await self.state.key_by_secret(secret) if secret else None
+        if key is not None and key.revoked:
+            raise HTTPError(401, "this key was revoked", "invalid_request_error", "key_revoked")
+        if key is None and self.config.require_keys:
+            raise HTTPError(
+                401,
+                "a valid satisfice key is required (Authorization: Bearer "
+                "sk-sat-...); ask your admin for one",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
+        return key
+
+    async def budgets_of(self, key: VirtualKey | None) -> list[Budget]:
+        if key is None:
+            return []
+        out = []
+        if key.budget_usd is not None:
+            out.append(Budget(f"key:{key.id}", key.budget_usd, key.period))
+        if key.team:
+            team = await self.state.team(key.team)
+            if team is not None:
+                out.append(team)
+        return out
+
+    def resolve(self, routed: wire.Routed, key: VirtualKey | None) -> dict[str, Any]:
+        """`model` as routing options: auto, an alias's constraints, or one model."""
+        name = routed.model
+        if key is not None and key.models is not None and name not in key.models:
+            raise HTTPError(
+                403,
+                f"this key may not use {name!r}; it may use {key.models}",
+                "invalid_request_error",
+                "model_not_allowed",
+            )
+        if name == "auto":
+            return {}
+        if name in self.config.aliases:
+            return dict(self.config.aliases[name])
+        self.router.registry[name]  # UnknownModelError (404) names the known ids
+        return {"allow": (name,)}
+
+    def worst_case_usd(self, messages: Any, options: Mapping[str, Any]) -> float:
+        """What the request may cost at most: over the models it may be routed to (primary
+        and fallbacks), its prompt's upper bound and max_tokens (else the model's expected
+        output x 4) at that model's rates. Unpriced: infinite (refused under a budget)."""
+        d = self.router.route(messages, {k: v for k, v in options.items() if k in _CONSTRAINT_KEYS})
+        worst = 0.0
+        reg = self.router.registry
+        for c in d.candidates:
+            if c.model != d.model and c.model not in d.fallbacks:
+                continue
+            m = reg[c.model]
+            if m.price is None:
+                return math.inf
+            out = options.get("max_tokens") or min(m.max_output, 4 * max(d.tokens_out, 256))
+            est = (
+                m.price.cost(c.tokens_in, out)
+                + m.reasoning_tokens * (m.price.reasoning or m.price.output) / 1e6
+            )
+            worst = max(worst, est)
+        return worst
+
+
+_CONSTRAINT_KEYS = {
+    "max_cost_usd",
+    "latency_slo_ms",
+    "quality_floor",
+    "needs",
+    "max_output_tokens",
+    "lam",
+    "allow",
+    "deny",
+    "strict_floor",
+}
+
+
+async def _json(request: Request, limit: int) -> Any:
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > limit:
+        raise HTTPError(
+            413, f"request body over {limit} bytes", "invalid_request_error", "body_too_large"
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPError(
+                413, f"request body over {limit} bytes", "invalid_request_error", "body_too_large"
+            )
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise HTTPError(
+            400, "the request body is not valid JSON", "invalid_request_error", "invalid_json"
+        ) from None
+
+
+def create_app(config: ServerConfig | None = None, *, router: Router | None = None) -> Starlette:
+    svc = Service(config or ServerConfig(), router)
+
+    async def handle(request: Request, api: str) -> Response:
+        svc.in_flight += 1
+        reserved: tuple[list[Budget], float] | None = None
+        streaming = False
+        try:
+            body = await _json(request, svc.config.max_body_bytes)
+            key = await svc.authenticate(request)
+            parse = wire.openai_request if api == "openai" else wire.anthropic_request
+            routed = parse(body, request.headers)
+            opts = {**routed.options, **svc.resolve(routed, key)}
+            meta: dict[str, Any] = {"api": api}
+            if key is not None:
+                meta.update(key=key.name, key_id=key.id, team=key.team)
+            if routed.session:
+                meta["session"] = routed.session
+                pinned = await svc.state.pin(routed.session)
+                if pinned and "allow" not in opts and pinned in svc.router.registry:
+                    try:
+                        svc.router.route(
+                            routed.messages,
+                            {
+                                **{k: v for k, v in opts.items() if k in _CONSTRAINT_KEYS},
+                                "allow": (pinned,),
+                            },
+                        )
+                        opts["allow"] = (pinned,)
+                        meta["session_pin"] = pinned
+                    except NoRouteError as e:
+                        meta["session_switch"] = f"{pinned} no longer fits: {e}"[:300]
+            opts["metadata"] = meta
+            if key is not None and (key.rpm is not None or key.tpm is not None):
+                d = svc.router.route(
+                    routed.messages, {k: v for k, v in opts.items() if k in _CONSTRAINT_KEYS}
+                )
+                wait = await svc.state.hit(key.id, key.rpm, key.tpm, d.primary.tokens_in)
+                if wait is not None:
+                    svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
+                    raise HTTPError(
+                        429,
+                        f"rate limit of key {key.name!r} reached "
+                        f"(rpm {key.rpm}, tpm {key.tpm}); retry in {wait:.0f}s",
+                        "rate_limit_error",
+                        "rate_limit_exceeded",
+                        {"retry-after": str(math.ceil(wait))},
+                    )
+            budgets = await svc.budgets_of(key)
+            if budgets:
+                worst = svc.worst_case_usd(routed.messages, opts)
+                refused = (
+                    (budgets[0], 0.0)
+                    if math.isinf(worst)
+                    else await svc.state.reserve(budgets, worst)
+                )
+                if refused is not None:
+                    b, left = refused
+                    assert key is not None
+                    svc.metrics.budget_refusals.labels(key.name, b.scope).inc()
+                    why = (
+                        "the routed models are unpriced, so the cost cannot be bounded"
+                        if math.isinf(worst)
+                        else f"this request may cost up to ${worst:.6f}"
+                    )
+                    raise HTTPError(
+                        429,
+                        f"budget {b.scope} (${b.limit_usd} per {b.period}) "
+                        f"has ${left:.6f} left and {why}",
+                        "insufficient_quota",
+                        "budget_exceeded",
+                        budget=b.scope,
+                        remaining_usd=left,
+                    )
+                reserved = (budgets, worst)
+            if routed.stream:
+                streaming = True
+                return await _stream(svc, routed, opts, api, reserved)
+            if routed.cascade:
+                res = await svc.router.chat(routed.messages, cascade=True, **opts)
+            else:
+                res = await svc.router.chat(routed.messages, **opts)
+            if reserved is not None:
+                await svc.state.settle(
+                    reserved[0],
+                    reserved[1],
+                    res.total_cost_usd if res.total_cost_usd is not None else reserved[1],
+                )
+                reserved = None
+            if routed.session:
+                await svc.state.set_pin(routed.session, res.model)
+            out = wire.openai_response(res) if api == "openai" else wire.anthropic_response(res)
+            return JSONResponse(out, headers=wire.headers_of(res))
+        except HTTPError as e:
+            return JSONResponse(e.body(), e.status, headers=e.headers)
+        except SatisficeError as e:
+            he = http_error(e)
+            return JSONResponse(he.body(), he.status)
+        finally:
+            if reserved is not None and not streaming:  # failed before settling: release it
+                await svc.state.settle(reserved[0], reserved[1], 0.0)
+            svc.in_flight -= 1
+
+    async def chat_completions(request: Request) -> Response:
+        return await handle(request, "openai")
+
+    async def messages(request: Request) -> Response:
+        return await handle(request, "anthropic")
+
+    async def models(request: Request) -> Response:
+        try:
+            await svc.authenticate(request)
+        except HTTPError as e:
+            return JSONResponse(e.body(), e.status)
+        now = wire.now()
+        data = [{"id": "auto", "object": "model", "created": now, "owned_by": "satisfice"}]
+        data += [
+            {
+                "id": a,
+                "object": "model",
+                "created": now,
+                "owned_by": "satisfice",
+                "satisfice_constraints": c,
+            }
+            for a, c in svc.config.aliases.items()
+        ]
+        data += [
+            {"id": m.id, "object": "model", "created": now, "owned_by": m.provider}
+            for m in svc.router.registry
+            if not m.disabled
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "in_flight": svc.in_flight})
+
+    async def ready(request: Request) -> Response:
+        ok = svc.ready
+        return JSONResponse({"ready": ok, "models": len(svc.router.registry)}, 200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        if svc.router.ledger is not None:
+            svc.metrics.ledger(svc.router.ledger.backlog, svc.router.ledger.dropped)
+        return Response(
+            svc.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    from .admin import admin_routes
+
+    routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        *admin_routes(svc),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await svc.startup()
+        try:
+            yield
+        finally:
+            await svc.shutdown()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.service = svc
+    return app
+
+
+async def _stream(
+    svc: Service,
+    routed: wire.Routed,
+    opts: dict[str, Any],
+    api: str,
+    reserved: tuple[list[Budget], float] | None,
+) -> Response:
+    """Route and read up to the first piece before answering, so that a request that cannot
+    be routed or whose every candidate fails gets a proper HTTP error, not a broken stream."""
+    s = svc.router.stream(routed.messages, **opts)
+    it = s.__aiter__()
+    try:
+        first = await it.__anext__()
+    except BaseException:
+        await s.aclose()
+        if reserved is not None:
+            await svc.state.settle(reserved[0], reserved[1], 0.0)
+        raise
+    sid = uuid.uuid4().hex
+    created = wire.now()
+
+    async def openai_events() -> AsyncIterator[bytes]:
+        settled = 0.0 if reserved is None else reserved[1]
+        model = ""
+        try:
+            d = first
+            sent_role = False
+            while True:
+                if d.done:
+                    res = d.result
+                    model = res.model
+                    settled = res.total_cost_usd if res.total_cost_usd is not None else settled
+                    if res.tool_calls:
+                        yield wire.openai_chunk(
+                            sid,
+                            model,
+                            created,
+                            {
+                                "tool_calls": [
+                                    {
+                                        "index": i,
+                                        "id": c.id,
+                                        "type": "function",
+                                        "function": {"name": c.name, "arguments": c.arguments},
+                                    }
+                                    for i, c in enumerate(res.tool_calls)
+                                ]
+                            },
+                        )
+                    yield wire.openai_chunk(sid, model, created, {}, res.finish_reason or "stop")
+                    if routed.include_usage:
+                        u = res.usage
+                        yield wire.sse_data(
+                            {
+                                "id": f"chatcmpl-{sid}",
+                                "object": "chat.completion.chunk",
+                                "created": created,
+                                "model": model,
+                                "choices": [],
+                                "usage": {
+                                    "prompt_tokens": u.prompt_tokens,
+                                    "completion_tokens": u.completion_tokens,
+                                    "total_tokens": u.total_tokens,
+                                },
+                                "satisfice": wire.decision_field(res),
+                            }
+                        )
+                    if routed.session:
+                        await svc.state.set_pin(routed.session, res.model)
+                    yield b"data: [DONE]\n\n"
+                    return
+                if d.text:
+                    delta: dict[str, Any] = {"content": d.text}
+                    if not sent_role:
+                        delta["role"] = "assistant"
+                        sent_role = True
+                    yield wire.openai_chunk(sid, model or routed.model, created, delta)
+                d = await it.__anext__()
+        except SatisficeError as e:
+            he = http_error(e)
+            yield wire.sse_data(he.body())  # an explicit error event: never a silent cut
+        finally:
+            await s.aclose()
+            if reserved is not None:
+                await svc.state.settle(reserved[0], reserved[1], settled)
+
+    async def anthropic_events() -> AsyncIterator[bytes]:
+        settled = 0.0 if reserved is None else reserved[1]
+        msg_id = f"msg_{sid}"
+        try:
+            yield wire.anthropic_event(
+                "message_start",
+                {
+                    "message": {
+                        "id": msg_id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": routed.model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 0, "output_tokens": 0},
+                    }
+                },
+            )
+            yield wire.anthropic_event(
+                "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+            )
+            d = first
+            while True:
+                if d.done:
+                    res = d.result
+                    settled = res.total_cost_usd if res.total_cost_usd is not None else settled
+                    yield wire.anthropic_event("content_block_stop", {"index": 0})
+                    stop = wire._STOP.get(res.finish_reason or "stop", "end_turn")
+                    yield wire.anthropic_event(
+                        "message_delta",
+                        {
+                            "delta": {"stop_reason": stop, "stop_sequence": None},
+                            "usage": {"output_tokens": res.usage.completion_tokens},
+                            "satisfice": wire.decision_field(res),
+                        },
+                    )
+                    yield wire.anthropic_event("message_stop", {})
+                    return
+                if d.text:
+                    yield wire.anthropic_event(
+                        "content_block_delta",
+                        {"index": 0, "delta": {"type": "text_delta", "text": d.text}},
+                    )
+                d = await it.__anext__()
+        except SatisficeError as e:
+            he = http_error(e)
+            yield wire.anthropic_event("error", {"error": {"type": he.kind, "message": he.message}})
+        finally:
+            await s.aclose()
+            if reserved is not None:
+                await svc.state.settle(reserved[0], reserved[1], settled)
+
+    gen = openai_events() if api == "openai" else anthropic_events()
+    return StreamingResponse(
+        gen,
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-satisfice-stream-id": sid},
+    )

@@ -1,0 +1,205 @@
+"""`satisfice.toml`: one file for the service. Every field is checked; errors name it.
+
+[server]
+host = "127.0.0.1"          # anything but loopback requires keys (a master key)
+port = 4000
+max_body_bytes = 4194304
+shutdown_grace_s = 30
+master_key_env = "SATISFICE_MASTER_KEY"   # the admin API's key, read from this variable
+require_keys = false        # true: every /v1 request needs a virtual key
+
+[registry]
+path = "registry.toml"      # default: the bundled registry
+refresh = { source = "litellm", location = "...", interval_s = 3600 }
+
+[policy]
+path = "policy.json"        # default: the bundled policy
+
+[aliases]                    # model names that route, with their constraints
+auto-cheap = { quality_floor = 0.6 }
+auto-best = { quality_floor = 0.9, strict_floor = false }
+
+[state]
+backend = "memory"          # or "redis"
+redis_url = "redis://127.0.0.1:6379/0"
+
+[ledger]
+target = "satisfice-ledger.db"   # SQLite path, *.jsonl or postgresql://...
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..policy import Constraints
+
+__all__ = ["ServerConfig"]
+
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def _table(d: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any]:
+    v = d.get(key, {})
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"[{key}] must be a table")
+    bad = set(v) - known
+    if bad:
+        raise ConfigError(f"[{key}]: unknown field(s) {sorted(bad)}; known: {sorted(known)}")
+    return dict(v)
+
+
+def _int(v: Any, where: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ConfigError(f"{where} must be an integer in [{lo}, {hi}], got {v!r:.40}")
+    return v
+
+
+def _num(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+        raise ConfigError(f"{where} must be a number > 0, got {v!r:.40}")
+    return float(v)
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 4000
+    max_body_bytes: int = 4 * 1024 * 1024
+    shutdown_grace_s: float = 30.0
+    master_key_env: str = "SATISFICE_MASTER_KEY"
+    require_keys: bool = False
+    registry_path: str | None = None
+    refresh: dict[str, Any] | None = None
+    policy_path: str | None = None
+    aliases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    state_backend: str = "memory"
+    redis_url: str | None = None
+    ledger: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, c in self.aliases.items():
+            if not isinstance(c, Mapping):
+                raise ConfigError(f"[aliases].{name} must be a table of constraints")
+            try:
+                Constraints.of(c)
+            except ConfigError as e:
+                raise ConfigError(f"[aliases].{name}: {e}") from None
+        if self.state_backend not in ("memory", "redis"):
+            raise ConfigError(
+                f"[state].backend must be memory or redis, got {self.state_backend!r}"
+            )
+        if self.state_backend == "redis" and not self.redis_url:
+            raise ConfigError("[state].backend = redis needs [state].redis_url")
+        if not self.loopback and not self.require_keys:
+            raise ConfigError(
+                f"[server].host = {self.host!r} is not loopback: set require_keys = true (and "
+                "a master key in the variable [server].master_key_env names) before serving "
+                "beyond this machine"
+            )
+
+    @property
+    def loopback(self) -> bool:
+        if self.host in _LOOPBACK:
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], base: Path | None = None) -> ServerConfig:
+        bad = set(d) - {"server", "registry", "policy", "aliases", "state", "ledger"}
+        if bad:
+            raise ConfigError(
+                f"unknown table(s) {sorted(bad)}; known: server, registry, policy, aliases, "
+                "state, ledger"
+            )
+        srv = _table(
+            d,
+            "server",
+            {
+                "host",
+                "port",
+                "max_body_bytes",
+                "shutdown_grace_s",
+                "master_key_env",
+                "require_keys",
+            },
+        )
+        reg = _table(d, "registry", {"path", "refresh"})
+        pol = _table(d, "policy", {"path"})
+        state = _table(d, "state", {"backend", "redis_url"})
+        led = _table(d, "ledger", {"target"})
+        aliases = d.get("aliases", {})
+        if not isinstance(aliases, Mapping):
+            raise ConfigError("[aliases] must be a table of NAME = { constraints }")
+
+        def rel(p: Any, where: str) -> str | None:
+            if p is None:
+                return None
+            if not isinstance(p, str) or not p:
+                raise ConfigError(f"{where} must be a path")
+            if "://" in p or base is None or Path(p).is_absolute():
+                return p
+            return str(base / p)
+
+        refresh = reg.get("refresh")
+        if refresh is not None:
+            if not isinstance(refresh, Mapping) or not {"source"} <= set(refresh) <= {
+                "source",
+                "location",
+                "interval_s",
+                "max_ratio",
+            }:
+                raise ConfigError(
+                    "[registry].refresh must be { source = litellm|openrouter|models.dev, "
+                    "location = FILE_OR_URL, interval_s = 3600, max_ratio = 10 }"
+                )
+            refresh = dict(refresh)
+            if "interval_s" in refresh:
+                refresh["interval_s"] = _num(refresh["interval_s"], "[registry].refresh.interval_s")
+        host = srv.get("host", "127.0.0.1")
+        if not isinstance(host, str) or not host:
+            raise ConfigError("[server].host must be a host name or address")
+        require = srv.get("require_keys", False)
+        if not isinstance(require, bool):
+            raise ConfigError("[server].require_keys must be true or false")
+        env = srv.get("master_key_env", "SATISFICE_MASTER_KEY")
+        if not isinstance(env, str) or not env.replace("_", "").isalnum():
+            raise ConfigError("[server].master_key_env must name an environment variable")
+        return cls(
+            host=host,
+            port=_int(srv.get("port", 4000), "[server].port", 0, 65535),
+            max_body_bytes=_int(
+                srv.get("max_body_bytes", 4 << 20), "[server].max_body_bytes", 1024, 1 << 30
+            ),
+            shutdown_grace_s=_num(srv.get("shutdown_grace_s", 30), "[server].shutdown_grace_s"),
+            master_key_env=env,
+            require_keys=require,
+            registry_path=rel(reg.get("path"), "[registry].path"),
+            refresh=refresh,
+            policy_path=rel(pol.get("path"), "[policy].path"),
+            aliases={str(k): dict(v) if isinstance(v, Mapping) else v for k, v in aliases.items()},
+            state_backend=str(state.get("backend", "memory")),
+            redis_url=state.get("redis_url"),
+            ledger=rel(led.get("target"), "[ledger].target"),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> ServerConfig:
+        if path is None:
+            return cls()
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text("utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        return cls.from_dict(data, p.parent)

@@ -1,0 +1,440 @@
+"""The two APIs the server speaks, translated to one routed request and back.
+
+OpenAI Chat Completions: every parameter the official SDK sends is either carried to the
+routed request or refused with a 400 that names it (satisfice routes across providers whose
+APIs differ: a parameter only some of them honour would be silently dropped on the others).
+satisfice's own constraints arrive as extra body fields (`extra_body=` in the SDK) or
+`x-satisfice-*` headers. Anthropic Messages: translated to the same request, answered in
+Anthropic's shape.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InputError
+
+__all__ = ["Routed", "anthropic_request", "anthropic_response", "openai_request", "openai_response"]
+
+# Parameters carried to the routed request (each provider translates them).
+_CALL = {
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "stop",
+    "top_p",
+}
+# Accepted and used by the server itself.
+_SERVER = {
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "user",
+    "prompt_cache_key",
+    "metadata",
+    "store",
+    "n",
+}
+# satisfice's constraints, as extra body fields.
+_CONSTRAINTS = {
+    "max_cost_usd",
+    "latency_slo_ms",
+    "quality_floor",
+    "needs",
+    "lam",
+    "strict_floor",
+    "cascade",
+    "allow",
+    "deny",
+    "timeout",
+}
+
+
+def _needs(v: str) -> list[str]:
+    return [x.strip() for x in v.split(",") if x.strip()]
+
+
+_HEADER_CONSTRAINTS: dict[str, Any] = {
+    "max-cost-usd": float,
+    "latency-slo-ms": float,
+    "quality-floor": float,
+    "needs": _needs,
+}
+
+
+@dataclass
+class Routed:
+    """One request as the router takes it."""
+
+    messages: list[dict[str, Any]]
+    model: str
+    stream: bool = False
+    include_usage: bool = False
+    options: dict[str, Any] = field(default_factory=dict)  # chat()/stream() options
+    cascade: bool = False
+    session: str | None = None
+
+
+def _bad(msg: str) -> InputError:
+    return InputError(msg)
+
+
+def constraints_from(body: Mapping[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in _CONSTRAINTS & set(body):
+        out[k] = body[k]
+    for h, conv in _HEADER_CONSTRAINTS.items():
+        v = headers.get(f"x-satisfice-{h}")
+        if v is not None:
+            try:
+                out[h.replace("-", "_")] = conv(v)
+            except ValueError:
+                raise _bad(f"header x-satisfice-{h}: {v!r:.40} is not valid") from None
+    return out
+
+
+def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
+    if not isinstance(body, Mapping):
+        raise _bad("the request body must be a JSON object")
+    unknown = set(body) - _CALL - _SERVER - _CONSTRAINTS
+    if unknown:
+        raise _bad(
+            f"unsupported parameter(s) {sorted(unknown)}: satisfice routes across providers "
+            "whose APIs differ, and these would be honoured by some and dropped by others; "
+            f"remove them. Supported: {sorted(_CALL | _SERVER)}, and satisfice constraints "
+            f"{sorted(_CONSTRAINTS)}"
+        )
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise _bad("'messages' must be a non-empty array of messages")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("'model' is required: a model id from GET /v1/models, or 'auto'")
+    n = body.get("n", 1)
+    if n not in (1, None):
+        raise _bad("'n' must be 1: satisfice returns one routed answer per request")
+    opts: dict[str, Any] = {}
+    mt = body.get("max_completion_tokens", body.get("max_tokens"))
+    if mt is not None:
+        opts["max_tokens"] = mt
+    for k in ("temperature", "tools", "tool_choice", "response_format"):
+        if body.get(k) is not None:
+            opts[k] = body[k]
+    extra = {k: body[k] for k in ("stop", "top_p") if body.get(k) is not None}
+    if extra:
+        opts["extra"] = extra
+    c = constraints_from(body, headers)
+    cascade = bool(c.pop("cascade", False))
+    opts.update(c)
+    so = body.get("stream_options") or {}
+    session = headers.get("x-satisfice-session") or body.get("prompt_cache_key") or body.get("user")
+    return Routed(
+        messages=list(msgs),
+        model=model,
+        stream=bool(body.get("stream")),
+        include_usage=bool(isinstance(so, Mapping) and so.get("include_usage")),
+        options=opts,
+        cascade=cascade,
+        session=str(session) if session else None,
+    )
+
+
+def decision_field(res: Any) -> dict[str, Any]:
+    d = res.decision
+    return {
+        "request_id": res.request_id,
+        "model": res.model,
+        "deployment": res.deployment,
+        "routed_to": d.model,
+        "why": d.reasons(),
+        "est_cost_usd": d.est_cost_usd,
+        "cost_usd": res.total_cost_usd,
+        "cost_estimated": any(a.cost_estimated for a in res.attempts),
+        "attempts": [
+            {
+                "model": a.model,
+                "deployment": a.deployment,
+                "outcome": a.outcome,
+                "error_type": a.error_type,
+                "status": a.status,
+            }
+            for a in res.attempts
+        ],
+    }
+
+
+def openai_response(res: Any, *, with_decision: bool = True) -> dict[str, Any]:
+    msg: dict[str, Any] = {"role": "assistant", "content": res.text}
+    if res.tool_calls:
+        msg["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in res.tool_calls
+        ]
+        if not res.text:
+            msg["content"] = None
+    u = res.usage
+    out = {
+        "id": f"chatcmpl-{res.request_id}",
+        "object": "chat.completion",
+        "created": int(res.started_at),
+        "model": res.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": msg,
+                "finish_reason": res.finish_reason or "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+            "total_tokens": u.total_tokens,
+        },
+    }
+    if with_decision:
+        out["satisfice"] = decision_field(res)
+    return out
+
+
+def openai_chunk(
+    rid: str, model: str, created: int, delta: dict[str, Any], finish: str | None = None
+) -> bytes:
+    c = {
+        "id": f"chatcmpl-{rid}",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
+    return b"data: " + json.dumps(c, separators=(",", ":")).encode() + b"\n\n"
+
+
+def sse_data(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def headers_of(res: Any) -> dict[str, str]:
+    d = res.decision
+    cost = res.total_cost_usd
+    out: dict[str, str] = {
+        "x-satisfice-request-id": res.request_id,
+        "x-satisfice-model": res.model,
+        "x-satisfice-deployment": res.deployment,
+        "x-satisfice-routed-to": d.model,
+        "x-satisfice-est-cost-usd": "unpriced"
+        if d.est_cost_usd is None
+        else f"{d.est_cost_usd:.8f}",
+        "x-satisfice-cost-usd": "unpriced" if cost is None else f"{cost:.8f}",
+        "x-satisfice-attempts": str(len(res.attempts)),
+    }
+    return out
+
+
+# -- Anthropic Messages -----------------------------------------------------------------------
+
+_ANTHROPIC = {
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop_sequences",
+    "tools",
+    "tool_choice",
+    "stream",
+    "metadata",
+}
+_STOP = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "content_filter": "refusal",
+}
+
+
+def _to_openai_content(content: Any) -> Any:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _bad("message content must be a string or an array of blocks")
+    parts: list[dict[str, Any]] = []
+    for b in content:
+        if not isinstance(b, Mapping):
+            raise _bad("content blocks must be objects")
+        if b.get("type") == "text":
+            parts.append({"type": "text", "text": str(b.get("text", ""))})
+        elif b.get("type") == "image" and isinstance(b.get("source"), Mapping):
+            src = b["source"]
+            if src.get("type") == "base64":
+                url = f"data:{src.get('media_type')};base64,{src.get('data')}"
+            else:
+                url = str(src.get("url"))
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            raise _bad(f"content block type {b.get('type')!r} is not supported here")
+    return parts
+
+
+def anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
+    if not isinstance(body, Mapping):
+        raise _bad("the request body must be a JSON object")
+    unknown = set(body) - _ANTHROPIC - _CONSTRAINTS
+    if unknown:
+        raise _bad(f"unsupported parameter(s) {sorted(unknown)}; remove them")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("'model' is required")
+    mt = body.get("max_tokens")
+    if isinstance(mt, bool) or not isinstance(mt, int) or mt < 1:
+        raise _bad("'max_tokens' is required: an integer >= 1")
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise _bad("'messages' must be a non-empty array")
+    msgs: list[dict[str, Any]] = []
+    system = body.get("system")
+    if system is not None:
+        text = (
+            system
+            if isinstance(system, str)
+            else "\n\n".join(str(b.get("text", "")) for b in system if isinstance(b, Mapping))
+        )
+        msgs.append({"role": "system", "content": text})
+    for m in raw:
+        if not isinstance(m, Mapping) or m.get("role") not in ("user", "assistant"):
+            raise _bad("each message needs role 'user' or 'assistant'")
+        content = m.get("content")
+        if isinstance(content, list) and any(
+            isinstance(b, Mapping) and b.get("type") in ("tool_use", "tool_result") for b in content
+        ):
+            msgs.extend(_tool_blocks(m["role"], content))
+            continue
+        msgs.append({"role": m["role"], "content": _to_openai_content(content)})
+    opts: dict[str, Any] = {"max_tokens": mt}
+    if body.get("temperature") is not None:
+        opts["temperature"] = body["temperature"]
+    extra = {}
+    if body.get("top_p") is not None:
+        extra["top_p"] = body["top_p"]
+    if body.get("stop_sequences"):
+        extra["stop"] = list(body["stop_sequences"])
+    if body.get("top_k") is not None:
+        raise _bad("'top_k' is not supported: not every routed provider has it; remove it")
+    if extra:
+        opts["extra"] = extra
+    tools = body.get("tools")
+    if tools:
+        opts["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t["name"],
+                    "description": t.get("description", ""),
+                    "parameters": t.get("input_schema", {}),
+                },
+            }
+            for t in tools
+        ]
+    tc = body.get("tool_choice")
+    if isinstance(tc, Mapping):
+        kind = tc.get("type")
+        opts["tool_choice"] = (
+            {"type": "function", "function": {"name": tc.get("name")}}
+            if kind == "tool"
+            else "required"
+            if kind == "any"
+            else "none"
+            if kind == "none"
+            else "auto"
+        )
+    c = constraints_from(body, headers)
+    cascade = bool(c.pop("cascade", False))
+    opts.update(c)
+    meta = body["metadata"] if isinstance(body.get("metadata"), Mapping) else {}
+    session = headers.get("x-satisfice-session") or meta.get("user_id")
+    return Routed(
+        msgs,
+        model,
+        bool(body.get("stream")),
+        False,
+        opts,
+        cascade,
+        str(session) if session else None,
+    )
+
+
+def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if role == "assistant":
+        text = "".join(str(b.get("text", "")) for b in content if b.get("type") == "text")
+        calls = [
+            {
+                "id": b["id"],
+                "type": "function",
+                "function": {"name": b["name"], "arguments": json.dumps(b.get("input", {}))},
+            }
+            for b in content
+            if b.get("type") == "tool_use"
+        ]
+        out.append({"role": "assistant", "content": text or None, "tool_calls": calls})
+        return out
+    for b in content:
+        if b.get("type") == "tool_result":
+            c = b.get("content")
+            text = (
+                c
+                if isinstance(c, str)
+                else "".join(str(x.get("text", "")) for x in c or () if isinstance(x, Mapping))
+            )
+            out.append({"role": "tool", "tool_call_id": b.get("tool_use_id"), "content": text})
+        elif b.get("type") == "text":
+            out.append({"role": "user", "content": str(b.get("text", ""))})
+    return out
+
+
+def anthropic_response(res: Any) -> dict[str, Any]:
+    blocks: list[dict[str, Any]] = []
+    if res.text:
+        blocks.append({"type": "text", "text": res.text})
+    for c in res.tool_calls:
+        try:
+            args = json.loads(c.arguments) if c.arguments else {}
+        except ValueError:
+            args = {"_raw": c.arguments}
+        blocks.append({"type": "tool_use", "id": c.id, "name": c.name, "input": args})
+    return {
+        "id": f"msg_{res.request_id}",
+        "type": "message",
+        "role": "assistant",
+        "model": res.model,
+        "content": blocks or [{"type": "text", "text": ""}],
+        "stop_reason": _STOP.get(res.finish_reason or "stop", "end_turn"),
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": res.usage.prompt_tokens,
+            "output_tokens": res.usage.completion_tokens,
+        },
+        "satisfice": decision_field(res),
+    }
+
+
+def anthropic_event(kind: str, data: Mapping[str, Any]) -> bytes:
+    return (
+        f"event: {kind}\ndata: ".encode()
+        + json.dumps({"type": kind, **data}, separators=(",", ":")).encode()
+        + b"\n\n"
+    )
+
+
+def now() -> int:
+    return int(time.time())

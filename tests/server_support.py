@@ -1,0 +1,37 @@
+"""`satisfice serve` in a thread of the test process, on a free loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from satisfice.server import ServerConfig, create_app
+
+from .servers import free_port
+
+
+@contextlib.contextmanager
+def running(config: ServerConfig | None = None, router: Any = None) -> Iterator[tuple[str, Any]]:
+    """Yields (base URL, app). Stops the server (graceful) on exit."""
+    app = create_app(config or ServerConfig(), router=router)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
+    )
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not t.is_alive():
+            raise RuntimeError("satisfice serve did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        t.join(30)

@@ -1,0 +1,270 @@
+"""`satisfice serve` driven by the official openai and anthropic clients over a real socket,
+the upstreams being the project's local test upstream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from satisfice import Policy, Router
+from satisfice.ledger import read_records
+from satisfice.server import ServerConfig
+from satisfice.testing import LocalUpstream, reply
+
+from .chat_support import registry, wire
+from .server_support import running
+
+MASTER = "master-test-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[LocalUpstream]:
+    with LocalUpstream() as up:
+        yield up
+
+
+@pytest.fixture
+def served(upstream: LocalUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
+    upstream.wait_idle()
+    upstream.reset_script()
+    reg = tmp_path / "r.toml"
+    reg.write_text(registry(upstream.url).to_toml())
+    cfg = ServerConfig(
+        registry_path=str(reg),
+        ledger=str(tmp_path / "l.db"),
+        aliases={"auto-cheap": {"quality_floor": 0.5}},
+    )
+    router = Router(registry(upstream.url), Policy(quality_floor=0.5, max_fallbacks=3))
+    with running(cfg, router) as (url, app):
+        yield url, app, upstream, tmp_path
+        while _OPEN:
+            _OPEN.pop().close()
+
+
+_OPEN: list[Any] = []  # clients to close when the test's server stops
+
+
+def _client(url: str, key: str = "anything") -> openai.OpenAI:
+    c = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+    _OPEN.append(c)
+    return c
+
+
+def test_openai_client_plain_call_carries_the_decision(served: Any) -> None:
+    url, app, _, tmp = served
+    raw = _client(url).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "Say hello"}], max_tokens=50
+    )
+    resp = raw.parse()
+    assert resp.choices[0].message.content and resp.model == "alpha"
+    assert resp.usage is not None and resp.usage.total_tokens > 0
+    extra = resp.model_extra or {}
+    assert extra["satisfice"]["model"] == "alpha" and extra["satisfice"]["why"]
+    assert raw.headers["x-satisfice-model"] == "alpha"
+    assert float(raw.headers["x-satisfice-cost-usd"]) > 0
+    app.state.service.router.ledger.flush()
+    (rec,) = list(read_records(tmp / "l.db"))
+    assert rec["metadata"]["api"] == "openai"
+
+
+async def test_async_openai_client_streams_with_usage(served: Any) -> None:
+    url, *_ = served
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    stream = await client.chat.completions.create(
+        model="auto-cheap",
+        messages=[{"role": "user", "content": "Say hello"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, usage, finish = "", None, None
+    async for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage is not None:
+            usage = chunk.usage
+    await client.close()
+    assert text and finish == "stop" and usage is not None and usage.completion_tokens > 0
+
+
+def test_tools_and_response_format(served: Any) -> None:
+    url, _, up, _ = served
+    up.script(wire("alpha"), reply(tool_call=("get_weather", '{"city": "Oslo"}')))
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    r = _client(url).chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=tools
+    )
+    call = r.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments)
+    assert up.seen(wire("alpha"))[-1].body["tools"][0]["function"]["name"] == "get_weather"
+    up.script(wire("alpha"), reply('{"a": 1}'))
+    r = _client(url).chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "JSON please"}],
+        response_format={"type": "json_object"},
+    )
+    assert json.loads(r.choices[0].message.content or "") == {"a": 1}
+
+
+def test_constraints_through_extra_body_and_clear_errors(served: Any) -> None:
+    url, *_ = served
+    c = _client(url)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(
+            model="auto",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"max_cost_usd": 1e-12},
+        )
+    assert e.value.body["code"] == "no_route" and "max_cost" in e.value.body["message"]  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError, match="unsupported parameter.*seed"):
+        c.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "hi"}], seed=3
+        )
+    with pytest.raises(openai.NotFoundError, match="unknown model 'gpt-99'"):
+        c.chat.completions.create(model="gpt-99", messages=[{"role": "user", "content": "hi"}])
+    r = c.chat.completions.create(model="gamma", messages=[{"role": "user", "content": "hi"}])
+    assert r.model == "gamma"  # a concrete model id goes to that model
+    ids = [m.id for m in c.models.list()]
+    assert ids[:2] == ["auto", "auto-cheap"] and {"alpha", "delta"} <= set(ids)
+
+
+def test_upstream_failure_is_an_openai_error_listing_attempts(served: Any) -> None:
+    from satisfice.testing import status
+
+    url, _, up, _ = served
+    for m in ("alpha", "beta", "gamma", "delta"):
+        up.script(wire(m), *[status(500)] * 3)
+    with pytest.raises(openai.APIStatusError) as e:
+        _client(url).chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert e.value.status_code == 502
+    body: Any = e.value.body
+    assert body["type"] == "upstream_error" and len(body["attempts"]) >= 4
+
+
+def test_bad_bodies(served: Any) -> None:
+    url, app, *_ = served
+    app.state.service.config.max_body_bytes = 2048
+    r = httpx.post(url + "/v1/chat/completions", content=b"x" * 5000)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    r = httpx.post(url + "/v1/chat/completions", content=b"{not json")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "auto", "messages": []})
+    assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+
+
+def test_anthropic_client_plain_and_streamed(served: Any) -> None:
+    url, *_ = served
+    c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+    _OPEN.append(c)
+    m = c.messages.create(
+        model="auto",
+        max_tokens=100,
+        system="Be brief.",
+        messages=[{"role": "user", "content": "Say hello"}],
+    )
+    assert m.content[0].type == "text" and m.content[0].text and m.model == "alpha"
+    assert m.usage.output_tokens > 0 and m.stop_reason == "end_turn"
+    with c.messages.stream(
+        model="auto", max_tokens=100, messages=[{"role": "user", "content": "Say hello"}]
+    ) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text and final.stop_reason == "end_turn"
+
+
+def test_keys_budgets_allow_lists_and_rate_limits(served: Any) -> None:
+    url, *_ = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    assert httpx.post(url + "/admin/keys", json={"name": "x"}).status_code == 401
+    k = httpx.post(
+        url + "/admin/keys",
+        headers=admin,
+        json={
+            "name": "team-a",
+            "budget_usd": 0.01,
+            "period": "day",
+            "models": ["auto"],
+            "rpm": 1000,
+        },
+    ).json()
+    assert k["key"].startswith("sk-sat-") and "key_hash" not in k
+    c = _client(url, k["key"])
+    spent = 0
+    with pytest.raises(openai.RateLimitError) as e:
+        for _ in range(200):  # ~$0.0002 each on alpha; up to ~$0.0024 reserved (delta)
+            c.chat.completions.create(
+                model="auto", max_tokens=100, messages=[{"role": "user", "content": "word " * 2000}]
+            )
+            spent += 1
+    body: Any = e.value.body
+    assert body["code"] == "budget_exceeded" and body["budget"] == f"key:{k['id']}"
+    assert 0 <= body["remaining_usd"] < 0.0025 and 20 < spent < 50
+    s = httpx.get(url + "/admin/spend", headers=admin).json()["budgets"][0]
+    assert 0.0075 < s["spent_usd"] <= 0.01 and s["held_usd"] == 0
+    with pytest.raises(openai.PermissionDeniedError, match="may not use 'gamma'"):
+        c.chat.completions.create(model="gamma", messages=[{"role": "user", "content": "hi"}])
+    # rate limit: 2 requests per minute
+    k2 = httpx.post(url + "/admin/keys", headers=admin, json={"name": "slow", "rpm": 2}).json()
+    c2 = _client(url, k2["key"])
+    for _ in range(2):
+        c2.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.RateLimitError, match="rate limit of key 'slow'"):
+        c2.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+    # revoked
+    assert httpx.delete(url + f"/admin/keys/{k2['id']}", headers=admin).json()["revoked"]
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        c2.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_admin_health_disable_and_reload(served: Any) -> None:
+    url, *_ = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    r = httpx.post(url + "/admin/deployments/alpha/disable", headers=admin, json={})
+    assert r.status_code == 200
+    out = _client(url).chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert out.model == "beta"  # alpha is out of service
+    httpx.post(url + "/admin/deployments/alpha/enable", headers=admin, json={})
+    r = httpx.post(url + "/admin/reload", headers=admin)
+    assert r.status_code == 200 and r.json()["models"] == 4
+    assert httpx.get(url + "/ready").json()["ready"] is True
+    assert b"satisfice_requests_total" in httpx.get(url + "/metrics").content
+
+
+def test_session_pins_and_switches(served: Any) -> None:
+    url, app, _, tmp = served
+    svc = app.state.service
+    svc.state._pins["s1"] = ("gamma", 1e12)  # as an earlier turn would have left it
+    c = _client(url)
+    r = c.chat.completions.create(
+        model="auto", user="s1", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert r.model == "gamma"  # kept on its pinned model, not re-routed to alpha
+    svc.state._pins["s2"] = ("alpha", 1e12)
+    big = "word " * 9000  # over alpha's 8k window: the pin cannot hold
+    r = c.chat.completions.create(
+        model="auto", user="s2", messages=[{"role": "user", "content": big}]
+    )
+    assert r.model != "alpha"
+    svc.router.ledger.flush()
+    recs = [x for x in read_records(tmp / "l.db") if x["metadata"].get("session") == "s2"]
+    assert "no longer fits" in recs[0]["metadata"]["session_switch"]
