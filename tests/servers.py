@@ -77,6 +77,7 @@ class RedisServer:
         if self.binary is None:
             pytest.skip("redis-server is not installed (apt-get install redis-server)")
         self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="satisfice-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -86,8 +87,9 @@ class RedisServer:
     def start(self) -> None:
         assert self.binary is not None
         self.proc = subprocess.Popen(
+            # append-only in a temporary directory: a restart keeps keys and counters
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         _wait_port(self.port)
@@ -107,3 +109,4 @@ def redis() -> Iterator[RedisServer]:
         yield s
     finally:
         s.stop()
+        shutil.rmtree(s.dir, ignore_errors=True)

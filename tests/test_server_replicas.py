@@ -1,0 +1,229 @@
+"""Two `satisfice serve` replicas, each its own process, sharing a real redis-server: budgets,
+rate limits and cooldowns hold across them, and Redis going away behaves as documented."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from satisfice.testing import LocalUpstream, status
+
+from .chat_support import registry, wire
+from .servers import RedisServer, free_port, redis
+
+MASTER = "master-redis-test-0123456789abcdef"
+BIG = "word " * 2000  # ~$0.0002 on alpha, up to ~$0.0024 reserved (delta)
+
+
+@contextlib.contextmanager
+def replica(cfg: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "SATISFICE_MASTER_KEY": MASTER}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "satisfice.cli", "serve", "--config", str(cfg), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                    break
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"replica did not start: {p.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            time.sleep(0.05)
+        yield url
+    finally:
+        p.terminate()
+        p.wait(30)
+        if p.stderr is not None:
+            p.stderr.close()
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Iterator[tuple[list[str], LocalUpstream, RedisServer]]:
+    with LocalUpstream(record=False) as up, redis() as r:
+        reg = tmp_path / "r.toml"
+        reg.write_text(registry(up.url).to_toml())
+        cfg = tmp_path / "satisfice.toml"
+        cfg.write_text(
+            f'[registry]\npath = "{reg}"\n[state]\nbackend = "redis"\nredis_url = "{r.url}"\n'
+        )
+        with replica(cfg) as a, replica(cfg) as b:
+            yield [a, b], up, r
+
+
+def _admin(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    r = httpx.post(url + path, json=body, headers={"authorization": f"Bearer {MASTER}"})
+    assert r.status_code in (200, 201), r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def _fire(urls: list[str], key: str, n: int, content: str) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=60) as c:
+
+        async def one(i: int) -> httpx.Response:
+            return await c.post(
+                urls[i % len(urls)] + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={
+                    "model": "auto",
+                    "max_tokens": 100,
+                    "messages": [{"role": "user", "content": content}],
+                },
+            )
+
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_a_budget_holds_across_replicas_under_concurrency(two: Any) -> None:
+    urls, _, r = two
+    budget = 0.01
+    k = _admin(urls[0], "/admin/keys", {"name": "shared", "budget_usd": budget, "period": "day"})
+    res = asyncio.run(_fire(urls, k["key"], 200, BIG))
+    ok = [x for x in res if x.status_code == 200]
+    refused = [x for x in res if x.status_code == 429]
+    assert len(ok) + len(refused) == 200 and ok and refused
+    assert all(x.json()["error"]["code"] == "budget_exceeded" for x in refused)
+    spent = sum(float(x.headers["x-satisfice-cost-usd"]) for x in ok)
+    assert spent <= budget  # reserved at the worst case: never over
+    s = httpx.get(urls[1] + "/admin/spend", headers={"authorization": f"Bearer {MASTER}"}).json()
+    (b,) = s["budgets"]
+    assert b["spent_usd"] == pytest.approx(spent, abs=1e-6) and b["held_usd"] == 0
+
+
+def test_rate_limits_count_exactly_across_replicas(two: Any) -> None:
+    urls, _, _ = two
+    k = _admin(urls[0], "/admin/keys", {"name": "rpm", "rpm": 37})
+    if time.time() % 60 > 50:  # do not straddle a minute window
+        time.sleep(61 - time.time() % 60)
+    res = asyncio.run(_fire(urls, k["key"], 100, "hi"))
+    assert sum(x.status_code == 200 for x in res) == 37
+    assert sum(x.status_code == 429 for x in res) == 63
+
+
+def test_a_cooldown_seen_by_one_replica_is_avoided_by_the_other(two: Any) -> None:
+    urls, up, _ = two
+    up.script(wire("alpha"), status(429, retry_after=30), status(429, retry_after=30))
+    a = httpx.post(
+        urls[0] + "/v1/chat/completions",
+        json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+    ).json()
+    assert a["model"] == "beta"  # replica A fell back, and cooled alpha
+    time.sleep(0.6)  # the other replica syncs cooldowns every 0.2 s
+    b = httpx.post(
+        urls[1] + "/v1/chat/completions",
+        json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+    ).json()
+    assert b["model"] == "beta"
+    assert [x["outcome"] for x in b["satisfice"]["attempts"]] == ["skipped", "ok"] or b[
+        "satisfice"
+    ]["routed_to"] == "beta"
+    assert up.pending(wire("alpha")) == 1  # B never called alpha
+
+
+def test_redis_down_then_back(two: Any) -> None:
+    urls, _, r = two
+    k = _admin(urls[0], "/admin/keys", {"name": "b", "budget_usd": 1.0})
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    auth = {"authorization": f"Bearer {k['key']}"}
+    assert httpx.post(urls[0] + "/v1/chat/completions", json=body, headers=auth).status_code == 200
+    r.stop()
+    # budgets fail closed: 503 and says why; anonymous traffic (no budget) is still served
+    x = httpx.post(urls[1] + "/v1/chat/completions", json=body, headers=auth, timeout=30)
+    assert x.status_code == 503 and x.json()["error"]["code"] == "state_unavailable"
+    y = httpx.post(urls[1] + "/v1/chat/completions", json=body, timeout=30)
+    assert y.status_code == 200
+    r.start()
+    z = httpx.post(urls[1] + "/v1/chat/completions", json=body, headers=auth, timeout=30)
+    assert z.status_code == 200  # recovered: keys and counters kept (append-only file)
+
+
+def test_sigterm_lets_50_streams_finish(tmp_path: Path) -> None:
+    """SIGTERM during 50 streamed requests: every one ends with [DONE] (or an explicit
+    error event), none is cut silently."""
+    import signal
+
+    from satisfice.testing import reply
+
+    text = " ".join(f"w{i}" for i in range(30))
+    with LocalUpstream(record=False, default=reply(text, chunk_delay=0.03)) as up:
+        reg = tmp_path / "r.toml"
+        reg.write_text(registry(up.url).to_toml())
+        cfg = tmp_path / "satisfice.toml"
+        cfg.write_text(f'[registry]\npath = "{reg}"\n[server]\nshutdown_grace_s = 30\n')
+        port = free_port()
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "satisfice.cli",
+                "serve",
+                "--config",
+                str(cfg),
+                "--port",
+                str(port),
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                        break
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+
+            async def run() -> list[str]:
+                started = asyncio.Event()
+                count = 0
+
+                async def one(c: httpx.AsyncClient) -> str:
+                    nonlocal count
+                    body = {
+                        "model": "auto",
+                        "stream": True,
+                        "messages": [{"role": "user", "content": "hi"}],
+                    }
+                    out = ""
+                    async with c.stream("POST", url + "/v1/chat/completions", json=body) as r:
+                        async for line in r.aiter_lines():
+                            if line.startswith("data: ") and not out:
+                                count += 1
+                                if count == 50:
+                                    started.set()
+                            out += line + "\n"
+                    return out
+
+                async with httpx.AsyncClient(timeout=60) as c:
+                    tasks = [asyncio.create_task(one(c)) for _ in range(50)]
+                    await asyncio.wait_for(started.wait(), 30)
+                    p.send_signal(signal.SIGTERM)  # all 50 are mid-stream now
+                    return await asyncio.gather(*tasks)
+
+            outs = asyncio.run(run())
+            # uvicorn re-raises the signal after its graceful shutdown: -15 is a clean exit
+            assert p.wait(60) in (0, -signal.SIGTERM)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    done = [o for o in outs if o.rstrip().endswith("data: [DONE]")]
+    errors = [o for o in outs if '"error"' in o]
+    assert len(done) + len(errors) == 50 and len(done) == 50
+    assert all(text.split()[-1] in o for o in done)
