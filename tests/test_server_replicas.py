@@ -90,7 +90,7 @@ async def _fire(urls: list[str], key: str, n: int, content: str) -> list[httpx.R
 
 
 def test_a_budget_holds_across_replicas_under_concurrency(two: Any) -> None:
-    urls, _, r = two
+    urls, *_ = two
     budget = 0.01
     k = _admin(urls[0], "/admin/keys", {"name": "shared", "budget_usd": budget, "period": "day"})
     res = asyncio.run(_fire(urls, k["key"], 200, BIG))
