@@ -35,7 +35,7 @@ from satisfice import Registry, Router
 from satisfice.executor import ExecutionConfig, make_client
 from satisfice.testing import patch_registry
 
-MODEL = "gpt-6-luna"  # the one model left enabled (OpenAI wire format); asserted below
+MODEL = "gpt-5.4-nano"  # the one model left enabled (OpenAI wire format); asserted below
 
 
 def bench_registry(url: str) -> Registry:

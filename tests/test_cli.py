@@ -39,8 +39,8 @@ def test_route_file_and_errors(tmp_path: Path) -> None:
 def test_count(tmp_path: Path) -> None:
     f = tmp_path / "t.txt"
     f.write_text("hello world")
-    assert run("count", "--model", "gpt-6-luna", str(f)).stdout.strip() == "2"
-    out = json.loads(run("count", "--json", "--model", "claude-sonnet-5-5", str(f)).stdout)
+    assert run("count", "--model", "gpt-5.4-nano", str(f)).stdout.strip() == "2"
+    out = json.loads(run("count", "--json", "--model", "claude-sonnet-4-6", str(f)).stdout)
     assert out == {"tokens": 2, "encoding": "claude", "exact": False}
     p = run("count", "--model", "gpt-99", str(f))
     assert p.returncode == 2 and "unknown model 'gpt-99'" in p.stderr

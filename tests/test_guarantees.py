@@ -234,7 +234,7 @@ def test_every_billed_dimension_is_priced() -> None:
     )
     # above the threshold the whole request is billed at the long-context rates
     assert p.cost(300_000, 1000) == pytest.approx((300_000 * 6.0 + 1000 * 22.5) / 1e6)
-    sonnet = Registry.default()["claude-sonnet-5-5"].price
+    sonnet = Registry.default()["claude-sonnet-4-6"].price
     assert sonnet is not None and sonnet.cache_write == 1.25 * sonnet.input  # Anthropic 5m
     assert sonnet.cache_write_1h == 2 * sonnet.input  # and 1h writes
     with pytest.raises(ConfigError, match="long_context must be a table"):
