@@ -269,6 +269,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .flywheel import train_from_ledger
+    from .registry import Registry
+
+    reg = Registry.from_toml(args.registry) if args.registry else Registry.default()
+    qm, report = train_from_ledger(args.from_ledger, registry=reg, holdout=args.holdout)
+    qm.save(args.save_predictor)
+    report["predictor"] = args.save_predictor
+    if args.policy:
+        from .policy import Policy
+
+        pol = Policy.load(args.policy) if Path(args.policy).exists() else Policy()
+        pol.save(args.policy, args.save_predictor)
+        report["policy"] = args.policy
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"trained on {report['train_rows']} scored ledger records; models: "
+          f"{', '.join(report['models'])}")  # fmt: skip
+    if "after" in report:
+        b, a = report["before"], report["after"]
+        print(f"held out {report['held_out_rows']} records:   log loss  {b['log_loss']:.4f} -> "
+              f"{a['log_loss']:.4f}   Brier {b['brier']:.4f} -> {a['brier']:.4f}")  # fmt: skip
+    print(f"wrote {args.save_predictor}" + (f" and {args.policy}" if args.policy else ""))
+    return 0
+
+
 def _add_route_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
     p.add_argument("--policy", help="policy JSON written by `satisfice calibrate`")
@@ -339,6 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", help="write a self-contained HTML page with charts here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("train", help="refit the predictor on the ledger's scored requests")
+    p.add_argument("--from-ledger", required=True, help="ledger recorded with record_prompts")
+    p.add_argument("--save-predictor", required=True, help="write the fitted predictor here")
+    p.add_argument("--policy", help="also point this policy JSON at it (created if absent)")
+    p.add_argument("--registry", help="registry TOML whose priors seed the fit")
+    p.add_argument("--holdout", type=float, default=0.2, help="share of records held out")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("probe", help="re-measure models with checkable probe tasks")
     p.add_argument("--registry", help="registry TOML (default: the bundled registry)")

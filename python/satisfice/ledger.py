@@ -457,7 +457,14 @@ class Ledger:
                 items = self._take()
                 for it in items:
                     try:
-                        rec = record_of(it) if isinstance(it, ChatResult) else dict(it)
+                        if isinstance(it, tuple):  # (result, messages): record_prompts
+                            rec = record_of(it[0])
+                            m = it[1]
+                            rec["messages"] = (
+                                [{"role": "user", "content": m}] if isinstance(m, str) else list(m)
+                            )
+                        else:
+                            rec = record_of(it) if isinstance(it, ChatResult) else dict(it)
                     except Exception as e:  # a record that cannot be built: say so, go on
                         _log.error("ledger: a record could not be built: %s", e)
                         continue

@@ -57,7 +57,9 @@ class Recorder:
         on_decision: Callable[[Decision], Any] | None = None,
         on_attempt: Callable[[Attempt], Any] | None = None,
         on_result: Callable[[ChatResult], Any] | None = None,
+        record_prompts: bool = False,
     ) -> None:
+        self.record_prompts = record_prompts
         if ledger is None and metrics is not None:
             ledger = Ledger(_NullSink())
         if ledger is not None and metrics is not None:
@@ -99,9 +101,9 @@ class Recorder:
         if self.on_decision is not None:
             self._call(self.on_decision, d)
 
-    def result(self, r: ChatResult) -> None:
+    def result(self, r: ChatResult, messages: Any = None) -> None:
         if self.ledger is not None:
-            self.ledger.put(r)
+            self.ledger.put((r, messages) if self.record_prompts and messages is not None else r)
         if _att_log.isEnabledFor(logging.INFO):
             for a in r.attempts:
                 if a.outcome in ("error", "skipped"):

@@ -272,16 +272,20 @@ class Router:
         on_decision: Callable[[Decision], Any] | None = None,
         on_attempt: Callable[[Attempt], Any] | None = None,
         on_result: Callable[[ChatResult], Any] | None = None,
+        record_prompts: bool = False,
     ) -> Router:
         """Record every request: to a `Ledger` (or a path/DSN: SQLite file, *.jsonl,
         postgresql://...), into Prometheus `Metrics`, and through callbacks (plain or async;
-        an exception in one is logged, never raised). See satisfice.record."""
+        an exception in one is logged, never raised). `record_prompts=True` keeps each
+        request's messages on its record, for `satisfice train --from-ledger` (off by
+        default: prompts may hold what your users would rather not have stored). See
+        satisfice.record."""
         from .ledger import Ledger
         from .record import Recorder
 
         if ledger is not None and not isinstance(ledger, Ledger):
             ledger = Ledger.open(ledger)
-        self._rec = Recorder(ledger, metrics, on_decision, on_attempt, on_result)
+        self._rec = Recorder(ledger, metrics, on_decision, on_attempt, on_result, record_prompts)
         return self
 
     @property
@@ -425,7 +429,7 @@ class Router:
             raise
         result.started_at, result.metadata = started_at, metadata
         if rec is not None:
-            rec.result(result)
+            rec.result(result, messages)
         return result
 
     @staticmethod
@@ -482,7 +486,7 @@ class Router:
         try:
             async for delta in inner:
                 if delta.done and rec is not None:
-                    rec.result(delta.result)
+                    rec.result(delta.result, messages)
                 yield delta
         except SatisficeError as e:
             if rec is not None:

@@ -1,0 +1,126 @@
+"""The flywheel: feedback on the ledger becomes training data for the predictor.
+
+A router attached with `record_prompts=True` writes each request's messages on its record;
+`router.feedback()` (explicit scores) and a cascade's validator verdicts (implicit ones) land
+on the same record. `satisfice train --from-ledger LEDGER` turns every record that has both
+into one row of outcomes (the prompt, the model that answered, its score; the other models
+unobserved) and refits the predictor on them with the trainer `satisfice eval` uses, holding
+out a hash-chosen share of the records: the report compares the old and the new predictor's
+calibration (log loss, Brier) on those held-out records only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DatasetError
+
+__all__ = ["ledger_outcomes", "score_predictor", "train_from_ledger"]
+
+
+def _score(rec: Mapping[str, Any]) -> float | None:
+    """Explicit feedback, else the last validator verdict of the answering model."""
+    fb = rec.get("feedback")
+    if isinstance(fb, int | float) and not isinstance(fb, bool):
+        return float(fb)
+    for a in reversed(rec.get("attempts") or ()):
+        v = a.get("verdict")
+        if a.get("model") == rec.get("model") and isinstance(v, Mapping) and "passed" in v:
+            return 1.0 if v["passed"] else 0.0
+    return None
+
+
+def _held_out(rid: str, share: float) -> bool:
+    h = int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "big")
+    return h / 2**64 < share
+
+
+def ledger_outcomes(records: Iterable[Mapping[str, Any]], holdout: float = 0.2) -> tuple[Any, Any]:
+    """(train, held-out) OutcomeSets from ledger records with messages and a score. Each row
+    observes one model; every other model's score and cost are NaN (never 0)."""
+    from .eval._outcomes import messages_to_text
+    from .eval._set import OutcomeSet
+
+    rows = []
+    for r in records:
+        s = _score(r)
+        msgs = r.get("messages")
+        if s is None or not msgs or r.get("outcome", "ok") != "ok" or not r.get("model"):
+            continue
+        rows.append((r["request_id"], messages_to_text(msgs), r["model"], s,
+                     r.get("total_cost_usd")))  # fmt: skip
+    if not rows:
+        raise DatasetError(
+            "the ledger has no records with both messages and a score: attach the ledger "
+            "with record_prompts=True and give feedback (router.feedback) or use validators"
+        )
+    models = sorted({m for _, _, m, _, _ in rows})
+    col = {m: j for j, m in enumerate(models)}
+
+    def build(part: Sequence[tuple[Any, ...]]) -> Any:
+        n = len(part)
+        scores = np.full((n, len(models)), np.nan)
+        costs = np.full((n, len(models)), np.nan)
+        for i, (_, _, m, s, c) in enumerate(part):
+            scores[i, col[m]] = s
+            costs[i, col[m]] = np.nan if c is None else c
+        return OutcomeSet([p for _, p, _, _, _ in part], list(models), scores, costs,
+                          ["ledger"] * n, [rid for rid, *_ in part])  # fmt: skip
+
+    test = [r for r in rows if _held_out(r[0], holdout)]
+    train = [r for r in rows if not _held_out(r[0], holdout)]
+    if not train:
+        raise DatasetError("every scored record fell in the held-out share; lower --holdout")
+    return build(train), (build(test) if test else None)
+
+
+def score_predictor(qm: Any, test: Any, registry: Any = None) -> dict[str, float]:
+    """Log loss and Brier score of `qm`'s P(good) for the model that answered each held-out
+    record, against its recorded score."""
+    from .eval.evaluate import predict_for
+
+    pred = predict_for(qm, test, registry)
+    obs = ~np.isnan(test.scores)
+    p = np.clip(pred[obs], 1e-4, 1 - 1e-4)
+    y = test.scores[obs]
+    return {
+        "n": int(obs.sum()),
+        "log_loss": float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()),
+        "brier": float(((p - y) ** 2).mean()),
+        "mean_predicted": float(p.mean()),
+        "mean_observed": float(y.mean()),
+    }
+
+
+def train_from_ledger(
+    target: str | Path,
+    *,
+    start: Any = None,
+    registry: Any = None,
+    holdout: float = 0.2,
+    config: Any = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit a predictor on the ledger's scored records; returns it and a before/after report
+    on the held-out records. `start` is the predictor to compare with (default: the policy
+    default's), whose registry priors also seed the fit."""
+    from .eval import train as T
+    from .ledger import read_records
+    from .policy import Policy
+    from .registry import Registry
+
+    reg = registry if registry is not None else Registry.default()
+    before = start if start is not None else Policy().quality_model()
+    train, test = ledger_outcomes(read_records(target), holdout)
+    priors = {m.id: m.quality_prior() for m in reg if m.id in train.models}
+    qm = T.fit(train, config or T.TrainConfig(name="ledger"), priors=priors or None)
+    report: dict[str, Any] = {"train_rows": len(train), "held_out_rows": 0 if test is None else
+                              len(test), "models": list(train.models)}  # fmt: skip
+    if test is not None:
+        report["before"] = score_predictor(before, test, reg)
+        report["after"] = score_predictor(qm, test, reg)
+    return qm, report

@@ -1,0 +1,76 @@
+"""Feedback on the ledger trains a predictor that is better on records it never saw."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from satisfice import Policy, Router
+from satisfice.cli import main
+from satisfice.errors import DatasetError
+from satisfice.flywheel import ledger_outcomes, train_from_ledger
+from satisfice.ledger import Ledger, read_records
+from satisfice.testing import LocalUpstream
+
+from .chat_support import registry, router
+
+CODE = "Write a Python function that parses this CSV file and returns the rows: ```{}```"
+CHAT = "Hi! What's a nice name for a cat? I like {}."
+
+
+def _fill(path: Path) -> None:
+    """Scripted truth: alpha fails code prompts and answers chit-chat; beta the reverse."""
+    ledger = Ledger.open(path)
+    for i in range(300):
+        code = i % 2 == 0
+        for model, ok in (("alpha", not code), ("beta", code)):
+            ledger.put({"request_id": f"r{i}-{model}", "started_at": i, "outcome": "ok",
+                        "model": model, "feedback": 1.0 if ok else 0.0,
+                        "messages": [{"role": "user",
+                                      "content": (CODE if code else CHAT).format(i)}]})  # fmt: skip
+    ledger.close()
+
+
+def test_the_refit_is_better_on_held_out_records(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    _fill(db)
+    reg = registry("http://127.0.0.1:9")
+    qm, report = train_from_ledger(db, registry=reg, holdout=0.3)
+    assert report["held_out_rows"] > 100 and report["train_rows"] > 300
+    assert report["after"]["log_loss"] < report["before"]["log_loss"] - 0.2
+    assert report["after"]["brier"] < report["before"]["brier"] - 0.1
+    r = Router(reg, Policy(quality=qm))
+    d = r.route(CODE.format("x,y"), quality_floor=0)
+    by = {c.model: c.p_good for c in d.candidates}
+    assert by["beta"] > by["alpha"]
+
+
+async def test_records_carry_messages_only_when_asked(tmp_path: Path) -> None:
+    with LocalUpstream() as up:
+        async with router(up.url).attach(ledger=tmp_path / "a.db", record_prompts=True) as r:
+            res = await r.chat("Say hello")
+            r.feedback(res.request_id, 1.0)
+            assert r.ledger is not None and r.ledger.flush()
+        async with router(up.url).attach(ledger=tmp_path / "b.db") as r:
+            await r.chat("Say hello")
+            assert r.ledger is not None and r.ledger.flush()
+    (a,) = read_records(tmp_path / "a.db")
+    (b,) = read_records(tmp_path / "b.db")
+    assert a["messages"] == [{"role": "user", "content": "Say hello"}] and a["feedback"] == 1.0
+    assert "messages" not in b
+    with pytest.raises(DatasetError, match="record_prompts=True"):
+        ledger_outcomes(read_records(tmp_path / "b.db"))
+
+
+def test_train_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "l.db"
+    _fill(db)
+    reg = tmp_path / "r.toml"
+    reg.write_text(registry("http://127.0.0.1:9").to_toml())
+    code = main(["train", "--from-ledger", str(db), "--save-predictor", str(tmp_path / "p.npz"),
+                 "--policy", str(tmp_path / "p.json"), "--registry", str(reg), "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["after"]["brier"] < out["before"]["brier"]
+    assert Policy.load(tmp_path / "p.json").quality is not None
