@@ -69,8 +69,8 @@ def test_train_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     _fill(db)
     reg = tmp_path / "r.toml"
     reg.write_text(registry("http://127.0.0.1:9").to_toml())
-    code = main(["train", "--from-ledger", str(db), "--save-predictor", str(tmp_path / "p.npz"),
-                 "--policy", str(tmp_path / "p.json"), "--registry", str(reg), "--json"])  # fmt: skip
+    args = ["train", "--from-ledger", str(db), "--save-predictor", str(tmp_path / "p.npz")]
+    code = main([*args, "--policy", str(tmp_path / "p.json"), "--registry", str(reg), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["after"]["brier"] < out["before"]["brier"]
     assert Policy.load(tmp_path / "p.json").quality is not None
