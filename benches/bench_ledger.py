@@ -5,7 +5,8 @@ sustained write rate, and `satisfice report` on a 100,000-request ledger.
 
 1. Same router, same local upstream (its own process), sequential chat() calls: latency p50
    and CPU per request (all threads, the ledger's writer included) with nothing attached,
-   with a SQLite ledger, and with ledger + Prometheus metrics.
+   with a SQLite ledger, ledger + Prometheus metrics, metrics alone, and OpenTelemetry spans
+   (the SDK with an in-memory exporter: the cost of making the spans, not of shipping them).
 2. Records offered to a SQLite ledger at 10,000/s for 10 s (copies of a real chat() record
    with fresh ids): acknowledged rate and the largest backlog seen. Building the record from
    a ChatResult (done on the writer thread in production) is timed apart.
@@ -68,6 +69,19 @@ async def chat_costs(
     return out
 
 
+def _tracing() -> object:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from satisfice.tracing import Tracing
+
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return Tracing(provider)
+
+
 async def sample_record(url: str) -> tuple[dict[str, object], float]:
     router = Router(bench_registry(url))
     async with router:
@@ -116,6 +130,8 @@ async def main_async(n: int) -> None:
                 "nothing attached": None,
                 "SQLite ledger": {"ledger": Path(d) / "a.db"},
                 "SQLite ledger + metrics": {"ledger": Path(d) / "b.db", "metrics": Metrics()},
+                "metrics only": {"metrics": Metrics()},
+                "OpenTelemetry spans (SDK, in-memory exporter)": {"tracing": _tracing()},
             })  # fmt: skip
         rows_out = [(k, p50 * 1e6, c * 1e6) for k, (p50, c) in res.items()]
         rec, build_s = await sample_record(url)

@@ -145,7 +145,7 @@ def failure_record(
         "error_type": type(error).__name__,
         "error": str(error)[:2000],
         "latency_s": latency_s,
-        "attempts": [a.to_dict() for a in attempts],
+        "attempts": [a.to_dict() if hasattr(a, "to_dict") else {"error": str(a)} for a in attempts],
         "total_cost_usd": None,
     }
     if decision is not None:
@@ -160,9 +160,9 @@ def failure_record(
             ],
         }
         rec["est_cost_usd"] = decision.est_cost_usd
-        costs = [a.cost_usd for a in attempts if a.cost_usd is not None]
-        if costs and all(a.cost_usd is not None for a in attempts if a.usage is not None):
-            rec["total_cost_usd"] = sum(costs)
+        billed = [a for a in attempts if getattr(a, "usage", None) is not None]
+        if billed and all(a.cost_usd is not None for a in billed):
+            rec["total_cost_usd"] = sum(a.cost_usd for a in billed)
     return rec
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .decision import Decision
     from .metrics import Metrics
     from .result import Attempt, ChatResult
+    from .tracing import Tracing
 
 __all__ = ["Recorder"]
 
@@ -58,8 +59,9 @@ class Recorder:
         on_attempt: Callable[[Attempt], Any] | None = None,
         on_result: Callable[[ChatResult], Any] | None = None,
         record_prompts: bool = False,
+        tracing: Tracing | None = None,
     ) -> None:
-        self.record_prompts = record_prompts
+        self.record_prompts, self.tracing = record_prompts, tracing
         if ledger is None and metrics is not None:
             ledger = Ledger(_NullSink())
         if ledger is not None and metrics is not None:
@@ -102,6 +104,11 @@ class Recorder:
             self._call(self.on_decision, d)
 
     def result(self, r: ChatResult, messages: Any = None) -> None:
+        if self.tracing is not None:
+            try:
+                self.tracing.result(r)
+            except Exception as e:  # a tracing backend's fault never reaches the request
+                _hooks_log.error("tracing failed: %s: %s", type(e).__name__, e)
         if self.ledger is not None:
             self.ledger.put((r, messages) if self.record_prompts and messages is not None else r)
         if _att_log.isEnabledFor(logging.INFO):
@@ -141,6 +148,11 @@ class Recorder:
                          str(error)[:300], extra={"event": "failure",
                                                   "request_id": rec["request_id"],
                                                   "error_type": type(error).__name__})  # fmt: skip
+        if self.tracing is not None:
+            try:
+                self.tracing.failure(rec)
+            except Exception as e:
+                _hooks_log.error("tracing failed: %s: %s", type(e).__name__, e)
         if self.ledger is not None:
             self.ledger.put(rec)
         if self.on_attempt is not None:

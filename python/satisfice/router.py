@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # httpx costs ~100 ms to import: only chat() and stream() loa
     from .record import Recorder
     from .result import Attempt, ChatResult
     from .state import HealthStore
+    from .tracing import Tracing
     from .validators import Validator
 
 __all__ = ["Candidate", "Decision", "RequestOptions", "Router"]
@@ -273,19 +274,23 @@ class Router:
         on_attempt: Callable[[Attempt], Any] | None = None,
         on_result: Callable[[ChatResult], Any] | None = None,
         record_prompts: bool = False,
+        tracing: Tracing | None = None,
     ) -> Router:
         """Record every request: to a `Ledger` (or a path/DSN: SQLite file, *.jsonl,
         postgresql://...), into Prometheus `Metrics`, and through callbacks (plain or async;
         an exception in one is logged, never raised). `record_prompts=True` keeps each
         request's messages on its record, for `satisfice train --from-ledger` (off by
         default: prompts may hold what your users would rather not have stored). See
-        satisfice.record."""
+        satisfice.record. `tracing`: OpenTelemetry spans per request, attempt and cascade step
+        (satisfice.tracing)."""
         from .ledger import Ledger
         from .record import Recorder
 
         if ledger is not None and not isinstance(ledger, Ledger):
             ledger = Ledger.open(ledger)
-        self._rec = Recorder(ledger, metrics, on_decision, on_attempt, on_result, record_prompts)
+        self._rec = Recorder(
+            ledger, metrics, on_decision, on_attempt, on_result, record_prompts, tracing
+        )
         return self
 
     @property
@@ -445,7 +450,8 @@ class Router:
         rec.failure(
             None if run is None else run.decision,
             e,
-            list(getattr(e, "attempts", None) or (run.attempts if run is not None else ())),
+            # the run's own attempts (a cascade's error lists its steps' failures as text)
+            list(run.attempts if run is not None else getattr(e, "attempts", None) or ()),
             started_at=started_at,
             latency_s=perf_counter() - t0,
             metadata=meta,

@@ -1,0 +1,453 @@
+"""The service's cost: `satisfice serve` and LiteLLM's proxy side by side in front of the same
+local upstream, seen by one client over HTTP/1.1 on loopback.
+
+    python benches/bench_server.py              # prints the markdown tables for the README
+    python benches/bench_server.py --n 1000 --skip-mem
+
+Every piece is a process of its own: the upstream (`python -m satisfice.testing`), each server,
+redis-server, and the client, which is this script (one asyncio loop, one `httpx.AsyncClient`
+per contender with a pool of 64 keep-alive connections). The contenders:
+
+- direct upstream: POST <upstream>/v1/chat/completions with gpt-6-luna's wire model name; the
+  baseline of every "added" and "vs direct" column.
+- satisfice serve: `satisfice serve` on the bundled registry with every model but gpt-6-luna
+  disabled (benches/bench_overhead.py's `bench_registry`), memory state, no key, model "auto"
+  (so every request is routed).
+- satisfice serve, Redis + key: the same with `[state] backend = "redis"` on a redis-server
+  started here on a free loopback port without persistence, called with a virtual key that has
+  a budget and an rpm limit, so each request looks the key up, counts its rate window, reserves
+  and settles its cost in Redis. Left out, with the reason, when redis-server is missing.
+- LiteLLM proxy: `litellm --config` with the same model on the same upstream (`openai/<wire
+  model>`, one uvicorn worker as satisfice runs, no database, LITELLM_LOG=ERROR, which turns its
+  access log off as satisfice's is). It refuses to start without a master key, so it gets one
+  and the client sends it. Left out, with the reason, when it cannot be started.
+
+After a warm-up of every path, three measurements are taken, contender by contender and
+round by round (the order rotating each round) so that drift on the machine hits all alike:
+
+- latency: sequential requests (concurrency 1), p50 and p99; "added" is the contender's minus
+  the direct upstream's.
+- throughput: requests/s with 64 requests in flight, non-streamed and streamed (`"stream":
+  true`, the SSE read to `data: [DONE]`), each also as a ratio to the direct upstream.
+- memory (after the rest, on a fresh `satisfice serve` with memory state): VmRSS of its process
+  after a warm-up, after --mem-n/2 and after --mem-n non-streamed requests at concurrency 64.
+
+Client, upstream and servers share the machine's CPUs, so the direct upstream's throughput is
+bounded by the client and the upstream as much as by anything else: the ratios say how much a
+server in the path takes from what this machine does without one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import os
+import platform
+import secrets
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from bench_overhead import MODEL, bench_registry, pct, upstream
+
+import satisfice
+
+CONCURRENCY = 64
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@dataclass
+class Contender:
+    name: str
+    url: str  # the chat completions endpoint
+    model: str
+    headers: dict[str, str] = field(default_factory=dict)
+    client: httpx.AsyncClient | None = None
+
+    def body(self, stream: bool) -> dict[str, object]:
+        body: dict[str, object] = {"model": self.model, "messages": MESSAGES}
+        if stream:
+            body["stream"] = True
+        return body
+
+
+async def call(c: Contender) -> None:
+    assert c.client is not None
+    r = await c.client.post(c.url, json=c.body(False), headers=c.headers)
+    if r.status_code != 200:
+        raise RuntimeError(f"{c.name}: HTTP {r.status_code}: {r.text[:300]}")
+
+
+async def call_stream(c: Contender) -> None:
+    assert c.client is not None
+    done = False
+    async with c.client.stream("POST", c.url, json=c.body(True), headers=c.headers) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{c.name}: HTTP {r.status_code}: {(await r.aread())[:300]!r}")
+        async for line in r.aiter_lines():  # to the end, so the connection goes back to the pool
+            done = done or line == "data: [DONE]"
+    if not done:
+        raise RuntimeError(f"{c.name}: the stream ended without data: [DONE]")
+
+
+async def run(c: Contender, n: int, concurrency: int, stream: bool) -> tuple[list[float], float]:
+    """Per-request latencies (s) and wall time for `n` requests at `concurrency`."""
+    fn = call_stream if stream else call
+    lat: list[float] = []
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            t = time.perf_counter()
+            await fn(c)
+            lat.append(time.perf_counter() - t)
+
+    per, extra = divmod(n, concurrency)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(per + (i < extra)) for i in range(concurrency)))
+    return lat, time.perf_counter() - t0
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[int]:
+    """`cmd` as a child process with its output in `log`; yields its PID, and stops it (by that
+    PID: SIGTERM, then SIGKILL after 15 s) on exit."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        try:
+            yield proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(15)
+
+
+def wait_http(url: str, pid: int, log: Path, timeout: float) -> None:
+    """Until GET `url` answers 200; raises with the log's tail when the process exits first
+    or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists() or _zombie(pid):
+            break
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+    raise RuntimeError(f"{url} not ready within {timeout:.0f} s: " + " / ".join(tail))
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+    return True
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+@contextlib.contextmanager
+def satisfice_serve(
+    tmp: Path, registry: Path, name: str, redis_url: str | None = None
+) -> Iterator[tuple[str, int]]:
+    """`satisfice serve` on 127.0.0.1; yields its base URL and PID once /ready answers 200."""
+    cfg = tmp / f"{name}.toml"
+    state = f'[state]\nbackend = "redis"\nredis_url = "{redis_url}"\n' if redis_url else ""
+    cfg.write_text(f'[registry]\npath = "{registry}"\n{state}')
+    port = free_port()
+    cmd = [sys.executable, "-m", "satisfice.cli", "serve", "--config", str(cfg)]
+    log = tmp / f"{name}.log"
+    env = {"SATISFICE_MASTER_KEY": MASTER_KEY}
+    with spawn([*cmd, "--port", str(port)], log, env) as pid:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/ready", pid, log, 60)
+        yield base, pid
+
+
+MASTER_KEY = "sk-bench-" + secrets.token_hex(32)  # satisfice's admin API and LiteLLM's proxy
+
+
+@contextlib.contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    """A redis-server on a free loopback port, without persistence; yields its URL."""
+    port = free_port()
+    cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+           "--appendonly", "no", "--dir", str(tmp)]  # fmt: skip
+    with spawn(cmd, tmp / "redis.log") as pid:
+        deadline = time.monotonic() + 20
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), 1) as s,
+            ):
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    break
+            if time.monotonic() > deadline or _zombie(pid):
+                raise RuntimeError("redis-server did not answer PING within 20 s")
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+@contextlib.contextmanager
+def litellm_proxy(tmp: Path, upstream_url: str, wire: str) -> Iterator[str]:
+    """LiteLLM's proxy on 127.0.0.1 with `wire` on the upstream; yields its base URL."""
+    exe = Path(sys.executable).with_name("litellm")
+    if not exe.exists():
+        found = shutil.which("litellm")
+        if found is None:
+            raise RuntimeError("the litellm command is not installed: pip install 'litellm[proxy]'")
+        exe = Path(found)
+    cfg = tmp / "litellm.yaml"
+    cfg.write_text(
+        f"model_list:\n  - model_name: {wire}\n    litellm_params:\n"
+        f"      model: openai/{wire}\n      api_base: {upstream_url}/v1\n      api_key: unused\n"
+    )
+    port = free_port()
+    env = {
+        "LITELLM_MASTER_KEY": MASTER_KEY,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no network at start
+        "LITELLM_LOG": "ERROR",
+    }
+    log = tmp / "litellm.log"
+    cmd = [str(exe), "--config", str(cfg), "--port", str(port), "--host", "127.0.0.1"]
+    with spawn(cmd, log, env) as pid:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/health/liveliness", pid, log, 180)
+        yield base
+
+
+# -- measurement ---------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    lat: dict[str, list[float]] = field(default_factory=dict)
+    rps: dict[str, float] = field(default_factory=dict)
+    stream_rps: dict[str, float] = field(default_factory=dict)
+
+
+async def measure(contenders: list[Contender], n: int, rounds: int) -> Results:
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    for c in contenders:
+        c.client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0))
+    try:
+        for c in contenders:  # warm up every path: connections, imports, caches
+            await run(c, 512, CONCURRENCY, False)
+            await run(c, 256, CONCURRENCY, True)
+            await run(c, 64, 1, False)
+        lat: dict[str, list[float]] = {c.name: [] for c in contenders}
+        wall = {(c.name, stream): 0.0 for c in contenders for stream in (False, True)}
+        for r in range(rounds):
+            order = contenders[r:] + contenders[:r] if r < len(contenders) else contenders
+            for c in order:
+                lat[c.name] += (await run(c, n // 2 // rounds, 1, False))[0]
+            for stream in (False, True):
+                for c in order:
+                    wall[c.name, stream] += (await run(c, n // rounds, CONCURRENCY, stream))[1]
+    finally:
+        for c in contenders:
+            assert c.client is not None
+            await c.client.aclose()
+    done = n // rounds * rounds
+    return Results(
+        lat,
+        {c.name: done / wall[c.name, False] for c in contenders},
+        {c.name: done / wall[c.name, True] for c in contenders},
+    )
+
+
+async def memory(c: Contender, pid: int, mem_n: int) -> list[tuple[int, float]]:
+    """(requests since warm-up, RSS MiB) after a warm-up, after mem_n/2 and after mem_n."""
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0)) as c.client:
+        await run(c, 2048, CONCURRENCY, False)
+        points = [(0, rss_mib(pid))]
+        for k in (1, 2):
+            await run(c, mem_n // 2, CONCURRENCY, False)
+            points.append((k * (mem_n // 2), rss_mib(pid)))
+    return points
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def report(res: Results, names: list[str]) -> str:
+    direct = names[0]
+    b50, b99 = pct(res.lat[direct], 0.5), pct(res.lat[direct], 0.99)
+    rows = []
+    added = {}
+    for name in names:
+        p50, p99 = pct(res.lat[name], 0.5), pct(res.lat[name], 0.99)
+        added[name] = (p50 - b50, p99 - b99)
+        rows.append(
+            [
+                name,
+                f"{p50 * 1e3:.2f}",
+                f"{p99 * 1e3:.2f}",
+                "—"
+                if name == direct
+                else f"{added[name][0] * 1e3:+.2f} / {added[name][1] * 1e3:+.2f}",
+                f"{res.rps[name]:,.0f}",
+                f"{res.rps[name] / res.rps[direct]:.2f}",
+                f"{res.stream_rps[name]:,.0f}",
+                f"{res.stream_rps[name] / res.stream_rps[direct]:.2f}",
+            ]
+        )
+    head = ["contender", "p50 ms", "p99 ms", "added p50 / p99 ms", f"req/s ({CONCURRENCY} conc.)",
+            "vs direct", f"streamed req/s ({CONCURRENCY} conc.)", "vs direct"]  # fmt: skip
+    out = [table(head, rows)]
+    lite = "LiteLLM proxy"
+    if lite in names:
+        for name in names[1:]:
+            if name == lite:
+                continue
+            sat99 = added[name][1]
+            ratio = f"{added[lite][1] / sat99:.1f}x" if sat99 > 0 else "n/a (not above 0)"
+            out.append(
+                f"\n{name} vs {lite}: throughput {res.rps[name] / res.rps[lite]:.2f}x, "
+                f"streamed {res.stream_rps[name] / res.stream_rps[lite]:.2f}x; "
+                f"{lite}'s added p99 / {name}'s added p99: {ratio}."
+            )
+    return "\n".join(out)
+
+
+def versions() -> str:
+    parts = [f"Python {sys.version.split()[0]}", f"satisfice {satisfice.__version__}",
+             f"httpx {httpx.__version__}"]  # fmt: skip
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        parts.append(f"litellm {importlib.metadata.version('litellm')}")
+    if shutil.which("redis-server"):
+        out = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, timeout=10
+        )
+        parts.append("redis-server " + out.stdout.split("v=")[1].split()[0])
+    return ", ".join(parts)
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"Machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}; {versions()}."
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=3000,
+                    help="requests per contender per throughput cell (latency: n/2)")  # fmt: skip
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--mem-n", type=int, default=100_000, help="requests in the memory phase")
+    ap.add_argument("--skip-mem", action="store_true", help="leave the memory phase out")
+    args = ap.parse_args()
+    print("`" + shlex.join(["python", *sys.argv]) + "`\n")
+    print(machine() + "\n")
+    notes = []
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as stack:
+        tmp = Path(d)
+        url = stack.enter_context(upstream())
+        reg = bench_registry(url)
+        wire = reg[MODEL].deployments[0].model
+        registry = tmp / "registry.toml"
+        registry.write_text(reg.to_toml())
+        contenders = [Contender("direct upstream", url + "/v1/chat/completions", wire)]
+        base, _ = stack.enter_context(satisfice_serve(tmp, registry, "memory"))
+        contenders.append(Contender("satisfice serve", base + "/v1/chat/completions", "auto"))
+        if shutil.which("redis-server") is None:
+            notes.append("satisfice serve, Redis + key: left out, redis-server is not installed.")
+        else:
+            redis_url = stack.enter_context(redis_server(tmp))
+            base, _ = stack.enter_context(satisfice_serve(tmp, registry, "redis", redis_url))
+            r = httpx.post(
+                base + "/admin/keys",
+                json={"name": "bench", "budget_usd": 1_000_000, "rpm": 100_000_000},
+                headers={"authorization": f"Bearer {MASTER_KEY}"},
+                timeout=10,
+            )
+            r.raise_for_status()
+            auth = {"authorization": f"Bearer {r.json()['key']}"}
+            contenders.append(
+                Contender(
+                    "satisfice serve, Redis + key", base + "/v1/chat/completions", "auto", auth
+                )
+            )
+        try:
+            base = stack.enter_context(litellm_proxy(tmp, url, wire))
+        except RuntimeError as e:
+            notes.append(f"LiteLLM proxy: left out, it could not be started: {e}")
+        else:
+            contenders.append(
+                Contender(
+                    "LiteLLM proxy",
+                    base + "/v1/chat/completions",
+                    wire,
+                    {"authorization": f"Bearer {MASTER_KEY}"},
+                )
+            )
+        for note in notes:
+            print(note + "\n")
+        res = asyncio.run(measure(contenders, args.n, args.rounds))
+        took = time.monotonic() - t0
+        print(report(res, [c.name for c in contenders]))
+        print(
+            f"\nLatency: {len(res.lat[contenders[0].name])} sequential requests per contender; "
+            f"throughput: {args.n // args.rounds * args.rounds} requests per contender and "
+            f"mode, {args.rounds} interleaved rounds ({took:.0f} s with start-up)."
+        )
+        if args.skip_mem:
+            return
+        with satisfice_serve(tmp, registry, "mem") as (base, pid):
+            mem = Contender("satisfice serve", base + "/v1/chat/completions", "auto")
+            points = asyncio.run(memory(mem, pid, args.mem_n))
+    print(f"\n`satisfice serve` (memory state) RSS, {CONCURRENCY} concurrent requests:\n")
+    print(
+        table(
+            ["requests after warm-up", "RSS MiB"],
+            [[f"{k:,}", f"{v:.1f}"] for k, v in points],
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""OpenTelemetry traces of each request, in the GenAI semantic conventions.
+
+    from satisfice.tracing import Tracing
+    router.attach(tracing=Tracing())        # the global tracer provider, or pass one
+
+One span per request (`chat <routed model>`, kind CLIENT), a `route` span for the decision
+with its reasons and candidates as attributes, a span per cascade step, and a span per attempt
+(`chat <model>`, `gen_ai.*` request, response and usage attributes, the error type when it
+failed). Spans are written when the request ends, with the times it measured, under the span
+that was current when the request began. Optional: needs `opentelemetry-api` (and an SDK to
+export); with nothing attached a router makes no span and imports nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .result import Attempt, ChatResult
+
+__all__ = ["Tracing"]
+
+
+def _gen_ai(a: Attempt, provider: str | None) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": a.model,
+        "satisfice.deployment": a.deployment,
+        "satisfice.outcome": a.outcome,
+    }
+    if provider:
+        attrs["gen_ai.provider.name"] = provider
+    if a.usage is not None:
+        attrs["gen_ai.usage.input_tokens"] = a.usage.prompt_tokens
+        attrs["gen_ai.usage.output_tokens"] = a.usage.completion_tokens
+    if a.cost_usd is not None:
+        attrs["satisfice.cost_usd"] = a.cost_usd
+    if a.error_type:
+        attrs["error.type"] = a.error_type
+    if a.status is not None:
+        attrs["http.response.status_code"] = a.status
+    if a.verdict is not None:
+        attrs["satisfice.verdict.passed"] = bool(a.verdict.get("passed"))
+    return attrs
+
+
+class Tracing:
+    def __init__(self, tracer_provider: Any = None) -> None:
+        from opentelemetry import context, trace
+
+        from . import __version__
+
+        provider = tracer_provider or trace.get_tracer_provider()
+        self._tracer = provider.get_tracer("satisfice", __version__)
+        self._trace, self._context = trace, context
+
+    def begin(self) -> Any:
+        """The context current when a request starts (its spans' parent)."""
+        return self._context.get_current()
+
+    def result(self, r: ChatResult, parent: Any = None) -> None:
+        trace = self._trace
+        d = r.decision
+        t0 = int(r.started_at * 1e9)
+        reg = d.snapshot.registry
+        root = self._tracer.start_span(
+            f"chat {d.model}", context=parent, kind=trace.SpanKind.CLIENT, start_time=t0,
+            attributes={
+                "gen_ai.operation.name": "chat", "gen_ai.request.model": d.model,
+                "gen_ai.response.model": r.model,
+                "gen_ai.usage.input_tokens": r.usage.prompt_tokens,
+                "gen_ai.usage.output_tokens": r.usage.completion_tokens,
+                "gen_ai.response.finish_reasons": [r.finish_reason or "stop"],
+                "satisfice.request_id": r.request_id, "satisfice.task": d.task,
+                "satisfice.attempts": len(r.attempts),
+                **({"satisfice.cost_usd": r.total_cost_usd} if r.total_cost_usd is not None
+                   else {"satisfice.cost_unpriced": True}),
+                **({"satisfice.est_cost_usd": d.est_cost_usd} if d.est_cost_usd is not None
+                   else {}),
+            },
+        )  # fmt: skip
+        ctx = trace.set_span_in_context(root)
+        first = min((a.started_s for a in r.attempts), default=r.latency_s)
+        route = self._tracer.start_span("route", context=ctx, start_time=t0, attributes={
+            "satisfice.model": d.model, "satisfice.fallbacks": list(d.fallbacks),
+            "satisfice.reasons": d.reasons(), "satisfice.below_floor": bool(d.below_floor),
+            "satisfice.candidates": [f"{c.model} p={c.p_good:.3f}" for c in d.candidates[:16]],
+        })  # fmt: skip
+        route.end(t0 + int(first * 1e9))
+        steps: dict[int, Any] = {}
+        if r.cascade is not None:
+            for i, step in enumerate(r.cascade.steps):
+                mine = [a for a in r.attempts if a.step == i]
+                if not mine:
+                    continue
+                start = min(a.started_s for a in mine)
+                end = max(a.started_s + a.duration_s for a in mine)
+                span = self._tracer.start_span(f"cascade step {i}", context=ctx,
+                                               start_time=t0 + int(start * 1e9), attributes={
+                    "satisfice.step": i, "satisfice.step.status": step.status,
+                    "satisfice.step.models": list(step.models)})  # fmt: skip
+                steps[i] = (span, end)
+        for a in r.attempts:
+            spec = reg[a.model] if a.model in reg else None
+            parent_span = steps[a.step][0] if a.step in steps else root
+            s = self._tracer.start_span(
+                f"chat {a.model}", context=trace.set_span_in_context(parent_span),
+                kind=trace.SpanKind.CLIENT, start_time=t0 + int(a.started_s * 1e9),
+                attributes=_gen_ai(a, spec.provider if spec else None),
+            )  # fmt: skip
+            if a.outcome == "error":
+                s.set_status(trace.Status(trace.StatusCode.ERROR, a.error_type or "error"))
+            s.end(t0 + int((a.started_s + a.duration_s) * 1e9))
+        for span, end in steps.values():
+            span.end(t0 + int(end * 1e9))
+        root.end(t0 + int(r.latency_s * 1e9))
+
+    def failure(self, rec: Mapping[str, Any], parent: Any = None) -> None:
+        trace = self._trace
+        t0 = int(float(rec["started_at"]) * 1e9)
+        model = (rec.get("decision") or {}).get("model", "unrouted")
+        span = self._tracer.start_span(f"chat {model}", context=parent,
+                                       kind=trace.SpanKind.CLIENT, start_time=t0, attributes={
+            "gen_ai.operation.name": "chat", "gen_ai.request.model": model,
+            "error.type": rec.get("error_type", "error"),
+            "satisfice.request_id": rec["request_id"]})  # fmt: skip
+        span.set_status(trace.Status(trace.StatusCode.ERROR, rec.get("error_type", "error")))
+        span.end(t0 + int(float(rec.get("latency_s") or 0) * 1e9))
