@@ -102,7 +102,7 @@ class Tracing:
                     "satisfice.step.models": list(step.models)})  # fmt: skip
                 steps[i] = (span, end)
         for a in r.attempts:
-            spec = reg[a.model] if a.model in reg else None
+            spec = reg[a.model] if a.model in reg else None  # noqa: SIM401 (a Registry, not a dict)
             parent_span = steps[a.step][0] if a.step in steps else root
             s = self._tracer.start_span(
                 f"chat {a.model}", context=trace.set_span_in_context(parent_span),
