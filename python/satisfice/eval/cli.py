@@ -58,6 +58,11 @@ def register_eval(sub: Any) -> None:
         help="route: learned routing (default); cascade: cheap model first, checked answers",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--no-humility",
+        action="store_true",
+        help="leave the train-best model on predicted gains of any size (see eval/humble.py)",
+    )
     p.add_argument("--plot", metavar="PNG", help="draw the cost-quality curve to this file")
     p.add_argument("--save-predictor", metavar="NPZ", help="save the fitted predictor")
     p.add_argument("--save-onnx", metavar="ONNX", help="export the predictor to ONNX as well")
@@ -125,6 +130,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from . import train as T
 
     spec = E.parse_split(args.test_split) if args.test_split else None
+    anchor: str | None = None
+    humility_info: dict[str, Any] | None = None
+    switches_raw: dict[str, Any] = {}
     extra = []
     if args.train:
         progress.stage("loading training files")
@@ -143,6 +151,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         progress.done()
         test = split.test
+        seen_models = {m for t in split.train for m in t.models}
+        models = [m for m in test.models if m in seen_models]
+        if models:
+            from . import humble as H
+
+            anchor = H.anchor_of(H._stack(split.train, models))
+            raw_pred = E.predict_for(qm, test, registry)
+            switches_raw = H.switch_report(raw_pred, test, anchor)
+            if not args.no_humility:
+                progress.stage("choosing the switch margin (cross-fitted on training rows)")
+                hum = H.choose(split.train, models, fit=T.fit,
+                               predict=lambda q, d: E.predict_for(q, d, registry))  # fmt: skip
+                qm = hum.apply(qm)
+                progress.done()
+                humility_info = hum.to_dict()
     else:
         qm = QualityModel.load(args.predictor) if args.predictor else E.shipped_predictor()
         test, seen = E.exclude_trained_rows(split.test, qm)
@@ -157,22 +180,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
         export_onnx(qm, E.params_for_models(qm, test.models, registry), args.save_onnx)
     progress.stage("predicting and sweeping")
     pred = E.predict_for(qm, test, registry)
+    novel_share = None
+    if anchor is not None and not args.no_humility and set(models) == set(test.models):
+        nov = H.Novelty.fit(split.train, test.models)
+        pred, novel_share = nov.apply(pred, test.prompts)
     dcost, how = E.decision_costs(split.train, test)
     report = E.evaluate_predictor(test, pred, dcost)
     progress.done()
+    baselines: dict[str, Any] = {}
+    if anchor is not None:
+        baselines = _train_chosen(split.train, test, anchor)
+        baselines["switches"] = H.switch_report(pred, test, anchor)
+        baselines["switches_without_humility"] = switches_raw
+        baselines["humility"] = humility_info
+        if humility_info is not None:
+            humility_info["novel_share"] = novel_share
     notes.append(f"decision costs: per-model a + b x prompt tokens, {how}")
     out = report.to_dict()
     out["notes"] = [*notes, *out["notes"]]
     out["strategy"] = "route"
     out["split"] = split.info
     out["predictor"] = {"name": qm.name, "trained_here": bool(split.train)}
+    out.update(baselines)
     plot_failed = None
     if args.plot:
         from .plot import plot_curve
 
         s = report.summary
         try:
-            plot_curve(s.curve, s.singles, s.oracle, args.plot, title=_title(args, out))
+            tb = out.get("train_best_single")
+            plot_curve(
+                s.curve,
+                s.singles,
+                s.oracle,
+                args.plot,
+                title=_title(args, out),
+                train_best=None if tb is None else (tb["model"], tb["cost"], tb["quality"]),
+            )
         except ImportError as e:  # the report is still worth printing
             plot_failed = f"--plot: {e}"
             out["notes"].append(f"no plot drawn: {e}")
@@ -184,6 +228,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"satisfice eval: {plot_failed}", file=sys.stderr)
         return 1
     return 0
+
+
+def _train_chosen(train: list[Any], test: Any, anchor: str) -> dict[str, Any]:
+    """The baselines a user could have picked from the training rows, scored on the test rows:
+    the best single model, and random routing among the models on the training rows'
+    cost-quality hull."""
+    import numpy as np
+
+    from . import metrics as M
+
+    j = test.models.index(anchor)
+    out: dict[str, Any] = {"train_best_single": {
+        "model": anchor, "quality": float(np.nanmean(test.scores[:, j])),
+        "cost": float(np.nanmean(test.costs[:, j]))}}  # fmt: skip
+    pts = []
+    for m in test.models:
+        col = [t for t in train if m in t.models]
+        if not col:
+            continue
+        q = float(np.nanmean(np.concatenate([t.scores[:, t.models.index(m)] for t in col])))
+        c = float(np.nanmean(np.concatenate([t.costs[:, t.models.index(m)] for t in col])))
+        pts.append((c, q, m))
+    pts.sort()
+    hull, best = [], -1.0
+    for _cost, q, m in pts:  # cheapest first: keep a model only if it beats every cheaper one
+        if q > best:
+            hull.append(m)
+            best = q
+    idx = [test.models.index(m) for m in hull]
+    out["train_chosen_random"] = {
+        "models": hull,
+        "aiq": float(M.aiq(np.nanmean(test.costs[:, idx], axis=0),
+                           np.nanmean(test.scores[:, idx], axis=0))),
+    }  # fmt: skip
+    return out
 
 
 def _title(args: argparse.Namespace, out: dict[str, Any]) -> str:
@@ -241,9 +320,29 @@ def format_report(out: dict[str, Any]) -> str:
         f"router reaches 95% of it at {_usd(out['cost_at_95pct_best_quality'])} "
         f"({_pct(out['cost_share_at_95pct_best_quality'])} of its cost)",
         f"oracle: quality {out['oracle']['quality']:.4f} at {_usd(out['oracle']['cost'])}",
-        "",
-        "single models:",
     ]
+    tb = out.get("train_best_single")
+    if tb is not None:  # the baselines a user could have chosen without the test rows
+        top = max(p["quality"] for p in out["curve"])
+        lines += [
+            f"best single model on the training rows: {tb['model']}  quality {tb['quality']:.4f}"
+            f"  (router's best point {top:.4f}, {top - tb['quality']:+.4f})",
+            f"random routing among the training rows' hull models: AIQ "
+            f"{out['train_chosen_random']['aiq']:.4f}",
+        ]
+        for key, label in (("switches_without_humility", "without humility"),
+                           ("switches", "as routed")):  # fmt: skip
+            sw = out[key]
+            gain = (f"; predicted gain {sw['predicted_gain']:+.4f}, realised "
+                    f"{sw['realised_gain']:+.4f}" if "predicted_gain" in sw else "")  # fmt: skip
+            lines.append(f"full budget, {label}: {sw['share_switched']:.1%} of prompts leave "
+                         f"{sw['anchor']}{gain}")  # fmt: skip
+        h = out.get("humility")
+        if h:
+            lines.append(f"humility: margin {h['margin_logit']} logit on {h['anchor']}, "
+                         f"{(h.get('novel_share') or 0):.1%} of test prompts unlike the "
+                         "training rows (ranked by model averages)")  # fmt: skip
+    lines += ["", "single models:"]
     for s in sorted(out["single_models"], key=lambda s: s["cost"]):
         lines.append(f"  {s['model']:<40} quality {s['quality']:.4f}  cost {_usd(s['cost'])}")
     lines += ["", *(f"note: {n}" for n in out["notes"])]

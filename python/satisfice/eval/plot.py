@@ -30,6 +30,7 @@ def plot_curve(
     oracle: Point | None,
     path: str | os.PathLike[str],
     title: str = "",
+    train_best: tuple[str, float, float] | None = None,
 ) -> None:
     """Draw `curve` (sorted by cost), each single model as a labelled point, random routing
     between them as a dashed line (their hull) and the oracle as a star; save a PNG."""
@@ -100,6 +101,11 @@ def plot_curve(
                 fontsize=7,
                 color="0.2",
             )
+    if train_best is not None:  # what a user could have picked from the training rows alone
+        name, c, q = train_best
+        ax.scatter([c], [q], marker="D", s=70, facecolor="none", edgecolor="tab:red",
+                   linewidth=1.6, label=f"best single model on the training rows ({_short(name)})",
+                   zorder=6)  # fmt: skip
     if oracle is not None:
         ax.scatter(
             [oracle.cost],

@@ -1,0 +1,180 @@
+"""Humility: leave the model that is best on average only when the predicted gain is real.
+
+A learned predictor is overconfident about *which* model wins on a prompt: on held-out rows
+its switches away from the best single model expect far more than they realise, and on
+shifted data they lose. The fix here is one number, chosen on the training rows alone:
+
+- the **anchor** is the model with the best mean score on the training rows (what a user
+  could have picked without a router);
+- the **margin** is added to the anchor's bias (logit units), so the router leaves it only
+  where another model's predicted P(good) beats it by more than the margin. It is the
+  smallest margin whose switches did not lose, at full budget, on any cross-fitted fold of the
+  training rows (fit on the other folds, scored on this one; folds by group when the rows
+  have several groups, the shift that hurts, else by hash). When no margin in the grid is
+  safe, the largest is used: at full budget the router then stays on the anchor.
+
+The adjusted predictor is an ordinary QualityModel (the anchor's bias moved), so serving and
+evaluation rank with it through the same Rust table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ..predict import QualityModel
+from ._set import OutcomeSet
+
+__all__ = ["Humility", "choose", "switch_report"]
+
+GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+
+@dataclass(frozen=True)
+class Humility:
+    anchor: str
+    margin: float
+    folds: list[dict[str, Any]]
+
+    def apply(self, qm: QualityModel) -> QualityModel:
+        p = qm.models.get(self.anchor)
+        if p is None or self.margin == 0:
+            return qm
+        return qm.with_models({**qm.models, self.anchor: replace(p, bias=p.bias + self.margin)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"anchor": self.anchor, "margin_logit": self.margin, "folds": self.folds}
+
+
+def _stack(parts: Sequence[OutcomeSet], models: Sequence[str]) -> OutcomeSet:
+    """The training parts as one set over `models` (NaN where a part lacks a model)."""
+    sets = []
+    for p in parts:
+        scores = np.column_stack([p.scores[:, p.models.index(m)] if m in p.models
+                                  else np.full(len(p), np.nan) for m in models])  # fmt: skip
+        costs = np.column_stack([p.costs[:, p.models.index(m)] if m in p.models
+                                 else np.full(len(p), np.nan) for m in models])  # fmt: skip
+        sets.append((p.prompts, scores, costs, p.groups, p.ids))
+    return OutcomeSet(
+        [x for s in sets for x in s[0]], list(models), np.vstack([s[1] for s in sets]),
+        np.vstack([s[2] for s in sets]), [g for s in sets for g in s[3]],
+        [i for s in sets for i in s[4]],
+    )  # fmt: skip
+
+
+def anchor_of(train: OutcomeSet) -> str:
+    with np.errstate(invalid="ignore"):
+        means = np.nanmean(train.scores, axis=0)
+    return train.models[int(np.nanargmax(means))]
+
+
+def _folds(data: OutcomeSet, k: int) -> list[np.ndarray]:
+    groups = sorted(set(data.groups))
+    if len(groups) >= 2:  # a shift between groups is the one that hurts: fold by group
+        k = min(k, len(groups))
+        of = {g: i % k for i, g in enumerate(groups)}
+        label = np.array([of[g] for g in data.groups])
+    else:
+        label = np.array([hashlib.blake2b(i.encode(), digest_size=2).digest()[0] % k
+                          for i in data.ids])  # fmt: skip
+    return [np.where(label == f)[0] for f in range(k)]
+
+
+def _full_budget_quality(pred: np.ndarray, scores: np.ndarray, anchor: int, margin: float) -> float:
+    """Mean score of argmax P(good) with the anchor's logit raised by `margin`."""
+    z = np.log(np.clip(pred, 1e-6, 1 - 1e-6) / np.clip(1 - pred, 1e-6, 1))
+    z[:, anchor] += margin
+    choice = np.argmax(z, axis=1)
+    got = scores[np.arange(len(scores)), choice]
+    return float(np.nanmean(got))
+
+
+def choose(
+    parts: Sequence[OutcomeSet],
+    models: Sequence[str],
+    fit: Any,
+    predict: Any,
+    k: int = 3,
+) -> Humility:
+    """The anchor and the smallest safe margin, by k-fold cross-fitting on the training rows.
+    `fit(OutcomeSet) -> QualityModel`; `predict(qm, OutcomeSet) -> (n, m) P(good)`."""
+    data = _stack(parts, models)
+    anchor = anchor_of(data)
+    a = list(models).index(anchor)
+    folds = []
+    safe = []
+    for idx in _folds(data, k):
+        if len(idx) == 0 or len(idx) == len(data):
+            continue
+        rest = np.setdiff1d(np.arange(len(data)), idx)
+        qm = fit(data.subset(rest))
+        held = data.subset(idx)
+        pred = predict(qm, held)
+        base = float(np.nanmean(held.scores[:, a]))
+        gains = {m: _full_budget_quality(pred, held.scores, a, m) - base for m in GRID}
+        folds.append({"rows": len(idx), "anchor_quality": round(base, 4),
+                      "gain_by_margin": {str(m): round(g, 4) for m, g in gains.items()}})  # fmt: skip
+        safe.append({m for m, g in gains.items() if g >= 0})
+    ok = [m for m in GRID if all(m in s for s in safe)]
+    margin = ok[0] if ok else GRID[-1]
+    return Humility(anchor, margin, folds)
+
+
+@dataclass(frozen=True)
+class Novelty:
+    """How unlike the training prompts a prompt is: the mean squared z-score of its dense
+    features against the training rows', and the training rows' own 99th percentile of it.
+    A prompt past that threshold gets each model's training mean as its P(good): the router
+    then ranks models as a user choosing by their averages would, and at full budget keeps
+    the anchor."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    threshold: float
+    marginals: np.ndarray  # per test model, its mean score on the training rows
+
+    @staticmethod
+    def fit(parts: Sequence[OutcomeSet], models: Sequence[str], quantile: float = 0.99) -> Novelty:
+        from .. import _core
+
+        data = _stack(parts, models)
+        f = _core.Featurizer(0)
+        x = f.featurize_batch(data.prompts)[:, : _core.DENSE].astype(np.float64)
+        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+        d = (((x - mean) / scale) ** 2).mean(axis=1)
+        with np.errstate(invalid="ignore"):
+            marg = np.nanmean(data.scores, axis=0)
+        return Novelty(mean, scale, float(np.quantile(d, quantile)), marg)
+
+    def distances(self, prompts: Sequence[str]) -> np.ndarray:
+        from .. import _core
+
+        x = _core.Featurizer(0).featurize_batch(list(prompts))[:, : _core.DENSE].astype(np.float64)
+        d: np.ndarray = (((x - self.mean) / self.scale) ** 2).mean(axis=1)
+        return d
+
+    def apply(self, pred: np.ndarray, prompts: Sequence[str]) -> tuple[np.ndarray, float]:
+        far = self.distances(prompts) > self.threshold
+        out = pred.copy()
+        out[far] = self.marginals
+        return out, float(far.mean())
+
+
+def switch_report(pred: np.ndarray, test: OutcomeSet, anchor: str) -> dict[str, Any]:
+    """At full budget (argmax P(good)): the share of prompts moved off the anchor, and the
+    predicted vs realised gain of those moves."""
+    a = test.models.index(anchor)
+    choice = np.argmax(pred, axis=1)
+    moved = choice != a
+    rows = np.arange(len(test))
+    out: dict[str, Any] = {"anchor": anchor, "share_switched": float(moved.mean())}
+    if moved.any():
+        out["predicted_gain"] = float((pred[rows, choice] - pred[:, a])[moved].mean())
+        out["realised_gain"] = float(
+            np.nanmean((test.scores[rows, choice] - test.scores[:, a])[moved])
+        )
+    return out
