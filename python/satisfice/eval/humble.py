@@ -116,8 +116,9 @@ def choose(
         pred = predict(qm, held)
         base = float(np.nanmean(held.scores[:, a]))
         gains = {m: _full_budget_quality(pred, held.scores, a, m) - base for m in GRID}
+        by_margin = {str(m): round(g, 4) for m, g in gains.items()}
         folds.append({"rows": len(idx), "anchor_quality": round(base, 4),
-                      "gain_by_margin": {str(m): round(g, 4) for m, g in gains.items()}})  # fmt: skip
+                      "gain_by_margin": by_margin})  # fmt: skip
         safe.append({m for m, g in gains.items() if g >= 0})
     ok = [m for m in GRID if all(m in s for s in safe)]
     margin = ok[0] if ok else GRID[-1]
