@@ -18,4 +18,21 @@ def test_readme_snippets_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert len(blocks) >= 3
     scope: dict[str, object] = {"__name__": "__main__"}
     for code in blocks:  # later snippets use names the earlier ones made, as a reader would
+        if "127.0.0.1:4000" in code:  # a client of `satisfice serve`: run one for it
+            _against_a_server(code, scope)
+            continue
         exec(compile(code, "README.md", "exec"), scope)
+
+
+def _against_a_server(code: str, scope: dict[str, object]) -> None:
+    from satisfice import Registry
+    from satisfice.server import ServerConfig
+    from satisfice.testing import LocalUpstream
+
+    from .server_support import running
+
+    with LocalUpstream() as up:
+        reg = Path("r.toml")
+        reg.write_text(up.patch(Registry.default()).to_toml())
+        with running(ServerConfig(registry_path=str(reg))) as (url, _):
+            exec(compile(code.replace("http://127.0.0.1:4000", url), "README.md", "exec"), scope)
