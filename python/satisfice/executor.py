@@ -16,9 +16,10 @@ A cascade calls each of its models through the same loop, one model at a time.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from time import perf_counter
@@ -97,7 +98,7 @@ def make_client(config: ExecutionConfig | None = None) -> httpx.AsyncClient:
 class _Target:
     """One deployment of one model, with its provider built on first use."""
 
-    __slots__ = ("dep", "key", "model", "price", "provider", "spec")
+    __slots__ = ("dep", "in_flight", "key", "model", "price", "provider", "spec", "unit_price")
 
     def __init__(self, spec: ModelSpec, dep: Deployment) -> None:
         self.spec = spec
@@ -106,7 +107,10 @@ class _Target:
         # health is the deployment's: a model's effort variants call the same one
         self.key = f"{spec.base or spec.id}/{dep.name}"
         self.price: Price | None = dep.price if dep.price is not None else spec.price
+        p = self.price
+        self.unit_price = math.inf if p is None else p.input + p.output  # unpriced: last
         self.provider: Provider | None = None
+        self.in_flight = 0  # calls open on this deployment now (load balancing)
 
 
 class Run:
@@ -266,7 +270,7 @@ class Executor:
             i += 1
             if not targets:
                 run.skip(order[i - 1], "-", "no deployments configured; add one to the registry")
-            for t in targets:
+            for t in self._balanced(targets):
                 if only is not None and t.key not in only:
                     continue
                 if t.spec.context_window <= run.min_window:
@@ -323,6 +327,20 @@ class Executor:
                     return True
         return False
 
+    def _balanced(self, targets: tuple[_Target, ...]) -> Sequence[_Target]:
+        """A model's deployments in the order to try them: those within 10% of the cheapest
+        price first, among them the least busy (calls in flight), then the fastest (measured
+        p95); then the pricier ones by price. Equal on all of these: the registry's order.
+        (Health is applied by the caller: a cooling deployment is skipped wherever it is.)"""
+        if len(targets) < 2:
+            return targets
+        cheapest = min(t.unit_price for t in targets)
+        near = [t for t in targets if t.unit_price <= cheapest * 1.1]
+        rest = [t for t in targets if t.unit_price > cheapest * 1.1]
+        near.sort(key=lambda t: (t.in_flight, self._p95_s(t) or math.inf))
+        rest.sort(key=lambda t: (t.unit_price, t.in_flight))
+        return near + rest
+
     def _p95_s(self, t: _Target) -> float | None:
         live = self.health.p95_s(t.key)
         if live is not None:
@@ -333,6 +351,7 @@ class Executor:
     async def _bounded(self, run: Run, t: _Target, call: Callable[[], Awaitable[T]]) -> T:
         """`call()` within its share of the deadline (or attempt_timeout_s)."""
         _, budget = self._budget(run, t)
+        t.in_flight += 1
         try:
             async with asyncio.timeout(budget):
                 return await call()
@@ -343,6 +362,8 @@ class Executor:
                 model=t.model,
                 deployment=t.dep.name,
             ) from None
+        finally:
+            t.in_flight -= 1
 
     def _failed(
         self, run: Run, t: _Target, e: ProviderError, started: float, streamed: str | None = None
