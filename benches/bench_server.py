@@ -401,7 +401,10 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return f"Machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}; {versions()}."
+    return (
+        f"Machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, load average "
+        f"{os.getloadavg()[0]:.2f} at the start; {versions()}."
+    )
 
 
 def main() -> None:
@@ -468,8 +471,9 @@ def main() -> None:
         print(
             f"\nLatency: {len(res.lat[contenders[0].name])} sequential requests per contender; "
             f"throughput: {args.n // args.rounds * args.rounds} requests per contender and "
-            f"mode, {args.rounds} interleaved rounds ({took:.0f} s with start-up); client: "
-            f"httpx.AsyncClient on {pool}, up to {CONCURRENCY} connections per contender."
+            f"mode, {args.rounds} interleaved rounds ({took:.0f} s with start-up, load average "
+            f"{os.getloadavg()[0]:.2f} at the end); client: httpx.AsyncClient on {pool}, up to "
+            f"{CONCURRENCY} connections per contender."
         )
         if args.skip_mem:
             return

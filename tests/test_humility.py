@@ -61,3 +61,19 @@ def test_humility_is_what_holds_it_on_a_shifted_split(capsys: pytest.CaptureFixt
     assert max(p["quality"] for p in held["curve"]) >= best - 0.005
     sw = raw["switches"]
     assert sw["predicted_gain"] > 0 > sw["realised_gain"]  # the overconfidence, measured
+
+
+@needs_data
+def test_a_cascade_tuned_on_other_files_is_the_one_the_split_tunes() -> None:
+    """`eval --strategy cascade --train`: tuning on separate rows gives exactly what the
+    hash split gives when those rows are its tuning part."""
+    from satisfice.eval.cascade_eval import evaluate_cascade
+    from satisfice.eval.datasets import load
+
+    assert DATA is not None
+    data = load("routellm", Path(DATA) / "routellm" / "gsm8k").drop_missing()
+    tune, test = data.split_by_hash(0.5, 0)
+    a = evaluate_cascade(data, test_fraction=0.5, seed=0)
+    b = evaluate_cascade(test, train=tune)
+    assert b["split"]["method"] == "separate tuning files"
+    assert a["apgr_cascade"] == pytest.approx(b["apgr_cascade"])

@@ -529,8 +529,11 @@ def evaluate_cascade(
     n_quantiles: int = 10,
     max_rows: int | None = None,
     task_of: Callable[[OutcomeSet, int], str] | None = None,
+    train: OutcomeSet | None = None,
 ) -> dict[str, Any]:
-    """Tune cascades on one hash part of `outcomes`, report them on the other.
+    """Tune cascades on one hash part of `outcomes`, report them on the other; with `train`,
+    tune on `train` (other files: a set tuned once and applied elsewhere) and report on all of
+    `outcomes`, less any prompt that also occurs in `train`.
 
     Two-model sets get the answer-check cascade and APGR (`checks` default to
     `math_checks()`); larger sets get per-task ladders swept over `budget_shares` of the
@@ -547,18 +550,35 @@ def evaluate_cascade(
         raise DatasetError("evaluate_cascade needs complete scores and costs: drop_missing() first")
     if max_rows is not None and max_rows < len(outcomes):
         outcomes = outcomes.subset(np.linspace(0, len(outcomes) - 1, max_rows).astype(np.intp))
-    tune, test = outcomes.split_by_hash(test_fraction, seed)
-    head = {
-        "strategy": "cascade",
-        "split": {
-            "method": "prompt hash",
-            "seed": seed,
-            "test_fraction": test_fraction,
-            "n_tune": len(tune),
-            "n_test": len(test),
-        },
-        "models": list(outcomes.models),
-    }
+    if train is not None:
+        if list(train.models) != list(outcomes.models):
+            if not set(outcomes.models) <= set(train.models):
+                raise DatasetError(
+                    f"--train lacks models the test files have: "
+                    f"{sorted(set(outcomes.models) - set(train.models))}"
+                )
+            train = train.select_models(outcomes.models)
+        if train.responses is None:
+            raise DatasetError("the --train files have no recorded responses to replay")
+        missing = sorted(set(outcomes.groups) - set(train.groups))
+        if task_of is None and len(outcomes.models) > 2 and missing:
+            raise DatasetError(
+                f"ladders are tuned per task (the files' groups); the test files have tasks "
+                f"the tuning files lack: {missing}. Tune on files of the same tasks (e.g. a "
+                "benchmark's train split for its test split)"
+            )
+        seen = set(train.prompts)
+        keep = np.array([p not in seen for p in outcomes.prompts])
+        if not keep.any():
+            raise DatasetError("every test prompt is also in the tuning files: nothing to report")
+        tune, test = train, outcomes.subset(np.where(keep)[0])
+        split = {"method": "separate tuning files", "n_tune": len(tune), "n_test": len(test),
+                 "test_rows_dropped_as_seen_in_tuning": int((~keep).sum())}  # fmt: skip
+    else:
+        tune, test = outcomes.split_by_hash(test_fraction, seed)
+        split = {"method": "prompt hash", "seed": seed, "test_fraction": test_fraction,
+                 "n_tune": len(tune), "n_test": len(test)}  # fmt: skip
+    head = {"strategy": "cascade", "split": split, "models": list(outcomes.models)}
     if len(outcomes.models) == 2:
         return head | _two_model(tune, test, checks or math_checks(), n_quantiles)
     return head | _many_models(
@@ -577,10 +597,8 @@ def evaluate_cascade(
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
     """A few human-readable lines of an `evaluate_cascade` report (test part only)."""
     sp = report["split"]
-    head = (
-        f"cascade on {sp['n_test']} test prompts (tuned on {sp['n_tune']} others, "
-        f"split by prompt hash, seed {sp['seed']})"
-    )
+    how = f"split by prompt hash, seed {sp['seed']}" if "seed" in sp else sp["method"]
+    head = f"cascade on {sp['n_test']} test prompts (tuned on {sp['n_tune']} others, {how})"
     if report["kind"] == "two-model":
         lines = [head, f"weak {report['weak']}, strong {report['strong']}"]
         for name in ("cascade", "checks_only", "prompt_only"):

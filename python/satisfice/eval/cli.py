@@ -358,12 +358,16 @@ def _eval_cascade(args: argparse.Namespace, data: OutcomeSet) -> int:
                 "--strategy cascade needs satisfice.eval.cascade_eval, which this version lacks"
             ) from None
         raise
-    if args.train or args.predictor or args.save_predictor or args.plot:
+    if args.predictor or args.save_predictor or args.plot:
         raise SatisficeError(
-            "--strategy cascade tunes on a hash split of FILES itself: drop --train, "
-            "--predictor, --save-predictor and --plot"
+            "--strategy cascade tunes its own ladders: drop --predictor, --save-predictor and "
+            "--plot"
         )
     kw: dict[str, Any] = {}
+    if args.train:
+        if args.test_split:
+            raise SatisficeError("--train tunes on other files: drop --test-split")
+        kw["train"] = _load(args.train_format or args.format, args.train).drop_missing()
     if args.test_split:
         from .evaluate import parse_split
 
