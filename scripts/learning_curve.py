@@ -49,7 +49,6 @@ def run(held: str, seed: int) -> dict[float, list[float]]:
     test = data.subset(np.where(which == 3)[0])
     others = [m for m in data.models if m != held]
     h = data.models.index(held)
-    prior = float(np.nanmean(train.scores[:, h]))
     reg = Registry([ModelSpec(m, "x", 10**6, 10**5,
                               quality={"general": float(np.clip(np.nanmean(train.scores[:, j]),
                                                                 0.02, 0.98))})
@@ -73,7 +72,6 @@ def run(held: str, seed: int) -> dict[float, list[float]]:
             p = predict_for(q, test.select_models([held]), reg)[:, 0]
             curve.append(log_loss(p, y))
         out[strength] = curve
-    _ = prior
     return out
 
 
