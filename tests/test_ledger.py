@@ -254,3 +254,98 @@ def test_acknowledged_records_survive_sigkill(tmp_path: Path, kind: str) -> None
     stored = {r["request_id"] for r in read_records(db)}
     lost = [i for i in acked if i not in stored]
     assert lost == [], f"{len(lost)} of {len(acked)} acknowledged records lost"
+
+
+async def test_odd_metadata_and_a_record_the_sink_refuses_do_not_stop_the_ledger(
+    up: LocalUpstream, tmp_path: Path
+) -> None:
+    from satisfice.ledger import SQLiteSink
+
+    class Picky(SQLiteSink):
+        def write(self, records: Any) -> None:
+            if any(r["metadata"].get("poison") for r in records):
+                raise ValueError("cannot store this one")
+            super().write(records)
+
+    ledger = Ledger(Picky(tmp_path / "l.db"), batch=4, flush_interval_s=0.005)
+    odd = {"team": ["a", "b"], (1, 2): "tuple key", "session": "s\x00nul"}
+    async with router(up.url).attach(ledger=ledger) as r:
+        ok = [(await r.chat(MSGS, metadata=odd)).request_id for _ in range(3)]
+        await r.chat(MSGS, metadata={"poison": True})
+        ok += [(await r.chat(MSGS)).request_id for _ in range(3)]
+        assert ledger.flush(10)
+    stored = {x["request_id"]: x for x in read_records(tmp_path / "l.db")}
+    assert set(stored) == set(ok) and ledger.rejected == 1 and ledger.dropped == 1
+    row = sqlite3.connect(tmp_path / "l.db").execute(
+        "SELECT team, session FROM requests WHERE request_id = ?", (ok[0],)).fetchone()  # fmt: skip
+    assert row == ("['a', 'b']", "snul")
+    ledger.close()
+
+
+def test_a_jsonl_write_cut_short_is_not_duplicated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import satisfice.ledger as L
+
+    p = tmp_path / "l.jsonl"
+    sink = JSONLSink(p)
+    real = os.write
+    calls = {"n": 0}
+
+    def flaky(fd: int, data: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:  # half the batch lands, then the disk is full
+            real(fd, bytes(data[: len(data) // 2]))
+            raise OSError(28, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(L.os, "write", flaky)
+    recs = [{"request_id": f"r{i}", "started_at": i} for i in range(10)]
+    with pytest.raises(OSError):
+        sink.write(recs)
+    sink.write(recs)  # the retry
+    sink.close()
+    assert [r["request_id"] for r in read_records(p)] == [f"r{i}" for i in range(10)]
+
+
+def test_records_of_a_script_that_never_closes_are_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    db = tmp_path / "l.db"
+    code = (
+        "import asyncio, sys\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from satisfice.testing import LocalUpstream\n"
+        "from tests.chat_support import router\n"
+        "async def main():\n"
+        "    with LocalUpstream() as up:\n"
+        "        r = router(up.url).attach(ledger=sys.argv[1])\n"
+        "        for _ in range(30):\n"
+        "            await r.chat('hi')\n"
+        "asyncio.run(main())\n"  # no aclose(), no close(): the process just ends
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    subprocess.run([sys.executable, "-c", code, str(db), root], check=True, timeout=60)
+    assert len(list(read_records(db))) == 30
+
+
+async def test_postgres_ledger_survives_a_dropped_connection_and_nul(up: LocalUpstream) -> None:
+    import psycopg
+
+    from .servers import postgres
+
+    with postgres() as dsn:
+        ledger = Ledger.open(dsn, flush_interval_s=0.005)
+        async with router(up.url).attach(ledger=ledger) as r:
+            a = (await r.chat(MSGS, metadata={"session": "x\x00y"})).request_id
+            assert ledger.flush(10)
+            with psycopg.connect(dsn, autocommit=True) as admin:  # a restart, a failover
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE pid <> pg_backend_pid() AND datname = 'postgres'")  # fmt: skip
+            b = (await r.chat(MSGS)).request_id
+            assert ledger.flush(15)
+        ledger.close()
+        assert {x["request_id"] for x in read_records(dsn)} == {a, b}

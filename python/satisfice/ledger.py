@@ -22,8 +22,10 @@ record as JSON; `feedback` holds scores given later (`router.feedback`, validato
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -75,40 +77,74 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 _NAMES = [c[0] for c in COLUMNS]
 
 
+def _text(v: Any) -> str | None:
+    """A column's text: None stays None, anything else its str() without NUL characters
+    (which PostgreSQL refuses), so caller metadata of any type cannot poison a batch."""
+    return None if v is None else str(v).replace("\x00", "")
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _json(rec: Mapping[str, Any]) -> str:
+    """The record as JSON, whatever the caller put in its metadata (non-string keys and
+    odd values are made strings rather than failing the batch)."""
+    try:
+        return json.dumps(rec, default=str, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return json.dumps(_plain(rec), default=str, separators=(",", ":"))
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple | set | frozenset):
+        return [_plain(x) for x in v]
+    if isinstance(v, float) and v != v:
+        return None
+    return v if isinstance(v, str | int | float | bool) or v is None else str(v)
+
+
 def _row(rec: Mapping[str, Any]) -> tuple[Any, ...]:
-    meta = rec.get("metadata") or {}
+    meta: Mapping[str, Any] = rec["metadata"] if isinstance(rec.get("metadata"), Mapping) else {}
     dec = rec.get("decision") or {}
     cands = dec.get("candidates") or []
     routed = dec.get("model")
     p_good = next((c.get("p_good") for c in cands if c.get("model") == rec.get("model")), None)
     ts = float(rec.get("started_at") or time.time())
     casc = rec.get("cascade")
+    attempts = [a for a in rec.get("attempts") or () if isinstance(a, Mapping)]
     return (
-        rec["request_id"],
+        _text(rec["request_id"]),
         ts,
         time.strftime("%Y-%m-%d", time.gmtime(ts)),
-        rec.get("outcome", "ok"),
-        meta.get("key"),
-        meta.get("team"),
-        meta.get("session"),
-        rec.get("task"),
-        routed,
-        rec.get("model"),
-        rec.get("deployment"),
-        p_good,
-        rec.get("est_cost_usd"),
-        rec.get("total_cost_usd"),
-        rec.get("reference_cost_usd"),
+        _text(rec.get("outcome", "ok")),
+        _text(meta.get("key")),
+        _text(meta.get("team")),
+        _text(meta.get("session")),
+        _text(rec.get("task")),
+        _text(routed),
+        _text(rec.get("model")),
+        _text(rec.get("deployment")),
+        _num(p_good),
+        _num(rec.get("est_cost_usd")),
+        _num(rec.get("total_cost_usd")),
+        _num(rec.get("reference_cost_usd")),
         int(bool(rec.get("cost_estimated"))),
-        rec.get("tokens_in"),
-        rec.get("tokens_out"),
-        rec.get("latency_s"),
-        rec.get("overhead_s"),
-        len(rec.get("attempts") or ()),
-        len({a["model"] for a in rec.get("attempts") or () if a["model"] != rec.get("model")}),
+        _int(rec.get("tokens_in")),
+        _int(rec.get("tokens_out")),
+        _num(rec.get("latency_s")),
+        _num(rec.get("overhead_s")),
+        len(attempts),
+        len({a.get("model") for a in attempts if a.get("model") != rec.get("model")}),
         len(casc.get("steps") or ()) if isinstance(casc, Mapping) else 0,
         int(bool(rec.get("cache_hit"))),
-        json.dumps(rec, default=str, separators=(",", ":")),
+        _json(rec),
     )
 
 
@@ -224,10 +260,14 @@ class SQLiteSink:
     def feedback(self, rows: Sequence[tuple[str, float, float, str]]) -> None:
         db = self._connect()
         db.execute("BEGIN")
-        db.executemany(
-            "INSERT INTO feedback (request_id, ts, score, source) VALUES (?,?,?,?)", rows
-        )
-        db.execute("COMMIT")
+        try:
+            db.executemany(
+                "INSERT INTO feedback (request_id, ts, score, source) VALUES (?,?,?,?)", rows
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def expire(self, before_ts: float) -> int:
         cur = self._connect().execute("DELETE FROM requests WHERE ts < ?", (before_ts,))
@@ -256,25 +296,36 @@ def _sqlite_schema(db: sqlite3.Connection) -> None:
 
 
 class JSONLSink:
-    """One JSON object per line, appended: for pipelines that tail a file."""
+    """One JSON object per line, appended: for pipelines that tail a file. A batch is one
+    write of whole lines; if it fails part-way (a full disk), the file is cut back to where
+    the batch began, so a retry never duplicates records."""
 
     def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
         self.path = Path(path)
         self._fsync = fsync
         try:
-            self._f = self.path.open("a", encoding="utf-8")
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
             raise ConfigError(f"cannot open the ledger {self.path}: {e}") from None
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
-        self._f.write(
-            "".join(json.dumps(r, default=str, separators=(",", ":")) + "\n" for r in records)
-        )
-        self._f.flush()
-        if self._fsync:
-            import os
+        self._append("".join(_json(r) + "\n" for r in records).encode())
 
-            os.fsync(self._f.fileno())
+    def _append(self, data: bytes) -> None:
+        fd = self._fd
+        if fd is None:
+            raise OSError("the ledger file is closed")
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            if self._fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, start)
+            raise
 
     def feedback(self, rows: Sequence[tuple[str, float, float, str]]) -> None:
         self.write([{"feedback": {"request_id": i, "ts": t, "score": s, "source": src}}
@@ -284,7 +335,9 @@ class JSONLSink:
         return 0  # an append-only file: rotate it with the pipeline's tools
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class PostgresSink:
@@ -298,8 +351,17 @@ class PostgresSink:
                 "a PostgreSQL ledger needs psycopg 3: pip install 'satisfice[postgres]'"
             ) from None
         self.dsn = dsn
+        self._db: Any = None
+        self._connect()
+
+    def _connect(self) -> Any:
+        """The connection, (re)opened when it is missing or closed (a restart, a failover)."""
+        import psycopg
+
+        if self._db is not None and not self._db.closed:
+            return self._db
         try:
-            self._db = psycopg.connect(dsn, autocommit=False)
+            self._db = psycopg.connect(self.dsn, autocommit=False)
             with self._db.cursor() as cur:
                 cols = ", ".join(f"{n} {pg}" for n, _, pg in COLUMNS)
                 cur.execute(f"CREATE TABLE IF NOT EXISTS requests ({cols})")
@@ -316,34 +378,42 @@ class PostgresSink:
             self._db.commit()
         except psycopg.Error as e:
             raise ConfigError(f"cannot open the PostgreSQL ledger: {type(e).__name__}") from None
+        return self._db
+
+    def _run(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        db = self._connect()
+        try:
+            with db.cursor() as cur:
+                cur.executemany(sql, rows)
+                n = cur.rowcount
+            db.commit()
+            return int(n)
+        except BaseException:
+            if not db.closed:
+                db.rollback()  # else the session stays aborted and refuses every write
+            raise
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
         marks = ",".join(["%s"] * len(_NAMES))
         sets = ",".join(f"{n}=EXCLUDED.{n}" for n in _NAMES[1:])
-        with self._db.cursor() as cur:
-            cur.executemany(
-                f"INSERT INTO requests ({','.join(_NAMES)}) VALUES ({marks}) "
-                f"ON CONFLICT (request_id) DO UPDATE SET {sets}",
-                [_row(r) for r in records],
-            )
-        self._db.commit()
+        self._run(
+            f"INSERT INTO requests ({','.join(_NAMES)}) VALUES ({marks}) "
+            f"ON CONFLICT (request_id) DO UPDATE SET {sets}",
+            [_row(r) for r in records],
+        )
 
     def feedback(self, rows: Sequence[tuple[str, float, float, str]]) -> None:
-        with self._db.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO feedback (request_id, ts, score, source) VALUES (%s,%s,%s,%s)", rows
-            )
-        self._db.commit()
+        self._run(
+            "INSERT INTO feedback (request_id, ts, score, source) VALUES (%s,%s,%s,%s)",
+            [(_text(i), t, s, _text(src)) for i, t, s, src in rows],
+        )
 
     def expire(self, before_ts: float) -> int:
-        with self._db.cursor() as cur:
-            cur.execute("DELETE FROM requests WHERE ts < %s", (before_ts,))
-            n = cur.rowcount
-        self._db.commit()
-        return int(n)
+        return self._run("DELETE FROM requests WHERE ts < %s", [(before_ts,)])
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
 
 
 def open_sink(target: str | Path) -> Sink:
@@ -378,11 +448,16 @@ class Ledger:
         self._q: deque[Any] = deque()
         self._fb: deque[tuple[str, float, float, str]] = deque()
         self._cv = threading.Condition()
-        self.queued = self.acked = self.dropped = self.failures = 0
+        self.queued = self.acked = self.dropped = self.failures = self.rejected = 0
         self._closing = False
         self._last_expire = 0.0
         self._thread = threading.Thread(target=self._run, name="satisfice-ledger", daemon=True)
         self._thread.start()
+        atexit.register(self._at_exit)  # a script that ends without close() keeps its records
+
+    def _at_exit(self) -> None:
+        if not self._closing and self._thread.is_alive():
+            self.flush(5.0)
 
     @classmethod
     def open(cls, target: str | Path, **kw: Any) -> Ledger:
@@ -392,6 +467,11 @@ class Ledger:
     # the request path: append only ---------------------------------------------------------
     def put(self, item: Any) -> None:
         """Queue a ChatResult or a ready record dict (never blocks, never raises)."""
+        if self._closing:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                _log.error("ledger closed: dropped a record (%d so far)", self.dropped)
+            return
         q = self._q
         q.append(item)
         self.queued += 1
@@ -429,7 +509,10 @@ class Ledger:
         return self.acked >= target
 
     def close(self, timeout: float = 10.0) -> None:
+        if self._closing:
+            return
         self.flush(timeout)
+        atexit.unregister(self._at_exit)
         self._closing = True
         with self._cv:
             self._cv.notify()
@@ -444,11 +527,42 @@ class Ledger:
             out.append(q.popleft())
         return out
 
+    def _isolate(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """After a batch failed again and again: write its records one by one. Those that
+        go through are acknowledged; if some fail while others succeed, the failing ones are
+        records the sink cannot take: they are dropped, counted and logged. If all fail, the
+        sink itself is down: all are kept for the next retry."""
+        ok: list[dict[str, Any]] = []
+        bad: list[dict[str, Any]] = []
+        for rec in batch:
+            try:
+                self.sink.write([rec])
+                ok.append(rec)
+            except Exception:
+                bad.append(rec)
+        if not ok:
+            return batch
+        self._acked(ok)
+        for rec in bad:
+            self.rejected += 1
+            self.dropped += 1
+            _log.error("ledger: the sink refused record %s on its own; dropped it",
+                       rec.get("request_id"), extra={"event": "ledger_rejected"})  # fmt: skip
+        return []
+
+    def _acked(self, recs: list[dict[str, Any]]) -> None:
+        self.acked += len(recs)
+        if self.on_ack is not None:
+            try:
+                self.on_ack([r["request_id"] for r in recs])
+            except Exception as e:
+                _log.error("ledger on_ack hook failed: %s", e)
+
     def _run(self) -> None:
         from .result import ChatResult
 
         pending: list[dict[str, Any]] = []
-        backoff = 0.05
+        backoff, streak = 0.05, 0
         while True:
             with self._cv:
                 if not self._q and not self._fb and not pending and not self._closing:
@@ -479,21 +593,23 @@ class Ledger:
                     self.sink.write(pending)
                 except Exception as e:
                     self.failures += 1
+                    streak += 1
                     _log.warning(
                         "ledger sink failed (%s: %s); keeping %d record(s), retrying in %.2fs",
                         type(e).__name__, e, len(pending), backoff,
                         extra={"event": "ledger_sink_failed"},
                     )  # fmt: skip
+                    if streak >= 3 and len(pending) > 1:
+                        pending = self._isolate(pending)  # one bad record must not stop it
+                        if pending:
+                            time.sleep(backoff)
+                            backoff = min(backoff * 2, 5.0)
+                        continue
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
-                backoff = 0.05
-                self.acked += len(pending)
-                if self.on_ack is not None:
-                    try:
-                        self.on_ack([r["request_id"] for r in pending])
-                    except Exception as e:
-                        _log.error("ledger on_ack hook failed: %s", e)
+                backoff, streak = 0.05, 0
+                self._acked(pending)
                 pending = []
             if self._fb:
                 rows = []
@@ -504,6 +620,8 @@ class Ledger:
                 except Exception as e:
                     self._fb.extendleft(reversed(rows))
                     _log.warning("ledger feedback write failed: %s", e)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
             if self.retention_days is not None and time.time() - self._last_expire > 86400:
                 self._last_expire = time.time()
                 try:

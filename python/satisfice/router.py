@@ -264,6 +264,7 @@ class Router:
         return self
 
     _rec: Recorder | None = None  # set by attach(): ledger, metrics, logs, callbacks
+    _owns_ledger = False  # attach() opened it from a path: aclose() closes it
 
     def attach(
         self,
@@ -286,6 +287,7 @@ class Router:
         from .ledger import Ledger
         from .record import Recorder
 
+        self._owns_ledger = ledger is not None and not isinstance(ledger, Ledger)
         if ledger is not None and not isinstance(ledger, Ledger):
             ledger = Ledger.open(ledger)
         self._rec = Recorder(
@@ -522,10 +524,15 @@ class Router:
         return self._io.health.snapshot() if self._io is not None else {}
 
     async def aclose(self) -> None:
-        """Close the router's HTTP connections (not a client you passed to configure())."""
+        """Close the router's HTTP connections (not a client you passed to configure()), and
+        write out its ledger: closed if attach() opened it from a path, flushed if it is
+        yours."""
         io, self._io = self._io, None
         if io is not None and self._owns_client:
             await io.client.aclose()
+        ledger = self.ledger
+        if ledger is not None:
+            await asyncio.to_thread(ledger.close if self._owns_ledger else ledger.flush)
 
     async def __aenter__(self) -> Router:
         if self._io is None:  # set up now, not inside the first request's overhead
@@ -566,6 +573,8 @@ class Router:
         if sync is not None:
             sync.run(self.aclose())
             sync.stop()
+        elif self.ledger is not None:
+            (self.ledger.close if self._owns_ledger else self.ledger.flush)()
 
     def __enter__(self) -> Router:
         return self
