@@ -345,7 +345,7 @@ class PostgresSink:
 
     def __init__(self, dsn: str) -> None:
         try:
-            import psycopg
+            import psycopg  # noqa: F401  (present, or a clear error now rather than later)
         except ImportError:
             raise ConfigError(
                 "a PostgreSQL ledger needs psycopg 3: pip install 'satisfice[postgres]'"
