@@ -8,9 +8,9 @@ Every piece is a process of its own: the upstream (`python -m satisfice.testing`
 redis-server, and the client, which is this script: one asyncio loop, one `httpx.AsyncClient`
 per contender with room for 64 keep-alive connections, on satisfice's `PooledTransport`
 (satisfice/transport.py). httpx's own pool (`--httpx-pool`) rescans its connections on every
-request and, at 64 of them, holds the client near 550 req/s on 2 CPUs, below a server in the
+request and, at 64 of them, holds the client to 200-550 req/s on 2 CPUs, below a server in the
 path, so the throughput columns would measure the client; on `PooledTransport` the same client
-makes about 4,800 req/s against the upstream. Every contender gets the same kind of client.
+makes about 4,000 req/s against the upstream. Every contender gets the same kind of client.
 The contenders:
 
 - direct upstream: POST <upstream>/v1/chat/completions with gpt-6-luna's wire model name; the

@@ -47,5 +47,10 @@ def cost_of(price: Price | None, usage: Usage) -> float | None:
     if price is None:
         return None
     return price.cost(
-        usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens,
+        usage.cache_write_tokens,
+        cache_write_1h=usage.cache_write_1h_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
     )

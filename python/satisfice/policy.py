@@ -21,7 +21,7 @@ from . import _core
 from ._table import ModelRowSpec, RuleSpec
 from .errors import ConfigError
 from .predict import QualityModel
-from .registry import ModelSpec, Registry
+from .registry import ModelSpec, Price, Registry
 
 __all__ = ["Constraints", "Policy", "Rule"]
 
@@ -150,13 +150,25 @@ class Rule:
         )
 
 
-def _fee(m: ModelSpec) -> float:
+def _worst_price(m: ModelSpec) -> Price | None:
+    """The price the table checks a cost cap against: the dearest of the model's
+    deployments (a fallback to a pricier host must not break the cap), None if any
+    deployment is unpriced."""
+    prices = [d.price if d.price is not None else m.price for d in m.deployments] or [m.price]
+    if any(p is None for p in prices):
+        return None
+    return max(prices, key=lambda p: (p.input + p.output, p.per_request or 0.0))  # type: ignore[union-attr]
+
+
+def _fee(m: ModelSpec, p: Price | None) -> float:
     """USD a call costs beyond its prompt and answer: the per-request fee, and for an
-    effort variant its expected reasoning tokens (at the reasoning rate, else output)."""
-    p = m.price
+    effort variant its expected reasoning tokens, at the highest output-side rate any tier
+    bills them at (the table holds one tier; billing applies each exactly)."""
     if p is None:
         return 0.0
-    rate = p.reasoning if p.reasoning is not None else p.output
+    rate = max([p.reasoning if p.reasoning is not None else p.output,
+                *(t.output * (p.reasoning or p.output) / p.output if p.output else t.output
+                  for t in p.long_context)])  # fmt: skip
     return (p.per_request or 0.0) + m.reasoning_tokens * rate / 1e6
 
 
@@ -198,7 +210,7 @@ class Policy:
         rows: list[ModelRowSpec] = []
         for m in registry:
             p = qm.params_for(m)
-            price = m.price
+            price = _worst_price(m)
             # The table holds one long-context tier: the first threshold at the highest
             # rates of any tier, so a cost cap is never checked against too low a price
             # (billing, in Price.cost, applies each tier exactly).
@@ -221,7 +233,7 @@ class Policy:
                     "long_above": tiers[0].above if tiers else math.inf,
                     "long_in": long_in,
                     "long_out": long_out,
-                    "fee": _fee(m),
+                    "fee": _fee(m, price),
                 }
             )
         rules: list[RuleSpec] = []

@@ -237,9 +237,15 @@ def _usage(u: Any, out: Any = None) -> Usage | None:
         )
         fresh = token_count(u["input_tokens"], "input_tokens")
         out_n = token_count(u.get("output_tokens") or 0 if out is None else out, "output_tokens")
+        split = u.get("cache_creation")  # {ephemeral_5m_input_tokens, ephemeral_1h_input_tokens}
+        hour = 0
+        if isinstance(split, dict) and split.get("ephemeral_1h_input_tokens"):
+            hour = token_count(split["ephemeral_1h_input_tokens"], "ephemeral_1h_input_tokens")
     except ValueError:
         return None
-    return Usage(fresh + read + write, out_n, read, write)
+    if hour > write:
+        return None  # implausible: count it ourselves
+    return Usage(fresh + read + write, out_n, read, write - hour, cache_write_1h_tokens=hour)
 
 
 class AnthropicProvider(HTTPProvider):

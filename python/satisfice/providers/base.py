@@ -67,8 +67,10 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
-    cache_write_tokens: int = 0
+    cache_write_tokens: int = 0  # prompt-cache writes with a 5-minute lifetime
     source: str = "provider"
+    cache_write_1h_tokens: int = 0  # prompt-cache writes with a 1-hour lifetime
+    reasoning_tokens: int = 0  # of completion_tokens, those spent reasoning
 
     @property
     def total_tokens(self) -> int:

@@ -46,9 +46,16 @@ def _usage(u: Any) -> Usage | None:
             (details if isinstance(details, dict) else {}).get("cached_tokens") or 0,
             "usage.prompt_tokens_details.cached_tokens",
         )
+        done = u.get("completion_tokens_details")
+        reasoning = token_count(
+            (done if isinstance(done, dict) else {}).get("reasoning_tokens") or 0,
+            "usage.completion_tokens_details.reasoning_tokens",
+        )
     except ValueError:
         return None
-    return Usage(prompt, out, cached) if cached <= prompt else None
+    if cached > prompt or reasoning > out:
+        return None
+    return Usage(prompt, out, cached, reasoning_tokens=reasoning)
 
 
 class _ToolAcc:
