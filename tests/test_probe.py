@@ -22,6 +22,21 @@ def test_each_probe_passes_its_example_and_fails_a_wrong_answer(probe: Any) -> N
     assert not probe.check("I am not sure.")
 
 
+def test_code_that_exits_before_the_tests_does_not_pass() -> None:
+    add = next(p for p in PROBES if p.name == "add")
+    cheat = "```python\ndef add(a, b):\n    return 0\nraise SystemExit(0)\n```"
+    assert not add.check(cheat)
+
+
+async def test_code_probes_run_only_when_asked() -> None:
+    with LocalUpstream() as up:
+        up.script("good-wire", *(reply(p.example) for p in PROBES if p.task != "code"))
+        router = Router(_reg(up.url), Policy(quality_floor=0.5))
+        async with router:
+            report = await run_probes(router, ["good"])
+    assert report.asked["good"] == sum(p.task != "code" for p in PROBES)
+
+
 def _reg(url: str) -> Registry:
     return Registry.from_dict({"model": [
         {"id": m, "provider": "openai", "context_window": 100_000, "max_output": 4000,
@@ -44,7 +59,7 @@ async def test_scripted_answers_raise_one_model_and_lower_the_other(tmp_path: Pa
             execution=ExecutionConfig(read_timeout_s=5.0)
         )
         async with router:
-            report = await run_probes(router)
+            report = await run_probes(router, run_code=True)
         assert up.pending("good-wire") == up.pending("bad-wire") == 0
     out = report.to_dict()["models"]
     assert out["good"]["passed"] == len(PROBES) and out["bad"]["passed"] == 0
@@ -77,7 +92,7 @@ def test_the_probe_command_saves_abilities_and_latency(
         reg.write_text(_reg(up.url).to_toml())
         health = tmp_path / "health.json"
         code = main(["probe", "--registry", str(reg), "--save-policy", str(tmp_path / "p.json"),
-                     "--health", str(health), "--json"])  # fmt: skip
+                     "--health", str(health), "--json", "--run-code"])  # fmt: skip
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["models"]["good"]["passed"] == len(PROBES)

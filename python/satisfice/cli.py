@@ -210,7 +210,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     async def go() -> Any:
         async with router:
             report = await run_probes(router, args.models or None, budget_usd=args.budget_usd,
-                                      progress=None if args.json else say)  # fmt: skip
+                                      progress=None if args.json else say,
+                                      run_code=args.run_code)  # fmt: skip
             if args.health:
                 router._io.health.save(args.health)
             return report
@@ -384,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-policy", help="write the updated policy JSON here")
     p.add_argument("--save-predictor", help="and its predictor here (default: POLICY.npz)")
     p.add_argument("--health", help="JSON file of measured latencies: read, then updated")
+    p.add_argument("--run-code", action="store_true",
+                   help="also run the code probes: the models' code runs in a child process as "
+                   "this user (not a sandbox; use a throwaway account or container)")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_probe)
 

@@ -158,7 +158,7 @@ def record_of(result: ChatResult) -> dict[str, Any]:
     ref = result.decision.snapshot.registry.reference
     u = result.usage
     rec["reference_model"] = ref.id
-    rec["reference_cost_usd"] = ref.cost(u.prompt_tokens, u.completion_tokens)
+    rec["reference_cost_usd"] = ref.cost(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
     return rec
 
 

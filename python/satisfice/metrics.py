@@ -68,6 +68,8 @@ class Metrics:
         dep = str(rec.get("deployment") or "")
         outcome = rec.get("outcome", "ok")
         self.requests.labels(model, dep, task, key, outcome).inc()
+        if outcome != "ok" and rec.get("total_cost_usd") is not None:
+            self.cost.labels(model, dep, task, key).inc(rec["total_cost_usd"])  # billed calls
         if outcome == "ok":
             self.tokens.labels(model, dep, task, key, "in").inc(rec.get("tokens_in") or 0)
             self.tokens.labels(model, dep, task, key, "out").inc(rec.get("tokens_out") or 0)

@@ -13,8 +13,13 @@ project to that), and which a scripted upstream can send back.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 import re
+import secrets
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -74,25 +79,30 @@ def _words(n: int, lower: bool) -> Callable[[str], bool]:
 
 
 def _code(tests: str) -> Callable[[str], bool]:
-    """Run the answer's first Python code block with `tests` appended, isolated (-I), with
-    no environment and a 5-second limit; it passes when the process exits 0."""
+    """Run the answer's first Python code block with `tests` appended, in a child Python
+    (-I, no environment, its own process group, killed whole after 5 s); it passes only when
+    the tests ran to the end (a random line printed after them), so code that exits early
+    does not pass. This is NOT a sandbox: the code runs as this user and could read what
+    this user can. Code probes therefore run only when asked (`run_code=True`)."""
     from .validators import extract_code
 
     def check(text: str) -> bool:
         found = extract_code(text)
         if found is None:
             return False
+        done_line = secrets.token_hex(12)
+        src = f"{found[1]}\n{tests}\nprint({done_line!r})\n"
+        p = subprocess.Popen([sys.executable, "-I", "-c", src], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, env={}, start_new_session=True)  # fmt: skip
         try:
-            done = subprocess.run(
-                [sys.executable, "-I", "-c", found[1] + "\n" + tests],
-                capture_output=True,
-                timeout=5,
-                env={},
-                check=False,
-            )
+            out, _ = p.communicate(timeout=5)
         except subprocess.TimeoutExpired:
-            return False
-        return done.returncode == 0
+            out = b""
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)  # and anything it left behind
+            p.wait()
+        return p.returncode == 0 and done_line.encode() in out
 
     return check
 
@@ -175,10 +185,14 @@ async def run_probes(
     *,
     budget_usd: float | None = None,
     progress: Callable[[str], None] | None = None,
+    run_code: bool = False,
 ) -> ProbeReport:
     """Ask every probe of every model (default: every model the registry can call) and
     feed each score back. Stops before the next call once `budget_usd` is spent. A call
-    that fails (after its retries) is counted as an error, not as a wrong answer."""
+    that fails (after its retries) is counted as an error, not as a wrong answer. Code
+    probes run the model's code in a child process, not a sandbox: only with run_code=True."""
+    if not run_code:
+        probes = [p for p in probes if p.task != "code"]
     ids = list(models) if models is not None else [
         m.id for m in router.registry if m.deployments and not m.disabled
     ]  # fmt: skip
@@ -199,10 +213,17 @@ async def run_probes(
                 )  # fmt: skip
             except (ProviderError, SatisficeError) as e:
                 report.errors[m] = report.errors.get(m, 0) + 1
+                billed = [a.cost_usd for a in getattr(e, "attempts", None) or ()
+                          if getattr(a, "cost_usd", None) is not None]  # fmt: skip
+                report.spent_usd += sum(billed)
                 if progress:
                     progress(f"{m} {p.name}: error {type(e).__name__}")
                 continue
-            report.spent_usd += res.total_cost_usd or 0.0
+            if res.total_cost_usd is None and budget_usd is not None:
+                report.stopped = f"{m} is unpriced: a budget cannot be kept; probe it without one"
+                report.spent_usd = math.inf
+            else:
+                report.spent_usd += res.total_cost_usd or 0.0
             ok = p.check(res.text)
             report.passed[m] = report.passed.get(m, 0) + int(ok)
             router.feedback(res.request_id, 1.0 if ok else 0.0, model=res.model)

@@ -104,6 +104,8 @@ class Recorder:
             self._call(self.on_decision, d)
 
     def result(self, r: ChatResult, messages: Any = None) -> None:
+        if self.metrics is not None and self.ledger is not None:  # live even if the sink stalls
+            self.metrics.ledger(self.ledger.backlog, self.ledger.dropped)
         if self.tracing is not None:
             try:
                 self.tracing.result(r)

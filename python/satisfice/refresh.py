@@ -81,7 +81,8 @@ class RegistryRefresher:
         if bad and not self.confirm:
             self.refused += 1
             raise RefreshRefused(diff, bad)
-        if diff:
+        if diff or new.meta.get("prices_as_of") != current.meta.get("prices_as_of"):
+            # also when nothing changed: the prices were checked today, not stale
             self.router.update(registry=new)
             _log.info(
                 "registry refreshed from %s: %d change(s)", self.source,

@@ -525,9 +525,11 @@ def _default_effort(m: Any) -> Any:
     """A model with effort levels, called without one, runs at the provider's default: a
     declared `medium` level is that default (OpenAI, Gemini) and prices the model; without
     one the default is no extended reasoning (Anthropic's), priced with none."""
-    if not isinstance(m, ModelSpec) or "medium" not in m.efforts or m.reasoning_tokens:
+    if not isinstance(m, ModelSpec) or m.base is not None or not m.efforts:
         return m
-    return replace(m, reasoning_tokens=m.efforts["medium"].reasoning_tokens)
+    medium = m.efforts.get("medium")
+    tokens = medium.reasoning_tokens if medium is not None else 0
+    return m if tokens == m.reasoning_tokens else replace(m, reasoning_tokens=tokens)
 
 
 class Registry:

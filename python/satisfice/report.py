@@ -73,7 +73,7 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     ref_known = True
     by_task: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
     by_model: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"n": 0, "cost": 0.0, "lat": [], "fb": [], "p": []}
+        lambda: {"n": 0, "cost": 0.0, "lat": [], "fb": [], "p": [], "unpriced": 0}
     )
     lat: list[float] = []
     over: list[float] = []
@@ -84,6 +84,8 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         n += 1
         if r.get("outcome") != "ok":
             errors += 1
+            if r.get("cost_usd") is not None:  # calls billed before the request failed
+                cost += r["cost_usd"]
             continue
         ok += 1
         m = str(r.get("model"))
@@ -92,6 +94,7 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         bm["n"] += 1
         if c is None:
             unpriced += 1
+            bm["unpriced"] += 1
         else:
             cost += c
             bm["cost"] += c
@@ -101,9 +104,10 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         else:
             ref_cost += rc
         t = by_task[str(r.get("task"))]
-        t[0] += 1
-        t[1] += c or 0.0
-        t[2] += rc or 0.0
+        if c is not None:  # the mean is over priced requests: unpriced is unknown, not $0
+            t[0] += 1
+            t[1] += c
+            t[2] += rc or 0.0
         if r.get("latency_s") is not None:
             lat.append(r["latency_s"])
             bm["lat"].append(r["latency_s"])
@@ -129,7 +133,8 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         models[m] = {
             "requests": b["n"],
             "share": b["n"] / ok if ok else 0.0,
-            "cost_usd": b["cost"],
+            "cost_usd": b["cost"] if b["unpriced"] < b["n"] else None,
+            "unpriced_requests": b["unpriced"],
             "p50_latency_s": _pct(b["lat"], 0.5),
             "p95_latency_s": _pct(b["lat"], 0.95),
             "feedback_n": len(b["fb"]),
@@ -347,7 +352,7 @@ h2 {{ margin-top: 28px; }} .legend {{ font-size: 12px; }}
         "".join(f'<div class="card">{html.escape(k)}<b>{v}</b></div>' for k, v in cards)
     }</div>
 <h2>Cost per model</h2>
-{_bars([(m, v["cost_usd"]) for m, v in s["models"].items()][:12])}
+{_bars([(m, v["cost_usd"]) for m, v in s["models"].items() if v["cost_usd"] is not None][:12])}
 <h2>Cost per task class</h2>
 {_bars([(k, v["cost_usd"]) for k, v in s["tasks"].items()])}
 <h2>Traffic share per model per day (drift)</h2>

@@ -340,6 +340,11 @@ def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
                 "reasoning": _per_million(c.get("reasoning")),
             }
             tiers = []
+            over = c.get("context_over_200k")  # the older field, one tier above 200k
+            if not c.get("tiers") and isinstance(over, Mapping):
+                li, lo = _per_million(over.get("input")), _per_million(over.get("output"))
+                if li is not None and lo is not None:
+                    tiers.append(LongContext(200_000, li, lo))
             for t in c.get("tiers") or ():  # {input, output, tier: {type: context, size}}
                 kind = t.get("tier") if isinstance(t, Mapping) else None
                 if isinstance(kind, Mapping) and kind.get("type") == "context":
@@ -451,6 +456,7 @@ class Change:
     what: str  # price.input, context_window, deprecation_date, added, unlisted, ...
     old: Any
     new: Any
+    base: float | None = None  # a new rate's previous effective value (it defaulted to this)
 
     def __str__(self) -> str:
         if self.what == "added":
@@ -474,11 +480,12 @@ class Diff:
         for c in self.changes:
             if not c.what.startswith("price"):
                 continue
+            old = c.old if c.old is not None else c.base  # a new rate replaced its default
             if (c.old is not None and c.new is None) or (
-                isinstance(c.old, float)
+                isinstance(old, float)
                 and isinstance(c.new, float)
-                and c.old > 0
-                and (c.new == 0 or not 1 / max_ratio <= c.new / c.old <= max_ratio)
+                and old > 0
+                and (c.new == 0 or not 1 / max_ratio <= c.new / old <= max_ratio)
             ):
                 bad.append(c)
         return bad
@@ -497,12 +504,27 @@ def _price_changes(model: str, where: str, old: Price | None, new: Price | None)
     if old is None or new is None:
         return [Change(model, f"price{where}", None if old is None else old.to_dict(),
                        None if new is None else new.to_dict())]  # fmt: skip
-    a, b = old.to_dict(), new.to_dict()
-    return [
-        Change(model, f"price{where}.{k}", a.get(k), b.get(k))
-        for k in sorted(set(a) | set(b))
-        if a.get(k) != b.get(k)
-    ]
+    a, b = _flat(old), _flat(new)
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) == b.get(k):
+            continue
+        base = None
+        if a.get(k) is None and not k.endswith("above"):  # it defaulted to its side's rate
+            base = old.output if "output" in k or "reasoning" in k else old.input
+        out.append(Change(model, f"price{where}.{k}", a.get(k), b.get(k), base))
+    return out
+
+
+def _flat(p: Price) -> dict[str, Any]:
+    """A price's rates by name, long-context tiers as long_context[i].input/output/above."""
+    d = p.to_dict()
+    tiers = d.pop("long_context", None)
+    if tiers is not None:
+        for i, t in enumerate(tiers if isinstance(tiers, list) else [tiers]):
+            for k, v in t.items():
+                d[f"long_context[{i}].{k}"] = float(v)
+    return d
 
 
 def diff(old: Registry, new: Registry) -> Diff:
