@@ -251,20 +251,23 @@ def test_admin_health_disable_and_reload(served: Any) -> None:
 
 
 def test_session_pins_and_switches(served: Any) -> None:
+    from satisfice.server.wire import session_key
+
     url, app, _, tmp = served
     svc = app.state.service
-    svc.state._pins["s1"] = ("gamma", 1e12)  # as an earlier turn would have left it
+    s1, s2 = (f"anon:{session_key(s)}" for s in ("s1", "s2"))  # stored per key, hashed
+    svc.state._pins[s1] = ("gamma", 1e12)  # as an earlier turn would have left it
     c = _client(url)
     r = c.chat.completions.create(
         model="auto", user="s1", messages=[{"role": "user", "content": "hi"}]
     )
     assert r.model == "gamma"  # kept on its pinned model, not re-routed to alpha
-    svc.state._pins["s2"] = ("alpha", 1e12)
+    svc.state._pins[s2] = ("alpha", 1e12)
     big = "word " * 9000  # over alpha's 8k window: the pin cannot hold
     r = c.chat.completions.create(
         model="auto", user="s2", messages=[{"role": "user", "content": big}]
     )
     assert r.model != "alpha"
     svc.router.ledger.flush()
-    recs = [x for x in read_records(tmp / "l.db") if x["metadata"].get("session") == "s2"]
+    recs = [x for x in read_records(tmp / "l.db") if x["metadata"].get("session") == s2]
     assert "no longer fits" in recs[0]["metadata"]["session_switch"]

@@ -589,8 +589,10 @@ class Registry:
                 data = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError(f"registry file {p} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"registry file {p} is not valid TOML: {e}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"registry file {p} is not valid TOML (UTF-8): {e}") from None
+        except OSError as e:
+            raise ConfigError(f"registry file {p} cannot be read: {e.strerror}") from None
         return cls.from_dict(data)
 
     @classmethod

@@ -268,7 +268,11 @@ class AnthropicProvider(HTTPProvider):
         p = to_anthropic(request, self.model, stream=stream)
         if "stop" in p:  # OpenAI's `stop` (a string or a list) is Anthropic's stop_sequences
             stop = p.pop("stop")
-            p["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+            if isinstance(stop, str):
+                stop = [stop]
+            if not isinstance(stop, list) or not all(isinstance(x, str) for x in stop):
+                raise BadRequestError("stop must be a string or a list of strings")
+            p["stop_sequences"] = stop
         if self.effort is not None and self.effort != "none" and self.reasoning_tokens:
             # extended thinking: the budget is spent before the answer, within max_tokens
             budget = max(self.reasoning_tokens, 1024)
@@ -382,7 +386,10 @@ class AnthropicProvider(HTTPProvider):
                     raise self._malformed(f"bad stream event ({type(e).__name__}: {e})") from None
             if not ended:
                 raise self._malformed("the stream ended before message_stop")
-            calls = [ToolCall(i, n, scrub("".join(a))) for _, (i, n, a) in sorted(tools.items())]
+            calls = [
+                ToolCall(scrub(i), scrub(n), scrub("".join(a)))
+                for _, (i, n, a) in sorted(tools.items())
+            ]
             finish = _FINISH.get(stop or "", stop)
             text = scrub("".join(parts))  # a key split across pieces is whole only now
             if calls and calls[0].name == _JSON_TOOL:

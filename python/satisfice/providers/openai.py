@@ -183,7 +183,8 @@ class OpenAIProvider(HTTPProvider):
             if not done and finish is None:
                 raise self._malformed("the stream ended before [DONE]")
             calls = [
-                ToolCall(a.id, a.name, scrub("".join(a.args))) for _, a in sorted(tools.items())
+                ToolCall(scrub(a.id), scrub(a.name), scrub("".join(a.args)))
+                for _, a in sorted(tools.items())
             ]
             # a key split across pieces is whole only now
             yield ChatResponse(scrub("".join(parts)), last, usage, finish, calls)

@@ -39,6 +39,14 @@ def _err(status: int, msg: str) -> Response:
     )
 
 
+def _budget(v: Any) -> float:
+    """A budget in USD: a finite number from 0 to a billion (JSON allows Infinity, and a
+    1e300 budget overflows the counters)."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1e9:
+        raise ConfigError(f"budget_usd must be a number from 0 to 1e9, got {v!r:.40}")
+    return float(v)
+
+
 def admin_routes(svc: Service) -> list[Route]:
     def guard(request: Request) -> Response | None:
         master = svc.master_key
@@ -53,7 +61,7 @@ def admin_routes(svc: Service) -> list[Route]:
     async def body(request: Request) -> dict[str, Any]:
         try:
             d = json.loads(await request.body() or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ConfigError("the body is not JSON") from None
         if not isinstance(d, dict):
             raise ConfigError("the body must be a JSON object")
@@ -66,10 +74,14 @@ def admin_routes(svc: Service) -> list[Route]:
         for f in ("rpm", "tpm"):
             if d.get(f) is not None and (not isinstance(d[f], int) or d[f] < 1):
                 raise ConfigError(f"{f} must be an integer >= 1")
-        if d.get("budget_usd") is not None and not (
-            isinstance(d["budget_usd"], int | float) and d["budget_usd"] >= 0
-        ):
-            raise ConfigError("budget_usd must be a number >= 0")
+        if d.get("budget_usd") is not None:
+            _budget(d["budget_usd"])
+        if "period" in d and d["period"] not in ("day", "month", "total"):
+            raise ConfigError("period must be day, month or total")
+        if "name" in d and (not isinstance(d["name"], str) or not d["name"]):
+            raise ConfigError("name must be a non-empty string")
+        if d.get("team") is not None and not isinstance(d["team"], str):
+            raise ConfigError("team must be a string")
         if d.get("models") is not None and not (
             isinstance(d["models"], list) and all(isinstance(m, str) for m in d["models"])
         ):
@@ -119,7 +131,9 @@ def admin_routes(svc: Service) -> list[Route]:
         d = await body(request)
         if set(d) - {"name", "budget_usd", "period"} or not isinstance(d.get("name"), str):
             raise ConfigError("a team is {name, budget_usd, period?}")
-        b = Budget(f"team:{d['name']}", float(d["budget_usd"]), d.get("period", "month"))
+        if d.get("period", "month") not in ("day", "month", "total"):
+            raise ConfigError("period must be day, month or total")
+        b = Budget(f"team:{d['name']}", _budget(d.get("budget_usd")), d.get("period", "month"))
         await svc.state.put_team(b)
         return JSONResponse({"team": d["name"], "budget_usd": b.limit_usd, "period": b.period}, 201)
 

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -93,6 +94,13 @@ def _attempts(e: BaseException) -> list[dict[str, Any]]:
         }
         for a in getattr(e, "attempts", None) or ()
     ]
+
+
+def _billed(e: BaseException | None) -> float:
+    """What a failed request's calls were billed (they may have reached an upstream), for
+    settling its reservation: the known costs of its attempts."""
+    costs = [getattr(a, "cost_usd", None) for a in getattr(e, "attempts", None) or ()]
+    return float(sum(c for c in costs if isinstance(c, int | float)))
 
 
 def http_error(e: SatisficeError) -> HTTPError:
@@ -173,6 +181,8 @@ class Service:
         self.ready = False
         self.in_flight = 0
         self._tasks: list[asyncio.Task[Any]] = []
+        self.unsettled: list[tuple[list[Budget], float, float]] = []
+        self._settling: set[asyncio.Task[Any]] = set()
         self.refresher: Any = None
 
     @property
@@ -188,15 +198,22 @@ class Service:
                 self.router, r.pop("source"), r.pop("location", None), **r
             )
             self.refresher.start()
-        if isinstance(self.health, SharedHealth):
-            self._tasks.append(asyncio.get_running_loop().create_task(self._sync_loop()))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._sync_loop()))
         self.ready = True
 
     async def _sync_loop(self) -> None:
-        assert isinstance(self.health, SharedHealth)
+        """Every 0.2 s: cooldowns from other replicas, and settlements the store missed."""
         while True:
-            with contextlib.suppress(Exception):
-                await self.health.sync()
+            if isinstance(self.health, SharedHealth):
+                with contextlib.suppress(Exception):
+                    await self.health.sync()
+            while self.unsettled:
+                budgets, reserved, actual = self.unsettled[0]
+                try:
+                    await self.state.settle(budgets, reserved, actual)
+                except StateUnavailable:
+                    break
+                self.unsettled.pop(0)
             await asyncio.sleep(0.2)
 
     async def shutdown(self) -> None:
@@ -205,6 +222,8 @@ class Service:
             await self.refresher.stop()
         for t in self._tasks:
             t.cancel()
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
         await self.router.aclose()
         if self.router.ledger is not None:
             self.router.ledger.close()
@@ -243,13 +262,14 @@ class Service:
     def resolve(self, routed: wire.Routed, key: VirtualKey | None) -> dict[str, Any]:
         """`model` as routing options: auto, an alias's constraints, or one model."""
         name = routed.model
-        if key is not None and key.models is not None and name not in key.models:
-            raise HTTPError(
-                403,
-                f"this key may not use {name!r}; it may use {key.models}",
-                "invalid_request_error",
-                "model_not_allowed",
-            )
+        if key is not None and key.models is not None:
+            if name not in key.models:
+                raise HTTPError(403, f"this key may not use {name!r}; it may use {key.models}",
+                                "invalid_request_error", "model_not_allowed")  # fmt: skip
+            if "allow" in routed.options or "deny" in routed.options:
+                raise HTTPError(403, "this key's model list decides which models serve it: "
+                                "remove allow/deny", "invalid_request_error",
+                                "model_not_allowed")  # fmt: skip
         if name == "auto":
             return {}
         if name in self.config.aliases:
@@ -257,26 +277,51 @@ class Service:
         self.router.registry[name]  # UnknownModelError (404) names the known ids
         return {"allow": (name,)}
 
-    def worst_case_usd(self, messages: Any, options: Mapping[str, Any]) -> float:
-        """What the request may cost at most: over the models it may be routed to (primary
-        and fallbacks), its prompt's upper bound and max_tokens (else the model's expected
-        output x 4) at that model's rates. Unpriced: infinite (refused under a budget)."""
+    def worst_case(self, messages: Any, options: Mapping[str, Any]) -> tuple[float, int]:
+        """What the request may cost at most, and the output cap that bound assumes: over
+        the models it may be routed to (primary and fallbacks) and each of their
+        deployments, the prompt's upper bound and max_tokens (else 4x the expected output,
+        which the caller then sends as max_tokens) at those rates, reasoning included.
+        Unpriced: infinite (refused under a budget)."""
         d = self.router.route(messages, {k: v for k, v in options.items() if k in _CONSTRAINT_KEYS})
+        out = int(options.get("max_tokens") or 4 * max(d.tokens_out, 256))
         worst = 0.0
         reg = self.router.registry
         for c in d.candidates:
             if c.model != d.model and c.model not in d.fallbacks:
                 continue
             m = reg[c.model]
-            if m.price is None:
-                return math.inf
-            out = options.get("max_tokens") or min(m.max_output, 4 * max(d.tokens_out, 256))
-            est = (
-                m.price.cost(c.tokens_in, out)
-                + m.reasoning_tokens * (m.price.reasoning or m.price.output) / 1e6
+            for price in [dep.price or m.price for dep in m.deployments] or [m.price]:
+                if price is None:
+                    return math.inf, out
+                rate = max(
+                    [price.reasoning or price.output, *(t.output for t in price.long_context)]
+                )
+                est = (
+                    price.cost(c.tokens_in, min(out, m.max_output))
+                    + m.reasoning_tokens * rate / 1e6
+                    + (price.per_request or 0.0)
+                )
+                worst = max(worst, est)
+        return worst, out
+
+    async def settle(self, budgets: list[Budget], reserved: float, actual: float) -> None:
+        """Settle a reservation; if the store is away, keep it and settle when it is back
+        (the answer was billed: the request does not fail for it)."""
+        try:
+            await self.state.settle(budgets, reserved, actual)
+        except StateUnavailable:
+            self.unsettled.append((budgets, reserved, actual))
+            _log.warning(
+                "budget store unreachable: settlement queued (%d waiting)", len(self.unsettled)
             )
-            worst = max(worst, est)
-        return worst
+
+    def settle_soon(self, budgets: list[Budget], reserved: float, actual: float) -> None:
+        """Settle from a task of its own: for a stream whose client left (its generator is
+        being cancelled, and an await there would be cancelled with it)."""
+        t = asyncio.get_running_loop().create_task(self.settle(budgets, reserved, actual))
+        self._settling.add(t)
+        t.add_done_callback(self._settling.discard)
 
 
 _CONSTRAINT_KEYS = {
@@ -329,7 +374,8 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             meta: dict[str, Any] = {"api": api}
             if key is not None:
                 meta.update(key=key.name, key_id=key.id, team=key.team)
-            if routed.session:
+            if routed.session:  # pins are per key: one caller cannot steer another's
+                routed.session = f"{key.id if key is not None else 'anon'}:{routed.session}"
                 meta["session"] = routed.session
                 pinned = await svc.state.pin(routed.session)
                 if pinned and "allow" not in opts and pinned in svc.router.registry:
@@ -363,7 +409,8 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                     )
             budgets = await svc.budgets_of(key)
             if budgets:
-                worst = svc.worst_case_usd(routed.messages, opts)
+                worst, out_cap = svc.worst_case(routed.messages, opts)
+                opts.setdefault("max_tokens", out_cap)  # the bound holds only if the call does
                 refused = (
                     (budgets[0], 0.0)
                     if math.isinf(worst)
@@ -413,7 +460,7 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             return JSONResponse(he.body(), he.status)
         finally:
             if reserved is not None and not streaming:  # failed before settling: release it
-                await svc.state.settle(reserved[0], reserved[1], 0.0)
+                await svc.settle(reserved[0], reserved[1], _billed(sys.exc_info()[1]))
             svc.in_flight -= 1
 
     async def chat_completions(request: Request) -> Response:
@@ -499,10 +546,10 @@ async def _stream(
     it = s.__aiter__()
     try:
         first = await it.__anext__()
-    except BaseException:
+    except BaseException as e:
         await s.aclose()
         if reserved is not None:
-            await svc.state.settle(reserved[0], reserved[1], 0.0)
+            await svc.settle(reserved[0], reserved[1], _billed(e))
         raise
     sid = uuid.uuid4().hex
     created = wire.now()
@@ -568,9 +615,9 @@ async def _stream(
             he = http_error(e)
             yield wire.sse_data(he.body())  # an explicit error event: never a silent cut
         finally:
+            if reserved is not None:  # first: the awaits below may be cancelled
+                svc.settle_soon(reserved[0], reserved[1], settled)
             await s.aclose()
-            if reserved is not None:
-                await svc.state.settle(reserved[0], reserved[1], settled)
 
     async def anthropic_events() -> AsyncIterator[bytes]:
         settled = 0.0 if reserved is None else reserved[1]
@@ -600,6 +647,16 @@ async def _stream(
                     res = d.result
                     settled = res.total_cost_usd if res.total_cost_usd is not None else settled
                     yield wire.anthropic_event("content_block_stop", {"index": 0})
+                    for i, c in enumerate(res.tool_calls, start=1):
+                        block = {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}
+                        args = {"type": "input_json_delta", "partial_json": c.arguments or "{}"}
+                        yield wire.anthropic_event(
+                            "content_block_start", {"index": i, "content_block": block}
+                        )
+                        yield wire.anthropic_event(
+                            "content_block_delta", {"index": i, "delta": args}
+                        )
+                        yield wire.anthropic_event("content_block_stop", {"index": i})
                     stop = wire._STOP.get(res.finish_reason or "stop", "end_turn")
                     yield wire.anthropic_event(
                         "message_delta",
@@ -621,9 +678,9 @@ async def _stream(
             he = http_error(e)
             yield wire.anthropic_event("error", {"error": {"type": he.kind, "message": he.message}})
         finally:
-            await s.aclose()
             if reserved is not None:
-                await svc.state.settle(reserved[0], reserved[1], settled)
+                svc.settle_soon(reserved[0], reserved[1], settled)
+            await s.aclose()
 
     gen = openai_events() if api == "openai" else anthropic_events()
     return StreamingResponse(

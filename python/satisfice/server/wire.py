@@ -101,9 +101,46 @@ def constraints_from(body: Mapping[str, Any], headers: Mapping[str, str]) -> dic
     return out
 
 
+def _check_call(body: Mapping[str, Any]) -> None:
+    """Types of the call parameters, checked here so none reaches a provider misread."""
+    for k in ("temperature", "top_p"):
+        v = body.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
+                              or v != v or not 0 <= v <= 2):  # fmt: skip
+            raise _bad(f"'{k}' must be a number in [0, 2], got {v!r:.40}")
+    for k in ("max_tokens", "max_completion_tokens"):
+        v = body.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**31):
+            raise _bad(f"'{k}' must be a positive integer, got {v!r:.40}")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise _bad("'stream' must be true or false")
+    stop = body.get("stop", body.get("stop_sequences"))
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(x, str) for x in stop))
+    ):
+        raise _bad("'stop' must be a string or a list of strings")
+    if body.get("tools") is not None and not (
+        isinstance(body["tools"], list) and all(isinstance(t, Mapping) for t in body["tools"])
+    ):
+        raise _bad("'tools' must be a list of tool objects")
+
+
+def session_key(raw: Any) -> str | None:
+    """A session id as stored: its SHA-256 (any string, even lone surrogates, is a valid
+    session; the store sees only hex)."""
+    if raw is None or raw == "":
+        return None
+    import hashlib
+
+    return hashlib.sha256(str(raw).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if not isinstance(body, Mapping):
         raise _bad("the request body must be a JSON object")
+    if "cascade" in body:
+        raise _bad("'cascade' is not offered over HTTP yet: a cascade needs a check of each "
+                   "answer (a validator), which only the Python API takes")  # fmt: skip
     unknown = set(body) - _CALL - _SERVER - _CONSTRAINTS
     if unknown:
         raise _bad(
@@ -112,6 +149,7 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
             f"remove them. Supported: {sorted(_CALL | _SERVER)}, and satisfice constraints "
             f"{sorted(_CONSTRAINTS)}"
         )
+    _check_call(body)
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise _bad("'messages' must be a non-empty array of messages")
@@ -139,11 +177,11 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     return Routed(
         messages=list(msgs),
         model=model,
-        stream=bool(body.get("stream")),
+        stream=body.get("stream") is True,
         include_usage=bool(isinstance(so, Mapping) and so.get("include_usage")),
         options=opts,
         cascade=cascade,
-        session=str(session) if session else None,
+        session=session_key(session),
     )
 
 
@@ -287,8 +325,30 @@ def _to_openai_content(content: Any) -> Any:
 
 
 def anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
+    """Anthropic Messages to one routed request; any shape it cannot read is a 400."""
+    try:
+        return _anthropic_request(body, headers)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise _bad(f"the request is not a valid Messages request ({type(e).__name__}: {e})"
+                   [:300]) from None  # fmt: skip
+
+
+def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if not isinstance(body, Mapping):
         raise _bad("the request body must be a JSON object")
+    if "cascade" in body:
+        raise _bad("'cascade' is not offered over HTTP yet")
+    _check_call(body)
+    system = body.get("system")
+    if system is not None and not (isinstance(system, str) or (
+        isinstance(system, list) and all(isinstance(b, Mapping) for b in system)
+    )):  # fmt: skip
+        raise _bad("'system' must be a string or a list of text blocks")
+    for t in body.get("tools") or ():
+        if not isinstance(t.get("name"), str):
+            raise _bad("each tool needs a string 'name'")
     unknown = set(body) - _ANTHROPIC - _CONSTRAINTS
     if unknown:
         raise _bad(f"unsupported parameter(s) {sorted(unknown)}; remove them")
@@ -327,7 +387,10 @@ def anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if body.get("top_p") is not None:
         extra["top_p"] = body["top_p"]
     if body.get("stop_sequences"):
-        extra["stop"] = list(body["stop_sequences"])
+        stop = body["stop_sequences"]
+        if not isinstance(stop, list):
+            raise _bad("'stop_sequences' must be a list of strings")
+        extra["stop"] = list(stop)
     if body.get("top_k") is not None:
         raise _bad("'top_k' is not supported: not every routed provider has it; remove it")
     if extra:
