@@ -74,3 +74,14 @@ def test_train_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["after"]["brier"] < out["before"]["brier"]
     assert Policy.load(tmp_path / "p.json").quality is not None
+
+
+def test_calibrate_from_ledger(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "l.db"
+    _fill(db)
+    policy = tmp_path / "p.json"
+    code = main(["calibrate", "--from-ledger", str(db), "--target", "top-share:0.2",
+                 "--policy", str(policy), "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["met"] and policy.exists()
+    assert main(["calibrate", "--target", "top-share:0.2", "--policy", str(policy)]) == 2

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import DatasetError
 
-__all__ = ["ledger_outcomes", "score_predictor", "train_from_ledger"]
+__all__ = ["ledger_outcomes", "ledger_prompts", "score_predictor", "train_from_ledger"]
 
 
 def _score(rec: Mapping[str, Any]) -> float | None:
@@ -33,6 +33,18 @@ def _score(rec: Mapping[str, Any]) -> float | None:
         if a.get("model") == rec.get("model") and isinstance(v, Mapping) and "passed" in v:
             return 1.0 if v["passed"] else 0.0
     return None
+
+
+def ledger_prompts(target: str | Path) -> list[str]:
+    """The prompts of every request a ledger recorded with its messages (for `satisfice
+    calibrate --from-ledger`, which re-picks the floor or lambda on real traffic)."""
+    from .eval._outcomes import messages_to_text
+    from .ledger import read_records
+
+    out = [messages_to_text(r["messages"]) for r in read_records(target) if r.get("messages")]
+    if not out:
+        raise DatasetError("the ledger has no recorded prompts: attach it with record_prompts=True")
+    return out
 
 
 def _held_out(rid: str, share: float) -> bool:

@@ -80,8 +80,13 @@ def register_calibrate(sub: Any) -> None:
             "setting that meets --target into the policy JSON."
         ),
     )
-    p.add_argument("--format", required=True, choices=FORMATS, help="format of FILES")
-    p.add_argument("files", nargs="+", metavar="FILES", help="logged prompts (outcome files)")
+    p.add_argument("--format", choices=FORMATS, help="format of FILES")
+    p.add_argument("files", nargs="*", metavar="FILES", help="logged prompts (outcome files)")
+    p.add_argument(
+        "--from-ledger",
+        metavar="LEDGER",
+        help="the prompts a ledger recorded (attach(..., record_prompts=True)) instead of FILES",
+    )
     p.add_argument(
         "--target",
         required=True,
@@ -392,9 +397,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from . import calibrate as C
 
     target = C.parse_target(args.target)
-    data = load(args.format, args.files, keep_missing=True)
+    if args.from_ledger:
+        if args.files:
+            raise SatisficeError("give FILES or --from-ledger, not both")
+        from ..flywheel import ledger_prompts
+
+        prompts = ledger_prompts(args.from_ledger)
+    else:
+        if not args.files or not args.format:
+            raise SatisficeError("give --format and FILES, or --from-ledger LEDGER")
+        prompts = load(args.format, args.files, keep_missing=True).prompts
     result = C.calibrate_files(
-        data.prompts,
+        prompts,
         target,
         policy_path=args.policy,
         knob=args.knob,
