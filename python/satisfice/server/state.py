@@ -266,7 +266,12 @@ class RedisState:
             import redis.asyncio as aioredis
         except ImportError:
             raise ConfigError("the redis state backend needs redis-py: pip install redis") from None
-        self._r = aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        # A blocking pool: under a burst, a request waits (up to 5 s) for one of 128
+        # connections instead of failing as if Redis were down.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=128, timeout=5, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        self._r = aioredis.Redis(connection_pool=pool)
         self._p = prefix
         self._reserve = self._r.register_script(_RESERVE)
         self._settle = self._r.register_script(_SETTLE)
