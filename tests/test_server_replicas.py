@@ -27,6 +27,13 @@ BIG = "word " * 2000  # ~$0.0002 on alpha, up to ~$0.0024 reserved (delta)
 
 @contextlib.contextmanager
 def replica(cfg: Path) -> Iterator[str]:
+    with replica_process(cfg) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def replica_process(cfg: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`satisfice serve` in its own process, ready; yields its URL and the process."""
     port = free_port()
     env = {**os.environ, "SATISFICE_MASTER_KEY": MASTER}
     p = subprocess.Popen(
@@ -45,9 +52,10 @@ def replica(cfg: Path) -> Iterator[str]:
             if p.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"replica did not start: {p.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
             time.sleep(0.05)
-        yield url
+        yield url, p
     finally:
-        p.terminate()
+        if p.poll() is None:
+            p.terminate()
         p.wait(30)
         if p.stderr is not None:
             p.stderr.close()
@@ -165,29 +173,7 @@ def test_sigterm_lets_50_streams_finish(tmp_path: Path) -> None:
         reg.write_text(registry(up.url).to_toml())
         cfg = tmp_path / "satisfice.toml"
         cfg.write_text(f'[registry]\npath = "{reg}"\n[server]\nshutdown_grace_s = 30\n')
-        port = free_port()
-        p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "satisfice.cli",
-                "serve",
-                "--config",
-                str(cfg),
-                "--port",
-                str(port),
-            ],
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                        break
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        with replica_process(cfg) as (url, p):
 
             async def run() -> list[str]:
                 started = asyncio.Event()
@@ -195,11 +181,8 @@ def test_sigterm_lets_50_streams_finish(tmp_path: Path) -> None:
 
                 async def one(c: httpx.AsyncClient) -> str:
                     nonlocal count
-                    body = {
-                        "model": "auto",
-                        "stream": True,
-                        "messages": [{"role": "user", "content": "hi"}],
-                    }
+                    body = {"model": "auto", "stream": True,
+                            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
                     out = ""
                     async with c.stream("POST", url + "/v1/chat/completions", json=body) as r:
                         async for line in r.aiter_lines():
@@ -219,10 +202,6 @@ def test_sigterm_lets_50_streams_finish(tmp_path: Path) -> None:
             outs = asyncio.run(run())
             # uvicorn re-raises the signal after its graceful shutdown: -15 is a clean exit
             assert p.wait(60) in (0, -signal.SIGTERM)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     done = [o for o in outs if o.rstrip().endswith("data: [DONE]")]
     errors = [o for o in outs if '"error"' in o]
     assert len(done) + len(errors) == 50 and len(done) == 50

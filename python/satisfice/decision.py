@@ -290,6 +290,21 @@ class Decision:
                 lines.append(f"  {m:<24} {why}")
         return "\n".join(lines)
 
+    def record(self) -> dict[str, Any]:
+        """The decision as a request record holds it: model, fallbacks, rule, why, and
+        P(good) and estimated USD per candidate considered."""
+        return {
+            "model": self.model,
+            "fallbacks": self.fallbacks,
+            "rule": self.rule,
+            "below_floor": self.below_floor,
+            "reasons": self.reasons(),
+            "candidates": [
+                {"model": c.model, "p_good": round(c.p_good, 4), "est_cost_usd": c.est_cost_usd}
+                for c in self.candidates
+            ],
+        }
+
     def to_dict(self) -> dict[str, Any]:
         c = self.primary
         ref, ref_cost = self.reference

@@ -186,15 +186,7 @@ def failure_record(
     }
     if decision is not None:
         rec["task"] = decision.task
-        rec["decision"] = {
-            "model": decision.model,
-            "fallbacks": decision.fallbacks,
-            "reasons": decision.reasons(),
-            "candidates": [
-                {"model": c.model, "p_good": round(c.p_good, 4), "est_cost_usd": c.est_cost_usd}
-                for c in decision.candidates
-            ],
-        }
+        rec["decision"] = decision.record()
         rec["est_cost_usd"] = decision.est_cost_usd
         billed = [a for a in attempts if getattr(a, "usage", None) is not None]
         if billed and all(a.cost_usd is not None for a in billed):

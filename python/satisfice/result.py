@@ -133,17 +133,7 @@ class ChatResult:
             "metadata": dict(self.metadata),
             "task": d.task,
             "flags": d.flags,
-            "decision": {
-                "model": d.model,
-                "fallbacks": d.fallbacks,
-                "rule": d.rule,
-                "below_floor": d.below_floor,
-                "reasons": d.reasons(),
-                "candidates": [
-                    {"model": c.model, "p_good": round(c.p_good, 4), "est_cost_usd": c.est_cost_usd}
-                    for c in d.candidates
-                ],
-            },
+            "decision": d.record(),
             "model": self.model,
             "deployment": self.deployment,
             "est_tokens_in": d.primary.tokens_in,
