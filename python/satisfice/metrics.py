@@ -17,6 +17,8 @@ from .errors import ConfigError
 
 __all__ = ["Metrics"]
 
+#: Distinct `key` label values; later keys are counted as "other".
+MAX_KEYS = 1000
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
 _OVERHEAD_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
 
@@ -58,11 +60,17 @@ class Metrics:
         self.ledger_dropped = Counter(f"{p}_ledger_dropped", "Records dropped: buffer full",
                                       registry=r)  # fmt: skip
         self._dropped_seen = 0
+        self._keys: set[str] = set()  # label values seen for `key`: bounded (MAX_KEYS)
 
     def observe(self, rec: Mapping[str, Any]) -> None:
         """Count one ledger record."""
         meta = rec.get("metadata") or {}
         key = str(meta.get("key") or "")
+        if key not in self._keys:  # a caller's own keys could be unbounded: cap the labels
+            if len(self._keys) >= MAX_KEYS:
+                key = "other"
+            else:
+                self._keys.add(key)
         task = str(rec.get("task") or "")
         model = str(rec.get("model") or (rec.get("decision") or {}).get("model") or "")
         dep = str(rec.get("deployment") or "")
