@@ -123,6 +123,7 @@ class Decision:
         "_cands",
         "_feedback",
         "_plan",
+        "_reasons",
         "_request_id",
         "constraints",
         "fallbacks",
@@ -138,6 +139,7 @@ class Decision:
         feedback: FeedbackLog | None = None,
     ) -> None:
         self.snapshot = snapshot
+        self._reasons: list[str] | None = None
         self._plan = plan
         self._feedback = feedback
         self._cands: list[Candidate] | None = None
@@ -237,6 +239,13 @@ class Decision:
         return self.primary.est_cost_usd
 
     def reasons(self) -> list[str]:
+        """Why this model, in sentences (made once: a response, its record and its trace
+        all read them)."""
+        if self._reasons is None:
+            self._reasons = self._why()
+        return list(self._reasons)
+
+    def _why(self) -> list[str]:
         c = self.primary
         out = []
         if self.rule is not None and c.by_rule:
