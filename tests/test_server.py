@@ -271,3 +271,26 @@ def test_session_pins_and_switches(served: Any) -> None:
     svc.router.ledger.flush()
     recs = [x for x in read_records(tmp / "l.db") if x["metadata"].get("session") == s2]
     assert "no longer fits" in recs[0]["metadata"]["session_switch"]
+
+
+def test_scheduled_probes_and_latencies_kept_across_a_restart(
+    upstream: LocalUpstream, tmp_path: Path
+) -> None:
+    import time
+
+    reg = tmp_path / "r.toml"
+    reg.write_text(registry(upstream.url).to_toml())
+    health = tmp_path / "health.json"
+    cfg = ServerConfig(registry_path=str(reg), probe_interval_s=0.05, probe_budget_usd=1.0,
+                       health_file=str(health))  # fmt: skip
+    with running(cfg) as (url, app):
+        deadline = time.monotonic() + 30
+        while app.state.service.probe_runs < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert app.state.service.probe_runs >= 1
+    seen = json.loads(health.read_text())["latency"]
+    assert seen and all(v["n_ok"] > 0 for v in seen.values())
+    again = ServerConfig(registry_path=str(reg), health_file=str(health))  # no probes now
+    with running(again) as (url, app):  # a restart remembers what was measured
+        snap = app.state.service.router.health()
+        assert any(d["successes"] for d in snap.values())

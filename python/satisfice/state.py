@@ -299,6 +299,12 @@ class Health:
             raise ConfigError(f"health file {p} is not one Health.save() wrote: {e}") from None
         return h
 
+    def restore(self, other: Health) -> None:
+        """Take the latencies another Health measured (`Health.load`'s result)."""
+        for key, s in other._s.items():
+            mine = self._get(key)
+            mine.lat_mean, mine.lat_var, mine.n_ok, mine.err = s.lat_mean, s.lat_var, s.n_ok, s.err
+
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Every deployment seen so far: state, smoothed latency and error rate, counters."""
         now = self._clock()

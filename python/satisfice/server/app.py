@@ -175,6 +175,8 @@ class Service:
             else MemoryState()
         )
         self.health = SharedHealth(self.state) if self.state.backend == "redis" else Health()
+        if config.health_file:  # latencies measured before a restart
+            self.health.restore(Health.load(config.health_file))
         self.router.configure(health=self.health)
         self.metrics = Metrics()
         self.router.attach(ledger=config.ledger, metrics=self.metrics)
@@ -182,6 +184,7 @@ class Service:
         self.in_flight = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self.unsettled: list[tuple[list[Budget], float, float]] = []
+        self.probe_runs = 0
         self._settling: set[asyncio.Task[Any]] = set()
         self.refresher: Any = None
 
@@ -199,7 +202,26 @@ class Service:
             )
             self.refresher.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._sync_loop()))
+        if self.config.probe_interval_s:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._probe_loop()))
         self.ready = True
+
+    async def _probe_loop(self) -> None:
+        """Probes every `[probe].interval_s`, each run within `[probe].budget_usd` (code
+        probes are never run by the server: they execute model-written code)."""
+        from ..probe import run_probes
+
+        assert self.config.probe_interval_s is not None
+        while True:
+            try:
+                rep = await run_probes(self.router, budget_usd=self.config.probe_budget_usd)
+                self.probe_runs += 1
+                _log.info("probes: %s", rep.to_dict(), extra={"event": "probe_run"})
+                if self.config.health_file:
+                    self.health.save(self.config.health_file)
+            except Exception as e:  # a failed run is logged; the next one comes
+                _log.warning("probe run failed: %s: %s", type(e).__name__, e)
+            await asyncio.sleep(self.config.probe_interval_s)
 
     async def _sync_loop(self) -> None:
         """Every 0.2 s: cooldowns from other replicas, and settlements the store missed."""
@@ -222,6 +244,9 @@ class Service:
             await self.refresher.stop()
         for t in self._tasks:
             t.cancel()
+        if self.config.health_file:
+            with contextlib.suppress(OSError):
+                self.health.save(self.config.health_file)
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
         await self.router.aclose()

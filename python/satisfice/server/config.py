@@ -81,6 +81,9 @@ class ServerConfig:
     state_backend: str = "memory"
     redis_url: str | None = None
     ledger: str | None = None
+    probe_interval_s: float | None = None
+    probe_budget_usd: float | None = None
+    health_file: str | None = None
 
     def __post_init__(self) -> None:
         for name, c in self.aliases.items():
@@ -114,12 +117,13 @@ class ServerConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base: Path | None = None) -> ServerConfig:
-        bad = set(d) - {"server", "registry", "policy", "aliases", "state", "ledger"}
+        bad = set(d) - {"server", "registry", "policy", "aliases", "state", "ledger", "probe"}
         if bad:
             raise ConfigError(
                 f"unknown table(s) {sorted(bad)}; known: server, registry, policy, aliases, "
-                "state, ledger"
+                "state, ledger, probe"
             )
+        probe = _table(d, "probe", {"interval_s", "budget_usd", "health_file"})
         srv = _table(
             d,
             "server",
@@ -189,7 +193,12 @@ class ServerConfig:
             state_backend=str(state.get("backend", "memory")),
             redis_url=state.get("redis_url"),
             ledger=rel(led.get("target"), "[ledger].target"),
-        )
+            probe_interval_s=None if "interval_s" not in probe
+            else _num(probe["interval_s"], "[probe].interval_s"),
+            probe_budget_usd=None if "budget_usd" not in probe
+            else _num(probe["budget_usd"], "[probe].budget_usd"),
+            health_file=rel(probe.get("health_file"), "[probe].health_file"),
+        )  # fmt: skip
 
     @classmethod
     def load(cls, path: str | Path | None) -> ServerConfig:
