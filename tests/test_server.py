@@ -283,7 +283,7 @@ def test_scheduled_probes_and_latencies_kept_across_a_restart(
     health = tmp_path / "health.json"
     cfg = ServerConfig(registry_path=str(reg), probe_interval_s=0.05, probe_budget_usd=1.0,
                        health_file=str(health))  # fmt: skip
-    with running(cfg) as (url, app):
+    with running(cfg) as (_, app):
         deadline = time.monotonic() + 30
         while app.state.service.probe_runs < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -291,6 +291,6 @@ def test_scheduled_probes_and_latencies_kept_across_a_restart(
     seen = json.loads(health.read_text())["latency"]
     assert seen and all(v["n_ok"] > 0 for v in seen.values())
     again = ServerConfig(registry_path=str(reg), health_file=str(health))  # no probes now
-    with running(again) as (url, app):  # a restart remembers what was measured
+    with running(again) as (_, app):  # a restart remembers what was measured
         snap = app.state.service.router.health()
         assert any(d["successes"] for d in snap.values())
