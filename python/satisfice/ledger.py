@@ -493,7 +493,7 @@ class Ledger:
         deadline = time.monotonic() + timeout
         with self._cv:
             self._cv.notify()
-        while self.acked < target - 0 and time.monotonic() < deadline:
+        while self.acked < target and time.monotonic() < deadline:
             if not self._thread.is_alive():
                 return False
             time.sleep(0.002)

@@ -160,16 +160,20 @@ def _worst_price(m: ModelSpec) -> Price | None:
     return max(prices, key=lambda p: (p.input + p.output, p.per_request or 0.0))  # type: ignore[union-attr]
 
 
+def reasoning_usd(m: ModelSpec, p: Price) -> float:
+    """USD of an effort variant's expected reasoning tokens, at the highest output-side rate
+    any of its tiers bills them at (the table holds one tier; billing applies each exactly)."""
+    base = p.reasoning if p.reasoning is not None else p.output
+    rate = max([base, *(t.output * base / p.output if p.output else t.output
+                        for t in p.long_context)])  # fmt: skip
+    return m.reasoning_tokens * rate / 1e6
+
+
 def _fee(m: ModelSpec, p: Price | None) -> float:
-    """USD a call costs beyond its prompt and answer: the per-request fee, and for an
-    effort variant its expected reasoning tokens, at the highest output-side rate any tier
-    bills them at (the table holds one tier; billing applies each exactly)."""
+    """USD a call costs beyond its prompt and answer: the per-request fee and reasoning."""
     if p is None:
         return 0.0
-    rate = max([p.reasoning if p.reasoning is not None else p.output,
-                *(t.output * (p.reasoning or p.output) / p.output if p.output else t.output
-                  for t in p.long_context)])  # fmt: skip
-    return (p.per_request or 0.0) + m.reasoning_tokens * rate / 1e6
+    return (p.per_request or 0.0) + reasoning_usd(m, p)
 
 
 @dataclass(frozen=True)

@@ -287,7 +287,13 @@ class Router:
         from .ledger import Ledger
         from .record import Recorder
 
-        self._owns_ledger = ledger is not None and not isinstance(ledger, Ledger)
+        if self._rec is not None and self._rec.ledger is not None:  # attached again
+            if self._owns_ledger:
+                self._rec.ledger.close()
+            else:
+                self._rec.ledger.flush()
+        # a ledger made here (from a path, or for metrics alone) is the router's to close
+        self._owns_ledger = not isinstance(ledger, Ledger)
         if ledger is not None and not isinstance(ledger, Ledger):
             ledger = Ledger.open(ledger)
         self._rec = Recorder(

@@ -491,11 +491,10 @@ class Diff:
         return bad
 
     def render(self) -> str:
-        real = [c for c in self.changes if c.what != "unlisted"]
-        if not real and not self.changes:
+        if not self.changes:
             return "no changes"
-        lines = [str(c) for c in self.changes]
-        return "\n".join(lines) + f"\n{len(real)} change(s)"
+        real = sum(1 for c in self.changes if c.what != "unlisted")
+        return "\n".join(map(str, self.changes)) + f"\n{real} change(s)"
 
 
 def _price_changes(model: str, where: str, old: Price | None, new: Price | None) -> list[Change]:

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..decision import Decision
 from ..errors import (
     AllAttemptsFailedError,
     AuthError,
@@ -42,7 +43,7 @@ from ..errors import (
     UpstreamTimeoutError,
 )
 from ..metrics import Metrics
-from ..policy import Policy
+from ..policy import Policy, reasoning_usd
 from ..registry import Registry
 from ..router import Router
 from ..state import Health
@@ -302,14 +303,13 @@ class Service:
         self.router.registry[name]  # UnknownModelError (404) names the known ids
         return {"allow": (name,)}
 
-    def worst_case(self, messages: Any, options: Mapping[str, Any]) -> tuple[float, int]:
-        """What the request may cost at most, and the output cap that bound assumes: over
-        the models it may be routed to (primary and fallbacks) and each of their
-        deployments, the prompt's upper bound and max_tokens (else 4x the expected output,
-        which the caller then sends as max_tokens) at those rates, reasoning included.
-        Unpriced: infinite (refused under a budget)."""
-        d = self.router.route(messages, {k: v for k, v in options.items() if k in _CONSTRAINT_KEYS})
-        out = int(options.get("max_tokens") or 4 * max(d.tokens_out, 256))
+    def worst_case(self, d: Decision, max_tokens: int | None) -> tuple[float, int]:
+        """What the request routed as `d` may cost at most, and the output cap that bound
+        assumes: over the models it may go to (primary and fallbacks) and each of their
+        deployments, the prompt's upper bound and `max_tokens` (else 4x the expected output,
+        which the caller then sends as max_tokens) at those rates, fees and reasoning
+        included. Unpriced: infinite (refused under a budget)."""
+        out = int(max_tokens or 4 * max(d.tokens_out, 256))
         worst = 0.0
         reg = self.router.registry
         for c in d.candidates:
@@ -319,14 +319,7 @@ class Service:
             for price in [dep.price or m.price for dep in m.deployments] or [m.price]:
                 if price is None:
                     return math.inf, out
-                rate = max(
-                    [price.reasoning or price.output, *(t.output for t in price.long_context)]
-                )
-                est = (
-                    price.cost(c.tokens_in, min(out, m.max_output))
-                    + m.reasoning_tokens * rate / 1e6
-                    + (price.per_request or 0.0)
-                )
+                est = price.cost(c.tokens_in, min(out, m.max_output)) + reasoning_usd(m, price)
                 worst = max(worst, est)
         return worst, out
 
@@ -399,28 +392,26 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             meta: dict[str, Any] = {"api": api}
             if key is not None:
                 meta.update(key=key.name, key_id=key.id, team=key.team)
+            constraints = {k: v for k, v in opts.items() if k in _CONSTRAINT_KEYS}
             if routed.session:  # pins are per key: one caller cannot steer another's
                 routed.session = f"{key.id if key is not None else 'anon'}:{routed.session}"
                 meta["session"] = routed.session
                 pinned = await svc.state.pin(routed.session)
                 if pinned and "allow" not in opts and pinned in svc.router.registry:
                     try:
-                        svc.router.route(
-                            routed.messages,
-                            {
-                                **{k: v for k, v in opts.items() if k in _CONSTRAINT_KEYS},
-                                "allow": (pinned,),
-                            },
-                        )
-                        opts["allow"] = (pinned,)
+                        svc.router.route(routed.messages, {**constraints, "allow": (pinned,)})
+                        opts["allow"] = constraints["allow"] = (pinned,)
                         meta["session_pin"] = pinned
                     except NoRouteError as e:
                         meta["session_switch"] = f"{pinned} no longer fits: {e}"[:300]
             opts["metadata"] = meta
-            if key is not None and (key.rpm is not None or key.tpm is not None):
-                d = svc.router.route(
-                    routed.messages, {k: v for k, v in opts.items() if k in _CONSTRAINT_KEYS}
-                )
+            budgets = await svc.budgets_of(key)
+            limited = key is not None and (key.rpm is not None or key.tpm is not None)
+            # one decision for the rate limit's tokens and the budget's bound (chat() routes
+            # again, on the snapshot current when it runs)
+            d = svc.router.route(routed.messages, constraints) if limited or budgets else None
+            if limited:
+                assert key is not None and d is not None
                 wait = await svc.state.hit(key.id, key.rpm, key.tpm, d.primary.tokens_in)
                 if wait is not None:
                     svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
@@ -432,9 +423,9 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                         "rate_limit_exceeded",
                         {"retry-after": str(math.ceil(wait))},
                     )
-            budgets = await svc.budgets_of(key)
             if budgets:
-                worst, out_cap = svc.worst_case(routed.messages, opts)
+                assert d is not None
+                worst, out_cap = svc.worst_case(d, opts.get("max_tokens"))
                 opts.setdefault("max_tokens", out_cap)  # the bound holds only if the call does
                 refused = (
                     (budgets[0], 0.0)
@@ -463,17 +454,12 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             if routed.stream:
                 streaming = True
                 return await _stream(svc, routed, opts, api, reserved)
-            if routed.cascade:
-                res = await svc.router.chat(routed.messages, cascade=True, **opts)
-            else:
-                res = await svc.router.chat(routed.messages, **opts)
+            res = await svc.router.chat(routed.messages, **opts)
             if reserved is not None:
-                await svc.state.settle(
-                    reserved[0],
-                    reserved[1],
-                    res.total_cost_usd if res.total_cost_usd is not None else reserved[1],
-                )
-                reserved = None
+                budgets, held = reserved
+                reserved = None  # settled here, or queued by settle(): not again in finally
+                cost = res.total_cost_usd
+                await svc.settle(budgets, held, cost if cost is not None else held)
             if routed.session:
                 await svc.state.set_pin(routed.session, res.model)
             out = wire.openai_response(res) if api == "openai" else wire.anthropic_response(res)

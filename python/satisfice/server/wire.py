@@ -51,7 +51,6 @@ _CONSTRAINTS = {
     "needs",
     "lam",
     "strict_floor",
-    "cascade",
     "allow",
     "deny",
     "timeout",
@@ -79,7 +78,6 @@ class Routed:
     stream: bool = False
     include_usage: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # chat()/stream() options
-    cascade: bool = False
     session: str | None = None
 
 
@@ -169,9 +167,7 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     extra = {k: body[k] for k in ("stop", "top_p") if body.get(k) is not None}
     if extra:
         opts["extra"] = extra
-    c = constraints_from(body, headers)
-    cascade = bool(c.pop("cascade", False))
-    opts.update(c)
+    opts.update(constraints_from(body, headers))
     so = body.get("stream_options") or {}
     session = headers.get("x-satisfice-session") or body.get("prompt_cache_key") or body.get("user")
     return Routed(
@@ -180,7 +176,6 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
         stream=body.get("stream") is True,
         include_usage=bool(isinstance(so, Mapping) and so.get("include_usage")),
         options=opts,
-        cascade=cascade,
         session=session_key(session),
     )
 
@@ -420,20 +415,10 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
             if kind == "none"
             else "auto"
         )
-    c = constraints_from(body, headers)
-    cascade = bool(c.pop("cascade", False))
-    opts.update(c)
+    opts.update(constraints_from(body, headers))
     meta = body["metadata"] if isinstance(body.get("metadata"), Mapping) else {}
     session = headers.get("x-satisfice-session") or meta.get("user_id")
-    return Routed(
-        msgs,
-        model,
-        bool(body.get("stream")),
-        False,
-        opts,
-        cascade,
-        str(session) if session else None,
-    )
+    return Routed(msgs, model, body.get("stream") is True, False, opts, session_key(session))
 
 
 def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
