@@ -6,6 +6,7 @@ use crate::features::{self, FeaturizerConfig, Message, PromptInfo, Task};
 use crate::tokens::{self, Family};
 use crate::CoreError;
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 /// Capability bits (`needs=["json", "tools"]`).
 pub mod cap {
@@ -35,8 +36,6 @@ pub struct ModelRow {
     /// NaN = unknown (then a latency SLO cannot be checked and the model is dropped under one).
     pub p95_ms: f64,
     pub family: Family,
-    pub bias: f32,
-    pub ability: Vec<f32>,
     pub disabled: bool,
     /// Prompt tokens above which `long_in`/`long_out` apply (infinity: no such tier).
     pub long_above: f64,
@@ -140,8 +139,10 @@ impl Predictor {
         z
     }
 
-    pub fn p_good(&self, latent: &[f32], bias: f32, ability: &[f32]) -> f32 {
+    /// `params`: one model's `[bias, ability_0..ability_{k-1}]`.
+    pub fn p_good(&self, latent: &[f32], params: &[f32]) -> f32 {
         let (e, d) = latent.split_at(self.k);
+        let (bias, ability) = (params[0], &params[1..]);
         let logit = bias + ability.iter().zip(e).map(|(a, b)| a * b).sum::<f32>() - d[0];
         1.0 / (1.0 + (-logit).exp())
     }
@@ -304,8 +305,11 @@ pub struct Candidate {
 
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// Ranked: primary first, then fallbacks.
+    /// Ranked: primary first, then fallbacks; only the first `sorted` are in final order
+    /// (`ranked` orders them all).
     pub candidates: Vec<Candidate>,
+    pub sorted: usize,
+    pub ranking: Ranking,
     pub filtered: Vec<(usize, Filtered)>,
     pub rule: Option<usize>,
     /// No model met the floor: candidates are ranked by P(good) instead and say so.
@@ -314,6 +318,19 @@ pub struct Plan {
     pub info: PromptInfo,
     /// The predictor's `[e(x), d(x)]` for this prompt (what feedback updates are made with).
     pub latent: Vec<f32>,
+}
+
+impl Plan {
+    /// Every candidate in rank order (the tail beyond `sorted` is ordered here, on read).
+    pub fn ranked(&self) -> std::borrow::Cow<'_, [Candidate]> {
+        if self.sorted >= self.candidates.len() {
+            return std::borrow::Cow::Borrowed(&self.candidates);
+        }
+        let mut all = self.candidates.clone();
+        let below = self.below_floor;
+        all[self.sorted..].sort_unstable_by_key(|c| self.ranking.cand_key(below, c));
+        std::borrow::Cow::Owned(all)
+    }
 }
 
 /// How the candidates that passed the filters are ordered: the one ranking that `plan`
@@ -327,6 +344,36 @@ pub enum Ranking {
     Lambda(f64),
 }
 
+/// How many leading candidates `plan` puts in order: a request reads its primary and
+/// fallbacks, so with hundreds of models a full sort would be most of the route's cost.
+/// The rest are ordered only when read (`Plan::ranked`).
+pub const HEAD: usize = 32;
+
+/// Put the `HEAD` candidates with the smallest keys first, in order (the rest after them,
+/// unordered); returns how many are in order. Keys are unique (they end with the row), so
+/// the result is the full sort's prefix. Keys are computed once per candidate: comparing
+/// integers is what makes selecting among thousands of models cheap.
+fn sort_head<K: Ord + Copy>(v: &mut Vec<Candidate>, key: impl Fn(&Candidate) -> K) -> usize {
+    let mut keyed: Vec<(K, usize)> = v.iter().enumerate().map(|(i, c)| (key(c), i)).collect();
+    let n = if keyed.len() > HEAD {
+        keyed.select_nth_unstable(HEAD - 1);
+        keyed[..HEAD].sort_unstable();
+        HEAD
+    } else {
+        keyed.sort_unstable();
+        keyed.len()
+    };
+    let mut slots: Vec<Option<Candidate>> = v.drain(..).map(Some).collect();
+    v.extend(keyed.iter().filter_map(|&(_, i)| slots[i].take()));
+    n
+}
+
+/// `f64::total_cmp`'s order as an unsigned integer (the same bit trick it uses).
+fn ord(x: f64) -> u64 {
+    let b = x.to_bits() as i64;
+    ((b ^ (((b >> 63) as u64) >> 1) as i64) as u64) ^ (1 << 63)
+}
+
 /// Unpriced models sort after every priced one: their cost is unknown, not zero.
 fn cost_key(cost: f64) -> f64 {
     if cost.is_nan() {
@@ -337,21 +384,18 @@ fn cost_key(cost: f64) -> f64 {
 }
 
 impl Ranking {
+    /// The sort key of a candidate that passed, (p_good, est_cost, row): smaller first.
+    fn key(self, p: f64, cost: f64, row: usize) -> (u64, u64, usize) {
+        let c = cost_key(cost);
+        match self {
+            Ranking::Lambda(lam) if lam.is_finite() => (!ord(p - lam * c.min(1e12)), ord(c), row),
+            _ => (ord(c), !ord(p), row),
+        }
+    }
+
     /// `a` before `b`? (p_good, est_cost, row) of two candidates that both passed.
     fn cmp(self, a: (f64, f64, usize), b: (f64, f64, usize)) -> Ordering {
-        let (ca, cb) = (cost_key(a.1), cost_key(b.1));
-        let by_cost = || ca.total_cmp(&cb).then(b.0.total_cmp(&a.0));
-        match self {
-            Ranking::Lambda(lam) if lam.is_infinite() => by_cost(),
-            Ranking::Lambda(lam) => {
-                let score = |p: f64, c: f64| p - lam * c.min(1e12);
-                score(b.0, cb)
-                    .total_cmp(&score(a.0, ca))
-                    .then(ca.total_cmp(&cb))
-            }
-            Ranking::Floor(_) => by_cost(),
-        }
-        .then(a.2.cmp(&b.2))
+        self.key(a.0, a.1, a.2).cmp(&self.key(b.0, b.1, b.2))
     }
 
     fn passes(self, p: f64) -> bool {
@@ -361,22 +405,31 @@ impl Ranking {
         }
     }
 
-    /// Sort `cands` in place. Under a floor, those below it are removed and returned, unless
-    /// nothing else is left (and no rule chose a model): then all are kept, ordered by
-    /// P(good), and the first value is true ("below floor").
-    fn order(self, cands: &mut Vec<Candidate>, rule_chose: bool) -> (bool, Vec<Candidate>) {
-        let key = |c: &Candidate| (c.p_good as f64, c.est_cost, c.row);
+    /// The candidate order `plan` serves: by this ranking, or, when nothing reached the
+    /// floor (`below_floor`), by P(good).
+    fn cand_key(self, below_floor: bool, c: &Candidate) -> (u64, u64, usize) {
+        if below_floor {
+            (!ord(c.p_good as f64), 0, c.row)
+        } else {
+            self.key(c.p_good as f64, c.est_cost, c.row)
+        }
+    }
+
+    /// Order `cands` as far as a request reads them (see `sort_head`). Under a floor, those
+    /// below it are removed and returned, unless nothing else is left (and no rule chose a
+    /// model): then all are kept, ordered by P(good), and the first value is true ("below
+    /// floor"). The second is how many leading candidates are in their final order.
+    fn order(self, cands: &mut Vec<Candidate>, rule_chose: bool) -> (bool, usize, Vec<Candidate>) {
         let (ok, below): (Vec<_>, Vec<_>) =
             cands.drain(..).partition(|c| self.passes(c.p_good as f64));
         *cands = ok;
-        cands.sort_by(|a, b| self.cmp(key(a), key(b)));
-        let mut below = below;
-        below.sort_by(|a, b| b.p_good.total_cmp(&a.p_good).then(a.row.cmp(&b.row)));
         if cands.is_empty() && !rule_chose && !below.is_empty() {
             *cands = below;
-            return (true, Vec::new());
+            let n = sort_head(cands, |c| self.cand_key(true, c));
+            return (true, n, Vec::new());
         }
-        (false, below)
+        let n = sort_head(cands, |c| self.cand_key(false, c));
+        (false, n, below)
     }
 
     /// The primary among one prompt's models: `p[j]` is P(good), `cost[j]` the estimated USD
@@ -394,11 +447,16 @@ impl Ranking {
     }
 }
 
+/// The compiled routing table. What feedback changes (each model's learned parameters) is
+/// one flat vector; the rest is shared between a table and the copies `with_model` makes,
+/// so a feedback update copies `rows * (k+1)` floats, not the rows, rules and predictor.
 #[derive(Clone)]
 pub struct DispatchTable {
-    pub rows: Vec<ModelRow>,
-    pub predictor: Predictor,
-    pub rules: Vec<Rule>,
+    pub rows: Arc<[ModelRow]>,
+    /// Per row, `[bias, ability_0..ability_{k-1}]` (stride k+1), row-major.
+    pub params: Vec<f32>,
+    pub predictor: Arc<Predictor>,
+    pub rules: Arc<[Rule]>,
     pub featurizer: FeaturizerConfig,
     /// Expected completion tokens per task when the caller gives no max_tokens.
     pub expected_out: [u32; 8],
@@ -440,6 +498,7 @@ impl Counter<'_> {
 impl DispatchTable {
     pub fn new(
         rows: Vec<ModelRow>,
+        params: Vec<f32>,
         predictor: Predictor,
         rules: Vec<Rule>,
         featurizer: FeaturizerConfig,
@@ -456,15 +515,20 @@ impl DispatchTable {
                 featurizer.dim()
             )));
         }
-        for r in &rows {
-            if r.ability.len() != predictor.k {
-                return Err(CoreError::Config(format!(
-                    "model {:?} has {} ability values, the predictor needs {}",
-                    r.id,
-                    r.ability.len(),
-                    predictor.k
-                )));
-            }
+        let stride = predictor.k + 1;
+        if params.len() != rows.len() * stride {
+            return Err(CoreError::Config(format!(
+                "{} model parameters for {} models: each needs a bias and {} ability values",
+                params.len(),
+                rows.len(),
+                predictor.k
+            )));
+        }
+        if let Some(i) = params.iter().position(|v| !v.is_finite()) {
+            return Err(CoreError::Config(format!(
+                "model {:?}: its bias and ability values must be finite",
+                rows[i / stride].id
+            )));
         }
         for rule in &rules {
             if let Some(&bad) = rule.models.iter().find(|&&i| i >= rows.len()) {
@@ -476,9 +540,10 @@ impl DispatchTable {
             }
         }
         Ok(Self {
-            rows,
-            predictor,
-            rules,
+            rows: rows.into(),
+            params,
+            predictor: Arc::new(predictor),
+            rules: rules.into(),
             featurizer,
             expected_out,
         })
@@ -503,8 +568,9 @@ impl DispatchTable {
             )));
         }
         let mut t = self.clone();
-        t.rows[row].bias = bias;
-        t.rows[row].ability = ability;
+        let k1 = self.predictor.k + 1;
+        t.params[row * k1] = bias;
+        t.params[row * k1 + 1..(row + 1) * k1].copy_from_slice(&ability);
         Ok(t)
     }
 
@@ -565,6 +631,7 @@ impl DispatchTable {
         };
         let mut by_family: [Option<(f64, f64, f64)>; Family::ALL.len()] = [None; Family::ALL.len()];
         let mut passing: Vec<Candidate> = Vec::with_capacity(self.rows.len());
+        let k1 = self.predictor.k + 1;
         let mut filtered = Vec::new();
         for (i, r) in self.rows.iter().enumerate() {
             let reason = 'check: {
@@ -702,7 +769,9 @@ impl DispatchTable {
             }
             passing.push(Candidate {
                 row: i,
-                p_good: self.predictor.p_good(&latent, r.bias, &r.ability),
+                p_good: self
+                    .predictor
+                    .p_good(&latent, &self.params[i * k1..(i + 1) * k1]),
                 est_cost: cost,
                 tokens_in: t_in.round() as u32,
                 tokens_in_exact: is_exact,
@@ -727,7 +796,7 @@ impl DispatchTable {
             None => Ranking::Floor(c.quality_floor as f64),
         };
         let by_rule = ranked.len();
-        let (below_floor, dropped) = ranking.order(&mut passing, by_rule > 0);
+        let (below_floor, sorted, dropped) = ranking.order(&mut passing, by_rule > 0);
         for cnd in dropped {
             filtered.push((
                 cnd.row,
@@ -740,6 +809,8 @@ impl DispatchTable {
         ranked.extend(passing);
         Plan {
             candidates: ranked,
+            sorted: by_rule + sorted,
+            ranking,
             filtered,
             rule,
             below_floor,
@@ -755,8 +826,9 @@ mod tests {
     use super::*;
     use crate::features::DEFAULT_BUCKETS;
 
-    fn row(id: &str, pin: f64, pout: f64, bias: f32) -> ModelRow {
-        ModelRow {
+    /// A row and its bias (one ability, 0).
+    fn row(id: &str, pin: f64, pout: f64, bias: f32) -> (ModelRow, f32) {
+        let r = ModelRow {
             id: id.into(),
             price_in: pin,
             price_out: pout,
@@ -765,23 +837,24 @@ mod tests {
             caps: 0,
             p95_ms: 1000.0,
             family: Family::O200k,
-            bias,
-            ability: vec![0.0],
             disabled: false,
             long_above: f64::INFINITY,
             long_in: f64::NAN,
             long_out: f64::NAN,
             fee: 0.0,
-        }
+        };
+        (r, bias)
     }
 
-    fn table(rows: Vec<ModelRow>, rules: Vec<Rule>) -> DispatchTable {
+    fn table(rows: Vec<(ModelRow, f32)>, rules: Vec<Rule>) -> DispatchTable {
         let cfg = FeaturizerConfig {
             hash_buckets: DEFAULT_BUCKETS,
             ..Default::default()
         };
         let p = Predictor::new(cfg.dim(), 1, vec![0.0; cfg.dim() * 2], vec![0.0, 0.0]).unwrap();
-        DispatchTable::new(rows, p, rules, cfg, [256; 8]).unwrap()
+        let params = rows.iter().flat_map(|&(_, bias)| [bias, 0.0]).collect();
+        let rows = rows.into_iter().map(|(r, _)| r).collect();
+        DispatchTable::new(rows, params, p, rules, cfg, [256; 8]).unwrap()
     }
 
     fn msg(s: &str) -> Vec<Message> {
@@ -789,6 +862,41 @@ mod tests {
             role: "user".into(),
             content: s.into(),
         }]
+    }
+
+    #[test]
+    fn head_is_the_full_sorts_prefix() {
+        // 300 rows with repeated prices and biases (ties), some unpriced: the partly sorted
+        // plan must read, in full and as a head, exactly as a full sort would.
+        let rows: Vec<(ModelRow, f32)> = (0..300)
+            .map(|i| {
+                let price = if i % 17 == 0 {
+                    f64::NAN
+                } else {
+                    (i % 23) as f64 * 0.1
+                };
+                row(&format!("m{i}"), price, price * 3.0, (i % 7) as f32 - 3.0)
+            })
+            .collect();
+        let t = table(rows, vec![]);
+        for (floor, lambda) in [(0.0, None), (0.6, None), (0.99, None), (0.0, Some(50.0))] {
+            let c = Constraints {
+                quality_floor: floor,
+                lambda,
+                ..Default::default()
+            };
+            let plan = t.plan(&msg("what is two plus two?"), &c);
+            let ranked = plan.ranked();
+            let mut full = plan.candidates.clone();
+            full.sort_by_key(|c| plan.ranking.cand_key(plan.below_floor, c));
+            let rows = |v: &[Candidate]| v.iter().map(|c| c.row).collect::<Vec<_>>();
+            assert_eq!(rows(&ranked), rows(&full));
+            assert!(plan.sorted >= HEAD.min(full.len()));
+            assert_eq!(
+                rows(&plan.candidates[..plan.sorted]),
+                rows(&full[..plan.sorted])
+            );
+        }
     }
 
     #[test]
@@ -836,7 +944,7 @@ mod tests {
     #[test]
     fn context_window_uses_exact_count_when_close() {
         let mut r = row("tiny", 1.0, 1.0, 0.0);
-        r.context_window = 300;
+        r.0.context_window = 300;
         let t = table(vec![r], vec![]);
         let c = Constraints {
             max_output_tokens: Some(10),
@@ -896,7 +1004,7 @@ mod tests {
             row("free?", f64::NAN, f64::NAN, 2.0),
             row("twin", 1.0, 2.0, 1.0),
         ];
-        rows[0].context_window = 50;
+        rows[0].0.context_window = 50;
         let t = table(rows, vec![rule]);
         let prompts: Vec<Vec<Message>> =
             ["hi", "write a python function", &"long text ".repeat(40)]
@@ -953,7 +1061,7 @@ mod tests {
         assert_eq!(t.rows[t.plan(&msg("hi"), &c).candidates[0].row].id, "b");
         let t2 = t.with_model(0, 3.0, vec![0.0]).unwrap();
         assert_eq!(t2.rows[t2.plan(&msg("hi"), &c).candidates[0].row].id, "a");
-        assert_eq!(t.rows[0].bias, -3.0);
+        assert_eq!(t.params[0], -3.0); // the original is unchanged
         assert!(t.with_model(0, f32::NAN, vec![0.0]).is_err());
         assert!(t.with_model(5, 0.0, vec![0.0]).is_err());
     }

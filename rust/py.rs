@@ -576,7 +576,7 @@ impl PyDispatchTable {
     #[allow(clippy::too_many_arguments)]
     fn new(
         rows: Vec<RowSpec>,
-        weights: PyReadonlyArray1<'_, f32>,
+        weights: Vec<f32>,
         intercept: Vec<f32>,
         k: usize,
         rules: Vec<RuleSpec>,
@@ -586,7 +586,18 @@ impl PyDispatchTable {
     ) -> PyResult<Self> {
         let cfg = make_config(hash_buckets, seed)?;
         let mut model_rows = Vec::with_capacity(rows.len());
+        let mut params = Vec::with_capacity(rows.len() * (k + 1));
         for r in rows {
+            if r.ability.len() != k {
+                return Err(CoreError::Config(format!(
+                    "model {:?} has {} ability values, the predictor needs {k}",
+                    r.id,
+                    r.ability.len()
+                ))
+                .into());
+            }
+            params.push(r.bias);
+            params.extend_from_slice(&r.ability);
             let id = r.id;
             let caps = caps_of(&r.capabilities, &format!("model {id:?}"))?;
             let family = family(&r.tokenizer)
@@ -600,8 +611,6 @@ impl PyDispatchTable {
                 caps,
                 p95_ms: r.p95_ms,
                 family,
-                bias: r.bias,
-                ability: r.ability,
                 disabled: r.disabled,
                 long_above: r.long_above,
                 long_in: r.long_in,
@@ -647,9 +656,9 @@ impl PyDispatchTable {
                 models,
             });
         }
-        let predictor = Predictor::new(cfg.dim(), k, weights.as_slice()?.to_vec(), intercept)?;
+        let predictor = Predictor::new(cfg.dim(), k, weights, intercept)?;
         Ok(Self {
-            table: DispatchTable::new(model_rows, predictor, compiled, cfg, expected_out)?,
+            table: DispatchTable::new(model_rows, params, predictor, compiled, cfg, expected_out)?,
         })
     }
 
@@ -760,7 +769,7 @@ impl PyPlan {
     #[getter]
     fn candidates(&self) -> Vec<(usize, f32, f64, u32, bool, bool)> {
         self.plan
-            .candidates
+            .ranked()
             .iter()
             .map(|c| {
                 (
@@ -776,7 +785,13 @@ impl PyPlan {
     }
     /// Row indices of the first `n` candidates (primary, then fallbacks): the hot path's read.
     fn head(&self, n: usize) -> Vec<usize> {
-        self.plan.candidates.iter().take(n).map(|c| c.row).collect()
+        if n <= self.plan.sorted {
+            return self.plan.candidates[..n.min(self.plan.candidates.len())]
+                .iter()
+                .map(|c| c.row)
+                .collect();
+        }
+        self.plan.ranked().iter().take(n).map(|c| c.row).collect()
     }
     fn __len__(&self) -> usize {
         self.plan.candidates.len()

@@ -100,7 +100,7 @@ class DispatchTable:
     def __new__(
         cls,
         rows: Sequence[ModelRowSpec],
-        weights: npt.NDArray[np.float32],
+        weights: Sequence[float],
         intercept: Sequence[float],
         k: int,
         rules: Sequence[RuleSpec],

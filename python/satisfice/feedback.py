@@ -25,17 +25,20 @@ public benchmark score counts as `prior_evidence` observations.
 
 from __future__ import annotations
 
+import math
+import os
 import threading
-import uuid
 from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, InputError
-from .predict import ModelParams, QualityModel, sigmoid
+from .predict import ModelParams, QualityModel
+
+if TYPE_CHECKING:  # the update's maths import numpy; remembering decisions does not
+    import numpy as np
 
 __all__ = [
     "AbilityBelief",
@@ -58,7 +61,11 @@ _DEFAULT_WEIGHT = 0.2
 
 
 def _sigmoid(z: float) -> float:
-    return float(sigmoid(z))
+    """1 / (1 + e^-z) for a scalar, without overflow."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
 
 
 def fisher_moments(
@@ -67,6 +74,8 @@ def fisher_moments(
     """What a prior belief is built from: E[phi phi'] of phi = [1, e(x)] over the (n, k)
     `skills` e(x), and the mean curvature p(1 - p) of the (n, m) predictions `p` (over the
     `observed` entries only, when given). Stored by training as meta["fisher"]."""
+    import numpy as np
+
     n = skills.shape[0]
     phi = np.concatenate([np.ones((n, 1)), np.asarray(skills, dtype=np.float64)], axis=1)
     curv = np.asarray(p, dtype=np.float64) * (1 - np.asarray(p, dtype=np.float64))
@@ -91,6 +100,8 @@ class AbilityBelief:
 
     def matches(self, p: ModelParams) -> bool:
         """True if `p` is what this belief would publish (no outside change since)."""
+        import numpy as np
+
         theta = np.array([p.bias, *p.ability])
         return theta.shape == self.mean.shape and bool(
             np.allclose(theta, self.mean, rtol=0.0, atol=1e-6)
@@ -99,6 +110,8 @@ class AbilityBelief:
 
 def _fisher(qm: QualityModel) -> tuple[np.ndarray, float]:
     """E[phi phi'] over training prompts and the mean curvature s(1 - s), if recorded."""
+    import numpy as np
+
     k = qm.k
     entry = qm.meta.get("fisher")
     if isinstance(entry, Mapping):
@@ -117,6 +130,8 @@ def prior_belief(
     prior_evidence: float = PRIOR_EVIDENCE,
 ) -> AbilityBelief:
     """The belief a model's current parameters stand for (see the module docstring)."""
+    import numpy as np
+
     moment, weight = _fisher(qm)
     evidence = min(p.n_obs, max_evidence)
     if p.source == "prior":
@@ -127,6 +142,8 @@ def prior_belief(
 
 def update_belief(belief: AbilityBelief, latent: Sequence[float], score: float) -> AbilityBelief:
     """Fold in one observed `score` in [0, 1] on a prompt with `latent` = [e(x)..., d(x)]."""
+    import numpy as np
+
     if not (isinstance(score, int | float) and 0.0 <= score <= 1.0):
         raise InputError(f"feedback score must be a number in [0, 1], got {score!r}")
     z = np.asarray(latent, dtype=np.float64)
@@ -153,7 +170,11 @@ def update_belief(belief: AbilityBelief, latent: Sequence[float], score: float) 
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """uuid4().hex, made without importing uuid (which costs a fresh process ~3 ms)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return b.hex()
 
 
 @dataclass(frozen=True, slots=True)

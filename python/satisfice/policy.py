@@ -15,8 +15,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import _core
 from ._table import ModelRowSpec, RuleSpec
 from .errors import ConfigError
@@ -260,8 +258,8 @@ class Policy:
         ]
         return _core.DispatchTable(
             rows,
-            np.ascontiguousarray(qm.weights, dtype=np.float32).ravel(),
-            [float(v) for v in qm.intercept],
+            qm.w,
+            qm.c,
             qm.k,
             rules,
             expected,

@@ -18,10 +18,9 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING
 
 from . import _core
 from .errors import ConfigError
@@ -48,12 +47,18 @@ def logit(p: float) -> float:
 
 def sigmoid(z: npt.ArrayLike) -> np.ndarray:
     """1 / (1 + e^-z), without overflow for any z (arrays or scalars)."""
+    import numpy as np
+
     return np.asarray(np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64))))
 
 
 __all__ = ["ModelParams", "QualityModel"]
 
-FloatArray = npt.NDArray[np.float32]
+if TYPE_CHECKING:  # numpy is imported where arrays are used: routing does not need it
+    import numpy as np
+    import numpy.typing as npt
+
+    FloatArray = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +73,19 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class QualityModel:
-    """A predictor the DispatchTable evaluates; immutable, saved as one .npz file."""
+    """A predictor the DispatchTable evaluates; immutable, saved as one .npz file.
+
+    `w` (feature-major (dim, k+1), flattened) and `c` (k+1) are kept as tuples of float32
+    values, so that building and routing with a predictor needs no numpy (importing it is
+    most of a fresh process's `Router()` time); `weights` and `intercept` are the same
+    numbers as arrays, for batch work (`tuple(array.ravel().tolist())` makes `w` from one)."""
 
     name: str
     k: int
     hash_buckets: int
     seed: int
-    weights: FloatArray  # (dim, k+1), feature-major
-    intercept: FloatArray  # (k+1,)
+    w: tuple[float, ...]  # (dim, k+1) feature-major, flattened
+    c: tuple[float, ...]  # (k+1,)
     models: Mapping[str, ModelParams] = field(default_factory=dict)
     prior_map: tuple[float, float] = (1.0, 0.0)
     feature_version: int = _core.FEATURE_VERSION
@@ -83,12 +93,12 @@ class QualityModel:
 
     def __post_init__(self) -> None:
         dim = _core.DENSE + self.hash_buckets
-        if self.weights.shape != (dim, self.k + 1):
+        if len(self.w) != dim * (self.k + 1):
             raise ConfigError(
-                f"predictor {self.name!r}: weights shape {self.weights.shape}, "
-                f"expected ({dim}, {self.k + 1}) for hash_buckets={self.hash_buckets}"
+                f"predictor {self.name!r}: {len(self.w)} weights, expected {dim}*{self.k + 1} "
+                f"for hash_buckets={self.hash_buckets}"
             )
-        if self.intercept.shape != (self.k + 1,):
+        if len(self.c) != self.k + 1:
             raise ConfigError(f"predictor {self.name!r}: intercept must have {self.k + 1} values")
         if self.feature_version != _core.FEATURE_VERSION:
             raise ConfigError(
@@ -106,6 +116,20 @@ class QualityModel:
     def dim(self) -> int:
         return _core.DENSE + self.hash_buckets
 
+    @cached_property
+    def weights(self) -> FloatArray:
+        """`w` as a (dim, k+1) float32 array."""
+        import numpy as np
+
+        return np.array(self.w, dtype=np.float32).reshape(self.dim, self.k + 1)
+
+    @cached_property
+    def intercept(self) -> FloatArray:
+        """`c` as a (k+1,) float32 array."""
+        import numpy as np
+
+        return np.array(self.c, dtype=np.float32)
+
     def params_for(self, spec: ModelSpec) -> ModelParams:
         """Parameters for a registry model: trained ones, else seeded from its quality prior."""
         p = self.models.get(spec.id)
@@ -115,8 +139,9 @@ class QualityModel:
             return self.prior_params(spec)
         a, b = self.prior_map
         if self.models:
+            n = len(self.models)
             mean_ability = tuple(
-                float(v) for v in np.mean([m.ability for m in self.models.values()], axis=0)
+                sum(col) / n for col in zip(*(m.ability for m in self.models.values()), strict=True)
             )
         else:
             mean_ability = (0.0,) * self.k
@@ -128,8 +153,8 @@ class QualityModel:
             self.k,
             self.hash_buckets,
             self.seed,
-            self.weights,
-            self.intercept,
+            self.w,
+            self.c,
             dict(models),
             self.prior_map,
             self.feature_version,
@@ -141,11 +166,15 @@ class QualityModel:
         return _core.Featurizer(self.hash_buckets, self.seed)
 
     def latent(self, features: FloatArray) -> FloatArray:
+        import numpy as np
+
         out: FloatArray = (features @ self.weights + self.intercept).astype(np.float32)
         return out
 
     def p_good(self, features: FloatArray, params: list[ModelParams]) -> FloatArray:
         """(n, m) predicted P(good) for n feature rows and m models."""
+        import numpy as np
+
         z = self.latent(features)
         e, d = z[:, : self.k], z[:, self.k]
         bias = np.array([p.bias for p in params], dtype=np.float32)
@@ -156,6 +185,8 @@ class QualityModel:
 
     # -- persistence
     def save(self, path: str | Path) -> None:
+        import numpy as np
+
         meta = {
             "name": self.name,
             "k": self.k,
@@ -184,6 +215,8 @@ class QualityModel:
 
     @classmethod
     def load(cls, path: str | Path) -> QualityModel:
+        import numpy as np
+
         try:
             with np.load(Path(path), allow_pickle=False) as z:
                 meta = json.loads(bytes(z["meta"]).decode())
@@ -202,13 +235,19 @@ class QualityModel:
             )
             for m, p in meta["models"].items()
         }
+        k, buckets = int(meta["k"]), int(meta["hash_buckets"])
+        if weights.shape != (_core.DENSE + buckets, k + 1):
+            raise ConfigError(
+                f"predictor file {path}: weights shape {weights.shape}, expected "
+                f"({_core.DENSE + buckets}, {k + 1}) for hash_buckets={buckets}"
+            )
         return cls(
             meta["name"],
-            int(meta["k"]),
-            int(meta["hash_buckets"]),
+            k,
+            buckets,
             int(meta["seed"]),
-            weights,
-            intercept,
+            tuple(weights.ravel().tolist()),
+            tuple(intercept.ravel().tolist()),
             models,
             tuple(meta["prior_map"]),
             int(meta["feature_version"]),
@@ -230,11 +269,11 @@ class QualityModel:
         names = list(_core.Featurizer.dense_names())
         tasks = list(_core.TASKS)
         k = len(tasks)
-        w = np.zeros((_core.DENSE + hash_buckets, k + 1), dtype=np.float32)
+        w = [0.0] * ((_core.DENSE + hash_buckets) * (k + 1))  # feature-major
         skill_features = {**TASK_FLAGS, "general": ("bias",)}
         for t, feats in skill_features.items():
             for f in feats:
-                w[names.index(f), tasks.index(t)] = 1.0
+                w[names.index(f) * (k + 1) + tasks.index(t)] = 1.0
         difficulty = {
             "log_tokens": 2.5,
             "math": 0.6,
@@ -244,14 +283,14 @@ class QualityModel:
             "bias": -1.0,
         }
         for f, v in difficulty.items():
-            w[names.index(f), k] = v
+            w[names.index(f) * (k + 1) + k] = v
         return cls(
             "prior",
             k,
             hash_buckets,
             _core.Featurizer().seed,
-            w,
-            np.zeros(k + 1, dtype=np.float32),
+            tuple(w),
+            (0.0,) * (k + 1),
             {},
             (1.0, 0.0),
             meta={"tasks": tasks},

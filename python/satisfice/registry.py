@@ -13,7 +13,6 @@ import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -598,7 +597,7 @@ class Registry:
     @classmethod
     def default(cls) -> Registry:
         """The bundled registry of common models with dated public list prices."""
-        text = resources.files("satisfice").joinpath("data/registry.toml").read_text("utf-8")
+        text = (Path(__file__).parent / "data" / "registry.toml").read_text("utf-8")
         return cls.from_dict(tomllib.loads(text))
 
     def __len__(self) -> int:

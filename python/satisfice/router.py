@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -388,6 +387,8 @@ class Router:
                 if skip == fallback_skip:
                     raise
                 return self._route(snap, msgs, c, fallback_skip, live)
+        import asyncio  # loaded already (we are in a coroutine); Router() alone does not need it
+
         try:
             return await asyncio.to_thread(self._route, snap, msgs, c, skip, live)
         except NoRouteError:
@@ -538,6 +539,8 @@ class Router:
             await io.client.aclose()
         ledger = self.ledger
         if ledger is not None:
+            import asyncio
+
             await asyncio.to_thread(ledger.close if self._owns_ledger else ledger.flush)
 
     async def __aenter__(self) -> Router:
@@ -560,6 +563,8 @@ class Router:
         """`chat()` for code without an event loop (scripts, notebooks' plain cells). Every
         call runs on one private event loop thread, so connections are pooled across calls;
         `close()` (or `with router:`) ends it. Inside async code, `await router.chat()`."""
+        import asyncio
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # no loop running here: the expected case
@@ -593,6 +598,8 @@ class _LoopThread:
     """One event loop on a daemon thread: where chat_sync() runs its requests."""
 
     def __init__(self) -> None:
+        import asyncio
+
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, daemon=True, name="satisfice-sync"
@@ -600,6 +607,8 @@ class _LoopThread:
         self.thread.start()
 
     def run(self, coro: Any) -> Any:
+        import asyncio
+
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def stop(self) -> None:

@@ -248,8 +248,8 @@ def fit(
         k=k,
         hash_buckets=cfg.hash_buckets,
         seed=_core.Featurizer(cfg.hash_buckets).seed,
-        weights=w_export,
-        intercept=c_export,
+        w=tuple(w_export.ravel().tolist()),
+        c=tuple(c_export.ravel().tolist()),
         models=params,
         prior_map=prior_map,
         meta={
