@@ -292,6 +292,59 @@ impl Filtered {
     }
 }
 
+/// One feedback observation folded into a model's Gaussian belief over
+/// theta = [bias, ability], by the Laplace step `satisfice.feedback` documents: `mean`
+/// (k+1) and `cov` ((k+1)^2, the inverse precision, row-major) are updated in place from
+/// `latent` = [e(x), d(x)] and a score in [0, 1]. The covariance form needs no solve: the
+/// precision's rank-one gain is a Sherman-Morrison step.
+pub fn update_belief(
+    mean: &mut [f64],
+    cov: &mut [f64],
+    latent: &[f64],
+    score: f64,
+) -> Result<(), CoreError> {
+    let n = mean.len();
+    if n == 0 || cov.len() != n * n || latent.len() != n {
+        return Err(CoreError::Input(format!(
+            "latent must hold {n} values (k skills and a difficulty) for a belief over {n} \
+             parameters"
+        )));
+    }
+    if !(0.0..=1.0).contains(&score) || latent.iter().any(|v| !v.is_finite()) {
+        return Err(CoreError::Input(format!(
+            "feedback score must be a number in [0, 1] and the latent finite, got {score}"
+        )));
+    }
+    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let phi = |i: usize| if i == 0 { 1.0 } else { latent[i - 1] };
+    let d = latent[n - 1];
+    let s_phi: Vec<f64> = (0..n)
+        .map(|i| (0..n).map(|j| cov[i * n + j] * phi(j)).sum())
+        .collect();
+    let v: f64 = (0..n).map(|i| phi(i) * s_phi[i]).sum();
+    let a0: f64 = (0..n).map(|i| mean[i] * phi(i)).sum::<f64>() - d;
+    // t solves t = y - s(a0 + v t); monotone, so Newton converges
+    let mut t = 0.0;
+    for _ in 0..50 {
+        let s = sigmoid(a0 + v * t);
+        let step = (t - score + s) / (1.0 + v * s * (1.0 - s));
+        t -= step;
+        if step.abs() < 1e-12 {
+            break;
+        }
+    }
+    let s = sigmoid(a0 + v * t);
+    let w = s * (1.0 - s);
+    let g = w / (1.0 + w * v);
+    for i in 0..n {
+        mean[i] += t * s_phi[i];
+        for j in 0..n {
+            cov[i * n + j] -= g * s_phi[i] * s_phi[j];
+        }
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug)]
 pub struct Candidate {
     pub row: usize,

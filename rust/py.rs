@@ -333,6 +333,18 @@ fn count_tokens_batch(
     Ok(py.detach(|| owned.iter().map(|s| tokens::count(s, f)).collect()))
 }
 
+/// `update_belief` (see dispatch.rs): the new (mean, cov) after one feedback score.
+#[pyfunction]
+fn update_belief(
+    mut mean: Vec<f64>,
+    mut cov: Vec<f64>,
+    latent: Vec<f64>,
+    score: f64,
+) -> PyResult<(Vec<f64>, Vec<f64>)> {
+    crate::dispatch::update_belief(&mut mean, &mut cov, &latent, score)?;
+    Ok((mean, cov))
+}
+
 /// Fast estimate of the token count in a tokenizer family (see `is_exact_family`).
 #[pyfunction]
 #[pyo3(signature = (text, family = "o200k_base"))]
@@ -846,7 +858,7 @@ mod _core {
     use super::{
         count_message_tokens, count_tokens, count_tokens_batch, count_tokens_till_limit,
         estimate_tokens, estimate_tokens_batch, estimator_inputs, is_exact_family, rank,
-        Featurizer, PyDispatchTable, PyPlan,
+        update_belief, Featurizer, PyDispatchTable, PyPlan,
     };
 
     #[pymodule_export]

@@ -25,12 +25,12 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def p_of(belief: AbilityBelief, latent: np.ndarray) -> float:
-    k = belief.mean.size - 1
-    return float(sigmoid(belief.mean @ np.r_[1.0, latent[:k]] - latent[k]))
+    k = len(belief.mean) - 1
+    return float(sigmoid(np.array(belief.mean) @ np.r_[1.0, latent[:k]] - latent[k]))
 
 
 def test_success_raises_and_failure_lowers_p_good() -> None:
-    belief = AbilityBelief(np.array([0.5, 0.2, -0.1]), np.eye(3) * 4.0, 0.0)
+    belief = AbilityBelief.from_precision([0.5, 0.2, -0.1], np.eye(3) * 4.0, 0.0)
     latent = np.array([0.8, -0.3, 0.4])
     p0 = p_of(belief, latent)
     assert p_of(update_belief(belief, latent, 1.0), latent) > p0
@@ -46,7 +46,7 @@ def test_success_raises_and_failure_lowers_p_good() -> None:
 def test_updates_converge_to_the_true_abilities() -> None:
     rng = np.random.default_rng(0)
     truth = np.array([1.2, -0.8, 0.5])
-    belief = AbilityBelief(np.zeros(3), np.eye(3), 0.0)
+    belief = AbilityBelief.from_precision(np.zeros(3), np.eye(3), 0.0)
     probe = rng.normal(size=(200, 3))
     errors = []
     for step in range(1, 4001):
@@ -64,7 +64,7 @@ def test_updates_converge_to_the_true_abilities() -> None:
 
 
 def test_soft_scores_and_bad_input() -> None:
-    belief = AbilityBelief(np.zeros(2), np.eye(2), 0.0)
+    belief = AbilityBelief.from_precision(np.zeros(2), np.eye(2), 0.0)
     half = update_belief(belief, [0.0, 0.0], 0.5)  # p = 0.5 already: nothing to learn
     np.testing.assert_allclose(half.mean, 0.0, atol=1e-12)
     with pytest.raises(InputError, match=r"in \[0, 1\]"):

@@ -9,7 +9,7 @@ swaps it in with one assignment; `route()` reads the router's snapshot once and 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _core
@@ -53,7 +53,7 @@ class Snapshot:
         """This snapshot with one model's learned parameters replaced (feedback): the
         table's other rows are reused as compiled."""
         qm = self.policy.quality_model()
-        policy = replace(self.policy, quality=qm.with_models({**qm.models, model: params}))
+        policy = self.policy.with_quality(qm.with_model(model, params))
         if qm.name != "prior" and any(m.id not in qm.models for m in self.registry):
             # a trained predictor seeds models it never saw from the mean of those it knows,
             # which this update moves: every such row changes, so compile them all
@@ -61,7 +61,7 @@ class Snapshot:
         table = self.table.with_model(
             self.index[model], float(params.bias), [float(a) for a in params.ability]
         )
-        return replace(self, policy=policy, table=table)
+        return Snapshot(self.registry, policy, table, self.ids, self.index, self.undeployable)
 
     def exclude(self, c: Constraints, skip: frozenset[str] = frozenset()) -> list[int] | None:
         """Table rows the caller's allow/deny lists rule out, plus `skip` (models this

@@ -25,15 +25,15 @@ public benchmark score counts as `prior_evidence` observations.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from . import _core
 from .errors import ConfigError, InputError
 from .predict import ModelParams, QualityModel
 
@@ -60,14 +60,6 @@ PRIOR_EVIDENCE = 200.0
 _DEFAULT_WEIGHT = 0.2
 
 
-def _sigmoid(z: float) -> float:
-    """1 / (1 + e^-z) for a scalar, without overflow."""
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
-
-
 def fisher_moments(
     skills: np.ndarray, p: np.ndarray, observed: np.ndarray | None = None
 ) -> dict[str, object]:
@@ -87,24 +79,42 @@ def fisher_moments(
 
 @dataclass(frozen=True, eq=False)
 class AbilityBelief:
-    """Gaussian belief over theta = [bias, ability_1..k] of one model."""
+    """Gaussian belief over theta = [bias, ability_1..k] of one model, kept as its mean and
+    covariance (the inverse precision, flat and row-major): one update is then a
+    Sherman-Morrison step with no solve, made in Rust (`_core.update_belief`)."""
 
-    mean: np.ndarray  # (k+1,)
-    precision: np.ndarray  # (k+1, k+1)
+    mean: tuple[float, ...]  # (k+1,)
+    cov: tuple[float, ...]  # (k+1)^2, symmetric
     n_obs: float
 
-    def params(self, source: str = "feedback") -> ModelParams:
-        return ModelParams(
-            float(self.mean[0]), tuple(float(a) for a in self.mean[1:]), self.n_obs, source
+    @classmethod
+    def from_precision(cls, mean: Any, precision: Any, n_obs: float) -> AbilityBelief:
+        import numpy as np
+
+        cov = np.linalg.inv(np.asarray(precision, dtype=np.float64))
+        return cls(
+            tuple(np.asarray(mean, dtype=np.float64).tolist()),
+            tuple(((cov + cov.T) / 2.0).ravel().tolist()),
+            n_obs,
         )
+
+    @property
+    def precision(self) -> np.ndarray:
+        import numpy as np
+
+        n = len(self.mean)
+        return np.linalg.inv(np.array(self.cov).reshape(n, n))
+
+    def params(self, source: str = "feedback") -> ModelParams:
+        return ModelParams(self.mean[0], self.mean[1:], self.n_obs, source)
 
     def matches(self, p: ModelParams) -> bool:
         """True if `p` is what this belief would publish (no outside change since)."""
-        import numpy as np
-
-        theta = np.array([p.bias, *p.ability])
-        return theta.shape == self.mean.shape and bool(
-            np.allclose(theta, self.mean, rtol=0.0, atol=1e-6)
+        theta = (p.bias, *p.ability)
+        if theta == self.mean:  # the usual case: `p` came from this belief
+            return True
+        return len(theta) == len(self.mean) and all(
+            abs(a - b) <= 1e-6 for a, b in zip(theta, self.mean, strict=True)
         )
 
 
@@ -137,36 +147,20 @@ def prior_belief(
     if p.source == "prior":
         evidence = max(evidence, prior_evidence)
     precision = np.eye(qm.k + 1) + evidence * weight * moment
-    return AbilityBelief(np.array([p.bias, *p.ability], dtype=np.float64), precision, p.n_obs)
+    return AbilityBelief.from_precision([p.bias, *p.ability], precision, p.n_obs)
 
 
 def update_belief(belief: AbilityBelief, latent: Sequence[float], score: float) -> AbilityBelief:
     """Fold in one observed `score` in [0, 1] on a prompt with `latent` = [e(x)..., d(x)]."""
-    import numpy as np
-
     if not (isinstance(score, int | float) and 0.0 <= score <= 1.0):
         raise InputError(f"feedback score must be a number in [0, 1], got {score!r}")
-    z = np.asarray(latent, dtype=np.float64)
-    k = belief.mean.size - 1
-    if z.shape != (k + 1,):
+    k = len(belief.mean) - 1
+    if len(latent) != k + 1:
         raise InputError(f"latent must hold {k + 1} values (k skills and a difficulty)")
-    phi = np.concatenate([[1.0], z[:k]])
-    d = float(z[k])
-    s_phi = np.linalg.solve(belief.precision, phi)
-    v = float(phi @ s_phi)
-    a0 = float(belief.mean @ phi) - d
-    t = 0.0
-    for _ in range(50):
-        s = _sigmoid(a0 + v * t)
-        f = t - score + s
-        step = f / (1.0 + v * s * (1.0 - s))
-        t -= step
-        if abs(step) < 1e-12:
-            break
-    s = _sigmoid(a0 + v * t)
-    mean = belief.mean + t * s_phi
-    precision = belief.precision + s * (1.0 - s) * np.outer(phi, phi)
-    return AbilityBelief(mean, precision, belief.n_obs + 1.0)
+    mean, cov = _core.update_belief(
+        list(belief.mean), list(belief.cov), [float(v) for v in latent], float(score)
+    )
+    return AbilityBelief(tuple(mean), tuple(cov), belief.n_obs + 1.0)
 
 
 def new_request_id() -> str:

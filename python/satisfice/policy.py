@@ -203,6 +203,15 @@ class Policy:
         if bad:
             raise ConfigError(f"policy.expected_output_tokens: unknown tasks {sorted(bad)}")
 
+    def with_quality(self, quality: QualityModel) -> Policy:
+        """This policy with another predictor (what each feedback update makes). Only the
+        predictor changes, and it is valid, so the field checks are not run again."""
+        new = object.__new__(Policy)
+        for name in _POLICY_FIELDS:
+            object.__setattr__(new, name, getattr(self, name))
+        object.__setattr__(new, "quality", quality)
+        return new
+
     def quality_model(self) -> QualityModel:
         return self.quality if self.quality is not None else _bundled_quality()
 
@@ -366,6 +375,9 @@ def _bool(v: object, where: str) -> bool:
 
 
 _BUNDLED: list[QualityModel] = []
+
+
+_POLICY_FIELDS = tuple(f.name for f in fields(Policy))
 
 
 def _bundled_quality() -> QualityModel:

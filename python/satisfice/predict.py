@@ -147,19 +147,15 @@ class QualityModel:
             mean_ability = (0.0,) * self.k
         return ModelParams(a * logit(spec.quality_prior()) + b, mean_ability, 0.0, "prior")
 
-    def with_models(self, models: Mapping[str, ModelParams]) -> QualityModel:
-        return QualityModel(
-            self.name,
-            self.k,
-            self.hash_buckets,
-            self.seed,
-            self.w,
-            self.c,
-            dict(models),
-            self.prior_map,
-            self.feature_version,
-            self.meta,
-        )
+    def with_model(self, model: str, params: ModelParams) -> QualityModel:
+        """This predictor with one model's parameters replaced (a feedback update): the
+        weights (and their arrays, if made) are shared, only that entry is checked."""
+        if len(params.ability) != self.k:
+            raise ConfigError(f"predictor {self.name!r}: model {model!r} needs {self.k} abilities")
+        new = object.__new__(QualityModel)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["models"] = {**self.models, model: params}
+        return new
 
     # -- batch evaluation, for offline work (the router's hot path runs the same maths in Rust)
     def featurizer(self) -> _core.Featurizer:

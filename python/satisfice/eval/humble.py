@@ -44,7 +44,7 @@ class Humility:
         p = qm.models.get(self.anchor)
         if p is None or self.margin == 0:
             return qm
-        return qm.with_models({**qm.models, self.anchor: replace(p, bias=p.bias + self.margin)})
+        return qm.with_model(self.anchor, replace(p, bias=p.bias + self.margin))
 
     def to_dict(self) -> dict[str, Any]:
         return {"anchor": self.anchor, "margin_logit": self.margin, "folds": self.folds}
