@@ -30,6 +30,7 @@ __all__ = [
     "estimator_inputs",
     "is_exact_family",
     "rank",
+    "update_belief",
 ]
 
 __version__: Final[str]
