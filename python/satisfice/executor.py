@@ -29,6 +29,7 @@ import httpx
 
 from . import _core
 from ._redact import StreamScrubber
+from ._watchdog import Watchdog
 from .accounting import cost_of, usage_of
 from .errors import (
     AllAttemptsFailedError,
@@ -668,6 +669,7 @@ class Executor:
         paused = 0.0
         delivered: list[str] = []
         scrubber = StreamScrubber()  # a key split across pieces never reaches the caller
+        wd = Watchdog()  # the idle timeout between pieces: one timer for the whole stream
         try:
             while not isinstance(item, ChatResponse):
                 piece = scrubber.feed(item)
@@ -683,8 +685,7 @@ class Executor:
                 if run.deadline is not None:
                     wait = max(min(idle, run.deadline - w), 0.0)
                 try:
-                    async with asyncio.timeout(wait):
-                        item = await anext(gen)
+                    item = await wd.wait(anext(gen), wait)
                 except StopAsyncIteration:
                     raise ProviderError(
                         f"{t.model} via {t.dep.name}: the stream ended without a final answer",
@@ -728,6 +729,7 @@ class Executor:
                 attempts=run.attempts,
             ) from e
         finally:
+            wd.close()
             await gen.aclose()
 
     async def _concurrent(self, run: Run, width: int, *, hedge: bool) -> ChatResult:

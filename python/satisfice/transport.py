@@ -41,6 +41,8 @@ from typing import Any
 
 import httpx
 
+from ._watchdog import Watchdog
+
 __all__ = ["PooledTransport"]
 
 _MAX_HEAD = 1 << 20  # largest response head accepted
@@ -320,9 +322,12 @@ async def _timed(
         raise exc(f"no progress within {timeout}s", request=request) from None
 
 
-async def _read(conn: _Conn, coro: Any, timeout: float | None, request: httpx.Request) -> Any:
+async def _read(wd: Watchdog, coro: Any, timeout: float | None, request: httpx.Request) -> Any:
+    """One read with the read timeout (kept by `wd`, one timer for a whole body)."""
     try:
-        return await _timed(coro, timeout, httpx.ReadTimeout, request)
+        return await wd.wait(coro, timeout)
+    except TimeoutError:
+        raise httpx.ReadTimeout(f"no progress within {timeout}s", request=request) from None
     except asyncio.IncompleteReadError as e:
         if not e.partial:
             raise _NothingRead("the upstream closed the connection", request=request) from None
@@ -342,7 +347,7 @@ async def _read_head(
 ) -> tuple[int, bytes, list[tuple[bytes, bytes]], bool]:
     read = timeouts.get("read")
     while True:
-        raw: bytes = await _read(conn, conn.reader.readuntil(b"\r\n\r\n"), read, request)
+        raw: bytes = await _read(Watchdog(), conn.reader.readuntil(b"\r\n\r\n"), read, request)
         lines = raw[:-4].split(b"\r\n")
         parts = lines[0].split(b" ", 2)
         try:
@@ -453,6 +458,7 @@ class _Body(httpx.AsyncByteStream):
         self._decoder = decoder
         self._size = 0  # body bytes so far, after decoding: what max_body bounds
         self._chunk_done = False  # chunked: the last chunk and trailers have been read
+        self._wd = Watchdog()  # the read timeout, one timer for the whole body
 
     def _count(self, n: int) -> None:
         self._size += n
@@ -464,14 +470,14 @@ class _Body(httpx.AsyncByteStream):
 
     async def _raw(self, conn: _Conn) -> AsyncIterator[bytes]:
         """The body's bytes as sent (still encoded), as they arrive."""
-        r, req, t = conn.reader, self._request, self._read
+        r, req, t, wd = conn.reader, self._request, self._read, self._wd
         if self._left is None:
-            while chunk := await _read(conn, r.read(65536), t, req):
+            while chunk := await _read(wd, r.read(65536), t, req):
                 yield chunk
             return
         if self._left >= 0:
             while self._left:
-                chunk = await _read(conn, r.read(min(self._left, 65536)), t, req)
+                chunk = await _read(wd, r.read(min(self._left, 65536)), t, req)
                 if not chunk:
                     raise httpx.ReadError(
                         "the upstream closed the connection mid-body", request=req
@@ -480,7 +486,7 @@ class _Body(httpx.AsyncByteStream):
                 yield chunk
             return
         while not self._chunk_done:
-            data = await _next_chunk(conn, t, req)
+            data = await _next_chunk(conn, wd, t, req)
             if data is None:
                 self._chunk_done = True
             else:
@@ -519,6 +525,7 @@ class _Body(httpx.AsyncByteStream):
             raise
 
     def _done(self, reusable: bool) -> None:
+        self._wd.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             self._transport._release(conn, reusable)
@@ -529,10 +536,12 @@ class _Body(httpx.AsyncByteStream):
         self._done(False)
 
 
-async def _next_chunk(conn: _Conn, t: float | None, req: httpx.Request) -> bytes | None:
+async def _next_chunk(
+    conn: _Conn, wd: Watchdog, t: float | None, req: httpx.Request
+) -> bytes | None:
     """One chunk of a chunked body; None after the last one (its trailers read too)."""
     r = conn.reader
-    line = await _read(conn, r.readuntil(b"\r\n"), t, req)
+    line = await _read(wd, r.readuntil(b"\r\n"), t, req)
     try:
         size = int(line.split(b";", 1)[0], 16)
         if size < 0:
@@ -540,12 +549,12 @@ async def _next_chunk(conn: _Conn, t: float | None, req: httpx.Request) -> bytes
     except ValueError:
         raise httpx.RemoteProtocolError("a chunk size that is not a number", request=req) from None
     if size == 0:
-        while await _read(conn, r.readuntil(b"\r\n"), t, req) != b"\r\n":
+        while await _read(wd, r.readuntil(b"\r\n"), t, req) != b"\r\n":
             pass  # trailers
         return None
     if size > 1 << 26:
         raise httpx.RemoteProtocolError(f"a chunk of {size} bytes is too large", request=req)
-    data: bytes = await _read(conn, r.readexactly(size + 2), t, req)
+    data: bytes = await _read(wd, r.readexactly(size + 2), t, req)
     if data[-2:] != b"\r\n":
         raise httpx.RemoteProtocolError("a chunk does not end with CRLF", request=req)
     return data[:-2]

@@ -1,0 +1,78 @@
+"""The one-timer read timeout: it fires only on a wait that lasts too long, whatever
+happens between waits, and never swallows a cancellation that came from elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from satisfice._watchdog import Watchdog
+
+
+def test_a_slow_wait_times_out_and_the_task_goes_on() -> None:
+    async def main() -> str:
+        wd = Watchdog()
+        with pytest.raises(TimeoutError):
+            await wd.wait(asyncio.sleep(1.0), 0.05)
+        # the task was uncancelled: it can keep awaiting, and the watchdog keeps working
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        out = await wd.wait(asyncio.sleep(0.01, "ok"), 0.5)
+        wd.close()
+        return out
+
+    assert asyncio.run(main()) == "ok"
+
+
+def test_many_quick_waits_outlast_the_timeout_and_idle_time_between_is_free() -> None:
+    async def main() -> int:
+        wd = Watchdog()
+        n = 0
+        for _ in range(40):  # 40 x 10 ms = 0.4 s of waiting, each wait well inside 0.1 s
+            await wd.wait(asyncio.sleep(0.01), 0.1)
+            n += 1
+        await asyncio.sleep(0.3)  # the caller busy elsewhere for 3 timeouts: no wait pending
+        await wd.wait(asyncio.sleep(0.01), 0.1)
+        wd.close()
+        return n
+
+    assert asyncio.run(main()) == 40
+
+
+def test_a_shorter_timeout_than_the_armed_one_still_fires_on_time() -> None:
+    async def main() -> float:
+        wd = Watchdog()
+        await wd.wait(asyncio.sleep(0), 10.0)  # arms a timer 10 s out
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        with pytest.raises(TimeoutError):
+            await wd.wait(asyncio.sleep(5.0), 0.05)
+        wd.close()
+        return loop.time() - t
+
+    assert asyncio.run(main()) < 1.0
+
+
+def test_an_outside_cancel_is_not_turned_into_a_timeout() -> None:
+    async def main() -> None:
+        wd = Watchdog()
+
+        async def reader() -> None:
+            await wd.wait(asyncio.sleep(5.0), 10.0)
+
+        task = asyncio.create_task(reader())
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        wd.close()
+
+    asyncio.run(main())
+
+
+def test_no_timeout_means_no_timer() -> None:
+    async def main() -> str:
+        wd = Watchdog()
+        return await wd.wait(asyncio.sleep(0.01, "x"), None)
+
+    assert asyncio.run(main()) == "x"
