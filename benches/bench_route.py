@@ -54,3 +54,59 @@ def test_route_4kb_with_1024_hashed_ngram_buckets(benchmark) -> None:
     router = Router(policy=Policy(quality=QualityModel.prior(hash_buckets=1024)))
     nxt = cycle(prompts(4096)).__next__
     assert benchmark(lambda: router.route(nxt())).model
+
+
+def _near_limit_router() -> tuple[Router, list[str]]:
+    """The bundled registry with one o200k model whose window is just above these 4 KB
+    prompts' exact counts: the estimate's bounds straddle it, so the route must count."""
+    import dataclasses
+
+    from satisfice import Registry, _core
+
+    ps = prompts(4096)
+    reg = Registry.default()
+    m = next(m for m in reg if m.base is None and m.tokenizer == "o200k_base")
+    window = int(max(_core.count_tokens(p) for p in ps) * 1.08) + 600
+    near = dataclasses.replace(m, context_window=window, max_output=min(m.max_output, 512))
+    return Router(registry=reg.replace(near)), ps
+
+
+@pytest.mark.benchmark(group="route-limits")
+@pytest.mark.parametrize("where", ["far", "near"])
+def test_route_4kb_window(benchmark, where: str) -> None:
+    """Near a context window (an exact count decides) against the same route far from it."""
+    router, ps = _near_limit_router() if where == "near" else (ROUTER, prompts(4096))
+    nxt = cycle(ps).__next__
+    assert benchmark(lambda: router.route(nxt(), max_output_tokens=256)).model
+
+
+@pytest.mark.benchmark(group="route-limits")
+@pytest.mark.parametrize("where", ["far", "near"])
+def test_route_4kb_cost_cap(benchmark, where: str) -> None:
+    """max_cost_usd 2% above the cheapest candidate's estimate (an exact count decides
+    whether it fits) against a cap far above every model's cost."""
+    ps = prompts(4096)
+    cands = ROUTER.route(ps[0], quality_floor=0.0).candidates
+    cheapest = min(c.est_cost_usd for c in cands if c.est_cost_usd)
+    cap = cheapest * 1.02 if where == "near" else 100.0
+    nxt = cycle(ps).__next__
+    assert benchmark(lambda: ROUTER.route(nxt(), max_cost_usd=cap, quality_floor=0.0)).model
+
+
+@pytest.mark.benchmark(group="route-scale")
+@pytest.mark.parametrize("n", [500, 2000])
+def test_route_4kb_many_models(benchmark, n: int) -> None:
+    """route() with n models (copies of the bundled ones under new ids, without effort
+    levels, as a catalogue import such as OpenRouter's makes): one row per model."""
+    import dataclasses
+
+    from satisfice import Registry
+
+    base = [dataclasses.replace(m, efforts={}) for m in Registry.default() if m.base is None]
+    models = [
+        dataclasses.replace(base[i % len(base)], id=f"{base[i % len(base)].id}-{i}")
+        for i in range(n)
+    ]
+    router = Router(registry=Registry(models))
+    nxt = cycle(prompts(4096)).__next__
+    assert benchmark(lambda: router.route(nxt())).model

@@ -28,6 +28,28 @@ impl From<CoreError> for PyErr {
 /// Inputs above this many bytes release the GIL while they are processed.
 const DETACH_BYTES: usize = 16 * 1024;
 
+/// Build the exact counters' tokenizers on a thread of their own, once per process: it
+/// takes about a second, which the first request that needs an exact count would
+/// otherwise wait (see tokens.rs).
+fn start_preload() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("satisfice-tokenizers".into())
+            .spawn(tokens::preload);
+        // No thread (a sandbox that forbids them): the first exact count builds instead.
+        drop(spawned);
+    });
+}
+
+/// Whether a call that may count exactly should release the GIL: a long text, or a
+/// tokenizer still being built (another thread may hold the build for a second).
+fn detach_for(bytes: usize) -> bool {
+    bytes > DETACH_BYTES
+        || !tokens::is_loaded(tokens::Family::O200k)
+        || !tokens::is_loaded(tokens::Family::Cl100k)
+}
+
 /// Borrow the UTF-8 of a Python str; `what` names it in the error (built only on failure).
 fn text<'a>(
     s: &'a Bound<'_, PyString>,
@@ -295,7 +317,7 @@ fn flag_names(flags: u32) -> Vec<&'static str> {
 fn count_tokens(py: Python<'_>, text: &Bound<'_, PyString>, encoding: &str) -> PyResult<usize> {
     let f = family(encoding)?;
     let s = self::text(text, || "text".into())?;
-    Ok(if s.len() > DETACH_BYTES {
+    Ok(if detach_for(s.len()) {
         let owned = s.to_owned(); // copied first, then the GIL is released
         py.detach(|| tokens::count(&owned, f))
     } else {
@@ -596,6 +618,7 @@ impl PyDispatchTable {
         hash_buckets: usize,
         seed: u64,
     ) -> PyResult<Self> {
+        start_preload();
         let cfg = make_config(hash_buckets, seed)?;
         let mut model_rows = Vec::with_capacity(rows.len());
         let mut params = Vec::with_capacity(rows.len() * (k + 1));
@@ -760,7 +783,7 @@ impl PyDispatchTable {
             c.images = images as u32;
         }
         let table = &self.table;
-        let plan = if total_bytes(&msgs) > DETACH_BYTES {
+        let plan = if detach_for(total_bytes(&msgs)) {
             py.detach(|| table.plan(&msgs, &c))
         } else {
             table.plan(&msgs, &c)

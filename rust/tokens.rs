@@ -1,5 +1,12 @@
-//! Token counting: exact o200k_base / cl100k_base counts (bpe-openai embeds both vocabularies,
-//! so nothing is downloaded), and a one-pass estimator per tokenizer family.
+//! Token counting: exact o200k_base / cl100k_base counts, and a one-pass estimator per
+//! tokenizer family.
+//!
+//! Exact counts are fastokens' (a byte-level BPE with a pretoken cache; equal to tiktoken's
+//! on every test text, and 4-10x faster than the bpe-openai counter this replaced, see the
+//! README). The two vocabularies ship in the wheel as tiktoken's gzipped rank files
+//! (`rust/data`, 2.4 MB, nothing is downloaded); a tokenizer is built from them once per
+//! process, which takes about a second, so the binding starts that off the request path
+//! (`preload`) when the first routing table is made.
 //!
 //! The estimator counts character classes (ASCII words by length, digit runs, punctuation,
 //! whitespace runs, CJK and other scripts) and takes a dot product with coefficients fitted
@@ -8,7 +15,9 @@
 //! scale the nearest OpenAI estimate by a ratio constant; `is_exact()` says which.
 
 use crate::CoreError;
-use bpe_openai::Tokenizer;
+use fastokens::{TiktokenConfig, Tokenizer};
+use std::io::Read;
+use std::sync::OnceLock;
 
 include!("estimator_coefs.rs");
 
@@ -91,17 +100,54 @@ impl Family {
     }
 }
 
-fn tokenizer(f: Family) -> &'static Tokenizer {
-    match f {
-        Family::Cl100k => bpe_openai::cl100k_base(),
-        _ => bpe_openai::o200k_base(),
-    }
+static TABLES: [OnceLock<Tokenizer>; 2] = [OnceLock::new(), OnceLock::new()];
+
+fn build(base: Family) -> Tokenizer {
+    let (gz, config): (&[u8], _) = match base {
+        Family::Cl100k => (
+            include_bytes!("data/cl100k_base.tiktoken.gz"),
+            TiktokenConfig::cl100k_base(),
+        ),
+        _ => (
+            include_bytes!("data/o200k_base.tiktoken.gz"),
+            TiktokenConfig::o200k_base(),
+        ),
+    };
+    let mut ranks = String::with_capacity(4 << 20);
+    flate2::read::GzDecoder::new(gz)
+        .read_to_string(&mut ranks)
+        .expect("the embedded vocabulary is valid gzip");
+    Tokenizer::from_tiktoken_str(&ranks, config).expect("the embedded vocabulary is valid")
+}
+
+/// The base encoding's tokenizer, built on first use (a second; see the module docs).
+fn tokenizer(base: Family) -> &'static Tokenizer {
+    TABLES[usize::from(base == Family::Cl100k)].get_or_init(|| build(base))
+}
+
+/// Whether exact counting in `base` is ready without building its tokenizer first.
+pub fn is_loaded(base: Family) -> bool {
+    TABLES[usize::from(base == Family::Cl100k)].get().is_some()
+}
+
+/// Build both tokenizers now (blocking): what the binding runs on a thread of its own.
+pub fn preload() {
+    tokenizer(Family::O200k);
+    tokenizer(Family::Cl100k);
+}
+
+/// Exact count in a base encoding. Encoding valid UTF-8 does not fail; if it ever did, the
+/// byte count is returned, which no byte-level BPE count exceeds (the safe side of a limit).
+fn count_base(text: &str, base: Family) -> usize {
+    tokenizer(base)
+        .encode_ordinary(text)
+        .map_or(text.len(), |ids| ids.len())
 }
 
 /// Exact token count of `text` in the family's base encoding (scaled for non-OpenAI families).
 pub fn count(text: &str, family: Family) -> usize {
     let (base, ratio) = family.base();
-    let n = tokenizer(base).count(text);
+    let n = count_base(text, base);
     if ratio == 1.0 {
         n
     } else {
@@ -109,13 +155,42 @@ pub fn count(text: &str, family: Family) -> usize {
     }
 }
 
-/// Exact count that stops early: `None` as soon as the count would exceed `limit`.
+/// Bytes per piece `count_till_limit` counts before checking the limit.
+const PIECE: usize = 16 * 1024;
+
+/// `text` in pieces of about `PIECE` bytes whose counts add up to the whole text's count:
+/// each cut is between a line break and an ASCII letter or digit, where both encodings'
+/// pre-tokenisers always start a new pre-token (a letter or number pre-token cannot begin
+/// with a line break, and a line-break run ends at the first non-space). Text with no
+/// such place is one piece.
+fn pieces(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let b = rest.as_bytes();
+        let cut = (PIECE..b.len().saturating_sub(1))
+            .find(|&i| b[i] == b'\n' && b[i + 1].is_ascii_alphanumeric())
+            .map_or(b.len(), |i| i + 1);
+        let (head, tail) = rest.split_at(cut);
+        rest = tail;
+        Some(head)
+    })
+}
+
+/// Exact count that stops early: `None` as soon as the count would exceed `limit`. Counts
+/// piece by piece (see `pieces`), so a long text over a small limit costs about the limit.
 pub fn count_till_limit(text: &str, family: Family, limit: usize) -> Option<usize> {
     let (base, ratio) = family.base();
     let base_limit = (limit as f32 / ratio).floor() as usize;
-    // o200k/cl100k do not normalise (nfc = false): `normalize` borrows the text, no copy.
-    let tok = tokenizer(base);
-    let n = tok.count_till_limit(&tok.normalize(text), base_limit.saturating_add(1))?;
+    let mut n = 0usize;
+    for piece in pieces(text) {
+        n += count_base(piece, base);
+        if n > base_limit {
+            return None;
+        }
+    }
     let scaled = (n as f32 * ratio).round() as usize;
     (scaled <= limit).then_some(scaled)
 }
@@ -414,6 +489,21 @@ mod tests {
         assert!(estimate(&text, Family::O200k) > 100_000.0);
         let prose = "The quick brown fox jumps over the lazy dog. ".repeat(20);
         assert!(char_counts(&prose).fitted());
+    }
+
+    #[test]
+    fn pieces_add_up_to_the_whole() {
+        let line = "fn main() {\n    let x = \"héllo  wörld\";  // 日本語\n}\nThe end. 123\r\n";
+        let text = line.repeat(3000); // about 170 KB: several pieces
+        assert!(pieces(&text).count() > 2);
+        assert_eq!(pieces(&text).collect::<String>(), text);
+        for f in [Family::O200k, Family::Cl100k] {
+            let whole = count(&text, f);
+            let summed: usize = pieces(&text).map(|p| count(p, f)).sum();
+            assert_eq!(summed, whole);
+            assert_eq!(count_till_limit(&text, f, whole), Some(whole));
+            assert_eq!(count_till_limit(&text, f, whole - 1), None);
+        }
     }
 
     #[test]

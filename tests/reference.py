@@ -17,3 +17,18 @@ def tiktoken_encoding(name: str) -> Any:
     import tiktoken
 
     return tiktoken.get_encoding(name)
+
+
+def fastokens_tokenizer(name: str) -> Any:
+    """The fastokens PyPI package's tokenizer for `name`, built from the same rank file
+    satisfice embeds (rust/data), so the two are compared on one vocabulary."""
+    import gzip
+    import tempfile
+
+    import fastokens
+
+    src = Path(__file__).parent.parent / "rust" / "data" / f"{name}.tiktoken.gz"
+    with tempfile.NamedTemporaryFile(suffix=".tiktoken") as f:
+        f.write(gzip.decompress(src.read_bytes()))
+        f.flush()
+        return fastokens.Tokenizer.from_tiktoken(f.name, encoding=name)
