@@ -562,7 +562,8 @@ class Executor:
             run, lambda p, timeout: p.complete(request, timeout)
         )
         done = perf_counter()
-        run.upstream_s += done - started
+        # the exchange itself when the provider measured it: encoding and parsing are ours
+        run.upstream_s += resp.wire_s if resp.wire_s is not None else done - started
         self.health.record_success(t.key, done - started)
         return self._result(run, t, resp, started)
 

@@ -285,7 +285,7 @@ class AnthropicProvider(HTTPProvider):
         return {"anthropic-version": API_VERSION}
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
-        content = await self._post(encode_body(self._wire(request, False)), timeout)
+        content, wire = await self._post(encode_body(self._wire(request, False)), timeout)
         try:
             data = parse_json(content)
             texts: list[str] = []
@@ -305,7 +305,9 @@ class AnthropicProvider(HTTPProvider):
             finish = _FINISH.get(stop, stop or None)
             if calls and calls[0].name == _JSON_TOOL:
                 texts, calls, finish = [calls[0].arguments], [], "stop"
-            return ChatResponse("".join(texts), data, _usage(data.get("usage")), finish, calls)
+            return ChatResponse(
+                "".join(texts), data, _usage(data.get("usage")), finish, calls, wire
+            )
         except PARSE_ERRORS as e:
             raise self._malformed(f"{type(e).__name__}: {e}") from None
 

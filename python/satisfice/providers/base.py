@@ -109,6 +109,10 @@ class ChatResponse:
     usage: Usage | None
     finish_reason: str | None
     tool_calls: list[ToolCall] = field(default_factory=list)
+    # Seconds of the HTTP exchange itself (sending, waiting, reading): what a direct call
+    # would also spend. Encoding the request and parsing the answer are not in it: they are
+    # the router's, and ChatResult.overhead_s counts them. None: not measured.
+    wire_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -374,19 +378,22 @@ class HTTPProvider:
     def _transport_error(self, e: Exception) -> RetryableError:
         return error_from_transport(e, self.model_id, self.deployment)
 
-    async def _post(self, body: bytes, timeout: httpx.Timeout) -> bytes:
-        """The body of a 2xx answer, else the mapped error."""
+    async def _post(self, body: bytes, timeout: httpx.Timeout) -> tuple[bytes, float]:
+        """The body of a 2xx answer and the seconds the exchange took, else the mapped
+        error."""
+        t = time.perf_counter()
         try:
             resp = await self._client.post(
                 self._url, content=body, headers=self._headers, timeout=timeout
             )
         except httpx.RequestError as e:
             raise self._transport_error(e) from None
+        wire = time.perf_counter() - t
         if resp.status_code >= 300:
             raise error_from_response(
                 resp.status_code, resp.headers, resp.content, self.model_id, self.deployment
             )
-        return scrub_bytes(resp.content)
+        return scrub_bytes(resp.content), wire
 
     async def _open(self, body: bytes, timeout: httpx.Timeout) -> httpx.Response:
         """A 2xx response whose body is still to be read (the caller closes it)."""

@@ -112,7 +112,7 @@ class OpenAIProvider(HTTPProvider):
         return encode_body(p)
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
-        content = await self._post(self._body(request, False), timeout)
+        content, wire = await self._post(self._body(request, False), timeout)
         try:
             data = parse_json(content)
             msg = data["choices"][0]
@@ -131,6 +131,7 @@ class OpenAIProvider(HTTPProvider):
                 _usage(data.get("usage")),
                 text_field(msg.get("finish_reason"), "finish_reason") or None,
                 calls,
+                wire,
             )
         except PARSE_ERRORS as e:
             raise self._malformed(f"{type(e).__name__}: {e}") from None
