@@ -43,8 +43,9 @@ lint:
 bench:              ## benchmarks side by side with the alternatives (not part of `test`)
 	$(PY) -m pytest benches/bench_*.py --benchmark-enable --benchmark-only --benchmark-json=.benchmarks/bench.json --benchmark-save-data
 	$(PY) benches/report.py .benchmarks/bench.json
-	cd benches && $(PY) bench_stream.py
+	cd benches && $(PY) bench_stream.py --n 1000
 	$(PY) benches/bench_overhead.py
+	cd benches && $(PY) bench_scale.py
 
 demo:
 	satisfice demo

@@ -49,6 +49,15 @@ def bench_registry(url: str) -> Registry:
     return Registry(models, reg.meta)
 
 
+def warm_tokenizers() -> None:
+    """Wait for the exact counters' tokenizers, which Router() builds on a thread: that
+    second of CPU must not land in a measurement of process CPU time."""
+    from satisfice import _core
+
+    _core.count_tokens("warm", "o200k_base")
+    _core.count_tokens("warm", "cl100k_base")
+
+
 MESSAGES = [{"role": "user", "content": "hi"}]
 CONCURRENCY = 32
 WIDE = 512  # the issue-10 throughput check: satisfice pool, direct vs chat()
@@ -289,6 +298,7 @@ def table(rows: list[list[str]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    warm_tokenizers()
     ap.add_argument("--n", type=int, default=3200, help="requests per concurrent cell per round")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import httpx
-from bench_overhead import MESSAGES, MODEL, bench_registry, upstream
+from bench_overhead import MESSAGES, MODEL, bench_registry, upstream, warm_tokenizers
 
 from satisfice import Router
 from satisfice.executor import make_client
@@ -97,6 +97,7 @@ async def main_async(n: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    warm_tokenizers()
     ap.add_argument("--n", type=int, default=500)
     asyncio.run(main_async(ap.parse_args().n))
 

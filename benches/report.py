@@ -83,6 +83,26 @@ def main(path: str) -> None:
             f"{mbs['satisfice_estimate']:.0f} | {t / med['satisfice_estimate']:.0f}× |"
         )
 
+    print("\n### counting each held-out sample once, in a fresh process (MB/s, CPU time)\n")
+    print("| text | samples | KB | tiktoken | fastokens | satisfice exact |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for cat in CATEGORIES:
+        runs = {}
+        for who in ("tiktoken", "fastokens", "satisfice"):
+            out = subprocess.run(
+                [sys.executable, str(Path(__file__).parent / "cold_count.py"), who, cat],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            runs[who] = json.loads(out.stdout.strip().splitlines()[-1])
+        kb = runs["satisfice"]["bytes"] / 1024
+        print(
+            f"| {cat} | {runs['satisfice']['samples']} | {kb:,.0f} | "
+            + " | ".join(f"{runs[w]['mb_s']:.1f}" for w in ("tiktoken", "fastokens", "satisfice"))
+            + " |"
+        )
+
     from satisfice import _core
 
     print("\n### estimator error on held-out text (mean |estimate − exact| / exact)\n")
