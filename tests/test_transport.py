@@ -189,3 +189,26 @@ async def test_a_bad_content_length_is_a_protocol_error_and_frees_the_slot() -> 
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_the_routers_client_keeps_no_cookies() -> None:
+    """A cookie one upstream answer sets must not go out with the next request (the
+    router's one client serves every caller); httpx's own client would send it back."""
+    from satisfice.executor import _Client
+
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"set-cookie": "session=caller-a; Path=/"})
+
+    async def two_calls(client: httpx.AsyncClient) -> None:
+        async with client:
+            for _ in range(2):
+                await client.post("http://upstream.test/v1/chat/completions", content=b"{}")
+
+    asyncio.run(two_calls(httpx.AsyncClient(transport=httpx.MockTransport(handler))))
+    assert seen == [None, "session=caller-a"]  # what a plain httpx client does
+    seen.clear()
+    asyncio.run(two_calls(_Client(transport=httpx.MockTransport(handler))))
+    assert seen == [None, None]

@@ -36,6 +36,7 @@ from .._redact import register, scrub, scrub_bytes, scrub_values
 from ..errors import (
     AuthError,
     BadRequestError,
+    ConfigError,
     ContextLengthError,
     ProviderError,
     RetryableError,
@@ -339,7 +340,14 @@ class HTTPProvider:
         # a (model, effort) variant: OpenAI-style APIs get `reasoning_effort`, Anthropic a
         # thinking budget of `reasoning_tokens`
         self.effort, self.reasoning_tokens = effort, reasoning_tokens
-        self._url = self._endpoint(base_url.rstrip("/"))
+        # parsed once here: httpx re-parses a URL given as text on every request (~45 µs)
+        try:
+            self._url = httpx.URL(self._endpoint(base_url.rstrip("/")))
+        except httpx.InvalidURL as e:
+            raise ConfigError(
+                f"deployment {deployment or self.default_deployment!r} of {model_id or model!r}: "
+                f"base_url {base_url!r} is not a URL ({e})"
+            ) from None
         self._headers = {"content-type": "application/json", **self._extra_headers()}
         if api_key:
             register(api_key)  # from now on scrubbed from anything an upstream sends back
@@ -364,7 +372,7 @@ class HTTPProvider:
         return {}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(model={self.model!r}, url={self._url!r})"
+        return f"{type(self).__name__}(model={self.model!r}, url={str(self._url)!r})"
 
     def _malformed(self, why: str) -> RetryableError:
         return RetryableError(
