@@ -818,6 +818,39 @@ impl PyPlan {
             })
             .collect()
     }
+    /// The first `n` candidates, as `candidates` gives them: a record's or a reason's read,
+    /// which with thousands of models must not convert them all.
+    fn top(&self, n: usize) -> Vec<(usize, f32, f64, u32, bool, bool)> {
+        let as_tuple = |c: &crate::dispatch::Candidate| {
+            (
+                c.row,
+                c.p_good,
+                c.est_cost,
+                c.tokens_in,
+                c.tokens_in_exact,
+                c.by_rule,
+            )
+        };
+        if n <= self.plan.sorted {
+            return self.plan.candidates[..n.min(self.plan.candidates.len())]
+                .iter()
+                .map(as_tuple)
+                .collect();
+        }
+        self.plan.ranked().iter().take(n).map(as_tuple).collect()
+    }
+    /// (constraint, how many models it filtered out), without formatting every reason.
+    fn filtered_counts(&self) -> Vec<(&'static str, usize)> {
+        let mut out: Vec<(&'static str, usize)> = Vec::new();
+        for (_, f) in &self.plan.filtered {
+            match out.iter_mut().find(|(k, _)| *k == f.constraint()) {
+                Some((_, n)) => *n += 1,
+                None => out.push((f.constraint(), 1)),
+            }
+        }
+        out.sort_unstable();
+        out
+    }
     /// Row indices of the first `n` candidates (primary, then fallbacks): the hot path's read.
     fn head(&self, n: usize) -> Vec<usize> {
         if n <= self.plan.sorted {

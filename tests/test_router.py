@@ -284,3 +284,20 @@ def test_images_add_tokens_and_unknown_parts_are_refused() -> None:
     assert "vision" not in with_images.filtered.get(with_images.model, ("", ""))[1]
     with pytest.raises(InputError, match=r'content\[1\] has type "video"'):
         router.route([{"role": "user", "content": [text, {"type": "video", "url": "x"}]}])
+
+
+def test_a_record_stays_small_with_hundreds_of_models() -> None:
+    """A request record keeps the head of the ranking (every model the request may call)
+    and how many passed, not every candidate: its size does not grow with the registry."""
+    import dataclasses
+
+    from satisfice import Registry
+
+    base = [dataclasses.replace(m, efforts={}) for m in Registry.default() if m.base is None]
+    models = [dataclasses.replace(base[i % len(base)], id=f"m{i}") for i in range(300)]
+    d = Router(registry=Registry(models)).route("Summarise the plot of Hamlet.", quality_floor=0.0)
+    rec = d.record()
+    assert rec["candidates_total"] == len(d.candidates) > 16
+    assert [c["model"] for c in rec["candidates"]] == [c.model for c in d.candidates[:16]]
+    assert {d.model, *d.fallbacks} <= {c["model"] for c in rec["candidates"]}
+    assert d.top(3) == d.candidates[:3] and d.primary == d.candidates[0]

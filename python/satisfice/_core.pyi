@@ -149,6 +149,10 @@ class Plan:
     def candidates(self) -> list[tuple[int, float, float, int, bool, bool]]: ...
     def head(self, n: int) -> list[int]:
         """Row indices of the first `n` candidates."""
+    def top(self, n: int) -> list[tuple[int, float, float, int, bool, bool]]:
+        """The first `n` candidates, as `candidates` gives them."""
+    def filtered_counts(self) -> list[tuple[str, int]]:
+        """(constraint, how many models it filtered out)."""
     def __len__(self) -> int: ...
     @property
     def filtered(self) -> list[tuple[int, str, str]]: ...

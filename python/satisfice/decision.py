@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Candidate", "Decision", "Snapshot"]
 
+#: Candidates a request record keeps (see `Decision.record`).
+RECORDED = 16
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Snapshot:
@@ -188,16 +191,26 @@ class Decision:
     def candidates(self) -> list[Candidate]:
         """Every model that passed the filters, ranked (primary first)."""
         if self._cands is None:
-            ids = self.snapshot.ids
-            self._cands = [
-                Candidate(ids[r], p, None if math.isnan(c) else c, t, ex, rule)
-                for r, p, c, t, ex, rule in self._plan.candidates
-            ]
+            self._cands = self._candidates(self._plan.candidates)
         return self._cands
+
+    def top(self, n: int) -> list[Candidate]:
+        """The first `n` of `candidates`, without converting the rest (records and reasons
+        read these: with thousands of models, all of them would cost a millisecond)."""
+        if self._cands is not None:
+            return self._cands[:n]
+        return self._candidates(self._plan.top(n))
+
+    def _candidates(self, rows: list[tuple[int, float, float, int, bool, bool]]) -> list[Candidate]:
+        ids = self.snapshot.ids
+        return [
+            Candidate(ids[r], p, None if math.isnan(c) else c, t, ex, rule)
+            for r, p, c, t, ex, rule in rows
+        ]
 
     @property
     def primary(self) -> Candidate:
-        return self.candidates[0]
+        return self.top(1)[0]
 
     @property
     def filtered(self) -> dict[str, tuple[str, str]]:
@@ -268,14 +281,9 @@ class Decision:
             f"task={self.task}, flags={self.flags or '[]'}, {c.tokens_in} tokens in ({exact}), "
             f"{self.tokens_out} out expected, est {cost}"
         )
-        by_constraint: dict[str, int] = {}
-        for constraint, _ in self.filtered.values():
-            by_constraint[constraint] = by_constraint.get(constraint, 0) + 1
+        by_constraint = self._plan.filtered_counts()
         if by_constraint:
-            out.append(
-                "filtered out: "
-                + ", ".join(f"{n} by {k}" for k, n in sorted(by_constraint.items()))
-            )
+            out.append("filtered out: " + ", ".join(f"{n} by {k}" for k, n in by_constraint))
         return out
 
     def _floor(self) -> float:
@@ -301,7 +309,9 @@ class Decision:
 
     def record(self) -> dict[str, Any]:
         """The decision as a request record holds it: model, fallbacks, rule, why, and
-        P(good) and estimated USD per candidate considered."""
+        P(good) and estimated USD of the first RECORDED candidates (every model a request
+        may call is among them), with how many passed in all: a record stays the same size
+        whatever the size of the registry."""
         return {
             "model": self.model,
             "fallbacks": self.fallbacks,
@@ -310,8 +320,9 @@ class Decision:
             "reasons": self.reasons(),
             "candidates": [
                 {"model": c.model, "p_good": round(c.p_good, 4), "est_cost_usd": c.est_cost_usd}
-                for c in self.candidates
+                for c in self.top(max(RECORDED, 1 + self.snapshot.policy.max_fallbacks))
             ],
+            "candidates_total": len(self._plan),
         }
 
     def to_dict(self) -> dict[str, Any]:
