@@ -15,6 +15,10 @@ The contenders:
 
 - direct upstream: POST <upstream>/v1/chat/completions with gpt-6-luna's wire model name; the
   baseline of every "added" and "vs direct" column.
+- uvicorn, fixed answer, no upstream: a bare ASGI app under uvicorn, started as `satisfice
+  serve` starts it, that answers every request with a fixed completion and calls nothing. The
+  cost of one more HTTP hop through a Python server here, whatever the server does: what a
+  service can never take off its "added" column.
 - satisfice serve: `satisfice serve` on the bundled registry with every model but gpt-6-luna
   disabled (benches/bench_overhead.py's `bench_registry`), memory state, no key, model "auto"
   (so every request is routed).
@@ -208,6 +212,63 @@ def satisfice_serve(
         yield base, pid
 
 
+#: A server that answers every chat request with a fixed completion and calls nothing: the
+#: cost of one more HTTP hop through a Python ASGI server on this machine, whatever it does.
+HOP_APP = """
+import json
+
+ANSWER = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+CHUNK = json.dumps({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+    "choices": [{"index": 0, "delta": {"content": "hello"}, "finish_reason": None}]})
+EVENTS = f"data: {CHUNK}\\n\\ndata: [DONE]\\n\\n".encode()
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            done = m["type"] == "lifespan.shutdown"
+            await send({"type": m["type"] + ".complete"})
+            if done:
+                return
+    body = b""
+    while True:
+        m = await receive()
+        body += m.get("body", b"")
+        if not m.get("more_body"):
+            break
+    sse = json.loads(body).get("stream")
+    out, kind = (EVENTS, b"text/event-stream") if sse else (ANSWER, b"application/json")
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", kind), (b"content-length", b"%d" % len(out))]})
+    await send({"type": "http.response.body", "body": out})
+"""
+
+
+@contextlib.contextmanager
+def asgi_hop(tmp: Path) -> Iterator[str]:
+    """uvicorn, as `satisfice serve` runs it (one worker, no access log, no proxy-headers
+    middleware), on HOP_APP; yields its base URL."""
+    (tmp / "hop_app.py").write_text(HOP_APP)
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "hop_app:app", "--app-dir", str(tmp),
+           "--port", str(port), "--log-level", "warning", "--no-access-log",
+           "--no-proxy-headers"]  # fmt: skip
+    log = tmp / "hop.log"
+    with spawn(cmd, log) as pid:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _exited(pid):
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(base + "/v1/chat/completions", json={}, timeout=2)
+                break
+            time.sleep(0.2)
+        yield base
+
+
 @contextlib.contextmanager
 def redis_server(tmp: Path) -> Iterator[str]:
     """A redis-server on a free loopback port, without persistence; yields its URL."""
@@ -369,7 +430,7 @@ def report(res: Results, names: list[str]) -> str:
     lite = "LiteLLM proxy"
     if lite in names:
         for name in names[1:]:
-            if name == lite:
+            if not name.startswith("satisfice"):
                 continue
             sat99 = added[name][1]
             ratio = f"{added[lite][1] / sat99:.1f}×" if sat99 > 0 else "n/a (not above 0)"
@@ -429,6 +490,10 @@ def main() -> None:
         registry = tmp / "registry.toml"
         registry.write_text(reg.to_toml())
         contenders = [Contender("direct upstream", url + "/v1/chat/completions", wire)]
+        hop = stack.enter_context(asgi_hop(tmp))
+        contenders.append(
+            Contender("uvicorn, fixed answer, no upstream", hop + "/v1/chat/completions", wire)
+        )
         base, _ = stack.enter_context(satisfice_serve(tmp, registry, "memory"))
         contenders.append(Contender("satisfice serve", base + "/v1/chat/completions", "auto"))
         if shutil.which("redis-server") is None:

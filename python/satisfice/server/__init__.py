@@ -20,4 +20,6 @@ def serve(config: ServerConfig) -> None:
         log_level="warning",
         timeout_graceful_shutdown=int(config.shutdown_grace_s),
         access_log=False,
+        # nothing reads the client's address, so X-Forwarded-* need no middleware per request
+        proxy_headers=False,
     )
