@@ -376,12 +376,20 @@ pub struct Plan {
 impl Plan {
     /// Every candidate in rank order (the tail beyond `sorted` is ordered here, on read).
     pub fn ranked(&self) -> std::borrow::Cow<'_, [Candidate]> {
-        if self.sorted >= self.candidates.len() {
-            return std::borrow::Cow::Borrowed(&self.candidates);
+        self.first(usize::MAX)
+    }
+
+    /// The first `n` candidates in rank order: a slice of the sorted head when it holds
+    /// them, else the tail is ordered too (on a copy).
+    pub fn first(&self, n: usize) -> std::borrow::Cow<'_, [Candidate]> {
+        let len = self.candidates.len();
+        if n.min(len) <= self.sorted {
+            return std::borrow::Cow::Borrowed(&self.candidates[..n.min(len)]);
         }
         let mut all = self.candidates.clone();
         let below = self.below_floor;
         all[self.sorted..].sort_unstable_by_key(|c| self.ranking.cand_key(below, c));
+        all.truncate(n);
         std::borrow::Cow::Owned(all)
     }
 }

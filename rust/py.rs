@@ -803,8 +803,13 @@ impl PyPlan {
     /// [(row, p_good, est_cost_usd or nan, tokens_in, tokens_in_exact, by_rule)], ranked.
     #[getter]
     fn candidates(&self) -> Vec<(usize, f32, f64, u32, bool, bool)> {
+        self.top(usize::MAX)
+    }
+    /// The first `n` candidates, as `candidates` gives them: a record's or a reason's read,
+    /// which with thousands of models must not convert them all.
+    fn top(&self, n: usize) -> Vec<(usize, f32, f64, u32, bool, bool)> {
         self.plan
-            .ranked()
+            .first(n)
             .iter()
             .map(|c| {
                 (
@@ -817,27 +822,6 @@ impl PyPlan {
                 )
             })
             .collect()
-    }
-    /// The first `n` candidates, as `candidates` gives them: a record's or a reason's read,
-    /// which with thousands of models must not convert them all.
-    fn top(&self, n: usize) -> Vec<(usize, f32, f64, u32, bool, bool)> {
-        let as_tuple = |c: &crate::dispatch::Candidate| {
-            (
-                c.row,
-                c.p_good,
-                c.est_cost,
-                c.tokens_in,
-                c.tokens_in_exact,
-                c.by_rule,
-            )
-        };
-        if n <= self.plan.sorted {
-            return self.plan.candidates[..n.min(self.plan.candidates.len())]
-                .iter()
-                .map(as_tuple)
-                .collect();
-        }
-        self.plan.ranked().iter().take(n).map(as_tuple).collect()
     }
     /// (constraint, how many models it filtered out), without formatting every reason.
     fn filtered_counts(&self) -> Vec<(&'static str, usize)> {
@@ -853,13 +837,7 @@ impl PyPlan {
     }
     /// Row indices of the first `n` candidates (primary, then fallbacks): the hot path's read.
     fn head(&self, n: usize) -> Vec<usize> {
-        if n <= self.plan.sorted {
-            return self.plan.candidates[..n.min(self.plan.candidates.len())]
-                .iter()
-                .map(|c| c.row)
-                .collect();
-        }
-        self.plan.ranked().iter().take(n).map(|c| c.row).collect()
+        self.plan.first(n).iter().map(|c| c.row).collect()
     }
     fn __len__(&self) -> usize {
         self.plan.candidates.len()
