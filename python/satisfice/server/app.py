@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .. import _core
 from ..decision import Decision
 from ..errors import (
     AllAttemptsFailedError,
@@ -181,7 +182,8 @@ class Service:
         self.router.configure(health=self.health)
         self.metrics = Metrics()
         self.router.attach(ledger=config.ledger, metrics=self.metrics)
-        self.ready = False
+        self.ready = False  # /ready: started and the tokenizers built (see _warm)
+        self.started = False
         self.in_flight = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self.unsettled: list[tuple[list[Budget], float, float]] = []
@@ -205,7 +207,16 @@ class Service:
         self._tasks.append(asyncio.get_running_loop().create_task(self._sync_loop()))
         if self.config.probe_interval_s:
             self._tasks.append(asyncio.get_running_loop().create_task(self._probe_loop()))
-        self.ready = True
+        self._tasks.append(asyncio.get_running_loop().create_task(self._warm()))
+        self.started = True
+
+    async def _warm(self) -> None:
+        """Ready once the exact counters' tokenizers are built (about a second, on a thread
+        the router started): until then a request near a limit would wait for them, so a
+        load balancer should not send traffic yet. Requests are served meanwhile."""
+        await asyncio.to_thread(_core.count_tokens, "", "o200k_base")
+        await asyncio.to_thread(_core.count_tokens, "", "cl100k_base")
+        self.ready = self.started
 
     async def _probe_loop(self) -> None:
         """Probes every `[probe].interval_s`, each run within `[probe].budget_usd` (code
@@ -240,7 +251,7 @@ class Service:
             await asyncio.sleep(0.2)
 
     async def shutdown(self) -> None:
-        self.ready = False
+        self.ready = self.started = False
         if self.refresher is not None:
             await self.refresher.stop()
         for t in self._tasks:
@@ -509,7 +520,10 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
 
     async def ready(request: Request) -> Response:
         ok = svc.ready
-        return JSONResponse({"ready": ok, "models": len(svc.router.registry)}, 200 if ok else 503)
+        body: dict[str, Any] = {"ready": ok, "models": len(svc.router.registry)}
+        if svc.started and not ok:
+            body["waiting_for"] = "tokenizers (built once per process, about a second)"
+        return JSONResponse(body, 200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
         if svc.router.ledger is not None:
