@@ -1,13 +1,16 @@
 //! The only file that touches pyo3: coarse calls, batch variants, the GIL released where
 //! cost grows with input. Errors cross once, as the classes defined in `satisfice.errors`.
 
-use crate::dispatch::{cap, Constraints, DispatchTable, ModelRow, Plan, Predictor, Ranking, Rule};
+use crate::dispatch::{
+    cap, Constraints, DispatchTable, Filtered, ModelRow, Plan, Predictor, Ranking, Rule,
+};
 use crate::features::{self, flag, FeaturizerConfig, Message, Task};
 use crate::tokens::{self, Family};
 use crate::CoreError;
 use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
 };
+use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyMapping, PySequence, PyString};
 
@@ -34,12 +37,27 @@ const DETACH_BYTES: usize = 16 * 1024;
 fn start_preload() {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
+        PRELOADING.store(true, std::sync::atomic::Ordering::SeqCst);
         let spawned = std::thread::Builder::new()
             .name("satisfice-tokenizers".into())
             .spawn(tokens::preload);
         // No thread (a sandbox that forbids them): the first exact count builds instead.
         drop(spawned);
     });
+}
+
+/// Set once `start_preload` has started the build.
+static PRELOADING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Block until a tokenizer build that `start_preload` started has finished (GIL released);
+/// return at once if none was started. Registered to run before every `os.fork()`: a child
+/// forked mid-build would inherit a build no thread of its own ever finishes, and every
+/// exact count in it would wait forever.
+#[pyfunction]
+fn wait_for_tokenizers(py: Python<'_>) {
+    if PRELOADING.load(std::sync::atomic::Ordering::SeqCst) {
+        py.detach(tokens::preload);
+    }
 }
 
 /// Whether a call that may count exactly should release the GIL: a long text, or a
@@ -609,8 +627,9 @@ impl PyDispatchTable {
     #[pyo3(signature = (rows, weights, intercept, k, rules, expected_out, hash_buckets = features::DEFAULT_BUCKETS, seed = features::DEFAULT_SEED))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         rows: Vec<RowSpec>,
-        weights: Vec<f32>,
+        weights: PyBuffer<f32>,
         intercept: Vec<f32>,
         k: usize,
         rules: Vec<RuleSpec>,
@@ -691,7 +710,8 @@ impl PyDispatchTable {
                 models,
             });
         }
-        let predictor = Predictor::new(cfg.dim(), k, weights, intercept)?;
+        // any float32 buffer: the predictor's array('f'), or a numpy array
+        let predictor = Predictor::new(cfg.dim(), k, weights.to_vec(py)?, intercept)?;
         Ok(Self {
             table: DispatchTable::new(model_rows, params, predictor, compiled, cfg, expected_out)?,
         })
@@ -845,9 +865,22 @@ impl PyPlan {
     /// [(row, constraint, reason)]
     #[getter]
     fn filtered(&self) -> Vec<(usize, &'static str, String)> {
-        self.plan
-            .filtered
+        // Those below the quality floor come last (the ranking drops them after the other
+        // filters); they are listed best first, as a reader looks for the nearest miss.
+        let mut all: Vec<&(usize, Filtered)> = self.plan.filtered.iter().collect();
+        let below = |f: &Filtered| match f {
+            Filtered::BelowFloor { p, .. } => Some(*p),
+            _ => None,
+        };
+        let start = all
             .iter()
+            .position(|(_, f)| below(f).is_some())
+            .unwrap_or(all.len());
+        all[start..].sort_by(|a, b| {
+            let (pa, pb) = (below(&a.1).unwrap_or(0.0), below(&b.1).unwrap_or(0.0));
+            pb.total_cmp(&pa).then(a.0.cmp(&b.0))
+        });
+        all.iter()
             .map(|(i, f)| (*i, f.constraint(), f.describe()))
             .collect()
     }
@@ -892,7 +925,7 @@ mod _core {
     use super::{
         count_message_tokens, count_tokens, count_tokens_batch, count_tokens_till_limit,
         estimate_tokens, estimate_tokens_batch, estimator_inputs, is_exact_family, rank,
-        update_belief, Featurizer, PyDispatchTable, PyPlan,
+        update_belief, wait_for_tokenizers, Featurizer, PyDispatchTable, PyPlan,
     };
 
     #[pymodule_export]
@@ -904,7 +937,7 @@ mod _core {
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
-        use pyo3::types::PyModuleMethods;
+        use pyo3::types::{PyAnyMethods, PyDictMethods, PyModuleMethods};
         m.add("CAPABILITIES", crate::dispatch::cap::NAMES.to_vec())?;
         m.add("TASKS", crate::features::Task::NAMES.to_vec())?;
         m.add("FLAGS", crate::features::flag::NAMES.to_vec())?;
@@ -916,6 +949,12 @@ mod _core {
                 .collect::<Vec<_>>(),
         )?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        // A fork waits for a tokenizer build in progress (see `wait_for_tokenizers`).
+        let kwargs = pyo3::types::PyDict::new(m.py());
+        kwargs.set_item("before", m.getattr("wait_for_tokenizers")?)?;
+        m.py()
+            .import("os")?
+            .call_method("register_at_fork", (), Some(&kwargs))?;
         Ok(())
     }
 }

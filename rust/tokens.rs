@@ -183,7 +183,8 @@ fn pieces(text: &str) -> impl Iterator<Item = &str> {
 /// piece by piece (see `pieces`), so a long text over a small limit costs about the limit.
 pub fn count_till_limit(text: &str, family: Family, limit: usize) -> Option<usize> {
     let (base, ratio) = family.base();
-    let base_limit = (limit as f32 / ratio).floor() as usize;
+    // one base token of slack: a scaled count rounds, so base_limit + 1 may still fit
+    let base_limit = (limit as f32 / ratio).floor() as usize + 1;
     let mut n = 0usize;
     for piece in pieces(text) {
         n += count_base(piece, base);
@@ -503,6 +504,25 @@ mod tests {
             assert_eq!(summed, whole);
             assert_eq!(count_till_limit(&text, f, whole), Some(whole));
             assert_eq!(count_till_limit(&text, f, whole - 1), None);
+        }
+    }
+
+    #[test]
+    fn till_limit_agrees_with_count_for_scaled_families() {
+        for text in [
+            "hello world ".repeat(4),
+            "x".repeat(37),
+            "The cat sat.\n".repeat(30),
+        ] {
+            for f in Family::ALL {
+                let n = count(&text, f);
+                assert_eq!(count_till_limit(&text, f, n), Some(n), "{f:?} {n}");
+                assert_eq!(
+                    count_till_limit(&text, f, n.saturating_sub(1)),
+                    None,
+                    "{f:?}"
+                );
+            }
         }
     }
 

@@ -301,3 +301,30 @@ def test_a_record_stays_small_with_hundreds_of_models() -> None:
     assert [c["model"] for c in rec["candidates"]] == [c.model for c in d.candidates[:16]]
     assert {d.model, *d.fallbacks} <= {c["model"] for c in rec["candidates"]}
     assert d.top(3) == d.candidates[:3] and d.primary == d.candidates[0]
+
+
+def test_models_below_the_floor_are_listed_nearest_miss_first() -> None:
+    """`filtered` lists the models the floor dropped by predicted quality, best first (the
+    ranking no longer sorts them; the read does). Found by review."""
+    d = Router().route("Prove that there are infinitely many primes.", quality_floor=0.9)
+    assert not d.below_floor  # some models reach 0.9, the others are dropped by the floor
+    ps = [
+        float(why.split("predicted quality ")[1].split()[0])
+        for k, why in d.filtered.values()
+        if k == "quality_floor"
+    ]
+    assert len(ps) > 5 and len(set(ps)) > 2
+    assert ps == sorted(ps, reverse=True)
+
+
+def test_quality_models_still_take_numpy_arrays() -> None:
+    import numpy as np
+
+    from satisfice import QualityModel
+
+    qm = QualityModel.prior()
+    same = QualityModel(qm.name, qm.k, qm.hash_buckets, qm.seed, qm.weights, qm.intercept)
+    np.testing.assert_array_equal(same.weights, qm.weights)
+    assert same.with_models(qm.models).models == qm.models
+    with pytest.raises(ConfigError, match="weights shape"):
+        QualityModel(qm.name, qm.k, qm.hash_buckets, qm.seed, qm.weights.T, qm.intercept)

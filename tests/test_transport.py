@@ -212,3 +212,16 @@ def test_the_routers_client_keeps_no_cookies() -> None:
     seen.clear()
     asyncio.run(two_calls(_Client(transport=httpx.MockTransport(handler))))
     assert seen == [None, None]
+
+
+def test_nothing_can_be_put_in_the_shared_empty_jar() -> None:
+    """Every router client shares one empty jar: a cookie set on one would go out with
+    another's requests. Found by review."""
+    from satisfice.executor import _Client
+
+    a, b = _Client(), _Client()
+    with pytest.raises(ValueError, match="keeps no cookies"):
+        a.cookies.set("session", "A-secret")
+    with pytest.raises(ValueError, match="keeps no cookies"):
+        a.cookies["session"] = "A-secret"
+    assert not b.cookies

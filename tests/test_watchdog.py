@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from satisfice._watchdog import Watchdog
+from satisfice.testing import LocalUpstream, reply
 
 
 def test_a_slow_wait_times_out_and_the_task_goes_on() -> None:
@@ -76,3 +78,57 @@ def test_no_timeout_means_no_timer() -> None:
         return await wd.wait(asyncio.sleep(0.01, "x"), None)
 
     assert asyncio.run(main()) == "x"
+
+
+def _live_watchdog_timers(loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
+    return [
+        h
+        for h in loop._scheduled  # type: ignore[attr-defined]
+        if not h.cancelled() and getattr(h._callback, "__func__", None) is Watchdog._fire
+    ]
+
+
+async def test_requests_leave_no_timer_behind(up: LocalUpstream) -> None:
+    """Found by review: the response head's watchdog was never closed, so each request left
+    a timer for the whole read timeout, holding its finished task (and its result)."""
+    from satisfice.transport import PooledTransport
+
+    for _ in range(20):
+        up.script("m", reply("ok"))
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(transport=PooledTransport()) as c:
+
+        async def one() -> int:
+            r = await c.post(up.url + "/v1/chat/completions", json=body, timeout=600.0)
+            return r.status_code
+
+        assert await asyncio.gather(*(one() for _ in range(20))) == [200] * 20
+        assert _live_watchdog_timers(asyncio.get_running_loop()) == []
+
+
+def test_a_swallowed_timeout_does_not_turn_a_later_cancel_into_a_timeout() -> None:
+    """Found by review: when the awaited call swallowed the watchdog's cancellation, the
+    expiry stayed recorded and the next outside cancel came out as TimeoutError."""
+
+    async def stubborn() -> str:
+        try:
+            await asyncio.sleep(1.0)
+        except asyncio.CancelledError:
+            return "swallowed"
+        return "slept"
+
+    async def main() -> None:
+        wd = Watchdog()
+
+        async def reader() -> None:
+            assert await wd.wait(stubborn(), 0.02) == "swallowed"
+            await wd.wait(asyncio.sleep(5.0), 10.0)  # cancelled from outside below
+
+        task = asyncio.create_task(reader())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        wd.close()
+
+    asyncio.run(main())

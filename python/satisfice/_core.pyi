@@ -5,6 +5,7 @@ from typing import Any, Final, Literal, final
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Buffer
 
 from satisfice._table import ModelRowSpec, RuleSpec
 
@@ -31,6 +32,7 @@ __all__ = [
     "is_exact_family",
     "rank",
     "update_belief",
+    "wait_for_tokenizers",
 ]
 
 __version__: Final[str]
@@ -101,7 +103,7 @@ class DispatchTable:
     def __new__(
         cls,
         rows: Sequence[ModelRowSpec],
-        weights: Sequence[float],
+        weights: Buffer,
         intercept: Sequence[float],
         k: int,
         rules: Sequence[RuleSpec],
@@ -176,3 +178,5 @@ class Plan:
 def update_belief(
     mean: Sequence[float], cov: Sequence[float], latent: Sequence[float], score: float
 ) -> tuple[list[float], list[float]]: ...
+def wait_for_tokenizers() -> None:
+    """Block until a tokenizer build in progress has finished (runs before every fork)."""

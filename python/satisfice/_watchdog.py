@@ -63,6 +63,9 @@ class Watchdog:
             raise
         finally:
             self._waiting = False
+            if self._expired:  # it fired, but `aw` swallowed the cancellation: undo ours
+                self._expired = False
+                task.uncancel()
 
     def _fire(self) -> None:
         self._handle = None

@@ -96,6 +96,12 @@ def make_client(config: ExecutionConfig | None = None) -> httpx.AsyncClient:
     return _Client(transport=transport, timeout=timeout, headers=headers)
 
 
+def _exchange_s(resp: ChatResponse, started: float, done: float) -> float:
+    """The upstream's share of a call that answered: the HTTP exchange the provider timed
+    (encoding the request and parsing the answer are the router's), else the whole call."""
+    return resp.wire_s if resp.wire_s is not None else done - started
+
+
 class _NoCookies(httpx.Cookies):
     """A cookie jar that keeps nothing. Provider APIs authenticate by key, not cookie, and a
     router's one client serves every caller: a cookie an upstream set while answering one
@@ -107,6 +113,17 @@ class _NoCookies(httpx.Cookies):
 
     def set_cookie_header(self, request: httpx.Request) -> None:
         return None
+
+    # one jar is shared by every router's client: nothing may be put in it
+    def set(self, name: str, value: str, domain: str = "", path: str = "/") -> None:
+        raise ValueError("the router's HTTP client keeps no cookies")
+
+    def __setitem__(self, name: str, value: str) -> None:
+        self.set(name, value)
+
+    def update(self, cookies: Any = None) -> None:  # type: ignore[override]
+        if cookies:
+            raise ValueError("the router's HTTP client keeps no cookies")
 
 
 class _Client(httpx.AsyncClient):
@@ -591,8 +608,7 @@ class Executor:
             run, lambda p, timeout: p.complete(request, timeout)
         )
         done = perf_counter()
-        # the exchange itself when the provider measured it: encoding and parsing are ours
-        run.upstream_s += resp.wire_s if resp.wire_s is not None else done - started
+        run.upstream_s += _exchange_s(resp, started, done)
         self.health.record_success(t.key, done - started)
         return self._result(run, t, resp, started)
 
@@ -637,7 +653,7 @@ class Executor:
             finally:
                 run.upstream_s += sub.upstream_s  # time its failed tries waited
             done = perf_counter()
-            run.upstream_s += done - started
+            run.upstream_s += _exchange_s(resp, started, done)
             self.health.record_success(t.key, done - started)
             attempt = self._answered(sub, t, resp, started, done)
             cost = attempt.cost_usd
@@ -818,7 +834,10 @@ class Executor:
                         verdict = await self._check(run, t, resp)
                         if verdict is None or verdict.passed:
                             self.health.record_success(t.key, now - started)
-                            run.upstream_s = now - first
+                            # the wait, less the winner's own encoding and parsing
+                            run.upstream_s = (
+                                now - first - (now - started - _exchange_s(resp, started, now))
+                            )
                             result = self._result(run, t, resp, started)
                             if verdict is not None:
                                 run.attempts[-1].verdict = _verdict_dict(verdict)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import math
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 from .errors import ConfigError
@@ -71,21 +72,33 @@ class ModelParams:
     source: str = "trained"
 
 
+def floats32(v: Any) -> array[float]:
+    """float32 values as `array('f')`, from an array('f'), a numpy array, a tuple or a list."""
+    if isinstance(v, array) and v.typecode == "f":
+        return v
+    if hasattr(v, "dtype"):  # numpy: its float32 bytes, flattened
+        out = array("f")
+        out.frombytes(v.astype("float32", copy=False).tobytes())
+        return out
+    return array("f", v)
+
+
 @dataclass(frozen=True)
 class QualityModel:
     """A predictor the DispatchTable evaluates; immutable, saved as one .npz file.
 
-    `w` (feature-major (dim, k+1), flattened) and `c` (k+1) are kept as tuples of float32
-    values, so that building and routing with a predictor needs no numpy (importing it is
-    most of a fresh process's `Router()` time); `weights` and `intercept` are the same
-    numbers as arrays, for batch work (`tuple(array.ravel().tolist())` makes `w` from one)."""
+    `w` (feature-major (dim, k+1), flattened) and `c` (k+1) are `array('f')`: float32,
+    compact, and handed to Rust as buffers, so building and routing with a predictor needs
+    no numpy (importing it is most of a fresh process's `Router()` time). `weights` and
+    `intercept` are the same numbers as numpy views, for batch work. Numpy arrays (a
+    (dim, k+1) `weights`), tuples and lists are accepted for `w` and `c` and converted."""
 
     name: str
     k: int
     hash_buckets: int
     seed: int
-    w: tuple[float, ...]  # (dim, k+1) feature-major, flattened
-    c: tuple[float, ...]  # (k+1,)
+    w: array[float]  # (dim, k+1) feature-major, flattened
+    c: array[float]  # (k+1,)
     models: Mapping[str, ModelParams] = field(default_factory=dict)
     prior_map: tuple[float, float] = (1.0, 0.0)
     feature_version: int = _core.FEATURE_VERSION
@@ -93,6 +106,14 @@ class QualityModel:
 
     def __post_init__(self) -> None:
         dim = _core.DENSE + self.hash_buckets
+        shape = getattr(self.w, "shape", None)
+        if shape is not None and len(shape) == 2 and tuple(shape) != (dim, self.k + 1):
+            raise ConfigError(
+                f"predictor {self.name!r}: weights shape {tuple(shape)}, "
+                f"expected ({dim}, {self.k + 1}) for hash_buckets={self.hash_buckets}"
+            )
+        object.__setattr__(self, "w", floats32(self.w))
+        object.__setattr__(self, "c", floats32(self.c))
         if len(self.w) != dim * (self.k + 1):
             raise ConfigError(
                 f"predictor {self.name!r}: {len(self.w)} weights, expected {dim}*{self.k + 1} "
@@ -118,17 +139,21 @@ class QualityModel:
 
     @cached_property
     def weights(self) -> FloatArray:
-        """`w` as a (dim, k+1) float32 array."""
+        """`w` as a (dim, k+1) float32 array (a read-only view, no copy)."""
         import numpy as np
 
-        return np.array(self.w, dtype=np.float32).reshape(self.dim, self.k + 1)
+        out = np.frombuffer(self.w, dtype=np.float32).reshape(self.dim, self.k + 1)
+        out.flags.writeable = False
+        return out
 
     @cached_property
     def intercept(self) -> FloatArray:
-        """`c` as a (k+1,) float32 array."""
+        """`c` as a (k+1,) float32 array (a read-only view)."""
         import numpy as np
 
-        return np.array(self.c, dtype=np.float32)
+        out = np.frombuffer(self.c, dtype=np.float32)
+        out.flags.writeable = False
+        return out
 
     def params_for(self, spec: ModelSpec) -> ModelParams:
         """Parameters for a registry model: trained ones, else seeded from its quality prior."""
@@ -146,6 +171,18 @@ class QualityModel:
         else:
             mean_ability = (0.0,) * self.k
         return ModelParams(a * logit(spec.quality_prior()) + b, mean_ability, 0.0, "prior")
+
+    def with_models(self, models: Mapping[str, ModelParams]) -> QualityModel:
+        """This predictor with `models` as its per-model parameters (the weights shared)."""
+        for mid, p in models.items():
+            if len(p.ability) != self.k:
+                raise ConfigError(
+                    f"predictor {self.name!r}: model {mid!r} needs {self.k} abilities"
+                )
+        new = object.__new__(QualityModel)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["models"] = dict(models)
+        return new
 
     def with_model(self, model: str, params: ModelParams) -> QualityModel:
         """This predictor with one model's parameters replaced (a feedback update): the
@@ -242,8 +279,8 @@ class QualityModel:
             k,
             buckets,
             int(meta["seed"]),
-            tuple(weights.ravel().tolist()),
-            tuple(intercept.ravel().tolist()),
+            floats32(weights),
+            floats32(intercept),
             models,
             tuple(meta["prior_map"]),
             int(meta["feature_version"]),
@@ -285,8 +322,8 @@ class QualityModel:
             k,
             hash_buckets,
             _core.Featurizer().seed,
-            tuple(w),
-            (0.0,) * (k + 1),
+            array("f", w),
+            array("f", [0.0] * (k + 1)),
             {},
             (1.0, 0.0),
             meta={"tasks": tasks},

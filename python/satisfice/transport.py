@@ -263,6 +263,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             lines.append(b"Content-Length: %d" % len(body))
         head = b"\r\n".join(lines) + b"\r\n\r\n"
         conn, reused = await self._acquire(key, request, timeouts)
+        wd = Watchdog()  # the read timeout, one timer for the head and the body
         try:
             try:
                 conn.writer.write(head + body if len(body) < 65536 else head)
@@ -275,23 +276,25 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 raise httpx.WriteError(
                     f"sending the request failed: {e}", request=request
                 ) from None
-            status, reason, headers, keep = await _read_head(conn, request, timeouts)
+            status, reason, headers, keep = await _read_head(conn, request, timeouts, wd)
             length = _body_length(request, status, headers)
             decoder = _decoder(headers, request)
         except _NothingRead:
             # The upstream closed this connection as our request went out. Not re-sent here:
             # it may have reached the upstream, so the executor decides and records it.
+            wd.close()
             self._discard(conn)
             stale = " (a kept-alive connection the upstream had closed)" if reused else ""
             raise httpx.RemoteProtocolError(
                 f"the upstream closed the connection without answering{stale}", request=request
             ) from None
         except BaseException:
+            wd.close()
             self._discard(conn)
             raise
         if decoder is not None:  # decoded here, bounded; httpx must not decode it again
             headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
-        stream = _Body(self, conn, request, length, keep, timeouts.get("read"), decoder)
+        stream = _Body(self, conn, request, length, keep, timeouts.get("read"), wd, decoder)
         return httpx.Response(
             status,
             headers=headers,
@@ -343,11 +346,11 @@ async def _read(wd: Watchdog, coro: Any, timeout: float | None, request: httpx.R
 
 
 async def _read_head(
-    conn: _Conn, request: httpx.Request, timeouts: dict[str, Any]
+    conn: _Conn, request: httpx.Request, timeouts: dict[str, Any], wd: Watchdog
 ) -> tuple[int, bytes, list[tuple[bytes, bytes]], bool]:
     read = timeouts.get("read")
     while True:
-        raw: bytes = await _read(Watchdog(), conn.reader.readuntil(b"\r\n\r\n"), read, request)
+        raw: bytes = await _read(wd, conn.reader.readuntil(b"\r\n\r\n"), read, request)
         lines = raw[:-4].split(b"\r\n")
         parts = lines[0].split(b" ", 2)
         try:
@@ -447,6 +450,7 @@ class _Body(httpx.AsyncByteStream):
         length: int | None,
         keep: bool,
         read: float | None,
+        wd: Watchdog,
         decoder: Any = None,
     ) -> None:
         self._transport = transport
@@ -458,7 +462,7 @@ class _Body(httpx.AsyncByteStream):
         self._decoder = decoder
         self._size = 0  # body bytes so far, after decoding: what max_body bounds
         self._chunk_done = False  # chunked: the last chunk and trailers have been read
-        self._wd = Watchdog()  # the read timeout, one timer for the whole body
+        self._wd = wd  # the read timeout, shared with the head's read
 
     def _count(self, n: int) -> None:
         self._size += n

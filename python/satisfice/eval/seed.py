@@ -25,7 +25,7 @@ import numpy as np
 from .. import _core
 from ..errors import ConfigError
 from ..feedback import fisher_moments as feedback_moments
-from ..predict import TASK_FLAGS, ModelParams, QualityModel, logit
+from ..predict import TASK_FLAGS, ModelParams, QualityModel, floats32, logit
 from ..registry import Registry
 
 __all__ = ["TASK_FLAGS", "fisher_moments", "seed_registry_models"]
@@ -97,8 +97,8 @@ def seed_registry_models(
         k + n_t,
         qm.hash_buckets,
         qm.seed,
-        tuple(weights.astype(np.float32).ravel().tolist()),
-        tuple(np.asarray(intercept, dtype=np.float32).tolist()),
+        floats32(weights),
+        floats32(np.asarray(intercept)),
         models,
         qm.prior_map,
         qm.feature_version,

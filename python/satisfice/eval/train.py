@@ -28,7 +28,7 @@ import numpy as np
 from .. import _core
 from ..errors import DatasetError
 from ..feedback import fisher_moments
-from ..predict import ModelParams, QualityModel, logit, sigmoid
+from ..predict import ModelParams, QualityModel, floats32, logit, sigmoid
 from ._set import OutcomeSet
 from .membership import META_KEY, PromptFilter
 
@@ -248,8 +248,8 @@ def fit(
         k=k,
         hash_buckets=cfg.hash_buckets,
         seed=_core.Featurizer(cfg.hash_buckets).seed,
-        w=tuple(w_export.ravel().tolist()),
-        c=tuple(c_export.ravel().tolist()),
+        w=floats32(w_export),
+        c=floats32(c_export),
         models=params,
         prior_map=prior_map,
         meta={
