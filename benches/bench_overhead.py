@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from satisfice import Registry, Router
-from satisfice.executor import ExecutionConfig, make_client
+from satisfice.executor import ExecutionConfig
 from satisfice.testing import patch_registry
 
 MODEL = "gpt-5.4-nano"  # the one model left enabled (OpenAI wire format); asserted below
@@ -47,6 +47,25 @@ def bench_registry(url: str) -> Registry:
     models = [replace(m, efforts={}) if m.id == MODEL else replace(m, disabled=True)
               for m in reg if m.base is None]  # fmt: skip
     return Registry(models, reg.meta)
+
+
+def plain_client(cfg: ExecutionConfig | None = None) -> httpx.AsyncClient:
+    """httpx's own AsyncClient on the transport the router uses, with the router's limits:
+    the baseline "the same transport driven directly" (the router's own client also skips
+    cookies and httpx's send layers, which belong to what satisfice does differently)."""
+    from satisfice.transport import PooledTransport
+
+    c = cfg or ExecutionConfig()
+    transport = PooledTransport(
+        max_connections=c.max_connections,
+        max_per_host=c.max_connections_per_host,
+        keepalive_expiry=c.keepalive_expiry_s,
+        max_body=c.max_response_bytes,
+    )
+    timeout = httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s)
+    return httpx.AsyncClient(
+        transport=transport, timeout=timeout, headers={"accept-encoding": "gzip, deflate"}
+    )
 
 
 def warm_tokenizers() -> None:
@@ -179,7 +198,7 @@ def pct(xs: list[float], q: float) -> float:
 async def measure(url: str, n: int, rounds: int) -> tuple[list[list[str]], dict[str, float]]:
     cfg = ExecutionConfig()
     default_client = httpx.AsyncClient()
-    tuned_client = make_client(cfg)  # what Router.chat() uses
+    tuned_client = plain_client(cfg)  # the router's transport, driven by httpx's own client
     aio_client = aiohttp_client(cfg)
     router = Router(bench_registry(url))
     decision = router.route(MESSAGES)

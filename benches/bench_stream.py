@@ -15,10 +15,16 @@ import time
 from collections.abc import Awaitable, Callable
 
 import httpx
-from bench_overhead import MESSAGES, MODEL, bench_registry, upstream, warm_tokenizers
+from bench_overhead import (
+    MESSAGES,
+    MODEL,
+    bench_registry,
+    plain_client,
+    upstream,
+    warm_tokenizers,
+)
 
 from satisfice import Router
-from satisfice.executor import make_client
 
 Stream = Callable[[], Awaitable[float]]  # returns the time to the first text piece (s)
 
@@ -75,7 +81,7 @@ async def measure(
 
 async def main_async(n: int) -> None:
     with upstream() as url:
-        client = make_client()
+        client = plain_client()
         router = Router(bench_registry(url))
         assert router.route(MESSAGES).model == MODEL
         names = ["direct httpx stream (same transport)", "satisfice stream()"]

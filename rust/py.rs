@@ -38,11 +38,14 @@ fn start_preload() {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
         PRELOADING.store(true, std::sync::atomic::Ordering::SeqCst);
-        let spawned = std::thread::Builder::new()
-            .name("satisfice-tokenizers".into())
-            .spawn(tokens::preload);
-        // No thread (a sandbox that forbids them): the first exact count builds instead.
-        drop(spawned);
+        // one thread per encoding: both are ready in the time of the larger (o200k)
+        for base in [tokens::Family::O200k, tokens::Family::Cl100k] {
+            let spawned = std::thread::Builder::new()
+                .name("satisfice-tokenizer".into())
+                .spawn(move || tokens::load(base));
+            // No thread (a sandbox that forbids them): the first exact count builds instead.
+            drop(spawned);
+        }
     });
 }
 
@@ -63,9 +66,7 @@ fn wait_for_tokenizers(py: Python<'_>) {
 /// Whether a call that may count exactly should release the GIL: a long text, or a
 /// tokenizer still being built (another thread may hold the build for a second).
 fn detach_for(bytes: usize) -> bool {
-    bytes > DETACH_BYTES
-        || !tokens::is_loaded(tokens::Family::O200k)
-        || !tokens::is_loaded(tokens::Family::Cl100k)
+    bytes > DETACH_BYTES || !tokenizers_ready()
 }
 
 /// Borrow the UTF-8 of a Python str; `what` names it in the error (built only on failure).
@@ -371,6 +372,13 @@ fn count_tokens_batch(
         .map(|(i, t)| text(t, || format!("texts[{i}]")).map(str::to_owned))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(py.detach(|| owned.iter().map(|s| tokens::count(s, f)).collect()))
+}
+
+/// Whether exact counts are ready now: both tokenizers built (see `start_preload`). Until
+/// then an exact count waits for the build, which the event loop must not do.
+#[pyfunction]
+fn tokenizers_ready() -> bool {
+    tokens::is_loaded(tokens::Family::O200k) && tokens::is_loaded(tokens::Family::Cl100k)
 }
 
 /// `update_belief` (see dispatch.rs): the new (mean, cov) after one feedback score.
@@ -925,7 +933,7 @@ mod _core {
     use super::{
         count_message_tokens, count_tokens, count_tokens_batch, count_tokens_till_limit,
         estimate_tokens, estimate_tokens_batch, estimator_inputs, is_exact_family, rank,
-        update_belief, wait_for_tokenizers, Featurizer, PyDispatchTable, PyPlan,
+        tokenizers_ready, update_belief, wait_for_tokenizers, Featurizer, PyDispatchTable, PyPlan,
     };
 
     #[pymodule_export]

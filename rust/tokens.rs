@@ -130,10 +130,16 @@ pub fn is_loaded(base: Family) -> bool {
     TABLES[usize::from(base == Family::Cl100k)].get().is_some()
 }
 
-/// Build both tokenizers now (blocking): what the binding runs on a thread of its own.
+/// Build the base encoding's tokenizer now, if it is not (blocking; waits for a build
+/// another thread has started).
+pub fn load(base: Family) {
+    tokenizer(base);
+}
+
+/// Both tokenizers, built or waited for (blocking).
 pub fn preload() {
-    tokenizer(Family::O200k);
-    tokenizer(Family::Cl100k);
+    load(Family::O200k);
+    load(Family::Cl100k);
 }
 
 /// Exact count in a base encoding. Encoding valid UTF-8 does not fail; if it ever did, the

@@ -31,6 +31,7 @@ __all__ = [
     "estimator_inputs",
     "is_exact_family",
     "rank",
+    "tokenizers_ready",
     "update_belief",
     "wait_for_tokenizers",
 ]
@@ -180,3 +181,6 @@ def update_belief(
 ) -> tuple[list[float], list[float]]: ...
 def wait_for_tokenizers() -> None:
     """Block until a tokenizer build in progress has finished (runs before every fork)."""
+
+def tokenizers_ready() -> bool:
+    """Whether exact counts are ready now (both tokenizers built)."""

@@ -28,7 +28,9 @@ def usage_of(messages: Sequence[Mapping[str, Any]], tokenizer: str, resp: ChatRe
         return resp.usage
     out = resp.text + "".join(c.name + c.arguments for c in resp.tool_calls)
     texts = [c for m in messages if isinstance(c := m.get("content"), str)]
-    big = len(out) + sum(len(t) for t in texts) > COUNT_LIMIT_BYTES
+    # estimated, too, while the tokenizers are still being built (a process's first second):
+    # an exact count would hold the event loop until they are
+    big = len(out) + sum(len(t) for t in texts) > COUNT_LIMIT_BYTES or not _core.tokenizers_ready()
     exact = _core.is_exact_family(tokenizer) and not big
     try:
         if big:

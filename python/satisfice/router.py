@@ -9,6 +9,7 @@ from pathlib import Path
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
+from . import _core
 from .decision import Candidate, Decision, Snapshot
 from .errors import ConfigError, InputError, NoRouteError, RegistryWarning, SatisficeError
 from .feedback import FeedbackLog
@@ -380,7 +381,9 @@ class Router:
     ) -> Decision:
         """Route skipping `skip`; if that leaves nothing, skipping only `fallback_skip`, so
         that the executor reports each cooldown instead of a bare "no route"."""
-        if _text_bytes(msgs) < _ROUTE_INLINE_BYTES:
+        # inline unless an exact count could be long: a large prompt, or tokenizers still
+        # being built (a process's first second), which the event loop must not wait for
+        if _text_bytes(msgs) < _ROUTE_INLINE_BYTES and _core.tokenizers_ready():
             try:
                 return self._route(snap, msgs, c, skip, live)
             except NoRouteError:
