@@ -61,9 +61,7 @@ class Snapshot:
             # a trained predictor seeds models it never saw from the mean of those it knows,
             # which this update moves: every such row changes, so compile them all
             return Snapshot.build(self.registry, policy)
-        table = self.table.with_model(
-            self.index[model], float(params.bias), [float(a) for a in params.ability]
-        )
+        table = self.table.with_model(self.index[model], float(params.bias), params.ability)
         return Snapshot(self.registry, policy, table, self.ids, self.index, self.undeployable)
 
     def exclude(self, c: Constraints, skip: frozenset[str] = frozenset()) -> list[int] | None:

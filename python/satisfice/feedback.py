@@ -157,9 +157,7 @@ def update_belief(belief: AbilityBelief, latent: Sequence[float], score: float) 
     k = len(belief.mean) - 1
     if len(latent) != k + 1:
         raise InputError(f"latent must hold {k + 1} values (k skills and a difficulty)")
-    mean, cov = _core.update_belief(
-        list(belief.mean), list(belief.cov), [float(v) for v in latent], float(score)
-    )
+    mean, cov = _core.update_belief(belief.mean, belief.cov, latent, float(score))
     return AbilityBelief(tuple(mean), tuple(cov), belief.n_obs + 1.0)
 
 

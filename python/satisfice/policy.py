@@ -207,9 +207,8 @@ class Policy:
         """This policy with another predictor (what each feedback update makes). Only the
         predictor changes, and it is valid, so the field checks are not run again."""
         new = object.__new__(Policy)
-        for name in _POLICY_FIELDS:
-            object.__setattr__(new, name, getattr(self, name))
-        object.__setattr__(new, "quality", quality)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["quality"] = quality
         return new
 
     def quality_model(self) -> QualityModel:
@@ -375,9 +374,6 @@ def _bool(v: object, where: str) -> bool:
 
 
 _BUNDLED: list[QualityModel] = []
-
-
-_POLICY_FIELDS = tuple(f.name for f in fields(Policy))
 
 
 def _bundled_quality() -> QualityModel:
