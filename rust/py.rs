@@ -443,6 +443,24 @@ fn count_message_tokens(
     }))
 }
 
+/// Estimated prompt tokens of chat messages (text parts estimated, images at the typical
+/// figure the router plans with, per-message overhead): what accounting falls back on
+/// when an exact count is not cheap now (`tokenizers_ready`).
+#[pyfunction]
+#[pyo3(signature = (messages, encoding = "o200k_base"))]
+fn estimate_message_tokens(messages: &Bound<'_, PyAny>, encoding: &str) -> PyResult<f64> {
+    let f = family(encoding)?;
+    let (msgs, images) = messages_from(messages)?;
+    let text: f64 = msgs
+        .iter()
+        .map(|m| f64::from(tokens::estimate(&m.content, f)) + tokens::PER_MESSAGE_OVERHEAD as f64)
+        .sum();
+    Ok(
+        text + tokens::PER_REQUEST_OVERHEAD as f64
+            + images as f64 * crate::dispatch::IMAGE_TOKENS.1,
+    )
+}
+
 #[pyfunction]
 fn is_exact_family(family: &str) -> PyResult<bool> {
     Ok(self::family(family)?.is_exact())
@@ -932,8 +950,9 @@ mod _core {
     #[pymodule_export]
     use super::{
         count_message_tokens, count_tokens, count_tokens_batch, count_tokens_till_limit,
-        estimate_tokens, estimate_tokens_batch, estimator_inputs, is_exact_family, rank,
-        tokenizers_ready, update_belief, wait_for_tokenizers, Featurizer, PyDispatchTable, PyPlan,
+        estimate_message_tokens, estimate_tokens, estimate_tokens_batch, estimator_inputs,
+        is_exact_family, rank, tokenizers_ready, update_belief, wait_for_tokenizers, Featurizer,
+        PyDispatchTable, PyPlan,
     };
 
     #[pymodule_export]

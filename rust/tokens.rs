@@ -17,6 +17,7 @@
 use crate::CoreError;
 use fastokens::{TiktokenConfig, Tokenizer};
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 include!("estimator_coefs.rs");
@@ -125,15 +126,26 @@ fn tokenizer(base: Family) -> &'static Tokenizer {
     TABLES[usize::from(base == Family::Cl100k)].get_or_init(|| build(base))
 }
 
-/// Whether exact counting in `base` is ready without building its tokenizer first.
+/// Set per encoding once its tokenizer is built *and* warmed (see `load`).
+static WARM: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+
+/// Text of every kind the pre-tokeniser and the BPE meet, counted once after a build: the
+/// tokenizer builds further tables on its first encode (a few hundred milliseconds), which
+/// must not land on the first request.
+const WARM_TEXT: &str = "Warm up: the quick brown fox (1234567) jumps over 3.14 lazy dogs!\n\
+    def f(x):\n    return {\"k\": [x, 'y']}  // é ü ß — 日本語のテキスト 한국어 текст 🙂\r\n";
+
+/// Whether an exact count in `base` is cheap now: its tokenizer built and warmed.
 pub fn is_loaded(base: Family) -> bool {
-    TABLES[usize::from(base == Family::Cl100k)].get().is_some()
+    WARM[usize::from(base == Family::Cl100k)].load(Ordering::Acquire)
 }
 
-/// Build the base encoding's tokenizer now, if it is not (blocking; waits for a build
-/// another thread has started).
+/// Build and warm the base encoding's tokenizer now, if it is not (blocking; waits for a
+/// build another thread has started).
 pub fn load(base: Family) {
-    tokenizer(base);
+    if !is_loaded(base) {
+        count_base(WARM_TEXT, base); // marks it warm
+    }
 }
 
 /// Both tokenizers, built or waited for (blocking).
@@ -145,9 +157,12 @@ pub fn preload() {
 /// Exact count in a base encoding. Encoding valid UTF-8 does not fail; if it ever did, the
 /// byte count is returned, which no byte-level BPE count exceeds (the safe side of a limit).
 fn count_base(text: &str, base: Family) -> usize {
-    tokenizer(base)
+    let n = tokenizer(base)
         .encode_ordinary(text)
-        .map_or(text.len(), |ids| ids.len())
+        .map_or(text.len(), |ids| ids.len());
+    // after one encode the tokenizer's lazy tables exist: the next count is cheap
+    WARM[usize::from(base == Family::Cl100k)].store(true, Ordering::Release);
+    n
 }
 
 /// Exact token count of `text` in the family's base encoding (scaled for non-OpenAI families).

@@ -92,3 +92,63 @@ def test_the_event_loop_never_waits_for_the_tokenizer_build() -> None:
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert float(r.stdout.strip()) < 0.25, r.stdout
+
+
+WARM_CHILD = textwrap.dedent(
+    """
+    import time
+    from satisfice import Router, _core
+    Router()
+    _core.wait_for_tokenizers()  # what /ready waits for
+    assert _core.tokenizers_ready()
+    t = time.perf_counter()
+    _core.count_tokens("hello world, the first count after ready", "o200k_base")
+    _core.count_tokens("hello world, the first count after ready", "cl100k_base")
+    print(time.perf_counter() - t)
+    """
+)
+
+
+def test_ready_means_the_first_count_is_cheap() -> None:
+    """Found by review: the tokenizer builds more tables on its first encode (a few hundred
+    ms), which "ready" did not include, so the first inline count stalled the loop."""
+    r = subprocess.run(
+        [sys.executable, "-c", WARM_CHILD], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.strip()) < 0.05, r.stdout
+
+
+AROUTE_CHILD = LOOP_CHILD.replace(
+    "d = await router._decide(snap, msgs, c, frozenset(), frozenset(), None)",
+    "d = await router.aroute(msgs, max_output_tokens=256)",
+)
+
+
+def test_aroute_never_holds_the_loop_during_the_build() -> None:
+    """The server's rate-limit and budget checks route with `aroute`: found by review, they
+    used the synchronous route() on the loop and stalled it for the tokenizers' build."""
+    assert AROUTE_CHILD != LOOP_CHILD
+    r = subprocess.run(
+        [sys.executable, "-c", AROUTE_CHILD], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.strip()) < 0.25, r.stdout
+
+
+def test_usage_of_list_parts_is_estimated_not_zero_during_the_build(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Found by review: while the tokenizers were building, a prompt given as content parts
+    was estimated as 0 tokens."""
+    from satisfice import _core, accounting
+    from satisfice.providers.base import ChatResponse
+
+    _core.count_tokens("x", "o200k_base")  # both built and warm: the exact path is taken
+    _core.count_tokens("x", "cl100k_base")
+    prose = "The quick brown fox jumps over the lazy dog. " * 40
+    msgs = [{"role": "user", "content": [{"type": "text", "text": prose}]}]
+    resp = ChatResponse("an answer", {}, None, "stop")
+    exact = accounting.usage_of(msgs, "o200k_base", resp)
+    monkeypatch.setattr(accounting._core, "tokenizers_ready", lambda: False)
+    est = accounting.usage_of(msgs, "o200k_base", resp)
+    assert est.source == "estimated" and exact.source == "counted"
+    assert abs(est.prompt_tokens - exact.prompt_tokens) < 0.2 * exact.prompt_tokens

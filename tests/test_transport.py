@@ -224,4 +224,12 @@ def test_nothing_can_be_put_in_the_shared_empty_jar() -> None:
         a.cookies.set("session", "A-secret")
     with pytest.raises(ValueError, match="keeps no cookies"):
         a.cookies["session"] = "A-secret"
+    from http.cookiejar import Cookie
+
+    c = Cookie(0, "session", "A-secret", None, False, "upstream.test", True, False, "/",
+               True, False, None, False, None, None, {})  # fmt: skip
+    with pytest.raises(ValueError, match="keeps no cookies"):
+        a.cookies.jar.set_cookie(c)  # the jar's own door too (found by review)
     assert not b.cookies
+    req = b.build_request("POST", "http://upstream.test/v1/chat/completions")
+    assert "cookie" not in req.headers

@@ -26,6 +26,7 @@ __all__ = [
     "count_tokens",
     "count_tokens_batch",
     "count_tokens_till_limit",
+    "estimate_message_tokens",
     "estimate_tokens",
     "estimate_tokens_batch",
     "estimator_inputs",
@@ -184,3 +185,6 @@ def wait_for_tokenizers() -> None:
 
 def tokenizers_ready() -> bool:
     """Whether exact counts are ready now (both tokenizers built)."""
+
+def estimate_message_tokens(messages: Any, encoding: str = "o200k_base") -> float:
+    """Estimated prompt tokens of chat messages (text parts, images, overhead)."""

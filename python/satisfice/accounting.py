@@ -34,7 +34,7 @@ def usage_of(messages: Sequence[Mapping[str, Any]], tokenizer: str, resp: ChatRe
     exact = _core.is_exact_family(tokenizer) and not big
     try:
         if big:
-            n_in = round(sum(_core.estimate_tokens(t, tokenizer) for t in texts))
+            n_in = round(_core.estimate_message_tokens(messages, tokenizer))
         else:
             n_in = _core.count_message_tokens(messages, tokenizer)
     except SatisficeError:  # messages the counter cannot read (exotic parts): estimate

@@ -25,6 +25,7 @@ public benchmark score counts as `prior_evidence` observations.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from array import array
@@ -89,12 +90,12 @@ class AbilityBelief:
 
     @classmethod
     def from_precision(cls, mean: Any, precision: Any, n_obs: float) -> AbilityBelief:
-        import numpy as np
-
-        cov = np.linalg.inv(np.asarray(precision, dtype=np.float64))
+        p = [[float(v) for v in row] for row in precision]
+        cov = _inverse(p)
+        n = len(cov)
         return cls(
-            tuple(np.asarray(mean, dtype=np.float64).tolist()),
-            tuple(((cov + cov.T) / 2.0).ravel().tolist()),
+            tuple(float(v) for v in mean),
+            tuple((cov[i][j] + cov[j][i]) / 2.0 for i in range(n) for j in range(n)),
             n_obs,
         )
 
@@ -118,18 +119,43 @@ class AbilityBelief:
         )
 
 
-def _fisher(qm: QualityModel) -> tuple[np.ndarray, float]:
-    """E[phi phi'] over training prompts and the mean curvature s(1 - s), if recorded."""
-    import numpy as np
+def _inverse(a: list[list[float]]) -> list[list[float]]:
+    """The inverse of a small symmetric positive-definite matrix (a precision, (k+1)^2),
+    by Gauss-Jordan elimination: once per model per process, and without importing numpy
+    (a first `feedback()` would otherwise stall its caller's event loop for ~0.1 s)."""
+    n = len(a)
+    m = [[*row, *(1.0 if i == j else 0.0 for j in range(n))] for i, row in enumerate(a)]
+    for c in range(n):
+        pivot = max(range(c, n), key=lambda r: abs(m[r][c]))
+        if m[pivot][c] == 0.0:
+            raise ConfigError("a feedback prior's precision is singular")
+        m[c], m[pivot] = m[pivot], m[c]
+        inv = 1.0 / m[c][c]
+        m[c] = [v * inv for v in m[c]]
+        for r in range(n):
+            if r != c and m[r][c] != 0.0:
+                f = m[r][c]
+                m[r] = [x - f * y for x, y in zip(m[r], m[c], strict=True)]
+    return [row[n:] for row in m]
 
+
+def _fisher(qm: QualityModel) -> tuple[list[list[float]], float]:
+    """E[phi phi'] over training prompts and the mean curvature s(1 - s), if recorded."""
     k = qm.k
+    eye = [[1.0 if i == j else 0.0 for j in range(k + 1)] for i in range(k + 1)]
     entry = qm.meta.get("fisher")
     if isinstance(entry, Mapping):
-        m = np.asarray(entry.get("phi_moment"), dtype=np.float64)
+        raw = entry.get("phi_moment")
         w = float(str(entry.get("mean_weight", _DEFAULT_WEIGHT)))
-        if m.shape == (k + 1, k + 1) and np.all(np.isfinite(m)):
+        try:
+            m = [[float(v) for v in row] for row in raw]  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            return eye, _DEFAULT_WEIGHT
+        if len(m) == k + 1 and all(
+            len(row) == k + 1 and all(math.isfinite(v) for v in row) for row in m
+        ):
             return m, w
-    return np.eye(k + 1), _DEFAULT_WEIGHT
+    return eye, _DEFAULT_WEIGHT
 
 
 def prior_belief(
@@ -140,13 +166,15 @@ def prior_belief(
     prior_evidence: float = PRIOR_EVIDENCE,
 ) -> AbilityBelief:
     """The belief a model's current parameters stand for (see the module docstring)."""
-    import numpy as np
-
     moment, weight = _fisher(qm)
     evidence = min(p.n_obs, max_evidence)
     if p.source == "prior":
         evidence = max(evidence, prior_evidence)
-    precision = np.eye(qm.k + 1) + evidence * weight * moment
+    g = evidence * weight
+    precision = [
+        [(1.0 if i == j else 0.0) + g * v for j, v in enumerate(row)]
+        for i, row in enumerate(moment)
+    ]
     return AbilityBelief.from_precision([p.bias, *p.ability], precision, p.n_obs)
 
 

@@ -68,6 +68,12 @@ _OPTIONS = frozenset(RequestOptions.__annotations__)
 _ROUTE_INLINE_BYTES = 32 * 1024
 
 
+def _route_inline(msgs: list[dict[str, Any]]) -> bool:
+    """Whether to route on the event loop: not when an exact count could be long (a large
+    prompt) or must wait for the tokenizers' build (a process's first second)."""
+    return _text_bytes(msgs) < _ROUTE_INLINE_BYTES and _core.tokenizers_ready()
+
+
 def _text_bytes(msgs: list[dict[str, Any]]) -> int:
     n = 0
     for m in msgs:
@@ -211,6 +217,23 @@ class Router:
         if plan.below_floor and (policy.strict_floor if c.strict_floor is None else c.strict_floor):
             raise snap.below_floor(plan, c)
         return Decision(snap, plan, c, self._feedback)
+
+    async def aroute(
+        self,
+        messages: Messages,
+        constraints: Constraints | Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Decision:
+        """`route()` for async code: on the event loop when that is cheap, else on a worker
+        thread (a large prompt, or the tokenizers still being built), so the loop never
+        waits for an exact count."""
+        snap, c = self._snap, Constraints.of(constraints, **overrides)
+        msgs = _message_list(messages)
+        if _route_inline(msgs):
+            return self._route(snap, msgs, c)
+        import asyncio
+
+        return await asyncio.to_thread(self._route, snap, msgs, c)
 
     def feedback(self, request_id: str, score: float, model: str | None = None) -> ModelParams:
         """Tell the router how good an answer was (score in [0, 1]; 1 = acceptable).
@@ -381,9 +404,7 @@ class Router:
     ) -> Decision:
         """Route skipping `skip`; if that leaves nothing, skipping only `fallback_skip`, so
         that the executor reports each cooldown instead of a bare "no route"."""
-        # inline unless an exact count could be long: a large prompt, or tokenizers still
-        # being built (a process's first second), which the event loop must not wait for
-        if _text_bytes(msgs) < _ROUTE_INLINE_BYTES and _core.tokenizers_ready():
+        if _route_inline(msgs):
             try:
                 return self._route(snap, msgs, c, skip, live)
             except NoRouteError:

@@ -214,8 +214,7 @@ class Service:
         """Ready once the exact counters' tokenizers are built (about a second, on a thread
         the router started): until then a request near a limit would wait for them, so a
         load balancer should not send traffic yet. Requests are served meanwhile."""
-        await asyncio.to_thread(_core.count_tokens, "", "o200k_base")
-        await asyncio.to_thread(_core.count_tokens, "", "cl100k_base")
+        await asyncio.to_thread(_core.wait_for_tokenizers)
         self.ready = self.started
 
     async def _probe_loop(self) -> None:
@@ -410,7 +409,9 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 pinned = await svc.state.pin(routed.session)
                 if pinned and "allow" not in opts and pinned in svc.router.registry:
                     try:
-                        svc.router.route(routed.messages, {**constraints, "allow": (pinned,)})
+                        await svc.router.aroute(
+                            routed.messages, {**constraints, "allow": (pinned,)}
+                        )
                         opts["allow"] = constraints["allow"] = (pinned,)
                         meta["session_pin"] = pinned
                     except NoRouteError as e:
@@ -420,7 +421,11 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             limited = key is not None and (key.rpm is not None or key.tpm is not None)
             # one decision for the rate limit's tokens and the budget's bound (chat() routes
             # again, on the snapshot current when it runs)
-            d = svc.router.route(routed.messages, constraints) if limited or budgets else None
+            d = (
+                await svc.router.aroute(routed.messages, constraints)
+                if limited or budgets
+                else None
+            )
             if limited:
                 assert key is not None and d is not None
                 wait = await svc.state.hit(key.id, key.rpm, key.tpm, d.primary.tokens_in)
