@@ -38,14 +38,13 @@ fn start_preload() {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
         PRELOADING.store(true, std::sync::atomic::Ordering::SeqCst);
-        // one thread per encoding: both are ready in the time of the larger (o200k)
-        for base in [tokens::Family::O200k, tokens::Family::Cl100k] {
-            let spawned = std::thread::Builder::new()
-                .name("satisfice-tokenizer".into())
-                .spawn(move || tokens::load(base));
-            // No thread (a sandbox that forbids them): the first exact count builds instead.
-            drop(spawned);
-        }
+        // One thread for both (about two seconds): a thread per encoding would be ready
+        // sooner, but would take every core of a small machine while the caller starts up.
+        let spawned = std::thread::Builder::new()
+            .name("satisfice-tokenizers".into())
+            .spawn(tokens::preload);
+        // No thread (a sandbox that forbids them): the first exact count builds instead.
+        drop(spawned);
     });
 }
 
