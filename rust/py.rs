@@ -35,9 +35,7 @@ const DETACH_BYTES: usize = 16 * 1024;
 /// takes about a second, which the first request that needs an exact count would
 /// otherwise wait (see tokens.rs).
 fn start_preload() {
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    STARTED.call_once(|| {
-        PRELOADING.store(true, std::sync::atomic::Ordering::SeqCst);
+    PRELOAD.call_once(|| {
         // One thread for both (about two seconds): a thread per encoding would be ready
         // sooner, but would take every core of a small machine while the caller starts up.
         let spawned = std::thread::Builder::new()
@@ -48,8 +46,8 @@ fn start_preload() {
     });
 }
 
-/// Set once `start_preload` has started the build.
-static PRELOADING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Completed once `start_preload` has started the build.
+static PRELOAD: std::sync::Once = std::sync::Once::new();
 
 /// Block until a tokenizer build that `start_preload` started has finished (GIL released);
 /// return at once if none was started. Registered to run before every `os.fork()`: a child
@@ -57,7 +55,7 @@ static PRELOADING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 /// exact count in it would wait forever.
 #[pyfunction]
 fn wait_for_tokenizers(py: Python<'_>) {
-    if PRELOADING.load(std::sync::atomic::Ordering::SeqCst) {
+    if PRELOAD.is_completed() {
         py.detach(tokens::preload);
     }
 }

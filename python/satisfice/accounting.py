@@ -13,7 +13,7 @@ from .providers.base import ChatResponse, Usage
 if TYPE_CHECKING:
     from .registry import Price
 
-__all__ = ["cost_of", "usage_of"]
+__all__ = ["cost_of", "countable", "text_tokens", "usage_of"]
 
 
 #: Above this many bytes, text is estimated rather than counted: an exact count of a large
@@ -21,16 +21,28 @@ __all__ = ["cost_of", "usage_of"]
 COUNT_LIMIT_BYTES = 256 * 1024
 
 
+def countable(nbytes: int) -> bool:
+    """Whether an exact count of `nbytes` of text is cheap now: small enough, and the
+    tokenizers built (in a process's first seconds a count would wait for them, holding
+    the event loop)."""
+    return nbytes <= COUNT_LIMIT_BYTES and _core.tokenizers_ready()
+
+
+def text_tokens(text: str, tokenizer: str) -> int:
+    """Tokens of `text`: counted when `countable`, else estimated."""
+    if countable(len(text)):
+        return _core.count_tokens(text, tokenizer)
+    return round(_core.estimate_tokens(text, tokenizer))
+
+
 def usage_of(messages: Sequence[Mapping[str, Any]], tokenizer: str, resp: ChatResponse) -> Usage:
-    """Provider-reported usage, else our own count (exact for OpenAI encodings, for texts up
-    to COUNT_LIMIT_BYTES; estimated beyond, and `source` says so)."""
+    """Provider-reported usage, else our own count (exact for OpenAI encodings when
+    `countable`; estimated otherwise, and `source` says so)."""
     if resp.usage is not None:
         return resp.usage
     out = resp.text + "".join(c.name + c.arguments for c in resp.tool_calls)
     texts = [c for m in messages if isinstance(c := m.get("content"), str)]
-    # estimated, too, while the tokenizers are still being built (a process's first second):
-    # an exact count would hold the event loop until they are
-    big = len(out) + sum(len(t) for t in texts) > COUNT_LIMIT_BYTES or not _core.tokenizers_ready()
+    big = not countable(len(out) + sum(len(t) for t in texts))
     exact = _core.is_exact_family(tokenizer) and not big
     try:
         if big:

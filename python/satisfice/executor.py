@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from . import _core
 from ._redact import StreamScrubber
 from ._watchdog import Watchdog
-from .accounting import cost_of, usage_of
+from .accounting import cost_of, text_tokens, usage_of
 from .errors import (
     AllAttemptsFailedError,
     AuthError,
@@ -128,17 +127,6 @@ class _NoCookies(httpx.Cookies):
 
     def set_cookie_header(self, request: httpx.Request) -> None:
         return None
-
-    # one jar is shared by every router's client: nothing may be put in it
-    def set(self, name: str, value: str, domain: str = "", path: str = "/") -> None:
-        raise ValueError("the router's HTTP client keeps no cookies")
-
-    def __setitem__(self, name: str, value: str) -> None:
-        self.set(name, value)
-
-    def update(self, cookies: Any = None) -> None:  # type: ignore[override]
-        if cookies:
-            raise ValueError("the router's HTTP client keeps no cookies")
 
 
 class _Client(httpx.AsyncClient):
@@ -580,12 +568,7 @@ class Executor:
         """What a call that got no final answer may be billed: the prompt as routed (the
         decision's count for this model), plus any text that already streamed."""
         tokens_in = next((c.tokens_in for c in run.decision.candidates if c.model == t.model), 0)
-        if not completion:
-            out = 0
-        elif _core.tokenizers_ready():
-            out = _core.count_tokens(completion, t.spec.tokenizer)
-        else:  # never wait for the tokenizers' build on the event loop
-            out = round(_core.estimate_tokens(completion, t.spec.tokenizer))
+        out = text_tokens(completion, t.spec.tokenizer) if completion else 0
         return Usage(tokens_in, out, source="estimated")
 
     def _result(

@@ -128,10 +128,7 @@ class QualityModel:
                 "`satisfice eval --train ... --save-predictor`"
             )
         for mid, p in self.models.items():
-            if len(p.ability) != self.k:
-                raise ConfigError(
-                    f"predictor {self.name!r}: model {mid!r} needs {self.k} abilities"
-                )
+            self._check(mid, p)
 
     @property
     def dim(self) -> int:
@@ -172,27 +169,28 @@ class QualityModel:
             mean_ability = (0.0,) * self.k
         return ModelParams(a * logit(spec.quality_prior()) + b, mean_ability, 0.0, "prior")
 
+    def _check(self, model: str, p: ModelParams) -> None:
+        if len(p.ability) != self.k:
+            raise ConfigError(f"predictor {self.name!r}: model {model!r} needs {self.k} abilities")
+
+    def _sharing(self, models: dict[str, ModelParams]) -> QualityModel:
+        """A copy with `models` (already checked), sharing the weights and their arrays."""
+        new = object.__new__(QualityModel)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["models"] = models
+        return new
+
     def with_models(self, models: Mapping[str, ModelParams]) -> QualityModel:
         """This predictor with `models` as its per-model parameters (the weights shared)."""
         for mid, p in models.items():
-            if len(p.ability) != self.k:
-                raise ConfigError(
-                    f"predictor {self.name!r}: model {mid!r} needs {self.k} abilities"
-                )
-        new = object.__new__(QualityModel)
-        new.__dict__.update(self.__dict__)
-        new.__dict__["models"] = dict(models)
-        return new
+            self._check(mid, p)
+        return self._sharing(dict(models))
 
     def with_model(self, model: str, params: ModelParams) -> QualityModel:
-        """This predictor with one model's parameters replaced (a feedback update): the
-        weights (and their arrays, if made) are shared, only that entry is checked."""
-        if len(params.ability) != self.k:
-            raise ConfigError(f"predictor {self.name!r}: model {model!r} needs {self.k} abilities")
-        new = object.__new__(QualityModel)
-        new.__dict__.update(self.__dict__)
-        new.__dict__["models"] = {**self.models, model: params}
-        return new
+        """This predictor with one model's parameters replaced (a feedback update): only
+        that entry is checked."""
+        self._check(model, params)
+        return self._sharing({**self.models, model: params})
 
     # -- batch evaluation, for offline work (the router's hot path runs the same maths in Rust)
     def featurizer(self) -> _core.Featurizer:

@@ -227,13 +227,24 @@ class Router:
         """`route()` for async code: on the event loop when that is cheap, else on a worker
         thread (a large prompt, or the tokenizers still being built), so the loop never
         waits for an exact count."""
-        snap, c = self._snap, Constraints.of(constraints, **overrides)
-        msgs = _message_list(messages)
-        if _route_inline(msgs):
-            return self._route(snap, msgs, c)
-        import asyncio
+        c = Constraints.of(constraints, **overrides)
+        return await self._route_off_loop(self._snap, _message_list(messages), c)
 
-        return await asyncio.to_thread(self._route, snap, msgs, c)
+    async def _route_off_loop(
+        self,
+        snap: Snapshot,
+        msgs: list[dict[str, Any]],
+        c: Constraints,
+        skip: frozenset[str] = frozenset(),
+        live: list[tuple[int, float]] | None = None,
+    ) -> Decision:
+        """`_route` on the event loop when that is cheap (`_route_inline`), else on a
+        worker thread."""
+        if _route_inline(msgs):
+            return self._route(snap, msgs, c, skip, live)
+        import asyncio  # loaded already (we are in a coroutine); Router() alone does not need it
+
+        return await asyncio.to_thread(self._route, snap, msgs, c, skip, live)
 
     def feedback(self, request_id: str, score: float, model: str | None = None) -> ModelParams:
         """Tell the router how good an answer was (score in [0, 1]; 1 = acceptable).
@@ -404,21 +415,12 @@ class Router:
     ) -> Decision:
         """Route skipping `skip`; if that leaves nothing, skipping only `fallback_skip`, so
         that the executor reports each cooldown instead of a bare "no route"."""
-        if _route_inline(msgs):
-            try:
-                return self._route(snap, msgs, c, skip, live)
-            except NoRouteError:
-                if skip == fallback_skip:
-                    raise
-                return self._route(snap, msgs, c, fallback_skip, live)
-        import asyncio  # loaded already (we are in a coroutine); Router() alone does not need it
-
         try:
-            return await asyncio.to_thread(self._route, snap, msgs, c, skip, live)
+            return await self._route_off_loop(snap, msgs, c, skip, live)
         except NoRouteError:
             if skip == fallback_skip:
                 raise
-            return await asyncio.to_thread(self._route, snap, msgs, c, fallback_skip, live)
+            return await self._route_off_loop(snap, msgs, c, fallback_skip, live)
 
     async def chat(
         self,
