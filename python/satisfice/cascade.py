@@ -277,6 +277,58 @@ class Cascade:
         ladder = " -> ".join("[" + ", ".join(s.models) + "]" for s in self.steps)
         return f"Cascade({ladder})"
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form a policy stores (`from_dict` reads it back); every check must be a
+        built-in one (`validators.to_spec`)."""
+        from .validators import to_spec
+
+        out: dict[str, Any] = {
+            "steps": [
+                {"models": list(s.models)}
+                | ({} if s.validator is None else {"check": to_spec(s.validator)})
+                for s in self.steps
+            ]
+        }
+        for name in ("latency_budget_ms", "max_cost_usd", "skip_below"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.on_budget != "best":
+            out["on_budget"] = self.on_budget
+        return out
+
+    @classmethod
+    def from_dict(cls, d: object, where: str = "cascade") -> Cascade:
+        """A ladder from its JSON form; errors name `where` and the field."""
+        from .validators import from_spec
+
+        if not isinstance(d, Mapping) or not isinstance(d.get("steps"), list):
+            raise ConfigError(f'{where}: expected {{"steps": [...], ...}}, got {d!r:.80}')
+        unknown = set(d) - {"steps", "latency_budget_ms", "max_cost_usd", "skip_below", "on_budget"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
+        steps = []
+        for i, s in enumerate(d["steps"]):
+            models = s.get("models") if isinstance(s, Mapping) else None
+            if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+                raise ConfigError(f'{where}.steps[{i}]: expected {{"models": [ids], "check": ...}}')
+            if set(s) - {"models", "check"}:
+                raise ConfigError(
+                    f"{where}.steps[{i}]: unknown field(s) {sorted(set(s) - {'models', 'check'})}"
+                )
+            try:
+                check = None if s.get("check") is None else from_spec(s["check"])
+            except ConfigError as e:
+                raise ConfigError(f"{where}.steps[{i}].check: {e}") from None
+            steps.append(Step(tuple(models), check))
+        kw = {k: d[k] for k in ("latency_budget_ms", "max_cost_usd", "skip_below") if k in d}
+        for k, val in kw.items():
+            if isinstance(val, bool) or not isinstance(val, int | float):
+                raise ConfigError(f"{where}.{k}: expected a number, got {val!r:.40}")
+        try:
+            return cls(steps, on_budget=d.get("on_budget", "best"), **kw)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
     def capped(self, max_cost_usd: float) -> Cascade:
         """This ladder with a cost cap (the same steps, budgets and rules otherwise)."""
         return Cascade(

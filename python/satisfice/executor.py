@@ -189,6 +189,23 @@ class _Target:
         self.in_flight = 0  # calls open on this deployment now (load balancing)
 
 
+def tuned_ladder(d: Decision) -> tuple[Cascade | None, str | None]:
+    """The policy's tuned ladder for this decision (`cascade="auto"`), or None and why the
+    request is routed plainly instead: no ladder for its task, or one that would call a
+    model this request's constraints rule out (an allow-list, the window, a capability)."""
+    ladder = d.snapshot.policy.cascade_for(d.task)
+    if ladder is None:
+        return None, f"no tuned cascade for task {d.task!r}: routed"
+    routable = {c.model for c in d.candidates}
+    for step in ladder.steps:
+        for m in step.models:
+            if m not in routable:
+                rule, reason = d.filtered.get(m, ("constraints", "not a candidate"))
+                why = f"the tuned cascade calls {m}, ruled out by this request"
+                return None, f"{why} ({rule}: {reason}): routed"
+    return ladder, None
+
+
 class Run:
     """One request's state: the decision, the wire request, its clock and every attempt.
     Made by `Executor.run()`; a cascade's calls are sub-runs that share its attempts."""
@@ -650,13 +667,21 @@ class Executor:
     ) -> ChatStream:
         return ChatStream(self._stream(run, started_at, dict(metadata or {})))
 
-    async def cascade(self, run: Run, ladder: Cascade | bool) -> ChatResult:
-        """Climb `ladder` (True: the decision's default ladder, checked by `run.accept`);
-        every model call goes through the attempt loop and lands in `run.attempts`, tagged
-        with its step and, once checked, its verdict."""
+    async def cascade(self, run: Run, ladder: Cascade | bool | str) -> ChatResult:
+        """Climb `ladder` (True: the decision's default ladder, checked by `run.accept`;
+        "auto": the policy's tuned ladder for the prompt's task, or plain routing when it
+        has none for that task); every model call goes through the attempt loop and lands
+        in `run.attempts`, tagged with its step and, once checked, its verdict."""
         from .cascade import Cascade, answer_from_chat, current_step, estimates_from
 
         d = run.decision
+        if isinstance(ladder, str):
+            tuned, why = tuned_ladder(d)
+            if tuned is None:
+                plain = await self.complete(run)
+                plain.cascade_skipped = why
+                return plain
+            ladder = tuned
         if not isinstance(ladder, Cascade):
             if run.accept is None:
                 raise ConfigError(
@@ -690,9 +715,13 @@ class Executor:
             answered[id(answer)] = (t, resp, attempt)
             return answer
 
-        result = await ladder.run(
-            call, run.request.messages, estimates=estimates_from(d, run.registry)
-        )
+        try:
+            result = await ladder.run(
+                call, run.request.messages, estimates=estimates_from(d, run.registry)
+            )
+        except AllAttemptsFailedError as e:
+            # The ladder knows its calls' errors only as text; the run has every attempt.
+            raise AllAttemptsFailedError(str(e), list(run.attempts)) from None
         for step in result.steps:
             for a, v in zip(step.answers, step.verdicts, strict=True):
                 if id(a) in answered:

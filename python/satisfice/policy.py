@@ -13,13 +13,16 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._table import ModelRowSpec, RuleSpec
 from .errors import ConfigError
 from .predict import QualityModel
 from .registry import ModelSpec, Price, Registry
+
+if TYPE_CHECKING:
+    from .cascade import Cascade  # imported when a policy has ladders: Router() stays lean
 
 __all__ = ["Constraints", "Policy", "Rule"]
 
@@ -187,6 +190,9 @@ class Policy:
         default_factory=lambda: dict(DEFAULT_EXPECTED_OUTPUT)
     )
     quality: QualityModel | None = None  # None: the bundled predictor
+    # Tuned ladders (`satisfice calibrate --strategy cascade`) that `cascade="auto"` climbs,
+    # by the router's task of the prompt; "*" serves every task without its own.
+    cascades: Mapping[str, Cascade] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         f = self.quality_floor
@@ -202,6 +208,15 @@ class Policy:
         bad = set(self.expected_output_tokens) - set(_core.TASKS)
         if bad:
             raise ConfigError(f"policy.expected_output_tokens: unknown tasks {sorted(bad)}")
+        bad = set(self.cascades) - {*_core.TASKS, "*"}
+        if bad:
+            raise ConfigError(
+                f"policy.cascades: unknown task(s) {sorted(bad)}; use {[*_core.TASKS, '*']}"
+            )
+
+    def cascade_for(self, task: str) -> Cascade | None:
+        """The tuned ladder `cascade="auto"` climbs for a prompt of `task` (None: route)."""
+        return self.cascades.get(task) or self.cascades.get("*")
 
     def with_quality(self, quality: QualityModel) -> Policy:
         """This policy with another predictor (what each feedback update makes). Only the
@@ -261,6 +276,14 @@ class Policy:
                     "models": idx,
                 }
             )
+        for task, ladder in self.cascades.items():
+            for step in ladder.steps:
+                for mid in step.models:
+                    if mid not in registry:
+                        raise ConfigError(
+                            f"policy.cascades[{task!r}] names {mid!r}, which the registry "
+                            "lacks: add it to the registry or calibrate again with this one"
+                        )
         expected = [
             int(self.expected_output_tokens.get(t, DEFAULT_EXPECTED_OUTPUT[t])) for t in _core.TASKS
         ]
@@ -300,6 +323,11 @@ class Policy:
                 }
                 for r in self.rules
             ],
+            **(
+                {"cascades": {t: c.to_dict() for t, c in self.cascades.items()}}
+                if self.cascades
+                else {}
+            ),
         }
 
     @classmethod
@@ -312,6 +340,7 @@ class Policy:
             "expected_output_tokens",
             "rules",
             "predictor",
+            "cascades",
         }
         if unknown:
             raise ConfigError(f"policy: unknown field(s) {sorted(unknown)}")
@@ -328,6 +357,7 @@ class Policy:
                 **d.get("expected_output_tokens", {}),
             },
             quality=quality,
+            cascades=_cascades(d.get("cascades", {})),
         )
 
     def save(self, path: str | Path, predictor_path: str | Path | None = None) -> None:
@@ -355,6 +385,14 @@ class Policy:
             raise ConfigError(f"policy file {path} does not exist") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"policy file {path} is not valid JSON: {e}") from None
+
+
+def _cascades(d: object) -> dict[str, Cascade]:
+    from .cascade import Cascade
+
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"policy.cascades must map a task to a ladder, got {d!r:.60}")
+    return {str(t): Cascade.from_dict(c, f"policy.cascades[{t!r}]") for t, c in d.items()}
 
 
 def _finite_number(v: object) -> bool:

@@ -91,6 +91,7 @@ class ChatResult:
     raw: Any = field(default=None, repr=False)
     ttft_s: float | None = None  # streams: time to the first piece of text
     cascade: CascadeResult | None = None  # the ladder's steps, when a cascade answered
+    cascade_skipped: str | None = None  # cascade="auto" routed plainly instead: why
     started_at: float = field(default_factory=time)  # Unix time the request arrived
     metadata: dict[str, Any] = field(default_factory=dict)  # the caller's tags
 
@@ -154,4 +155,5 @@ class ChatResult:
             "finish_reason": self.finish_reason,
             "attempts": [a.to_dict() for a in self.attempts],
             "cascade": None if self.cascade is None else self.cascade.to_dict(),
+            "cascade_skipped": self.cascade_skipped,
         }

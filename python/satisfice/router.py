@@ -7,7 +7,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from time import perf_counter, time
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
 from . import _core
 from .decision import Candidate, Decision, Snapshot
@@ -430,7 +430,7 @@ class Router:
         hedge: bool = False,
         race: int = 0,
         accept: Validator | None = None,
-        cascade: Cascade | bool | None = None,
+        cascade: Cascade | bool | Literal["auto"] | None = None,
         **options: Unpack[RequestOptions],
     ) -> ChatResult:
         """Route `messages` and call the chosen model, falling back as needed.
@@ -442,7 +442,9 @@ class Router:
         than its p95; `race=n` calls n candidates at once; either way the first answer the
         `accept` validator passes wins and the rest are cancelled. `cascade` (a Cascade, or
         True for the decision's default ladder with `accept` as its check) climbs a ladder
-        of models, each call through the same retries, health and pricing.
+        of models, each call through the same retries, health and pricing; "auto" climbs
+        the ladder `satisfice calibrate --strategy cascade` tuned for the prompt's task and
+        routes as usual a task it tuned none for (`result.cascade` is then None).
         Raises NoRouteError, AllAttemptsFailedError (`.attempts` says why), BadRequestError,
         CascadeBudgetError.
         """
@@ -455,6 +457,15 @@ class Router:
                 "accept must be a validator (see satisfice.validators), e.g. "
                 f"validators.check(lambda text: ...); got {type(accept).__name__}"
             )
+        if isinstance(cascade, str):
+            if cascade != "auto":
+                raise ConfigError(f'cascade must be a Cascade, True or "auto", got {cascade!r:.40}')
+            if not self.snapshot.policy.cascades:
+                raise ConfigError(
+                    'cascade="auto" climbs the policy\'s tuned ladders and this policy has none: '
+                    "run `satisfice calibrate --strategy cascade` on outcome data, or pass "
+                    "a Cascade"
+                )
         t0, started_at = perf_counter(), time()
         rec, run = self._rec, None
         try:

@@ -39,6 +39,7 @@ from ._worked import (
 from .errors import ConfigError
 
 __all__ = [
+    "EXTRACTORS",
     "Answer",
     "Calibrated",
     "Context",
@@ -60,6 +61,7 @@ __all__ = [
     "final_answer",
     "final_number",
     "final_number_or_last",
+    "from_spec",
     "json_valid",
     "judge",
     "logprob_confidence",
@@ -67,6 +69,7 @@ __all__ = [
     "predicted",
     "regex",
     "resolve",
+    "to_spec",
     "uses_inputs",
 ]
 
@@ -605,3 +608,118 @@ def calibrated(
     return Calibrated(
         tuple(validators), tuple(float(w) for w in weights), float(bias), float(threshold)
     )
+
+
+# -- saved form (what a policy's tuned cascade stores) ----------------------------------------
+
+#: Extractors a saved validator may name.
+EXTRACTORS: Mapping[str, Callable[[str], object | None]] = {
+    f.__name__: f for f in (choice_letter, final_number, final_number_or_last, extract_code)
+}
+
+
+def _extractor_name(fn: Callable[[str], object | None], where: str) -> str:
+    name = getattr(fn, "__name__", "")
+    if EXTRACTORS.get(name) is not fn:
+        raise ConfigError(
+            f"{where}: only the built-in extractors {sorted(EXTRACTORS)} can be saved, "
+            f"not {name or type(fn).__name__}"
+        )
+    return name
+
+
+def to_spec(val: Validator) -> dict[str, Any]:
+    """The JSON form of a built-in validator (`from_spec` reads it back). A judge or a user
+    callable has none: ConfigError says so."""
+    from . import _worked as w
+
+    if isinstance(val, _Code):
+        return {"check": "code_block", "language": val._language, "parses": val._parses}
+    if isinstance(val, _Extracts):
+        return {"check": "extracts", "extract": _extractor_name(val._extract, "extracts")}
+    if isinstance(val, _Agreement):
+        spec: dict[str, Any] = {
+            "check": "agreement",
+            "extract": _extractor_name(val._extract, "agreement"),
+            "min_agree": val._min,
+        }
+        if val._weights:
+            spec["weights"] = dict(val._weights)
+        return spec
+    if isinstance(val, _Regex):
+        return {
+            "check": "regex",
+            "pattern": val._pattern.pattern,
+            "flags": int(val._pattern.flags) & ~int(re.UNICODE),
+            "fullmatch": val._full,
+            "forbid": val._forbid,
+            "name": val.name,
+        }
+    if isinstance(val, _Predicted):
+        return {"check": "predicted", "min_p": val._min}
+    if isinstance(val, _Logprob):
+        return {"check": "logprob_confidence", "min_prob": val._min, "if_missing": val._if_missing}
+    if isinstance(val, _AllOf | _AnyOf):
+        return {
+            "check": "all_of" if isinstance(val, _AllOf) else "any_of",
+            "parts": [to_spec(p) for p in val._parts],
+        }
+    if isinstance(val, Calibrated):
+        return {
+            "check": "calibrated",
+            "parts": [to_spec(p) for p in val.parts],
+            "weights": list(val.weights),
+            "bias": val.bias,
+            "threshold": val.threshold,
+        }
+    if isinstance(val, w._Final):
+        return {"check": "final_answer", "integer": val._integer}
+    if isinstance(val, w._Arithmetic):
+        return {"check": "arithmetic"}
+    if isinstance(val, w._Consistent):
+        return {"check": "consistent_final"}
+    if isinstance(val, w._UsesInputs):
+        return {"check": "uses_inputs", "min_share": val._min}
+    raise ConfigError(
+        f"validator {getattr(val, 'name', type(val).__name__)!r} cannot be saved: only the "
+        "built-in "
+        "checks can (a judge or your own callable is code, not data)"
+    )
+
+
+_BUILDERS: Mapping[str, Callable[..., Validator]] = {
+    "code_block": code_block,
+    "extracts": lambda extract: extracts(_extractor(extract)),
+    "agreement": lambda extract, **kw: agreement(_extractor(extract), **kw),
+    "regex": regex,
+    "predicted": predicted,
+    "logprob_confidence": logprob_confidence,
+    "all_of": lambda parts: all_of(*(from_spec(p) for p in parts)),
+    "any_of": lambda parts: any_of(*(from_spec(p) for p in parts)),
+    "calibrated": lambda parts, **kw: calibrated([from_spec(p) for p in parts], **kw),
+    "final_answer": final_answer,
+    "arithmetic": arithmetic,
+    "consistent_final": consistent_final,
+    "uses_inputs": uses_inputs,
+}
+
+
+def _extractor(name: object) -> Callable[[str], object | None]:
+    fn = EXTRACTORS.get(name) if isinstance(name, str) else None
+    if fn is None:
+        raise ConfigError(f"unknown extractor {name!r:.60}; use one of {sorted(EXTRACTORS)}")
+    return fn
+
+
+def from_spec(spec: object) -> Validator:
+    """A validator from its JSON form (`to_spec`): {"check": NAME, ...its arguments}."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("check"), str):
+        raise ConfigError(f'a saved check is an object {{"check": NAME, ...}}, got {spec!r:.80}')
+    args = {k: v for k, v in spec.items() if k != "check"}
+    build = _BUILDERS.get(spec["check"])
+    if build is None:
+        raise ConfigError(f"unknown check {spec['check']!r:.60}; use one of {sorted(_BUILDERS)}")
+    try:
+        return build(**args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"check {spec['check']!r}: bad arguments {sorted(args)}: {e}") from None

@@ -32,9 +32,18 @@ from ..policy import Policy
 from ..predict import QualityModel
 from ..registry import Registry
 from ..router import Router
+from ._set import OutcomeSet
 from .progress import ProgressLine
 
-__all__ = ["Target", "calibrate_files", "choose", "format_result", "parse_target"]
+__all__ = [
+    "Target",
+    "calibrate_cascade",
+    "calibrate_files",
+    "choose",
+    "format_cascade_result",
+    "format_result",
+    "parse_target",
+]
 
 KINDS = ("cost", "top-share", "quality")
 
@@ -241,4 +250,90 @@ def format_result(r: dict[str, Any]) -> str:
             *r["range"]["cost_usd"], *(100 * v for v in r["range"]["top_share"])
         ),
     ]
+    return "\n".join(lines)
+
+
+# -- cascades ---------------------------------------------------------------------------------
+
+
+def calibrate_cascade(
+    outcomes: OutcomeSet,
+    target: Target,
+    *,
+    policy_path: str | Path,
+    predictor: str | Path | None = None,
+    registry: str | Path | None = None,
+    write: bool = True,
+    progress: ProgressLine | None = None,
+) -> dict[str, Any]:
+    """Tune cascade ladders on `outcomes` (recorded answers of registry models) to meet
+    `target` (quality:PCT of the reference model's, or cost:USD per request) and write them
+    into the policy at `policy_path`, where `router.chat(..., cascade="auto")` and the
+    server's `"cascade": "auto"` climb them, by the router's task of each prompt."""
+    from .cascade_eval import tune_cascades
+
+    if target.kind not in ("quality", "cost"):
+        raise ConfigError("--strategy cascade takes --target quality:PCT or cost:USD")
+    progress = progress or ProgressLine(enabled=False)
+    path = Path(policy_path)
+    raw: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    policy = Policy.load(path) if path.is_file() else Policy()
+    predictor_path = str(predictor) if predictor else raw.get("predictor")
+    if predictor:
+        policy = replace(policy, quality=QualityModel.load(predictor))
+    reg = Registry.from_toml(registry) if registry else Registry.default()
+    missing = [m for m in outcomes.models if m not in reg]
+    if missing:
+        raise ConfigError(
+            f"the outcome files' models {missing} are not in the registry: the ladders call "
+            "them by id, so pass --registry with entries of those ids (and their prices)"
+        )
+    prior = None
+    if len(outcomes.models) == 2:  # the router's own P(good) of the weak model, as served
+        progress.stage(f"planning {len(outcomes)} prompts")
+        snap = Router(reg, policy).snapshot
+        weak = min(
+            outcomes.models,
+            key=lambda m: float(np.mean(outcomes.costs[:, outcomes.models.index(m)])),
+        )
+        col = snap.index[weak]
+        parts = []
+        for start in range(0, len(outcomes), _BATCH):
+            parts.append(snap.table.plan_batch(outcomes.prompts[start : start + _BATCH])[0][:, col])
+            progress.update(min(start + _BATCH, len(outcomes)), len(outcomes))
+        prior = np.nan_to_num(np.concatenate(parts), nan=0.5)
+        progress.done()
+    progress.stage("replaying ladders on the recorded answers")
+    result = tune_cascades(outcomes, target.kind, target.value, prior=prior)
+    progress.done()
+    new = replace(policy, cascades={**policy.cascades, **result["cascades"]})
+    Router(reg, new)  # every ladder's models must be routable with this registry
+    out = {k: v for k, v in result.items() if k != "cascades"}
+    out.update(
+        target=target.describe()
+        if target.kind == "cost"
+        else f"tuning quality >= {target.value:g}% of {result['reference']}'s",
+        cascades={t: c.to_dict() for t, c in result["cascades"].items()},
+        policy=str(path),
+        written=write,
+    )
+    if write:
+        new.save(path, predictor_path)
+    return out
+
+
+def format_cascade_result(r: dict[str, Any]) -> str:
+    t = r["tuning"]
+    status = "met" if r["met"] else "NOT met (closest ladders shown)"
+    lines = [
+        f"target: {r['target']} — {status}",
+        f"on {t['rows']} tuning rows: quality {t['quality']:.4f} "
+        f"({100 * (t['quality_share'] or 0):.1f}% of {r['reference']}), "
+        f"${t['mean_cost_usd']:.6f} per request ({100 * (t['cost_share'] or 0):.1f}% of its cost)",
+        "ladders by the router's task ("
+        + ("written to " + r["policy"] if r["written"] else "dry run: not written")
+        + "):",
+    ]
+    lines += [f"  {task}: {label}" for task, label in r["ladders"].items()]
+    lines.append('use: router.chat(messages, cascade="auto"), or "cascade": "auto" over HTTP')
     return "\n".join(lines)

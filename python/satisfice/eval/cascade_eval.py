@@ -40,6 +40,7 @@ from ..predict import sigmoid
 from ..replay import Replay
 from ._set import OutcomeSet
 from .metrics import (
+    aiq,
     apgr,
     cost_to_reach,
     cpt,
@@ -49,7 +50,15 @@ from .metrics import (
     sweep_lambda,
 )
 
-__all__ = ["HEDGES", "evaluate_cascade", "fit_calibrated", "math_checks", "summary_lines"]
+__all__ = [
+    "HEDGES",
+    "evaluate_cascade",
+    "fit_calibrated",
+    "math_checks",
+    "router_task",
+    "summary_lines",
+    "tune_cascades",
+]
 
 #: Words with which a worked solution admits it is unsure or has changed its mind.
 # The lookahead on first letters lets the engine skip most positions: about 3x faster.
@@ -243,7 +252,7 @@ def _two_model(
     # The real cascade at each quantile threshold: its cost includes the weak call it
     # always makes, which prompt-only routing does not pay.
     conf = 1.0 - scores["cascade"]
-    points = []
+    points: list[dict[str, Any]] = []
     for t in np.quantile(conf, np.linspace(0.0, 1.0, n_quantiles + 1)):
         thr = min(max(float(t), 0.0), 1.0)
         check = full.at(thr)
@@ -258,6 +267,21 @@ def _two_model(
             }
         )
     out["curve"] = points
+    # AIQ of the cascade's curve and of prompt-only routing's, on one cost axis (the weak
+    # model alone to the strong alone), so the two strategies compare on one number.
+    wc, sc = test.costs[:, weak], test.costs[:, strong]
+    po_costs, po_quals = [], []
+    for t in np.quantile(p_test, np.linspace(0.0, 1.0, n_quantiles + 1)):
+        up = p_test < t
+        po_costs.append(float(np.where(up, sc, wc).mean()))
+        po_quals.append(float(np.where(up, ss, ws).mean()))
+    po_costs += [float(wc.mean()), float(sc.mean())]
+    po_quals += [float(ws.mean()), float(ss.mean())]
+    pc = [float(p["cost_usd"]) for p in points]
+    top = max(*po_costs, *pc)
+    pq = [float(p["quality"]) for p in points]
+    out["aiq_cascade"] = aiq([*pc, float(sc.mean())], [*pq, float(ss.mean())], top)
+    out["aiq_prompt_only"] = aiq(po_costs, po_quals, top)
     out["weights"] = {c.name: w for c, w in zip(with_prior, full.weights, strict=True)}
     out["bias"] = full.bias
     out["weak_quality"], out["strong_quality"] = float(ws.mean()), float(ss.mean())
@@ -393,29 +417,29 @@ def _choose(fronts: Mapping[str, list[_Scored]], max_cost: float) -> dict[str, _
     return None if best is None else dict(zip(tasks, best[1], strict=True))
 
 
-def _many_models(
+def _fronts(
     tune: OutcomeSet,
-    test: OutcomeSet,
     reference: str | None,
-    budget_shares: Sequence[float],
-    target_quality_share: float,
-    target_cost_share: float,
     cheap_share: float,
     pool_size: int,
     task_of: Callable[[OutcomeSet, int], str],
-) -> dict[str, Any]:
+) -> tuple[str, dict[str, list[_Scored]], dict[str, str]]:
+    """The reference model, and per task the Pareto front of candidate ladders replayed on
+    the tuning rows, with the task's answer kind. Tasks with fewer than `_MIN_TASK_ROWS`
+    rows are pooled under "*" (the ladder for every task without its own)."""
     singles = single_models(tune.models, tune.scores, tune.costs)
     ref = reference or min(singles, key=lambda p: (-p.quality, p.cost)).model
     if ref not in tune.models:
         raise DatasetError(f"reference model {ref!r} is not in the outcome set {tune.models}")
     r = tune.models.index(ref)
-    tune_replay, test_replay = Replay(tune, count_tokens=False), Replay(test)
-    tune_tasks = [task_of(tune, i) for i in range(len(tune))]
-    test_tasks = [task_of(test, i) for i in range(len(test))]
+    tune_replay = Replay(tune, count_tokens=False)
+    tasks = [task_of(tune, i) for i in range(len(tune))]
+    sizes = {t: tasks.count(t) for t in set(tasks)}
+    tasks = [t if sizes[t] >= _MIN_TASK_ROWS else "*" for t in tasks]
     fronts: dict[str, list[_Scored]] = {}
     kinds: dict[str, str] = {}
-    for task in sorted(set(tune_tasks)):
-        rows = [i for i, t in enumerate(tune_tasks) if t == task]
+    for task in sorted(set(tasks)):
+        rows = [i for i, t in enumerate(tasks) if t == task]
         kinds[task] = _answer_kind(tune, rows, r)
         cost_m = tune.costs[rows].mean(axis=0)
         qual_m = tune.scores[rows].mean(axis=0)
@@ -428,6 +452,32 @@ def _many_models(
             run = _replay(cand.cascade, tune_replay, rows)
             scored.append(_Scored(cand, float(run.quality.sum()), float(run.cost.sum())))
         fronts[task] = _front(scored)
+    return ref, fronts, kinds
+
+
+_MIN_TASK_ROWS = 40  # a task with fewer tuning rows shares the "*" ladder
+
+
+def _known(task: str, fronts: Mapping[str, object]) -> str:
+    """The ladder a test prompt of `task` gets: its own, else "*" (as `Policy.cascade_for`)."""
+    return task if task in fronts else "*"
+
+
+def _many_models(
+    tune: OutcomeSet,
+    test: OutcomeSet,
+    reference: str | None,
+    budget_shares: Sequence[float],
+    target_quality_share: float,
+    target_cost_share: float,
+    cheap_share: float,
+    pool_size: int,
+    task_of: Callable[[OutcomeSet, int], str],
+) -> dict[str, Any]:
+    ref, fronts, kinds = _fronts(tune, reference, cheap_share, pool_size, task_of)
+    r = tune.models.index(ref)
+    test_replay = Replay(test)
+    test_tasks = [_known(task_of(test, i), fronts) for i in range(len(test))]
     ref_tune_cost = float(tune.costs[:, r].sum())
     ref_tune_quality = float(tune.scores[:, r].sum())
 
@@ -441,6 +491,9 @@ def _many_models(
                 continue
             run = _replay(s.candidate.cascade, test_replay, rows)
             q[rows], c[rows], steps[rows] = run.quality, run.cost, run.steps
+        # A test task tuning never saw, with no "*" ladder either: the reference answers.
+        plain = [i for i, t in enumerate(test_tasks) if t not in choice]
+        q[plain], c[plain], steps[plain] = test.scores[plain, r], test.costs[plain, r], 1
         ref_q, ref_c = float(test.scores[:, r].mean()), float(test.costs[:, r].mean())
         return {
             "ladders": {t: s.candidate.label for t, s in choice.items()},
@@ -453,7 +506,9 @@ def _many_models(
         }
 
     sweep = []
-    for share in sorted(set(budget_shares) | {target_cost_share}):
+    # the budgets asked for, and enough others from the cheapest ladders up for AIQ's curve
+    shares = set(budget_shares) | {target_cost_share} | set(np.geomspace(0.01, 1.0, 12).round(4))
+    for share in sorted(shares):
         choice = _choose(fronts, share * ref_tune_cost)
         if choice is not None:
             sweep.append({"budget_share": share, **on_test(choice)})
@@ -467,8 +522,14 @@ def _many_models(
             target_choice = choice
             break
     at_budget = next((p for p in sweep if p["budget_share"] == target_cost_share), None)
-    prompt_only = _prompt_only(tune, test, r, target_cost_share, target_quality_share)
     ref_q, ref_c = float(test.scores[:, r].mean()), float(test.costs[:, r].mean())
+    singles = single_models(test.models, test.scores, test.costs)
+    # One cost axis for the cascade's curve and prompt-only routing's: up to the dearest
+    # single model, so AIQ compares the two strategies (and the models) on one number.
+    top = max(max(p.cost for p in singles), *(p["cost_usd"] for p in sweep), ref_c)
+    prompt_only = _prompt_only(tune, test, r, target_cost_share, target_quality_share, top)
+    casc_c = [p["cost_usd"] for p in sweep] + [ref_c]
+    casc_q = [p["quality"] for p in sweep] + [ref_q]
     return {
         "kind": "ladders",
         "reference": ref,
@@ -478,17 +539,20 @@ def _many_models(
         "at_cost_target": at_budget,
         "at_quality_target": None if target_choice is None else on_test(target_choice),
         "sweep": sweep,
+        "aiq_cascade": aiq(casc_c, casc_q, top),
         "prompt_only": prompt_only,
-        "singles": [
-            {"model": p.model, "quality": p.quality, "cost_usd": p.cost}
-            for p in single_models(test.models, test.scores, test.costs)
-        ],
+        "singles": [{"model": p.model, "quality": p.quality, "cost_usd": p.cost} for p in singles],
         "oracle": vars(oracle(test.scores, test.costs)),
     }
 
 
 def _prompt_only(
-    tune: OutcomeSet, test: OutcomeSet, ref: int, cost_share: float, quality_share: float
+    tune: OutcomeSet,
+    test: OutcomeSet,
+    ref: int,
+    cost_share: float,
+    quality_share: float,
+    max_cost: float,
 ) -> dict[str, Any]:
     """Prompt-only routing on the same split: per-model P(good) from prompt features
     (fitted on the tuning rows), routed by max P(good) - lambda * expected cost."""
@@ -500,6 +564,7 @@ def _prompt_only(
     ok = curve.costs <= cost_share * ref_c
     reach = cost_to_reach(curve, quality_share * ref_q)
     return {
+        "aiq": aiq(curve.costs, curve.qualities, max(max_cost, float(curve.costs.max()))),
         "quality_share_at_cost_target": float(curve.qualities[ok].max() / ref_q)
         if ok.any()
         else None,
@@ -606,6 +671,10 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
                 f"  {name.replace('_', '-'):<12} APGR {report[f'apgr_{name}']:.3f}  "
                 f"CPT(50%) {report[f'cpt50_{name}']:.1%}  CPT(80%) {report[f'cpt80_{name}']:.1%}"
             )
+        lines.append(
+            f"  AIQ (same cost axis): cascade {report['aiq_cascade']:.4f}, "
+            f"prompt-only {report['aiq_prompt_only']:.4f}"
+        )
         return lines
     lines = [head, f"reference {report['reference']}: quality {report['reference_quality']:.3f}"]
     for label, point in (
@@ -622,6 +691,9 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         )
         lines += [f"    {task}: {ladder}" for task, ladder in point["ladders"].items()]
     po = report["prompt_only"]
+    lines.append(
+        f"  AIQ (same cost axis): cascade {report['aiq_cascade']:.4f}, prompt-only {po['aiq']:.4f}"
+    )
     q30, c98 = po["quality_share_at_cost_target"], po["cost_share_at_quality_target"]
     lines.append(
         "  prompt-only routing: "
@@ -631,3 +703,142 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         + " the quality target"
     )
     return lines
+
+
+# -- tuned once, applied anywhere: what `satisfice calibrate --strategy cascade` writes ------
+
+
+def router_task(s: OutcomeSet, i: int) -> str:
+    """The router's own task for prompt i (what `Policy.cascade_for` looks up in serving)."""
+    return str(_featurizer().featurize(s.prompts[i])[1]["task"])
+
+
+_FEATURIZER: list[Featurizer] = []
+
+
+def _featurizer() -> Featurizer:
+    if not _FEATURIZER:
+        _FEATURIZER.append(Featurizer())
+    return _FEATURIZER[0]
+
+
+def tune_cascades(
+    outcomes: OutcomeSet,
+    kind: str,
+    value: float,
+    *,
+    prior: np.ndarray | None = None,
+    reference: str | None = None,
+    cheap_share: float = 0.15,
+    pool_size: int = 4,
+    checks: Sequence[v.Validator] | None = None,
+) -> dict[str, Any]:
+    """Tune ladders on all of `outcomes` to meet a target, keyed by the router's task.
+
+    `kind` "quality": the cheapest ladders whose tuning quality is at least `value`% of the
+    reference model's (the strong model, for two models); "cost": the best ladders whose mean
+    cost per request is at most `value` USD. Two models get one ladder for every task
+    ("*"): the weak model checked by `checks` (default `math_checks()`) plus, with `prior`
+    (the serving router's P(good) of the weak model per prompt), the router's prediction,
+    combined by a fitted logistic, escalating to the strong model below a threshold.
+    Returns {"cascades": {task: Cascade}, "met", "tuning": figures on these rows, ...}.
+    """
+    if outcomes.responses is None:
+        raise DatasetError("tuning a cascade replays recorded answers and these files have none")
+    if np.isnan(outcomes.scores).any() or np.isnan(outcomes.costs).any():
+        raise DatasetError("tuning a cascade needs complete scores and costs: drop_missing() first")
+    if kind not in ("quality", "cost"):
+        raise DatasetError(f"a cascade target is quality:PCT or cost:USD, not {kind}:")
+    n = len(outcomes)
+    if len(outcomes.models) == 2:
+        return _tune_two(outcomes, kind, value, prior, checks or math_checks())
+    ref, fronts, kinds = _fronts(outcomes, reference, cheap_share, pool_size, router_task)
+    r = outcomes.models.index(ref)
+    ref_q, ref_c = float(outcomes.scores[:, r].sum()), float(outcomes.costs[:, r].sum())
+    choice: dict[str, _Scored] | None = None
+    if kind == "cost":
+        choice = _choose(fronts, value * n)
+        met = choice is not None
+        if choice is None:  # the closest: the cheapest ladder of every task
+            choice = {t: f[0] for t, f in fronts.items()}
+    else:
+        goal = value / 100.0 * ref_q
+        for share in np.linspace(0.01, 1.5, 150):
+            got = _choose(fronts, float(share) * ref_c)
+            if got and sum(x.quality for x in got.values()) >= goal - 1e-9:
+                choice = got
+                break
+        met = choice is not None
+        if choice is None:  # the closest: the best ladder of every task
+            choice = {t: max(f, key=lambda x: x.quality) for t, f in fronts.items()}
+    q = sum(x.quality for x in choice.values())
+    c = sum(x.cost for x in choice.values())
+    return {
+        "cascades": {t: x.candidate.cascade for t, x in choice.items()},
+        "ladders": {t: x.candidate.label for t, x in choice.items()},
+        "met": met,
+        "reference": ref,
+        "task_answer_kinds": kinds,
+        "tuning": {
+            "rows": n,
+            "quality": q / n,
+            "mean_cost_usd": c / n,
+            "quality_share": q / ref_q if ref_q else None,
+            "cost_share": c / ref_c if ref_c else None,
+        },
+    }
+
+
+def _tune_two(
+    s: OutcomeSet, kind: str, value: float, prior: np.ndarray | None, checks: Sequence[v.Validator]
+) -> dict[str, Any]:
+    means = s.costs.mean(axis=0)
+    weak, strong = (0, 1) if means[0] <= means[1] else (1, 0)
+    wm, sm = s.models[weak], s.models[strong]
+    responses = s.responses or []
+    answers = [v.Answer(wm, responses[i][weak] or "") for i in range(len(s))]
+    if prior is not None:
+        checks = [*checks, v.predicted()]
+    ctxs = [
+        v.Context([{"role": "user", "content": q}], (), None if prior is None else {wm: float(p)})
+        for q, p in zip(s.prompts, prior if prior is not None else np.zeros(len(s)), strict=True)
+    ]
+    fitted = fit_calibrated(checks, answers, ctxs, s.scores[:, weak])
+    verdicts = [fitted(a, c) for a, c in zip(answers, ctxs, strict=True)]
+    conf = np.array([x.confidence for x in verdicts if isinstance(x, v.Verdict)])  # all sync
+    ws, ss, wc, sc = s.scores[:, weak], s.scores[:, strong], s.costs[:, weak], s.costs[:, strong]
+    best: tuple[float, float, float] | None = None  # threshold, quality, cost
+    closest: tuple[float, float, float] | None = None
+    for t in np.unique(np.concatenate([[0.0, 1.0], conf])):
+        up = conf < t  # escalated: the weak call was made and paid, then the strong one
+        quality = float(np.where(up, ss, ws).mean())
+        cost = float((wc + np.where(up, sc, 0.0)).mean())
+        if kind == "quality":
+            ok = quality >= value / 100.0 * float(ss.mean()) - 1e-12
+            if ok and (best is None or cost < best[2]):
+                best = (float(t), quality, cost)
+            if closest is None or quality > closest[1]:
+                closest = (float(t), quality, cost)
+        else:
+            ok = cost <= value + 1e-12
+            if ok and (best is None or quality > best[1]):
+                best = (float(t), quality, cost)
+            if closest is None or cost < closest[2]:
+                closest = (float(t), quality, cost)
+    met = best is not None
+    thr, quality, cost = best if best is not None else closest  # type: ignore[misc]
+    ladder = Cascade([Step((wm,), fitted.at(min(max(thr, 0.0), 1.0))), Step((sm,))])
+    return {
+        "cascades": {"*": ladder},
+        "ladders": {"*": f"[{_short(wm)}]/calibrated@{thr:.3f} -> [{_short(sm)}]"},
+        "met": met,
+        "reference": sm,
+        "weights": {c.name: w for c, w in zip(checks, fitted.weights, strict=True)},
+        "tuning": {
+            "rows": len(s),
+            "quality": quality,
+            "mean_cost_usd": cost,
+            "quality_share": quality / float(ss.mean()) if ss.mean() else None,
+            "cost_share": cost / float(sc.mean()) if sc.mean() else None,
+        },
+    }

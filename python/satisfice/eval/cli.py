@@ -57,6 +57,14 @@ def register_eval(sub: Any) -> None:
         default="route",
         help="route: learned routing (default); cascade: cheap model first, checked answers",
     )
+    p.add_argument(
+        "--cascade-by",
+        choices=("group", "task"),
+        default="group",
+        help="cascade: tune one ladder per group of FILES (default; e.g. RouterBench's evals) "
+        "or per the router's own task of each prompt (what `calibrate --strategy cascade` "
+        "writes and serving uses)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--no-humility",
@@ -102,6 +110,14 @@ def register_calibrate(sub: Any) -> None:
         "--predictor", help="predictor .npz (default: the policy's, else the router's default)"
     )
     p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
+    p.add_argument(
+        "--strategy",
+        choices=("route", "cascade"),
+        default="route",
+        help="route: tune the floor or cost weight (default); cascade: tune ladders on the "
+        'recorded answers in FILES and write them for cascade="auto" '
+        "(--target quality:PCT_OF_REFERENCE or cost:USD_PER_REQUEST)",
+    )
     p.add_argument("--dry-run", action="store_true", help="report, but do not write the policy")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_calibrate)
@@ -379,9 +395,11 @@ def _eval_cascade(args: argparse.Namespace, data: OutcomeSet) -> int:
         spec = parse_split(args.test_split)
         if spec.method != "hash":
             raise SatisficeError("--strategy cascade takes --test-split hash:FRACTION[:SEED] only")
-        kw = {"test_fraction": spec.fraction, "seed": spec.seed}
+        kw.update(test_fraction=spec.fraction, seed=spec.seed)
     if args.max_rows:
         kw["max_rows"] = args.max_rows
+    if args.cascade_by == "task":
+        kw["task_of"] = mod.router_task
     result = mod.evaluate_cascade(data, **kw)
     if args.json:
         print(json.dumps(result, default=_jsonable))
@@ -397,6 +415,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from . import calibrate as C
 
     target = C.parse_target(args.target)
+    if args.strategy == "cascade":
+        if args.from_ledger or not args.files or not args.format or args.knob:
+            raise SatisficeError(
+                "--strategy cascade tunes on recorded answers: give --format and outcome FILES "
+                "with responses (not --from-ledger or --knob)"
+            )
+        data = load(args.format, args.files).drop_missing()
+        res = C.calibrate_cascade(
+            data,
+            target,
+            policy_path=args.policy,
+            predictor=args.predictor,
+            registry=args.registry,
+            write=not args.dry_run,
+            progress=ProgressLine(enabled=not args.json),
+        )
+        print(json.dumps(res, indent=2, default=_jsonable) if args.json
+              else C.format_cascade_result(res))  # fmt: skip
+        return 0 if res["met"] else 1
     if args.from_ledger:
         if args.files:
             raise SatisficeError("give FILES or --from-ledger, not both")

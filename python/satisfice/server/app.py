@@ -43,6 +43,7 @@ from ..errors import (
     UnknownModelError,
     UpstreamTimeoutError,
 )
+from ..executor import tuned_ladder
 from ..metrics import Metrics
 from ..policy import Policy, reasoning_usd
 from ..registry import Registry
@@ -313,25 +314,34 @@ class Service:
         self.router.registry[name]  # UnknownModelError (404) names the known ids
         return {"allow": (name,)}
 
-    def worst_case(self, d: Decision, max_tokens: int | None) -> tuple[float, int]:
+    def worst_case(
+        self, d: Decision, max_tokens: int | None, cascade: bool = False
+    ) -> tuple[float, int]:
         """What the request routed as `d` may cost at most, and the output cap that bound
         assumes: over the models it may go to (primary and fallbacks) and each of their
         deployments, the prompt's upper bound and `max_tokens` (else 4x the expected output,
         which the caller then sends as max_tokens) at those rates, fees and reasoning
-        included. Unpriced: infinite (refused under a budget)."""
+        included; with `cascade` (="auto"), the sum over the tuned ladder's models. Unpriced:
+        infinite (refused under a budget)."""
         out = int(max_tokens or 4 * max(d.tokens_out, 256))
-        worst = 0.0
         reg = self.router.registry
-        for c in d.candidates:
-            if c.model != d.model and c.model not in d.fallbacks:
-                continue
-            m = reg[c.model]
+        ladder = tuned_ladder(d)[0] if cascade else None
+        if ladder is not None:  # a cascade may call every model of its ladder once
+            called = [m for step in ladder.steps for m in step.models]
+        else:  # one answer, from the primary or a fallback
+            called = [d.model, *d.fallbacks]
+        tokens_in = {c.model: c.tokens_in for c in d.candidates}
+        worst = []
+        for mid in called:
+            m = reg[mid]
+            most = 0.0
             for price in [dep.price or m.price for dep in m.deployments] or [m.price]:
                 if price is None:
                     return math.inf, out
-                est = price.cost(c.tokens_in, min(out, m.max_output)) + reasoning_usd(m, price)
-                worst = max(worst, est)
-        return worst, out
+                est = price.cost(tokens_in[mid], min(out, m.max_output)) + reasoning_usd(m, price)
+                most = max(most, est)
+            worst.append(most)
+        return (sum(worst) if ladder is not None else max(worst)), out
 
     async def settle(self, budgets: list[Budget], reserved: float, actual: float) -> None:
         """Settle a reservation; if the store is away, keep it and settle when it is back
@@ -403,6 +413,8 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             if key is not None:
                 meta.update(key=key.name, key_id=key.id, team=key.team)
             constraints = {k: v for k, v in opts.items() if k in _CONSTRAINT_KEYS}
+            if "cascade" in opts:  # the ladder is the policy's: session pins apply to routing
+                routed.session = None
             if routed.session:  # pins are per key: one caller cannot steer another's
                 routed.session = f"{key.id if key is not None else 'anon'}:{routed.session}"
                 meta["session"] = routed.session
@@ -441,7 +453,7 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                     )
             if budgets:
                 assert d is not None
-                worst, out_cap = svc.worst_case(d, opts.get("max_tokens"))
+                worst, out_cap = svc.worst_case(d, opts.get("max_tokens"), "cascade" in opts)
                 opts.setdefault("max_tokens", out_cap)  # the bound holds only if the call does
                 refused = (
                     (budgets[0], 0.0)

@@ -85,6 +85,21 @@ def _bad(msg: str) -> InputError:
     return InputError(msg)
 
 
+def _cascade(body: Mapping[str, Any]) -> dict[str, Any]:
+    """`"cascade": "auto"`: climb the policy's tuned ladder (checks run on the server)."""
+    if "cascade" not in body:
+        return {}
+    if body["cascade"] != "auto":
+        raise _bad(
+            "'cascade' takes \"auto\" only over HTTP: the ladder `satisfice calibrate "
+            "--strategy cascade` tuned into the server's policy (a custom ladder's checks are "
+            "code, which only the Python API takes)"
+        )
+    if body.get("stream") is True:
+        raise _bad("'cascade' answers are checked before one is returned: use stream=false")
+    return {"cascade": "auto"}
+
+
 def constraints_from(body: Mapping[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in _CONSTRAINTS & set(body):
@@ -136,10 +151,8 @@ def session_key(raw: Any) -> str | None:
 def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if not isinstance(body, Mapping):
         raise _bad("the request body must be a JSON object")
-    if "cascade" in body:
-        raise _bad("'cascade' is not offered over HTTP yet: a cascade needs a check of each "
-                   "answer (a validator), which only the Python API takes")  # fmt: skip
-    unknown = set(body) - _CALL - _SERVER - _CONSTRAINTS
+    cascade = _cascade(body)
+    unknown = set(body) - _CALL - _SERVER - _CONSTRAINTS - {"cascade"}
     if unknown:
         raise _bad(
             f"unsupported parameter(s) {sorted(unknown)}: satisfice routes across providers "
@@ -168,6 +181,7 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if extra:
         opts["extra"] = extra
     opts.update(constraints_from(body, headers))
+    opts.update(cascade)
     so = body.get("stream_options") or {}
     session = headers.get("x-satisfice-session") or body.get("prompt_cache_key") or body.get("user")
     return Routed(
@@ -201,6 +215,9 @@ def decision_field(res: Any) -> dict[str, Any]:
             }
             for a in res.attempts
         ],
+        # cascade="auto": the ladder's steps (models, checks' verdicts, cost), or why not
+        "cascade": None if res.cascade is None else res.cascade.to_dict(),
+        "cascade_skipped": res.cascade_skipped,
     }
 
 
@@ -333,8 +350,7 @@ def anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
 def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if not isinstance(body, Mapping):
         raise _bad("the request body must be a JSON object")
-    if "cascade" in body:
-        raise _bad("'cascade' is not offered over HTTP yet")
+    cascade = _cascade(body)
     _check_call(body)
     system = body.get("system")
     if system is not None and not (isinstance(system, str) or (
@@ -344,7 +360,7 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     for t in body.get("tools") or ():
         if not isinstance(t.get("name"), str):
             raise _bad("each tool needs a string 'name'")
-    unknown = set(body) - _ANTHROPIC - _CONSTRAINTS
+    unknown = set(body) - _ANTHROPIC - _CONSTRAINTS - {"cascade"}
     if unknown:
         raise _bad(f"unsupported parameter(s) {sorted(unknown)}; remove them")
     model = body.get("model")
@@ -416,6 +432,7 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
             else "auto"
         )
     opts.update(constraints_from(body, headers))
+    opts.update(cascade)
     meta = body["metadata"] if isinstance(body.get("metadata"), Mapping) else {}
     session = headers.get("x-satisfice-session") or meta.get("user_id")
     return Routed(msgs, model, body.get("stream") is True, False, opts, session_key(session))
