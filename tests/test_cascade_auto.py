@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,18 +17,22 @@ import numpy as np
 import openai
 import pytest
 
-from satisfice import Policy, Router
+from satisfice import Policy, Registry, Router
 from satisfice import validators as v
 from satisfice.cascade import Cascade, Step
 from satisfice.errors import ConfigError
 from satisfice.eval import OutcomeSet
 from satisfice.eval.calibrate import Target, calibrate_cascade
 from satisfice.eval.cascade_eval import evaluate_cascade, tune_cascades
+from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream, reply, status
 
 from .chat_support import registry, wire
+from .data_support import DATA, needs_data
 from .server_support import running
 from .test_cascade import synthetic_mc
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BUILT_INS = [
     v.code_block("python"),
@@ -236,3 +241,113 @@ def test_the_budget_bound_of_a_cascade_is_the_sum_over_its_ladder(tmp_path: Path
     parts = [svc.worst_case(router.route("Question: pick A or B", allow=(m,)), 100)[0]
              for m in ("alpha", "beta", "delta")]  # fmt: skip
     assert cap == 100 and np.isclose(total, sum(parts)) and total > one
+
+
+# -- review findings -----------------------------------------------------------------------
+@needs_data
+def test_a_calibrated_ladder_is_climbed_under_the_policys_own_floor(tmp_path: Path) -> None:
+    """calibrate --strategy cascade writes ladders into a policy with the default floor
+    (0.8); cascade="auto" then skips the ladder for almost every prompt because its cheap
+    first step is filtered by quality_floor -- the floor the ladder's check replaces."""
+    from satisfice.eval import load
+    from satisfice.eval.calibrate import Target, calibrate_cascade
+    from satisfice.executor import tuned_ladder
+
+    (tmp_path / "r.toml").write_text((ROOT / "docs/examples/gsm8k_models.toml").read_text())
+    assert DATA is not None
+    data = load("routellm", [str(DATA / "routellm/gsm8k")]).drop_missing()
+    out = calibrate_cascade(data, Target("quality", 95.0), policy_path=tmp_path / "p.json",
+                            registry=tmp_path / "r.toml")  # fmt: skip
+    assert out["met"]
+    router = Router(Registry.from_toml(tmp_path / "r.toml"), Policy.load(tmp_path / "p.json"))
+    # routed as chat(cascade="auto") routes: the ladder's check stands in for the floor
+    skipped = [tuned_ladder(router.route(p, quality_floor=0.0))[1] for p in data.prompts[:100]]
+    assert skipped == [None] * 100
+    assert tuned_ladder(router.route(data.prompts[0]))[1] is not None  # the floor would skip it
+
+
+def test_recalibrating_replaces_the_ladders_instead_of_keeping_stale_ones(
+    tmp_path: Path,
+) -> None:
+    """calibrate merges {**old, **new}: a task ladder from an earlier run (other data, other
+    registry) survives, so serving climbs a ladder the new report never tuned, and a ladder
+    naming a model the new registry lacks makes recalibrating with it impossible (the error
+    says 'calibrate again with this one')."""
+    from satisfice.eval.calibrate import Target, calibrate_cascade
+
+    reg = tmp_path / "r.toml"
+    reg.write_text(registry("http://127.0.0.1:9").to_toml())
+    old = Policy(cascades={"code": Cascade([Step(("omega",))])})  # tuned with another registry
+    (tmp_path / "p.json").write_text(json.dumps(old.to_dict()))
+    out = calibrate_cascade(mc_set(), Target("quality", 95.0), policy_path=tmp_path / "p.json",
+                            registry=reg)  # fmt: skip
+    assert set(Policy.load(tmp_path / "p.json").cascades) == set(out["cascades"])
+
+
+@pytest.mark.parametrize(
+    "cascade",
+    [
+        {"steps": [{"models": ["alpha"], "check": {"check": "code_block", "language": 5}}]},
+        {"steps": [{"models": ["alpha"]}], "latency_budget_ms": 10**400},
+        {"steps": [{"models": ["alpha"]}], "max_cost_usd": 10**400},
+    ],
+    ids=["language-int", "latency-huge", "cost-huge"],
+)
+def test_malformed_policy_ladders_are_config_errors(cascade: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        Policy.from_dict({"cascades": {"*": cascade}})
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"check": "predicted", "min_p": "0.5"},
+        {
+            "check": "agreement",
+            "extract": "final_number",
+            "min_agree": 1,
+            "weights": {"alpha": "2"},
+        },
+        {"check": "logprob_confidence", "if_missing": "maybe"},
+    ],
+    ids=["min_p-str", "weights-str", "if_missing"],
+)
+def test_a_loaded_check_is_validated_when_loaded_not_at_request_time(spec: Any) -> None:
+    with pytest.raises(ConfigError):
+        v.from_spec(spec)
+
+
+def test_a_bad_check_in_a_policy_is_refused_when_loaded() -> None:
+    bad = {"steps": [{"models": ["alpha"], "check": {"check": "predicted", "min_p": "0.5"}},
+                     {"models": ["delta"]}]}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"policy.cascades\['\*'\].steps\[0\].check"):
+        Policy.from_dict({"cascades": {"*": bad}})
+
+
+def test_a_cascade_budget_error_settles_what_its_steps_were_billed(
+    upstream: LocalUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy ladder with on_budget="raise": step 0 is called (billed), step 1 is blocked by
+    the cap, CascadeBudgetError -> 400, and the reservation is settled at $0 (`_billed` reads
+    `.attempts`, which CascadeBudgetError lacks)."""
+    master = "master-test-key-0123456789abcdef"
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", master)
+    upstream.wait_idle()
+    upstream.reset_script()
+    ladder = Cascade([Step(("alpha",), v.regex("NEVER")), Step(("delta",))],
+                     on_budget="raise", max_cost_usd=5e-4)  # fmt: skip
+    router = Router(registry(upstream.url), Policy(quality_floor=0.0, cascades={"*": ladder}))
+    upstream.script(wire("alpha"), reply("word " * 400))
+    cfg = ServerConfig(ledger=str(tmp_path / "l.db"))
+    admin = {"authorization": f"Bearer {master}"}
+    with running(cfg, router) as (url, _app):
+        k = httpx.post(url + "/admin/keys", headers=admin,
+                       json={"name": "t", "budget_usd": 1.0, "period": "day"}).json()  # fmt: skip
+        r = httpx.post(url + "/v1/chat/completions", timeout=30,
+                       headers={"authorization": f"Bearer {k['key']}"},
+                       json={"model": "auto", "cascade": "auto",
+                             "messages": [{"role": "user", "content": "hi " * 50}]})  # fmt: skip
+        assert r.status_code == 400 and r.json()["error"]["code"] == "cascade_budget", r.text
+        time.sleep(0.3)
+        s = httpx.get(url + "/admin/spend", headers=admin).json()["budgets"][0]
+    assert s["spent_usd"] > 0 and s["held_usd"] == 0  # alpha's 400 words were billed

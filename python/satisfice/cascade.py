@@ -319,11 +319,14 @@ class Cascade:
                 check = None if s.get("check") is None else from_spec(s["check"])
             except ConfigError as e:
                 raise ConfigError(f"{where}.steps[{i}].check: {e}") from None
-            steps.append(Step(tuple(models), check))
+            try:
+                steps.append(Step(tuple(models), check))
+            except ConfigError as e:
+                raise ConfigError(f"{where}.steps[{i}]: {e}") from None
         kw = {k: d[k] for k in ("latency_budget_ms", "max_cost_usd", "skip_below") if k in d}
         for k, val in kw.items():
-            if isinstance(val, bool) or not isinstance(val, int | float):
-                raise ConfigError(f"{where}.{k}: expected a number, got {val!r:.40}")
+            if isinstance(val, bool) or not isinstance(val, int | float) or abs(val) > 1e300:
+                raise ConfigError(f"{where}.{k}: expected a finite number, got {val!r:.40}")
         try:
             return cls(steps, on_budget=d.get("on_budget", "best"), **kw)
         except ConfigError as e:

@@ -98,9 +98,10 @@ class CascadeBudgetError(SatisficeError):
     that might have produced one. `.result` holds every step run and why the rest were not;
     raise the budget, or use on_budget="best" to take the best answer so far."""
 
-    def __init__(self, message: str, result: Any) -> None:
+    def __init__(self, message: str, result: Any, attempts: list[Any] | None = None) -> None:
         super().__init__(message)
         self.result = result
+        self.attempts = attempts or []  # every call its steps made (router.chat fills it)
 
 
 class ProviderError(SatisficeError):

@@ -34,6 +34,7 @@ from .accounting import cost_of, text_tokens, usage_of
 from .errors import (
     AllAttemptsFailedError,
     AuthError,
+    CascadeBudgetError,
     ConfigError,
     ProviderError,
     StreamInterruptedError,
@@ -722,6 +723,9 @@ class Executor:
         except AllAttemptsFailedError as e:
             # The ladder knows its calls' errors only as text; the run has every attempt.
             raise AllAttemptsFailedError(str(e), list(run.attempts)) from None
+        except CascadeBudgetError as e:
+            e.attempts = list(run.attempts)  # what its steps were billed, for a budget's settle
+            raise
         for step in result.steps:
             for a, v in zip(step.answers, step.verdicts, strict=True):
                 if id(a) in answered:

@@ -346,6 +346,7 @@ class Router:
         options: RequestOptions,
         t0: float,
         accept: Validator | None = None,
+        tuned_cascade: bool = False,
     ) -> tuple[Executor, Run, dict[str, Any]]:
         """The one request builder behind chat() and stream(): check the options, route
         (around cooling deployments; a large prompt on a worker thread, so an exact count
@@ -394,6 +395,15 @@ class Router:
         # under a latency SLO, what the deployments have measured replaces the registry's p95
         live = io.live_p95_ms(snap.registry, snap.index) if c.latency_slo_ms is not None else None
         decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live)
+        if (
+            tuned_cascade
+            and not snap.policy.strict_floor
+            and snap.policy.cascade_for(decision.task)
+        ):
+            # The ladder's checks stand in for the quality floor: its cheap steps sit below
+            # the floor by design, and must be candidates (with estimates) to be climbed.
+            c = Constraints.of(c, quality_floor=0.0)
+            decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live)
         if self._rec is not None:
             self._rec.decision(decision)
         if call["max_tokens"] is None:
@@ -469,7 +479,9 @@ class Router:
         t0, started_at = perf_counter(), time()
         rec, run = self._rec, None
         try:
-            io, run, metadata = await self._begin(messages, constraints, options, t0, accept)
+            io, run, metadata = await self._begin(
+                messages, constraints, options, t0, accept, cascade == "auto"
+            )
             if cascade:
                 result = await io.cascade(run, cascade)
             else:

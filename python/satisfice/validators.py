@@ -74,6 +74,16 @@ __all__ = [
 ]
 
 
+def _number(x: object) -> bool:
+    """A finite real number (not a bool, not a string that looks like one)."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 # -- extraction ------------------------------------------------------------------------
 
 _LEAD_LETTER = re.compile(r"\A\W{0,3}([A-Z])(?![A-Za-z])")
@@ -236,6 +246,8 @@ class _Code:
     __slots__ = ("_language", "_parses", "name")
 
     def __init__(self, language: str | None, parses: bool) -> None:
+        if language is not None and not isinstance(language, str):
+            raise ConfigError(f"code_block: language must be a string, got {language!r:.40}")
         self._language = language.lower() if language else None
         self._parses = parses
         self.name = "code_block"
@@ -274,8 +286,10 @@ class _Agreement:
         min_agree: float,
         weights: Mapping[str, float] | None,
     ) -> None:
-        if min_agree <= 0:
-            raise ConfigError(f"agreement: min_agree must be > 0, got {min_agree}")
+        if not _number(min_agree) or min_agree <= 0:
+            raise ConfigError(f"agreement: min_agree must be a number > 0, got {min_agree!r:.40}")
+        if weights and not all(_number(w) and w >= 0 for w in weights.values()):
+            raise ConfigError("agreement: weights must be numbers >= 0, one per model id")
         self._extract = extract
         self._min = min_agree
         self._weights = dict(weights) if weights else None
@@ -324,8 +338,14 @@ class _Logprob:
     __slots__ = ("_if_missing", "_min", "name")
 
     def __init__(self, min_prob: float, if_missing: Literal["pass", "fail"]) -> None:
-        if not 0.0 <= min_prob <= 1.0:
-            raise ConfigError(f"logprob_confidence: min_prob must be in [0, 1], got {min_prob}")
+        if not _number(min_prob) or not 0.0 <= min_prob <= 1.0:
+            raise ConfigError(
+                f"logprob_confidence: min_prob must be in [0, 1], got {min_prob!r:.40}"
+            )
+        if if_missing not in ("pass", "fail"):
+            raise ConfigError(
+                f"logprob_confidence: if_missing is 'pass' or 'fail', not {if_missing!r:.40}"
+            )
         self._min = min_prob
         self._if_missing = if_missing
         self.name = "logprob"
@@ -362,6 +382,8 @@ class _Predicted:
     __slots__ = ("_min", "name")
 
     def __init__(self, min_p: float) -> None:
+        if not _number(min_p) or not 0.0 <= min_p <= 1.0:
+            raise ConfigError(f"predicted: min_p must be in [0, 1], got {min_p!r:.40}")
         self._min = min_p
         self.name = "predicted"
 
@@ -721,5 +743,5 @@ def from_spec(spec: object) -> Validator:
         raise ConfigError(f"unknown check {spec['check']!r:.60}; use one of {sorted(_BUILDERS)}")
     try:
         return build(**args)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as e:
         raise ConfigError(f"check {spec['check']!r}: bad arguments {sorted(args)}: {e}") from None

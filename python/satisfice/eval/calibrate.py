@@ -306,7 +306,7 @@ def calibrate_cascade(
     progress.stage("replaying ladders on the recorded answers")
     result = tune_cascades(outcomes, target.kind, target.value, prior=prior)
     progress.done()
-    new = replace(policy, cascades={**policy.cascades, **result["cascades"]})
+    new = replace(policy, cascades=result["cascades"])  # this tuning's ladders, not a mix
     Router(reg, new)  # every ladder's models must be routable with this registry
     out = {k: v for k, v in result.items() if k != "cascades"}
     out.update(

@@ -403,6 +403,7 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
         svc.in_flight += 1
         reserved: tuple[list[Budget], float] | None = None
         streaming = False
+        failed: SatisficeError | None = None
         try:
             body = await _json(request, svc.config.max_body_bytes)
             key = await svc.authenticate(request)
@@ -495,11 +496,13 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
         except HTTPError as e:
             return JSONResponse(e.body(), e.status, headers=e.headers)
         except SatisficeError as e:
+            failed = e  # handled here, so no longer in sys.exc_info() in `finally`
             he = http_error(e)
             return JSONResponse(he.body(), he.status)
         finally:
             if reserved is not None and not streaming:  # failed before settling: release it
-                await svc.settle(reserved[0], reserved[1], _billed(sys.exc_info()[1]))
+                billed = _billed(failed if failed is not None else sys.exc_info()[1])
+                await svc.settle(reserved[0], reserved[1], billed)
             svc.in_flight -= 1
 
     async def chat_completions(request: Request) -> Response:
