@@ -190,6 +190,21 @@ def choose(t: Table, knob: str, target: Target) -> dict[str, Any]:
     }
 
 
+def _inputs(
+    policy_path: str | Path, predictor: str | Path | None, registry: str | Path | None
+) -> tuple[Path, Policy, str | None, Registry]:
+    """The policy to update (a new one if the file is absent) with its predictor path, and
+    the registry (the bundled one by default)."""
+    path = Path(policy_path)
+    raw: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    policy = Policy.load(path) if path.is_file() else Policy()
+    predictor_path = str(predictor) if predictor else raw.get("predictor")
+    if predictor:
+        policy = replace(policy, quality=QualityModel.load(predictor))
+    reg = Registry.from_toml(registry) if registry else Registry.default()
+    return path, policy, predictor_path, reg
+
+
 def calibrate_files(
     prompts: Sequence[str],
     target: Target,
@@ -203,13 +218,7 @@ def calibrate_files(
 ) -> dict[str, Any]:
     """Calibrate the policy at `policy_path` (created if absent) on `prompts`."""
     progress = progress or ProgressLine(enabled=False)
-    path = Path(policy_path)
-    raw: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    policy = Policy.load(path) if path.is_file() else Policy()
-    predictor_path = str(predictor) if predictor else raw.get("predictor")
-    if predictor:
-        policy = replace(policy, quality=QualityModel.load(predictor))
-    reg = Registry.from_toml(registry) if registry else Registry.default()
+    path, policy, predictor_path, reg = _inputs(policy_path, predictor, registry)
     chosen_knob = knob or ("lambda" if policy.lam is not None else "floor")
     router = Router(reg, policy)
     progress.stage(f"planning {len(prompts)} prompts")
@@ -275,13 +284,7 @@ def calibrate_cascade(
     if target.kind not in ("quality", "cost"):
         raise ConfigError("--strategy cascade takes --target quality:PCT or cost:USD")
     progress = progress or ProgressLine(enabled=False)
-    path = Path(policy_path)
-    raw: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    policy = Policy.load(path) if path.is_file() else Policy()
-    predictor_path = str(predictor) if predictor else raw.get("predictor")
-    if predictor:
-        policy = replace(policy, quality=QualityModel.load(predictor))
-    reg = Registry.from_toml(registry) if registry else Registry.default()
+    path, policy, predictor_path, reg = _inputs(policy_path, predictor, registry)
     missing = [m for m in outcomes.models if m not in reg]
     if missing:
         raise ConfigError(
