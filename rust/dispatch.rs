@@ -140,11 +140,52 @@ impl Predictor {
     }
 
     /// `params`: one model's `[bias, ability_0..ability_{k-1}]`.
-    pub fn p_good(&self, latent: &[f32], params: &[f32]) -> f32 {
+    pub fn logit(&self, latent: &[f32], params: &[f32]) -> f32 {
         let (e, d) = latent.split_at(self.k);
         let (bias, ability) = (params[0], &params[1..]);
-        let logit = bias + ability.iter().zip(e).map(|(a, b)| a * b).sum::<f32>() - d[0];
-        1.0 / (1.0 + (-logit).exp())
+        bias + ability.iter().zip(e).map(|(a, b)| a * b).sum::<f32>() - d[0]
+    }
+
+    pub fn p_good(&self, latent: &[f32], params: &[f32]) -> f32 {
+        sigmoid(self.logit(latent, params))
+    }
+}
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Per-model logistic regressions on the prompt's static embedding (`embed.rs`), whose logit
+/// is averaged with the IRT one: `w` holds, per row, 64 weights on embed(x) / 127 and an
+/// intercept (stride 65); rows without one (`has` false) use the IRT logit alone.
+#[derive(Clone, Debug)]
+pub struct EmbWeights {
+    pub w: Vec<f32>,
+    pub has: Vec<bool>,
+}
+
+impl EmbWeights {
+    pub const STRIDE: usize = crate::embed::DIM + 1;
+
+    /// The prompt's embedding as floats (embed(x) / 127), or None if the table is missing.
+    fn prompt(messages: &[Message]) -> Option<[f32; crate::embed::DIM]> {
+        let t = crate::embed::table().ok()?;
+        let mut acc = [0i32; crate::embed::DIM];
+        for m in messages {
+            t.add_text(&m.content, &mut acc);
+        }
+        let e = crate::embed::finish(&acc);
+        Some(e.map(|v| v as f32 / 127.0))
+    }
+
+    fn logit(&self, row: usize, u: &[f32; crate::embed::DIM]) -> f32 {
+        let w = &self.w[row * Self::STRIDE..(row + 1) * Self::STRIDE];
+        w[..crate::embed::DIM]
+            .iter()
+            .zip(u)
+            .map(|(a, b)| a * b)
+            .sum::<f32>()
+            + w[crate::embed::DIM]
     }
 }
 
@@ -517,6 +558,7 @@ pub struct DispatchTable {
     /// Per row, `[bias, ability_0..ability_{k-1}]` (stride k+1), row-major.
     pub params: Vec<f32>,
     pub predictor: Arc<Predictor>,
+    pub emb: Option<Arc<EmbWeights>>,
     pub rules: Arc<[Rule]>,
     pub featurizer: FeaturizerConfig,
     /// Expected completion tokens per task when the caller gives no max_tokens.
@@ -561,6 +603,7 @@ impl DispatchTable {
         rows: Vec<ModelRow>,
         params: Vec<f32>,
         predictor: Predictor,
+        emb: Option<EmbWeights>,
         rules: Vec<Rule>,
         featurizer: FeaturizerConfig,
         expected_out: [u32; 8],
@@ -591,6 +634,21 @@ impl DispatchTable {
                 rows[i / stride].id
             )));
         }
+        if let Some(e) = &emb {
+            if e.has.len() != rows.len() || e.w.len() != rows.len() * EmbWeights::STRIDE {
+                return Err(CoreError::Config(format!(
+                    "embedding weights: need {} per model for {} models",
+                    EmbWeights::STRIDE,
+                    rows.len()
+                )));
+            }
+            if let Some(i) = e.w.iter().position(|v| !v.is_finite()) {
+                return Err(CoreError::Config(format!(
+                    "model {:?}: its embedding weights must be finite",
+                    rows[i / EmbWeights::STRIDE].id
+                )));
+            }
+        }
         for rule in &rules {
             if let Some(&bad) = rule.models.iter().find(|&&i| i >= rows.len()) {
                 return Err(CoreError::Config(format!(
@@ -604,6 +662,7 @@ impl DispatchTable {
             rows: rows.into(),
             params,
             predictor: Arc::new(predictor),
+            emb: emb.filter(|e| e.has.iter().any(|&h| h)).map(Arc::new),
             rules: rules.into(),
             featurizer,
             expected_out,
@@ -680,6 +739,11 @@ impl DispatchTable {
         c: &Constraints,
     ) -> Plan {
         let latent = self.predictor.latent(x);
+        // the embedding only when some model has a logistic on it (a trained predictor)
+        let emb = self
+            .emb
+            .as_deref()
+            .and_then(|e| EmbWeights::prompt(messages).map(|u| (e, u)));
         let tokens_out = c
             .max_output_tokens
             .unwrap_or(self.expected_out[info.task as usize]);
@@ -828,11 +892,17 @@ impl DispatchTable {
                     continue;
                 }
             }
+            let mut logit = self
+                .predictor
+                .logit(&latent, &self.params[i * k1..(i + 1) * k1]);
+            if let Some((e, u)) = &emb {
+                if e.has[i] {
+                    logit = (logit + e.logit(i, u)) / 2.0;
+                }
+            }
             passing.push(Candidate {
                 row: i,
-                p_good: self
-                    .predictor
-                    .p_good(&latent, &self.params[i * k1..(i + 1) * k1]),
+                p_good: sigmoid(logit),
                 est_cost: cost,
                 tokens_in: t_in.round() as u32,
                 tokens_in_exact: is_exact,
@@ -915,7 +985,7 @@ mod tests {
         let p = Predictor::new(cfg.dim(), 1, vec![0.0; cfg.dim() * 2], vec![0.0, 0.0]).unwrap();
         let params = rows.iter().flat_map(|&(_, bias)| [bias, 0.0]).collect();
         let rows = rows.into_iter().map(|(r, _)| r).collect();
-        DispatchTable::new(rows, params, p, rules, cfg, [256; 8]).unwrap()
+        DispatchTable::new(rows, params, p, None, rules, cfg, [256; 8]).unwrap()
     }
 
     fn msg(s: &str) -> Vec<Message> {

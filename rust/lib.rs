@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dispatch;
+pub mod embed;
 pub mod features;
 pub mod tokens;
 

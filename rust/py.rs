@@ -2,8 +2,9 @@
 //! cost grows with input. Errors cross once, as the classes defined in `satisfice.errors`.
 
 use crate::dispatch::{
-    cap, Constraints, DispatchTable, Filtered, ModelRow, Plan, Predictor, Ranking, Rule,
+    cap, Constraints, DispatchTable, EmbWeights, Filtered, ModelRow, Plan, Predictor, Ranking, Rule,
 };
+use crate::embed as emb;
 use crate::features::{self, flag, FeaturizerConfig, Message, Task};
 use crate::tokens::{self, Family};
 use crate::CoreError;
@@ -231,6 +232,45 @@ fn prompts_from(prompts: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<Message>>> {
         all.push(m);
     }
     Ok(all)
+}
+
+/// Every message's words into one summed embedding, normalised (see `embed.rs`).
+fn embed_messages(t: &emb::WordTable, msgs: &[Message]) -> [i8; emb::DIM] {
+    let mut acc = [0i32; emb::DIM];
+    for m in msgs {
+        t.add_text(&m.content, &mut acc);
+    }
+    emb::finish(&acc)
+}
+
+/// A prompt's static embedding: int8[64], a unit vector scaled by 127 (all zeros when no word
+/// is known). `prompt` is a str or a message list; the table loads on first use.
+#[pyfunction]
+fn embed<'py>(py: Python<'py>, prompt: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<i8>>> {
+    let (msgs, _) = messages_from(prompt)?;
+    let t = emb::table()?;
+    Ok(embed_messages(t, &msgs).to_vec().into_pyarray(py))
+}
+
+/// Many prompts → (n, 64) int8, one boundary crossing, GIL released.
+#[pyfunction]
+fn embed_batch<'py>(
+    py: Python<'py>,
+    prompts: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyArray2<i8>>> {
+    let all = prompts_from(prompts)?;
+    let t = emb::table()?;
+    let n = all.len();
+    let flat = py.detach(|| {
+        let mut flat = Vec::with_capacity(n * emb::DIM);
+        for m in &all {
+            flat.extend_from_slice(&embed_messages(t, m));
+        }
+        flat
+    });
+    Ok(numpy::ndarray::Array2::from_shape_vec((n, emb::DIM), flat)
+        .map_err(|e| CoreError::Config(e.to_string()))?
+        .into_pyarray(py))
 }
 
 /// The router's ranking replayed over a table of plans, for every setting at once:
@@ -572,6 +612,9 @@ struct RowSpec {
     tokenizer: String,
     bias: f32,
     ability: Vec<f32>,
+    /// The model's embedding logistic (64 weights and an intercept), if it has one.
+    #[pyo3(default)]
+    emb: Option<Vec<f32>>,
     disabled: bool,
     /// Long-context tier: prompt tokens above which it applies (inf: none) and its prices.
     long_above: f64,
@@ -664,7 +707,25 @@ impl PyDispatchTable {
         let cfg = make_config(hash_buckets, seed)?;
         let mut model_rows = Vec::with_capacity(rows.len());
         let mut params = Vec::with_capacity(rows.len() * (k + 1));
+        let mut emb = EmbWeights {
+            w: Vec::with_capacity(rows.len() * EmbWeights::STRIDE),
+            has: Vec::with_capacity(rows.len()),
+        };
         for r in rows {
+            match &r.emb {
+                Some(v) if v.len() == EmbWeights::STRIDE => emb.w.extend_from_slice(v),
+                Some(v) => {
+                    return Err(CoreError::Config(format!(
+                        "model {:?} has {} embedding weights, need {}",
+                        r.id,
+                        v.len(),
+                        EmbWeights::STRIDE
+                    ))
+                    .into())
+                }
+                None => emb.w.extend([0.0; EmbWeights::STRIDE]),
+            }
+            emb.has.push(r.emb.is_some());
             if r.ability.len() != k {
                 return Err(CoreError::Config(format!(
                     "model {:?} has {} ability values, the predictor needs {k}",
@@ -736,7 +797,15 @@ impl PyDispatchTable {
         // any float32 buffer: the predictor's array('f'), or a numpy array
         let predictor = Predictor::new(cfg.dim(), k, weights.to_vec(py)?, intercept)?;
         Ok(Self {
-            table: DispatchTable::new(model_rows, params, predictor, compiled, cfg, expected_out)?,
+            table: DispatchTable::new(
+                model_rows,
+                params,
+                predictor,
+                Some(emb),
+                compiled,
+                cfg,
+                expected_out,
+            )?,
         })
     }
 
@@ -946,10 +1015,10 @@ impl PyPlan {
 mod _core {
     #[pymodule_export]
     use super::{
-        count_message_tokens, count_tokens, count_tokens_batch, count_tokens_till_limit,
-        estimate_message_tokens, estimate_tokens, estimate_tokens_batch, estimator_inputs,
-        is_exact_family, rank, tokenizers_ready, update_belief, wait_for_tokenizers, Featurizer,
-        PyDispatchTable, PyPlan,
+        count_message_tokens, count_tokens, count_tokens_batch, count_tokens_till_limit, embed,
+        embed_batch, estimate_message_tokens, estimate_tokens, estimate_tokens_batch,
+        estimator_inputs, is_exact_family, rank, tokenizers_ready, update_belief,
+        wait_for_tokenizers, Featurizer, PyDispatchTable, PyPlan,
     };
 
     #[pymodule_export]
@@ -958,6 +1027,10 @@ mod _core {
     /// Named dense features ahead of the hashed n-gram block.
     #[pymodule_export]
     const DENSE: usize = crate::features::DENSE;
+
+    /// Dimensions of `embed`.
+    #[pymodule_export]
+    const EMBED_DIM: usize = crate::embed::DIM;
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

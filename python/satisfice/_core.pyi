@@ -14,6 +14,7 @@ _Messages = str | Sequence[Mapping[str, Any]]
 __all__ = [
     "CAPABILITIES",
     "DENSE",
+    "EMBED_DIM",
     "FAMILIES",
     "FEATURE_VERSION",
     "FLAGS",
@@ -26,6 +27,8 @@ __all__ = [
     "count_tokens",
     "count_tokens_batch",
     "count_tokens_till_limit",
+    "embed",
+    "embed_batch",
     "estimate_message_tokens",
     "estimate_tokens",
     "estimate_tokens_batch",
@@ -40,6 +43,7 @@ __all__ = [
 __version__: Final[str]
 FEATURE_VERSION: Final[int]
 DENSE: Final[int]
+EMBED_DIM: Final[int]
 CAPABILITIES: Final[list[str]]
 TASKS: Final[list[str]]
 FLAGS: Final[list[str]]
@@ -185,6 +189,13 @@ def wait_for_tokenizers() -> None:
 
 def tokenizers_ready() -> bool:
     """Whether exact counts are ready now (both tokenizers built)."""
+
+def embed(prompt: _Messages) -> npt.NDArray[np.int8]:
+    """A prompt's static embedding: int8[64], a unit vector scaled by 127 (all zeros when
+    no word is known). `prompt` is a str or a message list; the table loads on first use."""
+
+def embed_batch(prompts: Iterable[_Messages]) -> npt.NDArray[np.int8]:
+    """Many prompts → (n, 64) int8, one boundary crossing, GIL released."""
 
 def estimate_message_tokens(messages: Any, encoding: str = "o200k_base") -> float:
     """Estimated prompt tokens of chat messages (text parts, images, overhead)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 __all__ = ["ModelRowSpec", "RuleSpec"]
 
@@ -21,6 +21,7 @@ class ModelRowSpec(TypedDict):
     tokenizer: str
     bias: float
     ability: Sequence[float]
+    emb: NotRequired[Sequence[float] | None]  # embedding logistic: 64 weights, intercept
     disabled: bool
     long_above: float  # prompt tokens above which the long-context prices apply; inf: none
     long_in: float

@@ -264,4 +264,8 @@ class FeedbackLog:
                 )
             belief = update_belief(belief, latent, score)
             self._beliefs[model] = belief
-        return belief.params()
+        out = belief.params()
+        if current.emb is None:
+            return out
+        # Feedback refines the IRT part; a model's embedding logistic stays as trained.
+        return ModelParams(out.bias, out.ability, out.n_obs, out.source, current.emb)

@@ -254,6 +254,7 @@ class Policy:
                     "tokenizer": m.tokenizer,
                     "bias": float(p.bias),
                     "ability": [float(a) for a in p.ability],
+                    "emb": None if p.emb is None else list(p.emb),
                     "disabled": m.disabled,
                     "long_above": tiers[0].above if tiers else math.inf,
                     "long_in": long_in,

@@ -6,6 +6,11 @@ training data can still be scored:
     [e(x), d(x)] = W x + c                       (k "skill" dimensions and a difficulty)
     P(good | m, x) = sigmoid(bias_m + ability_m · e(x) − d(x))
 
+A model trained with the embedding (`_core.embed`, int8[64] / 127 = u(x)) also has a
+per-model logistic on it, and the two logits are averaged:
+
+    P(good | m, x) = sigmoid((bias_m + ability_m · e(x) − d(x) + v_m · u(x) + b_m) / 2)
+
 `x` is the Rust Featurizer's vector. `W`, `c` come from training on outcome data
 (`satisfice.eval.train`); `bias_m`, `ability_m` are per model. A model the predictor has not
 seen gets `bias = a·logit(prior) + b` from its registry quality prior (the map is fitted on
@@ -70,6 +75,8 @@ class ModelParams:
     ability: tuple[float, ...]
     n_obs: float = 0.0
     source: str = "trained"
+    # the embedding logistic: 64 weights on embed(x) / 127, then its intercept (None: IRT only)
+    emb: tuple[float, ...] | None = None
 
 
 def floats32(v: Any) -> array[float]:
@@ -172,6 +179,13 @@ class QualityModel:
     def _check(self, model: str, p: ModelParams) -> None:
         if len(p.ability) != self.k:
             raise ConfigError(f"predictor {self.name!r}: model {model!r} needs {self.k} abilities")
+        if p.emb is not None and (
+            len(p.emb) != _core.EMBED_DIM + 1 or not all(math.isfinite(v) for v in p.emb)
+        ):
+            raise ConfigError(
+                f"predictor {self.name!r}: model {model!r} needs {_core.EMBED_DIM + 1} finite "
+                "embedding weights (or none)"
+            )
 
     def _sharing(self, models: dict[str, ModelParams]) -> QualityModel:
         """A copy with `models` (already checked), sharing the weights and their arrays."""
@@ -202,8 +216,14 @@ class QualityModel:
         out: FloatArray = (features @ self.weights + self.intercept).astype(np.float32)
         return out
 
-    def p_good(self, features: FloatArray, params: list[ModelParams]) -> FloatArray:
-        """(n, m) predicted P(good) for n feature rows and m models."""
+    def p_good(
+        self,
+        features: FloatArray,
+        params: list[ModelParams],
+        embeddings: npt.NDArray[np.int8] | None = None,
+    ) -> FloatArray:
+        """(n, m) predicted P(good) for n feature rows and m models; `embeddings` (n, 64)
+        int8 from `_core.embed_batch` are needed when any model has embedding weights."""
         import numpy as np
 
         z = self.latent(features)
@@ -211,6 +231,14 @@ class QualityModel:
         bias = np.array([p.bias for p in params], dtype=np.float32)
         ab = np.array([p.ability for p in params], dtype=np.float32).reshape(len(params), self.k)
         logits = e @ ab.T + bias[None, :] - d[:, None]
+        with_emb = [j for j, p in enumerate(params) if p.emb is not None]
+        if with_emb:
+            if embeddings is None:
+                raise ConfigError("p_good: these models have embedding weights; pass embeddings")
+            u = embeddings.astype(np.float32) / 127.0
+            v = np.array([params[j].emb for j in with_emb], dtype=np.float32)  # (j, 65)
+            lr = u @ v[:, :-1].T + v[None, :, -1]
+            logits[:, with_emb] = (logits[:, with_emb] + lr) / 2.0
         out: FloatArray = sigmoid(logits).astype(np.float32)
         return out
 
@@ -232,6 +260,7 @@ class QualityModel:
                     "ability": list(p.ability),
                     "n_obs": p.n_obs,
                     "source": p.source,
+                    **({} if p.emb is None else {"emb": list(p.emb)}),
                 }
                 for m, p in self.models.items()
             },
@@ -263,6 +292,7 @@ class QualityModel:
                 tuple(p["ability"]),
                 float(p.get("n_obs", 0)),
                 str(p.get("source", "trained")),
+                None if p.get("emb") is None else tuple(float(v) for v in p["emb"]),
             )
             for m, p in meta["models"].items()
         }

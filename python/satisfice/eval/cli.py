@@ -71,6 +71,12 @@ def register_eval(sub: Any) -> None:
         action="store_true",
         help="leave the train-best model on predicted gains of any size (see eval/humble.py)",
     )
+    p.add_argument(
+        "--no-embedding",
+        action="store_true",
+        help="train the IRT predictor alone, without the per-model logistic on the prompt's "
+        "static embedding (to compare)",
+    )
     p.add_argument("--plot", metavar="PNG", help="draw the cost-quality curve to this file")
     p.add_argument("--save-predictor", metavar="NPZ", help="save the fitted predictor")
     p.add_argument("--save-onnx", metavar="ONNX", help="export the predictor to ONNX as well")
@@ -166,8 +172,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.predictor:
             raise SatisficeError("--predictor scores a saved predictor; drop it when training")
         progress.stage("training")
+        cfg = T.TrainConfig(embedding=not args.no_embedding)
         qm = T.fit(
             split.train,
+            cfg,
             progress=lambda step, total, loss: progress.update(step, total, f"loss {loss:.4f}"),
         )
         progress.done()
@@ -182,7 +190,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             switches_raw = H.switch_report(raw_pred, test, anchor)
             if not args.no_humility:
                 progress.stage("choosing the switch margin (cross-fitted on training rows)")
-                hum = H.choose(split.train, models, fit=T.fit,
+                hum = H.choose(split.train, models, fit=lambda parts: T.fit(parts, cfg),
                                predict=lambda q, d: E.predict_for(q, d, registry))  # fmt: skip
                 qm = hum.apply(qm)
                 progress.done()

@@ -44,7 +44,9 @@ class Humility:
         p = qm.models.get(self.anchor)
         if p is None or self.margin == 0:
             return qm
-        return qm.with_model(self.anchor, replace(p, bias=p.bias + self.margin))
+        # Both logits the prediction averages move by the margin, so the average does too.
+        emb = None if p.emb is None else (*p.emb[:-1], p.emb[-1] + self.margin)
+        return qm.with_model(self.anchor, replace(p, bias=p.bias + self.margin, emb=emb))
 
     def to_dict(self) -> dict[str, Any]:
         return {"anchor": self.anchor, "margin_logit": self.margin, "folds": self.folds}

@@ -37,6 +37,12 @@ def onnx_bytes(qm: QualityModel, params: Mapping[str, ModelParams]) -> bytes:
         raise ImportError("ONNX export needs onnx: pip install 'satisfice[train]'") from exc
     if not params:
         raise ConfigError("export at least one model's parameters")
+    with_emb = [m for m, p in params.items() if p.emb is not None]
+    if with_emb:
+        raise ConfigError(
+            f"models {with_emb[:3]} have an embedding logistic, which the ONNX graph does not "
+            "hold (its input is the feature vector): train with --no-embedding to export"
+        )
     k = qm.k
     ids = list(params)
     ability = np.array([params[m].ability for m in ids], dtype=np.float32).reshape(len(ids), k)

@@ -34,7 +34,8 @@ __all__ = ["TASK_FLAGS", "fisher_moments", "seed_registry_models"]
 def fisher_moments(qm: QualityModel, features: np.ndarray) -> dict[str, object]:
     """`feedback.fisher_moments` of the models the predictor knows, over `features`."""
     z = qm.latent(features).astype(np.float64)
-    params = list(qm.models.values())
+    # feedback weighs the IRT part of each model
+    params = [ModelParams(p.bias, p.ability) for p in qm.models.values()]
     p = qm.p_good(features, params) if params else np.full((z.shape[0], 1), 0.5)
     return feedback_moments(z[:, : qm.k], p)
 
@@ -69,7 +70,7 @@ def seed_registry_models(
 
     zeros = (0.0,) * n_t
     models: dict[str, ModelParams] = {
-        m: ModelParams(p.bias, (*p.ability, *zeros), p.n_obs, p.source)
+        m: ModelParams(p.bias, (*p.ability, *zeros), p.n_obs, p.source, p.emb)
         for m, p in qm.models.items()
     }
     mean_ability = (
@@ -84,7 +85,9 @@ def seed_registry_models(
             if alias not in qm.models:
                 raise ConfigError(f"alias {spec.id!r} -> {alias!r}: the predictor lacks it")
             base = models[alias]
-            models[spec.id] = ModelParams(base.bias, base.ability, base.n_obs, f"trained:{alias}")
+            models[spec.id] = ModelParams(
+                base.bias, base.ability, base.n_obs, f"trained:{alias}", base.emb
+            )
             continue
         g = logit(spec.quality_prior("general"))
         deltas = tuple(a * (logit(spec.quality_prior(t)) - g) for t in tasks)
