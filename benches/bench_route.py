@@ -110,3 +110,22 @@ def test_route_4kb_many_models(benchmark, n: int) -> None:
     router = Router(registry=Registry(models))
     nxt = cycle(prompts(4096)).__next__
     assert benchmark(lambda: router.route(nxt())).model
+
+
+@pytest.mark.benchmark(group="route")
+@pytest.mark.parametrize("embedding", ["without", "with"])
+def test_route_4kb_embedding(benchmark, embedding: str) -> None:
+    """A trained predictor with a per-model logistic on the static embedding (`_core.embed`)
+    against the same predictor without it: what the embedding adds to a route (its weights'
+    values do not change the cost, so every model gets the same ones here)."""
+    import dataclasses
+
+    from satisfice import Policy, QualityModel
+
+    qm = QualityModel.prior()
+    emb = (0.01,) * 65 if embedding == "with" else None
+    reg = ROUTER.registry
+    qm = qm.with_models({m.id: dataclasses.replace(qm.params_for(m), emb=emb) for m in reg})
+    router = Router(reg, Policy(quality=qm))
+    nxt = cycle(prompts(4096)).__next__
+    assert benchmark(lambda: router.route(nxt())).model

@@ -167,17 +167,6 @@ pub struct EmbWeights {
 impl EmbWeights {
     pub const STRIDE: usize = crate::embed::DIM + 1;
 
-    /// The prompt's embedding as floats (embed(x) / 127), or None if the table is missing.
-    fn prompt(messages: &[Message]) -> Option<[f32; crate::embed::DIM]> {
-        let t = crate::embed::table().ok()?;
-        let mut acc = [0i32; crate::embed::DIM];
-        for m in messages {
-            t.add_text(&m.content, &mut acc);
-        }
-        let e = crate::embed::finish(&acc);
-        Some(e.map(|v| v as f32 / 127.0))
-    }
-
     fn logit(&self, row: usize, u: &[f32; crate::embed::DIM]) -> f32 {
         let w = &self.w[row * Self::STRIDE..(row + 1) * Self::STRIDE];
         w[..crate::embed::DIM]
@@ -727,8 +716,18 @@ impl DispatchTable {
 
     pub fn plan(&self, messages: &[Message], c: &Constraints) -> Plan {
         let mut x = vec![0f32; self.featurizer.dim()];
-        let info = features::featurize_into(messages, &self.featurizer, &mut x);
-        self.plan_features(messages, &x, info, c)
+        // The embedding only when some model has a logistic on it (a trained predictor),
+        // summed in the featurizer's own scan of the words.
+        let table = self.emb.as_ref().and_then(|_| crate::embed::table().ok());
+        let mut acc = crate::embed::Sum::default();
+        let info = features::featurize_and_embed(
+            messages,
+            &self.featurizer,
+            &mut x,
+            table.map(|t| (t, &mut acc)),
+        );
+        let u = table.map(|_| crate::embed::finish(&acc).map(|v| v as f32 / 127.0));
+        self.plan_features(messages, &x, info, u, c)
     }
 
     pub fn plan_features(
@@ -736,14 +735,11 @@ impl DispatchTable {
         messages: &[Message],
         x: &[f32],
         info: PromptInfo,
+        u: Option<[f32; crate::embed::DIM]>,
         c: &Constraints,
     ) -> Plan {
         let latent = self.predictor.latent(x);
-        // the embedding only when some model has a logistic on it (a trained predictor)
-        let emb = self
-            .emb
-            .as_deref()
-            .and_then(|e| EmbWeights::prompt(messages).map(|u| (e, u)));
+        let emb = self.emb.as_deref().zip(u);
         let tokens_out = c
             .max_output_tokens
             .unwrap_or(self.expected_out[info.task as usize]);

@@ -231,6 +231,8 @@ struct Scan<'a> {
     bullets: usize,
     prev_word: u64,
     first_word_of_msg: bool,
+    /// The static embedding's sum over the words, when the caller wants it (one scan).
+    emb: Option<(&'a crate::embed::WordTable, &'a mut crate::embed::Sum)>,
 }
 
 /// Keyword → flags. Lower-case ASCII words; one table so adding a marker is one line.
@@ -475,6 +477,11 @@ impl tokens::Visitor for Scan<'_> {
         };
         self.upper += upper;
         let lw = &buf[..n];
+        if let Some((t, acc)) = self.emb.as_mut() {
+            if len == n {
+                t.add(lw, acc); // a word longer than the buffer is in no table
+            }
+        }
         self.flags |= kw & !OPENER;
         if self.first_word_of_msg && kw & OPENER != 0 {
             self.flags |= flag::QUESTION;
@@ -553,6 +560,17 @@ impl tokens::Visitor for Scan<'_> {
 
 /// Featurize one conversation into `out` (length `cfg.dim()`, overwritten).
 pub fn featurize_into(messages: &[Message], cfg: &FeaturizerConfig, out: &mut [f32]) -> PromptInfo {
+    featurize_and_embed(messages, cfg, out, None)
+}
+
+/// `featurize_into`, also adding every word's row of the embedding table to `emb` in the
+/// same scan (what `embed::WordTable::add_text` would add, without reading the text twice).
+pub fn featurize_and_embed<'a>(
+    messages: &[Message],
+    cfg: &FeaturizerConfig,
+    out: &'a mut [f32],
+    emb: Option<(&'a crate::embed::WordTable, &'a mut crate::embed::Sum)>,
+) -> PromptInfo {
     debug_assert_eq!(out.len(), cfg.dim());
     out.iter_mut().for_each(|v| *v = 0.0);
     let mut s = Scan {
@@ -581,6 +599,7 @@ pub fn featurize_into(messages: &[Message], cfg: &FeaturizerConfig, out: &mut [f
         bullets: 0,
         prev_word: 0,
         first_word_of_msg: true,
+        emb,
     };
     let mut counts = CharCounts::default();
     let mut chars = 0usize;

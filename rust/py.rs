@@ -236,7 +236,7 @@ fn prompts_from(prompts: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<Message>>> {
 
 /// Every message's words into one summed embedding, normalised (see `embed.rs`).
 fn embed_messages(t: &emb::WordTable, msgs: &[Message]) -> [i8; emb::DIM] {
-    let mut acc = [0i32; emb::DIM];
+    let mut acc = emb::Sum::default();
     for m in msgs {
         t.add_text(&m.content, &mut acc);
     }

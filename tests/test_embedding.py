@@ -106,6 +106,27 @@ def test_training_learns_the_topic_and_rust_ranks_with_the_same_numbers(
     assert p_med["doc"] > p_med["dev"] and p_code["dev"] > p_code["doc"]
 
 
+ODD = [
+    "abc123def don't snake_case_word CamelCaseWord UPPER lower",
+    "supercalifragilisticexpialidociousantidisestablishmentarianism " * 3,
+    "naïve café résumé Ünïcödé 東京 Москва pneumonia",
+    "```python\ndef f(x):\n    return x**2  # square\n```",
+    "",
+    "A) insulin B) antibiotics C) vaccine\nAnswer:",
+]
+
+
+def test_the_featurizers_scan_sums_the_same_words_as_embed(trained: QualityModel) -> None:
+    """Routing sums the embedding in the featurizer's scan; evaluation calls `_core.embed`:
+    the same words must reach the table either way (else serving and eval would differ)."""
+    test = replace(topics(len(ODD)), prompts=list(ODD))
+    pred = T.predict(trained, test)
+    router = Router(registry(), Policy(quality=trained, quality_floor=0.0))
+    for i, prompt in enumerate(ODD):
+        got = {c.model: c.p_good for c in router.route(prompt).candidates}
+        assert np.allclose([got["doc"], got["dev"]], pred[i], atol=1e-5), prompt
+
+
 def test_save_load_feedback_and_humility_keep_the_embedding_part(
     trained: QualityModel, tmp_path: object
 ) -> None:
