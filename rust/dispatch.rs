@@ -169,12 +169,18 @@ impl EmbWeights {
 
     fn logit(&self, row: usize, u: &[f32; crate::embed::DIM]) -> f32 {
         let w = &self.w[row * Self::STRIDE..(row + 1) * Self::STRIDE];
-        w[..crate::embed::DIM]
-            .iter()
-            .zip(u)
-            .map(|(a, b)| a * b)
-            .sum::<f32>()
-            + w[crate::embed::DIM]
+        // Eight running sums: one sum's chain of dependent float adds cannot be vectorised
+        // (the order of a float sum is part of its value), eight independent ones can.
+        let mut acc = [0f32; 8];
+        for (ws, us) in w[..crate::embed::DIM]
+            .chunks_exact(8)
+            .zip(u.chunks_exact(8))
+        {
+            for i in 0..8 {
+                acc[i] += ws[i] * us[i];
+            }
+        }
+        acc.iter().sum::<f32>() + w[crate::embed::DIM]
     }
 }
 

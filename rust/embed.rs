@@ -8,6 +8,7 @@
 //! then n * dim int8 (row-major), then the n words joined by '\n' in row order.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use crate::CoreError;
@@ -208,11 +209,20 @@ pub fn finish(sum: &Sum) -> [i8; DIM] {
 }
 
 static TABLE: OnceLock<Result<WordTable, String>> = OnceLock::new();
+/// Set when a load begins: a process about to fork waits for a load in progress (a child
+/// would inherit a load no thread of its own finishes, and wait on it forever).
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the table has begun loading (it may still be in progress).
+pub fn started() -> bool {
+    STARTED.load(Ordering::Acquire)
+}
 
 /// The bundled table, decompressed and indexed on first use (about 10 ms, once a process).
 pub fn table() -> Result<&'static WordTable, CoreError> {
     TABLE
         .get_or_init(|| {
+            STARTED.store(true, Ordering::Release);
             let gz: &[u8] = include_bytes!("data/wordvec64.bin.gz");
             let mut raw = Vec::new();
             flate2::read::GzDecoder::new(gz)

@@ -59,7 +59,24 @@ fn wait_for_tokenizers(py: Python<'_>) {
     if PRELOAD.is_completed() {
         py.detach(tokens::preload);
     }
+    if emb::started() {
+        // the embedding table, likewise: a load in progress finishes before the fork
+        py.detach(|| drop(emb::table()));
+    }
 }
+
+/// Load the embedding table on a thread of its own, once, when a table that reads it is
+/// built: the first route would otherwise spend about 10 ms (on the event loop) loading it.
+fn start_table_preload() {
+    TABLE_PRELOAD.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("satisfice-embed".into())
+            .spawn(|| drop(emb::table()));
+        drop(spawned); // no thread: the first route loads it
+    });
+}
+
+static TABLE_PRELOAD: std::sync::Once = std::sync::Once::new();
 
 /// Whether a call that may count exactly should release the GIL: a long text, or a
 /// tokenizer still being built (another thread may hold the build for a second).
@@ -796,6 +813,9 @@ impl PyDispatchTable {
         }
         // any float32 buffer: the predictor's array('f'), or a numpy array
         let predictor = Predictor::new(cfg.dim(), k, weights.to_vec(py)?, intercept)?;
+        if emb.has.iter().any(|&h| h) {
+            start_table_preload();
+        }
         Ok(Self {
             table: DispatchTable::new(
                 model_rows,

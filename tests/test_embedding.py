@@ -165,3 +165,22 @@ def test_bad_embedding_weights_are_refused(trained: QualityModel) -> None:
     with pytest.raises(ConfigError, match="--no-embedding"):
         onnx_bytes(trained, {"doc": p})
     assert ModelParams(1.0, (0.0,) * trained.k).emb is None
+
+
+def test_a_malformed_saved_predictor_is_a_clear_error(
+    trained: QualityModel, tmp_path: object
+) -> None:
+    import json
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "q.npz"
+    trained.save(path)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    for bad in ("abc", 5, ["x"] * 65, [1e39] * 65):
+        meta["models"]["doc"]["emb"] = bad
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        np.savez(path, **arrays)
+        with pytest.raises(ConfigError):
+            QualityModel.load(path)

@@ -67,6 +67,9 @@ if TYPE_CHECKING:  # numpy is imported where arrays are used: routing does not n
     FloatArray = npt.NDArray[np.float32]
 
 
+_F32_MAX = 3.4e38  # weights are evaluated in float32: anything larger (or NaN) is refused
+
+
 @dataclass(frozen=True, slots=True)
 class ModelParams:
     """One model's IRT parameters, and how many feedback/training observations back them."""
@@ -75,7 +78,9 @@ class ModelParams:
     ability: tuple[float, ...]
     n_obs: float = 0.0
     source: str = "trained"
-    # the embedding logistic: 64 weights on embed(x) / 127, then its intercept (None: IRT only)
+    # The embedding logistic: 64 weights on embed(x) / 127, then its intercept (None: IRT
+    # only). Feedback refines bias and ability alone, so on a model with one an update moves
+    # the served logit (the average of the two) half as far as the IRT logit.
     emb: tuple[float, ...] | None = None
 
 
@@ -180,7 +185,8 @@ class QualityModel:
         if len(p.ability) != self.k:
             raise ConfigError(f"predictor {self.name!r}: model {model!r} needs {self.k} abilities")
         if p.emb is not None and (
-            len(p.emb) != _core.EMBED_DIM + 1 or not all(math.isfinite(v) for v in p.emb)
+            len(p.emb) != _core.EMBED_DIM + 1
+            or not all(isinstance(v, int | float) and abs(v) < _F32_MAX for v in p.emb)
         ):
             raise ConfigError(
                 f"predictor {self.name!r}: model {model!r} needs {_core.EMBED_DIM + 1} finite "
@@ -286,16 +292,21 @@ class QualityModel:
             raise ConfigError(f"predictor file {path} does not exist") from None
         except (KeyError, ValueError, OSError) as e:
             raise ConfigError(f"predictor file {path} is not a satisfice predictor: {e}") from None
-        models = {
-            m: ModelParams(
-                float(p["bias"]),
-                tuple(p["ability"]),
-                float(p.get("n_obs", 0)),
-                str(p.get("source", "trained")),
-                None if p.get("emb") is None else tuple(float(v) for v in p["emb"]),
-            )
-            for m, p in meta["models"].items()
-        }
+        try:
+            models = {
+                m: ModelParams(
+                    float(p["bias"]),
+                    tuple(p["ability"]),
+                    float(p.get("n_obs", 0)),
+                    str(p.get("source", "trained")),
+                    None if p.get("emb") is None else tuple(float(v) for v in p["emb"]),
+                )
+                for m, p in meta["models"].items()
+            }
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise ConfigError(
+                f"predictor file {path}: a model's parameters are malformed: {e}"
+            ) from None
         k, buckets = int(meta["k"]), int(meta["hash_buckets"])
         if weights.shape != (_core.DENSE + buckets, k + 1):
             raise ConfigError(
