@@ -256,7 +256,7 @@ mod tests {
         for v in [1u32, 2, DIM as u32] {
             raw.extend(v.to_le_bytes());
         }
-        let mut rows = vec![0i8; 2 * DIM];
+        let mut rows = [0i8; 2 * DIM];
         rows[0] = 3; // "cat" -> e0
         rows[DIM + 1] = 4; // "dog" -> e1
         raw.extend(rows.iter().map(|&v| v as u8));
