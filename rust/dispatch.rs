@@ -333,11 +333,16 @@ impl Filtered {
 /// (k+1) and `cov` ((k+1)^2, the inverse precision, row-major) are updated in place from
 /// `latent` = [e(x), d(x)] and a score in [0, 1]. The covariance form needs no solve: the
 /// precision's rank-one gain is a Sherman-Morrison step.
+/// With `scale` and `offset` the observation's logit is `scale * (θ·φ − d) + offset`: a model
+/// whose served logit averages the IRT one with its embedding logistic's `lr` is updated with
+/// scale 0.5 and offset lr / 2, the likelihood it is actually served by.
 pub fn update_belief(
     mean: &mut [f64],
     cov: &mut [f64],
     latent: &[f64],
     score: f64,
+    scale: f64,
+    offset: f64,
 ) -> Result<(), CoreError> {
     let n = mean.len();
     if n == 0 || cov.len() != n * n || latent.len() != n {
@@ -346,14 +351,17 @@ pub fn update_belief(
              parameters"
         )));
     }
-    if !(0.0..=1.0).contains(&score) || latent.iter().any(|v| !v.is_finite()) {
+    if !(0.0..=1.0).contains(&score)
+        || latent.iter().any(|v| !v.is_finite())
+        || !(scale.is_finite() && scale > 0.0 && offset.is_finite())
+    {
         return Err(CoreError::Input(format!(
             "feedback score must be a number in [0, 1] and the latent finite, got {score}"
         )));
     }
     let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
-    let phi = |i: usize| if i == 0 { 1.0 } else { latent[i - 1] };
-    let d = latent[n - 1];
+    let phi = |i: usize| scale * if i == 0 { 1.0 } else { latent[i - 1] };
+    let d = scale * latent[n - 1] - offset;
     let s_phi: Vec<f64> = (0..n)
         .map(|i| (0..n).map(|j| cov[i * n + j] * phi(j)).sum())
         .collect();
@@ -405,6 +413,9 @@ pub struct Plan {
     pub below_floor: bool,
     pub tokens_out: u32,
     pub info: PromptInfo,
+    /// The prompt's embedding when the table has models with an embedding logistic (what
+    /// feedback on such a model needs besides the latent).
+    pub embedding: Option<[i8; crate::embed::DIM]>,
     /// The predictor's `[e(x), d(x)]` for this prompt (what feedback updates are made with).
     pub latent: Vec<f32>,
 }
@@ -732,8 +743,8 @@ impl DispatchTable {
             &mut x,
             table.map(|t| (t, &mut acc)),
         );
-        let u = table.map(|_| crate::embed::finish(&acc).map(|v| v as f32 / 127.0));
-        self.plan_features(messages, &x, info, u, c)
+        let e = table.map(|_| crate::embed::finish(&acc));
+        self.plan_features(messages, &x, info, e, c)
     }
 
     pub fn plan_features(
@@ -741,10 +752,11 @@ impl DispatchTable {
         messages: &[Message],
         x: &[f32],
         info: PromptInfo,
-        u: Option<[f32; crate::embed::DIM]>,
+        embedding: Option<[i8; crate::embed::DIM]>,
         c: &Constraints,
     ) -> Plan {
         let latent = self.predictor.latent(x);
+        let u = embedding.map(|e| e.map(|v| v as f32 / 127.0));
         let emb = self.emb.as_deref().zip(u);
         let tokens_out = c
             .max_output_tokens
@@ -949,6 +961,7 @@ impl DispatchTable {
             below_floor,
             tokens_out,
             info,
+            embedding,
             latent,
         }
     }

@@ -437,13 +437,16 @@ fn tokenizers_ready() -> bool {
 
 /// `update_belief` (see dispatch.rs): the new (mean, cov) after one feedback score.
 #[pyfunction]
+#[pyo3(signature = (mean, cov, latent, score, scale = 1.0, offset = 0.0))]
 fn update_belief(
     mut mean: Vec<f64>,
     mut cov: Vec<f64>,
     latent: Vec<f64>,
     score: f64,
+    scale: f64,
+    offset: f64,
 ) -> PyResult<(Vec<f64>, Vec<f64>)> {
-    crate::dispatch::update_belief(&mut mean, &mut cov, &latent, score)?;
+    crate::dispatch::update_belief(&mut mean, &mut cov, &latent, score, scale, offset)?;
     Ok((mean, cov))
 }
 
@@ -1000,6 +1003,13 @@ impl PyPlan {
     #[getter]
     fn latent(&self) -> Vec<f32> {
         self.plan.latent.clone()
+    }
+    /// The prompt's int8 embedding as bytes, when some model reads it (else None).
+    #[getter]
+    fn embedding<'py>(&self, py: Python<'py>) -> Option<Bound<'py, pyo3::types::PyBytes>> {
+        self.plan
+            .embedding
+            .map(|e| pyo3::types::PyBytes::new(py, &e.map(|v| v as u8)))
     }
     #[getter]
     fn rule(&self) -> Option<usize> {

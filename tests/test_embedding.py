@@ -184,3 +184,26 @@ def test_a_malformed_saved_predictor_is_a_clear_error(
         np.savez(path, **arrays)
         with pytest.raises(ConfigError):
             QualityModel.load(path)
+
+
+def test_feedback_scores_the_prediction_that_was_served(trained: QualityModel) -> None:
+    """The served logit averages the IRT logit with the embedding logit lr; a feedback update
+    is the Laplace step on that served likelihood (scale 0.5, offset lr / 2), with lr
+    recomputed here from `_core.embed` and the model's weights."""
+    from satisfice import feedback as F
+
+    r = Router(registry(), Policy(quality=trained, quality_floor=0.0))
+    d = r.route(MEDICINE[1])
+    p0 = {c.model: c.p_good for c in d.candidates}["doc"]
+    current = trained.models["doc"]
+    assert current.emb is not None
+    u = _core.embed(MEDICINE[1]).astype(np.float64) / 127.0
+    lr = float(np.dot(current.emb[:-1], u) + current.emb[-1])
+    belief = F.prior_belief(trained, current, max_evidence=r._feedback.max_evidence,
+                            prior_evidence=r._feedback.prior_evidence)  # fmt: skip
+    want = F.update_belief(belief, d.latent, 0.0, 0.5, 0.5 * lr)
+    got = r.feedback(d.answered_by("doc"), 0.0)
+    assert got.emb == current.emb
+    assert np.allclose((got.bias, *got.ability), want.mean, atol=1e-4)
+    p1 = {c.model: c.p_good for c in r.route(MEDICINE[1]).candidates}["doc"]
+    assert p1 < p0  # a bad score lowers the served prediction

@@ -133,4 +133,4 @@ def test_log_is_bounded() -> None:
         log.remember(rid, [0.0, 0.0], "m")
     with pytest.raises(InputError):
         log.lookup("a")
-    assert log.lookup("c") == ((0.0, 0.0), "m")
+    assert log.lookup("c") == ((0.0, 0.0), "m", None)

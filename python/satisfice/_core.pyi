@@ -168,6 +168,9 @@ class Plan:
     def latent(self) -> list[float]:
         """The predictor's `[e_0..e_{k-1}, difficulty]` for this prompt."""
     @property
+    def embedding(self) -> bytes | None:
+        """The prompt's int8 embedding as bytes, when some model reads it (else None)."""
+    @property
     def rule(self) -> int | None: ...
     @property
     def below_floor(self) -> bool: ...
@@ -182,7 +185,12 @@ class Plan:
     def est_tokens(self, family: str) -> float: ...
 
 def update_belief(
-    mean: Sequence[float], cov: Sequence[float], latent: Sequence[float], score: float
+    mean: Sequence[float],
+    cov: Sequence[float],
+    latent: Sequence[float],
+    score: float,
+    scale: float = 1.0,
+    offset: float = 0.0,
 ) -> tuple[list[float], list[float]]: ...
 def wait_for_tokenizers() -> None:
     """Block until a tokenizer build in progress has finished (runs before every fork)."""

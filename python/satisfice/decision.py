@@ -177,7 +177,9 @@ class Decision:
             self._request_id = new_request_id()
         if self._feedback is not None:
             # The plan carries the prompt's latent, so the prompt itself is never kept.
-            self._feedback.remember(self._request_id, self._plan.latent, model)
+            self._feedback.remember(
+                self._request_id, self._plan.latent, model, self._plan.embedding
+            )
         return self._request_id
 
     @property

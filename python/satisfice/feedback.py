@@ -178,14 +178,22 @@ def prior_belief(
     return AbilityBelief.from_precision([p.bias, *p.ability], precision, p.n_obs)
 
 
-def update_belief(belief: AbilityBelief, latent: Sequence[float], score: float) -> AbilityBelief:
-    """Fold in one observed `score` in [0, 1] on a prompt with `latent` = [e(x)..., d(x)]."""
+def update_belief(
+    belief: AbilityBelief,
+    latent: Sequence[float],
+    score: float,
+    scale: float = 1.0,
+    offset: float = 0.0,
+) -> AbilityBelief:
+    """Fold in one observed `score` in [0, 1] on a prompt with `latent` = [e(x)..., d(x)].
+    The prediction it scores is sigmoid(scale * (IRT logit) + offset): scale 0.5 and offset
+    lr / 2 for a model whose served logit averages the IRT one with its embedding logit lr."""
     if not (isinstance(score, int | float) and 0.0 <= score <= 1.0):
         raise InputError(f"feedback score must be a number in [0, 1], got {score!r}")
     k = len(belief.mean) - 1
     if len(latent) != k + 1:
         raise InputError(f"latent must hold {k + 1} values (k skills and a difficulty)")
-    mean, cov = _core.update_belief(belief.mean, belief.cov, latent, float(score))
+    mean, cov = _core.update_belief(belief.mean, belief.cov, latent, float(score), scale, offset)
     return AbilityBelief(tuple(mean), tuple(cov), belief.n_obs + 1.0)
 
 
@@ -201,6 +209,7 @@ def new_request_id() -> str:
 class _Seen:
     latent: bytes  # the k+1 numbers as float32 (what the Rust table computed them as)
     model: str
+    embedding: bytes | None  # int8[64], when the table had models that read it
 
 
 class FeedbackLog:
@@ -226,15 +235,21 @@ class FeedbackLog:
         self._beliefs: dict[str, AbilityBelief] = {}
         self._lock = threading.Lock()
 
-    def remember(self, request_id: str, latent: Sequence[float], model: str) -> None:
+    def remember(
+        self,
+        request_id: str,
+        latent: Sequence[float],
+        model: str,
+        embedding: bytes | None = None,
+    ) -> None:
         with self._lock:
             # packed: 263 B per remembered decision against 306 B as a float tuple (measured)
-            self._seen[request_id] = _Seen(array("f", latent).tobytes(), model)
+            self._seen[request_id] = _Seen(array("f", latent).tobytes(), model, embedding)
             self._seen.move_to_end(request_id)
             while len(self._seen) > self.capacity:
                 self._seen.popitem(last=False)
 
-    def lookup(self, request_id: str) -> tuple[tuple[float, ...], str]:
+    def lookup(self, request_id: str) -> tuple[tuple[float, ...], str, bytes | None]:
         with self._lock:
             seen = self._seen.get(request_id)
         if seen is None:
@@ -242,7 +257,7 @@ class FeedbackLog:
                 f"unknown request id {request_id!r}: feedback is accepted for the last "
                 f"{self.capacity} decisions whose request_id was read, in this process"
             )
-        return tuple(array("f", seen.latent)), seen.model
+        return tuple(array("f", seen.latent)), seen.model, seen.embedding
 
     def observe(
         self,
@@ -251,8 +266,16 @@ class FeedbackLog:
         current: ModelParams,
         latent: Sequence[float],
         score: float,
+        embedding: bytes | None = None,
     ) -> ModelParams:
-        """Update `model`'s belief (starting from `current` if it changed meanwhile)."""
+        """Update `model`'s belief (starting from `current` if it changed meanwhile). For a
+        model with an embedding logistic, `embedding` (the prompt's, from the plan) lets the
+        update score the prediction that was served: the average of the two logits."""
+        scale, offset = 1.0, 0.0
+        if current.emb is not None and embedding is not None:
+            w, u = current.emb, array("b", embedding)
+            lr = sum(w[i] * u[i] for i in range(len(u))) / 127.0 + w[-1]
+            scale, offset = 0.5, 0.5 * lr
         with self._lock:
             belief = self._beliefs.get(model)
             if belief is None or not belief.matches(current):
@@ -262,10 +285,10 @@ class FeedbackLog:
                     max_evidence=self.max_evidence,
                     prior_evidence=self.prior_evidence,
                 )
-            belief = update_belief(belief, latent, score)
+            belief = update_belief(belief, latent, score, scale, offset)
             self._beliefs[model] = belief
         out = belief.params()
         if current.emb is None:
             return out
-        # Feedback refines the IRT part; a model's embedding logistic stays as trained.
+        # Feedback refines the IRT part (scored as served); the embedding logistic stays.
         return ModelParams(out.bias, out.ability, out.n_obs, out.source, current.emb)

@@ -79,8 +79,8 @@ class ModelParams:
     n_obs: float = 0.0
     source: str = "trained"
     # The embedding logistic: 64 weights on embed(x) / 127, then its intercept (None: IRT
-    # only). Feedback refines bias and ability alone, so on a model with one an update moves
-    # the served logit (the average of the two) half as far as the IRT logit.
+    # only). Feedback refines bias and ability alone, scoring the prediction that was served
+    # (the average of the two logits), so such a model moves more slowly under feedback.
     emb: tuple[float, ...] | None = None
 
 

@@ -255,13 +255,13 @@ class Router:
         that actually answered if a fallback did. Returns the model's new parameters.
         Persist them with `save_policy()`.
         """
-        latent, chosen = self._feedback.lookup(request_id)  # InputError if unknown
+        latent, chosen, embedding = self._feedback.lookup(request_id)  # InputError if unknown
         target = model if model is not None else chosen
         with self._swap:
             snap = self._snap
             spec = snap.registry[target]  # UnknownModelError names the known ids
             qm = snap.policy.quality_model()
-            new = self._feedback.observe(qm, target, qm.params_for(spec), latent, score)
+            new = self._feedback.observe(qm, target, qm.params_for(spec), latent, score, embedding)
             self._snap = snap.with_params(target, new)
         if self._rec is not None:
             self._rec.feedback(request_id, score, "feedback")
