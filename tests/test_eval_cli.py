@@ -134,6 +134,10 @@ def test_human_report_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 2 and "do not occur" in err
     code, _, err = run(capsys, "--format", "outcomes", str(tmp_path / "missing.jsonl"))
     assert code == 2 and "no such file" in err
+    onnx = str(tmp_path / "p.onnx")
+    code, _, err = run(capsys, "--format", "outcomes", str(data), "--test-split", "hash:0.3",
+                       "--save-onnx", onnx)  # fmt: skip
+    assert code == 2 and "--no-embedding" in err and not Path(onnx).exists()
 
 
 def test_cascade_strategy_needs_recorded_answers(

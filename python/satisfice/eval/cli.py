@@ -171,6 +171,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if split.train:
         if args.predictor:
             raise SatisficeError("--predictor scores a saved predictor; drop it when training")
+        if args.save_onnx and not args.no_embedding:  # say so before training, not after
+            raise SatisficeError(
+                "--save-onnx exports the IRT predictor only: add --no-embedding to train one "
+                "without the embedding logistic, which the ONNX graph does not hold"
+            )
         progress.stage("training")
         cfg = T.TrainConfig(embedding=not args.no_embedding)
         qm = T.fit(
