@@ -145,10 +145,6 @@ impl Predictor {
         let (bias, ability) = (params[0], &params[1..]);
         bias + ability.iter().zip(e).map(|(a, b)| a * b).sum::<f32>() - d[0]
     }
-
-    pub fn p_good(&self, latent: &[f32], params: &[f32]) -> f32 {
-        sigmoid(self.logit(latent, params))
-    }
 }
 
 fn sigmoid(z: f32) -> f32 {

@@ -11,6 +11,7 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
+use crate::features::Message;
 use crate::CoreError;
 
 /// Dimensions of the embedding.
@@ -169,6 +170,15 @@ impl WordTable {
         }
     }
 
+    /// A conversation's embedding: every message's words summed, then `finish`ed.
+    pub fn embed(&self, messages: &[Message]) -> [i8; DIM] {
+        let mut acc = Sum::default();
+        for m in messages {
+            self.add_text(&m.content, &mut acc);
+        }
+        finish(&acc)
+    }
+
     /// Add every word of `text` to `acc`; returns how many were in the table.
     pub fn add_text(&self, text: &str, acc: &mut Sum) -> usize {
         let mut buf = [0u8; MAX_WORD];
@@ -234,19 +244,6 @@ pub fn table() -> Result<&'static WordTable, CoreError> {
         .map_err(|e| CoreError::Config(e.clone()))
 }
 
-/// Whether the bundled table is loaded already (the first `embed` would load it).
-pub fn loaded() -> bool {
-    TABLE.get().is_some()
-}
-
-/// The embedding of one text (see the module docs).
-pub fn embed(text: &str) -> Result<[i8; DIM], CoreError> {
-    let t = table()?;
-    let mut acc = Sum::default();
-    t.add_text(text, &mut acc);
-    Ok(finish(&acc))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,9 +293,15 @@ mod tests {
     fn bundled_table_loads_and_embeds() {
         let t = table().unwrap();
         assert!(t.len() >= 10_000);
-        let a = embed("the patient was given antibiotics for the infection").unwrap();
-        let b = embed("the doctor prescribed medicine to treat the disease").unwrap();
-        let c = embed("compile the rust crate and run cargo test").unwrap();
+        let embed = |text: &str| {
+            t.embed(&[Message {
+                role: "user".into(),
+                content: text.into(),
+            }])
+        };
+        let a = embed("the patient was given antibiotics for the infection");
+        let b = embed("the doctor prescribed medicine to treat the disease");
+        let c = embed("compile the rust crate and run cargo test");
         let dot = |x: &[i8; DIM], y: &[i8; DIM]| -> i32 {
             x.iter().zip(y).map(|(&p, &q)| p as i32 * q as i32).sum()
         };

@@ -251,22 +251,13 @@ fn prompts_from(prompts: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<Message>>> {
     Ok(all)
 }
 
-/// Every message's words into one summed embedding, normalised (see `embed.rs`).
-fn embed_messages(t: &emb::WordTable, msgs: &[Message]) -> [i8; emb::DIM] {
-    let mut acc = emb::Sum::default();
-    for m in msgs {
-        t.add_text(&m.content, &mut acc);
-    }
-    emb::finish(&acc)
-}
-
 /// A prompt's static embedding: int8[64], a unit vector scaled by 127 (all zeros when no word
 /// is known). `prompt` is a str or a message list; the table loads on first use.
 #[pyfunction]
 fn embed<'py>(py: Python<'py>, prompt: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<i8>>> {
     let (msgs, _) = messages_from(prompt)?;
     let t = emb::table()?;
-    Ok(embed_messages(t, &msgs).to_vec().into_pyarray(py))
+    Ok(t.embed(&msgs).to_vec().into_pyarray(py))
 }
 
 /// Many prompts → (n, 64) int8, one boundary crossing, GIL released.
@@ -281,7 +272,7 @@ fn embed_batch<'py>(
     let flat = py.detach(|| {
         let mut flat = Vec::with_capacity(n * emb::DIM);
         for m in &all {
-            flat.extend_from_slice(&embed_messages(t, m));
+            flat.extend_from_slice(&t.embed(m));
         }
         flat
     });

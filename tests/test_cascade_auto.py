@@ -351,3 +351,35 @@ def test_a_cascade_budget_error_settles_what_its_steps_were_billed(
         time.sleep(0.3)
         s = httpx.get(url + "/admin/spend", headers=admin).json()["budgets"][0]
     assert s["spent_usd"] > 0 and s["held_usd"] == 0  # alpha's 400 words were billed
+
+
+def test_a_budget_reserves_the_ladder_even_when_its_cheap_step_is_below_the_floor(
+    upstream: LocalUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """chat(cascade="auto") routes at floor 0 (the ladder's checks replace the floor), so the
+    server's budget bound must come from that same decision, not one where the floor already
+    ruled the cheap step out (which would reserve one answer and let the ladder spend two)."""
+    master = "master-test-key-0123456789abcdef"
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", master)
+    raw = registry(upstream.url).to_dict()
+    for m in raw["model"]:
+        m["quality"] = {"general": 0.3 if m["id"] == "alpha" else 0.95}
+    reg = Registry.from_dict(raw)
+    ladder = Cascade([Step(("alpha",), v.regex("NEVER")), Step(("delta",))])
+    router = Router(reg, Policy(quality_floor=0.8, cascades={"*": ladder}))
+    prompt = "hello " * 200
+    assert "alpha" in router.route(prompt).filtered  # the floor rules the cheap step out
+    with running(ServerConfig(), router) as (url, app):
+        svc = app.state.service
+        parts = [svc.worst_case(router.route(prompt, allow=(m,), quality_floor=0.0), 100)[0]
+                 for m in ("alpha", "delta")]  # fmt: skip
+        admin = {"authorization": f"Bearer {master}"}
+        budget = (max(parts) + sum(parts)) / 2  # fits one answer, not the ladder
+        key = {"name": "c", "budget_usd": budget, "period": "day"}
+        k = httpx.post(url + "/admin/keys", headers=admin, json=key).json()
+        r = httpx.post(url + "/v1/chat/completions", timeout=30,
+                       headers={"authorization": f"Bearer {k['key']}"},
+                       json={"model": "auto", "cascade": "auto", "max_tokens": 100,
+                             "messages": [{"role": "user", "content": prompt}]})  # fmt: skip
+    assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded", r.text
+    assert f"${sum(parts):.6f}" in r.json()["error"]["message"]

@@ -218,6 +218,12 @@ class Policy:
         """The tuned ladder `cascade="auto"` climbs for a prompt of `task` (None: route)."""
         return self.cascades.get(task) or self.cascades.get("*")
 
+    def ladder_replaces_floor(self, task: str) -> bool:
+        """Whether a `cascade="auto"` request of `task` is routed with no quality floor: its
+        ladder's checks stand in for the floor, and its cheap steps, below the floor by
+        design, must be candidates (with estimates) to be climbed or budgeted for."""
+        return not self.strict_floor and self.cascade_for(task) is not None
+
     def with_quality(self, quality: QualityModel) -> Policy:
         """This policy with another predictor (what each feedback update makes). Only the
         predictor changes, and it is valid, so the field checks are not run again."""

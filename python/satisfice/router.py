@@ -395,13 +395,7 @@ class Router:
         # under a latency SLO, what the deployments have measured replaces the registry's p95
         live = io.live_p95_ms(snap.registry, snap.index) if c.latency_slo_ms is not None else None
         decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live)
-        if (
-            tuned_cascade
-            and not snap.policy.strict_floor
-            and snap.policy.cascade_for(decision.task)
-        ):
-            # The ladder's checks stand in for the quality floor: its cheap steps sit below
-            # the floor by design, and must be candidates (with estimates) to be climbed.
+        if tuned_cascade and snap.policy.ladder_replaces_floor(decision.task):
             c = Constraints.of(c, quality_floor=0.0)
             decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live)
         if self._rec is not None:

@@ -439,6 +439,9 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 if limited or budgets
                 else None
             )
+            if d is not None and "cascade" in opts and d.policy.ladder_replaces_floor(d.task):
+                # routed as chat() will route it, so the bound covers the whole ladder
+                d = await svc.router.aroute(routed.messages, {**constraints, "quality_floor": 0.0})
             if limited:
                 assert key is not None and d is not None
                 wait = await svc.state.hit(key.id, key.rpm, key.tpm, d.primary.tokens_in)
