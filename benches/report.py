@@ -7,7 +7,6 @@ figures that are not timings: estimator error on held-out text and import time.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import cold_start
 from corpus import CATEGORIES, samples
 
 
@@ -119,32 +119,7 @@ def main(path: str) -> None:
             )
         print(f"| {cat} | {errs[0]:.1%} | {errs[1]:.1%} | {len(texts)} |")
 
-    for what, code in (
-        ("`import satisfice`", "import satisfice"),
-        (
-            "`satisfice.Router()` in a fresh process (registry, predictor, table)",
-            "import satisfice; satisfice.Router()",
-        ),
-    ):
-        # Bytecode as an installed package has it: written by a first run (this machine sets
-        # PYTHONDONTWRITEBYTECODE, which would time the compiler), then the 7 timed runs.
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        runs = []
-        for i in range(8):
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    f"import time; t=time.perf_counter(); {code}; print(time.perf_counter()-t)",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-                env=env,
-            )
-            if i:
-                runs.append(float(out.stdout))
-        print(f"\n{what}: median {statistics.median(runs) * 1e3:.0f} ms over 7 runs")
+    cold_start.main()
 
 
 if __name__ == "__main__":
