@@ -19,24 +19,41 @@ pub const DIM: usize = 64;
 /// Words longer than this are not in the table (and are skipped).
 const MAX_WORD: usize = 32;
 
+/// One row, aligned to a cache line: a lookup touches one line, not two.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Row([i8; DIM]);
+
 pub struct WordTable {
-    keys: Vec<u64>, // open addressing: a word's hash (never 0), 0 = empty
-    rows_of: Vec<u32>,
-    mask: usize,
-    rows: Vec<i8>,
-    words: usize,
+    /// Open addressing on a word's hash: `(fingerprint << 32) | row`, 0 = empty (fingerprints
+    /// are odd). One 8-byte slot per probe, so the 20k words' index is 256 KB.
+    slots: Vec<u64>,
+    shift: u32,
+    rows: Vec<Row>,
 }
 
+/// A word packed as the featurizer packs it: lower-case bytes, zero-padded, little-endian,
+/// `lo` = bytes 0..16 and `hi` = bytes 16..32 (0 for the usual short word).
 #[inline]
-fn hash(w: &[u8]) -> u64 {
-    // FNV-1a with a final multiply mix: cheap on short words, and 64 bits make a collision
-    // between an unknown word and one of 20k table words negligible (keys are not stored).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in w {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
+pub fn word_hash(lo: u128, hi: u128) -> u64 {
+    #[inline]
+    fn mix(p: u128) -> u64 {
+        ((p as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (p >> 64) as u64)
+            .wrapping_mul(0xD6E8_FEB8_6659_FD93)
     }
-    ((h ^ (h >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1
+    let mut h = mix(lo);
+    if hi != 0 {
+        h = mix(((h as u128) << 64 | h as u128) ^ hi);
+    }
+    h ^ (h >> 32)
+}
+
+/// `word_hash` of a word of at most `MAX_WORD` lower-case bytes.
+fn hash_bytes(w: &[u8]) -> u64 {
+    let mut buf = [0u8; MAX_WORD];
+    buf[..w.len()].copy_from_slice(w);
+    let half = |r: &[u8]| u128::from_le_bytes(r.try_into().unwrap_or([0; 16]));
+    word_hash(half(&buf[..16]), half(&buf[16..]))
 }
 
 /// A running sum of int8 rows: added in i16 lanes (a quarter of the work of widening every
@@ -109,7 +126,10 @@ impl WordTable {
         if raw.len() < body {
             return Err(bad("truncated"));
         }
-        let rows: Vec<i8> = raw[16..body].iter().map(|&b| b as i8).collect();
+        let rows: Vec<Row> = raw[16..body]
+            .chunks_exact(DIM)
+            .map(|c| Row(std::array::from_fn(|j| c[j] as i8)))
+            .collect();
         let words: Vec<&[u8]> = raw[body..]
             .split(|&b| b == b'\n')
             .filter(|w| !w.is_empty())
@@ -117,56 +137,63 @@ impl WordTable {
         if words.len() != n {
             return Err(bad(&format!("{} words for {n} rows", words.len())));
         }
-        let cap = (n * 2).next_power_of_two().max(2);
+        if words.iter().any(|w| w.len() > MAX_WORD) {
+            return Err(bad(&format!("a word longer than {MAX_WORD} bytes")));
+        }
+        // Load at most 5/8: a miss (most words of a prompt are in the table, so misses are
+        // rarer than hits) probes a few slots, usually within one cache line.
+        let cap = (n * 3).next_power_of_two().max(2);
         let mut t = WordTable {
-            keys: vec![0; cap],
-            rows_of: vec![0; cap],
-            mask: cap - 1,
+            slots: vec![0; cap],
+            shift: 64 - cap.trailing_zeros(),
             rows,
-            words: n,
         };
+        let mask = cap - 1;
         for (i, w) in words.iter().enumerate() {
-            let h = hash(w);
-            let mut k = h as usize & t.mask;
-            while t.keys[k] != 0 {
-                if t.keys[k] == h {
-                    return Err(bad("a word appears twice"));
+            let h = hash_bytes(w);
+            let fp = (h | 1) << 32;
+            let mut k = t.slot(h);
+            while t.slots[k] != 0 {
+                if t.slots[k] >> 32 << 32 == fp {
+                    return Err(bad("a word appears twice (or two share a hash)"));
                 }
-                k = (k + 1) & t.mask;
+                k = (k + 1) & mask;
             }
-            t.keys[k] = h;
-            t.rows_of[k] = i as u32;
+            t.slots[k] = fp | i as u64;
         }
         Ok(t)
     }
 
+    #[inline]
+    fn slot(&self, h: u64) -> usize {
+        (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
     pub fn len(&self) -> usize {
-        self.words
+        self.rows.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.words == 0
+        self.rows.is_empty()
     }
 
-    /// Add the row of `lower` (an already lower-cased word) to `acc`; false if unknown.
+    /// Add the row of the word packed as `word_hash` takes it to `acc`; false if unknown.
     #[inline]
-    pub fn add(&self, lower: &[u8], acc: &mut Sum) -> bool {
-        if lower.len() > MAX_WORD {
-            return false;
-        }
-        let h = hash(lower);
-        let mut k = h as usize & self.mask;
+    pub fn add(&self, lo: u128, hi: u128, acc: &mut Sum) -> bool {
+        let h = word_hash(lo, hi);
+        let fp = (h | 1) << 32;
+        let mask = self.slots.len() - 1;
+        let mut k = self.slot(h);
         loop {
-            let key = self.keys[k];
-            if key == h {
-                let r = self.rows_of[k] as usize * DIM;
-                acc.add(&self.rows[r..r + DIM]);
+            let s = self.slots[k];
+            if s >> 32 << 32 == fp {
+                acc.add(&self.rows[(s & 0xFFFF_FFFF) as usize].0);
                 return true;
             }
-            if key == 0 {
+            if s == 0 {
                 return false;
             }
-            k = (k + 1) & self.mask;
+            k = (k + 1) & mask;
         }
     }
 
@@ -181,19 +208,20 @@ impl WordTable {
 
     /// Add every word of `text` to `acc`; returns how many were in the table.
     pub fn add_text(&self, text: &str, acc: &mut Sum) -> usize {
-        let mut buf = [0u8; MAX_WORD];
-        let (mut n, mut hits) = (0usize, 0usize);
+        // The word is packed into registers as it is read: bytes stored one at a time and
+        // read back as a u128 would stall on store forwarding.
+        let (mut key, mut n, mut hits) = ([0u128; 2], 0usize, 0usize);
         for &c in text.as_bytes().iter().chain(std::iter::once(&b' ')) {
             if c.is_ascii_alphabetic() {
                 if n < MAX_WORD {
-                    buf[n] = c | 0x20;
+                    key[n / 16] |= ((c | 0x20) as u128) << (8 * (n % 16));
                 }
                 n += 1;
             } else if n > 0 {
                 if n <= MAX_WORD {
-                    hits += self.add(&buf[..n], acc) as usize;
+                    hits += self.add(key[0], key[1], acc) as usize;
                 }
-                n = 0;
+                (key, n) = ([0; 2], 0);
             }
         }
         hits
@@ -275,6 +303,43 @@ mod tests {
         let mut big = Sum::default();
         t.add_text(&"cat ".repeat(100_000), &mut big);
         assert_eq!(big.total()[0], 300_000);
+    }
+
+    #[test]
+    fn featurizer_scan_adds_what_add_text_adds() {
+        // Words at the packing's edges: 16 bytes (one half), 17 and 32 (two halves), and a
+        // 33-letter word whose first 32 letters are a table word (in no table: skipped).
+        let long = "abcdefghijklmnopqrstuvwxyzabcdef";
+        let words = ["cat", &long[..16], &long[..17], long];
+        let mut raw = b"SFWV".to_vec();
+        for v in [1u32, words.len() as u32, DIM as u32] {
+            raw.extend(v.to_le_bytes());
+        }
+        for i in 0..words.len() {
+            raw.extend((0..DIM).map(|j| if j == i { 1u8 } else { 0 }));
+        }
+        raw.extend(words.join("\n").bytes());
+        let t = WordTable::parse(&raw).unwrap();
+        let text = format!(
+            "Cat {} x{} {} {}, {}z CAT",
+            long[..16].to_uppercase(),
+            &long[..16],
+            &long[..17],
+            long,
+            long
+        );
+        let mut direct = Sum::default();
+        assert_eq!(t.add_text(&text, &mut direct), 5);
+        assert_eq!(&direct.total()[..4], &[2, 1, 1, 1]);
+        let msgs = [Message {
+            role: "user".into(),
+            content: text,
+        }];
+        let cfg = crate::features::FeaturizerConfig::default();
+        let mut x = vec![0f32; cfg.dim()];
+        let mut scanned = Sum::default();
+        crate::features::featurize_and_embed(&msgs, &cfg, &mut x, Some((&t, &mut scanned)));
+        assert_eq!(scanned.total(), direct.total());
     }
 
     #[test]

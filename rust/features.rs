@@ -448,6 +448,8 @@ impl tokens::Visitor for Scan<'_> {
         // for the usual ≤ 16-byte word, which is also the keyword table's key.
         let mut buf = [0u8; 32];
         let n = len.min(buf.len());
+        // The lower-cased word packed as the embedding table's key: zero-padded halves.
+        let key: [u128; 2];
         let (kw, upper) = if n <= 16 {
             let mask = if n == 16 {
                 u128::MAX
@@ -465,6 +467,7 @@ impl tokens::Visitor for Scan<'_> {
             let case_bits = 0x2020_2020_2020_2020_2020_2020_2020_2020u128 & mask;
             let lower = raw | case_bits;
             buf[..16].copy_from_slice(&lower.to_le_bytes());
+            key = [lower, 0];
             (
                 keyword_flags_packed(lower),
                 n - (raw & case_bits).count_ones() as usize,
@@ -473,13 +476,15 @@ impl tokens::Visitor for Scan<'_> {
             buf[..n].copy_from_slice(&w[..n]);
             let upper = buf[..n].iter().filter(|c| c.is_ascii_uppercase()).count();
             buf[..n].make_ascii_lowercase();
+            let half = |r: &[u8]| u128::from_le_bytes(r.try_into().unwrap_or([0; 16]));
+            key = [half(&buf[..16]), half(&buf[16..])];
             (0, upper) // no keyword is longer than 16 bytes
         };
         self.upper += upper;
         let lw = &buf[..n];
         if let Some((t, acc)) = self.emb.as_mut() {
             if len == n {
-                t.add(lw, acc); // a word longer than the buffer is in no table
+                t.add(key[0], key[1], acc); // a word longer than `buf` is in no table
             }
         }
         self.flags |= kw & !OPENER;
