@@ -385,7 +385,7 @@ pub fn update_belief(
     Ok(())
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Candidate {
     pub row: usize,
     pub p_good: f32,
@@ -467,8 +467,7 @@ fn sort_head<K: Ord + Copy>(v: &mut Vec<Candidate>, key: impl Fn(&Candidate) -> 
         keyed.sort_unstable();
         keyed.len()
     };
-    let mut slots: Vec<Option<Candidate>> = v.drain(..).map(Some).collect();
-    v.extend(keyed.iter().filter_map(|&(_, i)| slots[i].take()));
+    *v = keyed.iter().map(|&(_, i)| v[i]).collect();
     n
 }
 
@@ -914,7 +913,9 @@ impl DispatchTable {
                 row: i,
                 p_good: sigmoid(logit),
                 est_cost: cost,
-                tokens_in: t_in.round() as u32,
+                // t_in >= 0: adding a half and truncating rounds as round() does, without
+                // a libm call per model (x86-64's baseline has no rounding instruction).
+                tokens_in: (t_in + 0.5) as u32,
                 tokens_in_exact: is_exact,
                 by_rule: false,
             });
