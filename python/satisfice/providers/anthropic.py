@@ -328,7 +328,7 @@ class AnthropicProvider(HTTPProvider):
             events = sse_events(resp)
             async for _, data in events:
                 try:
-                    ev = json.loads(data)
+                    ev = parse_json(data)
                     kind = ev["type"]
                     last = ev
                     if kind == "content_block_delta":

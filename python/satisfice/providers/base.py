@@ -221,7 +221,7 @@ def parse_retry_after(headers: httpx.Headers) -> float | None:
 def _message_of(body: bytes) -> str:
     """The upstream's own error message (both APIs use {"error": {"message": ...}})."""
     try:
-        data = json.loads(body)
+        data = parse_json(body)
     except (ValueError, RecursionError):
         return body[:300].decode("utf-8", "replace").strip()
     err = data.get("error") if isinstance(data, dict) else None
@@ -307,12 +307,15 @@ def encode_body(payload: Any) -> bytes:
         ) from None
 
 
-def parse_json(content: bytes) -> Any:
-    """An upstream's JSON body, with every configured key scrubbed from its strings (a key
-    written with \\u escapes survives the byte-level scrub, so the decoded values are
-    scrubbed too when the body has escapes)."""
+def parse_json(content: bytes | str) -> Any:
+    """Upstream JSON (a body or a stream event), with every configured key scrubbed from its
+    decoded strings. The raw text is scrubbed before it gets here, but a key written with
+    any JSON escape (\\u0041, or \\/ inside a base64 key) is whole only once decoded, so
+    the decoded strings are scrubbed too whenever the text has a backslash. Anything cut to
+    a length for a message is cut after this, never before: a cut key would not match."""
     data = json.loads(content)
-    return scrub_values(data) if b"\\u" in content else data
+    escaped = b"\\" in content if isinstance(content, bytes) else "\\" in content
+    return scrub_values(data) if escaped else data
 
 
 class HTTPProvider:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -154,7 +153,7 @@ class OpenAIProvider(HTTPProvider):
                     await finish_stream(events)
                     break
                 try:
-                    chunk = json.loads(data)
+                    chunk = parse_json(data)
                     if "error" in chunk:
                         raise error_from_response(
                             500, resp.headers, data.encode(), self.model_id, self.deployment

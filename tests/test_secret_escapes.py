@@ -1,0 +1,116 @@
+"""A key the upstream echoes in JSON escapes (\\u0041, or \\/ in a base64 key) is whole only
+once decoded: it must be scrubbed after decoding, in bodies and in stream events, and before
+any message is cut to a length (a cut key no longer matches the scrub)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from satisfice import Policy, Registry, Router
+from satisfice.testing import RawUpstream, http_response
+
+KEY = "sk-canary-" + "7f3a9c" * 6
+ESC = "".join(f"\\u{ord(c):04x}" for c in KEY)  # the key, every character escaped
+
+
+def registry(url: str, api: str, env: str) -> Registry:
+    return Registry.from_dict({"model": [{
+        "id": "m", "provider": api, "context_window": 8000, "max_output": 1000,
+        "tokenizer": "o200k_base", "price": {"input": 1.0, "output": 2.0},
+        "deployments": [{"name": "d", "api": api, "api_key_env": env, "model": "m",
+                         "base_url": url + ("/v1" if api == "openai" else "")}],
+    }]})  # fmt: skip
+
+
+def router(url: str, api: str, env: str) -> Router:
+    return Router(registry(url, api, env), Policy(quality_floor=0.0))
+
+
+def sse(*events: bytes) -> bytes:
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+
+
+STREAMS = {
+    "openai": sse(
+        b'data: {"choices":[{"index":0,"delta":{"content":"hello"}}]}\n\n',
+        b'data: {"choices":[],"echo":"' + ESC.encode() + b'","usage":'
+        b'{"prompt_tokens":1,"completion_tokens":1}}\n\n',
+        b"data: [DONE]\n\n",
+    ),
+    "anthropic": sse(
+        b'event: message_start\ndata: {"type":"message_start","message":'
+        b'{"usage":{"input_tokens":1}}}\n\n',
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"hi"}}\n\n',
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":'
+        b'"end_turn"},"usage":{"output_tokens":1}}\n\n',
+        b'event: message_stop\ndata: {"type":"message_stop","echo":"' + ESC.encode() + b'"}\n\n',
+    ),
+}
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+async def test_escaped_key_in_a_stream_event_is_scrubbed(
+    api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SATISFICE_ESC_KEY", KEY)
+    with RawUpstream() as raw:
+        raw.push(STREAMS[api])
+        async with router(raw.url, api, "SATISFICE_ESC_KEY") as r:
+            res = await r.stream("hi", timeout=5).result()
+    assert KEY not in str(res.raw) and "[redacted]" in str(res.raw)
+
+
+async def test_slash_escaped_base64_key_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "AbCdEf/GhIjKl+MnOpQr/StUvWx0123=="
+    monkeypatch.setenv("SATISFICE_SLASH_KEY", key)
+    body = json.dumps({
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "you sent " + key}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+    }).replace("/", "\\/")  # fmt: skip
+    with RawUpstream() as raw:
+        raw.push(http_response(body.encode()))
+        async with router(raw.url, "openai", "SATISFICE_SLASH_KEY") as r:
+            res = await r.chat("hi", timeout=5)
+    assert f"Bearer {key}" in raw.requests[0].decode(errors="replace")  # it was sent
+    assert key not in res.text and key not in str(res.raw)
+    assert res.text == "you sent [redacted]"
+
+
+CUT = [
+    ("500 body, key past the 300-character cut", "openai", False,
+     http_response(('{"error":{"message":"' + "x" * 258 + ESC + '"}}').encode(),
+                   status="500 Internal Server Error")),
+    ("400 body, key past the cut", "openai", False,
+     http_response(('{"error":{"message":"' + "x" * 258 + ESC + '"}}').encode(),
+                   status="400 Bad Request")),
+    ("stream tool_calls index holding the key", "openai", True,
+     sse(b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":"' + ESC.encode()
+         + b'"}]}}]}\n\n')),
+    ("anthropic stream error event", "anthropic", True,
+     sse(b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"'
+         + b"y" * 258 + ESC.encode() + b'"}}\n\n')),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("what", "api", "stream", "answer"), CUT, ids=[c[0] for c in CUT])
+async def test_no_part_of_a_key_survives_a_cut_message(
+    what: str, api: str, stream: bool, answer: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SATISFICE_ESC_KEY", KEY)
+    with RawUpstream() as raw:
+        raw.push(answer)
+        async with router(raw.url, api, "SATISFICE_ESC_KEY") as r:
+            with pytest.raises(Exception) as e:
+                await (r.stream("hi", timeout=5).result() if stream else r.chat("hi", timeout=5))
+            health = json.dumps(r.health())
+    attempts = json.dumps([a.to_dict() for a in getattr(e.value, "attempts", [])])
+    body = str(getattr(e.value, "body", ""))
+    text = " ".join([str(e.value), repr(e.value), body, attempts, health])
+    assert KEY[:12] not in text, what
