@@ -219,6 +219,9 @@ pub struct Constraints {
     pub live_p95_ms: Vec<f64>,
     /// Image parts in the messages: their tokens are added to the prompt's.
     pub images: u32,
+    /// What the request sends besides its messages (tool definitions, a response schema):
+    /// counted as prompt tokens (estimates, windows, costs, budgets), not featurised.
+    pub extra_text: String,
 }
 
 /// Prompt tokens of one image: an estimate, and bounds wide enough for every provider's
@@ -238,6 +241,7 @@ impl Default for Constraints {
             exclude: Vec::new(),
             live_p95_ms: Vec::new(),
             images: 0,
+            extra_text: String::new(),
         }
     }
 }
@@ -570,6 +574,8 @@ pub struct DispatchTable {
 /// encoding, the count if it was finished, else the least it is known to exceed.
 struct Counter<'a> {
     messages: &'a [Message],
+    /// `Constraints::extra_text`, counted after the messages.
+    extra: &'a str,
     known: [Option<usize>; 2],
     over: [usize; 2],
 }
@@ -585,8 +591,9 @@ impl Counter<'_> {
             return None;
         }
         let mut total = 0usize;
-        for m in self.messages {
-            match tokens::count_till_limit(&m.content, base, limit - total) {
+        let texts = self.messages.iter().map(|m| m.content.as_str());
+        for text in texts.chain((!self.extra.is_empty()).then_some(self.extra)) {
+            match tokens::count_till_limit(text, base, limit - total) {
                 Some(n) => total += n,
                 None => {
                     self.over[k] = limit + 1;
@@ -758,8 +765,14 @@ impl DispatchTable {
             .unwrap_or(self.expected_out[info.task as usize]);
         let overhead =
             (messages.len() * tokens::PER_MESSAGE_OVERHEAD + tokens::PER_REQUEST_OVERHEAD) as f64;
+        let mut info = info;
+        if !c.extra_text.is_empty() {
+            info.counts.add(&tokens::char_counts(&c.extra_text));
+            info.counts.counts[tokens::est::BIAS] = 1.0; // one text's intercept, not two
+        }
         let mut counter = Counter {
             messages,
+            extra: &c.extra_text,
             known: [None; 2],
             over: [0; 2],
         };

@@ -878,7 +878,9 @@ impl PyDispatchTable {
 
     /// Featurise, estimate, filter and rank in one call. `live_p95_ms`: (row, measured p95)
     /// pairs that replace the registry's p95 under a latency SLO.
-    #[pyo3(signature = (messages, *, max_cost = None, latency_slo_ms = None, quality_floor = 0.0, needs = None, max_output_tokens = None, lam = None, exclude = None, live_p95_ms = None))]
+    /// `extra_text`: what the request sends besides its messages (tool definitions, a
+    /// response schema), counted as prompt tokens and not featurised.
+    #[pyo3(signature = (messages, *, max_cost = None, latency_slo_ms = None, quality_floor = 0.0, needs = None, max_output_tokens = None, lam = None, exclude = None, live_p95_ms = None, extra_text = None))]
     #[allow(clippy::too_many_arguments)]
     fn plan(
         &self,
@@ -892,6 +894,7 @@ impl PyDispatchTable {
         lam: Option<f64>,
         exclude: Option<Vec<usize>>,
         live_p95_ms: Option<Vec<(usize, f64)>>,
+        extra_text: Option<Bound<'_, PyString>>,
     ) -> PyResult<PyPlan> {
         let (msgs, images) = messages_from(messages)?;
         let mut c = self.constraints(
@@ -904,12 +907,15 @@ impl PyDispatchTable {
         )?;
         c.quality_floor = quality_floor;
         c.lambda = lam;
+        if let Some(t) = &extra_text {
+            c.extra_text = text(t, || "extra_text".into())?.to_owned();
+        }
         if images > 0 {
             c.required_caps |= cap::parse("vision").unwrap_or(0);
             c.images = images as u32;
         }
         let table = &self.table;
-        let plan = if detach_for(total_bytes(&msgs)) {
+        let plan = if detach_for(total_bytes(&msgs) + c.extra_text.len()) {
             py.detach(|| table.plan(&msgs, &c))
         } else {
             table.plan(&msgs, &c)

@@ -294,3 +294,34 @@ def test_scheduled_probes_and_latencies_kept_across_a_restart(
     with running(again) as (_, app):  # a restart remembers what was measured
         snap = app.state.service.router.health()
         assert any(d["successes"] for d in snap.values())
+
+
+def test_tool_definitions_count_in_the_budget_reservation(served: Any) -> None:
+    """Providers bill tool definitions as prompt tokens: a request whose tools alone cost
+    more than the key has left is refused before any upstream call (it used to reserve
+    for its messages only, and one request overspent a $0.002 budget 33 times)."""
+    url, _, upstream, _ = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    k = httpx.post(url + "/admin/keys", headers=admin,
+                   json={"name": "tools", "budget_usd": 0.002, "period": "day"}).json()  # fmt: skip
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"tool_{i}",
+                "description": "look things up in the archive " * 40,
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+            },
+        }
+        for i in range(150)
+    ]  # ~40k tokens: over alpha's and beta's windows, within gamma's
+    before = len(upstream.seen(wire("gamma"))) + len(upstream.seen(wire("delta")))
+    with pytest.raises(openai.RateLimitError) as e:
+        _client(url, k["key"]).chat.completions.create(
+            model="auto",
+            messages=[{"role": "user", "content": "hi"}],
+            tools=tools,  # type: ignore[arg-type]
+        )
+    body: Any = e.value.body
+    assert body["code"] == "budget_exceeded"
+    assert len(upstream.seen(wire("gamma"))) + len(upstream.seen(wire("delta"))) == before

@@ -145,9 +145,11 @@ class DispatchTable:
         lam: float | None = None,
         exclude: Sequence[int] | None = None,
         live_p95_ms: Sequence[tuple[int, float]] | None = None,
+        extra_text: str | None = None,
     ) -> Plan:
         """Featurise, estimate, filter and rank in one call; `live_p95_ms` (row, ms) pairs
-        replace the registry's p95 under a latency SLO."""
+        replace the registry's p95 under a latency SLO; `extra_text` (tool definitions, a
+        response schema) is counted as prompt tokens, not featurised."""
 
 @final
 class Plan:

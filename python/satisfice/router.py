@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -68,10 +69,25 @@ _OPTIONS = frozenset(RequestOptions.__annotations__)
 _ROUTE_INLINE_BYTES = 32 * 1024
 
 
-def _route_inline(msgs: list[dict[str, Any]]) -> bool:
+def _route_inline(msgs: list[dict[str, Any]], extra: str | None = None) -> bool:
     """Whether to route on the event loop: not when an exact count could be long (a large
     prompt) or must wait for the tokenizers' build (a process's first second)."""
-    return _text_bytes(msgs) < _ROUTE_INLINE_BYTES and _core.tokenizers_ready()
+    size = _text_bytes(msgs) + (len(extra) if extra else 0)
+    return size < _ROUTE_INLINE_BYTES and _core.tokenizers_ready()
+
+
+def _extra_text(tools: Any, response_format: Any) -> str | None:
+    """The text a request sends besides its messages (tool definitions, a JSON schema), as
+    the provider sends it, for counting; None when there is none."""
+    try:
+        parts = [json.dumps(v, separators=(",", ":"), default=str)
+                 for v in (tools, response_format) if v]  # fmt: skip
+    except (ValueError, RecursionError) as e:
+        raise InputError(
+            f"tools or response_format cannot be sent as JSON ({type(e).__name__}); "
+            "pass plain dicts, lists, strings and numbers, nested less deeply"
+        ) from None
+    return "".join(parts) or None
 
 
 def _text_bytes(msgs: list[dict[str, Any]]) -> int:
@@ -197,9 +213,11 @@ class Router:
         c: Constraints,
         skip: frozenset[str] = frozenset(),
         live_p95_ms: list[tuple[int, float]] | None = None,
+        extra: str | None = None,
     ) -> Decision:
-        """route() on one snapshot, with `skip` (models this request cannot call) excluded
-        and measured p95 latencies (table row, ms) in place of the registry's."""
+        """route() on one snapshot, with `skip` (models this request cannot call) excluded,
+        measured p95 latencies (table row, ms) in place of the registry's, and `extra` (the
+        request's tool definitions and response schema) counted as prompt tokens."""
         policy = snap.policy
         plan = snap.table.plan(
             messages,
@@ -211,6 +229,7 @@ class Router:
             lam=c.lam if c.lam is not None else policy.lam,
             exclude=snap.exclude(c, skip),
             live_p95_ms=live_p95_ms,
+            extra_text=extra,
         )
         if not len(plan):
             raise snap.no_route(plan.filtered)
@@ -237,14 +256,15 @@ class Router:
         c: Constraints,
         skip: frozenset[str] = frozenset(),
         live: list[tuple[int, float]] | None = None,
+        extra: str | None = None,
     ) -> Decision:
         """`_route` on the event loop when that is cheap (`_route_inline`), else on a
         worker thread."""
-        if _route_inline(msgs):
-            return self._route(snap, msgs, c, skip, live)
+        if _route_inline(msgs, extra):
+            return self._route(snap, msgs, c, skip, live, extra)
         import asyncio  # loaded already (we are in a coroutine); Router() alone does not need it
 
-        return await asyncio.to_thread(self._route, snap, msgs, c, skip, live)
+        return await asyncio.to_thread(self._route, snap, msgs, c, skip, live, extra)
 
     def feedback(self, request_id: str, score: float, model: str | None = None) -> ModelParams:
         """Tell the router how good an answer was (score in [0, 1]; 1 = acceptable).
@@ -394,10 +414,13 @@ class Router:
             skip = skip | set(io.blocked_models(snap.registry, blocked))
         # under a latency SLO, what the deployments have measured replaces the registry's p95
         live = io.live_p95_ms(snap.registry, snap.index) if c.latency_slo_ms is not None else None
-        decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live)
+        # Tool definitions and a response schema are prompt tokens too: windows, costs and
+        # a server's budget reservation count them.
+        extra = _extra_text(call["tools"], rf)
+        decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra)
         if tuned_cascade and snap.policy.ladder_replaces_floor(decision.task):
             c = Constraints.of(c, quality_floor=0.0)
-            decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live)
+            decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra)
         if self._rec is not None:
             self._rec.decision(decision)
         if call["max_tokens"] is None:
@@ -416,15 +439,16 @@ class Router:
         skip: frozenset[str],
         fallback_skip: frozenset[str],
         live: list[tuple[int, float]] | None,
+        extra: str | None = None,
     ) -> Decision:
         """Route skipping `skip`; if that leaves nothing, skipping only `fallback_skip`, so
         that the executor reports each cooldown instead of a bare "no route"."""
         try:
-            return await self._route_off_loop(snap, msgs, c, skip, live)
+            return await self._route_off_loop(snap, msgs, c, skip, live, extra)
         except NoRouteError:
             if skip == fallback_skip:
                 raise
-            return await self._route_off_loop(snap, msgs, c, fallback_skip, live)
+            return await self._route_off_loop(snap, msgs, c, fallback_skip, live, extra)
 
     async def chat(
         self,
