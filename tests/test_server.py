@@ -43,6 +43,9 @@ def served(upstream: LocalUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         aliases={"auto-cheap": {"quality_floor": 0.5}},
     )
     router = Router(registry(upstream.url), Policy(quality_floor=0.5, max_fallbacks=3))
+    from satisfice import _core
+
+    _core.wait_for_tokenizers()  # which Router() builds: /ready says 503 until then
     with running(cfg, router) as (url, app):
         yield url, app, upstream, tmp_path
         while _OPEN:
@@ -325,3 +328,25 @@ def test_tool_definitions_count_in_the_budget_reservation(served: Any) -> None:
     body: Any = e.value.body
     assert body["code"] == "budget_exceeded"
     assert len(upstream.seen(wire("gamma"))) + len(upstream.seen(wire("delta"))) == before
+
+
+def test_admin_refuses_names_it_could_not_show_again(served: Any) -> None:
+    """A lone surrogate in a key's or team's name was stored, and every later listing and
+    /metrics failed with a 500; a boolean rpm was taken as 1 (and broke Redis)."""
+    url, *_ = served
+    admin = {"authorization": f"Bearer {MASTER}", "content-type": "application/json"}
+    bad = [
+        ("/admin/keys", b'{"name": "\\ud800"}', "name"),
+        ("/admin/keys", b'{"name": "k", "team": "\\udc00x"}', "team"),
+        ("/admin/keys", b'{"name": "k", "team": ""}', "team"),
+        ("/admin/keys", b'{"name": "k", "models": ["\\ud800"]}', "models[0]"),
+        ("/admin/keys", b'{"name": "k", "rpm": true}', "rpm"),
+        ("/admin/keys", b'{"name": "k\\n2"}', "name"),
+        ("/admin/teams", b'{"name": "\\ud800", "budget_usd": 1}', "name"),
+    ]
+    for path, raw, field in bad:
+        r = httpx.post(url + path, content=raw, headers=admin)
+        assert r.status_code == 400 and field in r.json()["error"]["message"], (raw, r.text)
+    assert httpx.get(url + "/admin/keys", headers=admin).status_code == 200
+    assert httpx.get(url + "/admin/spend", headers=admin).status_code == 200
+    assert httpx.get(url + "/metrics").status_code == 200

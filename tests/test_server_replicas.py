@@ -155,6 +155,10 @@ def test_redis_down_then_back(two: Any) -> None:
     assert x.status_code == 503 and x.json()["error"]["code"] == "state_unavailable"
     y = httpx.post(urls[1] + "/v1/chat/completions", json=body, timeout=30)
     assert y.status_code == 200
+    # the admin API says the same: retry later (a 400 told automation not to)
+    master = {"authorization": f"Bearer {MASTER}"}
+    a = httpx.get(urls[1] + "/admin/keys", headers=master, timeout=30)
+    assert a.status_code == 503 and a.json()["error"]["type"] == "service_unavailable"
     r.start()
     z = httpx.post(urls[1] + "/v1/chat/completions", json=body, headers=auth, timeout=30)
     assert z.status_code == 200  # recovered: keys and counters kept (append-only file)

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import ConfigError, SatisficeError
-from .state import Budget, VirtualKey
+from .state import Budget, StateUnavailable, VirtualKey
 
 if TYPE_CHECKING:
     from .app import Service
@@ -32,11 +32,24 @@ if TYPE_CHECKING:
 _KEY_FIELDS = {"name", "team", "budget_usd", "period", "models", "rpm", "tpm"}
 
 
-def _err(status: int, msg: str) -> Response:
-    return JSONResponse(
-        {"error": {"message": msg, "type": "invalid_request_error", "param": None, "code": None}},
-        status,
-    )
+def _err(status: int, msg: str, kind: str = "invalid_request_error") -> Response:
+    body = {"error": {"message": msg, "type": kind, "param": None, "code": None}}
+    return JSONResponse(body, status)
+
+
+def _name(v: Any, field: str, *, empty: bool = False) -> str:
+    """A name the admin API stores and later shows (in JSON, metrics labels, logs): a string
+    of at most 200 characters that encodes as UTF-8 (a lone surrogate stored once made
+    every later listing and /metrics fail)."""
+    if not isinstance(v, str) or (not v and not empty) or len(v) > 200:
+        raise ConfigError(f"{field} must be a non-empty string of at most 200 characters")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{field} holds an unpaired surrogate (such as \\ud800)") from None
+    if any(ord(c) < 32 for c in v):
+        raise ConfigError(f"{field} holds a control character")
+    return v
 
 
 def _budget(v: Any) -> float:
@@ -72,20 +85,22 @@ def admin_routes(svc: Service) -> list[Route]:
         if bad:
             raise ConfigError(f"unknown field(s) {sorted(bad)}; known: {sorted(_KEY_FIELDS)}")
         for f in ("rpm", "tpm"):
-            if d.get(f) is not None and (not isinstance(d[f], int) or d[f] < 1):
+            v = d.get(f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConfigError(f"{f} must be an integer >= 1")
         if d.get("budget_usd") is not None:
             _budget(d["budget_usd"])
         if "period" in d and d["period"] not in ("day", "month", "total"):
             raise ConfigError("period must be day, month or total")
-        if "name" in d and (not isinstance(d["name"], str) or not d["name"]):
-            raise ConfigError("name must be a non-empty string")
-        if d.get("team") is not None and not isinstance(d["team"], str):
-            raise ConfigError("team must be a string")
-        if d.get("models") is not None and not (
-            isinstance(d["models"], list) and all(isinstance(m, str) for m in d["models"])
-        ):
-            raise ConfigError("models must be a list of model ids or aliases")
+        if "name" in d:
+            _name(d["name"], "name")
+        if d.get("team") is not None:
+            _name(d["team"], "team")
+        if d.get("models") is not None:
+            if not isinstance(d["models"], list):
+                raise ConfigError("models must be a list of model ids or aliases")
+            for i, m in enumerate(d["models"]):
+                _name(m, f"models[{i}]")
         return d
 
     def wrap(fn: Any) -> Any:
@@ -94,6 +109,8 @@ def admin_routes(svc: Service) -> list[Route]:
                 return denied
             try:
                 return await fn(request)  # type: ignore[no-any-return]
+            except StateUnavailable as e:  # worth retrying, as /v1 says for the same outage
+                return _err(503, f"{e}; try again when it is back", "service_unavailable")
             except SatisficeError as e:
                 return _err(400, str(e))
 
@@ -129,8 +146,9 @@ def admin_routes(svc: Service) -> list[Route]:
 
     async def create_team(request: Request) -> Response:
         d = await body(request)
-        if set(d) - {"name", "budget_usd", "period"} or not isinstance(d.get("name"), str):
+        if set(d) - {"name", "budget_usd", "period"}:
             raise ConfigError("a team is {name, budget_usd, period?}")
+        _name(d.get("name"), "name")
         if d.get("period", "month") not in ("day", "month", "total"):
             raise ConfigError("period must be day, month or total")
         b = Budget(f"team:{d['name']}", _budget(d.get("budget_usd")), d.get("period", "month"))
