@@ -25,8 +25,9 @@ import contextlib
 import email.utils
 import json
 import math
+import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -315,7 +316,36 @@ def parse_json(content: bytes | str) -> Any:
     a length for a message is cut after this, never before: a cut key would not match."""
     data = json.loads(content)
     escaped = b"\\" in content if isinstance(content, bytes) else "\\" in content
-    return scrub_values(data) if escaped else data
+    if not escaped:
+        return data
+    data = scrub_values(data)
+    lone = _LONE_B.search(content) if isinstance(content, bytes) else _LONE.search(content)
+    return _map_strings(data, _whole_chars) if lone else data
+
+
+# A \uD800-\uDFFF escape: JSON may spell half of a surrogate pair alone, which decodes to a
+# str that no UTF-8 writer (a response, a log, the token counter) accepts.
+_LONE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LONE_B = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _whole_chars(s: str) -> str:
+    """`s` with every unpaired surrogate replaced by U+FFFD, as invalid UTF-8 bytes are."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _map_strings(data: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(data, str):
+        return fn(data)
+    if isinstance(data, list):
+        return [_map_strings(v, fn) for v in data]
+    if isinstance(data, dict):
+        return {fn(k) if isinstance(k, str) else k: _map_strings(v, fn) for k, v in data.items()}
+    return data
 
 
 class HTTPProvider:

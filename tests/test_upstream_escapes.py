@@ -1,6 +1,8 @@
-"""A key the upstream echoes in JSON escapes (\\u0041, or \\/ in a base64 key) is whole only
-once decoded: it must be scrubbed after decoding, in bodies and in stream events, and before
-any message is cut to a length (a cut key no longer matches the scrub)."""
+"""What JSON escapes hide until decoded. A key the upstream echoes in escapes (\\u0041, or \\/
+in a base64 key) is whole only once decoded: it must be scrubbed after decoding, in bodies and
+in stream events, and before any message is cut to a length (a cut key no longer matches the
+scrub). Half a surrogate pair (\\ud800) decodes to a str no UTF-8 writer accepts: it becomes
+U+FFFD, as invalid UTF-8 bytes do."""
 
 from __future__ import annotations
 
@@ -114,3 +116,27 @@ async def test_no_part_of_a_key_survives_a_cut_message(
     body = str(getattr(e.value, "body", ""))
     text = " ".join([str(e.value), repr(e.value), body, attempts, health])
     assert KEY[:12] not in text, what
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_lone_surrogate_in_an_answer_becomes_a_replacement_char(
+    stream: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SATISFICE_ESC_KEY", KEY)
+    if stream:
+        answer = sse(
+            b'data: {"choices":[{"index":0,"delta":{"content":"a\\ud800b \\ud83d\\ude00"}}]}\n\n',
+            b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+            b"data: [DONE]\n\n",
+        )
+    else:
+        answer = http_response(
+            b'{"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant",'
+            b'"content":"a\\ud800b \\ud83d\\ude00"}}]}'
+        )
+    with RawUpstream() as raw:
+        raw.push(answer)
+        async with router(raw.url, "openai", "SATISFICE_ESC_KEY") as r:
+            res = await (r.stream("hi", timeout=5).result() if stream else r.chat("hi", timeout=5))
+    assert res.text == "a\ufffdb \U0001f600"  # the pair decodes; the lone half does not
+    res.text.encode("utf-8")
