@@ -128,3 +128,34 @@ async def test_anthropic_negative_usage_is_counted(raw: RawUpstream, up: LocalUp
         res = await r.chat(MSGS)
     assert res.model == "alpha" and res.usage.source == "counted"
     assert res.cost_usd is not None and res.cost_usd > 0
+
+
+async def test_a_stream_that_trickles_forever_ends_at_attempt_timeout(
+    raw: RawUpstream, up: LocalUpstream
+) -> None:
+    """No deadline: attempt_timeout_s bounds the whole streamed attempt, not only its
+    opening (a piece every 0.2 s kept a stream open forever)."""
+    import asyncio
+    import time
+
+    from satisfice.errors import StreamInterruptedError
+
+    async def endless(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n")  # fmt: skip
+        ev = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
+        while True:
+            writer.write(b"%x\r\n%s\r\n" % (len(ev), ev))
+            await writer.drain()
+            await asyncio.sleep(0.2)
+
+    raw.push(endless)
+    t0 = time.perf_counter()
+    async with router(up.url, attempt_timeout_s=1.5, stream_idle_timeout_s=1.0) as r:
+        r.update(with_alpha_on(raw, up))
+        with pytest.raises(StreamInterruptedError, match="attempt_timeout_s"):
+            async with asyncio.timeout(10):
+                async with r.stream(MSGS) as s:
+                    async for _ in s:
+                        pass
+    assert time.perf_counter() - t0 < 5

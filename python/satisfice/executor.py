@@ -789,9 +789,13 @@ class Executor:
                     yield StreamDelta(piece)
                     y, w = w, perf_counter()
                     paused += w - y
-                wait = idle
-                if run.deadline is not None:
-                    wait = max(min(idle, run.deadline - w), 0.0)
+                # Inside the deadline, else inside attempt_timeout_s of upstream time (the
+                # caller's pauses do not count): an upstream that trickles text forever
+                # must not hold a stream open forever.
+                end = run.deadline
+                if end is None:
+                    end = started + self.config.attempt_timeout_s + paused
+                wait = max(min(idle, end - w), 0.0)
                 try:
                     item = await wd.wait(anext(gen), wait)
                 except StopAsyncIteration:
@@ -801,11 +805,13 @@ class Executor:
                         deployment=t.dep.name,
                     ) from None
                 except TimeoutError:
-                    why = (
-                        "the request's deadline passed"
-                        if wait < idle
-                        else (f"no new text for {idle:g}s (stream_idle_timeout_s)")
-                    )
+                    if wait >= idle:
+                        why = f"no new text for {idle:g}s (stream_idle_timeout_s)"
+                    elif run.deadline is not None:
+                        why = "the request's deadline passed"
+                    else:
+                        limit = self.config.attempt_timeout_s
+                        why = f"the attempt ran past {limit:g}s (attempt_timeout_s)"
                     raise UpstreamTimeoutError(
                         f"{t.model} via {t.dep.name}: {why} mid-stream",
                         model=t.model,
