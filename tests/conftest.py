@@ -11,6 +11,12 @@ from satisfice.testing import LocalUpstream
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[LocalUpstream]:
+    # The exact counters, built now: until Router() has built them (a second, on a thread)
+    # usage is estimated, not counted, so a test run on its own would see other numbers.
+    from satisfice import _core
+
+    _core.count_tokens("warm", "o200k_base")
+    _core.count_tokens("warm", "cl100k_base")
     with LocalUpstream() as up:
         yield up
 
