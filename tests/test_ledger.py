@@ -351,3 +351,32 @@ async def test_postgres_ledger_survives_a_dropped_connection_and_nul(up: LocalUp
             assert ledger.flush(15)
         ledger.close()
         assert {x["request_id"] for x in read_records(dsn)} == {a, b}
+
+
+def test_a_failed_requests_record_counts_what_may_be_billed() -> None:
+    """The rule of ChatResult.total_cost_usd: calls cut off after reaching the upstream
+    count at their estimate, and one of unknown cost (unpriced) makes the total unknown,
+    never $0 (the record summed only attempts with usage)."""
+    from satisfice.errors import CascadeBudgetError
+    from satisfice.ledger import failure_record
+    from satisfice.result import Attempt
+
+    answered = Attempt("cheap", "d", "rejected", cost_usd=8e-6)
+    cut_priced = Attempt("mid", "d", "cancelled", cost_usd=5e-6, cost_estimated=True)
+    cut_unpriced = Attempt("free", "d", "cancelled", cost_usd=None, cost_estimated=True)
+    refused = Attempt("x", "d", "error", error_type="BadRequestError")
+
+    class D:  # the parts of a Decision a record reads
+        request_id, task, est_cost_usd = "r1", "general", 1e-6
+
+        def record(self) -> dict[str, str]:
+            return {"model": "cheap"}
+
+    def total(attempts: list[Attempt]) -> float | None:
+        err = CascadeBudgetError("cut off", None, attempts)
+        rec = failure_record(D(), err, attempts, started_at=0.0, latency_s=1.0)  # type: ignore[arg-type]
+        return rec["total_cost_usd"]  # type: ignore[no-any-return]
+
+    assert total([answered, cut_priced, refused]) == pytest.approx(13e-6)
+    assert total([answered, cut_unpriced]) is None
+    assert total([refused]) is None  # nothing billed: no total to state

@@ -188,9 +188,11 @@ def failure_record(
         rec["task"] = decision.task
         rec["decision"] = decision.record()
         rec["est_cost_usd"] = decision.est_cost_usd
-        billed = [a for a in attempts if getattr(a, "usage", None) is not None]
-        if billed and all(a.cost_usd is not None for a in billed):
-            rec["total_cost_usd"] = sum(a.cost_usd for a in billed)
+        from .result import billed_cost  # the rule ChatResult.total_cost_usd follows
+
+        out = billed_cost(attempts)
+        if out is not None and out[1]:
+            rec["total_cost_usd"] = out[0]
     return rec
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from time import time
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,24 @@ __all__ = ["Attempt", "ChatResult"]
 
 # Outcomes of calls that reached an upstream and may be billed (errors and skips are not).
 _BILLED = frozenset({"ok", "rejected", "cancelled"})
+
+
+def billed_cost(attempts: Sequence[Any]) -> tuple[float, bool] | None:
+    """(USD, whether any was billed) over the attempts an upstream may bill: answers, hedge
+    and race losers, rejected answers, and calls that timed out or broke after reaching it
+    (at an estimate, `cost_estimated`). None when one of those costs is unknown (an
+    unpriced model): never a partial sum that counts it as $0. One rule for a result's
+    `total_cost_usd` and a failed request's record."""
+    total, billed = 0.0, False
+    for a in attempts:
+        if getattr(a, "outcome", None) not in _BILLED and not getattr(a, "cost_estimated", False):
+            continue
+        cost = getattr(a, "cost_usd", None)
+        if cost is None:
+            return None
+        total += cost
+        billed = True
+    return total, billed
 
 
 @dataclass(slots=True)
@@ -107,15 +126,10 @@ class ChatResult:
         rejected answers, and calls that timed out or broke mid-stream after reaching the
         upstream, at an estimate: `cost_estimated`); None when any of their costs is unknown
         (an unpriced model), never a partial sum that counts it as $0."""
-        total, billed = 0.0, False
-        for a in self.attempts:
-            if a.outcome not in _BILLED and not a.cost_estimated:
-                continue
-            if a.cost_usd is None:
-                return None
-            total += a.cost_usd
-            billed = True
-        return total if billed else self.cost_usd
+        out = billed_cost(self.attempts)
+        if out is None:
+            return None
+        return out[0] if out[1] else self.cost_usd
 
     @property
     def fallbacks_used(self) -> list[str]:
