@@ -321,7 +321,10 @@ class Service:
         assumes: over the models it may go to (primary and fallbacks) and each of their
         deployments, the prompt's upper bound and `max_tokens` (else 4x the expected output,
         which the caller then sends as max_tokens) at those rates, fees and reasoning
-        included; with `cascade` (="auto"), the sum over the tuned ladder's models. Unpriced:
+        included; with `cascade` (="auto"), the sum over the tuned ladder's models. Plus the
+        prompt of every deployment that may be tried: a call that times out after reaching
+        its upstream may be billed for the prompt, and is settled at that estimate before
+        the next is tried (timeouts are not retried on the same deployment). Unpriced:
         infinite (refused under a budget)."""
         out = int(max_tokens or 4 * max(d.tokens_out, 256))
         reg = self.router.registry
@@ -331,7 +334,7 @@ class Service:
         else:  # one answer, from the primary or a fallback
             called = [d.model, *d.fallbacks]
         tokens_in = {c.model: c.tokens_in for c in d.candidates}
-        worst = []
+        worst, prompts = [], 0.0
         for mid in called:
             m = reg[mid]
             most = 0.0
@@ -340,8 +343,9 @@ class Service:
                     return math.inf, out
                 est = price.cost(tokens_in[mid], min(out, m.max_output)) + reasoning_usd(m, price)
                 most = max(most, est)
+                prompts += price.cost(tokens_in[mid], 0)
             worst.append(most)
-        return (sum(worst) if ladder is not None else max(worst)), out
+        return (sum(worst) if ladder is not None else max(worst)) + prompts, out
 
     async def settle(self, budgets: list[Budget], reserved: float, actual: float) -> None:
         """Settle a reservation; if the store is away, keep it and settle when it is back
