@@ -461,6 +461,7 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                     )
             if budgets:
                 assert d is not None
+                budgets = [b.pinned() for b in budgets]  # settled in the period reserved in
                 worst, out_cap = svc.worst_case(d, opts.get("max_tokens"), "cascade" in opts)
                 opts.setdefault("max_tokens", out_cap)  # the bound holds only if the call does
                 refused = (

@@ -25,7 +25,7 @@ import json
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import ConfigError, SatisficeError
@@ -64,12 +64,23 @@ class Budget:
     scope: str
     limit_usd: float
     period: str = "month"
+    # The period one request reserved in (`pinned`): its settlement releases the hold and
+    # counts the spend there, even after the day or month has turned (settling under the
+    # new period left the old hold in place and a negative hold in the new one).
+    at: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.period not in _PERIODS:
             raise ConfigError(f"budget period must be one of {list(_PERIODS)}")
         if not self.limit_usd >= 0:
             raise ConfigError("budget limit_usd must be >= 0")
+
+    def pinned(self, now: float | None = None) -> Budget:
+        return replace(self, at=period_tag(self.period, now))
+
+    @property
+    def tag(self) -> str:
+        return self.at if self.at is not None else period_tag(self.period)
 
 
 @dataclass
@@ -145,12 +156,12 @@ class MemoryState:
         fit and what is left in it (USD)."""
         amount = _nano_up(usd)
         for b in budgets:
-            k = f"{b.scope}:{period_tag(b.period)}"
+            k = f"{b.scope}:{b.tag}"
             left = _nano(b.limit_usd) - self._spent.get(k, 0) - self._reserved.get(k, 0)
             if amount > left:
                 return b, max(left, 0) / NANO
         for b in budgets:
-            k = f"{b.scope}:{period_tag(b.period)}"
+            k = f"{b.scope}:{b.tag}"
             self._reserved[k] = self._reserved.get(k, 0) + amount
         return None
 
@@ -159,12 +170,12 @@ class MemoryState:
     ) -> None:
         amount, actual = _nano_up(reserved_usd), _nano_up(actual_usd)
         for b in budgets:
-            k = f"{b.scope}:{period_tag(b.period)}"
+            k = f"{b.scope}:{b.tag}"
             self._reserved[k] = self._reserved.get(k, 0) - amount
             self._spent[k] = self._spent.get(k, 0) + actual
 
     async def spent(self, b: Budget) -> tuple[float, float]:
-        k = f"{b.scope}:{period_tag(b.period)}"
+        k = f"{b.scope}:{b.tag}"
         return self._spent.get(k, 0) / NANO, self._reserved.get(k, 0) / NANO
 
     # rate limits -----------------------------------------------------------------------------
@@ -280,7 +291,8 @@ class RedisState:
         self.errors = 0
 
     async def close(self) -> None:
-        await self._r.aclose()
+        # The pool is ours (made above), and a client given a pool does not close it itself.
+        await self._r.aclose(close_connection_pool=True)
 
     async def _do(self, coro: Any) -> Any:
         import redis.exceptions
@@ -333,7 +345,7 @@ class RedisState:
     def _bkeys(self, budgets: Sequence[Budget]) -> list[str]:
         out = []
         for b in budgets:
-            tag = f"{self._p}budget:{b.scope}:{period_tag(b.period)}"
+            tag = f"{self._p}budget:{b.scope}:{b.tag}"
             out += [f"{tag}:spent", f"{tag}:held"]
         return out
 
