@@ -380,3 +380,35 @@ def test_the_reservation_covers_prompts_billed_by_timed_out_calls(served: Any) -
     spend = httpx.get(url + "/admin/spend", headers=admin).json()["budgets"]
     b = next(x for x in spend if x["scope"] == f"key:{big['id']}")
     assert 0.01 < b["spent_usd"] <= 0.02 and b["held_usd"] == 0  # three prompts were billed
+
+
+def test_messages_beside_tool_blocks_are_carried_or_refused(served: Any) -> None:
+    """In a message with tool blocks, every block reaches the upstream or the request is a
+    400 naming it: images and is_error were dropped and the request answered 200."""
+    url, _, upstream, _ = served
+    c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+    _OPEN.append(c)
+    img = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                       "data": "iVBORw0KGgo="}}  # fmt: skip
+    history: list[Any] = [
+        {"role": "user", "content": "what did the camera see?"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "call it", "signature": "sig"},
+            {"type": "tool_use", "id": "t1", "name": "snap", "input": {}}]},
+    ]  # fmt: skip
+    tool_result = {"type": "tool_result", "tool_use_id": "t1", "is_error": True,
+                   "content": [{"type": "text", "text": "lens cap on"}]}  # fmt: skip
+    m = c.messages.create(model="auto", max_tokens=50, messages=[*history, {
+        "role": "user", "content": [tool_result, {"type": "text", "text": "and this?"}]}])
+    sent = upstream.seen(wire(m.model))[-1].body["messages"]
+    dumped = json.dumps(sent)
+    assert "Error: lens cap on" in dumped and "and this?" in dumped
+    assert "call it" not in dumped  # the assistant's thinking: Anthropic's alone, left out
+    for bad, word in [
+        ({**tool_result, "content": [img]}, "tool_result may hold text only"),
+        ({"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                         "data": "x"}}, "'document'"),  # fmt: skip
+    ]:
+        with pytest.raises(anthropic.BadRequestError, match=word):
+            c.messages.create(model="auto", max_tokens=50, messages=[*history, {
+                "role": "user", "content": [tool_result, bad]}])  # fmt: skip

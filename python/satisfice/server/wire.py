@@ -439,31 +439,48 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
 
 
 def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
+    """A message with tool_use or tool_result blocks, as OpenAI-shaped messages. Every block
+    is carried over or refused (400): none is dropped silently. The one exception is an
+    assistant's `thinking` (and `redacted_thinking`): its private reasoning, signed for
+    Anthropic's API alone, which no other provider can read and routing may leave."""
     out: list[dict[str, Any]] = []
     if role == "assistant":
-        text = "".join(str(b.get("text", "")) for b in content if b.get("type") == "text")
-        calls = [
-            {
-                "id": b["id"],
-                "type": "function",
-                "function": {"name": b["name"], "arguments": json.dumps(b.get("input", {}))},
-            }
-            for b in content
-            if b.get("type") == "tool_use"
-        ]
-        out.append({"role": "assistant", "content": text or None, "tool_calls": calls})
+        texts, calls = [], []
+        for b in content:
+            kind = b.get("type") if isinstance(b, Mapping) else None
+            if kind == "text":
+                texts.append(str(b.get("text", "")))
+            elif kind == "tool_use":
+                args = json.dumps(b.get("input", {}))
+                calls.append({"id": b["id"], "type": "function",
+                              "function": {"name": b["name"], "arguments": args}})  # fmt: skip
+            elif kind not in ("thinking", "redacted_thinking"):
+                raise _bad(
+                    f"assistant content block type {kind!r} is not supported beside tool_use"
+                )
+        out.append({"role": "assistant", "content": "".join(texts) or None, "tool_calls": calls})
         return out
+    rest: list[Any] = []  # the user's own blocks (text, images): one user message after
     for b in content:
-        if b.get("type") == "tool_result":
-            c = b.get("content")
-            text = (
-                c
-                if isinstance(c, str)
-                else "".join(str(x.get("text", "")) for x in c or () if isinstance(x, Mapping))
-            )
-            out.append({"role": "tool", "tool_call_id": b.get("tool_use_id"), "content": text})
-        elif b.get("type") == "text":
-            out.append({"role": "user", "content": str(b.get("text", ""))})
+        if not isinstance(b, Mapping):
+            raise _bad("content blocks must be objects")
+        if b.get("type") != "tool_result":
+            rest.append(b)
+            continue
+        c = b.get("content")
+        if c is None or isinstance(c, str):
+            text = c or ""
+        else:
+            parts = _to_openai_content(c)
+            if any(p["type"] != "text" for p in parts):
+                why = "an OpenAI tool message cannot carry images"
+                raise _bad(f"a tool_result may hold text only ({why}): send images in a user block")
+            text = "".join(p["text"] for p in parts)
+        if b.get("is_error") is True:  # what the flag tells the model, in the text it reads
+            text = f"Error: {text}"
+        out.append({"role": "tool", "tool_call_id": b.get("tool_use_id"), "content": text})
+    if rest:
+        out.append({"role": "user", "content": _to_openai_content(rest)})
     return out
 
 
