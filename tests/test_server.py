@@ -398,16 +398,22 @@ def test_messages_beside_tool_blocks_are_carried_or_refused(served: Any) -> None
     ]  # fmt: skip
     tool_result = {"type": "tool_result", "tool_use_id": "t1", "is_error": True,
                    "content": [{"type": "text", "text": "lens cap on"}]}  # fmt: skip
-    m = c.messages.create(model="auto", max_tokens=50, messages=[*history, {
-        "role": "user", "content": [tool_result, {"type": "text", "text": "and this?"}]}])
+    m = c.messages.create(
+        model="auto",
+        max_tokens=50,
+        messages=[
+            *history,
+            {"role": "user", "content": [tool_result, {"type": "text", "text": "and this?"}]},
+        ],
+    )
     sent = upstream.seen(wire(m.model))[-1].body["messages"]
     dumped = json.dumps(sent)
     assert "Error: lens cap on" in dumped and "and this?" in dumped
     assert "call it" not in dumped  # the assistant's thinking: Anthropic's alone, left out
+    doc = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}
     for bad, word in [
         ({**tool_result, "content": [img]}, "tool_result may hold text only"),
-        ({"type": "document", "source": {"type": "text", "media_type": "text/plain",
-                                         "data": "x"}}, "'document'"),  # fmt: skip
+        (doc, "'document'"),
     ]:
         with pytest.raises(anthropic.BadRequestError, match=word):
             c.messages.create(model="auto", max_tokens=50, messages=[*history, {
