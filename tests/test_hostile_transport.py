@@ -296,3 +296,19 @@ async def test_an_all_hostile_registry_ends_with_the_attempts(raw: RawUpstream) 
             with pytest.raises(AllAttemptsFailedError) as e:
                 await r.chat(MSGS, timeout=5)
     assert len(e.value.attempts) >= 4
+
+
+@pytest.mark.parametrize("code", [b"-1", b"099", b"2_00", b"0200", b"20", b"600"])
+async def test_a_status_that_is_not_three_digits_is_a_protocol_error(
+    raw: RawUpstream, up: LocalUpstream, code: bytes
+) -> None:
+    """int() alone read -1, 0200 and 2_00 as success codes: the body was taken as the answer
+    and billed. Now alpha's reply is a protocol error and beta answers."""
+    body = b'{"choices":[{"index":0,"finish_reason":"stop","message":{"content":"lie"}}]}'
+    raw.push(b"HTTP/1.1 %s Whatever\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+             % (code, len(body), body))  # fmt: skip
+    async with router(up.url) as r:
+        r.update(alpha_on(raw, up))
+        res = await r.chat("hello")
+    assert res.model == "beta" and res.text != "lie"
+    assert res.attempts[0].error_type is not None

@@ -371,3 +371,18 @@ def test_to_anthropic_rejects_malformed_requests_as_bad_requests(
 ) -> None:
     with pytest.raises(BadRequestError, match="cannot be translated"):
         to_anthropic(ChatRequest(messages, tools=tools), "claude")
+
+
+def test_to_anthropic_refuses_tool_arguments_too_deep_to_parse() -> None:
+    """A raw RecursionError escaped chat() (and missed the ledger): now a BadRequestError."""
+    from satisfice.errors import BadRequestError
+
+    deep = "[" * 100_000 + "]" * 100_000
+    msgs = [
+        {"role": "user", "content": "call f"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": deep}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"},
+    ]  # fmt: skip
+    with pytest.raises(BadRequestError, match="RecursionError"):
+        to_anthropic(ChatRequest(msgs), "claude-x")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import select
 import ssl
 import zlib
@@ -354,7 +355,8 @@ async def _read_head(
         lines = raw[:-4].split(b"\r\n")
         parts = lines[0].split(b" ", 2)
         try:
-            if not parts[0].startswith(b"HTTP/1."):
+            # Three digits exactly: int() alone took -1, 0200 and 2_00 for success codes.
+            if not parts[0].startswith(b"HTTP/1.") or not re.fullmatch(rb"[1-5][0-9]{2}", parts[1]):
                 raise ValueError(parts[0])
             status = int(parts[1])
         except (ValueError, IndexError):

@@ -125,7 +125,7 @@ def to_anthropic(r: ChatRequest, model: str, stream: bool = False) -> dict[str, 
     """
     try:
         return _payload(r, model, stream)
-    except (KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
         raise BadRequestError(
             f"the request cannot be translated for the Anthropic Messages API "
             f"({type(e).__name__}: {e}); check the messages' tool_calls, the tools and "
