@@ -78,3 +78,16 @@ def test_wrong_types_are_config_errors(extra: dict[str, object], match: str) -> 
     base = {"id": "x", "context_window": 100, "max_output": 10}
     with pytest.raises(ConfigError, match=match):
         Registry.from_dict({"model": [{**base, **extra}]})
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"input": float("nan"), "output": 1.0}, {"input": -5.0, "output": -5.0},
+     {"input": 1.0, "output": 2.0, "cached_input": float("nan")},
+     {"input": 1.0, "output": float("inf")}, {"input": 1.0, "output": 2.0, "per_request": -1.0}],
+)  # fmt: skip
+def test_a_price_built_by_hand_is_checked_too(kw: dict[str, float]) -> None:
+    """Registry files were checked; Price(...) in code was not, and billed NaN or negative
+    USD that passed any cost cap."""
+    with pytest.raises(ConfigError, match="finite number >= 0"):
+        Price(**kw)

@@ -61,6 +61,10 @@ class LongContext:
     input: float
     output: float
 
+    def __post_init__(self) -> None:
+        for k in ("above", "input", "output"):
+            _num({k: getattr(self, k)}, k, "LongContext", required=True)
+
 
 def _tiers(v: Any, where: str) -> tuple[LongContext, ...]:
     """`long_context` is one table {above, input, output} or a list of them."""
@@ -127,6 +131,16 @@ class Price:
     flex_input: float | None = None
     flex_output: float | None = None
     per_request: float | None = None
+
+    def __post_init__(self) -> None:
+        # Built by hand too, not only from a registry file: a NaN or negative rate would
+        # bill NaN or negative USD (and pass any cost cap).
+        for k in ("input", "output", "per_request", *_OPTIONAL_RATES):
+            _num({k: getattr(self, k)}, k, "Price", required=k in ("input", "output"))
+        if not isinstance(self.long_context, tuple) or not all(
+            isinstance(t, LongContext) for t in self.long_context
+        ):
+            raise ConfigError("Price: long_context must be a tuple of LongContext tiers")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> Price:
