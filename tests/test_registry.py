@@ -91,3 +91,10 @@ def test_a_price_built_by_hand_is_checked_too(kw: dict[str, float]) -> None:
     USD that passed any cost cap."""
     with pytest.raises(ConfigError, match="finite number >= 0"):
         Price(**kw)
+
+
+@pytest.mark.parametrize("ref", [["a"], {"id": "a"}, 5])
+def test_a_reference_model_that_is_not_an_id_is_a_config_error(ref: object) -> None:
+    base = Registry.default()
+    with pytest.raises(ConfigError, match="meta.reference_model"):
+        Registry(list(base), {**base.meta, "reference_model": ref})

@@ -339,3 +339,16 @@ def test_uses_inputs_flags_an_ignored_quantity() -> None:
     miss = run(v.uses_inputs(), ans("25 * 20/100 = 5; 5 + 2 = 7; 25 - 7 = 18\n#### 18"), ctx)
     assert not miss.passed and miss.confidence == pytest.approx(0.75) and "1" in miss.reason
     assert run(v.uses_inputs(), ans("x"), v.Context([{"role": "user", "content": "hi"}])).passed
+
+
+@pytest.mark.parametrize("pattern", [5, None, ["a"]])
+def test_a_regex_pattern_must_be_text(pattern: object) -> None:
+    """A non-string pattern was stored as if compiled, and failed at run time with a raw
+    AttributeError (in chat(cascade="auto") and when the policy was saved)."""
+    from satisfice import validators
+    from satisfice.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pattern must be a string"):
+        validators.from_spec({"check": "regex", "pattern": pattern})
+    with pytest.raises(ConfigError, match="pattern must be a string"):
+        validators.regex(pattern)  # type: ignore[arg-type]

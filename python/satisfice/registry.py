@@ -576,8 +576,10 @@ class Registry:
             self._by_id[m.id] = m
         self.meta: dict[str, Any] = dict(meta or {})
         ref = self.meta.get("reference_model")
-        if ref is not None and ref not in self._by_id:
-            raise ConfigError(f"meta.reference_model {ref!r} is not a model in this registry")
+        if ref is not None and (not isinstance(ref, str) or ref not in self._by_id):
+            raise ConfigError(
+                f"meta.reference_model {ref!r:.80} is not a model id in this registry"
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Registry:

@@ -188,10 +188,15 @@ class _Regex:
         flags: int,
         name: str | None,
     ) -> None:
+        if not isinstance(pattern, str | re.Pattern):
+            raise ConfigError(
+                f"regex: pattern must be a string or a compiled re.Pattern, got "
+                f"{type(pattern).__name__}"
+            )
         try:
             self._pattern = re.compile(pattern, flags) if isinstance(pattern, str) else pattern
-        except re.error as e:
-            raise ConfigError(f"regex: invalid pattern {pattern!r}: {e}") from None
+        except (re.error, TypeError, ValueError, OverflowError) as e:
+            raise ConfigError(f"regex: invalid pattern {pattern!r:.80}: {e}") from None
         self._full = fullmatch
         self._forbid = forbid
         self.name = name or ("forbid" if forbid else "regex")
