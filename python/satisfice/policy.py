@@ -132,22 +132,45 @@ class Rule:
     min_tokens_in: float = 0.0
     max_tokens_in: float = math.inf
 
+    def __post_init__(self) -> None:
+        where = f"rule {self.name!r:.60}"
+        if not self.use or not all(isinstance(u, str) and u for u in self.use):
+            raise ConfigError(f"{where} needs a non-empty 'use' list of model ids")
+        if self.task is not None and not isinstance(self.task, str):
+            raise ConfigError(f"{where}: when.task must be a task name")
+        if not all(isinstance(f, str) for f in self.flags):
+            raise ConfigError(f"{where}: when.flags must be a list of flag names")
+        lo, hi = self.min_tokens_in, self.max_tokens_in
+        for k, v in (("min_tokens_in", lo), ("max_tokens_in", hi)):
+            if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) or v < 0:
+                raise ConfigError(f"{where}: when.{k} must be a number >= 0, got {v!r:.40}")
+        if lo > hi:  # a rule that can never match is a mistake, not a rule
+            raise ConfigError(f"{where}: when.min_tokens_in {lo} is above max_tokens_in {hi}")
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Rule:
-        when = dict(d.get("when", {}))
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"policy.rules: each rule must be an object, got {d!r:.60}")
+        when = d.get("when", {})
+        if not isinstance(when, Mapping):
+            raise ConfigError(f"rule {d.get('name')!r:.60}: 'when' must be an object")
         unknown = set(when) - {"task", "flags", "min_tokens_in", "max_tokens_in"}
         if unknown:
             raise ConfigError(f"rule {d.get('name')!r}: unknown condition(s) {sorted(unknown)}")
-        use = d.get("use")
-        if not use:
-            raise ConfigError(f"rule {d.get('name')!r} needs a non-empty 'use' list of model ids")
+        use, flags = d.get("use"), when.get("flags", ())
+        if not isinstance(use, str | list | tuple) or not use:
+            raise ConfigError(
+                f"rule {d.get('name')!r:.60} needs a non-empty 'use' list of model ids"
+            )
+        if not isinstance(flags, list | tuple):
+            raise ConfigError(f"rule {d.get('name')!r:.60}: when.flags must be a list")
         return cls(
             name=str(d.get("name", "rule")),
             use=tuple([use] if isinstance(use, str) else use),
             task=when.get("task"),
-            flags=tuple(when.get("flags", ())),
-            min_tokens_in=float(when.get("min_tokens_in", 0.0)),
-            max_tokens_in=float(when.get("max_tokens_in", math.inf)),
+            flags=tuple(flags),
+            min_tokens_in=when.get("min_tokens_in", 0.0),
+            max_tokens_in=when.get("max_tokens_in", math.inf),
         )
 
 
@@ -203,11 +226,29 @@ class Policy:
             or not math.isfinite(self.lam) or self.lam < 0
         ):  # fmt: skip
             raise ConfigError(f"policy.lam must be a finite number >= 0, got {self.lam!r}")
-        if self.max_fallbacks < 0:
-            raise ConfigError("policy.max_fallbacks must be >= 0")
-        bad = set(self.expected_output_tokens) - set(_core.TASKS)
+        mf = self.max_fallbacks
+        if isinstance(mf, bool) or not isinstance(mf, int) or not 0 <= mf <= 64:
+            raise ConfigError(
+                f"policy.max_fallbacks must be an integer from 0 to 64, got {mf!r:.40}"
+            )
+        if not isinstance(self.rules, tuple) or not all(isinstance(r, Rule) for r in self.rules):
+            raise ConfigError("policy.rules must be a tuple of Rule (or a list of rule objects)")
+        eot = self.expected_output_tokens
+        if not isinstance(eot, Mapping):
+            raise ConfigError("policy.expected_output_tokens must map a task to a token count")
+        bad = set(eot) - set(_core.TASKS)
         if bad:
             raise ConfigError(f"policy.expected_output_tokens: unknown tasks {sorted(bad)}")
+        for t, n in eot.items():
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1_000_000:
+                raise ConfigError(
+                    f"policy.expected_output_tokens[{t!r}] must be an integer from 1 to "
+                    f"1,000,000, got {n!r:.40}"
+                )
+        if self.quality is not None and not isinstance(self.quality, QualityModel):
+            raise ConfigError(
+                f"policy.quality must be a QualityModel, got {type(self.quality).__name__}"
+            )
         bad = set(self.cascades) - {*_core.TASKS, "*"}
         if bad:
             raise ConfigError(
@@ -351,18 +392,23 @@ class Policy:
         }
         if unknown:
             raise ConfigError(f"policy: unknown field(s) {sorted(unknown)}")
-        if quality is None and d.get("predictor"):
-            quality = QualityModel.load(d["predictor"])
+        pred = d.get("predictor")
+        if pred is not None and not isinstance(pred, str):
+            raise ConfigError(f"policy.predictor must be a file path, got {pred!r:.60}")
+        if quality is None and pred:
+            quality = QualityModel.load(pred)
+        rules, eot = d.get("rules", []), d.get("expected_output_tokens", {})
+        if not isinstance(rules, list):
+            raise ConfigError("policy.rules must be a list of rule objects")
+        if not isinstance(eot, Mapping):
+            raise ConfigError("policy.expected_output_tokens must map a task to a token count")
         return cls(
-            rules=tuple(Rule.from_dict(r) for r in d.get("rules", [])),
-            quality_floor=float(d.get("quality_floor", 0.8)),
+            rules=tuple(Rule.from_dict(r) for r in rules),
+            quality_floor=d.get("quality_floor", 0.8),
             lam=d.get("lam"),
-            max_fallbacks=int(d.get("max_fallbacks", 3)),
+            max_fallbacks=d.get("max_fallbacks", 3),
             strict_floor=_bool(d.get("strict_floor", False), "policy.strict_floor"),
-            expected_output_tokens={
-                **DEFAULT_EXPECTED_OUTPUT,
-                **d.get("expected_output_tokens", {}),
-            },
+            expected_output_tokens={**DEFAULT_EXPECTED_OUTPUT, **eot},
             quality=quality,
             cascades=_cascades(d.get("cascades", {})),
         )
@@ -385,13 +431,17 @@ class Policy:
         """Read a policy JSON; a relative `"predictor"` path is taken from the file's folder."""
         try:
             data = json.loads(Path(path).read_text())
-            if isinstance(data, dict) and data.get("predictor"):
+            if isinstance(data, dict) and isinstance(data.get("predictor"), str):
                 data["predictor"] = str(Path(path).parent / data["predictor"])
+            if not isinstance(data, dict):
+                raise ConfigError(f"policy file {path} must hold a JSON object")
             return cls.from_dict(data)
         except FileNotFoundError:
             raise ConfigError(f"policy file {path} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"policy file {path} is not valid JSON: {e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ConfigError(f"policy file {path} is not valid JSON: {e}"[:300]) from None
+        except OSError as e:  # a directory, no permission
+            raise ConfigError(f"policy file {path} cannot be read: {e.strerror}") from None
 
 
 def _cascades(d: object) -> dict[str, Cascade]:
