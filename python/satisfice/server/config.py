@@ -60,10 +60,28 @@ def _int(v: Any, where: str, lo: int, hi: int) -> int:
     return v
 
 
-def _num(v: Any, where: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
-        raise ConfigError(f"{where} must be a number > 0, got {v!r:.40}")
+def _num(v: Any, where: str, hi: float = 1e9) -> float:
+    """A finite number in (0, hi] (TOML has inf and nan, and a grace of inf overflowed)."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= hi:
+        raise ConfigError(f"{where} must be a number in (0, {hi:g}], got {v!r:.40}")
     return float(v)
+
+
+def _redis_url(v: Any) -> str | None:
+    if v is not None and not (
+        isinstance(v, str) and v.startswith(("redis://", "rediss://", "unix://"))
+    ):
+        raise ConfigError(
+            f"[state].redis_url must be a redis://, rediss:// or unix:// URL, got {v!r:.60}"
+        )
+    return v
+
+
+def _file(path: str | None, where: str) -> str | None:
+    """A file the server writes: not a directory (that failed at the first write)."""
+    if path is not None and Path(path).is_dir():
+        raise ConfigError(f"{where} {path!r} is a directory; name a file in it")
+    return path
 
 
 @dataclass
@@ -165,9 +183,19 @@ class ServerConfig:
                     "[registry].refresh must be { source = litellm|openrouter|models.dev, "
                     "location = FILE_OR_URL, interval_s = 3600, max_ratio = 10 }"
                 )
+            from ..sources import SOURCES
+
             refresh = dict(refresh)
-            if "interval_s" in refresh:
-                refresh["interval_s"] = _num(refresh["interval_s"], "[registry].refresh.interval_s")
+            if refresh["source"] not in SOURCES:
+                raise ConfigError(
+                    f"[registry].refresh.source must be one of {list(SOURCES)}, got "
+                    f"{refresh['source']!r:.40}"
+                )
+            if not isinstance(refresh.get("location", ""), str):
+                raise ConfigError("[registry].refresh.location must be a file path or URL")
+            for k in ("interval_s", "max_ratio"):
+                if k in refresh:
+                    refresh[k] = _num(refresh[k], f"[registry].refresh.{k}")
         host = srv.get("host", "127.0.0.1")
         if not isinstance(host, str) or not host:
             raise ConfigError("[server].host must be a host name or address")
@@ -183,7 +211,9 @@ class ServerConfig:
             max_body_bytes=_int(
                 srv.get("max_body_bytes", 4 << 20), "[server].max_body_bytes", 1024, 1 << 30
             ),
-            shutdown_grace_s=_num(srv.get("shutdown_grace_s", 30), "[server].shutdown_grace_s"),
+            shutdown_grace_s=_num(
+                srv.get("shutdown_grace_s", 30), "[server].shutdown_grace_s", 86_400
+            ),
             master_key_env=env,
             require_keys=require,
             registry_path=rel(reg.get("path"), "[registry].path"),
@@ -191,13 +221,14 @@ class ServerConfig:
             policy_path=rel(pol.get("path"), "[policy].path"),
             aliases={str(k): dict(v) if isinstance(v, Mapping) else v for k, v in aliases.items()},
             state_backend=str(state.get("backend", "memory")),
-            redis_url=state.get("redis_url"),
+            redis_url=_redis_url(state.get("redis_url")),
             ledger=rel(led.get("target"), "[ledger].target"),
             probe_interval_s=None if "interval_s" not in probe
             else _num(probe["interval_s"], "[probe].interval_s"),
             probe_budget_usd=None if "budget_usd" not in probe
             else _num(probe["budget_usd"], "[probe].budget_usd"),
-            health_file=rel(probe.get("health_file"), "[probe].health_file"),
+            health_file=_file(rel(probe.get("health_file"), "[probe].health_file"),
+                              "[probe].health_file"),
         )  # fmt: skip
 
     @classmethod
@@ -209,6 +240,8 @@ class ServerConfig:
             data = tomllib.loads(p.read_text("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {p} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}"[:300]) from None
+        except OSError as e:  # a directory, no permission
+            raise ConfigError(f"config file {p} cannot be read: {e.strerror}") from None
         return cls.from_dict(data, p.parent)

@@ -1,0 +1,46 @@
+"""`satisfice serve --config FILE`: every wrong field is a ConfigError naming it, found when the
+file is read (several raised raw Python errors, or failed only as the server started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from satisfice.errors import ConfigError
+from satisfice.server import ServerConfig
+
+BAD = [
+    ("[server]\nshutdown_grace_s = inf\n", "shutdown_grace_s"),
+    ("[server]\nshutdown_grace_s = nan\n", "shutdown_grace_s"),
+    ("[server]\nport = 70000\n", "port"),
+    ("[server]\nwhat = 1\n", "unknown field"),
+    ('[registry]\nrefresh = { source = "nope" }\n', "refresh.source"),
+    ("[registry]\nrefresh = { source = 5 }\n", "refresh.source"),
+    ('[registry]\nrefresh = { source = "litellm", max_ratio = "x" }\n', "refresh.max_ratio"),
+    ('[registry]\nrefresh = { source = "litellm", location = 5 }\n', "refresh.location"),
+    ('[state]\nbackend = "redis"\nredis_url = 5\n', "redis_url"),
+    ('[state]\nbackend = "redis"\nredis_url = "notaurl"\n', "redis_url"),
+    ('[state]\nbackend = "etcd"\n', "backend"),
+    ("[probe]\ninterval_s = -1\n", "interval_s"),
+]
+
+
+@pytest.mark.parametrize(("toml", "field"), BAD, ids=[b[1] + ":" + b[0][:30] for b in BAD])
+def test_a_bad_field_is_named(toml: str, field: str, tmp_path: Path) -> None:
+    p = tmp_path / "satisfice.toml"
+    p.write_text(toml)
+    with pytest.raises(ConfigError, match=field):
+        ServerConfig.load(p)
+
+
+def test_files_that_cannot_be_read(tmp_path: Path) -> None:
+    p = tmp_path / "satisfice.toml"
+    p.write_bytes(b"\xff\xfe[server]\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        ServerConfig.load(p)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        ServerConfig.load(tmp_path)
+    p.write_text(f'[probe]\nhealth_file = "{tmp_path}"\n')
+    with pytest.raises(ConfigError, match="health_file .* is a directory"):
+        ServerConfig.load(p)
