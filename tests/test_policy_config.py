@@ -56,3 +56,37 @@ def test_a_policy_file_that_is_not_a_json_object(raw: bytes, why: str, tmp_path:
         Policy.load(p)
     with pytest.raises(ConfigError, match="cannot be read"):
         Policy.load(tmp_path)  # a directory
+
+
+def _public_calls() -> list[tuple[str, Any]]:
+    from satisfice import Cascade, ModelSpec, validators
+
+    r = Router()
+    return [
+        ("Cascade([5])", lambda: Cascade([5])),
+        ("Cascade(latency_budget_ms='5')", lambda: Cascade(["a"], latency_budget_ms="5")),
+        ("Cascade(skip_below='0.5')", lambda: Cascade(["a"], skip_below="0.5")),
+        ("judge(rubric=None)", lambda: validators.judge(lambda m: None, None)),
+        ("check(5)", lambda: validators.check(5)),
+        ("calibrated(threshold='x')",
+         lambda: validators.calibrated([validators.arithmetic()], [1.0], threshold="x")),
+        ("Router(registry=dict)", lambda: Router({"model": []})),
+        ("Router(policy=dict)", lambda: Router(None, {"quality_floor": 0.5})),
+        ("update(policy=str)", lambda: r.update(policy="p.json")),
+        ("ModelSpec(context_window='8k')",
+         lambda: ModelSpec(id="x", provider="p", context_window="8k", max_output=1)),
+        ("ModelSpec(quality text)", lambda: ModelSpec(
+            id="x", provider="p", context_window=8, max_output=1, quality={"general": "hi"})),
+        ("feedback(list)", lambda: r.feedback(["id"], 1.0)),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("i", range(12))
+def test_public_calls_with_wrong_types_say_what_to_pass(i: int) -> None:
+    """Each raised a raw TypeError or AttributeError from deep inside."""
+    from satisfice.errors import SatisficeError
+
+    what, call = _public_calls()[i]
+    with pytest.raises(SatisficeError):
+        call()
+        pytest.fail(f"{what} was accepted")

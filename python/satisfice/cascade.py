@@ -256,16 +256,25 @@ class Cascade:
                 built.append(s)
             elif isinstance(s, str):  # a bare model id is a one-model step, not its letters
                 built.append(Step((s,), None if i == len(steps) - 1 else validator))
-            else:
+            elif isinstance(s, list | tuple) and s and all(isinstance(m, str) for m in s):
                 last = i == len(steps) - 1
                 built.append(Step(tuple(s), None if last else validator))
+            else:
+                raise ConfigError(
+                    f"cascade step {i} must be a Step, a model id or a list of model ids, "
+                    f"got {s!r:.60}"
+                )
+
+        def number(v: object) -> bool:
+            return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+
         for name, v in (("latency_budget_ms", latency_budget_ms), ("max_cost_usd", max_cost_usd)):
-            if v is not None and not (math.isfinite(v) and v >= 0):
-                raise ConfigError(f"cascade {name} must be a finite number >= 0, got {v!r}")
+            if v is not None and not (number(v) and v >= 0):
+                raise ConfigError(f"cascade {name} must be a finite number >= 0, got {v!r:.40}")
         if on_budget not in ("best", "raise"):
-            raise ConfigError(f"on_budget must be 'best' or 'raise', got {on_budget!r}")
-        if skip_below is not None and not 0.0 <= skip_below <= 1.0:
-            raise ConfigError(f"skip_below must be in [0, 1], got {skip_below}")
+            raise ConfigError(f"on_budget must be 'best' or 'raise', got {on_budget!r:.40}")
+        if skip_below is not None and not (number(skip_below) and 0.0 <= skip_below <= 1.0):
+            raise ConfigError(f"skip_below must be a number in [0, 1], got {skip_below!r:.40}")
         self.steps: tuple[Step, ...] = tuple(built)
         self.latency_budget_ms = latency_budget_ms
         self.max_cost_usd = max_cost_usd

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _core
-from .errors import NoRouteError
+from .errors import ConfigError, NoRouteError
 from .policy import Constraints, Policy
 from .predict import ModelParams
 from .registry import Registry
@@ -40,6 +40,19 @@ class Snapshot:
 
     @classmethod
     def build(cls, registry: Registry, policy: Policy) -> Snapshot:
+        from .policy import Policy
+        from .registry import Registry
+
+        if not isinstance(registry, Registry):
+            raise ConfigError(
+                f"registry must be a Registry, got {type(registry).__name__}: build one with "
+                "Registry.from_toml(path), Registry.from_dict(data) or Registry.default()"
+            )
+        if not isinstance(policy, Policy):
+            raise ConfigError(
+                f"policy must be a Policy, got {type(policy).__name__}: build one with "
+                "Policy(...), Policy.from_dict(data) or Policy.load(path)"
+            )
         table = policy.compile(registry)
         ids = tuple(registry.ids)
         index = {m: i for i, m in enumerate(ids)}

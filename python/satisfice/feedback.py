@@ -250,6 +250,11 @@ class FeedbackLog:
                 self._seen.popitem(last=False)
 
     def lookup(self, request_id: str) -> tuple[tuple[float, ...], str, bytes | None]:
+        if not isinstance(request_id, str):
+            raise InputError(
+                f"request_id must be the str a result or decision gave, got "
+                f"{type(request_id).__name__}"
+            )
         with self._lock:
             seen = self._seen.get(request_id)
         if seen is None:

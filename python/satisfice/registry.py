@@ -343,8 +343,10 @@ class ModelSpec:
         where = f"model {self.id!r}"
         if not self.id or not isinstance(self.id, str):
             raise ConfigError("a model needs a non-empty string id")
-        if not (0 < self.context_window < 2**32 and 0 < self.max_output < 2**32):
-            raise ConfigError(f"{where}: context_window and max_output must be in [1, 2**32)")
+        for k in ("context_window", "max_output"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**32:
+                raise ConfigError(f"{where}: {k} must be an integer in [1, 2**32), got {v!r:.40}")
         if self.max_output > self.context_window:
             raise ConfigError(f"{where}: max_output exceeds context_window")
         if self.tokenizer not in _core.FAMILIES:
@@ -359,8 +361,8 @@ class ModelSpec:
         for task, q in self.quality.items():
             if task not in _core.TASKS:
                 raise ConfigError(f"{where}: quality task {task!r} unknown; use {_core.TASKS}")
-            if not 0.0 < q < 1.0:
-                raise ConfigError(f"{where}: quality[{task!r}] must be in (0, 1), got {q}")
+            if isinstance(q, bool) or not isinstance(q, int | float) or not 0.0 < q < 1.0:
+                raise ConfigError(f"{where}: quality[{task!r}] must be in (0, 1), got {q!r:.40}")
         # Health is kept per "model/deployment": two deployments of one name would share it,
         # and one that is down would take its healthy twin with it.
         seen: set[str] = set()

@@ -430,7 +430,9 @@ class _Judge:
     __slots__ = ("_ask", "_min", "_rubric", "name")
 
     def __init__(self, ask: JudgeCall, rubric: str, min_confidence: float) -> None:
-        if not rubric.strip():
+        if not callable(ask):
+            raise ConfigError(f"judge: ask must be a callable, got {type(ask).__name__}")
+        if not isinstance(rubric, str) or not rubric.strip():
             raise ConfigError("judge: the rubric is empty; say what a good answer must do")
         self._ask = ask
         self._rubric = rubric
@@ -479,6 +481,10 @@ class _User:
     __slots__ = ("_fn", "_text_only", "name")
 
     def __init__(self, fn: Callable[..., Any], name: str | None) -> None:
+        if not callable(fn):
+            raise ConfigError(
+                f"check: fn must be a callable (text) -> bool, got {type(fn).__name__}"
+            )
         params = [
             p
             for p in inspect.signature(fn).parameters.values()
@@ -630,6 +636,9 @@ def calibrated(
     `satisfice.eval.cascade_eval.fit_calibrated`), then sweep the threshold."""
     if len(validators) != len(weights) or not validators:
         raise ConfigError(f"calibrated: {len(validators)} validators but {len(weights)} weights")
+    nums = [*weights, bias, threshold]
+    if not all(not isinstance(v, bool) and isinstance(v, int | float) for v in nums):
+        raise ConfigError("calibrated: weights, bias and threshold must be numbers")
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"calibrated: threshold must be in [0, 1], got {threshold}")
     return Calibrated(
