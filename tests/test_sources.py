@@ -412,3 +412,21 @@ def test_a_cost_cap_holds_on_a_pricier_deployment() -> None:
     r = Router(reg, Policy(quality_floor=0.5))
     d = r.route("hello", max_output_tokens=100)
     assert d.est_cost_usd == pytest.approx((d.primary.tokens_in + 100) * 10 / 1e6, rel=1e-3)
+
+
+def test_one_bad_tier_leaves_that_entry_unpriced_not_the_import_failed() -> None:
+    from satisfice.sources import parse_litellm
+
+    good = {
+        "litellm_provider": "openai",
+        "mode": "chat",
+        "input_cost_per_token": 1e-6,
+        "output_cost_per_token": 2e-6,
+        "max_input_tokens": 8000,
+        "max_output_tokens": 1000,
+    }
+    bad = {**good, "input_cost_per_token_above_200k_tokens": 1e305,
+           "output_cost_per_token_above_200k_tokens": 1e-5}  # fmt: skip
+    c = parse_litellm({"gpt-x": bad, "gpt-y": good})
+    assert c.listings[("openai", "gpt-x")].price is None  # its rate overflows: unpriced
+    assert c.listings[("openai", "gpt-y")].price is not None

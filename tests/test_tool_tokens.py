@@ -54,3 +54,25 @@ async def test_tools_that_cannot_be_json_are_an_input_error(up: LocalUpstream) -
             await r.chat(
                 "hi", tools=[{"type": "function", "function": {"name": "f", "parameters": deep}}]
             )
+
+
+async def test_counted_usage_includes_the_tools(up: LocalUpstream) -> None:
+    """An upstream that reports no usage: our own count covers the tools it was sent."""
+    from satisfice import _core
+    from satisfice.testing import reply
+
+    from .chat_support import wire
+
+    few = TOOLS[:3]
+    up.script(wire("alpha"), reply("ok", usage=False))
+    async with router(up.url) as r:
+        res = await r.chat("hi", max_tokens=10, tools=few)
+    alone = _core.count_message_tokens([{"role": "user", "content": "hi"}], "o200k_base")
+    assert res.usage.source == "counted" and res.usage.prompt_tokens > alone + 500
+
+
+async def test_route_takes_tools_as_chat_does(up: LocalUpstream) -> None:
+    async with router(up.url) as r:
+        d = r.route("hi", tools=TOOLS)
+        a = await r.aroute("hi", tools=TOOLS)
+    assert d.model == a.model == "gamma" and "tools" in d.constraints.needs

@@ -140,3 +140,13 @@ async def test_a_lone_surrogate_in_an_answer_becomes_a_replacement_char(
             res = await (r.stream("hi", timeout=5).result() if stream else r.chat("hi", timeout=5))
     assert res.text == "a\ufffdb \U0001f600"  # the pair decodes; the lone half does not
     res.text.encode("utf-8")
+
+
+def test_a_lone_surrogate_in_raw_utf8_is_replaced_too() -> None:
+    """json.loads(bytes) passes a surrogate's raw UTF-8 form (ED A0 80) through."""
+    from satisfice.providers.base import parse_json
+
+    assert parse_json(b'{"a":"x\xed\xa0\x80y","b":"\xed\x9f\xbf"}') == {
+        "a": "x\ufffdy",
+        "b": "\ud7ff",
+    }

@@ -3,11 +3,12 @@ the registry price applied to it (None when unpriced, never $0)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _core
-from .errors import SatisficeError
+from .errors import InputError, SatisficeError
 from .providers.base import ChatResponse, Usage
 
 if TYPE_CHECKING:
@@ -35,11 +36,33 @@ def text_tokens(text: str, tokenizer: str) -> int:
     return round(_core.estimate_tokens(text, tokenizer))
 
 
-def usage_of(messages: Sequence[Mapping[str, Any]], tokenizer: str, resp: ChatResponse) -> Usage:
+def extra_text(tools: Any, response_format: Any) -> str | None:
+    """The text a request sends besides its messages (tool definitions, a JSON schema), as
+    the provider sends it (compact, UTF-8 as is), for counting; None when there is none."""
+    try:
+        parts = [json.dumps(v, separators=(",", ":"), ensure_ascii=False, default=str)
+                 for v in (tools, response_format) if v]  # fmt: skip
+    except (ValueError, TypeError, RecursionError) as e:
+        raise InputError(
+            f"tools or response_format cannot be sent as JSON ({type(e).__name__}); "
+            "pass plain dicts, lists, strings and numbers, nested less deeply"
+        ) from None
+    return "".join(parts) or None
+
+
+def usage_of(
+    messages: Sequence[Mapping[str, Any]],
+    tokenizer: str,
+    resp: ChatResponse,
+    extra: str | None = None,
+) -> Usage:
     """Provider-reported usage, else our own count (exact for OpenAI encodings when
-    `countable`; estimated otherwise, and `source` says so)."""
+    `countable`; estimated otherwise, and `source` says so). `extra` (`extra_text`: tool
+    definitions, a response schema) is prompt text too."""
     if resp.usage is not None:
         return resp.usage
+    if extra:
+        messages = [*messages, {"role": "system", "content": extra}]
     out = resp.text + "".join(c.name + c.arguments for c in resp.tool_calls)
     texts = [c for m in messages if isinstance(c := m.get("content"), str)]
     big = not countable(len(out) + sum(len(t) for t in texts))

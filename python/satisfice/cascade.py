@@ -42,6 +42,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from .errors import AllAttemptsFailedError, CascadeBudgetError, ConfigError, ProviderError
@@ -266,7 +267,7 @@ class Cascade:
                 )
 
         def number(v: object) -> bool:
-            return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+            return not isinstance(v, bool) and isinstance(v, Real) and math.isfinite(v)
 
         for name, v in (("latency_budget_ms", latency_budget_ms), ("max_cost_usd", max_cost_usd)):
             if v is not None and not (number(v) and v >= 0):

@@ -30,7 +30,7 @@ import httpx
 
 from ._redact import StreamScrubber
 from ._watchdog import Watchdog
-from .accounting import cost_of, text_tokens, usage_of
+from .accounting import cost_of, extra_text, text_tokens, usage_of
 from .errors import (
     AllAttemptsFailedError,
     AuthError,
@@ -562,7 +562,8 @@ class Executor:
 
     # results ------------------------------------------------------------------------------
     def _usage(self, run: Run, t: _Target, resp: ChatResponse) -> Usage:
-        return usage_of(run.request.messages, t.spec.tokenizer, resp)
+        extra = extra_text(run.request.tools, run.request.response_format)
+        return usage_of(run.request.messages, t.spec.tokenizer, resp, extra)
 
     def _answered(
         self, run: Run, t: _Target, resp: ChatResponse, started: float, now: float

@@ -226,7 +226,11 @@ class Policy:
             or not math.isfinite(self.lam) or self.lam < 0
         ):  # fmt: skip
             raise ConfigError(f"policy.lam must be a finite number >= 0, got {self.lam!r}")
-        mf = self.max_fallbacks
+        if isinstance(self.rules, list):  # as read from a file, or written by hand
+            object.__setattr__(self, "rules", tuple(self.rules))
+        mf: object = self.max_fallbacks
+        if isinstance(mf, float) and mf.is_integer():  # 3.0, as JSON writers may give it
+            object.__setattr__(self, "max_fallbacks", mf := int(mf))
         if isinstance(mf, bool) or not isinstance(mf, int) or not 0 <= mf <= 64:
             raise ConfigError(
                 f"policy.max_fallbacks must be an integer from 0 to 64, got {mf!r:.40}"
@@ -239,7 +243,10 @@ class Policy:
         bad = set(eot) - set(_core.TASKS)
         if bad:
             raise ConfigError(f"policy.expected_output_tokens: unknown tasks {sorted(bad)}")
-        for t, n in eot.items():
+        for t, raw in eot.items():
+            n: object = raw
+            if isinstance(n, float) and n.is_integer():
+                n = int(n)
             if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1_000_000:
                 raise ConfigError(
                     f"policy.expected_output_tokens[{t!r}] must be an integer from 1 to "

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
 from . import _core
+from .accounting import extra_text
 from .decision import Candidate, Decision, Snapshot
 from .errors import ConfigError, InputError, NoRouteError, RegistryWarning, SatisficeError
 from .feedback import FeedbackLog
@@ -76,18 +77,25 @@ def _route_inline(msgs: list[dict[str, Any]], extra: str | None = None) -> bool:
     return size < _ROUTE_INLINE_BYTES and _core.tokenizers_ready()
 
 
-def _extra_text(tools: Any, response_format: Any) -> str | None:
-    """The text a request sends besides its messages (tool definitions, a JSON schema), as
-    the provider sends it, for counting; None when there is none."""
-    try:
-        parts = [json.dumps(v, separators=(",", ":"), default=str)
-                 for v in (tools, response_format) if v]  # fmt: skip
-    except (ValueError, RecursionError) as e:
-        raise InputError(
-            f"tools or response_format cannot be sent as JSON ({type(e).__name__}); "
-            "pass plain dicts, lists, strings and numbers, nested less deeply"
-        ) from None
-    return "".join(parts) or None
+def _shaped(c: Constraints, tools: Any, rf: Any) -> tuple[Constraints, str | None]:
+    """What a request's tools and response_format ask of routing: a model with tool use or
+    JSON output (`needs`), and their text, which providers bill as prompt tokens (so
+    windows, costs and a server's budget reservation count it). One rule for chat(),
+    stream(), route() and the server's pre-routing."""
+    if rf is not None and not isinstance(rf, Mapping):
+        raise ConfigError(
+            f"response_format must be a dict such as {{'type': 'json_object'}}, got "
+            f"{type(rf).__name__}; for a pydantic model pass {{'type': 'json_schema', "
+            "'json_schema': {'name': ..., 'schema': Model.model_json_schema()}}"
+        )
+    needs: tuple[str, ...] = ()
+    if tools:
+        needs += ("tools",)
+    if rf is not None and rf.get("type") != "text":
+        needs += ("json",)
+    if needs and not set(needs) <= set(c.needs):
+        c = Constraints.of(c, needs=tuple(sorted({*c.needs, *needs})))
+    return c, extra_text(tools, rf)
 
 
 def _text_bytes(msgs: list[dict[str, Any]]) -> int:
@@ -200,11 +208,15 @@ class Router:
     ) -> Decision:
         """Pick a model for `messages` (a prompt string or OpenAI-style messages).
 
+        `tools=` and `response_format=` (as chat() takes them) route as chat() would: to a
+        model with tool use or JSON output, their tokens counted in the prompt's.
         Raises NoRouteError naming the constraint that emptied the candidate set (and, with
         `strict_floor`, when no model reaches the quality floor), and ConfigError for a
         constraint that does not exist or has a bad value.
         """
-        return self._route(self._snap, messages, Constraints.of(constraints, **overrides))
+        tools, rf = overrides.pop("tools", None), overrides.pop("response_format", None)
+        c, extra = _shaped(Constraints.of(constraints, **overrides), tools, rf)
+        return self._route(self._snap, messages, c, extra=extra)
 
     def _route(
         self,
@@ -213,6 +225,7 @@ class Router:
         c: Constraints,
         skip: frozenset[str] = frozenset(),
         live_p95_ms: list[tuple[int, float]] | None = None,
+        *,
         extra: str | None = None,
     ) -> Decision:
         """route() on one snapshot, with `skip` (models this request cannot call) excluded,
@@ -246,8 +259,9 @@ class Router:
         """`route()` for async code: on the event loop when that is cheap, else on a worker
         thread (a large prompt, or the tokenizers still being built), so the loop never
         waits for an exact count."""
-        c = Constraints.of(constraints, **overrides)
-        return await self._route_off_loop(self._snap, _message_list(messages), c)
+        tools, rf = overrides.pop("tools", None), overrides.pop("response_format", None)
+        c, extra = _shaped(Constraints.of(constraints, **overrides), tools, rf)
+        return await self._route_off_loop(self._snap, _message_list(messages), c, extra=extra)
 
     async def _route_off_loop(
         self,
@@ -256,15 +270,17 @@ class Router:
         c: Constraints,
         skip: frozenset[str] = frozenset(),
         live: list[tuple[int, float]] | None = None,
+        *,
         extra: str | None = None,
     ) -> Decision:
         """`_route` on the event loop when that is cheap (`_route_inline`), else on a
         worker thread."""
         if _route_inline(msgs, extra):
-            return self._route(snap, msgs, c, skip, live, extra)
+            return self._route(snap, msgs, c, skip, live, extra=extra)
         import asyncio  # loaded already (we are in a coroutine); Router() alone does not need it
 
-        return await asyncio.to_thread(self._route, snap, msgs, c, skip, live, extra)
+        route = partial(self._route, extra=extra)
+        return await asyncio.to_thread(route, snap, msgs, c, skip, live)
 
     def feedback(self, request_id: str, score: float, model: str | None = None) -> ModelParams:
         """Tell the router how good an answer was (score in [0, 1]; 1 = acceptable).
@@ -389,24 +405,10 @@ class Router:
         _check_options(call, timeout, metadata)
         metadata = dict(metadata or {})
         msgs = _message_list(messages)
-        # A request that needs tools or JSON must not be routed to a model without them.
-        needs: tuple[str, ...] = ()
-        if call["tools"]:
-            needs += ("tools",)
-        rf = call["response_format"]
-        if rf is not None and not isinstance(rf, Mapping):
-            raise ConfigError(
-                f"response_format must be a dict such as {{'type': 'json_object'}}, got "
-                f"{type(rf).__name__}; for a pydantic model pass {{'type': 'json_schema', "
-                "'json_schema': {'name': ..., 'schema': Model.model_json_schema()}}"
-            )
-        if rf is not None and rf.get("type") != "text":
-            needs += ("json",)
         if call["max_tokens"] is not None and "max_output_tokens" not in opts:
             opts["max_output_tokens"] = call["max_tokens"]
         c = Constraints.of(constraints, **opts)
-        if needs and not set(needs) <= set(c.needs):
-            c = Constraints.of(c, needs=tuple(sorted({*c.needs, *needs})))
+        c, extra = _shaped(c, call["tools"], call["response_format"])
         snap = self._snap  # one snapshot for every routing of this request
         skip = snap.undeployable
         blocked = io.health.blocked()
@@ -414,9 +416,6 @@ class Router:
             skip = skip | set(io.blocked_models(snap.registry, blocked))
         # under a latency SLO, what the deployments have measured replaces the registry's p95
         live = io.live_p95_ms(snap.registry, snap.index) if c.latency_slo_ms is not None else None
-        # Tool definitions and a response schema are prompt tokens too: windows, costs and
-        # a server's budget reservation count them.
-        extra = _extra_text(call["tools"], rf)
         decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra)
         if tuned_cascade and snap.policy.ladder_replaces_floor(decision.task):
             c = Constraints.of(c, quality_floor=0.0)
@@ -444,11 +443,11 @@ class Router:
         """Route skipping `skip`; if that leaves nothing, skipping only `fallback_skip`, so
         that the executor reports each cooldown instead of a bare "no route"."""
         try:
-            return await self._route_off_loop(snap, msgs, c, skip, live, extra)
+            return await self._route_off_loop(snap, msgs, c, skip, live, extra=extra)
         except NoRouteError:
             if skip == fallback_skip:
                 raise
-            return await self._route_off_loop(snap, msgs, c, fallback_skip, live, extra)
+            return await self._route_off_loop(snap, msgs, c, fallback_skip, live, extra=extra)
 
     async def chat(
         self,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .registry import Deployment, LongContext, ModelSpec, Price, Registry, _date
+from .registry import Deployment, ModelSpec, Price, Registry, _date
 
 __all__ = [
     "HOSTS",
@@ -174,9 +174,12 @@ def _safe_date(v: Any) -> date | None:
         return None
 
 
-def _make_price(
-    rates: Mapping[str, float | None], tiers: Iterable[LongContext] = ()
-) -> Price | None:
+# A long-context tier as a source lists it, (above, input, output): checked with the rest of
+# the price in _make_price, so one bad tier makes that entry unpriced (not the whole import).
+_Tier = tuple[float, float, float]
+
+
+def _make_price(rates: Mapping[str, float | None], tiers: Iterable[_Tier] = ()) -> Price | None:
     """A Price from parsed rates, or None (unpriced) when input or output is missing or both
     are 0: a source's 0 means 'not listed' far more often than 'free'."""
     inp, out = rates.get("input"), rates.get("output")
@@ -186,23 +189,23 @@ def _make_price(
     try:
         return Price.from_dict(
             {"input": inp, "output": out, **extra,
-             **({"long_context": [{"above": t.above, "input": t.input, "output": t.output}
-                                  for t in tiers]} if tiers else {})},
+             **({"long_context": [{"above": a, "input": i, "output": o}
+                                  for a, i, o in tiers]} if tiers else {})},
             "imported price",
         )  # fmt: skip
     except ConfigError:
         return None
 
 
-def _litellm_tiers(e: Mapping[str, Any]) -> list[LongContext]:
-    tiers = []
+def _litellm_tiers(e: Mapping[str, Any]) -> list[_Tier]:
+    tiers: list[_Tier] = []
     for k, v in e.items():
         if k.startswith("input_cost_per_token_above_") and k.endswith("k_tokens"):
             n = k[len("input_cost_per_token_above_") : -len("k_tokens")]
             out = _per_token(e.get(f"output_cost_per_token_above_{n}k_tokens"))
             inp = _per_token(v)
             if n.isdigit() and inp is not None and out is not None:
-                tiers.append(LongContext(int(n) * 1000, inp, out))
+                tiers.append((int(n) * 1000, inp, out))
     return tiers
 
 
@@ -288,12 +291,12 @@ def parse_openrouter(data: Mapping[str, Any]) -> Catalogue:
         for k in ("cached_input", "cache_write", "cache_write_1h", "reasoning"):
             if rates[k] == 0:
                 rates[k] = None
-        tiers = []
+        tiers: list[_Tier] = []
         for o in p.get("overrides") or ():  # {min_prompt_tokens, prompt, completion, ...}
             if isinstance(o, Mapping) and (n := _positive_int(o.get("min_prompt_tokens"))):
                 li, lo = _per_token(o.get("prompt")), _per_token(o.get("completion"))
                 if li is not None and lo is not None:
-                    tiers.append(LongContext(n, li, lo))
+                    tiers.append((n, li, lo))
         top = _sub(e, "top_provider")
         params = set(e.get("supported_parameters") or ())
         caps = {"streaming", "system_prompt"}
@@ -339,19 +342,19 @@ def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
                 "cache_write": _per_million(c.get("cache_write")),
                 "reasoning": _per_million(c.get("reasoning")),
             }
-            tiers = []
+            tiers: list[_Tier] = []
             over = c.get("context_over_200k")  # the older field, one tier above 200k
             if not c.get("tiers") and isinstance(over, Mapping):
                 li, lo = _per_million(over.get("input")), _per_million(over.get("output"))
                 if li is not None and lo is not None:
-                    tiers.append(LongContext(200_000, li, lo))
+                    tiers.append((200_000, li, lo))
             for t in c.get("tiers") or ():  # {input, output, tier: {type: context, size}}
                 kind = t.get("tier") if isinstance(t, Mapping) else None
                 if isinstance(kind, Mapping) and kind.get("type") == "context":
                     n = _positive_int(kind.get("size"))
                     li, lo = _per_million(t.get("input")), _per_million(t.get("output"))
                     if n and li is not None and lo is not None:
-                        tiers.append(LongContext(n, li, lo))
+                        tiers.append((n, li, lo))
             lim = _sub(e, "limit")
             caps = {"streaming", "system_prompt"}
             caps |= {"tools"} if e.get("tool_call") else set()

@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any, Literal, TypeAlias, cast
 
 from ._verdict import PASS, Answer, Context, Messages, Validator, Verdict, accept, resolve
@@ -637,7 +638,7 @@ def calibrated(
     if len(validators) != len(weights) or not validators:
         raise ConfigError(f"calibrated: {len(validators)} validators but {len(weights)} weights")
     nums = [*weights, bias, threshold]
-    if not all(not isinstance(v, bool) and isinstance(v, int | float) for v in nums):
+    if not all(not isinstance(v, bool) and isinstance(v, Real) for v in nums):
         raise ConfigError("calibrated: weights, bias and threshold must be numbers")
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"calibrated: threshold must be in [0, 1], got {threshold}")

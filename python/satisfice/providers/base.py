@@ -315,18 +315,20 @@ def parse_json(content: bytes | str) -> Any:
     the decoded strings are scrubbed too whenever the text has a backslash. Anything cut to
     a length for a message is cut after this, never before: a cut key would not match."""
     data = json.loads(content)
-    escaped = b"\\" in content if isinstance(content, bytes) else "\\" in content
-    if not escaped:
-        return data
-    data = scrub_values(data)
-    lone = _LONE_B.search(content) if isinstance(content, bytes) else _LONE.search(content)
+    if isinstance(content, bytes):
+        escaped, lone = b"\\" in content, _LONE_B.search(content) is not None
+    else:
+        escaped, lone = "\\" in content, _LONE.search(content) is not None
+    if escaped:
+        data = scrub_values(data)
     return _map_strings(data, _whole_chars) if lone else data
 
 
-# A \uD800-\uDFFF escape: JSON may spell half of a surrogate pair alone, which decodes to a
-# str that no UTF-8 writer (a response, a log, the token counter) accepts.
+# Half of a surrogate pair, which decodes to a str no UTF-8 writer (a response, a log, the
+# token counter) accepts: JSON may spell one alone as a \uD800-\uDFFF escape, and
+# json.loads(bytes) lets its raw UTF-8 form (ED A0-BF xx) through as well.
 _LONE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-_LONE_B = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LONE_B = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}|\xed[\xa0-\xbf]")
 
 
 def _whole_chars(s: str) -> str:

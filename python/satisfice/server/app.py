@@ -334,18 +334,22 @@ class Service:
         else:  # one answer, from the primary or a fallback
             called = [d.model, *d.fallbacks]
         tokens_in = {c.model: c.tokens_in for c in d.candidates}
-        worst, prompts = [], 0.0
+        # Every deployment's prompt (billed whether it answers or times out), plus what an
+        # answer adds to its prompt: the most of those for one answer, their sum along a
+        # ladder (every step may answer).
+        answers, prompts = [], 0.0
         for mid in called:
             m = reg[mid]
             most = 0.0
             for price in [dep.price or m.price for dep in m.deployments] or [m.price]:
                 if price is None:
                     return math.inf, out
-                est = price.cost(tokens_in[mid], min(out, m.max_output)) + reasoning_usd(m, price)
-                most = max(most, est)
-                prompts += price.cost(tokens_in[mid], 0)
-            worst.append(most)
-        return (sum(worst) if ladder is not None else max(worst)) + prompts, out
+                prompt = price.cost(tokens_in[mid], 0)
+                full = price.cost(tokens_in[mid], min(out, m.max_output)) + reasoning_usd(m, price)
+                most = max(most, full - prompt)
+                prompts += prompt
+            answers.append(most)
+        return prompts + (sum(answers) if ladder is not None else max(answers)), out
 
     async def settle(self, budgets: list[Budget], reserved: float, actual: float) -> None:
         """Settle a reservation; if the store is away, keep it and settle when it is back
@@ -418,6 +422,9 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             if key is not None:
                 meta.update(key=key.name, key_id=key.id, team=key.team)
             constraints = {k: v for k, v in opts.items() if k in _CONSTRAINT_KEYS}
+            # routed as chat() will route it: tools and a schema need models that take them,
+            # and count in the prompt the rate limit and the budget bound see
+            shape = {k: opts[k] for k in ("tools", "response_format") if opts.get(k)}
             if "cascade" in opts:  # the ladder is the policy's: session pins apply to routing
                 routed.session = None
             if routed.session:  # pins are per key: one caller cannot steer another's
@@ -427,7 +434,7 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 if pinned and "allow" not in opts and pinned in svc.router.registry:
                     try:
                         await svc.router.aroute(
-                            routed.messages, {**constraints, "allow": (pinned,)}
+                            routed.messages, {**constraints, "allow": (pinned,)}, **shape
                         )
                         opts["allow"] = constraints["allow"] = (pinned,)
                         meta["session_pin"] = pinned
@@ -439,13 +446,14 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             # one decision for the rate limit's tokens and the budget's bound (chat() routes
             # again, on the snapshot current when it runs)
             d = (
-                await svc.router.aroute(routed.messages, constraints)
+                await svc.router.aroute(routed.messages, constraints, **shape)
                 if limited or budgets
                 else None
             )
             if d is not None and "cascade" in opts and d.policy.ladder_replaces_floor(d.task):
                 # routed as chat() will route it, so the bound covers the whole ladder
-                d = await svc.router.aroute(routed.messages, {**constraints, "quality_floor": 0.0})
+                floor0 = {**constraints, "quality_floor": 0.0}
+                d = await svc.router.aroute(routed.messages, floor0, **shape)
             if limited:
                 assert key is not None and d is not None
                 wait = await svc.state.hit(key.id, key.rpm, key.tpm, d.primary.tokens_in)

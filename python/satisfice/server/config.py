@@ -79,7 +79,7 @@ def _redis_url(v: Any) -> str | None:
 
 def _file(path: str | None, where: str) -> str | None:
     """A file the server writes: not a directory (that failed at the first write)."""
-    if path is not None and Path(path).is_dir():
+    if path is not None and "://" not in path and Path(path).is_dir():
         raise ConfigError(f"{where} {path!r} is a directory; name a file in it")
     return path
 
@@ -222,7 +222,7 @@ class ServerConfig:
             aliases={str(k): dict(v) if isinstance(v, Mapping) else v for k, v in aliases.items()},
             state_backend=str(state.get("backend", "memory")),
             redis_url=_redis_url(state.get("redis_url")),
-            ledger=rel(led.get("target"), "[ledger].target"),
+            ledger=_file(rel(led.get("target"), "[ledger].target"), "[ledger].target"),
             probe_interval_s=None if "interval_s" not in probe
             else _num(probe["interval_s"], "[probe].interval_s"),
             probe_budget_usd=None if "budget_usd" not in probe

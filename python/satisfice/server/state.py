@@ -335,7 +335,8 @@ class RedisState:
         return [VirtualKey(**json.loads(v)) for v in raw.values()]
 
     async def put_team(self, b: Budget) -> None:
-        await self._do(self._r.hset(f"{self._p}teams", b.scope, json.dumps(asdict(b))))
+        stored = {"scope": b.scope, "limit_usd": b.limit_usd, "period": b.period}  # not `at`
+        await self._do(self._r.hset(f"{self._p}teams", b.scope, json.dumps(stored)))
 
     async def team(self, name: str) -> Budget | None:
         raw = await self._do(self._r.hget(f"{self._p}teams", f"team:{name}"))

@@ -390,6 +390,8 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
         ):
             msgs.extend(_tool_blocks(m["role"], content))
             continue
+        if m["role"] == "assistant" and isinstance(content, list):  # see _tool_blocks
+            content = [b for b in content if not _is_thinking(b)]
         msgs.append({"role": m["role"], "content": _to_openai_content(content)})
     opts: dict[str, Any] = {"max_tokens": mt}
     if body.get("temperature") is not None:
@@ -438,6 +440,10 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     return Routed(msgs, model, body.get("stream") is True, False, opts, session_key(session))
 
 
+def _is_thinking(block: Any) -> bool:
+    return isinstance(block, Mapping) and block.get("type") in ("thinking", "redacted_thinking")
+
+
 def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
     """A message with tool_use or tool_result blocks, as OpenAI-shaped messages. Every block
     is carried over or refused (400): none is dropped silently. The one exception is an
@@ -454,7 +460,7 @@ def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
                 args = json.dumps(b.get("input", {}))
                 calls.append({"id": b["id"], "type": "function",
                               "function": {"name": b["name"], "arguments": args}})  # fmt: skip
-            elif kind not in ("thinking", "redacted_thinking"):
+            elif not _is_thinking(b):
                 raise _bad(
                     f"assistant content block type {kind!r} is not supported beside tool_use"
                 )
