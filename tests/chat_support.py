@@ -20,6 +20,19 @@ MODELS = [
 ]
 ORDER = [m[0] for m in MODELS]
 
+# 150 tool definitions, ~40k tokens: over alpha's and beta's windows, within gamma's.
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": f"tool_{i}",
+            "description": "look things up in the archive " * 40,
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+    for i in range(150)
+]
+
 
 def registry(url: str, p95_ms: float = 100.0) -> Registry:
     models: list[dict[str, Any]] = []

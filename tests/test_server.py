@@ -18,7 +18,7 @@ from satisfice.ledger import read_records
 from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream, reply
 
-from .chat_support import registry, wire
+from .chat_support import TOOLS, registry, wire
 from .server_support import running
 
 MASTER = "master-test-key-0123456789abcdef"
@@ -309,24 +309,13 @@ def test_tool_definitions_count_in_the_budget_reservation(served: Any) -> None:
     admin = {"authorization": f"Bearer {MASTER}"}
     k = httpx.post(url + "/admin/keys", headers=admin,
                    json={"name": "tools", "budget_usd": 0.002, "period": "day"}).json()  # fmt: skip
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": f"tool_{i}",
-                "description": "look things up in the archive " * 40,
-                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
-            },
-        }
-        for i in range(150)
-    ]  # ~40k tokens: over alpha's and beta's windows, within gamma's
     before = len(upstream.seen(wire("gamma"))) + len(upstream.seen(wire("delta")))
     with pytest.raises(openai.RateLimitError) as e:
         _client(url, k["key"]).chat.completions.create(
             model="auto",
             messages=[{"role": "user", "content": "hi"}],
             max_tokens=5,
-            tools=tools,  # type: ignore[arg-type]
+            tools=TOOLS,  # type: ignore[arg-type]
         )
     body: Any = e.value.body
     assert body["code"] == "budget_exceeded"

@@ -10,19 +10,7 @@ import pytest
 from satisfice.errors import InputError, NoRouteError
 from satisfice.testing import LocalUpstream
 
-from .chat_support import router
-
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": f"tool_{i}",
-            "description": "look things up in the archive " * 40,
-            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
-        },
-    }
-    for i in range(150)
-]  # fmt: skip  (~40k tokens)
+from .chat_support import TOOLS, router
 
 
 async def test_tools_count_in_windows_and_costs(up: LocalUpstream) -> None:
