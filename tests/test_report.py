@@ -105,3 +105,24 @@ def test_html_report_renders_in_headless_chromium(
     img = mpimg.imread(png)
     assert img.shape[0] == 1400 and img.shape[1] == 1100
     assert img[..., :3].std() > 0.05  # drawn, not a blank page
+
+
+@pytest.mark.parametrize("priced", [2, 0])
+def test_a_task_with_unpriced_requests_counts_them_apart(
+    priced: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The task table counted only priced requests (six became two, as if complete), and
+    a task with none priced divided by zero."""
+    p = tmp_path / "ledger.jsonl"
+    recs = [{"request_id": f"r{i}", "started_at": 1700000000, "outcome": "ok", "task": "general",
+             "model": "priced" if i < priced else "unpriced-model",
+             "total_cost_usd": 0.5 if i < priced else None,
+             "reference_cost_usd": 1.0 if i < priced else None} for i in range(6)]  # fmt: skip
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    t = summarize(rows(p))["tasks"]["general"]
+    assert t["requests"] == 6 and t["unpriced_requests"] == 6 - priced
+    assert t["cost_usd"] == (1.0 if priced else None)
+    assert main(["report", str(p)]) == 0
+    assert "unpriced" in capsys.readouterr().out
+    assert main(["report", str(p), "--html", str(tmp_path / "r.html")]) == 0
+    assert "unpriced" in (tmp_path / "r.html").read_text()

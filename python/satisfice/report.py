@@ -71,7 +71,8 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     n = ok = errors = fell_back = estimated = unpriced = 0
     cost = ref_cost = 0.0
     ref_known = True
-    by_task: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    # per task: [priced requests, their cost, their reference cost, requests, unpriced]
+    by_task: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0, 0])
     by_model: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"n": 0, "cost": 0.0, "lat": [], "fb": [], "p": [], "unpriced": 0}
     )
@@ -104,7 +105,10 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         else:
             ref_cost += rc
         t = by_task[str(r.get("task"))]
-        if c is not None:  # the mean is over priced requests: unpriced is unknown, not $0
+        t[3] += 1
+        if c is None:  # unknown, not $0: counted apart, never in a sum or a mean
+            t[4] += 1
+        else:
             t[0] += 1
             t[1] += c
             t[2] += rc or 0.0
@@ -155,10 +159,12 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "overhead_s": {q: _pct(over, v) for q, v in (("p50", 0.5), ("p99", 0.99))},
         "tasks": {
             k: {
-                "requests": int(v[0]),
-                "cost_usd": v[1],
-                "mean_cost_usd": v[1] / v[0],
-                "reference_cost_usd": v[2],
+                "requests": int(v[3]),
+                "unpriced_requests": int(v[4]),
+                # of the priced requests (None when none was priced)
+                "cost_usd": v[1] if v[0] else None,
+                "mean_cost_usd": v[1] / v[0] if v[0] else None,
+                "reference_cost_usd": v[2] if v[0] else None,
             }
             for k, v in sorted(by_task.items(), key=lambda kv: -kv[1][1])
         },
@@ -223,7 +229,8 @@ def render_text(s: Mapping[str, Any]) -> str:
             _usd(v["mean_cost_usd"]),
             _usd(v["reference_cost_usd"]),
         )
-        out.append(f"{k:<14} {v['requests']:>9,} {cost:>12} {mean:>11} {ref:>13}")
+        partial = f"  (+{v['unpriced_requests']:,} unpriced)" if v["unpriced_requests"] else ""
+        out.append(f"{k:<14} {v['requests']:>9,} {cost:>12} {mean:>11} {ref:>13}{partial}")
     out += ["", f"{'model':<24} {'share':>6} {'cost':>12} {'p50':>10} {'p95':>10} "
             f"{'feedback':>9} {'predicted':>9}"]  # fmt: skip
     for m, v in s["models"].items():
@@ -252,14 +259,15 @@ _PALETTE = ("#3b6ea5", "#e07b39", "#4c9f70", "#c4473a", "#8a63b3", "#b8a038", "#
             "#9c6644", "#6c757d", "#d16ba5")  # fmt: skip
 
 
-def _bars(items: Sequence[tuple[str, float]], width: int = 560) -> str:
+def _bars(items: Sequence[tuple[str, float | None]], width: int = 560) -> str:
+    """Horizontal bars; None (unpriced) gets a stub bar labelled so, never a $0 one."""
     if not items:
         return "<p>no data</p>"
-    top = max(v for _, v in items) or 1.0
+    top = max(v or 0.0 for _, v in items) or 1.0
     h = 24
     parts = [f'<svg width="{width}" height="{h * len(items) + 8}" role="img">']
     for i, (label, v) in enumerate(items):
-        w = max(1.0, (width - 260) * v / top)
+        w = max(1.0, (width - 260) * (v or 0.0) / top)
         y = i * h + 4
         parts.append(
             f'<text x="0" y="{y + 15}" font-size="12">{html.escape(label[:28])}</text>'
