@@ -273,6 +273,11 @@ def test_registry_command_diff_update_and_refusal(
     fix = str(FIX / "litellm_prices.json")
     assert main(["registry", "diff", fix, "--from", "litellm", "--registry", str(base)]) == 0
     assert "sonnet: price.input 0.01 -> 3.0" in capsys.readouterr().out
+    # the README's order, the file after the options (Python 3.11's argparse refused it)
+    assert main(["registry", "diff", "--from", "litellm", fix, "--registry", str(base)]) == 0
+    assert "sonnet: price.input 0.01 -> 3.0" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["registry", "diff", "--from", "litellm", fix, "extra", "--registry", str(base)])
     out = tmp_path / "new.toml"
     args = ["registry", "update", fix, "--from", "litellm", "--registry", str(base),
             "--out", str(out), "--models", "gpt-5.3"]  # fmt: skip

@@ -399,7 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `registry update --from models.dev FILE`: Python 3.11's argparse fills an optional
+    # positional before the options that precede its value, and leaves the value over.
+    registry_file = getattr(args, "command", None) == "registry" and args.location is None
+    if registry_file and len(extra) == 1 and not extra[0].startswith("-"):
+        args.location, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except SatisficeError as e:
