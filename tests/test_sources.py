@@ -435,3 +435,21 @@ def test_one_bad_tier_leaves_that_entry_unpriced_not_the_import_failed() -> None
     c = parse_litellm({"gpt-x": bad, "gpt-y": good})
     assert c.listings[("openai", "gpt-x")].price is None  # its rate overflows: unpriced
     assert c.listings[("openai", "gpt-y")].price is not None
+
+
+@pytest.mark.parametrize(
+    ("source", "data"),
+    [
+        ("openrouter", {"data": [{"id": "a/b", "supported_parameters": 5,
+                                  "pricing": {"prompt": "0.000001", "completion": "0.000002",
+                                              "overrides": True}}]}),
+        ("models.dev", {"openai": {"models": {"m": {"cost": {"input": 1, "output": 2,
+                                                              "tiers": 7}}}}}),
+    ],
+)  # fmt: skip
+def test_mistyped_list_fields_are_skipped_not_fatal(source: str, data: dict[str, Any]) -> None:
+    """A number where a list belongs stopped the whole catalogue (and killed the refresh
+    task for good)."""
+    from satisfice.sources import parse
+
+    assert parse(source, data).listings  # the entry is read, its odd field ignored

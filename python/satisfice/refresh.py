@@ -99,9 +99,10 @@ class RegistryRefresher:
         while True:
             try:
                 await self.refresh()
-            except SatisficeError as e:
+            except Exception as e:  # any failure: the old registry stays, the loop goes on
                 self.failures += 1
-                _log.warning("registry refresh from %s failed: %s", self.source, e,
+                why = str(e) if isinstance(e, SatisficeError) else f"{type(e).__name__}: {e}"
+                _log.warning("registry refresh from %s failed: %s", self.source, why[:500],
                              extra={"event": "registry_refresh_failed"})  # fmt: skip
             await asyncio.sleep(self.interval_s)
 

@@ -167,6 +167,13 @@ def _sub(e: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return v if isinstance(v, Mapping) else {}
 
 
+def _seq(e: Mapping[str, Any], key: str, default: Sequence[Any] = ()) -> Sequence[Any]:
+    """`e[key]` when it is a list, else `default`: one mistyped field (a number where a list
+    belongs) must not stop a whole catalogue, nor a background refresh, from loading."""
+    v = e.get(key)
+    return v if isinstance(v, list | tuple) else default
+
+
 def _safe_date(v: Any) -> date | None:
     try:
         return _date(v, "")
@@ -275,7 +282,7 @@ def parse_openrouter(data: Mapping[str, Any]) -> Catalogue:
         if not isinstance(e, Mapping) or not isinstance(mid := e.get("id"), str):
             continue
         arch = _sub(e, "architecture")
-        out_mod = arch.get("output_modalities") or ["text"]
+        out_mod = _seq(arch, "output_modalities") or ["text"]
         if "text" not in out_mod:
             continue
         p = _sub(e, "pricing")
@@ -292,18 +299,18 @@ def parse_openrouter(data: Mapping[str, Any]) -> Catalogue:
             if rates[k] == 0:
                 rates[k] = None
         tiers: list[_Tier] = []
-        for o in p.get("overrides") or ():  # {min_prompt_tokens, prompt, completion, ...}
+        for o in _seq(p, "overrides"):  # {min_prompt_tokens, prompt, completion, ...}
             if isinstance(o, Mapping) and (n := _positive_int(o.get("min_prompt_tokens"))):
                 li, lo = _per_token(o.get("prompt")), _per_token(o.get("completion"))
                 if li is not None and lo is not None:
                     tiers.append((n, li, lo))
         top = _sub(e, "top_provider")
-        params = set(e.get("supported_parameters") or ())
+        params = {x for x in _seq(e, "supported_parameters") if isinstance(x, str)}
         caps = {"streaming", "system_prompt"}
         caps |= {"tools"} if "tools" in params else set()
         caps |= {"json"} if {"response_format", "structured_outputs"} & params else set()
         caps |= {"reasoning"} if {"reasoning", "include_reasoning"} & params else set()
-        caps |= {"vision"} if "image" in (arch.get("input_modalities") or ()) else set()
+        caps |= {"vision"} if "image" in _seq(arch, "input_modalities") else set()
         caps |= {"logprobs"} if "logprobs" in params else set()
         listings[("openrouter", mid)] = Listing(
             "openrouter",
@@ -330,7 +337,7 @@ def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
             if not isinstance(e, Mapping):
                 continue
             mods = _sub(e, "modalities")
-            if "text" not in (mods.get("output") or ["text"]) or "embedding" in (
+            if "text" not in (_seq(mods, "output") or ["text"]) or "embedding" in (
                 f"{mid} {e.get('family', '')}"
             ):
                 continue
@@ -348,7 +355,7 @@ def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
                 li, lo = _per_million(over.get("input")), _per_million(over.get("output"))
                 if li is not None and lo is not None:
                     tiers.append((200_000, li, lo))
-            for t in c.get("tiers") or ():  # {input, output, tier: {type: context, size}}
+            for t in _seq(c, "tiers"):  # {input, output, tier: {type: context, size}}
                 kind = t.get("tier") if isinstance(t, Mapping) else None
                 if isinstance(kind, Mapping) and kind.get("type") == "context":
                     n = _positive_int(kind.get("size"))
@@ -360,7 +367,7 @@ def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
             caps |= {"tools"} if e.get("tool_call") else set()
             caps |= {"reasoning"} if e.get("reasoning") else set()
             caps |= {"json"} if e.get("structured_output") else set()
-            caps |= {"vision"} if "image" in (mods.get("input") or ()) else set()
+            caps |= {"vision"} if "image" in _seq(mods, "input") else set()
             # models.dev has no retirement date, only a status: a deprecated model is taken
             # as retired from the day it was seen so.
             retired = e.get("status") == "deprecated"
