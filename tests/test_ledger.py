@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -380,3 +381,55 @@ def test_a_failed_requests_record_counts_what_may_be_billed() -> None:
     assert total([answered, cut_priced, refused]) == pytest.approx(13e-6)
     assert total([answered, cut_unpriced]) is None
     assert total([refused]) is None  # nothing billed: no total to state
+
+
+def test_odd_metadata_is_written_as_strict_json(tmp_path: Path) -> None:
+    """NaN was written as a bare NaN token (not JSON: jq and JSON.parse reject the line),
+    and a self-referencing dict failed its record."""
+    from satisfice.ledger import Ledger
+
+    cyc: dict[str, Any] = {}
+    cyc["self"] = cyc
+    p = tmp_path / "l.jsonl"
+    led = Ledger.open(p)
+    led.put({"request_id": "a", "metadata": {"x": float("nan"), "y": float("inf"), "c": cyc}})
+    assert led.flush(5.0)
+    led.close()
+
+    def strict(tok: str) -> None:
+        raise ValueError(f"not JSON: {tok}")
+
+    (line,) = p.read_text().splitlines()
+    rec = json.loads(line, parse_constant=strict)
+    assert rec["metadata"] == {"x": None, "y": None, "c": {"self": "<cycle>"}}
+
+
+def test_a_record_the_sink_refuses_alone_is_dropped_once_others_arrive() -> None:
+    """Alone in its batch, a refused record was retried forever, every later one behind it."""
+    from satisfice.ledger import Ledger
+
+    class Picky:
+        def __init__(self) -> None:
+            self.rows: list[str] = []
+
+        def write(self, records: Any) -> None:
+            if any(r["request_id"] == "bad" for r in records):
+                raise ValueError("refused")
+            self.rows += [r["request_id"] for r in records]
+
+        def feedback(self, rows: Any) -> None: ...
+
+        def expire(self, before_ts: float) -> int:
+            return 0
+
+        def close(self) -> None: ...
+
+    sink = Picky()
+    led = Ledger(sink)  # type: ignore[arg-type]
+    led.put({"request_id": "bad"})
+    time.sleep(0.6)  # it fails alone a few times (backoff 0.05, 0.1, 0.2 s)
+    for i in range(3):
+        led.put({"request_id": f"ok{i}"})
+    assert led.flush(10.0)
+    led.close()
+    assert sink.rows == ["ok0", "ok1", "ok2"] and led.dropped == 1

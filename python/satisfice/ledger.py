@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -92,20 +93,25 @@ def _int(v: Any) -> int | None:
 
 
 def _json(rec: Mapping[str, Any]) -> str:
-    """The record as JSON, whatever the caller put in its metadata (non-string keys and
-    odd values are made strings rather than failing the batch)."""
+    """The record as strict JSON, whatever the caller put in its metadata: non-string keys
+    and odd values become strings, NaN and infinities null (bare NaN is not JSON, and strict
+    readers of a JSONL file reject the line), a cycle or a deep nest a marker, rather than
+    failing the batch."""
     try:
-        return json.dumps(rec, default=str, separators=(",", ":"))
-    except (TypeError, ValueError):
-        return json.dumps(_plain(rec), default=str, separators=(",", ":"))
+        return json.dumps(rec, default=str, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return json.dumps(_plain(rec), default=str, separators=(",", ":"), allow_nan=False)
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, list | tuple | set | frozenset):
-        return [_plain(x) for x in v]
-    if isinstance(v, float) and v != v:
+def _plain(v: Any, depth: int = 0, seen: frozenset[int] = frozenset()) -> Any:
+    if isinstance(v, Mapping | list | tuple | set | frozenset):
+        if id(v) in seen or depth > 64:
+            return "<cycle>" if id(v) in seen else "<nested too deep>"
+        inner = seen | {id(v)}
+        if isinstance(v, Mapping):
+            return {str(k): _plain(x, depth + 1, inner) for k, x in v.items()}
+        return [_plain(x, depth + 1, inner) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
         return None
     return v if isinstance(v, str | int | float | bool) or v is None else str(v)
 
@@ -561,7 +567,10 @@ class Ledger:
             with self._cv:
                 if not self._q and not self._fb and not pending and not self._closing:
                     self._cv.wait(self.flush_interval_s)
-            if not pending:
+            # A lone record that keeps failing takes company from the queue: with others
+            # beside it, _isolate can tell a record the sink refuses from a sink that is down
+            # (alone, it would be retried forever with every later record behind it).
+            if not pending or (streak >= 3 and len(pending) == 1):
                 items = self._take()
                 for it in items:
                     try:
