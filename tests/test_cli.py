@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from satisfice.cli import main
+
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -54,3 +58,37 @@ def test_demo_runs() -> None:
     out = json.loads(p.stdout)
     assert len(out["routes"]) >= 10
     assert out["total_est_cost_usd"] < out["total_reference_cost_usd"]
+
+
+def _bad_files(tmp: Path) -> list[tuple[list[str], str]]:
+    (tmp / "adir").mkdir()
+    (tmp / "notdb.db").write_bytes(b"this is not sqlite")
+    (tmp / "empty.db").write_bytes(b"")
+    (tmp / "scalar.jsonl").write_text("5\n")
+    (tmp / "noid.jsonl").write_text('{"outcome": "ok"}\n')
+    (tmp / "isots.jsonl").write_text('{"request_id": "a", "started_at": "2025-01-01"}\n')
+    (tmp / "ok.jsonl").write_text('{"request_id": "a", "started_at": 1700000000}\n')
+    (tmp / "binary.jsonl").write_bytes(b"\xbb\xff\x00")
+    d = str(tmp / "adir")
+    return [
+        (["report", str(tmp / "notdb.db")], "not a satisfice ledger"),
+        (["report", str(tmp / "empty.db")], "not a satisfice ledger"),
+        (["report", d], "directory"),
+        (["report", str(tmp / "scalar.jsonl")], "line 1: not a satisfice record"),
+        (["report", str(tmp / "noid.jsonl")], "line 1: not a satisfice record"),
+        (["report", str(tmp / "isots.jsonl")], "started_at"),
+        (["report", str(tmp / "ok.jsonl"), "--html", d], "directory"),
+        (["route", "--file", d], "directory"),
+        (["count", d], "directory"),
+        (["eval", "--format", "outcomes", str(tmp / "binary.jsonl"), "--quiet"], "UTF-8"),
+    ]
+
+
+@pytest.mark.parametrize("i", range(10))
+def test_bad_files_are_a_clear_error_not_a_traceback(
+    i: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv, why = _bad_files(tmp_path)[i]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert why in err and "Traceback" not in err, err

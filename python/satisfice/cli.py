@@ -416,6 +416,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `satisfice demo | head`: the reader left; not an error
         sys.stderr.close()
         return 0
+    except (OSError, UnicodeDecodeError) as e:  # a file named on the command line
+        why = (
+            f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename
+            else "a file is not UTF-8 text" if isinstance(e, UnicodeDecodeError)
+            else str(e)
+        )  # fmt: skip
+        print(f"satisfice {args.command}: error: {why}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -649,24 +649,9 @@ def read_records(target: str | Path) -> Iterator[dict[str, Any]]:
     if not p.exists():
         raise ConfigError(f"ledger {p} does not exist")
     if t.endswith((".jsonl", ".ndjson")):
-        scores: dict[str, float] = {}
-        recs = []
-        with p.open(encoding="utf-8") as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line after a crash
-                if "request_id" not in r and isinstance(r.get("feedback"), dict):
-                    scores[r["feedback"]["request_id"]] = r["feedback"]["score"]
-                else:
-                    recs.append(r)
-        for r in recs:
-            if r["request_id"] in scores:
-                r["feedback"] = scores[r["request_id"]]
-            yield r
+        yield from _read_jsonl(p)
         return
-    db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+    db = open_ledger_db(p)
     try:
         scores = dict(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"))
         for (text,) in db.execute("SELECT record FROM requests ORDER BY ts"):
@@ -674,8 +659,67 @@ def read_records(target: str | Path) -> Iterator[dict[str, Any]]:
             if r["request_id"] in scores:
                 r["feedback"] = scores[r["request_id"]]
             yield r
+    except sqlite3.DatabaseError as e:
+        raise ConfigError(f"ledger {p} cannot be read: SQLite says {e}") from None
     finally:
         db.close()
+
+
+def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
+    """A JSONL ledger's records (a torn last line after a crash is skipped); a line that is
+    JSON but no record is an error naming it, not a traceback in whatever reads it."""
+    if p.is_dir():
+        raise ConfigError(f"ledger {p} is a directory, not a JSONL file")
+    scores: dict[str, Any] = {}
+    recs = []
+    try:
+        with p.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    r = json.loads(line)
+                except (ValueError, RecursionError):
+                    continue
+                fb = r.get("feedback") if isinstance(r, dict) else None
+                if isinstance(r, dict) and "request_id" not in r and isinstance(fb, dict):
+                    scores[str(fb.get("request_id"))] = fb.get("score")
+                    continue
+                if not isinstance(r, dict) or not isinstance(r.get("request_id"), str):
+                    raise ConfigError(
+                        f"ledger {p}, line {n}: not a satisfice record (a JSON object with a "
+                        "string request_id)"
+                    )
+                ts = r.get("started_at")
+                if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
+                    raise ConfigError(
+                        f"ledger {p}, line {n}: started_at must be a Unix time in seconds, "
+                        f"got {ts!r:.40}"
+                    )
+                recs.append(r)
+    except UnicodeDecodeError:
+        raise ConfigError(f"ledger {p} is not UTF-8 text (a JSONL ledger)") from None
+    for r in recs:
+        if r["request_id"] in scores:
+            r["feedback"] = scores[r["request_id"]]
+        yield r
+
+
+def open_ledger_db(p: Path) -> sqlite3.Connection:
+    """A SQLite ledger, read-only, checked to be one: a directory, another file or another
+    database is an error naming it."""
+    if p.is_dir():
+        raise ConfigError(f"ledger {p} is a directory, not a ledger file")
+    try:
+        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as e:
+        raise ConfigError(
+            f"ledger {p} is not a satisfice ledger (SQLite says: {e}); a JSONL ledger must "
+            "end in .jsonl"
+        ) from None
+    if not {"requests", "feedback"} <= names:
+        db.close()
+        raise ConfigError(f"ledger {p} is a database but not a satisfice ledger (no records)")
+    return db
 
 
 def _read_pg(dsn: str) -> Iterable[dict[str, Any]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .ledger import _NAMES, _row, read_records
+from .ledger import _NAMES, _row, open_ledger_db, read_records
 
 __all__ = ["render_html", "render_text", "rows", "summarize"]
 
@@ -32,7 +32,7 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
         p = Path(t)
         if not p.exists():
             raise ConfigError(f"ledger {p} does not exist")
-        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        db = open_ledger_db(p)
         try:
             scores = dict(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"))
             cols = [n for n in _NAMES if n != "record"]
@@ -43,6 +43,8 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
                 r["feedback"] = scores.get(r["request_id"])
                 r["steps"] = _steps(json.loads(values[-1])) if values[-1] else []
                 yield r
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"ledger {p} cannot be read: SQLite says {e}") from None
         finally:
             db.close()
         return

@@ -196,8 +196,8 @@ def _inputs(
     """The policy to update (a new one if the file is absent) with its predictor path, and
     the registry (the bundled one by default)."""
     path = Path(policy_path)
+    policy = Policy.load(path) if path.is_file() else Policy()  # checks the file first
     raw: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    policy = Policy.load(path) if path.is_file() else Policy()
     predictor_path = str(predictor) if predictor else raw.get("predictor")
     if predictor:
         policy = replace(policy, quality=QualityModel.load(predictor))
