@@ -426,3 +426,15 @@ def test_thinking_is_left_out_of_any_assistant_turn() -> None:
         {"model": "auto", "max_tokens": 9, "messages": [user, turn, user]}, {}
     )
     assert r.messages[1] == {"role": "assistant", "content": [{"type": "text", "text": "hello"}]}
+
+
+def test_a_revoked_key_cannot_be_patched_back(served: Any) -> None:
+    url, *_ = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    k = httpx.post(url + "/admin/keys", headers=admin, json={"name": "gone"}).json()
+    assert httpx.delete(url + f"/admin/keys/{k['id']}", headers=admin).json()["revoked"]
+    r = httpx.patch(url + f"/admin/keys/{k['id']}", headers=admin, json={"rpm": 5})
+    assert r.status_code == 409 and "revoked" in r.json()["error"]["message"]
+    auth = {"authorization": f"Bearer {k['key']}"}
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(url + "/v1/chat/completions", json=body, headers=auth).status_code == 401

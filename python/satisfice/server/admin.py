@@ -134,10 +134,14 @@ def admin_routes(svc: Service) -> list[Route]:
         raise ConfigError(f"no key with id {kid!r}")
 
     async def update_key(request: Request) -> Response:
-        k = await _find(request.path_params["kid"])
-        k = replace(k, **checked(await body(request)))
-        await svc.state.put_key(k)
-        return JSONResponse(k.public())
+        change = checked(await body(request))  # the body first: the key is read just before
+        old = await _find(request.path_params["kid"])
+        if old.revoked:
+            return _err(409, f"key {old.id!r} is revoked; create a new one")
+        new = replace(old, **change)
+        if not await svc.state.replace_key(old, new):  # a revoke or PATCH came in between
+            return _err(409, f"key {old.id!r} changed meanwhile; read it and try again")
+        return JSONResponse(new.public())
 
     async def revoke_key(request: Request) -> Response:
         k = replace(await _find(request.path_params["kid"]), revoked=True)

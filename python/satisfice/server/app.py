@@ -241,14 +241,29 @@ class Service:
             if isinstance(self.health, SharedHealth):
                 with contextlib.suppress(Exception):
                     await self.health.sync()
-            while self.unsettled:
-                budgets, reserved, actual = self.unsettled[0]
-                try:
-                    await self.state.settle(budgets, reserved, actual)
-                except StateUnavailable:
-                    break
-                self.unsettled.pop(0)
+            await self._settle_queued()
             await asyncio.sleep(0.2)
+
+    async def _settle_queued(self, deadline: float | None = None) -> None:
+        """Settle what the store missed, in order, while it answers; with a `deadline`
+        (shutdown), keep trying until then, and log what is left (those holds stay until
+        their budget period ends)."""
+        while self.unsettled:
+            budgets, reserved, actual = self.unsettled[0]
+            try:
+                await self.state.settle(budgets, reserved, actual)
+            except StateUnavailable:
+                if deadline is None or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+                continue
+            self.unsettled.pop(0)
+        if deadline is not None and self.unsettled:
+            _log.error(
+                "shutting down with %d settlement(s) the budget store never took: their "
+                "holds stay until the budget period ends", len(self.unsettled),
+                extra={"event": "settlements_lost"},
+            )  # fmt: skip
 
     async def shutdown(self) -> None:
         self.ready = self.started = False
@@ -261,6 +276,7 @@ class Service:
                 self.health.save(self.config.health_file)
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+        await self._settle_queued(deadline=time.monotonic() + 10.0)
         await self.router.aclose()
         if self.router.ledger is not None:
             self.router.ledger.close()
@@ -327,7 +343,7 @@ class Service:
         the next is tried (timeouts are not retried on the same deployment). Unpriced:
         infinite (refused under a budget)."""
         out = int(max_tokens or 4 * max(d.tokens_out, 256))
-        reg = self.router.registry
+        reg = d.registry  # the snapshot it was routed on: a reload meanwhile changes nothing
         ladder = tuned_ladder(d)[0] if cascade else None
         if ladder is not None:  # a cascade may call every model of its ladder once
             called = [m for step in ladder.steps for m in step.models]

@@ -125,6 +125,7 @@ class MemoryState:
         self._reserved: dict[str, int] = {}
         self._windows: dict[str, int] = {}
         self._pins: dict[str, tuple[str, float]] = {}
+        self._pin_sweep_at = 10_000
         self.cooldowns: dict[str, tuple[float, str]] = {}
 
     async def close(self) -> None:
@@ -133,6 +134,13 @@ class MemoryState:
     # keys ------------------------------------------------------------------------------------
     async def put_key(self, k: VirtualKey) -> None:
         self.keys[k.id] = k
+
+    async def replace_key(self, old: VirtualKey, new: VirtualKey) -> bool:
+        """Write `new` only if the stored key is still `old` (False: it changed meanwhile)."""
+        if self.keys.get(old.id) != old:
+            return False
+        self.keys[old.id] = new
+        return True
 
     async def key_by_secret(self, secret: str) -> VirtualKey | None:
         h = hash_key(secret)
@@ -204,7 +212,13 @@ class MemoryState:
         return v[0] if v and v[1] > time.time() else None
 
     async def set_pin(self, session: str, model: str, ttl_s: float = 3600) -> None:
-        self._pins[session] = (model, time.time() + ttl_s)
+        now = time.time()
+        self._pins[session] = (model, now + ttl_s)
+        # Expired pins go, a sweep each time the dict doubles: a caller may send a new
+        # session id with every request, and the memory must not grow with them.
+        if len(self._pins) > self._pin_sweep_at:
+            self._pins = {k: v for k, v in self._pins.items() if v[1] > now}
+            self._pin_sweep_at = max(2 * len(self._pins), 10_000)
 
     async def push_cooldown(self, key: str, until: float, why: str) -> None:
         self.cooldowns[key] = (until, why)
@@ -221,6 +235,13 @@ def _nano(usd: float) -> int:
 def _nano_up(usd: float) -> int:
     return int(-(-usd * NANO // 1))
 
+
+# KEYS[1] the keys hash; ARGV: id, the JSON read, the JSON to write.
+_CAS = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
 
 _RESERVE = """
 local amount = tonumber(ARGV[1])
@@ -287,6 +308,7 @@ class RedisState:
         self._reserve = self._r.register_script(_RESERVE)
         self._settle = self._r.register_script(_SETTLE)
         self._hit = self._r.register_script(_HIT)
+        self._cas = self._r.register_script(_CAS)
         self._key_cache: dict[str, tuple[VirtualKey, float]] = {}
         self.errors = 0
 
@@ -299,9 +321,12 @@ class RedisState:
 
         try:
             return await coro
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+        except (redis.exceptions.RedisError, OSError) as e:
+            # Unreachable, or refusing (OOM, READONLY, a failover): either way the state is
+            # not available, and each caller's documented outage behaviour applies (a raw
+            # ResponseError had turned a billed answer into a 500 and left its hold).
             self.errors += 1
-            raise StateUnavailable(f"redis unreachable: {type(e).__name__}") from None
+            raise StateUnavailable(f"redis unavailable: {type(e).__name__}") from None
 
     # keys ------------------------------------------------------------------------------------
     async def put_key(self, k: VirtualKey) -> None:
@@ -309,6 +334,16 @@ class RedisState:
         await self._do(self._r.hset(f"{self._p}keys", k.id, data))
         await self._do(self._r.hset(f"{self._p}key_hash", k.key_hash, k.id))
         self._key_cache.pop(k.key_hash, None)
+
+    async def replace_key(self, old: VirtualKey, new: VirtualKey) -> bool:
+        """Write `new` only if the stored key is still `old`, atomically (a compare-and-set
+        in Lua): a PATCH must not write back a copy read before another replica's revoke."""
+        ok = await self._do(
+            self._cas(keys=[f"{self._p}keys"], args=[old.id, json.dumps(asdict(old)),
+                                                      json.dumps(asdict(new))])
+        )  # fmt: skip
+        self._key_cache.pop(new.key_hash, None)
+        return bool(int(ok))
 
     async def key_by_secret(self, secret: str) -> VirtualKey | None:
         h = hash_key(secret)

@@ -1,7 +1,10 @@
-"""A reservation is settled in the period it was made in: a request that reserves before
+"""The server's state stores, memory and Redis alike (a real redis-server on loopback).
+
+A reservation is settled in the period it was made in: a request that reserves before
 midnight and is answered after it releases yesterday's hold and counts there, leaving the new
 day's budget whole (settling under the new day left a negative hold that let the key spend
-up to twice its limit). Memory and Redis state alike."""
+up to twice its limit). A key is replaced only if nobody changed it meanwhile (a PATCH wrote
+back a copy read before a revoke, and un-revoked the key)."""
 
 from __future__ import annotations
 
@@ -49,3 +52,41 @@ async def test_a_reservation_settles_in_its_own_period(
     assert await state.spent(pinned) == (pytest.approx(0.03), 0.0)  # yesterday: settled there
     assert await state.reserve([b.pinned()], 0.05) is None  # the whole new day is there
     assert await state.reserve([b.pinned()], 0.001) is not None  # and no more
+
+
+async def test_a_key_is_replaced_only_if_unchanged(state: MemoryState | RedisState) -> None:
+    from dataclasses import replace
+
+    from satisfice.server.state import VirtualKey
+
+    k, _ = VirtualKey.new("team-a", budget_usd=1.0)
+    await state.put_key(k)
+    revoked = replace(k, revoked=True)
+    assert await state.replace_key(k, revoked)
+    assert not await state.replace_key(k, replace(k, rpm=5))  # read before the revoke
+    (stored,) = await state.list_keys()
+    assert stored.revoked and stored.rpm is None
+
+
+async def test_expired_session_pins_do_not_accumulate() -> None:
+    s = MemoryState()
+    for i in range(25_000):
+        await s.set_pin(f"s{i}", "m", ttl_s=-1.0)  # already expired
+    assert len(s._pins) <= 10_001
+
+
+async def test_a_refusing_redis_is_unavailable_state() -> None:
+    """OOM or READONLY replies are not a reachable store either (a raw ResponseError gave
+    a 500 and left the hold)."""
+    import redis.exceptions
+
+    from satisfice.server.state import StateUnavailable
+
+    s = RedisState("redis://127.0.0.1:1/0")
+
+    async def refuse() -> None:
+        raise redis.exceptions.ResponseError("OOM command not allowed")
+
+    with pytest.raises(StateUnavailable, match="ResponseError"):
+        await s._do(refuse())
+    await s.close()
