@@ -438,3 +438,17 @@ def test_a_revoked_key_cannot_be_patched_back(served: Any) -> None:
     auth = {"authorization": f"Bearer {k['key']}"}
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
     assert httpx.post(url + "/v1/chat/completions", json=body, headers=auth).status_code == 401
+
+
+def test_tpm_counts_the_output_a_request_may_take(served: Any) -> None:
+    """tpm counted prompts only: a key with tpm=200 took 25 requests and 15,050 tokens in a
+    minute. Now each request counts its prompt and its max_tokens."""
+    url, *_ = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    k = httpx.post(url + "/admin/keys", headers=admin, json={"name": "t", "tpm": 200}).json()
+    c = _client(url, k["key"])
+    msgs = [{"role": "user", "content": "hi"}]
+    for _ in range(3):  # ~10 prompt tokens + 50 each
+        c.chat.completions.create(model="auto", messages=msgs, max_tokens=50)  # type: ignore[arg-type]
+    with pytest.raises(openai.RateLimitError, match="rate limit"):
+        c.chat.completions.create(model="auto", messages=msgs, max_tokens=50)  # type: ignore[arg-type]

@@ -472,7 +472,14 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 d = await svc.router.aroute(routed.messages, floor0, **shape)
             if limited:
                 assert key is not None and d is not None
-                wait = await svc.state.hit(key.id, key.rpm, key.tpm, d.primary.tokens_in)
+                # tokens a minute: the prompt and the output it may take (max_tokens, else
+                # the expectation the call will be capped at), counted at admission as
+                # OpenAI's own limiter does; the prompt alone let completions run unbounded
+                out = int(opts.get("max_tokens") or 4 * max(d.tokens_out, 256))
+                if key.tpm is not None:
+                    opts.setdefault("max_tokens", out)  # the count holds only if the call does
+                tokens = d.primary.tokens_in + out
+                wait = await svc.state.hit(key.id, key.rpm, key.tpm, tokens)
                 if wait is not None:
                     svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
                     raise HTTPError(
