@@ -433,3 +433,25 @@ def test_a_record_the_sink_refuses_alone_is_dropped_once_others_arrive() -> None
     assert led.flush(10.0)
     led.close()
     assert sink.rows == ["ok0", "ok1", "ok2"] and led.dropped == 1
+
+
+async def test_a_stream_closed_early_is_recorded_with_what_it_may_cost(tmp_path: Path) -> None:
+    """A caller who left mid-stream left no record, and a server settled its whole
+    reservation: now the attempt keeps an estimate (prompt and text so far)."""
+    from satisfice.testing import LocalUpstream, reply
+
+    from .chat_support import router
+
+    text = " ".join(f"w{i}" for i in range(200))
+    with LocalUpstream(default=reply(text, chunk_delay=0.01)) as up:
+        async with router(up.url).attach(ledger=tmp_path / "l.db") as r:
+            s = r.stream("hello")
+            async for d in s:
+                if d.text:
+                    break
+            await s.aclose()
+            (a,) = s.attempts
+            assert a.outcome == "cancelled" and a.cost_estimated and a.cost_usd
+            assert r.ledger is not None and r.ledger.flush(5.0)
+    (rec,) = list(read_records(tmp_path / "l.db"))
+    assert rec["error_type"] == "ClientClosedStream" and rec["total_cost_usd"] == a.cost_usd

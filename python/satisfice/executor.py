@@ -830,6 +830,20 @@ class Executor:
                 result.started_at = started_at
             result.metadata = metadata
             yield StreamDelta(done=True, result=result)
+        except (GeneratorExit, asyncio.CancelledError):
+            # The caller left mid-stream (closed the stream, or its task was cancelled, as a
+            # server's is when its client hangs up): the upstream bills what it sent, so the attempt
+            # keeps an estimate of that (prompt and text so far) for the record and budgets.
+            now = perf_counter()
+            run.upstream_s += now - started
+            usage = self._prompt_usage(run, t, "".join(delivered))
+            run.attempts.append(Attempt(
+                t.model, t.dep.name, "cancelled", started - run.t0, now - started,
+                "ClientClosedStream", "the caller closed the stream before its end",
+                usage=usage, cost_usd=cost_of(t.price, usage), cost_estimated=True,
+                step=run.step,
+            ))  # fmt: skip
+            raise
         except ProviderError as e:
             text = "".join(delivered)
             self._failed(run, t, e, started, streamed=text)
@@ -1009,10 +1023,17 @@ class ChatStream:
     exit releases the connection at once.
     """
 
-    __slots__ = ("_gen",)
+    __slots__ = ("_gen", "_runs")
 
-    def __init__(self, gen: AsyncIterator[StreamDelta]) -> None:
+    def __init__(self, gen: AsyncIterator[StreamDelta], runs: Sequence[Run] = ()) -> None:
         self._gen = gen
+        self._runs = runs  # filled once the request is routed
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        """The calls made so far, each with its (estimated) cost: what a caller that leaves
+        early, such as a server settling a budget, may have been billed for."""
+        return list(self._runs[0].attempts) if self._runs else []
 
     def __aiter__(self) -> AsyncIterator[StreamDelta]:
         return self._gen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
@@ -75,6 +76,13 @@ def _route_inline(msgs: list[dict[str, Any]], extra: str | None = None) -> bool:
     prompt) or must wait for the tokenizers' build (a process's first second)."""
     size = _text_bytes(msgs) + (len(extra) if extra else 0)
     return size < _ROUTE_INLINE_BYTES and _core.tokenizers_ready()
+
+
+class ClientClosedStream(Exception):
+    """The record's error for a stream its caller closed before the end."""
+
+    def __init__(self) -> None:
+        super().__init__("the caller closed the stream before its end")
 
 
 def _shaped(c: Constraints, tools: Any, rf: Any) -> tuple[Constraints, str | None]:
@@ -547,27 +555,33 @@ class Router:
         """
         from .executor import ChatStream
 
-        return ChatStream(self._stream(messages, constraints, options))
+        runs: list[Run] = []
+        return ChatStream(self._stream(messages, constraints, options, runs), runs)
 
     async def _stream(
         self,
         messages: Messages,
         constraints: Constraints | Mapping[str, Any] | None,
         options: RequestOptions,
+        runs: list[Run],
     ) -> AsyncIterator[StreamDelta]:
         t0, started_at = perf_counter(), time()
         rec, run = self._rec, None
         try:
             io, run, metadata = await self._begin(messages, constraints, options, t0)
+            runs.append(run)  # the stream's own view of its attempts (ChatStream.attempts)
             inner = io.stream(run, started_at=started_at, metadata=metadata)
         except SatisficeError as e:
             if rec is not None:
                 self._record_failure(rec, e, run, started_at, t0, options)
             raise
+        done = False
         try:
             async for delta in inner:
-                if delta.done and rec is not None:
-                    rec.result(delta.result, messages)
+                if delta.done:
+                    done = True
+                    if rec is not None:
+                        rec.result(delta.result, messages)
                 yield delta
         except SatisficeError as e:
             if rec is not None:
@@ -575,6 +589,13 @@ class Router:
             raise
         finally:  # an early exit releases the upstream connection now, not at collection
             await inner.aclose()
+            import asyncio  # loaded already (we are in a coroutine)
+
+            left = sys.exc_info()[0] in (GeneratorExit, asyncio.CancelledError, None)
+            if not done and rec is not None and left:
+                # the caller left before the end: a request, with what it may have cost
+                # (the attempt the executor kept), in the record like any other
+                self._record_failure(rec, ClientClosedStream(), run, started_at, t0, options)
 
     def enable(self, model: str, deployment: str | None = None) -> None:
         """Put a disabled or cooling deployment (all of the model's, by default) back in

@@ -47,6 +47,7 @@ from ..executor import tuned_ladder
 from ..metrics import Metrics
 from ..policy import Policy, reasoning_usd
 from ..registry import Registry
+from ..result import billed_cost
 from ..router import Router
 from ..state import Health
 from . import wire
@@ -475,10 +476,10 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 # tokens a minute: the prompt and the output it may take (max_tokens, else
                 # the expectation the call will be capped at), counted at admission as
                 # OpenAI's own limiter does; the prompt alone let completions run unbounded
-                out = int(opts.get("max_tokens") or 4 * max(d.tokens_out, 256))
+                cap = int(opts.get("max_tokens") or 4 * max(d.tokens_out, 256))
                 if key.tpm is not None:
-                    opts.setdefault("max_tokens", out)  # the count holds only if the call does
-                tokens = d.primary.tokens_in + out
+                    opts.setdefault("max_tokens", cap)  # the count holds only if the call does
+                tokens = d.primary.tokens_in + cap
                 wait = await svc.state.hit(key.id, key.rpm, key.tpm, tokens)
                 if wait is not None:
                     svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
@@ -617,6 +618,26 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
     return app
 
 
+async def _close_and_settle(
+    svc: Service, s: Any, reserved: tuple[list[Budget], float] | None, settled: float | None
+) -> None:
+    """Close a stream, then settle its reservation: at the answer's cost when it finished,
+    else at what its calls may have cost so far (the executor keeps an estimate for a call
+    the client cut short: the prompt and the text sent). If the close itself is cancelled,
+    that estimate may be missing, so the whole reservation is kept (never under-counted)."""
+    closed = False
+    try:
+        await s.aclose()
+        closed = True
+    finally:
+        if reserved is not None:
+            if settled is None:
+                spent = billed_cost(s.attempts) if closed else None
+                # no billed call on record (e.g. cut before its estimate was kept): the hold
+                settled = reserved[1] if spent is None or not spent[1] else spent[0]
+            svc.settle_soon(reserved[0], reserved[1], settled)
+
+
 async def _stream(
     svc: Service,
     routed: wire.Routed,
@@ -638,8 +659,10 @@ async def _stream(
     sid = uuid.uuid4().hex
     created = wire.now()
 
+    reserved_usd = 0.0 if reserved is None else reserved[1]
+
     async def openai_events() -> AsyncIterator[bytes]:
-        settled = 0.0 if reserved is None else reserved[1]
+        settled: float | None = None  # what the answer cost, once it is done
         model = ""
         try:
             d = first
@@ -648,7 +671,7 @@ async def _stream(
                 if d.done:
                     res = d.result
                     model = res.model
-                    settled = res.total_cost_usd if res.total_cost_usd is not None else settled
+                    settled = res.total_cost_usd if res.total_cost_usd is not None else reserved_usd
                     if res.tool_calls:
                         yield wire.openai_chunk(
                             sid,
@@ -699,12 +722,10 @@ async def _stream(
             he = http_error(e)
             yield wire.sse_data(he.body())  # an explicit error event: never a silent cut
         finally:
-            if reserved is not None:  # first: the awaits below may be cancelled
-                svc.settle_soon(reserved[0], reserved[1], settled)
-            await s.aclose()
+            await _close_and_settle(svc, s, reserved, settled)
 
     async def anthropic_events() -> AsyncIterator[bytes]:
-        settled = 0.0 if reserved is None else reserved[1]
+        settled: float | None = None  # what the answer cost, once it is done
         msg_id = f"msg_{sid}"
         try:
             yield wire.anthropic_event(
@@ -729,7 +750,7 @@ async def _stream(
             while True:
                 if d.done:
                     res = d.result
-                    settled = res.total_cost_usd if res.total_cost_usd is not None else settled
+                    settled = res.total_cost_usd if res.total_cost_usd is not None else reserved_usd
                     yield wire.anthropic_event("content_block_stop", {"index": 0})
                     for i, c in enumerate(res.tool_calls, start=1):
                         block = {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}
@@ -762,9 +783,7 @@ async def _stream(
             he = http_error(e)
             yield wire.anthropic_event("error", {"error": {"type": he.kind, "message": he.message}})
         finally:
-            if reserved is not None:
-                svc.settle_soon(reserved[0], reserved[1], settled)
-            await s.aclose()
+            await _close_and_settle(svc, s, reserved, settled)
 
     gen = openai_events() if api == "openai" else anthropic_events()
     return StreamingResponse(
