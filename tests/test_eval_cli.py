@@ -224,6 +224,10 @@ def test_cascade_strategy_on_a_slice_of_real_responses(
     report = json.loads(out)
     assert report["strategy"] == "cascade"
     assert report["split"]["n_test"] + report["split"]["n_tune"] == 300
+    # a split that leaves one side (nearly) empty: an error that says so, not a numpy one
+    code, _, err = run(capsys, "--format", fmt, str(Path(DATA) / sub), "--strategy", "cascade",
+                       "--max-rows", "40", "--test-split", "hash:0.99")  # fmt: skip
+    assert code == 2 and "tuning row(s)" in err
 
 
 def test_plot_without_matplotlib_still_prints_the_report(

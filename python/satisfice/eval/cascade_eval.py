@@ -643,6 +643,12 @@ def evaluate_cascade(
         tune, test = outcomes.split_by_hash(test_fraction, seed)
         split = {"method": "prompt hash", "seed": seed, "test_fraction": test_fraction,
                  "n_tune": len(tune), "n_test": len(test)}  # fmt: skip
+    for part, name in ((tune, "tuning"), (test, "test")):
+        if len(part) < 2:
+            raise DatasetError(
+                f"the split leaves {len(part)} {name} row(s): a cascade needs at least 2 to "
+                "tune its checks and 2 to report on; use more rows or a test part nearer 0.5"
+            )
     head = {"strategy": "cascade", "split": split, "models": list(outcomes.models)}
     if len(outcomes.models) == 2:
         return head | _two_model(tune, test, checks or math_checks(), n_quantiles)

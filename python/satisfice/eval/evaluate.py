@@ -140,7 +140,12 @@ def split_data(
         info["test_rows_dropped_as_seen_in_training"] = before - len(test)
         info["n_train"] = sum(len(t) for t in train_parts)
     if not len(test):
-        raise DatasetError("no test rows left: every test prompt also occurs in the training data")
+        why = (
+            "every test prompt also occurs in the training data"
+            if info.get("test_rows_dropped_as_seen_in_training")
+            else "the split puts no row in the test part; choose a larger test part"
+        )
+        raise DatasetError(f"no test rows left: {why}")
     info["n_test"] = len(test)
     return Split(train_parts, test, info)
 
