@@ -143,6 +143,18 @@ def test_a_cooldown_seen_by_one_replica_is_avoided_by_the_other(two: Any) -> Non
     assert up.pending(wire("alpha")) == 1  # B never called alpha
 
 
+def test_an_admin_disable_on_one_replica_holds_on_the_other(two: Any) -> None:
+    """It was local to the replica that took the call; the other kept routing there."""
+    urls, _, _ = two
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    _admin(urls[0], "/admin/deployments/alpha/disable", {})
+    time.sleep(0.6)  # the other replica syncs every 0.2 s
+    assert httpx.post(urls[1] + "/v1/chat/completions", json=body).json()["model"] == "beta"
+    _admin(urls[0], "/admin/deployments/alpha/enable", {})
+    time.sleep(0.6)
+    assert httpx.post(urls[1] + "/v1/chat/completions", json=body).json()["model"] == "alpha"
+
+
 def test_redis_down_then_back(two: Any) -> None:
     urls, _, r = two
     k = _admin(urls[0], "/admin/keys", {"name": "b", "budget_usd": 1.0})

@@ -141,6 +141,7 @@ class SharedHealth(Health):
         self._state = state
         self._pushed: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._remote_disabled: set[str] = set()  # disabled here because another replica did
 
     def record_failure(self, key: str, **kw: Any) -> None:
         super().record_failure(key, **kw)
@@ -156,11 +157,40 @@ class SharedHealth(Health):
                     self._tasks.add(t)
                     t.add_done_callback(self._tasks.discard)
 
+    def disable(self, key: str, reason: str) -> None:
+        super().disable(key, reason)
+        self._remote_disabled.discard(key)
+        self._push(self._state.set_disabled(key, reason))
+
+    def enable(self, key: str) -> None:
+        super().enable(key)
+        self._remote_disabled.discard(key)
+        self._push(self._state.set_disabled(key, None))
+
+    def _push(self, coro: Any) -> None:
+        try:
+            t = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:  # no loop (a sync caller): this replica's view still holds
+            coro.close()
+            return
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
     async def sync(self) -> None:
         for key, (until, why) in (await self._state.cooldowns_now()).items():
             if self._pushed.get(key, 0.0) >= until - 0.01:
                 continue  # ours
             self.cool(key, until - time.time(), f"cooled by another replica: {why}")
+        shared = await self._state.disabled_now()
+        if shared is None:
+            return  # the store is away: keep what we know
+        for key, why in shared.items():  # disabled on another replica (an admin, a bad key)
+            if key not in self._remote_disabled and self._get(key).disabled is None:
+                Health.disable(self, key, f"disabled on another replica: {why}")
+                self._remote_disabled.add(key)
+        for key in list(self._remote_disabled - set(shared)):  # enabled there again
+            Health.enable(self, key)
+            self._remote_disabled.discard(key)
 
 
 class Service:

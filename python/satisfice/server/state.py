@@ -442,6 +442,22 @@ class RedisState:
         with contextlib.suppress(StateUnavailable):  # fail open
             await self._do(self._r.hset(f"{self._p}cooldowns", key, json.dumps([until, why])))
 
+    async def set_disabled(self, key: str, why: str | None) -> None:
+        """Share that a deployment was disabled (`why`) or enabled again (None)."""
+        with contextlib.suppress(StateUnavailable):  # fail open: this replica's view holds
+            if why is None:
+                await self._do(self._r.hdel(f"{self._p}disabled", key))
+            else:
+                await self._do(self._r.hset(f"{self._p}disabled", key, why))
+
+    async def disabled_now(self) -> dict[str, str] | None:
+        """Deployments disabled on any replica (None: the store is away, nothing known)."""
+        try:
+            raw = await self._do(self._r.hgetall(f"{self._p}disabled"))
+        except StateUnavailable:
+            return None
+        return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+
     async def cooldowns_now(self) -> dict[str, tuple[float, str]]:
         try:
             raw = await self._do(self._r.hgetall(f"{self._p}cooldowns"))
