@@ -90,3 +90,21 @@ async def test_a_refusing_redis_is_unavailable_state() -> None:
     with pytest.raises(StateUnavailable, match="ResponseError"):
         await s._do(refuse())
     await s.close()
+
+
+async def test_a_reservation_counts_once_however_often_it_is_replayed(
+    state: MemoryState | RedisState,
+) -> None:
+    """A store reply lost after the store acted made the server queue and replay the call:
+    a settle replayed counted the spend twice (left rose above the limit), and a reserve
+    whose reply was lost left its hold for good."""
+    b = Budget(f"key:k{time.time_ns()}", 1.0, "total")
+    one = [b.pinned(hold="r1")]
+    assert await state.reserve(one, 0.25) is None
+    assert await state.reserve(one, 0.25) is None  # replayed: held once
+    assert await state.spent(b) == (0.0, pytest.approx(0.25))
+    await state.settle(one, 0.25, 0.1)
+    await state.settle(one, 0.25, 0.1)  # replayed: counted once
+    assert await state.spent(b) == (pytest.approx(0.1), 0.0)
+    await state.settle([b.pinned(hold="never-reserved")], 0.5, 0.0)  # a release of nothing
+    assert await state.spent(b) == (pytest.approx(0.1), 0.0)

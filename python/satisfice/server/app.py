@@ -523,14 +523,22 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                     )
             if budgets:
                 assert d is not None
-                budgets = [b.pinned() for b in budgets]  # settled in the period reserved in
+                # settled in the period reserved in, once (the hold's id)
+                hold = uuid.uuid4().hex
+                budgets = [b.pinned(hold=hold) for b in budgets]
                 worst, out_cap = svc.worst_case(d, opts.get("max_tokens"), "cascade" in opts)
                 opts.setdefault("max_tokens", out_cap)  # the bound holds only if the call does
-                refused = (
-                    (budgets[0], 0.0)
-                    if math.isinf(worst)
-                    else await svc.state.reserve(budgets, worst)
-                )
+                try:
+                    refused = (
+                        (budgets[0], 0.0)
+                        if math.isinf(worst)
+                        else await svc.state.reserve(budgets, worst)
+                    )
+                except StateUnavailable:
+                    # the reply may be lost after the store reserved: release it when the
+                    # store is back (a release of a hold never made changes nothing)
+                    svc.unsettled.append((budgets, worst, 0.0))
+                    raise
                 if refused is not None:
                     b, left = refused
                     assert key is not None

@@ -68,6 +68,9 @@ class Budget:
     # counts the spend there, even after the day or month has turned (settling under the
     # new period left the old hold in place and a negative hold in the new one).
     at: str | None = field(default=None, compare=False)
+    # The reservation's own id (`pinned`): settling it twice, or releasing a reservation
+    # whose reply was lost, changes the counters once at most.
+    hold: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.period not in _PERIODS:
@@ -75,8 +78,8 @@ class Budget:
         if not self.limit_usd >= 0:
             raise ConfigError("budget limit_usd must be >= 0")
 
-    def pinned(self, now: float | None = None) -> Budget:
-        return replace(self, at=period_tag(self.period, now))
+    def pinned(self, now: float | None = None, hold: str | None = None) -> Budget:
+        return replace(self, at=period_tag(self.period, now), hold=hold)
 
     @property
     def tag(self) -> str:
@@ -123,6 +126,7 @@ class MemoryState:
         self.teams: dict[str, Budget] = {}
         self._spent: dict[str, int] = {}
         self._reserved: dict[str, int] = {}
+        self._holds: set[str] = set()  # reservations not yet settled, by id
         self._windows: dict[str, int] = {}
         self._pins: dict[str, tuple[str, float]] = {}
         self._pin_sweep_at = 10_000
@@ -163,6 +167,9 @@ class MemoryState:
         """Reserve `usd` under every budget, or none: returns the first budget it does not
         fit and what is left in it (USD)."""
         amount = _nano_up(usd)
+        hold = budgets[0].hold if budgets else None
+        if hold is not None and hold in self._holds:
+            return None
         for b in budgets:
             k = f"{b.scope}:{b.tag}"
             left = _nano(b.limit_usd) - self._spent.get(k, 0) - self._reserved.get(k, 0)
@@ -171,12 +178,19 @@ class MemoryState:
         for b in budgets:
             k = f"{b.scope}:{b.tag}"
             self._reserved[k] = self._reserved.get(k, 0) + amount
+        if hold is not None:
+            self._holds.add(hold)
         return None
 
     async def settle(
         self, budgets: Sequence[Budget], reserved_usd: float, actual_usd: float
     ) -> None:
         amount, actual = _nano_up(reserved_usd), _nano_up(actual_usd)
+        hold = budgets[0].hold if budgets else None
+        if hold is not None:
+            if hold not in self._holds:
+                return  # settled already, or never reserved
+            self._holds.discard(hold)
         for b in budgets:
             k = f"{b.scope}:{b.tag}"
             self._reserved[k] = self._reserved.get(k, 0) - amount
@@ -246,6 +260,8 @@ return 1
 _RESERVE = """
 local amount = tonumber(ARGV[1])
 local n = #KEYS / 2
+local hold = ARGV[2 + 2 * n]
+if hold ~= '' and redis.call('EXISTS', hold) == 1 then return {0, 0} end
 for i = 1, n do
   local spent = tonumber(redis.call('GET', KEYS[2*i-1]) or '0')
   local held = tonumber(redis.call('GET', KEYS[2*i]) or '0')
@@ -259,12 +275,15 @@ for i = 1, n do
   local ttl = tonumber(ARGV[1 + n + i])
   if ttl > 0 then redis.call('EXPIRE', KEYS[2*i], ttl) end
 end
+if hold ~= '' then redis.call('SET', hold, amount, 'EX', 604800) end
 return {0, 0}
 """
 
 _SETTLE = """
 local held, actual = tonumber(ARGV[1]), tonumber(ARGV[2])
 local n = #KEYS / 2
+local hold = ARGV[3 + n]
+if hold ~= '' and redis.call('DEL', hold) == 0 then return 1 end
 for i = 1, n do
   redis.call('DECRBY', KEYS[2*i], held)
   redis.call('INCRBY', KEYS[2*i-1], actual)
@@ -370,7 +389,7 @@ class RedisState:
         return [VirtualKey(**json.loads(v)) for v in raw.values()]
 
     async def put_team(self, b: Budget) -> None:
-        stored = {"scope": b.scope, "limit_usd": b.limit_usd, "period": b.period}  # not `at`
+        stored = {"scope": b.scope, "limit_usd": b.limit_usd, "period": b.period}  # not at/hold
         await self._do(self._r.hset(f"{self._p}teams", b.scope, json.dumps(stored)))
 
     async def team(self, name: str) -> Budget | None:
@@ -378,6 +397,10 @@ class RedisState:
         return None if raw is None else Budget(**json.loads(raw))
 
     # budgets ---------------------------------------------------------------------------------
+    def _hold_key(self, budgets: Sequence[Budget]) -> str:
+        hold = budgets[0].hold if budgets else None
+        return f"{self._p}hold:{hold}" if hold else ""
+
     def _bkeys(self, budgets: Sequence[Budget]) -> list[str]:
         out = []
         for b in budgets:
@@ -388,10 +411,11 @@ class RedisState:
     async def reserve(self, budgets: Sequence[Budget], usd: float) -> tuple[Budget, float] | None:
         if not budgets:
             return None
-        args = [
+        args: list[int | str] = [
             _nano_up(usd),
             *(_nano(b.limit_usd) for b in budgets),
             *((_ttl(b.period) or 0) for b in budgets),
+            self._hold_key(budgets),
         ]
         i, left = await self._do(self._reserve(keys=self._bkeys(budgets), args=args))
         if int(i) == 0:
@@ -403,10 +427,11 @@ class RedisState:
     ) -> None:
         if not budgets:
             return
-        args = [
+        args: list[int | str] = [
             _nano_up(reserved_usd),
             _nano_up(actual_usd),
             *((_ttl(b.period) or 0) for b in budgets),
+            self._hold_key(budgets),
         ]
         await self._do(self._settle(keys=self._bkeys(budgets), args=args))
 
