@@ -125,6 +125,8 @@ def train_from_ledger(
     from .policy import Policy
     from .registry import Registry
 
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 <= holdout < 1:
+        raise DatasetError(f"holdout must be a share in [0, 1), got {holdout!r:.40}")
     reg = registry if registry is not None else Registry.default()
     before = start if start is not None else Policy().quality_model()
     train, test = ledger_outcomes(read_records(target), holdout)
