@@ -3,12 +3,11 @@ the registry price applied to it (None when unpriced, never $0)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _core
-from .errors import InputError, SatisficeError
+from .errors import SatisficeError
 from .providers.base import ChatResponse, Usage
 
 if TYPE_CHECKING:
@@ -34,20 +33,6 @@ def text_tokens(text: str, tokenizer: str) -> int:
     if countable(len(text)):
         return _core.count_tokens(text, tokenizer)
     return round(_core.estimate_tokens(text, tokenizer))
-
-
-def extra_text(tools: Any, response_format: Any) -> str | None:
-    """The text a request sends besides its messages (tool definitions, a JSON schema), as
-    the provider sends it (compact, UTF-8 as is), for counting; None when there is none."""
-    try:
-        parts = [json.dumps(v, separators=(",", ":"), ensure_ascii=False, default=str)
-                 for v in (tools, response_format) if v]  # fmt: skip
-    except (ValueError, TypeError, RecursionError) as e:
-        raise InputError(
-            f"tools or response_format cannot be sent as JSON ({type(e).__name__}); "
-            "pass plain dicts, lists, strings and numbers, nested less deeply"
-        ) from None
-    return "".join(parts) or None
 
 
 def usage_of(

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from ._extra import extra_text
 from ._redact import StreamScrubber
 from ._watchdog import Watchdog
-from .accounting import cost_of, extra_text, text_tokens, usage_of
+from .accounting import cost_of, text_tokens, usage_of
 from .errors import (
     AllAttemptsFailedError,
     AuthError,

@@ -12,7 +12,7 @@ from time import perf_counter, time
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
 from . import _core
-from .accounting import extra_text
+from ._extra import extra_text
 from .decision import Candidate, Decision, Snapshot
 from .errors import ConfigError, InputError, NoRouteError, RegistryWarning, SatisficeError
 from .feedback import FeedbackLog

@@ -1,0 +1,25 @@
+"""The text a request sends besides its messages, for counting (a module of its own: the
+router reads it on every route, and must not import the HTTP stack to do so)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import InputError
+
+__all__ = ["extra_text"]
+
+
+def extra_text(tools: Any, response_format: Any) -> str | None:
+    """The text a request sends besides its messages (tool definitions, a JSON schema), as
+    the provider sends it (compact, UTF-8 as is), for counting; None when there is none."""
+    try:
+        parts = [json.dumps(v, separators=(",", ":"), ensure_ascii=False, default=str)
+                 for v in (tools, response_format) if v]  # fmt: skip
+    except (ValueError, TypeError, RecursionError) as e:
+        raise InputError(
+            f"tools or response_format cannot be sent as JSON ({type(e).__name__}); "
+            "pass plain dicts, lists, strings and numbers, nested less deeply"
+        ) from None
+    return "".join(parts) or None
