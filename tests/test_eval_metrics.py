@@ -219,3 +219,19 @@ def test_plot_writes_a_png(tmp_path: Path, spread: float) -> None:
     path = tmp_path / "curve.png"
     plot_curve(curve, singles, M.oracle(SCORES, costs), path, "test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_equal_costs_get_a_note_on_aiq() -> None:
+    """With no cost range AIQ is 0 for every router: the report says so instead of a bare 0."""
+    import numpy as np
+
+    from satisfice.eval import evaluate as E
+    from satisfice.eval._set import OutcomeSet
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 2, (40, 2)).astype(float)
+    costs = np.full((40, 2), 0.001)
+    data = OutcomeSet([f"p{i}" for i in range(40)], ["a", "b"], scores, costs,
+                      ["g"] * 40, [str(i) for i in range(40)])  # fmt: skip
+    rep = E.evaluate_predictor(data, rng.random((40, 2)), costs).to_dict()
+    assert rep["aiq"] == 0 and any("no cost range" in n for n in rep["notes"])

@@ -318,10 +318,15 @@ def _num(x: float | None) -> str:
 def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
     models = list(s["models"])
     top = models[:9]
-    drift = {d: {(m if m in top else "other"): 0 for m in [*top, "other"]} for d in s["drift"]}
+    # the bucket for the rest, named so no model's own id can take it (a model may be
+    # called "other")
+    rest = "other models"
+    while rest in top:
+        rest += " "
+    drift = {d: dict.fromkeys([*top, rest], 0) for d in s["drift"]}
     for d, c in s["drift"].items():
         for m, k in c.items():
-            drift[d][m if m in top else "other"] += k
+            drift[d][m if m in top else rest] += k
     saving = "" if s["saving"] is None else f"{s['saving']:.1%}"
     cards = [
         ("requests", f"{s['requests']:,}"),
@@ -366,7 +371,7 @@ h2 {{ margin-top: 28px; }} .legend {{ font-size: 12px; }}
 <h2>Cost per task class</h2>
 {_bars([(k, v["cost_usd"]) for k, v in s["tasks"].items()])}
 <h2>Traffic share per model per day (drift)</h2>
-{_stacked(drift, [*top, "other"])}
+{_stacked(drift, [*top, rest])}
 <h2>Models</h2>
 <table><tr><th>model</th><th>requests</th><th>share</th><th>cost</th><th>p50</th><th>p95</th>
 <th>mean feedback</th><th>mean predicted</th></tr>{rows_m}</table>

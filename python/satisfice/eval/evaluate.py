@@ -281,6 +281,12 @@ def evaluate_predictor(
             )
             pair = None
     summary = M.summarize(curve, test.models, test.scores, test.costs, share)
+    costs = [p.cost for p in summary.singles]
+    if max(costs) - min(costs) <= 1e-12 * max(max(costs), 1e-12):
+        notes.append(
+            "AIQ is 0 for every router here: the models cost the same per request, so there "
+            "is no cost range to integrate quality over; compare the qualities instead"
+        )
     rnd = [M.random_routing_quality(summary.singles, c) for c in curve.costs.tolist()]
     return EvalReport(summary, curve.params, rnd, pair, notes)
 
