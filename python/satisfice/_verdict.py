@@ -6,7 +6,9 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
-__all__ = ["PASS", "Answer", "Context", "Messages", "Validator", "Verdict", "accept", "resolve"]
+__all__ = [
+    "PASS", "Answer", "Context", "Messages", "Validator", "Verdict", "accept", "checked", "resolve",
+]  # fmt: skip
 
 Messages: TypeAlias = Sequence[Mapping[str, Any]]
 
@@ -63,6 +65,34 @@ async def resolve(result: Verdict | Awaitable[Verdict]) -> Verdict:
     if isinstance(result, Verdict):
         return result
     return await result
+
+
+async def checked(
+    check: Validator, answer: Answer, ctx: Context, time_left_s: float | None = None
+) -> Verdict:
+    """What a check says of `answer`, whatever the check does: one that raises, returns
+    something other than a Verdict or a bool, or runs past the request's deadline
+    (`time_left_s`) fails the answer with that reason instead of escaping as a raw
+    exception (which lost the request's attempts and record) or holding it forever."""
+    import asyncio
+    import inspect
+
+    name = str(getattr(check, "name", None) or getattr(check, "__name__", "check"))
+    try:
+        async with asyncio.timeout(None if time_left_s is None else max(time_left_s, 0.0)):
+            out: object = check(answer, ctx)
+            if not isinstance(out, Verdict) and inspect.isawaitable(out):
+                out = await out
+    except TimeoutError:
+        return Verdict(False, 0.0, f"the check {name!r} did not finish within the deadline")
+    except Exception as e:
+        return Verdict(False, 0.0, f"the check {name!r} raised {type(e).__name__}: {e}"[:300])
+    if isinstance(out, Verdict):
+        return out
+    if isinstance(out, bool):
+        return Verdict(out, 1.0 if out else 0.0, f"{name}: {'pass' if out else 'fail'}")
+    return Verdict(False, 0.0, f"the check {name!r} returned a {type(out).__name__}, not a "
+                               "Verdict or a bool")  # fmt: skip
 
 
 PASS = Verdict(True, 1.0, "ok")

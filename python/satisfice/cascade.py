@@ -45,8 +45,9 @@ from dataclasses import dataclass, field
 from numbers import Real
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from ._verdict import checked
 from .errors import AllAttemptsFailedError, CascadeBudgetError, ConfigError, ProviderError
-from .validators import Answer, Context, Validator, Verdict, resolve
+from .validators import Answer, Context, Validator, Verdict
 
 if TYPE_CHECKING:
     from .decision import Decision
@@ -217,6 +218,7 @@ class _Climb:
     budget_hit: Literal["latency", "cost"] | None = None
     current: StepRecord | None = None  # the step in flight
     t0: float = 0.0  # when it started
+    deadline: float | None = None  # the request's (perf_counter), for the checks
 
 
 _NO_ESTIMATE = ModelEstimate()
@@ -407,10 +409,12 @@ class Cascade:
         messages: Sequence[Mapping[str, Any]] | str,
         *,
         estimates: Mapping[str, ModelEstimate] | None = None,
+        deadline: float | None = None,
     ) -> CascadeResult:
         """Run the ladder for one request. `estimates` (see `estimates_from`) give each
         model's P(good), estimated cost and p95; without them only the cost of calls
-        already made and the time already spent limit the cascade."""
+        already made and the time already spent limit the cascade. `deadline` (a
+        `time.perf_counter()` value) bounds each check: one still running then fails."""
         msgs: list[dict[str, Any]] = (
             [{"role": "user", "content": messages}]
             if isinstance(messages, str)
@@ -418,6 +422,7 @@ class Cascade:
         )
         est = estimates or {}
         climb = _Climb(msgs, {m: e.p_good for m, e in est.items() if e.p_good is not None})
+        climb.deadline = deadline
         if self.latency_budget_ms is None:  # no timer to arm: the common case stays cheap
             done = await self._climb(climb, call, est)
         else:
@@ -544,7 +549,12 @@ class Cascade:
         if rec.answers:
             ctx = Context(climb.msgs, climb.pool, climb.p_good or None)
             for a in rec.answers:
-                v = _PASS_LAST if step.validator is None else await resolve(step.validator(a, ctx))
+                left = None if climb.deadline is None else climb.deadline - time.perf_counter()
+                v = (
+                    _PASS_LAST
+                    if step.validator is None
+                    else await checked(step.validator, a, ctx, left)
+                )
                 rec.verdicts.append(v)
                 for extra in v.calls:  # the judge's own calls are part of this step's bill
                     cost = _add(cost, extra.cost_usd)

@@ -30,6 +30,7 @@ import httpx
 
 from ._extra import extra_text
 from ._redact import StreamScrubber
+from ._verdict import checked
 from ._watchdog import Watchdog
 from .accounting import cost_of, text_tokens, usage_of
 from .errors import (
@@ -46,7 +47,7 @@ from .providers.base import ChatRequest, ChatResponse, Provider, StreamDelta, Us
 from .result import Attempt, ChatResult
 from .retry import Action, backoff_s, classify, cooldown_wait_s
 from .state import HealthStore
-from .validators import Answer, Context, Validator, Verdict, resolve
+from .validators import Answer, Context, Validator, Verdict
 
 if TYPE_CHECKING:
     from .cascade import Cascade
@@ -720,7 +721,10 @@ class Executor:
 
         try:
             result = await ladder.run(
-                call, run.request.messages, estimates=estimates_from(d, run.registry)
+                call,
+                run.request.messages,
+                estimates=estimates_from(d, run.registry),
+                deadline=run.deadline,
             )
         except AllAttemptsFailedError as e:
             # The ladder knows its calls' errors only as text; the run has every attempt.
@@ -729,7 +733,8 @@ class Executor:
             e.attempts = list(run.attempts)  # what its steps were billed, for a budget's settle
             raise
         for step in result.steps:
-            for a, v in zip(step.answers, step.verdicts, strict=True):
+            # a step cut off by the latency budget mid-check has answers without verdicts
+            for a, v in zip(step.answers, step.verdicts, strict=False):
                 if id(a) in answered:
                     attempt = answered[id(a)][2]
                     attempt.verdict = _verdict_dict(v)
@@ -979,7 +984,8 @@ class Executor:
         from .cascade import answer_from_chat
 
         answer = answer_from_chat(t.model, resp, cost_usd=None)
-        return await resolve(run.accept(answer, Context(run.request.messages)))
+        left = None if run.deadline is None else run.deadline - perf_counter()
+        return await checked(run.accept, answer, Context(run.request.messages), left)
 
     async def _cancel(
         self, run: Run, running: dict[asyncio.Task[ChatResponse], tuple[_Target, float]]

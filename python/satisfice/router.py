@@ -492,6 +492,12 @@ class Router:
                 "accept must be a validator (see satisfice.validators), e.g. "
                 f"validators.check(lambda text: ...); got {type(accept).__name__}"
             )
+        if accept is not None and not (race or hedge or cascade):
+            # with one answer there is nothing to choose between: it was silently ignored
+            raise ConfigError(
+                "accept= picks among answers: pass race=N, hedge=True or cascade=True with "
+                "it; to check a single answer, call the validator on the result"
+            )
         if isinstance(cascade, str):
             if cascade != "auto":
                 raise ConfigError(f'cascade must be a Cascade, True or "auto", got {cascade!r:.40}')
