@@ -620,7 +620,9 @@ class Cascade:
         return result
 
 
-_PASS_LAST = Verdict(True, 1.0, "last step: accepted without a check")
+# The last step's answer is taken unchecked: this verdict says so, and is kept off the
+# attempt's record (a "pass" no check gave would train the flywheel on made-up labels).
+UNCHECKED = _PASS_LAST = Verdict(True, 1.0, "last step: accepted without a check")
 _CUT_OFF = "cut off: the latency budget ran out mid-step"
 
 

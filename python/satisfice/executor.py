@@ -676,7 +676,7 @@ class Executor:
         "auto": the policy's tuned ladder for the prompt's task, or plain routing when it
         has none for that task); every model call goes through the attempt loop and lands
         in `run.attempts`, tagged with its step and, once checked, its verdict."""
-        from .cascade import Cascade, answer_from_chat, current_step, estimates_from
+        from .cascade import UNCHECKED, Cascade, answer_from_chat, current_step, estimates_from
 
         d = run.decision
         if isinstance(ladder, str):
@@ -735,6 +735,8 @@ class Executor:
         for step in result.steps:
             # a step cut off by the latency budget mid-check has answers without verdicts
             for a, v in zip(step.answers, step.verdicts, strict=False):
+                if v is UNCHECKED:  # no check ran: nothing for a record to learn from
+                    continue
                 if id(a) in answered:
                     attempt = answered[id(a)][2]
                     attempt.verdict = _verdict_dict(v)

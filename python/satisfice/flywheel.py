@@ -47,8 +47,10 @@ def ledger_prompts(target: str | Path) -> list[str]:
     return out
 
 
-def _held_out(rid: str, share: float) -> bool:
-    h = int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "big")
+def _held_out(key: str, share: float) -> bool:
+    h = int.from_bytes(
+        hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big"
+    )
     return h / 2**64 < share
 
 
@@ -84,8 +86,10 @@ def ledger_outcomes(records: Iterable[Mapping[str, Any]], holdout: float = 0.2) 
         return OutcomeSet([p for _, p, _, _, _ in part], list(models), scores, costs,
                           ["ledger"] * n, [rid for rid, *_ in part])  # fmt: skip
 
-    test = [r for r in rows if _held_out(r[0], holdout)]
-    train = [r for r in rows if not _held_out(r[0], holdout)]
+    # held out by prompt, not by request: the same prompt asked again (or answered by
+    # another model) must not sit on both sides of the split
+    test = [r for r in rows if _held_out(r[1], holdout)]
+    train = [r for r in rows if not _held_out(r[1], holdout)]
     if not train:
         raise DatasetError("every scored record fell in the held-out share; lower --holdout")
     return build(train), (build(test) if test else None)

@@ -80,8 +80,16 @@ _NAMES = [c[0] for c in COLUMNS]
 
 def _text(v: Any) -> str | None:
     """A column's text: None stays None, anything else its str() without NUL characters
-    (which PostgreSQL refuses), so caller metadata of any type cannot poison a batch."""
-    return None if v is None else str(v).replace("\x00", "")
+    (which PostgreSQL refuses) and with any lone surrogate replaced (which no database
+    driver encodes), so caller metadata of any type cannot poison a batch."""
+    if v is None:
+        return None
+    t = str(v).replace("\x00", "")
+    try:
+        t.encode("utf-8")
+    except UnicodeEncodeError:  # half a surrogate pair: no driver stores it; U+FFFD does
+        t = t.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return t
 
 
 def _num(v: Any) -> float | None:
@@ -363,6 +371,9 @@ class PostgresSink:
         try:
             self._db = psycopg.connect(self.dsn, autocommit=False)
             with self._db.cursor() as cur:
+                # Replicas starting together would race their CREATE ... IF NOT EXISTS (it
+                # is not atomic in PostgreSQL): one transaction-scoped lock serialises them.
+                cur.execute("SELECT pg_advisory_xact_lock(7461023)")
                 cols = ", ".join(f"{n} {pg}" for n, _, pg in COLUMNS)
                 cur.execute(f"CREATE TABLE IF NOT EXISTS requests ({cols})")
                 cur.execute("CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)")
@@ -543,6 +554,18 @@ class Ledger:
         if not ok:
             return batch
         self._acked(ok)
+        # The sink took some: the rest are tried once more, as the sink may have come back
+        # partway through (a database restarting); only those it refuses again are bad.
+        again: list[dict[str, Any]] = []
+        for rec in bad:
+            try:
+                self.sink.write([rec])
+                again.append(rec)
+            except Exception:
+                continue
+        if again:
+            self._acked(again)
+            bad = [r for r in bad if not any(r is a for a in again)]
         for rec in bad:
             self.rejected += 1
             self.dropped += 1

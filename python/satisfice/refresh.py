@@ -81,7 +81,8 @@ class RegistryRefresher:
         if bad and not self.confirm:
             self.refused += 1
             raise RefreshRefused(diff, bad)
-        if diff or new.meta.get("prices_as_of") != current.meta.get("prices_as_of"):
+        applied = bool(diff) or new.meta.get("prices_as_of") != current.meta.get("prices_as_of")
+        if applied:
             # also when nothing changed: the prices were checked today, not stale
             self.router.update(registry=new)
             _log.info(
@@ -89,10 +90,14 @@ class RegistryRefresher:
                 sum(1 for c in diff.changes if c.what != "unlisted"),
                 extra={"event": "registry_refresh", "changes": [str(c) for c in diff.changes]},
             )  # fmt: skip
-            if self.on_diff is not None:
-                self.on_diff(diff)
         self.refreshes += 1
         self.last_diff = diff
+        if applied and self.on_diff is not None:
+            try:  # the caller's hook: its failure is its own, the refresh was applied
+                self.on_diff(diff)
+            except Exception as e:
+                _log.error("registry refresh hook on_diff failed: %s: %s", type(e).__name__, e,
+                           extra={"event": "registry_refresh_hook_failed"})  # fmt: skip
         return diff
 
     async def _loop(self) -> None:

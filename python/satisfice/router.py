@@ -85,6 +85,13 @@ class ClientClosedStream(Exception):
         super().__init__("the caller closed the stream before its end")
 
 
+class RequestCancelled(Exception):
+    """The record's error for a chat() its caller cancelled before the answer."""
+
+    def __init__(self) -> None:
+        super().__init__("the caller cancelled the request before its answer")
+
+
 def _shaped(c: Constraints, tools: Any, rf: Any) -> tuple[Constraints, str | None]:
     """What a request's tools and response_format ask of routing: a model with tool use or
     JSON output (`needs`), and their text, which providers bill as prompt tokens (so
@@ -520,6 +527,14 @@ class Router:
         except SatisficeError as e:
             if rec is not None:
                 self._record_failure(rec, e, run, started_at, t0, options)
+            raise
+        except BaseException as e:  # cancelled by its caller (a timeout, a client gone)
+            import asyncio  # loaded already (we are in a coroutine)
+
+            if rec is not None and isinstance(e, asyncio.CancelledError) and run is not None:
+                # a request all the same, recorded; its cost unknown unless a call on record
+                # says it (the call in flight may be billed: none is stated as $0)
+                self._record_failure(rec, RequestCancelled(), run, started_at, t0, options)
             raise
         result.started_at, result.metadata = started_at, metadata
         if rec is not None:

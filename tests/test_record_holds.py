@@ -1,0 +1,104 @@
+"""The record holds whatever happens around it: a cancelled request, a sink that comes back
+mid-isolation, metadata with half a surrogate pair, replicas opening PostgreSQL together, a
+refresh hook that fails; and the flywheel learns only from labels something gave."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from satisfice.ledger import Ledger, PostgresSink, read_records
+from satisfice.testing import LocalUpstream, hang, reply
+
+from .chat_support import router, wire
+from .servers import postgres
+
+
+async def test_a_cancelled_chat_is_recorded(up: LocalUpstream, tmp_path: Path) -> None:
+    up.script(wire("alpha"), hang())
+    async with router(up.url).attach(ledger=tmp_path / "l.db") as r:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(r.chat("hi"), 0.3)
+        assert r.ledger is not None and r.ledger.flush(5.0)
+    (rec,) = list(read_records(tmp_path / "l.db"))
+    assert rec["error_type"] == "RequestCancelled" and rec["total_cost_usd"] is None
+
+
+def test_records_tried_while_the_sink_was_down_are_retried_not_dropped() -> None:
+    class Flaky:  # down for its first six writes, then up: a database restarting
+        def __init__(self) -> None:
+            self.calls, self.rows = 0, []
+
+        def write(self, records: Any) -> None:
+            self.calls += 1
+            if self.calls <= 6:
+                raise ConnectionError("restarting")
+            self.rows += [r["request_id"] for r in records]
+
+        def feedback(self, rows: Any) -> None: ...
+
+        def expire(self, before_ts: float) -> int:
+            return 0
+
+        def close(self) -> None: ...
+
+    sink = Flaky()
+    led = Ledger(sink)  # type: ignore[arg-type]
+    for i in range(3):
+        led.put({"request_id": f"r{i}"})
+    assert led.flush(15.0)
+    led.close()
+    assert sorted(sink.rows) == ["r0", "r1", "r2"] and led.dropped == 0
+
+
+async def test_a_lone_surrogate_in_metadata_does_not_lose_the_record(
+    up: LocalUpstream, tmp_path: Path
+) -> None:
+    up.default = reply("ok")
+    async with router(up.url).attach(ledger=tmp_path / "l.db") as r:
+        await r.chat("hi", metadata={"team": "caf\udce9"})
+        assert r.ledger is not None and r.ledger.flush(5.0)
+    (rec,) = list(read_records(tmp_path / "l.db"))
+    assert rec["outcome"] == "ok"
+
+
+def test_replicas_opening_postgres_together_all_start() -> None:
+    with postgres() as dsn:
+        errors: list[BaseException] = []
+        sinks = [PostgresSink(dsn) for _ in range(6)]
+
+        def open_one(sink: PostgresSink) -> None:
+            try:
+                sink._connect()
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=open_one, args=(s,)) for s in sinks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        for sink in sinks:
+            sink.close()
+        assert not errors, errors
+
+
+def test_the_flywheel_splits_by_prompt_and_skips_unchecked_answers() -> None:
+    from satisfice.flywheel import ledger_outcomes
+
+    recs = []
+    for i in range(40):
+        for model in ("alpha", "beta"):  # the same prompt answered by two models
+            recs.append({"request_id": f"{i}-{model}", "model": model, "outcome": "ok",
+                         "messages": [{"role": "user", "content": f"question {i}"}],
+                         "feedback": float(i % 2)})  # fmt: skip
+    unchecked = {"request_id": "u", "model": "alpha", "outcome": "ok",
+                 "messages": [{"role": "user", "content": "never checked"}],
+                 "attempts": [{"model": "alpha", "verdict": None}]}  # fmt: skip
+    train, test = ledger_outcomes([*recs, unchecked], holdout=0.3)
+    assert test is not None and not set(train.prompts) & set(test.prompts)
+    assert "never checked" not in [*train.prompts, *test.prompts]
