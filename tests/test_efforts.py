@@ -84,3 +84,22 @@ def test_a_cooling_deployment_blocks_every_level_of_its_model() -> None:
     reg = _reg()
     io = Executor(None, Health(), ExecutionConfig())  # type: ignore[arg-type]
     assert sorted(io.blocked_models(reg, {"think/d"})) == sorted(reg.ids)
+
+
+async def test_an_effort_variant_without_usage_is_billed_its_reasoning() -> None:
+    """Counted from the visible text alone, alpha@high cost 1/2000 of its own estimate."""
+    from satisfice import Policy, Registry, Router
+    from satisfice.testing import LocalUpstream, reply
+
+    from .chat_support import registry
+
+    async with LocalUpstream() as up:
+        models = [m.to_dict() for m in registry(up.url)]
+        for m in models:
+            if m["id"] == "alpha":
+                m["efforts"] = {"high": {"reasoning_tokens": 8000, "quality": 0.05}}
+        up.default = reply("short answer", usage=False)
+        async with Router(Registry.from_dict({"model": models}), Policy(quality_floor=0.5)) as r:
+            res = await r.chat("hi", allow=["alpha@high"])
+    assert res.usage.reasoning_tokens == 8000 and res.usage.source == "estimated"
+    assert res.cost_usd is not None and res.cost_usd > res.decision.est_cost_usd / 2

@@ -565,7 +565,8 @@ class Executor:
     # results ------------------------------------------------------------------------------
     def _usage(self, run: Run, t: _Target, resp: ChatResponse) -> Usage:
         extra = extra_text(run.request.tools, run.request.response_format)
-        return usage_of(run.request.messages, t.spec.tokenizer, resp, extra)
+        usage = usage_of(run.request.messages, t.spec.tokenizer, resp, extra)
+        return _with_reasoning(usage, t) if resp.usage is None else usage
 
     def _answered(
         self, run: Run, t: _Target, resp: ChatResponse, started: float, now: float
@@ -590,7 +591,7 @@ class Executor:
         decision's count for this model), plus any text that already streamed."""
         tokens_in = next((c.tokens_in for c in run.decision.candidates if c.model == t.model), 0)
         out = text_tokens(completion, t.spec.tokenizer) if completion else 0
-        return Usage(tokens_in, out, source="estimated")
+        return _with_reasoning(Usage(tokens_in, out, source="estimated"), t)
 
     def _result(
         self,
@@ -1023,6 +1024,21 @@ class Executor:
     def _hedge_delay(self, t: _Target) -> float:
         p95 = self._p95_s(t)
         return self.config.hedge_default_s if p95 is None else p95
+
+
+def _with_reasoning(usage: Usage, t: _Target) -> Usage:
+    """Our own count of a reasoning-effort variant's call (no usage from the upstream): the
+    visible text plus the reasoning tokens it is expected to spend, which the provider bills
+    as output although none of them is seen (the count was the visible text alone)."""
+    r = t.spec.reasoning_tokens
+    if not r:
+        return usage
+    return replace(
+        usage,
+        completion_tokens=usage.completion_tokens + r,
+        reasoning_tokens=r,
+        source="estimated",
+    )
 
 
 class ChatStream:
