@@ -19,6 +19,7 @@ from satisfice.metrics import Metrics
 from satisfice.testing import LocalUpstream, status
 
 from .chat_support import registry, router, wire
+from .ledger_support import ScriptedSink
 
 MSGS = [{"role": "user", "content": "Say hello"}]
 
@@ -408,21 +409,9 @@ def test_a_record_the_sink_refuses_alone_is_dropped_once_others_arrive() -> None
     """Alone in its batch, a refused record was retried forever, every later one behind it."""
     from satisfice.ledger import Ledger
 
-    class Picky:
-        def __init__(self) -> None:
-            self.rows: list[str] = []
-
-        def write(self, records: Any) -> None:
-            if any(r["request_id"] == "bad" for r in records):
-                raise ValueError("refused")
-            self.rows += [r["request_id"] for r in records]
-
-        def feedback(self, rows: Any) -> None: ...
-
-        def expire(self, before_ts: float) -> int:
-            return 0
-
-        def close(self) -> None: ...
+    class Picky(ScriptedSink):
+        def refuse(self, records: Any) -> bool:
+            return any(r["request_id"] == "bad" for r in records)
 
     sink = Picky()
     led = Ledger(sink)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from satisfice.ledger import Ledger, PostgresSink, read_records
 from satisfice.testing import LocalUpstream, hang, reply
 
 from .chat_support import router, wire
+from .ledger_support import ScriptedSink
 from .servers import postgres
 
 
@@ -29,22 +30,9 @@ async def test_a_cancelled_chat_is_recorded(up: LocalUpstream, tmp_path: Path) -
 
 
 def test_records_tried_while_the_sink_was_down_are_retried_not_dropped() -> None:
-    class Flaky:  # down for its first six writes, then up: a database restarting
-        def __init__(self) -> None:
-            self.calls, self.rows = 0, []
-
-        def write(self, records: Any) -> None:
-            self.calls += 1
-            if self.calls <= 6:
-                raise ConnectionError("restarting")
-            self.rows += [r["request_id"] for r in records]
-
-        def feedback(self, rows: Any) -> None: ...
-
-        def expire(self, before_ts: float) -> int:
-            return 0
-
-        def close(self) -> None: ...
+    class Flaky(ScriptedSink):  # down for its first six writes: a database restarting
+        def refuse(self, records: Any) -> bool:
+            return self.calls <= 6
 
     sink = Flaky()
     led = Ledger(sink)  # type: ignore[arg-type]

@@ -543,35 +543,35 @@ class Ledger:
         go through are acknowledged; if some fail while others succeed, the failing ones are
         records the sink cannot take: they are dropped, counted and logged. If all fail, the
         sink itself is down: all are kept for the next retry."""
-        ok: list[dict[str, Any]] = []
-        bad: list[dict[str, Any]] = []
-        for rec in batch:
-            try:
-                self.sink.write([rec])
-                ok.append(rec)
-            except Exception:
-                bad.append(rec)
+        ok, bad = self._write_each(batch)
         if not ok:
             return batch
         self._acked(ok)
         # The sink took some: the rest are tried once more, as the sink may have come back
         # partway through (a database restarting); only those it refuses again are bad.
-        again: list[dict[str, Any]] = []
-        for rec in bad:
-            try:
-                self.sink.write([rec])
-                again.append(rec)
-            except Exception:
-                continue
+        again, bad = self._write_each(bad)
         if again:
             self._acked(again)
-            bad = [r for r in bad if not any(r is a for a in again)]
         for rec in bad:
             self.rejected += 1
             self.dropped += 1
             _log.error("ledger: the sink refused record %s on its own; dropped it",
                        rec.get("request_id"), extra={"event": "ledger_rejected"})  # fmt: skip
         return []
+
+    def _write_each(
+        self, recs: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Write records one by one: (those the sink took, those it did not)."""
+        ok: list[dict[str, Any]] = []
+        bad: list[dict[str, Any]] = []
+        for rec in recs:
+            try:
+                self.sink.write([rec])
+                ok.append(rec)
+            except Exception:
+                bad.append(rec)
+        return ok, bad
 
     def _acked(self, recs: list[dict[str, Any]]) -> None:
         self.acked += len(recs)
