@@ -14,6 +14,8 @@ __all__ = ["extra_text"]
 def extra_text(tools: Any, response_format: Any) -> str | None:
     """The text a request sends besides its messages (tool definitions, a JSON schema), as
     the provider sends it (compact, UTF-8 as is), for counting; None when there is none."""
+    if not tools and not response_format:  # the usual request: nothing to encode
+        return None
     try:
         parts = [json.dumps(v, separators=(",", ":"), ensure_ascii=False, default=str)
                  for v in (tools, response_format) if v]  # fmt: skip

@@ -551,7 +551,7 @@ class Cascade:
             for a in rec.answers:
                 left = None if climb.deadline is None else climb.deadline - time.perf_counter()
                 v = (
-                    _PASS_LAST
+                    UNCHECKED
                     if step.validator is None
                     else await checked(step.validator, a, ctx, left)
                 )
@@ -622,7 +622,7 @@ class Cascade:
 
 # The last step's answer is taken unchecked: this verdict says so, and is kept off the
 # attempt's record (a "pass" no check gave would train the flywheel on made-up labels).
-UNCHECKED = _PASS_LAST = Verdict(True, 1.0, "last step: accepted without a check")
+UNCHECKED = Verdict(True, 1.0, "last step: accepted without a check")
 _CUT_OFF = "cut off: the latency budget ran out mid-step"
 
 

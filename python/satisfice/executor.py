@@ -564,9 +564,10 @@ class Executor:
 
     # results ------------------------------------------------------------------------------
     def _usage(self, run: Run, t: _Target, resp: ChatResponse) -> Usage:
+        if resp.usage is not None:  # the upstream's own figures: nothing to count
+            return resp.usage
         extra = extra_text(run.request.tools, run.request.response_format)
-        usage = usage_of(run.request.messages, t.spec.tokenizer, resp, extra)
-        return _with_reasoning(usage, t) if resp.usage is None else usage
+        return _with_reasoning(usage_of(run.request.messages, t.spec.tokenizer, resp, extra), t)
 
     def _answered(
         self, run: Run, t: _Target, resp: ChatResponse, started: float, now: float

@@ -37,11 +37,11 @@ def _err(status: int, msg: str, kind: str = "invalid_request_error") -> Response
     return JSONResponse(body, status)
 
 
-def _name(v: Any, field: str, *, empty: bool = False) -> str:
+def _name(v: Any, field: str) -> str:
     """A name the admin API stores and later shows (in JSON, metrics labels, logs): a string
     of at most 200 characters that encodes as UTF-8 (a lone surrogate stored once made
     every later listing and /metrics fail)."""
-    if not isinstance(v, str) or (not v and not empty) or len(v) > 200:
+    if not isinstance(v, str) or not v or len(v) > 200:
         raise ConfigError(f"{field} must be a non-empty string of at most 200 characters")
     try:
         v.encode("utf-8")

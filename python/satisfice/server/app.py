@@ -150,12 +150,7 @@ class SharedHealth(Health):
             until = time.time() + left
             if self._pushed.get(key, 0.0) < until - 0.01:
                 self._pushed[key] = until
-                with contextlib.suppress(RuntimeError):
-                    t = asyncio.get_running_loop().create_task(
-                        self._state.push_cooldown(key, until, self._s[key].reason)
-                    )
-                    self._tasks.add(t)
-                    t.add_done_callback(self._tasks.discard)
+                self._push(self._state.push_cooldown(key, until, self._s[key].reason))
 
     def disable(self, key: str, reason: str) -> None:
         super().disable(key, reason)
@@ -697,10 +692,8 @@ async def _stream(
     sid = uuid.uuid4().hex
     created = wire.now()
 
-    reserved_usd = 0.0 if reserved is None else reserved[1]
-
     async def openai_events() -> AsyncIterator[bytes]:
-        settled: float | None = None  # what the answer cost, once it is done
+        settled: float | None = None  # what the answer cost, once done and priced
         model = ""
         try:
             d = first
@@ -709,7 +702,7 @@ async def _stream(
                 if d.done:
                     res = d.result
                     model = res.model
-                    settled = res.total_cost_usd if res.total_cost_usd is not None else reserved_usd
+                    settled = res.total_cost_usd  # None (unpriced): the hold stands
                     if res.tool_calls:
                         yield wire.openai_chunk(
                             sid,
@@ -763,7 +756,7 @@ async def _stream(
             await _close_and_settle(svc, s, reserved, settled)
 
     async def anthropic_events() -> AsyncIterator[bytes]:
-        settled: float | None = None  # what the answer cost, once it is done
+        settled: float | None = None  # what the answer cost, once done and priced
         msg_id = f"msg_{sid}"
         try:
             yield wire.anthropic_event(
@@ -788,7 +781,7 @@ async def _stream(
             while True:
                 if d.done:
                     res = d.result
-                    settled = res.total_cost_usd if res.total_cost_usd is not None else reserved_usd
+                    settled = res.total_cost_usd  # None (unpriced): the hold stands
                     yield wire.anthropic_event("content_block_stop", {"index": 0})
                     for i, c in enumerate(res.tool_calls, start=1):
                         block = {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}
