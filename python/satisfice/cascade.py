@@ -219,6 +219,7 @@ class _Climb:
     current: StepRecord | None = None  # the step in flight
     t0: float = 0.0  # when it started
     deadline: float | None = None  # the request's (perf_counter), for the checks
+    on_check: Callable[[Verdict, str, int], None] | None = None
 
 
 _NO_ESTIMATE = ModelEstimate()
@@ -410,11 +411,14 @@ class Cascade:
         *,
         estimates: Mapping[str, ModelEstimate] | None = None,
         deadline: float | None = None,
+        on_check: Callable[[Verdict, str, int], None] | None = None,
     ) -> CascadeResult:
         """Run the ladder for one request. `estimates` (see `estimates_from`) give each
         model's P(good), estimated cost and p95; without them only the cost of calls
         already made and the time already spent limit the cascade. `deadline` (a
-        `time.perf_counter()` value) bounds each check: one still running then fails."""
+        `time.perf_counter()` value) bounds each check: one still running then fails.
+        `on_check(verdict, check_name, step)` hears every verdict as it is given, with the
+        calls the check made (a judge's), so a caller bills them even if the climb fails."""
         msgs: list[dict[str, Any]] = (
             [{"role": "user", "content": messages}]
             if isinstance(messages, str)
@@ -423,6 +427,7 @@ class Cascade:
         est = estimates or {}
         climb = _Climb(msgs, {m: e.p_good for m, e in est.items() if e.p_good is not None})
         climb.deadline = deadline
+        climb.on_check = on_check
         if self.latency_budget_ms is None:  # no timer to arm: the common case stays cheap
             done = await self._climb(climb, call, est)
         else:
@@ -556,6 +561,9 @@ class Cascade:
                     else await checked(step.validator, a, ctx, left)
                 )
                 rec.verdicts.append(v)
+                if climb.on_check is not None and v.calls:
+                    assert step.validator is not None
+                    climb.on_check(v, step.validator.name, rec.index)
                 for extra in v.calls:  # the judge's own calls are part of this step's bill
                     cost = _add(cost, extra.cost_usd)
                     rec.tokens_in += extra.tokens_in or 0

@@ -254,6 +254,15 @@ class Decision:
         """True when no model reached the quality floor and the best predicted one was chosen."""
         return bool(self._plan.below_floor)
 
+    def tokens_in(self, model: str) -> int:
+        """Prompt tokens of this request for `model`: its candidate's count, else the
+        estimate in its tokenizer (a model the ranking left out, called by a cascade)."""
+        for c in self.candidates:
+            if c.model == model:
+                return c.tokens_in
+        reg = self.snapshot.registry
+        return math.ceil(self._plan.est_tokens(reg[model].tokenizer)) if model in reg else 0
+
     @property
     def reference(self) -> tuple[str, float | None]:
         """The registry's most capable model and its estimated cost for this same request."""

@@ -43,8 +43,9 @@ from .errors import (
     UpstreamTimeoutError,
 )
 from .providers import make_provider
+from .providers.anthropic import thinking_budget
 from .providers.base import ChatRequest, ChatResponse, Provider, StreamDelta, Usage
-from .result import Attempt, ChatResult
+from .result import Attempt, ChatResult, billed_cost
 from .retry import Action, backoff_s, classify, cooldown_wait_s
 from .state import HealthStore
 from .validators import Answer, Context, Validator, Verdict
@@ -103,6 +104,16 @@ def _exchange_s(resp: ChatResponse, started: float, done: float) -> float:
     """The upstream's share of a call that answered: the HTTP exchange the provider timed
     (encoding the request and parsing the answer are the router's), else the whole call."""
     return resp.wire_s if resp.wire_s is not None else done - started
+
+
+def _union_s(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of `spans` (calls in parallel overlap)."""
+    total, reach = 0.0, -math.inf
+    for a, b in sorted(spans):
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total
 
 
 class _NoJar(CookieJar):
@@ -216,12 +227,15 @@ class Run:
     __slots__ = (
         "accept",
         "attempts",
+        "cap",
         "deadline",
         "decision",
         "min_window",
         "order",
         "registry",
         "request",
+        "share",
+        "spans",
         "step",
         "t0",
         "tried",
@@ -238,6 +252,8 @@ class Run:
         attempts: list[Attempt] | None = None,
         order: list[str] | None = None,
         step: int | None = None,
+        cap: float | None = None,
+        share: int = 1,
     ) -> None:
         self.registry: Registry = decision.registry
         self.decision = decision
@@ -248,16 +264,77 @@ class Run:
         self.attempts: list[Attempt] = [] if attempts is None else attempts
         self.order = order  # None: the decision's model, then its fallbacks
         self.step = step  # the cascade step this run belongs to
+        # The request's cost cap, which bounds each answer on the wire (max_tokens), and
+        # how many calls may run at once under it (a race, a cascade's parallel step)
+        self.cap = decision.constraints.max_cost_usd if attempts is None else cap
+        self.share = share
         self.upstream_s = 0.0
+        # (start, end) of upstream waits that may overlap (a cascade's parallel calls and
+        # its judges): their union, not their sum, is what a direct caller would wait
+        self.spans: list[tuple[float, float]] = []
         self.min_window = 0  # after a context-length error: windows must be larger than this
         self.tried: set[str] = set()  # targets already called: no longer fallbacks
 
-    def sub(self, model: str, messages: list[dict[str, Any]], step: int | None) -> Run:
-        """One model of a cascade step: its own target order, the shared attempt list."""
+    def sub(self, model: str, messages: list[dict[str, Any]], step: int | None, share: int) -> Run:
+        """One model of a cascade step (`share`: the models the step calls at once): its
+        own target order, the shared attempt list and cost cap."""
         request = replace(self.request, messages=messages)
         return Run(
-            self.decision, request, self.t0, self.deadline, None, self.attempts, [model], step
+            self.decision,
+            request,
+            self.t0,
+            self.deadline,
+            None,
+            self.attempts,
+            [model],
+            step,
+            self.cap,
+            share,
         )
+
+    def wire(self, t: _Target) -> ChatRequest:
+        """The request as sent to `t`: under a cost cap, max_tokens is at most what the cap
+        leaves for the answer after its prompt and what this request was already billed
+        (split between the calls that run at once), so that no answer runs past the cap."""
+        n = self.output_cap(t)
+        if n is None or n >= (self.request.max_tokens or t.spec.max_output):
+            return self.request  # the cap allows more than the call could take
+        return replace(self.request, max_tokens=n)
+
+    def output_cap(self, t: _Target) -> int | None:
+        """Output tokens the cost cap allows a call to `t` (None: no cap applies)."""
+        if self.cap is None or t.price is None:
+            return None
+        spent = billed_cost(self.attempts)
+        left = self.cap - (spent[0] if spent is not None else 0.0)
+        n = t.price.output_within(self.decision.tokens_in(t.model), left / self.share)
+        if n is not None and t.dep.api == "anthropic":  # its thinking comes on top
+            n = max(n - thinking_budget(t.spec.effort, t.spec.reasoning_tokens), 0)
+        return n
+
+    def checked(self, v: Verdict, name: str, step: int | None = None) -> None:
+        """Bill the calls a check made itself (a judge's) to this request: they cost money,
+        and the total, the record and a budget's settlement must say so."""
+        now = perf_counter()
+        for c in v.calls:
+            self.spans.append((now - (c.latency_ms or 0.0) / 1e3, now))
+            usage = (
+                None
+                if c.tokens_in is None or c.tokens_out is None
+                else Usage(c.tokens_in, c.tokens_out)
+            )
+            self.attempts.append(
+                Attempt(
+                    c.model,
+                    name,
+                    "check",
+                    perf_counter() - self.t0,
+                    (c.latency_ms or 0.0) / 1e3,
+                    usage=usage,
+                    cost_usd=c.cost_usd,
+                    step=self.step if step is None else step,
+                )
+            )
 
     def skip(self, model: str, deployment: str, why: str) -> None:
         self.attempts.append(
@@ -393,6 +470,14 @@ class Executor:
                     run.skip(t.model, t.dep.name, why)
                     cooled.append(t)
                     continue
+                if run.output_cap(t) == 0:
+                    run.skip(
+                        t.model,
+                        t.dep.name,
+                        f"the cost cap (${run.cap:.6f}) leaves nothing for its answer after "
+                        "its prompt and what this request was already billed",
+                    )
+                    continue
                 yield t
 
     # one attempt --------------------------------------------------------------------------
@@ -515,7 +600,7 @@ class Executor:
         )
 
     async def _first_success(
-        self, run: Run, open_: Callable[[Provider, httpx.Timeout], Awaitable[T]]
+        self, run: Run, open_: Callable[[Provider, ChatRequest, httpx.Timeout], Awaitable[T]]
     ) -> tuple[_Target, float, T]:
         """Walk the targets until one answers: (target, start time, what `open_` returned).
 
@@ -531,7 +616,8 @@ class Executor:
                 while True:
                     started = perf_counter()
                     try:
-                        call = partial(open_, self._provider(t), self._budget(run, t)[0])
+                        p, timeout = self._provider(t), self._budget(run, t)[0]
+                        call = partial(open_, p, run.wire(t), timeout)
                         value = await self._bounded(run, t, call)
                     except ProviderError as e:
                         action = self._failed(run, t, e, started)
@@ -590,7 +676,7 @@ class Executor:
     def _prompt_usage(self, run: Run, t: _Target, completion: str = "") -> Usage:
         """What a call that got no final answer may be billed: the prompt as routed (the
         decision's count for this model), plus any text that already streamed."""
-        tokens_in = next((c.tokens_in for c in run.decision.candidates if c.model == t.model), 0)
+        tokens_in = run.decision.tokens_in(t.model)
         out = text_tokens(completion, t.spec.tokenizer) if completion else 0
         return _with_reasoning(Usage(tokens_in, out, source="estimated"), t)
 
@@ -655,9 +741,8 @@ class Executor:
         among concurrent attempts."""
         if hedge or race > 1:
             return await self._concurrent(run, max(race, 2), hedge=hedge and race <= 1)
-        request = run.request
         t, started, resp = await self._first_success(
-            run, lambda p, timeout: p.complete(request, timeout)
+            run, lambda p, request, timeout: p.complete(request, timeout)
         )
         done = perf_counter()
         run.upstream_s += _exchange_s(resp, started, done)
@@ -698,22 +783,26 @@ class Executor:
         cap = d.constraints.max_cost_usd
         if cap is not None and (ladder.max_cost_usd is None or ladder.max_cost_usd > cap):
             ladder = ladder.capped(cap)  # the request's cap (a job's share) binds the ladder
+        run.cap = ladder.max_cost_usd  # and the ladder's cap bounds each answer on the wire
+        width = [len(s.models) for s in ladder.steps]  # a step's models run at once
         answered: dict[int, tuple[_Target, ChatResponse, Attempt]] = {}
 
         async def call(model: str, messages: list[dict[str, Any]]) -> Answer:
-            sub = run.sub(model, messages, current_step())
+            step = current_step()
+            sub = run.sub(model, messages, step, 1 if step is None else width[step])
             began = perf_counter()
             try:
                 t, started, resp = await self._first_success(
-                    sub, lambda p, timeout: p.complete(sub.request, timeout)
+                    sub, lambda p, request, timeout: p.complete(request, timeout)
                 )
             except asyncio.CancelledError:  # the ladder's latency budget cut the step off
                 self._cut_off(sub, model, began)
                 raise
             finally:
-                run.upstream_s += sub.upstream_s  # time its failed tries waited
+                if sub.upstream_s:  # time its failed tries waited
+                    run.spans.append((began, began + sub.upstream_s))
             done = perf_counter()
-            run.upstream_s += _exchange_s(resp, started, done)
+            run.spans.append((done - _exchange_s(resp, started, done), done))
             self.health.record_success(t.key, done - started)
             attempt = self._answered(sub, t, resp, started, done)
             cost = attempt.cost_usd
@@ -727,6 +816,7 @@ class Executor:
                 run.request.messages,
                 estimates=estimates_from(d, run.registry),
                 deadline=run.deadline,
+                on_check=run.checked,
             )
         except AllAttemptsFailedError as e:
             # The ladder knows its calls' errors only as text; the run has every attempt.
@@ -745,6 +835,7 @@ class Executor:
                     if not v.passed and a is not result.answer:
                         attempt.outcome = "rejected"
         assert result.answer is not None  # Cascade.run raises when there is none
+        run.upstream_s += _union_s(run.spans)
         t, resp, attempt = answered[id(result.answer)]
         now = perf_counter()
         latency = now - run.t0
@@ -769,8 +860,10 @@ class Executor:
     ) -> AsyncIterator[StreamDelta]:
         idle = self.config.stream_idle_timeout_s
 
-        async def open_(p: Provider, timeout: httpx.Timeout) -> tuple[Any, str | ChatResponse]:
-            gen = p.stream(run.request, timeout)
+        async def open_(
+            p: Provider, request: ChatRequest, timeout: httpx.Timeout
+        ) -> tuple[Any, str | ChatResponse]:
+            gen = p.stream(request, timeout)
             try:
                 # keep-alive comments or pings are no progress: the first text must come
                 # within the idle timeout (and, as every wait, inside the deadline)
@@ -874,6 +967,7 @@ class Executor:
     async def _concurrent(self, run: Run, width: int, *, hedge: bool) -> ChatResult:
         """Race `width` attempts at once, or (hedge) add one when the newest is slower than
         its p95. The first accepted answer wins; the others are cancelled, their cost kept."""
+        run.share = width  # the cost cap is split between the calls in flight
         it = self._available(run, [])
         running: dict[asyncio.Task[ChatResponse], tuple[_Target, float]] = {}
         more = True  # targets left to launch
@@ -891,7 +985,7 @@ class Executor:
                     self._failed(run, t, e, perf_counter())
                     continue
                 run.tried.add(t.key)
-                call = partial(p.complete, run.request, self._budget(run, t)[0])
+                call = partial(p.complete, run.wire(t), self._budget(run, t)[0])
                 task = asyncio.ensure_future(self._bounded(run, t, call))
                 running[task] = (t, perf_counter())
                 return
@@ -989,7 +1083,9 @@ class Executor:
 
         answer = answer_from_chat(t.model, resp, cost_usd=None)
         left = None if run.deadline is None else run.deadline - perf_counter()
-        return await checked(run.accept, answer, Context(run.request.messages), left)
+        v = await checked(run.accept, answer, Context(run.request.messages), left)
+        run.checked(v, run.accept.name)
+        return v
 
     async def _cancel(
         self, run: Run, running: dict[asyncio.Task[ChatResponse], tuple[_Target, float]]

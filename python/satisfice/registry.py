@@ -186,6 +186,21 @@ class Price:
                 hit = t
         return hit
 
+    def output_within(self, tokens_in: float, usd: float) -> int | None:
+        """The most output tokens a request with `tokens_in` prompt tokens can be billed for
+        and cost at most `usd`: what a cost cap allows an answer on the wire. Reasoning
+        billed at its own rate is counted at the dearer of the two. None: output is free."""
+        inp, out = self.input, self.output
+        long = self.tier(tokens_in)
+        if long is not None:
+            inp, out = long.input, long.output
+        if self.reasoning is not None and self.output:
+            out = max(out, self.reasoning * out / self.output)
+        if out <= 0:
+            return None
+        left = (usd - (self.per_request or 0.0)) * 1e6 - tokens_in * inp
+        return max(int(left // out), 0)
+
     def cost(
         self,
         tokens_in: float,

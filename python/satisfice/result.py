@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["Attempt", "ChatResult"]
 
 # Outcomes of calls that reached an upstream and may be billed (errors and skips are not).
-_BILLED = frozenset({"ok", "rejected", "cancelled"})
+_BILLED = frozenset({"ok", "rejected", "cancelled", "check"})
 
 
 def billed_cost(attempts: Sequence[Any]) -> tuple[float, bool] | None:
@@ -44,7 +44,8 @@ class Attempt:
     `outcome`: "ok"; "error" (`error_type` names the errors.py class); "skipped" (cooling,
     disabled, missing key, window too small, deadline passed); "cancelled" (a hedge or race
     loser); "rejected" (answered, but the `accept` validator or a cascade step's check said
-    no). `cost_usd` is what the call cost as far as it is known: from usage when it
+    no); "check" (a call a check made itself, a judge's: `deployment` names the check).
+    `cost_usd` is what the call cost as far as it is known: from usage when it
     answered, the prompt alone (estimated) when it was cancelled in flight, None when
     unpriced. `step` is the cascade step the call belonged to; `verdict` the check's
     {passed, confidence, reason} when the answer was checked.

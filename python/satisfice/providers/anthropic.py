@@ -248,6 +248,14 @@ def _usage(u: Any, out: Any = None) -> Usage | None:
     return Usage(fresh + read + write, out_n, read, write - hour, cache_write_1h_tokens=hour)
 
 
+def thinking_budget(effort: str | None, reasoning_tokens: int | None) -> int:
+    """Extended thinking's budget_tokens for an effort variant (0: no thinking). The wire
+    max_tokens is the answer's plus this, as the Messages API spends it within max_tokens."""
+    if effort is None or effort == "none" or not reasoning_tokens:
+        return 0
+    return max(reasoning_tokens, 1024)
+
+
 class AnthropicProvider(HTTPProvider):
     """One Anthropic Messages deployment on a shared `httpx.AsyncClient`."""
 
@@ -273,9 +281,9 @@ class AnthropicProvider(HTTPProvider):
             if not isinstance(stop, list) or not all(isinstance(x, str) for x in stop):
                 raise BadRequestError("stop must be a string or a list of strings")
             p["stop_sequences"] = stop
-        if self.effort is not None and self.effort != "none" and self.reasoning_tokens:
+        budget = thinking_budget(self.effort, self.reasoning_tokens)
+        if budget:
             # extended thinking: the budget is spent before the answer, within max_tokens
-            budget = max(self.reasoning_tokens, 1024)
             p["thinking"] = {"type": "enabled", "budget_tokens": budget}
             p["max_tokens"] = p["max_tokens"] + budget
         return p

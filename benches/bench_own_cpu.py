@@ -1,0 +1,96 @@
+"""satisfice's own CPU per `chat()`, and whether `ChatResult.overhead_s` reports it.
+
+    python benches/bench_own_cpu.py            # 3 rounds of 4,000 sequential requests
+    python benches/bench_own_cpu.py --n 1000 --rounds 2
+
+Two callers against the same local upstream (`python -m satisfice.testing`, its own process,
+so its CPU is not this process's), on the same client and transport (the router's own,
+`executor.make_client`), one request at a time, interleaved round by round:
+
+- bare call: what any caller of the upstream must do: encode the request body, POST it,
+  parse the JSON answer and take the text. The baseline.
+- satisfice chat(): the same request through the router (route, build the provider request,
+  call, parse, count usage and cost, record health, build the result).
+
+satisfice's own CPU is chat()'s process CPU per request minus the bare call's; `overhead_s`
+(the wall time chat() reports as its own) is averaged over the same chat() calls. CPU time,
+not wall time: the machine is shared and noisy, and CPU time is what the router spends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import statistics
+import sys
+import time
+
+from bench_overhead import MESSAGES, MODEL, bench_registry, upstream, warm_tokenizers
+
+from satisfice import Router
+from satisfice.executor import ExecutionConfig, make_client
+
+
+async def measure(url: str, n: int, rounds: int) -> dict[str, list[float]]:
+    client = make_client(ExecutionConfig())
+    router = Router(bench_registry(url))
+    assert router.route(MESSAGES).model == MODEL
+    endpoint = url + "/v1/chat/completions"
+    headers = {"content-type": "application/json"}
+
+    async def bare() -> None:
+        body = json.dumps({"model": MODEL, "messages": MESSAGES}).encode()
+        r = await client.post(endpoint, content=body, headers=headers)
+        assert json.loads(r.content)["choices"][0]["message"]["content"]
+
+    overheads: list[float] = []
+
+    async def chat() -> None:
+        overheads.append((await router.chat(MESSAGES)).overhead_s)
+
+    out: dict[str, list[float]] = {"bare": [], "chat": [], "overhead": []}
+    for call in (bare, chat):  # warm up: connections, caches, the tokenizers
+        for _ in range(500):
+            await call()
+    for _ in range(rounds):
+        for name, call in (("bare", bare), ("chat", chat)):
+            overheads.clear()
+            gc.collect()
+            c = time.process_time()
+            for _ in range(n):
+                await call()
+            out[name].append((time.process_time() - c) / n * 1e6)
+            if name == "chat":
+                out["overhead"].append(statistics.fmean(overheads) * 1e6)
+    await router.aclose()
+    await client.aclose()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=4000, help="sequential requests per cell")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    warm_tokenizers()
+    with upstream() as url:
+        r = asyncio.run(measure(url, args.n, args.rounds))
+    own = [c - b for c, b in zip(r["chat"], r["bare"], strict=True)]
+    print(f"`python benches/bench_own_cpu.py --n {args.n} --rounds {args.rounds}` "
+          f"(Python {sys.version.split()[0]}; CPU µs per request, median of rounds)\n")  # fmt: skip
+    print("| | CPU µs per request |")
+    print("|---|---:|")
+    print(f"| bare call (encode, POST, parse) | {statistics.median(r['bare']):.1f} |")
+    print(f"| satisfice chat() | {statistics.median(r['chat']):.1f} |")
+    print(f"| satisfice's own CPU (chat − bare) | {statistics.median(own):.1f} |")
+    print(f"| `overhead_s` it reports (mean, wall) | {statistics.median(r['overhead']):.1f} |")
+    print(f"\nrounds: own {[round(x, 1) for x in own]}, "
+          f"overhead_s {[round(x, 1) for x in r['overhead']]}")  # fmt: skip
+    ratio = statistics.median(r["overhead"]) / statistics.median(own)
+    print(f"overhead_s / own CPU: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""What a request is told it spends is what it spends: a cost cap bounds each answer on the
+wire (max_tokens), a check's own model calls (a judge's) are billed to the request, and a
+cascade's parallel calls count once in its overhead, not once per call."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from satisfice import Cascade, Registry, Step
+from satisfice import validators as v
+from satisfice.testing import LocalUpstream, reply
+
+from .chat_support import router, wire
+
+CAP = 0.0004  # alpha (0.10 / 0.40 per 1M) can afford ~1,000 output tokens under it
+
+
+def allowed(cap: float, tokens_in: int, p_in: float, p_out: float) -> int:
+    return math.floor((cap * 1e6 - tokens_in * p_in) / p_out)
+
+
+def tight(sent: int, cap: float, tokens_in: int, p_in: float, p_out: float) -> bool:
+    """`sent` output tokens fit under `cap` and are within a rounding of all that fit."""
+    return (
+        tokens_in * p_in + sent * p_out <= cap * 1e6 + 1e-9
+        and sent >= allowed(cap, tokens_in, p_in, p_out) - 1
+    )
+
+
+async def test_a_cost_cap_bounds_the_answer_on_the_wire(up: LocalUpstream) -> None:
+    up.default = reply("fine")
+    async with router(up.url) as r:
+        res = await r.chat("hi", max_cost_usd=CAP)
+        sent = up.seen(wire("alpha"))[-1].body["max_tokens"]
+        assert sent < 4_000 and tight(sent, CAP, res.decision.tokens_in("alpha"), 0.10, 0.40)
+        await r.chat("hi", max_cost_usd=CAP, max_tokens=100)  # the caller's smaller limit
+        assert up.seen(wire("alpha"))[-1].body["max_tokens"] == 100
+        await r.chat("hi", max_cost_usd=1.0)  # a cap above the model's own limit: unchanged
+        assert "max_tokens" not in up.seen(wire("alpha"))[-1].body
+
+
+async def test_calls_in_flight_together_share_the_cap(up: LocalUpstream) -> None:
+    up.default = reply("fine", latency=0.05)
+    async with router(up.url) as r:
+        res = await r.chat("hi", max_cost_usd=CAP, race=2)
+    half = CAP / 2
+    a, b = (up.seen(wire(m))[-1].body["max_tokens"] for m in ("alpha", "beta"))
+    assert tight(a, half, res.decision.tokens_in("alpha"), 0.10, 0.40)
+    assert tight(b, half, res.decision.tokens_in("beta"), 0.20, 0.80)
+
+
+async def test_a_cascade_step_gets_what_earlier_steps_left(up: LocalUpstream) -> None:
+    up.default = reply("fine")
+    cap = 0.004
+    ladder = Cascade([Step(("alpha",), v.check(lambda t: False)), Step(("gamma",))])
+    async with router(up.url) as r:
+        res = await r.chat("hi", max_cost_usd=cap, cascade=ladder)
+    assert res.model == "gamma"
+    first = res.attempts[0]
+    assert first.model == "alpha" and first.outcome == "rejected" and first.cost_usd
+    sent = up.seen(wire("gamma"))[-1].body["max_tokens"]
+    assert tight(sent, cap - first.cost_usd, res.decision.tokens_in("gamma"), 0.50, 2.00)
+
+
+def test_output_within_keeps_the_cost_under_the_cap() -> None:
+    reg = Registry.from_dict({"model": [{
+        "id": "m", "context_window": 400_000, "max_output": 10_000,
+        "price": {"input": 1.0, "output": 4.0, "per_request": 0.001, "reasoning": 8.0,
+                  "long_context": {"above": 200_000, "input": 2.0, "output": 6.0}},
+    }]})  # fmt: skip
+    price = reg["m"].price
+    assert price is not None
+    for tokens_in, usd in ((1_000, 0.01), (250_000, 0.6), (10, 0.002)):
+        n = price.output_within(tokens_in, usd)
+        assert n is not None and n > 0
+        # billed as reasoning (the dearer rate) or as text, n tokens fit and n + 1 do not
+        assert price.cost(tokens_in, n, reasoning_tokens=n) <= usd + 1e-12
+        assert price.cost(tokens_in, n + 1, reasoning_tokens=n + 1) > usd
+    assert price.output_within(1_000, 0.0005) == 0  # the per-request fee alone is over
+
+
+JUDGE_COST = 0.0002
+
+
+async def judge_says_pass(messages: list[dict[str, object]]) -> v.Answer:
+    return v.Answer("judge-model", "VERDICT: PASS\nCONFIDENCE: 90", 40, 4, JUDGE_COST, 5.0)
+
+
+@pytest.mark.parametrize("how", ["cascade", "race"])
+async def test_a_judges_calls_are_billed_to_the_request(up: LocalUpstream, how: str) -> None:
+    up.default = reply("fine", latency=0.02)
+    check = v.judge(judge_says_pass, "is it fine?")
+    async with router(up.url) as r:
+        if how == "cascade":
+            res = await r.chat("hi", cascade=Cascade([Step(("alpha",), check), Step(("gamma",))]))
+        else:
+            res = await r.chat("hi", race=2, accept=check)
+    judged = [a for a in res.attempts if a.outcome == "check"]
+    assert judged and all(a.model == "judge-model" and a.cost_usd == JUDGE_COST for a in judged)
+    answers = sum(a.cost_usd or 0.0 for a in res.attempts if a.outcome != "check")
+    assert res.total_cost_usd == pytest.approx(answers + JUDGE_COST * len(judged))
+    assert res.to_record()["total_cost_usd"] == pytest.approx(res.total_cost_usd)
+    if how == "cascade":
+        assert res.cascade is not None and res.cascade.cost_usd == pytest.approx(res.total_cost_usd)
+
+
+async def test_a_parallel_steps_calls_count_once_in_the_overhead(up: LocalUpstream) -> None:
+    up.default = reply("fine", latency=0.3)
+    ladder = Cascade([Step(("alpha", "gamma"), v.check(lambda t: True)), Step(("delta",))])
+    async with router(up.url) as r:
+        res = await r.chat("hi", cascade=ladder)
+    # two calls of 0.3 s side by side: ~0.3 s upstream, not 0.6 s (which left overhead 0)
+    assert res.overhead_s > 0
+    assert res.latency_s - res.overhead_s < 0.45
