@@ -727,14 +727,16 @@ class Executor:
     def run(
         self,
         decision: Decision,
-        request: ChatRequest,
+        messages: list[dict[str, Any]],
+        call: Mapping[str, Any],
         *,
         t0: float,
         deadline: float | None = None,
         accept: Validator | None = None,
     ) -> Run:
-        """The state of one request, for `complete`, `stream` or `cascade`."""
-        return Run(decision, request, t0, deadline, accept)
+        """The state of one request, for `complete`, `stream` or `cascade`: `call` holds
+        the wire request's parameters (ChatRequest's fields besides the messages)."""
+        return Run(decision, ChatRequest(messages, **call), t0, deadline, accept)
 
     async def complete(self, run: Run, *, hedge: bool = False, race: int = 0) -> ChatResult:
         """One answer: the first target that answers, or (hedge/race) the first accepted

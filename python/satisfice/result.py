@@ -91,10 +91,10 @@ class ChatResult:
     `usage` is the provider's report, else satisfice's own count (`usage.source` says which).
     `cost_usd` is this answer's cost from the registry price (None when unpriced);
     `total_cost_usd` adds every other attempt that cost something (hedge and race losers).
-    `overhead_s` is the time satisfice itself added: total latency minus the HTTP exchanges
-    with upstreams (a direct call would spend those too; encoding requests and parsing
-    answers are the router's and count here), and, for streams, minus time the caller spent
-    between items.
+    `overhead_s` is the time satisfice itself added: total latency minus what a direct call
+    would spend as well (encoding the request's JSON, the HTTP exchange, decoding the
+    answer's JSON), and, for streams, minus time the caller spent between items. Routing,
+    building the request, reading the answer, counting and pricing it count here.
     """
 
     text: str

@@ -130,6 +130,8 @@ def _text_bytes(msgs: list[dict[str, Any]]) -> int:
 
 def _message_list(messages: object) -> list[dict[str, Any]]:
     """The caller's messages as a list of fresh dicts (theirs are never changed)."""
+    if type(messages) is list and all(type(m) is dict for m in messages):
+        return [m.copy() for m in messages]  # the usual case, without the ABC checks below
     if isinstance(messages, str):
         return [{"role": "user", "content": messages}]
     if isinstance(messages, Sequence) and all(isinstance(m, Mapping) for m in messages):
@@ -403,8 +405,6 @@ class Router:
         (around cooling deployments; a large prompt on a worker thread, so an exact count
         never holds the event loop), then the wire request and its deadline. The caller's
         dicts are read, never changed."""
-        from .providers.base import ChatRequest
-
         io = self._io if self._io is not None else self.configure()._io
         assert io is not None
         opts: dict[str, Any] = dict(options)
@@ -441,9 +441,9 @@ class Router:
             call["max_tokens"] = c.max_output_tokens
         if timeout is None and c.latency_slo_ms is not None:
             timeout = c.latency_slo_ms / 1000.0
-        request = ChatRequest(msgs, **call)
         deadline = None if timeout is None else t0 + timeout
-        return io, io.run(decision, request, t0=t0, deadline=deadline, accept=accept), metadata
+        run = io.run(decision, msgs, call, t0=t0, deadline=deadline, accept=accept)
+        return io, run, metadata
 
     async def _decide(
         self,

@@ -293,9 +293,8 @@ class AnthropicProvider(HTTPProvider):
         return {"anthropic-version": API_VERSION}
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
-        content, wire = await self._post(encode_body(self._wire(request, False)), timeout)
+        data, wire = await self._exchange(self._wire(request, False), timeout)
         try:
-            data = parse_json(content)
             texts: list[str] = []
             calls: list[ToolCall] = []
             for b in data["content"]:

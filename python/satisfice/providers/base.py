@@ -111,9 +111,10 @@ class ChatResponse:
     usage: Usage | None
     finish_reason: str | None
     tool_calls: list[ToolCall] = field(default_factory=list)
-    # Seconds of the HTTP exchange itself (sending, waiting, reading): what a direct call
-    # would also spend. Encoding the request and parsing the answer are not in it: they are
-    # the router's, and ChatResult.overhead_s counts them. None: not measured.
+    # Seconds a direct call would spend as well: encoding the JSON, the HTTP exchange
+    # (sending, waiting, reading), decoding the answer's JSON. Building the request and
+    # reading the answer are the router's: ChatResult.overhead_s counts them. None: not
+    # measured.
     wire_s: float | None = None
 
 
@@ -314,7 +315,11 @@ def parse_json(content: bytes | str) -> Any:
     any JSON escape (\\u0041, or \\/ inside a base64 key) is whole only once decoded, so
     the decoded strings are scrubbed too whenever the text has a backslash. Anything cut to
     a length for a message is cut after this, never before: a cut key would not match."""
-    data = json.loads(content)
+    return scrubbed(json.loads(content), content)
+
+
+def scrubbed(data: Any, content: bytes | str) -> Any:
+    """`parse_json` after its `json.loads`: `data` decoded from `content`, scrubbed."""
     if isinstance(content, bytes):
         escaped, lone = b"\\" in content, _LONE_B.search(content) is not None
     else:
@@ -420,6 +425,23 @@ class HTTPProvider:
 
     def _transport_error(self, e: Exception) -> RetryableError:
         return error_from_transport(e, self.model_id, self.deployment)
+
+    async def _exchange(self, payload: Any, timeout: httpx.Timeout) -> tuple[Any, float]:
+        """POST `payload` and decode the JSON answer (scrubbed): (data, the seconds a direct
+        call would spend as well: encoding the JSON, the HTTP exchange, decoding the answer's
+        JSON). Building the payload and reading the answer are the router's own work, which
+        `ChatResult.overhead_s` counts."""
+        t = time.perf_counter()
+        body = encode_body(payload)
+        encoding = time.perf_counter() - t
+        content, wire = await self._post(body, timeout)
+        t = time.perf_counter()
+        try:
+            data = json.loads(content)
+        except PARSE_ERRORS as e:
+            raise self._malformed(f"{type(e).__name__}: {e}") from None
+        wire += encoding + time.perf_counter() - t
+        return scrubbed(data, content), wire
 
     async def _post(self, body: bytes, timeout: httpx.Timeout) -> tuple[bytes, float]:
         """The body of a 2xx answer and the seconds the exchange took, else the mapped

@@ -89,7 +89,7 @@ class OpenAIProvider(HTTPProvider):
             "max_completion_tokens" if _COMPLETION_TOKENS_MODELS.match(self.model) else "max_tokens"
         )
 
-    def _body(self, r: ChatRequest, stream: bool) -> bytes:
+    def _payload(self, r: ChatRequest, stream: bool) -> dict[str, Any]:
         p: dict[str, Any] = {"model": self.model, "messages": r.messages}
         if r.max_tokens is not None:
             p[self._max_key] = r.max_tokens
@@ -108,12 +108,11 @@ class OpenAIProvider(HTTPProvider):
             p["stream_options"] = {"include_usage": True}
         if r.extra:
             p.update(r.extra)
-        return encode_body(p)
+        return p
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
-        content, wire = await self._post(self._body(request, False), timeout)
+        data, wire = await self._exchange(self._payload(request, False), timeout)
         try:
-            data = parse_json(content)
             msg = data["choices"][0]
             message = msg["message"]
             calls = [
@@ -138,7 +137,7 @@ class OpenAIProvider(HTTPProvider):
     async def stream(
         self, request: ChatRequest, timeout: httpx.Timeout
     ) -> AsyncGenerator[str | ChatResponse, None]:
-        resp = await self._open(self._body(request, True), timeout)
+        resp = await self._open(encode_body(self._payload(request, True)), timeout)
         try:
             parts: list[str] = []
             tools: dict[int, _ToolAcc] = {}
