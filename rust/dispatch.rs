@@ -396,6 +396,9 @@ pub struct Candidate {
     /// NaN when unpriced.
     pub est_cost: f64,
     pub tokens_in: u32,
+    /// At most this many prompt tokens: the count when one was made, else the upper bound
+    /// (what a limit decided on the estimate relied on).
+    pub tokens_in_max: u32,
     pub tokens_in_exact: bool,
     pub by_rule: bool,
 }
@@ -841,6 +844,7 @@ impl DispatchTable {
                 (x >= 0.0).then(|| x.min(u32::MAX as f64) as usize)
             };
             let exact_family = r.family.is_exact() && c.images == 0;
+            let mut t_max = hi.max(t_in);
             let mut is_exact = false;
             let mut was_counted = false;
             let window = r.context_window as f64;
@@ -849,6 +853,7 @@ impl DispatchTable {
                     Some(n) => {
                         t_in = counted(n);
                         (is_exact, was_counted) = (exact_family, true);
+                        t_max = t_in;
                     }
                     None => {
                         filtered.push((
@@ -887,6 +892,7 @@ impl DispatchTable {
                         Some(n) => {
                             t_in = counted(n);
                             is_exact = exact_family;
+                            t_max = t_in;
                             cost = r.cost(t_in, out);
                         }
                         None => {
@@ -929,6 +935,7 @@ impl DispatchTable {
                 // t_in >= 0: adding a half and truncating rounds as round() does, without
                 // a libm call per model (x86-64's baseline has no rounding instruction).
                 tokens_in: (t_in + 0.5) as u32,
+                tokens_in_max: t_max.ceil() as u32,
                 tokens_in_exact: is_exact,
                 by_rule: false,
             });

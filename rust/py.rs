@@ -1036,6 +1036,16 @@ impl PyPlan {
     fn est_tokens(&self, family: &str) -> PyResult<f32> {
         Ok(self.plan.info.est_tokens(self::family(family)?))
     }
+    /// At most this many prompt tokens for a candidate's table row: its count when one
+    /// was made, else the upper bound a limit decided on the estimate relied on. None: the
+    /// row is not a candidate.
+    fn max_tokens_in(&self, row: usize) -> Option<u32> {
+        self.plan
+            .candidates
+            .iter()
+            .find(|c| c.row == row)
+            .map(|c| c.tokens_in_max)
+    }
 }
 
 #[pymodule]

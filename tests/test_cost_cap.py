@@ -5,6 +5,7 @@ cascade's parallel calls count once in its overhead, not once per call."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -12,7 +13,7 @@ from satisfice import Cascade, Registry, Step
 from satisfice import validators as v
 from satisfice.testing import LocalUpstream, reply
 
-from .chat_support import router, wire
+from .chat_support import registry, router, wire
 
 CAP = 0.0004  # alpha (0.10 / 0.40 per 1M) can afford ~1,000 output tokens under it
 
@@ -75,9 +76,10 @@ def test_output_within_keeps_the_cost_under_the_cap() -> None:
     for tokens_in, usd in ((1_000, 0.01), (250_000, 0.6), (10, 0.002)):
         n = price.output_within(tokens_in, usd)
         assert n is not None and n > 0
-        # billed as reasoning (the dearer rate) or as text, n tokens fit and n + 1 do not
+        # billed as reasoning (the dearer rate) or as text, n tokens fit, and within a
+        # rounding of all that fit
         assert price.cost(tokens_in, n, reasoning_tokens=n) <= usd + 1e-12
-        assert price.cost(tokens_in, n + 1, reasoning_tokens=n + 1) > usd
+        assert price.cost(tokens_in, n + 2, reasoning_tokens=n + 2) > usd
     assert price.output_within(1_000, 0.0005) == 0  # the per-request fee alone is over
 
 
@@ -114,3 +116,87 @@ async def test_a_parallel_steps_calls_count_once_in_the_overhead(up: LocalUpstre
     # two calls of 0.3 s side by side: ~0.3 s upstream, not 0.6 s (which left overhead 0)
     assert res.overhead_s > 0
     assert res.latency_s - res.overhead_s < 0.45
+
+
+PRICES = {"alpha": (0.10, 0.40), "beta": (0.20, 0.80), "gamma": (0.50, 2.00)}
+
+
+async def test_a_relaunch_in_a_race_gets_only_what_the_call_in_flight_left(
+    up: LocalUpstream,
+) -> None:
+    cap = 0.002
+    up.script(wire("alpha"), reply("nope"))  # at once: rejected, gamma takes its place
+    up.script(wire("beta"), reply("good", latency=0.5))  # in flight all along
+    up.script(wire("gamma"), reply("nope", latency=0.1))
+    ok = v.check(lambda t: t.startswith("good"), name="good")
+    async with router(up.url) as r:
+        res = await r.chat("hi", race=2, accept=ok, max_cost_usd=cap)
+    assert res.model == "beta"
+    # alpha's bill, and what beta and gamma (in flight together) could have been billed
+    # had each written all it was allowed to
+    alpha = next(a for a in res.attempts if a.model == "alpha")
+    worst = alpha.cost_usd or 0.0
+    for m in ("beta", "gamma"):
+        p_in, p_out = PRICES[m]
+        out = up.seen(wire(m))[-1].body.get("max_tokens", 4_000)  # none sent: max_output
+        worst += (res.decision.max_tokens_in(m) * p_in + out * p_out) / 1e6
+    assert len(up.seen(wire("gamma"))) == 1 and worst <= cap * (1 + 1e-9)
+
+
+async def unpriced_judge(messages: list[dict[str, object]]) -> v.Answer:
+    return v.Answer("judge-model", "VERDICT: FAIL\nCONFIDENCE: 90", 40, 4, None, 5.0)
+
+
+async def test_an_unknown_bill_stops_calls_under_a_cap(up: LocalUpstream) -> None:
+    up.default = reply("fine")
+    ladder = Cascade([Step(("alpha",), v.judge(unpriced_judge, "ok?")), Step(("gamma",))])
+    async with router(up.url) as r:
+        res = await r.chat("hi", max_cost_usd=0.004, cascade=ladder)
+    assert res.total_cost_usd is None  # unknown, never a partial sum
+    skipped = [a for a in res.attempts if a.model == "gamma"]
+    assert skipped and skipped[0].outcome == "skipped" and "unknown" in (skipped[0].error or "")
+    assert not up.seen(wire("gamma"))
+
+
+async def test_a_prompt_cache_write_is_priced_as_one_under_a_cap(up: LocalUpstream) -> None:
+    up.default = reply("fine")
+    text = "context " * 300
+    plain = [{"role": "user", "content": text}]
+    cached = [{"role": "user", "content": [
+        {"type": "text", "text": text, "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+    ]}]  # fmt: skip
+    reg = registry(up.url)
+    beta = reg["beta"]
+    assert beta.price is not None
+    price = replace(beta.price, cache_write_1h=0.4)  # a 1-hour write: 2x input
+    async with router(up.url) as r:
+        r.update(reg.replace(replace(beta, price=price)))
+        d = await r.aroute(plain, allow=("beta",), max_cost_usd=CAP)
+        await r.chat(plain, max_cost_usd=CAP, allow=("beta",))
+        await r.chat(cached, max_cost_usd=CAP, allow=("beta",))
+    sent = [s.body["max_tokens"] for s in up.seen(wire("beta"))]
+    tokens_in = d.max_tokens_in("beta")
+    assert tight(sent[0], CAP, tokens_in, 0.2, 0.8)
+    assert tight(sent[1], CAP, tokens_in, 0.4, 0.8)  # the prompt priced as the write
+
+
+async def test_a_job_keeps_its_cap_across_failed_and_concurrent_steps(up: LocalUpstream) -> None:
+    import asyncio
+
+    from satisfice import Job
+    from satisfice.errors import NoRouteError, SatisficeError
+
+    up.default = reply("fine", latency=0.05)
+    nope = v.check(lambda t: False, name="never")
+    async with router(up.url) as r:
+        job = Job(r, max_cost_usd=0.002)
+        with pytest.raises(SatisficeError):  # every answer rejected: billed all the same
+            await job.step("a", "hi", race=2, accept=nope)
+        assert job.failed_usd and job.failed_usd[0] and job.spent_usd == job.failed_usd[0]
+        assert job.cost_usd == pytest.approx(job.failed_usd[0])
+        # two steps side by side: the second sees the first's cap as spent
+        job2 = Job(r, max_cost_usd=0.002)
+        got = await asyncio.gather(
+            job2.step("x", "hi"), job2.step("y", "hi"), return_exceptions=True
+        )
+        assert isinstance(got[1], NoRouteError)  # nothing left of the cap for it

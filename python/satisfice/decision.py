@@ -263,6 +263,14 @@ class Decision:
         reg = self.snapshot.registry
         return math.ceil(self._plan.est_tokens(reg[model].tokenizer)) if model in reg else 0
 
+    def max_tokens_in(self, model: str) -> int:
+        """Prompt tokens of this request for `model` at most: its count when one was made,
+        else the upper bound a limit decided on the estimate relied on (the estimate, for
+        a model the ranking left out)."""
+        row = self.snapshot.index.get(model)
+        n = None if row is None else self._plan.max_tokens_in(row)
+        return self.tokens_in(model) if n is None else n
+
     @property
     def reference(self) -> tuple[str, float | None]:
         """The registry's most capable model and its estimated cost for this same request."""

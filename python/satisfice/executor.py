@@ -116,6 +116,25 @@ def _union_s(spans: list[tuple[float, float]]) -> float:
     return total
 
 
+def _cache_write(request: ChatRequest) -> str | None:
+    """ "1h" or "5m" when the request asks for a prompt-cache write (Anthropic's
+    cache_control on a message, a content part or a tool), priced dearer than input."""
+    ttl: str | None = None
+    parts: list[Any] = list(request.tools or ())
+    for m in request.messages:
+        parts.append(m)
+        content = m.get("content")
+        if isinstance(content, list):
+            parts.extend(content)
+    for p in parts:
+        cc = p.get("cache_control") if isinstance(p, dict) else None
+        if isinstance(cc, dict):
+            if cc.get("ttl") == "1h":
+                return "1h"
+            ttl = "5m"
+    return ttl
+
+
 class _NoJar(CookieJar):
     """A cookie jar that takes nothing in, by any door (see `_NoCookies`)."""
 
@@ -230,6 +249,7 @@ class Run:
         "cap",
         "deadline",
         "decision",
+        "holds",
         "min_window",
         "order",
         "registry",
@@ -254,6 +274,7 @@ class Run:
         step: int | None = None,
         cap: float | None = None,
         share: int = 1,
+        holds: dict[str, tuple[float, int]] | None = None,
     ) -> None:
         self.registry: Registry = decision.registry
         self.decision = decision
@@ -268,6 +289,10 @@ class Run:
         # how many calls may run at once under it (a race, a cascade's parallel step)
         self.cap = decision.constraints.max_cost_usd if attempts is None else cap
         self.share = share
+        # Under a cap, each call in flight holds its slice of the cap (USD, and the
+        # max_tokens it was sent) until its attempt is recorded: shared with a cascade's
+        # sub-runs, as the attempts are, so calls side by side cannot spend one slice twice.
+        self.holds: dict[str, tuple[float, int]] = {} if holds is None else holds
         self.upstream_s = 0.0
         # (start, end) of upstream waits that may overlap (a cascade's parallel calls and
         # its judges): their union, not their sum, is what a direct caller would wait
@@ -290,27 +315,62 @@ class Run:
             step,
             self.cap,
             share,
+            self.holds,
         )
 
     def wire(self, t: _Target) -> ChatRequest:
         """The request as sent to `t`: under a cost cap, max_tokens is at most what the cap
-        leaves for the answer after its prompt and what this request was already billed
-        (split between the calls that run at once), so that no answer runs past the cap."""
-        n = self.output_cap(t)
-        if n is None or n >= (self.request.max_tokens or t.spec.max_output):
+        leaves for the answer (`output_cap`), and the call holds its slice until its
+        attempt is recorded, so that no answer runs past the cap."""
+        capped = self.output_cap(t)
+        if capped is None:
+            return self.request
+        n, usd = capped
+        self.holds[t.key] = (usd, n)
+        if n >= (self.request.max_tokens or t.spec.max_output):
             return self.request  # the cap allows more than the call could take
         return replace(self.request, max_tokens=n)
 
-    def output_cap(self, t: _Target) -> int | None:
-        """Output tokens the cost cap allows a call to `t` (None: no cap applies)."""
+    def output_cap(self, t: _Target) -> tuple[int, float] | None:
+        """(output tokens, USD) the cost cap allows a call to `t` now: what is left after
+        what this request was billed and what calls in flight hold, shared with the calls
+        still to start beside them (a race, a cascade's parallel step); the prompt is
+        priced at its upper bound, as a cache write when it asks for one. (0, 0) when a bill
+        on the request is unknown (an unpriced call): the cap cannot be kept then. None:
+        no cap applies."""
         if self.cap is None or t.price is None:
             return None
         spent = billed_cost(self.attempts)
-        left = self.cap - (spent[0] if spent is not None else 0.0)
-        n = t.price.output_within(self.decision.tokens_in(t.model), left / self.share)
-        if n is not None and t.dep.api == "anthropic":  # its thinking comes on top
+        if spent is None:
+            return 0, 0.0
+        held = sum(usd for k, (usd, _) in self.holds.items() if k != t.key)
+        slots = max(self.share - len(self.holds.keys() - {t.key}), 1)
+        usd = max(self.cap - spent[0] - held, 0.0) / slots
+        write = _cache_write(self.request)
+        n = t.price.output_within(
+            self.decision.max_tokens_in(t.model),
+            usd,
+            cache_write=write == "5m",
+            cache_write_1h=write == "1h",
+        )
+        if n is None:  # output is free: what the call may take
+            n = self.request.max_tokens or t.spec.max_output
+        if t.dep.api == "anthropic":  # its thinking comes on top
             n = max(n - thinking_budget(t.spec.effort, t.spec.reasoning_tokens), 0)
+        return n, usd
+
+    def max_out(self, t: _Target) -> int | None:
+        """The most output tokens a call to `t` was allowed on the wire (None: no limit)."""
+        held = self.holds.get(t.key)
+        n = held[1] if held is not None else self.request.max_tokens
+        if n is not None and t.dep.api == "anthropic":
+            n += thinking_budget(t.spec.effort, t.spec.reasoning_tokens)
         return n
+
+    def record(self, attempt: Attempt, t: _Target) -> None:
+        """A call's attempt, on the record; its hold on the cap is released."""
+        self.attempts.append(attempt)
+        self.holds.pop(t.key, None)
 
     def checked(self, v: Verdict, name: str, step: int | None = None) -> None:
         """Bill the calls a check made itself (a judge's) to this request: they cost money,
@@ -470,12 +530,14 @@ class Executor:
                     run.skip(t.model, t.dep.name, why)
                     cooled.append(t)
                     continue
-                if run.output_cap(t) == 0:
+                capped = run.output_cap(t)
+                if capped is not None and capped[0] == 0:
                     run.skip(
                         t.model,
                         t.dep.name,
                         f"the cost cap (${run.cap:.6f}) leaves nothing for its answer after "
-                        "its prompt and what this request was already billed",
+                        "its prompt, what this request was billed and what calls in flight "
+                        "hold (or a bill on it is unknown: an unpriced call)",
                     )
                     continue
                 yield t
@@ -571,7 +633,7 @@ class Executor:
             usage = self._prompt_usage(run, t, streamed or "")
             attempt.usage, attempt.cost_estimated = usage, True
             attempt.cost_usd = cost_of(t.price, usage)
-        run.attempts.append(attempt)
+        run.record(attempt, t)
         action = classify(e)
         if action is Action.DISABLE:
             self.health.disable(t.key, str(e))
@@ -653,7 +715,15 @@ class Executor:
         if resp.usage is not None:  # the upstream's own figures: nothing to count
             return resp.usage
         extra = extra_text(run.request.tools, run.request.response_format)
-        return _with_reasoning(usage_of(run.request.messages, t.spec.tokenizer, resp, extra), t)
+        usage = _with_reasoning(usage_of(run.request.messages, t.spec.tokenizer, resp, extra), t)
+        most = run.max_out(t)  # no call is billed for more than it was allowed to write
+        if most is not None and usage.completion_tokens > most:
+            usage = replace(
+                usage,
+                completion_tokens=most,
+                reasoning_tokens=min(usage.reasoning_tokens, most),
+            )
+        return usage
 
     def _answered(
         self, run: Run, t: _Target, resp: ChatResponse, started: float, now: float
@@ -670,7 +740,7 @@ class Executor:
             cost_usd=cost_of(t.price, usage),
             step=run.step,
         )
-        run.attempts.append(attempt)
+        run.record(attempt, t)
         return attempt
 
     def _prompt_usage(self, run: Run, t: _Target, completion: str = "") -> Usage:
@@ -942,12 +1012,12 @@ class Executor:
             now = perf_counter()
             run.upstream_s += now - started
             usage = self._prompt_usage(run, t, "".join(delivered))
-            run.attempts.append(Attempt(
+            run.record(Attempt(
                 t.model, t.dep.name, "cancelled", started - run.t0, now - started,
                 "ClientClosedStream", "the caller closed the stream before its end",
                 usage=usage, cost_usd=cost_of(t.price, usage), cost_estimated=True,
                 step=run.step,
-            ))  # fmt: skip
+            ), t)  # fmt: skip
             raise
         except ProviderError as e:
             text = "".join(delivered)
@@ -1032,7 +1102,7 @@ class Executor:
                                 run.attempts[-1].verdict = _verdict_dict(verdict)
                             return result
                         usage = self._usage(run, t, resp)
-                        run.attempts.append(
+                        run.record(
                             Attempt(
                                 t.model,
                                 t.dep.name,
@@ -1042,7 +1112,8 @@ class Executor:
                                 usage=usage,
                                 cost_usd=cost_of(t.price, usage),
                                 verdict=_verdict_dict(verdict),
-                            )
+                            ),
+                            t,
                         )
                     elif isinstance(exc, ProviderError):
                         if self._failed(run, t, exc, started) is Action.STOP:
@@ -1063,7 +1134,9 @@ class Executor:
             return
         t = ts[0]
         usage = self._prompt_usage(run, t)
-        run.attempts.append(
+        for other in ts[1:]:  # whichever deployment was called: its hold stays on the cap
+            run.holds.pop(other.key, None)
+        run.record(
             Attempt(
                 t.model,
                 t.dep.name,
@@ -1074,7 +1147,8 @@ class Executor:
                 cost_usd=cost_of(t.price, usage),
                 cost_estimated=True,
                 step=run.step,
-            )
+            ),
+            t,
         )
 
     async def _check(self, run: Run, t: _Target, resp: ChatResponse) -> Verdict | None:
@@ -1106,7 +1180,7 @@ class Executor:
                 usage, estimated = self._usage(run, t, task.result()), False
             else:  # the prompt, as far as it got: billed or not, we cannot know
                 usage, estimated = self._prompt_usage(run, t), True
-            run.attempts.append(
+            run.record(
                 Attempt(
                     t.model,
                     t.dep.name,
@@ -1116,7 +1190,8 @@ class Executor:
                     usage=None if estimated else usage,
                     cost_usd=cost_of(t.price, usage),
                     cost_estimated=estimated,
-                )
+                ),
+                t,
             )
         running.clear()
 

@@ -186,20 +186,33 @@ class Price:
                 hit = t
         return hit
 
-    def output_within(self, tokens_in: float, usd: float) -> int | None:
-        """The most output tokens a request with `tokens_in` prompt tokens can be billed for
-        and cost at most `usd`: what a cost cap allows an answer on the wire. Reasoning
-        billed at its own rate is counted at the dearer of the two. None: output is free."""
-        inp, out = self.input, self.output
+    def output_within(
+        self,
+        tokens_in: float,
+        usd: float,
+        *,
+        cache_write: bool = False,
+        cache_write_1h: bool = False,
+    ) -> int | None:
+        """The most output tokens a request with `tokens_in` prompt tokens (every one of them
+        a cache write, when asked) can be billed for and cost at most `usd`: what a cost cap
+        allows an answer on the wire. Reasoning billed at its own rate is counted at the
+        dearer of the two. None: output is free."""
+        out = self.output
         long = self.tier(tokens_in)
         if long is not None:
-            inp, out = long.input, long.output
+            out = long.output
         if self.reasoning is not None and self.output:
             out = max(out, self.reasoning * out / self.output)
         if out <= 0:
             return None
-        left = (usd - (self.per_request or 0.0)) * 1e6 - tokens_in * inp
-        return max(int(left // out), 0)
+        prompt = self.cost(
+            tokens_in,
+            0,
+            cache_write=tokens_in if cache_write else 0.0,
+            cache_write_1h=tokens_in if cache_write_1h else 0.0,
+        )
+        return max(int((usd - prompt) * 1e6 // out), 0)
 
     def cost(
         self,

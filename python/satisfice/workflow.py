@@ -17,12 +17,14 @@ a late step is routed to something cheaper (or gets NoRouteError) instead of ove
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Unpack
 
 from .errors import ConfigError
 from .policy import Constraints
+from .result import billed_cost
 
 if TYPE_CHECKING:
     from .cascade import Cascade
@@ -86,13 +88,16 @@ class Job:
         self.name = name
         self.max_cost_usd = max_cost_usd
         self.steps: list[JobStep] = []
+        # What steps that raised were billed (None: unknown), and the caps of steps in
+        # flight: a cap is kept across failures and steps run side by side.
+        self.failed_usd: list[float | None] = []
+        self._held = 0.0
 
     @property
     def cost_usd(self) -> float | None:
         """USD over every step; None when some step's cost is unknown (unpriced)."""
         total = 0.0
-        for s in self.steps:
-            c = s.cost_usd
+        for c in [*(s.cost_usd for s in self.steps), *self.failed_usd]:
             if c is None:
                 return None
             total += c
@@ -103,7 +108,7 @@ class Job:
         """What a job cap is charged: each step's cost, or its routed estimate when the
         provider's cost is unknown. Under a cap every step is routed with max_cost, which
         no unpriced model passes, so such a step always has an estimate."""
-        total = 0.0
+        total = sum(c for c in self.failed_usd if c is not None)
         for s in self.steps:
             c = s.cost_usd if s.cost_usd is not None else s.decision.est_cost_usd
             total += c if c is not None else 0.0  # only possible for a job without a cap
@@ -122,13 +127,28 @@ class Job:
         """Answer `messages` with `router.chat` under this step's constraints (and what is
         left of the job's cap), and record the step on the job."""
         c = Constraints.of(constraints)
+        held = 0.0
         if self.max_cost_usd is not None:
-            left = max(self.max_cost_usd - self.spent_usd, 0.0)
+            left = max(self.max_cost_usd - self.spent_usd - self._held, 0.0)
             cap = options.get("max_cost_usd", c.max_cost_usd)
             if cap is None or cap > left:
-                options["max_cost_usd"] = left
+                options["max_cost_usd"] = cap = left
+            held = cap
         options["metadata"] = {**(options.get("metadata") or {}), "job": self.name, "step": name}
-        result = await self.router.chat(messages, c, cascade=cascade, accept=accept, **options)
+        self._held += held  # steps running beside this one see its cap as spent
+        try:
+            result = await self.router.chat(messages, c, cascade=cascade, accept=accept, **options)
+        except BaseException as e:
+            # a step that raised may have been billed (rejected answers, timeouts): charged
+            # to the job, at its cap when the bill is unknown (cancelled mid-call)
+            billed = billed_cost(getattr(e, "attempts", None) or ())
+            if billed is not None and not isinstance(e, asyncio.CancelledError):
+                self.failed_usd.append(billed[0])
+            else:
+                self.failed_usd.append(held if self.max_cost_usd is not None else None)
+            raise
+        finally:
+            self._held -= held
         rec = JobStep(name, result)
         self.steps.append(rec)
         return rec
