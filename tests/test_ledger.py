@@ -381,7 +381,7 @@ def test_a_failed_requests_record_counts_what_may_be_billed() -> None:
 
     assert total([answered, cut_priced, refused]) == pytest.approx(13e-6)
     assert total([answered, cut_unpriced]) is None
-    assert total([refused]) is None  # nothing billed: no total to state
+    assert total([refused]) == 0.0  # refused before any billing: known to be nothing
 
 
 def test_odd_metadata_is_written_as_strict_json(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ refresh hook that fails; and the flywheel learns only from labels something gave
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +92,62 @@ def test_the_flywheel_splits_by_prompt_and_skips_unchecked_answers() -> None:
     train, test = ledger_outcomes([*recs, unchecked], holdout=0.3)
     assert test is not None and not set(train.prompts) & set(test.prompts)
     assert "never checked" not in [*train.prompts, *test.prompts]
+
+
+def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path: Path) -> None:
+    from satisfice.ledger import JSONLSink
+
+    path = tmp_path / "l.jsonl"
+    good = {"request_id": "before", "started_at": 1.0, "outcome": "ok"}
+    path.write_text(json.dumps(good) + "\n" + '{"request_id": "torn", "start')  # a crash
+    sink = JSONLSink(path)
+    sink.write([{"request_id": "after", "started_at": 2.0, "outcome": "ok"}])
+    sink.close()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ids = [r["request_id"] for r in read_records(path)]
+    assert ids == ["before", "after"]
+    assert any("line 2" in str(w.message) for w in seen)  # the torn line, named
+
+
+@pytest.mark.parametrize(("field", "value"), [("attempts", 5), ("model", 5), ("messages", "hi")])
+def test_a_mistyped_record_field_is_an_error_naming_it(
+    tmp_path: Path, field: str, value: Any
+) -> None:
+    from satisfice.errors import ConfigError
+
+    path = tmp_path / "l.jsonl"
+    path.write_text(json.dumps({"request_id": "r", "started_at": 1.0, field: value}) + "\n")
+    with pytest.raises(ConfigError, match=f"line 1: {field} must be"):
+        list(read_records(path))
+
+
+def test_a_request_of_unknown_cost_is_never_reported_as_zero(tmp_path: Path) -> None:
+    from satisfice.report import render_text, rows, summarize
+
+    path = tmp_path / "l.jsonl"
+    rec = {"request_id": "r", "started_at": 1.0, "outcome": "error", "model": None,
+           "error_type": "RequestCancelled", "total_cost_usd": None, "attempts": []}  # fmt: skip
+    path.write_text(json.dumps(rec) + "\n")
+    s = summarize(rows(path))
+    assert s["unpriced_requests"] == 1
+    assert "1 requests of unknown cost not counted" in render_text(s)
+
+
+async def test_a_judges_call_is_not_a_fallback(up: LocalUpstream, tmp_path: Path) -> None:
+    from satisfice import Cascade, Step
+    from satisfice import validators as v
+
+    async def ask(messages: list[dict[str, Any]]) -> v.Answer:
+        return v.Answer("judge-model", "VERDICT: PASS\nCONFIDENCE: 90", 40, 4, 0.0001, 5.0)
+
+    up.default = reply("fine")
+    ladder = Cascade([Step(("alpha",), v.judge(ask, "ok?")), Step(("gamma",))])
+    async with router(up.url).attach(ledger=tmp_path / "l.db") as r:
+        res = await r.chat("hi", cascade=ladder)
+        assert r.ledger is not None and r.ledger.flush(5.0)
+    assert res.fallbacks_used == []
+    from satisfice.report import rows
+
+    (row,) = list(rows(tmp_path / "l.db"))
+    assert row["fallbacks"] == 0

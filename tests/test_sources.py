@@ -453,3 +453,14 @@ def test_mistyped_list_fields_are_skipped_not_fatal(source: str, data: dict[str,
     from satisfice.sources import parse
 
     assert parse(source, data).listings  # the entry is read, its odd field ignored
+
+
+def test_a_lone_surrogate_in_a_catalogue_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "cat.json"
+    path.write_text(
+        '{"gpt-x": {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": '
+        '1.1e-6, "output_cost_per_token": 4e-6, "successor_model": "gpt-y\\ud800"}}'
+    )  # valid JSON: the escape of half a surrogate pair
+    cat = sources.load("litellm", str(path))
+    (entry,) = cat.listings.values()
+    assert "gpt-y\ufffd" in repr(entry)  # what no terminal or file takes, replaced

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from importlib import resources
@@ -183,12 +184,18 @@ def cmd_registry(args: argparse.Namespace) -> int:
     out = args.out or args.registry
     if out is None:
         raise SatisficeError("give --out FILE (or --registry FILE to update it in place)")
-    Path(out).write_text(
+    tmp = Path(f"{out}.tmp")
+    tmp.write_text(
         new.to_toml(f"# satisfice registry, prices from {args.source} as of "
                     f"{new.meta['prices_as_of']}\n\n"),
         encoding="utf-8",
     )  # fmt: skip
-    Registry.from_toml(out)  # what was written reads back
+    try:
+        Registry.from_toml(tmp)  # what was written reads back, before it replaces anything
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)  # whole or not at all: a crash mid-write leaves the old file
     print(f"wrote {out} ({len(new)} models)")
     return 0
 

@@ -9,6 +9,7 @@ swaps it in with one assignment; `route()` reads the router's snapshot once and 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from .feedback import FeedbackLog
 
 __all__ = ["Candidate", "Decision", "Snapshot"]
+
+_ID_LOCK = threading.Lock()
 
 #: Candidates a request record keeps (see `Decision.record`).
 RECORDED = 16
@@ -187,7 +190,11 @@ class Decision:
         if self._request_id is None:
             from .feedback import new_request_id
 
-            self._request_id = new_request_id()
+            # the ledger's writer thread may build the record while the caller reads the
+            # id: both must see one id (each had made its own, and the record lost its own)
+            with _ID_LOCK:
+                if self._request_id is None:
+                    self._request_id = new_request_id()
         if self._feedback is not None:
             # The plan carries the prompt's latent, so the prompt itself is never kept.
             self._feedback.remember(

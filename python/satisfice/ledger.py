@@ -31,6 +31,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -155,7 +156,14 @@ def _row(rec: Mapping[str, Any]) -> tuple[Any, ...]:
         _num(rec.get("latency_s")),
         _num(rec.get("overhead_s")),
         len(attempts),
-        len({a.get("model") for a in attempts if a.get("model") != rec.get("model")}),
+        # models tried besides the one that answered (a check's own calls are not tries)
+        len(
+            {
+                a.get("model")
+                for a in attempts
+                if a.get("model") != rec.get("model") and a.get("outcome") != "check"
+            }
+        ),
         len(casc.get("steps") or ()) if isinstance(casc, Mapping) else 0,
         int(bool(rec.get("cache_hit"))),
         _json(rec),
@@ -202,11 +210,14 @@ def failure_record(
         rec["task"] = decision.task
         rec["decision"] = decision.record()
         rec["est_cost_usd"] = decision.est_cost_usd
-        from .result import billed_cost  # the rule ChatResult.total_cost_usd follows
+    from .result import billed_cost  # the rule ChatResult.total_cost_usd follows
 
-        out = billed_cost(attempts)
-        if out is not None and out[1]:
-            rec["total_cost_usd"] = out[0]
+    # What the attempts were billed ($0 when every call was refused before any billing);
+    # unknown when one was unpriced, or when the caller left with a call that may have
+    # been in flight and is on no attempt
+    out = billed_cost(attempts)
+    if out is not None and (out[1] or not getattr(error, "cost_unknown", False)):
+        rec["total_cost_usd"] = out[0]
     return rec
 
 
@@ -312,7 +323,7 @@ class JSONLSink:
         self.path = Path(path)
         self._fsync = fsync
         try:
-            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
             raise ConfigError(f"cannot open the ledger {self.path}: {e}") from None
 
@@ -324,6 +335,8 @@ class JSONLSink:
         if fd is None:
             raise OSError("the ledger file is closed")
         start = os.fstat(fd).st_size
+        if start and os.pread(fd, 1, start - 1) != b"\n":
+            data = b"\n" + data  # a torn last line (a crash mid-write) would swallow ours
         try:
             view = memoryview(data)
             while view:
@@ -688,19 +701,37 @@ def read_records(target: str | Path) -> Iterator[dict[str, Any]]:
         db.close()
 
 
+# Fields a reader takes apart: (name, type, what it must be).
+_FIELDS = (
+    ("attempts", list, "a list of attempts"),
+    ("model", str, "a model id"),
+    ("messages", list, "a list of messages"),
+    ("metadata", dict, "an object"),
+    ("cascade", dict, "an object"),
+    ("decision", dict, "an object"),
+)
+
+
 def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
-    """A JSONL ledger's records (a torn last line after a crash is skipped); a line that is
-    JSON but no record is an error naming it, not a traceback in whatever reads it."""
+    """A JSONL ledger's records. A line that is not JSON (torn by a crash mid-write) is
+    skipped, with a warning naming it unless it is the last; a line that is JSON but no
+    record, or a record whose fields have the wrong types, is an error naming it, not a
+    traceback in whatever reads it."""
     if p.is_dir():
         raise ConfigError(f"ledger {p} is a directory, not a JSONL file")
     scores: dict[str, Any] = {}
     recs = []
+    torn: list[int] = []
+    n = 0
     try:
         with p.open(encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
                 try:
                     r = json.loads(line)
                 except (ValueError, RecursionError):
+                    torn.append(n)
                     continue
                 fb = r.get("feedback") if isinstance(r, dict) else None
                 if isinstance(r, dict) and "request_id" not in r and isinstance(fb, dict):
@@ -717,9 +748,22 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
                         f"ledger {p}, line {n}: started_at must be a Unix time in seconds, "
                         f"got {ts!r:.40}"
                     )
+                for field, kind, what in _FIELDS:
+                    if r.get(field) is not None and not isinstance(r[field], kind):
+                        raise ConfigError(
+                            f"ledger {p}, line {n}: {field} must be {what}, got "
+                            f"{type(r[field]).__name__}"
+                        )
                 recs.append(r)
     except UnicodeDecodeError:
         raise ConfigError(f"ledger {p} is not UTF-8 text (a JSONL ledger)") from None
+    inside = [k for k in torn if k != n]  # the last line torn by a crash is expected
+    if inside:
+        warnings.warn(
+            f"ledger {p}: {len(inside)} line(s) that are not JSON were skipped "
+            f"(line {', '.join(map(str, inside[:5]))}{', ...' if len(inside) > 5 else ''})",
+            stacklevel=2,
+        )
     for r in recs:
         if r["request_id"] in scores:
             r["feedback"] = scores[r["request_id"]]

@@ -38,8 +38,9 @@ class Metrics:
                                 registry=r)  # fmt: skip
         self.tokens = Counter(f"{p}_tokens", "Tokens billed", (*lab, "direction"), registry=r)
         self.cost = Counter(f"{p}_cost_usd", "USD billed (known costs)", lab, registry=r)
-        self.unpriced = Counter(f"{p}_unpriced_requests", "Answered requests whose cost is "
-                                "unknown (unpriced model)", lab, registry=r)  # fmt: skip
+        self.unpriced = Counter(f"{p}_unpriced_requests", "Requests whose cost is unknown "
+                                "(an unpriced model, a call cancelled in flight)", lab,
+                                registry=r)  # fmt: skip
         self.latency = Histogram(f"{p}_request_latency_seconds", "Request latency", ("model",),
                                  buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.overhead = Histogram(f"{p}_router_overhead_seconds", "Time satisfice added",
@@ -76,8 +77,11 @@ class Metrics:
         dep = str(rec.get("deployment") or "")
         outcome = rec.get("outcome", "ok")
         self.requests.labels(model, dep, task, key, outcome).inc()
-        if outcome != "ok" and rec.get("total_cost_usd") is not None:
-            self.cost.labels(model, dep, task, key).inc(rec["total_cost_usd"])  # billed calls
+        if outcome != "ok":  # calls billed before the request failed, or unknown: never $0
+            if rec.get("total_cost_usd") is not None:
+                self.cost.labels(model, dep, task, key).inc(rec["total_cost_usd"])
+            else:
+                self.unpriced.labels(model, dep, task, key).inc()
         if outcome == "ok":
             self.tokens.labels(model, dep, task, key, "in").inc(rec.get("tokens_in") or 0)
             self.tokens.labels(model, dep, task, key, "out").inc(rec.get("tokens_out") or 0)

@@ -89,6 +89,8 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             errors += 1
             if r.get("cost_usd") is not None:  # calls billed before the request failed
                 cost += r["cost_usd"]
+            else:  # unknown (an unpriced call, one cancelled in flight): never $0
+                unpriced += 1
             continue
         ok += 1
         m = str(r.get("model"))
@@ -204,7 +206,8 @@ def render_text(s: Mapping[str, Any]) -> str:
         f"{s['failure_rate']:.2%}, fallback rate {s['fallback_rate']:.2%}",
         f"cost {_usd(s['cost_usd'])}"
         + (
-            f" ({s['unpriced_requests']:,} unpriced requests not counted)"
+            f" ({s['unpriced_requests']:,} requests of unknown cost not counted: unpriced "
+            "models, calls cancelled in flight)"
             if s["unpriced_requests"]
             else ""
         )

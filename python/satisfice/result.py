@@ -134,10 +134,11 @@ class ChatResult:
 
     @property
     def fallbacks_used(self) -> list[str]:
-        """Models tried (and failed or skipped) before the one that answered."""
+        """Models tried (and failed or skipped) before the one that answered; a check's own
+        calls (a judge's) are not tries."""
         out: list[str] = []
         for a in self.attempts:
-            if a.model != self.model and a.model not in out:
+            if a.model != self.model and a.model not in out and a.outcome != "check":
                 out.append(a.model)
         return out
 

@@ -81,12 +81,16 @@ def _route_inline(msgs: list[dict[str, Any]], extra: str | None = None) -> bool:
 class ClientClosedStream(Exception):
     """The record's error for a stream its caller closed before the end."""
 
+    cost_unknown = True  # a call may have been in flight: the record states no total
+
     def __init__(self) -> None:
         super().__init__("the caller closed the stream before its end")
 
 
 class RequestCancelled(Exception):
     """The record's error for a chat() its caller cancelled before the answer."""
+
+    cost_unknown = True  # a call may have been in flight: the record states no total
 
     def __init__(self) -> None:
         super().__init__("the caller cancelled the request before its answer")

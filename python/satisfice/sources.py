@@ -433,11 +433,14 @@ def load(source: str, location: str | None = None, *, timeout_s: float = 30.0) -
         if p.stat().st_size > MAX_SOURCE_BYTES:
             raise ConfigError(f"{source}: {location} is over {MAX_SOURCE_BYTES >> 20} MB")
         raw = p.read_bytes()
+    from .providers.base import scrubbed
+
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as e:
         raise ConfigError(f"{source}: {location} is not JSON ({e})") from None
-    return parse(source, data)
+    # a lone surrogate (\ud800), valid JSON, is no text any file or terminal takes: U+FFFD
+    return parse(source, scrubbed(data, raw))
 
 
 def _fetch(url: str, timeout_s: float) -> bytes:
