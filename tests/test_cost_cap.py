@@ -200,3 +200,16 @@ async def test_a_job_keeps_its_cap_across_failed_and_concurrent_steps(up: LocalU
             job2.step("x", "hi"), job2.step("y", "hi"), return_exceptions=True
         )
         assert isinstance(got[1], NoRouteError)  # nothing left of the cap for it
+
+
+async def test_a_hedge_does_not_cut_the_first_call_short(up: LocalUpstream) -> None:
+    up.script(wire("alpha"), reply("fine", latency=0.4))  # slower than its p95: a hedge
+    up.default = reply("fine")
+    async with router(up.url) as r:
+        res = await r.chat("hi", hedge=True, max_cost_usd=CAP)
+    sent = up.seen(wire("alpha"))[-1].body["max_tokens"]
+    assert tight(sent, CAP, res.decision.max_tokens_in("alpha"), 0.10, 0.40)  # all of it
+    # the hedge gets what alpha's hold leaves: here nothing, so it is not launched
+    hedged = [a for a in res.attempts if a.model != "alpha"]
+    assert hedged and all(a.outcome == "skipped" and "cost cap" in (a.error or "") for a in hedged)
+    assert not up.seen(wire("beta"))

@@ -326,9 +326,11 @@ class Run:
         if capped is None:
             return self.request
         n, usd = capped
+        most = self.request.max_tokens or t.spec.max_output
+        if n >= most:  # the cap allows more than the call could take: it holds what it can
+            self.holds[t.key] = (min(usd, self._worst(t, most)), most)
+            return self.request
         self.holds[t.key] = (usd, n)
-        if n >= (self.request.max_tokens or t.spec.max_output):
-            return self.request  # the cap allows more than the call could take
         return replace(self.request, max_tokens=n)
 
     def output_cap(self, t: _Target) -> tuple[int, float] | None:
@@ -358,6 +360,23 @@ class Run:
         if t.dep.api == "anthropic":  # its thinking comes on top
             n = max(n - thinking_budget(t.spec.effort, t.spec.reasoning_tokens), 0)
         return n, usd
+
+    def _worst(self, t: _Target, out: int) -> float:
+        """The most a call to `t` allowed `out` output tokens may be billed."""
+        assert t.price is not None
+        tokens_in = self.decision.max_tokens_in(t.model)
+        write = _cache_write(self.request)
+        if t.dep.api == "anthropic":
+            out += thinking_budget(t.spec.effort, t.spec.reasoning_tokens)
+        writes = {
+            "cache_write": tokens_in if write == "5m" else 0.0,
+            "cache_write_1h": tokens_in if write == "1h" else 0.0,
+        }
+        # billed as text or as reasoning, whichever rate is dearer
+        return max(
+            t.price.cost(tokens_in, out, **writes),
+            t.price.cost(tokens_in, out, **writes, reasoning_tokens=out),
+        )
 
     def max_out(self, t: _Target) -> int | None:
         """The most output tokens a call to `t` was allowed on the wire (None: no limit)."""
@@ -1039,7 +1058,9 @@ class Executor:
     async def _concurrent(self, run: Run, width: int, *, hedge: bool) -> ChatResult:
         """Race `width` attempts at once, or (hedge) add one when the newest is slower than
         its p95. The first accepted answer wins; the others are cancelled, their cost kept."""
-        run.share = width  # the cost cap is split between the calls in flight
+        # A race's calls split the cost cap; a hedge's first call is not cut short for a
+        # hedge that may never start: the hedge gets what the first one's hold leaves.
+        run.share = 1 if hedge else width
         it = self._available(run, [])
         running: dict[asyncio.Task[ChatResponse], tuple[_Target, float]] = {}
         more = True  # targets left to launch
