@@ -28,6 +28,20 @@ def test_code_that_exits_before_the_tests_does_not_pass() -> None:
     assert not add.check(cheat)
 
 
+@pytest.mark.parametrize(
+    "peek",
+    [
+        "print(open(__file__).read())",  # its own source
+        "print(open('/proc/self/cmdline').read())",  # its command line
+        "import sys; print(sys._getframe().f_code.co_consts)",  # its code's constants
+    ],
+)
+def test_code_cannot_print_the_done_token_without_running_the_tests(peek: str) -> None:
+    add = next(p for p in PROBES if p.name == "add")
+    cheat = f"```python\ndef add(a, b):\n    return 0\n{peek}\nraise SystemExit(0)\n```"
+    assert not add.check(cheat)
+
+
 async def test_code_probes_run_only_when_asked() -> None:
     with LocalUpstream() as up:
         up.script("good-wire", *(reply(p.example) for p in PROBES if p.task != "code"))

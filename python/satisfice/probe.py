@@ -22,6 +22,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -81,28 +82,43 @@ def _words(n: int, lower: bool) -> Callable[[str], bool]:
 def _code(tests: str) -> Callable[[str], bool]:
     """Run the answer's first Python code block with `tests` appended, in a child Python
     (-I, no environment, its own process group, killed whole after 5 s); it passes only when
-    the tests ran to the end (a random line printed after them), so code that exits early
-    does not pass. This is NOT a sandbox: the code runs as this user and could read what
-    this user can. Code probes therefore run only when asked (`run_code=True`)."""
+    the tests ran to the end: then the child reads a random token from a pipe and prints it,
+    so code that exits early does not pass. The token is in neither the source nor the
+    command line (code that printed what it found there passed without running the tests);
+    code written to read the pipe itself still could: this is NOT a sandbox, the code runs
+    as this user and could read what this user can. Code probes therefore run only when
+    asked (`run_code=True`)."""
     from .validators import extract_code
 
     def check(text: str) -> bool:
         found = extract_code(text)
         if found is None:
             return False
-        done_line = secrets.token_hex(12)
-        src = f"{found[1]}\n{tests}\nprint({done_line!r})\n"
-        p = subprocess.Popen([sys.executable, "-I", "-c", src], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, env={}, start_new_session=True)  # fmt: skip
-        try:
-            out, _ = p.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            out = b""
-        finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)  # and anything it left behind
-            p.wait()
-        return p.returncode == 0 and done_line.encode() in out
+        token = secrets.token_hex(12).encode()
+        r, w = os.pipe()
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "answer.py")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(f"{found[1]}\n{tests}\nimport os\nprint(os.read({r}, 64).decode())\n")
+            try:
+                os.write(w, token)
+            finally:
+                os.close(w)
+            try:
+                p = subprocess.Popen([sys.executable, "-I", path], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env={},
+                                     start_new_session=True, pass_fds=(r,))  # fmt: skip
+            finally:
+                os.close(r)
+            try:
+                out, _ = p.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                out = b""
+            finally:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, signal.SIGKILL)  # and anything it left behind
+                p.wait()
+        return p.returncode == 0 and token in out
 
     return check
 
