@@ -110,15 +110,25 @@ def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path: Path) -> No
     assert any("line 2" in str(w.message) for w in seen)  # the torn line, named
 
 
-@pytest.mark.parametrize(("field", "value"), [("attempts", 5), ("model", 5), ("messages", "hi")])
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("attempts", 5, "attempts"),
+        ("attempts", [5], "attempts"),
+        ("model", 5, "model"),
+        ("messages", "hi", "messages"),
+        ("cascade", {"steps": [1]}, "cascade.steps"),
+        ("decision", {"candidates": [1]}, "decision.candidates"),
+    ],
+)
 def test_a_mistyped_record_field_is_an_error_naming_it(
-    tmp_path: Path, field: str, value: Any
+    tmp_path: Path, field: str, value: Any, named: str
 ) -> None:
     from satisfice.errors import ConfigError
 
     path = tmp_path / "l.jsonl"
     path.write_text(json.dumps({"request_id": "r", "started_at": 1.0, field: value}) + "\n")
-    with pytest.raises(ConfigError, match=f"line 1: {field} must be"):
+    with pytest.raises(ConfigError, match=f"line 1: {named} must be"):
         list(read_records(path))
 
 

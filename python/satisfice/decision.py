@@ -141,6 +141,7 @@ class Decision:
         "_feedback",
         "_plan",
         "_reasons",
+        "_remembered",
         "_request_id",
         "constraints",
         "fallbacks",
@@ -161,6 +162,7 @@ class Decision:
         self._feedback = feedback
         self._cands: list[Candidate] | None = None
         self._request_id: str | None = None
+        self._remembered: str | None = None  # the model feedback credits, once remembered
         self.constraints = constraints
         ids = snapshot.ids
         rows = plan.head(1 + snapshot.policy.max_fallbacks)
@@ -195,8 +197,10 @@ class Decision:
             with _ID_LOCK:
                 if self._request_id is None:
                     self._request_id = new_request_id()
-        if self._feedback is not None:
-            # The plan carries the prompt's latent, so the prompt itself is never kept.
+        if self._feedback is not None and self._remembered != model:
+            # The plan carries the prompt's latent, so the prompt itself is never kept;
+            # remembered once per model credited (each read of the id did it again)
+            self._remembered = model
             self._feedback.remember(
                 self._request_id, self._plan.latent, model, self._plan.embedding
             )

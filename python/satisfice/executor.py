@@ -43,7 +43,7 @@ from .errors import (
     UpstreamTimeoutError,
 )
 from .providers import make_provider
-from .providers.anthropic import thinking_budget
+from .providers.anthropic import DEFAULT_MAX_TOKENS, thinking_budget
 from .providers.base import ChatRequest, ChatResponse, Provider, StreamDelta, Usage
 from .result import Attempt, ChatResult, billed_cost
 from .retry import Action, backoff_s, classify, cooldown_wait_s
@@ -114,6 +114,16 @@ def _union_s(spans: list[tuple[float, float]]) -> float:
             total += b - max(a, reach)
             reach = b
     return total
+
+
+#: Output limits a caller may put in `extra`, which the wire would take over the capped one.
+_LIMITS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens"})
+
+
+def _hold(t: _Target) -> tuple[str, str]:
+    """A call's hold on the cost cap: per model (effort variants share a deployment key)
+    and deployment, which one request never calls twice at once."""
+    return t.model, t.dep.name
 
 
 def _cache_write(request: ChatRequest) -> str | None:
@@ -274,7 +284,7 @@ class Run:
         step: int | None = None,
         cap: float | None = None,
         share: int = 1,
-        holds: dict[str, tuple[float, int]] | None = None,
+        holds: dict[tuple[str, str], tuple[float, int]] | None = None,
     ) -> None:
         self.registry: Registry = decision.registry
         self.decision = decision
@@ -292,7 +302,7 @@ class Run:
         # Under a cap, each call in flight holds its slice of the cap (USD, and the
         # max_tokens it was sent) until its attempt is recorded: shared with a cascade's
         # sub-runs, as the attempts are, so calls side by side cannot spend one slice twice.
-        self.holds: dict[str, tuple[float, int]] = {} if holds is None else holds
+        self.holds: dict[tuple[str, str], tuple[float, int]] = {} if holds is None else holds
         self.upstream_s = 0.0
         # (start, end) of upstream waits that may overlap (a cascade's parallel calls and
         # its judges): their union, not their sum, is what a direct caller would wait
@@ -326,12 +336,29 @@ class Run:
         if capped is None:
             return self.request
         n, usd = capped
-        most = self.request.max_tokens or t.spec.max_output
+        request = self.request
+        if request.extra and request.extra.get("n", 1) != 1:
+            raise ConfigError(
+                "extra={'n': ...} asks for several answers, each billed, which a cost cap "
+                "cannot bound per answer: drop n, or drop max_cost_usd"
+            )
+        if request.extra and _LIMITS & request.extra.keys():
+            # a limit in `extra` would replace the capped one on the wire: the smaller wins
+            extra = dict(request.extra)
+            for k in _LIMITS & extra.keys():
+                v = extra.pop(k)
+                if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                    n = min(n, v)
+            request = replace(request, extra=extra, max_tokens=n)
+        # what the call may write when no limit is sent (Anthropic's API requires one)
+        most = request.max_tokens or (
+            DEFAULT_MAX_TOKENS if t.dep.api == "anthropic" else t.spec.max_output
+        )
         if n >= most:  # the cap allows more than the call could take: it holds what it can
-            self.holds[t.key] = (min(usd, self._worst(t, most)), most)
-            return self.request
-        self.holds[t.key] = (usd, n)
-        return replace(self.request, max_tokens=n)
+            self.holds[_hold(t)] = (min(usd, self._worst(t, most)), most)
+            return request
+        self.holds[_hold(t)] = (usd, n)
+        return replace(request, max_tokens=n)
 
     def output_cap(self, t: _Target) -> tuple[int, float] | None:
         """(output tokens, USD) the cost cap allows a call to `t` now: what is left after
@@ -345,8 +372,9 @@ class Run:
         spent = billed_cost(self.attempts)
         if spent is None:
             return 0, 0.0
-        held = sum(usd for k, (usd, _) in self.holds.items() if k != t.key)
-        slots = max(self.share - len(self.holds.keys() - {t.key}), 1)
+        key = _hold(t)
+        held = sum(usd for k, (usd, _) in self.holds.items() if k != key)
+        slots = max(self.share - len(self.holds.keys() - {key}), 1)
         usd = max(self.cap - spent[0] - held, 0.0) / slots
         write = _cache_write(self.request)
         n = t.price.output_within(
@@ -380,7 +408,7 @@ class Run:
 
     def max_out(self, t: _Target) -> int | None:
         """The most output tokens a call to `t` was allowed on the wire (None: no limit)."""
-        held = self.holds.get(t.key)
+        held = self.holds.get(_hold(t))
         n = held[1] if held is not None else self.request.max_tokens
         if n is not None and t.dep.api == "anthropic":
             n += thinking_budget(t.spec.effort, t.spec.reasoning_tokens)
@@ -389,7 +417,17 @@ class Run:
     def record(self, attempt: Attempt, t: _Target) -> None:
         """A call's attempt, on the record; its hold on the cap is released."""
         self.attempts.append(attempt)
-        self.holds.pop(t.key, None)
+        self.holds.pop(_hold(t), None)
+
+    def room(self) -> float | None:
+        """USD the cap has left for a new call (None: no cap): what neither the bills nor
+        the calls in flight have taken; 0 when a bill is unknown."""
+        if self.cap is None:
+            return None
+        spent = billed_cost(self.attempts)
+        if spent is None:
+            return 0.0
+        return self.cap - spent[0] - sum(usd for usd, _ in self.holds.values())
 
     def checked(self, v: Verdict, name: str, step: int | None = None) -> None:
         """Bill the calls a check made itself (a judge's) to this request: they cost money,
@@ -1084,6 +1122,7 @@ class Executor:
                 return
 
         first = perf_counter()
+        held_off = False  # a hedge the cost cap has no room for waits for a call to end
         try:
             for _ in range(1 if hedge else width):
                 if not more:
@@ -1091,7 +1130,7 @@ class Executor:
                 launch()
             while running:
                 timeout = None
-                if hedge and more and len(running) < width:
+                if hedge and more and len(running) < width and not held_off:
                     t, started = max(running.values(), key=lambda v: v[1])
                     timeout = max(self._hedge_delay(t) - (perf_counter() - started), 0.0)
                 if run.deadline is not None:
@@ -1103,8 +1142,15 @@ class Executor:
                 if not done:
                     if run.deadline is not None and perf_counter() >= run.deadline:
                         break  # the attempts' own timeouts fire too; stop waiting now
+                    room = run.room()
+                    if room is not None and room <= 0:
+                        # the calls in flight hold the whole cap: launching would skip the
+                        # next target for good, and it is the fallback if they fail
+                        held_off = True
+                        continue
                     launch()  # hedge: the newest attempt is slower than its p95
                     continue
+                held_off = False
                 for task in done:
                     t, started = running.pop(task)
                     exc = task.exception()
@@ -1114,10 +1160,11 @@ class Executor:
                         verdict = await self._check(run, t, resp)
                         if verdict is None or verdict.passed:
                             self.health.record_success(t.key, now - started)
-                            # the wait, less the winner's own encoding and parsing
+                            # the wait, less the winner's own encoding and parsing, and its
+                            # check's own calls (a judge's), made after that wait
                             run.upstream_s = (
                                 now - first - (now - started - _exchange_s(resp, started, now))
-                            )
+                            ) + sum(max(0.0, b - max(a, now)) for a, b in run.spans)
                             result = self._result(run, t, resp, started)
                             if verdict is not None:
                                 run.attempts[-1].verdict = _verdict_dict(verdict)
@@ -1156,7 +1203,7 @@ class Executor:
         t = ts[0]
         usage = self._prompt_usage(run, t)
         for other in ts[1:]:  # whichever deployment was called: its hold stays on the cap
-            run.holds.pop(other.key, None)
+            run.holds.pop(_hold(other), None)
         run.record(
             Attempt(
                 t.model,

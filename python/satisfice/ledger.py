@@ -754,6 +754,17 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
                             f"ledger {p}, line {n}: {field} must be {what}, got "
                             f"{type(r[field]).__name__}"
                         )
+                for where, items in (
+                    ("attempts", r.get("attempts")),
+                    ("cascade.steps", (r.get("cascade") or {}).get("steps")),
+                    ("decision.candidates", (r.get("decision") or {}).get("candidates")),
+                ):
+                    if items is not None and not (
+                        isinstance(items, list) and all(isinstance(x, dict) for x in items)
+                    ):
+                        raise ConfigError(
+                            f"ledger {p}, line {n}: {where} must be a list of objects"
+                        )
                 recs.append(r)
     except UnicodeDecodeError:
         raise ConfigError(f"ledger {p} is not UTF-8 text (a JSONL ledger)") from None

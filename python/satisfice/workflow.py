@@ -42,6 +42,7 @@ class JobStep:
 
     name: str
     result: ChatResult
+    held_usd: float | None = None  # the step's share of the job's cap, when it had one
 
     @property
     def decision(self) -> Decision:
@@ -105,12 +106,13 @@ class Job:
 
     @property
     def spent_usd(self) -> float:
-        """What a job cap is charged: each step's cost, or its routed estimate when the
-        provider's cost is unknown. Under a cap every step is routed with max_cost, which
-        no unpriced model passes, so such a step always has an estimate."""
+        """What a job cap is charged: each step's cost; when that is unknown (an unpriced
+        judge), the share of the cap it held, else its routed estimate."""
         total = sum(c for c in self.failed_usd if c is not None)
         for s in self.steps:
-            c = s.cost_usd if s.cost_usd is not None else s.decision.est_cost_usd
+            c = s.cost_usd
+            if c is None:
+                c = s.held_usd if s.held_usd is not None else s.decision.est_cost_usd
             total += c if c is not None else 0.0  # only possible for a job without a cap
         return total
 
@@ -149,7 +151,7 @@ class Job:
             raise
         finally:
             self._held -= held
-        rec = JobStep(name, result)
+        rec = JobStep(name, result, held if self.max_cost_usd is not None else None)
         self.steps.append(rec)
         return rec
 
