@@ -15,6 +15,10 @@ so its CPU is not this process's), on the same client and transport (the router'
 satisfice's own CPU is chat()'s process CPU per request minus the bare call's; `overhead_s`
 (the wall time chat() reports as its own) is averaged over the same chat() calls. CPU time,
 not wall time: the machine is shared and noisy, and CPU time is what the router spends.
+
+`--in-process` swaps the socket for a transport that answers at once from memory (same
+client class, same answer bytes): no kernel, no event-loop waits, so the two costs are
+measured on warm caches, call by call and interleaved (medians of wall time per call).
 """
 
 from __future__ import annotations
@@ -27,10 +31,57 @@ import statistics
 import sys
 import time
 
+import httpx
 from bench_overhead import MESSAGES, MODEL, bench_registry, upstream, warm_tokenizers
 
 from satisfice import Router
-from satisfice.executor import ExecutionConfig, make_client
+from satisfice.executor import ExecutionConfig, _Client, make_client
+
+ANSWER = json.dumps({
+    "id": "x", "object": "chat.completion", "model": MODEL,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello there"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 8, "completion_tokens": 2, "total_tokens": 10},
+}).encode()  # fmt: skip
+
+
+class Canned(httpx.AsyncBaseTransport):
+    """Answers every request at once, from memory."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "application/json"}, content=ANSWER)
+
+
+async def in_process(n: int) -> dict[str, float]:
+    """Per-call wall time of the bare call and chat() on the canned transport, interleaved;
+    medians, and overhead_s's."""
+    client = _Client(transport=Canned(), timeout=httpx.Timeout(5.0))
+    url = "http://127.0.0.1:9"
+    router = Router(bench_registry(url)).configure(http=client)
+    headers = {"content-type": "application/json"}
+
+    async def bare() -> None:
+        body = json.dumps({"model": MODEL, "messages": MESSAGES}).encode()
+        r = await client.post(url + "/v1/chat/completions", content=body, headers=headers)
+        assert json.loads(r.content)["choices"][0]["message"]["content"]
+
+    for _ in range(2000):
+        await bare()
+        await router.chat(MESSAGES)
+    tb, tc, ov = [], [], []
+    pc = time.perf_counter
+    for _ in range(n):
+        t = pc()
+        await bare()
+        tb.append(pc() - t)
+        t = pc()
+        r = await router.chat(MESSAGES)
+        tc.append(pc() - t)
+        ov.append(r.overhead_s)
+    await router.aclose()
+    await client.aclose()
+    m = statistics.median
+    return {"bare": m(tb) * 1e6, "chat": m(tc) * 1e6, "overhead_p50": m(ov) * 1e6}
 
 
 async def measure(url: str, n: int, rounds: int) -> dict[str, list[float]]:
@@ -74,8 +125,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=4000, help="sequential requests per cell")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--in-process", action="store_true", help="a transport with no socket")
     args = ap.parse_args()
     warm_tokenizers()
+    if args.in_process:
+        got = asyncio.run(in_process(args.n))
+        print(f"`python benches/bench_own_cpu.py --in-process --n {args.n}` (wall µs per call, "
+              "medians)\n")  # fmt: skip
+        own = got["chat"] - got["bare"]
+        print(f"bare call {got['bare']:.1f}, chat() {got['chat']:.1f}: own {own:.1f}; "
+              f"overhead_s p50 {got['overhead_p50']:.1f}")  # fmt: skip
+        return
     with upstream() as url:
         r = asyncio.run(measure(url, args.n, args.rounds))
     own = [c - b for c, b in zip(r["chat"], r["bare"], strict=True)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -452,3 +453,48 @@ def test_tpm_counts_the_output_a_request_may_take(served: Any) -> None:
         c.chat.completions.create(model="auto", messages=msgs, max_tokens=50)  # type: ignore[arg-type]
     with pytest.raises(openai.RateLimitError, match="rate limit"):
         c.chat.completions.create(model="auto", messages=msgs, max_tokens=50)  # type: ignore[arg-type]
+
+
+def test_anthropic_usage_and_cache_marks_reach_both_ends(served: Any) -> None:
+    """A streamed answer's input tokens reached the SDK as 0, and cache_control on system
+    and content blocks never reached the upstream (prompt caching lost)."""
+    url, _, upstream, _ = served
+    c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+    _OPEN.append(c)
+    mark = {"type": "ephemeral"}
+    system = [{"type": "text", "text": "Be brief.", "cache_control": mark}]
+    content = [{"type": "text", "text": "Say hello", "cache_control": mark}]
+    kw: Any = {"model": "auto", "max_tokens": 100, "system": system,
+               "messages": [{"role": "user", "content": content}]}  # fmt: skip
+    plain = c.messages.create(**kw)
+    with c.messages.stream(**kw) as s:
+        final = s.get_final_message()
+    assert final.usage.input_tokens == plain.usage.input_tokens > 0
+    seen = upstream.seen(wire(plain.model))[-1].body
+    assert "cache_control" in json.dumps(seen)
+
+
+def test_an_absurd_cost_cap_is_no_internal_error(served: Any) -> None:
+    url, *_ = served
+    r = httpx.post(url + "/v1/chat/completions", json={
+        "model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_cost_usd": 1e308,
+    })  # fmt: skip
+    assert r.status_code == 200, r.text
+
+
+def test_the_reservation_prices_a_cache_write_and_a_shutdown_keeps_it() -> None:
+    import asyncio
+
+    from satisfice.server.app import Service, _billed
+
+    reg = registry("http://127.0.0.1:9")
+    beta = reg["beta"]
+    assert beta.price is not None
+    reg = reg.replace(replace(beta, price=replace(beta.price, cache_write_1h=0.4)))
+    svc = Service(ServerConfig(), Router(reg, Policy(quality_floor=0.5, max_fallbacks=0)))
+    d = svc.router.route("word " * 3000, allow=("beta",))
+    plain, _ = svc.worst_case(d, 10)
+    cached, _ = svc.worst_case(d, 10, write="1h")
+    assert cached > plain * 1.5  # the prompt is most of it, billed at twice the rate
+    # a request a shutdown cancels may have a call in flight: its hold stands
+    assert _billed(asyncio.CancelledError(), 0.5) == 0.5

@@ -126,12 +126,31 @@ def _hold(t: _Target) -> tuple[str, str]:
     return t.model, t.dep.name
 
 
-def _cache_write(request: ChatRequest) -> str | None:
-    """ "1h" or "5m" when the request asks for a prompt-cache write (Anthropic's
+def worst_bill(
+    price: Price, spec: ModelSpec, api: str, tokens_in: float, out: int, write: str | None
+) -> float:
+    """The most one call may be billed: `tokens_in` prompt tokens (every one a cache write
+    when `write` says so), `out` output tokens plus the thinking budget Anthropic's API
+    spends on top of them, at the dearer of the text and reasoning rates, fees included.
+    One rule for a cost cap's holds and a server budget's reservation."""
+    if api == "anthropic" and out:
+        out += thinking_budget(spec.effort, spec.reasoning_tokens)
+    writes = {
+        "cache_write": tokens_in if write == "5m" else 0.0,
+        "cache_write_1h": tokens_in if write == "1h" else 0.0,
+    }
+    return max(
+        price.cost(tokens_in, out, **writes),
+        price.cost(tokens_in, out, **writes, reasoning_tokens=out),
+    )
+
+
+def cache_write_of(messages: Sequence[Any], tools: Sequence[Any] | None) -> str | None:
+    """ "1h" or "5m" when a request asks for a prompt-cache write (Anthropic's
     cache_control on a message, a content part or a tool), priced dearer than input."""
     ttl: str | None = None
-    parts: list[Any] = list(request.tools or ())
-    for m in request.messages:
+    parts: list[Any] = list(tools or ())
+    for m in messages:
         parts.append(m)
         content = m.get("content")
         if isinstance(content, list):
@@ -376,7 +395,7 @@ class Run:
         held = sum(usd for k, (usd, _) in self.holds.items() if k != key)
         slots = max(self.share - len(self.holds.keys() - {key}), 1)
         usd = max(self.cap - spent[0] - held, 0.0) / slots
-        write = _cache_write(self.request)
+        write = cache_write_of(self.request.messages, self.request.tools)
         n = t.price.output_within(
             self.decision.max_tokens_in(t.model),
             usd,
@@ -393,18 +412,8 @@ class Run:
         """The most a call to `t` allowed `out` output tokens may be billed."""
         assert t.price is not None
         tokens_in = self.decision.max_tokens_in(t.model)
-        write = _cache_write(self.request)
-        if t.dep.api == "anthropic":
-            out += thinking_budget(t.spec.effort, t.spec.reasoning_tokens)
-        writes = {
-            "cache_write": tokens_in if write == "5m" else 0.0,
-            "cache_write_1h": tokens_in if write == "1h" else 0.0,
-        }
-        # billed as text or as reasoning, whichever rate is dearer
-        return max(
-            t.price.cost(tokens_in, out, **writes),
-            t.price.cost(tokens_in, out, **writes, reasoning_tokens=out),
-        )
+        write = cache_write_of(self.request.messages, self.request.tools)
+        return worst_bill(t.price, t.spec, t.dep.api, tokens_in, out, write)
 
     def max_out(self, t: _Target) -> int | None:
         """The most output tokens a call to `t` was allowed on the wire (None: no limit)."""

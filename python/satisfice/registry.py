@@ -212,7 +212,10 @@ class Price:
             cache_write=tokens_in if cache_write else 0.0,
             cache_write_1h=tokens_in if cache_write_1h else 0.0,
         )
-        return max(int((usd - prompt) * 1e6 // out), 0)
+        room = (usd - prompt) * 1e6 // out
+        if not math.isfinite(room):  # a cap so large the arithmetic overflows: no bound
+            return None
+        return max(int(room), 0)
 
     def cost(
         self,

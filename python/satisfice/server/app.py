@@ -43,7 +43,7 @@ from ..errors import (
     UnknownModelError,
     UpstreamTimeoutError,
 )
-from ..executor import tuned_ladder
+from ..executor import cache_write_of, tuned_ladder, worst_bill
 from ..metrics import Metrics
 from ..policy import Policy, reasoning_usd
 from ..registry import Registry
@@ -100,11 +100,15 @@ def _attempts(e: BaseException) -> list[dict[str, Any]]:
     ]
 
 
-def _billed(e: BaseException | None) -> float:
+def _billed(e: BaseException | None, reserved: float) -> float:
     """What a failed request's calls were billed (they may have reached an upstream), for
-    settling its reservation: the known costs of its attempts."""
-    costs = [getattr(a, "cost_usd", None) for a in getattr(e, "attempts", None) or ()]
-    return float(sum(c for c in costs if isinstance(c, int | float)))
+    settling its reservation: its attempts' bills by the rule of `total_cost_usd`; the
+    whole reservation when that is unknown: an unpriced call, or a request cut off by
+    something other than satisfice (a shutdown's cancel) with a call maybe in flight."""
+    if not isinstance(e, SatisficeError):
+        return reserved
+    out = billed_cost(getattr(e, "attempts", None) or ())
+    return reserved if out is None else out[0]
 
 
 def http_error(e: SatisficeError) -> HTTPError:
@@ -357,7 +361,7 @@ class Service:
         return {"allow": (name,)}
 
     def worst_case(
-        self, d: Decision, max_tokens: int | None, cascade: bool = False
+        self, d: Decision, max_tokens: int | None, cascade: bool = False, write: str | None = None
     ) -> tuple[float, int]:
         """What the request routed as `d` may cost at most, and the output cap that bound
         assumes: over the models it may go to (primary and fallbacks) and each of their
@@ -366,7 +370,9 @@ class Service:
         included; with `cascade` (="auto"), the sum over the tuned ladder's models. Plus the
         prompt of every deployment that may be tried: a call that times out after reaching
         its upstream may be billed for the prompt, and is settled at that estimate before
-        the next is tried (timeouts are not retried on the same deployment). Unpriced:
+        the next is tried (timeouts are not retried on the same deployment). Each call is
+        bounded as a cost cap's hold is (`executor.worst_bill`: a prompt-cache `write`,
+        Anthropic's thinking budget, the dearer of text and reasoning rates). Unpriced:
         infinite (refused under a budget)."""
         out = int(max_tokens or 4 * max(d.tokens_out, 256))
         reg = d.registry  # the snapshot it was routed on: a reload meanwhile changes nothing
@@ -383,11 +389,14 @@ class Service:
         for mid in called:
             m = reg[mid]
             most = 0.0
-            for price in [dep.price or m.price for dep in m.deployments] or [m.price]:
+            deps = [(dep.price or m.price, dep.api) for dep in m.deployments]
+            for price, api in deps or [(m.price, "openai")]:
                 if price is None:
                     return math.inf, out
-                prompt = price.cost(tokens_in[mid], 0)
-                full = price.cost(tokens_in[mid], min(out, m.max_output)) + reasoning_usd(m, price)
+                prompt = worst_bill(price, m, api, tokens_in[mid], 0, write)
+                full = worst_bill(price, m, api, tokens_in[mid], min(out, m.max_output), write)
+                if api != "anthropic":  # its reasoning is not within max_tokens everywhere
+                    full += reasoning_usd(m, price)
                 most = max(most, full - prompt)
                 prompts += prompt
             answers.append(most)
@@ -521,7 +530,8 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 # settled in the period reserved in, once (the hold's id)
                 hold = uuid.uuid4().hex
                 budgets = [b.pinned(hold=hold) for b in budgets]
-                worst, out_cap = svc.worst_case(d, opts.get("max_tokens"), "cascade" in opts)
+                write = cache_write_of(routed.messages, opts.get("tools"))
+                worst, out_cap = svc.worst_case(d, opts.get("max_tokens"), "cascade" in opts, write)
                 opts.setdefault("max_tokens", out_cap)  # the bound holds only if the call does
                 try:
                     refused = (
@@ -572,9 +582,18 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             failed = e  # handled here, so no longer in sys.exc_info() in `finally`
             he = http_error(e)
             return JSONResponse(he.body(), he.status)
+        except Exception as e:  # a bug of ours: an error in the API's shape, not a bare 500
+            # the type alone: a message may quote a request or an upstream's reply
+            _log.error("request failed: %s", type(e).__name__, extra={"event": "internal"})
+            if reserved is not None and not streaming:  # a call may have been billed
+                budgets, held = reserved
+                reserved = None
+                await svc.settle(budgets, held, held)
+            he = HTTPError(500, f"internal error ({type(e).__name__})", "server_error")
+            return JSONResponse(he.body(), he.status)
         finally:
             if reserved is not None and not streaming:  # failed before settling: release it
-                billed = _billed(failed if failed is not None else sys.exc_info()[1])
+                billed = _billed(failed if failed is not None else sys.exc_info()[1], reserved[1])
                 await svc.settle(reserved[0], reserved[1], billed)
             svc.in_flight -= 1
 
@@ -687,7 +706,7 @@ async def _stream(
     except BaseException as e:
         await s.aclose()
         if reserved is not None:
-            await svc.settle(reserved[0], reserved[1], _billed(e))
+            await svc.settle(reserved[0], reserved[1], _billed(e, reserved[1]))
         raise
     sid = uuid.uuid4().hex
     created = wire.now()
@@ -798,7 +817,8 @@ async def _stream(
                         "message_delta",
                         {
                             "delta": {"stop_reason": stop, "stop_sequence": None},
-                            "usage": {"output_tokens": res.usage.completion_tokens},
+                            # the totals, which the SDKs take over message_start's zeros
+                            "usage": wire.anthropic_usage(res.usage),
                             "satisfice": wire.decision_field(res),
                         },
                     )

@@ -313,6 +313,15 @@ _STOP = {
 }
 
 
+def _text_part(b: Mapping[str, Any]) -> dict[str, Any]:
+    """A text block as an OpenAI text part, its prompt-cache mark kept (it was dropped, and
+    Anthropic callers lost prompt caching)."""
+    part: dict[str, Any] = {"type": "text", "text": str(b.get("text", ""))}
+    if isinstance(b.get("cache_control"), Mapping):
+        part["cache_control"] = dict(b["cache_control"])
+    return part
+
+
 def _to_openai_content(content: Any) -> Any:
     if isinstance(content, str):
         return content
@@ -323,7 +332,7 @@ def _to_openai_content(content: Any) -> Any:
         if not isinstance(b, Mapping):
             raise _bad("content blocks must be objects")
         if b.get("type") == "text":
-            parts.append({"type": "text", "text": str(b.get("text", ""))})
+            parts.append(_text_part(b))
         elif b.get("type") == "image" and isinstance(b.get("source"), Mapping):
             src = b["source"]
             if src.get("type") == "base64":
@@ -375,12 +384,10 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     msgs: list[dict[str, Any]] = []
     system = body.get("system")
     if system is not None:
-        text = (
-            system
-            if isinstance(system, str)
-            else "\n\n".join(str(b.get("text", "")) for b in system if isinstance(b, Mapping))
-        )
-        msgs.append({"role": "system", "content": text})
+        msgs.append({
+            "role": "system",
+            "content": system if isinstance(system, str) else [_text_part(b) for b in system],
+        })  # fmt: skip
     for m in raw:
         if not isinstance(m, Mapping) or m.get("role") not in ("user", "assistant"):
             raise _bad("each message needs role 'user' or 'assistant'")
@@ -508,11 +515,20 @@ def anthropic_response(res: Any) -> dict[str, Any]:
         "content": blocks or [{"type": "text", "text": ""}],
         "stop_reason": _STOP.get(res.finish_reason or "stop", "end_turn"),
         "stop_sequence": None,
-        "usage": {
-            "input_tokens": res.usage.prompt_tokens,
-            "output_tokens": res.usage.completion_tokens,
-        },
+        "usage": anthropic_usage(res.usage),
         "satisfice": decision_field(res),
+    }
+
+
+def anthropic_usage(u: Any) -> dict[str, int]:
+    """Usage as Anthropic reports it: input_tokens are the uncached prompt tokens, cache
+    reads and writes beside them."""
+    writes = u.cache_write_tokens + u.cache_write_1h_tokens
+    return {
+        "input_tokens": max(u.prompt_tokens - u.cached_tokens - writes, 0),
+        "cache_read_input_tokens": u.cached_tokens,
+        "cache_creation_input_tokens": writes,
+        "output_tokens": u.completion_tokens,
     }
 
 
