@@ -498,3 +498,50 @@ def test_the_reservation_prices_a_cache_write_and_a_shutdown_keeps_it() -> None:
     assert cached > plain * 1.5  # the prompt is most of it, billed at twice the rate
     # a request a shutdown cancels may have a call in flight: its hold stands
     assert _billed(asyncio.CancelledError(), 0.5) == 0.5
+
+
+def test_a_pinned_session_keeps_failover(served: Any) -> None:
+    """A pin restricted the call to its model: a session whose model failed or was disabled
+    got 502 until the pin expired, where a request without a session fell back."""
+    from satisfice.server.wire import session_key
+    from satisfice.testing import status
+
+    url, app, upstream, _ = served
+    svc = app.state.service
+    svc.state._pins[f"anon:{session_key('s3')}"] = ("gamma", 1e12)
+    c = _client(url)
+    msgs: Any = [{"role": "user", "content": "hi"}]
+    upstream.script(wire("gamma"), *[status(500)] * 4)
+    r = c.chat.completions.create(model="auto", user="s3", messages=msgs)
+    assert r.model != "gamma"  # failed over
+    svc.state._pins[f"anon:{session_key('s4')}"] = ("gamma", 1e12)
+    admin = {"authorization": f"Bearer {MASTER}"}
+    assert httpx.post(url + "/admin/deployments/gamma/disable", headers=admin).status_code < 300
+    r = c.chat.completions.create(model="auto", user="s4", messages=msgs)
+    assert r.model != "gamma"  # routed around the disabled model
+
+
+def test_chat_routes_on_the_snapshot_it_was_bounded_on() -> None:
+    """A reload between a budget's reservation and the call repriced the call (a key spent
+    past its budget): chat(snapshot=d.snapshot) routes on the decision's snapshot."""
+    reg = registry("http://127.0.0.1:9")
+    r = Router(reg, Policy(quality_floor=0.5, max_fallbacks=0))
+    d = r.route("hi")
+    alpha = reg["alpha"]
+    assert alpha.price is not None
+    r.update(reg.replace(replace(alpha, price=replace(alpha.price, input=1000.0))))
+    now = r.route("hi")
+    assert now.snapshot is not d.snapshot and now.model != "alpha"  # repriced: routed away
+
+    async def decided() -> Any:
+        try:
+            await r.chat("hi", snapshot=d.snapshot, timeout=0.5)
+        except Exception as e:  # nothing listens on port 9: the attempts say what was routed
+            return e
+        return None
+
+    import asyncio
+
+    e = asyncio.run(decided())
+    assert e is not None and getattr(e, "attempts", None)
+    assert e.attempts[0].model == "alpha"

@@ -8,6 +8,7 @@ swaps it in with one assignment; `route()` reads the router's snapshot once and 
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from dataclasses import dataclass
@@ -186,6 +187,17 @@ class Decision:
             return self.answered_by(self.model)
         return self._request_id
 
+    def preferring(self, model: str) -> Decision:
+        """This decision with `model` tried first, the routed order after it, when `model`
+        passed the filters (else this decision): what a session pin asks for."""
+        if model == self.model or all(c.model != model for c in self.candidates):
+            return self
+        d = copy.copy(self)
+        d._request_id, d._remembered, d._reasons = None, None, None
+        order = [m for m in (self.model, *self.fallbacks) if m != model]
+        d.model, d.fallbacks = model, order[: len(self.fallbacks)]
+        return d
+
     def answered_by(self, model: str) -> str:
         """The request id, with `model` as the one `router.feedback` credits (a fallback
         that answered, rather than the routed primary)."""
@@ -234,7 +246,12 @@ class Decision:
 
     @property
     def primary(self) -> Candidate:
-        return self.top(1)[0]
+        """The candidate this decision calls first (the ranking's first unless a model was
+        preferred: `preferring`)."""
+        top = self.top(1)[0]
+        if top.model == self.model:
+            return top
+        return next(c for c in self.candidates if c.model == self.model)
 
     @property
     def filtered(self) -> dict[str, tuple[str, str]]:
@@ -302,7 +319,12 @@ class Decision:
     def _why(self) -> list[str]:
         c = self.primary
         out = []
-        if self.rule is not None and c.by_rule:
+        if c.model != self.top(1)[0].model:
+            out.append(
+                f"{c.model} was preferred (a session's model) and passes the constraints "
+                f"(P(good)={c.p_good:.2f}); the routed order follows it"
+            )
+        elif self.rule is not None and c.by_rule:
             out.append(f"rule {self.rule!r} matched (task={self.task}) and lists {c.model}")
         elif self.snapshot.policy.lam is not None or self.constraints.lam is not None:
             out.append(f"{c.model} has the best P(good) − λ·cost (P(good)={c.p_good:.2f})")

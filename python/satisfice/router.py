@@ -53,6 +53,12 @@ class RequestOptions(TypedDict, total=False):
     extra: dict[str, Any] | None  # merged into the wire payload verbatim
     timeout: float | None  # seconds for the whole request (default: the latency SLO)
     metadata: Mapping[str, Any] | None  # the caller's tags, copied onto the record
+    # route on this snapshot (a Decision's `.snapshot`), not the current one: for a caller
+    # that bounded the request on that decision (a budget), so a reload cannot reprice it
+    snapshot: Snapshot | None
+    # a model to try first when it passes the request's constraints and can be called (a
+    # session's pinned model); the routed order follows it, so failover is kept
+    prefer: str | None
     # constraint overrides
     max_cost_usd: float | None
     latency_slo_ms: float | None
@@ -421,6 +427,8 @@ class Router:
         call = {k: opts.pop(k, None) for k in _CALL_FIELDS}
         timeout = opts.pop("timeout", None)
         metadata = opts.pop("metadata", None)
+        snap = opts.pop("snapshot", None) or self._snap  # one for every routing of it
+        prefer = opts.pop("prefer", None)
         _check_options(call, timeout, metadata)
         metadata = dict(metadata or {})
         msgs = _message_list(messages)
@@ -428,7 +436,8 @@ class Router:
             opts["max_output_tokens"] = call["max_tokens"]
         c = Constraints.of(constraints, **opts)
         c, extra = _shaped(c, call["tools"], call["response_format"])
-        snap = self._snap  # one snapshot for every routing of this request
+        if not isinstance(snap, Snapshot):
+            raise ConfigError(f"snapshot must be a Decision's .snapshot, got {type(snap).__name__}")
         skip = snap.undeployable
         blocked = io.health.blocked()
         if blocked:  # models whose every deployment is cooling or disabled are routed around
@@ -439,6 +448,8 @@ class Router:
         if tuned_cascade and snap.policy.ladder_replaces_floor(decision.task):
             c = Constraints.of(c, quality_floor=0.0)
             decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra)
+        if prefer is not None and prefer != decision.model:
+            decision = decision.preferring(prefer)
         if self._rec is not None:
             self._rec.decision(decision)
         if call["max_tokens"] is None:

@@ -487,15 +487,18 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                         await svc.router.aroute(
                             routed.messages, {**constraints, "allow": (pinned,)}, **shape
                         )
-                        opts["allow"] = constraints["allow"] = (pinned,)
+                        # tried first, the routed order after it: a pin that may only be
+                        # called failed the session whenever its model did (or was
+                        # disabled); a model that cannot be called now is routed around
+                        opts["prefer"] = pinned
                         meta["session_pin"] = pinned
                     except NoRouteError as e:
                         meta["session_switch"] = f"{pinned} no longer fits: {e}"[:300]
             opts["metadata"] = meta
             budgets = await svc.budgets_of(key)
             limited = key is not None and (key.rpm is not None or key.tpm is not None)
-            # one decision for the rate limit's tokens and the budget's bound (chat() routes
-            # again, on the snapshot current when it runs)
+            # one decision for the rate limit's tokens and the budget's bound; chat() routes
+            # again on the same snapshot, so a reload meanwhile cannot reprice the request
             d = (
                 await svc.router.aroute(routed.messages, constraints, **shape)
                 if limited or budgets
@@ -505,6 +508,10 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 # routed as chat() will route it, so the bound covers the whole ladder
                 floor0 = {**constraints, "quality_floor": 0.0}
                 d = await svc.router.aroute(routed.messages, floor0, **shape)
+            if d is not None:
+                opts["snapshot"] = d.snapshot
+                if opts.get("prefer"):
+                    d = d.preferring(opts["prefer"])
             if limited:
                 assert key is not None and d is not None
                 # tokens a minute: the prompt and the output it may take (max_tokens, else
