@@ -108,3 +108,30 @@ async def test_a_reservation_counts_once_however_often_it_is_replayed(
     assert await state.spent(b) == (pytest.approx(0.1), 0.0)
     await state.settle([b.pinned(hold="never-reserved")], 0.5, 0.0)  # a release of nothing
     assert await state.spent(b) == (pytest.approx(0.1), 0.0)
+
+
+async def test_a_request_one_limit_refuses_takes_nothing_from_the_other(
+    state: MemoryState | RedisState,
+) -> None:
+    """A tpm refusal used up an rpm slot: a key locked itself out for the minute."""
+    for _ in range(3):
+        assert await state.hit("k", 3, 2000, 5000) is not None  # over tpm: refused
+    assert await state.hit("k", 3, 2000, 100) is None  # the rpm slots are all there
+    assert await state.hit("k", 3, 2000, 100) is None
+    assert await state.hit("k", 3, 2000, 100) is None
+    assert await state.hit("k", 3, 2000, 100) is not None  # the fourth in the minute
+
+
+async def test_with_redis_away_rate_limits_hold_on_the_replicas_own_window() -> None:
+    """They were off (every request served), where README says they fail open on the
+    replica's own view; and a team seen without a budget is not failed closed."""
+    from satisfice.server.state import StateUnavailable
+
+    s = RedisState("redis://127.0.0.1:1/0")  # nothing listens there
+    got = [await s.hit("k", 3, None, 10) for _ in range(5)]
+    assert [g is None for g in got] == [True, True, True, False, False]
+    with pytest.raises(StateUnavailable):
+        await s.team("never-seen")  # unknown: its budget cannot be checked
+    s._team_cache["seen"] = (None, 1e18)  # as a lookup moments before would have left it
+    assert await s.team("seen") is None  # known to have no budget: served
+    await s.close()

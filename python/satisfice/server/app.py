@@ -105,6 +105,8 @@ def _billed(e: BaseException | None, reserved: float) -> float:
     settling its reservation: its attempts' bills by the rule of `total_cost_usd`; the
     whole reservation when that is unknown: an unpriced call, or a request cut off by
     something other than satisfice (a shutdown's cancel) with a call maybe in flight."""
+    if e is None:  # refused by the server itself before any call (a rate limit)
+        return 0.0
     if not isinstance(e, SatisficeError):
         return reserved
     out = billed_cost(getattr(e, "attempts", None) or ())
@@ -512,26 +514,6 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 opts["snapshot"] = d.snapshot
                 if opts.get("prefer"):
                     d = d.preferring(opts["prefer"])
-            if limited:
-                assert key is not None and d is not None
-                # tokens a minute: the prompt and the output it may take (max_tokens, else
-                # the expectation the call will be capped at), counted at admission as
-                # OpenAI's own limiter does; the prompt alone let completions run unbounded
-                cap = int(opts.get("max_tokens") or 4 * max(d.tokens_out, 256))
-                if key.tpm is not None:
-                    opts.setdefault("max_tokens", cap)  # the count holds only if the call does
-                tokens = d.primary.tokens_in + cap
-                wait = await svc.state.hit(key.id, key.rpm, key.tpm, tokens)
-                if wait is not None:
-                    svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
-                    raise HTTPError(
-                        429,
-                        f"rate limit of key {key.name!r} reached "
-                        f"(rpm {key.rpm}, tpm {key.tpm}); retry in {wait:.0f}s",
-                        "rate_limit_error",
-                        "rate_limit_exceeded",
-                        {"retry-after": str(math.ceil(wait))},
-                    )
             if budgets:
                 assert d is not None
                 # settled in the period reserved in, once (the hold's id)
@@ -570,6 +552,43 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                         remaining_usd=left,
                     )
                 reserved = (budgets, worst)
+            if limited:
+                # counted after the budget admitted the request (a budget's refusal had used
+                # up the key's rate limit); a refusal here releases the reservation
+                assert key is not None and d is not None
+                # tokens a minute: the prompt and the output it may take (max_tokens, else
+                # the expectation the call will be capped at), counted at admission as
+                # OpenAI's own limiter does; the prompt alone let completions run unbounded
+                cap = int(opts.get("max_tokens") or 4 * max(d.tokens_out, 256))
+                if key.tpm is not None:
+                    opts.setdefault("max_tokens", cap)  # the count holds only if the call does
+                tokens = d.primary.tokens_in + cap
+                too_big = key.tpm is not None and tokens > key.tpm
+                wait = None if too_big else await svc.state.hit(key.id, key.rpm, key.tpm, tokens)
+                if too_big or wait is not None:
+                    if reserved is not None:
+                        budgets, held = reserved
+                        reserved = None
+                        await svc.settle(budgets, held, 0.0)  # nothing was called
+                    svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
+                    if too_big:  # no minute will ever fit it
+                        raise HTTPError(
+                            429,
+                            f"this request may take {tokens} tokens (prompt and max_tokens), "
+                            f"more than key {key.name!r} allows in a minute (tpm {key.tpm}); "
+                            "lower max_tokens or shorten the prompt",
+                            "rate_limit_error",
+                            "rate_limit_exceeded",
+                        )
+                    assert wait is not None
+                    raise HTTPError(
+                        429,
+                        f"rate limit of key {key.name!r} reached "
+                        f"(rpm {key.rpm}, tpm {key.tpm}); retry in {wait:.0f}s",
+                        "rate_limit_error",
+                        "rate_limit_exceeded",
+                        {"retry-after": str(math.ceil(wait))},
+                    )
             if routed.stream:
                 streaming = True
                 return await _stream(svc, routed, opts, api, reserved)

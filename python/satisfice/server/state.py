@@ -22,6 +22,8 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
+import math
 import secrets
 import time
 from collections.abc import Sequence
@@ -34,6 +36,9 @@ __all__ = ["Budget", "MemoryState", "RedisState", "StateUnavailable", "VirtualKe
 
 NANO = 1_000_000_000
 _PERIODS = ("day", "month", "total")
+
+
+_log = logging.getLogger("satisfice.server")
 
 
 class StateUnavailable(SatisficeError):
@@ -203,19 +208,18 @@ class MemoryState:
     # rate limits -----------------------------------------------------------------------------
     async def hit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> float | None:
         """Count one request (and its tokens) in this minute's window; None when it fits,
-        else the seconds until the window turns."""
+        else the seconds until the window turns. Both limits are checked before either is
+        counted: a request one refuses takes nothing from the other."""
         minute = int(time.time() // 60)
         wait = 60 - time.time() % 60
-        if rpm is not None:
-            k = f"rpm:{key_id}:{minute}"
-            self._windows[k] = self._windows.get(k, 0) + 1
-            if self._windows[k] > rpm:
-                return wait
+        rk, tk = f"rpm:{key_id}:{minute}", f"tpm:{key_id}:{minute}"
+        if rpm is not None and self._windows.get(rk, 0) + 1 > rpm:
+            return wait
+        if tpm is not None and self._windows.get(tk, 0) + tokens > tpm:
+            return wait
+        self._windows[rk] = self._windows.get(rk, 0) + 1
         if tpm is not None:
-            k = f"tpm:{key_id}:{minute}"
-            if self._windows.get(k, 0) + tokens > tpm:
-                return wait
-            self._windows[k] = self._windows.get(k, 0) + tokens
+            self._windows[tk] = self._windows.get(tk, 0) + tokens
         if len(self._windows) > 100_000:  # old windows: drop them
             self._windows = {k: v for k, v in self._windows.items() if k.endswith(f":{minute}")}
         return None
@@ -293,14 +297,16 @@ end
 return 0
 """
 
+# Both limits are checked before either is counted: a request one limit refuses takes
+# nothing from the other (a tpm refusal had used up an rpm slot).
 _HIT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], 120) end
-if tonumber(ARGV[1]) >= 0 and count > tonumber(ARGV[1]) then return 1 end
-if tonumber(ARGV[2]) >= 0 then
-  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if used + tonumber(ARGV[3]) > tonumber(ARGV[2]) then return 2 end
-  redis.call('INCRBY', KEYS[2], ARGV[3])
+local rpm, tpm, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if rpm >= 0 and tonumber(redis.call('GET', KEYS[1]) or '0') + 1 > rpm then return 1 end
+if tpm >= 0 and tonumber(redis.call('GET', KEYS[2]) or '0') + n > tpm then return 2 end
+redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], 120)
+if tpm >= 0 then
+  redis.call('INCRBY', KEYS[2], n)
   redis.call('EXPIRE', KEYS[2], 120)
 end
 return 0
@@ -329,7 +335,11 @@ class RedisState:
         self._hit = self._r.register_script(_HIT)
         self._cas = self._r.register_script(_CAS)
         self._key_cache: dict[str, tuple[VirtualKey, float]] = {}
+        self._team_cache: dict[str, tuple[Budget | None, float]] = {}
         self.errors = 0
+        self._warned_at = -math.inf
+        # rate windows while Redis is away: this replica's own view (they had no limit)
+        self._local = MemoryState()
 
     async def close(self) -> None:
         # The pool is ours (made above), and a client given a pool does not close it itself.
@@ -345,6 +355,14 @@ class RedisState:
             # not available, and each caller's documented outage behaviour applies (a raw
             # ResponseError had turned a billed answer into a 500 and left its hold).
             self.errors += 1
+            now = time.monotonic()
+            if now - self._warned_at > 10:  # logged, at most every 10 s through an outage
+                self._warned_at = now
+                _log.warning(
+                    "redis unavailable (%s); each kind of state falls back as documented "
+                    "(%d failures so far)", type(e).__name__, self.errors,
+                    extra={"event": "state_unavailable"},
+                )  # fmt: skip
             raise StateUnavailable(f"redis unavailable: {type(e).__name__}") from None
 
     # keys ------------------------------------------------------------------------------------
@@ -391,10 +409,21 @@ class RedisState:
     async def put_team(self, b: Budget) -> None:
         stored = {"scope": b.scope, "limit_usd": b.limit_usd, "period": b.period}  # not at/hold
         await self._do(self._r.hset(f"{self._p}teams", b.scope, json.dumps(stored)))
+        self._team_cache.pop(b.scope.removeprefix("team:"), None)
 
     async def team(self, name: str) -> Budget | None:
-        raw = await self._do(self._r.hget(f"{self._p}teams", f"team:{name}"))
-        return None if raw is None else Budget(**json.loads(raw))
+        """The team's budget, or None. While Redis is away, what was seen in the last 30 s
+        (that a team has no budget included): a team label alone must not fail its keys."""
+        hit = self._team_cache.get(name)
+        try:
+            raw = await self._do(self._r.hget(f"{self._p}teams", f"team:{name}"))
+        except StateUnavailable:
+            if hit is not None and hit[1] > time.time():
+                return hit[0]
+            raise
+        b = None if raw is None else Budget(**json.loads(raw))
+        self._team_cache[name] = (b, time.time() + 30)
+        return b
 
     # budgets ---------------------------------------------------------------------------------
     def _hold_key(self, budgets: Sequence[Budget]) -> str:
@@ -447,8 +476,8 @@ class RedisState:
         args = [rpm if rpm is not None else -1, tpm if tpm is not None else -1, tokens]
         try:
             out = await self._do(self._hit(keys=keys, args=args))
-        except StateUnavailable:
-            return None  # fail open, counted in .errors
+        except StateUnavailable:  # fail open: on this replica's own window
+            return await self._local.hit(key_id, rpm, tpm, tokens)
         return None if int(out) == 0 else 60 - time.time() % 60
 
     # sessions and cooldowns: fail open -------------------------------------------------------
