@@ -521,27 +521,27 @@ def test_a_pinned_session_keeps_failover(served: Any) -> None:
     assert r.model != "gamma"  # routed around the disabled model
 
 
-def test_chat_routes_on_the_snapshot_it_was_bounded_on() -> None:
+def test_chat_calls_where_the_decision_it_was_bounded_on_says() -> None:
     """A reload between a budget's reservation and the call repriced the call (a key spent
-    past its budget): chat(snapshot=d.snapshot) routes on the decision's snapshot."""
+    past its budget); so could a cooldown, or the server's own max_tokens filtering the
+    bounded model out: chat(decision=d) calls where the decision says."""
+    import asyncio
+
     reg = registry("http://127.0.0.1:9")
     r = Router(reg, Policy(quality_floor=0.5, max_fallbacks=0))
-    d = r.route("hi")
-    alpha = reg["alpha"]
-    assert alpha.price is not None
-    r.update(reg.replace(replace(alpha, price=replace(alpha.price, input=1000.0))))
-    now = r.route("hi")
-    assert now.snapshot is not d.snapshot and now.model != "alpha"  # repriced: routed away
 
-    async def decided() -> Any:
-        try:
-            await r.chat("hi", snapshot=d.snapshot, timeout=0.5)
-        except Exception as e:  # nothing listens on port 9: the attempts say what was routed
+    async def main() -> Any:
+        d = await r.decide("hi")
+        alpha = reg["alpha"]
+        assert alpha.price is not None and d.model == "alpha"
+        r.update(reg.replace(replace(alpha, price=replace(alpha.price, input=1000.0))))
+        assert (await r.decide("hi")).model != "alpha"  # repriced: routed away now
+        try:  # nothing listens on port 9: the attempts say where the call went
+            await r.chat("hi", decision=d, max_tokens=10**6, timeout=0.5)
+        except Exception as e:
             return e
         return None
 
-    import asyncio
-
-    e = asyncio.run(decided())
+    e = asyncio.run(main())
     assert e is not None and getattr(e, "attempts", None)
     assert e.attempts[0].model == "alpha"

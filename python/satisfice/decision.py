@@ -375,6 +375,12 @@ class Decision:
         P(good) and estimated USD of the first RECORDED candidates (every model a request
         may call is among them), with how many passed in all: a record stays the same size
         whatever the size of the registry."""
+        top = self.top(max(RECORDED, 1 + self.snapshot.policy.max_fallbacks))
+        shown = {c.model for c in top}
+        if self.model not in shown or not shown.issuperset(self.fallbacks):
+            # a preferred model (`preferring`) may rank below them: it is called all the same
+            called = {self.model, *self.fallbacks} - shown
+            top += [c for c in self.candidates if c.model in called]
         return {
             "model": self.model,
             "fallbacks": self.fallbacks,
@@ -383,7 +389,7 @@ class Decision:
             "reasons": self.reasons(),
             "candidates": [
                 {"model": c.model, "p_good": round(c.p_good, 4), "est_cost_usd": c.est_cost_usd}
-                for c in self.top(max(RECORDED, 1 + self.snapshot.policy.max_fallbacks))
+                for c in top
             ],
             "candidates_total": len(self._plan),
         }

@@ -351,11 +351,14 @@ class Run:
         """The request as sent to `t`: under a cost cap, max_tokens is at most what the cap
         leaves for the answer (`output_cap`), and the call holds its slice until its
         attempt is recorded, so that no answer runs past the cap."""
+        request = self.request
+        if request.max_tokens is not None and request.max_tokens > t.spec.max_output:
+            # no model writes more than its max_output, and some APIs refuse a larger limit
+            request = replace(request, max_tokens=t.spec.max_output)
         capped = self.output_cap(t)
         if capped is None:
-            return self.request
+            return request
         n, usd = capped
-        request = self.request
         if request.extra and request.extra.get("n", 1) != 1:
             raise ConfigError(
                 "extra={'n': ...} asks for several answers, each billed, which a cost cap "
@@ -419,6 +422,8 @@ class Run:
         """The most output tokens a call to `t` was allowed on the wire (None: no limit)."""
         held = self.holds.get(_hold(t))
         n = held[1] if held is not None else self.request.max_tokens
+        if n is not None:
+            n = min(n, t.spec.max_output)  # what `wire` sent
         if n is not None and t.dep.api == "anthropic":
             n += thinking_budget(t.spec.effort, t.spec.reasoning_tokens)
         return n

@@ -53,9 +53,10 @@ class RequestOptions(TypedDict, total=False):
     extra: dict[str, Any] | None  # merged into the wire payload verbatim
     timeout: float | None  # seconds for the whole request (default: the latency SLO)
     metadata: Mapping[str, Any] | None  # the caller's tags, copied onto the record
-    # route on this snapshot (a Decision's `.snapshot`), not the current one: for a caller
-    # that bounded the request on that decision (a budget), so a reload cannot reprice it
-    snapshot: Snapshot | None
+    # call as this decision says (one `decide()` made for the same request), routing
+    # nothing again: for a caller that bounded the request on it (a budget), so neither a
+    # reload nor a cooldown meanwhile can send the call where the bound does not reach
+    decision: Decision | None
     # a model to try first when it passes the request's constraints and can be called (a
     # session's pinned model); the routed order follows it, so failover is kept
     prefer: str | None
@@ -402,6 +403,21 @@ class Router:
     def ledger(self) -> Ledger | None:
         return None if self._rec is None else self._rec.ledger
 
+    async def decide(
+        self,
+        messages: Messages,
+        constraints: Constraints | Mapping[str, Any] | None = None,
+        *,
+        cascade: Literal["auto"] | None = None,
+        **options: Unpack[RequestOptions],
+    ) -> Decision:
+        """The decision `chat()` or `stream()` would make now with these arguments: cooling
+        and disabled deployments routed around, the options' max_tokens as the output
+        bound, a `prefer`red model first. Pass it back as `chat(..., decision=d)` and the
+        call goes where `d` says, whatever changes meanwhile: what a caller that bounds a
+        budget on the decision needs (the server does)."""
+        return (await self._prepare(messages, constraints, options, cascade == "auto"))[1]
+
     async def _begin(
         self,
         messages: Messages,
@@ -411,10 +427,32 @@ class Router:
         accept: Validator | None = None,
         tuned_cascade: bool = False,
     ) -> tuple[Executor, Run, dict[str, Any]]:
-        """The one request builder behind chat() and stream(): check the options, route
-        (around cooling deployments; a large prompt on a worker thread, so an exact count
-        never holds the event loop), then the wire request and its deadline. The caller's
-        dicts are read, never changed."""
+        """The one request builder behind chat() and stream(): the decision (`_prepare`),
+        then the wire request and its deadline."""
+        io, decision, call, timeout, metadata, msgs = await self._prepare(
+            messages, constraints, options, tuned_cascade
+        )
+        if self._rec is not None:
+            self._rec.decision(decision)
+        c = decision.constraints
+        if call["max_tokens"] is None:
+            call["max_tokens"] = c.max_output_tokens
+        if timeout is None and c.latency_slo_ms is not None:
+            timeout = c.latency_slo_ms / 1000.0
+        deadline = None if timeout is None else t0 + timeout
+        run = io.run(decision, msgs, call, t0=t0, deadline=deadline, accept=accept)
+        return io, run, metadata
+
+    async def _prepare(
+        self,
+        messages: Messages,
+        constraints: Constraints | Mapping[str, Any] | None,
+        options: Mapping[str, Any],
+        tuned_cascade: bool,
+    ) -> tuple[Executor, Decision, dict[str, Any], Any, dict[str, Any], list[dict[str, Any]]]:
+        """Check the options and route (around cooling deployments; a large prompt on a
+        worker thread, so an exact count never holds the event loop), or take the
+        `decision` given. The caller's dicts are read, never changed."""
         io = self._io if self._io is not None else self.configure()._io
         assert io is not None
         opts: dict[str, Any] = dict(options)
@@ -427,17 +465,22 @@ class Router:
         call = {k: opts.pop(k, None) for k in _CALL_FIELDS}
         timeout = opts.pop("timeout", None)
         metadata = opts.pop("metadata", None)
-        snap = opts.pop("snapshot", None) or self._snap  # one for every routing of it
+        given = opts.pop("decision", None)
         prefer = opts.pop("prefer", None)
         _check_options(call, timeout, metadata)
         metadata = dict(metadata or {})
         msgs = _message_list(messages)
+        if given is not None:
+            if not isinstance(given, Decision):
+                raise ConfigError(
+                    f"decision must be one router.decide() made, got {type(given).__name__}"
+                )
+            return io, given, call, timeout, metadata, msgs
+        snap = self._snap  # one snapshot for every routing of this request
         if call["max_tokens"] is not None and "max_output_tokens" not in opts:
             opts["max_output_tokens"] = call["max_tokens"]
         c = Constraints.of(constraints, **opts)
         c, extra = _shaped(c, call["tools"], call["response_format"])
-        if not isinstance(snap, Snapshot):
-            raise ConfigError(f"snapshot must be a Decision's .snapshot, got {type(snap).__name__}")
         skip = snap.undeployable
         blocked = io.health.blocked()
         if blocked:  # models whose every deployment is cooling or disabled are routed around
@@ -450,15 +493,7 @@ class Router:
             decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra)
         if prefer is not None and prefer != decision.model:
             decision = decision.preferring(prefer)
-        if self._rec is not None:
-            self._rec.decision(decision)
-        if call["max_tokens"] is None:
-            call["max_tokens"] = c.max_output_tokens
-        if timeout is None and c.latency_slo_ms is not None:
-            timeout = c.latency_slo_ms / 1000.0
-        deadline = None if timeout is None else t0 + timeout
-        run = io.run(decision, msgs, call, t0=t0, deadline=deadline, accept=accept)
-        return io, run, metadata
+        return io, decision, call, timeout, metadata, msgs
 
     async def _decide(
         self,

@@ -485,35 +485,38 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 meta["session"] = routed.session
                 pinned = await svc.state.pin(routed.session)
                 if pinned and "allow" not in opts and pinned in svc.router.registry:
-                    try:
-                        await svc.router.aroute(
-                            routed.messages, {**constraints, "allow": (pinned,)}, **shape
-                        )
-                        # tried first, the routed order after it: a pin that may only be
-                        # called failed the session whenever its model did (or was
-                        # disabled); a model that cannot be called now is routed around
-                        opts["prefer"] = pinned
-                        meta["session_pin"] = pinned
-                    except NoRouteError as e:
-                        meta["session_switch"] = f"{pinned} no longer fits: {e}"[:300]
+                    # tried first, the routed order after it: a pin that was the only model
+                    # the call might use failed the session whenever its model did (or was
+                    # disabled); a model that cannot be called now is routed around
+                    opts["prefer"] = pinned
             opts["metadata"] = meta
             budgets = await svc.budgets_of(key)
             limited = key is not None and (key.rpm is not None or key.tpm is not None)
-            # one decision for the rate limit's tokens and the budget's bound; chat() routes
-            # again on the same snapshot, so a reload meanwhile cannot reprice the request
-            d = (
-                await svc.router.aroute(routed.messages, constraints, **shape)
-                if limited or budgets
-                else None
-            )
-            if d is not None and "cascade" in opts and d.policy.ladder_replaces_floor(d.task):
-                # routed as chat() will route it, so the bound covers the whole ladder
-                floor0 = {**constraints, "quality_floor": 0.0}
-                d = await svc.router.aroute(routed.messages, floor0, **shape)
-            if d is not None:
-                opts["snapshot"] = d.snapshot
-                if opts.get("prefer"):
-                    d = d.preferring(opts["prefer"])
+            # One decision for the rate limit's tokens, the budget's bound and the call: chat()
+            # calls where it says, so neither a reload nor a cooldown meanwhile can send the
+            # call where the bound does not reach.
+            d = None
+            if limited or budgets or opts.get("prefer"):
+                kw = {k: v for k, v in opts.items() if k != "cascade"}
+                d = await svc.router.decide(
+                    routed.messages, cascade="auto" if "cascade" in opts else None, **kw
+                )
+                opts["decision"] = d
+            pinned = opts.pop("prefer", None)
+            if pinned and d is not None:
+                if d.model == pinned:
+                    meta["session_pin"] = pinned
+                else:  # say why: a constraint it fails, else that it cannot be called now
+                    why = "it cannot be called now (disabled or cooling down)"
+                    try:
+                        await svc.router.aroute(
+                            routed.messages,
+                            {**constraints, "allow": (pinned,), "strict_floor": True},
+                            **shape,
+                        )
+                    except NoRouteError as e:
+                        why = str(e)
+                    meta["session_switch"] = f"{pinned} no longer fits: {why}"[:300]
             if budgets:
                 assert d is not None
                 # settled in the period reserved in, once (the hold's id)
