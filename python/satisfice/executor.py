@@ -389,15 +389,14 @@ class Run:
         priced at its upper bound, as a cache write when it asks for one. (0, 0) when a bill
         on the request is unknown (an unpriced call): the cap cannot be kept then. None:
         no cap applies."""
-        if self.cap is None or t.price is None:
+        if t.price is None:
             return None
-        spent = billed_cost(self.attempts)
-        if spent is None:
-            return 0, 0.0
         key = _hold(t)
-        held = sum(usd for k, (usd, _) in self.holds.items() if k != key)
+        left = self.room(besides=key)
+        if left is None:
+            return None
         slots = max(self.share - len(self.holds.keys() - {key}), 1)
-        usd = max(self.cap - spent[0] - held, 0.0) / slots
+        usd = max(left, 0.0) / slots
         write = cache_write_of(self.request.messages, self.request.tools)
         n = t.price.output_within(
             self.decision.max_tokens_in(t.model),
@@ -433,15 +432,16 @@ class Run:
         self.attempts.append(attempt)
         self.holds.pop(_hold(t), None)
 
-    def room(self) -> float | None:
-        """USD the cap has left for a new call (None: no cap): what neither the bills nor
-        the calls in flight have taken; 0 when a bill is unknown."""
+    def room(self, besides: tuple[str, str] | None = None) -> float | None:
+        """USD the cap has left (None: no cap): what neither the bills nor the calls in
+        flight (but `besides`) have taken; 0 when a bill is unknown."""
         if self.cap is None:
             return None
         spent = billed_cost(self.attempts)
         if spent is None:
             return 0.0
-        return self.cap - spent[0] - sum(usd for usd, _ in self.holds.values())
+        held = sum(usd for k, (usd, _) in self.holds.items() if k != besides)
+        return self.cap - spent[0] - held
 
     def checked(self, v: Verdict, name: str, step: int | None = None) -> None:
         """Bill the calls a check made itself (a judge's) to this request: they cost money,
@@ -1216,7 +1216,7 @@ class Executor:
             return
         t = ts[0]
         usage = self._prompt_usage(run, t)
-        for other in ts[1:]:  # whichever deployment was called: its hold stays on the cap
+        for other in ts[1:]:  # which deployment was called is unknown: release them all
             run.holds.pop(_hold(other), None)
         run.record(
             Attempt(

@@ -196,23 +196,23 @@ class Price:
     ) -> int | None:
         """The most output tokens a request with `tokens_in` prompt tokens (every one of them
         a cache write, when asked) can be billed for and cost at most `usd`: what a cost cap
-        allows an answer on the wire. Reasoning billed at its own rate is counted at the
-        dearer of the two. None: output is free."""
-        out = self.output
-        long = self.tier(tokens_in)
-        if long is not None:
-            out = long.output
-        if self.reasoning is not None and self.output:
-            out = max(out, self.reasoning * out / self.output)
-        if out <= 0:
-            return None
-        prompt = self.cost(
-            tokens_in,
-            0,
-            cache_write=tokens_in if cache_write else 0.0,
-            cache_write_1h=tokens_in if cache_write_1h else 0.0,
+        allows an answer on the wire. Priced by `cost` itself, an output token at the dearer
+        of the text and reasoning rates. None: output is free."""
+        writes = {
+            "cache_write": tokens_in if cache_write else 0.0,
+            "cache_write_1h": tokens_in if cache_write_1h else 0.0,
+        }
+        prompt = self.cost(tokens_in, 0, **writes)
+        per_token = (
+            max(
+                self.cost(tokens_in, 1, **writes),
+                self.cost(tokens_in, 1, **writes, reasoning_tokens=1),
+            )
+            - prompt
         )
-        room = (usd - prompt) * 1e6 // out
+        if per_token <= 0:
+            return None
+        room = (usd - prompt) // per_token
         if not math.isfinite(room):  # a cap so large the arithmetic overflows: no bound
             return None
         return max(int(room), 0)

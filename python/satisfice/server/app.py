@@ -105,8 +105,6 @@ def _billed(e: BaseException | None, reserved: float) -> float:
     settling its reservation: its attempts' bills by the rule of `total_cost_usd`; the
     whole reservation when that is unknown: an unpriced call, or a request cut off by
     something other than satisfice (a shutdown's cancel) with a call maybe in flight."""
-    if e is None:  # refused by the server itself before any call (a rate limit)
-        return 0.0
     if not isinstance(e, SatisficeError):
         return reserved
     out = billed_cost(getattr(e, "attempts", None) or ())
@@ -464,7 +462,7 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
         svc.in_flight += 1
         reserved: tuple[list[Budget], float] | None = None
         streaming = False
-        failed: SatisficeError | None = None
+        failed: Exception | None = None
         try:
             body = await _json(request, svc.config.max_body_bytes)
             key = await svc.authenticate(request)
@@ -612,12 +610,9 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             he = http_error(e)
             return JSONResponse(he.body(), he.status)
         except Exception as e:  # a bug of ours: an error in the API's shape, not a bare 500
+            failed = e  # a call may have been billed: `finally` keeps the reservation
             # the type alone: a message may quote a request or an upstream's reply
             _log.error("request failed: %s", type(e).__name__, extra={"event": "internal"})
-            if reserved is not None and not streaming:  # a call may have been billed
-                budgets, held = reserved
-                reserved = None
-                await svc.settle(budgets, held, held)
             he = HTTPError(500, f"internal error ({type(e).__name__})", "server_error")
             return JSONResponse(he.body(), he.status)
         finally:
