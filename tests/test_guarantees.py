@@ -83,11 +83,11 @@ async def test_a_missing_key_is_skipped_and_used_once_it_is_set(
             first.attempts[0].error
         )
         assert "alpha/alpha-dep" not in r.health()  # skipped, not disabled
-        monkeypatch.setenv("SATISFICE_TEST_KEY", "k-123")
+        monkeypatch.setenv("SATISFICE_TEST_KEY", "k-123-test")
         second = await r.chat(MSGS)
     assert second.model == "alpha"
     (seen,) = up.seen(wire("alpha"))
-    assert seen.headers["authorization"] == "Bearer k-123"
+    assert seen.headers["authorization"] == "Bearer k-123-test"
 
 
 async def test_operator_disable_and_enable(up: LocalUpstream) -> None:

@@ -5,10 +5,12 @@ within its deadline in a fallback success or an explicit error listing the attem
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -31,7 +33,11 @@ def raw() -> Iterator[RawUpstream]:
 
 
 def alpha_on(raw: RawUpstream, up: LocalUpstream, api: str = "openai") -> Any:
-    return move_alpha(registry(up.url), raw.url, api)
+    return alpha_on_url(raw.url, up, api)
+
+
+def alpha_on_url(url: str, up: LocalUpstream, api: str = "openai") -> Any:
+    return move_alpha(registry(up.url), url, api)
 
 
 class LoopLag:
@@ -79,16 +85,19 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def piece(text: str, api: str = "openai") -> bytes:
+def piece(text: str, api: str = "openai", *, escaped: bool = True) -> bytes:
+    """One text event; `escaped`: non-ASCII as JSON escapes, else as raw UTF-8."""
     if api == "anthropic":
-        ev = {
+        ev: Any = {
             "type": "content_block_delta",
             "index": 0,
             "delta": {"type": "text_delta", "text": text},
         }
-        return chunk(b"event: content_block_delta\ndata: " + json.dumps(ev).encode() + b"\n\n")
-    event = {"choices": [{"delta": {"content": text}, "finish_reason": None}]}
-    return chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+        prefix = b"event: content_block_delta\ndata: "
+    else:
+        ev = {"choices": [{"delta": {"content": text}, "finish_reason": None}]}
+        prefix = b"data: "
+    return chunk(prefix + json.dumps(ev, ensure_ascii=escaped).encode() + b"\n\n")
 
 
 # what each wire format sends to keep a quiet stream open
@@ -269,7 +278,8 @@ async def test_one_hung_upstream_does_not_starve_the_others(up: LocalUpstream) -
 async def test_every_post_that_reached_an_upstream_is_an_attempt(up: LocalUpstream) -> None:
     # The upstream reads the second POST on a kept-alive connection and closes without a
     # byte of answer. The transport does not re-send it behind the executor's back: the
-    # failure is an attempt on the record, and the executor's retry is another.
+    # failure is an attempt on the record (a stale connection), and the executor's re-send
+    # on a new connection is another.
     async def close_now(w: asyncio.StreamWriter) -> None:
         w.close()
 
@@ -285,6 +295,91 @@ async def test_every_post_that_reached_an_upstream_is_an_attempt(up: LocalUpstre
     attempts = [a for a in res.attempts if a.outcome != "skipped"]
     assert res.model == "alpha" and res.text == "right"
     assert [a.outcome for a in attempts] == ["error", "ok"] and posts == len(attempts) == 2
+    assert attempts[0].error_type == "StaleConnectionError"
+
+
+async def test_a_keep_alive_the_upstream_closes_after_each_answer_fails_nothing(
+    up: LocalUpstream,
+) -> None:
+    # The upstream answers as if keeping the connection, then closes it 2 ms later: the
+    # pool's next request on it races the close. With no retries allowed, every request is
+    # still answered (the stale connection's request is re-sent at once on a new one), and
+    # the deployment's health counts no failure: the upstream never failed.
+    async def answer_then_close(w: asyncio.StreamWriter) -> None:
+        w.write(http_response(OK_BODY).replace(b"connection: close\r\n", b""))
+        await w.drain()
+        await asyncio.sleep(0.002)
+        w.close()
+
+    with RawUpstream(keep_alive=True) as raw:
+        raw.push(*[answer_then_close] * 60)
+        async with router(up.url, max_retries=0) as r:
+            r.update(alpha_on(raw, up))
+            for _ in range(20):
+                res = await r.chat(MSGS)
+                assert res.model == "alpha" and res.text == "right"
+                await asyncio.sleep(0.001)
+            h = r.health()["alpha/alpha-dep"]
+    assert h["failures"] == 0 and h["state"] == "ok"
+
+
+async def test_an_answer_sent_before_the_body_was_read_is_the_one_reported(
+    up: LocalUpstream,
+) -> None:
+    # A size-limited proxy answers 413 after the head and closes without reading the 4 MB
+    # body: the write fails, but the 413 had arrived. It is a context-length error (the
+    # next model with a larger window is tried), not a connection failure retried here.
+    body = json.dumps({"error": {"message": "request entity too large"}}).encode()
+
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(http_response(body, status="413 Payload Too Large"))
+            await writer.drain()
+            writer.transport.abort()
+
+    server = await asyncio.start_server(early, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with router(up.url, max_retries=0) as r:
+            reg = alpha_on_url(f"http://127.0.0.1:{port}", up)
+            r.update(reg.replace(replace(reg["alpha"], context_window=2_000_000)))
+            res = await r.chat([{"role": "user", "content": "word " * 800_000}], allow=("alpha",))
+    except AllAttemptsFailedError as e:
+        attempts = e.attempts
+    else:
+        attempts = res.attempts
+    finally:
+        server.close()
+    first = attempts[0]
+    assert first.model == "alpha" and first.status == 413, first
+    assert first.error_type == "ContextLengthError"
+
+
+@pytest.mark.parametrize("charset", ["base64", "utf-16", "unicode_escape", "rot13"])
+@APIS
+async def test_a_stream_is_utf8_whatever_charset_the_upstream_names(
+    raw: RawUpstream, up: LocalUpstream, api: str, charset: str
+) -> None:
+    # An event stream is UTF-8 by its spec: the named charset is ignored, so no raw codec
+    # error escapes, and a JSON escape of half a surrogate pair stays an escape for the
+    # parser (which replaces it) instead of becoming a character.
+    head = sse_head().replace(
+        b"text/event-stream", b"text/event-stream; charset=" + charset.encode()
+    )
+    end = (
+        chunk(b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
+        if api == "anthropic"
+        else chunk(b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+    )
+    text = piece("caf\u00e9 \u4e16\u754c ", api, escaped=False) + piece("h\ud800i", api)
+    raw.push(head + text + end + b"0\r\n\r\n")
+    async with router(up.url) as r:
+        r.update(alpha_on(raw, up, api))
+        res = await r.stream(MSGS).result()
+    assert res.model == "alpha", res.attempts
+    assert res.text.startswith("caf\u00e9 \u4e16\u754c h") and res.text.endswith("i")
+    res.text.encode("utf-8")  # no half surrogate got through
 
 
 async def test_an_all_hostile_registry_ends_with_the_attempts(raw: RawUpstream) -> None:

@@ -64,3 +64,21 @@ async def test_echoed_keys_never_leak(
     assert_clean(res.text, repr(res), json.dumps(res.to_record()), str(res.raw))
     assert "[redacted]" in res.text
     assert_clean(caplog.text)
+
+
+async def test_a_key_too_short_to_scrub_is_refused_not_sent(
+    up: LocalUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 7-character key could not be told from ordinary words in what upstreams send back,
+    # so it could not be kept out of errors and records: the deployment refuses it, saying
+    # why and what to do, and the key never goes on the wire.
+    short = "tk-9Qz7"
+    monkeypatch.setenv("SATISFICE_CANARY_KEY", short)
+    async with router(up.url) as r:
+        r.update(keyed(up.url))  # type: ignore[arg-type]
+        with pytest.raises(SatisficeError) as e:
+            await r.chat(MSGS)
+    err = str(e.value)
+    assert "SATISFICE_CANARY_KEY holds a key of 7 characters" in err and "longer key" in err
+    assert short not in err
+    assert not any(up.seen(wire(m)) for m in ("alpha", "beta", "gamma", "delta"))

@@ -14,7 +14,7 @@ from typing import Any
 __all__ = ["REDACTED", "StreamScrubber", "register", "scrub", "scrub_bytes", "scrub_values"]
 
 REDACTED = "[redacted]"
-_MIN_LEN = 8  # shorter values are not keys, and would redact ordinary words
+MIN_KEY_CHARS = 8  # shorter values would redact ordinary words (a shorter key is refused)
 _secrets: tuple[str, ...] = ()
 _secrets_b: tuple[bytes, ...] = ()
 
@@ -22,7 +22,7 @@ _secrets_b: tuple[bytes, ...] = ()
 def register(value: str) -> None:
     """Remember a key so that `scrub` removes it from anything derived from upstream text."""
     global _secrets, _secrets_b
-    if len(value) >= _MIN_LEN and value not in _secrets:
+    if len(value) >= MIN_KEY_CHARS and value not in _secrets:
         # longest first: a key that contains another is removed whole
         _secrets = tuple(sorted({*_secrets, value}, key=len, reverse=True))
         _secrets_b = tuple(s.encode() for s in _secrets)

@@ -41,6 +41,7 @@ __all__ = [
     "RegistryWarning",
     "RetryableError",
     "SatisficeError",
+    "StaleConnectionError",
     "StreamInterruptedError",
     "TokenizerError",
     "UnknownModelError",
@@ -131,6 +132,11 @@ class ProviderError(SatisficeError):
 
 class RetryableError(ProviderError):
     """429, 408, 5xx or a connection error: another try (or another deployment) may work."""
+
+
+class StaleConnectionError(RetryableError):
+    """A kept-alive connection the upstream had closed gave no answer: re-sent at once, once,
+    on a new connection; not counted against the deployment's health."""
 
 
 class UpstreamTimeoutError(RetryableError):

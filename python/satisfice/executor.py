@@ -39,6 +39,7 @@ from .errors import (
     CascadeBudgetError,
     ConfigError,
     ProviderError,
+    StaleConnectionError,
     StreamInterruptedError,
     UpstreamTimeoutError,
 )
@@ -710,7 +711,7 @@ class Executor:
             self.health.disable(t.key, str(e))
         elif action is Action.WIDEN:
             run.min_window = max(run.min_window, t.spec.context_window)
-        elif action is not Action.STOP:
+        elif action is not Action.STOP and not isinstance(e, StaleConnectionError):
             self.health.record_failure(
                 t.key,
                 rate_limited=e.status == 429,
@@ -745,6 +746,7 @@ class Executor:
             cooled: list[_Target] = []
             for t in self._available(run, cooled, only):
                 retry = 0
+                resent = False  # a stale pooled connection's request, sent again at once
                 run.tried.add(t.key)
                 while True:
                     started = perf_counter()
@@ -757,6 +759,9 @@ class Executor:
                         if action is Action.STOP:
                             e.attempts = run.attempts
                             raise
+                        if isinstance(e, StaleConnectionError) and not resent:
+                            resent = True  # the pool's race, not the upstream's failure
+                            continue
                         wait = self._backoff(run, e, retry) if action is Action.RETRY else None
                         if wait is None:
                             if e.retry_after is not None:

@@ -15,8 +15,9 @@ one hung upstream cannot take every slot from the healthy ones. A connection goe
 the pool only when its response was read to the end and nothing unread is waiting on it (a
 body closed early is closed with its connection: that is how a caller stops an upstream that
 is still generating; providers read a finished stream to its end, see `providers.base`). A
-request is never re-sent by the transport: a stale keep-alive connection is an error the
-executor retries, so every request that reached an upstream is an attempt on the record.
+request is never re-sent by the transport: a stale keep-alive connection is an error
+(`StaleConnection`) the executor re-sends, so every request sent is an attempt on the
+record.
 
 Scope, on purpose: HTTP/1.1 over TCP or TLS, no proxies, no HTTP/2. A client that needs a
 proxy keeps httpx's default transport (`Router.configure(http=httpx.AsyncClient(...))`).
@@ -44,7 +45,7 @@ import httpx
 
 from ._watchdog import Watchdog
 
-__all__ = ["PooledTransport"]
+__all__ = ["PooledTransport", "StaleConnection"]
 
 _MAX_HEAD = 1 << 20  # largest response head accepted
 _STEP = 1 << 16  # decompressed bytes per step: bounded CPU between two awaits
@@ -265,6 +266,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         head = b"\r\n".join(lines) + b"\r\n\r\n"
         conn, reused = await self._acquire(key, request, timeouts)
         wd = Watchdog()  # the read timeout, one timer for the head and the body
+        unsent: OSError | None = None
         try:
             try:
                 conn.writer.write(head + body if len(body) < 65536 else head)
@@ -274,20 +276,32 @@ class PooledTransport(httpx.AsyncBaseTransport):
                         conn.writer.drain(), timeouts.get("write"), httpx.WriteTimeout, request
                     )
             except (ConnectionError, OSError) as e:
-                raise httpx.WriteError(
-                    f"sending the request failed: {e}", request=request
-                ) from None
+                # An upstream may answer before it has read the whole body and close (a 413
+                # from a size-limited proxy): that answer, if it came, is the one to report.
+                unsent = e
+                _keep_what_arrived(conn.reader)
             status, reason, headers, keep = await _read_head(conn, request, timeouts, wd)
             length = _body_length(request, status, headers)
             decoder = _decoder(headers, request)
         except _NothingRead:
-            # The upstream closed this connection as our request went out. Not re-sent here:
-            # it may have reached the upstream, so the executor decides and records it.
             wd.close()
             self._discard(conn)
-            stale = " (a kept-alive connection the upstream had closed)" if reused else ""
+            if reused:
+                # Closed while it sat in the pool (its keep-alive ran out): the others kept
+                # as long for this origin likely were too. Not re-sent here: the executor
+                # re-sends it at once and records both (see StaleConnection).
+                for old in self._idle.pop(key, []):
+                    self._discard(old)
+                raise StaleConnection(
+                    "the upstream had closed this kept-alive connection and did not answer",
+                    request=request,
+                ) from None
+            if unsent is not None:
+                raise httpx.WriteError(
+                    f"sending the request failed: {unsent}", request=request
+                ) from None
             raise httpx.RemoteProtocolError(
-                f"the upstream closed the connection without answering{stale}", request=request
+                "the upstream closed the connection without answering", request=request
             ) from None
         except BaseException:
             wd.close()
@@ -312,8 +326,24 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._idle.clear()
 
 
+def _keep_what_arrived(reader: asyncio.StreamReader) -> None:
+    """After a failed write: let the reader return what arrived before the reset (asyncio's
+    reader raises the reset first, even with an answer buffered), then end."""
+    buffered: bytes = getattr(reader, "_buffer", b"")
+    if reader.exception() is not None and buffered:
+        reader._exception = None  # type: ignore[attr-defined]
+        reader.feed_eof()
+
+
 class _NothingRead(httpx.ReadError):
-    """The upstream closed the connection before sending a byte of its answer."""
+    """The upstream closed (or reset) the connection before sending a byte of its answer."""
+
+
+class StaleConnection(httpx.RemoteProtocolError):
+    """A kept-alive connection from the pool was closed by the upstream and gave no byte of
+    an answer: the usual race with the upstream's keep-alive timeout, not the upstream
+    failing. The executor re-sends such a request once, at once, on a new connection, and
+    does not count it against the deployment's health."""
 
 
 async def _timed(
@@ -326,14 +356,21 @@ async def _timed(
         raise exc(f"no progress within {timeout}s", request=request) from None
 
 
-async def _read(wd: Watchdog, coro: Any, timeout: float | None, request: httpx.Request) -> Any:
-    """One read with the read timeout (kept by `wd`, one timer for a whole body)."""
+async def _read(
+    wd: Watchdog,
+    coro: Any,
+    timeout: float | None,
+    request: httpx.Request,
+    head: asyncio.StreamReader | None = None,
+) -> Any:
+    """One read with the read timeout (kept by `wd`, one timer for a whole body). `head`:
+    the reader, when this read is the first of a response's head."""
     try:
         return await wd.wait(coro, timeout)
     except TimeoutError:
         raise httpx.ReadTimeout(f"no progress within {timeout}s", request=request) from None
     except asyncio.IncompleteReadError as e:
-        if not e.partial:
+        if not e.partial and head is not None:
             raise _NothingRead("the upstream closed the connection", request=request) from None
         raise httpx.ReadError(
             "the upstream closed the connection mid-response", request=request
@@ -343,6 +380,8 @@ async def _read(wd: Watchdog, coro: Any, timeout: float | None, request: httpx.R
             "response head or chunk line too long", request=request
         ) from None
     except (ConnectionError, OSError) as e:
+        if head and not getattr(head, "_buffer", b""):  # reset before a byte of the answer
+            raise _NothingRead(f"read failed: {e}", request=request) from None
         raise httpx.ReadError(f"read failed: {e}", request=request) from None
 
 
@@ -350,8 +389,10 @@ async def _read_head(
     conn: _Conn, request: httpx.Request, timeouts: dict[str, Any], wd: Watchdog
 ) -> tuple[int, bytes, list[tuple[bytes, bytes]], bool]:
     read = timeouts.get("read")
+    first: asyncio.StreamReader | None = conn.reader
     while True:
-        raw: bytes = await _read(wd, conn.reader.readuntil(b"\r\n\r\n"), read, request)
+        raw: bytes = await _read(wd, conn.reader.readuntil(b"\r\n\r\n"), read, request, first)
+        first = None
         lines = raw[:-4].split(b"\r\n")
         parts = lines[0].split(b" ", 2)
         try:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from .._redact import MIN_KEY_CHARS
 from ..errors import AuthError
 from .anthropic import AnthropicProvider
 from .base import ChatRequest, ChatResponse, Provider, StreamDelta, ToolCall, Usage
@@ -47,6 +48,16 @@ def make_provider(
                 f"{model_id} via {dep.name}: environment variable {dep.api_key_env} holds "
                 "characters an HTTP header cannot carry (non-ASCII or control characters); "
                 "check how the key was pasted",
+                model=model_id,
+                deployment=dep.name,
+            )
+        if key and len(key) < MIN_KEY_CHARS:
+            raise AuthError(
+                f"{model_id} via {dep.name}: environment variable {dep.api_key_env} holds a "
+                f"key of {len(key)} characters; satisfice keeps keys out of errors, logs and "
+                "records by finding them in what upstreams send back, which it cannot do for "
+                f"one shorter than {MIN_KEY_CHARS} without redacting ordinary words. Use a "
+                "longer key, or leave api_key_env out for an upstream that needs none",
                 model=model_id,
                 deployment=dep.name,
             )

@@ -21,6 +21,7 @@ works. Messages never carry headers, so an API key cannot leak through an error.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import email.utils
 import json
@@ -41,8 +42,10 @@ from ..errors import (
     ContextLengthError,
     ProviderError,
     RetryableError,
+    StaleConnectionError,
     UpstreamTimeoutError,
 )
+from ..transport import StaleConnection
 
 __all__ = [
     "ChatRequest",
@@ -280,6 +283,12 @@ def error_from_response(
 def error_from_transport(exc: Exception, model: str, deployment: str) -> RetryableError:
     """A RetryableError for an httpx transport failure (timeouts, resets, refused)."""
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, StaleConnection):
+        return StaleConnectionError(
+            f"{model} via {deployment}: connection failed ({detail})",
+            model=model,
+            deployment=deployment,
+        )
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeoutError(
             f"{model} via {deployment}: no answer in time ({detail})",
@@ -494,7 +503,12 @@ async def sse_events(
     data: list[str] = []
     size = 0
     buf = ""
-    async for text in response.aiter_text():
+    # Always UTF-8, whatever charset the upstream names: an event stream is UTF-8 by its
+    # spec, and httpx would decode with the named codec (base64, utf-16, unicode_escape:
+    # raw errors, or JSON escapes of half a surrogate pair turned into characters).
+    decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+    async for chunk in response.aiter_bytes():
+        text = decode(chunk)
         buf += text
         if "\n" not in text:
             if len(buf) > max_line:
@@ -517,6 +531,7 @@ async def sse_events(
             elif line.startswith("event:"):
                 event = line[6:].strip()
             # comments (":") and id/retry fields carry nothing we need
+    buf += decode(b"", True)  # a character cut off by the end: U+FFFD
     line = scrub(buf.removesuffix("\r"))
     if line.startswith("data:"):
         data.append(line[6:] if line.startswith("data: ") else line[5:])
