@@ -233,7 +233,6 @@ struct Scan<'a> {
     first_word_of_msg: bool,
     /// The static embedding's sum over the words, when the caller wants it (one scan).
     emb: Option<(&'a crate::embed::WordTable, &'a mut crate::embed::Sum)>,
-    keywords: &'static KeywordTable, // once per text, not a lazy static's check per word
 }
 
 /// Keyword → flags. Lower-case ASCII words; one table so adding a marker is one line.
@@ -360,9 +359,6 @@ const KEYWORDS: &[(&str, u32)] = &[
 /// Open-addressing table over words packed into a u128 (keywords are ≤ 16 bytes): one
 /// multiply and usually one compare per word, instead of a long chain of slice matches.
 struct KeywordTable {
-    /// One bit per slot in use: most words are no keyword, and this answers for them from
-    /// 128 bytes that stay in cache, where the keys take 16 KB.
-    used: [u64; (1 << KW_BITS) / 64],
     keys: Vec<u128>,
     flags: Vec<u32>,
 }
@@ -387,7 +383,6 @@ fn pack(w: &[u8]) -> Option<u128> {
 static KEYWORD_TABLE: std::sync::LazyLock<KeywordTable> = std::sync::LazyLock::new(|| {
     let size = 1 << KW_BITS;
     let mut t = KeywordTable {
-        used: [0; (1 << KW_BITS) / 64],
         keys: vec![0; size],
         flags: vec![0; size],
     };
@@ -399,7 +394,6 @@ static KEYWORD_TABLE: std::sync::LazyLock<KeywordTable> = std::sync::LazyLock::n
         }
         t.keys[i] = key;
         t.flags[i] |= f;
-        t.used[i / 64] |= 1 << (i % 64);
     }
     t
 });
@@ -407,15 +401,12 @@ static KEYWORD_TABLE: std::sync::LazyLock<KeywordTable> = std::sync::LazyLock::n
 /// Flags (and `OPENER`, `URL`) for a lower-case word; 0 for ordinary words.
 #[cfg(test)]
 fn keyword_flags(w: &[u8]) -> u32 {
-    pack(w).map_or(0, |k| keyword_flags_packed(&KEYWORD_TABLE, k))
+    pack(w).map_or(0, keyword_flags_packed)
 }
 
-#[inline(always)]
-fn keyword_flags_packed(t: &KeywordTable, key: u128) -> u32 {
+fn keyword_flags_packed(key: u128) -> u32 {
+    let t = &*KEYWORD_TABLE;
     let mut i = kw_slot(key);
-    if t.used[i / 64] & (1 << (i % 64)) == 0 {
-        return 0;
-    }
     loop {
         let k = t.keys[i];
         if k == key {
@@ -478,7 +469,7 @@ impl tokens::Visitor for Scan<'_> {
             buf[..16].copy_from_slice(&lower.to_le_bytes());
             key = [lower, 0];
             (
-                keyword_flags_packed(self.keywords, lower),
+                keyword_flags_packed(lower),
                 n - (raw & case_bits).count_ones() as usize,
             )
         } else {
@@ -614,7 +605,6 @@ pub fn featurize_and_embed<'a>(
         prev_word: 0,
         first_word_of_msg: true,
         emb,
-        keywords: &KEYWORD_TABLE,
     };
     let mut counts = CharCounts::default();
     let mut chars = 0usize;

@@ -330,8 +330,13 @@ pub fn scan<V: Visitor>(text: &str, v: &mut V) -> CharCounts {
         let x = b[i];
         if x.is_ascii_alphabetic() {
             let start = i;
-            let (len, caps_inside) = letter_run(&b[start..]);
-            i += len;
+            let mut caps_inside = false;
+            i += 1;
+            while i < b.len() && b[i].is_ascii_alphabetic() {
+                caps_inside |= b[i].is_ascii_uppercase();
+                i += 1;
+            }
+            let len = i - start;
             if len > 24 {
                 long_run += (len - 24) as u32;
             }
@@ -421,48 +426,6 @@ pub fn scan<V: Visitor>(text: &str, v: &mut V) -> CharCounts {
     }
 }
 
-const HIGH: u64 = 0x8080_8080_8080_8080;
-
-/// The high bit of every byte of `x` that is an ASCII letter.
-#[inline(always)]
-fn letters(x: u64) -> u64 {
-    // Per byte, lower-cased and 7-bit: adding 0x1f carries into the high bit from 'a' up,
-    // adding 0x05 from '{' up; no byte carries into the next (at most 0x7f + 0x1f).
-    let lower = (x | 0x2020_2020_2020_2020) & !HIGH;
-    let from_a = lower + 0x1f1f_1f1f_1f1f_1f1f;
-    let past_z = lower + 0x0505_0505_0505_0505;
-    from_a & !past_z & !x & HIGH
-}
-
-/// Length of the ASCII letter run that `s` starts with (`s[0]` is a letter), and whether a
-/// letter after the first is upper-case; 8 bytes per step, so a word's end is found without
-/// a branch per letter (the loop's exit was the scan's most mispredicted branch).
-#[inline(always)]
-fn letter_run(s: &[u8]) -> (usize, bool) {
-    let mut n = 0;
-    let mut upper = 0u64;
-    let mut skip_first = !0x80u64; // the first letter's case is not "inside"
-    loop {
-        let x = match s.get(n..n + 8) {
-            Some(c) => u64::from_le_bytes(c.try_into().unwrap_or([0; 8])),
-            None => {
-                let mut buf = [0u8; 8]; // zero padding is no letter: the run ends there
-                buf[..s.len() - n].copy_from_slice(&s[n..]);
-                u64::from_le_bytes(buf)
-            }
-        };
-        let l = letters(x);
-        let run = (!l & HIGH).trailing_zeros() / 8; // bytes before the first non-letter
-        let within = if run == 8 { u64::MAX } else { (1u64 << (run * 8)) - 1 };
-        upper |= l & !(x << 2) & within & skip_first; // bit 5 (lower case) moved to bit 7
-        skip_first = u64::MAX;
-        n += run as usize;
-        if run < 8 {
-            return (n, upper != 0);
-        }
-    }
-}
-
 pub fn is_cjk(ch: char) -> bool {
     matches!(ch as u32,
         0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xAC00..=0xD7AF
@@ -516,37 +479,6 @@ mod tests {
         assert_eq!(count("hello world", Family::O200k), 2);
         assert_eq!(count("hello world", Family::Cl100k), 2);
         assert_eq!(count("", Family::O200k), 0);
-    }
-
-    #[test]
-    fn letter_run_matches_a_byte_loop() {
-        // Every byte value before, inside and after runs of every length up to 20, at
-        // every offset from the text's end (the padded last step).
-        let naive = |s: &[u8]| {
-            let n = s.iter().take_while(|c| c.is_ascii_alphabetic()).count();
-            (n, s[1..n].iter().any(|c| c.is_ascii_uppercase()))
-        };
-        for len in 1..=20usize {
-            for stop in 0..=255u8 {
-                for (i, case) in [b"abcdefghijklmnopqrstuvwxyz", b"aBcdefghijklmnopqrstuvwXyz"]
-                    .iter()
-                    .enumerate()
-                {
-                    let mut s = case[..len].to_vec();
-                    if i == 1 && len == 1 {
-                        s[0] = b'Q';
-                    }
-                    for tail in 0..3 {
-                        let mut t = s.clone();
-                        t.extend(std::iter::repeat_n(stop, tail));
-                        assert_eq!(letter_run(&t), naive(&t), "{t:?}");
-                    }
-                }
-            }
-        }
-        assert_eq!(letter_run(b"Hello"), (5, false));
-        assert_eq!(letter_run(b"hellO world"), (5, true));
-        assert_eq!(letter_run(b"abcdefghIjklmnop!"), (16, true));
     }
 
     #[test]
