@@ -329,10 +329,13 @@ def parse_json(content: bytes | str) -> Any:
 
 def scrubbed(data: Any, content: bytes | str) -> Any:
     """`parse_json` after its `json.loads`: `data` decoded from `content`, scrubbed."""
+    # `in` first: a regex scan of every answer was most of this function's cost
     if isinstance(content, bytes):
-        escaped, lone = b"\\" in content, _LONE_B.search(content) is not None
+        escaped = b"\\" in content
+        lone = (escaped or b"\xed" in content) and _LONE_B.search(content) is not None
     else:
-        escaped, lone = "\\" in content, _LONE.search(content) is not None
+        escaped = "\\" in content
+        lone = escaped and _LONE.search(content) is not None
     if escaped:
         data = scrub_values(data)
     return _map_strings(data, _whole_chars) if lone else data
