@@ -221,6 +221,15 @@ class _Client(httpx.AsyncClient):
             await response.aclose()
             raise
 
+    def raw_headers(self, headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+        """The client's headers with `headers` over them, as a request built by
+        `build_request` would carry them: a provider merges its own once, then builds each
+        request with `httpx.Request` (build_request merged them, copied the timeout and
+        re-checked the URL on every call: a quarter of building a request)."""
+        merged = httpx.Headers(self.headers)
+        merged.update(headers)
+        return list(merged.raw)
+
     @property
     def cookies(self) -> httpx.Cookies:
         return _NO_COOKIES

@@ -372,7 +372,7 @@ class HTTPProvider:
     headers (the key lives there and nowhere else), failures mapped to errors.py."""
 
     __slots__ = (
-        "_client", "_headers", "_url", "deployment", "effort", "model", "model_id",
+        "_client", "_headers", "_raw_headers", "_url", "deployment", "effort", "model", "model_id",
         "reasoning_tokens",
     )  # fmt: skip
 
@@ -404,6 +404,10 @@ class HTTPProvider:
         if api_key:
             register(api_key)  # from now on scrubbed from anything an upstream sends back
             self._headers.update(self._auth(api_key))
+        # The router's own client (executor._Client) has no cookies, params or auth flow
+        # to merge per request: its headers and ours are merged once, here.
+        merge = getattr(client, "raw_headers", None)
+        self._raw_headers = merge(self._headers) if merge is not None else None
         self.model = model  # the name the upstream expects
         self.model_id = model_id or model  # the registry id, used in errors
         self.deployment = deployment or self.default_deployment
@@ -455,14 +459,25 @@ class HTTPProvider:
         wire += encoding + time.perf_counter() - t
         return scrubbed(data, content), wire
 
+    def _request(self, body: bytes, timeout: httpx.Timeout) -> httpx.Request:
+        if self._raw_headers is None:  # someone else's client: its own merging applies
+            return self._client.build_request(
+                "POST", self._url, content=body, headers=self._headers, timeout=timeout
+            )
+        return httpx.Request(
+            "POST",
+            self._url,
+            headers=self._raw_headers,
+            content=body,
+            extensions={"timeout": timeout.as_dict()},
+        )
+
     async def _post(self, body: bytes, timeout: httpx.Timeout) -> tuple[bytes, float]:
         """The body of a 2xx answer and the seconds the exchange took, else the mapped
         error."""
         t = time.perf_counter()
         try:
-            resp = await self._client.post(
-                self._url, content=body, headers=self._headers, timeout=timeout
-            )
+            resp = await self._client.send(self._request(body, timeout))
         except httpx.RequestError as e:
             raise self._transport_error(e) from None
         wire = time.perf_counter() - t
@@ -474,11 +489,8 @@ class HTTPProvider:
 
     async def _open(self, body: bytes, timeout: httpx.Timeout) -> httpx.Response:
         """A 2xx response whose body is still to be read (the caller closes it)."""
-        req = self._client.build_request(
-            "POST", self._url, content=body, headers=self._headers, timeout=timeout
-        )
         try:
-            resp = await self._client.send(req, stream=True)
+            resp = await self._client.send(self._request(body, timeout), stream=True)
             if resp.status_code < 300:
                 return resp
             try:
