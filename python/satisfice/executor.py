@@ -221,14 +221,15 @@ class _Client(httpx.AsyncClient):
             await response.aclose()
             raise
 
-    def raw_headers(self, headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-        """The client's headers with `headers` over them, as a request built by
-        `build_request` would carry them: a provider merges its own once, then builds each
-        request with `httpx.Request` (build_request merged them, copied the timeout and
-        re-checked the URL on every call: a quarter of building a request)."""
-        merged = httpx.Headers(self.headers)
+    def merged_headers(self, headers: dict[str, str], url: httpx.URL) -> httpx.Headers:
+        """The client's headers with `headers` over them and `url`'s Host, as a request
+        built by `build_request` would carry them: a provider merges its own once, then
+        builds each request with `httpx.Request` (build_request merged them, copied the
+        timeout and re-checked the URL on every call: a quarter of building a request)."""
+        merged = httpx.Headers({"Host": url.netloc.decode("ascii")})
+        merged.update(self.headers)
         merged.update(headers)
-        return list(merged.raw)
+        return merged
 
     @property
     def cookies(self) -> httpx.Cookies:

@@ -372,7 +372,7 @@ class HTTPProvider:
     headers (the key lives there and nowhere else), failures mapped to errors.py."""
 
     __slots__ = (
-        "_client", "_headers", "_raw_headers", "_url", "deployment", "effort", "model", "model_id",
+        "_client", "_headers", "_merged", "_url", "deployment", "effort", "model", "model_id",
         "reasoning_tokens",
     )  # fmt: skip
 
@@ -406,8 +406,8 @@ class HTTPProvider:
             self._headers.update(self._auth(api_key))
         # The router's own client (executor._Client) has no cookies, params or auth flow
         # to merge per request: its headers and ours are merged once, here.
-        merge = getattr(client, "raw_headers", None)
-        self._raw_headers = merge(self._headers) if merge is not None else None
+        merge = getattr(client, "merged_headers", None)
+        self._merged = merge(self._headers, self._url) if merge is not None else None
         self.model = model  # the name the upstream expects
         self.model_id = model_id or model  # the registry id, used in errors
         self.deployment = deployment or self.default_deployment
@@ -460,14 +460,14 @@ class HTTPProvider:
         return scrubbed(data, content), wire
 
     def _request(self, body: bytes, timeout: httpx.Timeout) -> httpx.Request:
-        if self._raw_headers is None:  # someone else's client: its own merging applies
+        if self._merged is None:  # someone else's client: its own merging applies
             return self._client.build_request(
                 "POST", self._url, content=body, headers=self._headers, timeout=timeout
             )
         return httpx.Request(
             "POST",
             self._url,
-            headers=self._raw_headers,
+            headers=self._merged,
             content=body,
             extensions={"timeout": timeout.as_dict()},
         )
