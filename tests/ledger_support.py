@@ -7,7 +7,10 @@ from typing import Any
 
 
 class ScriptedSink:
-    """Keeps the request ids it took in `rows`; a subclass's `refuse` says which writes fail."""
+    """Keeps the request ids it took in `rows`; a subclass's `refuse` says which writes fail,
+    with `error` (by default as a sink that is down fails)."""
+
+    error: type[Exception] = ConnectionError
 
     def __init__(self) -> None:
         self.calls = 0
@@ -19,7 +22,7 @@ class ScriptedSink:
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
         self.calls += 1
         if self.refuse(records):
-            raise ConnectionError("refused")
+            raise self.error("refused")
         self.rows += [r["request_id"] for r in records]
 
     def feedback(self, rows: Any) -> None: ...

@@ -410,6 +410,8 @@ def test_a_record_the_sink_refuses_alone_is_dropped_once_others_arrive() -> None
     from satisfice.ledger import Ledger
 
     class Picky(ScriptedSink):
+        error = ValueError  # what it holds cannot be stored
+
         def refuse(self, records: Any) -> bool:
             return any(r["request_id"] == "bad" for r in records)
 
@@ -444,3 +446,30 @@ async def test_a_stream_closed_early_is_recorded_with_what_it_may_cost(tmp_path:
             assert r.ledger is not None and r.ledger.flush(5.0)
     (rec,) = list(read_records(tmp_path / "l.db"))
     assert rec["error_type"] == "ClientClosedStream" and rec["total_cost_usd"] == a.cost_usd
+
+
+def test_a_sink_that_fills_up_partway_loses_no_record() -> None:
+    """A disk filling up lets the first small writes through and fails the rest: that is
+    the sink failing, not the records. They were dropped as records it refused; now every
+    one is kept until the sink takes it."""
+    import errno
+
+    from satisfice.ledger import Ledger
+
+    class Filling(ScriptedSink):
+        full = True
+
+        def refuse(self, records: Any) -> bool:
+            if self.full and self.calls % 3 == 0:  # every third write still fits
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return False
+
+    sink = Filling()
+    led = Ledger(sink, batch=8)  # type: ignore[arg-type]
+    for i in range(60):
+        led.put({"request_id": f"r{i}"})
+    time.sleep(0.5)
+    sink.full = False
+    assert led.flush(10.0)
+    led.close()
+    assert sorted(sink.rows) == sorted(f"r{i}" for i in range(60)) and led.dropped == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from importlib import resources
@@ -157,6 +156,7 @@ def _catalogue_update(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
+    from ._atomic import write_atomic
     from .registry import Registry
 
     if args.action == "check":
@@ -184,18 +184,10 @@ def cmd_registry(args: argparse.Namespace) -> int:
     out = args.out or args.registry
     if out is None:
         raise SatisficeError("give --out FILE (or --registry FILE to update it in place)")
-    tmp = Path(f"{out}.tmp")
-    tmp.write_text(
-        new.to_toml(f"# satisfice registry, prices from {args.source} as of "
-                    f"{new.meta['prices_as_of']}\n\n"),
-        encoding="utf-8",
-    )  # fmt: skip
-    try:
-        Registry.from_toml(tmp)  # what was written reads back, before it replaces anything
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)  # whole or not at all: a crash mid-write leaves the old file
+    text = new.to_toml(f"# satisfice registry, prices from {args.source} as of "
+                       f"{new.meta['prices_as_of']}\n\n")  # fmt: skip
+    # whole or not at all, and only once what was written reads back as a registry
+    write_atomic(out, lambda f: f.write(text.encode()), check=Registry.from_toml)
     print(f"wrote {out} ({len(new)} models)")
     return 0
 
@@ -246,12 +238,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import time
 
+    from ._atomic import write_atomic
     from .report import render_html, render_text, rows, summarize
 
     t0 = time.perf_counter()
     s = summarize(rows(args.ledger))
     if args.html:
-        Path(args.html).write_text(render_html(s), encoding="utf-8")
+        page = render_html(s).encode()
+        write_atomic(args.html, lambda f: f.write(page))
         print(f"wrote {args.html} ({s['requests']:,} requests, "
               f"{time.perf_counter() - t0:.2f}s)", file=sys.stderr)  # fmt: skip
     if args.json:

@@ -938,6 +938,20 @@ class Executor:
                     "pass accept=<validator> (see satisfice.validators), or a Cascade"
                 )
             ladder = Cascade.from_decision(d, run.accept)
+        c = d.constraints
+        ruled_out = sorted(
+            {
+                m
+                for step in ladder.steps
+                for m in step.models
+                if m in c.deny or (c.allow is not None and m not in c.allow)
+            }
+        )
+        if ruled_out:  # the ladder names its models, so this is a conflict, not a fallback
+            raise ConfigError(
+                f"the cascade calls {', '.join(ruled_out)}, which this request's allow/deny "
+                "rule out; take them out of the ladder or out of the constraints"
+            )
         cap = d.constraints.max_cost_usd
         if cap is not None and (ladder.max_cost_usd is None or ladder.max_cost_usd > cap):
             ladder = ladder.capped(cap)  # the request's cap (a job's share) binds the ladder

@@ -452,6 +452,17 @@ def open_sink(target: str | Path) -> Sink:
 # -- the ledger: a queue and a writer thread --------------------------------------------------
 
 
+def _refused(e: Exception) -> bool:
+    """Whether a sink's error is about the record it was given (a value it cannot encode
+    or store) rather than about the sink (a full disk, a lost connection, a locked
+    database): only the first kind may cost a record. Database drivers' classes are told
+    by name, so that no driver need be imported."""
+    if isinstance(e, (ValueError, TypeError)):  # UnicodeEncodeError is a ValueError
+        return True
+    names = {c.__name__ for c in type(e).__mro__}
+    return bool(names & {"IntegrityError", "DataError", "ProgrammingError"})
+
+
 class Ledger:
     """Batches records to a sink from a writer thread (see the module docstring)."""
 
@@ -553,18 +564,21 @@ class Ledger:
 
     def _isolate(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """After a batch failed again and again: write its records one by one. Those that
-        go through are acknowledged; if some fail while others succeed, the failing ones are
-        records the sink cannot take: they are dropped, counted and logged. If all fail, the
-        sink itself is down: all are kept for the next retry."""
-        ok, bad = self._write_each(batch)
+        go through are acknowledged; one the sink refuses for what it holds (`_refused`:
+        a value it cannot encode or store) while others go through is dropped, counted and
+        logged. Any other failure (a full disk, a lost connection) says the sink is down,
+        not the record bad: what is not written yet is kept for the next retry."""
+        ok, bad, kept = self._write_each(batch)
         if not ok:
             return batch
         self._acked(ok)
         # The sink took some: the rest are tried once more, as the sink may have come back
         # partway through (a database restarting); only those it refuses again are bad.
-        again, bad = self._write_each(bad)
+        again, bad, kept2 = self._write_each(bad)
         if again:
             self._acked(again)
+        if kept or kept2:
+            return bad + kept2 + kept  # the sink is down: nothing is dropped for it
         for rec in bad:
             self.rejected += 1
             self.dropped += 1
@@ -574,17 +588,20 @@ class Ledger:
 
     def _write_each(
         self, recs: list[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Write records one by one: (those the sink took, those it did not)."""
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Write records one by one: (those the sink took, those it refused, those left
+        unwritten when it failed as a sink that is down fails)."""
         ok: list[dict[str, Any]] = []
         bad: list[dict[str, Any]] = []
-        for rec in recs:
+        for i, rec in enumerate(recs):
             try:
                 self.sink.write([rec])
                 ok.append(rec)
-            except Exception:
+            except Exception as e:
+                if not _refused(e):
+                    return ok, bad, recs[i:]
                 bad.append(rec)
-        return ok, bad
+        return ok, bad, []
 
     def _acked(self, recs: list[dict[str, Any]]) -> None:
         self.acked += len(recs)
@@ -712,6 +729,9 @@ _FIELDS = (
 )
 
 
+_LATEST_TS = 253402300800  # 10000-01-01: later (or inf, NaN) is no time a record has
+
+
 def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
     """A JSONL ledger's records. A line that is not JSON (torn by a crash mid-write) is
     skipped, with a warning naming it unless it is the last; a line that is JSON but no
@@ -735,7 +755,15 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
                     continue
                 fb = r.get("feedback") if isinstance(r, dict) else None
                 if isinstance(r, dict) and "request_id" not in r and isinstance(fb, dict):
-                    scores[str(fb.get("request_id"))] = fb.get("score")
+                    score = fb.get("score")
+                    if isinstance(score, bool) or not (
+                        isinstance(score, int | float) and 0.0 <= score <= 1.0
+                    ):
+                        raise ConfigError(
+                            f"ledger {p}, line {n}: a feedback score must be a number in "
+                            f"[0, 1], got {score!r:.40}"
+                        )
+                    scores[str(fb.get("request_id"))] = score
                     continue
                 if not isinstance(r, dict) or not isinstance(r.get("request_id"), str):
                     raise ConfigError(
@@ -743,7 +771,11 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
                         "string request_id)"
                     )
                 ts = r.get("started_at")
-                if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
+                if ts is not None and (
+                    isinstance(ts, bool)
+                    or not isinstance(ts, int | float)
+                    or not 0 <= ts < _LATEST_TS  # a date time.gmtime can write
+                ):
                     raise ConfigError(
                         f"ledger {p}, line {n}: started_at must be a Unix time in seconds, "
                         f"got {ts!r:.40}"
@@ -787,7 +819,8 @@ def open_ledger_db(p: Path) -> sqlite3.Connection:
     if p.is_dir():
         raise ConfigError(f"ledger {p} is a directory, not a ledger file")
     try:
-        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        # as a URI (to open read-only), so '#', '?' and '%' in the path must be quoted
+        db = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
         names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as e:
         raise ConfigError(

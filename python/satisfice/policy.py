@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from ._atomic import write_atomic
 from ._table import ModelRowSpec, RuleSpec
 from .errors import ConfigError
 from .predict import QualityModel
@@ -431,7 +432,10 @@ class Policy:
                 data["predictor"] = str(pred.resolve().relative_to(p.resolve().parent))
             except ValueError:
                 data["predictor"] = str(pred.resolve())
-        p.write_text(json.dumps(data, indent=2) + "\n")
+        # Whole or not at all: a write that fails part-way (disk full) must leave the previous
+        # policy readable, not truncated.
+        text = (json.dumps(data, indent=2) + "\n").encode("utf-8")
+        write_atomic(p, lambda f: f.write(text))
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from ._atomic import write_atomic
 from .errors import ConfigError
 from .registry import ModelSpec
 
@@ -271,27 +272,52 @@ class QualityModel:
                 for m, p in self.models.items()
             },
         }
-        with Path(path).open("wb") as f:
-            np.savez_compressed(
+        # Whole or not at all: a write that fails part-way (disk full) must not leave the
+        # previous predictor, which a policy names, truncated and every command failing.
+        write_atomic(
+            path,
+            lambda f: np.savez_compressed(
                 f,
                 weights=self.weights,
                 intercept=self.intercept,
                 meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-            )
+            ),
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> QualityModel:
+        import zipfile
+
         import numpy as np
 
+        redo = (
+            "save it again (Router.save_policy, QualityModel.save) or retrain it "
+            "(`satisfice eval --train ... --save-predictor`)"
+        )
         try:
-            with np.load(Path(path), allow_pickle=False) as z:
+            # Opened here, not by np.load, which leaves its file open when the zip is damaged.
+            with Path(path).open("rb") as f, np.load(f, allow_pickle=False) as z:
                 meta = json.loads(bytes(z["meta"]).decode())
                 weights = z["weights"].astype(np.float32)
                 intercept = z["intercept"].astype(np.float32)
+            # The whole metadata block is read here, so that a file that lacks a field or
+            # holds the wrong type gets this error, not a KeyError from deep in a command.
+            name, k, buckets = str(meta["name"]), int(meta["k"]), int(meta["hash_buckets"])
+            seed, feature_version = int(meta["seed"]), int(meta["feature_version"])
+            a, b = (float(v) for v in meta["prior_map"])
+            extra = meta.get("meta", {})
+            if not isinstance(extra, dict):
+                raise TypeError(f"'meta' must be an object, not {type(extra).__name__}")
         except FileNotFoundError:
             raise ConfigError(f"predictor file {path} does not exist") from None
-        except (KeyError, ValueError, OSError) as e:
-            raise ConfigError(f"predictor file {path} is not a satisfice predictor: {e}") from None
+        except (
+            KeyError, ValueError, TypeError, AttributeError, OverflowError, OSError, EOFError,
+            zipfile.BadZipFile,  # truncated or empty: a save that was cut short
+        ) as e:  # fmt: skip
+            what = f"missing field {e}" if isinstance(e, KeyError) else f"{e}"[:200]
+            raise ConfigError(
+                f"predictor file {path} is damaged or not a satisfice predictor ({what}); {redo}"
+            ) from None
         try:
             models = {
                 m: ModelParams(
@@ -305,25 +331,24 @@ class QualityModel:
             }
         except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise ConfigError(
-                f"predictor file {path}: a model's parameters are malformed: {e}"
+                f"predictor file {path}: a model's parameters are malformed: {e}; {redo}"
             ) from None
-        k, buckets = int(meta["k"]), int(meta["hash_buckets"])
         if weights.shape != (_core.DENSE + buckets, k + 1):
             raise ConfigError(
                 f"predictor file {path}: weights shape {weights.shape}, expected "
-                f"({_core.DENSE + buckets}, {k + 1}) for hash_buckets={buckets}"
+                f"({_core.DENSE + buckets}, {k + 1}) for hash_buckets={buckets}; {redo}"
             )
         return cls(
-            meta["name"],
+            name,
             k,
             buckets,
-            int(meta["seed"]),
+            seed,
             floats32(weights),
             floats32(intercept),
             models,
-            tuple(meta["prior_map"]),
-            int(meta["feature_version"]),
-            meta.get("meta", {}),
+            (a, b),
+            feature_version,
+            extra,
         )
 
     @classmethod

@@ -73,8 +73,9 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     n = ok = errors = fell_back = estimated = unpriced = 0
     cost = ref_cost = 0.0
     ref_known = True
-    # per task: [priced requests, their cost, their reference cost, requests, unpriced]
-    by_task: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0, 0])
+    # per task: [priced requests, their cost, their reference cost, requests, unpriced,
+    # priced requests whose reference cost is unknown]
+    by_task: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0, 0, 0])
     by_model: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"n": 0, "cost": 0.0, "lat": [], "fb": [], "p": [], "unpriced": 0}
     )
@@ -115,7 +116,10 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         else:
             t[0] += 1
             t[1] += c
-            t[2] += rc or 0.0
+            if rc is None:  # an unpriced reference is unknown, not $0
+                t[5] += 1
+            else:
+                t[2] += rc
         if r.get("latency_s") is not None:
             lat.append(r["latency_s"])
             bm["lat"].append(r["latency_s"])
@@ -168,7 +172,7 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 # of the priced requests (None when none was priced)
                 "cost_usd": v[1] if v[0] else None,
                 "mean_cost_usd": v[1] / v[0] if v[0] else None,
-                "reference_cost_usd": v[2] if v[0] else None,
+                "reference_cost_usd": v[2] if v[0] and not v[5] else None,
             }
             for k, v in sorted(by_task.items(), key=lambda kv: -kv[1][1])
         },
@@ -318,6 +322,14 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _cost_card(s: Mapping[str, Any]) -> str:
+    """The cost headline: requests of unknown cost are said, never shown as $0."""
+    unknown = s["unpriced_requests"]
+    if unknown and unknown >= s["requests"]:
+        return "unpriced"
+    return _usd(s["cost_usd"]) + (f" + {unknown:,} unpriced" if unknown else "")
+
+
 def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
     models = list(s["models"])
     top = models[:9]
@@ -333,7 +345,7 @@ def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
     saving = "" if s["saving"] is None else f"{s['saving']:.1%}"
     cards = [
         ("requests", f"{s['requests']:,}"),
-        ("cost", _usd(s["cost_usd"])),
+        ("cost", _cost_card(s)),
         ("on the reference model", _usd(s["reference_cost_usd"])),
         ("saved", saving or "-"),
         ("failure rate", f"{s['failure_rate']:.2%}"),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ._atomic import write_atomic
 from .errors import ConfigError
 
 __all__ = ["Health", "HealthConfig", "HealthStore"]
@@ -278,9 +279,8 @@ class Health:
             for key, s in self._s.items()
             if s.n_ok
         }
-        tmp = Path(f"{path}.tmp")
-        tmp.write_text(json.dumps({"version": 1, "latency": data}), encoding="utf-8")
-        tmp.replace(path)  # atomic: a crash mid-write leaves the old file
+        text = json.dumps({"version": 1, "latency": data}).encode()
+        write_atomic(path, lambda f: f.write(text))  # a failed write leaves the old file
 
     @classmethod
     def load(cls, path: str | Path, config: HealthConfig | None = None) -> Health:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Unpack
 
 from .errors import ConfigError
-from .policy import Constraints
+from .policy import Constraints, _finite_number
 from .result import billed_cost
 
 if TYPE_CHECKING:
@@ -83,8 +83,11 @@ class Job:
     def __init__(
         self, router: Router, *, name: str = "job", max_cost_usd: float | None = None
     ) -> None:
-        if max_cost_usd is not None and not max_cost_usd >= 0:
-            raise ConfigError(f"job max_cost_usd must be >= 0, got {max_cost_usd!r}")
+        if max_cost_usd is not None and not _finite_number(max_cost_usd):
+            raise ConfigError(
+                f"job {name!r}: max_cost_usd must be a number of USD >= 0 (or None for no "
+                f"cap), got {max_cost_usd!r:.40}"
+            )
         self.router = router
         self.name = name
         self.max_cost_usd = max_cost_usd

@@ -51,9 +51,30 @@ def _number(obj: Mapping[str, Any], key: str, where: str) -> float | None:
         return None
     if isinstance(value, bool) and key == "score":
         return float(value)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DatasetError(f"{where}.{key}: {value!r:.40} is not a finite number")
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer too large for a float (1 followed by 400 zeros)
+        raise DatasetError(
+            f"{where}.{key}: an integer of {len(str(value))} digits is not a finite number"
+        ) from None
+    if not math.isfinite(number):
         raise DatasetError(f"{where}.{key}: {value!r} is not a finite number")
-    return float(value)
+    return number
+
+
+def _text(value: str, where: str) -> None:
+    """Refuse `value` when it holds a lone surrogate: JSON's "\\ud800" escape is valid
+    JSON but not text, so hashing, tokenising or printing it would fail later, far from the
+    line that holds it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DatasetError(
+            f"{where} holds a lone surrogate (\\u{ord(value[e.start]):04x}) at character "
+            f"{e.start}, which is not text: fix the program that wrote it, or drop the line"
+        ) from None
 
 
 @dataclass
@@ -85,9 +106,14 @@ def _parse_line(record: Any, where: str, prices: Prices) -> _Row:
     group, rid = record.get("group", "default"), record.get("id")
     if not isinstance(group, str) or (rid is not None and not isinstance(rid, str)):
         raise DatasetError(f"{where}: 'group' and 'id' must be strings when present")
+    _text(prompt, f"{where}: the prompt")
+    _text(group, f"{where}: 'group'")
+    if rid is not None:
+        _text(rid, f"{where}: 'id'")
     row = _Row(prompt=prompt, group=group, id=rid)
     for model, out in outcomes.items():
         at = f"{where}.outcomes[{model!r}]"
+        _text(model, f"{where}: a model name in 'outcomes'")
         if not isinstance(out, dict):
             raise DatasetError(f"{at}: expected an object with at least 'score'")
         score = _number(out, "score", at)
@@ -106,6 +132,7 @@ def _parse_line(record: Any, where: str, prices: Prices) -> _Row:
         if response is not None:
             if not isinstance(response, str):
                 raise DatasetError(f"{at}.response must be a string")
+            _text(response, f"{at}.response")
             row.responses[model] = response
         latency = _number(out, "latency_ms", at)
         if latency is not None:
@@ -134,6 +161,8 @@ def load_outcomes(
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DatasetError(f"{where}: not valid JSON ({exc.msg})") from exc
+                except (ValueError, RecursionError) as exc:  # an integer of 5000 digits
+                    raise DatasetError(f"{where}: cannot be read ({exc})"[:300]) from None
                 rows.append(_parse_line(record, where, prices))
     if not rows:
         raise DatasetError("the outcome files hold no records")

@@ -255,7 +255,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             plot_failed = f"--plot: {e}"
             out["notes"].append(f"no plot drawn: {e}")
     if args.json:
-        print(json.dumps(out, indent=2, default=_jsonable))
+        print(_dumps(out, indent=2))
     else:
         print(format_report(out))
     if plot_failed:
@@ -315,8 +315,25 @@ def _jsonable(v: object) -> object:
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if hasattr(v, "tolist"):
-        return v.tolist()
+        return _finite(v.tolist())
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def _finite(v: object) -> object:
+    """`v` with every NaN and infinity (at any depth) as None. `json.dumps` writes a float
+    itself, as bare `NaN` (not JSON), and never passes it to `default=`."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v
+
+
+def _dumps(out: object, indent: int | None = None) -> str:
+    """The one JSON object `--json` promises: strict JSON, with null for NaN or infinity."""
+    return json.dumps(_finite(out), indent=indent, default=_jsonable, allow_nan=False)
 
 
 def _usd(v: float | None) -> str:
@@ -415,7 +432,7 @@ def _eval_cascade(args: argparse.Namespace, data: OutcomeSet) -> int:
         kw["task_of"] = mod.router_task
     result = mod.evaluate_cascade(data, **kw)
     if args.json:
-        print(json.dumps(result, default=_jsonable))
+        print(_dumps(result))
     else:
         print("\n".join(mod.summary_lines(result)))
     return 0
@@ -444,7 +461,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             write=not args.dry_run,
             progress=ProgressLine(enabled=not args.json),
         )
-        print(json.dumps(res, indent=2, default=_jsonable) if args.json
+        print(_dumps(res, indent=2) if args.json
               else C.format_cascade_result(res))  # fmt: skip
         return 0 if res["met"] else 1
     if args.from_ledger:
@@ -468,7 +485,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         progress=ProgressLine(enabled=not args.json),
     )
     if args.json:
-        print(json.dumps(result, indent=2, default=_jsonable))
+        print(_dumps(result, indent=2))
     else:
         print(C.format_result(result))
     return 0 if result["met"] else 1

@@ -1,0 +1,62 @@
+"""Write a file whole or not at all (policies, predictors, registries).
+
+The bytes go to a temporary file beside the target, are flushed to disk, and only then
+replace it (`os.replace` is atomic on one filesystem): a write that fails part-way (disk
+full, a quota, a crash) leaves the previous file as it was, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["write_atomic"]
+
+
+def write_atomic(
+    path: str | Path,
+    write: Callable[[BinaryIO], object],
+    check: Callable[[Path], object] | None = None,
+) -> None:
+    """Call `write(f)` on a temporary file beside `path`, then `check(temporary path)` if
+    given (e.g. that it reads back), then move it over `path`.
+
+    On any failure the temporary file is removed and `path` is left untouched; an OSError
+    names `path` (not the temporary file), so the message says which file was not written.
+    """
+    p = Path(path)
+    # A symlink is followed, as `open("wb")` would: the file it points at is replaced.
+    target = p.resolve() if p.is_symlink() else p
+    try:  # an existing file keeps its mode
+        mode: int | None = stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        mode = None
+    tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
+    try:
+        # Created like `open("wb")` would (0o666 less the umask), not 0o600 as with
+        # tempfile.mkstemp: a policy that another process (a server) reads stays readable.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror} (cannot create a file beside it)", str(p)) from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        if check is not None:
+            check(tmp)
+        os.replace(tmp, target)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError):
+            raise OSError(
+                e.errno, f"{e.strerror} (not written; any previous file is unchanged)", str(p)
+            ) from e
+        raise

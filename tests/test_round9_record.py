@@ -1,0 +1,91 @@
+"""The record under odd input (round 9 of adversarial testing): unpriced references and
+costs in the report, ledger paths with URI characters, JSONL values no record has, job
+caps of the wrong type, a cascade naming models the request rules out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from satisfice import Registry, Router, validators
+from satisfice.cascade import Cascade
+from satisfice.errors import ConfigError
+from satisfice.ledger import Ledger, read_records
+from satisfice.report import render_html, summarize
+from satisfice.testing import LocalUpstream, reply
+from satisfice.workflow import Job
+
+
+def rec(i: int, cost: float | None, ref: float | None) -> dict[str, Any]:
+    return {"request_id": f"r{i}", "outcome": "ok", "model": "m", "task": "general",
+            "cost_usd": cost, "reference_cost_usd": ref, "day": "2026-12-01"}  # fmt: skip
+
+
+def test_an_unpriced_reference_is_unknown_per_task_not_zero() -> None:
+    s = summarize([rec(0, 0.01, None), rec(1, 0.02, None)])
+    assert s["reference_cost_usd"] is None
+    assert s["tasks"]["general"]["reference_cost_usd"] is None
+    s = summarize([rec(0, 0.01, 0.1), rec(1, 0.02, 0.2)])
+    assert s["tasks"]["general"]["reference_cost_usd"] == pytest.approx(0.3)
+
+
+def test_the_html_cost_card_never_shows_unpriced_as_zero() -> None:
+    every = render_html(summarize([rec(0, None, None), rec(1, None, None)]))
+    assert "$0.000000" not in every and ">unpriced<" in every
+    some = render_html(summarize([rec(0, 0.5, None), rec(1, None, None)]))
+    assert "$0.500000 + 1 unpriced" in some
+
+
+@pytest.mark.parametrize("name", ["run#1.db", "cost%41.db", "what?.db"])
+def test_a_sqlite_ledger_path_with_uri_characters_reads_back(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    led = Ledger.open(path)
+    led.put({"request_id": "r1", "started_at": time.time(), "outcome": "ok", "model": "m",
+             "total_cost_usd": 0.5})  # fmt: skip
+    assert led.flush(10)
+    led.close()
+    before = set(tmp_path.iterdir())
+    assert [r["request_id"] for r in read_records(path)] == ["r1"]
+    stray = {p for p in set(tmp_path.iterdir()) - before if not p.name.endswith(("-shm", "-wal"))}
+    assert not stray  # reading made no database of its own
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"request_id":"a","started_at":1e400,"outcome":"ok","model":"m"}',
+        '{"request_id":"a","started_at":1e20,"outcome":"ok","model":"m"}',
+        '{"request_id":"a","started_at":-5,"outcome":"ok","model":"m"}',
+        '{"feedback":{"request_id":"a","score":"good"}}',
+        '{"feedback":{"request_id":"a","score":7}}',
+    ],
+)
+def test_jsonl_values_no_record_has_are_errors_naming_the_line(tmp_path: Path, line: str) -> None:
+    ok = '{"request_id":"z","started_at":1764547200,"outcome":"ok","model":"m"}'
+    path = tmp_path / "l.jsonl"
+    path.write_text(ok + "\n" + line + "\n")
+    with pytest.raises(ConfigError, match="line 2"):
+        summarize(read_records(path))
+
+
+@pytest.mark.parametrize("cap", ["0.05", [0.05], float("inf"), float("nan"), -1.0, True])
+def test_a_job_cap_that_is_no_amount_is_a_config_error(cap: Any) -> None:
+    with pytest.raises(ConfigError, match="max_cost_usd must be a number of USD"):
+        Job(Router(), max_cost_usd=cap)
+
+
+async def test_a_cascade_naming_a_model_the_request_rules_out_is_refused() -> None:
+    never = validators.check(lambda text: False, name="never")
+    async with LocalUpstream() as up:
+        up.default = reply("It is 4.")
+        async with Router(up.patch(Registry.default())) as router:
+            for cons, ladder, named in (
+                ({"deny": ["mistral-small"]}, ["gpt-oss-120b", "mistral-small"], "mistral-small"),
+                ({"allow": ["gpt-oss-120b"]}, ["gpt-5.4-nano", "gpt-oss-120b"], "gpt-5.4-nano"),
+            ):
+                with pytest.raises(ConfigError, match=f"the cascade calls {named}"):
+                    await router.chat("2 + 2?", cascade=Cascade(ladder, validator=never), **cons)
+        assert up.requests == []  # refused before any call
