@@ -129,8 +129,25 @@ def test_feedback_for_another_model_and_unknown_ids() -> None:
 
 def test_log_is_bounded() -> None:
     log = FeedbackLog(capacity=2)
-    for rid in ("a", "b", "c"):
-        log.remember(rid, [0.0, 0.0], "m")
+    a, b, c = (log.issue([float(i), 0.5], "m") for i in range(3))
     with pytest.raises(InputError):
-        log.lookup("a")
-    assert log.lookup("c") == ((0.0, 0.0), "m", None)
+        log.lookup(a)  # its slot now holds c
+    assert log.lookup(b) == ((1.0, 0.5), "m", None)
+    assert log.lookup(c) == ((2.0, 0.5), "m", None)
+
+
+def test_log_keeps_what_each_id_was_issued_with() -> None:
+    log = FeedbackLog(capacity=3)
+    emb = bytes(range(64))
+    short = log.issue([0.25, 0.5], "m1")
+    with_emb = log.issue([1.0, 2.0], "m2", emb)
+    longer = log.issue([1.0, 2.0, 3.0, 4.0], "m1")  # a predictor with more dimensions
+    log.credit(short, "m3")  # a fallback answered
+    assert log.lookup(short) == ((0.25, 0.5), "m3", None)
+    assert log.lookup(with_emb) == ((1.0, 2.0), "m2", emb)
+    assert log.lookup(longer) == ((1.0, 2.0, 3.0, 4.0), "m1", None)
+    other = FeedbackLog(capacity=3)
+    for bad in (other.issue([0.0], "m"), "", "nope", short[:-1] + "g", short.upper() + "0"):
+        with pytest.raises(InputError, match="unknown request id"):
+            log.lookup(bad)
+    log.credit("nope", "m9")  # an unknown id credits nothing

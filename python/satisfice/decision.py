@@ -202,20 +202,23 @@ class Decision:
         """The request id, with `model` as the one `router.feedback` credits (a fallback
         that answered, rather than the routed primary)."""
         if self._request_id is None:
-            from .feedback import new_request_id
-
             # the ledger's writer thread may build the record while the caller reads the
             # id: both must see one id (each had made its own, and the record lost its own)
             with _ID_LOCK:
                 if self._request_id is None:
-                    self._request_id = new_request_id()
+                    if self._feedback is None:
+                        from .feedback import new_request_id
+
+                        self._request_id = new_request_id()
+                    else:
+                        # the plan carries the prompt's latent: the prompt is never kept
+                        self._request_id = self._feedback.issue(
+                            self._plan.latent, model, self._plan.embedding
+                        )
+                        self._remembered = model
         if self._feedback is not None and self._remembered != model:
-            # The plan carries the prompt's latent, so the prompt itself is never kept;
-            # remembered once per model credited (each read of the id did it again)
-            self._remembered = model
-            self._feedback.remember(
-                self._request_id, self._plan.latent, model, self._plan.embedding
-            )
+            self._remembered = model  # credited once per model (each read did it again)
+            self._feedback.credit(self._request_id, model)
         return self._request_id
 
     @property
