@@ -147,7 +147,10 @@ def test_log_keeps_what_each_id_was_issued_with() -> None:
     assert log.lookup(with_emb) == ((1.0, 2.0), "m2", emb)
     assert log.lookup(longer) == ((1.0, 2.0, 3.0, 4.0), "m1", None)
     other = FeedbackLog(capacity=3)
-    for bad in (other.issue([0.0], "m"), "", "nope", short[:-1] + "g", short.upper() + "0"):
+    tag, seq, check = short[:4], short[4:16], short[16:]
+    variants = (short.upper(), f" {short[:-1]}", f"{tag}{seq[:-2]}_0{check}", short + "0")
+    variants = tuple(v for v in variants if v != short)  # an id with no letter a-f
+    for bad in (other.issue([0.0], "m"), "", "nope", short[:-1] + "g", *variants):
         with pytest.raises(InputError, match="unknown request id"):
             log.lookup(bad)
     log.credit("nope", "m9")  # an unknown id credits nothing

@@ -323,6 +323,28 @@ async def test_a_keep_alive_the_upstream_closes_after_each_answer_fails_nothing(
     assert h["failures"] == 0 and h["state"] == "ok"
 
 
+async def test_a_kept_alive_upstream_dying_after_it_read_the_request_is_no_stale_connection(
+    up: LocalUpstream,
+) -> None:
+    # It read the request and worked on it before closing: it may have billed it, so it
+    # is an upstream failure (counted, not re-sent at once), not the pool's race.
+    async def read_then_die(w: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.5)
+        w.transport.abort()
+
+    keep = http_response(OK_BODY).replace(b"connection: close\r\n", b"")
+    with RawUpstream(keep_alive=True) as raw:
+        raw.push(keep, read_then_die)
+        async with router(up.url, max_retries=0) as r:
+            r.update(alpha_on(raw, up))
+            await r.chat(MSGS)
+            res = await r.chat(MSGS)
+            h = r.health()["alpha/alpha-dep"]
+    first = next(a for a in res.attempts if a.model == "alpha")
+    assert res.model != "alpha" and first.error_type == "RetryableError"
+    assert h["failures"] == 1
+
+
 async def test_an_answer_sent_before_the_body_was_read_is_the_one_reported(
     up: LocalUpstream,
 ) -> None:

@@ -89,3 +89,23 @@ async def test_a_cascade_naming_a_model_the_request_rules_out_is_refused() -> No
                 with pytest.raises(ConfigError, match=f"the cascade calls {named}"):
                     await router.chat("2 + 2?", cascade=Cascade(ladder, validator=never), **cons)
         assert up.requests == []  # refused before any call
+
+
+def test_one_record_the_sink_cannot_store_does_not_hold_the_others(tmp_path: Path) -> None:
+    """A time no calendar holds (gmtime overflows) is the record's fault: it is dropped
+    and the records after it are written; it had held the queue, retried for ever."""
+    led = Ledger.open(tmp_path / "l.db")
+    now = time.time()
+    for i in range(6):
+        led.put({"request_id": f"r{i}", "started_at": 1e20 if i == 1 else now, "outcome": "ok",
+                 "model": "m", "total_cost_usd": 0.1})  # fmt: skip
+    assert led.flush(10)
+    led.close()
+    assert sorted(r["request_id"] for r in read_records(tmp_path / "l.db")) == [
+        "r0",
+        "r2",
+        "r3",
+        "r4",
+        "r5",
+    ]
+    assert led.rejected == 1

@@ -88,11 +88,33 @@ async def checked(
     except Exception as e:
         return Verdict(False, 0.0, f"the check {name!r} raised {type(e).__name__}: {e}"[:300])
     if isinstance(out, Verdict):
-        return out
+        return _well_formed(out, name)
     if isinstance(out, bool):
         return Verdict(out, 1.0 if out else 0.0, f"{name}: {'pass' if out else 'fail'}")
     return Verdict(False, 0.0, f"the check {name!r} returned a {type(out).__name__}, not a "
                                "Verdict or a bool")  # fmt: skip
+
+
+def _well_formed(v: Verdict, name: str) -> Verdict:
+    """`v` if its fields are what a cascade reads (a bool, a confidence in [0, 1], Answers
+    as calls), else a failing verdict saying what was wrong: a `Verdict(True, "high", ...)`
+    had escaped as a raw TypeError from the cascade's comparisons."""
+    c = v.confidence
+    if not isinstance(v.passed, bool):
+        why = f"passed={v.passed!r:.40} (not a bool)"
+    elif isinstance(c, bool) or not isinstance(c, int | float) or not 0.0 <= c <= 1.0:
+        why = f"confidence={c!r:.40} (not a number in [0, 1])"
+    elif not isinstance(v.calls, tuple | list) or not all(isinstance(a, Answer) for a in v.calls):
+        why = "calls that are not a sequence of Answers"
+    else:
+        return v
+    # its calls, when they are Answers, were still made and are billed
+    calls = (
+        tuple(a for a in v.calls if isinstance(a, Answer))
+        if isinstance(v.calls, tuple | list)
+        else ()
+    )
+    return Verdict(False, 0.0, f"the check {name!r} returned a Verdict with {why}", calls)
 
 
 PASS = Verdict(True, 1.0, "ok")

@@ -453,7 +453,9 @@ class Cascade:
         """Run steps up the ladder; the accepted result, or None when none was accepted."""
         last = len(self.steps) - 1
         for i, step in enumerate(self.steps):
-            why, step_cost, hit = self._blocked(step, est, i == last, climb.spent, climb.elapsed)
+            why, step_cost, hit = self._blocked(
+                step, est, i == last, climb.spent, climb.elapsed, climb.deadline
+            )
             if why is not None:
                 climb.budget_hit = climb.budget_hit or hit
                 climb.records.append(
@@ -491,8 +493,12 @@ class Cascade:
         is_last: bool,
         spent: float,
         elapsed: float,
+        deadline: float | None = None,
     ) -> tuple[str | None, float | None, Literal["latency", "cost"] | None]:
-        """(why the step may not start, its estimated cost, which budget blocked it)."""
+        """(why the step may not start, its estimated cost, which budget blocked it).
+        `deadline`: the request's (perf_counter); a step whose known p95 does not fit the
+        time left before it is not started (one with no p95 may be: the deadline cuts its
+        calls off), where the ladder's own latency budget refuses unknown p95s."""
         models = [est.get(m, _NO_ESTIMATE) for m in step.models]
         costs = [e.cost_usd for e in models]
         step_cost = None if any(c is None for c in costs) else sum(c or 0.0 for c in costs)
@@ -532,6 +538,16 @@ class Cascade:
                 return (
                     f"p95 {need:.0f} ms does not fit the {left:.0f} ms left of the "
                     f"{self.latency_budget_ms:.0f} ms budget",
+                    step_cost,
+                    "latency",
+                )
+        if deadline is not None:
+            known = [e.p95_ms for e in models if e.p95_ms is not None]
+            left = (deadline - time.perf_counter()) * 1000.0
+            if known and max(known) > left:
+                return (
+                    f"p95 {max(known):.0f} ms does not fit the {max(left, 0.0):.0f} ms left "
+                    "before the request's deadline",
                     step_cost,
                     "latency",
                 )
@@ -639,7 +655,14 @@ async def _calls(
 ) -> list[Answer | BaseException]:
     if len(models) == 1:  # no task to schedule for a single call
         return [await _attempt(call, models[0], msgs)]
-    return list(await asyncio.gather(*(_attempt(call, m, msgs) for m in models)))
+    # A TaskGroup, not gather: when one call raises what is no provider failure, the
+    # others are cancelled and awaited (gather left them running, billed and unrecorded).
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(_attempt(call, m, msgs)) for m in models]
+    except BaseExceptionGroup as eg:
+        raise eg.exceptions[0] from None  # the caller sees the error, as with one call
+    return [t.result() for t in tasks]
 
 
 async def _attempt(call: Call, model: str, msgs: list[dict[str, Any]]) -> Answer | BaseException:

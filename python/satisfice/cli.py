@@ -226,8 +226,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     for m, r in out["models"].items():
         print(f"{m:<24} {r['passed']:>4}/{r['asked']:<3} {r['errors']:>7} "
               f"{r['p_good_before']:>15.3f} {r['p_good_after']:>7.3f}")  # fmt: skip
+    spent = out["spent_usd"]
     print(
-        f"spent ${out['spent_usd']:.4f}"
+        ("spent: unknown (unpriced calls)" if spent is None else f"spent ${spent:.4f}")
         + (f"; stopped: {out['stopped']}" if out["stopped"] else "")
     )
     if not args.save_policy:

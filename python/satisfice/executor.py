@@ -939,11 +939,14 @@ class Executor:
                 )
             ladder = Cascade.from_decision(d, run.accept)
         c = d.constraints
+        for rung in ladder.steps:
+            for m in rung.models:
+                run.registry[m]  # UnknownModelError names the known ids, before any call
         ruled_out = sorted(
             {
                 m
-                for step in ladder.steps
-                for m in step.models
+                for rung in ladder.steps
+                for m in rung.models
                 if m in c.deny or (c.allow is not None and m not in c.allow)
             }
         )

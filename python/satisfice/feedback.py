@@ -305,6 +305,8 @@ class FeedbackLog:
             seq, check = int(request_id[4:16], 16), int(request_id[16:], 16)
         except ValueError:
             return None
+        if request_id != f"{self._tag}{seq:012x}{check:016x}":  # int() took " 0x", "_", ...
+            return None
         slot = seq % self.capacity
         if slot >= len(self._seq) or self._seq[slot] != seq or self._check[slot] != check:
             return None

@@ -453,14 +453,15 @@ def open_sink(target: str | Path) -> Sink:
 
 
 def _refused(e: Exception) -> bool:
-    """Whether a sink's error is about the record it was given (a value it cannot encode
-    or store) rather than about the sink (a full disk, a lost connection, a locked
-    database): only the first kind may cost a record. Database drivers' classes are told
-    by name, so that no driver need be imported."""
-    if isinstance(e, (ValueError, TypeError)):  # UnicodeEncodeError is a ValueError
-        return True
+    """Whether a sink's error, while other records go through, is about the record it was
+    given (a value it cannot encode or store) rather than about the sink: an OSError (a
+    full disk, a lost connection) or a database's OperationalError/InterfaceError (full,
+    locked, gone) says the sink is down, and no record is dropped for it. Database
+    drivers' classes are told by name, so that no driver need be imported."""
+    if isinstance(e, OSError):
+        return False
     names = {c.__name__ for c in type(e).__mro__}
-    return bool(names & {"IntegrityError", "DataError", "ProgrammingError"})
+    return not names & {"OperationalError", "InterfaceError"}
 
 
 class Ledger:
@@ -600,7 +601,7 @@ class Ledger:
             except Exception as e:
                 if not _refused(e):
                     return ok, bad, recs[i:]
-                bad.append(rec)
+                bad.append(rec)  # and on to the next: one bad record must not hold the rest
         return ok, bad, []
 
     def _acked(self, recs: list[dict[str, Any]]) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import secrets
@@ -27,7 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import ProviderError, SatisficeError
+from .errors import NoRouteError, ProviderError, SatisficeError
+from .result import billed_cost
 
 if TYPE_CHECKING:
     from .router import Router
@@ -104,10 +104,15 @@ def _code(tests: str) -> Callable[[str], bool]:
                 os.write(w, token)
             finally:
                 os.close(w)
+            # every process the code starts inherits this mark, even one that leaves the
+            # process group (os.setsid()): the cleanup finds and kills them by it (one
+            # started with an environment of its own does not carry it: not a sandbox)
+            mark = f"SATISFICE_PROBE_RUN={secrets.token_hex(8)}"
             try:
                 p = subprocess.Popen([sys.executable, "-I", path], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env={},
-                                     start_new_session=True, pass_fds=(r,))  # fmt: skip
+                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                     env=dict([mark.split("=")]), start_new_session=True,
+                                     pass_fds=(r,))  # fmt: skip
             finally:
                 os.close(r)
             try:
@@ -117,10 +122,31 @@ def _code(tests: str) -> Callable[[str], bool]:
             finally:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(p.pid, signal.SIGKILL)  # and anything it left behind
+                _kill_marked(mark.encode())
                 p.wait()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.communicate(timeout=1)  # the pipe a survivor held is closed now
         return p.returncode == 0 and token in out
 
     return check
+
+
+def _kill_marked(mark: bytes) -> None:
+    """SIGKILL every process whose environment holds `mark` (Linux /proc; elsewhere the
+    process group's kill is all there is)."""
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                marked = mark in f.read().split(b"\0")
+        except OSError:
+            continue
+        if marked:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 PROBES: tuple[Probe, ...] = (
@@ -166,7 +192,8 @@ class ProbeReport:
     errors: dict[str, int] = field(default_factory=dict)
     p_before: dict[str, float] = field(default_factory=dict)
     p_after: dict[str, float] = field(default_factory=dict)
-    spent_usd: float = 0.0
+    spent_usd: float = 0.0  # of the calls whose cost is known
+    cost_unknown: bool = False  # a call of unknown cost (unpriced) was billed as well
     stopped: str | None = None  # why the run stopped early (budget)
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,7 +208,7 @@ class ProbeReport:
                 }
                 for m in self.p_before
             },
-            "spent_usd": round(self.spent_usd, 6),
+            "spent_usd": None if self.cost_unknown else round(self.spent_usd, 6),
             "stopped": self.stopped,
         }
 
@@ -218,28 +245,53 @@ async def run_probes(
         report.p_before[m] = _mean_p(router, m, probes)
     for m in ids:
         for p in probes:
+            if report.stopped:
+                break
             if budget_usd is not None and report.spent_usd >= budget_usd:
                 report.stopped = f"budget ${budget_usd} spent"
                 break
             report.asked[m] = report.asked.get(m, 0) + 1
+            # what is left of the budget caps the call itself (its max_tokens on the wire),
+            # not only whether it starts
+            left = None if budget_usd is None else budget_usd - report.spent_usd
             try:
                 res = await router.chat(
                     p.prompt, allow=(m,), max_tokens=p.max_tokens, metadata={"probe": p.name},
-                    quality_floor=0,
+                    quality_floor=0, max_cost_usd=left,
                 )  # fmt: skip
             except (ProviderError, SatisficeError) as e:
                 report.errors[m] = report.errors.get(m, 0) + 1
-                billed = [a.cost_usd for a in getattr(e, "attempts", None) or ()
-                          if getattr(a, "cost_usd", None) is not None]  # fmt: skip
-                report.spent_usd += sum(billed)
+                # what the failed request was billed, by the rule results and records use
+                billed = billed_cost(getattr(e, "attempts", None) or ())
+                if billed is None:
+                    report.cost_unknown = True
+                    if budget_usd is not None:
+                        report.stopped = (
+                            f"{m}: a failed call of unknown cost; the budget cannot be kept"
+                        )
+                else:
+                    report.spent_usd += billed[0]
+                if report.stopped:
+                    pass
+                elif (
+                    budget_usd is not None and isinstance(e, NoRouteError) and "max_cost" in str(e)
+                ):
+                    report.stopped = (
+                        f"the budget left (${left:.6f}) is less than a probe of {m} may cost"
+                    )
                 if progress:
                     progress(f"{m} {p.name}: error {type(e).__name__}")
+                if report.stopped:
+                    break
                 continue
-            if res.total_cost_usd is None and budget_usd is not None:
-                report.stopped = f"{m} is unpriced: a budget cannot be kept; probe it without one"
-                report.spent_usd = math.inf
+            if res.total_cost_usd is None:
+                report.cost_unknown = True
+                if budget_usd is not None:
+                    report.stopped = (
+                        f"{m} is unpriced: a budget cannot be kept; probe it without one"
+                    )
             else:
-                report.spent_usd += res.total_cost_usd or 0.0
+                report.spent_usd += res.total_cost_usd
             ok = p.check(res.text)
             report.passed[m] = report.passed.get(m, 0) + int(ok)
             router.feedback(res.request_id, 1.0 if ok else 0.0, model=res.model)

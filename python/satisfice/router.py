@@ -555,6 +555,12 @@ class Router:
                 "accept= picks among answers: pass race=N, hedge=True or cascade=True with "
                 "it; to check a single answer, call the validator on the result"
             )
+        if cascade and (race or hedge):
+            # a cascade makes one call per step: race and hedge were silently ignored
+            raise ConfigError(
+                "cascade= climbs a ladder one step at a time and cannot also race or hedge; "
+                "put models side by side in one Step to call them at once, or drop race/hedge"
+            )
         if isinstance(cascade, str):
             if cascade != "auto":
                 raise ConfigError(f'cascade must be a Cascade, True or "auto", got {cascade!r:.40}')

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
@@ -136,24 +137,35 @@ class Catalogue:
 # -- parsing ---------------------------------------------------------------------------------
 
 
-def _per_token(v: Any) -> float | None:
-    """A per-token USD figure (number or decimal string) as USD per 1M tokens."""
+def _usd(v: Any) -> float | None:
+    """A catalogue's USD figure (a number or a decimal string); None (no figure) for a
+    bool (float(True) is 1.0), NaN, infinity or < 0; inf for a number too large for a
+    float, which makes its entry unpriced as an absurd rate does."""
+    if isinstance(v, bool):
+        return None
     try:
         f = float(v)
+    except OverflowError:
+        return math.inf if v > 0 else None
     except (TypeError, ValueError):
         return None
-    return round(f * 1e6, 6) if math.isfinite(f) and f >= 0 else None
+    return f if math.isfinite(f) and f >= 0 else None
+
+
+def _per_token(v: Any) -> float | None:
+    """A per-token USD figure as USD per 1M tokens (inf when it overflows: an absurd rate)."""
+    f = _usd(v)
+    return None if f is None else round(f * 1e6, 6)
 
 
 def _per_million(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return round(f, 6) if math.isfinite(f) and f >= 0 else None
+    f = _usd(v)
+    return None if f is None else round(f, 6)
 
 
 def _positive_int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
     try:
         n = int(v)
     except (TypeError, ValueError, OverflowError):
@@ -446,6 +458,9 @@ def load(source: str, location: str | None = None, *, timeout_s: float = 30.0) -
 def _fetch(url: str, timeout_s: float) -> bytes:
     import httpx
 
+    # httpx's timeout bounds each read; a trickle of bytes would pass every one of them,
+    # so the whole download is held to `timeout_s` as well
+    deadline = time.monotonic() + timeout_s
     try:
         with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=True) as r:
             if r.status_code != 200:
@@ -455,6 +470,11 @@ def _fetch(url: str, timeout_s: float) -> bytes:
                 body += chunk
                 if len(body) > MAX_SOURCE_BYTES:
                     raise ConfigError(f"GET {url}: the answer is over {MAX_SOURCE_BYTES >> 20} MB")
+                if time.monotonic() > deadline:
+                    raise ConfigError(
+                        f"GET {url}: not downloaded within {timeout_s:g}s ({len(body):,} bytes "
+                        "so far); raise the refresh's timeout_s or use a faster mirror"
+                    )
             return bytes(body)
     except httpx.HTTPError as e:
         raise ConfigError(f"GET {url} failed: {type(e).__name__}") from None

@@ -48,6 +48,9 @@ from ._watchdog import Watchdog
 __all__ = ["PooledTransport", "StaleConnection"]
 
 _MAX_HEAD = 1 << 20  # largest response head accepted
+# A pooled connection closed within this long of the request being sent was closed before
+# the upstream read it (its keep-alive ran out): a round trip, with room for a slow network.
+_STALE_WITHIN_S = 0.25
 _STEP = 1 << 16  # decompressed bytes per step: bounded CPU between two awaits
 
 
@@ -267,6 +270,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         conn, reused = await self._acquire(key, request, timeouts)
         wd = Watchdog()  # the read timeout, one timer for the head and the body
         unsent: OSError | None = None
+        sent = monotonic()
         try:
             try:
                 conn.writer.write(head + body if len(body) < 65536 else head)
@@ -280,13 +284,17 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 # from a size-limited proxy): that answer, if it came, is the one to report.
                 unsent = e
                 _keep_what_arrived(conn.reader)
+            sent = monotonic()
             status, reason, headers, keep = await _read_head(conn, request, timeouts, wd)
             length = _body_length(request, status, headers)
             decoder = _decoder(headers, request)
         except _NothingRead:
             wd.close()
             self._discard(conn)
-            if reused:
+            # Stale: the close met the request at once (it was under way before the request
+            # arrived). A close long after it (an upstream that read the request, worked on
+            # it and died) is the upstream failing, and is not re-sent at once.
+            if reused and (unsent is not None or monotonic() - sent < _STALE_WITHIN_S):
                 # Closed while it sat in the pool (its keep-alive ran out): the others kept
                 # as long for this origin likely were too. Not re-sent here: the executor
                 # re-sends it at once and records both (see StaleConnection).

@@ -311,9 +311,11 @@ class _Agreement:
         weight = self._weight
         votes = weight(answer.model)
         total = votes
+        voted = {answer.model}  # one vote per model: a model asked twice is not two opinions
         for peer in ctx.peers:
-            if peer is answer:
+            if peer is answer or peer.model in voted:
                 continue
+            voted.add(peer.model)
             theirs = self._extract(peer.text)
             if theirs is None:
                 continue
