@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 from array import array
 from collections.abc import Mapping, Sequence
@@ -206,6 +207,9 @@ def new_request_id() -> str:
     return b.hex()
 
 
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
 class FeedbackLog:
     """The last `capacity` decisions whose request id was read -> (prompt latent, model
     credited, embedding); and the beliefs.
@@ -243,13 +247,18 @@ class FeedbackLog:
         self._n_latent = array("H")
         self._emb = bytearray()  # EMBED_DIM bytes a slot, once some decision has one
         self._has_emb = bytearray()
+        self._rand = array("Q")
+        self._rand_at = 0
         self._beliefs: dict[str, AbilityBelief] = {}
         self._lock = threading.Lock()
 
     def issue(self, latent: Sequence[float], model: str, embedding: bytes | None = None) -> str:
         """Keep a decision (`model` credited) and return the new request id that finds it."""
-        check = int.from_bytes(os.urandom(8), "little")
         with self._lock:
+            if self._rand_at >= len(self._rand):  # random checks drawn 512 at a time
+                self._rand, self._rand_at = array("Q", os.urandom(8 * 512)), 0
+            check = self._rand[self._rand_at]
+            self._rand_at += 1
             seq = self._next
             self._next += 1
             slot = seq % self.capacity
@@ -299,14 +308,10 @@ class FeedbackLog:
 
     def _slot(self, request_id: str) -> int | None:
         """Where `request_id`'s decision is kept, if it still is (caller holds the lock)."""
-        if len(request_id) != 32 or not request_id.startswith(self._tag):
+        # exactly the 32 lower-case hex digits issued (int() alone took " 0x", "_", ...)
+        if not request_id.startswith(self._tag) or _ID.fullmatch(request_id) is None:
             return None
-        try:
-            seq, check = int(request_id[4:16], 16), int(request_id[16:], 16)
-        except ValueError:
-            return None
-        if request_id != f"{self._tag}{seq:012x}{check:016x}":  # int() took " 0x", "_", ...
-            return None
+        seq, check = int(request_id[4:16], 16), int(request_id[16:], 16)
         slot = seq % self.capacity
         if slot >= len(self._seq) or self._seq[slot] != seq or self._check[slot] != check:
             return None
