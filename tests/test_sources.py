@@ -464,3 +464,15 @@ def test_a_lone_surrogate_in_a_catalogue_is_replaced(tmp_path: Path) -> None:
     cat = sources.load("litellm", str(path))
     (entry,) = cat.listings.values()
     assert "gpt-y\ufffd" in repr(entry)  # what no terminal or file takes, replaced
+
+
+def test_a_window_or_output_limit_moved_tenfold_is_absurd() -> None:
+    """A catalogue listing a 200k model at 1k tokens would have filtered it out of every
+    route on the next refresh; it is refused like a price moved tenfold."""
+    from satisfice.sources import Change, Diff
+
+    fine = Diff((Change("m", "context_window", 128_000, 200_000),))
+    assert fine.absurd() == []
+    for what, old, new in (("context_window", 200_000, 1_000), ("max_output", 8_000, 1),
+                           ("context_window", 8_000, 2_000_000)):  # fmt: skip
+        assert [c.what for c in Diff((Change("m", what, old, new),)).absurd()] == [what]

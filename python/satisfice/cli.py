@@ -177,7 +177,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
     bad = diff.absurd()
     if bad and not args.yes:
         raise SatisficeError(
-            "refusing to write: these prices moved more than 10x, to 0 or to unknown:\n  "
+            "refusing to write: these prices or limits moved more than 10x, or prices to 0 "
+            "or to unknown:\n  "
             + "\n  ".join(map(str, bad))
             + "\ncheck them at the provider, then run again with --yes"
         )

@@ -508,9 +508,20 @@ class Diff:
 
     def absurd(self, max_ratio: float = 10.0) -> list[Change]:
         """Changes a refresh refuses unless confirmed: a price multiplied or divided by more
-        than `max_ratio`, a price gone to 0, or a priced model becoming unpriced."""
+        than `max_ratio`, a price gone to 0, a priced model becoming unpriced, or a context
+        window or output limit multiplied or divided by more than `max_ratio` (a catalogue
+        listing a 128k model at 1 token would have filtered it out of every route)."""
         bad = []
         for c in self.changes:
+            if c.what in ("context_window", "max_output"):
+                if (
+                    isinstance(c.old, int)
+                    and isinstance(c.new, int)
+                    and c.old > 0
+                    and not 1 / max_ratio <= c.new / c.old <= max_ratio
+                ):
+                    bad.append(c)
+                continue
             if not c.what.startswith("price"):
                 continue
             old = c.old if c.old is not None else c.base  # a new rate replaced its default
