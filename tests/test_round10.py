@@ -175,3 +175,23 @@ async def test_a_budgeted_probe_run_goes_on_after_an_unbilled_error(up: LocalUps
         rep = await run_probes(r, ["delta"], budget_usd=1.0)
     out = rep.to_dict()
     assert rep.stopped is None and out["spent_usd"] == 0.0 and rep.errors["delta"] >= 9
+
+
+async def test_a_step_call_raising_no_provider_error_cancels_its_siblings() -> None:
+    from satisfice.cascade import _calls
+
+    cancelled = []
+
+    async def call(model: str, msgs: Any) -> Any:
+        if model == "bad":
+            raise RuntimeError("not a provider failure")
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append(model)
+            raise
+
+    with pytest.raises(RuntimeError, match="not a provider failure"):
+        await _calls(call, ("slow", "bad"), [])
+    assert cancelled == ["slow"]
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]

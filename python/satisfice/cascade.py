@@ -655,14 +655,18 @@ async def _calls(
 ) -> list[Answer | BaseException]:
     if len(models) == 1:  # no task to schedule for a single call
         return [await _attempt(call, models[0], msgs)]
-    # A TaskGroup, not gather: when one call raises what is no provider failure, the
-    # others are cancelled and awaited (gather left them running, billed and unrecorded).
+    tasks = [asyncio.ensure_future(_attempt(call, m, msgs)) for m in models]
     try:
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(_attempt(call, m, msgs)) for m in models]
-    except BaseExceptionGroup as eg:
-        raise eg.exceptions[0] from None  # the caller sees the error, as with one call
-    return [t.result() for t in tasks]
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        # one call raised what is no provider failure (or the step was cancelled): the
+        # others are cancelled and awaited, not left running, billed and unrecorded. Not a
+        # TaskGroup: its error group and the cancel request it leaves on the caller's task
+        # (Python 3.11) would change what the caller sees.
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _attempt(call: Call, model: str, msgs: list[dict[str, Any]]) -> Answer | BaseException:
