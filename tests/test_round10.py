@@ -4,6 +4,7 @@ testing): each test failed on the code before its fix."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
@@ -106,9 +107,20 @@ async def test_a_cascade_cannot_also_race_or_hedge(up: LocalUpstream, extra: Any
             await r.chat("hi", cascade=Cascade([Step(("alpha",))]), **extra)
 
 
-def test_a_catalogue_download_is_held_to_its_timeout() -> None:
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_a_catalogue_download_is_held_to_its_timeout(part: str) -> None:
     class Trickle(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            with contextlib.suppress(OSError):  # the client hangs up, as it should
+                self._trickle()
+
+        def _trickle(self) -> None:
+            if part == "head":  # a head that never ends, a byte at a time
+                for b in b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-slow: " + b"a" * 20:
+                    self.wfile.write(bytes([b]))
+                    self.wfile.flush()
+                    time.sleep(0.3)
+                return
             self.send_response(200)
             self.send_header("content-length", "100")
             self.end_headers()

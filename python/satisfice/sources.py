@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-import time
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
@@ -458,26 +458,42 @@ def load(source: str, location: str | None = None, *, timeout_s: float = 30.0) -
 def _fetch(url: str, timeout_s: float) -> bytes:
     import httpx
 
-    # httpx's timeout bounds each read; a trickle of bytes would pass every one of them,
-    # so the whole download is held to `timeout_s` as well
-    deadline = time.monotonic() + timeout_s
-    try:
-        with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=True) as r:
-            if r.status_code != 200:
-                raise ConfigError(f"GET {url} answered HTTP {r.status_code}")
-            body = bytearray()
-            for chunk in r.iter_bytes():
-                body += chunk
-                if len(body) > MAX_SOURCE_BYTES:
-                    raise ConfigError(f"GET {url}: the answer is over {MAX_SOURCE_BYTES >> 20} MB")
-                if time.monotonic() > deadline:
-                    raise ConfigError(
-                        f"GET {url}: not downloaded within {timeout_s:g}s ({len(body):,} bytes "
-                        "so far); raise the refresh's timeout_s or use a faster mirror"
-                    )
-            return bytes(body)
-    except httpx.HTTPError as e:
-        raise ConfigError(f"GET {url} failed: {type(e).__name__}") from None
+    # httpx's timeout bounds each read; a trickle of bytes (of the head or the body) would
+    # pass every one of them, so a timer closes the client when `timeout_s` is up
+    late = ConfigError(
+        f"GET {url}: not downloaded within {timeout_s:g}s; raise the refresh's timeout_s "
+        "or use a faster mirror"
+    )
+    expired = threading.Event()
+    with httpx.Client(timeout=timeout_s, follow_redirects=True) as client:
+
+        def expire() -> None:
+            expired.set()
+            client.close()
+
+        timer = threading.Timer(timeout_s, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            with client.stream("GET", url) as r:
+                if r.status_code != 200:
+                    raise ConfigError(f"GET {url} answered HTTP {r.status_code}")
+                body = bytearray()
+                for chunk in r.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_SOURCE_BYTES:
+                        raise ConfigError(
+                            f"GET {url}: the answer is over {MAX_SOURCE_BYTES >> 20} MB"
+                        )
+                    if expired.is_set():
+                        raise late
+                return bytes(body)
+        except (httpx.HTTPError, OSError, RuntimeError) as e:
+            if expired.is_set():
+                raise late from None
+            raise ConfigError(f"GET {url} failed: {type(e).__name__}") from None
+        finally:
+            timer.cancel()
 
 
 # -- applying a catalogue to a registry and saying what changed -------------------------------
