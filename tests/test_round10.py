@@ -207,3 +207,12 @@ async def test_a_step_call_raising_no_provider_error_cancels_its_siblings() -> N
         await _calls(call, ("slow", "bad"), [])
     assert cancelled == ["slow"]
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+def test_a_verdict_confidence_that_is_a_numpy_float_is_kept_as_a_float() -> None:
+    import numpy as np
+
+    from satisfice._verdict import _well_formed
+
+    v = _well_formed(Verdict(True, np.float32(0.75), "ok"), "numpy check")  # type: ignore[arg-type]
+    assert v.passed and type(v.confidence) is float and v.confidence == 0.75

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any, Protocol, TypeAlias
 
 __all__ = [
@@ -102,10 +103,12 @@ def _well_formed(v: Verdict, name: str) -> Verdict:
     c = v.confidence
     if not isinstance(v.passed, bool):
         why = f"passed={v.passed!r:.40} (not a bool)"
-    elif isinstance(c, bool) or not isinstance(c, int | float) or not 0.0 <= c <= 1.0:
+    elif isinstance(c, bool) or not isinstance(c, Real) or not 0.0 <= c <= 1.0:
         why = f"confidence={c!r:.40} (not a number in [0, 1])"
     elif not isinstance(v.calls, tuple | list) or not all(isinstance(a, Answer) for a in v.calls):
         why = "calls that are not a sequence of Answers"
+    elif type(c) is not float:  # a numpy float or an int: a plain float for the record
+        return Verdict(v.passed, float(c), v.reason, tuple(v.calls))
     else:
         return v
     # its calls, when they are Answers, were still made and are billed
