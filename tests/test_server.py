@@ -545,3 +545,47 @@ def test_chat_calls_where_the_decision_it_was_bounded_on_says() -> None:
     e = asyncio.run(main())
     assert e is not None and getattr(e, "attempts", None)
     assert e.attempts[0].model == "alpha"
+
+
+def test_messages_what_a_routed_model_cannot_honour_is_refused_not_rewritten(served: Any) -> None:
+    """A server tool, parallel tool use turned off, an image by file id and an image in
+    `system` had been rewritten (a client tool with no schema, the flag dropped, the URL
+    "None", an empty text block) and answered 200: each is a 400 naming it now."""
+    url, _, upstream, _ = served
+    c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+    _OPEN.append(c)
+    msgs: list[Any] = [{"role": "user", "content": "hello"}]
+    tool = {"name": "look", "input_schema": {"type": "object", "properties": {}}}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]},
+         "server tool"),
+        ({"tools": [tool], "tool_choice": {"type": "auto", "disable_parallel_tool_use": True}},
+         "disable_parallel_tool_use"),
+        ({"messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "file", "file_id": "f1"}}]}]},
+         "image source type 'file'"),
+        ({"system": [{"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]},
+         "'system' blocks must be text"),
+    ]  # fmt: skip
+    for extra, word in cases:
+        kw: dict[str, Any] = {"model": "auto", "max_tokens": 20, "messages": msgs, **extra}
+        with pytest.raises(anthropic.BadRequestError, match=word):
+            c.messages.create(**kw)
+    # a custom tool's prompt-cache mark reaches an Anthropic upstream (beta speaks it)
+    cached = {**tool, "cache_control": {"type": "ephemeral"}}
+    c.messages.create(model="beta", max_tokens=20, messages=msgs, tools=[cached])  # type: ignore[list-item]
+    assert upstream.seen(wire("beta"))[-1].body["tools"][0]["cache_control"] == {
+        "type": "ephemeral"
+    }
+
+
+def test_openai_usage_details_cached_and_reasoning_tokens(served: Any) -> None:
+    url, _, upstream, _ = served
+    upstream.script(wire("alpha"), reply("hi", usage=(100, 5, 40)))
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    r = client.chat.completions.create(
+        model="alpha", messages=[{"role": "user", "content": "hello"}]
+    )
+    client.close()
+    assert r.usage is not None and r.usage.prompt_tokens_details is not None
+    assert r.usage.prompt_tokens_details.cached_tokens == 40

@@ -102,6 +102,8 @@ def _tool(t: dict[str, Any]) -> dict[str, Any]:
     }
     if fn.get("description"):
         out["description"] = fn["description"]
+    if isinstance(t.get("cache_control"), dict):  # the caller's prompt-cache mark
+        out["cache_control"] = t["cache_control"]
     return out
 
 

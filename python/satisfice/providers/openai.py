@@ -95,8 +95,11 @@ class OpenAIProvider(HTTPProvider):
             p[self._max_key] = r.max_tokens
         if r.temperature is not None:
             p["temperature"] = r.temperature
-        if r.tools:
-            p["tools"] = r.tools
+        if r.tools:  # a prompt-cache mark on a tool is Anthropic's, not OpenAI's
+            p["tools"] = [
+                {k: v for k, v in t.items() if k != "cache_control"} if "cache_control" in t else t
+                for t in r.tools
+            ]
         if r.tool_choice is not None:
             p["tool_choice"] = r.tool_choice
         if r.response_format is not None:

@@ -765,7 +765,6 @@ async def _stream(
                         )
                     yield wire.openai_chunk(sid, model, created, {}, res.finish_reason or "stop")
                     if routed.include_usage:
-                        u = res.usage
                         yield wire.sse_data(
                             {
                                 "id": f"chatcmpl-{sid}",
@@ -773,11 +772,7 @@ async def _stream(
                                 "created": created,
                                 "model": model,
                                 "choices": [],
-                                "usage": {
-                                    "prompt_tokens": u.prompt_tokens,
-                                    "completion_tokens": u.completion_tokens,
-                                    "total_tokens": u.total_tokens,
-                                },
+                                "usage": wire.openai_usage(res.usage),
                                 "satisfice": wire.decision_field(res),
                             }
                         )

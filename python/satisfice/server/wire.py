@@ -221,6 +221,18 @@ def decision_field(res: Any) -> dict[str, Any]:
     }
 
 
+def openai_usage(u: Any) -> dict[str, Any]:
+    """OpenAI's usage object, with the cached prompt tokens and reasoning tokens it details
+    (what the bill was made of: they were left out)."""
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+    }
+
+
 def openai_response(res: Any, *, with_decision: bool = True) -> dict[str, Any]:
     msg: dict[str, Any] = {"role": "assistant", "content": res.text}
     if res.tool_calls:
@@ -244,11 +256,7 @@ def openai_response(res: Any, *, with_decision: bool = True) -> dict[str, Any]:
                 "logprobs": None,
             }
         ],
-        "usage": {
-            "prompt_tokens": u.prompt_tokens,
-            "completion_tokens": u.completion_tokens,
-            "total_tokens": u.total_tokens,
-        },
+        "usage": openai_usage(u),
     }
     if with_decision:
         out["satisfice"] = decision_field(res)
@@ -335,10 +343,15 @@ def _to_openai_content(content: Any) -> Any:
             parts.append(_text_part(b))
         elif b.get("type") == "image" and isinstance(b.get("source"), Mapping):
             src = b["source"]
-            if src.get("type") == "base64":
-                url = f"data:{src.get('media_type')};base64,{src.get('data')}"
-            else:
-                url = str(src.get("url"))
+            if src.get("type") == "base64" and isinstance(src.get("data"), str):
+                url = f"data:{src.get('media_type')};base64,{src['data']}"
+            elif src.get("type") == "url" and isinstance(src.get("url"), str):
+                url = src["url"]
+            else:  # a file id or anything else: no routed provider can fetch it (was "None")
+                raise _bad(
+                    f"image source type {src.get('type')!r} is not supported: send the image "
+                    "as base64 data or a URL"
+                )
             parts.append({"type": "image_url", "image_url": {"url": url}})
         else:
             raise _bad(f"content block type {b.get('type')!r} is not supported here")
@@ -366,9 +379,27 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
         isinstance(system, list) and all(isinstance(b, Mapping) for b in system)
     )):  # fmt: skip
         raise _bad("'system' must be a string or a list of text blocks")
-    for t in body.get("tools") or ():
-        if not isinstance(t.get("name"), str):
+    if isinstance(system, list) and any(b.get("type") != "text" for b in system):
+        raise _bad("'system' blocks must be text blocks (an image or another block would be lost)")
+    tools_in = body.get("tools") or []
+    if not isinstance(tools_in, list):
+        raise _bad("'tools' must be an array of tool definitions")
+    for t in tools_in:
+        if not isinstance(t, Mapping) or not isinstance(t.get("name"), str):
             raise _bad("each tool needs a string 'name'")
+        if t.get("type") not in (None, "custom"):
+            # a server tool (web search, bash, ...) runs at Anthropic's side: a routed model
+            # would be offered a client tool of that name with no schema instead
+            raise _bad(
+                f"tool type {t.get('type')!r} ({t['name']!r}) is a server tool, which routed "
+                "providers do not run; define it as a custom tool with an input_schema"
+            )
+    tc_in = body.get("tool_choice")
+    if isinstance(tc_in, Mapping) and tc_in.get("disable_parallel_tool_use"):
+        raise _bad(
+            "'tool_choice.disable_parallel_tool_use' is not supported: not every routed "
+            "provider can turn parallel tool calls off; remove it"
+        )
     unknown = set(body) - _ANTHROPIC - _CONSTRAINTS - {"cascade"}
     if unknown:
         raise _bad(f"unsupported parameter(s) {sorted(unknown)}; remove them")
@@ -417,17 +448,7 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
         opts["extra"] = extra
     tools = body.get("tools")
     if tools:
-        opts["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t["name"],
-                    "description": t.get("description", ""),
-                    "parameters": t.get("input_schema", {}),
-                },
-            }
-            for t in tools
-        ]
+        opts["tools"] = [_function_tool(t) for t in tools]
     tc = body.get("tool_choice")
     if isinstance(tc, Mapping):
         kind = tc.get("type")
@@ -445,6 +466,22 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     meta = body["metadata"] if isinstance(body.get("metadata"), Mapping) else {}
     session = headers.get("x-satisfice-session") or meta.get("user_id")
     return Routed(msgs, model, body.get("stream") is True, False, opts, session_key(session))
+
+
+def _function_tool(t: Mapping[str, Any]) -> dict[str, Any]:
+    """An Anthropic custom tool as an OpenAI function tool, its prompt-cache mark kept
+    (an Anthropic upstream sends it on; an OpenAI one leaves it out)."""
+    out: dict[str, Any] = {
+        "type": "function",
+        "function": {
+            "name": t["name"],
+            "description": t.get("description", ""),
+            "parameters": t.get("input_schema", {}),
+        },
+    }
+    if isinstance(t.get("cache_control"), Mapping):
+        out["cache_control"] = dict(t["cache_control"])
+    return out
 
 
 def _is_thinking(block: Any) -> bool:
