@@ -589,3 +589,23 @@ def test_openai_usage_details_cached_and_reasoning_tokens(served: Any) -> None:
     client.close()
     assert r.usage is not None and r.usage.prompt_tokens_details is not None
     assert r.usage.prompt_tokens_details.cached_tokens == 40
+
+
+def test_a_stream_names_the_model_called_not_the_alias(served: Any) -> None:
+    """Streams said model "auto" (every chunk but the last; Anthropic's message_start,
+    which the SDK keeps) where the answer said which model it came from."""
+    url, _, _, _ = served
+    c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+    _OPEN.append(c)
+    msgs: list[Any] = [{"role": "user", "content": "hello"}]
+    plain = c.messages.create(model="auto", max_tokens=20, messages=msgs)
+    with c.messages.stream(model="auto", max_tokens=20, messages=msgs) as s:
+        streamed = s.get_final_message()
+    assert streamed.model == plain.model != "auto"
+    body = {"model": "auto", "messages": msgs, "stream": True}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
+        assert r.headers["x-satisfice-model"] == plain.model
+        models = {
+            json.loads(line[6:])["model"] for line in r.iter_lines() if line.startswith("data: {")
+        }
+    assert models == {plain.model}

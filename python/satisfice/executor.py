@@ -285,6 +285,7 @@ class Run:
 
     __slots__ = (
         "accept",
+        "answering",
         "attempts",
         "cap",
         "deadline",
@@ -339,6 +340,7 @@ class Run:
         self.spans: list[tuple[float, float]] = []
         self.min_window = 0  # after a context-length error: windows must be larger than this
         self.tried: set[str] = set()  # targets already called: no longer fallbacks
+        self.answering: str | None = None  # the model a stream's text comes from, once known
 
     def sub(self, model: str, messages: list[dict[str, Any]], step: int | None, share: int) -> Run:
         """One model of a cascade step (`share`: the models the step calls at once): its
@@ -1050,6 +1052,7 @@ class Executor:
             # StopAsyncIteration cannot happen: a provider stream ends with a ChatResponse
 
         t, started, (gen, item) = await self._first_success(run, open_)
+        run.answering = t.model
         upstream = perf_counter() - started
         run.upstream_s += upstream
         ttft = None
@@ -1347,6 +1350,12 @@ class ChatStream:
         """The calls made so far, each with its (estimated) cost: what a caller that leaves
         early, such as a server settling a budget, may have been billed for."""
         return list(self._runs[0].attempts) if self._runs else []
+
+    @property
+    def model(self) -> str | None:
+        """The model the text comes from, once its first piece has arrived (a server names
+        it in a stream's first event, before the result says so)."""
+        return self._runs[0].answering if self._runs else None
 
     def __aiter__(self) -> AsyncIterator[StreamDelta]:
         return self._gen

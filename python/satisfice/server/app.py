@@ -734,10 +734,11 @@ async def _stream(
         raise
     sid = uuid.uuid4().hex
     created = wire.now()
+    answering = s.model or routed.model  # the model called, not the alias ("auto") asked
 
     async def openai_events() -> AsyncIterator[bytes]:
         settled: float | None = None  # what the answer cost, once done and priced
-        model = ""
+        model = answering
         try:
             d = first
             sent_role = False
@@ -785,7 +786,7 @@ async def _stream(
                     if not sent_role:
                         delta["role"] = "assistant"
                         sent_role = True
-                    yield wire.openai_chunk(sid, model or routed.model, created, delta)
+                    yield wire.openai_chunk(sid, model, created, delta)
                 d = await it.__anext__()
         except SatisficeError as e:
             he = http_error(e)
@@ -804,7 +805,7 @@ async def _stream(
                         "id": msg_id,
                         "type": "message",
                         "role": "assistant",
-                        "model": routed.model,
+                        "model": answering,
                         "content": [],
                         "stop_reason": None,
                         "stop_sequence": None,
@@ -859,5 +860,9 @@ async def _stream(
     return StreamingResponse(
         gen,
         media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-satisfice-stream-id": sid},
+        headers={
+            "cache-control": "no-cache",
+            "x-satisfice-stream-id": sid,
+            "x-satisfice-model": answering,
+        },
     )
