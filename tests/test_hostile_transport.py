@@ -429,3 +429,34 @@ async def test_a_status_that_is_not_three_digits_is_a_protocol_error(
         res = await r.chat("hello")
     assert res.model == "beta" and res.text != "lie"
     assert res.attempts[0].error_type is not None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_stop_sequence_that_ended_an_anthropic_answer_is_kept(
+    raw: RawUpstream, up: LocalUpstream, stream: bool
+) -> None:
+    """Anthropic's stop_reason "stop_sequence" read as a plain stop and the sequence was
+    lost, so /v1/messages answered "end_turn" with stop_sequence null."""
+    from satisfice.server import wire as server_wire
+
+    said = {"stop_reason": "stop_sequence", "stop_sequence": "THREE"}
+    if stream:
+        delta = {"type": "message_delta", "delta": said, "usage": {"output_tokens": 2}}
+        raw.push(
+            sse_head()
+            + piece("one two", "anthropic")
+            + chunk(b"event: message_delta\ndata: " + json.dumps(delta).encode() + b"\n\n")
+            + chunk(b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
+            + b"0\r\n\r\n"
+        )
+    else:
+        body = {"id": "m", "type": "message", "role": "assistant", "model": "x",
+                "content": [{"type": "text", "text": "one two"}],
+                "usage": {"input_tokens": 3, "output_tokens": 2}, **said}  # fmt: skip
+        raw.push(http_response(json.dumps(body).encode()))
+    async with router(up.url) as r:
+        r.update(alpha_on(raw, up, "anthropic"))
+        call = r.stream(MSGS).result() if stream else r.chat(MSGS)
+        res = await call
+    assert res.model == "alpha" and res.stop_sequence == "THREE"
+    assert server_wire.anthropic_response(res)["stop_reason"] == "stop_sequence"

@@ -865,6 +865,7 @@ class Executor:
             resp.tool_calls,
             resp.raw,
             ttft,
+            stop_sequence=resp.stop_sequence,
         )
 
     def _all_failed(self, run: Run) -> AllAttemptsFailedError:
@@ -1030,6 +1031,7 @@ class Executor:
             resp.tool_calls,
             resp.raw,
             cascade=result,
+            stop_sequence=resp.stop_sequence,
         )
 
     async def _stream(

@@ -114,6 +114,7 @@ class ChatResult:
     cascade_skipped: str | None = None  # cascade="auto" routed plainly instead: why
     started_at: float = field(default_factory=time)  # Unix time the request arrived
     metadata: dict[str, Any] = field(default_factory=dict)  # the caller's tags
+    stop_sequence: str | None = None  # the caller's stop sequence that ended the answer
 
     @property
     def request_id(self) -> str:

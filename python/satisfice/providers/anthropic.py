@@ -312,11 +312,13 @@ class AnthropicProvider(HTTPProvider):
                     )
             stop = text_field(data.get("stop_reason"), "stop_reason")
             finish = _FINISH.get(stop, stop or None)
+            seq = text_field(data.get("stop_sequence"), "stop_sequence")
             if calls and calls[0].name == _JSON_TOOL:
                 texts, calls, finish = [calls[0].arguments], [], "stop"
             return ChatResponse(
-                "".join(texts), data, _usage(data.get("usage")), finish, calls, wire
-            )
+                "".join(texts), data, _usage(data.get("usage")), finish, calls, wire,
+                stop_sequence=(seq or None) if stop == "stop_sequence" else None,
+            )  # fmt: skip
         except PARSE_ERRORS as e:
             raise self._malformed(f"{type(e).__name__}: {e}") from None
 
@@ -332,6 +334,7 @@ class AnthropicProvider(HTTPProvider):
             usage_in: dict[str, Any] = {}
             out_tokens: Any = None
             stop: str | None = None
+            seq_hit: str | None = None  # the stop sequence that ended it, when told
             last: Any = None
             ended = False
             events = sse_events(resp)
@@ -367,6 +370,8 @@ class AnthropicProvider(HTTPProvider):
                     elif kind == "message_delta":
                         said = (ev.get("delta") or {}).get("stop_reason")
                         stop = text_field(said, "stop_reason") or stop
+                        seq = (ev.get("delta") or {}).get("stop_sequence")
+                        seq_hit = text_field(seq, "stop_sequence") or seq_hit
                         u = ev.get("usage") or {}
                         if u.get("output_tokens") is not None:
                             out_tokens = u["output_tokens"]  # checked by _usage
@@ -406,7 +411,10 @@ class AnthropicProvider(HTTPProvider):
             if calls and calls[0].name == _JSON_TOOL:
                 text, calls, finish = calls[0].arguments, [], "stop"
             usage = _usage(usage_in, out_tokens) if out_tokens is not None else None
-            yield ChatResponse(text, last, usage, finish, calls)
+            yield ChatResponse(
+                text, last, usage, finish, calls,
+                stop_sequence=seq_hit if stop == "stop_sequence" else None,
+            )  # fmt: skip
         except httpx.RequestError as e:
             raise self._transport_error(e) from None
         finally:

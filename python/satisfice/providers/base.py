@@ -119,6 +119,7 @@ class ChatResponse:
     # reading the answer are the router's: ChatResult.overhead_s counts them. None: not
     # measured.
     wire_s: float | None = None
+    stop_sequence: str | None = None  # the caller's stop sequence that ended it, when told
 
 
 @dataclass(slots=True)

@@ -832,11 +832,13 @@ async def _stream(
                             "content_block_delta", {"index": i, "delta": args}
                         )
                         yield wire.anthropic_event("content_block_stop", {"index": i})
-                    stop = wire._STOP.get(res.finish_reason or "stop", "end_turn")
                     yield wire.anthropic_event(
                         "message_delta",
                         {
-                            "delta": {"stop_reason": stop, "stop_sequence": None},
+                            "delta": {
+                                "stop_reason": wire.anthropic_stop(res),
+                                "stop_sequence": res.stop_sequence,
+                            },
                             # the totals, which the SDKs take over message_start's zeros
                             "usage": wire.anthropic_usage(res.usage),
                             "satisfice": wire.decision_field(res),

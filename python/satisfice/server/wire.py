@@ -550,11 +550,19 @@ def anthropic_response(res: Any) -> dict[str, Any]:
         "role": "assistant",
         "model": res.model,
         "content": blocks or [{"type": "text", "text": ""}],
-        "stop_reason": _STOP.get(res.finish_reason or "stop", "end_turn"),
-        "stop_sequence": None,
+        "stop_reason": anthropic_stop(res),
+        "stop_sequence": res.stop_sequence,
         "usage": anthropic_usage(res.usage),
         "satisfice": decision_field(res),
     }
+
+
+def anthropic_stop(res: Any) -> str:
+    """Anthropic's stop_reason for a result: "stop_sequence" when the upstream said which
+    of the caller's sequences ended it (it had read "end_turn", the sequence lost)."""
+    if res.stop_sequence:
+        return "stop_sequence"
+    return _STOP.get(res.finish_reason or "stop", "end_turn")
 
 
 def anthropic_usage(u: Any) -> dict[str, int]:
