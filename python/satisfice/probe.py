@@ -271,10 +271,11 @@ async def run_probes(
                         )
                 else:
                     report.spent_usd += billed[0]
-                if report.stopped:
-                    pass
-                elif (
-                    budget_usd is not None and isinstance(e, NoRouteError) and "max_cost" in str(e)
+                if (
+                    not report.stopped
+                    and budget_usd is not None
+                    and isinstance(e, NoRouteError)
+                    and "max_cost" in str(e)
                 ):
                     report.stopped = (
                         f"the budget left (${left:.6f}) is less than a probe of {m} may cost"

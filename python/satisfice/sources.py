@@ -527,15 +527,17 @@ class Diff:
         than `max_ratio`, a price gone to 0, a priced model becoming unpriced, or a context
         window or output limit multiplied or divided by more than `max_ratio` (a catalogue
         listing a 128k model at 1 token would have filtered it out of every route)."""
+
+        def moved(old: object, new: object) -> bool:
+            """Multiplied or divided by more than max_ratio (from a positive number)."""
+            if not (isinstance(old, int | float) and isinstance(new, int | float)) or old <= 0:
+                return False
+            return not 1 / max_ratio <= new / old <= max_ratio
+
         bad = []
         for c in self.changes:
             if c.what in ("context_window", "max_output"):
-                if (
-                    isinstance(c.old, int)
-                    and isinstance(c.new, int)
-                    and c.old > 0
-                    and not 1 / max_ratio <= c.new / c.old <= max_ratio
-                ):
+                if moved(c.old, c.new):
                     bad.append(c)
                 continue
             if not c.what.startswith("price"):
@@ -545,7 +547,7 @@ class Diff:
                 isinstance(old, float)
                 and isinstance(c.new, float)
                 and old > 0
-                and (c.new == 0 or not 1 / max_ratio <= c.new / old <= max_ratio)
+                and (c.new == 0 or moved(old, c.new))
             ):
                 bad.append(c)
         return bad
