@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from satisfice.server.state import Budget, MemoryState, RedisState, period_tag
+from satisfice.server.state import Budget, MemoryState, RateCount, RedisState, period_tag
 
 from .servers import redis
 
@@ -43,15 +43,15 @@ async def test_a_reservation_settles_in_its_own_period(
     )
     b = Budget(f"key:k{time.time_ns()}", 0.05, "day")
     pinned = b.pinned()
-    assert await state.reserve([pinned], 0.04) is None
+    assert await state.admit([pinned], 0.04) is None
     yesterday = pinned.at
     now["t"] += 2.0  # the day turns while the upstream answers
     assert period_tag("day", now["t"]) != yesterday
     await state.settle([pinned], 0.04, 0.03)
     assert await state.spent(b) == (0.0, 0.0)  # the new day: untouched
     assert await state.spent(pinned) == (pytest.approx(0.03), 0.0)  # yesterday: settled there
-    assert await state.reserve([b.pinned()], 0.05) is None  # the whole new day is there
-    assert await state.reserve([b.pinned()], 0.001) is not None  # and no more
+    assert await state.admit([b.pinned()], 0.05) is None  # the whole new day is there
+    assert await state.admit([b.pinned()], 0.001) is not None  # and no more
 
 
 async def test_a_key_is_replaced_only_if_unchanged(state: MemoryState | RedisState) -> None:
@@ -100,8 +100,8 @@ async def test_a_reservation_counts_once_however_often_it_is_replayed(
     whose reply was lost left its hold for good."""
     b = Budget(f"key:k{time.time_ns()}", 1.0, "total")
     one = [b.pinned(hold="r1")]
-    assert await state.reserve(one, 0.25) is None
-    assert await state.reserve(one, 0.25) is None  # replayed: held once
+    assert await state.admit(one, 0.25) is None
+    assert await state.admit(one, 0.25) is None  # replayed: held once
     assert await state.spent(b) == (0.0, pytest.approx(0.25))
     await state.settle(one, 0.25, 0.1)
     await state.settle(one, 0.25, 0.1)  # replayed: counted once
@@ -115,11 +115,34 @@ async def test_a_request_one_limit_refuses_takes_nothing_from_the_other(
 ) -> None:
     """A tpm refusal used up an rpm slot: a key locked itself out for the minute."""
     for _ in range(3):
-        assert await state.hit("k", 3, 2000, 5000) is not None  # over tpm: refused
-    assert await state.hit("k", 3, 2000, 100) is None  # the rpm slots are all there
-    assert await state.hit("k", 3, 2000, 100) is None
-    assert await state.hit("k", 3, 2000, 100) is None
-    assert await state.hit("k", 3, 2000, 100) is not None  # the fourth in the minute
+        assert (
+            await state.admit((), 0, RateCount("k", 3, 2000, 5000)) is not None
+        )  # over tpm: refused
+    assert (
+        await state.admit((), 0, RateCount("k", 3, 2000, 100)) is None
+    )  # the rpm slots are all there
+    assert await state.admit((), 0, RateCount("k", 3, 2000, 100)) is None
+    assert await state.admit((), 0, RateCount("k", 3, 2000, 100)) is None
+    refused = await state.admit((), 0, RateCount("k", 3, 2000, 100))  # the fourth in the minute
+    assert refused is not None and refused.budget is None and 0 < refused.retry_in_s <= 60
+
+
+async def test_a_request_its_rate_limit_refuses_reserves_nothing_and_the_reverse(
+    state: MemoryState | RedisState,
+) -> None:
+    """Budget and rate limit are admitted in one step: the refused side leaves the other
+    untouched (the rate refusal had reserved, then released in a second round trip)."""
+    b = Budget(f"key:k{time.time_ns()}", 1.0, "total")
+    rate = RateCount(f"r{time.time_ns()}", 1, None, 10)
+    assert await state.admit([b.pinned(hold="a")], 0.25, rate) is None
+    refused = await state.admit([b.pinned(hold="b")], 0.25, rate)  # over rpm
+    assert refused is not None and refused.budget is None
+    assert await state.spent(b) == (0.0, pytest.approx(0.25))  # only the first holds
+    other = RateCount(f"r{time.time_ns()}", 1, None, 10)
+    refused = await state.admit([b.pinned(hold="c")], 5.0, other)  # over budget
+    assert refused is not None and refused.budget == b
+    assert refused.left_usd == pytest.approx(0.75)
+    assert await state.admit([], 0, other) is None  # its rpm slot is still there
 
 
 async def test_with_redis_away_rate_limits_hold_on_the_replicas_own_window() -> None:
@@ -128,7 +151,7 @@ async def test_with_redis_away_rate_limits_hold_on_the_replicas_own_window() -> 
     from satisfice.server.state import StateUnavailable
 
     s = RedisState("redis://127.0.0.1:1/0")  # nothing listens there
-    got = [await s.hit("k", 3, None, 10) for _ in range(5)]
+    got = [await s.admit((), 0, RateCount("k", 3, None, 10)) for _ in range(5)]
     assert [g is None for g in got] == [True, True, True, False, False]
     with pytest.raises(StateUnavailable):
         await s.team("never-seen")  # unknown: its budget cannot be checked

@@ -52,7 +52,15 @@ from ..router import Router
 from ..state import Health
 from . import wire
 from .config import ServerConfig
-from .state import Budget, MemoryState, RedisState, StateUnavailable, VirtualKey
+from .state import (
+    Budget,
+    MemoryState,
+    RateCount,
+    RedisState,
+    Refused,
+    StateUnavailable,
+    VirtualKey,
+)
 
 __all__ = ["Service", "create_app"]
 
@@ -515,6 +523,10 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                     except NoRouteError as e:
                         why = str(e)
                     meta["session_switch"] = f"{pinned} no longer fits: {why}"[:300]
+            # Admission: the budgets' reservation and the key's rate count, checked together
+            # and counted together (one step on Redis), so that a request one refuses takes
+            # nothing from the other.
+            worst = 0.0
             if budgets:
                 assert d is not None
                 # settled in the period reserved in, once (the hold's id)
@@ -523,39 +535,8 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 write = cache_write_of(routed.messages, opts.get("tools"))
                 worst, out_cap = svc.worst_case(d, opts.get("max_tokens"), "cascade" in opts, write)
                 opts.setdefault("max_tokens", out_cap)  # the bound holds only if the call does
-                try:
-                    refused = (
-                        (budgets[0], 0.0)
-                        if math.isinf(worst)
-                        else await svc.state.reserve(budgets, worst)
-                    )
-                except StateUnavailable:
-                    # the reply may be lost after the store reserved: release it when the
-                    # store is back (a release of a hold never made changes nothing)
-                    svc.unsettled.append((budgets, worst, 0.0))
-                    raise
-                if refused is not None:
-                    b, left = refused
-                    assert key is not None
-                    svc.metrics.budget_refusals.labels(key.name, b.scope).inc()
-                    why = (
-                        "the routed models are unpriced, so the cost cannot be bounded"
-                        if math.isinf(worst)
-                        else f"this request may cost up to ${worst:.6f}"
-                    )
-                    raise HTTPError(
-                        429,
-                        f"budget {b.scope} (${b.limit_usd} per {b.period}) "
-                        f"has ${left:.6f} left and {why}",
-                        "insufficient_quota",
-                        "budget_exceeded",
-                        budget=b.scope,
-                        remaining_usd=left,
-                    )
-                reserved = (budgets, worst)
+            count = None
             if limited:
-                # counted after the budget admitted the request (a budget's refusal had used
-                # up the key's rate limit); a refusal here releases the reservation
                 assert key is not None and d is not None
                 # tokens a minute: the prompt and the output it may take (max_tokens, else
                 # the expectation the call will be capped at), counted at admission as
@@ -563,25 +544,35 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 cap = int(opts.get("max_tokens") or 4 * max(d.tokens_out, 256))
                 if key.tpm is not None:
                     opts.setdefault("max_tokens", cap)  # the count holds only if the call does
-                tokens = d.primary.tokens_in + cap
-                too_big = key.tpm is not None and tokens > key.tpm
-                wait = None if too_big else await svc.state.hit(key.id, key.rpm, key.tpm, tokens)
-                if too_big or wait is not None:
-                    if reserved is not None:
-                        budgets, held = reserved
-                        reserved = None
-                        await svc.settle(budgets, held, 0.0)  # nothing was called
+                count = RateCount(key.id, key.rpm, key.tpm, d.primary.tokens_in + cap)
+                if key.tpm is not None and count.tokens > key.tpm:  # no minute will ever fit it
                     svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
-                    if too_big:  # no minute will ever fit it
-                        raise HTTPError(
-                            429,
-                            f"this request may take {tokens} tokens (prompt and max_tokens), "
-                            f"more than key {key.name!r} allows in a minute (tpm {key.tpm}); "
-                            "lower max_tokens or shorten the prompt",
-                            "rate_limit_error",
-                            "rate_limit_exceeded",
-                        )
-                    assert wait is not None
+                    raise HTTPError(
+                        429,
+                        f"this request may take {count.tokens} tokens (prompt and max_tokens), "
+                        f"more than key {key.name!r} allows in a minute (tpm {key.tpm}); "
+                        "lower max_tokens or shorten the prompt",
+                        "rate_limit_error",
+                        "rate_limit_exceeded",
+                    )
+            if budgets and math.isinf(worst):
+                refused: Refused | None = Refused(budgets[0])
+            elif budgets or count is not None:
+                try:
+                    refused = await svc.state.admit(budgets, worst, count)
+                except StateUnavailable:
+                    if budgets:
+                        # the reply may be lost after the store reserved: release it when
+                        # the store is back (a release of a hold never made changes nothing)
+                        svc.unsettled.append((budgets, worst, 0.0))
+                    raise
+            else:
+                refused = None
+            if refused is not None:
+                assert key is not None
+                if refused.budget is None:
+                    svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
+                    wait = refused.retry_in_s
                     raise HTTPError(
                         429,
                         f"rate limit of key {key.name!r} reached "
@@ -590,6 +581,24 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                         "rate_limit_exceeded",
                         {"retry-after": str(math.ceil(wait))},
                     )
+                b, left = refused.budget, refused.left_usd
+                svc.metrics.budget_refusals.labels(key.name, b.scope).inc()
+                why = (
+                    "the routed models are unpriced, so the cost cannot be bounded"
+                    if math.isinf(worst)
+                    else f"this request may cost up to ${worst:.6f}"
+                )
+                raise HTTPError(
+                    429,
+                    f"budget {b.scope} (${b.limit_usd} per {b.period}) "
+                    f"has ${left:.6f} left and {why}",
+                    "insufficient_quota",
+                    "budget_exceeded",
+                    budget=b.scope,
+                    remaining_usd=left,
+                )
+            if budgets:
+                reserved = (budgets, worst)
             if routed.stream:
                 streaming = True
                 return await _stream(svc, routed, opts, api, reserved)

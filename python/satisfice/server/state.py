@@ -32,7 +32,10 @@ from typing import Any
 
 from ..errors import ConfigError, SatisficeError
 
-__all__ = ["Budget", "MemoryState", "RedisState", "StateUnavailable", "VirtualKey", "hash_key"]
+__all__ = [
+    "Budget", "MemoryState", "RateCount", "RedisState", "Refused", "StateUnavailable",
+    "VirtualKey", "hash_key",
+]  # fmt: skip
 
 NANO = 1_000_000_000
 _PERIODS = ("day", "month", "total")
@@ -121,6 +124,31 @@ class VirtualKey:
         return k, key
 
 
+@dataclass(frozen=True)
+class RateCount:
+    """One request as a key's rate limits count it: a request, and `tokens` (prompt and
+    max_tokens) against the key's rpm/tpm in the current minute."""
+
+    key_id: str
+    rpm: int | None
+    tpm: int | None
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Why `admit` refused a request: a budget it does not fit (`budget`, with `left_usd`),
+    else the key's rate limit (`retry_in_s`: until the minute turns)."""
+
+    budget: Budget | None = None
+    left_usd: float = 0.0
+    retry_in_s: float = 0.0
+
+
+def _retry_in() -> float:
+    return 60 - time.time() % 60
+
+
 class MemoryState:
     """One process's state (asyncio: every method runs to completion without a switch)."""
 
@@ -167,10 +195,13 @@ class MemoryState:
     async def team(self, name: str) -> Budget | None:
         return self.teams.get(f"team:{name}")
 
-    # budgets ---------------------------------------------------------------------------------
-    async def reserve(self, budgets: Sequence[Budget], usd: float) -> tuple[Budget, float] | None:
-        """Reserve `usd` under every budget, or none: returns the first budget it does not
-        fit and what is left in it (USD)."""
+    # admission: budgets and rate limits, checked together, counted together --------------
+    async def admit(
+        self, budgets: Sequence[Budget], usd: float, rate: RateCount | None = None
+    ) -> Refused | None:
+        """Reserve `usd` under every budget and count `rate` in its key's window, or neither:
+        every check runs before anything is counted, so a request one refuses takes nothing
+        from the others. A replayed reservation (the same hold) is admitted once."""
         amount = _nano_up(usd)
         hold = budgets[0].hold if budgets else None
         if hold is not None and hold in self._holds:
@@ -179,7 +210,20 @@ class MemoryState:
             k = f"{b.scope}:{b.tag}"
             left = _nano(b.limit_usd) - self._spent.get(k, 0) - self._reserved.get(k, 0)
             if amount > left:
-                return b, max(left, 0) / NANO
+                return Refused(b, max(left, 0) / NANO)
+        if rate is not None:
+            minute = int(time.time() // 60)
+            rk, tk = f"rpm:{rate.key_id}:{minute}", f"tpm:{rate.key_id}:{minute}"
+            if rate.rpm is not None and self._windows.get(rk, 0) + 1 > rate.rpm:
+                return Refused(retry_in_s=_retry_in())
+            if rate.tpm is not None and self._windows.get(tk, 0) + rate.tokens > rate.tpm:
+                return Refused(retry_in_s=_retry_in())
+            self._windows[rk] = self._windows.get(rk, 0) + 1
+            if rate.tpm is not None:
+                self._windows[tk] = self._windows.get(tk, 0) + rate.tokens
+            if len(self._windows) > 100_000:  # old windows: drop them
+                keep = f":{minute}"
+                self._windows = {k: v for k, v in self._windows.items() if k.endswith(keep)}
         for b in budgets:
             k = f"{b.scope}:{b.tag}"
             self._reserved[k] = self._reserved.get(k, 0) + amount
@@ -204,25 +248,6 @@ class MemoryState:
     async def spent(self, b: Budget) -> tuple[float, float]:
         k = f"{b.scope}:{b.tag}"
         return self._spent.get(k, 0) / NANO, self._reserved.get(k, 0) / NANO
-
-    # rate limits -----------------------------------------------------------------------------
-    async def hit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> float | None:
-        """Count one request (and its tokens) in this minute's window; None when it fits,
-        else the seconds until the window turns. Both limits are checked before either is
-        counted: a request one refuses takes nothing from the other."""
-        minute = int(time.time() // 60)
-        wait = 60 - time.time() % 60
-        rk, tk = f"rpm:{key_id}:{minute}", f"tpm:{key_id}:{minute}"
-        if rpm is not None and self._windows.get(rk, 0) + 1 > rpm:
-            return wait
-        if tpm is not None and self._windows.get(tk, 0) + tokens > tpm:
-            return wait
-        self._windows[rk] = self._windows.get(rk, 0) + 1
-        if tpm is not None:
-            self._windows[tk] = self._windows.get(tk, 0) + tokens
-        if len(self._windows) > 100_000:  # old windows: drop them
-            self._windows = {k: v for k, v in self._windows.items() if k.endswith(f":{minute}")}
-        return None
 
     # sessions and cooldowns ------------------------------------------------------------------
     async def pin(self, session: str) -> str | None:
@@ -261,26 +286,48 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
 
-_RESERVE = """
-local amount = tonumber(ARGV[1])
-local n = #KEYS / 2
-local hold = ARGV[2 + 2 * n]
+# KEYS: per budget its spent and held counters, then (when a rate is counted) the minute's
+# rpm and tpm windows. ARGV: amount, hold id ('' none), the number of budgets, rpm, tpm
+# (-1: no limit), tokens, then per budget its limit, then per budget its counters' TTL.
+# Every check runs before anything is counted. Returns {0, 0} admitted, {i, left} budget i
+# does not fit, {-1, 0} the rate limit is reached.
+_ADMIT = """
+local amount, hold, n = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local rpm, tpm, tokens = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local rate = #KEYS == 2 * n + 2
 if hold ~= '' and redis.call('EXISTS', hold) == 1 then return {0, 0} end
 for i = 1, n do
   local spent = tonumber(redis.call('GET', KEYS[2*i-1]) or '0')
   local held = tonumber(redis.call('GET', KEYS[2*i]) or '0')
-  local limit = tonumber(ARGV[1 + i])
-  if spent + held + amount > limit then
-    return {i, limit - spent - held}
+  local limit = tonumber(ARGV[6 + i])
+  if spent + held + amount > limit then return {i, limit - spent - held} end
+end
+if rate then
+  local rk, tk = KEYS[2*n+1], KEYS[2*n+2]
+  if rpm >= 0 and tonumber(redis.call('GET', rk) or '0') + 1 > rpm then return {-1, 0} end
+  if tpm >= 0 and tonumber(redis.call('GET', tk) or '0') + tokens > tpm then return {-1, 0} end
+  redis.call('INCR', rk)
+  redis.call('EXPIRE', rk, 120)
+  if tpm >= 0 then
+    redis.call('INCRBY', tk, tokens)
+    redis.call('EXPIRE', tk, 120)
   end
 end
 for i = 1, n do
   redis.call('INCRBY', KEYS[2*i], amount)
-  local ttl = tonumber(ARGV[1 + n + i])
+  local ttl = tonumber(ARGV[6 + n + i])
   if ttl > 0 then redis.call('EXPIRE', KEYS[2*i], ttl) end
 end
 if hold ~= '' then redis.call('SET', hold, amount, 'EX', 604800) end
 return {0, 0}
+"""
+
+# KEYS: the secret-hash -> id index, the keys by id. ARGV: the secret's hash. One round trip
+# for what took two (the id, then the key).
+_KEY = """
+local id = redis.call('HGET', KEYS[1], ARGV[1])
+if not id then return false end
+return redis.call('HGET', KEYS[2], id)
 """
 
 _SETTLE = """
@@ -293,21 +340,6 @@ for i = 1, n do
   redis.call('INCRBY', KEYS[2*i-1], actual)
   local ttl = tonumber(ARGV[2 + i])
   if ttl > 0 then redis.call('EXPIRE', KEYS[2*i-1], ttl) end
-end
-return 0
-"""
-
-# Both limits are checked before either is counted: a request one limit refuses takes
-# nothing from the other (a tpm refusal had used up an rpm slot).
-_HIT = """
-local rpm, tpm, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if rpm >= 0 and tonumber(redis.call('GET', KEYS[1]) or '0') + 1 > rpm then return 1 end
-if tpm >= 0 and tonumber(redis.call('GET', KEYS[2]) or '0') + n > tpm then return 2 end
-redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], 120)
-if tpm >= 0 then
-  redis.call('INCRBY', KEYS[2], n)
-  redis.call('EXPIRE', KEYS[2], 120)
 end
 return 0
 """
@@ -330,9 +362,9 @@ class RedisState:
         )
         self._r = aioredis.Redis(connection_pool=pool)
         self._p = prefix
-        self._reserve = self._r.register_script(_RESERVE)
+        self._admit = self._r.register_script(_ADMIT)
+        self._key = self._r.register_script(_KEY)
         self._settle = self._r.register_script(_SETTLE)
-        self._hit = self._r.register_script(_HIT)
         self._cas = self._r.register_script(_CAS)
         self._key_cache: dict[str, tuple[VirtualKey, float]] = {}
         self._team_cache: dict[str, tuple[Budget | None, float]] = {}
@@ -386,10 +418,7 @@ class RedisState:
         h = hash_key(secret)
         hit = self._key_cache.get(h)
         try:
-            kid = await self._do(self._r.hget(f"{self._p}key_hash", h))
-            if kid is None:
-                return None
-            raw = await self._do(self._r.hget(f"{self._p}keys", kid))
+            raw = await self._do(self._key(keys=[f"{self._p}key_hash", f"{self._p}keys"], args=[h]))
         except StateUnavailable:
             if hit is not None and hit[1] > time.time():
                 return hit[0]  # recently seen: serve it while Redis is away
@@ -437,19 +466,37 @@ class RedisState:
             out += [f"{tag}:spent", f"{tag}:held"]
         return out
 
-    async def reserve(self, budgets: Sequence[Budget], usd: float) -> tuple[Budget, float] | None:
-        if not budgets:
-            return None
+    async def admit(
+        self, budgets: Sequence[Budget], usd: float, rate: RateCount | None = None
+    ) -> Refused | None:
+        """`MemoryState.admit` in one Lua script. While Redis is away budgets fail closed
+        (StateUnavailable); a rate count alone fails open, onto this replica's own window."""
+        keys = self._bkeys(budgets)
+        if rate is not None:
+            minute = int(time.time() // 60)
+            keys += [f"{self._p}rpm:{rate.key_id}:{minute}", f"{self._p}tpm:{rate.key_id}:{minute}"]
         args: list[int | str] = [
             _nano_up(usd),
+            self._hold_key(budgets),
+            len(budgets),
+            -1 if rate is None or rate.rpm is None else rate.rpm,
+            -1 if rate is None or rate.tpm is None else rate.tpm,
+            0 if rate is None else rate.tokens,
             *(_nano(b.limit_usd) for b in budgets),
             *((_ttl(b.period) or 0) for b in budgets),
-            self._hold_key(budgets),
         ]
-        i, left = await self._do(self._reserve(keys=self._bkeys(budgets), args=args))
-        if int(i) == 0:
+        try:
+            i, left = await self._do(self._admit(keys=keys, args=args))
+        except StateUnavailable:
+            if budgets or rate is None:
+                raise
+            return await self._local.admit((), 0.0, rate)
+        i = int(i)
+        if i == 0:
             return None
-        return budgets[int(i) - 1], max(int(left), 0) / NANO
+        if i < 0:
+            return Refused(retry_in_s=_retry_in())
+        return Refused(budgets[i - 1], max(int(left), 0) / NANO)
 
     async def settle(
         self, budgets: Sequence[Budget], reserved_usd: float, actual_usd: float
@@ -468,17 +515,6 @@ class RedisState:
         s, h = self._bkeys([b])
         vals = await self._do(self._r.mget(s, h))
         return (int(vals[0] or 0) / NANO, int(vals[1] or 0) / NANO)
-
-    # rate limits: fail open ------------------------------------------------------------------
-    async def hit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> float | None:
-        minute = int(time.time() // 60)
-        keys = [f"{self._p}rpm:{key_id}:{minute}", f"{self._p}tpm:{key_id}:{minute}"]
-        args = [rpm if rpm is not None else -1, tpm if tpm is not None else -1, tokens]
-        try:
-            out = await self._do(self._hit(keys=keys, args=args))
-        except StateUnavailable:  # fail open: on this replica's own window
-            return await self._local.hit(key_id, rpm, tpm, tokens)
-        return None if int(out) == 0 else 60 - time.time() % 60
 
     # sessions and cooldowns: fail open -------------------------------------------------------
     async def pin(self, session: str) -> str | None:
