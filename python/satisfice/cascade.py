@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from ._real import as_real
 from ._verdict import checked
 from .errors import AllAttemptsFailedError, CascadeBudgetError, ConfigError, ProviderError
 from .validators import Answer, Context, Validator, Verdict
@@ -270,7 +269,7 @@ class Cascade:
                 )
 
         def number(v: object) -> bool:
-            return not isinstance(v, bool) and isinstance(v, Real) and math.isfinite(v)
+            return as_real(v) is not None
 
         for name, v in (("latency_budget_ms", latency_budget_ms), ("max_cost_usd", max_cost_usd)):
             if v is not None and not (number(v) and v >= 0):

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from ._real import as_real
 from .errors import ConfigError, InputError
 from .predict import ModelParams, QualityModel
 
@@ -180,6 +181,14 @@ def prior_belief(
     return AbilityBelief.from_precision([p.bias, *p.ability], precision, p.n_obs)
 
 
+def score_of(v: object) -> float:
+    """A feedback score as a float in [0, 1] (numpy's scalars too), else InputError."""
+    y = as_real(v)
+    if y is None or not 0.0 <= y <= 1.0:
+        raise InputError(f"feedback score must be a number in [0, 1], got {v!r:.40}")
+    return y
+
+
 def update_belief(
     belief: AbilityBelief,
     latent: Sequence[float],
@@ -190,12 +199,11 @@ def update_belief(
     """Fold in one observed `score` in [0, 1] on a prompt with `latent` = [e(x)..., d(x)].
     The prediction it scores is sigmoid(scale * (IRT logit) + offset): scale 0.5 and offset
     lr / 2 for a model whose served logit averages the IRT one with its embedding logit lr."""
-    if not (isinstance(score, int | float) and 0.0 <= score <= 1.0):
-        raise InputError(f"feedback score must be a number in [0, 1], got {score!r}")
+    y = score_of(score)
     k = len(belief.mean) - 1
     if len(latent) != k + 1:
         raise InputError(f"latent must hold {k + 1} values (k skills and a difficulty)")
-    mean, cov = _core.update_belief(belief.mean, belief.cov, latent, float(score), scale, offset)
+    mean, cov = _core.update_belief(belief.mean, belief.cov, latent, y, scale, offset)
     return AbilityBelief(tuple(mean), tuple(cov), belief.n_obs + 1.0)
 
 

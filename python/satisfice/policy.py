@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._atomic import write_atomic
+from ._real import as_count, as_real
 from ._table import ModelRowSpec, RuleSpec
 from .errors import ConfigError
 from .predict import QualityModel
@@ -64,15 +65,20 @@ class Constraints:
             v = getattr(self, name)
             if v is not None and not _finite_number(v):
                 raise ConfigError(f"constraints.{name} must be a finite number >= 0, got {v!r:.40}")
+            if v is not None:  # a numpy scalar as a plain float, as the table and records take
+                object.__setattr__(self, name, float(v))
         if self.quality_floor is not None and not 0.0 <= self.quality_floor <= 1.0:
             raise ConfigError(
                 f"constraints.quality_floor must be in [0, 1], got {self.quality_floor}"
             )
         m = self.max_output_tokens
-        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 0 < m < 2**32):
-            raise ConfigError(
-                f"constraints.max_output_tokens must be an integer in [1, 2**32), got {m!r}"
-            )
+        if m is not None:
+            n = as_count(m)
+            if n is None or not 0 < n < 2**32:
+                raise ConfigError(
+                    f"constraints.max_output_tokens must be an integer in [1, 2**32), got {m!r}"
+                )
+            object.__setattr__(self, "max_output_tokens", n)
         if self.strict_floor is not None and not isinstance(self.strict_floor, bool):
             raise ConfigError("constraints.strict_floor must be True, False or None")
         for name in ("needs", "deny"):
@@ -219,14 +225,17 @@ class Policy:
     cascades: Mapping[str, Cascade] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        f = self.quality_floor
-        if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 <= f <= 1.0:
-            raise ConfigError(f"policy.quality_floor must be a number in [0, 1], got {f!r}")
-        if self.lam is not None and (
-            isinstance(self.lam, bool) or not isinstance(self.lam, int | float)
-            or not math.isfinite(self.lam) or self.lam < 0
-        ):  # fmt: skip
-            raise ConfigError(f"policy.lam must be a finite number >= 0, got {self.lam!r}")
+        f = as_real(self.quality_floor)
+        if f is None or not 0.0 <= f <= 1.0:
+            raise ConfigError(
+                f"policy.quality_floor must be a number in [0, 1], got {self.quality_floor!r}"
+            )
+        object.__setattr__(self, "quality_floor", f)
+        if self.lam is not None:
+            lam = as_real(self.lam)
+            if lam is None or lam < 0:
+                raise ConfigError(f"policy.lam must be a finite number >= 0, got {self.lam!r}")
+            object.__setattr__(self, "lam", lam)
         if isinstance(self.rules, list):  # as read from a file, or written by hand
             object.__setattr__(self, "rules", tuple(self.rules))
         mf: object = self.max_fallbacks
@@ -464,13 +473,9 @@ def _cascades(d: object) -> dict[str, Cascade]:
 
 
 def _finite_number(v: object) -> bool:
-    """A real number >= 0 that fits a float (10**400 does not)."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return False
-    try:
-        return math.isfinite(float(v)) and v >= 0
-    except OverflowError:
-        return False
+    """A real number >= 0 that fits a float (10**400 does not); see `as_real`."""
+    f = as_real(v)
+    return f is not None and f >= 0
 
 
 def _bool(v: object, where: str) -> bool:

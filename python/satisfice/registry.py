@@ -13,12 +13,12 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from . import _core
+from ._real import as_count, as_real
 from .errors import ConfigError, UnknownModelError
 
 __all__ = ["Deployment", "LongContext", "ModelSpec", "Price", "Registry"]
@@ -44,13 +44,10 @@ def _num(d: Mapping[str, Any], key: str, where: str, *, required: bool = False) 
         if required:
             raise ConfigError(f"{where}: {key!r} is required")
         return None
-    try:
-        ok = not isinstance(v, bool) and isinstance(v, Real) and math.isfinite(float(v))
-    except OverflowError:  # 10**400
-        ok = False
-    if not ok or v < 0:
+    f = as_real(v)
+    if f is None or f < 0:
         raise ConfigError(f"{where}: {key!r} must be a finite number >= 0, got {v!r:.40}")
-    return float(v)
+    return f
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,8 +374,10 @@ class ModelSpec:
             raise ConfigError("a model needs a non-empty string id")
         for k in ("context_window", "max_output"):
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, Integral) or not 0 < int(v) < 2**32:
+            n = as_count(v)
+            if n is None or not 0 < n < 2**32:
                 raise ConfigError(f"{where}: {k} must be an integer in [1, 2**32), got {v!r:.40}")
+            object.__setattr__(self, k, n)
         if self.max_output > self.context_window:
             raise ConfigError(f"{where}: max_output exceeds context_window")
         if self.tokenizer not in _core.FAMILIES:
@@ -393,7 +392,8 @@ class ModelSpec:
         for task, q in self.quality.items():
             if task not in _core.TASKS:
                 raise ConfigError(f"{where}: quality task {task!r} unknown; use {_core.TASKS}")
-            if isinstance(q, bool) or not isinstance(q, Real) or not 0.0 < q < 1.0:
+            f = as_real(q)
+            if f is None or not 0.0 < f < 1.0:
                 raise ConfigError(f"{where}: quality[{task!r}] must be in (0, 1), got {q!r:.40}")
         # Health is kept per "model/deployment": two deployments of one name would share it,
         # and one that is down would take its healthy twin with it.

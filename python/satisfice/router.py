@@ -15,7 +15,7 @@ from . import _core
 from ._extra import extra_text
 from .decision import Candidate, Decision, Snapshot
 from .errors import ConfigError, InputError, NoRouteError, RegistryWarning, SatisficeError
-from .feedback import FeedbackLog
+from .feedback import FeedbackLog, score_of
 from .policy import Constraints, Policy
 from .predict import ModelParams
 from .registry import Registry
@@ -319,6 +319,7 @@ class Router:
         that actually answered if a fallback did. Returns the model's new parameters.
         Persist them with `save_policy()`.
         """
+        score = score_of(score)  # a plain float: the record is JSON
         latent, chosen, embedding = self._feedback.lookup(request_id)  # InputError if unknown
         target = model if model is not None else chosen
         with self._swap:

@@ -90,7 +90,7 @@ class Job:
             )
         self.router = router
         self.name = name
-        self.max_cost_usd = max_cost_usd
+        self.max_cost_usd = None if max_cost_usd is None else float(max_cost_usd)
         self.steps: list[JobStep] = []
         # What steps that raised were billed (None: unknown), and the caps of steps in
         # flight: a cap is kept across failures and steps run side by side.

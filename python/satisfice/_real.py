@@ -1,0 +1,30 @@
+"""One test for "a number" wherever a caller hands satisfice one (limits, prices, scores)."""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+__all__ = ["as_count", "as_real"]
+
+
+def as_real(v: object) -> float | None:
+    """`v` as a finite float when it is a real number, else None.
+
+    Any `numbers.Real` counts: int, float, Fraction and numpy's scalars (a score computed with
+    numpy is a np.float32 or np.int64, and was refused). bool and numpy's bool are not numbers
+    here (True is no price). Values a float cannot hold (10**400) and NaN/inf are refused."""
+    if isinstance(v, bool) or not isinstance(v, Real):
+        return None
+    try:
+        f = float(v)
+    except (OverflowError, TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def as_count(v: object) -> int | None:
+    """`v` as an int when it is an integral number (int, numpy's integers; not bool), else None."""
+    if isinstance(v, bool) or not isinstance(v, Integral):
+        return None
+    return int(v)
