@@ -566,6 +566,14 @@ def test_messages_what_a_routed_model_cannot_honour_is_refused_not_rewritten(ser
          "image source type 'file'"),
         ({"system": [{"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]},
          "'system' blocks must be text"),
+        # a tool choice that is not Anthropic's shape had been read as "auto", one naming
+        # no tool sent the name None
+        ({"tools": [tool], "tool_choice": "any"}, "tool_choice.* must be an object"),
+        ({"tools": [tool], "tool_choice": {"type": "forced"}}, "tool_choice.* must be an object"),
+        ({"tools": [tool], "tool_choice": {"type": "tool"}}, "tool_choice.* must be an object"),
+        ({"tools": [tool], "tool_choice": {"type": "tool", "name": "nope"}},
+         "does not define"),
+        ({"tool_choice": {"type": "any"}}, "needs .tools"),
     ]  # fmt: skip
     for extra, word in cases:
         kw: dict[str, Any] = {"model": "auto", "max_tokens": 20, "messages": msgs, **extra}

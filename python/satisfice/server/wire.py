@@ -450,17 +450,29 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if tools:
         opts["tools"] = [_function_tool(t) for t in tools]
     tc = body.get("tool_choice")
-    if isinstance(tc, Mapping):
-        kind = tc.get("type")
-        opts["tool_choice"] = (
-            {"type": "function", "function": {"name": tc.get("name")}}
-            if kind == "tool"
-            else "required"
-            if kind == "any"
-            else "none"
-            if kind == "none"
-            else "auto"
-        )
+    if tc is not None:
+        # Anthropic's shape, checked: a string or an unknown type had been read as "auto",
+        # a tool choice naming no tool sent the name None
+        kind = tc.get("type") if isinstance(tc, Mapping) else None
+        name = tc.get("name") if isinstance(tc, Mapping) else None
+        if kind not in ("auto", "any", "tool", "none") or (
+            kind == "tool" and (not isinstance(name, str) or not name)
+        ):
+            raise _bad(
+                '\'tool_choice\' must be an object: {"type": "auto"}, {"type": "any"}, '
+                f'{{"type": "none"}} or {{"type": "tool", "name": ...}}; got {tc!r:.80}'
+            )
+        defined = [t.get("name") for t in tools or () if isinstance(t, Mapping)]
+        if kind in ("any", "tool") and not defined:
+            raise _bad(f"'tool_choice' {kind!r} needs 'tools'")
+        if kind == "tool" and name not in defined:
+            raise _bad(f"'tool_choice' names tool {name!r}, which 'tools' does not define")
+        opts["tool_choice"] = {
+            "tool": {"type": "function", "function": {"name": name}},
+            "any": "required",
+            "none": "none",
+            "auto": "auto",
+        }[kind]
     opts.update(constraints_from(body, headers))
     opts.update(cascade)
     meta = body["metadata"] if isinstance(body.get("metadata"), Mapping) else {}
