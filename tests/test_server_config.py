@@ -22,6 +22,12 @@ BAD = [
     ('[state]\nbackend = "redis"\nredis_url = 5\n', "redis_url"),
     ('[state]\nbackend = "redis"\nredis_url = "notaurl"\n', "redis_url"),
     ('[state]\nbackend = "etcd"\n', "backend"),
+    # redis-py refused these only at start-up, with a raw ValueError; /notadb served db 0
+    ('[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:99999/0"\n', "redis_url.*port"),
+    ('[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:port/0"\n', "redis_url.*port"),
+    ('[state]\nbackend = "redis"\nredis_url = "redis://h:6379/notadb"\n', "redis_url.*database"),
+    # a URL without backend = "redis" was ignored: replicas shared nothing
+    ('[state]\nredis_url = "redis://127.0.0.1:6379/0"\n', "redis_url is set but"),
     ("[probe]\ninterval_s = -1\n", "interval_s"),
 ]
 
@@ -44,3 +50,12 @@ def test_files_that_cannot_be_read(tmp_path: Path) -> None:
     p.write_text(f'[probe]\nhealth_file = "{tmp_path}"\n')
     with pytest.raises(ConfigError, match="health_file .* is a directory"):
         ServerConfig.load(p)
+
+
+def test_a_redis_url_is_not_echoed_in_its_error(tmp_path: Path) -> None:
+    """It may hold Redis's password."""
+    p = tmp_path / "satisfice.toml"
+    p.write_text('[state]\nbackend = "redis"\nredis_url = "redis://:s3cret-pw@h:99999/0"\n')
+    with pytest.raises(ConfigError) as e:
+        ServerConfig.load(p)
+    assert "s3cret" not in str(e.value)

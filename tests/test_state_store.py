@@ -158,3 +158,54 @@ async def test_with_redis_away_rate_limits_hold_on_the_replicas_own_window() -> 
     s._team_cache["seen"] = (None, 1e18)  # as a lookup moments before would have left it
     assert await s.team("seen") is None  # known to have no budget: served
     await s.close()
+
+
+async def test_a_record_this_version_cannot_read_breaks_only_itself() -> None:
+    """One key record with a field from a newer version (or garbage) had made listing,
+    updating and revoking every key fail, and one odd cooldown entry stopped every
+    replica's sync: the record with more fields is read, garbage is skipped or refused
+    alone (with a 503's error, never a TypeError)."""
+    import json
+    from dataclasses import asdict
+
+    from satisfice.server.state import StateUnavailable, VirtualKey, hash_key
+
+    with redis() as server:
+        s = RedisState(server.url)
+        good, secret = VirtualKey.new("good")
+        await s.put_key(good)
+        newer, _ = VirtualKey.new("newer")
+        await s.put_key(newer)
+        await s._r.hset(  # as a newer version writes it
+            "satisfice:keys", newer.id, json.dumps({**asdict(newer), "org": "x"})
+        )
+        await s._r.hset("satisfice:keys", "broken", "{not json")
+        assert {k.name for k in await s.list_keys()} == {"good", "newer"}
+        assert (await s.key_by_id(newer.id)).name == "newer"  # type: ignore[union-attr]
+        assert await s.key_by_id("absent") is None
+        with pytest.raises(StateUnavailable, match="cannot be read"):
+            await s.key_by_id("broken")
+        assert (await s.key_by_secret(secret)).name == "good"  # type: ignore[union-attr]
+        await s._r.hset("satisfice:key_hash", hash_key("sk-sat-broken"), "broken")
+        with pytest.raises(StateUnavailable, match="cannot be read"):
+            await s.key_by_secret("sk-sat-broken")  # its limits cannot be read: refused
+        await s._r.hset("satisfice:teams", "team:t", json.dumps({"scope": "team:t"}))
+        with pytest.raises(StateUnavailable, match="team 't' cannot be read"):
+            await s.team("t")  # no limit: its budget cannot be checked
+        await s._r.hset("satisfice:cooldowns", "odd", json.dumps([1e18, "why", "extra"]))
+        await s._r.hset("satisfice:cooldowns", "a/d", json.dumps([1e18, "down"]))
+        assert await s.cooldowns_now() == {"a/d": (1e18, "down")}
+        await s.close()
+
+
+async def test_models_answers_503_in_the_api_shape_while_the_key_store_is_away() -> None:
+    """GET /v1/models with a key had answered a bare text/plain 500 when Redis was away."""
+    import httpx
+
+    from satisfice.server import ServerConfig, create_app
+
+    app = create_app(ServerConfig(state_backend="redis", redis_url="redis://127.0.0.1:1/0"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.get("/v1/models", headers={"authorization": "Bearer sk-sat-unknown"})
+    assert r.status_code == 503 and r.json()["error"]["message"]
+    await app.state.service.state.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from .state import Budget, StateUnavailable, VirtualKey
 if TYPE_CHECKING:
     from .app import Service
 
+_log = logging.getLogger("satisfice.server")
 _KEY_FIELDS = {"name", "team", "budget_usd", "period", "models", "rpm", "tpm"}
 
 
@@ -113,6 +115,10 @@ def admin_routes(svc: Service) -> list[Route]:
                 return _err(503, f"{e}; try again when it is back", "service_unavailable")
             except SatisficeError as e:
                 return _err(400, str(e))
+            except Exception as e:  # a bug of ours: the API's error shape, the type alone logged
+                _log.error("admin request failed: %s", type(e).__name__,
+                           extra={"event": "internal"})  # fmt: skip
+                return _err(500, f"internal error ({type(e).__name__})", "server_error")
 
         return endpoint
 
@@ -128,10 +134,10 @@ def admin_routes(svc: Service) -> list[Route]:
         return JSONResponse({"keys": [k.public() for k in await svc.state.list_keys()]})
 
     async def _find(kid: str) -> VirtualKey:
-        for k in await svc.state.list_keys():
-            if k.id == kid:
-                return k
-        raise ConfigError(f"no key with id {kid!r}")
+        k = await svc.state.key_by_id(kid)
+        if k is None:
+            raise ConfigError(f"no key with id {kid!r}")
+        return k
 
     async def update_key(request: Request) -> Response:
         change = checked(await body(request))  # the body first: the key is read just before

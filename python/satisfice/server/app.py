@@ -228,6 +228,7 @@ class Service:
         self.unsettled: list[tuple[list[Budget], float, float]] = []
         self.probe_runs = 0
         self._settling: set[asyncio.Task[Any]] = set()
+        self._sync_warned_at = -math.inf
         self.refresher: Any = None
 
     @property
@@ -277,8 +278,16 @@ class Service:
         """Every 0.2 s: cooldowns from other replicas, and settlements the store missed."""
         while True:
             if isinstance(self.health, SharedHealth):
-                with contextlib.suppress(Exception):
+                try:
                     await self.health.sync()
+                except Exception as e:  # logged, not swallowed: replicas drift apart meanwhile
+                    now = time.monotonic()
+                    if now - self._sync_warned_at > 10:
+                        self._sync_warned_at = now
+                        _log.warning(
+                            "sharing health with other replicas failed: %s", type(e).__name__,
+                            extra={"event": "sync_failed"},
+                        )  # fmt: skip
             await self._settle_queued()
             await asyncio.sleep(0.2)
 
@@ -641,6 +650,9 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             await svc.authenticate(request)
         except HTTPError as e:
             return JSONResponse(e.body(), e.status)
+        except SatisficeError as e:  # the key store away: 503, as /v1/chat/completions says
+            he = http_error(e)
+            return JSONResponse(he.body(), he.status)
         now = wire.now()
         data = [{"id": "auto", "object": "model", "created": now, "owned_by": "satisfice"}]
         data += [

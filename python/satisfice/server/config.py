@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from ..policy import Constraints
@@ -68,12 +69,27 @@ def _num(v: Any, where: str, hi: float = 1e9) -> float:
 
 
 def _redis_url(v: Any) -> str | None:
-    if v is not None and not (
-        isinstance(v, str) and v.startswith(("redis://", "rediss://", "unix://"))
-    ):
-        raise ConfigError(
-            f"[state].redis_url must be a redis://, rediss:// or unix:// URL, got {v!r:.60}"
-        )
+    """A Redis URL whose port and database parse (redis-py failed on them at start-up with a
+    raw ValueError, and served a non-numeric database as 0)."""
+    if v is None:
+        return None
+    what = "[state].redis_url"  # not echoed: the URL may hold Redis's password
+    if not (isinstance(v, str) and v.startswith(("redis://", "rediss://", "unix://"))):
+        raise ConfigError(f"{what} must be a redis://, rediss:// or unix:// URL")
+    parts = urlsplit(v)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError(f"{what}: a unix:// URL needs the socket's path")
+        return v
+    try:
+        parts.port  # noqa: B018 -- parsing it is the check: a port that is not 0-65535 raises
+    except ValueError:
+        raise ConfigError(f"{what}: the port must be an integer in [0, 65535]") from None
+    if not parts.hostname:
+        raise ConfigError(f"{what}: needs a host, e.g. redis://127.0.0.1:6379/0")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ConfigError(f"{what}: the database after the host must be a number, e.g. /0")
     return v
 
 
@@ -117,6 +133,13 @@ class ServerConfig:
             )
         if self.state_backend == "redis" and not self.redis_url:
             raise ConfigError("[state].backend = redis needs [state].redis_url")
+        if self.state_backend == "memory" and self.redis_url:
+            # replicas on this config would share nothing (each key's budget enforced once
+            # per replica) while the file says Redis
+            raise ConfigError(
+                "[state].redis_url is set but [state].backend is memory: set backend = "
+                '"redis" to share state through it, or remove redis_url'
+            )
         if not self.loopback and not self.require_keys:
             raise ConfigError(
                 f"[server].host = {self.host!r} is not loopback: set require_keys = true (and "

@@ -27,8 +27,8 @@ import math
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, TypeVar
 
 from ..errors import ConfigError, SatisficeError
 
@@ -42,6 +42,7 @@ _PERIODS = ("day", "month", "total")
 
 
 _log = logging.getLogger("satisfice.server")
+_T = TypeVar("_T")
 
 
 class StateUnavailable(SatisficeError):
@@ -116,6 +117,13 @@ class VirtualKey:
         return d
 
     @staticmethod
+    def stored(raw: str | bytes) -> VirtualKey | None:
+        """A key as the store holds it, or None when the record cannot be read. Fields this
+        version does not know (written by a newer one, mid-upgrade) are left out: one such
+        record had made every listing, update and revocation of every key fail."""
+        return _stored(VirtualKey, raw)
+
+    @staticmethod
     def new(name: str, **kw: Any) -> tuple[VirtualKey, str]:
         key = "sk-sat-" + secrets.token_urlsafe(24)
         k = VirtualKey(id=secrets.token_hex(6), name=name, key_hash=hash_key(key), **kw)
@@ -143,6 +151,18 @@ class Refused:
     budget: Budget | None = None
     left_usd: float = 0.0
     retry_in_s: float = 0.0
+
+
+_FIELDS: dict[type, frozenset[str]] = {}
+
+
+def _stored(cls: type[_T], raw: str | bytes) -> _T | None:
+    names = _FIELDS.setdefault(cls, frozenset(f.name for f in fields(cls)))  # type: ignore[arg-type]
+    try:
+        d = json.loads(raw)
+        return cls(**{k: v for k, v in d.items() if k in names})
+    except (ValueError, TypeError, AttributeError, SatisficeError):
+        return None
 
 
 def _retry_in() -> float:
@@ -188,6 +208,9 @@ class MemoryState:
 
     async def list_keys(self) -> list[VirtualKey]:
         return list(self.keys.values())
+
+    async def key_by_id(self, kid: str) -> VirtualKey | None:
+        return self.keys.get(kid)
 
     async def put_team(self, b: Budget) -> None:
         self.teams[b.scope] = b
@@ -370,6 +393,7 @@ class RedisState:
         self._team_cache: dict[str, tuple[Budget | None, float]] = {}
         self.errors = 0
         self._warned_at = -math.inf
+        self._unreadable_at = -math.inf
         # rate windows while Redis is away: this replica's own view (they had no limit)
         self._local = MemoryState()
 
@@ -425,7 +449,10 @@ class RedisState:
             raise
         if raw is None:
             return None
-        k = VirtualKey(**json.loads(raw))
+        k = VirtualKey.stored(raw)
+        if k is None:  # fail closed, and say why: the key's limits cannot be read
+            self._unreadable("a key")
+            raise StateUnavailable("the stored record of this key cannot be read")
         if not hmac.compare_digest(k.key_hash, h):
             return None
         self._key_cache[h] = (k, time.time() + 30)
@@ -433,7 +460,31 @@ class RedisState:
 
     async def list_keys(self) -> list[VirtualKey]:
         raw = await self._do(self._r.hgetall(f"{self._p}keys"))
-        return [VirtualKey(**json.loads(v)) for v in raw.values()]
+        keys = [VirtualKey.stored(v) for v in raw.values()]
+        if None in keys:  # listed without it: the others can still be managed
+            self._unreadable("a key")
+        return [k for k in keys if k is not None]
+
+    async def key_by_id(self, kid: str) -> VirtualKey | None:
+        raw = await self._do(self._r.hget(f"{self._p}keys", kid))
+        if raw is None:
+            return None
+        k = VirtualKey.stored(raw)
+        if k is None:
+            self._unreadable("a key")
+            raise StateUnavailable(f"the stored record of key {kid!r} cannot be read")
+        return k
+
+    def _unreadable(self, what: str) -> None:
+        """Log (at most every 10 s) that a record in Redis could not be read: another
+        version's format, or written by hand."""
+        now = time.monotonic()
+        if now - self._unreadable_at > 10:
+            self._unreadable_at = now
+            _log.warning(
+                "redis holds %s record this version cannot read; it is skipped", what,
+                extra={"event": "state_unreadable"},
+            )  # fmt: skip
 
     async def put_team(self, b: Budget) -> None:
         stored = {"scope": b.scope, "limit_usd": b.limit_usd, "period": b.period}  # not at/hold
@@ -450,7 +501,10 @@ class RedisState:
             if hit is not None and hit[1] > time.time():
                 return hit[0]
             raise
-        b = None if raw is None else Budget(**json.loads(raw))
+        b = None if raw is None else _stored(Budget, raw)
+        if raw is not None and b is None:  # its budget cannot be checked: fail closed
+            self._unreadable("a team")
+            raise StateUnavailable(f"the stored budget of team {name!r} cannot be read")
         self._team_cache[name] = (b, time.time() + 30)
         return b
 
@@ -546,7 +600,7 @@ class RedisState:
             raw = await self._do(self._r.hgetall(f"{self._p}disabled"))
         except StateUnavailable:
             return None
-        return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+        return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
 
     async def cooldowns_now(self) -> dict[str, tuple[float, str]]:
         try:
@@ -556,7 +610,12 @@ class RedisState:
         now = time.time()
         out = {}
         for k, v in raw.items():
-            until, why = json.loads(v)
+            try:
+                until, why = json.loads(v)
+                until = float(until)
+            except (ValueError, TypeError):  # one odd entry had stopped every sync
+                self._unreadable("a cooldown")
+                continue
             if until > now:
-                out[k.decode()] = (float(until), str(why))
+                out[k.decode(errors="replace")] = (until, str(why))
         return out
