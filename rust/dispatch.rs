@@ -219,6 +219,9 @@ pub struct Constraints {
     pub live_p95_ms: Vec<f64>,
     /// Image parts in the messages: their tokens are added to the prompt's.
     pub images: u32,
+    /// File and audio parts: carried to the model, but their tokens cannot be counted or
+    /// bounded here, so no cost limit can be checked for them.
+    pub uncounted: u32,
     /// What the request sends besides its messages (tool definitions, a response schema):
     /// counted as prompt tokens (estimates, windows, costs, budgets), not featurised.
     pub extra_text: String,
@@ -241,6 +244,7 @@ impl Default for Constraints {
             exclude: Vec::new(),
             live_p95_ms: Vec::new(),
             images: 0,
+            uncounted: 0,
             extra_text: String::new(),
         }
     }
@@ -269,6 +273,10 @@ pub enum Filtered {
         slo: f64,
     },
     Unpriced,
+    /// The request has file or audio parts: its prompt tokens have no upper bound.
+    CostUnbounded {
+        parts: u32,
+    },
     Cost {
         est: f64,
         max: f64,
@@ -307,6 +315,10 @@ impl Filtered {
             Filtered::LatencyUnknown => "p95 latency unknown, cannot meet a latency SLO".into(),
             Filtered::Latency { p95, slo } => format!("p95 {p95:.0} ms > SLO {slo:.0} ms"),
             Filtered::Unpriced => "unpriced: cannot check max_cost".into(),
+            Filtered::CostUnbounded { parts } => format!(
+                "{parts} file or audio part(s) whose tokens cannot be counted: the cost has no \
+                 bound to check against max_cost"
+            ),
             Filtered::Cost { est, max } => format!("est ${est:.6} > max_cost ${max:.6}"),
             Filtered::BelowFloor { p, floor } => {
                 format!("predicted quality {p:.2} < floor {floor:.2}")
@@ -322,7 +334,9 @@ impl Filtered {
             Filtered::ContextWindow { .. } | Filtered::OverWindow { .. } => "context_window",
             Filtered::OutputTooLong { .. } => "max_output_tokens",
             Filtered::LatencyUnknown | Filtered::Latency { .. } => "latency_slo_ms",
-            Filtered::Unpriced | Filtered::Cost { .. } => "max_cost",
+            Filtered::Unpriced | Filtered::CostUnbounded { .. } | Filtered::Cost { .. } => {
+                "max_cost"
+            }
             Filtered::BelowFloor { .. } => "quality_floor",
         }
     }
@@ -415,6 +429,8 @@ pub struct Plan {
     /// No model met the floor: candidates are ranked by P(good) instead and say so.
     pub below_floor: bool,
     pub tokens_out: u32,
+    /// File and audio parts the prompt's token counts leave out (`Constraints::uncounted`).
+    pub uncounted: u32,
     pub info: PromptInfo,
     /// The prompt's embedding when the table has models with an embedding logistic (what
     /// feedback on such a model needs besides the latent).
@@ -886,6 +902,11 @@ impl DispatchTable {
                     filtered.push((i, Filtered::Unpriced));
                     continue;
                 }
+                if c.uncounted > 0 {
+                    let parts = c.uncounted;
+                    filtered.push((i, Filtered::CostUnbounded { parts }));
+                    continue;
+                }
                 if !was_counted && r.cost(hi, out) > c.max_cost && r.cost(lo, out) <= c.max_cost {
                     let room = r.max_tokens_within(c.max_cost, out);
                     match base_limit(room).and_then(|l| counter.upto(base, l)) {
@@ -977,6 +998,7 @@ impl DispatchTable {
             rule,
             below_floor,
             tokens_out,
+            uncounted: c.uncounted,
             info,
             embedding,
             latent,

@@ -103,14 +103,16 @@ fn family(name: &str) -> Result<Family, CoreError> {
 }
 
 /// A prompt string, or OpenAI-style messages: `[{"role": ..., "content": str | parts}]`.
-/// Returns the messages and how many image parts they carry.
-fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreError> {
+/// Returns the messages, how many image parts they carry, and how many file and audio parts
+/// (whose tokens nothing here can count).
+fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), CoreError> {
     if let Ok(s) = obj.downcast::<PyString>() {
         return Ok((
             vec![Message {
                 role: "user".into(),
                 content: text(s, || "the prompt".into())?.to_owned(),
             }],
+            0,
             0,
         ));
     }
@@ -130,6 +132,7 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreEr
     }
     let mut out = Vec::with_capacity(list.len());
     let mut images = 0;
+    let mut uncounted = 0u32;
     for (i, item) in list.iter().enumerate() {
         let get = |key: &str| {
             field(item, key).ok_or_else(|| {
@@ -193,8 +196,9 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreEr
                                 }
                             }
                             "image_url" | "image" | "input_image" => images += 1,
-                            // carried to the model, not counted here
-                            "input_audio" | "file" | "input_file" | "refusal" => {}
+                            // carried to the model; their tokens cannot be counted here
+                            "input_audio" | "file" | "input_file" => uncounted += 1,
+                            "refusal" => {}
                             other => {
                                 return Err(CoreError::Input(format!(
                                     "messages[{i}].content[{j}] has type {other:?}; known: \
@@ -213,7 +217,7 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize), CoreEr
         };
         out.push(Message { role, content });
     }
-    Ok((out, images))
+    Ok((out, images, uncounted))
 }
 
 /// The items of a list, tuple or other sequence (not a str); None for anything else.
@@ -242,7 +246,7 @@ fn field<'py>(obj: &Bound<'py, PyAny>, key: &str) -> Option<Option<Bound<'py, Py
 fn prompts_from(prompts: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<Message>>> {
     let mut all = Vec::new();
     for (i, p) in prompts.try_iter()?.enumerate() {
-        let (m, _) = messages_from(&p?).map_err(|e| match e {
+        let (m, _, _) = messages_from(&p?).map_err(|e| match e {
             CoreError::Input(m) => CoreError::Input(format!("prompts[{i}]: {m}")),
             other => other,
         })?;
@@ -255,7 +259,7 @@ fn prompts_from(prompts: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<Message>>> {
 /// is known). `prompt` is a str or a message list; the table loads on first use.
 #[pyfunction]
 fn embed<'py>(py: Python<'py>, prompt: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<i8>>> {
-    let (msgs, _) = messages_from(prompt)?;
+    let (msgs, _, _) = messages_from(prompt)?;
     let t = emb::table()?;
     Ok(t.embed(&msgs).to_vec().into_pyarray(py))
 }
@@ -482,7 +486,7 @@ fn count_message_tokens(
     encoding: &str,
 ) -> PyResult<usize> {
     let f = family(encoding)?;
-    let (msgs, _) = messages_from(messages)?;
+    let (msgs, _, _) = messages_from(messages)?;
     Ok(py.detach(|| {
         msgs.iter()
             .map(|m| tokens::count(&m.content, f) + tokens::PER_MESSAGE_OVERHEAD)
@@ -498,7 +502,7 @@ fn count_message_tokens(
 #[pyo3(signature = (messages, encoding = "o200k_base"))]
 fn estimate_message_tokens(messages: &Bound<'_, PyAny>, encoding: &str) -> PyResult<f64> {
     let f = family(encoding)?;
-    let (msgs, images) = messages_from(messages)?;
+    let (msgs, images, _) = messages_from(messages)?;
     let text: f64 = msgs
         .iter()
         .map(|m| f64::from(tokens::estimate(&m.content, f)) + tokens::PER_MESSAGE_OVERHEAD as f64)
@@ -570,7 +574,7 @@ impl Featurizer {
         py: Python<'py>,
         messages: &Bound<'py, PyAny>,
     ) -> PyResult<(Bound<'py, PyArray1<f32>>, Bound<'py, PyDict>)> {
-        let (msgs, _) = messages_from(messages)?;
+        let (msgs, _, _) = messages_from(messages)?;
         let cfg = self.cfg;
         let (v, info) = if total_bytes(&msgs) > DETACH_BYTES {
             py.detach(|| features::featurize(&msgs, &cfg))
@@ -896,7 +900,7 @@ impl PyDispatchTable {
         live_p95_ms: Option<Vec<(usize, f64)>>,
         extra_text: Option<Bound<'_, PyString>>,
     ) -> PyResult<PyPlan> {
-        let (msgs, images) = messages_from(messages)?;
+        let (msgs, images, uncounted) = messages_from(messages)?;
         let mut c = self.constraints(
             max_cost,
             latency_slo_ms,
@@ -914,6 +918,7 @@ impl PyDispatchTable {
             c.required_caps |= cap::parse("vision").unwrap_or(0);
             c.images = images as u32;
         }
+        c.uncounted = uncounted;
         let table = &self.table;
         let plan = if detach_for(total_bytes(&msgs) + c.extra_text.len()) {
             py.detach(|| table.plan(&msgs, &c))
@@ -995,6 +1000,11 @@ impl PyPlan {
         all.iter()
             .map(|(i, f)| (*i, f.constraint(), f.describe()))
             .collect()
+    }
+    /// File and audio parts of the prompt, which its token counts leave out.
+    #[getter]
+    fn uncounted_parts(&self) -> u32 {
+        self.plan.uncounted
     }
     /// The predictor's latent `[e_0..e_{k-1}, difficulty]` for this prompt.
     #[getter]

@@ -286,6 +286,21 @@ def test_images_add_tokens_and_unknown_parts_are_refused() -> None:
         router.route([{"role": "user", "content": [text, {"type": "video", "url": "x"}]}])
 
 
+def test_file_and_audio_parts_leave_no_cost_to_bound() -> None:
+    """They are carried to the model but no count includes them: a cost cap cannot be
+    checked, so it refuses them, naming why (a PDF had passed a $0.002 cap as text alone)."""
+    router = Router()
+    text = {"type": "text", "text": "Summarise this"}
+    pdf = {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:;base64,AAAA"}}
+    audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+    assert router.route([{"role": "user", "content": [text]}]).uncounted_parts == 0
+    for part in (pdf, audio):
+        msgs = [{"role": "user", "content": [text, part, part]}]
+        assert router.route(msgs).uncounted_parts == 2  # routed: no limit to check
+        with pytest.raises(NoRouteError, match="cannot be counted"):
+            router.route(msgs, max_cost_usd=10.0)
+
+
 def test_a_record_stays_small_with_hundreds_of_models() -> None:
     """A request record keeps the head of the ranking (every model the request may call)
     and how many passed, not every candidate: its size does not grow with the registry."""

@@ -617,3 +617,38 @@ def test_a_stream_names_the_model_called_not_the_alias(served: Any) -> None:
             json.loads(line[6:])["model"] for line in r.iter_lines() if line.startswith("data: {")
         }
     assert models == {plain.model}
+
+
+def test_file_and_audio_parts_are_never_admitted_as_free_under_a_budget_or_tpm(
+    served: Any,
+) -> None:
+    """A file or audio part added nothing to the reservation or the tpm count: a 2.5 MB PDF
+    went through a key with tpm 1000, and a $0.002 budget ended at 3x its limit. Their
+    tokens cannot be counted, so a key with a budget or a tpm limit is refused them with a
+    429 that says so; a key without limits is served."""
+    url, _, _, _ = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    pdf = {
+        "type": "file",
+        "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64," + "A" * 4000},
+    }
+    audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+    for part in (pdf, audio):
+        body = {
+            "model": "auto",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, part]}],
+        }
+        for limits, word in (({"budget_usd": 5.0}, "cannot be bounded"),
+                             ({"tpm": 100_000}, "tpm limit cannot be checked")):  # fmt: skip
+            k = httpx.post(url + "/admin/keys", headers=admin,
+                           json={"name": "k", **limits}).json()  # fmt: skip
+            r = httpx.post(url + "/v1/chat/completions", json=body,
+                           headers={"authorization": f"Bearer {k['key']}"})  # fmt: skip
+            assert r.status_code == 429 and word in r.json()["error"]["message"], r.text
+        free = httpx.post(url + "/admin/keys", headers=admin, json={"name": "free"}).json()
+        r = httpx.post(url + "/v1/chat/completions", json=body,
+                       headers={"authorization": f"Bearer {free['key']}"})  # fmt: skip
+        assert r.status_code == 200, r.text
+    spend = httpx.get(url + "/admin/spend", headers=admin).json()["budgets"]
+    assert all(b["held_usd"] == 0 and b["spent_usd"] == 0 for b in spend)

@@ -167,6 +167,9 @@ class Plan:
     @property
     def filtered(self) -> list[tuple[int, str, str]]: ...
     @property
+    def uncounted_parts(self) -> int:
+        """File and audio parts of the prompt, which its token counts leave out."""
+    @property
     def latent(self) -> list[float]:
         """The predictor's `[e_0..e_{k-1}, difficulty]` for this prompt."""
     @property

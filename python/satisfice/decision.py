@@ -271,6 +271,12 @@ class Decision:
         return list(self._plan.flags)
 
     @property
+    def uncounted_parts(self) -> int:
+        """File and audio parts of the prompt: carried to the model, but no token count or
+        cost estimate includes them, so no cost or token limit can be checked for them."""
+        return int(self._plan.uncounted_parts)
+
+    @property
     def tokens_out(self) -> int:
         """Completion tokens the estimate assumes (caller's max_tokens, else per-task default)."""
         return int(self._plan.tokens_out)

@@ -554,6 +554,17 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 if key.tpm is not None:
                     opts.setdefault("max_tokens", cap)  # the count holds only if the call does
                 count = RateCount(key.id, key.rpm, key.tpm, d.primary.tokens_in + cap)
+                if key.tpm is not None and d.uncounted_parts:
+                    svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
+                    raise HTTPError(
+                        429,
+                        f"this request has {d.uncounted_parts} file or audio part(s), whose "
+                        f"tokens cannot be counted, so key {key.name!r}'s tpm limit cannot be "
+                        "checked; send their content as text or images, or use a key without "
+                        "a tpm limit",
+                        "rate_limit_error",
+                        "rate_limit_exceeded",
+                    )
                 if key.tpm is not None and count.tokens > key.tpm:  # no minute will ever fit it
                     svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
                     raise HTTPError(
@@ -564,6 +575,8 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                         "rate_limit_error",
                         "rate_limit_exceeded",
                     )
+            if budgets and d is not None and d.uncounted_parts:
+                worst = math.inf  # a prompt with no upper bound: no cost bound to reserve
             if budgets and math.isinf(worst):
                 refused: Refused | None = Refused(budgets[0])
             elif budgets or count is not None:
@@ -593,7 +606,11 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 b, left = refused.budget, refused.left_usd
                 svc.metrics.budget_refusals.labels(key.name, b.scope).inc()
                 why = (
-                    "the routed models are unpriced, so the cost cannot be bounded"
+                    f"its {d.uncounted_parts} file or audio part(s) cannot be counted in "
+                    "tokens, so its cost cannot be bounded (send their content as text or "
+                    "images, or use a key without a budget)"
+                    if d is not None and d.uncounted_parts
+                    else "the routed models are unpriced, so the cost cannot be bounded"
                     if math.isinf(worst)
                     else f"this request may cost up to ${worst:.6f}"
                 )
