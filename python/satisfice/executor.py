@@ -19,6 +19,7 @@ import asyncio
 import math
 import os
 import random
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -247,7 +248,7 @@ _NO_COOKIES = _NoCookies()
 class _Target:
     """One deployment of one model, with its provider built on first use."""
 
-    __slots__ = ("dep", "in_flight", "key", "model", "price", "provider", "spec", "unit_price")
+    __slots__ = ("dep", "key", "model", "price", "provider", "spec", "unit_price")
 
     def __init__(self, spec: ModelSpec, dep: Deployment) -> None:
         self.spec = spec
@@ -259,7 +260,6 @@ class _Target:
         p = self.price
         self.unit_price = math.inf if p is None else p.input + p.output  # unpriced: last
         self.provider: Provider | None = None
-        self.in_flight = 0  # calls open on this deployment now (load balancing)
 
 
 def tuned_ladder(d: Decision) -> tuple[Cascade | None, str | None]:
@@ -287,6 +287,7 @@ class Run:
         "accept",
         "answering",
         "attempts",
+        "calling",
         "cap",
         "deadline",
         "decision",
@@ -340,6 +341,8 @@ class Run:
         self.spans: list[tuple[float, float]] = []
         self.min_window = 0  # after a context-length error: windows must be larger than this
         self.tried: set[str] = set()  # targets already called: no longer fallbacks
+        # calls sent and not yet on record, with their start: what a cancellation cuts off
+        self.calling: dict[tuple[str, str], tuple[_Target, float]] = {}
         self.answering: str | None = None  # the model a stream's text comes from, once known
 
     def sub(self, model: str, messages: list[dict[str, Any]], step: int | None, share: int) -> Run:
@@ -444,6 +447,7 @@ class Run:
         """A call's attempt, on the record; its hold on the cap is released."""
         self.attempts.append(attempt)
         self.holds.pop(_hold(t), None)
+        self.calling.pop(_hold(t), None)
 
     def room(self, besides: tuple[str, str] | None = None) -> float | None:
         """USD the cap has left (None: no cap): what neither the bills nor the calls in
@@ -502,6 +506,9 @@ class Executor:
         self._reg: Registry | None = None
         self._targets: dict[str, tuple[_Target, ...]] = {}
         self._key_model: dict[str, list[str]] | None = None  # "model/deployment" -> models
+        # Calls open now per deployment key, for balancing: kept here, not on the targets,
+        # which a registry swap rebuilds while the calls made on the old one are still open.
+        self._in_flight: Counter[str] = Counter()
 
     # targets ------------------------------------------------------------------------------
     def targets(self, registry: Registry, model: str) -> tuple[_Target, ...]:
@@ -664,8 +671,9 @@ class Executor:
         cheapest = min(t.unit_price for t in targets)
         near = [t for t in targets if t.unit_price <= cheapest * 1.1]
         rest = [t for t in targets if t.unit_price > cheapest * 1.1]
-        near.sort(key=lambda t: (t.in_flight, self._p95_s(t) or math.inf))
-        rest.sort(key=lambda t: (t.unit_price, t.in_flight))
+        busy = self._in_flight
+        near.sort(key=lambda t: (busy[t.key], self._p95_s(t) or math.inf))
+        rest.sort(key=lambda t: (t.unit_price, busy[t.key]))
         return near + rest
 
     def _p95_s(self, t: _Target) -> float | None:
@@ -678,7 +686,8 @@ class Executor:
     async def _bounded(self, run: Run, t: _Target, call: Callable[[], Awaitable[T]]) -> T:
         """`call()` within its share of the deadline (or attempt_timeout_s)."""
         _, budget = self._budget(run, t)
-        t.in_flight += 1
+        run.calling[_hold(t)] = t, perf_counter()
+        self._in_flight[t.key] += 1
         try:
             async with asyncio.timeout(budget):
                 return await call()
@@ -690,7 +699,7 @@ class Executor:
                 deployment=t.dep.name,
             ) from None
         finally:
-            t.in_flight -= 1
+            self._in_flight[t.key] -= 1
 
     def _failed(
         self, run: Run, t: _Target, e: ProviderError, started: float, streamed: str | None = None
@@ -974,7 +983,7 @@ class Executor:
                     sub, lambda p, request, timeout: p.complete(request, timeout)
                 )
             except asyncio.CancelledError:  # the ladder's latency budget cut the step off
-                self._cut_off(sub, model, began)
+                self._cut_off(sub)
                 raise
             finally:
                 if sub.upstream_s:  # time its failed tries waited
@@ -1246,29 +1255,27 @@ class Executor:
         finally:
             await self._cancel(run, running)
 
-    def _cut_off(self, run: Run, model: str, began: float) -> None:
-        """Record a call cancelled in flight (it may be billed: the prompt, estimated)."""
-        ts = self.targets(run.registry, model)
-        if not ts:
-            return
-        t = ts[0]
-        usage = self._prompt_usage(run, t)
-        for other in ts[1:]:  # which deployment was called is unknown: release them all
-            run.holds.pop(_hold(other), None)
-        run.record(
-            Attempt(
-                t.model,
-                t.dep.name,
-                "cancelled",
-                began - run.t0,
-                perf_counter() - began,
-                usage=None,
-                cost_usd=cost_of(t.price, usage),
-                cost_estimated=True,
-                step=run.step,
-            ),
-            t,
-        )
+    def _cut_off(self, run: Run) -> None:
+        """Record the calls a cancellation cut off in flight, each at its own deployment's
+        price: it may be billed the prompt (estimated). Between calls (a backoff, a wait
+        for a cooldown) none is open, and every call made is on record already."""
+        now = perf_counter()
+        for t, started in list(run.calling.values()):
+            usage = self._prompt_usage(run, t)
+            run.record(
+                Attempt(
+                    t.model,
+                    t.dep.name,
+                    "cancelled",
+                    started - run.t0,
+                    now - started,
+                    usage=None,
+                    cost_usd=cost_of(t.price, usage),
+                    cost_estimated=True,
+                    step=run.step,
+                ),
+                t,
+            )
 
     async def _check(self, run: Run, t: _Target, resp: ChatResponse) -> Verdict | None:
         """The race's acceptance check: `run.accept`, a Validator (None: take any answer)."""
