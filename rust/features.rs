@@ -433,58 +433,25 @@ impl Scan<'_> {
 }
 
 impl tokens::Visitor for Scan<'_> {
-    fn word(&mut self, rest: &[u8], len: usize, line_start: bool) {
-        let w = &rest[..len];
-        let next = rest.get(len).copied().unwrap_or(b' ');
+    fn word(&mut self, w: &tokens::Word<'_>) {
+        let (len, line_start) = (w.len, w.line_start);
+        let next = w.rest.get(len).copied().unwrap_or(b' ');
+        // `letters` and `latin` get the words' bytes at the end (`word_bytes`): fewer
+        // counters to update per word.
         self.words += 1;
         self.word_bytes += len;
-        self.letters += len;
-        self.latin += len;
-        if len >= 10 {
-            self.long_words += 1;
-        }
-        // Words are ASCII letters only, so lower-casing is OR-ing 0x20 into every byte and
-        // the upper-case count is how many bytes lack that bit: branch-free on a packed u128
-        // for the usual ≤ 16-byte word, which is also the keyword table's key.
-        let mut buf = [0u8; 32];
-        let n = len.min(buf.len());
-        // The lower-cased word packed as the embedding table's key: zero-padded halves.
-        let key: [u128; 2];
-        let (kw, upper) = if n <= 16 {
-            let mask = if n == 16 {
-                u128::MAX
-            } else {
-                (1u128 << (8 * n)) - 1
-            };
-            // One 16-byte load from the text when it has that many bytes left.
-            let raw = match rest.first_chunk::<16>() {
-                Some(chunk) => u128::from_le_bytes(*chunk),
-                None => {
-                    buf[..n].copy_from_slice(w);
-                    u128::from_le_bytes(buf[..16].try_into().unwrap_or([0; 16]))
-                }
-            } & mask;
-            let case_bits = 0x2020_2020_2020_2020_2020_2020_2020_2020u128 & mask;
-            let lower = raw | case_bits;
-            buf[..16].copy_from_slice(&lower.to_le_bytes());
-            key = [lower, 0];
-            (
-                keyword_flags_packed(lower),
-                n - (raw & case_bits).count_ones() as usize,
-            )
+        self.long_words += usize::from(len >= 10);
+        self.upper += w.upper;
+        // The scan packed the lower-cased word: the keyword table's key (no keyword is
+        // longer than 16 bytes) and the embedding table's.
+        let kw = if len <= 16 {
+            keyword_flags_packed(w.key[0])
         } else {
-            buf[..n].copy_from_slice(&w[..n]);
-            let upper = buf[..n].iter().filter(|c| c.is_ascii_uppercase()).count();
-            buf[..n].make_ascii_lowercase();
-            let half = |r: &[u8]| u128::from_le_bytes(r.try_into().unwrap_or([0; 16]));
-            key = [half(&buf[..16]), half(&buf[16..])];
-            (0, upper) // no keyword is longer than 16 bytes
+            0
         };
-        self.upper += upper;
-        let lw = &buf[..n];
         if let Some((t, acc)) = self.emb.as_mut() {
-            if len == n {
-                t.add(key[0], key[1], acc); // a word longer than `buf` is in no table
+            if len <= 32 {
+                t.add(w.key[0], w.key[1], acc); // a longer word is in no table
             }
         }
         self.flags |= kw & !OPENER;
@@ -495,14 +462,15 @@ impl tokens::Visitor for Scan<'_> {
         // Multiple-choice options: a single capital A-E at a line start followed by ) . or :
         if line_start
             && len == 1
-            && (b'A'..=b'E').contains(&w[0])
+            && (b'A'..=b'E').contains(&w.rest[0])
             && matches!(next, b')' | b'.' | b':')
         {
-            self.mc_options |= 1 << (w[0] - b'A');
+            self.mc_options |= 1 << (w.rest[0] - b'A');
         }
         self.first_word_of_msg = false;
         if self.buckets > 0 {
-            let h = xxh3_64_with_seed(lw, self.seed);
+            let (buf, n) = w.lower();
+            let h = xxh3_64_with_seed(&buf[..n], self.seed);
             self.bucket_add(h);
             if self.prev_word != 0 {
                 self.bucket_add(
@@ -650,7 +618,9 @@ pub fn featurize_and_embed<'a>(
         messages: messages.len(),
     };
     let fc = chars.max(1) as f32;
-    let letters = s.letters.max(1) as f32;
+    // ASCII letters are all in words; the non-ASCII ones were counted as they came
+    let (all_letters, latin) = (s.letters + s.word_bytes, s.latin + s.word_bytes);
+    let letters = all_letters.max(1) as f32;
     let ln = |v: usize| (v as f32).ln_1p() / 10.0;
     let out = &mut *s.vec;
     let dense = &mut out[..DENSE];
@@ -661,7 +631,7 @@ pub fn featurize_and_embed<'a>(
     for (k, d) in dense[4..15].iter_mut().enumerate() {
         *d = ((flags >> k) & 1) as f32;
     }
-    dense[15] = s.latin as f32 / letters;
+    dense[15] = latin as f32 / letters;
     dense[16] = s.cjk as f32 / letters;
     dense[17] = s.cyrillic as f32 / letters;
     dense[18] = s.other_script as f32 / letters;

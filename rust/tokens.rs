@@ -297,12 +297,36 @@ pub mod est {
 }
 pub const N_EST: usize = 29;
 
+/// One ASCII letter run, as `scan` found it: what the estimator and the featurizer read of
+/// a word, worked out once, eight or sixteen bytes at a time (see `letter_bytes`).
+pub struct Word<'a> {
+    /// The text from the word on, so a reader can look at what follows it.
+    pub rest: &'a [u8],
+    pub len: usize,
+    /// First token on its line.
+    pub line_start: bool,
+    /// Its first 32 bytes lower-cased and zero-padded, as two little-endian halves (bytes
+    /// 0..16, 16..32; the second is 0 for a word of at most 16 letters): the keyword and
+    /// embedding tables' key.
+    pub key: [u128; 2],
+    /// Upper-case letters among its first 32 bytes (the featurizer never looked further).
+    pub upper: usize,
+}
+
+impl Word<'_> {
+    /// The lower-cased word, at most its first 32 bytes.
+    pub fn lower(&self) -> ([u8; 32], usize) {
+        let mut buf = [0u8; 32];
+        buf[..16].copy_from_slice(&self.key[0].to_le_bytes());
+        buf[16..].copy_from_slice(&self.key[1].to_le_bytes());
+        (buf, self.len.min(32))
+    }
+}
+
 /// What the featurizer needs from the same pass that gathers the estimator's counts.
 /// Every method has an empty default, so the estimator alone pays for nothing else.
 pub trait Visitor {
-    /// An ASCII letter run of `len` bytes at the start of `rest` (the text from the word on,
-    /// so a reader can load 16 bytes at once); `line_start`: first token on its line.
-    fn word(&mut self, _rest: &[u8], _len: usize, _line_start: bool) {}
+    fn word(&mut self, _w: &Word<'_>) {}
     fn digits(&mut self, _len: usize) {}
     /// One ASCII punctuation or control byte; `rest` starts at it.
     fn punct(&mut self, _rest: &[u8], _line_start: bool) {}
@@ -311,6 +335,106 @@ pub trait Visitor {
 }
 
 impl Visitor for () {}
+
+/// A byte in every lane of a u64.
+const fn lanes(b: u8) -> u64 {
+    u64::from_le_bytes([b; 8])
+}
+const MSB: u64 = lanes(0x80);
+
+/// 0x80 in every byte of `w` that is an ASCII letter, 0 in the others: byte-wise range
+/// checks in one register ("SWAR"), so a word's length needs no loop over its letters (that
+/// loop's exit was mispredicted at most word ends, and it was most of the cost of scanning
+/// prose). Every lane is at most 0x7F before an add of at most 0x1F: no carry crosses lanes.
+#[inline]
+fn letter_bytes(w: u64) -> u64 {
+    let x = (w | lanes(0x20)) & lanes(0x7F); // folded to lower case, high bit dropped
+    let ge_a = x.wrapping_add(lanes(0x80 - b'a')); // bit 7 set: x >= 'a'
+    let gt_z = x.wrapping_add(lanes(0x80 - b'z' - 1)); // bit 7 set: x > 'z'
+    ge_a & !gt_z & !w & MSB // and not a non-ASCII byte
+}
+
+/// Upper-case letters among the bytes `keep` selects of `w` (all letters): a letter is
+/// upper case when its 0x20 bit is clear, which `w << 2` moves to the lane's bit 7.
+#[inline]
+fn upper_bytes(w: u64, keep: u64) -> u64 {
+    !(w << 2) & MSB & keep
+}
+
+/// How many lanes of `f` are flagged (0x80): a multiply adds them up (baseline x86-64 has
+/// no popcount instruction, and `count_ones` is a dozen operations without it).
+#[inline]
+fn flagged(f: u64) -> usize {
+    ((f >> 7).wrapping_mul(lanes(1)) >> 56) as usize
+}
+
+/// 8 bytes of `b` from `i` as a little-endian u64, zeros past the end.
+#[inline]
+fn load8(b: &[u8], i: usize) -> u64 {
+    match b.get(i..i + 8) {
+        Some(chunk) => u64::from_le_bytes(chunk.try_into().unwrap_or_default()),
+        None => {
+            let rest = b.get(i..).unwrap_or_default();
+            let mut buf = [0u8; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            u64::from_le_bytes(buf)
+        }
+    }
+}
+
+/// Letters in the leading run of `w`'s lanes, 0..=8 (8: the run may go on).
+#[inline]
+fn run_len(w: u64) -> usize {
+    // (!letters & MSB) is 0 when all 8 lanes are letters: trailing_zeros is then 64.
+    ((!letter_bytes(w) & MSB).trailing_zeros() / 8) as usize
+}
+
+/// The letter run at `b[i]` (a letter): (length, `Word::key`, `Word::upper`, whether a
+/// letter after the first is upper case). Most words fit in one 8-byte load.
+#[inline]
+fn letter_run(b: &[u8], i: usize) -> (usize, [u128; 2], usize, bool) {
+    let w = load8(b, i);
+    let run = run_len(w);
+    if run < 8 {
+        let keep = u64::MAX >> (64 - 8 * run); // the run's bytes (run >= 1)
+        let up = upper_bytes(w, keep);
+        let key = ((w | lanes(0x20)) & keep) as u128;
+        return (run, [key, 0], flagged(up), up >> 8 != 0);
+    }
+    long_letter_run(b, i)
+}
+
+/// `letter_run` for a run of 8 letters or more, 8 bytes at a time (kept out of line, so
+/// the usual short word's path stays small).
+#[inline(never)]
+fn long_letter_run(b: &[u8], i: usize) -> (usize, [u128; 2], usize, bool) {
+    let (mut len, mut key, mut upper, mut caps_inside) = (0, [0u128; 2], 0, false);
+    loop {
+        let w = load8(b, i + len);
+        let run = run_len(w);
+        if run == 0 {
+            break;
+        }
+        let keep = u64::MAX >> (64 - 8 * run);
+        let up = upper_bytes(w, keep);
+        caps_inside |= if len == 0 { up >> 8 } else { up } != 0;
+        if len < 32 {
+            // `len` is a multiple of 8 here: this chunk is bytes len..len+8 of the key
+            key[len / 16] |= (((w | lanes(0x20)) & keep) as u128) << (8 * (len % 16));
+            upper += flagged(up);
+        }
+        len += run;
+        if run < 8 {
+            break;
+        }
+    }
+    (len, key, upper, caps_inside)
+}
+
+/// `CharCounts` slot (after `est::WORD_LEN`) of a letter run of each length, 25+ last.
+const WORD_SLOT: [u8; 26] = [
+    0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13, 14,
+];
 
 /// Gather `CharCounts` for `text` (one pass over the bytes, no allocation).
 pub fn char_counts(text: &str) -> CharCounts {
@@ -329,29 +453,24 @@ pub fn scan<V: Visitor>(text: &str, v: &mut V) -> CharCounts {
     while i < b.len() {
         let x = b[i];
         if x.is_ascii_alphabetic() {
-            let start = i;
-            let mut caps_inside = false;
-            i += 1;
-            while i < b.len() && b[i].is_ascii_alphabetic() {
-                caps_inside |= b[i].is_ascii_uppercase();
+            let (len, key, upper, caps_inside) = letter_run(b, i);
+            long_run += len.saturating_sub(24) as u32;
+            c[est::WORD_LEN + WORD_SLOT[len.min(25)] as usize] += 1;
+            c[est::WORD_CAPITALISED] += caps_inside as u32;
+            v.word(&Word {
+                rest: &b[i..],
+                len,
+                line_start,
+                key,
+                upper,
+            });
+            i += len;
+            line_start = false;
+            // The usual separator, one space before the next word: stepped over here rather
+            // than by another turn of the dispatch below (what its single-space case does).
+            if b.get(i) == Some(&b' ') && b.get(i + 1).is_some_and(u8::is_ascii_alphabetic) {
                 i += 1;
             }
-            let len = i - start;
-            if len > 24 {
-                long_run += (len - 24) as u32;
-            }
-            let slot = match len {
-                1..=12 => len - 1,
-                13..=16 => 12,
-                17..=24 => 13,
-                _ => 14,
-            };
-            c[est::WORD_LEN + slot] += 1;
-            if caps_inside {
-                c[est::WORD_CAPITALISED] += 1;
-            }
-            v.word(&b[start..], i - start, line_start);
-            line_start = false;
         } else if x.is_ascii_digit() {
             let start = i;
             while i < b.len() && b[i].is_ascii_digit() {
@@ -543,6 +662,40 @@ mod tests {
                     None,
                     "{f:?}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn letter_runs_match_a_byte_loop() {
+        // Every length around the 8-byte loads and the 32-byte key, every case pattern,
+        // at the end of the text and before non-letters (including non-ASCII bytes).
+        for len in 1..=40 {
+            for tail in ["", " x", "1", "é", "[", "@", "`", "{"] {
+                for caps in [0usize, 1, 3, 7, 8, 9, 31, 32, 33] {
+                    let word: String = (0..len)
+                        .map(|k| {
+                            if k == caps {
+                                'Q'
+                            } else {
+                                (b'a' + (k % 26) as u8) as char
+                            }
+                        })
+                        .collect();
+                    let text = format!("{word}{tail}");
+                    let b = text.as_bytes();
+                    let (n, key, upper, caps_inside) = letter_run(b, 0);
+                    assert_eq!(n, len, "{text:?}");
+                    let mut want = [0u8; 32];
+                    for (w, c) in want.iter_mut().zip(&b[..len.min(32)]) {
+                        *w = c.to_ascii_lowercase();
+                    }
+                    let half = |r: &[u8]| u128::from_le_bytes(r.try_into().unwrap());
+                    assert_eq!(key, [half(&want[..16]), half(&want[16..])], "{text:?}");
+                    let up = |r: &[u8]| r.iter().filter(|c| c.is_ascii_uppercase()).count();
+                    assert_eq!(upper, up(&b[..len.min(32)]), "{text:?}");
+                    assert_eq!(caps_inside, up(&b[1..len]) > 0, "{text:?}");
+                }
             }
         }
     }
