@@ -209,3 +209,27 @@ async def test_models_answers_503_in_the_api_shape_while_the_key_store_is_away()
         r = await c.get("/v1/models", headers={"authorization": "Bearer sk-sat-unknown"})
     assert r.status_code == 503 and r.json()["error"]["message"]
     await app.state.service.state.close()
+
+
+async def test_a_hold_never_settled_is_released_after_its_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replica killed mid-request never settles its hold: on a "total" budget (counters
+    with no expiry) the hold had stayed for good, refusing the key's requests. Admission now
+    releases holds past HOLD_S, and a late settlement counts its cost without releasing twice."""
+    import satisfice.server.state as st
+
+    with redis() as server:
+        s = RedisState(server.url)
+        b = Budget(f"key:k{time.time_ns()}", 0.01, "total")
+        monkeypatch.setattr(st, "HOLD_S", -10)  # every hold is past its time at once
+        assert await s.admit([b.pinned(hold="dead")], 0.008) is None
+        assert await s.spent(b) == (0.0, pytest.approx(0.008))
+        assert await s.admit([b.pinned(hold="next")], 0.009) is None  # "dead" released first
+        assert await s.spent(b) == (0.0, pytest.approx(0.009))
+        await s.settle([b.pinned(hold="dead")], 0.008, 0.001)  # it answered after all
+        assert await s.spent(b) == (pytest.approx(0.001), pytest.approx(0.009))
+        monkeypatch.setattr(st, "HOLD_S", 3600.0)
+        await s.settle([b.pinned(hold="next")], 0.009, 0.002)  # released by its settlement
+        assert await s.spent(b) == (pytest.approx(0.003), 0.0)
+        await s.close()

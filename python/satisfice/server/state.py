@@ -5,7 +5,7 @@ several, with Lua scripts where a check and an update must be one step.
 Money is counted in integer nano-dollars, so sums are exact on every backend. A budget is
 checked by *reserving* the request's worst-case cost before the call (refused when it does not
 fit) and *settling* the actual cost after; a reservation that is never settled (a crash)
-expires with its period.
+is released after `HOLD_S` (Redis), or ends with the process that held it (memory).
 
 When Redis is unreachable (see README, "Run it as a service"):
 - budgets fail closed: the request is refused with 503, since spending that is not counted
@@ -38,6 +38,11 @@ __all__ = [
 ]  # fmt: skip
 
 NANO = 1_000_000_000
+# How long a reservation may wait for its settlement on Redis before admission releases it:
+# far longer than a request or stream runs, short enough that a replica that died
+# mid-request does not hold a budget (a "total" one for good). A call still running past it
+# is counted when it settles; until then others may be admitted into its room.
+HOLD_S = 6 * 3600
 _PERIODS = ("day", "month", "total")
 
 
@@ -309,24 +314,37 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
 
-# KEYS: per budget its spent and held counters, then (when a rate is counted) the minute's
-# rpm and tpm windows. ARGV: amount, hold id ('' none), the number of budgets, rpm, tpm
-# (-1: no limit), tokens, then per budget its limit, then per budget its counters' TTL.
+# KEYS: per budget its spent and held counters and its holds (a sorted set of "id:amount" by
+# expiry), then (when a rate is counted) the minute's rpm and tpm windows. ARGV: amount, hold
+# id ('' none), the number of budgets, rpm, tpm (-1: no limit), tokens, now (unix s), the
+# hold's expiry, then per budget its limit, then per budget its counters' TTL (0: none).
+# Holds past their expiry are released first: a replica that died mid-request never settles
+# its hold, and on a "total" budget, whose counters never expire, it had stayed for good.
 # Every check runs before anything is counted. Returns {0, 0} admitted, {i, left} budget i
 # does not fit, {-1, 0} the rate limit is reached.
 _ADMIT = """
 local amount, hold, n = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local rpm, tpm, tokens = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local rate = #KEYS == 2 * n + 2
+local now, expiry = tonumber(ARGV[7]), tonumber(ARGV[8])
+local rate = #KEYS == 3 * n + 2
 if hold ~= '' and redis.call('EXISTS', hold) == 1 then return {0, 0} end
 for i = 1, n do
-  local spent = tonumber(redis.call('GET', KEYS[2*i-1]) or '0')
-  local held = tonumber(redis.call('GET', KEYS[2*i]) or '0')
-  local limit = tonumber(ARGV[6 + i])
+  local stale = redis.call('ZRANGEBYSCORE', KEYS[3*i], '-inf', now)
+  if #stale > 0 then
+    local freed = 0
+    for _, m in ipairs(stale) do freed = freed + tonumber(string.match(m, ':(%d+)$')) end
+    redis.call('DECRBY', KEYS[3*i-1], freed)
+    redis.call('ZREMRANGEBYSCORE', KEYS[3*i], '-inf', now)
+  end
+end
+for i = 1, n do
+  local spent = tonumber(redis.call('GET', KEYS[3*i-2]) or '0')
+  local held = tonumber(redis.call('GET', KEYS[3*i-1]) or '0')
+  local limit = tonumber(ARGV[8 + i])
   if spent + held + amount > limit then return {i, limit - spent - held} end
 end
 if rate then
-  local rk, tk = KEYS[2*n+1], KEYS[2*n+2]
+  local rk, tk = KEYS[3*n+1], KEYS[3*n+2]
   if rpm >= 0 and tonumber(redis.call('GET', rk) or '0') + 1 > rpm then return {-1, 0} end
   if tpm >= 0 and tonumber(redis.call('GET', tk) or '0') + tokens > tpm then return {-1, 0} end
   redis.call('INCR', rk)
@@ -337,9 +355,13 @@ if rate then
   end
 end
 for i = 1, n do
-  redis.call('INCRBY', KEYS[2*i], amount)
-  local ttl = tonumber(ARGV[6 + n + i])
-  if ttl > 0 then redis.call('EXPIRE', KEYS[2*i], ttl) end
+  redis.call('INCRBY', KEYS[3*i-1], amount)
+  if hold ~= '' then redis.call('ZADD', KEYS[3*i], expiry, hold .. ':' .. amount) end
+  local ttl = tonumber(ARGV[8 + n + i])
+  if ttl > 0 then
+    redis.call('EXPIRE', KEYS[3*i-1], ttl)
+    redis.call('EXPIRE', KEYS[3*i], ttl)
+  end
 end
 if hold ~= '' then redis.call('SET', hold, amount, 'EX', 604800) end
 return {0, 0}
@@ -353,16 +375,20 @@ if not id then return false end
 return redis.call('HGET', KEYS[2], id)
 """
 
+# A hold released by admission's sweep (past its expiry) is not released again: only the
+# actual cost is counted.
 _SETTLE = """
 local held, actual = tonumber(ARGV[1]), tonumber(ARGV[2])
-local n = #KEYS / 2
+local n = #KEYS / 3
 local hold = ARGV[3 + n]
 if hold ~= '' and redis.call('DEL', hold) == 0 then return 1 end
 for i = 1, n do
-  redis.call('DECRBY', KEYS[2*i], held)
-  redis.call('INCRBY', KEYS[2*i-1], actual)
+  if hold == '' or redis.call('ZREM', KEYS[3*i], hold .. ':' .. held) == 1 then
+    redis.call('DECRBY', KEYS[3*i-1], held)
+  end
+  redis.call('INCRBY', KEYS[3*i-2], actual)
   local ttl = tonumber(ARGV[2 + i])
-  if ttl > 0 then redis.call('EXPIRE', KEYS[2*i-1], ttl) end
+  if ttl > 0 then redis.call('EXPIRE', KEYS[3*i-2], ttl) end
 end
 return 0
 """
@@ -517,7 +543,7 @@ class RedisState:
         out = []
         for b in budgets:
             tag = f"{self._p}budget:{b.scope}:{b.tag}"
-            out += [f"{tag}:spent", f"{tag}:held"]
+            out += [f"{tag}:spent", f"{tag}:held", f"{tag}:holds"]
         return out
 
     async def admit(
@@ -536,6 +562,8 @@ class RedisState:
             -1 if rate is None or rate.rpm is None else rate.rpm,
             -1 if rate is None or rate.tpm is None else rate.tpm,
             0 if rate is None else rate.tokens,
+            int(time.time()),
+            int(time.time() + HOLD_S),
             *(_nano(b.limit_usd) for b in budgets),
             *((_ttl(b.period) or 0) for b in budgets),
         ]
@@ -566,7 +594,7 @@ class RedisState:
         await self._do(self._settle(keys=self._bkeys(budgets), args=args))
 
     async def spent(self, b: Budget) -> tuple[float, float]:
-        s, h = self._bkeys([b])
+        s, h, _ = self._bkeys([b])
         vals = await self._do(self._r.mget(s, h))
         return (int(vals[0] or 0) / NANO, int(vals[1] or 0) / NANO)
 
