@@ -9,6 +9,7 @@
     ├── NoRouteError                      no model satisfies the constraints
     ├── UnpricedModelError                a cost was needed for a model with no price
     ├── CascadeBudgetError                no answer accepted inside the latency/cost budget
+    ├── RouterClosedError                 a request to a router closed before or while it ran
     └── ProviderError                     an upstream call failed
         ├── RetryableError                429, 408, 5xx, connection errors
         │   └── UpstreamTimeoutError      no answer within the attempt's timeout
@@ -40,6 +41,7 @@ __all__ = [
     "ProviderError",
     "RegistryWarning",
     "RetryableError",
+    "RouterClosedError",
     "SatisficeError",
     "StaleConnectionError",
     "StreamInterruptedError",
@@ -103,6 +105,12 @@ class CascadeBudgetError(SatisficeError):
         super().__init__(message)
         self.result = result
         self.attempts = attempts or []  # every call its steps made (router.chat fills it)
+
+
+class RouterClosedError(SatisficeError):
+    """The router was closed (aclose(), close(), the end of `with router:`) before the request
+    was made, or while it ran past the grace period closing gives requests in flight: make
+    requests before closing the router, or make a new one."""
 
 
 class ProviderError(SatisficeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -14,7 +15,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 from . import _core
 from ._extra import extra_text
 from .decision import Candidate, Decision, Snapshot
-from .errors import ConfigError, InputError, NoRouteError, RegistryWarning, SatisficeError
+from .errors import (
+    ConfigError,
+    InputError,
+    NoRouteError,
+    RegistryWarning,
+    RouterClosedError,
+    SatisficeError,
+)
 from .feedback import FeedbackLog, score_of
 from .policy import Constraints, Policy
 from .predict import ModelParams
@@ -74,6 +82,10 @@ class RequestOptions(TypedDict, total=False):
 
 _CALL_FIELDS = ("max_tokens", "temperature", "tools", "tool_choice", "response_format", "extra")
 _OPTIONS = frozenset(RequestOptions.__annotations__)
+_CLOSED = (
+    "the router is closed (aclose(), close() or the end of `with router:`): make requests "
+    "before closing it, or make a new Router"
+)
 # Prompts above this many bytes are routed on a worker thread (the GIL is released there).
 _ROUTE_INLINE_BYTES = 32 * 1024
 
@@ -204,6 +216,10 @@ class Router:
         _warn_attention(self._snap.registry)
         self._feedback = FeedbackLog()
         self._swap = threading.Lock()  # writers only: two updates must not lose one another
+        # the executor and chat_sync()'s loop thread are made once, however many threads ask
+        self._setup = threading.RLock()
+        self._in_flight: set[object] = set()  # requests running: aclose() waits for them
+        self._closed = False
 
     @property
     def snapshot(self) -> Snapshot:
@@ -355,12 +371,34 @@ class Router:
         from .executor import ExecutionConfig, Executor, make_client
         from .state import Health
 
-        if self._io is not None:
-            raise RuntimeError("configure() must be called before the first chat() or stream()")
-        cfg = execution or ExecutionConfig()
-        self._owns_client = http is None
-        self._io = Executor(http or make_client(cfg), health or Health(), cfg)
+        with self._setup:
+            if self._io is not None:
+                raise RuntimeError("configure() must be called before the first chat() or stream()")
+            cfg = execution or ExecutionConfig()
+            self._owns_client = http is None
+            self._io = Executor(http or make_client(cfg), health or Health(), cfg)
         return self
+
+    def _executor(self) -> Executor:
+        """The executor: configure()'s, else a default one, built by the first caller."""
+        io = self._io
+        if io is None:
+            with self._setup:  # requests racing on several threads build one, not several
+                if self._io is None:
+                    self.configure()
+                io = self._io
+            assert io is not None
+        return io
+
+    def _enter(self) -> object:
+        """Count a request in flight (aclose() waits for it), or refuse it: the router is
+        closed."""
+        token = object()
+        self._in_flight.add(token)  # before the check: an aclose() past the check sees it
+        if self._closed:
+            self._in_flight.discard(token)
+            raise RouterClosedError(_CLOSED)
+        return token
 
     _rec: Recorder | None = None  # set by attach(): ledger, metrics, logs, callbacks
     _owns_ledger = False  # attach() opened it from a path: aclose() closes it
@@ -454,8 +492,7 @@ class Router:
         """Check the options and route (around cooling deployments; a large prompt on a
         worker thread, so an exact count never holds the event loop), or take the
         `decision` given. The caller's dicts are read, never changed."""
-        io = self._io if self._io is not None else self.configure()._io
-        assert io is not None
+        io = self._executor()
         opts: dict[str, Any] = dict(options)
         unknown = set(opts) - _OPTIONS
         if unknown:
@@ -573,6 +610,7 @@ class Router:
                 )
         t0, started_at = perf_counter(), time()
         rec, run = self._rec, None
+        token = self._enter()
         try:
             io, run, metadata = await self._begin(
                 messages, constraints, options, t0, accept, cascade == "auto"
@@ -581,10 +619,18 @@ class Router:
                 result = await io.cascade(run, cascade)
             else:
                 result = await io.complete(run, hedge=hedge, race=race)
-        except SatisficeError as e:
+        except Exception as e:  # raised on purpose or not: a request all the same, recorded
+            err = e
+            if self._closed and not isinstance(e, SatisficeError):
+                # most likely the client closed under a request aclose() stopped waiting for
+                err = RouterClosedError(
+                    f"the router was closed while this request ran ({type(e).__name__}: {e})"
+                )
             if rec is not None:
-                self._record_failure(rec, e, run, started_at, t0, options)
-            raise
+                self._record_failure(rec, err, run, started_at, t0, options)
+            if err is e:
+                raise
+            raise err from e
         except BaseException as e:  # cancelled by its caller (a timeout, a client gone)
             import asyncio  # loaded already (we are in a coroutine)
 
@@ -593,6 +639,8 @@ class Router:
                 # says it (the call in flight may be billed: none is stated as $0)
                 self._record_failure(rec, RequestCancelled(), run, started_at, t0, options)
             raise
+        finally:
+            self._in_flight.discard(token)
         result.started_at, result.metadata = started_at, metadata
         if rec is not None:
             rec.result(result, messages)
@@ -645,12 +693,14 @@ class Router:
     ) -> AsyncIterator[StreamDelta]:
         t0, started_at = perf_counter(), time()
         rec, run = self._rec, None
+        token = self._enter()
         try:
             io, run, metadata = await self._begin(messages, constraints, options, t0)
             runs.append(run)  # the stream's own view of its attempts (ChatStream.attempts)
             inner = io.stream(run, started_at=started_at, metadata=metadata)
-        except SatisficeError as e:
-            if rec is not None:
+        except BaseException as e:
+            self._in_flight.discard(token)
+            if rec is not None and isinstance(e, SatisficeError):
                 self._record_failure(rec, e, run, started_at, t0, options)
             raise
         done = False
@@ -660,6 +710,8 @@ class Router:
                     done = True
                     if rec is not None:
                         rec.result(delta.result, messages)
+                    # its result is out: a caller that never closes the stream holds no aclose()
+                    self._in_flight.discard(token)
                 yield delta
         except SatisficeError as e:
             if rec is not None:
@@ -674,43 +726,47 @@ class Router:
                 # the caller left before the end: a request, with what it may have cost
                 # (the attempt the executor kept), in the record like any other
                 self._record_failure(rec, ClientClosedStream(), run, started_at, t0, options)
+            self._in_flight.discard(token)
 
     def enable(self, model: str, deployment: str | None = None) -> None:
         """Put a disabled or cooling deployment (all of the model's, by default) back in
         service, e.g. after fixing a rejected key."""
-        io = self._io if self._io is not None else self.configure()._io
-        assert io is not None
-        io.enable(self._snap.registry, model, deployment)
+        self._executor().enable(self._snap.registry, model, deployment)
 
     def disable(
         self, model: str, deployment: str | None = None, *, reason: str = "disabled by the operator"
     ) -> None:
         """Take a deployment (all of the model's, by default) out of service until enable()."""
-        io = self._io if self._io is not None else self.configure()._io
-        assert io is not None
-        io.disable(self._snap.registry, model, deployment, reason)
+        self._executor().disable(self._snap.registry, model, deployment, reason)
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Live health per "model/deployment": state (ok, cooling, half_open, disabled), why,
         cooldown left, EWMA and p95 latency, error rate, counters."""
         return self._io.health.snapshot() if self._io is not None else {}
 
-    async def aclose(self) -> None:
-        """Close the router's HTTP connections (not a client you passed to configure()), and
-        write out its ledger: closed if attach() opened it from a path, flushed if it is
-        yours."""
+    async def aclose(self, grace_s: float = 30.0) -> None:
+        """Refuse new requests (RouterClosedError), give those in flight up to `grace_s`
+        seconds to end, answered or failed and recorded, then close the router's HTTP
+        connections (not a client you passed to configure()) and write out its ledger:
+        closed if attach() opened it from a path, flushed if it is yours. A request still
+        running after `grace_s` is left to end without them: a call it starts then fails with
+        RouterClosedError, and its record is lost."""
+        import asyncio
+
+        self._closed = True
+        deadline = perf_counter() + grace_s
+        while self._in_flight and perf_counter() < deadline:
+            # polled: requests may run on other event loops (threads) than this one
+            await asyncio.sleep(0.01)
         io, self._io = self._io, None
         if io is not None and self._owns_client:
             await io.client.aclose()
         ledger = self.ledger
         if ledger is not None:
-            import asyncio
-
             await asyncio.to_thread(ledger.close if self._owns_ledger else ledger.flush)
 
     async def __aenter__(self) -> Router:
-        if self._io is None:  # set up now, not inside the first request's overhead
-            self.configure()
+        self._executor()  # set up now, not inside the first request's overhead
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -738,18 +794,31 @@ class Router:
             raise RuntimeError(
                 "chat_sync() was called from a running event loop; use await router.chat()"
             )
-        if self._sync is None:
-            self._sync = _LoopThread()
-        result: ChatResult = self._sync.run(self.chat(messages, constraints, **kw))
+        sync = self._sync
+        if sync is None or sync.pid != os.getpid():
+            with self._setup:  # one loop thread, however many threads make the first call
+                if self._closed:  # no loop thread is started for a refusal
+                    raise RouterClosedError(_CLOSED)
+                if self._sync is None or self._sync.pid != os.getpid():
+                    # The first call, or the first in a forked child: there the parent's loop
+                    # thread does not exist. Its loop is left as it is: closing it would
+                    # unregister the parent's sockets from the epoll instance both share.
+                    self._sync = _LoopThread()
+                sync = self._sync
+        result: ChatResult = sync.run(self.chat(messages, constraints, **kw))
         return result
 
-    def close(self) -> None:
-        """Close what chat_sync() opened (its connections and its loop thread)."""
-        sync, self._sync = self._sync, None
-        if sync is not None:
-            sync.run(self.aclose())
+    def close(self, grace_s: float = 30.0) -> None:
+        """Close what chat_sync() opened (its connections and its loop thread) as aclose()
+        does; a chat_sync() still running after `grace_s` is cancelled and raises
+        RouterClosedError."""
+        with self._setup:
+            sync, self._sync = self._sync, None
+            self._closed = True  # from now on no chat_sync() starts another loop thread
+        if sync is not None and sync.pid == os.getpid():
+            sync.run(self.aclose(grace_s))
             sync.stop()
-        elif self.ledger is not None:
+        elif self.ledger is not None:  # a forked child leaves its parent's loop thread alone
             (self.ledger.close if self._owns_ledger else self.ledger.flush)()
 
     def __enter__(self) -> Router:
@@ -765,7 +834,10 @@ class _LoopThread:
     def __init__(self) -> None:
         import asyncio
 
+        self.pid = os.getpid()  # a forked child inherits this object, not the thread
         self.loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._open = True
         self.thread = threading.Thread(
             target=self.loop.run_forever, daemon=True, name="satisfice-sync"
         )
@@ -773,10 +845,38 @@ class _LoopThread:
 
     def run(self, coro: Any) -> Any:
         import asyncio
+        import concurrent.futures
 
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        with self._lock:  # nothing is handed to the loop once stop() began: it would never run
+            if not self._open:
+                coro.close()
+                raise RouterClosedError(_CLOSED)
+            fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result()
+        except concurrent.futures.CancelledError:  # only stop() cancels work on this loop
+            raise RouterClosedError(
+                "the router was closed (close()) before this request ended"
+            ) from None
 
     def stop(self) -> None:
+        """Cancel what still runs on the loop (its callers wait for an answer), then end it."""
+        import asyncio
+
+        with self._lock:
+            self._open = False
+            fut = asyncio.run_coroutine_threadsafe(_cancel_the_rest(), self.loop)
+        fut.result()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel every other task on this loop and wait until each has ended (and recorded)."""
+    import asyncio
+
+    rest = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import select
 import ssl
@@ -93,6 +94,14 @@ class _Conn:
         with contextlib.suppress(RuntimeError):
             self.writer.transport.abort()
 
+    def forget(self) -> None:
+        """In a forked child: close this process's copy of the socket, and nothing else. The
+        transport is the parent's event loop's: abort() would unregister the socket from the
+        epoll instance both processes share, and the parent would never see its answer."""
+        sock = self.writer.transport.get_extra_info("socket")
+        if sock is not None:
+            sock._sock.close()  # asyncio's wrapper offers no close(); this is the socket's own
+
 
 class PooledTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 with keep-alive for every connection slot (see the module docstring)."""
@@ -119,6 +128,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._per_host: dict[tuple[str, str, int], int] = {}
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = os.getpid()  # the process whose event loop `_loop` is
 
     # pool -----------------------------------------------------------------------------------
     def _ssl_context(self) -> ssl.SSLContext:
@@ -136,17 +146,14 @@ class PooledTransport(httpx.AsyncBaseTransport):
             raise RuntimeError("the transport is closed")
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            # A new event loop (e.g. a second asyncio.run()): connections and waiters of the
-            # old one cannot be used from here.
+            # A new event loop (e.g. a second asyncio.run(), or a forked child's first
+            # request): connections and waiters of the old one cannot be used from here.
             if self._loop is not None:
-                for idle in self._idle.values():
-                    for conn in idle:
-                        conn.close()
-                self._idle.clear()
+                self._close_idle()
                 self._waiters.clear()
                 self._total = 0
                 self._per_host.clear()
-            self._loop = loop
+            self._loop, self._pid = loop, os.getpid()
         deadline = None
         while True:
             stack = self._idle.get(key)
@@ -191,6 +198,18 @@ class PooledTransport(httpx.AsyncBaseTransport):
                         request=request,
                     ) from None
                 raise
+
+    def _close_idle(self) -> None:
+        """Close every idle connection; in a forked child, only its copy of each."""
+        forked = self._pid != os.getpid()
+        for stack in self._idle.values():
+            for conn in stack:
+                if forked:
+                    conn.forget()
+                else:
+                    conn.close()
+                self._count(conn.key, -1)
+        self._idle.clear()
 
     def _drop_idle(self) -> bool:
         for stack in self._idle.values():
@@ -327,11 +346,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         self._closed = True
-        for stack in self._idle.values():
-            for conn in stack:
-                conn.close()
-                self._count(conn.key, -1)
-        self._idle.clear()
+        self._close_idle()
 
 
 def _keep_what_arrived(reader: asyncio.StreamReader) -> None:

@@ -1,0 +1,178 @@
+"""chat_sync(), close() and aclose() under threads, forks and requests in flight (round 12
+of adversarial testing): each test failed on the code before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from satisfice import Policy, Router
+from satisfice.errors import RouterClosedError
+from satisfice.ledger import read_records
+from satisfice.testing import LocalUpstream, reply, status
+
+from .chat_support import registry, router, wire
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+
+# A process that used chat_sync() forks (os.fork, gunicorn --preload, multiprocessing): run in
+# a fresh interpreter, so the test process (with its threads) never forks.
+FORK = """
+import asyncio, os, sys, threading
+sys.path.insert(0, sys.argv[1])
+from satisfice.testing import LocalUpstream
+from tests.chat_support import router
+
+def child(r):
+    {child}
+
+with LocalUpstream() as up:
+    r = router(up.url)
+    r.chat_sync("parent")  # one kept-alive connection in the pool
+    pid = os.fork()
+    if pid == 0:
+        os._exit(child(r))
+    _, st = os.waitpid(pid, 0)
+    again = r.chat_sync("parent again")
+    print("child", os.waitstatus_to_exitcode(st), "parent", again.model, len(again.attempts))
+    r.close()
+"""
+
+
+def _fork(child: str) -> str:
+    code = FORK.format(child=child)
+    out = subprocess.run(
+        [sys.executable, "-c", code, ROOT], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_chat_sync_answers_in_a_forked_child() -> None:
+    # the child's chat_sync() waited forever on its parent's loop thread
+    child = """out = []
+    t = threading.Thread(target=lambda: out.append(r.chat_sync("child").model), daemon=True)
+    t.start()
+    t.join(10)
+    return 0 if out == ["alpha"] else 1"""
+    assert _fork(child) == "child 0 parent alpha 1"
+
+
+def test_a_child_using_the_router_leaves_the_parents_pool_working() -> None:
+    # the child closed the inherited connection through the parent's loop object, taking it
+    # out of the epoll instance both share: the parent's next request on it timed out (2 s)
+    # and went to beta
+    child = """res = asyncio.run(asyncio.wait_for(r.chat("child"), 5))
+    return 0 if res.model == "alpha" else 1"""
+    assert _fork(child) == "child 0 parent alpha 1"
+
+
+def _loop_threads() -> int:
+    return sum(t.name == "satisfice-sync" and t.is_alive() for t in threading.enumerate())
+
+
+def test_chat_sync_from_many_threads_on_a_fresh_router(up: LocalUpstream) -> None:
+    # each racing thread started a loop thread (close() stopped one), and some calls failed
+    # with configure()'s "must be called before the first chat()" or another loop's future
+    r = Router(registry(up.url), Policy(quality_floor=0.5))  # not configured yet
+    before = _loop_threads()
+    barrier = threading.Barrier(12)
+    models: list[str] = []
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        barrier.wait()
+        try:
+            models.append(r.chat_sync("hi").model)
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and models == ["alpha"] * 12
+    assert _loop_threads() - before == 1
+    r.close()
+    assert _loop_threads() == before
+
+
+def _in_flight(r: Router, out: list[Any]) -> threading.Thread:
+    def call() -> None:
+        try:
+            out.append(r.chat_sync("in flight").text)
+        except Exception as e:
+            out.append(e)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    time.sleep(0.1)  # the request is on the wire
+    return t
+
+
+def test_close_lets_a_chat_sync_in_flight_answer(up: LocalUpstream) -> None:
+    # close() stopped the loop under the request: its chat_sync() waited forever
+    r = router(up.url)
+    r.chat_sync("warm")
+    up.script(wire("alpha"), reply("late", latency=0.5))
+    out: list[Any] = []
+    t = _in_flight(r, out)
+    r.close()
+    t.join(5)
+    assert out == ["late"]
+    with pytest.raises(RouterClosedError):
+        r.chat_sync("after close")
+
+
+def test_close_cancels_a_chat_sync_past_its_grace_period(up: LocalUpstream) -> None:
+    before = _loop_threads()
+    r = router(up.url)
+    r.chat_sync("warm")
+    up.script(wire("alpha"), reply("too late", latency=1.5))
+    out: list[Any] = []
+    t = _in_flight(r, out)
+    started = time.monotonic()
+    r.close(grace_s=0.2)
+    t.join(5)
+    assert time.monotonic() - started < 1.0
+    assert len(out) == 1 and isinstance(out[0], RouterClosedError)
+    assert _loop_threads() == before
+
+
+async def test_aclose_waits_for_requests_in_flight(up: LocalUpstream, tmp_path: Path) -> None:
+    # aclose() closed the client and the ledger at once: the answered calls lost their
+    # records, and the ones retrying after a 503 raised the client's raw RuntimeError
+    path = tmp_path / "ledger.db"
+    r = router(up.url).attach(ledger=path)
+    up.script(wire("alpha"), *[status(503, latency=0.2)] * 5, *[reply(latency=0.3)] * 5)
+    tasks = [asyncio.create_task(r.chat(f"q{i}", allow=["alpha"])) for i in range(10)]
+    await asyncio.sleep(0.1)  # all ten are on the wire
+    await r.aclose()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [getattr(res, "model", res) for res in results] == ["alpha"] * 10
+    assert len(list(read_records(path))) == 10
+    with pytest.raises(RouterClosedError):
+        await r.chat("after aclose")
+
+
+async def test_a_raw_exception_inside_chat_is_recorded(tmp_path: Path) -> None:
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a defect")
+
+    path = tmp_path / "ledger.db"
+    http = httpx.AsyncClient(transport=httpx.MockTransport(broken))
+    r = Router(registry("http://127.0.0.1:9"), Policy(quality_floor=0.5))
+    async with http, r.configure(http=http).attach(ledger=path):
+        with pytest.raises(RuntimeError, match="a defect"):
+            await r.chat("hi")
+    (rec,) = read_records(path)
+    assert rec["error_type"] == "RuntimeError"
