@@ -15,6 +15,8 @@ from satisfice.errors import AllAttemptsFailedError
 from satisfice.executor import ExecutionConfig
 from satisfice.testing import LocalUpstream, hang, reply, status
 
+from .chat_support import router, wire
+
 
 def _model(mid: str, url: str, deps: dict[str, float | None], price: float) -> dict[str, Any]:
     """Model `mid` with deployments named by `deps` (each at its own $/1M, or None: the
@@ -81,3 +83,18 @@ async def test_calls_in_flight_still_balance_after_a_registry_swap(up: LocalUpst
         with pytest.raises(AllAttemptsFailedError):
             await r.chat("failed")
         assert r._io is not None and not any(r._io._in_flight.values())
+
+
+async def test_closing_a_stream_after_its_result_leaves_the_result_as_it_was(
+    up: LocalUpstream,
+) -> None:
+    """A stream closed after result() (as `aclose()` and the server do) had appended a
+    "cancelled" attempt to the answer already returned, and raised its total cost."""
+    up.script(wire("alpha"), reply("hello there"))
+    async with router(up.url) as r:
+        s = r.stream([{"role": "user", "content": "Say hello"}])
+        res = await s.result()
+        before = ([(a.model, a.outcome) for a in res.attempts], res.total_cost_usd)
+        await s.aclose()
+        assert ([(a.model, a.outcome) for a in res.attempts], res.total_cost_usd) == before
+        assert before[0] == [("alpha", "ok")]

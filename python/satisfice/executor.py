@@ -1069,6 +1069,7 @@ class Executor:
         ttft = None
         paused = 0.0
         delivered: list[str] = []
+        finished = False  # the result was yielded
         scrubber = StreamScrubber()  # a key split across pieces never reaches the caller
         wd = Watchdog()  # the idle timeout between pieces: one timer for the whole stream
         try:
@@ -1121,8 +1122,11 @@ class Executor:
             if started_at is not None:
                 result.started_at = started_at
             result.metadata = metadata
+            finished = True
             yield StreamDelta(done=True, result=result)
         except (GeneratorExit, asyncio.CancelledError):
+            if finished:  # closed after its result was out: the answer is on record already
+                raise  # (a "cancelled" attempt had been added to it, and its cost raised)
             # The caller left mid-stream (closed the stream, or its task was cancelled, as a
             # server's is when its client hangs up): the upstream bills what it sent, so the attempt
             # keeps an estimate of that (prompt and text so far) for the record and budgets.
