@@ -98,3 +98,18 @@ async def test_closing_a_stream_after_its_result_leaves_the_result_as_it_was(
         await s.aclose()
         assert ([(a.model, a.outcome) for a in res.attempts], res.total_cost_usd) == before
         assert before[0] == [("alpha", "ok")]
+
+
+async def test_a_stream_counts_as_in_flight_until_its_end(up: LocalUpstream) -> None:
+    """A stream counted as in flight only until its first text: a deployment busy with long
+    streams looked idle to the balancing."""
+    up.default = reply("one two three four five six", chunk_delay=0.2)
+    async with _router(_model("m", up.url, {"d1": None, "d2": None}, 1.0)) as r:
+        r.disable("m", "d2")
+        async with r.stream("a long answer") as s:
+            async for _ in s:  # its first piece is here, the rest is still coming
+                break
+            r.enable("m", "d2")
+            up.default = reply("ok")
+            assert (await r.chat("another")).deployment == "d2"
+        assert r._io is not None and not any(r._io._in_flight.values())

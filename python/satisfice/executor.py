@@ -1072,6 +1072,8 @@ class Executor:
         finished = False  # the result was yielded
         scrubber = StreamScrubber()  # a key split across pieces never reaches the caller
         wd = Watchdog()  # the idle timeout between pieces: one timer for the whole stream
+        # in flight until its end, not only until its first text: balancing counts it
+        self._in_flight[t.key] += 1
         try:
             while not isinstance(item, ChatResponse):
                 piece = scrubber.feed(item)
@@ -1154,6 +1156,7 @@ class Executor:
                 attempts=run.attempts,
             ) from e
         finally:
+            self._in_flight[t.key] -= 1
             wd.close()
             await gen.aclose()
 
