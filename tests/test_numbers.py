@@ -56,12 +56,19 @@ def test_numpy_limits_route_and_are_kept_as_plain_numbers() -> None:
     assert type(p.quality_floor) is float and p.lam == 2.0
 
 
-def test_numpy_numbers_in_a_model_a_cascade_and_a_job() -> None:
+def test_numpy_numbers_in_a_model_a_cascade_a_policy_and_a_job(tmp_path: Path) -> None:
     spec = ModelSpec(
         id="x", provider="p", context_window=np.int64(8192), max_output=np.int32(1024),  # type: ignore[arg-type]
         quality={"general": np.float32(0.7)},  # type: ignore[dict-item]
     )  # fmt: skip
     assert type(spec.context_window) is int and spec.max_output == 1024
-    Cascade(["a", "b"], max_cost_usd=np.float32(0.01), latency_budget_ms=np.int64(500))  # type: ignore[arg-type]
+    assert type(spec.quality["general"]) is float
+    c = Cascade(["a", "b"], max_cost_usd=np.float32(0.01), latency_budget_ms=np.int64(500),  # type: ignore[arg-type]
+                skip_below=np.float32(0.2))  # type: ignore[arg-type]  # fmt: skip
+    assert {type(c.max_cost_usd), type(c.latency_budget_ms), type(c.skip_below)} == {float}
+    p = Policy(max_fallbacks=np.int64(2), expected_output_tokens={"code": np.int32(300)},  # type: ignore[arg-type, dict-item]
+               cascades={"*": c})  # fmt: skip
+    assert type(p.max_fallbacks) is int and type(p.expected_output_tokens["code"]) is int
+    p.save(tmp_path / "policy.json")  # JSON takes it (a np.int64 had raised a raw TypeError)
     job = Job(Router(), max_cost_usd=np.float32(0.5))  # type: ignore[arg-type]
     assert type(job.max_cost_usd) is float and job.max_cost_usd == pytest.approx(0.5)

@@ -113,3 +113,16 @@ async def test_a_stream_counts_as_in_flight_until_its_end(up: LocalUpstream) -> 
             up.default = reply("ok")
             assert (await r.chat("another")).deployment == "d2"
         assert r._io is not None and not any(r._io._in_flight.values())
+
+
+async def test_a_cascade_cap_refuses_file_parts_it_cannot_bound(up: LocalUpstream) -> None:
+    """A request's max_cost_usd refused a PDF part (no token count, no cost bound), but a
+    ladder's own cap let it through and the answer was billed 10x the cap."""
+    from satisfice.errors import ConfigError
+
+    pdf = {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:;base64,AAAA"}}
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "Summarise"}, pdf]}]
+    async with router(up.url) as r:
+        with pytest.raises(ConfigError, match="cannot be counted"):
+            await r.chat(msgs, cascade=Cascade(["alpha", "beta"], max_cost_usd=0.001))
+        assert not up.requests  # refused before any call

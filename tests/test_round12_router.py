@@ -176,3 +176,37 @@ async def test_a_raw_exception_inside_chat_is_recorded(tmp_path: Path) -> None:
             await r.chat("hi")
     (rec,) = read_records(path)
     assert rec["error_type"] == "RuntimeError"
+
+
+def test_a_forked_childs_close_does_not_wait_for_its_parents_requests() -> None:
+    # the child inherited the parent's set of requests in flight, one of which (a thread's
+    # chat_sync) it would never see end: its close() waited out the whole 30 s grace
+    code = """
+import os, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from satisfice.testing import LocalUpstream, reply
+from tests.chat_support import router, wire
+
+with LocalUpstream() as up:
+    r = router(up.url, read_timeout_s=30.0, attempt_timeout_s=30.0)
+    r.chat_sync("warm")
+    up.script(wire("alpha"), reply("slow", latency=4.0))
+    t = threading.Thread(target=lambda: r.chat_sync("in flight"), daemon=True)
+    t.start()
+    time.sleep(0.3)  # the parent's request is on the wire
+    pid = os.fork()
+    if pid == 0:
+        r.chat_sync("child")  # its own loop thread, whose close() waits for requests
+        t0 = time.monotonic()
+        r.close()
+        os._exit(0 if time.monotonic() - t0 < 2.0 else 1)
+    _, st = os.waitpid(pid, 0)
+    t.join(10)
+    r.close()
+    print("child", os.waitstatus_to_exitcode(st))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code, ROOT], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "child 0"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,30 @@ async def test_a_key_too_short_to_scrub_is_refused_not_sent(
     assert "SATISFICE_CANARY_KEY holds a key of 7 characters" in err and "longer key" in err
     assert short not in err
     assert not any(up.seen(wire(m)) for m in ("alpha", "beta", "gamma", "delta"))
+
+
+async def test_an_error_not_of_ours_is_recorded_and_logged_without_the_key(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Any exception inside chat() is now recorded: one that quotes the request's headers
+    (a transport's bug, here) had put the key in the ledger and the request log."""
+    import httpx
+
+    from satisfice import Policy, Router
+    from satisfice.ledger import read_records
+
+    monkeypatch.setenv("SATISFICE_CANARY_KEY", CANARY)
+    caplog.set_level(logging.DEBUG)
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError(f"cannot send header {request.headers.get('authorization')!r}")
+
+    db = tmp_path / "l.jsonl"
+    async with httpx.AsyncClient(transport=httpx.MockTransport(broken)) as http:
+        r = Router(keyed("http://127.0.0.1:9"), Policy(quality_floor=0.5))  # type: ignore[arg-type]
+        async with r.configure(http=http).attach(ledger=db):
+            with pytest.raises(RuntimeError):
+                await r.chat(MSGS)
+    (rec,) = read_records(db)
+    assert rec["error_type"] == "RuntimeError" and "[redacted]" in rec["error"]
+    assert_clean(json.dumps(rec), caplog.text)

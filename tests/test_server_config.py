@@ -26,6 +26,7 @@ BAD = [
     ('[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:99999/0"\n', "redis_url.*port"),
     ('[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:port/0"\n', "redis_url.*port"),
     ('[state]\nbackend = "redis"\nredis_url = "redis://h:6379/notadb"\n', "redis_url.*database"),
+    ('[state]\nbackend = "redis"\nredis_url = "redis://[::1:6379/0"\n', "redis_url.*host or port"),
     # a URL without backend = "redis" was ignored: replicas shared nothing
     ('[state]\nredis_url = "redis://127.0.0.1:6379/0"\n', "redis_url is set but"),
     ("[probe]\ninterval_s = -1\n", "interval_s"),

@@ -232,4 +232,11 @@ async def test_a_hold_never_settled_is_released_after_its_time(
         monkeypatch.setattr(st, "HOLD_S", 3600.0)
         await s.settle([b.pinned(hold="next")], 0.009, 0.002)  # released by its settlement
         assert await s.spent(b) == (pytest.approx(0.003), 0.0)
+        # a hold of $100,000 or more: Lua had written its amount as 1.2e+14, which the sweep
+        # could not read back, and every later admission to the budget failed
+        big = Budget(f"key:big{time.time_ns()}", 1e6, "total")
+        monkeypatch.setattr(st, "HOLD_S", -10)
+        assert await s.admit([big.pinned(hold="big")], 123_456.789) is None
+        assert await s.admit([big.pinned(hold="after")], 1.0) is None
+        assert await s.spent(big) == (0.0, pytest.approx(1.0))
         await s.close()

@@ -24,7 +24,9 @@ def as_real(v: object) -> float | None:
 
 
 def as_count(v: object) -> int | None:
-    """`v` as an int when it is an integral number (int, numpy's integers; not bool), else None."""
-    if isinstance(v, bool) or not isinstance(v, Integral):
-        return None
-    return int(v)
+    """`v` as an int when it is a whole number (int, numpy's integers, or a float such as
+    3.0, as JSON writers give them; not bool), else None."""
+    if isinstance(v, Integral) and not isinstance(v, bool):
+        return int(v)
+    f = as_real(v)
+    return int(f) if f is not None and f.is_integer() else None

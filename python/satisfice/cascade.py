@@ -279,10 +279,11 @@ class Cascade:
         if skip_below is not None and not (number(skip_below) and 0.0 <= skip_below <= 1.0):
             raise ConfigError(f"skip_below must be a number in [0, 1], got {skip_below!r:.40}")
         self.steps: tuple[Step, ...] = tuple(built)
-        self.latency_budget_ms = latency_budget_ms
-        self.max_cost_usd = max_cost_usd
+        # as plain floats (a numpy scalar had reached Policy.save's JSON)
+        self.latency_budget_ms = as_real(latency_budget_ms)
+        self.max_cost_usd = as_real(max_cost_usd)
         self.on_budget = on_budget
-        self.skip_below = skip_below
+        self.skip_below = as_real(skip_below)
         self.clock = clock
 
     def __repr__(self) -> str:

@@ -971,6 +971,12 @@ class Executor:
         if cap is not None and (ladder.max_cost_usd is None or ladder.max_cost_usd > cap):
             ladder = ladder.capped(cap)  # the request's cap (a job's share) binds the ladder
         run.cap = ladder.max_cost_usd  # and the ladder's cap bounds each answer on the wire
+        if run.cap is not None and d.uncounted_parts:  # as a request's max_cost_usd refuses
+            raise ConfigError(
+                f"the cascade's max_cost_usd cannot be checked: this request has "
+                f"{d.uncounted_parts} file or audio part(s), whose tokens cannot be counted; "
+                "send their content as text or images, or climb the ladder without a cap"
+            )
         width = [len(s.models) for s in ladder.steps]  # a step's models run at once
         answered: dict[int, tuple[_Target, ChatResponse, Attempt]] = {}
 

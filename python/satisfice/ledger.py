@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._redact import scrub
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -201,7 +202,8 @@ def failure_record(
         "metadata": dict(metadata or {}),
         "outcome": "error",
         "error_type": type(error).__name__,
-        "error": str(error)[:2000],
+        # scrubbed before it is cut: an exception not of ours may quote a request's headers
+        "error": scrub(str(error))[:2000],
         "latency_s": latency_s,
         "attempts": [a.to_dict() if hasattr(a, "to_dict") else {"error": str(a)} for a in attempts],
         "total_cost_usd": None,

@@ -238,13 +238,13 @@ class Policy:
             object.__setattr__(self, "lam", lam)
         if isinstance(self.rules, list):  # as read from a file, or written by hand
             object.__setattr__(self, "rules", tuple(self.rules))
-        mf: object = self.max_fallbacks
-        if isinstance(mf, float) and mf.is_integer():  # 3.0, as JSON writers may give it
-            object.__setattr__(self, "max_fallbacks", mf := int(mf))
-        if isinstance(mf, bool) or not isinstance(mf, int) or not 0 <= mf <= 64:
+        mf = as_count(self.max_fallbacks)
+        if mf is None or not 0 <= mf <= 64:
             raise ConfigError(
-                f"policy.max_fallbacks must be an integer from 0 to 64, got {mf!r:.40}"
+                f"policy.max_fallbacks must be an integer from 0 to 64, got "
+                f"{self.max_fallbacks!r:.40}"
             )
+        object.__setattr__(self, "max_fallbacks", mf)
         if not isinstance(self.rules, tuple) or not all(isinstance(r, Rule) for r in self.rules):
             raise ConfigError("policy.rules must be a tuple of Rule (or a list of rule objects)")
         eot = self.expected_output_tokens
@@ -253,15 +253,16 @@ class Policy:
         bad = set(eot) - set(_core.TASKS)
         if bad:
             raise ConfigError(f"policy.expected_output_tokens: unknown tasks {sorted(bad)}")
+        counts = {}
         for t, raw in eot.items():
-            n: object = raw
-            if isinstance(n, float) and n.is_integer():
-                n = int(n)
-            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1_000_000:
+            n = as_count(raw)
+            if n is None or not 1 <= n <= 1_000_000:
                 raise ConfigError(
                     f"policy.expected_output_tokens[{t!r}] must be an integer from 1 to "
-                    f"1,000,000, got {n!r:.40}"
+                    f"1,000,000, got {raw!r:.40}"
                 )
+            counts[t] = n
+        object.__setattr__(self, "expected_output_tokens", counts)
         if self.quality is not None and not isinstance(self.quality, QualityModel):
             raise ConfigError(
                 f"policy.quality must be a QualityModel, got {type(self.quality).__name__}"

@@ -147,7 +147,7 @@ class Recorder:
         rec = failure_record(decision, error, attempts, started_at=started_at,
                              latency_s=latency_s, metadata=metadata)  # fmt: skip
         _req_log.warning("%s failed: %s: %s", rec["request_id"], type(error).__name__,
-                         str(error)[:300], extra={"event": "failure",
+                         rec["error"][:300], extra={"event": "failure",
                                                   "request_id": rec["request_id"],
                                                   "error_type": type(error).__name__})  # fmt: skip
         if self.tracing is not None:

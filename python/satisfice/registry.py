@@ -389,12 +389,15 @@ class ModelSpec:
             raise ConfigError(
                 f"{where}: unknown capabilities {sorted(bad)}; known: {_core.CAPABILITIES}"
             )
+        quality = {}
         for task, q in self.quality.items():
             if task not in _core.TASKS:
                 raise ConfigError(f"{where}: quality task {task!r} unknown; use {_core.TASKS}")
             f = as_real(q)
             if f is None or not 0.0 < f < 1.0:
                 raise ConfigError(f"{where}: quality[{task!r}] must be in (0, 1), got {q!r:.40}")
+            quality[task] = f
+        object.__setattr__(self, "quality", quality)  # plain floats, as JSON and TOML take
         # Health is kept per "model/deployment": two deployments of one name would share it,
         # and one that is down would take its healthy twin with it.
         seen: set[str] = set()

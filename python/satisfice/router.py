@@ -219,6 +219,7 @@ class Router:
         # the executor and chat_sync()'s loop thread are made once, however many threads ask
         self._setup = threading.RLock()
         self._in_flight: set[object] = set()  # requests running: aclose() waits for them
+        self._in_flight_pid = os.getpid()  # whose requests they are (a forked child has none)
         self._closed = False
 
     @property
@@ -390,11 +391,18 @@ class Router:
             assert io is not None
         return io
 
+    def _running(self) -> set[object]:
+        """The requests in flight in this process: a forked child inherits its parent's
+        set, whose requests it never runs (its aclose() had waited out the whole grace)."""
+        if self._in_flight_pid != os.getpid():
+            self._in_flight, self._in_flight_pid = set(), os.getpid()
+        return self._in_flight
+
     def _enter(self) -> object:
         """Count a request in flight (aclose() waits for it), or refuse it: the router is
         closed."""
         token = object()
-        self._in_flight.add(token)  # before the check: an aclose() past the check sees it
+        self._running().add(token)  # before the check: an aclose() past the check sees it
         if self._closed:
             self._in_flight.discard(token)
             raise RouterClosedError(_CLOSED)
@@ -624,7 +632,7 @@ class Router:
             if self._closed and not isinstance(e, SatisficeError):
                 # most likely the client closed under a request aclose() stopped waiting for
                 err = RouterClosedError(
-                    f"the router was closed while this request ran ({type(e).__name__}: {e})"
+                    f"the router was closed while this request ran ({type(e).__name__})"
                 )
             if rec is not None:
                 self._record_failure(rec, err, run, started_at, t0, options)
@@ -755,7 +763,7 @@ class Router:
 
         self._closed = True
         deadline = perf_counter() + grace_s
-        while self._in_flight and perf_counter() < deadline:
+        while self._running() and perf_counter() < deadline:
             # polled: requests may run on other event loops (threads) than this one
             await asyncio.sleep(0.01)
         io, self._io = self._io, None

@@ -293,8 +293,8 @@ class Service:
 
     async def _settle_queued(self, deadline: float | None = None) -> None:
         """Settle what the store missed, in order, while it answers; with a `deadline`
-        (shutdown), keep trying until then, and log what is left (those holds stay until
-        their budget period ends)."""
+        (shutdown), keep trying until then, and log what is left (on Redis, admission releases
+        those holds after state.HOLD_S; their spend is not counted)."""
         while self.unsettled:
             budgets, reserved, actual = self.unsettled[0]
             try:
@@ -308,7 +308,8 @@ class Service:
         if deadline is not None and self.unsettled:
             _log.error(
                 "shutting down with %d settlement(s) the budget store never took: their "
-                "holds stay until the budget period ends", len(self.unsettled),
+                "holds are released after state.HOLD_S and their spend is not counted",
+                len(self.unsettled),
                 extra={"event": "settlements_lost"},
             )  # fmt: skip
 
@@ -604,6 +605,7 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                         {"retry-after": str(math.ceil(wait))},
                     )
                 b, left = refused.budget, refused.left_usd
+                bounded = not math.isinf(worst)  # else nothing was asked of the store
                 svc.metrics.budget_refusals.labels(key.name, b.scope).inc()
                 why = (
                     f"its {d.uncounted_parts} file or audio part(s) cannot be counted in "
@@ -617,11 +619,11 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 raise HTTPError(
                     429,
                     f"budget {b.scope} (${b.limit_usd} per {b.period}) "
-                    f"has ${left:.6f} left and {why}",
+                    + (f"has ${left:.6f} left and {why}" if bounded else f"refuses it: {why}"),
                     "insufficient_quota",
                     "budget_exceeded",
                     budget=b.scope,
-                    remaining_usd=left,
+                    remaining_usd=left if bounded else None,
                 )
             if budgets:
                 reserved = (budgets, worst)

@@ -76,15 +76,17 @@ def _redis_url(v: Any) -> str | None:
     what = "[state].redis_url"  # not echoed: the URL may hold Redis's password
     if not (isinstance(v, str) and v.startswith(("redis://", "rediss://", "unix://"))):
         raise ConfigError(f"{what} must be a redis://, rediss:// or unix:// URL")
-    parts = urlsplit(v)
+    try:
+        parts = urlsplit(v)
+        if parts.scheme != "unix":
+            parts.port  # noqa: B018 -- parsing it is the check: a port not in 0-65535 raises
+    except ValueError:  # an unclosed IPv6 bracket, or a port that is not 0-65535
+        raise ConfigError(f"{what}: its host or port cannot be read (the port must be an "
+                          "integer in [0, 65535])") from None  # fmt: skip
     if parts.scheme == "unix":
         if not parts.path:
             raise ConfigError(f"{what}: a unix:// URL needs the socket's path")
         return v
-    try:
-        parts.port  # noqa: B018 -- parsing it is the check: a port that is not 0-65535 raises
-    except ValueError:
-        raise ConfigError(f"{what}: the port must be an integer in [0, 65535]") from None
     if not parts.hostname:
         raise ConfigError(f"{what}: needs a host, e.g. redis://127.0.0.1:6379/0")
     db = parts.path.strip("/")

@@ -356,7 +356,8 @@ if rate then
 end
 for i = 1, n do
   redis.call('INCRBY', KEYS[3*i-1], amount)
-  if hold ~= '' then redis.call('ZADD', KEYS[3*i], expiry, hold .. ':' .. amount) end
+  -- the amount as sent (an integer string): Lua would print a large number as 1.2e+14
+  if hold ~= '' then redis.call('ZADD', KEYS[3*i], expiry, hold .. ':' .. ARGV[1]) end
   local ttl = tonumber(ARGV[8 + n + i])
   if ttl > 0 then
     redis.call('EXPIRE', KEYS[3*i-1], ttl)
@@ -383,7 +384,7 @@ local n = #KEYS / 3
 local hold = ARGV[3 + n]
 if hold ~= '' and redis.call('DEL', hold) == 0 then return 1 end
 for i = 1, n do
-  if hold == '' or redis.call('ZREM', KEYS[3*i], hold .. ':' .. held) == 1 then
+  if hold == '' or redis.call('ZREM', KEYS[3*i], hold .. ':' .. ARGV[1]) == 1 then
     redis.call('DECRBY', KEYS[3*i-1], held)
   end
   redis.call('INCRBY', KEYS[3*i-2], actual)
