@@ -1274,21 +1274,29 @@ class Executor:
         for a cooldown) none is open, and every call made is on record already."""
         now = perf_counter()
         for t, started in list(run.calling.values()):
-            usage = self._prompt_usage(run, t)
-            run.record(
-                Attempt(
-                    t.model,
-                    t.dep.name,
-                    "cancelled",
-                    started - run.t0,
-                    now - started,
-                    usage=None,
-                    cost_usd=cost_of(t.price, usage),
-                    cost_estimated=True,
-                    step=run.step,
-                ),
-                t,
-            )
+            self._cancelled(run, t, started, now)
+
+    def _cancelled(
+        self, run: Run, t: _Target, started: float, now: float, usage: Usage | None = None
+    ) -> None:
+        """Put a call cancelled in flight on record: with its answer's `usage` when it had
+        finished, else at its prompt, estimated (billed or not, which cannot be known)."""
+        estimated = usage is None
+        billed = self._prompt_usage(run, t) if usage is None else usage
+        run.record(
+            Attempt(
+                t.model,
+                t.dep.name,
+                "cancelled",
+                started - run.t0,
+                now - started,
+                usage=None if estimated else billed,
+                cost_usd=cost_of(t.price, billed),
+                cost_estimated=estimated,
+                step=run.step,
+            ),
+            t,
+        )
 
     async def _check(self, run: Run, t: _Target, resp: ChatResponse) -> Verdict | None:
         """The race's acceptance check: `run.accept`, a Validator (None: take any answer)."""
@@ -1315,22 +1323,9 @@ class Executor:
         now = perf_counter()
         for task, (t, started) in running.items():
             self.health.record_slow(t.key, now - started)  # it took at least this long
-            if not task.cancelled() and task.exception() is None:  # finished with the winner
-                usage, estimated = self._usage(run, t, task.result()), False
-            else:  # the prompt, as far as it got: billed or not, we cannot know
-                usage, estimated = self._prompt_usage(run, t), True
-            run.record(
-                Attempt(
-                    t.model,
-                    t.dep.name,
-                    "cancelled",
-                    started - run.t0,
-                    now - started,
-                    usage=None if estimated else usage,
-                    cost_usd=cost_of(t.price, usage),
-                    cost_estimated=estimated,
-                ),
-                t,
+            finished = not task.cancelled() and task.exception() is None  # with the winner
+            self._cancelled(
+                run, t, started, now, self._usage(run, t, task.result()) if finished else None
             )
         running.clear()
 
