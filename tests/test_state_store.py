@@ -180,11 +180,14 @@ async def test_a_record_this_version_cannot_read_breaks_only_itself() -> None:
             "satisfice:keys", newer.id, json.dumps({**asdict(newer), "org": "x"})
         )
         await s._r.hset("satisfice:keys", "broken", "{not json")
+        mistyped = {**asdict(good), "id": "mistyped", "budget_usd": "5"}  # had failed later
+        await s._r.hset("satisfice:keys", "mistyped", json.dumps(mistyped))
         assert {k.name for k in await s.list_keys()} == {"good", "newer"}
         assert (await s.key_by_id(newer.id)).name == "newer"  # type: ignore[union-attr]
         assert await s.key_by_id("absent") is None
-        with pytest.raises(StateUnavailable, match="cannot be read"):
-            await s.key_by_id("broken")
+        for kid in ("broken", "mistyped"):
+            with pytest.raises(StateUnavailable, match="cannot be read"):
+                await s.key_by_id(kid)
         assert (await s.key_by_secret(secret)).name == "good"  # type: ignore[union-attr]
         await s._r.hset("satisfice:key_hash", hash_key("sk-sat-broken"), "broken")
         with pytest.raises(StateUnavailable, match="cannot be read"):

@@ -116,6 +116,25 @@ class VirtualKey:
     revoked: bool = False
     created_at: float = field(default_factory=time.time)
 
+    def __post_init__(self) -> None:
+        # What a stored record (another version's, or written by hand) must hold: a wrong
+        # type had passed here and failed later, in a request, as a TypeError (a 500).
+        def real(v: object) -> bool:
+            return isinstance(v, int | float) and not isinstance(v, bool)
+
+        ok = (
+            all(isinstance(v, str) for v in (self.id, self.name, self.key_hash, self.period))
+            and (self.team is None or isinstance(self.team, str))
+            and (self.budget_usd is None or (real(self.budget_usd) and self.budget_usd >= 0))
+            and (self.models is None or (isinstance(self.models, list)
+                                         and all(isinstance(m, str) for m in self.models)))
+            and all(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+                    for v in (self.rpm, self.tpm))
+            and isinstance(self.revoked, bool) and real(self.created_at)
+        )  # fmt: skip
+        if not ok:
+            raise ConfigError(f"key {self.id!r:.40}: a field has the wrong type or value")
+
     def public(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("key_hash")
