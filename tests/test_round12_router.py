@@ -210,3 +210,18 @@ with LocalUpstream() as up:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "child 0"
+
+
+async def test_a_closed_router_opens_nothing_again(up: LocalUpstream) -> None:
+    # enable(), disable() and `async with` after aclose() had quietly built a new executor
+    # and HTTP client, which nothing would close
+    r = router(up.url)
+    async with r:
+        await r.chat("hi")
+    for call in (lambda: r.enable("alpha"), lambda: r.disable("alpha")):
+        with pytest.raises(RouterClosedError):
+            call()
+    with pytest.raises(RouterClosedError):
+        async with r:
+            pass
+    assert r._io is None

@@ -381,9 +381,13 @@ class Router:
         return self
 
     def _executor(self) -> Executor:
-        """The executor: configure()'s, else a default one, built by the first caller."""
+        """The executor: configure()'s, else a default one, built by the first caller;
+        none once the router is closed (enable() after aclose() had quietly opened a new
+        HTTP client)."""
         io = self._io
         if io is None:
+            if self._closed:
+                raise RouterClosedError(_CLOSED)
             with self._setup:  # requests racing on several threads build one, not several
                 if self._io is None:
                     self.configure()

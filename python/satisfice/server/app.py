@@ -325,7 +325,8 @@ class Service:
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
         await self._settle_queued(deadline=time.monotonic() + 10.0)
-        await self.router.aclose()
+        # uvicorn gave requests and streams their shutdown_grace_s already: no second grace
+        await self.router.aclose(grace_s=1.0)
         if self.router.ledger is not None:
             self.router.ledger.close()
         await self.state.close()
