@@ -60,3 +60,22 @@ def test_a_redis_url_is_not_echoed_in_its_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         ServerConfig.load(p)
     assert "s3cret" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("aliases", "word"),
+    [
+        ({"auto": {"quality_floor": 0.5}}, "the router"),
+        ({"gpt-oss-120b": {"quality_floor": 0.5}}, "a model"),
+        ({"cheap": {"allow": ["no-such-model"]}}, "allow names models"),
+    ],
+)
+def test_an_alias_hides_no_model_and_names_only_known_ones(
+    aliases: dict[str, dict[str, object]], word: str
+) -> None:
+    """All three were accepted: the alias answered where the model was asked for, or an
+    alias allowing only unknown models failed every request."""
+    from satisfice.server import create_app
+
+    with pytest.raises(ConfigError, match=word):
+        create_app(ServerConfig(aliases=aliases))
