@@ -385,3 +385,15 @@ def test_replay_rejects_rows_outside_the_set() -> None:
     with pytest.raises(InputError, match="outside"):
         replay.score(3, "a")
     assert replay.score(2, "top") == 1.0
+
+
+def test_answers_in_before_a_cut_off_are_kept() -> None:
+    """A latency budget that cut a parallel step off dropped the answers already in (billed,
+    and the only ones the request had): the cascade failed with no answer."""
+    call = Fake({"a": "B", "b": "C", "top": "A"}, delay_s={"b": 2.0})
+    ladder = Cascade([Step(("a", "b"), LETTER), Step(("top",))], latency_budget_ms=300)
+    r = run(ladder, call, estimates=est(p95=100.0))
+    assert r.model == "a" and not r.accepted and r.budget_hit == "latency"
+    step = r.steps[0]
+    assert step.status == "failed" and "cut off" in step.reason
+    assert [a.model for a in step.answers] == ["a"] and "not checked" in r.verdict.reason

@@ -204,7 +204,7 @@ async def test_a_step_call_raising_no_provider_error_cancels_its_siblings() -> N
             raise
 
     with pytest.raises(RuntimeError, match="not a provider failure"):
-        await _calls(call, ("slow", "bad"), [])
+        await _calls(call, ("slow", "bad"), [], [])
     assert cancelled == ["slow"]
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
 

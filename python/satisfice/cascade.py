@@ -216,6 +216,7 @@ class _Climb:
     elapsed: float = 0.0
     budget_hit: Literal["latency", "cost"] | None = None
     current: StepRecord | None = None  # the step in flight
+    arrived: list[Answer] = field(default_factory=list)  # its answers, as each one comes
     t0: float = 0.0  # when it started
     deadline: float | None = None  # the request's (perf_counter), for the checks
     on_check: Callable[[Verdict, str, int], None] | None = None
@@ -441,6 +442,19 @@ class Cascade:
                 if rec is not None:  # the cancelled calls may be billed; by how much is unknown
                     rec.status, rec.reason, rec.cost_usd = "failed", _CUT_OFF, None
                     rec.latency_ms = (self.clock() - climb.t0) * 1000.0
+                    # Answers that came before the cut are kept (they were billed, and one
+                    # may be the best so far); one not checked yet ranks below any checked.
+                    if not rec.answers:
+                        rec.answers = list(climb.arrived)
+                    for i, a in enumerate(rec.answers):
+                        if i < len(rec.verdicts):
+                            v = rec.verdicts[i]
+                            if climb.best is None or v.confidence >= climb.best[1].confidence:
+                                climb.best = (a, v)
+                        else:
+                            rec.verdicts.append(_LATE)
+                            if climb.best is None:
+                                climb.best = (a, _LATE)
                 climb.budget_hit = climb.budget_hit or "latency"
                 done = None
         if done is not None:
@@ -464,7 +478,7 @@ class Cascade:
                 continue
             rec = StepRecord(i, step.models, "escalated", "", est_cost_usd=step_cost)
             climb.records.append(rec)
-            climb.current, climb.t0 = rec, self.clock()
+            climb.current, climb.t0, climb.arrived = rec, self.clock(), []
             token = _STEP.set(i)  # the step's calls (tasks included) see their index
             try:
                 await self._step(rec, step, call, climb)
@@ -554,7 +568,7 @@ class Cascade:
         return None, step_cost, None
 
     async def _step(self, rec: StepRecord, step: Step, call: Call, climb: _Climb) -> None:
-        got = await _calls(call, step.models, climb.msgs)
+        got = await _calls(call, step.models, climb.msgs, climb.arrived)
         cost: float | None = 0.0
         slowest = 0.0
         for model, out in zip(step.models, got, strict=True):
@@ -648,14 +662,17 @@ class Cascade:
 # attempt's record (a "pass" no check gave would train the flywheel on made-up labels).
 UNCHECKED = Verdict(True, 1.0, "last step: accepted without a check")
 _CUT_OFF = "cut off: the latency budget ran out mid-step"
+_LATE = Verdict(False, 0.0, "arrived as the latency budget ran out: not checked")
 
 
 async def _calls(
-    call: Call, models: tuple[str, ...], msgs: list[dict[str, Any]]
+    call: Call, models: tuple[str, ...], msgs: list[dict[str, Any]], arrived: list[Answer]
 ) -> list[Answer | BaseException]:
+    """Each model's answer (or provider failure); each answer is also put in `arrived` as
+    it comes, so a latency budget that cuts the step off keeps those already in."""
     if len(models) == 1:  # no task to schedule for a single call
-        return [await _attempt(call, models[0], msgs)]
-    tasks = [asyncio.ensure_future(_attempt(call, m, msgs)) for m in models]
+        return [await _attempt(call, models[0], msgs, arrived)]
+    tasks = [asyncio.ensure_future(_attempt(call, m, msgs, arrived)) for m in models]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:
@@ -669,12 +686,16 @@ async def _calls(
         raise
 
 
-async def _attempt(call: Call, model: str, msgs: list[dict[str, Any]]) -> Answer | BaseException:
+async def _attempt(
+    call: Call, model: str, msgs: list[dict[str, Any]], arrived: list[Answer]
+) -> Answer | BaseException:
     # A provider failure costs this model its turn, not the whole step.
     try:
-        return await call(model, msgs)
+        answer = await call(model, msgs)
     except ProviderError as e:
         return e
+    arrived.append(answer)
+    return answer
 
 
 def _add(total: float | None, cost: float | None) -> float | None:
