@@ -225,3 +225,38 @@ async def test_a_closed_router_opens_nothing_again(up: LocalUpstream) -> None:
         async with r:
             pass
     assert r._io is None
+
+
+async def test_a_call_its_caller_cut_off_is_on_the_record_at_an_estimate(
+    up: LocalUpstream, tmp_path: Path
+) -> None:
+    """A chat() cancelled (a timeout, a server's client gone) while its call was at the
+    upstream, and a stream left before its first piece, were recorded with no attempt and
+    no cost, though the upstream had the call: now a "cancelled" attempt at the prompt's
+    estimated cost, and the record says the cost is estimated."""
+    from satisfice.testing import hang
+
+    db = tmp_path / "l.jsonl"
+    up.script(wire("alpha"), hang(), hang())
+    async with router(up.url).attach(ledger=db) as r:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(r.chat("hi"), 0.3)
+
+        async def first_piece() -> None:
+            async with r.stream("hi") as s:
+                async for _ in s:
+                    break
+
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(first_piece(), 0.3)
+        assert r.ledger is not None and r.ledger.flush()
+    recs = list(read_records(db))
+    assert len(recs) == 2
+    for rec in recs:
+        (a,) = rec["attempts"]
+        assert (a["model"], a["outcome"]) == ("alpha", "cancelled") and a["cost_usd"] > 0
+        assert rec["total_cost_usd"] == a["cost_usd"] and rec["cost_estimated"]
+    from satisfice.report import rows, summarize
+
+    summary = summarize(rows(db))  # counted by the report too (it said 0 estimated)
+    assert summary["estimated_cost_requests"] == 2

@@ -79,3 +79,17 @@ def test_an_alias_hides_no_model_and_names_only_known_ones(
 
     with pytest.raises(ConfigError, match=word):
         create_app(ServerConfig(aliases=aliases))
+
+
+def test_a_fractional_shutdown_grace_is_rounded_up_not_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvicorn takes whole seconds: int() had made a grace of 0.9 s none at all."""
+    import uvicorn
+
+    from satisfice.server import serve
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
+    serve(ServerConfig(shutdown_grace_s=0.9))
+    assert seen["timeout_graceful_shutdown"] == 1

@@ -117,6 +117,10 @@ class ProviderError(SatisficeError):
     """An upstream call failed. Never carries an API key: its message and body are scrubbed
     of every key satisfice holds, whatever the upstream sent."""
 
+    #: The upstream answered 2xx, then the answer was lost (its body cut, or malformed): it
+    #: generated the answer and may bill it, so the attempt carries an estimated cost.
+    answered = False
+
     def __init__(
         self,
         message: str,

@@ -706,8 +706,9 @@ class Executor:
     ) -> Action:
         """Record a failed attempt, update health, and say what to do next.
 
-        A call the upstream may still bill (it timed out after reaching it, or a stream broke
-        after `streamed` text) carries an estimated cost: the prompt (and that text)."""
+        A call the upstream may still bill (it timed out after reaching it, a stream broke
+        after `streamed` text, or a 2xx answer was cut or malformed) carries an estimated
+        cost: the prompt (and that text)."""
         now = perf_counter()
         run.upstream_s += now - started
         attempt = Attempt(
@@ -722,7 +723,7 @@ class Executor:
             e.retry_after,
             step=run.step,
         )
-        if streamed is not None or isinstance(e, UpstreamTimeoutError):
+        if streamed is not None or isinstance(e, UpstreamTimeoutError) or e.answered:
             usage = self._prompt_usage(run, t, streamed or "")
             attempt.usage, attempt.cost_estimated = usage, True
             attempt.cost_usd = cost_of(t.price, usage)
@@ -1068,7 +1069,11 @@ class Executor:
                 raise
             # StopAsyncIteration cannot happen: a provider stream ends with a ChatResponse
 
-        t, started, (gen, item) = await self._first_success(run, open_)
+        try:
+            t, started, (gen, item) = await self._first_success(run, open_)
+        except (GeneratorExit, asyncio.CancelledError):  # left before its first text
+            self._cut_off(run)  # the call it cut off may be billed: on record, estimated
+            raise
         run.answering = t.model
         upstream = perf_counter() - started
         run.upstream_s += upstream

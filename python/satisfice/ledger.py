@@ -220,6 +220,8 @@ def failure_record(
     out = billed_cost(attempts)
     if out is not None and (out[1] or not getattr(error, "cost_unknown", False)):
         rec["total_cost_usd"] = out[0]
+    # as ChatResult.to_record says it: a cut-off call is billed at an estimate
+    rec["cost_estimated"] = any(getattr(a, "cost_estimated", False) for a in attempts)
     return rec
 
 

@@ -86,6 +86,7 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     step_up: Counter[int] = Counter()
     for r in source:
         n += 1
+        estimated += bool(r.get("cost_estimated"))  # a failed request's bill may be too
         if r.get("outcome") != "ok":
             errors += 1
             if r.get("cost_usd") is not None:  # calls billed before the request failed
@@ -130,7 +131,6 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         if r.get("p_good") is not None:
             bm["p"].append(float(r["p_good"]))
         fell_back += bool(r.get("fallbacks"))
-        estimated += bool(r.get("cost_estimated"))
         days[str(r.get("day"))][m] += 1
         for i, status in enumerate(r.get("steps") or ()):
             if status in ("escalated", "accepted", "failed"):

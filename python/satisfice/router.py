@@ -646,10 +646,11 @@ class Router:
         except BaseException as e:  # cancelled by its caller (a timeout, a client gone)
             import asyncio  # loaded already (we are in a coroutine)
 
-            if rec is not None and isinstance(e, asyncio.CancelledError) and run is not None:
-                # a request all the same, recorded; its cost unknown unless a call on record
-                # says it (the call in flight may be billed: none is stated as $0)
-                self._record_failure(rec, RequestCancelled(), run, started_at, t0, options)
+            if run is not None and isinstance(e, asyncio.CancelledError):
+                # the call it cut off may be billed: on record at its prompt, estimated
+                io._cut_off(run)
+                if rec is not None:  # a request all the same, recorded
+                    self._record_failure(rec, RequestCancelled(), run, started_at, t0, options)
             raise
         finally:
             self._in_flight.discard(token)

@@ -432,13 +432,15 @@ class HTTPProvider:
         return f"{type(self).__name__}(model={self.model!r}, url={str(self._url)!r})"
 
     def _malformed(self, why: str) -> RetryableError:
-        return RetryableError(
+        e = RetryableError(
             f"{self.model_id} via {self.deployment}: the upstream answered 200 with a malformed "
             f"body ({why}); retrying or another deployment usually works",
             model=self.model_id,
             deployment=self.deployment,
             status=200,
         )
+        e.answered = True
+        return e
 
     def _transport_error(self, e: Exception) -> RetryableError:
         return error_from_transport(e, self.model_id, self.deployment)
@@ -478,9 +480,17 @@ class HTTPProvider:
         error."""
         t = time.perf_counter()
         try:
-            resp = await self._client.send(self._request(body, timeout))
+            resp = await self._client.send(self._request(body, timeout), stream=True)
         except httpx.RequestError as e:
             raise self._transport_error(e) from None
+        try:
+            await resp.aread()
+        except httpx.RequestError as e:  # the body cut: after a 2xx head, an answer was lost
+            err = self._transport_error(e)
+            err.answered = resp.status_code < 300
+            raise err from None
+        finally:
+            await resp.aclose()
         wire = time.perf_counter() - t
         if resp.status_code >= 300:
             raise error_from_response(
