@@ -392,9 +392,12 @@ class Service:
         its upstream may be billed for the prompt, and is settled at that estimate before
         the next is tried (timeouts are not retried on the same deployment). Each call is
         bounded as a cost cap's hold is (`executor.worst_bill`: a prompt-cache `write`,
-        Anthropic's thinking budget, the dearer of text and reasoning rates). Unpriced:
-        infinite (refused under a budget)."""
+        Anthropic's thinking budget, the dearer of text and reasoning rates). Unpriced, or
+        with file or audio parts (whose tokens nothing counts): infinite (refused under a
+        budget)."""
         out = int(max_tokens or 4 * max(d.tokens_out, 256))
+        if d.uncounted_parts:
+            return math.inf, out
         reg = d.registry  # the snapshot it was routed on: a reload meanwhile changes nothing
         ladder = tuned_ladder(d)[0] if cascade else None
         if ladder is not None:  # a cascade may call every model of its ladder once
@@ -595,8 +598,6 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                         "rate_limit_error",
                         "rate_limit_exceeded",
                     )
-            if budgets and d is not None and d.uncounted_parts:
-                worst = math.inf  # a prompt with no upper bound: no cost bound to reserve
             if budgets and math.isinf(worst):
                 refused: Refused | None = Refused(budgets[0])
             elif budgets or count is not None:

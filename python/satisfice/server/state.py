@@ -141,13 +141,6 @@ class VirtualKey:
         return d
 
     @staticmethod
-    def stored(raw: str | bytes) -> VirtualKey | None:
-        """A key as the store holds it, or None when the record cannot be read. Fields this
-        version does not know (written by a newer one, mid-upgrade) are left out: one such
-        record had made every listing, update and revocation of every key fail."""
-        return _stored(VirtualKey, raw)
-
-    @staticmethod
     def new(name: str, **kw: Any) -> tuple[VirtualKey, str]:
         key = "sk-sat-" + secrets.token_urlsafe(24)
         k = VirtualKey(id=secrets.token_hex(6), name=name, key_hash=hash_key(key), **kw)
@@ -177,11 +170,11 @@ class Refused:
     retry_in_s: float = 0.0
 
 
-_FIELDS: dict[type, frozenset[str]] = {}
-
-
 def _stored(cls: type[_T], raw: str | bytes) -> _T | None:
-    names = _FIELDS.setdefault(cls, frozenset(f.name for f in fields(cls)))  # type: ignore[arg-type]
+    """A record as the store holds it (a key, a team's budget), or None when it cannot be
+    read. Fields this version does not know (written by a newer one, mid-upgrade) are left
+    out: one such record had made every listing, update and revocation of every key fail."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     try:
         d = json.loads(raw)
         return cls(**{k: v for k, v in d.items() if k in names})
@@ -495,7 +488,7 @@ class RedisState:
             raise
         if raw is None:
             return None
-        k = VirtualKey.stored(raw)
+        k = _stored(VirtualKey, raw)
         if k is None:  # fail closed, and say why: the key's limits cannot be read
             self._unreadable("a key")
             raise StateUnavailable("the stored record of this key cannot be read")
@@ -506,7 +499,7 @@ class RedisState:
 
     async def list_keys(self) -> list[VirtualKey]:
         raw = await self._do(self._r.hgetall(f"{self._p}keys"))
-        keys = [VirtualKey.stored(v) for v in raw.values()]
+        keys = [_stored(VirtualKey, v) for v in raw.values()]
         if None in keys:  # listed without it: the others can still be managed
             self._unreadable("a key")
         return [k for k in keys if k is not None]
@@ -515,7 +508,7 @@ class RedisState:
         raw = await self._do(self._r.hget(f"{self._p}keys", kid))
         if raw is None:
             return None
-        k = VirtualKey.stored(raw)
+        k = _stored(VirtualKey, raw)
         if k is None:
             self._unreadable("a key")
             raise StateUnavailable(f"the stored record of key {kid!r} cannot be read")
