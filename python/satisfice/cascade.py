@@ -217,6 +217,14 @@ class _Climb:
     budget_hit: Literal["latency", "cost"] | None = None
     current: StepRecord | None = None  # the step in flight
     arrived: list[Answer] = field(default_factory=list)  # its answers, as each one comes
+
+    def offer(self, a: Answer, v: Verdict) -> None:
+        """Keep `a` as the best answer so far if its verdict is at least as confident (ties
+        go to the later answer: it came from higher up the ladder); one never checked
+        (`_LATE`) only when there is none."""
+        if self.best is None or (v is not _LATE and v.confidence >= self.best[1].confidence):
+            self.best = (a, v)
+
     t0: float = 0.0  # when it started
     deadline: float | None = None  # the request's (perf_counter), for the checks
     on_check: Callable[[Verdict, str, int], None] | None = None
@@ -446,15 +454,9 @@ class Cascade:
                     # may be the best so far); one not checked yet ranks below any checked.
                     if not rec.answers:
                         rec.answers = list(climb.arrived)
-                    for i, a in enumerate(rec.answers):
-                        if i < len(rec.verdicts):
-                            v = rec.verdicts[i]
-                            if climb.best is None or v.confidence >= climb.best[1].confidence:
-                                climb.best = (a, v)
-                        else:
-                            rec.verdicts.append(_LATE)
-                            if climb.best is None:
-                                climb.best = (a, _LATE)
+                    rec.verdicts += [_LATE] * (len(rec.answers) - len(rec.verdicts))
+                    for a, v in zip(rec.answers, rec.verdicts, strict=True):
+                        climb.offer(a, v)
                 climb.budget_hit = climb.budget_hit or "latency"
                 done = None
         if done is not None:
@@ -495,9 +497,7 @@ class Cascade:
                 )
                 return CascadeResult(rec.answers[k], rec.verdicts[k], True, climb.records)
             for a, v in zip(rec.answers, rec.verdicts, strict=True):
-                # Ties go to the later answer: it came from a step higher up the ladder.
-                if climb.best is None or v.confidence >= climb.best[1].confidence:
-                    climb.best = (a, v)
+                climb.offer(a, v)
         return None
 
     def _blocked(
