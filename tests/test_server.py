@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from satisfice import Policy, Router
+from satisfice import Policy, Registry, Router
 from satisfice.ledger import read_records
 from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream, reply
@@ -254,6 +254,29 @@ def test_admin_health_disable_and_reload(served: Any) -> None:
     assert r.status_code == 200 and r.json()["models"] == 4
     assert httpx.get(url + "/ready").json()["ready"] is True
     assert b"satisfice_requests_total" in httpx.get(url + "/metrics").content
+
+
+def test_a_reload_that_would_break_an_alias_is_refused_and_changes_nothing(
+    upstream: LocalUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Aliases were checked against the registry at start only: a reload that dropped a
+    model an alias allows left the alias failing every request."""
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
+    reg = tmp_path / "r.toml"
+    reg.write_text(registry(upstream.url).to_toml())
+    cfg = ServerConfig(registry_path=str(reg), aliases={"fast": {"allow": ["beta"]}})
+    admin = {"authorization": f"Bearer {MASTER}"}
+    with running(cfg, Router(registry(upstream.url))) as (url, app):
+        full = registry(upstream.url)
+        reg.write_text(Registry([m for m in full if m.id != "beta"], full.meta).to_toml())
+        r = httpx.post(url + "/admin/reload", headers=admin)
+        assert r.status_code == 400, r.text
+        assert "[aliases].fast.allow" in r.json()["error"]["message"]
+        assert "beta" in app.state.service.router.registry
+        out = _client(url).chat.completions.create(
+            model="fast", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert out.model == "beta"
 
 
 def test_session_pins_and_switches(served: Any) -> None:

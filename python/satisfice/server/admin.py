@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import ConfigError, SatisficeError
+from .config import check_aliases
 from .state import Budget, StateUnavailable, VirtualKey
 
 if TYPE_CHECKING:
@@ -209,6 +210,7 @@ def admin_routes(svc: Service) -> list[Route]:
         c = svc.config
         reg = Registry.from_toml(c.registry_path) if c.registry_path else Registry.default()
         pol = Policy.load(c.policy_path) if c.policy_path else None
+        check_aliases(c.aliases, reg)  # as at start: a model renamed or dropped since
         svc.router.update(registry=reg, policy=pol)
         return JSONResponse({"models": len(reg), "prices_as_of": str(reg.meta.get("prices_as_of"))})
 

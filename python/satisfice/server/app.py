@@ -51,7 +51,7 @@ from ..result import billed_cost
 from ..router import Router
 from ..state import Health
 from . import wire
-from .config import ServerConfig
+from .config import ServerConfig, check_aliases
 from .state import (
     Budget,
     MemoryState,
@@ -210,7 +210,7 @@ class Service:
         )
         policy = Policy.load(config.policy_path) if config.policy_path else Policy()
         self.router = router or Router(registry, policy)
-        _check_aliases(config.aliases, self.router.registry)
+        check_aliases(config.aliases, self.router.registry)
         self.state: MemoryState | RedisState = (
             RedisState(config.redis_url)
             if config.state_backend == "redis" and config.redis_url
@@ -442,23 +442,6 @@ class Service:
         t = asyncio.get_running_loop().create_task(self.settle(budgets, reserved, actual))
         self._settling.add(t)
         t.add_done_callback(self._settling.discard)
-
-
-def _check_aliases(aliases: Mapping[str, Mapping[str, Any]], registry: Registry) -> None:
-    """An alias neither hides a model nor names one the registry lacks (either had been
-    accepted: the alias answered where the model was asked for, or failed every request)."""
-    for name, c in aliases.items():
-        if name == "auto" or name in registry:
-            raise ConfigError(
-                f"[aliases].{name} has the name of {'the router' if name == 'auto' else 'a model'}"
-                ", which it would hide; give it another name"
-            )
-        for field in ("allow", "deny"):
-            unknown = [m for m in c.get(field) or () if m not in registry]
-            if unknown:
-                raise ConfigError(
-                    f"[aliases].{name}.{field} names models the registry lacks: {unknown}"
-                )
 
 
 _CONSTRAINT_KEYS = {

@@ -34,11 +34,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from ..policy import Constraints
+
+if TYPE_CHECKING:
+    from ..registry import Registry
 
 __all__ = ["ServerConfig"]
 
@@ -270,3 +273,20 @@ class ServerConfig:
         except OSError as e:  # a directory, no permission
             raise ConfigError(f"config file {p} cannot be read: {e.strerror}") from None
         return cls.from_dict(data, p.parent)
+
+
+def check_aliases(aliases: Mapping[str, Mapping[str, Any]], registry: Registry) -> None:
+    """An alias neither hides a model nor names one the registry lacks (either had been
+    accepted: the alias answered where the model was asked for, or failed every request)."""
+    for name, c in aliases.items():
+        if name == "auto" or name in registry:
+            raise ConfigError(
+                f"[aliases].{name} has the name of {'the router' if name == 'auto' else 'a model'}"
+                ", which it would hide; give it another name"
+            )
+        for kind in ("allow", "deny"):
+            unknown = [m for m in c.get(kind) or () if m not in registry]
+            if unknown:
+                raise ConfigError(
+                    f"[aliases].{name}.{kind} names models the registry lacks: {unknown}"
+                )
