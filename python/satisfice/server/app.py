@@ -484,7 +484,7 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
     async def handle(request: Request, api: str) -> Response:
         svc.in_flight += 1
         reserved: tuple[list[Budget], float] | None = None
-        streaming = False
+        streaming = handed = False
         failed: Exception | None = None
         try:
             body = await _json(request, svc.config.max_body_bytes)
@@ -632,7 +632,9 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 reserved = (budgets, worst)
             if routed.stream:
                 streaming = True
-                return await _stream(svc, routed, opts, api, reserved)
+                resp = await _stream(svc, routed, opts, api, reserved)
+                handed = True  # in flight until its body ends: the response counts it now
+                return resp
             res = await svc.router.chat(routed.messages, **opts)
             if reserved is not None:
                 budgets, held = reserved
@@ -659,7 +661,8 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             if reserved is not None and not streaming:  # failed before settling: release it
                 billed = _billed(failed if failed is not None else sys.exc_info()[1], reserved[1])
                 await svc.settle(reserved[0], reserved[1], billed)
-            svc.in_flight -= 1
+            if not handed:
+                svc.in_flight -= 1
 
     async def chat_completions(request: Request) -> Response:
         return await handle(request, "openai")
@@ -755,6 +758,21 @@ async def _close_and_settle(
                 # no billed call on record (e.g. cut before its estimate was kept): the hold
                 settled = reserved[1] if spent is None or not spent[1] else spent[0]
             svc.settle_soon(reserved[0], reserved[1], settled)
+
+
+class _InFlight(StreamingResponse):
+    """A stream counted in /health's requests in flight until its body has ended (the
+    handler that made it returned at its first piece)."""
+
+    def __init__(self, svc: Service, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.svc = svc
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.svc.in_flight -= 1
 
 
 async def _stream(
@@ -902,7 +920,8 @@ async def _stream(
             await _close_and_settle(svc, s, reserved, settled)
 
     gen = openai_events() if api == "openai" else anthropic_events()
-    return StreamingResponse(
+    return _InFlight(
+        svc,
         gen,
         media_type="text/event-stream",
         headers={
