@@ -260,3 +260,47 @@ async def test_a_call_its_caller_cut_off_is_on_the_record_at_an_estimate(
 
     summary = summarize(rows(db))  # counted by the report too (it said 0 estimated)
     assert summary["estimated_cost_requests"] == 2
+
+
+def test_a_fork_while_another_thread_holds_the_routers_locks_leaves_the_child_working() -> None:
+    # a lock held by another thread at the fork stayed held in the child for good: its first
+    # chat_sync() (which builds the loop thread under the setup lock) and update() hung
+    code = """
+import os, sys, threading
+sys.path.insert(0, sys.argv[1])
+from satisfice.testing import LocalUpstream
+from tests.chat_support import router
+
+with LocalUpstream() as up:
+    r = router(up.url)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with r._setup, r._swap:
+            held.set()
+            release.wait()
+
+    threading.Thread(target=hold, daemon=True).start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:
+        out = []
+
+        def child():
+            r.update(r.registry)
+            out.append(r.chat_sync("child").model)
+
+        t = threading.Thread(target=child, daemon=True)
+        t.start()
+        t.join(10)
+        os._exit(0 if out == ["alpha"] else 1)
+    release.set()
+    _, st = os.waitpid(pid, 0)
+    print("child", os.waitstatus_to_exitcode(st))
+    r.close()
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code, ROOT], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "child 0"

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -86,6 +87,19 @@ _CLOSED = (
     "the router is closed (aclose(), close() or the end of `with router:`): make requests "
     "before closing it, or make a new Router"
 )
+# Every router's locks, made anew in a forked child: a lock another thread of the parent
+# held at the fork stays held there for good (its owner does not exist in the child), and
+# the child's first request, or update(), would wait on it forever.
+_ROUTERS: weakref.WeakSet[Router] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    for r in list(_ROUTERS):
+        r._swap, r._setup = threading.Lock(), threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
+
 # Prompts above this many bytes are routed on a worker thread (the GIL is released there).
 _ROUTE_INLINE_BYTES = 32 * 1024
 
@@ -221,6 +235,7 @@ class Router:
         self._in_flight: set[object] = set()  # requests running: aclose() waits for them
         self._in_flight_pid = os.getpid()  # whose requests they are (a forked child has none)
         self._closed = False
+        _ROUTERS.add(self)
 
     @property
     def snapshot(self) -> Snapshot:
