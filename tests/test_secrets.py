@@ -110,3 +110,52 @@ async def test_an_error_not_of_ours_is_recorded_and_logged_without_the_key(
     (rec,) = read_records(db)
     assert rec["error_type"] == "RuntimeError" and "[redacted]" in rec["error"]
     assert_clean(json.dumps(rec), caplog.text)
+
+
+HEX_KEY = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"  # openssl rand -hex 32
+GROQ_SHAPED = "gsk_" + "Xq7Lm2Np9Rt4Vw8Yz1Bc3Df5Gh6Jk0MnPqRsTuVwXyZaBcDeFgHi"
+
+
+@pytest.mark.parametrize("pasted", [HEX_KEY, GROQ_SHAPED])
+def test_a_key_pasted_where_a_variables_name_goes_is_refused_unechoed(
+    tmp_path: Path, pasted: str
+) -> None:
+    # the server's master_key_env took any alphanumeric string, and the admin API answered
+    # every unauthenticated caller "set <it>"; api_key_env took gsk_<52 alphanumerics>, and
+    # every chat error said "environment variable <it> is not set"
+    from satisfice import Registry
+    from satisfice.server import ServerConfig
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f'[server]\nmaster_key_env = "{pasted}"\n')
+    with pytest.raises(SatisficeError) as e:
+        ServerConfig.load(cfg)
+    assert pasted not in str(e.value) and "not hold the key itself" in str(e.value)
+    model = {"id": "m", "provider": "groq", "tokenizer": "o200k_base",
+             "context_window": 8000, "max_output": 1000, "price": {"input": 1, "output": 1},
+             "deployments": [{"api": "openai", "base_url": "http://127.0.0.1:9/v1",
+                              "api_key_env": pasted}]}  # fmt: skip
+    with pytest.raises(SatisficeError) as e:
+        Registry.from_dict({"model": [model]})
+    assert pasted not in str(e.value)
+
+
+def test_the_server_configs_repr_has_no_password() -> None:
+    from satisfice.server import ServerConfig
+
+    cfg = ServerConfig(
+        state_backend="redis",
+        redis_url="redis://:hunter2-redis-pw@127.0.0.1:6379/0",
+        ledger="postgresql://u:hunter2-pg-pw@127.0.0.1/db",
+    )
+    assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg)
+
+
+def test_the_admin_api_off_does_not_name_the_variable() -> None:
+    from starlette.testclient import TestClient
+
+    from satisfice.server import ServerConfig, create_app
+
+    app = create_app(ServerConfig(master_key_env="SOME_TEAM_MASTER_KEY_VAR"))
+    r = TestClient(app).get("/admin/keys")
+    assert r.status_code == 403 and "SOME_TEAM_MASTER_KEY_VAR" not in r.text

@@ -25,6 +25,19 @@ __all__ = ["Deployment", "LongContext", "ModelSpec", "Price", "Registry"]
 
 _APIS = ("openai", "anthropic")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+# A run of 20+ letters and digits mixed is a key's random part (gsk_..., a hex master key),
+# not a word of a variable's name: such a "name" is a key pasted in the wrong field.
+_KEY_LIKE = re.compile(r"(?=[A-Za-z0-9]*[0-9])(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{20,}")
+
+
+def is_env_name(value: object) -> bool:
+    """Whether `value` names an environment variable, and does not hold a key instead
+    (a name is echoed in errors; a key must never be)."""
+    return (
+        isinstance(value, str)
+        and _ENV_NAME.match(value) is not None
+        and _KEY_LIKE.search(value) is None
+    )
 
 
 def _is_url(url: str) -> bool:
@@ -284,7 +297,7 @@ class Deployment:
                 f"got {base_url!r:.200}"
             )
         env = d.get("api_key_env")
-        if env is not None and (not isinstance(env, str) or not _ENV_NAME.match(env)):
+        if env is not None and not is_env_name(env):
             # Never echo it: a key pasted here by mistake must not reach a log.
             raise ConfigError(
                 f"{where}: api_key_env must name an environment variable (like "

@@ -67,7 +67,8 @@ def admin_routes(svc: Service) -> list[Route]:
     def guard(request: Request) -> Response | None:
         master = svc.master_key
         if master is None:
-            return _err(403, f"the admin API is off: set {svc.config.master_key_env}")
+            # the variable's name is the operator's business, not a caller's
+            return _err(403, "the admin API is off: this server has no master key set")
         auth = request.headers.get("authorization", "")
         given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         if not hmac.compare_digest(given.encode(), master.encode()):

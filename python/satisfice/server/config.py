@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from ..policy import Constraints
+from ..registry import is_env_name
 
 if TYPE_CHECKING:
     from ..registry import Registry
@@ -118,8 +119,9 @@ class ServerConfig:
     policy_path: str | None = None
     aliases: dict[str, dict[str, Any]] = field(default_factory=dict)
     state_backend: str = "memory"
-    redis_url: str | None = None
-    ledger: str | None = None
+    # out of the repr: either may be a URL with a password in it
+    redis_url: str | None = field(default=None, repr=False)
+    ledger: str | None = field(default=None, repr=False)
     probe_interval_s: float | None = None
     probe_budget_usd: float | None = None
     health_file: str | None = None
@@ -231,8 +233,11 @@ class ServerConfig:
         if not isinstance(require, bool):
             raise ConfigError("[server].require_keys must be true or false")
         env = srv.get("master_key_env", "SATISFICE_MASTER_KEY")
-        if not isinstance(env, str) or not env.replace("_", "").isalnum():
-            raise ConfigError("[server].master_key_env must name an environment variable")
+        if not is_env_name(env):  # never echoed: a key pasted here must not reach a log
+            raise ConfigError(
+                "[server].master_key_env must name an environment variable (like "
+                "SATISFICE_MASTER_KEY), not hold the key itself; put the key in that variable"
+            )
         return cls(
             host=host,
             port=_int(srv.get("port", 4000), "[server].port", 0, 65535),
