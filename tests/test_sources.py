@@ -160,6 +160,20 @@ def test_apply_carries_facts_and_keeps_what_the_user_set() -> None:
         sources.apply(_reg(), cat, ["nope"])
 
 
+def test_a_model_to_add_whose_id_is_taken_is_refused_not_skipped(tmp_path: Path) -> None:
+    # two hosts serving "gpt-5.3" reduce to the one id: the second had been dropped
+    # without a word ("0 change(s)", exit 0)
+    body = json.loads((FIX / "litellm_prices.json").read_text())
+    body["groq/gpt-5.3"] = dict(body["gpt-5.3"], litellm_provider="groq")
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(body))
+    cat = sources.load("litellm", str(f))
+    new, _ = sources.apply(_reg(), cat, ["gpt-5.3", "gpt-5.3"])  # the same listing twice
+    assert [d.name for d in new["gpt-5.3"].deployments] == ["openai"]
+    with pytest.raises(ConfigError, match="'groq:gpt-5.3' would be added as model 'gpt-5.3'"):
+        sources.apply(_reg(), cat, ["gpt-5.3", "groq:gpt-5.3"])
+
+
 def test_absurd_changes_are_flagged() -> None:
     cat = sources.load("litellm", str(FIX / "litellm_prices.json"))
     _, ok = sources.apply(_reg(input=2.0, output=10.0), cat)

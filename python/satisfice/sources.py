@@ -649,7 +649,16 @@ def apply(
             )
         mid = hit.model.rsplit("/", 1)[-1]
         if mid in known:
-            continue
+            had = next(m for m in models if m.id == mid)
+            if any(_listing_for(cat, d) == hit for d in had.deployments):
+                continue  # already in the registry, and updated above
+            # a different listing under the same id: skipping it had said nothing at all
+            at = ", ".join(f"{d.name}:{d.model}" for d in had.deployments) or "no deployment"
+            raise ConfigError(
+                f"{name!r} would be added as model {mid!r}, which the registry already has "
+                f"({at}); in the registry file, add it to that model as a deployment if it "
+                "is the same model, else as a model with an id of its own"
+            )
         known.add(mid)
         models.append(_new_model(mid, hit))
     meta = dict(registry.meta)
