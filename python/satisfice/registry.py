@@ -51,15 +51,28 @@ def _is_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-def _num(d: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> float | None:
+# USD per 1M tokens (or per call): 1000x the dearest model listed anywhere. Past it a rate is
+# a typo or a unit mistake, and near 1e308 a cost overflowed to inf ("est_cost_usd": Infinity).
+_MAX_RATE = 1e5
+
+
+def _num(
+    d: Mapping[str, Any],
+    key: str,
+    where: str,
+    *,
+    required: bool = False,
+    most: float = math.inf,
+) -> float | None:
     v = d.get(key)
     if v is None:
         if required:
             raise ConfigError(f"{where}: {key!r} is required")
         return None
     f = as_real(v)
-    if f is None or f < 0:
-        raise ConfigError(f"{where}: {key!r} must be a finite number >= 0, got {v!r:.40}")
+    if f is None or f < 0 or f > most:
+        bound = ">= 0" if math.isinf(most) else f"from 0 to {most:g}"
+        raise ConfigError(f"{where}: {key!r} must be a finite number {bound}, got {v!r:.40}")
     return f
 
 
@@ -74,7 +87,8 @@ class LongContext:
 
     def __post_init__(self) -> None:
         for k in ("above", "input", "output"):
-            _num({k: getattr(self, k)}, k, "LongContext", required=True)
+            most = math.inf if k == "above" else _MAX_RATE
+            _num({k: getattr(self, k)}, k, "LongContext", required=True, most=most)
 
 
 def _tiers(v: Any, where: str) -> tuple[LongContext, ...]:
@@ -147,7 +161,9 @@ class Price:
         # Built by hand too, not only from a registry file: a NaN or negative rate would
         # bill NaN or negative USD (and pass any cost cap).
         for k in ("input", "output", "per_request", *_OPTIONAL_RATES):
-            _num({k: getattr(self, k)}, k, "Price", required=k in ("input", "output"))
+            _num(
+                {k: getattr(self, k)}, k, "Price", required=k in ("input", "output"), most=_MAX_RATE
+            )
         if not isinstance(self.long_context, tuple) or not all(
             isinstance(t, LongContext) for t in self.long_context
         ):
