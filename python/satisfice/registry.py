@@ -105,8 +105,8 @@ def _tiers(v: Any, where: str) -> tuple[LongContext, ...]:
                 "(or a list of them, one per tier)"
             )
         above = _num(t, "above", w, required=True)
-        li = _num(t, "input", w, required=True)
-        lo = _num(t, "output", w, required=True)
+        li = _num(t, "input", w, required=True, most=_MAX_RATE)
+        lo = _num(t, "output", w, required=True, most=_MAX_RATE)
         assert above is not None and li is not None and lo is not None
         out.append(LongContext(above, li, lo))
     out.sort(key=lambda t: t.above)
@@ -177,16 +177,16 @@ class Price:
             raise ConfigError(
                 f"{where}: unknown price field(s) {sorted(unknown)}; known: {sorted(known)}"
             )
-        inp = _num(d, "input", where, required=True)
-        out = _num(d, "output", where, required=True)
+        inp = _num(d, "input", where, required=True, most=_MAX_RATE)
+        out = _num(d, "output", where, required=True, most=_MAX_RATE)
         assert inp is not None and out is not None
         long = d.get("long_context")
-        rates = {k: _num(d, k, where) for k in _OPTIONAL_RATES}
+        rates = {k: _num(d, k, where, most=_MAX_RATE) for k in _OPTIONAL_RATES}
         return cls(
             inp,
             out,
             long_context=_tiers(long, where) if long is not None else (),
-            per_request=_num(d, "per_request", where),
+            per_request=_num(d, "per_request", where, most=_MAX_RATE),
             **rates,
         )
 
