@@ -30,6 +30,8 @@ BAD = [
     # a URL without backend = "redis" was ignored: replicas shared nothing
     ('[state]\nredis_url = "redis://127.0.0.1:6379/0"\n', "redis_url is set but"),
     ("[probe]\ninterval_s = -1\n", "interval_s"),
+    # accepted, and the catalogue was fetched back to back
+    ('[registry]\nrefresh = { source = "litellm", interval_s = 1e-300 }\n', "at least 60"),
 ]
 
 

@@ -226,6 +226,11 @@ class ServerConfig:
             for k in ("interval_s", "max_ratio"):
                 if k in refresh:
                     refresh[k] = _num(refresh[k], f"[registry].refresh.{k}")
+            if refresh.get("interval_s", 3600) < 60:  # 1e-300 had fetched back to back
+                raise ConfigError(
+                    "[registry].refresh.interval_s must be at least 60 (seconds): each "
+                    "refresh reads the whole catalogue"
+                )
         host = srv.get("host", "127.0.0.1")
         if not isinstance(host, str) or not host:
             raise ConfigError("[server].host must be a host name or address")
