@@ -174,6 +174,18 @@ def test_a_model_to_add_whose_id_is_taken_is_refused_not_skipped(tmp_path: Path)
         sources.apply(_reg(), cat, ["gpt-5.3", "groq:gpt-5.3"])
 
 
+def test_a_window_the_source_does_not_list_is_said_to_be_assumed(tmp_path: Path) -> None:
+    # the new model got a context window of 8192 without a word: "+ x: added (openrouter)"
+    f = tmp_path / "or.json"
+    f.write_text(json.dumps({"data": [{"id": "acme/newmodel-x",
+                 "pricing": {"prompt": "0.0000001", "completion": "0.0000002"}}]}))  # fmt: skip
+    new, diff = sources.apply(_reg(), sources.load("openrouter", str(f)), ["acme/newmodel-x"])
+    text = diff.render()
+    assert "newmodel-x: the source lists no context window; 8192 tokens assumed" in text
+    assert "1 change(s)" in text  # the note is not a change
+    assert new["newmodel-x"].context_window == 8192
+
+
 def test_absurd_changes_are_flagged() -> None:
     cat = sources.load("litellm", str(FIX / "litellm_prices.json"))
     _, ok = sources.apply(_reg(input=2.0, output=10.0), cat)

@@ -87,7 +87,7 @@ class RegistryRefresher:
             self.router.update(registry=new)
             _log.info(
                 "registry refreshed from %s: %d change(s)", self.source,
-                sum(1 for c in diff.changes if c.what != "unlisted"),
+                sum(1 for c in diff.changes if c.what not in sources.NOTES),
                 extra={"event": "registry_refresh", "changes": [str(c) for c in diff.changes]},
             )  # fmt: skip
         self.refreshes += 1

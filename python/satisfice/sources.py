@@ -502,7 +502,7 @@ def _fetch(url: str, timeout_s: float) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Change:
     model: str
-    what: str  # price.input, context_window, deprecation_date, added, unlisted, ...
+    what: str  # price.input, context_window, deprecation_date, added, unlisted, assumed, ...
     old: Any
     new: Any
     base: float | None = None  # a new rate's previous effective value (it defaulted to this)
@@ -510,9 +510,16 @@ class Change:
     def __str__(self) -> str:
         if self.what == "added":
             return f"+ {self.model}: added ({self.new})"
+        if self.what == "assumed":
+            return (
+                f"! {self.model}: the source lists no {self.old}; {self.new} (set it in the file)"
+            )
         if self.what == "unlisted":
             return f"? {self.model}: not in the source ({self.old}); kept as it is"
         return f"~ {self.model}: {self.what} {self.old} -> {self.new}"
+
+
+NOTES = ("unlisted", "assumed")  # a Diff's lines that tell, not change
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,7 +527,7 @@ class Diff:
     changes: tuple[Change, ...] = ()
 
     def __bool__(self) -> bool:
-        return any(c.what != "unlisted" for c in self.changes)
+        return any(c.what not in NOTES for c in self.changes)
 
     def absurd(self, max_ratio: float = 10.0) -> list[Change]:
         """Changes a refresh refuses unless confirmed: a price multiplied or divided by more
@@ -555,7 +562,7 @@ class Diff:
     def render(self) -> str:
         if not self.changes:
             return "no changes"
-        real = sum(1 for c in self.changes if c.what != "unlisted")
+        real = sum(1 for c in self.changes if c.what not in NOTES)
         return "\n".join(map(str, self.changes)) + f"\n{real} change(s)"
 
 
@@ -628,14 +635,14 @@ def apply(
     deployments a user configured are kept. Models the source does not list are kept as
     they are and reported as unlisted."""
     models: list[ModelSpec] = []
-    unlisted: list[Change] = []
+    notes: list[Change] = []  # unlisted models, assumed facts
     for m in registry:
         if m.base is not None:  # an effort variant: rebuilt from its model
             continue
         hits = [(d, h) for d in m.deployments if (h := _listing_for(cat, d)) is not None]
         if not hits:
             where = ", ".join(f"{d.name}:{d.model}" for d in m.deployments)
-            unlisted.append(Change(m.id, "unlisted", where, None))
+            notes.append(Change(m.id, "unlisted", where, None))
             models.append(m)
             continue
         models.append(_updated(m, hits))
@@ -660,13 +667,17 @@ def apply(
                 "is the same model, else as a model with an id of its own"
             )
         known.add(mid)
-        models.append(_new_model(mid, hit))
+        m = _new_model(mid, hit)
+        models.append(m)
+        if not hit.context_window:  # a window made up without a word had looked like a fact
+            notes.append(Change(mid, "assumed", "context window",
+                                   f"{m.context_window} tokens assumed"))  # fmt: skip
     meta = dict(registry.meta)
     meta["prices_as_of"] = prices_as_of or date.today()
     meta["source"] = cat.source
     new = Registry(models, meta)
     d = diff(registry, new)
-    return new, Diff(d.changes + tuple(unlisted))
+    return new, Diff(d.changes + tuple(notes))
 
 
 def _updated(m: ModelSpec, hits: list[tuple[Deployment, Listing]]) -> ModelSpec:
