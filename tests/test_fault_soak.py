@@ -1,5 +1,6 @@
 """3,000 requests against an upstream that misbehaves at random, both wire formats, chat
-and stream: every one ends in an answer or a SatisficeError, within its deadline + 0.5 s.
+and stream: every one ends in an answer or a SatisficeError, within its deadline + 0.5 s (plus what
+the event loop was late by, on a starved machine).
 Never a raw Python exception, never a hang. Bounded: 30 batches of 100 concurrent."""
 
 from __future__ import annotations
@@ -53,10 +54,21 @@ async def one(r: Any, stream: bool) -> tuple[object, float]:
     return out, time.perf_counter() - t
 
 
+async def _lag(into: list[float]) -> None:
+    """The event loop's worst lateness: on a starved machine (a busy CI host) a deadline's
+    timer fires late by this much, through no fault of the code under test."""
+    while True:
+        t = time.perf_counter()
+        await asyncio.sleep(0.005)
+        into[0] = max(into[0], time.perf_counter() - t - 0.005)
+
+
 async def test_three_thousand_mixed_faults_end_cleanly(up: LocalUpstream) -> None:
     random.seed(7)
     outcomes: dict[str, int] = {}
     slowest = 0.0
+    lag = [0.0]
+    watch = asyncio.get_running_loop().create_task(_lag(lag))
     async with router(up.url, read_timeout_s=0.3, stream_idle_timeout_s=0.3) as r:
         for batch in range(30):
             for m in ORDER:
@@ -75,8 +87,10 @@ async def test_three_thousand_mixed_faults_end_cleanly(up: LocalUpstream) -> Non
             up.reset_script()
             for m in ORDER:  # a scripted 401 or a breaker must not end the run
                 r.enable(m)
-    print(f"outcomes over 3,000 requests: {outcomes}; slowest {slowest:.2f}s")
+    watch.cancel()
+    print(f"outcomes over 3,000 requests: {outcomes}; slowest {slowest:.2f}s, lag {lag[0]:.2f}s")
     assert sum(outcomes.values()) == 3000
     assert outcomes.get("ChatResult", 0) > 1000  # fallbacks work through the faults
-    assert slowest <= DEADLINE + 0.5
+    # the deadline, plus what a starved loop adds (a timer late, then the cleanup it runs)
+    assert slowest <= DEADLINE + 0.5 + 3 * lag[0]
     up.drop_connections()
