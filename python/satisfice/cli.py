@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SatisficeError
+from .eval.cli import _dumps, register_calibrate, register_eval
 
 __all__ = ["main"]
 
@@ -63,7 +64,7 @@ def cmd_route(args: argparse.Namespace) -> int:
             raise SatisficeError(f"--messages: {args.file} is not JSON: {e}") from None
     d = _router(args).route(messages, _constraints(args))
     if args.json:
-        print(json.dumps(d.to_dict(), indent=2))
+        print(_dumps(d.to_dict(), indent=2))
     else:
         print(d.explain())
     return 0
@@ -83,7 +84,7 @@ def cmd_count(args: argparse.Namespace) -> int:
     n = _core.count_tokens(text, family)
     exact = _core.is_exact_family(family)
     if args.json:
-        print(json.dumps({"tokens": n, "encoding": family, "exact": exact}))
+        print(_dumps({"tokens": n, "encoding": family, "exact": exact}))
     else:
         note = "" if exact else f"  (approximate: {family} scaled from the nearest OpenAI encoding)"
         print(f"{n}{note}")
@@ -96,18 +97,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         resources.files("satisfice").joinpath("data/demo_prompts.json").read_text("utf-8")
     )
     ref = router.registry.reference
-    total = total_ref = 0.0
     rows = []
     for p in prompts:
         d = router.route(p, _constraints(args))
         _, ref_cost = d.reference
-        cost = d.est_cost_usd
-        total += cost or 0.0
-        total_ref += ref_cost or 0.0
-        rows.append((p, d.task, d.model, cost, ref_cost))
+        rows.append((p, d.task, d.model, d.est_cost_usd, ref_cost))
+    # An unpriced model's cost is unknown, not $0: a total over it would claim a saving of
+    # exactly what it left out, so the totals are unknown when any row is unpriced.
+    priced = [(c, r) for *_, c, r in rows if c is not None and r is not None]
+    unpriced = len(rows) - len(priced)
+    total = None if unpriced else sum(c for c, _ in priced)
+    total_ref = None if unpriced else sum(r for _, r in priced)
     if args.json:
         print(
-            json.dumps(
+            _dumps(
                 {
                     "reference_model": ref.id,
                     "routes": [
@@ -120,6 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         }
                         for p, t, m, c, r in rows
                     ],
+                    "unpriced_routes": unpriced,
                     "total_est_cost_usd": total,
                     "total_reference_cost_usd": total_ref,
                 },
@@ -134,6 +138,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cs = "unpriced" if c is None else f"{c:.6f}"
         rs = "unpriced" if r is None else f"{r:.6f}"
         print(f"{short:<52} {t:<11} {m:<20} {cs:>10} {rs:>18}")
+    if total is None or total_ref is None:
+        print(
+            f"\n{len(rows)} prompts, {unpriced} of them on an unpriced model: no total or "
+            "saving (an unpriced model's cost is unknown, not $0; give it a price in the "
+            "registry to compare)"
+        )
+        return 0
     saving = 1 - total / total_ref if total_ref else 0.0
     print(
         f"\n{len(rows)} prompts: est ${total:.4f} routed vs ${total_ref:.4f} always on {ref.id} "
@@ -221,7 +232,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         router.save_policy(args.save_policy, args.save_predictor or f"{args.save_policy}.npz")
     out = report.to_dict()
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(_dumps(out, indent=2))
         return 0
     print(f"{'model':<24} {'passed':>8} {'errors':>7} {'P(good) before':>15} {'after':>7}")
     for m, r in out["models"].items():
@@ -251,7 +262,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"wrote {args.html} ({s['requests']:,} requests, "
               f"{time.perf_counter() - t0:.2f}s)", file=sys.stderr)  # fmt: skip
     if args.json:
-        print(json.dumps(s, indent=2))
+        print(_dumps(s, indent=2))
     elif not args.html:
         print(render_text(s))
     return 0
@@ -288,7 +299,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         pol.save(args.policy, args.save_predictor)
         report["policy"] = args.policy
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(_dumps(report, indent=2))
         return 0
     print(f"trained on {report['train_rows']} scored ledger records; models: "
           f"{', '.join(report['models'])}")  # fmt: skip
@@ -393,8 +404,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "this user (not a sandbox; use a throwaway account or container)")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_probe)
-
-    from .eval.cli import register_calibrate, register_eval
 
     register_eval(sub)
     register_calibrate(sub)

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._real import as_real
 from ._redact import scrub
 from .errors import ConfigError
 
@@ -94,10 +95,6 @@ def _text(v: Any) -> str | None:
     return t
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
 def _int(v: Any) -> int | None:
     return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
 
@@ -147,15 +144,15 @@ def _row(rec: Mapping[str, Any]) -> tuple[Any, ...]:
         _text(routed),
         _text(rec.get("model")),
         _text(rec.get("deployment")),
-        _num(p_good),
-        _num(rec.get("est_cost_usd")),
-        _num(rec.get("total_cost_usd")),
-        _num(rec.get("reference_cost_usd")),
+        as_real(p_good),
+        as_real(rec.get("est_cost_usd")),
+        as_real(rec.get("total_cost_usd")),
+        as_real(rec.get("reference_cost_usd")),
         int(bool(rec.get("cost_estimated"))),
         _int(rec.get("tokens_in")),
         _int(rec.get("tokens_out")),
-        _num(rec.get("latency_s")),
-        _num(rec.get("overhead_s")),
+        as_real(rec.get("latency_s")),
+        as_real(rec.get("overhead_s")),
         len(attempts),
         # models tried besides the one that answered (a check's own calls are not tries)
         len(
@@ -711,12 +708,9 @@ def read_records(target: str | Path) -> Iterator[dict[str, Any]]:
         return
     db = open_ledger_db(p)
     try:
-        scores = dict(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"))
-        for (text,) in db.execute("SELECT record FROM requests ORDER BY ts"):
-            r = json.loads(text)
-            if r["request_id"] in scores:
-                r["feedback"] = scores[r["request_id"]]
-            yield r
+        scores = _scores(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"), p)
+        for rid, text in db.execute("SELECT request_id, record FROM requests ORDER BY ts"):
+            yield _stored(rid, text, scores, p)
     except sqlite3.DatabaseError as e:
         raise ConfigError(f"ledger {p} cannot be read: SQLite says {e}") from None
     finally:
@@ -733,8 +727,104 @@ _FIELDS = (
     ("decision", dict, "an object"),
 )
 
+# Money and time, as a record's field and as its `requests` column: each a finite number
+# >= 0, or null where it is unknown (an unpriced model, a request that failed first).
+_AMOUNTS = (
+    ("total_cost_usd", "cost_usd"),
+    ("reference_cost_usd", "reference_cost_usd"),
+    ("est_cost_usd", "est_cost_usd"),
+    ("latency_s", "latency_s"),
+    ("overhead_s", "overhead_s"),
+)
 
 _LATEST_TS = 253402300800  # 10000-01-01: later (or inf, NaN) is no time a record has
+
+
+def _amount_problem(name: str, v: Any) -> str | None:
+    f = as_real(v)
+    if v is None or (f is not None and f >= 0):
+        return None
+    return f"{name} must be a number >= 0 or null, got {v!r:.40}"
+
+
+def _score_problem(v: Any) -> str | None:
+    f = as_real(v)
+    if f is not None and 0.0 <= f <= 1.0:
+        return None
+    return f"a feedback score must be a number in [0, 1], got {v!r:.40}"
+
+
+def _problem(r: Any) -> str | None:
+    """What makes `r` no record a reader can take apart (None when it is one): the one check
+    of every ledger's records, so a damaged or foreign one is an error naming it, not a
+    traceback, a $nan or a negative cost in whatever reads it."""
+    if not isinstance(r, dict) or not isinstance(r.get("request_id"), str):
+        return "not a satisfice record (a JSON object with a string request_id)"
+    ts = r.get("started_at")
+    if ts is not None and (
+        isinstance(ts, bool)
+        or not isinstance(ts, int | float)
+        or not 0 <= ts < _LATEST_TS  # a date time.gmtime can write
+    ):
+        return f"started_at must be a Unix time in seconds, got {ts!r:.40}"
+    for field, kind, what in _FIELDS:
+        if r.get(field) is not None and not isinstance(r[field], kind):
+            return f"{field} must be {what}, got {type(r[field]).__name__}"
+    for where, items in (
+        ("attempts", r.get("attempts")),
+        ("cascade.steps", (r.get("cascade") or {}).get("steps")),
+        ("decision.candidates", (r.get("decision") or {}).get("candidates")),
+    ):
+        if items is not None and not (
+            isinstance(items, list) and all(isinstance(x, dict) for x in items)
+        ):
+            return f"{where} must be a list of objects"
+    for field, _ in _AMOUNTS:
+        if why := _amount_problem(field, r.get(field)):
+            return why
+    return None if r.get("feedback") is None else _score_problem(r["feedback"])
+
+
+def _row_problem(row: Mapping[str, Any]) -> str | None:
+    """What makes a `requests` row, read by column, no row a report can sum (None when it is
+    one): SQLite keeps any value in any column, so a hand-edited or foreign-written row may
+    hold text where a number goes, or a cost no request has."""
+    for name, kind, _ in COLUMNS:
+        v = row.get(name)
+        if kind in ("REAL", "INTEGER") and v is not None and as_real(v) is None:
+            return f"{name} must be a number, got {v!r:.40}"
+    for _, column in _AMOUNTS:
+        if why := _amount_problem(column, row.get(column)):
+            return why
+    return None
+
+
+def _scores(pairs: Iterable[tuple[Any, Any]], ledger: object) -> dict[Any, Any]:
+    """The latest feedback score per request id, from a database's `feedback` rows."""
+    out = {}
+    for rid, score in pairs:
+        if why := _score_problem(score):
+            raise ConfigError(f"ledger {ledger}, feedback for request {rid!r:.60}: {why}")
+        out[rid] = score
+    return out
+
+
+def _stored(rid: Any, text: Any, scores: Mapping[Any, Any], ledger: object) -> dict[str, Any]:
+    """A database row's record, checked as a JSONL line is, with its latest feedback. A
+    database writes a row whole (no crash tears one, as one can the last line of a JSONL
+    file), so a record that is not JSON is damage too: an error naming the row."""
+    where = f"ledger {ledger}, request {rid!r:.60}"
+    fix = "delete the row or restore the ledger from a backup"
+    try:
+        r = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        raise ConfigError(f"{where}: its record is not JSON; {fix}") from None
+    if why := _problem(r):
+        raise ConfigError(f"{where}: {why}; {fix}")
+    rec: dict[str, Any] = r  # _problem has made sure it is one
+    if rec["request_id"] in scores:
+        rec["feedback"] = scores[rec["request_id"]]
+    return rec
 
 
 def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
@@ -760,48 +850,12 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
                     continue
                 fb = r.get("feedback") if isinstance(r, dict) else None
                 if isinstance(r, dict) and "request_id" not in r and isinstance(fb, dict):
-                    score = fb.get("score")
-                    if isinstance(score, bool) or not (
-                        isinstance(score, int | float) and 0.0 <= score <= 1.0
-                    ):
-                        raise ConfigError(
-                            f"ledger {p}, line {n}: a feedback score must be a number in "
-                            f"[0, 1], got {score!r:.40}"
-                        )
-                    scores[str(fb.get("request_id"))] = score
+                    if why := _score_problem(fb.get("score")):
+                        raise ConfigError(f"ledger {p}, line {n}: {why}")
+                    scores[str(fb.get("request_id"))] = fb["score"]
                     continue
-                if not isinstance(r, dict) or not isinstance(r.get("request_id"), str):
-                    raise ConfigError(
-                        f"ledger {p}, line {n}: not a satisfice record (a JSON object with a "
-                        "string request_id)"
-                    )
-                ts = r.get("started_at")
-                if ts is not None and (
-                    isinstance(ts, bool)
-                    or not isinstance(ts, int | float)
-                    or not 0 <= ts < _LATEST_TS  # a date time.gmtime can write
-                ):
-                    raise ConfigError(
-                        f"ledger {p}, line {n}: started_at must be a Unix time in seconds, "
-                        f"got {ts!r:.40}"
-                    )
-                for field, kind, what in _FIELDS:
-                    if r.get(field) is not None and not isinstance(r[field], kind):
-                        raise ConfigError(
-                            f"ledger {p}, line {n}: {field} must be {what}, got "
-                            f"{type(r[field]).__name__}"
-                        )
-                for where, items in (
-                    ("attempts", r.get("attempts")),
-                    ("cascade.steps", (r.get("cascade") or {}).get("steps")),
-                    ("decision.candidates", (r.get("decision") or {}).get("candidates")),
-                ):
-                    if items is not None and not (
-                        isinstance(items, list) and all(isinstance(x, dict) for x in items)
-                    ):
-                        raise ConfigError(
-                            f"ledger {p}, line {n}: {where} must be a list of objects"
-                        )
+                if why := _problem(r):
+                    raise ConfigError(f"ledger {p}, line {n}: {why}")
                 recs.append(r)
     except UnicodeDecodeError:
         raise ConfigError(f"ledger {p} is not UTF-8 text (a JSONL ledger)") from None
@@ -842,11 +896,7 @@ def _read_pg(dsn: str) -> Iterable[dict[str, Any]]:
     import psycopg
 
     with psycopg.connect(dsn) as db:
-        scores: dict[str, float] = dict(
-            db.execute("SELECT request_id, score FROM feedback ORDER BY ts").fetchall()
-        )
-        for (text,) in db.execute("SELECT record FROM requests ORDER BY ts"):
-            r = json.loads(text)
-            if r["request_id"] in scores:
-                r["feedback"] = scores[r["request_id"]]
-            yield r
+        where = "(PostgreSQL)"
+        scores = _scores(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"), where)
+        for rid, text in db.execute("SELECT request_id, record FROM requests ORDER BY ts"):
+            yield _stored(rid, text, scores, where)

@@ -10,7 +10,6 @@ charts are inline SVG (no scripts, no network).
 from __future__ import annotations
 
 import html
-import json
 import math
 import sqlite3
 from collections import Counter, defaultdict
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .ledger import _NAMES, _row, open_ledger_db, read_records
+from .ledger import _NAMES, _row, _row_problem, _scores, _stored, open_ledger_db, read_records
 
 __all__ = ["render_html", "render_text", "rows", "summarize"]
 
@@ -34,14 +33,19 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
             raise ConfigError(f"ledger {p} does not exist")
         db = open_ledger_db(p)
         try:
-            scores = dict(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"))
+            scores = _scores(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"), p)
             cols = [n for n in _NAMES if n != "record"]
             casc = "CASE WHEN cascade_steps > 0 THEN record END"
             q = f"SELECT {','.join(cols)}, {casc} FROM requests"
             for values in db.execute(q):
                 r = dict(zip(cols, values, strict=False))
                 r["feedback"] = scores.get(r["request_id"])
-                r["steps"] = _steps(json.loads(values[-1])) if values[-1] else []
+                # the same checks as every reader's: a row hand-edited or written by another
+                # program is an error naming it, not a traceback (SQLite types no column)
+                if why := _row_problem(r):
+                    raise ConfigError(f"ledger {p}, request {r['request_id']!r:.60}: {why}")
+                rec = _stored(r["request_id"], values[-1], {}, p) if values[-1] else {}
+                r["steps"] = _steps(rec)
                 yield r
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"ledger {p} cannot be read: SQLite says {e}") from None
@@ -158,7 +162,8 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "answered": ok,
         "failure_rate": errors / n if n else 0.0,
         "fallback_rate": fell_back / ok if ok else 0.0,
-        "cost_usd": cost,
+        # of the priced requests; unknown (not $0) when none was priced
+        "cost_usd": None if unpriced and unpriced == n else cost,
         "unpriced_requests": unpriced,
         "estimated_cost_requests": estimated,
         "reference_cost_usd": ref_cost if ref_known else None,
@@ -196,6 +201,11 @@ def _usd(x: float | None) -> str:
     if x is None:
         return "unpriced"
     return f"${x:,.2f}" if x >= 100 else f"${x:,.4f}" if x >= 1 else f"${x:.6f}"
+
+
+def _partial(unpriced: int) -> str:
+    """A row's requests of unknown cost, which its cost leaves out."""
+    return f"  (+{unpriced:,} unpriced)" if unpriced else ""
 
 
 def _ms(x: float | None) -> str:
@@ -238,8 +248,8 @@ def render_text(s: Mapping[str, Any]) -> str:
             _usd(v["mean_cost_usd"]),
             _usd(v["reference_cost_usd"]),
         )
-        partial = f"  (+{v['unpriced_requests']:,} unpriced)" if v["unpriced_requests"] else ""
-        out.append(f"{k:<14} {v['requests']:>9,} {cost:>12} {mean:>11} {ref:>13}{partial}")
+        out.append(f"{k:<14} {v['requests']:>9,} {cost:>12} {mean:>11} {ref:>13}"
+                   f"{_partial(v['unpriced_requests'])}")  # fmt: skip
     out += ["", f"{'model':<24} {'share':>6} {'cost':>12} {'p50':>10} {'p95':>10} "
             f"{'feedback':>9} {'predicted':>9}"]  # fmt: skip
     for m, v in s["models"].items():
@@ -247,7 +257,7 @@ def render_text(s: Mapping[str, Any]) -> str:
         pr = "-" if v["mean_predicted"] is None else f"{v['mean_predicted']:.2f}"
         out.append(f"{m:<24} {v['share']:>6.1%} {_usd(v['cost_usd']):>12} "
                    f"{_ms(v['p50_latency_s']):>10} {_ms(v['p95_latency_s']):>10} {fb:>9} "
-                   f"{pr:>9}")  # fmt: skip
+                   f"{pr:>9}{_partial(v['unpriced_requests'])}")  # fmt: skip
     if s["escalation"]:
         out += ["", "cascade step   ran   escalated   rate"]
         for i, v in s["escalation"].items():
@@ -268,21 +278,22 @@ _PALETTE = ("#3b6ea5", "#e07b39", "#4c9f70", "#c4473a", "#8a63b3", "#b8a038", "#
             "#9c6644", "#6c757d", "#d16ba5")  # fmt: skip
 
 
-def _bars(items: Sequence[tuple[str, float | None]], width: int = 560) -> str:
-    """Horizontal bars; None (unpriced) gets a stub bar labelled so, never a $0 one."""
+def _bars(items: Sequence[tuple[str, float | None, int]], width: int = 560) -> str:
+    """Horizontal bars of (label, cost, requests of unknown cost); None (unpriced) gets a stub
+    bar labelled so, never a $0 one."""
     if not items:
         return "<p>no data</p>"
-    top = max(v or 0.0 for _, v in items) or 1.0
+    top = max(v or 0.0 for _, v, _ in items) or 1.0
     h = 24
     parts = [f'<svg width="{width}" height="{h * len(items) + 8}" role="img">']
-    for i, (label, v) in enumerate(items):
+    for i, (label, v, unknown) in enumerate(items):
         w = max(1.0, (width - 260) * (v or 0.0) / top)
         y = i * h + 4
         parts.append(
             f'<text x="0" y="{y + 15}" font-size="12">{html.escape(label[:28])}</text>'
             f'<rect x="190" y="{y}" width="{w:.1f}" height="{h - 6}" '
             f'fill="{_PALETTE[i % len(_PALETTE)]}"/>'
-            f'<text x="{194 + w:.1f}" y="{y + 15}" font-size="12">{_usd(v)}</text>'
+            f'<text x="{194 + w:.1f}" y="{y + 15}" font-size="12">{_cost(v, unknown)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -322,12 +333,9 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def _cost_card(s: Mapping[str, Any]) -> str:
-    """The cost headline: requests of unknown cost are said, never shown as $0."""
-    unknown = s["unpriced_requests"]
-    if unknown and unknown >= s["requests"]:
-        return "unpriced"
-    return _usd(s["cost_usd"]) + (f" + {unknown:,} unpriced" if unknown else "")
+def _cost(cost: float | None, unknown: int) -> str:
+    """A cost, with the requests of unknown cost it leaves out said, never shown as $0."""
+    return _usd(cost) + (f" + {unknown:,} unpriced" if unknown and cost is not None else "")
 
 
 def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
@@ -345,7 +353,7 @@ def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
     saving = "" if s["saving"] is None else f"{s['saving']:.1%}"
     cards = [
         ("requests", f"{s['requests']:,}"),
-        ("cost", _cost_card(s)),
+        ("cost", _cost(s["cost_usd"], s["unpriced_requests"])),
         ("on the reference model", _usd(s["reference_cost_usd"])),
         ("saved", saving or "-"),
         ("failure rate", f"{s['failure_rate']:.2%}"),
@@ -355,11 +363,13 @@ def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
     ]
     rows_m = "".join(
         f"<tr><td>{html.escape(m)}</td><td>{v['requests']:,}</td><td>{v['share']:.1%}</td>"
-        f"<td>{_usd(v['cost_usd'])}</td><td>{_ms(v['p50_latency_s'])}</td>"
-        f"<td>{_ms(v['p95_latency_s'])}</td>"
+        f"<td>{_cost(v['cost_usd'], v['unpriced_requests'])}</td>"
+        f"<td>{_ms(v['p50_latency_s'])}</td><td>{_ms(v['p95_latency_s'])}</td>"
         f"<td>{_num(v['mean_feedback'])}</td><td>{_num(v['mean_predicted'])}</td></tr>"
         for m, v in s["models"].items()
     )
+    model_bars = [(m, v["cost_usd"], v["unpriced_requests"])
+                  for m, v in s["models"].items() if v["cost_usd"] is not None]  # fmt: skip
     esc = "".join(
         f"<tr><td>{i}</td><td>{v['ran']:,}</td><td>{v['escalated']:,}</td>"
         f"<td>{v['rate']:.1%}</td></tr>"
@@ -382,9 +392,9 @@ h2 {{ margin-top: 28px; }} .legend {{ font-size: 12px; }}
         "".join(f'<div class="card">{html.escape(k)}<b>{v}</b></div>' for k, v in cards)
     }</div>
 <h2>Cost per model</h2>
-{_bars([(m, v["cost_usd"]) for m, v in s["models"].items() if v["cost_usd"] is not None][:12])}
+{_bars(model_bars[:12])}
 <h2>Cost per task class</h2>
-{_bars([(k, v["cost_usd"]) for k, v in s["tasks"].items()])}
+{_bars([(k, v["cost_usd"], v["unpriced_requests"]) for k, v in s["tasks"].items()])}
 <h2>Traffic share per model per day (drift)</h2>
 {_stacked(drift, [*top, rest])}
 <h2>Models</h2>
