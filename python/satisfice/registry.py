@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
@@ -24,19 +23,20 @@ from .errors import ConfigError, UnknownModelError
 __all__ = ["Deployment", "LongContext", "ModelSpec", "Price", "Registry"]
 
 _APIS = ("openai", "anthropic")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
-# A run of 20+ letters and digits mixed is a key's random part (gsk_..., a hex master key),
-# not a word of a variable's name: such a "name" is a key pasted in the wrong field.
-_KEY_LIKE = re.compile(r"(?=[A-Za-z0-9]*[0-9])(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{20,}")
 
 
 def is_env_name(value: object) -> bool:
-    """Whether `value` names an environment variable, and does not hold a key instead
-    (a name is echoed in errors; a key must never be)."""
-    return (
-        isinstance(value, str)
-        and _ENV_NAME.match(value) is not None
-        and _KEY_LIKE.search(value) is None
+    """Whether `value` names an environment variable (letters, digits and _, not led by a
+    digit), and does not hold a key instead: a name is echoed in errors, a key must never
+    be. A run of 20+ letters and digits mixed is a key's random part (gsk_..., a hex master
+    key), not a word of a name. (No regex: compiling one cost a cold start 0.3 ms.)"""
+    if not isinstance(value, str) or not 0 < len(value) <= 128 or not value.isascii():
+        return False
+    letters = value.replace("_", "")
+    if value[0].isdigit() or (letters and not letters.isalnum()):
+        return False
+    return not any(
+        len(run) >= 20 and not run.isalpha() and not run.isdigit() for run in value.split("_")
     )
 
 
