@@ -9,9 +9,18 @@ The registry is a tuple replaced whole, so readers on any thread never see it ha
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-__all__ = ["REDACTED", "StreamScrubber", "register", "scrub", "scrub_bytes", "scrub_values"]
+__all__ = [
+    "REDACTED",
+    "StreamScrubber",
+    "register",
+    "scrub",
+    "scrub_bytes",
+    "scrub_json",
+    "scrub_values",
+]
 
 REDACTED = "[redacted]"
 MIN_KEY_CHARS = 8  # shorter values would redact ordinary words (a shorter key is refused)
@@ -46,6 +55,23 @@ def scrub_values(data: Any) -> Any:
     if isinstance(data, dict):
         return {scrub(k) if isinstance(k, str) else k: scrub_values(v) for k, v in data.items()}
     return data
+
+
+def scrub_json(text: str) -> str:
+    """`text` (already scrubbed) with a key removed from what it says once JSON-decoded as
+    well: JSON a caller decodes later (tool arguments, a JSON answer) may write a key with
+    an escape (\\u0073k-...), whole only after decoding. Re-encoded only when a key was
+    there; text that is not JSON, or has no backslash to hide one behind, is returned as is."""
+    if not _secrets or "\\" not in text:
+        return text
+    try:
+        data = json.loads(text)
+        clean = scrub_values(data)
+    except (ValueError, RecursionError):
+        return text
+    if clean == data:
+        return text
+    return json.dumps(clean, ensure_ascii=False, separators=(",", ":"))
 
 
 class StreamScrubber:

@@ -48,7 +48,7 @@ def usage_of(
         return resp.usage
     if extra:
         messages = [*messages, {"role": "system", "content": extra}]
-    out = resp.text + "".join(c.name + c.arguments for c in resp.tool_calls)
+    out = resp.text + (resp.refusal or "") + "".join(c.name + c.arguments for c in resp.tool_calls)
     texts = [c for m in messages if isinstance(c := m.get("content"), str)]
     big = not countable(len(out) + sum(len(t) for t in texts))
     exact = _core.is_exact_family(tokenizer) and not big

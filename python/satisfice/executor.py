@@ -876,6 +876,7 @@ class Executor:
             resp.raw,
             ttft,
             stop_sequence=resp.stop_sequence,
+            refusal=resp.refusal,
         )
 
     def _all_failed(self, run: Run) -> AllAttemptsFailedError:
@@ -1048,6 +1049,7 @@ class Executor:
             resp.raw,
             cascade=result,
             stop_sequence=resp.stop_sequence,
+            refusal=resp.refusal,
         )
 
     async def _stream(

@@ -115,6 +115,7 @@ class ChatResult:
     started_at: float = field(default_factory=time)  # Unix time the request arrived
     metadata: dict[str, Any] = field(default_factory=dict)  # the caller's tags
     stop_sequence: str | None = None  # the caller's stop sequence that ended the answer
+    refusal: str | None = None  # the model's refusal to answer, when it said so apart
 
     @property
     def request_id(self) -> str:

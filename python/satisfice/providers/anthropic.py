@@ -228,9 +228,14 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
 
 
 def _usage(u: Any, out: Any = None) -> Usage | None:
-    """The reported usage; None when absent or implausible (negative, huge, not integers):
-    the executor then counts the tokens itself."""
+    """The reported usage (`out`: the output count a stream reported apart); None when
+    absent, incomplete (no input or no output count: a missing count is not zero) or
+    implausible (negative, huge, not integers): the executor then counts the tokens itself."""
     if not isinstance(u, dict) or u.get("input_tokens") is None:
+        return None
+    if out is None:
+        out = u.get("output_tokens")
+    if out is None:
         return None
     try:
         read = token_count(u.get("cache_read_input_tokens") or 0, "cache_read_input_tokens")
@@ -238,7 +243,7 @@ def _usage(u: Any, out: Any = None) -> Usage | None:
             u.get("cache_creation_input_tokens") or 0, "cache_creation_input_tokens"
         )
         fresh = token_count(u["input_tokens"], "input_tokens")
-        out_n = token_count(u.get("output_tokens") or 0 if out is None else out, "output_tokens")
+        out_n = token_count(out, "output_tokens")
         split = u.get("cache_creation")  # {ephemeral_5m_input_tokens, ephemeral_1h_input_tokens}
         hour = 0
         if isinstance(split, dict) and split.get("ephemeral_1h_input_tokens"):
@@ -248,6 +253,13 @@ def _usage(u: Any, out: Any = None) -> Usage | None:
     if hour > write:
         return None  # implausible: count it ourselves
     return Usage(fresh + read + write, out_n, read, write - hour, cache_write_1h_tokens=hour)
+
+
+def _json_finish(finish: str | None) -> str | None:
+    """The finish reason of a JSON answer given as the forced tool's call: the call is the
+    answer, so "tool_calls" reads "stop"; any other reason ("length": cut by max_tokens)
+    stands."""
+    return "stop" if finish == "tool_calls" else finish
 
 
 def thinking_budget(effort: str | None, reasoning_tokens: int | None) -> int:
@@ -314,7 +326,8 @@ class AnthropicProvider(HTTPProvider):
             finish = _FINISH.get(stop, stop or None)
             seq = text_field(data.get("stop_sequence"), "stop_sequence")
             if calls and calls[0].name == _JSON_TOOL:
-                texts, calls, finish = [calls[0].arguments], [], "stop"
+                texts, calls = [calls[0].arguments], []
+                finish = _json_finish(finish)
             return ChatResponse(
                 "".join(texts), data, _usage(data.get("usage")), finish, calls, wire,
                 stop_sequence=(seq or None) if stop == "stop_sequence" else None,
@@ -402,20 +415,21 @@ class AnthropicProvider(HTTPProvider):
                     raise self._malformed(f"bad stream event ({type(e).__name__}: {e})") from None
             if not ended:
                 raise self._malformed("the stream ended before message_stop")
-            calls = [
-                ToolCall(scrub(i), scrub(n), scrub("".join(a)))
+            calls = [  # a tool_use with an empty input streams no JSON: it is {}
+                ToolCall(scrub(i), scrub(n), scrub("".join(a)) or "{}")
                 for _, (i, n, a) in sorted(tools.items())
             ]
             finish = _FINISH.get(stop or "", stop)
             text = scrub("".join(parts))  # a key split across pieces is whole only now
             if calls and calls[0].name == _JSON_TOOL:
-                text, calls, finish = calls[0].arguments, [], "stop"
+                text, calls = calls[0].arguments, []
+                finish = _json_finish(finish)
             usage = _usage(usage_in, out_tokens) if out_tokens is not None else None
             yield ChatResponse(
                 text, last, usage, finish, calls,
                 stop_sequence=seq_hit if stop == "stop_sequence" else None,
             )  # fmt: skip
         except httpx.RequestError as e:
-            raise self._transport_error(e) from None
+            raise self._answer_lost(e) from None
         finally:
             await resp.aclose()

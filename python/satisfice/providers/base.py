@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from .._redact import register, scrub, scrub_bytes, scrub_values
+from .._redact import register, scrub, scrub_bytes, scrub_json, scrub_values
 from ..errors import (
     AuthError,
     BadRequestError,
@@ -120,6 +120,17 @@ class ChatResponse:
     # measured.
     wire_s: float | None = None
     stop_sequence: str | None = None  # the caller's stop sequence that ended it, when told
+    refusal: str | None = None  # the model's refusal to answer, when it says so apart
+
+    def __post_init__(self) -> None:
+        # Every answer, whichever provider built it: JSON its caller decodes (a tool call's
+        # arguments, a JSON answer) may hide a key behind an escape that scrubbing the text
+        # cannot see.
+        self.text = scrub_json(self.text)
+        self.tool_calls = [
+            c if (a := scrub_json(c.arguments)) is c.arguments else ToolCall(c.id, c.name, a)
+            for c in self.tool_calls
+        ]
 
 
 @dataclass(slots=True)
@@ -445,6 +456,13 @@ class HTTPProvider:
     def _transport_error(self, e: Exception) -> RetryableError:
         return error_from_transport(e, self.model_id, self.deployment)
 
+    def _answer_lost(self, e: Exception) -> RetryableError:
+        """A transport failure after a 2xx head (a body or a stream cut): the upstream was
+        generating an answer and may bill it, so the attempt carries an estimated cost."""
+        err = self._transport_error(e)
+        err.answered = True
+        return err
+
     async def _exchange(self, payload: Any, timeout: httpx.Timeout) -> tuple[Any, float]:
         """POST `payload` and decode the JSON answer (scrubbed): (data, the seconds a direct
         call would spend as well: encoding the JSON, the HTTP exchange, decoding the answer's
@@ -485,10 +503,10 @@ class HTTPProvider:
             raise self._transport_error(e) from None
         try:
             await resp.aread()
-        except httpx.RequestError as e:  # the body cut: after a 2xx head, an answer was lost
-            err = self._transport_error(e)
-            err.answered = resp.status_code < 300
-            raise err from None
+        except httpx.RequestError as e:
+            if resp.status_code < 300:
+                raise self._answer_lost(e) from None
+            raise self._transport_error(e) from None
         finally:
             await resp.aclose()
         wire = time.perf_counter() - t
@@ -499,7 +517,8 @@ class HTTPProvider:
         return scrub_bytes(resp.content), wire
 
     async def _open(self, body: bytes, timeout: httpx.Timeout) -> httpx.Response:
-        """A 2xx response whose body is still to be read (the caller closes it)."""
+        """A 2xx response whose body is still to be read (the caller closes it, and maps a
+        transport failure while reading it with `_answer_lost`)."""
         try:
             resp = await self._client.send(self._request(body, timeout), stream=True)
             if resp.status_code < 300:

@@ -33,17 +33,25 @@ _COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)")
 
 
 def _usage(u: Any) -> Usage | None:
-    """The reported usage; None when absent or implausible (negative, huge, not integers,
-    more cached than sent): the executor then counts the tokens itself."""
+    """The reported usage; None when absent, incomplete (no prompt or no completion count:
+    a missing count is not zero) or implausible (negative, huge, not integers, more cached
+    and written than sent): the executor then counts the tokens itself."""
     if not isinstance(u, dict) or u.get("prompt_tokens") is None:
         return None
-    details = u.get("prompt_tokens_details") or {}
+    if u.get("completion_tokens") is None:
+        return None
+    details = u.get("prompt_tokens_details")
+    details = details if isinstance(details, dict) else {}
     try:
         prompt = token_count(u["prompt_tokens"], "usage.prompt_tokens")
-        out = token_count(u.get("completion_tokens") or 0, "usage.completion_tokens")
+        out = token_count(u["completion_tokens"], "usage.completion_tokens")
         cached = token_count(
-            (details if isinstance(details, dict) else {}).get("cached_tokens") or 0,
-            "usage.prompt_tokens_details.cached_tokens",
+            details.get("cached_tokens") or 0, "usage.prompt_tokens_details.cached_tokens"
+        )
+        # prompt-cache writes, which OpenRouter reports for models that bill them
+        written = token_count(
+            details.get("cache_write_tokens") or 0,
+            "usage.prompt_tokens_details.cache_write_tokens",
         )
         done = u.get("completion_tokens_details")
         reasoning = token_count(
@@ -52,9 +60,9 @@ def _usage(u: Any) -> Usage | None:
         )
     except ValueError:
         return None
-    if cached > prompt or reasoning > out:
+    if cached + written > prompt or reasoning > out:
         return None
-    return Usage(prompt, out, cached, reasoning_tokens=reasoning)
+    return Usage(prompt, out, cached, written, reasoning_tokens=reasoning)
 
 
 class _ToolAcc:
@@ -133,6 +141,7 @@ class OpenAIProvider(HTTPProvider):
                 text_field(msg.get("finish_reason"), "finish_reason") or None,
                 calls,
                 wire,
+                refusal=text_field(message.get("refusal"), "message.refusal") or None,
             )
         except PARSE_ERRORS as e:
             raise self._malformed(f"{type(e).__name__}: {e}") from None
@@ -143,6 +152,7 @@ class OpenAIProvider(HTTPProvider):
         resp = await self._open(encode_body(self._payload(request, True)), timeout)
         try:
             parts: list[str] = []
+            refusal: list[str] = []
             tools: dict[int, _ToolAcc] = {}
             finish: str | None = None
             usage: Usage | None = None
@@ -169,12 +179,21 @@ class OpenAIProvider(HTTPProvider):
                         if piece:
                             parts.append(piece)
                             yield piece
+                        refusal.append(text_field(delta.get("refusal"), "delta.refusal"))
                         for tc in delta.get("tool_calls") or ():
-                            i = token_count(tc.get("index", 0), "tool_calls[].index")
+                            call_id = text_field(tc.get("id"), "tool_calls[].id")
+                            if tc.get("index") is not None:
+                                i = token_count(tc["index"], "tool_calls[].index")
+                            else:
+                                # Some upstreams (Gemini's) stream each call whole, with no
+                                # index: a new id starts the next call, no id continues one.
+                                i = max(tools, default=0)
+                                if call_id and tools and tools[i].id not in ("", call_id):
+                                    i += 1
                             if i not in tools and len(tools) >= 128:
                                 raise ValueError("more than 128 tool calls in one answer")
                             acc = tools.setdefault(i, _ToolAcc())
-                            acc.id = text_field(tc.get("id"), "tool_calls[].id") or acc.id
+                            acc.id = call_id or acc.id
                             fn = tc.get("function") or {}
                             acc.name = text_field(fn.get("name"), "function.name") or acc.name
                             acc.args.append(text_field(fn.get("arguments"), "function.arguments"))
@@ -189,8 +208,11 @@ class OpenAIProvider(HTTPProvider):
                 for _, a in sorted(tools.items())
             ]
             # a key split across pieces is whole only now
-            yield ChatResponse(scrub("".join(parts)), last, usage, finish, calls)
+            yield ChatResponse(
+                scrub("".join(parts)), last, usage, finish, calls,
+                refusal=scrub("".join(refusal)) or None,
+            )  # fmt: skip
         except httpx.RequestError as e:
-            raise self._transport_error(e) from None
+            raise self._answer_lost(e) from None
         finally:
             await resp.aclose()

@@ -67,6 +67,20 @@ __all__ = ["Service", "create_app"]
 _log = logging.getLogger("satisfice.server")
 
 
+# Anthropic's error type for each status the server answers (others: "api_error").
+# 503 (the shared state away) is a wait-and-retry, as Anthropic's overloaded_error is.
+_ANTHROPIC_ERRORS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
 class HTTPError(Exception):
     def __init__(
         self,
@@ -82,7 +96,13 @@ class HTTPError(Exception):
         self.status, self.message, self.kind, self.code = status, message, kind, code
         self.headers, self.extra = dict(headers or {}), extra
 
-    def body(self) -> dict[str, Any]:
+    def body(self, api: str = "openai") -> dict[str, Any]:
+        """The error in the shape of the API asked: OpenAI's, or Anthropic's for
+        /v1/messages, whose SDKs and agents branch on Anthropic's own error types."""
+        if api == "anthropic":
+            kind = _ANTHROPIC_ERRORS.get(self.status, "api_error")
+            err = {"type": kind, "message": self.message, "code": self.code, **self.extra}
+            return {"type": "error", "error": err}
         return {
             "error": {
                 "message": self.message,
@@ -120,7 +140,7 @@ def _billed(e: BaseException | None, reserved: float) -> float:
 
 
 def http_error(e: SatisficeError) -> HTTPError:
-    """satisfice's errors in OpenAI's error shape and status codes, attempts listed."""
+    """satisfice's errors as status codes and OpenAI's error types, attempts listed."""
     att: dict[str, Any] = {"attempts": _attempts(e)} if getattr(e, "attempts", None) else {}
     msg = str(e)
     if isinstance(e, UnknownModelError):
@@ -646,17 +666,17 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             out = wire.openai_response(res) if api == "openai" else wire.anthropic_response(res)
             return JSONResponse(out, headers=wire.headers_of(res))
         except HTTPError as e:
-            return JSONResponse(e.body(), e.status, headers=e.headers)
+            return JSONResponse(e.body(api), e.status, headers=e.headers)
         except SatisficeError as e:
             failed = e  # handled here, so no longer in sys.exc_info() in `finally`
             he = http_error(e)
-            return JSONResponse(he.body(), he.status)
+            return JSONResponse(he.body(api), he.status)
         except Exception as e:  # a bug of ours: an error in the API's shape, not a bare 500
             failed = e  # a call may have been billed: `finally` keeps the reservation
             # the type alone: a message may quote a request or an upstream's reply
             _log.error("request failed: %s", type(e).__name__, extra={"event": "internal"})
             he = HTTPError(500, f"internal error ({type(e).__name__})", "server_error")
-            return JSONResponse(he.body(), he.status)
+            return JSONResponse(he.body(api), he.status)
         finally:
             if reserved is not None and not streaming:  # failed before settling: release it
                 billed = _billed(failed if failed is not None else sys.exc_info()[1], reserved[1])
@@ -808,6 +828,8 @@ async def _stream(
                     res = d.result
                     model = res.model
                     settled = res.total_cost_usd  # None (unpriced): the hold stands
+                    if res.refusal:  # whole at the end: it is not streamed as text
+                        yield wire.openai_chunk(sid, model, created, {"refusal": res.refusal})
                     if res.tool_calls:
                         yield wire.openai_chunk(
                             sid,
@@ -882,10 +904,18 @@ async def _stream(
                 if d.done:
                     res = d.result
                     settled = res.total_cost_usd  # None (unpriced): the hold stands
+                    if res.refusal and not res.text:  # as anthropic_response says it
+                        yield wire.anthropic_event(
+                            "content_block_delta",
+                            {"index": 0, "delta": {"type": "text_delta", "text": res.refusal}},
+                        )
                     yield wire.anthropic_event("content_block_stop", {"index": 0})
                     for i, c in enumerate(res.tool_calls, start=1):
                         block = {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}
-                        args = {"type": "input_json_delta", "partial_json": c.arguments or "{}"}
+                        args = {
+                            "type": "input_json_delta",
+                            "partial_json": json.dumps(wire.tool_input(c.arguments)),
+                        }
                         yield wire.anthropic_event(
                             "content_block_start", {"index": i, "content_block": block}
                         )
@@ -915,7 +945,7 @@ async def _stream(
                 d = await it.__anext__()
         except SatisficeError as e:
             he = http_error(e)
-            yield wire.anthropic_event("error", {"error": {"type": he.kind, "message": he.message}})
+            yield wire.anthropic_event("error", he.body("anthropic"))
         finally:
             await _close_and_settle(svc, s, reserved, settled)
 

@@ -18,7 +18,14 @@ from typing import Any
 
 from ..errors import InputError
 
-__all__ = ["Routed", "anthropic_request", "anthropic_response", "openai_request", "openai_response"]
+__all__ = [
+    "Routed",
+    "anthropic_request",
+    "anthropic_response",
+    "openai_request",
+    "openai_response",
+    "tool_input",
+]
 
 # Parameters carried to the routed request (each provider translates them).
 _CALL = {
@@ -222,26 +229,29 @@ def decision_field(res: Any) -> dict[str, Any]:
 
 
 def openai_usage(u: Any) -> dict[str, Any]:
-    """OpenAI's usage object, with the cached prompt tokens and reasoning tokens it details
-    (what the bill was made of: they were left out)."""
+    """OpenAI's usage object, with the cached prompt tokens, prompt-cache writes and
+    reasoning tokens it details (what the bill was made of: they were left out)."""
     return {
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+        "prompt_tokens_details": {
+            "cached_tokens": u.cached_tokens,
+            "cache_write_tokens": u.cache_write_tokens + u.cache_write_1h_tokens,
+        },
         "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
     }
 
 
 def openai_response(res: Any, *, with_decision: bool = True) -> dict[str, Any]:
-    msg: dict[str, Any] = {"role": "assistant", "content": res.text}
+    msg: dict[str, Any] = {"role": "assistant", "content": res.text, "refusal": res.refusal}
     if res.tool_calls:
         msg["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for c in res.tool_calls
         ]
-        if not res.text:
-            msg["content"] = None
+    if not res.text and (res.tool_calls or res.refusal):
+        msg["content"] = None
     u = res.usage
     out = {
         "id": f"chatcmpl-{res.request_id}",
@@ -548,14 +558,13 @@ def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
 
 def anthropic_response(res: Any) -> dict[str, Any]:
     blocks: list[dict[str, Any]] = []
-    if res.text:
-        blocks.append({"type": "text", "text": res.text})
+    text = res.text or res.refusal  # a refusal is text in Anthropic's shape (stop "refusal")
+    if text:
+        blocks.append({"type": "text", "text": text})
     for c in res.tool_calls:
-        try:
-            args = json.loads(c.arguments) if c.arguments else {}
-        except ValueError:
-            args = {"_raw": c.arguments}
-        blocks.append({"type": "tool_use", "id": c.id, "name": c.name, "input": args})
+        blocks.append(
+            {"type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(c.arguments)}
+        )
     return {
         "id": f"msg_{res.request_id}",
         "type": "message",
@@ -569,11 +578,24 @@ def anthropic_response(res: Any) -> dict[str, Any]:
     }
 
 
+def tool_input(arguments: str) -> dict[str, Any]:
+    """A tool call's arguments as Anthropic's tool_use `input`, which is always an object:
+    arguments that are not a JSON object (a model's invalid, cut or non-object JSON) are
+    kept whole as {"_raw": text}, streamed or not (the SDKs fail on anything else)."""
+    try:
+        args = json.loads(arguments) if arguments else {}
+    except (ValueError, RecursionError):
+        args = None
+    return args if isinstance(args, dict) else {"_raw": arguments}
+
+
 def anthropic_stop(res: Any) -> str:
     """Anthropic's stop_reason for a result: "stop_sequence" when the upstream said which
     of the caller's sequences ended it (it had read "end_turn", the sequence lost)."""
     if res.stop_sequence:
         return "stop_sequence"
+    if res.refusal:
+        return "refusal"
     return _STOP.get(res.finish_reason or "stop", "end_turn")
 
 
