@@ -198,7 +198,14 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
                             "image_url" | "image" | "input_image" => images += 1,
                             // carried to the model; their tokens cannot be counted here
                             "input_audio" | "file" | "input_file" => uncounted += 1,
-                            "refusal" => {}
+                            // a refusal in the history is text the provider bills
+                            "refusal" => {
+                                if let Some(t) = part("refusal")? {
+                                    push_loose(&mut buf, &t, || {
+                                        format!("messages[{i}].content[{j}].refusal")
+                                    })?;
+                                }
+                            }
                             other => {
                                 return Err(CoreError::Input(format!(
                                     "messages[{i}].content[{j}] has type {other:?}; known: \
@@ -215,9 +222,75 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
                 }
             }
         };
+        let mut content = content;
+        // An agent's history: the assistant's tool calls (and the legacy function_call),
+        // a message's `name` and a tool result's call id go to the provider with the
+        // content and are billed as prompt tokens, so they count as its text.
+        if let Some(calls) = get("tool_calls")?.filter(|c| !c.is_none()) {
+            let calls = items(&calls).ok_or_else(|| {
+                CoreError::Input(format!("messages[{i}].tool_calls must be a list"))
+            })?;
+            for (j, call) in calls.iter().enumerate() {
+                let what = || format!("messages[{i}].tool_calls[{j}]");
+                let f = field(call, "function")
+                    .ok_or_else(|| CoreError::Input(format!("{} must be a dict", what())))?;
+                if let Some(f) = f.filter(|f| !f.is_none()) {
+                    for key in ["name", "arguments"] {
+                        let v = field(&f, key).ok_or_else(|| {
+                            CoreError::Input(format!("{}.function must be a dict", what()))
+                        })?;
+                        if let Some(v) = v {
+                            push_loose(&mut content, &v, || format!("{}.function.{key}", what()))?;
+                        }
+                    }
+                }
+            }
+        }
+        for key in ["function_call", "name", "tool_call_id"] {
+            if let Some(v) = get(key)?.filter(|v| !v.is_none()) {
+                match field(&v, "name") {
+                    // a mapping: function_call's {name, arguments}
+                    Some(_) => {
+                        for sub in ["name", "arguments"] {
+                            if let Some(x) = field(&v, sub).flatten() {
+                                push_loose(&mut content, &x, || {
+                                    format!("messages[{i}].{key}.{sub}")
+                                })?;
+                            }
+                        }
+                    }
+                    None => push_loose(&mut content, &v, || format!("messages[{i}].{key}"))?,
+                }
+            }
+        }
         out.push(Message { role, content });
     }
     Ok((out, images, uncounted))
+}
+
+/// Append `v`'s text to `buf` (a line apart): a str as it is, anything else (arguments
+/// given as a dict, a number) as Python's str() of it, which is close to what is sent.
+fn push_loose(
+    buf: &mut String,
+    v: &Bound<'_, PyAny>,
+    what: impl Fn() -> String,
+) -> Result<(), CoreError> {
+    if v.is_none() {
+        return Ok(());
+    }
+    if !buf.is_empty() {
+        buf.push('\n');
+    }
+    match v.downcast::<PyString>() {
+        Ok(s) => buf.push_str(text(s, &what)?),
+        Err(_) => {
+            let s = v
+                .str()
+                .map_err(|_| CoreError::Input(format!("{} cannot be read as text", what())))?;
+            buf.push_str(text(&s, &what)?);
+        }
+    }
+    Ok(())
 }
 
 /// The items of a list, tuple or other sequence (not a str); None for anything else.
@@ -477,7 +550,8 @@ fn estimator_inputs(text: &Bound<'_, PyString>) -> PyResult<Vec<f32>> {
         .to_vec())
 }
 
-/// Exact tokens of a chat request: contents plus OpenAI's per-message overhead.
+/// Tokens of a chat request: its texts (contents, tool calls, names) exactly, plus OpenAI's
+/// per-message overhead, plus images at the typical figure (not exact).
 #[pyfunction]
 #[pyo3(signature = (messages, encoding = "o200k_base"))]
 fn count_message_tokens(
@@ -486,12 +560,16 @@ fn count_message_tokens(
     encoding: &str,
 ) -> PyResult<usize> {
     let f = family(encoding)?;
-    let (msgs, _, _) = messages_from(messages)?;
+    let (msgs, images, _) = messages_from(messages)?;
+    // images at the typical figure the router plans with: they are billed, and leaving them
+    // out had counted a prompt of 8 images as its 10 text tokens
+    let image_tokens = images * crate::dispatch::IMAGE_TOKENS.1 as usize;
     Ok(py.detach(|| {
         msgs.iter()
             .map(|m| tokens::count(&m.content, f) + tokens::PER_MESSAGE_OVERHEAD)
             .sum::<usize>()
             + tokens::PER_REQUEST_OVERHEAD
+            + image_tokens
     }))
 }
 

@@ -68,7 +68,8 @@ def estimator_inputs(text: str) -> list[float]:
     """The character-class counts the estimator multiplies by its coefficients."""
 
 def count_message_tokens(messages: _Messages, encoding: str = "o200k_base") -> int:
-    """Exact tokens of a chat request, with OpenAI's per-message overhead."""
+    """Tokens of a chat request: its texts (contents, tool calls, names) exactly, with
+    OpenAI's per-message overhead, and images at the typical figure (not exact)."""
 
 def is_exact_family(family: str) -> bool:
     """True for o200k_base and cl100k_base; other families are approximations."""

@@ -35,6 +35,15 @@ def text_tokens(text: str, tokenizer: str) -> int:
     return round(_core.estimate_tokens(text, tokenizer))
 
 
+def reported(resp: ChatResponse) -> Usage | None:
+    """The upstream's usage, if it is one: no prompt tokens, or no output beside an answer,
+    is none (such a call was billed, and had been recorded at $0)."""
+    u, said = resp.usage, resp.text or resp.tool_calls or resp.refusal
+    if u is not None and u.prompt_tokens > 0 and (u.completion_tokens > 0 or not said):
+        return u
+    return None
+
+
 def usage_of(
     messages: Sequence[Mapping[str, Any]],
     tokenizer: str,
@@ -44,14 +53,15 @@ def usage_of(
     """Provider-reported usage, else our own count (exact for OpenAI encodings when
     `countable`; estimated otherwise, and `source` says so). `extra` (`extra_text`: tool
     definitions, a response schema) is prompt text too."""
-    if resp.usage is not None:
-        return resp.usage
+    u = reported(resp)
+    if u is not None:
+        return u
     if extra:
         messages = [*messages, {"role": "system", "content": extra}]
     out = resp.text + (resp.refusal or "") + "".join(c.name + c.arguments for c in resp.tool_calls)
     texts = [c for m in messages if isinstance(c := m.get("content"), str)]
     big = not countable(len(out) + sum(len(t) for t in texts))
-    exact = _core.is_exact_family(tokenizer) and not big
+    exact = _core.is_exact_family(tokenizer) and not big and _text_only(messages)
     try:
         if big:
             n_in = round(_core.estimate_message_tokens(messages, tokenizer))
@@ -63,6 +73,19 @@ def usage_of(
         round(_core.estimate_tokens(out, tokenizer)) if big else _core.count_tokens(out, tokenizer)
     )
     return Usage(n_in, n_out, source="counted" if exact else "estimated")
+
+
+def _text_only(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a count of `messages` can be exact: no image, file or audio part (images
+    count at a typical figure; files and audio not at all)."""
+    return all(
+        not isinstance(c := m.get("content"), list)
+        or all(isinstance(p, Mapping) and p.get("type") in _TEXT_PARTS for p in c)
+        for m in messages
+    )
+
+
+_TEXT_PARTS = ("text", "input_text", "refusal")
 
 
 def cost_of(price: Price | None, usage: Usage) -> float | None:

@@ -33,7 +33,7 @@ from ._extra import extra_text
 from ._redact import StreamScrubber
 from ._verdict import checked
 from ._watchdog import Watchdog
-from .accounting import cost_of, text_tokens, usage_of
+from .accounting import cost_of, reported, text_tokens, usage_of
 from .errors import (
     AllAttemptsFailedError,
     AuthError,
@@ -810,8 +810,8 @@ class Executor:
 
     # results ------------------------------------------------------------------------------
     def _usage(self, run: Run, t: _Target, resp: ChatResponse) -> Usage:
-        if resp.usage is not None:  # the upstream's own figures: nothing to count
-            return resp.usage
+        if (u := reported(resp)) is not None:  # the upstream's own figures: nothing to count
+            return u
         extra = extra_text(run.request.tools, run.request.response_format)
         usage = _with_reasoning(usage_of(run.request.messages, t.spec.tokenizer, resp, extra), t)
         most = run.max_out(t)  # no call is billed for more than it was allowed to write
