@@ -234,6 +234,19 @@ def test_a_key_escaped_in_tool_arguments_is_scrubbed(
     assert [b.input for b in m.content if b.type == "tool_use"] == [{"k": "[redacted]"}]
 
 
+async def test_a_key_escaped_in_tool_arguments_is_not_left_in_raw(raw: RawUpstream) -> None:
+    """ChatResult.raw (the upstream's JSON, for Python callers) kept the arguments string
+    with the escaped key, whole once a caller decoded it."""
+    raw.push(oa_tool_call('{"k": "' + ESCAPED + '"}'))
+    tools = [{"type": "function", "function": {"name": "get"}}]
+    async with router(raw.url) as r:
+        res = await r.chat(U, allow=("oa",), tools=tools)
+    assert res.tool_calls and json.loads(res.tool_calls[0].arguments) == {"k": "[redacted]"}
+    assert KEY not in json.dumps(res.raw, ensure_ascii=False)
+    args = res.raw["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    assert KEY not in json.dumps(json.loads(args), ensure_ascii=False)
+
+
 def test_a_key_escaped_in_a_json_answer_is_scrubbed(raw: RawUpstream, oa: openai.OpenAI) -> None:
     raw.push(
         oa_body(

@@ -19,6 +19,7 @@ __all__ = [
     "scrub",
     "scrub_bytes",
     "scrub_json",
+    "scrub_nested",
     "scrub_values",
 ]
 
@@ -72,6 +73,18 @@ def scrub_json(text: str) -> str:
     if clean == data:
         return text
     return json.dumps(clean, ensure_ascii=False, separators=(",", ":"))
+
+
+def scrub_nested(data: Any) -> Any:
+    """`data` (parsed JSON) with `scrub_json` applied to every string: for a reply known to
+    hide a key inside a string that is JSON itself (a tool call's arguments)."""
+    if isinstance(data, str):
+        return scrub_json(data)
+    if isinstance(data, list):
+        return [scrub_nested(v) for v in data]
+    if isinstance(data, dict):
+        return {k: scrub_nested(v) for k, v in data.items()}
+    return data
 
 
 class StreamScrubber:

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from .._redact import register, scrub, scrub_bytes, scrub_json, scrub_values
+from .._redact import register, scrub, scrub_bytes, scrub_json, scrub_nested, scrub_values
 from ..errors import (
     AuthError,
     BadRequestError,
@@ -126,11 +126,17 @@ class ChatResponse:
         # Every answer, whichever provider built it: JSON its caller decodes (a tool call's
         # arguments, a JSON answer) may hide a key behind an escape that scrubbing the text
         # cannot see.
-        self.text = scrub_json(self.text)
-        self.tool_calls = [
+        text = scrub_json(self.text)
+        calls = [
             c if (a := scrub_json(c.arguments)) is c.arguments else ToolCall(c.id, c.name, a)
             for c in self.tool_calls
         ]
+        if text is not self.text or any(
+            a is not b for a, b in zip(calls, self.tool_calls, strict=True)
+        ):
+            # one was there: `raw` (the upstream's JSON, for callers) holds it too, inside a
+            # string that is JSON itself
+            self.text, self.tool_calls, self.raw = text, calls, scrub_nested(self.raw)
 
 
 @dataclass(slots=True)
