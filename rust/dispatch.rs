@@ -3,7 +3,7 @@
 //! tokens and cost per model, filters by the constraints and ranks what is left.
 
 use crate::features::{self, FeaturizerConfig, Message, PromptInfo, Task};
-use crate::tokens::{self, Family};
+use crate::tokens::{self, Family, Tally};
 use crate::CoreError;
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -589,39 +589,37 @@ pub struct DispatchTable {
     pub expected_out: [u32; 8],
 }
 
-/// Exact counts of one request's text, made only as far as a decision needs: per base
-/// encoding, the count if it was finished, else the least it is known to exceed.
+/// Counts of one request's text, made only as far as a decision needs: per base encoding,
+/// a tally that goes on from where the last decision stopped, so the counting for every
+/// model together costs about the largest limit, not their sum.
 struct Counter<'a> {
     messages: &'a [Message],
     /// `Constraints::extra_text`, counted after the messages.
     extra: &'a str,
-    known: [Option<usize>; 2],
-    over: [usize; 2],
+    /// Per base encoding: the text being counted (messages, then `extra`), the byte in it
+    /// where counting stopped, and the tally so far.
+    at: [(usize, usize, Tally); 2],
 }
 
 impl Counter<'_> {
-    /// The exact count in `base` if it is at most `limit`, else None. Costs O(limit).
-    fn upto(&mut self, base: Family, limit: usize) -> Option<usize> {
-        let k = usize::from(base == Family::Cl100k);
-        if let Some(n) = self.known[k] {
-            return (n <= limit).then_some(n);
-        }
-        if self.over[k] > limit {
-            return None;
-        }
-        let mut total = 0usize;
-        let texts = self.messages.iter().map(|m| m.content.as_str());
-        for text in texts.chain((!self.extra.is_empty()).then_some(self.extra)) {
-            match tokens::count_till_limit(text, base, limit - total) {
-                Some(n) => total += n,
-                None => {
-                    self.over[k] = limit + 1;
-                    return None;
-                }
+    /// The count in `base` if it is at most `limit`, else None. Costs O(limit). Text that
+    /// has nowhere to cut exactly is cut by force, and the tally then has a slack: Some
+    /// only when the count plus its slack fits.
+    fn upto(&mut self, base: Family, limit: usize) -> Option<Tally> {
+        let (messages, extra) = (self.messages, self.extra);
+        let (next, at, tally) = &mut self.at[usize::from(base == Family::Cl100k)];
+        let texts = messages.iter().map(|m| m.content.as_str());
+        for text in texts
+            .chain((!extra.is_empty()).then_some(extra))
+            .skip(*next)
+        {
+            tokens::count_on(text, at, base, true, tally, limit);
+            if tally.exceeds(limit) {
+                return None;
             }
+            (*next, *at) = (*next + 1, 0);
         }
-        self.known[k] = Some(total);
-        Some(total)
+        (!tally.exceeds(limit)).then_some(*tally)
     }
 }
 
@@ -792,8 +790,7 @@ impl DispatchTable {
         let mut counter = Counter {
             messages,
             extra: &c.extra_text,
-            known: [None; 2],
-            over: [0; 2],
+            at: Default::default(),
         };
         let mut by_family: [Option<(f64, f64, f64)>; Family::ALL.len()] = [None; Family::ALL.len()];
         let mut passing: Vec<Candidate> = Vec::with_capacity(self.rows.len());
@@ -847,14 +844,20 @@ impl DispatchTable {
                 let (e, l, h) = info.bounds(r.family);
                 (e as f64, l as f64, h as f64)
             });
-            let mut t_in = est + img * IMAGE_TOKENS.1;
             let (lo, hi) = (lo + img * IMAGE_TOKENS.0, hi + img * IMAGE_TOKENS.2);
+            // the estimate is no bound: where it falls outside the bounds, they are nearer
+            let mut t_in = (est + img * IMAGE_TOKENS.1).max(lo).min(hi);
             let out = tokens_out as f64;
             let (base, ratio) = r.family.base();
             let ratio = ratio as f64;
             // images have no exact count: the safe side of their range
             let fixed = overhead + img * IMAGE_TOKENS.2;
             let counted = |n: usize| (n as f64 * ratio).round() + fixed;
+            // (point, upper) tokens of a tally; the point no lower than the lower bound
+            let tallied = |n: Tally| {
+                let upper = counted(n.tokens + n.slack);
+                (counted(n.tokens).max(lo).min(upper), upper)
+            };
             let base_limit = |room: f64| {
                 let x = ((room - fixed) / ratio).floor();
                 (x >= 0.0).then(|| x.min(u32::MAX as f64) as usize)
@@ -862,14 +865,12 @@ impl DispatchTable {
             let exact_family = r.family.is_exact() && c.images == 0;
             let mut t_max = hi.max(t_in);
             let mut is_exact = false;
-            let mut was_counted = false;
             let window = r.context_window as f64;
             if hi + out > window && lo + out <= window {
                 match base_limit(window - out).and_then(|l| counter.upto(base, l)) {
                     Some(n) => {
-                        t_in = counted(n);
-                        (is_exact, was_counted) = (exact_family, true);
-                        t_max = t_in;
+                        (t_in, t_max) = tallied(n);
+                        is_exact = exact_family && n.slack == 0;
                     }
                     None => {
                         filtered.push((
@@ -907,13 +908,12 @@ impl DispatchTable {
                     filtered.push((i, Filtered::CostUnbounded { parts }));
                     continue;
                 }
-                if !was_counted && r.cost(hi, out) > c.max_cost && r.cost(lo, out) <= c.max_cost {
+                if r.cost(t_max, out) > c.max_cost && r.cost(lo, out) <= c.max_cost {
                     let room = r.max_tokens_within(c.max_cost, out);
                     match base_limit(room).and_then(|l| counter.upto(base, l)) {
                         Some(n) => {
-                            t_in = counted(n);
-                            is_exact = exact_family;
-                            t_max = t_in;
+                            (t_in, t_max) = tallied(n);
+                            is_exact = exact_family && n.slack == 0;
                             cost = r.cost(t_in, out);
                         }
                         None => {

@@ -176,44 +176,165 @@ pub fn count(text: &str, family: Family) -> usize {
     }
 }
 
-/// Bytes per piece `count_till_limit` counts before checking the limit.
+/// Bytes per piece `count_on` counts before checking the limit.
 const PIECE: usize = 16 * 1024;
+/// With `force`, `count_on` cuts a stretch this long that has no exact cut (`is_cut`). The
+/// BPE's cost grows with a pre-token's length squared (one line of "x", punctuation or
+/// spaces is one pre-token: 64 KB costs 180 ns a byte, 4 KB 10 ns), so an uncut stretch
+/// would make a count's cost superlinear in the text, whatever the limit.
+const STRETCH: usize = 4 * 1024;
+/// How far one forced cut can move the sum of the pieces' counts from the whole text's
+/// count, in base tokens. A cut changes the pre-tokens only next to it: the pre-token it
+/// splits becomes two (the next one may take a prefix character, or a whitespace run its
+/// last space), and the BPE of a split pre-token differs from the whole one's around the
+/// cut; every pre-token further away is the same and encodes the same. This is measured, not
+/// proved: cuts at every position of long runs and random strings of letters, digits,
+/// punctuation, whitespace, CJK and emoji moved the sum by -2..=+3
+/// (`forced_cuts_stay_within_their_slack`); 8 leaves room for texts not tried.
+pub const FORCED_CUT_SLACK: usize = 8;
+/// The longest token of either encoding, in bytes (128 spaces): no count is below
+/// bytes / MAX_TOKEN_BYTES.
+pub const MAX_TOKEN_BYTES: usize = 128;
 
-/// `text` in pieces of about `PIECE` bytes whose counts add up to the whole text's count:
-/// each cut is between a line break and an ASCII letter or digit, where both encodings'
-/// pre-tokenisers always start a new pre-token (a letter or number pre-token cannot begin
-/// with a line break, and a line-break run ends at the first non-space). Text with no
-/// such place is one piece.
-fn pieces(text: &str) -> impl Iterator<Item = &str> {
-    let mut rest = text;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
+/// Whether both encodings' pre-tokenisers start a new pre-token at byte `i` of `text`
+/// (0 < i < len), so the counts of `text[..i]` and `text[i..]` add up to the count of
+/// `text` (pre-tokens are encoded independently, and the patterns look at most one
+/// character ahead, only in whitespace runs). The patterns are tiktoken's; the cases:
+/// - after a line break, before a character that is not whitespace or `/`: the pre-token
+///   holding the break (a break run, or punctuation with its trailing breaks, and o200k
+///   lets `/` follow those) cannot go on, and no pre-token begins with a break and goes on
+///   past it into a letter, number or punctuation;
+/// - before a space after a non-space: only whitespace-run pre-tokens hold a space other
+///   than as their first character;
+/// - after an ASCII letter, before an ASCII character other than a letter or `'` (o200k's
+///   contractions follow a word), or after an ASCII digit, before an ASCII non-digit: word
+///   and number pre-tokens end at the last letter or digit, and no other holds one.
+fn is_cut(text: &str, i: usize) -> bool {
+    let b = text.as_bytes();
+    let (prev, next) = (b[i - 1], b[i]);
+    let blank = |c: char| c.is_whitespace() || c.is_control();
+    if prev == b'\n' {
+        text[i..]
+            .chars()
+            .next()
+            .is_some_and(|c| !blank(c) && c != '/')
+    } else if next == b' ' {
+        text[..i].chars().next_back().is_some_and(|c| !blank(c))
+    } else if prev.is_ascii_alphabetic() {
+        next.is_ascii() && !next.is_ascii_alphabetic() && next != b'\''
+    } else {
+        prev.is_ascii_digit() && next.is_ascii() && !next.is_ascii_digit()
+    }
+}
+
+/// Length of the piece at the start of `text`, and whether it ends at a forced cut: up to
+/// a cut (`is_cut`) at or after `PIECE` bytes (the whole text if there is none). With
+/// `force`, a stretch of `STRETCH` bytes without a cut ends the piece at the last cut
+/// before it, or, if the piece has none, is cut at a character boundary (see
+/// `FORCED_CUT_SLACK`).
+fn piece_len(text: &str, force: bool) -> (usize, bool) {
+    let n = text.len();
+    let cut_in = |mut range: std::ops::Range<usize>| range.find(|&i| is_cut(text, i));
+    if !force {
+        return (cut_in(PIECE..n).unwrap_or(n), false);
+    }
+    // The next cut is looked for from half a stretch after the last one (any cut in the
+    // second half keeps every gap under a stretch), so prose costs a few bytes' look per
+    // 2 KB; only when that half has none is the first half searched, from its end.
+    let mut last = 0;
+    while last < PIECE && last + STRETCH < n {
+        let half = last + STRETCH / 2;
+        let found = cut_in(half..last + STRETCH)
+            .or_else(|| (last + 1..half).rev().find(|&i| is_cut(text, i)));
+        match found {
+            Some(c) => last = c,
+            None if last > 0 => return (last, false),
+            None => {
+                let b = text.as_bytes();
+                if let Some(at) = digit_chunk_end(b, STRETCH) {
+                    return (at, false);
+                }
+                // a boundary is among the 4 bytes up to STRETCH
+                let at = (STRETCH - 3..=STRETCH)
+                    .rev()
+                    .find(|&j| text.is_char_boundary(j));
+                return (at.unwrap_or(STRETCH), true);
+            }
         }
-        let b = rest.as_bytes();
-        let cut = (PIECE..b.len().saturating_sub(1))
-            .find(|&i| b[i] == b'\n' && b[i + 1].is_ascii_alphanumeric())
-            .map_or(b.len(), |i| i + 1);
-        let (head, tail) = rest.split_at(cut);
-        rest = tail;
-        Some(head)
-    })
+    }
+    (if last >= PIECE { last } else { n }, false)
+}
+
+/// Inside a run of ASCII digits that ends past byte `i`: the last end of a 3-digit number
+/// pre-token at or before `i`, if the run's start is known (the text's start, or after an
+/// ASCII byte; a non-ASCII number such as "²" before it would join the run). Both encodings
+/// cut a number run into pre-tokens of 3 digits from its start.
+fn digit_chunk_end(b: &[u8], i: usize) -> Option<usize> {
+    if !(b[i - 1].is_ascii_digit() && b[i].is_ascii_digit()) {
+        return None;
+    }
+    let start = b[..i]
+        .iter()
+        .rposition(|c| !c.is_ascii_digit())
+        .map_or(0, |j| j + 1);
+    let known = start == 0 || b[start - 1].is_ascii();
+    let end = start + (i - start) / 3 * 3;
+    (known && end > 0).then_some(end)
+}
+
+/// A count made piece by piece: `tokens` is the sum of the pieces' exact counts, and the
+/// whole text's count is within `slack` of it (0 unless a stretch was cut by force).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub tokens: usize,
+    pub slack: usize,
+}
+
+impl Tally {
+    /// Whether the count may exceed `limit` (the safe side when the slack straddles it).
+    pub fn exceeds(&self, limit: usize) -> bool {
+        self.tokens + self.slack > limit
+    }
+}
+
+/// Count `text[*at..]` in `base` into `tally`, piece by piece, until the text ends or the
+/// tally exceeds `limit`; `*at` is left where it stopped, so a later call with a higher
+/// limit goes on from there. A piece costs about its length (`STRETCH` bounds a pre-token's
+/// length when `force` is set; otherwise text without cuts is one piece), so a long text
+/// over a small limit costs about the limit.
+pub fn count_on(
+    text: &str,
+    at: &mut usize,
+    base: Family,
+    force: bool,
+    tally: &mut Tally,
+    limit: usize,
+) {
+    while *at < text.len() && !tally.exceeds(limit) {
+        let rest = &text[*at..];
+        let (len, forced) = piece_len(rest, force);
+        tally.tokens += count_base(&rest[..len], base);
+        tally.slack += usize::from(forced) * FORCED_CUT_SLACK;
+        *at += len;
+    }
 }
 
 /// Exact count that stops early: `None` as soon as the count would exceed `limit`. Counts
-/// piece by piece (see `pieces`), so a long text over a small limit costs about the limit.
+/// piece by piece (see `count_on`), without forced cuts: text with no cut is counted whole,
+/// unless it is longer than `limit` tokens of `MAX_TOKEN_BYTES` each.
 pub fn count_till_limit(text: &str, family: Family, limit: usize) -> Option<usize> {
     let (base, ratio) = family.base();
     // one base token of slack: a scaled count rounds, so base_limit + 1 may still fit
     let base_limit = (limit as f32 / ratio).floor() as usize + 1;
-    let mut n = 0usize;
-    for piece in pieces(text) {
-        n += count_base(piece, base);
-        if n > base_limit {
-            return None;
-        }
+    if text.len() > base_limit.saturating_mul(MAX_TOKEN_BYTES) {
+        return None;
     }
-    let scaled = (n as f32 * ratio).round() as usize;
+    let mut tally = Tally::default();
+    count_on(text, &mut 0, base, false, &mut tally, base_limit);
+    if tally.exceeds(base_limit) {
+        return None;
+    }
+    let scaled = (tally.tokens as f32 * ratio).round() as usize;
     (scaled <= limit).then_some(scaled)
 }
 
@@ -245,33 +366,26 @@ impl CharCounts {
         self.non_ascii += other.non_ascii;
     }
 
-    /// Text of the kind the estimator was fitted on (mostly ASCII words, digits, punctuation
-    /// and space; no long letter runs, few mixed-case words, not mostly long runs of mixed
-    /// punctuation): its estimate is within
-    /// `MARGIN` of the exact count. Anything else may be off by any factor (1 MB of "x" is
-    /// 125,000 tokens; base64, hex or rare scripts tokenise unlike prose).
-    pub fn fitted(&self) -> bool {
-        let words: f32 = self.counts[est::WORD_LEN..est::WORD_LEN + 15].iter().sum();
-        let (punct, runs) = (self.counts[est::PUNCT], self.counts[est::PUNCT_RUNS]);
-        let punct_soup = punct > 0.35 * self.bytes as f32 && punct > 3.0 * runs;
-        // mostly line breaks or indentation: tokenisers merge runs the estimator counts apart
-        let blank = self.counts[est::NEWLINES] + self.counts[est::SPACE_RUN_CHARS];
-        let layout = blank > 0.25 * self.bytes as f32;
-        self.long_run_chars == 0
-            && !punct_soup
-            && !layout
-            && self.non_ascii as f32 <= 0.05 * self.bytes as f32
-            && self.counts[est::WORD_CAPITALISED] <= 0.25 * words
+    /// A count in the base encoding no exact count is below: the larger of
+    /// - bytes / `MAX_TOKEN_BYTES` (the tokens spell the text's bytes), and
+    /// - distinct pre-tokens, one token each at least: every ASCII letter run lies in a word
+    ///   pre-token (o200k's and cl100k's patterns hold letters only in words and
+    ///   contractions) and every digit run of length d in ceil(d/3) number pre-tokens. Two runs
+    ///   share a pre-token only across a non-ASCII letter or mark (`caféteria`), or a
+    ///   contraction's apostrophe (`don't` in o200k); each joining takes one such character
+    ///   from between them, so non-ASCII characters and ASCII punctuation are taken off.
+    ///
+    /// The estimate is no bound: it is fitted on prose, and one-token long words
+    /// ("understanding relationships") and digit runs count well below it.
+    pub fn lower_bound(&self) -> f32 {
+        let runs: f32 = self.counts[est::WORD_LEN..est::WORD_LEN + 15].iter().sum();
+        let pre =
+            runs + self.counts[est::DIGIT_GROUPS] - self.non_ascii as f32 - self.counts[est::PUNCT];
+        let by_bytes = self.bytes.div_ceil(MAX_TOKEN_BYTES as u32) as f32;
+        pre.max(by_bytes)
     }
 }
 
-/// The estimate of fitted text never exceeds the exact count by more than this factor
-/// (plus `SLACK`): a prompt whose estimate is that far over a limit is refused without a
-/// count. (Under-estimates have no such bound: random lower-case words count 3x their
-/// estimate; the upper bound is the byte count.)
-pub const OVER_FACTOR: f32 = 1.5;
-/// ... plus this many tokens: on a few words, one token is a large share.
-pub const SLACK: f32 = 4.0;
 /// Estimated tokens per letter beyond the 24th of a long letter run (random letters are
 /// ~3 per token; a repeated letter is ~8: the estimate leans high, never 1 token for a MB).
 const LONG_RUN_TOKENS_PER_CHAR: f32 = 0.3;
@@ -572,16 +686,14 @@ pub fn estimate_from_counts(c: &CharCounts, family: Family) -> f32 {
 }
 
 /// (estimate, lower, upper) for the exact count in `family` of text with counts `c`.
-/// Upper: the byte count, which no byte-level BPE count can exceed (scaled like the
-/// family's exact count). Lower: the estimate over `OVER_FACTOR` for fitted text, else 0.
+/// Upper: the byte count, which no byte-level BPE count can exceed; lower:
+/// `CharCounts::lower_bound`; both scaled like the family's exact count.
 pub fn bounds_from_counts(c: &CharCounts, family: Family) -> (f32, f32, f32) {
     let est = estimate_from_counts(c, family);
-    let hi = (c.bytes as f32 * family.base().1).ceil().max(est);
-    let lo = if c.fitted() {
-        (est / OVER_FACTOR - SLACK).max(0.0)
-    } else {
-        0.0
-    };
+    let ratio = family.base().1;
+    let hi = (c.bytes as f32 * ratio).ceil().max(est);
+    // rounding is monotone: a count of at least `lower` scales to at least this
+    let lo = (c.lower_bound() * ratio).round();
     (est, lo, hi)
 }
 
@@ -620,31 +732,192 @@ mod tests {
     }
 
     #[test]
-    fn long_runs_are_proportional_and_never_fitted() {
+    fn long_runs_are_within_bounds() {
         let text = "x".repeat(1 << 20);
         let c = char_counts(&text);
-        assert!(!c.fitted());
         let exact = count(&text, Family::O200k) as f32;
         let (_, lo, hi) = bounds_from_counts(&c, Family::O200k);
         assert!(lo <= exact && exact <= hi, "{lo} {exact} {hi}");
         assert!(estimate(&text, Family::O200k) > 100_000.0);
-        let prose = "The quick brown fox jumps over the lazy dog. ".repeat(20);
-        assert!(char_counts(&prose).fitted());
+    }
+
+    /// Texts of every kind the bounds and the cuts reason about.
+    fn odd_texts() -> Vec<String> {
+        let mut seed = 7u64;
+        let mut rand = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let alphabets: [&[char]; 9] = [
+            &['x'],
+            &['a', 'b', 'c', 'q', 'z', 'E', 'T'],
+            &['a', 'b', '1', '2', '+', '/', '='],
+            &[
+                '!', '=', '-', '*', '#', '.', ',', ';', ':', '/', '\'', '"', '(',
+            ],
+            &[' ', ' ', ' ', '\t', '\n', '\r', 'a'],
+            &['的', '一', '是', '，', '。', '\n', 'の', '한'],
+            &['a', 'e', '\u{301}', '\u{308}', 'é', 'ß', 't', '\'', 's'],
+            &['1', '2', '3', '²', '٣', '½', ' ', 'a'],
+            &[
+                '😀', '🦀', 'x', ' ', '\u{a0}', '\u{3000}', '\u{1c}', '\n', '/',
+            ],
+        ];
+        let mut texts: Vec<String> = [
+            "understanding relationships development ".repeat(300),
+            "internationalization responsibilities ".repeat(300),
+            "1234567890".repeat(1000),
+            "don't can't it's we've I'll you'd caféteria naïve 2² x³ ".repeat(100),
+            "The quick brown fox jumps over the lazy dog. ".repeat(300),
+            "{\"id\":12345,\"name\":\"abc\",\"tags\":[\"x\",\"y\"],\"v\":3.25}".repeat(300),
+            "fn main() {\n    let x = \"héllo  wörld\";  // 日本語\n}\r\n".repeat(200),
+        ]
+        .into();
+        for a in alphabets {
+            for len in [7, 300, 9000] {
+                texts.push((0..len).map(|_| a[rand(a.len())]).collect());
+            }
+        }
+        texts
+    }
+
+    #[test]
+    fn lower_bound_is_below_every_exact_count() {
+        for text in odd_texts() {
+            let c = char_counts(&text);
+            for f in Family::ALL {
+                let (_, lo, _) = bounds_from_counts(&c, f);
+                let head: String = text.chars().take(20).collect();
+                assert!(lo <= count(&text, f) as f32, "{f:?} {lo} {head:?}");
+            }
+        }
+        // tight where the estimate was 2.3x over: one token per long word
+        let text = "understanding relationships development ".repeat(300);
+        let lo = char_counts(&text).lower_bound();
+        assert!(lo >= 0.95 * count(&text, Family::O200k) as f32, "{lo}");
+    }
+
+    #[test]
+    fn max_token_bytes_is_the_longest_token() {
+        for gz in [
+            &include_bytes!("data/o200k_base.tiktoken.gz")[..],
+            &include_bytes!("data/cl100k_base.tiktoken.gz")[..],
+        ] {
+            let mut ranks = String::new();
+            flate2::read::GzDecoder::new(gz)
+                .read_to_string(&mut ranks)
+                .unwrap();
+            let longest = ranks
+                .lines()
+                .filter_map(|l| l.split(' ').next())
+                .map(|b64| b64.len() / 4 * 3 - b64.matches('=').count())
+                .max();
+            assert_eq!(longest, Some(MAX_TOKEN_BYTES));
+        }
+    }
+
+    /// The pieces `count_on` would count, and whether each ends at a forced cut.
+    fn pieces(text: &str, force: bool) -> Vec<(&str, bool)> {
+        let mut rest = text;
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let (len, forced) = piece_len(rest, force);
+            out.push((&rest[..len], forced));
+            rest = &rest[len..];
+        }
+        out
     }
 
     #[test]
     fn pieces_add_up_to_the_whole() {
         let line = "fn main() {\n    let x = \"héllo  wörld\";  // 日本語\n}\nThe end. 123\r\n";
-        let text = line.repeat(3000); // about 170 KB: several pieces
-        assert!(pieces(&text).count() > 2);
-        assert_eq!(pieces(&text).collect::<String>(), text);
-        for f in [Family::O200k, Family::Cl100k] {
-            let whole = count(&text, f);
-            let summed: usize = pieces(&text).map(|p| count(p, f)).sum();
-            assert_eq!(summed, whole);
-            assert_eq!(count_till_limit(&text, f, whole), Some(whole));
-            assert_eq!(count_till_limit(&text, f, whole - 1), None);
+        let texts = [
+            line.repeat(3000), // about 170 KB: several pieces
+            // one line each: cut by the cases after the line-break one
+            "The quick brown fox, 42 lazy dogs! ".repeat(3000),
+            "{\"id\":12345,\"name\":\"abc\",\"v\":[3.25,7]}".repeat(3000),
+            "QUJDRGVmZ2hpams0NTY3+/ab12".repeat(4000),
+            "日本語のテキスト，中文。\n".repeat(3000),
+        ];
+        for text in texts {
+            for force in [false, true] {
+                let ps = pieces(&text, force);
+                assert!(ps.len() > 2 && ps.iter().all(|p| !p.1), "{force}");
+                assert_eq!(ps.iter().map(|p| p.0).collect::<String>(), text);
+                for f in [Family::O200k, Family::Cl100k] {
+                    let whole = count(&text, f);
+                    let summed: usize = ps.iter().map(|p| count(p.0, f)).sum();
+                    assert_eq!(summed, whole, "{force} {:?}", &text[..30]);
+                }
+            }
+            for f in [Family::O200k, Family::Cl100k] {
+                let whole = count(&text, f);
+                assert_eq!(count_till_limit(&text, f, whole), Some(whole));
+                assert_eq!(count_till_limit(&text, f, whole - 1), None);
+            }
         }
+    }
+
+    #[test]
+    fn long_numbers_are_cut_exactly_between_their_pre_tokens() {
+        for text in [
+            "1234567890".repeat(6000),
+            format!("x{}", "9".repeat(70_001)),
+            format!("²{}", "9".repeat(20_000)), // its start unknown: cut by force
+        ] {
+            let ps = pieces(&text, true);
+            assert!(ps.len() > 2);
+            assert_eq!(ps.iter().any(|p| p.1), text.starts_with('²'));
+            for f in [Family::O200k, Family::Cl100k] {
+                let summed: usize = ps.iter().map(|p| count(p.0, f)).sum();
+                let forced = ps.iter().filter(|p| p.1).count();
+                assert!(summed.abs_diff(count(&text, f)) <= forced * FORCED_CUT_SLACK);
+            }
+        }
+    }
+
+    #[test]
+    fn forced_cuts_stay_within_their_slack() {
+        // every kind of text cut by force, and single cuts at many places
+        let mut worst = 0usize;
+        for text in odd_texts() {
+            for f in [Family::O200k, Family::Cl100k] {
+                let whole = count(&text, f);
+                let mut tally = Tally::default();
+                count_on(&text, &mut 0, f, true, &mut tally, usize::MAX / 2);
+                let off = tally.tokens.abs_diff(whole);
+                assert!(off <= tally.slack, "{f:?} {tally:?} {whole}");
+                let step = (text.len() / 23).max(1);
+                for i in (1..text.len()).step_by(step) {
+                    if text.is_char_boundary(i) {
+                        let (a, b) = text.split_at(i);
+                        worst = worst.max((count(a, f) + count(b, f)).abs_diff(whole));
+                    }
+                }
+            }
+        }
+        assert!(
+            worst <= FORCED_CUT_SLACK / 2,
+            "a cut moved a count by {worst}"
+        );
+        // a 1 MB run is cut every STRETCH bytes, and the count ends early at a small limit
+        let text = "x".repeat(1 << 20);
+        let (mut tally, mut at) = (Tally::default(), 0);
+        count_on(&text, &mut at, Family::O200k, true, &mut tally, 1000);
+        assert!(tally.exceeds(1000) && at < 3 * STRETCH, "{at}");
+        count_on(
+            &text,
+            &mut at,
+            Family::O200k,
+            true,
+            &mut tally,
+            usize::MAX / 2,
+        );
+        assert_eq!(at, text.len());
+        let whole = count(&text, Family::O200k);
+        assert!(tally.slack > 0 && tally.tokens.abs_diff(whole) <= tally.slack);
     }
 
     #[test]
