@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from numbers import Real
 from typing import Any, Protocol, TypeAlias
 
 __all__ = [
-    "PASS", "Answer", "Context", "Messages", "Validator", "Verdict", "accept", "checked", "resolve",
+    "PASS", "Answer", "Context", "Messages", "Validator", "Verdict", "accept", "checked",
+    "made_call", "resolve",
 ]  # fmt: skip
 
 Messages: TypeAlias = Sequence[Mapping[str, Any]]
@@ -68,32 +70,55 @@ async def resolve(result: Verdict | Awaitable[Verdict]) -> Verdict:
     return await result
 
 
+# The model calls the check now running has made, as it makes them: `checked` bills them
+# however the check ends, where a judge's bill rode only on a verdict that a later part of
+# all_of (raising, or past the deadline) never let anyone see.
+_CALLS: ContextVar[list[Answer] | None] = ContextVar("satisfice_check_calls", default=None)
+
+
+def made_call(answer: Answer) -> None:
+    """Put a model call a check made (a judge's) on the bill of the check now running, the
+    moment it answered. It still belongs on the check's `Verdict.calls` too: `checked`
+    counts a call reported both ways once."""
+    calls = _CALLS.get()
+    if calls is not None:
+        calls.append(answer)
+
+
 async def checked(
     check: Validator, answer: Answer, ctx: Context, time_left_s: float | None = None
 ) -> Verdict:
     """What a check says of `answer`, whatever the check does: one that raises, returns
     something other than a Verdict or a bool, or runs past the request's deadline
     (`time_left_s`) fails the answer with that reason instead of escaping as a raw
-    exception (which lost the request's attempts and record) or holding it forever."""
+    exception (which lost the request's attempts and record) or holding it forever.
+    Its `calls` are every model call the check made (`made_call`), however it ended."""
     import asyncio
     import inspect
 
     name = str(getattr(check, "name", None) or getattr(check, "__name__", "check"))
+    made: list[Answer] = []
+    token = _CALLS.set(made)
     try:
         async with asyncio.timeout(None if time_left_s is None else max(time_left_s, 0.0)):
             out: object = check(answer, ctx)
             if not isinstance(out, Verdict) and inspect.isawaitable(out):
                 out = await out
     except TimeoutError:
-        return Verdict(False, 0.0, f"the check {name!r} did not finish within the deadline")
+        out = Verdict(False, 0.0, f"the check {name!r} did not finish within the deadline")
     except Exception as e:
-        return Verdict(False, 0.0, f"the check {name!r} raised {type(e).__name__}: {e}"[:300])
+        out = Verdict(False, 0.0, f"the check {name!r} raised {type(e).__name__}: {e}"[:300])
+    finally:
+        _CALLS.reset(token)
     if isinstance(out, Verdict):
-        return _well_formed(out, name)
-    if isinstance(out, bool):
-        return Verdict(out, 1.0 if out else 0.0, f"{name}: {'pass' if out else 'fail'}")
-    return Verdict(False, 0.0, f"the check {name!r} returned a {type(out).__name__}, not a "
-                               "Verdict or a bool")  # fmt: skip
+        v = _well_formed(out, name)
+    elif isinstance(out, bool):
+        v = Verdict(out, 1.0 if out else 0.0, f"{name}: {'pass' if out else 'fail'}")
+    else:
+        v = Verdict(False, 0.0, f"the check {name!r} returned a {type(out).__name__}, not a "
+                                "Verdict or a bool")  # fmt: skip
+    unreported = tuple(c for c in made if not any(c is r for r in v.calls))
+    return replace(v, calls=(*v.calls, *unreported)) if unreported else v
 
 
 def _well_formed(v: Verdict, name: str) -> Verdict:

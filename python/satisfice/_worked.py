@@ -25,14 +25,16 @@ __all__ = [
 ]
 
 # Each marker captures the number and the rest of its line (a well-formed answer has no
-# second number there, e.g. not `#### 24 2/3`).
+# second number there, e.g. not `#### 24 2/3`). The blanks and signs between a marker and its
+# number are possessive (`*+`): backtracking over them was cubic, a minute for
+# "The final answer" and 1,500 spaces.
 _FINAL_MARKED = tuple(
     re.compile(p + r"(?P<rest>[^\n]*)", re.IGNORECASE)
     for p in (
-        r"####\s*\$?\s*(?P<n>-?[\d,]*\.?\d+)",
-        r"\\boxed\{\s*\$?(?P<n>-?[\d,]*\.?\d+)\s*\}",
-        r"final answer(?: is)?\s*[:=]?\s*\$?\s*(?P<n>-?[\d,]*\.?\d+)",
-        r"\bthe answer is\s*[:=]?\s*\$?\s*(?P<n>-?[\d,]*\.?\d+)",
+        r"####\s*+\$?+\s*+(?P<n>-?[\d,]*\.?\d+)",
+        r"\\boxed\{\s*+\$?+(?P<n>-?[\d,]*\.?\d+)\s*+\}",
+        r"final answer(?: is)?+\s*+[:=]?+\s*+\$?+\s*+(?P<n>-?[\d,]*\.?\d+)",
+        r"\bthe answer is\s*+[:=]?+\s*+\$?+\s*+(?P<n>-?[\d,]*\.?\d+)",
     )
 )
 _ANY_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

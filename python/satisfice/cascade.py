@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from .router import Router
 
 __all__ = [
+    "Bill",
     "Call",
     "Cascade",
     "CascadeBudgetError",
@@ -69,6 +70,8 @@ __all__ = [
 ]
 
 Call: TypeAlias = Callable[[str, list[dict[str, Any]]], Awaitable[Answer]]
+# A step's bill (USD or None when unknown, tokens in, tokens out), from the caller's records.
+Bill: TypeAlias = Callable[["StepRecord"], tuple[float | None, int, int]]
 StepStatus: TypeAlias = Literal["accepted", "escalated", "skipped", "failed"]
 
 
@@ -104,8 +107,9 @@ class ModelEstimate:
 class StepRecord:
     """One step: what ran, what it cost and what the validator said.
 
-    `cost_usd` includes validator calls (a judge); it is None when some call's cost is
-    unknown. Token counts add what the calls reported (0 for a call that reported none).
+    `cost_usd` includes validator calls (a judge) and, through a router, failed calls billed
+    at an estimate; it is None when some call's cost is unknown. Token counts add what the
+    calls reported (0 for a call that reported none), or their estimate where the cost is one.
     """
 
     index: int
@@ -228,6 +232,7 @@ class _Climb:
     t0: float = 0.0  # when it started
     deadline: float | None = None  # the request's (perf_counter), for the checks
     on_check: Callable[[Verdict, str, int], None] | None = None
+    billed: Bill | None = None
 
 
 _NO_ESTIMATE = ModelEstimate()
@@ -421,13 +426,18 @@ class Cascade:
         estimates: Mapping[str, ModelEstimate] | None = None,
         deadline: float | None = None,
         on_check: Callable[[Verdict, str, int], None] | None = None,
+        billed: Bill | None = None,
     ) -> CascadeResult:
         """Run the ladder for one request. `estimates` (see `estimates_from`) give each
         model's P(good), estimated cost and p95; without them only the cost of calls
         already made and the time already spent limit the cascade. `deadline` (a
         `time.perf_counter()` value) bounds each check: one still running then fails.
         `on_check(verdict, check_name, step)` hears every verdict as it is given, with the
-        calls the check made (a judge's), so a caller bills them even if the climb fails."""
+        calls the check made (a judge's), so a caller bills them even if the climb fails.
+        `billed(step_record)` gives a step's bill from the caller's own records, which hold
+        what the step's answers cannot: calls that failed and were billed anyway (a timeout,
+        at an estimate); the step's cost, and what the cost cap counts as spent, is then that
+        bill. Without it a step's bill is its answers' and its checks' calls."""
         msgs: list[dict[str, Any]] = (
             [{"role": "user", "content": messages}]
             if isinstance(messages, str)
@@ -437,6 +447,7 @@ class Cascade:
         climb = _Climb(msgs, {m: e.p_good for m, e in est.items() if e.p_good is not None})
         climb.deadline = deadline
         climb.on_check = on_check
+        climb.billed = billed
         if self.latency_budget_ms is None:  # no timer to arm: the common case stays cheap
             done = await self._climb(climb, call, est)
         else:
@@ -447,8 +458,12 @@ class Cascade:
                     done = await self._climb(climb, call, est)
             except TimeoutError:
                 rec = climb.current
-                if rec is not None:  # the cancelled calls may be billed; by how much is unknown
-                    rec.status, rec.reason, rec.cost_usd = "failed", _CUT_OFF, None
+                if rec is not None:
+                    rec.status, rec.reason = "failed", _CUT_OFF
+                    if climb.billed is None:  # the cancelled calls may be billed: how much?
+                        rec.cost_usd = None
+                    else:  # the caller put them on record, at an estimate
+                        rec.cost_usd, rec.tokens_in, rec.tokens_out = climb.billed(rec)
                     rec.latency_ms = (self.clock() - climb.t0) * 1000.0
                     # Answers that came before the cut are kept (they were billed, and one
                     # may be the best so far); one not checked yet ranks below any checked.
@@ -569,16 +584,12 @@ class Cascade:
 
     async def _step(self, rec: StepRecord, step: Step, call: Call, climb: _Climb) -> None:
         got = await _calls(call, step.models, climb.msgs, climb.arrived)
-        cost: float | None = 0.0
         slowest = 0.0
         for model, out in zip(step.models, got, strict=True):
             if isinstance(out, BaseException):
                 rec.errors[model] = f"{type(out).__name__}: {out}"
                 continue
             rec.answers.append(out)
-            cost = _add(cost, out.cost_usd)
-            rec.tokens_in += out.tokens_in or 0
-            rec.tokens_out += out.tokens_out or 0
             slowest = max(slowest, out.latency_ms or 0.0)
         climb.pool.extend(rec.answers)
         if rec.answers:
@@ -594,11 +605,7 @@ class Cascade:
                 if climb.on_check is not None and v.calls:
                     assert step.validator is not None
                     climb.on_check(v, step.validator.name, rec.index)
-                for extra in v.calls:  # the judge's own calls are part of this step's bill
-                    cost = _add(cost, extra.cost_usd)
-                    rec.tokens_in += extra.tokens_in or 0
-                    rec.tokens_out += extra.tokens_out or 0
-        rec.cost_usd = cost
+        rec.cost_usd, rec.tokens_in, rec.tokens_out = (climb.billed or _own_bill)(rec)
         # A step lasts as long as its slowest call says it took, or as long as we waited.
         rec.latency_ms = max((self.clock() - climb.t0) * 1000.0, slowest)
         passed = [v for v in rec.verdicts if v.passed]
@@ -698,8 +705,16 @@ async def _attempt(
     return answer
 
 
-def _add(total: float | None, cost: float | None) -> float | None:
-    return None if total is None or cost is None else total + cost
+def _own_bill(rec: StepRecord) -> tuple[float | None, int, int]:
+    """A step's bill from what it holds: its answers and the calls its checks made (a
+    judge's); the cost is None when one of them is unknown."""
+    cost: float | None = 0.0
+    tokens_in = tokens_out = 0
+    for a in (*rec.answers, *(c for v in rec.verdicts for c in v.calls)):
+        cost = None if cost is None or a.cost_usd is None else cost + a.cost_usd
+        tokens_in += a.tokens_in or 0
+        tokens_out += a.tokens_out or 0
+    return cost, tokens_in, tokens_out
 
 
 def estimates_from(decision: Decision, registry: Registry) -> dict[str, ModelEstimate]:

@@ -935,7 +935,14 @@ class Executor:
         "auto": the policy's tuned ladder for the prompt's task, or plain routing when it
         has none for that task); every model call goes through the attempt loop and lands
         in `run.attempts`, tagged with its step and, once checked, its verdict."""
-        from .cascade import UNCHECKED, Cascade, answer_from_chat, current_step, estimates_from
+        from .cascade import (
+            UNCHECKED,
+            Cascade,
+            StepRecord,
+            answer_from_chat,
+            current_step,
+            estimates_from,
+        )
 
         d = run.decision
         if isinstance(ladder, str):
@@ -1005,6 +1012,18 @@ class Executor:
             answered[id(answer)] = (t, resp, attempt)
             return answer
 
+        def billed(rec: StepRecord) -> tuple[float | None, int, int]:
+            # The step's bill is what its attempts were billed, a failed call's estimate
+            # included: one account for the ladder, the record and total_cost_usd.
+            mine = [a for a in run.attempts if a.step == rec.index]
+            cost = billed_cost(mine)
+            used = [a.usage for a in mine if a.usage is not None]
+            return (
+                None if cost is None else cost[0],
+                sum(u.prompt_tokens for u in used),
+                sum(u.completion_tokens for u in used),
+            )
+
         try:
             result = await ladder.run(
                 call,
@@ -1012,6 +1031,7 @@ class Executor:
                 estimates=estimates_from(d, run.registry),
                 deadline=run.deadline,
                 on_check=run.checked,
+                billed=billed,
             )
         except AllAttemptsFailedError as e:
             # The ladder knows its calls' errors only as text; the run has every attempt.

@@ -614,6 +614,17 @@ class Router:
                 "accept must be a validator (see satisfice.validators), e.g. "
                 f"validators.check(lambda text: ...); got {type(accept).__name__}"
             )
+        if cascade is not None and not isinstance(cascade, bool | str):
+            from .cascade import Cascade
+
+            if not isinstance(cascade, Cascade):
+                # a list of ids, a saved dict, a Step, a number: each had been taken for
+                # cascade=True, climbing the decision's ladder and calling unlisted models
+                raise ConfigError(
+                    f'cascade must be a Cascade, True or "auto", got a {type(cascade).__name__}; '
+                    "build the ladder with Cascade([...]) from Steps or model ids, or "
+                    "Cascade.from_dict(...) from its saved form"
+                )
         if accept is not None and not (race or hedge or cascade):
             # with one answer there is nothing to choose between: it was silently ignored
             raise ConfigError(
