@@ -9,7 +9,6 @@ The registry is a tuple replaced whole, so readers on any thread never see it ha
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 __all__ = [
@@ -65,6 +64,8 @@ def scrub_json(text: str) -> str:
     there; text that is not JSON, or has no backslash to hide one behind, is returned as is."""
     if not _secrets or "\\" not in text:
         return text
+    import json  # here: `import satisfice` had paid 2.4 ms for it
+
     try:
         data = json.loads(text)
         clean = scrub_values(data)
