@@ -119,7 +119,7 @@ def main(path: str) -> None:
             )
         print(f"| {cat} | {errs[0]:.1%} | {errs[1]:.1%} | {len(texts)} |")
 
-    cold_start.main()
+    cold_start.main([])
 
 
 if __name__ == "__main__":
