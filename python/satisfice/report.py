@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .ledger import _NAMES, _row, _row_problem, _scores, _stored, open_ledger_db, read_records
+from .ledger import _NAMES, _row, _scores, _stored, first_bad_row, open_ledger_db, read_records
 
 __all__ = ["render_html", "render_text", "rows", "summarize"]
 
@@ -34,16 +34,16 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
         db = open_ledger_db(p)
         try:
             scores = _scores(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"), p)
+            # the same checks as every reader's: a row hand-edited or written by another
+            # program is an error naming it, not a traceback (SQLite types no column)
+            if bad := first_bad_row(db):
+                raise ConfigError(f"ledger {p}, request {bad[0]!r:.60}: {bad[1]}")
             cols = [n for n in _NAMES if n != "record"]
             casc = "CASE WHEN cascade_steps > 0 THEN record END"
             q = f"SELECT {','.join(cols)}, {casc} FROM requests"
             for values in db.execute(q):
                 r = dict(zip(cols, values, strict=False))
                 r["feedback"] = scores.get(r["request_id"])
-                # the same checks as every reader's: a row hand-edited or written by another
-                # program is an error naming it, not a traceback (SQLite types no column)
-                if why := _row_problem(r):
-                    raise ConfigError(f"ledger {p}, request {r['request_id']!r:.60}: {why}")
                 rec = _stored(r["request_id"], values[-1], {}, p) if values[-1] else {}
                 r["steps"] = _steps(rec)
                 yield r
