@@ -607,21 +607,46 @@ impl Counter<'_> {
     /// only when the count plus its slack fits.
     fn upto(&mut self, base: Family, limit: usize) -> Option<Tally> {
         let (messages, extra) = (self.messages, self.extra);
-        let (next, at, tally) = &mut self.at[usize::from(base == Family::Cl100k)];
-        let texts = messages.iter().map(|m| m.content.as_str());
-        for text in texts
-            .chain((!extra.is_empty()).then_some(extra))
-            .skip(*next)
-        {
+        let texts = || {
+            messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .chain((!extra.is_empty()).then_some(extra))
+        };
+        let k = usize::from(base == Family::Cl100k);
+        let (next, at, tally) = &mut self.at[k];
+        for text in texts().skip(*next) {
             tokens::count_on(text, at, base, true, tally, limit);
             if tally.exceeds(limit) {
-                return None;
+                break;
             }
             (*next, *at) = (*next + 1, 0);
         }
-        (!tally.exceeds(limit)).then_some(*tally)
+        if !tally.exceeds(limit) {
+            return Some(*tally);
+        }
+        // Only the forced cuts' slack crosses the limit: a text of at most EXACT_RECOUNT
+        // bytes is counted again whole and exactly (no forced cut), so a prompt that fits
+        // is not refused for the slack; a longer one stays on the safe side.
+        let bytes: usize = texts().map(str::len).sum();
+        if tally.slack == 0 || tally.tokens > limit || bytes > EXACT_RECOUNT {
+            return None;
+        }
+        let mut exact = Tally::default();
+        for text in texts() {
+            tokens::count_on(text, &mut 0, base, false, &mut exact, limit);
+            if exact.exceeds(limit) {
+                return None;
+            }
+        }
+        self.at[k] = (usize::MAX, 0, exact); // counted whole: later limits read it
+        Some(exact)
     }
 }
+
+/// The most text `Counter::upto` counts again whole and exactly when only a forced cut's
+/// slack stands between a prompt and its limit: a pre-token this long costs about 10 ms.
+const EXACT_RECOUNT: usize = 64 * 1024;
 
 impl DispatchTable {
     pub fn new(
@@ -908,8 +933,12 @@ impl DispatchTable {
                     filtered.push((i, Filtered::CostUnbounded { parts }));
                     continue;
                 }
-                if r.cost(t_max, out) > c.max_cost && r.cost(lo, out) <= c.max_cost {
-                    let room = r.max_tokens_within(c.max_cost, out);
+                // The cap, plus float rounding: a prompt whose cost is the cap to the
+                // last digit (969 + 50 tokens at $1/M against $0.001019) summed to one ulp
+                // over it, and its room floored to one token short.
+                let cap = c.max_cost * (1.0 + 1e-12);
+                if r.cost(t_max, out) > cap && r.cost(lo, out) <= cap {
+                    let room = r.max_tokens_within(cap, out);
                     match base_limit(room).and_then(|l| counter.upto(base, l)) {
                         Some(n) => {
                             (t_in, t_max) = tallied(n);
@@ -930,7 +959,7 @@ impl DispatchTable {
                         }
                     }
                 }
-                if cost > c.max_cost {
+                if cost > cap {
                     filtered.push((
                         i,
                         Filtered::Cost {

@@ -72,9 +72,10 @@ def test_text_with_nowhere_to_cut_is_routed_in_bounded_time(fill: str) -> None:
 
 
 def test_a_forced_count_decides_on_its_upper_side() -> None:
-    """64 KB of "x" (8,192 tokens) is cut by force; a window the count only fits without
-    its slack refuses it, one with room for the slack takes it (tokens_in_exact false)."""
-    text = "x" * 65536
+    """100 KB of "x" is cut by force; a window the count only fits without its slack
+    refuses it, one with room for the slack takes it (tokens_in_exact false). Up to 64 KB
+    the text is counted again whole when only the slack stands in the way (below)."""
+    text = "x" * 100_000
     exact = _core.count_tokens(text) + 7
     d = router(exact + OUT + 200, 0.1).route(text, max_output_tokens=OUT)
     assert d.model == "small"
@@ -83,3 +84,28 @@ def test_a_forced_count_decides_on_its_upper_side() -> None:
     assert d.max_tokens_in("small") >= exact
     with pytest.raises(NoRouteError):  # fits without the slack, not with it
         router(exact + OUT + 1, 0.1).route(text, max_output_tokens=OUT)
+
+
+@pytest.mark.parametrize("n", [4160, 20_000, 65_536])
+def test_a_text_that_fits_to_the_token_is_not_refused_for_the_slack(n: int) -> None:
+    """CI's hypothesis run found 4,160 bytes of "x" (one forced cut) refused by a window and
+    a cost cap it fits exactly: the slack had decided. Up to 64 KB it is counted again whole."""
+    text = "x" * n
+    exact = _core.count_tokens(text) + 7
+    d = router(exact + OUT, 0.1).route(text, max_output_tokens=OUT)
+    assert d.candidates[0].tokens_in == exact and d.candidates[0].tokens_in_exact
+    with pytest.raises(NoRouteError):
+        router(exact + OUT - 1, 0.1).route(text, max_output_tokens=OUT)
+
+
+@pytest.mark.parametrize("n", [4160, 7686])
+def test_a_cost_cap_equal_to_the_cost_to_the_last_digit_takes_it(n: int) -> None:
+    """(969 + 500) tokens at $1/M summed to one ulp over a cap of exactly their cost, and
+    the room under the cap floored to one token short: a prompt that fits was refused."""
+    text = "x" * n
+    exact = _core.count_tokens(text) + 7
+    cap = (exact + OUT) * 1.0 / 1e6
+    d = router(10 * exact, 1.0).route(text, max_output_tokens=OUT, max_cost_usd=cap)
+    assert d.model == "small"
+    with pytest.raises(NoRouteError, match="max_cost"):
+        router(10 * exact, 1.0).route(text, max_output_tokens=OUT, max_cost_usd=cap * 0.999)
