@@ -625,11 +625,12 @@ impl Counter<'_> {
         if !tally.exceeds(limit) {
             return Some(*tally);
         }
-        // Only the forced cuts' slack crosses the limit: a text of at most EXACT_RECOUNT
+        // Only the forced cuts' slack crosses the limit (the pieces' sum may be over or
+        // under the whole count by the slack): a text of at most EXACT_RECOUNT
         // bytes is counted again whole and exactly (no forced cut), so a prompt that fits
         // is not refused for the slack; a longer one stays on the safe side.
         let bytes: usize = texts().map(str::len).sum();
-        if tally.slack == 0 || tally.tokens > limit || bytes > EXACT_RECOUNT {
+        if tally.slack == 0 || tally.tokens > limit + tally.slack || bytes > EXACT_RECOUNT {
             return None;
         }
         let mut exact = Tally::default();

@@ -276,7 +276,9 @@ with LocalUpstream() as up:
     held, release = threading.Event(), threading.Event()
 
     def hold():
-        with r._setup, r._swap:
+        import satisfice.decision as d
+
+        with r._setup, r._swap, r._feedback._lock, d._ID_LOCK:
             held.set()
             release.wait()
 
@@ -288,6 +290,7 @@ with LocalUpstream() as up:
 
         def child():
             r.update(r.registry)
+            assert r.route("child").request_id  # the id lock and the feedback log's
             out.append(r.chat_sync("child").model)
 
         t = threading.Thread(target=child, daemon=True)

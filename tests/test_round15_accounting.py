@@ -90,3 +90,19 @@ async def test_a_usage_of_nothing_beside_an_answer_is_counted_not_free(
             res = await r.chat("Write two hundred words.", allow=("alpha",))
     assert res.usage.source != "provider" and res.usage.completion_tokens >= 150
     assert res.total_cost_usd is not None and res.total_cost_usd > 0
+
+
+def test_a_huge_tool_call_history_is_estimated_not_counted_on_the_loop() -> None:
+    """The size that sends a count to an estimate (or routing to a worker thread) had read
+    contents only: 4 MB of tool-call arguments were counted exactly, 2 s on the event loop."""
+    from satisfice.accounting import usage_of
+    from satisfice.providers.base import ChatResponse
+
+    call = {
+        "id": "c",
+        "type": "function",
+        "function": {"name": "f", "arguments": "x1 " * 1_400_000},
+    }
+    msgs = [{"role": "assistant", "content": None, "tool_calls": [call]}]
+    u = usage_of(msgs, "o200k_base", ChatResponse("ok", {}, None, "stop"))
+    assert u.source == "estimated" and u.prompt_tokens > 500_000

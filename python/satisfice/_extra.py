@@ -4,11 +4,12 @@ router reads it on every route, and must not import the HTTP stack to do so)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import InputError
 
-__all__ = ["extra_text"]
+__all__ = ["extra_text", "text_bytes"]
 
 
 def extra_text(tools: Any, response_format: Any) -> str | None:
@@ -25,3 +26,23 @@ def extra_text(tools: Any, response_format: Any) -> str | None:
             "pass plain dicts, lists, strings and numbers, nested less deeply"
         ) from None
     return "".join(parts) or None
+
+
+def text_bytes(msgs: Sequence[Mapping[str, Any]]) -> int:
+    """The text an exact count reads: contents and, in an agent's history, tool calls'
+    arguments (4 MB of them had been counted on the event loop)."""
+    n = 0
+    for m in msgs:
+        for call in m.get("tool_calls") or ():
+            if isinstance(call, dict) and isinstance(f := call.get("function"), dict):
+                n += len(str(f.get("arguments") or ""))
+        content = m.get("content")
+        if isinstance(content, str):
+            n += len(content)
+        elif isinstance(content, list):
+            n += sum(
+                len(t)
+                for p in content
+                if isinstance(p, dict) and isinstance(t := p.get("text"), str)
+            )
+    return n

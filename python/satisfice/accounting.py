@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from ._extra import text_bytes
 from .errors import SatisficeError
 from .providers.base import ChatResponse, Usage
 
@@ -59,8 +60,7 @@ def usage_of(
     if extra:
         messages = [*messages, {"role": "system", "content": extra}]
     out = resp.text + (resp.refusal or "") + "".join(c.name + c.arguments for c in resp.tool_calls)
-    texts = [c for m in messages if isinstance(c := m.get("content"), str)]
-    big = not countable(len(out) + sum(len(t) for t in texts))
+    big = not countable(len(out) + text_bytes(messages))
     exact = _core.is_exact_family(tokenizer) and not big and _text_only(messages)
     try:
         if big:

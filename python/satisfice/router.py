@@ -14,7 +14,7 @@ from time import perf_counter, time
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
 from . import _core
-from ._extra import extra_text
+from ._extra import extra_text, text_bytes
 from .decision import Candidate, Decision, Snapshot
 from .errors import (
     ConfigError,
@@ -94,8 +94,12 @@ _ROUTERS: weakref.WeakSet[Router] = weakref.WeakSet()
 
 
 def _new_locks_in_child() -> None:
+    from . import decision
+
+    decision._ID_LOCK = threading.Lock()  # taken by every request's request_id
     for r in list(_ROUTERS):
         r._swap, r._setup = threading.Lock(), threading.RLock()
+        r._feedback._lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_new_locks_in_child)
@@ -107,7 +111,7 @@ _ROUTE_INLINE_BYTES = 32 * 1024
 def _route_inline(msgs: list[dict[str, Any]], extra: str | None = None) -> bool:
     """Whether to route on the event loop: not when an exact count could be long (a large
     prompt) or must wait for the tokenizers' build (a process's first second)."""
-    size = _text_bytes(msgs) + (len(extra) if extra else 0)
+    size = text_bytes(msgs) + (len(extra) if extra else 0)
     return size < _ROUTE_INLINE_BYTES and _core.tokenizers_ready()
 
 
@@ -148,21 +152,6 @@ def _shaped(c: Constraints, tools: Any, rf: Any) -> tuple[Constraints, str | Non
     if needs and not set(needs) <= set(c.needs):
         c = Constraints.of(c, needs=tuple(sorted({*c.needs, *needs})))
     return c, extra_text(tools, rf)
-
-
-def _text_bytes(msgs: list[dict[str, Any]]) -> int:
-    n = 0
-    for m in msgs:
-        content = m.get("content")
-        if isinstance(content, str):
-            n += len(content)
-        elif isinstance(content, list):
-            n += sum(
-                len(t)
-                for p in content
-                if isinstance(p, dict) and isinstance(t := p.get("text"), str)
-            )
-    return n
 
 
 def _message_list(messages: object) -> list[dict[str, Any]]:
