@@ -95,8 +95,12 @@ async def test_a_usage_of_nothing_beside_an_answer_is_counted_not_free(
 def test_a_huge_tool_call_history_is_estimated_not_counted_on_the_loop() -> None:
     """The size that sends a count to an estimate (or routing to a worker thread) had read
     contents only: 4 MB of tool-call arguments were counted exactly, 2 s on the event loop."""
+    from satisfice import Router
     from satisfice.accounting import usage_of
     from satisfice.providers.base import ChatResponse
+
+    Router()  # builds the exact counters' tokenizers: until then every count is estimated
+    _core.wait_for_tokenizers()
 
     call = {
         "id": "c",
