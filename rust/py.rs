@@ -232,15 +232,24 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
             })?;
             for (j, call) in calls.iter().enumerate() {
                 let what = || format!("messages[{i}].tool_calls[{j}]");
-                let f = field(call, "function")
-                    .ok_or_else(|| CoreError::Input(format!("{} must be a dict", what())))?;
-                if let Some(f) = f.filter(|f| !f.is_none()) {
-                    for key in ["name", "arguments"] {
-                        let v = field(&f, key).ok_or_else(|| {
-                            CoreError::Input(format!("{}.function must be a dict", what()))
-                        })?;
-                        if let Some(v) = v {
-                            push_loose(&mut content, &v, || format!("{}.function.{key}", what()))?;
+                // a function call's name and arguments; a custom tool's name and free-form
+                // input (OpenAI's "custom" tools), billed the same way
+                for (kind, keys) in [
+                    ("function", ["name", "arguments"]),
+                    ("custom", ["name", "input"]),
+                ] {
+                    let f = field(call, kind)
+                        .ok_or_else(|| CoreError::Input(format!("{} must be a dict", what())))?;
+                    if let Some(f) = f.filter(|f| !f.is_none()) {
+                        for key in keys {
+                            let v = field(&f, key).ok_or_else(|| {
+                                CoreError::Input(format!("{}.{kind} must be a dict", what()))
+                            })?;
+                            if let Some(v) = v {
+                                push_loose(&mut content, &v, || {
+                                    format!("{}.{kind}.{key}", what())
+                                })?;
+                            }
                         }
                     }
                 }

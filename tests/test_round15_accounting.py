@@ -38,9 +38,18 @@ LEGACY = [
     {"role": "assistant", "content": None, "function_call": {"name": "fetch", "arguments": ARGS}},
     {"role": "function", "name": "fetch", "content": "done"},
 ]
+# OpenAI's custom tools: free-form input, not JSON arguments (it had been counted as nothing)
+CUSTOM = [
+    {"role": "user", "content": "Fetch the records."},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "custom", "custom": {"name": "fetch", "input": ARGS}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "done"},
+]  # fmt: skip
 
 
-@pytest.mark.parametrize("msgs", [TOOL_HISTORY, REFUSAL, LEGACY], ids=["tools", "refusal", "fc"])
+@pytest.mark.parametrize(
+    "msgs", [TOOL_HISTORY, REFUSAL, LEGACY, CUSTOM], ids=["tools", "refusal", "fc", "custom"]
+)
 def test_an_agents_history_is_counted_whole(msgs: list[dict[str, object]]) -> None:
     args = _core.count_tokens(ARGS, "o200k_base")
     assert _core.count_message_tokens(msgs, "o200k_base") > args

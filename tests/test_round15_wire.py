@@ -257,6 +257,33 @@ def test_a_key_escaped_in_a_json_answer_is_scrubbed(raw: RawUpstream, oa: openai
     assert json.loads(r.choices[0].message.content or "") == {"k": "[redacted]"}
 
 
+@pytest.mark.parametrize("width", [1, 4, 9])
+def test_a_key_escaped_in_a_streamed_json_answer_is_scrubbed(
+    raw: RawUpstream, oa: openai.OpenAI, width: int
+) -> None:
+    """A streamed answer's pieces went out as they came: only the whole answer was
+    JSON-decoded for scrubbing, after its pieces (the key spelled with escapes, split
+    across them) had reached the caller."""
+    hidden = "".join(f"\\u{ord(c):04x}" for c in KEY)
+    text = '{"k": "' + hidden + '", "n": "' + ESCAPED + ' and more"}'
+    pieces = [text[i : i + width] for i in range(0, len(text), width)]
+    raw.push(
+        sse(
+            *(oa_chunk({"content": p}) for p in pieces),
+            oa_chunk({}, "stop"),
+            oa_chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 50}),
+        )
+    )
+    got = "".join(
+        c.choices[0].delta.content or ""
+        for c in oa.chat.completions.create(
+            model="oa", messages=U, response_format={"type": "json_object"}, stream=True
+        )
+        if c.choices
+    )
+    assert json.loads(got) == {"k": "[redacted]", "n": "[redacted] and more"}
+
+
 # -- fidelity --------------------------------------------------------------------------------
 
 

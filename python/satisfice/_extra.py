@@ -30,12 +30,15 @@ def extra_text(tools: Any, response_format: Any) -> str | None:
 
 def text_bytes(msgs: Sequence[Mapping[str, Any]]) -> int:
     """The text an exact count reads: contents and, in an agent's history, tool calls'
-    arguments (4 MB of them had been counted on the event loop)."""
+    arguments and custom tools' input (4 MB of them had been counted on the event loop)."""
     n = 0
     for m in msgs:
         for call in m.get("tool_calls") or ():
-            if isinstance(call, dict) and isinstance(f := call.get("function"), dict):
-                n += len(str(f.get("arguments") or ""))
+            if isinstance(call, dict):
+                if isinstance(f := call.get("function"), dict):
+                    n += len(str(f.get("arguments") or ""))
+                if isinstance(f := call.get("custom"), dict):
+                    n += len(str(f.get("input") or ""))
         content = m.get("content")
         if isinstance(content, str):
             n += len(content)

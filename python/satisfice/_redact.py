@@ -9,6 +9,7 @@ The registry is a tuple replaced whole, so readers on any thread never see it ha
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = [
@@ -88,10 +89,46 @@ def scrub_nested(data: Any) -> Any:
     return data
 
 
+# A run of printable ASCII (no space, quote or backslash) and JSON \\u escapes: where a key
+# spelled with escapes (\\u0073k-...) would sit, whole only once a JSON decoder reads it.
+_RUN = re.compile(r"(?:[!#-\[\]-~]|\\u[0-9a-fA-F]{4})+")
+# The same read backwards from a text's end (its characters reversed), with an escape there
+# that the next piece may finish: a match from the start, with no search for where it begins.
+_TAIL_REVERSED = re.compile(r"(?:[0-9a-fA-F]{0,3}u\\|\\)?(?:[0-9a-fA-F]{4}u\\|[!#-\[\]-~])*")
+_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def _unescaped(run: str) -> str:
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), run)
+
+
+def _escaped(text: str) -> str:
+    """`text` fit to stand inside a JSON string again."""
+    return "".join(c if c >= " " and c not in '"\\' else f"\\u{ord(c):04x}" for c in text)
+
+
+def _unhide(text: str) -> str:
+    """`text` (already scrubbed) with each run that spells a key once its \\u escapes are
+    read replaced by that run read and scrubbed: what `scrub_json` does for whole JSON,
+    for text that comes in pieces (a streamed JSON answer) and may never parse whole."""
+
+    def clean(m: re.Match[str]) -> str:
+        run = m.group(0)
+        if "\\" not in run:
+            return run
+        read = _unescaped(run)
+        out = scrub(read)
+        return run if out == read else _escaped(out)
+
+    return _RUN.sub(clean, text)
+
+
 class StreamScrubber:
-    """Scrubs text that arrives in pieces: a key split across two pieces is still caught.
-    Only a piece's end that could be the start of a key is held back, until the next piece
-    says whether it is one (usually nothing is held: text rarely ends like a key begins)."""
+    """Scrubs text that arrives in pieces: a key split across two pieces is still caught,
+    and so is one spelled with JSON escapes (a streamed JSON answer's, which its caller
+    decodes). Only a piece's end that could be the start of a key is held back, until the
+    next piece says whether it is one (usually nothing is held: text rarely ends like a key
+    begins, and a run with an escape in it ends at the next space or quote)."""
 
     __slots__ = ("_held",)
 
@@ -103,6 +140,14 @@ class StreamScrubber:
             return piece
         text = scrub(self._held + piece)
         hold = 0
+        if "\\" in text:
+            text = _unhide(text)
+            # The run at the end may go on and spell a key when it does: held, as far back
+            # as a key's escapes could reach (6 characters each), so holding stays bounded.
+            reach = 6 * len(_secrets[0]) + 6
+            tail = _TAIL_REVERSED.match(text[: -reach - 1 : -1]).group(0)  # type: ignore[union-attr]
+            if "\\" in tail:
+                hold = len(tail)
         for s in _secrets:
             for k in range(min(len(s) - 1, len(text)), hold, -1):
                 if text.endswith(s[:k]):
