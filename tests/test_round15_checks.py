@@ -66,6 +66,11 @@ def test_a_judges_fail_never_passes(reply_text: str) -> None:
 def test_a_judges_confidence_reads_fractions_and_refuses_nonsense() -> None:
     assert grade("VERDICT: PASS\nCONFIDENCE: 0.95").confidence == pytest.approx(0.95)
     assert grade("VERDICT: FAIL\nCONFIDENCE: 0.95").confidence == pytest.approx(0.05)
+    # asked for 0 to 100: a bare 1 is 1 % (it had read as certain), 1.0 a fraction
+    assert grade("VERDICT: PASS\nCONFIDENCE: 1").confidence == pytest.approx(0.01)
+    assert not grade("VERDICT: PASS\nCONFIDENCE: 1").passed
+    assert grade("VERDICT: PASS\nCONFIDENCE: 1.0").confidence == pytest.approx(1.0)
+    assert grade("VERDICT: PASS\nCONFIDENCE: 0").confidence == 0.0
     unreadable = grade("VERDICT: PASS\nCONFIDENCE: 250")  # not 2.5 = 100 % sure
     assert unreadable.confidence == pytest.approx(0.75) and "unreadable" in unreadable.reason
     assert not grade("VERDICT: Passable").passed  # "Passable" is no PASS
@@ -186,6 +191,10 @@ def test_a_check_on_a_hostile_megabyte_finishes(name: str) -> None:
         ("(A)", "A"),
         ("A\nbecause 4 is even", "A"),
         ("**A**", "A"),
+        ("The answer is a matter of taste.", None),
+        ("The answer is a bit subtle.", None),
+        ("the answer is (b)", "B"),
+        ("Answer: c", "C"),
     ],
 )
 def test_choice_letter_reads_answers_not_articles(text: str, letter: str | None) -> None:

@@ -105,8 +105,11 @@ def _number(x: object) -> bool:
 # `B.`, `B`): "A careful check shows ..." starts with the article, not choice A.
 _LEAD_LETTER = re.compile(r"\A\W{0,3}+([A-Z])(?:[.,:;)\]*]|[ \t]*+(?:\n|\Z))")
 # An explicit phrase says `is` or `:` before its letter: "option A is wrong" names no answer.
+# A lower-case letter counts only when punctuation or the line's end follows it ("answer:
+# **b**"): "the answer is a matter of taste" has the article there, not choice A.
 _SAID_LETTER = re.compile(
-    r"\b(?:answer|choice|option)\s*+(?:is\b|[:\-])[\s:*(\-]*+([A-Z])\b", re.IGNORECASE
+    r"\b(?i:answer|choice|option)\s*+(?:(?i:is)\b|[:\-])[\s:*(\-]*+"
+    r"(?:([A-Z])\b|([a-z])(?=[.,:;)\]*]|[ \t]*+(?:\n|\Z)))"
 )
 # The fence's header stops at a backtick, so a start that fails costs the stretch up to the
 # next backtick, not the rest of the line: 200 KB of backticks had taken 8 s.
@@ -119,8 +122,8 @@ def choice_letter(text: str, letters: str = "ABCDE") -> str | None:
     """The multiple-choice letter an answer gives: an `answer is B` (or `answer: B`) phrase,
     else a leading `B`, `(B)`, `B)` or `B.`; None when there is none among `letters`."""
     m = _SAID_LETTER.search(text)
-    if m is not None and m.group(1).upper() in letters:
-        return m.group(1).upper()
+    if m is not None and (said := (m.group(1) or m.group(2)).upper()) in letters:
+        return said
     m = _LEAD_LETTER.match(text.lstrip())
     if m is not None and m.group(1) in letters:
         return m.group(1)
@@ -448,14 +451,16 @@ _UNSURE = 0.75  # the judge's confidence when it gives none that can be read
 
 
 def _judge_confidence(reply: str) -> float | None:
-    """How sure the judge says it is, in [0, 1]: a number up to 1 is a fraction (judges
-    often write 0.95), up to 100 a percentage; None when there is none, or it is past 100
-    (where 0.95 had been read as 0.95%, and so as near-certainty the other way)."""
+    """How sure the judge says it is, in [0, 1]: a number with a decimal point up to 1 is a
+    fraction (judges often write 0.95; it had been read as 0.95%, and so as near-certainty
+    the other way), any other up to 100 a percentage, as the judge was asked for (a bare
+    "1" is 1%, where it had been read as certain); None when there is none, or past 100."""
     last = deque(_CONFIDENCE.finditer(reply), maxlen=1)
     if not last:
         return None
-    said = float(last[0].group(1))
-    if said <= 1.0:
+    written = last[0].group(1)
+    said = float(written)
+    if "." in written and said <= 1.0:
         return said
     return said / 100.0 if said <= 100.0 else None
 
