@@ -127,6 +127,17 @@ async def test_a_request_one_limit_refuses_takes_nothing_from_the_other(
     assert refused is not None and refused.budget is None and 0 < refused.retry_in_s <= 60
 
 
+async def test_a_replayed_rate_count_counts_once(state: MemoryState | RedisState) -> None:
+    """A request with a rate limit and no budget had no hold: its admission, sent again
+    after a lost reply, took two of the key's rpm slots."""
+    kid = f"r{time.time_ns()}"
+    first = RateCount(kid, 2, 1000, 10, hold="req-1")
+    assert await state.admit((), 0, first) is None
+    assert await state.admit((), 0, first) is None  # replayed: counted once
+    assert await state.admit((), 0, RateCount(kid, 2, 1000, 10, hold="req-2")) is None
+    assert await state.admit((), 0, RateCount(kid, 2, 1000, 10, hold="req-3")) is not None
+
+
 async def test_a_request_its_rate_limit_refuses_reserves_nothing_and_the_reverse(
     state: MemoryState | RedisState,
 ) -> None:

@@ -561,7 +561,7 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             # Admission: the budgets' reservation and the key's rate count, checked together
             # and counted together (one step on Redis), so that a request one refuses takes
             # nothing from the other.
-            worst = 0.0
+            worst, hold = 0.0, None
             if budgets:
                 assert d is not None
                 # settled in the period reserved in, once (the hold's id)
@@ -579,7 +579,9 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 cap = int(opts.get("max_tokens") or 4 * max(d.tokens_out, 256))
                 if key.tpm is not None:
                     opts.setdefault("max_tokens", cap)  # the count holds only if the call does
-                count = RateCount(key.id, key.rpm, key.tpm, d.primary.tokens_in + cap)
+                count = RateCount(
+                    key.id, key.rpm, key.tpm, d.primary.tokens_in + cap, hold or uuid.uuid4().hex
+                )
                 if key.tpm is not None and d.uncounted_parts:
                     svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
                     raise HTTPError(

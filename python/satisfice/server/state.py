@@ -158,6 +158,9 @@ class RateCount:
     rpm: int | None
     tpm: int | None
     tokens: int
+    # The request's own id: an admission replayed (a reply lost, the command sent again)
+    # counts once, as a budget's hold does; a request with no budget had counted twice.
+    hold: str | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,12 @@ class MemoryState:
         if rate is not None:
             minute = int(time.time() // 60)
             rk, tk = f"rpm:{rate.key_id}:{minute}", f"tpm:{rate.key_id}:{minute}"
+            if hold is None and rate.hold is not None:
+                # a rate count alone, replayed: counted once (kept as long as its window)
+                seen = f"hold:{rate.hold}:{minute}"
+                if seen in self._windows:
+                    return None
+                self._windows[seen] = 1
             if rate.rpm is not None and self._windows.get(rk, 0) + 1 > rate.rpm:
                 return Refused(retry_in_s=_retry_in())
             if rate.tpm is not None and self._windows.get(tk, 0) + rate.tokens > rate.tpm:
@@ -376,7 +385,8 @@ for i = 1, n do
     redis.call('EXPIRE', KEYS[3*i], ttl)
   end
 end
-if hold ~= '' then redis.call('SET', hold, amount, 'EX', 604800) end
+-- a hold with no budget is the rate count's alone: nothing settles it, it lives as a window
+if hold ~= '' then redis.call('SET', hold, amount, 'EX', n > 0 and 604800 or 120) end
 return {0, 0}
 """
 
@@ -548,8 +558,8 @@ class RedisState:
         return b
 
     # budgets ---------------------------------------------------------------------------------
-    def _hold_key(self, budgets: Sequence[Budget]) -> str:
-        hold = budgets[0].hold if budgets else None
+    def _hold_key(self, budgets: Sequence[Budget], rate: RateCount | None = None) -> str:
+        hold = budgets[0].hold if budgets else rate.hold if rate is not None else None
         return f"{self._p}hold:{hold}" if hold else ""
 
     def _bkeys(self, budgets: Sequence[Budget]) -> list[str]:
@@ -570,7 +580,7 @@ class RedisState:
             keys += [f"{self._p}rpm:{rate.key_id}:{minute}", f"{self._p}tpm:{rate.key_id}:{minute}"]
         args: list[int | str] = [
             _nano_up(usd),
-            self._hold_key(budgets),
+            self._hold_key(budgets, rate),
             len(budgets),
             -1 if rate is None or rate.rpm is None else rate.rpm,
             -1 if rate is None or rate.tpm is None else rate.tpm,
