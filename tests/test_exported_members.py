@@ -1,6 +1,7 @@
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import satisfice
 
@@ -28,10 +29,16 @@ def test_import_does_not_load_numpy_or_json() -> None:
 
 def test_a_fresh_router_loads_no_module_it_does_not_need() -> None:
     """Router() reads the bundled registry as JSON and plans without numpy or asyncio: each
-    of those imports costs a fresh process milliseconds (tomllib about 2.5, numpy about 100)."""
+    of those imports costs a fresh process milliseconds (tomllib about 2.5, numpy about 100,
+    logging and pathlib about 3 each). Run without `site` (-S), whose `.pth` files may import
+    pathlib first and hide that satisfice imports it."""
+    where = str(Path(satisfice.__file__).resolve().parent.parent)
     code = (
-        "import sys, satisfice; satisfice.Router(); "
-        "print([m for m in ('numpy', 'asyncio', 'tomllib') if m in sys.modules])"
+        f"import sys; sys.path.insert(0, {where!r}); import satisfice; satisfice.Router(); "
+        "print([m for m in ('numpy', 'asyncio', 'tomllib', 'logging', 'pathlib') "
+        "if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]"

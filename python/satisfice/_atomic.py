@@ -11,8 +11,10 @@ import contextlib
 import os
 import stat
 from collections.abc import Callable
-from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:  # imported when a file is written: Router() does not need pathlib
+    from pathlib import Path
 
 __all__ = ["write_atomic"]
 
@@ -28,6 +30,8 @@ def write_atomic(
     On any failure the temporary file is removed and `path` is left untouched; an OSError
     names `path` (not the temporary file), so the message says which file was not written.
     """
+    from pathlib import Path
+
     p = Path(path)
     # A symlink is followed, as `open("wb")` would: the file it points at is replaced.
     target = p.resolve() if p.is_symlink() else p

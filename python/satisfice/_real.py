@@ -14,6 +14,8 @@ def as_real(v: object) -> float | None:
     Any `numbers.Real` counts: int, float, Fraction and numpy's scalars (a score computed with
     numpy is a np.float32 or np.int64, and was refused). bool and numpy's bool are not numbers
     here (True is no price). Values a float cannot hold (10**400) and NaN/inf are refused."""
+    if type(v) is float:  # the usual value, without the ABC check (slow, per call)
+        return v if math.isfinite(v) else None
     if isinstance(v, bool) or not isinstance(v, Real):
         return None
     try:
@@ -26,7 +28,7 @@ def as_real(v: object) -> float | None:
 def as_count(v: object) -> int | None:
     """`v` as an int when it is a whole number (int, numpy's integers, or a float such as
     3.0, as JSON writers give them; not bool), else None."""
-    if isinstance(v, Integral) and not isinstance(v, bool):
+    if type(v) is int or (isinstance(v, Integral) and not isinstance(v, bool)):
         return int(v)
     f = as_real(v)
     return int(f) if f is not None and f.is_integer() else None

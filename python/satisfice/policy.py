@@ -12,7 +12,6 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _core
@@ -24,6 +23,8 @@ from .predict import QualityModel
 from .registry import ModelSpec, Price, Registry
 
 if TYPE_CHECKING:
+    from pathlib import Path  # imported where a file is read or written
+
     from .cascade import Cascade  # imported when a policy has ladders: Router() stays lean
 
 __all__ = ["Constraints", "Policy", "Rule"]
@@ -434,6 +435,8 @@ class Policy:
     def save(self, path: str | Path, predictor_path: str | Path | None = None) -> None:
         """Write the policy as JSON. `predictor_path` (a saved QualityModel) is recorded as
         `"predictor"`, relative to the policy file when it sits beside it."""
+        from pathlib import Path
+
         p = Path(path)
         data = self.to_dict()
         if predictor_path is not None:
@@ -450,6 +453,8 @@ class Policy:
     @classmethod
     def load(cls, path: str | Path) -> Policy:
         """Read a policy JSON; a relative `"predictor"` path is taken from the file's folder."""
+        from pathlib import Path
+
         try:
             data = json.loads(Path(path).read_text())
             if isinstance(data, dict) and isinstance(data.get("predictor"), str):

@@ -25,7 +25,6 @@ from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _core
@@ -62,6 +61,8 @@ def sigmoid(z: npt.ArrayLike) -> np.ndarray:
 __all__ = ["ModelParams", "QualityModel"]
 
 if TYPE_CHECKING:  # numpy is imported where arrays are used: routing does not need it
+    from pathlib import Path
+
     import numpy as np
     import numpy.typing as npt
 
@@ -287,6 +288,7 @@ class QualityModel:
     @classmethod
     def load(cls, path: str | Path) -> QualityModel:
         import zipfile
+        from pathlib import Path
 
         import numpy as np
 

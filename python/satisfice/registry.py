@@ -12,13 +12,15 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import _core
 from ._real import as_count, as_real
 from .errors import ConfigError, UnknownModelError
+
+if TYPE_CHECKING:  # pathlib is imported where a path is opened: Router() does not need it
+    from pathlib import Path
 
 __all__ = ["Deployment", "LongContext", "ModelSpec", "Price", "Registry"]
 
@@ -673,6 +675,7 @@ class Registry:
     @classmethod
     def from_toml(cls, path: str | Path) -> Registry:
         import tomllib  # here: the bundled registry is JSON, so Router() never imports it
+        from pathlib import Path
 
         p = Path(path)
         try:
@@ -690,7 +693,10 @@ class Registry:
     def default(cls) -> Registry:
         """The bundled registry of common models with dated public list prices (JSON, which
         parses in a quarter of the time TOML took: it is read by every fresh `Router()`)."""
-        text = (Path(__file__).parent / "data" / "registry.json").read_text("utf-8")
+        import os.path
+
+        with open(os.path.join(os.path.dirname(__file__), "data", "registry.json"), "rb") as f:
+            text = f.read().decode("utf-8")
         return cls.from_dict(json.loads(text))
 
     def to_json(self) -> str:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
-from pathlib import Path
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
@@ -29,9 +27,9 @@ from .policy import Constraints, Policy
 from .predict import ModelParams
 from .registry import Registry
 
-_log = logging.getLogger("satisfice.router")
-
 if TYPE_CHECKING:  # httpx costs ~100 ms to import: only chat() and stream() load it
+    from pathlib import Path
+
     import httpx
 
     from .cascade import Cascade
@@ -199,7 +197,11 @@ def _warn_attention(registry: Registry) -> None:
     import warnings
 
     for note in registry.attention():
-        _log.warning("registry: %s", note, extra={"event": "registry_attention"})
+        import logging  # here: Router() in a fresh process is faster without it
+
+        logging.getLogger("satisfice.router").warning(
+            "registry: %s", note, extra={"event": "registry_attention"}
+        )
         warnings.warn(note, RegistryWarning, stacklevel=3)
 
 
