@@ -28,3 +28,11 @@ def test_no_rows_decision_cost_comes_from_its_own_recorded_cost() -> None:
         moved[row, 1] *= 50  # only this row's recorded answer cost
         again, _ = E.decision_costs([], _set(moved))
         assert again[row, 1] == base[row, 1], row
+
+
+def test_decision_costs_that_could_not_be_cross_fitted_say_they_are_in_sample() -> None:
+    """Three rows cannot be halved into two fits of two: the line of all of them routed each
+    row on its own cost, under a note that said "cross-fitted"."""
+    costs = np.array([[1e-4, 1e-3], [2e-4, 2e-3], [3e-4, 3e-3]])
+    _, how = E.decision_costs([], _set(costs))
+    assert "in-sample" in how and "cross-fitted" not in how

@@ -310,24 +310,33 @@ def decision_costs(train: Sequence[OutcomeSet], test: OutcomeSet) -> tuple[np.nd
             sub = part.select_models(test.models)
             if not np.isnan(sub.costs).all(axis=0).any():
                 return T.fit_cost_model(sub).estimate(test), "fitted on the training rows"
-    return _cross_fitted(test), (
-        "cross-fitted on the test rows' recorded costs: each half's from the other half (no "
-        "training rows had them)"
-    )
+    return _cross_fitted(test)
 
 
-def _cross_fitted(test: OutcomeSet) -> np.ndarray:
+_IN_SAMPLE = (
+    "fitted on all the test rows' recorded costs, each row's own included ({why}; no "
+    "training rows had them): the decision costs are in-sample"
+)
+
+
+def _cross_fitted(test: OutcomeSet) -> tuple[np.ndarray, str]:
     """Decision costs for `test` with no row's estimate fitted on its own recorded cost (its
     answer's length, which the router cannot know before the call): each half of the rows is
-    estimated by a line fitted on the other half."""
+    estimated by a line fitted on the other half. Where the rows cannot be halved, the line
+    of all of them, and the note says so."""
     odd = np.arange(len(test)) % 2 == 1
-    if odd.sum() < 2 or (~odd).sum() < 2:  # too few rows to halve: the line of all of them
-        return T.fit_cost_model(test).estimate(test)
+    if odd.sum() < 2 or (~odd).sum() < 2:
+        why = "too few rows to halve"
+        return T.fit_cost_model(test).estimate(test), _IN_SAMPLE.format(why=why)
     out = np.empty((len(test), len(test.models)))
     for fit in (odd, ~odd):
         try:
             line = T.fit_cost_model(test.subset(fit))
-        except DatasetError:  # a model with costs on one half only: the line of all rows
-            return T.fit_cost_model(test).estimate(test)
+        except DatasetError:
+            why = "a model has recorded costs in one half of the rows only"
+            return T.fit_cost_model(test).estimate(test), _IN_SAMPLE.format(why=why)
         out[~fit] = line.estimate(test.subset(~fit))
-    return out
+    return out, (
+        "cross-fitted on the test rows' recorded costs: each half's from the other half (no "
+        "training rows had them)"
+    )
