@@ -90,16 +90,27 @@ def scrub_nested(data: Any) -> Any:
 
 
 # A run of printable ASCII (no space, quote or backslash) and JSON \\u escapes: where a key
-# spelled with escapes (\\u0073k-...) would sit, whole only once a JSON decoder reads it.
-_RUN = re.compile(r"(?:[!#-\[\]-~]|\\u[0-9a-fA-F]{4})+")
-# The same read backwards from a text's end (its characters reversed), with an escape there
-# that the next piece may finish: a match from the start, with no search for where it begins.
-_TAIL_REVERSED = re.compile(r"(?:[0-9a-fA-F]{0,3}u\\|\\)?(?:[0-9a-fA-F]{4}u\\|[!#-\[\]-~])*")
-_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+# spelled with escapes (\\u0073k-...) would sit, whole only once a JSON decoder reads it; the
+# same read backwards from a text's end (its characters reversed), with an escape there that
+# the next piece may finish (a match from the start, with no search for where it begins); one
+# escape. Compiled on first use (half a millisecond that `import satisfice` need not pay).
+_ASCII = r"[!#-\[\]-~]"
+_PATTERNS: tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]] | None = None
+
+
+def _patterns() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    global _PATTERNS
+    if _PATTERNS is None:
+        _PATTERNS = (
+            re.compile(rf"(?:{_ASCII}|\\u[0-9a-fA-F]{{4}})+"),
+            re.compile(rf"(?:[0-9a-fA-F]{{0,3}}u\\|\\)?(?:[0-9a-fA-F]{{4}}u\\|{_ASCII})*"),
+            re.compile(r"\\u([0-9a-fA-F]{4})"),
+        )
+    return _PATTERNS
 
 
 def _unescaped(run: str) -> str:
-    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), run)
+    return _patterns()[2].sub(lambda m: chr(int(m.group(1), 16)), run)
 
 
 def _escaped(text: str) -> str:
@@ -120,7 +131,7 @@ def _unhide(text: str) -> str:
         out = scrub(read)
         return run if out == read else _escaped(out)
 
-    return _RUN.sub(clean, text)
+    return _patterns()[0].sub(clean, text)
 
 
 class StreamScrubber:
@@ -145,7 +156,7 @@ class StreamScrubber:
             # The run at the end may go on and spell a key when it does: held, as far back
             # as a key's escapes could reach (6 characters each), so holding stays bounded.
             reach = 6 * len(_secrets[0]) + 6
-            tail = _TAIL_REVERSED.match(text[: -reach - 1 : -1]).group(0)  # type: ignore[union-attr]
+            tail = _patterns()[1].match(text[: -reach - 1 : -1]).group(0)  # type: ignore[union-attr]
             if "\\" in tail:
                 hold = len(tail)
         for s in _secrets:
