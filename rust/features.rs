@@ -218,14 +218,13 @@ struct Scan<'a> {
     punct: usize,
     upper: usize,
     newlines: usize,
-    words: usize,
     word_bytes: usize,
-    long_words: usize,
     numbers: usize,
     math_ops: usize,
     code_chars: usize,
+    /// The markers seen, with the keyword table's `URL` and `OPENER` bits as they came
+    /// (one OR a word; sorted out at the end).
     flags: u32,
-    url: bool,
     fence: bool,
     mc_options: u32, // bit per option letter seen as "A)", "(B)", "C." at line start
     bullets: usize,
@@ -433,14 +432,17 @@ impl Scan<'_> {
 }
 
 impl tokens::Visitor for Scan<'_> {
+    // Inlined into the scan's loop: called for every word (a 4 KB prompt has ~650), where
+    // the call's entry and exit alone had been ~17 instructions a word.
+    #[inline(always)]
     fn word(&mut self, w: &tokens::Word<'_>) {
         let (len, line_start) = (w.len, w.line_start);
         let next = w.rest.get(len).copied().unwrap_or(b' ');
         // `letters` and `latin` get the words' bytes at the end (`word_bytes`): fewer
         // counters to update per word.
-        self.words += 1;
+        // (the word count and the long words' come from the estimator's counts of words
+        // by length, at the end: one counter fewer to update a word)
         self.word_bytes += len;
-        self.long_words += usize::from(len >= 10);
         self.upper += w.upper;
         // The scan packed the lower-cased word: the keyword table's key (no keyword is
         // longer than 16 bytes) and the embedding table's.
@@ -454,11 +456,10 @@ impl tokens::Visitor for Scan<'_> {
                 t.add(w.key[0], w.key[1], acc); // a longer word is in no table
             }
         }
-        self.flags |= kw & !OPENER;
+        self.flags |= kw;
         if self.first_word_of_msg && kw & OPENER != 0 {
             self.flags |= flag::QUESTION;
         }
-        self.url |= kw & URL != 0;
         // Multiple-choice options: a single capital A-E at a line start followed by ) . or :
         if line_start
             && len == 1
@@ -559,14 +560,11 @@ pub fn featurize_and_embed<'a>(
         punct: 0,
         upper: 0,
         newlines: 0,
-        words: 0,
         word_bytes: 0,
-        long_words: 0,
         numbers: 0,
         math_ops: 0,
         code_chars: 0,
         flags: 0,
-        url: false,
         fence: false,
         mc_options: 0,
         bullets: 0,
@@ -595,7 +593,8 @@ pub fn featurize_and_embed<'a>(
         }
     }
     counts.counts[tokens::est::BIAS] = 1.0;
-    let mut flags = s.flags;
+    let url = s.flags & URL != 0;
+    let mut flags = s.flags & !(OPENER | URL);
     if s.fence || (s.code_chars >= 4 && s.code_chars * 40 >= chars.max(1)) {
         flags |= flag::CODE;
     }
@@ -638,23 +637,24 @@ pub fn featurize_and_embed<'a>(
     dense[19] = s.digits as f32 / fc;
     dense[20] = s.punct as f32 / fc;
     dense[21] = (s.newlines as f32 / fc * 10.0).min(1.0);
-    dense[22] = if s.words > 0 {
-        s.word_bytes as f32 / s.words as f32 / 10.0
+    // every word is one of the estimator's letter runs, counted by length (the last slots:
+    // 10 letters and more)
+    let by_len = &info.counts.counts[tokens::est::WORD_LEN..tokens::est::WORD_LEN + 15];
+    let words = by_len.iter().sum::<f32>();
+    let long_words = by_len[tokens::LONG_WORD_SLOT..].iter().sum::<f32>();
+    dense[22] = if words > 0.0 {
+        s.word_bytes as f32 / words / 10.0
     } else {
         0.0
     };
     dense[23] = s.upper as f32 / letters;
     dense[24] = ln(s.newlines + 1);
     dense[25] = ln(last_user_chars);
-    dense[26] = s.url as u8 as f32;
+    dense[26] = url as u8 as f32;
     dense[27] = s.fence as u8 as f32;
     dense[28] = ln(s.numbers);
     dense[29] = (s.math_ops as f32 / fc * 20.0).min(1.0);
-    dense[30] = if s.words > 0 {
-        s.long_words as f32 / s.words as f32
-    } else {
-        0.0
-    };
+    dense[30] = if words > 0.0 { long_words / words } else { 0.0 };
     dense[31] = 1.0;
     let hashed = &mut out[DENSE..];
     let norm = hashed.iter().map(|v| v * v).sum::<f32>().sqrt();

@@ -546,9 +546,12 @@ fn long_letter_run(b: &[u8], i: usize) -> (usize, [u128; 2], usize, bool) {
 }
 
 /// `CharCounts` slot (after `est::WORD_LEN`) of a letter run of each length, 25+ last.
-const WORD_SLOT: [u8; 26] = [
+pub const WORD_SLOT: [u8; 26] = [
     0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13, 14,
 ];
+/// The first slot of runs of 10 letters or more (each slot holds runs of one length range).
+pub const LONG_WORD_SLOT: usize = WORD_SLOT[10] as usize;
+const _: () = assert!(WORD_SLOT[9] as usize == LONG_WORD_SLOT - 1);
 
 /// Gather `CharCounts` for `text` (one pass over the bytes, no allocation).
 pub fn char_counts(text: &str) -> CharCounts {
