@@ -357,45 +357,56 @@ const KEYWORDS: &[(&str, u32)] = &[
 
 /// Open-addressing table over words packed into a u128 (keywords are ≤ 16 bytes): one
 /// multiply and usually one compare per word, instead of a long chain of slice matches.
+/// Built at compile time into fixed-size arrays: a lookup checks no lazy initialisation and
+/// no bounds (the slot is masked to the size), where both had been paid on every word.
 struct KeywordTable {
-    keys: Vec<u128>,
-    flags: Vec<u32>,
+    keys: [u128; KW_SIZE],
+    flags: [u32; KW_SIZE],
 }
 
 const KW_BITS: u32 = 10;
+const KW_SIZE: usize = 1 << KW_BITS;
 
-fn kw_slot(key: u128) -> usize {
+const fn kw_slot(key: u128) -> usize {
     let h =
         ((key as u64) ^ ((key >> 64) as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (h >> (64 - KW_BITS)) as usize
 }
 
-fn pack(w: &[u8]) -> Option<u128> {
+/// A word of 1 to 16 bytes as the scan packs it (little-endian, zero-padded); None otherwise.
+const fn pack(w: &[u8]) -> Option<u128> {
     if w.is_empty() || w.len() > 16 {
         return None;
     }
-    let mut buf = [0u8; 16];
-    buf[..w.len()].copy_from_slice(w);
-    Some(u128::from_le_bytes(buf))
+    let (mut key, mut i) = (0u128, 0);
+    while i < w.len() {
+        key |= (w[i] as u128) << (8 * i);
+        i += 1;
+    }
+    Some(key)
 }
 
-static KEYWORD_TABLE: std::sync::LazyLock<KeywordTable> = std::sync::LazyLock::new(|| {
-    let size = 1 << KW_BITS;
+static KEYWORD_TABLE: KeywordTable = {
     let mut t = KeywordTable {
-        keys: vec![0; size],
-        flags: vec![0; size],
+        keys: [0; KW_SIZE],
+        flags: [0; KW_SIZE],
     };
-    for (w, f) in KEYWORDS {
-        let key = pack(w.as_bytes()).unwrap_or(0);
+    let mut j = 0;
+    while j < KEYWORDS.len() {
+        let (w, f) = KEYWORDS[j];
+        let Some(key) = pack(w.as_bytes()) else {
+            panic!("a keyword is 1 to 16 bytes");
+        };
         let mut i = kw_slot(key);
         while t.keys[i] != 0 && t.keys[i] != key {
-            i = (i + 1) & (size - 1);
+            i = (i + 1) & (KW_SIZE - 1);
         }
         t.keys[i] = key;
         t.flags[i] |= f;
+        j += 1;
     }
     t
-});
+};
 
 /// Flags (and `OPENER`, `URL`) for a lower-case word; 0 for ordinary words.
 #[cfg(test)]
@@ -403,8 +414,9 @@ fn keyword_flags(w: &[u8]) -> u32 {
     pack(w).map_or(0, keyword_flags_packed)
 }
 
+#[inline]
 fn keyword_flags_packed(key: u128) -> u32 {
-    let t = &*KEYWORD_TABLE;
+    let t = &KEYWORD_TABLE;
     let mut i = kw_slot(key);
     loop {
         let k = t.keys[i];
@@ -414,7 +426,7 @@ fn keyword_flags_packed(key: u128) -> u32 {
         if k == 0 {
             return 0;
         }
-        i = (i + 1) & (t.keys.len() - 1);
+        i = (i + 1) & (KW_SIZE - 1);
     }
 }
 
