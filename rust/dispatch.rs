@@ -472,9 +472,11 @@ pub enum Ranking {
 }
 
 /// How many leading candidates `plan` puts in order: a request reads its primary and
-/// fallbacks, so with hundreds of models a full sort would be most of the route's cost.
-/// The rest are ordered only when read (`Plan::ranked`).
-pub const HEAD: usize = 32;
+/// fallbacks, and its record the first 16 (`decision.RECORDED`), so with hundreds of models
+/// a full sort would be most of the route's cost, and with the bundled 43 rows sorting 32
+/// of them had been a sixth of a short prompt's. The rest are ordered only when read
+/// (`Plan::first`).
+pub const HEAD: usize = 16;
 
 /// Put the `HEAD` candidates with the smallest keys first, in order (the rest after them,
 /// unordered); returns how many are in order. Keys are unique (they end with the row), so
@@ -546,9 +548,17 @@ impl Ranking {
     /// model): then all are kept, ordered by P(good), and the first value is true ("below
     /// floor"). The second is how many leading candidates are in their final order.
     fn order(self, cands: &mut Vec<Candidate>, rule_chose: bool) -> (bool, usize, Vec<Candidate>) {
-        let (ok, below): (Vec<_>, Vec<_>) =
-            cands.drain(..).partition(|c| self.passes(c.p_good as f64));
-        *cands = ok;
+        // in place: most candidates usually pass, and a λ ranking passes them all
+        let mut below = Vec::new();
+        if let Ranking::Floor(_) = self {
+            cands.retain(|c| {
+                let ok = self.passes(c.p_good as f64);
+                if !ok {
+                    below.push(*c);
+                }
+                ok
+            });
+        }
         if cands.is_empty() && !rule_chose && !below.is_empty() {
             *cands = below;
             let n = sort_head(cands, |c| self.cand_key(true, c));
