@@ -6,14 +6,23 @@ shifted data they lose. The fix here is one number, chosen on the training rows 
 
 - the **anchor** is the model with the best mean score on the training rows (what a user
   could have picked without a router);
-- the **margin** is added to the anchor's bias (logit units), so the router leaves it only
-  where another model's predicted P(good) beats it by more than the margin. It is the
+- the **margin** (logit units): the router leaves the anchor only where another model's
+  predicted logit beats the anchor's by more than the margin. It is the
   smallest margin whose switches did not lose, at full budget, on any cross-fitted fold of the
   training rows (fit on the other folds, scored on this one; folds by group when the rows
   have several groups, the shift that hurts, else by hash). When no margin in the grid is
-  safe, the largest is used: at full budget the router then stays on the anchor.
+  safe, the largest is used: at full budget the router then stays on the anchor;
+- the **side** the margin goes on: the anchor's logit raised by it, or every other model's
+  lowered by it. Both make the same choices at full budget but not at other budgets, where
+  the router ranks prompts by differences of P(good): a shift that pushes predictions into a
+  flat end of the sigmoid squeezes those differences out. A raised anchor that is right on
+  most prompts goes to P(good) ~ 1 (two models, RouteLLM MMLU subject fold 2/3, margin
+  0.75: APGR 0.575, against 0.597 with the weaker model lowered); a large margin taken off
+  many models sends them all to ~0 (RouterBench, margin 5: AIQ 0.82 on the anchor's side,
+  0.74 on the others'). The side is the one that keeps the larger summed slope p(1 - p) of
+  the out-of-fold predictions; the anchor's on a tie.
 
-The adjusted predictor is an ordinary QualityModel (the anchor's bias moved), so serving and
+The adjusted predictor is an ordinary QualityModel (biases moved), so serving and
 evaluation rank with it through the same Rust table.
 """
 
@@ -26,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..predict import QualityModel
+from ..predict import ModelParams, QualityModel
 from ._set import OutcomeSet
 
 __all__ = ["Humility", "choose", "switch_report"]
@@ -39,17 +48,33 @@ class Humility:
     anchor: str
     margin: float
     folds: list[dict[str, Any]]
+    side: str = "anchor"  # "anchor": its logit raised by the margin; "others": theirs lowered
+    slopes: dict[str, float] | None = None  # the out-of-fold predictions' slope, by side
 
     def apply(self, qm: QualityModel) -> QualityModel:
         p = qm.models.get(self.anchor)
         if p is None or self.margin == 0:
             return qm
-        # Both logits the prediction averages move by the margin, so the average does too.
-        emb = None if p.emb is None else (*p.emb[:-1], p.emb[-1] + self.margin)
-        return qm.with_model(self.anchor, replace(p, bias=p.bias + self.margin, emb=emb))
+        if self.side == "anchor":
+            return qm.with_model(self.anchor, _shifted(p, self.margin))
+        out = qm.with_models(
+            {m: q if m == self.anchor else _shifted(q, -self.margin) for m, q in qm.models.items()}
+        )
+        # Models seeded from a registry prior (the prior map's line) are lowered too.
+        a, b = qm.prior_map
+        object.__setattr__(out, "prior_map", (a, b - self.margin))  # a fresh copy: ours to set
+        return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"anchor": self.anchor, "margin_logit": self.margin, "folds": self.folds}
+        return {"anchor": self.anchor, "margin_logit": self.margin, "side": self.side,
+                "slope_by_side": self.slopes, "folds": self.folds}  # fmt: skip
+
+
+def _shifted(p: ModelParams, by: float) -> ModelParams:
+    """A model's parameters with its logit moved by `by`: both logits the prediction
+    averages (the IRT one and the embedding one) move by it, so the average does too."""
+    emb = None if p.emb is None else (*p.emb[:-1], p.emb[-1] + by)
+    return replace(p, bias=p.bias + by, emb=emb)
 
 
 def _stack(parts: Sequence[OutcomeSet], models: Sequence[str]) -> OutcomeSet:
@@ -86,13 +111,30 @@ def _folds(data: OutcomeSet, k: int) -> list[np.ndarray]:
     return [np.where(label == f)[0] for f in range(k)]
 
 
+def _logits(pred: np.ndarray) -> np.ndarray:
+    z: np.ndarray = np.log(np.clip(pred, 1e-6, 1 - 1e-6) / np.clip(1 - pred, 1e-6, 1))
+    return z
+
+
 def _full_budget_quality(pred: np.ndarray, scores: np.ndarray, anchor: int, margin: float) -> float:
     """Mean score of argmax P(good) with the anchor's logit raised by `margin`."""
-    z = np.log(np.clip(pred, 1e-6, 1 - 1e-6) / np.clip(1 - pred, 1e-6, 1))
+    z = _logits(pred)
     z[:, anchor] += margin
     choice = np.argmax(z, axis=1)
     got = scores[np.arange(len(scores)), choice]
     return float(np.nanmean(got))
+
+
+def _slope(pred: np.ndarray, anchor: int, margin: float, side: str) -> float:
+    """Mean over rows of the predictions' summed sigmoid slope p(1 - p) with the margin on
+    `side`: how much of the predictor's prompt-to-prompt resolution survives the shift."""
+    z = _logits(pred)
+    if side == "anchor":
+        z[:, anchor] += margin
+    else:
+        z[:, np.arange(z.shape[1]) != anchor] -= margin
+    p = 1.0 / (1.0 + np.exp(-z))
+    return float((p * (1.0 - p)).sum(axis=1).mean())
 
 
 def choose(
@@ -109,6 +151,7 @@ def choose(
     a = list(models).index(anchor)
     folds = []
     safe = []
+    held_out: list[np.ndarray] = []
     for idx in _folds(data, k):
         if len(idx) == 0 or len(idx) == len(data):
             continue
@@ -122,9 +165,19 @@ def choose(
         folds.append({"rows": len(idx), "anchor_quality": round(base, 4),
                       "gain_by_margin": by_margin})  # fmt: skip
         safe.append({m for m, g in gains.items() if g >= 0})
+        held_out.append(pred)
     ok = [m for m in GRID if all(m in s for s in safe)]
     margin = ok[0] if ok else GRID[-1]
-    return Humility(anchor, margin, folds)
+    side = "anchor"
+    slopes: dict[str, float] | None = None
+    if margin > 0 and held_out:
+        # The side that keeps more of the out-of-fold predictions' slope (every training
+        # row's prediction by a predictor not fitted on it); the anchor's on a tie.
+        pred_all = np.vstack(held_out)
+        slope = {sd: _slope(pred_all, a, margin, sd) for sd in ("anchor", "others")}
+        side = "others" if slope["others"] > slope["anchor"] + 1e-12 else "anchor"
+        slopes = {sd: round(v, 4) for sd, v in slope.items()}
+    return Humility(anchor, margin, folds, side, slopes)
 
 
 @dataclass(frozen=True)
