@@ -397,6 +397,10 @@ static KEYWORD_TABLE: KeywordTable = {
         let Some(key) = pack(w.as_bytes()) else {
             panic!("a keyword is 1 to 16 bytes");
         };
+        assert!(
+            f != 0,
+            "a keyword has a flag (a slot's flags say whether it is empty)"
+        );
         let mut i = kw_slot(key);
         while t.keys[i] != 0 && t.keys[i] != key {
             i = (i + 1) & (KW_SIZE - 1);
@@ -419,12 +423,10 @@ fn keyword_flags_packed(key: u128) -> u32 {
     let t = &KEYWORD_TABLE;
     let mut i = kw_slot(key);
     loop {
-        let k = t.keys[i];
-        if k == key {
-            return t.flags[i];
-        }
-        if k == 0 {
-            return 0;
+        // an empty slot (most words end here) is told by its flags alone: one u32 read
+        let f = t.flags[i];
+        if f == 0 || t.keys[i] == key {
+            return f;
         }
         i = (i + 1) & (KW_SIZE - 1);
     }
