@@ -195,6 +195,8 @@ def test_a_check_on_a_hostile_megabyte_finishes(name: str) -> None:
         ("The answer is a bit subtle.", None),
         ("the answer is (b)", "B"),
         ("Answer: c", "C"),
+        ("Answer: b\r\n", "B"),  # a Windows line end
+        ("The answer is c\r\nBecause ...", "C"),
     ],
 )
 def test_choice_letter_reads_answers_not_articles(text: str, letter: str | None) -> None:

@@ -135,7 +135,9 @@ async def test_a_replayed_rate_count_counts_once(state: MemoryState | RedisState
     assert await state.admit((), 0, first) is None
     assert await state.admit((), 0, first) is None  # replayed: counted once
     assert await state.admit((), 0, RateCount(kid, 2, 1000, 10, hold="req-2")) is None
-    assert await state.admit((), 0, RateCount(kid, 2, 1000, 10, hold="req-3")) is not None
+    refused = RateCount(kid, 2, 1000, 10, hold="req-3")
+    assert await state.admit((), 0, refused) is not None
+    assert await state.admit((), 0, refused) is not None  # a refused one, replayed: refused
 
 
 async def test_a_request_its_rate_limit_refuses_reserves_nothing_and_the_reverse(

@@ -103,13 +103,13 @@ def _number(x: object) -> bool:
 # backtracks over a run of blanks took a minute on a 1.5 KB answer, on the event loop.
 # A leading letter counts only when punctuation or the line's end follows it (`B)`, `(B)`,
 # `B.`, `B`): "A careful check shows ..." starts with the article, not choice A.
-_LEAD_LETTER = re.compile(r"\A\W{0,3}+([A-Z])(?:[.,:;)\]*]|[ \t]*+(?:\n|\Z))")
+_LEAD_LETTER = re.compile(r"\A\W{0,3}+([A-Z])(?:[.,:;)\]*]|[ \t]*+(?:\r?\n|\Z))")
 # An explicit phrase says `is` or `:` before its letter: "option A is wrong" names no answer.
 # A lower-case letter counts only when punctuation or the line's end follows it ("answer:
 # **b**"): "the answer is a matter of taste" has the article there, not choice A.
 _SAID_LETTER = re.compile(
     r"\b(?i:answer|choice|option)\s*+(?:(?i:is)\b|[:\-])[\s:*(\-]*+"
-    r"(?:([A-Z])\b|([a-z])(?=[.,:;)\]*]|[ \t]*+(?:\n|\Z)))"
+    r"(?:([A-Z])\b|([a-z])(?=[.,:;)\]*]|[ \t]*+(?:\r?\n|\Z)))"
 )
 # The fence's header stops at a backtick, so a start that fails costs the stretch up to the
 # next backtick, not the rest of the line: 200 KB of backticks had taken 8 s.

@@ -257,17 +257,18 @@ class MemoryState:
         if rate is not None:
             minute = int(time.time() // 60)
             rk, tk = f"rpm:{rate.key_id}:{minute}", f"tpm:{rate.key_id}:{minute}"
-            if hold is None and rate.hold is not None:
-                # a rate count alone, replayed: counted once (kept as long as its window)
-                seen = f"hold:{rate.hold}:{minute}"
-                if seen in self._windows:
-                    return None
-                self._windows[seen] = 1
+            # a rate count alone, replayed: counted once (kept as long as its window, and
+            # only once admitted: a refused request sent again is checked again)
+            seen = f"hold:{rate.hold}:{minute}" if hold is None and rate.hold else None
+            if seen is not None and seen in self._windows:
+                return None
             if rate.rpm is not None and self._windows.get(rk, 0) + 1 > rate.rpm:
                 return Refused(retry_in_s=_retry_in())
             if rate.tpm is not None and self._windows.get(tk, 0) + rate.tokens > rate.tpm:
                 return Refused(retry_in_s=_retry_in())
             self._windows[rk] = self._windows.get(rk, 0) + 1
+            if seen is not None:
+                self._windows[seen] = 1
             if rate.tpm is not None:
                 self._windows[tk] = self._windows.get(tk, 0) + rate.tokens
             if len(self._windows) > 100_000:  # old windows: drop them
