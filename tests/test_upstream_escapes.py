@@ -150,3 +150,49 @@ def test_a_lone_surrogate_in_raw_utf8_is_replaced_too() -> None:
         "a": "x\ufffdy",
         "b": "\ud7ff",
     }
+
+
+# -- the stream scrubber, piece by piece -----------------------------------------------------
+
+SLASHED = "AKIAtest/Secret+Key0123"  # a key with a "/", which JSON may write as \/
+
+
+def _streamed(text: str, width: int) -> str:
+    from satisfice._redact import StreamScrubber
+
+    s = StreamScrubber()
+    out = [s.feed(text[i : i + width]) for i in range(0, len(text), width)]
+    return "".join(out) + s.flush()
+
+
+@pytest.mark.parametrize("width", [1, 3, 100])
+def test_the_stream_scrubber_reads_every_escape_a_key_may_hide_behind(width: int) -> None:
+    """A key written with \\/ went out whole (only \\uXXXX was read); an escaped backslash
+    before "u0073..." was read as an escape and redacted into invalid JSON; an emoji's
+    escapes beside a key came back as raw lone surrogates, which no UTF-8 writer takes."""
+    from satisfice._redact import register
+
+    register(KEY)
+    register(SLASHED)
+    slashed = json.dumps({"k": SLASHED}).replace("/", "\\/")
+    assert json.loads(_streamed(slashed, width)) == {"k": "[redacted]"}
+    not_a_key = '{"k": "\\\\' + ESC[1:] + '"}'  # a backslash, then the text "u0073k-..."
+    assert _streamed(not_a_key, width) == not_a_key
+    emoji = '{"k": "\\ud83d\\ude00' + ESC + '"}'
+    out = _streamed(emoji, width)
+    out.encode("utf-8")  # no lone surrogate
+    assert json.loads(out) == {"k": "\U0001f600[redacted]"}
+
+
+def test_the_stream_scrubber_holds_only_what_may_start_a_key() -> None:
+    """Text of escapes that read as no key's start was held whole, as far back as a key's
+    escaped length, and read again with every piece: 250 KB in 4-character pieces took
+    seconds. Now only an escape cut off at a piece's end is held."""
+    from satisfice._redact import StreamScrubber, register
+
+    register(KEY)
+    s = StreamScrubber()
+    text = "\\u0061" * 2000
+    for i in range(0, len(text), 4):
+        s.feed(text[i : i + 4])
+        assert len(s._held) < 6

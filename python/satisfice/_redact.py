@@ -10,6 +10,7 @@ The registry is a tuple replaced whole, so readers on any thread never see it ha
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import Any
 
 __all__ = [
@@ -89,12 +90,14 @@ def scrub_nested(data: Any) -> Any:
     return data
 
 
-# A run of printable ASCII (no space, quote or backslash) and JSON \\u escapes: where a key
-# spelled with escapes (\\u0073k-...) would sit, whole only once a JSON decoder reads it; the
-# same read backwards from a text's end (its characters reversed), with an escape there that
-# the next piece may finish (a match from the start, with no search for where it begins); one
-# escape. Compiled on first use (half a millisecond that `import satisfice` need not pay).
-_ASCII = r"[!#-\[\]-~]"
+# JSON text a caller decodes may spell a key with escapes (\u0073k-..., or \/ for a "/"),
+# whole only once decoded. A "run" is where such a key would sit: printable ASCII but space,
+# quote and backslash, \uXXXX, \/ and \\ (taken whole, so that the "u0073" after an escaped
+# backslash is read as the text it is). The patterns: a run; a run or an escape cut off at
+# the text's end (which the next piece may finish); one token of a run, as it reads.
+# Compiled on first use (half a millisecond that `import satisfice` need not pay).
+_TOKEN = r"[!#-\[\]-~]|\\u[0-9a-fA-F]{4}|\\[/\\]"
+_CUT = r"\\(?:u[0-9a-fA-F]{0,3})?\Z"
 _PATTERNS: tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]] | None = None
 
 
@@ -102,44 +105,81 @@ def _patterns() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
     global _PATTERNS
     if _PATTERNS is None:
         _PATTERNS = (
-            re.compile(rf"(?:{_ASCII}|\\u[0-9a-fA-F]{{4}})+"),
-            re.compile(rf"(?:[0-9a-fA-F]{{0,3}}u\\|\\)?(?:[0-9a-fA-F]{{4}}u\\|{_ASCII})*"),
-            re.compile(r"\\u([0-9a-fA-F]{4})"),
+            re.compile(rf"(?:{_TOKEN})+"),
+            re.compile(rf"(?:{_TOKEN})+(?:{_CUT})?|{_CUT}"),
+            re.compile(r"\\u([0-9a-fA-F]{4})|\\([/\\])|(\\(?:u[0-9a-fA-F]{0,3})?\Z)|(.)", re.S),
         )
     return _PATTERNS
 
 
-def _unescaped(run: str) -> str:
-    return _patterns()[2].sub(lambda m: chr(int(m.group(1), 16)), run)
+def _tokens(run: str) -> list[tuple[int, str | None]]:
+    """(offset, what it reads as) for each token of `run`; None for an escape cut off at
+    its end."""
+    out: list[tuple[int, str | None]] = []
+    for m in _patterns()[2].finditer(run):
+        esc, lit, cut, ch = m.groups()
+        out.append((m.start(), chr(int(esc, 16)) if esc else None if cut else lit or ch))
+    return out
 
 
 def _escaped(text: str) -> str:
-    """`text` fit to stand inside a JSON string again."""
-    return "".join(c if c >= " " and c not in '"\\' else f"\\u{ord(c):04x}" for c in text)
+    """`text` fit to stand inside a JSON string again (a lone surrogate, which an emoji's
+    two escapes read one by one, written back as its escape)."""
+    return "".join(
+        c if c >= " " and c not in '"\\' and not "\ud800" <= c <= "\udfff" else f"\\u{ord(c):04x}"
+        for c in text
+    )
 
 
 def _unhide(text: str) -> str:
-    """`text` (already scrubbed) with each run that spells a key once its \\u escapes are
-    read replaced by that run read and scrubbed: what `scrub_json` does for whole JSON,
-    for text that comes in pieces (a streamed JSON answer) and may never parse whole."""
+    """`text` (already scrubbed) with each run that spells a key once its escapes are read
+    replaced by that run read and scrubbed: what `scrub_json` does for whole JSON, for
+    text that comes in pieces (a streamed JSON answer) and may never parse whole."""
 
     def clean(m: re.Match[str]) -> str:
         run = m.group(0)
         if "\\" not in run:
             return run
-        read = _unescaped(run)
+        read = "".join(c or "" for _, c in _tokens(run))
         out = scrub(read)
         return run if out == read else _escaped(out)
 
     return _patterns()[0].sub(clean, text)
 
 
+# Every proper start of every key, by its last character, longest first: a text's end is
+# checked only against the starts that end as it does (one or two, not a key's length).
+_STARTS: tuple[tuple[str, ...], dict[str, list[str]]] = ((), {})
+
+
+def _key_start(text: str) -> int:
+    """How many characters at the end of `text` could be where a key begins: the longest
+    end that is the start of one."""
+    global _STARTS
+    if _STARTS[0] is not _secrets:
+        table: dict[str, list[str]] = {}
+        for key in _secrets:
+            for k in range(1, len(key)):
+                table.setdefault(key[k - 1], []).append(key[:k])
+        for starts in table.values():
+            starts.sort(key=len, reverse=True)
+        _STARTS = (_secrets, table)
+    if text:
+        for start in _STARTS[1].get(text[-1], ()):
+            if text.endswith(start):
+                return len(start)
+    return 0
+
+
 class StreamScrubber:
     """Scrubs text that arrives in pieces: a key split across two pieces is still caught,
     and so is one spelled with JSON escapes (a streamed JSON answer's, which its caller
     decodes). Only a piece's end that could be the start of a key is held back, until the
-    next piece says whether it is one (usually nothing is held: text rarely ends like a key
-    begins, and a run with an escape in it ends at the next space or quote)."""
+    next piece says whether it is one: text that ends like a key begins, as it is written
+    or as it reads, or an escape cut off (usually nothing is held). What is held starts
+    where a token does, so the next piece's text is read from where reading stopped; it is
+    at most a key's length (6 characters a letter when escaped), so each piece costs its
+    own length and a key's, whatever the text."""
 
     __slots__ = ("_held",)
 
@@ -150,20 +190,24 @@ class StreamScrubber:
         if not _secrets:
             return piece
         text = scrub(self._held + piece)
-        hold = 0
         if "\\" in text:
             text = _unhide(text)
-            # The run at the end may go on and spell a key when it does: held, as far back
-            # as a key's escapes could reach (6 characters each), so holding stays bounded.
-            reach = 6 * len(_secrets[0]) + 6
-            tail = _patterns()[1].match(text[: -reach - 1 : -1]).group(0)  # type: ignore[union-attr]
-            if "\\" in tail:
-                hold = len(tail)
-        for s in _secrets:
-            for k in range(min(len(s) - 1, len(text)), hold, -1):
-                if text.endswith(s[:k]):
-                    hold = k
-                    break
+        hold = _key_start(text)
+        if "\\" in text:
+            last = deque(_patterns()[1].finditer(text), maxlen=1)
+            if last and last[0].end() == len(text):
+                base = last[0].start()
+                toks = [(base + i, c) for i, c in _tokens(last[0].group(0))]
+                read = "".join(c for _, c in toks if c is not None)
+                k = _key_start(read)
+                if k:  # where the k last characters that read as text begin
+                    hold = max(hold, len(text) - [i for i, c in toks if c is not None][-k])
+                elif toks[-1][1] is None:  # an escape cut off
+                    hold = max(hold, len(text) - toks[-1][0])
+                # a hold that starts inside a token starts at the token instead
+                first = len(text) - hold
+                if hold and first > base:
+                    hold = len(text) - max(i for i, _ in toks if i <= first)
         self._held = text[len(text) - hold :] if hold else ""
         return text[: len(text) - hold] if hold else text
 
