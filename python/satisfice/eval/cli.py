@@ -397,7 +397,9 @@ def format_report(out: dict[str, Any]) -> str:
                          f"{sw['anchor']}{gain}")  # fmt: skip
         h = out.get("humility")
         if h:
-            lines.append(f"humility: margin {h['margin_logit']} logit on {h['anchor']}, "
+            on = (f"on {h['anchor']}" if h.get("side", "anchor") == "anchor"
+                  else f"off every model but {h['anchor']}")  # fmt: skip
+            lines.append(f"humility: margin {h['margin_logit']} logit {on}, "
                          f"{(h.get('novel_share') or 0):.1%} of test prompts unlike the "
                          "training rows (ranked by model averages)")  # fmt: skip
     lines += ["", "single models:"]
