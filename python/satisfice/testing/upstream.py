@@ -161,6 +161,13 @@ class LocalUpstream:
         def close() -> None:
             for c in list(self._conns):
                 if c.transport is not None:
+                    # The FIN goes out now: asyncio closes a socket only after the protocol
+                    # has heard connection_lost, so waiting for the connections to be gone
+                    # (below) could return before it did, and a client then reused one
+                    # (a flaky test on a busy CI machine).
+                    sock = c.transport.get_extra_info("socket")
+                    with contextlib.suppress(OSError, AttributeError):
+                        sock.shutdown(socket.SHUT_RDWR)
                     c.transport.close()
             done.set()
 
