@@ -452,10 +452,9 @@ impl tokens::Visitor for Scan<'_> {
     fn word(&mut self, w: &tokens::Word<'_>) {
         let (len, line_start) = (w.len, w.line_start);
         let next = w.rest.get(len).copied().unwrap_or(b' ');
-        // `letters` and `latin` get the words' bytes at the end (`word_bytes`): fewer
-        // counters to update per word.
-        // (the word count and the long words' come from the estimator's counts of words
-        // by length, at the end: one counter fewer to update a word)
+        // Few counters a word: `letters` and `latin` get the words' bytes at the end
+        // (`word_bytes`), and the word count and the long words' come from the
+        // estimator's counts of words by length.
         self.word_bytes += len;
         self.upper += w.upper;
         // The scan packed the lower-cased word: the keyword table's key (no keyword is

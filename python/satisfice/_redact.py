@@ -171,6 +171,27 @@ def _key_start(text: str) -> int:
     return 0
 
 
+def _escaped_hold(text: str, hold: int) -> int:
+    """`hold` (characters at the end of `text` that may start a key as written) widened for
+    the run at its end as it reads: to where its last characters that read as the start of
+    a key begin, or to an escape cut off; and moved back to the start of a token."""
+    last = deque(_patterns()[1].finditer(text), maxlen=1)
+    if not last or last[0].end() != len(text):
+        return hold
+    base = last[0].start()
+    toks = [(base + i, c) for i, c in _tokens(last[0].group(0))]
+    read = [i for i, c in toks if c is not None]  # where each character that reads begins
+    k = _key_start("".join(c for _, c in toks if c is not None))
+    if k:
+        hold = max(hold, len(text) - read[-k])
+    elif toks[-1][1] is None:  # an escape cut off
+        hold = max(hold, len(text) - toks[-1][0])
+    first = len(text) - hold
+    if hold and first > base:  # inside a token: from its start
+        hold = len(text) - max(i for i, _ in toks if i <= first)
+    return hold
+
+
 class StreamScrubber:
     """Scrubs text that arrives in pieces: a key split across two pieces is still caught,
     and so is one spelled with JSON escapes (a streamed JSON answer's, which its caller
@@ -192,22 +213,9 @@ class StreamScrubber:
         text = scrub(self._held + piece)
         if "\\" in text:
             text = _unhide(text)
-        hold = _key_start(text)
-        if "\\" in text:
-            last = deque(_patterns()[1].finditer(text), maxlen=1)
-            if last and last[0].end() == len(text):
-                base = last[0].start()
-                toks = [(base + i, c) for i, c in _tokens(last[0].group(0))]
-                read = "".join(c for _, c in toks if c is not None)
-                k = _key_start(read)
-                if k:  # where the k last characters that read as text begin
-                    hold = max(hold, len(text) - [i for i, c in toks if c is not None][-k])
-                elif toks[-1][1] is None:  # an escape cut off
-                    hold = max(hold, len(text) - toks[-1][0])
-                # a hold that starts inside a token starts at the token instead
-                first = len(text) - hold
-                if hold and first > base:
-                    hold = len(text) - max(i for i, _ in toks if i <= first)
+            hold = _escaped_hold(text, _key_start(text))
+        else:
+            hold = _key_start(text)
         self._held = text[len(text) - hold :] if hold else ""
         return text[: len(text) - hold] if hold else text
 

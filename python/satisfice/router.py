@@ -194,14 +194,15 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
 
 def _warn_attention(registry: Registry) -> None:
     """Retired or retiring models and stale prices: a warning and a log line each."""
+    notes = registry.attention()
+    if not notes:
+        return
+    import logging  # here: Router() in a fresh process is faster without it
     import warnings
 
-    for note in registry.attention():
-        import logging  # here: Router() in a fresh process is faster without it
-
-        logging.getLogger("satisfice.router").warning(
-            "registry: %s", note, extra={"event": "registry_attention"}
-        )
+    log = logging.getLogger("satisfice.router")
+    for note in notes:
+        log.warning("registry: %s", note, extra={"event": "registry_attention"})
         warnings.warn(note, RegistryWarning, stacklevel=3)
 
 
