@@ -71,6 +71,9 @@ def test_a_judges_confidence_reads_fractions_and_refuses_nonsense() -> None:
     assert not grade("VERDICT: PASS\nCONFIDENCE: 1").passed
     assert grade("VERDICT: PASS\nCONFIDENCE: 1.0").confidence == pytest.approx(1.0)
     assert grade("VERDICT: PASS\nCONFIDENCE: 0").confidence == 0.0
+    # a '%' makes it a percentage, whatever its size (0.5% had read as 50 %)
+    assert grade("VERDICT: PASS\nCONFIDENCE: 0.5%").confidence == pytest.approx(0.005)
+    assert grade("VERDICT: PASS\nCONFIDENCE: 95 %").confidence == pytest.approx(0.95)
     unreadable = grade("VERDICT: PASS\nCONFIDENCE: 250")  # not 2.5 = 100 % sure
     assert unreadable.confidence == pytest.approx(0.75) and "unreadable" in unreadable.reason
     assert not grade("VERDICT: Passable").passed  # "Passable" is no PASS

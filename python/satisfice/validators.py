@@ -445,7 +445,8 @@ _JUDGE_SYSTEM = (
 # quotes. Possessive blanks: 30 KB of them after "VERDICT:" had made the search quadratic.
 _VERDICT = re.compile(r"^[ \t*#>]*+VERDICT[ \t*]*+:[ \t*]*+(PASS|FAIL)\b", re.I | re.M)
 _CONFIDENCE = re.compile(
-    r"^[ \t*#>]*+CONFIDENCE[ \t*]*+:[ \t*]*+(\d{1,12}+(?:\.\d{1,12}+)?+)", re.I | re.M
+    r"^[ \t*#>]*+CONFIDENCE[ \t*]*+:[ \t*]*+(\d{1,12}+(?:\.\d{1,12}+)?+)[ \t]*+(%?)",
+    re.I | re.M,
 )
 _UNSURE = 0.75  # the judge's confidence when it gives none that can be read
 
@@ -453,14 +454,15 @@ _UNSURE = 0.75  # the judge's confidence when it gives none that can be read
 def _judge_confidence(reply: str) -> float | None:
     """How sure the judge says it is, in [0, 1]: a number with a decimal point up to 1 is a
     fraction (judges often write 0.95; it had been read as 0.95%, and so as near-certainty
-    the other way), any other up to 100 a percentage, as the judge was asked for (a bare
-    "1" is 1%, where it had been read as certain); None when there is none, or past 100."""
+    the other way), any other up to 100, or any followed by '%', a percentage, as the judge
+    was asked for (a bare "1" is 1%, where it had been read as certain; "0.5%" is half a
+    percent, where it had been read as 50%); None when there is none, or past 100."""
     last = deque(_CONFIDENCE.finditer(reply), maxlen=1)
     if not last:
         return None
-    written = last[0].group(1)
+    written, percent = last[0].group(1, 2)
     said = float(written)
-    if "." in written and said <= 1.0:
+    if "." in written and said <= 1.0 and not percent:
         return said
     return said / 100.0 if said <= 100.0 else None
 
