@@ -174,6 +174,28 @@ def test_a_model_to_add_whose_id_is_taken_is_refused_not_skipped(tmp_path: Path)
         sources.apply(_reg(), cat, ["gpt-5.3", "groq:gpt-5.3"])
 
 
+def test_a_model_listed_twice_differently_is_neither_priced_nor_added(tmp_path: Path) -> None:
+    # the last of two entries had won, so the source's key order priced the model
+    body = json.loads((FIX / "litellm_prices.json").read_text())
+    body["anthropic/claude-sonnet-4-7"] = dict(body["claude-sonnet-4-7"],
+                                               input_cost_per_token=9e-6)  # fmt: skip
+    body["openai/gpt-5.3"] = dict(body["gpt-5.3"])  # the same facts twice: harmless
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(body))
+    cat = sources.load("litellm", str(f))
+    assert cat.conflicts == {("anthropic", "claude-sonnet-4-7")}
+    new, diff = sources.apply(_reg(), cat, ["gpt-5.3"])
+    s = new["sonnet"]
+    assert s.price is not None and s.price.input == 1.0  # kept as it was, not 3 or 9
+    assert "sonnet: the source lists anthropic:claude-sonnet-4-7 twice" in diff.render()
+    with pytest.raises(ConfigError, match="lists anthropic:claude-sonnet-4-7 twice"):
+        sources.apply(_reg(), cat, ["claude-sonnet-4-7"])
+    # every parser collects the same way
+    twice = {"data": [{"id": "acme/x", "pricing": {"prompt": p, "completion": p}}
+                      for p in ("0.000001", "0.000002")]}  # fmt: skip
+    assert sources.parse("openrouter", twice).conflicts == {("openrouter", "acme/x")}
+
+
 def test_a_window_the_source_does_not_list_is_said_to_be_assumed(tmp_path: Path) -> None:
     # the new model got a context window of 8192 without a word: "+ x: added (openrouter)"
     f = tmp_path / "or.json"

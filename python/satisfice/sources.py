@@ -118,10 +118,13 @@ class Listing:
 
 @dataclass(frozen=True, slots=True)
 class Catalogue:
-    """What one source says, keyed by (host, model name at that host)."""
+    """What one source says, keyed by (host, model name at that host). A model the source
+    lists twice with different facts is in `conflicts`, not in `listings`: which entry is
+    right cannot be known, and keeping the last had silently priced it by the source's order."""
 
     source: str
     listings: Mapping[tuple[str, str], Listing]
+    conflicts: frozenset[tuple[str, str]] = frozenset()
 
     def find(self, name: str) -> Listing | None:
         """A listing by `host:model` or by a bare model name (first-party hosts first)."""
@@ -132,6 +135,33 @@ class Catalogue:
             if (hit := self.listings.get((host, name))) is not None:
                 return hit
         return None
+
+    def conflicting(self, name: str) -> str | None:
+        """`host:model` when `name` (as `find` reads it) is listed twice, differently."""
+        if ":" in name and name.split(":", 1)[0] in HOSTS:
+            return name if tuple(name.split(":", 1)) in self.conflicts else None
+        return next((f"{h}:{name}" for h in HOSTS if (h, name) in self.conflicts), None)
+
+
+class _Listings:
+    """A parser's listings as it collects them: a second, different entry for the same
+    (host, model) takes both out, into `conflicts` (an identical one is harmless)."""
+
+    def __init__(self) -> None:
+        self.listings: dict[tuple[str, str], Listing] = {}
+        self.conflicts: set[tuple[str, str]] = set()
+
+    def put(self, listing: Listing) -> None:
+        key = (listing.host, listing.model)
+        had = self.listings.get(key)
+        if key in self.conflicts or (had is not None and had != listing):
+            self.listings.pop(key, None)
+            self.conflicts.add(key)
+        else:
+            self.listings[key] = listing
+
+    def catalogue(self, source: str) -> Catalogue:
+        return Catalogue(source, self.listings, frozenset(self.conflicts))
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -229,7 +259,7 @@ def _litellm_tiers(e: Mapping[str, Any]) -> list[_Tier]:
 
 
 def parse_litellm(data: Mapping[str, Any]) -> Catalogue:
-    listings: dict[tuple[str, str], Listing] = {}
+    listings = _Listings()
     for key, e in data.items():
         if not isinstance(e, Mapping) or e.get("mode") != "chat":
             continue
@@ -260,7 +290,7 @@ def parse_litellm(data: Mapping[str, Any]) -> Catalogue:
         successor = e.get("successor_model")
         if isinstance(successor, str) and successor.startswith(prefix):
             successor = successor[len(prefix) :]
-        listings[(host, model)] = Listing(
+        listings.put(Listing(
             host,
             model,
             _make_price(rates, _litellm_tiers(e)),
@@ -269,8 +299,8 @@ def parse_litellm(data: Mapping[str, Any]) -> Catalogue:
             _litellm_caps(e),
             _safe_date(e.get("deprecation_date")),
             successor if isinstance(successor, str) and successor else None,
-        )
-    return Catalogue("litellm", listings)
+        ))  # fmt: skip
+    return listings.catalogue("litellm")
 
 
 def _litellm_caps(e: Mapping[str, Any]) -> frozenset[str]:
@@ -289,7 +319,7 @@ def parse_openrouter(data: Mapping[str, Any]) -> Catalogue:
     models = data.get("data")
     if not isinstance(models, list):
         raise ConfigError("an OpenRouter model list has its models in a 'data' array")
-    listings: dict[tuple[str, str], Listing] = {}
+    listings = _Listings()
     for e in models:
         if not isinstance(e, Mapping) or not isinstance(mid := e.get("id"), str):
             continue
@@ -324,7 +354,7 @@ def parse_openrouter(data: Mapping[str, Any]) -> Catalogue:
         caps |= {"reasoning"} if {"reasoning", "include_reasoning"} & params else set()
         caps |= {"vision"} if "image" in _seq(arch, "input_modalities") else set()
         caps |= {"logprobs"} if "logprobs" in params else set()
-        listings[("openrouter", mid)] = Listing(
+        listings.put(Listing(
             "openrouter",
             mid,
             _make_price(rates, tiers),
@@ -332,12 +362,12 @@ def parse_openrouter(data: Mapping[str, Any]) -> Catalogue:
             _positive_int(top.get("max_completion_tokens")),
             frozenset(caps),
             _safe_date(e.get("expiration_date")),
-        )
-    return Catalogue("openrouter", listings)
+        ))  # fmt: skip
+    return listings.catalogue("openrouter")
 
 
 def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
-    listings: dict[tuple[str, str], Listing] = {}
+    listings = _Listings()
     for pkey, prov in data.items():
         host = _BY_MODELS_DEV.get(pkey)
         if host is None or not isinstance(prov, Mapping):
@@ -383,7 +413,7 @@ def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
             # models.dev has no retirement date, only a status: a deprecated model is taken
             # as retired from the day it was seen so.
             retired = e.get("status") == "deprecated"
-            listings[(host, str(mid))] = Listing(
+            listings.put(Listing(
                 host,
                 str(mid),
                 _make_price(rates, tiers),
@@ -391,8 +421,8 @@ def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
                 _positive_int(lim.get("output")),
                 frozenset(caps),
                 date.today() if retired else None,
-            )
-    return Catalogue("models.dev", listings)
+            ))  # fmt: skip
+    return listings.catalogue("models.dev")
 
 
 _PARSERS = {
@@ -516,10 +546,15 @@ class Change:
             )
         if self.what == "unlisted":
             return f"? {self.model}: not in the source ({self.old}); kept as it is"
+        if self.what == "conflicting":
+            return (
+                f"! {self.model}: the source lists {self.old} twice with different facts; "
+                "kept as it is (check the source, or set it in the file)"
+            )
         return f"~ {self.model}: {self.what} {self.old} -> {self.new}"
 
 
-NOTES = ("unlisted", "assumed")  # a Diff's lines that tell, not change
+NOTES = ("unlisted", "assumed", "conflicting")  # a Diff's lines that tell, not change
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,13 +667,16 @@ def apply(
     """`registry` with the catalogue's prices, windows and deprecation dates carried into
     the models it lists (matched per deployment by host and model name), plus the models
     named in `add` (`model` or `host:model`). Qualities, latencies, capabilities and
-    deployments a user configured are kept. Models the source does not list are kept as
-    they are and reported as unlisted."""
+    deployments a user configured are kept. Models the source does not list, or lists twice
+    with different facts, are kept as they are and reported."""
     models: list[ModelSpec] = []
-    notes: list[Change] = []  # unlisted models, assumed facts
+    notes: list[Change] = []  # unlisted models, conflicting listings, assumed facts
     for m in registry:
         if m.base is not None:  # an effort variant: rebuilt from its model
             continue
+        for dep in m.deployments:
+            if (dep.name, dep.model) in cat.conflicts:
+                notes.append(Change(m.id, "conflicting", f"{dep.name}:{dep.model}", None))
         hits = [(d, h) for d in m.deployments if (h := _listing_for(cat, d)) is not None]
         if not hits:
             where = ", ".join(f"{d.name}:{d.model}" for d in m.deployments)
@@ -649,6 +687,11 @@ def apply(
     known = {m.id for m in models}
     for name in add:
         hit = cat.find(name)
+        if hit is None and (twice := cat.conflicting(name)) is not None:
+            raise ConfigError(
+                f"{cat.source} lists {twice} twice with different facts, so it cannot be "
+                "added from it; add it to the registry file by hand"
+            )
         if hit is None:
             raise ConfigError(
                 f"{cat.source} lists no chat model {name!r}; name it as the host calls it, "
