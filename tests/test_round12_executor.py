@@ -126,3 +126,52 @@ async def test_a_cascade_cap_refuses_file_parts_it_cannot_bound(up: LocalUpstrea
         with pytest.raises(ConfigError, match="cannot be counted"):
             await r.chat(msgs, cascade=Cascade(["alpha", "beta"], max_cost_usd=0.001))
         assert not up.requests  # refused before any call
+
+
+async def test_a_judge_cut_off_mid_call_is_billed_to_the_step(up: LocalUpstream) -> None:
+    # The judge's own chat() was cut off by the ladder's latency budget: its call reached
+    # the upstream and is billed (at an estimate), but the request had counted it as $0.
+    up.default = reply("hello")
+    up.script("judge-d", hang())
+    r = _router(_model("alpha", up.url, {"d": None}, 0.1), _model("beta", up.url, {"d": None}, 0.1))
+    judge_router = _router(_model("judge", up.url, {"d": None}, 50.0))
+
+    async def ask(messages: list[dict[str, Any]]) -> v.Answer:
+        res = await judge_router.chat(messages, allow=["judge"])
+        return v.Answer(res.model, res.text, cost_usd=res.total_cost_usd)
+
+    ladder = Cascade([Step(("alpha",), v.judge(ask, "ok?")), Step(("beta",))],
+                     latency_budget_ms=500)  # fmt: skip
+    async with r, judge_router:
+        res = await r.chat("hi", cascade=ladder)
+    assert res.cascade is not None and res.cascade.budget_hit == "latency"
+    (check,) = [a for a in res.attempts if a.outcome == "check"]
+    assert (check.model, check.deployment, check.step) == ("judge", "judge", 0)
+    assert check.cost_usd is not None and check.cost_usd > 0  # the judge's prompt at $50/1M
+    assert res.total_cost_usd == pytest.approx(
+        sum(a.cost_usd or 0.0 for a in res.attempts if a.outcome in ("ok", "check")
+            or a.cost_estimated)
+    )  # fmt: skip
+    assert res.cascade.steps[0].cost_usd == pytest.approx(
+        check.cost_usd + next(a.cost_usd for a in res.attempts if a.model == "alpha")
+    )
+
+
+async def test_a_judge_that_failed_after_a_billed_timeout_is_billed(up: LocalUpstream) -> None:
+    # the judge's chat() raised (its one call timed out after reaching the upstream): the
+    # check failed, and what that call was billed went with the error
+    up.default = reply("hello")
+    up.script("judge-d", hang())
+    r = _router(_model("alpha", up.url, {"d": None}, 0.1), _model("beta", up.url, {"d": None}, 0.1))
+    judge_router = _router(_model("judge", up.url, {"d": None}, 50.0))
+
+    async def ask(messages: list[dict[str, Any]]) -> v.Answer:
+        res = await judge_router.chat(messages, allow=["judge"], timeout=0.3)
+        return v.Answer(res.model, res.text, cost_usd=res.total_cost_usd)
+
+    ladder = Cascade([Step(("alpha",), v.judge(ask, "ok?")), Step(("beta",))])
+    async with r, judge_router:
+        res = await r.chat("hi", cascade=ladder)
+    assert res.model == "beta"  # the failed check escalated
+    (check,) = [a for a in res.attempts if a.outcome == "check"]
+    assert check.model == "judge" and check.cost_usd is not None and check.cost_usd > 0

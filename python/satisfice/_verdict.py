@@ -86,18 +86,23 @@ def made_call(answer: Answer) -> None:
 
 
 async def checked(
-    check: Validator, answer: Answer, ctx: Context, time_left_s: float | None = None
+    check: Validator,
+    answer: Answer,
+    ctx: Context,
+    time_left_s: float | None = None,
+    made: list[Answer] | None = None,
 ) -> Verdict:
     """What a check says of `answer`, whatever the check does: one that raises, returns
     something other than a Verdict or a bool, or runs past the request's deadline
     (`time_left_s`) fails the answer with that reason instead of escaping as a raw
     exception (which lost the request's attempts and record) or holding it forever.
-    Its `calls` are every model call the check made (`made_call`), however it ended."""
+    Its `calls` are every model call the check made (`made_call`), however it ended; a
+    caller that may cancel the check passes `made` to hold them when no verdict comes."""
     import asyncio
     import inspect
 
     name = str(getattr(check, "name", None) or getattr(check, "__name__", "check"))
-    made: list[Answer] = []
+    made = [] if made is None else made
     token = _CALLS.set(made)
     try:
         async with asyncio.timeout(None if time_left_s is None else max(time_left_s, 0.0)):

@@ -221,6 +221,7 @@ class _Climb:
     budget_hit: Literal["latency", "cost"] | None = None
     current: StepRecord | None = None  # the step in flight
     arrived: list[Answer] = field(default_factory=list)  # its answers, as each one comes
+    checking: list[Answer] = field(default_factory=list)  # calls of the check in flight
 
     def offer(self, a: Answer, v: Verdict) -> None:
         """Keep `a` as the best answer so far if its verdict is at least as confident (ties
@@ -460,6 +461,12 @@ class Cascade:
                 rec = climb.current
                 if rec is not None:
                     rec.status, rec.reason = "failed", _CUT_OFF
+                    check = self.steps[rec.index].validator
+                    if climb.checking and climb.on_check is not None and check is not None:
+                        # the check was cut off with its verdict: its calls (a judge's,
+                        # the one cut off at an estimate) go on the bill all the same
+                        cut = Verdict(False, 0.0, _CUT_OFF, tuple(climb.checking))
+                        climb.on_check(cut, check.name, rec.index)
                     if climb.billed is None:  # the cancelled calls may be billed: how much?
                         rec.cost_usd = None
                     else:  # the caller put them on record, at an estimate
@@ -596,11 +603,13 @@ class Cascade:
             ctx = Context(climb.msgs, climb.pool, climb.p_good or None)
             for a in rec.answers:
                 left = None if climb.deadline is None else climb.deadline - time.perf_counter()
+                climb.checking = []
                 v = (
                     UNCHECKED
                     if step.validator is None
-                    else await checked(step.validator, a, ctx, left)
+                    else await checked(step.validator, a, ctx, left, climb.checking)
                 )
+                climb.checking = []  # on the verdict now
                 rec.verdicts.append(v)
                 if climb.on_check is not None and v.calls:
                     assert step.validator is not None

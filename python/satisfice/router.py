@@ -658,6 +658,8 @@ class Router:
                 )
             if rec is not None:
                 self._record_failure(rec, err, run, started_at, t0, options)
+            if run is not None:
+                _bill_to_check(run)
             if err is e:
                 raise
             raise err from e
@@ -669,6 +671,7 @@ class Router:
                 io._cut_off(run)
                 if rec is not None:  # a request all the same, recorded
                     self._record_failure(rec, RequestCancelled(), run, started_at, t0, options)
+                _bill_to_check(run)
             raise
         finally:
             self._in_flight.discard(token)
@@ -911,3 +914,27 @@ async def _cancel_the_rest() -> None:
     for task in rest:
         task.cancel()
     await asyncio.gather(*rest, return_exceptions=True)
+
+
+def _bill_to_check(run: Run) -> None:
+    """A chat() made inside a check (a judge's call) that ends without an answer was billed
+    all the same for calls that timed out, broke or were cut off (at an estimate): that
+    goes on the check's bill, as an answer's does (`made_call`). Without it a judge cut
+    off by a cascade's latency budget, or failing after a timeout, cost the request $0."""
+    from ._verdict import Answer, made_call
+    from .result import billed_cost
+
+    spent = billed_cost(run.attempts)
+    if spent is not None and not spent[1]:
+        return  # no call reached an upstream that may bill it
+    used = [a.usage for a in run.attempts if a.usage is not None]
+    model = next((a.model for a in reversed(run.attempts) if a.outcome != "skipped"), "")
+    made_call(
+        Answer(
+            model,
+            "",
+            sum(u.prompt_tokens for u in used),
+            sum(u.completion_tokens for u in used),
+            None if spent is None else spent[0],
+        )
+    )
