@@ -367,6 +367,40 @@ def test_streamed_tool_calls_without_an_index_are_kept_apart(
     assert calls == {0: ("call_a", '{"city": "Oslo"}'), 1: ("call_b", '{"city": "Rome"}')}
 
 
+def test_a_custom_tool_call_reaches_openai_clients(raw: RawUpstream, oa: openai.OpenAI) -> None:
+    # OpenAI's custom tools answer with free text under custom.input: the answer had been
+    # refused as malformed (no "function"), the request failing on every model
+    call = {"id": "call_c", "type": "custom", "custom": {"name": "shell", "input": "ls -la /"}}
+    usage = {"prompt_tokens": 5, "completion_tokens": 5}
+    tools: Any = [{"type": "custom", "custom": {"name": "shell"}}]
+    raw.push(oa_body({"tool_calls": [call]}, usage, "tool_calls"))
+    got = oa.chat.completions.create(model="oa", messages=U, tools=tools)
+    (tc,) = got.choices[0].message.tool_calls or ()
+    assert tc.type == "custom" and (tc.id, tc.custom.name, tc.custom.input) == (
+        "call_c", "shell", "ls -la /"
+    )  # fmt: skip
+    assert got.choices[0].finish_reason == "tool_calls"
+    # streamed: its input in pieces
+    pieces = [{"index": 0, "id": "call_c", "type": "custom",
+               "custom": {"name": "shell", "input": "ls "}},
+              {"index": 0, "custom": {"input": "-la /"}}]  # fmt: skip
+    raw.push(
+        sse(
+            oa_chunk({"role": "assistant", "tool_calls": pieces[:1]}),
+            oa_chunk({"tool_calls": pieces[1:]}),
+            oa_chunk({}, "tool_calls"),
+            b"data: [DONE]\n\n",
+        )
+    )
+    seen = [
+        tc.model_dump(exclude_none=True)
+        for ch in oa.chat.completions.create(model="oa", messages=U, tools=tools, stream=True)
+        for tc in (ch.choices[0].delta.tool_calls or () if ch.choices else ())
+    ]
+    assert seen == [{"index": 0, "id": "call_c", "type": "custom",
+                     "custom": {"name": "shell", "input": "ls -la /"}}]  # fmt: skip
+
+
 REFUSAL = "I can't help with that."
 
 

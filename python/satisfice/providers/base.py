@@ -29,7 +29,7 @@ import math
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import httpx
@@ -84,11 +84,14 @@ class Usage:
 
 @dataclass(slots=True, frozen=True)
 class ToolCall:
-    """A function call the model asked for; `arguments` is the JSON text the model wrote."""
+    """A tool call the model asked for. For a function (`type` "function"), `arguments` is
+    the JSON text the model wrote; for an OpenAI custom tool (`type` "custom"), the free
+    text it wrote as the tool's input."""
 
     id: str
     name: str
     arguments: str
+    type: str = "function"
 
 
 @dataclass(slots=True)
@@ -128,7 +131,7 @@ class ChatResponse:
         # cannot see.
         text = scrub_json(self.text)
         calls = [
-            c if (a := scrub_json(c.arguments)) is c.arguments else ToolCall(c.id, c.name, a)
+            c if (a := scrub_json(c.arguments)) is c.arguments else replace(c, arguments=a)
             for c in self.tool_calls
         ]
         if text is not self.text or any(

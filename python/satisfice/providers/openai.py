@@ -65,14 +65,32 @@ def _usage(u: Any) -> Usage | None:
     return Usage(prompt, out, cached, written, reasoning_tokens=reasoning)
 
 
+def _tool_call(c: Any) -> ToolCall:
+    """A tool call of an answer: a function's, or an OpenAI custom tool's (free text under
+    `custom.input`, which had failed the whole answer as malformed)."""
+    if c.get("type") == "custom":
+        return ToolCall(
+            text_field(c["id"], "tool_calls[].id"),
+            text_field(c["custom"]["name"], "tool_calls[].custom.name"),
+            text_field(c["custom"].get("input"), "tool_calls[].custom.input"),
+            "custom",
+        )
+    return ToolCall(
+        text_field(c["id"], "tool_calls[].id"),
+        text_field(c["function"]["name"], "tool_calls[].function.name"),
+        text_field(c["function"].get("arguments"), "tool_calls[].function.arguments"),
+    )
+
+
 class _ToolAcc:
     """Tool-call pieces of a stream, assembled by index."""
 
-    __slots__ = ("args", "id", "name")
+    __slots__ = ("args", "id", "name", "type")
 
     def __init__(self) -> None:
         self.id = ""
         self.name = ""
+        self.type = "function"
         self.args: list[str] = []
 
 
@@ -126,14 +144,7 @@ class OpenAIProvider(HTTPProvider):
         try:
             msg = data["choices"][0]
             message = msg["message"]
-            calls = [
-                ToolCall(
-                    text_field(c["id"], "tool_calls[].id"),
-                    text_field(c["function"]["name"], "tool_calls[].function.name"),
-                    text_field(c["function"].get("arguments"), "tool_calls[].function.arguments"),
-                )
-                for c in message.get("tool_calls") or ()
-            ]
+            calls = [_tool_call(c) for c in message.get("tool_calls") or ()]
             return ChatResponse(
                 text_field(message.get("content"), "message.content"),
                 data,
@@ -194,9 +205,15 @@ class OpenAIProvider(HTTPProvider):
                                 raise ValueError("more than 128 tool calls in one answer")
                             acc = tools.setdefault(i, _ToolAcc())
                             acc.id = call_id or acc.id
-                            fn = tc.get("function") or {}
+                            if tc.get("type") == "custom" or "custom" in tc:
+                                acc.type = "custom"  # free text under custom.input
+                                fn = tc.get("custom") or {}
+                                piece = text_field(fn.get("input"), "custom.input")
+                            else:
+                                fn = tc.get("function") or {}
+                                piece = text_field(fn.get("arguments"), "function.arguments")
                             acc.name = text_field(fn.get("name"), "function.name") or acc.name
-                            acc.args.append(text_field(fn.get("arguments"), "function.arguments"))
+                            acc.args.append(piece)
                         finish = text_field(choice.get("finish_reason"), "finish_reason") or finish
                 except PARSE_ERRORS as e:
                     why = f"bad stream event ({type(e).__name__}: {e})"
@@ -204,7 +221,7 @@ class OpenAIProvider(HTTPProvider):
             if not done and finish is None:
                 raise self._malformed("the stream ended before [DONE]")
             calls = [
-                ToolCall(scrub(a.id), scrub(a.name), scrub("".join(a.args)))
+                ToolCall(scrub(a.id), scrub(a.name), scrub("".join(a.args)), a.type)
                 for _, a in sorted(tools.items())
             ]
             # a key split across pieces is whole only now

@@ -951,12 +951,7 @@ async def _stream(
                             created,
                             {
                                 "tool_calls": [
-                                    {
-                                        "index": i,
-                                        "id": c.id,
-                                        "type": "function",
-                                        "function": {"name": c.name, "arguments": c.arguments},
-                                    }
+                                    {"index": i, **wire.openai_tool_call(c)}
                                     for i, c in enumerate(res.tool_calls)
                                 ]
                             },

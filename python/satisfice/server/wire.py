@@ -243,13 +243,17 @@ def openai_usage(u: Any) -> dict[str, Any]:
     }
 
 
+def openai_tool_call(c: Any) -> dict[str, Any]:
+    """A tool call in OpenAI's shape: a function's JSON arguments, a custom tool's input."""
+    if c.type == "custom":
+        return {"id": c.id, "type": "custom", "custom": {"name": c.name, "input": c.arguments}}
+    return {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+
+
 def openai_response(res: Any, *, with_decision: bool = True) -> dict[str, Any]:
     msg: dict[str, Any] = {"role": "assistant", "content": res.text, "refusal": res.refusal}
     if res.tool_calls:
-        msg["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in res.tool_calls
-        ]
+        msg["tool_calls"] = [openai_tool_call(c) for c in res.tool_calls]
     if not res.text and (res.tool_calls or res.refusal):
         msg["content"] = None
     u = res.usage
