@@ -141,6 +141,7 @@ class Decision:
         "_cands",
         "_feedback",
         "_plan",
+        "_primary",
         "_reasons",
         "_remembered",
         "_request_id",
@@ -162,6 +163,7 @@ class Decision:
         self._plan = plan
         self._feedback = feedback
         self._cands: list[Candidate] | None = None
+        self._primary: Candidate | None = None
         self._request_id: str | None = None
         self._remembered: str | None = None  # the model feedback credits, once remembered
         self.constraints = constraints
@@ -193,7 +195,7 @@ class Decision:
         if model == self.model or all(c.model != model for c in self.candidates):
             return self
         d = copy.copy(self)
-        d._request_id, d._remembered, d._reasons = None, None, None
+        d._request_id, d._remembered, d._reasons, d._primary = None, None, None, None
         order = [m for m in (self.model, *self.fallbacks) if m != model]
         d.model, d.fallbacks = model, order[: len(self.fallbacks)]
         return d
@@ -250,11 +252,14 @@ class Decision:
     @property
     def primary(self) -> Candidate:
         """The candidate this decision calls first (the ranking's first unless a model was
-        preferred: `preferring`)."""
-        top = self.top(1)[0]
-        if top.model == self.model:
-            return top
-        return next(c for c in self.candidates if c.model == self.model)
+        preferred: `preferring`). Made once: an answer's reasons, its estimated cost and the
+        server's headers each read it."""
+        if self._primary is None:
+            top = self.top(1)[0]
+            if top.model != self.model:
+                top = next(c for c in self.candidates if c.model == self.model)
+            self._primary = top
+        return self._primary
 
     @property
     def filtered(self) -> dict[str, tuple[str, str]]:

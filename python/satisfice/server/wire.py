@@ -63,17 +63,23 @@ _CONSTRAINTS = {
     "timeout",
 }
 
+_OPENAI = frozenset(_CALL | _SERVER | _CONSTRAINTS | {"cascade"})  # what openai_request reads
+
 
 def _needs(v: str) -> list[str]:
     return [x.strip() for x in v.split(",") if x.strip()]
 
 
-_HEADER_CONSTRAINTS: dict[str, Any] = {
-    "max-cost-usd": float,
-    "latency-slo-ms": float,
-    "quality-floor": float,
-    "needs": _needs,
-}
+# header, the option it sets, how its value is read
+_HEADER_CONSTRAINTS: tuple[tuple[str, str, Any], ...] = tuple(
+    (f"x-satisfice-{h}", h.replace("-", "_"), conv)
+    for h, conv in {
+        "max-cost-usd": float,
+        "latency-slo-ms": float,
+        "quality-floor": float,
+        "needs": _needs,
+    }.items()
+)
 
 
 @dataclass
@@ -108,16 +114,14 @@ def _cascade(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def constraints_from(body: Mapping[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k in _CONSTRAINTS & set(body):
-        out[k] = body[k]
-    for h, conv in _HEADER_CONSTRAINTS.items():
-        v = headers.get(f"x-satisfice-{h}")
+    out: dict[str, Any] = {k: body[k] for k in _CONSTRAINTS & body.keys()}
+    for h, k, conv in _HEADER_CONSTRAINTS:
+        v = headers.get(h)
         if v is not None:
             try:
-                out[h.replace("-", "_")] = conv(v)
+                out[k] = conv(v)
             except ValueError:
-                raise _bad(f"header x-satisfice-{h}: {v!r:.40} is not valid") from None
+                raise _bad(f"header {h}: {v!r:.40} is not valid") from None
     return out
 
 
@@ -159,7 +163,7 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if not isinstance(body, Mapping):
         raise _bad("the request body must be a JSON object")
     cascade = _cascade(body)
-    unknown = set(body) - _CALL - _SERVER - _CONSTRAINTS - {"cascade"}
+    unknown = body.keys() - _OPENAI
     if unknown:
         raise _bad(
             f"unsupported parameter(s) {sorted(unknown)}: satisfice routes across providers "
@@ -296,15 +300,13 @@ def sse_data(obj: Any) -> bytes:
 
 def headers_of(res: Any) -> dict[str, str]:
     d = res.decision
-    cost = res.total_cost_usd
+    cost, est = res.total_cost_usd, d.est_cost_usd
     out: dict[str, str] = {
         "x-satisfice-request-id": res.request_id,
         "x-satisfice-model": res.model,
         "x-satisfice-deployment": res.deployment,
         "x-satisfice-routed-to": d.model,
-        "x-satisfice-est-cost-usd": "unpriced"
-        if d.est_cost_usd is None
-        else f"{d.est_cost_usd:.8f}",
+        "x-satisfice-est-cost-usd": "unpriced" if est is None else f"{est:.8f}",
         "x-satisfice-cost-usd": "unpriced" if cost is None else f"{cost:.8f}",
         "x-satisfice-attempts": str(len(res.attempts)),
     }
