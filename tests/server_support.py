@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 
 from satisfice.server import ServerConfig, create_app
+from satisfice.server._http import http_protocol
 
 from .servers import free_port
 
@@ -21,7 +22,14 @@ def running(config: ServerConfig | None = None, router: Any = None) -> Iterator[
     app = create_app(config or ServerConfig(), router=router)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="error",
+            lifespan="on",
+            http=http_protocol(),  # as `satisfice serve` runs it
+        )
     )
     t = threading.Thread(target=server.run, daemon=True)
     t.start()

@@ -4,6 +4,7 @@ file is read (several raised raw Python errors, or failed only as the server sta
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,3 +96,76 @@ def test_a_fractional_shutdown_grace_is_rounded_up_not_down(
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
     serve(ServerConfig(shutdown_grace_s=0.9))
     assert seen["timeout_graceful_shutdown"] == 1
+
+
+def test_serve_joins_an_answers_head_and_body_in_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uvicorn
+
+    from satisfice.server import serve
+    from satisfice.server._http import http_protocol
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
+    serve(ServerConfig())
+    assert seen["http"] is not None and seen["http"] != "auto"  # httptools is installed
+    assert http_protocol() != "auto"
+
+
+async def test_writes_are_held_until_the_next_one_or_the_end_of_the_step() -> None:
+    """Head and body: one writev. A lone write (a stream's piece, a HEAD's head) goes out
+    at the end of the loop's step; close() sends what is held first, abort() drops it."""
+    import asyncio
+
+    from satisfice.server._http import _OneWrite
+
+    class Sock:
+        def __init__(self) -> None:
+            self.out: list[tuple[str, bytes]] = []
+            self.closed = False
+
+        def write(self, b: bytes) -> None:
+            self.out.append(("write", b))
+
+        def writelines(self, bs: Any) -> None:
+            self.out.append(("writev", b"|".join(bs)))
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def close(self) -> None:
+            self.closed = True
+
+        def abort(self) -> None:
+            self.closed = True
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+        def get_extra_info(self, name: str) -> str:
+            return name
+
+    loop = asyncio.get_running_loop()
+    s = Sock()
+    t = _OneWrite(s, loop)  # type: ignore[arg-type]
+    t.write(b"head")
+    assert s.out == [] and t.get_write_buffer_size() == 4
+    t.write(b"body")
+    assert s.out == [("writev", b"head|body")]
+    await asyncio.sleep(0)
+    assert s.out == [("writev", b"head|body")]  # the step's flush finds nothing held
+    t.write(b"piece")
+    await asyncio.sleep(0)
+    assert s.out[-1] == ("write", b"piece")
+    t.write(b"last")
+    t.close()
+    assert s.out[-1] == ("write", b"last") and s.closed
+    await asyncio.sleep(0)
+    assert len(s.out) == 3
+    s2 = Sock()
+    t2 = _OneWrite(s2, loop)  # type: ignore[arg-type]
+    t2.write(b"x")
+    t2.abort()
+    await asyncio.sleep(0)
+    assert s2.out == [] and t2.get_extra_info("peername") == "peername"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ._http import http_protocol
 from .app import Service, create_app
 from .config import ServerConfig
 
@@ -25,4 +26,5 @@ def serve(config: ServerConfig) -> None:
         access_log=False,
         # nothing reads the client's address, so X-Forwarded-* need no middleware per request
         proxy_headers=False,
+        http=http_protocol(),
     )
