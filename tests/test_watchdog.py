@@ -8,7 +8,7 @@ import asyncio
 import httpx
 import pytest
 
-from satisfice._watchdog import Watchdog
+from satisfice._watchdog import Deadlines, Watchdog
 from satisfice.testing import LocalUpstream, reply
 
 
@@ -120,3 +120,36 @@ async def test_requests_leave_no_timer_behind(up: LocalUpstream) -> None:
 
         assert await asyncio.gather(*(one() for _ in range(20))) == [200] * 20
         assert _live_watchdog_timers(asyncio.get_running_loop()) == []
+
+
+def test_deadlines_time_out_each_task_on_its_own_due_time_with_one_timer() -> None:
+    async def main() -> list[str]:
+        d = Deadlines(asyncio.get_running_loop())
+        out: list[str] = []
+
+        async def one(name: str, takes: float, limit: float) -> None:
+            try:
+                await d.wait(asyncio.sleep(takes), limit)
+                out.append(f"{name} done")
+            except TimeoutError:
+                assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+                out.append(f"{name} timed out")
+
+        # a late due armed first, then an earlier one: the timer is re-armed for it
+        await asyncio.gather(one("slow", 1.0, 0.3), one("quick", 1.0, 0.05), one("ok", 0.01, 1))
+        return out
+
+    assert asyncio.run(main()) == ["ok done", "quick timed out", "slow timed out"]
+
+
+def test_deadlines_leave_an_outside_cancel_alone() -> None:
+    async def main() -> None:
+        d = Deadlines(asyncio.get_running_loop())
+        task = asyncio.create_task(d.wait(asyncio.sleep(1.0), 0.5))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await d.wait(asyncio.sleep(0.01), 0.1)  # still usable
+
+    asyncio.run(main())

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Watchdog"]
+__all__ = ["Deadlines", "Watchdog"]
 
 
 class Watchdog:
@@ -81,3 +81,61 @@ class Watchdog:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+
+class Deadlines:
+    """`await d.wait(aw, timeout)` from any number of tasks of one event loop, with one timer
+    between them. A timer armed per request (asyncio.timeout, a Watchdog) is cancelled at its
+    end and stays in the loop's heap until it comes first or is swept: behind the transport's
+    read timers, which come due sooner, dozens pile up, and every timer pushed or popped sifts
+    through them via TimerHandle.__lt__ (Python), most of a deadline's cost per request. Here
+    a wait records its due time; the timer is re-armed only for a wait due before it, and
+    when it fires it cancels the tasks past their due time and re-arms for the next one."""
+
+    __slots__ = ("_handle", "_loop", "_waits")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._handle: asyncio.TimerHandle | None = None
+        # one per wait in progress: [task, due, its cancelling() at the start, expired]
+        self._waits: dict[int, list[object]] = {}
+
+    async def wait(self, aw: Awaitable[T], timeout: float) -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        due = self._loop.time() + max(timeout, 0.0)
+        w: list[object] = [task, due, task.cancelling(), False]
+        self._waits[id(w)] = w
+        h = self._handle
+        if h is None or h.when() > due:
+            if h is not None:
+                h.cancel()
+            self._handle = self._loop.call_at(due, self._fire)
+        try:
+            return await aw
+        except asyncio.CancelledError:
+            if w[3]:
+                w[3] = False
+                if task.uncancel() <= w[2]:  # type: ignore[operator]
+                    raise TimeoutError from None
+            raise
+        finally:
+            del self._waits[id(w)]
+            if w[3]:  # it fired, but `aw` swallowed the cancellation: undo ours
+                task.uncancel()
+
+    def _fire(self) -> None:
+        self._handle = None
+        now = self._loop.time()
+        soonest: float | None = None
+        for w in self._waits.values():
+            due: float = w[1]  # type: ignore[assignment]
+            if w[3]:
+                continue
+            if due <= now:
+                w[3] = True
+                w[0].cancel()  # type: ignore[attr-defined]
+            elif soonest is None or due < soonest:
+                soonest = due
+        if soonest is not None:
+            self._handle = self._loop.call_at(soonest, self._fire)

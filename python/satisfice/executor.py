@@ -26,13 +26,14 @@ from functools import partial
 from http.cookiejar import Cookie, CookieJar
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
+from weakref import WeakKeyDictionary
 
 import httpx
 
 from ._extra import extra_text
 from ._redact import StreamScrubber
 from ._verdict import checked
-from ._watchdog import Watchdog
+from ._watchdog import Deadlines, Watchdog
 from .accounting import cost_of, reported, text_tokens, usage_of
 from .errors import (
     AllAttemptsFailedError,
@@ -509,6 +510,10 @@ class Executor:
         # Calls open now per deployment key, for balancing: kept here, not on the targets,
         # which a registry swap rebuilds while the calls made on the old one are still open.
         self._in_flight: Counter[str] = Counter()
+        # the attempts' time bounds, one timer per event loop (see _watchdog.Deadlines)
+        self._deadlines: WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = (
+            WeakKeyDictionary()
+        )
 
     # targets ------------------------------------------------------------------------------
     def targets(self, registry: Registry, model: str) -> tuple[_Target, ...]:
@@ -688,9 +693,12 @@ class Executor:
         _, budget = self._budget(run, t)
         run.calling[_hold(t)] = t, perf_counter()
         self._in_flight[t.key] += 1
+        loop = asyncio.get_running_loop()
+        deadlines = self._deadlines.get(loop)
+        if deadlines is None:  # one per event loop: a router may serve several threads' loops
+            deadlines = self._deadlines[loop] = Deadlines(loop)
         try:
-            async with asyncio.timeout(budget):
-                return await call()
+            return await deadlines.wait(call(), budget)
         except TimeoutError:
             raise UpstreamTimeoutError(
                 f"{t.model} via {t.dep.name}: no answer within {budget:.3g}s "
