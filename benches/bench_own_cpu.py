@@ -18,8 +18,9 @@ satisfice's own CPU is chat()'s process CPU per request minus the bare call's; `
 not wall time: the machine is shared and noisy, and CPU time is what the router spends.
 
 `--in-process` swaps the socket for a transport that answers at once from memory (same
-client class, same answer bytes): no kernel, no event-loop waits, so the two costs are
-measured on warm caches, call by call and interleaved (medians of wall time per call).
+client class, same answer bytes): no kernel and no event-loop waits, measured the same way
+(process CPU per round). An earlier version of this mode printed medians of wall time per
+call, on warm caches: about half the CPU means, and no measure of the same thing.
 """
 
 from __future__ import annotations
@@ -53,43 +54,15 @@ class Canned(httpx.AsyncBaseTransport):
         return httpx.Response(200, headers={"content-type": "application/json"}, content=ANSWER)
 
 
-async def in_process(n: int) -> dict[str, float]:
-    """Per-call wall time of the bare call and chat() on the canned transport, interleaved;
-    medians, and overhead_s's."""
-    client = _Client(transport=Canned(), timeout=httpx.Timeout(5.0))
-    url = "http://127.0.0.1:9"
-    router = Router(bench_registry(url)).configure(http=client)
-    # parsed once, as the providers hold theirs: parsing is no part of either's own work
-    endpoint = httpx.URL(url + "/v1/chat/completions")
-    headers = {"content-type": "application/json"}
-
-    async def bare() -> None:
-        body = json.dumps({"model": MODEL, "messages": MESSAGES}).encode()
-        r = await client.post(endpoint, content=body, headers=headers)
-        assert json.loads(r.content)["choices"][0]["message"]["content"]
-
-    for _ in range(2000):
-        await bare()
-        await router.chat(MESSAGES)
-    tb, tc, ov = [], [], []
-    pc = time.perf_counter
-    for _ in range(n):
-        t = pc()
-        await bare()
-        tb.append(pc() - t)
-        t = pc()
-        r = await router.chat(MESSAGES)
-        tc.append(pc() - t)
-        ov.append(r.overhead_s)
-    await router.aclose()
-    await client.aclose()
-    m = statistics.median
-    return {"bare": m(tb) * 1e6, "chat": m(tc) * 1e6, "overhead_p50": m(ov) * 1e6}
-
-
-async def measure(url: str, n: int, rounds: int) -> dict[str, list[float]]:
-    client = make_client(ExecutionConfig())
-    router = Router(bench_registry(url))
+async def measure(url: str, n: int, rounds: int, canned: bool) -> dict[str, list[float]]:
+    """Process CPU per request of the bare call and chat(), round by round, on one client:
+    the router's own over a socket, or one on the `Canned` transport."""
+    if canned:
+        client: httpx.AsyncClient = _Client(transport=Canned(), timeout=httpx.Timeout(5.0))
+        router = Router(bench_registry(url)).configure(http=client)
+    else:
+        client = make_client(ExecutionConfig())
+        router = Router(bench_registry(url))
     assert router.route(MESSAGES).model == MODEL
     endpoint = httpx.URL(url + "/v1/chat/completions")  # parsed once, as a provider's is
     headers = {"content-type": "application/json"}
@@ -132,17 +105,13 @@ def main() -> None:
     args = ap.parse_args()
     warm_tokenizers()
     if args.in_process:
-        got = asyncio.run(in_process(args.n))
-        print(f"`python benches/bench_own_cpu.py --in-process --n {args.n}` (wall µs per call, "
-              "medians)\n")  # fmt: skip
-        own = got["chat"] - got["bare"]
-        print(f"bare call {got['bare']:.1f}, chat() {got['chat']:.1f}: own {own:.1f}; "
-              f"overhead_s p50 {got['overhead_p50']:.1f}")  # fmt: skip
-        return
-    with upstream() as url:
-        r = asyncio.run(measure(url, args.n, args.rounds))
+        r = asyncio.run(measure("http://127.0.0.1:9", args.n, args.rounds, canned=True))
+    else:
+        with upstream() as url:
+            r = asyncio.run(measure(url, args.n, args.rounds, canned=False))
     own = [c - b for c, b in zip(r["chat"], r["bare"], strict=True)]
-    print(f"`python benches/bench_own_cpu.py --n {args.n} --rounds {args.rounds}` "
+    how = " --in-process" if args.in_process else ""
+    print(f"`python benches/bench_own_cpu.py{how} --n {args.n} --rounds {args.rounds}` "
           f"(Python {sys.version.split()[0]}; CPU µs per request, median of rounds)\n")  # fmt: skip
     print("| | CPU µs per request |")
     print("|---|---:|")
