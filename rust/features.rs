@@ -443,6 +443,24 @@ impl Scan<'_> {
             self.vec[DENSE + idx] += if h & 1 == 0 { 1.0 } else { -1.0 };
         }
     }
+
+    /// Add a word (`Word::lower`) and its bigram with the word before to the hashed buckets.
+    /// Out of line, and given the word's bytes rather than the `Word`: inlined into the
+    /// scan, the hash's seeded setup was hoisted to where the word loop is entered and its
+    /// registers spilled the loop's, and a `Word` passed by reference was built in memory
+    /// for every word, costs every route paid though one without a predictor's buckets
+    /// hashes no word.
+    #[inline(never)]
+    fn hash_word(&mut self, (buf, n): ([u8; 32], usize)) {
+        let h = xxh3_64_with_seed(&buf[..n], self.seed);
+        self.bucket_add(h);
+        if self.prev_word != 0 {
+            self.bucket_add(
+                (self.prev_word.rotate_left(23) ^ h).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+        }
+        self.prev_word = h;
+    }
 }
 
 impl tokens::Visitor for Scan<'_> {
@@ -451,7 +469,6 @@ impl tokens::Visitor for Scan<'_> {
     #[inline(always)]
     fn word(&mut self, w: &tokens::Word<'_>) {
         let (len, line_start) = (w.len, w.line_start);
-        let next = w.rest.get(len).copied().unwrap_or(b' ');
         // Few counters a word: `letters` and `latin` get the words' bytes at the end
         // (`word_bytes`), and the word count and the long words' come from the
         // estimator's counts of words by length.
@@ -470,28 +487,24 @@ impl tokens::Visitor for Scan<'_> {
             }
         }
         self.flags |= kw;
-        if self.first_word_of_msg && kw & OPENER != 0 {
-            self.flags |= flag::QUESTION;
+        if self.first_word_of_msg {
+            // cleared here, not stored on every word
+            self.first_word_of_msg = false;
+            if kw & OPENER != 0 {
+                self.flags |= flag::QUESTION;
+            }
         }
         // Multiple-choice options: a single capital A-E at a line start followed by ) . or :
+        // (the byte after the word is read only here: most words never need it)
         if line_start
             && len == 1
             && (b'A'..=b'E').contains(&w.rest[0])
-            && matches!(next, b')' | b'.' | b':')
+            && matches!(w.rest.get(1), Some(b')' | b'.' | b':'))
         {
             self.mc_options |= 1 << (w.rest[0] - b'A');
         }
-        self.first_word_of_msg = false;
         if self.buckets > 0 {
-            let (buf, n) = w.lower();
-            let h = xxh3_64_with_seed(&buf[..n], self.seed);
-            self.bucket_add(h);
-            if self.prev_word != 0 {
-                self.bucket_add(
-                    (self.prev_word.rotate_left(23) ^ h).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                );
-            }
-            self.prev_word = h;
+            self.hash_word(w.lower());
         }
     }
 
@@ -500,6 +513,9 @@ impl tokens::Visitor for Scan<'_> {
         self.numbers += 1;
     }
 
+    // Inlined into the scan's loop too: prose has one punctuation byte in six words, and
+    // the call's entry and exit were most of its cost.
+    #[inline(always)]
     fn punct(&mut self, rest: &[u8], line_start: bool) {
         self.punct += 1;
         match rest[0] {
