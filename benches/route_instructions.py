@@ -4,10 +4,13 @@
     python benches/route_instructions.py --against OTHER/python
 
 Wall time on a shared 2-core VM moves by tens of percent between runs, more than most
-changes to the scan; an instruction count does not. Each figure is the difference between
-a process that routes 3,000 prompts and one that routes 1,000 (the same prompts as
-`bench_route.py`: 16 different slices of the held-out prose), divided by 2,000, so that the
-interpreter's start, `Router()` and the tokenizers' build cancel out. Needs valgrind.
+changes to the scan; an instruction count does not. The routes (the same prompts as
+`bench_route.py`: 16 different slices of the held-out prose, each routed once first) run
+inside one `functools.reduce` call, and callgrind counts only inside it
+(`--toggle-collect`), so that the interpreter's start, `Router()` and the tokenizers' build
+(whose hash maps are seeded at random, so its count moves by thousands a process) are out
+of the figure: instructions in the loop divided by its routes. Needs valgrind and an
+interpreter with its symbols (a pyenv build has them).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import sys
 from pathlib import Path
 
 CHILD = """
-import sys
+import functools, sys
 sys.path.insert(0, {benches!r})
 from corpus import samples
 from satisfice import Router, _core
@@ -33,29 +36,29 @@ step = max((len(prose) - size) // 16, 1)
 ps = [prose[i * step : i * step + size] for i in range(16)]
 for p in ps:
     r.route(p)
-for i in range(n):
-    r.route(ps[i & 15])
+functools.reduce(lambda _, i: r.route(ps[i & 15]), range(n), None)  # the counted part
 """
 
 
-def instructions(python_dir: str | None, size: int, n: int) -> int:
+def per_route(python_dir: str | None, size: int, n: int = 1000) -> float:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if python_dir is not None:
         env["PYTHONPATH"] = python_dir
     code = CHILD.format(benches=str(Path(__file__).resolve().parent))
     out = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-         os.path.realpath(sys.executable), "-c", code, str(size), str(n)],
+         "--toggle-collect=functools_reduce", os.path.realpath(sys.executable), "-c", code,
+         str(size), str(n)],
         capture_output=True, text=True, env=env, check=True,
     )  # fmt: skip
     m = re.search(r"refs:\s+([\d,]+)", out.stderr)
     if m is None:
         raise RuntimeError(f"no instruction count in valgrind's output: {out.stderr[-500:]}")
-    return int(m.group(1).replace(",", ""))
-
-
-def per_route(python_dir: str | None, size: int) -> float:
-    return (instructions(python_dir, size, 3000) - instructions(python_dir, size, 1000)) / 2000
+    total = int(m.group(1).replace(",", ""))
+    if total < n * 1000:  # no route costs under 1,000: the toggle found no symbol
+        raise RuntimeError("callgrind counted nothing inside functools.reduce: this "
+                           "interpreter has no symbols for it")  # fmt: skip
+    return total / n
 
 
 def main() -> None:
