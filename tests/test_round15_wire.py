@@ -401,6 +401,33 @@ def test_a_custom_tool_call_reaches_openai_clients(raw: RawUpstream, oa: openai.
                      "custom": {"name": "shell", "input": "ls -la /"}}]  # fmt: skip
 
 
+async def test_a_function_call_delta_with_custom_null_stays_a_function_call(
+    raw: RawUpstream,
+) -> None:
+    # a server writing out every optional field sends "custom": null beside a function:
+    # streamed, it had come out as a custom call with no name and no input
+    first = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get", "arguments": '{"city":'},
+        "custom": None,
+    }
+    more = {"index": 0, "function": {"arguments": ' "Oslo"}'}, "custom": None}
+    raw.push(sse(oa_chunk({"tool_calls": [first]}), oa_chunk({"tool_calls": [more]}),
+                 oa_chunk({}, "tool_calls"), b"data: [DONE]\n\n"))  # fmt: skip
+    # a custom call named by its object alone, unstreamed
+    call = {"id": "call_2", "custom": {"name": "shell", "input": "ls"}, "function": None}
+    raw.push(oa_body({"tool_calls": [call]}, {"prompt_tokens": 5, "completion_tokens": 5}))
+    async with router(raw.url) as r:
+        streamed = await r.stream("hi", allow=["oa"], timeout=5).result()
+        whole = await r.chat("hi", allow=["oa"], timeout=5)
+    (s,) = streamed.tool_calls
+    assert (s.type, s.name, s.arguments) == ("function", "get", '{"city": "Oslo"}')
+    (w,) = whole.tool_calls
+    assert (w.type, w.name, w.arguments) == ("custom", "shell", "ls")
+
+
 REFUSAL = "I can't help with that."
 
 

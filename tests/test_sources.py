@@ -524,3 +524,72 @@ def test_a_window_or_output_limit_moved_tenfold_is_absurd() -> None:
     for what, old, new in (("context_window", 200_000, 1_000), ("max_output", 8_000, 1),
                            ("context_window", 8_000, 2_000_000)):  # fmt: skip
         assert [c.what for c in Diff((Change("m", what, old, new),)).absurd()] == [what]
+
+
+def _reg_one() -> Registry:
+    return Registry.from_dict({"model": [{
+        "id": "sonnet", "provider": "anthropic", "tokenizer": "claude", "context_window": 100_000,
+        "max_output": 8_000, "quality": {"general": 0.9},
+        "price": {"input": 1, "output": 2},
+        "deployments": [
+            {"name": "anthropic", "api": "anthropic", "base_url": "https://api.anthropic.com",
+             "model": "claude-sonnet-4-7"},
+        ]}]})  # fmt: skip
+
+
+def _conflicting_gpt53(tmp_path: Path) -> sources.Catalogue:
+    body = json.loads((FIX / "litellm_prices.json").read_text())
+    # openai lists gpt-5.3 twice with different prices: a conflict at the first-party host
+    body["openai/gpt-5.3"] = dict(body["gpt-5.3"], input_cost_per_token=9e-6)
+    # a reseller lists a model of the same name, at its own (much higher) price
+    body["groq/gpt-5.3"] = dict(body["gpt-5.3"], litellm_provider="groq",
+                                input_cost_per_token=5e-5)  # fmt: skip
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(body))
+    cat = sources.load("litellm", str(f))
+    assert ("openai", "gpt-5.3") in cat.conflicts
+    assert ("groq", "gpt-5.3") in cat.listings
+    return cat
+
+
+def test_a_bare_name_whose_first_party_listing_conflicts_is_refused(tmp_path: Path) -> None:
+    cat = _conflicting_gpt53(tmp_path)
+    # a bare name is read first-party first: openai's conflict had let it fall through to
+    # groq's listing, at groq's price
+    assert cat.conflicting("gpt-5.3") == "openai:gpt-5.3"
+    hit = cat.find("gpt-5.3")
+    assert hit is None or hit.host == "openai", (
+        f"the bare name resolved to {hit.host}:{hit.model} although openai's listing conflicts"
+    )
+
+
+def test_adding_a_bare_name_whose_first_party_listing_conflicts_is_refused(
+    tmp_path: Path,
+) -> None:
+    cat = _conflicting_gpt53(tmp_path)
+    try:
+        new, _ = sources.apply(_reg_one(), cat, ["gpt-5.3"])
+    except ConfigError as e:
+        assert "twice" in str(e)
+        return
+    dep = new["gpt-5.3"].deployments[0]
+    pytest.fail(
+        f"'gpt-5.3' was added from {dep.name}:{dep.model} (the reseller, at its price) "
+        "without a word, because openai's conflicting listing was taken out"
+    )
+
+
+def test_a_model_whose_only_listing_conflicts_is_not_said_to_be_unlisted(
+    tmp_path: Path,
+) -> None:
+    body = json.loads((FIX / "litellm_prices.json").read_text())
+    body["anthropic/claude-sonnet-4-7"] = dict(body["claude-sonnet-4-7"],
+                                               input_cost_per_token=9e-6)  # fmt: skip
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(body))
+    cat = sources.load("litellm", str(f))
+    _, diff = sources.apply(_reg_one(), cat)
+    text = diff.render()
+    assert "twice" in text
+    # was: also "? sonnet: not in the source (...)", which is false: it lists it twice
+    assert "not in the source" not in text, text

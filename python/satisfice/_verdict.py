@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from numbers import Real
@@ -90,19 +90,20 @@ async def checked(
     answer: Answer,
     ctx: Context,
     time_left_s: float | None = None,
-    made: list[Answer] | None = None,
+    on_cut: Callable[[Verdict], None] | None = None,
 ) -> Verdict:
     """What a check says of `answer`, whatever the check does: one that raises, returns
     something other than a Verdict or a bool, or runs past the request's deadline
     (`time_left_s`) fails the answer with that reason instead of escaping as a raw
     exception (which lost the request's attempts and record) or holding it forever.
-    Its `calls` are every model call the check made (`made_call`), however it ended; a
-    caller that may cancel the check passes `made` to hold them when no verdict comes."""
+    Its `calls` are every model call the check made (`made_call`), however it ended: when
+    the check is cancelled (a latency budget, the caller gone), they are handed to
+    `on_cut` as a failing verdict before the cancellation goes on, to be billed."""
     import asyncio
     import inspect
 
     name = str(getattr(check, "name", None) or getattr(check, "__name__", "check"))
-    made = [] if made is None else made
+    made: list[Answer] = []
     token = _CALLS.set(made)
     try:
         async with asyncio.timeout(None if time_left_s is None else max(time_left_s, 0.0)):
@@ -113,6 +114,10 @@ async def checked(
         out = Verdict(False, 0.0, f"the check {name!r} did not finish within the deadline")
     except Exception as e:
         out = Verdict(False, 0.0, f"the check {name!r} raised {type(e).__name__}: {e}"[:300])
+    except BaseException:  # cancelled: no verdict, but its calls were made
+        if made and on_cut is not None:
+            on_cut(Verdict(False, 0.0, f"the check {name!r} was cut off", tuple(made)))
+        raise
     finally:
         _CALLS.reset(token)
     if isinstance(out, Verdict):

@@ -41,6 +41,7 @@ import contextvars
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from ._real import as_real
@@ -221,7 +222,6 @@ class _Climb:
     budget_hit: Literal["latency", "cost"] | None = None
     current: StepRecord | None = None  # the step in flight
     arrived: list[Answer] = field(default_factory=list)  # its answers, as each one comes
-    checking: list[Answer] = field(default_factory=list)  # calls of the check in flight
 
     def offer(self, a: Answer, v: Verdict) -> None:
         """Keep `a` as the best answer so far if its verdict is at least as confident (ties
@@ -461,12 +461,6 @@ class Cascade:
                 rec = climb.current
                 if rec is not None:
                     rec.status, rec.reason = "failed", _CUT_OFF
-                    check = self.steps[rec.index].validator
-                    if climb.checking and climb.on_check is not None and check is not None:
-                        # the check was cut off with its verdict: its calls (a judge's,
-                        # the one cut off at an estimate) go on the bill all the same
-                        cut = Verdict(False, 0.0, _CUT_OFF, tuple(climb.checking))
-                        climb.on_check(cut, check.name, rec.index)
                     if climb.billed is None:  # the cancelled calls may be billed: how much?
                         rec.cost_usd = None
                     else:  # the caller put them on record, at an estimate
@@ -599,17 +593,20 @@ class Cascade:
             rec.answers.append(out)
             slowest = max(slowest, out.latency_ms or 0.0)
         climb.pool.extend(rec.answers)
+        on_cut = None
+        if climb.on_check is not None and step.validator is not None:
+            # a check cut off (the latency budget, the caller gone): its calls so far (a
+            # judge's, the one cut off at an estimate) go on the step's bill all the same
+            on_cut = partial(_bill_cut, climb.on_check, step.validator.name, rec.index)
         if rec.answers:
             ctx = Context(climb.msgs, climb.pool, climb.p_good or None)
             for a in rec.answers:
                 left = None if climb.deadline is None else climb.deadline - time.perf_counter()
-                climb.checking = []
                 v = (
                     UNCHECKED
                     if step.validator is None
-                    else await checked(step.validator, a, ctx, left, climb.checking)
+                    else await checked(step.validator, a, ctx, left, on_cut)
                 )
-                climb.checking = []  # on the verdict now
                 rec.verdicts.append(v)
                 if climb.on_check is not None and v.calls:
                     assert step.validator is not None
@@ -712,6 +709,12 @@ async def _attempt(
         return e
     arrived.append(answer)
     return answer
+
+
+def _bill_cut(
+    on_check: Callable[[Verdict, str, int], None], name: str, step: int, v: Verdict
+) -> None:
+    on_check(v, name, step)
 
 
 def _own_bill(rec: StepRecord) -> tuple[float | None, int, int]:

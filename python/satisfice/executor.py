@@ -1341,7 +1341,9 @@ class Executor:
 
         answer = answer_from_chat(t.model, resp, cost_usd=None)
         left = None if run.deadline is None else run.deadline - perf_counter()
-        v = await checked(run.accept, answer, Context(run.request.messages), left)
+        # cut off (the caller gone, a winner elsewhere): its calls are billed all the same
+        cut = partial(run.checked, name=run.accept.name)
+        v = await checked(run.accept, answer, Context(run.request.messages), left, cut)
         run.checked(v, run.accept.name)
         return v
 

@@ -132,15 +132,22 @@ class Catalogue:
             host, model = name.split(":", 1)
             return self.listings.get((host, model))
         for host in HOSTS:
+            if (host, name) in self.conflicts:
+                return None  # not another host's listing instead, at its price
             if (hit := self.listings.get((host, name))) is not None:
                 return hit
         return None
 
     def conflicting(self, name: str) -> str | None:
-        """`host:model` when `name` (as `find` reads it) is listed twice, differently."""
+        """`host:model` when `name`, as `find` reads it, is listed twice, differently."""
         if ":" in name and name.split(":", 1)[0] in HOSTS:
             return name if tuple(name.split(":", 1)) in self.conflicts else None
-        return next((f"{h}:{name}" for h in HOSTS if (h, name) in self.conflicts), None)
+        for host in HOSTS:
+            if (host, name) in self.conflicts:
+                return f"{host}:{name}"
+            if (host, name) in self.listings:
+                return None
+        return None
 
 
 class _Listings:
@@ -674,22 +681,23 @@ def apply(
     for m in registry:
         if m.base is not None:  # an effort variant: rebuilt from its model
             continue
-        for dep in m.deployments:
-            if (dep.name, dep.model) in cat.conflicts:
-                notes.append(Change(m.id, "conflicting", f"{dep.name}:{dep.model}", None))
+        twice = [d for d in m.deployments if (d.name, d.model) in cat.conflicts]
+        for dep in twice:
+            notes.append(Change(m.id, "conflicting", f"{dep.name}:{dep.model}", None))
         hits = [(d, h) for d in m.deployments if (h := _listing_for(cat, d)) is not None]
         if not hits:
-            where = ", ".join(f"{d.name}:{d.model}" for d in m.deployments)
-            notes.append(Change(m.id, "unlisted", where, None))
+            if len(twice) < len(m.deployments):  # a listing twice is no "not in the source"
+                where = ", ".join(f"{d.name}:{d.model}" for d in m.deployments if d not in twice)
+                notes.append(Change(m.id, "unlisted", where, None))
             models.append(m)
             continue
         models.append(_updated(m, hits))
     known = {m.id for m in models}
     for name in add:
         hit = cat.find(name)
-        if hit is None and (twice := cat.conflicting(name)) is not None:
+        if hit is None and (dup := cat.conflicting(name)) is not None:
             raise ConfigError(
-                f"{cat.source} lists {twice} twice with different facts, so it cannot be "
+                f"{cat.source} lists {dup} twice with different facts, so it cannot be "
                 "added from it; add it to the registry file by hand"
             )
         if hit is None:

@@ -65,10 +65,19 @@ def _usage(u: Any) -> Usage | None:
     return Usage(prompt, out, cached, written, reasoning_tokens=reasoning)
 
 
+def _custom(c: Any) -> bool:
+    """Is this tool call (or its first streamed piece) a custom tool's? By its `type`, else
+    by a `custom` object beside no `function` (a `"custom": null` field is no custom call)."""
+    kind = c.get("type")
+    if kind is not None:
+        return bool(kind == "custom")
+    return c.get("custom") is not None and c.get("function") is None
+
+
 def _tool_call(c: Any) -> ToolCall:
     """A tool call of an answer: a function's, or an OpenAI custom tool's (free text under
     `custom.input`, which had failed the whole answer as malformed)."""
-    if c.get("type") == "custom":
+    if _custom(c):
         return ToolCall(
             text_field(c["id"], "tool_calls[].id"),
             text_field(c["custom"]["name"], "tool_calls[].custom.name"),
@@ -204,9 +213,10 @@ class OpenAIProvider(HTTPProvider):
                             if i not in tools and len(tools) >= 128:
                                 raise ValueError("more than 128 tool calls in one answer")
                             acc = tools.setdefault(i, _ToolAcc())
+                            if not acc.id and not acc.name and _custom(tc):
+                                acc.type = "custom"  # its first piece says; free text follows
                             acc.id = call_id or acc.id
-                            if tc.get("type") == "custom" or "custom" in tc:
-                                acc.type = "custom"  # free text under custom.input
+                            if acc.type == "custom":
                                 fn = tc.get("custom") or {}
                                 piece = text_field(fn.get("input"), "custom.input")
                             else:
