@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.metadata
 import os
 import platform
 import secrets
@@ -76,6 +75,7 @@ from satisfice.transport import PooledTransport
 
 CONCURRENCY = 64
 MESSAGES = [{"role": "user", "content": "hi"}]
+LITELLM: str | None = None  # --litellm
 MASTER_KEY = "sk-bench-" + secrets.token_hex(32)  # satisfice's admin API and LiteLLM's proxy
 
 
@@ -291,15 +291,21 @@ def redis_server(tmp: Path) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
 
 
+def litellm_command() -> Path | None:
+    """The `litellm` command: --litellm, else beside this Python, else on PATH."""
+    if LITELLM:
+        return Path(LITELLM)
+    exe = Path(sys.executable).with_name("litellm")
+    found = shutil.which("litellm")
+    return exe if exe.exists() else None if found is None else Path(found)
+
+
 @contextlib.contextmanager
 def litellm_proxy(tmp: Path, upstream_url: str, wire: str) -> Iterator[str]:
     """LiteLLM's proxy on 127.0.0.1 with `wire` on the upstream; yields its base URL."""
-    exe = Path(sys.executable).with_name("litellm")
-    if not exe.exists():
-        found = shutil.which("litellm")
-        if found is None:
-            raise RuntimeError("the litellm command is not installed: pip install 'litellm[proxy]'")
-        exe = Path(found)
+    exe = litellm_command()
+    if exe is None:
+        raise RuntimeError("the litellm command is not installed: pip install 'litellm[proxy]'")
     cfg = tmp / "litellm.yaml"
     cfg.write_text(
         f"model_list:\n  - model_name: {wire}\n    litellm_params:\n"
@@ -445,8 +451,15 @@ def report(res: Results, names: list[str]) -> str:
 def versions() -> str:
     parts = [f"Python {sys.version.split()[0]}", f"satisfice {satisfice.__version__}",
              f"httpx {httpx.__version__}"]  # fmt: skip
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-        parts.append(f"litellm {importlib.metadata.version('litellm')}")
+    exe = litellm_command()
+    if exe is not None and exe.with_name("python").exists():  # the proxy's own environment
+        out = subprocess.run(
+            [str(exe.with_name("python")), "-c",
+             "import importlib.metadata as m; print(m.version('litellm'))"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if out.returncode == 0:
+            parts.append(f"litellm {out.stdout.strip()}")
     if shutil.which("redis-server"):
         out = subprocess.run(
             ["redis-server", "--version"], capture_output=True, text=True, timeout=10
@@ -475,9 +488,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--mem-n", type=int, default=100_000, help="requests in the memory phase")
     ap.add_argument("--skip-mem", action="store_true", help="leave the memory phase out")
+    ap.add_argument(
+        "--litellm",
+        metavar="PATH",
+        help="the litellm command to run (e.g. from a "
+        "venv with 'litellm[proxy]', whose dependencies would change this one's)",
+    )
     ap.add_argument("--httpx-pool", action="store_true",
                     help="the client on httpx's own pool, not satisfice's transport")  # fmt: skip
     args = ap.parse_args()
+    global LITELLM
+    LITELLM = args.litellm
     print("`" + shlex.join(["python", *sys.argv]) + "`\n")
     print(machine() + "\n")
     notes = []
