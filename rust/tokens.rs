@@ -769,15 +769,19 @@ mod tests {
         assert!(estimate(&text, Family::O200k) > 100_000.0);
     }
 
-    /// Texts of every kind the bounds and the cuts reason about.
-    fn odd_texts() -> Vec<String> {
-        let mut seed = 7u64;
-        let mut rand = |n: usize| {
+    /// A small deterministic generator: `rand(n)` is in 0..n.
+    fn lcg(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             (seed >> 33) as usize % n
-        };
+        }
+    }
+
+    /// Texts of every kind the bounds and the cuts reason about.
+    fn odd_texts() -> Vec<String> {
+        let mut rand = lcg(7);
         let alphabets: [&[char]; 9] = [
             &['x'],
             &['a', 'b', 'c', 'q', 'z', 'E', 'T'],
@@ -1052,13 +1056,7 @@ mod tests {
             }
             (words, by_len, caps, long)
         }
-        let mut seed = 11u64;
-        let mut rand = |n: usize| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) as usize % n
-        };
+        let mut rand = lcg(11);
         let seps = [
             " ", " ", " ", "  ", "\n", "-", " (", "\n- ", "é", "1", ". ", "\t", "",
         ];
