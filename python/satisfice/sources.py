@@ -128,26 +128,24 @@ class Catalogue:
 
     def find(self, name: str) -> Listing | None:
         """A listing by `host:model` or by a bare model name (first-party hosts first)."""
-        if ":" in name and name.split(":", 1)[0] in HOSTS:
-            host, model = name.split(":", 1)
-            return self.listings.get((host, model))
-        for host in HOSTS:
-            if (host, name) in self.conflicts:
-                return None  # not another host's listing instead, at its price
-            if (hit := self.listings.get((host, name))) is not None:
-                return hit
-        return None
+        key = self._key(name)
+        return None if key is None else self.listings.get(key)
 
     def conflicting(self, name: str) -> str | None:
         """`host:model` when `name`, as `find` reads it, is listed twice, differently."""
+        key = self._key(name)
+        return f"{key[0]}:{key[1]}" if key is not None and key in self.conflicts else None
+
+    def _key(self, name: str) -> tuple[str, str] | None:
+        """What `name` names: `host:model`, or a bare name's first host that lists it, even
+        twice (a first-party conflict is not another host's listing, at its price)."""
         if ":" in name and name.split(":", 1)[0] in HOSTS:
-            return name if tuple(name.split(":", 1)) in self.conflicts else None
-        for host in HOSTS:
-            if (host, name) in self.conflicts:
-                return f"{host}:{name}"
-            if (host, name) in self.listings:
-                return None
-        return None
+            host, model = name.split(":", 1)
+            return host, model
+        return next(
+            ((h, name) for h in HOSTS if (h, name) in self.listings or (h, name) in self.conflicts),
+            None,
+        )
 
 
 class _Listings:

@@ -216,14 +216,13 @@ class OpenAIProvider(HTTPProvider):
                             if not acc.id and not acc.name and _custom(tc):
                                 acc.type = "custom"  # its first piece says; free text follows
                             acc.id = call_id or acc.id
-                            if acc.type == "custom":
-                                fn = tc.get("custom") or {}
-                                piece = text_field(fn.get("input"), "custom.input")
-                            else:
-                                fn = tc.get("function") or {}
-                                piece = text_field(fn.get("arguments"), "function.arguments")
-                            acc.name = text_field(fn.get("name"), "function.name") or acc.name
-                            acc.args.append(piece)
+                            kind, text = (
+                                ("custom", "input") if acc.type == "custom" else
+                                ("function", "arguments")
+                            )  # fmt: skip
+                            fn = tc.get(kind) or {}
+                            acc.name = text_field(fn.get("name"), f"{kind}.name") or acc.name
+                            acc.args.append(text_field(fn.get(text), f"{kind}.{text}"))
                         finish = text_field(choice.get("finish_reason"), "finish_reason") or finish
                 except PARSE_ERRORS as e:
                     why = f"bad stream event ({type(e).__name__}: {e})"

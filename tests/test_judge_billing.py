@@ -1,0 +1,120 @@
+"""A judge's call made through `router.chat()` that ends without an answer is billed to the
+request that made the check: cut off by a cascade's latency budget, failed after a call
+that timed out, or cut off with its whole request (its caller gone, asyncio.wait_for), in a
+cascade's step and in a race's accept check. Each call reached the upstream; the request
+had counted it as $0."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from satisfice import Cascade, Policy, Registry, Router, Step
+from satisfice import validators as v
+from satisfice.executor import ExecutionConfig
+from satisfice.ledger import read_records
+from satisfice.testing import LocalUpstream, hang, reply
+
+
+def _model(mid: str, url: str, price: float) -> dict[str, Any]:
+    return {
+        "id": mid, "provider": "openai", "tokenizer": "o200k_base", "context_window": 100_000,
+        "max_output": 1000, "quality": {"general": 0.9}, "p95_latency_ms": 100,
+        "price": {"input": price, "output": 2 * price},
+        "deployments": [{"name": "d", "api": "openai", "base_url": url + "/v1",
+                         "model": f"{mid}-d"}],
+    }  # fmt: skip
+
+
+def _router(*models: dict[str, Any]) -> Router:
+    cfg = ExecutionConfig(read_timeout_s=5.0, attempt_timeout_s=5.0, backoff_base_s=0.01)
+    reg = Registry.from_dict({"model": list(models)})
+    return Router(reg, Policy(quality_floor=0.5)).configure(execution=cfg)
+
+
+def _judge(
+    judge_router: Router, started: asyncio.Event | None = None, timeout: float | None = None
+) -> Any:
+    """A judge whose calls go through `judge_router`'s chat() to the model "judge"."""
+
+    async def ask(messages: list[dict[str, Any]]) -> v.Answer:
+        if started is not None:
+            started.set()
+        res = await judge_router.chat(messages, allow=["judge"], timeout=timeout)
+        return v.Answer(res.model, res.text, cost_usd=res.total_cost_usd)
+
+    return v.judge(ask, "ok?")
+
+
+def _routers(up: LocalUpstream) -> tuple[Router, Router]:
+    """A router over alpha and beta, and the judge's own, whose every call hangs."""
+    up.default = reply("hello")
+    up.script("judge-d", hang())
+    r = _router(_model("alpha", up.url, 0.1), _model("beta", up.url, 0.1))
+    return r, _router(_model("judge", up.url, 50.0))
+
+
+async def test_a_judge_cut_off_mid_call_is_billed_to_the_step(up: LocalUpstream) -> None:
+    # cut off by the ladder's latency budget: billed at an estimate
+    r, judge_router = _routers(up)
+    ladder = Cascade([Step(("alpha",), _judge(judge_router)), Step(("beta",))],
+                     latency_budget_ms=500)  # fmt: skip
+    async with r, judge_router:
+        res = await r.chat("hi", cascade=ladder)
+    assert res.cascade is not None and res.cascade.budget_hit == "latency"
+    (check,) = [a for a in res.attempts if a.outcome == "check"]
+    assert (check.model, check.deployment, check.step) == ("judge", "judge", 0)
+    assert check.cost_usd is not None and check.cost_usd > 0  # the judge's prompt at $50/1M
+    assert res.total_cost_usd == pytest.approx(
+        sum(a.cost_usd or 0.0 for a in res.attempts if a.outcome in ("ok", "check")
+            or a.cost_estimated)
+    )  # fmt: skip
+    assert res.cascade.steps[0].cost_usd == pytest.approx(
+        check.cost_usd + next(a.cost_usd for a in res.attempts if a.model == "alpha")
+    )
+
+
+async def test_a_judge_that_failed_after_a_billed_timeout_is_billed(up: LocalUpstream) -> None:
+    # the judge's chat() raised (its one call timed out after reaching the upstream): the
+    # check failed, and what that call was billed went with the error
+    r, judge_router = _routers(up)
+    ladder = Cascade([Step(("alpha",), _judge(judge_router, timeout=0.3)), Step(("beta",))])
+    async with r, judge_router:
+        res = await r.chat("hi", cascade=ladder)
+    assert res.model == "beta"  # the failed check escalated
+    (check,) = [a for a in res.attempts if a.outcome == "check"]
+    assert check.model == "judge" and check.cost_usd is not None and check.cost_usd > 0
+
+
+async def _cancel_mid_judge(r: Router, started: asyncio.Event, **kw: Any) -> None:
+    task = asyncio.ensure_future(r.chat("hi", **kw))
+    await asyncio.wait_for(started.wait(), 5.0)
+    await asyncio.sleep(0.3)  # the judge's call has reached the upstream, which hangs
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5.0)
+
+
+@pytest.mark.parametrize("how", ["cascade", "race"])
+async def test_a_judge_cut_off_with_its_request_is_billed(
+    up: LocalUpstream, tmp_path: Path, how: str
+) -> None:
+    r, judge_router = _routers(up)
+    started = asyncio.Event()
+    check = _judge(judge_router, started)
+    kw: dict[str, Any] = (
+        {"cascade": Cascade([Step(("alpha",), check), Step(("beta",))])}
+        if how == "cascade"
+        else {"race": 2, "accept": check}
+    )
+    async with r.attach(ledger=tmp_path / "l.db"), judge_router:
+        await _cancel_mid_judge(r, started, **kw)
+        assert r.ledger is not None and r.ledger.flush(5.0)
+    (rec,) = list(read_records(tmp_path / "l.db"))
+    assert rec["error_type"] == "RequestCancelled"
+    outcomes = [a["outcome"] for a in rec["attempts"]]
+    # was: no "check" attempt; the judge's call (its prompt at $50/1M) cost the request $0
+    assert "check" in outcomes, f"the judge's cut-off call is on no attempt: {outcomes}"
