@@ -23,7 +23,7 @@ from .errors import (
     SatisficeError,
 )
 from .feedback import FeedbackLog, score_of
-from .policy import Constraints, Policy
+from .policy import _NO_CONSTRAINTS, Constraints, Policy
 from .predict import ModelParams
 from .registry import Registry
 
@@ -266,6 +266,8 @@ class Router:
         `strict_floor`, when no model reaches the quality floor), and ConfigError for a
         constraint that does not exist or has a bad value.
         """
+        if constraints is None and not overrides:  # the usual call: nothing to check or shape
+            return self._route(self._snap, messages, _NO_CONSTRAINTS)
         tools, rf = overrides.pop("tools", None), overrides.pop("response_format", None)
         c, extra = _shaped(Constraints.of(constraints, **overrides), tools, rf)
         return self._route(self._snap, messages, c, extra=extra)
