@@ -688,9 +688,10 @@ class Executor:
         ms = t.dep.p95_latency_ms or t.spec.p95_latency_ms
         return ms / 1000.0 if ms else None
 
-    async def _bounded(self, run: Run, t: _Target, call: Callable[[], Awaitable[T]]) -> T:
-        """`call()` within its share of the deadline (or attempt_timeout_s)."""
-        _, budget = self._budget(run, t)
+    async def _bounded(
+        self, run: Run, t: _Target, call: Callable[[], Awaitable[T]], budget: float
+    ) -> T:
+        """`call()` within `budget` seconds: its share of the deadline (`_budget`)."""
         run.calling[_hold(t)] = t, perf_counter()
         self._in_flight[t.key] += 1
         loop = asyncio.get_running_loop()
@@ -781,9 +782,9 @@ class Executor:
                 while True:
                     started = perf_counter()
                     try:
-                        p, timeout = self._provider(t), self._budget(run, t)[0]
+                        p, (timeout, budget) = self._provider(t), self._budget(run, t)
                         call = partial(open_, p, run.wire(t), timeout)
-                        value = await self._bounded(run, t, call)
+                        value = await self._bounded(run, t, call, budget)
                     except ProviderError as e:
                         action = self._failed(run, t, e, started)
                         if action is Action.STOP:
@@ -1224,8 +1225,9 @@ class Executor:
                     self._failed(run, t, e, perf_counter())
                     continue
                 run.tried.add(t.key)
-                call = partial(p.complete, run.wire(t), self._budget(run, t)[0])
-                task = asyncio.ensure_future(self._bounded(run, t, call))
+                timeout, budget = self._budget(run, t)
+                call = partial(p.complete, run.wire(t), timeout)
+                task = asyncio.ensure_future(self._bounded(run, t, call, budget))
                 running[task] = (t, perf_counter())
                 return
 

@@ -136,6 +136,8 @@ def _shaped(c: Constraints, tools: Any, rf: Any) -> tuple[Constraints, str | Non
     JSON output (`needs`), and their text, which providers bill as prompt tokens (so
     windows, costs and a server's budget reservation count it). One rule for chat(),
     stream(), route() and the server's pre-routing."""
+    if tools is None and rf is None:  # the usual request
+        return c, None
     if rf is not None and not isinstance(rf, Mapping):
         raise ConfigError(
             f"response_format must be a dict such as {{'type': 'json_object'}}, got "
@@ -515,19 +517,28 @@ class Router:
         `decision` given. The caller's dicts are read, never changed."""
         io = self._executor()
         opts: dict[str, Any] = dict(options)
-        unknown = set(opts) - _OPTIONS
-        if unknown:
-            raise ConfigError(
-                f"unknown option(s) {sorted(unknown)}: chat() and stream() take "
-                f"{sorted(_OPTIONS)}; pass other OpenAI parameters in extra={{...}}"
+        if opts:
+            unknown = opts.keys() - _OPTIONS
+            if unknown:
+                raise ConfigError(
+                    f"unknown option(s) {sorted(unknown)}: chat() and stream() take "
+                    f"{sorted(_OPTIONS)}; pass other OpenAI parameters in extra={{...}}"
+                )
+            call = {k: opts.pop(k, None) for k in _CALL_FIELDS}
+            timeout = opts.pop("timeout", None)
+            metadata = opts.pop("metadata", None)
+            given = opts.pop("decision", None)
+            prefer = opts.pop("prefer", None)
+            _check_options(call, timeout, metadata)
+            metadata = dict(metadata or {})
+        else:  # the usual call: no options, nothing to check
+            call, timeout, metadata, given, prefer = (
+                dict.fromkeys(_CALL_FIELDS),
+                None,
+                {},
+                None,
+                None,
             )
-        call = {k: opts.pop(k, None) for k in _CALL_FIELDS}
-        timeout = opts.pop("timeout", None)
-        metadata = opts.pop("metadata", None)
-        given = opts.pop("decision", None)
-        prefer = opts.pop("prefer", None)
-        _check_options(call, timeout, metadata)
-        metadata = dict(metadata or {})
         msgs = _message_list(messages)
         if given is not None:
             if not isinstance(given, Decision):
@@ -599,47 +610,9 @@ class Router:
         Raises NoRouteError, AllAttemptsFailedError (`.attempts` says why), BadRequestError,
         CascadeBudgetError.
         """
-        if isinstance(race, bool) or not isinstance(race, int) or not 0 <= race <= 64:
-            raise ConfigError(f"race must be an integer from 0 to 64, got {race!r:.40}")
-        if not isinstance(hedge, bool):
-            raise ConfigError(f"hedge must be True or False, got {hedge!r:.40}")
-        if accept is not None and not callable(accept):
-            raise ConfigError(
-                "accept must be a validator (see satisfice.validators), e.g. "
-                f"validators.check(lambda text: ...); got {type(accept).__name__}"
-            )
-        if cascade is not None and not isinstance(cascade, bool | str):
-            from .cascade import Cascade
-
-            if not isinstance(cascade, Cascade):
-                # a list of ids, a saved dict, a Step, a number: each had been taken for
-                # cascade=True, climbing the decision's ladder and calling unlisted models
-                raise ConfigError(
-                    f'cascade must be a Cascade, True or "auto", got a {type(cascade).__name__}; '
-                    "build the ladder with Cascade([...]) from Steps or model ids, or "
-                    "Cascade.from_dict(...) from its saved form"
-                )
-        if accept is not None and not (race or hedge or cascade):
-            # with one answer there is nothing to choose between: it was silently ignored
-            raise ConfigError(
-                "accept= picks among answers: pass race=N, hedge=True or cascade=True with "
-                "it; to check a single answer, call the validator on the result"
-            )
-        if cascade and (race or hedge):
-            # a cascade makes one call per step: race and hedge were silently ignored
-            raise ConfigError(
-                "cascade= climbs a ladder one step at a time and cannot also race or hedge; "
-                "put models side by side in one Step to call them at once, or drop race/hedge"
-            )
-        if isinstance(cascade, str):
-            if cascade != "auto":
-                raise ConfigError(f'cascade must be a Cascade, True or "auto", got {cascade!r:.40}')
-            if not self.snapshot.policy.cascades:
-                raise ConfigError(
-                    'cascade="auto" climbs the policy\'s tuned ladders and this policy has none: '
-                    "run `satisfice calibrate --strategy cascade` on outcome data, or pass "
-                    "a Cascade"
-                )
+        plain = race.__class__ is int and not race and hedge is False
+        if not plain or accept is not None or cascade is not None:  # not the usual plain call
+            self._check_modes(race, hedge, accept, cascade)
         t0, started_at = perf_counter(), time()
         rec, run = self._rec, None
         token = self._enter()
@@ -681,6 +654,50 @@ class Router:
         if rec is not None:
             rec.result(result, messages)
         return result
+
+    def _check_modes(self, race: object, hedge: object, accept: object, cascade: object) -> None:
+        """chat()'s race, hedge, accept and cascade: each valid, and together meaningful."""
+        if isinstance(race, bool) or not isinstance(race, int) or not 0 <= race <= 64:
+            raise ConfigError(f"race must be an integer from 0 to 64, got {race!r:.40}")
+        if not isinstance(hedge, bool):
+            raise ConfigError(f"hedge must be True or False, got {hedge!r:.40}")
+        if accept is not None and not callable(accept):
+            raise ConfigError(
+                "accept must be a validator (see satisfice.validators), e.g. "
+                f"validators.check(lambda text: ...); got {type(accept).__name__}"
+            )
+        if cascade is not None and not isinstance(cascade, bool | str):
+            from .cascade import Cascade
+
+            if not isinstance(cascade, Cascade):
+                # a list of ids, a saved dict, a Step, a number: each had been taken for
+                # cascade=True, climbing the decision's ladder and calling unlisted models
+                raise ConfigError(
+                    f'cascade must be a Cascade, True or "auto", got a {type(cascade).__name__}; '
+                    "build the ladder with Cascade([...]) from Steps or model ids, or "
+                    "Cascade.from_dict(...) from its saved form"
+                )
+        if accept is not None and not (race or hedge or cascade):
+            # with one answer there is nothing to choose between: it was silently ignored
+            raise ConfigError(
+                "accept= picks among answers: pass race=N, hedge=True or cascade=True with "
+                "it; to check a single answer, call the validator on the result"
+            )
+        if cascade and (race or hedge):
+            # a cascade makes one call per step: race and hedge were silently ignored
+            raise ConfigError(
+                "cascade= climbs a ladder one step at a time and cannot also race or hedge; "
+                "put models side by side in one Step to call them at once, or drop race/hedge"
+            )
+        if isinstance(cascade, str):
+            if cascade != "auto":
+                raise ConfigError(f'cascade must be a Cascade, True or "auto", got {cascade!r:.40}')
+            if not self.snapshot.policy.cascades:
+                raise ConfigError(
+                    'cascade="auto" climbs the policy\'s tuned ladders and this policy has none: '
+                    "run `satisfice calibrate --strategy cascade` on outcome data, or pass "
+                    "a Cascade"
+                )
 
     @staticmethod
     def _record_failure(

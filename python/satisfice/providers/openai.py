@@ -41,23 +41,25 @@ def _usage(u: Any) -> Usage | None:
     if u.get("completion_tokens") is None:
         return None
     details = u.get("prompt_tokens_details")
-    details = details if isinstance(details, dict) else {}
+    done = u.get("completion_tokens_details")
     try:
         prompt = token_count(u["prompt_tokens"], "usage.prompt_tokens")
         out = token_count(u["completion_tokens"], "usage.completion_tokens")
-        cached = token_count(
-            details.get("cached_tokens") or 0, "usage.prompt_tokens_details.cached_tokens"
-        )
-        # prompt-cache writes, which OpenRouter reports for models that bill them
-        written = token_count(
-            details.get("cache_write_tokens") or 0,
-            "usage.prompt_tokens_details.cache_write_tokens",
-        )
-        done = u.get("completion_tokens_details")
-        reasoning = token_count(
-            (done if isinstance(done, dict) else {}).get("reasoning_tokens") or 0,
-            "usage.completion_tokens_details.reasoning_tokens",
-        )
+        cached = written = reasoning = 0
+        if details and isinstance(details, dict):  # most answers have none, or zeros
+            cached = token_count(
+                details.get("cached_tokens") or 0, "usage.prompt_tokens_details.cached_tokens"
+            )
+            # prompt-cache writes, which OpenRouter reports for models that bill them
+            written = token_count(
+                details.get("cache_write_tokens") or 0,
+                "usage.prompt_tokens_details.cache_write_tokens",
+            )
+        if done and isinstance(done, dict):
+            reasoning = token_count(
+                done.get("reasoning_tokens") or 0,
+                "usage.completion_tokens_details.reasoning_tokens",
+            )
     except ValueError:
         return None
     if cached + written > prompt or reasoning > out:
