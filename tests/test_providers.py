@@ -386,3 +386,22 @@ def test_to_anthropic_refuses_tool_arguments_too_deep_to_parse() -> None:
     ]  # fmt: skip
     with pytest.raises(BadRequestError, match="RecursionError"):
         to_anthropic(ChatRequest(msgs), "claude-x")
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+async def test_the_router_client_request_is_the_one_httpx_would_build(api: str) -> None:
+    """The router's client builds a provider's request itself (headers merged once, the
+    body as a stream): byte for byte what httpx's `build_request(content=...)` makes."""
+    from satisfice.executor import ExecutionConfig, make_client
+
+    async with make_client(ExecutionConfig()) as c:
+        p = (OpenAIProvider if api == "openai" else AnthropicProvider)(
+            c, base_url="http://127.0.0.1:9/v1", model="m", api_key=SECRET
+        )
+        body = '{"messages":[{"role":"user","content":"héllo"}]}'.encode()
+        mine = p._request(body, T)
+        theirs = c.build_request("POST", p._url, content=body, headers=p._headers, timeout=T)
+        assert (mine.method, mine.url) == (theirs.method, theirs.url)
+        assert mine.headers.raw == theirs.headers.raw
+        assert mine.content == theirs.content == body
+        assert mine.extensions == theirs.extensions
