@@ -1,6 +1,7 @@
 import subprocess
 import sys
 import types
+from dataclasses import fields
 from pathlib import Path
 
 import satisfice
@@ -30,15 +31,37 @@ def test_import_does_not_load_numpy_or_json() -> None:
 def test_a_fresh_router_loads_no_module_it_does_not_need() -> None:
     """Router() reads the bundled registry as JSON and plans without numpy or asyncio: each
     of those imports costs a fresh process milliseconds (tomllib about 2.5, numpy about 100,
-    logging and pathlib about 3 each). Run without `site` (-S), whose `.pth` files may import
-    pathlib first and hide that satisfice imports it."""
+    logging and pathlib about 3 each, typing about 3.5, urllib.parse 2.4). Run without
+    `site` (-S), whose `.pth` files may import pathlib first and hide that satisfice imports
+    it."""
     where = str(Path(satisfice.__file__).resolve().parent.parent)
+    unwanted = (
+        "numpy",
+        "asyncio",
+        "tomllib",
+        "logging",
+        "pathlib",
+        "typing",
+        "urllib.parse",
+        "ipaddress",
+    )
     code = (
         f"import sys; sys.path.insert(0, {where!r}); import satisfice; satisfice.Router(); "
-        "print([m for m in ('numpy', 'asyncio', 'tomllib', 'logging', 'pathlib') "
-        "if m in sys.modules])"
+        f"print([m for m in {unwanted!r} if m in sys.modules])"
     )
     out = subprocess.run(
         [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_request_options_are_the_keywords_chat_accepts() -> None:
+    """router._OPTIONS is written out (the TypedDict needs typing, which Router() does not
+    import): it must name exactly RequestOptions' keys."""
+    from satisfice import router
+    from satisfice.policy import Constraints
+
+    assert set(satisfice.RequestOptions.__annotations__) == router._OPTIONS
+    assert router.RequestOptions is satisfice.RequestOptions
+    # every constraint can be overridden per request
+    assert {f.name for f in fields(Constraints)} <= router._OPTIONS

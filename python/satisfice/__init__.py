@@ -7,7 +7,6 @@ Modules that need numpy (registry, policy, predictor, router) load on first use,
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from ._core import (
     Featurizer,
@@ -37,7 +36,11 @@ from .errors import (
     UpstreamTimeoutError,
 )
 
+TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:
+    from typing import Any
+
+    from ._options import RequestOptions
     from .cascade import Cascade, CascadeResult, ModelEstimate, Step, StepRecord
     from .decision import Candidate, Decision, Snapshot
     from .executor import ChatStream, ExecutionConfig
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
     from .providers.base import StreamDelta, ToolCall, Usage
     from .registry import Deployment, ModelSpec, Price, Registry
     from .result import Attempt, ChatResult
-    from .router import RequestOptions, Router
+    from .router import Router
     from .state import Health, HealthConfig
     from .validators import Answer, Context, Validator, Verdict
     from .workflow import Job, JobStep
@@ -68,7 +71,7 @@ _LAZY = {
     "StreamDelta": "providers.base",
     "ToolCall": "providers.base",
     "Usage": "providers.base",
-    "RequestOptions": "router",
+    "RequestOptions": "_options",
     "Snapshot": "decision",
     "Attempt": "result",
     "ChatResult": "result",

@@ -11,10 +11,11 @@ import contextlib
 import os
 import stat
 from collections.abc import Callable
-from typing import TYPE_CHECKING, BinaryIO
 
+TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:  # imported when a file is written: Router() does not need pathlib
     from pathlib import Path
+    from typing import BinaryIO
 
 __all__ = ["write_atomic"]
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from .errors import InputError
+
+TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["extra_text", "text_bytes"]
 

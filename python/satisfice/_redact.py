@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "REDACTED",

@@ -12,7 +12,6 @@ import copy
 import math
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from . import _core
 from .errors import ConfigError, NoRouteError
@@ -20,7 +19,10 @@ from .policy import Constraints, Policy
 from .predict import ModelParams
 from .registry import Registry
 
+TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from .feedback import FeedbackLog
 
 __all__ = ["Candidate", "Decision", "Snapshot"]

@@ -24,9 +24,11 @@ This module never imports satisfice._core: the Rust binding raises these classes
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._redact import scrub
+
+TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "AllAttemptsFailedError",

@@ -32,14 +32,16 @@ import threading
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._real import as_real
 from .errors import ConfigError, InputError
 from .predict import ModelParams, QualityModel
 
+TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:  # the update's maths import numpy; remembering decisions does not
+    from typing import Any
+
     import numpy as np
 
 __all__ = [

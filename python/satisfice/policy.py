@@ -12,19 +12,20 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._atomic import write_atomic
 from ._real import as_count, as_real
-from ._table import ModelRowSpec, RuleSpec
 from .errors import ConfigError
 from .predict import QualityModel
 from .registry import ModelSpec, Price, Registry
 
+TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:
     from pathlib import Path  # imported where a file is read or written
+    from typing import Any
 
+    from ._table import ModelRowSpec, RuleSpec
     from .cascade import Cascade  # imported when a policy has ladders: Router() stays lean
 
 __all__ = ["Constraints", "Policy", "Rule"]

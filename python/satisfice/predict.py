@@ -25,7 +25,6 @@ from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._atomic import write_atomic
@@ -60,8 +59,10 @@ def sigmoid(z: npt.ArrayLike) -> np.ndarray:
 
 __all__ = ["ModelParams", "QualityModel"]
 
+TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:  # numpy is imported where arrays are used: routing does not need it
     from pathlib import Path
+    from typing import Any
 
     import numpy as np
     import numpy.typing as npt

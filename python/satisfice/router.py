@@ -9,7 +9,6 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
 from time import perf_counter, time
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
 from . import _core
 from ._extra import extra_text, text_bytes
@@ -27,11 +26,14 @@ from .policy import _NO_CONSTRAINTS, Constraints, Policy
 from .predict import ModelParams
 from .registry import Registry
 
+TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:  # httpx costs ~100 ms to import: only chat() and stream() load it
     from pathlib import Path
+    from typing import Any, Literal, Unpack
 
     import httpx
 
+    from ._options import RequestOptions
     from .cascade import Cascade
     from .executor import ChatStream, ExecutionConfig, Executor, Run
     from .ledger import Ledger
@@ -43,44 +45,30 @@ if TYPE_CHECKING:  # httpx costs ~100 ms to import: only chat() and stream() loa
     from .tracing import Tracing
     from .validators import Validator
 
+    Messages = str | Sequence[Mapping[str, Any]]
+
 __all__ = ["Candidate", "Decision", "RequestOptions", "Router"]
 
-Messages = str | Sequence[Mapping[str, Any]]
 
+def __getattr__(name: str) -> object:
+    if name == "RequestOptions":  # imported when asked for: it needs typing
+        from ._options import RequestOptions
 
-class RequestOptions(TypedDict, total=False):
-    """What `chat()` and `stream()` accept besides the messages: the call's own parameters,
-    then per-request constraint overrides (the fields of `Constraints`)."""
-
-    max_tokens: int | None
-    temperature: float | None
-    tools: list[dict[str, Any]] | None
-    tool_choice: Any
-    response_format: dict[str, Any] | None
-    extra: dict[str, Any] | None  # merged into the wire payload verbatim
-    timeout: float | None  # seconds for the whole request (default: the latency SLO)
-    metadata: Mapping[str, Any] | None  # the caller's tags, copied onto the record
-    # call as this decision says (one `decide()` made for the same request), routing
-    # nothing again: for a caller that bounded the request on it (a budget), so neither a
-    # reload nor a cooldown meanwhile can send the call where the bound does not reach
-    decision: Decision | None
-    # a model to try first when it passes the request's constraints and can be called (a
-    # session's pinned model); the routed order follows it, so failover is kept
-    prefer: str | None
-    # constraint overrides
-    max_cost_usd: float | None
-    latency_slo_ms: float | None
-    quality_floor: float | None
-    needs: Sequence[str]
-    max_output_tokens: int | None
-    lam: float | None
-    allow: Sequence[str] | None
-    deny: Sequence[str]
-    strict_floor: bool | None
+        return RequestOptions
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _CALL_FIELDS = ("max_tokens", "temperature", "tools", "tool_choice", "response_format", "extra")
-_OPTIONS = frozenset(RequestOptions.__annotations__)
+# RequestOptions' keys (a test checks them): the TypedDict is in a module of its own, imported
+# when asked for (`satisfice.RequestOptions`), since it needs typing and Router() does not.
+_OPTIONS = frozenset(
+    {
+        *_CALL_FIELDS,
+        *("timeout", "metadata", "decision", "prefer"),
+        *("max_cost_usd", "latency_slo_ms", "quality_floor", "needs", "max_output_tokens"),
+        *("lam", "allow", "deny", "strict_floor"),
+    }
+)
 _CLOSED = (
     "the router is closed (aclose(), close() or the end of `with router:`): make requests "
     "before closing it, or make a new Router"

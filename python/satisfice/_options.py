@@ -1,0 +1,42 @@
+"""`RequestOptions`, the keywords `chat()` and `stream()` take: a module of its own, because
+a TypedDict needs `typing`, which a fresh `Router()` does not import (cold_start.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
+
+from .decision import Decision
+
+__all__ = ["RequestOptions"]
+
+
+class RequestOptions(TypedDict, total=False):
+    """What `chat()` and `stream()` accept besides the messages: the call's own parameters,
+    then per-request constraint overrides (the fields of `Constraints`)."""
+
+    max_tokens: int | None
+    temperature: float | None
+    tools: list[dict[str, Any]] | None
+    tool_choice: Any
+    response_format: dict[str, Any] | None
+    extra: dict[str, Any] | None  # merged into the wire payload verbatim
+    timeout: float | None  # seconds for the whole request (default: the latency SLO)
+    metadata: Mapping[str, Any] | None  # the caller's tags, copied onto the record
+    # call as this decision says (one `decide()` made for the same request), routing
+    # nothing again: for a caller that bounded the request on it (a budget), so neither a
+    # reload nor a cooldown meanwhile can send the call where the bound does not reach
+    decision: Decision | None
+    # a model to try first when it passes the request's constraints and can be called (a
+    # session's pinned model); the routed order follows it, so failover is kept
+    prefer: str | None
+    # constraint overrides
+    max_cost_usd: float | None
+    latency_slo_ms: float | None
+    quality_floor: float | None
+    needs: Sequence[str]
+    max_output_tokens: int | None
+    lam: float | None
+    allow: Sequence[str] | None
+    deny: Sequence[str]
+    strict_floor: bool | None
