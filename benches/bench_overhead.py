@@ -41,10 +41,8 @@ MODEL = "gpt-5.4-nano"  # the one model left enabled (OpenAI wire format); asser
 def bench_registry(url: str) -> Registry:
     """The bundled registry on the local upstream, every model but MODEL disabled: the
     router still ranks the whole table, and the answer comes from one known model."""
-    from dataclasses import replace
-
     reg = patch_registry(Registry.default(), url)
-    models = [replace(m, efforts={}) if m.id == MODEL else replace(m, disabled=True)
+    models = [m.replace(efforts={}) if m.id == MODEL else m.replace(disabled=True)
               for m in reg if m.base is None]  # fmt: skip
     return Registry(models, reg.meta)
 

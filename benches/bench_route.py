@@ -59,15 +59,13 @@ def test_route_4kb_with_1024_hashed_ngram_buckets(benchmark) -> None:
 def _near_limit_router() -> tuple[Router, list[str]]:
     """The bundled registry with one o200k model whose window is just above these 4 KB
     prompts' exact counts: the estimate's bounds straddle it, so the route must count."""
-    import dataclasses
-
     from satisfice import Registry, _core
 
     ps = prompts(4096)
     reg = Registry.default()
     m = next(m for m in reg if m.base is None and m.tokenizer == "o200k_base")
     window = int(max(_core.count_tokens(p) for p in ps) * 1.08) + 600
-    near = dataclasses.replace(m, context_window=window, max_output=min(m.max_output, 512))
+    near = m.replace(context_window=window, max_output=min(m.max_output, 512))
     return Router(registry=reg.replace(near)), ps
 
 
@@ -98,15 +96,10 @@ def test_route_4kb_cost_cap(benchmark, where: str) -> None:
 def test_route_4kb_many_models(benchmark, n: int) -> None:
     """route() with n models (copies of the bundled ones under new ids, without effort
     levels, as a catalogue import such as OpenRouter's makes): one row per model."""
-    import dataclasses
-
     from satisfice import Registry
 
-    base = [dataclasses.replace(m, efforts={}) for m in Registry.default() if m.base is None]
-    models = [
-        dataclasses.replace(base[i % len(base)], id=f"{base[i % len(base)].id}-{i}")
-        for i in range(n)
-    ]
+    base = [m.replace(efforts={}) for m in Registry.default() if m.base is None]
+    models = [base[i % len(base)].replace(id=f"{base[i % len(base)].id}-{i}") for i in range(n)]
     router = Router(registry=Registry(models))
     nxt = cycle(prompts(4096)).__next__
     assert benchmark(lambda: router.route(nxt())).model
@@ -118,14 +111,12 @@ def test_route_4kb_embedding(benchmark, embedding: str) -> None:
     """A trained predictor with a per-model logistic on the static embedding (`_core.embed`)
     against the same predictor without it: what the embedding adds to a route (its weights'
     values do not change the cost, so every model gets the same ones here)."""
-    import dataclasses
-
     from satisfice import Policy, QualityModel
 
     qm = QualityModel.prior()
     emb = (0.01,) * 65 if embedding == "with" else None
     reg = ROUTER.registry
-    qm = qm.with_models({m.id: dataclasses.replace(qm.params_for(m), emb=emb) for m in reg})
+    qm = qm.with_models({m.id: qm.params_for(m).replace(emb=emb) for m in reg})
     router = Router(reg, Policy(quality=qm))
     # The first route loads the word table (~10 ms): outside the timing, or pytest-benchmark
     # calibrates its rounds on it.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -36,8 +35,8 @@ def grown(reg: Registry, n: int) -> Registry:
     ms = [m for m in reg if m.base is None]
     if n <= len(ms):
         return reg
-    last = dataclasses.replace(ms[-1], efforts={})
-    extra = [dataclasses.replace(last, id=f"{last.id}-copy{i}") for i in range(n - len(ms))]
+    last = ms[-1].replace(efforts={})
+    extra = [last.replace(id=f"{last.id}-copy{i}") for i in range(n - len(ms))]
     return Registry(ms + extra, reg.meta)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import Any
 
 from satisfice import Policy, Registry, Router
@@ -65,8 +64,8 @@ def move_alpha(reg: Registry, server_url: str, api: str = "openai") -> Registry:
     """`reg` with alpha's deployment on another server (a hostile one), in wire format `api`."""
     alpha = reg["alpha"]
     base = server_url + ("/v1" if api == "openai" else "")
-    dep = replace(alpha.deployments[0], api=api, base_url=base)
-    return reg.replace(replace(alpha, deployments=(dep,)))
+    dep = alpha.deployments[0].replace(api=api, base_url=base)
+    return reg.replace(alpha.replace(deployments=(dep,)))
 
 
 def router(url: str, health: Health | None = None, **config: Any) -> Router:

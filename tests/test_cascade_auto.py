@@ -132,7 +132,7 @@ def _calibrated_router(url: str, tmp_path: Path) -> tuple[Router, dict[str, Any]
                             registry=reg)  # fmt: skip
     pol = Policy.load(tmp_path / "p.json")
     assert pol.cascades and out["written"]
-    return Router(registry(url), replace(pol, quality_floor=0.0)), out
+    return Router(registry(url), pol.replace(quality_floor=0.0)), out
 
 
 async def test_calibrated_ladder_climbs_in_chat_auto(

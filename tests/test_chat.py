@@ -163,13 +163,11 @@ async def test_auth_error_disables_the_deployment_and_says_so(up: LocalUpstream)
 async def test_missing_key_variable_is_an_auth_skip(
     up: LocalUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dataclasses import replace
-
     monkeypatch.delenv("SATISFICE_NO_SUCH_KEY", raising=False)
     r = router(up.url)
     alpha = r.registry["alpha"]
-    dep = replace(alpha.deployments[0], api_key_env="SATISFICE_NO_SUCH_KEY")
-    r.update(r.registry.replace(replace(alpha, deployments=(dep,))))
+    dep = alpha.deployments[0].replace(api_key_env="SATISFICE_NO_SUCH_KEY")
+    r.update(r.registry.replace(alpha.replace(deployments=(dep,))))
     async with r:
         res = await r.chat(MSGS)
     assert res.model == "beta"

@@ -155,9 +155,9 @@ def test_save_load_feedback_and_humility_keep_the_embedding_part(
 def test_bad_embedding_weights_are_refused(trained: QualityModel) -> None:
     p = trained.models["doc"]
     with pytest.raises(ConfigError, match="65 finite embedding weights"):
-        trained.with_model("doc", replace(p, emb=(0.0,) * 3))
+        trained.with_model("doc", p.replace(emb=(0.0,) * 3))
     with pytest.raises(ConfigError, match="65 finite embedding weights"):
-        trained.with_model("doc", replace(p, emb=(math.nan,) * 65))
+        trained.with_model("doc", p.replace(emb=(math.nan,) * 65))
     with pytest.raises(ConfigError, match="pass embeddings"):
         trained.p_good(T.featurize(["x"], 0), [p])
     from satisfice.eval.onnx_export import onnx_bytes

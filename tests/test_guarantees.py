@@ -5,7 +5,6 @@ operator enable/disable, Retry-After values that cannot stall a request."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -75,9 +74,9 @@ async def test_a_missing_key_is_skipped_and_used_once_it_is_set(
     monkeypatch.delenv("SATISFICE_TEST_KEY", raising=False)
     reg = registry(up.url)
     alpha = reg["alpha"]
-    dep = replace(alpha.deployments[0], api_key_env="SATISFICE_TEST_KEY")
+    dep = alpha.deployments[0].replace(api_key_env="SATISFICE_TEST_KEY")
     async with router(up.url) as r:
-        r.update(reg.replace(replace(alpha, deployments=(dep,))))
+        r.update(reg.replace(alpha.replace(deployments=(dep,))))
         first = await r.chat(MSGS)
         assert first.model == "beta" and "SATISFICE_TEST_KEY is not set" in str(
             first.attempts[0].error
@@ -104,7 +103,7 @@ async def test_operator_disable_and_enable(up: LocalUpstream) -> None:
 async def test_a_model_without_deployments_is_routed_around(up: LocalUpstream) -> None:
     reg = registry(up.url)
     async with router(up.url) as r:
-        r.update(reg.replace(replace(reg["alpha"], deployments=())))
+        r.update(reg.replace(reg["alpha"].replace(deployments=())))
         assert r.route(MSGS).model == "alpha"  # route() alone: still a valid choice
         res = await r.chat(MSGS)
     assert res.model == "beta" and [a.model for a in res.attempts] == ["beta"]
@@ -154,7 +153,7 @@ async def test_a_large_prompt_is_routed_off_the_event_loop(up: LocalUpstream) ->
     exact = _core.count_message_tokens(msgs, "o200k_base")
     reg = registry(up.url)
     # a window the blob just fits: the estimate cannot decide, the exact count must
-    near = replace(reg["alpha"], context_window=exact + 500, max_output=4000)
+    near = reg["alpha"].replace(context_window=exact + 500, max_output=4000)
     async with router(up.url) as r:
         r.update(reg.replace(near))
         async with LoopLag() as lag:

@@ -10,7 +10,6 @@ import gzip
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -365,7 +364,7 @@ async def test_an_answer_sent_before_the_body_was_read_is_the_one_reported(
     try:
         async with router(up.url, max_retries=0) as r:
             reg = alpha_on_url(f"http://127.0.0.1:{port}", up)
-            r.update(reg.replace(replace(reg["alpha"], context_window=2_000_000)))
+            r.update(reg.replace(reg["alpha"].replace(context_window=2_000_000)))
             res = await r.chat([{"role": "user", "content": "word " * 800_000}], allow=("alpha",))
     except AllAttemptsFailedError as e:
         attempts = e.attempts

@@ -118,10 +118,9 @@ async def test_logs_say_what_happened_and_nothing_secret(
     secret = "sk-test-ledger-secret-0123456789"
     monkeypatch.setenv("ALPHA_KEY", secret)
     reg = registry(up.url)
-    from dataclasses import replace
 
     a = reg["alpha"]
-    reg = reg.replace(replace(a, deployments=(replace(a.deployments[0], api_key_env="ALPHA_KEY"),)))
+    reg = reg.replace(a.replace(deployments=(a.deployments[0].replace(api_key_env="ALPHA_KEY"),)))
     up.script(wire("alpha"), status(429, retry_after=0.01, message=f"slow down {secret}"))
     caplog.set_level(logging.INFO, logger="satisfice")
     r = Router(reg, Policy(quality_floor=0.5, max_fallbacks=3)).attach(ledger=None)

@@ -8,7 +8,6 @@ import json
 import socket
 import struct
 import time
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -129,7 +128,7 @@ def keyed(url: str, api_key_env: str = "SATISFICE_REVIEW_KEY") -> Registry:
     reg = registry(url)
     for m in reg:
         reg = reg.replace(
-            replace(m, deployments=(replace(m.deployments[0], api_key_env=api_key_env),))
+            m.replace(deployments=(m.deployments[0].replace(api_key_env=api_key_env),))
         )
     return reg
 

@@ -13,7 +13,6 @@ reports is taken only when it can be a bill (round 15):
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 
@@ -81,7 +80,7 @@ async def test_images_are_counted_and_the_count_is_not_called_exact(up: LocalUps
     up.default = reply("A cat.", usage=False)
     async with router(up.url) as r:
         alpha = r.registry["alpha"]
-        r.update(r.registry.replace(replace(alpha, capabilities=alpha.capabilities | {"vision"})))
+        r.update(r.registry.replace(alpha.replace(capabilities=alpha.capabilities | {"vision"})))
         res = await r.chat(msgs, allow=("alpha",))
     assert res.usage.source == "estimated" and res.usage.prompt_tokens >= 2 * 700
 

@@ -304,12 +304,10 @@ def test_file_and_audio_parts_leave_no_cost_to_bound() -> None:
 def test_a_record_stays_small_with_hundreds_of_models() -> None:
     """A request record keeps the head of the ranking (every model the request may call)
     and how many passed, not every candidate: its size does not grow with the registry."""
-    import dataclasses
-
     from satisfice import Registry
 
-    base = [dataclasses.replace(m, efforts={}) for m in Registry.default() if m.base is None]
-    models = [dataclasses.replace(base[i % len(base)], id=f"m{i}") for i in range(300)]
+    base = [m.replace(efforts={}) for m in Registry.default() if m.base is None]
+    models = [base[i % len(base)].replace(id=f"m{i}") for i in range(300)]
     d = Router(registry=Registry(models)).route("Summarise the plot of Hamlet.", quality_floor=0.0)
     rec = d.record()
     assert rec["candidates_total"] == len(d.candidates) > 16

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,8 +22,8 @@ def keyed(url: str) -> object:
     reg = registry(url)
     out = reg
     for m in reg:
-        dep = replace(m.deployments[0], api_key_env="SATISFICE_CANARY_KEY")
-        out = out.replace(replace(m, deployments=(dep,)))
+        dep = m.deployments[0].replace(api_key_env="SATISFICE_CANARY_KEY")
+        out = out.replace(m.replace(deployments=(dep,)))
     return out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -513,7 +512,7 @@ def test_the_reservation_prices_a_cache_write_and_a_shutdown_keeps_it() -> None:
     reg = registry("http://127.0.0.1:9")
     beta = reg["beta"]
     assert beta.price is not None
-    reg = reg.replace(replace(beta, price=replace(beta.price, cache_write_1h=0.4)))
+    reg = reg.replace(beta.replace(price=beta.price.replace(cache_write_1h=0.4)))
     svc = Service(ServerConfig(), Router(reg, Policy(quality_floor=0.5, max_fallbacks=0)))
     d = svc.router.route("word " * 3000, allow=("beta",))
     plain, _ = svc.worst_case(d, 10)
@@ -557,7 +556,7 @@ def test_chat_calls_where_the_decision_it_was_bounded_on_says() -> None:
         d = await r.decide("hi")
         alpha = reg["alpha"]
         assert alpha.price is not None and d.model == "alpha"
-        r.update(reg.replace(replace(alpha, price=replace(alpha.price, input=1000.0))))
+        r.update(reg.replace(alpha.replace(price=alpha.price.replace(input=1000.0))))
         assert (await r.decide("hi")).model != "alpha"  # repriced: routed away now
         try:  # nothing listens on port 9: the attempts say where the call went
             await r.chat("hi", decision=d, max_tokens=10**6, timeout=0.5)

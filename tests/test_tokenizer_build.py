@@ -48,13 +48,13 @@ def test_a_child_forked_after_the_build_counts() -> None:
 
 LOOP_CHILD = textwrap.dedent(
     """
-    import asyncio, dataclasses, sys, time
+    import asyncio, sys, time
     from satisfice import Constraints, Registry, Router, _core
     reg = Registry.default()
     m = next(m for m in reg if m.base is None and m.tokenizer == "o200k_base")
     prompt = "The quick brown fox jumps over the lazy dog. " * 300
     # a window the estimate cannot decide on: the route needs an exact count
-    near = dataclasses.replace(m, context_window=3500, max_output=256)
+    near = m.replace(context_window=3500, max_output=256)
     router = Router(registry=reg.replace(near))
     assert not _core.tokenizers_ready(), "built already: the test would prove nothing"
 

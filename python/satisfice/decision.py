@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 import math
 import threading
-from dataclasses import dataclass
 
 from . import _core
+from ._frozen import Frozen, Value, _set
 from .errors import ConfigError, NoRouteError
 from .policy import Constraints, Policy
 from .predict import ModelParams
@@ -33,16 +33,32 @@ _ID_LOCK = threading.Lock()
 RECORDED = 16
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Snapshot:
-    """The routing state one request sees: immutable, replaced whole."""
+class Snapshot(Frozen):
+    """The routing state one request sees: immutable, replaced whole (compared by identity)."""
 
+    __match_args__ = __slots__ = ("registry", "policy", "table", "ids", "index", "undeployable")
     registry: Registry
     policy: Policy
     table: _core.DispatchTable
     ids: tuple[str, ...]  # table row -> model id
     index: dict[str, int]  # model id -> table row
     undeployable: frozenset[str]  # models with no deployment: routable, never callable
+
+    def __init__(
+        self,
+        registry: Registry,
+        policy: Policy,
+        table: _core.DispatchTable,
+        ids: tuple[str, ...],
+        index: dict[str, int],
+        undeployable: frozenset[str],
+    ) -> None:
+        _set(self, "registry", registry)
+        _set(self, "policy", policy)
+        _set(self, "table", table)
+        _set(self, "ids", ids)
+        _set(self, "index", index)
+        _set(self, "undeployable", undeployable)
 
     @classmethod
     def build(cls, registry: Registry, policy: Policy) -> Snapshot:
@@ -125,14 +141,39 @@ class Snapshot:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(Value):
+    """One model that passed the filters, with its prediction and estimates."""
+
+    __match_args__ = __slots__ = (
+        "model",
+        "p_good",
+        "est_cost_usd",
+        "tokens_in",
+        "tokens_in_exact",
+        "by_rule",
+    )
     model: str
     p_good: float
     est_cost_usd: float | None  # None: unpriced
     tokens_in: int
     tokens_in_exact: bool
     by_rule: bool
+
+    def __init__(
+        self,
+        model: str,
+        p_good: float,
+        est_cost_usd: float | None,
+        tokens_in: int,
+        tokens_in_exact: bool,
+        by_rule: bool,
+    ) -> None:
+        _set(self, "model", model)
+        _set(self, "p_good", p_good)
+        _set(self, "est_cost_usd", est_cost_usd)
+        _set(self, "tokens_in", tokens_in)
+        _set(self, "tokens_in_exact", tokens_in_exact)
+        _set(self, "by_rule", by_rule)
 
 
 class Decision:

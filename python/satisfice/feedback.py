@@ -31,9 +31,9 @@ import re
 import threading
 from array import array
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from . import _core
+from ._frozen import Frozen, _set
 from ._real import as_real
 from .errors import ConfigError, InputError
 from .predict import ModelParams, QualityModel
@@ -83,15 +83,20 @@ def fisher_moments(
     }
 
 
-@dataclass(frozen=True, eq=False)
-class AbilityBelief:
+class AbilityBelief(Frozen):
     """Gaussian belief over theta = [bias, ability_1..k] of one model, kept as its mean and
     covariance (the inverse precision, flat and row-major): one update is then a
     Sherman-Morrison step with no solve, made in Rust (`_core.update_belief`)."""
 
+    __match_args__ = __slots__ = ("mean", "cov", "n_obs")
     mean: tuple[float, ...]  # (k+1,)
     cov: tuple[float, ...]  # (k+1)^2, symmetric
     n_obs: float
+
+    def __init__(self, mean: tuple[float, ...], cov: tuple[float, ...], n_obs: float) -> None:
+        _set(self, "mean", mean)
+        _set(self, "cov", cov)
+        _set(self, "n_obs", n_obs)
 
     @classmethod
     def from_precision(cls, mean: Any, precision: Any, n_obs: float) -> AbilityBelief:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
 
 from . import _core
 from ._atomic import write_atomic
+from ._frozen import Value, _set
 from ._real import as_count, as_real
 from .errors import ConfigError
 from .predict import QualityModel
@@ -43,8 +43,7 @@ DEFAULT_EXPECTED_OUTPUT: Mapping[str, int] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Constraints:
+class Constraints(Value):
     """Per-request limits. None means no limit (or: the policy's setting).
 
     `strict_floor`: when no model reaches the quality floor, True raises NoRouteError naming
@@ -52,15 +51,49 @@ class Constraints:
     `below_floor`; None takes the policy's `strict_floor` (default False).
     """
 
-    max_cost_usd: float | None = None
-    latency_slo_ms: float | None = None
-    quality_floor: float | None = None
-    needs: tuple[str, ...] = ()
-    max_output_tokens: int | None = None
-    lam: float | None = None
-    allow: tuple[str, ...] | None = None
-    deny: tuple[str, ...] = ()
-    strict_floor: bool | None = None
+    __match_args__ = __slots__ = (
+        "max_cost_usd",
+        "latency_slo_ms",
+        "quality_floor",
+        "needs",
+        "max_output_tokens",
+        "lam",
+        "allow",
+        "deny",
+        "strict_floor",
+    )
+    max_cost_usd: float | None
+    latency_slo_ms: float | None
+    quality_floor: float | None
+    needs: tuple[str, ...]
+    max_output_tokens: int | None
+    lam: float | None
+    allow: tuple[str, ...] | None
+    deny: tuple[str, ...]
+    strict_floor: bool | None
+
+    def __init__(
+        self,
+        max_cost_usd: float | None = None,
+        latency_slo_ms: float | None = None,
+        quality_floor: float | None = None,
+        needs: tuple[str, ...] = (),
+        max_output_tokens: int | None = None,
+        lam: float | None = None,
+        allow: tuple[str, ...] | None = None,
+        deny: tuple[str, ...] = (),
+        strict_floor: bool | None = None,
+    ) -> None:
+        _set(self, "max_cost_usd", max_cost_usd)
+        _set(self, "latency_slo_ms", latency_slo_ms)
+        _set(self, "quality_floor", quality_floor)
+        _set(self, "needs", needs)
+        _set(self, "max_output_tokens", max_output_tokens)
+        _set(self, "lam", lam)
+        _set(self, "allow", allow)
+        _set(self, "deny", deny)
+        _set(self, "strict_floor", strict_floor)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         for name in ("max_cost_usd", "latency_slo_ms", "lam", "quality_floor"):
@@ -123,23 +156,47 @@ class Constraints:
                 f"unknown constraint(s) {sorted(unknown)}; the constraints are {sorted(_FIELDS)}"
             )
         base = c if isinstance(c, Constraints) else cls(**given)
-        return replace(base, **kw) if kw else base
+        return base.replace(**kw) if kw else base
 
 
 _NO_CONSTRAINTS = Constraints()
-_FIELDS = frozenset(f.name for f in fields(Constraints))
+_FIELDS = frozenset(Constraints.__match_args__)
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
+class Rule(Value):
     """`when` conditions → `use` these models first. Conditions that are None match anything."""
 
+    __match_args__ = __slots__ = (
+        "name",
+        "use",
+        "task",
+        "flags",
+        "min_tokens_in",
+        "max_tokens_in",
+    )
     name: str
     use: tuple[str, ...]
-    task: str | None = None
-    flags: tuple[str, ...] = ()
-    min_tokens_in: float = 0.0
-    max_tokens_in: float = math.inf
+    task: str | None
+    flags: tuple[str, ...]
+    min_tokens_in: float
+    max_tokens_in: float
+
+    def __init__(
+        self,
+        name: str,
+        use: tuple[str, ...],
+        task: str | None = None,
+        flags: tuple[str, ...] = (),
+        min_tokens_in: float = 0.0,
+        max_tokens_in: float = math.inf,
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "use", use)
+        _set(self, "task", task)
+        _set(self, "flags", flags)
+        _set(self, "min_tokens_in", min_tokens_in)
+        _set(self, "max_tokens_in", max_tokens_in)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         where = f"rule {self.name!r:.60}"
@@ -209,22 +266,52 @@ def _fee(m: ModelSpec, p: Price | None) -> float:
     return (p.per_request or 0.0) + reasoning_usd(m, p)
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(Value):
     """How a router ranks: rules, then learned quality with a floor or a cost weight."""
 
-    rules: tuple[Rule, ...] = ()
-    quality_floor: float = 0.8
-    lam: float | None = None
-    max_fallbacks: int = 3
-    strict_floor: bool = False  # True: NoRouteError when no model reaches the floor
-    expected_output_tokens: Mapping[str, int] = field(
-        default_factory=lambda: dict(DEFAULT_EXPECTED_OUTPUT)
+    __match_args__ = (
+        "rules",
+        "quality_floor",
+        "lam",
+        "max_fallbacks",
+        "strict_floor",
+        "expected_output_tokens",
+        "quality",
+        "cascades",
     )
-    quality: QualityModel | None = None  # None: the bundled predictor
+    rules: tuple[Rule, ...]
+    quality_floor: float
+    lam: float | None
+    max_fallbacks: int
+    strict_floor: bool  # True: NoRouteError when no model reaches the floor
+    expected_output_tokens: Mapping[str, int]
+    quality: QualityModel | None  # None: the bundled predictor
     # Tuned ladders (`satisfice calibrate --strategy cascade`) that `cascade="auto"` climbs,
     # by the router's task of the prompt; "*" serves every task without its own.
-    cascades: Mapping[str, Cascade] = field(default_factory=dict)
+    cascades: Mapping[str, Cascade]
+
+    def __init__(
+        self,
+        rules: tuple[Rule, ...] = (),
+        quality_floor: float = 0.8,
+        lam: float | None = None,
+        max_fallbacks: int = 3,
+        strict_floor: bool = False,
+        expected_output_tokens: Mapping[str, int] | None = None,  # None: the defaults
+        quality: QualityModel | None = None,
+        cascades: Mapping[str, Cascade] | None = None,
+    ) -> None:
+        _set(self, "rules", rules)
+        _set(self, "quality_floor", quality_floor)
+        _set(self, "lam", lam)
+        _set(self, "max_fallbacks", max_fallbacks)
+        _set(self, "strict_floor", strict_floor)
+        if expected_output_tokens is None:
+            expected_output_tokens = DEFAULT_EXPECTED_OUTPUT
+        _set(self, "expected_output_tokens", expected_output_tokens)
+        _set(self, "quality", quality)
+        _set(self, "cascades", {} if cascades is None else cascades)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         f = as_real(self.quality_floor)

@@ -23,11 +23,11 @@ import json
 import math
 from array import array
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import cached_property
 
 from . import _core
 from ._atomic import write_atomic
+from ._frozen import Value, _set
 from .errors import ConfigError
 from .registry import ModelSpec
 
@@ -73,18 +73,32 @@ if TYPE_CHECKING:  # numpy is imported where arrays are used: routing does not n
 _F32_MAX = 3.4e38  # weights are evaluated in float32: anything larger (or NaN) is refused
 
 
-@dataclass(frozen=True, slots=True)
-class ModelParams:
+class ModelParams(Value):
     """One model's IRT parameters, and how many feedback/training observations back them."""
 
+    __match_args__ = __slots__ = ("bias", "ability", "n_obs", "source", "emb")
     bias: float
     ability: tuple[float, ...]
-    n_obs: float = 0.0
-    source: str = "trained"
+    n_obs: float
+    source: str
     # The embedding logistic: 64 weights on embed(x) / 127, then its intercept (None: IRT
     # only). Feedback refines bias and ability alone, scoring the prediction that was served
     # (the average of the two logits), so such a model moves more slowly under feedback.
-    emb: tuple[float, ...] | None = None
+    emb: tuple[float, ...] | None
+
+    def __init__(
+        self,
+        bias: float,
+        ability: tuple[float, ...],
+        n_obs: float = 0.0,
+        source: str = "trained",
+        emb: tuple[float, ...] | None = None,
+    ) -> None:
+        _set(self, "bias", bias)
+        _set(self, "ability", ability)
+        _set(self, "n_obs", n_obs)
+        _set(self, "source", source)
+        _set(self, "emb", emb)
 
 
 def floats32(v: Any) -> array[float]:
@@ -98,8 +112,7 @@ def floats32(v: Any) -> array[float]:
     return array("f", v)
 
 
-@dataclass(frozen=True)
-class QualityModel:
+class QualityModel(Value):
     """A predictor the DispatchTable evaluates; immutable, saved as one .npz file.
 
     `w` (feature-major (dim, k+1), flattened) and `c` (k+1) are `array('f')`: float32,
@@ -108,16 +121,54 @@ class QualityModel:
     `intercept` are the same numbers as numpy views, for batch work. Numpy arrays (a
     (dim, k+1) `weights`), tuples and lists are accepted for `w` and `c` and converted."""
 
+    # not slotted: `weights` and `intercept` are cached in the instance's __dict__
+    __match_args__ = (
+        "name",
+        "k",
+        "hash_buckets",
+        "seed",
+        "w",
+        "c",
+        "models",
+        "prior_map",
+        "feature_version",
+        "meta",
+    )
     name: str
     k: int
     hash_buckets: int
     seed: int
     w: array[float]  # (dim, k+1) feature-major, flattened
     c: array[float]  # (k+1,)
-    models: Mapping[str, ModelParams] = field(default_factory=dict)
-    prior_map: tuple[float, float] = (1.0, 0.0)
-    feature_version: int = _core.FEATURE_VERSION
-    meta: Mapping[str, object] = field(default_factory=dict)
+    models: Mapping[str, ModelParams]
+    prior_map: tuple[float, float]
+    feature_version: int
+    meta: Mapping[str, object]
+
+    def __init__(
+        self,
+        name: str,
+        k: int,
+        hash_buckets: int,
+        seed: int,
+        w: array[float],
+        c: array[float],
+        models: Mapping[str, ModelParams] | None = None,
+        prior_map: tuple[float, float] = (1.0, 0.0),
+        feature_version: int = _core.FEATURE_VERSION,
+        meta: Mapping[str, object] | None = None,
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "k", k)
+        _set(self, "hash_buckets", hash_buckets)
+        _set(self, "seed", seed)
+        _set(self, "w", w)
+        _set(self, "c", c)
+        _set(self, "models", {} if models is None else models)
+        _set(self, "prior_map", prior_map)
+        _set(self, "feature_version", feature_version)
+        _set(self, "meta", {} if meta is None else meta)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         dim = _core.DENSE + self.hash_buckets

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
 from . import _core
+from ._frozen import Value, _set
 from ._real import as_count, as_real
 from .errors import ConfigError, UnknownModelError
 
@@ -85,14 +85,20 @@ def _num(
     return f
 
 
-@dataclass(frozen=True, slots=True)
-class LongContext:
+class LongContext(Value):
     """Rates for a request whose prompt exceeds `above` tokens: the provider bills the
     whole request at them (Anthropic above 200k, Gemini above 200k, GPT-5.x above 272k)."""
 
+    __match_args__ = __slots__ = ("above", "input", "output")
     above: float
     input: float
     output: float
+
+    def __init__(self, above: float, input: float, output: float) -> None:
+        _set(self, "above", above)
+        _set(self, "input", input)
+        _set(self, "output", output)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         for k in ("above", "input", "output"):
@@ -139,8 +145,7 @@ _OPTIONAL_RATES = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Price:
+class Price(Value):
     """USD per 1M tokens; `per_request` in USD per call. Optional rates are None when the
     provider does not offer them (a cache read is then billed at the input rate, reasoning
     at the output rate).
@@ -151,20 +156,69 @@ class Price:
     standard ones.
     """
 
+    __match_args__ = __slots__ = (
+        "input",
+        "output",
+        "cached_input",
+        "cache_write",
+        "batch_input",
+        "batch_output",
+        "long_context",
+        "cache_write_1h",
+        "reasoning",
+        "priority_input",
+        "priority_output",
+        "flex_input",
+        "flex_output",
+        "per_request",
+    )
     input: float
     output: float
-    cached_input: float | None = None
-    cache_write: float | None = None
-    batch_input: float | None = None
-    batch_output: float | None = None
-    long_context: tuple[LongContext, ...] = ()
-    cache_write_1h: float | None = None
-    reasoning: float | None = None
-    priority_input: float | None = None
-    priority_output: float | None = None
-    flex_input: float | None = None
-    flex_output: float | None = None
-    per_request: float | None = None
+    cached_input: float | None
+    cache_write: float | None
+    batch_input: float | None
+    batch_output: float | None
+    long_context: tuple[LongContext, ...]
+    cache_write_1h: float | None
+    reasoning: float | None
+    priority_input: float | None
+    priority_output: float | None
+    flex_input: float | None
+    flex_output: float | None
+    per_request: float | None
+
+    def __init__(
+        self,
+        input: float,
+        output: float,
+        cached_input: float | None = None,
+        cache_write: float | None = None,
+        batch_input: float | None = None,
+        batch_output: float | None = None,
+        long_context: tuple[LongContext, ...] = (),
+        cache_write_1h: float | None = None,
+        reasoning: float | None = None,
+        priority_input: float | None = None,
+        priority_output: float | None = None,
+        flex_input: float | None = None,
+        flex_output: float | None = None,
+        per_request: float | None = None,
+    ) -> None:
+        _set(self, "input", input)
+        _set(self, "output", output)
+        _set(self, "cached_input", cached_input)
+        _set(self, "cache_write", cache_write)
+        _set(self, "batch_input", batch_input)
+        _set(self, "batch_output", batch_output)
+        _set(self, "long_context", long_context)
+        _set(self, "cache_write_1h", cache_write_1h)
+        _set(self, "reasoning", reasoning)
+        _set(self, "priority_input", priority_input)
+        _set(self, "priority_output", priority_output)
+        _set(self, "flex_input", flex_input)
+        _set(self, "flex_output", flex_output)
+        _set(self, "per_request", per_request)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         # Built by hand too, not only from a registry file: a NaN or negative rate would
@@ -287,17 +341,43 @@ class Price:
         return usd + (self.per_request or 0.0)
 
 
-@dataclass(frozen=True, slots=True)
-class Deployment:
+class Deployment(Value):
     """One place to call a model: an API wire format, a base URL and a key variable."""
 
+    __match_args__ = __slots__ = (
+        "name",
+        "api",
+        "base_url",
+        "model",
+        "api_key_env",
+        "price",
+        "p95_latency_ms",
+    )
     name: str
     api: str
     base_url: str
     model: str
-    api_key_env: str | None = None
-    price: Price | None = None
-    p95_latency_ms: float | None = None
+    api_key_env: str | None
+    price: Price | None
+    p95_latency_ms: float | None
+
+    def __init__(
+        self,
+        name: str,
+        api: str,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = None,
+        price: Price | None = None,
+        p95_latency_ms: float | None = None,
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "api", api)
+        _set(self, "base_url", base_url)
+        _set(self, "model", model)
+        _set(self, "api_key_env", api_key_env)
+        _set(self, "price", price)
+        _set(self, "p95_latency_ms", p95_latency_ms)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str, default_model: str) -> Deployment:
@@ -356,14 +436,18 @@ class Deployment:
         return d
 
 
-@dataclass(frozen=True, slots=True)
-class Effort:
+class Effort(Value):
     """One reasoning-effort level of a model: the reasoning tokens it spends per call on top
     of the answer (billed at the reasoning rate, else the output rate) and the change it
     makes to the model's P(good) priors."""
 
+    __match_args__ = __slots__ = ("reasoning_tokens", "quality")
     reasoning_tokens: int
-    quality: float = 0.0
+    quality: float
+
+    def __init__(self, reasoning_tokens: int, quality: float = 0.0) -> None:
+        _set(self, "reasoning_tokens", reasoning_tokens)
+        _set(self, "quality", quality)
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Effort:
@@ -382,29 +466,86 @@ class Effort:
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
+class ModelSpec(Value):
     """One model. `price=None` means unpriced (cost unknown), never free."""
 
+    __match_args__ = __slots__ = (
+        "id",
+        "provider",
+        "context_window",
+        "max_output",
+        "tokenizer",
+        "price",
+        "capabilities",
+        "p95_latency_ms",
+        "quality",
+        "deployments",
+        "disabled",
+        "deprecation_date",
+        "successor",
+        "efforts",
+        "effort",
+        "base",
+        "reasoning_tokens",
+    )
     id: str
     provider: str
     context_window: int
     max_output: int
-    tokenizer: str = "o200k_base"
-    price: Price | None = None
-    capabilities: frozenset[str] = frozenset()
-    p95_latency_ms: float | None = None
-    quality: Mapping[str, float] = field(default_factory=dict)
-    deployments: tuple[Deployment, ...] = ()
-    disabled: bool = False
-    deprecation_date: date | None = None  # the provider retires it on this day
-    successor: str | None = None  # the model the provider names as its replacement
+    tokenizer: str
+    price: Price | None
+    capabilities: frozenset[str]
+    p95_latency_ms: float | None
+    quality: Mapping[str, float]
+    deployments: tuple[Deployment, ...]
+    disabled: bool
+    deprecation_date: date | None  # the provider retires it on this day
+    successor: str | None  # the model the provider names as its replacement
     # Reasoning-effort levels. The registry adds one routable variant per level, with id
     # "MODEL@LEVEL", `effort` set and `base` naming this model (see Registry).
-    efforts: Mapping[str, Effort] = field(default_factory=dict)
-    effort: str | None = None
-    base: str | None = None
-    reasoning_tokens: int = 0  # a variant's expected reasoning tokens per call
+    efforts: Mapping[str, Effort]
+    effort: str | None
+    base: str | None
+    reasoning_tokens: int  # a variant's expected reasoning tokens per call
+
+    def __init__(
+        self,
+        id: str,
+        provider: str,
+        context_window: int,
+        max_output: int,
+        tokenizer: str = "o200k_base",
+        price: Price | None = None,
+        capabilities: frozenset[str] = frozenset(),
+        p95_latency_ms: float | None = None,
+        quality: Mapping[str, float] | None = None,
+        deployments: tuple[Deployment, ...] = (),
+        disabled: bool = False,
+        deprecation_date: date | None = None,
+        successor: str | None = None,
+        efforts: Mapping[str, Effort] | None = None,
+        effort: str | None = None,
+        base: str | None = None,
+        reasoning_tokens: int = 0,
+    ) -> None:
+        _set(self, "id", id)
+        _set(self, "provider", provider)
+        _set(self, "context_window", context_window)
+        _set(self, "max_output", max_output)
+        _set(self, "tokenizer", tokenizer)
+        _set(self, "price", price)
+        _set(self, "capabilities", capabilities)
+        _set(self, "p95_latency_ms", p95_latency_ms)
+        _set(self, "quality", {} if quality is None else quality)
+        _set(self, "deployments", deployments)
+        _set(self, "disabled", disabled)
+        _set(self, "deprecation_date", deprecation_date)
+        _set(self, "successor", successor)
+        _set(self, "efforts", {} if efforts is None else efforts)
+        _set(self, "effort", effort)
+        _set(self, "base", base)
+        _set(self, "reasoning_tokens", reasoning_tokens)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         where = f"model {self.id!r}"
@@ -533,8 +674,7 @@ class ModelSpec:
         q = {t: min(max(v + e.quality, 0.01), 0.99) for t, v in self.quality.items()}
         if not q:
             q = {"general": min(max(0.7 + e.quality, 0.01), 0.99)}
-        return replace(
-            self,
+        return self.replace(
             id=f"{self.id}@{name}",
             quality=q,
             efforts={},
@@ -623,7 +763,7 @@ def _default_effort(m: Any) -> Any:
         return m
     medium = m.efforts.get("medium")
     tokens = medium.reasoning_tokens if medium is not None else 0
-    return m if tokens == m.reasoning_tokens else replace(m, reasoning_tokens=tokens)
+    return m if tokens == m.reasoning_tokens else m.replace(reasoning_tokens=tokens)
 
 
 class Registry:

@@ -23,7 +23,7 @@ import json
 import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -741,14 +741,13 @@ def _updated(m: ModelSpec, hits: list[tuple[Deployment, Listing]]) -> ModelSpec:
         had = dep.price if dep.price is not None else m.price
         h = listed.get(id(dep))
         now = h.price if h is not None and h.price is not None else had
-        deps.append(replace(dep, price=None if now == model_price else now))
+        deps.append(dep.replace(price=None if now == model_price else now))
     windows = [h.context_window for _, h in hits if h.context_window]
     outs = [h.max_output for _, h in hits if h.max_output]
     window = min(windows) if windows else m.context_window
     max_out = min(min(outs) if outs else m.max_output, window)
     first = head or hits[0][1]
-    return replace(
-        m,
+    return m.replace(
         price=model_price,
         context_window=window,
         max_output=max_out,

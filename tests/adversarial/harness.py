@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -30,8 +29,8 @@ def reg_with_key(url: str) -> Registry:
     reg = registry(url)
     models = []
     for m in reg:
-        deps = tuple(replace(d, api_key_env="ADV_UPSTREAM_KEY") for d in m.deployments)
-        models.append(replace(m, deployments=deps))
+        deps = tuple(d.replace(api_key_env="ADV_UPSTREAM_KEY") for d in m.deployments)
+        models.append(m.replace(deployments=deps))
     return Registry(models, reg.meta)
 
 

@@ -4,8 +4,6 @@ tool arguments, non-streamed bodies and error bodies are scrubbed; streamed tool
 names are JSON-decoded after the line-level scrub and never scrubbed again
 (providers/openai.py stream: acc.id/acc.name; providers/anthropic.py: ToolCall(i, n, ...))."""
 
-from dataclasses import replace
-
 import httpx
 import pytest
 
@@ -46,7 +44,7 @@ def test_streamed_tool_call_ids_are_scrubbed(model, sse):
         reg = reg_with_key(up.url)
         m = reg[model]
         base = raw.url + ("/v1" if m.deployments[0].api == "openai" else "")
-        reg = reg.replace(replace(m, deployments=(replace(m.deployments[0], base_url=base),)))
+        reg = reg.replace(m.replace(deployments=(m.deployments[0].replace(base_url=base),)))
         with serve(up, reg_text=reg.to_toml()) as (url, _, _):
             raw.push(http_response(sse.encode(), ctype="text/event-stream"))
             body = {

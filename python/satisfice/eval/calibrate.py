@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +200,7 @@ def _inputs(
     raw: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     predictor_path = str(predictor) if predictor else raw.get("predictor")
     if predictor:
-        policy = replace(policy, quality=QualityModel.load(predictor))
+        policy = policy.replace(quality=QualityModel.load(predictor))
     reg = Registry.from_toml(registry) if registry else Registry.default()
     return path, policy, predictor_path, reg
 
@@ -226,9 +226,9 @@ def calibrate_files(
     progress.done()
     result = choose(table, chosen_knob, target)
     if chosen_knob == "floor":
-        new = replace(policy, quality_floor=result["value"], lam=None)
+        new = policy.replace(quality_floor=result["value"], lam=None)
     else:
-        new = replace(policy, lam=result["value"])
+        new = policy.replace(lam=result["value"])
     result.update(
         target=target.describe(),
         prompts=len(prompts),
@@ -309,7 +309,7 @@ def calibrate_cascade(
     progress.stage("replaying ladders on the recorded answers")
     result = tune_cascades(outcomes, target.kind, target.value, prior=prior)
     progress.done()
-    new = replace(policy, cascades=result["cascades"])  # this tuning's ladders, not a mix
+    new = policy.replace(cascades=result["cascades"])  # this tuning's ladders, not a mix
     Router(reg, new)  # every ladder's models must be routable with this registry
     out = {k: v for k, v in result.items() if k != "cascades"}
     out.update(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -74,7 +74,7 @@ def _shifted(p: ModelParams, by: float) -> ModelParams:
     """A model's parameters with its logit moved by `by`: both logits the prediction
     averages (the IRT one and the embedding one) move by it, so the average does too."""
     emb = None if p.emb is None else (*p.emb[:-1], p.emb[-1] + by)
-    return replace(p, bias=p.bias + by, emb=emb)
+    return p.replace(bias=p.bias + by, emb=emb)
 
 
 def _stack(parts: Sequence[OutcomeSet], models: Sequence[str]) -> OutcomeSet:

@@ -10,7 +10,7 @@ import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -377,12 +377,11 @@ def patch_registry(registry: Registry, url: str, *, drop_keys: bool = True) -> R
     models = []
     for m in registry:
         deps = tuple(
-            replace(
-                d,
+            d.replace(
                 base_url=url + ("/v1" if d.api == "openai" else ""),
                 api_key_env=None if drop_keys else d.api_key_env,
             )
             for d in m.deployments
         )
-        models.append(replace(m, deployments=deps))
+        models.append(m.replace(deployments=deps))
     return Registry(models, registry.meta)
