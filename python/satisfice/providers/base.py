@@ -45,7 +45,7 @@ from ..errors import (
     StaleConnectionError,
     UpstreamTimeoutError,
 )
-from ..transport import StaleConnection
+from ..transport import StaleConnection, body_pieces, read_body
 
 __all__ = [
     "ChatRequest",
@@ -518,7 +518,7 @@ class HTTPProvider:
         except httpx.RequestError as e:
             raise self._transport_error(e) from None
         try:
-            await resp.aread()
+            content = await read_body(resp)
         except httpx.RequestError as e:
             if resp.status_code < 300:
                 raise self._answer_lost(e) from None
@@ -528,9 +528,9 @@ class HTTPProvider:
         wire = time.perf_counter() - t
         if resp.status_code >= 300:
             raise error_from_response(
-                resp.status_code, resp.headers, resp.content, self.model_id, self.deployment
+                resp.status_code, resp.headers, content, self.model_id, self.deployment
             )
-        return scrub_bytes(resp.content), wire
+        return scrub_bytes(content), wire
 
     async def _open(self, body: bytes, timeout: httpx.Timeout) -> httpx.Response:
         """A 2xx response whose body is still to be read (the caller closes it, and maps a
@@ -540,13 +540,13 @@ class HTTPProvider:
             if resp.status_code < 300:
                 return resp
             try:
-                await resp.aread()
+                content = await read_body(resp)
             finally:
                 await resp.aclose()
         except httpx.RequestError as e:
             raise self._transport_error(e) from None
         raise error_from_response(
-            resp.status_code, resp.headers, resp.content, self.model_id, self.deployment
+            resp.status_code, resp.headers, content, self.model_id, self.deployment
         )
 
 
@@ -568,7 +568,7 @@ async def sse_events(
     # spec, and httpx would decode with the named codec (base64, utf-16, unicode_escape:
     # raw errors, or JSON escapes of half a surrogate pair turned into characters).
     decode = codecs.getincrementaldecoder("utf-8")("replace").decode
-    async for chunk in response.aiter_bytes():
+    async for chunk in body_pieces(response):
         text = decode(chunk)
         buf += text
         if "\n" not in text:
