@@ -689,9 +689,12 @@ class Executor:
         return ms / 1000.0 if ms else None
 
     async def _bounded(
-        self, run: Run, t: _Target, call: Callable[[], Awaitable[T]], budget: float
+        self, run: Run, t: _Target, call: Callable[[], Awaitable[T]], budget: float | None
     ) -> T:
-        """`call()` within `budget` seconds: its share of the deadline (`_budget`)."""
+        """`call()` within `budget` seconds: its share of the deadline (`_budget`); None:
+        the share as the call starts (a race's, once every racer has been launched)."""
+        if budget is None:
+            budget = self._budget(run, t)[1]
         run.calling[_hold(t)] = t, perf_counter()
         self._in_flight[t.key] += 1
         loop = asyncio.get_running_loop()
@@ -1225,9 +1228,11 @@ class Executor:
                     self._failed(run, t, e, perf_counter())
                     continue
                 run.tried.add(t.key)
-                timeout, budget = self._budget(run, t)
-                call = partial(p.complete, run.wire(t), timeout)
-                task = asyncio.ensure_future(self._bounded(run, t, call, budget))
+                call = partial(p.complete, run.wire(t), self._budget(run, t)[0])
+                # the whole-attempt bound is taken when the task starts, after the other
+                # racers are launched: taken now, while they are still untried, it would be
+                # halved to leave time for a fallback that is already racing
+                task = asyncio.ensure_future(self._bounded(run, t, call, None))
                 running[task] = (t, perf_counter())
                 return
 
