@@ -14,7 +14,7 @@ import pytest
 
 from satisfice import Cascade, ConfigError, Registry, SatisficeError, Step
 from satisfice import validators as v
-from satisfice.testing import LocalUpstream, RawUpstream, http_response, reply, status
+from satisfice.testing import LocalUpstream, RawUpstream, hang, http_response, reply, status
 from satisfice.workflow import Job
 
 from .chat_support import move_alpha, registry, router, wire
@@ -276,3 +276,40 @@ def test_the_stream_scrubber_catches_a_key_split_anywhere() -> None:
             out = s.feed(text[:cut]) + s.feed(text[cut:cut2]) + s.feed(text[cut2:]) + s.flush()
             assert KEY not in out and out.count("[redacted]") == 1, (cut, cut2, out)
             assert out.endswith("sk- that is not a key")
+
+
+# A race's calls are bounded as the call starts: taken at launch, while the other racers were
+# still untried, the first racer's whole-attempt budget was halved for a fallback that was
+# already racing (found in review of this session's change to _bounded).
+RACE_BODY = json.dumps(
+    {"choices": [{"message": {"content": "right"}, "finish_reason": "stop"}]}
+).encode()
+
+
+async def _trickled(writer: asyncio.StreamWriter) -> None:
+    """A 200 whose head comes at once and whose body takes 0.75 s, a piece every 0.15 s
+    (never a read timeout's silence), as an upstream keeping a slow answer alive does."""
+    writer.write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        + f"content-length: {len(RACE_BODY)}\r\nconnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    step = len(RACE_BODY) // 5 + 1
+    for i in range(0, len(RACE_BODY), step):
+        await asyncio.sleep(0.15)
+        writer.write(RACE_BODY[i : i + step])
+        await writer.drain()
+
+
+async def test_a_race_does_not_halve_its_first_callers_budget(up: LocalUpstream) -> None:
+    """race=2 over exactly two models: alpha (first choice) answers in 0.75 s of a 1.2 s
+    deadline, beta never answers. Nothing is left to fall back to, so alpha's answer is
+    the request's; a 0.6 s budget (half the deadline) had cut it off."""
+    up.script(wire("beta"), hang())
+    with RawUpstream() as raw:
+        raw.push(_trickled)
+        reg = move_alpha(registry(up.url), raw.url)
+        async with router(up.url, max_retries=0) as r:
+            r.update(reg)
+            res = await r.chat(MSGS, race=2, timeout=1.2, allow=("alpha", "beta"))
+    assert res.model == "alpha" and res.text == "right"

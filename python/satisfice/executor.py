@@ -688,13 +688,11 @@ class Executor:
         ms = t.dep.p95_latency_ms or t.spec.p95_latency_ms
         return ms / 1000.0 if ms else None
 
-    async def _bounded(
-        self, run: Run, t: _Target, call: Callable[[], Awaitable[T]], budget: float | None
-    ) -> T:
-        """`call()` within `budget` seconds: its share of the deadline (`_budget`); None:
-        the share as the call starts (a race's, once every racer has been launched)."""
-        if budget is None:
-            budget = self._budget(run, t)[1]
+    async def _bounded(self, run: Run, t: _Target, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` within its share of the deadline (or attempt_timeout_s), taken as the
+        call starts (a race's, once every racer has been launched: taken at launch, while
+        the others are still untried, the first racer's share was halved for a fallback)."""
+        _, budget = self._budget(run, t)
         run.calling[_hold(t)] = t, perf_counter()
         self._in_flight[t.key] += 1
         loop = asyncio.get_running_loop()
@@ -785,9 +783,9 @@ class Executor:
                 while True:
                     started = perf_counter()
                     try:
-                        p, (timeout, budget) = self._provider(t), self._budget(run, t)
+                        p, timeout = self._provider(t), self._budget(run, t)[0]
                         call = partial(open_, p, run.wire(t), timeout)
-                        value = await self._bounded(run, t, call, budget)
+                        value = await self._bounded(run, t, call)
                     except ProviderError as e:
                         action = self._failed(run, t, e, started)
                         if action is Action.STOP:
@@ -1229,10 +1227,7 @@ class Executor:
                     continue
                 run.tried.add(t.key)
                 call = partial(p.complete, run.wire(t), self._budget(run, t)[0])
-                # the whole-attempt bound is taken when the task starts, after the other
-                # racers are launched: taken now, while they are still untried, it would be
-                # halved to leave time for a fallback that is already racing
-                task = asyncio.ensure_future(self._bounded(run, t, call, None))
+                task = asyncio.ensure_future(self._bounded(run, t, call))
                 running[task] = (t, perf_counter())
                 return
 
