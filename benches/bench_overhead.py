@@ -42,9 +42,19 @@ def bench_registry(url: str) -> Registry:
     """The bundled registry on the local upstream, every model but MODEL disabled: the
     router still ranks the whole table, and the answer comes from one known model."""
     reg = patch_registry(Registry.default(), url)
-    models = [m.replace(efforts={}) if m.id == MODEL else m.replace(disabled=True)
+    models = [_changed(m, efforts={}) if m.id == MODEL else _changed(m, disabled=True)
               for m in reg if m.base is None]  # fmt: skip
     return Registry(models, reg.meta)
+
+
+def _changed(m: Any, **changes: Any) -> Any:
+    """`m.replace(...)`; a build before 0e964ad (benches/instructions.py --against) has
+    ModelSpec as a dataclass."""
+    if hasattr(m, "replace"):
+        return m.replace(**changes)
+    import dataclasses
+
+    return dataclasses.replace(m, **changes)
 
 
 def plain_client(cfg: ExecutionConfig | None = None) -> httpx.AsyncClient:
