@@ -606,22 +606,9 @@ class ModelSpec(Value):
         if not isinstance(mid, str) or not mid:
             raise ConfigError(f"every model needs a string 'id'; got {d!r:.200}")
         where = f"model {mid!r}"
-        known = {
-            "id",
-            "provider",
-            "context_window",
-            "max_output",
-            "tokenizer",
-            "price",
-            "capabilities",
-            "p95_latency_ms",
-            "quality",
-            "deployments",
-            "disabled",
-            "deprecation_date",
-            "successor",
-            "efforts",
-        }
+        # a model's own fields: an effort variant's (effort, base, reasoning_tokens) come from
+        # its base's `efforts`, never from the file
+        known = set(ModelSpec.__match_args__) - {"effort", "base", "reasoning_tokens"}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(

@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..executor import cache_write_of, tuned_ladder, worst_bill
 from ..metrics import Metrics
-from ..policy import Policy, reasoning_usd
+from ..policy import Constraints, Policy, reasoning_usd
 from ..registry import Registry
 from ..result import billed_cost
 from ..router import Router
@@ -500,17 +500,7 @@ class Service:
         t.add_done_callback(self._settling.discard)
 
 
-_CONSTRAINT_KEYS = {
-    "max_cost_usd",
-    "latency_slo_ms",
-    "quality_floor",
-    "needs",
-    "max_output_tokens",
-    "lam",
-    "allow",
-    "deny",
-    "strict_floor",
-}
+_CONSTRAINT_KEYS = frozenset(Constraints.__match_args__)  # what routing takes per request
 
 
 def _headers(scope: Mapping[str, Any]) -> dict[str, str]:
