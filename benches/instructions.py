@@ -140,7 +140,6 @@ def per_call(python_dir: str | None, child: str, args: list[str], n: int) -> flo
 
 def per_request(python_dir: str | None, n: int) -> float:
     """Instructions of `satisfice serve` (every thread) per sequential request."""
-    sys.path.insert(0, BENCHES)
     from bench_overhead import bench_registry, upstream
     from bench_server import MASTER_KEY, Contender, call, client, free_port, wait_http
 

@@ -59,7 +59,7 @@ def test_a_fresh_router_loads_no_module_it_does_not_need() -> None:
 
 
 def test_request_options_are_the_keywords_chat_accepts() -> None:
-    """router._OPTIONS is written out (the TypedDict needs typing, which Router() does not
+    """router._OPTIONS is built without the TypedDict (which needs typing, which Router() does not
     import): it must name exactly RequestOptions' keys."""
     from satisfice import router
     from satisfice.policy import Constraints

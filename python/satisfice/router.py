@@ -59,15 +59,11 @@ def __getattr__(name: str) -> object:
 
 
 _CALL_FIELDS = ("max_tokens", "temperature", "tools", "tool_choice", "response_format", "extra")
-# RequestOptions' keys (a test checks them): the TypedDict is in a module of its own, imported
-# when asked for (`satisfice.RequestOptions`), since it needs typing and Router() does not.
+# RequestOptions' keys (a test checks them): the call's, the request's own, and the
+# constraint overrides. The TypedDict is in a module of its own, imported when asked for
+# (`satisfice.RequestOptions`), since it needs typing and Router() does not.
 _OPTIONS = frozenset(
-    {
-        *_CALL_FIELDS,
-        *("timeout", "metadata", "decision", "prefer"),
-        *("max_cost_usd", "latency_slo_ms", "quality_floor", "needs", "max_output_tokens"),
-        *("lam", "allow", "deny", "strict_floor"),
-    }
+    {*_CALL_FIELDS, "timeout", "metadata", "decision", "prefer", *Constraints.__match_args__}
 )
 _CLOSED = (
     "the router is closed (aclose(), close() or the end of `with router:`): make requests "
