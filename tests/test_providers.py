@@ -405,3 +405,29 @@ async def test_the_router_client_request_is_the_one_httpx_would_build(api: str) 
         assert mine.headers.raw == theirs.headers.raw
         assert mine.content == theirs.content == body
         assert mine.extensions == theirs.extensions
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+async def test_a_pooled_post_sends_the_bytes_httpx_would_send(api: str) -> None:
+    """On the router's own PooledTransport a provider POSTs without httpx's request object
+    (`Poster`): the bytes on the wire are those of the request httpx's `build_request`
+    makes, sent through the same transport, and the answer is read the same."""
+    from satisfice.executor import ExecutionConfig, make_client
+    from satisfice.testing import RawUpstream, http_response
+
+    answer = b'{"ok": true}'
+    with RawUpstream(keep_alive=True) as raw:
+        raw.push(*[http_response(answer).replace(b"connection: close", b"x-n: 1")] * 2)
+        async with make_client(ExecutionConfig()) as c:
+            p = (OpenAIProvider if api == "openai" else AnthropicProvider)(
+                c, base_url=raw.url + "/v1", model="m", api_key=SECRET
+            )
+            assert p._poster is not None  # the pooled path is the one taken
+            body = '{"messages":[{"role":"user","content":"héllo"}]}'.encode()
+            content, _ = await p._post(body, T)
+            theirs = c.build_request("POST", p._url, content=body, headers=p._headers, timeout=T)
+            resp = await c.send(theirs)
+        assert content == resp.content == answer
+        assert len(raw.requests) == 2 and raw.connections == 1  # and the connection kept
+        assert raw.requests[0] == raw.requests[1]
+        assert raw.requests[0].endswith(b"Content-Length: %d\r\n\r\n" % len(body) + body)

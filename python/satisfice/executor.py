@@ -223,6 +223,15 @@ class _Client(httpx.AsyncClient):
             await response.aclose()
             raise
 
+    @property
+    def pool(self) -> Any:
+        """The PooledTransport this client sends through, if it is one (providers then POST
+        through `PooledTransport.post`, see `providers.base.HTTPProvider._post`); else None."""
+        from .transport import PooledTransport
+
+        t = self._transport
+        return t if isinstance(t, PooledTransport) else None
+
     def merged_headers(self, headers: dict[str, str], url: httpx.URL) -> httpx.Headers:
         """The client's headers with `headers` over them and `url`'s Host, as a request
         built by `build_request` would carry them: a provider merges its own once, then

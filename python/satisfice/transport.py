@@ -5,8 +5,10 @@ request and each release, and asks the OS whether each idle socket is readable: 
 concurrent requests against a local upstream that is most of the client's CPU, and its
 queue gives a long tail (p99 many times p50; see benches/bench_overhead.py). This
 transport keeps, per origin, a stack of idle connections (the warmest is reused first), a
-FIFO of waiters for a free slot, and plain asyncio streams, behind httpx's own
-`AsyncBaseTransport` interface: callers keep the httpx API, timeouts and exceptions.
+FIFO of waiters for a free slot, and for each connection an asyncio protocol whose buffer
+the reads take from directly, behind httpx's own `AsyncBaseTransport` interface: callers
+keep the httpx API, timeouts and exceptions. The router's providers POST through `post`,
+which skips httpx's request and response objects (see `Poster`).
 
 What comes from the network is bounded: the response head (1 MiB), the body (`max_body`,
 counted after decompression, which happens here in small steps so a gzip bomb neither
@@ -46,39 +48,110 @@ import httpx
 
 from ._watchdog import Watchdog
 
-__all__ = ["PooledTransport", "StaleConnection", "body_pieces", "read_body"]
+__all__ = ["PooledTransport", "Poster", "StaleConnection", "body_pieces", "read_body"]
 
 _MAX_HEAD = 1 << 20  # largest response head accepted
 # A pooled connection closed within this long of the request being sent was closed before
 # the upstream read it (its keep-alive ran out): a round trip, with room for a slow network.
 _STALE_WITHIN_S = 0.25
 _STEP = 1 << 16  # decompressed bytes per step: bounded CPU between two awaits
+_HIGH_WATER = 1 << 21  # buffered bytes at which a connection stops reading until some are taken
 
 
-class _Conn:
-    __slots__ = ("key", "reader", "used", "writer")
+class _Conn(asyncio.Protocol):
+    """One connection: an asyncio protocol that keeps what arrives in a buffer the reads
+    below take from directly. asyncio's StreamReader put a coroutine, a future and two
+    layers of calls on every read, and a response read through it (head, then body) cost
+    the client three times the CPU of the exchange itself (`timeit` against the local
+    upstream). Bytes that arrived before the connection ended stay readable after it."""
 
-    def __init__(
-        self, key: tuple[str, str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    __slots__ = (
+        "_drained", "_paused", "_waiter", "buf", "ended", "error", "key", "transport", "used",
+    )  # fmt: skip
+
+    def __init__(self, key: tuple[str, str, int]) -> None:
         self.key = key
-        self.reader = reader
-        self.writer = writer
+        self.buf = bytearray()
+        self.ended = False  # no more bytes will arrive (EOF, reset or closed)
+        self.error: BaseException | None = None  # why it ended, when not a clean EOF
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set at once
         self.used = monotonic()
+        self._waiter: asyncio.Future[None] | None = None  # a read waiting for bytes
+        self._drained: asyncio.Future[None] | None = None  # a write waiting for room
+        self._paused = False  # reading paused: the buffer is full
 
+    # asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) > _HIGH_WATER and not self._paused:
+            self._paused = True  # bounded: resumed as reads take from it
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.ended = True
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._wake()
+        d, self._drained = self._drained, None
+        if d is not None and not d.done():
+            d.set_exception(exc or ConnectionResetError("the connection was closed"))
+
+    def pause_writing(self) -> None:
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        d, self._drained = self._drained, None
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    # reads and writes ------------------------------------------------------------------------
+    def _wake(self) -> None:
+        w, self._waiter = self._waiter, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def more(self) -> asyncio.Future[None]:
+        """Done when more bytes arrive or the connection ends."""
+        w = self._waiter = asyncio.get_running_loop().create_future()
+        return w
+
+    def take(self, n: int) -> bytes:
+        """The first `n` buffered bytes, removed from the buffer."""
+        buf = self.buf
+        out = bytes(buf[:n]) if n < len(buf) else bytes(buf)
+        del buf[:n]
+        if self._paused and len(buf) <= _HIGH_WATER // 2:
+            self._paused = False
+            self.transport.resume_reading()
+        return out
+
+    async def drain(self) -> None:
+        """Until the transport's write buffer has room again."""
+        if self.ended:
+            raise self.error or ConnectionResetError("the connection was closed")
+        if self._drained is not None:
+            await self._drained
+
+    # the pool's checks -----------------------------------------------------------------------
     def usable(self, expiry: float) -> bool:
         """Reusable: not closed by either side, and not idle for too long."""
-        if (
-            self.writer.transport.is_closing()
-            or self.reader.at_eof()
-            or monotonic() - self.used >= expiry
-        ):
+        if self.ended or self.transport.is_closing() or monotonic() - self.used >= expiry:
             return False
         # Bytes already buffered, or a readable socket (a FIN, or bytes nobody asked for, e.g.
         # a second response): what the next request would read would not be its answer.
-        if getattr(self.reader, "_buffer", b""):
+        if self.buf:
             return False
-        sock = self.writer.transport.get_extra_info("socket")
+        sock = self.transport.get_extra_info("socket")
         if sock is None:
             return True
         try:
@@ -92,13 +165,13 @@ class _Conn:
         # No graceful TLS close: the connection is dead to us. A loop that has been closed
         # cannot abort its transport; the socket is then closed when it is collected.
         with contextlib.suppress(RuntimeError):
-            self.writer.transport.abort()
+            self.transport.abort()
 
     def forget(self) -> None:
         """In a forked child: close this process's copy of the socket, and nothing else. The
         transport is the parent's event loop's: abort() would unregister the socket from the
         epoll instance both processes share, and the parent would never see its answer."""
-        sock = self.writer.transport.get_extra_info("socket")
+        sock = self.transport.get_extra_info("socket")
         if sock is not None:
             sock._sock.close()  # asyncio's wrapper offers no close(); this is the socket's own
 
@@ -251,10 +324,11 @@ class PooledTransport(httpx.AsyncBaseTransport):
     ) -> _Conn:
         scheme, host, port = key
         tls = self._ssl_context() if scheme == "https" else None
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=tls, server_hostname=host if tls else None, limit=_MAX_HEAD
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(key), host, port, ssl=tls, server_hostname=host if tls else None
                 )
         except TimeoutError:
             raise httpx.ConnectTimeout(
@@ -264,7 +338,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(
                 f"connect to {host}:{port} failed: {e}", request=request
             ) from None
-        return _Conn(key, reader, writer)
+        return conn
 
     # requests -------------------------------------------------------------------------------
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -286,23 +360,53 @@ class PooledTransport(httpx.AsyncBaseTransport):
         if chunked:  # we have the whole body: send it with a length
             lines.append(b"Content-Length: %d" % len(body))
         head = b"\r\n".join(lines) + b"\r\n\r\n"
+        status, reason, headers, stream = await self._exchange(key, head, body, timeouts, request)
+        if stream._decoder is not None:  # decoded here, bounded; httpx must not decode it again
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=stream,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
+        )
+
+    async def post(
+        self, poster: Poster, body: bytes, timeouts: dict[str, Any]
+    ) -> tuple[int, list[tuple[bytes, bytes]], _Body]:
+        """POST `body` as `poster` says: (status, headers, the body to read). What
+        `handle_async_request` does for a request with a Content-Length, with the head made
+        of bytes prepared once (see `Poster`) and without httpx's request and response
+        objects: a third of the CPU of a provider's call (bench: benches/instructions.py)."""
+        head = poster.head + b"%d\r\n\r\n" % len(body)
+        status, _, headers, stream = await self._exchange(
+            poster.key, head, body, timeouts, poster.request
+        )
+        return status, headers, stream
+
+    async def _exchange(
+        self,
+        key: tuple[str, str, int],
+        head: bytes,
+        body: bytes,
+        timeouts: dict[str, Any],
+        request: httpx.Request,
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]], _Body]:
+        """Send the request and read its response's head: (status, reason, headers, body)."""
         conn, reused = await self._acquire(key, request, timeouts)
         wd = Watchdog()  # the read timeout, one timer for the head and the body
-        unsent: OSError | None = None
+        unsent: BaseException | None = None
         sent = monotonic()
         try:
             try:
-                conn.writer.write(head + body if len(body) < 65536 else head)
+                conn.transport.write(head + body if len(body) < 65536 else head)
                 if len(body) >= 65536:
-                    conn.writer.write(body)
-                    await _timed(
-                        conn.writer.drain(), timeouts.get("write"), httpx.WriteTimeout, request
-                    )
+                    conn.transport.write(body)
+                    await _timed(conn.drain(), timeouts.get("write"), httpx.WriteTimeout, request)
             except (ConnectionError, OSError) as e:
                 # An upstream may answer before it has read the whole body and close (a 413
-                # from a size-limited proxy): that answer, if it came, is the one to report.
+                # from a size-limited proxy): that answer, if it came, is the one to report
+                # (what arrived stays readable after the connection ends).
                 unsent = e
-                _keep_what_arrived(conn.reader)
             sent = monotonic()
             status, reason, headers, keep = await _read_head(conn, request, timeouts, wd)
             length = _body_length(request, status, headers)
@@ -334,28 +438,30 @@ class PooledTransport(httpx.AsyncBaseTransport):
             wd.close()
             self._discard(conn)
             raise
-        if decoder is not None:  # decoded here, bounded; httpx must not decode it again
-            headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
         stream = _Body(self, conn, request, length, keep, timeouts.get("read"), wd, decoder)
-        return httpx.Response(
-            status,
-            headers=headers,
-            stream=stream,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
-        )
+        return status, reason, headers, stream
 
     async def aclose(self) -> None:
         self._closed = True
         self._close_idle()
 
 
-def _keep_what_arrived(reader: asyncio.StreamReader) -> None:
-    """After a failed write: let the reader return what arrived before the reset (asyncio's
-    reader raises the reset first, even with an answer buffered), then end."""
-    buffered: bytes = getattr(reader, "_buffer", b"")
-    if reader.exception() is not None and buffered:
-        reader._exception = None  # type: ignore[attr-defined]
-        reader.feed_eof()
+class Poster:
+    """What a provider's every POST to one endpoint shares, prepared once for
+    `PooledTransport.post`: the transport, the origin, the head up to its Content-Length
+    value (request line, Host and the merged headers, in the order httpx would send them),
+    and a request without a body that transport errors name."""
+
+    __slots__ = ("head", "key", "pool", "request")
+
+    def __init__(self, pool: PooledTransport, url: httpx.URL, headers: httpx.Headers) -> None:
+        self.pool = pool
+        https = url.scheme == "https"
+        self.key = (url.scheme, url.host, url.port or (443 if https else 80))
+        lines = [b"POST %s HTTP/1.1" % url.raw_path]
+        lines += [k + b": " + v for k, v in headers.raw if k.lower() != b"content-length"]
+        self.head = b"\r\n".join(lines) + b"\r\nContent-Length: "
+        self.request = httpx.Request("POST", url)
 
 
 class _NothingRead(httpx.ReadError):
@@ -379,43 +485,61 @@ async def _timed(
         raise exc(f"no progress within {timeout}s", request=request) from None
 
 
-async def _read(
+async def _more(
+    conn: _Conn, wd: Watchdog, timeout: float | None, request: httpx.Request, head: bool = False
+) -> None:
+    """Wait, within the read timeout (kept by `wd`, one timer for a whole response), for
+    more bytes than `conn.buf` holds; the error of a connection that ends without them.
+    `head`: the read is the first of a response's head (the upstream closing before a byte of
+    it is `_NothingRead`)."""
+    n = len(conn.buf)
+    if not conn.ended:
+        try:
+            await wd.wait(conn.more(), timeout)
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"no progress within {timeout}s", request=request) from None
+        if len(conn.buf) > n or not conn.ended:
+            return
+    e = conn.error
+    nothing = head and not conn.buf
+    if e is None:
+        if nothing:
+            raise _NothingRead("the upstream closed the connection", request=request)
+        raise httpx.ReadError("the upstream closed the connection mid-response", request=request)
+    if nothing:
+        raise _NothingRead(f"read failed: {e}", request=request)
+    raise httpx.ReadError(f"read failed: {e}", request=request)
+
+
+async def _until(
+    conn: _Conn,
+    sep: bytes,
     wd: Watchdog,
-    coro: Any,
     timeout: float | None,
     request: httpx.Request,
-    head: asyncio.StreamReader | None = None,
-) -> Any:
-    """One read with the read timeout (kept by `wd`, one timer for a whole body). `head`:
-    the reader, when this read is the first of a response's head."""
-    try:
-        return await wd.wait(coro, timeout)
-    except TimeoutError:
-        raise httpx.ReadTimeout(f"no progress within {timeout}s", request=request) from None
-    except asyncio.IncompleteReadError as e:
-        if not e.partial and head is not None:
-            raise _NothingRead("the upstream closed the connection", request=request) from None
-        raise httpx.ReadError(
-            "the upstream closed the connection mid-response", request=request
-        ) from None
-    except asyncio.LimitOverrunError:
-        raise httpx.RemoteProtocolError(
-            "response head or chunk line too long", request=request
-        ) from None
-    except (ConnectionError, OSError) as e:
-        if head and not getattr(head, "_buffer", b""):  # reset before a byte of the answer
-            raise _NothingRead(f"read failed: {e}", request=request) from None
-        raise httpx.ReadError(f"read failed: {e}", request=request) from None
+    head: bool = False,
+) -> bytes:
+    """The buffered bytes up to and with `sep`, waiting for them (at most _MAX_HEAD)."""
+    start = 0
+    while True:
+        buf = conn.buf
+        i = buf.find(sep, start)
+        if i >= 0:
+            return conn.take(i + len(sep))
+        if len(buf) > _MAX_HEAD:
+            raise httpx.RemoteProtocolError("response head or chunk line too long", request=request)
+        start = max(len(buf) - len(sep) + 1, 0)
+        await _more(conn, wd, timeout, request, head)
 
 
 async def _read_head(
     conn: _Conn, request: httpx.Request, timeouts: dict[str, Any], wd: Watchdog
 ) -> tuple[int, bytes, list[tuple[bytes, bytes]], bool]:
     read = timeouts.get("read")
-    first: asyncio.StreamReader | None = conn.reader
+    first = True
     while True:
-        raw: bytes = await _read(wd, conn.reader.readuntil(b"\r\n\r\n"), read, request, first)
-        first = None
+        raw = await _until(conn, b"\r\n\r\n", wd, read, request, first)
+        first = False
         lines = raw[:-4].split(b"\r\n")
         parts = lines[0].split(b" ", 2)
         try:
@@ -497,7 +621,7 @@ class _Body(httpx.AsyncByteStream):
     once read to the end (closed with it when the body is closed early)."""
 
     __slots__ = (
-        "_chunk_done",
+        "_chunk",
         "_conn",
         "_decoder",
         "_keep",
@@ -506,6 +630,7 @@ class _Body(httpx.AsyncByteStream):
         "_request",
         "_size",
         "_transport",
+        "_wd",
     )
 
     def __init__(
@@ -527,7 +652,7 @@ class _Body(httpx.AsyncByteStream):
         self._read = read
         self._decoder = decoder
         self._size = 0  # body bytes so far, after decoding: what max_body bounds
-        self._chunk_done = False  # chunked: the last chunk and trailers have been read
+        self._chunk = 0  # chunked: bytes left of the chunk being read
         self._wd = wd  # the read timeout, shared with the head's read
 
     def _count(self, n: int) -> None:
@@ -540,27 +665,63 @@ class _Body(httpx.AsyncByteStream):
 
     async def _raw(self, conn: _Conn) -> AsyncIterator[bytes]:
         """The body's bytes as sent (still encoded), as they arrive."""
-        r, req, t, wd = conn.reader, self._request, self._read, self._wd
-        if self._left is None:
-            while chunk := await _read(wd, r.read(65536), t, req):
-                yield chunk
-            return
-        if self._left >= 0:
-            while self._left:
-                chunk = await _read(wd, r.read(min(self._left, 65536)), t, req)
-                if not chunk:
+        req, t, wd = self._request, self._read, self._wd
+        if self._left is None:  # until the upstream closes the connection
+            while True:
+                if conn.buf:
+                    yield conn.take(65536)
+                elif conn.ended:
+                    if conn.error is not None:
+                        raise httpx.ReadError(f"read failed: {conn.error}", request=req)
+                    return
+                else:
+                    await _more(conn, wd, t, req)
+        chunked = self._left < 0
+        while True:
+            if chunked and not self._chunk:
+                self._chunk = await _chunk_size(conn, wd, t, req)
+                if not self._chunk:
+                    self._left = 0  # the last chunk and its trailers are read
+                    return
+            elif not self._left:
+                return
+            while not conn.buf:
+                if conn.ended and conn.error is None:
                     raise httpx.ReadError(
                         "the upstream closed the connection mid-body", request=req
                     )
-                self._left -= len(chunk)
-                yield chunk
-            return
-        while not self._chunk_done:
-            data = await _next_chunk(conn, wd, t, req)
-            if data is None:
-                self._chunk_done = True
+                await _more(conn, wd, t, req)
+            piece = conn.take(min(self._chunk if chunked else self._left, 65536))
+            if chunked:
+                self._chunk -= len(piece)
+                if not self._chunk:  # a chunk ends with CRLF
+                    while len(conn.buf) < 2:
+                        await _more(conn, wd, t, req)
+                    if conn.take(2) != b"\r\n":
+                        raise httpx.RemoteProtocolError(
+                            "a chunk does not end with CRLF", request=req
+                        )
             else:
-                yield data
+                self._left -= len(piece)
+            yield piece
+
+    async def read_all(self) -> bytes:
+        """The whole body (decoded). At once when it came with the head, as a small answer
+        does: no generator, no await."""
+        conn, left = self._conn, self._left
+        if conn is None:
+            return b""
+        if self._decoder is None and left is not None and 0 <= left <= len(conn.buf):
+            try:
+                self._count(left)
+            except BaseException:
+                self._done(False)
+                raise
+            self._left = 0
+            out = conn.take(left)
+            self._done(self._keep)
+            return out
+        return b"".join([piece async for piece in self.__aiter__()])
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self._conn
@@ -619,15 +780,15 @@ def body_pieces(resp: httpx.Response) -> AsyncIterator[bytes]:
 
 async def read_body(resp: httpx.Response) -> bytes:
     """A streamed response's whole body (what `aread()` returns; see `body_pieces`)."""
-    return b"".join([piece async for piece in body_pieces(resp)])
+    stream = resp.stream
+    if type(stream) is _Body:
+        return await stream.read_all()
+    return b"".join([piece async for piece in resp.aiter_bytes()])
 
 
-async def _next_chunk(
-    conn: _Conn, wd: Watchdog, t: float | None, req: httpx.Request
-) -> bytes | None:
-    """One chunk of a chunked body; None after the last one (its trailers read too)."""
-    r = conn.reader
-    line = await _read(wd, r.readuntil(b"\r\n"), t, req)
+async def _chunk_size(conn: _Conn, wd: Watchdog, t: float | None, req: httpx.Request) -> int:
+    """The size of a chunked body's next chunk; after the last one (0), its trailers read."""
+    line = await _until(conn, b"\r\n", wd, t, req)
     try:
         size = int(line.split(b";", 1)[0], 16)
         if size < 0:
@@ -635,12 +796,8 @@ async def _next_chunk(
     except ValueError:
         raise httpx.RemoteProtocolError("a chunk size that is not a number", request=req) from None
     if size == 0:
-        while await _read(wd, r.readuntil(b"\r\n"), t, req) != b"\r\n":
+        while await _until(conn, b"\r\n", wd, t, req) != b"\r\n":
             pass  # trailers
-        return None
-    if size > 1 << 26:
+    elif size > 1 << 26:
         raise httpx.RemoteProtocolError(f"a chunk of {size} bytes is too large", request=req)
-    data: bytes = await _read(wd, r.readexactly(size + 2), t, req)
-    if data[-2:] != b"\r\n":
-        raise httpx.RemoteProtocolError("a chunk does not end with CRLF", request=req)
-    return data[:-2]
+    return size

@@ -45,7 +45,7 @@ from ..errors import (
     StaleConnectionError,
     UpstreamTimeoutError,
 )
-from ..transport import StaleConnection, body_pieces, read_body
+from ..transport import Poster, StaleConnection, body_pieces, read_body
 
 __all__ = [
     "ChatRequest",
@@ -393,8 +393,8 @@ class HTTPProvider:
     headers (the key lives there and nowhere else), failures mapped to errors.py."""
 
     __slots__ = (
-        "_client", "_headers", "_merged", "_url", "deployment", "effort", "model", "model_id",
-        "reasoning_tokens",
+        "_client", "_headers", "_merged", "_poster", "_url", "deployment", "effort", "model",
+        "model_id", "reasoning_tokens",
     )  # fmt: skip
 
     def __init__(
@@ -429,6 +429,10 @@ class HTTPProvider:
         # to merge per request: its headers and ours are merged once, here.
         merge = getattr(client, "merged_headers", None)
         self._merged = merge(self._headers, self._url) if merge is not None else None
+        # On its PooledTransport, a POST skips httpx's request and response objects.
+        pool = getattr(client, "pool", None)
+        merged = self._merged
+        self._poster = None if pool is None or merged is None else Poster(pool, self._url, merged)
         self.model = model  # the name the upstream expects
         self.model_id = model_id or model  # the registry id, used in errors
         self.deployment = deployment or self.default_deployment
@@ -513,6 +517,8 @@ class HTTPProvider:
         """The body of a 2xx answer and the seconds the exchange took, else the mapped
         error."""
         t = time.perf_counter()
+        if self._poster is not None and not self._client.is_closed:
+            return await self._post_pooled(self._poster, body, timeout, t)
         try:
             resp = await self._client.send(self._request(body, timeout), stream=True)
         except httpx.RequestError as e:
@@ -529,6 +535,29 @@ class HTTPProvider:
         if resp.status_code >= 300:
             raise error_from_response(
                 resp.status_code, resp.headers, content, self.model_id, self.deployment
+            )
+        return scrub_bytes(content), wire
+
+    async def _post_pooled(
+        self, poster: Poster, body: bytes, timeout: httpx.Timeout, t: float
+    ) -> tuple[bytes, float]:
+        """`_post` on the router's own PooledTransport, the same steps and errors."""
+        try:
+            status, headers, stream = await poster.pool.post(poster, body, timeout.as_dict())
+        except httpx.RequestError as e:
+            raise self._transport_error(e) from None
+        try:
+            content = await stream.read_all()
+        except httpx.RequestError as e:
+            if status < 300:
+                raise self._answer_lost(e) from None
+            raise self._transport_error(e) from None
+        finally:
+            await stream.aclose()
+        wire = time.perf_counter() - t
+        if status >= 300:
+            raise error_from_response(
+                status, httpx.Headers(headers), content, self.model_id, self.deployment
             )
         return scrub_bytes(content), wire
 
