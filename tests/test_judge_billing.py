@@ -118,3 +118,45 @@ async def test_a_judge_cut_off_with_its_request_is_billed(
     outcomes = [a["outcome"] for a in rec["attempts"]]
     # was: no "check" attempt; the judge's call (its prompt at $50/1M) cost the request $0
     assert "check" in outcomes, f"the judge's cut-off call is on no attempt: {outcomes}"
+
+
+def _streaming_judge(judge_router: Router, timeout: float | None = None) -> Any:
+    """A judge whose calls go through `judge_router.stream()` to the model "judge"."""
+
+    async def ask(messages: list[dict[str, Any]]) -> v.Answer:
+        async with judge_router.stream(messages, allow=["judge"], timeout=timeout) as s:
+            async for d in s:
+                if d.done:
+                    res = d.result
+        return v.Answer(res.model, res.text, cost_usd=res.total_cost_usd)
+
+    return v.judge(ask, "ok?")
+
+
+async def test_a_streaming_judge_cut_off_mid_call_is_billed_to_the_step(
+    up: LocalUpstream,
+) -> None:
+    # as chat()'s: a stream() cut off by the ladder's latency budget, billed at an estimate
+    r, judge_router = _routers(up)
+    ladder = Cascade([Step(("alpha",), _streaming_judge(judge_router)), Step(("beta",))],
+                     latency_budget_ms=500)  # fmt: skip
+    async with r, judge_router:
+        res = await r.chat("hi", cascade=ladder)
+    assert res.cascade is not None and res.cascade.budget_hit == "latency"
+    checks = [a for a in res.attempts if a.outcome == "check"]
+    # was: no check attempt; the judge's streamed call cost the request $0
+    assert [a.model for a in checks] == ["judge"], res.attempts
+    assert checks[0].cost_usd is not None and checks[0].cost_usd > 0
+
+
+async def test_a_streaming_judge_that_failed_after_a_billed_timeout_is_billed(
+    up: LocalUpstream,
+) -> None:
+    r, judge_router = _routers(up)
+    ladder = Cascade([Step(("alpha",), _streaming_judge(judge_router, 0.3)), Step(("beta",))])
+    async with r, judge_router:
+        res = await r.chat("hi", cascade=ladder)
+    assert res.model == "beta"  # the failed check escalated
+    checks = [a for a in res.attempts if a.outcome == "check"]
+    assert [a.model for a in checks] == ["judge"], res.attempts
+    assert checks[0].cost_usd is not None and checks[0].cost_usd > 0

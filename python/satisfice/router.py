@@ -763,6 +763,8 @@ class Router:
                 # the caller left before the end: a request, with what it may have cost
                 # (the attempt the executor kept), in the record like any other
                 self._record_failure(rec, ClientClosedStream(), run, started_at, t0, options)
+            if not done:  # a judge's stream that ended without its answer: as chat()'s
+                _bill_to_check(run)
             self._in_flight.discard(token)
 
     def enable(self, model: str, deployment: str | None = None) -> None:
@@ -920,10 +922,11 @@ async def _cancel_the_rest() -> None:
 
 
 def _bill_to_check(run: Run) -> None:
-    """A chat() made inside a check (a judge's call) that ends without an answer was billed
-    all the same for calls that timed out, broke or were cut off (at an estimate): that
-    goes on the check's bill, as an answer's does (`made_call`). Without it a judge cut
-    off by a cascade's latency budget, or failing after a timeout, cost the request $0."""
+    """A chat() or stream() made inside a check (a judge's call) that ends without an
+    answer was billed all the same for calls that timed out, broke or were cut off (at an
+    estimate): that goes on the check's bill, as an answer's does (`made_call`). Without it
+    a judge cut off by a cascade's latency budget, or failing after a timeout, cost the
+    request $0."""
     from ._verdict import Answer, made_call
     from .result import billed_cost
 
