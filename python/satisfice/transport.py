@@ -486,12 +486,18 @@ async def _timed(
 
 
 async def _more(
-    conn: _Conn, wd: Watchdog, timeout: float | None, request: httpx.Request, head: bool = False
+    conn: _Conn,
+    wd: Watchdog,
+    timeout: float | None,
+    request: httpx.Request,
+    head: bool = False,
+    eof_ok: bool = False,
 ) -> None:
     """Wait, within the read timeout (kept by `wd`, one timer for a whole response), for
     more bytes than `conn.buf` holds; the error of a connection that ends without them.
     `head`: the read is the first of a response's head (the upstream closing before a byte of
-    it is `_NothingRead`)."""
+    it is `_NothingRead`). `eof_ok`: a clean EOF is the caller's to judge (a body read until
+    the upstream closes ends there): it returns, with `conn.ended` set."""
     n = len(conn.buf)
     if not conn.ended:
         try:
@@ -501,6 +507,8 @@ async def _more(
         if len(conn.buf) > n or not conn.ended:
             return
     e = conn.error
+    if e is None and eof_ok:
+        return
     nothing = head and not conn.buf
     if e is None:
         if nothing:
@@ -675,7 +683,7 @@ class _Body(httpx.AsyncByteStream):
                         raise httpx.ReadError(f"read failed: {conn.error}", request=req)
                     return
                 else:
-                    await _more(conn, wd, t, req)
+                    await _more(conn, wd, t, req, eof_ok=True)
         chunked = self._left < 0
         while True:
             if chunked and not self._chunk:
@@ -690,7 +698,7 @@ class _Body(httpx.AsyncByteStream):
                     raise httpx.ReadError(
                         "the upstream closed the connection mid-body", request=req
                     )
-                await _more(conn, wd, t, req)
+                await _more(conn, wd, t, req, eof_ok=not chunked)
             piece = conn.take(min(self._chunk if chunked else self._left, 65536))
             if chunked:
                 self._chunk -= len(piece)
