@@ -532,9 +532,10 @@ async def _until(
     while True:
         buf = conn.buf
         i = buf.find(sep, start)
-        if i >= 0:
+        if 0 <= i <= _MAX_HEAD:
             return conn.take(i + len(sep))
-        if len(buf) > _MAX_HEAD:
+        # (a read brings up to 256 KiB: the separator may arrive with the bytes past the limit)
+        if i > _MAX_HEAD or len(buf) > _MAX_HEAD:
             raise httpx.RemoteProtocolError("response head or chunk line too long", request=request)
         start = max(len(buf) - len(sep) + 1, 0)
         await _more(conn, wd, timeout, request, head)
