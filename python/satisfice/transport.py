@@ -361,8 +361,6 @@ class PooledTransport(httpx.AsyncBaseTransport):
             lines.append(b"Content-Length: %d" % len(body))
         head = b"\r\n".join(lines) + b"\r\n\r\n"
         status, reason, headers, stream = await self._exchange(key, head, body, timeouts, request)
-        if stream._decoder is not None:  # decoded here, bounded; httpx must not decode it again
-            headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
         return httpx.Response(
             status,
             headers=headers,
@@ -373,10 +371,11 @@ class PooledTransport(httpx.AsyncBaseTransport):
     async def post(
         self, poster: Poster, body: bytes, timeouts: dict[str, Any]
     ) -> tuple[int, list[tuple[bytes, bytes]], _Body]:
-        """POST `body` as `poster` says: (status, headers, the body to read). What
+        """POST `body` as `poster` says: (status, headers, the body to read, decoded). What
         `handle_async_request` does for a request with a Content-Length, with the head made
         of bytes prepared once (see `Poster`) and without httpx's request and response
-        objects: a third of the CPU of a provider's call (bench: benches/instructions.py)."""
+        objects: a provider's call against the local upstream took 95-101 µs of CPU through
+        them and 59-62 µs through this (3,000 calls, two runs of each)."""
         head = poster.head + b"%d\r\n\r\n" % len(body)
         status, _, headers, stream = await self._exchange(
             poster.key, head, body, timeouts, poster.request
@@ -438,6 +437,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
             wd.close()
             self._discard(conn)
             raise
+        if decoder is not None:  # decoded here, bounded; httpx must not decode it again
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
         stream = _Body(self, conn, request, length, keep, timeouts.get("read"), wd, decoder)
         return status, reason, headers, stream
 

@@ -564,8 +564,13 @@ class HTTPProvider:
     async def _open(self, body: bytes, timeout: httpx.Timeout) -> httpx.Response:
         """A 2xx response whose body is still to be read (the caller closes it, and maps a
         transport failure while reading it with `_answer_lost`)."""
+        poster = self._poster
         try:
-            resp = await self._client.send(self._request(body, timeout), stream=True)
+            if poster is not None and not self._client.is_closed:  # as `_post` does
+                status, headers, stream = await poster.pool.post(poster, body, timeout.as_dict())
+                resp = httpx.Response(status, headers=headers, stream=stream)
+            else:
+                resp = await self._client.send(self._request(body, timeout), stream=True)
             if resp.status_code < 300:
                 return resp
             try:
