@@ -30,6 +30,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Protocol
 
 import httpx
@@ -515,45 +516,29 @@ class HTTPProvider:
 
     async def _post(self, body: bytes, timeout: httpx.Timeout) -> tuple[bytes, float]:
         """The body of a 2xx answer and the seconds the exchange took, else the mapped
-        error."""
+        error. On the router's own PooledTransport without httpx's request and response
+        objects (`PooledTransport.post`), else through the client."""
         t = time.perf_counter()
-        if self._poster is not None and not self._client.is_closed:
-            return await self._post_pooled(self._poster, body, timeout, t)
+        poster = self._poster
+        headers: Any
         try:
-            resp = await self._client.send(self._request(body, timeout), stream=True)
+            if poster is not None and not self._client.is_closed:
+                status, headers, stream = await poster.pool.post(poster, body, timeout.as_dict())
+                read, close = stream.read_all, stream.aclose
+            else:
+                resp = await self._client.send(self._request(body, timeout), stream=True)
+                status, headers = resp.status_code, resp.headers
+                read, close = partial(read_body, resp), resp.aclose
         except httpx.RequestError as e:
             raise self._transport_error(e) from None
         try:
-            content = await read_body(resp)
-        except httpx.RequestError as e:
-            if resp.status_code < 300:
-                raise self._answer_lost(e) from None
-            raise self._transport_error(e) from None
-        finally:
-            await resp.aclose()
-        wire = time.perf_counter() - t
-        if resp.status_code >= 300:
-            raise error_from_response(
-                resp.status_code, resp.headers, content, self.model_id, self.deployment
-            )
-        return scrub_bytes(content), wire
-
-    async def _post_pooled(
-        self, poster: Poster, body: bytes, timeout: httpx.Timeout, t: float
-    ) -> tuple[bytes, float]:
-        """`_post` on the router's own PooledTransport, the same steps and errors."""
-        try:
-            status, headers, stream = await poster.pool.post(poster, body, timeout.as_dict())
-        except httpx.RequestError as e:
-            raise self._transport_error(e) from None
-        try:
-            content = await stream.read_all()
+            content = await read()
         except httpx.RequestError as e:
             if status < 300:
                 raise self._answer_lost(e) from None
             raise self._transport_error(e) from None
         finally:
-            await stream.aclose()
+            await close()
         wire = time.perf_counter() - t
         if status >= 300:
             raise error_from_response(
