@@ -36,14 +36,25 @@ def _router(*models: dict[str, Any]) -> Router:
 
 
 def _judge(
-    judge_router: Router, started: asyncio.Event | None = None, timeout: float | None = None
+    judge_router: Router,
+    started: asyncio.Event | None = None,
+    timeout: float | None = None,
+    stream: bool = False,
 ) -> Any:
-    """A judge whose calls go through `judge_router`'s chat() to the model "judge"."""
+    """A judge whose calls go through `judge_router`'s chat() (or stream()) to the model
+    "judge"."""
 
     async def ask(messages: list[dict[str, Any]]) -> v.Answer:
         if started is not None:
             started.set()
-        res = await judge_router.chat(messages, allow=["judge"], timeout=timeout)
+        res: Any = None
+        if not stream:
+            res = await judge_router.chat(messages, allow=["judge"], timeout=timeout)
+        else:
+            async with judge_router.stream(messages, allow=["judge"], timeout=timeout) as s:
+                async for d in s:
+                    res = d.result if d.done else None
+        assert res is not None
         return v.Answer(res.model, res.text, cost_usd=res.total_cost_usd)
 
     return v.judge(ask, "ok?")
@@ -120,25 +131,12 @@ async def test_a_judge_cut_off_with_its_request_is_billed(
     assert "check" in outcomes, f"the judge's cut-off call is on no attempt: {outcomes}"
 
 
-def _streaming_judge(judge_router: Router, timeout: float | None = None) -> Any:
-    """A judge whose calls go through `judge_router.stream()` to the model "judge"."""
-
-    async def ask(messages: list[dict[str, Any]]) -> v.Answer:
-        async with judge_router.stream(messages, allow=["judge"], timeout=timeout) as s:
-            async for d in s:
-                if d.done:
-                    res = d.result
-        return v.Answer(res.model, res.text, cost_usd=res.total_cost_usd)
-
-    return v.judge(ask, "ok?")
-
-
 async def test_a_streaming_judge_cut_off_mid_call_is_billed_to_the_step(
     up: LocalUpstream,
 ) -> None:
     # as chat()'s: a stream() cut off by the ladder's latency budget, billed at an estimate
     r, judge_router = _routers(up)
-    ladder = Cascade([Step(("alpha",), _streaming_judge(judge_router)), Step(("beta",))],
+    ladder = Cascade([Step(("alpha",), _judge(judge_router, stream=True)), Step(("beta",))],
                      latency_budget_ms=500)  # fmt: skip
     async with r, judge_router:
         res = await r.chat("hi", cascade=ladder)
@@ -153,7 +151,8 @@ async def test_a_streaming_judge_that_failed_after_a_billed_timeout_is_billed(
     up: LocalUpstream,
 ) -> None:
     r, judge_router = _routers(up)
-    ladder = Cascade([Step(("alpha",), _streaming_judge(judge_router, 0.3)), Step(("beta",))])
+    check = _judge(judge_router, timeout=0.3, stream=True)
+    ladder = Cascade([Step(("alpha",), check), Step(("beta",))])
     async with r, judge_router:
         res = await r.chat("hi", cascade=ladder)
     assert res.model == "beta"  # the failed check escalated
