@@ -609,21 +609,27 @@ def _body_length(
 
 
 def _decoder(headers: list[tuple[bytes, bytes]], request: httpx.Request) -> Any:
-    """A zlib decompressor for a gzip/deflate body (None for identity)."""
-    for k, v in headers:
-        if k.lower() == b"content-encoding":
-            enc = v.strip().lower()
-            if enc in (b"", b"identity"):
-                return None
-            if enc in (b"gzip", b"x-gzip"):
-                return zlib.decompressobj(16 + zlib.MAX_WBITS)
-            if enc == b"deflate":
-                return zlib.decompressobj()
-            raise httpx.RemoteProtocolError(
-                "a Content-Encoding other than gzip or deflate (satisfice asks for those only)",
-                request=request,
-            )
-    return None
+    """A zlib decompressor for a gzip/deflate body (None for identity). Every Content-Encoding
+    line counts: httpx joins them, and would itself decode (unbounded) a coding a second line
+    named that the first (`identity`) had hidden from us."""
+    codings = [
+        c.strip().lower()
+        for k, v in headers
+        if k.lower() == b"content-encoding"
+        for c in v.split(b",")
+    ]
+    codings = [c for c in codings if c not in (b"", b"identity")]
+    if not codings:
+        return None
+    if len(codings) == 1:
+        if codings[0] in (b"gzip", b"x-gzip"):
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if codings[0] == b"deflate":
+            return zlib.decompressobj()
+    raise httpx.RemoteProtocolError(
+        "a Content-Encoding other than gzip or deflate (satisfice asks for those only)",
+        request=request,
+    )
 
 
 class _Body(httpx.AsyncByteStream):
