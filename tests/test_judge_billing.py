@@ -159,3 +159,18 @@ async def test_a_streaming_judge_that_failed_after_a_billed_timeout_is_billed(
     checks = [a for a in res.attempts if a.outcome == "check"]
     assert [a.model for a in checks] == ["judge"], res.attempts
     assert checks[0].cost_usd is not None and checks[0].cost_usd > 0
+
+
+async def test_a_plain_function_check_runs_in_a_ladder(up: LocalUpstream) -> None:
+    """A plain function as a step's check (no `name`): `checked` takes it, and so does the
+    ladder's billing of its calls (it read `validator.name`: AttributeError)."""
+    r, judge_router = _routers(up)
+
+    def short(answer: v.Answer, ctx: v.Context) -> bool:
+        return len(answer.text) < 3  # "hello" is not: the ladder climbs
+
+    ladder = Cascade([Step(("alpha",), short), Step(("beta",))])  # type: ignore[arg-type]
+    async with r, judge_router:
+        res = await r.chat("hi", cascade=ladder)
+    assert res.model == "beta"
+    assert res.cascade is not None and res.cascade.steps[0].verdicts[0].reason == "short: fail"

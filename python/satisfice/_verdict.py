@@ -9,8 +9,8 @@ from numbers import Real
 from typing import Any, Protocol, TypeAlias
 
 __all__ = [
-    "PASS", "Answer", "Context", "Messages", "Validator", "Verdict", "accept", "checked",
-    "made_call", "resolve",
+    "PASS", "Answer", "Context", "Messages", "Validator", "Verdict", "accept", "check_name",
+    "checked", "made_call", "resolve",
 ]  # fmt: skip
 
 Messages: TypeAlias = Sequence[Mapping[str, Any]]
@@ -85,6 +85,11 @@ def made_call(answer: Answer) -> None:
         calls.append(answer)
 
 
+def check_name(check: object) -> str:
+    """A check's name: its `name`, else a plain function's `__name__`."""
+    return str(getattr(check, "name", None) or getattr(check, "__name__", "check"))
+
+
 async def checked(
     check: Validator,
     answer: Answer,
@@ -102,7 +107,7 @@ async def checked(
     import asyncio
     import inspect
 
-    name = str(getattr(check, "name", None) or getattr(check, "__name__", "check"))
+    name = check_name(check)
     made: list[Answer] = []
     token = _CALLS.set(made)
     try:

@@ -45,7 +45,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from ._real import as_real
-from ._verdict import checked
+from ._verdict import check_name, checked
 from .errors import AllAttemptsFailedError, CascadeBudgetError, ConfigError, ProviderError
 from .validators import Answer, Context, Validator, Verdict
 
@@ -597,7 +597,7 @@ class Cascade:
         if climb.on_check is not None and step.validator is not None:
             # a check cut off (the latency budget, the caller gone): its calls so far (a
             # judge's, the one cut off at an estimate) go on the step's bill all the same
-            on_cut = partial(_bill_cut, climb.on_check, step.validator.name, rec.index)
+            on_cut = partial(_bill_cut, climb.on_check, check_name(step.validator), rec.index)
         if rec.answers:
             ctx = Context(climb.msgs, climb.pool, climb.p_good or None)
             for a in rec.answers:
@@ -610,7 +610,7 @@ class Cascade:
                 rec.verdicts.append(v)
                 if climb.on_check is not None and v.calls:
                     assert step.validator is not None
-                    climb.on_check(v, step.validator.name, rec.index)
+                    climb.on_check(v, check_name(step.validator), rec.index)
         rec.cost_usd, rec.tokens_in, rec.tokens_out = (climb.billed or _own_bill)(rec)
         # A step lasts as long as its slowest call says it took, or as long as we waited.
         rec.latency_ms = max((self.clock() - climb.t0) * 1000.0, slowest)
