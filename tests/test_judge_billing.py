@@ -174,3 +174,59 @@ async def test_a_plain_function_check_runs_in_a_ladder(up: LocalUpstream) -> Non
         res = await r.chat("hi", cascade=ladder)
     assert res.model == "beta"
     assert res.cascade is not None and res.cascade.steps[0].verdicts[0].reason == "short: fail"
+
+
+async def test_a_streaming_judge_that_answered_is_billed_once(up: LocalUpstream) -> None:
+    """A judge's stream that ended with its result is billed by the judge's own Answer only
+    (`_bill_to_check` is for a stream that ended without one)."""
+    up.default = reply("VERDICT: PASS\nCONFIDENCE: 0.9")
+    r = _router(_model("alpha", up.url, 0.1), _model("beta", up.url, 0.1))
+    judge_router = _router(_model("judge", up.url, 50.0))
+    judged: list[float] = []
+
+    async def ask(messages: list[dict[str, Any]]) -> v.Answer:
+        async with judge_router.stream(messages, allow=["judge"]) as s:
+            res = await s.result()
+        judged.append(res.total_cost_usd)
+        return v.Answer(res.model, res.text, cost_usd=res.total_cost_usd)
+
+    ladder = Cascade([Step(("alpha",), v.judge(ask, "ok?")), Step(("beta",))])
+    async with r, judge_router:
+        res = await r.chat("hi", cascade=ladder)
+    assert res.model == "alpha"
+    checks = [a for a in res.attempts if a.outcome == "check"]
+    assert len(checks) == 1 and len(judged) == 1, res.attempts
+    assert checks[0].cost_usd == pytest.approx(judged[0])
+
+
+async def test_a_judge_stream_left_early_is_billed_once(up: LocalUpstream) -> None:
+    """A judge that leaves its stream after the first piece and fails the answer on that:
+    its call is on the bill once (the stream's end, not also a second time)."""
+    up.default = reply("VERDICT: FAIL and then a long explanation " * 20)
+    r = _router(_model("alpha", up.url, 0.1), _model("beta", up.url, 0.1))
+    judge_router = _router(_model("judge", up.url, 50.0))
+
+    async def check(answer: v.Answer, ctx: Any) -> v.Verdict:
+        async with judge_router.stream("grade it", allow=["judge"]) as s:
+            async for d in s:
+                if d.text:
+                    break
+        return v.Verdict(False, 0.0, "the judge said FAIL first")
+
+    ladder = Cascade([Step(("alpha",), check), Step(("beta",))])
+    async with r, judge_router:
+        res = await r.chat("hi", cascade=ladder)
+    assert res.model == "beta"
+    checks = [a for a in res.attempts if a.outcome == "check"]
+    assert len(checks) == 1, res.attempts
+    assert checks[0].cost_usd is not None and checks[0].cost_usd > 0
+
+
+async def test_a_failed_stream_outside_a_check_bills_nothing(up: LocalUpstream) -> None:
+    from satisfice.testing import status
+
+    up.script("judge-d", status(500), status(500))
+    async with _router(_model("judge", up.url, 50.0)) as judge_router:
+        with pytest.raises(Exception, match="HTTP 500"):
+            async with judge_router.stream("hi", allow=["judge"]) as s:
+                await s.result()

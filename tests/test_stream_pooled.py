@@ -14,13 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from satisfice import Cascade, Policy, Registry, Router, Step
-from satisfice import validators as v
 from satisfice.errors import RetryableError, UpstreamTimeoutError
 from satisfice.executor import ExecutionConfig, make_client
 from satisfice.providers import AnthropicProvider, OpenAIProvider
 from satisfice.providers.base import ChatRequest, ChatResponse, HTTPProvider
-from satisfice.testing import LocalUpstream, reply
 from satisfice.transport import PooledTransport
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
@@ -286,86 +283,3 @@ async def test_fifty_streams_share_one_connection(up: Upstream, path: str, api: 
             pieces, final = await stream(p)
             assert pieces == ["Hel", "lo"] and isinstance(final, ChatResponse), final
     assert up.connections == 1
-
-
-# -- a streaming judge's bill -------------------------------------------------------------
-
-
-def _model(mid: str, url: str, price: float) -> dict[str, Any]:
-    return {
-        "id": mid, "provider": "openai", "tokenizer": "o200k_base", "context_window": 100_000,
-        "max_output": 1000, "quality": {"general": 0.9}, "p95_latency_ms": 100,
-        "price": {"input": price, "output": 2 * price},
-        "deployments": [{"name": "d", "api": "openai", "base_url": url + "/v1",
-                         "model": f"{mid}-d"}],
-    }  # fmt: skip
-
-
-def _router(*models: dict[str, Any]) -> Router:
-    cfg = ExecutionConfig(read_timeout_s=5.0, attempt_timeout_s=5.0, backoff_base_s=0.01)
-    reg = Registry.from_dict({"model": list(models)})
-    return Router(reg, Policy(quality_floor=0.5)).configure(execution=cfg)
-
-
-async def test_a_streaming_judge_that_answered_is_billed_once(up_local: LocalUpstream) -> None:
-    """A judge's stream that ended with its result is billed by the judge's own Answer only
-    (`_bill_to_check` is for a stream that ended without one)."""
-    up_local.default = reply("VERDICT: PASS\nCONFIDENCE: 0.9")
-    r = _router(_model("alpha", up_local.url, 0.1), _model("beta", up_local.url, 0.1))
-    judge_router = _router(_model("judge", up_local.url, 50.0))
-    judged: list[float] = []
-
-    async def ask(messages: list[dict[str, Any]]) -> v.Answer:
-        async with judge_router.stream(messages, allow=["judge"]) as s:
-            res = await s.result()
-        judged.append(res.total_cost_usd)
-        return v.Answer(res.model, res.text, cost_usd=res.total_cost_usd)
-
-    ladder = Cascade([Step(("alpha",), v.judge(ask, "ok?")), Step(("beta",))])
-    async with r, judge_router:
-        res = await r.chat("hi", cascade=ladder)
-    assert res.model == "alpha"
-    checks = [a for a in res.attempts if a.outcome == "check"]
-    assert len(checks) == 1 and len(judged) == 1, res.attempts
-    assert checks[0].cost_usd == pytest.approx(judged[0])
-
-
-async def test_a_judge_stream_left_early_is_billed_once(up_local: LocalUpstream) -> None:
-    """A judge that leaves its stream after the first piece and fails the answer on that:
-    its call is on the bill once (the stream's end, not also a second time)."""
-    up_local.default = reply("VERDICT: FAIL and then a long explanation " * 20)
-    r = _router(_model("alpha", up_local.url, 0.1), _model("beta", up_local.url, 0.1))
-    judge_router = _router(_model("judge", up_local.url, 50.0))
-
-    async def check(answer: v.Answer, ctx: Any) -> v.Verdict:
-        async with judge_router.stream("grade it", allow=["judge"]) as s:
-            async for d in s:
-                if d.text:
-                    break
-        return v.Verdict(False, 0.0, "the judge said FAIL first")
-
-    check.name = "leaves early"  # type: ignore[attr-defined]  # (a Validator has a name)
-    ladder = Cascade([Step(("alpha",), check), Step(("beta",))])
-    async with r, judge_router:
-        res = await r.chat("hi", cascade=ladder)
-    assert res.model == "beta"
-    checks = [a for a in res.attempts if a.outcome == "check"]
-    assert len(checks) == 1, res.attempts
-    assert checks[0].cost_usd is not None and checks[0].cost_usd > 0
-
-
-async def test_a_failed_stream_outside_a_check_bills_nothing(up_local: LocalUpstream) -> None:
-    from satisfice.testing import status
-
-    up_local.script("judge-d", status(500), status(500))
-    async with _router(_model("judge", up_local.url, 50.0)) as judge_router:
-        with pytest.raises(Exception, match="HTTP 500"):
-            async with judge_router.stream("hi", allow=["judge"]) as s:
-                await s.result()
-
-
-@pytest.fixture
-def up_local(upstream: LocalUpstream) -> Any:
-    assert upstream.wait_idle()
-    upstream.reset_script()
-    yield upstream
