@@ -60,10 +60,9 @@ _HIGH_WATER = 1 << 21  # buffered bytes at which a connection stops reading unti
 
 class _Conn(asyncio.Protocol):
     """One connection: an asyncio protocol that keeps what arrives in a buffer the reads
-    below take from directly. asyncio's StreamReader put a coroutine, a future and two
-    layers of calls on every read, and a response read through it (head, then body) cost
-    the client three times the CPU of the exchange itself (`timeit` against the local
-    upstream). Bytes that arrived before the connection ended stay readable after it."""
+    below take from directly; asyncio's StreamReader put a coroutine, a future and two
+    layers of calls on every read (with `post`, a provider's call went from 95-101 to 59-62
+    µs of CPU). Bytes that arrived before the connection ended stay readable after it."""
 
     __slots__ = (
         "_drained", "_paused", "_waiter", "buf", "ended", "error", "key", "transport", "used",
