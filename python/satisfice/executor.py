@@ -697,11 +697,14 @@ class Executor:
         ms = t.dep.p95_latency_ms or t.spec.p95_latency_ms
         return ms / 1000.0 if ms else None
 
-    async def _bounded(self, run: Run, t: _Target, call: Callable[[], Awaitable[T]]) -> T:
-        """`call()` within its share of the deadline (or attempt_timeout_s), taken as the
-        call starts (a race's, once every racer has been launched: taken at launch, while
-        the others are still untried, the first racer's share was halved for a fallback)."""
-        _, budget = self._budget(run, t)
+    async def _bounded(
+        self, run: Run, t: _Target, call: Callable[[httpx.Timeout], Awaitable[T]]
+    ) -> T:
+        """`call(timeout)` within its share of the deadline (or attempt_timeout_s), both taken
+        once, as the call starts (a race's, once every racer has been launched: taken at
+        launch, while the others are still untried, the first racer's share was halved for
+        a fallback)."""
+        timeout, budget = self._budget(run, t)
         run.calling[_hold(t)] = t, perf_counter()
         self._in_flight[t.key] += 1
         loop = asyncio.get_running_loop()
@@ -709,7 +712,7 @@ class Executor:
         if deadlines is None:  # one per event loop: a router may serve several threads' loops
             deadlines = self._deadlines[loop] = Deadlines(loop)
         try:
-            return await deadlines.wait(call(), budget)
+            return await deadlines.wait(call(timeout), budget)
         except TimeoutError:
             raise UpstreamTimeoutError(
                 f"{t.model} via {t.dep.name}: no answer within {budget:.3g}s "
@@ -792,8 +795,7 @@ class Executor:
                 while True:
                     started = perf_counter()
                     try:
-                        p, timeout = self._provider(t), self._budget(run, t)[0]
-                        call = partial(open_, p, run.wire(t), timeout)
+                        call = partial(open_, self._provider(t), run.wire(t))
                         value = await self._bounded(run, t, call)
                     except ProviderError as e:
                         action = self._failed(run, t, e, started)
@@ -1235,7 +1237,7 @@ class Executor:
                     self._failed(run, t, e, perf_counter())
                     continue
                 run.tried.add(t.key)
-                call = partial(p.complete, run.wire(t), self._budget(run, t)[0])
+                call = partial(p.complete, run.wire(t))
                 task = asyncio.ensure_future(self._bounded(run, t, call))
                 running[task] = (t, perf_counter())
                 return
