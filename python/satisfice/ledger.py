@@ -451,11 +451,10 @@ def open_sink(target: str | Path) -> Sink:
 
 
 #: The longest the writer thread builds records (and counts them for /metrics) before it hands
-#: the GIL over. A batch (what 20 ms of requests leave, ~450 µs of Python at 1,400 requests
-#: a second) held the event loop's thread up whole whenever it got the GIL during a
-#: request's I/O: that request's added latency took all of it (`satisfice serve`: p99 added
-#: 1.19-1.35 -> 0.68-1.01 ms, 4 runs of 3,000 sequential requests; p50 as before). Handing it
-#: over after every record instead cost the median request a hand-over per I/O (p50 +0.08).
+#: the GIL over. A batch (what 20 ms of requests leave) held the event loop's thread up whole
+#: whenever it got the GIL during a request's I/O: that request's added latency took all of
+#: it (the served p99). Handing it over after every record instead cost the median request
+#: a hand-over per I/O.
 _HOLD_S = 2e-4
 
 # -- the ledger: a queue and a writer thread --------------------------------------------------
