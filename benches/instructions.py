@@ -39,6 +39,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import httpx
+
 BENCHES = str(Path(__file__).resolve().parent)
 
 ROUTE = """
@@ -138,10 +140,12 @@ def per_call(python_dir: str | None, child: str, args: list[str], n: int) -> flo
     return total / n
 
 
-def per_request(python_dir: str | None, n: int) -> float:
-    """Instructions of `satisfice serve` (every thread) per sequential request."""
+def per_request(python_dir: str | None, n: int, redis: bool = False) -> float:
+    """Instructions of `satisfice serve` (every thread) per sequential request; with `redis`,
+    on the Redis state backend and called with a virtual key that has a budget and an rpm
+    limit (bench_server.py's "Redis + key" contender)."""
     from bench_overhead import bench_registry, upstream
-    from bench_server import MASTER_KEY, Contender, call, client, free_port, wait_http
+    from bench_server import MASTER_KEY, Contender, call, client, free_port, redis_server, wait_http
 
     with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as stack:
         tmp = Path(d)
@@ -149,7 +153,11 @@ def per_request(python_dir: str | None, n: int) -> float:
         registry = tmp / "registry.toml"
         registry.write_text(bench_registry(url).to_toml())
         cfg = tmp / "serve.toml"
-        cfg.write_text(f'[registry]\npath = "{registry}"\n')
+        state = ""
+        if redis:
+            redis_url = stack.enter_context(redis_server(tmp))
+            state = f'[state]\nbackend = "redis"\nredis_url = "{redis_url}"\n'
+        cfg.write_text(f'[registry]\npath = "{registry}"\n{state}')
         port, out, log = free_port(), tmp / "callgrind.out", tmp / "serve.log"
         env = {**_env(python_dir), "SATISFICE_MASTER_KEY": MASTER_KEY}
         with log.open("wb") as f:
@@ -162,6 +170,12 @@ def per_request(python_dir: str | None, n: int) -> float:
             base = f"http://127.0.0.1:{port}"
             wait_http(base + "/ready", proc.pid, log, 600)
             c = Contender("satisfice serve", base + "/v1/chat/completions", "auto")
+            if redis:
+                admin = {"authorization": f"Bearer {MASTER_KEY}"}
+                r = httpx.post(base + "/admin/keys", headers=admin, timeout=60, json={
+                    "name": "bench", "budget_usd": 1_000_000, "rpm": 100_000_000})  # fmt: skip
+                r.raise_for_status()
+                c.headers = {"authorization": f"Bearer {r.json()['key']}"}
 
             async def requests() -> None:
                 c.client = client(False)
@@ -208,7 +222,11 @@ def main() -> None:
             ("`router.chat()`", "chat"),
         )]  # fmt: skip
     else:
-        rows = [("a request through `satisfice serve`", partial(per_request, n=300))]
+        rows = [
+            ("a request through `satisfice serve`", partial(per_request, n=300)),
+            ("the same, Redis state and a key with a budget and an rpm limit",
+             partial(per_request, n=300, redis=True)),
+        ]  # fmt: skip
     print(f"`python benches/instructions.py {args.what}"
           + (" --against DIR`" if args.against else "`") + "\n")  # fmt: skip
     print("| instructions per | this build |" + (" against | ratio |" if args.against else ""))

@@ -189,12 +189,15 @@ async def test_a_record_this_version_cannot_read_breaks_only_itself() -> None:
         await s.put_key(good)
         newer, _ = VirtualKey.new("newer")
         await s.put_key(newer)
-        await s._r.hset(  # as a newer version writes it
-            "satisfice:keys", newer.id, json.dumps({**asdict(newer), "org": "x"})
+        await s._r.call(
+            "HSET",  # as a newer version writes it
+            "satisfice:keys",
+            newer.id,
+            json.dumps({**asdict(newer), "org": "x"}),
         )
-        await s._r.hset("satisfice:keys", "broken", "{not json")
+        await s._r.call("HSET", "satisfice:keys", "broken", "{not json")
         mistyped = {**asdict(good), "id": "mistyped", "budget_usd": "5"}  # had failed later
-        await s._r.hset("satisfice:keys", "mistyped", json.dumps(mistyped))
+        await s._r.call("HSET", "satisfice:keys", "mistyped", json.dumps(mistyped))
         assert {k.name for k in await s.list_keys()} == {"good", "newer"}
         assert (await s.key_by_id(newer.id)).name == "newer"  # type: ignore[union-attr]
         assert await s.key_by_id("absent") is None
@@ -202,14 +205,14 @@ async def test_a_record_this_version_cannot_read_breaks_only_itself() -> None:
             with pytest.raises(StateUnavailable, match="cannot be read"):
                 await s.key_by_id(kid)
         assert (await s.key_by_secret(secret)).name == "good"  # type: ignore[union-attr]
-        await s._r.hset("satisfice:key_hash", hash_key("sk-sat-broken"), "broken")
+        await s._r.call("HSET", "satisfice:key_hash", hash_key("sk-sat-broken"), "broken")
         with pytest.raises(StateUnavailable, match="cannot be read"):
             await s.key_by_secret("sk-sat-broken")  # its limits cannot be read: refused
-        await s._r.hset("satisfice:teams", "team:t", json.dumps({"scope": "team:t"}))
+        await s._r.call("HSET", "satisfice:teams", "team:t", json.dumps({"scope": "team:t"}))
         with pytest.raises(StateUnavailable, match="team 't' cannot be read"):
             await s.team("t")  # no limit: its budget cannot be checked
-        await s._r.hset("satisfice:cooldowns", "odd", json.dumps([1e18, "why", "extra"]))
-        await s._r.hset("satisfice:cooldowns", "a/d", json.dumps([1e18, "down"]))
+        await s._r.call("HSET", "satisfice:cooldowns", "odd", json.dumps([1e18, "why", "extra"]))
+        await s._r.call("HSET", "satisfice:cooldowns", "a/d", json.dumps([1e18, "down"]))
         assert await s.cooldowns_now() == {"a/d": (1e18, "down")}
         await s.close()
 

@@ -13,11 +13,12 @@ When Redis is unreachable (see README, "Run it as a service"):
 - rate limits, session pins and shared cooldowns fail open: the request is served on this
   replica's own view, and the failure is logged and counted;
 - keys already seen are served from a 30-second local cache; others are refused with 503.
-Everything recovers on the next request after Redis returns (redis-py reconnects).
+Everything recovers on the next request after Redis returns (a new connection is made).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -26,7 +27,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
@@ -183,6 +184,12 @@ def _stored(cls: type[_T], raw: str | bytes) -> _T | None:
         return cls(**{k: v for k, v in d.items() if k in names})
     except (ValueError, TypeError, AttributeError, SatisficeError):
         return None
+
+
+def _pairs(raw: list[Any] | dict[Any, Any]) -> Iterable[tuple[Any, Any]]:
+    """A hash as HGETALL answers it (RESP2: field, value, field, value, ...) as pairs; a map
+    (RESP3, when the URL asks for `protocol=3`) as it is."""
+    return raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
 
 
 def _retry_in() -> float:
@@ -418,30 +425,123 @@ return 0
 """
 
 
+def _pack(args: Sequence[str | int | bytes]) -> bytes:
+    """A command as RESP: an array of bulk strings (the arguments here are str, int and
+    bytes). Written here rather than redis-py's `pack_command`, which takes any type through
+    its encoder: `benches/instructions.py serve` counted 1.84M instructions a budgeted,
+    rate-limited request (three commands) with this, 2.01M with that."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+class _Connections:
+    """Connections to one Redis server: redis-py's `Connection`s (its connect, auth, TLS and
+    reply parser) taken and given back here, one command each, without its client and pool,
+    whose layers cost a lock or a condition, a readiness probe of the socket and
+    observability hooks on every command (`benches/bench_redis.py`: redis-py's client took
+    1.3-1.7x the CPU of this per command). The timeout is one `asyncio.timeout` around the
+    command and its reply: a connection's own socket timeout sends each write through
+    `asyncio.wait_for`, a task a command.
+    """
+
+    def __init__(
+        self, url: str, size: int = 128, wait_s: float = 5.0, timeout_s: float = 2.0
+    ) -> None:
+        import redis.asyncio as aioredis
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import ResponseError
+
+        # Only its connection factory is used: the URL's host, port, db, credentials and TLS.
+        # RESP2, whose replies every redis-py and Redis version gives alike (redis-py 8
+        # defaults to RESP3, which Redis before 6 lacks).
+        factory = aioredis.ConnectionPool.from_url(
+            url, socket_timeout=None, socket_connect_timeout=timeout_s, protocol=2
+        )
+        self._make: Callable[[], Any] = factory.make_connection
+        self._idle: list[Any] = []
+        # At most `size` commands at once; past that a caller waits up to `wait_s` for a
+        # connection (a burst waits rather than failing as if Redis were down).
+        self._slots = asyncio.Semaphore(size)
+        self._wait_s = wait_s
+        self._timeout_s = timeout_s
+        self._lost = RedisConnectionError
+        self._error_reply = ResponseError
+
+    async def call(self, *args: str | int | bytes) -> Any:
+        """One command and its reply. A connection that sat idle may have been closed by
+        the server meanwhile: when it fails so, the command is sent once more on a new one
+        (as redis-py's pool would; the scripts are idempotent by their hold id). A command
+        not answered within `timeout_s` raises TimeoutError."""
+        slots = self._slots
+        if slots.locked():
+            try:
+                await asyncio.wait_for(slots.acquire(), self._wait_s)
+            except TimeoutError:
+                raise self._lost("no Redis connection free") from None
+        else:
+            await slots.acquire()
+        try:
+            command = _pack(args)
+            while True:
+                reused = bool(self._idle)
+                conn = self._idle.pop() if reused else self._make()
+                try:
+                    async with asyncio.timeout(self._timeout_s):
+                        if not reused:
+                            await conn.connect()
+                        await conn.send_packed_command(command, check_health=False)
+                        reply = await conn.read_response()
+                except self._lost:
+                    await conn.disconnect(nowait=True)
+                    if reused:
+                        continue
+                    raise
+                except self._error_reply:
+                    self._idle.append(conn)  # an error reply, read whole: the connection is fine
+                    raise
+                except BaseException:
+                    # a timeout or a cancellation mid-reply: what it would read next is unknown
+                    await conn.disconnect(nowait=True)
+                    raise
+                self._idle.append(conn)
+                return reply
+        finally:
+            slots.release()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect(nowait=True)
+
+
+class _Script:
+    """A Lua script sent by EVALSHA (its SHA-1 computed here), loaded when Redis lacks it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
 class RedisState:
-    """State in Redis (redis-py asyncio), shared by every replica pointing at it."""
+    """State in Redis, shared by every replica pointing at it."""
 
     backend = "redis"
 
     def __init__(self, url: str, prefix: str = "satisfice:") -> None:
         try:
-            import redis.asyncio as aioredis
+            from redis.exceptions import NoScriptError
         except ImportError:
             raise ConfigError("the redis state backend needs redis-py: pip install redis") from None
-        # A blocking pool: under a burst, a request waits (up to 5 s) for one of 128
-        # connections instead of failing as if Redis were down.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=128, timeout=5, socket_timeout=2.0, socket_connect_timeout=2.0
-        )
-        self._r = aioredis.Redis(connection_pool=pool)
-        from redis.exceptions import NoScriptError
-
+        self._r = _Connections(url)
         self._no_script = NoScriptError
         self._p = prefix
-        self._admit = self._r.register_script(_ADMIT)
-        self._key = self._r.register_script(_KEY)
-        self._settle = self._r.register_script(_SETTLE)
-        self._cas = self._r.register_script(_CAS)
+        self._admit = _Script(_ADMIT)
+        self._key = _Script(_KEY)
+        self._settle = _Script(_SETTLE)
+        self._cas = _Script(_CAS)
         self._key_cache: dict[str, tuple[VirtualKey, float]] = {}
         self._team_cache: dict[str, tuple[Budget | None, float]] = {}
         self.errors = 0
@@ -451,20 +551,17 @@ class RedisState:
         self._local = MemoryState()
 
     async def close(self) -> None:
-        # The pool is ours (made above), and a client given a pool does not close it itself.
-        await self._r.aclose(close_connection_pool=True)
+        await self._r.close()
 
-    async def _eval(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """A registered script by EVALSHA, as `Script.__call__` runs it (loaded again when
-        the server lacks it: a restart, SCRIPT FLUSH), called on the client's
-        `execute_command` directly: `Script.__call__`'s own layers cost about 15 µs a call,
-        and a budgeted request makes three."""
-        run = self._r.execute_command
+    async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """`script` by EVALSHA, loaded again when the server lacks it (a restart, SCRIPT
+        FLUSH)."""
+        call = self._r.call
         try:
-            return await run("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+            return await call("EVALSHA", script.sha, len(keys), *keys, *args)
         except self._no_script:
-            script.sha = await self._r.script_load(script.script)
-            return await run("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+            await call("SCRIPT", "LOAD", script.source)
+            return await call("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def _do(self, coro: Any) -> Any:
         import redis.exceptions
@@ -489,8 +586,8 @@ class RedisState:
     # keys ------------------------------------------------------------------------------------
     async def put_key(self, k: VirtualKey) -> None:
         data = json.dumps(asdict(k))
-        await self._do(self._r.hset(f"{self._p}keys", k.id, data))
-        await self._do(self._r.hset(f"{self._p}key_hash", k.key_hash, k.id))
+        await self._do(self._r.call("HSET", f"{self._p}keys", k.id, data))
+        await self._do(self._r.call("HSET", f"{self._p}key_hash", k.key_hash, k.id))
         self._key_cache.pop(k.key_hash, None)
 
     async def replace_key(self, old: VirtualKey, new: VirtualKey) -> bool:
@@ -525,14 +622,14 @@ class RedisState:
         return k
 
     async def list_keys(self) -> list[VirtualKey]:
-        raw = await self._do(self._r.hgetall(f"{self._p}keys"))
-        keys = [_stored(VirtualKey, v) for v in raw.values()]
+        raw = await self._do(self._r.call("HVALS", f"{self._p}keys"))
+        keys = [_stored(VirtualKey, v) for v in raw]
         if None in keys:  # listed without it: the others can still be managed
             self._unreadable("a key")
         return [k for k in keys if k is not None]
 
     async def key_by_id(self, kid: str) -> VirtualKey | None:
-        raw = await self._do(self._r.hget(f"{self._p}keys", kid))
+        raw = await self._do(self._r.call("HGET", f"{self._p}keys", kid))
         if raw is None:
             return None
         k = _stored(VirtualKey, raw)
@@ -554,7 +651,7 @@ class RedisState:
 
     async def put_team(self, b: Budget) -> None:
         stored = {"scope": b.scope, "limit_usd": b.limit_usd, "period": b.period}  # not at/hold
-        await self._do(self._r.hset(f"{self._p}teams", b.scope, json.dumps(stored)))
+        await self._do(self._r.call("HSET", f"{self._p}teams", b.scope, json.dumps(stored)))
         self._team_cache.pop(b.scope.removeprefix("team:"), None)
 
     async def team(self, name: str) -> Budget | None:
@@ -562,7 +659,7 @@ class RedisState:
         (that a team has no budget included): a team label alone must not fail its keys."""
         hit = self._team_cache.get(name)
         try:
-            raw = await self._do(self._r.hget(f"{self._p}teams", f"team:{name}"))
+            raw = await self._do(self._r.call("HGET", f"{self._p}teams", f"team:{name}"))
         except StateUnavailable:
             if hit is not None and hit[1] > time.time():
                 return hit[0]
@@ -635,49 +732,51 @@ class RedisState:
 
     async def spent(self, b: Budget) -> tuple[float, float]:
         s, h, _ = self._bkeys([b])
-        vals = await self._do(self._r.mget(s, h))
+        vals = await self._do(self._r.call("MGET", s, h))
         return (int(vals[0] or 0) / NANO, int(vals[1] or 0) / NANO)
 
     # sessions and cooldowns: fail open -------------------------------------------------------
     async def pin(self, session: str) -> str | None:
         try:
-            v = await self._do(self._r.get(f"{self._p}pin:{session}"))
+            v = await self._do(self._r.call("GET", f"{self._p}pin:{session}"))
         except StateUnavailable:
             return None
         return None if v is None else v.decode()
 
     async def set_pin(self, session: str, model: str, ttl_s: float = 3600) -> None:
         with contextlib.suppress(StateUnavailable):  # fail open
-            await self._do(self._r.set(f"{self._p}pin:{session}", model, ex=int(ttl_s)))
+            await self._do(self._r.call("SET", f"{self._p}pin:{session}", model, "EX", int(ttl_s)))
 
     async def push_cooldown(self, key: str, until: float, why: str) -> None:
         with contextlib.suppress(StateUnavailable):  # fail open
-            await self._do(self._r.hset(f"{self._p}cooldowns", key, json.dumps([until, why])))
+            await self._do(
+                self._r.call("HSET", f"{self._p}cooldowns", key, json.dumps([until, why]))
+            )
 
     async def set_disabled(self, key: str, why: str | None) -> None:
         """Share that a deployment was disabled (`why`) or enabled again (None)."""
         with contextlib.suppress(StateUnavailable):  # fail open: this replica's view holds
             if why is None:
-                await self._do(self._r.hdel(f"{self._p}disabled", key))
+                await self._do(self._r.call("HDEL", f"{self._p}disabled", key))
             else:
-                await self._do(self._r.hset(f"{self._p}disabled", key, why))
+                await self._do(self._r.call("HSET", f"{self._p}disabled", key, why))
 
     async def disabled_now(self) -> dict[str, str] | None:
         """Deployments disabled on any replica (None: the store is away, nothing known)."""
         try:
-            raw = await self._do(self._r.hgetall(f"{self._p}disabled"))
+            raw = await self._do(self._r.call("HGETALL", f"{self._p}disabled"))
         except StateUnavailable:
             return None
-        return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+        return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in _pairs(raw)}
 
     async def cooldowns_now(self) -> dict[str, tuple[float, str]]:
         try:
-            raw = await self._do(self._r.hgetall(f"{self._p}cooldowns"))
+            raw = await self._do(self._r.call("HGETALL", f"{self._p}cooldowns"))
         except StateUnavailable:
             return {}
         now = time.time()
         out = {}
-        for k, v in raw.items():
+        for k, v in _pairs(raw):
             try:
                 until, why = json.loads(v)
                 until = float(until)
