@@ -472,3 +472,39 @@ def test_a_sink_that_fills_up_partway_loses_no_record() -> None:
     assert led.flush(10.0)
     led.close()
     assert sorted(sink.rows) == sorted(f"r{i}" for i in range(60)) and led.dropped == 0
+
+
+def _switches(thread_id: int) -> int:
+    """Times a thread has gone to sleep (Linux: its voluntary context switches)."""
+    status = Path(f"/proc/self/task/{thread_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux's /proc")
+def test_an_idle_writer_sleeps_and_a_record_or_score_wakes_it() -> None:
+    """Polling every flush interval had woken an idle server's writer 50 times a second."""
+    sink = ScriptedSink()
+    fed: list[Any] = []
+    sink.feedback = fed.extend  # type: ignore[method-assign]
+    led = Ledger(sink)  # type: ignore[arg-type]
+    tid = led._thread.native_id
+    assert tid is not None
+    time.sleep(0.2)  # idle from here on
+    before = _switches(tid)
+    time.sleep(1.0)
+    assert _switches(tid) - before <= 5  # 50 a second before
+    for what in ("record", "score"):
+        time.sleep(0.3)  # asleep again
+        t0 = time.monotonic()
+        if what == "record":
+            led.put({"request_id": "r"})
+            while sink.rows != ["r"] and time.monotonic() - t0 < 2:
+                time.sleep(0.005)
+        else:
+            led.feedback("r", 1.0)
+            while not fed and time.monotonic() - t0 < 2:
+                time.sleep(0.005)
+        took = time.monotonic() - t0
+        # woken, then taken a flush interval later: not left for the idle wait's second
+        assert led.flush_interval_s <= took < 0.5, (what, took)
+    led.close()
