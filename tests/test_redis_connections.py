@@ -6,12 +6,15 @@ What must hold: a connection the server closed while it sat idle is replaced wit
 caller seeing it; a command cancelled or timed out mid-reply never leaves its reply for the
 next command to read; an error reply leaves the connection in use; no more connections than
 the bound are opened, and a caller that finds none free within its wait is told the state is
-unavailable."""
+unavailable; the URL's pool options (`max_connections`, `timeout`) still set the bound and the
+wait (`timeout` had reached each connection: a TypeError every call); close() leaves no
+connection open, in flight or not; an outage does not build a connection object a call."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -24,7 +27,7 @@ from satisfice.server.state import (
     _Connections,
 )
 
-from .servers import redis
+from .servers import free_port, redis
 
 
 async def _clients(s: RedisState) -> int:
@@ -191,3 +194,58 @@ def test_a_command_packs_to_the_bytes_redis_py_sends(args: tuple[str | int | byt
 
     conn = aioredis.ConnectionPool.from_url("redis://127.0.0.1:1/0", protocol=2).make_connection()
     assert _pack(args) == b"".join(conn.pack_command(*args))
+
+
+async def test_the_url_pool_options_redis_py_honoured_still_apply() -> None:
+    """`?timeout=` (the wait for a free connection) and `?max_connections=` were redis-py's
+    pool options, honoured before; `timeout` now reached the connection, a TypeError on every
+    call (not StateUnavailable: nothing failed open), and `max_connections` was ignored."""
+    fake = _ScriptedRedis(delay=0.3)
+    async with fake.url() as url:
+        conns = _Connections(url + "?timeout=0.1&max_connections=2")
+        busy = [asyncio.ensure_future(conns.call("ECHO", str(i))) for i in range(2)]
+        await asyncio.sleep(0.05)
+        t = time.monotonic()
+        try:
+            await conns.call("ECHO", "waits")
+            raise AssertionError("a third call found a connection past max_connections=2")
+        except Exception as e:
+            assert "no Redis connection free" in str(e), repr(e)
+        assert time.monotonic() - t < 0.25  # the URL's wait, not the default 5 s
+        assert await asyncio.gather(*busy) == [b"0", b"1"]
+        assert fake.most_open == 2
+        await conns.close()
+
+
+async def test_close_with_calls_in_flight_leaves_no_connection_open() -> None:
+    fake = _ScriptedRedis(delay=0.3)
+    async with fake.url() as url:
+        conns = _Connections(url)
+        calls = [asyncio.ensure_future(conns.call("ECHO", str(i))) for i in range(5)]
+        await asyncio.sleep(0.1)
+        await conns.close()
+        await asyncio.gather(*calls, return_exceptions=True)
+        await asyncio.sleep(0.1)
+        assert fake.open == 0, f"{fake.open} connections left open after close()"
+
+
+async def test_an_outage_does_not_build_a_connection_object_a_call() -> None:
+    """While Redis is away every call fails to connect; a connection object per call (redis-py
+    8's constructor reads the package metadata, ~0.6 ms) made each failed state call about 5x
+    the CPU it took through redis-py's pool, which kept its connection objects."""
+    s = RedisState(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    made = 0
+    make = s._r._make
+
+    def counted() -> object:
+        nonlocal made
+        made += 1
+        return make()
+
+    s._r._make = counted
+    for _ in range(50):
+        assert await s.pin("a") is None  # fails open
+    assert made == 1, f"{made} connection objects for 50 calls one after another"
+    await asyncio.gather(*(s.pin("a") for _ in range(50)))
+    assert made <= 50, f"{made} connection objects for 50 more calls at once"
+    await s.close()

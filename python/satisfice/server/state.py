@@ -451,17 +451,30 @@ class _Connections:
         self, url: str, size: int = 128, wait_s: float = 5.0, timeout_s: float = 2.0
     ) -> None:
         import redis.asyncio as aioredis
+        from redis.asyncio.connection import parse_url
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import ResponseError
 
         # Only its connection factory is used: the URL's host, port, db, credentials and TLS.
         # RESP2, whose replies every redis-py and Redis version gives alike (redis-py 8
-        # defaults to RESP3, which Redis before 6 lacks).
-        factory = aioredis.ConnectionPool.from_url(
-            url, socket_timeout=None, socket_connect_timeout=timeout_s, protocol=2
-        )
+        # defaults to RESP3, which Redis before 6 lacks). The URL's options win, as they did
+        # with redis-py's pool; its pool's own two (`max_connections`, and `timeout`, the
+        # wait for a free connection) set the bound and the wait here: given to a
+        # connection, `timeout` had failed every command with a TypeError.
+        opts: dict[str, Any] = {
+            "socket_timeout": None, "socket_connect_timeout": timeout_s, "protocol": 2,
+            **parse_url(url),
+        }  # fmt: skip
+        size = int(opts.pop("max_connections", None) or size)
+        wait_s = float(opts.pop("timeout", wait_s))  # redis-py 5.0 leaves it a str
+        factory = aioredis.ConnectionPool(**opts)
         self._make: Callable[[], Any] = factory.make_connection
         self._idle: list[Any] = []
+        # Connections dropped (disconnected) kept to connect again: making one costs more
+        # than connecting it (redis-py 8 reads its package metadata for each), and through
+        # an outage every command would make one. At most `size` are ever made.
+        self._spare: list[Any] = []
+        self._closed = False
         # At most `size` commands at once; past that a caller waits up to `wait_s` for a
         # connection (a burst waits rather than failing as if Redis were down).
         self._slots = asyncio.Semaphore(size)
@@ -472,9 +485,9 @@ class _Connections:
 
     async def call(self, *args: str | int | bytes) -> Any:
         """One command and its reply. A connection that sat idle may have been closed by
-        the server meanwhile: when it fails so, the command is sent once more on a new one
-        (as redis-py's pool would; the scripts are idempotent by their hold id). A command
-        not answered within `timeout_s` raises TimeoutError."""
+        the server meanwhile: when it fails so, the command is sent again on another (after a
+        restart every idle one fails so, one after another; the scripts are idempotent by
+        their hold id). A command not answered within `timeout_s` raises TimeoutError."""
         slots = self._slots
         if slots.locked():
             try:
@@ -487,7 +500,10 @@ class _Connections:
             command = _pack(args)
             while True:
                 reused = bool(self._idle)
-                conn = self._idle.pop() if reused else self._make()
+                if reused:
+                    conn = self._idle.pop()
+                else:
+                    conn = self._spare.pop() if self._spare else self._make()
                 try:
                     async with asyncio.timeout(self._timeout_s):
                         if not reused:
@@ -495,24 +511,37 @@ class _Connections:
                         await conn.send_packed_command(command, check_health=False)
                         reply = await conn.read_response()
                 except self._lost:
-                    await conn.disconnect(nowait=True)
+                    await self._drop(conn)
                     if reused:
                         continue
                     raise
                 except self._error_reply:
-                    self._idle.append(conn)  # an error reply, read whole: the connection is fine
+                    # an error reply, read whole: the connection is fine
+                    if self._closed:
+                        await conn.disconnect(nowait=True)
+                    else:
+                        self._idle.append(conn)
                     raise
                 except BaseException:
                     # a timeout or a cancellation mid-reply: what it would read next is unknown
-                    await conn.disconnect(nowait=True)
+                    await self._drop(conn)
                     raise
-                self._idle.append(conn)
+                if self._closed:  # in flight as close() ran: its connection goes too
+                    await conn.disconnect(nowait=True)
+                else:
+                    self._idle.append(conn)
                 return reply
         finally:
             slots.release()
 
+    async def _drop(self, conn: Any) -> None:
+        await conn.disconnect(nowait=True)
+        if not self._closed:
+            self._spare.append(conn)
+
     async def close(self) -> None:
-        idle, self._idle = self._idle, []
+        self._closed = True
+        idle, self._idle, self._spare = self._idle, [], []
         for conn in idle:
             await conn.disconnect(nowait=True)
 
