@@ -222,3 +222,51 @@ def test_sigterm_lets_50_streams_finish(tmp_path: Path) -> None:
     errors = [o for o in outs if '"error"' in o]
     assert len(done) + len(errors) == 50 and len(done) == 50
     assert all(text.split()[-1] in o for o in done)
+
+
+def _evalsha_calls(r: RedisServer) -> int:
+    """EVALSHA commands redis-server has run (its INFO commandstats)."""
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(r.url) as c:
+        stats = c.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_key_changed_on_one_replica_is_seen_by_the_others_next_request(two: Any) -> None:
+    """A budgeted or rate-limited key read in the last 30 s is served without reading it
+    again: admission checks it against the stored record in the same script, so a revoke, a
+    new limit or a new model list made on another replica holds on the next request."""
+    urls, _, r = two
+    admin = {"authorization": f"Bearer {MASTER}"}
+    k = _admin(urls[0], "/admin/keys", {"name": "cached", "budget_usd": 1.0, "rpm": 1000})
+    auth = {"authorization": f"Bearer {k['key']}"}
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+
+    def ask(model: str = "auto") -> httpx.Response:
+        return httpx.post(urls[1] + "/v1/chat/completions", headers=auth, timeout=30,
+                          json={**body, "model": model})  # fmt: skip
+
+    assert ask().status_code == 200  # replica 1 has read it
+    before = _evalsha_calls(r)
+    for _ in range(5):
+        assert ask().status_code == 200
+    # admission and settlement only: the key was not looked up again (3 a request before)
+    assert _evalsha_calls(r) - before == 10
+
+    patch = httpx.patch(
+        urls[0] + f"/admin/keys/{k['id']}", json={"models": ["beta"]}, headers=admin
+    )
+    assert patch.status_code == 200, patch.text
+    refused = ask("alpha")
+    assert refused.status_code == 403 and "may not use 'alpha'" in refused.text
+    assert ask("beta").status_code == 200
+
+    patch = httpx.patch(urls[0] + f"/admin/keys/{k['id']}", json={"budget_usd": 0.0}, headers=admin)
+    assert patch.status_code == 200, patch.text
+    refused = ask("beta")
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+
+    assert httpx.delete(urls[0] + f"/admin/keys/{k['id']}", headers=admin).json()["revoked"]
+    refused = ask("beta")
+    assert refused.status_code == 401 and "revoked" in refused.text

@@ -259,3 +259,30 @@ async def test_a_hold_never_settled_is_released_after_its_time(
         assert await s.admit([big.pinned(hold="after")], 1.0) is None
         assert await s.spent(big) == (0.0, pytest.approx(1.0))
         await s.close()
+
+
+async def test_admission_checks_the_key_it_was_given_against_the_stored_one() -> None:
+    """A key served from the 30 s cache is checked by admission, in the same script as the
+    reservation: one changed since (on any replica) raises KeyChanged and reserves nothing."""
+    from dataclasses import replace
+
+    from satisfice.server.state import KeyChanged, VirtualKey
+
+    with redis() as server:
+        a, b = RedisState(server.url), RedisState(server.url)  # two replicas
+        k, secret = VirtualKey.new("k", budget_usd=1.0)
+        await a.put_key(k)
+        read = await b.key_by_secret(secret)
+        assert read == k and await b.key_by_secret(secret, cached=True) is read  # no round trip
+        budget = Budget(f"key:{k.id}", 1.0, "total")
+        assert await b.admit([budget.pinned()], 0.1, None, read) is None
+        assert await a.replace_key(k, replace(k, revoked=True))
+        with pytest.raises(KeyChanged):
+            await b.admit([budget.pinned()], 0.1, None, read)
+        assert await b.spent(budget) == (0.0, pytest.approx(0.1))  # the first only
+        again = await b.key_by_secret(secret, cached=True)  # the stale read was forgotten
+        assert again is not None and again.revoked
+        with pytest.raises(KeyChanged):  # a read older than the one now cached
+            await b.admit([budget.pinned()], 0.1, None, read)
+        await a.close()
+        await b.close()

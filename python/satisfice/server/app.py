@@ -56,6 +56,7 @@ from . import wire
 from .config import ServerConfig, check_aliases
 from .state import (
     Budget,
+    KeyChanged,
     MemoryState,
     RateCount,
     RedisState,
@@ -388,12 +389,17 @@ class Service:
     async def authenticate(self, request: Request) -> VirtualKey | None:
         return await self.key_of(request.headers)
 
-    async def key_of(self, headers: Mapping[str, str]) -> VirtualKey | None:
-        """The caller's key from its headers (`authenticate`, on a header mapping)."""
+    async def key_of(self, headers: Mapping[str, str], cached: bool = False) -> VirtualKey | None:
+        """The caller's key from its headers (`authenticate`, on a header mapping).
+        `cached`: the caller passes the key to `state.admit`, which checks it against the
+        stored record; a key read in the last 30 s then serves (no round trip to Redis) if
+        its budget or rate limit means admission will run. A key with neither is read now."""
         auth = headers.get("authorization", "")
         secret = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         secret = secret or headers.get("x-api-key", "")
-        key = await self.state.key_by_secret(secret) if secret else None
+        key = await self.state.key_by_secret(secret, cached) if secret else None
+        if cached and key is not None and not _admitted(key):
+            key = await self.state.key_by_secret(secret)
         if key is not None and key.revoked:
             raise HTTPError(401, "this key was revoked", "invalid_request_error", "key_revoked")
         if key is None and self.config.require_keys:
@@ -500,6 +506,12 @@ class Service:
         t.add_done_callback(self._settling.discard)
 
 
+def _admitted(key: VirtualKey) -> bool:
+    """Whether every request with `key` goes through `state.admit` (a budget of its own,
+    or a rate limit): a team's budget alone may not exist."""
+    return key.budget_usd is not None or key.rpm is not None or key.tpm is not None
+
+
 _CONSTRAINT_KEYS = frozenset(Constraints.__match_args__)  # what routing takes per request
 
 
@@ -515,11 +527,11 @@ def _headers(scope: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-async def _json(
+async def _body(
     receive: Callable[[], Awaitable[Any]], headers: Mapping[str, str], limit: int
-) -> Any:
-    """The request body as JSON, read from ASGI `receive` as Starlette's `Request.stream()`
-    reads it (a disconnect raises ClientDisconnect); over `limit` bytes: 413."""
+) -> bytes:
+    """The request body, read from ASGI `receive` as Starlette's `Request.stream()` reads it
+    (a disconnect raises ClientDisconnect); over `limit` bytes: 413."""
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPError(
@@ -543,8 +555,12 @@ async def _json(
                 break
         elif m["type"] == "http.disconnect":
             raise ClientDisconnect()
-    try:  # one chunk (the usual body) is parsed as it came
-        return _loads(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return _loads(raw)
     except (ValueError, RecursionError):
         raise HTTPError(
             400, "the request body is not valid JSON", "invalid_request_error", "invalid_json"
@@ -554,15 +570,27 @@ async def _json(
 def create_app(config: ServerConfig | None = None, *, router: Router | None = None) -> Starlette:
     svc = Service(config or ServerConfig(), router)
 
-    async def handle(scope: Mapping[str, Any], receive: Any, api: str) -> Response:
+    async def handle(
+        scope: Mapping[str, Any], receive: Any, api: str, again: bytes | None = None
+    ) -> Response:
+        """One API request. `again`: its body, when admission found the caller's key
+        changed since it was read (KeyChanged) and the request is taken again from the key
+        read anew (once: a second change answers 503)."""
         svc.in_flight += 1
         reserved: tuple[list[Budget], float] | None = None
         streaming = handed = False
         failed: Exception | None = None
         try:
             headers = _headers(scope)
-            body = await _json(receive, headers, svc.config.max_body_bytes)
-            key = await svc.key_of(headers)
+            raw = (
+                again
+                if again is not None
+                else await _body(receive, headers, svc.config.max_body_bytes)
+            )
+            body = _json(raw)
+            # A key read in the last 30 s serves when admission will check it against the
+            # stored record (one round trip to Redis fewer): see `key_of`.
+            key = await svc.key_of(headers, cached=again is None)
             parse = wire.openai_request if api == "openai" else wire.anthropic_request
             routed = parse(body, headers)
             opts = {**routed.options, **svc.resolve(routed, key)}
@@ -661,7 +689,14 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 refused: Refused | None = Refused(budgets[0])
             elif budgets or count is not None:
                 try:
-                    refused = await svc.state.admit(budgets, worst, count)
+                    refused = await svc.state.admit(budgets, worst, count, key)
+                except KeyChanged:
+                    if again is not None:
+                        raise HTTPError(
+                            503, "this key changed twice while the request was admitted; "
+                            "send it again", "server_error", "key_changed",
+                        ) from None  # fmt: skip
+                    return await handle(scope, receive, api, raw)
                 except StateUnavailable:
                     if budgets:
                         # the reply may be lost after the store reserved: release it when

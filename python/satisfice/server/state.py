@@ -34,8 +34,8 @@ from typing import Any, TypeVar
 from ..errors import ConfigError, SatisficeError
 
 __all__ = [
-    "Budget", "MemoryState", "RateCount", "RedisState", "Refused", "StateUnavailable",
-    "VirtualKey", "hash_key",
+    "Budget", "KeyChanged", "MemoryState", "RateCount", "RedisState", "Refused",
+    "StateUnavailable", "VirtualKey", "hash_key",
 ]  # fmt: skip
 
 NANO = 1_000_000_000
@@ -53,6 +53,11 @@ _T = TypeVar("_T")
 
 class StateUnavailable(SatisficeError):
     """The shared state store cannot be reached (the server answers 503)."""
+
+
+class KeyChanged(Exception):
+    """Admission found the caller's key changed (or revoked, or deleted) since this replica
+    read it: the request is taken again from its key, read anew."""
 
 
 def hash_key(key: str) -> str:
@@ -203,6 +208,7 @@ class MemoryState:
 
     def __init__(self) -> None:
         self.keys: dict[str, VirtualKey] = {}
+        self._by_hash: dict[str, str] = {}  # a secret's hash -> its key's id
         self.teams: dict[str, Budget] = {}
         self._spent: dict[str, int] = {}
         self._reserved: dict[str, int] = {}
@@ -218,6 +224,7 @@ class MemoryState:
     # keys ------------------------------------------------------------------------------------
     async def put_key(self, k: VirtualKey) -> None:
         self.keys[k.id] = k
+        self._by_hash[k.key_hash] = k.id
 
     async def replace_key(self, old: VirtualKey, new: VirtualKey) -> bool:
         """Write `new` only if the stored key is still `old` (False: it changed meanwhile)."""
@@ -226,12 +233,11 @@ class MemoryState:
         self.keys[old.id] = new
         return True
 
-    async def key_by_secret(self, secret: str) -> VirtualKey | None:
-        h = hash_key(secret)
-        for k in self.keys.values():
-            if hmac.compare_digest(k.key_hash, h):
-                return k
-        return None
+    async def key_by_secret(self, secret: str, cached: bool = False) -> VirtualKey | None:
+        """The key whose secret this is (`cached`: no difference here, every read is
+        current). Found by its hash in a dict: a scan had compared every key's."""
+        kid = self._by_hash.get(hash_key(secret))
+        return None if kid is None else self.keys.get(kid)
 
     async def list_keys(self) -> list[VirtualKey]:
         return list(self.keys.values())
@@ -247,11 +253,16 @@ class MemoryState:
 
     # admission: budgets and rate limits, checked together, counted together --------------
     async def admit(
-        self, budgets: Sequence[Budget], usd: float, rate: RateCount | None = None
+        self,
+        budgets: Sequence[Budget],
+        usd: float,
+        rate: RateCount | None = None,
+        key: VirtualKey | None = None,
     ) -> Refused | None:
         """Reserve `usd` under every budget and count `rate` in its key's window, or neither:
         every check runs before anything is counted, so a request one refuses takes nothing
-        from the others. A replayed reservation (the same hold) is admitted once."""
+        from the others. A replayed reservation (the same hold) is admitted once. (`key`:
+        see `RedisState.admit`; a key read here is always current.)"""
         amount = _nano_up(usd)
         hold = budgets[0].hold if budgets else None
         if hold is not None and hold in self._holds:
@@ -346,16 +357,23 @@ return 1
 # KEYS: per budget its spent and held counters and its holds (a sorted set of "id:amount" by
 # expiry), then (when a rate is counted) the minute's rpm and tpm windows. ARGV: amount, hold
 # id ('' none), the number of budgets, rpm, tpm (-1: no limit), tokens, now (unix s), the
-# hold's expiry, then per budget its limit, then per budget its counters' TTL (0: none).
+# hold's expiry, then per budget its limit, then per budget its counters' TTL (0: none), then
+# the caller's key id and its record as the replica read it ('' and '': no check; the keys
+# hash is then the last of KEYS).
 # Holds past their expiry are released first: a replica that died mid-request never settles
 # its hold, and on a "total" budget, whose counters never expire, it had stayed for good.
 # Every check runs before anything is counted. Returns {0, 0} admitted, {i, left} budget i
-# does not fit, {-1, 0} the rate limit is reached.
+# does not fit, {-1, 0} the rate limit is reached, {-2, 0} the key's record changed.
 _ADMIT = """
 local amount, hold, n = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local rpm, tpm, tokens = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local now, expiry = tonumber(ARGV[7]), tonumber(ARGV[8])
-local rate = #KEYS == 3 * n + 2
+local key_id = ARGV[9 + 2 * n]
+local checked = key_id ~= '' and 1 or 0
+local rate = #KEYS - checked == 3 * n + 2
+if checked == 1 and redis.call('HGET', KEYS[#KEYS], key_id) ~= ARGV[10 + 2 * n] then
+  return {-2, 0}
+end
 if hold ~= '' and redis.call('EXISTS', hold) == 1 then return {0, 0} end
 for i = 1, n do
   local stale = redis.call('ZRANGEBYSCORE', KEYS[3*i], '-inf', now)
@@ -571,7 +589,9 @@ class RedisState:
         self._key = _Script(_KEY)
         self._settle = _Script(_SETTLE)
         self._cas = _Script(_CAS)
-        self._key_cache: dict[str, tuple[VirtualKey, float]] = {}
+        # a secret's hash -> its key, until when it may be served (30 s), and its stored
+        # record as read (what admission checks is still the stored one)
+        self._key_cache: dict[str, tuple[VirtualKey, float, bytes]] = {}
         self._team_cache: dict[str, tuple[Budget | None, float]] = {}
         self.errors = 0
         self._warned_at = -math.inf
@@ -629,9 +649,14 @@ class RedisState:
         self._key_cache.pop(new.key_hash, None)
         return bool(int(ok))
 
-    async def key_by_secret(self, secret: str) -> VirtualKey | None:
+    async def key_by_secret(self, secret: str, cached: bool = False) -> VirtualKey | None:
+        """The key whose secret this is. `cached`: one read in the last 30 s, without a
+        round trip, for a caller whose admission checks it against the stored record
+        (`admit(key=...)`, atomically with the reservation)."""
         h = hash_key(secret)
         hit = self._key_cache.get(h)
+        if cached and hit is not None and hit[1] > time.time():
+            return hit[0]
         try:
             keys = [f"{self._p}key_hash", f"{self._p}keys"]
             raw = await self._do(self._eval(self._key, keys, [h]))
@@ -647,7 +672,7 @@ class RedisState:
             raise StateUnavailable("the stored record of this key cannot be read")
         if not hmac.compare_digest(k.key_hash, h):
             return None
-        self._key_cache[h] = (k, time.time() + 30)
+        self._key_cache[h] = (k, time.time() + 30, raw)
         return k
 
     async def list_keys(self) -> list[VirtualKey]:
@@ -713,15 +738,27 @@ class RedisState:
         return out
 
     async def admit(
-        self, budgets: Sequence[Budget], usd: float, rate: RateCount | None = None
+        self,
+        budgets: Sequence[Budget],
+        usd: float,
+        rate: RateCount | None = None,
+        key: VirtualKey | None = None,
     ) -> Refused | None:
         """`MemoryState.admit` in one Lua script. While Redis is away budgets fail closed
-        (StateUnavailable); a rate count alone fails open, onto this replica's own window."""
+        (StateUnavailable); a rate count alone fails open, onto this replica's own window.
+        With `key` (as this replica read it), the script first checks that the stored
+        record is still the one read, else raises KeyChanged (and forgets the read)."""
         keys = self._bkeys(budgets)
         if rate is not None:
             minute = int(time.time() // 60)
             keys += [f"{self._p}rpm:{rate.key_id}:{minute}", f"{self._p}tpm:{rate.key_id}:{minute}"]
-        args: list[int | str] = [
+        seen = None
+        if key is not None:
+            seen = self._key_cache.get(key.key_hash)
+            if seen is None or seen[0] != key:  # changed here, or read anew, since
+                raise KeyChanged(key.id)
+            keys.append(f"{self._p}keys")
+        args: list[int | str | bytes] = [
             _nano_up(usd),
             self._hold_key(budgets, rate),
             len(budgets),
@@ -732,6 +769,8 @@ class RedisState:
             int(time.time() + HOLD_S),
             *(_nano(b.limit_usd) for b in budgets),
             *((_ttl(b.period) or 0) for b in budgets),
+            "" if seen is None else seen[0].id,
+            b"" if seen is None else seen[2],
         ]
         try:
             i, left = await self._do(self._eval(self._admit, keys, args))
@@ -742,6 +781,10 @@ class RedisState:
         i = int(i)
         if i == 0:
             return None
+        if i == -2:
+            assert key is not None
+            self._key_cache.pop(key.key_hash, None)
+            raise KeyChanged(key.id)
         if i < 0:
             return Refused(retry_in_s=_retry_in())
         return Refused(budgets[i - 1], max(int(left), 0) / NANO)
