@@ -270,3 +270,33 @@ def test_a_key_changed_on_one_replica_is_seen_by_the_others_next_request(two: An
     assert httpx.delete(urls[0] + f"/admin/keys/{k['id']}", headers=admin).json()["revoked"]
     refused = ask("beta")
     assert refused.status_code == 401 and "revoked" in refused.text
+
+
+def test_a_limit_raised_on_one_replica_is_not_refused_from_the_others_cache(two: Any) -> None:
+    """Refusals on the key's own terms before admission (its model list, a tpm no minute
+    fits) are not made from a read up to 30 s old: a list widened, a tpm raised or removed on
+    another replica holds on the next request, and a revoked key is told so (401)."""
+    urls, _, _ = two
+    admin = {"authorization": f"Bearer {MASTER}"}
+    k = _admin(urls[0], "/admin/keys", {"name": "w", "rpm": 1000, "models": ["beta"], "tpm": 60})
+
+    def ask(model: str, max_tokens: int) -> httpx.Response:
+        return httpx.post(urls[1] + "/v1/chat/completions", timeout=30,
+                          headers={"authorization": f"Bearer {k['key']}"},
+                          json={"model": model, "max_tokens": max_tokens,
+                                "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+
+    assert ask("beta", 5).status_code == 200  # replica 1 has read it
+    change = {"models": ["alpha", "beta"], "tpm": 100000}
+    assert httpx.patch(urls[0] + f"/admin/keys/{k['id']}", json=change, headers=admin).is_success
+    assert ask("alpha", 5).status_code == 200
+    assert ask("beta", 500).status_code == 200
+    assert httpx.patch(urls[0] + f"/admin/keys/{k['id']}", json={"tpm": 10},
+                       headers=admin).is_success  # fmt: skip
+    assert ask("beta", 500).status_code == 429
+    assert httpx.delete(urls[0] + f"/admin/keys/{k['id']}", headers=admin).json()["revoked"]
+    assert ask("beta", 500).status_code == 401
+    m = httpx.get(urls[1] + "/metrics").text  # counted once, by the request read anew
+    assert [x for x in m.splitlines() if "budget_refusals_total{" in x] == [
+        'satisfice_budget_refusals_total{budget="rate_limit",key="w"} 1.0'
+    ]

@@ -8,8 +8,10 @@ back a copy read before a revoke, and un-revoked the key)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -285,4 +287,64 @@ async def test_admission_checks_the_key_it_was_given_against_the_stored_one() ->
         with pytest.raises(KeyChanged):  # a read older than the one now cached
             await b.admit([budget.pinned()], 0.1, None, read)
         await a.close()
+        await b.close()
+
+
+async def test_a_late_key_changed_reply_does_not_forget_a_key_read_anew() -> None:
+    """Two requests on one replica hold the same stale key and the key changes once: the
+    second's {-2} reply, handled after the first read the key anew, must not drop that read
+    (the first request's retry then failed with KeyChanged: 503 after a single change)."""
+    from dataclasses import replace
+
+    from satisfice.server.state import KeyChanged, VirtualKey
+
+    with redis() as server:
+        a, b = RedisState(server.url), RedisState(server.url)
+        k, secret = VirtualKey.new("k", rpm=1000)
+        await a.put_key(k)
+        stale = await b.key_by_secret(secret)
+        assert await a.replace_key(k, replace(k, rpm=999))
+        real, gate = b._do, asyncio.Event()
+
+        async def late(coro: Any) -> Any:  # this request's reply is handled later
+            try:
+                return await real(coro)
+            finally:
+                await gate.wait()
+
+        b._do = late  # type: ignore[method-assign]
+        second = asyncio.create_task(b.admit([], 0.0, None, stale))
+        await asyncio.sleep(0.05)  # checked locally, sent
+        b._do = real  # type: ignore[method-assign]
+        with pytest.raises(KeyChanged):
+            await b.admit([], 0.0, None, stale)
+        fresh = await b.key_by_secret(secret)  # the first request, taken again
+        assert fresh is not None and fresh.rpm == 999
+        gate.set()
+        with pytest.raises(KeyChanged):
+            await second
+        assert await b.admit([], 0.0, None, fresh) is None
+        await a.close()
+        await b.close()
+
+
+async def test_a_key_admitted_is_served_30_s_more_through_an_outage() -> None:
+    """Admission confirms the cached key is the stored one: it may serve 30 s more, as a read
+    would (a rate-only key in use had been refused 0-30 s into an outage)."""
+    from satisfice.server.state import VirtualKey
+
+    with redis() as server:
+        b = RedisState(server.url)
+        k, secret = VirtualKey.new("k", rpm=1000)
+        await b.put_key(k)
+        read = await b.key_by_secret(secret)
+        assert read is not None
+        k2, _, raw = b._key_cache[read.key_hash]
+        b._key_cache[read.key_hash] = (k2, time.time() + 0.3, raw)  # read 29.7 s ago
+        assert await b.admit([], 0.0, None, read) is None
+        server.stop()
+        await asyncio.sleep(0.5)
+        assert await b.key_by_secret(secret, cached=True) == read
+        assert await b.key_by_secret(secret) == read  # fresh read fails: the cache serves
+        server.start()
         await b.close()

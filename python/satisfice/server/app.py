@@ -591,9 +591,17 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             # A key read in the last 30 s serves when admission will check it against the
             # stored record (one round trip to Redis fewer): see `key_of`.
             key = await svc.key_of(headers, cached=again is None)
+            # a refusal on the key's own terms before admission (its model list, tpm, an
+            # unbounded cost) may be from a read up to 30 s old: taken again, read anew
+            recheck = again is None and key is not None and _admitted(key)
             parse = wire.openai_request if api == "openai" else wire.anthropic_request
             routed = parse(body, headers)
-            opts = {**routed.options, **svc.resolve(routed, key)}
+            try:
+                opts = {**routed.options, **svc.resolve(routed, key)}
+            except HTTPError:
+                if recheck:
+                    raise KeyChanged() from None
+                raise
             meta: dict[str, Any] = {"api": api}
             if key is not None:
                 meta.update(key=key.name, key_id=key.id, team=key.team)
@@ -664,6 +672,12 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 count = RateCount(
                     key.id, key.rpm, key.tpm, d.primary.tokens_in + cap, hold or uuid.uuid4().hex
                 )
+                if (
+                    recheck
+                    and key.tpm is not None
+                    and (d.uncounted_parts or count.tokens > key.tpm)
+                ):
+                    raise KeyChanged()
                 if key.tpm is not None and d.uncounted_parts:
                     svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
                     raise HTTPError(
@@ -686,6 +700,8 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                         "rate_limit_exceeded",
                     )
             if budgets and math.isinf(worst):
+                if recheck:
+                    raise KeyChanged()
                 refused: Refused | None = Refused(budgets[0])
             elif budgets or count is not None:
                 try:
@@ -756,6 +772,8 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 await svc.state.set_pin(routed.session, res.model)
             out = wire.openai_response(res) if api == "openai" else wire.anthropic_response(res)
             return _JSON(out, headers=wire.headers_of(res))
+        except KeyChanged:  # refused before admission from a cached read: read it anew
+            return await handle(scope, receive, api, raw)
         except HTTPError as e:
             return JSONResponse(e.body(api), e.status, headers=e.headers)
         except SatisficeError as e:

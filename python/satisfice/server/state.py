@@ -779,12 +779,19 @@ class RedisState:
                 raise
             return await self._local.admit((), 0.0, rate)
         i = int(i)
-        if i == 0:
-            return None
         if i == -2:
             assert key is not None
-            self._key_cache.pop(key.key_hash, None)
+            # forgotten only if no request read it anew meanwhile: a late reply had dropped
+            # that read, and the retried request failed (503) after a single change
+            if self._key_cache.get(key.key_hash) is seen:
+                self._key_cache.pop(key.key_hash, None)
             raise KeyChanged(key.id)
+        if seen is not None and self._key_cache.get(seen[0].key_hash) is seen:
+            # the stored record is the one read, as of now: 30 s more, as a read would give
+            # (through an outage a key in use is served 30 s after its last request)
+            self._key_cache[seen[0].key_hash] = (seen[0], time.time() + 30, seen[2])
+        if i == 0:
+            return None
         if i < 0:
             return Refused(retry_in_s=_retry_in())
         return Refused(budgets[i - 1], max(int(left), 0) / NANO)
