@@ -33,20 +33,13 @@ from satisfice.server.state import _ADMIT, Budget, RateCount, RedisState, _Conne
 Call = Callable[[str], Awaitable[object]]  # a command by name: "PING" or "ADMIT"
 
 
-def redis_py(client: aioredis.Redis, state: RedisState) -> Call:
+def caller(run: Callable[..., Awaitable[object]], state: RedisState) -> Call:
+    """A contender's command, on `run` (a client's `execute_command`, or `_Connections.call`)."""
+
     async def call(what: str) -> object:
         if what == "PING":
-            return await client.execute_command("PING")  # type: ignore[no-untyped-call]
-        return await client.execute_command("EVALSHA", *admission(state))  # type: ignore[no-untyped-call]
-
-    return call
-
-
-def ours(conns: _Connections, state: RedisState) -> Call:
-    async def call(what: str) -> object:
-        if what == "PING":
-            return await conns.call("PING")
-        return await conns.call("EVALSHA", *admission(state))
+            return await run("PING")
+        return await run("EVALSHA", *admission(state))
 
     return call
 
@@ -54,20 +47,11 @@ def ours(conns: _Connections, state: RedisState) -> Call:
 BUDGET = Budget("key:bench", 1e12, "month")
 
 
-def admission(state: RedisState) -> list[str | int]:
-    """EVALSHA's arguments after the name, as `RedisState.admit` builds them."""
+def admission(state: RedisState) -> list[str | int | bytes]:
+    """EVALSHA's arguments after the name, as `RedisState.admit` sends them (a hold id each)."""
     hold = uuid.uuid4().hex
     budgets = [BUDGET.pinned(hold=hold)]
-    rate = RateCount("bench", 10**12, None, 100, hold)
-    minute = int(time.time() // 60)
-    keys = [
-        *state._bkeys(budgets),
-        f"satisfice:rpm:bench:{minute}",
-        f"satisfice:tpm:bench:{minute}",
-    ]
-    now = int(time.time())
-    args = [1000, state._hold_key(budgets, rate), 1, rate.rpm or -1, -1, 100, now, now + 3600,
-            10**21, 0]  # fmt: skip
+    keys, args = state._admission(budgets, 1e-6, RateCount("bench", 10**12, None, 100, hold), None)
     return [state._admit.sha, len(keys), *keys, *args]
 
 
@@ -81,9 +65,11 @@ async def measure(url: str, n: int, rounds: int) -> dict[tuple[str, str], float]
     )
     plain = aioredis.Redis(connection_pool=aioredis.ConnectionPool.from_url(url))
     contenders = {
-        "redis-py, BlockingConnectionPool (satisfice before)": redis_py(blocking, state),
-        "redis-py, ConnectionPool": redis_py(plain, state),
-        "satisfice `_Connections`": ours(_Connections(url), state),
+        "redis-py, BlockingConnectionPool (satisfice before)": caller(
+            blocking.execute_command, state
+        ),
+        "redis-py, ConnectionPool": caller(plain.execute_command, state),
+        "satisfice `_Connections`": caller(_Connections(url).call, state),
     }
     per: dict[tuple[str, str], list[float]] = {}
     for what in ("PING", "ADMIT"):

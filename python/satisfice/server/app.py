@@ -672,13 +672,9 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 count = RateCount(
                     key.id, key.rpm, key.tpm, d.primary.tokens_in + cap, hold or uuid.uuid4().hex
                 )
-                if (
-                    recheck
-                    and key.tpm is not None
-                    and (d.uncounted_parts or count.tokens > key.tpm)
-                ):
-                    raise KeyChanged()
                 if key.tpm is not None and d.uncounted_parts:
+                    if recheck:
+                        raise KeyChanged()
                     svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
                     raise HTTPError(
                         429,
@@ -690,6 +686,8 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                         "rate_limit_exceeded",
                     )
                 if key.tpm is not None and count.tokens > key.tpm:  # no minute will ever fit it
+                    if recheck:
+                        raise KeyChanged()
                     svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
                     raise HTTPError(
                         429,
@@ -706,13 +704,6 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
             elif budgets or count is not None:
                 try:
                     refused = await svc.state.admit(budgets, worst, count, key)
-                except KeyChanged:
-                    if again is not None:
-                        raise HTTPError(
-                            503, "this key changed twice while the request was admitted; "
-                            "send it again", "server_error", "key_changed",
-                        ) from None  # fmt: skip
-                    return await handle(scope, receive, api, raw)
                 except StateUnavailable:
                     if budgets:
                         # the reply may be lost after the store reserved: release it when
@@ -772,8 +763,14 @@ def create_app(config: ServerConfig | None = None, *, router: Router | None = No
                 await svc.state.set_pin(routed.session, res.model)
             out = wire.openai_response(res) if api == "openai" else wire.anthropic_response(res)
             return _JSON(out, headers=wire.headers_of(res))
-        except KeyChanged:  # refused before admission from a cached read: read it anew
-            return await handle(scope, receive, api, raw)
+        except KeyChanged:
+            # admission found the key changed since it was read, or a refusal on its own
+            # terms came from a cached read: taken again from the key read anew, once
+            if again is None:
+                return await handle(scope, receive, api, raw)
+            he = HTTPError(503, "this key changed twice while the request was admitted; "
+                           "send it again", "server_error", "key_changed")  # fmt: skip
+            return JSONResponse(he.body(api), he.status)
         except HTTPError as e:
             return JSONResponse(e.body(api), e.status, headers=e.headers)
         except SatisficeError as e:

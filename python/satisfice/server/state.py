@@ -460,7 +460,7 @@ class _Connections:
     reply parser) taken and given back here, one command each, without its client and pool,
     whose layers cost a lock or a condition, a readiness probe of the socket and
     observability hooks on every command (`benches/bench_redis.py`: redis-py's client took
-    1.3-1.7x the CPU of this per command). The timeout is one `asyncio.timeout` around the
+    1.4-2x the CPU of this per command). The timeout is one `asyncio.timeout` around the
     command and its reply: a connection's own socket timeout sends each write through
     `asyncio.wait_for`, a task a command.
     """
@@ -534,23 +534,24 @@ class _Connections:
                         continue
                     raise
                 except self._error_reply:
-                    # an error reply, read whole: the connection is fine
-                    if self._closed:
-                        await conn.disconnect(nowait=True)
-                    else:
-                        self._idle.append(conn)
+                    await self._give_back(
+                        conn
+                    )  # an error reply, read whole: the connection is fine
                     raise
                 except BaseException:
                     # a timeout or a cancellation mid-reply: what it would read next is unknown
                     await self._drop(conn)
                     raise
-                if self._closed:  # in flight as close() ran: its connection goes too
-                    await conn.disconnect(nowait=True)
-                else:
-                    self._idle.append(conn)
+                await self._give_back(conn)
                 return reply
         finally:
             slots.release()
+
+    async def _give_back(self, conn: Any) -> None:
+        if self._closed:  # in flight as close() ran: its connection goes too
+            await conn.disconnect(nowait=True)
+        else:
+            self._idle.append(conn)
 
     async def _drop(self, conn: Any) -> None:
         await conn.disconnect(nowait=True)
@@ -748,30 +749,12 @@ class RedisState:
         (StateUnavailable); a rate count alone fails open, onto this replica's own window.
         With `key` (as this replica read it), the script first checks that the stored
         record is still the one read, else raises KeyChanged (and forgets the read)."""
-        keys = self._bkeys(budgets)
-        if rate is not None:
-            minute = int(time.time() // 60)
-            keys += [f"{self._p}rpm:{rate.key_id}:{minute}", f"{self._p}tpm:{rate.key_id}:{minute}"]
         seen = None
         if key is not None:
             seen = self._key_cache.get(key.key_hash)
             if seen is None or seen[0] != key:  # changed here, or read anew, since
                 raise KeyChanged(key.id)
-            keys.append(f"{self._p}keys")
-        args: list[int | str | bytes] = [
-            _nano_up(usd),
-            self._hold_key(budgets, rate),
-            len(budgets),
-            -1 if rate is None or rate.rpm is None else rate.rpm,
-            -1 if rate is None or rate.tpm is None else rate.tpm,
-            0 if rate is None else rate.tokens,
-            int(time.time()),
-            int(time.time() + HOLD_S),
-            *(_nano(b.limit_usd) for b in budgets),
-            *((_ttl(b.period) or 0) for b in budgets),
-            "" if seen is None else seen[0].id,
-            b"" if seen is None else seen[2],
-        ]
+        keys, args = self._admission(budgets, usd, rate, seen)
         try:
             i, left = await self._do(self._eval(self._admit, keys, args))
         except StateUnavailable:
@@ -795,6 +778,37 @@ class RedisState:
         if i < 0:
             return Refused(retry_in_s=_retry_in())
         return Refused(budgets[i - 1], max(int(left), 0) / NANO)
+
+    def _admission(
+        self,
+        budgets: Sequence[Budget],
+        usd: float,
+        rate: RateCount | None,
+        seen: tuple[VirtualKey, float, bytes] | None,
+    ) -> tuple[list[str], list[int | str | bytes]]:
+        """The admission script's KEYS and ARGV (see `_ADMIT`); `seen`: the key's read to
+        check, as cached."""
+        keys = self._bkeys(budgets)
+        if rate is not None:
+            minute = int(time.time() // 60)
+            keys += [f"{self._p}rpm:{rate.key_id}:{minute}", f"{self._p}tpm:{rate.key_id}:{minute}"]
+        if seen is not None:
+            keys.append(f"{self._p}keys")
+        args: list[int | str | bytes] = [
+            _nano_up(usd),
+            self._hold_key(budgets, rate),
+            len(budgets),
+            -1 if rate is None or rate.rpm is None else rate.rpm,
+            -1 if rate is None or rate.tpm is None else rate.tpm,
+            0 if rate is None else rate.tokens,
+            int(time.time()),
+            int(time.time() + HOLD_S),
+            *(_nano(b.limit_usd) for b in budgets),
+            *((_ttl(b.period) or 0) for b in budgets),
+            "" if seen is None else seen[0].id,
+            b"" if seen is None else seen[2],
+        ]
+        return keys, args
 
     async def settle(
         self, budgets: Sequence[Budget], reserved_usd: float, actual_usd: float
