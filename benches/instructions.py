@@ -3,6 +3,7 @@ optionally another, side by side.
 
     python benches/instructions.py route                 # 100 B and 4 KB prompts
     python benches/instructions.py chat                  # chat() and the direct calls, in process
+    python benches/instructions.py app                   # the server's ASGI app, in process
     python benches/instructions.py serve                 # one request through `satisfice serve`
     python benches/instructions.py route --against OTHER/python
 
@@ -19,6 +20,10 @@ symbols (a pyenv build has them).
   --in-process`'s transport): the bare call (`client.post`), the lean call (the request
   built as the providers build theirs), the provider's own call (`provider.complete`) and
   `router.chat()`. chat() less the provider's call is the router's work around the call.
+- app: the served request in process: `satisfice serve`'s ASGI app called directly (no
+  socket, no uvicorn) with the router's upstream answered from memory, as `chat` answers
+  it; the event loop's thread only (the ledger's writer thread, which counts the metrics,
+  is left out). The app less `chat` is the server's own work around the router.
 - serve: `satisfice serve` (the bundled registry on the local upstream, as
   `bench_server.py` runs it) under callgrind; the counters are zeroed after 200 warm-up
   requests and dumped after the measured ones (`callgrind_control`), every thread counted.
@@ -108,6 +113,61 @@ async def calls(k):
 loop = asyncio.new_event_loop()
 loop.run_until_complete(calls(300))  # warm: caches, the tokenizers
 functools.reduce(lambda *_: loop.run_until_complete(calls(n)), range(1), None)  # counted
+"""
+
+APP = """
+import asyncio, functools, json, sys
+sys.path.insert(0, {benches!r})
+import httpx
+from bench_own_cpu import Canned, MESSAGES, bench_registry
+from satisfice import Router, _core
+from satisfice.executor import _Client
+from satisfice.server import ServerConfig, create_app
+router = Router(bench_registry("http://127.0.0.1:9"))
+# the service configures the router (its health store); the client answers from memory
+configure = router.configure
+client = _Client(transport=Canned(), timeout=httpx.Timeout(5.0))
+router.configure = lambda **kw: configure(http=client, **kw)
+try:  # as `satisfice serve` makes it: the heap frozen once ready
+    app = create_app(ServerConfig(), router=router, freeze_heap=True)
+except TypeError:  # a build from before freeze_heap (--against)
+    app = create_app(ServerConfig(), router=router)
+_core.wait_for_tokenizers()
+body = json.dumps({{"model": "auto", "messages": MESSAGES}}).encode()
+headers = [(b"host", b"127.0.0.1:8000"), (b"accept", b"*/*"),
+           (b"accept-encoding", b"gzip, deflate"), (b"connection", b"keep-alive"),
+           (b"user-agent", b"python-httpx/0.28.1"), (b"content-type", b"application/json"),
+           (b"content-length", str(len(body)).encode())]
+
+async def receive():
+    return {{"type": "http.request", "body": body, "more_body": False}}
+
+async def request():
+    sent = []
+
+    async def send(m):
+        sent.append(m)
+
+    await app({{"type": "http", "asgi": {{"version": "3.0"}}, "http_version": "1.1",
+               "method": "POST", "scheme": "http", "path": "/v1/chat/completions",
+               "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+               "headers": headers, "client": ("127.0.0.1", 5555),
+               "server": ("127.0.0.1", 8000)}}, receive, send)
+    assert sent[0]["status"] == 200, sent
+
+n = int(sys.argv[1])
+
+async def calls(k):
+    for _ in range(k):
+        await request()
+
+loop = asyncio.new_event_loop()
+lifespan = app.router.lifespan_context(app)
+loop.run_until_complete(lifespan.__aenter__())
+loop.run_until_complete(calls(300))  # warm: caches, the tokenizers
+assert app.state.service.ready  # started, and (as served) the heap frozen
+functools.reduce(lambda *_: loop.run_until_complete(calls(n)), range(1), None)  # counted
+loop.run_until_complete(lifespan.__aexit__(None, None, None))
 """
 
 
@@ -204,7 +264,7 @@ def per_request(python_dir: str | None, n: int, redis: bool = False) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("route", "chat", "serve"))
+    ap.add_argument("what", choices=("route", "chat", "app", "serve"))
     ap.add_argument("--against", metavar="PYTHON_DIR", help="another build's python directory")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control"):
@@ -221,6 +281,12 @@ def main() -> None:
             ("the provider's call (`provider.complete`)", "provider"),
             ("`router.chat()`", "chat"),
         )]  # fmt: skip
+    elif args.what == "app":
+        rows = [
+            ("`router.chat()`", partial(per_call, child=CHAT, args=["chat"], n=500)),
+            ("a request through the server's ASGI app (in process)",
+             partial(per_call, child=APP, args=[], n=500)),
+        ]  # fmt: skip
     else:
         rows = [
             ("a request through `satisfice serve`", partial(per_request, n=300)),

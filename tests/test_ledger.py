@@ -164,6 +164,38 @@ async def test_metrics_without_a_ledger(up: LocalUpstream) -> None:
     assert b'satisfice_requests_total{deployment="alpha-dep"' in m.exposition()
 
 
+def test_metrics_count_each_series_apart_with_their_children_kept() -> None:
+    """observe() keeps each label set's child (prometheus-client's labels() checks and locks
+    on every call): repeated and interleaved records still land on their own series."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = Metrics()
+
+    def rec(key: str, model: str, outcome: str = "ok", cost: float | None = 0.5) -> dict[str, Any]:
+        return {"metadata": {"key": key}, "task": "general", "model": model, "deployment": "d",
+                "outcome": outcome, "tokens_in": 10, "tokens_out": 2, "total_cost_usd": cost,
+                "latency_s": 0.1, "overhead_s": 1e-5,
+                "attempts": [{"model": model, "deployment": "d", "outcome": "error",
+                              "error_type": "RateLimited", "status": 429}]}  # fmt: skip
+
+    for r in (rec("k1", "a"), rec("k2", "a"), rec("k1", "a"), rec("k1", "b", cost=None),
+              rec("k1", "a", outcome="error")):  # fmt: skip
+        m.observe(r)
+    fams = {f.name: f for f in text_string_to_metric_families(m.exposition().decode())}
+
+    def total(name: str, **labels: str) -> float:
+        return sum(s.value for s in fams[name].samples if s.name.endswith("_total")
+                   and all(s.labels.get(k) == v for k, v in labels.items()))  # fmt: skip
+
+    assert total("satisfice_requests", key="k1", model="a", outcome="ok") == 2
+    assert total("satisfice_requests", key="k1", model="a", outcome="error") == 1
+    assert total("satisfice_requests", key="k2") == 1
+    assert total("satisfice_tokens", key="k1", model="a", direction="in") == 20
+    assert total("satisfice_cost_usd", key="k1", model="a") == 1.5  # the error's cost too
+    assert total("satisfice_unpriced_requests", model="b") == 1
+    assert total("satisfice_fallbacks", model="a") == 4 and total("satisfice_cooldowns") == 5
+
+
 def test_a_ledger_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     from satisfice.errors import ConfigError
     from satisfice.ledger import SQLiteSink

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -314,6 +315,33 @@ def test_a_record_stays_small_with_hundreds_of_models() -> None:
     assert [c["model"] for c in rec["candidates"]] == [c.model for c in d.candidates[:16]]
     assert {d.model, *d.fallbacks} <= {c["model"] for c in rec["candidates"]}
     assert d.top(3) == d.candidates[:3] and d.primary == d.candidates[0]
+
+
+def test_a_records_candidates_are_the_rankings_head_read_from_the_plan_or_the_list() -> None:
+    """record() reads the head of the ranking from the plan's rows (no Candidate each) or
+    from the candidates already made: both give the candidates' own values, and a preferred
+    model ranked below the head is listed after it."""
+    from satisfice import Registry
+
+    base = [m.replace(efforts={}) for m in Registry.default() if m.base is None]
+    models = [base[i % len(base)].replace(id=f"m{i}") for i in range(40)]
+    router = Router(registry=Registry(models))
+
+    def expected(d: Any, cands: list[Any]) -> list[dict[str, Any]]:
+        return [{"model": c.model, "p_good": round(c.p_good, 4), "est_cost_usd": c.est_cost_usd}
+                for c in cands]  # fmt: skip
+
+    d = router.route("Summarise the plot of Hamlet.", quality_floor=0.0)
+    from_rows = d.record()  # before d.candidates is read: from the plan
+    assert from_rows["candidates"] == expected(d, d.candidates[:16])
+    assert d.record() == from_rows  # the same from the candidates made since
+    last = d.candidates[-1]
+    p = d.preferring(last.model)
+    rec = p.record()
+    assert rec["model"] == last.model and rec["candidates"][-1]["model"] == last.model
+    assert rec["candidates"][:16] == expected(p, d.candidates[:16])
+    assert p.reasons()[0].startswith(f"{last.model} was preferred")
+    assert d.reasons()[0].startswith(f"{d.model} is the cheapest")
 
 
 def test_models_below_the_floor_are_listed_nearest_miss_first() -> None:

@@ -674,3 +674,38 @@ def test_file_and_audio_parts_are_never_admitted_as_free_under_a_budget_or_tpm(
         assert r.status_code == 200, r.text
     spend = httpx.get(url + "/admin/spend", headers=admin).json()["budgets"]
     assert all(b["held_usd"] == 0 and b["spent_usd"] == 0 for b in spend)
+
+
+def test_serve_freezes_its_heap_once_ready_and_a_mounted_app_leaves_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`satisfice serve` owns its process: once ready it collects and freezes what startup
+    built, so the cyclic collector stops walking it. The app as a library (mounted in a
+    user's app) leaves the process's collector alone."""
+    import asyncio
+    import gc
+
+    import uvicorn
+
+    from satisfice.server import create_app, serve
+
+    made: list[Any] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: made.append(app))
+    serve(ServerConfig())
+    assert made[0].state.service.freeze_heap is True
+    assert create_app(ServerConfig()).state.service.freeze_heap is False
+
+    async def ready(app: Any) -> int:
+        async with app.router.lifespan_context(app):
+            for _ in range(2000):
+                if app.state.service.ready:
+                    return gc.get_freeze_count()
+                await asyncio.sleep(0.01)
+        raise AssertionError("the service never became ready")
+
+    gc.unfreeze()
+    try:
+        assert asyncio.run(ready(create_app(ServerConfig()))) == 0
+        assert asyncio.run(ready(made[0])) > 10_000
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as before

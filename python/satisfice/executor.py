@@ -878,10 +878,11 @@ class Executor:
         ttft: float | None = None,
         paused: float = 0.0,
     ) -> ChatResult:
-        now = perf_counter()
-        attempt = self._answered(run, t, resp, started, now)
+        attempt = self._answered(run, t, resp, started, perf_counter())
         assert attempt.usage is not None
-        latency = now - run.t0
+        # read after the answer's usage and cost are worked out: they are the router's work
+        # too, which overhead_s left out when the clock stopped at the call's end
+        latency = perf_counter() - run.t0
         return ChatResult(
             resp.text,
             t.model,

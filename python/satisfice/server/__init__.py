@@ -17,7 +17,7 @@ def serve(config: ServerConfig) -> None:
     import uvicorn
 
     uvicorn.run(
-        create_app(config),
+        create_app(config, freeze_heap=True),  # the process is the server's own
         host=config.host,
         port=config.port,
         log_level="warning",
