@@ -165,7 +165,11 @@ loop = asyncio.new_event_loop()
 lifespan = app.router.lifespan_context(app)
 loop.run_until_complete(lifespan.__aenter__())
 loop.run_until_complete(calls(300))  # warm: caches, the tokenizers
-assert app.state.service.ready  # started, and (as served) the heap frozen
+for _ in range(1000):  # ready (as served, the heap then frozen): its task needs a turn
+    if app.state.service.ready:
+        break
+    loop.run_until_complete(asyncio.sleep(0.01))
+assert app.state.service.ready
 functools.reduce(lambda *_: loop.run_until_complete(calls(n)), range(1), None)  # counted
 loop.run_until_complete(lifespan.__aexit__(None, None, None))
 """
