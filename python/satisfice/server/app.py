@@ -314,11 +314,10 @@ class Service:
         load balancer should not send traffic yet. Requests are served meanwhile."""
         await asyncio.to_thread(_core.wait_for_tokenizers)
         if self.freeze_heap and self.started:
-            # What startup built (modules, the registry, the policy: some 40,000 objects)
-            # lives as long as the process; frozen, the cyclic collector stops walking it.
-            # Each full collection had walked all of it (30 ms in one measured run, a pause
-            # for the requests waiting on the loop), and the collections' share of a served
-            # request's instructions falls by about a tenth (benches/instructions.py app).
+            # What startup built (modules, the registry, the policy: tens of thousands of
+            # objects) lives as long as the process; frozen, the cyclic collector stops
+            # walking it. Each full collection had walked all of it, a pause for every
+            # request waiting on the loop (benches/instructions.py app counts the rest).
             gc.collect()
             gc.freeze()
         self.ready = self.started
