@@ -540,3 +540,20 @@ def test_an_idle_writer_sleeps_and_a_record_or_score_wakes_it() -> None:
         # woken, then taken a flush interval later: not left for the idle wait's second
         assert led.flush_interval_s <= took < 0.5, (what, took)
     led.close()
+
+
+def test_metrics_keep_label_values_that_are_equal_but_not_alike_apart() -> None:
+    """labels() str()s every value; the kept children must be keyed the same way, or 1, 1.0
+    and True (equal, one hash) land on whichever series was made first. Found by review."""
+    m = Metrics()
+    rec: dict[str, Any] = {"metadata": {"key": "k"}, "task": "general", "model": "a",
+                           "deployment": "d", "outcome": "ok", "total_cost_usd": 0.1,
+                           "attempts": [{"model": v, "deployment": "d", "outcome": "error",
+                                         "error_type": "X", "status": 429}
+                                        for v in (True, 1, 1.0, "1")]}  # fmt: skip
+    m.observe(rec)
+    text = m.exposition().decode()
+    for v in ("True", "1", "1.0"):
+        assert f'satisfice_fallbacks_total{{deployment="d",model="{v}",reason="X"}}' in text
+    assert 'satisfice_fallbacks_total{deployment="d",model="1",reason="X"} 2.0' in text
+    assert 'satisfice_cooldowns_total{deployment="d",model="True"} 1.0' in text

@@ -87,7 +87,9 @@ class Metrics:
         task = str(rec.get("task") or "")
         model = str(rec.get("model") or (rec.get("decision") or {}).get("model") or "")
         dep = str(rec.get("deployment") or "")
-        outcome = rec.get("outcome", "ok")
+        # str(), as labels() makes every value: a cached child is keyed by the value itself, and
+        # values equal but not alike (1, 1.0, True) would share one series
+        outcome = str(rec.get("outcome", "ok"))
         self._kid(self.requests, model, dep, task, key, outcome).inc()
         if outcome != "ok":  # calls billed before the request failed, or unknown: never $0
             if rec.get("total_cost_usd") is not None:
@@ -107,11 +109,12 @@ class Metrics:
             if rec.get("cache_hit"):
                 self.cache_hits.inc()
         for a in rec.get("attempts") or ():
+            am, ad = str(a.get("model", "")), str(a.get("deployment", ""))
             if a.get("outcome") in ("error", "skipped"):
-                why = a.get("error_type") or a.get("outcome")
-                self._kid(self.fallbacks, a.get("model", ""), a.get("deployment", ""), why).inc()
+                why = str(a.get("error_type") or a.get("outcome"))
+                self._kid(self.fallbacks, am, ad, why).inc()
             if a.get("status") in (429, 503, 529):
-                self._kid(self.cooldowns, a.get("model", ""), a.get("deployment", "")).inc()
+                self._kid(self.cooldowns, am, ad).inc()
         casc = rec.get("cascade")
         if isinstance(casc, Mapping):
             for i, step in enumerate(casc.get("steps") or ()):
