@@ -4,6 +4,10 @@
     router.attach(metrics=metrics)          # updated off the request path
     metrics.exposition()                    # text for a /metrics endpoint
 
+Its metric objects are for reading: `Metrics` keeps each label set's child once made, so a
+series cleared or removed on them (`clear()`, `remove()`) would stop being exported while
+records still counted into it; make a new `Metrics` to start over.
+
 Label values come from the registry and the caller's key name, never from upstream text, so
 the label sets stay bounded and nothing an upstream sends can reach them.
 """
