@@ -63,6 +63,38 @@ def test_updates_converge_to_the_true_abilities() -> None:
     np.testing.assert_allclose(belief.mean, truth, atol=0.15)
 
 
+def test_the_covariance_goes_to_rust_and_back_as_float64_bytes() -> None:
+    """The belief keeps its covariance as float64 bytes, read and written whole by the
+    update: the precision round-trips, one update is the Laplace step worked here in numpy,
+    and bytes that are not float64s are an InputError naming them."""
+    from satisfice import _core
+
+    p = np.array([[4.0, 1.0, 0.0], [1.0, 3.0, 0.5], [0.0, 0.5, 2.0]])
+    mean = np.array([0.5, 0.2, -0.1])
+    b = AbilityBelief.from_precision(mean, p, 0.0)
+    assert isinstance(b.cov, bytes) and len(b.cov) == 9 * 8
+    np.testing.assert_allclose(b.precision, p, atol=1e-12)
+    latent = [0.3, 0.7, 0.1]  # two skills and a difficulty
+    new = update_belief(b, latent, 1.0)
+    # the same step in numpy: t solves t = y - s(a0 + v t); mean += t S phi;
+    # S -= w / (1 + w v) (S phi)(S phi)' with w = s(1 - s) at the solution
+    cov, phi = np.linalg.inv(p), np.array([1.0, 0.3, 0.7])
+    sp = cov @ phi
+    v, a0 = phi @ sp, mean @ phi - 0.1
+    t = 0.0
+    for _ in range(50):
+        s = 1.0 / (1.0 + np.exp(-(a0 + v * t)))
+        t -= (t - 1.0 + s) / (1.0 + v * s * (1.0 - s))
+    s = 1.0 / (1.0 + np.exp(-(a0 + v * t)))
+    w = s * (1.0 - s)
+    np.testing.assert_allclose(new.mean, mean + t * sp, atol=1e-9)
+    np.testing.assert_allclose(np.frombuffer(new.cov).reshape(3, 3),
+                               cov - w / (1.0 + w * v) * np.outer(sp, sp), atol=1e-9)  # fmt: skip
+    assert new.n_obs == 1.0
+    with pytest.raises(InputError, match="float64 bytes, got 7 bytes"):
+        _core.update_belief([0.0, 0.0], b"\0" * 7, [0.0, 0.0], 1.0)
+
+
 def test_soft_scores_and_bad_input() -> None:
     belief = AbilityBelief.from_precision(np.zeros(2), np.eye(2), 0.0)
     half = update_belief(belief, [0.0, 0.0], 0.5)  # p = 0.5 already: nothing to learn

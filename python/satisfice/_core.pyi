@@ -193,12 +193,12 @@ class Plan:
 
 def update_belief(
     mean: Sequence[float],
-    cov: Sequence[float],
+    cov: bytes,
     latent: Sequence[float],
     score: float,
     scale: float = 1.0,
     offset: float = 0.0,
-) -> tuple[list[float], list[float]]: ...
+) -> tuple[list[float], bytes]: ...
 def wait_for_tokenizers() -> None:
     """Block until a tokenizer build in progress has finished (runs before every fork)."""
 

@@ -90,10 +90,12 @@ class AbilityBelief(Frozen):
 
     __match_args__ = __slots__ = ("mean", "cov", "n_obs")
     mean: tuple[float, ...]  # (k+1,)
-    cov: tuple[float, ...]  # (k+1)^2, symmetric
+    # (k+1)^2 float64s, native order, symmetric: bytes, which the update reads and writes
+    # whole (a tuple of floats was converted one float at a time, both ways)
+    cov: bytes
     n_obs: float
 
-    def __init__(self, mean: tuple[float, ...], cov: tuple[float, ...], n_obs: float) -> None:
+    def __init__(self, mean: tuple[float, ...], cov: bytes, n_obs: float) -> None:
         _set(self, "mean", mean)
         _set(self, "cov", cov)
         _set(self, "n_obs", n_obs)
@@ -105,7 +107,9 @@ class AbilityBelief(Frozen):
         n = len(cov)
         return cls(
             tuple(float(v) for v in mean),
-            tuple((cov[i][j] + cov[j][i]) / 2.0 for i in range(n) for j in range(n)),
+            array(
+                "d", [(cov[i][j] + cov[j][i]) / 2.0 for i in range(n) for j in range(n)]
+            ).tobytes(),
             n_obs,
         )
 
@@ -114,7 +118,7 @@ class AbilityBelief(Frozen):
         import numpy as np
 
         n = len(self.mean)
-        return np.linalg.inv(np.array(self.cov).reshape(n, n))
+        return np.linalg.inv(np.frombuffer(self.cov, dtype=np.float64).reshape(n, n))
 
     def params(self, source: str = "feedback") -> ModelParams:
         return ModelParams(self.mean[0], self.mean[1:], self.n_obs, source)
@@ -211,7 +215,7 @@ def update_belief(
     if len(latent) != k + 1:
         raise InputError(f"latent must hold {k + 1} values (k skills and a difficulty)")
     mean, cov = _core.update_belief(belief.mean, belief.cov, latent, y, scale, offset)
-    return AbilityBelief(tuple(mean), tuple(cov), belief.n_obs + 1.0)
+    return AbilityBelief(tuple(mean), cov, belief.n_obs + 1.0)
 
 
 def new_request_id() -> str:
