@@ -3,6 +3,7 @@ optionally another, side by side.
 
     python benches/instructions.py route                 # 100 B and 4 KB prompts
     python benches/instructions.py chat                  # chat() and the direct calls, in process
+    python benches/instructions.py feedback              # router.feedback() on one request id
     python benches/instructions.py app                   # the server's ASGI app, in process
     python benches/instructions.py serve                 # one request through `satisfice serve`
     python benches/instructions.py route --against OTHER/python
@@ -20,6 +21,8 @@ symbols (a pyenv build has them).
   --in-process`'s transport): the bare call (`client.post`), the lean call (the request
   built as the providers build theirs), the provider's own call (`provider.complete`) and
   `router.chat()`. chat() less the provider's call is the router's work around the call.
+- feedback: `router.feedback(request_id, 1.0)` on the bundled registry, the same id each
+  time (a 3 KB prompt's decision), inside one `functools.reduce` as for route.
 - app: the served request in process: `satisfice serve`'s ASGI app called directly (no
   socket, no uvicorn) with the router's upstream answered from memory, as `chat` answers
   it; the event loop's thread only (the ledger's writer thread, which counts the metrics,
@@ -113,6 +116,18 @@ async def calls(k):
 loop = asyncio.new_event_loop()
 loop.run_until_complete(calls(300))  # warm: caches, the tokenizers
 functools.reduce(lambda *_: loop.run_until_complete(calls(n)), range(1), None)  # counted
+"""
+
+FEEDBACK = """
+import functools, sys
+from satisfice import Router, _core
+r = Router()
+_core.wait_for_tokenizers()
+rid = r.route("Explain the difference between a process and a thread, with an example in C. "
+              * 40).request_id
+for _ in range(200):
+    r.feedback(rid, 1.0)
+functools.reduce(lambda *_: r.feedback(rid, 1.0), range(int(sys.argv[1])), None)  # counted
 """
 
 APP = """
@@ -268,7 +283,7 @@ def per_request(python_dir: str | None, n: int, redis: bool = False) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("route", "chat", "app", "serve"))
+    ap.add_argument("what", choices=("route", "chat", "feedback", "app", "serve"))
     ap.add_argument("--against", metavar="PYTHON_DIR", help="another build's python directory")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control"):
@@ -285,6 +300,8 @@ def main() -> None:
             ("the provider's call (`provider.complete`)", "provider"),
             ("`router.chat()`", "chat"),
         )]  # fmt: skip
+    elif args.what == "feedback":
+        rows = [("`router.feedback()`", partial(per_call, child=FEEDBACK, args=[], n=2000))]
     elif args.what == "app":
         rows = [
             ("`router.chat()`", partial(per_call, child=CHAT, args=["chat"], n=500)),
