@@ -3,6 +3,7 @@ local upstream, seen by one client over HTTP/1.1 on loopback.
 
     python benches/bench_server.py              # prints the markdown tables for the README
     python benches/bench_server.py --n 1000 --skip-mem
+    python benches/bench_server.py --skip-mem --skip-redis --against OTHER/python  # A/B
 
 Every piece is a process of its own: the upstream (`python -m satisfice.testing`), each server,
 redis-server, and the client, which is this script: one asyncio loop, one `httpx.AsyncClient`
@@ -196,9 +197,14 @@ def rss_mib(pid: int) -> float:
 
 @contextlib.contextmanager
 def satisfice_serve(
-    tmp: Path, registry: Path, name: str, redis_url: str | None = None
+    tmp: Path,
+    registry: Path,
+    name: str,
+    redis_url: str | None = None,
+    python_dir: str | None = None,
 ) -> Iterator[tuple[str, int]]:
-    """`satisfice serve` on 127.0.0.1; yields its base URL and PID once /ready answers 200."""
+    """`satisfice serve` on 127.0.0.1 (`python_dir`: another build's, on PYTHONPATH); yields
+    its base URL and PID once /ready answers 200."""
     cfg = tmp / f"{name}.toml"
     state = f'[state]\nbackend = "redis"\nredis_url = "{redis_url}"\n' if redis_url else ""
     cfg.write_text(f'[registry]\npath = "{registry}"\n{state}')
@@ -206,6 +212,8 @@ def satisfice_serve(
     cmd = [sys.executable, "-m", "satisfice.cli", "serve", "--config", str(cfg)]
     log = tmp / f"{name}.log"
     env = {"SATISFICE_MASTER_KEY": MASTER_KEY}
+    if python_dir is not None:
+        env["PYTHONPATH"] = python_dir
     with spawn([*cmd, "--port", str(port)], log, env) as pid:
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/ready", pid, log, 60)
@@ -494,6 +502,12 @@ def main() -> None:
         help="the litellm command to run (e.g. from a "
         "venv with 'litellm[proxy]', whose dependencies would change this one's)",
     )
+    ap.add_argument(
+        "--against",
+        metavar="PYTHON_DIR",
+        help="also `satisfice serve` from another build's python directory",
+    )
+    ap.add_argument("--skip-redis", action="store_true", help="leave the Redis row out")
     ap.add_argument("--httpx-pool", action="store_true",
                     help="the client on httpx's own pool, not satisfice's transport")  # fmt: skip
     args = ap.parse_args()
@@ -517,7 +531,16 @@ def main() -> None:
         )
         base, _ = stack.enter_context(satisfice_serve(tmp, registry, "memory"))
         contenders.append(Contender("satisfice serve", base + "/v1/chat/completions", "auto"))
-        if shutil.which("redis-server") is None:
+        if args.against:  # the same server on another build, in the same rounds
+            base, _ = stack.enter_context(
+                satisfice_serve(tmp, registry, "against", python_dir=args.against)
+            )
+            contenders.append(
+                Contender(f"satisfice serve, {args.against}", base + "/v1/chat/completions", "auto")
+            )
+        if args.skip_redis:
+            notes.append("satisfice serve, Redis + key: left out (--skip-redis).")
+        elif shutil.which("redis-server") is None:
             notes.append("satisfice serve, Redis + key: left out, redis-server is not installed.")
         else:
             redis_url = stack.enter_context(redis_server(tmp))

@@ -307,3 +307,30 @@ with LocalUpstream() as up:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "child 0"
+
+
+async def test_what_a_record_reads_of_the_decision_is_made_while_the_call_waits() -> None:
+    """The reasons and the request id (which a record and a served answer read) are made at
+    the loop's turn after the call goes out, while the upstream works, not after its answer
+    on the request's own time."""
+    decisions: list[Any] = []
+    seen: dict[str, Any] = {}
+
+    async def upstream(request: httpx.Request) -> httpx.Response:
+        d = decisions[0]
+        seen["sent"] = (d._reasons, d._request_id)
+        await asyncio.sleep(0)  # the upstream works: the loop takes its next turn
+        seen["waiting"] = (d._reasons is not None, d._request_id is not None)
+        return httpx.Response(200, json={
+            "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})  # fmt: skip
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(upstream))
+    r = Router(registry("http://127.0.0.1:9"), Policy(quality_floor=0.5))
+    async with http, r.configure(http=http).attach(on_decision=decisions.append):
+        res = await r.chat("hi")
+    assert seen == {"sent": (None, None), "waiting": (True, True)}
+    assert res.request_id == decisions[0].request_id
+    assert res.decision.reasons() == decisions[0].reasons()

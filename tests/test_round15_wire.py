@@ -502,7 +502,7 @@ def test_a_streamed_messages_error_event_is_in_anthropic_shape(raw: RawUpstream,
 def test_integers_past_64_bits_in_a_body_stay_integers() -> None:
     """orjson reads them as floats without an error: a tool schema's maximum of 2**64 had
     reached the provider as 1.8446744073709552e+19."""
-    from satisfice.server.app import _loads
+    from satisfice._json import loads as _loads
 
     for body in (b'{"maximum":18446744073709551616}', b'{"t":-9999999999999999999}'):
         assert repr(_loads(body)) == repr(json.loads(body))

@@ -366,6 +366,14 @@ class Decision:
     def est_cost_usd(self) -> float | None:
         return self.primary.est_cost_usd
 
+    def made_for_record(self) -> None:
+        """Make now what a request's record and a served answer read: the reasons and the
+        request id (each made once). The router calls it as a call goes out, so it is made
+        while the upstream works rather than after its answer."""
+        self.reasons()
+        if self._request_id is None:
+            self.answered_by(self.model)
+
     def reasons(self) -> list[str]:
         """Why this model, in sentences (made once: a response, its record and its trace
         all read them)."""

@@ -24,7 +24,6 @@ import asyncio
 import codecs
 import contextlib
 import email.utils
-import json
 import math
 import re
 import time
@@ -35,6 +34,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from .._json import dumps_body, encode_json, loads
 from .._redact import register, scrub, scrub_bytes, scrub_json, scrub_nested, scrub_values
 from ..errors import (
     AuthError,
@@ -324,15 +324,12 @@ def error_from_transport(exc: Exception, model: str, deployment: str) -> Retryab
     )
 
 
-# Compact, non-ASCII kept: the bytes httpx's `json=` would send, without its per-call encoder.
-encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
 def encode_body(payload: Any) -> bytes:
-    """The JSON body of a request; what cannot be JSON (an object in `extra`, a non-string
-    key) is the request's fault: BadRequestError, never a raw TypeError."""
+    """The JSON body of a request (compact, non-ASCII kept: the bytes httpx's `json=` would
+    send); what cannot be JSON (an object in `extra`, a non-string key) is the request's
+    fault: BadRequestError, never a raw TypeError."""
     try:
-        return encode_json(payload).encode()
+        return dumps_body(payload)
     except (TypeError, ValueError, RecursionError) as e:
         raise BadRequestError(
             f"the request cannot be sent as JSON ({type(e).__name__}: {e}); pass only JSON "
@@ -346,7 +343,7 @@ def parse_json(content: bytes | str) -> Any:
     any JSON escape (\\u0041, or \\/ inside a base64 key) is whole only once decoded, so
     the decoded strings are scrubbed too whenever the text has a backslash. Anything cut to
     a length for a message is cut after this, never before: a cut key would not match."""
-    return scrubbed(json.loads(content), content)
+    return scrubbed(loads(content), content)
 
 
 def scrubbed(data: Any, content: bytes | str) -> Any:
@@ -488,7 +485,7 @@ class HTTPProvider:
         content, wire = await self._post(body, timeout)
         t = time.perf_counter()
         try:
-            data = json.loads(content)
+            data = loads(content)
         except PARSE_ERRORS as e:
             raise self._malformed(f"{type(e).__name__}: {e}") from None
         wire += encoding + time.perf_counter() - t

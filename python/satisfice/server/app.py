@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 import uuid
@@ -31,6 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import _core
+from .._json import loads
 from ..decision import Decision
 from ..errors import (
     AllAttemptsFailedError,
@@ -71,23 +71,6 @@ __all__ = ["Service", "create_app"]
 _log = logging.getLogger("satisfice.server")
 
 
-# 19 digits in a row: maybe an integer past 64 bits, which only json.loads keeps an int
-_LONG_NUMBER = re.compile(rb"\d{19}")
-
-
-def _loads(body: bytes) -> Any:
-    """json.loads(body), by orjson (about a tenth of json's time on a request's body): what
-    orjson refuses (NaN, a lone surrogate's escape, a BOM, invalid JSON), and a body that
-    may hold an integer past 64 bits (which orjson reads as a float, without an error), go
-    to json.loads, which reads it or raises as it always did."""
-    if _LONG_NUMBER.search(body) is None:  # orjson reads an integer past 64 bits as a float
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(body)
-
-
 class _JSON(JSONResponse):
     """A JSONResponse rendered by orjson (an answer in a tenth of json.dumps's time): the
     same JSON values, floats in their shortest form (0.00001 for 1e-05). What orjson refuses
@@ -99,6 +82,22 @@ class _JSON(JSONResponse):
             return orjson.dumps(content)
         except TypeError:  # orjson.JSONEncodeError
             return super().render(content)
+
+
+class _Answer(_JSON):
+    """A 200 JSON answer whose headers come as the bytes they are sent as (`wire.headers_of`):
+    what Starlette's `init_headers` would make of them, without its encoding of each name
+    and value and its scans for the two it adds."""
+
+    def __init__(self, content: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body = self.render(content)
+        self.raw_headers = [
+            *headers,
+            (b"content-length", b"%d" % len(body)),
+            (b"content-type", b"application/json"),
+        ]
 
 
 # Anthropic's error type for each status the server answers (others: "api_error").
@@ -571,7 +570,7 @@ async def _body(
 
 def _json(raw: bytes) -> Any:
     try:
-        return _loads(raw)
+        return loads(raw)
     except (ValueError, RecursionError):
         raise HTTPError(
             400, "the request body is not valid JSON", "invalid_request_error", "invalid_json"
@@ -778,7 +777,7 @@ def create_app(
             if routed.session:
                 await svc.state.set_pin(routed.session, res.model)
             out = wire.openai_response(res) if api == "openai" else wire.anthropic_response(res)
-            return _JSON(out, headers=wire.headers_of(res))
+            return _Answer(out, wire.headers_of(res))
         except KeyChanged:
             # admission found the key changed since it was read, or a refusal on its own
             # terms came from a cached read: taken again from the key read anew, once

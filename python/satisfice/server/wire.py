@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._json import dumps
 from ..errors import InputError
 
 __all__ = [
@@ -291,26 +292,25 @@ def openai_chunk(
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
     }
-    return b"data: " + json.dumps(c, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + dumps(c) + b"\n\n"
 
 
 def sse_data(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + dumps(obj) + b"\n\n"
 
 
-def headers_of(res: Any) -> dict[str, str]:
-    d = res.decision
-    cost, est = res.total_cost_usd, d.est_cost_usd
-    out: dict[str, str] = {
-        "x-satisfice-request-id": res.request_id,
-        "x-satisfice-model": res.model,
-        "x-satisfice-deployment": res.deployment,
-        "x-satisfice-routed-to": d.model,
-        "x-satisfice-est-cost-usd": "unpriced" if est is None else f"{est:.8f}",
-        "x-satisfice-cost-usd": "unpriced" if cost is None else f"{cost:.8f}",
-        "x-satisfice-attempts": str(len(res.attempts)),
-    }
-    return out
+def headers_of(res: Any) -> list[tuple[bytes, bytes]]:
+    """The decision's `x-satisfice-*` headers of an answer, as the bytes they are sent as."""
+    cost, est = res.total_cost_usd, res.decision.est_cost_usd
+    return [
+        (b"x-satisfice-request-id", res.request_id.encode("latin-1")),
+        (b"x-satisfice-model", res.model.encode("latin-1")),
+        (b"x-satisfice-deployment", res.deployment.encode("latin-1")),
+        (b"x-satisfice-routed-to", res.decision.model.encode("latin-1")),
+        (b"x-satisfice-est-cost-usd", b"unpriced" if est is None else b"%.8f" % est),
+        (b"x-satisfice-cost-usd", b"unpriced" if cost is None else b"%.8f" % cost),
+        (b"x-satisfice-attempts", b"%d" % len(res.attempts)),
+    ]
 
 
 # -- Anthropic Messages -----------------------------------------------------------------------
@@ -618,11 +618,7 @@ def anthropic_usage(u: Any) -> dict[str, int]:
 
 
 def anthropic_event(kind: str, data: Mapping[str, Any]) -> bytes:
-    return (
-        f"event: {kind}\ndata: ".encode()
-        + json.dumps({"type": kind, **data}, separators=(",", ":")).encode()
-        + b"\n\n"
-    )
+    return f"event: {kind}\ndata: ".encode() + dumps({"type": kind, **data}) + b"\n\n"
 
 
 def now() -> int:

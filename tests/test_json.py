@@ -1,0 +1,88 @@
+"""satisfice._json: orjson on a request's path, the standard library wherever the two differ."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+
+import pytest
+
+from satisfice._json import dumps, dumps_body, loads
+from satisfice.errors import BadRequestError
+from satisfice.providers.base import encode_body
+
+STDLIB = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"model": "m", "messages": [{"role": "user", "content": "héllo 日本 🙂"}]},
+        {"max_tokens": 256, "stream": False, "stop": ["\n", "</s>"], "n": [1, 2.5, True]},
+        {"deep": [[[{"a": {"b": 'c\u2028d"e\\f'}}]]]},
+        {"big": 2**64, "neg": -(2**70)},  # past 64 bits: orjson refuses, json writes them
+        {1: "int key", "k": (1, 2)},  # a non-str key: json writes it as a string
+    ],
+)
+def test_a_body_is_the_bytes_the_standard_library_wrote(payload: object) -> None:
+    assert json.loads(dumps_body(payload)) == json.loads(STDLIB(payload).encode())
+    if not any(isinstance(v, float) for v in json.loads(STDLIB(payload))):  # float spelling
+        assert dumps_body(payload) == STDLIB(payload).encode()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nan_and_infinity_are_not_sent_as_null(bad: float) -> None:
+    """orjson writes them as null, a value the caller did not send: the body keeps what the
+    standard library wrote (NaN, which the upstream refuses), as before."""
+    body = dumps_body({"temperature": 0.5, "extra": {"x": bad}})
+    assert b"null" not in body
+    assert body == STDLIB({"temperature": 0.5, "extra": {"x": bad}}).encode()
+    assert dumps_body({"content": None}) == b'{"content":null}'  # a real null stays one
+
+
+def test_what_the_standard_library_refuses_is_still_refused() -> None:
+    @dataclasses.dataclass
+    class Thing:
+        x: int
+
+    for obj in (Thing(1), datetime.datetime(2026, 1, 1), object()):  # orjson writes the first two
+        with pytest.raises(BadRequestError, match="cannot be sent as JSON"):
+            encode_body({"extra": obj})
+    with pytest.raises(BadRequestError):
+        encode_body({"content": "lone \ud800 surrogate"})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a": 1, "b": [1.5, "x\\u00e9"], "c": null}',
+        b'{"maximum":18446744073709551616}',
+        b'{"n": NaN, "i": Infinity}',  # orjson refuses, json reads
+        b'\xef\xbb\xbf{"bom": 1}',
+        b'{"s": "\\ud800"}',  # a lone surrogate's escape
+        '{"str": "日本"}',
+    ],
+)
+def test_loads_reads_what_json_loads_reads(raw: bytes | str) -> None:
+    try:
+        want = json.loads(raw)
+    except ValueError as e:
+        with pytest.raises(type(e)):
+            loads(raw)
+        return
+    assert repr(loads(raw)) == repr(want)
+
+
+def test_loads_refuses_what_json_loads_refuses() -> None:
+    for raw in (b"{", b'{"a": }', b"", "[1,]"):
+        with pytest.raises(ValueError):
+            json.loads(raw)
+        with pytest.raises(ValueError):
+            loads(raw)
+
+
+def test_the_servers_own_json_keeps_non_ascii_and_big_integers() -> None:
+    assert dumps({"t": "日本", "n": None}) == '{"t":"日本","n":null}'.encode()
+    assert json.loads(dumps({"big": 2**65})) == {"big": 2**65}
