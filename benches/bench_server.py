@@ -256,6 +256,69 @@ async def app(scope, receive, send):
 """
 
 
+#: A server that forwards every chat request, as it came, to the upstream on the router's own
+#: HTTP client (satisfice/transport.py) and answers with what the upstream answered: no
+#: routing, no checks, no record. What `satisfice serve` costs at the least, on this machine,
+#: with its server and its transport: two hops and one more round trip.
+FORWARD_APP = """
+import sys
+import httpx
+import uvicorn
+from satisfice.server._http import http_protocol
+from satisfice.transport import Poster, PooledTransport
+
+UPSTREAM, PORT = sys.argv[1], int(sys.argv[2])
+pool = PooledTransport()
+poster = Poster(pool, httpx.URL(UPSTREAM + "/v1/chat/completions"),
+                httpx.Headers({"content-type": "application/json"}))
+TIMEOUTS = httpx.Timeout(30.0).as_dict()
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            done = m["type"] == "lifespan.shutdown"
+            await send({"type": m["type"] + ".complete"})
+            if done:
+                return
+    body = b""
+    while True:
+        m = await receive()
+        body += m.get("body", b"")
+        if not m.get("more_body"):
+            break
+    status, headers, stream = await pool.post(poster, body, TIMEOUTS)
+    kind = next((v for k, v in headers if k.lower() == b"content-type"), b"application/json")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", kind)]})
+    async for piece in stream:
+        await send({"type": "http.response.body", "body": piece, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning", access_log=False,
+            proxy_headers=False, http=http_protocol())
+"""
+
+
+@contextlib.contextmanager
+def forwarder(tmp: Path, upstream_url: str) -> Iterator[str]:
+    """FORWARD_APP under uvicorn as `satisfice serve` runs it; yields its base URL."""
+    (tmp / "forward_app.py").write_text(FORWARD_APP)
+    port = free_port()
+    cmd = [sys.executable, str(tmp / "forward_app.py"), upstream_url, str(port)]
+    with spawn(cmd, tmp / "forward.log") as pid:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _exited(pid):
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(base + "/", timeout=2)
+                break
+            time.sleep(0.2)
+        yield base
+
+
 @contextlib.contextmanager
 def asgi_hop(tmp: Path) -> Iterator[str]:
     """uvicorn, as `satisfice serve` runs it (one worker, no access log, no proxy-headers
@@ -529,6 +592,11 @@ def main() -> None:
         contenders.append(
             Contender("uvicorn, fixed answer, no upstream", hop + "/v1/chat/completions", wire)
         )
+        fwd = stack.enter_context(forwarder(tmp, url))
+        contenders.append(
+            Contender("forwarder: uvicorn + satisfice's transport, no routing",
+                      fwd + "/v1/chat/completions", wire)
+        )  # fmt: skip
         base, _ = stack.enter_context(satisfice_serve(tmp, registry, "memory"))
         contenders.append(Contender("satisfice serve", base + "/v1/chat/completions", "auto"))
         if args.against:  # the same server on another build, in the same rounds

@@ -86,3 +86,17 @@ def test_loads_refuses_what_json_loads_refuses() -> None:
 def test_the_servers_own_json_keeps_non_ascii_and_big_integers() -> None:
     assert dumps({"t": "日本", "n": None}) == '{"t":"日本","n":null}'.encode()
     assert json.loads(dumps({"big": 2**65})) == {"big": 2**65}
+
+
+def test_a_stream_event_is_one_line_to_a_line_splitter() -> None:
+    """U+0085, U+2028 and U+2029 end a line for `str.splitlines()` and httpx's
+    `aiter_lines`: raw inside a `data:` line, they cut it in two for such a client."""
+    from satisfice.server import wire
+
+    text = "a\u2028b\x85c\u2029d é 日本"
+    for event in (wire.sse_data({"t": text}), wire.openai_chunk("r", "m", 0, {"content": text})):
+        (line,) = event.decode().splitlines()[:1]
+        assert line.startswith("data: ")
+        assert len(event.decode().strip().splitlines()) == 1
+    assert json.loads(wire.sse_data({"t": text})[6:]) == {"t": text}
+    assert "é 日本".encode() in wire.sse_data({"t": text})  # the rest stays UTF-8

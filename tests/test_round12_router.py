@@ -309,10 +309,13 @@ with LocalUpstream() as up:
     assert out.stdout.strip() == "child 0"
 
 
-async def test_what_a_record_reads_of_the_decision_is_made_while_the_call_waits() -> None:
+async def test_what_a_record_reads_of_the_decision_is_made_while_the_call_waits(
+    tmp_path: Path,
+) -> None:
     """The reasons and the request id (which a record and a served answer read) are made at
     the loop's turn after the call goes out, while the upstream works, not after its answer
-    on the request's own time."""
+    on the request's own time; without a record to build, no id is made that nobody asked
+    for (each takes a slot of the feedback log)."""
     decisions: list[Any] = []
     seen: dict[str, Any] = {}
 
@@ -329,8 +332,17 @@ async def test_what_a_record_reads_of_the_decision_is_made_while_the_call_waits(
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(upstream))
     r = Router(registry("http://127.0.0.1:9"), Policy(quality_floor=0.5))
-    async with http, r.configure(http=http).attach(on_decision=decisions.append):
+    r.configure(http=http).attach(ledger=tmp_path / "l.jsonl", on_decision=decisions.append)
+    async with http, r:
         res = await r.chat("hi")
     assert seen == {"sent": (None, None), "waiting": (True, True)}
     assert res.request_id == decisions[0].request_id
     assert res.decision.reasons() == decisions[0].reasons()
+
+    decisions.clear()
+    http = httpx.AsyncClient(transport=httpx.MockTransport(upstream))
+    r = Router(registry("http://127.0.0.1:9"), Policy(quality_floor=0.5))
+    async with http, r.configure(http=http).attach(on_decision=decisions.append):
+        await r.chat("hi")
+    assert seen["waiting"] == (False, False)
+    assert r._feedback._next == 0  # no slot taken

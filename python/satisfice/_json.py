@@ -48,9 +48,11 @@ _PASSTHROUGH = (
 
 def dumps_body(obj: Any) -> bytes:
     """`encode_json(obj).encode()`, a request body: compact, non-ASCII kept, the same
-    errors. orjson writes NaN and ±Infinity as `null`, a value the caller did not send: a
-    body with a `null` in it is written by the standard library (NaN as NaN, which the
-    upstream refuses, as before), so nothing is silently changed."""
+    errors, but for an `Enum` and a `UUID`, which orjson writes as their value and string
+    (the standard library refused them). orjson writes NaN and ±Infinity as `null`, a
+    value the caller did not send: a body with a `null` in it is written by the standard
+    library (NaN as NaN, which the upstream refuses, as before), so nothing is silently
+    changed."""
     try:
         out = orjson.dumps(obj, option=_PASSTHROUGH)
     except TypeError:  # orjson.JSONEncodeError: a type, a key or an integer it does not take
@@ -58,11 +60,25 @@ def dumps_body(obj: Any) -> bytes:
     return encode_json(obj).encode() if b"null" in out else out
 
 
+# Line ends to `str.splitlines()` (and so to httpx's `aiter_lines`) that JSON may leave raw:
+# inside a stream's `data:` line they would cut it in two for such a client.
+_LINE_ENDS = (
+    (b"\xc2\x85", b"\\u0085"),
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+)
+
+
 def dumps(obj: Any) -> bytes:
     """Compact JSON of the server's own making (an answer, a stream's event): orjson, else
     the standard library for what orjson refuses (an integer past 64 bits, a non-str key).
-    Non-ASCII is kept, as UTF-8."""
+    Non-ASCII is kept, as UTF-8, but for U+0085, U+2028 and U+2029, which are escaped (as
+    `ensure_ascii` had them): a line splitter would end a stream's `data:` line there."""
     try:
-        return orjson.dumps(obj)
+        out = orjson.dumps(obj)
     except TypeError:
-        return encode_json(obj).encode()
+        out = encode_json(obj).encode()
+    if b"\xc2\x85" in out or b"\xe2\x80" in out:
+        for raw, escaped in _LINE_ENDS:
+            out = out.replace(raw, escaped)
+    return out

@@ -480,11 +480,13 @@ class Router:
         )
         if self._rec is not None:
             self._rec.decision(decision)
-            # What the record (and a served answer) will read of the decision, made at the
-            # loop's next turn: while the call waits on its upstream, not after the answer.
-            import asyncio  # loaded already (we are in a coroutine)
+            if self._rec.ledger is not None:
+                # What the record (and a served answer) will read of the decision, made at
+                # the loop's next turn: while the call waits on its upstream, not after the
+                # answer. Without a record, an id nobody asks for is never made.
+                import asyncio  # loaded already (we are in a coroutine)
 
-            asyncio.get_running_loop().call_soon(decision.made_for_record)
+                asyncio.get_running_loop().call_soon(decision.made_for_record)
         c = decision.constraints
         if call["max_tokens"] is None:
             call["max_tokens"] = c.max_output_tokens
