@@ -20,6 +20,10 @@ The contenders:
   serve` starts it, that answers every request with a fixed completion and calls nothing. The
   cost of one more HTTP hop through a Python server here, whatever the server does: what a
   service can never take off its "added" column.
+- forwarder: uvicorn + satisfice's transport, no routing: an ASGI app, run as `satisfice
+  serve` runs it, that forwards each request as it came to the upstream on the router's own
+  HTTP client (`PooledTransport`) and answers with the upstream's bytes. The least a router
+  in this place adds with satisfice's server and client: two hops, one more round trip.
 - satisfice serve: `satisfice serve` on the bundled registry with every model but gpt-6-luna
   disabled (benches/bench_overhead.py's `bench_registry`), memory state, no key, model "auto"
   (so every request is routed).
@@ -32,6 +36,11 @@ The contenders:
   access log off as satisfice's is). It refuses to start without a master key, so it gets one
   and the client sends it. Left out, with the reason, when it cannot be started or does not
   answer a first request.
+
+`--against DIR` adds `satisfice serve` from another build's python directory (on
+PYTHONPATH), measured in the same rounds: wall time here moves between runs by more than a
+change to the served path, so two builds are compared in one run. `--skip-redis` leaves the
+Redis row out.
 
 After a warm-up of every path, three measurements are taken, contender by contender and
 round by round (the order rotating each round) so that drift on the machine hits all alike:
