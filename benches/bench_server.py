@@ -229,6 +229,25 @@ def satisfice_serve(
         yield base, pid
 
 
+#: What both test servers below share: the ASGI lifespan answered, a request's body read whole.
+ASGI_BASICS = """
+async def request_body(scope, receive, send):
+    \"\"\"The request's body; None for the lifespan, answered here to its end.\"\"\"
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            await send({"type": m["type"] + ".complete"})
+            if m["type"] == "lifespan.shutdown":
+                return None
+    body = b""
+    while True:
+        m = await receive()
+        body += m.get("body", b"")
+        if not m.get("more_body"):
+            return body
+"""
+
+
 #: A server that answers every chat request with a fixed completion and calls nothing: the
 #: cost of one more HTTP hop through a Python ASGI server on this machine, whatever it does.
 HOP_APP = """
@@ -244,19 +263,9 @@ EVENTS = f"data: {CHUNK}\\n\\ndata: [DONE]\\n\\n".encode()
 
 
 async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            m = await receive()
-            done = m["type"] == "lifespan.shutdown"
-            await send({"type": m["type"] + ".complete"})
-            if done:
-                return
-    body = b""
-    while True:
-        m = await receive()
-        body += m.get("body", b"")
-        if not m.get("more_body"):
-            break
+    body = await request_body(scope, receive, send)
+    if body is None:
+        return
     sse = json.loads(body).get("stream")
     out, kind = (EVENTS, b"text/event-stream") if sse else (ANSWER, b"application/json")
     await send({"type": "http.response.start", "status": 200,
@@ -284,19 +293,9 @@ TIMEOUTS = httpx.Timeout(30.0).as_dict()
 
 
 async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            m = await receive()
-            done = m["type"] == "lifespan.shutdown"
-            await send({"type": m["type"] + ".complete"})
-            if done:
-                return
-    body = b""
-    while True:
-        m = await receive()
-        body += m.get("body", b"")
-        if not m.get("more_body"):
-            break
+    body = await request_body(scope, receive, send)
+    if body is None:
+        return
     status, headers, stream = await pool.post(poster, body, TIMEOUTS)
     kind = next((v for k, v in headers if k.lower() == b"content-type"), b"application/json")
     await send({"type": "http.response.start", "status": status,
@@ -314,7 +313,7 @@ uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning", access_log=Fa
 @contextlib.contextmanager
 def forwarder(tmp: Path, upstream_url: str) -> Iterator[str]:
     """FORWARD_APP under uvicorn as `satisfice serve` runs it; yields its base URL."""
-    (tmp / "forward_app.py").write_text(FORWARD_APP)
+    (tmp / "forward_app.py").write_text(ASGI_BASICS + FORWARD_APP)
     port = free_port()
     cmd = [sys.executable, str(tmp / "forward_app.py"), upstream_url, str(port)]
     with spawn(cmd, tmp / "forward.log") as pid:
@@ -332,7 +331,7 @@ def forwarder(tmp: Path, upstream_url: str) -> Iterator[str]:
 def asgi_hop(tmp: Path) -> Iterator[str]:
     """uvicorn, as `satisfice serve` runs it (one worker, no access log, no proxy-headers
     middleware), on HOP_APP; yields its base URL."""
-    (tmp / "hop_app.py").write_text(HOP_APP)
+    (tmp / "hop_app.py").write_text(ASGI_BASICS + HOP_APP)
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "hop_app:app", "--app-dir", str(tmp),
            "--port", str(port), "--log-level", "warning", "--no-access-log",
