@@ -317,14 +317,19 @@ def forwarder(tmp: Path, upstream_url: str) -> Iterator[str]:
     port = free_port()
     cmd = [sys.executable, str(tmp / "forward_app.py"), upstream_url, str(port)]
     with spawn(cmd, tmp / "forward.log") as pid:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not _exited(pid):
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(base + "/", timeout=2)
-                break
-            time.sleep(0.2)
-        yield base
+        yield answering(f"http://127.0.0.1:{port}", pid)
+
+
+def answering(base: str, pid: int) -> str:
+    """`base` once its server (process `pid`) answers a chat request, with any status, or
+    after 30 s or its exit (its first measured request then says what went wrong)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _exited(pid):
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(base + "/v1/chat/completions", json={}, timeout=2)
+            break
+        time.sleep(0.2)
+    return base
 
 
 @contextlib.contextmanager
@@ -338,14 +343,7 @@ def asgi_hop(tmp: Path) -> Iterator[str]:
            "--no-proxy-headers"]  # fmt: skip
     log = tmp / "hop.log"
     with spawn(cmd, log) as pid:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not _exited(pid):
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.post(base + "/v1/chat/completions", json={}, timeout=2)
-                break
-            time.sleep(0.2)
-        yield base
+        yield answering(f"http://127.0.0.1:{port}", pid)
 
 
 @contextlib.contextmanager

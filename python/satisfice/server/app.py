@@ -23,14 +23,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import _core
-from .._json import loads
+from .._json import dumps, loads
 from ..decision import Decision
 from ..errors import (
     AllAttemptsFailedError,
@@ -72,16 +71,12 @@ _log = logging.getLogger("satisfice.server")
 
 
 class _JSON(JSONResponse):
-    """A JSONResponse rendered by orjson (an answer in a tenth of json.dumps's time): the
-    same JSON values, floats in their shortest form (0.00001 for 1e-05). What orjson refuses
-    (an integer past 64 bits, a non-str key, a lone surrogate) renders, or fails, through
-    json.dumps as before."""
+    """A JSONResponse rendered as the server's stream events are (`_json.dumps`: orjson, an
+    answer in a tenth of json.dumps's time; the same JSON values, floats in their shortest
+    form, 0.00001 for 1e-05; what orjson refuses renders, or fails, through json)."""
 
     def render(self, content: Any) -> bytes:
-        try:
-            return orjson.dumps(content)
-        except TypeError:  # orjson.JSONEncodeError
-            return super().render(content)
+        return dumps(content)
 
 
 class _Answer(_JSON):
