@@ -63,6 +63,10 @@ def test_what_the_standard_library_refuses_is_still_refused() -> None:
         b'\xef\xbb\xbf{"bom": 1}',
         b'{"s": "\\ud800"}',  # a lone surrogate's escape
         '{"str": "日本"}',
+        '{"maximum": -18446744073709551616}',  # as text
+        '{"s": "\ud800", "n": 123456789012345678901}',  # a lone surrogate in the text, too
+        b"[1234567890123456789012]",  # the run at the body's end
+        b"[123456789012345678.9012, 1e400]",  # digits split by a point: orjson reads them
     ],
 )
 def test_loads_reads_what_json_loads_reads(raw: bytes | str) -> None:

@@ -11,22 +11,29 @@ hold one goes to json.loads)."""
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
 
 __all__ = ["dumps", "dumps_body", "loads"]
 
-# 19 digits in a row: maybe an integer past 64 bits, which only json.loads keeps an int
-_LONG = re.compile(rb"\d{19}")
-_LONG_STR = re.compile(r"\d{19}")
+# 19 ASCII digits in a row: maybe an integer past 64 bits, which only json.loads keeps an
+# int. Found as a run of b"0" in the body with every digit mapped to b"0" and every other
+# byte to b" ": a regex search (rb"\d{19}") took 2.7 µs on a 252-byte answer, more than
+# orjson's parse of it; the translation and a substring search take 0.4 µs (timeit).
+_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG = b"0" * 19
+
+
+def _may_hold_long(raw: bytes | str) -> bool:
+    if isinstance(raw, str):  # a JSON number is ASCII digits, whatever else the text holds
+        raw = raw.encode("utf-8", "surrogatepass")
+    return raw.translate(_DIGITS).find(_LONG) >= 0
 
 
 def loads(raw: bytes | str) -> Any:
     """`json.loads(raw)`: the same values, the same errors (ValueError, RecursionError)."""
-    long = _LONG if isinstance(raw, bytes) else _LONG_STR
-    if long.search(raw) is None:  # type: ignore[arg-type]
+    if not _may_hold_long(raw):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -57,7 +64,8 @@ def dumps_body(obj: Any) -> bytes:
         out = orjson.dumps(obj, option=_PASSTHROUGH)
     except TypeError:  # orjson.JSONEncodeError: a type, a key or an integer it does not take
         return encode_json(obj).encode()
-    return encode_json(obj).encode() if b"null" in out else out
+    # `find`, not `in`: see `_redact.scrub_bytes`
+    return encode_json(obj).encode() if out.find(b"null") >= 0 else out
 
 
 # Line ends to `str.splitlines()` (and so to httpx's `aiter_lines`) that JSON may leave raw:
@@ -78,7 +86,7 @@ def dumps(obj: Any) -> bytes:
         out = orjson.dumps(obj)
     except TypeError:
         out = encode_json(obj).encode()
-    if b"\xc2\x85" in out or b"\xe2\x80" in out:
+    if out.find(b"\xc2\x85") >= 0 or out.find(b"\xe2\x80") >= 0:  # see dumps_body's `find`
         for raw, escaped in _LINE_ENDS:
             out = out.replace(raw, escaped)
     return out

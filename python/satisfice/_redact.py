@@ -229,6 +229,8 @@ class StreamScrubber:
 
 def scrub_bytes(data: bytes) -> bytes:
     for s in _secrets_b:
-        if s in data:
+        # `find`, not `in`: Python 3.11's `bytes in bytes` first tries its operand as an
+        # int and formats the TypeError it gets, ~1,200 instructions a test (callgrind)
+        if data.find(s) >= 0:
             data = data.replace(s, REDACTED.encode())
     return data
