@@ -39,10 +39,13 @@ class Watchdog:
     async def wait(self, aw: Awaitable[T], timeout: float | None) -> T:
         if timeout is None:
             return await aw
-        task = asyncio.current_task()
-        if task is not self._task or self._loop is None:
+        # the task, found on the loop of the last wait: a lookup by loop skips the running
+        # loop's check, a getpid() system call on Python 3.11
+        task = None if self._loop is None else asyncio.current_task(self._loop)
+        if task is None or task is not self._task:
             self.close()
-            self._task, self._loop = task, asyncio.get_running_loop()
+            self._loop = asyncio.get_running_loop()
+            self._task = task = asyncio.current_task(self._loop)
         assert task is not None and self._loop is not None
         due = self._loop.time() + max(timeout, 0.0)
         self._due = due
@@ -101,7 +104,7 @@ class Deadlines:
         self._waits: dict[int, list[object]] = {}
 
     async def wait(self, aw: Awaitable[T], timeout: float) -> T:
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)  # see Watchdog.wait
         assert task is not None
         due = self._loop.time() + max(timeout, 0.0)
         w: list[object] = [task, due, task.cancelling(), False]

@@ -71,7 +71,8 @@ _CLOSED = (
 )
 # Every router's locks, made anew in a forked child: a lock another thread of the parent
 # held at the fork stays held there for good (its owner does not exist in the child), and
-# the child's first request, or update(), would wait on it forever.
+# the child's first request, or update(), would wait on it forever. Its requests in flight
+# are the parent's, which the child never runs (its aclose() would wait out the whole grace).
 _ROUTERS: weakref.WeakSet[Router] = weakref.WeakSet()
 
 
@@ -82,6 +83,7 @@ def _new_locks_in_child() -> None:
     for r in list(_ROUTERS):
         r._swap, r._setup = threading.Lock(), threading.RLock()
         r._feedback._lock = threading.Lock()
+        r._in_flight = set()
 
 
 os.register_at_fork(after_in_child=_new_locks_in_child)
@@ -211,7 +213,6 @@ class Router:
         # the executor and chat_sync()'s loop thread are made once, however many threads ask
         self._setup = threading.RLock()
         self._in_flight: set[object] = set()  # requests running: aclose() waits for them
-        self._in_flight_pid = os.getpid()  # whose requests they are (a forked child has none)
         self._closed = False
         _ROUTERS.add(self)
 
@@ -390,18 +391,11 @@ class Router:
             assert io is not None
         return io
 
-    def _running(self) -> set[object]:
-        """The requests in flight in this process: a forked child inherits its parent's
-        set, whose requests it never runs (its aclose() had waited out the whole grace)."""
-        if self._in_flight_pid != os.getpid():
-            self._in_flight, self._in_flight_pid = set(), os.getpid()
-        return self._in_flight
-
     def _enter(self) -> object:
         """Count a request in flight (aclose() waits for it), or refuse it: the router is
         closed."""
         token = object()
-        self._running().add(token)  # before the check: an aclose() past the check sees it
+        self._in_flight.add(token)  # before the check: an aclose() past the check sees it
         if self._closed:
             self._in_flight.discard(token)
             raise RouterClosedError(_CLOSED)
@@ -801,7 +795,7 @@ class Router:
 
         self._closed = True
         deadline = perf_counter() + grace_s
-        while self._running() and perf_counter() < deadline:
+        while self._in_flight and perf_counter() < deadline:
             # polled: requests may run on other event loops (threads) than this one
             await asyncio.sleep(0.01)
         io, self._io = self._io, None

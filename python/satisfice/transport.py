@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import select
 import ssl
 import zlib
@@ -552,7 +551,9 @@ async def _read_head(
         parts = lines[0].split(b" ", 2)
         try:
             # Three digits exactly: int() alone took -1, 0200 and 2_00 for success codes.
-            if not parts[0].startswith(b"HTTP/1.") or not re.fullmatch(rb"[1-5][0-9]{2}", parts[1]):
+            code = parts[1]
+            if not (parts[0].startswith(b"HTTP/1.") and len(code) == 3 and code.isdigit()
+                    and b"1" <= code[:1] <= b"5"):  # fmt: skip
                 raise ValueError(parts[0])
             status = int(parts[1])
         except (ValueError, IndexError):
