@@ -64,7 +64,8 @@ class _Conn(asyncio.Protocol):
     readable after it."""
 
     __slots__ = (
-        "_drained", "_paused", "_waiter", "buf", "ended", "error", "key", "transport", "used",
+        "_drained", "_paused", "_poll", "_waiter", "buf", "ended", "error", "key", "transport",
+        "used",
     )  # fmt: skip
 
     def __init__(self, key: tuple[str, str, int]) -> None:
@@ -77,6 +78,7 @@ class _Conn(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None  # a read waiting for bytes
         self._drained: asyncio.Future[None] | None = None  # a write waiting for room
         self._paused = False  # reading paused: the buffer is full
+        self._poll: Any = None  # `usable`'s poll object on the socket, made at its first reuse
 
     # asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -149,12 +151,14 @@ class _Conn(asyncio.Protocol):
         # a second response): what the next request would read would not be its answer.
         if self.buf:
             return False
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
-            return True
+        poll = self._poll
         try:
-            poll = select.poll()  # not select(): it fails for descriptors >= 1024
-            poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+            if poll is None:
+                sock = self.transport.get_extra_info("socket")
+                if sock is None:
+                    return True
+                poll = self._poll = select.poll()  # not select(): fails for fds >= 1024
+                poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
             return not poll.poll(0)
         except (OSError, ValueError):
             return False
