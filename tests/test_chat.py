@@ -470,3 +470,29 @@ def test_total_cost_is_unknown_when_a_billed_attempt_is_unpriced() -> None:
     attempts[2].cost_usd = 0.001
     res.cost_usd = 0.001
     assert res.total_cost_usd == pytest.approx(0.003)
+
+
+async def test_overhead_counts_the_routers_time_after_the_answer_is_priced(
+    up: LocalUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """latency_s and overhead_s run until the caller has the result: work of the router's
+    after the executor read its clock (building the result, handing it back) is its time."""
+    import time
+
+    from satisfice.executor import Executor
+
+    complete = Executor.complete
+
+    async def slow_after(self: Executor, *a: object, **kw: object) -> object:
+        res = await complete(self, *a, **kw)
+        time.sleep(0.05)  # 50 ms of the router's own, after the executor's clock stopped
+        return res
+
+    monkeypatch.setattr(Executor, "complete", slow_after)
+    up.script(wire("alpha"), reply("fine thanks"))
+    async with router(up.url) as r:
+        t = time.perf_counter()
+        res = await r.chat(MSGS)
+        waited = time.perf_counter() - t
+    assert res.overhead_s >= 0.05
+    assert 0.05 <= res.latency_s <= waited

@@ -94,7 +94,8 @@ class ChatResult:
     `overhead_s` is the time satisfice itself added: total latency minus what a direct call
     would spend as well (encoding the request's JSON, the HTTP exchange, decoding the
     answer's JSON), and, for streams, minus time the caller spent between items. Routing,
-    building the request, reading the answer, counting and pricing it count here.
+    building the request, reading the answer, counting and pricing it, and building this
+    result count here; `latency_s` of `chat()` runs until it returns (its record aside).
     """
 
     text: str

@@ -595,10 +595,10 @@ class Router:
         Raises NoRouteError, AllAttemptsFailedError (`.attempts` says why), BadRequestError,
         CascadeBudgetError.
         """
+        t0, started_at = perf_counter(), time()
         plain = race.__class__ is int and not race and hedge is False
         if not plain or accept is not None or cascade is not None:  # not the usual plain call
             self._check_modes(race, hedge, accept, cascade)
-        t0, started_at = perf_counter(), time()
         rec, run = self._rec, None
         token = self._enter()
         try:
@@ -636,6 +636,11 @@ class Router:
         finally:
             self._in_flight.discard(token)
         result.started_at, result.metadata = started_at, metadata
+        # the clock runs until the caller has the result (but for its record): building it
+        # and handing it back up through the executor were the router's time too
+        waited = perf_counter() - t0
+        result.overhead_s += waited - result.latency_s
+        result.latency_s = waited
         if rec is not None:
             rec.result(result, messages)
         return result
