@@ -12,6 +12,7 @@ use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
 };
 use pyo3::buffer::PyBuffer;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyMapping, PySequence, PyString};
 
@@ -134,7 +135,7 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
     let mut images = 0;
     let mut uncounted = 0u32;
     for (i, item) in list.iter().enumerate() {
-        let get = |key: &str| {
+        let get = |key: &'static str| {
             field(item, key).ok_or_else(|| {
                 CoreError::Input(format!(
                     "messages[{i}] must be a dict with 'role' and 'content'"
@@ -169,7 +170,7 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
                 } else if let Some(parts) = items(&c) {
                     let mut buf = String::new();
                     for (j, p) in parts.iter().enumerate() {
-                        let part = |key: &str| {
+                        let part = |key: &'static str| {
                             field(p, key).ok_or_else(|| {
                                 CoreError::Input(format!(
                                     "messages[{i}].content[{j}] must be a dict"
@@ -316,12 +317,36 @@ fn items<'py>(obj: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyAny>>> {
 
 /// `obj[key]` of a dict or other mapping: Some(None) when the key is absent, None when
 /// `obj` is not a mapping.
-fn field<'py>(obj: &Bound<'py, PyAny>, key: &str) -> Option<Option<Bound<'py, PyAny>>> {
+fn field<'py>(obj: &Bound<'py, PyAny>, key: &'static str) -> Option<Option<Bound<'py, PyAny>>> {
+    let key = field_name(obj.py(), key);
     if let Ok(d) = obj.downcast::<PyDict>() {
-        return Some(d.get_item(key).ok().flatten());
+        return Some(d.get_item(&key).ok().flatten());
     }
     let m = obj.downcast::<PyMapping>().ok()?;
-    Some(m.get_item(key).ok())
+    Some(m.get_item(&key).ok())
+}
+
+/// A message field's name as an interned Python str. Looked up by a `&str`, each field of
+/// each message had been made into a new Python str, copied and hashed again: 6 a message,
+/// most of turning a short conversation into Rust (callgrind).
+fn field_name<'py>(py: Python<'py>, key: &'static str) -> Bound<'py, PyString> {
+    match key {
+        "role" => intern!(py, "role"),
+        "content" => intern!(py, "content"),
+        "type" => intern!(py, "type"),
+        "text" => intern!(py, "text"),
+        "refusal" => intern!(py, "refusal"),
+        "tool_calls" => intern!(py, "tool_calls"),
+        "function" => intern!(py, "function"),
+        "custom" => intern!(py, "custom"),
+        "name" => intern!(py, "name"),
+        "arguments" => intern!(py, "arguments"),
+        "input" => intern!(py, "input"),
+        "function_call" => intern!(py, "function_call"),
+        "tool_call_id" => intern!(py, "tool_call_id"),
+        _ => return PyString::new(py, key),
+    }
+    .clone()
 }
 
 /// Many prompts (each a str or a message list), copied into Rust before the GIL is released.

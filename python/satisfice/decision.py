@@ -104,6 +104,9 @@ class Snapshot(Frozen):
         request cannot call: cooling, no deployment). None when nothing is ruled out."""
         if c.allow is None and not c.deny and not skip:
             return None
+        return self._excluded(c, skip)  # (its comprehensions' cells made only when needed)
+
+    def _excluded(self, c: Constraints, skip: frozenset[str]) -> list[int]:
         idx = self.index
         for m in (*(c.allow or ()), *c.deny):
             if m not in idx:
@@ -213,7 +216,7 @@ class Decision:
         ids = snapshot.ids
         rows = plan.head(1 + snapshot.policy.max_fallbacks)
         self.model: str = ids[rows[0]]
-        self.fallbacks: list[str] = [ids[r] for r in rows[1:]]
+        self.fallbacks: list[str] = list(map(ids.__getitem__, rows[1:]))
 
     @property
     def registry(self) -> Registry:

@@ -502,6 +502,16 @@ class Run:
         )
 
 
+def _targets_of(spec: ModelSpec) -> tuple[_Target, ...]:
+    return tuple(_Target(spec, d) for d in spec.deployments)
+
+
+def _further(d: Decision, order: list[str]) -> list[str]:
+    """The decision's candidates not in `order` yet, ranked (out of `Executor._available`,
+    whose every call would otherwise make the cell this comprehension reads `order` from)."""
+    return [c.model for c in d.candidates if c.model not in order]
+
+
 class Executor:
     """Runs decisions over one shared httpx client and one health store."""
 
@@ -531,8 +541,7 @@ class Executor:
             self._reg, self._targets, self._key_model = registry, {}, None
         ts = self._targets.get(model)
         if ts is None:
-            spec = registry[model]
-            ts = self._targets[model] = tuple(_Target(spec, d) for d in spec.deployments)
+            ts = self._targets[model] = _targets_of(registry[model])
         return ts
 
     def enable(self, registry: Registry, model: str, deployment: str | None = None) -> None:
@@ -602,7 +611,7 @@ class Executor:
                     return
                 # A context-length error: look further down the ranked candidates.
                 extended = True
-                order += [c.model for c in d.candidates if c.model not in order]
+                order += _further(d, order)
                 continue
             targets = self.targets(run.registry, order[i])
             i += 1
@@ -680,8 +689,11 @@ class Executor:
         price first, among them the least busy (calls in flight), then the fastest (measured
         p95); then the pricier ones by price. Equal on all of these: the registry's order.
         (Health is applied by the caller: a cooling deployment is skipped wherever it is.)"""
-        if len(targets) < 2:
-            return targets
+        # (the ranking in a method of its own: the cells its lambdas close over are made
+        # when a function is entered, whichever way it goes)
+        return targets if len(targets) < 2 else self._ranked(targets)
+
+    def _ranked(self, targets: tuple[_Target, ...]) -> list[_Target]:
         cheapest = min(t.unit_price for t in targets)
         near = [t for t in targets if t.unit_price <= cheapest * 1.1]
         rest = [t for t in targets if t.unit_price > cheapest * 1.1]

@@ -158,8 +158,9 @@ class Health:
         if not self._blocked:
             return frozenset()
         now = self._clock()
-        for key in [k for k, until in self._blocked.items() if until <= now]:
-            del self._blocked[key]
+        for key, until in list(self._blocked.items()):  # (a comprehension: a cell a call)
+            if until <= now:
+                del self._blocked[key]
         return frozenset(self._blocked)
 
     def record_success(self, key: str, latency_s: float) -> None:

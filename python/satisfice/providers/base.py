@@ -131,16 +131,21 @@ class ChatResponse:
         # arguments, a JSON answer) may hide a key behind an escape that scrubbing the text
         # cannot see.
         text = scrub_json(self.text)
-        calls = [
-            c if (a := scrub_json(c.arguments)) is c.arguments else replace(c, arguments=a)
-            for c in self.tool_calls
-        ]
-        if text is not self.text or any(
-            a is not b for a, b in zip(calls, self.tool_calls, strict=True)
-        ):
+        calls = _scrubbed_calls(self.tool_calls) if self.tool_calls else self.tool_calls
+        if text is not self.text or calls is not self.tool_calls:
             # one was there: `raw` (the upstream's JSON, for callers) holds it too, inside a
             # string that is JSON itself
             self.text, self.tool_calls, self.raw = text, calls, scrub_nested(self.raw)
+
+
+def _scrubbed_calls(calls: list[ToolCall]) -> list[ToolCall]:
+    """`calls` with `scrub_json` applied to each one's arguments: the same list if none
+    changed."""
+    out = [
+        c if (a := scrub_json(c.arguments)) is c.arguments else replace(c, arguments=a)
+        for c in calls
+    ]
+    return calls if all(a is b for a, b in zip(out, calls, strict=True)) else out
 
 
 @dataclass(slots=True)
