@@ -85,6 +85,8 @@ def test_loads_refuses_what_json_loads_refuses() -> None:
             json.loads(raw)
         with pytest.raises(ValueError):
             loads(raw)
+    with pytest.raises(TypeError, match="must be str, bytes or bytearray"):  # as json.loads
+        loads(memoryview(b"[1]"))  # type: ignore[arg-type]
 
 
 def test_the_servers_own_json_keeps_non_ascii_and_big_integers() -> None:

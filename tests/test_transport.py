@@ -77,6 +77,32 @@ async def test_a_connection_the_upstream_closed_is_not_reused_blindly(
     assert len(up.seen("m")) == 5  # each request reached the upstream exactly once
 
 
+async def test_a_forgotten_connection_is_never_usable_again(up: LocalUpstream) -> None:
+    """`usable` polls the socket's descriptor number, kept from its first reuse: once a
+    forked child's copy is closed (`forget`), that number may belong to another socket,
+    whose quiet must not pass for this connection's."""
+    import socket
+
+    from satisfice.transport import PooledTransport
+
+    pool = PooledTransport()
+    async with httpx.AsyncClient(transport=pool) as c:  # type: ignore[arg-type]
+        for _ in range(2):  # the second request's reuse check makes the poll object
+            assert (await c.post(up.url + "/v1/chat/completions", json=BODY)).status_code == 200
+        (conn,) = [x for stack in pool._idle.values() for x in stack]
+        assert conn.usable(60.0)
+        fd = conn.transport.get_extra_info("socket").fileno()
+        conn.forget()
+        others = [socket.socketpair() for _ in range(4)]  # one of them may take its number
+        try:
+            assert any(s.fileno() == fd for pair in others for s in pair)
+            assert not conn.usable(60.0)
+        finally:
+            for a, b in others:
+                a.close()
+                b.close()
+
+
 async def test_read_timeout_and_connect_error(up: LocalUpstream) -> None:
     up.script("m", hang())
     async with client() as c:

@@ -40,7 +40,7 @@ class Watchdog:
         if timeout is None:
             return await aw
         # the task, found on the loop of the last wait: a lookup by loop skips the running
-        # loop's check, a getpid() system call on Python 3.11
+        # loop's check, a getpid() system call on Python 3.11 (the first wait still pays it)
         task = None if self._loop is None else asyncio.current_task(self._loop)
         if task is None or task is not self._task:
             self.close()
