@@ -510,7 +510,7 @@ class Router:
                     f"unknown option(s) {sorted(unknown)}: chat() and stream() take "
                     f"{sorted(_OPTIONS)}; pass other OpenAI parameters in extra={{...}}"
                 )
-            call = _NO_CALL.copy()
+            call = {}
             for k in _CALL_FIELDS:  # a loop: a comprehension made `opts` a cell on every call
                 call[k] = opts.pop(k, None)
             timeout = opts.pop("timeout", None)

@@ -174,7 +174,6 @@ class _Conn(asyncio.Protocol):
         transport is the parent's event loop's: abort() would unregister the socket from the
         epoll instance both processes share, and the parent would never see its answer."""
         self.ended = True  # never reused: `usable`'s poll object holds its number, not it
-        self._poll = None
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
             sock._sock.close()  # asyncio's wrapper offers no close(); this is the socket's own
