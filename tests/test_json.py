@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
 import json
 import math
 
+import numpy as np
 import pytest
 
 from satisfice._json import dumps, dumps_body, loads
@@ -106,3 +108,44 @@ def test_a_stream_event_is_one_line_to_a_line_splitter() -> None:
         assert len(event.decode().strip().splitlines()) == 1
     assert json.loads(wire.sse_data({"t": text})[6:]) == {"t": text}
     assert "é 日本".encode() in wire.sse_data({"t": text})  # the rest stays UTF-8
+
+
+def _stdlib_record(rec: object) -> str:
+    """The ledger's JSON as the standard library alone wrote it (before orjson)."""
+    from satisfice.ledger import _plain
+
+    try:
+        return json.dumps(rec, default=str, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return json.dumps(_plain(rec), default=str, separators=(",", ":"), allow_nan=False)
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"text": "héllo 日本 🙂", "n": 3, "f": 0.1, "none": None, "flag": True},
+        {"np": np.float64(0.25), "np32": np.float32(0.5), "npi": np.int64(7)},
+        {"level": _Level.HIGH, "when": datetime.datetime(2026, 12, 3, 8, 0), "pt": _Point(1)},
+        {"nan": math.nan, "inf": -math.inf, "t": (1, 2)},
+        {"set": {1}, "bytes": b"\x00\xff"},  # (beside a NaN, the old path made the set a list)
+        {3: "int key", 2.5: "float key", None: "none key", True: "bool key"},
+        {"big": 2**70, "surrogate": "a\ud800b", "line": "a\u2028b\u0085c\u2029d"},
+    ],
+)
+def test_a_ledger_record_reads_back_as_the_standard_library_wrote_it(meta: object) -> None:
+    from satisfice.ledger import _json
+
+    rec = {"request_id": "r", "latency_s": 0.001, "metadata": meta, "attempts": [{"a": 1}]}
+    out = _json(rec)
+    assert json.loads(out) == json.loads(_stdlib_record(rec))
+    for raw in ("\u2028", "\u2029", "\u0085"):  # one line to any line splitter
+        assert raw not in out

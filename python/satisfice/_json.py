@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["dumps", "dumps_body", "loads"]
+__all__ = ["dumps", "dumps_body", "dumps_record", "loads"]
 
 # 19 ASCII digits in a row: maybe an integer past 64 bits, which only json.loads keeps an
 # int. Found as a run of b"0" in the body with every digit mapped to b"0" and every other
@@ -88,7 +88,38 @@ def dumps(obj: Any) -> bytes:
         out = orjson.dumps(obj)
     except TypeError:
         out = encode_json(obj).encode()
-    if out.find(b"\xc2\x85") >= 0 or out.find(b"\xe2\x80") >= 0:  # see dumps_body's `find`
+    return _line_ends_escaped(out)
+
+
+def _line_ends_escaped(out: bytes) -> bytes:
+    # isascii() first: it reads a word at a time, where a two-byte find takes 1.4 µs on a
+    # 1.4 KB record (timeit); `find`, not `in`: see dumps_body's `find`
+    if not out.isascii() and (out.find(b"\xc2\x85") >= 0 or out.find(b"\xe2\x80") >= 0):
         for raw, escaped in _LINE_ENDS:
             out = out.replace(raw, escaped)
     return out
+
+
+def _str_of(v: Any) -> Any:
+    # a float subclass (numpy's float64) is a number to the standard library, and orjson
+    # hands it here: a number it stays
+    return float(v) if isinstance(v, float) else str(v)
+
+
+# as json.dumps(default=str) writes them: a dataclass and a datetime as their str()
+_RECORD = (
+    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+)
+
+
+def dumps_record(obj: Any) -> str | None:
+    """A ledger record as strict JSON text, or None where orjson refuses it (an integer past
+    64 bits, a lone surrogate, a cycle, nesting past 254 levels: the caller's own path
+    writes those). NaN and ±Infinity are `null`, a non-str key its string, a value JSON has
+    no type for its `str()`, as the ledger's standard-library path has them; non-ASCII is
+    kept as UTF-8 but for the line ends `dumps` escapes. 17 → 3 µs on a served request's
+    1.4 KB record (`json.dumps` against this, process time over 20,000)."""
+    try:
+        return _line_ends_escaped(orjson.dumps(obj, default=_str_of, option=_RECORD)).decode()
+    except TypeError:
+        return None

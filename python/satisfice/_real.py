@@ -16,6 +16,8 @@ def as_real(v: object) -> float | None:
     here (True is no price). Values a float cannot hold (10**400) and NaN/inf are refused."""
     if type(v) is float:  # the usual value, without the ABC check (slow, per call)
         return v if math.isfinite(v) else None
+    if v is None:  # the next usual one (a record's unknown amount)
+        return None
     if isinstance(v, bool) or not isinstance(v, Real):
         return None
     try:

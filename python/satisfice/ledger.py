@@ -23,6 +23,7 @@ record as JSON; `feedback` holds scores given later (`router.feedback`, validato
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._json import dumps_record
 from ._real import as_real
 from ._redact import scrub
 from .errors import ConfigError
@@ -87,6 +89,8 @@ def _text(v: Any) -> str | None:
     driver encodes), so caller metadata of any type cannot poison a batch."""
     if v is None:
         return None
+    if type(v) is str and v.isascii() and v.find("\x00") < 0:  # most are: O(1) isascii
+        return v
     t = str(v).replace("\x00", "")
     try:
         t.encode("utf-8")
@@ -104,6 +108,9 @@ def _json(rec: Mapping[str, Any]) -> str:
     and odd values become strings, NaN and infinities null (bare NaN is not JSON, and strict
     readers of a JSONL file reject the line), a cycle or a deep nest a marker, rather than
     failing the batch."""
+    fast = dumps_record(rec)
+    if fast is not None:
+        return fast
     try:
         return json.dumps(rec, default=str, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError):
@@ -123,6 +130,12 @@ def _plain(v: Any, depth: int = 0, seen: frozenset[int] = frozenset()) -> Any:
     return v if isinstance(v, str | int | float | bool) or v is None else str(v)
 
 
+@functools.lru_cache(maxsize=4)
+def _day(n: int) -> str:
+    """The UTC date of day `n` since the epoch: the records of a batch share one or two."""
+    return time.strftime("%Y-%m-%d", time.gmtime(n * 86400))
+
+
 def _row(rec: Mapping[str, Any]) -> tuple[Any, ...]:
     meta: Mapping[str, Any] = rec["metadata"] if isinstance(rec.get("metadata"), Mapping) else {}
     dec = rec.get("decision") or {}
@@ -135,7 +148,7 @@ def _row(rec: Mapping[str, Any]) -> tuple[Any, ...]:
     return (
         _text(rec["request_id"]),
         ts,
-        time.strftime("%Y-%m-%d", time.gmtime(ts)),
+        _day(int(ts // 86400)),
         _text(rec.get("outcome", "ok")),
         _text(meta.get("key")),
         _text(meta.get("team")),
