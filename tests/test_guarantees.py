@@ -182,6 +182,40 @@ async def test_unknown_options_and_odd_response_formats_are_config_errors(
     assert res.text and up.seen(wire(res.model))[-1].body["top_p"] == 0.9
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"model": "delta-wire"},  # another model, priced as the routed one
+        {"messages": [{"role": "user", "content": "another prompt"}]},
+        {"stream": False},  # a stream read as one answer
+        {"system": "x"},
+        {"stream_options": {"include_usage": False}},  # the usage the bill is made of
+        {"tools": [{"type": "function", "function": {"name": "f"}}]},  # routed without tools
+    ],
+)
+async def test_extra_cannot_replace_what_was_routed(up: LocalUpstream, extra: dict) -> None:  # type: ignore[type-arg]
+    """`extra` is merged into the wire payload last: {"model": ...} sent the call to a
+    model ten times the price, priced and recorded as the routed one."""
+    async with router(up.url) as r:
+        with pytest.raises(ConfigError, match=f"extra may not set {next(iter(extra))}"):
+            await r.chat(MSGS, extra=extra)
+        with pytest.raises(ConfigError, match="extra may not set"):
+            async with r.stream(MSGS, extra=extra) as s:
+                async for _ in s:
+                    pass
+    assert not up.requests  # nothing was sent
+
+
+@pytest.mark.parametrize("tools", [[5], [None], [["cache_control"]], [{"type": "function"}, 1]])
+async def test_a_tool_that_is_not_a_dict_is_a_config_error(up: LocalUpstream, tools: list) -> None:  # type: ignore[type-arg]
+    """It reached the OpenAI provider, which raised a bare TypeError or AttributeError."""
+    async with router(up.url) as r:
+        with pytest.raises(ConfigError, match="tools must be a list of tool dicts"):
+            await r.chat(MSGS, tools=tools)
+        with pytest.raises(ConfigError, match="tools must be a list of tool dicts"):
+            r.route(MSGS, tools=tools)
+
+
 async def test_measured_latency_replaces_the_registry_p95_under_an_slo(up: LocalUpstream) -> None:
     from satisfice import Policy, Router
     from satisfice.executor import ExecutionConfig

@@ -110,18 +110,27 @@ def test_a_stream_event_is_one_line_to_a_line_splitter() -> None:
     assert "é 日本".encode() in wire.sse_data({"t": text})  # the rest stays UTF-8
 
 
-def _stdlib_record(rec: object) -> str:
-    """The ledger's JSON as the standard library alone wrote it (before orjson)."""
-    from satisfice.ledger import _plain
-
-    try:
-        return json.dumps(rec, default=str, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError, RecursionError):
-        return json.dumps(_plain(rec), default=str, separators=(",", ":"), allow_nan=False)
-
-
 class _Level(enum.IntEnum):
     HIGH = 3
+
+
+class _Tier(enum.Enum):
+    GOLD = "gold"
+    PAIR = (1, 2)
+
+
+class _Perm(enum.Flag):
+    R = 1
+
+
+class _Items(dict):  # type: ignore[type-arg]
+    def items(self):  # type: ignore[no-untyped-def,override]
+        return [("seen", "through items()")]
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no")
 
 
 @dataclasses.dataclass
@@ -129,23 +138,50 @@ class _Point:
     x: int
 
 
-@pytest.mark.parametrize(
-    "meta",
-    [
-        {"text": "héllo 日本 🙂", "n": 3, "f": 0.1, "none": None, "flag": True},
-        {"np": np.float64(0.25), "np32": np.float32(0.5), "npi": np.int64(7)},
-        {"level": _Level.HIGH, "when": datetime.datetime(2026, 12, 3, 8, 0), "pt": _Point(1)},
-        {"nan": math.nan, "inf": -math.inf, "t": (1, 2)},
-        {"set": {1}, "bytes": b"\x00\xff"},  # (beside a NaN, the old path made the set a list)
-        {3: "int key", 2.5: "float key", None: "none key", True: "bool key"},
-        {"big": 2**70, "surrogate": "a\ud800b", "line": "a\u2028b\u0085c\u2029d"},
-    ],
-)
-def test_a_ledger_record_reads_back_as_the_standard_library_wrote_it(meta: object) -> None:
-    from satisfice.ledger import _json
+ODD_METADATA = [
+    {"text": "héllo 日本 🙂", "n": 3, "f": 0.1, "none": None, "flag": True},
+    {"np": np.float64(0.25), "np32": np.float32(0.5), "npi": np.int64(7)},
+    {"level": _Level.HIGH, "when": datetime.datetime(2026, 12, 3, 8, 0), "pt": _Point(1)},
+    {"tier": _Tier.GOLD, "pair": _Tier.PAIR, "perm": _Perm.R},
+    {"nan": math.nan, "inf": -math.inf, "t": (1, 2), "set": {1}},
+    {"set": {1}, "bytes": b"\x00\xff"},
+    {3: "int key", 2.5: "float key", 1e-7: "small", None: "none key", True: "bool key"},
+    {math.nan: "a", None: "b", math.inf: "c", -math.inf: "d"},  # four keys, four values
+    {_Tier.GOLD: 1, datetime.datetime(2026, 1, 2, 3, 4, 5): 2},
+    {"items": _Items(a=1), "bad": _Unprintable()},
+    {"big": 2**70, "surrogate": "a\ud800b", "line": "a\u2028b\u0085c\u2029d"},
+]
+
+
+@pytest.mark.parametrize("meta", ODD_METADATA)
+def test_a_ledger_record_is_the_same_text_by_orjson_or_the_standard_library(meta: object) -> None:
+    """orjson writes a ledger's record where it writes what the standard library path does:
+    it had written a NaN and a None key both as "null" (one value lost), an Enum key its
+    value, a dict subclass past its items()."""
+    from satisfice.ledger import _json, _json_stdlib
 
     rec = {"request_id": "r", "latency_s": 0.001, "metadata": meta, "attempts": [{"a": 1}]}
     out = _json(rec)
-    assert json.loads(out) == json.loads(_stdlib_record(rec))
+    back = json.loads(out, parse_constant=lambda tok: pytest.fail(f"not strict JSON: {tok}"))
+    assert back == json.loads(_json_stdlib(rec))
+    assert len(back["metadata"]) == len(meta)  # type: ignore[arg-type]
     for raw in ("\u2028", "\u2029", "\u0085"):  # one line to any line splitter
         assert raw not in out
+
+
+def test_how_a_ledger_writes_odd_values() -> None:
+    from satisfice.ledger import _json
+
+    def meta(m: object) -> object:
+        return json.loads(_json({"request_id": "r", "metadata": m}))["metadata"]
+
+    assert meta({"tier": _Tier.GOLD, "pair": _Tier.PAIR, "level": _Level.HIGH}) == {
+        "tier": "gold", "pair": [1, 2], "level": 3
+    }  # fmt: skip
+    assert meta({math.nan: 1, None: 2, True: 3}) == {"NaN": 1, "null": 2, "true": 3}
+    assert meta({"n": math.nan, "s": {1}, "x": _Unprintable()}) == {
+        "n": None, "s": "{1}", "x": "<unprintable _Unprintable>"
+    }  # fmt: skip
+    assert meta({"np": np.float64(0.25), "i": _Items(a=1)}) == {
+        "np": 0.25, "i": {"seen": "through items()"}
+    }  # fmt: skip

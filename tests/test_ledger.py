@@ -557,3 +557,20 @@ def test_metrics_keep_label_values_that_are_equal_but_not_alike_apart() -> None:
         assert f'satisfice_fallbacks_total{{deployment="d",model="{v}",reason="X"}}' in text
     assert 'satisfice_fallbacks_total{deployment="d",model="1",reason="X"} 2.0' in text
     assert 'satisfice_cooldowns_total{deployment="d",model="True"} 1.0' in text
+
+
+def test_a_record_with_no_date_is_dropped_not_retried_forever(tmp_path: Path) -> None:
+    """A started_at past year 9999 made time.gmtime raise OSError, which the writer took
+    for a sink that is down: that batch, and every record after it, was retried forever."""
+    from satisfice.ledger import Ledger
+
+    led = Ledger.open(tmp_path / "l.db")
+    led.put({"request_id": "poison", "started_at": 1e17, "outcome": "ok"})
+    for i in range(3):
+        led.put({"request_id": f"good{i}", "started_at": time.time(), "outcome": "ok"})
+    assert led.flush(10.0)
+    led.close()
+    assert sorted(r["request_id"] for r in read_records(tmp_path / "l.db")) == [
+        "good0", "good1", "good2"
+    ]  # fmt: skip
+    assert led.rejected == 1 and led.dropped == 1

@@ -11,11 +11,12 @@ hold one goes to json.loads)."""
 from __future__ import annotations
 
 import json
+from enum import Enum
 from typing import Any
 
 import orjson
 
-__all__ = ["dumps", "dumps_body", "dumps_record", "loads"]
+__all__ = ["dumps", "dumps_body", "dumps_record", "loads", "record_default"]
 
 # 19 ASCII digits in a row: maybe an integer past 64 bits, which only json.loads keeps an
 # int. Found as a run of b"0" in the body with every digit mapped to b"0" and every other
@@ -100,26 +101,44 @@ def _line_ends_escaped(out: bytes) -> bytes:
     return out
 
 
-def _str_of(v: Any) -> Any:
-    # a float subclass (numpy's float64) is a number to the standard library, and orjson
-    # hands it here: a number it stays
-    return float(v) if isinstance(v, float) else str(v)
+def record_default(v: Any) -> Any:
+    """What a ledger record holds that JSON has no type for, as both of the ledger's writers
+    write it: a float subclass (numpy's float64) a number, an Enum its value (as orjson
+    writes one natively), anything else its `str()`."""
+    if isinstance(v, float):
+        return float(v)
+    if isinstance(v, Enum):
+        return v.value
+    return str(v)
 
 
-# as json.dumps(default=str) writes them: a dataclass and a datetime as their str()
+def _record_default(v: Any) -> Any:
+    # a subclass of dict, list, str or int (handed here by OPT_PASSTHROUGH_SUBCLASS) may
+    # have its own items() or str(): json.dumps's own way, not orjson's reading of its storage
+    if isinstance(v, dict | list | str | int):
+        raise TypeError("a subclass")
+    return record_default(v)
+
+
+# A dataclass and a datetime to record_default (their str()), as json.dumps(default=...) has
+# them; a non-str key is refused (json.dumps writes it its own way: a NaN key "NaN", where
+# orjson's "null" may collide with a None key's).
 _RECORD = (
-    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+    orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
 )
 
 
 def dumps_record(obj: Any) -> str | None:
-    """A ledger record as strict JSON text, or None where orjson refuses it (an integer past
-    64 bits, a lone surrogate, a cycle, nesting past 254 levels: the caller's own path
-    writes those). NaN and ±Infinity are `null`, a non-str key its string, a value JSON has
-    no type for its `str()`, as the ledger's standard-library path has them; non-ASCII is
-    kept as UTF-8 but for the line ends `dumps` escapes. 17 → 3 µs on a served request's
-    1.4 KB record (`json.dumps` against this, process time over 20,000)."""
+    """A ledger record as strict JSON text, or None where the standard library is to write
+    it (a non-str key, a subclass, an integer past 64 bits, a lone surrogate, a cycle,
+    nesting past 254 levels). NaN and ±Infinity are `null` and other values as
+    `record_default` has them, as the ledger's standard-library path writes them; non-ASCII
+    is kept as UTF-8 but for the line ends `dumps` escapes. 17 → 3 µs on a served
+    request's 1.4 KB record (`json.dumps` against this, process time over 20,000)."""
     try:
-        return _line_ends_escaped(orjson.dumps(obj, default=_str_of, option=_RECORD)).decode()
+        out = orjson.dumps(obj, default=_record_default, option=_RECORD)
+        return _line_ends_escaped(out).decode()
     except TypeError:
         return None

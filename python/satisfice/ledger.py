@@ -35,10 +35,11 @@ import uuid
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._json import dumps_record
+from ._json import dumps_record, record_default
 from ._real import as_real
 from ._redact import scrub
 from .errors import ConfigError
@@ -105,29 +106,56 @@ def _int(v: Any) -> int | None:
 
 def _json(rec: Mapping[str, Any]) -> str:
     """The record as strict JSON, whatever the caller put in its metadata: non-string keys
-    and odd values become strings, NaN and infinities null (bare NaN is not JSON, and strict
-    readers of a JSONL file reject the line), a cycle or a deep nest a marker, rather than
-    failing the batch."""
+    become strings as json.dumps writes them, an Enum its value, other odd values their
+    str(), NaN and infinities null (bare NaN is not JSON, and strict readers of a JSONL file
+    reject the line), a cycle or a deep nest a marker, rather than failing the batch. By
+    orjson where it writes the same text (`dumps_record`), else by the standard library."""
     fast = dumps_record(rec)
-    if fast is not None:
-        return fast
+    return fast if fast is not None else _json_stdlib(rec)
+
+
+def _json_stdlib(rec: Mapping[str, Any]) -> str:
+    """`_json` by the standard library: what orjson does not write as it does."""
     try:
-        return json.dumps(rec, default=str, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError, RecursionError):
-        return json.dumps(_plain(rec), default=str, separators=(",", ":"), allow_nan=False)
+        return json.dumps(rec, default=record_default, separators=(",", ":"), allow_nan=False)
+    except Exception:  # NaN, a cycle, a key or a value whose str() raises: cleaned first
+        return json.dumps(_plain(rec), default=_str, separators=(",", ":"), allow_nan=False)
+
+
+def _str(v: Any) -> str:
+    """str(v), or a marker when its __str__ raises (a record is not lost for it)."""
+    try:
+        return str(v)
+    except Exception:
+        return f"<unprintable {type(v).__name__}>"
+
+
+def _key(k: Any) -> str:
+    """A key as json.dumps writes it (None "null", True "true", NaN "NaN"), else its str()."""
+    if isinstance(k, str):
+        return k
+    if k is None or isinstance(k, bool | int | float):
+        return json.dumps(k)
+    return _str(k)
 
 
 def _plain(v: Any, depth: int = 0, seen: frozenset[int] = frozenset()) -> Any:
-    if isinstance(v, Mapping | list | tuple | set | frozenset):
+    """`v` with only what json.dumps writes as the ledger's other paths do: a NaN or an
+    infinity null, a cycle or a deep nest a marker, keys and other values as text."""
+    if isinstance(v, Mapping | list | tuple):
         if id(v) in seen or depth > 64:
             return "<cycle>" if id(v) in seen else "<nested too deep>"
         inner = seen | {id(v)}
         if isinstance(v, Mapping):
-            return {str(k): _plain(x, depth + 1, inner) for k, x in v.items()}
+            return {_key(k): _plain(x, depth + 1, inner) for k, x in v.items()}
         return [_plain(x, depth + 1, inner) for x in v]
     if isinstance(v, float) and not math.isfinite(v):
         return None
-    return v if isinstance(v, str | int | float | bool) or v is None else str(v)
+    if isinstance(v, str | int | float | bool) or v is None:
+        return v
+    if isinstance(v, Enum):
+        return _plain(v.value, depth + 1, seen)
+    return _str(v)
 
 
 @functools.lru_cache(maxsize=4)
@@ -143,6 +171,8 @@ def _row(rec: Mapping[str, Any]) -> tuple[Any, ...]:
     routed = dec.get("model")
     p_good = next((c.get("p_good") for c in cands if c.get("model") == rec.get("model")), None)
     ts = float(rec.get("started_at") or time.time())
+    if not 0 <= ts < _LATEST_TS:  # NaN too: no date, and no reader would take the record
+        raise ValueError(f"record {rec['request_id']!r:.60}: started_at {ts!r} is no time")
     casc = rec.get("cascade")
     attempts = [a for a in rec.get("attempts") or () if isinstance(a, Mapping)]
     return (

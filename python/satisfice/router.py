@@ -59,6 +59,11 @@ def __getattr__(name: str) -> object:
 
 
 _CALL_FIELDS = ("max_tokens", "temperature", "tools", "tool_choice", "response_format", "extra")
+#: Wire fields `extra` may not set: what the router routes, prices and reads by.
+_OWNED = frozenset(
+    ("model", "messages", "system", "stream", "stream_options", "tools", "tool_choice",
+     "response_format")
+)  # fmt: skip
 _NO_CALL = dict.fromkeys(_CALL_FIELDS)  # copied: a tenth of building it anew (callgrind)
 # RequestOptions' keys (a test checks them): the call's, the request's own, and the
 # constraint overrides. The TypedDict is in a module of its own, imported when asked for
@@ -131,6 +136,11 @@ def _shaped(c: Constraints, tools: Any, rf: Any) -> tuple[Constraints, str | Non
             f"{type(rf).__name__}; for a pydantic model pass {{'type': 'json_schema', "
             "'json_schema': {'name': ..., 'schema': Model.model_json_schema()}}"
         )
+    if tools is not None and (
+        not isinstance(tools, list) or not all(isinstance(t, Mapping) for t in tools)
+    ):
+        got = type(tools).__name__ if not isinstance(tools, list) else "a list holding a non-dict"
+        raise ConfigError(f"tools must be a list of tool dicts, got {got}")
     needs: tuple[str, ...] = ()
     if tools:
         needs += ("tools",)
@@ -168,8 +178,15 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
                     else ""
                 )
             )
-    if call["tools"] is not None and not isinstance(call["tools"], list):
-        raise ConfigError(f"tools must be a list of tool dicts, got {type(call['tools']).__name__}")
+    extra = call["extra"]
+    if extra and (owned := sorted(_OWNED & extra.keys())):
+        # merged into the wire payload last: these would replace what was routed, priced
+        # and counted (another model, another prompt, a stream read as an answer)
+        raise ConfigError(
+            f"extra may not set {', '.join(owned)}: the router sets them from the request "
+            "(pass messages, tools, tool_choice and response_format as chat()'s own "
+            "arguments; the model is routed, or pinned with allow=[...])"
+        )
     if metadata is not None and not isinstance(metadata, Mapping):
         raise ConfigError(f"metadata must be a dict, got {type(metadata).__name__}")
     if timeout is not None and not (
