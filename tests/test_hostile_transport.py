@@ -236,6 +236,21 @@ async def test_lying_lengths_are_protocol_errors(
     assert all(a.outcome == "error" for a in res.attempts if a.model == "alpha")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@APIS
+async def test_a_1xx_status_is_no_answer(
+    raw: RawUpstream, up: LocalUpstream, api: str, stream: bool
+) -> None:
+    """A 101 was read as a success, then reported as "answered 200 with a malformed body"."""
+    raw.push(*[http_response(OK_BODY, status="101 Switching Protocols")] * 2)
+    async with router(up.url) as r:
+        r.update(alpha_on(raw, up, api))
+        res = await (r.stream(MSGS).result() if stream else r.chat(MSGS))
+    assert res.model == "beta"
+    (a,) = [a for a in res.attempts if a.model == "alpha"]
+    assert a.outcome == "error" and a.status == 101 and "HTTP 101" in (a.error or "")
+
+
 async def test_an_extra_response_never_answers_the_next_request(up: LocalUpstream) -> None:
     with RawUpstream(keep_alive=True) as raw:
         wrong = json.dumps(

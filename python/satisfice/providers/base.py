@@ -461,7 +461,7 @@ class HTTPProvider:
 
     def _malformed(self, why: str) -> RetryableError:
         e = RetryableError(
-            f"{self.model_id} via {self.deployment}: the upstream answered 200 with a malformed "
+            f"{self.model_id} via {self.deployment}: the upstream answered 2xx with a malformed "
             f"body ({why}); retrying or another deployment usually works",
             model=self.model_id,
             deployment=self.deployment,
@@ -537,13 +537,13 @@ class HTTPProvider:
         try:
             content = await read()
         except httpx.RequestError as e:
-            if status < 300:
+            if 200 <= status < 300:
                 raise self._answer_lost(e) from None
             raise self._transport_error(e) from None
         finally:
             await close()
         wire = time.perf_counter() - t
-        if status >= 300:
+        if not 200 <= status < 300:  # a 1xx (a 101 switching protocols) is no answer either
             raise error_from_response(
                 status, httpx.Headers(headers), content, self.model_id, self.deployment
             )
@@ -559,7 +559,7 @@ class HTTPProvider:
                 resp = httpx.Response(status, headers=headers, stream=stream)
             else:
                 resp = await self._client.send(self._request(body, timeout), stream=True)
-            if resp.status_code < 300:
+            if 200 <= resp.status_code < 300:  # as `_post`
                 return resp
             try:
                 content = await read_body(resp)
