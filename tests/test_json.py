@@ -185,3 +185,10 @@ def test_how_a_ledger_writes_odd_values() -> None:
     assert meta({"np": np.float64(0.25), "i": _Items(a=1)}) == {
         "np": 0.25, "i": {"seen": "through items()"}
     }  # fmt: skip
+
+
+def test_the_servers_own_json_writes_a_lone_surrogate_escaped() -> None:
+    """An answer holding one (an upstream's "\\ud800" read back into text) had raised
+    UnicodeEncodeError: a 500 for the answer."""
+    out = dumps({"input": {"a": "\ud800", "b": "é"}, "n": 2**70})
+    assert json.loads(out) == {"input": {"a": "\ud800", "b": "é"}, "n": 2**70}

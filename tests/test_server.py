@@ -193,6 +193,29 @@ def test_anthropic_client_plain_and_streamed(served: Any) -> None:
     assert text and final.stop_reason == "end_turn"
 
 
+def test_a_lone_surrogate_in_tool_arguments_is_answered(served: Any) -> None:
+    """An OpenAI-wire model's tool arguments holding "\\ud800" became, as Anthropic's tool
+    input, a lone surrogate UTF-8 cannot encode: the answer was a 500. (Streamed, the
+    arguments go out as their JSON text, which the server writes as it came; the anthropic
+    SDK's partial-JSON parser refuses the escape, httpx reads the stream whole.)"""
+    url, _, up, _ = served
+    c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+    _OPEN.append(c)
+    kw: Any = {
+        "model": "alpha",
+        "max_tokens": 50,
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    up.script(wire("alpha"), *[reply(tool_call=("f", '{"a": "\\ud800 é"}'))] * 2)
+    m = c.messages.create(**kw)
+    (block,) = [b for b in m.content if b.type == "tool_use"]
+    assert block.name == "f" and block.input == {"a": "\ud800 é"}
+    with httpx.stream("POST", url + "/v1/messages", json={**kw, "stream": True}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert r.status_code == 200 and events[-1]["type"] == "message_stop"
+
+
 def test_keys_budgets_allow_lists_and_rate_limits(served: Any) -> None:
     url, *_ = served
     admin = {"authorization": f"Bearer {MASTER}"}

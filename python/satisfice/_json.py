@@ -84,11 +84,17 @@ def dumps(obj: Any) -> bytes:
     """Compact JSON of the server's own making (an answer, a stream's event): orjson, else
     the standard library for what orjson refuses (an integer past 64 bits, a non-str key).
     Non-ASCII is kept, as UTF-8, but for U+0085, U+2028 and U+2029, which are escaped (as
-    `ensure_ascii` had them): a line splitter would end a stream's `data:` line there."""
+    `ensure_ascii` had them): a line splitter would end a stream's `data:` line there. A
+    lone surrogate (an upstream's tool arguments may hold one as a `\\ud800` escape, read
+    back into text) is written escaped, as `ensure_ascii` writes it: UTF-8 has no byte for
+    it, and an answer must not fail for it."""
     try:
         out = orjson.dumps(obj)
     except TypeError:
-        out = encode_json(obj).encode()
+        try:
+            out = encode_json(obj).encode()
+        except UnicodeEncodeError:
+            out = json.dumps(obj, separators=(",", ":")).encode()
     return _line_ends_escaped(out)
 
 
