@@ -216,6 +216,23 @@ def test_a_lone_surrogate_in_tool_arguments_is_answered(served: Any) -> None:
     assert r.status_code == 200 and events[-1]["type"] == "message_stop"
 
 
+def test_an_unknown_path_or_method_is_an_error_in_the_apis_shape(served: Any) -> None:
+    """Starlette's plain-text "Not Found" / "Method Not Allowed" had answered them."""
+    url, app, *_ = served
+    c = _client(url)
+    with pytest.raises(openai.NotFoundError, match="no such endpoint: POST /v1/completions"):
+        c.completions.create(model="auto", prompt="hi")
+    r = httpx.get(url + "/v1/chat/completions")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.json()["error"]["code"] == "method_not_allowed"
+    r = httpx.get(url + "/v1/messages")  # Anthropic's shape on its endpoint
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.delete(url + "/admin/nothing")
+    assert r.status_code == 404 and "no such endpoint" in r.json()["error"]["message"]
+    # the handler is the app's own from its creation: chat requests still skip Starlette
+    assert app.exception_handlers == app._handlers and not app.user_middleware
+
+
 def test_keys_budgets_allow_lists_and_rate_limits(served: Any) -> None:
     url, *_ = served
     admin = {"authorization": f"Bearer {MASTER}"}

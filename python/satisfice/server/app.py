@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -102,6 +103,7 @@ _ANTHROPIC_ERRORS = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",
@@ -881,6 +883,7 @@ def create_app(
     app = _App(
         routes=routes,
         lifespan=lifespan,
+        exception_handlers={StarletteHTTPException: _no_such_route},
         direct={
             "/v1/chat/completions": direct("openai"),
             "/chat/completions": direct("openai"),
@@ -889,6 +892,27 @@ def create_app(
     )
     app.state.service = svc
     return app
+
+
+_PATHS = "POST /v1/chat/completions, POST /v1/messages, GET /v1/models, /health, /ready, /metrics"
+
+
+async def _no_such_route(request: Request, exc: Exception) -> Response:
+    """Starlette's 404 and 405 (a path or a method the server does not answer) in the API's
+    error shape, as every other error is: the SDKs read the message from it."""
+    assert isinstance(exc, StarletteHTTPException)
+    path, method = request.url.path[:200], request.method[:20]
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        msg = f"{method} is not allowed on {path}; it takes {allowed or 'another method'}"
+        he = HTTPError(405, msg, "invalid_request_error", "method_not_allowed", exc.headers)
+    elif exc.status_code == 404:
+        msg = f"no such endpoint: {method} {path} (this server answers {_PATHS})"
+        he = HTTPError(404, msg, "invalid_request_error", "unknown_url")
+    else:
+        he = HTTPError(exc.status_code, str(exc.detail), "invalid_request_error")
+    api = "anthropic" if path.rstrip("/").endswith("/v1/messages") else "openai"
+    return JSONResponse(he.body(api), he.status, headers=he.headers)
 
 
 class _App(Starlette):
