@@ -14,7 +14,7 @@ from satisfice import ConfigError, NoRouteError, Registry
 from satisfice.providers.base import MAX_RETRY_AFTER_S, parse_retry_after
 from satisfice.testing import LocalUpstream, reply, status
 
-from .chat_support import registry, router, wire
+from .chat_support import TOOLS, registry, router, wire
 
 MSGS = [{"role": "user", "content": "hello"}]
 
@@ -206,7 +206,10 @@ async def test_extra_cannot_replace_what_was_routed(up: LocalUpstream, extra: di
     assert not up.requests  # nothing was sent
 
 
-@pytest.mark.parametrize("tools", [[5], [None], [["cache_control"]], [{"type": "function"}, 1]])
+@pytest.mark.parametrize(
+    "tools",
+    [[5], [None], [["cache_control"]], [{"type": "function", "function": {"name": "f"}}, 1]],
+)
 async def test_a_tool_that_is_not_a_dict_is_a_config_error(up: LocalUpstream, tools: list) -> None:  # type: ignore[type-arg]
     """It reached the OpenAI provider, which raised a bare TypeError or AttributeError."""
     async with router(up.url) as r:
@@ -214,6 +217,48 @@ async def test_a_tool_that_is_not_a_dict_is_a_config_error(up: LocalUpstream, to
             await r.chat(MSGS, tools=tools)
         with pytest.raises(ConfigError, match="tools must be a list of tool dicts"):
             r.route(MSGS, tools=tools)
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"tools": [{"type": "function", "function": 5}]}, r"tools\[0\] is not a tool"),
+        ({"tools": [{"type": "function", "function": {"description": "x"}}]}, "not a tool"),
+        ({"tools": [{"function": {"name": "f", "parameters": "{}"}}]}, "not a tool"),
+        ({"tools": [{"name": "f"}]}, "not a tool"),  # Anthropic's shape needs input_schema
+        ({"tool_choice": 5, "tools": TOOLS[:1]}, "tool_choice must be"),
+        ({"tool_choice": "sometimes", "tools": TOOLS[:1]}, "tool_choice must be"),
+        ({"tool_choice": {"type": "function", "function": {}}, "tools": TOOLS[:1]}, "must be"),
+        ({"tool_choice": "required"}, "needs tools"),
+        ({"response_format": {"type": "xml"}}, "response_format's type must be one of"),
+        ({"response_format": {"type": "json_schema", "json_schema": 5}}, "json_schema must be"),
+    ],
+)
+async def test_tools_tool_choice_and_formats_are_checked_before_any_call(
+    up: LocalUpstream,
+    options: dict,
+    says: str,  # type: ignore[type-arg]
+) -> None:
+    """They went to the wire as given: an OpenAI-wire model was sent them, an Anthropic one
+    got a translation error naming Python's KeyError, or a forced JSON tool for "xml"."""
+    async with router(up.url) as r:
+        with pytest.raises(ConfigError, match=says):
+            await r.chat(MSGS, **options)
+    assert not up.requests
+
+
+async def test_the_tool_shapes_the_providers_take_still_route(up: LocalUpstream) -> None:
+    tools = [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+        {"type": "custom", "custom": {"name": "g"}},
+        {"name": "h", "input_schema": {"type": "object"}},  # Anthropic's own
+    ]
+    async with router(up.url) as r:
+        res = await r.chat(MSGS, tools=tools, tool_choice={"type": "function",
+                                                           "function": {"name": "f"}})  # fmt: skip
+        assert res.text
+        rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+        assert (await r.chat(MSGS, response_format=rf)).text
 
 
 async def test_measured_latency_replaces_the_registry_p95_under_an_slo(up: LocalUpstream) -> None:

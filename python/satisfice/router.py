@@ -136,11 +136,10 @@ def _shaped(c: Constraints, tools: Any, rf: Any) -> tuple[Constraints, str | Non
             f"{type(rf).__name__}; for a pydantic model pass {{'type': 'json_schema', "
             "'json_schema': {'name': ..., 'schema': Model.model_json_schema()}}"
         )
-    if tools is not None and (
-        not isinstance(tools, list) or not all(isinstance(t, Mapping) for t in tools)
-    ):
-        got = type(tools).__name__ if not isinstance(tools, list) else "a list holding a non-dict"
-        raise ConfigError(f"tools must be a list of tool dicts, got {got}")
+    if tools is not None:
+        _check_tools(tools)
+    if rf is not None:
+        _check_response_format(rf)
     needs: tuple[str, ...] = ()
     if tools:
         needs += ("tools",)
@@ -165,6 +164,74 @@ def _message_list(messages: object) -> list[dict[str, Any]]:
     )
 
 
+def _named(d: object) -> bool:
+    return isinstance(d, Mapping) and isinstance(d.get("name"), str) and bool(d["name"])
+
+
+_TOOL_SHAPE = "{'type': 'function', 'function': {'name': ..., 'parameters': {...JSON schema}}}"
+
+
+def _check_tools(tools: object) -> None:
+    """Tools in a shape every wire format takes (OpenAI's function or custom tool, or an
+    Anthropic tool): checked before routing, so that no provider misreads one and the
+    same request does not fail one way on one model and another way on the next."""
+    if not isinstance(tools, list):
+        raise ConfigError(f"tools must be a list of tool dicts, got {type(tools).__name__}")
+    for i, t in enumerate(tools):
+        if not isinstance(t, Mapping):
+            raise ConfigError(f"tools must be a list of tool dicts, got {type(t).__name__} "
+                              f"at tools[{i}]")  # fmt: skip
+        if "function" in t:
+            fn = t["function"]
+            ok = t.get("type", "function") == "function" and _named(fn)
+            ok = ok and isinstance(fn.get("parameters", {}), Mapping)
+            ok = ok and isinstance(fn.get("description", ""), str)
+        elif t.get("type") == "custom":
+            ok = _named(t.get("custom"))
+        else:  # Anthropic's own shape
+            ok = _named(t) and isinstance(t.get("input_schema"), Mapping)
+        if not ok:
+            raise ConfigError(
+                f"tools[{i}] is not a tool: expected {_TOOL_SHAPE} (a name, and parameters "
+                f"as a JSON-schema object), got {t!r:.80}"
+            )
+
+
+_FORMATS = ("text", "json_object", "json_schema")
+
+
+def _check_response_format(rf: Mapping[str, Any]) -> None:
+    kind = rf.get("type")
+    if kind not in _FORMATS:
+        raise ConfigError(f"response_format's type must be one of {', '.join(_FORMATS)}, "
+                          f"got {kind!r:.40}")  # fmt: skip
+    if kind == "json_schema":
+        js = rf.get("json_schema")
+        if not _named(js) or not isinstance(js.get("schema", {}), Mapping):
+            raise ConfigError(
+                "response_format json_schema must be {'type': 'json_schema', 'json_schema': "
+                "{'name': ..., 'schema': {...}}}"
+            )
+
+
+def _check_tool_choice(choice: object, tools: object) -> None:
+    if choice is None:
+        return
+    if isinstance(choice, str):
+        ok = choice in ("none", "auto", "required")
+    elif isinstance(choice, Mapping) and isinstance(kind := choice.get("type"), str):
+        ok = _named(choice.get(kind)) if kind in ("function", "custom") else True
+    else:
+        ok = False
+    if not ok:
+        raise ConfigError(
+            "tool_choice must be 'none', 'auto', 'required' or {'type': 'function', "
+            f"'function': {{'name': ...}}}}, got {choice!r:.60}"
+        )
+    if not tools and choice != "none":
+        raise ConfigError(f"tool_choice {choice!r:.60} needs tools; pass tools=[...]")
+
+
 def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> None:
     """The call's own options have the types the wire needs (values are checked there)."""
     for name in ("extra", "response_format"):
@@ -178,6 +245,7 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
                     else ""
                 )
             )
+    _check_tool_choice(call["tool_choice"], call["tools"])
     extra = call["extra"]
     if extra and (owned := sorted(_OWNED & extra.keys())):
         # merged into the wire payload last: these would replace what was routed, priced
