@@ -207,7 +207,11 @@ def _check_response_format(rf: Mapping[str, Any]) -> None:
                           f"got {kind!r:.40}")  # fmt: skip
     if kind == "json_schema":
         js = rf.get("json_schema")
-        if not _named(js) or not isinstance(js.get("schema", {}), Mapping):
+        if (
+            not isinstance(js, Mapping)
+            or not _named(js)
+            or not isinstance(js.get("schema", {}), Mapping)
+        ):
             raise ConfigError(
                 "response_format json_schema must be {'type': 'json_schema', 'json_schema': "
                 "{'name': ..., 'schema': {...}}}"
