@@ -251,6 +251,24 @@ async def test_a_1xx_status_is_no_answer(
     assert a.outcome == "error" and a.status == 101 and "HTTP 101" in (a.error or "")
 
 
+@APIS
+async def test_an_error_in_place_of_an_answer_is_named(
+    raw: RawUpstream, up: LocalUpstream, api: str
+) -> None:
+    """A 200 holding {"error": ...} was "a malformed body (KeyError: 'choices')": the
+    upstream's own message was lost."""
+    body = json.dumps({"type": "error", "error": {"message": "quota exceeded for org"}})
+    raw.push(*[http_response(body.encode())] * 2)
+    async with router(up.url) as r:
+        r.update(alpha_on(raw, up, api))
+        res = await r.chat(MSGS)
+    assert res.model == "beta"
+    tried = [a for a in res.attempts if a.model == "alpha"]
+    assert tried and all(
+        a.outcome == "error" and "quota exceeded for org" in (a.error or "") for a in tried
+    )
+
+
 async def test_an_extra_response_never_answers_the_next_request(up: LocalUpstream) -> None:
     with RawUpstream(keep_alive=True) as raw:
         wrong = json.dumps(

@@ -333,7 +333,7 @@ class AnthropicProvider(HTTPProvider):
                 stop_sequence=(seq or None) if stop == "stop_sequence" else None,
             )  # fmt: skip
         except PARSE_ERRORS as e:
-            raise self._malformed(f"{type(e).__name__}: {e}") from None
+            raise self._not_an_answer(data, e) from None
 
     async def stream(
         self, request: ChatRequest, timeout: httpx.Timeout

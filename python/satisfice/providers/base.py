@@ -470,6 +470,15 @@ class HTTPProvider:
         e.answered = True
         return e
 
+    def _not_an_answer(self, data: Any, e: Exception) -> RetryableError:
+        """A 2xx body that is no answer: malformed, or an error object in its place (some
+        gateways answer 200 {"error": {...}}), whose message is what the caller needs."""
+        err = data.get("error") if isinstance(data, dict) else None
+        if err is not None:
+            said = err.get("message", err) if isinstance(err, dict) else err
+            return self._malformed(f"an error in place of an answer: {str(said)[:300]}")
+        return self._malformed(f"{type(e).__name__}: {e}")
+
     def _transport_error(self, e: Exception) -> RetryableError:
         return error_from_transport(e, self.model_id, self.deployment)
 

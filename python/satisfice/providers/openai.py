@@ -166,7 +166,7 @@ class OpenAIProvider(HTTPProvider):
                 refusal=text_field(message.get("refusal"), "message.refusal") or None,
             )
         except PARSE_ERRORS as e:
-            raise self._malformed(f"{type(e).__name__}: {e}") from None
+            raise self._not_an_answer(data, e) from None
 
     async def stream(
         self, request: ChatRequest, timeout: httpx.Timeout
