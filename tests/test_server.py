@@ -4,6 +4,7 @@ the upstreams being the project's local test upstream."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,30 @@ def test_admin_health_disable_and_reload(served: Any) -> None:
     assert r.status_code == 200 and r.json()["models"] == 4
     assert httpx.get(url + "/ready").json()["ready"] is True
     assert b"satisfice_requests_total" in httpx.get(url + "/metrics").content
+
+
+def test_where_keys_are_required_metrics_need_the_master_key(
+    upstream: LocalUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/metrics had answered anyone, with every key's and team's name and spend in it."""
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
+    router = Router(registry(upstream.url), Policy(quality_floor=0.5))
+    with running(ServerConfig(require_keys=True), router) as (url, _):
+        admin = {"authorization": f"Bearer {MASTER}"}
+        k = httpx.post(url + "/admin/keys", headers=admin, json={"name": "team-secret"}).json()
+        _client(url, k["key"]).chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "hi"}]
+        )
+        for headers in ({}, {"authorization": f"Bearer {k['key']}"}):
+            r = httpx.get(url + "/metrics", headers=headers)
+            assert r.status_code == 401 and "team-secret" not in r.text
+            assert r.json()["error"]["message"] == "/metrics needs the master key"
+        for _ in range(100):  # counted by the ledger's writer, a flush interval later
+            r = httpx.get(url + "/metrics", headers=admin)
+            if r.status_code != 200 or 'key="team-secret"' in r.text:
+                break
+            time.sleep(0.05)
+        assert r.status_code == 200 and 'key="team-secret"' in r.text
 
 
 def test_a_reload_that_would_break_an_alias_is_refused_and_changes_nothing(

@@ -63,17 +63,23 @@ def _budget(v: Any) -> float:
     return float(v)
 
 
+def master_refusal(svc: Service, request: Request, what: str = "the admin API") -> Response | None:
+    """None when the request carries the master key (compared in constant time), else the
+    401 (403 with no master key set) that refuses it."""
+    master = svc.master_key
+    if master is None:
+        # the variable's name is the operator's business, not a caller's
+        return _err(403, f"{what} is off: this server has no master key set")
+    auth = request.headers.get("authorization", "")
+    given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(given.encode(), master.encode()):
+        return _err(401, f"{what} needs the master key")
+    return None
+
+
 def admin_routes(svc: Service) -> list[Route]:
     def guard(request: Request) -> Response | None:
-        master = svc.master_key
-        if master is None:
-            # the variable's name is the operator's business, not a caller's
-            return _err(403, "the admin API is off: this server has no master key set")
-        auth = request.headers.get("authorization", "")
-        given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given.encode(), master.encode()):
-            return _err(401, "the admin API needs the master key")
-        return None
+        return master_refusal(svc, request)
 
     async def body(request: Request) -> dict[str, Any]:
         try:

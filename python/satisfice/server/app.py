@@ -853,13 +853,17 @@ def create_app(
         return JSONResponse(body, 200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
+        # where keys are required (a server reachable beyond loopback), the series' key and
+        # team names and spend are the operator's: scraped with the master key as a bearer
+        if svc.config.require_keys and (refused := master_refusal(svc, request, "/metrics")):
+            return refused
         if svc.router.ledger is not None:
             svc.metrics.ledger(svc.router.ledger.backlog, svc.router.ledger.dropped)
         return Response(
             svc.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
-    from .admin import admin_routes
+    from .admin import admin_routes, master_refusal
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),

@@ -6,7 +6,7 @@ port = 4000
 max_body_bytes = 4194304
 shutdown_grace_s = 30
 master_key_env = "SATISFICE_MASTER_KEY"   # the admin API's key, read from this variable
-require_keys = false        # true: every /v1 request needs a virtual key
+require_keys = false        # true: every /v1 request needs a virtual key, /metrics the master key
 
 [registry]
 path = "registry.toml"      # default: the bundled registry
