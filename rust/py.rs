@@ -1040,7 +1040,7 @@ impl PyDispatchTable {
         c.quality_floor = quality_floor;
         c.lambda = lam;
         if let Some(t) = &extra_text {
-            c.extra_text = text(t, || "extra_text".into())?.to_owned();
+            c.extra_text = text(t, || "the tools or response_format".into())?.to_owned();
         }
         if images > 0 {
             c.required_caps |= cap::parse("vision").unwrap_or(0);
