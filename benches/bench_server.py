@@ -383,7 +383,7 @@ def litellm_proxy(tmp: Path, upstream_url: str, wire: str) -> Iterator[str]:
     exe = litellm_command()
     if exe is None:
         raise RuntimeError("the litellm command is not installed: pip install 'litellm[proxy]'")
-    if not exe.is_file():  # a --litellm path that is not there: say so, not a traceback
+    if not exe.is_file() and shutil.which(str(exe)) is None:  # say so, not a traceback
         raise RuntimeError(f"{exe} does not exist (--litellm)")
     cfg = tmp / "litellm.yaml"
     cfg.write_text(

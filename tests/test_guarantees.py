@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from satisfice import ConfigError, NoRouteError, Registry
+from satisfice.errors import BadRequestError
 from satisfice.providers.base import MAX_RETRY_AFTER_S, parse_retry_after
 from satisfice.testing import LocalUpstream, reply, status
 
@@ -191,6 +192,7 @@ async def test_unknown_options_and_odd_response_formats_are_config_errors(
         {"system": "x"},
         {"stream_options": {"include_usage": False}},  # the usage the bill is made of
         {"tools": [{"type": "function", "function": {"name": "f"}}]},  # routed without tools
+        {"functions": [{"name": "f"}]},  # the legacy spelling of tools
     ],
 )
 async def test_extra_cannot_replace_what_was_routed(up: LocalUpstream, extra: dict) -> None:  # type: ignore[type-arg]
@@ -232,6 +234,8 @@ async def test_a_tool_that_is_not_a_dict_is_a_config_error(up: LocalUpstream, to
         ({"tool_choice": "required"}, "needs tools"),
         ({"response_format": {"type": "xml"}}, "response_format's type must be one of"),
         ({"response_format": {"type": "json_schema", "json_schema": 5}}, "json_schema must be"),
+        ({"tool_choice": {"type": "banana"}, "tools": TOOLS[:1]}, "tool_choice must be"),
+        ({"tool_choice": {"type": "tool"}, "tools": TOOLS[:1]}, "tool_choice must be"),
     ],
 )
 async def test_tools_tool_choice_and_formats_are_checked_before_any_call(
@@ -250,15 +254,35 @@ async def test_tools_tool_choice_and_formats_are_checked_before_any_call(
 async def test_the_tool_shapes_the_providers_take_still_route(up: LocalUpstream) -> None:
     tools = [
         {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+        {"type": "function", "function": {"name": "e", "parameters": None, "description": None}},
         {"type": "custom", "custom": {"name": "g"}},
         {"name": "h", "input_schema": {"type": "object"}},  # Anthropic's own
     ]
+    anthropic_custom = {"type": "custom", "name": "k", "input_schema": {"type": "object"}}
     async with router(up.url) as r:
         res = await r.chat(MSGS, tools=tools, tool_choice={"type": "function",
                                                            "function": {"name": "f"}})  # fmt: skip
         assert res.text
         rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
         assert (await r.chat(MSGS, response_format=rf)).text
+        res = await r.chat(MSGS, tools=[anthropic_custom], allow=["beta"])  # Anthropic-wire
+        assert res.model == "beta" and up.seen(wire("beta"))[-1].body["tools"] == [
+            anthropic_custom
+        ]  # fmt: skip
+        # OpenAI's custom tool has no Anthropic form: said so, not a KeyError's name
+        with pytest.raises(BadRequestError, match="'g' is an OpenAI custom tool"):
+            await r.chat(MSGS, tools=tools[2:3], allow=["beta"])
+
+
+async def test_a_chat_given_its_decision_checks_tools_and_formats_too(up: LocalUpstream) -> None:
+    """chat(decision=d) took them to the wire unchecked: a forced JSON tool for "xml"."""
+    async with router(up.url) as r:
+        d = r.route(MSGS, allow=["beta"])
+        with pytest.raises(ConfigError, match="response_format's type must be one of"):
+            await r.chat(MSGS, decision=d, response_format={"type": "xml"})
+        with pytest.raises(ConfigError, match="tools must be a list of tool dicts"):
+            await r.chat(MSGS, decision=d, tools=[5])
+    assert not up.requests
 
 
 async def test_measured_latency_replaces_the_registry_p95_under_an_slo(up: LocalUpstream) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import enum
@@ -133,6 +134,16 @@ class _Unprintable:
         raise RuntimeError("no")
 
 
+_Pair = collections.namedtuple("_Pair", "x y")
+
+
+def _nest(n: int) -> object:
+    out: object = "bottom"
+    for _ in range(n):
+        out = [out]
+    return out
+
+
 @dataclasses.dataclass
 class _Point:
     x: int
@@ -150,11 +161,17 @@ ODD_METADATA = [
     {_Tier.GOLD: 1, datetime.datetime(2026, 1, 2, 3, 4, 5): 2},
     {"items": _Items(a=1), "bad": _Unprintable()},
     {"big": 2**70, "surrogate": "a\ud800b", "line": "a\u2028b\u0085c\u2029d"},
+    {"pair": _Pair(1, 2), "view": collections.UserDict(a=1)},
+    {"pair": _Pair(1, 2), "view": collections.UserDict(a=1), "nan": math.nan},
+    {"deep": _nest(100), "nan": math.nan},
+    {"huge": 10**5000, 10**5000: "key"},
 ]
 
 
 @pytest.mark.parametrize("meta", ODD_METADATA)
-def test_a_ledger_record_is_the_same_text_by_orjson_or_the_standard_library(meta: object) -> None:
+def test_a_ledger_record_has_the_same_values_by_orjson_or_the_standard_library(
+    meta: object,
+) -> None:
     """orjson writes a ledger's record where it writes what the standard library path does:
     it had written a NaN and a None key both as "null" (one value lost), an Enum key its
     value, a dict subclass past its items()."""

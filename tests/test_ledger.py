@@ -559,18 +559,21 @@ def test_metrics_keep_label_values_that_are_equal_but_not_alike_apart() -> None:
     assert 'satisfice_cooldowns_total{deployment="d",model="True"} 1.0' in text
 
 
-def test_a_record_with_no_date_is_dropped_not_retried_forever(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["l.db", "l.jsonl"])
+def test_a_record_with_no_date_is_dropped_not_retried_forever(tmp_path: Path, name: str) -> None:
     """A started_at past year 9999 made time.gmtime raise OSError, which the writer took
-    for a sink that is down: that batch, and every record after it, was retried forever."""
+    for a sink that is down: that batch, and every record after it, was retried forever
+    (a JSONL ledger wrote it, and no reader could read the file after)."""
     from satisfice.ledger import Ledger
 
-    led = Ledger.open(tmp_path / "l.db")
+    led = Ledger.open(tmp_path / name)
     led.put({"request_id": "poison", "started_at": 1e17, "outcome": "ok"})
+    assert led.flush(2.0)  # alone: dropped at once, not after failing the sink
     for i in range(3):
         led.put({"request_id": f"good{i}", "started_at": time.time(), "outcome": "ok"})
-    assert led.flush(10.0)
+    assert led.flush(5.0)
     led.close()
-    assert sorted(r["request_id"] for r in read_records(tmp_path / "l.db")) == [
+    assert sorted(r["request_id"] for r in read_records(tmp_path / name)) == [
         "good0", "good1", "good2"
     ]  # fmt: skip
-    assert led.rejected == 1 and led.dropped == 1
+    assert led.rejected == 1 and led.dropped == 1 and led.failures == 0

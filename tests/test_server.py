@@ -217,6 +217,23 @@ def test_a_lone_surrogate_in_tool_arguments_is_answered(served: Any) -> None:
     assert r.status_code == 200 and events[-1]["type"] == "message_stop"
 
 
+def test_an_anthropic_tool_choice_that_says_nothing_without_tools_is_answered(
+    served: Any,
+) -> None:
+    """{"type": "auto"} with no tools (Anthropic's API takes it) was refused once the router
+    required tools beside any tool_choice; it is a no-op, and is not sent on."""
+    url, _, up, _ = served
+    c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+    _OPEN.append(c)
+    for kind in ("auto", "none"):
+        m = c.messages.create(
+            model="alpha", max_tokens=20, tool_choice={"type": kind},  # type: ignore[misc,arg-type]
+            messages=[{"role": "user", "content": "hi"}],
+        )  # fmt: skip
+        assert m.content[0].type == "text"
+        assert "tool_choice" not in up.seen(wire("alpha"))[-1].body
+
+
 def test_an_unknown_path_or_method_is_an_error_in_the_apis_shape(served: Any) -> None:
     """Starlette's plain-text "Not Found" / "Method Not Allowed" had answered them."""
     url, app, *_ = served

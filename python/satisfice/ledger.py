@@ -135,27 +135,45 @@ def _key(k: Any) -> str:
     if isinstance(k, str):
         return k
     if k is None or isinstance(k, bool | int | float):
-        return json.dumps(k)
+        try:
+            return json.dumps(k)
+        except ValueError:  # an int past Python's 4,300 digits
+            return "<integer too large>"
     return _str(k)
 
 
 def _plain(v: Any, depth: int = 0, seen: frozenset[int] = frozenset()) -> Any:
     """`v` with only what json.dumps writes as the ledger's other paths do: a NaN or an
     infinity null, a cycle or a deep nest a marker, keys and other values as text."""
-    if isinstance(v, Mapping | list | tuple):
-        if id(v) in seen or depth > 64:
+    if isinstance(v, dict | list | tuple):  # as json.dumps and orjson take them (no other
+        # Mapping: its str()), and as deep as orjson writes
+        if id(v) in seen or depth > 254:
             return "<cycle>" if id(v) in seen else "<nested too deep>"
         inner = seen | {id(v)}
-        if isinstance(v, Mapping):
+        if isinstance(v, dict):
             return {_key(k): _plain(x, depth + 1, inner) for k, x in v.items()}
         return [_plain(x, depth + 1, inner) for x in v]
     if isinstance(v, float) and not math.isfinite(v):
         return None
+    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 14_000:
+        return "<integer too large>"  # past Python's 4,300 digits: json.dumps cannot
     if isinstance(v, str | int | float | bool) or v is None:
         return v
     if isinstance(v, Enum):
         return _plain(v.value, depth + 1, seen)
     return _str(v)
+
+
+def _undated(rec: Mapping[str, Any]) -> str | None:
+    """Why a record's `started_at` is no time, or None: the writer drops such a record
+    (past year 9999 `time.gmtime` had raised OSError in it, taken for a sink that is down:
+    the batch was retried forever) and a reader refuses one (`_problem`)."""
+    ts = rec.get("started_at")
+    if ts is None:
+        return None  # written as the time it is written
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not 0 <= ts < _LATEST_TS:
+        return f"started_at must be a Unix time in seconds (1970 to 9999), got {ts!r:.40}"
+    return None
 
 
 @functools.lru_cache(maxsize=4)
@@ -171,8 +189,6 @@ def _row(rec: Mapping[str, Any]) -> tuple[Any, ...]:
     routed = dec.get("model")
     p_good = next((c.get("p_good") for c in cands if c.get("model") == rec.get("model")), None)
     ts = float(rec.get("started_at") or time.time())
-    if not 0 <= ts < _LATEST_TS:  # NaN too: no date, and no reader would take the record
-        raise ValueError(f"record {rec['request_id']!r:.60}: started_at {ts!r} is no time")
     casc = rec.get("cascade")
     attempts = [a for a in rec.get("attempts") or () if isinstance(a, Mapping)]
     return (
@@ -719,6 +735,12 @@ class Ledger:
                     except Exception as e:  # a record that cannot be built: say so, go on
                         _log.error("ledger: a record could not be built: %s", e)
                         continue
+                    if (why := _undated(rec)) is not None:  # no sink takes it, no reader
+                        self.rejected += 1
+                        self.dropped += 1
+                        _log.error("ledger: dropped record %.60r: %s", rec.get("request_id"),
+                                   why, extra={"event": "ledger_rejected"})  # fmt: skip
+                        continue
                     pending.append(rec)
                     if self.on_record is not None:
                         try:
@@ -816,7 +838,7 @@ _AMOUNTS = (
     ("overhead_s", "overhead_s"),
 )
 
-_LATEST_TS = 253402300800  # 10000-01-01: later (or inf, NaN) is no time a record has
+_LATEST_TS = 253402300800  # 10000-01-01: later (or inf, NaN) is no time time.gmtime writes
 
 
 def _amount_problem(name: str, v: Any) -> str | None:
@@ -839,13 +861,8 @@ def _problem(r: Any) -> str | None:
     traceback, a $nan or a negative cost in whatever reads it."""
     if not isinstance(r, dict) or not isinstance(r.get("request_id"), str):
         return "not a satisfice record (a JSON object with a string request_id)"
-    ts = r.get("started_at")
-    if ts is not None and (
-        isinstance(ts, bool)
-        or not isinstance(ts, int | float)
-        or not 0 <= ts < _LATEST_TS  # a date time.gmtime can write
-    ):
-        return f"started_at must be a Unix time in seconds, got {ts!r:.40}"
+    if (why := _undated(r)) is not None:
+        return why
     for field, kind, what in _FIELDS:
         if r.get(field) is not None and not isinstance(r[field], kind):
             return f"{field} must be {what}, got {type(r[field]).__name__}"

@@ -62,7 +62,7 @@ _CALL_FIELDS = ("max_tokens", "temperature", "tools", "tool_choice", "response_f
 #: Wire fields `extra` may not set: what the router routes, prices and reads by.
 _OWNED = frozenset(
     ("model", "messages", "system", "stream", "stream_options", "tools", "tool_choice",
-     "response_format")
+     "response_format", "functions", "function_call")
 )  # fmt: skip
 _NO_CALL = dict.fromkeys(_CALL_FIELDS)  # copied: a tenth of building it anew (callgrind)
 # RequestOptions' keys (a test checks them): the call's, the request's own, and the
@@ -130,16 +130,7 @@ def _shaped(c: Constraints, tools: Any, rf: Any) -> tuple[Constraints, str | Non
     stream(), route() and the server's pre-routing."""
     if tools is None and rf is None:  # the usual request
         return c, None
-    if rf is not None and not isinstance(rf, Mapping):
-        raise ConfigError(
-            f"response_format must be a dict such as {{'type': 'json_object'}}, got "
-            f"{type(rf).__name__}; for a pydantic model pass {{'type': 'json_schema', "
-            "'json_schema': {'name': ..., 'schema': Model.model_json_schema()}}"
-        )
-    if tools is not None:
-        _check_tools(tools)
-    if rf is not None:
-        _check_response_format(rf)
+    _check_shape(tools, rf)
     needs: tuple[str, ...] = ()
     if tools:
         needs += ("tools",)
@@ -164,6 +155,22 @@ def _message_list(messages: object) -> list[dict[str, Any]]:
     )
 
 
+def _check_shape(tools: object, rf: object) -> None:
+    """Tools and a response format the providers can take, checked before anything is
+    routed or sent (a chat() given its decision too), so that none reaches a provider's
+    translation misread."""
+    if rf is not None:
+        if not isinstance(rf, Mapping):
+            raise ConfigError(
+                f"response_format must be a dict such as {{'type': 'json_object'}}, got "
+                f"{type(rf).__name__}; for a pydantic model pass {{'type': 'json_schema', "
+                "'json_schema': {'name': ..., 'schema': Model.model_json_schema()}}"
+            )
+        _check_response_format(rf)
+    if tools is not None:
+        _check_tools(tools)
+
+
 def _named(d: object) -> bool:
     return isinstance(d, Mapping) and isinstance(d.get("name"), str) and bool(d["name"])
 
@@ -172,24 +179,27 @@ _TOOL_SHAPE = "{'type': 'function', 'function': {'name': ..., 'parameters': {...
 
 
 def _check_tools(tools: object) -> None:
-    """Tools in a shape every wire format takes (OpenAI's function or custom tool, or an
-    Anthropic tool): checked before routing, so that no provider misreads one and the
-    same request does not fail one way on one model and another way on the next."""
+    """Tools in a shape the providers take: OpenAI's function or custom tool, or an
+    Anthropic tool (which has an input_schema, a custom one too). A custom tool of
+    OpenAI's (free-text input) is refused by Anthropic-wire models, with a BadRequestError
+    that says so."""
     if not isinstance(tools, list):
         raise ConfigError(f"tools must be a list of tool dicts, got {type(tools).__name__}")
     for i, t in enumerate(tools):
         if not isinstance(t, Mapping):
             raise ConfigError(f"tools must be a list of tool dicts, got {type(t).__name__} "
                               f"at tools[{i}]")  # fmt: skip
-        if "function" in t:
+        if "input_schema" in t:  # Anthropic's own shape, a custom tool's too
+            ok = _named(t) and isinstance(t["input_schema"], Mapping)
+        elif "function" in t:
             fn = t["function"]
             ok = t.get("type", "function") == "function" and _named(fn)
-            ok = ok and isinstance(fn.get("parameters", {}), Mapping)
-            ok = ok and isinstance(fn.get("description", ""), str)
+            ok = ok and isinstance(fn.get("parameters") or {}, Mapping)
+            ok = ok and isinstance(fn.get("description") or "", str)
         elif t.get("type") == "custom":
             ok = _named(t.get("custom"))
-        else:  # Anthropic's own shape
-            ok = _named(t) and isinstance(t.get("input_schema"), Mapping)
+        else:
+            ok = False
         if not ok:
             raise ConfigError(
                 f"tools[{i}] is not a tool: expected {_TOOL_SHAPE} (a name, and parameters "
@@ -218,19 +228,29 @@ def _check_response_format(rf: Mapping[str, Any]) -> None:
             )
 
 
+#: tool_choice objects by type: OpenAI's (function, custom, allowed_tools) and Anthropic's
+#: (auto, any, none, tool), with what names the tool, if anything does.
+_CHOICES: dict[str, str | None] = {
+    "function": "function", "custom": "custom", "allowed_tools": None,
+    "auto": None, "any": None, "none": None, "tool": "",
+}  # fmt: skip
+
+
 def _check_tool_choice(choice: object, tools: object) -> None:
     if choice is None:
         return
     if isinstance(choice, str):
         ok = choice in ("none", "auto", "required")
-    elif isinstance(choice, Mapping) and isinstance(kind := choice.get("type"), str):
-        ok = _named(choice.get(kind)) if kind in ("function", "custom") else True
+    elif isinstance(choice, Mapping) and (kind := choice.get("type")) in _CHOICES:
+        where = _CHOICES[kind]
+        ok = where is None or _named(choice if where == "" else choice.get(where))
     else:
         ok = False
     if not ok:
         raise ConfigError(
-            "tool_choice must be 'none', 'auto', 'required' or {'type': 'function', "
-            f"'function': {{'name': ...}}}}, got {choice!r:.60}"
+            "tool_choice must be 'none', 'auto', 'required', {'type': 'function', "
+            "'function': {'name': ...}} (or Anthropic's {'type': 'tool', 'name': ...}, "
+            f"'auto', 'any', 'none'), got {choice!r:.60}"
         )
     if not tools and choice != "none":
         raise ConfigError(f"tool_choice {choice!r:.60} needs tools; pass tools=[...]")
@@ -238,17 +258,8 @@ def _check_tool_choice(choice: object, tools: object) -> None:
 
 def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> None:
     """The call's own options have the types the wire needs (values are checked there)."""
-    for name in ("extra", "response_format"):
-        if call[name] is not None and not isinstance(call[name], Mapping):
-            raise ConfigError(
-                f"{name} must be a dict, got {type(call[name]).__name__}"
-                + (
-                    "; for a pydantic model pass {'type': 'json_schema', 'json_schema': "
-                    "{'name': ..., 'schema': Model.model_json_schema()}}"
-                    if name == "response_format"
-                    else ""
-                )
-            )
+    if call["extra"] is not None and not isinstance(call["extra"], Mapping):
+        raise ConfigError(f"extra must be a dict, got {type(call['extra']).__name__}")
     _check_tool_choice(call["tool_choice"], call["tools"])
     extra = call["extra"]
     if extra and (owned := sorted(_OWNED & extra.keys())):
@@ -622,6 +633,7 @@ class Router:
                 raise ConfigError(
                     f"decision must be one router.decide() made, got {type(given).__name__}"
                 )
+            _check_shape(call["tools"], call["response_format"])  # routed without them
             return io, given, call, timeout, metadata, msgs
         snap = self._snap  # one snapshot for every routing of this request
         if call["max_tokens"] is not None and "max_output_tokens" not in opts:

@@ -95,6 +95,12 @@ def _text_of(content: Any) -> str:
 def _tool(t: dict[str, Any]) -> dict[str, Any]:
     if "input_schema" in t:  # already Anthropic-shaped
         return t
+    if t.get("type") == "custom":  # had been a KeyError's name in the translation's error
+        raise BadRequestError(
+            f"tool {t['custom']['name']!r} is an OpenAI custom tool (free-text input), which "
+            "Anthropic models do not take; give it as a function tool with parameters, or "
+            "keep the request on OpenAI models (allow=[...])"
+        )
     fn = t.get("function", t)
     out = {
         "name": fn["name"],

@@ -476,7 +476,9 @@ class HTTPProvider:
         err = data.get("error") if isinstance(data, dict) else None
         if err is not None:
             said = err.get("message", err) if isinstance(err, dict) else err
-            return self._malformed(f"an error in place of an answer: {str(said)[:300]}")
+            out = self._malformed(f"an error in place of an answer: {str(said)[:300]}")
+            out.answered = False  # an error said, not an answer cut: no estimated bill
+            return out
         return self._malformed(f"{type(e).__name__}: {e}")
 
     def _transport_error(self, e: Exception) -> RetryableError:

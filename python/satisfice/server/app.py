@@ -887,7 +887,7 @@ def create_app(
     app = _App(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={StarletteHTTPException: _no_such_route},
+        exception_handlers={404: _no_such_route, 405: _no_such_route},
         direct={
             "/v1/chat/completions": direct("openai"),
             "/chat/completions": direct("openai"),
@@ -902,19 +902,18 @@ _PATHS = "POST /v1/chat/completions, POST /v1/messages, GET /v1/models, /health,
 
 
 async def _no_such_route(request: Request, exc: Exception) -> Response:
-    """Starlette's 404 and 405 (a path or a method the server does not answer) in the API's
-    error shape, as every other error is: the SDKs read the message from it."""
+    """Starlette's 404 and 405 (a path or a method the server does not answer; the app
+    registers it for those two codes only) in the API's error shape, as every other error
+    is: the SDKs read the message from it."""
     assert isinstance(exc, StarletteHTTPException)
     path, method = request.url.path[:200], request.method[:20]
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
         msg = f"{method} is not allowed on {path}; it takes {allowed or 'another method'}"
         he = HTTPError(405, msg, "invalid_request_error", "method_not_allowed", exc.headers)
-    elif exc.status_code == 404:
+    else:
         msg = f"no such endpoint: {method} {path} (this server answers {_PATHS})"
         he = HTTPError(404, msg, "invalid_request_error", "unknown_url")
-    else:
-        he = HTTPError(exc.status_code, str(exc.detail), "invalid_request_error")
     api = "anthropic" if path.rstrip("/").endswith("/v1/messages") else "openai"
     return JSONResponse(he.body(api), he.status, headers=he.headers)
 

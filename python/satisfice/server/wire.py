@@ -483,12 +483,14 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
             raise _bad(f"'tool_choice' {kind!r} needs 'tools'")
         if kind == "tool" and name not in defined:
             raise _bad(f"'tool_choice' names tool {name!r}, which 'tools' does not define")
-        opts["tool_choice"] = {
-            "tool": {"type": "function", "function": {"name": name}},
-            "any": "required",
-            "none": "none",
-            "auto": "auto",
-        }[kind]
+        if defined or kind not in ("auto", "none"):  # without tools they say nothing, and
+            # OpenAI's API (the router's rule too) refuses a tool_choice with no tools
+            opts["tool_choice"] = {
+                "tool": {"type": "function", "function": {"name": name}},
+                "any": "required",
+                "none": "none",
+                "auto": "auto",
+            }[kind]
     opts.update(constraints_from(body, headers))
     opts.update(cascade)
     meta = body["metadata"] if isinstance(body.get("metadata"), Mapping) else {}
