@@ -232,6 +232,7 @@ async def test_a_tool_that_is_not_a_dict_is_a_config_error(up: LocalUpstream, to
         ({"tool_choice": "sometimes", "tools": TOOLS[:1]}, "tool_choice must be"),
         ({"tool_choice": {"type": "function", "function": {}}, "tools": TOOLS[:1]}, "must be"),
         ({"tool_choice": "required"}, "needs tools"),
+        ({"tool_choice": {"type": "auto"}}, "needs tools"),
         ({"response_format": {"type": "xml"}}, "response_format's type must be one of"),
         ({"response_format": {"type": "json_schema", "json_schema": 5}}, "json_schema must be"),
         ({"tool_choice": {"type": "banana"}, "tools": TOOLS[:1]}, "tool_choice must be"),
@@ -265,6 +266,8 @@ async def test_the_tool_shapes_the_providers_take_still_route(up: LocalUpstream)
         assert res.text
         rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
         assert (await r.chat(MSGS, response_format=rf)).text
+        for none in ("none", {"type": "none"}):  # says no tool: needs none beside it
+            assert (await r.chat(MSGS, tool_choice=none)).text
         res = await r.chat(MSGS, tools=[anthropic_custom], allow=["beta"])  # Anthropic-wire
         assert res.model == "beta" and up.seen(wire("beta"))[-1].body["tools"] == [
             anthropic_custom

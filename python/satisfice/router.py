@@ -252,7 +252,8 @@ def _check_tool_choice(choice: object, tools: object) -> None:
             "'function': {'name': ...}} (or Anthropic's {'type': 'tool', 'name': ...}, "
             f"'auto', 'any', 'none'), got {choice!r:.60}"
         )
-    if not tools and choice != "none":
+    says_none = choice == "none" or (isinstance(choice, Mapping) and choice["type"] == "none")
+    if not tools and not says_none:
         raise ConfigError(f"tool_choice {choice!r:.60} needs tools; pass tools=[...]")
 
 
