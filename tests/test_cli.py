@@ -92,3 +92,50 @@ def test_bad_files_are_a_clear_error_not_a_traceback(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert why in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-1", "0"])
+def test_a_probe_budget_that_is_no_amount_is_refused(
+    budget: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NaN was taken: every probe then "failed" on its cost cap, and the exit code was 0."""
+    assert main(["probe", "--models", "gpt-5.4-nano", "--budget-usd", budget]) == 2
+    assert "budget_usd must be a number of USD > 0" in capsys.readouterr().err
+
+
+def test_no_key_pasted_into_a_registry_is_echoed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model without an id had its whole table in the error (an inline api_key too); a
+    catalogue URL's password was printed with the progress line and the error."""
+    reg = tmp_path / "r.toml"
+    reg.write_text('[[model]]\napi_key = "sk-live-SECRET123"\ncontext_window = 1000\n')
+    assert main(["route", "hi", "--registry", str(reg)]) == 2
+    err = capsys.readouterr().err
+    assert "every model needs a string 'id'" in err and "SECRET" not in err
+    reg.write_text(
+        '[[model]]\nid = "m"\ncontext_window = 1000\nmax_output = 100\n'
+        'deployments = [{name = "x", base_url = "sk-live-SECRET1234567890"}]\n'
+    )
+    assert main(["route", "hi", "--registry", str(reg)]) == 2
+    err = capsys.readouterr().err
+    assert "base_url must be an http(s) URL" in err and "SECRET" not in err
+    url = "http://user:sk-live-SECRET123@127.0.0.1:9/x.json?key=SECRET456"
+    assert main(["registry", "diff", "--from", "litellm", url]) == 2
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:9/x.json?..." in err and "SECRET" not in err, err
+
+
+def test_a_ledger_amount_no_request_costs_is_an_error_not_inf(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two records at $1e308 each summed to "$inf ... nan% saved"."""
+    import json
+
+    led = tmp_path / "l.jsonl"
+    rec = {"request_id": "r", "started_at": 1.7e9, "model": "m", "total_cost_usd": 1e308,
+           "reference_cost_usd": 1e308}  # fmt: skip
+    led.write_text("\n".join(json.dumps({**rec, "request_id": f"r{i}"}) for i in range(2)))
+    assert main(["report", str(led)]) == 2
+    err = capsys.readouterr().err
+    assert "must be a number from 0 to 1e+09 (USD)" in err and "inf" not in err, err

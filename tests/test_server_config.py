@@ -169,3 +169,38 @@ async def test_writes_are_held_until_the_next_one_or_the_end_of_the_step() -> No
     t2.abort()
     await asyncio.sleep(0)
     assert s2.out == [] and t2.get_extra_info("peername") == "peername"
+
+
+def test_an_alias_may_allow_a_single_model_id() -> None:
+    """allow = "gpt-5.4-nano" (Constraints takes one id) was refused, naming its letters."""
+    from satisfice.server import create_app
+
+    create_app(ServerConfig(aliases={"nano": {"allow": "gpt-5.4-nano"}}))
+    with pytest.raises(ConfigError, match=r"names models the registry lacks: \['nope'\]"):
+        create_app(ServerConfig(aliases={"nope": {"deny": "nope"}}))
+
+
+def test_a_file_the_server_writes_needs_its_directory(tmp_path: Path) -> None:
+    """A health file in a missing directory failed after the probe's paid calls."""
+    p = tmp_path / "satisfice.toml"
+    p.write_text(f'[probe]\nhealth_file = "{tmp_path}/missing/h.json"\n')
+    with pytest.raises(ConfigError, match="health_file .*directory does not exist"):
+        ServerConfig.load(p)
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--port", "99999"], r"\[server\].port \(--port\) must be an integer in \[0, 65535\]"),
+    (["--port", "-1"], r"--port"),
+    (["--host", ""], r"\[server\].host \(--host\)"),
+])  # fmt: skip
+def test_serve_checks_its_host_and_port_options(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--port 99999 bound a port of the system's choosing, announced as 99999."""
+    import re
+
+    from satisfice.cli import main
+
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert re.search(says, err) and "Traceback" not in err, err

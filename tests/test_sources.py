@@ -338,6 +338,28 @@ def test_registry_command_diff_update_and_refusal(
     assert main(["registry", "check", "--registry", str(out)]) == 0
 
 
+def test_a_catalogue_listing_none_of_the_models_checks_no_price(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty catalogue marked a two-year-old registry's prices as checked today (its
+    staleness warning gone), said "no changes", and rewrote the user's file."""
+    old = tmp_path / "old.toml"
+    text = (
+        '# my registry\n[meta]\nprices_as_of = 2025-01-01\n[[model]]\nid = "a"\n'
+        "context_window = 100000\nmax_output = 4000\nprice = {input = 1.0, output = 2.0}\n"
+    )
+    old.write_text(text)
+    (tmp_path / "cat.json").write_text("{}")
+    cat = sources.load("litellm", str(tmp_path / "cat.json"))
+    new, diff = sources.apply(Registry.from_toml(old), cat)
+    assert str(new.meta["prices_as_of"]) == "2025-01-01" and not diff
+    assert "a: not in the source (no deployment)" in diff.render()
+    args = ["registry", "update", str(tmp_path / "cat.json"), "--from", "litellm"]
+    assert main([*args, "--registry", str(old)]) == 0
+    assert "left as it was" in capsys.readouterr().out and old.read_text() == text
+    assert main(["registry", "check", "--registry", str(old)]) == 1  # still stale
+
+
 # -- live refresh -----------------------------------------------------------------------------
 
 

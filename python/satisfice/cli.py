@@ -159,7 +159,8 @@ def _catalogue_update(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from .registry import Registry
 
     base = Registry.from_toml(args.registry) if args.registry else Registry.default()
-    print(f"reading {args.source} {args.location or '(default location)'} ...", file=sys.stderr)
+    where = sources.shown(args.location) if args.location else "(default location)"
+    print(f"reading {args.source} {where} ...", file=sys.stderr)
     cat = sources.load(args.source, args.location)
     names = [n for part in (args.models or []) for n in part.split(",") if n]
     new, diff = sources.apply(base, cat, names)
@@ -179,7 +180,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
         raise SatisficeError(
             f"registry {args.action} needs --from {{litellm,openrouter,models.dev}}"
         )
-    _, new, diff = _catalogue_update(args)
+    base, new, diff = _catalogue_update(args)
     print(diff.render())
     for note in new.attention(max_price_age_days=args.max_price_age_days):
         print(f"! {note}")
@@ -196,6 +197,10 @@ def cmd_registry(args: argparse.Namespace) -> int:
     out = args.out or args.registry
     if out is None:
         raise SatisficeError("give --out FILE (or --registry FILE to update it in place)")
+    if not diff and new.meta == base.meta:  # no price checked, or none moved today
+        print(f"nothing to change (prices as of {base.meta.get('prices_as_of')}): {out} "
+              "left as it was")  # fmt: skip
+        return 0
     text = new.to_toml(f"# satisfice registry, prices from {args.source} as of "
                        f"{new.meta['prices_as_of']}\n\n")  # fmt: skip
     # whole or not at all, and only once what was written reads back as a registry
@@ -272,7 +277,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import ServerConfig, serve
 
     cfg = ServerConfig.load(args.config)
-    if args.host:
+    if args.host is not None:
         cfg.host = args.host
     if args.port is not None:
         cfg.port = args.port

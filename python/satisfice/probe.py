@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import NoRouteError, ProviderError, SatisficeError
+from .errors import ConfigError, NoRouteError, ProviderError, SatisficeError
 from .result import billed_cost
 
 if TYPE_CHECKING:
@@ -234,6 +234,12 @@ async def run_probes(
     feed each score back. Stops before the next call once `budget_usd` is spent. A call
     that fails (after its retries) is counted as an error, not as a wrong answer. Code
     probes run the model's code in a child process, not a sandbox: only with run_code=True."""
+    if budget_usd is not None and (
+        isinstance(budget_usd, bool)
+        or not isinstance(budget_usd, int | float)
+        or not 0 < budget_usd < 1e9  # NaN too: every probe had then "failed" on its cap
+    ):
+        raise ConfigError(f"budget_usd must be a number of USD > 0, got {budget_usd!r:.40}")
     if not run_code:
         probes = [p for p in probes if p.task != "code"]
     ids = list(models) if models is not None else [

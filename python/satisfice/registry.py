@@ -397,9 +397,10 @@ class Deployment(Value):
             raise ConfigError(f"{where}: api must be one of {list(_APIS)}, got {api!r}")
         base_url = d.get("base_url")
         if not isinstance(base_url, str) or not _is_url(base_url):
+            # its start only: a key pasted in the wrong field must not reach a log
+            got = f"{base_url[:12]!r}..." if isinstance(base_url, str) else repr(base_url)[:40]
             raise ConfigError(
-                f"{where}: base_url must be an http(s) URL with a host and no spaces, "
-                f"got {base_url!r:.200}"
+                f"{where}: base_url must be an http(s) URL with a host and no spaces, got {got}"
             )
         env = d.get("api_key_env")
         if env is not None and not is_env_name(env):
@@ -604,7 +605,10 @@ class ModelSpec(Value):
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
         mid = d.get("id")
         if not isinstance(mid, str) or not mid:
-            raise ConfigError(f"every model needs a string 'id'; got {d!r:.200}")
+            # its fields' names, not their values: a key may be pasted into any of them
+            raise ConfigError(
+                f"every model needs a string 'id'; got a model with fields {sorted(map(str, d))}"
+            )
         where = f"model {mid!r}"
         # a model's own fields: an effort variant's (effort, base, reasoning_tokens) come from
         # its base's `efforts`, never from the file

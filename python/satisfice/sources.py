@@ -476,18 +476,34 @@ def load(source: str, location: str | None = None, *, timeout_s: float = 30.0) -
     else:
         p = Path(location)
         if not p.is_file():
-            raise ConfigError(f"{source}: {location} is not a file or an http(s) URL")
+            raise ConfigError(f"{source}: {shown(location)} is not a file or an http(s) URL")
         if p.stat().st_size > MAX_SOURCE_BYTES:
-            raise ConfigError(f"{source}: {location} is over {MAX_SOURCE_BYTES >> 20} MB")
+            raise ConfigError(f"{source}: {shown(location)} is over {MAX_SOURCE_BYTES >> 20} MB")
         raw = p.read_bytes()
     from .providers.base import scrubbed
 
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as e:
-        raise ConfigError(f"{source}: {location} is not JSON ({e})") from None
+        raise ConfigError(f"{source}: {shown(location)} is not JSON ({e})") from None
     # a lone surrogate (\ud800), valid JSON, is no text any file or terminal takes: U+FFFD
     return parse(source, scrubbed(data, raw))
+
+
+def shown(location: str) -> str:
+    """A catalogue's location as said in messages: a URL without its user and password and
+    its query (either may hold a key); a file path as it is."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(location)
+        host = u.hostname or ""
+        if not u.scheme or not u.netloc:
+            return location
+        netloc = host if u.port is None else f"{host}:{u.port}"
+    except ValueError:  # a port out of range, an odd bracket: the scheme alone is safe
+        return location.split(":", 1)[0] + "://..."
+    return f"{u.scheme}://{netloc}{u.path}" + ("?..." if u.query else "")
 
 
 def _fetch(url: str, timeout_s: float) -> bytes:
@@ -496,7 +512,7 @@ def _fetch(url: str, timeout_s: float) -> bytes:
     # httpx's timeout bounds each read; a trickle of bytes (of the head or the body) would
     # pass every one of them, so a timer closes the client when `timeout_s` is up
     late = ConfigError(
-        f"GET {url}: not downloaded within {timeout_s:g}s; raise the refresh's timeout_s "
+        f"GET {shown(url)}: not downloaded within {timeout_s:g}s; raise the refresh's timeout_s "
         "or use a faster mirror"
     )
     expired = threading.Event()
@@ -512,13 +528,13 @@ def _fetch(url: str, timeout_s: float) -> bytes:
         try:
             with client.stream("GET", url) as r:
                 if r.status_code != 200:
-                    raise ConfigError(f"GET {url} answered HTTP {r.status_code}")
+                    raise ConfigError(f"GET {shown(url)} answered HTTP {r.status_code}")
                 body = bytearray()
                 for chunk in r.iter_bytes():
                     body += chunk
                     if len(body) > MAX_SOURCE_BYTES:
                         raise ConfigError(
-                            f"GET {url}: the answer is over {MAX_SOURCE_BYTES >> 20} MB"
+                            f"GET {shown(url)}: the answer is over {MAX_SOURCE_BYTES >> 20} MB"
                         )
                     if expired.is_set():
                         raise late
@@ -526,7 +542,7 @@ def _fetch(url: str, timeout_s: float) -> bytes:
         except (httpx.HTTPError, OSError, RuntimeError) as e:
             if expired.is_set():
                 raise late from None
-            raise ConfigError(f"GET {url} failed: {type(e).__name__}") from None
+            raise ConfigError(f"GET {shown(url)} failed: {type(e).__name__}") from None
         finally:
             timer.cancel()
 
@@ -676,6 +692,7 @@ def apply(
     with different facts, are kept as they are and reported."""
     models: list[ModelSpec] = []
     notes: list[Change] = []  # unlisted models, conflicting listings, assumed facts
+    checked = False  # some model's facts were compared with the catalogue's
     for m in registry:
         if m.base is not None:  # an effort variant: rebuilt from its model
             continue
@@ -684,11 +701,13 @@ def apply(
             notes.append(Change(m.id, "conflicting", f"{dep.name}:{dep.model}", None))
         hits = [(d, h) for d in m.deployments if (h := _listing_for(cat, d)) is not None]
         if not hits:
-            if len(twice) < len(m.deployments):  # a listing twice is no "not in the source"
+            if len(twice) < len(m.deployments) or not m.deployments:  # a listing twice is
+                # no "not in the source"; a model with no deployment is in no catalogue
                 where = ", ".join(f"{d.name}:{d.model}" for d in m.deployments if d not in twice)
-                notes.append(Change(m.id, "unlisted", where, None))
+                notes.append(Change(m.id, "unlisted", where or "no deployment", None))
             models.append(m)
             continue
+        checked = True
         models.append(_updated(m, hits))
     known = {m.id for m in models}
     for name in add:
@@ -716,14 +735,16 @@ def apply(
                 "is the same model, else as a model with an id of its own"
             )
         known.add(mid)
+        checked = True
         m = _new_model(mid, hit)
         models.append(m)
         if not hit.context_window:  # a window made up without a word had looked like a fact
             notes.append(Change(mid, "assumed", "context window",
                                    f"{m.context_window} tokens assumed"))  # fmt: skip
     meta = dict(registry.meta)
-    meta["prices_as_of"] = prices_as_of or date.today()
-    meta["source"] = cat.source
+    if checked:  # a catalogue that lists none of the models checked no price: not "fresh"
+        meta["prices_as_of"] = prices_as_of or date.today()
+        meta["source"] = cat.source
     new = Registry(models, meta)
     d = diff(registry, new)
     return new, Diff(d.changes + tuple(notes))

@@ -100,9 +100,13 @@ def _redis_url(v: Any) -> str | None:
 
 
 def _file(path: str | None, where: str) -> str | None:
-    """A file the server writes: not a directory (that failed at the first write)."""
-    if path is not None and "://" not in path and Path(path).is_dir():
-        raise ConfigError(f"{where} {path!r} is a directory; name a file in it")
+    """A file the server writes: not a directory, and in one that exists (each had failed
+    at the first write, a probe's results after its paid calls)."""
+    if path is not None and "://" not in path:
+        if Path(path).is_dir():
+            raise ConfigError(f"{where} {path!r} is a directory; name a file in it")
+        if not Path(path).resolve().parent.is_dir():
+            raise ConfigError(f"{where} {path!r}: its directory does not exist; create it")
     return path
 
 
@@ -127,6 +131,10 @@ class ServerConfig:
     health_file: str | None = None
 
     def __post_init__(self) -> None:
+        # here, not only in load(): `satisfice serve --host/--port` override the file's
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError("[server].host (--host) must be a host name or address")
+        _int(self.port, "[server].port (--port)", 0, 65535)
         for name, c in self.aliases.items():
             if not isinstance(c, Mapping):
                 raise ConfigError(f"[aliases].{name} must be a table of constraints")
@@ -295,7 +303,10 @@ def check_aliases(aliases: Mapping[str, Mapping[str, Any]], registry: Registry) 
                 ", which it would hide; give it another name"
             )
         for kind in ("allow", "deny"):
-            unknown = [m for m in c.get(kind) or () if m not in registry]
+            named = c.get(kind) or ()
+            if isinstance(named, str):  # one id, as Constraints takes it (not its letters)
+                named = (named,)
+            unknown = [m for m in named if m not in registry]
             if unknown:
                 raise ConfigError(
                     f"[aliases].{name}.{kind} names models the registry lacks: {unknown}"
