@@ -841,16 +841,16 @@ _AMOUNTS = (
 _LATEST_TS = 253402300800  # 10000-01-01: later (or inf, NaN) is no time time.gmtime writes
 
 
-#: No request costs this much (USD): past it an amount is damage, and sums of such
-#: reached $inf in a report ("nan% saved").
-_MAX_USD = 1e9
+#: No request costs this many USD or takes this many seconds: past it an amount is damage,
+#: and sums of such reached $inf in a report ("nan% saved").
+_MAX_AMOUNT = 1e9
 
 
 def _amount_problem(name: str, v: Any) -> str | None:
     f = as_real(v)
-    if v is None or (f is not None and 0 <= f <= _MAX_USD):
+    if v is None or (f is not None and 0 <= f <= _MAX_AMOUNT):
         return None
-    return f"{name} must be a number from 0 to {_MAX_USD:g} (USD) or null, got {v!r:.40}"
+    return f"{name} must be a number >= 0 (at most {_MAX_AMOUNT:g}) or null, got {v!r:.40}"
 
 
 def _score_problem(v: Any) -> str | None:
@@ -906,7 +906,7 @@ def first_bad_row(db: sqlite3.Connection) -> tuple[Any, str] | None:
     slower over 100,000 rows); None when every row is one a report can sum."""
     numeric = [n for n, kind, _ in COLUMNS if kind in ("REAL", "INTEGER")]
     wrong = [f"typeof({n}) NOT IN ('integer', 'real', 'null')" for n in numeric]
-    wrong += [f"{c} < 0 OR {c} > {_MAX_USD!r}" for _, c in _AMOUNTS]
+    wrong += [f"{c} < 0 OR {c} > {_MAX_AMOUNT!r}" for _, c in _AMOUNTS]
     names = [n for n, _, _ in COLUMNS if n != "record"]
     row = db.execute(
         f"SELECT {', '.join(names)} FROM requests WHERE {' OR '.join(wrong)} LIMIT 1"
