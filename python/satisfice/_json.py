@@ -120,8 +120,9 @@ def record_default(v: Any) -> Any:
 
 def _record_default(v: Any) -> Any:
     # a subclass of dict, list, str or int (handed here by OPT_PASSTHROUGH_SUBCLASS) may
-    # have its own items() or str(): json.dumps's own way, not orjson's reading of its storage
-    if isinstance(v, dict | list | tuple | str | int):  # a namedtuple: json.dumps's list
+    # have its own items() or str(), and a tuple's (a namedtuple) orjson writes as str():
+    # json.dumps's own way, not orjson's
+    if isinstance(v, dict | list | tuple | str | int):
         raise TypeError("a subclass")
     return record_default(v)
 

@@ -109,7 +109,7 @@ def _json(rec: Mapping[str, Any]) -> str:
     become strings as json.dumps writes them, an Enum its value, other odd values their
     str(), NaN and infinities null (bare NaN is not JSON, and strict readers of a JSONL file
     reject the line), a cycle or a deep nest a marker, rather than failing the batch. By
-    orjson where it writes the same text (`dumps_record`), else by the standard library."""
+    orjson where it writes the same values (`dumps_record`), else by the standard library."""
     fast = dumps_record(rec)
     return fast if fast is not None else _json_stdlib(rec)
 

@@ -259,10 +259,10 @@ def _check_tool_choice(choice: object, tools: object) -> None:
 
 def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> None:
     """The call's own options have the types the wire needs (values are checked there)."""
-    if call["extra"] is not None and not isinstance(call["extra"], Mapping):
-        raise ConfigError(f"extra must be a dict, got {type(call['extra']).__name__}")
-    _check_tool_choice(call["tool_choice"], call["tools"])
     extra = call["extra"]
+    if extra is not None and not isinstance(extra, Mapping):
+        raise ConfigError(f"extra must be a dict, got {type(extra).__name__}")
+    _check_tool_choice(call["tool_choice"], call["tools"])
     if extra and (owned := sorted(_OWNED & extra.keys())):
         # merged into the wire payload last: these would replace what was routed, priced
         # and counted (another model, another prompt, a stream read as an answer)

@@ -459,7 +459,9 @@ class HTTPProvider:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, url={str(self._url)!r})"
 
-    def _malformed(self, why: str) -> RetryableError:
+    def _malformed(self, why: str, *, answered: bool = True) -> RetryableError:
+        """A 2xx answer the provider cannot read; `answered`: the upstream may have billed
+        it (an estimated cost is kept), as it may for a cut or garbled answer."""
         e = RetryableError(
             f"{self.model_id} via {self.deployment}: the upstream answered 2xx with a malformed "
             f"body ({why}); retrying or another deployment usually works",
@@ -467,7 +469,7 @@ class HTTPProvider:
             deployment=self.deployment,
             status=200,
         )
-        e.answered = True
+        e.answered = answered
         return e
 
     def _not_an_answer(self, data: Any, e: Exception) -> RetryableError:
@@ -476,9 +478,10 @@ class HTTPProvider:
         err = data.get("error") if isinstance(data, dict) else None
         if err is not None:
             said = err.get("message", err) if isinstance(err, dict) else err
-            out = self._malformed(f"an error in place of an answer: {str(said)[:300]}")
-            out.answered = False  # an error said, not an answer cut: no estimated bill
-            return out
+            # an error said, not an answer cut: no estimated bill
+            return self._malformed(
+                f"an error in place of an answer: {str(said)[:300]}", answered=False
+            )
         return self._malformed(f"{type(e).__name__}: {e}")
 
     def _transport_error(self, e: Exception) -> RetryableError:

@@ -302,11 +302,9 @@ def check_aliases(aliases: Mapping[str, Mapping[str, Any]], registry: Registry) 
                 f"[aliases].{name} has the name of {'the router' if name == 'auto' else 'a model'}"
                 ", which it would hide; give it another name"
             )
+        ids = Constraints.of(c)  # as routing reads them: one id is one id, not its letters
         for kind in ("allow", "deny"):
-            named = c.get(kind) or ()
-            if isinstance(named, str):  # one id, as Constraints takes it (not its letters)
-                named = (named,)
-            unknown = [m for m in named if m not in registry]
+            unknown = [m for m in getattr(ids, kind) or () if m not in registry]
             if unknown:
                 raise ConfigError(
                     f"[aliases].{name}.{kind} names models the registry lacks: {unknown}"
