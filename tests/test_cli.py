@@ -139,3 +139,13 @@ def test_a_ledger_amount_no_request_costs_is_an_error_not_inf(
     assert main(["report", str(led)]) == 2
     err = capsys.readouterr().err
     assert "must be a number >= 0 (at most 1e+09)" in err and "$inf" not in err, err
+
+
+def test_serve_says_what_is_wrong_before_it_says_serving(tmp_path: Path) -> None:
+    """`satisfice serve` printed "serving ..." and then failed on the registry."""
+    reg = tmp_path / "r.toml"
+    reg.write_text("[[model]]\nid = 5\n")
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f'[registry]\npath = "{reg}"\n')
+    p = run("serve", "--config", str(cfg), "--port", "0")
+    assert p.returncode == 2 and "serving" not in p.stderr and "id" in p.stderr, p.stderr

@@ -464,3 +464,20 @@ def test_real_data_shapes() -> None:
     llm = ds.load("llmrouter", [root / "llmrouter"], count_tokens=words)
     assert llm.scores.shape == (5608, 9)
     assert not np.isnan(llm.costs).any()
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    """A Latin-1 file had been a bare UnicodeDecodeError, naming neither file nor format."""
+    rb = write_csv(tmp_path / "rb.csv", RB_HEADER, [rb_row(0, "s1", "p", "g", ["1", "1"])])
+    rb.write_bytes(rb.read_bytes().replace(b"['p']", b"['caf\xe9']"))
+    with pytest.raises(DatasetError, match=r"rb\.csv: not UTF-8 text \(byte \d+"):
+        ds.load_routerbench(rb)
+    jl = tmp_path / "o.jsonl"
+    jl.write_bytes(b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(DatasetError, match=r"o\.jsonl: not UTF-8 text"):
+        ds.load_outcomes([jl])
+    (tmp_path / "llm").mkdir()
+    data = write_llmrouter(tmp_path / "llm", [{"question": "q", "scores": {"big": 1.0}}])
+    data.write_bytes(data.read_bytes().replace(b'"q"', b'"caf\xe9"'))
+    with pytest.raises(DatasetError, match=r"not UTF-8 text"):
+        ds.load_llmrouter(data, count_tokens=words)

@@ -174,6 +174,54 @@ def test_bad_bodies(served: Any) -> None:
     assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
 
 
+def _raw_request(url: str, head: bytes, wait: float = 10.0) -> tuple[bytes, float, bool]:
+    """Sends `head` (and whatever body part it holds) on a raw socket and reads until the
+    server closes or `wait` passes: (what came back, seconds to the first byte, closed)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait) as s:
+        t = time.monotonic()
+        s.sendall(head)
+        got, first, closed = b"", 0.0, False
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                closed = True
+                break
+            if not got:
+                first = time.monotonic() - t
+            got += chunk
+        return got, first, closed
+
+
+def test_a_body_sent_too_slowly_gets_408_and_the_connection_closed(served: Any) -> None:
+    # uvicorn has no bound on a request body's arrival: a client that sent its head and part
+    # of its body (or none of it) held the request, and its connection, for good
+    url, app, *_ = served
+    app.state.service.config.body_timeout_s = 0.5
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
+        b"\r\ncontent-length: 100\r\n\r\n"
+    )
+    for sent in (head, head + b'{"model": "a'):
+        got, first, closed = _raw_request(url, sent)
+        assert got.startswith(b"HTTP/1.1 408 "), got[:200]
+        assert 0.4 < first < 5.0 and closed
+        body = json.loads(got.split(b"\r\n\r\n", 1)[1])
+        assert body["error"]["code"] == "request_timeout"
+        assert "within 0.5 s" in body["error"]["message"]
+    # a body sent in parts within the bound is read whole
+    r = httpx.post(
+        url + "/v1/chat/completions",
+        content=iter([b'{"model": "auto", ', b'"messages": [{"role": "user", "content": "hi"}]}']),
+    )
+    assert r.status_code == 200, r.text
+
+
 def test_anthropic_client_plain_and_streamed(served: Any) -> None:
     url, *_ = served
     c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
@@ -325,6 +373,11 @@ def test_where_keys_are_required_metrics_need_the_master_key(
         _client(url, k["key"]).chat.completions.create(
             model="auto", messages=[{"role": "user", "content": "hi"}]
         )
+        # a caller without a key is refused before its body is read: it need not send one
+        got, first, _ = _raw_request(url, (
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 4000000"
+            b"\r\n\r\n"), wait=3.0)  # fmt: skip
+        assert got.startswith(b"HTTP/1.1 401 ") and first < 2.5, got[:200]
         for headers in ({}, {"authorization": f"Bearer {k['key']}"}):
             r = httpx.get(url + "/metrics", headers=headers)
             assert r.status_code == 401 and "team-secret" not in r.text

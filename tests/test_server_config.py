@@ -14,6 +14,8 @@ from satisfice.server import ServerConfig
 BAD = [
     ("[server]\nshutdown_grace_s = inf\n", "shutdown_grace_s"),
     ("[server]\nshutdown_grace_s = nan\n", "shutdown_grace_s"),
+    ("[server]\nbody_timeout_s = 0\n", "body_timeout_s"),
+    ('[server]\nbody_timeout_s = "30"\n', "body_timeout_s"),
     ("[server]\nport = 70000\n", "port"),
     ("[server]\nwhat = 1\n", "unknown field"),
     ('[registry]\nrefresh = { source = "nope" }\n', "refresh.source"),
@@ -204,3 +206,45 @@ def test_serve_checks_its_host_and_port_options(
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err
     assert re.search(says, err) and "Traceback" not in err, err
+
+
+def test_files_saved_with_a_byte_order_mark_are_read(tmp_path: Path) -> None:
+    """Editors on Windows save UTF-8 with a BOM; tomllib and json refused the file."""
+    from satisfice import Policy, Registry
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_bytes(b"\xef\xbb\xbf[server]\nport = 4100\nbody_timeout_s = 5\n")
+    c = ServerConfig.load(cfg)
+    assert (c.port, c.body_timeout_s) == (4100, 5.0)
+    reg = tmp_path / "r.toml"
+    reg.write_bytes(b"\xef\xbb\xbf" + Registry.default().to_toml().encode())
+    assert len(Registry.load(reg)) == len(Registry.default())
+    pol = tmp_path / "p.json"
+    pol.write_bytes(b"\xef\xbb\xbf" + b'{"quality_floor": 0.7}')
+    assert Policy.load(pol).quality_floor == 0.7
+
+
+def test_a_json_registry_is_read_as_json(tmp_path: Path) -> None:
+    """The bundled registry is JSON; a copy of it had been read as TOML and refused."""
+    from satisfice import Registry
+
+    default = Registry.default()
+    j = tmp_path / "models.json"
+    j.write_text(default.to_json())
+    assert Registry.load(j).to_dict() == default.to_dict()
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must hold a table of models"):
+        Registry.load(tmp_path / "list.json")
+    (tmp_path / "bad.json").write_text("{nope")
+    with pytest.raises(ConfigError, match="list.json|bad.json is not valid JSON"):
+        Registry.load(tmp_path / "bad.json")
+    misnamed = tmp_path / "models.txt"
+    misnamed.write_text(default.to_json())
+    with pytest.raises(ConfigError, match=r"not valid TOML.*name must end in \.json"):
+        Registry.load(misnamed)
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f'[registry]\npath = "{j}"\n')
+    from satisfice.server import create_app
+
+    app = create_app(ServerConfig.load(cfg))
+    assert len(app.state.service.router.registry) == len(default)

@@ -338,6 +338,19 @@ def test_registry_command_diff_update_and_refusal(
     assert main(["registry", "check", "--registry", str(out)]) == 0
 
 
+def test_registry_update_reads_and_writes_json_by_its_name(tmp_path: Path) -> None:
+    """A JSON registry (the bundled one's format) had been read as TOML and refused."""
+    base = tmp_path / "base.json"
+    base.write_text(_reg(input=0.01, output=15.0).to_json())
+    out = tmp_path / "new.json"
+    args = ["registry", "update", str(FIX / "litellm_prices.json"), "--from", "litellm",
+            "--registry", str(base), "--out", str(out), "--yes"]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads(out.read_text())["model"]
+    reg = Registry.load(out)
+    assert reg["sonnet"].price is not None and reg["sonnet"].price.input == 3.0
+
+
 def test_a_catalogue_listing_none_of_the_models_checks_no_price(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

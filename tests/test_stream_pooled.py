@@ -283,3 +283,20 @@ async def test_fifty_streams_share_one_connection(up: Upstream, path: str, api: 
             pieces, final = await stream(p)
             assert pieces == ["Hel", "lo"] and isinstance(final, ChatResponse), final
     assert up.connections == 1
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_a_whole_counted_answer_without_done_ends_without_waiting(
+    up: Upstream, path: str
+) -> None:
+    """The finish and the usage, then neither [DONE] nor the end of the body, the connection
+    held open: the stream waited out its read timeout and failed, the answer whole."""
+    body = oa_sse().removesuffix(b"data: [DONE]\n\n")
+    up.script[:] = [send(response(body, end=False), end="hang")]
+    async with client(path) as c:
+        t = asyncio.get_running_loop().time()
+        pieces, final = await stream(provider("oa", c, up.url), timeout=5.0)
+        took = asyncio.get_running_loop().time() - t
+    assert pieces == ["Hel", "lo"] and isinstance(final, ChatResponse), final
+    assert final.finish_reason == "stop" and final.usage is not None
+    assert final.usage.completion_tokens == 3 and took < 3.0

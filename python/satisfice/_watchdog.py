@@ -95,25 +95,25 @@ class Deadlines:
     a wait records its due time; the timer is re-armed only for a wait due before it, and
     when it fires it cancels the tasks past their due time and re-arms for the next one."""
 
-    __slots__ = ("_handle", "_loop", "_waits")
+    __slots__ = ("_handle", "_waits", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._handle: asyncio.TimerHandle | None = None
         # one per wait in progress: [task, due, its cancelling() at the start, expired]
         self._waits: dict[int, list[object]] = {}
 
     async def wait(self, aw: Awaitable[T], timeout: float) -> T:
-        task = asyncio.current_task(self._loop)  # see Watchdog.wait
+        task = asyncio.current_task(self.loop)  # see Watchdog.wait
         assert task is not None
-        due = self._loop.time() + max(timeout, 0.0)
+        due = self.loop.time() + max(timeout, 0.0)
         w: list[object] = [task, due, task.cancelling(), False]
         self._waits[id(w)] = w
         h = self._handle
         if h is None or h.when() > due:
             if h is not None:
                 h.cancel()
-            self._handle = self._loop.call_at(due, self._fire)
+            self._handle = self.loop.call_at(due, self._fire)
         try:
             return await aw
         except asyncio.CancelledError:
@@ -129,7 +129,7 @@ class Deadlines:
 
     def _fire(self) -> None:
         self._handle = None
-        now = self._loop.time()
+        now = self.loop.time()
         soonest: float | None = None
         for w in self._waits.values():
             due: float = w[1]  # type: ignore[assignment]
@@ -141,4 +141,4 @@ class Deadlines:
             elif soonest is None or due < soonest:
                 soonest = due
         if soonest is not None:
-            self._handle = self._loop.call_at(soonest, self._fire)
+            self._handle = self.loop.call_at(soonest, self._fire)

@@ -21,7 +21,7 @@ def _router(args: argparse.Namespace) -> Any:
     from .registry import Registry
     from .router import Router
 
-    registry = Registry.from_toml(args.registry) if args.registry else None
+    registry = Registry.load(args.registry) if args.registry else None
     policy = Policy.load(args.policy) if args.policy else None
     return Router(registry, policy)
 
@@ -77,7 +77,7 @@ def cmd_count(args: argparse.Namespace) -> int:
     if args.model:
         from .registry import Registry
 
-        reg = Registry.from_toml(args.registry) if args.registry else Registry.default()
+        reg = Registry.load(args.registry) if args.registry else Registry.default()
         family = reg[args.model].tokenizer
     else:
         family = args.encoding
@@ -158,7 +158,7 @@ def _catalogue_update(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from . import sources
     from .registry import Registry
 
-    base = Registry.from_toml(args.registry) if args.registry else Registry.default()
+    base = Registry.load(args.registry) if args.registry else Registry.default()
     where = sources.shown(args.location) if args.location else "(default location)"
     print(f"reading {args.source} {where} ...", file=sys.stderr)
     cat = sources.load(args.source, args.location)
@@ -169,10 +169,10 @@ def _catalogue_update(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 def cmd_registry(args: argparse.Namespace) -> int:
     from ._atomic import write_atomic
-    from .registry import Registry
+    from .registry import Registry, is_json_name
 
     if args.action == "check":
-        reg = Registry.from_toml(args.registry) if args.registry else Registry.default()
+        reg = Registry.load(args.registry) if args.registry else Registry.default()
         notes = reg.attention(max_price_age_days=args.max_price_age_days)
         print("\n".join(notes) if notes else f"{len(reg)} models: nothing needs attention")
         return 1 if notes else 0
@@ -201,10 +201,16 @@ def cmd_registry(args: argparse.Namespace) -> int:
         print(f"nothing to change (prices as of {base.meta.get('prices_as_of')}): {out} "
               "left as it was")  # fmt: skip
         return 0
-    text = new.to_toml(f"# satisfice registry, prices from {args.source} as of "
-                       f"{new.meta['prices_as_of']}\n\n")  # fmt: skip
+    as_json = is_json_name(out)  # in the format its name says, as `Registry.load` reads it
+    text = (
+        new.to_json()
+        if as_json
+        else new.to_toml(f"# satisfice registry, prices from {args.source} as of "
+                         f"{new.meta['prices_as_of']}\n\n")
+    )  # fmt: skip
     # whole or not at all, and only once what was written reads back as a registry
-    write_atomic(out, lambda f: f.write(text.encode()), check=Registry.from_toml)
+    check = Registry.from_json if as_json else Registry.from_toml
+    write_atomic(out, lambda f: f.write(text.encode()), check=check)
     print(f"wrote {out} ({len(new)} models)")
     return 0
 
@@ -274,7 +280,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import ServerConfig, serve
+    from .server import ServerConfig, create_app, serve
 
     cfg = ServerConfig.load(args.config)
     if args.host is not None:
@@ -282,10 +288,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         cfg.port = args.port
     cfg.__post_init__()  # re-check: a non-loopback --host needs keys
+    # built first: a registry, policy or alias the app refuses is said before "serving"
+    app = create_app(cfg, freeze_heap=True)  # the process is the server's own
     what = cfg.registry_path or "the bundled registry"
     where = f"http://{cfg.host}:{cfg.port}/v1"
     print(f"satisfice serving {what} on {where} (state: {cfg.state_backend})", file=sys.stderr)
-    serve(cfg)
+    serve(cfg, app)
     return 0
 
 
@@ -293,7 +301,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .flywheel import train_from_ledger
     from .registry import Registry
 
-    reg = Registry.from_toml(args.registry) if args.registry else Registry.default()
+    reg = Registry.load(args.registry) if args.registry else Registry.default()
     qm, report = train_from_ledger(args.from_ledger, registry=reg, holdout=args.holdout)
     qm.save(args.save_predictor)
     report["predictor"] = args.save_predictor
@@ -367,7 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FILE or URL of the catalogue (default: litellm's map inside the "
                    "installed litellm package; the public URL for the others)")  # fmt: skip
     p.add_argument("--from", dest="source", choices=["litellm", "openrouter", "models.dev"])
-    p.add_argument("--registry", help="the registry TOML to update (default: the bundled one)")
+    p.add_argument(
+        "--registry",
+        help="the registry file to update: TOML, or JSON if named *.json (default: the bundled "
+        "one)",
+    )
     p.add_argument("--models", nargs="*", help="models to add, as the host names them "
                    "(e.g. gpt-5.4 claude-sonnet-4-6 or groq:llama-3.3-70b-versatile)")  # fmt: skip
     p.add_argument("--out", help="where update writes (default: --registry, in place)")

@@ -68,7 +68,7 @@ class Snapshot(Frozen):
         if not isinstance(registry, Registry):
             raise ConfigError(
                 f"registry must be a Registry, got {type(registry).__name__}: build one with "
-                "Registry.from_toml(path), Registry.from_dict(data) or Registry.default()"
+                "Registry.load(path), Registry.from_dict(data) or Registry.default()"
             )
         if not isinstance(policy, Policy):
             raise ConfigError(

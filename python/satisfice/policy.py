@@ -544,7 +544,7 @@ class Policy(Value):
         from pathlib import Path
 
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text("utf-8-sig"))  # a byte-order mark is no error
             if isinstance(data, dict) and isinstance(data.get("predictor"), str):
                 data["predictor"] = str(Path(path).parent / data["predictor"])
             if not isinstance(data, dict):

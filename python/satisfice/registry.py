@@ -757,8 +757,14 @@ def _default_effort(m: Any) -> Any:
     return m if tokens == m.reasoning_tokens else m.replace(reasoning_tokens=tokens)
 
 
+def is_json_name(path: str | Path) -> bool:
+    """Whether `Registry.load` reads (and `registry update` writes) `path` as JSON."""
+    return str(path).lower().endswith(".json")
+
+
 class Registry:
-    """An immutable, validated set of models. Build with `from_toml`, `from_dict` or models."""
+    """An immutable, validated set of models. Build with `load` (a TOML or JSON file),
+    `from_dict` or models."""
 
     __slots__ = ("_by_id", "_models", "meta")
 
@@ -813,18 +819,42 @@ class Registry:
     @classmethod
     def from_toml(cls, path: str | Path) -> Registry:
         import tomllib  # here: the bundled registry is JSON, so Router() never imports it
+
+        return cls._read(path, "TOML", tomllib.loads, tomllib.TOMLDecodeError)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Registry:
+        return cls._read(path, "JSON", json.loads, json.JSONDecodeError)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Registry:
+        """A registry file: JSON if its name ends in .json (the bundled registry's format,
+        `to_json`), else TOML (`to_toml`)."""
+        return cls.from_json(path) if is_json_name(path) else cls.from_toml(path)
+
+    @classmethod
+    def _read(
+        cls, path: str | Path, kind: str, parse: Any, parse_error: type[Exception]
+    ) -> Registry:
         from pathlib import Path
 
         p = Path(path)
         try:
-            with p.open("rb") as f:
-                data = tomllib.load(f)
+            # utf-8-sig: a byte-order mark, which editors on Windows write, is no error
+            data = parse(p.read_bytes().decode("utf-8-sig"))
         except FileNotFoundError:
             raise ConfigError(f"registry file {p} does not exist") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"registry file {p} is not valid TOML (UTF-8): {e}") from None
+        except (parse_error, UnicodeDecodeError, RecursionError) as e:
+            hint = " (a JSON registry's name must end in .json)" if kind == "TOML" else ""
+            raise ConfigError(
+                f"registry file {p} is not valid {kind} (UTF-8){hint}: {e}"[:400]
+            ) from None
         except OSError as e:
             raise ConfigError(f"registry file {p} cannot be read: {e.strerror}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"registry file {p} must hold a table of models, not a {type(data).__name__}"
+            )
         return cls.from_dict(data)
 
     @classmethod

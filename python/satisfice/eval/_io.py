@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import DatasetError
@@ -55,13 +56,25 @@ def expand_paths(paths: Paths, suffixes: tuple[str, ...]) -> list[Path]:
     return out
 
 
+@contextlib.contextmanager
+def utf8(path: Path | str) -> Iterator[None]:
+    """Reading `path` as UTF-8: bytes that are not UTF-8 are a DatasetError naming the file
+    and where (a UnicodeDecodeError names neither)."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+        ) from None
+
+
 def read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """(header, [(line number, row)]) of a CSV file whose header has the `required` columns.
 
     Reads the whole file at once: outcome CSVs are tens of MB at most, and a loader that
     fails half-way must not leave a file handle open.
     """
-    with path.open(newline="", encoding="utf-8") as handle:
+    with utf8(path), path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         try:
             header = next(reader, None)

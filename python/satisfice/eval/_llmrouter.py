@@ -10,7 +10,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError
-from ._io import PathArg, Prices, TokenCounter, cost_usd, default_token_counter, unique_ids
+from ._io import (
+    PathArg,
+    Prices,
+    TokenCounter,
+    cost_usd,
+    default_token_counter,
+    unique_ids,
+    utf8,
+)
 from ._set import OutcomeSet
 
 __all__ = ["load_llmrouter", "read_llmrouter_prices"]
@@ -39,7 +47,7 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     try:
-        with path.open(encoding="utf-8") as handle:
+        with utf8(path), path.open(encoding="utf-8") as handle:
             return json.load(handle)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError
-from ._io import Paths, Prices, cost_usd, expand_paths, unique_ids
+from ._io import Paths, Prices, cost_usd, expand_paths, unique_ids, utf8
 from ._set import OutcomeSet
 
 __all__ = ["load_outcomes", "messages_to_text"]
@@ -152,7 +152,7 @@ def load_outcomes(
     """
     rows: list[_Row] = []
     for file in expand_paths(paths, (".jsonl",)):
-        with Path(file).open(encoding="utf-8") as handle:
+        with utf8(file), Path(file).open(encoding="utf-8") as handle:
             for line_no, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue

@@ -20,6 +20,7 @@ from ._io import (
     parse_score,
     read_csv,
     unique_ids,
+    utf8,
 )
 from ._set import OutcomeSet, concat, log, prompt_id
 
@@ -48,7 +49,7 @@ def _group_of(path: Path) -> str:
 
 def _read_contaminated(path: Path) -> set[str]:
     out: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
+    with utf8(path), path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

@@ -201,7 +201,7 @@ def _inputs(
     predictor_path = str(predictor) if predictor else raw.get("predictor")
     if predictor:
         policy = policy.replace(quality=QualityModel.load(predictor))
-    reg = Registry.from_toml(registry) if registry else Registry.default()
+    reg = Registry.load(registry) if registry else Registry.default()
     return path, policy, predictor_path, reg
 
 

@@ -166,7 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         extra.append(_load(args.train_format or args.format, args.train))
         progress.done()
     split = E.split_data(data, spec, extra)
-    registry = Registry.from_toml(args.registry) if args.registry else None
+    registry = Registry.load(args.registry) if args.registry else None
     notes: list[str] = []
     if split.train:
         if args.predictor:

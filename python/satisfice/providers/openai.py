@@ -226,6 +226,13 @@ class OpenAIProvider(HTTPProvider):
                             acc.name = text_field(fn.get("name"), f"{kind}.name") or acc.name
                             acc.args.append(text_field(fn.get(text), f"{kind}.{text}"))
                         finish = text_field(choice.get("finish_reason"), "finish_reason") or finish
+                    if finish is not None and usage is not None:
+                        # the answer is whole and counted (usage comes with or after the
+                        # finish): an upstream that sends no [DONE] and keeps the connection
+                        # open had the stream wait out its read timeout and then fail
+                        done = True
+                        await finish_stream(events)
+                        break
                 except PARSE_ERRORS as e:
                     why = f"bad stream event ({type(e).__name__}: {e})"
                     raise self._malformed(why) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from ._http import http_protocol
 from .app import Service, create_app
@@ -11,13 +12,13 @@ from .config import ServerConfig
 __all__ = ["ServerConfig", "Service", "create_app", "serve"]
 
 
-def serve(config: ServerConfig) -> None:
-    """Run the app under uvicorn until SIGINT/SIGTERM; in-flight requests and streams get
-    `shutdown_grace_s` to finish."""
+def serve(config: ServerConfig, app: Any = None) -> None:
+    """Run the app (by default `create_app(config)`) under uvicorn until SIGINT/SIGTERM;
+    in-flight requests and streams get `shutdown_grace_s` to finish."""
     import uvicorn
 
     uvicorn.run(
-        create_app(config, freeze_heap=True),  # the process is the server's own
+        app or create_app(config, freeze_heap=True),  # the process is the server's own
         host=config.host,
         port=config.port,
         log_level="warning",

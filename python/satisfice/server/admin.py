@@ -215,7 +215,7 @@ def admin_routes(svc: Service) -> list[Route]:
         from ..registry import Registry
 
         c = svc.config
-        reg = Registry.from_toml(c.registry_path) if c.registry_path else Registry.default()
+        reg = Registry.load(c.registry_path) if c.registry_path else Registry.default()
         pol = Policy.load(c.policy_path) if c.policy_path else None
         check_aliases(c.aliases, reg)  # as at start: a model renamed or dropped since
         svc.router.update(registry=reg, policy=pol)

@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from .. import _core
 from .._json import dumps, loads
+from .._watchdog import Deadlines
 from ..decision import Decision
 from ..errors import (
     AllAttemptsFailedError,
@@ -104,6 +105,7 @@ _ANTHROPIC_ERRORS = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout_error",
     413: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",
@@ -259,7 +261,7 @@ class Service:
         self.config = config
         self.freeze_heap = freeze_heap
         registry = (
-            Registry.from_toml(config.registry_path) if config.registry_path else Registry.default()
+            Registry.load(config.registry_path) if config.registry_path else Registry.default()
         )
         policy = Policy.load(config.policy_path) if config.policy_path else Policy()
         self.router = router or Router(registry, policy)
@@ -284,6 +286,15 @@ class Service:
         self._settling: set[asyncio.Task[Any]] = set()
         self._sync_warned_at = -math.inf
         self.refresher: Any = None
+        self._deadlines: Deadlines | None = None
+
+    def deadlines(self) -> Deadlines:
+        """The request bodies' time bounds, one timer on the running loop."""
+        loop = asyncio.get_running_loop()
+        d = self._deadlines
+        if d is None or d.loop is not loop:
+            d = self._deadlines = Deadlines(loop)
+        return d
 
     @property
     def master_key(self) -> str | None:
@@ -535,10 +546,16 @@ def _headers(scope: Mapping[str, Any]) -> dict[str, str]:
 
 
 async def _body(
-    receive: Callable[[], Awaitable[Any]], headers: Mapping[str, str], limit: int
+    receive: Callable[[], Awaitable[Any]],
+    headers: Mapping[str, str],
+    limit: int,
+    deadlines: Deadlines,
+    timeout: float,
 ) -> bytes:
     """The request body, read from ASGI `receive` as Starlette's `Request.stream()` reads it
-    (a disconnect raises ClientDisconnect); over `limit` bytes: 413."""
+    (a disconnect raises ClientDisconnect); over `limit` bytes: 413; not in full within
+    `timeout` seconds: 408, the connection closed (uvicorn has no such limit: a client
+    sending its body a byte at a time, or not at all, held a request open for good)."""
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPError(
@@ -546,8 +563,15 @@ async def _body(
         )
     chunks: list[bytes] = []
     size = 0
+    due = deadlines.loop.time() + timeout
     while True:
-        m = await receive()
+        try:
+            m = await deadlines.wait(receive(), due - deadlines.loop.time())
+        except TimeoutError:
+            raise HTTPError(
+                408, f"the request body was not received within {timeout:g} s",
+                "invalid_request_error", "request_timeout", {"connection": "close"},
+            ) from None  # fmt: skip
         if m["type"] == "http.request":
             chunk = m.get("body", b"")
             if chunk:
@@ -594,15 +618,19 @@ def create_app(
         failed: Exception | None = None
         try:
             headers = _headers(scope)
+            # The key before the body: a caller without one is refused unread. A key read in
+            # the last 30 s serves when admission will check it against the stored record
+            # (one round trip to Redis fewer): see `key_of`.
+            key = await svc.key_of(headers, cached=again is None)
+            cfg = svc.config
             raw = (
                 again
                 if again is not None
-                else await _body(receive, headers, svc.config.max_body_bytes)
+                else await _body(
+                    receive, headers, cfg.max_body_bytes, svc.deadlines(), cfg.body_timeout_s
+                )
             )
             body = _json(raw)
-            # A key read in the last 30 s serves when admission will check it against the
-            # stored record (one round trip to Redis fewer): see `key_of`.
-            key = await svc.key_of(headers, cached=again is None)
             # a refusal on the key's own terms before admission (its model list, tpm, an
             # unbounded cost) may be from a read up to 30 s old: taken again, read anew
             recheck = again is None and key is not None and _admitted(key)

@@ -4,6 +4,7 @@
 host = "127.0.0.1"          # anything but loopback requires keys (a master key)
 port = 4000
 max_body_bytes = 4194304
+body_timeout_s = 30         # a request body not received in full by then: 408
 shutdown_grace_s = 30
 master_key_env = "SATISFICE_MASTER_KEY"   # the admin API's key, read from this variable
 require_keys = false        # true: every /v1 request needs a virtual key, /metrics the master key
@@ -115,6 +116,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 4000
     max_body_bytes: int = 4 * 1024 * 1024
+    body_timeout_s: float = 30.0
     shutdown_grace_s: float = 30.0
     master_key_env: str = "SATISFICE_MASTER_KEY"
     require_keys: bool = False
@@ -187,6 +189,7 @@ class ServerConfig:
                 "host",
                 "port",
                 "max_body_bytes",
+                "body_timeout_s",
                 "shutdown_grace_s",
                 "master_key_env",
                 "require_keys",
@@ -257,6 +260,7 @@ class ServerConfig:
             max_body_bytes=_int(
                 srv.get("max_body_bytes", 4 << 20), "[server].max_body_bytes", 1024, 1 << 30
             ),
+            body_timeout_s=_num(srv.get("body_timeout_s", 30), "[server].body_timeout_s", 3600),
             shutdown_grace_s=_num(
                 srv.get("shutdown_grace_s", 30), "[server].shutdown_grace_s", 86_400
             ),
@@ -283,7 +287,7 @@ class ServerConfig:
             return cls()
         p = Path(path)
         try:
-            data = tomllib.loads(p.read_text("utf-8"))
+            data = tomllib.loads(p.read_text("utf-8-sig"))  # a byte-order mark is no error
         except FileNotFoundError:
             raise ConfigError(f"config file {p} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
