@@ -3,6 +3,7 @@ the upstreams being the project's local test upstream."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -457,6 +458,33 @@ def test_scheduled_probes_and_latencies_kept_across_a_restart(
     with running(again) as (_, app):  # a restart remembers what was measured
         snap = app.state.service.router.health()
         assert any(d["successes"] for d in snap.values())
+
+
+def test_an_answer_does_not_wait_for_its_settlement(served: Any) -> None:
+    """The settlement (a round trip to Redis on a shared store) had held every budgeted
+    answer; it lands after it now, and /admin/spend waits for it."""
+    url, app, *_ = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    k = httpx.post(url + "/admin/keys", headers=admin, json={"name": "s", "budget_usd": 1.0})
+    state = app.state.service.state
+    settle = state.settle
+
+    async def slow(*a: Any) -> None:
+        await asyncio.sleep(1.0)
+        await settle(*a)
+
+    state.settle = slow
+    try:
+        t = time.monotonic()
+        r = _client(url, k.json()["key"]).chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert time.monotonic() - t < 0.9
+        cost = float(r.headers["x-satisfice-cost-usd"])
+        (b,) = httpx.get(url + "/admin/spend", headers=admin).json()["budgets"]
+        assert b["spent_usd"] == pytest.approx(cost, abs=1e-8) and b["held_usd"] == 0
+    finally:
+        state.settle = settle
 
 
 def test_tool_definitions_count_in_the_budget_reservation(served: Any) -> None:

@@ -174,6 +174,7 @@ def admin_routes(svc: Service) -> list[Route]:
         return JSONResponse({"team": d["name"], "budget_usd": b.limit_usd, "period": b.period}, 201)
 
     async def spend(request: Request) -> Response:
+        await svc.settled()  # an answer already sent is in what this shows
         out = []
         teams = set()
         for k in await svc.state.list_keys():

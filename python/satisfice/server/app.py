@@ -394,8 +394,7 @@ class Service:
         if self.config.health_file:
             with contextlib.suppress(OSError):
                 self.health.save(self.config.health_file)
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        await self.settled()
         await self._settle_queued(deadline=time.monotonic() + 10.0)
         # uvicorn gave requests and streams their shutdown_grace_s already: no second grace
         await self.router.aclose(grace_s=1.0)
@@ -517,11 +516,19 @@ class Service:
             )
 
     def settle_soon(self, budgets: list[Budget], reserved: float, actual: float) -> None:
-        """Settle from a task of its own: for a stream whose client left (its generator is
-        being cancelled, and an await there would be cancelled with it)."""
+        """Settle from a task of its own: after an answer (which then does not wait for the
+        store), or for a stream whose client left (its generator is being cancelled, and an
+        await there would be cancelled with it). `settled()` waits for these."""
         t = asyncio.get_running_loop().create_task(self.settle(budgets, reserved, actual))
         self._settling.add(t)
         t.add_done_callback(self._settling.discard)
+
+
+    async def settled(self) -> None:
+        """Once this replica's settlements in flight have landed (or been queued): what
+        /admin/spend reads after an answer includes it."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
 
 def _admitted(key: VirtualKey) -> bool:
@@ -796,9 +803,11 @@ def create_app(
             res = await svc.router.chat(routed.messages, **opts)
             if reserved is not None:
                 budgets, held = reserved
-                reserved = None  # settled here, or queued by settle(): not again in finally
+                reserved = None  # settled below, not again in finally
                 cost = res.total_cost_usd
-                await svc.settle(budgets, held, cost if cost is not None else held)
+                # on a task of its own: the answer does not wait for a round trip to the
+                # store (the hold covers the cost until it lands; shutdown waits for it)
+                svc.settle_soon(budgets, held, cost if cost is not None else held)
             if routed.session:
                 await svc.state.set_pin(routed.session, res.model)
             out = wire.openai_response(res) if api == "openai" else wire.anthropic_response(res)
