@@ -521,7 +521,13 @@ class Service:
         await there would be cancelled with it). `settled()` waits for these."""
         t = asyncio.get_running_loop().create_task(self.settle(budgets, reserved, actual))
         self._settling.add(t)
-        t.add_done_callback(self._settling.discard)
+        t.add_done_callback(self._settle_done)
+
+    def _settle_done(self, t: asyncio.Task[Any]) -> None:
+        self._settling.discard(t)
+        e = None if t.cancelled() else t.exception()
+        if e is not None:  # the type alone, as for a request's error (a message may quote)
+            _log.error("settlement failed: %s", type(e).__name__, extra={"event": "internal"})
 
 
     async def settled(self) -> None:
