@@ -472,6 +472,14 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     rb.write_bytes(rb.read_bytes().replace(b"['p']", b"['caf\xe9']"))
     with pytest.raises(DatasetError, match=r"rb\.csv: not UTF-8 text \(byte \d+"):
         ds.load_routerbench(rb)
+    # far into a file: the file's offset, not the decoder's chunk's
+    rows = [rb_row(i, f"s{i}", "p" * 50, "g", ["1", "1"]) for i in range(2000)]
+    big = write_csv(tmp_path / "big.csv", RB_HEADER, rows)
+    data = big.read_bytes()
+    at = len(data) - 100
+    big.write_bytes(data[:at] + b"\xe9" + data[at + 1 :])
+    with pytest.raises(DatasetError, match=rf"big\.csv: not UTF-8 text \(byte {at}:"):
+        ds.load_routerbench(big)
     jl = tmp_path / "o.jsonl"
     jl.write_bytes(b'{"prompt": "caf\xe9"}\n')
     with pytest.raises(DatasetError, match=r"o\.jsonl: not UTF-8 text"):

@@ -223,6 +223,30 @@ def test_a_body_sent_too_slowly_gets_408_and_the_connection_closed(served: Any) 
     assert r.status_code == 200, r.text
 
 
+def test_a_key_revoked_while_its_body_arrives_is_refused(served: Any) -> None:
+    """The key is read before the body (a caller without one is refused unread); a body that
+    takes its time has the key read again once it is in, so a revoke meanwhile holds."""
+    import socket
+
+    url, *_ = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    k = httpx.post(url + "/admin/keys", headers=admin, json={"name": "slow-body"}).json()
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hi"}]})
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {k['key']}"
+        f"\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode()
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head + body[:10].encode())
+        time.sleep(0.2)
+        r = httpx.delete(url + f"/admin/keys/{k['id']}", headers=admin)
+        assert r.json()["revoked"]
+        s.sendall(body[10:].encode())
+        got = s.recv(65536)
+    assert got.startswith(b"HTTP/1.1 401 ") and b"key_revoked" in got, got[:300]
+
+
 def test_anthropic_client_plain_and_streamed(served: Any) -> None:
     url, *_ = served
     c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
@@ -375,10 +399,12 @@ def test_where_keys_are_required_metrics_need_the_master_key(
             model="auto", messages=[{"role": "user", "content": "hi"}]
         )
         # a caller without a key is refused before its body is read: it need not send one
-        got, first, _ = _raw_request(url, (
+        got, first, closed = _raw_request(url, (
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 4000000"
             b"\r\n\r\n"), wait=3.0)  # fmt: skip
         assert got.startswith(b"HTTP/1.1 401 ") and first < 2.5, got[:200]
+        # and the connection closed: it is not left to carry (or wait for) that body
+        assert b"connection: close" in got.lower() and closed
         for headers in ({}, {"authorization": f"Bearer {k['key']}"}):
             r = httpx.get(url + "/metrics", headers=headers)
             assert r.status_code == 401 and "team-secret" not in r.text

@@ -63,9 +63,15 @@ def utf8(path: Path | str) -> Iterator[None]:
     try:
         yield
     except UnicodeDecodeError as exc:
-        raise DatasetError(
-            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
-        ) from None
+        # the error's offset is within the decoder's chunk: the file's, decoded whole
+        try:
+            Path(path).read_bytes().decode("utf-8")
+            at = f"{exc.reason}"
+        except UnicodeDecodeError as whole:
+            at = f"byte {whole.start}: {whole.reason}"
+        except OSError:
+            at = f"{exc.reason}"
+        raise DatasetError(f"{path}: not UTF-8 text ({at}); save it as UTF-8") from None
 
 
 def read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[tuple[int, list[str]]]]:

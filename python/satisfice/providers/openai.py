@@ -181,61 +181,66 @@ class OpenAIProvider(HTTPProvider):
             last: Any = None
             done = False
             events = sse_events(resp)
-            async for _, data in events:
-                if data == "[DONE]":
-                    done = True
-                    await finish_stream(events)
-                    break
-                try:
-                    chunk = parse_json(data)
-                    if "error" in chunk:
-                        raise error_from_response(
-                            500, resp.headers, data.encode(), self.model_id, self.deployment
-                        )
-                    last = chunk
-                    if chunk.get("usage"):
-                        usage = _usage(chunk["usage"])
-                    for choice in chunk.get("choices") or ():
-                        delta = choice.get("delta") or {}
-                        piece = text_field(delta.get("content"), "delta.content")
-                        if piece:
-                            parts.append(piece)
-                            yield piece
-                        refusal.append(text_field(delta.get("refusal"), "delta.refusal"))
-                        for tc in delta.get("tool_calls") or ():
-                            call_id = text_field(tc.get("id"), "tool_calls[].id")
-                            if tc.get("index") is not None:
-                                i = token_count(tc["index"], "tool_calls[].index")
-                            else:
-                                # Some upstreams (Gemini's) stream each call whole, with no
-                                # index: a new id starts the next call, no id continues one.
-                                i = max(tools, default=0)
-                                if call_id and tools and tools[i].id not in ("", call_id):
-                                    i += 1
-                            if i not in tools and len(tools) >= 128:
-                                raise ValueError("more than 128 tool calls in one answer")
-                            acc = tools.setdefault(i, _ToolAcc())
-                            if not acc.id and not acc.name and _custom(tc):
-                                acc.type = "custom"  # its first piece says; free text follows
-                            acc.id = call_id or acc.id
-                            kind, text = (
-                                ("custom", "input") if acc.type == "custom" else
-                                ("function", "arguments")
-                            )  # fmt: skip
-                            fn = tc.get(kind) or {}
-                            acc.name = text_field(fn.get("name"), f"{kind}.name") or acc.name
-                            acc.args.append(text_field(fn.get(text), f"{kind}.{text}"))
-                        finish = text_field(choice.get("finish_reason"), "finish_reason") or finish
-                    if finish is not None and usage is not None:
-                        # the answer is whole and counted (usage comes with or after the
-                        # finish): an upstream that sends no [DONE] and keeps the connection
-                        # open had the stream wait out its read timeout and then fail
+            try:
+                async for _, data in events:
+                    if data == "[DONE]":
                         done = True
                         await finish_stream(events)
                         break
-                except PARSE_ERRORS as e:
-                    why = f"bad stream event ({type(e).__name__}: {e})"
-                    raise self._malformed(why) from None
+                    try:
+                        chunk = parse_json(data)
+                        if "error" in chunk:
+                            raise error_from_response(
+                                500, resp.headers, data.encode(), self.model_id, self.deployment
+                            )
+                        last = chunk
+                        if chunk.get("usage"):
+                            usage = _usage(chunk["usage"])
+                        for choice in chunk.get("choices") or ():
+                            delta = choice.get("delta") or {}
+                            piece = text_field(delta.get("content"), "delta.content")
+                            if piece:
+                                parts.append(piece)
+                                yield piece
+                            refusal.append(text_field(delta.get("refusal"), "delta.refusal"))
+                            for tc in delta.get("tool_calls") or ():
+                                call_id = text_field(tc.get("id"), "tool_calls[].id")
+                                if tc.get("index") is not None:
+                                    i = token_count(tc["index"], "tool_calls[].index")
+                                else:
+                                    # Some upstreams (Gemini's) stream each call whole, with no
+                                    # index: a new id starts the next call, no id continues one.
+                                    i = max(tools, default=0)
+                                    if call_id and tools and tools[i].id not in ("", call_id):
+                                        i += 1
+                                if i not in tools and len(tools) >= 128:
+                                    raise ValueError("more than 128 tool calls in one answer")
+                                acc = tools.setdefault(i, _ToolAcc())
+                                if not acc.id and not acc.name and _custom(tc):
+                                    acc.type = "custom"  # its first piece says; free text follows
+                                acc.id = call_id or acc.id
+                                kind, text = (
+                                    ("custom", "input") if acc.type == "custom" else
+                                    ("function", "arguments")
+                                )  # fmt: skip
+                                fn = tc.get(kind) or {}
+                                acc.name = text_field(fn.get("name"), f"{kind}.name") or acc.name
+                                acc.args.append(text_field(fn.get(text), f"{kind}.{text}"))
+                            finish = (
+                                text_field(choice.get("finish_reason"), "finish_reason") or finish
+                            )
+                    except PARSE_ERRORS as e:
+                        why = f"bad stream event ({type(e).__name__}: {e})"
+                        raise self._malformed(why) from None
+            except httpx.ReadTimeout:
+                if finish is None or usage is None:
+                    raise
+                # The answer is whole and counted (its finish and usage are in) and then the
+                # upstream went quiet, sending no [DONE] and holding the connection: the
+                # answer, not a lost one. Reading on until [DONE] or the body's end is what
+                # bills right: usage may come before the finish and be updated after it, and
+                # content may follow a finish (other choices, tool-call arguments).
+                done = True
             if not done and finish is None:
                 raise self._malformed("the stream ended before [DONE]")
             calls = [

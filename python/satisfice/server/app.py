@@ -529,7 +529,6 @@ class Service:
         if e is not None:  # the type alone, as for a request's error (a message may quote)
             _log.error("settlement failed: %s", type(e).__name__, extra={"event": "internal"})
 
-
     async def settled(self) -> None:
         """Once this replica's settlements in flight have landed (or been queued): what
         /admin/spend reads after an answer includes it."""
@@ -544,6 +543,8 @@ def _admitted(key: VirtualKey) -> bool:
 
 
 _CONSTRAINT_KEYS = frozenset(Constraints.__match_args__)  # what routing takes per request
+# A body that took longer to arrive than this has its caller's key read again once it is in.
+_BODY_WAIT_S = 0.01
 
 
 def _headers(scope: Mapping[str, Any]) -> dict[str, str]:
@@ -571,9 +572,10 @@ async def _body(
     sending its body a byte at a time, or not at all, held a request open for good)."""
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPError(
-            413, f"request body over {limit} bytes", "invalid_request_error", "body_too_large"
-        )
+        raise HTTPError(  # unread: the connection cannot carry another request
+            413, f"request body over {limit} bytes", "invalid_request_error", "body_too_large",
+            {"connection": "close"},
+        )  # fmt: skip
     chunks: list[bytes] = []
     size = 0
     due = deadlines.loop.time() + timeout
@@ -593,7 +595,7 @@ async def _body(
                 if size > limit:
                     raise HTTPError(
                         413, f"request body over {limit} bytes", "invalid_request_error",
-                        "body_too_large",
+                        "body_too_large", {"connection": "close"},
                     )  # fmt: skip
             if not m.get("more_body", False):
                 break
@@ -634,15 +636,27 @@ def create_app(
             # The key before the body: a caller without one is refused unread. A key read in
             # the last 30 s serves when admission will check it against the stored record
             # (one round trip to Redis fewer): see `key_of`.
-            key = await svc.key_of(headers, cached=again is None)
-            cfg = svc.config
-            raw = (
-                again
-                if again is not None
-                else await _body(
-                    receive, headers, cfg.max_body_bytes, svc.deadlines(), cfg.body_timeout_s
+            cached = again is None
+            try:
+                key = await svc.key_of(headers, cached=cached)
+            except (HTTPError, SatisficeError) as e:
+                # its body is left unread, so the connection cannot carry another request
+                # (one trickling that body in would hold it open for good)
+                he = e if isinstance(e, HTTPError) else http_error(e)
+                he.headers["connection"] = "close"
+                raise he from None
+            if again is None:
+                cfg, deadlines = svc.config, svc.deadlines()
+                started = deadlines.loop.time()
+                raw = await _body(
+                    receive, headers, cfg.max_body_bytes, deadlines, cfg.body_timeout_s
                 )
-            )
+                if deadlines.loop.time() - started > _BODY_WAIT_S:
+                    # the key as it stands once the body is in: its sender chose how long
+                    # that took, and a revoke or a new model list meanwhile must hold
+                    key = await svc.key_of(headers, cached=cached)
+            else:
+                raw = again
             body = _json(raw)
             # a refusal on the key's own terms before admission (its model list, tpm, an
             # unbounded cost) may be from a read up to 30 s old: taken again, read anew
