@@ -39,8 +39,9 @@ The contenders:
 
 `--against DIR` adds `satisfice serve` from another build's python directory (on
 PYTHONPATH), measured in the same rounds: wall time here moves between runs by more than a
-change to the served path, so two builds are compared in one run. `--skip-redis` leaves the
-Redis row out.
+change to the served path, so two builds are compared in one run (with Redis, each build's
+Redis row too, each on its own database of the one redis-server). `--skip-redis` leaves the
+Redis rows out.
 
 After a warm-up of every path, three measurements are taken, contender by contender and
 round by round (the order rotating each round) so that drift on the machine hits all alike:
@@ -620,20 +621,24 @@ def main() -> None:
             notes.append("satisfice serve, Redis + key: left out, redis-server is not installed.")
         else:
             redis_url = stack.enter_context(redis_server(tmp))
-            base, _ = stack.enter_context(satisfice_serve(tmp, registry, "redis", redis_url))
-            r = httpx.post(
-                base + "/admin/keys",
-                json={"name": "bench", "budget_usd": 1_000_000, "rpm": 100_000_000},
-                headers={"authorization": f"Bearer {MASTER_KEY}"},
-                timeout=10,
-            )
-            r.raise_for_status()
-            auth = {"authorization": f"Bearer {r.json()['key']}"}
-            contenders.append(
-                Contender(
-                    "satisfice serve, Redis + key", base + "/v1/chat/completions", "auto", auth
+            builds = [("", None), *([(f", {args.against}", args.against)] if args.against else [])]
+            for i, (suffix, python_dir) in enumerate(builds):  # each its own key and database
+                db_url = redis_url.rsplit("/", 1)[0] + f"/{i}"
+                base, _ = stack.enter_context(
+                    satisfice_serve(tmp, registry, f"redis{i}", db_url, python_dir=python_dir)
                 )
-            )
+                r = httpx.post(
+                    base + "/admin/keys",
+                    json={"name": "bench", "budget_usd": 1_000_000, "rpm": 100_000_000},
+                    headers={"authorization": f"Bearer {MASTER_KEY}"},
+                    timeout=10,
+                )
+                r.raise_for_status()
+                auth = {"authorization": f"Bearer {r.json()['key']}"}
+                contenders.append(
+                    Contender(f"satisfice serve, Redis + key{suffix}",
+                              base + "/v1/chat/completions", "auto", auth)
+                )  # fmt: skip
         try:
             base = stack.enter_context(litellm_proxy(tmp, url, wire))
         except RuntimeError as e:
