@@ -898,3 +898,28 @@ def test_serve_freezes_its_heap_once_ready_and_a_mounted_app_leaves_it(
         assert asyncio.run(ready(made[0])) > 10_000
     finally:
         gc.unfreeze()  # the rest of the test session collects as before
+
+
+async def test_a_cancelled_wait_for_settlements_leaves_them_running() -> None:
+    """`Service.settled()` (which /admin/spend and shutdown await) had gathered the
+    settlement tasks: cancelling the wait cancelled them, and their spend was never counted
+    while their hold stayed."""
+    from satisfice.server import Service
+    from satisfice.server.state import Budget
+
+    svc = Service(ServerConfig())
+    state = svc.state
+    b = Budget("key:k1", 1.0, "total").pinned(hold="h1")
+    assert await state.admit([b], 0.5) is None
+    settle = state.settle
+
+    async def slow(*a: Any) -> None:
+        await asyncio.sleep(0.2)
+        await settle(*a)
+
+    state.settle = slow  # type: ignore[method-assign]
+    svc.settle_soon([b], 0.5, 0.3)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(svc.settled(), 0.05)
+    await asyncio.sleep(0.4)
+    assert await state.spent(b) == pytest.approx((0.3, 0.0))

@@ -342,6 +342,18 @@ _AFTER_FINISH = {  # what comes with or after a finish, read to the end
 
 
 @pytest.mark.parametrize("case", list(_AFTER_FINISH))
+async def test_silence_before_the_last_usage_is_a_cut_answer(up: Upstream, case: str) -> None:
+    """A finish and a usage both in, then silence before the stream's last event: a cut
+    answer (billed at an estimate), not a whole one with a usage that was not the last."""
+    events, *_ = _AFTER_FINISH[case]
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events[:-1])
+    up.script[:] = [send(response(body, end=False), end="hang")]
+    async with client("pooled") as c:
+        _, final = await stream(provider("oa", c, up.url), timeout=0.5)
+    assert isinstance(final, RetryableError), final
+
+
+@pytest.mark.parametrize("case", list(_AFTER_FINISH))
 async def test_what_follows_a_finish_is_read_and_billed(up: Upstream, case: str) -> None:
     events, text, billed, args = _AFTER_FINISH[case]
     body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)

@@ -179,7 +179,7 @@ class OpenAIProvider(HTTPProvider):
             finish: str | None = None
             usage: Usage | None = None
             last: Any = None
-            done = False
+            done = counted = False
             events = sse_events(resp)
             try:
                 async for _, data in events:
@@ -194,6 +194,8 @@ class OpenAIProvider(HTTPProvider):
                                 500, resp.headers, data.encode(), self.model_id, self.deployment
                             )
                         last = chunk
+                        # the usage-only chunk after the finish: the stream's last but [DONE]
+                        counted = finish is not None and not chunk.get("choices")
                         if chunk.get("usage"):
                             usage = _usage(chunk["usage"])
                         for choice in chunk.get("choices") or ():
@@ -233,13 +235,14 @@ class OpenAIProvider(HTTPProvider):
                         why = f"bad stream event ({type(e).__name__}: {e})"
                         raise self._malformed(why) from None
             except httpx.ReadTimeout:
-                if finish is None or usage is None:
+                if not counted or usage is None:
                     raise
-                # The answer is whole and counted (its finish and usage are in) and then the
-                # upstream went quiet, sending no [DONE] and holding the connection: the
-                # answer, not a lost one. Reading on until [DONE] or the body's end is what
-                # bills right: usage may come before the finish and be updated after it, and
-                # content may follow a finish (other choices, tool-call arguments).
+                # The usage-only chunk that follows the finish came last (all that comes
+                # before [DONE]), then the upstream went quiet, holding the connection: the
+                # answer, not a lost one. Any earlier silence is a cut answer: usage may come
+                # before the finish and be updated after it, content may follow a finish
+                # (other choices, tool-call arguments), and some upstreams send a finish and
+                # a usage on every chunk. Reading on to [DONE] is what bills right.
                 done = True
             if not done and finish is None:
                 raise self._malformed("the stream ended before [DONE]")

@@ -531,9 +531,10 @@ class Service:
 
     async def settled(self) -> None:
         """Once this replica's settlements in flight have landed (or been queued): what
-        /admin/spend reads after an answer includes it."""
+        /admin/spend reads after an answer includes it. A wait that is cancelled leaves
+        them running (gather() would cancel them with it, and their spend with them)."""
         if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+            await asyncio.wait(set(self._settling))
 
 
 def _admitted(key: VirtualKey) -> bool:
