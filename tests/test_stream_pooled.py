@@ -303,6 +303,19 @@ async def test_a_whole_counted_answer_then_silence_is_the_answer(up: Upstream, p
     async with client(path) as c:
         _, final = await stream(provider("oa", c, up.url), timeout=0.5)
     assert isinstance(final, RetryableError), final
+    # Anthropic's: message_delta (and a ping) last, then silence: the answer
+    body = an_sse().removesuffix(an_event("message_stop")) + an_event("ping")
+    up.script[:] = [send(response(body, end=False), end="hang")]
+    async with client(path) as c:
+        pieces, final = await stream(provider("an", c, up.url), timeout=0.5)
+    assert pieces == ["Hel", "lo"] and isinstance(final, ChatResponse), final
+    assert final.usage is not None and final.usage.completion_tokens == 3
+    # silence before message_delta: a cut answer
+    body = an_sse().split(b"event: message_delta")[0]
+    up.script[:] = [send(response(body, end=False), end="hang")]
+    async with client(path) as c:
+        _, final = await stream(provider("an", c, up.url), timeout=0.5)
+    assert isinstance(final, RetryableError), final
 
 
 def _chunk(content: str | None = None, finish: str | None = None, usage: int | None = None,

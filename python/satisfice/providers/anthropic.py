@@ -355,70 +355,83 @@ class AnthropicProvider(HTTPProvider):
             stop: str | None = None
             seq_hit: str | None = None  # the stop sequence that ended it, when told
             last: Any = None
-            ended = False
+            ended = closing = False
             events = sse_events(resp)
-            async for _, data in events:
-                try:
-                    ev = parse_json(data)
-                    kind = ev["type"]
-                    last = ev
-                    if kind == "content_block_delta":
-                        d = ev["delta"]
-                        if d["type"] == "text_delta":
-                            piece = text_field(d["text"], "text_delta.text")
-                            parts.append(piece)
-                            yield piece
-                        elif d["type"] == "input_json_delta":
-                            t = tools[ev["index"]]
-                            piece = text_field(d["partial_json"], "partial_json")
-                            t[2].append(piece)
-                            if t[1] == _JSON_TOOL and piece:
+            try:
+                async for _, data in events:
+                    try:
+                        ev = parse_json(data)
+                        kind = ev["type"]
+                        last = ev
+                        if kind != "ping":  # message_delta last: all but message_stop is in
+                            closing = kind == "message_delta"
+                        if kind == "content_block_delta":
+                            d = ev["delta"]
+                            if d["type"] == "text_delta":
+                                piece = text_field(d["text"], "text_delta.text")
+                                parts.append(piece)
                                 yield piece
-                    elif kind == "content_block_start":
-                        b = ev["content_block"]
-                        if b["type"] == "tool_use":
-                            if len(tools) >= 128:
-                                raise ValueError("more than 128 tool calls in one answer")
-                            tools[token_count(ev["index"], "content_block.index")] = (
-                                text_field(b["id"], "tool_use.id"),
-                                text_field(b["name"], "tool_use.name"),
-                                [],
+                            elif d["type"] == "input_json_delta":
+                                t = tools[ev["index"]]
+                                piece = text_field(d["partial_json"], "partial_json")
+                                t[2].append(piece)
+                                if t[1] == _JSON_TOOL and piece:
+                                    yield piece
+                        elif kind == "content_block_start":
+                            b = ev["content_block"]
+                            if b["type"] == "tool_use":
+                                if len(tools) >= 128:
+                                    raise ValueError("more than 128 tool calls in one answer")
+                                tools[token_count(ev["index"], "content_block.index")] = (
+                                    text_field(b["id"], "tool_use.id"),
+                                    text_field(b["name"], "tool_use.name"),
+                                    [],
+                                )
+                        elif kind == "message_start":
+                            usage_in = ev["message"].get("usage") or {}
+                        elif kind == "message_delta":
+                            said = (ev.get("delta") or {}).get("stop_reason")
+                            stop = text_field(said, "stop_reason") or stop
+                            seq = (ev.get("delta") or {}).get("stop_sequence")
+                            seq_hit = text_field(seq, "stop_sequence") or seq_hit
+                            u = ev.get("usage") or {}
+                            if u.get("output_tokens") is not None:
+                                out_tokens = u["output_tokens"]  # checked by _usage
+                            for k in (
+                                "input_tokens",
+                                "cache_read_input_tokens",
+                                "cache_creation_input_tokens",
+                            ):
+                                if u.get(k) is not None:
+                                    usage_in[k] = u[k]
+                        elif kind == "message_stop":
+                            ended = True
+                            await finish_stream(events)
+                            break
+                        elif kind == "error":
+                            err = ev.get("error") or {}
+                            msg = (
+                                f"{self.model_id} via {self.deployment}: error event in the "
+                                f"stream: {err.get('type')}: "
+                                f"{str(err.get('message', ''))[:300]}"
                             )
-                    elif kind == "message_start":
-                        usage_in = ev["message"].get("usage") or {}
-                    elif kind == "message_delta":
-                        said = (ev.get("delta") or {}).get("stop_reason")
-                        stop = text_field(said, "stop_reason") or stop
-                        seq = (ev.get("delta") or {}).get("stop_sequence")
-                        seq_hit = text_field(seq, "stop_sequence") or seq_hit
-                        u = ev.get("usage") or {}
-                        if u.get("output_tokens") is not None:
-                            out_tokens = u["output_tokens"]  # checked by _usage
-                        for k in (
-                            "input_tokens",
-                            "cache_read_input_tokens",
-                            "cache_creation_input_tokens",
-                        ):
-                            if u.get(k) is not None:
-                                usage_in[k] = u[k]
-                    elif kind == "message_stop":
-                        ended = True
-                        await finish_stream(events)
-                        break
-                    elif kind == "error":
-                        err = ev.get("error") or {}
-                        msg = (
-                            f"{self.model_id} via {self.deployment}: error event in the stream: "
-                            f"{err.get('type')}: {str(err.get('message', ''))[:300]}"
-                        )
-                        cls = (
-                            RetryableError
-                            if err.get("type") in _RETRYABLE_EVENTS
-                            else ProviderError
-                        )
-                        raise cls(msg, model=self.model_id, deployment=self.deployment)
-                except PARSE_ERRORS as e:
-                    raise self._malformed(f"bad stream event ({type(e).__name__}: {e})") from None
+                            cls = (
+                                RetryableError
+                                if err.get("type") in _RETRYABLE_EVENTS
+                                else ProviderError
+                            )
+                            raise cls(msg, model=self.model_id, deployment=self.deployment)
+                    except PARSE_ERRORS as e:
+                        raise self._malformed(
+                            f"bad stream event ({type(e).__name__}: {e})"
+                        ) from None
+            except httpx.ReadTimeout:
+                if not (closing and stop and out_tokens is not None):
+                    raise
+                # message_delta (the stop reason and the output's count) came last, all that
+                # comes before message_stop, then the upstream went quiet holding the
+                # connection: the answer, not a lost one (as for OpenAI's usage chunk)
+                ended = True
             if not ended:
                 raise self._malformed("the stream ended before message_stop")
             calls = [  # a tool_use with an empty input streams no JSON: it is {}
