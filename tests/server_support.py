@@ -19,7 +19,8 @@ from .servers import free_port
 @contextlib.contextmanager
 def running(config: ServerConfig | None = None, router: Any = None) -> Iterator[tuple[str, Any]]:
     """Yields (base URL, app). Stops the server (graceful) on exit."""
-    app = create_app(config or ServerConfig(), router=router)
+    config = config or ServerConfig()
+    app = create_app(config, router=router)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -28,7 +29,7 @@ def running(config: ServerConfig | None = None, router: Any = None) -> Iterator[
             port=port,
             log_level="error",
             lifespan="on",
-            http=http_protocol(),  # as `satisfice serve` runs it
+            http=http_protocol(config.read_timeout_s),  # as `satisfice serve` runs it
         )
     )
     t = threading.Thread(target=server.run, daemon=True)

@@ -203,7 +203,7 @@ def test_a_body_sent_too_slowly_gets_408_and_the_connection_closed(served: Any) 
     # uvicorn has no bound on a request body's arrival: a client that sent its head and part
     # of its body (or none of it) held the request, and its connection, for good
     url, app, *_ = served
-    app.state.service.config.body_timeout_s = 0.5
+    app.state.service.config.read_timeout_s = 0.5
     head = (
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
         b"\r\ncontent-length: 100\r\n\r\n"
@@ -221,6 +221,46 @@ def test_a_body_sent_too_slowly_gets_408_and_the_connection_closed(served: Any) 
         content=iter([b'{"model": "auto", ', b'"messages": [{"role": "user", "content": "hi"}]}']),
     )
     assert r.status_code == 200, r.text
+
+
+def test_a_head_that_does_not_arrive_in_time_closes_its_connection(
+    upstream: LocalUpstream,
+) -> None:
+    """uvicorn bounds only the idle time between requests (its keep-alive timeout, which
+    the first byte of a head cancels): a client that connected and sent nothing, or a head
+    a byte at a time, held its connection for good."""
+    import socket
+
+    router = Router(registry(upstream.url), Policy(quality_floor=0.5))
+    with running(ServerConfig(read_timeout_s=1.0), router) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n"
+        for trickle in (b"", head):
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                t = time.monotonic()
+                closed = False
+                for i in range(len(trickle) or 1):
+                    try:
+                        s.sendall(trickle[i : i + 1])
+                        s.settimeout(0.1)
+                        closed = s.recv(1024) == b""
+                    except TimeoutError:
+                        pass
+                    except OSError:
+                        closed = True
+                    if closed:
+                        break
+                    time.sleep(0.1)
+                s.settimeout(5)
+                if not closed:
+                    closed = s.recv(1024) == b""
+                assert closed and 0.9 < time.monotonic() - t < 4.0
+        # a head in time is served as ever
+        r = httpx.post(
+            url + "/v1/chat/completions",
+            json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert r.status_code == 200, r.text
 
 
 def test_a_key_revoked_while_its_body_arrives_is_refused(served: Any) -> None:

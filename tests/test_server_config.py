@@ -14,8 +14,8 @@ from satisfice.server import ServerConfig
 BAD = [
     ("[server]\nshutdown_grace_s = inf\n", "shutdown_grace_s"),
     ("[server]\nshutdown_grace_s = nan\n", "shutdown_grace_s"),
-    ("[server]\nbody_timeout_s = 0\n", "body_timeout_s"),
-    ('[server]\nbody_timeout_s = "30"\n', "body_timeout_s"),
+    ("[server]\nread_timeout_s = 0\n", "read_timeout_s"),
+    ('[server]\nread_timeout_s = "30"\n', "read_timeout_s"),
     ("[server]\nport = 70000\n", "port"),
     ("[server]\nwhat = 1\n", "unknown field"),
     ('[registry]\nrefresh = { source = "nope" }\n', "refresh.source"),
@@ -213,9 +213,9 @@ def test_files_saved_with_a_byte_order_mark_are_read(tmp_path: Path) -> None:
     from satisfice import Policy, Registry
 
     cfg = tmp_path / "s.toml"
-    cfg.write_bytes(b"\xef\xbb\xbf[server]\nport = 4100\nbody_timeout_s = 5\n")
+    cfg.write_bytes(b"\xef\xbb\xbf[server]\nport = 4100\nread_timeout_s = 5\n")
     c = ServerConfig.load(cfg)
-    assert (c.port, c.body_timeout_s) == (4100, 5.0)
+    assert (c.port, c.read_timeout_s) == (4100, 5.0)
     reg = tmp_path / "r.toml"
     reg.write_bytes(b"\xef\xbb\xbf" + Registry.default().to_toml().encode())
     assert len(Registry.load(reg)) == len(Registry.default())

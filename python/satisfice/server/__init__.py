@@ -27,5 +27,5 @@ def serve(config: ServerConfig, app: Any = None) -> None:
         access_log=False,
         # nothing reads the client's address, so X-Forwarded-* need no middleware per request
         proxy_headers=False,
-        http=http_protocol(),
+        http=http_protocol(config.read_timeout_s),
     )

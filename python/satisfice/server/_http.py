@@ -1,4 +1,5 @@
-"""uvicorn's HTTP/1.1 protocol, with a response's head and body sent in one write."""
+"""uvicorn's HTTP/1.1 protocol, with a response's head and body sent in one write and a
+bound on how long a request's head may take to arrive."""
 
 from __future__ import annotations
 
@@ -9,19 +10,61 @@ from typing import Any
 __all__ = ["http_protocol"]
 
 
-def http_protocol() -> Any:
+def http_protocol(head_timeout_s: float = 30.0) -> Any:
     """uvicorn's `http=` for `satisfice serve`: httptools' protocol with writes joined
-    (`_OneWrite`), else uvicorn's own choice (h11, where httptools is not installed)."""
+    (`_OneWrite`) and a connection closed when a request's head has not arrived in full
+    `head_timeout_s` after the connection opened or the head began; else uvicorn's own
+    choice (h11, where httptools is not installed). uvicorn bounds only the idle time
+    between requests (its keep-alive timeout, which the first byte of a head cancels): a
+    client that opened a connection and sent nothing, or a head a byte at a time, held the
+    connection for good."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
         return "auto"
 
     class OneWriteProtocol(HttpToolsProtocol):
+        # One timer for every connection of the server, not one per request: it sweeps
+        # the connections once a second while there are any.
+        _sweeping = False
+        _head_since: float | None = None  # when the head being awaited began
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(_OneWrite(transport, self.loop))  # type: ignore[arg-type]
+            self._head_since = self.loop.time()
+            cls = type(self)
+            if not cls._sweeping:
+                cls._sweeping = True
+                self.loop.call_later(_SWEEP_S, self._sweep)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._head_since is None:
+                self._head_since = self.loop.time()
+
+        def on_headers_complete(self) -> None:
+            self._head_since = None
+            super().on_headers_complete()
+
+        def _sweep(self) -> None:
+            cls = type(self)
+            late = self.loop.time() - head_timeout_s
+            for conn in list(self.connections):
+                if not isinstance(conn, OneWriteProtocol):
+                    continue
+                since = conn._head_since
+                if since is not None and since < late and not conn.transport.is_closing():
+                    conn._head_since = None
+                    conn.transport.close()  # nothing was read that a response could answer
+            if self.connections:
+                self.loop.call_later(_SWEEP_S, self._sweep)
+            else:
+                cls._sweeping = False
 
     return OneWriteProtocol
+
+
+_SWEEP_S = 1.0  # how often the heads' deadline is checked: a head may take up to this longer
 
 
 class _OneWrite:

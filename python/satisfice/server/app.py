@@ -650,7 +650,7 @@ def create_app(
                 cfg, deadlines = svc.config, svc.deadlines()
                 started = deadlines.loop.time()
                 raw = await _body(
-                    receive, headers, cfg.max_body_bytes, deadlines, cfg.body_timeout_s
+                    receive, headers, cfg.max_body_bytes, deadlines, cfg.read_timeout_s
                 )
                 if deadlines.loop.time() - started > _BODY_WAIT_S:
                     # the key as it stands once the body is in: its sender chose how long

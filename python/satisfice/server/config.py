@@ -4,7 +4,7 @@
 host = "127.0.0.1"          # anything but loopback requires keys (a master key)
 port = 4000
 max_body_bytes = 4194304
-body_timeout_s = 30         # a request body not received in full by then: 408
+read_timeout_s = 30         # a request head not in by then: closed; a body: 408
 shutdown_grace_s = 30
 master_key_env = "SATISFICE_MASTER_KEY"   # the admin API's key, read from this variable
 require_keys = false        # true: every /v1 request needs a virtual key, /metrics the master key
@@ -116,7 +116,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 4000
     max_body_bytes: int = 4 * 1024 * 1024
-    body_timeout_s: float = 30.0
+    read_timeout_s: float = 30.0
     shutdown_grace_s: float = 30.0
     master_key_env: str = "SATISFICE_MASTER_KEY"
     require_keys: bool = False
@@ -189,7 +189,7 @@ class ServerConfig:
                 "host",
                 "port",
                 "max_body_bytes",
-                "body_timeout_s",
+                "read_timeout_s",
                 "shutdown_grace_s",
                 "master_key_env",
                 "require_keys",
@@ -260,7 +260,7 @@ class ServerConfig:
             max_body_bytes=_int(
                 srv.get("max_body_bytes", 4 << 20), "[server].max_body_bytes", 1024, 1 << 30
             ),
-            body_timeout_s=_num(srv.get("body_timeout_s", 30), "[server].body_timeout_s", 3600),
+            read_timeout_s=_num(srv.get("read_timeout_s", 30), "[server].read_timeout_s", 3600),
             shutdown_grace_s=_num(
                 srv.get("shutdown_grace_s", 30), "[server].shutdown_grace_s", 86_400
             ),
