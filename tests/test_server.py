@@ -263,6 +263,41 @@ def test_a_head_that_does_not_arrive_in_time_closes_its_connection(
         assert r.status_code == 200, r.text
 
 
+def test_a_pipelined_head_waiting_behind_a_stream_does_not_cut_it() -> None:
+    """A pipelined head that arrived in part waits unread while a stream before it is
+    answered (uvicorn pauses reading): the head's clock had run meanwhile, and the sweep
+    closed the connection in the middle of the stream."""
+    import socket
+
+    from satisfice.testing.behaviors import reply as slow_reply
+
+    body = json.dumps(
+        {"model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    first = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
+        b"\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    health = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+    with LocalUpstream(default=slow_reply(" ".join(["word"] * 15), chunk_delay=0.2)) as up:
+        router = Router(registry(up.url), Policy(quality_floor=0.5))
+        with running(ServerConfig(read_timeout_s=1.0), router) as (url, _):
+            host, port = url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                s.sendall(first)
+                time.sleep(0.3)
+                s.sendall(health + health[:5])
+                time.sleep(0.1)
+                s.sendall(health[5:])
+                got = b""
+                while got.count(b"HTTP/1.1 200") < 3 or not got.endswith(b"}"):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    got += chunk
+    assert b"data: [DONE]" in got and got.count(b"HTTP/1.1 200") == 3, got[-300:]
+
+
 def test_a_key_revoked_while_its_body_arrives_is_refused(served: Any) -> None:
     """The key is read before the body (a caller without one is refused unread); a body that
     takes its time has the key read again once it is in, so a revoke meanwhile holds."""

@@ -316,6 +316,26 @@ async def test_a_whole_counted_answer_then_silence_is_the_answer(up: Upstream, p
     async with client(path) as c:
         _, final = await stream(provider("an", c, up.url), timeout=0.5)
     assert isinstance(final, RetryableError), final
+    # a message_delta while a content block is still open: a cut answer
+    body = (
+        an_event("message_start", message={"usage": {"input_tokens": 7, "output_tokens": 1}})
+        + an_event("content_block_start", index=0, content_block={"type": "text", "text": ""})
+        + an_event("content_block_delta", index=0, delta={"type": "text_delta", "text": "Hel"})
+        + an_event("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 3})
+    )
+    up.script[:] = [send(response(body, end=False), end="hang")]
+    async with client(path) as c:
+        _, final = await stream(provider("an", c, up.url), timeout=0.5)
+    assert isinstance(final, RetryableError), final
+    # OpenAI's: an empty chunk (no usage) after the finish is not the usage chunk
+    body = b"".join(
+        b"data: " + json.dumps(e).encode() + b"\n\n"
+        for e in [_chunk("Hel", None, 1), _chunk("lo", "stop", 2), {"choices": []}]
+    )
+    up.script[:] = [send(response(body, end=False), end="hang")]
+    async with client(path) as c:
+        _, final = await stream(provider("oa", c, up.url), timeout=0.5)
+    assert isinstance(final, RetryableError), final
 
 
 def _chunk(content: str | None = None, finish: str | None = None, usage: int | None = None,

@@ -356,6 +356,7 @@ class AnthropicProvider(HTTPProvider):
             seq_hit: str | None = None  # the stop sequence that ended it, when told
             last: Any = None
             ended = closing = False
+            open_blocks: set[Any] = set()  # content blocks started and not yet stopped
             events = sse_events(resp)
             try:
                 async for _, data in events:
@@ -365,6 +366,10 @@ class AnthropicProvider(HTTPProvider):
                         last = ev
                         if kind != "ping":  # message_delta last: all but message_stop is in
                             closing = kind == "message_delta"
+                        if kind == "content_block_start":
+                            open_blocks.add(ev.get("index"))
+                        elif kind == "content_block_stop":
+                            open_blocks.discard(ev.get("index"))
                         if kind == "content_block_delta":
                             d = ev["delta"]
                             if d["type"] == "text_delta":
@@ -426,7 +431,7 @@ class AnthropicProvider(HTTPProvider):
                             f"bad stream event ({type(e).__name__}: {e})"
                         ) from None
             except httpx.ReadTimeout:
-                if not (closing and stop and out_tokens is not None):
+                if not (closing and stop and out_tokens is not None) or open_blocks:
                     raise
                 # message_delta (the stop reason and the output's count) came last, all that
                 # comes before message_stop, then the upstream went quiet holding the

@@ -195,7 +195,11 @@ class OpenAIProvider(HTTPProvider):
                             )
                         last = chunk
                         # the usage-only chunk after the finish: the stream's last but [DONE]
-                        counted = finish is not None and not chunk.get("choices")
+                        counted = (
+                            finish is not None
+                            and not chunk.get("choices")
+                            and bool(chunk.get("usage"))
+                        )
                         if chunk.get("usage"):
                             usage = _usage(chunk["usage"])
                         for choice in chunk.get("choices") or ():

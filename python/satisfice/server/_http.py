@@ -25,16 +25,16 @@ def http_protocol(head_timeout_s: float = 30.0) -> Any:
 
     class OneWriteProtocol(HttpToolsProtocol):
         # One timer for every connection of the server, not one per request: it sweeps
-        # the connections once a second while there are any.
-        _sweeping = False
-        _head_since: float | None = None  # when the head being awaited began
+        # the connections once a second while there are any, on the loop it was started on.
+        _sweep_loop: asyncio.AbstractEventLoop | None = None
+        _head_since: float | None = None  # when the server began waiting for this head
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(_OneWrite(transport, self.loop))  # type: ignore[arg-type]
             self._head_since = self.loop.time()
             cls = type(self)
-            if not cls._sweeping:
-                cls._sweeping = True
+            if cls._sweep_loop is not self.loop:  # none yet, or one on a loop now gone
+                cls._sweep_loop = self.loop
                 self.loop.call_later(_SWEEP_S, self._sweep)
 
         def on_message_begin(self) -> None:
@@ -48,18 +48,22 @@ def http_protocol(head_timeout_s: float = 30.0) -> Any:
 
         def _sweep(self) -> None:
             cls = type(self)
-            late = self.loop.time() - head_timeout_s
+            now = self.loop.time()
             for conn in list(self.connections):
-                if not isinstance(conn, OneWriteProtocol):
+                if not isinstance(conn, OneWriteProtocol) or conn._head_since is None:
                     continue
-                since = conn._head_since
-                if since is not None and since < late and not conn.transport.is_closing():
+                if conn.cycle is not None and not conn.cycle.response_complete:
+                    # a request in progress: reading is paused behind it (a pipelined head
+                    # waits unread), so the clock starts when the server waits again
+                    conn._head_since = now
+                elif conn._head_since < now - head_timeout_s:
                     conn._head_since = None
-                    conn.transport.close()  # nothing was read that a response could answer
+                    if not conn.transport.is_closing():
+                        conn.transport.close()  # nothing read that a response could answer
             if self.connections:
                 self.loop.call_later(_SWEEP_S, self._sweep)
             else:
-                cls._sweeping = False
+                cls._sweep_loop = None
 
     return OneWriteProtocol
 
@@ -88,7 +92,8 @@ class _OneWrite:
             self._loop.call_soon(self._flush)
         else:
             self._held = None
-            self._t.writelines((held, data))
+            if not self._t.is_closing():  # closed meanwhile (uvloop raises on a write then)
+                self._t.writelines((held, data))
 
     def writelines(self, data: Iterable[bytes]) -> None:
         for piece in data:
