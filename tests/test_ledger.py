@@ -86,9 +86,11 @@ async def test_a_failing_sink_keeps_records_and_never_fails_a_request(
     ids = [x["request_id"] for x in read_records(tmp_path / "l.jsonl")]
     kept = ledger.queued - ledger.dropped
     every = [x.request_id for x in results]
-    # the batch in the writer's hands (1 or 2 records: what was queued when it took one)
-    # and the newest 5 in the buffer are kept, in order
-    assert len(ids) == kept and kept in (6, 7)
+    # the batch in the writer's hands (what was queued when it took one: 1 or 2 records,
+    # or none when the eight calls were all queued before its first turn, as on a loaded
+    # machine) and the newest 5 in the buffer are kept, in order; the ledger counts the rest
+    # as dropped
+    assert len(ids) == kept and kept in (5, 6, 7)
     assert ids[-5:] == every[-5:] and set(ids) <= set(every)
     ledger.close()
 
