@@ -179,7 +179,7 @@ class OpenAIProvider(HTTPProvider):
             finish: str | None = None
             usage: Usage | None = None
             last: Any = None
-            done = counted = False
+            done = False
             events = sse_events(resp)
             try:
                 async for _, data in events:
@@ -194,12 +194,6 @@ class OpenAIProvider(HTTPProvider):
                                 500, resp.headers, data.encode(), self.model_id, self.deployment
                             )
                         last = chunk
-                        # the usage-only chunk after the finish: the stream's last but [DONE]
-                        counted = (
-                            finish is not None
-                            and not chunk.get("choices")
-                            and bool(chunk.get("usage"))
-                        )
                         if chunk.get("usage"):
                             usage = _usage(chunk["usage"])
                         for choice in chunk.get("choices") or ():
@@ -239,14 +233,15 @@ class OpenAIProvider(HTTPProvider):
                         why = f"bad stream event ({type(e).__name__}: {e})"
                         raise self._malformed(why) from None
             except httpx.ReadTimeout:
-                if not counted or usage is None:
-                    raise
                 # The usage-only chunk that follows the finish came last (all that comes
-                # before [DONE]), then the upstream went quiet, holding the connection: the
+                # before [DONE]; a chunk without choices leaves `finish` as the ones before
+                # it set it), then the upstream went quiet, holding the connection: the
                 # answer, not a lost one. Any earlier silence is a cut answer: usage may come
                 # before the finish and be updated after it, content may follow a finish
                 # (other choices, tool-call arguments), and some upstreams send a finish and
                 # a usage on every chunk. Reading on to [DONE] is what bills right.
+                if finish is None or last.get("choices") or not last.get("usage"):
+                    raise
                 done = True
             if not done and finish is None:
                 raise self._malformed("the stream ended before [DONE]")

@@ -18,7 +18,8 @@ def serve(config: ServerConfig, app: Any = None) -> None:
     import uvicorn
 
     uvicorn.run(
-        app or create_app(config, freeze_heap=True),  # the process is the server's own
+        # the process is the server's own: its heap frozen once ready
+        create_app(config, freeze_heap=True) if app is None else app,
         host=config.host,
         port=config.port,
         log_level="warning",
