@@ -998,3 +998,50 @@ async def test_a_cancelled_wait_for_settlements_leaves_them_running() -> None:
         await asyncio.wait_for(svc.settled(), 0.05)
     await asyncio.sleep(0.4)
     assert await state.spent(b) == pytest.approx((0.3, 0.0))
+
+
+def test_a_client_that_leaves_before_its_answer_cancels_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-streamed request whose client closed its connection went on waiting for the
+    upstream's answer (and paying for it), its request in flight, until the call's own
+    timeout: uvicorn notes the disconnect but never tells the app. The call is cancelled
+    now, the request on record as cancelled, its budget's hold settled."""
+    import socket
+
+    from satisfice.testing.behaviors import hang
+
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
+    with LocalUpstream(default=hang()) as up:
+        router = Router(registry(up.url), Policy(quality_floor=0.5))
+        cfg = ServerConfig(ledger=str(tmp_path / "l.db"))
+        with running(cfg, router) as (url, app):
+            svc = app.state.service
+            admin = {"authorization": f"Bearer {MASTER}"}
+            k = httpx.post(url + "/admin/keys", headers=admin,
+                           json={"name": "leaver", "budget_usd": 5.0}).json()  # fmt: skip
+            body = json.dumps(
+                {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+            ).encode()
+            host, port = url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                s.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                    b"content-type: application/json\r\nauthorization: Bearer %s\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (k["key"].encode(), len(body), body)
+                )
+                deadline = time.monotonic() + 10
+                while up.open_connections == 0 and time.monotonic() < deadline:
+                    time.sleep(0.02)  # the call is out
+                assert up.open_connections == 1 and svc.in_flight == 1
+            deadline = time.monotonic() + 5
+            while (svc.in_flight or up.open_connections) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert svc.in_flight == 0, "the request still waits for an answer nobody reads"
+            assert up.open_connections == 0, "the upstream call was left open"
+            spend = httpx.get(url + "/admin/spend", headers=admin).json()
+            # the hold is settled whole: the cancelled call may be billed, its size unknown
+            (row,) = spend["budgets"]
+            assert row["spent_usd"] > 0 and row["held_usd"] == 0, row
+    recs = read_records(str(tmp_path / "l.db"))
+    assert [r["error_type"] for r in recs] == ["RequestCancelled"], recs

@@ -1,5 +1,6 @@
-"""uvicorn's HTTP/1.1 protocol, with a response's head and body sent in one write and a
-bound on how long a request's head may take to arrive."""
+"""uvicorn's HTTP/1.1 protocol, with a response's head and body sent in one write, a
+bound on how long a request's head may take to arrive, and a non-streamed request's call
+cancelled when its client leaves before the answer."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def http_protocol(head_timeout_s: float = 30.0) -> Any:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
         return "auto"
+    from .app import CANCEL_ON_DISCONNECT, CLIENT_LEFT
 
     class OneWriteProtocol(HttpToolsProtocol):
         # One timer for every connection of the server, not one per request: it sweeps
@@ -45,6 +47,18 @@ def http_protocol(head_timeout_s: float = 30.0) -> Any:
         def on_headers_complete(self) -> None:
             self._head_since = None
             super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            cycle = self.cycle
+            super().connection_lost(exc)
+            if cycle is not None and not cycle.response_started:
+                # a non-streamed request waiting for its answer (the handler put its task
+                # in the scope while it waits): the client is gone, so is the call's use
+                scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
+                task = scope.pop(CANCEL_ON_DISCONNECT, None)
+                if task is not None:
+                    scope[CLIENT_LEFT] = True
+                    task.cancel()
 
         def _sweep(self) -> None:
             cls = type(self)

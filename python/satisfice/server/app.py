@@ -20,7 +20,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -546,6 +546,11 @@ def _admitted(key: VirtualKey) -> bool:
 _CONSTRAINT_KEYS = frozenset(Constraints.__match_args__)  # what routing takes per request
 # A body that took longer to arrive than this has its caller's key read again once it is in.
 _BODY_WAIT_S = 0.01
+# The scope's keys by which `_http.py`'s protocol cancels a non-streamed request's call when
+# its client leaves: the handler's task while it waits for the answer, and the mark that
+# says the cancel was the protocol's
+CANCEL_ON_DISCONNECT = "satisfice.cancel_on_disconnect"
+CLIENT_LEFT = "satisfice.client_left"
 
 
 def _headers(scope: Mapping[str, Any]) -> dict[str, str]:
@@ -623,7 +628,7 @@ def create_app(
     svc = Service(config or ServerConfig(), router, freeze_heap=freeze_heap)
 
     async def handle(
-        scope: Mapping[str, Any], receive: Any, api: str, again: bytes | None = None
+        scope: MutableMapping[str, Any], receive: Any, api: str, again: bytes | None = None
     ) -> Response:
         """One API request. `again`: its body, when admission found the caller's key
         changed since it was read (KeyChanged) and the request is taken again from the key
@@ -821,7 +826,23 @@ def create_app(
                 resp = await _stream(svc, routed, opts, api, reserved)
                 handed = True  # in flight until its body ends: the response counts it now
                 return resp
-            res = await svc.router.chat(routed.messages, **opts)
+            # a client that leaves before its answer cancels the call (`satisfice serve`'s
+            # protocol does, `_http.py`): an answer nobody reads is not worth paying for
+            task = asyncio.current_task(svc.deadlines().loop)  # given the loop: no getpid()
+            scope[CANCEL_ON_DISCONNECT] = task
+            try:
+                res = await svc.router.chat(routed.messages, **opts)
+            except asyncio.CancelledError:
+                if scope.pop(CLIENT_LEFT, None) is None or task is None:
+                    raise
+                # not cancelled from above: the request ends here, and `finally` keeps its
+                # reservation whole (the call may be billed, its answer unknown)
+                task.uncancel()
+                _log.info("client left before its answer; the call was cancelled",
+                          extra={"event": "client_left"})  # fmt: skip
+                return Response(status_code=499)  # never sent: the connection is gone
+            finally:
+                scope.pop(CANCEL_ON_DISCONNECT, None)
             if reserved is not None:
                 budgets, held = reserved
                 reserved = None  # settled below, not again in finally
@@ -843,6 +864,8 @@ def create_app(
             return JSONResponse(he.body(api), he.status)
         except HTTPError as e:
             return JSONResponse(e.body(api), e.status, headers=e.headers)
+        except ClientDisconnect:  # left while sending its body: nothing was called
+            return Response(status_code=499)  # never sent: the connection is gone
         except SatisficeError as e:
             failed = e  # handled here, so no longer in sys.exc_info() in `finally`
             he = http_error(e)
