@@ -225,6 +225,10 @@ pub struct Constraints {
     /// What the request sends besides its messages (tool definitions, a response schema):
     /// counted as prompt tokens (estimates, windows, costs, budgets), not featurised.
     pub extra_text: String,
+    /// Count the prompt for every candidate (once per base encoding), not only near a
+    /// limit: a budget's reservation or a tokens-a-minute limit reads the count, and an
+    /// estimate may be several times under it (punctuation, CJK, base64).
+    pub count_prompt: bool,
 }
 
 /// Prompt tokens of one image: an estimate, and bounds wide enough for every provider's
@@ -246,6 +250,7 @@ impl Default for Constraints {
             images: 0,
             uncounted: 0,
             extra_text: String::new(),
+            count_prompt: false,
         }
     }
 }
@@ -902,8 +907,17 @@ impl DispatchTable {
             let exact_family = r.family.is_exact() && c.images == 0;
             let mut t_max = hi.max(t_in);
             let mut is_exact = false;
+            let mut counted_whole = false;
+            if c.count_prompt {
+                // no limit: the whole prompt, counted once per base encoding (`Counter`)
+                if let Some(n) = counter.upto(base, usize::MAX / 2) {
+                    (t_in, t_max) = tallied(n);
+                    is_exact = exact_family && n.slack == 0;
+                    counted_whole = true;
+                }
+            }
             let window = r.context_window as f64;
-            if hi + out > window && lo + out <= window {
+            if !counted_whole && hi + out > window && lo + out <= window {
                 match base_limit(window - out).and_then(|l| counter.upto(base, l)) {
                     Some(n) => {
                         (t_in, t_max) = tallied(n);
@@ -949,7 +963,7 @@ impl DispatchTable {
                 // last digit (969 + 50 tokens at $1/M against $0.001019) summed to one ulp
                 // over it, and its room floored to one token short.
                 let cap = c.max_cost * (1.0 + 1e-12);
-                if r.cost(t_max, out) > cap && r.cost(lo, out) <= cap {
+                if !counted_whole && r.cost(t_max, out) > cap && r.cost(lo, out) <= cap {
                     let room = r.max_tokens_within(cap, out);
                     match base_limit(room).and_then(|l| counter.upto(base, l)) {
                         Some(n) => {
@@ -1191,6 +1205,27 @@ mod tests {
                 matches!(p.filtered[0].1, Filtered::ContextWindow { need, .. } if need as usize == exact + 10)
             );
         }
+    }
+
+    #[test]
+    fn count_prompt_counts_far_from_every_limit() {
+        // punctuation: the estimate is several times under the count
+        let text: String = "!@#$%^&*(){}[]<>?/|~`".chars().cycle().take(4000).collect();
+        let t = table(vec![row("big", 1.0, 1.0, 0.0)], vec![]);
+        let exact = tokens::count(&text, Family::O200k)
+            + tokens::PER_MESSAGE_OVERHEAD
+            + tokens::PER_REQUEST_OVERHEAD;
+        let far = t.plan(&msg(&text), &Constraints::default());
+        assert!(!far.candidates[0].tokens_in_exact);
+        let c = Constraints {
+            count_prompt: true,
+            ..Default::default()
+        };
+        let p = t.plan(&msg(&text), &c);
+        let cand = &p.candidates[0];
+        assert!(cand.tokens_in_exact);
+        assert_eq!(cand.tokens_in as usize, exact);
+        assert_eq!(cand.tokens_in_max as usize, exact);
     }
 
     #[test]

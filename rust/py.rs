@@ -1011,8 +1011,9 @@ impl PyDispatchTable {
     /// Featurise, estimate, filter and rank in one call. `live_p95_ms`: (row, measured p95)
     /// pairs that replace the registry's p95 under a latency SLO.
     /// `extra_text`: what the request sends besides its messages (tool definitions, a
-    /// response schema), counted as prompt tokens and not featurised.
-    #[pyo3(signature = (messages, *, max_cost = None, latency_slo_ms = None, quality_floor = 0.0, needs = None, max_output_tokens = None, lam = None, exclude = None, live_p95_ms = None, extra_text = None))]
+    /// response schema), counted as prompt tokens and not featurised. `count_prompt`: count
+    /// the prompt for every candidate, not only near a limit.
+    #[pyo3(signature = (messages, *, max_cost = None, latency_slo_ms = None, quality_floor = 0.0, needs = None, max_output_tokens = None, lam = None, exclude = None, live_p95_ms = None, extra_text = None, count_prompt = false))]
     #[allow(clippy::too_many_arguments)]
     fn plan(
         &self,
@@ -1027,6 +1028,7 @@ impl PyDispatchTable {
         exclude: Option<Vec<usize>>,
         live_p95_ms: Option<Vec<(usize, f64)>>,
         extra_text: Option<Bound<'_, PyString>>,
+        count_prompt: bool,
     ) -> PyResult<PyPlan> {
         let (msgs, images, uncounted) = messages_from(messages)?;
         let mut c = self.constraints(
@@ -1047,6 +1049,7 @@ impl PyDispatchTable {
             c.images = images as u32;
         }
         c.uncounted = uncounted;
+        c.count_prompt = count_prompt;
         let table = &self.table;
         let plan = if detach_for(total_bytes(&msgs) + c.extra_text.len()) {
             py.detach(|| table.plan(&msgs, &c))

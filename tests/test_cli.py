@@ -149,3 +149,24 @@ def test_serve_says_what_is_wrong_before_it_says_serving(tmp_path: Path) -> None
     cfg.write_text(f'[registry]\npath = "{reg}"\n')
     p = run("serve", "--config", str(cfg), "--port", "0")
     assert p.returncode == 2 and "serving" not in p.stderr and "id" in p.stderr, p.stderr
+
+
+def test_serve_says_a_port_it_cannot_listen_on_before_it_says_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port another process held, or a host that does not resolve, was uvicorn's bare
+    `ERROR: [Errno 98] ...` after "serving", and exit code 3."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        p = run("serve", "--port", str(held.getsockname()[1]))
+    assert p.returncode == 2 and "serving" not in p.stderr, p.stderr
+    assert "cannot listen on 127.0.0.1:" in p.stderr and "choose another port" in p.stderr
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", "k" * 32)
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("[server]\nrequire_keys = true\n")
+    p = run("serve", "--config", str(cfg), "--host", "no-such-host.invalid", "--port", "0")
+    assert p.returncode == 2 and "serving" not in p.stderr, p.stderr
+    assert "'no-such-host.invalid' does not resolve" in p.stderr, p.stderr

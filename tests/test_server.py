@@ -951,11 +951,11 @@ def test_serve_freezes_its_heap_once_ready_and_a_mounted_app_leaves_it(
 
     import uvicorn
 
-    from satisfice.server import create_app, serve
+    from satisfice.server import create_app, listen, serve
 
     made: list[Any] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: made.append(app))
-    serve(ServerConfig())
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, **kw: made.append(self.config.app))
+    serve(ServerConfig(), sock=listen("127.0.0.1", 0))
     assert made[0].state.service.freeze_heap is True
     assert create_app(ServerConfig()).state.service.freeze_heap is False
 
@@ -1045,3 +1045,87 @@ def test_a_client_that_leaves_before_its_answer_cancels_the_call(
             assert row["spent_usd"] > 0 and row["held_usd"] == 0, row
     recs = read_records(str(tmp_path / "l.db"))
     assert [r["error_type"] for r in recs] == ["RequestCancelled"], recs
+
+
+def test_a_budget_and_a_tpm_limit_read_the_prompts_count_not_its_estimate(served: Any) -> None:
+    """The reservation and the tpm count took the routing's estimate of the prompt, which
+    for punctuation, CJK or base64 is several times under its count: 40 concurrent
+    requests overspent a $0.01 budget 4.9x against an upstream billing the counted prompt,
+    and a tpm of 3,000 let 14,210 counted tokens through in a minute."""
+    import random
+    import re
+
+    from satisfice import _core
+
+    url, *_ = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    rnd = random.Random(7)
+    text = "".join(rnd.choice("!@#$%^&*(){}[]<>?/\\|~`") for _ in range(4000))
+    msgs = [{"role": "user", "content": text}]
+    counted = _core.count_message_tokens(msgs, "o200k_base")
+    assert counted > 2000  # the estimate was ~550
+    zero = httpx.post(url + "/admin/keys", headers=admin,
+                      json={"name": "zero", "budget_usd": 0}).json()  # fmt: skip
+    r = httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {zero['key']}"},
+                   json={"model": "alpha", "max_tokens": 1, "messages": msgs})  # fmt: skip
+    assert r.status_code == 429, r.text
+    m = re.search(r"may cost up to \$([0-9.]+)", r.json()["error"]["message"])
+    assert m is not None, r.text
+    assert float(m.group(1)) >= counted * 0.10 / 1e6, (m.group(1), counted)
+    tpm = httpx.post(url + "/admin/keys", headers=admin,
+                     json={"name": "tpm", "tpm": counted + 100}).json()  # fmt: skip
+    codes = [
+        httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {tpm['key']}"},
+                   json={"model": "alpha", "max_tokens": 1, "messages": msgs}).status_code
+        for _ in range(3)
+    ]  # fmt: skip
+    assert codes == [200, 429, 429], codes
+
+
+def test_every_attempt_failing_alike_gets_the_status_of_its_cause(served: Any) -> None:
+    """Every attempt failed was always a 502, which the SDKs retry as a server error: a
+    prompt too long for the model (three calls for one request), an upstream's 429 with
+    its Retry-After dropped, and the models cooling after it, each a 502."""
+    from satisfice.testing.behaviors import context_length, status
+
+    url, app, up, _ = served
+    body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}]}
+    up.script(wire("alpha"), context_length())
+    r = httpx.post(url + "/v1/chat/completions", json=body)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    up.script(wire("alpha"), status(429, retry_after=7))
+    r = httpx.post(url + "/v1/chat/completions", json=body)
+    assert r.status_code == 429 and r.headers["retry-after"] == "7", (r.status_code, r.text)
+    assert r.json()["error"]["code"] == "upstream_rate_limited"
+    r = httpx.post(url + "/v1/chat/completions", json=body)  # alpha cools meanwhile
+    assert r.status_code == 503 and 1 <= int(r.headers["retry-after"]) <= 7, r.text
+    assert r.json()["error"]["code"] == "models_cooling_down"
+    app.state.service.router.enable("alpha")
+    up.script(wire("alpha"), *[status(500)] * 5)
+    r = httpx.post(url + "/v1/chat/completions", json=body)
+    assert r.status_code == 502, r.text
+    up.reset_script()
+
+
+def test_odd_tool_choices_and_deep_json_are_400s_and_messages_paths_speak_anthropic(
+    served: Any,
+) -> None:
+    """A tool_choice whose type was a list or object was a 500 (an unhashable key); one
+    naming a tool that tools does not define went upstream; JSON nested ~1,000 deep in a
+    field read as an object was a 500 (RecursionError); /v1/messages/count_tokens got a
+    404 in OpenAI's shape, which the anthropic SDK does not read."""
+    url, *_ = served
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    base = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "tools": tools}
+    for choice in ({"type": []}, {"type": {}}, {"type": "function", "function": {"name": "g"}}):
+        r = httpx.post(url + "/v1/chat/completions", json={**base, "tool_choice": choice})
+        assert r.status_code == 400 and "tool_choice" in r.text, (choice, r.text)
+    named = {"type": "function", "function": {"name": "f"}}
+    r = httpx.post(url + "/v1/chat/completions", json={**base, "tool_choice": named})
+    assert r.status_code == 200, r.text
+    deep = '{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "user": '
+    r = httpx.post(url + "/v1/chat/completions", content=deep + "[" * 1000 + "]" * 1000 + "}",
+                   headers={"content-type": "application/json"})  # fmt: skip
+    assert r.status_code == 400, r.text
+    r = httpx.post(url + "/v1/messages/count_tokens", json={"model": "auto", "messages": []})
+    assert r.status_code == 404 and r.json()["type"] == "error", r.text

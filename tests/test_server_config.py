@@ -92,12 +92,12 @@ def test_a_fractional_shutdown_grace_is_rounded_up_not_down(
     """uvicorn takes whole seconds: int() had made a grace of 0.9 s none at all."""
     import uvicorn
 
-    from satisfice.server import serve
+    from satisfice.server import listen, serve
 
-    seen: dict[str, object] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
-    serve(ServerConfig(shutdown_grace_s=0.9))
-    assert seen["timeout_graceful_shutdown"] == 1
+    seen: list[Any] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, **kw: seen.append(self.config))
+    serve(ServerConfig(shutdown_grace_s=0.9), sock=listen("127.0.0.1", 0))
+    assert seen[0].timeout_graceful_shutdown == 1
 
 
 def test_serve_joins_an_answers_head_and_body_in_one_write(
@@ -105,13 +105,13 @@ def test_serve_joins_an_answers_head_and_body_in_one_write(
 ) -> None:
     import uvicorn
 
-    from satisfice.server import serve
+    from satisfice.server import listen, serve
     from satisfice.server._http import http_protocol
 
-    seen: dict[str, object] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
-    serve(ServerConfig())
-    assert seen["http"] is not None and seen["http"] != "auto"  # httptools is installed
+    seen: list[Any] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, **kw: seen.append(self.config))
+    serve(ServerConfig(), sock=listen("127.0.0.1", 0))
+    assert seen[0].http is not None and seen[0].http != "auto"  # httptools is installed
     assert http_protocol() != "auto"
 
 

@@ -147,10 +147,12 @@ class DispatchTable:
         exclude: Sequence[int] | None = None,
         live_p95_ms: Sequence[tuple[int, float]] | None = None,
         extra_text: str | None = None,
+        count_prompt: bool = False,
     ) -> Plan:
         """Featurise, estimate, filter and rank in one call; `live_p95_ms` (row, ms) pairs
         replace the registry's p95 under a latency SLO; `extra_text` (tool definitions, a
-        response schema) is counted as prompt tokens, not featurised."""
+        response schema) is counted as prompt tokens, not featurised; `count_prompt`: the
+        prompt counted for every candidate, not only near a limit."""
 
 @final
 class Plan:

@@ -40,3 +40,4 @@ class RequestOptions(TypedDict, total=False):
     allow: Sequence[str] | None
     deny: Sequence[str]
     strict_floor: bool | None
+    count_prompt: bool

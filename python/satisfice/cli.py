@@ -280,7 +280,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import ServerConfig, create_app, serve
+    from .server import ServerConfig, create_app, listen, serve
 
     cfg = ServerConfig.load(args.config)
     if args.host is not None:
@@ -290,10 +290,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg.__post_init__()  # re-check: a non-loopback --host needs keys
     # built first: a registry, policy or alias the app refuses is said before "serving"
     app = create_app(cfg, freeze_heap=True)  # the process is the server's own
+    sock = listen(cfg.host, cfg.port)  # and the port: one held elsewhere is said here too
     what = cfg.registry_path or "the bundled registry"
     where = f"http://{cfg.host}:{cfg.port}/v1"
     print(f"satisfice serving {what} on {where} (state: {cfg.state_backend})", file=sys.stderr)
-    serve(cfg, app)
+    serve(cfg, app, sock)
     return 0
 
 

@@ -49,6 +49,12 @@ class Constraints(Value):
     `strict_floor`: when no model reaches the quality floor, True raises NoRouteError naming
     the floor; False routes to the model of highest predicted quality and flags the decision
     `below_floor`; None takes the policy's `strict_floor` (default False).
+
+    `count_prompt`: count the prompt's tokens for every candidate (once per encoding), not
+    only near a limit, so `tokens_in` and `max_tokens_in` are counts rather than estimates:
+    what a budget's reservation or a tokens-a-minute limit reads (the server sets it for
+    keys that have either). An estimate may be several times under the count for
+    punctuation, CJK or base64.
     """
 
     __match_args__ = __slots__ = (
@@ -61,6 +67,7 @@ class Constraints(Value):
         "allow",
         "deny",
         "strict_floor",
+        "count_prompt",
     )
     max_cost_usd: float | None
     latency_slo_ms: float | None
@@ -71,6 +78,7 @@ class Constraints(Value):
     allow: tuple[str, ...] | None
     deny: tuple[str, ...]
     strict_floor: bool | None
+    count_prompt: bool
 
     def __init__(
         self,
@@ -83,6 +91,7 @@ class Constraints(Value):
         allow: tuple[str, ...] | None = None,
         deny: tuple[str, ...] = (),
         strict_floor: bool | None = None,
+        count_prompt: bool = False,
     ) -> None:
         _set(self, "max_cost_usd", max_cost_usd)
         _set(self, "latency_slo_ms", latency_slo_ms)
@@ -93,6 +102,7 @@ class Constraints(Value):
         _set(self, "allow", allow)
         _set(self, "deny", deny)
         _set(self, "strict_floor", strict_floor)
+        _set(self, "count_prompt", count_prompt)
         self.__post_init__()
 
     def __post_init__(self) -> None:
@@ -116,6 +126,8 @@ class Constraints(Value):
             object.__setattr__(self, "max_output_tokens", n)
         if self.strict_floor is not None and not isinstance(self.strict_floor, bool):
             raise ConfigError("constraints.strict_floor must be True, False or None")
+        if not isinstance(self.count_prompt, bool):
+            raise ConfigError("constraints.count_prompt must be True or False")
         for name in ("needs", "deny"):
             if getattr(self, name) is None:  # "none" of them
                 object.__setattr__(self, name, ())

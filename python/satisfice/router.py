@@ -239,11 +239,17 @@ _CHOICES: dict[str, str | None] = {
 def _check_tool_choice(choice: object, tools: object) -> None:
     if choice is None:
         return
+    named = None  # the tool a choice names
     if isinstance(choice, str):
         ok = choice in ("none", "auto", "required")
-    elif isinstance(choice, Mapping) and (kind := choice.get("type")) in _CHOICES:
+    elif (
+        isinstance(choice, Mapping)
+        and isinstance(kind := choice.get("type"), str)  # a list or dict is no key (a 500)
+        and kind in _CHOICES
+    ):
         where = _CHOICES[kind]
-        ok = where is None or _named(choice if where == "" else choice.get(where))
+        named = None if where is None else choice if where == "" else choice.get(where)
+        ok = where is None or _named(named)
     else:
         ok = False
     if not ok:
@@ -255,6 +261,18 @@ def _check_tool_choice(choice: object, tools: object) -> None:
     says_none = choice == "none" or (isinstance(choice, Mapping) and choice["type"] == "none")
     if not tools and not says_none:
         raise ConfigError(f"tool_choice {choice!r:.60} needs tools; pass tools=[...]")
+    if isinstance(named, Mapping) and isinstance(tools, list):
+        name = named["name"]  # it is a tool's, which `_check_tools` checked the shapes of
+        if name not in {_tool_name(t) for t in tools}:
+            raise ConfigError(f"tool_choice names {name!r:.60}, which tools does not define")
+
+
+def _tool_name(t: Any) -> object:
+    """A tool's name in any of the shapes `_check_tools` takes."""
+    if not isinstance(t, Mapping):
+        return None
+    inner = t.get("function") if "function" in t and "input_schema" not in t else t.get("custom")
+    return (inner if isinstance(inner, Mapping) else t).get("name")
 
 
 def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> None:
@@ -386,6 +404,7 @@ class Router:
             exclude=snap.exclude(c, skip),
             live_p95_ms=live_p95_ms,
             extra_text=extra,
+            count_prompt=c.count_prompt,
         )
         if not len(plan):
             raise snap.no_route(plan.filtered)

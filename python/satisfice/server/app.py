@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 import uuid
@@ -185,7 +186,9 @@ def http_error(e: SatisficeError) -> HTTPError:
         return HTTPError(400, msg, "invalid_request_error", "cascade_budget")
     if isinstance(e, UpstreamTimeoutError):
         return HTTPError(504, msg, "upstream_timeout", "upstream_timeout", None, **att)
-    if isinstance(e, AllAttemptsFailedError | AuthError | ProviderError):
+    if isinstance(e, AllAttemptsFailedError):
+        return _all_failed(e, msg, att)
+    if isinstance(e, AuthError | ProviderError):
         return HTTPError(502, msg, "upstream_error", type(e).__name__, None, **att)
     if isinstance(e, StateUnavailable):
         return HTTPError(
@@ -195,6 +198,36 @@ def http_error(e: SatisficeError) -> HTTPError:
             "state_unavailable",
         )
     return HTTPError(500, msg, "server_error", type(e).__name__)
+
+
+_COOLING = re.compile(r"cooling for ([0-9.]+)s")
+
+
+def _all_failed(e: AllAttemptsFailedError, msg: str, att: dict[str, Any]) -> HTTPError:
+    """Every attempt failed: the status their causes share, so that an SDK retries only
+    what a retry may fix (a 502 for all made the SDKs retry a prompt no window takes, and
+    hid an upstream's Retry-After). A prompt too long for every model tried: 400. Every
+    call timed out, or the request's deadline passed: 504. Every model rate-limited
+    (429) or cooling down: 429 or 503, with the soonest wait as Retry-After. Else 502."""
+    made = [a for a in e.attempts if a.outcome != "skipped"]
+    skipped = [a.error or "" for a in e.attempts if a.outcome == "skipped"]
+    if made and not skipped and all(a.error_type == "ContextLengthError" for a in made):
+        return HTTPError(400, msg, "invalid_request_error", "context_length_exceeded", None, **att)
+    if (
+        e.attempts
+        and all(a.error_type == "UpstreamTimeoutError" for a in made)
+        and all("deadline" in why for why in skipped)
+    ):
+        return HTTPError(504, msg, "upstream_timeout", "upstream_timeout", None, **att)
+    cooling = [_COOLING.search(why) for why in skipped]
+    if e.attempts and all(a.status == 429 for a in made) and all(cooling):
+        waits = [a.retry_after for a in made if a.retry_after]
+        waits += [float(m.group(1)) for m in cooling if m is not None]
+        headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else None
+        if made:
+            return HTTPError(429, msg, "rate_limit_error", "upstream_rate_limited", headers, **att)
+        return HTTPError(503, msg, "service_unavailable", "models_cooling_down", headers, **att)
+    return HTTPError(502, msg, "upstream_error", type(e).__name__, None, **att)
 
 
 class SharedHealth(Health):
@@ -483,7 +516,9 @@ class Service:
             called = [m for step in ladder.steps for m in step.models]
         else:  # one answer, from the primary or a fallback
             called = [d.model, *d.fallbacks]
-        tokens_in = {c.model: c.tokens_in for c in d.candidates}
+        # counted (`count_prompt`), and then at their upper bound: a prompt's estimate may
+        # be several times under what it is billed
+        tokens_in = {m: d.max_tokens_in(m) for m in set(called)}
         # Every deployment's prompt (billed whether it answers or times out), plus what an
         # answer adds to its prompt: the most of those for one answer, their sum along a
         # ladder (every step may answer).
@@ -702,6 +737,8 @@ def create_app(
             d = None
             if limited or budgets or opts.get("prefer"):
                 kw = {k: v for k, v in opts.items() if k != "cascade"}
+                if limited or budgets:  # the bound and the count read the prompt's count
+                    kw["count_prompt"] = True
                 d = await svc.router.decide(
                     routed.messages, cascade="auto" if "cascade" in opts else None, **kw
                 )
@@ -742,9 +779,10 @@ def create_app(
                 cap = int(opts.get("max_tokens") or 4 * max(d.tokens_out, 256))
                 if key.tpm is not None:
                     opts.setdefault("max_tokens", cap)  # the count holds only if the call does
-                count = RateCount(
-                    key.id, key.rpm, key.tpm, d.primary.tokens_in + cap, hold or uuid.uuid4().hex
-                )
+                count = RateCount(  # the prompt counted (`count_prompt`), as billed
+                    key.id, key.rpm, key.tpm, d.max_tokens_in(d.model) + cap,
+                    hold or uuid.uuid4().hex,
+                )  # fmt: skip
                 if key.tpm is not None and d.uncounted_parts:
                     if recheck:
                         raise KeyChanged()
@@ -869,6 +907,10 @@ def create_app(
         except SatisficeError as e:
             failed = e  # handled here, so no longer in sys.exc_info() in `finally`
             he = http_error(e)
+            return JSONResponse(he.body(api), he.status, headers=he.headers)
+        except RecursionError:  # JSON nested too deep for a field's own reading
+            he = HTTPError(400, "the request nests JSON too deeply (over ~900 levels)",
+                           "invalid_request_error", "invalid_json")  # fmt: skip
             return JSONResponse(he.body(api), he.status)
         except Exception as e:  # a bug of ours: an error in the API's shape, not a bare 500
             failed = e  # a call may have been billed: `finally` keeps the reservation
@@ -995,7 +1037,8 @@ async def _no_such_route(request: Request, exc: Exception) -> Response:
     else:
         msg = f"no such endpoint: {method} {path} (this server answers {_PATHS})"
         he = HTTPError(404, msg, "invalid_request_error", "unknown_url")
-    api = "anthropic" if path.rstrip("/").endswith("/v1/messages") else "openai"
+    # /v1/messages and what lies under it (count_tokens, batches: an Anthropic SDK's calls)
+    api = "anthropic" if "/v1/messages" in path else "openai"
     return JSONResponse(he.body(api), he.status, headers=he.headers)
 
 
