@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +86,22 @@ def test_calibrate_from_ledger(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["met"] and policy.exists()
     assert main(["calibrate", "--target", "top-share:0.2", "--policy", str(policy)]) == 2
+
+
+async def test_a_record_holds_the_messages_as_sent_not_as_the_caller_changed_them(
+    tmp_path: Path,
+) -> None:
+    """The writer read a caller's messages a flush after chat() returned: a chat loop that
+    appends its turns to one list had every record hold the last conversation."""
+    with LocalUpstream() as up:
+        async with router(up.url).attach(ledger=tmp_path / "a.db", record_prompts=True) as r:
+            msgs: list[dict[str, Any]] = []
+            for q in ("first", "second"):
+                msgs.append({"role": "user", "content": q})
+                res = await r.chat(msgs)
+                msgs.append({"role": "assistant", "content": res.text})
+            msgs[0]["content"] = "changed"
+            assert r.ledger is not None and r.ledger.flush()
+    first, second = sorted(read_records(tmp_path / "a.db"), key=lambda x: len(x["messages"]))
+    assert first["messages"] == [{"role": "user", "content": "first"}], first["messages"]
+    assert [m["content"] for m in second["messages"]][::2] == ["first", "second"]

@@ -347,6 +347,52 @@ def test_a_jsonl_write_cut_short_is_not_duplicated(
     assert [r["request_id"] for r in read_records(p)] == [f"r{i}" for i in range(10)]
 
 
+def test_a_jsonl_write_cut_short_keeps_what_another_ledger_appended_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ledgers on one file (two processes; here two opens, which `flock` tells apart
+    as it does processes). One's batch failed part-way and cut the file back to the end it
+    had read before the batch, taking the records the other appended meanwhile."""
+    import os
+    import threading
+
+    import satisfice.ledger as L
+
+    p = tmp_path / "l.jsonl"
+    a, b = JSONLSink(p), JSONLSink(p)
+    real = os.write
+    failing = threading.Event()
+
+    def flaky(fd: int, data: Any) -> int:
+        if fd == a._fd and not failing.is_set():  # half of a's batch lands, then a full disk
+            failing.set()
+            real(fd, bytes(data[: len(data) // 2]))
+            time.sleep(0.3)  # b appends meanwhile
+            raise OSError(28, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(L.os, "write", flaky)
+    errors: list[BaseException] = []
+
+    def write_a() -> None:
+        try:
+            a.write([{"request_id": f"a{i}", "started_at": i} for i in range(10)])
+        except OSError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=write_a)
+    t.start()
+    assert failing.wait(5)
+    b.write([{"request_id": "b0", "started_at": 0}])  # acknowledged: it must stay
+    t.join(5)
+    assert errors, "a's batch was to fail"
+    a.write([{"request_id": f"a{i}", "started_at": i} for i in range(10)])  # the retry
+    a.close()
+    b.close()
+    ids = [r["request_id"] for r in read_records(p)]
+    assert sorted(ids) == sorted(["b0", *[f"a{i}" for i in range(10)]]), ids
+
+
 def test_records_of_a_script_that_never_closes_are_kept(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -579,3 +625,43 @@ def test_a_record_with_no_date_is_dropped_not_retried_forever(tmp_path: Path, na
         "good0", "good1", "good2"
     ]  # fmt: skip
     assert led.rejected == 1 and led.dropped == 1 and led.failures == 0
+
+
+@pytest.mark.parametrize("api", ["anthropic", "openai"])
+async def test_the_reference_cost_prices_every_part_the_answer_was_billed_for(
+    tmp_path: Path, api: str
+) -> None:
+    """The reference model's cost of the same tokens left out cache writes and reasoning:
+    a request answered by the reference itself was recorded as saving -25% (100,000
+    cache-write tokens) and -296% (99,000 reasoning tokens)."""
+    from satisfice import Registry
+    from satisfice.testing.raw import RawUpstream, http_response
+
+    body: dict[str, Any] = {
+        "anthropic": {"id": "m", "type": "message", "role": "assistant", "model": "w",
+                      "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+                      "usage": {"input_tokens": 1000, "cache_creation_input_tokens": 100000,
+                                "cache_read_input_tokens": 0, "output_tokens": 10}},
+        "openai": {"id": "c", "object": "chat.completion", "model": "w",
+                   "choices": [{"index": 0, "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": "hi"}}],
+                   "usage": {"prompt_tokens": 1000, "completion_tokens": 100000,
+                             "completion_tokens_details": {"reasoning_tokens": 99000}}},
+    }[api]  # fmt: skip
+    price = {"input": 1.0, "output": 5.0, "cached_input": 0.1, "cache_write": 1.25,
+             "reasoning": 20.0}  # fmt: skip
+    with RawUpstream() as raw:
+        raw.push(http_response(json.dumps(body).encode()))
+        reg = Registry.from_dict({"model": [{
+            "id": "ref", "provider": api, "tokenizer": "o200k_base", "context_window": 200_000,
+            "max_output": 200_000, "capabilities": ["system_prompt"], "price": price,
+            "quality": {"general": 0.99},
+            "deployments": [{"name": "d", "api": api, "model": "w",
+                             "base_url": raw.url + ("/v1" if api == "openai" else "")}],
+        }]})  # fmt: skip
+        async with Router(reg).attach(ledger=tmp_path / "l.db") as r:
+            res = await r.chat("hello")
+            assert r.ledger is not None and r.ledger.flush()
+    (rec,) = read_records(tmp_path / "l.db")
+    assert res.cost_usd is not None and res.cost_usd > 0.1
+    assert rec["reference_cost_usd"] == pytest.approx(res.cost_usd), rec

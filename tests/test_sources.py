@@ -218,6 +218,23 @@ def test_absurd_changes_are_flagged() -> None:
     assert "price.output" not in flagged  # 15 -> 15
 
 
+def test_a_per_request_fee_is_weighed_against_a_calls_cost_not_the_input_rate() -> None:
+    """A $1 fee added to every call of a $0.20/$1.25-per-1M model (a catalogue's error, 6,898x
+    a 100-token call) was set against the input rate (5x) and written without --yes."""
+
+    reg = _reg(input=0.20, output=1.25)
+    mid = next(iter(reg)).id
+
+    def with_fee(fee: float) -> Registry:
+        m = reg[mid]
+        assert m.price is not None
+        return reg.replace(m.replace(price=m.price.replace(per_request=fee)))
+
+    assert {c.what for c in sources.diff(reg, with_fee(1.0)).absurd()} == {"price.per_request"}
+    assert sources.diff(reg, with_fee(0.0001)).absurd() == []  # a call's cost, 1.07x
+    assert sources.diff(with_fee(0.0001), with_fee(0.0002)).absurd() == []
+
+
 def test_registry_round_trips_through_toml(tmp_path: Path) -> None:
     cat = sources.load("litellm", str(FIX / "litellm_prices.json"))
     new, _ = sources.apply(_reg(), cat, ["gpt-5.3", "gemini-3.2-pro-preview"])

@@ -23,6 +23,7 @@ record as JSON; `feedback` holds scores given later (`router.feedback`, validato
 from __future__ import annotations
 
 import atexit
+import fcntl
 import functools
 import json
 import logging
@@ -233,11 +234,14 @@ def record_of(result: ChatResult) -> dict[str, Any]:
     rec = result.to_record()
     rec["outcome"] = "ok"
     # What the same tokens would have cost on the reference model: the saving a report shows
-    # compares billed with billed, not billed with an estimate.
+    # compares billed with billed, not billed with an estimate; every part at the reference's
+    # own rate, as the answer's cost is (cache writes and reasoning had been left out, and a
+    # request answered by the reference itself showed a saving of -25% and -296%).
+    from .accounting import cost_of
+
     ref = result.decision.snapshot.registry.reference
-    u = result.usage
     rec["reference_model"] = ref.id
-    rec["reference_cost_usd"] = ref.cost(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+    rec["reference_cost_usd"] = cost_of(ref.price, result.usage)
     return rec
 
 
@@ -377,7 +381,10 @@ def _sqlite_schema(db: sqlite3.Connection) -> None:
 class JSONLSink:
     """One JSON object per line, appended: for pipelines that tail a file. A batch is one
     write of whole lines; if it fails part-way (a full disk), the file is cut back to where
-    the batch began, so a retry never duplicates records."""
+    the batch began, so a retry never duplicates records. A batch holds the file's lock
+    (`flock`) from reading its end to its last byte, so that another process's ledger on the
+    same file appends before or after it: a cut back to an end read earlier had taken that
+    process's acknowledged records with it."""
 
     def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
         self.path = Path(path)
@@ -394,19 +401,23 @@ class JSONLSink:
         fd = self._fd
         if fd is None:
             raise OSError("the ledger file is closed")
-        start = os.fstat(fd).st_size
-        if start and os.pread(fd, 1, start - 1) != b"\n":
-            data = b"\n" + data  # a torn last line (a crash mid-write) would swallow ours
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            if self._fsync:
-                os.fsync(fd)
-        except BaseException:
-            os.ftruncate(fd, start)
-            raise
+            start = os.fstat(fd).st_size
+            if start and os.pread(fd, 1, start - 1) != b"\n":
+                data = b"\n" + data  # a torn last line (a crash mid-write) would swallow ours
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if self._fsync:
+                    os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, start)
+                raise
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def feedback(self, rows: Sequence[tuple[str, float, float, str]]) -> None:
         self.write([{"feedback": {"request_id": i, "ts": t, "score": s, "source": src}}

@@ -605,6 +605,15 @@ class Diff:
                 continue
             if not c.what.startswith("price"):
                 continue
+            if c.what.endswith("per_request"):
+                # USD a call, not per 1M tokens: moved as much as a 1,000-in, 1,000-out
+                # call's cost moves (`base`: the tokens' part); set against the input rate,
+                # $1 a call on a $0.20/M model was 5x, and passed unconfirmed
+                tokens = c.base or 0.0
+                fees = [v if isinstance(v, float) else 0.0 for v in (c.old, c.new)]
+                if moved(tokens + fees[0], tokens + fees[1]):
+                    bad.append(c)
+                continue
             old = c.old if c.old is not None else c.base  # a new rate replaced its default
             if (c.old is not None and c.new is None) or (
                 isinstance(old, float)
@@ -634,7 +643,9 @@ def _price_changes(model: str, where: str, old: Price | None, new: Price | None)
         if a.get(k) == b.get(k):
             continue
         base = None
-        if a.get(k) is None and not k.endswith("above"):  # it defaulted to its side's rate
+        if k == "per_request":  # a 1,000-in, 1,000-out call's tokens, which the fee adds to
+            base = (old.input + old.output) / 1000
+        elif a.get(k) is None and not k.endswith("above"):  # it defaulted to its side's rate
             base = old.output if "output" in k or "reasoning" in k else old.input
         out.append(Change(model, f"price{where}.{k}", a.get(k), b.get(k), base))
     return out
