@@ -410,3 +410,29 @@ async def test_async_with_sets_the_client_up_before_the_first_request(up: LocalU
         assert io is not None  # built on entry, not inside the first request
         await r.chat(MSGS)
         assert r._io is io
+
+
+async def test_a_request_one_models_wire_cannot_carry_goes_to_the_next(up: LocalUpstream) -> None:
+    """A translation refusal (Anthropic's forced JSON tool beside tools, OpenAI's audio
+    part, a legacy function_call) ended the request with a 400 telling the caller to change
+    it, though a model routed after it took it as it was; it now moves on, and the model
+    it skipped is not cooled (the request, not the upstream, was the cause)."""
+    from satisfice.errors import UnsupportedRequestError
+
+    rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    audio = [{"role": "user", "content": [
+        {"type": "text", "text": "hi"},
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]  # fmt: skip
+    legacy = [*MSGS, {"role": "assistant", "content": None,
+                      "function_call": {"name": "f", "arguments": "{}"}},
+              {"role": "user", "content": "go on"}]  # fmt: skip
+    async with router(up.url) as r:
+        for msgs, kw in ((MSGS, {"tools": TOOLS[:1], "response_format": rf}), (audio, {}),
+                         (legacy, {})):  # fmt: skip
+            res = await r.chat(msgs, allow=["beta", "gamma"], **kw)
+            assert res.model == "gamma", res.attempts
+            assert res.attempts[0].model == "beta"
+            assert res.attempts[0].error_type == "UnsupportedRequestError"
+            assert r.health().get("beta/beta-dep", {"state": "ok"})["state"] == "ok"
+        with pytest.raises(UnsupportedRequestError, match="cannot be combined with tools"):
+            await r.chat(MSGS, allow=["beta"], tools=TOOLS[:1], response_format=rf)

@@ -33,6 +33,7 @@ from .errors import (
     TokenizerError,
     UnknownModelError,
     UnpricedModelError,
+    UnsupportedRequestError,
     UpstreamTimeoutError,
 )
 
@@ -154,6 +155,7 @@ __all__ = [
     "ToolCall",
     "UnknownModelError",
     "UnpricedModelError",
+    "UnsupportedRequestError",
     "UpstreamTimeoutError",
     "Usage",
     "Validator",

@@ -16,6 +16,7 @@
         ├── AuthError                     401/403: the deployment is disabled
         ├── ContextLengthError            the prompt did not fit the model's window
         ├── BadRequestError               400 that retrying will not fix
+        │   └── UnsupportedRequestError   a model's wire cannot carry it: the next is tried
         ├── StreamInterruptedError        a stream broke after its first byte reached you
         └── AllAttemptsFailedError        every candidate failed; `.attempts` lists why
 
@@ -50,6 +51,7 @@ __all__ = [
     "TokenizerError",
     "UnknownModelError",
     "UnpricedModelError",
+    "UnsupportedRequestError",
     "UpstreamTimeoutError",
 ]
 
@@ -167,6 +169,12 @@ class ContextLengthError(ProviderError):
 
 class BadRequestError(ProviderError):
     """A 400 that retrying will not fix: the request itself must change."""
+
+
+class UnsupportedRequestError(BadRequestError):
+    """A model's wire cannot carry this request, found before any call (Anthropic's forced
+    JSON tool beside tools, an OpenAI custom tool, tool-call arguments that are not JSON):
+    the next candidate is tried, and this is raised only when none can take it."""
 
 
 class StreamInterruptedError(ProviderError):

@@ -43,6 +43,7 @@ from .errors import (
     ProviderError,
     StaleConnectionError,
     StreamInterruptedError,
+    UnsupportedRequestError,
     UpstreamTimeoutError,
 )
 from .providers import make_provider
@@ -767,7 +768,10 @@ class Executor:
             self.health.disable(t.key, str(e))
         elif action is Action.WIDEN:
             run.min_window = max(run.min_window, t.spec.context_window)
-        elif action is not Action.STOP and not isinstance(e, StaleConnectionError):
+        elif action is not Action.STOP and not isinstance(
+            e,
+            StaleConnectionError | UnsupportedRequestError,  # neither is the upstream's fault
+        ):
             self.health.record_failure(
                 t.key,
                 rate_limited=e.status == 429,
@@ -913,13 +917,20 @@ class Executor:
             refusal=resp.refusal,
         )
 
-    def _all_failed(self, run: Run) -> AllAttemptsFailedError:
+    def _all_failed(self, run: Run) -> ProviderError:
         d = run.decision
         lines = [
             f"  {i}. {a.model} via {a.deployment}: {a.outcome}"
             + (f" ({a.error_type}: {a.error})" if a.error_type else f" ({a.error})")
             for i, a in enumerate(run.attempts, 1)
         ]
+        made = [a for a in run.attempts if a.outcome != "skipped"]
+        if made and all(a.error_type == "UnsupportedRequestError" for a in made):
+            # no model it was routed to can carry it: the request must change (a 400)
+            return UnsupportedRequestError(
+                "no model this request was routed to can take it as it is:\n" + "\n".join(lines),
+                attempts=run.attempts,
+            )
         return AllAttemptsFailedError(
             f"every attempt failed (routed to {d.model}, fallbacks {d.fallbacks}); "
             "see router.health() for cooldowns, or allow more fallbacks "

@@ -24,6 +24,7 @@ from .errors import (
     ContextLengthError,
     ProviderError,
     RetryableError,
+    UnsupportedRequestError,
     UpstreamTimeoutError,
 )
 
@@ -44,6 +45,8 @@ def classify(e: ProviderError) -> Action:
         return Action.DISABLE
     if isinstance(e, ContextLengthError):
         return Action.WIDEN
+    if isinstance(e, UnsupportedRequestError):  # this model's wire, not the request
+        return Action.NEXT
     if isinstance(e, BadRequestError):
         return Action.STOP
     if isinstance(e, RetryableError) and not isinstance(e, UpstreamTimeoutError):

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from .._redact import scrub
-from ..errors import BadRequestError, ProviderError, RetryableError
+from ..errors import BadRequestError, ProviderError, RetryableError, UnsupportedRequestError
 from .base import (
     PARSE_ERRORS,
     ChatRequest,
@@ -73,7 +73,17 @@ def _block(part: Any) -> Any:
                 "source": {"type": "base64", "media_type": media, "data": data},
             }
         return {"type": "image", "source": {"type": "url", "url": url}}
+    if kind in _OPENAI_ONLY:  # OpenAI's shape, which Anthropic's API refuses or misreads
+        raise UnsupportedRequestError(
+            f"a {kind!r} content part is OpenAI's; Anthropic models do not take it in this "
+            "shape (send it to an OpenAI model, allow=[...], or as Anthropic's own block)"
+        )
     return part
+
+
+# OpenAI's content parts with no translation here (a PDF's `file` is Anthropic's `document`
+# only from a URL or base64 given as such)
+_OPENAI_ONLY = frozenset({"input_audio", "file", "input_file", "refusal"})
 
 
 def _content(content: Any) -> Any:
@@ -96,7 +106,7 @@ def _tool(t: dict[str, Any]) -> dict[str, Any]:
     if "input_schema" in t:  # already Anthropic-shaped
         return t
     if t.get("type") == "custom":  # had been a KeyError's name in the translation's error
-        raise BadRequestError(
+        raise UnsupportedRequestError(
             f"tool {t['custom']['name']!r} is an OpenAI custom tool (free-text input), which "
             "Anthropic models do not take; give it as a function tool with parameters, or "
             "keep the request on OpenAI models (allow=[...])"
@@ -168,6 +178,12 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
             else:
                 msgs.append({"role": "user", "content": [result]})
         elif role in ("user", "assistant"):
+            if role == "assistant" and m.get("function_call") and not m.get("tool_calls"):
+                # OpenAI's legacy form of a tool call: it had been dropped without a word
+                raise UnsupportedRequestError(
+                    f"messages[{i}] has a legacy function_call, which Anthropic models do not "
+                    "take; send it as tool_calls"
+                )
             body = _content(content)
             calls = m.get("tool_calls") if role == "assistant" else None
             if calls:
@@ -181,7 +197,7 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
                     try:
                         args = json.loads(fn.get("arguments") or "{}")
                     except ValueError:
-                        raise BadRequestError(
+                        raise UnsupportedRequestError(
                             f"messages[{i}].tool_calls: arguments of {fn['name']!r} are not "
                             "JSON; Anthropic needs them as an object"
                         ) from None
@@ -217,7 +233,7 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
         p["tool_choice"] = _tool_choice(r.tool_choice)
     if r.response_format is not None and r.response_format.get("type") != "text":
         if r.tools:
-            raise BadRequestError(
+            raise UnsupportedRequestError(
                 "Anthropic models take response_format as a forced tool, so it cannot be "
                 "combined with tools; drop one of the two"
             )
