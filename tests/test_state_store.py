@@ -181,7 +181,7 @@ async def test_a_record_this_version_cannot_read_breaks_only_itself() -> None:
     replica's sync: the record with more fields is read, garbage is skipped or refused
     alone (with a 503's error, never a TypeError)."""
     import json
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from satisfice.server.state import StateUnavailable, VirtualKey, hash_key
 
@@ -202,6 +202,15 @@ async def test_a_record_this_version_cannot_read_breaks_only_itself() -> None:
         await s._r.call("HSET", "satisfice:keys", "mistyped", json.dumps(mistyped))
         assert {k.name for k in await s.list_keys()} == {"good", "newer"}
         assert (await s.key_by_id(newer.id)).name == "newer"  # type: ignore[union-attr]
+        # updated as read (a PATCH): the set had compared bytes made anew from the record
+        # read, which never matched one with another field or order, and answered 409
+        read = await s.key_by_id(newer.id)
+        assert read is not None and await s.replace_key(read, replace(read, rpm=7))
+        assert (await s.key_by_id(newer.id)).rpm == 7  # type: ignore[union-attr]
+        await s._r.call("HSET", "satisfice:keys", good.id,
+                        json.dumps(dict(reversed(list(asdict(good).items())))))  # fmt: skip
+        assert await s.replace_key(good, replace(good, rpm=3))
+        assert not await s.replace_key(good, replace(good, rpm=4))  # changed meanwhile
         assert await s.key_by_id("absent") is None
         for kid in ("broken", "mistyped"):
             with pytest.raises(StateUnavailable, match="cannot be read"):
@@ -348,3 +357,51 @@ async def test_a_key_admitted_is_served_30_s_more_through_an_outage() -> None:
         assert await b.key_by_secret(secret) == read  # fresh read fails: the cache serves
         server.start()
         await b.close()
+
+
+async def test_an_enable_or_disable_reaches_every_replica_even_made_while_redis_was_away() -> None:
+    """An enable on replica B left a deployment A had disabled (or cooled) itself disabled
+    on A for good; a disable or enable made while Redis was away was dropped, and a stale
+    shared entry then undid it on the replica that made it."""
+    from satisfice.server.app import SharedHealth
+
+    def state_of(h: SharedHealth, key: str) -> str:
+        return h.snapshot().get(key, {"state": "ok"})["state"]
+
+    with redis() as server:
+        sa, sb = RedisState(server.url), RedisState(server.url)
+        a, b = SharedHealth(sa), SharedHealth(sb)
+        a.disable("m/d", "HTTP 401")  # A's own word (a rejected key)
+        await asyncio.gather(*a._tasks)
+        await b.sync()
+        assert state_of(b, "m/d") == "disabled"
+        b.enable("m/d")  # the operator, on B
+        await asyncio.gather(*b._tasks)
+        await a.sync()
+        assert state_of(a, "m/d") == "ok"
+        for _ in range(5):  # A's breaker opens
+            a.record_failure("m/d", rate_limited=False, retry_after=None, reason="HTTP 500")
+        assert a.cooling_for("m/d") is not None
+        await asyncio.gather(*a._tasks)
+        await asyncio.sleep(0.01)  # the enable's stamp is later than the cooldown
+        b.enable("m/d")
+        await asyncio.gather(*b._tasks)
+        await a.sync()
+        assert a.cooling_for("m/d") is None and state_of(a, "m/d") == "ok"
+        server.stop()  # Redis away: A's disable waits, B's view holds
+        a.disable("m/e", "maintenance")
+        await asyncio.gather(*a._tasks)
+        server.start()
+        await a.sync()  # written now
+        await b.sync()
+        assert state_of(b, "m/e") == "disabled"
+        server.stop()
+        a.enable("m/e")  # and an enable made while it is away is not undone by the stale entry
+        await asyncio.gather(*a._tasks)
+        server.start()
+        await a.sync()
+        assert state_of(a, "m/e") == "ok"
+        await b.sync()
+        assert state_of(b, "m/e") == "ok"
+        await sa.close()
+        await sb.close()

@@ -231,7 +231,12 @@ def _all_failed(e: AllAttemptsFailedError, msg: str, att: dict[str, Any]) -> HTT
 
 
 class SharedHealth(Health):
-    """Health whose cooldowns other replicas learn about through the shared state."""
+    """Health whose cooldowns, disables and enables other replicas learn about through the
+    shared state. A disable or enable made while the store is away is kept and written
+    once it is back (it had been dropped: the other replicas never learned of it, and a
+    stale shared entry undid it here); an enable made on any replica also puts back a
+    deployment this replica had disabled or cooled itself (it had stayed disabled here for
+    good)."""
 
     def __init__(self, state: Any) -> None:
         super().__init__()
@@ -239,25 +244,46 @@ class SharedHealth(Health):
         self._pushed: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._remote_disabled: set[str] = set()  # disabled here because another replica did
+        self._want: dict[str, str | None] = {}  # disables (reason) and enables not yet shared
+        self._own_at: dict[str, float] = {}  # when this replica last disabled or cooled a key
+        self._enabled_seen: dict[str, float] = {}  # enable stamps acted on
 
     def record_failure(self, key: str, **kw: Any) -> None:
         super().record_failure(key, **kw)
         left = self.cooling_for(key)
         if left is not None:
-            until = time.time() + left
+            now = time.time()
+            until = now + left
             if self._pushed.get(key, 0.0) < until - 0.01:
                 self._pushed[key] = until
+                self._own_at[key] = now
                 self._push(self._state.push_cooldown(key, until, self._s[key].reason))
 
     def disable(self, key: str, reason: str) -> None:
         super().disable(key, reason)
         self._remote_disabled.discard(key)
-        self._push(self._state.set_disabled(key, reason))
+        self._own_at[key] = time.time()
+        self._want[key] = reason
+        self._push(self._share(key))
 
     def enable(self, key: str) -> None:
         super().enable(key)
         self._remote_disabled.discard(key)
-        self._push(self._state.set_disabled(key, None))
+        self._pushed.pop(key, None)
+        self._want[key] = None
+        self._push(self._share(key))
+
+    async def _share(self, key: str) -> None:
+        """Write this replica's last disable or enable of `key`; kept to try again in `sync`
+        while the store is away."""
+        if key not in self._want:
+            return
+        why = self._want[key]
+        at = time.time()
+        if await self._state.set_disabled(key, why, at) and self._want.get(key, 0) == why:
+            del self._want[key]
+            if why is None:
+                self._enabled_seen[key] = at
 
     def _push(self, coro: Any) -> None:
         try:
@@ -269,20 +295,31 @@ class SharedHealth(Health):
         t.add_done_callback(self._tasks.discard)
 
     async def sync(self) -> None:
+        for key in list(self._want):  # what the store missed, before reading what it holds
+            await self._share(key)
         for key, (until, why) in (await self._state.cooldowns_now()).items():
-            if self._pushed.get(key, 0.0) >= until - 0.01:
+            if self._pushed.get(key, 0.0) >= until - 0.01 or key in self._want:
                 continue  # ours
             self.cool(key, until - time.time(), f"cooled by another replica: {why}")
         shared = await self._state.disabled_now()
         if shared is None:
             return  # the store is away: keep what we know
         for key, why in shared.items():  # disabled on another replica (an admin, a bad key)
+            if key in self._want:
+                continue  # this replica's own later word is on its way
             if key not in self._remote_disabled and self._get(key).disabled is None:
                 Health.disable(self, key, f"disabled on another replica: {why}")
                 self._remote_disabled.add(key)
         for key in list(self._remote_disabled - set(shared)):  # enabled there again
             Health.enable(self, key)
             self._remote_disabled.discard(key)
+        for key, at in (await self._state.enabled_now()).items():
+            if at <= self._enabled_seen.get(key, 0.0) or key in self._want or key in shared:
+                continue
+            self._enabled_seen[key] = at
+            if at > self._own_at.get(key, 0.0):  # enabled after this replica's own word
+                Health.enable(self, key)
+                self._pushed.pop(key, None)
 
 
 class Service:

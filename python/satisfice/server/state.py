@@ -642,11 +642,15 @@ class RedisState:
 
     async def replace_key(self, old: VirtualKey, new: VirtualKey) -> bool:
         """Write `new` only if the stored key is still `old`, atomically (a compare-and-set
-        in Lua): a PATCH must not write back a copy read before another replica's revoke."""
-        ok = await self._do(
-            self._eval(self._cas, [f"{self._p}keys"], [old.id, json.dumps(asdict(old)),
-                                                        json.dumps(asdict(new))])
-        )  # fmt: skip
+        in Lua): a PATCH must not write back a copy read before another replica's revoke.
+        The set compares the stored bytes read here, once they read as `old`: bytes made
+        anew from `old` never matched a record with a field this version does not know, or
+        its fields in another order, and every PATCH of one answered 409."""
+        keys = f"{self._p}keys"
+        raw = await self._do(self._r.call("HGET", keys, old.id))
+        if raw is None or _stored(VirtualKey, raw) != old:
+            return False
+        ok = await self._do(self._eval(self._cas, [keys], [old.id, raw, json.dumps(asdict(new))]))
         self._key_cache.pop(new.key_hash, None)
         return bool(int(ok))
 
@@ -846,13 +850,36 @@ class RedisState:
                 self._r.call("HSET", f"{self._p}cooldowns", key, json.dumps([until, why]))
             )
 
-    async def set_disabled(self, key: str, why: str | None) -> None:
-        """Share that a deployment was disabled (`why`) or enabled again (None)."""
-        with contextlib.suppress(StateUnavailable):  # fail open: this replica's view holds
+    async def set_disabled(self, key: str, why: str | None, at: float = 0.0) -> bool:
+        """Share that a deployment was disabled (`why`) or enabled again (None) at `at`
+        (unix s): an enable also ends its shared cooldown and is stamped, so that a
+        replica whose own disable or cooldown it was puts it back too. False: the store
+        is away (the caller tries again once it is back)."""
+        try:
             if why is None:
                 await self._do(self._r.call("HDEL", f"{self._p}disabled", key))
+                await self._do(self._r.call("HDEL", f"{self._p}cooldowns", key))
+                await self._do(self._r.call("HSET", f"{self._p}enabled", key, repr(at)))
             else:
                 await self._do(self._r.call("HSET", f"{self._p}disabled", key, why))
+        except StateUnavailable:
+            return False
+        return True
+
+    async def enabled_now(self) -> dict[str, float]:
+        """When each deployment was last enabled on any replica (unix s; {}: the store is
+        away, or none ever was)."""
+        try:
+            raw = await self._do(self._r.call("HGETALL", f"{self._p}enabled"))
+        except StateUnavailable:
+            return {}
+        out = {}
+        for k, v in _pairs(raw):
+            try:
+                out[k.decode(errors="replace")] = float(v)
+            except ValueError:
+                self._unreadable("an enable")
+        return out
 
     async def disabled_now(self) -> dict[str, str] | None:
         """Deployments disabled on any replica (None: the store is away, nothing known)."""
