@@ -126,3 +126,42 @@ def test_a_task_with_unpriced_requests_counts_them_apart(
     assert "unpriced" in capsys.readouterr().out
     assert main(["report", str(p), "--html", str(tmp_path / "r.html")]) == 0
     assert "unpriced" in (tmp_path / "r.html").read_text()
+
+
+def test_a_years_drift_and_a_large_cost_stay_within_their_charts() -> None:
+    """Columns of at least 4 px ran a 365-day ledger's days to x=2,230 on a 700 px chart
+    (255 days, the last 60 among them, unseen); a cost of $60,000,000.00 was cut off at
+    the bars' canvas edge."""
+    import re
+
+    from satisfice.report import _bars, _stacked
+
+    days = {f"2026-{1 + i // 31:02d}-{1 + i % 31:02d}-{i}": {"a": 1, "b": i} for i in range(365)}
+    svg = _stacked(days, ["a", "b"])
+    width = int(re.search(r'<svg width="(\d+)"', svg).group(1))  # type: ignore[union-attr]
+    rects = [
+        (float(x), float(w))
+        for x, w in re.findall(r'<rect x="([\d.]+)" y="[^"]*" width="([\d.]+)"', svg)
+    ]
+    assert len(rects) == 730 and max(x + w for x, w in rects) <= width
+    svg = _bars([("big", 60_000_000.0, 3), ("small", 1.0, 0)])
+    width = int(re.search(r'<svg width="(\d+)"', svg).group(1))  # type: ignore[union-attr]
+    x = float(re.search(r'<text x="([\d.]+)"[^>]*>\$60,000,000', svg).group(1))  # type: ignore[union-attr]
+    assert x + 7 * len("$60,000,000.00 + 3 unpriced") <= width, (x, width)
+
+
+def test_a_ledger_of_another_schema_version_is_refused_by_the_reader_too(tmp_path: Path) -> None:
+    """The writer refused a ledger whose meta said schema version 2; `satisfice report` read
+    it as version 1 without a word."""
+    import sqlite3
+
+    from satisfice.errors import ConfigError
+    from satisfice.ledger import Ledger, read_records
+
+    db = tmp_path / "l.db"
+    led = Ledger.open(db)
+    led.close()
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    with pytest.raises(ConfigError, match="schema version 2"):
+        list(read_records(db))

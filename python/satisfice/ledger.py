@@ -1018,6 +1018,14 @@ def open_ledger_db(p: Path) -> sqlite3.Connection:
     if not {"requests", "feedback"} <= names:
         db.close()
         raise ConfigError(f"ledger {p} is a database but not a satisfice ledger (no records)")
+    if "meta" in names:  # as the writer refuses another version's ledger, so does a reader
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and str(row[0]) != str(SCHEMA_VERSION):
+            db.close()
+            raise ConfigError(
+                f"ledger {p} has schema version {row[0]!s:.20}; this satisfice reads "
+                f"{SCHEMA_VERSION} (read it with the satisfice that wrote it)"
+            )
     return db
 
 

@@ -285,15 +285,20 @@ def _bars(items: Sequence[tuple[str, float | None, int]], width: int = 560) -> s
         return "<p>no data</p>"
     top = max(v or 0.0 for _, v, _ in items) or 1.0
     h = 24
-    parts = [f'<svg width="{width}" height="{h * len(items) + 8}" role="img">']
-    for i, (label, v, unknown) in enumerate(items):
-        w = max(1.0, (width - 260) * (v or 0.0) / top)
+    texts = [_cost(v, unknown) for _, v, unknown in items]
+    # the canvas fits the longest figure beside the longest bar (7 px a character at 12 px):
+    # "$60,000,000.00" had been cut off at the canvas's edge
+    room = width - 260
+    canvas = max(width, 194 + room + 7 * max(map(len, texts)) + 8)
+    parts = [f'<svg width="{canvas}" height="{h * len(items) + 8}" role="img">']
+    for i, ((label, v, _), text) in enumerate(zip(items, texts, strict=True)):
+        w = max(1.0, room * (v or 0.0) / top)
         y = i * h + 4
         parts.append(
             f'<text x="0" y="{y + 15}" font-size="12">{html.escape(label[:28])}</text>'
             f'<rect x="190" y="{y}" width="{w:.1f}" height="{h - 6}" '
             f'fill="{_PALETTE[i % len(_PALETTE)]}"/>'
-            f'<text x="{194 + w:.1f}" y="{y + 15}" font-size="12">{_cost(v, unknown)}</text>'
+            f'<text x="{194 + w:.1f}" y="{y + 15}" font-size="12">{text}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -304,12 +309,16 @@ def _stacked(drift: Mapping[str, Mapping[str, int]], models: Sequence[str]) -> s
     if not days:
         return "<p>no data</p>"
     width, height, left = 700, 260, 40
-    bw = min(60.0, max(4.0, (width - left) / len(days) - 2))
+    # every day within the canvas: a column of at least 4 px had run a year's days past its
+    # edge, unseen (`step`: a day's share of the width, its column and the gap after it)
+    step = min(62.0, (width - left) / len(days))
+    gap = min(2.0, step / 5)
+    bw = step - gap
     parts = [f'<svg width="{width}" height="{height + 40}" role="img">']
     for i, d in enumerate(days):
         tot = sum(drift[d].values()) or 1
         y = float(height)
-        x = left + i * (bw + 2)
+        x = left + i * step
         for j, m in enumerate(models):
             share = drift[d].get(m, 0) / tot
             hh = share * height
