@@ -244,7 +244,8 @@ class SharedHealth(Health):
         self._pushed: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._remote_disabled: set[str] = set()  # disabled here because another replica did
-        self._want: dict[str, str | None] = {}  # disables (reason) and enables not yet shared
+        # disables (reason) and enables (None) not yet shared, with when they were made
+        self._want: dict[str, tuple[str | None, float]] = {}
         self._own_at: dict[str, float] = {}  # when this replica last disabled or cooled a key
         self._enabled_seen: dict[str, float] = {}  # enable stamps acted on
 
@@ -262,25 +263,25 @@ class SharedHealth(Health):
     def disable(self, key: str, reason: str) -> None:
         super().disable(key, reason)
         self._remote_disabled.discard(key)
-        self._own_at[key] = time.time()
-        self._want[key] = reason
+        self._own_at[key] = now = time.time()
+        self._want[key] = (reason, now)
         self._push(self._share(key))
 
     def enable(self, key: str) -> None:
         super().enable(key)
         self._remote_disabled.discard(key)
         self._pushed.pop(key, None)
-        self._want[key] = None
+        self._want[key] = (None, time.time())
         self._push(self._share(key))
 
     async def _share(self, key: str) -> None:
         """Write this replica's last disable or enable of `key`; kept to try again in `sync`
         while the store is away."""
-        if key not in self._want:
+        want = self._want.get(key)
+        if want is None:
             return
-        why = self._want[key]
-        at = time.time()
-        if await self._state.set_disabled(key, why, at) and self._want.get(key, 0) == why:
+        why, at = want  # an enable is stamped when it was made, not when it is written
+        if await self._state.set_disabled(key, why, at) and self._want.get(key) == want:
             del self._want[key]
             if why is None:
                 self._enabled_seen[key] = at
