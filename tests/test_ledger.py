@@ -393,6 +393,35 @@ def test_a_jsonl_write_cut_short_keeps_what_another_ledger_appended_meanwhile(
     assert sorted(ids) == sorted(["b0", *[f"a{i}" for i in range(10)]]), ids
 
 
+def test_a_jsonl_batch_behind_a_stalled_lock_fails_in_time_and_never_writes_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch waited for good on the file's lock while its holder stalled (a paused
+    process); close() then closed the descriptor under it, and once the lock came free the
+    batch went to whatever file had been given that number meanwhile."""
+    import fcntl
+    import os
+
+    import satisfice.ledger as L
+
+    monkeypatch.setattr(L, "LOCK_WAIT_S", 0.3)
+    p = tmp_path / "l.jsonl"
+    holder = os.open(p, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # the stalled process
+    sink = JSONLSink(p)
+    t = time.monotonic()
+    with pytest.raises(OSError, match="stayed locked"):
+        sink.write([{"request_id": "r0", "started_at": 0}])
+    assert time.monotonic() - t < 3
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    os.close(holder)
+    sink.write([{"request_id": "r0", "started_at": 0}])  # the retry, once it is free
+    sink.close()
+    with pytest.raises(OSError, match="closed"):
+        sink.write([{"request_id": "r1", "started_at": 1}])
+    assert [r["request_id"] for r in read_records(p)] == ["r0"]
+
+
 def test_records_of_a_script_that_never_closes_are_kept(tmp_path: Path) -> None:
     import subprocess
     import sys

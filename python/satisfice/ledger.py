@@ -378,6 +378,9 @@ def _sqlite_schema(db: sqlite3.Connection) -> None:
         raise ConfigError(f"ledger schema version {row[0]}; this satisfice writes {SCHEMA_VERSION}")
 
 
+LOCK_WAIT_S = 5.0  # how long a JSONL batch waits for the file's lock before it fails
+
+
 class JSONLSink:
     """One JSON object per line, appended: for pipelines that tail a file. A batch is one
     write of whole lines; if it fails part-way (a full disk), the file is cut back to where
@@ -389,6 +392,9 @@ class JSONLSink:
     def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
         self.path = Path(path)
         self._fsync = fsync
+        # held by a batch from its lock to its last byte, and by close(): a descriptor is
+        # never closed under a batch (its number may go to another file meanwhile)
+        self._busy = threading.Lock()
         try:
             self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
@@ -398,10 +404,14 @@ class JSONLSink:
         self._append("".join(_json(r) + "\n" for r in records).encode())
 
     def _append(self, data: bytes) -> None:
-        fd = self._fd
-        if fd is None:
-            raise OSError("the ledger file is closed")
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with self._busy:
+            fd = self._fd
+            if fd is None:
+                raise OSError("the ledger file is closed")
+            self._append_locked(fd, data)
+
+    def _append_locked(self, fd: int, data: bytes) -> None:
+        self._lock(fd)
         try:
             start = os.fstat(fd).st_size
             if start and os.pread(fd, 1, start - 1) != b"\n":
@@ -419,6 +429,23 @@ class JSONLSink:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
+    def _lock(self, fd: int) -> None:
+        """The file's lock, waited for at most `LOCK_WAIT_S`: a batch fails (and is tried
+        again later) rather than wait for good on a holder that stalled (a paused process);
+        and close() waits for the batch (`_busy`), never closing the descriptor under it."""
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OSError(
+                        f"the ledger file {self.path} stayed locked by another process for "
+                        f"{LOCK_WAIT_S:g}s"
+                    ) from None
+                time.sleep(0.005)
+
     def feedback(self, rows: Sequence[tuple[str, float, float, str]]) -> None:
         self.write([{"feedback": {"request_id": i, "ts": t, "score": s, "source": src}}
                     for i, t, s, src in rows])  # fmt: skip
@@ -427,9 +454,10 @@ class JSONLSink:
         return 0  # an append-only file: rotate it with the pipeline's tools
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._busy:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 class PostgresSink:
