@@ -907,22 +907,19 @@ impl DispatchTable {
             let exact_family = r.family.is_exact() && c.images == 0;
             let mut t_max = hi.max(t_in);
             let mut is_exact = false;
-            let mut counted_whole = false;
-            if c.count_prompt {
-                // no limit: the whole prompt, counted once per base encoding (`Counter`)
-                if let Some(n) = counter.upto(base, usize::MAX / 2) {
-                    (t_in, t_max) = tallied(n);
-                    is_exact = exact_family && n.slack == 0;
-                    counted_whole = true;
-                }
-            }
             let window = r.context_window as f64;
-            if !counted_whole && hi + out > window && lo + out <= window {
+            // Counted as far as the window (what the window's test reads, forced cuts' slack
+            // and all), near it, or for every model with `count_prompt`: a count past the
+            // window would only refuse what the window refuses.
+            if (c.count_prompt || hi + out > window) && lo + out <= window {
                 match base_limit(window - out).and_then(|l| counter.upto(base, l)) {
                     Some(n) => {
                         (t_in, t_max) = tallied(n);
                         is_exact = exact_family && n.slack == 0;
                     }
+                    // within the window by the byte bound all the same (a forced cut's
+                    // slack took the count over): as routed without the count
+                    None if hi + out <= window => {}
                     None => {
                         filtered.push((
                             i,
@@ -963,7 +960,7 @@ impl DispatchTable {
                 // last digit (969 + 50 tokens at $1/M against $0.001019) summed to one ulp
                 // over it, and its room floored to one token short.
                 let cap = c.max_cost * (1.0 + 1e-12);
-                if !counted_whole && r.cost(t_max, out) > cap && r.cost(lo, out) <= cap {
+                if r.cost(t_max, out) > cap && r.cost(lo, out) <= cap {
                     let room = r.max_tokens_within(cap, out);
                     match base_limit(room).and_then(|l| counter.upto(base, l)) {
                         Some(n) => {

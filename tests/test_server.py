@@ -1129,3 +1129,60 @@ def test_odd_tool_choices_and_deep_json_are_400s_and_messages_paths_speak_anthro
     assert r.status_code == 400, r.text
     r = httpx.post(url + "/v1/messages/count_tokens", json={"model": "auto", "messages": []})
     assert r.status_code == 404 and r.json()["type"] == "error", r.text
+
+
+def test_a_client_that_leaves_during_admission_or_behind_a_pipelined_request_costs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that left while its request was admitted (before the call) still had the
+    call made, and answered for nobody; and a request pipelined behind another hid the
+    first from the disconnect (uvicorn's current cycle was the second's)."""
+    import socket
+
+    from satisfice.testing.behaviors import hang
+
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+    def request(key: str = "") -> bytes:
+        auth = f"authorization: Bearer {key}\r\n".encode() if key else b""
+        return (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                b"application/json\r\n%scontent-length: %d\r\n\r\n%s"
+                % (auth, len(body), body))  # fmt: skip
+
+    with LocalUpstream(default=hang()) as up:
+        router = Router(registry(up.url), Policy(quality_floor=0.5))
+        with running(ServerConfig(ledger=str(tmp_path / "l.db")), router) as (url, app):
+            svc = app.state.service
+            host, port = url.removeprefix("http://").split(":")
+            admin = {"authorization": f"Bearer {MASTER}"}
+            k = httpx.post(url + "/admin/keys", headers=admin,
+                           json={"name": "slow", "budget_usd": 5.0}).json()  # fmt: skip
+            admit = svc.state.admit
+
+            async def slow_admit(*a: Any, **kw: Any) -> Any:
+                await asyncio.sleep(0.5)  # the client leaves meanwhile
+                return await admit(*a, **kw)
+
+            svc.state.admit = slow_admit
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                s.sendall(request(k["key"]))
+                time.sleep(0.2)
+            deadline = time.monotonic() + 5
+            while svc.in_flight and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.2)
+            assert svc.in_flight == 0 and up.open_connections == 0, "the call was made"
+            (row,) = httpx.get(url + "/admin/spend", headers=admin).json()["budgets"]
+            assert row["spent_usd"] == 0 and row["held_usd"] == 0, row
+            svc.state.admit = admit
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                s.sendall(request() + request())  # the second waits behind the first
+                deadline = time.monotonic() + 10
+                while up.open_connections == 0 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert svc.in_flight == 1
+            deadline = time.monotonic() + 5
+            while (svc.in_flight or up.open_connections) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert svc.in_flight == 0 and up.open_connections == 0, "the call was left open"

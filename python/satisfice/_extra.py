@@ -36,6 +36,10 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]]) -> int:
     arguments and custom tools' input (4 MB of them had been counted on the event loop)."""
     n = 0
     for m in msgs:
+        if isinstance(f := m.get("function_call"), dict):  # the legacy form of a tool call
+            n += len(str(f.get("arguments") or ""))
+        if isinstance(name := m.get("name"), str):
+            n += len(name)
         for call in m.get("tool_calls") or ():
             if isinstance(call, dict):
                 if isinstance(f := call.get("function"), dict):
@@ -49,6 +53,6 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]]) -> int:
             n += sum(
                 len(t)
                 for p in content
-                if isinstance(p, dict) and isinstance(t := p.get("text"), str)
+                if isinstance(p, dict) and isinstance(t := p.get("text", p.get("refusal")), str)
             )
     return n

@@ -167,8 +167,9 @@ class Constraints(Value):
             raise ConfigError(
                 f"unknown constraint(s) {sorted(unknown)}; the constraints are {sorted(_FIELDS)}"
             )
-        base = c if isinstance(c, Constraints) else cls(**given)
-        return base.replace(**kw) if kw else base
+        if isinstance(c, Constraints):
+            return c.replace(**kw) if kw else c
+        return cls(**{**given, **kw})  # built and checked once
 
 
 _NO_CONSTRAINTS = Constraints()

@@ -23,7 +23,6 @@ def http_protocol(head_timeout_s: float = 30.0) -> Any:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
         return "auto"
-    from .app import CANCEL_ON_DISCONNECT, CLIENT_LEFT
 
     class OneWriteProtocol(HttpToolsProtocol):
         # One timer for every connection of the server, not one per request: it sweeps
@@ -34,6 +33,7 @@ def http_protocol(head_timeout_s: float = 30.0) -> Any:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(_OneWrite(transport, self.loop))  # type: ignore[arg-type]
             self._head_since = self.loop.time()
+            self._left = Connection()
             cls = type(self)
             if cls._sweep_loop is not self.loop:  # none yet, or one on a loop now gone
                 cls._sweep_loop = self.loop
@@ -47,18 +47,19 @@ def http_protocol(head_timeout_s: float = 30.0) -> Any:
         def on_headers_complete(self) -> None:
             self._head_since = None
             super().on_headers_complete()
+            # every request of the connection (pipelined ones too) shares its record of
+            # whether the client is still there, and of the calls that wait on its behalf
+            self.cycle.scope[CONNECTION] = self._left  # type: ignore[literal-required]
 
         def connection_lost(self, exc: Exception | None) -> None:
-            cycle = self.cycle
             super().connection_lost(exc)
-            if cycle is not None and not cycle.response_started:
-                # a non-streamed request waiting for its answer (the handler put its task
-                # in the scope while it waits): the client is gone, so is the call's use
-                scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
-                task = scope.pop(CANCEL_ON_DISCONNECT, None)
-                if task is not None:
-                    scope[CLIENT_LEFT] = True
-                    task.cancel()
+            # the non-streamed requests waiting for their answers (each handler put its
+            # task here while it waits): the client is gone, and so is the calls' use
+            left = self._left
+            left.gone = True
+            for task in list(left.waiting):
+                left.cancelled.add(task)
+                task.cancel()
 
         def _sweep(self) -> None:
             cls = type(self)
@@ -83,6 +84,21 @@ def http_protocol(head_timeout_s: float = 30.0) -> Any:
 
 
 _SWEEP_S = 1.0  # how often the heads' deadline is checked: a head may take up to this longer
+
+CONNECTION = "satisfice.connection"  # a request's scope key for its `Connection`
+
+
+class Connection:
+    """What the server knows of a request's client connection: whether it is gone, the
+    tasks of non-streamed requests waiting for their answers on it (a handler adds its
+    own while it waits), and those cancelled because it went."""
+
+    __slots__ = ("cancelled", "gone", "waiting")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.waiting: set[asyncio.Task[Any]] = set()
+        self.cancelled: set[asyncio.Task[Any]] = set()
 
 
 class _OneWrite:

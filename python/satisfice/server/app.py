@@ -56,6 +56,7 @@ from ..result import billed_cost
 from ..router import Router
 from ..state import Health
 from . import wire
+from ._http import CONNECTION, Connection
 from .config import ServerConfig, check_aliases
 from .state import (
     Budget,
@@ -159,6 +160,10 @@ def _attempts(e: BaseException) -> list[dict[str, Any]]:
         }
         for a in getattr(e, "attempts", None) or ()
     ]
+
+
+class ClientGone(SatisficeError):
+    """A request's client left before its call was made: nothing to bill."""
 
 
 def _billed(e: BaseException | None, reserved: float) -> float:
@@ -619,11 +624,6 @@ def _admitted(key: VirtualKey) -> bool:
 _CONSTRAINT_KEYS = frozenset(Constraints.__match_args__)  # what routing takes per request
 # A body that took longer to arrive than this has its caller's key read again once it is in.
 _BODY_WAIT_S = 0.01
-# The scope's keys by which `_http.py`'s protocol cancels a non-streamed request's call when
-# its client leaves: the handler's task while it waits for the answer, and the mark that
-# says the cancel was the protocol's
-CANCEL_ON_DISCONNECT = "satisfice.cancel_on_disconnect"
-CLIENT_LEFT = "satisfice.client_left"
 
 
 def _headers(scope: Mapping[str, Any]) -> dict[str, str]:
@@ -904,21 +904,28 @@ def create_app(
                 return resp
             # a client that leaves before its answer cancels the call (`satisfice serve`'s
             # protocol does, `_http.py`): an answer nobody reads is not worth paying for
+            conn: Connection | None = scope.get(CONNECTION)
+            if conn is not None and conn.gone:  # left while it was admitted: no call made
+                failed = ClientGone()  # nothing billed: `finally` releases the reservation
+                return Response(status_code=499)  # never sent: the connection is gone
             task = asyncio.current_task(svc.deadlines().loop)  # given the loop: no getpid()
-            scope[CANCEL_ON_DISCONNECT] = task
+            if conn is not None and task is not None:
+                conn.waiting.add(task)
             try:
                 res = await svc.router.chat(routed.messages, **opts)
             except asyncio.CancelledError:
-                if scope.pop(CLIENT_LEFT, None) is None or task is None:
+                if conn is None or task not in conn.cancelled:
                     raise
                 # not cancelled from above: the request ends here, and `finally` keeps its
                 # reservation whole (the call may be billed, its answer unknown)
+                conn.cancelled.discard(task)
                 task.uncancel()
                 _log.info("client left before its answer; the call was cancelled",
                           extra={"event": "client_left"})  # fmt: skip
                 return Response(status_code=499)  # never sent: the connection is gone
             finally:
-                scope.pop(CANCEL_ON_DISCONNECT, None)
+                if conn is not None:
+                    conn.waiting.discard(task)
             if reserved is not None:
                 budgets, held = reserved
                 reserved = None  # settled below, not again in finally
