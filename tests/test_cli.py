@@ -170,3 +170,19 @@ def test_serve_says_a_port_it_cannot_listen_on_before_it_says_serving(
     p = run("serve", "--config", str(cfg), "--host", "no-such-host.invalid", "--port", "0")
     assert p.returncode == 2 and "serving" not in p.stderr, p.stderr
     assert "'no-such-host.invalid' does not resolve" in p.stderr, p.stderr
+
+
+def test_listen_binds_every_address_a_name_resolves_to() -> None:
+    """`localhost` is ::1 and 127.0.0.1 on many machines; only the first had been bound."""
+    import socket
+
+    from satisfice.server import listen
+
+    want = {a[4][0] for a in socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)}
+    socks = listen("localhost", 0)
+    try:
+        assert {s.getsockname()[0] for s in socks} == want
+        assert len({s.getsockname()[1] for s in socks}) == 1  # one port for all
+    finally:
+        for s in socks:
+            s.close()

@@ -955,7 +955,7 @@ def test_serve_freezes_its_heap_once_ready_and_a_mounted_app_leaves_it(
 
     made: list[Any] = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, **kw: made.append(self.config.app))
-    serve(ServerConfig(), sock=listen("127.0.0.1", 0))
+    serve(ServerConfig(), sockets=listen("127.0.0.1", 0))
     assert made[0].state.service.freeze_heap is True
     assert create_app(ServerConfig()).state.service.freeze_heap is False
 
@@ -1186,3 +1186,37 @@ def test_a_client_that_leaves_during_admission_or_behind_a_pipelined_request_cos
             while (svc.in_flight or up.open_connections) and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert svc.in_flight == 0 and up.open_connections == 0, "the call was left open"
+
+
+def test_a_mix_of_causes_maps_to_the_capable_models_status(served: Any) -> None:
+    """A prompt too long for every model, one of them skipped for its window after the
+    first said so, was a 502; an upstream 503 with Retry-After lost both; models that
+    could not take the request's shape made the others' 429 a 502."""
+    from satisfice.testing.behaviors import context_length, status
+
+    url, app, up, _ = served
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    for m in ("alpha", "beta", "gamma", "delta"):
+        up.script(wire(m), context_length())
+    r = httpx.post(url + "/v1/chat/completions", json=body)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+    up.reset_script()
+    svc = app.state.service
+    for m in ("alpha", "beta", "gamma", "delta"):
+        svc.router.enable(m)
+        up.script(wire(m), *[status(503, retry_after=20)] * 3)
+    r = httpx.post(url + "/v1/chat/completions", json=body)
+    assert r.status_code == 503 and r.headers.get("retry-after") == "20", (r.status_code, r.text)
+    up.reset_script()
+    for m in ("alpha", "beta", "gamma", "delta"):
+        svc.router.enable(m)
+    for m in ("alpha", "gamma"):  # the OpenAI-wire models: the only ones that take it
+        up.script(wire(m), *[status(429, retry_after=5)] * 3)
+    rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    r = httpx.post(url + "/v1/chat/completions",
+                   json={**body, "tools": tools, "response_format": rf})  # fmt: skip
+    assert r.status_code == 429 and r.headers.get("retry-after") == "5", (r.status_code, r.text)
+    up.reset_script()
+    for m in ("alpha", "beta", "gamma", "delta"):
+        svc.router.enable(m)

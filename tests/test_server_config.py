@@ -96,7 +96,7 @@ def test_a_fractional_shutdown_grace_is_rounded_up_not_down(
 
     seen: list[Any] = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, **kw: seen.append(self.config))
-    serve(ServerConfig(shutdown_grace_s=0.9), sock=listen("127.0.0.1", 0))
+    serve(ServerConfig(shutdown_grace_s=0.9), sockets=listen("127.0.0.1", 0))
     assert seen[0].timeout_graceful_shutdown == 1
 
 
@@ -110,7 +110,7 @@ def test_serve_joins_an_answers_head_and_body_in_one_write(
 
     seen: list[Any] = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, **kw: seen.append(self.config))
-    serve(ServerConfig(), sock=listen("127.0.0.1", 0))
+    serve(ServerConfig(), sockets=listen("127.0.0.1", 0))
     assert seen[0].http is not None and seen[0].http != "auto"  # httptools is installed
     assert http_protocol() != "auto"
 

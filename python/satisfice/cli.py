@@ -290,11 +290,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg.__post_init__()  # re-check: a non-loopback --host needs keys
     # built first: a registry, policy or alias the app refuses is said before "serving"
     app = create_app(cfg, freeze_heap=True)  # the process is the server's own
-    sock = listen(cfg.host, cfg.port)  # and the port: one held elsewhere is said here too
+    sockets = listen(cfg.host, cfg.port)  # and the port: one held elsewhere is said here too
     what = cfg.registry_path or "the bundled registry"
     where = f"http://{cfg.host}:{cfg.port}/v1"
     print(f"satisfice serving {what} on {where} (state: {cfg.state_backend})", file=sys.stderr)
-    serve(cfg, app, sock)
+    serve(cfg, app, sockets)
     return 0
 
 

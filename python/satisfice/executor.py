@@ -925,7 +925,12 @@ class Executor:
             for i, a in enumerate(run.attempts, 1)
         ]
         made = [a for a in run.attempts if a.outcome != "skipped"]
-        if made and all(a.error_type == "UnsupportedRequestError" for a in made):
+        # none skipped: one cooling or without its key may take it later
+        if (
+            made
+            and len(made) == len(run.attempts)
+            and all(a.error_type == "UnsupportedRequestError" for a in made)
+        ):
             # no model it was routed to can carry it: the request must change (a 400)
             return UnsupportedRequestError(
                 "no model this request was routed to can take it as it is:\n" + "\n".join(lines),

@@ -15,44 +15,60 @@ from .config import ServerConfig
 __all__ = ["ServerConfig", "Service", "create_app", "listen", "serve"]
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The server's listening socket, bound now, so that a host that does not resolve or a
-    port another process holds is said, with what to do, before "serving" (uvicorn logged
-    a bare `[Errno 98] ...` after it, and exited 3)."""
+def listen(host: str, port: int) -> list[socket.socket]:
+    """The server's listening sockets, bound now: one for every address `host` resolves to
+    (`localhost` is often ::1 and 127.0.0.1, as uvicorn binds it), so that a host that does
+    not resolve or a port another process holds is said, with what to do, before "serving"
+    (uvicorn logged a bare `[Errno 98] ...` after it, and exited 3). With port 0, every
+    address gets the port the first was given."""
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as e:
         why = e.strerror if isinstance(e, socket.gaierror) else str(e)
         raise ConfigError(
             f"[server].host = {host!r} does not resolve ({why}): give an IP address, or a "
             "name this machine resolves"
         ) from None
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        sock.bind(addr)
-    except OSError as e:
-        sock.close()
-        hint = (
-            "another process listens there: stop it, or choose another port (--port, [server].port)"
-            if e.errno == errno.EADDRINUSE
-            else "the address is not this machine's: choose one of its addresses"
-            if e.errno == errno.EADDRNOTAVAIL
-            else "choose another port (--port, [server].port)"
-        )
-        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}): {hint}") from None
-    return sock
+    out: list[socket.socket] = []
+    seen = set()
+    for family, kind, proto, _, addr in found:
+        if addr[:2] in seen:
+            continue
+        seen.add(addr[:2])
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            if family == socket.AF_INET6:  # its own family only: 127.0.0.1 is another socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if out and port == 0:
+                addr = (addr[0], out[0].getsockname()[1], *addr[2:])
+            sock.bind(addr)
+        except OSError as e:
+            sock.close()
+            for s in out:
+                s.close()
+            hint = (
+                "another process listens there: stop it, or choose another port (--port, "
+                "[server].port)"
+                if e.errno == errno.EADDRINUSE
+                else "the address is not this machine's: choose one of its addresses"
+                if e.errno == errno.EADDRNOTAVAIL
+                else "choose another port (--port, [server].port)"
+            )
+            raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}): {hint}") from None
+        out.append(sock)
+    return out
 
 
-def serve(config: ServerConfig, app: Any = None, sock: socket.socket | None = None) -> None:
+def serve(
+    config: ServerConfig, app: Any = None, sockets: list[socket.socket] | None = None
+) -> None:
     """Run the app (by default `create_app(config)`) under uvicorn until SIGINT/SIGTERM;
-    in-flight requests and streams get `shutdown_grace_s` to finish. `sock`: the socket
+    in-flight requests and streams get `shutdown_grace_s` to finish. `sockets`: those
     `listen()` bound (by default, bound here)."""
     import uvicorn
 
-    sock = listen(config.host, config.port) if sock is None else sock
+    sockets = listen(config.host, config.port) if sockets is None else sockets
     server = uvicorn.Server(
         uvicorn.Config(
             # the process is the server's own: its heap frozen once ready
@@ -68,5 +84,8 @@ def serve(config: ServerConfig, app: Any = None, sock: socket.socket | None = No
             http=http_protocol(config.read_timeout_s),
         )
     )
-    with sock:
-        server.run(sockets=[sock])
+    try:
+        server.run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -206,17 +206,25 @@ def http_error(e: SatisficeError) -> HTTPError:
 
 
 _COOLING = re.compile(r"cooling for ([0-9.]+)s")
+_NO_WINDOW = "which the prompt did not fit"  # a skip after a context-length answer
 
 
 def _all_failed(e: AllAttemptsFailedError, msg: str, att: dict[str, Any]) -> HTTPError:
     """Every attempt failed: the status their causes share, so that an SDK retries only
     what a retry may fix (a 502 for all made the SDKs retry a prompt no window takes, and
-    hid an upstream's Retry-After). A prompt too long for every model tried: 400. Every
-    call timed out, or the request's deadline passed: 504. Every model rate-limited
-    (429) or cooling down: 429 or 503, with the soonest wait as Retry-After. Else 502."""
+    hid an upstream's Retry-After). Models that could not take the request's shape
+    (UnsupportedRequestError) are left out: the others' causes decide. A prompt too long
+    for every model tried: 400. Every call timed out, or the request's deadline passed:
+    504. Every model rate-limited or unavailable with a Retry-After, or cooling down: 429
+    (any 429) or 503, with the soonest wait as Retry-After. Else 502."""
     made = [a for a in e.attempts if a.outcome != "skipped"]
+    made = [a for a in made if a.error_type != "UnsupportedRequestError"] or made
     skipped = [a.error or "" for a in e.attempts if a.outcome == "skipped"]
-    if made and not skipped and all(a.error_type == "ContextLengthError" for a in made):
+    if (
+        made
+        and all(a.error_type == "ContextLengthError" for a in made)
+        and all(_NO_WINDOW in why for why in skipped)
+    ):
         return HTTPError(400, msg, "invalid_request_error", "context_length_exceeded", None, **att)
     if (
         e.attempts
@@ -225,11 +233,12 @@ def _all_failed(e: AllAttemptsFailedError, msg: str, att: dict[str, Any]) -> HTT
     ):
         return HTTPError(504, msg, "upstream_timeout", "upstream_timeout", None, **att)
     cooling = [_COOLING.search(why) for why in skipped]
-    if e.attempts and all(a.status == 429 for a in made) and all(cooling):
-        waits = [a.retry_after for a in made if a.retry_after]
+    limited = all(a.status == 429 or (a.retry_after or 0) > 0 for a in made)
+    if e.attempts and limited and all(cooling):
+        waits = [a.retry_after for a in made if a.retry_after and a.retry_after > 0]
         waits += [float(m.group(1)) for m in cooling if m is not None]
         headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else None
-        if made:
+        if any(a.status == 429 for a in made):
             return HTTPError(429, msg, "rate_limit_error", "upstream_rate_limited", headers, **att)
         return HTTPError(503, msg, "service_unavailable", "models_cooling_down", headers, **att)
     return HTTPError(502, msg, "upstream_error", type(e).__name__, None, **att)
