@@ -371,8 +371,12 @@ def test_a_budget_reserves_the_ladder_even_when_its_cheap_step_is_below_the_floo
     assert "alpha" in router.route(prompt).filtered  # the floor rules the cheap step out
     with running(ServerConfig(), router) as (url, app):
         svc = app.state.service
-        parts = [svc.worst_case(router.route(prompt, allow=(m,), quality_floor=0.0), 100)[0]
-                 for m in ("alpha", "delta")]  # fmt: skip
+        parts = [
+            svc.worst_case(
+                router.route(prompt, allow=(m,), quality_floor=0.0, count_prompt=True), 100
+            )[0]
+            for m in ("alpha", "delta")
+        ]  # fmt: skip  (counted, as a budget's request is)
         admin = {"authorization": f"Bearer {master}"}
         budget = (max(parts) + sum(parts)) / 2  # fits one answer, not the ladder
         key = {"name": "c", "budget_usd": budget, "period": "day"}
