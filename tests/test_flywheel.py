@@ -105,3 +105,26 @@ async def test_a_record_holds_the_messages_as_sent_not_as_the_caller_changed_the
     first, second = sorted(read_records(tmp_path / "a.db"), key=lambda x: len(x["messages"]))
     assert first["messages"] == [{"role": "user", "content": "first"}], first["messages"]
     assert [m["content"] for m in second["messages"]][::2] == ["first", "second"]
+
+
+async def test_a_streamed_record_holds_the_messages_as_sent_and_their_parts(
+    tmp_path: Path,
+) -> None:
+    """A stream's record took the caller's list at its end, after the caller had appended
+    the answer to it as it came; and parts changed in place later showed in the record."""
+    with LocalUpstream() as up:
+        async with router(up.url).attach(ledger=tmp_path / "a.db", record_prompts=True) as r:
+            part = {"type": "text", "text": "first", "cache_control": {"type": "ephemeral"}}
+            msgs: list[dict[str, Any]] = [{"role": "user", "content": [part]}]
+            answer = {"role": "assistant", "content": ""}
+            async with r.stream(msgs) as s:
+                async for d in s:
+                    if answer not in msgs:
+                        msgs.append(answer)
+                    answer["content"] += d.text or ""
+            part["text"] = "[redacted]"
+            del part["cache_control"]
+            assert r.ledger is not None and r.ledger.flush()
+    (rec,) = read_records(tmp_path / "a.db")
+    sent = {"type": "text", "text": "first", "cache_control": {"type": "ephemeral"}}
+    assert rec["messages"] == [{"role": "user", "content": [sent]}], rec

@@ -207,6 +207,8 @@ async def test_a_record_this_version_cannot_read_breaks_only_itself() -> None:
         read = await s.key_by_id(newer.id)
         assert read is not None and await s.replace_key(read, replace(read, rpm=7))
         assert (await s.key_by_id(newer.id)).rpm == 7  # type: ignore[union-attr]
+        stored = json.loads(await s._r.call("HGET", "satisfice:keys", newer.id))
+        assert stored["org"] == "x"  # the newer version's field is kept
         await s._r.call("HSET", "satisfice:keys", good.id,
                         json.dumps(dict(reversed(list(asdict(good).items())))))  # fmt: skip
         assert await s.replace_key(good, replace(good, rpm=3))
@@ -403,5 +405,15 @@ async def test_an_enable_or_disable_reaches_every_replica_even_made_while_redis_
         assert state_of(a, "m/e") == "ok"
         await b.sync()
         assert state_of(b, "m/e") == "ok"
+        # a replica started later holds back what is cooling now, whatever was enabled once
+        await asyncio.sleep(0.01)
+        for _ in range(5):
+            a.record_failure("m/d", rate_limited=False, retry_after=None, reason="HTTP 500")
+        await asyncio.gather(*a._tasks)
+        sc = RedisState(server.url)
+        c = SharedHealth(sc)
+        await c.sync()
+        assert c.cooling_for("m/d") is not None
         await sa.close()
         await sb.close()
+        await sc.close()

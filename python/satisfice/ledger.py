@@ -241,7 +241,11 @@ def record_of(result: ChatResult) -> dict[str, Any]:
 
     ref = result.decision.snapshot.registry.reference
     rec["reference_model"] = ref.id
-    rec["reference_cost_usd"] = cost_of(ref.price, result.usage)
+    if result.model == ref.id:  # answered by the reference: what it was billed, saving 0
+        rec["reference_cost_usd"] = result.cost_usd
+    else:  # its own price, else its first deployment's (a model priced per deployment)
+        price = ref.price or next((d.price for d in ref.deployments if d.price), None)
+        rec["reference_cost_usd"] = cost_of(price, result.usage)
     return rec
 
 
@@ -1047,8 +1051,12 @@ def open_ledger_db(p: Path) -> sqlite3.Connection:
         db.close()
         raise ConfigError(f"ledger {p} is a database but not a satisfice ledger (no records)")
     if "meta" in names:  # as the writer refuses another version's ledger, so does a reader
-        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is not None and str(row[0]) != str(SCHEMA_VERSION):
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = None if row is None else int(row[0])
+        except (sqlite3.DatabaseError, ValueError, TypeError):
+            version, row = -1, ("unreadable",)
+        if version is not None and version != SCHEMA_VERSION:
             db.close()
             raise ConfigError(
                 f"ledger {p} has schema version {row[0]!s:.20}; this satisfice reads "

@@ -112,15 +112,9 @@ class Recorder:
             except Exception as e:  # a tracing backend's fault never reaches the request
                 _hooks_log.error("tracing failed: %s: %s", type(e).__name__, e)
         if self.ledger is not None:
-            if self.record_prompts and messages is not None:
-                # as sent: a caller's list (and its dicts) is theirs to change once chat()
-                # returns, and the writer reads it a flush later (a chat loop that appended
-                # its turns to one list had every record hold the last conversation)
-                if not isinstance(messages, str):
-                    messages = [dict(m) if isinstance(m, Mapping) else m for m in messages]
-                self.ledger.put((r, messages))
-            else:
-                self.ledger.put(r)
+            # with record_prompts, the messages as sent (copied as the request began:
+            # router._as_sent)
+            self.ledger.put((r, messages) if self.record_prompts and messages is not None else r)
         if _att_log.isEnabledFor(logging.INFO):
             for a in r.attempts:
                 if a.outcome in ("error", "skipped"):

@@ -123,6 +123,21 @@ class RequestCancelled(Exception):
         super().__init__("the caller cancelled the request before its answer")
 
 
+def _as_sent(messages: Messages) -> Messages:
+    """A copy of the messages as a request sends them, for its record (`record_prompts`):
+    the caller's list, its dicts and their parts are the caller's to change meanwhile (a
+    chat loop appends its turns to one list, a stream's caller its answer as it comes)."""
+    from ._json import dumps, loads
+
+    if isinstance(messages, str):
+        return messages
+    try:
+        out: Messages = loads(dumps(messages))
+        return out
+    except (TypeError, ValueError):  # not JSON: the list and its dicts, at least
+        return [dict(m) if isinstance(m, Mapping) else m for m in messages]
+
+
 def _shaped(c: Constraints, tools: Any, rf: Any) -> tuple[Constraints, str | None]:
     """What a request's tools and response_format ask of routing: a model with tool use or
     JSON output (`needs`), and their text, which providers bill as prompt tokens (so
@@ -724,6 +739,7 @@ class Router:
         if not plain or accept is not None or cascade is not None:  # not the usual plain call
             self._check_modes(race, hedge, accept, cascade)
         rec, run = self._rec, None
+        sent = _as_sent(messages) if rec is not None and rec.record_prompts else messages
         token = self._enter()
         try:
             io, run, metadata = await self._begin(
@@ -766,7 +782,7 @@ class Router:
         result.overhead_s += waited - result.latency_s
         result.latency_s = waited
         if rec is not None:
-            rec.result(result, messages)
+            rec.result(result, sent)
         return result
 
     def _check_modes(self, race: object, hedge: object, accept: object, cascade: object) -> None:
@@ -860,6 +876,7 @@ class Router:
     ) -> AsyncIterator[StreamDelta]:
         t0, started_at = perf_counter(), time()
         rec, run = self._rec, None
+        sent = _as_sent(messages) if rec is not None and rec.record_prompts else messages
         token = self._enter()
         try:
             io, run, metadata = await self._begin(messages, constraints, options, t0)
@@ -876,7 +893,7 @@ class Router:
                 if delta.done:
                     done = True
                     if rec is not None:
-                        rec.result(delta.result, messages)
+                        rec.result(delta.result, sent)
                     # its result is out: a caller that never closes the stream holds no aclose()
                     self._in_flight.discard(token)
                 yield delta

@@ -610,7 +610,10 @@ class Diff:
                 # call's cost moves (`base`: the tokens' part); set against the input rate,
                 # $1 a call on a $0.20/M model was 5x, and passed unconfirmed
                 tokens = c.base or 0.0
-                fees = [v if isinstance(v, float) else 0.0 for v in (c.old, c.new)]
+                fees = [
+                    float(v) if isinstance(v, int | float) and not isinstance(v, bool) else 0.0
+                    for v in (c.old, c.new)
+                ]
                 if moved(tokens + fees[0], tokens + fees[1]):
                     bad.append(c)
                 continue

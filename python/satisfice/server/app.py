@@ -260,7 +260,9 @@ class SharedHealth(Health):
         self._remote_disabled: set[str] = set()  # disabled here because another replica did
         # disables (reason) and enables (None) not yet shared, with when they were made
         self._want: dict[str, tuple[str | None, float]] = {}
-        self._own_at: dict[str, float] = {}  # when this replica last disabled or cooled a key
+        # when this replica last began holding a key back: its own disable or cooldown, or
+        # a cooldown another replica shared; an enable stamped later puts it back
+        self._held_at: dict[str, float] = {}
         self._enabled_seen: dict[str, float] = {}  # enable stamps acted on
 
     def record_failure(self, key: str, **kw: Any) -> None:
@@ -271,13 +273,13 @@ class SharedHealth(Health):
             until = now + left
             if self._pushed.get(key, 0.0) < until - 0.01:
                 self._pushed[key] = until
-                self._own_at[key] = now
+                self._held_at[key] = now
                 self._push(self._state.push_cooldown(key, until, self._s[key].reason))
 
     def disable(self, key: str, reason: str) -> None:
         super().disable(key, reason)
         self._remote_disabled.discard(key)
-        self._own_at[key] = now = time.time()
+        self._held_at[key] = now = time.time()
         self._want[key] = (reason, now)
         self._push(self._share(key))
 
@@ -316,6 +318,7 @@ class SharedHealth(Health):
             if self._pushed.get(key, 0.0) >= until - 0.01 or key in self._want:
                 continue  # ours
             self.cool(key, until - time.time(), f"cooled by another replica: {why}")
+            self._held_at[key] = time.time()
         shared = await self._state.disabled_now()
         if shared is None:
             return  # the store is away: keep what we know
@@ -332,9 +335,12 @@ class SharedHealth(Health):
             if at <= self._enabled_seen.get(key, 0.0) or key in self._want or key in shared:
                 continue
             self._enabled_seen[key] = at
-            if at > self._own_at.get(key, 0.0):  # enabled after this replica's own word
+            # enabled after this replica began holding it back (a replica that holds
+            # nothing back, just started, has nothing to put back)
+            if key in self._held_at and at > self._held_at[key]:
                 Health.enable(self, key)
                 self._pushed.pop(key, None)
+                del self._held_at[key]
 
 
 class Service:

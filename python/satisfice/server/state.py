@@ -650,7 +650,14 @@ class RedisState:
         raw = await self._do(self._r.call("HGET", keys, old.id))
         if raw is None or _stored(VirtualKey, raw) != old:
             return False
-        ok = await self._do(self._eval(self._cas, [keys], [old.id, raw, json.dumps(asdict(new))]))
+        # the fields this version does not know are kept as they were read (a newer
+        # replica's: writing this version's fields alone had dropped them)
+        try:
+            stored = json.loads(raw)
+        except ValueError:
+            stored = {}
+        record = {**(stored if isinstance(stored, dict) else {}), **asdict(new)}
+        ok = await self._do(self._eval(self._cas, [keys], [old.id, raw, json.dumps(record)]))
         self._key_cache.pop(new.key_hash, None)
         return bool(int(ok))
 
