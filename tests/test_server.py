@@ -1117,7 +1117,9 @@ def test_odd_tool_choices_and_deep_json_are_400s_and_messages_paths_speak_anthro
     url, *_ = served
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
     base = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "tools": tools}
-    for choice in ({"type": []}, {"type": {}}, {"type": "function", "function": {"name": "g"}}):
+    undefined = {"mode": "auto", "tools": [{"type": "function", "function": {"name": "g"}}]}
+    for choice in ({"type": []}, {"type": {}}, {"type": "function", "function": {"name": "g"}},
+                   {"type": "allowed_tools", "allowed_tools": undefined}):  # fmt: skip
         r = httpx.post(url + "/v1/chat/completions", json={**base, "tool_choice": choice})
         assert r.status_code == 400 and "tool_choice" in r.text, (choice, r.text)
     named = {"type": "function", "function": {"name": "f"}}

@@ -276,10 +276,20 @@ def _check_tool_choice(choice: object, tools: object) -> None:
     says_none = choice == "none" or (isinstance(choice, Mapping) and choice["type"] == "none")
     if not tools and not says_none:
         raise ConfigError(f"tool_choice {choice!r:.60} needs tools; pass tools=[...]")
-    if isinstance(named, Mapping) and isinstance(tools, list):
-        name = named["name"]  # it is a tool's, which `_check_tools` checked the shapes of
-        if name not in {_tool_name(t) for t in tools}:
-            raise ConfigError(f"tool_choice names {name!r:.60}, which tools does not define")
+    names: list[object] = []
+    if isinstance(named, Mapping):
+        names.append(named["name"])
+    elif isinstance(choice, Mapping) and choice.get("type") == "allowed_tools":
+        allowed = choice.get("allowed_tools")
+        listed = allowed.get("tools") if isinstance(allowed, Mapping) else None
+        if not isinstance(listed, list) or not listed:
+            raise ConfigError("tool_choice allowed_tools needs {'mode': ..., 'tools': [...]}")
+        names += [_tool_name(t) for t in listed]
+    if names and isinstance(tools, list):
+        defined = {_tool_name(t) for t in tools}
+        for name in names:
+            if name not in defined:
+                raise ConfigError(f"tool_choice names {name!r:.60}, which tools does not define")
 
 
 def _tool_name(t: Any) -> object:
