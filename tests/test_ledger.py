@@ -694,3 +694,39 @@ async def test_the_reference_cost_prices_every_part_the_answer_was_billed_for(
     (rec,) = read_records(tmp_path / "l.db")
     assert res.cost_usd is not None and res.cost_usd > 0.1
     assert rec["reference_cost_usd"] == pytest.approx(res.cost_usd), rec
+
+
+async def test_the_reference_cost_of_a_model_priced_per_deployment(tmp_path: Path) -> None:
+    """The reference cost read the model's price only: a reference priced per deployment
+    gave an unknown saving, and one answering through a deployment with its own price was
+    recorded as saving -100% against itself."""
+    from satisfice import Registry
+    from satisfice.testing.raw import RawUpstream, http_response
+
+    body = {"id": "c", "object": "chat.completion", "model": "w",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "hi"}}],
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 1000}}  # fmt: skip
+
+    def model(mid: str, url: str, quality: float, price: dict[str, float]) -> dict[str, Any]:
+        return {"id": mid, "provider": "openai", "tokenizer": "o200k_base",
+                "context_window": 100_000, "max_output": 4_000, "capabilities": [],
+                "quality": {"general": quality},
+                "deployments": [{"name": "d", "api": "openai", "model": "w",
+                                 "base_url": url + "/v1", "price": price}]}  # fmt: skip
+
+    with RawUpstream() as raw:
+        raw.push(http_response(json.dumps(body).encode()))
+        raw.push(http_response(json.dumps(body).encode()))
+        reg = Registry.from_dict({"model": [
+            model("ref", raw.url, 0.99, {"input": 10.0, "output": 20.0}),
+            model("cheap", raw.url, 0.9, {"input": 1.0, "output": 2.0}),
+        ]})  # fmt: skip
+        async with Router(reg).attach(ledger=tmp_path / "l.db") as r:
+            own = await r.chat("hello", allow=["ref"])
+            other = await r.chat("hello", allow=["cheap"])
+            assert r.ledger is not None and r.ledger.flush()
+    recs = {x["model"]: x for x in read_records(tmp_path / "l.db")}
+    assert recs["ref"]["reference_cost_usd"] == pytest.approx(own.cost_usd)
+    assert recs["cheap"]["reference_cost_usd"] == pytest.approx(0.03)  # 1k in, 1k out at ref's
+    assert other.cost_usd == pytest.approx(0.003)

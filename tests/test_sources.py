@@ -231,6 +231,7 @@ def test_a_per_request_fee_is_weighed_against_a_calls_cost_not_the_input_rate() 
         return reg.replace(m.replace(price=m.price.replace(per_request=fee)))
 
     assert {c.what for c in sources.diff(reg, with_fee(1.0)).absurd()} == {"price.per_request"}
+    assert sources.diff(reg, with_fee(1)).absurd(), "an int fee is a fee too"
     assert sources.diff(reg, with_fee(0.0001)).absurd() == []  # a call's cost, 1.07x
     assert sources.diff(with_fee(0.0001), with_fee(0.0002)).absurd() == []
 
