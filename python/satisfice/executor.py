@@ -495,12 +495,14 @@ class Run:
                 )
             )
 
-    def skip(self, model: str, deployment: str, why: str) -> None:
+    def skip(self, model: str, deployment: str, why: str, retry_after: float | None = None) -> None:
+        """`retry_after`: seconds until a cooling deployment may be called again."""
         self.attempts.append(
             Attempt(
-                model, deployment, "skipped", perf_counter() - self.t0, error=why, step=self.step
+                model, deployment, "skipped", perf_counter() - self.t0, error=why,
+                retry_after=retry_after, step=self.step,
             )
-        )
+        )  # fmt: skip
 
 
 def _targets_of(spec: ModelSpec) -> tuple[_Target, ...]:
@@ -642,7 +644,7 @@ class Executor:
                     continue
                 why = self.health.unavailable(t.key)
                 if why is not None:
-                    run.skip(t.model, t.dep.name, why)
+                    run.skip(t.model, t.dep.name, why, self.health.retry_in(t.key))
                     cooled.append(t)
                     continue
                 capped = run.output_cap(t)

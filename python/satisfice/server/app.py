@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 import uuid
@@ -205,7 +204,6 @@ def http_error(e: SatisficeError) -> HTTPError:
     return HTTPError(500, msg, "server_error", type(e).__name__)
 
 
-_COOLING = re.compile(r"cooling for ([0-9.]+)s")
 _NO_WINDOW = "which the prompt did not fit"  # a skip after a context-length answer
 
 
@@ -219,6 +217,7 @@ def _all_failed(e: AllAttemptsFailedError, msg: str, att: dict[str, Any]) -> HTT
     (any 429) or 503, with the soonest wait as Retry-After. Else 502."""
     made = [a for a in e.attempts if a.outcome != "skipped"]
     made = [a for a in made if a.error_type != "UnsupportedRequestError"] or made
+    cooled = [a for a in e.attempts if a.outcome == "skipped" and a.retry_after]
     skipped = [a.error or "" for a in e.attempts if a.outcome == "skipped"]
     if (
         made
@@ -232,11 +231,9 @@ def _all_failed(e: AllAttemptsFailedError, msg: str, att: dict[str, Any]) -> HTT
         and all("deadline" in why for why in skipped)
     ):
         return HTTPError(504, msg, "upstream_timeout", "upstream_timeout", None, **att)
-    cooling = [_COOLING.search(why) for why in skipped]
     limited = all(a.status == 429 or (a.retry_after or 0) > 0 for a in made)
-    if e.attempts and limited and all(cooling):
-        waits = [a.retry_after for a in made if a.retry_after and a.retry_after > 0]
-        waits += [float(m.group(1)) for m in cooling if m is not None]
+    if e.attempts and limited and len(cooled) == len(skipped):  # every skip a cooling one
+        waits = [a.retry_after for a in [*made, *cooled] if a.retry_after and a.retry_after > 0]
         headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else None
         if any(a.status == 429 for a in made):
             return HTTPError(429, msg, "rate_limit_error", "upstream_rate_limited", headers, **att)

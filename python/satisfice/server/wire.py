@@ -478,13 +478,11 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
                 '\'tool_choice\' must be an object: {"type": "auto"}, {"type": "any"}, '
                 f'{{"type": "none"}} or {{"type": "tool", "name": ...}}; got {tc!r:.80}'
             )
-        defined = [t.get("name") for t in tools or () if isinstance(t, Mapping)]
-        if kind in ("any", "tool") and not defined:
+        if kind in ("any", "tool") and not tools:  # said in this API's own words
             raise _bad(f"'tool_choice' {kind!r} needs 'tools'")
-        if kind == "tool" and name not in defined:
-            raise _bad(f"'tool_choice' names tool {name!r}, which 'tools' does not define")
-        if defined or kind not in ("auto", "none"):  # without tools they say nothing, and
-            # OpenAI's API (the router's rule too) refuses a tool_choice with no tools
+        # one naming a tool `tools` does not define is the router's refusal, as on
+        # /v1/chat/completions (`router._check_tool_choice`)
+        if tools or kind not in ("auto", "none"):  # without tools these two say nothing
             opts["tool_choice"] = {
                 "tool": {"type": "function", "function": {"name": name}},
                 "any": "required",
