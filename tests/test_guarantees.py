@@ -436,3 +436,34 @@ async def test_a_request_one_models_wire_cannot_carry_goes_to_the_next(up: Local
             assert r.health().get("beta/beta-dep", {"state": "ok"})["state"] == "ok"
         with pytest.raises(UnsupportedRequestError, match="cannot be combined with tools"):
             await r.chat(MSGS, allow=["beta"], tools=TOOLS[:1], response_format=rf)
+
+
+async def test_a_request_only_a_cooling_model_can_carry_says_try_again_not_change_it(
+    up: LocalUpstream,
+) -> None:
+    """The model that takes tools beside response_format cools down and is routed around;
+    the one left cannot carry the request. That was a 400 UnsupportedRequestError (the
+    caller told to change a request the cooling model takes as it is); it now fails as
+    every attempt failing, the cooling model skipped on the record with its wait, which
+    `satisfice serve` answers with a 503 and its Retry-After."""
+    from satisfice.errors import AllAttemptsFailedError
+    from satisfice.server.app import _all_failed
+
+    rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    async with router(up.url) as r:
+        up.script(wire("gamma"), status(429, retry_after=30))
+        with pytest.raises(AllAttemptsFailedError):
+            await r.chat(MSGS, allow=["gamma"])  # gamma cools for 30 s
+        with pytest.raises(AllAttemptsFailedError) as e:
+            await r.chat(MSGS, allow=["beta", "gamma"], tools=TOOLS[:1], response_format=rf)
+        kinds = [(a.model, a.outcome, a.error_type) for a in e.value.attempts]
+        assert kinds == [
+            ("beta", "error", "UnsupportedRequestError"),
+            ("gamma", "skipped", "unavailable"),
+        ], kinds
+        assert 0 < (e.value.attempts[1].retry_after or 0) <= 30
+        served = _all_failed(e.value, str(e.value), {})
+        assert served.status == 503 and 1 <= int(served.headers["retry-after"]) <= 30
+        r.enable("gamma")  # taken again once it is back
+        res = await r.chat(MSGS, allow=["beta", "gamma"], tools=TOOLS[:1], response_format=rf)
+        assert res.model == "gamma"

@@ -41,6 +41,7 @@ from .errors import (
     CascadeBudgetError,
     ConfigError,
     ProviderError,
+    SatisficeError,
     StaleConnectionError,
     StreamInterruptedError,
     UnsupportedRequestError,
@@ -307,6 +308,7 @@ class Run:
         "order",
         "registry",
         "request",
+        "reroute",
         "share",
         "spans",
         "step",
@@ -355,6 +357,9 @@ class Run:
         # calls sent and not yet on record, with their start: what a cancellation cuts off
         self.calling: dict[tuple[str, str], tuple[_Target, float]] = {}
         self.answering: str | None = None  # the model a stream's text comes from, once known
+        # routes the request again without leaving out cooling models (set by the router
+        # when it left some out): what `_failure` asks when no model routed could take it
+        self.reroute: Callable[[], Awaitable[Decision]] | None = None
 
     def sub(self, model: str, messages: list[dict[str, Any]], step: int | None, share: int) -> Run:
         """One model of a cascade step (`share`: the models the step calls at once): its
@@ -495,12 +500,16 @@ class Run:
                 )
             )
 
-    def skip(self, model: str, deployment: str, why: str, retry_after: float | None = None) -> None:
-        """`retry_after`: seconds until a cooling deployment may be called again."""
+    def skip(
+        self, model: str, deployment: str, kind: str, why: str, retry_after: float | None = None
+    ) -> None:
+        """`kind` (the attempt's error_type): one of SKIPS, for what reads the attempts
+        (the server's status) to go by rather than `why`'s words; `retry_after`: seconds
+        until a cooling deployment may be called again."""
         self.attempts.append(
             Attempt(
-                model, deployment, "skipped", perf_counter() - self.t0, error=why,
-                retry_after=retry_after, step=self.step,
+                model, deployment, "skipped", perf_counter() - self.t0, error_type=kind,
+                error=why, retry_after=retry_after, step=self.step,
             )
         )  # fmt: skip
 
@@ -619,7 +628,12 @@ class Executor:
             targets = self.targets(run.registry, order[i])
             i += 1
             if not targets:
-                run.skip(order[i - 1], "-", "no deployments configured; add one to the registry")
+                run.skip(
+                    order[i - 1],
+                    "-",
+                    "no_deployment",
+                    "no deployments configured; add one to the registry",
+                )
             for t in self._balanced(targets):
                 if only is not None and t.key not in only:
                     continue
@@ -627,24 +641,26 @@ class Executor:
                     run.skip(
                         t.model,
                         t.dep.name,
+                        "window",
                         f"context window {t.spec.context_window} is "
                         f"not larger than {run.min_window}, which the prompt did not fit",
                     )
                     continue
                 if run.deadline is not None and perf_counter() >= run.deadline:
-                    run.skip(t.model, t.dep.name, "the request's deadline had passed")
+                    run.skip(t.model, t.dep.name, "deadline", "the request's deadline had passed")
                     return
                 env = t.dep.api_key_env
                 if env and not os.environ.get(env):  # read per request: set it and it is used
                     run.skip(
                         t.model,
                         t.dep.name,
+                        "no_api_key",
                         f"environment variable {env} is not set; export the API key there",
                     )
                     continue
                 why = self.health.unavailable(t.key)
                 if why is not None:
-                    run.skip(t.model, t.dep.name, why, self.health.retry_in(t.key))
+                    run.skip(t.model, t.dep.name, "unavailable", why, self.health.retry_in(t.key))
                     cooled.append(t)
                     continue
                 capped = run.output_cap(t)
@@ -652,6 +668,7 @@ class Executor:
                     run.skip(
                         t.model,
                         t.dep.name,
+                        "cost_cap",
                         f"the cost cap (${run.cap:.6f}) leaves nothing for its answer after "
                         "its prompt, what this request was billed and what calls in flight "
                         "hold (or a bill on it is unknown: an unpriced call)",
@@ -837,7 +854,7 @@ class Executor:
                 break
             await asyncio.sleep(wait)
             only = {t.key for t in cooled}
-        raise self._all_failed(run)
+        raise await self._failure(run)
 
     def _cooldown_wait(self, run: Run, cooled: list[_Target]) -> float | None:
         """Seconds until the first cooled target is free, if that is worth waiting for."""
@@ -918,6 +935,25 @@ class Executor:
             stop_sequence=resp.stop_sequence,
             refusal=resp.refusal,
         )
+
+    async def _failure(self, run: Run) -> ProviderError:
+        """`_all_failed`; but when no model routed could take the request's shape and the
+        router had routed around cooling models, those it would have routed are skipped
+        on the record with their wait: "try again soon" (a 503 served), not "change the
+        request" (a 400), when a model that takes it is only cooling."""
+        e = self._all_failed(run)
+        if isinstance(e, UnsupportedRequestError) and run.reroute is not None:
+            try:
+                d = await run.reroute()
+            except SatisficeError:  # nothing routable even then: the 400 stands
+                return e
+            for m in (d.model, *d.fallbacks):
+                for t in self.targets(run.registry, m) if m in run.registry else ():
+                    why = self.health.unavailable(t.key)
+                    if why is not None:
+                        run.skip(m, t.dep.name, "unavailable", why, self.health.retry_in(t.key))
+            e = self._all_failed(run)
+        return e
 
     def _all_failed(self, run: Run) -> ProviderError:
         d = run.decision
@@ -1343,7 +1379,7 @@ class Executor:
                         raise exc
                     if len(running) < width:
                         launch()
-            raise self._all_failed(run)
+            raise await self._failure(run)
         finally:
             await self._cancel(run, running)
 

@@ -41,8 +41,10 @@ def billed_cost(attempts: Sequence[Any]) -> tuple[float, bool] | None:
 class Attempt:
     """One call (or one skipped deployment) made for a request.
 
-    `outcome`: "ok"; "error" (`error_type` names the errors.py class); "skipped" (cooling,
-    disabled, missing key, window too small, deadline passed); "cancelled" (a hedge or race
+    `outcome`: "ok"; "error" (`error_type` names the errors.py class); "skipped"
+    (`error_type` names why: "unavailable" — cooling or disabled, "no_api_key", "window" —
+    too small for a prompt a smaller one refused, "deadline" — passed, "cost_cap" — nothing
+    left of it for an answer, "no_deployment"); "cancelled" (a hedge or race
     loser); "rejected" (answered, but the `accept` validator or a cascade step's check said
     no); "check" (a call a check made itself, a judge's: `deployment` names the check).
     `cost_usd` is what the call cost as far as it is known: from usage when it

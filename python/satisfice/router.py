@@ -6,7 +6,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from time import perf_counter, time
 
@@ -615,7 +615,7 @@ class Router:
     ) -> tuple[Executor, Run, dict[str, Any]]:
         """The one request builder behind chat() and stream(): the decision (`_prepare`),
         then the wire request and its deadline."""
-        io, decision, call, timeout, metadata, msgs = await self._prepare(
+        io, decision, call, timeout, metadata, msgs, reroute = await self._prepare(
             messages, constraints, options, tuned_cascade
         )
         if self._rec is not None:
@@ -634,6 +634,7 @@ class Router:
             timeout = c.latency_slo_ms / 1000.0
         deadline = None if timeout is None else t0 + timeout
         run = io.run(decision, msgs, call, t0=t0, deadline=deadline, accept=accept)
+        run.reroute = reroute
         return io, run, metadata
 
     async def _prepare(
@@ -642,7 +643,15 @@ class Router:
         constraints: Constraints | Mapping[str, Any] | None,
         options: Mapping[str, Any],
         tuned_cascade: bool,
-    ) -> tuple[Executor, Decision, dict[str, Any], Any, dict[str, Any], list[dict[str, Any]]]:
+    ) -> tuple[
+        Executor,
+        Decision,
+        dict[str, Any],
+        Any,
+        dict[str, Any],
+        list[dict[str, Any]],
+        Callable[[], Awaitable[Decision]] | None,
+    ]:
         """Check the options and route (around cooling deployments; a large prompt on a
         worker thread, so an exact count never holds the event loop), or take the
         `decision` given. The caller's dicts are read, never changed."""
@@ -679,7 +688,15 @@ class Router:
                     f"decision must be one router.decide() made, got {type(given).__name__}"
                 )
             _check_shape(call["tools"], call["response_format"])  # routed without them
-            return io, given, call, timeout, metadata, msgs
+            reroute = None
+            if io.health.blocked():  # see Run.reroute
+                snap = self._snap
+                extra = extra_text(call["tools"], call["response_format"])
+                reroute = partial(
+                    self._route_off_loop, snap, msgs, given.constraints, snap.undeployable,
+                    extra=extra,
+                )  # fmt: skip
+            return io, given, call, timeout, metadata, msgs, reroute
         snap = self._snap  # one snapshot for every routing of this request
         if call["max_tokens"] is not None and "max_output_tokens" not in opts:
             opts["max_output_tokens"] = call["max_tokens"]
@@ -697,7 +714,12 @@ class Router:
             decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra)
         if prefer is not None and prefer != decision.model:
             decision = decision.preferring(prefer)
-        return io, decision, call, timeout, metadata, msgs
+        reroute = None
+        if blocked:  # see Run.reroute
+            reroute = partial(
+                self._route_off_loop, snap, msgs, c, snap.undeployable, live, extra=extra
+            )
+        return io, decision, call, timeout, metadata, msgs, reroute
 
     async def _decide(
         self,

@@ -204,38 +204,30 @@ def http_error(e: SatisficeError) -> HTTPError:
     return HTTPError(500, msg, "server_error", type(e).__name__)
 
 
-_NO_WINDOW = "which the prompt did not fit"  # a skip after a context-length answer
-
-
 def _all_failed(e: AllAttemptsFailedError, msg: str, att: dict[str, Any]) -> HTTPError:
     """Every attempt failed: the status their causes share, so that an SDK retries only
     what a retry may fix (a 502 for all made the SDKs retry a prompt no window takes, and
     hid an upstream's Retry-After). Models that could not take the request's shape
-    (UnsupportedRequestError) are left out: the others' causes decide. A prompt too long
-    for every model tried: 400. Every call timed out, or the request's deadline passed:
-    504. Every model rate-limited or unavailable with a Retry-After, or cooling down: 429
-    (any 429) or 503, with the soonest wait as Retry-After. Else 502."""
-    made = [a for a in e.attempts if a.outcome != "skipped"]
-    made = [a for a in made if a.error_type != "UnsupportedRequestError"] or made
-    cooled = [a for a in e.attempts if a.outcome == "skipped" and a.retry_after]
-    skipped = [a.error or "" for a in e.attempts if a.outcome == "skipped"]
-    if (
-        made
-        and all(a.error_type == "ContextLengthError" for a in made)
-        and all(_NO_WINDOW in why for why in skipped)
-    ):
+    (UnsupportedRequestError) are left out: the others' causes decide, a call's error or
+    a skip's kind alike. A prompt too long for every model tried: 400. Every call timed
+    out, or the request's deadline passed: 504. Every model rate-limited or unavailable
+    with a Retry-After, or cooling down: 429 (any 429) or 503, with the soonest wait as
+    Retry-After. Else 502."""
+    tried = [a for a in e.attempts if a.error_type != "UnsupportedRequestError"]
+    kinds = {a.error_type for a in tried}
+    if tried and kinds <= {"ContextLengthError", "window"}:
         return HTTPError(400, msg, "invalid_request_error", "context_length_exceeded", None, **att)
-    if (
-        e.attempts
-        and all(a.error_type == "UpstreamTimeoutError" for a in made)
-        and all("deadline" in why for why in skipped)
-    ):
+    if tried and kinds <= {"UpstreamTimeoutError", "deadline"}:
         return HTTPError(504, msg, "upstream_timeout", "upstream_timeout", None, **att)
-    limited = all(a.status == 429 or (a.retry_after or 0) > 0 for a in made)
-    if e.attempts and limited and len(cooled) == len(skipped):  # every skip a cooling one
-        waits = [a.retry_after for a in [*made, *cooled] if a.retry_after and a.retry_after > 0]
+    if tried and all(
+        (a.retry_after or 0) > 0
+        if a.outcome == "skipped"
+        else a.status == 429 or (a.retry_after or 0) > 0
+        for a in tried
+    ):
+        waits = [a.retry_after for a in tried if a.retry_after and a.retry_after > 0]
         headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else None
-        if any(a.status == 429 for a in made):
+        if any(a.status == 429 for a in tried):
             return HTTPError(429, msg, "rate_limit_error", "upstream_rate_limited", headers, **att)
         return HTTPError(503, msg, "service_unavailable", "models_cooling_down", headers, **att)
     return HTTPError(502, msg, "upstream_error", type(e).__name__, None, **att)
