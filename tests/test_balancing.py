@@ -47,3 +47,27 @@ async def test_the_cheaper_deployment_first_and_health_still_applies() -> None:
             x = await r.chat("hi")
             assert x.deployment == "a"  # b is cooling: the pricier one serves
             assert [t.deployment for t in x.attempts] == ["b", "a"]
+
+
+async def test_deployments_are_ordered_and_capped_by_this_requests_price() -> None:
+    """a bills the prompt cheap and the answer dear, b the reverse: for a long prompt and a
+    short answer a is the cheaper. Ordered by the sum of the rates, b went first and billed
+    57x route()'s estimate, which had priced the model at a's rates."""
+    from satisfice.registry import Price
+
+    with LocalUpstream() as a, LocalUpstream() as b:
+        reg = _reg(a.url, b.url, 1.0, 1.0)
+        m = reg["m"]
+        deps = (m.deployments[0].replace(price=Price(0.1, 29.9)),
+                m.deployments[1].replace(price=Price(10.0, 10.0)))  # fmt: skip
+        reg = reg.replace(m.replace(deployments=deps))
+        async with _router(reg) as r:
+            prompt = "word " * 20_000
+            res = await r.chat(prompt, max_tokens=20)
+            assert res.deployment == "a" and not b.requests, res.attempts
+            # the table's bound is each rate at its dearest host's: never under a bill
+            d = r.route(prompt, max_output_tokens=20)
+            worst = max(dep.price.cost(d.tokens_in("m"), 20) for dep in deps)  # type: ignore[union-attr]
+            assert d.est_cost_usd is not None and d.est_cost_usd >= worst * 0.999
+            res = await r.chat("short", max_tokens=500)  # a short prompt, a long answer: b
+            assert res.deployment == "b", res.attempts

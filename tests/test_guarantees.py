@@ -467,3 +467,17 @@ async def test_a_request_only_a_cooling_model_can_carry_says_try_again_not_chang
         r.enable("gamma")  # taken again once it is back
         res = await r.chat(MSGS, allow=["beta", "gamma"], tools=TOOLS[:1], response_format=rf)
         assert res.model == "gamma"
+
+
+async def test_a_decision_passed_back_refuses_constraints_it_would_drop(up: LocalUpstream) -> None:
+    """chat(decision=d, max_cost_usd=...) ran where d said with no cap at all: the cap, a
+    malformed value, an unknown model in allow= and prefer= were each dropped unread."""
+    async with router(up.url) as r:
+        d = await r.decide(MSGS)
+        for kw in ({"max_cost_usd": 1e-6}, {"latency_slo_ms": "lots"}, {"allow": ["nope"]},
+                   {"prefer": "beta"}):  # fmt: skip
+            with pytest.raises(ConfigError, match="router.decide"):
+                await r.chat(MSGS, decision=d, **kw)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="router.decide"):
+            await r.chat(MSGS, {"max_cost_usd": 1e-6}, decision=d)
+        assert (await r.chat(MSGS, decision=d, max_tokens=5)).model == d.model

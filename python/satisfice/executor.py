@@ -260,7 +260,7 @@ _NO_COOKIES = _NoCookies()
 class _Target:
     """One deployment of one model, with its provider built on first use."""
 
-    __slots__ = ("dep", "key", "model", "price", "provider", "spec", "unit_price")
+    __slots__ = ("dep", "key", "model", "price", "provider", "spec")
 
     def __init__(self, spec: ModelSpec, dep: Deployment) -> None:
         self.spec = spec
@@ -269,8 +269,6 @@ class _Target:
         # health is the deployment's: a model's effort variants call the same one
         self.key = f"{spec.base or spec.id}/{dep.name}"
         self.price: Price | None = dep.price if dep.price is not None else spec.price
-        p = self.price
-        self.unit_price = math.inf if p is None else p.input + p.output  # unpriced: last
         self.provider: Provider | None = None
 
 
@@ -634,7 +632,7 @@ class Executor:
                     "no_deployment",
                     "no deployments configured; add one to the registry",
                 )
-            for t in self._balanced(targets):
+            for t in self._balanced(targets, run):
                 if only is not None and t.key not in only:
                     continue
                 if t.spec.context_window <= run.min_window:
@@ -704,22 +702,29 @@ class Executor:
                     return True
         return False
 
-    def _balanced(self, targets: tuple[_Target, ...]) -> Sequence[_Target]:
+    def _balanced(self, targets: tuple[_Target, ...], run: Run) -> Sequence[_Target]:
         """A model's deployments in the order to try them: those within 10% of the cheapest
-        price first, among them the least busy (calls in flight), then the fastest (measured
-        p95); then the pricier ones by price. Equal on all of these: the registry's order.
-        (Health is applied by the caller: a cooling deployment is skipped wherever it is.)"""
+        for this request first, among them the least busy (calls in flight), then the
+        fastest (measured p95); then the pricier ones by price; unpriced ones last. Equal on
+        all of these: the registry's order. (Health is applied by the caller: a cooling
+        deployment is skipped wherever it is.)"""
         # (the ranking in a method of its own: the cells its lambdas close over are made
         # when a function is entered, whichever way it goes)
-        return targets if len(targets) < 2 else self._ranked(targets)
+        return targets if len(targets) < 2 else self._ranked(targets, run)
 
-    def _ranked(self, targets: tuple[_Target, ...]) -> list[_Target]:
-        cheapest = min(t.unit_price for t in targets)
-        near = [t for t in targets if t.unit_price <= cheapest * 1.1]
-        rest = [t for t in targets if t.unit_price > cheapest * 1.1]
+    def _ranked(self, targets: tuple[_Target, ...], run: Run) -> list[_Target]:
+        # priced for this request's prompt and answer, tiers and fees included: by the sum
+        # of the rates, a deployment dear on the side this request is heavy on went first
+        d = run.decision
+        t_in = d.max_tokens_in(targets[0].model)
+        t_out = run.request.max_tokens or d.tokens_out
+        usd = {t.key: math.inf if t.price is None else t.price.cost(t_in, t_out) for t in targets}
+        cheapest = min(usd.values())
+        near = [t for t in targets if usd[t.key] <= cheapest * 1.1]
+        rest = [t for t in targets if usd[t.key] > cheapest * 1.1]
         busy = self._in_flight
         near.sort(key=lambda t: (busy[t.key], self._p95_s(t) or math.inf))
-        rest.sort(key=lambda t: (t.unit_price, busy[t.key]))
+        rest.sort(key=lambda t: (usd[t.key], busy[t.key]))
         return near + rest
 
     def _p95_s(self, t: _Target) -> float | None:

@@ -254,13 +254,31 @@ class Rule(Value):
 
 
 def _worst_price(m: ModelSpec) -> Price | None:
-    """The price the table checks a cost cap against: the dearest of the model's
-    deployments (a fallback to a pricier host must not break the cap), None if any
-    deployment is unpriced."""
+    """The price the table checks a cost cap against: each rate the dearest of the model's
+    deployments' (a fallback to a pricier host must not break the cap, and which host is
+    dearer depends on the request: one may bill the prompt higher, another the answer),
+    None if any deployment is unpriced."""
     prices = [d.price if d.price is not None else m.price for d in m.deployments] or [m.price]
     if any(p is None for p in prices):
         return None
-    return max(prices, key=lambda p: (p.input + p.output, p.per_request or 0.0))  # type: ignore[union-attr]
+    ps: list[Price] = prices  # type: ignore[assignment]
+    if len(ps) == 1:
+        return ps[0]
+
+    def most(rate: str) -> float | None:
+        vs = [getattr(p, rate) for p in ps if getattr(p, rate) is not None]
+        return max(vs) if vs else None
+
+    # long-context tiers: every deployment's (the table takes the first threshold at the
+    # highest rates of any)
+    tiers = tuple(sorted({t for p in ps for t in p.long_context}, key=lambda t: t.above))
+    return ps[0].replace(
+        input=max(p.input for p in ps),
+        output=max(p.output for p in ps),
+        reasoning=most("reasoning"),
+        per_request=most("per_request"),
+        long_context=tiers,
+    )
 
 
 def reasoning_usd(m: ModelSpec, p: Price) -> float:

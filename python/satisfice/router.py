@@ -687,6 +687,15 @@ class Router:
                 raise ConfigError(
                     f"decision must be one router.decide() made, got {type(given).__name__}"
                 )
+            ignored = sorted(opts)
+            if constraints is not None or ignored or prefer is not None:
+                # the call goes where the decision says, under the limits it was made with:
+                # a cost cap given here as well had been dropped without a word
+                raise ConfigError(
+                    "decision= carries the constraints it was routed under; pass "
+                    f"{ignored or (['prefer'] if prefer is not None else ['constraints'])} to "
+                    "router.decide() instead, or leave decision= out"
+                )
             _check_shape(call["tools"], call["response_format"])  # routed without them
             reroute = None
             if io.health.blocked():  # see Run.reroute

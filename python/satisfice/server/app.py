@@ -785,6 +785,8 @@ def create_app(
                     routed.messages, cascade="auto" if "cascade" in opts else None, **kw
                 )
                 opts["decision"] = d
+                for k in _CONSTRAINT_KEYS & opts.keys():  # the decision holds them
+                    del opts[k]
             pinned = opts.pop("prefer", None)
             if pinned and d is not None:
                 if d.model == pinned:
