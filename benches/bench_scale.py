@@ -82,8 +82,9 @@ def main() -> None:
             nxt = cycle(prompts(size)).__next__
             route[size] = cpu_us(lambda: r.route(nxt()), args.reps)  # noqa: B023
         d = r.route(prompts(4096)[0])
-        rid = d.request_id
-        fb = cpu_us(lambda: r.feedback(rid, 1.0), args.reps)  # noqa: B023
+        # an answer is scored once: one request id each, routed beforehand
+        rids = iter([r.route(prompts(4096)[0]).request_id for _ in range(args.reps)])
+        fb = cpu_us(lambda: r.feedback(next(rids), 1.0), args.reps)  # noqa: B023
         ex = cpu_us(d.explain, 50)
         rows.append([n, len(reg.ids), route[100], route[4096], fb, ex])
     with upstream() as url:

@@ -3,7 +3,7 @@ optionally another, side by side.
 
     python benches/instructions.py route                 # 100 B and 4 KB prompts
     python benches/instructions.py chat                  # chat() and the direct calls, in process
-    python benches/instructions.py feedback              # router.feedback() on one request id
+    python benches/instructions.py feedback              # router.feedback(), a request id each
     python benches/instructions.py app                   # the server's ASGI app, in process
     python benches/instructions.py serve                 # one request through `satisfice serve`
     python benches/instructions.py route --against OTHER/python
@@ -21,8 +21,8 @@ symbols (a pyenv build has them).
   --in-process`'s transport): the bare call (`client.post`), the lean call (the request
   built as the providers build theirs), the provider's own call (`provider.complete`) and
   `router.chat()`. chat() less the provider's call is the router's work around the call.
-- feedback: `router.feedback(request_id, 1.0)` on the bundled registry, the same id each
-  time (a 3 KB prompt's decision), inside one `functools.reduce` as for route.
+- feedback: `router.feedback(request_id, 1.0)` on the bundled registry, a new id each
+  time (the same 3 KB prompt's decisions: an answer is scored once), inside one `functools.reduce` as for route.
 - app: the served request in process: `satisfice serve`'s ASGI app called directly (no
   socket, no uvicorn) with the router's upstream answered from memory, as `chat` answers
   it; the event loop's thread only (the ledger's writer thread, which counts the metrics,
@@ -123,11 +123,12 @@ import functools, sys
 from satisfice import Router, _core
 r = Router()
 _core.wait_for_tokenizers()
-rid = r.route("Explain the difference between a process and a thread, with an example in C. "
-              * 40).request_id
-for _ in range(200):
+n = int(sys.argv[1])
+prompt = "Explain the difference between a process and a thread, with an example in C. " * 40
+rids = [r.route(prompt).request_id for _ in range(n + 200)]  # an answer is scored once
+for rid in rids[n:]:
     r.feedback(rid, 1.0)
-functools.reduce(lambda *_: r.feedback(rid, 1.0), range(int(sys.argv[1])), None)  # counted
+functools.reduce(lambda _, i: r.feedback(rids[i], 1.0), range(n), None)  # counted
 """
 
 APP = """

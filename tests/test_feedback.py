@@ -130,11 +130,16 @@ def test_router_feedback_moves_the_model_and_persists(tmp_path: Path) -> None:
 
     start = p_good()
     seen = [start]
-    for _ in range(3):
+    router.feedback(rid, 0.0)
+    seen.append(p_good())
+    with pytest.raises(InputError, match="already scored"):  # an answer counts once
         router.feedback(rid, 0.0)
+    assert p_good() == seen[-1]
+    for _ in range(2):  # other requests of the same prompt, answered by the same model
+        router.feedback(router.route(PROMPT).request_id, 0.0, model=model)
         seen.append(p_good())
     assert seen == sorted(seen, reverse=True) and seen[-1] < start - 0.02
-    new = router.feedback(rid, 1.0)
+    new = router.feedback(router.route(PROMPT).request_id, 1.0, model=model)
     assert p_good() > seen[-1] and new.n_obs == 4 and new.source == "feedback"
 
     policy_path, predictor_path = tmp_path / "policy.json", tmp_path / "pred.npz"

@@ -481,3 +481,16 @@ async def test_a_decision_passed_back_refuses_constraints_it_would_drop(up: Loca
         with pytest.raises(ConfigError, match="router.decide"):
             await r.chat(MSGS, {"max_cost_usd": 1e-6}, decision=d)
         assert (await r.chat(MSGS, decision=d, max_tokens=5)).model == d.model
+
+
+async def test_a_temperature_or_extra_value_that_is_no_json_is_refused(up: LocalUpstream) -> None:
+    """temperature=nan went upstream as {"temperature":NaN}, a body that is no JSON; "hot"
+    and -5 as given."""
+    async with router(up.url) as r:
+        for t in (math.nan, "hot", -5, True, 3):
+            with pytest.raises(ConfigError, match="temperature"):
+                await r.chat(MSGS, temperature=t)  # type: ignore[arg-type]
+        with pytest.raises(BadRequestError, match="cannot be sent as JSON"):
+            await r.chat(MSGS, extra={"top_p": math.inf})
+        assert not up.requests or all(b"NaN" not in q.body for q in up.requests)
+        assert (await r.chat(MSGS, temperature=0.5)).model == "alpha"

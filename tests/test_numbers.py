@@ -30,12 +30,15 @@ async def test_a_numpy_feedback_score_is_taken_and_recorded_as_a_float(
         before = r.policy.quality_model().params_for(r.registry[res.model]).n_obs
         after = r.feedback(res.request_id, np.float32(0.25)).n_obs
         assert after == before + 1
-        r.feedback(res.request_id, np.int64(1))
+        again = await r.chat(MSGS)
+        r.feedback(again.request_id, np.int64(1))
         for bad in (np.bool_(True), True, np.float64("nan"), np.int64(2)):
             with pytest.raises(InputError, match="feedback score"):
                 r.feedback(res.request_id, bad)  # type: ignore[arg-type]
         assert r.ledger is not None and r.ledger.flush()
-    (rec,) = read_records(db)
+    recs = {rec["request_id"]: rec for rec in read_records(db)}
+    assert recs[res.request_id]["feedback"] == 0.25
+    rec = recs[again.request_id]
     assert rec["feedback"] == 1.0 and type(rec["feedback"]) is float
 
 

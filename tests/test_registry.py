@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,44 @@ def test_a_reference_model_that_is_not_an_id_is_a_config_error(ref: object) -> N
     base = Registry.default()
     with pytest.raises(ConfigError, match="meta.reference_model"):
         Registry(list(base), {**base.meta, "reference_model": ref})
+
+
+def test_models_and_deployments_built_in_code_are_checked_as_a_file_is() -> None:
+    """Deployment(...) and .replace() had no checks: a key pasted as api_key_env was taken
+    and echoed in every error naming the variable, and a str price or a non-Deployment
+    failed later as a raw AttributeError."""
+    from satisfice.registry import Deployment, Effort
+
+    key = "sk-proj-" + "a1B2c3D4e5" * 4
+    m = next(m for m in Registry.default() if m.deployments and m.base is None)
+    dep = m.deployments[0]
+    for kw in ({"api_key_env": key}, {"api": "grpc"}, {"base_url": "ftp://x y"}, {"model": 5},
+               {"model": ""}, {"p95_latency_ms": math.nan}, {"price": "free"}, {"name": 5}):  # fmt: skip
+        with pytest.raises(ConfigError) as e:
+            dep.replace(**kw)
+        assert key not in str(e.value)
+    with pytest.raises(ConfigError):
+        Deployment("d", "openai", "https://x.example/v1", "m", api_key_env=key)
+    for kw in ({"price": "x"}, {"deployments": (5,)}, {"p95_latency_ms": -1},
+               {"disabled": "no"}, {"efforts": {"low": 5}}, {"efforts": {"huge": Effort(10)}},
+               {"reasoning_tokens": -1}):  # fmt: skip
+        with pytest.raises(ConfigError):
+            m.replace(**kw)
+    with pytest.raises(ConfigError, match=r"model 'a'.deployments\[0\]: model \(the id"):
+        Registry.from_dict({"model": [{"id": "a", "provider": "p", "context_window": 10,
+                                       "max_output": 5, "deployments": [
+                                           {"base_url": "https://x.example", "model": None}]}]})  # fmt: skip
+
+
+def test_an_anthropic_effort_below_its_smallest_thinking_budget_is_priced_at_it() -> None:
+    """A level of 200 reasoning tokens was priced at 200, passed a cap, then sent Anthropic's
+    smallest budget_tokens, 1024, and could not be called under that cap."""
+    from satisfice.registry import ANTHROPIC_MIN_THINKING, Effort
+
+    m = next(m for m in Registry.default()
+             if m.base is None and m.efforts and m.deployments[0].api == "anthropic")  # fmt: skip
+    low = m.replace(efforts={"low": Effort(200)}).variant("low")
+    assert low.reasoning_tokens == ANTHROPIC_MIN_THINKING
+    o = next(m for m in Registry.default()
+             if m.base is None and m.efforts and m.deployments[0].api == "openai")  # fmt: skip
+    assert o.replace(efforts={"low": Effort(200)}).variant("low").reasoning_tokens == 200

@@ -46,6 +46,8 @@ def loads(raw: bytes | str) -> Any:
 
 # Compact, non-ASCII kept: the bytes httpx's `json=` would send, without its per-call encoder.
 encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# a request body's: NaN and ±Infinity are no JSON, and an upstream refuses them (or worse)
+_encode_body = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 # What the standard library refuses (a dataclass, a datetime, a str or int subclass orjson
 # would write its own way) goes to it, to be refused or written as before.
@@ -61,14 +63,14 @@ def dumps_body(obj: Any) -> bytes:
     errors, but for an `Enum` and a `UUID`, which orjson writes as their value and string
     (the standard library refused them). orjson writes NaN and ±Infinity as `null`, a
     value the caller did not send: a body with a `null` in it is written by the standard
-    library (NaN as NaN, which the upstream refuses, as before), so nothing is silently
-    changed."""
+    library, which refuses NaN and ±Infinity (a ValueError: they are no JSON, and had been
+    sent as NaN), so nothing is silently changed."""
     try:
         out = orjson.dumps(obj, option=_PASSTHROUGH)
     except TypeError:  # orjson.JSONEncodeError: a type, a key or an integer it does not take
-        return encode_json(obj).encode()
+        return _encode_body(obj).encode()
     # `find`, not `in`: see `_redact.scrub_bytes`
-    return encode_json(obj).encode() if out.find(b"null") >= 0 else out
+    return _encode_body(obj).encode() if out.find(b"null") >= 0 else out
 
 
 # Line ends to `str.splitlines()` (and so to httpx's `aiter_lines`) that JSON may leave raw:

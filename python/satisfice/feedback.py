@@ -269,6 +269,7 @@ class FeedbackLog:
         self._rand = array("Q")
         self._rand_at = 0
         self._beliefs: dict[str, AbilityBelief] = {}
+        self._scored: dict[int, set[int]] = {}  # slot -> models its answer was scored for
         self._lock = threading.Lock()
 
     def issue(self, latent: Sequence[float], model: str, embedding: bytes | None = None) -> str:
@@ -291,6 +292,7 @@ class FeedbackLog:
                 if self._emb:
                     self._emb.extend(bytes(EMBED_DIM))
             self._seq[slot], self._check[slot] = seq, check
+            self._scored.pop(slot, None)
             self._model[slot] = self._index(model)
             self._put_latent(slot, latent)
             self._put_embedding(slot, embedding)
@@ -324,6 +326,23 @@ class FeedbackLog:
             f"unknown request id {request_id!r:.60}: feedback is accepted for the last "
             f"{self.capacity} decisions whose request_id was read, in this process"
         )
+
+    def claim(self, request_id: str, model: str) -> None:
+        """Mark `request_id`'s answer by `model` scored: once. The same id scored again had
+        counted as new evidence each time (one answer scored 0 a hundred times moved a
+        model's P(good) from 0.76 to 0.36)."""
+        with self._lock:
+            slot = self._slot(request_id)
+            if slot is None:
+                return
+            scored = self._scored.setdefault(slot, set())
+            m = self._index(model)
+            if m in scored:
+                raise InputError(
+                    f"request {request_id!r:.60} was already scored for {model!r:.80}: "
+                    "feedback counts each answer once"
+                )
+            scored.add(m)
 
     def _slot(self, request_id: str) -> int | None:
         """Where `request_id`'s decision is kept, if it still is (caller holds the lock)."""

@@ -371,13 +371,41 @@ class Deployment(Value):
         price: Price | None = None,
         p95_latency_ms: float | None = None,
     ) -> None:
+        # checked here, not only from a file: one built in code (or .replace()d) had taken a
+        # key pasted as api_key_env and echoed it in every error naming the variable
+        if api not in _APIS:
+            raise ConfigError(f"api must be one of {list(_APIS)}, got {api!r:.40}")
+        if not isinstance(base_url, str) or not _is_url(base_url):
+            # its start only: a key pasted in the wrong field must not reach a log
+            got = f"{base_url[:12]!r}..." if isinstance(base_url, str) else repr(base_url)[:40]
+            raise ConfigError(
+                f"base_url must be an http(s) URL with a host and no spaces, got {got}"
+            )
+        if api_key_env is not None and not is_env_name(api_key_env):
+            # Never echo it: a key pasted here by mistake must not reach a log.
+            raise ConfigError(
+                "api_key_env must name an environment variable (like OPENAI_API_KEY), not "
+                "hold the key itself; put the key in that variable"
+            )
+        if not isinstance(name, str) or not name:
+            raise ConfigError("name must be a non-empty string")
+        if not isinstance(model, str) or not model:
+            raise ConfigError(f"model (the id sent on the wire) must be a non-empty string, "
+                              f"got {model!r:.40}")  # fmt: skip
+        if price is not None and not isinstance(price, Price):
+            raise ConfigError(f"price must be a Price, got {type(price).__name__}")
+        p95 = None if p95_latency_ms is None else as_real(p95_latency_ms)
+        if p95_latency_ms is not None and (p95 is None or p95 < 0):
+            raise ConfigError(
+                f"p95_latency_ms must be a finite number >= 0, got {p95_latency_ms!r:.40}"
+            )
         _set(self, "name", name)
         _set(self, "api", api)
-        _set(self, "base_url", base_url)
+        _set(self, "base_url", base_url.rstrip("/"))
         _set(self, "model", model)
         _set(self, "api_key_env", api_key_env)
         _set(self, "price", price)
-        _set(self, "p95_latency_ms", p95_latency_ms)
+        _set(self, "p95_latency_ms", p95)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str, default_model: str) -> Deployment:
@@ -392,38 +420,24 @@ class Deployment(Value):
         }
         if unknown:
             raise ConfigError(f"{where}: unknown deployment field(s) {sorted(unknown)}")
-        api = d.get("api", "openai")
-        if api not in _APIS:
-            raise ConfigError(f"{where}: api must be one of {list(_APIS)}, got {api!r}")
-        base_url = d.get("base_url")
-        if not isinstance(base_url, str) or not _is_url(base_url):
-            # its start only: a key pasted in the wrong field must not reach a log
-            got = f"{base_url[:12]!r}..." if isinstance(base_url, str) else repr(base_url)[:40]
-            raise ConfigError(
-                f"{where}: base_url must be an http(s) URL with a host and no spaces, got {got}"
-            )
-        env = d.get("api_key_env")
-        if env is not None and not is_env_name(env):
-            # Never echo it: a key pasted here by mistake must not reach a log.
-            raise ConfigError(
-                f"{where}: api_key_env must name an environment variable (like "
-                "OPENAI_API_KEY), not hold the key itself; put the key in that variable"
-            )
-        name = d.get("name", api)
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{where}: name must be a non-empty string")
         price = d.get("price")
         if price is not None and not isinstance(price, Mapping):
             raise ConfigError(f"{where}: price must be a table like {{input = 1.0, output = 2.0}}")
-        return cls(
-            name=name,
-            api=api,
-            base_url=base_url.rstrip("/"),
-            model=str(d.get("model", default_model)),
-            api_key_env=env,
-            price=Price.from_dict(price, f"{where}.price") if price is not None else None,
-            p95_latency_ms=_num(d, "p95_latency_ms", where),
-        )
+        api = d.get("api", "openai")
+        try:
+            return cls(
+                name=d.get("name", api),
+                api=api,
+                base_url=d.get("base_url"),  # type: ignore[arg-type]
+                model=d.get("model", default_model),
+                api_key_env=d.get("api_key_env"),
+                price=Price.from_dict(price, f"{where}.price") if price is not None else None,
+                p95_latency_ms=d.get("p95_latency_ms"),
+            )
+        except ConfigError as e:
+            if str(e).startswith(where):
+                raise
+            raise ConfigError(f"{where}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "api": self.api, "base_url": self.base_url}
@@ -462,6 +476,9 @@ class Effort(Value):
             raise ConfigError(f"{where}.quality must be a number in (-0.5, 0.5), got {q!r:.40}")
         return cls(n, float(q))
 
+
+#: Anthropic's smallest extended-thinking budget_tokens.
+ANTHROPIC_MIN_THINKING = 1024
 
 #: Effort names the APIs accept (OpenAI's reasoning_effort; Anthropic takes a token budget).
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
@@ -560,6 +577,31 @@ class ModelSpec(Value):
             object.__setattr__(self, k, n)
         if self.max_output > self.context_window:
             raise ConfigError(f"{where}: max_output exceeds context_window")
+        # the fields a file's reader checks as it parses, checked for a model built in code
+        # (or .replace()d) too: a str price or a non-Deployment failed later, raw
+        if not isinstance(self.provider, str):
+            raise ConfigError(f"{where}: provider must be a string, got {self.provider!r:.40}")
+        if self.price is not None and not isinstance(self.price, Price):
+            raise ConfigError(f"{where}: price must be a Price or None (unpriced), got "
+                              f"{type(self.price).__name__}")  # fmt: skip
+        if not isinstance(self.deployments, tuple) or not all(
+            isinstance(d, Deployment) for d in self.deployments
+        ):
+            raise ConfigError(f"{where}: deployments must be a tuple of Deployment")
+        p95 = self.p95_latency_ms
+        if p95 is not None and ((f := as_real(p95)) is None or f < 0):
+            raise ConfigError(
+                f"{where}: p95_latency_ms must be a finite number >= 0, got {p95!r:.40}"
+            )
+        if not isinstance(self.disabled, bool):
+            raise ConfigError(f"{where}: disabled must be True or False, got {self.disabled!r:.40}")
+        if not isinstance(self.efforts, Mapping) or not all(
+            k in EFFORTS and isinstance(e, Effort) for k, e in self.efforts.items()
+        ):
+            raise ConfigError(f"{where}: efforts must map levels {EFFORTS} to Effort values")
+        n = self.reasoning_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"{where}: reasoning_tokens must be an integer >= 0, got {n!r:.40}")
         if self.tokenizer not in _core.FAMILIES:
             raise ConfigError(
                 f"{where}: tokenizer {self.tokenizer!r} unknown; use one of {_core.FAMILIES}"
@@ -662,6 +704,11 @@ class ModelSpec(Value):
         """This model at one effort level: its own row in the routing table, priced with
         the level's reasoning tokens and its priors moved by the level's quality delta."""
         e = self.efforts[name]
+        tokens = e.reasoning_tokens
+        if tokens and name != "none" and any(d.api == "anthropic" for d in self.deployments):
+            # what the call will spend: Anthropic's smallest thinking budget (a lower level
+            # was priced at its own figure, passed a cost cap, and then could not be called)
+            tokens = max(tokens, ANTHROPIC_MIN_THINKING)
         q = {t: min(max(v + e.quality, 0.01), 0.99) for t, v in self.quality.items()}
         if not q:
             q = {"general": min(max(0.7 + e.quality, 0.01), 0.99)}
@@ -671,11 +718,11 @@ class ModelSpec(Value):
             efforts={},
             effort=name,
             base=self.id,
-            reasoning_tokens=e.reasoning_tokens,
+            reasoning_tokens=tokens,
             # reasoning tokens stream at roughly 100/s before the answer starts
             p95_latency_ms=None
             if self.p95_latency_ms is None
-            else self.p95_latency_ms + e.reasoning_tokens * 10.0,
+            else self.p95_latency_ms + tokens * 10.0,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from time import perf_counter, time
 
 from . import _core
 from ._extra import extra_text, text_bytes
+from ._real import as_real
 from .decision import Candidate, Decision, Snapshot
 from .errors import (
     ConfigError,
@@ -323,6 +324,10 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
     m = call["max_tokens"]
     if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 0 < m < 2**32):
         raise ConfigError(f"max_tokens must be an integer in [1, 2**32), got {m!r:.40}")
+    t = call["temperature"]
+    if t is not None and ((f := as_real(t)) is None or not 0 <= f <= 2):
+        # NaN went out as a body that is no JSON; a str or -5 as given
+        raise ConfigError(f"temperature must be a number from 0 to 2, got {t!r:.40}")
 
 
 def _warn_attention(registry: Registry) -> None:
@@ -484,6 +489,7 @@ class Router:
         with self._swap:
             snap = self._snap
             spec = snap.registry[target]  # UnknownModelError names the known ids
+            self._feedback.claim(request_id, target)  # InputError if scored already
             qm = snap.policy.quality_model()
             new = self._feedback.observe(qm, target, qm.params_for(spec), latent, score, embedding)
             self._snap = snap.with_params(target, new)

@@ -19,6 +19,7 @@ import httpx
 
 from .._redact import scrub
 from ..errors import BadRequestError, ProviderError, RetryableError, UnsupportedRequestError
+from ..registry import ANTHROPIC_MIN_THINKING
 from .base import (
     PARSE_ERRORS,
     ChatRequest,
@@ -289,7 +290,7 @@ def thinking_budget(effort: str | None, reasoning_tokens: int | None) -> int:
     max_tokens is the answer's plus this, as the Messages API spends it within max_tokens."""
     if effort is None or effort == "none" or not reasoning_tokens:
         return 0
-    return max(reasoning_tokens, 1024)
+    return max(reasoning_tokens, ANTHROPIC_MIN_THINKING)
 
 
 class AnthropicProvider(HTTPProvider):
