@@ -159,3 +159,128 @@ async def test_a_stream_that_trickles_forever_ends_at_attempt_timeout(
                     async for _ in s:
                         pass
     assert time.perf_counter() - t0 < 5
+
+
+def sse(*events: bytes, sep: bytes = b"\n\n", bom: bool = False) -> bytes:
+    body = (b"\xef\xbb\xbf" if bom else b"") + b"".join(b"data: " + e + sep for e in events)
+    return http_response(body, ctype="text/event-stream")
+
+
+def piece(text: str, finish: str | None = None) -> bytes:
+    return json.dumps({"choices": [{"index": 0, "delta": {"content": text},
+                                    "finish_reason": finish}]}).encode()  # fmt: skip
+
+
+async def _streamed(
+    raw: RawUpstream, up: LocalUpstream, reply: bytes, n: int = 1
+) -> tuple[str, object]:
+    raw.push(*[reply] * n)
+    async with router(up.url) as r:
+        r.update(with_alpha_on(raw, up))
+        text, res = "", None
+        async with r.stream(MSGS) as s:
+            async for d in s:
+                text += d.text
+                res = d.result if d.done else res
+        return text, res
+
+
+async def test_a_stream_read_as_its_spec_says(raw: RawUpstream, up: LocalUpstream) -> None:
+    """A byte-order mark first hid the first event (the answer came back without it, as a
+    success); CR alone ends a line as CRLF and LF do, and had failed the stream; an
+    `"error": null` in a chunk is no error."""
+    events = (piece("The answer "), piece("is 42.", "stop"), b"[DONE]")
+    for reply in (sse(*events, bom=True), sse(*events, sep=b"\r\r"), sse(*events, sep=b"\r\n\r\n")):
+        text, res = await _streamed(raw, up, reply)
+        assert text == "The answer is 42." and res.model == "alpha", res.attempts  # type: ignore[attr-defined]
+    nulled = json.dumps({"error": None, **json.loads(piece("ok", "stop"))}).encode()
+    text, res = await _streamed(raw, up, sse(nulled, b"[DONE]"))
+    assert text == "ok" and res.model == "alpha"  # type: ignore[attr-defined]
+
+
+async def test_an_answer_with_nothing_in_it_falls_back(raw: RawUpstream, up: LocalUpstream) -> None:
+    """A stream of `[DONE]` alone, or a message with no content, tool call, refusal or
+    finish_reason, had been a successful answer of nothing, with no fallback tried."""
+    text, res = await _streamed(raw, up, sse(b"[DONE]"), n=2)
+    assert res.model == "beta" and text  # type: ignore[attr-defined]
+    assert "without an answer" in (res.attempts[0].error or "")  # type: ignore[attr-defined]
+    empty = http_response(openai_body({"role": "assistant"}, finish=None))
+    raw.push(empty, empty)
+    async with router(up.url) as r:
+        r.update(with_alpha_on(raw, up))
+        assert (await r.chat(MSGS)).model == "beta"
+
+
+async def test_a_key_split_across_stream_events_is_not_kept_in_raw(
+    raw: RawUpstream, up: LocalUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each event is scrubbed on its own, so a key split across two kept its tail in the
+    last event, which was the answer's `raw`."""
+    key = "sk-canary-" + "7f3a9c" * 6
+    monkeypatch.setenv("SATISFICE_CANARY_KEY", key)
+    reg = with_alpha_on(raw, up)
+    alpha = reg["alpha"]
+    reg = reg.replace(alpha.replace(deployments=(
+        alpha.deployments[0].replace(api_key_env="SATISFICE_CANARY_KEY"),)))  # fmt: skip
+    raw.push(sse(piece("your key: " + key[:7]), piece(key[7:] + " .", "stop"), b"[DONE]"))
+    async with router(up.url) as r:
+        r.update(reg)
+        async with r.stream(MSGS) as s:
+            out = [d async for d in s]
+    res = out[-1].result
+    assert res.model == "alpha" and "[redacted]" in res.text, res.attempts
+    assert key[7:20] not in res.text and key[7:20] not in json.dumps(res.raw)
+
+
+async def test_n_above_one_is_refused(up: LocalUpstream) -> None:
+    """extra={"n": 2}: a stream ran both answers' pieces into one text."""
+    from satisfice import ConfigError
+
+    async with router(up.url) as r:
+        with pytest.raises(ConfigError, match="n=2"):
+            await r.chat(MSGS, extra={"n": 2})
+        with pytest.raises(ConfigError, match="n=2"):
+            async with r.stream(MSGS, extra={"n": 2}) as s:
+                [p async for p in s]
+
+
+async def test_no_first_text_within_the_idle_timeout_names_that_limit(
+    raw: RawUpstream, up: LocalUpstream
+) -> None:
+    """The idle timeout fired, and the error blamed the attempt's budget (600 s by default),
+    the setting a user would then raise in vain."""
+    import asyncio
+
+    async def comments(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n")  # fmt: skip
+        for _ in range(15):
+            writer.write(b"3\r\n:\n\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    raw.push(comments)
+    async with router(up.url, stream_idle_timeout_s=0.5) as r:
+        r.update(with_alpha_on(raw, up))
+        async with r.stream(MSGS) as s:
+            out = [d async for d in s]
+    res = out[-1].result
+    assert res.model == "beta"
+    assert "stream_idle_timeout_s" in (res.attempts[0].error or ""), res.attempts[0].error
+
+
+async def test_a_reported_usage_past_what_the_call_allowed_is_counted_instead(
+    raw: RawUpstream, up: LocalUpstream
+) -> None:
+    """A 2-token prompt sent with max_tokens=16 reported as 50M prompt and 9M completion
+    tokens was billed as is: $285, under a cap of $0.01 as well."""
+    for big in ({"prompt_tokens": 50_000_000, "completion_tokens": 2},
+                {"prompt_tokens": 9, "completion_tokens": 9_000}):  # fmt: skip
+        lying = http_response(openai_body({"content": "hi"}, usage=big))
+        raw.push(lying)
+        async with router(up.url) as r:
+            r.update(with_alpha_on(raw, up))
+            res = await r.chat(MSGS, max_tokens=16)
+        assert res.model == "alpha" and res.usage is not None
+        assert res.usage.prompt_tokens < 100 and res.usage.completion_tokens <= 16
+        assert res.usage.source != "provider" and (res.cost_usd or 0) < 0.001

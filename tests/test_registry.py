@@ -112,8 +112,9 @@ def test_models_and_deployments_built_in_code_are_checked_as_a_file_is() -> None
     key = "sk-proj-" + "a1B2c3D4e5" * 4
     m = next(m for m in Registry.default() if m.deployments and m.base is None)
     dep = m.deployments[0]
-    for kw in ({"api_key_env": key}, {"api": "grpc"}, {"base_url": "ftp://x y"}, {"model": 5},
-               {"model": ""}, {"p95_latency_ms": math.nan}, {"price": "free"}, {"name": 5}):  # fmt: skip
+    bad = ({"api_key_env": key}, {"api": "grpc"}, {"base_url": "ftp://x y"}, {"model": 5},
+           {"model": ""}, {"p95_latency_ms": math.nan}, {"price": "free"}, {"name": 5})  # fmt: skip
+    for kw in bad:
         with pytest.raises(ConfigError) as e:
             dep.replace(**kw)
         assert key not in str(e.value)
@@ -125,9 +126,9 @@ def test_models_and_deployments_built_in_code_are_checked_as_a_file_is() -> None
         with pytest.raises(ConfigError):
             m.replace(**kw)
     with pytest.raises(ConfigError, match=r"model 'a'.deployments\[0\]: model \(the id"):
+        dep_d = {"base_url": "https://x.example", "model": None}
         Registry.from_dict({"model": [{"id": "a", "provider": "p", "context_window": 10,
-                                       "max_output": 5, "deployments": [
-                                           {"base_url": "https://x.example", "model": None}]}]})  # fmt: skip
+                                       "max_output": 5, "deployments": [dep_d]}]})  # fmt: skip
 
 
 def test_an_anthropic_effort_below_its_smallest_thinking_budget_is_priced_at_it() -> None:

@@ -210,7 +210,26 @@ RESPONSES = {
     "continue": b"HTTP/1.1 100 Continue\r\nx: y\r\n\r\n" + with_length(BODY),
     "gzip": with_length(gzip.compress(BODY), b"content-encoding: gzip\r\n"),
     "deflate-chunked": chunked(zlib.compress(BODY), 2, extra=b"content-encoding: deflate\r\n"),
+    # two gzip members, one after the other (valid gzip): the second had been dropped
+    "gzip-members": with_length(
+        gzip.compress(BODY[:20]) + gzip.compress(BODY[20:]), b"content-encoding: gzip\r\n"
+    ),
 }
+
+
+@ALL_WAYS
+async def test_a_compressed_body_with_junk_after_it_or_cut_short_is_an_error(way: str) -> None:
+    """Bytes after the end of a gzip stream, or a stream whose end never came though the
+    framing said the body was whole, were taken without a word."""
+    whole = gzip.compress(BODY)
+    async with Upstream() as up, pooled_client() as c:
+        for body in (whole + b"junk", whole[:-8], zlib.compress(BODY)[:-4]):
+            enc = b"deflate" if body[:2] != b"\x1f\x8b" else b"gzip"
+            up.scripts.append(send(with_length(body, b"content-encoding: " + enc + b"\r\n")))
+            with pytest.raises((httpx.DecodingError, RetryableError)):
+                await WAYS[way](c, up.url)
+        up.scripts.append(send(RESPONSES["gzip-members"]))
+        assert await WAYS[way](c, up.url) == BODY
 
 
 @pytest.mark.parametrize("shape", list(RESPONSES))

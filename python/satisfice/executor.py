@@ -750,10 +750,13 @@ class Executor:
             deadlines = self._deadlines[loop] = Deadlines(loop)
         try:
             return await deadlines.wait(call(timeout), budget)
-        except TimeoutError:
+        except TimeoutError as e:  # the budget's, unless a limit inside said which it was
+            why = str(e) or (
+                f"no answer within {budget:.3g}s "
+                "(its share of the request's deadline, or attempt_timeout_s)"
+            )
             raise UpstreamTimeoutError(
-                f"{t.model} via {t.dep.name}: no answer within {budget:.3g}s "
-                "(its share of the request's deadline, or attempt_timeout_s)",
+                f"{t.model} via {t.dep.name}: {why}",
                 model=t.model,
                 deployment=t.dep.name,
             ) from None
@@ -872,7 +875,14 @@ class Executor:
     # results ------------------------------------------------------------------------------
     def _usage(self, run: Run, t: _Target, resp: ChatResponse) -> Usage:
         if (u := reported(resp)) is not None:  # the upstream's own figures: nothing to count
-            return u
+            most = run.max_out(t)
+            if u.prompt_tokens <= t.spec.context_window and (
+                most is None or u.completion_tokens <= most
+            ):
+                return u
+            # more than the window took or the call was let write: no bill of this call,
+            # and a buggy upstream's 50M tokens had drained a budget; counted instead
+            resp = replace(resp, usage=None)
         extra = extra_text(run.request.tools, run.request.response_format)
         usage = _with_reasoning(usage_of(run.request.messages, t.spec.tokenizer, resp, extra), t)
         most = run.max_out(t)  # no call is billed for more than it was allowed to write
@@ -1179,6 +1189,11 @@ class Executor:
                 # within the idle timeout (and, as every wait, inside the deadline)
                 async with asyncio.timeout(idle):
                     return gen, await anext(gen)
+            except TimeoutError:  # in this limit's own words, not the attempt budget's
+                await gen.aclose()
+                raise TimeoutError(
+                    f"no text within {idle:g}s of the stream's start (stream_idle_timeout_s)"
+                ) from None
             except BaseException:
                 await gen.aclose()
                 raise

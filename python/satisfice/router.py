@@ -315,6 +315,12 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
             "(pass messages, tools, tool_choice and response_format as chat()'s own "
             "arguments; the model is routed, or pinned with allow=[...])"
         )
+    if extra and extra.get("n", 1) != 1:
+        # a stream ran the answers' pieces into one text; a complete call took the first
+        raise ConfigError(
+            f"extra n={extra['n']!r:.20}: chat() and stream() return one answer, and the "
+            "others would be billed unseen; make n calls, or race=n for the first good one"
+        )
     if metadata is not None and not isinstance(metadata, Mapping):
         raise ConfigError(f"metadata must be a dict, got {type(metadata).__name__}")
     if timeout is not None and not (

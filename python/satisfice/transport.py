@@ -756,8 +756,14 @@ class _Body(httpx.AsyncByteStream):
                     continue
                 data = raw
                 while data:  # at most _STEP decoded bytes per step, however much it inflates
+                    if dec.eof:  # bytes after the compressed stream's end
+                        if not b"\x1f\x8b".startswith(data[:2]):
+                            raise zlib.error("bytes after the end of the compressed body")
+                        # gzip's next member (valid gzip, which Python's gzip reads whole):
+                        # its bytes had been dropped, an answer's usage with them
+                        dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
                     out = dec.decompress(data, _STEP)
-                    data = dec.unconsumed_tail
+                    data = dec.unconsumed_tail or dec.unused_data
                     self._count(len(out))
                     if out:
                         yield out
@@ -767,6 +773,8 @@ class _Body(httpx.AsyncByteStream):
                 self._count(len(tail))
                 if tail:
                     yield tail
+                if not dec.eof:  # the framing says the body is whole; the stream is not
+                    raise zlib.error("the compressed body ends before the end of its stream")
             self._done(self._keep and self._left is not None)
         except zlib.error as e:
             self._done(False)

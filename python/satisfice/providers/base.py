@@ -590,6 +590,9 @@ class HTTPProvider:
 MAX_SSE_LINE = 1 << 20
 
 
+_YIELD_EVERY = 1 << 16  # characters of an event stream read between two turns of the loop
+
+
 async def sse_events(
     response: httpx.Response, max_line: int = MAX_SSE_LINE
 ) -> AsyncIterator[tuple[str, str]]:
@@ -600,20 +603,34 @@ async def sse_events(
     data: list[str] = []
     size = 0
     buf = ""
+    cr = False  # the last piece ended with CR: an LF first in the next is the same line end
+    unyielded = 0  # characters read since the loop last ran
     # Always UTF-8, whatever charset the upstream names: an event stream is UTF-8 by its
     # spec, and httpx would decode with the named codec (base64, utf-16, unicode_escape:
-    # raw errors, or JSON escapes of half a surrogate pair turned into characters).
-    decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+    # raw errors, or JSON escapes of half a surrogate pair turned into characters). A
+    # byte-order mark first is dropped, as the spec says (it had hidden the first event).
+    decode = codecs.getincrementaldecoder("utf-8-sig")("replace").decode
     async for chunk in body_pieces(response):
         text = decode(chunk)
+        if "\r" in text or cr:  # a line may end in CRLF, LF or CR alone (the spec's three)
+            if cr and text.startswith("\n"):
+                text = text[1:]
+            cr = text.endswith("\r")
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
         buf += text
         if "\n" not in text:
             if len(buf) > max_line:
                 raise httpx.RemoteProtocolError(f"an SSE line longer than {max_line} characters")
             continue
+        unyielded += len(text)
+        if unyielded > _YIELD_EVERY:
+            # pieces already buffered are read without a wait: a flood of comments or empty
+            # events held the event loop (every other request on it) for up to a second
+            unyielded = 0
+            await asyncio.sleep(0)
         *lines, buf = buf.split("\n")
         for raw in lines:
-            line = scrub(raw.removesuffix("\r"))
+            line = scrub(raw)
             if not line:
                 if data:
                     yield event, "\n".join(data)
@@ -629,7 +646,7 @@ async def sse_events(
                 event = line[6:].strip()
             # comments (":") and id/retry fields carry nothing we need
     buf += decode(b"", True)  # a character cut off by the end: U+FFFD
-    line = scrub(buf.removesuffix("\r"))
+    line = scrub(buf)
     if line.startswith("data:"):
         data.append(line[6:] if line.startswith("data: ") else line[5:])
     if data:

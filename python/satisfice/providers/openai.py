@@ -105,6 +105,20 @@ class _ToolAcc:
         self.args: list[str] = []
 
 
+def _without_pieces(chunk: Any) -> Any:
+    """A stream's last event as `raw`: its choices' text pieces left out (the whole text is
+    the answer's own)."""
+    if not isinstance(chunk, dict) or not chunk.get("choices"):
+        return chunk
+    drop = ("content", "refusal", "tool_calls")
+    choices = [
+        {**c, "delta": {k: v for k, v in c["delta"].items() if k not in drop}}
+        if isinstance(c, dict) and isinstance(c.get("delta"), dict) else c
+        for c in chunk["choices"]
+    ]  # fmt: skip
+    return {**chunk, "choices": choices}
+
+
 class OpenAIProvider(HTTPProvider):
     """One OpenAI-compatible deployment on a shared `httpx.AsyncClient`."""
 
@@ -156,14 +170,13 @@ class OpenAIProvider(HTTPProvider):
             msg = data["choices"][0]
             message = msg["message"]
             calls = [_tool_call(c) for c in message.get("tool_calls") or ()]
+            text = text_field(message.get("content"), "message.content")
+            finish = text_field(msg.get("finish_reason"), "finish_reason") or None
+            refusal = text_field(message.get("refusal"), "message.refusal") or None
+            if not (text or calls or refusal or finish):  # nothing said, nor why not
+                raise ValueError("an answer with no content, tool call, refusal or finish_reason")
             return ChatResponse(
-                text_field(message.get("content"), "message.content"),
-                data,
-                _usage(data.get("usage")),
-                text_field(msg.get("finish_reason"), "finish_reason") or None,
-                calls,
-                wire,
-                refusal=text_field(message.get("refusal"), "message.refusal") or None,
+                text, data, _usage(data.get("usage")), finish, calls, wire, refusal=refusal
             )
         except PARSE_ERRORS as e:
             raise self._not_an_answer(data, e) from None
@@ -189,7 +202,7 @@ class OpenAIProvider(HTTPProvider):
                         break
                     try:
                         chunk = parse_json(data)
-                        if "error" in chunk:
+                        if chunk.get("error") is not None:  # `"error": null` is no error
                             raise error_from_response(
                                 500, resp.headers, data.encode(), self.model_id, self.deployment
                             )
@@ -245,13 +258,18 @@ class OpenAIProvider(HTTPProvider):
                 done = True
             if not done and finish is None:
                 raise self._malformed("the stream ended before [DONE]")
+            if finish is None and not (parts or tools or any(refusal)):
+                # an empty stream ("data: [DONE]" alone) had been an answer, and no fallback
+                raise self._malformed("the stream ended without an answer or a finish_reason")
             calls = [
                 ToolCall(scrub(a.id), scrub(a.name), scrub("".join(a.args)), a.type)
                 for _, a in sorted(tools.items())
             ]
-            # a key split across pieces is whole only now
+            # a key split across pieces is whole only now: the text, and not the last
+            # event's piece of it (`raw`), where the rest of a key split with the event
+            # before it had survived each event's own scrub
             yield ChatResponse(
-                scrub("".join(parts)), last, usage, finish, calls,
+                scrub("".join(parts)), _without_pieces(last), usage, finish, calls,
                 refusal=scrub("".join(refusal)) or None,
             )  # fmt: skip
         except httpx.RequestError as e:
