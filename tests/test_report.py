@@ -168,3 +168,49 @@ def test_a_ledger_of_another_schema_version_is_refused_by_the_reader_too(tmp_pat
     with sqlite3.connect(db) as c:  # read as the writer reads it: an integer
         c.execute("UPDATE meta SET value = ' 1' WHERE key = 'schema_version'")
     assert list(read_records(db)) == []
+
+
+def test_names_from_the_ledger_reach_a_terminal_escaped_and_a_fifo_stays_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Model and task names went to the terminal raw (clear screen, set its title, hidden
+    text); `--html FIFO` put a regular file where the FIFO was (as root: /dev/full too)."""
+    import os
+    import stat
+    import threading
+
+    p = tmp_path / "ledger.jsonl"
+    evil = "m\x1b[2J\x1b]0;pwned\x07"
+    recs = [{"request_id": f"r{i}", "started_at": 1700000000 + i * 86400, "outcome": "ok",
+             "task": "t\x1b[8m", "model": evil, "total_cost_usd": 0.5}
+            for i in range(3)]  # fmt: skip
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main(["report", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b[2J" in out
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert main(["report", str(p), "--html", str(fifo)]) == 0
+    reader.join(10)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and got and b"<html" in got[0].lower()
+
+
+def test_an_unreachable_postgres_ledger_and_ctrl_c_end_without_a_traceback(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("psycopg")
+    assert main(["report", "postgresql://u:hunter2@127.0.0.1:1/db"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the PostgreSQL ledger" in err and "hunter2" not in err
+
+    import satisfice.report as report
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "summarize", interrupted)
+    assert main(["report", str(Path(__file__))]) == 130
+    assert "interrupted" in capsys.readouterr().err

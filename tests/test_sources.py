@@ -646,3 +646,63 @@ def test_a_model_whose_only_listing_conflicts_is_not_said_to_be_unlisted(
     assert "twice" in text
     # was: also "? sonnet: not in the source (...)", which is false: it lists it twice
     assert "not in the source" not in text, text
+
+
+def test_a_listing_without_a_price_makes_it_unpriced_and_dates_move_only_when_all_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A catalogue listing the model with no price (or $0/$0) kept the old $5/$25, said "no
+    changes" and stamped the whole registry's prices as of today; one that left a priced
+    model out stamped it too. An odd tier key ("²⁰⁰k") stopped the whole import."""
+    old = tmp_path / "old.toml"
+    old.write_text(
+        '[meta]\nprices_as_of = 2025-01-01\n[[model]]\nid = "a"\ncontext_window = 100000\n'
+        "max_output = 4000\nprice = {input = 5.0, output = 25.0}\n[[model.deployments]]\n"
+        'name = "openai"\nbase_url = "https://api.openai.com/v1"\nmodel = "a-wire"\n'
+    )
+    listing = {"litellm_provider": "openai", "mode": "chat", "max_input_tokens": 100_000,
+               "max_output_tokens": 4000}  # fmt: skip
+    for price in ({}, {"input_cost_per_token": 0, "output_cost_per_token": 0}):
+        (tmp_path / "cat.json").write_text(json.dumps({"a-wire": {**listing, **price}}))
+        cat = sources.load("litellm", str(tmp_path / "cat.json"))
+        new, diff = sources.apply(Registry.from_toml(old), cat)
+        assert new["a"].price is None and diff.absurd(), diff.render()
+        args = ["registry", "update", str(tmp_path / "cat.json"), "--from", "litellm",
+                "--registry", str(old), "--out", str(tmp_path / "new.toml")]  # fmt: skip
+        assert main(args) == 2 and "--yes" in capsys.readouterr().err
+    # a priced model the catalogue does not list: its price unread, the date stays
+    two = old.read_text() + (
+        '[[model]]\nid = "b"\ncontext_window = 100000\nmax_output = 4000\n'
+        "price = {input = 1.0, output = 2.0}\n"
+    )
+    old.write_text(two)
+    priced = {"input_cost_per_token": 5e-6, "output_cost_per_token": 25e-6,
+              "input_cost_per_token_above_²⁰⁰k_tokens": 1e-5,
+              "output_cost_per_token_above_²⁰⁰k_tokens": 5e-5}  # fmt: skip
+    (tmp_path / "cat.json").write_text(json.dumps({"a-wire": {**listing, **priced}}))
+    new, _ = sources.apply(
+        Registry.from_toml(old), sources.load("litellm", str(tmp_path / "cat.json"))
+    )
+    assert new["a"].price is not None and str(new.meta["prices_as_of"]) == "2025-01-01"
+    old.write_text(two.split('[[model]]\nid = "b"')[0])
+    new, _ = sources.apply(
+        Registry.from_toml(old), sources.load("litellm", str(tmp_path / "cat.json"))
+    )
+    assert str(new.meta["prices_as_of"]) != "2025-01-01"
+
+
+def test_a_retirement_date_never_moves_later_on_a_refresh() -> None:
+    """models.dev's "deprecated" (no date) is dated today: a model retired on 2026-11-01
+    became "retired today" at each refresh, its "calls will fail" warning gone."""
+    from datetime import date
+
+    reg = _reg()
+    s = reg["sonnet"]
+    reg = reg.replace(s.replace(deprecation_date=date(2026, 11, 1)))
+    cat = sources.load("litellm", str(FIX / "litellm_prices.json"))
+    listed = cat.listings[("anthropic", "claude-sonnet-4-7")]
+    cat.listings[("anthropic", "claude-sonnet-4-7")] = listed.__class__(
+        **{**{f: getattr(listed, f) for f in listed.__dataclass_fields__},
+           "deprecation_date": date.today()})  # fmt: skip
+    new, _ = sources.apply(reg, cat)
+    assert new["sonnet"].deprecation_date == date(2026, 11, 1)

@@ -37,9 +37,17 @@ def write_atomic(
     # A symlink is followed, as `open("wb")` would: the file it points at is replaced.
     target = p.resolve() if p.is_symlink() else p
     try:  # an existing file keeps its mode
-        mode: int | None = stat.S_IMODE(target.stat().st_mode)
+        st = target.stat()
     except OSError:
-        mode = None
+        mode: int | None = None
+    else:
+        mode = stat.S_IMODE(st.st_mode)
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            # a FIFO, a device, a socket (/dev/stdout): written into, as `open("wb")`
+            # would; replacing it had put a regular file where /dev/full was
+            with open(target, "wb") as f:
+                write(f)
+            return
     tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
     try:
         # Created like `open("wb")` would (0o666 less the umask), not 0o600 as with

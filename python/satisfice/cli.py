@@ -202,16 +202,21 @@ def cmd_registry(args: argparse.Namespace) -> int:
               "left as it was")  # fmt: skip
         return 0
     as_json = is_json_name(out)  # in the format its name says, as `Registry.load` reads it
+    as_of = new.meta.get("prices_as_of")
     text = (
         new.to_json()
         if as_json
-        else new.to_toml(f"# satisfice registry, prices from {args.source} as of "
-                         f"{new.meta['prices_as_of']}\n\n")
+        else new.to_toml(f"# satisfice registry, prices from {args.source}"
+                         + (f" as of {as_of}" if as_of else "") + "\n\n")
     )  # fmt: skip
     # whole or not at all, and only once what was written reads back as a registry
     check = Registry.from_json if as_json else Registry.from_toml
     write_atomic(out, lambda f: f.write(text.encode()), check=check)
-    print(f"wrote {out} ({len(new)} models)")
+    models = sum(1 for m in new if m.base is None)
+    print(f"wrote {out} ({models} models, {len(new)} routable rows)")
+    if as_of == base.meta.get("prices_as_of"):
+        print(f"prices as of {as_of or 'unknown'}, unchanged: {args.source} does not list "
+              "every priced deployment (see the unlisted ones above)")  # fmt: skip
     return 0
 
 
@@ -440,6 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:  # Ctrl-C: what was being written is left as it was (atomic)
+        print(f"satisfice {args.command}: interrupted", file=sys.stderr)
+        return 130
     except SatisficeError as e:
         print(f"satisfice {args.command}: error: {e}", file=sys.stderr)
         return 2

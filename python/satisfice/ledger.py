@@ -1068,7 +1068,15 @@ def open_ledger_db(p: Path) -> sqlite3.Connection:
 def _read_pg(dsn: str) -> Iterable[dict[str, Any]]:
     import psycopg
 
-    with psycopg.connect(dsn) as db:
+    try:
+        db = psycopg.connect(dsn)
+    except psycopg.OperationalError as e:  # psycopg's words name the host, never the password
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"cannot read the PostgreSQL ledger: {why}; check that the server is up and the "
+            "DSN (host, port, database, user) is right"
+        ) from None
+    with db:
         where = "(PostgreSQL)"
         scores = _scores(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"), where)
         for rid, text in db.execute("SELECT request_id, record FROM requests ORDER BY ts"):

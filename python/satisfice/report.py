@@ -214,6 +214,15 @@ def _ms(x: float | None) -> str:
     return f"{x * 1e6:.0f} µs" if x < 1e-3 else f"{x * 1000:,.1f} ms"
 
 
+def _plain(name: object) -> str:
+    """A name from the ledger as terminal text: what a terminal would act on (escape
+    sequences that clear the screen, set its title or hide text) shown escaped."""
+    t = str(name)
+    if t.isprintable():
+        return t
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in t)
+
+
 def render_text(s: Mapping[str, Any]) -> str:
     out = [
         f"{s['requests']:,} requests, {s['answered']:,} answered; failure rate "
@@ -248,14 +257,14 @@ def render_text(s: Mapping[str, Any]) -> str:
             _usd(v["mean_cost_usd"]),
             _usd(v["reference_cost_usd"]),
         )
-        out.append(f"{k:<14} {v['requests']:>9,} {cost:>12} {mean:>11} {ref:>13}"
+        out.append(f"{_plain(k):<14} {v['requests']:>9,} {cost:>12} {mean:>11} {ref:>13}"
                    f"{_partial(v['unpriced_requests'])}")  # fmt: skip
     out += ["", f"{'model':<24} {'share':>6} {'cost':>12} {'p50':>10} {'p95':>10} "
             f"{'feedback':>9} {'predicted':>9}"]  # fmt: skip
     for m, v in s["models"].items():
         fb = "-" if v["mean_feedback"] is None else f"{v['mean_feedback']:.2f} ({v['feedback_n']})"
         pr = "-" if v["mean_predicted"] is None else f"{v['mean_predicted']:.2f}"
-        out.append(f"{m:<24} {v['share']:>6.1%} {_usd(v['cost_usd']):>12} "
+        out.append(f"{_plain(m):<24} {v['share']:>6.1%} {_usd(v['cost_usd']):>12} "
                    f"{_ms(v['p50_latency_s']):>10} {_ms(v['p95_latency_s']):>10} {fb:>9} "
                    f"{pr:>9}{_partial(v['unpriced_requests'])}")  # fmt: skip
     if s["escalation"]:
@@ -265,7 +274,7 @@ def render_text(s: Mapping[str, Any]) -> str:
     if s["drift"]:
         out += ["", "traffic share per day (top models)"]
         top = list(s["models"])[:5]
-        out.append(f"{'day':<11} " + " ".join(f"{m[:14]:>14}" for m in top))
+        out.append(f"{'day':<11} " + " ".join(f"{_plain(m)[:14]:>14}" for m in top))
         for d, c in s["drift"].items():
             tot = sum(c.values())
             out.append(f"{d:<11} " + " ".join(f"{c.get(m, 0) / tot:>14.1%}" for m in top))

@@ -258,7 +258,8 @@ def _litellm_tiers(e: Mapping[str, Any]) -> list[_Tier]:
             n = k[len("input_cost_per_token_above_") : -len("k_tokens")]
             out = _per_token(e.get(f"output_cost_per_token_above_{n}k_tokens"))
             inp = _per_token(v)
-            if n.isdigit() and inp is not None and out is not None:
+            # ASCII digits only: "²⁰⁰" is isdigit() too, and int() refused it, a whole import
+            if n.isascii() and n.isdigit() and inp is not None and out is not None:
                 tiers.append((int(n) * 1000, inp, out))
     return tiers
 
@@ -707,6 +708,7 @@ def apply(
     models: list[ModelSpec] = []
     notes: list[Change] = []  # unlisted models, conflicting listings, assumed facts
     checked = False  # some model's facts were compared with the catalogue's
+    unchecked = False  # a priced model's price was not: the registry's date cannot move
     for m in registry:
         if m.base is not None:  # an effort variant: rebuilt from its model
             continue
@@ -719,9 +721,11 @@ def apply(
                 # no "not in the source"; a model with no deployment is in no catalogue
                 where = ", ".join(f"{d.name}:{d.model}" for d in m.deployments if d not in twice)
                 notes.append(Change(m.id, "unlisted", where or "no deployment", None))
+            unchecked = unchecked or m.price is not None
             models.append(m)
             continue
         checked = True
+        unchecked = unchecked or len(hits) < len(m.deployments)
         models.append(_updated(m, hits))
     known = {m.id for m in models}
     for name in add:
@@ -756,9 +760,12 @@ def apply(
             notes.append(Change(mid, "assumed", "context window",
                                    f"{m.context_window} tokens assumed"))  # fmt: skip
     meta = dict(registry.meta)
-    if checked:  # a catalogue that lists none of the models checked no price: not "fresh"
-        meta["prices_as_of"] = prices_as_of or date.today()
+    # a catalogue that lists none of the models checked no price: not "fresh"; nor does one
+    # that leaves some priced model out (its price had been stamped as of today unread)
+    if checked:
         meta["source"] = cat.source
+        if not unchecked:
+            meta["prices_as_of"] = prices_as_of or date.today()
     new = Registry(models, meta)
     d = diff(registry, new)
     return new, Diff(d.changes + tuple(notes))
@@ -770,12 +777,14 @@ def _updated(m: ModelSpec, hits: list[tuple[Deployment, Listing]]) -> ModelSpec:
     it had (pinned, so it does not silently inherit the first deployment's new price)."""
     listed = {id(d): h for d, h in hits}
     head = listed.get(id(m.deployments[0])) if m.deployments else None
-    model_price = head.price if head is not None and head.price is not None else m.price
+    # a listing without a price makes it unpriced (which a refresh refuses unconfirmed):
+    # the old price had been kept and stamped as checked
+    model_price = head.price if head is not None else m.price
     deps = []
     for dep in m.deployments:
         had = dep.price if dep.price is not None else m.price
         h = listed.get(id(dep))
-        now = h.price if h is not None and h.price is not None else had
+        now = h.price if h is not None else had
         deps.append(dep.replace(price=None if now == model_price else now))
     windows = [h.context_window for _, h in hits if h.context_window]
     outs = [h.max_output for _, h in hits if h.max_output]
@@ -787,7 +796,11 @@ def _updated(m: ModelSpec, hits: list[tuple[Deployment, Listing]]) -> ModelSpec:
         context_window=window,
         max_output=max_out,
         deployments=tuple(deps),
-        deprecation_date=first.deprecation_date or m.deprecation_date,
+        # the earlier: a catalogue that says only "deprecated" dates it today, and had moved
+        # a retirement already past forward, a day at each refresh
+        deprecation_date=min(
+            (d for d in (first.deprecation_date, m.deprecation_date) if d), default=None
+        ),
         successor=first.successor or m.successor,
     )
 
