@@ -202,10 +202,10 @@ async def test_context_length_looks_beyond_the_fallbacks(up: LocalUpstream) -> N
 
 
 async def test_bad_request_stops_at_once(up: LocalUpstream) -> None:
-    up.script(wire("alpha"), status(400, message="temperature must be <= 2"))
+    up.script(wire("alpha"), status(400, message="temperature must be <= 1"))
     async with router(up.url) as r:
         with pytest.raises(BadRequestError, match="temperature") as info:
-            await r.chat(MSGS, temperature=5)
+            await r.chat(MSGS, temperature=1.5)
     assert [a.model for a in info.value.attempts] == ["alpha"]
     assert up.seen(wire("beta")) == []
 
