@@ -74,3 +74,46 @@ async def test_accept_without_a_choice_is_refused(up: LocalUpstream) -> None:
     async with router(up.url) as r:
         with pytest.raises(ConfigError, match="picks among answers"):
             await r.chat("hi", accept=v.check(lambda t: False))
+
+
+async def test_a_check_whose_own_task_was_cancelled_or_whose_name_raises_fails_its_answer(
+    up: LocalUpstream,
+) -> None:
+    """A check that re-raised a CancelledError of its own (a task inside it cancelled) ended
+    chat() with a raw CancelledError though its caller never cancelled; a check whose `name`
+    raised leaked a raw RuntimeError."""
+
+    async def inner_cancelled(text: str) -> bool:
+        t = asyncio.ensure_future(asyncio.sleep(10))
+        t.cancel()
+        return await t  # type: ignore[no-any-return]
+
+    class Nameless:
+        @property
+        def name(self) -> str:
+            raise RuntimeError("no name")
+
+        def __call__(self, answer: v.Answer, ctx: v.Context) -> bool:
+            return True
+
+    up.default = reply("hello")
+    async with router(up.url) as r:
+        for check, why in ((v.check(inner_cancelled), "CancelledError"), (Nameless(), "name")):
+            try:
+                res = await r.chat("hi", race=2, accept=check)  # type: ignore[arg-type]
+                verdicts = [a.verdict for a in res.attempts if a.verdict]
+            except SatisficeError as e:
+                verdicts = [a.verdict for a in e.attempts if a.verdict]  # type: ignore[attr-defined]
+            assert verdicts and all(why in x["reason"] for x in verdicts), verdicts
+
+
+async def test_prefer_names_a_model_the_registry_has(up: LocalUpstream) -> None:
+    from satisfice import Registry, UnknownModelError
+
+    async with router(up.url) as r:
+        with pytest.raises(UnknownModelError, match="prefer: unknown model 'nope'"):
+            await r.chat("hi", prefer="nope")
+        with pytest.raises(ConfigError, match="prefer must be a model id"):
+            await r.chat("hi", prefer=5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="both 'model' and 'models'"):
+        Registry.from_dict({"model": [], "models": []})

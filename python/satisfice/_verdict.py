@@ -86,8 +86,12 @@ def made_call(answer: Answer) -> None:
 
 
 def check_name(check: object) -> str:
-    """A check's name: its `name`, else a plain function's `__name__`."""
-    return str(getattr(check, "name", None) or getattr(check, "__name__", "check"))
+    """A check's name: its `name`, else a plain function's `__name__` (a `name` that
+    raises, one of a caller's own classes, says so rather than failing the request)."""
+    try:
+        return str(getattr(check, "name", None) or getattr(check, "__name__", "check"))
+    except Exception as e:
+        return f"{type(check).__name__} (its name raised {type(e).__name__})"
 
 
 async def checked(
@@ -119,7 +123,17 @@ async def checked(
         out = Verdict(False, 0.0, f"the check {name!r} did not finish within the deadline")
     except Exception as e:
         out = Verdict(False, 0.0, f"the check {name!r} raised {type(e).__name__}: {e}"[:300])
-    except BaseException:  # cancelled: no verdict, but its calls were made
+    except asyncio.CancelledError as e:
+        task = asyncio.current_task()
+        if task is not None and not task.cancelling():
+            # the check's own (a task inside it cancelled, re-raised): not the caller's,
+            # whose request it had ended with a raw CancelledError
+            out = Verdict(False, 0.0, f"the check {name!r} raised CancelledError: {e}"[:300])
+        else:  # cancelled: no verdict, but its calls were made
+            if made and on_cut is not None:
+                on_cut(Verdict(False, 0.0, f"the check {name!r} was cut off", tuple(made)))
+            raise
+    except BaseException:  # interrupted: no verdict, but its calls were made
         if made and on_cut is not None:
             on_cut(Verdict(False, 0.0, f"the check {name!r} was cut off", tuple(made)))
         raise

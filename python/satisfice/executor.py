@@ -32,7 +32,7 @@ import httpx
 
 from ._extra import extra_text
 from ._redact import StreamScrubber
-from ._verdict import checked
+from ._verdict import check_name, checked
 from ._watchdog import Deadlines, Watchdog
 from .accounting import cost_of, reported, text_tokens, usage_of
 from .errors import (
@@ -1442,9 +1442,10 @@ class Executor:
         answer = answer_from_chat(t.model, resp, cost_usd=None)
         left = None if run.deadline is None else run.deadline - perf_counter()
         # cut off (the caller gone, a winner elsewhere): its calls are billed all the same
-        cut = partial(run.checked, name=run.accept.name)
+        name = check_name(run.accept)
+        cut = partial(run.checked, name=name)
         v = await checked(run.accept, answer, Context(run.request.messages), left, cut)
-        run.checked(v, run.accept.name)
+        run.checked(v, name)
         return v
 
     async def _cancel(

@@ -850,6 +850,8 @@ class Registry:
                 f"registry: unknown top-level table(s) {sorted(unknown)}; "
                 "known: [[model]] and [meta]"
             )
+        if "model" in d and "models" in d:  # one was read and the other dropped unread
+            raise ConfigError("a registry has both 'model' and 'models'; put every model under one")
         models = d.get("model", d.get("models"))
         if not isinstance(models, list):
             raise ConfigError("a registry needs a list of models under 'model' ([[model]] in TOML)")

@@ -21,6 +21,7 @@ from .errors import (
     RegistryWarning,
     RouterClosedError,
     SatisficeError,
+    UnknownModelError,
 )
 from .feedback import FeedbackLog, score_of
 from .policy import _NO_CONSTRAINTS, Constraints, Policy
@@ -734,6 +735,13 @@ class Router:
             c = Constraints.of(c, quality_floor=0.0)
             decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra)
         if prefer is not None and prefer != decision.model:
+            if not isinstance(prefer, str):
+                raise ConfigError(f"prefer must be a model id, got {prefer!r:.40}")
+            if prefer not in snap.registry:  # an unknown id had been ignored without a word
+                raise UnknownModelError(
+                    f"prefer: unknown model {prefer!r:.80}; the registry has: "
+                    f"{', '.join(snap.registry.ids)}"
+                )
             decision = decision.preferring(prefer)
         reroute = None
         if blocked:  # see Run.reroute
