@@ -128,3 +128,24 @@ async def test_a_streamed_record_holds_the_messages_as_sent_and_their_parts(
     (rec,) = read_records(tmp_path / "a.db")
     sent = {"type": "text", "text": "first", "cache_control": {"type": "ephemeral"}}
     assert rec["messages"] == [{"role": "user", "content": [sent]}], rec
+
+
+def test_train_says_what_to_do_about_models_the_registry_lacks_and_checks_the_policy_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train pointed at eval's flags (--train FILES, --test-split) for a ledger of models
+    the registry lacks; with a corrupt --policy it trained and wrote the predictor, then
+    failed on the policy."""
+    from satisfice.cli import main
+
+    db = tmp_path / "l.db"
+    _fill(db)
+    pred = tmp_path / "p.npz"
+    assert main(["train", "--from-ledger", str(db), "--save-predictor", str(pred)]) == 2
+    err = capsys.readouterr().err
+    assert "--registry" in err and "--test-split" not in err and not pred.exists()
+    bad = tmp_path / "policy.json"
+    bad.write_text("{not json")
+    assert main(["train", "--from-ledger", str(db), "--save-predictor", str(pred),
+                 "--holdout", "0", "--policy", str(bad)]) == 2  # fmt: skip
+    assert not pred.exists()

@@ -149,7 +149,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"\n{len(rows)} prompts: est ${total:.4f} routed vs ${total_ref:.4f} always on {ref.id} "
         f"({saving:.0%} saving; estimates from the registry's list prices, expected output "
-        "lengths per task and the bundled quality predictor)"
+        "lengths per task and the policy's quality predictor: the hand-set prior unless a "
+        "policy names another)"
     )
     return 0
 
@@ -308,13 +309,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .registry import Registry
 
     reg = Registry.load(args.registry) if args.registry else Registry.default()
-    qm, report = train_from_ledger(args.from_ledger, registry=reg, holdout=args.holdout)
-    qm.save(args.save_predictor)
-    report["predictor"] = args.save_predictor
-    if args.policy:
+    pol = None
+    if args.policy:  # read before training: a corrupt one had failed after the predictor's write
         from .policy import Policy
 
         pol = Policy.load(args.policy) if Path(args.policy).exists() else Policy()
+    qm, report = train_from_ledger(args.from_ledger, registry=reg, holdout=args.holdout)
+    qm.save(args.save_predictor)
+    report["predictor"] = args.save_predictor
+    if pol is not None:
         pol.save(args.policy, args.save_predictor)
         report["policy"] = args.policy
     if args.json:

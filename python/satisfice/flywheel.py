@@ -134,6 +134,13 @@ def train_from_ledger(
     reg = registry if registry is not None else Registry.default()
     before = start if start is not None else Policy().quality_model()
     train, test = ledger_outcomes(read_records(target), holdout)
+    unknown = sorted(set(test.models) - set(reg.ids)) if test is not None else []
+    if unknown and start is None:  # checked before the fit: the comparison needs their priors
+        raise DatasetError(
+            f"the ledger's models {unknown[:10]} are not in the registry, so the default "
+            "predictor cannot be scored on them: pass --registry FILE with them, or "
+            "--holdout 0 to train without the before/after comparison"
+        )
     priors = {m.id: m.quality_prior() for m in reg if m.id in train.models}
     qm = T.fit(train, config or T.TrainConfig(name="ledger"), priors=priors or None)
     report: dict[str, Any] = {"train_rows": len(train), "held_out_rows": 0 if test is None else

@@ -256,9 +256,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 title=_title(args, out),
                 train_best=None if tb is None else (tb["model"], tb["cost"], tb["quality"]),
             )
-        except ImportError as e:  # the report is still worth printing
-            plot_failed = f"--plot: {e}"
-            out["notes"].append(f"no plot drawn: {e}")
+        except (ImportError, OSError) as e:  # the report is still worth printing
+            # (an unwritable --plot path had thrown away a finished evaluation)
+            why = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else e
+            plot_failed = f"--plot: {why}"
+            out["notes"].append(f"no plot drawn: {why}")
     if args.json:
         print(_dumps(out, indent=2))
     else:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .._atomic import write_atomic
 from .metrics import Curve, ModelPoint, Point, non_decreasing_hull
 
 __all__ = ["plot_curve"]
@@ -141,4 +142,5 @@ def plot_curve(
     ax.grid(True, which="major", alpha=0.3)
     # Below the axes: inside, it would hide whichever model sits in that corner.
     fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
-    fig.savefig(os.fspath(path), format="png")
+    # whole or not at all, as every file satisfice writes
+    write_atomic(os.fspath(path), lambda f: fig.savefig(f, format="png"))
