@@ -352,3 +352,21 @@ def test_a_regex_pattern_must_be_text(pattern: object) -> None:
         validators.from_spec({"check": "regex", "pattern": pattern})
     with pytest.raises(ConfigError, match="pattern must be a string"):
         validators.regex(pattern)  # type: ignore[arg-type]
+
+
+def test_constructors_refuse_what_could_never_work_and_take_a_builtin() -> None:
+    """check(max) raised a raw ValueError (no signature); all_of(5) and any_of("x") a raw
+    AttributeError; judge(min_confidence=nan or 5) made a judge that never passes;
+    Step(["a"], 5) failed every answer later."""
+    from satisfice import Step
+
+    assert run(v.check(bool), v.Answer("m", "x"), NO_CTX).passed
+    for bad in ((5,), ("x",), (None,), ()):
+        for comb in (v.all_of, v.any_of):
+            with pytest.raises(ConfigError):
+                comb(*bad)  # type: ignore[arg-type]
+    for m in (float("nan"), 5, -0.1, "x"):
+        with pytest.raises(ConfigError, match="min_confidence"):
+            v.judge(lambda *_: "", "be right", min_confidence=m)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="validator"):
+        Step(["a"], 5)  # type: ignore[arg-type]

@@ -93,6 +93,12 @@ class Step:
             raise ConfigError("a cascade step needs at least one model")
         if len(set(self.models)) != len(self.models):
             raise ConfigError(f"a cascade step lists a model twice: {self.models}")
+        if self.validator is not None and not callable(self.validator):
+            # Step(["a"], 5) had failed each answer later, as a check that raised
+            raise ConfigError(
+                "a cascade step's validator must be a validator (see satisfice.validators) "
+                f"or None, got {type(self.validator).__name__}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any, Literal, TypeAlias
 
+from ._real import as_real
 from ._verdict import (
     PASS,
     Answer,
@@ -38,6 +39,7 @@ from ._verdict import (
     Validator,
     Verdict,
     accept,
+    check_name,
     made_call,
     resolve,
 )
@@ -484,9 +486,14 @@ class _Judge:
             raise ConfigError(f"judge: ask must be a callable, got {type(ask).__name__}")
         if not isinstance(rubric, str) or not rubric.strip():
             raise ConfigError("judge: the rubric is empty; say what a good answer must do")
+        m = as_real(min_confidence)
+        if m is None or not 0.0 <= m <= 1.0:  # NaN or 5: a judge that could never pass
+            raise ConfigError(
+                f"judge: min_confidence must be from 0 to 1, got {min_confidence!r:.40}"
+            )
         self._ask = ask
         self._rubric = rubric
-        self._min = min_confidence
+        self._min = m
         self.name = "judge"
 
     async def __call__(self, answer: Answer, ctx: Context) -> Verdict:
@@ -548,12 +555,17 @@ class _User:
             raise ConfigError(
                 f"check: fn must be a callable (text) -> bool, got {type(fn).__name__}"
             )
-        params = [
-            p
-            for p in inspect.signature(fn).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-        self._text_only = len(params) < 2
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin without one (max): called with the text
+            self._text_only = True
+        else:
+            params = [
+                p
+                for p in sig.parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+            self._text_only = len(params) < 2
         self._fn = fn
         self.name = name or str(getattr(fn, "__name__", "check"))
 
@@ -576,14 +588,23 @@ def check(fn: Callable[..., Any], *, name: str | None = None) -> Validator:
 # -- combinators --------------------------------------------------------------------------
 
 
+def _validators(parts: Sequence[object], what: str) -> None:
+    if not parts:
+        raise ConfigError(f"{what} needs at least one validator")
+    for p in parts:
+        if not callable(p):  # all_of(5) had failed on `.name`, raw
+            raise ConfigError(
+                f"{what} takes validators (see satisfice.validators), got {type(p).__name__}"
+            )
+
+
 class _AllOf:
     __slots__ = ("_parts", "name")
 
     def __init__(self, parts: Sequence[Validator]) -> None:
-        if not parts:
-            raise ConfigError("all_of needs at least one validator")
+        _validators(parts, "all_of")
         self._parts = tuple(parts)
-        self.name = "all_of(" + ", ".join(p.name for p in parts) + ")"
+        self.name = "all_of(" + ", ".join(check_name(p) for p in parts) + ")"
 
     def __call__(self, answer: Answer, ctx: Context) -> Verdict | Awaitable[Verdict]:
         low = 1.0
@@ -595,7 +616,7 @@ class _AllOf:
                 return self._rest(answer, ctx, i, v, low, calls)
             calls += v.calls
             if not v.passed:  # the first failure decides; later checks would be wasted time
-                return Verdict(False, v.confidence, f"{part.name}: {v.reason}", calls)
+                return Verdict(False, v.confidence, f"{check_name(part)}: {v.reason}", calls)
             low = min(low, v.confidence)
         return Verdict(True, low, "all checks passed", calls)
 
@@ -612,7 +633,7 @@ class _AllOf:
             v = await pending if k == 0 else await resolve(part(answer, ctx))
             calls += v.calls
             if not v.passed:
-                return Verdict(False, v.confidence, f"{part.name}: {v.reason}", calls)
+                return Verdict(False, v.confidence, f"{check_name(part)}: {v.reason}", calls)
             low = min(low, v.confidence)
         return Verdict(True, low, "all checks passed", calls)
 
@@ -659,10 +680,9 @@ class _AnyOf:
     __slots__ = ("_parts", "name")
 
     def __init__(self, parts: Sequence[Validator]) -> None:
-        if not parts:
-            raise ConfigError("any_of needs at least one validator")
+        _validators(parts, "any_of")
         self._parts = tuple(parts)
-        self.name = "any_of(" + ", ".join(p.name for p in parts) + ")"
+        self.name = "any_of(" + ", ".join(check_name(p) for p in parts) + ")"
 
     def __call__(self, answer: Answer, ctx: Context) -> Verdict | Awaitable[Verdict]:
         return _every(self._parts, answer, ctx, self._combine)
@@ -700,7 +720,7 @@ class Calibrated:
         p = 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
         calls = tuple(c for v in verdicts for c in v.calls)
         failed = [
-            f"{part.name}: {v.reason}"
+            f"{check_name(part)}: {v.reason}"
             for part, v in zip(self.parts, verdicts, strict=True)
             if not v.passed
         ]
