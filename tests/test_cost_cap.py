@@ -223,7 +223,7 @@ async def test_a_limit_in_extra_cannot_lift_the_cap(up: LocalUpstream) -> None:
         assert body["seed"] == 1 and tight(
             body["max_tokens"], CAP, res.decision.max_tokens_in("alpha"), 0.10, 0.40
         )
-        with pytest.raises(ConfigError, match="several answers"):
+        with pytest.raises(ConfigError, match="n=3: chat"):
             await r.chat("hi", max_cost_usd=CAP, extra={"n": 3})
 
 

@@ -388,12 +388,7 @@ class Run:
         capped = self.output_cap(t)
         if capped is None:
             return request
-        n, usd = capped
-        if request.extra and request.extra.get("n", 1) != 1:
-            raise ConfigError(
-                "extra={'n': ...} asks for several answers, each billed, which a cost cap "
-                "cannot bound per answer: drop n, or drop max_cost_usd"
-            )
+        n, usd = capped  # (extra n != 1 is refused before: router._check_options)
         if request.extra and _LIMITS & request.extra.keys():
             # a limit in `extra` would replace the capped one on the wire: the smaller wins
             extra = dict(request.extra)
