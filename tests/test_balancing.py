@@ -71,3 +71,28 @@ async def test_deployments_are_ordered_and_capped_by_this_requests_price() -> No
             assert d.est_cost_usd is not None and d.est_cost_usd >= worst * 0.999
             res = await r.chat("short", max_tokens=500)  # a short prompt, a long answer: b
             assert res.deployment == "b", res.attempts
+
+
+def test_the_tables_bound_is_no_lower_than_any_hosts_bill_at_any_length() -> None:
+    """One host's long-context tier below another's flat base rate had bounded a long
+    prompt at the tier; a host that bills reasoning at its output rate was bounded at the
+    other's lower explicit reasoning rate."""
+    from satisfice.policy import _fee, _worst_price
+    from satisfice.registry import LongContext, Price
+
+    reg = _reg("http://127.0.0.1:1", "http://127.0.0.1:2", 1.0, 1.0)
+    m = reg["m"]
+    tiered = Price(1.0, 2.0, long_context=(LongContext(1000, 2.0, 4.0),))
+    flat = Price(3.0, 6.0)
+    deps = (m.deployments[0].replace(price=tiered), m.deployments[1].replace(price=flat))
+    m = m.replace(deployments=deps)
+    worst = _worst_price(m)
+    assert worst is not None
+    for t_in in (500, 5000):
+        assert worst.cost(t_in, 100) >= max(p.cost(t_in, 100) for p in (tiered, flat))
+    own = (Price(1.0, 10.0), Price(1.0, 4.0, reasoning=8.0))
+    m = m.replace(
+        reasoning_tokens=1_000_000,
+        deployments=tuple(d.replace(price=p) for d, p in zip(deps, own, strict=True)),
+    )
+    assert _fee(m) >= 10.0  # 1M reasoning tokens at host a's output rate

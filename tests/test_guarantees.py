@@ -446,7 +446,7 @@ async def test_a_request_only_a_cooling_model_can_carry_says_try_again_not_chang
     caller told to change a request the cooling model takes as it is); it now fails as
     every attempt failing, the cooling model skipped on the record with its wait, which
     `satisfice serve` answers with a 503 and its Retry-After."""
-    from satisfice.errors import AllAttemptsFailedError
+    from satisfice.errors import AllAttemptsFailedError, UnsupportedRequestError
     from satisfice.server.app import _all_failed
 
     rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
@@ -467,6 +467,17 @@ async def test_a_request_only_a_cooling_model_can_carry_says_try_again_not_chang
         r.enable("gamma")  # taken again once it is back
         res = await r.chat(MSGS, allow=["beta", "gamma"], tools=TOOLS[:1], response_format=rf)
         assert res.model == "gamma"
+        # a model cooling or disabled that could not carry it either: still "change it"
+        up.script(wire("delta"), status(429, retry_after=30))
+        with pytest.raises(AllAttemptsFailedError):
+            await r.chat(MSGS, allow=["delta"])  # delta (Anthropic's wire too) cools
+        for _ in range(2):
+            with pytest.raises(UnsupportedRequestError):
+                await r.chat(MSGS, allow=["beta", "delta"], tools=TOOLS[:1], response_format=rf)
+            r.disable("delta")
+        r.disable("gamma")  # disabled, not cooling: no wait fixes it
+        with pytest.raises(UnsupportedRequestError):
+            await r.chat(MSGS, allow=["beta", "gamma"], tools=TOOLS[:1], response_format=rf)
 
 
 async def test_a_decision_passed_back_refuses_constraints_it_would_drop(up: LocalUpstream) -> None:
@@ -492,5 +503,5 @@ async def test_a_temperature_or_extra_value_that_is_no_json_is_refused(up: Local
                 await r.chat(MSGS, temperature=t)  # type: ignore[arg-type]
         with pytest.raises(BadRequestError, match="cannot be sent as JSON"):
             await r.chat(MSGS, extra={"top_p": math.inf})
-        assert not up.requests or all(b"NaN" not in q.body for q in up.requests)
+        assert up.seen(wire("alpha")) == []  # none of them was sent
         assert (await r.chat(MSGS, temperature=0.5)).model == "alpha"

@@ -209,6 +209,21 @@ async def test_an_answer_with_nothing_in_it_falls_back(raw: RawUpstream, up: Loc
     async with router(up.url) as r:
         r.update(with_alpha_on(raw, up))
         assert (await r.chat(MSGS)).model == "beta"
+    # Anthropic's wire alike: no content and no stop_reason, streamed or not
+    usage = {"input_tokens": 3, "output_tokens": 0}
+    nothing = http_response(json.dumps({"type": "message", "content": [], "stop_reason": None,
+                                        "usage": usage}).encode())  # fmt: skip
+    bare = b"".join(b"event: %s\ndata: %s\n\n" % (k, json.dumps(v).encode()) for k, v in (
+        (b"message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 3}}}),
+        (b"message_stop", {"type": "message_stop"})))  # fmt: skip
+    streamed = http_response(bare, ctype="text/event-stream")
+    raw.push(nothing, nothing, streamed, streamed)
+    async with router(up.url) as r:
+        r.update(with_alpha_on(raw, up, "anthropic"))
+        assert (await r.chat(MSGS)).model == "beta"
+        async with r.stream(MSGS) as s:
+            out = [d async for d in s]
+        assert out[-1].result.model == "beta"
 
 
 async def test_a_key_split_across_stream_events_is_not_kept_in_raw(
@@ -284,3 +299,11 @@ async def test_a_reported_usage_past_what_the_call_allowed_is_counted_instead(
         assert res.model == "alpha" and res.usage is not None
         assert res.usage.prompt_tokens < 100 and res.usage.completion_tokens <= 16
         assert res.usage.source != "provider" and (res.cost_usd or 0) < 0.001
+    # a limit in extra replaces max_tokens on the wire: what it let the call write is real
+    raw.push(http_response(openai_body({"content": "hi"}, usage={
+        "prompt_tokens": 50, "completion_tokens": 300})))  # fmt: skip
+    async with router(up.url) as r:
+        r.update(with_alpha_on(raw, up))
+        res = await r.chat(MSGS, max_tokens=16, extra={"max_tokens": 500})
+    assert res.usage is not None and res.usage.source == "provider"
+    assert res.usage.completion_tokens == 300

@@ -196,6 +196,12 @@ def test_names_from_the_ledger_reach_a_terminal_escaped_and_a_fifo_stays_one(
     assert main(["report", str(p), "--html", str(fifo)]) == 0
     reader.join(10)
     assert stat.S_ISFIFO(fifo.stat().st_mode) and got and b"<html" in got[0].lower()
+    # /dev/stdout as a pipe: its symlink leads to no file by name, and the write had failed
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "satisfice.cli", "report", str(p), "--html",
+                          "/dev/stdout"], capture_output=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0 and b"<html" in out.stdout.lower(), out.stderr
 
 
 def test_an_unreachable_postgres_ledger_and_ctrl_c_end_without_a_traceback(

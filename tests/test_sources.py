@@ -701,8 +701,32 @@ def test_a_retirement_date_never_moves_later_on_a_refresh() -> None:
     reg = reg.replace(s.replace(deprecation_date=date(2026, 11, 1)))
     cat = sources.load("litellm", str(FIX / "litellm_prices.json"))
     listed = cat.listings[("anthropic", "claude-sonnet-4-7")]
-    cat.listings[("anthropic", "claude-sonnet-4-7")] = listed.__class__(
-        **{**{f: getattr(listed, f) for f in listed.__dataclass_fields__},
-           "deprecation_date": date.today()})  # fmt: skip
+    fields = {f: getattr(listed, f) for f in listed.__dataclass_fields__}
+    key = ("anthropic", "claude-sonnet-4-7")
+    cat.listings[key] = listed.__class__(
+        **{**fields, "deprecation_date": date.today(), "date_assumed": True}
+    )
     new, _ = sources.apply(reg, cat)
     assert new["sonnet"].deprecation_date == date(2026, 11, 1)
+    # a date the source gives does move it: a retirement postponed
+    cat.listings[key] = listed.__class__(**{**fields, "deprecation_date": date(2027, 6, 30)})
+    new, _ = sources.apply(reg, cat)
+    assert new["sonnet"].deprecation_date == date(2027, 6, 30)
+
+
+def test_a_second_deployment_listed_without_a_price_keeps_its_own() -> None:
+    """Its price became None, a deployment's "the model's": it silently took the first
+    deployment's price, unflagged, and the registry was stamped as checked today."""
+    reg = _reg()
+    s = reg["sonnet"]
+    other = s.deployments[1].replace(name="openai", price=Price(2.0, 2.0))
+    reg = reg.replace(s.replace(deployments=(s.deployments[0], other)))
+    cat = sources.load("litellm", str(FIX / "litellm_prices.json"))
+    listed = cat.listings[("anthropic", "claude-sonnet-4-7")]
+    fields = {f: getattr(listed, f) for f in listed.__dataclass_fields__}
+    cat.listings[("openai", "sonnet")] = listed.__class__(
+        **{**fields, "host": "openai", "model": "sonnet", "price": None}
+    )
+    new, diff = sources.apply(reg, cat)
+    assert new["sonnet"].deployments[1].price == Price(2.0, 2.0)
+    assert "without a price; its price kept" in diff.render() and "prices_as_of" not in new.meta

@@ -34,20 +34,30 @@ def write_atomic(
     from pathlib import Path
 
     p = Path(path)
+    try:  # what `path` is, through any symlink (/dev/stdout's leads to a pipe's fd)
+        st = p.stat()
+    except OSError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        # a FIFO, a device, a pipe (/dev/stdout): written into, as `open("wb")` would;
+        # replacing it had put a regular file where /dev/full was. What `check` reads
+        # back is checked first, from a file of its own.
+        import io
+        import tempfile
+
+        buf = io.BytesIO()
+        write(buf)
+        if check is not None:
+            with tempfile.TemporaryDirectory() as d:
+                probe = Path(d) / p.name
+                probe.write_bytes(buf.getvalue())
+                check(probe)
+        with open(p, "wb") as f:
+            f.write(buf.getvalue())
+        return
     # A symlink is followed, as `open("wb")` would: the file it points at is replaced.
     target = p.resolve() if p.is_symlink() else p
-    try:  # an existing file keeps its mode
-        st = target.stat()
-    except OSError:
-        mode: int | None = None
-    else:
-        mode = stat.S_IMODE(st.st_mode)
-        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
-            # a FIFO, a device, a socket (/dev/stdout): written into, as `open("wb")`
-            # would; replacing it had put a regular file where /dev/full was
-            with open(target, "wb") as f:
-                write(f)
-            return
+    mode = None if st is None else stat.S_IMODE(st.st_mode)  # an existing file keeps its mode
     tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
     try:
         # Created like `open("wb")` would (0o666 less the umask), not 0o600 as with

@@ -446,6 +446,14 @@ class Run:
         """The most output tokens a call to `t` was allowed on the wire (None: no limit)."""
         held = self.holds.get(_hold(t))
         n = held[1] if held is not None else self.request.max_tokens
+        extra = self.request.extra
+        if held is None and extra and _LIMITS & extra.keys():
+            # uncapped, a limit in `extra` goes on the wire in its place (the payload's last
+            # word): the larger of the two bounds the call
+            said = [v for k in _LIMITS & extra.keys() if type(v := extra[k]) is int]
+            if len(said) < len(_LIMITS & extra.keys()):
+                return None  # a limit not an integer: the upstream's to refuse or read
+            n = max([*said, *([n] if n is not None else [])])
         if n is not None:
             n = min(n, t.spec.max_output)  # what `wire` sent
         if n is not None and t.dep.api == "anthropic":
@@ -960,10 +968,19 @@ class Executor:
             for m in (d.model, *d.fallbacks):
                 for t in self.targets(run.registry, m) if m in run.registry else ():
                     why = self.health.unavailable(t.key)
-                    if why is not None:
-                        run.skip(m, t.dep.name, "unavailable", why, self.health.retry_in(t.key))
+                    wait = self.health.retry_in(t.key)  # None: disabled, not cooling
+                    if why is not None and wait is not None and self._carries(t, run.request):
+                        run.skip(m, t.dep.name, "unavailable", why, wait)
             e = self._all_failed(run)
         return e
+
+    def _carries(self, t: _Target, request: ChatRequest) -> bool:
+        """Whether `t`'s wire can take `request` as it is (a provider of your own: yes)."""
+        try:
+            carries = getattr(self._provider(t), "carries", None)
+        except SatisficeError:  # no key set: it cannot be called at all
+            return False
+        return carries is None or bool(carries(request))
 
     def _all_failed(self, run: Run) -> ProviderError:
         d = run.decision

@@ -18,7 +18,7 @@ from ._frozen import Value, _set
 from ._real import as_count, as_real
 from .errors import ConfigError
 from .predict import QualityModel
-from .registry import ModelSpec, Price, Registry
+from .registry import LongContext, ModelSpec, Price, Registry
 
 TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:
@@ -253,31 +253,38 @@ class Rule(Value):
         )
 
 
+def _prices(m: ModelSpec) -> list[Price | None]:
+    """What each of the model's deployments bills at (its own price, else the model's)."""
+    return [d.price if d.price is not None else m.price for d in m.deployments] or [m.price]
+
+
 def _worst_price(m: ModelSpec) -> Price | None:
-    """The price the table checks a cost cap against: each rate the dearest of the model's
-    deployments' (a fallback to a pricier host must not break the cap, and which host is
-    dearer depends on the request: one may bill the prompt higher, another the answer),
-    None if any deployment is unpriced."""
-    prices = [d.price if d.price is not None else m.price for d in m.deployments] or [m.price]
+    """The rates the table checks a cost cap against: at least what any of the model's
+    deployments bills at every prompt length (a fallback to a pricier host must not break
+    the cap, and which host is dearer depends on the request: one may bill the prompt
+    higher, another the answer), None if any deployment is unpriced."""
+    prices = _prices(m)
     if any(p is None for p in prices):
         return None
     ps: list[Price] = prices  # type: ignore[assignment]
     if len(ps) == 1:
         return ps[0]
-
-    def most(rate: str) -> float | None:
-        vs = [getattr(p, rate) for p in ps if getattr(p, rate) is not None]
-        return max(vs) if vs else None
-
-    # long-context tiers: every deployment's (the table takes the first threshold at the
-    # highest rates of any)
-    tiers = tuple(sorted({t for p in ps for t in p.long_context}, key=lambda t: t.above))
+    tiers = [t for p in ps for t in p.long_context]
+    long: tuple[LongContext, ...] = ()
+    if tiers:
+        # one tier, from the first threshold of any, at the highest rate any deployment
+        # bills past it, its base rate or a tier's: a host's tier below another's base
+        # rate had let the table bound a long prompt under that host's bill
+        rates = [(x.input, x.output) for x in ps] + [(t.input, t.output) for t in tiers]
+        long = (
+            LongContext(
+                min(t.above for t in tiers), max(i for i, _ in rates), max(o for _, o in rates)
+            ),
+        )
     return ps[0].replace(
         input=max(p.input for p in ps),
         output=max(p.output for p in ps),
-        reasoning=most("reasoning"),
-        per_request=most("per_request"),
-        long_context=tiers,
+        long_context=long,
     )
 
 
@@ -290,11 +297,13 @@ def reasoning_usd(m: ModelSpec, p: Price) -> float:
     return m.reasoning_tokens * rate / 1e6
 
 
-def _fee(m: ModelSpec, p: Price | None) -> float:
-    """USD a call costs beyond its prompt and answer: the per-request fee and reasoning."""
-    if p is None:
+def _fee(m: ModelSpec) -> float:
+    """USD a call costs beyond its prompt and answer, the per-request fee and reasoning, at
+    the dearest of its deployments (each prices reasoning at its own rates)."""
+    prices = _prices(m)
+    if any(p is None for p in prices):
         return 0.0
-    return (p.per_request or 0.0) + reasoning_usd(m, p)
+    return max((p.per_request or 0.0) + reasoning_usd(m, p) for p in prices if p is not None)
 
 
 class Policy(Value):
@@ -444,7 +453,7 @@ class Policy(Value):
                     "long_above": tiers[0].above if tiers else math.inf,
                     "long_in": long_in,
                     "long_out": long_out,
-                    "fee": _fee(m, price),
+                    "fee": _fee(m),
                 }
             )
         rules: list[RuleSpec] = []

@@ -114,6 +114,7 @@ class Listing:
     capabilities: frozenset[str] = frozenset()
     deprecation_date: date | None = None
     successor: str | None = None
+    date_assumed: bool = False  # deprecation_date is the day the source was read
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,6 +428,7 @@ def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
                 _positive_int(lim.get("output")),
                 frozenset(caps),
                 date.today() if retired else None,
+                date_assumed=retired,
             ))  # fmt: skip
     return listings.catalogue("models.dev")
 
@@ -568,6 +570,11 @@ class Change:
             )
         if self.what == "unlisted":
             return f"? {self.model}: not in the source ({self.old}); kept as it is"
+        if self.what == "unpriced":
+            return (
+                f"? {self.model}: the source lists {self.old} without a price; its price kept "
+                "(check it at the provider)"
+            )
         if self.what == "conflicting":
             return (
                 f"! {self.model}: the source lists {self.old} twice with different facts; "
@@ -576,7 +583,7 @@ class Change:
         return f"~ {self.model}: {self.what} {self.old} -> {self.new}"
 
 
-NOTES = ("unlisted", "assumed", "conflicting")  # a Diff's lines that tell, not change
+NOTES = ("unlisted", "assumed", "conflicting", "unpriced")  # lines that tell, not change
 
 
 @dataclass(frozen=True, slots=True)
@@ -725,7 +732,16 @@ def apply(
             models.append(m)
             continue
         checked = True
-        unchecked = unchecked or len(hits) < len(m.deployments)
+        # a deployment besides the first listed without a price keeps its own (a
+        # deployment's None is "the model's": it had silently taken the first's)
+        for dep, h in hits:
+            if h.price is None and dep is not m.deployments[0]:
+                notes.append(Change(m.id, "unpriced", f"{dep.name}:{dep.model}", None))
+        unchecked = (
+            unchecked
+            or len(hits) < len(m.deployments)
+            or any(h.price is None and d is not m.deployments[0] for d, h in hits)
+        )
         models.append(_updated(m, hits))
     known = {m.id for m in models}
     for name in add:
@@ -777,14 +793,15 @@ def _updated(m: ModelSpec, hits: list[tuple[Deployment, Listing]]) -> ModelSpec:
     it had (pinned, so it does not silently inherit the first deployment's new price)."""
     listed = {id(d): h for d, h in hits}
     head = listed.get(id(m.deployments[0])) if m.deployments else None
-    # a listing without a price makes it unpriced (which a refresh refuses unconfirmed):
-    # the old price had been kept and stamped as checked
+    # the first deployment listed without a price makes the model unpriced (which a
+    # refresh refuses unconfirmed): the old price had been kept and stamped as checked;
+    # another keeps its own (see `apply`)
     model_price = head.price if head is not None else m.price
     deps = []
     for dep in m.deployments:
         had = dep.price if dep.price is not None else m.price
         h = listed.get(id(dep))
-        now = h.price if h is not None else had
+        now = h.price if h is not None and (h.price is not None or h is head) else had
         deps.append(dep.replace(price=None if now == model_price else now))
     windows = [h.context_window for _, h in hits if h.context_window]
     outs = [h.max_output for _, h in hits if h.max_output]
@@ -796,10 +813,13 @@ def _updated(m: ModelSpec, hits: list[tuple[Deployment, Listing]]) -> ModelSpec:
         context_window=window,
         max_output=max_out,
         deployments=tuple(deps),
-        # the earlier: a catalogue that says only "deprecated" dates it today, and had moved
-        # a retirement already past forward, a day at each refresh
-        deprecation_date=min(
-            (d for d in (first.deprecation_date, m.deprecation_date) if d), default=None
+        # a date the source only assumed (models.dev's "deprecated": the day it was read)
+        # never moves a known one: it had moved a past retirement forward at each refresh;
+        # a date the source gives does (a postponed retirement)
+        deprecation_date=(
+            m.deprecation_date
+            if first.date_assumed and m.deprecation_date
+            else first.deprecation_date or m.deprecation_date
         ),
         successor=first.successor or m.successor,
     )

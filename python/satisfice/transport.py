@@ -749,14 +749,18 @@ class _Body(httpx.AsyncByteStream):
             return
         try:
             dec = self._decoder
+            fed = False  # compressed bytes came: an empty body (a 429's) has no stream to end
             async for raw in self._raw(conn):
                 if dec is None:
                     self._count(len(raw))
                     yield raw
                     continue
                 data = raw
+                fed = fed or bool(raw)
                 while data:  # at most _STEP decoded bytes per step, however much it inflates
                     if dec.eof:  # bytes after the compressed stream's end
+                        if not data.strip(b"\0"):  # NUL padding, which gzip readers skip
+                            break
                         if not b"\x1f\x8b".startswith(data[:2]):
                             raise zlib.error("bytes after the end of the compressed body")
                         # gzip's next member (valid gzip, which Python's gzip reads whole):
@@ -773,7 +777,7 @@ class _Body(httpx.AsyncByteStream):
                 self._count(len(tail))
                 if tail:
                     yield tail
-                if not dec.eof:  # the framing says the body is whole; the stream is not
+                if fed and not dec.eof:  # the framing says the body is whole; the stream not
                     raise zlib.error("the compressed body ends before the end of its stream")
             self._done(self._keep and self._left is not None)
         except zlib.error as e:

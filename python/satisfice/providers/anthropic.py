@@ -309,6 +309,14 @@ class AnthropicProvider(HTTPProvider):
     def _auth(api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}
 
+    def carries(self, request: ChatRequest) -> bool:
+        """Whether this wire can take `request` as it is (see UnsupportedRequestError)."""
+        try:
+            self._wire(request, False)
+        except UnsupportedRequestError:
+            return False
+        return True
+
     def _wire(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         p = to_anthropic(request, self.model, stream=stream)
         if "stop" in p:  # OpenAI's `stop` (a string or a list) is Anthropic's stop_sequences
@@ -346,6 +354,8 @@ class AnthropicProvider(HTTPProvider):
                         )
                     )
             stop = text_field(data.get("stop_reason"), "stop_reason")
+            if not (stop or calls or any(texts)):  # nothing said, nor why not
+                raise ValueError("an answer with no content, tool call or stop_reason")
             finish = _FINISH.get(stop, stop or None)
             seq = text_field(data.get("stop_sequence"), "stop_sequence")
             if calls and calls[0].name == _JSON_TOOL:
@@ -456,6 +466,9 @@ class AnthropicProvider(HTTPProvider):
                 ended = True
             if not ended:
                 raise self._malformed("the stream ended before message_stop")
+            if stop is None and not (parts or tools):
+                # message_start and message_stop alone: no answer, and it had been one
+                raise self._malformed("the stream ended without an answer or a stop_reason")
             calls = [  # a tool_use with an empty input streams no JSON: it is {}
                 ToolCall(scrub(i), scrub(n), scrub("".join(a)) or "{}")
                 for _, (i, n, a) in sorted(tools.items())
