@@ -584,6 +584,8 @@ class ModelSpec(Value):
         if self.price is not None and not isinstance(self.price, Price):
             raise ConfigError(f"{where}: price must be a Price or None (unpriced), got "
                               f"{type(self.price).__name__}")  # fmt: skip
+        if isinstance(self.deployments, list):  # as written by hand: kept as a tuple
+            object.__setattr__(self, "deployments", tuple(self.deployments))
         if not isinstance(self.deployments, tuple) or not all(
             isinstance(d, Deployment) for d in self.deployments
         ):
@@ -599,9 +601,10 @@ class ModelSpec(Value):
             k in EFFORTS and isinstance(e, Effort) for k, e in self.efforts.items()
         ):
             raise ConfigError(f"{where}: efforts must map levels {EFFORTS} to Effort values")
-        n = self.reasoning_tokens
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ConfigError(f"{where}: reasoning_tokens must be an integer >= 0, got {n!r:.40}")
+        n, given = as_count(self.reasoning_tokens), self.reasoning_tokens  # numpy's ints too
+        if n is None or n < 0:
+            raise ConfigError(f"{where}: reasoning_tokens must be an integer >= 0, got {given!r}")
+        object.__setattr__(self, "reasoning_tokens", n)
         if self.tokenizer not in _core.FAMILIES:
             raise ConfigError(
                 f"{where}: tokenizer {self.tokenizer!r} unknown; use one of {_core.FAMILIES}"
