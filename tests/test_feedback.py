@@ -134,6 +134,10 @@ def test_router_feedback_moves_the_model_and_persists(tmp_path: Path) -> None:
     seen.append(p_good())
     with pytest.raises(InputError, match="already scored"):  # an answer counts once
         router.feedback(rid, 0.0)
+    other = next(m for m in d.fallbacks if m != model)  # a fallback's answer: its own, once
+    router.feedback(rid, 1.0, model=other)
+    with pytest.raises(InputError, match="already scored"):
+        router.feedback(rid, 1.0, model=other)
     assert p_good() == seen[-1]
     for _ in range(2):  # other requests of the same prompt, answered by the same model
         router.feedback(router.route(PROMPT).request_id, 0.0, model=model)

@@ -30,7 +30,7 @@ import os
 import re
 import threading
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from . import _core
 from ._frozen import Frozen, _set
@@ -269,7 +269,10 @@ class FeedbackLog:
         self._rand = array("Q")
         self._rand_at = 0
         self._beliefs: dict[str, AbilityBelief] = {}
-        self._scored: dict[int, set[int]] = {}  # slot -> models its answer was scored for
+        # per slot: 1 + the model its answer was first scored for (0: none), and any other
+        # models scored for it (rare: a fallback's answer scored beside the primary's)
+        self._scored = array("I")
+        self._scored_more: dict[int, set[int]] = {}
         self._lock = threading.Lock()
 
     def issue(self, latent: Sequence[float], model: str, embedding: bytes | None = None) -> str:
@@ -287,12 +290,15 @@ class FeedbackLog:
                 self._check.append(0)
                 self._model.append(0)
                 self._n_latent.append(0)
+                self._scored.append(0)
                 self._latent.frombytes(bytes(4 * self._width))
                 self._has_emb.append(0)
                 if self._emb:
                     self._emb.extend(bytes(EMBED_DIM))
             self._seq[slot], self._check[slot] = seq, check
-            self._scored.pop(slot, None)
+            self._scored[slot] = 0
+            if self._scored_more:
+                self._scored_more.pop(slot, None)
             self._model[slot] = self._index(model)
             self._put_latent(slot, latent)
             self._put_embedding(slot, embedding)
@@ -306,43 +312,61 @@ class FeedbackLog:
                 self._model[slot] = self._index(model)
 
     def lookup(self, request_id: str) -> tuple[tuple[float, ...], str, bytes | None]:
+        """(prompt latent, model credited, embedding) of a kept decision; InputError if
+        `request_id` is not (or no longer) kept."""
+        with self._lock:
+            return self._kept(request_id, self._slot_of(request_id))
+
+    def claim(
+        self, request_id: str, model: str | None, known: Callable[[str], object]
+    ) -> tuple[tuple[float, ...], str, bytes | None]:
+        """`lookup`, and the answer of `model` (default the one credited) marked scored,
+        once: the same id scored again had counted as new evidence each time (one answer
+        scored 0 a hundred times moved a model's P(good) from 0.76 to 0.36). `known(model)`
+        raises for a model the router does not know, before anything is marked. One parse
+        of the id, under one lock."""
+        with self._lock:
+            slot = self._slot_of(request_id)
+            latent, chosen, emb = self._kept(request_id, slot)
+            target = model if model is not None else chosen
+            known(target)
+            m = self._index(target) + 1
+            first = self._scored[slot]
+            if first == 0:
+                self._scored[slot] = m
+            else:
+                more = self._scored_more.setdefault(slot, set())
+                if m == first or m in more:
+                    raise InputError(
+                        f"request {request_id!r:.60} was already scored for {target!r:.80}: "
+                        "feedback counts each answer once"
+                    )
+                more.add(m)
+            return latent, target, emb
+
+    def _slot_of(self, request_id: str) -> int:
         if not isinstance(request_id, str):
             raise InputError(
                 f"request_id must be the str a result or decision gave, got "
                 f"{type(request_id).__name__}"
             )
-        with self._lock:
-            slot = self._slot(request_id)
-            if slot is not None:
-                w = self._width
-                latent = tuple(self._latent[slot * w : slot * w + self._n_latent[slot]])
-                emb = (
-                    bytes(self._emb[slot * EMBED_DIM : (slot + 1) * EMBED_DIM])
-                    if self._has_emb[slot]
-                    else None
-                )
-                return latent, self._names[self._model[slot]], emb
-        raise InputError(
-            f"unknown request id {request_id!r:.60}: feedback is accepted for the last "
-            f"{self.capacity} decisions whose request_id was read, in this process"
-        )
+        slot = self._slot(request_id)
+        if slot is None:
+            raise InputError(
+                f"unknown request id {request_id!r:.60}: feedback is accepted for the last "
+                f"{self.capacity} decisions whose request_id was read, in this process"
+            )
+        return slot
 
-    def claim(self, request_id: str, model: str) -> None:
-        """Mark `request_id`'s answer by `model` scored: once. The same id scored again had
-        counted as new evidence each time (one answer scored 0 a hundred times moved a
-        model's P(good) from 0.76 to 0.36)."""
-        with self._lock:
-            slot = self._slot(request_id)
-            if slot is None:
-                return
-            scored = self._scored.setdefault(slot, set())
-            m = self._index(model)
-            if m in scored:
-                raise InputError(
-                    f"request {request_id!r:.60} was already scored for {model!r:.80}: "
-                    "feedback counts each answer once"
-                )
-            scored.add(m)
+    def _kept(self, request_id: str, slot: int) -> tuple[tuple[float, ...], str, bytes | None]:
+        w = self._width
+        latent = tuple(self._latent[slot * w : slot * w + self._n_latent[slot]])
+        emb = (
+            bytes(self._emb[slot * EMBED_DIM : (slot + 1) * EMBED_DIM])
+            if self._has_emb[slot]
+            else None
+        )
+        return latent, self._names[self._model[slot]], emb
 
     def _slot(self, request_id: str) -> int | None:
         """Where `request_id`'s decision is kept, if it still is (caller holds the lock)."""

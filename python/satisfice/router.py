@@ -491,12 +491,13 @@ class Router:
         Persist them with `save_policy()`.
         """
         score = score_of(score)  # a plain float: the record is JSON
-        latent, chosen, embedding = self._feedback.lookup(request_id)  # InputError if unknown
-        target = model if model is not None else chosen
         with self._swap:
             snap = self._snap
-            spec = snap.registry[target]  # UnknownModelError names the known ids
-            self._feedback.claim(request_id, target)  # InputError if scored already
+            # InputError if unknown or scored already; UnknownModelError names the known ids
+            latent, target, embedding = self._feedback.claim(
+                request_id, model, snap.registry.__getitem__
+            )
+            spec = snap.registry[target]
             qm = snap.policy.quality_model()
             new = self._feedback.observe(qm, target, qm.params_for(spec), latent, score, embedding)
             self._snap = snap.with_params(target, new)
