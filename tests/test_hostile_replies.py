@@ -307,3 +307,60 @@ async def test_a_reported_usage_past_what_the_call_allowed_is_counted_instead(
         res = await r.chat(MSGS, max_tokens=16, extra={"max_tokens": 500})
     assert res.usage is not None and res.usage.source == "provider"
     assert res.usage.completion_tokens == 300
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+async def test_a_surrogate_pair_split_between_two_stream_events_is_one_character(
+    raw: RawUpstream, up: LocalUpstream, api: str
+) -> None:
+    """`"\\ud83d"` in one event and `"\\ude00"` in the next each became U+FFFD: the emoji
+    came out as two replacement characters. Half a pair left alone at the end still is."""
+    if api == "openai":
+        events = [b'data: {"choices":[{"index":0,"delta":{"content":"' + t + b'"},'
+                  b'"finish_reason":' + f + b"}]}\n\n"
+                  for t, f in ((b"a\\ud83d", b"null"), (b"\\ude00b\\ud83d", b'"stop"'))]  # fmt: skip
+        events.append(b"data: [DONE]\n\n")
+    else:
+
+        def ev(kind: bytes, doc: dict[str, object]) -> bytes:
+            return b"event: " + kind + b"\ndata: " + json.dumps(doc).encode() + b"\n\n"
+
+        def text(t: str) -> bytes:
+            return ev(b"content_block_delta", {"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "text_delta", "text": "X"}}
+                      ).replace(b'"X"', t.encode())  # fmt: skip
+
+        events = [
+            ev(
+                b"message_start",
+                {"type": "message_start", "message": {"usage": {"input_tokens": 3}}},
+            ),
+            ev(
+                b"content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
+            text('"a\\ud83d"'),
+            text('"\\ude00b\\ud83d"'),
+            ev(b"content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ev(
+                b"message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn"},
+                    "usage": {"output_tokens": 4},
+                },
+            ),
+            ev(b"message_stop", {"type": "message_stop"}),
+        ]
+    raw.push(http_response(b"".join(events), ctype="text/event-stream"))
+    async with router(up.url) as r:
+        r.update(with_alpha_on(raw, up, api))
+        async with r.stream(MSGS) as s:
+            out = [d async for d in s]
+    res = out[-1].result
+    assert res.model == "alpha", res.attempts
+    assert "".join(d.text for d in out) == res.text == "a\U0001f600b\ufffd"

@@ -24,13 +24,14 @@ from .base import (
     PARSE_ERRORS,
     ChatRequest,
     ChatResponse,
+    Halves,
     HTTPProvider,
     ToolCall,
     Usage,
     encode_body,
     encode_json,
     finish_stream,
-    parse_json,
+    parse_event,
     sse_events,
     text_field,
     token_count,
@@ -375,6 +376,7 @@ class AnthropicProvider(HTTPProvider):
         resp = await self._open(body, timeout)
         try:
             parts: list[str] = []
+            halves = Halves()  # a surrogate pair split between two events, joined
             # index -> [id, name, json pieces] for tool_use blocks
             tools: dict[int, tuple[str, str, list[str]]] = {}
             usage_in: dict[str, Any] = {}
@@ -388,7 +390,7 @@ class AnthropicProvider(HTTPProvider):
             try:
                 async for _, data in events:
                     try:
-                        ev = parse_json(data)
+                        ev, kept = parse_event(data)
                         kind = ev["type"]
                         last = ev
                         if kind != "ping":  # message_delta last: all but message_stop is in
@@ -400,9 +402,11 @@ class AnthropicProvider(HTTPProvider):
                         if kind == "content_block_delta":
                             d = ev["delta"]
                             if d["type"] == "text_delta":
-                                piece = text_field(d["text"], "text_delta.text")
+                                said = d["text"] if kept is None else kept["delta"]["text"]
+                                piece = halves.take(text_field(said, "text_delta.text"))
                                 parts.append(piece)
-                                yield piece
+                                if piece:
+                                    yield piece
                             elif d["type"] == "input_json_delta":
                                 t = tools[ev["index"]]
                                 piece = text_field(d["partial_json"], "partial_json")
@@ -464,6 +468,9 @@ class AnthropicProvider(HTTPProvider):
                 # comes before message_stop, then the upstream went quiet holding the
                 # connection: the answer, not a lost one (as for OpenAI's usage chunk)
                 ended = True
+            if tail := halves.rest():
+                parts.append(tail)
+                yield tail
             if not ended:
                 raise self._malformed("the stream ended before message_stop")
             if stop is None and not (parts or tools):

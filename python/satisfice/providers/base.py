@@ -351,6 +351,42 @@ def parse_json(content: bytes | str) -> Any:
     return scrubbed(loads(content), content)
 
 
+def parse_event(content: str) -> tuple[Any, Any]:
+    """A stream event as `parse_json` reads it, and beside it the same event with its lone
+    surrogate halves kept (None when it has none): a pair an upstream split between two
+    events (`"\\ud83d"`, then `"\\ude00"`) is whole again once the text pieces are
+    joined (`Halves`); replaced in each event, it came out as two U+FFFD."""
+    data = loads(content)
+    if "\\" not in content:  # no escape: nothing to scrub once decoded, no lone half
+        return data, None
+    data = scrub_values(data)
+    if _LONE.search(content) is None:
+        return data, None
+    return _map_strings(data, _whole_chars), data
+
+
+class Halves:
+    """A stream's text pieces with a surrogate pair split between two of them joined: a
+    high half at a piece's end waits for the next piece; any half left alone is U+FFFD."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = ""
+
+    def take(self, piece: str) -> str:
+        if self.held:
+            piece, self.held = self.held + piece, ""
+        if piece and "\ud800" <= piece[-1] <= "\udbff":
+            piece, self.held = piece[:-1], piece[-1]
+        return _whole_chars(piece) if piece else piece
+
+    def rest(self) -> str:
+        """What is still held once the stream ends: half a pair, U+FFFD."""
+        held, self.held = self.held, ""
+        return "\ufffd" if held else ""
+
+
 def scrubbed(data: Any, content: bytes | str) -> Any:
     """`parse_json` after its `json.loads`: `data` decoded from `content`, scrubbed."""
     # a byte test first: a regex scan of every answer was most of this function's cost

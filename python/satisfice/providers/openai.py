@@ -13,13 +13,14 @@ from .base import (
     PARSE_ERRORS,
     ChatRequest,
     ChatResponse,
+    Halves,
     HTTPProvider,
     ToolCall,
     Usage,
     encode_body,
     error_from_response,
     finish_stream,
-    parse_json,
+    parse_event,
     sse_events,
     text_field,
     token_count,
@@ -193,6 +194,7 @@ class OpenAIProvider(HTTPProvider):
             usage: Usage | None = None
             last: Any = None
             done = False
+            halves = Halves()  # a surrogate pair split between two events, joined
             events = sse_events(resp)
             try:
                 async for _, data in events:
@@ -201,7 +203,7 @@ class OpenAIProvider(HTTPProvider):
                         await finish_stream(events)
                         break
                     try:
-                        chunk = parse_json(data)
+                        chunk, kept = parse_event(data)
                         if chunk.get("error") is not None:  # `"error": null` is no error
                             raise error_from_response(
                                 500, resp.headers, data.encode(), self.model_id, self.deployment
@@ -209,9 +211,12 @@ class OpenAIProvider(HTTPProvider):
                         last = chunk
                         if chunk.get("usage"):
                             usage = _usage(chunk["usage"])
-                        for choice in chunk.get("choices") or ():
+                        for i, choice in enumerate(chunk.get("choices") or ()):
                             delta = choice.get("delta") or {}
-                            piece = text_field(delta.get("content"), "delta.content")
+                            said = delta.get("content")
+                            if kept is not None:  # its text as sent, lone halves and all
+                                said = (kept["choices"][i].get("delta") or {}).get("content")
+                            piece = halves.take(text_field(said, "delta.content"))
                             if piece:
                                 parts.append(piece)
                                 yield piece
@@ -256,6 +261,9 @@ class OpenAIProvider(HTTPProvider):
                 if finish is None or last.get("choices") or not last.get("usage"):
                     raise
                 done = True
+            if tail := halves.rest():
+                parts.append(tail)
+                yield tail
             if not done and finish is None:
                 raise self._malformed("the stream ended before [DONE]")
             if finish is None and not (parts or tools or any(refusal)):
