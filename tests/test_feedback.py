@@ -134,6 +134,8 @@ def test_router_feedback_moves_the_model_and_persists(tmp_path: Path) -> None:
     seen.append(p_good())
     with pytest.raises(InputError, match="already scored"):  # an answer counts once
         router.feedback(rid, 0.0)
+    with pytest.raises(InputError, match="model must be a model id"):
+        router.feedback(rid, 1.0, model=[model])  # type: ignore[arg-type]
     other = next(m for m in d.fallbacks if m != model)  # a fallback's answer: its own, once
     router.feedback(rid, 1.0, model=other)
     with pytest.raises(InputError, match="already scored"):

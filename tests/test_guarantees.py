@@ -478,6 +478,16 @@ async def test_a_request_only_a_cooling_model_can_carry_says_try_again_not_chang
         r.disable("gamma")  # disabled, not cooling: no wait fixes it
         with pytest.raises(UnsupportedRequestError):
             await r.chat(MSGS, allow=["beta", "gamma"], tools=TOOLS[:1], response_format=rf)
+        # routed to, and skipped (disabled, as delta is now): still "change it"; so for a
+        # cascade whose every step refused it (it had been a 502)
+        from satisfice import Cascade
+
+        with pytest.raises(UnsupportedRequestError):
+            await r.chat(MSGS, allow=["beta", "delta"], tools=TOOLS[:1], response_format=rf)
+        r.enable("delta")
+        with pytest.raises(UnsupportedRequestError, match="cascade"):
+            await r.chat(MSGS, cascade=Cascade(["beta", "delta"]), tools=TOOLS[:1],
+                         response_format=rf)  # fmt: skip
 
 
 async def test_a_decision_passed_back_refuses_constraints_it_would_drop(up: LocalUpstream) -> None:

@@ -307,6 +307,16 @@ async def test_a_reported_usage_past_what_the_call_allowed_is_counted_instead(
         res = await r.chat(MSGS, max_tokens=16, extra={"max_tokens": 500})
     assert res.usage is not None and res.usage.source == "provider"
     assert res.usage.completion_tokens == 300
+    # the limit in extra as a float bounds it too (any non-int had switched the check off),
+    # and it is not cut to the model's max_output, as the wire does not cut it
+    for extra, said, kept in (({"max_tokens": 16.0}, 9_000_000, False),
+                              ({"max_tokens": 8000}, 6000, True)):  # fmt: skip
+        raw.push(http_response(openai_body({"content": "hi"}, usage={
+            "prompt_tokens": 9, "completion_tokens": said})))  # fmt: skip
+        async with router(up.url) as r:
+            r.update(with_alpha_on(raw, up))
+            res = await r.chat(MSGS, max_tokens=16, extra=extra)
+        assert res.usage is not None and (res.usage.source == "provider") is kept, extra
 
 
 @pytest.mark.parametrize("api", ["openai", "anthropic"])
@@ -318,7 +328,8 @@ async def test_a_surrogate_pair_split_between_two_stream_events_is_one_character
     if api == "openai":
         events = [b'data: {"choices":[{"index":0,"delta":{"content":"' + t + b'"},'
                   b'"finish_reason":' + f + b"}]}\n\n"
-                  for t, f in ((b"a\\ud83d", b"null"), (b"\\ude00b\\ud83d", b'"stop"'))]  # fmt: skip
+                  for t, f in ((b"a\\ud83d", b"null"),
+                               (b"\\ude00b\\ud83d", b'"stop"'))]  # fmt: skip
         events.append(b"data: [DONE]\n\n")
     else:
 
@@ -364,3 +375,35 @@ async def test_a_surrogate_pair_split_between_two_stream_events_is_one_character
     res = out[-1].result
     assert res.model == "alpha", res.attempts
     assert "".join(d.text for d in out) == res.text == "a\U0001f600b\ufffd"
+
+
+async def test_a_flood_of_buffered_events_lets_the_loop_run() -> None:
+    """Pieces already buffered are read without a wait: 8 MB of comments and empty events
+    held the event loop, every other request on it, for up to a second. The reader now
+    yields every 64 KB; counted here in turns of the loop, not in time."""
+    import asyncio
+
+    import httpx
+
+    from satisfice.providers.base import sse_events
+
+    class Buffered(httpx.AsyncByteStream):
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            for _ in range(128):  # 8 MB in 64 KB pieces, none of them awaited
+                yield b": keep-alive\n\n" * 4681
+            yield b'data: {"x": 1}\n\n'
+
+    turns = 0
+
+    async def tick() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.ensure_future(tick())
+    await asyncio.sleep(0)
+    before = turns
+    events = [e async for e in sse_events(httpx.Response(200, stream=Buffered()))]
+    ticker.cancel()
+    assert events == [("", '{"x": 1}')] and turns - before >= 64, turns - before

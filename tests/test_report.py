@@ -202,6 +202,14 @@ def test_names_from_the_ledger_reach_a_terminal_escaped_and_a_fifo_stays_one(
     out = subprocess.run([sys.executable, "-m", "satisfice.cli", "report", str(p), "--html",
                           "/dev/stdout"], capture_output=True, timeout=60)  # fmt: skip
     assert out.returncode == 0 and b"<html" in out.stdout.lower(), out.stderr
+    # and redirected to a file with >>: written into it, not renamed over it, nor cut
+    kept = tmp_path / "out.txt"
+    kept.write_text("EARLIER LINE\n")
+    with kept.open("ab") as f:
+        cmd = [sys.executable, "-m", "satisfice.cli", "report", str(p), "--html", "/dev/stdout"]
+        code = subprocess.run(cmd, stdout=f, timeout=60).returncode
+    text = kept.read_text()
+    assert code == 0 and text.startswith("EARLIER LINE\n") and "<html" in text.lower()
 
 
 def test_an_unreachable_postgres_ledger_and_ctrl_c_end_without_a_traceback(

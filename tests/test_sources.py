@@ -684,6 +684,20 @@ def test_a_listing_without_a_price_makes_it_unpriced_and_dates_move_only_when_al
         Registry.from_toml(old), sources.load("litellm", str(tmp_path / "cat.json"))
     )
     assert new["a"].price is not None and str(new.meta["prices_as_of"]) == "2025-01-01"
+    # priced on its deployment alone, unlisted: unread all the same
+    b_model = 'id = "b"\ncontext_window = 100000\nmax_output = 4000\n'
+    dep_priced = two.replace(
+        b_model + "price = {input = 1.0, output = 2.0}\n",
+        'id = "b"\ncontext_window = 100000\nmax_output = 4000\n[[model.deployments]]\n'
+        'name = "groq"\nbase_url = "https://api.groq.com/openai/v1"\nmodel = "b-wire"\n'
+        "price = {input = 1.0, output = 2.0}\n",
+    )
+    assert dep_priced != two
+    old.write_text(dep_priced)
+    new, _ = sources.apply(
+        Registry.from_toml(old), sources.load("litellm", str(tmp_path / "cat.json"))
+    )
+    assert str(new.meta["prices_as_of"]) == "2025-01-01"
     old.write_text(two.split('[[model]]\nid = "b"')[0])
     new, _ = sources.apply(
         Registry.from_toml(old), sources.load("litellm", str(tmp_path / "cat.json"))

@@ -38,10 +38,12 @@ def write_atomic(
         st = p.stat()
     except OSError:
         st = None
-    if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
-        # a FIFO, a device, a pipe (/dev/stdout): written into, as `open("wb")` would;
-        # replacing it had put a regular file where /dev/full was. What `check` reads
-        # back is checked first, from a file of its own.
+    special = st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode)
+    if special or str(p).startswith(("/dev/", "/proc/")):
+        # a FIFO, a device, a pipe, /dev/stdout redirected to a file: written into, as
+        # `open("wb")` would; replacing it had put a regular file where /dev/full was, and
+        # renamed a file over the one a shell had opened for >> (its earlier lines gone).
+        # What `check` reads back is checked first, from a file of its own.
         import io
         import tempfile
 
@@ -52,7 +54,7 @@ def write_atomic(
                 probe = Path(d) / p.name
                 probe.write_bytes(buf.getvalue())
                 check(probe)
-        with open(p, "wb") as f:
+        with open(p, "ab") as f:  # appended: opened anew, "wb" had cut a file shell's >> kept
             f.write(buf.getvalue())
         return
     # A symlink is followed, as `open("wb")` would: the file it points at is replaced.

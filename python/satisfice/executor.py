@@ -31,6 +31,7 @@ from weakref import WeakKeyDictionary
 import httpx
 
 from ._extra import extra_text
+from ._real import as_real
 from ._redact import StreamScrubber
 from ._verdict import check_name, checked
 from ._watchdog import Deadlines, Watchdog
@@ -47,7 +48,7 @@ from .errors import (
     UnsupportedRequestError,
     UpstreamTimeoutError,
 )
-from .providers import make_provider
+from .providers import carries, make_provider
 from .providers.anthropic import DEFAULT_MAX_TOKENS, thinking_budget
 from .providers.base import ChatRequest, ChatResponse, Provider, StreamDelta, Usage
 from .result import Attempt, ChatResult, billed_cost
@@ -446,16 +447,16 @@ class Run:
         """The most output tokens a call to `t` was allowed on the wire (None: no limit)."""
         held = self.holds.get(_hold(t))
         n = held[1] if held is not None else self.request.max_tokens
-        extra = self.request.extra
-        if held is None and extra and _LIMITS & extra.keys():
-            # uncapped, a limit in `extra` goes on the wire in its place (the payload's last
-            # word): the larger of the two bounds the call
-            said = [v for k in _LIMITS & extra.keys() if type(v := extra[k]) is int]
-            if len(said) < len(_LIMITS & extra.keys()):
-                return None  # a limit not an integer: the upstream's to refuse or read
-            n = max([*said, *([n] if n is not None else [])])
         if n is not None:
             n = min(n, t.spec.max_output)  # what `wire` sent
+        extra = self.request.extra
+        if held is None and extra and _LIMITS & extra.keys():
+            # uncapped, a limit in `extra` goes on the wire as given (the payload's last
+            # word, not cut to max_output): the largest limit sent bounds the call
+            said = [as_real(extra[k]) for k in _LIMITS & extra.keys()]
+            if any(v is None for v in said):
+                return None  # not a number: no bound known (the upstream reads it its way)
+            n = max([math.ceil(v) for v in said if v is not None] + ([n] if n is not None else []))
         if n is not None and t.dep.api == "anthropic":
             n += thinking_budget(t.spec.effort, t.spec.reasoning_tokens)
         return n
@@ -513,6 +514,14 @@ class Run:
                 error=why, retry_after=retry_after, step=self.step,
             )
         )  # fmt: skip
+
+
+def _lines(attempts: list[Attempt]) -> str:
+    return "\n".join(
+        f"  {i}. {a.model} via {a.deployment}: {a.outcome}"
+        + (f" ({a.error_type}: {a.error})" if a.error_type else f" ({a.error})")
+        for i, a in enumerate(attempts, 1)
+    )
 
 
 def _targets_of(spec: ModelSpec) -> tuple[_Target, ...]:
@@ -955,58 +964,57 @@ class Executor:
         )
 
     async def _failure(self, run: Run) -> ProviderError:
-        """`_all_failed`; but when no model routed could take the request's shape and the
-        router had routed around cooling models, those it would have routed are skipped
-        on the record with their wait: "try again soon" (a 503 served), not "change the
-        request" (a 400), when a model that takes it is only cooling."""
-        e = self._all_failed(run)
-        if isinstance(e, UnsupportedRequestError) and run.reroute is not None:
-            try:
-                d = await run.reroute()
-            except SatisficeError:  # nothing routable even then: the 400 stands
-                return e
-            for m in (d.model, *d.fallbacks):
-                for t in self.targets(run.registry, m) if m in run.registry else ():
-                    why = self.health.unavailable(t.key)
-                    wait = self.health.retry_in(t.key)  # None: disabled, not cooling
-                    if why is not None and wait is not None and self._carries(t, run.request):
-                        run.skip(m, t.dep.name, "unavailable", why, wait)
-            e = self._all_failed(run)
-        return e
-
-    def _carries(self, t: _Target, request: ChatRequest) -> bool:
-        """Whether `t`'s wire can take `request` as it is (a provider of your own: yes)."""
-        try:
-            carries = getattr(self._provider(t), "carries", None)
-        except SatisficeError:  # no key set: it cannot be called at all
-            return False
-        return carries is None or bool(carries(request))
-
-    def _all_failed(self, run: Run) -> ProviderError:
+        """Every attempt failed. UnsupportedRequestError (a 400: the request must change)
+        when no model it was routed to can carry it: every call made refused its shape, and
+        no deployment skipped (cooling, disabled, without its key) has a wire that would
+        take it. Unless the router routed around a cooling model that can: that one is
+        skipped on the record with its wait ("try again soon", a 503 served). Else
+        AllAttemptsFailedError, its attempts saying why."""
         d = run.decision
-        lines = [
-            f"  {i}. {a.model} via {a.deployment}: {a.outcome}"
-            + (f" ({a.error_type}: {a.error})" if a.error_type else f" ({a.error})")
-            for i, a in enumerate(run.attempts, 1)
-        ]
         made = [a for a in run.attempts if a.outcome != "skipped"]
-        # none skipped: one cooling or without its key may take it later
-        if (
-            made
-            and len(made) == len(run.attempts)
-            and all(a.error_type == "UnsupportedRequestError" for a in made)
-        ):
-            # no model it was routed to can carry it: the request must change (a 400)
-            return UnsupportedRequestError(
-                "no model this request was routed to can take it as it is:\n" + "\n".join(lines),
-                attempts=run.attempts,
-            )
+        if made and all(a.error_type == "UnsupportedRequestError" for a in made):
+            if run.reroute is not None:
+                try:
+                    around = await run.reroute()
+                except SatisficeError:  # nothing routable even then
+                    around = None
+                for m in () if around is None else (around.model, *around.fallbacks):
+                    for t in self.targets(run.registry, m) if m in run.registry else ():
+                        why = self.health.unavailable(t.key)
+                        wait = self.health.retry_in(t.key)  # None: disabled, not cooling
+                        if why is not None and wait is not None and carries(t.dep, run.request):
+                            run.skip(m, t.dep.name, "unavailable", why, wait)
+            if self._unsupported(run):
+                return UnsupportedRequestError(
+                    "no model this request was routed to can take it as it is:\n"
+                    + _lines(run.attempts),
+                    attempts=run.attempts,
+                )
         return AllAttemptsFailedError(
             f"every attempt failed (routed to {d.model}, fallbacks {d.fallbacks}); "
             "see router.health() for cooldowns, or allow more fallbacks "
-            "(Policy.max_fallbacks, looser constraints):\n" + "\n".join(lines),
+            "(Policy.max_fallbacks, looser constraints):\n" + _lines(run.attempts),
             run.attempts,
         )
+
+    def _unsupported(self, run: Run) -> bool:
+        """Every call made refused the request's shape, and no deployment skipped could
+        take it either."""
+        made = [a for a in run.attempts if a.outcome != "skipped"]
+        return (
+            bool(made)
+            and all(a.error_type == "UnsupportedRequestError" for a in made)
+            and not any(self._carries(run, a) for a in run.attempts if a.outcome == "skipped")
+        )
+
+    def _carries(self, run: Run, a: Attempt) -> bool:
+        """Whether the deployment a skipped attempt names could take the request."""
+        if a.model not in run.registry:
+            return False
+        for t in self.targets(run.registry, a.model):
+            if t.dep.name == a.deployment:
+                return carries(t.dep, run.request)
+        return False
 
     # entry points -------------------------------------------------------------------------
     def run(
@@ -1150,6 +1158,12 @@ class Executor:
             )
         except AllAttemptsFailedError as e:
             # The ladder knows its calls' errors only as text; the run has every attempt.
+            if self._unsupported(run):  # a 400 served, as for one call (it had been a 502)
+                raise UnsupportedRequestError(
+                    "no model this cascade called can take the request as it is:\n"
+                    + _lines(run.attempts),
+                    attempts=list(run.attempts),
+                ) from None
             raise AllAttemptsFailedError(str(e), list(run.attempts)) from None
         except CascadeBudgetError as e:
             e.attempts = list(run.attempts)  # what its steps were billed, for a budget's settle

@@ -325,6 +325,8 @@ class FeedbackLog:
         scored 0 a hundred times moved a model's P(good) from 0.76 to 0.36). `known(model)`
         raises for a model the router does not know, before anything is marked. One parse
         of the id, under one lock."""
+        if model is not None and not isinstance(model, str):  # a list had been a raw TypeError
+            raise InputError(f"model must be a model id (a str), got {type(model).__name__}")
         with self._lock:
             slot = self._slot_of(request_id)
             latent, chosen, emb = self._kept(request_id, slot)

@@ -728,7 +728,7 @@ def apply(
                 # no "not in the source"; a model with no deployment is in no catalogue
                 where = ", ".join(f"{d.name}:{d.model}" for d in m.deployments if d not in twice)
                 notes.append(Change(m.id, "unlisted", where or "no deployment", None))
-            unchecked = unchecked or m.price is not None
+            unchecked = unchecked or m.price is not None or any(d.price for d in m.deployments)
             models.append(m)
             continue
         checked = True

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import httpx
 
 from .._redact import MIN_KEY_CHARS
-from ..errors import AuthError
-from .anthropic import AnthropicProvider
+from ..errors import AuthError, UnsupportedRequestError
+from .anthropic import AnthropicProvider, to_anthropic
 from .base import ChatRequest, ChatResponse, Provider, StreamDelta, ToolCall, Usage
 from .openai import OpenAIProvider
 
@@ -25,8 +25,21 @@ __all__ = [
     "StreamDelta",
     "ToolCall",
     "Usage",
+    "carries",
     "make_provider",
 ]
+
+
+def carries(dep: Deployment, request: ChatRequest) -> bool:
+    """Whether `dep`'s wire format can take `request` as it is (see UnsupportedRequestError):
+    asked of the wire alone, so a deployment whose key is not set is asked too."""
+    if dep.api != "anthropic":  # OpenAI's wire carries what the router takes
+        return True
+    try:
+        to_anthropic(request, dep.model, stream=False)
+    except UnsupportedRequestError:
+        return False
+    return True
 
 
 def make_provider(

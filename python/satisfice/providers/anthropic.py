@@ -310,14 +310,6 @@ class AnthropicProvider(HTTPProvider):
     def _auth(api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}
 
-    def carries(self, request: ChatRequest) -> bool:
-        """Whether this wire can take `request` as it is (see UnsupportedRequestError)."""
-        try:
-            self._wire(request, False)
-        except UnsupportedRequestError:
-            return False
-        return True
-
     def _wire(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         p = to_anthropic(request, self.model, stream=stream)
         if "stop" in p:  # OpenAI's `stop` (a string or a list) is Anthropic's stop_sequences
