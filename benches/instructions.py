@@ -22,7 +22,8 @@ symbols (a pyenv build has them).
   built as the providers build theirs), the provider's own call (`provider.complete`) and
   `router.chat()`. chat() less the provider's call is the router's work around the call.
 - feedback: `router.feedback(request_id, 1.0)` on the bundled registry, a new id each
-  time (the same 3 KB prompt's decisions: an answer is scored once), inside one `functools.reduce` as for route.
+  time (the same 3 KB prompt's decisions: an answer is scored once), inside one
+  `functools.reduce` as for route.
 - app: the served request in process: `satisfice serve`'s ASGI app called directly (no
   socket, no uvicorn) with the router's upstream answered from memory, as `chat` answers
   it; the event loop's thread only (the ledger's writer thread, which counts the metrics,
