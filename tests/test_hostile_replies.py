@@ -217,13 +217,17 @@ async def test_an_answer_with_nothing_in_it_falls_back(raw: RawUpstream, up: Loc
         (b"message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 3}}}),
         (b"message_stop", {"type": "message_stop"})))  # fmt: skip
     streamed = http_response(bare, ctype="text/event-stream")
-    raw.push(nothing, nothing, streamed, streamed)
+    empty_delta = b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": ""}}\n\n'  # noqa: E501
+    stop = b"event: message_stop"
+    with_empty = http_response(bare.replace(stop, empty_delta + stop), ctype="text/event-stream")
+    raw.push(nothing, nothing, streamed, streamed, with_empty, with_empty)
     async with router(up.url) as r:
         r.update(with_alpha_on(raw, up, "anthropic"))
         assert (await r.chat(MSGS)).model == "beta"
-        async with r.stream(MSGS) as s:
-            out = [d async for d in s]
-        assert out[-1].result.model == "beta"
+        for _ in range(2):  # and with an empty text_delta, which had counted as an answer
+            async with r.stream(MSGS) as s:
+                out = [d async for d in s]
+            assert out[-1].result.model == "beta"
 
 
 async def test_a_key_split_across_stream_events_is_not_kept_in_raw(
@@ -307,16 +311,25 @@ async def test_a_reported_usage_past_what_the_call_allowed_is_counted_instead(
         res = await r.chat(MSGS, max_tokens=16, extra={"max_tokens": 500})
     assert res.usage is not None and res.usage.source == "provider"
     assert res.usage.completion_tokens == 300
-    # the limit in extra as a float bounds it too (any non-int had switched the check off),
-    # and it is not cut to the model's max_output, as the wire does not cut it
-    for extra, said, kept in (({"max_tokens": 16.0}, 9_000_000, False),
-                              ({"max_tokens": 8000}, 6000, True)):  # fmt: skip
+    # a limit in extra is not cut to the model's max_output, as the wire does not cut it;
+    # with no limit sent at all, the model's max_output bounds what it could write (the
+    # usual call had trusted any figure)
+    for kw, said, kept in (({"max_tokens": 16, "extra": {"max_tokens": 8000}}, 6000, True),
+                           ({}, 9_000_000, False)):  # fmt: skip
         raw.push(http_response(openai_body({"content": "hi"}, usage={
             "prompt_tokens": 9, "completion_tokens": said})))  # fmt: skip
         async with router(up.url) as r:
             r.update(with_alpha_on(raw, up))
-            res = await r.chat(MSGS, max_tokens=16, extra=extra)
-        assert res.usage is not None and (res.usage.source == "provider") is kept, extra
+            res = await r.chat(MSGS, **kw)  # type: ignore[arg-type]
+        assert res.usage is not None and (res.usage.source == "provider") is kept, kw
+    # a limit in extra that is no integer >= 1 is refused: -1 had been billed as -1 tokens,
+    # a float cut from the wire under a cap, a string switched the check off
+    from satisfice import ConfigError
+
+    async with router(up.url) as r:
+        for bad in (-1, 0, 16.5, "16", True, None):
+            with pytest.raises(ConfigError, match="extra max_tokens must be an integer"):
+                await r.chat(MSGS, extra={"max_tokens": bad})
 
 
 @pytest.mark.parametrize("api", ["openai", "anthropic"])
@@ -407,3 +420,37 @@ async def test_a_flood_of_buffered_events_lets_the_loop_run() -> None:
     events = [e async for e in sse_events(httpx.Response(200, stream=Buffered()))]
     ticker.cancel()
     assert events == [("", '{"x": 1}')] and turns - before >= 64, turns - before
+
+
+async def test_split_pairs_in_tool_arguments_and_a_half_held_at_a_cut(
+    raw: RawUpstream, up: LocalUpstream
+) -> None:
+    """Tool-call arguments and refusals had kept the two U+FFFD; a high half held when the
+    stream then broke had vanished from the text delivered and billed."""
+    from satisfice.errors import StreamInterruptedError
+
+    def tool(args: bytes, finish: bytes = b"null") -> bytes:
+        return (b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1",'
+                b'"function":{"name":"f","arguments":"' + args + b'"}}]},"finish_reason":'
+                + finish + b"}]}\n\n")  # fmt: skip
+
+    body = (
+        tool(b'{\\"q\\": \\"\\ud83d') + tool(b'\\ude00\\"}', b'"tool_calls"') + b"data: [DONE]\n\n"
+    )
+    raw.push(http_response(body, ctype="text/event-stream"))
+    async with router(up.url) as r:
+        r.update(with_alpha_on(raw, up))
+        async with r.stream(MSGS) as s:
+            out = [d async for d in s]
+    assert out[-1].result.tool_calls[0].arguments == '{"q": "\U0001f600"}'
+    cut = (b'data: {"choices":[{"index":0,"delta":{"content":"ab\\ud83d"},"finish_reason":null}]}'
+           b'\n\ndata: {"error": {"message": "boom", "type": "server_error"}}\n\n')  # fmt: skip
+    raw.push(*[http_response(cut, ctype="text/event-stream")] * 3)
+    async with router(up.url, max_retries=0) as r:
+        r.update(with_alpha_on(raw, up))
+        got = ""
+        with pytest.raises(StreamInterruptedError) as e:
+            async with r.stream(MSGS) as s:
+                async for d in s:
+                    got += d.text
+    assert got == e.value.partial_text == "ab\ufffd"

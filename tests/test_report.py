@@ -210,6 +210,28 @@ def test_names_from_the_ledger_reach_a_terminal_escaped_and_a_fifo_stays_one(
         code = subprocess.run(cmd, stdout=f, timeout=60).returncode
     text = kept.read_text()
     assert code == 0 and text.startswith("EARLIER LINE\n") and "<html" in text.lower()
+    # however spelled (a link to it, //dev/stdout); and an ordinary file under /dev (tmpfs
+    # /dev/shm) is replaced whole, not appended to
+    from satisfice._atomic import write_atomic
+
+    link = tmp_path / "out-link"
+    link.symlink_to("/dev/stdout")
+    for spelling in (str(link), "//dev/stdout"):
+        kept.write_text("EARLIER LINE\n")
+        with kept.open("ab") as f:
+            code = ("import sys; from satisfice._atomic import write_atomic; "
+                    "write_atomic(sys.argv[1], lambda f: f.write(b'NEW'))")  # fmt: skip
+            cmd = [sys.executable, "-c", code, spelling]
+            assert subprocess.run(cmd, stdout=f, timeout=60).returncode == 0
+        assert kept.read_text() == "EARLIER LINE\nNEW", spelling
+    if os.path.isdir("/dev/shm"):
+        shm = f"/dev/shm/satisfice-test-{os.getpid()}"
+        try:
+            for body in (b"old\n", b"new\n"):
+                write_atomic(shm, lambda f, b=body: f.write(b))  # type: ignore[misc]
+            assert Path(shm).read_bytes() == b"new\n"
+        finally:
+            os.unlink(shm)
 
 
 def test_an_unreachable_postgres_ledger_and_ctrl_c_end_without_a_traceback(

@@ -20,6 +20,22 @@ if TYPE_CHECKING:  # imported when a file is written: Router() does not need pat
 __all__ = ["write_atomic"]
 
 
+def _fd_alias(p: Path) -> bool:
+    """Whether `p` names an open file descriptor (/dev/stdout, /dev/fd/N, /proc/self/fd/N,
+    or a link to one): a process's stream, however spelled, is written into, never
+    replaced. Decided by where its links lead, not how it is spelled (/dev/shm holds
+    ordinary files)."""
+    q = os.path.abspath(p)
+    for _ in range(40):
+        parts = q.split("/")
+        if q.startswith("/dev/fd/") or (len(parts) > 4 and parts[1] == "proc" and parts[3] == "fd"):
+            return True
+        if not os.path.islink(q):
+            return False
+        q = os.path.normpath(os.path.join(os.path.dirname(q), os.readlink(q)))
+    return False
+
+
 def write_atomic(
     path: str | Path,
     write: Callable[[BinaryIO], object],
@@ -39,7 +55,7 @@ def write_atomic(
     except OSError:
         st = None
     special = st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode)
-    if special or str(p).startswith(("/dev/", "/proc/")):
+    if special or (st is not None and _fd_alias(p)):
         # a FIFO, a device, a pipe, /dev/stdout redirected to a file: written into, as
         # `open("wb")` would; replacing it had put a regular file where /dev/full was, and
         # renamed a file over the one a shell had opened for >> (its earlier lines gone).

@@ -12,7 +12,11 @@ TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_sta
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["extra_text", "text_bytes"]
+__all__ = ["LIMITS", "extra_text", "text_bytes"]
+
+
+#: The output limits a request's `extra` may carry (any wire's name for max_tokens).
+LIMITS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens"})
 
 
 def extra_text(tools: Any, response_format: Any) -> str | None:

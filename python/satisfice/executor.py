@@ -30,8 +30,7 @@ from weakref import WeakKeyDictionary
 
 import httpx
 
-from ._extra import extra_text
-from ._real import as_real
+from ._extra import LIMITS, extra_text
 from ._redact import StreamScrubber
 from ._verdict import check_name, checked
 from ._watchdog import Deadlines, Watchdog
@@ -123,7 +122,6 @@ def _union_s(spans: list[tuple[float, float]]) -> float:
 
 
 #: Output limits a caller may put in `extra`, which the wire would take over the capped one.
-_LIMITS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens"})
 
 
 def _hold(t: _Target) -> tuple[str, str]:
@@ -390,13 +388,11 @@ class Run:
         if capped is None:
             return request
         n, usd = capped  # (extra n != 1 is refused before: router._check_options)
-        if request.extra and _LIMITS & request.extra.keys():
+        if request.extra and LIMITS & request.extra.keys():
             # a limit in `extra` would replace the capped one on the wire: the smaller wins
             extra = dict(request.extra)
-            for k in _LIMITS & extra.keys():
-                v = extra.pop(k)
-                if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-                    n = min(n, v)
+            for k in LIMITS & extra.keys():
+                n = min(n, int(extra.pop(k)))  # integers >= 1 (`_check_options`)
             request = replace(request, extra=extra, max_tokens=n)
         # what the call may write when no limit is sent (Anthropic's API requires one)
         most = request.max_tokens or (
@@ -443,21 +439,20 @@ class Run:
         write = cache_write_of(self.request.messages, self.request.tools)
         return worst_bill(t.price, t.spec, t.dep.api, tokens_in, out, write)
 
-    def max_out(self, t: _Target) -> int | None:
-        """The most output tokens a call to `t` was allowed on the wire (None: no limit)."""
+    def max_out(self, t: _Target) -> int:
+        """The most output tokens a call to `t` could write: the limit it was sent, else
+        the model's max_output (no model writes more, and with no limit on the wire a
+        lying usage had been billed whatever it said)."""
         held = self.holds.get(_hold(t))
         n = held[1] if held is not None else self.request.max_tokens
-        if n is not None:
-            n = min(n, t.spec.max_output)  # what `wire` sent
+        n = t.spec.max_output if n is None else min(n, t.spec.max_output)  # as `wire` sent
         extra = self.request.extra
-        if held is None and extra and _LIMITS & extra.keys():
+        if held is None and extra and LIMITS & extra.keys():
             # uncapped, a limit in `extra` goes on the wire as given (the payload's last
-            # word, not cut to max_output): the largest limit sent bounds the call
-            said = [as_real(extra[k]) for k in _LIMITS & extra.keys()]
-            if any(v is None for v in said):
-                return None  # not a number: no bound known (the upstream reads it its way)
-            n = max([math.ceil(v) for v in said if v is not None] + ([n] if n is not None else []))
-        if n is not None and t.dep.api == "anthropic":
+            # word, not cut to max_output; integers >= 1, `_check_options`): the largest
+            # limit sent bounds the call
+            n = max(n, *(int(extra[k]) for k in LIMITS & extra.keys()))
+        if t.dep.api == "anthropic":
             n += thinking_budget(t.spec.effort, t.spec.reasoning_tokens)
         return n
 
@@ -887,10 +882,7 @@ class Executor:
     # results ------------------------------------------------------------------------------
     def _usage(self, run: Run, t: _Target, resp: ChatResponse) -> Usage:
         if (u := reported(resp)) is not None:  # the upstream's own figures: nothing to count
-            most = run.max_out(t)
-            if u.prompt_tokens <= t.spec.context_window and (
-                most is None or u.completion_tokens <= most
-            ):
+            if u.prompt_tokens <= t.spec.context_window and u.completion_tokens <= run.max_out(t):
                 return u
             # more than the window took or the call was let write: no bill of this call,
             # and a buggy upstream's 50M tokens had drained a budget; counted instead
@@ -898,7 +890,7 @@ class Executor:
         extra = extra_text(run.request.tools, run.request.response_format)
         usage = _with_reasoning(usage_of(run.request.messages, t.spec.tokenizer, resp, extra), t)
         most = run.max_out(t)  # no call is billed for more than it was allowed to write
-        if most is not None and usage.completion_tokens > most:
+        if usage.completion_tokens > most:
             usage = replace(
                 usage,
                 completion_tokens=most,
@@ -978,8 +970,11 @@ class Executor:
                     around = await run.reroute()
                 except SatisficeError:  # nothing routable even then
                     around = None
+                on_record = {(a.model, a.deployment) for a in run.attempts}
                 for m in () if around is None else (around.model, *around.fallbacks):
                     for t in self.targets(run.registry, m) if m in run.registry else ():
+                        if (m, t.dep.name) in on_record:  # skipped there already
+                            continue
                         why = self.health.unavailable(t.key)
                         wait = self.health.retry_in(t.key)  # None: disabled, not cooling
                         if why is not None and wait is not None and carries(t.dep, run.request):

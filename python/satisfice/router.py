@@ -11,8 +11,8 @@ from functools import partial
 from time import perf_counter, time
 
 from . import _core
-from ._extra import extra_text, text_bytes
-from ._real import as_real
+from ._extra import LIMITS, extra_text, text_bytes
+from ._real import as_count, as_real
 from .decision import Candidate, Decision, Snapshot
 from .errors import (
     ConfigError,
@@ -316,6 +316,12 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
             "(pass messages, tools, tool_choice and response_format as chat()'s own "
             "arguments; the model is routed, or pinned with allow=[...])"
         )
+    if extra and (limits := LIMITS & extra.keys()):
+        for k in limits:
+            # sent as given: a -1 had been billed as -1 tokens, a float cut from the wire
+            # under a cap, a string switched the usage check off
+            if (v := as_count(extra[k])) is None or v < 1:
+                raise ConfigError(f"extra {k} must be an integer >= 1, got {extra[k]!r:.40}")
     if extra and extra.get("n", 1) != 1:
         # a stream ran the answers' pieces into one text; a complete call took the first
         raise ConfigError(

@@ -35,6 +35,7 @@ from .base import (
     sse_events,
     text_field,
     token_count,
+    whole,
 )
 
 __all__ = ["AnthropicProvider", "to_anthropic"]
@@ -366,9 +367,10 @@ class AnthropicProvider(HTTPProvider):
     ) -> AsyncGenerator[str | ChatResponse, None]:
         body = encode_body(self._wire(request, True))
         resp = await self._open(body, timeout)
+        halves = Halves()  # a surrogate pair split between two events, joined
         try:
             parts: list[str] = []
-            halves = Halves()  # a surrogate pair split between two events, joined
+            json_halves = Halves()  # the same for a forced JSON tool's streamed text
             # index -> [id, name, json pieces] for tool_use blocks
             tools: dict[int, tuple[str, str, list[str]]] = {}
             usage_in: dict[str, Any] = {}
@@ -392,18 +394,19 @@ class AnthropicProvider(HTTPProvider):
                         elif kind == "content_block_stop":
                             open_blocks.discard(ev.get("index"))
                         if kind == "content_block_delta":
-                            d = ev["delta"]
+                            # as sent, lone surrogate halves and all (joined with the next
+                            # event's; what is left alone becomes U+FFFD)
+                            d = (ev if kept is None else kept)["delta"]
                             if d["type"] == "text_delta":
-                                said = d["text"] if kept is None else kept["delta"]["text"]
-                                piece = halves.take(text_field(said, "text_delta.text"))
-                                parts.append(piece)
+                                piece = halves.take(text_field(d["text"], "text_delta.text"))
                                 if piece:
+                                    parts.append(piece)
                                     yield piece
                             elif d["type"] == "input_json_delta":
                                 t = tools[ev["index"]]
                                 piece = text_field(d["partial_json"], "partial_json")
                                 t[2].append(piece)
-                                if t[1] == _JSON_TOOL and piece:
+                                if t[1] == _JSON_TOOL and (piece := json_halves.take(piece)):
                                     yield piece
                         elif kind == "content_block_start":
                             b = ev["content_block"]
@@ -463,13 +466,15 @@ class AnthropicProvider(HTTPProvider):
             if tail := halves.rest():
                 parts.append(tail)
                 yield tail
+            if tail := json_halves.rest():
+                yield tail
             if not ended:
                 raise self._malformed("the stream ended before message_stop")
             if stop is None and not (parts or tools):
                 # message_start and message_stop alone: no answer, and it had been one
                 raise self._malformed("the stream ended without an answer or a stop_reason")
             calls = [  # a tool_use with an empty input streams no JSON: it is {}
-                ToolCall(scrub(i), scrub(n), scrub("".join(a)) or "{}")
+                ToolCall(scrub(i), scrub(n), whole(scrub("".join(a))) or "{}")
                 for _, (i, n, a) in sorted(tools.items())
             ]
             finish = _FINISH.get(stop or "", stop)
@@ -483,6 +488,12 @@ class AnthropicProvider(HTTPProvider):
                 stop_sequence=seq_hit if stop == "stop_sequence" else None,
             )  # fmt: skip
         except httpx.RequestError as e:
+            if tail := halves.rest():  # what came before the cut, half a pair included
+                yield tail
             raise self._answer_lost(e) from None
+        except ProviderError:
+            if tail := halves.rest():
+                yield tail
+            raise
         finally:
             await resp.aclose()

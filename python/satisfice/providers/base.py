@@ -362,7 +362,7 @@ def parse_event(content: str) -> tuple[Any, Any]:
     data = scrub_values(data)
     if _LONE.search(content) is None:
         return data, None
-    return _map_strings(data, _whole_chars), data
+    return _map_strings(data, whole), data
 
 
 class Halves:
@@ -379,7 +379,7 @@ class Halves:
             piece, self.held = self.held + piece, ""
         if piece and "\ud800" <= piece[-1] <= "\udbff":
             piece, self.held = piece[:-1], piece[-1]
-        return _whole_chars(piece) if piece else piece
+        return whole(piece) if piece else piece
 
     def rest(self) -> str:
         """What is still held once the stream ends: half a pair, U+FFFD."""
@@ -399,7 +399,7 @@ def scrubbed(data: Any, content: bytes | str) -> Any:
         lone = escaped and _LONE.search(content) is not None
     if escaped:
         data = scrub_values(data)
-    return _map_strings(data, _whole_chars) if lone else data
+    return _map_strings(data, whole) if lone else data
 
 
 # Half of a surrogate pair, which decodes to a str no UTF-8 writer (a response, a log, the
@@ -409,7 +409,7 @@ _LONE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _LONE_B = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}|\xed[\xa0-\xbf]")
 
 
-def _whole_chars(s: str) -> str:
+def whole(s: str) -> str:
     """`s` with every unpaired surrogate replaced by U+FFFD, as invalid UTF-8 bytes are."""
     try:
         s.encode("utf-8")

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from .._redact import scrub
+from ..errors import ProviderError
 from .base import (
     PARSE_ERRORS,
     ChatRequest,
@@ -24,6 +25,7 @@ from .base import (
     sse_events,
     text_field,
     token_count,
+    whole,
 )
 
 __all__ = ["OpenAIProvider"]
@@ -186,6 +188,7 @@ class OpenAIProvider(HTTPProvider):
         self, request: ChatRequest, timeout: httpx.Timeout
     ) -> AsyncGenerator[str | ChatResponse, None]:
         resp = await self._open(encode_body(self._payload(request, True)), timeout)
+        halves = Halves()  # a surrogate pair split between two events, joined
         try:
             parts: list[str] = []
             refusal: list[str] = []
@@ -194,7 +197,6 @@ class OpenAIProvider(HTTPProvider):
             usage: Usage | None = None
             last: Any = None
             done = False
-            halves = Halves()  # a surrogate pair split between two events, joined
             events = sse_events(resp)
             try:
                 async for _, data in events:
@@ -211,12 +213,13 @@ class OpenAIProvider(HTTPProvider):
                         last = chunk
                         if chunk.get("usage"):
                             usage = _usage(chunk["usage"])
-                        for i, choice in enumerate(chunk.get("choices") or ()):
-                            delta = choice.get("delta") or {}
-                            said = delta.get("content")
-                            if kept is not None:  # its text as sent, lone halves and all
-                                said = (kept["choices"][i].get("delta") or {}).get("content")
-                            piece = halves.take(text_field(said, "delta.content"))
+                        for c, choice in enumerate(chunk.get("choices") or ()):
+                            # its text as sent, lone surrogate halves and all (joined with
+                            # the next event's; what is left alone becomes U+FFFD)
+                            delta = (choice if kept is None else kept["choices"][c]).get(
+                                "delta"
+                            ) or {}
+                            piece = halves.take(text_field(delta.get("content"), "delta.content"))
                             if piece:
                                 parts.append(piece)
                                 yield piece
@@ -269,18 +272,25 @@ class OpenAIProvider(HTTPProvider):
             if finish is None and not (parts or tools or any(refusal)):
                 # an empty stream ("data: [DONE]" alone) had been an answer, and no fallback
                 raise self._malformed("the stream ended without an answer or a finish_reason")
-            calls = [
-                ToolCall(scrub(a.id), scrub(a.name), scrub("".join(a.args)), a.type)
+            calls = [  # whole: a surrogate pair split between two pieces is joined now
+                ToolCall(whole(scrub(a.id)), whole(scrub(a.name)),
+                         whole(scrub("".join(a.args))), a.type)
                 for _, a in sorted(tools.items())
-            ]
+            ]  # fmt: skip
             # a key split across pieces is whole only now: the text, and not the last
             # event's piece of it (`raw`), where the rest of a key split with the event
             # before it had survived each event's own scrub
             yield ChatResponse(
                 scrub("".join(parts)), _without_pieces(last), usage, finish, calls,
-                refusal=scrub("".join(refusal)) or None,
+                refusal=whole(scrub("".join(refusal))) or None,
             )  # fmt: skip
         except httpx.RequestError as e:
+            if tail := halves.rest():  # what came before the cut, half a pair included
+                yield tail
             raise self._answer_lost(e) from None
+        except ProviderError:
+            if tail := halves.rest():
+                yield tail
+            raise
         finally:
             await resp.aclose()
