@@ -121,9 +121,6 @@ def _union_s(spans: list[tuple[float, float]]) -> float:
     return total
 
 
-#: Output limits a caller may put in `extra`, which the wire would take over the capped one.
-
-
 def _hold(t: _Target) -> tuple[str, str]:
     """A call's hold on the cost cap: per model (effort variants share a deployment key)
     and deployment, which one request never calls twice at once."""
@@ -500,9 +497,9 @@ class Run:
     def skip(
         self, model: str, deployment: str, kind: str, why: str, retry_after: float | None = None
     ) -> None:
-        """`kind` (the attempt's error_type): one of SKIPS, for what reads the attempts
-        (the server's status) to go by rather than `why`'s words; `retry_after`: seconds
-        until a cooling deployment may be called again."""
+        """`kind` (the attempt's error_type: the kinds `Attempt` names), for what reads
+        the attempts (the server's status) to go by rather than `why`'s words;
+        `retry_after`: seconds until a cooling deployment may be called again."""
         self.attempts.append(
             Attempt(
                 model, deployment, "skipped", perf_counter() - self.t0, error_type=kind,
