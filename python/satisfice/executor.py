@@ -436,20 +436,24 @@ class Run:
         write = cache_write_of(self.request.messages, self.request.tools)
         return worst_bill(t.price, t.spec, t.dep.api, tokens_in, out, write)
 
-    def max_out(self, t: _Target) -> int:
-        """The most output tokens a call to `t` could write: the limit it was sent, else
-        the model's max_output (no model writes more, and with no limit on the wire a
-        lying usage had been billed whatever it said)."""
+    def max_out(self, t: _Target) -> int | None:
+        """The most output tokens a call to `t` was allowed on the wire (None: no limit
+        was sent)."""
         held = self.holds.get(_hold(t))
         n = held[1] if held is not None else self.request.max_tokens
-        n = t.spec.max_output if n is None else min(n, t.spec.max_output)  # as `wire` sent
+        if n is not None:
+            n = min(n, t.spec.max_output)  # what `wire` sent
         extra = self.request.extra
         if held is None and extra and LIMITS & extra.keys():
             # uncapped, a limit in `extra` goes on the wire as given (the payload's last
             # word, not cut to max_output; integers >= 1, `_check_options`): the largest
             # limit sent bounds the call
-            n = max(n, *(int(extra[k]) for k in LIMITS & extra.keys()))
-        if t.dep.api == "anthropic":
+            n = (
+                max(int(extra[k]) for k in LIMITS & extra.keys())
+                if n is None
+                else max(n, *(int(extra[k]) for k in LIMITS & extra.keys()))
+            )
+        if n is not None and t.dep.api == "anthropic":
             n += thinking_budget(t.spec.effort, t.spec.reasoning_tokens)
         return n
 
@@ -879,7 +883,16 @@ class Executor:
     # results ------------------------------------------------------------------------------
     def _usage(self, run: Run, t: _Target, resp: ChatResponse) -> Usage:
         if (u := reported(resp)) is not None:  # the upstream's own figures: nothing to count
-            if u.prompt_tokens <= t.spec.context_window and u.completion_tokens <= run.max_out(t):
+            # with no limit sent, the model's max_output bounds what it could write (a
+            # lying usage had been billed whatever it said)
+            most = run.max_out(t)
+            if most is None:
+                most = t.spec.max_output + (
+                    thinking_budget(t.spec.effort, t.spec.reasoning_tokens)
+                    if t.dep.api == "anthropic"
+                    else 0
+                )
+            if u.prompt_tokens <= t.spec.context_window and u.completion_tokens <= most:
                 return u
             # more than the window took or the call was let write: no bill of this call,
             # and a buggy upstream's 50M tokens had drained a budget; counted instead
@@ -887,7 +900,7 @@ class Executor:
         extra = extra_text(run.request.tools, run.request.response_format)
         usage = _with_reasoning(usage_of(run.request.messages, t.spec.tokenizer, resp, extra), t)
         most = run.max_out(t)  # no call is billed for more than it was allowed to write
-        if usage.completion_tokens > most:
+        if most is not None and usage.completion_tokens > most:
             usage = replace(
                 usage,
                 completion_tokens=most,
