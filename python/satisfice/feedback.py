@@ -315,7 +315,7 @@ class FeedbackLog:
         """(prompt latent, model credited, embedding) of a kept decision; InputError if
         `request_id` is not (or no longer) kept."""
         with self._lock:
-            return self._kept(request_id, self._slot_of(request_id))
+            return self._kept(self._slot_of(request_id))
 
     def claim(
         self, request_id: str, model: str | None, known: Callable[[str], object]
@@ -329,7 +329,7 @@ class FeedbackLog:
             raise InputError(f"model must be a model id (a str), got {type(model).__name__}")
         with self._lock:
             slot = self._slot_of(request_id)
-            latent, chosen, emb = self._kept(request_id, slot)
+            latent, chosen, emb = self._kept(slot)
             target = model if model is not None else chosen
             known(target)
             m = self._index(target) + 1
@@ -360,7 +360,7 @@ class FeedbackLog:
             )
         return slot
 
-    def _kept(self, request_id: str, slot: int) -> tuple[tuple[float, ...], str, bytes | None]:
+    def _kept(self, slot: int) -> tuple[tuple[float, ...], str, bytes | None]:
         w = self._width
         latent = tuple(self._latent[slot * w : slot * w + self._n_latent[slot]])
         emb = (

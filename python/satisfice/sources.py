@@ -734,14 +734,9 @@ def apply(
         checked = True
         # a deployment besides the first listed without a price keeps its own (a
         # deployment's None is "the model's": it had silently taken the first's)
-        for dep, h in hits:
-            if h.price is None and dep is not m.deployments[0]:
-                notes.append(Change(m.id, "unpriced", f"{dep.name}:{dep.model}", None))
-        unchecked = (
-            unchecked
-            or len(hits) < len(m.deployments)
-            or any(h.price is None and d is not m.deployments[0] for d, h in hits)
-        )
+        unpriced = [d for d, h in hits if h.price is None and d is not m.deployments[0]]
+        notes += [Change(m.id, "unpriced", f"{d.name}:{d.model}", None) for d in unpriced]
+        unchecked = unchecked or bool(unpriced) or len(hits) < len(m.deployments)
         models.append(_updated(m, hits))
     known = {m.id for m in models}
     for name in add:

@@ -487,13 +487,11 @@ class AnthropicProvider(HTTPProvider):
                 text, last, usage, finish, calls,
                 stop_sequence=seq_hit if stop == "stop_sequence" else None,
             )  # fmt: skip
-        except httpx.RequestError as e:
+        except (httpx.RequestError, ProviderError) as e:
             if tail := halves.rest():  # what came before the cut, half a pair included
                 yield tail
+            if isinstance(e, ProviderError):
+                raise
             raise self._answer_lost(e) from None
-        except ProviderError:
-            if tail := halves.rest():
-                yield tail
-            raise
         finally:
             await resp.aclose()

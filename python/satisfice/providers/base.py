@@ -356,13 +356,7 @@ def parse_event(content: str) -> tuple[Any, Any]:
     surrogate halves kept (None when it has none): a pair an upstream split between two
     events (`"\\ud83d"`, then `"\\ude00"`) is whole again once the text pieces are
     joined (`Halves`); replaced in each event, it came out as two U+FFFD."""
-    data = loads(content)
-    if "\\" not in content:  # no escape: nothing to scrub once decoded, no lone half
-        return data, None
-    data = scrub_values(data)
-    if _LONE.search(content) is None:
-        return data, None
-    return _map_strings(data, whole), data
+    return _scrub(loads(content), content)
 
 
 class Halves:
@@ -389,6 +383,12 @@ class Halves:
 
 def scrubbed(data: Any, content: bytes | str) -> Any:
     """`parse_json` after its `json.loads`: `data` decoded from `content`, scrubbed."""
+    return _scrub(data, content)[0]
+
+
+def _scrub(data: Any, content: bytes | str) -> tuple[Any, Any]:
+    """`data` scrubbed, its lone surrogate halves replaced; beside it, when it had any, the
+    same scrubbed data with them kept (else None): see `parse_event`."""
     # a byte test first: a regex scan of every answer was most of this function's cost
     # (`find`, not `in`: see `_redact.scrub_bytes`)
     if isinstance(content, bytes):
@@ -399,7 +399,7 @@ def scrubbed(data: Any, content: bytes | str) -> Any:
         lone = escaped and _LONE.search(content) is not None
     if escaped:
         data = scrub_values(data)
-    return _map_strings(data, whole) if lone else data
+    return (_map_strings(data, whole), data) if lone else (data, None)
 
 
 # Half of a surrogate pair, which decodes to a str no UTF-8 writer (a response, a log, the

@@ -284,13 +284,11 @@ class OpenAIProvider(HTTPProvider):
                 scrub("".join(parts)), _without_pieces(last), usage, finish, calls,
                 refusal=whole(scrub("".join(refusal))) or None,
             )  # fmt: skip
-        except httpx.RequestError as e:
+        except (httpx.RequestError, ProviderError) as e:
             if tail := halves.rest():  # what came before the cut, half a pair included
                 yield tail
+            if isinstance(e, ProviderError):
+                raise
             raise self._answer_lost(e) from None
-        except ProviderError:
-            if tail := halves.rest():
-                yield tail
-            raise
         finally:
             await resp.aclose()
