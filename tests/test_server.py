@@ -322,6 +322,26 @@ def test_a_key_revoked_while_its_body_arrives_is_refused(served: Any) -> None:
     assert got.startswith(b"HTTP/1.1 401 ") and b"key_revoked" in got, got[:300]
 
 
+def test_an_unknown_satisfice_key_is_refused_where_keys_are_optional(served: Any) -> None:
+    """With require_keys = false a caller may come without a key, but a satisfice key nobody
+    holds (a typo, a deleted one) had been served anonymously, outside the budget and model
+    list its holder meant to be under. Any other secret (an SDK's placeholder) still serves."""
+    url, *_ = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    k = httpx.post(url + "/admin/keys", headers=admin, json={"name": "typo"}).json()
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    for secret in (k["key"][:-1], "sk-sat-"):
+        r = httpx.post(url + "/v1/chat/completions", json=body,
+                       headers={"authorization": f"Bearer {secret}"})  # fmt: skip
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text
+        assert secret not in r.text
+    r = httpx.post(url + "/v1/messages", headers={"x-api-key": k["key"] + "x"},
+                   json={**body, "max_tokens": 16})  # fmt: skip
+    assert r.status_code == 401, r.text
+    r = httpx.post(url + "/v1/chat/completions", json=body, headers={"authorization": "Bearer x"})
+    assert r.status_code == 200, r.text
+
+
 def test_anthropic_client_plain_and_streamed(served: Any) -> None:
     url, *_ = served
     c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)

@@ -58,6 +58,7 @@ from . import wire
 from ._http import CONNECTION, Connection
 from .config import ServerConfig, check_aliases
 from .state import (
+    KEY_PREFIX,
     Budget,
     KeyChanged,
     MemoryState,
@@ -499,6 +500,12 @@ class Service:
             key = await self.state.key_by_secret(secret)
         if key is not None and key.revoked:
             raise HTTPError(401, "this key was revoked", "invalid_request_error", "key_revoked")
+        if key is None and secret.startswith(KEY_PREFIX):
+            # a satisfice key nobody holds (mistyped, deleted, another deployment's) is
+            # refused even where keys are optional: served anonymously, it would pass the
+            # budget and model list its holder means to be under
+            raise HTTPError(401, "this satisfice key is not known: check it, or ask your "
+                            "admin for one", "invalid_request_error", "invalid_api_key")  # fmt: skip
         if key is None and self.config.require_keys:
             raise HTTPError(
                 401,

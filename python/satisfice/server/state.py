@@ -45,6 +45,7 @@ NANO = 1_000_000_000
 # is counted when it settles; until then others may be admitted into its room.
 HOLD_S = 6 * 3600
 _PERIODS = ("day", "month", "total")
+KEY_PREFIX = "sk-sat-"  # every key the admin API makes starts so; an unknown one is refused
 
 
 _log = logging.getLogger("satisfice.server")
@@ -148,7 +149,7 @@ class VirtualKey:
 
     @staticmethod
     def new(name: str, **kw: Any) -> tuple[VirtualKey, str]:
-        key = "sk-sat-" + secrets.token_urlsafe(24)
+        key = KEY_PREFIX + secrets.token_urlsafe(24)
         k = VirtualKey(id=secrets.token_hex(6), name=name, key_hash=hash_key(key), **kw)
         if k.period not in _PERIODS:
             raise ConfigError(f"period must be one of {list(_PERIODS)}")
