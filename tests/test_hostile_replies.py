@@ -454,3 +454,6 @@ async def test_split_pairs_in_tool_arguments_and_a_half_held_at_a_cut(
                 async for d in s:
                     got += d.text
     assert got == e.value.partial_text == "ab\ufffd"
+    assert e.value.attempts[0].status is None  # an event after a 200: not an HTTP status
+    assert "error event in the stream: boom" in e.value.attempts[0].error
+    assert "HTTP 500" not in str(e.value)

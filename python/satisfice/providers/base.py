@@ -59,6 +59,7 @@ __all__ = [
     "encode_json",
     "error_from_response",
     "error_from_transport",
+    "stream_error",
 ]
 
 
@@ -304,6 +305,19 @@ def error_from_response(
         f"{where}: HTTP {status} ({said}); check the deployment's base_url and model name",
         body=said,
         **kw,
+    )
+
+
+def stream_error(data: bytes, model: str, deployment: str) -> RetryableError:
+    """An error event inside a stream the upstream had answered 200: retryable (a server's
+    hiccup, as OpenAI sends them), with no HTTP status of its own (it had been recorded as
+    an HTTP 500 the caller never saw)."""
+    said = _message_of(scrub_bytes(data))
+    return RetryableError(
+        f"{model} via {deployment}: error event in the stream: {said}",
+        model=model,
+        deployment=deployment,
+        body=said,
     )
 
 

@@ -19,10 +19,10 @@ from .base import (
     ToolCall,
     Usage,
     encode_body,
-    error_from_response,
     finish_stream,
     parse_event,
     sse_events,
+    stream_error,
     text_field,
     token_count,
     whole,
@@ -207,9 +207,7 @@ class OpenAIProvider(HTTPProvider):
                     try:
                         chunk, kept = parse_event(data)
                         if chunk.get("error") is not None:  # `"error": null` is no error
-                            raise error_from_response(
-                                500, resp.headers, data.encode(), self.model_id, self.deployment
-                            )
+                            raise stream_error(data.encode(), self.model_id, self.deployment)
                         last = chunk
                         if chunk.get("usage"):
                             usage = _usage(chunk["usage"])
