@@ -204,6 +204,11 @@ async def test_a_length_body_cut_by_the_close_is_a_read_error_mid_body(way: str)
 # -- every split ------------------------------------------------------------------------
 
 
+def raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
 RESPONSES = {
     "length": with_length(BODY),
     "chunked": chunked(BODY, 3, b"x-trailer: 1\r\n"),
@@ -214,6 +219,13 @@ RESPONSES = {
     "gzip-members": with_length(
         gzip.compress(BODY[:20]) + gzip.compress(BODY[20:]), b"content-encoding: gzip\r\n"
     ),
+    # NUL padding between two members (gzip readers skip it): had failed as junk
+    "gzip-padded-members": with_length(
+        gzip.compress(BODY[:20]) + b"\0" * 5 + gzip.compress(BODY[20:]),
+        b"content-encoding: gzip\r\n",
+    ),
+    # deflate without its zlib header, as some servers send it (httpx reads it): had failed
+    "deflate-raw": with_length(raw_deflate(BODY), b"content-encoding: deflate\r\n"),
 }
 
 
@@ -223,7 +235,7 @@ async def test_a_compressed_body_with_junk_after_it_or_cut_short_is_an_error(way
     framing said the body was whole, were taken without a word."""
     whole = gzip.compress(BODY)
     async with Upstream() as up, pooled_client() as c:
-        for body in (whole + b"junk", whole[:-8], zlib.compress(BODY)[:-4]):
+        for body in (whole + b"junk", whole[:-8], zlib.compress(BODY)[:-4], raw_deflate(BODY)[:-3]):
             enc = b"deflate" if body[:2] != b"\x1f\x8b" else b"gzip"
             up.scripts.append(send(with_length(body, b"content-encoding: " + enc + b"\r\n")))
             with pytest.raises((httpx.DecodingError, RetryableError)):
@@ -236,6 +248,25 @@ async def test_a_compressed_body_with_junk_after_it_or_cut_short_is_an_error(way
         if way != "provider":  # an empty body that names gzip (a gateway's 429): empty
             up.scripts.append(send(with_length(b"", b"content-encoding: gzip\r\n")))
             assert await WAYS[way](c, up.url) == b""
+
+
+@ALL_WAYS
+async def test_floods_of_1xx_heads_or_trailers_are_refused(way: str) -> None:
+    """An endless run of `100 Continue` heads or of chunk trailers, already buffered, had
+    been read without an await (the event loop held for as long as it lasted). A few are
+    read as before; past what a response has, it is a protocol error."""
+    cont = b"HTTP/1.1 100 Continue\r\n\r\n"
+    async with Upstream() as up, pooled_client() as c:
+        up.scripts.append(send(cont * 16 + with_length(BODY)))
+        assert await WAYS[way](c, up.url) == BODY
+        up.scripts.append(send(cont * 17 + with_length(BODY)))
+        with pytest.raises((httpx.RemoteProtocolError, RetryableError), match="1xx"):
+            await WAYS[way](c, up.url)
+        up.scripts.append(send(chunked(BODY, 3, b"x-t: 1\r\n" * 255)))
+        assert await WAYS[way](c, up.url) == BODY
+        up.scripts.append(send(chunked(BODY, 3, b"x-t: 1\r\n" * 256)))
+        with pytest.raises((httpx.RemoteProtocolError, RetryableError), match="trailers"):
+            await WAYS[way](c, up.url)
 
 
 @pytest.mark.parametrize("shape", list(RESPONSES))

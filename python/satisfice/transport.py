@@ -50,6 +50,8 @@ from ._watchdog import Watchdog
 __all__ = ["PooledTransport", "Poster", "StaleConnection", "body_pieces", "read_body"]
 
 _MAX_HEAD = 1 << 20  # largest response head accepted
+_MAX_FIELDS = 256  # most trailer lines accepted after a chunked body
+_MAX_INFORMATIONAL = 16  # most 1xx heads accepted before the answer
 # A pooled connection closed within this long of the request being sent was closed before
 # the upstream read it (its keep-alive ran out): a round trip, with room for a slow network.
 _STALE_WITHIN_S = 0.25
@@ -549,6 +551,7 @@ async def _read_head(
 ) -> tuple[int, bytes, list[tuple[bytes, bytes]], bool]:
     read = timeouts.get("read")
     first = True
+    informational = 0
     while True:
         raw = await _until(conn, b"\r\n\r\n", wd, read, request, first)
         first = False
@@ -567,7 +570,16 @@ async def _read_head(
                 request=request,
             ) from None
         if 100 <= status < 200 and status != 101:
-            continue  # 100 Continue and friends: the real answer follows
+            # 100 Continue and friends: the real answer follows (a few of them; an endless
+            # run, already buffered, had held the event loop without an await)
+            informational += 1
+            if informational > _MAX_INFORMATIONAL:
+                raise httpx.RemoteProtocolError(
+                    f"more than {_MAX_INFORMATIONAL} informational (1xx) responses before "
+                    "the answer",
+                    request=request,
+                )
+            continue
         headers = []
         keep = parts[0] == b"HTTP/1.1"
         for line in lines[1:]:
@@ -629,11 +641,49 @@ def _decoder(headers: list[tuple[bytes, bytes]], request: httpx.Request) -> Any:
         if codings[0] in (b"gzip", b"x-gzip"):
             return zlib.decompressobj(16 + zlib.MAX_WBITS)
         if codings[0] == b"deflate":
-            return zlib.decompressobj()
+            return _Deflate()
     raise httpx.RemoteProtocolError(
         "a Content-Encoding other than gzip or deflate (satisfice asks for those only)",
         request=request,
     )
+
+
+class _Deflate:
+    """`deflate` as servers send it: zlib-wrapped as the spec says, or raw (as some servers
+    send it, and httpx reads it), told apart by the zlib header's first two bytes. The part
+    of zlib's decompressor interface `_Body` uses."""
+
+    __slots__ = ("_dec", "_head")
+
+    def __init__(self) -> None:
+        self._dec: Any = None
+        self._head = b""
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if self._dec is None:
+            data = self._head + data
+            if len(data) < 2:
+                self._head = data
+                return b""
+            b0, b1 = data[0], data[1]  # zlib's CMF (deflate, window <= 32K) and check bits
+            wrapped = b0 & 0x0F == 8 and b0 >> 4 <= 7 and (b0 << 8 | b1) % 31 == 0
+            self._dec = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+        return self._dec.decompress(data, max_length)  # type: ignore[no-any-return]
+
+    def flush(self) -> bytes:
+        return self._dec.flush() if self._dec is not None else b""
+
+    @property
+    def eof(self) -> bool:
+        return self._dec is not None and self._dec.eof
+
+    @property
+    def unconsumed_tail(self) -> bytes:
+        return self._dec.unconsumed_tail if self._dec is not None else b""
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._dec.unused_data if self._dec is not None else b""
 
 
 class _Body(httpx.AsyncByteStream):
@@ -759,7 +809,8 @@ class _Body(httpx.AsyncByteStream):
                 fed = fed or bool(raw)
                 while data:  # at most _STEP decoded bytes per step, however much it inflates
                     if dec.eof:  # bytes after the compressed stream's end
-                        if not data.strip(b"\0"):  # NUL padding, which gzip readers skip
+                        data = data.lstrip(b"\0")  # NUL padding, which gzip readers skip
+                        if not data:
                             break
                         if not b"\x1f\x8b".startswith(data[:2]):
                             raise zlib.error("bytes after the end of the compressed body")
@@ -828,8 +879,13 @@ async def _chunk_size(conn: _Conn, wd: Watchdog, t: float | None, req: httpx.Req
     except ValueError:
         raise httpx.RemoteProtocolError("a chunk size that is not a number", request=req) from None
     if size == 0:
-        while await _until(conn, b"\r\n", wd, t, req) != b"\r\n":
-            pass  # trailers
+        # trailers (read and dropped), as many as a head has room for: an endless run of
+        # them, already buffered, had held the event loop without an await
+        for _ in range(_MAX_FIELDS):
+            if await _until(conn, b"\r\n", wd, t, req) == b"\r\n":
+                break
+        else:
+            raise httpx.RemoteProtocolError("more trailers than a response has", request=req)
     elif size > 1 << 26:
         raise httpx.RemoteProtocolError(f"a chunk of {size} bytes is too large", request=req)
     return size

@@ -504,8 +504,12 @@ class Service:
             # a satisfice key nobody holds (mistyped, deleted, another deployment's) is
             # refused even where keys are optional: served anonymously, it would pass the
             # budget and model list its holder means to be under
-            raise HTTPError(401, "this satisfice key is not known: check it, or ask your "
-                            "admin for one", "invalid_request_error", "invalid_api_key")  # fmt: skip
+            raise HTTPError(
+                401,
+                "this satisfice key is not known: check it, or ask your admin for one",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
         if key is None and self.config.require_keys:
             raise HTTPError(
                 401,
