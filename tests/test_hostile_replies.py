@@ -330,6 +330,16 @@ async def test_a_reported_usage_past_what_the_call_allowed_is_counted_instead(
         for bad in (-1, 0, 16.5, "16", True, None):
             with pytest.raises(ConfigError, match="extra max_tokens must be an integer"):
                 await r.chat(MSGS, extra={"max_tokens": bad})
+    # a numpy integer is taken, as numbers are everywhere else (it had been refused as no
+    # JSON), and sent as the number it holds
+    import numpy as np
+
+    raw.push(http_response(openai_body({"content": "hi"})))
+    async with router(up.url) as r:
+        r.update(with_alpha_on(raw, up))
+        res = await r.chat(MSGS, extra={"max_tokens": np.int64(40), "top_p": np.float32(0.5)})
+    assert res.model == "alpha"
+    assert b'"max_tokens":40' in raw.requests[-1] and b'"top_p":0.5' in raw.requests[-1]
 
 
 @pytest.mark.parametrize("api", ["openai", "anthropic"])

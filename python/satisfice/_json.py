@@ -46,8 +46,22 @@ def loads(raw: bytes | str) -> Any:
 
 # Compact, non-ASCII kept: the bytes httpx's `json=` would send, without its per-call encoder.
 encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _numpy_scalar(o: Any) -> Any:
+    """A numpy number as the Python number it holds (an `np.int64` in `extra` had been
+    refused as not JSON, where every other number a caller passes takes numpy's)."""
+    if type(o).__module__ == "numpy" and not getattr(o, "shape", None) and hasattr(o, "item"):
+        v = o.item()
+        if isinstance(v, int | float):
+            return v
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
 # a request body's: NaN and ±Infinity are no JSON, and an upstream refuses them (or worse)
-_encode_body = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_encode_body = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_numpy_scalar
+).encode
 
 # What the standard library refuses (a dataclass, a datetime, a str or int subclass orjson
 # would write its own way) goes to it, to be refused or written as before.
