@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,32 @@ def test_serve_says_a_port_it_cannot_listen_on_before_it_says_serving(
     p = run("serve", "--config", str(cfg), "--host", "no-such-host.invalid", "--port", "0")
     assert p.returncode == 2 and "serving" not in p.stderr, p.stderr
     assert "'no-such-host.invalid' does not resolve" in p.stderr, p.stderr
+
+
+def test_serve_says_the_port_it_bound() -> None:
+    """With --port 0 the "serving" line said `:0`, a URL nobody can call."""
+    import re
+    import signal
+
+    import httpx
+
+    p = subprocess.Popen([sys.executable, "-m", "satisfice.cli", "serve", "--port", "0"],
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stderr is not None
+        line = p.stderr.readline()
+        m = re.search(r"on (http://127\.0\.0\.1:(\d+)/v1) ", line)
+        assert m and m[2] != "0", line
+        for _ in range(100):
+            try:
+                r = httpx.get(m[1].removesuffix("/v1") + "/health", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert r.status_code == 200
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=30)
 
 
 def test_listen_binds_every_address_a_name_resolves_to() -> None:

@@ -298,7 +298,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(cfg, freeze_heap=True)  # the process is the server's own
     sockets = listen(cfg.host, cfg.port)  # and the port: one held elsewhere is said here too
     what = cfg.registry_path or "the bundled registry"
-    where = f"http://{cfg.host}:{cfg.port}/v1"
+    # the port bound (port 0 asks the system for one), an IPv6 host in brackets as URLs say
+    port = sockets[0].getsockname()[1]
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    where = f"http://{host}:{port}/v1"
     print(f"satisfice serving {what} on {where} (state: {cfg.state_backend})", file=sys.stderr)
     serve(cfg, app, sockets)
     return 0
