@@ -95,6 +95,56 @@ async def test_a_failing_sink_keeps_records_and_never_fails_a_request(
     ledger.close()
 
 
+async def test_metrics_count_every_request_while_the_sink_is_down(up: LocalUpstream) -> None:
+    """Metrics were counted as the writer took records into a batch, which it does not while
+    a batch is failing: 200 answered requests had shown as 3."""
+    from .ledger_support import ScriptedSink
+
+    class Down(ScriptedSink):
+        down = True
+
+        def refuse(self, records: Any) -> bool:
+            return self.down
+
+    m, sink = Metrics(), Down()
+    ledger = Ledger(sink, max_buffer=1000, batch=4, flush_interval_s=0.005)
+    async with router(up.url).attach(ledger=ledger, metrics=m) as r:
+        for _ in range(30):
+            await r.chat(MSGS)
+        for _ in range(200):  # the writer builds and counts what comes, the sink down
+            if b"satisfice_requests_total" in m.exposition() and _requests(m) == 30:
+                break
+            await asyncio.sleep(0.01)
+        assert _requests(m) == 30 and sink.rows == [] and ledger.failures >= 1
+        sink.down = False
+        assert ledger.flush(10)
+    assert len(sink.rows) == 30 and _requests(m) == 30  # counted once
+    ledger.close()
+
+
+def _requests(m: Metrics) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fams = {f.name: f for f in text_string_to_metric_families(m.exposition().decode())}
+    if "satisfice_requests" not in fams:
+        return 0
+    return sum(s.value for s in fams["satisfice_requests"].samples
+               if s.name == "satisfice_requests_total")  # fmt: skip
+
+
+def test_an_item_that_is_no_record_is_counted_and_does_not_hold_flush() -> None:
+    """put() of something no record can be made of was logged and then lost uncounted:
+    flush() waited its whole timeout and close() took ten seconds."""
+    from .ledger_support import ScriptedSink
+
+    ledger = Ledger(ScriptedSink(), flush_interval_s=0.005)
+    ledger.put(["not", "a", "record"])
+    t0 = time.monotonic()
+    assert ledger.flush(5) and time.monotonic() - t0 < 2
+    assert ledger.rejected == 1 and ledger.dropped == 1
+    ledger.close()
+
+
 async def test_hooks_sync_and_async_and_their_errors(up: LocalUpstream) -> None:
     seen: list[str] = []
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from satisfice.errors import ConfigError
 from satisfice.ledger import Ledger, PostgresSink, read_records
 from satisfice.testing import LocalUpstream, hang, reply
 
@@ -112,6 +113,29 @@ def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path: Path) -> No
         ids = [r["request_id"] for r in read_records(path)]
     assert ids == ["before", "after"]
     assert any("line 2" in str(w.message) for w in seen)  # the torn line, named
+
+
+def test_a_line_torn_inside_a_character_is_skipped_as_torn(tmp_path: Path) -> None:
+    """A crash that cut a record inside a multi-byte character had made the whole ledger
+    "not UTF-8 text", for good once the next record was appended after it."""
+    from satisfice.ledger import JSONLSink
+
+    path = tmp_path / "l.jsonl"
+    good = {"request_id": "before", "started_at": 1.0, "outcome": "ok", "metadata": {"t": "日"}}
+    line = json.dumps(good, ensure_ascii=False).encode()
+    cut = line.replace(b"before", b"torn")[: line.index("日".encode()) + 1]  # 1 byte of 3
+    path.write_bytes(line + b"\n" + cut)
+    sink = JSONLSink(path)
+    sink.write([{"request_id": "after", "started_at": 2.0, "outcome": "ok"}])
+    sink.close()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ids = [r["request_id"] for r in read_records(path)]
+    assert ids == ["before", "after"]
+    assert any("line 2" in str(w.message) for w in seen)
+    path.write_bytes(b"\xff\xfe\x00binary\n\x80\n")  # no line of it is text: not a ledger
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        list(read_records(path))
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ being killed (SIGKILL); `on_ack(ids)` is called with the acknowledged request id
 `synchronous=FULL` for SQLite, `fsync=True` for JSONL: both are options.)
 
 A failing sink never fails a request: the writer keeps the batch and retries with backoff
-while new records queue behind it, up to `max_buffer` records; past that the oldest are
-dropped, counted in `dropped` (and the `satisfice_ledger_dropped_total` metric) and logged.
+while new records queue behind it (built, and counted in the metrics, as they come), up to
+`max_buffer` records; past that the oldest are dropped, counted in `dropped` (and the
+`satisfice_ledger_dropped_total` metric) and logged.
 
 Schema (version 1): `requests` holds the columns reports filter and group by and the whole
 record as JSON; `feedback` holds scores given later (`router.feedback`, validators);
@@ -597,6 +598,9 @@ class Ledger:
         self.retention_days, self.on_ack, self.on_record = retention_days, on_ack, on_record
         self._q: deque[Any] = deque()
         self._fb: deque[tuple[str, float, float, str]] = deque()
+        # built (and counted by on_record: metrics) as they come, whatever the sink does,
+        # and waiting for a batch; metrics had stood still while a sink failed
+        self._built: deque[dict[str, Any]] = deque()
         self._cv = threading.Condition()
         self._asleep = False  # the writer waits for put() to wake it (_IDLE_WAIT_S)
         self.queued = self.acked = self.dropped = self.failures = self.rejected = 0
@@ -650,7 +654,7 @@ class Ledger:
 
     @property
     def backlog(self) -> int:
-        return len(self._q)
+        return len(self._q) + len(self._built)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every record queued so far is acknowledged (False on timeout)."""
@@ -677,11 +681,60 @@ class Ledger:
         self.sink.close()
 
     # the writer thread ----------------------------------------------------------------------
-    def _take(self) -> list[Any]:
-        out: list[Any] = []
-        q = self._q
-        while q and len(out) < self.batch:
-            out.append(q.popleft())
+    def _build(self) -> None:
+        """Every queued item as a record, counted by `on_record`, into `_built`; past
+        `max_buffer` built records (a sink down for long), the oldest are dropped."""
+        from .result import ChatResult
+
+        q, built = self._q, self._built
+        held = time.perf_counter()
+        while q:
+            it = q.popleft()
+            if time.perf_counter() - held > _HOLD_S:
+                time.sleep(0)  # hand the GIL over (see _HOLD_S)
+                held = time.perf_counter()
+            try:
+                if isinstance(it, tuple):  # (result, messages): record_prompts
+                    rec = record_of(it[0])
+                    m = it[1]
+                    rec["messages"] = (
+                        [{"role": "user", "content": m}] if isinstance(m, str) else list(m)
+                    )
+                else:
+                    rec = record_of(it) if isinstance(it, ChatResult) else dict(it)
+            except Exception as e:  # a record that cannot be built: say so, go on
+                self.rejected += 1  # counted: flush() had waited its whole timeout
+                self.dropped += 1
+                _log.error("ledger: a record could not be built: %s", e,
+                           extra={"event": "ledger_rejected"})  # fmt: skip
+                continue
+            if (why := _undated(rec)) is not None:  # no sink takes it, no reader
+                self.rejected += 1
+                self.dropped += 1
+                _log.error("ledger: dropped record %.60r: %s", rec.get("request_id"),
+                           why, extra={"event": "ledger_rejected"})  # fmt: skip
+                continue
+            built.append(rec)
+            if self.on_record is not None:
+                try:
+                    self.on_record(rec)
+                except Exception as e:
+                    _log.error("ledger on_record hook failed: %s", e)
+        while len(built) > self.max_buffer:
+            built.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                _log.error(
+                    "ledger buffer full (%d records): dropped %d record(s) so far; the sink "
+                    "is failing or too slow", self.max_buffer, self.dropped,
+                    extra={"event": "ledger_dropped", "dropped": self.dropped},
+                )  # fmt: skip
+
+    def _take(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        built = self._built
+        while built and len(out) < self.batch:
+            out.append(built.popleft())
         return out
 
     def _isolate(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -734,8 +787,6 @@ class Ledger:
                 _log.error("ledger on_ack hook failed: %s", e)
 
     def _run(self) -> None:
-        from .result import ChatResult
-
         pending: list[dict[str, Any]] = []
         backoff, streak = 0.05, 0
         idle = False  # the last flush interval brought nothing
@@ -753,43 +804,15 @@ class Ledger:
                         # Taken a flush interval after it came, as under traffic: the
                         # request that queued it may still be answering.
                         self._cv.wait(self.flush_interval_s)
-                elif not self._q and not self._fb and not pending and not self._closing:
+                elif not (self._q or self._built or self._fb or pending or self._closing):
                     self._cv.wait(self.flush_interval_s)
-                idle = not self._q and not self._fb and not pending
+                idle = not (self._q or self._built or self._fb or pending)
+            self._build()
             # A lone record that keeps failing takes company from the queue: with others
             # beside it, _isolate can tell a record the sink refuses from a sink that is down
             # (alone, it would be retried forever with every later record behind it).
             if not pending or (streak >= 3 and len(pending) == 1):
-                items = self._take()
-                held = time.perf_counter()
-                for it in items:
-                    if time.perf_counter() - held > _HOLD_S:
-                        time.sleep(0)  # hand the GIL over (see _HOLD_S)
-                        held = time.perf_counter()
-                    try:
-                        if isinstance(it, tuple):  # (result, messages): record_prompts
-                            rec = record_of(it[0])
-                            m = it[1]
-                            rec["messages"] = (
-                                [{"role": "user", "content": m}] if isinstance(m, str) else list(m)
-                            )
-                        else:
-                            rec = record_of(it) if isinstance(it, ChatResult) else dict(it)
-                    except Exception as e:  # a record that cannot be built: say so, go on
-                        _log.error("ledger: a record could not be built: %s", e)
-                        continue
-                    if (why := _undated(rec)) is not None:  # no sink takes it, no reader
-                        self.rejected += 1
-                        self.dropped += 1
-                        _log.error("ledger: dropped record %.60r: %s", rec.get("request_id"),
-                                   why, extra={"event": "ledger_rejected"})  # fmt: skip
-                        continue
-                    pending.append(rec)
-                    if self.on_record is not None:
-                        try:
-                            self.on_record(rec)
-                        except Exception as e:
-                            _log.error("ledger on_record hook failed: %s", e)
+                pending += self._take()
             if pending:
                 try:
                     self.sink.write(pending)
@@ -830,7 +853,7 @@ class Ledger:
                     self.sink.expire(time.time() - self.retention_days * 86400)
                 except Exception as e:
                     _log.warning("ledger retention delete failed: %s", e)
-            if self._closing and not self._q and not pending and not self._fb:
+            if self._closing and not (self._q or self._built or pending or self._fb):
                 return
 
 
@@ -998,28 +1021,34 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
     scores: dict[str, Any] = {}
     recs = []
     torn: list[int] = []
+    undecoded = 0
     n = 0
-    try:
-        with p.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                except (ValueError, RecursionError):
-                    torn.append(n)
-                    continue
-                fb = r.get("feedback") if isinstance(r, dict) else None
-                if isinstance(r, dict) and "request_id" not in r and isinstance(fb, dict):
-                    if why := _score_problem(fb.get("score")):
-                        raise ConfigError(f"ledger {p}, line {n}: {why}")
-                    scores[str(fb.get("request_id"))] = fb["score"]
-                    continue
-                if why := _problem(r):
+    with p.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                # a line at a time: a crash that cut a character in two tears its line
+                # alone (reading the file as text had refused the whole ledger for good)
+                r = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                undecoded += 1
+                torn.append(n)
+                continue
+            except (ValueError, RecursionError):
+                torn.append(n)
+                continue
+            fb = r.get("feedback") if isinstance(r, dict) else None
+            if isinstance(r, dict) and "request_id" not in r and isinstance(fb, dict):
+                if why := _score_problem(fb.get("score")):
                     raise ConfigError(f"ledger {p}, line {n}: {why}")
-                recs.append(r)
-    except UnicodeDecodeError:
-        raise ConfigError(f"ledger {p} is not UTF-8 text (a JSONL ledger)") from None
+                scores[str(fb.get("request_id"))] = fb["score"]
+                continue
+            if why := _problem(r):
+                raise ConfigError(f"ledger {p}, line {n}: {why}")
+            recs.append(r)
+    if undecoded and not recs and not scores:
+        raise ConfigError(f"ledger {p} is not UTF-8 text (a JSONL ledger)")
     inside = [k for k in torn if k != n]  # the last line torn by a crash is expected
     if inside:
         warnings.warn(
