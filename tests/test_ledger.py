@@ -145,6 +145,26 @@ def test_an_item_that_is_no_record_is_counted_and_does_not_hold_flush() -> None:
     ledger.close()
 
 
+@pytest.mark.parametrize("target", ["l.db", "l.jsonl"])
+async def test_two_calls_on_one_decision_are_two_records(
+    up: LocalUpstream, tmp_path: Path, target: str
+) -> None:
+    """Both calls were billed with one request id: SQLite kept the second record over the
+    first (half the bill), JSONL both under one id."""
+    async with router(up.url).attach(ledger=tmp_path / target) as r:
+        d = await r.decide(MSGS)
+        first_id = d.request_id  # read before the call, as the server reads it
+        a = await r.chat(MSGS, decision=d)
+        b = await r.chat(MSGS, decision=d)
+        assert r.ledger is not None and r.ledger.flush()
+    assert a.request_id == first_id != b.request_id
+    recs = {x["request_id"]: x for x in read_records(tmp_path / target)}
+    assert set(recs) == {a.request_id, b.request_id}
+    assert sum(x["total_cost_usd"] for x in recs.values()) == pytest.approx(
+        (a.total_cost_usd or 0) + (b.total_cost_usd or 0)
+    )
+
+
 async def test_hooks_sync_and_async_and_their_errors(up: LocalUpstream) -> None:
     seen: list[str] = []
 

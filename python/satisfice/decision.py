@@ -184,6 +184,7 @@ class Decision:
     and reason is read from the snapshot the plan was made with."""
 
     __slots__ = (
+        "_called",
         "_cands",
         "_feedback",
         "_plan",
@@ -212,6 +213,7 @@ class Decision:
         self._primary: Candidate | None = None
         self._request_id: str | None = None
         self._remembered: str | None = None  # the model feedback credits, once remembered
+        self._called = False  # a chat() took it (see `again`)
         self.constraints = constraints
         ids = snapshot.ids
         rows = plan.head(1 + snapshot.policy.max_fallbacks)
@@ -242,8 +244,17 @@ class Decision:
             return self
         d = copy.copy(self)
         d._request_id, d._remembered, d._reasons, d._primary = None, None, None, None
+        d._called = False
         order = [m for m in (self.model, *self.fallbacks) if m != model]
         d.model, d.fallbacks = model, order[: len(self.fallbacks)]
+        return d
+
+    def again(self) -> Decision:
+        """This decision for another call: the same route, an id of its own. `chat()` takes
+        it so when given a decision a call has used (the second call's record had been
+        written over the first's, one of two billed calls lost from the ledger)."""
+        d = copy.copy(self)
+        d._request_id, d._remembered, d._called = None, None, False
         return d
 
     def answered_by(self, model: str) -> str:

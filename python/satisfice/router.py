@@ -621,7 +621,8 @@ class Router:
         and disabled deployments routed around, the options' max_tokens as the output
         bound, a `prefer`red model first. Pass it back as `chat(..., decision=d)` and the
         call goes where `d` says, whatever changes meanwhile: what a caller that bounds a
-        budget on the decision needs (the server does)."""
+        budget on the decision needs (the server does). A second call given the same `d`
+        is a request of its own, with an id of its own (its `result.request_id`)."""
         return (await self._prepare(messages, constraints, options, cascade == "auto"))[1]
 
     async def _begin(
@@ -717,6 +718,9 @@ class Router:
                     "router.decide() instead, or leave decision= out"
                 )
             _check_shape(call["tools"], call["response_format"])  # routed without them
+            if given._called:  # a second call on one decision is a request of its own
+                given = given.again()
+            given._called = True
             reroute = None
             if io.health.blocked():  # see Run.reroute
                 snap = self._snap
