@@ -91,6 +91,9 @@ async def test_implausible_usage_is_counted(raw: RawUpstream, up: LocalUpstream,
     assert res.model == "alpha" and res.text == "fine"
     assert res.usage.source == "counted" and 0 < res.usage.prompt_tokens < 100
     assert res.cost_usd is not None and res.cost_usd > 0
+    # not the upstream's figures: the record says the cost is not the bill's own (it had
+    # said cost_estimated false, and the report counted no estimated request)
+    assert res.attempts[-1].cost_estimated and res.to_record()["cost_estimated"]
 
 
 ANTHROPIC_MALFORMED = {

@@ -921,6 +921,9 @@ class Executor:
             now - started,
             usage=usage,
             cost_usd=cost_of(t.price, usage),
+            # not the upstream's own figures (none, or past what the call allowed): counted
+            # or estimated here, and the record says so
+            cost_estimated=usage.source != "provider",
             step=run.step,
         )
         run.record(attempt, t)
@@ -1418,6 +1421,7 @@ class Executor:
                                 now - started,
                                 usage=usage,
                                 cost_usd=cost_of(t.price, usage),
+                                cost_estimated=usage.source != "provider",
                                 verdict=_verdict_dict(verdict),
                             ),
                             t,

@@ -49,7 +49,8 @@ class Attempt:
     no); "check" (a call a check made itself, a judge's: `deployment` names the check).
     `cost_usd` is what the call cost as far as it is known: from usage when it
     answered, the prompt alone (estimated) when it was cancelled in flight, None when
-    unpriced. `step` is the cascade step the call belonged to; `verdict` the check's
+    unpriced; `cost_estimated` when it is not from the upstream's own usage figures
+    (estimated, or counted here). `step` is the cascade step the call belonged to; `verdict` the check's
     {passed, confidence, reason} when the answer was checked.
     """
 
