@@ -481,6 +481,24 @@ def test_admin_health_disable_and_reload(served: Any) -> None:
     assert b"satisfice_requests_total" in httpx.get(url + "/metrics").content
 
 
+def test_a_model_an_admin_disabled_is_a_503_the_sdks_do_not_retry(served: Any) -> None:
+    """It had been a 502, which the SDKs retried (three requests for one call, each
+    refused again, no upstream called)."""
+    url, *_ = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    assert httpx.post(url + "/admin/deployments/alpha/disable", headers=admin).status_code == 200
+    sent: list[str] = []
+    http = httpx.Client(event_hooks={"request": [lambda r: sent.append(r.url.path)]})
+    c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=2, http_client=http)
+    with pytest.raises(openai.InternalServerError) as e:
+        c.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "hi"}])
+    c.close()
+    assert e.value.status_code == 503 and "disabled" in e.value.message
+    assert e.value.response.headers["x-should-retry"] == "false"
+    assert sent == ["/v1/chat/completions"]  # once
+    httpx.post(url + "/admin/deployments/alpha/enable", headers=admin)
+
+
 def test_where_keys_are_required_metrics_need_the_master_key(
     upstream: LocalUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:

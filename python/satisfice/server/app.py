@@ -205,6 +205,9 @@ def http_error(e: SatisficeError) -> HTTPError:
     return HTTPError(500, msg, "server_error", type(e).__name__)
 
 
+_DOWN = frozenset({"unavailable", "no_api_key"})  # skips no retry soon fixes: disabled, keyless
+
+
 def _all_failed(e: AllAttemptsFailedError, msg: str, att: dict[str, Any]) -> HTTPError:
     """Every attempt failed: the status their causes share, so that an SDK retries only
     what a retry may fix (a 502 for all made the SDKs retry a prompt no window takes, and
@@ -213,7 +216,8 @@ def _all_failed(e: AllAttemptsFailedError, msg: str, att: dict[str, Any]) -> HTT
     a skip's kind alike. A prompt too long for every model tried: 400. Every call timed
     out, or the request's deadline passed: 504. Every model rate-limited or unavailable
     with a Retry-After, or cooling down: 429 (any 429) or 503, with the soonest wait as
-    Retry-After. Else 502."""
+    Retry-After; every model disabled or keyless: 503 with `x-should-retry: false`. Else
+    502."""
     tried = [a for a in e.attempts if a.error_type != "UnsupportedRequestError"]
     kinds = {a.error_type for a in tried}
     if tried and kinds <= {"ContextLengthError", "window"}:
@@ -221,13 +225,17 @@ def _all_failed(e: AllAttemptsFailedError, msg: str, att: dict[str, Any]) -> HTT
     if tried and kinds <= {"UpstreamTimeoutError", "deadline"}:
         return HTTPError(504, msg, "upstream_timeout", "upstream_timeout", None, **att)
     if tried and all(
-        (a.retry_after or 0) > 0
+        (a.retry_after or 0) > 0 or a.error_type in _DOWN
         if a.outcome == "skipped"
         else a.status == 429 or (a.retry_after or 0) > 0
         for a in tried
     ):
         waits = [a.retry_after for a in tried if a.retry_after and a.retry_after > 0]
-        headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else None
+        if not waits:  # disabled or keyless, no cooldown to wait out: 503, not to be retried
+            # (as a 502 the SDKs had retried it, each retry refused again)
+            no = {"x-should-retry": "false"}  # what the openai and anthropic SDKs read
+            return HTTPError(503, msg, "service_unavailable", "models_unavailable", no, **att)
+        headers = {"retry-after": str(max(1, math.ceil(min(waits))))}
         if any(a.status == 429 for a in tried):
             return HTTPError(429, msg, "rate_limit_error", "upstream_rate_limited", headers, **att)
         return HTTPError(503, msg, "service_unavailable", "models_cooling_down", headers, **att)
