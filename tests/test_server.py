@@ -173,6 +173,11 @@ def test_bad_bodies(served: Any) -> None:
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     r = httpx.post(url + "/v1/chat/completions", json={"model": "auto", "messages": []})
     assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+    for calls in ("true", "1.5", "-1", "1180591620717411303424"):  # had been 500s
+        body = (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}, {"role": '
+                b'"assistant", "content": null, "tool_calls": ' + calls.encode() + b"}]}")  # fmt: skip
+        r = httpx.post(url + "/v1/chat/completions", content=body)
+        assert r.status_code == 400 and "tool_calls must be a list" in r.text, r.text
 
 
 def _raw_request(url: str, head: bytes, wait: float = 10.0) -> tuple[bytes, float, bool]:

@@ -44,7 +44,8 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]]) -> int:
             n += len(str(f.get("arguments") or ""))
         if isinstance(name := m.get("name"), str):
             n += len(name)
-        for call in m.get("tool_calls") or ():
+        calls = m.get("tool_calls")
+        for call in calls if isinstance(calls, list | tuple) else ():  # else refused later
             if isinstance(call, dict):
                 if isinstance(f := call.get("function"), dict):
                     n += len(str(f.get("arguments") or ""))
