@@ -174,8 +174,9 @@ def test_bad_bodies(served: Any) -> None:
     r = httpx.post(url + "/v1/chat/completions", json={"model": "auto", "messages": []})
     assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
     for calls in ("true", "1.5", "-1", "1180591620717411303424"):  # had been 500s
-        body = (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}, {"role": '
-                b'"assistant", "content": null, "tool_calls": ' + calls.encode() + b"}]}")  # fmt: skip
+        body = (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}, '
+                b'{"role": "assistant", "content": null, "tool_calls": ' + calls.encode()
+                + b"}]}")  # fmt: skip
         r = httpx.post(url + "/v1/chat/completions", content=body)
         assert r.status_code == 400 and "tool_calls must be a list" in r.text, r.text
 
@@ -484,6 +485,28 @@ def test_admin_health_disable_and_reload(served: Any) -> None:
     assert r.status_code == 200 and r.json()["models"] == 4
     assert httpx.get(url + "/ready").json()["ready"] is True
     assert b"satisfice_requests_total" in httpx.get(url + "/metrics").content
+
+
+def test_the_admin_api_reads_bodies_as_v1_does(served: Any) -> None:
+    """A 5.9 MB POST /admin/keys was read and stored (a key with 30,000 models), and a body
+    sent a byte every half second held the request for 20 s: 413 and 408 now, as on /v1."""
+    url, app, *_ = served
+    cfg = app.state.service.config
+    cfg.max_body_bytes, cfg.read_timeout_s = 10_000, 1.0
+    admin = {"authorization": f"Bearer {MASTER}"}
+    big = {"name": "big", "models": [f"m{i}" for i in range(3000)]}
+    r = httpx.post(url + "/admin/keys", headers=admin, json=big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large", r.text
+    body = b'{"name": "slow"}'
+    got, first, _ = _raw_request(url, (
+        f"POST /admin/keys HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {MASTER}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body[:3], wait=4.0)  # fmt: skip
+    assert got.startswith(b"HTTP/1.1 408 ") and first < 3, got[:200]
+    cfg.max_body_bytes = 10_000_000
+    r = httpx.post(url + "/admin/keys", headers=admin, json={**big, "models": ["m"] * 5000})
+    assert r.status_code == 400 and "at most 4096" in r.text
+    assert httpx.post(url + "/admin/keys", headers=admin, json=big).status_code == 201
 
 
 def test_a_model_an_admin_disabled_is_a_503_the_sdks_do_not_retry(served: Any) -> None:

@@ -50,8 +50,8 @@ class Attempt:
     `cost_usd` is what the call cost as far as it is known: from usage when it
     answered, the prompt alone (estimated) when it was cancelled in flight, None when
     unpriced; `cost_estimated` when it is not from the upstream's own usage figures
-    (estimated, or counted here). `step` is the cascade step the call belonged to; `verdict` the check's
-    {passed, confidence, reason} when the answer was checked.
+    (estimated, or counted here). `step` is the cascade step the call belonged to;
+    `verdict` the check's {passed, confidence, reason} when the answer was checked.
     """
 
     model: str

@@ -20,7 +20,7 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("satisfice.server")
 _KEY_FIELDS = {"name", "team", "budget_usd", "period", "models", "rpm", "tpm"}
+_MAX_MODELS = 4096  # a key's model list: more than any registry names
 
 
 def _err(status: int, msg: str, kind: str = "invalid_request_error") -> Response:
@@ -82,8 +83,15 @@ def admin_routes(svc: Service) -> list[Route]:
         return master_refusal(svc, request)
 
     async def body(request: Request) -> dict[str, Any]:
+        from .app import _body
+
+        # as /v1 reads a body: at most max_body_bytes, in read_timeout_s (a 6 MB body and
+        # one sent a byte at a time had been read whole)
+        cfg = svc.config
+        raw = await _body(request.receive, request.headers, cfg.max_body_bytes,
+                          svc.deadlines(), cfg.read_timeout_s)  # fmt: skip
         try:
-            d = json.loads(await request.body() or b"{}")
+            d = json.loads(raw or b"{}")
         except (ValueError, RecursionError):
             raise ConfigError("the body is not JSON") from None
         if not isinstance(d, dict):
@@ -107,8 +115,10 @@ def admin_routes(svc: Service) -> list[Route]:
         if d.get("team") is not None:
             _name(d["team"], "team")
         if d.get("models") is not None:
-            if not isinstance(d["models"], list):
-                raise ConfigError("models must be a list of model ids or aliases")
+            if not isinstance(d["models"], list) or len(d["models"]) > _MAX_MODELS:
+                raise ConfigError(
+                    f"models must be a list of at most {_MAX_MODELS} model ids or aliases"
+                )
             for i, m in enumerate(d["models"]):
                 _name(m, f"models[{i}]")
         return d
@@ -117,8 +127,14 @@ def admin_routes(svc: Service) -> list[Route]:
         async def endpoint(request: Request) -> Response:
             if (denied := guard(request)) is not None:
                 return denied
+            from .app import HTTPError
+
             try:
                 return await fn(request)  # type: ignore[no-any-return]
+            except HTTPError as e:  # the body's: too large (413), too slow (408)
+                return JSONResponse(e.body(), e.status, headers=e.headers)
+            except ClientDisconnect:
+                return Response(status_code=499)  # never sent: the connection is gone
             except StateUnavailable as e:  # worth retrying, as /v1 says for the same outage
                 return _err(503, f"{e}; try again when it is back", "service_unavailable")
             except SatisficeError as e:
