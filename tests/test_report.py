@@ -128,6 +128,38 @@ def test_a_task_with_unpriced_requests_counts_them_apart(
     assert "unpriced" in (tmp_path / "r.html").read_text()
 
 
+def test_failed_bills_races_and_escalations_are_said_as_what_they_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failed request's bill was in the total but set against no reference (the saving
+    skewed: -1171% where -400% was due); a race's loser and a cascade's escalation counted
+    as fallbacks (rate 1.0 where nothing failed); a `day` column reached the terminal raw."""
+    from satisfice.report import render_text
+
+    p = tmp_path / "ledger.jsonl"
+    ok = {"started_at": 1700000000, "outcome": "ok", "task": "general", "model": "b",
+          "total_cost_usd": 1.0, "reference_cost_usd": 4.0}  # fmt: skip
+    recs = [
+        {**ok, "request_id": "race", "attempts": [{"model": "a", "outcome": "cancelled"},
+                                                  {"model": "b", "outcome": "ok"}]},
+        {**ok, "request_id": "casc", "attempts": [{"model": "a", "outcome": "rejected"},
+                                                  {"model": "b", "outcome": "ok"}]},
+        {**ok, "request_id": "fell", "attempts": [{"model": "a", "outcome": "error"},
+                                                  {"model": "b", "outcome": "ok"}]},
+        {"request_id": "failed", "started_at": 1700000000, "outcome": "error",
+         "total_cost_usd": 2.0, "attempts": [{"model": "a", "outcome": "error"}]},
+    ]  # fmt: skip
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    s = summarize(rows(p))
+    assert s["cost_usd"] == 5.0 and s["failed_cost_usd"] == 2.0
+    assert s["saving"] == pytest.approx(1 - 3.0 / 12.0)  # the answers against theirs
+    assert s["fallback_rate"] == pytest.approx(1 / 3)
+    assert main(["report", str(p)]) == 0
+    assert "of it $2" in capsys.readouterr().out
+    text = render_text({**s, "drift": {"2026-01-01\x1b]0;pwned\x07": {"b": 1}}})
+    assert "\x1b" not in text and "\x07" not in text
+
+
 def test_a_years_drift_and_a_large_cost_stay_within_their_charts() -> None:
     """Columns of at least 4 px ran a 365-day ledger's days to x=2,230 on a 700 px chart
     (255 days, the last 60 among them, unseen); a cost of $60,000,000.00 was cut off at

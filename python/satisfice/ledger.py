@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["JSONLSink", "Ledger", "PostgresSink", "SQLiteSink", "failure_record", "read_records"]
 
 SCHEMA_VERSION = 1
+_FELL = ("error", "skipped")  # attempts a request fell back from
 _log = logging.getLogger("satisfice.ledger")
 
 #: The columns of `requests` besides the JSON record (name, SQLite type, PostgreSQL type).
@@ -215,12 +216,13 @@ def _row(rec: Mapping[str, Any]) -> tuple[Any, ...]:
         as_real(rec.get("latency_s")),
         as_real(rec.get("overhead_s")),
         len(attempts),
-        # models tried besides the one that answered (a check's own calls are not tries)
+        # models that failed or were skipped besides the one that answered: a fallback (a
+        # race's or hedge's loser, a cascade's escalation and a check's call are not)
         len(
             {
                 a.get("model")
                 for a in attempts
-                if a.get("model") != rec.get("model") and a.get("outcome") != "check"
+                if a.get("model") != rec.get("model") and a.get("outcome") in _FELL
             }
         ),
         len(casc.get("steps") or ()) if isinstance(casc, Mapping) else 0,

@@ -74,8 +74,8 @@ def _pct(xs: Sequence[float], q: float) -> float | None:
 
 
 def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    n = ok = errors = fell_back = estimated = unpriced = 0
-    cost = ref_cost = 0.0
+    n = ok = errors = fell_back = estimated = unpriced = failed_unknown = 0
+    cost = ref_cost = failed_cost = 0.0
     ref_known = True
     # per task: [priced requests, their cost, their reference cost, requests, unpriced,
     # priced requests whose reference cost is unknown]
@@ -95,8 +95,10 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             errors += 1
             if r.get("cost_usd") is not None:  # calls billed before the request failed
                 cost += r["cost_usd"]
+                failed_cost += r["cost_usd"]
             else:  # unknown (an unpriced call, one cancelled in flight): never $0
                 unpriced += 1
+                failed_unknown += 1
             continue
         ok += 1
         m = str(r.get("model"))
@@ -165,9 +167,15 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         # of the priced requests; unknown (not $0) when none was priced
         "cost_usd": None if unpriced and unpriced == n else cost,
         "unpriced_requests": unpriced,
+        # what failed requests' calls were billed (in cost_usd, in no task's or model's row)
+        "failed_cost_usd": failed_cost if errors > failed_unknown else None,
         "estimated_cost_requests": estimated,
         "reference_cost_usd": ref_cost if ref_known else None,
-        "saving": (1 - cost / ref_cost) if ref_known and ref_cost > 0 and not unpriced else None,
+        # the answered requests against the same answers on the reference model: like with
+        # like (a failed request's bill against no reference had skewed it)
+        "saving": (1 - (cost - failed_cost) / ref_cost)
+        if ref_known and ref_cost > 0 and unpriced == failed_unknown
+        else None,
         "latency_s": {q: _pct(lat, v) for q, v in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
         "overhead_s": {q: _pct(over, v) for q, v in (("p50", 0.5), ("p99", 0.99))},
         "tasks": {
@@ -243,6 +251,11 @@ def render_text(s: Mapping[str, Any]) -> str:
             f"; {s['estimated_cost_requests']:,} with estimated parts"
             if s["estimated_cost_requests"]
             else ""
+        )
+        + (
+            f"; of it {_usd(s['failed_cost_usd'])} billed for failed requests"
+            if s["failed_cost_usd"]
+            else ""
         ),
         "latency p50/p90/p99: "
         + " / ".join(_ms(s["latency_s"][q]) for q in ("p50", "p90", "p99"))
@@ -277,7 +290,7 @@ def render_text(s: Mapping[str, Any]) -> str:
         out.append(f"{'day':<11} " + " ".join(f"{_plain(m)[:14]:>14}" for m in top))
         for d, c in s["drift"].items():
             tot = sum(c.values())
-            out.append(f"{d:<11} " + " ".join(f"{c.get(m, 0) / tot:>14.1%}" for m in top))
+            out.append(f"{_plain(d):<11} " + " ".join(f"{c.get(m, 0) / tot:>14.1%}" for m in top))
     return "\n".join(out)
 
 
@@ -374,6 +387,7 @@ def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
         ("cost", _cost(s["cost_usd"], s["unpriced_requests"])),
         ("on the reference model", _usd(s["reference_cost_usd"])),
         ("saved", saving or "-"),
+        ("billed for failed requests", _usd(s["failed_cost_usd"])),
         ("failure rate", f"{s['failure_rate']:.2%}"),
         ("fallback rate", f"{s['fallback_rate']:.2%}"),
         ("p50 / p99 latency", f"{_ms(s['latency_s']['p50'])} / {_ms(s['latency_s']['p99'])}"),
