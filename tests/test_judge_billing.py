@@ -230,3 +230,29 @@ async def test_a_failed_stream_outside_a_check_bills_nothing(up: LocalUpstream) 
         with pytest.raises(Exception, match="HTTP 500"):
             async with judge_router.stream("hi", allow=["judge"]) as s:
                 await s.result()
+
+
+@pytest.mark.parametrize("answers", [True, False])
+async def test_a_judge_routed_through_the_same_router_is_on_the_record_once(
+    up: LocalUpstream, tmp_path: Path, answers: bool
+) -> None:
+    """A judge whose calls go through the router it checks for had its call on the record
+    twice: a record of its own, and the `check` attempt on the request it checked (the
+    report summed both). Answered or failed, it is on the checked request's record alone."""
+    up.default = reply("VERDICT: PASS\nCONFIDENCE: 0.9")
+    if not answers:
+        up.script("judge-d", hang())
+    r = _router(_model("alpha", up.url, 0.1), _model("beta", up.url, 0.1),
+                _model("judge", up.url, 50.0))  # fmt: skip
+    r.attach(ledger=tmp_path / "l.jsonl")
+    ladder = Cascade(
+        [Step(("alpha",), _judge(r, timeout=None if answers else 0.5)), Step(("beta",))]
+    )
+    async with r:
+        res = await r.chat("hi", cascade=ladder)
+        assert r.ledger is not None and r.ledger.flush()
+    recs = list(read_records(tmp_path / "l.jsonl"))
+    assert [x["request_id"] for x in recs] == [res.request_id]
+    checks = [a for a in res.attempts if a.outcome == "check"]
+    assert len(checks) == 1 and (checks[0].cost_usd or 0) > 0
+    assert recs[0]["total_cost_usd"] == pytest.approx(res.total_cost_usd)

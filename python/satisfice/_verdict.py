@@ -85,6 +85,12 @@ def made_call(answer: Answer) -> None:
         calls.append(answer)
 
 
+def in_check() -> bool:
+    """Whether this code runs inside a check (a judge's call): its cost is on the checked
+    request's bill (`made_call`), so it is not a request of its own on the record."""
+    return _CALLS.get() is not None
+
+
 def check_name(check: object) -> str:
     """A check's name: its `name`, else a plain function's `__name__` (a `name` that
     raises, one of a caller's own classes, says so rather than failing the request)."""

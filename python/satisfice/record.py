@@ -9,6 +9,11 @@ Callbacks may be plain functions or coroutine functions (scheduled on the runnin
 exception in a callback is logged under `satisfice.hooks` and counted in `hook_errors`; it
 never reaches the request. `on_attempt` is called for each attempt of a request when the
 request ends, in order; `on_decision` as soon as the request is routed.
+
+A chat() made inside a check (a judge routed through the same router) is no record of its
+own: its cost is a `check` attempt on the record of the request it checked (as its own
+record too, it had been counted twice in the ledger, the report and the metrics). Its
+hooks and trace still run.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._verdict import in_check
 from .ledger import Ledger, failure_record
 
 if TYPE_CHECKING:
@@ -111,7 +117,7 @@ class Recorder:
                 self.tracing.result(r)
             except Exception as e:  # a tracing backend's fault never reaches the request
                 _hooks_log.error("tracing failed: %s: %s", type(e).__name__, e)
-        if self.ledger is not None:
+        if self.ledger is not None and not in_check():
             # with record_prompts, the messages as sent (copied as the request began:
             # router._as_sent)
             self.ledger.put((r, messages) if self.record_prompts and messages is not None else r)
@@ -157,7 +163,7 @@ class Recorder:
                 self.tracing.failure(rec)
             except Exception as e:
                 _hooks_log.error("tracing failed: %s: %s", type(e).__name__, e)
-        if self.ledger is not None:
+        if self.ledger is not None and not in_check():
             self.ledger.put(rec)
         if self.on_attempt is not None:
             for a in attempts:
