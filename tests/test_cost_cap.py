@@ -248,3 +248,26 @@ async def test_a_race_judges_time_is_the_upstreams(up: LocalUpstream) -> None:
     async with router(up.url) as r:
         res = await r.chat("hi", race=2, accept=v.judge(slow_judge, "ok?"))
     assert res.latency_s >= 0.3 and res.overhead_s < 0.1
+
+
+def test_long_context_tiers_given_out_of_order_in_code_bound_the_cost() -> None:
+    """Tiers given highest first to a Price built in code were kept in that order, and the
+    routing table took the first as the threshold: a 5,000-token prompt was planned at
+    the base rates and a cap let a bill of 5x through."""
+    from satisfice import Policy, Router
+    from satisfice.errors import ConfigError
+    from satisfice.registry import LongContext, ModelSpec, Price
+
+    tiers = (LongContext(500_000, 10.0, 40.0), LongContext(1_000, 5.0, 20.0))
+    price = Price(1.0, 4.0, long_context=tiers)
+    assert [t.above for t in price.long_context] == [1_000, 500_000]
+    with pytest.raises(ConfigError, match="same prompt length"):
+        Price(1.0, 4.0, long_context=(LongContext(1_000, 5, 20), LongContext(1_000, 6, 20)))
+    spec = ModelSpec("tiered", "openai", 1_000_000, 1000, "o200k_base", price=price,
+                     p95_latency_ms=1000, quality={"general": 0.8})  # fmt: skip
+    r = Router(Registry([spec]), Policy(quality_floor=0.0))
+    prompt = "hello " * 5000
+    d = r.route(prompt, max_output_tokens=100, count_prompt=True)
+    bill = price.cost(d.primary.tokens_in, 100)
+    assert d.est_cost_usd is not None and bill is not None
+    assert d.est_cost_usd >= bill * 0.999

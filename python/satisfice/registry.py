@@ -124,10 +124,7 @@ def _tiers(v: Any, where: str) -> tuple[LongContext, ...]:
         lo = _num(t, "output", w, required=True, most=_MAX_RATE)
         assert above is not None and li is not None and lo is not None
         out.append(LongContext(above, li, lo))
-    out.sort(key=lambda t: t.above)
-    if len({t.above for t in out}) != len(out):
-        raise ConfigError(f"{where}.long_context: two tiers start at the same prompt length")
-    return tuple(out)
+    return tuple(out)  # sorted and checked by Price
 
 
 #: Optional per-1M-token rates, beside input and output, in the order a TOML writer keeps.
@@ -231,6 +228,13 @@ class Price(Value):
             isinstance(t, LongContext) for t in self.long_context
         ):
             raise ConfigError("Price: long_context must be a tuple of LongContext tiers")
+        # lowest first, whatever order they were given in: the routing table takes the
+        # first as the threshold (tiers given out of order in code had planned a 5k-token
+        # prompt at the base rates, and a cost cap let a bill of 5x through)
+        tiers = tuple(sorted(self.long_context, key=lambda t: t.above))
+        if len({t.above for t in tiers}) != len(tiers):
+            raise ConfigError("long_context: two tiers start at the same prompt length")
+        _set(self, "long_context", tiers)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> Price:
@@ -245,13 +249,16 @@ class Price(Value):
         assert inp is not None and out is not None
         long = d.get("long_context")
         rates = {k: _num(d, k, where, most=_MAX_RATE) for k in _OPTIONAL_RATES}
-        return cls(
-            inp,
-            out,
-            long_context=_tiers(long, where) if long is not None else (),
-            per_request=_num(d, "per_request", where, most=_MAX_RATE),
-            **rates,
-        )
+        try:
+            return cls(
+                inp,
+                out,
+                long_context=_tiers(long, where) if long is not None else (),
+                per_request=_num(d, "per_request", where, most=_MAX_RATE),
+                **rates,
+            )
+        except ConfigError as e:
+            raise ConfigError(f"{where}.{e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML/JSON form `from_dict` reads (unset rates left out)."""
