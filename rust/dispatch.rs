@@ -271,6 +271,8 @@ pub enum Filtered {
     OutputTooLong {
         want: u32,
         max: u32,
+        /// the caller's max_tokens (else the task's expected answer)
+        given: bool,
     },
     LatencyUnknown,
     Latency {
@@ -314,8 +316,16 @@ impl Filtered {
             Filtered::OverWindow { window } => {
                 format!("needs more than its context window of {window} tokens (counted)")
             }
-            Filtered::OutputTooLong { want, max } => {
-                format!("max_tokens {want} exceeds the model's max output {max}")
+            Filtered::OutputTooLong { want, max, given } => {
+                if *given {
+                    format!("max_tokens {want} exceeds the model's max output {max}")
+                } else {
+                    // no max_tokens was sent: the task's expected answer is what does not fit
+                    format!(
+                        "the task's expected answer of {want} tokens exceeds the model's max \
+                         output {max} (pass max_tokens to ask for a shorter one)"
+                    )
+                }
             }
             Filtered::LatencyUnknown => "p95 latency unknown, cannot meet a latency SLO".into(),
             Filtered::Latency { p95, slo } => format!("p95 {p95:.0} ms > SLO {slo:.0} ms"),
@@ -854,6 +864,7 @@ impl DispatchTable {
                     break 'check Some(Filtered::OutputTooLong {
                         want: tokens_out,
                         max: r.max_output,
+                        given: c.max_output_tokens.is_some(),
                     });
                 }
                 if c.latency_slo_ms.is_finite() {

@@ -32,6 +32,8 @@ impl From<CoreError> for PyErr {
 
 /// Inputs above this many bytes release the GIL while they are processed.
 const DETACH_BYTES: usize = 16 * 1024;
+/// The most latent dimensions a predictor may have (the bundled one has a handful).
+const MAX_LATENT: usize = 4096;
 
 /// Build the exact counters' tokenizers on a thread of their own, once per process: it
 /// takes about a second, which the first request that needs an exact count would
@@ -256,7 +258,17 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
                 }
             }
         }
-        for key in ["function_call", "name", "tool_call_id"] {
+        // and what else the OpenAI wire sends of a message as given: an assistant turn's
+        // `refusal` (what `message.model_dump()` puts back into a history) and the
+        // `reasoning_content` some servers return and callers echo (21k tokens of it had
+        // routed to an 8k window as 20 tokens)
+        for key in [
+            "function_call",
+            "name",
+            "tool_call_id",
+            "refusal",
+            "reasoning_content",
+        ] {
             if let Some(v) = get(key)?.filter(|v| !v.is_none()) {
                 match field(&v, "name") {
                     // a mapping: function_call's {name, arguments}
@@ -721,8 +733,19 @@ impl Featurizer {
         let cfg = self.cfg;
         let n = all.len();
         let dim = cfg.dim();
+        // (n, dim) floats, asked of the allocator first: a size it cannot give is a
+        // MemoryError, not an abort of the process (200,000 prompts at 2^20 buckets)
+        let mut flat: Vec<f32> = Vec::new();
+        n.checked_mul(dim)
+            .and_then(|size| flat.try_reserve_exact(size).ok().map(|_| size))
+            .map(|size| flat.resize(size, 0.0))
+            .ok_or_else(|| {
+                pyo3::exceptions::PyMemoryError::new_err(format!(
+                    "{n} prompts x {dim} features do not fit in memory: featurize fewer at \
+                     a time, or with fewer hash buckets"
+                ))
+            })?;
         let flat = py.detach(|| {
-            let mut flat = vec![0f32; n * dim];
             for (m, row) in all.iter().zip(flat.chunks_mut(dim.max(1))) {
                 features::featurize_into(m, &cfg, row);
             }
@@ -848,6 +871,13 @@ impl PyDispatchTable {
     ) -> PyResult<Self> {
         start_preload();
         let cfg = make_config(hash_buckets, seed)?;
+        if k > MAX_LATENT {
+            // checked before anything is sized by it (k = 2^40 had aborted the process)
+            return Err(CoreError::Config(format!(
+                "the predictor's k is {k}; at most {MAX_LATENT} latent dimensions"
+            ))
+            .into());
+        }
         let mut model_rows = Vec::with_capacity(rows.len());
         let mut params = Vec::with_capacity(rows.len() * (k + 1));
         let mut emb = EmbWeights {
@@ -879,6 +909,24 @@ impl PyDispatchTable {
             }
             params.push(r.bias);
             params.extend_from_slice(&r.ability);
+            // what Price and ModelSpec check in Python, checked here too: a negative rate
+            // had made a negative cost, a NaN fee a NaN cost that passed any cap
+            let rate = |v: f64| v.is_nan() || (v.is_finite() && v >= 0.0);
+            let ok = rate(r.price_in)
+                && rate(r.price_out)
+                && rate(r.long_in)
+                && rate(r.long_out)
+                && r.fee.is_finite()
+                && r.fee >= 0.0
+                && !r.long_above.is_nan();
+            if !ok {
+                return Err(CoreError::Config(format!(
+                    "model {:?}: a price, fee or tier threshold that is negative, infinite or \
+                     NaN (NaN rates alone mean unpriced)",
+                    r.id
+                ))
+                .into());
+            }
             let id = r.id;
             let caps = caps_of(&r.capabilities, &format!("model {id:?}"))?;
             let family = family(&r.tokenizer)

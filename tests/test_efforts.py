@@ -20,7 +20,7 @@ def _reg(url: str = "https://example.invalid", api: str = "openai") -> Registry:
         "high": {"reasoning_tokens": 8000, "quality": 0.12},
     }
     return Registry.from_dict({"model": [{
-        "id": "think", "provider": api, "context_window": 100_000, "max_output": 8000,
+        "id": "think", "provider": api, "context_window": 100_000, "max_output": 16_000,
         "price": {"input": 1.0, "output": 4.0}, "quality": {"general": 0.8}, "efforts": efforts,
         "p95_latency_ms": 1000,
         "deployments": [{"name": "d", "api": api, "model": "think-wire",

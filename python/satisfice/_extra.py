@@ -42,8 +42,9 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]]) -> int:
     for m in msgs:
         if isinstance(f := m.get("function_call"), dict):  # the legacy form of a tool call
             n += len(str(f.get("arguments") or ""))
-        if isinstance(name := m.get("name"), str):
-            n += len(name)
+        for k in ("name", "refusal", "reasoning_content"):  # as the Rust count reads them
+            if isinstance(v := m.get(k), str):
+                n += len(v)
         calls = m.get("tool_calls")
         for call in calls if isinstance(calls, list | tuple) else ():  # else refused later
             if isinstance(call, dict):

@@ -133,7 +133,12 @@ class Snapshot(Frozen):
         counts: dict[str, int] = {}
         for _, constraint, _ in filtered:
             counts[constraint] = counts.get(constraint, 0) + 1
-        worst = max(counts, key=lambda k: counts[k]) if counts else "registry"
+        # The models the request could have had name the constraint to loosen: under an
+        # allow list every other model is "excluded", and that count had been blamed for
+        # what ruled out the allowed ones (their window, a capability, the cap)
+        tried = {k: n for k, n in counts.items() if k not in ("exclude", "disabled")} or counts
+        worst = max(tried, key=lambda k: tried[k]) if tried else "registry"
+        filtered = sorted(filtered, key=lambda f: f[1] in ("exclude", "disabled"))
         detail = "; ".join(f"{ids[i]}: {why}" for i, _, why in filtered[:8])
         more = f" (+{len(filtered) - 8} more)" if len(filtered) > 8 else ""
         summary = ", ".join(f"{n} by {k}" for k, n in sorted(counts.items()))
@@ -345,8 +350,14 @@ class Decision:
 
     @property
     def rule(self) -> str | None:
+        """The policy rule that ordered the candidates: None when none matched, or when one
+        matched but none of its models passed the filters (the ranking chose; the rule
+        had been named all the same)."""
         r = self._plan.rule
-        return None if r is None else self.snapshot.policy.rules[r].name
+        if r is None or not self._plan.top(1)[0][5]:
+            return None
+        name: str = self.snapshot.policy.rules[r].name
+        return name
 
     @property
     def below_floor(self) -> bool:

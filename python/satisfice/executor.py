@@ -48,8 +48,9 @@ from .errors import (
     UpstreamTimeoutError,
 )
 from .providers import carries, make_provider
-from .providers.anthropic import DEFAULT_MAX_TOKENS, thinking_budget
+from .providers.anthropic import DEFAULT_MAX_TOKENS
 from .providers.base import ChatRequest, ChatResponse, Provider, StreamDelta, Usage
+from .registry import thinking_budget
 from .result import Attempt, ChatResult, billed_cost
 from .retry import Action, backoff_s, classify, cooldown_wait_s
 from .state import HealthStore

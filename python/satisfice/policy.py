@@ -18,7 +18,7 @@ from ._frozen import Value, _set
 from ._real import as_count, as_real
 from .errors import ConfigError
 from .predict import QualityModel
-from .registry import LongContext, ModelSpec, Price, Registry
+from .registry import LongContext, ModelSpec, Price, Registry, thinking_budget
 
 TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:
@@ -230,6 +230,14 @@ class Rule(Value):
     def from_dict(cls, d: Mapping[str, Any]) -> Rule:
         if not isinstance(d, Mapping):
             raise ConfigError(f"policy.rules: each rule must be an object, got {d!r:.60}")
+        # a misspelt key had been dropped: "wen" for "when" made a narrow rule catch all
+        if extra := set(d) - {"name", "use", "when"}:
+            raise ConfigError(
+                f"rule {d.get('name')!r:.60}: unknown key(s) {sorted(map(str, extra))}; a rule "
+                "has name, use and when"
+            )
+        if not isinstance(d.get("name", "rule"), str):
+            raise ConfigError(f"rule name must be a string, got {d.get('name')!r:.60}")
         when = d.get("when", {})
         if not isinstance(when, Mapping):
             raise ConfigError(f"rule {d.get('name')!r:.60}: 'when' must be an object")
@@ -256,6 +264,13 @@ class Rule(Value):
 def _prices(m: ModelSpec) -> list[Price | None]:
     """What each of the model's deployments bills at (its own price, else the model's)."""
     return [d.price if d.price is not None else m.price for d in m.deployments] or [m.price]
+
+
+def _thinking_reserve(m: ModelSpec) -> int:
+    """The thinking budget an Anthropic deployment of `m` adds to every call's max_tokens."""
+    if not any(d.api == "anthropic" for d in m.deployments):
+        return 0
+    return thinking_budget(m.effort, m.reasoning_tokens)
 
 
 def _worst_price(m: ModelSpec) -> Price | None:
@@ -436,13 +451,17 @@ class Policy(Value):
             tiers = price.long_context if price else ()
             long_in = max((t.input for t in tiers), default=math.nan)
             long_out = max((t.output for t in tiers), default=math.nan)
+            # Anthropic's wire max_tokens is the answer's plus the thinking budget: the
+            # window and max output the answer has are what the budget leaves (they had
+            # been checked without it, and the wire then asked past both)
+            think = _thinking_reserve(m)
             rows.append(
                 {
                     "id": m.id,
                     "price_in": price.input if price else math.nan,
                     "price_out": price.output if price else math.nan,
-                    "context_window": m.context_window,
-                    "max_output": m.max_output,
+                    "context_window": max(m.context_window - think, 0),
+                    "max_output": max(m.max_output - think, 0),
                     "capabilities": sorted(m.capabilities),
                     "p95_ms": m.p95_latency_ms if m.p95_latency_ms is not None else math.nan,
                     "tokenizer": m.tokenizer,

@@ -487,6 +487,15 @@ class Effort(Value):
 #: Anthropic's smallest extended-thinking budget_tokens.
 ANTHROPIC_MIN_THINKING = 1024
 
+
+def thinking_budget(effort: str | None, reasoning_tokens: int | None) -> int:
+    """Extended thinking's budget_tokens for an effort variant (0: no thinking). The wire
+    max_tokens is the answer's plus this, as the Messages API spends it within max_tokens."""
+    if effort is None or effort == "none" or not reasoning_tokens:
+        return 0
+    return max(reasoning_tokens, ANTHROPIC_MIN_THINKING)
+
+
 #: Effort names the APIs accept (OpenAI's reasoning_effort; Anthropic takes a token budget).
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 

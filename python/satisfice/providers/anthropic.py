@@ -19,7 +19,7 @@ import httpx
 
 from .._redact import scrub
 from ..errors import BadRequestError, ProviderError, RetryableError, UnsupportedRequestError
-from ..registry import ANTHROPIC_MIN_THINKING
+from ..registry import thinking_budget
 from .base import (
     PARSE_ERRORS,
     ChatRequest,
@@ -285,14 +285,6 @@ def _json_finish(finish: str | None) -> str | None:
     answer, so "tool_calls" reads "stop"; any other reason ("length": cut by max_tokens)
     stands."""
     return "stop" if finish == "tool_calls" else finish
-
-
-def thinking_budget(effort: str | None, reasoning_tokens: int | None) -> int:
-    """Extended thinking's budget_tokens for an effort variant (0: no thinking). The wire
-    max_tokens is the answer's plus this, as the Messages API spends it within max_tokens."""
-    if effort is None or effort == "none" or not reasoning_tokens:
-        return 0
-    return max(reasoning_tokens, ANTHROPIC_MIN_THINKING)
 
 
 class AnthropicProvider(HTTPProvider):

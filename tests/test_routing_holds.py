@@ -1,0 +1,106 @@
+"""What route() says and relies on, held where an adversarial review found it did not: the
+thinking budget Anthropic's wire adds, message fields the wire sends, rules misspelt or
+filtered out, the reasons a refusal gives, and the Rust core's own checks."""
+
+from __future__ import annotations
+
+import array
+import math
+
+import pytest
+
+from satisfice import Policy, Registry, Router, Rule, _core
+from satisfice.errors import ConfigError, NoRouteError
+
+from .test_router import spec
+
+
+def test_the_thinking_budget_is_left_out_of_the_window_and_max_output() -> None:
+    """An Anthropic effort row's wire max_tokens is the answer's plus its thinking budget;
+    the filters had checked the answer alone (max_tokens 64,000 went out as 80,384, past
+    the model's max output, and a long prompt past the window)."""
+    reg = Registry.default()
+    m = reg["claude-haiku-4-5@high"]
+    budget = max(m.reasoning_tokens or 0, 1024)
+    r = Router(reg, Policy(quality_floor=0.0))
+    with pytest.raises(NoRouteError, match="max_output_tokens"):
+        r.route("hi", allow=(m.id,), max_output_tokens=m.max_output)
+    assert r.route("hi", allow=(m.id,), max_output_tokens=m.max_output - budget).model == m.id
+    prompt = "word " * (m.context_window - budget - 1000)  # fits with the answer alone
+    with pytest.raises(NoRouteError, match="context_window"):
+        r.route(prompt, allow=(m.id,), max_output_tokens=900, count_prompt=True)
+
+
+def test_an_assistant_turns_refusal_and_reasoning_text_are_counted() -> None:
+    """A top-level `refusal` (what `message.model_dump()` puts back in a history) and a
+    `reasoning_content` go on the wire as given, and had not been counted: 21k tokens
+    routed to an 8k window as 20."""
+    small = spec("small", 1.0, 1.0, 0.9, tokenizer="o200k_base")
+    r = Router(Registry([small]), Policy(quality_floor=0.0))
+    big = "I cannot help with that request. " * 3000
+    for key in ("refusal", "reasoning_content"):
+        msgs = [{"role": "user", "content": "Do it."},
+                {"role": "assistant", "content": None, key: big},
+                {"role": "user", "content": "Please?"}]  # fmt: skip
+        with pytest.raises(NoRouteError, match="context_window"):
+            r.route(msgs, max_output_tokens=100)
+
+
+def test_a_misspelt_rule_key_is_an_error_and_a_filtered_rule_is_not_named() -> None:
+    """ "wen" for "when" had been dropped, making a rule for code catch every prompt; a rule
+    whose models were all filtered out was named as the decision's rule all the same."""
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['wen'\]"):
+        Rule.from_dict({"name": "code", "use": ["a"], "wen": {"task": "code"}})
+    with pytest.raises(ConfigError, match="rule name must be a string"):
+        Rule.from_dict({"name": {"x": 1}, "use": ["a"]})
+    reg = Registry(
+        [spec("a", 0.1, 0.1, 0.9), spec("b", 1, 1, 0.9, capabilities=frozenset({"tools"}))]
+    )
+    r = Router(reg, Policy(quality_floor=0.0, rules=(Rule("cheap", ("a",)),)))
+    assert r.route("hi").rule == "cheap"
+    d = r.route("hi", needs=("tools",))  # the rule's one model lacks tools
+    assert d.model == "b" and d.rule is None and d.to_dict()["rule"] is None
+    assert "rule" not in d.reasons()[0]
+
+
+def test_a_refusal_names_what_ruled_out_the_models_the_request_could_have() -> None:
+    """Under an allow list the other models count as excluded, and that count had been
+    blamed ("loosen 'exclude' first") for what ruled out the allowed one; a max output
+    filter quoted a max_tokens the caller never sent."""
+    reg = Registry([spec(f"m{i}", 1, 1, 0.9) for i in range(5)]
+                   + [spec("short", 0.1, 0.1, 0.9, max_output=256)])  # fmt: skip
+    r = Router(reg, Policy(quality_floor=0.0))
+    with pytest.raises(NoRouteError, match="loosen 'needs' first") as e:
+        r.route("hi", allow=("short",), needs=("vision",))
+    assert str(e.value).index("short:") < str(e.value).index("m0:")  # its reason first
+    d = r.route("Write a poem about the sea.")
+    why = d.filtered["short"][1]
+    assert "expected answer" in why and "max_tokens" in why and "pass max_tokens" in why
+    with pytest.raises(NoRouteError, match="max_tokens 600 exceeds"):
+        r.route("hi", allow=("short",), max_output_tokens=600)
+
+
+def _row(**kw: object) -> dict[str, object]:
+    row: dict[str, object] = dict(
+        id="a", price_in=1.0, price_out=1.0, context_window=100, max_output=10,
+        capabilities=[], p95_ms=math.nan, tokenizer="o200k_base", bias=0.0,
+        ability=[0.0, 0.0], disabled=False, long_above=math.inf, long_in=math.nan,
+        long_out=math.nan, fee=0.0,
+    )  # fmt: skip
+    row.update(kw)
+    return row
+
+
+def test_the_core_refuses_what_would_abort_or_poison_it() -> None:
+    """k = 2^40 aborted the process (an allocation Rust cannot recover from), 2^62 raised a
+    PanicException past `except Exception`; a batch too big for memory aborted it too; a
+    negative rate made a negative cost, a NaN fee a NaN cost that passed any cap."""
+    w = array.array("f", [0.0] * 8)
+    for k in (2**40, 2**62):
+        with pytest.raises(ConfigError, match="latent dimensions"):
+            _core.DispatchTable([_row()], w, [0.0] * 3, k, [], [1] * 8)
+    for bad in ({"price_in": -1.0}, {"fee": math.nan}, {"long_out": math.inf}, {"fee": -0.1}):
+        with pytest.raises(ConfigError, match="negative, infinite or NaN"):
+            _core.DispatchTable([_row(**bad)], w, [0.0] * 3, 2, [], [1] * 8)
+    with pytest.raises(MemoryError, match="do not fit in memory"):
+        _core.Featurizer(1 << 20).featurize_batch(["a"] * 200_000)
