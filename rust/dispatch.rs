@@ -231,10 +231,13 @@ pub struct Constraints {
     pub count_prompt: bool,
 }
 
-/// Prompt tokens of one image: an estimate, and bounds wide enough for every provider's
-/// accounting (OpenAI: 85 at low detail to ~1,100 for a large high-detail image; Anthropic:
-/// up to ~1,600 for a 1.15-megapixel image).
-pub const IMAGE_TOKENS: (f64, f64, f64) = (85.0, 765.0, 1600.0);
+/// Prompt tokens of one image: a lower bound, an estimate and an upper bound wide enough
+/// for every provider's published accounting. OpenAI's tiled models: 85 at low detail to
+/// ~1,100 for a large high-detail image; its patch-based mini and nano models: up to 1,536
+/// 32-px patches times a per-model multiplier (2.46 for the nano: ~3,780), and a tiny image
+/// a few patches; Anthropic: up to ~1,600 for a 1.15-megapixel image. (The upper bound had
+/// been Anthropic's 1,600, under a nano model's large image.)
+pub const IMAGE_TOKENS: (f64, f64, f64) = (1.0, 765.0, 3800.0);
 
 impl Default for Constraints {
     fn default() -> Self {

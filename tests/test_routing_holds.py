@@ -104,3 +104,20 @@ def test_the_core_refuses_what_would_abort_or_poison_it() -> None:
             _core.DispatchTable([_row(**bad)], w, [0.0] * 3, 2, [], [1] * 8)
     with pytest.raises(MemoryError, match="do not fit in memory"):
         _core.Featurizer(1 << 20).featurize_batch(["a"] * 200_000)
+
+
+def test_an_image_is_bounded_at_what_a_patch_priced_model_bills() -> None:
+    """The upper bound of an image was Anthropic's 1,600 tokens: OpenAI's nano model bills
+    a large image at ~3,780 (1,536 patches x 2.46), past a window the bound said it fit."""
+    vision = frozenset({"vision"})
+    reg = Registry([spec("v", 1.0, 1.0, 0.9, context_window=3000, max_output=100,
+                         capabilities=vision)])  # fmt: skip
+    r = Router(reg, Policy(quality_floor=0.0))
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/big.png"}}
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}]
+    with pytest.raises(NoRouteError, match="context_window"):
+        r.route(msgs, max_output_tokens=50)
+    big = Registry([spec("v", 1.0, 1.0, 0.9, context_window=5000, max_output=100,
+                         capabilities=vision)])  # fmt: skip
+    d = Router(big, Policy(quality_floor=0.0)).route(msgs, max_output_tokens=50)
+    assert d.model == "v" and d.max_tokens_in("v") >= 3800
