@@ -121,3 +121,24 @@ def test_an_image_is_bounded_at_what_a_patch_priced_model_bills() -> None:
                          capabilities=vision)])  # fmt: skip
     d = Router(big, Policy(quality_floor=0.0)).route(msgs, max_output_tokens=50)
     assert d.model == "v" and d.max_tokens_in("v") >= 3800
+
+
+def test_a_tokenizer_no_family_is_estimated_not_called_exact() -> None:
+    """xAI's and Zhipu's models, and any OpenRouter model, were given o200k_base, and their
+    decisions said the prompt's count was exact; they are "other" now: o200k's count with
+    a margin, estimated."""
+    from satisfice.registry import Price
+    from satisfice.sources import Listing, _new_model
+
+    assert "other" in _core.FAMILIES
+    reg = Registry.default()
+    for mid in ("grok-4.3", "glm-5.2"):
+        assert reg[mid].tokenizer == "other"
+        d = Router(reg).route("Hello there, how are you?", allow=(mid,), count_prompt=True)
+        assert not d.primary.tokens_in_exact
+    assert Router(reg).route("hi", allow=("gpt-5.4",), count_prompt=True).primary.tokens_in_exact
+    price = Price(1.0, 2.0)
+    for model, tok in (("x-ai/grok-9", "other"), ("openai/gpt-9", "o200k_base"),
+                       ("anthropic/claude-9", "claude"), ("meta-llama/llama-9", "llama")):  # fmt: skip
+        assert _new_model(model, Listing("openrouter", model, price)).tokenizer == tok
+    assert _new_model("grok-9", Listing("xai", "grok-9", price)).tokenizer == "other"

@@ -79,7 +79,7 @@ HOSTS: dict[str, Host] = {
              "mistral", "mistral", "mistral"),
         Host("deepseek", "deepseek", "openai", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY",
              "deepseek", "deepseek", "deepseek"),
-        Host("xai", "xai", "openai", "https://api.x.ai/v1", "XAI_API_KEY", "o200k_base", "xai",
+        Host("xai", "xai", "openai", "https://api.x.ai/v1", "XAI_API_KEY", "other", "xai",
              "xai"),
         Host("groq", "meta", "openai", "https://api.groq.com/openai/v1", "GROQ_API_KEY", "llama",
              "groq", "groq"),
@@ -88,7 +88,7 @@ HOSTS: dict[str, Host] = {
         Host("fireworks", "meta", "openai", "https://api.fireworks.ai/inference/v1",
              "FIREWORKS_API_KEY", "llama", "fireworks_ai", "fireworks-ai"),
         Host("openrouter", "openrouter", "openai", "https://openrouter.ai/api/v1",
-             "OPENROUTER_API_KEY", "o200k_base", "openrouter", "openrouter"),
+             "OPENROUTER_API_KEY", "other", "openrouter", "openrouter"),
     )
 }  # fmt: skip
 _BY_LITELLM = {h.litellm: h.name for h in HOSTS.values()}
@@ -97,9 +97,15 @@ _BY_MODELS_DEV = {h.models_dev: h.name for h in HOSTS.values() if h.models_dev}
 _FAMILIES = (
     ("llama", "meta", "llama"), ("qwen", "qwen", "qwen"), ("mistral", "mistral", "mistral"),
     ("mixtral", "mistral", "mistral"), ("deepseek", "deepseek", "deepseek"),
-    ("gemma", "google", "gemini"), ("kimi", "moonshot", "o200k_base"),
-    ("gpt-oss", "openai", "o200k_base"), ("glm", "zhipu", "o200k_base"),
+    ("gemma", "google", "gemini"), ("kimi", "moonshot", "other"),
+    ("gpt-oss", "openai", "o200k_base"), ("glm", "zhipu", "other"),
 )  # fmt: skip
+# An OpenRouter id's vendor prefix, where it names the tokenizer ("other": estimated; a
+# model's own vocabulary had been counted as o200k_base, and called exact)
+_OPENROUTER_TOKENIZERS = {
+    "openai": "o200k_base", "anthropic": "claude", "google": "gemini", "mistralai": "mistral",
+    "deepseek": "deepseek", "meta-llama": "llama", "qwen": "qwen",
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -824,6 +830,8 @@ def _new_model(mid: str, hit: Listing) -> ModelSpec:
     host = HOSTS[hit.host]
     vendor, tokenizer = host.vendor, host.tokenizer
     low = mid.lower()
+    if host.name == "openrouter":
+        tokenizer = _OPENROUTER_TOKENIZERS.get(hit.model.split("/", 1)[0], tokenizer)
     for key, v, t in _FAMILIES:
         if key in low:
             vendor, tokenizer = v, t
