@@ -138,7 +138,8 @@ def test_a_tokenizer_no_family_is_estimated_not_called_exact() -> None:
         assert not d.primary.tokens_in_exact
     assert Router(reg).route("hi", allow=("gpt-5.4",), count_prompt=True).primary.tokens_in_exact
     price = Price(1.0, 2.0)
-    for model, tok in (("x-ai/grok-9", "other"), ("openai/gpt-9", "o200k_base"),
-                       ("anthropic/claude-9", "claude"), ("meta-llama/llama-9", "llama")):  # fmt: skip
+    cases = (("x-ai/grok-9", "other"), ("openai/gpt-9", "o200k_base"),
+             ("anthropic/claude-9", "claude"), ("meta-llama/llama-9", "llama"))  # fmt: skip
+    for model, tok in cases:
         assert _new_model(model, Listing("openrouter", model, price)).tokenizer == tok
     assert _new_model("grok-9", Listing("xai", "grok-9", price)).tokenizer == "other"
