@@ -509,6 +509,24 @@ def test_the_admin_api_reads_bodies_as_v1_does(served: Any) -> None:
     assert httpx.post(url + "/admin/keys", headers=admin, json=big).status_code == 201
 
 
+def test_an_upstream_429_beside_a_disabled_model_is_still_a_429() -> None:
+    """The no-retry 503 is for every model disabled or keyless alone: a 429 with no
+    Retry-After beside them had become a 503 the SDKs do not retry."""
+    from satisfice.errors import AllAttemptsFailedError
+    from satisfice.result import Attempt
+    from satisfice.server.app import _all_failed
+
+    limited = Attempt("a", "d", "error", error_type="RetryableError", status=429)
+    off = Attempt("b", "d", "skipped", error_type="unavailable", error="disabled: x")
+    keyless = Attempt("c", "d", "skipped", error_type="no_api_key")
+    for atts, status in (([limited, off], 429), ([limited], 429), ([keyless, limited], 429),
+                         ([off, keyless], 503)):  # fmt: skip
+        e = AllAttemptsFailedError("all failed", attempts=atts)
+        he = _all_failed(e, "all failed", {})
+        assert he.status == status, atts
+        assert (he.headers.get("x-should-retry") == "false") is (status == 503)
+
+
 def test_a_model_an_admin_disabled_is_a_503_the_sdks_do_not_retry(served: Any) -> None:
     """It had been a 502, which the SDKs retried (three requests for one call, each
     refused again, no upstream called)."""

@@ -224,18 +224,25 @@ def _all_failed(e: AllAttemptsFailedError, msg: str, att: dict[str, Any]) -> HTT
         return HTTPError(400, msg, "invalid_request_error", "context_length_exceeded", None, **att)
     if tried and kinds <= {"UpstreamTimeoutError", "deadline"}:
         return HTTPError(504, msg, "upstream_timeout", "upstream_timeout", None, **att)
+    down = [a.outcome == "skipped" and a.error_type in _DOWN and not (a.retry_after or 0) > 0
+            for a in tried]  # fmt: skip
+    if tried and all(down):
+        # every model disabled or keyless, no cooldown to wait out: 503, not to be retried
+        # (as a 502 the SDKs had retried it, each retry refused again)
+        no = {"x-should-retry": "false"}  # what the openai and anthropic SDKs read
+        return HTTPError(503, msg, "service_unavailable", "models_unavailable", no, **att)
     if tried and all(
-        (a.retry_after or 0) > 0 or a.error_type in _DOWN
-        if a.outcome == "skipped"
-        else a.status == 429 or (a.retry_after or 0) > 0
-        for a in tried
+        gone
+        or (
+            (a.retry_after or 0) > 0
+            if a.outcome == "skipped"
+            else a.status == 429 or (a.retry_after or 0) > 0
+        )
+        for a, gone in zip(tried, down, strict=True)
     ):
+        # a retry may help once the others' waits are over (a 429 with no Retry-After too)
         waits = [a.retry_after for a in tried if a.retry_after and a.retry_after > 0]
-        if not waits:  # disabled or keyless, no cooldown to wait out: 503, not to be retried
-            # (as a 502 the SDKs had retried it, each retry refused again)
-            no = {"x-should-retry": "false"}  # what the openai and anthropic SDKs read
-            return HTTPError(503, msg, "service_unavailable", "models_unavailable", no, **att)
-        headers = {"retry-after": str(max(1, math.ceil(min(waits))))}
+        headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else None
         if any(a.status == 429 for a in tried):
             return HTTPError(429, msg, "rate_limit_error", "upstream_rate_limited", headers, **att)
         return HTTPError(503, msg, "service_unavailable", "models_cooling_down", headers, **att)
