@@ -232,12 +232,22 @@ pub struct Constraints {
 }
 
 /// Prompt tokens of one image: a lower bound, an estimate and an upper bound wide enough
-/// for every provider's published accounting. OpenAI's tiled models: 85 at low detail to
-/// ~1,100 for a large high-detail image; its patch-based mini and nano models: up to 1,536
-/// 32-px patches times a per-model multiplier (2.46 for the nano: ~3,780), and a tiny image
-/// a few patches; Anthropic: up to ~1,600 for a 1.15-megapixel image. (The upper bound had
-/// been Anthropic's 1,600, under a nano model's large image.)
+/// for every provider's published accounting (`image_max` narrows the upper bound for a
+/// family whose provider publishes a smaller one). OpenAI's tiled models: 85 at low detail
+/// to ~1,100 for a large high-detail image; its patch-based mini and nano models: up to
+/// 1,536 32-px patches times a per-model multiplier (2.46 for the nano: ~3,780), and a tiny
+/// image a few patches. (The upper bound had been Anthropic's 1,600 for every model, under
+/// a nano model's large image.)
 pub const IMAGE_TOKENS: (f64, f64, f64) = (1.0, 765.0, 3800.0);
+
+/// The most prompt tokens one image is billed by a model of `family`: Anthropic resizes
+/// past 1.15 megapixels, ~1,600 tokens; the others, the widest published (IMAGE_TOKENS).
+pub fn image_max(family: Family) -> f64 {
+    match family {
+        Family::Claude => 1600.0,
+        _ => IMAGE_TOKENS.2,
+    }
+}
 
 impl Default for Constraints {
     fn default() -> Self {
@@ -900,14 +910,15 @@ impl DispatchTable {
                 let (e, l, h) = info.bounds(r.family);
                 (e as f64, l as f64, h as f64)
             });
-            let (lo, hi) = (lo + img * IMAGE_TOKENS.0, hi + img * IMAGE_TOKENS.2);
+            let img_max = image_max(r.family);
+            let (lo, hi) = (lo + img * IMAGE_TOKENS.0, hi + img * img_max);
             // the estimate is no bound: where it falls outside the bounds, they are nearer
             let mut t_in = (est + img * IMAGE_TOKENS.1).max(lo).min(hi);
             let out = tokens_out as f64;
             let (base, ratio) = r.family.base();
             let ratio = ratio as f64;
             // images have no exact count: the safe side of their range
-            let fixed = overhead + img * IMAGE_TOKENS.2;
+            let fixed = overhead + img * img_max;
             let counted = |n: usize| (n as f64 * ratio).round() + fixed;
             // (point, upper) tokens of a tally; the point no lower than the lower bound
             let tallied = |n: Tally| {

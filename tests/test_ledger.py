@@ -800,3 +800,29 @@ async def test_the_reference_cost_of_a_model_priced_per_deployment(tmp_path: Pat
     assert recs["ref"]["reference_cost_usd"] == pytest.approx(own.cost_usd)
     assert recs["cheap"]["reference_cost_usd"] == pytest.approx(0.03)  # 1k in, 1k out at ref's
     assert other.cost_usd == pytest.approx(0.003)
+
+
+def test_max_buffer_bounds_the_queued_and_the_built_together() -> None:
+    """Records are built as they come now, and the queue and the built ones had each been
+    bounded by max_buffer apart: a backlog of 2,180 under max_buffer=1000."""
+    from .ledger_support import ScriptedSink
+
+    class Down(ScriptedSink):
+        down = True
+
+        def refuse(self, records: Any) -> bool:
+            return self.down
+
+    sink = Down()
+    ledger = Ledger(sink, max_buffer=100, batch=10, flush_interval_s=0.001)
+    peak = 0
+    for i in range(600):
+        ledger.put({"request_id": f"r{i}", "started_at": 1.7e9, "outcome": "ok"})
+        peak = max(peak, ledger.backlog)
+        if i % 50 == 0:
+            time.sleep(0.01)  # the writer builds meanwhile
+    assert peak <= 100 and ledger.dropped >= 600 - 100 - 10
+    sink.down = False
+    assert ledger.flush(15)
+    assert len(sink.rows) == 600 - ledger.dropped
+    ledger.close()

@@ -133,6 +133,8 @@ def test_a_line_torn_inside_a_character_is_skipped_as_torn(tmp_path: Path) -> No
         ids = [r["request_id"] for r in read_records(path)]
     assert ids == ["before", "after"]
     assert any("line 2" in str(w.message) for w in seen)
+    path.write_bytes(cut)  # one line, torn inside a character: an empty ledger
+    assert list(read_records(path)) == []
     path.write_bytes(b"\xff\xfe\x00binary\n\x80\n")  # no line of it is text: not a ledger
     with pytest.raises(ConfigError, match="not UTF-8 text"):
         list(read_records(path))

@@ -139,7 +139,36 @@ def test_a_tokenizer_no_family_is_estimated_not_called_exact() -> None:
     assert Router(reg).route("hi", allow=("gpt-5.4",), count_prompt=True).primary.tokens_in_exact
     price = Price(1.0, 2.0)
     cases = (("x-ai/grok-9", "other"), ("openai/gpt-9", "o200k_base"),
+             ("openai/gpt-4-turbo", "cl100k_base"), ("openai/gpt-4o", "o200k_base"),
              ("anthropic/claude-9", "claude"), ("meta-llama/llama-9", "llama"))  # fmt: skip
     for model, tok in cases:
         assert _new_model(model, Listing("openrouter", model, price)).tokenizer == tok
     assert _new_model("grok-9", Listing("xai", "grok-9", price)).tokenizer == "other"
+
+
+async def test_the_wire_leaves_room_for_the_thinking_budget_too() -> None:
+    """A decision made without max_tokens, then called with max_tokens = max_output, had
+    sent max_output plus the thinking budget (the routing table's fix alone left it)."""
+    from satisfice.testing import LocalUpstream, reply
+
+    with LocalUpstream() as up:
+        up.default = reply("hello")
+        reg = up.patch(Registry.default())
+        m = reg["claude-haiku-4-5@high"]
+        async with Router(reg, Policy(quality_floor=0.0)) as r:
+            d = await r.decide("hi", allow=(m.id,))
+            res = await r.chat("hi", decision=d, max_tokens=m.max_output)
+        sent = up.seen(m.deployments[0].model)[-1].body
+    assert res.model == m.id and sent["max_tokens"] == m.max_output
+    assert sent["max_tokens"] - sent["thinking"]["budget_tokens"] > 0
+
+
+def test_an_image_to_a_claude_model_is_bounded_at_what_anthropic_bills() -> None:
+    """The 3,800-token bound (an OpenAI nano model's large image) applied to every model:
+    60 images to a 200k-window Claude model were refused, Anthropic billing ~96k."""
+    reg = Registry.default()
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/big.png"}}
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "Compare these."}]
+             + [image] * 60}]  # fmt: skip
+    d = Router(reg, Policy(quality_floor=0.0)).route(msgs, allow=("claude-haiku-4-5",))
+    assert d.model == "claude-haiku-4-5" and d.max_tokens_in(d.model) >= 60 * 1600

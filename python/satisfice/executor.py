@@ -128,6 +128,14 @@ def _hold(t: _Target) -> tuple[str, str]:
     return t.model, t.dep.name
 
 
+def answer_max(spec: ModelSpec, api: str) -> int:
+    """The most an answer may be let write on `api`: the model's max_output, less the
+    thinking budget Anthropic's wire adds to max_tokens (it had asked past max_output)."""
+    if api != "anthropic":
+        return spec.max_output
+    return max(spec.max_output - thinking_budget(spec.effort, spec.reasoning_tokens), 1)
+
+
 def worst_bill(
     price: Price, spec: ModelSpec, api: str, tokens_in: float, out: int, write: str | None
 ) -> float:
@@ -379,9 +387,11 @@ class Run:
         leaves for the answer (`output_cap`), and the call holds its slice until its
         attempt is recorded, so that no answer runs past the cap."""
         request = self.request
-        if request.max_tokens is not None and request.max_tokens > t.spec.max_output:
+        most_answer = answer_max(t.spec, t.dep.api)
+        if request.max_tokens is not None and request.max_tokens > most_answer:
             # no model writes more than its max_output, and some APIs refuse a larger limit
-            request = replace(request, max_tokens=t.spec.max_output)
+            # (Anthropic's counts the thinking budget the wire adds in it)
+            request = replace(request, max_tokens=most_answer)
         capped = self.output_cap(t)
         if capped is None:
             return request
@@ -443,7 +453,7 @@ class Run:
         held = self.holds.get(_hold(t))
         n = held[1] if held is not None else self.request.max_tokens
         if n is not None:
-            n = min(n, t.spec.max_output)  # what `wire` sent
+            n = min(n, answer_max(t.spec, t.dep.api))  # what `wire` sent
         extra = self.request.extra
         if held is None and extra and LIMITS & extra.keys():
             # uncapped, a limit in `extra` goes on the wire as given (the payload's last
@@ -1452,7 +1462,6 @@ class Executor:
     ) -> None:
         """Put a call cancelled in flight on record: with its answer's `usage` when it had
         finished, else at its prompt, estimated (billed or not, which cannot be known)."""
-        estimated = usage is None
         billed = self._prompt_usage(run, t) if usage is None else usage
         run.record(
             Attempt(
@@ -1461,9 +1470,9 @@ class Executor:
                 "cancelled",
                 started - run.t0,
                 now - started,
-                usage=None if estimated else billed,
+                usage=usage,
                 cost_usd=cost_of(t.price, billed),
-                cost_estimated=estimated,
+                cost_estimated=billed.source != "provider",
                 step=run.step,
             ),
             t,

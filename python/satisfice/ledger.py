@@ -632,8 +632,12 @@ class Ledger:
         q = self._q
         q.append(item)
         self.queued += 1
-        if len(q) > self.max_buffer:
-            q.popleft()
+        if len(q) + len(self._built) > self.max_buffer:
+            # the oldest of both (queued and built), so that max_buffer bounds them together
+            try:
+                self._built.popleft()  # built already: counted in the metrics
+            except IndexError:
+                q.popleft()
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 _log.error(
@@ -1049,7 +1053,7 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
             if why := _problem(r):
                 raise ConfigError(f"ledger {p}, line {n}: {why}")
             recs.append(r)
-    if undecoded and not recs and not scores:
+    if undecoded and not recs and not scores and torn != [n]:  # a lone torn line: empty
         raise ConfigError(f"ledger {p} is not UTF-8 text (a JSONL ledger)")
     inside = [k for k in torn if k != n]  # the last line torn by a crash is expected
     if inside:

@@ -257,8 +257,8 @@ class Price(Value):
                 per_request=_num(d, "per_request", where, most=_MAX_RATE),
                 **rates,
             )
-        except ConfigError as e:
-            raise ConfigError(f"{where}.{e}") from None
+        except ConfigError as e:  # a tier's own error names its place already
+            raise ConfigError(str(e) if str(e).startswith(where) else f"{where}.{e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML/JSON form `from_dict` reads (unset rates left out)."""

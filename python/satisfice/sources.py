@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -832,6 +833,8 @@ def _new_model(mid: str, hit: Listing) -> ModelSpec:
     low = mid.lower()
     if host.name == "openrouter":
         tokenizer = _OPENROUTER_TOKENIZERS.get(hit.model.split("/", 1)[0], tokenizer)
+        if re.match(r"openai/gpt-(3\.5|4)(-|$)", hit.model):  # before GPT-4o: cl100k
+            tokenizer = "cl100k_base"
     for key, v, t in _FAMILIES:
         if key in low:
             vendor, tokenizer = v, t

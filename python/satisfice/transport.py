@@ -51,7 +51,9 @@ __all__ = ["PooledTransport", "Poster", "StaleConnection", "body_pieces", "read_
 
 _MAX_HEAD = 1 << 20  # largest response head accepted
 _MAX_FIELDS = 256  # most trailer lines accepted after a chunked body
-_MAX_INFORMATIONAL = 16  # most 1xx heads accepted before the answer
+# most 1xx heads accepted before the answer: room for a long call's `102 Processing`
+# keep-alives, a bound on a flood of them
+_MAX_INFORMATIONAL = 1024
 # A pooled connection closed within this long of the request being sent was closed before
 # the upstream read it (its keep-alive ran out): a round trip, with room for a slow network.
 _STALE_WITHIN_S = 0.25
