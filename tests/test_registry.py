@@ -146,9 +146,9 @@ def test_an_anthropic_effort_below_its_smallest_thinking_budget_is_priced_at_it(
 
 
 def test_a_bad_tier_names_its_place_once() -> None:
+    tier = {"above": 5, "input": "a", "output": 1}
     bad = {"model": [{"id": "x", "provider": "x", "context_window": 10, "max_output": 5,
-                      "price": {"input": 1, "output": 1,
-                                "long_context": {"above": 5, "input": "a", "output": 1}}}]}  # fmt: skip
+                      "price": {"input": 1, "output": 1, "long_context": tier}}]}  # fmt: skip
     with pytest.raises(ConfigError) as e:
         Registry.from_dict(bad)
     assert str(e.value).count("price") == 1, str(e.value)
