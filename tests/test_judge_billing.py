@@ -256,3 +256,39 @@ async def test_a_judge_routed_through_the_same_router_is_on_the_record_once(
     checks = [a for a in res.attempts if a.outcome == "check"]
     assert len(checks) == 1 and (checks[0].cost_usd or 0) > 0
     assert recs[0]["total_cost_usd"] == pytest.approx(res.total_cost_usd)
+
+
+async def test_a_checks_own_router_calls_are_billed_to_it_and_a_late_task_is_its_own(
+    up: LocalUpstream, tmp_path: Path
+) -> None:
+    """A check that calls the router for help (not a judge: it reports nothing) had its
+    call on no record at all, neither its own nor the checked request's; a task it spawned
+    that answered after the check ended was on none either."""
+    up.default = reply("fine")
+    r = _router(_model("alpha", up.url, 0.1), _model("beta", up.url, 0.1),
+                _model("helper", up.url, 50.0))  # fmt: skip
+    r.attach(ledger=tmp_path / "l.jsonl")
+    late: list[asyncio.Task[Any]] = []
+
+    async def helped(answer: v.Answer, ctx: v.Context) -> bool:
+        await r.chat("translate: " + answer.text, allow=["helper"])
+        return True
+
+    async def spawning(answer: v.Answer, ctx: v.Context) -> bool:
+        async def later() -> Any:
+            await asyncio.sleep(0.05)  # past the check's end
+            return await r.chat("audit", allow=["helper"])
+
+        late.append(asyncio.create_task(later()))
+        return True
+
+    async with r:
+        a = await r.chat("hi", cascade=Cascade([Step(("alpha",), helped), Step(("beta",))]))
+        b = await r.chat("hi", cascade=Cascade([Step(("alpha",), spawning), Step(("beta",))]))
+        audit = await late[0]
+        assert r.ledger is not None and r.ledger.flush()
+    checks = [x for x in a.attempts if x.outcome == "check"]
+    assert len(checks) == 1 and checks[0].model == "helper" and (checks[0].cost_usd or 0) > 0
+    assert a.total_cost_usd == pytest.approx(a.attempts[0].cost_usd + checks[0].cost_usd)
+    recs = {x["request_id"] for x in read_records(tmp_path / "l.jsonl")}
+    assert recs == {a.request_id, b.request_id, audit.request_id}

@@ -10,7 +10,7 @@ from typing import Any, Protocol, TypeAlias
 
 __all__ = [
     "PASS", "Answer", "Context", "Messages", "Validator", "Verdict", "accept", "check_name",
-    "checked", "made_call", "resolve",
+    "bill_mark", "checked", "made_call", "resolve",
 ]  # fmt: skip
 
 Messages: TypeAlias = Sequence[Mapping[str, Any]]
@@ -73,22 +73,38 @@ async def resolve(result: Verdict | Awaitable[Verdict]) -> Verdict:
 # The model calls the check now running has made, as it makes them: `checked` bills them
 # however the check ends, where a judge's bill rode only on a verdict that a later part of
 # all_of (raising, or past the deadline) never let anyone see.
-_CALLS: ContextVar[list[Answer] | None] = ContextVar("satisfice_check_calls", default=None)
+class _Bill(list[Answer]):
+    """The calls a check has made; closed when the check ends (a task it spawned that
+    calls later is a request of its own, not on a bill nobody reads any more)."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = True
 
 
-def made_call(answer: Answer) -> None:
+_CALLS: ContextVar[_Bill | None] = ContextVar("satisfice_check_calls", default=None)
+
+
+def made_call(answer: Answer) -> bool:
     """Put a model call a check made (a judge's) on the bill of the check now running, the
-    moment it answered. It still belongs on the check's `Verdict.calls` too: `checked`
-    counts a call reported both ways once."""
+    moment it answered (True: it is on one). It still belongs on the check's
+    `Verdict.calls` too: `checked` counts a call reported both ways once. A router's
+    chat() or stream() made inside a check puts itself on the bill (and is then no
+    request of its own on the record: it had been counted twice)."""
     calls = _CALLS.get()
-    if calls is not None:
-        calls.append(answer)
+    if calls is None or not calls.open:
+        return False
+    calls.append(answer)
+    return True
 
 
-def in_check() -> bool:
-    """Whether this code runs inside a check (a judge's call): its cost is on the checked
-    request's bill (`made_call`), so it is not a request of its own on the record."""
-    return _CALLS.get() is not None
+def bill_mark() -> int | None:
+    """How many calls the running check's bill holds (None outside a check): a call that
+    made its own way onto the bill meanwhile shows as a larger count."""
+    calls = _CALLS.get()
+    return None if calls is None or not calls.open else len(calls)
 
 
 def check_name(check: object) -> str:
@@ -118,7 +134,7 @@ async def checked(
     import inspect
 
     name = check_name(check)
-    made: list[Answer] = []
+    made = _Bill()
     token = _CALLS.set(made)
     try:
         async with asyncio.timeout(None if time_left_s is None else max(time_left_s, 0.0)):
@@ -144,6 +160,7 @@ async def checked(
             on_cut(Verdict(False, 0.0, f"the check {name!r} was cut off", tuple(made)))
         raise
     finally:
+        made.open = False
         _CALLS.reset(token)
     if isinstance(out, Verdict):
         v = _well_formed(out, name)

@@ -10,10 +10,10 @@ exception in a callback is logged under `satisfice.hooks` and counted in `hook_e
 never reaches the request. `on_attempt` is called for each attempt of a request when the
 request ends, in order; `on_decision` as soon as the request is routed.
 
-A chat() made inside a check (a judge routed through the same router) is no record of its
-own: its cost is a `check` attempt on the record of the request it checked (as its own
-record too, it had been counted twice in the ledger, the report and the metrics). Its
-hooks and trace still run.
+A chat() or stream() made inside a check (a judge's call) that put itself on the check's
+bill (`_verdict.made_call`) is no record of its own: its cost is a `check` attempt on the
+record of the request it checked (as its own record too, it had been counted twice in the
+ledger, the report and the metrics). Its hooks and trace still run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._verdict import in_check
 from .ledger import Ledger, failure_record
 
 if TYPE_CHECKING:
@@ -109,7 +108,9 @@ class Recorder:
         if self.on_decision is not None:
             self._call(self.on_decision, d)
 
-    def result(self, r: ChatResult, messages: Any = None) -> None:
+    def result(self, r: ChatResult, messages: Any = None, record: bool = True) -> None:
+        """`record`: a request of its own on the record (False: a call on a check's bill,
+        on the record of the request it checked)."""
         if self.metrics is not None and self.ledger is not None:  # live even if the sink stalls
             self.metrics.ledger(self.ledger.backlog, self.ledger.dropped)
         if self.tracing is not None:
@@ -117,7 +118,7 @@ class Recorder:
                 self.tracing.result(r)
             except Exception as e:  # a tracing backend's fault never reaches the request
                 _hooks_log.error("tracing failed: %s: %s", type(e).__name__, e)
-        if self.ledger is not None and not in_check():
+        if self.ledger is not None and record:
             # with record_prompts, the messages as sent (copied as the request began:
             # router._as_sent)
             self.ledger.put((r, messages) if self.record_prompts and messages is not None else r)
@@ -151,6 +152,7 @@ class Recorder:
         started_at: float,
         latency_s: float,
         metadata: Mapping[str, Any] | None,
+        record: bool = True,
     ) -> None:
         rec = failure_record(decision, error, attempts, started_at=started_at,
                              latency_s=latency_s, metadata=metadata)  # fmt: skip
@@ -163,7 +165,7 @@ class Recorder:
                 self.tracing.failure(rec)
             except Exception as e:
                 _hooks_log.error("tracing failed: %s: %s", type(e).__name__, e)
-        if self.ledger is not None and not in_check():
+        if self.ledger is not None and record:
             self.ledger.put(rec)
         if self.on_attempt is not None:
             for a in attempts:

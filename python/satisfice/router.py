@@ -828,10 +828,9 @@ class Router:
                 err = RouterClosedError(
                     f"the router was closed while this request ran ({type(e).__name__})"
                 )
-            if rec is not None:
-                self._record_failure(rec, err, run, started_at, t0, options)
-            if run is not None:
-                _bill_to_check(run)
+            billed = run is not None and _bill_to_check(run)
+            if rec is not None:  # on the check's bill: a part of the request it checked
+                self._record_failure(rec, err, run, started_at, t0, options, not billed)
             if err is e:
                 raise
             raise err from e
@@ -841,9 +840,11 @@ class Router:
             if run is not None and isinstance(e, asyncio.CancelledError):
                 # the call it cut off may be billed: on record at its prompt, estimated
                 io._cut_off(run)
+                billed = _bill_to_check(run)
                 if rec is not None:  # a request all the same, recorded
-                    self._record_failure(rec, RequestCancelled(), run, started_at, t0, options)
-                _bill_to_check(run)
+                    self._record_failure(
+                        rec, RequestCancelled(), run, started_at, t0, options, not billed
+                    )
             raise
         finally:
             self._in_flight.discard(token)
@@ -853,8 +854,9 @@ class Router:
         waited = perf_counter() - t0
         result.overhead_s += waited - result.latency_s
         result.latency_s = waited
+        billed = _bill_answer_to_check(result)
         if rec is not None:
-            rec.result(result, sent)
+            rec.result(result, sent, not billed)
         return result
 
     def _check_modes(self, race: object, hedge: object, accept: object, cascade: object) -> None:
@@ -909,7 +911,9 @@ class Router:
         started_at: float,
         t0: float,
         options: Mapping[str, Any],
+        own: bool = True,
     ) -> None:
+        """`own`: a request of its own on the record (not one billed to a check)."""
         meta = options.get("metadata") if isinstance(options.get("metadata"), Mapping) else None
         rec.failure(
             None if run is None else run.decision,
@@ -919,6 +923,7 @@ class Router:
             started_at=started_at,
             latency_s=perf_counter() - t0,
             metadata=meta,
+            record=own,
         )
 
     def stream(
@@ -959,31 +964,36 @@ class Router:
             if rec is not None and isinstance(e, SatisficeError):
                 self._record_failure(rec, e, run, started_at, t0, options)
             raise
-        done = False
+        done = billed = False
         try:
             async for delta in inner:
                 if delta.done:
                     done = True
+                    own = not _bill_answer_to_check(delta.result)
                     if rec is not None:
-                        rec.result(delta.result, sent)
+                        rec.result(delta.result, sent, own)
                     # its result is out: a caller that never closes the stream holds no aclose()
                     self._in_flight.discard(token)
                 yield delta
         except SatisficeError as e:
+            billed = True  # (or nothing was billed: on no check's bill)
+            own = not _bill_to_check(run)
             if rec is not None:
-                self._record_failure(rec, e, run, started_at, t0, options)
+                self._record_failure(rec, e, run, started_at, t0, options, own)
             raise
         finally:  # an early exit releases the upstream connection now, not at collection
             await inner.aclose()
             import asyncio  # loaded already (we are in a coroutine)
 
             left = sys.exc_info()[0] in (GeneratorExit, asyncio.CancelledError, None)
-            if not done and rec is not None and left:
-                # the caller left before the end: a request, with what it may have cost
-                # (the attempt the executor kept), in the record like any other
-                self._record_failure(rec, ClientClosedStream(), run, started_at, t0, options)
-            if not done:  # a judge's stream that ended without its answer: as chat()'s
-                _bill_to_check(run)
+            if not done and not billed:  # a judge's stream that ended without its answer
+                own = not _bill_to_check(run)
+                if rec is not None and left:
+                    # the caller left before the end: a request, with what it may have
+                    # cost (the attempt the executor kept), in the record like any other
+                    self._record_failure(
+                        rec, ClientClosedStream(), run, started_at, t0, options, own
+                    )
             self._in_flight.discard(token)
 
     def enable(self, model: str, deployment: str | None = None) -> None:
@@ -1140,21 +1150,42 @@ async def _cancel_the_rest() -> None:
     await asyncio.gather(*rest, return_exceptions=True)
 
 
-def _bill_to_check(run: Run) -> None:
+def _bill_answer_to_check(result: ChatResult) -> bool:
+    """A chat() or stream() made inside a check (a judge's call) that answered puts itself
+    on the check's bill, at what its calls cost (True: it did; it is then no request of its
+    own on the record). The judge's own report of its reply is then left out
+    (`validators.judge`): one bill, the router's figures."""
+    from ._verdict import Answer, made_call
+
+    used = [a.usage for a in result.attempts if a.usage is not None]
+    return made_call(
+        Answer(
+            result.model,
+            result.text,
+            sum(u.prompt_tokens for u in used),
+            sum(u.completion_tokens for u in used),
+            result.total_cost_usd,
+        )
+    )
+
+
+def _bill_to_check(run: Run | None) -> bool:
     """A chat() or stream() made inside a check (a judge's call) that ends without an
     answer was billed all the same for calls that timed out, broke or were cut off (at an
     estimate): that goes on the check's bill, as an answer's does (`made_call`). Without it
     a judge cut off by a cascade's latency budget, or failing after a timeout, cost the
-    request $0."""
+    request $0. True: it is on the bill (and no request of its own on the record)."""
     from ._verdict import Answer, made_call
     from .result import billed_cost
 
+    if run is None:
+        return False
     spent = billed_cost(run.attempts)
     if spent is not None and not spent[1]:
-        return  # no call reached an upstream that may bill it
+        return False  # no call reached an upstream that may bill it
     used = [a.usage for a in run.attempts if a.usage is not None]
     model = next((a.model for a in reversed(run.attempts) if a.outcome != "skipped"), "")
-    made_call(
+    return made_call(
         Answer(
             model,
             "",

@@ -40,6 +40,7 @@ from ._verdict import (
     Verdict,
     accept,
     check_name,
+    bill_mark,
     made_call,
     resolve,
 )
@@ -504,17 +505,21 @@ class _Judge:
             f"Request:\n{_request_text(ctx.messages)}\n\nAnswer to grade:\n"
             f"<{tag}>\n{answer.text}\n</{tag}>\n\nRubric: {self._rubric}"
         )
+        mark = bill_mark()
         reply = await self._ask(
             [
                 {"role": "system", "content": _JUDGE_SYSTEM.format(tag=tag)},
                 {"role": "user", "content": prompt},
             ]
         )
-        made_call(reply)  # billed even if a later part of the check fails
+        calls: tuple[Answer, ...] = ()
+        if bill_mark() == mark:  # no router's call put itself on the bill: the reply's cost
+            made_call(reply)  # billed even if a later part of the check fails
+            calls = (reply,)
         said = {m.group(1).upper() for m in _VERDICT.finditer(reply.text)}
         if not said:
             # An unreadable grade is no evidence the answer is good: escalate.
-            return Verdict(False, 0.0, f"judge {reply.model} gave no VERDICT line", (reply,))
+            return Verdict(False, 0.0, f"judge {reply.model} gave no VERDICT line", calls)
         grade = "FAIL" if "FAIL" in said else "PASS"
         conf = _judge_confidence(reply.text)
         sure = _UNSURE if conf is None else conf
@@ -522,7 +527,7 @@ class _Judge:
         # A FAIL never passes, however low the judge's confidence in it.
         ok = grade == "PASS" and p_ok >= self._min
         how = "confidence unreadable" if conf is None else f"{conf:.0%} sure"
-        return Verdict(ok, p_ok, f"judge {reply.model}: {grade} ({how})", (reply,))
+        return Verdict(ok, p_ok, f"judge {reply.model}: {grade} ({how})", calls)
 
 
 def judge(ask: JudgeCall, rubric: str, *, min_confidence: float = 0.5) -> Validator:
