@@ -9,8 +9,8 @@ from numbers import Real
 from typing import Any, Protocol, TypeAlias
 
 __all__ = [
-    "PASS", "Answer", "Context", "Messages", "Validator", "Verdict", "accept", "check_name",
-    "bill_mark", "checked", "made_call", "resolve",
+    "PASS", "Answer", "Context", "Messages", "Validator", "Verdict", "accept", "bill_mark",
+    "check_name", "checked", "made_call", "resolve",
 ]  # fmt: skip
 
 Messages: TypeAlias = Sequence[Mapping[str, Any]]

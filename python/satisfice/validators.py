@@ -39,8 +39,8 @@ from ._verdict import (
     Validator,
     Verdict,
     accept,
-    check_name,
     bill_mark,
+    check_name,
     made_call,
     resolve,
 )
