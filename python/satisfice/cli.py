@@ -337,7 +337,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_route_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
+    p.add_argument("--registry", help="registry file, TOML or JSON (default: the bundled registry)")
     p.add_argument("--policy", help="policy JSON written by `satisfice calibrate`")
     p.add_argument("--max-cost", type=float, help="max estimated USD per request")
     p.add_argument("--latency-slo-ms", type=float, help="max p95 latency in ms")
@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="o200k_base",
         help="o200k_base (default), cl100k_base, or a family: claude, llama, ...",
     )
-    p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
+    p.add_argument("--registry", help="registry file, TOML or JSON (default: the bundled registry)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_count)
 
@@ -415,13 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-ledger", required=True, help="ledger recorded with record_prompts")
     p.add_argument("--save-predictor", required=True, help="write the fitted predictor here")
     p.add_argument("--policy", help="also point this policy JSON at it (created if absent)")
-    p.add_argument("--registry", help="registry TOML whose priors seed the fit")
+    p.add_argument("--registry", help="registry file (TOML or JSON) whose priors seed the fit")
     p.add_argument("--holdout", type=float, default=0.2, help="share of records held out")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("probe", help="re-measure models with checkable probe tasks")
-    p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
+    p.add_argument("--registry", help="registry file, TOML or JSON (default: the bundled registry)")
     p.add_argument("--policy", help="policy JSON to start from")
     p.add_argument("--models", nargs="*", help="models to probe (default: all)")
     p.add_argument("--budget-usd", type=float, help="stop once this much is spent")

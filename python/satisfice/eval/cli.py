@@ -50,7 +50,7 @@ def register_eval(sub: Any) -> None:
         "--predictor",
         help="saved predictor .npz to score (default: the one trained on public data)",
     )
-    p.add_argument("--registry", help="registry TOML, to seed models the predictor never saw")
+    p.add_argument("--registry", help="registry file (TOML or JSON), to seed models the predictor never saw")
     p.add_argument(
         "--strategy",
         choices=("route", "cascade"),
@@ -115,7 +115,7 @@ def register_calibrate(sub: Any) -> None:
     p.add_argument(
         "--predictor", help="predictor .npz (default: the policy's, else the router's default)"
     )
-    p.add_argument("--registry", help="registry TOML (default: the bundled registry)")
+    p.add_argument("--registry", help="registry file, TOML or JSON (default: the bundled registry)")
     p.add_argument(
         "--strategy",
         choices=("route", "cascade"),
