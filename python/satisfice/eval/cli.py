@@ -50,7 +50,7 @@ def register_eval(sub: Any) -> None:
         "--predictor",
         help="saved predictor .npz to score (default: the one trained on public data)",
     )
-    p.add_argument("--registry", help="registry (TOML or JSON) to seed models the predictor never saw")
+    p.add_argument("--registry", help="registry (TOML or JSON) seeding unseen models")
     p.add_argument(
         "--strategy",
         choices=("route", "cascade"),
