@@ -604,6 +604,7 @@ class Ledger:
         # and waiting for a batch; metrics had stood still while a sink failed
         self._built: deque[dict[str, Any]] = deque()
         self._cv = threading.Condition()
+        self._drop_lock = threading.Lock()
         self._asleep = False  # the writer waits for put() to wake it (_IDLE_WAIT_S)
         self.queued = self.acked = self.dropped = self.failures = self.rejected = 0
         self._closing = False
@@ -625,7 +626,8 @@ class Ledger:
     def put(self, item: Any) -> None:
         """Queue a ChatResult or a ready record dict (never blocks, never raises)."""
         if self._closing:
-            self.dropped += 1
+            with self._drop_lock:
+                self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 _log.error("ledger closed: dropped a record (%d so far)", self.dropped)
             return
@@ -638,15 +640,22 @@ class Ledger:
                 self._built.popleft()  # built already: counted in the metrics
             except IndexError:
                 q.popleft()
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                _log.error(
-                    "ledger buffer full (%d records): dropped %d record(s) so far; the sink "
-                    "is failing or too slow", self.max_buffer, self.dropped,
-                    extra={"event": "ledger_dropped", "dropped": self.dropped},
-                )  # fmt: skip
+            self._overflowed()
         if len(q) >= self.batch or self._asleep:
             self._wake()
+
+    def _overflowed(self) -> None:
+        """Count and say one record dropped for room. Under a lock: request threads and the
+        writer both drop, and a count lost between them would hold flush() to its timeout."""
+        with self._drop_lock:
+            self.dropped += 1
+            n = self.dropped
+        if n == 1 or n % 1000 == 0:
+            _log.error(
+                "ledger buffer full (%d records): dropped %d record(s) so far; the sink "
+                "is failing or too slow", self.max_buffer, n,
+                extra={"event": "ledger_dropped", "dropped": n},
+            )  # fmt: skip
 
     def feedback(self, request_id: str, score: float, source: str = "user") -> None:
         self._fb.append((request_id, time.time(), float(score), source))
@@ -710,13 +719,15 @@ class Ledger:
                     rec = record_of(it) if isinstance(it, ChatResult) else dict(it)
             except Exception as e:  # a record that cannot be built: say so, go on
                 self.rejected += 1  # counted: flush() had waited its whole timeout
-                self.dropped += 1
+                with self._drop_lock:
+                    self.dropped += 1
                 _log.error("ledger: a record could not be built: %s", e,
                            extra={"event": "ledger_rejected"})  # fmt: skip
                 continue
             if (why := _undated(rec)) is not None:  # no sink takes it, no reader
                 self.rejected += 1
-                self.dropped += 1
+                with self._drop_lock:
+                    self.dropped += 1
                 _log.error("ledger: dropped record %.60r: %s", rec.get("request_id"),
                            why, extra={"event": "ledger_rejected"})  # fmt: skip
                 continue
@@ -728,13 +739,7 @@ class Ledger:
                     _log.error("ledger on_record hook failed: %s", e)
         while len(built) > self.max_buffer:
             built.popleft()
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                _log.error(
-                    "ledger buffer full (%d records): dropped %d record(s) so far; the sink "
-                    "is failing or too slow", self.max_buffer, self.dropped,
-                    extra={"event": "ledger_dropped", "dropped": self.dropped},
-                )  # fmt: skip
+            self._overflowed()
 
     def _take(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -762,7 +767,8 @@ class Ledger:
             return bad + kept2 + kept  # the sink is down: nothing is dropped for it
         for rec in bad:
             self.rejected += 1
-            self.dropped += 1
+            with self._drop_lock:
+                self.dropped += 1
             _log.error("ledger: the sink refused record %s on its own; dropped it",
                        rec.get("request_id"), extra={"event": "ledger_rejected"})  # fmt: skip
         return []
