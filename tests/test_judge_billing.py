@@ -292,3 +292,68 @@ async def test_a_checks_own_router_calls_are_billed_to_it_and_a_late_task_is_its
     assert a.total_cost_usd == pytest.approx(a.attempts[0].cost_usd + checks[0].cost_usd)
     recs = {x["request_id"] for x in read_records(tmp_path / "l.jsonl")}
     assert recs == {a.request_id, b.request_id, audit.request_id}
+
+
+async def test_a_judge_billed_once_whichever_way_its_calls_went(
+    up: LocalUpstream, tmp_path: Path
+) -> None:
+    """A judge's reply was left off the bill whenever any router call had billed itself
+    during its ask: a direct call after a router call that timed out, or a second judge
+    running beside a routed one, went unbilled. A check that reports the router call it
+    made was billed for it twice. A ladder run outside a router keeps the judge's record."""
+    up.default = reply("VERDICT: PASS\nCONFIDENCE: 0.9")
+    up.script("judge-d", hang())
+    r = _router(_model("alpha", up.url, 0.1), _model("beta", up.url, 0.1),
+                _model("judge", up.url, 50.0), _model("helper", up.url, 50.0))  # fmt: skip
+    direct = v.Answer("direct", "VERDICT: PASS\nCONFIDENCE: 0.9", 100, 10, cost_usd=1.0)
+
+    async def fell_back(messages: list[dict[str, Any]]) -> v.Answer:
+        with pytest.raises(Exception):  # noqa: B017 - the router's call timed out
+            await r.chat(messages, allow=["judge"], timeout=0.3)
+        return direct
+
+    async def routed(messages: list[dict[str, Any]]) -> v.Answer:
+        res = await r.chat(messages, allow=["helper"])
+        return v.Answer(res.model, res.text, cost_usd=res.total_cost_usd)
+
+    async def two_judges(answer: v.Answer, ctx: v.Context) -> v.Verdict:
+        beside = v.judge(lambda m: _later(direct), "b")
+        a, b = await asyncio.gather(v.judge(routed, "a")(answer, ctx), beside(answer, ctx))
+        return v.Verdict(a.passed and b.passed, 0.9, "both", (*a.calls, *b.calls))
+
+    async def reports(answer: v.Answer, ctx: v.Context) -> v.Verdict:
+        res = await r.chat("help", allow=["helper"])
+        return v.Verdict(
+            True, 0.9, "ok", (v.Answer(res.model, res.text, cost_usd=res.total_cost_usd),)
+        )
+
+    async with r:
+        for check, want in ((v.judge(fell_back, "ok?"), {"judge", "direct"}),
+                            (two_judges, {"helper", "direct"}), (reports, {"helper"})):  # fmt: skip
+            res = await r.chat("hi", cascade=Cascade([Step(("alpha",), check), Step(("beta",))]))
+            checks = [a for a in res.attempts if a.outcome == "check"]
+            assert sorted(a.model for a in checks) == sorted(want), checks
+            assert res.total_cost_usd == pytest.approx(
+                sum(a.cost_usd or 0 for a in res.attempts if a.outcome in ("ok", "check"))
+            )
+    # a ladder run by the caller's own code, no router request around it: no record drops
+    r2 = _router(_model("alpha", up.url, 0.1), _model("helper", up.url, 50.0))
+    r2.attach(ledger=tmp_path / "own.jsonl")
+
+    async def call(model: str, messages: Any) -> v.Answer:
+        res = await r2.chat(messages, allow=[model])
+        return v.Answer(res.model, res.text, cost_usd=res.total_cost_usd)
+
+    async def ask2(messages: list[dict[str, Any]]) -> v.Answer:
+        return await call("helper", messages)
+
+    async with r2:
+        out = await Cascade([Step(("alpha",), v.judge(ask2, "ok?"))]).run(call, "hi")
+        assert r2.ledger is not None and r2.ledger.flush()
+    models = sorted(x["model"] for x in read_records(tmp_path / "own.jsonl"))
+    assert models == ["alpha", "helper"] and out.answer.model == "alpha"
+
+
+async def _later(answer: v.Answer) -> v.Answer:
+    await asyncio.sleep(0.2)  # while the routed judge's call lands on the shared bill
+    return answer

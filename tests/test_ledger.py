@@ -826,3 +826,39 @@ def test_max_buffer_bounds_the_queued_and_the_built_together() -> None:
     assert ledger.flush(15)
     assert len(sink.rows) == 600 - ledger.dropped
     ledger.close()
+
+
+def test_puts_from_threads_dropping_for_room_never_kill_the_writer() -> None:
+    """put() drops the oldest built record for room from the caller's thread; taken between
+    the writer's check and its own pop, it had killed the writer thread (IndexError): the
+    ledger stopped for good."""
+    import sys
+    import threading
+
+    class Quiet:
+        def write(self, records: Any) -> None: ...
+        def feedback(self, rows: Any) -> None: ...
+        def expire(self, before_ts: float) -> int:
+            return 0
+
+        def close(self) -> None: ...
+
+    was = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as it can
+    try:
+        ledger = Ledger(Quiet(), max_buffer=3, batch=1024, flush_interval_s=0.0)
+        stop = time.monotonic() + 0.5
+
+        def pump() -> None:
+            while time.monotonic() < stop:
+                ledger.put({"request_id": "r", "started_at": 1.7e9, "outcome": "ok"})
+
+        threads = [threading.Thread(target=pump) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(was)
+    assert ledger._thread.is_alive() and ledger.flush(5)
+    ledger.close()

@@ -172,3 +172,22 @@ def test_an_image_to_a_claude_model_is_bounded_at_what_anthropic_bills() -> None
              + [image] * 60}]  # fmt: skip
     d = Router(reg, Policy(quality_floor=0.0)).route(msgs, allow=("claude-haiku-4-5",))
     assert d.model == "claude-haiku-4-5" and d.max_tokens_in(d.model) >= 60 * 1600
+
+
+async def test_with_no_max_tokens_the_default_answer_leaves_room_for_the_budget() -> None:
+    """No max_tokens: Anthropic's wire got its default 4,096 plus the budget, past a
+    max_output of 8,192 with a budget of 6,000."""
+    from satisfice.testing import LocalUpstream, reply
+
+    with LocalUpstream() as up:
+        up.default = reply("hello")
+        m = {"id": "cx", "provider": "anthropic", "tokenizer": "claude", "context_window": 200_000,
+             "max_output": 8192, "quality": {"general": 0.9}, "p95_latency_ms": 100,
+             "price": {"input": 1.0, "output": 5.0},
+             "efforts": {"high": {"reasoning_tokens": 6000}},
+             "deployments": [{"name": "d", "api": "anthropic", "base_url": up.url,
+                              "model": "cx-wire"}]}  # fmt: skip
+        async with Router(Registry.from_dict({"model": [m]}), Policy(quality_floor=0.0)) as r:
+            await r.chat("hi", allow=["cx@high"])
+        sent = up.seen("cx-wire")[-1].body
+    assert sent["max_tokens"] == 8192 and sent["thinking"]["budget_tokens"] == 6000

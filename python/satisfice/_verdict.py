@@ -10,7 +10,7 @@ from typing import Any, Protocol, TypeAlias
 
 __all__ = [
     "PASS", "Answer", "Context", "Messages", "Validator", "Verdict", "accept", "bill_mark",
-    "check_name", "checked", "made_call", "resolve",
+    "check_name", "checked", "claim", "made_call", "resolve",
 ]  # fmt: skip
 
 Messages: TypeAlias = Sequence[Mapping[str, Any]]
@@ -74,14 +74,18 @@ async def resolve(result: Verdict | Awaitable[Verdict]) -> Verdict:
 # however the check ends, where a judge's bill rode only on a verdict that a later part of
 # all_of (raising, or past the deadline) never let anyone see.
 class _Bill(list[Answer]):
-    """The calls a check has made; closed when the check ends (a task it spawned that
-    calls later is a request of its own, not on a bill nobody reads any more)."""
+    """The calls a check has made. `recorded`: the bill reaches a request's record (a
+    router's request, whose attempts list the check's calls; a `Cascade.run` of a caller's
+    own with no `on_check` keeps none). Closed when the check ends: a task it spawned that
+    calls later is a request of its own. `claimed`: entries a reported reply was matched
+    with (`claim`), each at most once."""
 
-    __slots__ = ("open",)
+    __slots__ = ("claimed", "open", "recorded")
 
-    def __init__(self) -> None:
+    def __init__(self, recorded: bool) -> None:
         super().__init__()
-        self.open = True
+        self.open, self.recorded = True, recorded
+        self.claimed: set[int] = set()
 
 
 _CALLS: ContextVar[_Bill | None] = ContextVar("satisfice_check_calls", default=None)
@@ -89,22 +93,43 @@ _CALLS: ContextVar[_Bill | None] = ContextVar("satisfice_check_calls", default=N
 
 def made_call(answer: Answer) -> bool:
     """Put a model call a check made (a judge's) on the bill of the check now running, the
-    moment it answered (True: it is on one). It still belongs on the check's
-    `Verdict.calls` too: `checked` counts a call reported both ways once. A router's
-    chat() or stream() made inside a check puts itself on the bill (and is then no
-    request of its own on the record: it had been counted twice)."""
+    moment it answered. It still belongs on the check's `Verdict.calls` too: `checked`
+    counts a call reported both ways once. A router's chat() or stream() made inside a
+    check puts itself on the bill; True tells it the bill reaches a request's record, so
+    it is no request of its own there (it had been counted twice)."""
     calls = _CALLS.get()
     if calls is None or not calls.open:
         return False
     calls.append(answer)
-    return True
+    return calls.recorded
 
 
 def bill_mark() -> int | None:
-    """How many calls the running check's bill holds (None outside a check): a call that
-    made its own way onto the bill meanwhile shows as a larger count."""
+    """How many calls the running check's bill holds (None outside a check)."""
     calls = _CALLS.get()
     return None if calls is None or not calls.open else len(calls)
+
+
+def _same_call(billed: Answer, said: Answer) -> bool:
+    """Whether `said` (a check's report of a call) is the call `billed` (a router's own
+    entry on the bill): the same model and text. Not the cost: a report may say none, or
+    sum several calls it made (each of which is on the bill already, at the router's
+    figures)."""
+    return billed.model == said.model and billed.text == said.text
+
+
+def claim(mark: int | None, said: Answer) -> bool:
+    """Whether a router call put on the bill since `mark` (`bill_mark()`) is `said`; if so
+    it is claimed (one report per entry), and `said` needs no billing of its own. A call
+    that did not go through a router (a direct SDK call, a second judge's) is not."""
+    calls = _CALLS.get()
+    if mark is None or calls is None or not calls.open:
+        return False
+    for i in range(mark, len(calls)):
+        if i not in calls.claimed and _same_call(calls[i], said):
+            calls.claimed.add(i)
+            return True
+    return False
 
 
 def check_name(check: object) -> str:
@@ -134,7 +159,7 @@ async def checked(
     import inspect
 
     name = check_name(check)
-    made = _Bill()
+    made = _Bill(recorded=on_cut is not None)  # (a caller that bills a cut check records)
     token = _CALLS.set(made)
     try:
         async with asyncio.timeout(None if time_left_s is None else max(time_left_s, 0.0)):
@@ -169,8 +194,18 @@ async def checked(
     else:
         v = Verdict(False, 0.0, f"the check {name!r} returned a {type(out).__name__}, not a "
                                 "Verdict or a bool")  # fmt: skip
-    unreported = tuple(c for c in made if not any(c is r for r in v.calls))
-    return replace(v, calls=(*v.calls, *unreported)) if unreported else v
+    # Each call once: one the verdict reports that is an entry of the bill (the same
+    # object, or a router's own entry for the call it reports) is that entry
+    left = list(made)
+    calls = []
+    for r in v.calls:
+        i = next((i for i, c in enumerate(left) if c is r), None)
+        if i is None:
+            i = next((i for i, c in enumerate(left) if _same_call(c, r)), None)
+        calls.append(r if i is None else left.pop(i))
+    if not left and calls == list(v.calls):
+        return v
+    return replace(v, calls=(*calls, *left))
 
 
 def _well_formed(v: Verdict, name: str) -> Verdict:

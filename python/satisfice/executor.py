@@ -392,6 +392,9 @@ class Run:
             # no model writes more than its max_output, and some APIs refuse a larger limit
             # (Anthropic's counts the thinking budget the wire adds in it)
             request = replace(request, max_tokens=most_answer)
+        elif request.max_tokens is None and t.dep.api == "anthropic":
+            # Anthropic's API needs a limit: its default answer, within what the budget leaves
+            request = replace(request, max_tokens=min(DEFAULT_MAX_TOKENS, most_answer))
         capped = self.output_cap(t)
         if capped is None:
             return request
@@ -452,6 +455,8 @@ class Run:
         was sent)."""
         held = self.holds.get(_hold(t))
         n = held[1] if held is not None else self.request.max_tokens
+        if n is None and t.dep.api == "anthropic":
+            n = DEFAULT_MAX_TOKENS  # what `wire` sends when the caller sends none
         if n is not None:
             n = min(n, answer_max(t.spec, t.dep.api))  # what `wire` sent
         extra = self.request.extra

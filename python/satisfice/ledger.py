@@ -604,7 +604,7 @@ class Ledger:
         # and waiting for a batch; metrics had stood still while a sink failed
         self._built: deque[dict[str, Any]] = deque()
         self._cv = threading.Condition()
-        self._drop_lock = threading.Lock()
+        self._drop_lock = threading.Lock()  # `dropped`, and `_built` against put()
         self._asleep = False  # the writer waits for put() to wake it (_IDLE_WAIT_S)
         self.queued = self.acked = self.dropped = self.failures = self.rejected = 0
         self._closing = False
@@ -635,21 +635,25 @@ class Ledger:
         q.append(item)
         self.queued += 1
         if len(q) + len(self._built) > self.max_buffer:
-            # the oldest of both (queued and built), so that max_buffer bounds them together
-            try:
-                self._built.popleft()  # built already: counted in the metrics
-            except IndexError:
-                q.popleft()
-            self._overflowed()
+            # the oldest of both (queued and built), so that max_buffer bounds them together;
+            # under the lock the writer takes `_built` with (a pop between its check and its
+            # own pop had killed the writer thread)
+            with self._drop_lock:
+                try:
+                    (self._built or q).popleft()  # built already: counted in the metrics
+                    self.dropped += 1
+                    dropped = True
+                except IndexError:  # the writer took it meanwhile: there is room
+                    dropped = False
+            if dropped:
+                self._overflowed()
         if len(q) >= self.batch or self._asleep:
             self._wake()
 
     def _overflowed(self) -> None:
-        """Count and say one record dropped for room. Under a lock: request threads and the
-        writer both drop, and a count lost between them would hold flush() to its timeout."""
-        with self._drop_lock:
-            self.dropped += 1
-            n = self.dropped
+        """Say a record dropped for room (counted under `_drop_lock`: request threads and
+        the writer both drop, and a count lost between them held flush() to its timeout)."""
+        n = self.dropped
         if n == 1 or n % 1000 == 0:
             _log.error(
                 "ledger buffer full (%d records): dropped %d record(s) so far; the sink "
@@ -703,8 +707,11 @@ class Ledger:
 
         q, built = self._q, self._built
         held = time.perf_counter()
-        while q:
-            it = q.popleft()
+        while True:
+            try:  # (put() may take the last one for room between a check and the pop)
+                it = q.popleft()
+            except IndexError:
+                break
             if time.perf_counter() - held > _HOLD_S:
                 time.sleep(0)  # hand the GIL over (see _HOLD_S)
                 held = time.perf_counter()
@@ -737,15 +744,20 @@ class Ledger:
                     self.on_record(rec)
                 except Exception as e:
                     _log.error("ledger on_record hook failed: %s", e)
-        while len(built) > self.max_buffer:
-            built.popleft()
+        while True:
+            with self._drop_lock:  # checked and taken together: put() drops from it too
+                if len(built) <= self.max_buffer:
+                    break
+                built.popleft()
+                self.dropped += 1
             self._overflowed()
 
     def _take(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         built = self._built
-        while built and len(out) < self.batch:
-            out.append(built.popleft())
+        with self._drop_lock:  # put() drops from `_built` for room under it
+            while built and len(out) < self.batch:
+                out.append(built.popleft())
         return out
 
     def _isolate(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -41,6 +41,7 @@ from ._verdict import (
     accept,
     bill_mark,
     check_name,
+    claim,
     made_call,
     resolve,
 )
@@ -513,7 +514,7 @@ class _Judge:
             ]
         )
         calls: tuple[Answer, ...] = ()
-        if bill_mark() == mark:  # no router's call put itself on the bill: the reply's cost
+        if not claim(mark, reply):  # not a router's call that put itself on the bill
             made_call(reply)  # billed even if a later part of the check fails
             calls = (reply,)
         said = {m.group(1).upper() for m in _VERDICT.finditer(reply.text)}
