@@ -519,8 +519,11 @@ def test_an_upstream_429_beside_a_disabled_model_is_still_a_429() -> None:
     limited = Attempt("a", "d", "error", error_type="RetryableError", status=429)
     off = Attempt("b", "d", "skipped", error_type="unavailable", error="disabled: x")
     keyless = Attempt("c", "d", "skipped", error_type="no_api_key")
-    for atts, status in (([limited, off], 429), ([limited], 429), ([keyless, limited], 429),
-                         ([off, keyless], 503)):  # fmt: skip
+    long = Attempt("d", "d", "error", error_type="ContextLengthError", status=400)
+    slow = Attempt("e", "d", "error", error_type="UpstreamTimeoutError")
+    cases = (([limited, off], 429), ([limited], 429), ([keyless, limited], 429),
+             ([off, keyless], 503), ([off, long], 400), ([keyless, slow], 504))  # fmt: skip
+    for atts, status in cases:
         e = AllAttemptsFailedError("all failed", attempts=atts)
         he = _all_failed(e, "all failed", {})
         assert he.status == status, atts

@@ -219,13 +219,15 @@ def _all_failed(e: AllAttemptsFailedError, msg: str, att: dict[str, Any]) -> HTT
     Retry-After; every model disabled or keyless: 503 with `x-should-retry: false`. Else
     502."""
     tried = [a for a in e.attempts if a.error_type != "UnsupportedRequestError"]
-    kinds = {a.error_type for a in tried}
-    if tried and kinds <= {"ContextLengthError", "window"}:
-        return HTTPError(400, msg, "invalid_request_error", "context_length_exceeded", None, **att)
-    if tried and kinds <= {"UpstreamTimeoutError", "deadline"}:
-        return HTTPError(504, msg, "upstream_timeout", "upstream_timeout", None, **att)
     down = [a.outcome == "skipped" and a.error_type in _DOWN and not (a.retry_after or 0) > 0
             for a in tried]  # fmt: skip
+    # the models that could be called decide (a disabled or keyless one beside a prompt
+    # no window took had made it a 502, which the SDKs retry)
+    kinds = {a.error_type for a, gone in zip(tried, down, strict=True) if not gone}
+    if kinds and kinds <= {"ContextLengthError", "window"}:
+        return HTTPError(400, msg, "invalid_request_error", "context_length_exceeded", None, **att)
+    if kinds and kinds <= {"UpstreamTimeoutError", "deadline"}:
+        return HTTPError(504, msg, "upstream_timeout", "upstream_timeout", None, **att)
     if tried and all(down):
         # every model disabled or keyless, no cooldown to wait out: 503, not to be retried
         # (as a 502 the SDKs had retried it, each retry refused again)
