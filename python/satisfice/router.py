@@ -1155,8 +1155,10 @@ def _bill_answer_to_check(result: ChatResult) -> bool:
     on the check's bill, at what its calls cost (True: it did; it is then no request of its
     own on the record). The judge's own report of its reply is then left out
     (`validators.judge`): one bill, the router's figures."""
-    from ._verdict import Answer, made_call
+    from ._verdict import Answer, bill_mark, made_call
 
+    if bill_mark() is None:  # not inside a check: nothing to build (every chat() asks)
+        return False
     used = [a.usage for a in result.attempts if a.usage is not None]
     return made_call(
         Answer(
