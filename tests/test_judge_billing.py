@@ -357,3 +357,45 @@ async def test_a_judge_billed_once_whichever_way_its_calls_went(
 async def _later(answer: v.Answer) -> v.Answer:
     await asyncio.sleep(0.2)  # while the routed judge's call lands on the shared bill
     return answer
+
+
+async def test_a_judges_reply_is_matched_by_the_task_that_routed_it(
+    up: LocalUpstream, tmp_path: Path
+) -> None:
+    """Matched by model and text, a direct judge beside a routed one that got the same
+    words claimed the routed call (its $1 unbilled, the routed one billed twice); a reply
+    the judge stripped was billed twice; a judge's call skipped before any upstream wrote
+    a failed request of its own."""
+    text = "VERDICT: PASS\nCONFIDENCE: 0.9"
+    up.default = reply(text)
+    r = _router(_model("alpha", up.url, 0.1), _model("beta", up.url, 0.1),
+                _model("helper", up.url, 50.0))  # fmt: skip
+    r.attach(ledger=tmp_path / "l.jsonl")
+    routed_done = asyncio.Event()
+
+    async def routed(messages: list[dict[str, Any]]) -> v.Answer:
+        res = await r.chat(messages, allow=["helper"])
+        routed_done.set()
+        await asyncio.sleep(0.1)  # resumes after the direct judge's reply
+        return v.Answer(res.model, res.text.strip(), cost_usd=res.total_cost_usd)
+
+    async def direct(messages: list[dict[str, Any]]) -> v.Answer:
+        await routed_done.wait()
+        return v.Answer("helper", text, 100, 10, cost_usd=1.0)  # the same words
+
+    async def two(answer: v.Answer, ctx: v.Context) -> v.Verdict:
+        a, b = await asyncio.gather(v.judge(routed, "a")(answer, ctx),
+                                    v.judge(direct, "b")(answer, ctx))  # fmt: skip
+        return v.Verdict(a.passed and b.passed, 0.9, "both", (*a.calls, *b.calls))
+
+    async with r:
+        res = await r.chat("hi", cascade=Cascade([Step(("alpha",), two), Step(("beta",))]))
+        r.disable("helper")
+        skipped = await r.chat(
+            "hi", cascade=Cascade([Step(("alpha",), v.judge(routed, "c")), Step(("beta",))])
+        )
+        assert r.ledger is not None and r.ledger.flush()
+    costs = sorted(a.cost_usd or 0 for a in res.attempts if a.outcome == "check")
+    assert len(costs) == 2 and costs[1] == 1.0 and costs[0] < 0.01
+    ids = {x["request_id"] for x in read_records(tmp_path / "l.jsonl")}
+    assert ids == {res.request_id, skipped.request_id}

@@ -10,7 +10,7 @@ from typing import Any, Protocol, TypeAlias
 
 __all__ = [
     "PASS", "Answer", "Context", "Messages", "Validator", "Verdict", "accept", "bill_mark",
-    "check_name", "checked", "claim", "made_call", "resolve",
+    "check_name", "checked", "claim", "made_call", "resolve", "routed_call",
 ]  # fmt: skip
 
 Messages: TypeAlias = Sequence[Mapping[str, Any]]
@@ -75,32 +75,52 @@ async def resolve(result: Verdict | Awaitable[Verdict]) -> Verdict:
 # all_of (raising, or past the deadline) never let anyone see.
 class _Bill(list[Answer]):
     """The calls a check has made. `recorded`: the bill reaches a request's record (a
-    router's request, whose attempts list the check's calls; a `Cascade.run` of a caller's
-    own with no `on_check` keeps none). Closed when the check ends: a task it spawned that
-    calls later is a request of its own. `claimed`: entries a reported reply was matched
-    with (`claim`), each at most once."""
+    router request's check, whose attempts list the calls). Closed when the check ends: a
+    task it spawned that calls later is a request of its own. `routed`: the entries a
+    router's chat() or stream() made of itself (`routed_call`), by index: (the task that
+    made it, whether it answered, claimed by a report yet)."""
 
-    __slots__ = ("claimed", "open", "recorded")
+    __slots__ = ("open", "recorded", "routed")
 
     def __init__(self, recorded: bool) -> None:
         super().__init__()
         self.open, self.recorded = True, recorded
-        self.claimed: set[int] = set()
+        self.routed: dict[int, list[Any]] = {}
 
 
 _CALLS: ContextVar[_Bill | None] = ContextVar("satisfice_check_calls", default=None)
 
 
+def _task() -> object:
+    import asyncio
+
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
 def made_call(answer: Answer) -> bool:
     """Put a model call a check made (a judge's) on the bill of the check now running, the
     moment it answered. It still belongs on the check's `Verdict.calls` too: `checked`
-    counts a call reported both ways once. A router's chat() or stream() made inside a
-    check puts itself on the bill; True tells it the bill reaches a request's record, so
-    it is no request of its own there (it had been counted twice)."""
+    counts a call reported both ways once. True: the bill reaches a request's record."""
     calls = _CALLS.get()
     if calls is None or not calls.open:
         return False
     calls.append(answer)
+    return calls.recorded
+
+
+def routed_call(answer: Answer | None, answered: bool) -> bool:
+    """A router's chat() or stream() made inside a check puts itself on the bill (None:
+    nothing of it was billed). True: the bill reaches a request's record, where the call
+    then is, so it is no request of its own there (it had been counted twice)."""
+    calls = _CALLS.get()
+    if calls is None or not calls.open:
+        return False
+    if answer is not None:
+        calls.routed[len(calls)] = [_task(), answered, False]
+        calls.append(answer)
     return calls.recorded
 
 
@@ -110,26 +130,53 @@ def bill_mark() -> int | None:
     return None if calls is None or not calls.open else len(calls)
 
 
-def _same_call(billed: Answer, said: Answer) -> bool:
-    """Whether `said` (a check's report of a call) is the call `billed` (a router's own
-    entry on the bill): the same model and text. Not the cost: a report may say none, or
-    sum several calls it made (each of which is on the bill already, at the router's
-    figures)."""
-    return billed.model == said.model and billed.text == said.text
-
-
-def claim(mark: int | None, said: Answer) -> bool:
-    """Whether a router call put on the bill since `mark` (`bill_mark()`) is `said`; if so
-    it is claimed (one report per entry), and `said` needs no billing of its own. A call
-    that did not go through a router (a direct SDK call, a second judge's) is not."""
+def claim(mark: int | None) -> bool:
+    """Whether this task's router calls since `mark` (`bill_mark()`) include one that
+    answered: a judge's reply is then what they answered, billed already at the router's
+    figures, and needs no billing of its own (whatever text or sum it reports). A router
+    call that failed (a direct call may then have answered) or another task's (a judge
+    beside it) is not its reply. They are claimed: no report is merged with them again."""
     calls = _CALLS.get()
     if mark is None or calls is None or not calls.open:
         return False
-    for i in range(mark, len(calls)):
-        if i not in calls.claimed and _same_call(calls[i], said):
-            calls.claimed.add(i)
-            return True
-    return False
+    me = _task()
+    mine = [e for i, e in calls.routed.items() if i >= mark and e[0] is me and not e[2]]
+    if not any(e[1] for e in mine):
+        return False
+    for e in mine:
+        e[2] = True
+    return True
+
+
+def _merge(made: _Bill, reported: Sequence[Answer]) -> tuple[list[Answer], list[Answer]]:
+    """The check's calls once each: (the reported, with a router's own entry in place of
+    its report of it, the bill's entries no report named). A report is an entry by identity,
+    else the first unclaimed router call of this task to the same model that answered (a
+    check that routes a call and reports it, in whatever words)."""
+    left = list(range(len(made)))
+    me = _task()
+    out = []
+    for r in reported:
+        i = next((i for i in left if made[i] is r), None)
+        if i is None:
+            i = next(
+                (
+                    i
+                    for i in left
+                    if (e := made.routed.get(i)) is not None
+                    and e[0] is me
+                    and e[1]
+                    and not e[2]
+                    and made[i].model == r.model
+                ),
+                None,
+            )
+        if i is None:
+            out.append(r)
+        else:
+            left.remove(i)
+            out.append(made[i])
+    return out, [made[i] for i in left]
 
 
 def check_name(check: object) -> str:
@@ -147,6 +194,7 @@ async def checked(
     ctx: Context,
     time_left_s: float | None = None,
     on_cut: Callable[[Verdict], None] | None = None,
+    recorded: bool = False,
 ) -> Verdict:
     """What a check says of `answer`, whatever the check does: one that raises, returns
     something other than a Verdict or a bool, or runs past the request's deadline
@@ -154,12 +202,14 @@ async def checked(
     exception (which lost the request's attempts and record) or holding it forever.
     Its `calls` are every model call the check made (`made_call`), however it ended: when
     the check is cancelled (a latency budget, the caller gone), they are handed to
-    `on_cut` as a failing verdict before the cancellation goes on, to be billed."""
+    `on_cut` as a failing verdict before the cancellation goes on, to be billed.
+    `recorded`: the caller keeps a record of the check's calls (a router request), so a
+    router call made in the check writes none of its own."""
     import asyncio
     import inspect
 
     name = check_name(check)
-    made = _Bill(recorded=on_cut is not None)  # (a caller that bills a cut check records)
+    made = _Bill(recorded)
     token = _CALLS.set(made)
     try:
         async with asyncio.timeout(None if time_left_s is None else max(time_left_s, 0.0)):
@@ -194,16 +244,8 @@ async def checked(
     else:
         v = Verdict(False, 0.0, f"the check {name!r} returned a {type(out).__name__}, not a "
                                 "Verdict or a bool")  # fmt: skip
-    # Each call once: one the verdict reports that is an entry of the bill (the same
-    # object, or a router's own entry for the call it reports) is that entry
-    left = list(made)
-    calls = []
-    for r in v.calls:
-        i = next((i for i, c in enumerate(left) if c is r), None)
-        if i is None:
-            i = next((i for i, c in enumerate(left) if _same_call(c, r)), None)
-        calls.append(r if i is None else left.pop(i))
-    if not left and calls == list(v.calls):
+    calls, left = _merge(made, v.calls)  # each call once
+    if not left and all(a is b for a, b in zip(calls, v.calls, strict=True)):
         return v
     return replace(v, calls=(*calls, *left))
 

@@ -611,7 +611,11 @@ class Cascade:
                 v = (
                     UNCHECKED
                     if step.validator is None
-                    else await checked(step.validator, a, ctx, left, on_cut)
+                    # a caller with records of its own (billed=: a router request) keeps
+                    # the check's calls on them: a router call in the check writes none
+                    else await checked(
+                        step.validator, a, ctx, left, on_cut, climb.billed is not None
+                    )
                 )
                 rec.verdicts.append(v)
                 if climb.on_check is not None and v.calls:

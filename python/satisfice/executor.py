@@ -1494,7 +1494,9 @@ class Executor:
         # cut off (the caller gone, a winner elsewhere): its calls are billed all the same
         name = check_name(run.accept)
         cut = partial(run.checked, name=name)
-        v = await checked(run.accept, answer, Context(run.request.messages), left, cut)
+        v = await checked(
+            run.accept, answer, Context(run.request.messages), left, cut, recorded=True
+        )
         run.checked(v, name)
         return v
 

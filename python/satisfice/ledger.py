@@ -639,12 +639,13 @@ class Ledger:
             # under the lock the writer takes `_built` with (a pop between its check and its
             # own pop had killed the writer thread)
             with self._drop_lock:
-                try:
-                    (self._built or q).popleft()  # built already: counted in the metrics
-                    self.dropped += 1
-                    dropped = True
-                except IndexError:  # the writer took it meanwhile: there is room
-                    dropped = False
+                dropped = len(q) + len(self._built) > self.max_buffer  # still, under it
+                if dropped:
+                    try:
+                        (self._built or q).popleft()  # built already: counted in metrics
+                        self.dropped += 1
+                    except IndexError:  # the writer took it meanwhile: there is room
+                        dropped = False
             if dropped:
                 self._overflowed()
         if len(q) >= self.batch or self._asleep:

@@ -828,7 +828,7 @@ class Router:
                 err = RouterClosedError(
                     f"the router was closed while this request ran ({type(e).__name__})"
                 )
-            billed = run is not None and _bill_to_check(run)
+            billed = _bill_to_check(run)
             if rec is not None:  # on the check's bill: a part of the request it checked
                 self._record_failure(rec, err, run, started_at, t0, options, not billed)
             if err is e:
@@ -1155,20 +1155,19 @@ def _bill_answer_to_check(result: ChatResult) -> bool:
     on the check's bill, at what its calls cost (True: it did; it is then no request of its
     own on the record). The judge's own report of its reply is then left out
     (`validators.judge`): one bill, the router's figures."""
-    from ._verdict import Answer, bill_mark, made_call
+    from ._verdict import Answer, bill_mark, routed_call
 
     if bill_mark() is None:  # not inside a check: nothing to build (every chat() asks)
         return False
     used = [a.usage for a in result.attempts if a.usage is not None]
-    return made_call(
-        Answer(
-            result.model,
-            result.text,
-            sum(u.prompt_tokens for u in used),
-            sum(u.completion_tokens for u in used),
-            result.total_cost_usd,
-        )
+    answer = Answer(
+        result.model,
+        result.text,
+        sum(u.prompt_tokens for u in used),
+        sum(u.completion_tokens for u in used),
+        result.total_cost_usd,
     )
+    return routed_call(answer, answered=True)
 
 
 def _bill_to_check(run: Run | None) -> bool:
@@ -1177,22 +1176,24 @@ def _bill_to_check(run: Run | None) -> bool:
     estimate): that goes on the check's bill, as an answer's does (`made_call`). Without it
     a judge cut off by a cascade's latency budget, or failing after a timeout, cost the
     request $0. True: it is on the bill (and no request of its own on the record)."""
-    from ._verdict import Answer, made_call
+    from ._verdict import Answer, bill_mark, routed_call
     from .result import billed_cost
 
-    if run is None:
+    if bill_mark() is None:
         return False
-    spent = billed_cost(run.attempts)
+    attempts = run.attempts if run is not None else []
+    spent = billed_cost(attempts)
     if spent is not None and not spent[1]:
-        return False  # no call reached an upstream that may bill it
-    used = [a.usage for a in run.attempts if a.usage is not None]
-    model = next((a.model for a in reversed(run.attempts) if a.outcome != "skipped"), "")
-    return made_call(
-        Answer(
-            model,
-            "",
-            sum(u.prompt_tokens for u in used),
-            sum(u.completion_tokens for u in used),
-            None if spent is None else spent[0],
-        )
+        # no call reached an upstream that may bill it: nothing on the bill, and no
+        # failed request of its own on the record either (a judge's skipped call)
+        return routed_call(None, answered=False)
+    used = [a.usage for a in attempts if a.usage is not None]
+    model = next((a.model for a in reversed(attempts) if a.outcome != "skipped"), "")
+    answer = Answer(
+        model,
+        "",
+        sum(u.prompt_tokens for u in used),
+        sum(u.completion_tokens for u in used),
+        None if spent is None else spent[0],
     )
+    return routed_call(answer, answered=False)

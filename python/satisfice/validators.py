@@ -514,7 +514,7 @@ class _Judge:
             ]
         )
         calls: tuple[Answer, ...] = ()
-        if not claim(mark, reply):  # not a router's call that put itself on the bill
+        if not claim(mark):  # no router call of this ask answered and billed itself
             made_call(reply)  # billed even if a later part of the check fails
             calls = (reply,)
         said = {m.group(1).upper() for m in _VERDICT.finditer(reply.text)}
