@@ -6,7 +6,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from numbers import Real
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, cast
+
+from ._bill import CHECK_BILL
 
 __all__ = [
     "PASS", "Answer", "Context", "Messages", "Validator", "Verdict", "accept", "bill_mark",
@@ -88,7 +90,7 @@ class _Bill(list[Answer]):
         self.routed: dict[int, list[Any]] = {}
 
 
-_CALLS: ContextVar[_Bill | None] = ContextVar("satisfice_check_calls", default=None)
+_CALLS = cast("ContextVar[_Bill | None]", CHECK_BILL)
 
 
 def _task() -> object:

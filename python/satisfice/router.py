@@ -11,6 +11,7 @@ from functools import partial
 from time import perf_counter, time
 
 from . import _core
+from ._bill import CHECK_BILL
 from ._extra import LIMITS, extra_text, text_bytes
 from ._real import as_count, as_real
 from .decision import Candidate, Decision, Snapshot
@@ -1155,10 +1156,10 @@ def _bill_answer_to_check(result: ChatResult) -> bool:
     on the check's bill, at what its calls cost (True: it did; it is then no request of its
     own on the record). The judge's own report of its reply is then left out
     (`validators.judge`): one bill, the router's figures."""
-    from ._verdict import Answer, bill_mark, routed_call
-
-    if bill_mark() is None:  # not inside a check: nothing to build (every chat() asks)
+    if CHECK_BILL.get() is None:  # not inside a check: nothing to do (every chat() asks)
         return False
+    from ._verdict import Answer, routed_call
+
     used = [a.usage for a in result.attempts if a.usage is not None]
     answer = Answer(
         result.model,
@@ -1176,11 +1177,11 @@ def _bill_to_check(run: Run | None) -> bool:
     estimate): that goes on the check's bill, as an answer's does (`made_call`). Without it
     a judge cut off by a cascade's latency budget, or failing after a timeout, cost the
     request $0. True: it is on the bill (and no request of its own on the record)."""
-    from ._verdict import Answer, bill_mark, routed_call
+    if CHECK_BILL.get() is None:
+        return False
+    from ._verdict import Answer, routed_call
     from .result import billed_cost
 
-    if bill_mark() is None:
-        return False
     attempts = run.attempts if run is not None else []
     spent = billed_cost(attempts)
     if spent is not None and not spent[1]:
