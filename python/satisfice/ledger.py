@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._json import dumps_record, record_default
+from .accounting import cost_of
 from ._real import as_real
 from ._redact import scrub
 from .errors import ConfigError
@@ -240,8 +241,6 @@ def record_of(result: ChatResult) -> dict[str, Any]:
     # compares billed with billed, not billed with an estimate; every part at the reference's
     # own rate, as the answer's cost is (cache writes and reasoning had been left out, and a
     # request answered by the reference itself showed a saving of -25% and -296%).
-    from .accounting import cost_of
-
     ref = result.decision.snapshot.registry.reference
     rec["reference_model"] = ref.id
     if result.model == ref.id:  # answered by the reference: what it was billed, saving 0
