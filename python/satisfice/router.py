@@ -358,6 +358,20 @@ def _warn_attention(registry: Registry) -> None:
         warnings.warn(note, RegistryWarning, stacklevel=3)
 
 
+_ChatStream: type[ChatStream] | None = None
+
+
+def _chat_stream() -> type[ChatStream]:
+    """The executor's ChatStream, imported at the first stream() (httpx is slow to import:
+    Router() does not load it) and kept: an import statement per call runs importlib's
+    Python code (~14,000 instructions)."""
+    global _ChatStream
+    from .executor import ChatStream
+
+    _ChatStream = ChatStream
+    return ChatStream
+
+
 class Router:
     """Routes requests over a registry. `Router()` uses the bundled registry and policy.
 
@@ -940,10 +954,10 @@ class Router:
         StreamInterruptedError. `timeout` (default: the latency SLO) bounds the whole
         stream; `ExecutionConfig.stream_idle_timeout_s` bounds each wait for more text.
         """
-        from .executor import ChatStream
-
         runs: list[Run] = []
-        return ChatStream(self._stream(messages, constraints, options, runs), runs)
+        return (_ChatStream or _chat_stream())(
+            self._stream(messages, constraints, options, runs), runs
+        )
 
     async def _stream(
         self,
