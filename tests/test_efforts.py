@@ -103,3 +103,53 @@ async def test_an_effort_variant_without_usage_is_billed_its_reasoning() -> None
             res = await r.chat("hi", allow=["alpha@high"])
     assert res.usage.reasoning_tokens == 8000 and res.usage.source == "estimated"
     assert res.cost_usd is not None and res.cost_usd > res.decision.est_cost_usd / 2
+
+
+def _thinking_and_plain(url: str) -> Registry:
+    """think@high on Anthropic's wire (extended thinking), and a plain OpenAI-wire model."""
+    reg = _reg(url, "anthropic").to_dict()
+    reg["model"][0]["capabilities"] = ["json", "tools"]
+    reg["model"].append({"capabilities": ["json", "tools"],
+        "id": "plain", "provider": "openai", "context_window": 100_000, "max_output": 16_000,
+        "price": {"input": 9.0, "output": 30.0}, "quality": {"general": 0.95},
+        "deployments": [{"name": "p", "api": "openai", "model": "plain-wire",
+                         "base_url": url + "/v1"}],
+    })  # fmt: skip
+    return Registry.from_dict(reg)
+
+
+@pytest.mark.parametrize(
+    "kw, named",
+    [
+        ({"temperature": 0.2}, "temperature 0.2"),
+        ({"extra": {"top_p": 0.5}}, "top_p 0.5"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+                "tool_choice": "required",
+            },
+            "a forced tool_choice",
+        ),
+    ],
+)
+async def test_what_anthropic_refuses_beside_thinking_goes_to_the_next_model(
+    kw: dict[str, Any], named: str
+) -> None:
+    """Anthropic refuses temperature (but 1), top_p under 0.95 and a forced tool beside
+    extended thinking: sent, its 400 had ended the request at the thinking variant."""
+    from satisfice.errors import UnsupportedRequestError
+
+    with LocalUpstream() as up:
+        async with Router(_thinking_and_plain(up.url), Policy(quality_floor=0.5)).configure(
+            execution=ExecutionConfig(read_timeout_s=5.0)
+        ) as r:
+            res = await r.chat("hi", prefer="think@high", max_tokens=100, **kw)
+            assert res.model == "plain"
+            assert res.attempts[0].model == "think@high"
+            assert named in (res.attempts[0].error or "")
+            with pytest.raises(UnsupportedRequestError, match="extended thinking"):
+                await r.chat("hi", allow=("think@high",), max_tokens=100, **kw)
+            ok = await r.chat("hi", allow=("think@high",), max_tokens=100, temperature=1)
+            assert ok.model == "think@high"
+        assert [s.model for s in up.requests] == ["plain-wire", "think-wire"]

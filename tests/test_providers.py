@@ -431,3 +431,33 @@ async def test_a_pooled_post_sends_the_bytes_httpx_would_send(api: str) -> None:
         assert len(raw.requests) == 2 and raw.connections == 1  # and the connection kept
         assert raw.requests[0] == raw.requests[1]
         assert raw.requests[0].endswith(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+def test_anthropic_wire_takes_what_it_can_and_refuses_the_rest_by_name() -> None:
+    """OpenAI's allowed_tools becomes the allowed tools alone; a temperature past Anthropic's
+    1, a tool_choice it has no form for and an empty stop sequence are refused (they had
+    been sent as they came, and Anthropic's 400 ended the request)."""
+    from satisfice.errors import UnsupportedRequestError
+    from satisfice.providers.anthropic import anthropic_wire
+
+    def fn(name: str) -> dict[str, Any]:
+        return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+
+    allowed = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+        {"type": "function", "function": {"name": "b"}}]}}  # fmt: skip
+    p = to_anthropic(ChatRequest(MSGS, tools=[fn("a"), fn("b")], tool_choice=allowed), "c")
+    assert [t["name"] for t in p["tools"]] == ["b"]
+    assert p["tool_choice"] == {"type": "any"}
+    allowed["allowed_tools"]["mode"] = "auto"
+    p = to_anthropic(ChatRequest(MSGS, tools=[fn("a"), fn("b")], tool_choice=allowed), "c")
+    assert p["tool_choice"] == {"type": "auto"}
+    assert to_anthropic(ChatRequest(MSGS, temperature=1.0), "c")["temperature"] == 1.0
+    with pytest.raises(UnsupportedRequestError, match="0 to 1, not 1.7"):
+        to_anthropic(ChatRequest(MSGS, temperature=1.7), "c")
+    with pytest.raises(UnsupportedRequestError, match="no Anthropic form"):
+        to_anthropic(ChatRequest(MSGS, tools=[fn("a")], tool_choice={"type": "custom"}), "c")
+    with pytest.raises(BadRequestError, match="non-empty"):
+        anthropic_wire(ChatRequest(MSGS, extra={"stop": ""}), "c", False, 0)
+    assert anthropic_wire(ChatRequest(MSGS, extra={"stop": "x"}), "c", False, 0)[
+        "stop_sequences"
+    ] == ["x"]

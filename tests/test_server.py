@@ -18,7 +18,7 @@ import pytest
 from satisfice import Policy, Registry, Router
 from satisfice.ledger import read_records
 from satisfice.server import ServerConfig
-from satisfice.testing import LocalUpstream, reply
+from satisfice.testing import LocalUpstream, reply, status
 
 from .chat_support import TOOLS, registry, wire
 from .server_support import running
@@ -150,7 +150,6 @@ def test_constraints_through_extra_body_and_clear_errors(served: Any) -> None:
 
 
 def test_upstream_failure_is_an_openai_error_listing_attempts(served: Any) -> None:
-    from satisfice.testing import status
 
     url, _, up, _ = served
     for m in ("alpha", "beta", "gamma", "delta"):
@@ -453,6 +452,7 @@ def test_keys_budgets_allow_lists_and_rate_limits(served: Any) -> None:
             spent += 1
     body: Any = e.value.body
     assert body["code"] == "budget_exceeded" and body["budget"] == f"key:{k['id']}"
+    assert e.value.response.headers["x-should-retry"] == "false"  # the SDKs had sent it 3x
     assert 0 <= body["remaining_usd"] < 0.0041 and 25 < spent < 40
     s = httpx.get(url + "/admin/spend", headers=admin).json()["budgets"][0]
     assert 0.0039 < s["spent_usd"] <= 0.01 and s["held_usd"] == 0
@@ -463,8 +463,9 @@ def test_keys_budgets_allow_lists_and_rate_limits(served: Any) -> None:
     c2 = _client(url, k2["key"])
     for _ in range(2):
         c2.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(openai.RateLimitError, match="rate limit of key 'slow'"):
+    with pytest.raises(openai.RateLimitError, match="rate limit of key 'slow'") as e:
         c2.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+    assert "x-should-retry" not in e.value.response.headers  # a minute later it fits
     # revoked
     assert httpx.delete(url + f"/admin/keys/{k2['id']}", headers=admin).json()["revoked"]
     with pytest.raises(openai.AuthenticationError, match="revoked"):
@@ -523,11 +524,18 @@ def test_an_upstream_429_beside_a_disabled_model_is_still_a_429() -> None:
     slow = Attempt("e", "d", "error", error_type="UpstreamTimeoutError")
     cases = (([limited, off], 429), ([limited], 429), ([keyless, limited], 429),
              ([off, keyless], 503), ([off, long], 400), ([keyless, slow], 504))  # fmt: skip
-    for atts, status in cases:
+    for atts, code in cases:
         e = AllAttemptsFailedError("all failed", attempts=atts)
         he = _all_failed(e, "all failed", {})
-        assert he.status == status, atts
-        assert (he.headers.get("x-should-retry") == "false") is (status == 503)
+        assert he.status == code, atts
+        assert (he.headers.get("x-should-retry") == "false") is (code == 503)
+    # every upstream refused the key or knew no such model: a 502 no retry changes
+    unknown = Attempt("a", "d", "error", error_type="ProviderError", status=404)
+    denied = Attempt("b", "d", "error", error_type="AuthError", status=401)
+    broken = Attempt("c", "d", "error", error_type="ProviderError", status=500)
+    for atts, final in (([unknown], True), ([denied, off], True), ([unknown, broken], False)):
+        he = _all_failed(AllAttemptsFailedError("x", attempts=atts), "x", {})
+        assert he.status == 502 and (he.headers.get("x-should-retry") == "false") is final
 
 
 def test_a_model_an_admin_disabled_is_a_503_the_sdks_do_not_retry(served: Any) -> None:
@@ -877,7 +885,6 @@ def test_a_pinned_session_keeps_failover(served: Any) -> None:
     """A pin restricted the call to its model: a session whose model failed or was disabled
     got 502 until the pin expired, where a request without a session fell back."""
     from satisfice.server.wire import session_key
-    from satisfice.testing import status
 
     url, app, upstream, _ = served
     svc = app.state.service
@@ -1309,3 +1316,39 @@ def test_a_mix_of_causes_maps_to_the_capable_models_status(served: Any) -> None:
     up.reset_script()
     for m in ("alpha", "beta", "gamma", "delta"):
         svc.router.enable(m)
+
+
+def test_an_upstream_that_knows_no_such_model_is_asked_once(served: Any) -> None:
+    """Its 404 had become a 502 the SDKs sent three times."""
+    url, _, up, _ = served
+    up.script(wire("alpha"), status(404, message="no such model"))
+    sent: list[str] = []
+    http = httpx.Client(event_hooks={"request": [lambda r: sent.append(r.url.path)]})
+    c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=2, http_client=http)
+    with pytest.raises(openai.APIStatusError) as e:
+        c.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "hi"}])
+    c.close()
+    assert e.value.status_code == 502 and e.value.response.headers["x-should-retry"] == "false"
+    assert sent == ["/v1/chat/completions"]
+
+
+def test_a_streamed_answer_of_tool_calls_alone_names_its_role(served: Any) -> None:
+    """OpenAI's first chunk names the role: a stream with no text had named none, and the
+    SDK's streamed message (role None) was refused when sent back as the next turn."""
+    url, _, up, _ = served
+    up.script(wire("alpha"), reply("", tool_call=("get_weather", '{"city": "Oslo"}')))
+    tools: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
+    chunks = list(
+        _client(url).chat.completions.create(
+            model="alpha",
+            messages=[{"role": "user", "content": "Oslo?"}],
+            tools=tools,
+            stream=True,
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].delta.role for c in chunks[1:] if c.choices] == [None] * (len(chunks) - 1)
+    calls = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or ()]
+    assert calls[0].function.name == "get_weather"
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"

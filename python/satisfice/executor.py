@@ -1006,7 +1006,11 @@ class Executor:
                             continue
                         why = self.health.unavailable(t.key)
                         wait = self.health.retry_in(t.key)  # None: disabled, not cooling
-                        if why is not None and wait is not None and carries(t.dep, run.request):
+                        if (
+                            why is not None
+                            and wait is not None
+                            and carries(t.spec, t.dep, run.request)
+                        ):
                             run.skip(m, t.dep.name, "unavailable", why, wait)
             if self._unsupported(run):
                 return UnsupportedRequestError(
@@ -1037,7 +1041,7 @@ class Executor:
             return False
         for t in self.targets(run.registry, a.model):
             if t.dep.name == a.deployment:
-                return carries(t.dep, run.request)
+                return carries(t.spec, t.dep, run.request)
         return False
 
     # entry points -------------------------------------------------------------------------

@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._json import dumps_record, record_default
-from .accounting import cost_of
 from ._real import as_real
 from ._redact import scrub
+from .accounting import cost_of
 from .errors import ConfigError
 
 if TYPE_CHECKING:

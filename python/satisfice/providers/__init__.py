@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING
 import httpx
 
 from .._redact import MIN_KEY_CHARS
-from ..errors import AuthError, UnsupportedRequestError
-from .anthropic import AnthropicProvider, to_anthropic
+from ..errors import AuthError, BadRequestError, UnsupportedRequestError
+from ..registry import thinking_budget
+from .anthropic import AnthropicProvider, anthropic_wire
 from .base import ChatRequest, ChatResponse, Provider, StreamDelta, ToolCall, Usage
 from .openai import OpenAIProvider
 
 if TYPE_CHECKING:
-    from ..registry import Deployment
+    from ..registry import Deployment, ModelSpec
 
 __all__ = [
     "AnthropicProvider",
@@ -30,14 +31,17 @@ __all__ = [
 ]
 
 
-def carries(dep: Deployment, request: ChatRequest) -> bool:
-    """Whether `dep`'s wire format can take `request` as it is (see UnsupportedRequestError):
-    asked of the wire alone, so a deployment whose key is not set is asked too."""
+def carries(spec: ModelSpec, dep: Deployment, request: ChatRequest) -> bool:
+    """Whether `dep`'s wire format can take `request` as it is for model `spec` (its effort:
+    see UnsupportedRequestError): asked of the wire alone, so a deployment whose key is not
+    set is asked too."""
     if dep.api != "anthropic":  # OpenAI's wire carries what the router takes
         return True
     try:
-        to_anthropic(request, dep.model, stream=False)
-    except UnsupportedRequestError:
+        anthropic_wire(
+            request, dep.model, False, thinking_budget(spec.effort, spec.reasoning_tokens)
+        )
+    except (UnsupportedRequestError, BadRequestError):
         return False
     return True
 

@@ -135,7 +135,26 @@ def _tool_choice(choice: Any) -> Any:
         return {"type": "none"}
     if isinstance(choice, dict) and choice.get("type") == "function":
         return {"type": "tool", "name": choice["function"]["name"]}
-    return choice
+    if isinstance(choice, dict) and choice.get("type") in ("auto", "any", "none", "tool"):
+        return choice  # Anthropic's own (the server's /v1/messages passes them on)
+    raise UnsupportedRequestError(
+        f"tool_choice {choice!r:.80} has no Anthropic form (auto, required, none, a named "
+        "function, or allowed_tools)"
+    )
+
+
+def _allowed_tools(p: dict[str, Any], choice: dict[str, Any]) -> None:
+    """OpenAI's `allowed_tools` choice on Anthropic's wire, which has none: only the
+    allowed tools are sent, with `auto` or `any` (required) as the choice."""
+    allowed = choice["allowed_tools"]
+    names = {t["function"]["name"] if "function" in t else t["name"] for t in allowed["tools"]}
+    mode = allowed.get("mode", "auto")
+    if mode not in ("auto", "required"):
+        raise UnsupportedRequestError(f"tool_choice allowed_tools mode {mode!r:.40} is unknown")
+    p["tools"] = [t for t in p.get("tools", ()) if t["name"] in names]
+    if not p["tools"]:
+        raise UnsupportedRequestError("tool_choice allowed_tools names none of the tools")
+    p["tool_choice"] = {"type": "any" if mode == "required" else "auto"}
 
 
 def to_anthropic(r: ChatRequest, model: str, stream: bool = False) -> dict[str, Any]:
@@ -229,11 +248,18 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
                 for b in ([{"type": "text", "text": s}] if isinstance(s, str) else s)
             ]
     if r.temperature is not None:
+        if r.temperature > 1:  # OpenAI's go to 2
+            raise UnsupportedRequestError(
+                f"Anthropic models take a temperature of 0 to 1, not {r.temperature}"
+            )
         p["temperature"] = r.temperature
     if r.tools:
         p["tools"] = [_tool(t) for t in r.tools]
-    if r.tool_choice is not None:
-        p["tool_choice"] = _tool_choice(r.tool_choice)
+    choice = r.tool_choice
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        _allowed_tools(p, choice)
+    elif choice is not None:
+        p["tool_choice"] = _tool_choice(choice)
     if r.response_format is not None and r.response_format.get("type") != "text":
         if r.tools:
             raise UnsupportedRequestError(
@@ -250,6 +276,50 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
     if r.extra:
         p.update(r.extra)
     return p
+
+
+def anthropic_wire(r: ChatRequest, model: str, stream: bool, budget: int) -> dict[str, Any]:
+    """The Messages API body of `r` for `model`, with extended thinking of `budget` tokens
+    (0: none). UnsupportedRequestError where Anthropic would refuse the pair: with thinking
+    on, it takes no temperature but 1, no top_p under 0.95 and no forced tool (nor
+    response_format, which is sent as one). Refused here, the request goes on to the next
+    model it was routed to; sent, the 400 had ended it there."""
+    p = to_anthropic(r, model, stream=stream)
+    if "stop" in p:  # OpenAI's `stop` (a string or a list) is Anthropic's stop_sequences
+        stop = p.pop("stop")
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop):
+            raise BadRequestError("stop must be a non-empty string or a list of them")
+        p["stop_sequences"] = stop
+    if budget:
+        why = _thinking_refuses(p)
+        if why is not None:
+            raise UnsupportedRequestError(
+                f"{model} thinks before it answers (extended thinking, {budget} tokens), and "
+                f"Anthropic refuses {why} with thinking; leave it out, or ask for a model "
+                "without thinking (an effort of none)"
+            )
+        # extended thinking: the budget is spent before the answer, within max_tokens
+        p["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        p["max_tokens"] = p["max_tokens"] + budget
+    return p
+
+
+def _thinking_refuses(p: dict[str, Any]) -> str | None:
+    """What of body `p` Anthropic refuses beside extended thinking, if anything."""
+    t = p.get("temperature")
+    if t is not None and t != 1:
+        return f"temperature {t} (only 1)"
+    top_p = p.get("top_p")
+    if isinstance(top_p, int | float) and top_p < 0.95:
+        return f"top_p {top_p} (0.95 to 1 only)"
+    choice = p.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        if choice.get("name") == _JSON_TOOL:
+            return "response_format (sent as a forced tool)"
+        return "a forced tool_choice"
+    return None
 
 
 def _usage(u: Any, out: Any = None) -> Usage | None:
@@ -304,20 +374,9 @@ class AnthropicProvider(HTTPProvider):
         return {"x-api-key": api_key}
 
     def _wire(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
-        p = to_anthropic(request, self.model, stream=stream)
-        if "stop" in p:  # OpenAI's `stop` (a string or a list) is Anthropic's stop_sequences
-            stop = p.pop("stop")
-            if isinstance(stop, str):
-                stop = [stop]
-            if not isinstance(stop, list) or not all(isinstance(x, str) for x in stop):
-                raise BadRequestError("stop must be a string or a list of strings")
-            p["stop_sequences"] = stop
-        budget = thinking_budget(self.effort, self.reasoning_tokens)
-        if budget:
-            # extended thinking: the budget is spent before the answer, within max_tokens
-            p["thinking"] = {"type": "enabled", "budget_tokens": budget}
-            p["max_tokens"] = p["max_tokens"] + budget
-        return p
+        return anthropic_wire(
+            request, self.model, stream, thinking_budget(self.effort, self.reasoning_tokens)
+        )
 
     @staticmethod
     def _extra_headers() -> dict[str, str]:

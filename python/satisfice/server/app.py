@@ -194,7 +194,8 @@ def http_error(e: SatisficeError) -> HTTPError:
     if isinstance(e, AllAttemptsFailedError):
         return _all_failed(e, msg, att)
     if isinstance(e, AuthError | ProviderError):
-        return HTTPError(502, msg, "upstream_error", type(e).__name__, None, **att)
+        no = _NO_RETRY if isinstance(e, AuthError) else None
+        return HTTPError(502, msg, "upstream_error", type(e).__name__, no, **att)
     if isinstance(e, StateUnavailable):
         return HTTPError(
             503,
@@ -204,6 +205,10 @@ def http_error(e: SatisficeError) -> HTTPError:
         )
     return HTTPError(500, msg, "server_error", type(e).__name__)
 
+
+#: what the openai and anthropic SDKs read: a retry would be refused again (429s above all,
+#: which they otherwise retry: a spent budget or a request past a key's tpm had been sent 3x)
+_NO_RETRY = {"x-should-retry": "false"}
 
 _DOWN = frozenset({"unavailable", "no_api_key"})  # skips no retry soon fixes: disabled, keyless
 
@@ -231,8 +236,7 @@ def _all_failed(e: AllAttemptsFailedError, msg: str, att: dict[str, Any]) -> HTT
     if tried and all(down):
         # every model disabled or keyless, no cooldown to wait out: 503, not to be retried
         # (as a 502 the SDKs had retried it, each retry refused again)
-        no = {"x-should-retry": "false"}  # what the openai and anthropic SDKs read
-        return HTTPError(503, msg, "service_unavailable", "models_unavailable", no, **att)
+        return HTTPError(503, msg, "service_unavailable", "models_unavailable", _NO_RETRY, **att)
     if tried and all(
         gone
         or (
@@ -248,7 +252,17 @@ def _all_failed(e: AllAttemptsFailedError, msg: str, att: dict[str, Any]) -> HTT
         if any(a.status == 429 for a in tried):
             return HTTPError(429, msg, "rate_limit_error", "upstream_rate_limited", headers, **att)
         return HTTPError(503, msg, "service_unavailable", "models_cooling_down", headers, **att)
+    if tried and all(
+        gone or a.error_type == "AuthError" or a.status in _REFUSED
+        for a, gone in zip(tried, down, strict=True)
+    ):
+        # every upstream refused the key or does not know the model: a retry is refused
+        # again (the SDKs had sent each such request three times)
+        return HTTPError(502, msg, "upstream_error", type(e).__name__, _NO_RETRY, **att)
     return HTTPError(502, msg, "upstream_error", type(e).__name__, None, **att)
+
+
+_REFUSED = frozenset({401, 403, 404})  # an upstream's answers no retry changes
 
 
 class SharedHealth(Health):
@@ -867,6 +881,7 @@ def create_app(
                         "a tpm limit",
                         "rate_limit_error",
                         "rate_limit_exceeded",
+                        _NO_RETRY,
                     )
                 if key.tpm is not None and count.tokens > key.tpm:  # no minute will ever fit it
                     if recheck:
@@ -879,6 +894,7 @@ def create_app(
                         "lower max_tokens or shorten the prompt",
                         "rate_limit_error",
                         "rate_limit_exceeded",
+                        _NO_RETRY,
                     )
             if budgets and math.isinf(worst):
                 if recheck:
@@ -926,6 +942,7 @@ def create_app(
                     + (f"has ${left:.6f} left and {why}" if bounded else f"refuses it: {why}"),
                     "insufficient_quota",
                     "budget_exceeded",
+                    _NO_RETRY,  # not within the SDKs' retries: the budget's period decides
                     budget=b.scope,
                     remaining_usd=left if bounded else None,
                 )
@@ -1222,21 +1239,22 @@ async def _stream(
                     res = d.result
                     model = res.model
                     settled = res.total_cost_usd  # None (unpriced): the hold stands
+                    tail: list[dict[str, Any]] = []
                     if res.refusal:  # whole at the end: it is not streamed as text
-                        yield wire.openai_chunk(sid, model, created, {"refusal": res.refusal})
+                        tail.append({"refusal": res.refusal})
                     if res.tool_calls:
-                        yield wire.openai_chunk(
-                            sid,
-                            model,
-                            created,
-                            {
-                                "tool_calls": [
-                                    {"index": i, **wire.openai_tool_call(c)}
-                                    for i, c in enumerate(res.tool_calls)
-                                ]
-                            },
-                        )
-                    yield wire.openai_chunk(sid, model, created, {}, res.finish_reason or "stop")
+                        calls = [
+                            {"index": i, **wire.openai_tool_call(c)}
+                            for i, c in enumerate(res.tool_calls)
+                        ]
+                        tail.append({"tool_calls": calls})
+                    tail.append({})  # the finish reason's
+                    if not sent_role:  # the first chunk names the role, whatever it holds
+                        tail[0] = {"role": "assistant", **tail[0]}
+                    last = len(tail) - 1
+                    for i, delta in enumerate(tail):
+                        fin = (res.finish_reason or "stop") if i == last else None
+                        yield wire.openai_chunk(sid, model, created, delta, fin)
                     if routed.include_usage:
                         yield wire.sse_data(
                             {
