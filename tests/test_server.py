@@ -1352,3 +1352,21 @@ def test_a_streamed_answer_of_tool_calls_alone_names_its_role(served: Any) -> No
     calls = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or ()]
     assert calls[0].function.name == "get_weather"
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_the_callers_metadata_is_recorded_and_store_is_refused(served: Any) -> None:
+    """OpenAI's `metadata` and `store` had been accepted and dropped without a word."""
+    url, app, _, tmp = served
+    c = _client(url)
+    msgs: Any = [{"role": "user", "content": "hi"}]
+    c.chat.completions.create(model="auto", messages=msgs, metadata={"ticket": "T-1", "key": "x"})
+    app.state.service.router.ledger.flush()
+    (rec,) = list(read_records(tmp / "l.db"))
+    assert rec["metadata"]["caller"] == {"ticket": "T-1", "key": "x"}
+    assert "key" not in rec["metadata"]  # the caller's own, apart from the server's
+    with pytest.raises(openai.BadRequestError, match="'store' must be false"):
+        c.chat.completions.create(model="auto", messages=msgs, store=True)
+    c.chat.completions.create(model="auto", messages=msgs, store=False)
+    for bad in ({"k": 1}, {f"k{i}": "v" for i in range(17)}, {"k": "v" * 513}):
+        with pytest.raises(openai.BadRequestError, match="'metadata' must be"):
+            c.chat.completions.create(model="auto", messages=msgs, metadata=bad)  # type: ignore[arg-type]

@@ -795,6 +795,8 @@ def create_app(
                     raise KeyChanged() from None
                 raise
             meta: dict[str, Any] = {"api": api}
+            if routed.metadata:  # the caller's own, apart: never the server's key or team
+                meta["caller"] = routed.metadata
             if key is not None:
                 meta.update(key=key.name, key_id=key.id, team=key.team)
             constraints = {k: v for k, v in opts.items() if k in _CONSTRAINT_KEYS}

@@ -93,6 +93,7 @@ class Routed:
     include_usage: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # chat()/stream() options
     session: str | None = None
+    metadata: dict[str, str] | None = None  # the caller's own (OpenAI's `metadata`): recorded
 
 
 def _bad(msg: str) -> InputError:
@@ -182,6 +183,11 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     n = body.get("n", 1)
     if n not in (1, None):
         raise _bad("'n' must be 1: satisfice returns one routed answer per request")
+    if body.get("store") not in (None, False):
+        raise _bad(
+            "'store' must be false or left out: satisfice does not ask a provider to keep "
+            "the completion (its own ledger records every request: [ledger] in the config)"
+        )
     opts: dict[str, Any] = {}
     mt = body.get("max_completion_tokens", body.get("max_tokens"))
     if mt is not None:
@@ -203,7 +209,24 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
         include_usage=bool(isinstance(so, Mapping) and so.get("include_usage")),
         options=opts,
         session=session_key(session),
+        metadata=_metadata(body.get("metadata")),
     )
+
+
+def _metadata(m: Any) -> dict[str, str] | None:
+    """OpenAI's `metadata` (at most 16 string pairs, keys to 64 characters, values to
+    512), kept in the request's record under `caller`; it had been accepted and dropped."""
+    if m is None:
+        return None
+    if not isinstance(m, Mapping) or len(m) > 16 or not all(
+        isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+        for k, v in m.items()
+    ):  # fmt: skip
+        raise _bad(
+            "'metadata' must be an object of at most 16 string values (keys up to 64 "
+            "characters, values up to 512)"
+        )
+    return dict(m) if m else None
 
 
 def decision_field(res: Any) -> dict[str, Any]:
