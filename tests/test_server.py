@@ -1370,3 +1370,44 @@ def test_the_callers_metadata_is_recorded_and_store_is_refused(served: Any) -> N
     for bad in ({"k": 1}, {f"k{i}": "v" for i in range(17)}, {"k": "v" * 513}):
         with pytest.raises(openai.BadRequestError, match="'metadata' must be"):
             c.chat.completions.create(model="auto", messages=msgs, metadata=bad)  # type: ignore[arg-type]
+
+
+def test_anthropic_blocks_are_alike_streamed_or_not(served: Any) -> None:
+    """An answer of tool calls alone had streamed an empty text block before them (not
+    there unstreamed: Anthropic refuses empty text blocks in a history sent back)."""
+    url, _, up, _ = served
+    c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+    _OPEN.append(c)
+    kw: Any = {
+        "model": "alpha",
+        "max_tokens": 50,
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    for text, kinds in (("", ["tool_use"]), ("Let me look.", ["text", "tool_use"])):
+        up.script(wire("alpha"), *[reply(text, tool_call=("f", '{"a": 1}'))] * 2)
+        m = c.messages.create(**kw)
+        with c.messages.stream(**kw) as s:
+            final = s.get_final_message()
+        assert [b.type for b in m.content] == [b.type for b in final.content] == kinds
+        assert final.content[-1].input == {"a": 1}  # type: ignore[union-attr]
+        assert final.stop_reason == "tool_use"
+
+
+def test_a_refusal_beside_text_reaches_anthropic_clients_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`text or refusal` had dropped the refusal when an OpenAI-wire model gave both."""
+    from types import SimpleNamespace
+
+    import satisfice.server.wire as w
+
+    monkeypatch.setattr(w, "anthropic_usage", lambda u: {})
+    monkeypatch.setattr(w, "decision_field", lambda r: {})
+    res = SimpleNamespace(
+        text="Sure, here", refusal="I can't help with that.", tool_calls=[], request_id="r",
+        model="m", stop_sequence=None, finish_reason="stop", usage=None,
+    )  # fmt: skip
+    out = w.anthropic_response(res)
+    assert [b["text"] for b in out["content"]] == ["Sure, here", "I can't help with that."]
+    assert out["stop_reason"] == "refusal"

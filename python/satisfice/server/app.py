@@ -1254,9 +1254,9 @@ async def _stream(
                     if not sent_role:  # the first chunk names the role, whatever it holds
                         tail[0] = {"role": "assistant", **tail[0]}
                     last = len(tail) - 1
-                    for i, delta in enumerate(tail):
+                    for i, part in enumerate(tail):
                         fin = (res.finish_reason or "stop") if i == last else None
-                        yield wire.openai_chunk(sid, model, created, delta, fin)
+                        yield wire.openai_chunk(sid, model, created, part, fin)
                     if routed.include_usage:
                         yield wire.sse_data(
                             {
@@ -1305,28 +1305,41 @@ async def _stream(
                     }
                 },
             )
-            yield wire.anthropic_event(
-                "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
-            )
+            # Blocks as anthropic_response gives them: the text (opened at its first piece:
+            # an answer of tool calls alone had begun with an empty text block), a refusal
+            # as a text block of its own, the tool calls; an empty text block for nothing.
+            block = -1  # the index of the block open or last closed
+            text_open = False
             d = first
             while True:
                 if d.done:
                     res = d.result
                     settled = res.total_cost_usd  # None (unpriced): the hold stands
-                    if res.refusal and not res.text:  # as anthropic_response says it
+                    if text_open:
+                        yield wire.anthropic_event("content_block_stop", {"index": block})
+                    if res.refusal or (block < 0 and not res.tool_calls):
+                        block += 1
                         yield wire.anthropic_event(
-                            "content_block_delta",
-                            {"index": 0, "delta": {"type": "text_delta", "text": res.refusal}},
+                            "content_block_start",
+                            {"index": block, "content_block": {"type": "text", "text": ""}},
                         )
-                    yield wire.anthropic_event("content_block_stop", {"index": 0})
-                    for i, c in enumerate(res.tool_calls, start=1):
-                        block = {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}
+                        if res.refusal:
+                            yield wire.anthropic_event(
+                                "content_block_delta",
+                                {
+                                    "index": block,
+                                    "delta": {"type": "text_delta", "text": res.refusal},
+                                },
+                            )
+                        yield wire.anthropic_event("content_block_stop", {"index": block})
+                    for i, c in enumerate(res.tool_calls, start=block + 1):
+                        use = {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}
                         args = {
                             "type": "input_json_delta",
                             "partial_json": json.dumps(wire.tool_input(c.arguments)),
                         }
                         yield wire.anthropic_event(
-                            "content_block_start", {"index": i, "content_block": block}
+                            "content_block_start", {"index": i, "content_block": use}
                         )
                         yield wire.anthropic_event(
                             "content_block_delta", {"index": i, "delta": args}
@@ -1347,6 +1360,12 @@ async def _stream(
                     yield wire.anthropic_event("message_stop", {})
                     return
                 if d.text:
+                    if not text_open:
+                        block, text_open = 0, True
+                        yield wire.anthropic_event(
+                            "content_block_start",
+                            {"index": 0, "content_block": {"type": "text", "text": ""}},
+                        )
                     yield wire.anthropic_event(
                         "content_block_delta",
                         {"index": 0, "delta": {"type": "text_delta", "text": d.text}},

@@ -586,10 +586,9 @@ def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
 
 
 def anthropic_response(res: Any) -> dict[str, Any]:
-    blocks: list[dict[str, Any]] = []
-    text = res.text or res.refusal  # a refusal is text in Anthropic's shape (stop "refusal")
-    if text:
-        blocks.append({"type": "text", "text": text})
+    # a refusal is text in Anthropic's shape (stop "refusal"), a block of its own beside the
+    # answer's text (it had been lost where both came)
+    blocks = [{"type": "text", "text": t} for t in (res.text, res.refusal) if t]
     for c in res.tool_calls:
         blocks.append(
             {"type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(c.arguments)}
