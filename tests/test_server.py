@@ -1411,3 +1411,15 @@ def test_a_refusal_beside_text_reaches_anthropic_clients_whole(
     out = w.anthropic_response(res)
     assert [b["text"] for b in out["content"]] == ["Sure, here", "I can't help with that."]
     assert out["stop_reason"] == "refusal"
+
+
+def test_a_stream_carries_its_request_id(served: Any) -> None:
+    """Without include_usage a stream had carried an id of its own, not its record's."""
+    url, app, _, tmp = served
+    raw = _client(url).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    rid = raw.headers["x-satisfice-request-id"]
+    assert {c.id for c in raw.parse()} == {f"chatcmpl-{rid}"}
+    app.state.service.router.ledger.flush()
+    assert [r["request_id"] for r in read_records(tmp / "l.db")] == [rid]

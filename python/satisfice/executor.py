@@ -1563,6 +1563,11 @@ class ChatStream:
         return list(self._runs[0].attempts) if self._runs else []
 
     @property
+    def request_id(self) -> str | None:
+        """The request's id (its record's, and feedback's), once it is routed."""
+        return self._runs[0].decision.request_id if self._runs else None
+
+    @property
     def model(self) -> str | None:
         """The model the text comes from, once its first piece has arrived (a server names
         it in a stream's first event, before the result says so)."""

@@ -1226,7 +1226,9 @@ async def _stream(
         if reserved is not None:
             await svc.settle(reserved[0], reserved[1], _billed(e, reserved[1]))
         raise
-    sid = uuid.uuid4().hex
+    # the request's id, as its record and a non-streamed answer have it (a stream without
+    # include_usage had carried an id of its own, and no way to its record or feedback)
+    sid = s.request_id or uuid.uuid4().hex
     created = wire.now()
     answering = s.model or routed.model  # the model called, not the alias ("auto") asked
 
@@ -1384,7 +1386,7 @@ async def _stream(
         media_type="text/event-stream",
         headers={
             "cache-control": "no-cache",
-            "x-satisfice-stream-id": sid,
+            "x-satisfice-request-id": sid,
             "x-satisfice-model": answering,
         },
     )
