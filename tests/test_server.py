@@ -1423,3 +1423,23 @@ def test_a_stream_carries_its_request_id(served: Any) -> None:
     assert {c.id for c in raw.parse()} == {f"chatcmpl-{rid}"}
     app.state.service.router.ledger.flush()
     assert [r["request_id"] for r in read_records(tmp / "l.db")] == [rid]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_answer_of_a_session_pins_its_model(served: Any, stream: bool) -> None:
+    """A streamed /v1/messages answer had set no pin (the OpenAI stream and both
+    non-streamed answers did)."""
+    from satisfice.server.wire import session_key
+
+    url, app, _, _ = served
+    pins = app.state.service.state._pins
+    c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+    _OPEN.append(c)
+    kw: Any = {"model": "auto", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+    sid = f"anthropic-{stream}"
+    if stream:
+        with c.messages.stream(**kw, metadata={"user_id": sid}) as s:
+            model = s.get_final_message().model
+    else:
+        model = c.messages.create(**kw, metadata={"user_id": sid}).model
+    assert pins[f"anon:{session_key(sid)}"][0] == model

@@ -1359,6 +1359,8 @@ async def _stream(
                             "satisfice": wire.decision_field(res),
                         },
                     )
+                    if routed.session:  # as a stream on /v1/chat/completions (it set none)
+                        await svc.state.set_pin(routed.session, res.model)
                     yield wire.anthropic_event("message_stop", {})
                     return
                 if d.text:
