@@ -30,6 +30,20 @@ BAD = [
     ('[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:port/0"\n', "redis_url.*port"),
     ('[state]\nbackend = "redis"\nredis_url = "redis://h:6379/notadb"\n', "redis_url.*database"),
     ('[state]\nbackend = "redis"\nredis_url = "redis://[::1:6379/0"\n', "redis_url.*host or port"),
+    # an option redis-py's connection does not take made every state call a 500 (TypeError);
+    # one it cannot read ended start-up with a traceback
+    (
+        '[state]\nbackend = "redis"\nredis_url = "redis://:pw@h:6379/0?ssl_cert_reqs=none"\n',
+        "redis_url: an option .* 'ssl_cert_reqs'",
+    ),
+    (
+        '[state]\nbackend = "redis"\nredis_url = "redis://:pw@h:6379/0?max_connections=abc"\n',
+        "redis_url: Invalid value for 'max_connections'",
+    ),
+    (
+        '[state]\nbackend = "redis"\nredis_url = "redis://:pw@h:6379/0?timeout=zz"\n',
+        "redis_url: Invalid value for 'timeout'",
+    ),
     # a URL without backend = "redis" was ignored: replicas shared nothing
     ('[state]\nredis_url = "redis://127.0.0.1:6379/0"\n', "redis_url is set but"),
     ("[probe]\ninterval_s = -1\n", "interval_s"),

@@ -97,6 +97,12 @@ def _redis_url(v: Any) -> str | None:
     db = parts.path.strip("/")
     if db and not db.isdigit():
         raise ConfigError(f"{what}: the database after the host must be a number, e.g. /0")
+    from .state import connection_factory
+
+    try:
+        connection_factory(v)
+    except ValueError as e:  # redis-py's words name the option, never the URL
+        raise ConfigError(f"{what}: {e}") from None
     return v
 
 

@@ -456,6 +456,39 @@ def _pack(args: Sequence[str | int | bytes]) -> bytes:
     return b"".join(out)
 
 
+def connection_factory(
+    url: str, size: int = 128, wait_s: float = 5.0, timeout_s: float = 2.0
+) -> tuple[Callable[[], Any], int, float]:
+    """redis-py's connection factory for `url` (its host, port, db, credentials and TLS),
+    with how many connections at most and how long a command waits for one. ValueError
+    naming the option an URL gives that redis-py's connection does not take or cannot
+    read: checked with the config, it had made every state call a 500 (TypeError) or
+    ended start-up with a traceback.
+
+    RESP2, whose replies every redis-py and Redis version gives alike (redis-py 8 defaults
+    to RESP3, which Redis before 6 lacks). The URL's options win, as they did with
+    redis-py's pool; its pool's own two (`max_connections`, and `timeout`, the wait for a
+    free connection) set the bound and the wait here: given to a connection, `timeout` had
+    failed every command with a TypeError."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.connection import parse_url
+
+    opts: dict[str, Any] = {
+        "socket_timeout": None, "socket_connect_timeout": timeout_s, "protocol": 2,
+        **parse_url(url),
+    }  # fmt: skip
+    size = int(opts.pop("max_connections", None) or size)
+    wait_s = float(opts.pop("timeout", wait_s))  # redis-py 5.0 leaves it a str
+    if not (size > 0 and wait_s >= 0):
+        raise ValueError("max_connections must be at least 1 and timeout not negative")
+    factory = aioredis.ConnectionPool(**opts)
+    try:
+        factory.make_connection()  # made, not connected: its options are checked here
+    except TypeError as e:
+        raise ValueError(f"an option redis-py's connection does not take ({e})") from None
+    return factory.make_connection, size, wait_s
+
+
 class _Connections:
     """Connections to one Redis server: redis-py's `Connection`s (its connect, auth, TLS and
     reply parser) taken and given back here, one command each, without its client and pool,
@@ -469,25 +502,10 @@ class _Connections:
     def __init__(
         self, url: str, size: int = 128, wait_s: float = 5.0, timeout_s: float = 2.0
     ) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.connection import parse_url
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import ResponseError
 
-        # Only its connection factory is used: the URL's host, port, db, credentials and TLS.
-        # RESP2, whose replies every redis-py and Redis version gives alike (redis-py 8
-        # defaults to RESP3, which Redis before 6 lacks). The URL's options win, as they did
-        # with redis-py's pool; its pool's own two (`max_connections`, and `timeout`, the
-        # wait for a free connection) set the bound and the wait here: given to a
-        # connection, `timeout` had failed every command with a TypeError.
-        opts: dict[str, Any] = {
-            "socket_timeout": None, "socket_connect_timeout": timeout_s, "protocol": 2,
-            **parse_url(url),
-        }  # fmt: skip
-        size = int(opts.pop("max_connections", None) or size)
-        wait_s = float(opts.pop("timeout", wait_s))  # redis-py 5.0 leaves it a str
-        factory = aioredis.ConnectionPool(**opts)
-        self._make: Callable[[], Any] = factory.make_connection
+        self._make, size, wait_s = connection_factory(url, size, wait_s, timeout_s)
         self._idle: list[Any] = []
         # Connections dropped (disconnected) kept to connect again: making one costs more
         # than connecting it (redis-py 8 reads its package metadata for each), and through
