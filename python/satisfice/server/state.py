@@ -481,12 +481,12 @@ def connection_factory(
     wait_s = float(opts.pop("timeout", wait_s))  # redis-py 5.0 leaves it a str
     if not (size > 0 and wait_s >= 0):
         raise ValueError("max_connections must be at least 1 and timeout not negative")
-    factory = aioredis.ConnectionPool(**opts)
+    make: Callable[[], Any] = aioredis.ConnectionPool(**opts).make_connection
     try:
-        factory.make_connection()  # made, not connected: its options are checked here
+        make()  # made, not connected: its options are checked here
     except TypeError as e:
         raise ValueError(f"an option redis-py's connection does not take ({e})") from None
-    return factory.make_connection, size, wait_s
+    return make, size, wait_s
 
 
 class _Connections:
