@@ -317,3 +317,68 @@ def test_a_limit_raised_on_one_replica_is_not_refused_from_the_others_cache(two:
     assert [x for x in m.splitlines() if "budget_refusals_total{" in x] == [
         'satisfice_budget_refusals_total{budget="rate_limit",key="w"} 1.0'
     ]
+
+
+def test_streams_past_the_shutdown_grace_end_with_an_error_and_keep_their_hold(
+    tmp_path: Path,
+) -> None:
+    """Streams still running when shutdown_grace_s runs out had been cut by uvicorn's cancel
+    with no word (the client saw a broken connection) and settled at the text sent so far,
+    as if their clients had left; the README says a request a shutdown cuts keeps its hold."""
+    import signal
+
+    from satisfice.testing import reply
+
+    text = " ".join(f"w{i}" for i in range(60))
+    with (
+        LocalUpstream(record=False, default=reply(text, chunk_delay=0.2)) as up,
+        redis() as r,
+    ):
+        reg = tmp_path / "r.toml"
+        reg.write_text(registry(up.url).to_toml())
+        cfg = tmp_path / "satisfice.toml"
+        cfg.write_text(
+            f'[registry]\npath = "{reg}"\n[server]\nshutdown_grace_s = 1\n'
+            f'[state]\nbackend = "redis"\nredis_url = "{r.url}"\n'
+        )
+        with replica_process(cfg) as (url, p):
+            key = _admin(url, "/admin/keys", {"name": "k", "budget_usd": 10})
+            auth = {"authorization": f"Bearer {key['key']}"}
+
+            async def run() -> list[str]:
+                started = asyncio.Event()
+                count = 0
+
+                async def one(c: httpx.AsyncClient) -> str:
+                    nonlocal count
+                    body = {"model": "alpha", "stream": True, "max_tokens": 200,
+                            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+                    out = ""
+                    async with c.stream(
+                        "POST", url + "/v1/chat/completions", json=body, headers=auth
+                    ) as resp:
+                        async for line in resp.aiter_lines():
+                            if line.startswith("data: ") and not out:
+                                count += 1
+                                if count == 3:
+                                    started.set()
+                            out += line + "\n"
+                    return out
+
+                async with httpx.AsyncClient(timeout=60) as c:
+                    tasks = [asyncio.create_task(one(c)) for _ in range(3)]
+                    await asyncio.wait_for(started.wait(), 30)
+                    p.send_signal(signal.SIGTERM)
+                    return await asyncio.gather(*tasks)
+
+            outs = asyncio.run(run())
+            assert p.wait(60) in (0, -signal.SIGTERM)
+        for o in outs:
+            assert '"code":"shutting_down"' in o.replace(" ", ""), o[-400:]
+            assert "[DONE]" not in o
+        with replica_process(cfg) as (url, _):
+            spend = httpx.get(url + "/admin/spend", headers={"authorization": f"Bearer {MASTER}"})
+    (budget,) = spend.json()["budgets"]
+    # each kept its whole hold (200 tokens out on alpha, $0.00008), far above the few words
+    # each had been sent (about $0.000003)
+    assert budget["held_usd"] == 0 and budget["spent_usd"] > 3 * 0.00007, budget

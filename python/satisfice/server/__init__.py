@@ -81,7 +81,7 @@ def serve(
             access_log=False,
             # nothing reads the client's address, so X-Forwarded-* need no middleware
             proxy_headers=False,
-            http=http_protocol(config.read_timeout_s),
+            http=http_protocol(config.read_timeout_s, config.shutdown_grace_s),
         )
     )
     try:

@@ -1,17 +1,19 @@
 """uvicorn's HTTP/1.1 protocol, with a response's head and body sent in one write, a
 bound on how long a request's head may take to arrive, and a non-streamed request's call
-cancelled when its client leaves before the answer."""
+cancelled when its client leaves before the answer, and streams cut by the server itself
+(an error event, the hold kept) just before a shutdown's grace runs out."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["http_protocol"]
 
 
-def http_protocol(head_timeout_s: float = 30.0) -> Any:
+def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None = None) -> Any:
     """uvicorn's `http=` for `satisfice serve`: httptools' protocol with writes joined
     (`_OneWrite`) and a connection closed when a request's head has not arrived in full
     `head_timeout_s` after the connection opened or the head began; else uvicorn's own
@@ -61,6 +63,22 @@ def http_protocol(head_timeout_s: float = 30.0) -> Any:
                 left.cancelled.add(task)
                 task.cancel()
 
+        def shutdown(self) -> None:
+            super().shutdown()
+            # uvicorn cancels what is still running once its graceful shutdown's time is up
+            # (the grace in whole seconds); a stream cut so had ended with no word, and was
+            # settled as if its client had left. Cut a little before, by satisfice: each
+            # stream's generator then ends it with an error event and keeps its hold.
+            if shutdown_grace_s is not None and self._left.streams:
+                grace = math.ceil(shutdown_grace_s)
+                self.loop.call_later(max(0.0, grace - _CUT_EARLY_S), self._cut)
+
+        def _cut(self) -> None:
+            left = self._left
+            left.cut = True
+            for task in list(left.streams):
+                task.cancel(_CUT)
+
         def _sweep(self) -> None:
             cls = type(self)
             now = self.loop.time()
@@ -87,18 +105,24 @@ _SWEEP_S = 1.0  # how often the heads' deadline is checked: a head may take up t
 
 CONNECTION = "satisfice.connection"  # a request's scope key for its `Connection`
 
+_CUT_EARLY_S = 0.5  # how long before uvicorn's own cancel the server cuts its streams
+_CUT = "satisfice: the server is shutting down"  # the cancel's message
+
 
 class Connection:
     """What the server knows of a request's client connection: whether it is gone, the
     tasks of non-streamed requests waiting for their answers on it (a handler adds its
-    own while it waits), and those cancelled because it went."""
+    own while it waits), and those cancelled because it went; the tasks writing its
+    streams, and whether the server's shutdown cut them."""
 
-    __slots__ = ("cancelled", "gone", "waiting")
+    __slots__ = ("cancelled", "cut", "gone", "streams", "waiting")
 
     def __init__(self) -> None:
         self.gone = False
         self.waiting: set[asyncio.Task[Any]] = set()
         self.cancelled: set[asyncio.Task[Any]] = set()
+        self.streams: set[asyncio.Task[Any]] = set()  # the tasks writing its streams
+        self.cut = False  # its streams were cut: the server's shutdown grace is ending
 
 
 class _OneWrite:

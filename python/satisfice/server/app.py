@@ -952,7 +952,7 @@ def create_app(
                 reserved = (budgets, worst)
             if routed.stream:
                 streaming = True
-                resp = await _stream(svc, routed, opts, api, reserved)
+                resp = await _stream(svc, routed, opts, api, reserved, scope.get(CONNECTION))
                 handed = True  # in flight until its body ends: the response counts it now
                 return resp
             # a client that leaves before its answer cancels the call (`satisfice serve`'s
@@ -1174,12 +1174,17 @@ class _App(Starlette):
 
 
 async def _close_and_settle(
-    svc: Service, s: Any, reserved: tuple[list[Budget], float] | None, settled: float | None
+    svc: Service,
+    s: Any,
+    reserved: tuple[list[Budget], float] | None,
+    settled: float | None,
+    cut: bool = False,
 ) -> None:
     """Close a stream, then settle its reservation: at the answer's cost when it finished,
     else at what its calls may have cost so far (the executor keeps an estimate for a call
     the client cut short: the prompt and the text sent). If the close itself is cancelled,
-    that estimate may be missing, so the whole reservation is kept (never under-counted)."""
+    that estimate may be missing, so the whole reservation is kept (never under-counted);
+    so it is for a stream the server's shutdown `cut`, whose call it left unfinished."""
     closed = False
     try:
         await s.aclose()
@@ -1187,10 +1192,42 @@ async def _close_and_settle(
     finally:
         if reserved is not None:
             if settled is None:
-                spent = billed_cost(s.attempts) if closed else None
+                spent = billed_cost(s.attempts) if closed and not cut else None
                 # no billed call on record (e.g. cut before its estimate was kept): the hold
                 settled = reserved[1] if spent is None or not spent[1] else spent[0]
             svc.settle_soon(reserved[0], reserved[1], settled)
+
+
+def _writing(conn: Connection | None) -> asyncio.Task[Any] | None:
+    """The task writing a stream, put on its connection's record, which a shutdown cuts
+    (see `_http`)."""
+    task = asyncio.current_task() if conn is not None else None
+    if task is not None:
+        conn.streams.add(task)  # type: ignore[union-attr]
+    return task
+
+
+def _written(conn: Connection | None, task: asyncio.Task[Any] | None) -> None:
+    if task is not None:
+        conn.streams.discard(task)  # type: ignore[union-attr]
+
+
+def _cut_by_shutdown(conn: Connection | None, task: asyncio.Task[Any] | None) -> bool:
+    """Whether a stream's cancel is the server's own cut at shutdown (then taken back: the
+    stream ends with an error event, which a cancelled task could not write)."""
+    if conn is None or task is None or not conn.cut:
+        return False
+    task.uncancel()
+    return True
+
+
+_SHUT = HTTPError(
+    503,
+    "the server is shutting down and its grace (shutdown_grace_s) ran out before this "
+    "stream's end; retry the request",
+    "service_unavailable",
+    "shutting_down",
+)
 
 
 class _InFlight(StreamingResponse):
@@ -1214,6 +1251,7 @@ async def _stream(
     opts: dict[str, Any],
     api: str,
     reserved: tuple[list[Budget], float] | None,
+    conn: Connection | None = None,
 ) -> Response:
     """Route and read up to the first piece before answering, so that a request that cannot
     be routed or whose every candidate fails gets a proper HTTP error, not a broken stream."""
@@ -1235,6 +1273,8 @@ async def _stream(
     async def openai_events() -> AsyncIterator[bytes]:
         settled: float | None = None  # what the answer cost, once done and priced
         model = answering
+        task = _writing(conn)
+        cut = False
         try:
             d = first
             sent_role = False
@@ -1285,12 +1325,21 @@ async def _stream(
         except SatisficeError as e:
             he = http_error(e)
             yield wire.sse_data(he.body())  # an explicit error event: never a silent cut
+        except asyncio.CancelledError:
+            if not (cut := _cut_by_shutdown(conn, task)):
+                raise
+            yield wire.sse_data(_SHUT.body())
         finally:
-            await _close_and_settle(svc, s, reserved, settled)
+            _written(conn, task)
+            # (cut while the piece before was being written: then closed, not cancelled)
+            cut = cut or (conn is not None and conn.cut)
+            await _close_and_settle(svc, s, reserved, settled, cut)
 
     async def anthropic_events() -> AsyncIterator[bytes]:
         settled: float | None = None  # what the answer cost, once done and priced
         msg_id = f"msg_{sid}"
+        task = _writing(conn)
+        cut = False
         try:
             yield wire.anthropic_event(
                 "message_start",
@@ -1378,8 +1427,15 @@ async def _stream(
         except SatisficeError as e:
             he = http_error(e)
             yield wire.anthropic_event("error", he.body("anthropic"))
+        except asyncio.CancelledError:
+            if not (cut := _cut_by_shutdown(conn, task)):
+                raise
+            yield wire.anthropic_event("error", _SHUT.body("anthropic"))
         finally:
-            await _close_and_settle(svc, s, reserved, settled)
+            _written(conn, task)
+            # (cut while the piece before was being written: then closed, not cancelled)
+            cut = cut or (conn is not None and conn.cut)
+            await _close_and_settle(svc, s, reserved, settled, cut)
 
     gen = openai_events() if api == "openai" else anthropic_events()
     return _InFlight(
