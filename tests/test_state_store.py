@@ -226,7 +226,7 @@ async def test_a_record_this_version_cannot_read_breaks_only_itself() -> None:
             await s.team("t")  # no limit: its budget cannot be checked
         await s._r.call("HSET", "satisfice:cooldowns", "odd", json.dumps([1e18, "why", "extra"]))
         await s._r.call("HSET", "satisfice:cooldowns", "a/d", json.dumps([1e18, "down"]))
-        assert await s.cooldowns_now() == {"a/d": (1e18, "down")}
+        assert await s.cooldowns_now() == {"a/d": (1e18, "down", 0.0)}
         await s.close()
 
 
@@ -417,3 +417,38 @@ async def test_an_enable_or_disable_reaches_every_replica_even_made_while_redis_
         await sa.close()
         await sb.close()
         await sc.close()
+
+
+async def test_an_enable_whose_writes_land_late_still_ends_a_shared_cooldown() -> None:
+    """Replica B restamped another replica's cooldown at each sync: a sync between an
+    enable (stamped when made) and its writes (a slow store) held the deployment back past
+    the enable, on B, for good."""
+    from satisfice.server.app import SharedHealth
+
+    with redis() as server:
+        sa, sb = RedisState(server.url), RedisState(server.url)
+        a, b = SharedHealth(sa), SharedHealth(sb)
+        for _ in range(5):  # A's breaker opens, and A shares the cooldown
+            a.record_failure("m/d", rate_limited=False, retry_after=None, reason="HTTP 500")
+        await asyncio.gather(*a._tasks)
+        await b.sync()
+        assert b.cooling_for("m/d") is not None
+        await asyncio.sleep(0.01)
+        real = sa.set_disabled
+        landed = asyncio.Event()
+
+        async def slow(key: str, why: str | None, at: float = 0.0) -> bool:
+            await asyncio.sleep(0.3)  # the store slow to take the enable's writes
+            ok = await real(key, why, at)
+            landed.set()
+            return ok
+
+        sa.set_disabled = slow  # type: ignore[method-assign]
+        a.enable("m/d")  # stamped now; written 0.3 s later
+        await asyncio.sleep(0.05)
+        await b.sync()  # the cooldown is still in the store
+        await landed.wait()
+        await b.sync()
+        assert b.cooling_for("m/d") is None
+        await sa.close()
+        await sb.close()

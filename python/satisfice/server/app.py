@@ -285,6 +285,7 @@ class SharedHealth(Health):
         # a cooldown another replica shared; an enable stamped later puts it back
         self._held_at: dict[str, float] = {}
         self._enabled_seen: dict[str, float] = {}  # enable stamps acted on
+        self._shared_until: dict[str, float] = {}  # other replicas' cooldowns seen, by end
 
     def record_failure(self, key: str, **kw: Any) -> None:
         super().record_failure(key, **kw)
@@ -295,7 +296,7 @@ class SharedHealth(Health):
             if self._pushed.get(key, 0.0) < until - 0.01:
                 self._pushed[key] = until
                 self._held_at[key] = now
-                self._push(self._state.push_cooldown(key, until, self._s[key].reason))
+                self._push(self._state.push_cooldown(key, until, self._s[key].reason, now))
 
     def disable(self, key: str, reason: str) -> None:
         super().disable(key, reason)
@@ -335,11 +336,16 @@ class SharedHealth(Health):
     async def sync(self) -> None:
         for key in list(self._want):  # what the store missed, before reading what it holds
             await self._share(key)
-        for key, (until, why) in (await self._state.cooldowns_now()).items():
+        for key, (until, why, made) in (await self._state.cooldowns_now()).items():
             if self._pushed.get(key, 0.0) >= until - 0.01 or key in self._want:
                 continue  # ours
             self.cool(key, until - time.time(), f"cooled by another replica: {why}")
-            self._held_at[key] = time.time()
+            if self._shared_until.get(key) != until:
+                # held back from when that replica began to (an enable stamped after that
+                # ends it), stamped once: stamped at each sync, a sync between an enable
+                # and its writes (a slow store) had held the deployment back past it
+                self._shared_until[key] = until
+                self._held_at[key] = max(self._held_at.get(key, 0.0), made)
         shared = await self._state.disabled_now()
         if shared is None:
             return  # the store is away: keep what we know

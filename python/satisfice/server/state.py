@@ -217,7 +217,7 @@ class MemoryState:
         self._windows: dict[str, int] = {}
         self._pins: dict[str, tuple[str, float]] = {}
         self._pin_sweep_at = 10_000
-        self.cooldowns: dict[str, tuple[float, str]] = {}
+        self.cooldowns: dict[str, tuple[float, str, float]] = {}
 
     async def close(self) -> None:
         pass
@@ -332,10 +332,10 @@ class MemoryState:
             self._pins = {k: v for k, v in self._pins.items() if v[1] > now}
             self._pin_sweep_at = max(2 * len(self._pins), 10_000)
 
-    async def push_cooldown(self, key: str, until: float, why: str) -> None:
-        self.cooldowns[key] = (until, why)
+    async def push_cooldown(self, key: str, until: float, why: str, made: float = 0.0) -> None:
+        self.cooldowns[key] = (until, why, made)
 
-    async def cooldowns_now(self) -> dict[str, tuple[float, str]]:
+    async def cooldowns_now(self) -> dict[str, tuple[float, str, float]]:
         now = time.time()
         return {k: v for k, v in self.cooldowns.items() if v[0] > now}
 
@@ -870,11 +870,12 @@ class RedisState:
         with contextlib.suppress(StateUnavailable):  # fail open
             await self._do(self._r.call("SET", f"{self._p}pin:{session}", model, "EX", int(ttl_s)))
 
-    async def push_cooldown(self, key: str, until: float, why: str) -> None:
+    async def push_cooldown(self, key: str, until: float, why: str, made: float = 0.0) -> None:
+        """Share a cooldown of `key` until `until`, begun at `made` (unix s): an enable
+        stamped later ends it on every replica."""
         with contextlib.suppress(StateUnavailable):  # fail open
-            await self._do(
-                self._r.call("HSET", f"{self._p}cooldowns", key, json.dumps([until, why]))
-            )
+            entry = json.dumps([until, why, made])
+            await self._do(self._r.call("HSET", f"{self._p}cooldowns", key, entry))
 
     async def set_disabled(self, key: str, why: str | None, at: float = 0.0) -> bool:
         """Share that a deployment was disabled (`why`) or enabled again (None) at `at`
@@ -915,7 +916,9 @@ class RedisState:
             return None
         return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in _pairs(raw)}
 
-    async def cooldowns_now(self) -> dict[str, tuple[float, str]]:
+    async def cooldowns_now(self) -> dict[str, tuple[float, str, float]]:
+        """Each shared cooldown in force: (until, why, when it began; 0 when an entry
+        written before that was kept does not say)."""
         try:
             raw = await self._do(self._r.call("HGETALL", f"{self._p}cooldowns"))
         except StateUnavailable:
@@ -924,11 +927,11 @@ class RedisState:
         out = {}
         for k, v in _pairs(raw):
             try:
-                until, why = json.loads(v)
-                until = float(until)
+                until, why, *rest = json.loads(v)
+                until, made = float(until), float(rest[0]) if rest else 0.0
             except (ValueError, TypeError):  # one odd entry had stopped every sync
                 self._unreadable("a cooldown")
                 continue
             if until > now:
-                out[k.decode(errors="replace")] = (until, str(why))
+                out[k.decode(errors="replace")] = (until, str(why), made)
         return out
