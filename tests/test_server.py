@@ -1443,3 +1443,32 @@ def test_every_answer_of_a_session_pins_its_model(served: Any, stream: bool) -> 
     else:
         model = c.messages.create(**kw, metadata={"user_id": sid}).model
     assert pins[f"anon:{session_key(sid)}"][0] == model
+
+
+def test_a_settlement_above_its_hold_is_counted_and_logged(
+    served: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upstream that reports more prompt tokens than satisfice counted is settled at its
+    report (it bills it): the budget may end past its limit, by the sum over requests in
+    flight; each excess is now counted and logged, where nothing had said so."""
+    url, app, up, _ = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    k = httpx.post(url + "/admin/keys", headers=admin, json={"name": "o", "budget_usd": 1.0})
+    up.script(wire("alpha"), reply("ok", usage=(7900, 1, 0)))  # "hi" reported as 7,900
+    with caplog.at_level("WARNING", logger="satisfice"):
+        _client(url, k.json()["key"]).chat.completions.create(
+            model="alpha", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+        )
+        app.state.service.router.ledger.flush()
+        import time
+
+        reg = app.state.service.metrics.registry
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not reg.get_sample_value(_OVER):
+            time.sleep(0.01)  # the settlement runs on a task of its own, after the answer
+    over = reg.get_sample_value(_OVER)
+    assert 0.0007 < over < 0.0008  # 7,900 tokens at $0.10/M, less the few the hold counted
+    assert any("above its hold" in r.getMessage() for r in caplog.records)
+
+
+_OVER = "satisfice_settled_over_hold_usd_total"

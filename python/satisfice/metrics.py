@@ -58,6 +58,10 @@ class Metrics:
                                  ("model", "deployment"), registry=r)  # fmt: skip
         self.budget_refusals = Counter(f"{p}_budget_refusals", "Requests refused by a budget",
                                        ("key", "budget"), registry=r)  # fmt: skip
+        self.over_hold = Counter(f"{p}_settled_over_hold_usd", "USD settled above the "
+                                 "requests' holds (an upstream billed past the worst case "
+                                 "counted): how far budgets may end past their limits",
+                                 registry=r)  # fmt: skip
         self.cache_hits = Counter(f"{p}_cache_hits", "Requests answered from a cache",
                                   registry=r)  # fmt: skip
         self.ledger_backlog = Gauge(f"{p}_ledger_backlog", "Records waiting for the ledger",

@@ -636,7 +636,18 @@ class Service:
 
     async def settle(self, budgets: list[Budget], reserved: float, actual: float) -> None:
         """Settle a reservation; if the store is away, keep it and settle when it is back
-        (the answer was billed: the request does not fail for it)."""
+        (the answer was billed: the request does not fail for it). Above the hold (an
+        upstream that reports more than the count the hold was made on: it bills what it
+        reports), the difference is counted and logged: requests in flight at once each
+        may end past their holds, and a budget past its limit by their sum."""
+        if actual > reserved + 1e-12:
+            self.metrics.over_hold.inc(actual - reserved)
+            _log.warning(
+                "a request was billed $%.6f above its hold of $%.6f: its upstream reported "
+                "more tokens than satisfice counted; budgets %s may end past their limits",
+                actual - reserved, reserved, ", ".join(b.scope for b in budgets),
+                extra={"event": "settled_over_hold"},
+            )  # fmt: skip
         try:
             await self.state.settle(budgets, reserved, actual)
         except StateUnavailable:
