@@ -249,3 +249,24 @@ async def test_an_outage_does_not_build_a_connection_object_a_call() -> None:
     await asyncio.gather(*(s.pin("a") for _ in range(50)))
     assert made <= 50, f"{made} connection objects for 50 more calls at once"
     await s.close()
+
+
+async def test_redis_that_does_not_answer_costs_one_timeout_not_one_a_call() -> None:
+    """A hung Redis had cost every state call its 2 s timeout (a request with a session and
+    a team budget waited 6 s); after one timeout the calls of the next second fail at once,
+    then one call tries again."""
+    fake = _ScriptedRedis(delay=30.0)  # never answers in time
+    async with fake.url() as url:
+        s = RedisState(url)
+        s._r = _Connections(url, timeout_s=0.3)
+        with pytest.raises(StateUnavailable):
+            await s._do(s._r.call("ECHO", "x"))
+        before = fake.accepted  # a timed-out connection is dropped: a command needs a new one
+        for _ in range(5):  # within the second after: none reaches Redis
+            assert await s.disabled_now() is None  # fails open, as when Redis is down
+        assert fake.accepted == before
+        s._away_until = 1e-9  # the second is over: the next call tries Redis again
+        fake.delay = 0.0
+        assert await s._do(s._r.call("ECHO", "y")) == b"y"
+        assert s._away_until == 0.0 and fake.accepted == before + 1
+        await s.close()

@@ -592,6 +592,9 @@ class _Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
+_AWAY_S = 1.0  # after a Redis command timed out, how long state calls fail at once
+
+
 class RedisState:
     """State in Redis, shared by every replica pointing at it."""
 
@@ -615,6 +618,7 @@ class RedisState:
         self._team_cache: dict[str, tuple[Budget | None, float]] = {}
         self.errors = 0
         self._warned_at = -math.inf
+        self._away_until = 0.0  # a command timed out: calls fail at once until then
         self._unreadable_at = -math.inf
         # rate windows while Redis is away: this replica's own view (they had no limit)
         self._local = MemoryState()
@@ -633,11 +637,25 @@ class RedisState:
             return await call("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def _do(self, coro: Any) -> Any:
+        """`coro`'s reply, or StateUnavailable. Redis that does not answer (hung, or a
+        network that drops packets) costs a command its 2 s timeout: after one, the calls
+        of the next `_AWAY_S` fail at once (their kinds of state fall back as they do
+        when Redis is down), and then one call tries again while the others still fail
+        at once. Every state call of every request had waited out its own timeout (a
+        request with a session and a team budget 6 s)."""
         import redis.exceptions
 
+        now = time.monotonic()
+        if self._away_until:
+            if now < self._away_until:
+                coro.close()
+                raise StateUnavailable("redis unavailable: not answering (a command timed out)")
+            self._away_until = now + _AWAY_S  # this call tries it; the others wait it out
         try:
-            return await coro
+            out = await coro
         except (redis.exceptions.RedisError, OSError) as e:
+            if isinstance(e, TimeoutError | redis.exceptions.TimeoutError):  # (a connect's)
+                self._away_until = time.monotonic() + _AWAY_S
             # Unreachable, or refusing (OOM, READONLY, a failover): either way the state is
             # not available, and each caller's documented outage behaviour applies (a raw
             # ResponseError had turned a billed answer into a 500 and left its hold).
@@ -651,6 +669,8 @@ class RedisState:
                     extra={"event": "state_unavailable"},
                 )  # fmt: skip
             raise StateUnavailable(f"redis unavailable: {type(e).__name__}") from None
+        self._away_until = 0.0
+        return out
 
     # keys ------------------------------------------------------------------------------------
     async def put_key(self, k: VirtualKey) -> None:
