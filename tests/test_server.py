@@ -1472,3 +1472,35 @@ def test_a_settlement_above_its_hold_is_counted_and_logged(
 
 
 _OVER = "satisfice_settled_over_hold_usd_total"
+
+
+def test_a_budget_held_by_requests_in_flight_may_be_retried(served: Any) -> None:
+    """x-should-retry: false is for a budget spent; one whose room is held by requests in
+    flight (worst cases, released within seconds) had been refused for good as well."""
+    import threading
+
+    url, _, up, _ = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    msgs: Any = [{"role": "user", "content": "hi"}]
+    k = httpx.post(url + "/admin/keys", headers=admin, json={"name": "h", "budget_usd": 1.0})
+    c = _client(url, k.json()["key"])
+    # one request's hold, then a budget that fits one and not two
+    up.script(wire("alpha"), reply("ok"))
+    raw = c.chat.completions.with_raw_response.create(model="alpha", max_tokens=2000, messages=msgs)
+    assert raw.status_code == 200
+    spent = httpx.get(url + "/admin/spend", headers=admin).json()["budgets"][0]["spent_usd"]
+    kid = k.json()["id"]
+    httpx.patch(url + f"/admin/keys/{kid}", headers=admin, json={"budget_usd": spent + 0.0012})
+    up.script(wire("alpha"), reply("slow", latency=1.5))
+    first = threading.Thread(
+        target=lambda: c.chat.completions.create(model="alpha", max_tokens=2000, messages=msgs)
+    )
+    first.start()
+    import time
+
+    time.sleep(0.5)  # the first is in flight, its hold taken
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model="alpha", max_tokens=2000, messages=msgs)
+    first.join()
+    assert e.value.body["code"] == "budget_exceeded"  # type: ignore[index]
+    assert "x-should-retry" not in e.value.response.headers

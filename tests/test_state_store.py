@@ -157,6 +157,7 @@ async def test_a_request_its_rate_limit_refuses_reserves_nothing_and_the_reverse
     refused = await state.admit([b.pinned(hold="c")], 5.0, other)  # over budget
     assert refused is not None and refused.budget == b
     assert refused.left_usd == pytest.approx(0.75)
+    assert refused.held_usd == pytest.approx(0.25)  # what requests in flight hold of it
     assert await state.admit([], 0, other) is None  # its rpm slot is still there
 
 

@@ -961,7 +961,9 @@ def create_app(
                     + (f"has ${left:.6f} left and {why}" if bounded else f"refuses it: {why}"),
                     "insufficient_quota",
                     "budget_exceeded",
-                    _NO_RETRY,  # not within the SDKs' retries: the budget's period decides
+                    # not to be retried when spent, or unbounded (the budget's period
+                    # decides); when held by requests in flight, soon released, it may fit
+                    _NO_RETRY if not bounded or left + refused.held_usd < worst else None,
                     budget=b.scope,
                     remaining_usd=left if bounded else None,
                 )

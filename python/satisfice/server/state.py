@@ -172,12 +172,14 @@ class RateCount:
 
 @dataclass(frozen=True)
 class Refused:
-    """Why `admit` refused a request: a budget it does not fit (`budget`, with `left_usd`),
-    else the key's rate limit (`retry_in_s`: until the minute turns)."""
+    """Why `admit` refused a request: a budget it does not fit (`budget`, with `left_usd`,
+    and `held_usd`, what requests in flight hold of it), else the key's rate limit
+    (`retry_in_s`: until the minute turns)."""
 
     budget: Budget | None = None
     left_usd: float = 0.0
     retry_in_s: float = 0.0
+    held_usd: float = 0.0
 
 
 def _stored(cls: type[_T], raw: str | bytes) -> _T | None:
@@ -272,7 +274,8 @@ class MemoryState:
             k = f"{b.scope}:{b.tag}"
             left = _nano(b.limit_usd) - self._spent.get(k, 0) - self._reserved.get(k, 0)
             if amount > left:
-                return Refused(b, max(left, 0) / NANO)
+                held = self._reserved.get(k, 0) / NANO
+                return Refused(b, max(left, 0) / NANO, held_usd=held)
         if rate is not None:
             minute = int(time.time() // 60)
             rk, tk = f"rpm:{rate.key_id}:{minute}", f"tpm:{rate.key_id}:{minute}"
@@ -389,7 +392,7 @@ for i = 1, n do
   local spent = tonumber(redis.call('GET', KEYS[3*i-2]) or '0')
   local held = tonumber(redis.call('GET', KEYS[3*i-1]) or '0')
   local limit = tonumber(ARGV[8 + i])
-  if spent + held + amount > limit then return {i, limit - spent - held} end
+  if spent + held + amount > limit then return {i, limit - spent - held, held} end
 end
 if rate then
   local rk, tk = KEYS[3*n+1], KEYS[3*n+2]
@@ -806,7 +809,7 @@ class RedisState:
                 raise KeyChanged(key.id)
         keys, args = self._admission(budgets, usd, rate, seen)
         try:
-            i, left = await self._do(self._eval(self._admit, keys, args))
+            i, left, *held = await self._do(self._eval(self._admit, keys, args))
         except StateUnavailable:
             if budgets or rate is None:
                 raise
@@ -827,7 +830,7 @@ class RedisState:
             return None
         if i < 0:
             return Refused(retry_in_s=_retry_in())
-        return Refused(budgets[i - 1], max(int(left), 0) / NANO)
+        return Refused(budgets[i - 1], max(int(left), 0) / NANO, held_usd=int(held[0]) / NANO)
 
     def _admission(
         self,
