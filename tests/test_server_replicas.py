@@ -322,9 +322,11 @@ def test_a_limit_raised_on_one_replica_is_not_refused_from_the_others_cache(two:
 def test_streams_past_the_shutdown_grace_end_with_an_error_and_keep_their_hold(
     tmp_path: Path,
 ) -> None:
-    """Streams still running when shutdown_grace_s runs out had been cut by uvicorn's cancel
-    with no word (the client saw a broken connection) and settled at the text sent so far,
-    as if their clients had left; the README says a request a shutdown cuts keeps its hold."""
+    """Requests still running when shutdown_grace_s runs out had been cut by uvicorn's
+    cancel with no word (the client saw a broken connection), streams settled at the text
+    sent so far as if their clients had left; the README says a request a shutdown cuts
+    keeps its hold. Now: streams end with an error event, a stream still waiting for its
+    first piece and a request waiting for its answer are 503s, and each keeps its hold."""
     import signal
 
     from satisfice.testing import reply
@@ -334,6 +336,8 @@ def test_streams_past_the_shutdown_grace_end_with_an_error_and_keep_their_hold(
         LocalUpstream(record=False, default=reply(text, chunk_delay=0.2)) as up,
         redis() as r,
     ):
+        up.script(wire("gamma"), reply("late", latency=8.0))  # its first piece: after the cut
+        up.script(wire("delta"), reply("late", latency=8.0))  # a non-streamed answer, late
         reg = tmp_path / "r.toml"
         reg.write_text(registry(up.url).to_toml())
         cfg = tmp_path / "satisfice.toml"
@@ -345,13 +349,13 @@ def test_streams_past_the_shutdown_grace_end_with_an_error_and_keep_their_hold(
             key = _admin(url, "/admin/keys", {"name": "k", "budget_usd": 10})
             auth = {"authorization": f"Bearer {key['key']}"}
 
-            async def run() -> list[str]:
+            async def run() -> list[tuple[int, str]]:
                 started = asyncio.Event()
                 count = 0
 
-                async def one(c: httpx.AsyncClient) -> str:
+                async def one(c: httpx.AsyncClient, model: str, stream: bool) -> tuple[int, str]:
                     nonlocal count
-                    body = {"model": "alpha", "stream": True, "max_tokens": 200,
+                    body = {"model": model, "stream": stream, "max_tokens": 200,
                             "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
                     out = ""
                     async with c.stream(
@@ -363,22 +367,27 @@ def test_streams_past_the_shutdown_grace_end_with_an_error_and_keep_their_hold(
                                 if count == 3:
                                     started.set()
                             out += line + "\n"
-                    return out
+                    return resp.status_code, out
 
                 async with httpx.AsyncClient(timeout=60) as c:
-                    tasks = [asyncio.create_task(one(c)) for _ in range(3)]
+                    tasks = [asyncio.create_task(one(c, "alpha", True)) for _ in range(3)]
+                    tasks.append(asyncio.create_task(one(c, "gamma", True)))
+                    tasks.append(asyncio.create_task(one(c, "delta", False)))
                     await asyncio.wait_for(started.wait(), 30)
+                    await asyncio.sleep(0.3)  # gamma's and delta's calls are out
                     p.send_signal(signal.SIGTERM)
                     return await asyncio.gather(*tasks)
 
             outs = asyncio.run(run())
             assert p.wait(60) in (0, -signal.SIGTERM)
-        for o in outs:
-            assert '"code":"shutting_down"' in o.replace(" ", ""), o[-400:]
+        for status, o in outs[:3]:  # streams being written: an error event ends them
+            assert status == 200 and '"code":"shutting_down"' in o.replace(" ", ""), o[-400:]
             assert "[DONE]" not in o
+        for status, o in outs[3:]:  # no answer begun: a 503 saying why
+            assert status == 503 and "shutting_down" in o, (status, o[-400:])
         with replica_process(cfg) as (url, _):
             spend = httpx.get(url + "/admin/spend", headers={"authorization": f"Bearer {MASTER}"})
     (budget,) = spend.json()["budgets"]
-    # each kept its whole hold (200 tokens out on alpha, $0.00008), far above the few words
-    # each had been sent (about $0.000003)
-    assert budget["held_usd"] == 0 and budget["spent_usd"] > 3 * 0.00007, budget
+    # each kept its whole hold (200 tokens out: $0.00008 on alpha, $0.0004 on gamma, $0.0008
+    # on delta), far above the few words the streams had been sent (about $0.000003 each)
+    assert budget["held_usd"] == 0 and budget["spent_usd"] > 3 * 0.00007 + 0.0011, budget

@@ -69,14 +69,17 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
             # (the grace in whole seconds); a stream cut so had ended with no word, and was
             # settled as if its client had left. Cut a little before, by satisfice: each
             # stream's generator then ends it with an error event and keeps its hold.
-            if shutdown_grace_s is not None and self._left.streams:
+            busy = self.cycle is not None and not self.cycle.response_complete
+            if shutdown_grace_s is not None and busy:
                 grace = math.ceil(shutdown_grace_s)
                 self.loop.call_later(max(0.0, grace - _CUT_EARLY_S), self._cut)
 
         def _cut(self) -> None:
+            # the streams being written, and the requests waiting for an answer or a
+            # stream's first piece: each then answers 503 (or an error event), hold kept
             left = self._left
             left.cut = True
-            for task in list(left.streams):
+            for task in {*left.streams, *left.waiting}:
                 task.cancel(_CUT)
 
         def _sweep(self) -> None:

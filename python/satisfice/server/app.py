@@ -986,6 +986,8 @@ def create_app(
             try:
                 res = await svc.router.chat(routed.messages, **opts)
             except asyncio.CancelledError:
+                if _cut_by_shutdown(conn, task):
+                    raise _shut() from None  # 503; `finally` keeps the reservation whole
                 if conn is None or task not in conn.cancelled:
                     raise
                 # not cancelled from above: the request ends here, and `finally` keeps its
@@ -1218,8 +1220,8 @@ async def _close_and_settle(
 
 
 def _writing(conn: Connection | None) -> asyncio.Task[Any] | None:
-    """The task writing a stream, put on its connection's record, which a shutdown cuts
-    (see `_http`)."""
+    """The task writing a stream (or waiting for its first piece), put on its connection's
+    record, which a shutdown cuts (see `_http`)."""
     task = asyncio.current_task() if conn is not None else None
     if task is not None:
         conn.streams.add(task)  # type: ignore[union-attr]
@@ -1240,13 +1242,14 @@ def _cut_by_shutdown(conn: Connection | None, task: asyncio.Task[Any] | None) ->
     return True
 
 
-_SHUT = HTTPError(
-    503,
-    "the server is shutting down and its grace (shutdown_grace_s) ran out before this "
-    "stream's end; retry the request",
-    "service_unavailable",
-    "shutting_down",
-)
+def _shut() -> HTTPError:
+    return HTTPError(
+        503,
+        "the server is shutting down and its grace (shutdown_grace_s) ran out before this "
+        "request's end; retry it",
+        "service_unavailable",
+        "shutting_down",
+    )
 
 
 class _InFlight(StreamingResponse):
@@ -1276,13 +1279,19 @@ async def _stream(
     be routed or whose every candidate fails gets a proper HTTP error, not a broken stream."""
     s = svc.router.stream(routed.messages, **opts)
     it = s.__aiter__()
+    waiting = _writing(conn)  # a shutdown's cut reaches it here too
     try:
         first = await it.__anext__()
     except BaseException as e:
+        cut = isinstance(e, asyncio.CancelledError) and _cut_by_shutdown(conn, waiting)
         await s.aclose()
-        if reserved is not None:
+        if reserved is not None:  # (a cancel, a cut too: the whole reservation)
             await svc.settle(reserved[0], reserved[1], _billed(e, reserved[1]))
+        if cut:
+            raise _shut() from None
         raise
+    finally:
+        _written(conn, waiting)
     # the request's id, as its record and a non-streamed answer have it (a stream without
     # include_usage had carried an id of its own, and no way to its record or feedback)
     sid = s.request_id or uuid.uuid4().hex
@@ -1293,8 +1302,11 @@ async def _stream(
         settled: float | None = None  # what the answer cost, once done and priced
         model = answering
         task = _writing(conn)
-        cut = False
+        cut = conn is not None and conn.cut  # cut before this began: an error event only
         try:
+            if cut:
+                yield wire.sse_data(_shut().body())
+                return
             d = first
             sent_role = False
             while True:
@@ -1347,7 +1359,7 @@ async def _stream(
         except asyncio.CancelledError:
             if not (cut := _cut_by_shutdown(conn, task)):
                 raise
-            yield wire.sse_data(_SHUT.body())
+            yield wire.sse_data(_shut().body())
         finally:
             _written(conn, task)
             # (cut while the piece before was being written: then closed, not cancelled)
@@ -1358,8 +1370,11 @@ async def _stream(
         settled: float | None = None  # what the answer cost, once done and priced
         msg_id = f"msg_{sid}"
         task = _writing(conn)
-        cut = False
+        cut = conn is not None and conn.cut  # cut before this began: an error event only
         try:
+            if cut:
+                yield wire.anthropic_event("error", _shut().body("anthropic"))
+                return
             yield wire.anthropic_event(
                 "message_start",
                 {
@@ -1449,7 +1464,7 @@ async def _stream(
         except asyncio.CancelledError:
             if not (cut := _cut_by_shutdown(conn, task)):
                 raise
-            yield wire.anthropic_event("error", _SHUT.body("anthropic"))
+            yield wire.anthropic_event("error", _shut().body("anthropic"))
         finally:
             _written(conn, task)
             # (cut while the piece before was being written: then closed, not cancelled)
