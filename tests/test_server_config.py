@@ -44,6 +44,18 @@ BAD = [
         '[state]\nbackend = "redis"\nredis_url = "redis://:pw@h:6379/0?timeout=zz"\n',
         "redis_url: Invalid value for 'timeout'",
     ),
+    (
+        '[state]\nbackend = "redis"\nredis_url = "rediss://:pw@h:6379/0?ssl_cert_reqs=bogus"\n',
+        "redis_url: Invalid SSL Certificate",
+    ),
+    (
+        '[state]\nbackend = "redis"\nredis_url = "redis://h:6379/0?protocol=9"\n',
+        "redis_url: protocol must be",
+    ),
+    (
+        '[state]\nbackend = "redis"\nredis_url = "unix:///tmp/r.sock?foo=1"\n',
+        "redis_url: an option .* 'foo'",
+    ),
     # a URL without backend = "redis" was ignored: replicas shared nothing
     ('[state]\nredis_url = "redis://127.0.0.1:6379/0"\n', "redis_url is set but"),
     ("[probe]\ninterval_s = -1\n", "interval_s"),
@@ -262,3 +274,16 @@ def test_a_json_registry_is_read_as_json(tmp_path: Path) -> None:
 
     app = create_app(ServerConfig.load(cfg))
     assert len(app.state.service.router.registry) == len(default)
+
+
+def test_a_redis_url_without_redis_py_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The URL's check had imported redis-py unguarded: a ModuleNotFoundError at load."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    p = tmp_path / "satisfice.toml"
+    p.write_text('[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:6379/0"\n')
+    with pytest.raises(ConfigError, match="needs redis-py: pip install redis"):
+        ServerConfig.load(p)

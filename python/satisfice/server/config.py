@@ -91,18 +91,25 @@ def _redis_url(v: Any) -> str | None:
     if parts.scheme == "unix":
         if not parts.path:
             raise ConfigError(f"{what}: a unix:// URL needs the socket's path")
-        return v
-    if not parts.hostname:
+    elif not parts.hostname:
         raise ConfigError(f"{what}: needs a host, e.g. redis://127.0.0.1:6379/0")
-    db = parts.path.strip("/")
-    if db and not db.isdigit():
-        raise ConfigError(f"{what}: the database after the host must be a number, e.g. /0")
-    from .state import connection_factory
-
+    else:
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ConfigError(f"{what}: the database after the host must be a number, e.g. /0")
     try:
-        connection_factory(v)
-    except ValueError as e:  # redis-py's words name the option, never the URL
-        raise ConfigError(f"{what}: {e}") from None
+        from .state import connection_factory
+
+        connection_factory(v)  # its options, as the connections will take them
+    except ImportError:
+        raise ConfigError(
+            f"{what}: the redis state backend needs redis-py: pip install redis"
+        ) from None
+    except Exception as e:  # redis-py's words name the option (ValueError, RedisError)
+        said = str(e)
+        if parts.password:  # never the password, whatever the words quote
+            said = said.replace(parts.password, "***")
+        raise ConfigError(f"{what}: {said}") from None
     return v
 
 
