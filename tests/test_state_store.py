@@ -453,3 +453,45 @@ async def test_an_enable_whose_writes_land_late_still_ends_a_shared_cooldown() -
         assert b.cooling_for("m/d") is None
         await sa.close()
         await sb.close()
+
+
+async def test_a_cooldown_begun_before_an_enable_but_written_after_it_stays_ended() -> None:
+    """Replica B's cooldown, begun before A's enable, reached the store after the enable's
+    writes: every replica then held the deployment back until the cooldown ran out. And
+    an older replica's entry (no start time) is not ended by any enable ever stamped."""
+    import json
+
+    from satisfice.server.app import SharedHealth
+
+    with redis() as server:
+        sa, sb, sc = (RedisState(server.url) for _ in range(3))
+        a, b, c = SharedHealth(sa), SharedHealth(sb), SharedHealth(sc)
+        real = sb.push_cooldown
+        go = asyncio.Event()
+
+        async def late(*args: Any) -> None:
+            await go.wait()  # B's write is held back until after the enable's
+            await real(*args)
+
+        sb.push_cooldown = late  # type: ignore[method-assign]
+        for _ in range(5):  # B's breaker opens; its share waits
+            b.record_failure("m/d", rate_limited=False, retry_after=None, reason="HTTP 500")
+        await asyncio.sleep(0.01)
+        a.enable("m/d")  # stamped after B's cooldown began
+        await asyncio.gather(*a._tasks)
+        for h in (a, b, c):
+            await h.sync()
+        go.set()
+        await asyncio.gather(*b._tasks)  # B's cooldown lands now
+        for h in (a, b, c):
+            await h.sync()
+        assert [h.cooling_for("m/d") for h in (a, b, c)] == [None, None, None]
+        # an older replica's entry: [until, why], no start; enables from long ago stand
+        await sa._r.call("HSET", "satisfice:cooldowns", "m/e",
+                         json.dumps([time.time() + 60, "HTTP 429"]))  # fmt: skip
+        await sa._r.call("HSET", "satisfice:enabled", "m/e", repr(time.time() - 3600))
+        fresh = SharedHealth(RedisState(server.url))
+        await fresh.sync()
+        assert fresh.cooling_for("m/e") is not None
+        for s in (sa, sb, sc, fresh._state):
+            await s.close()

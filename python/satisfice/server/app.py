@@ -336,16 +336,20 @@ class SharedHealth(Health):
     async def sync(self) -> None:
         for key in list(self._want):  # what the store missed, before reading what it holds
             await self._share(key)
+        enabled = await self._state.enabled_now()  # before the cooldowns: see set_disabled
         for key, (until, why, made) in (await self._state.cooldowns_now()).items():
             if self._pushed.get(key, 0.0) >= until - 0.01 or key in self._want:
                 continue  # ours
+            if made and made <= enabled.get(key, 0.0):
+                continue  # begun before an enable (its write landing after it): ended
             self.cool(key, until - time.time(), f"cooled by another replica: {why}")
             if self._shared_until.get(key) != until:
                 # held back from when that replica began to (an enable stamped after that
                 # ends it), stamped once: stamped at each sync, a sync between an enable
-                # and its writes (a slow store) had held the deployment back past it
+                # and its writes (a slow store) had held the deployment back past it. An
+                # entry that does not say when it began (an older replica's) from now.
                 self._shared_until[key] = until
-                self._held_at[key] = max(self._held_at.get(key, 0.0), made)
+                self._held_at[key] = max(self._held_at.get(key, 0.0), made or time.time())
         shared = await self._state.disabled_now()
         if shared is None:
             return  # the store is away: keep what we know
@@ -358,7 +362,7 @@ class SharedHealth(Health):
         for key in list(self._remote_disabled - set(shared)):  # enabled there again
             Health.enable(self, key)
             self._remote_disabled.discard(key)
-        for key, at in (await self._state.enabled_now()).items():
+        for key, at in enabled.items():
             if at <= self._enabled_seen.get(key, 0.0) or key in self._want or key in shared:
                 continue
             self._enabled_seen[key] = at
