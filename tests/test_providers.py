@@ -461,3 +461,30 @@ def test_anthropic_wire_takes_what_it_can_and_refuses_the_rest_by_name() -> None
     assert anthropic_wire(ChatRequest(MSGS, extra={"stop": "x"}), "c", False, 0)[
         "stop_sequences"
     ] == ["x"]
+
+
+def test_beside_thinking_what_anthropic_documents_it_refuses_is_refused() -> None:
+    """top_k, a prefilled assistant turn and a tool loop whose assistant turn has no
+    thinking block (OpenAI's messages cannot carry one) had been sent with thinking on;
+    without thinking each is sent as it is."""
+    from satisfice.errors import UnsupportedRequestError
+    from satisfice.providers.anthropic import anthropic_wire
+
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    loop = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    cases = [
+        (ChatRequest(MSGS, extra={"top_k": 5}), "top_k"),
+        (ChatRequest([*MSGS, {"role": "assistant", "content": "Sure"}]), "prefilled"),
+        (ChatRequest(loop, tools=tools), "tool loop"),
+    ]
+    for req, why in cases:
+        with pytest.raises(UnsupportedRequestError, match=why):
+            anthropic_wire(req, "c", False, 2048)
+        assert "thinking" not in anthropic_wire(req, "c", False, 0)
+    done = [*loop, {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "ok"}]
+    assert anthropic_wire(ChatRequest(done, tools=tools), "c", False, 2048)["thinking"]

@@ -306,14 +306,33 @@ def anthropic_wire(r: ChatRequest, model: str, stream: bool, budget: int) -> dic
     return p
 
 
+_THINKING = ("thinking", "redacted_thinking")
+
+
 def _thinking_refuses(p: dict[str, Any]) -> str | None:
-    """What of body `p` Anthropic refuses beside extended thinking, if anything."""
+    """What of body `p` Anthropic documents it refuses beside extended thinking, if
+    anything."""
     t = p.get("temperature")
     if t is not None and t != 1:
         return f"temperature {t} (only 1)"
     top_p = p.get("top_p")
     if isinstance(top_p, int | float) and top_p < 0.95:
         return f"top_p {top_p} (0.95 to 1 only)"
+    if p.get("top_k") is not None:
+        return "top_k"
+    msgs = p.get("messages") or ()
+    if msgs and msgs[-1].get("role") == "assistant":
+        return "a prefilled assistant turn (the conversation ends on one)"
+    last = next((m for m in reversed(msgs) if m.get("role") == "assistant"), None)
+    blocks = last.get("content") if last is not None else None
+    if (
+        isinstance(blocks, list)
+        and any(isinstance(b, dict) and b.get("type") == "tool_use" for b in blocks)
+        and not (isinstance(blocks[0], dict) and blocks[0].get("type") in _THINKING)
+    ):
+        # a tool loop in progress: its assistant turn must begin with the thinking that
+        # led to the call, which OpenAI's messages cannot carry
+        return "a tool loop whose assistant turn does not begin with its thinking block"
     choice = p.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
         if choice.get("name") == _JSON_TOOL:
