@@ -57,6 +57,21 @@ def served(upstream: LocalUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 _OPEN: list[Any] = []  # clients to close when the test's server stops
 
 
+#: an Anthropic request offering a tool, on alpha
+_TOOL_ASK: dict[str, Any] = {
+    "model": "alpha",
+    "max_tokens": 50,
+    "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+def _anthropic(url: str) -> anthropic.Anthropic:
+    c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+    _OPEN.append(c)
+    return c
+
+
 def _client(url: str, key: str = "anything") -> openai.OpenAI:
     c = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
     _OPEN.append(c)
@@ -373,14 +388,8 @@ def test_a_lone_surrogate_in_tool_arguments_is_answered(served: Any) -> None:
     arguments go out as their JSON text, which the server writes as it came; the anthropic
     SDK's partial-JSON parser refuses the escape, httpx reads the stream whole.)"""
     url, _, up, _ = served
-    c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
-    _OPEN.append(c)
-    kw: Any = {
-        "model": "alpha",
-        "max_tokens": 50,
-        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
-        "messages": [{"role": "user", "content": "hi"}],
-    }
+    c = _anthropic(url)
+    kw: Any = dict(_TOOL_ASK)
     up.script(wire("alpha"), *[reply(tool_call=("f", '{"a": "\\ud800 é"}'))] * 2)
     m = c.messages.create(**kw)
     (block,) = [b for b in m.content if b.type == "tool_use"]
@@ -538,20 +547,27 @@ def test_an_upstream_429_beside_a_disabled_model_is_still_a_429() -> None:
         assert he.status == 502 and (he.headers.get("x-should-retry") == "false") is final
 
 
+def _asked_with_retries(url: str) -> tuple[openai.APIStatusError, list[str]]:
+    """A call to alpha by an openai client that retries twice: its error, and the paths
+    of every request it sent."""
+    sent: list[str] = []
+    http = httpx.Client(event_hooks={"request": [lambda r: sent.append(r.url.path)]})
+    c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=2, http_client=http)
+    with pytest.raises(openai.APIStatusError) as e:
+        c.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "hi"}])
+    c.close()
+    return e.value, sent
+
+
 def test_a_model_an_admin_disabled_is_a_503_the_sdks_do_not_retry(served: Any) -> None:
     """It had been a 502, which the SDKs retried (three requests for one call, each
     refused again, no upstream called)."""
     url, *_ = served
     admin = {"authorization": f"Bearer {MASTER}"}
     assert httpx.post(url + "/admin/deployments/alpha/disable", headers=admin).status_code == 200
-    sent: list[str] = []
-    http = httpx.Client(event_hooks={"request": [lambda r: sent.append(r.url.path)]})
-    c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=2, http_client=http)
-    with pytest.raises(openai.InternalServerError) as e:
-        c.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "hi"}])
-    c.close()
-    assert e.value.status_code == 503 and "disabled" in e.value.message
-    assert e.value.response.headers["x-should-retry"] == "false"
+    e, sent = _asked_with_retries(url)
+    assert e.status_code == 503 and "disabled" in e.message
+    assert e.response.headers["x-should-retry"] == "false"
     assert sent == ["/v1/chat/completions"]  # once
     httpx.post(url + "/admin/deployments/alpha/enable", headers=admin)
 
@@ -1322,13 +1338,8 @@ def test_an_upstream_that_knows_no_such_model_is_asked_once(served: Any) -> None
     """Its 404 had become a 502 the SDKs sent three times."""
     url, _, up, _ = served
     up.script(wire("alpha"), status(404, message="no such model"))
-    sent: list[str] = []
-    http = httpx.Client(event_hooks={"request": [lambda r: sent.append(r.url.path)]})
-    c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=2, http_client=http)
-    with pytest.raises(openai.APIStatusError) as e:
-        c.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "hi"}])
-    c.close()
-    assert e.value.status_code == 502 and e.value.response.headers["x-should-retry"] == "false"
+    e, sent = _asked_with_retries(url)
+    assert e.status_code == 502 and e.response.headers["x-should-retry"] == "false"
     assert sent == ["/v1/chat/completions"]
 
 
@@ -1376,14 +1387,8 @@ def test_anthropic_blocks_are_alike_streamed_or_not(served: Any) -> None:
     """An answer of tool calls alone had streamed an empty text block before them (not
     there unstreamed: Anthropic refuses empty text blocks in a history sent back)."""
     url, _, up, _ = served
-    c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
-    _OPEN.append(c)
-    kw: Any = {
-        "model": "alpha",
-        "max_tokens": 50,
-        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
-        "messages": [{"role": "user", "content": "hi"}],
-    }
+    c = _anthropic(url)
+    kw: Any = dict(_TOOL_ASK)
     for text, kinds in (("", ["tool_use"]), ("Let me look.", ["text", "tool_use"])):
         up.script(wire("alpha"), *[reply(text, tool_call=("f", '{"a": 1}'))] * 2)
         m = c.messages.create(**kw)

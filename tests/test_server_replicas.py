@@ -195,38 +195,55 @@ def test_sigterm_lets_50_streams_finish(tmp_path: Path) -> None:
         cfg = tmp_path / "satisfice.toml"
         cfg.write_text(f'[registry]\npath = "{reg}"\n[server]\nshutdown_grace_s = 30\n')
         with replica_process(cfg) as (url, p):
-
-            async def run() -> list[str]:
-                started = asyncio.Event()
-                count = 0
-
-                async def one(c: httpx.AsyncClient) -> str:
-                    nonlocal count
-                    body = {"model": "auto", "stream": True,
-                            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
-                    out = ""
-                    async with c.stream("POST", url + "/v1/chat/completions", json=body) as r:
-                        async for line in r.aiter_lines():
-                            if line.startswith("data: ") and not out:
-                                count += 1
-                                if count == 50:
-                                    started.set()
-                            out += line + "\n"
-                    return out
-
-                async with httpx.AsyncClient(timeout=60) as c:
-                    tasks = [asyncio.create_task(one(c)) for _ in range(50)]
-                    await asyncio.wait_for(started.wait(), 30)
-                    p.send_signal(signal.SIGTERM)  # all 50 are mid-stream now
-                    return await asyncio.gather(*tasks)
-
-            outs = asyncio.run(run())
+            body = {"model": "auto", "stream": True,
+                    "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+            # all 50 are mid-stream when the signal goes
+            outs = [o for _, o in asyncio.run(_sigterm_mid_stream(url, p, [(body, {})] * 50, 50))]
             # uvicorn re-raises the signal after its graceful shutdown: -15 is a clean exit
             assert p.wait(60) in (0, -signal.SIGTERM)
     done = [o for o in outs if o.rstrip().endswith("data: [DONE]")]
     errors = [o for o in outs if '"error"' in o]
     assert len(done) + len(errors) == 50 and len(done) == 50
     assert all(text.split()[-1] in o for o in done)
+
+
+async def _sigterm_mid_stream(
+    url: str,
+    p: subprocess.Popen[bytes],
+    asks: list[tuple[dict[str, Any], dict[str, str]]],
+    streaming: int,
+    settle_s: float = 0.0,
+) -> list[tuple[int, str]]:
+    """Send each (body, headers) to /v1/chat/completions at once; SIGTERM `p` when
+    `streaming` of them have had their first event (and `settle_s` later); each answer's
+    status and text."""
+    import signal
+
+    started = asyncio.Event()
+    count = 0
+
+    async def one(
+        c: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[int, str]:
+        nonlocal count
+        out = ""
+        async with c.stream(
+            "POST", url + "/v1/chat/completions", json=body, headers=headers
+        ) as resp:
+            async for line in resp.aiter_lines():
+                if line.startswith("data: ") and not out:
+                    count += 1
+                    if count == streaming:
+                        started.set()
+                out += line + "\n"
+        return resp.status_code, out
+
+    async with httpx.AsyncClient(timeout=60) as c:
+        tasks = [asyncio.create_task(one(c, b, h)) for b, h in asks]
+        await asyncio.wait_for(started.wait(), 30)
+        await asyncio.sleep(settle_s)
+        p.send_signal(signal.SIGTERM)
+        return await asyncio.gather(*tasks)
 
 
 def _evalsha_calls(r: RedisServer) -> int:
@@ -349,36 +366,14 @@ def test_streams_past_the_shutdown_grace_end_with_an_error_and_keep_their_hold(
             key = _admin(url, "/admin/keys", {"name": "k", "budget_usd": 10})
             auth = {"authorization": f"Bearer {key['key']}"}
 
-            async def run() -> list[tuple[int, str]]:
-                started = asyncio.Event()
-                count = 0
+            def ask(model: str, stream: bool) -> tuple[dict[str, Any], dict[str, str]]:
+                body = {"model": model, "stream": stream, "max_tokens": 200,
+                        "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+                return body, auth
 
-                async def one(c: httpx.AsyncClient, model: str, stream: bool) -> tuple[int, str]:
-                    nonlocal count
-                    body = {"model": model, "stream": stream, "max_tokens": 200,
-                            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
-                    out = ""
-                    async with c.stream(
-                        "POST", url + "/v1/chat/completions", json=body, headers=auth
-                    ) as resp:
-                        async for line in resp.aiter_lines():
-                            if line.startswith("data: ") and not out:
-                                count += 1
-                                if count == 3:
-                                    started.set()
-                            out += line + "\n"
-                    return resp.status_code, out
-
-                async with httpx.AsyncClient(timeout=60) as c:
-                    tasks = [asyncio.create_task(one(c, "alpha", True)) for _ in range(3)]
-                    tasks.append(asyncio.create_task(one(c, "gamma", True)))
-                    tasks.append(asyncio.create_task(one(c, "delta", False)))
-                    await asyncio.wait_for(started.wait(), 30)
-                    await asyncio.sleep(0.3)  # gamma's and delta's calls are out
-                    p.send_signal(signal.SIGTERM)
-                    return await asyncio.gather(*tasks)
-
-            outs = asyncio.run(run())
+            asks = [ask("alpha", True)] * 3 + [ask("gamma", True), ask("delta", False)]
+            # once the alpha streams are being written, and gamma's and delta's calls are out
+            outs = asyncio.run(_sigterm_mid_stream(url, p, asks, 3, settle_s=0.3))
             assert p.wait(60) in (0, -signal.SIGTERM)
         for status, o in outs[:3]:  # streams being written: an error event ends them
             assert status == 200 and '"code":"shutting_down"' in o.replace(" ", ""), o[-400:]
