@@ -56,6 +56,24 @@ BAD = [
         '[state]\nbackend = "redis"\nredis_url = "unix:///tmp/r.sock?foo=1"\n',
         "redis_url: an option .* 'foo'",
     ),
+    # taken by redis-py, but satisfice could not work with them: every read failed, or
+    # Redis looked down for good
+    (
+        '[state]\nbackend = "redis"\nredis_url = "redis://h:6379/0?decode_responses=true"\n',
+        "redis_url: decode_responses must be left out",
+    ),
+    (
+        '[state]\nbackend = "redis"\nredis_url = "redis://h:6379/0?socket_timeout=-1"\n',
+        "redis_url: socket_timeout must be a positive",
+    ),
+    (
+        '[state]\nbackend = "redis"\nredis_url = "redis://h:6379/0?socket_connect_timeout=0"\n',
+        "redis_url: socket_connect_timeout must be a positive",
+    ),
+    (
+        '[state]\nbackend = "redis"\nredis_url = "redis://h:6379/0?max_connections=0"\n',
+        "redis_url: max_connections must be at least 1",
+    ),
     # a URL without backend = "redis" was ignored: replicas shared nothing
     ('[state]\nredis_url = "redis://127.0.0.1:6379/0"\n', "redis_url is set but"),
     ("[probe]\ninterval_s = -1\n", "interval_s"),

@@ -157,7 +157,7 @@ async def test_a_request_its_rate_limit_refuses_reserves_nothing_and_the_reverse
     refused = await state.admit([b.pinned(hold="c")], 5.0, other)  # over budget
     assert refused is not None and refused.budget == b
     assert refused.left_usd == pytest.approx(0.75)
-    assert refused.held_usd == pytest.approx(0.25)  # what requests in flight hold of it
+    assert refused.unheld_usd == pytest.approx(1.0)  # what spend alone leaves
     assert await state.admit([], 0, other) is None  # its rpm slot is still there
 
 
@@ -495,3 +495,21 @@ async def test_a_cooldown_begun_before_an_enable_but_written_after_it_stays_ende
         assert fresh.cooling_for("m/e") is not None
         for s in (sa, sb, sc, fresh._state):
             await s.close()
+
+
+async def test_a_refusal_says_what_spend_alone_leaves_even_past_the_limit(
+    state: MemoryState | RedisState,
+) -> None:
+    """What is left is shown as 0 past the limit; the room with no holds (whether a retry
+    may fit once requests in flight settle) had been read from it, and a budget its spend
+    alone leaves no room in had been called retryable."""
+    scope = f"key:k{time.time_ns()}"
+    b = Budget(scope, 1.0, "total")
+    first = [b.pinned(hold="a")]
+    assert await state.admit(first, 0.5) is None
+    await state.settle(first, 0.5, 0.5)  # spent 0.5
+    assert await state.admit([b.pinned(hold="b")], 0.5) is None  # held 0.5
+    lowered = Budget(scope, 0.6, "total")  # the limit lowered while "b" is in flight
+    refused = await state.admit([lowered.pinned(hold="c")], 0.3)
+    assert refused is not None and refused.budget == lowered
+    assert refused.left_usd == 0.0 and refused.unheld_usd == pytest.approx(0.1)

@@ -967,7 +967,7 @@ def create_app(
                     "budget_exceeded",
                     # not to be retried when spent, or unbounded (the budget's period
                     # decides); when held by requests in flight, soon released, it may fit
-                    _NO_RETRY if not bounded or left + refused.held_usd < worst else None,
+                    _NO_RETRY if not bounded or refused.unheld_usd < worst else None,
                     budget=b.scope,
                     remaining_usd=left if bounded else None,
                 )

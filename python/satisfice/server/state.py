@@ -173,13 +173,13 @@ class RateCount:
 @dataclass(frozen=True)
 class Refused:
     """Why `admit` refused a request: a budget it does not fit (`budget`, with `left_usd`,
-    and `held_usd`, what requests in flight hold of it), else the key's rate limit
-    (`retry_in_s`: until the minute turns)."""
+    and `unheld_usd`, what its spend alone leaves: negative past its limit), else the key's
+    rate limit (`retry_in_s`: until the minute turns)."""
 
     budget: Budget | None = None
     left_usd: float = 0.0
+    unheld_usd: float = 0.0
     retry_in_s: float = 0.0
-    held_usd: float = 0.0
 
 
 def _stored(cls: type[_T], raw: str | bytes) -> _T | None:
@@ -274,8 +274,8 @@ class MemoryState:
             k = f"{b.scope}:{b.tag}"
             left = _nano(b.limit_usd) - self._spent.get(k, 0) - self._reserved.get(k, 0)
             if amount > left:
-                held = self._reserved.get(k, 0) / NANO
-                return Refused(b, max(left, 0) / NANO, held_usd=held)
+                unheld = _nano(b.limit_usd) - self._spent.get(k, 0)
+                return Refused(b, max(left, 0) / NANO, unheld / NANO)
         if rate is not None:
             minute = int(time.time() // 60)
             rk, tk = f"rpm:{rate.key_id}:{minute}", f"tpm:{rate.key_id}:{minute}"
@@ -392,7 +392,7 @@ for i = 1, n do
   local spent = tonumber(redis.call('GET', KEYS[3*i-2]) or '0')
   local held = tonumber(redis.call('GET', KEYS[3*i-1]) or '0')
   local limit = tonumber(ARGV[8 + i])
-  if spent + held + amount > limit then return {i, limit - spent - held, held} end
+  if spent + held + amount > limit then return {i, limit - spent - held, limit - spent} end
 end
 if rate then
   local rk, tk = KEYS[3*n+1], KEYS[3*n+2]
@@ -480,10 +480,15 @@ def connection_factory(
         "socket_timeout": None, "socket_connect_timeout": timeout_s, "protocol": 2,
         **parse_url(url),
     }  # fmt: skip
-    size = int(opts.pop("max_connections", None) or size)
+    size = int(opts.pop("max_connections", size))
     wait_s = float(opts.pop("timeout", wait_s))  # redis-py 5.0 leaves it a str
     if not (size > 0 and wait_s >= 0):
         raise ValueError("max_connections must be at least 1 and timeout not negative")
+    if opts.get("decode_responses"):  # satisfice reads replies as bytes
+        raise ValueError("decode_responses must be left out (satisfice reads bytes)")
+    for k in ("socket_timeout", "socket_connect_timeout"):
+        if opts.get(k) is not None and not float(opts[k]) > 0:
+            raise ValueError(f"{k} must be a positive number of seconds")
     make: Callable[[], Any] = aioredis.ConnectionPool(**opts).make_connection
     try:
         make()  # made, not connected: its options are checked here
@@ -809,7 +814,7 @@ class RedisState:
                 raise KeyChanged(key.id)
         keys, args = self._admission(budgets, usd, rate, seen)
         try:
-            i, left, *held = await self._do(self._eval(self._admit, keys, args))
+            i, left, *unheld = await self._do(self._eval(self._admit, keys, args))
         except StateUnavailable:
             if budgets or rate is None:
                 raise
@@ -830,7 +835,7 @@ class RedisState:
             return None
         if i < 0:
             return Refused(retry_in_s=_retry_in())
-        return Refused(budgets[i - 1], max(int(left), 0) / NANO, held_usd=int(held[0]) / NANO)
+        return Refused(budgets[i - 1], max(int(left), 0) / NANO, int(unheld[0]) / NANO)
 
     def _admission(
         self,
