@@ -191,3 +191,21 @@ async def test_a_judges_call_is_not_a_fallback(up: LocalUpstream, tmp_path: Path
 
     (row,) = list(rows(tmp_path / "l.db"))
     assert row["fallbacks"] == 0
+
+
+def test_a_binary_file_is_not_read_as_an_empty_jsonl_ledger(tmp_path: Path) -> None:
+    """A file with no newline read as one torn line: a SQLite database (or any binary
+    file) named *.jsonl was an empty ledger. A lone line torn by a crash still is."""
+    import sqlite3
+
+    db = tmp_path / "x.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (a)")
+    con.commit()
+    con.close()
+    for data in (db.read_bytes(), b"\0" * 4096):
+        (tmp_path / "x.jsonl").write_bytes(data)
+        with pytest.raises(ConfigError, match="not UTF-8 text"):
+            list(read_records(tmp_path / "x.jsonl"))
+    (tmp_path / "x.jsonl").write_bytes(b'{"request_id": "a", "start')
+    assert list(read_records(tmp_path / "x.jsonl")) == []

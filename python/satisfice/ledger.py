@@ -1046,6 +1046,7 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
     recs = []
     torn: list[int] = []
     undecoded = 0
+    binary = False
     n = 0
     with p.open("rb") as f:
         for n, raw in enumerate(f, 1):
@@ -1055,12 +1056,10 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
                 # a line at a time: a crash that cut a character in two tears its line
                 # alone (reading the file as text had refused the whole ledger for good)
                 r = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                undecoded += 1
+            except (ValueError, RecursionError) as e:  # (UnicodeDecodeError among them)
+                undecoded += isinstance(e, UnicodeDecodeError)
                 torn.append(n)
-                continue
-            except (ValueError, RecursionError):
-                torn.append(n)
+                binary = binary or b"\0" in raw  # JSON text never holds one
                 continue
             fb = r.get("feedback") if isinstance(r, dict) else None
             if isinstance(r, dict) and "request_id" not in r and isinstance(fb, dict):
@@ -1071,7 +1070,9 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
             if why := _problem(r):
                 raise ConfigError(f"ledger {p}, line {n}: {why}")
             recs.append(r)
-    if undecoded and not recs and not scores and torn != [n]:  # a lone torn line: empty
+    # a lone torn line is an empty ledger (a crash in its first write), but not a binary
+    # file's bytes (a SQLite database named *.jsonl had read as an empty ledger)
+    if (undecoded or binary) and not recs and not scores and (torn != [n] or binary):
         raise ConfigError(f"ledger {p} is not UTF-8 text (a JSONL ledger)")
     inside = [k for k in torn if k != n]  # the last line torn by a crash is expected
     if inside:
