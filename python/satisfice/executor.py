@@ -133,7 +133,6 @@ def answer_max(spec: ModelSpec, api: str) -> int:
     thinking budget Anthropic's wire adds to max_tokens (it had asked past max_output)."""
     if api != "anthropic":
         return spec.max_output
-    # at least 1 (a registry refuses a budget of max_output or more for Anthropic's wire)
     return max(spec.max_output - thinking_budget(spec.effort, spec.reasoning_tokens), 1)
 
 

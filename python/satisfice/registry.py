@@ -851,15 +851,6 @@ class Registry:
                 raise ConfigError(f"registry entries must be ModelSpec, got {type(m).__name__}")
             if m.id in self._by_id:
                 raise ConfigError(f"model id {m.id!r} appears twice in the registry")
-            budget = thinking_budget(m.effort, m.reasoning_tokens)
-            if budget >= m.max_output and any(d.api == "anthropic" for d in m.deployments):
-                # Anthropic spends the thinking within max_tokens: no room for an answer
-                # (routing filtered the level out; a call pinned to it asked 1 + budget)
-                raise ConfigError(
-                    f"{m.id}: its thinking budget of {budget} tokens leaves no room for an "
-                    f"answer within max_output {m.max_output} on Anthropic's API; lower "
-                    "the level's reasoning_tokens"
-                )
             self._by_id[m.id] = m
         self.meta: dict[str, Any] = dict(meta or {})
         ref = self.meta.get("reference_model")
