@@ -203,9 +203,12 @@ def test_a_binary_file_is_not_read_as_an_empty_jsonl_ledger(tmp_path: Path) -> N
     con.execute("CREATE TABLE t (a)")
     con.commit()
     con.close()
-    for data in (db.read_bytes(), b"\0" * 4096):
+    for data in (db.read_bytes(), b"\x89PNG\r\x1a\x00\xff\xfe binary" * 100):
         (tmp_path / "x.jsonl").write_bytes(data)
         with pytest.raises(ConfigError, match="not UTF-8 text"):
             list(read_records(tmp_path / "x.jsonl"))
-    (tmp_path / "x.jsonl").write_bytes(b'{"request_id": "a", "start')
-    assert list(read_records(tmp_path / "x.jsonl")) == []
+    # a crash's tear, its last character cut, then the zeros of a block never written
+    torn = '{"request_id": "é'.encode()[:-1]
+    for data in (torn, torn + b"\0" * 4096, b"\0" * 4096, torn + b"\0" * 100 + b"\n"):
+        (tmp_path / "x.jsonl").write_bytes(data)
+        assert list(read_records(tmp_path / "x.jsonl")) == [], data[:40]

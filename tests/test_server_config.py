@@ -60,7 +60,11 @@ BAD = [
     # Redis looked down for good
     (
         '[state]\nbackend = "redis"\nredis_url = "redis://h:6379/0?decode_responses=true"\n',
-        "redis_url: decode_responses must be left out",
+        "redis_url: decode_responses must be false or left out",
+    ),
+    (
+        '[state]\nbackend = "redis"\nredis_url = "redis://h:6379/0?health_check_interval=-5"\n',
+        "redis_url: health_check_interval must not be negative",
     ),
     (
         '[state]\nbackend = "redis"\nredis_url = "redis://h:6379/0?socket_timeout=-1"\n',
@@ -305,3 +309,11 @@ def test_a_redis_url_without_redis_py_says_what_to_install(
     p.write_text('[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:6379/0"\n')
     with pytest.raises(ConfigError, match="needs redis-py: pip install redis"):
         ServerConfig.load(p)
+
+
+def test_redis_url_options_that_say_the_default_are_taken() -> None:
+    """decode_responses=false had been refused as if it were true (the URL's string)."""
+    from satisfice.server.config import _redis_url
+
+    for q in ("decode_responses=false", "decode_responses=0", "health_check_interval=0"):
+        assert _redis_url(f"redis://127.0.0.1:6379/0?{q}")

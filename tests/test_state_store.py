@@ -513,3 +513,19 @@ async def test_a_refusal_says_what_spend_alone_leaves_even_past_the_limit(
     refused = await state.admit([lowered.pinned(hold="c")], 0.3)
     assert refused is not None and refused.budget == lowered
     assert refused.left_usd == 0.0 and refused.unheld_usd == pytest.approx(0.1)
+
+
+async def test_a_refusal_says_what_spend_leaves_in_the_fullest_budget(
+    state: MemoryState | RedisState,
+) -> None:
+    """Admission stops at the first budget refused: a key's budget full of holds (a retry
+    may fit) had hidden a team's budget its spend had filled (no retry fits)."""
+    key = Budget(f"key:k{time.time_ns()}", 1.0, "total")
+    team = Budget(f"team:t{time.time_ns()}", 1.0, "total")
+    spent = [team.pinned(hold="s")]
+    assert await state.admit(spent, 0.95) is None
+    await state.settle(spent, 0.95, 0.95)  # the team's spend: 0.95 of 1.0
+    assert await state.admit([key.pinned(hold="h")], 0.9) is None  # the key's: held 0.9
+    refused = await state.admit([key.pinned(hold="x"), team.pinned(hold="x")], 0.2)
+    assert refused is not None and refused.budget == key  # the first refused
+    assert refused.unheld_usd == pytest.approx(0.05)  # but the team's spend leaves 0.05

@@ -1046,7 +1046,7 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
     recs = []
     torn: list[int] = []
     undecoded = 0
-    binary = False
+    last_torn = b""
     n = 0
     with p.open("rb") as f:
         for n, raw in enumerate(f, 1):
@@ -1059,7 +1059,7 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
             except (ValueError, RecursionError) as e:  # (UnicodeDecodeError among them)
                 undecoded += isinstance(e, UnicodeDecodeError)
                 torn.append(n)
-                binary = binary or b"\0" in raw  # JSON text never holds one
+                last_torn = raw
                 continue
             fb = r.get("feedback") if isinstance(r, dict) else None
             if isinstance(r, dict) and "request_id" not in r and isinstance(fb, dict):
@@ -1072,7 +1072,8 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
             recs.append(r)
     # a lone torn line is an empty ledger (a crash in its first write), but not a binary
     # file's bytes (a SQLite database named *.jsonl had read as an empty ledger)
-    if (undecoded or binary) and not recs and not scores and (torn != [n] or binary):
+    lone = torn == [n]
+    if not recs and not scores and ((undecoded and not lone) or (lone and _binary(last_torn))):
         raise ConfigError(f"ledger {p} is not UTF-8 text (a JSONL ledger)")
     inside = [k for k in torn if k != n]  # the last line torn by a crash is expected
     if inside:
@@ -1085,6 +1086,20 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
         if r["request_id"] in scores:
             r["feedback"] = scores[r["request_id"]]
         yield r
+
+
+def _binary(line: bytes) -> bool:
+    """Whether a lone line that is not JSON is a binary file's bytes rather than a record a
+    crash tore: a crash cuts the text (at most its last character in two) and may leave
+    zeros after it (a file grown whose data never reached the disk)."""
+    text = line.rstrip(b"\0\r\n")
+    if text.startswith(b"SQLite format 3\0"):
+        return True
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start < len(text) - 3  # not a character cut at the end
+    return b"\0" in text  # JSON text holds none: zeros inside are not a crash's tail
 
 
 def open_ledger_db(p: Path) -> sqlite3.Connection:

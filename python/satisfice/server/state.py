@@ -172,9 +172,10 @@ class RateCount:
 
 @dataclass(frozen=True)
 class Refused:
-    """Why `admit` refused a request: a budget it does not fit (`budget`, with `left_usd`,
-    and `unheld_usd`, what its spend alone leaves: negative past its limit), else the key's
-    rate limit (`retry_in_s`: until the minute turns)."""
+    """Why `admit` refused a request: a budget it does not fit (`budget`, with `left_usd`;
+    and `unheld_usd`, what spend alone leaves in the fullest of its budgets, negative past
+    a limit: whether a retry may fit once requests in flight settle), else the key's rate
+    limit (`retry_in_s`: until the minute turns)."""
 
     budget: Budget | None = None
     left_usd: float = 0.0
@@ -270,12 +271,16 @@ class MemoryState:
         hold = budgets[0].hold if budgets else None
         if hold is not None and hold in self._holds:
             return None
+        first: tuple[Budget, int] | None = None  # the first budget it does not fit
+        unheld = math.inf  # what spend alone leaves, at the fullest of the budgets
         for b in budgets:
             k = f"{b.scope}:{b.tag}"
+            unheld = min(unheld, _nano(b.limit_usd) - self._spent.get(k, 0))
             left = _nano(b.limit_usd) - self._spent.get(k, 0) - self._reserved.get(k, 0)
-            if amount > left:
-                unheld = _nano(b.limit_usd) - self._spent.get(k, 0)
-                return Refused(b, max(left, 0) / NANO, unheld / NANO)
+            if first is None and amount > left:
+                first = (b, left)
+        if first is not None:
+            return Refused(first[0], max(first[1], 0) / NANO, unheld / NANO)
         if rate is not None:
             minute = int(time.time() // 60)
             rk, tk = f"rpm:{rate.key_id}:{minute}", f"tpm:{rate.key_id}:{minute}"
@@ -388,12 +393,17 @@ for i = 1, n do
     redis.call('ZREMRANGEBYSCORE', KEYS[3*i], '-inf', now)
   end
 end
+local refused, left, unheld = 0, 0, nil
 for i = 1, n do
   local spent = tonumber(redis.call('GET', KEYS[3*i-2]) or '0')
   local held = tonumber(redis.call('GET', KEYS[3*i-1]) or '0')
   local limit = tonumber(ARGV[8 + i])
-  if spent + held + amount > limit then return {i, limit - spent - held, limit - spent} end
+  if unheld == nil or limit - spent < unheld then unheld = limit - spent end
+  if refused == 0 and spent + held + amount > limit then
+    refused, left = i, limit - spent - held
+  end
 end
+if refused > 0 then return {refused, left, unheld} end
 if rate then
   local rk, tk = KEYS[3*n+1], KEYS[3*n+2]
   if rpm >= 0 and tonumber(redis.call('GET', rk) or '0') + 1 > rpm then return {-1, 0} end
@@ -484,11 +494,15 @@ def connection_factory(
     wait_s = float(opts.pop("timeout", wait_s))  # redis-py 5.0 leaves it a str
     if not (size > 0 and wait_s >= 0):
         raise ValueError("max_connections must be at least 1 and timeout not negative")
-    if opts.get("decode_responses"):  # satisfice reads replies as bytes
-        raise ValueError("decode_responses must be left out (satisfice reads bytes)")
+    decode = opts.get("decode_responses")  # (a string, as the URL gave it)
+    if decode not in (None, False) and str(decode).lower() not in ("false", "0", "no", "off"):
+        raise ValueError("decode_responses must be false or left out (satisfice reads bytes)")
+    opts.pop("decode_responses", None)
     for k in ("socket_timeout", "socket_connect_timeout"):
         if opts.get(k) is not None and not float(opts[k]) > 0:
             raise ValueError(f"{k} must be a positive number of seconds")
+    if float(opts.get("health_check_interval") or 0) < 0:  # (its check then fails each call)
+        raise ValueError("health_check_interval must not be negative")
     make: Callable[[], Any] = aioredis.ConnectionPool(**opts).make_connection
     try:
         make()  # made, not connected: its options are checked here
