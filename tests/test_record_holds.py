@@ -203,12 +203,15 @@ def test_a_binary_file_is_not_read_as_an_empty_jsonl_ledger(tmp_path: Path) -> N
     con.execute("CREATE TABLE t (a)")
     con.commit()
     con.close()
-    for data in (db.read_bytes(), b"\x89PNG\r\x1a\x00\xff\xfe binary" * 100):
+    latin1 = '{"request_id": "é"}'.encode("latin-1")
+    utf16 = '{"a": 1}\n{"b": 2}\n'.encode("utf-16-le")
+    for data in (db.read_bytes(), b"\x89PNG\r\x1a\x00\xff\xfe binary" * 100, latin1, utf16):
         (tmp_path / "x.jsonl").write_bytes(data)
         with pytest.raises(ConfigError, match="not UTF-8 text"):
             list(read_records(tmp_path / "x.jsonl"))
     # a crash's tear, its last character cut, then the zeros of a block never written
     torn = '{"request_id": "é'.encode()[:-1]
-    for data in (torn, torn + b"\0" * 4096, b"\0" * 4096, torn + b"\0" * 100 + b"\n"):
+    zeros = b"\0" * 100
+    for data in (torn, torn + zeros, zeros, torn + zeros + b"\n" + zeros, torn + b"\n\n"):
         (tmp_path / "x.jsonl").write_bytes(data)
         assert list(read_records(tmp_path / "x.jsonl")) == [], data[:40]

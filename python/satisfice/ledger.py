@@ -1045,21 +1045,20 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
     scores: dict[str, Any] = {}
     recs = []
     torn: list[int] = []
-    undecoded = 0
-    last_torn = b""
-    n = 0
+    binary = False  # a line is a binary file's bytes, not text a crash tore
+    last = 0  # the last line with something in it
     with p.open("rb") as f:
         for n, raw in enumerate(f, 1):
-            if not raw.strip():
+            if not raw.strip(b" \t\r\n\0"):  # blank, or the zeros a crash may leave
                 continue
+            last = n
             try:
                 # a line at a time: a crash that cut a character in two tears its line
                 # alone (reading the file as text had refused the whole ledger for good)
                 r = json.loads(raw.decode("utf-8"))
-            except (ValueError, RecursionError) as e:  # (UnicodeDecodeError among them)
-                undecoded += isinstance(e, UnicodeDecodeError)
+            except (ValueError, RecursionError):  # (UnicodeDecodeError among them)
                 torn.append(n)
-                last_torn = raw
+                binary = binary or _binary(raw)
                 continue
             fb = r.get("feedback") if isinstance(r, dict) else None
             if isinstance(r, dict) and "request_id" not in r and isinstance(fb, dict):
@@ -1070,12 +1069,11 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
             if why := _problem(r):
                 raise ConfigError(f"ledger {p}, line {n}: {why}")
             recs.append(r)
-    # a lone torn line is an empty ledger (a crash in its first write), but not a binary
+    # lines a crash tore are skipped (an empty ledger, if that is all), but not a binary
     # file's bytes (a SQLite database named *.jsonl had read as an empty ledger)
-    lone = torn == [n]
-    if not recs and not scores and ((undecoded and not lone) or (lone and _binary(last_torn))):
+    if binary and not recs and not scores:
         raise ConfigError(f"ledger {p} is not UTF-8 text (a JSONL ledger)")
-    inside = [k for k in torn if k != n]  # the last line torn by a crash is expected
+    inside = [k for k in torn if k != last]  # the last line torn by a crash is expected
     if inside:
         warnings.warn(
             f"ledger {p}: {len(inside)} line(s) that are not JSON were skipped "
@@ -1089,8 +1087,8 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
 
 
 def _binary(line: bytes) -> bool:
-    """Whether a lone line that is not JSON is a binary file's bytes rather than a record a
-    crash tore: a crash cuts the text (at most its last character in two) and may leave
+    """Whether a line that is not JSON is a binary file's bytes rather than a record a
+    crash tore: a crash cuts the text (its last character, maybe, in two) and may leave
     zeros after it (a file grown whose data never reached the disk)."""
     text = line.rstrip(b"\0\r\n")
     if text.startswith(b"SQLite format 3\0"):
@@ -1098,8 +1096,8 @@ def _binary(line: bytes) -> bool:
     try:
         text.decode("utf-8")
     except UnicodeDecodeError as e:
-        return e.start < len(text) - 3  # not a character cut at the end
-    return b"\0" in text  # JSON text holds none: zeros inside are not a crash's tail
+        return e.reason != "unexpected end of data"  # not a character cut at the end
+    return b"\0" in text  # JSON text holds none (UTF-16 does): zeros inside are no tear
 
 
 def open_ledger_db(p: Path) -> sqlite3.Connection:
