@@ -280,9 +280,8 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
 
 def anthropic_wire(r: ChatRequest, model: str, stream: bool, budget: int) -> dict[str, Any]:
     """The Messages API body of `r` for `model`, with extended thinking of `budget` tokens
-    (0: none). UnsupportedRequestError where Anthropic would refuse the pair: with thinking
-    on, it takes no temperature but 1, no top_p under 0.95 and no forced tool (nor
-    response_format, which is sent as one). Refused here, the request goes on to the next
+    (0: none). UnsupportedRequestError where Anthropic documents it refuses what comes
+    beside thinking (`_thinking_refuses`): refused here, the request goes on to the next
     model it was routed to; sent, the 400 had ended it there."""
     p = to_anthropic(r, model, stream=stream)
     if "stop" in p:  # OpenAI's `stop` (a string or a list) is Anthropic's stop_sequences

@@ -20,7 +20,14 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    MutableMapping,
+)
 from typing import Any
 
 from starlette.applications import Starlette
@@ -1302,15 +1309,10 @@ async def _stream(
     created = wire.now()
     answering = s.model or routed.model  # the model called, not the alias ("auto") asked
 
-    async def openai_events() -> AsyncIterator[bytes]:
+    async def openai_events() -> AsyncGenerator[bytes, None]:
         settled: float | None = None  # what the answer cost, once done and priced
         model = answering
-        task = _writing(conn)
-        cut = conn is not None and conn.cut  # cut before this began: an error event only
         try:
-            if cut:
-                yield wire.sse_data(_shut().body())
-                return
             d = first
             sent_role = False
             while True:
@@ -1360,25 +1362,13 @@ async def _stream(
         except SatisficeError as e:
             he = http_error(e)
             yield wire.sse_data(he.body())  # an explicit error event: never a silent cut
-        except asyncio.CancelledError:
-            if not (cut := _cut_by_shutdown(conn, task)):
-                raise
-            yield wire.sse_data(_shut().body())
         finally:
-            _written(conn, task)
-            # (cut while the piece before was being written: then closed, not cancelled)
-            cut = cut or (conn is not None and conn.cut)
-            await _close_and_settle(svc, s, reserved, settled, cut)
+            await _close_and_settle(svc, s, reserved, settled, conn is not None and conn.cut)
 
-    async def anthropic_events() -> AsyncIterator[bytes]:
+    async def anthropic_events() -> AsyncGenerator[bytes, None]:
         settled: float | None = None  # what the answer cost, once done and priced
         msg_id = f"msg_{sid}"
-        task = _writing(conn)
-        cut = conn is not None and conn.cut  # cut before this began: an error event only
         try:
-            if cut:
-                yield wire.anthropic_event("error", _shut().body("anthropic"))
-                return
             yield wire.anthropic_event(
                 "message_start",
                 {
@@ -1465,17 +1455,34 @@ async def _stream(
         except SatisficeError as e:
             he = http_error(e)
             yield wire.anthropic_event("error", he.body("anthropic"))
+        finally:
+            await _close_and_settle(svc, s, reserved, settled, conn is not None and conn.cut)
+
+    async def cut_aware(events: AsyncGenerator[bytes, None], shut: bytes) -> AsyncIterator[bytes]:
+        """`events`, ended with the error event `shut` by the server's own cut at shutdown
+        (see `_http`); `events` settles in its `finally`, the whole hold once cut (a cut
+        while a piece was being written closes it rather than cancelling it)."""
+        task = _writing(conn)
+        try:
+            if conn is not None and conn.cut:  # cut before the stream began
+                await _close_and_settle(svc, s, reserved, None, cut=True)
+                yield shut
+                return
+            async for event in events:
+                yield event
         except asyncio.CancelledError:
-            if not (cut := _cut_by_shutdown(conn, task)):
+            if not _cut_by_shutdown(conn, task):
                 raise
-            yield wire.anthropic_event("error", _shut().body("anthropic"))
+            yield shut
         finally:
             _written(conn, task)
-            # (cut while the piece before was being written: then closed, not cancelled)
-            cut = cut or (conn is not None and conn.cut)
-            await _close_and_settle(svc, s, reserved, settled, cut)
+            await events.aclose()
 
-    gen = openai_events() if api == "openai" else anthropic_events()
+    gen = (
+        cut_aware(openai_events(), wire.sse_data(_shut().body()))
+        if api == "openai"
+        else cut_aware(anthropic_events(), wire.anthropic_event("error", _shut().body("anthropic")))
+    )
     return _InFlight(
         svc,
         gen,
