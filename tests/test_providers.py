@@ -3,6 +3,7 @@ streams, usage, and the mapping of every failure to the errors.py classes."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 from collections.abc import AsyncIterator
@@ -11,9 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
+from satisfice import Router
 from satisfice.errors import (
     AuthError,
     BadRequestError,
+    ConfigError,
     ContextLengthError,
     ProviderError,
     RetryableError,
@@ -26,7 +29,7 @@ from satisfice.providers import (
     OpenAIProvider,
     make_provider,
 )
-from satisfice.providers.anthropic import to_anthropic
+from satisfice.providers.anthropic import anthropic_wire, to_anthropic
 from satisfice.providers.base import parse_retry_after
 from satisfice.registry import Deployment
 from satisfice.testing import (
@@ -488,3 +491,21 @@ def test_beside_thinking_what_anthropic_documents_it_refuses_is_refused() -> Non
         assert "thinking" not in anthropic_wire(req, "c", False, 0)
     done = [*loop, {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "ok"}]
     assert anthropic_wire(ChatRequest(done, tools=tools), "c", False, 2048)["thinking"]
+
+
+def test_openai_alone_is_sent_the_end_user_and_cache_key() -> None:
+    """`user` and `prompt_cache_key` go to OpenAI's own API, whose documentation has them;
+    other OpenAI-compatible hosts are sent neither; Anthropic gets the user as
+    `metadata.user_id`. A bad value is refused before anything is sent."""
+    r = ChatRequest([{"role": "user", "content": "hi"}], user="u-1", prompt_cache_key="c-1")
+    client = httpx.AsyncClient()
+    own = OpenAIProvider(client, base_url="https://api.openai.com/v1", model="gpt-5")
+    other = OpenAIProvider(client, base_url="https://api.mistral.ai/v1", model="m")
+    assert own._payload(r, False)["user"] == "u-1"
+    assert own._payload(r, True)["prompt_cache_key"] == "c-1"
+    assert {"user", "prompt_cache_key"}.isdisjoint(other._payload(r, False))
+    assert anthropic_wire(r, "claude", False, 0)["metadata"] == {"user_id": "u-1"}
+    router = Router()
+    for bad in ({"user": 5}, {"prompt_cache_key": ""}, {"user": "x" * 257}):
+        with pytest.raises(ConfigError, match="must be a string of 1 to 256"):
+            asyncio.run(router.chat("hi", **bad))

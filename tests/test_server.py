@@ -1509,3 +1509,26 @@ def test_a_budget_held_by_requests_in_flight_may_be_retried(served: Any) -> None
     first.join()
     assert e.value.body["code"] == "budget_exceeded"  # type: ignore[index]
     assert "x-should-retry" not in e.value.response.headers
+
+
+def test_the_end_user_and_cache_key_reach_the_upstreams_that_document_them(served: Any) -> None:
+    """OpenAI's `user` and `prompt_cache_key` had been read as the session id and dropped:
+    OpenAI's prompt cache lost the key that keeps a conversation's prefix warm. Anthropic
+    takes the user as `metadata.user_id`; an OpenAI-compatible host that is not OpenAI is
+    sent neither (some refuse a field they do not know)."""
+    url, _, up, _ = served
+    c = _client(url)
+    msgs: Any = [{"role": "user", "content": "hi"}]
+    c.chat.completions.create(model="alpha", messages=msgs, user="u-42", prompt_cache_key="conv-7")
+    sent = up.seen(wire("alpha"))[-1].body
+    assert "user" not in sent and "prompt_cache_key" not in sent  # a local host, not OpenAI
+    c.chat.completions.create(model="beta", messages=msgs, user="u-42")
+    assert up.seen(wire("beta"))[-1].body["metadata"] == {"user_id": "u-42"}
+    a = _anthropic(url)
+    a.messages.create(model="beta", max_tokens=20, messages=msgs, metadata={"user_id": "u-9"})
+    assert up.seen(wire("beta"))[-1].body["metadata"] == {"user_id": "u-9"}
+    for bad in ({"user": ""}, {"prompt_cache_key": "k" * 257}):
+        with pytest.raises(openai.BadRequestError, match="must be a string of 1 to 256"):
+            c.chat.completions.create(model="alpha", messages=msgs, **bad)
+    with pytest.raises(anthropic.BadRequestError, match="user_id' must be a string"):
+        a.messages.create(model="beta", max_tokens=20, messages=msgs, metadata={"user_id": 7})  # type: ignore[typeddict-item]

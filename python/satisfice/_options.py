@@ -21,6 +21,11 @@ class RequestOptions(TypedDict, total=False):
     tool_choice: Any
     response_format: dict[str, Any] | None
     extra: dict[str, Any] | None  # merged into the wire payload verbatim
+    # the end user's id and a prompt-cache key: sent to OpenAI (api.openai.com) as `user`
+    # and `prompt_cache_key`, to Anthropic as `metadata.user_id` (the first), left out at
+    # hosts that do not document them
+    user: str | None
+    prompt_cache_key: str | None
     timeout: float | None  # seconds for the whole request (default: the latency SLO)
     metadata: Mapping[str, Any] | None  # the caller's tags, copied onto the record
     # call as this decision says (one `decide()` made for the same request), routing

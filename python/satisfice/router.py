@@ -61,7 +61,10 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_CALL_FIELDS = ("max_tokens", "temperature", "tools", "tool_choice", "response_format", "extra")
+_CALL_FIELDS = (
+    "max_tokens", "temperature", "tools", "tool_choice", "response_format", "extra", "user",
+    "prompt_cache_key",
+)  # fmt: skip
 #: Wire fields `extra` may not set: what the router routes, prices and reads by.
 _OWNED = frozenset(
     ("model", "messages", "system", "stream", "stream_options", "tools", "tool_choice",
@@ -331,6 +334,10 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
         )
     if metadata is not None and not isinstance(metadata, Mapping):
         raise ConfigError(f"metadata must be a dict, got {type(metadata).__name__}")
+    for k in ("user", "prompt_cache_key"):
+        v = call[k]
+        if v is not None and not (isinstance(v, str) and 0 < len(v) <= 256):
+            raise ConfigError(f"{k} must be a string of 1 to 256 characters, got {v!r:.40}")
     if timeout is not None and not (
         isinstance(timeout, int | float) and not isinstance(timeout, bool) and 0 < timeout < 1e9
     ):

@@ -273,6 +273,8 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
         p["tool_choice"] = {"type": "tool", "name": _JSON_TOOL}
     if stream:
         p["stream"] = True
+    if r.user is not None:  # Anthropic's field for OpenAI's `user` (it caches by prefix alone)
+        p["metadata"] = {"user_id": r.user}
     if r.extra:
         p.update(r.extra)
     return p

@@ -108,6 +108,11 @@ class ChatRequest:
     response_format: dict[str, Any] | None = None
     stream: bool = False
     extra: dict[str, Any] | None = None
+    # who the end user is and which prompts share a prefix: OpenAI's `user` and
+    # `prompt_cache_key` (Anthropic's `metadata.user_id` for the first), sent where the
+    # upstream documents them and left out elsewhere (see each provider)
+    user: str | None = None
+    prompt_cache_key: str | None = None
 
 
 @dataclass(slots=True)

@@ -125,7 +125,7 @@ def _without_pieces(chunk: Any) -> Any:
 class OpenAIProvider(HTTPProvider):
     """One OpenAI-compatible deployment on a shared `httpx.AsyncClient`."""
 
-    __slots__ = ("_max_key",)
+    __slots__ = ("_max_key", "_openai")
 
     default_deployment = "openai"
 
@@ -142,6 +142,9 @@ class OpenAIProvider(HTTPProvider):
         self._max_key = (
             "max_completion_tokens" if _COMPLETION_TOKENS_MODELS.match(self.model) else "max_tokens"
         )
+        # OpenAI's own API documents `user` and `prompt_cache_key`; OpenAI-compatible hosts
+        # differ (some refuse a field they do not know), so only OpenAI is sent them
+        self._openai = self._url.host == "api.openai.com"
 
     def _payload(self, r: ChatRequest, stream: bool) -> dict[str, Any]:
         p: dict[str, Any] = {"model": self.model, "messages": r.messages}
@@ -163,6 +166,11 @@ class OpenAIProvider(HTTPProvider):
         if stream:
             p["stream"] = True
             p["stream_options"] = {"include_usage": True}
+        if self._openai:
+            if r.user is not None:
+                p["user"] = r.user
+            if r.prompt_cache_key is not None:  # which cached prefixes it may reuse
+                p["prompt_cache_key"] = r.prompt_cache_key
         if r.extra:
             p.update(r.extra)
         return p
