@@ -862,3 +862,26 @@ def test_puts_from_threads_dropping_for_room_never_kill_the_writer() -> None:
         sys.setswitchinterval(was)
     assert ledger._thread.is_alive() and ledger.flush(5)
     ledger.close()
+
+
+def test_the_backlog_gauge_is_read_when_scraped() -> None:
+    """The backlog gauge was set on every request (a lock each time) and by the writer
+    after each write, so a writer stalled on its sink left it as it was: it is now the
+    ledger's backlog as it stands when scraped."""
+    import re
+
+    from satisfice.record import Recorder
+
+    class Down(ScriptedSink):
+        def refuse(self, records: Any) -> bool:
+            return True
+
+    ledger = Ledger(Down(), max_buffer=20, batch=5, flush_interval_s=0.001)
+    metrics = Metrics()
+    Recorder(ledger, metrics)
+    for i in range(50):
+        ledger.put({"request_id": f"r{i}", "started_at": 1.7e9, "outcome": "ok"})
+    text = metrics.exposition().decode()
+    backlog = float(re.search(r"^satisfice_ledger_backlog (\S+)$", text, re.M)[1])  # type: ignore[index]
+    assert backlog == ledger.backlog > 0
+    ledger.close(timeout=0.1)

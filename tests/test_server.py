@@ -1532,3 +1532,58 @@ def test_the_end_user_and_cache_key_reach_the_upstreams_that_document_them(serve
             c.chat.completions.create(model="alpha", messages=msgs, **bad)
     with pytest.raises(anthropic.BadRequestError, match="user_id' must be a string"):
         a.messages.create(model="beta", max_tokens=20, messages=msgs, metadata={"user_id": 7})  # type: ignore[typeddict-item]
+
+
+def test_an_answer_written_at_once_keeps_http_1_1s_rules(served: Any) -> None:
+    """A 200 answer is written to the connection at once (`_http._answer`), past
+    Starlette's response and uvicorn's send: pipelined requests are answered in order on
+    one connection, a request's `Connection: close` and HTTP/1.0 close it after the
+    answer, which says so, and the head is uvicorn's (its date and server headers first)."""
+    import socket
+
+    url, *_ = served
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": "hi"}]})
+
+    def ask(extra: str = "", version: str = "1.1") -> bytes:
+        return (
+            f"POST /v1/chat/completions HTTP/{version}\r\nhost: x\r\ncontent-type: "
+            f"application/json\r\ncontent-length: {len(body)}\r\n{extra}\r\n{body}"
+        ).encode()
+
+    def answers(s: socket.socket, n: int) -> tuple[list[bytes], bool]:
+        """The heads of `n` answers, and whether the server then closed."""
+        s.settimeout(5)
+        buf, heads = b"", []
+        while len(heads) < n:
+            chunk = s.recv(65536)
+            assert chunk, buf
+            buf += chunk
+            while b"\r\n\r\n" in buf:
+                head, rest = buf.split(b"\r\n\r\n", 1)
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                if len(rest) < length:
+                    break
+                assert json.loads(rest[:length])["choices"][0]["message"]["content"]
+                heads.append(head)
+                buf = rest[length:]
+        s.settimeout(0.5)
+        try:
+            closed = s.recv(1) == b""
+        except TimeoutError:
+            closed = False
+        return heads, closed
+
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(ask() + ask())
+        heads, closed = answers(s, 2)
+        assert not closed and all(h.startswith(b"HTTP/1.1 200 OK\r\ndate: ") for h in heads)
+        assert b"\r\nserver: uvicorn\r\nx-satisfice-request-id: " in heads[0]
+        assert b"connection" not in heads[0]
+        s.sendall(ask("connection: close\r\n"))
+        (head,), closed = answers(s, 1)
+        assert closed and head.endswith(b"\r\nconnection: close")
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(ask(version="1.0"))
+        (head,), closed = answers(s, 1)
+        assert closed and head.endswith(b"\r\nconnection: close")

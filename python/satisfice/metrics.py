@@ -129,8 +129,13 @@ class Metrics:
                 if step.get("status") == "escalated":
                     self._kid(self.escalations, str(i)).inc()
 
-    def ledger(self, backlog: int, dropped: int) -> None:
-        self.ledger_backlog.set(backlog)
+    def watch(self, ledger: Any) -> None:
+        """Report `ledger`'s backlog as it stands when scraped: live even while its writer
+        is stalled, and nothing to set on the request path (a gauge's set takes a lock)."""
+        self.ledger_backlog.set_function(lambda: ledger.backlog)
+
+    def dropped(self, dropped: int) -> None:
+        """The ledger's count of records dropped so far (buffer full)."""
         if dropped > self._dropped_seen:
             self.ledger_dropped.inc(dropped - self._dropped_seen)
             self._dropped_seen = dropped

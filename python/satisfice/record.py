@@ -71,6 +71,7 @@ class Recorder:
             ledger = Ledger(_NullSink())
         if ledger is not None and metrics is not None:
             ledger.on_record = self._count
+            metrics.watch(ledger)
         self.ledger, self.metrics = ledger, metrics
         self.on_decision, self.on_attempt, self.on_result = on_decision, on_attempt, on_result
         self.hook_errors = 0
@@ -79,7 +80,7 @@ class Recorder:
     def _count(self, rec: Mapping[str, Any]) -> None:
         assert self.metrics is not None and self.ledger is not None
         self.metrics.observe(rec)
-        self.metrics.ledger(self.ledger.backlog, self.ledger.dropped)
+        self.metrics.dropped(self.ledger.dropped)
 
     def _call(self, fn: Callable[[Any], Any], arg: Any) -> None:
         try:
@@ -112,7 +113,7 @@ class Recorder:
         """`record`: a request of its own on the record (False: a call on a check's bill,
         on the record of the request it checked)."""
         if self.metrics is not None and self.ledger is not None:  # live even if the sink stalls
-            self.metrics.ledger(self.ledger.backlog, self.ledger.dropped)
+            self.metrics.dropped(self.ledger.dropped)
         if self.tracing is not None:
             try:
                 self.tracing.result(r)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 __all__ = ["http_protocol"]
@@ -51,7 +53,10 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
             super().on_headers_complete()
             # every request of the connection (pipelined ones too) shares its record of
             # whether the client is still there, and of the calls that wait on its behalf
-            self.cycle.scope[CONNECTION] = self._left  # type: ignore[literal-required]
+            cycle = self.cycle
+            scope: Any = cycle.scope
+            scope[CONNECTION] = self._left
+            scope[ANSWER] = partial(_answer, cycle)  # this request's own cycle (pipelining)
 
         def connection_lost(self, exc: Exception | None) -> None:
             super().connection_lost(exc)
@@ -106,6 +111,45 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
 
 _SWEEP_S = 1.0  # how often the heads' deadline is checked: a head may take up to this longer
 
+ANSWER = "satisfice.answer"  # a request's scope key for `_answer` on its cycle
+_BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")  # what uvicorn refuses in a header value
+
+
+def _answer(cycle: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+    """Send a 200 answer of `headers` (lower-case names, with its content-length) and `body`
+    on uvicorn's request cycle `cycle` as uvicorn's `send` would for the two ASGI messages,
+    in one write; False, having sent nothing, where that `send` has more to do (a response
+    under way, a HEAD request, writing paused, an access log, a value it would refuse).
+    Starlette's response and uvicorn's `send` (two messages, each header's name and value
+    searched by a regex) had cost a tenth of a served request's CPU."""
+    if (
+        cycle.response_started
+        or cycle.disconnected
+        or cycle.flow.write_paused
+        or cycle.access_log
+        or cycle.scope["method"] == "HEAD"
+        or _BAD_VALUE.search(b"".join([v for _, v in headers]))
+    ):
+        return False
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    head = [b"HTTP/1.1 200 OK\r\n"]
+    for name, value in cycle.default_headers:
+        head += (name, b": ", value, b"\r\n")
+    for name, value in headers:
+        head += (name, b": ", value, b"\r\n")
+    if not cycle.keep_alive:
+        head.append(b"connection: close\r\n")
+    head += (b"\r\n", body)
+    cycle.transport.write_now(b"".join(head))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
+    return True
+
+
 CONNECTION = "satisfice.connection"  # a request's scope key for its `Connection`
 
 _CUT_EARLY_S = 0.5  # how long before uvicorn's own cancel the server cuts its streams
@@ -155,6 +199,15 @@ class _OneWrite:
     def writelines(self, data: Iterable[bytes]) -> None:
         for piece in data:
             self.write(piece)
+
+    def write_now(self, data: bytes) -> None:
+        """A whole response, written at once (after anything held)."""
+        held, self._held = self._held, None
+        if not self._t.is_closing():
+            if held is None:
+                self._t.write(data)
+            else:
+                self._t.writelines((held, data))
 
     def _flush(self) -> None:
         held, self._held = self._held, None

@@ -62,7 +62,7 @@ from ..result import billed_cost
 from ..router import Router
 from ..state import Health
 from . import wire
-from ._http import CONNECTION, Connection
+from ._http import ANSWER, CONNECTION, Connection
 from .config import ServerConfig, check_aliases
 from .state import (
     KEY_PREFIX,
@@ -104,6 +104,12 @@ class _Answer(_JSON):
             (b"content-length", b"%d" % len(body)),
             (b"content-type", b"application/json"),
         ]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # on `satisfice serve`'s own protocol, written at once to the connection (_http.py)
+        answer = scope.get(ANSWER)
+        if answer is None or not answer(self.raw_headers, self.body):
+            await super().__call__(scope, receive, send)
 
 
 # Anthropic's error type for each status the server answers (others: "api_error").
@@ -1111,7 +1117,7 @@ def create_app(
         if svc.config.require_keys and (refused := master_refusal(svc, request, "/metrics")):
             return refused
         if svc.router.ledger is not None:
-            svc.metrics.ledger(svc.router.ledger.backlog, svc.router.ledger.dropped)
+            svc.metrics.dropped(svc.router.ledger.dropped)
         return Response(
             svc.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
