@@ -60,8 +60,8 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
 
         def connection_lost(self, exc: Exception | None) -> None:
             super().connection_lost(exc)
-            # the non-streamed requests waiting for their answers (each handler put its
-            # task here while it waits): the client is gone, and so is the calls' use
+            # the requests waiting for their answers and the streams being written (each
+            # put its task here): the client is gone, and so is the calls' use
             left = self._left
             left.gone = True
             for task in list(left.waiting):
@@ -158,9 +158,9 @@ _CUT = "satisfice: the server is shutting down"  # the cancel's message
 
 class Connection:
     """What the server knows of a request's client connection: whether it is gone, the
-    tasks of non-streamed requests waiting for their answers on it (a handler adds its
-    own while it waits), and those cancelled because it went; the tasks writing its
-    streams, and whether the server's shutdown cut them."""
+    tasks waiting on it (a non-streamed request's for its answer, a stream's while it is
+    written: each adds its own), cancelled when it goes, and those cancelled because it
+    went; the tasks writing its streams, and whether the server's shutdown cut them."""
 
     __slots__ = ("cancelled", "cut", "gone", "streams", "waiting")
 
