@@ -529,3 +529,39 @@ async def test_a_refusal_says_what_spend_leaves_in_the_fullest_budget(
     refused = await state.admit([key.pinned(hold="x"), team.pinned(hold="x")], 0.2)
     assert refused is not None and refused.budget == key  # the first refused
     assert refused.unheld_usd == pytest.approx(0.05)  # but the team's spend leaves 0.05
+
+
+async def test_replicas_whose_clocks_differ_count_a_rate_in_one_window() -> None:
+    """The minute a rate was counted in was each replica's own: a replica whose clock ran a
+    minute ahead counted a key's requests in a window of its own, and let its rpm through
+    again. The store's clock (TIME) decides the minute now, for every replica."""
+    import satisfice.server.state as st
+
+    class Ahead:  # the time module of a replica whose clock runs 60 s fast
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+        @staticmethod
+        def time() -> float:
+            return time.time() + 60.0
+
+    with redis() as server:
+        a, b = RedisState(server.url), RedisState(server.url)
+        kid = f"skew{time.time_ns()}"
+        try:
+            if time.time() % 60 > 55:  # all of it in one minute of the store's clock
+                await asyncio.sleep(60.5 - time.time() % 60)
+            assert await a.admit((), 0, RateCount(kid, 3, None, 1)) is None
+            assert await a.admit((), 0, RateCount(kid, 3, None, 1)) is None
+            real = st.time
+            st.time = Ahead()  # type: ignore[assignment]
+            try:
+                assert await b.admit((), 0, RateCount(kid, 3, None, 1)) is None
+                refused = await b.admit((), 0, RateCount(kid, 3, None, 1))
+            finally:
+                st.time = real
+            assert refused is not None and refused.budget is None
+            assert 0 < refused.retry_in_s <= 60
+        finally:
+            await a.close()
+            await b.close()

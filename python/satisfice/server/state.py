@@ -364,23 +364,29 @@ return 1
 """
 
 # KEYS: per budget its spent and held counters and its holds (a sorted set of "id:amount" by
-# expiry), then (when a rate is counted) the minute's rpm and tpm windows. ARGV: amount, hold
-# id ('' none), the number of budgets, rpm, tpm (-1: no limit), tokens, now (unix s), the
-# hold's expiry, then per budget its limit, then per budget its counters' TTL (0: none), then
-# the caller's key id and its record as the replica read it ('' and '': no check; the keys
-# hash is then the last of KEYS).
+# expiry), then (when a rate is counted) the key's rpm and tpm windows' names less their
+# minute. ARGV: amount, hold id ('' none), the number of budgets, rpm, tpm (-1: no limit),
+# tokens, the hold's lifetime (s), then per budget its limit, then per budget its counters'
+# TTL (0: none), then the caller's key id and its record as the replica read it ('' and '':
+# no check; the keys hash is then the last of KEYS).
+# The clock is the store's (TIME), the same for every replica: the minute a rate is counted
+# in had been each replica's own, so replicas whose clocks differed by 20 s counted a key's
+# requests in two windows for a third of each minute (twice its rpm let through).
 # Holds past their expiry are released first: a replica that died mid-request never settles
 # its hold, and on a "total" budget, whose counters never expire, it had stayed for good.
 # Every check runs before anything is counted. Returns {0, 0} admitted, {i, left} budget i
-# does not fit, {-1, 0} the rate limit is reached, {-2, 0} the key's record changed.
+# does not fit, {-1, ms} the rate limit is reached (ms: until the minute turns), {-2, 0}
+# the key's record changed.
 _ADMIT = """
 local amount, hold, n = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local rpm, tpm, tokens = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local now, expiry = tonumber(ARGV[7]), tonumber(ARGV[8])
-local key_id = ARGV[9 + 2 * n]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1])
+local expiry = now + tonumber(ARGV[7])
+local key_id = ARGV[8 + 2 * n]
 local checked = key_id ~= '' and 1 or 0
 local rate = #KEYS - checked == 3 * n + 2
-if checked == 1 and redis.call('HGET', KEYS[#KEYS], key_id) ~= ARGV[10 + 2 * n] then
+if checked == 1 and redis.call('HGET', KEYS[#KEYS], key_id) ~= ARGV[9 + 2 * n] then
   return {-2, 0}
 end
 if hold ~= '' and redis.call('EXISTS', hold) == 1 then return {0, 0} end
@@ -397,7 +403,7 @@ local refused, left, unheld = 0, 0, nil
 for i = 1, n do
   local spent = tonumber(redis.call('GET', KEYS[3*i-2]) or '0')
   local held = tonumber(redis.call('GET', KEYS[3*i-1]) or '0')
-  local limit = tonumber(ARGV[8 + i])
+  local limit = tonumber(ARGV[7 + i])
   if unheld == nil or limit - spent < unheld then unheld = limit - spent end
   if refused == 0 and spent + held + amount > limit then
     refused, left = i, limit - spent - held
@@ -405,9 +411,13 @@ for i = 1, n do
 end
 if refused > 0 then return {refused, left, unheld} end
 if rate then
-  local rk, tk = KEYS[3*n+1], KEYS[3*n+2]
-  if rpm >= 0 and tonumber(redis.call('GET', rk) or '0') + 1 > rpm then return {-1, 0} end
-  if tpm >= 0 and tonumber(redis.call('GET', tk) or '0') + tokens > tpm then return {-1, 0} end
+  local minute = math.floor(now / 60)
+  local rk, tk = KEYS[3*n+1] .. minute, KEYS[3*n+2] .. minute
+  local wait = (60 - now % 60) * 1000 - math.floor(tonumber(clock[2]) / 1000)
+  if rpm >= 0 and tonumber(redis.call('GET', rk) or '0') + 1 > rpm then return {-1, wait} end
+  if tpm >= 0 and tonumber(redis.call('GET', tk) or '0') + tokens > tpm then
+    return {-1, wait}
+  end
   redis.call('INCR', rk)
   redis.call('EXPIRE', rk, 120)
   if tpm >= 0 then
@@ -419,7 +429,7 @@ for i = 1, n do
   redis.call('INCRBY', KEYS[3*i-1], amount)
   -- the amount as sent (an integer string): Lua would print a large number as 1.2e+14
   if hold ~= '' then redis.call('ZADD', KEYS[3*i], expiry, hold .. ':' .. ARGV[1]) end
-  local ttl = tonumber(ARGV[8 + n + i])
+  local ttl = tonumber(ARGV[7 + n + i])
   if ttl > 0 then
     redis.call('EXPIRE', KEYS[3*i-1], ttl)
     redis.call('EXPIRE', KEYS[3*i], ttl)
@@ -848,7 +858,7 @@ class RedisState:
         if i == 0:
             return None
         if i < 0:
-            return Refused(retry_in_s=_retry_in())
+            return Refused(retry_in_s=max(int(left), 1) / 1000)
         return Refused(budgets[i - 1], max(int(left), 0) / NANO, int(unheld[0]) / NANO)
 
     def _admission(
@@ -861,9 +871,8 @@ class RedisState:
         """The admission script's KEYS and ARGV (see `_ADMIT`); `seen`: the key's read to
         check, as cached."""
         keys = self._bkeys(budgets)
-        if rate is not None:
-            minute = int(time.time() // 60)
-            keys += [f"{self._p}rpm:{rate.key_id}:{minute}", f"{self._p}tpm:{rate.key_id}:{minute}"]
+        if rate is not None:  # the script adds the minute, by the store's clock
+            keys += [f"{self._p}rpm:{rate.key_id}:", f"{self._p}tpm:{rate.key_id}:"]
         if seen is not None:
             keys.append(f"{self._p}keys")
         args: list[int | str | bytes] = [
@@ -873,8 +882,7 @@ class RedisState:
             -1 if rate is None or rate.rpm is None else rate.rpm,
             -1 if rate is None or rate.tpm is None else rate.tpm,
             0 if rate is None else rate.tokens,
-            int(time.time()),
-            int(time.time() + HOLD_S),
+            HOLD_S,
             *(_nano(b.limit_usd) for b in budgets),
             *((_ttl(b.period) or 0) for b in budgets),
             "" if seen is None else seen[0].id,
