@@ -565,3 +565,33 @@ async def test_replicas_whose_clocks_differ_count_a_rate_in_one_window() -> None
         finally:
             await a.close()
             await b.close()
+
+
+async def test_a_hold_lasts_while_its_replica_renews_it_and_not_long_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reservation on Redis is a lease its replica renews until it settles: a replica
+    killed mid-request had held its budgets' room for 6 hours. (The lease is 2 s here.)"""
+    import satisfice.server.state as st
+
+    monkeypatch.setattr(st, "HOLD_S", 2)
+    with redis() as server:
+        a, b = RedisState(server.url), RedisState(server.url)
+        budget = Budget(f"key:lease{time.time_ns()}", 1.0, "total")
+        try:
+            assert await a.admit([budget.pinned(hold="a1")], 0.9) is None
+            for _ in range(6):  # 3 s: past the lease, renewed all along
+                await asyncio.sleep(0.5)
+                await a.renew_holds()
+                assert await b.admit([budget.pinned(hold="b1")], 0.5) is not None
+            # replica a dies: nothing renews its hold, which the next admission releases
+            await asyncio.sleep(2.5)
+            assert await b.admit([budget.pinned(hold="b2")], 0.5) is None
+            assert await b.spent(budget) == (0.0, pytest.approx(0.5))
+            # a settles late after all: its spend counts, the released hold is not freed twice
+            await a.settle([budget.pinned(hold="a1")], 0.9, 0.3)
+            assert await b.spent(budget) == (pytest.approx(0.3), pytest.approx(0.5))
+            assert not a._leases
+        finally:
+            await a.close()
+            await b.close()

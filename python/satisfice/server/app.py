@@ -65,6 +65,7 @@ from . import wire
 from ._http import ANSWER, CONNECTION, Connection
 from .config import ServerConfig, check_aliases
 from .state import (
+    HOLD_RENEW_S,
     KEY_PREFIX,
     Budget,
     KeyChanged,
@@ -482,8 +483,16 @@ class Service:
             await asyncio.sleep(self.config.probe_interval_s)
 
     async def _sync_loop(self) -> None:
-        """Every 0.2 s: cooldowns from other replicas, and settlements the store missed."""
+        """Every 0.2 s: cooldowns from other replicas, and settlements the store missed;
+        every `HOLD_RENEW_S`, this replica's budget holds (see state.HOLD_S)."""
+        renewed = time.monotonic()
         while True:
+            if time.monotonic() - renewed >= HOLD_RENEW_S:
+                try:
+                    await self.state.renew_holds()
+                    renewed = time.monotonic()
+                except StateUnavailable:
+                    pass  # logged by the store; tried again at the next turn
             if isinstance(self.health, SharedHealth):
                 try:
                     await self.health.sync()
@@ -501,7 +510,7 @@ class Service:
     async def _settle_queued(self, deadline: float | None = None) -> None:
         """Settle what the store missed, in order, while it answers; with a `deadline`
         (shutdown), keep trying until then, and log what is left (on Redis, admission releases
-        those holds after state.HOLD_S; their spend is not counted)."""
+        those holds state.HOLD_S after their last renewal; their spend is not counted)."""
         while self.unsettled:
             budgets, reserved, actual = self.unsettled[0]
             try:
@@ -515,7 +524,7 @@ class Service:
         if deadline is not None and self.unsettled:
             _log.error(
                 "shutting down with %d settlement(s) the budget store never took: their "
-                "holds are released after state.HOLD_S and their spend is not counted",
+                "holds are released within state.HOLD_S and their spend is not counted",
                 len(self.unsettled),
                 extra={"event": "settlements_lost"},
             )  # fmt: skip

@@ -5,7 +5,8 @@ several, with Lua scripts where a check and an update must be one step.
 Money is counted in integer nano-dollars, so sums are exact on every backend. A budget is
 checked by *reserving* the request's worst-case cost before the call (refused when it does not
 fit) and *settling* the actual cost after; a reservation that is never settled (a crash)
-is released after `HOLD_S` (Redis), or ends with the process that held it (memory).
+is released `HOLD_S` after its replica last renewed it (Redis), or ends with the process
+that held it (memory).
 
 When Redis is unreachable (see README, "Run it as a service"):
 - budgets fail closed: the request is refused with 503, since spending that is not counted
@@ -39,11 +40,16 @@ __all__ = [
 ]  # fmt: skip
 
 NANO = 1_000_000_000
-# How long a reservation may wait for its settlement on Redis before admission releases it:
-# far longer than a request or stream runs, short enough that a replica that died
-# mid-request does not hold a budget (a "total" one for good). A call still running past it
-# is counted when it settles; until then others may be admitted into its room.
-HOLD_S = 6 * 3600
+# A reservation on Redis is a lease: admission releases it HOLD_S after it was made or last
+# renewed, and the replica that holds it renews it every HOLD_RENEW_S until it settles, for
+# up to HOLD_MAX_S (a request that never settles, a bug, is not held for good). A replica that
+# dies mid-request holds its budgets' room for HOLD_S at most (it had held it 6 hours; a
+# "total" budget's, before that, for good). A call still running past its lease (a store
+# away longer than HOLD_S) is counted when it settles; until then others may be admitted
+# into its room.
+HOLD_S = 300
+HOLD_RENEW_S = 60.0
+HOLD_MAX_S = 6 * 3600.0
 _PERIODS = ("day", "month", "total")
 KEY_PREFIX = "sk-sat-"  # every key the admin API makes starts so; an unknown one is refused
 
@@ -308,6 +314,9 @@ class MemoryState:
             self._holds.add(hold)
         return None
 
+    async def renew_holds(self) -> None:
+        """Nothing to renew: a hold here ends with the process."""
+
     async def settle(
         self, budgets: Sequence[Budget], reserved_usd: float, actual_usd: float
     ) -> None:
@@ -463,6 +472,16 @@ for i = 1, n do
   local ttl = tonumber(ARGV[2 + i])
   if ttl > 0 then redis.call('EXPIRE', KEYS[3*i-2], ttl) end
 end
+return 0
+"""
+
+
+# KEYS: holds sorted sets; ARGV: the lease (s), then per key the hold's member. A member no
+# longer there (settled, or released) is not added again (XX).
+_RENEW = """
+local clock = redis.call('TIME')
+local expiry = tonumber(clock[1]) + tonumber(ARGV[1])
+for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', expiry, ARGV[i + 1]) end
 return 0
 """
 
@@ -644,6 +663,10 @@ class RedisState:
         self._key = _Script(_KEY)
         self._settle = _Script(_SETTLE)
         self._cas = _Script(_CAS)
+        self._renew = _Script(_RENEW)
+        # this replica's holds not yet settled, renewed by `renew_holds`: the hold's key ->
+        # its holds sets, its member in them, and when it was made (monotonic)
+        self._leases: dict[str, tuple[list[str], str, float]] = {}
         # a secret's hash -> its key, until when it may be served (30 s), and its stored
         # record as read (what admission checks is still the stored one)
         self._key_cache: dict[str, tuple[VirtualKey, float, bytes]] = {}
@@ -856,6 +879,10 @@ class RedisState:
             # (through an outage a key in use is served 30 s after its last request)
             self._key_cache[seen[0].key_hash] = (seen[0], time.time() + 30, seen[2])
         if i == 0:
+            hold = self._hold_key(budgets)
+            if hold:  # a lease this replica renews until it settles (the member as _ADMIT's)
+                member = f"{hold}:{_nano_up(usd)}"
+                self._leases[hold] = (keys[2 : 3 * len(budgets) : 3], member, time.monotonic())
             return None
         if i < 0:
             return Refused(retry_in_s=max(int(left), 1) / 1000)
@@ -899,9 +926,25 @@ class RedisState:
             _nano_up(reserved_usd),
             _nano_up(actual_usd),
             *((_ttl(b.period) or 0) for b in budgets),
-            self._hold_key(budgets),
+            hold := self._hold_key(budgets),
         ]
         await self._do(self._eval(self._settle, self._bkeys(budgets), args))
+        self._leases.pop(hold, None)
+
+    async def renew_holds(self) -> None:
+        """Renew this replica's holds not yet settled (`HOLD_S` from now, by the store's
+        clock), in one step; one made over `HOLD_MAX_S` ago is left to expire. Raises
+        StateUnavailable while Redis is away (its leases are renewed when it is back)."""
+        now = time.monotonic()
+        for k in [k for k, (_, _, made) in self._leases.items() if now - made > HOLD_MAX_S]:
+            del self._leases[k]
+        if not self._leases:
+            return
+        keys, members = [], []
+        for sets, member, _ in self._leases.values():
+            keys += sets
+            members += [member] * len(sets)
+        await self._do(self._eval(self._renew, keys, [HOLD_S, *members]))
 
     async def spent(self, b: Budget) -> tuple[float, float]:
         s, h, _ = self._bkeys([b])
