@@ -29,7 +29,8 @@ def running(config: ServerConfig | None = None, router: Any = None) -> Iterator[
             port=port,
             log_level="error",
             lifespan="on",
-            http=http_protocol(config.read_timeout_s),  # as `satisfice serve` runs it
+            access_log=False,  # as `satisfice serve` runs it
+            http=http_protocol(config.read_timeout_s),
         )
     )
     t = threading.Thread(target=server.run, daemon=True)

@@ -878,10 +878,17 @@ def test_the_backlog_gauge_is_read_when_scraped() -> None:
 
     ledger = Ledger(Down(), max_buffer=20, batch=5, flush_interval_s=0.001)
     metrics = Metrics()
-    Recorder(ledger, metrics)
+    rec = Recorder(ledger, metrics)
     for i in range(50):
         ledger.put({"request_id": f"r{i}", "started_at": 1.7e9, "outcome": "ok"})
+    # a second router on the same metrics, with no ledger of its own (a null one): the
+    # gauge had followed the last ledger attached, and read 0
+    Recorder(None, metrics)
     text = metrics.exposition().decode()
     backlog = float(re.search(r"^satisfice_ledger_backlog (\S+)$", text, re.M)[1])  # type: ignore[index]
     assert backlog == ledger.backlog > 0
+    rec._count({"outcome": "ok"})  # as the writer counts a written record: the drops too
+    text = metrics.exposition().decode()
+    dropped = float(re.search(r"^satisfice_ledger_dropped_total (\S+)$", text, re.M)[1])  # type: ignore[index]
+    assert dropped == ledger.dropped > 0
     ledger.close(timeout=0.1)

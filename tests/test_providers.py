@@ -505,7 +505,13 @@ def test_openai_alone_is_sent_the_end_user_and_cache_key() -> None:
     assert own._payload(r, True)["prompt_cache_key"] == "c-1"
     assert {"user", "prompt_cache_key"}.isdisjoint(other._payload(r, False))
     assert anthropic_wire(r, "claude", False, 0)["metadata"] == {"user_id": "u-1"}
+    # what the upstream would refuse is not sent: empty, a lone surrogate, over Anthropic's 256
+    for odd in ("", "a\ud800", "x" * 257):
+        r = ChatRequest([{"role": "user", "content": "hi"}], user=odd, prompt_cache_key=odd)
+        assert "metadata" not in anthropic_wire(r, "claude", False, 0)
+        if odd != "x" * 257:
+            assert {"user", "prompt_cache_key"}.isdisjoint(own._payload(r, False))
     router = Router()
-    for bad in ({"user": 5}, {"prompt_cache_key": ""}, {"user": "x" * 257}):
-        with pytest.raises(ConfigError, match="must be a string of 1 to 256"):
+    for bad in ({"user": 5}, {"prompt_cache_key": b"k"}):
+        with pytest.raises(ConfigError, match="must be a string"):
             asyncio.run(router.chat("hi", **bad))

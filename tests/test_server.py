@@ -1529,20 +1529,37 @@ def test_the_end_user_and_cache_key_reach_the_upstreams_that_document_them(serve
     a = _anthropic(url)
     a.messages.create(model="beta", max_tokens=20, messages=msgs, metadata={"user_id": "u-9"})
     assert up.seen(wire("beta"))[-1].body["metadata"] == {"user_id": "u-9"}
-    for bad in ({"user": ""}, {"prompt_cache_key": "k" * 257}):
-        with pytest.raises(openai.BadRequestError, match="must be a string of 1 to 256"):
-            c.chat.completions.create(model="alpha", messages=msgs, **bad)
-    with pytest.raises(anthropic.BadRequestError, match="user_id' must be a string"):
-        a.messages.create(model="beta", max_tokens=20, messages=msgs, metadata={"user_id": 7})  # type: ignore[typeddict-item]
+    # what Anthropic would refuse (over 256 characters, not valid Unicode) stays a session
+    # key and is not sent: a hint is not worth a refused request
+    for user in ("u" * 300, "a\ud800b", ""):
+        raw = json.dumps({"model": "beta", "messages": msgs, "user": user})  # \ud800 escaped
+        r = httpx.post(url + "/v1/chat/completions", content=raw,
+                       headers={"content-type": "application/json"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert "metadata" not in up.seen(wire("beta"))[-1].body
+    with pytest.raises(openai.BadRequestError, match="'user' must be a string"):
+        c.chat.completions.create(model="alpha", messages=msgs, user=5)  # type: ignore[arg-type]
 
 
-def test_an_answer_written_at_once_keeps_http_1_1s_rules(served: Any) -> None:
+def test_an_answer_written_at_once_keeps_http_1_1s_rules(
+    served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A 200 answer is written to the connection at once (`_http._answer`), past
     Starlette's response and uvicorn's send: pipelined requests are answered in order on
     one connection, a request's `Connection: close` and HTTP/1.0 close it after the
     answer, which says so, and the head is uvicorn's (its date and server headers first)."""
     import socket
 
+    from satisfice.server import _http
+
+    written: list[bool] = []
+    real = _http._answer
+
+    def spy(*a: Any) -> bool:
+        written.append(real(*a))
+        return written[-1]
+
+    monkeypatch.setattr(_http, "_answer", spy)
     url, *_ = served
     port = int(url.rsplit(":", 1)[1])
     body = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": "hi"}]})
@@ -1589,6 +1606,67 @@ def test_an_answer_written_at_once_keeps_http_1_1s_rules(served: Any) -> None:
         s.sendall(ask(version="1.0"))
         (head,), closed = answers(s, 1)
         assert closed and head.endswith(b"\r\nconnection: close")
+    assert written == [True] * 4  # every answer took the direct write
+
+
+@pytest.mark.parametrize("how", ["add_middleware", "wrapped"])
+def test_middleware_sees_every_answer(
+    how: str, upstream: LocalUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under middleware added to the app, or an ASGI app wrapping it, answers and streams go
+    through their `send` (the direct write had sent a 200 past them: CORS headers lost, a
+    BaseHTTPMiddleware's answer broken)."""
+    from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.middleware.cors import CORSMiddleware
+
+    from satisfice.server import create_app
+    from satisfice.server._http import http_protocol
+
+    from .servers import free_port
+
+    upstream.wait_idle()
+    upstream.reset_script()
+    app = create_app(ServerConfig(), router=Router(registry(upstream.url)))
+    outer: Any = app
+    if how == "add_middleware":
+
+        async def mark(request: Any, call_next: Any) -> Any:
+            response = await call_next(request)
+            response.headers["x-mw"] = "1"
+            return response
+
+        app.add_middleware(BaseHTTPMiddleware, dispatch=mark)
+        app.add_middleware(CORSMiddleware, allow_origins=["*"])
+    else:
+        outer = CORSMiddleware(app, allow_origins=["*"])
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(outer, host="127.0.0.1", port=port, log_level="error",
+                                           access_log=False, http=http_protocol()))  # fmt: skip
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        while httpx.get(f"http://127.0.0.1:{port}/ready").status_code != 200:
+            time.sleep(0.05)
+        body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}]}
+        origin = {"origin": "http://example.com"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=origin) as c:
+            for stream in (False, True, False):
+                r = c.post("/v1/chat/completions", json={**body, "stream": stream})
+                assert r.status_code == 200, r.text
+                assert r.headers["access-control-allow-origin"] == "*"
+                if how == "add_middleware":
+                    assert r.headers["x-mw"] == "1"
+                assert ("data: [DONE]" in r.text) is stream
+    finally:
+        server.should_exit = True
+        t.join(10)
 
 
 def test_a_client_that_leaves_a_stream_ends_its_call_and_settles_its_hold(

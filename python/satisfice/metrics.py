@@ -14,6 +14,7 @@ the label sets stay bounded and nothing an upstream sends can reach them.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,7 +69,8 @@ class Metrics:
                                     registry=r)  # fmt: skip
         self.ledger_dropped = Counter(f"{p}_ledger_dropped", "Records dropped: buffer full",
                                       registry=r)  # fmt: skip
-        self._dropped_seen = 0
+        self._dropped_seen: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._ledgers: weakref.WeakSet[Any] = weakref.WeakSet()  # whose backlogs are summed
         self._keys: set[str] = set()  # label values seen for `key`: bounded (MAX_KEYS)
         self._kids: dict[tuple[Any, ...], Any] = {}  # (metric, *labels) -> its child
 
@@ -130,15 +132,23 @@ class Metrics:
                     self._kid(self.escalations, str(i)).inc()
 
     def watch(self, ledger: Any) -> None:
-        """Report `ledger`'s backlog as it stands when scraped: live even while its writer
-        is stalled, and nothing to set on the request path (a gauge's set takes a lock)."""
-        self.ledger_backlog.set_function(lambda: ledger.backlog)
+        """Report `ledger`'s backlog, with every other ledger's counted here, as it stands
+        when scraped: live even while a writer is stalled, and nothing to set on the
+        request path (a gauge's set takes a lock)."""
+        if not self._ledgers:
+            ledgers = self._ledgers
+            self.ledger_backlog.set_function(lambda: sum(x.backlog for x in list(ledgers)))
+        self._ledgers.add(ledger)
 
-    def dropped(self, dropped: int) -> None:
-        """The ledger's count of records dropped so far (buffer full)."""
-        if dropped > self._dropped_seen:
-            self.ledger_dropped.inc(dropped - self._dropped_seen)
-            self._dropped_seen = dropped
+    def dropped(self, ledger: Any) -> None:
+        """Count what `ledger` dropped (buffer full) since it was last asked: each ledger
+        apart, so that several feeding these metrics add up."""
+        n = ledger.dropped
+        if n:
+            seen = self._dropped_seen.get(ledger, 0)
+            if n > seen:
+                self._dropped_seen[ledger] = n
+                self.ledger_dropped.inc(n - seen)
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest

@@ -80,7 +80,7 @@ class Recorder:
     def _count(self, rec: Mapping[str, Any]) -> None:
         assert self.metrics is not None and self.ledger is not None
         self.metrics.observe(rec)
-        self.metrics.dropped(self.ledger.dropped)
+        self.metrics.dropped(self.ledger)
 
     def _call(self, fn: Callable[[Any], Any], arg: Any) -> None:
         try:
@@ -113,7 +113,7 @@ class Recorder:
         """`record`: a request of its own on the record (False: a call on a check's bill,
         on the record of the request it checked)."""
         if self.metrics is not None and self.ledger is not None:  # live even if the sink stalls
-            self.metrics.dropped(self.ledger.dropped)
+            self.metrics.dropped(self.ledger)
         if self.tracing is not None:
             try:
                 self.tracing.result(r)

@@ -32,6 +32,7 @@ from .base import (
     encode_json,
     finish_stream,
     parse_event,
+    sendable,
     sse_events,
     text_field,
     token_count,
@@ -273,7 +274,7 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
         p["tool_choice"] = {"type": "tool", "name": _JSON_TOOL}
     if stream:
         p["stream"] = True
-    if r.user is not None:  # Anthropic's field for OpenAI's `user` (it caches by prefix alone)
+    if sendable(r.user, 256):  # OpenAI's `user` (Anthropic caches by prefix alone)
         p["metadata"] = {"user_id": r.user}
     if r.extra:
         p.update(r.extra)

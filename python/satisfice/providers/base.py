@@ -110,9 +110,24 @@ class ChatRequest:
     extra: dict[str, Any] | None = None
     # who the end user is and which prompts share a prefix: OpenAI's `user` and
     # `prompt_cache_key` (Anthropic's `metadata.user_id` for the first), sent where the
-    # upstream documents them and left out elsewhere (see each provider)
+    # upstream documents them and takes the value (`sendable`), left out elsewhere: hints,
+    # not worth a request the upstream would refuse
     user: str | None = None
     prompt_cache_key: str | None = None
+
+
+def sendable(hint: str | None, most: int | None = None) -> bool:
+    """Whether `hint` (a ChatRequest's user or prompt_cache_key) can be sent: not empty,
+    valid Unicode (a lone surrogate cannot be encoded), at most `most` characters."""
+    if not hint or (most is not None and len(hint) > most):
+        return False
+    if hint.isascii():
+        return True
+    try:
+        hint.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ from .base import (
     encode_body,
     finish_stream,
     parse_event,
+    sendable,
     sse_events,
     stream_error,
     text_field,
@@ -167,9 +168,9 @@ class OpenAIProvider(HTTPProvider):
             p["stream"] = True
             p["stream_options"] = {"include_usage": True}
         if self._openai:
-            if r.user is not None:
+            if sendable(r.user):
                 p["user"] = r.user
-            if r.prompt_cache_key is not None:  # which cached prefixes it may reuse
+            if sendable(r.prompt_cache_key):  # which cached prefixes it may reuse
                 p["prompt_cache_key"] = r.prompt_cache_key
         if r.extra:
             p.update(r.extra)

@@ -9,7 +9,6 @@ import asyncio
 import math
 import re
 from collections.abc import Iterable
-from functools import partial
 from typing import Any
 
 __all__ = ["http_protocol"]
@@ -56,7 +55,7 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
             cycle = self.cycle
             scope: Any = cycle.scope
             scope[CONNECTION] = self._left
-            scope[ANSWER] = partial(_answer, cycle)  # this request's own cycle (pipelining)
+            scope[ANSWER] = Own(cycle)  # this request's own cycle (pipelining)
 
         def connection_lost(self, exc: Exception | None) -> None:
             super().connection_lost(exc)
@@ -111,28 +110,55 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
 
 _SWEEP_S = 1.0  # how often the heads' deadline is checked: a head may take up to this longer
 
-ANSWER = "satisfice.answer"  # a request's scope key for `_answer` on its cycle
+ANSWER = "satisfice.answer"  # a request's scope key for its `Own`
 _BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")  # what uvicorn refuses in a header value
+
+
+class Own:
+    """A request's uvicorn cycle, for what the app may do on it directly, and only when it
+    was handed the cycle's own `send`: under middleware, or an ASGI wrapper of the app, the
+    answer goes through their `send` (they may add headers, or read what is sent)."""
+
+    __slots__ = ("cycle",)
+
+    def __init__(self, cycle: Any) -> None:
+        self.cycle = cycle
+
+    def owns(self, send: Any) -> bool:
+        """Whether `send` is the cycle's own (nothing wraps it)."""
+        return bool(send == self.cycle.send)
+
+    def answer(self, send: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """A 200 answer sent at once (`_answer`), if `send` is the cycle's own."""
+        return send == self.cycle.send and _answer(self.cycle, headers, body)
 
 
 def _answer(cycle: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
     """Send a 200 answer of `headers` (lower-case names, with its content-length) and `body`
     on uvicorn's request cycle `cycle` as uvicorn's `send` would for the two ASGI messages,
-    in one write; False, having sent nothing, where that `send` has more to do (a response
-    under way, a HEAD request, writing paused, an access log, a value it would refuse).
+    in one write, with its access log line; False, having sent nothing, where that `send`
+    has more to do (a response under way, a HEAD request, writing paused, a value it would
+    refuse).
     Starlette's response and uvicorn's `send` (two messages, each header's name and value
     searched by a regex) had cost a tenth of a served request's CPU."""
     if (
         cycle.response_started
         or cycle.disconnected
         or cycle.flow.write_paused
-        or cycle.access_log
         or cycle.scope["method"] == "HEAD"
         or _BAD_VALUE.search(b"".join([v for _, v in headers]))
     ):
         return False
     cycle.response_started = True
     cycle.waiting_for_100_continue = False
+    if cycle.access_log:  # as uvicorn's send logs it
+        from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+        scope = cycle.scope
+        cycle.access_logger.info(
+            '%s - "%s %s HTTP/%s" %d', get_client_addr(scope), scope["method"],
+            get_path_with_query_string(scope), scope["http_version"], 200,
+        )  # fmt: skip
     head = [b"HTTP/1.1 200 OK\r\n"]
     for name, value in cycle.default_headers:
         head += (name, b": ", value, b"\r\n")

@@ -108,8 +108,8 @@ class _Answer(_JSON):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # on `satisfice serve`'s own protocol, written at once to the connection (_http.py)
-        answer = scope.get(ANSWER)
-        if answer is None or not answer(self.raw_headers, self.body):
+        own = scope.get(ANSWER)
+        if own is None or not own.answer(send, self.raw_headers, self.body):
             await super().__call__(scope, receive, send)
 
 
@@ -1126,7 +1126,7 @@ def create_app(
         if svc.config.require_keys and (refused := master_refusal(svc, request, "/metrics")):
             return refused
         if svc.router.ledger is not None:
-            svc.metrics.dropped(svc.router.ledger.dropped)
+            svc.metrics.dropped(svc.router.ledger)
         return Response(
             svc.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
@@ -1289,7 +1289,8 @@ class _InFlight(StreamingResponse):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             conn: Connection | None = scope.get(CONNECTION)
-            if conn is None or conn.gone:
+            own = scope.get(ANSWER)
+            if conn is None or conn.gone or own is None or not own.owns(send):
                 # Starlette's: a second task listens for the client's leaving and cancels
                 # the stream's (a task group for each stream)
                 await super().__call__(scope, receive, send)

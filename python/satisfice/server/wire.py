@@ -201,11 +201,11 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     opts.update(constraints_from(body, headers))
     opts.update(cascade)
     so = body.get("stream_options") or {}
-    for k in ("user", "prompt_cache_key"):  # sent on to OpenAI (see ChatRequest)
+    for k in ("user", "prompt_cache_key"):  # sent on where they are taken (see ChatRequest)
         v = body.get(k)
-        if v is not None:
-            if not (isinstance(v, str) and 0 < len(v) <= 256):
-                raise _bad(f"'{k}' must be a string of 1 to 256 characters")
+        if v is not None and not isinstance(v, str):
+            raise _bad(f"'{k}' must be a string")
+        if v:
             opts[k] = v
     session = headers.get("x-satisfice-session") or body.get("prompt_cache_key") or body.get("user")
     return Routed(
@@ -522,9 +522,7 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     opts.update(cascade)
     meta = body["metadata"] if isinstance(body.get("metadata"), Mapping) else {}
     user = meta.get("user_id")
-    if user is not None:  # sent on as the end user's id (see ChatRequest)
-        if not (isinstance(user, str) and 0 < len(user) <= 256):
-            raise _bad("'metadata.user_id' must be a string of 1 to 256 characters")
+    if isinstance(user, str) and user:  # sent on as the end user's id (see ChatRequest)
         opts["user"] = user
     session = headers.get("x-satisfice-session") or user
     return Routed(msgs, model, body.get("stream") is True, False, opts, session_key(session))
