@@ -386,3 +386,35 @@ def test_streams_past_the_shutdown_grace_end_with_an_error_and_keep_their_hold(
     # each kept its whole hold (200 tokens out: $0.00008 on alpha, $0.0004 on gamma, $0.0008
     # on delta), far above the few words the streams had been sent (about $0.000003 each)
     assert budget["held_usd"] == 0 and budget["spent_usd"] > 3 * 0.00007 + 0.0011, budget
+
+
+def test_a_request_still_sending_its_body_at_the_shutdown_cut_is_a_503(tmp_path: Path) -> None:
+    """The server's cut at shutdown reached only calls and streams: a request still sending
+    its body (or in admission) was cancelled by uvicorn, a bare 500 and an error logged.
+    It is now a 503 saying why, as the others are."""
+    import signal
+    import socket
+
+    with LocalUpstream(record=False) as up:
+        reg = tmp_path / "r.toml"
+        reg.write_text(registry(up.url).to_toml())
+        cfg = tmp_path / "satisfice.toml"
+        cfg.write_text(f'[registry]\npath = "{reg}"\n[server]\nshutdown_grace_s = 1\n')
+        with replica_process(cfg) as (url, p):
+            host, port = url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                          b"application/json\r\ncontent-length: 100\r\n\r\n{\"model\"")  # fmt: skip
+                time.sleep(0.3)  # the handler waits for the rest of the body
+                p.send_signal(signal.SIGTERM)
+                got = b""
+                while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    got += chunk
+            assert p.wait(30) in (0, -signal.SIGTERM)
+            err = p.stderr.read().decode()  # type: ignore[union-attr]
+    assert got.startswith(b"HTTP/1.1 503"), got[:300]
+    assert b"shutting_down" in got, got[-300:]
+    assert "Exception in ASGI application" not in err, err[-2000:]

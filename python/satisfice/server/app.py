@@ -799,6 +799,14 @@ def create_app(
         reserved: tuple[list[Budget], float] | None = None
         streaming = handed = False
         failed: Exception | None = None
+        # The request's task waits on its connection from the start (`_http.py`): a client
+        # that leaves cancels it wherever it is (the body, admission, its call), and so does
+        # the server's cut at shutdown, which had reached only the call and its streams
+        # (uvicorn's own cancel then answered the others a bare 500)
+        conn: Connection | None = scope.get(CONNECTION)
+        task = asyncio.current_task(svc.deadlines().loop) if conn is not None else None
+        if task is not None:
+            conn.waiting.add(task)  # type: ignore[union-attr]
         try:
             headers = _headers(scope)
             # The key before the body: a caller without one is refused unread. A key read in
@@ -1002,13 +1010,9 @@ def create_app(
                 return resp
             # a client that leaves before its answer cancels the call (`satisfice serve`'s
             # protocol does, `_http.py`): an answer nobody reads is not worth paying for
-            conn: Connection | None = scope.get(CONNECTION)
             if conn is not None and conn.gone:  # left while it was admitted: no call made
                 failed = ClientGone()  # nothing billed: `finally` releases the reservation
                 return Response(status_code=499)  # never sent: the connection is gone
-            task = asyncio.current_task(svc.deadlines().loop)  # given the loop: no getpid()
-            if conn is not None and task is not None:
-                conn.waiting.add(task)
             try:
                 res = await svc.router.chat(routed.messages, **opts)
             except asyncio.CancelledError:
@@ -1023,9 +1027,6 @@ def create_app(
                 _log.info("client left before its answer; the call was cancelled",
                           extra={"event": "client_left"})  # fmt: skip
                 return Response(status_code=499)  # never sent: the connection is gone
-            finally:
-                if conn is not None:
-                    conn.waiting.discard(task)
             if reserved is not None:
                 budgets, held = reserved
                 reserved = None  # settled below, not again in finally
@@ -1049,6 +1050,15 @@ def create_app(
             return JSONResponse(e.body(api), e.status, headers=e.headers)
         except ClientDisconnect:  # left while sending its body: nothing was called
             return Response(status_code=499)  # never sent: the connection is gone
+        except asyncio.CancelledError:  # before or after its call (the call's is above)
+            if _cut_by_shutdown(conn, task):  # the reservation, if made, is kept whole
+                he = _shut()
+                return JSONResponse(he.body(api), he.status)
+            if conn is None or task not in conn.cancelled:
+                raise
+            conn.cancelled.discard(task)  # the client left: nothing to answer
+            task.uncancel()
+            return Response(status_code=499)  # never sent: the connection is gone
         except SatisficeError as e:
             failed = e  # handled here, so no longer in sys.exc_info() in `finally`
             he = http_error(e)
@@ -1064,6 +1074,8 @@ def create_app(
             he = HTTPError(500, f"internal error ({type(e).__name__})", "server_error")
             return JSONResponse(he.body(api), he.status)
         finally:
+            if task is not None:
+                conn.waiting.discard(task)  # type: ignore[union-attr]
             if reserved is not None and not streaming:  # failed before settling: release it
                 billed = _billed(failed if failed is not None else sys.exc_info()[1], reserved[1])
                 await svc.settle(reserved[0], reserved[1], billed)
