@@ -1110,19 +1110,24 @@ async def test_a_cancelled_wait_for_settlements_leaves_them_running() -> None:
     assert await state.spent(b) == pytest.approx((0.3, 0.0))
 
 
-def test_a_client_that_leaves_before_its_answer_cancels_the_call(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_cancels_the_call(
+    stream: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A non-streamed request whose client closed its connection went on waiting for the
     upstream's answer (and paying for it), its request in flight, until the call's own
     timeout: uvicorn notes the disconnect but never tells the app. The call is cancelled
-    now, the request on record as cancelled, its budget's hold settled."""
+    now, the request on record as cancelled, its budget's hold settled. A stream is written
+    on its request's own task, which the connection cancels the same way (Starlette's
+    response had run a second task and a task group for each stream to notice)."""
     import socket
 
     from satisfice.testing.behaviors import hang
 
     monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
-    with LocalUpstream(default=hang()) as up:
+    # a stream under way (about 8 s of events), or an answer that never comes
+    behavior = reply("word " * 400, chunk_delay=0.02) if stream else hang()
+    with LocalUpstream(default=behavior) as up:
         router = Router(registry(up.url), Policy(quality_floor=0.5))
         cfg = ServerConfig(ledger=str(tmp_path / "l.db"))
         with running(cfg, router) as (url, app):
@@ -1131,7 +1136,7 @@ def test_a_client_that_leaves_before_its_answer_cancels_the_call(
             k = httpx.post(url + "/admin/keys", headers=admin,
                            json={"name": "leaver", "budget_usd": 5.0}).json()  # fmt: skip
             body = json.dumps(
-                {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+                {"model": "auto", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
             ).encode()
             host, port = url.removeprefix("http://").split(":")
             with socket.create_connection((host, int(port)), timeout=10) as s:
@@ -1141,20 +1146,27 @@ def test_a_client_that_leaves_before_its_answer_cancels_the_call(
                     b"content-length: %d\r\n\r\n%s" % (k["key"].encode(), len(body), body)
                 )
                 deadline = time.monotonic() + 10
+                if stream:
+                    got = b""
+                    while got.count(b"data: ") < 3:  # the stream is under way
+                        got += s.recv(65536)
                 while up.open_connections == 0 and time.monotonic() < deadline:
                     time.sleep(0.02)  # the call is out
                 assert up.open_connections == 1 and svc.in_flight == 1
             deadline = time.monotonic() + 5
             while (svc.in_flight or up.open_connections) and time.monotonic() < deadline:
                 time.sleep(0.02)
-            assert svc.in_flight == 0, "the request still waits for an answer nobody reads"
+            assert svc.in_flight == 0, "the request still runs for a client that left"
             assert up.open_connections == 0, "the upstream call was left open"
+            svc.router.ledger.flush()
             spend = httpx.get(url + "/admin/spend", headers=admin).json()
-            # the hold is settled whole: the cancelled call may be billed, its size unknown
+            # the hold is settled: whole when cancelled (the call may be billed, its size
+            # unknown), at the text sent so far for a stream
             (row,) = spend["budgets"]
             assert row["spent_usd"] > 0 and row["held_usd"] == 0, row
-    recs = read_records(str(tmp_path / "l.db"))
-    assert [r["error_type"] for r in recs] == ["RequestCancelled"], recs
+    if not stream:
+        recs = read_records(str(tmp_path / "l.db"))
+        assert [r["error_type"] for r in recs] == ["RequestCancelled"], recs
 
 
 def test_a_budget_and_a_tpm_limit_read_the_prompts_count_not_its_estimate(served: Any) -> None:
@@ -1667,47 +1679,3 @@ def test_middleware_sees_every_answer(
     finally:
         server.should_exit = True
         t.join(10)
-
-
-def test_a_client_that_leaves_a_stream_ends_its_call_and_settles_its_hold(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A stream is written on the request's own task, which the connection cancels when its
-    client leaves, as it does a non-streamed request's (Starlette's response had run a
-    second task and a task group for each stream to notice). A client gone mid-stream
-    ends the upstream call, its request is no longer in flight, and its hold is settled."""
-    import socket
-
-    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
-    slow = reply("word " * 400, chunk_delay=0.02)  # about 8 s of events
-    with LocalUpstream(default=slow) as up:
-        router = Router(registry(up.url), Policy(quality_floor=0.5))
-        cfg = ServerConfig(ledger=str(tmp_path / "l.db"))
-        with running(cfg, router) as (url, app):
-            svc = app.state.service
-            admin = {"authorization": f"Bearer {MASTER}"}
-            k = httpx.post(url + "/admin/keys", headers=admin,
-                           json={"name": "leaver", "budget_usd": 5.0}).json()  # fmt: skip
-            body = json.dumps(
-                {"model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-            ).encode()
-            host, port = url.removeprefix("http://").split(":")
-            with socket.create_connection((host, int(port)), timeout=10) as s:
-                s.sendall(
-                    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                    b"content-type: application/json\r\nauthorization: Bearer %s\r\n"
-                    b"content-length: %d\r\n\r\n%s" % (k["key"].encode(), len(body), body)
-                )
-                got = b""
-                while got.count(b"data: ") < 3:  # the stream is under way
-                    got += s.recv(65536)
-                assert svc.in_flight == 1 and up.open_connections == 1
-            deadline = time.monotonic() + 5
-            while (svc.in_flight or up.open_connections) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert svc.in_flight == 0, "the stream still runs for a client that left"
-            assert up.open_connections == 0, "the upstream call was left open"
-            svc.router.ledger.flush()
-            spend = httpx.get(url + "/admin/spend", headers=admin).json()
-            (row,) = spend["budgets"]
-            assert row["spent_usd"] > 0 and row["held_usd"] == 0, row
