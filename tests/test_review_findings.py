@@ -223,8 +223,9 @@ async def test_deeply_nested_error_bodies_are_provider_errors(up: LocalUpstream)
 async def test_a_large_answer_without_usage_keeps_the_deadline(up: LocalUpstream) -> None:
     up.script(wire("alpha"), reply("word " * 2_000_000, usage=False))  # 10 MB, no usage
     # 10 s, not less: alpha gets half the deadline while beta could still answer, and a
-    # slow CI machine takes over 1.5 s to read and parse 10 MB (then beta answered instead)
-    async with router(up.url) as r:
+    # slow CI machine takes over 1.5 s to read and parse 10 MB (then beta answered instead);
+    # a read may wait over the tests' usual 2 s while the upstream's thread writes 10 MB
+    async with router(up.url, read_timeout_s=5.0) as r:
         t = time.perf_counter()
         res = await r.chat(MSGS, timeout=10.0)
         took = time.perf_counter() - t

@@ -1679,3 +1679,86 @@ def test_middleware_sees_every_answer(
     finally:
         server.should_exit = True
         t.join(10)
+
+
+def test_a_client_that_leaves_during_admission_leaves_no_hold(
+    served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request cancelled while its admission's reply was on its way (its client gone)
+    left the hold the store had made: nothing settled it. Its release is queued now, as for
+    a reply lost to the store going away."""
+    import socket
+
+    url, app, _, _ = served
+    svc = app.state.service
+    admin = {"authorization": f"Bearer {MASTER}"}
+    k = httpx.post(url + "/admin/keys", headers=admin,
+                   json={"name": "slow", "budget_usd": 5.0}).json()  # fmt: skip
+    real = svc.state.admit
+
+    async def slow_reply(*a: Any, **kw: Any) -> Any:
+        out = await real(*a, **kw)  # reserved, then the reply is slow to come
+        await asyncio.sleep(1.0)
+        return out
+
+    monkeypatch.setattr(svc.state, "admit", slow_reply)
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
+            b"\r\nauthorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (k["key"].encode(), len(body), body)
+        )
+        time.sleep(0.3)  # in admission
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        (row,) = httpx.get(url + "/admin/spend", headers=admin).json()["budgets"]
+        if row["held_usd"] == 0 and svc.in_flight == 0:
+            break
+        time.sleep(0.05)
+    assert row["held_usd"] == 0 and row["spent_usd"] == 0, row
+
+
+def test_a_client_that_leaves_a_stream_with_a_request_behind_it_logs_no_error(
+    served: Any,
+) -> None:
+    """uvicorn marks only a connection's latest request disconnected: a stream with a
+    pipelined request behind it, its client gone, was taken for an app that returned
+    without completing its response (an ERROR logged)."""
+    import logging
+    import socket
+
+    from satisfice.testing import reply
+
+    url, app, up, _ = served
+    up.script(wire("alpha"), reply("word " * 300, chunk_delay=0.02))
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    log = logging.getLogger("uvicorn.error")
+    h = Keep(logging.WARNING)
+    log.addHandler(h)
+    try:
+        one = json.dumps({"model": "alpha", "stream": True,
+                          "messages": [{"role": "user", "content": "hi"}]}).encode()  # fmt: skip
+        ask = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+               b"application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(one), one))  # fmt: skip
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(ask + ask)
+            got = b""
+            while got.count(b"data: ") < 3:
+                got += s.recv(65536)
+        svc = app.state.service
+        deadline = time.monotonic() + 5
+        while svc.in_flight and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert svc.in_flight == 0
+    finally:
+        log.removeHandler(h)
+    assert not [m for m in seen if "without completing" in m], seen

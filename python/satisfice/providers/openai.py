@@ -168,7 +168,7 @@ class OpenAIProvider(HTTPProvider):
             p["stream"] = True
             p["stream_options"] = {"include_usage": True}
         if self._openai:
-            if sendable(r.user):
+            if sendable(r.user, 64):  # (OpenAI's limit on it, as others report it)
                 p["user"] = r.user
             if sendable(r.prompt_cache_key):  # which cached prefixes it may reuse
                 p["prompt_cache_key"] = r.prompt_cache_key

@@ -132,6 +132,18 @@ class Own:
         """A 200 answer sent at once (`_answer`), if `send` is the cycle's own."""
         return send == self.cycle.send and _answer(self.cycle, headers, body)
 
+    def end_stream(self, last: bytes) -> None:
+        """End a chunked stream being written with `last` and close the connection (the
+        server is shutting down), past uvicorn's `send`, which waits for a slow reader to
+        take what it was sent: the transport buffers these bytes after the rest."""
+        c = self.cycle
+        if c.response_complete or c.disconnected or not c.chunked_encoding:
+            return
+        c.transport.write_now(b"%x\r\n%b\r\n0\r\n\r\n" % (len(last), last))
+        c.response_complete = True
+        c.message_event.set()
+        c.transport.close()
+
 
 def _answer(cycle: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
     """Send a 200 answer of `headers` (lower-case names, with its content-length) and `body`

@@ -62,7 +62,7 @@ from ..result import billed_cost
 from ..router import Router
 from ..state import Health
 from . import wire
-from ._http import ANSWER, CONNECTION, Connection
+from ._http import ANSWER, CONNECTION, Connection, Own
 from .config import ServerConfig, check_aliases
 from .state import (
     HOLD_RENEW_S,
@@ -956,10 +956,12 @@ def create_app(
             elif budgets or count is not None:
                 try:
                     refused = await svc.state.admit(budgets, worst, count, key)
-                except StateUnavailable:
+                except (StateUnavailable, asyncio.CancelledError):
                     if budgets:
-                        # the reply may be lost after the store reserved: release it when
-                        # the store is back (a release of a hold never made changes nothing)
+                        # the reply may be lost after the store reserved (the store away, or
+                        # the request cancelled while it waited: its client left, a
+                        # shutdown's cut): released by the settling loop, no call having been
+                        # made (a release of a hold never made changes nothing)
                         svc.unsettled.append((budgets, worst, 0.0))
                     raise
             else:
@@ -1294,9 +1296,10 @@ class _InFlight(StreamingResponse):
     """A stream counted in /health's requests in flight until its body has ended (the
     handler that made it returned at its first piece)."""
 
-    def __init__(self, svc: Service, *a: Any, **kw: Any) -> None:
+    def __init__(self, svc: Service, shut: bytes, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.svc = svc
+        self.shut = shut  # the event that ends a stream the server's shutdown cuts
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -1307,11 +1310,11 @@ class _InFlight(StreamingResponse):
                 # the stream's (a task group for each stream)
                 await super().__call__(scope, receive, send)
             else:
-                await self._on(conn, send)
+                await self._on(conn, own, send)
         finally:
             self.svc.in_flight -= 1
 
-    async def _on(self, conn: Connection, send: Any) -> None:
+    async def _on(self, conn: Connection, own: Own, send: Any) -> None:
         """The stream, written on `satisfice serve`'s own protocol (`_http`), whose
         connection cancels the tasks waiting on it when its client leaves, as it does a
         non-streamed request's: no second task and task group for each stream (streams
@@ -1324,10 +1327,15 @@ class _InFlight(StreamingResponse):
         except asyncio.CancelledError:
             if task in conn.cancelled:  # the client left: the stream ends here
                 conn.cancelled.discard(task)
-            elif not conn.cut:  # (the shutdown's cut, landed while a piece was written)
+                task.uncancel()
+                own.cycle.disconnected = True  # (uvicorn marks only the connection's latest)
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]  # its settlement
+            elif conn.cut:  # the shutdown's cut, landed while a piece was being written
+                task.uncancel()
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]  # the hold kept
+                own.end_stream(self.shut)  # its error event after the piece, not a bare cut
+            else:
                 raise
-            task.uncancel()
-            await self.body_iterator.aclose()  # type: ignore[attr-defined]  # its settlement
         finally:
             conn.waiting.discard(task)
 
@@ -1539,6 +1547,9 @@ async def _stream(
     )
     return _InFlight(
         svc,
+        wire.sse_data(_shut().body())
+        if api == "openai"
+        else wire.anthropic_event("error", _shut().body("anthropic")),
         gen,
         media_type="text/event-stream",
         headers={
