@@ -1540,16 +1540,15 @@ async def _stream(
             _written(conn, task)
             await events.aclose()
 
-    gen = (
-        cut_aware(openai_events(), wire.sse_data(_shut().body()))
-        if api == "openai"
-        else cut_aware(anthropic_events(), wire.anthropic_event("error", _shut().body("anthropic")))
-    )
-    return _InFlight(
-        svc,
+    shut = (
         wire.sse_data(_shut().body())
         if api == "openai"
-        else wire.anthropic_event("error", _shut().body("anthropic")),
+        else wire.anthropic_event("error", _shut().body("anthropic"))
+    )
+    gen = cut_aware(openai_events() if api == "openai" else anthropic_events(), shut)
+    return _InFlight(
+        svc,
+        shut,
         gen,
         media_type="text/event-stream",
         headers={
