@@ -130,7 +130,7 @@ class Own:
 
     def answer(self, send: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
         """A 200 answer sent at once (`_answer`), if `send` is the cycle's own."""
-        return send == self.cycle.send and _answer(self.cycle, headers, body)
+        return self.owns(send) and _answer(self.cycle, headers, body)
 
     def end_stream(self, last: bytes) -> None:
         """End a chunked stream being written with `last` and close the connection (the

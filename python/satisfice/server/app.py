@@ -1015,20 +1015,7 @@ def create_app(
             if conn is not None and conn.gone:  # left while it was admitted: no call made
                 failed = ClientGone()  # nothing billed: `finally` releases the reservation
                 return Response(status_code=499)  # never sent: the connection is gone
-            try:
-                res = await svc.router.chat(routed.messages, **opts)
-            except asyncio.CancelledError:
-                if _cut_by_shutdown(conn, task):
-                    raise _shut() from None  # 503; `finally` keeps the reservation whole
-                if conn is None or task not in conn.cancelled:
-                    raise
-                # not cancelled from above: the request ends here, and `finally` keeps its
-                # reservation whole (the call may be billed, its answer unknown)
-                conn.cancelled.discard(task)
-                task.uncancel()
-                _log.info("client left before its answer; the call was cancelled",
-                          extra={"event": "client_left"})  # fmt: skip
-                return Response(status_code=499)  # never sent: the connection is gone
+            res = await svc.router.chat(routed.messages, **opts)  # a cancel: see below
             if reserved is not None:
                 budgets, held = reserved
                 reserved = None  # settled below, not again in finally
@@ -1052,14 +1039,19 @@ def create_app(
             return JSONResponse(e.body(api), e.status, headers=e.headers)
         except ClientDisconnect:  # left while sending its body: nothing was called
             return Response(status_code=499)  # never sent: the connection is gone
-        except asyncio.CancelledError:  # before or after its call (the call's is above)
-            if _cut_by_shutdown(conn, task):  # the reservation, if made, is kept whole
+        except asyncio.CancelledError:
+            # The shutdown's cut, or the client gone (wherever the request was: its body,
+            # admission, its call). `finally` keeps a reservation made whole: a call may
+            # be billed, its answer unknown.
+            if _cut_by_shutdown(conn, task):
                 he = _shut()
                 return JSONResponse(he.body(api), he.status)
             if conn is None or task not in conn.cancelled:
-                raise
-            conn.cancelled.discard(task)  # the client left: nothing to answer
+                raise  # not ours: cancelled from above
+            conn.cancelled.discard(task)
             task.uncancel()
+            _log.info("client left before its answer; its request was cancelled",
+                      extra={"event": "client_left"})  # fmt: skip
             return Response(status_code=499)  # never sent: the connection is gone
         except SatisficeError as e:
             failed = e  # handled here, so no longer in sys.exc_info() in `finally`

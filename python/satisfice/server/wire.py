@@ -207,7 +207,7 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
             raise _bad(f"'{k}' must be a string")
         if v:
             opts[k] = v
-    session = headers.get("x-satisfice-session") or body.get("prompt_cache_key") or body.get("user")
+    session = headers.get("x-satisfice-session") or opts.get("prompt_cache_key") or opts.get("user")
     return Routed(
         messages=list(msgs),
         model=model,
