@@ -30,15 +30,17 @@ def test_many_quick_waits_outlast_the_timeout_and_idle_time_between_is_free() ->
     async def main() -> int:
         wd = Watchdog()
         n = 0
-        for _ in range(40):  # 40 x 10 ms = 0.4 s of waiting, each wait well inside 0.1 s
-            await wd.wait(asyncio.sleep(0.01), 0.1)
+        # 60 x 10 ms = 0.6 s of waiting, twice the timeout, each wait far inside it (a CI
+        # machine once stalled a 10 ms sleep past 0.1 s: the margin is 0.29 s now)
+        for _ in range(60):
+            await wd.wait(asyncio.sleep(0.01), 0.3)
             n += 1
-        await asyncio.sleep(0.3)  # the caller busy elsewhere for 3 timeouts: no wait pending
-        await wd.wait(asyncio.sleep(0.01), 0.1)
+        await asyncio.sleep(0.9)  # the caller busy elsewhere for 3 timeouts: no wait pending
+        await wd.wait(asyncio.sleep(0.01), 0.3)
         wd.close()
         return n
 
-    assert asyncio.run(main()) == 40
+    assert asyncio.run(main()) == 60
 
 
 def test_a_shorter_timeout_than_the_armed_one_still_fires_on_time() -> None:
@@ -135,8 +137,9 @@ def test_deadlines_time_out_each_task_on_its_own_due_time_with_one_timer() -> No
                 assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
                 out.append(f"{name} timed out")
 
-        # a late due armed first, then an earlier one: the timer is re-armed for it
-        await asyncio.gather(one("slow", 1.0, 0.3), one("quick", 1.0, 0.05), one("ok", 0.01, 1))
+        # a late due armed first, then an earlier one: the timer is re-armed for it (the
+        # margins are wide: a stall past the slow one's due would time both out at once)
+        await asyncio.gather(one("slow", 5.0, 1.0), one("quick", 5.0, 0.05), one("ok", 0.01, 3))
         return out
 
     assert asyncio.run(main()) == ["ok done", "quick timed out", "slow timed out"]
@@ -150,6 +153,6 @@ def test_deadlines_leave_an_outside_cancel_alone() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await d.wait(asyncio.sleep(0.01), 0.1)  # still usable
+        await d.wait(asyncio.sleep(0.01), 1.0)  # still usable
 
     asyncio.run(main())
