@@ -39,10 +39,16 @@ async def test_a_reservation_settles_in_its_own_period(
     import satisfice.server.state as st
 
     now = {"t": (time.time() // DAY + 1) * DAY - 1.0}  # a second before midnight UTC
-    real = st.period_tag
-    monkeypatch.setattr(
-        st, "period_tag", lambda period, at=None: real(period, now["t"] if at is None else at)
-    )
+
+    class Clock:  # the state's time module, at `now`
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+        @staticmethod
+        def time() -> float:
+            return now["t"]
+
+    monkeypatch.setattr(st, "time", Clock())
     b = Budget(f"key:k{time.time_ns()}", 0.05, "day")
     pinned = b.pinned()
     assert await state.admit([pinned], 0.04) is None
@@ -565,6 +571,53 @@ async def test_replicas_whose_clocks_differ_count_a_rate_in_one_window() -> None
         finally:
             await a.close()
             await b.close()
+
+
+class _Behind:
+    """The time module of a replica whose clock runs 60 s slow."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def time() -> float:
+        return time.time() - 60.0
+
+
+async def test_replicas_whose_clocks_differ_share_cooldowns_enables_and_periods_on_one_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cooldown's end, an enable's stamp and a budget's day were each replica's own clock:
+    a 30 s cooldown shared by a replica whose clock ran a minute slow was over for the
+    others before it began, and its enables looked older than the cooldowns they end. They
+    are stamped and read on the store's clock now (each replica measures its skew)."""
+    import satisfice.server.state as st
+
+    with redis() as server:
+        prefix = f"skew{time.time_ns()}:"
+        slow, right = RedisState(server.url, prefix), RedisState(server.url, prefix)
+        try:
+            monkeypatch.setattr(st, "time", _Behind())
+            await slow.sync_clock()
+            begun = st.time.time()
+            await slow.push_cooldown("d1", begun + 30, "boom", begun)
+            assert await slow.set_disabled("d2", None, begun)  # an enable, stamped now
+            assert abs(slow.now() - time.time()) < 1  # the store's time, not its own
+            assert Budget("key:k", 1.0, "day").pinned(slow.now()).at == st.period_tag("day")
+            monkeypatch.setattr(st, "time", time)
+            await right.sync_clock()
+            until, why, made = (await right.cooldowns_now())["d1"]
+            assert why == "boom"
+            assert 28 < until - time.time() <= 30.5
+            assert abs(made - time.time()) < 2
+            assert abs((await right.enabled_now())["d2"] - time.time()) < 2
+            # the slow replica reads back what it shared, as it wrote it
+            monkeypatch.setattr(st, "time", _Behind())
+            assert (await slow.cooldowns_now())["d1"] == pytest.approx((begun + 30, "boom", begun))
+        finally:
+            monkeypatch.setattr(st, "time", time)
+            await slow.close()
+            await right.close()
 
 
 async def test_a_hold_lasts_while_its_replica_renews_it_and_not_long_after(

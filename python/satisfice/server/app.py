@@ -483,10 +483,12 @@ class Service:
             await asyncio.sleep(self.config.probe_interval_s)
 
     async def _sync_loop(self) -> None:
-        """Every 0.2 s: cooldowns from other replicas, and settlements the store missed;
-        every `HOLD_RENEW_S`, this replica's budget holds (see state.HOLD_S)."""
+        """Every 0.2 s: the store's clock, cooldowns from other replicas, and settlements the
+        store missed; every `HOLD_RENEW_S`, this replica's budget holds (see state.HOLD_S)."""
         renewed = time.monotonic()
         while True:
+            with contextlib.suppress(StateUnavailable):  # logged by the store
+                await self.state.sync_clock()  # before anything shared is read
             if time.monotonic() - renewed >= HOLD_RENEW_S:
                 try:
                     await self.state.renew_holds()
@@ -905,7 +907,7 @@ def create_app(
                 assert d is not None
                 # settled in the period reserved in, once (the hold's id)
                 hold = uuid.uuid4().hex
-                budgets = [b.pinned(hold=hold) for b in budgets]
+                budgets = [b.pinned(svc.state.now(), hold=hold) for b in budgets]
                 write = cache_write_of(routed.messages, opts.get("tools"))
                 worst, out_cap = svc.worst_case(d, opts.get("max_tokens"), "cascade" in opts, write)
                 opts.setdefault("max_tokens", out_cap)  # the bound holds only if the call does

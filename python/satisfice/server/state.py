@@ -207,6 +207,11 @@ def _pairs(raw: list[Any] | dict[Any, Any]) -> Iterable[tuple[Any, Any]]:
     return raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
 
 
+#: The least change of the store's clock against a replica's that the replica takes up (s):
+#: more than a round trip's jitter, less than any cooldown.
+_SKEW_STEP_S = 0.05
+
+
 def _retry_in() -> float:
     return 60 - time.time() % 60
 
@@ -230,6 +235,13 @@ class MemoryState:
 
     async def close(self) -> None:
         pass
+
+    def now(self) -> float:
+        """The clock shared times are stamped and read on (unix s): this process's."""
+        return time.time()
+
+    async def sync_clock(self) -> None:
+        """Nothing to measure: one process, one clock."""
 
     # keys ------------------------------------------------------------------------------------
     async def put_key(self, k: VirtualKey) -> None:
@@ -677,9 +689,33 @@ class RedisState:
         self._unreadable_at = -math.inf
         # rate windows while Redis is away: this replica's own view (they had no limit)
         self._local = MemoryState()
+        # the store's clock less this replica's (s), measured by `sync_clock`
+        self._skew = 0.0
 
     async def close(self) -> None:
         await self._r.close()
+
+    def now(self) -> float:
+        """The time by the store's clock (unix s), as last measured here. Every time that
+        replicas share (a cooldown's end and start, an enable's stamp, the day or month a
+        budget is counted in) is stamped and read on it: on each replica's own clock, a
+        replica whose clock ran behind shared cooldowns already over for the others, and
+        counted a budget in its own day around midnight."""
+        return time.time() + self._skew
+
+    async def sync_clock(self) -> None:
+        """Measure the store's clock against this replica's (Redis TIME, at the round trip's
+        middle). Kept unless it moved by over `_SKEW_STEP_S`: a skew that jittered with
+        each round trip would move the times this replica shared and reads back, which it
+        tells from others' by their value. Raises StateUnavailable while Redis is away."""
+        t0 = time.time()
+        sec, usec = await self._do(self._r.call("TIME"))
+        t1 = time.time()
+        if t1 - t0 > _SKEW_STEP_S:  # a slow round trip: its middle says too little
+            return
+        skew = int(sec) + int(usec) / 1e6 - (t0 + t1) / 2
+        if abs(skew - self._skew) > _SKEW_STEP_S:
+            self._skew = skew
 
     async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """`script` by EVALSHA, loaded again when the server lacks it (a restart, SCRIPT
@@ -839,7 +875,8 @@ class RedisState:
     def _bkeys(self, budgets: Sequence[Budget]) -> list[str]:
         out = []
         for b in budgets:
-            tag = f"{self._p}budget:{b.scope}:{b.tag}"
+            at = b.at if b.at is not None else period_tag(b.period, self.now())
+            tag = f"{self._p}budget:{b.scope}:{at}"
             out += [f"{tag}:spent", f"{tag}:held", f"{tag}:holds"]
         return out
 
@@ -967,7 +1004,8 @@ class RedisState:
         """Share a cooldown of `key` until `until`, begun at `made` (unix s): an enable
         stamped later ends it on every replica."""
         with contextlib.suppress(StateUnavailable):  # fail open
-            entry = json.dumps([until, why, made])
+            off = self._skew  # on the store's clock (see `now`)
+            entry = json.dumps([until + off, why, made + off if made else 0.0])
             await self._do(self._r.call("HSET", f"{self._p}cooldowns", key, entry))
 
     async def set_disabled(self, key: str, why: str | None, at: float = 0.0) -> bool:
@@ -979,7 +1017,8 @@ class RedisState:
             if why is None:
                 await self._do(self._r.call("HDEL", f"{self._p}disabled", key))
                 await self._do(self._r.call("HDEL", f"{self._p}cooldowns", key))
-                await self._do(self._r.call("HSET", f"{self._p}enabled", key, repr(at)))
+                stamp = repr(at + self._skew)  # on the store's clock (see `now`)
+                await self._do(self._r.call("HSET", f"{self._p}enabled", key, stamp))
             else:
                 await self._do(self._r.call("HSET", f"{self._p}disabled", key, why))
         except StateUnavailable:
@@ -993,10 +1032,10 @@ class RedisState:
             raw = await self._do(self._r.call("HGETALL", f"{self._p}enabled"))
         except StateUnavailable:
             return {}
-        out = {}
+        out, off = {}, self._skew  # stamped on the store's clock: on this replica's here
         for k, v in _pairs(raw):
             try:
-                out[k.decode(errors="replace")] = float(v)
+                out[k.decode(errors="replace")] = float(v) - off
             except ValueError:
                 self._unreadable("an enable")
         return out
@@ -1016,12 +1055,12 @@ class RedisState:
             raw = await self._do(self._r.call("HGETALL", f"{self._p}cooldowns"))
         except StateUnavailable:
             return {}
-        now = time.time()
+        now, off = time.time(), self._skew  # stamped on the store's clock: on this replica's here
         out = {}
         for k, v in _pairs(raw):
             try:
                 until, why, *rest = json.loads(v)
-                until, made = float(until), float(rest[0]) if rest else 0.0
+                until, made = float(until) - off, float(rest[0]) - off if rest and rest[0] else 0.0
             except (ValueError, TypeError):  # one odd entry had stopped every sync
                 self._unreadable("a cooldown")
                 continue
