@@ -159,9 +159,14 @@ async def test_a_large_prompt_is_routed_off_the_event_loop(up: LocalUpstream) ->
         r.update(reg.replace(near))
         async with LoopLag() as lag:
             res = await r.chat(msgs, max_tokens=100)
-    print(f"worst event-loop lag while routing 300 KB: {lag.worst * 1e3:.1f} ms")
+    print(
+        f"worst event-loop lag while routing 300 KB: {lag.worst * 1e3:.1f} ms"
+        f" ({lag.worst_cpu * 1e3:.1f} ms of the loop thread's CPU)"
+    )
     assert res.model == "alpha" and res.decision.primary.tokens_in_exact
-    assert lag.worst < 0.05  # the target; 61 ms when routed on the loop, 4 ms measured here
+    # the target; 61 ms when routed on the loop, 4 ms measured here. The loop thread's CPU
+    # is the tight bound: a stalled CI machine stretches the wall-clock gap, not that
+    assert lag.worst_cpu < 0.05 and lag.worst < 0.3
 
 
 async def test_unknown_options_and_odd_response_formats_are_config_errors(
@@ -300,7 +305,9 @@ async def test_measured_latency_replaces_the_registry_p95_under_an_slo(up: Local
         for _ in range(20):  # enough samples for a live p95
             assert (await r.chat(MSGS)).model == "alpha"
         assert r.route(MSGS, latency_slo_ms=30).model == "alpha"  # route() alone: registry
-        res = await r.chat(MSGS, latency_slo_ms=30)
+        # latency_slo_ms is also the deadline unless a timeout is given: a stalled CI
+        # machine could miss 30 ms for beta's answer, so the deadline is 5 s here.
+        res = await r.chat(MSGS, latency_slo_ms=30, timeout=5)
     assert res.model == "beta"
     why = res.decision.filtered["alpha"][1]
     assert why.startswith("p95 ") and int(why.split()[1]) >= 45, why

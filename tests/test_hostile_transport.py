@@ -40,19 +40,27 @@ def alpha_on_url(url: str, up: LocalUpstream, api: str = "openai") -> Any:
 
 
 class LoopLag:
-    """The longest the event loop went without running a 2 ms ticker."""
+    """The longest the event loop went without running a 2 ms ticker: `worst` by the wall
+    clock, and `worst_cpu`, the most CPU the loop's thread used between two ticks.
+
+    A stalled CI machine can hold the whole process for 100-500 ms, which the wall clock
+    counts but the loop's own CPU time does not; work done on the loop (routing a large
+    prompt, inflating a body) is CPU the loop's thread spends, which it counts either way.
+    So tests bound `worst_cpu` tightly and `worst` only loosely."""
 
     def __init__(self) -> None:
         self.worst = 0.0
+        self.worst_cpu = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def _tick(self) -> None:
-        last = time.perf_counter()
+        last, last_cpu = time.perf_counter(), time.thread_time()
         while True:
             await asyncio.sleep(0.002)
-            now = time.perf_counter()
+            now, now_cpu = time.perf_counter(), time.thread_time()
             self.worst = max(self.worst, now - last - 0.002)
-            last = now
+            self.worst_cpu = max(self.worst_cpu, now_cpu - last_cpu)
+            last, last_cpu = now, now_cpu
 
     async def __aenter__(self) -> LoopLag:
         self._task = asyncio.create_task(self._tick())
@@ -181,8 +189,13 @@ async def test_a_gzip_bomb_is_bounded_and_keeps_the_loop_running(
             res = await r.chat(MSGS)
     assert res.model == "beta"
     assert "max_body" in (res.attempts[0].error or "")
-    print(f"worst event-loop lag during the bomb: {lag.worst * 1e3:.1f} ms")
-    assert lag.worst < 0.05
+    print(
+        f"worst event-loop lag during the bomb: {lag.worst * 1e3:.1f} ms"
+        f" ({lag.worst_cpu * 1e3:.1f} ms of the loop thread's CPU)"
+    )
+    # the loop's own CPU between ticks is the tight bound; the wall-clock gap is loose
+    # because a stalled CI machine can hold the process 100-500 ms
+    assert lag.worst_cpu < 0.05 and lag.worst < 0.3
 
 
 async def test_a_huge_body_is_refused_not_buffered(raw: RawUpstream, up: LocalUpstream) -> None:

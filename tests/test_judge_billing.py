@@ -92,7 +92,9 @@ async def test_a_judge_that_failed_after_a_billed_timeout_is_billed(up: LocalUps
     # the judge's chat() raised (its one call timed out after reaching the upstream): the
     # check failed, and what that call was billed went with the error
     r, judge_router = _routers(up)
-    ladder = Cascade([Step(("alpha",), _judge(judge_router, timeout=0.3)), Step(("beta",))])
+    # 1 s, not 0.3 s: the call must reach the upstream before it times out, which a stalled
+    # CI machine could delay past 0.3 s
+    ladder = Cascade([Step(("alpha",), _judge(judge_router, timeout=1.0)), Step(("beta",))])
     async with r, judge_router:
         res = await r.chat("hi", cascade=ladder)
     assert res.model == "beta"  # the failed check escalated
@@ -100,10 +102,18 @@ async def test_a_judge_that_failed_after_a_billed_timeout_is_billed(up: LocalUps
     assert check.model == "judge" and check.cost_usd is not None and check.cost_usd > 0
 
 
-async def _cancel_mid_judge(r: Router, started: asyncio.Event, **kw: Any) -> None:
+async def _cancel_mid_judge(
+    r: Router, up: LocalUpstream, started: asyncio.Event, **kw: Any
+) -> None:
     task = asyncio.ensure_future(r.chat("hi", **kw))
     await asyncio.wait_for(started.wait(), 5.0)
-    await asyncio.sleep(0.3)  # the judge's call has reached the upstream, which hangs
+    # the judge's call has reached the upstream, which hangs (polled, not a fixed sleep a
+    # stalled CI machine can outlast)
+    for _ in range(500):
+        if up.seen("judge-d"):
+            break
+        await asyncio.sleep(0.01)
+    assert up.seen("judge-d"), "the judge's call never reached the upstream"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5.0)
@@ -122,7 +132,7 @@ async def test_a_judge_cut_off_with_its_request_is_billed(
         else {"race": 2, "accept": check}
     )
     async with r.attach(ledger=tmp_path / "l.db"), judge_router:
-        await _cancel_mid_judge(r, started, **kw)
+        await _cancel_mid_judge(r, up, started, **kw)
         assert r.ledger is not None and r.ledger.flush(5.0)
     (rec,) = list(read_records(tmp_path / "l.db"))
     assert rec["error_type"] == "RequestCancelled"
@@ -151,7 +161,9 @@ async def test_a_streaming_judge_that_failed_after_a_billed_timeout_is_billed(
     up: LocalUpstream,
 ) -> None:
     r, judge_router = _routers(up)
-    check = _judge(judge_router, timeout=0.3, stream=True)
+    # 1 s, not 0.3 s: the call must reach the upstream before it times out, which a stalled
+    # CI machine could delay past 0.3 s
+    check = _judge(judge_router, timeout=1.0, stream=True)
     ladder = Cascade([Step(("alpha",), check), Step(("beta",))])
     async with r, judge_router:
         res = await r.chat("hi", cascade=ladder)

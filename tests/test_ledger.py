@@ -660,8 +660,14 @@ def _switches(thread_id: int) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux's /proc")
-def test_an_idle_writer_sleeps_and_a_record_or_score_wakes_it() -> None:
+def test_an_idle_writer_sleeps_and_a_record_or_score_wakes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Polling every flush interval had woken an idle server's writer 50 times a second."""
+    # The idle wait is 5 s here (1 s in the product): a record nobody woke the writer for
+    # waits out 2 s below, past the bound, wherever in its idle wait it came, and the bound
+    # leaves room for a stalled CI machine.
+    monkeypatch.setattr("satisfice.ledger._IDLE_WAIT_S", 5.0)
     sink = ScriptedSink()
     fed: list[Any] = []
     sink.feedback = fed.extend  # type: ignore[method-assign]
@@ -684,8 +690,8 @@ def test_an_idle_writer_sleeps_and_a_record_or_score_wakes_it() -> None:
             while not fed and time.monotonic() - t0 < 2:
                 time.sleep(0.005)
         took = time.monotonic() - t0
-        # woken, then taken a flush interval later: not left for the idle wait's second
-        assert led.flush_interval_s <= took < 0.5, (what, took)
+        # woken, then taken a flush interval later: not left for the idle wait's 5 s
+        assert led.flush_interval_s <= took < 1.0, (what, took)
     led.close()
 
 

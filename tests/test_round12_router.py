@@ -106,7 +106,9 @@ def test_chat_sync_from_many_threads_on_a_fresh_router(up: LocalUpstream) -> Non
     assert _loop_threads() == before
 
 
-def _in_flight(r: Router, out: list[Any]) -> threading.Thread:
+def _in_flight(r: Router, out: list[Any], up: LocalUpstream) -> threading.Thread:
+    seen = len(up.requests)
+
     def call() -> None:
         try:
             out.append(r.chat_sync("in flight").text)
@@ -115,7 +117,12 @@ def _in_flight(r: Router, out: list[Any]) -> threading.Thread:
 
     t = threading.Thread(target=call, daemon=True)
     t.start()
-    time.sleep(0.1)  # the request is on the wire
+    # the request is on the wire once the upstream has seen it (polled, not a fixed sleep
+    # a stalled CI machine can outlast)
+    limit = time.monotonic() + 5.0
+    while len(up.requests) == seen and time.monotonic() < limit:
+        time.sleep(0.01)
+    assert len(up.requests) > seen, "the upstream never saw the request"
     return t
 
 
@@ -125,7 +132,7 @@ def test_close_lets_a_chat_sync_in_flight_answer(up: LocalUpstream) -> None:
     r.chat_sync("warm")
     up.script(wire("alpha"), reply("late", latency=0.5))
     out: list[Any] = []
-    t = _in_flight(r, out)
+    t = _in_flight(r, out, up)
     r.close()
     t.join(5)
     assert out == ["late"]
@@ -139,7 +146,7 @@ def test_close_cancels_a_chat_sync_past_its_grace_period(up: LocalUpstream) -> N
     r.chat_sync("warm")
     up.script(wire("alpha"), reply("too late", latency=1.5))
     out: list[Any] = []
-    t = _in_flight(r, out)
+    t = _in_flight(r, out, up)
     started = time.monotonic()
     r.close(grace_s=0.2)
     t.join(5)

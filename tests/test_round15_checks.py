@@ -233,7 +233,9 @@ async def test_a_step_costs_what_its_failed_calls_were_billed(up: LocalUpstream)
     up.default = reply("fine")
     up.script(wire("alpha"), hang())
     ladder = Cascade([Step(("alpha",), v.check(lambda t: True)), Step(("gamma",))])
-    async with router(up.url, read_timeout_s=0.3, attempt_timeout_s=0.3, max_retries=0) as r:
+    # 0.8 s, not 0.3 s: the timeouts bound gamma's answer too, which a stalled CI machine
+    # could hold past 0.3 s
+    async with router(up.url, read_timeout_s=0.8, attempt_timeout_s=0.8, max_retries=0) as r:
         res = await r.chat("hi " * 2000, cascade=ladder)
     failed = [a for a in res.attempts if a.model == "alpha"]
     assert failed and all(a.cost_estimated and a.cost_usd for a in failed)

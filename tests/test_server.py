@@ -686,9 +686,10 @@ def test_an_answer_does_not_wait_for_its_settlement(served: Any) -> None:
         await settle(*a)
 
     state.settle = slow
+    c = _client(url, k.json()["key"])  # built before the timed part: a stalled CI machine
     try:
         t = time.monotonic()
-        r = _client(url, k.json()["key"]).chat.completions.with_raw_response.create(
+        r = c.chat.completions.with_raw_response.create(
             model="auto", messages=[{"role": "user", "content": "hi"}]
         )
         assert time.monotonic() - t < 0.9
@@ -1517,7 +1518,16 @@ def test_a_budget_held_by_requests_in_flight_may_be_retried(served: Any) -> None
     first.start()
     import time
 
-    time.sleep(0.5)  # the first is in flight, its hold taken
+    def held() -> float:
+        budgets = httpx.get(url + "/admin/spend", headers=admin).json()["budgets"]
+        return sum(b["held_usd"] for b in budgets if b["name"] == "h")
+
+    # the first is in flight, its hold taken (polled: a stalled CI machine can take longer
+    # than a fixed sleep to get it there)
+    limit = time.monotonic() + 5.0
+    while held() <= 0 and time.monotonic() < limit:
+        time.sleep(0.01)
+    assert held() > 0, "the first request's hold was never taken"
     with pytest.raises(openai.RateLimitError) as e:
         c.chat.completions.create(model="alpha", max_tokens=2000, messages=msgs)
     first.join()

@@ -80,6 +80,21 @@ def _admin(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     return r.json()  # type: ignore[no-any-return]
 
 
+def _until_state(url: str, model: str, state: Any) -> None:
+    """Wait (at most 5 s) until the replica at `url` sees `model`'s deployment in a state
+    `state(s)` accepts: polled, where a fixed sleep for another process's sync could be
+    outlasted by a stalled CI machine."""
+    admin = {"authorization": f"Bearer {MASTER}"}
+    limit = time.monotonic() + 5.0
+    while True:
+        health = httpx.get(url + "/admin/health", headers=admin).json()["deployments"]
+        seen = [d["state"] for k, d in health.items() if k.split("/")[0] == model]
+        if seen and all(state(s) for s in seen):
+            return
+        assert time.monotonic() < limit, f"{model} on {url}: {seen}"
+        time.sleep(0.01)
+
+
 async def _fire(urls: list[str], key: str, n: int, content: str) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=60) as c:
 
@@ -136,7 +151,7 @@ def test_a_cooldown_seen_by_one_replica_is_avoided_by_the_other(two: Any) -> Non
         json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
     ).json()
     assert a["model"] == "beta"  # replica A fell back, and cooled alpha
-    time.sleep(0.6)  # the other replica syncs cooldowns every 0.2 s
+    _until_state(urls[1], "alpha", lambda s: s == "cooling")  # B syncs every 0.2 s
     b = httpx.post(
         urls[1] + "/v1/chat/completions",
         json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
@@ -153,10 +168,10 @@ def test_an_admin_disable_on_one_replica_holds_on_the_other(two: Any) -> None:
     urls, _, _ = two
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
     _admin(urls[0], "/admin/deployments/alpha/disable", {})
-    time.sleep(0.6)  # the other replica syncs every 0.2 s
+    _until_state(urls[1], "alpha", lambda s: s == "disabled")  # B syncs every 0.2 s
     assert httpx.post(urls[1] + "/v1/chat/completions", json=body).json()["model"] == "beta"
     _admin(urls[0], "/admin/deployments/alpha/enable", {})
-    time.sleep(0.6)
+    _until_state(urls[1], "alpha", lambda s: s != "disabled")
     assert httpx.post(urls[1] + "/v1/chat/completions", json=body).json()["model"] == "alpha"
 
 
@@ -212,11 +227,11 @@ async def _sigterm_mid_stream(
     p: subprocess.Popen[bytes],
     asks: list[tuple[dict[str, Any], dict[str, str]]],
     streaming: int,
-    settle_s: float = 0.0,
+    settle: Any = None,
 ) -> list[tuple[int, str]]:
     """Send each (body, headers) to /v1/chat/completions at once; SIGTERM `p` when
-    `streaming` of them have had their first event (and `settle_s` later); each answer's
-    status and text."""
+    `streaming` of them have had their first event (and `settle()`, if given, holds:
+    polled, at most 5 s); each answer's status and text."""
     import signal
 
     started = asyncio.Event()
@@ -241,7 +256,10 @@ async def _sigterm_mid_stream(
     async with httpx.AsyncClient(timeout=60) as c:
         tasks = [asyncio.create_task(one(c, b, h)) for b, h in asks]
         await asyncio.wait_for(started.wait(), 30)
-        await asyncio.sleep(settle_s)
+        limit = time.monotonic() + 5.0
+        while settle is not None and not settle() and time.monotonic() < limit:
+            await asyncio.sleep(0.01)
+        assert settle is None or settle(), "what the SIGTERM was to cut never started"
         p.send_signal(signal.SIGTERM)
         return await asyncio.gather(*tasks)
 
@@ -372,8 +390,14 @@ def test_streams_past_the_shutdown_grace_end_with_an_error_and_keep_their_hold(
                 return body, auth
 
             asks = [ask("alpha", True)] * 3 + [ask("gamma", True), ask("delta", False)]
+
             # once the alpha streams are being written, and gamma's and delta's calls are out
-            outs = asyncio.run(_sigterm_mid_stream(url, p, asks, 3, settle_s=0.3))
+            # (the upstream has taken their scripts: polled, not a fixed 0.3 s a stalled CI
+            # machine can outlast)
+            def out() -> bool:
+                return up.pending(wire("gamma")) == 0 and up.pending(wire("delta")) == 0
+
+            outs = asyncio.run(_sigterm_mid_stream(url, p, asks, 3, settle=out))
             assert p.wait(60) in (0, -signal.SIGTERM)
         for status, o in outs[:3]:  # streams being written: an error event ends them
             assert status == 200 and '"code":"shutting_down"' in o.replace(" ", ""), o[-400:]
@@ -405,7 +429,12 @@ def test_a_request_still_sending_its_body_at_the_shutdown_cut_is_a_503(tmp_path:
             with socket.create_connection((host, int(port)), timeout=10) as s:
                 s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
                           b"application/json\r\ncontent-length: 100\r\n\r\n{\"model\"")  # fmt: skip
-                time.sleep(0.3)  # the handler waits for the rest of the body
+                # the handler waits for the rest of the body: it is in flight (polled, not
+                # a fixed sleep a stalled CI machine can outlast)
+                limit = time.monotonic() + 5.0
+                while httpx.get(url + "/health").json()["in_flight"] < 1:
+                    assert time.monotonic() < limit, "the request never reached its handler"
+                    time.sleep(0.01)
                 p.send_signal(signal.SIGTERM)
                 got = b""
                 while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):

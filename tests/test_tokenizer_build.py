@@ -91,7 +91,8 @@ def test_the_event_loop_never_waits_for_the_tokenizer_build() -> None:
         [sys.executable, "-c", LOOP_CHILD], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert float(r.stdout.strip()) < 0.25, r.stdout
+    # 0.4 s, not 0.25: room for a stalled CI machine; the build takes seconds
+    assert float(r.stdout.strip()) < 0.4, r.stdout
 
 
 WARM_CHILD = textwrap.dedent(
@@ -133,7 +134,8 @@ def test_aroute_never_holds_the_loop_during_the_build() -> None:
         [sys.executable, "-c", AROUTE_CHILD], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert float(r.stdout.strip()) < 0.25, r.stdout
+    # 0.4 s, not 0.25: room for a stalled CI machine; the build takes seconds
+    assert float(r.stdout.strip()) < 0.4, r.stdout
 
 
 def test_usage_of_list_parts_is_estimated_not_zero_during_the_build(monkeypatch) -> None:  # type: ignore[no-untyped-def]
