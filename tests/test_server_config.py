@@ -10,6 +10,7 @@ import pytest
 
 from satisfice.errors import ConfigError
 from satisfice.server import ServerConfig
+from satisfice.server._http import DRAIN_S
 
 BAD = [
     ("[server]\nshutdown_grace_s = inf\n", "shutdown_grace_s"),
@@ -137,7 +138,8 @@ def test_an_alias_hides_no_model_and_names_only_known_ones(
 def test_a_fractional_shutdown_grace_is_rounded_up_not_down(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """uvicorn takes whole seconds: int() had made a grace of 0.9 s none at all."""
+    """uvicorn takes whole seconds: int() had made a grace of 0.9 s none at all (and the cut's
+    last bytes get DRAIN_S more to reach their clients)."""
     import uvicorn
 
     from satisfice.server import listen, serve
@@ -145,7 +147,7 @@ def test_a_fractional_shutdown_grace_is_rounded_up_not_down(
     seen: list[Any] = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, **kw: seen.append(self.config))
     serve(ServerConfig(shutdown_grace_s=0.9), sockets=listen("127.0.0.1", 0))
-    assert seen[0].timeout_graceful_shutdown == 1
+    assert seen[0].timeout_graceful_shutdown == 1 + DRAIN_S
 
 
 def test_serve_joins_an_answers_head_and_body_in_one_write(

@@ -447,3 +447,53 @@ def test_a_request_still_sending_its_body_at_the_shutdown_cut_is_a_503(tmp_path:
     assert got.startswith(b"HTTP/1.1 503"), got[:300]
     assert b"shutting_down" in got, got[-300:]
     assert "Exception in ASGI application" not in err, err[-2000:]
+
+
+def test_a_stream_whose_reader_stopped_reading_ends_with_its_error_event_at_the_cut(
+    tmp_path: Path,
+) -> None:
+    """A shutdown cut landing while a stream's piece waited for a client that had stopped
+    reading (the server's buffers full) cut the stream with no event, and uvicorn logged
+    an ERROR: the stream now ends with its error event after what was written
+    (`_http.Own.end_stream`)."""
+    import json
+    import signal
+    import socket
+
+    from satisfice.testing import reply
+
+    text = " ".join(["x" * 100_000] * 60)  # 6 MB in 60 pieces: more than the buffers hold
+    with LocalUpstream(record=False, default=reply(text)) as up:
+        reg = tmp_path / "r.toml"
+        reg.write_text(registry(up.url).to_toml())
+        cfg = tmp_path / "satisfice.toml"
+        cfg.write_text(f'[registry]\npath = "{reg}"\n[server]\nshutdown_grace_s = 1\n')
+        with replica_process(cfg) as (url, p):
+            host, port = url.removeprefix("http://").split(":")
+            msgs = [{"role": "user", "content": "hi"}]
+            body = json.dumps({"model": "alpha", "stream": True, "messages": msgs}).encode()
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader's
+                s.connect((host, int(port)))
+                s.settimeout(30)
+                head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                head += b"application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
+                s.sendall(head + body)
+                limit = time.monotonic() + 5.0
+                while httpx.get(url + "/health").json()["in_flight"] < 1:
+                    assert time.monotonic() < limit, "the stream never began"
+                    time.sleep(0.01)
+                time.sleep(1.0)  # the server fills its buffers (an unfilled one is cut too)
+                p.send_signal(signal.SIGTERM)
+                time.sleep(2.0)  # past the 1 s grace: the cut lands while the reader is away
+                got = bytearray()
+                while chunk := s.recv(1 << 20):  # the client reads again: all of it, to EOF
+                    got += chunk
+            assert p.wait(30) in (0, -signal.SIGTERM)
+            err = p.stderr.read().decode()  # type: ignore[union-attr]
+    assert got.startswith(b"HTTP/1.1 200"), bytes(got[:300])
+    assert len(got) < len(text), "the whole answer was sent: nothing was cut"
+    tail = bytes(got[-600:])
+    assert tail.endswith(b"\r\n0\r\n\r\n"), tail  # the chunked body ended, not broken off
+    assert b'"code":"shutting_down"' in tail.replace(b" ", b""), tail
+    assert "ERROR" not in err and "Exception in ASGI" not in err, err[-2000:]

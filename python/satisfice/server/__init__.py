@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import errno
-import math
 import socket
 from typing import Any
 
 from ..errors import ConfigError
-from ._http import http_protocol
+from ._http import http_protocol, shutdown_timeout
 from .app import Service, create_app
 from .config import ServerConfig
 
@@ -76,8 +75,7 @@ def serve(
             host=config.host,
             port=config.port,
             log_level="warning",
-            # whole seconds for uvicorn, rounded up: int() had cut a grace of 0.9 s to none
-            timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
+            timeout_graceful_shutdown=shutdown_timeout(config.shutdown_grace_s),
             access_log=False,
             # nothing reads the client's address, so X-Forwarded-* need no middleware
             proxy_headers=False,

@@ -6,12 +6,15 @@ cancelled when its client leaves before the answer, and streams cut by the serve
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["http_protocol"]
+__all__ = ["http_protocol", "shutdown_timeout"]
+
+_log = logging.getLogger("satisfice.server")
 
 
 def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None = None) -> Any:
@@ -73,10 +76,12 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
             # (the grace in whole seconds); a stream cut so had ended with no word, and was
             # settled as if its client had left. Cut a little before, by satisfice: each
             # stream's generator then ends it with an error event and keeps its hold.
-            busy = self.cycle is not None and not self.cycle.response_complete
-            if shutdown_grace_s is not None and busy:
-                grace = math.ceil(shutdown_grace_s)
+            if shutdown_grace_s is None:
+                return
+            grace = math.ceil(shutdown_grace_s)
+            if self.cycle is not None and not self.cycle.response_complete:  # busy
                 self.loop.call_later(max(0.0, grace - _CUT_EARLY_S), self._cut)
+            self.loop.call_later(grace + DRAIN_S - _ABANDON_EARLY_S, self._abandon)
 
         def _cut(self) -> None:
             # the streams being written, and the requests waiting for an answer or a
@@ -85,6 +90,22 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
             left.cut = True
             for task in {*left.streams, *left.waiting}:
                 task.cancel(_CUT)
+
+        def _abandon(self) -> None:
+            # what was written (a cut stream's error event behind what a client that stopped
+            # reading has not taken) had DRAIN_S past the grace to reach it; uvicorn would
+            # then log an ERROR and exit with the bytes unsent: say so, and close it
+            t = self.transport
+            if not t.is_closing() or self._left.gone:
+                return
+            unsent = t.get_write_buffer_size()
+            if unsent:
+                _log.warning(
+                    "shutdown: a client did not read its answer's end within %.0f s of the "
+                    "cut; its connection is closed with %d bytes unsent", DRAIN_S, unsent,
+                    extra={"event": "shutdown_unsent", "bytes": unsent},
+                )  # fmt: skip
+            t.abort()
 
         def _sweep(self) -> None:
             cls = type(self)
@@ -190,7 +211,21 @@ def _answer(cycle: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> bool
 
 CONNECTION = "satisfice.connection"  # a request's scope key for its `Connection`
 
-_CUT_EARLY_S = 0.5  # how long before uvicorn's own cancel the server cuts its streams
+_CUT_EARLY_S = 0.5  # how long before the shutdown's grace runs out the server cuts its streams
+#: How long after the shutdown's grace what was written (a cut stream's error event) has to
+#: reach a client still reading it: uvicorn's own cancel and exit come after it
+#: (`shutdown_timeout`). A client that had stopped reading got neither the stream's rest nor
+#: its error event: the process exited with them in its buffers.
+DRAIN_S = 5
+_ABANDON_EARLY_S = 0.25  # a connection not drained is closed this long before uvicorn exits
+
+
+def shutdown_timeout(grace_s: float) -> int:
+    """uvicorn's `timeout_graceful_shutdown` for a grace of `grace_s`: whole seconds (rounded
+    up: int() had cut a grace of 0.9 s to none), and `DRAIN_S` for the cut's last bytes."""
+    return math.ceil(grace_s) + DRAIN_S
+
+
 _CUT = "satisfice: the server is shutting down"  # the cancel's message
 
 
