@@ -233,7 +233,7 @@ async def test_a_record_this_version_cannot_read_breaks_only_itself() -> None:
             await s.team("t")  # no limit: its budget cannot be checked
         await s._r.call("HSET", "satisfice:cooldowns", "odd", json.dumps([1e18, "why", "extra"]))
         await s._r.call("HSET", "satisfice:cooldowns", "a/d", json.dumps([1e18, "down"]))
-        assert await s.cooldowns_now() == {"a/d": (1e18, "down", 0.0)}
+        assert await s.cooldowns_now() == {"a/d": (1e18, "down", 0.0, False)}
         await s.close()
 
 
@@ -589,8 +589,11 @@ async def test_replicas_whose_clocks_differ_share_cooldowns_enables_and_periods_
 ) -> None:
     """A cooldown's end, an enable's stamp and a budget's day were each replica's own clock:
     a 30 s cooldown shared by a replica whose clock ran a minute slow was over for the
-    others before it began, and its enables looked older than the cooldowns they end. They
-    are stamped and read on the store's clock now (each replica measures its skew)."""
+    others before it began, and its enables looked older than the cooldowns they end. The
+    store stamps cooldowns and enables (a replica sends durations, reads back durations),
+    and a budget's day is the store's, by each replica's measured skew. A replica tells its
+    own cooldowns by its id, not by their times, which a skew measured anew had moved (found
+    by review: it took its own breaker's cooldown for another replica's)."""
     import satisfice.server.state as st
 
     with redis() as server:
@@ -598,26 +601,97 @@ async def test_replicas_whose_clocks_differ_share_cooldowns_enables_and_periods_
         slow, right = RedisState(server.url, prefix), RedisState(server.url, prefix)
         try:
             monkeypatch.setattr(st, "time", _Behind())
-            await slow.sync_clock()
             begun = st.time.time()
             await slow.push_cooldown("d1", begun + 30, "boom", begun)
             assert await slow.set_disabled("d2", None, begun)  # an enable, stamped now
+            assert abs(slow.now() - time.time()) > 59  # not measured yet: its own clock
+            await slow.sync_clock()
             assert abs(slow.now() - time.time()) < 1  # the store's time, not its own
             assert Budget("key:k", 1.0, "day").pinned(slow.now()).at == st.period_tag("day")
             monkeypatch.setattr(st, "time", time)
-            await right.sync_clock()
-            until, why, made = (await right.cooldowns_now())["d1"]
-            assert why == "boom"
+            until, why, made, mine = (await right.cooldowns_now())["d1"]
+            assert why == "boom" and not mine
             assert 28 < until - time.time() <= 30.5
             assert abs(made - time.time()) < 2
             assert abs((await right.enabled_now())["d2"] - time.time()) < 2
-            # the slow replica reads back what it shared, as it wrote it
+            # the slow replica reads back what it shared, on its own clock, as its own
             monkeypatch.setattr(st, "time", _Behind())
-            assert (await slow.cooldowns_now())["d1"] == pytest.approx((begun + 30, "boom", begun))
+            until, why, made, mine = (await slow.cooldowns_now())["d1"]
+            assert mine and until == pytest.approx(begun + 30, abs=0.5)
+            assert made == pytest.approx(begun, abs=0.5)
         finally:
             monkeypatch.setattr(st, "time", time)
             await slow.close()
             await right.close()
+
+
+async def test_a_replica_60_s_slow_and_60_ms_from_redis_measures_its_skew(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by review: a round trip over 50 ms was never taken as a measure, so a replica
+    in another zone kept its own clock for a budget's day."""
+    import satisfice.server.state as st
+
+    with redis() as server:
+        s = RedisState(server.url, f"rtt{time.time_ns()}:")
+        call = s._r.call
+
+        async def slow_call(*a: Any) -> Any:
+            await asyncio.sleep(0.03)
+            out = await call(*a)
+            await asyncio.sleep(0.03)
+            return out
+
+        try:
+            monkeypatch.setattr(s._r, "call", slow_call)
+            monkeypatch.setattr(st, "time", _Behind())
+            await s.sync_clock()
+            assert abs(s.now() - time.time()) < 0.5
+        finally:
+            monkeypatch.setattr(st, "time", time)
+            await s.close()
+
+
+async def test_a_replica_takes_its_own_breaker_cooldown_back_as_its_own_when_its_clock_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by review: a replica told its own shared cooldowns from others' by their end
+    time read back, which moved when its clock (or its measured skew) stepped: its own
+    breaker's cooldown came back as "cooled by another replica", which a success no longer
+    ends. It is told by the entry's writer now."""
+    import satisfice.server.app as app_mod
+    import satisfice.server.state as st
+    from satisfice.server.app import SharedHealth
+
+    step = {"s": 0.0}
+
+    class Stepping:  # the time module of a replica whose clock steps
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+        @staticmethod
+        def time() -> float:
+            return time.time() + step["s"]
+
+    monkeypatch.setattr(st, "time", Stepping())
+    monkeypatch.setattr(app_mod, "time", Stepping())
+    with redis() as server:
+        s = RedisState(server.url, f"own{time.time_ns()}:")
+        h = SharedHealth(s)
+        try:
+            for _ in range(3):
+                h.record_failure("m/d1", rate_limited=False, retry_after=None, reason="boom")
+            await asyncio.gather(*h._tasks)
+            assert h.cooling_for("m/d1") is not None
+            before = h._s["m/d1"].reason
+            step["s"] = 0.1  # an NTP step
+            await s.sync_clock()
+            await h.sync()
+            assert h._s["m/d1"].reason == before  # its own, as it was
+            h.record_success("m/d1", 0.1)
+            assert h.cooling_for("m/d1") is None  # a breaker's cooldown: a success ends it
+        finally:
+            await s.close()
 
 
 async def test_a_hold_lasts_while_its_replica_renews_it_and_not_long_after(

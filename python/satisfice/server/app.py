@@ -351,9 +351,9 @@ class SharedHealth(Health):
         for key in list(self._want):  # what the store missed, before reading what it holds
             await self._share(key)
         enabled = await self._state.enabled_now()  # before the cooldowns: see set_disabled
-        for key, (until, why, made) in (await self._state.cooldowns_now()).items():
-            if self._pushed.get(key, 0.0) >= until - 0.01 or key in self._want:
-                continue  # ours
+        for key, (until, why, made, mine) in (await self._state.cooldowns_now()).items():
+            if mine or self._pushed.get(key, 0.0) >= until - 0.01 or key in self._want:
+                continue  # ours, or one no longer than ours
             if made and made <= enabled.get(key, 0.0):
                 continue  # begun before an enable (its write landing after it): ended
             self.cool(key, until - time.time(), f"cooled by another replica: {why}")

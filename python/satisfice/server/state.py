@@ -207,8 +207,7 @@ def _pairs(raw: list[Any] | dict[Any, Any]) -> Iterable[tuple[Any, Any]]:
     return raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
 
 
-#: The least change of the store's clock against a replica's that the replica takes up (s):
-#: more than a round trip's jitter, less than any cooldown.
+#: The least change of the store's clock against a replica's that the replica takes up (s).
 _SKEW_STEP_S = 0.05
 
 
@@ -231,7 +230,7 @@ class MemoryState:
         self._windows: dict[str, int] = {}
         self._pins: dict[str, tuple[str, float]] = {}
         self._pin_sweep_at = 10_000
-        self.cooldowns: dict[str, tuple[float, str, float]] = {}
+        self.cooldowns: dict[str, tuple[float, str, float, bool]] = {}
 
     async def close(self) -> None:
         pass
@@ -362,9 +361,9 @@ class MemoryState:
             self._pin_sweep_at = max(2 * len(self._pins), 10_000)
 
     async def push_cooldown(self, key: str, until: float, why: str, made: float = 0.0) -> None:
-        self.cooldowns[key] = (until, why, made)
+        self.cooldowns[key] = (until, why, made, True)  # one process: every one is its own
 
-    async def cooldowns_now(self) -> dict[str, tuple[float, str, float]]:
+    async def cooldowns_now(self) -> dict[str, tuple[float, str, float, bool]]:
         now = time.time()
         return {k: v for k, v in self.cooldowns.items() if v[0] > now}
 
@@ -490,6 +489,30 @@ return 0
 
 # KEYS: holds sorted sets; ARGV: the lease (s), then per key the hold's member. A member no
 # longer there (settled, or released) is not added again (XX).
+# Shared cooldowns and enables are stamped on the store's clock, by the store: a replica
+# sends how long ago it began, and how long it lasts, and reads back how long ago and how
+# long from now (`_stamps`). On each replica's own clock, a 30 s cooldown shared by one
+# whose clock ran a minute slow was over for the others before it began; corrected by a
+# measured skew, the values a replica read back moved with each new measurement, and it took
+# its own cooldowns for another's. An entry also names its writer (a replica's random id).
+# KEYS: the hash. ARGV: field, seconds left (or "" for an enable's stamp: then the hash's
+# value is the stamp alone), why, seconds since it began (< 0: not said), writer.
+_STAMP = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ago = tonumber(ARGV[4])
+local made = 0
+if ago >= 0 then made = now - ago end
+if ARGV[2] == '' then
+  redis.call('HSET', KEYS[1], ARGV[1], string.format('%.6f', made))
+  return 1
+end
+local entry = '[' .. string.format('%.6f', now + tonumber(ARGV[2])) .. ',' .. cjson.encode(ARGV[3])
+  .. ',' .. string.format('%.6f', made) .. ',' .. cjson.encode(ARGV[5]) .. ']'
+redis.call('HSET', KEYS[1], ARGV[1], entry)
+return 1
+"""
+
 _RENEW = """
 local clock = redis.call('TIME')
 local expiry = tonumber(clock[1]) + tonumber(ARGV[1])
@@ -676,6 +699,8 @@ class RedisState:
         self._settle = _Script(_SETTLE)
         self._cas = _Script(_CAS)
         self._renew = _Script(_RENEW)
+        self._stamp = _Script(_STAMP)
+        self.writer = secrets.token_hex(8)  # whose cooldowns are whose (see _STAMP)
         # this replica's holds not yet settled, renewed by `renew_holds`: the hold's key ->
         # its holds sets, its member in them, and when it was made (monotonic)
         self._leases: dict[str, tuple[list[str], str, float]] = {}
@@ -696,25 +721,21 @@ class RedisState:
         await self._r.close()
 
     def now(self) -> float:
-        """The time by the store's clock (unix s), as last measured here. Every time that
-        replicas share (a cooldown's end and start, an enable's stamp, the day or month a
-        budget is counted in) is stamped and read on it: on each replica's own clock, a
-        replica whose clock ran behind shared cooldowns already over for the others, and
-        counted a budget in its own day around midnight."""
+        """The time by the store's clock (unix s), as last measured here (`sync_clock`):
+        the day or month a budget counts in, the same for every replica (each replica's
+        own clock had counted a budget in its own day around midnight). Cooldowns and
+        enables are stamped by the store itself (`_STAMP`)."""
         return time.time() + self._skew
 
     async def sync_clock(self) -> None:
         """Measure the store's clock against this replica's (Redis TIME, at the round trip's
-        middle). Kept unless it moved by over `_SKEW_STEP_S`: a skew that jittered with
-        each round trip would move the times this replica shared and reads back, which it
-        tells from others' by their value. Raises StateUnavailable while Redis is away."""
+        middle; good to half a round trip), taken up when it moved by more than that and
+        `_SKEW_STEP_S`. Raises StateUnavailable while Redis is away."""
         t0 = time.time()
         sec, usec = await self._do(self._r.call("TIME"))
         t1 = time.time()
-        if t1 - t0 > _SKEW_STEP_S:  # a slow round trip: its middle says too little
-            return
         skew = int(sec) + int(usec) / 1e6 - (t0 + t1) / 2
-        if abs(skew - self._skew) > _SKEW_STEP_S:
+        if abs(skew - self._skew) > max(_SKEW_STEP_S, t1 - t0):
             self._skew = skew
 
     async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -1003,10 +1024,10 @@ class RedisState:
     async def push_cooldown(self, key: str, until: float, why: str, made: float = 0.0) -> None:
         """Share a cooldown of `key` until `until`, begun at `made` (unix s): an enable
         stamped later ends it on every replica."""
-        with contextlib.suppress(StateUnavailable):  # fail open
-            off = self._skew  # on the store's clock (see `now`)
-            entry = json.dumps([until + off, why, made + off if made else 0.0])
-            await self._do(self._r.call("HSET", f"{self._p}cooldowns", key, entry))
+        with contextlib.suppress(StateUnavailable):  # fail open, stamped by the store
+            now = time.time()
+            args = [key, until - now, why, now - made if made else -1, self.writer]
+            await self._do(self._eval(self._stamp, [f"{self._p}cooldowns"], args))
 
     async def set_disabled(self, key: str, why: str | None, at: float = 0.0) -> bool:
         """Share that a deployment was disabled (`why`) or enabled again (None) at `at`
@@ -1017,25 +1038,34 @@ class RedisState:
             if why is None:
                 await self._do(self._r.call("HDEL", f"{self._p}disabled", key))
                 await self._do(self._r.call("HDEL", f"{self._p}cooldowns", key))
-                stamp = repr(at + self._skew)  # on the store's clock (see `now`)
-                await self._do(self._r.call("HSET", f"{self._p}enabled", key, stamp))
+                ago = max(time.time() - at, 0.0) if at else 0.0  # stamped by the store
+                keys = [f"{self._p}enabled"]
+                await self._do(self._eval(self._stamp, keys, [key, "", "", ago, self.writer]))
             else:
                 await self._do(self._r.call("HSET", f"{self._p}disabled", key, why))
         except StateUnavailable:
             return False
         return True
 
+    async def _stamps(self, name: str) -> tuple[float, Any]:
+        """A hash of stamps (`_STAMP`), and what to add to a stamp to have it on this
+        replica's clock: the store's time read just before (good to a round trip)."""
+        t0 = time.time()
+        sec, usec = await self._do(self._r.call("TIME"))
+        off = (t0 + time.time()) / 2 - (int(sec) + int(usec) / 1e6)
+        return off, await self._do(self._r.call("HGETALL", f"{self._p}{name}"))
+
     async def enabled_now(self) -> dict[str, float]:
-        """When each deployment was last enabled on any replica (unix s; {}: the store is
-        away, or none ever was)."""
+        """When each deployment was last enabled on any replica (unix s, this replica's
+        clock; {}: the store is away, or none ever was)."""
         try:
-            raw = await self._do(self._r.call("HGETALL", f"{self._p}enabled"))
+            off, raw = await self._stamps("enabled")
         except StateUnavailable:
             return {}
-        out, off = {}, self._skew  # stamped on the store's clock: on this replica's here
+        out = {}
         for k, v in _pairs(raw):
             try:
-                out[k.decode(errors="replace")] = float(v) - off
+                out[k.decode(errors="replace")] = float(v) + off
             except ValueError:
                 self._unreadable("an enable")
         return out
@@ -1048,22 +1078,25 @@ class RedisState:
             return None
         return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in _pairs(raw)}
 
-    async def cooldowns_now(self) -> dict[str, tuple[float, str, float]]:
-        """Each shared cooldown in force: (until, why, when it began; 0 when an entry
-        written before that was kept does not say)."""
+    async def cooldowns_now(self) -> dict[str, tuple[float, str, float, bool]]:
+        """Each shared cooldown in force: (until, why, when it began, whether this replica
+        wrote it), on this replica's clock; it began at 0 when an entry does not say (one
+        written before that was kept), and an entry that does not name its writer is
+        another replica's."""
         try:
-            raw = await self._do(self._r.call("HGETALL", f"{self._p}cooldowns"))
+            off, raw = await self._stamps("cooldowns")
         except StateUnavailable:
             return {}
-        now, off = time.time(), self._skew  # stamped on the store's clock: on this replica's here
+        now = time.time()
         out = {}
         for k, v in _pairs(raw):
             try:
                 until, why, *rest = json.loads(v)
-                until, made = float(until) - off, float(rest[0]) - off if rest and rest[0] else 0.0
+                made = float(rest[0]) + off if rest and rest[0] else 0.0
+                until, mine = float(until) + off, len(rest) > 1 and rest[1] == self.writer
             except (ValueError, TypeError):  # one odd entry had stopped every sync
                 self._unreadable("a cooldown")
                 continue
             if until > now:
-                out[k.decode(errors="replace")] = (until, str(why), made)
+                out[k.decode(errors="replace")] = (until, str(why), made, mine)
         return out
