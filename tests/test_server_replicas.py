@@ -61,15 +61,19 @@ def replica_process(cfg: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
             p.stderr.close()
 
 
+def config(tmp_path: Path, upstream: str, toml: str = "") -> Path:
+    """A config serving `registry(upstream)`, with `toml` added (tables of its own)."""
+    reg = tmp_path / "r.toml"
+    reg.write_text(registry(upstream).to_toml())
+    cfg = tmp_path / "satisfice.toml"
+    cfg.write_text(f'[registry]\npath = "{reg}"\n{toml}')
+    return cfg
+
+
 @pytest.fixture
 def two(tmp_path: Path) -> Iterator[tuple[list[str], LocalUpstream, RedisServer]]:
     with LocalUpstream(record=False) as up, redis() as r:
-        reg = tmp_path / "r.toml"
-        reg.write_text(registry(up.url).to_toml())
-        cfg = tmp_path / "satisfice.toml"
-        cfg.write_text(
-            f'[registry]\npath = "{reg}"\n[state]\nbackend = "redis"\nredis_url = "{r.url}"\n'
-        )
+        cfg = config(tmp_path, up.url, f'[state]\nbackend = "redis"\nredis_url = "{r.url}"\n')
         with replica(cfg) as a, replica(cfg) as b:
             yield [a, b], up, r
 
@@ -205,10 +209,7 @@ def test_sigterm_lets_50_streams_finish(tmp_path: Path) -> None:
 
     text = " ".join(f"w{i}" for i in range(30))
     with LocalUpstream(record=False, default=reply(text, chunk_delay=0.03)) as up:
-        reg = tmp_path / "r.toml"
-        reg.write_text(registry(up.url).to_toml())
-        cfg = tmp_path / "satisfice.toml"
-        cfg.write_text(f'[registry]\npath = "{reg}"\n[server]\nshutdown_grace_s = 30\n')
+        cfg = config(tmp_path, up.url, "[server]\nshutdown_grace_s = 30\n")
         with replica_process(cfg) as (url, p):
             body = {"model": "auto", "stream": True,
                     "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
@@ -373,12 +374,10 @@ def test_streams_past_the_shutdown_grace_end_with_an_error_and_keep_their_hold(
     ):
         up.script(wire("gamma"), reply("late", latency=8.0))  # its first piece: after the cut
         up.script(wire("delta"), reply("late", latency=8.0))  # a non-streamed answer, late
-        reg = tmp_path / "r.toml"
-        reg.write_text(registry(up.url).to_toml())
-        cfg = tmp_path / "satisfice.toml"
-        cfg.write_text(
-            f'[registry]\npath = "{reg}"\n[server]\nshutdown_grace_s = 1\n'
-            f'[state]\nbackend = "redis"\nredis_url = "{r.url}"\n'
+        cfg = config(
+            tmp_path,
+            up.url,
+            f'[server]\nshutdown_grace_s = 1\n[state]\nbackend = "redis"\nredis_url = "{r.url}"\n',
         )
         with replica_process(cfg) as (url, p):
             key = _admin(url, "/admin/keys", {"name": "k", "budget_usd": 10})
@@ -420,10 +419,7 @@ def test_a_request_still_sending_its_body_at_the_shutdown_cut_is_a_503(tmp_path:
     import socket
 
     with LocalUpstream(record=False) as up:
-        reg = tmp_path / "r.toml"
-        reg.write_text(registry(up.url).to_toml())
-        cfg = tmp_path / "satisfice.toml"
-        cfg.write_text(f'[registry]\npath = "{reg}"\n[server]\nshutdown_grace_s = 1\n')
+        cfg = config(tmp_path, up.url, "[server]\nshutdown_grace_s = 1\n")
         with replica_process(cfg) as (url, p):
             host, port = url.removeprefix("http://").split(":")
             with socket.create_connection((host, int(port)), timeout=10) as s:
@@ -466,10 +462,7 @@ def test_a_stream_whose_reader_stopped_reading_ends_with_its_error_event_at_the_
 
     text = " ".join(["x" * 100_000] * 60)  # 6 MB in 60 pieces: more than the buffers hold
     with LocalUpstream(record=False, default=reply(text)) as up:
-        reg = tmp_path / "r.toml"
-        reg.write_text(registry(up.url).to_toml())
-        cfg = tmp_path / "satisfice.toml"
-        cfg.write_text(f'[registry]\npath = "{reg}"\n[server]\nshutdown_grace_s = 1\n')
+        cfg = config(tmp_path, up.url, "[server]\nshutdown_grace_s = 1\n")
         with replica_process(cfg) as (url, p):
             host, port = url.removeprefix("http://").split(":")
             msgs = [{"role": "user", "content": "hi"}]
