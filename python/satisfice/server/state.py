@@ -487,8 +487,6 @@ return 0
 """
 
 
-# KEYS: holds sorted sets; ARGV: the lease (s), then per key the hold's member. A member no
-# longer there (settled, or released) is not added again (XX).
 # Shared cooldowns and enables are stamped on the store's clock, by the store: a replica
 # sends how long ago it began, and how long it lasts, and reads back how long ago and how
 # long from now (`_stamps`). On each replica's own clock, a 30 s cooldown shared by one
@@ -513,6 +511,8 @@ redis.call('HSET', KEYS[1], ARGV[1], entry)
 return 1
 """
 
+# KEYS: holds sorted sets; ARGV: the lease (s), then per key the hold's member. A member no
+# longer there (settled, or released) is not added again (XX).
 _RENEW = """
 local clock = redis.call('TIME')
 local expiry = tonumber(clock[1]) + tonumber(ARGV[1])
