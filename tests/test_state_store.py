@@ -9,6 +9,7 @@ back a copy read before a revoke, and un-revoked the key)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -690,6 +691,69 @@ async def test_a_replica_takes_its_own_breaker_cooldown_back_as_its_own_when_its
             assert h._s["m/d1"].reason == before  # its own, as it was
             h.record_success("m/d1", 0.1)
             assert h.cooling_for("m/d1") is None  # a breaker's cooldown: a success ends it
+        finally:
+            await s.close()
+
+
+async def test_a_shared_cooldown_keeps_its_longest_end_and_reads_the_same_at_each_sync() -> None:
+    """Found by review: the last writer won (another replica's 5 s replaced a 120 s
+    cooldown on every replica but the first); and an entry read against a fresh TIME at each
+    sync never read the same end twice, so one that does not say when it began was taken
+    for a new cooldown every 0.2 s, and an enable that landed late was ignored."""
+    import json
+
+    from satisfice.server.app import SharedHealth
+
+    key = "m/d1"
+    with redis() as server:
+        prefix = f"long{time.time_ns()}:"
+        ss = [RedisState(server.url, prefix) for _ in range(3)]
+        a, b, c = (SharedHealth(x) for x in ss)
+        try:
+            for x in ss:
+                await x.sync_clock()
+            a.record_failure(key, rate_limited=True, retry_after=120, reason="HTTP 429")
+            await asyncio.gather(*a._tasks)
+            b.record_failure(key, rate_limited=True, retry_after=5, reason="HTTP 429")
+            await asyncio.gather(*b._tasks)
+            for h in (a, b, c):
+                await h.sync()
+                assert h.cooling_for(key) == pytest.approx(120, abs=2)
+            # an entry an older replica wrote (no start): an enable made after it was seen
+            # ends it, however late its write lands
+            fresh = f"old{time.time_ns()}:"
+            sa, sb = RedisState(server.url, fresh), RedisState(server.url, fresh)
+            ss += [sa, sb]
+            hb = SharedHealth(sb)
+            entry = json.dumps([time.time() + 60, "HTTP 429"])
+            await sa._r.call("HSET", f"{fresh}cooldowns", key, entry)
+            first = (await sb.cooldowns_now())[key][0]
+            assert (await sb.cooldowns_now())[key][0] == first
+            await hb.sync()
+            assert hb.cooling_for(key) is not None
+            await asyncio.sleep(0.3)
+            enabled_at = time.time()  # an enable on a; its write lands 0.3 s later
+            await asyncio.sleep(0.3)
+            await hb.sync()
+            assert await sa.set_disabled(key, None, enabled_at)
+            await hb.sync()
+            assert hb.cooling_for(key) is None
+        finally:
+            for x in ss:
+                await x.close()
+
+
+async def test_a_cooldown_pushed_with_no_finite_end_or_an_odd_reason_is_still_shared() -> None:
+    """Found by review: an end of inf or NaN made JSON no reader took, and a reason with a
+    lone surrogate raised out of the push (push_cooldown is API)."""
+    with redis() as server:
+        prefix = f"odd{time.time_ns()}:"
+        s = RedisState(server.url, prefix)
+        try:
+            await s.push_cooldown("a/d", math.inf, "bad \udcff", 0.0)
+            await s.push_cooldown("b/d", math.nan, "nan", 0.0)
+            got = await s.cooldowns_now()
+            assert set(got) == {"a/d"} and got["a/d"][1] == "bad \\udcff"
         finally:
             await s.close()
 

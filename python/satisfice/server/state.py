@@ -488,11 +488,12 @@ return 0
 
 
 # Shared cooldowns and enables are stamped on the store's clock, by the store: a replica
-# sends how long ago it began, and how long it lasts, and reads back how long ago and how
-# long from now (`_stamps`). On each replica's own clock, a 30 s cooldown shared by one
-# whose clock ran a minute slow was over for the others before it began; corrected by a
-# measured skew, the values a replica read back moved with each new measurement, and it took
-# its own cooldowns for another's. An entry also names its writer (a replica's random id).
+# sends how long ago it began and how long it lasts, and reads the stamps with its measured
+# skew (`_stamps`). On each replica's own clock, a 30 s cooldown shared by one whose clock
+# ran a minute slow was over for the others before it began. An entry also names its writer
+# (a replica's random id): a replica's own cooldowns, read back, are told by it, not by a
+# time that moves when its skew is measured anew. A cooldown ending later than the one
+# asked for stays (the last writer had won: another replica's 5 s replaced a 120 s one).
 # KEYS: the hash. ARGV: field, seconds left (or "" for an enable's stamp: then the hash's
 # value is the stamp alone), why, seconds since it began (< 0: not said), writer.
 _STAMP = """
@@ -505,7 +506,13 @@ if ARGV[2] == '' then
   redis.call('HSET', KEYS[1], ARGV[1], string.format('%.6f', made))
   return 1
 end
-local entry = '[' .. string.format('%.6f', now + tonumber(ARGV[2])) .. ',' .. cjson.encode(ARGV[3])
+local untl = now + tonumber(ARGV[2])
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then
+  local ok, e = pcall(cjson.decode, old)
+  if ok and type(e) == 'table' and tonumber(e[1]) and tonumber(e[1]) > untl then return 0 end
+end
+local entry = '[' .. string.format('%.6f', untl) .. ',' .. cjson.encode(ARGV[3])
   .. ',' .. string.format('%.6f', made) .. ',' .. cjson.encode(ARGV[5]) .. ']'
 redis.call('HSET', KEYS[1], ARGV[1], entry)
 return 1
@@ -1024,9 +1031,13 @@ class RedisState:
     async def push_cooldown(self, key: str, until: float, why: str, made: float = 0.0) -> None:
         """Share a cooldown of `key` until `until`, begun at `made` (unix s): an enable
         stamped later ends it on every replica."""
+        now = time.time()
+        left = min(until - now, 1e9)  # finite for the script's JSON (and no NaN)
+        if not left > 0:
+            return
+        reason = why.encode("utf-8", "backslashreplace")  # a lone surrogate too
+        args = [key, left, reason, now - made if made else -1, self.writer]
         with contextlib.suppress(StateUnavailable):  # fail open, stamped by the store
-            now = time.time()
-            args = [key, until - now, why, now - made if made else -1, self.writer]
             await self._do(self._eval(self._stamp, [f"{self._p}cooldowns"], args))
 
     async def set_disabled(self, key: str, why: str | None, at: float = 0.0) -> bool:
@@ -1049,11 +1060,11 @@ class RedisState:
 
     async def _stamps(self, name: str) -> tuple[float, Any]:
         """A hash of stamps (`_STAMP`), and what to add to a stamp to have it on this
-        replica's clock: the store's time read just before (good to a round trip)."""
-        t0 = time.time()
-        sec, usec = await self._do(self._r.call("TIME"))
-        off = (t0 + time.time()) / 2 - (int(sec) + int(usec) / 1e6)
-        return off, await self._do(self._r.call("HGETALL", f"{self._p}{name}"))
+        replica's clock: its measured skew (`sync_clock`), which changes only by steps, so
+        that a stamp reads the same at every sync (read against a fresh TIME each time, a
+        cooldown's end never did, and an entry that does not say when it began was taken
+        for a new one each 0.2 s: an enable landing late was ignored)."""
+        return -self._skew, await self._do(self._r.call("HGETALL", f"{self._p}{name}"))
 
     async def enabled_now(self) -> dict[str, float]:
         """When each deployment was last enabled on any replica (unix s, this replica's
