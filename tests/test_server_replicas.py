@@ -461,8 +461,10 @@ def test_a_stream_whose_reader_stopped_reading_ends_with_its_error_event_at_the_
     from satisfice.testing import reply
 
     text = " ".join(["x" * 100_000] * 60)  # 6 MB in 60 pieces: more than the buffers hold
+    ledger = tmp_path / "ledger.jsonl"
     with LocalUpstream(record=False, default=reply(text)) as up:
-        cfg = config(tmp_path, up.url, "[server]\nshutdown_grace_s = 1\n")
+        toml = f'[server]\nshutdown_grace_s = 1\n[ledger]\ntarget = "{ledger}"\n'
+        cfg = config(tmp_path, up.url, toml)
         with replica_process(cfg) as (url, p):
             host, port = url.removeprefix("http://").split(":")
             msgs = [{"role": "user", "content": "hi"}]
@@ -498,3 +500,8 @@ def test_a_stream_whose_reader_stopped_reading_ends_with_its_error_event_at_the_
     assert tail.endswith(b"\r\n0\r\n\r\n"), tail  # the chunked body ended, not broken off
     assert b'"code":"shutting_down"' in tail.replace(b" ", b""), tail
     assert "ERROR" not in err and "Exception in ASGI" not in err, err[-2000:]
+    # its record says the server cut it (it had said its caller closed it)
+    from satisfice.ledger import read_records
+
+    (rec,) = read_records(ledger)
+    assert "shutdown" in rec["error"], rec["error"]

@@ -294,6 +294,9 @@ def tuned_ladder(d: Decision) -> tuple[Cascade | None, str | None]:
     return ladder, None
 
 
+_CLOSED_EARLY = "the caller closed the stream before its end"
+
+
 class Run:
     """One request's state: the decision, the wire request, its clock and every attempt.
     Made by `Executor.run()`; a cascade's calls are sub-runs that share its attempts."""
@@ -304,6 +307,7 @@ class Run:
         "attempts",
         "calling",
         "cap",
+        "closed_because",
         "deadline",
         "decision",
         "holds",
@@ -363,6 +367,8 @@ class Run:
         # routes the request again without leaving out cooling models (set by the router
         # when it left some out): what `_failure` asks when no model routed could take it
         self.reroute: Callable[[], Awaitable[Decision]] | None = None
+        # why a stream's caller closed it before its end, when it says (`ChatStream.aclose`)
+        self.closed_because: str | None = None
 
     def sub(self, model: str, messages: list[dict[str, Any]], step: int | None, share: int) -> Run:
         """One model of a cascade step (`share`: the models the step calls at once): its
@@ -1332,7 +1338,7 @@ class Executor:
             usage = self._prompt_usage(run, t, "".join(delivered))
             run.record(Attempt(
                 t.model, t.dep.name, "cancelled", started - run.t0, now - started,
-                "ClientClosedStream", "the caller closed the stream before its end",
+                "ClientClosedStream", run.closed_because or _CLOSED_EARLY,
                 usage=usage, cost_usd=cost_of(t.price, usage), cost_estimated=True,
                 step=run.step,
             ), t)  # fmt: skip
@@ -1582,7 +1588,11 @@ class ChatStream:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def aclose(self) -> None:
+    async def aclose(self, why: str | None = None) -> None:
+        """End the stream (at once, if it is not at its end). `why`: the reason its record
+        gives, if not its caller's leaving (a server names its shutdown)."""
+        if why is not None and self._runs:
+            self._runs[0].closed_because = why
         aclose = getattr(self._gen, "aclose", None)
         if aclose is not None:
             await aclose()

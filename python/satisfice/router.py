@@ -116,8 +116,8 @@ class ClientClosedStream(Exception):
 
     cost_unknown = True  # a call may have been in flight: the record states no total
 
-    def __init__(self) -> None:
-        super().__init__("the caller closed the stream before its end")
+    def __init__(self, why: str | None = None) -> None:
+        super().__init__(why or "the caller closed the stream before its end")
 
 
 class RequestCancelled(Exception):
@@ -1013,8 +1013,9 @@ class Router:
                 if rec is not None and left:
                     # the caller left before the end: a request, with what it may have
                     # cost (the attempt the executor kept), in the record like any other
+                    why = None if run is None else run.closed_because  # a server's shutdown
                     self._record_failure(
-                        rec, ClientClosedStream(), run, started_at, t0, options, own
+                        rec, ClientClosedStream(why), run, started_at, t0, options, own
                     )
             self._in_flight.discard(token)
 

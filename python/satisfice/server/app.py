@@ -1228,6 +1228,9 @@ class _App(Starlette):
         await super().__call__(scope, receive, send)
 
 
+_CUT_REASON = "the server's shutdown cut the stream: its shutdown_grace_s ran out"
+
+
 async def _close_and_settle(
     svc: Service,
     s: Any,
@@ -1242,7 +1245,7 @@ async def _close_and_settle(
     so it is for a stream the server's shutdown `cut`, whose call it left unfinished."""
     closed = False
     try:
-        await s.aclose()
+        await s.aclose(_CUT_REASON if cut else None)  # the record says why
         closed = True
     finally:
         if reserved is not None:
