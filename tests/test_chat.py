@@ -18,6 +18,7 @@ from satisfice.errors import (
 from satisfice.testing import LocalUpstream, context_length, hang, reply, reset, status
 
 from .chat_support import ORDER, open_fds, router, wire
+from .polling import until_async
 
 MSGS = [{"role": "user", "content": "hello there"}]
 
@@ -452,10 +453,7 @@ async def test_cancelling_chat_cancels_its_upstream_calls(up: LocalUpstream) -> 
         # may take longer than a fixed sleep to send them)
         for kw, seen in (({}, 1), ({"race": 2}, 3), ({"hedge": True}, 5)):
             task = asyncio.create_task(r.chat(MSGS, **kw))
-            for _ in range(500):
-                if len(up.requests) >= seen:
-                    break
-                await asyncio.sleep(0.01)
+            await until_async(lambda n=seen: len(up.requests) >= n)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

@@ -18,6 +18,8 @@ from satisfice.executor import ExecutionConfig
 from satisfice.ledger import read_records
 from satisfice.testing import LocalUpstream, hang, reply
 
+from .polling import until_async
+
 
 def _model(mid: str, url: str, price: float) -> dict[str, Any]:
     return {
@@ -109,11 +111,9 @@ async def _cancel_mid_judge(
     await asyncio.wait_for(started.wait(), 5.0)
     # the judge's call has reached the upstream, which hangs (polled, not a fixed sleep a
     # stalled CI machine can outlast)
-    for _ in range(500):
-        if up.seen("judge-d"):
-            break
-        await asyncio.sleep(0.01)
-    assert up.seen("judge-d"), "the judge's call never reached the upstream"
+    assert await until_async(lambda: up.seen("judge-d")), (
+        "the judge's call never reached the upstream"
+    )
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5.0)

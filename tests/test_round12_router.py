@@ -20,6 +20,7 @@ from satisfice.ledger import read_records
 from satisfice.testing import LocalUpstream, reply, status
 
 from .chat_support import registry, router, wire
+from .polling import until
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -119,10 +120,7 @@ def _in_flight(r: Router, out: list[Any], up: LocalUpstream) -> threading.Thread
     t.start()
     # the request is on the wire once the upstream has seen it (polled, not a fixed sleep
     # a stalled CI machine can outlast)
-    limit = time.monotonic() + 5.0
-    while len(up.requests) == seen and time.monotonic() < limit:
-        time.sleep(0.01)
-    assert len(up.requests) > seen, "the upstream never saw the request"
+    assert until(lambda: len(up.requests) > seen), "the upstream never saw the request"
     return t
 
 

@@ -21,6 +21,7 @@ from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream, reply, status
 
 from .chat_support import TOOLS, registry, wire
+from .polling import until
 from .server_support import running
 
 MASTER = "master-test-key-0123456789abcdef"
@@ -1516,7 +1517,6 @@ def test_a_budget_held_by_requests_in_flight_may_be_retried(served: Any) -> None
         target=lambda: c.chat.completions.create(model="alpha", max_tokens=2000, messages=msgs)
     )
     first.start()
-    import time
 
     def held() -> float:
         budgets = httpx.get(url + "/admin/spend", headers=admin).json()["budgets"]
@@ -1524,10 +1524,7 @@ def test_a_budget_held_by_requests_in_flight_may_be_retried(served: Any) -> None
 
     # the first is in flight, its hold taken (polled: a stalled CI machine can take longer
     # than a fixed sleep to get it there)
-    limit = time.monotonic() + 5.0
-    while held() <= 0 and time.monotonic() < limit:
-        time.sleep(0.01)
-    assert held() > 0, "the first request's hold was never taken"
+    assert until(lambda: held() > 0), "the first request's hold was never taken"
     with pytest.raises(openai.RateLimitError) as e:
         c.chat.completions.create(model="alpha", max_tokens=2000, messages=msgs)
     first.join()

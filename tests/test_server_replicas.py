@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 from satisfice.testing import LocalUpstream, status
 
 from .chat_support import registry, wire
+from .polling import until, until_async
 from .servers import RedisServer, free_port, redis
 
 MASTER = "master-redis-test-0123456789abcdef"
@@ -61,6 +62,11 @@ def replica_process(cfg: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
             p.stderr.close()
 
 
+def in_flight(url: str) -> Callable[[], bool]:
+    """Whether the server at `url` has a request in flight."""
+    return lambda: httpx.get(url + "/health").json()["in_flight"] >= 1
+
+
 def config(tmp_path: Path, upstream: str, toml: str = "") -> Path:
     """A config serving `registry(upstream)`, with `toml` added (tables of its own)."""
     reg = tmp_path / "r.toml"
@@ -89,14 +95,14 @@ def _until_state(url: str, model: str, state: Any) -> None:
     `state(s)` accepts: polled, where a fixed sleep for another process's sync could be
     outlasted by a stalled CI machine."""
     admin = {"authorization": f"Bearer {MASTER}"}
-    limit = time.monotonic() + 5.0
-    while True:
+    seen: list[Any] = []
+
+    def there() -> bool:
         health = httpx.get(url + "/admin/health", headers=admin).json()["deployments"]
-        seen = [d["state"] for k, d in health.items() if k.split("/")[0] == model]
-        if seen and all(state(s) for s in seen):
-            return
-        assert time.monotonic() < limit, f"{model} on {url}: {seen}"
-        time.sleep(0.01)
+        seen[:] = [d["state"] for k, d in health.items() if k.split("/")[0] == model]
+        return bool(seen) and all(state(s) for s in seen)
+
+    assert until(there), f"{model} on {url}: {seen}"
 
 
 async def _fire(urls: list[str], key: str, n: int, content: str) -> list[httpx.Response]:
@@ -257,10 +263,9 @@ async def _sigterm_mid_stream(
     async with httpx.AsyncClient(timeout=60) as c:
         tasks = [asyncio.create_task(one(c, b, h)) for b, h in asks]
         await asyncio.wait_for(started.wait(), 30)
-        limit = time.monotonic() + 5.0
-        while settle is not None and not settle() and time.monotonic() < limit:
-            await asyncio.sleep(0.01)
-        assert settle is None or settle(), "what the SIGTERM was to cut never started"
+        assert settle is None or await until_async(settle), (
+            "what the SIGTERM was to cut never started"
+        )
         p.send_signal(signal.SIGTERM)
         return await asyncio.gather(*tasks)
 
@@ -427,10 +432,7 @@ def test_a_request_still_sending_its_body_at_the_shutdown_cut_is_a_503(tmp_path:
                           b"application/json\r\ncontent-length: 100\r\n\r\n{\"model\"")  # fmt: skip
                 # the handler waits for the rest of the body: it is in flight (polled, not
                 # a fixed sleep a stalled CI machine can outlast)
-                limit = time.monotonic() + 5.0
-                while httpx.get(url + "/health").json()["in_flight"] < 1:
-                    assert time.monotonic() < limit, "the request never reached its handler"
-                    time.sleep(0.01)
+                assert until(in_flight(url)), "the request never reached its handler"
                 p.send_signal(signal.SIGTERM)
                 got = b""
                 while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):
@@ -476,10 +478,7 @@ def test_a_stream_whose_reader_stopped_reading_ends_with_its_error_event_at_the_
                 head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
                 head += b"application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
                 s.sendall(head + body)
-                limit = time.monotonic() + 5.0
-                while httpx.get(url + "/health").json()["in_flight"] < 1:
-                    assert time.monotonic() < limit, "the stream never began"
-                    time.sleep(0.01)
+                assert until(in_flight(url)), "the stream never began"
                 time.sleep(1.0)  # the server fills its buffers (an unfilled one is cut too)
                 p.send_signal(signal.SIGTERM)
                 got = bytearray()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -34,6 +34,24 @@ async def state(request: pytest.FixtureRequest) -> AsyncIterator[MemoryState | R
         await s.close()
 
 
+class _Clock:
+    """A replica's time module whose clock reads `at()`; the rest is the real module's."""
+
+    def __init__(self, at: Callable[[], float]) -> None:
+        self._at = at
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def time(self) -> float:
+        return self._at()
+
+
+def _behind() -> _Clock:
+    """The time module of a replica whose clock runs 60 s slow."""
+    return _Clock(lambda: time.time() - 60.0)
+
+
 async def test_a_reservation_settles_in_its_own_period(
     state: MemoryState | RedisState, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -41,15 +59,7 @@ async def test_a_reservation_settles_in_its_own_period(
 
     now = {"t": (time.time() // DAY + 1) * DAY - 1.0}  # a second before midnight UTC
 
-    class Clock:  # the state's time module, at `now`
-        def __getattr__(self, name: str) -> Any:
-            return getattr(time, name)
-
-        @staticmethod
-        def time() -> float:
-            return now["t"]
-
-    monkeypatch.setattr(st, "time", Clock())
+    monkeypatch.setattr(st, "time", _Clock(lambda: now["t"]))
     b = Budget(f"key:k{time.time_ns()}", 0.05, "day")
     pinned = b.pinned()
     assert await state.admit([pinned], 0.04) is None
@@ -544,14 +554,6 @@ async def test_replicas_whose_clocks_differ_count_a_rate_in_one_window() -> None
     again. The store's clock (TIME) decides the minute now, for every replica."""
     import satisfice.server.state as st
 
-    class Ahead:  # the time module of a replica whose clock runs 60 s fast
-        def __getattr__(self, name: str) -> Any:
-            return getattr(time, name)
-
-        @staticmethod
-        def time() -> float:
-            return time.time() + 60.0
-
     with redis() as server:
         a, b = RedisState(server.url), RedisState(server.url)
         kid = f"skew{time.time_ns()}"
@@ -561,7 +563,7 @@ async def test_replicas_whose_clocks_differ_count_a_rate_in_one_window() -> None
             assert await a.admit((), 0, RateCount(kid, 3, None, 1)) is None
             assert await a.admit((), 0, RateCount(kid, 3, None, 1)) is None
             real = st.time
-            st.time = Ahead()  # type: ignore[assignment]
+            st.time = _Clock(lambda: time.time() + 60.0)  # type: ignore[assignment]
             try:
                 assert await b.admit((), 0, RateCount(kid, 3, None, 1)) is None
                 refused = await b.admit((), 0, RateCount(kid, 3, None, 1))
@@ -572,17 +574,6 @@ async def test_replicas_whose_clocks_differ_count_a_rate_in_one_window() -> None
         finally:
             await a.close()
             await b.close()
-
-
-class _Behind:
-    """The time module of a replica whose clock runs 60 s slow."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-    @staticmethod
-    def time() -> float:
-        return time.time() - 60.0
 
 
 async def test_replicas_whose_clocks_differ_share_cooldowns_enables_and_periods_on_one_clock(
@@ -601,7 +592,7 @@ async def test_replicas_whose_clocks_differ_share_cooldowns_enables_and_periods_
         prefix = f"skew{time.time_ns()}:"
         slow, right = RedisState(server.url, prefix), RedisState(server.url, prefix)
         try:
-            monkeypatch.setattr(st, "time", _Behind())
+            monkeypatch.setattr(st, "time", _behind())
             begun = st.time.time()
             await slow.push_cooldown("d1", begun + 30, "boom", begun)
             assert await slow.set_disabled("d2", None, begun)  # an enable, stamped now
@@ -616,7 +607,7 @@ async def test_replicas_whose_clocks_differ_share_cooldowns_enables_and_periods_
             assert abs(made - time.time()) < 2
             assert abs((await right.enabled_now())["d2"] - time.time()) < 2
             # the slow replica reads back what it shared, on its own clock, as its own
-            monkeypatch.setattr(st, "time", _Behind())
+            monkeypatch.setattr(st, "time", _behind())
             until, why, made, mine = (await slow.cooldowns_now())["d1"]
             assert mine and until == pytest.approx(begun + 30, abs=0.5)
             assert made == pytest.approx(begun, abs=0.5)
@@ -645,7 +636,7 @@ async def test_a_replica_60_s_slow_and_60_ms_from_redis_measures_its_skew(
 
         try:
             monkeypatch.setattr(s._r, "call", slow_call)
-            monkeypatch.setattr(st, "time", _Behind())
+            monkeypatch.setattr(st, "time", _behind())
             await s.sync_clock()
             assert abs(s.now() - time.time()) < 0.5
         finally:
@@ -666,16 +657,9 @@ async def test_a_replica_takes_its_own_breaker_cooldown_back_as_its_own_when_its
 
     step = {"s": 0.0}
 
-    class Stepping:  # the time module of a replica whose clock steps
-        def __getattr__(self, name: str) -> Any:
-            return getattr(time, name)
-
-        @staticmethod
-        def time() -> float:
-            return time.time() + step["s"]
-
-    monkeypatch.setattr(st, "time", Stepping())
-    monkeypatch.setattr(app_mod, "time", Stepping())
+    stepping = _Clock(lambda: time.time() + step["s"])  # a replica whose clock steps
+    monkeypatch.setattr(st, "time", stepping)
+    monkeypatch.setattr(app_mod, "time", stepping)
     with redis() as server:
         s = RedisState(server.url, f"own{time.time_ns()}:")
         h = SharedHealth(s)

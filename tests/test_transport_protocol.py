@@ -25,20 +25,14 @@ from satisfice.executor import ExecutionConfig, make_client
 from satisfice.providers import AnthropicProvider, OpenAIProvider
 from satisfice.transport import PooledTransport, Poster, _Conn
 
+from .polling import until_async
+
 MiB = 1 << 20
 T = httpx.Timeout(2.0)
 BODY = json.dumps({"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}).encode()
 
 Writer = asyncio.StreamWriter
 Script = Callable[[asyncio.StreamReader, Writer, int], Awaitable[bool]]
-
-
-async def until(condition: Callable[[], bool], limit_s: float = 5.0) -> None:
-    """Wait (10 ms steps) until `condition()` holds, at most `limit_s`: what a fixed sleep
-    ordering two events did, without a stalled CI machine outlasting the sleep."""
-    t = time.monotonic() + limit_s
-    while not condition() and time.monotonic() < t:
-        await asyncio.sleep(0.01)
 
 
 class Upstream:
@@ -361,7 +355,7 @@ async def test_a_body_nobody_reads_stays_bounded_and_the_close_ends_it() -> None
         req = c.build_request("POST", up.url + "/x", content=b"{}", timeout=T)
         r = await c.send(req, stream=True)
         conn = r.stream._conn  # type: ignore[attr-defined]
-        await until(lambda: len(conn.buf) >= 2 * MiB)  # polled: a CI machine may stall
+        await until_async(lambda: len(conn.buf) >= 2 * MiB)  # polled: a CI machine may stall
         assert len(conn.buf) >= 2 * MiB
         await asyncio.sleep(0.1)  # time the 30 MiB would take to arrive, were it not paused
         assert len(conn.buf) <= 3 * MiB  # paused, not 30 MiB
@@ -607,7 +601,7 @@ async def test_an_upstream_closing_idle_connections_costs_no_request(way: str) -
                 return [x for s in pool_of(c)._idle.values() for x in s]
 
             # polled, not a fixed sleep a stalled CI machine can outlast
-            await until(lambda: len(idle()) == 1 and idle()[0].ended)
+            await until_async(lambda: len(idle()) == 1 and idle()[0].ended)
             assert len(idle()) == 1 and idle()[0].ended
         assert up.connections == 4
         up.scripts.append(send(with_length(BODY)))
