@@ -306,18 +306,24 @@ async def test_an_extra_response_never_answers_the_next_request(up: LocalUpstrea
 
 
 async def test_one_hung_upstream_does_not_starve_the_others(up: LocalUpstream) -> None:
-    up.script(wire("alpha"), *[hang()] * 40)
-    async with router(up.url, max_connections=40, attempt_timeout_s=30) as r:
-        stuck = [asyncio.create_task(r.chat(MSGS, allow=("alpha",))) for _ in range(40)]
-        await asyncio.sleep(0.2)
-        ok = await asyncio.wait_for(
-            asyncio.gather(*(r.chat(MSGS, allow=("gamma",)) for _ in range(10))), 5
-        )
-        for t in stuck:
-            t.cancel()
-        await asyncio.gather(*stuck, return_exceptions=True)
+    """A hung origin holds at most its share of the pool (max_per_host): the others' calls
+    find a slot at once. (Alpha on the others' origin, this had passed only when its hung
+    calls' 2 s read timeout freed their slots for gamma before gamma's 2 s pool timeout ran
+    out, which a stalled CI machine turned around.)"""
+    with LocalUpstream(record=False) as hung:
+        hung.script(wire("alpha"), *[hang()] * 40)
+        async with router(up.url, max_connections=40, attempt_timeout_s=30) as r:
+            r.update(alpha_on_url(hung.url, up))
+            stuck = [asyncio.create_task(r.chat(MSGS, allow=("alpha",))) for _ in range(40)]
+            await asyncio.sleep(0.2)
+            ok = await asyncio.wait_for(
+                asyncio.gather(*(r.chat(MSGS, allow=("gamma",)) for _ in range(10))), 1.5
+            )
+            for t in stuck:
+                t.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
+        hung.drop_connections()
     assert all(res.model == "gamma" for res in ok)
-    up.drop_connections()
 
 
 async def test_every_post_that_reached_an_upstream_is_an_attempt(up: LocalUpstream) -> None:
