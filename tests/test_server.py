@@ -1769,3 +1769,110 @@ def test_a_client_that_leaves_a_stream_with_a_request_behind_it_logs_no_error(
     finally:
         log.removeHandler(h)
     assert not [m for m in seen if "without completing" in m], seen
+
+
+def _tool_turns(cc: dict[str, str]) -> list[Any]:
+    """An agent loop's turns in Anthropic's shape: two texts and a call, each cache-marked
+    but the second text, then the call's failed result, marked too."""
+    return [
+        {"role": "user", "content": "Look it up."},
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Step one.", "cache_control": cc},
+            {"type": "text", "text": "Step two."},
+            {"type": "tool_use", "id": "tu1", "name": "look", "input": {"q": "x"},
+             "cache_control": cc},
+        ]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "tu1", "content": "boom", "is_error": True,
+             "cache_control": cc},
+        ]},
+    ]  # fmt: skip
+
+
+def test_messages_tool_turns_keep_their_cache_marks_texts_and_error_flag(served: Any) -> None:
+    """A tool result's prompt-cache mark (what an agent loop marks) and an assistant's marks
+    were dropped, so the cache never hit; `is_error` became "Error: " in the text, and two
+    texts were run together ("Step one.Step two."), on Anthropic's own upstream too. Found
+    by review. An OpenAI upstream gets what its API reads."""
+    url, _, upstream, _ = served
+    c = _anthropic(url)
+    cc = {"type": "ephemeral"}
+    tool = {"name": "look", "input_schema": {"type": "object"}}
+    c.messages.create(model="beta", max_tokens=20, tools=[tool], messages=_tool_turns(cc))  # type: ignore[arg-type, list-item]
+    sent = upstream.seen(wire("beta"))[-1].body["messages"]
+    assert sent[1]["content"] == [
+        {"type": "text", "text": "Step one.", "cache_control": cc},
+        {"type": "text", "text": "Step two."},
+        {"type": "tool_use", "id": "tu1", "name": "look", "input": {"q": "x"},
+         "cache_control": cc},
+    ]  # fmt: skip
+    (result,) = sent[2]["content"]
+    assert result["is_error"] is True and result["tool_use_id"] == "tu1"
+    assert result["content"] == [{"type": "text", "text": "boom", "cache_control": cc}]
+    c.messages.create(model="alpha", max_tokens=20, tools=[tool], messages=_tool_turns(cc))  # type: ignore[arg-type, list-item]
+    sent = upstream.seen(wire("alpha"))[-1].body["messages"]
+    assert [p["text"] for p in sent[1]["content"]] == ["Step one.", "Step two."]
+    assert "cache_control" not in sent[1]["tool_calls"][0]  # OpenAI's tool calls have none
+    assert sent[2]["role"] == "tool" and "is_error" not in sent[2]
+    assert sent[2]["content"][0]["text"] == "Error: boom"  # said as OpenAI's API can
+
+
+def test_strict_tools_stay_strict_and_anthropic_only_tool_fields_are_refused(
+    served: Any,
+) -> None:
+    """`strict` was dropped on every way through (a tool's input no longer held to its
+    schema), and Anthropic's own tool fields were dropped without a word. Found by review."""
+    url, _, upstream, _ = served
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}}
+    an, oa = _anthropic(url), _client(url)
+    msgs: Any = [{"role": "user", "content": "hi"}]
+    for model, api in (("beta", "anthropic"), ("alpha", "openai")):
+        tool = {"name": "get", "input_schema": schema, "strict": True}
+        an.messages.create(model=model, max_tokens=20, messages=msgs, tools=[tool])  # type: ignore[list-item]
+        (sent,) = upstream.seen(wire(model))[-1].body["tools"]
+        assert (sent if api == "anthropic" else sent["function"])["strict"] is True
+    fn = {"type": "function", "function": {"name": "get", "parameters": schema, "strict": True}}
+    oa.chat.completions.create(model="beta", messages=msgs, tools=[fn])  # type: ignore[list-item]
+    assert upstream.seen(wire("beta"))[-1].body["tools"][0]["strict"] is True
+    rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": True}}
+    upstream.script(wire("beta"), reply(tool_call=("json", '{"q": "x"}')))
+    oa.chat.completions.create(model="beta", messages=msgs, response_format=rf)  # type: ignore[arg-type]
+    assert upstream.seen(wire("beta"))[-1].body["tools"][0]["strict"] is True
+    with pytest.raises(anthropic.BadRequestError, match=r"\['defer_loading'\].*remove them"):
+        an.messages.create(model="beta", max_tokens=20, messages=msgs, tools=[  # type: ignore[list-item]
+            {"name": "get", "input_schema": schema, "defer_loading": True}])  # fmt: skip
+
+
+def test_messages_metadata_other_than_a_user_id_is_refused(served: Any) -> None:
+    """An unknown metadata key was dropped and a metadata that is no object ignored, where
+    Anthropic's API refuses both. Found by review."""
+    url, _, upstream, _ = served
+    base = {"model": "beta", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+    for meta in ({"user_id": "u", "tenant": "acme"}, "acme", {"user_id": 5}):
+        r = httpx.post(url + "/v1/messages", json={**base, "metadata": meta})
+        assert r.status_code == 400 and "metadata" in r.json()["error"]["message"], r.text
+    r = httpx.post(url + "/v1/messages", json={**base, "metadata": {"user_id": "u"}})
+    assert r.status_code == 200 and upstream.seen(wire("beta"))[-1].body["metadata"] == {
+        "user_id": "u"
+    }
+
+
+def test_what_anthropic_models_cannot_read_of_openai_messages_routes_elsewhere() -> None:
+    """A message's `name` was dropped and a system message inside the conversation moved to
+    the top (it then applied from the start): Anthropic models refuse both now, so the
+    request goes to a model it was routed to that reads them, or says why none could."""
+    from satisfice.errors import SatisficeError
+    from satisfice.providers import ChatRequest
+    from satisfice.providers.anthropic import to_anthropic
+
+    named = [{"role": "user", "content": "I'm Bob", "name": "bob"}]
+    late = [{"role": "system", "content": "S1"}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "system", "content": "From now on answer in French."},
+            {"role": "user", "content": "and now?"}]  # fmt: skip
+    for msgs, word in ((named, "'name'"), (late, "system message inside the conversation")):
+        with pytest.raises(SatisficeError, match=word):
+            to_anthropic(ChatRequest(msgs), "claude-x")
+    # system messages before the conversation are its system prompt, as before
+    p = to_anthropic(ChatRequest(late[:1] + late[:2]), "claude-x")
+    assert p["system"] == "S1\n\nS1" and p["messages"] == [{"role": "user", "content": "hi"}]

@@ -98,14 +98,6 @@ def _content(content: Any) -> Any:
     return [_block(p) for p in content]
 
 
-def _text_of(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
-
-
 def _tool(t: dict[str, Any]) -> dict[str, Any]:
     if "input_schema" in t:  # already Anthropic-shaped
         return t
@@ -122,6 +114,8 @@ def _tool(t: dict[str, Any]) -> dict[str, Any]:
     }
     if fn.get("description"):
         out["description"] = fn["description"]
+    if fn.get("strict") is True:  # input that follows the schema (it had been dropped)
+        out["strict"] = True
     if isinstance(t.get("cache_control"), dict):  # the caller's prompt-cache mark
         out["cache_control"] = t["cache_control"]
     return out
@@ -180,14 +174,31 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
     for i, m in enumerate(r.messages):
         role = m.get("role")
         content = m.get("content")
+        if m.get("name") is not None:
+            # Anthropic's messages name no speaker: dropped, the model would lose who said
+            # what; refused, the request goes to a model it was routed to that reads it
+            raise UnsupportedRequestError(
+                f"messages[{i}] has a 'name', which Anthropic models do not take; put the "
+                "speaker's name in the text, or keep the request on OpenAI models (allow=[...])"
+            )
         if role in ("system", "developer"):
+            if msgs:  # Anthropic's system prompt comes before the conversation, once
+                raise UnsupportedRequestError(
+                    f"messages[{i}] is a {role} message inside the conversation; Anthropic "
+                    "models take system instructions only before it (moved there, they would "
+                    "apply from the start): put it first, or send it as a user message"
+                )
             system.append(content if isinstance(content, str) else _content(content))
         elif role == "tool":
             result = {
                 "type": "tool_result",
                 "tool_use_id": m.get("tool_call_id", ""),
-                "content": _text_of(content),
+                # blocks as they came (their prompt-cache marks too; images, which a tool
+                # result here can hold), a text as it is
+                "content": _content(content),
             }
+            if m.get("is_error") is True:  # the tool failed (satisfice serve's /v1/messages)
+                result["is_error"] = True
             prev = msgs[-1] if msgs else None
             # Anthropic wants every result of one assistant turn in the next user turn.
             if (
@@ -224,9 +235,10 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
                             f"messages[{i}].tool_calls: arguments of {fn['name']!r} are not "
                             "JSON; Anthropic needs them as an object"
                         ) from None
-                    blocks.append(
-                        {"type": "tool_use", "id": c["id"], "name": fn["name"], "input": args}
-                    )
+                    use = {"type": "tool_use", "id": c["id"], "name": fn["name"], "input": args}
+                    if isinstance(c.get("cache_control"), dict):  # the caller's cache mark
+                        use["cache_control"] = c["cache_control"]
+                    blocks.append(use)
                 body = blocks
             msgs.append({"role": role, "content": body})
         else:
@@ -267,10 +279,12 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
                 "Anthropic models take response_format as a forced tool, so it cannot be "
                 "combined with tools; drop one of the two"
             )
-        schema = (r.response_format.get("json_schema") or {}).get("schema") or {"type": "object"}
-        p["tools"] = [
-            {"name": _JSON_TOOL, "description": "Give the answer.", "input_schema": schema}
-        ]
+        js = r.response_format.get("json_schema") or {}
+        schema = js.get("schema") or {"type": "object"}
+        tool = {"name": _JSON_TOOL, "description": "Give the answer.", "input_schema": schema}
+        if js.get("strict") is True:  # an answer that follows the schema, as asked
+            tool["strict"] = True
+        p["tools"] = [tool]
         p["tool_choice"] = {"type": "tool", "name": _JSON_TOOL}
     if stream:
         p["stream"] = True

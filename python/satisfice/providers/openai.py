@@ -123,6 +123,51 @@ def _without_pieces(chunk: Any) -> Any:
     return {**chunk, "choices": choices}
 
 
+def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages as OpenAI's API reads them. An Anthropic-shaped request (satisfice
+    serve's /v1/messages) leaves marks this API has no field for: a tool result's
+    `is_error` is said in the text the model reads ("Error: ..."), and a prompt-cache mark
+    on a tool call is left out, as on a tool. The messages themselves when they hold
+    neither (the usual case: nothing copied)."""
+    if not any(
+        "is_error" in m or ("tool_calls" in m and _marked(m["tool_calls"])) for m in messages
+    ):
+        return messages
+    out = []
+    for m in messages:
+        if "is_error" in m:
+            failed = m["is_error"] is True and m.get("role") == "tool"
+            m = {k: v for k, v in m.items() if k != "is_error"}
+            if failed:
+                m["content"] = _error_text(m.get("content"))
+        if _marked(m.get("tool_calls")):
+            m = {**m, "tool_calls": [
+                {k: v for k, v in c.items() if k != "cache_control"} for c in m["tool_calls"]
+            ]}  # fmt: skip
+        out.append(m)
+    return out
+
+
+def _marked(calls: Any) -> bool:
+    return isinstance(calls, list) and any(
+        isinstance(c, dict) and "cache_control" in c for c in calls
+    )
+
+
+def _error_text(content: Any) -> Any:
+    """A failed tool's result as OpenAI's tool message says it: "Error: " before its text."""
+    if isinstance(content, list):
+        first = next(
+            (j for j, p in enumerate(content) if isinstance(p, dict) and "text" in p), None
+        )
+        if first is None:
+            return [{"type": "text", "text": "Error:"}, *content]
+        content = list(content)
+        content[first] = {**content[first], "text": f"Error: {content[first]['text']}"}
+        return content
+    return f"Error: {content or ''}"
+
+
 class OpenAIProvider(HTTPProvider):
     """One OpenAI-compatible deployment on a shared `httpx.AsyncClient`."""
 
@@ -148,7 +193,7 @@ class OpenAIProvider(HTTPProvider):
         self._openai = self._url.host == "api.openai.com"
 
     def _payload(self, r: ChatRequest, stream: bool) -> dict[str, Any]:
-        p: dict[str, Any] = {"model": self.model, "messages": r.messages}
+        p: dict[str, Any] = {"model": self.model, "messages": _openai_messages(r.messages)}
         if r.max_tokens is not None:
             p[self._max_key] = r.max_tokens
         if r.temperature is not None:

@@ -520,25 +520,46 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
             }[kind]
     opts.update(constraints_from(body, headers))
     opts.update(cascade)
-    meta = body["metadata"] if isinstance(body.get("metadata"), Mapping) else {}
+    meta = body.get("metadata")
+    if meta is None:
+        meta = {}
+    elif not isinstance(meta, Mapping) or set(meta) - {"user_id"}:
+        # as Anthropic's API answers it (an unknown key had been dropped, a string ignored)
+        raise _bad("'metadata' must be an object whose only field is 'user_id' (a string)")
     user = meta.get("user_id")
+    if user is not None and not isinstance(user, str):
+        raise _bad("'metadata.user_id' must be a string")
     if isinstance(user, str) and user:  # sent on as the end user's id (see ChatRequest)
         opts["user"] = user
     session = headers.get("x-satisfice-session") or user
     return Routed(msgs, model, body.get("stream") is True, False, opts, session_key(session))
 
 
+#: A custom tool's fields that every routed provider's tool can carry.
+_TOOL_FIELDS = frozenset({"type", "name", "description", "input_schema", "cache_control", "strict"})
+
+
 def _function_tool(t: Mapping[str, Any]) -> dict[str, Any]:
     """An Anthropic custom tool as an OpenAI function tool, its prompt-cache mark kept
-    (an Anthropic upstream sends it on; an OpenAI one leaves it out)."""
-    out: dict[str, Any] = {
-        "type": "function",
-        "function": {
-            "name": t["name"],
-            "description": t.get("description", ""),
-            "parameters": t.get("input_schema", {}),
-        },
+    (an Anthropic upstream sends it on; an OpenAI one leaves it out) and `strict` too (both
+    APIs have it: the model's input then follows the schema); a field only Anthropic's API
+    reads is refused, as no other provider would honour it (it had been dropped)."""
+    if odd := sorted(set(t) - _TOOL_FIELDS):
+        raise _bad(
+            f"tool {t['name']!r}: field(s) {odd} are not supported: a tool here must suit "
+            "every model the request may be routed to; remove them"
+        )
+    fn: dict[str, Any] = {
+        "name": t["name"],
+        "description": t.get("description", ""),
+        "parameters": t.get("input_schema", {}),
     }
+    strict = t.get("strict")
+    if strict is not None:
+        if not isinstance(strict, bool):
+            raise _bad(f"tool {t['name']!r}: 'strict' must be true or false")
+        fn["strict"] = strict
+    out: dict[str, Any] = {"type": "function", "function": fn}
     if isinstance(t.get("cache_control"), Mapping):
         out["cache_control"] = dict(t["cache_control"])
     return out
@@ -552,23 +573,31 @@ def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
     """A message with tool_use or tool_result blocks, as OpenAI-shaped messages. Every block
     is carried over or refused (400): none is dropped silently. The one exception is an
     assistant's `thinking` (and `redacted_thinking`): its private reasoning, signed for
-    Anthropic's API alone, which no other provider can read and routing may leave."""
+    Anthropic's API alone, which no other provider can read and routing may leave. Texts
+    stay apart (they had been run together), and prompt-cache marks and `is_error` are
+    kept, for an Anthropic upstream to send on (they had been dropped: an agent loop that
+    marks its last tool result for the cache never hit it); an OpenAI upstream is sent
+    what its API reads (`providers.openai`)."""
     out: list[dict[str, Any]] = []
     if role == "assistant":
-        texts, calls = [], []
+        texts: list[dict[str, Any]] = []
+        calls: list[dict[str, Any]] = []
         for b in content:
             kind = b.get("type") if isinstance(b, Mapping) else None
             if kind == "text":
-                texts.append(str(b.get("text", "")))
+                texts.append(_text_part(b))
             elif kind == "tool_use":
                 args = json.dumps(b.get("input", {}))
-                calls.append({"id": b["id"], "type": "function",
-                              "function": {"name": b["name"], "arguments": args}})  # fmt: skip
+                call = {"id": b["id"], "type": "function",
+                        "function": {"name": b["name"], "arguments": args}}  # fmt: skip
+                if isinstance(b.get("cache_control"), Mapping):
+                    call["cache_control"] = dict(b["cache_control"])
+                calls.append(call)
             elif not _is_thinking(b):
                 raise _bad(
                     f"assistant content block type {kind!r} is not supported beside tool_use"
                 )
-        out.append({"role": "assistant", "content": "".join(texts) or None, "tool_calls": calls})
+        out.append({"role": "assistant", "content": _texts(texts), "tool_calls": calls})
         return out
     rest: list[Any] = []  # the user's own blocks (text, images): one user message after
     for b in content:
@@ -578,20 +607,34 @@ def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
             rest.append(b)
             continue
         c = b.get("content")
-        if c is None or isinstance(c, str):
-            text = c or ""
-        else:
-            parts = _to_openai_content(c)
-            if any(p["type"] != "text" for p in parts):
-                why = "an OpenAI tool message cannot carry images"
-                raise _bad(f"a tool_result may hold text only ({why}): send images in a user block")
-            text = "".join(p["text"] for p in parts)
-        if b.get("is_error") is True:  # what the flag tells the model, in the text it reads
-            text = f"Error: {text}"
-        out.append({"role": "tool", "tool_call_id": b.get("tool_use_id"), "content": text})
+        parts = (
+            [{"type": "text", "text": c or ""}]
+            if c is None or isinstance(c, str)
+            else (_to_openai_content(c))
+        )
+        parts = parts or [{"type": "text", "text": ""}]
+        if any(p["type"] != "text" for p in parts):
+            why = "an OpenAI tool message cannot carry images"
+            raise _bad(f"a tool_result may hold text only ({why}): send images in a user block")
+        if isinstance(b.get("cache_control"), Mapping):  # the result's mark, on its end
+            parts[-1] = {**parts[-1], "cache_control": dict(b["cache_control"])}
+        msg = {"role": "tool", "tool_call_id": b.get("tool_use_id"), "content": _texts(parts)}
+        if b.get("is_error") is True:
+            msg["is_error"] = True
+        out.append(msg)
     if rest:
         out.append({"role": "user", "content": _to_openai_content(rest)})
     return out
+
+
+def _texts(parts: list[dict[str, Any]]) -> Any:
+    """Text parts as a message's content: the one text as a string when it has no mark (the
+    shape every OpenAI-compatible host takes), else the parts; None for none."""
+    if not parts:
+        return None
+    if len(parts) == 1 and "cache_control" not in parts[0]:
+        return parts[0]["text"]
+    return parts
 
 
 def anthropic_response(res: Any) -> dict[str, Any]:
