@@ -319,3 +319,37 @@ def test_redis_url_options_that_say_the_default_are_taken() -> None:
 
     for q in ("decode_responses=false", "decode_responses=0", "health_check_interval=0"):
         assert _redis_url(f"redis://127.0.0.1:6379/0?{q}")
+
+
+def test_settings_that_would_run_but_not_as_configured_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: probes every 1e-300 s ran back to back (paid calls); a probe budget
+    without an interval bounded nothing; a refresh from a file that is not there failed
+    only in the log after "serving"; keys required with no master key (memory state) made
+    a server that refused every request and could never make a key."""
+    from satisfice.server import create_app
+
+    cases = {
+        "[probe]\ninterval_s = 1e-300\n": r"\[probe\].interval_s must be at least 60",
+        "[probe]\nbudget_usd = 0.5\n": r"\[probe\].budget_usd is set but \[probe\].interval_s",
+        '[registry]\nrefresh = { source = "litellm", location = "nope/map.json" }\n':
+            r"\[registry\].refresh.location .*nope/map.json.* is not a file",
+    }  # fmt: skip
+    for text, word in cases.items():
+        cfg = tmp_path / "s.toml"
+        cfg.write_text(text)
+        with pytest.raises(ConfigError, match=word):
+            ServerConfig.load(cfg)
+    (tmp_path / "map.json").write_text("{}")  # relative to the config's own directory
+    cfg.write_text('[registry]\nrefresh = { source = "litellm", location = "map.json" }\n')
+    assert ServerConfig.load(cfg).refresh["location"] == str(tmp_path / "map.json")  # type: ignore[index]
+    cfg.write_text("[probe]\ninterval_s = 600\nbudget_usd = 0.5\n")
+    assert ServerConfig.load(cfg).probe_interval_s == 600
+    monkeypatch.delenv("SATISFICE_MASTER_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"SATISFICE_MASTER_KEY .*is not set"):
+        create_app(ServerConfig(require_keys=True))
+    create_app(ServerConfig(require_keys=True, state_backend="redis",
+                            redis_url="redis://127.0.0.1:9/0"))  # fmt: skip
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", "k" * 32)
+    create_app(ServerConfig(require_keys=True))

@@ -394,6 +394,7 @@ class Service:
     def __init__(
         self, config: ServerConfig, router: Router | None = None, *, freeze_heap: bool = False
     ) -> None:
+        config.check_keys()
         self.config = config
         self.freeze_heap = freeze_heap
         registry = (

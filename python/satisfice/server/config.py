@@ -11,7 +11,7 @@ require_keys = false        # true: every /v1 request needs a virtual key, /metr
 
 [registry]
 path = "registry.toml"      # default: the bundled registry
-refresh = { source = "litellm", location = "...", interval_s = 3600 }
+refresh = { source = "litellm", location = "...", interval_s = 3600 }  # a file, or a URL
 
 [policy]
 path = "policy.json"        # default: the bundled policy
@@ -31,6 +31,7 @@ target = "satisfice-ledger.db"   # SQLite path, *.jsonl or postgresql://...
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -245,8 +246,18 @@ class ServerConfig:
                     f"[registry].refresh.source must be one of {list(SOURCES)}, got "
                     f"{refresh['source']!r:.40}"
                 )
-            if not isinstance(refresh.get("location", ""), str):
+            loc = refresh.get("location", "")
+            if not isinstance(loc, str):
                 raise ConfigError("[registry].refresh.location must be a file path or URL")
+            if loc and not loc.startswith(("http://", "https://")):
+                # a file: said now, where it had been said by the first refresh's log line
+                # after the server started; relative to this file, as [registry].path is
+                loc = refresh["location"] = rel(loc, "[registry].refresh.location")
+                if not Path(loc).is_file():
+                    raise ConfigError(
+                        f"[registry].refresh.location {loc!r:.200} is not a file: give the "
+                        "catalogue's file, or an http(s) URL"
+                    )
             for k in ("interval_s", "max_ratio"):
                 if k in refresh:
                     refresh[k] = _num(refresh[k], f"[registry].refresh.{k}")
@@ -286,13 +297,28 @@ class ServerConfig:
             state_backend=str(state.get("backend", "memory")),
             redis_url=_redis_url(state.get("redis_url")),
             ledger=_file(rel(led.get("target"), "[ledger].target"), "[ledger].target"),
-            probe_interval_s=None if "interval_s" not in probe
-            else _num(probe["interval_s"], "[probe].interval_s"),
+            probe_interval_s=_probe_interval(probe),
             probe_budget_usd=None if "budget_usd" not in probe
             else _num(probe["budget_usd"], "[probe].budget_usd"),
             health_file=_file(rel(probe.get("health_file"), "[probe].health_file"),
                               "[probe].health_file"),
         )  # fmt: skip
+
+    def check_keys(self) -> None:
+        """ConfigError when keys are required but none can ever be made: memory state, and
+        no master key in [server].master_key_env for the admin API that makes them. (With
+        Redis another replica's admin API may make them.) Checked as the app is made, since
+        the variable is read then."""
+        if (
+            self.require_keys
+            and self.state_backend == "memory"
+            and not os.environ.get(self.master_key_env)
+        ):
+            raise ConfigError(
+                f"[server].require_keys = true, but ${self.master_key_env} "
+                "([server].master_key_env) is not set: no key could ever be made, and every "
+                "request would be refused; set the variable to a master key"
+            )
 
     @classmethod
     def load(cls, path: str | Path | None) -> ServerConfig:
@@ -326,3 +352,27 @@ def check_aliases(aliases: Mapping[str, Mapping[str, Any]], registry: Registry) 
                 raise ConfigError(
                     f"[aliases].{name}.{kind} names models the registry lacks: {unknown}"
                 )
+
+
+#: The shortest time between two probe runs: each run calls every model it probes (paid
+#: calls), and 1e-300 had run them back to back.
+PROBE_MIN_INTERVAL_S = 60
+
+
+def _probe_interval(probe: Mapping[str, Any]) -> float | None:
+    """[probe].interval_s, at least PROBE_MIN_INTERVAL_S; a budget without it is refused
+    (it would bound nothing: the server probes only with an interval)."""
+    if "interval_s" not in probe:
+        if "budget_usd" in probe:
+            raise ConfigError(
+                "[probe].budget_usd is set but [probe].interval_s is not: the server probes "
+                "only every interval_s seconds; set it, or remove budget_usd"
+            )
+        return None
+    every = _num(probe["interval_s"], "[probe].interval_s")
+    if every < PROBE_MIN_INTERVAL_S:
+        raise ConfigError(
+            f"[probe].interval_s must be at least {PROBE_MIN_INTERVAL_S} (seconds): each run "
+            "calls the models it probes"
+        )
+    return every
