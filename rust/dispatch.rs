@@ -349,7 +349,11 @@ impl Filtered {
             ),
             Filtered::Cost { est, max } => format!("est ${est:.6} > max_cost ${max:.6}"),
             Filtered::BelowFloor { p, floor } => {
-                format!("predicted quality {p:.2} < floor {floor:.2}")
+                // as many places as tell the two apart: "0.80 < floor 0.80" read as a bug
+                let places = (2..=6)
+                    .find(|&n| format!("{p:.n$}") != format!("{floor:.n$}"))
+                    .unwrap_or(6);
+                format!("predicted quality {p:.places$} < floor {floor:.places$}")
             }
         }
     }

@@ -163,7 +163,9 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
                 "messages[{i}].role {role:?} is not one of system, developer, user, assistant, tool"
             )));
         }
-        let content = match get("content")? {
+        let given = get("content")?;
+        let has_content = matches!(&given, Some(c) if !c.is_none());
+        let content = match given {
             None => String::new(),
             Some(c) if c.is_none() => String::new(),
             Some(c) => {
@@ -229,7 +231,32 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
         // An agent's history: the assistant's tool calls (and the legacy function_call),
         // a message's `name` and a tool result's call id go to the provider with the
         // content and are billed as prompt tokens, so they count as its text.
-        if let Some(calls) = get("tool_calls")?.filter(|c| !c.is_none()) {
+        let calls = get("tool_calls")?.filter(|c| !c.is_none());
+        // What every provider's API requires of a message, checked before anything is
+        // routed or sent: a message without it had gone upstream, to be refused there
+        // (`{'role': 'user'}` alone, a tool result naming no call).
+        let said = has_content
+            || calls.is_some()
+            || ["function_call", "refusal", "reasoning_content"]
+                .iter()
+                .any(|k| matches!(field(item, k), Some(Some(v)) if !v.is_none()));
+        if !said {
+            return Err(CoreError::Input(format!(
+                "messages[{i}] ({role}) has no 'content'{}: give it a str or a list of parts",
+                if role == "assistant" {
+                    " nor 'tool_calls'"
+                } else {
+                    ""
+                }
+            )));
+        }
+        if role == "tool" && !matches!(field(item, "tool_call_id"), Some(Some(v)) if !v.is_none()) {
+            return Err(CoreError::Input(format!(
+                "messages[{i}] is a tool result without 'tool_call_id': give the id of the \
+                 tool call it answers"
+            )));
+        }
+        if let Some(calls) = calls {
             let calls = items(&calls).ok_or_else(|| {
                 CoreError::Input(format!("messages[{i}].tool_calls must be a list"))
             })?;

@@ -90,3 +90,22 @@ def test_public_calls_with_wrong_types_say_what_to_pass(i: int) -> None:
     with pytest.raises(SatisficeError):
         call()
         pytest.fail(f"{what} was accepted")
+
+
+def test_a_misspelt_field_is_a_config_error_naming_it() -> None:
+    """`Policy(qualityfloor=0.5)` (and Constraints, Price, `.replace`) raised Python's bare
+    TypeError, naming only `__init__`; Policy.from_dict said it right. Found by review."""
+    from satisfice import Constraints, Price
+
+    cases = [
+        (lambda: Policy(qualityfloor=0.5), r"Policy: unknown field\(s\) \['qualityfloor'\]"),
+        (lambda: Policy().replace(qualityfloor=1), r"Policy: unknown field\(s\)"),
+        (lambda: Constraints(foo=1), r"Constraints: unknown field\(s\) \['foo'\]"),
+        (lambda: Price(1.0, 2.0, foo=2), r"Price: unknown field\(s\) \['foo'\].*'cached_input'"),
+    ]
+    for make, word in cases:
+        with pytest.raises(ConfigError, match=word):
+            make()  # type: ignore[no-untyped-call]
+    with pytest.raises(TypeError):  # a wrong call that names no unknown field: Python's own
+        Price(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)  # type: ignore[call-arg]
+    assert Policy(quality_floor=0.7).replace(lam=0.1).lam == 0.1

@@ -152,3 +152,31 @@ def test_a_bad_tier_names_its_place_once() -> None:
     with pytest.raises(ConfigError) as e:
         Registry.from_dict(bad)
     assert str(e.value).count("price") == 1, str(e.value)
+
+
+def test_a_model_id_a_caller_could_not_type_or_a_log_would_misprint_is_refused() -> None:
+    """Blank ids, a NUL, a right-to-left override and "auto" (the name that routes) had
+    loaded and routed. Found by review."""
+    base = {"provider": "openai", "context_window": 1000, "max_output": 100,
+            "price": {"input": 1.0, "output": 2.0}}  # fmt: skip
+    cases = {"   ": "start or end with spaces", " m": "start or end with spaces",
+             "a\x00b": "control or format", "a\u202eb": "control or format",
+             "a\u00a0b": "control or format", "auto": "the name that routes"}  # fmt: skip
+    for mid, word in cases.items():
+        with pytest.raises(ConfigError, match=word):
+            Registry.from_dict({"model": [{"id": mid, **base}]})
+    assert Registry.from_dict({"model": [{"id": "my model/v2:1.0 ünï", **base}]})
+
+
+def test_a_password_in_a_base_url_is_in_no_repr() -> None:
+    """A deployment's base_url with a password (https://user:pass@host) showed it in the
+    repr of the model and the registry. Found by review."""
+    reg = Registry.from_dict({"model": [{
+        "id": "m", "provider": "openai", "context_window": 1000, "max_output": 100,
+        "price": {"input": 1.0, "output": 2.0},
+        "deployments": [{"name": "d", "api": "openai",
+                         "base_url": "http://user:UrlPassw0rdSecret@127.0.0.1:9/v1"}],
+    }]})  # fmt: skip
+    for shown in (repr(reg["m"]), repr(reg["m"].deployments[0]), repr(list(reg))):
+        assert "UrlPassw0rdSecret" not in shown and "user:***@127.0.0.1" in shown
+    assert reg["m"].deployments[0].base_url.startswith("http://user:UrlPassw0rdSecret@")

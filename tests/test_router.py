@@ -369,3 +369,48 @@ def test_quality_models_still_take_numpy_arrays() -> None:
     assert same.with_models(qm.models).models == qm.models
     with pytest.raises(ConfigError, match="weights shape"):
         QualityModel(qm.name, qm.k, qm.hash_buckets, qm.seed, qm.weights.T, qm.intercept)
+
+
+def test_messages_missing_what_every_api_requires_are_refused_before_any_call() -> None:
+    """`{'role': 'user'}` alone, an assistant turn with nothing in it and a tool result that
+    names no call had been routed and sent, to be refused upstream. Found by review."""
+    r = Router()
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    cases = [
+        ([{"role": "user"}], r"messages\[0\] \(user\) has no 'content'"),
+        ([{"role": "system", "content": None}, {"role": "user", "content": "hi"}],
+         r"messages\[0\] \(system\) has no 'content'"),
+        ([{"role": "user", "content": "hi"}, {"role": "assistant"}],
+         r"messages\[1\] \(assistant\) has no 'content' nor 'tool_calls'"),
+        ([{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [call]},
+          {"role": "tool", "content": "r"}], r"messages\[2\] is a tool result without"),
+    ]  # fmt: skip
+    for msgs, word in cases:
+        with pytest.raises(InputError, match=word):
+            r.route(msgs)
+    ok = [
+        {"role": "user", "content": ""},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "r"},
+        {"role": "assistant", "content": None, "refusal": "I can't."},
+        {"role": "user", "content": [{"type": "text", "text": "go on"}]},
+    ]
+    assert r.route(ok).model
+
+
+def test_a_floor_reason_shows_the_two_numbers_apart() -> None:
+    """A model 0.0004 under the floor read "predicted quality 0.82 < floor 0.82". Found by
+    review."""
+    import re
+
+    from satisfice.decision import _apart
+
+    r = Router()
+    prompt = "Write a haiku about tea"
+    c = r.route(prompt, quality_floor=0.0).candidates[3]
+    d = r.route(prompt, quality_floor=c.p_good + 0.0004)
+    (line,) = [x for x in d.explain().splitlines() if c.model in x]
+    p, floor = re.search(r"quality (\S+) < floor (\S+)", line).groups()  # type: ignore[union-attr]
+    assert p != floor and float(p) < float(floor)
+    assert _apart(0.79996, 0.8) == "0.79996 < floor 0.80000"
+    assert _apart(0.5, 0.8) == "0.50 < floor 0.80"

@@ -33,10 +33,41 @@ def _rebuild(cls: type[Frozen], values: tuple[object, ...]) -> Frozen:
     return obj
 
 
+def _named_fields(cls: type, init: Any) -> Any:
+    """`init`, with a misspelt field (`Policy(qualityfloor=0.5)`, `.replace(...)` too) said
+    as a ConfigError naming it and the known ones, where Python's TypeError had named only
+    the function. The wrapper's try costs nothing until it raises."""
+    code = init.__code__
+    if code.co_flags & 0x08:  # **kwargs: any name may be the init's own
+        return init
+    known = code.co_varnames[1 : code.co_argcount + code.co_kwonlyargcount]
+
+    def __init__(self: Any, *args: Any, **kw: Any) -> None:
+        try:
+            init(self, *args, **kw)
+        except TypeError:
+            if bad := sorted(k for k in kw if k not in known):
+                from .errors import ConfigError
+
+                raise ConfigError(
+                    f"{cls.__qualname__}: unknown field(s) {bad}; known: {list(known)}"
+                ) from None
+            raise
+
+    __init__.__doc__, __init__.__wrapped__ = init.__doc__, init  # type: ignore[attr-defined]
+    return __init__
+
+
 class Frozen:
     """Immutable: fields are set once, in `__init__`; `replace()` makes a changed copy."""
 
     __slots__ = ()
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _named_fields(cls, cls.__dict__["__init__"])  # type: ignore[method-assign]
+
     __match_args__: tuple[str, ...] = ()  # the fields, in the constructor's order
 
     if not TYPE_CHECKING:  # hidden from mypy, which then still refuses an unknown attribute

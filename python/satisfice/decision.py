@@ -125,7 +125,7 @@ class Snapshot(Frozen):
             f"no model reaches quality floor {floor:.2f} (strict): the best candidate, "
             f"{self.ids[best[0]]}, is predicted {best[1]:.2f}; lower 'quality_floor', allow "
             "more models, or pass strict_floor=False to take the best candidate",
-            {self.ids[r[0]]: f"predicted quality {r[1]:.2f} < floor {floor:.2f}" for r in ranked},
+            {self.ids[r[0]]: f"predicted quality {_apart(r[1], floor)}" for r in ranked},
         )
 
     def no_route(self, filtered: list[tuple[int, str, str]]) -> NoRouteError:
@@ -520,3 +520,10 @@ class Decision:
 
     def __repr__(self) -> str:
         return f"Decision(model={self.model!r}, fallbacks={self.fallbacks!r})"
+
+
+def _apart(p: float, floor: float) -> str:
+    """Says "P < floor F" with as many places as tell the two apart, as the Rust core does
+    ("0.80 < floor 0.80" read as a bug)."""
+    n = next((n for n in range(2, 7) if f"{p:.{n}f}" != f"{floor:.{n}f}"), 6)
+    return f"{p:.{n}f} < floor {floor:.{n}f}"

@@ -414,6 +414,15 @@ class Deployment(Value):
         _set(self, "price", price)
         _set(self, "p95_latency_ms", p95)
 
+    def __repr__(self) -> str:
+        # a base URL may carry a password (https://user:pass@host): never in a repr, which
+        # logs and tracebacks print (the file it came from keeps it, as `to_dict` does)
+        from urllib.parse import urlsplit  # here, as in _is_url
+
+        out = super().__repr__()
+        password = urlsplit(self.base_url).password
+        return out.replace(password, "***") if password else out
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str, default_model: str) -> Deployment:
         unknown = set(d) - {
@@ -498,6 +507,21 @@ def thinking_budget(effort: str | None, reasoning_tokens: int | None) -> int:
 
 #: Effort names the APIs accept (OpenAI's reasoning_effort; Anthropic takes a token budget).
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+
+
+def _bad_id(mid: str) -> str | None:
+    """Why `mid` cannot be a model's id, or None. An id is what callers send as `model`,
+    metrics label and logs print: blank ones, spaces at an end, control or format
+    characters (a NUL, a right-to-left override that prints it reversed) had loaded and
+    routed; and "auto" is the name that routes (`satisfice serve`), which a model had
+    taken over."""
+    if mid == "auto":
+        return '"auto" is the name that routes (model="auto"); give the model another id'
+    if mid != mid.strip():
+        return "an id may not start or end with spaces"
+    if not mid.isprintable():  # (format characters are not printable either)
+        return "an id may not hold control or format characters or odd spaces"
+    return None
 
 
 class ModelSpec(Value):
@@ -670,6 +694,8 @@ class ModelSpec(Value):
             raise ConfigError(
                 f"every model needs a string 'id'; got a model with fields {sorted(map(str, d))}"
             )
+        if bad := _bad_id(mid):
+            raise ConfigError(f"model id {mid!r:.80}: {bad}")
         where = f"model {mid!r}"
         # a model's own fields: an effort variant's (effort, base, reasoning_tokens) come from
         # its base's `efforts`, never from the file
