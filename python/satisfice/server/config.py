@@ -252,7 +252,7 @@ class ServerConfig:
             if loc and not loc.startswith(("http://", "https://")):
                 # a file: said now, where it had been said by the first refresh's log line
                 # after the server started; relative to this file, as [registry].path is
-                loc = refresh["location"] = rel(loc, "[registry].refresh.location")
+                loc = refresh["location"] = rel(loc, "[registry].refresh.location") or loc
                 if not Path(loc).is_file():
                     raise ConfigError(
                         f"[registry].refresh.location {loc!r:.200} is not a file: give the "
