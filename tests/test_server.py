@@ -1876,3 +1876,22 @@ def test_what_anthropic_models_cannot_read_of_openai_messages_routes_elsewhere()
     # system messages before the conversation are its system prompt, as before
     p = to_anthropic(ChatRequest(late[:1] + late[:2]), "claude-x")
     assert p["system"] == "S1\n\nS1" and p["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_parameters_sent_at_their_default_are_taken_and_any_other_value_refused(
+    served: Any,
+) -> None:
+    """`parallel_tool_calls=True` and `logprobs=False` (what frameworks send explicitly) were
+    refused like any unsupported parameter, so such a client could not call at all. Found
+    by review."""
+    url, *_ = served
+    c = _client(url)
+    msgs: Any = [{"role": "user", "content": "hi"}]
+    r = c.chat.completions.create(
+        model="auto", messages=msgs, tools=TOOLS, parallel_tool_calls=True, logprobs=False,
+        presence_penalty=0, frequency_penalty=0.0, logit_bias={}, modalities=["text"],
+    )  # fmt: skip
+    assert r.choices[0].message.content or r.choices[0].message.tool_calls
+    for kw in ({"parallel_tool_calls": False}, {"logprobs": True}, {"presence_penalty": 0.5}):
+        with pytest.raises(openai.BadRequestError, match=r"taken only at their default"):
+            c.chat.completions.create(model="auto", messages=msgs, tools=TOOLS, **kw)  # type: ignore[call-overload]

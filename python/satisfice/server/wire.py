@@ -65,6 +65,17 @@ _CONSTRAINTS = {
 }
 
 _OPENAI = frozenset(_CALL | _SERVER | _CONSTRAINTS | {"cascade"})  # what openai_request reads
+# Parameters taken only at the value that changes nothing (the API's default, which clients
+# and frameworks send explicitly: refused, such a client could not call at all). Any other
+# value is refused with the rest.
+_DEFAULTS: dict[str, Any] = {
+    "parallel_tool_calls": True,
+    "logprobs": False,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logit_bias": {},
+    "modalities": ["text"],
+}
 
 
 def _needs(v: str) -> list[str]:
@@ -165,13 +176,18 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if not isinstance(body, Mapping):
         raise _bad("the request body must be a JSON object")
     cascade = _cascade(body)
-    unknown = body.keys() - _OPENAI
+    unknown = {
+        k for k in body.keys() - _OPENAI
+        if not (k in _DEFAULTS and (body[k] is None or _same(body[k], _DEFAULTS[k])))
+    }  # fmt: skip
     if unknown:
+        at = sorted(f"{k}={v!r}" for k, v in _DEFAULTS.items() if k in unknown)
         raise _bad(
             f"unsupported parameter(s) {sorted(unknown)}: satisfice routes across providers "
             "whose APIs differ, and these would be honoured by some and dropped by others; "
             f"remove them. Supported: {sorted(_CALL | _SERVER)}, and satisfice constraints "
             f"{sorted(_CONSTRAINTS)}"
+            + (f"; taken only at their default ({', '.join(at)})" if at else "")
         )
     _check_call(body)
     msgs = body.get("messages")
@@ -217,6 +233,12 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
         session=session_key(session),
         metadata=_metadata(body.get("metadata")),
     )
+
+
+def _same(v: Any, default: Any) -> bool:
+    """`v` is `default` as JSON says it (1 is not true, nor 0.0 false)."""
+    numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (v, default))
+    return (numbers or type(v) is type(default)) and v == default
 
 
 def _metadata(m: Any) -> dict[str, str] | None:
