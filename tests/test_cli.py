@@ -213,3 +213,74 @@ def test_listen_binds_every_address_a_name_resolves_to() -> None:
     finally:
         for s in socks:
             s.close()
+
+
+def _outputs_cases(tmp: Path) -> list[tuple[list[str], str, str]]:
+    """(argv, the module attribute where the command's work starts, what the error says)"""
+    (tmp / "l.jsonl").write_text('{"request_id": "a", "started_at": 1700000000}\n')
+    (tmp / "o.jsonl").write_text('{"prompt": "p", "model": "m", "score": 1, "cost_usd": 0.1}\n')
+    d, gone, led, out = str(tmp), str(tmp / "no" / "x.png"), str(tmp / "l.jsonl"), tmp / "o.jsonl"
+    return [
+        (["probe", "--models", "gpt-5.4-nano", "--save-policy", d], "satisfice.probe.run_probes",
+         "--save-policy"),
+        (["probe", "--save-policy", str(tmp / "p.json"), "--save-predictor", gone],
+         "satisfice.probe.run_probes", "--save-predictor"),
+        (["probe", "--health", gone], "satisfice.probe.run_probes", "--health"),
+        (["eval", "--format", "outcomes", str(out), "--save-predictor", d],
+         "satisfice.eval.cli.load", "--save-predictor"),
+        (["eval", "--format", "outcomes", str(out), "--plot", gone], "satisfice.eval.cli.load",
+         "--plot"),
+        (["eval", "--format", "outcomes", str(out), "--save-onnx", d], "satisfice.eval.cli.load",
+         "--save-onnx"),
+        (["train", "--from-ledger", led, "--save-predictor", d],
+         "satisfice.flywheel.train_from_ledger", "--save-predictor"),
+        (["train", "--from-ledger", led, "--save-predictor", str(tmp / "q.npz"), "--policy", gone],
+         "satisfice.flywheel.train_from_ledger", "--policy"),
+        (["report", led, "--html", gone], "satisfice.report.summarize", "--html"),
+        (["calibrate", "--format", "outcomes", str(out), "--target", "cost:0.1", "--policy", d],
+         "satisfice.eval.cli.load", "--policy"),
+        (["registry", "update", "--from", "litellm", str(out), "--out", d],
+         "satisfice.sources.load", "--out"),
+        (["registry", "update", "--from", "litellm", str(out)], "satisfice.sources.load",
+         "give --out FILE"),
+        (["train", "--from-ledger", led, "--save-predictor", str(tmp / "p.json"), "--policy",
+          str(tmp / "p.json")], "satisfice.flywheel.train_from_ledger",
+         "--save-predictor and --policy both name"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("i", range(13))
+def test_an_output_path_that_cannot_be_written_is_refused_before_the_work(
+    i: int, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`probe --save-policy /tmp` ran every (paid) probe call, `eval --save-predictor DIR`
+    trained, and then each failed on the write; `eval --plot /nonexistent/x.png` printed the
+    finished report, a note and an error, and exited 1."""
+    import importlib
+
+    argv, work, flag = _outputs_cases(tmp_path)[i]
+    module, attr = work.rsplit(".", 1)
+
+    def started(*a: object, **k: object) -> None:
+        raise AssertionError(f"{work} ran before the output path was checked")
+
+    monkeypatch.setattr(importlib.import_module(module), attr, started)
+    before = sorted(tmp_path.rglob("*"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"satisfice {argv[0]}: error: {flag}" in err and "Traceback" not in err, err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing created early
+
+
+def test_an_output_path_the_command_can_write_is_not_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new file in a directory that exists, a file to replace, and a stream (/dev/null,
+    written into) all pass the check."""
+    led = tmp_path / "l.jsonl"
+    led.write_text('{"request_id": "a", "started_at": 1700000000}\n')
+    (tmp_path / "old.html").write_text("old")
+    for html in ("new.html", "old.html", "/dev/null"):
+        assert main(["report", str(led), "--html", str(tmp_path / html)]) == 0
+    assert (tmp_path / "new.html").read_text().startswith("<!")
+    assert (tmp_path / "old.html").read_text() != "old"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from importlib import resources
@@ -195,9 +196,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
             + "\n  ".join(map(str, bad))
             + "\ncheck them at the provider, then run again with --yes"
         )
-    out = args.out or args.registry
-    if out is None:
-        raise SatisficeError("give --out FILE (or --registry FILE to update it in place)")
+    out = args.out or args.registry  # given: `_outputs` said so before the catalogue was read
     if not diff and new.meta == base.meta:  # no price checked, or none moved today
         print(f"nothing to change (prices as of {base.meta.get('prices_as_of')}): {out} "
               "left as it was")  # fmt: skip
@@ -336,6 +335,60 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The files the command will write, each with the option that names it."""
+    cmd = args.command
+    out: list[tuple[str, str | None]] = []
+    if cmd == "probe":
+        pol = args.save_policy
+        pred = args.save_predictor or (pol and f"{pol}.npz")
+        out = [("--save-policy", pol), ("--save-predictor", pred), ("--health", args.health)]
+    elif cmd == "eval":
+        out = [("--plot", args.plot), ("--save-predictor", args.save_predictor),
+               ("--save-onnx", args.save_onnx)]  # fmt: skip
+    elif cmd == "train":
+        out = [("--save-predictor", args.save_predictor), ("--policy", args.policy)]
+    elif cmd == "report":
+        out = [("--html", args.html)]
+    elif cmd == "calibrate" and not args.dry_run:
+        out = [("--policy", args.policy)]
+    elif cmd == "registry" and args.action == "update":
+        if args.out is None and args.registry is None:
+            raise SatisficeError("give --out FILE (or --registry FILE to update it in place)")
+        out = [("--out", args.out)] if args.out else [("--registry", args.registry)]
+    return [(flag, path) for flag, path in out if path]
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output path the command could not write, before any of its work: each was
+    found only at the end, after paid probe calls, a training run or a whole evaluation.
+    Nothing is created here (each write is atomic, at the end, or not at all)."""
+    seen: dict[str, str] = {}
+    for flag, path in _outputs(args):
+        p = Path(path)
+        if p.is_dir():
+            raise SatisficeError(f"{flag} {path} is a directory; give the path of a file to write")
+        if p.exists() and not p.is_file():  # a stream (/dev/null, a FIFO) is written into
+            if not os.access(p, os.W_OK):
+                raise SatisficeError(f"{flag} {path} is not writable; give another path")
+            continue
+        target = p.resolve()  # through a symlink: the file replaced is the one it points at
+        parent = target.parent
+        if not parent.exists():
+            raise SatisficeError(
+                f"{flag} {path}: directory {parent} does not exist; create it, or give another path"
+            )
+        if not parent.is_dir():
+            raise SatisficeError(f"{flag} {path}: {parent} is not a directory; give another path")
+        if not os.access(parent, os.W_OK | os.X_OK):  # the write makes a file beside it
+            raise SatisficeError(
+                f"{flag} {path}: directory {parent} is not writable; give another path"
+            )
+        if str(target) in seen:  # the second write would replace the first
+            raise SatisficeError(f"{seen[str(target)]} and {flag} both name {path}; give two files")
+        seen[str(target)] = flag
+
+
 def _add_route_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", help="registry file, TOML or JSON (default: the bundled registry)")
     p.add_argument("--policy", help="policy JSON written by `satisfice calibrate`")
@@ -450,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        _check_outputs(args)
         return int(args.func(args))
     except KeyboardInterrupt:  # Ctrl-C: what was being written is left as it was (atomic)
         print(f"satisfice {args.command}: interrupted", file=sys.stderr)
