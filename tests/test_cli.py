@@ -284,3 +284,29 @@ def test_an_output_path_the_command_can_write_is_not_refused(
         assert main(["report", str(led), "--html", str(tmp_path / html)]) == 0
     assert (tmp_path / "new.html").read_text().startswith("<!")
     assert (tmp_path / "old.html").read_text() != "old"
+
+
+def test_needs_leaves_the_prompt_to_the_prompt(capsys: pytest.CaptureFixture[str]) -> None:
+    """`route --needs json "prompt"` took the prompt as a second capability and then said
+    "give a prompt, or --file PATH (- for stdin), not both", as it did for no prompt at all."""
+    prompt = "Extract the dates from this text: met on 2024-05-01"
+    outs = []
+    for needs in (["--needs", "json"], ["--needs", "json,tools"],
+                  ["--needs", "json", "--needs", "tools"]):  # fmt: skip
+        assert main(["route", "--json", *needs, prompt]) == 0, capsys.readouterr().err
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[1] == outs[2]
+    assert main(["demo", "--json", "--needs", "json"]) == 0
+    capsys.readouterr()
+    # the old spaced form says what to write instead of routing the word "tools"
+    assert main(["route", "--needs", "json", "tools"]) == 2
+    assert "--needs json,tools" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["route", "--needs", "json", "tools", prompt])
+    assert "--needs json,tools" in capsys.readouterr().err
+    assert main(["route"]) == 2
+    neither = capsys.readouterr().err
+    assert main(["route", "--file", "-", prompt]) == 2
+    both = capsys.readouterr().err
+    assert "give a prompt" in neither and "not both" not in neither, neither
+    assert "not both" in both and neither != both, both

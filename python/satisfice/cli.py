@@ -36,7 +36,7 @@ def _constraints(args: argparse.Namespace) -> dict[str, Any]:
     if args.quality_floor is not None:
         c["quality_floor"] = args.quality_floor
     if args.needs:
-        c["needs"] = tuple(args.needs)
+        c["needs"] = tuple(n for v in args.needs for n in v)
     if args.max_tokens is not None:
         c["max_output_tokens"] = args.max_tokens
     return c
@@ -53,9 +53,27 @@ def _read_text(path: str) -> str:
         raise SatisficeError(f"{path} is not UTF-8 text ({e}); convert it first") from None
 
 
+def _needs(value: str) -> list[str]:
+    """One `--needs` value: a capability, or several with commas (`json,tools`)."""
+    return [n.strip() for n in value.split(",") if n.strip()]
+
+
+_NEEDS_FORM = "--needs json,tools or --needs json --needs tools"
+
+
 def cmd_route(args: argparse.Namespace) -> int:
-    if (args.prompt is None) == (args.file is None):
-        raise SatisficeError("give a prompt, or --file PATH (- for stdin), not both")
+    if args.prompt is None and args.file is None:
+        raise SatisficeError("give a prompt to route, or --file PATH to read it from (- for stdin)")
+    if args.prompt is not None and args.file is not None:
+        raise SatisficeError(f"give a prompt or --file {args.file}, not both")
+    if args.needs:
+        from ._core import CAPABILITIES
+
+        if args.prompt in CAPABILITIES:  # `--needs json tools`, spaced as --needs once was
+            raise SatisficeError(
+                f"{args.prompt!r} is a capability, not a prompt: write {_NEEDS_FORM}, then "
+                "the prompt"
+            )
     prompt = args.prompt if args.prompt is not None else _read_text(args.file)
     messages: Any = prompt
     if args.file and args.messages:
@@ -395,7 +413,10 @@ def _add_route_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-cost", type=float, help="max estimated USD per request")
     p.add_argument("--latency-slo-ms", type=float, help="max p95 latency in ms")
     p.add_argument("--quality-floor", type=float, help="min predicted P(good), 0..1")
-    p.add_argument("--needs", nargs="*", help="required capabilities, e.g. json tools vision")
+    # one value per flag: `nargs="*"` had taken the prompt after it as a capability too
+    p.add_argument("--needs", action="append", type=_needs, metavar="CAP[,CAP...]",
+                   help="required capabilities, e.g. --needs json,tools or --needs json "
+                   "--needs vision")  # fmt: skip
     p.add_argument("--max-tokens", type=int, help="the request's max output tokens")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -501,7 +522,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if registry_file and len(extra) == 1 and not extra[0].startswith("-"):
         args.location, extra = extra[0], []
     if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        # `--needs json tools`: the values after the first are no longer the flag's
+        hint = (
+            f"; a list after --needs is written {_NEEDS_FORM}"
+            if getattr(args, "needs", None)
+            else ""
+        )
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     try:
         _check_outputs(args)
         return int(args.func(args))
