@@ -310,3 +310,26 @@ def test_needs_leaves_the_prompt_to_the_prompt(capsys: pytest.CaptureFixture[str
     both = capsys.readouterr().err
     assert "give a prompt" in neither and "not both" not in neither, neither
     assert "not both" in both and neither != both, both
+
+
+def test_a_warning_is_one_line_said_once(tmp_path: Path) -> None:
+    """Python's form had the file and line that warned and its source line
+    (`.../ledger.py:898: UserWarning: ...` and `  yield from _read_jsonl(p)`), and a retired
+    model's registry note came twice: its log line, then `cli.py:26: RegistryWarning: ...`."""
+    led = tmp_path / "l.jsonl"
+    led.write_text('{"request_id": "a", "started_at": 1700000000}\nnot json\n'
+                   '{"request_id": "b", "started_at": 1700000001}\n')  # fmt: skip
+    p = run("report", str(led))
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == [
+        f"satisfice report: warning: ledger {led}: 1 line(s) that are not JSON were skipped "
+        "(line 2)"
+    ], p.stderr
+    reg = tmp_path / "r.toml"
+    reg.write_text('[[model]]\nid = "m"\ncontext_window = 100000\nmax_output = 10000\n'
+                   "deprecation_date = 2020-01-01\n")  # fmt: skip
+    p = run("route", "hi", "--registry", str(reg))
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and "'m' was retired on 2020-01-01" in lines[0], p.stderr
+    assert "Warning:" not in p.stderr and ".py:" not in p.stderr, p.stderr

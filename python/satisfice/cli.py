@@ -6,12 +6,13 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import SatisficeError
+from .errors import RegistryWarning, SatisficeError
 from .eval.cli import _dumps, register_calibrate, register_eval
 
 __all__ = ["main"]
@@ -529,6 +530,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             else ""
         )
         parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line(args.command)
+        # the router logs each registry note (a line of its own): the warning said it again
+        warnings.filterwarnings("ignore", category=RegistryWarning)
+        return _run(args)
+
+
+def _warning_line(command: str) -> Callable[..., None]:
+    """Show a warning as the CLI shows an error, one line: Python's form named the file and
+    line that warned and printed its source, nothing a user of the command can act on."""
+
+    def show(message: Warning | str, *_: object, **__: object) -> None:
+        print(f"satisfice {command}: warning: {message}", file=sys.stderr)
+
+    return show
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         _check_outputs(args)
         return int(args.func(args))
