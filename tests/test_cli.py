@@ -333,3 +333,28 @@ def test_a_warning_is_one_line_said_once(tmp_path: Path) -> None:
     lines = p.stderr.splitlines()
     assert len(lines) == 1 and "'m' was retired on 2020-01-01" in lines[0], p.stderr
     assert "Warning:" not in p.stderr and ".py:" not in p.stderr, p.stderr
+
+
+def test_an_option_that_would_do_nothing_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`route --messages hi` routed "hi" as text and said nothing of --messages (it reads
+    --file only); `registry check --max-price-age-days -5` called every price stale;
+    `probe --save-predictor P` without --save-policy probed and wrote nothing."""
+    import satisfice.probe
+
+    assert main(["route", "--messages", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --messages reads" in err and "--file" in err, err
+    with pytest.raises(SystemExit) as e:
+        main(["registry", "check", "--max-price-age-days", "-5"])
+    assert e.value.code == 2
+    assert "--max-price-age-days: must be a whole number of days >= 0" in capsys.readouterr().err
+    assert main(["registry", "check", "--max-price-age-days", "0"]) in (0, 1)
+
+    def probed(*a: object, **k: object) -> None:
+        raise AssertionError("probed")
+
+    monkeypatch.setattr(satisfice.probe, "run_probes", probed)
+    assert main(["probe", "--save-predictor", str(tmp_path / "p.npz")]) == 2
+    assert "error: --save-predictor" in capsys.readouterr().err

@@ -75,6 +75,11 @@ def cmd_route(args: argparse.Namespace) -> int:
                 f"{args.prompt!r} is a capability, not a prompt: write {_NEEDS_FORM}, then "
                 "the prompt"
             )
+    if args.messages and args.file is None:  # it had routed the prompt as text, silently
+        raise SatisficeError(
+            "--messages reads OpenAI-style messages (JSON) from --file PATH (- for stdin): "
+            "give --file, or drop --messages to route the prompt as text"
+        )
     prompt = args.prompt if args.prompt is not None else _read_text(args.file)
     messages: Any = prompt
     if args.file and args.messages:
@@ -244,6 +249,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     from .probe import run_probes
 
+    if args.save_predictor and not args.save_policy:  # it had probed and written nothing
+        raise SatisficeError(
+            "--save-predictor names where --save-policy's predictor goes: give --save-policy "
+            "PATH too, or drop --save-predictor"
+        )
     router = _router(args)
     if args.health:
         from .state import Health
@@ -360,7 +370,7 @@ def _outputs(args: argparse.Namespace) -> list[tuple[str, str]]:
     out: list[tuple[str, str | None]] = []
     if cmd == "probe":
         pol = args.save_policy
-        pred = args.save_predictor or (pol and f"{pol}.npz")
+        pred = pol and (args.save_predictor or f"{pol}.npz")  # written with the policy only
         out = [("--save-policy", pol), ("--save-predictor", pred), ("--health", args.health)]
     elif cmd == "eval":
         out = [("--plot", args.plot), ("--save-predictor", args.save_predictor),
@@ -406,6 +416,17 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if str(target) in seen:  # the second write would replace the first
             raise SatisficeError(f"{seen[str(target)]} and {flag} both name {path}; give two files")
         seen[str(target)] = flag
+
+
+def _days(value: str) -> int:
+    """A number of days for an option: a whole number >= 0 (-5 had made every price stale)."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of days >= 0, got {value!r}")
+    return n
 
 
 def _add_route_options(p: argparse.ArgumentParser) -> None:
@@ -471,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. gpt-5.4 claude-sonnet-4-6 or groq:llama-3.3-70b-versatile)")  # fmt: skip
     p.add_argument("--out", help="where update writes (default: --registry, in place)")
     p.add_argument("--yes", action="store_true", help="write even if a price moved > 10x")
-    p.add_argument("--max-price-age-days", type=int, default=90)
+    p.add_argument("--max-price-age-days", type=_days, default=90,
+                   help="call prices older than this stale (default: 90)")  # fmt: skip
     p.set_defaults(func=cmd_registry)
 
     p = sub.add_parser("serve", help="run the router as an OpenAI/Anthropic-compatible service")
