@@ -158,3 +158,46 @@ def test_the_admin_api_off_does_not_name_the_variable() -> None:
     app = create_app(ServerConfig(master_key_env="SOME_TEAM_MASTER_KEY_VAR"))
     r = TestClient(app).get("/admin/keys")
     assert r.status_code == 403 and "SOME_TEAM_MASTER_KEY_VAR" not in r.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_key_echoed_percent_or_html_encoded_never_leaks(
+    up: LocalUpstream, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """A reply that wrote the key percent-encoded (every byte, or some: a URL quotes what it
+    must) or with HTML character references (a proxy's error page) kept it whole in the
+    error, its attempts and the answer: only the key as it is, and JSON escapes, were
+    removed. Found by review."""
+    monkeypatch.setenv("SATISFICE_CANARY_KEY", CANARY)
+    core = CANARY[4:-4]
+    forms = [
+        "".join(f"%{b:02X}" for b in CANARY.encode()),
+        "".join(f"%{b:02x}" for b in CANARY.encode()),
+        CANARY.replace("-", "%2D"),
+        CANARY.replace("-", "&#45;"),
+        "".join(f"&#x{ord(c):X};" for c in CANARY),
+        "".join(f"&#{ord(c)};" if i % 2 else c for i, c in enumerate(CANARY)),
+    ]
+    echo = "you sent " + " and ".join(forms)
+
+    def clean(*surfaces: object) -> None:
+        for s in surfaces:
+            text = s if isinstance(s, str) else repr(s)
+            for form in forms:
+                assert form not in text, f"{form!r} leaked into {text[:300]!r}"
+            assert core not in text and CANARY.replace("-", "%2D")[6:-6] not in text
+
+    for m in ("alpha", "beta", "gamma", "delta"):
+        up.script(wire(m), status(401, message=echo))
+    async with router(up.url) as r:
+        r.update(keyed(up.url))  # type: ignore[arg-type]
+        with pytest.raises(SatisficeError) as e:
+            await (r.stream(MSGS).result() if stream else r.chat(MSGS))
+        err = e.value
+        for m in ("alpha", "beta", "gamma", "delta"):
+            r.enable(m)
+        up.script(wire("alpha"), reply(f"the key: {echo}."))
+        res = await (r.stream(MSGS).result() if stream else r.chat(MSGS))
+    clean(str(err), repr(err), [a.to_dict() for a in getattr(err, "attempts", [])])
+    clean(res.text, repr(res), json.dumps(res.to_record()), str(res.raw))
+    assert res.text.count("[redacted]") == len(forms)

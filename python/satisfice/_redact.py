@@ -31,6 +31,35 @@ REDACTED = "[redacted]"
 MIN_KEY_CHARS = 8  # shorter values would redact ordinary words (a shorter key is refused)
 _secrets: tuple[str, ...] = ()
 _secrets_b: tuple[bytes, ...] = ()
+# Keys as a URL or HTML writes them: each character as it is, percent-encoded or as an
+# HTML character reference (decimal or hex), in any mix (a URL quotes some characters and
+# not others). One pattern for every key, as str and as bytes, compiled the first time a
+# text holds such an encoding (`_ENCODING`: about a millisecond a key, which neither
+# `Router()` nor a request without one pays), and again when a key is added.
+_encoded: tuple[tuple[str, ...], re.Pattern[str], re.Pattern[bytes]] | None = None
+_ENCODING = re.compile(r"%[0-9a-fA-F]{2}|&#")
+_ENCODING_B = re.compile(rb"%[0-9a-fA-F]{2}|&#")
+
+
+def _hex(n: str) -> str:
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in n)
+
+
+def _written(key: str) -> str:
+    """A pattern for `key` as a URL or an HTML page may write it (see `_encoded`)."""
+    out = []
+    for c in key:
+        pct = "".join(f"%{b:02x}" for b in c.encode())
+        out.append(f"(?:{re.escape(c)}|{_hex(pct)}|&#0*{ord(c)};|&#[xX]0*{_hex(f'{ord(c):x}')};)")
+    return "".join(out)
+
+
+def _encoded_patterns() -> tuple[re.Pattern[str], re.Pattern[bytes]]:
+    global _encoded
+    if _encoded is None or _encoded[0] is not _secrets:
+        written = "|".join(_written(k) for k in _secrets)  # longest first, as _secrets is
+        _encoded = (_secrets, re.compile(written), re.compile(written.encode()))
+    return _encoded[1], _encoded[2]
 
 
 def register(value: str) -> None:
@@ -46,6 +75,8 @@ def scrub(text: str) -> str:
     for s in _secrets:
         if s in text:
             text = text.replace(s, REDACTED)
+    if _secrets and ("%" in text or "&#" in text) and _ENCODING.search(text):
+        text = _encoded_patterns()[0].sub(REDACTED, text)
     return text
 
 
@@ -228,9 +259,13 @@ class StreamScrubber:
 
 
 def scrub_bytes(data: bytes) -> bytes:
+    """`scrub` for bytes."""
+    redacted = REDACTED.encode()
     for s in _secrets_b:
         # `find`, not `in`: Python 3.11's `bytes in bytes` first tries its operand as an
         # int and formats the TypeError it gets, ~1,200 instructions a test (callgrind)
         if data.find(s) >= 0:
-            data = data.replace(s, REDACTED.encode())
+            data = data.replace(s, redacted)
+    if _secrets_b and (data.find(b"%") >= 0 or data.find(b"&#") >= 0) and _ENCODING_B.search(data):
+        data = _encoded_patterns()[1].sub(redacted, data)
     return data
