@@ -1895,3 +1895,29 @@ def test_parameters_sent_at_their_default_are_taken_and_any_other_value_refused(
     for kw in ({"parallel_tool_calls": False}, {"logprobs": True}, {"presence_penalty": 0.5}):
         with pytest.raises(openai.BadRequestError, match=r"taken only at their default"):
             c.chat.completions.create(model="auto", messages=msgs, tools=TOOLS, **kw)  # type: ignore[call-overload]
+
+
+def test_the_anthropic_beta_header_reaches_anthropic_upstreams_only(served: Any) -> None:
+    """The SDK's `betas=` (the anthropic-beta header) was dropped without a word, so the
+    features it turns on were off. Found by review. An OpenAI upstream is not sent it:
+    the features are Anthropic's API's."""
+    url, _, upstream, _ = served
+    c = _anthropic(url)
+    msgs: Any = [{"role": "user", "content": "hi"}]
+    for model in ("beta", "alpha"):
+        for stream in (False, True):
+            kw: Any = {"model": model, "max_tokens": 20, "messages": msgs,
+                       "betas": ["context-1m-2025-08-07", "x-2026-01-01"]}  # fmt: skip
+            if stream:
+                with c.beta.messages.stream(**kw) as s:
+                    s.get_final_message()
+            else:
+                c.beta.messages.create(**kw)
+            sent = upstream.seen(wire(model))[-1].headers
+            want = "context-1m-2025-08-07,x-2026-01-01" if model == "beta" else None
+            assert sent.get("anthropic-beta") == want, (model, stream, dict(sent))
+    c.messages.create(model="beta", max_tokens=20, messages=msgs)  # none asked: none sent
+    assert "anthropic-beta" not in upstream.seen(wire("beta"))[-1].headers
+    r = httpx.post(url + "/v1/messages", headers={"anthropic-beta": "é".encode("latin-1")}, json={
+        "model": "beta", "max_tokens": 20, "messages": msgs})  # fmt: skip
+    assert r.status_code == 400 and "anthropic_beta" in r.text

@@ -26,6 +26,9 @@ class RequestOptions(TypedDict, total=False):
     # hosts that do not document them
     user: str | None
     prompt_cache_key: str | None
+    # Anthropic's `anthropic-beta` header (its API's features in beta, comma-separated):
+    # sent to Anthropic deployments, which alone read it
+    anthropic_beta: str | None
     timeout: float | None  # seconds for the whole request (default: the latency SLO)
     metadata: Mapping[str, Any] | None  # the caller's tags, copied onto the record
     # call as this decision says (one `decide()` made for the same request), routing

@@ -63,7 +63,7 @@ def __getattr__(name: str) -> object:
 
 _CALL_FIELDS = (
     "max_tokens", "temperature", "tools", "tool_choice", "response_format", "extra", "user",
-    "prompt_cache_key",
+    "prompt_cache_key", "anthropic_beta",
 )  # fmt: skip
 #: Wire fields `extra` may not set: what the router routes, prices and reads by.
 _OWNED = frozenset(
@@ -338,6 +338,14 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
         v = call[k]
         if v is not None and not isinstance(v, str):
             raise ConfigError(f"{k} must be a string, got {type(v).__name__}")
+    beta = call["anthropic_beta"]
+    if beta is not None and not (
+        isinstance(beta, str) and 0 < len(beta) <= 1024 and beta.isascii() and beta.isprintable()
+    ):  # a header's value: printable ASCII
+        raise ConfigError(
+            f"anthropic_beta must be the anthropic-beta header's value (printable ASCII, up "
+            f"to 1,024 characters), got {beta!r:.60}"
+        )
     if timeout is not None and not (
         isinstance(timeout, int | float) and not isinstance(timeout, bool) and 0 < timeout < 1e9
     ):

@@ -417,8 +417,14 @@ class AnthropicProvider(HTTPProvider):
     def _extra_headers() -> dict[str, str]:
         return {"anthropic-version": API_VERSION}
 
+    @staticmethod
+    def _beta(request: ChatRequest) -> tuple[tuple[str, str], ...] | None:
+        """The request's own `anthropic-beta` header (its API's features in beta), if any."""
+        beta = request.anthropic_beta
+        return None if beta is None else (("anthropic-beta", beta),)
+
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
-        data, wire = await self._exchange(self._wire(request, False), timeout)
+        data, wire = await self._exchange(self._wire(request, False), timeout, self._beta(request))
         try:
             texts: list[str] = []
             calls: list[ToolCall] = []
@@ -452,7 +458,7 @@ class AnthropicProvider(HTTPProvider):
         self, request: ChatRequest, timeout: httpx.Timeout
     ) -> AsyncGenerator[str | ChatResponse, None]:
         body = encode_body(self._wire(request, True))
-        resp = await self._open(body, timeout)
+        resp = await self._open(body, timeout, self._beta(request))
         halves = Halves()  # a surrogate pair split between two events, joined
         try:
             parts: list[str] = []

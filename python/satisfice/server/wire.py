@@ -553,6 +553,9 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
         raise _bad("'metadata.user_id' must be a string")
     if isinstance(user, str) and user:  # sent on as the end user's id (see ChatRequest)
         opts["user"] = user
+    beta = headers.get("anthropic-beta")
+    if beta:  # Anthropic's features in beta: sent on to Anthropic deployments
+        opts["anthropic_beta"] = beta
     session = headers.get("x-satisfice-session") or user
     return Routed(msgs, model, body.get("stream") is True, False, opts, session_key(session))
 
