@@ -489,3 +489,12 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     data.write_bytes(data.read_bytes().replace(b'"q"', b'"caf\xe9"'))
     with pytest.raises(DatasetError, match=r"not UTF-8 text"):
         ds.load_llmrouter(data, count_tokens=words)
+
+
+def test_a_routerbench_file_read_as_routellm_says_which_format_it_is(tmp_path: Path) -> None:
+    """`--format routellm` on RouterBench's CSVs read sample_id as a model and said "score
+    507 is outside [0, 1]". Found by review."""
+    path = write_csv(tmp_path / "rb.csv", ["", "sample_id", "prompt", "eval_name", "m1"],
+                     [["0", "507", "hi", "arc", "1.0"]])  # fmt: skip
+    with pytest.raises(DatasetError, match=r"RouterBench's.*Try --format routerbench"):
+        ds.load_routellm([path])

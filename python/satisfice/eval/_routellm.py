@@ -71,6 +71,12 @@ def _load_file(
     assumed_tokens_out: int,
 ) -> tuple[OutcomeSet, int]:
     header, rows = read_csv(path, ("prompt",))
+    if {"sample_id", "eval_name"} <= set(header):  # every other column had been a "model"
+        raise DatasetError(
+            f"{path}: columns 'sample_id' and 'eval_name' are RouterBench's, not RouteLLM's "
+            "(read as models, the ids were scores). Is this the right --format? Try "
+            "--format routerbench"
+        )
     models = [c for c in header if c != "prompt" and not c.endswith(_RESPONSE)]
     if not models:
         raise DatasetError(
