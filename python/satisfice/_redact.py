@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 REDACTED = "[redacted]"
+_REDACTED_B = REDACTED.encode()
 MIN_KEY_CHARS = 8  # shorter values would redact ordinary words (a shorter key is refused)
 _secrets: tuple[str, ...] = ()
 _secrets_b: tuple[bytes, ...] = ()
@@ -260,12 +261,13 @@ class StreamScrubber:
 
 def scrub_bytes(data: bytes) -> bytes:
     """`scrub` for bytes."""
-    redacted = REDACTED.encode()
+    if not _secrets_b:
+        return data
     for s in _secrets_b:
         # `find`, not `in`: Python 3.11's `bytes in bytes` first tries its operand as an
         # int and formats the TypeError it gets, ~1,200 instructions a test (callgrind)
         if data.find(s) >= 0:
-            data = data.replace(s, redacted)
-    if _secrets_b and (data.find(b"%") >= 0 or data.find(b"&#") >= 0) and _ENCODING_B.search(data):
-        data = _encoded_patterns()[1].sub(redacted, data)
+            data = data.replace(s, _REDACTED_B)
+    if (data.find(b"%") >= 0 or data.find(b"&#") >= 0) and _ENCODING_B.search(data):
+        data = _encoded_patterns()[1].sub(_REDACTED_B, data)
     return data

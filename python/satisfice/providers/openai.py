@@ -129,9 +129,10 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     `is_error` is said in the text the model reads ("Error: ..."), and a prompt-cache mark
     on a tool call is left out, as on a tool. The messages themselves when they hold
     neither (the usual case: nothing copied)."""
-    if not any(
-        "is_error" in m or ("tool_calls" in m and _marked(m["tool_calls"])) for m in messages
-    ):
+    for m in messages:  # a loop, not any(): no generator made on every call
+        if "is_error" in m or ("tool_calls" in m and _marked(m["tool_calls"])):
+            break
+    else:
         return messages
     out = []
     for m in messages:
