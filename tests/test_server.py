@@ -1806,15 +1806,23 @@ def test_messages_tool_turns_keep_their_cache_marks_texts_and_error_flag(served:
         {"type": "tool_use", "id": "tu1", "name": "look", "input": {"q": "x"},
          "cache_control": cc},
     ]  # fmt: skip
-    (result,) = sent[2]["content"]
-    assert result["is_error"] is True and result["tool_use_id"] == "tu1"
-    assert result["content"] == [{"type": "text", "text": "boom", "cache_control": cc}]
+    assert sent[2]["content"] == [{"type": "tool_result", "tool_use_id": "tu1",
+                                   "content": "boom", "is_error": True, "cache_control": cc}]  # fmt: skip
+    # a tool that printed nothing, its result marked (a client marks the last block): the
+    # mark stays on the result, never on an empty text block, which Anthropic refuses
+    turns = _tool_turns(cc)
+    turns[1]["content"].insert(1, {"type": "text", "text": "", "cache_control": cc})
+    turns[2]["content"][0]["content"] = ""
+    c.messages.create(model="beta", max_tokens=20, tools=[tool], messages=turns)  # type: ignore[arg-type, list-item]
+    sent = upstream.seen(wire("beta"))[-1].body["messages"]
+    assert [b.get("text") for b in sent[1]["content"]] == ["Step one.", "Step two.", None]
+    assert sent[2]["content"][0]["content"] == "" and sent[2]["content"][0]["cache_control"] == cc
     c.messages.create(model="alpha", max_tokens=20, tools=[tool], messages=_tool_turns(cc))  # type: ignore[arg-type, list-item]
     sent = upstream.seen(wire("alpha"))[-1].body["messages"]
     assert [p["text"] for p in sent[1]["content"]] == ["Step one.", "Step two."]
     assert "cache_control" not in sent[1]["tool_calls"][0]  # OpenAI's tool calls have none
-    assert sent[2]["role"] == "tool" and "is_error" not in sent[2]
-    assert sent[2]["content"][0]["text"] == "Error: boom"  # said as OpenAI's API can
+    assert sent[2]["role"] == "tool" and not {"is_error", "cache_control"} & set(sent[2])
+    assert sent[2]["content"] == "Error: boom"  # said as OpenAI's API can
 
 
 def test_strict_tools_stay_strict_and_anthropic_only_tool_fields_are_refused(
@@ -1866,6 +1874,14 @@ def test_what_anthropic_models_cannot_read_of_openai_messages_routes_elsewhere()
     from satisfice.providers.anthropic import to_anthropic
 
     named = [{"role": "user", "content": "I'm Bob", "name": "bob"}]
+    # a tool result's name (frameworks add it) says nothing its call id does not: taken
+    call = {"id": "c1", "type": "function", "function": {"name": "get", "arguments": "{}"}}
+    loop = [{"role": "user", "content": "weather?", "name": ""},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "name": "get", "content": "sunny"}]  # fmt: skip
+    assert to_anthropic(ChatRequest(loop), "claude-x")["messages"][2]["content"][0]["content"] == (
+        "sunny"
+    )
     late = [{"role": "system", "content": "S1"}, {"role": "user", "content": "hi"},
             {"role": "assistant", "content": "hello"},
             {"role": "system", "content": "From now on answer in French."},
@@ -1921,3 +1937,13 @@ def test_the_anthropic_beta_header_reaches_anthropic_upstreams_only(served: Any)
     r = httpx.post(url + "/v1/messages", headers={"anthropic-beta": "é".encode("latin-1")}, json={
         "model": "beta", "max_tokens": 20, "messages": msgs})  # fmt: skip
     assert r.status_code == 400 and "anthropic_beta" in r.text
+
+
+def test_a_tool_result_naming_no_tool_use_is_said_in_the_messages_apis_words(served: Any) -> None:
+    """The refusal named OpenAI's field ('tool_call_id') at the translated message's index.
+    Found by review."""
+    url, *_ = served
+    msgs = [{"role": "user", "content": [{"type": "tool_result", "content": "r"}]}]
+    r = httpx.post(url + "/v1/messages", json={"model": "beta", "max_tokens": 20,
+                                               "system": "S", "messages": msgs})  # fmt: skip
+    assert r.status_code == 400 and "'tool_use_id'" in r.text and "tool_call_id" not in r.text

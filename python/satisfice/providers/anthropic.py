@@ -174,9 +174,10 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
     for i, m in enumerate(r.messages):
         role = m.get("role")
         content = m.get("content")
-        if m.get("name") is not None:
+        if m.get("name") and role != "tool":
             # Anthropic's messages name no speaker: dropped, the model would lose who said
-            # what; refused, the request goes to a model it was routed to that reads it
+            # what; refused, the request goes to a model it was routed to that reads it. (A
+            # tool result's name, which frameworks add, says nothing its call id does not.)
             raise UnsupportedRequestError(
                 f"messages[{i}] has a 'name', which Anthropic models do not take; put the "
                 "speaker's name in the text, or keep the request on OpenAI models (allow=[...])"
@@ -199,6 +200,8 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
             }
             if m.get("is_error") is True:  # the tool failed (satisfice serve's /v1/messages)
                 result["is_error"] = True
+            if isinstance(m.get("cache_control"), dict):  # the result's prompt-cache mark
+                result["cache_control"] = m["cache_control"]
             prev = msgs[-1] if msgs else None
             # Anthropic wants every result of one assistant turn in the next user turn.
             if (

@@ -127,18 +127,23 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The messages as OpenAI's API reads them. An Anthropic-shaped request (satisfice
     serve's /v1/messages) leaves marks this API has no field for: a tool result's
     `is_error` is said in the text the model reads ("Error: ..."), and a prompt-cache mark
-    on a tool call is left out, as on a tool. The messages themselves when they hold
+    on a tool call or a tool result is left out, as on a tool (a mark on a content part is
+    sent on, as OpenAI-compatible gateways read it). The messages themselves when they hold
     neither (the usual case: nothing copied)."""
     for m in messages:  # a loop, not any(): no generator made on every call
-        if "is_error" in m or ("tool_calls" in m and _marked(m["tool_calls"])):
+        if (
+            "is_error" in m
+            or "cache_control" in m
+            or ("tool_calls" in m and _marked(m["tool_calls"]))
+        ):
             break
     else:
         return messages
     out = []
     for m in messages:
-        if "is_error" in m:
-            failed = m["is_error"] is True and m.get("role") == "tool"
-            m = {k: v for k, v in m.items() if k != "is_error"}
+        if "is_error" in m or "cache_control" in m:  # a tool result's, from Anthropic's shape
+            failed = m.get("is_error") is True and m.get("role") == "tool"
+            m = {k: v for k, v in m.items() if k not in ("is_error", "cache_control")}
             if failed:
                 m["content"] = _error_text(m.get("content"))
         if _marked(m.get("tool_calls")):

@@ -631,19 +631,19 @@ def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
         if b.get("type") != "tool_result":
             rest.append(b)
             continue
+        use_id = b.get("tool_use_id")
+        if not isinstance(use_id, str) or not use_id:  # said in this API's words
+            raise _bad("each tool_result needs a 'tool_use_id': the id of the tool_use it answers")
         c = b.get("content")
-        parts = (
-            [{"type": "text", "text": c or ""}]
-            if c is None or isinstance(c, str)
-            else (_to_openai_content(c))
-        )
-        parts = parts or [{"type": "text", "text": ""}]
+        parts = [{"type": "text", "text": c}] if isinstance(c, str) else (
+            [] if c is None else _to_openai_content(c)
+        )  # fmt: skip
         if any(p["type"] != "text" for p in parts):
             why = "an OpenAI tool message cannot carry images"
             raise _bad(f"a tool_result may hold text only ({why}): send images in a user block")
-        if isinstance(b.get("cache_control"), Mapping):  # the result's mark, on its end
-            parts[-1] = {**parts[-1], "cache_control": dict(b["cache_control"])}
-        msg = {"role": "tool", "tool_call_id": b.get("tool_use_id"), "content": _texts(parts)}
+        msg = {"role": "tool", "tool_call_id": use_id, "content": _texts(parts) or ""}
+        if isinstance(b.get("cache_control"), Mapping):  # the result's own mark, on it
+            msg["cache_control"] = dict(b["cache_control"])
         if b.get("is_error") is True:
             msg["is_error"] = True
         out.append(msg)
@@ -654,7 +654,9 @@ def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
 
 def _texts(parts: list[dict[str, Any]]) -> Any:
     """Text parts as a message's content: the one text as a string when it has no mark (the
-    shape every OpenAI-compatible host takes), else the parts; None for none."""
+    shape every OpenAI-compatible host takes), else the parts; None for none. Empty texts
+    are left out: Anthropic's API refuses an empty text block, and a cache mark on one."""
+    parts = [p for p in parts if p["text"]]
     if not parts:
         return None
     if len(parts) == 1 and "cache_control" not in parts[0]:
