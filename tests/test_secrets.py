@@ -201,3 +201,23 @@ async def test_a_key_echoed_percent_or_html_encoded_never_leaks(
     clean(str(err), repr(err), [a.to_dict() for a in getattr(err, "attempts", [])])
     clean(res.text, repr(res), json.dumps(res.to_record()), str(res.raw))
     assert res.text.count("[redacted]") == len(forms)
+
+
+def test_a_key_encoded_and_split_between_stream_pieces_never_leaks() -> None:
+    """A percent-encoded key cut in two by a stream's pieces went out whole, its first half
+    in one piece. Found by review. Text around it, and ordinary per cents and references,
+    come through as they were."""
+    from satisfice._redact import StreamScrubber, register, scrub
+
+    register(CANARY)
+    encoded = "".join(f"%{b:02X}" for b in CANARY.encode())
+    for text in (f"x {encoded} y", f"see &#x73;{CANARY[1:]}. ok", f"a%20b {encoded} z"):
+        for cut in range(1, len(text)):
+            s = StreamScrubber()
+            out = s.feed(text[:cut]) + s.feed(text[cut:]) + s.flush()
+            assert "[redacted]" in out and CANARY[4:-4] not in out, (cut, out)
+            assert out.startswith(text.split()[0]) and out[-1] == text[-1]
+    plain = "50% off, 100%AB a%20b&#38;c &amp; 5 % 3"
+    assert scrub(plain) == plain
+    s = StreamScrubber()
+    assert "".join([s.feed(plain[:10]), s.feed(plain[10:]), s.flush()]) == plain

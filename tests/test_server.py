@@ -1806,8 +1806,8 @@ def test_messages_tool_turns_keep_their_cache_marks_texts_and_error_flag(served:
         {"type": "tool_use", "id": "tu1", "name": "look", "input": {"q": "x"},
          "cache_control": cc},
     ]  # fmt: skip
-    assert sent[2]["content"] == [{"type": "tool_result", "tool_use_id": "tu1",
-                                   "content": "boom", "is_error": True, "cache_control": cc}]  # fmt: skip
+    result = {"type": "tool_result", "tool_use_id": "tu1", "content": "boom", "is_error": True}
+    assert sent[2]["content"] == [{**result, "cache_control": cc}]
     # a tool that printed nothing, its result marked (a client marks the last block): the
     # mark stays on the result, never on an empty text block, which Anthropic refuses
     turns = _tool_turns(cc)

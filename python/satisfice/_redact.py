@@ -32,35 +32,61 @@ _REDACTED_B = REDACTED.encode()
 MIN_KEY_CHARS = 8  # shorter values would redact ordinary words (a shorter key is refused)
 _secrets: tuple[str, ...] = ()
 _secrets_b: tuple[bytes, ...] = ()
-# Keys as a URL or HTML writes them: each character as it is, percent-encoded or as an
-# HTML character reference (decimal or hex), in any mix (a URL quotes some characters and
-# not others). One pattern for every key, as str and as bytes, compiled the first time a
-# text holds such an encoding (`_ENCODING`: about a millisecond a key, which neither
-# `Router()` nor a request without one pays), and again when a key is added.
-_encoded: tuple[tuple[str, ...], re.Pattern[str], re.Pattern[bytes]] | None = None
+# Keys as a URL or an HTML page writes them: characters percent-encoded or as numeric
+# character references, in any mix (a URL quotes some characters and not others). Where a
+# text holds such an encoding (`_ENCODING`, one scan, usually finding nothing), the run of
+# URL-ish characters around it is read as a browser would read it, and the run is removed
+# when a key is in what it reads. A pattern per key had cost ~10 ms a key to compile and
+# each scrub the text's length times the keys.
 _ENCODING = re.compile(r"%[0-9a-fA-F]{2}|&#")
-_ENCODING_B = re.compile(rb"%[0-9a-fA-F]{2}|&#")
+_RUN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~+/=:;&#%-")
+_RUN = re.compile(r"[A-Za-z0-9._~+/=:;&#%-]+")
+#: How far a run is followed from its encoding, per character of the longest key: its
+#: widest spelling ("&#x0000002d;") with room to spare.
+_RUN_PER_CHAR = 16
 
 
-def _hex(n: str) -> str:
-    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in n)
+def _holds_key(run: str) -> bool:
+    from html import unescape  # here: only a text with an encoding pays for either
+    from urllib.parse import unquote
+
+    read = unescape(unquote(run))
+    return any(k in read for k in _secrets)
 
 
-def _written(key: str) -> str:
-    """A pattern for `key` as a URL or an HTML page may write it (see `_encoded`)."""
-    out = []
-    for c in key:
-        pct = "".join(f"%{b:02x}" for b in c.encode())
-        out.append(f"(?:{re.escape(c)}|{_hex(pct)}|&#0*{ord(c)};|&#[xX]0*{_hex(f'{ord(c):x}')};)")
+def _unencode(text: str) -> str:
+    """`text` (scrubbed of the keys as they are) with each run that spells a key encoded
+    replaced by REDACTED."""
+    width = _RUN_PER_CHAR * len(_secrets[0])  # the longest key's (longest first)
+    out: list[str] = []
+    last = pos = 0
+    while (m := _ENCODING.search(text, pos)) is not None:
+        left, lo = m.start(), max(m.start() - width, last)
+        while left > lo and text[left - 1] in _RUN_CHARS:
+            left -= 1
+        run = _RUN.match(text, left, left + 2 * width)
+        end = run.end() if run is not None else m.end()
+        if run is not None and _holds_key(run.group(0)):
+            out += (text[last:left], REDACTED)
+            last = end
+        pos = max(end, m.end())
+    if not out:
+        return text
+    out.append(text[last:])
     return "".join(out)
 
 
-def _encoded_patterns() -> tuple[re.Pattern[str], re.Pattern[bytes]]:
-    global _encoded
-    if _encoded is None or _encoded[0] is not _secrets:
-        written = "|".join(_written(k) for k in _secrets)  # longest first, as _secrets is
-        _encoded = (_secrets, re.compile(written), re.compile(written.encode()))
-    return _encoded[1], _encoded[2]
+def _encoded_tail(text: str) -> int:
+    """How many characters at the end of `text` are a run with an encoding begun or under
+    way, which the next piece may finish into a key (`StreamScrubber`)."""
+    if not _secrets:
+        return 0
+    width = _RUN_PER_CHAR * len(_secrets[0])
+    start, lo = len(text), max(len(text) - width, 0)
+    while start > lo and text[start - 1] in _RUN_CHARS:
+        start -= 1
+    tail = text[start:]
+    return len(tail) if "%" in tail or "&" in tail else 0
 
 
 def register(value: str) -> None:
@@ -76,8 +102,8 @@ def scrub(text: str) -> str:
     for s in _secrets:
         if s in text:
             text = text.replace(s, REDACTED)
-    if _secrets and ("%" in text or "&#" in text) and _ENCODING.search(text):
-        text = _encoded_patterns()[0].sub(REDACTED, text)
+    if _secrets and ("%" in text or "&#" in text):
+        text = _unencode(text)
     return text
 
 
@@ -251,6 +277,8 @@ class StreamScrubber:
             hold = _escaped_hold(text, _key_start(text))
         else:
             hold = _key_start(text)
+        if "%" in text or "&" in text:  # a key begun encoded, which the next piece may finish
+            hold = max(hold, _encoded_tail(text))
         self._held = text[len(text) - hold :] if hold else ""
         return text[: len(text) - hold] if hold else text
 
@@ -268,6 +296,7 @@ def scrub_bytes(data: bytes) -> bytes:
         # int and formats the TypeError it gets, ~1,200 instructions a test (callgrind)
         if data.find(s) >= 0:
             data = data.replace(s, _REDACTED_B)
-    if (data.find(b"%") >= 0 or data.find(b"&#") >= 0) and _ENCODING_B.search(data):
-        data = _encoded_patterns()[1].sub(_REDACTED_B, data)
+    if data.find(b"%") >= 0 or data.find(b"&#") >= 0:
+        # read as latin-1, every byte one character and back: the runs are ASCII
+        data = _unencode(data.decode("latin-1")).encode("latin-1")
     return data
