@@ -286,7 +286,9 @@ def test_an_output_path_the_command_can_write_is_not_refused(
     assert (tmp_path / "old.html").read_text() != "old"
 
 
-def test_needs_leaves_the_prompt_to_the_prompt(capsys: pytest.CaptureFixture[str]) -> None:
+def test_needs_leaves_the_prompt_to_the_prompt(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     """`route --needs json "prompt"` took the prompt as a second capability and then said
     "give a prompt, or --file PATH (- for stdin), not both", as it did for no prompt at all."""
     prompt = "Extract the dates from this text: met on 2024-05-01"
@@ -310,6 +312,14 @@ def test_needs_leaves_the_prompt_to_the_prompt(capsys: pytest.CaptureFixture[str
     both = capsys.readouterr().err
     assert "give a prompt" in neither and "not both" not in neither, neither
     assert "not both" in both and neither != both, both
+    # with --file, the spaced form's second value said "not both"; a prompt taken as a
+    # capability said "give a prompt" (found by review)
+    f = tmp_path / "p.txt"
+    f.write_text(prompt)
+    assert main(["route", "--file", str(f), "--needs", "json", "tools"]) == 2
+    assert "'tools' is a capability" in capsys.readouterr().err
+    assert main(["route", "--needs", "hello world"]) == 2
+    assert "--needs 'hello world' is no capability" in capsys.readouterr().err
 
 
 def test_a_warning_is_one_line_said_once(tmp_path: Path) -> None:

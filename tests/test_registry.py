@@ -165,7 +165,10 @@ def test_a_model_id_a_caller_could_not_type_or_a_log_would_misprint_is_refused()
     for mid, word in cases.items():
         with pytest.raises(ConfigError, match=word):
             Registry.from_dict({"model": [{"id": mid, **base}]})
-    assert Registry.from_dict({"model": [{"id": "my model/v2:1.0 ünï", **base}]})
+    ok = Registry.from_dict({"model": [{"id": "my model/v2:1.0 ünï", **base}]})
+    for mid in ("auto", " m\x00"):  # in code as well
+        with pytest.raises(ConfigError, match="model id"):
+            ok["my model/v2:1.0 ünï"].replace(id=mid)
 
 
 def test_a_password_in_a_base_url_is_in_no_repr() -> None:
@@ -179,4 +182,7 @@ def test_a_password_in_a_base_url_is_in_no_repr() -> None:
     }]})  # fmt: skip
     for shown in (repr(reg["m"]), repr(reg["m"].deployments[0]), repr(list(reg))):
         assert "UrlPassw0rdSecret" not in shown and "user:***@127.0.0.1" in shown
+        assert "name='d', api='openai'" in shown  # nothing else masked
+    dep = reg["m"].deployments[0].replace(base_url="http://user:a@127.0.0.1:9/v1")
+    assert repr(dep).startswith("Deployment(name='d', api='openai', base_url='http://user:***@")
     assert reg["m"].deployments[0].base_url.startswith("http://user:UrlPassw0rdSecret@")

@@ -63,10 +63,6 @@ _NEEDS_FORM = "--needs json,tools or --needs json --needs tools"
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    if args.prompt is None and args.file is None:
-        raise SatisficeError("give a prompt to route, or --file PATH to read it from (- for stdin)")
-    if args.prompt is not None and args.file is not None:
-        raise SatisficeError(f"give a prompt or --file {args.file}, not both")
     if args.needs:
         from ._core import CAPABILITIES
 
@@ -75,6 +71,16 @@ def cmd_route(args: argparse.Namespace) -> int:
                 f"{args.prompt!r} is a capability, not a prompt: write {_NEEDS_FORM}, then "
                 "the prompt"
             )
+        if odd := [n for v in args.needs for n in v if n not in CAPABILITIES]:
+            # `--needs "a prompt"`: the prompt taken as a capability
+            raise SatisficeError(
+                f"--needs {odd[0]!r} is no capability (known: {', '.join(sorted(CAPABILITIES))}); "
+                f"write {_NEEDS_FORM}, then the prompt"
+            )
+    if args.prompt is None and args.file is None:
+        raise SatisficeError("give a prompt to route, or --file PATH to read it from (- for stdin)")
+    if args.prompt is not None and args.file is not None:
+        raise SatisficeError(f"give a prompt or --file {args.file}, not both")
     if args.messages and args.file is None:  # it had routed the prompt as text, silently
         raise SatisficeError(
             "--messages reads OpenAI-style messages (JSON) from --file PATH (- for stdin): "

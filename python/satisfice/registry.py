@@ -420,8 +420,11 @@ class Deployment(Value):
         from urllib.parse import urlsplit  # here, as in _is_url
 
         out = super().__repr__()
-        password = urlsplit(self.base_url).password
-        return out.replace(password, "***") if password else out
+        parts = urlsplit(self.base_url)
+        if parts.password:
+            shown = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+            out = out.replace(repr(self.base_url), repr(shown.geturl()), 1)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str, default_model: str) -> Deployment:
@@ -609,6 +612,8 @@ class ModelSpec(Value):
         where = f"model {self.id!r}"
         if not self.id or not isinstance(self.id, str):
             raise ConfigError("a model needs a non-empty string id")
+        if (bad := _bad_id(self.id)) is not None:  # built from a file, in code or .replace()d
+            raise ConfigError(f"model id {self.id!r:.80}: {bad}")
         for k in ("context_window", "max_output"):
             v = getattr(self, k)
             n = as_count(v)
@@ -694,8 +699,6 @@ class ModelSpec(Value):
             raise ConfigError(
                 f"every model needs a string 'id'; got a model with fields {sorted(map(str, d))}"
             )
-        if bad := _bad_id(mid):
-            raise ConfigError(f"model id {mid!r:.80}: {bad}")
         where = f"model {mid!r}"
         # a model's own fields: an effort variant's (effort, base, reasoning_tokens) come from
         # its base's `efforts`, never from the file

@@ -340,11 +340,13 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
             raise ConfigError(f"{k} must be a string, got {type(v).__name__}")
     beta = call["anthropic_beta"]
     if beta is not None and not (
-        isinstance(beta, str) and 0 < len(beta) <= 1024 and beta.isascii() and beta.isprintable()
-    ):  # a header's value: printable ASCII
+        isinstance(beta, str)
+        and 0 < len(beta) <= 8192
+        and all(" " <= c <= "~" or c == "\t" for c in beta)
+    ):  # a header's value: visible ASCII, spaces and tabs
         raise ConfigError(
-            f"anthropic_beta must be the anthropic-beta header's value (printable ASCII, up "
-            f"to 1,024 characters), got {beta!r:.60}"
+            f"anthropic_beta must be the anthropic-beta header's value (ASCII text, up to "
+            f"8,192 characters), got {beta!r:.60}"
         )
     if timeout is not None and not (
         isinstance(timeout, int | float) and not isinstance(timeout, bool) and 0 < timeout < 1e9

@@ -249,15 +249,13 @@ class ServerConfig:
             loc = refresh.get("location", "")
             if not isinstance(loc, str):
                 raise ConfigError("[registry].refresh.location must be a file path or URL")
-            if loc and not loc.startswith(("http://", "https://")):
-                # a file: said now, where it had been said by the first refresh's log line
-                # after the server started; relative to this file, as [registry].path is
-                loc = refresh["location"] = rel(loc, "[registry].refresh.location") or loc
-                if not Path(loc).is_file():
-                    raise ConfigError(
-                        f"[registry].refresh.location {loc!r:.200} is not a file: give the "
-                        "catalogue's file, or an http(s) URL"
-                    )
+            # a file: said now, where it had been said by the first refresh's log line after
+            # the server started (read from the working directory, as the refresher reads it)
+            if loc and not loc.startswith(("http://", "https://")) and not Path(loc).is_file():
+                raise ConfigError(
+                    f"[registry].refresh.location {loc!r:.200} is not a file: give the "
+                    "catalogue's file, or an http(s) URL"
+                )
             for k in ("interval_s", "max_ratio"):
                 if k in refresh:
                     refresh[k] = _num(refresh[k], f"[registry].refresh.{k}")

@@ -181,7 +181,7 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
         if not (k in _DEFAULTS and (body[k] is None or _same(body[k], _DEFAULTS[k])))
     }  # fmt: skip
     if unknown:
-        at = sorted(f"{k}={v!r}" for k, v in _DEFAULTS.items() if k in unknown)
+        at = sorted(f"{k}: {json.dumps(v)}" for k, v in _DEFAULTS.items() if k in unknown)
         raise _bad(
             f"unsupported parameter(s) {sorted(unknown)}: satisfice routes across providers "
             "whose APIs differ, and these would be honoured by some and dropped by others; "
@@ -555,6 +555,8 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
         opts["user"] = user
     beta = headers.get("anthropic-beta")
     if beta:  # Anthropic's features in beta: sent on to Anthropic deployments
+        if not all(" " <= c <= "~" or c == "\t" for c in beta) or len(beta) > 8192:
+            raise _bad("the anthropic-beta header must be ASCII text (beta names, commas)")
         opts["anthropic_beta"] = beta
     session = headers.get("x-satisfice-session") or user
     return Routed(msgs, model, body.get("stream") is True, False, opts, session_key(session))
