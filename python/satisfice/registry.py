@@ -612,8 +612,8 @@ class ModelSpec(Value):
         where = f"model {self.id!r}"
         if not self.id or not isinstance(self.id, str):
             raise ConfigError("a model needs a non-empty string id")
-        if (bad := _bad_id(self.id)) is not None:  # built from a file, in code or .replace()d
-            raise ConfigError(f"model id {self.id!r:.80}: {bad}")
+        if (why := _bad_id(self.id)) is not None:  # built from a file, in code or .replace()d
+            raise ConfigError(f"model id {self.id!r:.80}: {why}")
         for k in ("context_window", "max_output"):
             v = getattr(self, k)
             n = as_count(v)
