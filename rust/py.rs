@@ -237,7 +237,7 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
         // (`{'role': 'user'}` alone, a tool result naming no call).
         let said = has_content
             || calls.is_some()
-            || ["function_call", "refusal", "reasoning_content"]
+            || ["function_call", "refusal", "reasoning_content", "audio"]
                 .iter()
                 .any(|k| matches!(field(item, k), Some(Some(v)) if !v.is_none()));
         if !said {

@@ -393,6 +393,7 @@ def test_messages_missing_what_every_api_requires_are_refused_before_any_call() 
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "c1", "content": "r"},
         {"role": "assistant", "content": None, "refusal": "I can't."},
+        {"role": "assistant", "audio": {"id": "audio_1"}},  # an audio answer, by its id
         {"role": "user", "content": [{"type": "text", "text": "go on"}]},
     ]
     assert r.route(ok).model
