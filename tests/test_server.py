@@ -1952,3 +1952,15 @@ def test_a_tool_result_naming_no_tool_use_is_said_in_the_messages_apis_words(ser
     r = httpx.post(url + "/v1/messages", json={"model": "beta", "max_tokens": 20,
                                                "system": "S", "messages": msgs})  # fmt: skip
     assert r.status_code == 400 and "'tool_use_id'" in r.text and "tool_call_id" not in r.text
+
+
+def test_a_model_is_retrieved_by_its_id_or_alias(served: Any) -> None:
+    """The SDKs' `models.retrieve` got a 404 "no such endpoint". Found by review."""
+    url, *_ = served
+    c = _client(url)
+    assert c.models.retrieve("alpha").id == "alpha"
+    assert c.models.retrieve("auto-cheap").id == "auto-cheap"
+    with pytest.raises(openai.NotFoundError, match="unknown model 'nope'"):
+        c.models.retrieve("nope")
+    assert _anthropic(url).models.retrieve("beta").id == "beta"
+    assert httpx.get(url + "/v1/models/alpha").json()["owned_by"] == "openai"

@@ -3,8 +3,8 @@
     from satisfice.server import ServerConfig, create_app
     app = create_app(ServerConfig.load("satisfice.toml"))
 
-Routes: POST /v1/chat/completions, POST /v1/messages, GET /v1/models, GET /health, GET /ready,
-GET /metrics, and the admin API under /admin (Bearer master key): keys, teams, spend,
+Routes: POST /v1/chat/completions, POST /v1/messages, GET /v1/models[/{id}], GET /health,
+GET /ready, GET /metrics, and the admin API under /admin (Bearer master key): keys, teams, spend,
 deployment health, registry reload.
 """
 
@@ -1100,6 +1100,20 @@ def create_app(
         except SatisficeError as e:  # the key store away: 503, as /v1/chat/completions says
             he = http_error(e)
             return JSONResponse(he.body(), he.status)
+        data = model_objects()
+        wanted = request.path_params.get("model")
+        if wanted is None:
+            return JSONResponse({"object": "list", "data": data})
+        # one model (the SDKs' models.retrieve), by id or alias; it had been a 404 "no such
+        # endpoint"
+        for m in data:
+            if m["id"] == wanted:
+                return JSONResponse(m)
+        he = HTTPError(404, f"unknown model {wanted!r:.200}: GET /v1/models lists them",
+                       "invalid_request_error", "model_not_found")  # fmt: skip
+        return JSONResponse(he.body(), he.status)
+
+    def model_objects() -> list[dict[str, Any]]:
         now = wire.now()
         data = [{"id": "auto", "object": "model", "created": now, "owned_by": "satisfice"}]
         data += [
@@ -1117,7 +1131,7 @@ def create_app(
             for m in svc.router.registry
             if not m.disabled
         ]
-        return JSONResponse({"object": "list", "data": data})
+        return data
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "in_flight": svc.in_flight})
@@ -1147,6 +1161,7 @@ def create_app(
         Route("/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -1175,7 +1190,9 @@ def create_app(
     return app
 
 
-_PATHS = "POST /v1/chat/completions, POST /v1/messages, GET /v1/models, /health, /ready, /metrics"
+_PATHS = (
+    "POST /v1/chat/completions, POST /v1/messages, GET /v1/models[/{id}], /health, /ready, /metrics"
+)
 
 
 async def _no_such_route(request: Request, exc: Exception) -> Response:
