@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_sta
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["LIMITS", "extra_text", "text_bytes"]
+__all__ = ["LIMITS", "extra_text", "header_text", "text_bytes"]
 
 
 #: The output limits a request's `extra` may carry (any wire's name for max_tokens).
@@ -62,3 +62,11 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]]) -> int:
                 if isinstance(p, dict) and isinstance(t := p.get("text", p.get("refusal")), str)
             )
     return n
+
+
+def header_text(v: object, most: int = 8192) -> bool:
+    """Whether `v` can be sent as an HTTP header's value (a request's anthropic-beta): a
+    non-empty str of visible ASCII, spaces and tabs, at most `most` characters."""
+    return (
+        isinstance(v, str) and 0 < len(v) <= most and all(" " <= c <= "~" or c == "\t" for c in v)
+    )

@@ -62,13 +62,12 @@ class Frozen:
     """Immutable: fields are set once, in `__init__`; `replace()` makes a changed copy."""
 
     __slots__ = ()
+    __match_args__: tuple[str, ...] = ()  # the fields, in the constructor's order
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         if "__init__" in cls.__dict__:
             cls.__init__ = _named_fields(cls, cls.__dict__["__init__"])  # type: ignore[method-assign]
-
-    __match_args__: tuple[str, ...] = ()  # the fields, in the constructor's order
 
     if not TYPE_CHECKING:  # hidden from mypy, which then still refuses an unknown attribute
 

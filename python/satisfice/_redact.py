@@ -54,6 +54,13 @@ def _holds_key(run: str) -> bool:
     return any(k in read for k in _secrets)
 
 
+def _run_start(text: str, end: int, lo: int) -> int:
+    """Where the run of URL-ish characters that ends at `end` begins (not before `lo`)."""
+    while end > lo and text[end - 1] in _RUN_CHARS:
+        end -= 1
+    return end
+
+
 def _unencode(text: str) -> str:
     """`text` (scrubbed of the keys as they are) with each run that spells a key encoded
     replaced by REDACTED."""
@@ -61,9 +68,7 @@ def _unencode(text: str) -> str:
     out: list[str] = []
     last = pos = 0
     while (m := _ENCODING.search(text, pos)) is not None:
-        left, lo = m.start(), max(m.start() - width, last)
-        while left > lo and text[left - 1] in _RUN_CHARS:
-            left -= 1
+        left = _run_start(text, m.start(), max(m.start() - width, last))
         run = _RUN.match(text, left, left + 2 * width)
         end = run.end() if run is not None else m.end()
         if run is not None and _holds_key(run.group(0)):
@@ -82,10 +87,7 @@ def _encoded_tail(text: str) -> int:
     if not _secrets:
         return 0
     width = _RUN_PER_CHAR * len(_secrets[0])
-    start, lo = len(text), max(len(text) - width, 0)
-    while start > lo and text[start - 1] in _RUN_CHARS:
-        start -= 1
-    tail = text[start:]
+    tail = text[_run_start(text, len(text), max(len(text) - width, 0)) :]
     return len(tail) if "%" in tail or "&" in tail else 0
 
 

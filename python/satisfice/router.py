@@ -12,7 +12,7 @@ from time import perf_counter, time
 
 from . import _core
 from ._bill import CHECK_BILL
-from ._extra import LIMITS, extra_text, text_bytes
+from ._extra import LIMITS, extra_text, header_text, text_bytes
 from ._real import as_count, as_real
 from .decision import Candidate, Decision, Snapshot
 from .errors import (
@@ -339,11 +339,7 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
         if v is not None and not isinstance(v, str):
             raise ConfigError(f"{k} must be a string, got {type(v).__name__}")
     beta = call["anthropic_beta"]
-    if beta is not None and not (
-        isinstance(beta, str)
-        and 0 < len(beta) <= 8192
-        and all(" " <= c <= "~" or c == "\t" for c in beta)
-    ):  # a header's value: visible ASCII, spaces and tabs
+    if beta is not None and not header_text(beta):
         raise ConfigError(
             f"anthropic_beta must be the anthropic-beta header's value (ASCII text, up to "
             f"8,192 characters), got {beta!r:.60}"

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._extra import header_text
 from .._json import dumps
 from ..errors import InputError
 
@@ -555,7 +556,7 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
         opts["user"] = user
     beta = headers.get("anthropic-beta")
     if beta:  # Anthropic's features in beta: sent on to Anthropic deployments
-        if not all(" " <= c <= "~" or c == "\t" for c in beta) or len(beta) > 8192:
+        if not header_text(beta):  # checked as the library checks it, said in its words
             raise _bad("the anthropic-beta header must be ASCII text (beta names, commas)")
         opts["anthropic_beta"] = beta
     session = headers.get("x-satisfice-session") or user
