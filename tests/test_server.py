@@ -1255,7 +1255,7 @@ def test_odd_tool_choices_and_deep_json_are_400s_and_messages_paths_speak_anthro
     r = httpx.post(url + "/v1/chat/completions", content=deep + "[" * 1000 + "]" * 1000 + "}",
                    headers={"content-type": "application/json"})  # fmt: skip
     assert r.status_code == 400, r.text
-    r = httpx.post(url + "/v1/messages/count_tokens", json={"model": "auto", "messages": []})
+    r = httpx.post(url + "/v1/messages/batches", json={"model": "auto", "messages": []})
     assert r.status_code == 404 and r.json()["type"] == "error", r.text
 
 
@@ -1964,3 +1964,44 @@ def test_a_model_is_retrieved_by_its_id_or_alias(served: Any) -> None:
         c.models.retrieve("nope")
     assert _anthropic(url).models.retrieve("beta").id == "beta"
     assert httpx.get(url + "/v1/models/alpha").json()["owned_by"] == "openai"
+
+
+def test_count_tokens_counts_for_the_model_the_request_would_reach(served: Any) -> None:
+    """Anthropic's `messages.count_tokens` (which coding agents call before a turn) had been
+    a 404: it now counts the prompt, system and tools for the model the same /v1/messages
+    request is routed to, exactly where that model's tokenizer ships, and calls nothing."""
+    url, app, up, _ = served
+    router = app.state.service.router
+    c = _anthropic(url)
+    msgs: Any = [{"role": "user", "content": "Count the words in this sentence, please."}]
+    before = len(up.requests)
+    plain = c.messages.count_tokens(model="auto", messages=msgs)
+    raw = c.messages.with_raw_response.count_tokens(model="auto", system="Be brief.",
+                                                    messages=msgs, tools=_TOOL_ASK["tools"])  # fmt: skip
+    asked = raw.parse()
+    assert raw.headers["x-satisfice-model"] == "alpha"  # o200k: counted exactly
+    assert raw.headers["x-satisfice-tokens"] == "exact"
+    with_all = [{"role": "system", "content": "Be brief."}, *msgs]
+    tools = [{"type": "function", "function": {"name": "f", "description": "",
+                                               "parameters": {"type": "object"}}}]  # fmt: skip
+    d = router.route(with_all, tools=tools, count_prompt=True)
+    assert asked.input_tokens == d.tokens_in("alpha")
+    assert plain.input_tokens == router.route(msgs, count_prompt=True).tokens_in("alpha")
+    assert 0 < plain.input_tokens < asked.input_tokens
+    # a named model counts in its own tokenizer: Claude's is estimated, and says so
+    raw = c.messages.with_raw_response.count_tokens(model="beta", messages=msgs)
+    assert raw.headers["x-satisfice-model"] == "beta"
+    assert raw.headers["x-satisfice-tokens"] == "estimated" and raw.parse().input_tokens > 0
+    assert len(up.requests) == before  # nothing was called
+    # a call's own fields, an unknown model and empty messages: 400 / 404 in Anthropic's shape
+    with pytest.raises(anthropic.BadRequestError, match="max_tokens"):
+        c.post("/v1/messages/count_tokens", cast_to=object,
+               body={"model": "auto", "messages": msgs, "max_tokens": 5})  # fmt: skip
+    with pytest.raises(anthropic.NotFoundError, match="nope"):
+        c.messages.count_tokens(model="nope", messages=msgs)
+    with pytest.raises(anthropic.BadRequestError, match="messages"):
+        c.messages.count_tokens(model="auto", messages=[])
+    with pytest.raises(anthropic.BadRequestError, match="mcp_servers"):
+        c.messages.count_tokens(model="auto", messages=msgs,
+                                extra_body={"mcp_servers": [{"name": "x"}]})  # fmt: skip
+    assert len(up.requests) == before

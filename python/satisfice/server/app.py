@@ -1085,6 +1085,48 @@ def create_app(
     async def messages(request: Request) -> Response:
         return await handle(request.scope, request.receive, "anthropic")
 
+    async def count_tokens(request: Request) -> Response:
+        """Anthropic's `messages.count_tokens` (a coding agent asks before a turn): the
+        prompt's tokens for the model the same /v1/messages request would be routed to now,
+        read and routed as that request (the key's model list, an alias's constraints).
+        Nothing is called, reserved or counted against a rate limit. `x-satisfice-model`
+        names the model counted for; `x-satisfice-tokens` says whether the count is exact
+        (an OpenAI tokenizer) or estimated (every other family: no exact tokenizer ships)."""
+        headers = _headers(request.scope)
+        try:
+            key = await svc.key_of(headers)
+        except (HTTPError, SatisficeError) as e:  # refused unread, as `handle` refuses it
+            he = e if isinstance(e, HTTPError) else http_error(e)
+            he.headers["connection"] = "close"
+            return JSONResponse(he.body("anthropic"), he.status, headers=he.headers)
+        try:
+            cfg, deadlines = svc.config, svc.deadlines()
+            raw = await _body(
+                request.receive, headers, cfg.max_body_bytes, deadlines, cfg.read_timeout_s
+            )
+            routed = wire.anthropic_count_request(_json(raw), headers)
+            opts = {**routed.options, **svc.resolve(routed, key)}
+            cascade = opts.pop("cascade", None)
+            d = await svc.router.decide(
+                routed.messages, cascade=cascade, count_prompt=True, **opts
+            )
+        except HTTPError as e:
+            return JSONResponse(e.body("anthropic"), e.status, headers=e.headers)
+        except ClientDisconnect:
+            return Response(status_code=499)  # never sent: the connection is gone
+        except SatisficeError as e:
+            he = http_error(e)
+            return JSONResponse(he.body("anthropic"), he.status, headers=he.headers)
+        except RecursionError:
+            he = HTTPError(400, "the request nests JSON too deeply (over ~900 levels)",
+                           "invalid_request_error", "invalid_json")  # fmt: skip
+            return JSONResponse(he.body("anthropic"), he.status)
+        c = d.primary
+        return JSONResponse({"input_tokens": c.tokens_in}, headers={
+            "x-satisfice-model": c.model,
+            "x-satisfice-tokens": "exact" if c.tokens_in_exact else "estimated",
+        })  # fmt: skip
+
     def direct(api: str) -> Callable[[Any, Any, Any], Awaitable[None]]:
         async def endpoint(scope: Any, receive: Any, send: Any) -> None:
             response = await handle(scope, receive, api)
@@ -1160,6 +1202,7 @@ def create_app(
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
@@ -1191,7 +1234,8 @@ def create_app(
 
 
 _PATHS = (
-    "POST /v1/chat/completions, POST /v1/messages, GET /v1/models[/{id}], /health, /ready, /metrics"
+    "POST /v1/chat/completions, POST /v1/messages, POST /v1/messages/count_tokens, "
+    "GET /v1/models[/{id}], /health, /ready, /metrics"
 )
 
 

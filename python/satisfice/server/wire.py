@@ -563,6 +563,32 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     return Routed(msgs, model, body.get("stream") is True, False, opts, session_key(session))
 
 
+#: What Anthropic's count_tokens body holds besides the Messages fields it shares.
+_COUNT_ONLY = frozenset({"thinking", "mcp_servers"})
+
+
+def anthropic_count_request(body: Any, headers: Mapping[str, str]) -> Routed:
+    """An Anthropic `messages/count_tokens` body as the request /v1/messages would route
+    (its model, messages, system, tools and tool_choice, read and checked the same way); a
+    call's own fields (max_tokens, stream, sampling) are a 400, as Anthropic's API answers
+    them. `thinking` changes no prompt token, so it is checked and left out; an MCP server
+    runs at Anthropic's side, which no routed provider has."""
+    if not isinstance(body, Mapping):
+        raise _bad("the request body must be a JSON object")
+    called = sorted(set(body) & (_ANTHROPIC - {"model", "messages", "system", "tools",
+                                               "tool_choice"}))  # fmt: skip
+    if called:
+        raise _bad(f"{called} are a call's fields, not count_tokens'; remove them")
+    if body.get("mcp_servers"):
+        raise _bad("'mcp_servers' run at Anthropic's side, which routed providers do not "
+                   "reach; remove them")  # fmt: skip
+    thinking = body.get("thinking")
+    if thinking is not None and not isinstance(thinking, Mapping):
+        raise _bad("'thinking' must be an object")
+    fields = {k: v for k, v in body.items() if k not in _COUNT_ONLY}
+    return anthropic_request({**fields, "max_tokens": 1}, headers)
+
+
 #: A custom tool's fields that every routed provider's tool can carry.
 _TOOL_FIELDS = frozenset({"type", "name", "description", "input_schema", "cache_control", "strict"})
 
