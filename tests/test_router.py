@@ -415,3 +415,25 @@ def test_a_floor_reason_shows_the_two_numbers_apart() -> None:
     assert p != floor and float(p) < float(floor)
     assert _apart(0.79996, 0.8) == "0.79996 < floor 0.80000"
     assert _apart(0.5, 0.8) == "0.50 < floor 0.80"
+
+
+def test_reasoning_constraints_pick_rows_that_think_as_asked() -> None:
+    """`reasoning` and `max_reasoning_tokens` (what the server maps OpenAI's
+    reasoning_effort and Anthropic's thinking to) keep the rows whose effort matches; what
+    no row meets is a NoRouteError naming the constraint and the rows' efforts, a value
+    that is no effort a ConfigError."""
+    r = Router()
+    reg = r.registry
+    prompt = "Prove that there are infinitely many primes."
+    assert reg[r.route(prompt, reasoning="none").model].reasoning_tokens == 0
+    on = r.route(prompt, reasoning="on", max_reasoning_tokens=2048)
+    for m in (on.model, *on.fallbacks):
+        assert 0 < reg[m].reasoning_tokens <= 2048, m
+    high = r.route(prompt, reasoning="high")
+    assert all(reg[m].effort == "high" for m in (high.model, *high.fallbacks))
+    with pytest.raises(NoRouteError, match="reasoning='high'.*gpt-5.4: effort default"):
+        r.route(prompt, reasoning="high", allow=["gpt-5.4", "claude-haiku-4-5"])
+    with pytest.raises(ConfigError, match="reasoning must be one of"):
+        r.route(prompt, reasoning="loud")
+    with pytest.raises(ConfigError, match="max_reasoning_tokens"):
+        r.route(prompt, max_reasoning_tokens=-1)

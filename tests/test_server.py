@@ -1976,8 +1976,9 @@ def test_count_tokens_counts_for_the_model_the_request_would_reach(served: Any) 
     msgs: Any = [{"role": "user", "content": "Count the words in this sentence, please."}]
     before = len(up.requests)
     plain = c.messages.count_tokens(model="auto", messages=msgs)
-    raw = c.messages.with_raw_response.count_tokens(model="auto", system="Be brief.",
-                                                    messages=msgs, tools=_TOOL_ASK["tools"])  # fmt: skip
+    raw = c.messages.with_raw_response.count_tokens(
+        model="auto", system="Be brief.", messages=msgs, tools=_TOOL_ASK["tools"]
+    )
     asked = raw.parse()
     assert raw.headers["x-satisfice-model"] == "alpha"  # o200k: counted exactly
     assert raw.headers["x-satisfice-tokens"] == "exact"
@@ -2005,3 +2006,94 @@ def test_count_tokens_counts_for_the_model_the_request_would_reach(served: Any) 
         c.messages.count_tokens(model="auto", messages=msgs,
                                 extra_body={"mcp_servers": [{"name": "x"}]})  # fmt: skip
     assert len(up.requests) == before
+
+
+def _thinking_registry(url: str) -> Registry:
+    """alpha (OpenAI wire) at efforts none/low/high, beta (Anthropic) at low/high; each
+    base row at its API's default (alpha thinks, beta does not)."""
+    models = []
+    for mid, api, efforts in (
+        ("alpha", "openai", {"none": 0, "low": 1024, "high": 16384}),
+        ("beta", "anthropic", {"low": 2048, "high": 16384}),
+    ):
+        models.append({
+            "id": mid, "provider": api,
+            "tokenizer": "o200k_base" if api == "openai" else "claude",
+            "context_window": 100_000, "max_output": 40_000,
+            "capabilities": ["json", "tools", "streaming", "system_prompt", "reasoning"],
+            "price": {"input": 0.1, "output": 0.4}, "quality": {"general": 0.9},
+            "efforts": {k: {"reasoning_tokens": n, "quality": 0.0} for k, n in efforts.items()},
+            "deployments": [{"name": f"{mid}-dep", "api": api, "model": f"{mid}-wire",
+                             "base_url": url + ("/v1" if api == "openai" else "")}],
+        })  # fmt: skip
+    return Registry.from_dict({"model": models})
+
+
+def test_thinking_and_reasoning_effort_route_to_rows_that_think_as_asked(
+    upstream: LocalUpstream,
+) -> None:
+    """Anthropic's `thinking` (which coding agents send on every turn, "adaptive" by
+    default) and OpenAI's `reasoning_effort` had been a 400 "unsupported parameter": they
+    now route to the (model, effort) rows that think as asked, and the upstream is sent that
+    effort (OpenAI's `reasoning_effort`, Anthropic's thinking budget)."""
+    upstream.wait_idle()
+    upstream.reset_script()
+    router = Router(_thinking_registry(upstream.url), Policy(quality_floor=0.5))
+    with running(ServerConfig(), router) as (url, _):
+        c, o = _anthropic(url), _client(url)
+        ask: Any = {"max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+
+        def sent(**kw: Any) -> tuple[str, dict[str, Any]]:
+            before = len(upstream.requests)
+            raw = c.messages.with_raw_response.create(**{"model": "auto", **ask, **kw})
+            assert raw.parse().content, raw.text()
+            (seen,) = upstream.requests[before:]
+            return raw.headers["x-satisfice-model"], seen.body
+
+        # adaptive: routing picks the effort, as for a request without `thinking`
+        assert sent(thinking={"type": "adaptive"})[0] == sent()[0]
+        model, body = sent(thinking={"type": "enabled", "budget_tokens": 4000})
+        assert router.registry[model].reasoning_tokens in range(1, 4001), model
+        assert body.get("reasoning_effort") == "low" or body["thinking"]["budget_tokens"] <= 4000
+        model, body = sent(thinking={"type": "disabled"})
+        assert router.registry[model].reasoning_tokens == 0, model
+        assert "reasoning_effort" not in body or body["reasoning_effort"] == "none"
+        assert "thinking" not in body
+        # a named model at the effort asked: its own effort rows
+        model, body = sent(model="beta", thinking={"type": "enabled", "budget_tokens": 20000})
+        assert model.startswith("beta@") and body["thinking"]["type"] == "enabled", model
+        before = len(upstream.requests)
+        r = o.chat.completions.with_raw_response.create(
+            model="auto", messages=ask["messages"], reasoning_effort="high"
+        )
+        assert r.headers["x-satisfice-model"] in ("alpha@high", "beta@high")
+        seen = upstream.requests[before:][0].body
+        assert seen.get("reasoning_effort") == "high" or seen["thinking"]["type"] == "enabled"
+        # what cannot be met, or said two ways, is a 400 that says so; nothing is called
+        before = len(upstream.requests)
+        with pytest.raises(openai.BadRequestError, match="xhigh"):
+            o.chat.completions.create(model="alpha", messages=ask["messages"],
+                                      reasoning_effort="xhigh")  # fmt: skip
+        with pytest.raises(openai.BadRequestError, match="reasoning_effort"):
+            o.chat.completions.create(model="auto", messages=ask["messages"],
+                                      reasoning_effort="loud")  # fmt: skip
+        with pytest.raises(openai.BadRequestError, match="send one of them"):
+            o.chat.completions.create(
+                model="auto", messages=ask["messages"], reasoning_effort="low",
+                extra_body={"reasoning": "none"},
+            )  # fmt: skip
+        for bad in ({"type": "sometimes"}, {"type": "enabled"}, "on",
+                    {"type": "enabled", "budget_tokens": 100, "x": 1}):  # fmt: skip
+            with pytest.raises(anthropic.BadRequestError, match="thinking"):
+                c.messages.create(model="auto", thinking=bad, **ask)
+        with pytest.raises(anthropic.BadRequestError, match="max_reasoning_tokens=10"):
+            c.messages.create(model="auto", thinking={"type": "enabled", "budget_tokens": 10},
+                              **ask)  # fmt: skip
+        assert len(upstream.requests) == before
+        # counted as the same request would be routed
+        n = c.messages.with_raw_response.count_tokens(
+            model="beta",
+            messages=ask["messages"],
+            thinking={"type": "enabled", "budget_tokens": 3000},
+        )
+        assert n.headers["x-satisfice-model"] == "beta@low"

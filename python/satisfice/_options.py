@@ -49,3 +49,5 @@ class RequestOptions(TypedDict, total=False):
     deny: Sequence[str]
     strict_floor: bool | None
     count_prompt: bool
+    reasoning: str | None
+    max_reasoning_tokens: int | None

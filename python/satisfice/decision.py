@@ -29,6 +29,10 @@ __all__ = ["Candidate", "Decision", "Snapshot"]
 
 _ID_LOCK = threading.Lock()
 
+#: `Snapshot._unreasoned`'s rows, by (the snapshot's ids, reasoning, max_reasoning_tokens);
+#: the ids tuple is kept to tell a reused id() apart.
+_UNREASONED: dict[tuple[int, str | None, int | None], tuple[tuple[str, ...], list[int]]] = {}
+
 #: Candidates a request record keeps (see `Decision.record`).
 RECORDED = 16
 
@@ -100,9 +104,11 @@ class Snapshot(Frozen):
         return Snapshot(self.registry, policy, table, self.ids, self.index, self.undeployable)
 
     def exclude(self, c: Constraints, skip: frozenset[str] = frozenset()) -> list[int] | None:
-        """Table rows the caller's allow/deny lists rule out, plus `skip` (models this
-        request cannot call: cooling, no deployment). None when nothing is ruled out."""
-        if c.allow is None and not c.deny and not skip:
+        """Table rows the caller's allow/deny lists and reasoning constraints rule out, plus
+        `skip` (models this request cannot call: cooling, no deployment). None when nothing
+        is ruled out."""
+        if (c.allow is None and not c.deny and not skip and c.reasoning is None
+                and c.max_reasoning_tokens is None):  # fmt: skip
             return None
         return self._excluded(c, skip)  # (its comprehensions' cells made only when needed)
 
@@ -112,9 +118,57 @@ class Snapshot(Frozen):
             if m not in idx:
                 self.registry[m]  # raises UnknownModelError listing the known ids
         if c.allow is None:  # the usual case: as long as the lists, not the registry
-            return [idx[m] for m in (*c.deny, *skip) if m in idx]
-        allowed = set(c.allow)
-        return [i for m, i in idx.items() if m in c.deny or m in skip or m not in allowed]
+            out = [idx[m] for m in (*c.deny, *skip) if m in idx]
+        else:
+            allowed = set(c.allow)
+            out = [i for m, i in idx.items() if m in c.deny or m in skip or m not in allowed]
+        if c.reasoning is not None or c.max_reasoning_tokens is not None:
+            unreasoned = self._unreasoned(c.reasoning, c.max_reasoning_tokens)
+            left = set(range(len(self.ids))).difference(out)
+            if left and left.issubset(unreasoned):  # said as what it is, not "excluded"
+                raise self._no_reasoning(c, sorted(left))
+            out += unreasoned
+        return out
+
+    def _no_reasoning(self, c: Constraints, rows: list[int]) -> NoRouteError:
+        asked = " and ".join(
+            f"{k}={v!r}" for k, v in (("reasoning", c.reasoning),
+                                      ("max_reasoning_tokens", c.max_reasoning_tokens))
+            if v is not None
+        )  # fmt: skip
+        why = {
+            m.id: f"effort {m.effort or 'default'}, {m.reasoning_tokens} reasoning tokens expected"
+            for m in (self.registry[self.ids[i]] for i in rows)
+        }
+        some = "; ".join(f"{k}: {v}" for k, v in list(why.items())[:4])
+        more = f" (+{len(why) - 4} more)" if len(why) > 4 else ""
+        return NoRouteError(
+            f"no model this request may use has {asked}; loosen it, or allow models of other "
+            f"efforts. {some}{more}",
+            why,
+        )
+
+    def _unreasoned(self, want: str | None, most: int | None) -> list[int]:
+        """Rows `Constraints.reasoning` and `max_reasoning_tokens` rule out, worked out once
+        per registry (the rows' reasoning does not change with feedback)."""
+        key = (id(self.ids), want, most)
+        hit = _UNREASONED.get(key)
+        if hit is not None and hit[0] is self.ids:
+            return hit[1]
+        rows = []
+        for m in self.registry:
+            spent = m.reasoning_tokens
+            ok = (
+                spent == 0 if want == "none"
+                else spent > 0 if want == "on"
+                else want is None or m.effort == want
+            )  # fmt: skip
+            if not ok or (most is not None and spent > most):
+                rows.append(self.index[m.id])
+        if len(_UNREASONED) >= 64:
+            _UNREASONED.clear()
+        _UNREASONED[key] = (self.ids, rows)
+        return rows
 
     def below_floor(self, plan: Any, c: Constraints) -> NoRouteError:
         """The strict floor's refusal: no candidate reaches it; the best is named."""

@@ -18,7 +18,7 @@ from ._frozen import Value, _set
 from ._real import as_count, as_real
 from .errors import ConfigError
 from .predict import QualityModel
-from .registry import LongContext, ModelSpec, Price, Registry, thinking_budget
+from .registry import EFFORTS, LongContext, ModelSpec, Price, Registry, thinking_budget
 
 TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:
@@ -55,6 +55,13 @@ class Constraints(Value):
     what a budget's reservation or a tokens-a-minute limit reads (the server sets it for
     keys that have either). An estimate may be several times under the count for
     punctuation, CJK or base64.
+
+    `reasoning`: the caller's say in how a model thinks before it answers, where routing
+    otherwise picks the (model, effort) row: "none" (rows the registry expects to spend no
+    reasoning tokens: a model's `@none` effort, a model that does not think by default),
+    "on" (rows that do), or an effort level ("minimal" ... "xhigh": the rows of that
+    effort, which send it). `max_reasoning_tokens`: rows whose expected reasoning tokens
+    (an Anthropic row's thinking budget) are at most this many.
     """
 
     __match_args__ = __slots__ = (
@@ -68,6 +75,8 @@ class Constraints(Value):
         "deny",
         "strict_floor",
         "count_prompt",
+        "reasoning",
+        "max_reasoning_tokens",
     )
     max_cost_usd: float | None
     latency_slo_ms: float | None
@@ -79,6 +88,8 @@ class Constraints(Value):
     deny: tuple[str, ...]
     strict_floor: bool | None
     count_prompt: bool
+    reasoning: str | None
+    max_reasoning_tokens: int | None
 
     def __init__(
         self,
@@ -92,6 +103,8 @@ class Constraints(Value):
         deny: tuple[str, ...] = (),
         strict_floor: bool | None = None,
         count_prompt: bool = False,
+        reasoning: str | None = None,
+        max_reasoning_tokens: int | None = None,
     ) -> None:
         _set(self, "max_cost_usd", max_cost_usd)
         _set(self, "latency_slo_ms", latency_slo_ms)
@@ -103,6 +116,8 @@ class Constraints(Value):
         _set(self, "deny", deny)
         _set(self, "strict_floor", strict_floor)
         _set(self, "count_prompt", count_prompt)
+        _set(self, "reasoning", reasoning)
+        _set(self, "max_reasoning_tokens", max_reasoning_tokens)
         self.__post_init__()
 
     def __post_init__(self) -> None:
@@ -128,6 +143,20 @@ class Constraints(Value):
             raise ConfigError("constraints.strict_floor must be True, False or None")
         if not isinstance(self.count_prompt, bool):
             raise ConfigError("constraints.count_prompt must be True or False")
+        if self.reasoning is not None and self.reasoning not in REASONING:
+            raise ConfigError(
+                f"constraints.reasoning must be one of {list(REASONING)}, got "
+                f"{self.reasoning!r:.40}"
+            )
+        m = self.max_reasoning_tokens
+        if m is not None:
+            n = as_count(m)
+            if n is None or not 0 <= n < 2**32:
+                raise ConfigError(
+                    "constraints.max_reasoning_tokens must be an integer in [0, 2**32), "
+                    f"got {m!r:.40}"
+                )
+            object.__setattr__(self, "max_reasoning_tokens", n)
         for name in ("needs", "deny"):
             if getattr(self, name) is None:  # "none" of them
                 object.__setattr__(self, name, ())
@@ -173,6 +202,8 @@ class Constraints(Value):
 
 
 _NO_CONSTRAINTS = Constraints()
+#: `Constraints.reasoning`'s values: no reasoning, some, or one effort level.
+REASONING = ("none", "on", *(e for e in EFFORTS if e != "none"))
 _FIELDS = frozenset(Constraints.__match_args__)
 
 

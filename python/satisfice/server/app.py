@@ -613,7 +613,12 @@ class Service:
             return {}
         if name in self.config.aliases:
             return dict(self.config.aliases[name])
-        self.router.registry[name]  # UnknownModelError (404) names the known ids
+        reg = self.router.registry
+        reg[name]  # UnknownModelError (404) names the known ids
+        if "reasoning" in routed.options or "max_reasoning_tokens" in routed.options:
+            # the model at the effort asked (`reasoning_effort`, Anthropic's `thinking`):
+            # its effort rows are the same model
+            return {"allow": (name, *(m.id for m in reg if m.base == name))}
         return {"allow": (name,)}
 
     def worst_case(
@@ -1107,9 +1112,7 @@ def create_app(
             routed = wire.anthropic_count_request(_json(raw), headers)
             opts = {**routed.options, **svc.resolve(routed, key)}
             cascade = opts.pop("cascade", None)
-            d = await svc.router.decide(
-                routed.messages, cascade=cascade, count_prompt=True, **opts
-            )
+            d = await svc.router.decide(routed.messages, cascade=cascade, count_prompt=True, **opts)
         except HTTPError as e:
             return JSONResponse(e.body("anthropic"), e.status, headers=e.headers)
         except ClientDisconnect:

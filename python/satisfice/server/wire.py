@@ -19,6 +19,7 @@ from typing import Any
 from .._extra import header_text
 from .._json import dumps
 from ..errors import InputError
+from ..registry import EFFORTS
 
 __all__ = [
     "Routed",
@@ -51,6 +52,7 @@ _SERVER = {
     "metadata",
     "store",
     "n",
+    "reasoning_effort",
 }
 # satisfice's constraints, as extra body fields.
 _CONSTRAINTS = {
@@ -60,6 +62,8 @@ _CONSTRAINTS = {
     "needs",
     "lam",
     "strict_floor",
+    "reasoning",
+    "max_reasoning_tokens",
     "allow",
     "deny",
     "timeout",
@@ -216,6 +220,11 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if extra:
         opts["extra"] = extra
     opts.update(constraints_from(body, headers))
+    effort = body.get("reasoning_effort")
+    if effort is not None:  # the rows of that effort, which send it
+        if effort not in EFFORTS:
+            raise _bad(f"'reasoning_effort' must be one of {list(EFFORTS)}, got {effort!r:.40}")
+        _reasoning(opts, {"reasoning": effort}, "reasoning_effort")
     opts.update(cascade)
     so = body.get("stream_options") or {}
     for k in ("user", "prompt_cache_key"):  # sent on where they are taken (see ChatRequest)
@@ -234,6 +243,39 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
         session=session_key(session),
         metadata=_metadata(body.get("metadata")),
     )
+
+
+def _reasoning(opts: dict[str, Any], asked: Mapping[str, Any], field: str) -> None:
+    """`asked` (reasoning constraints a request's own field says) into `opts`, unless the
+    request's satisfice constraints say otherwise: then a 400 naming both."""
+    for k, v in asked.items():
+        if opts.get(k, v) != v:
+            raise _bad(f"'{field}' asks {k}={v!r} and the request's '{k}' {opts[k]!r}; "
+                       "send one of them")  # fmt: skip
+        opts[k] = v
+
+
+def _thinking(t: Any) -> dict[str, Any]:
+    """Anthropic's `thinking` as reasoning constraints: "adaptive" (what coding agents send
+    by default) leaves the effort to routing, as the model would choose its own; "enabled"
+    asks for rows that think, within `budget_tokens` (rows expecting more are left out);
+    "disabled" for rows that do not."""
+    if t is None:
+        return {}
+    if not isinstance(t, Mapping) or set(t) - {"type", "budget_tokens", "display"}:
+        raise _bad("'thinking' must be an object: {\"type\": \"adaptive\"}, {\"type\": "
+                   "\"disabled\"} or {\"type\": \"enabled\", \"budget_tokens\": N}")  # fmt: skip
+    kind = t.get("type")
+    if kind == "adaptive":
+        return {}
+    if kind == "disabled":
+        return {"reasoning": "none"}
+    if kind == "enabled":
+        b = t.get("budget_tokens")
+        if isinstance(b, bool) or not isinstance(b, int) or not 0 < b < 2**31:
+            raise _bad("'thinking.budget_tokens' must be a positive integer")
+        return {"reasoning": "on", "max_reasoning_tokens": b}
+    raise _bad(f"'thinking.type' must be 'adaptive', 'enabled' or 'disabled', got {kind!r:.40}")
 
 
 def _same(v: Any, default: Any) -> bool:
@@ -380,6 +422,7 @@ _ANTHROPIC = {
     "tool_choice",
     "stream",
     "metadata",
+    "thinking",
 }
 _STOP = {
     "stop": "end_turn",
@@ -542,6 +585,7 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
                 "auto": "auto",
             }[kind]
     opts.update(constraints_from(body, headers))
+    _reasoning(opts, _thinking(body.get("thinking")), "thinking")
     opts.update(cascade)
     meta = body.get("metadata")
     if meta is None:
@@ -563,29 +607,24 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     return Routed(msgs, model, body.get("stream") is True, False, opts, session_key(session))
 
 
-#: What Anthropic's count_tokens body holds besides the Messages fields it shares.
-_COUNT_ONLY = frozenset({"thinking", "mcp_servers"})
+#: The Messages fields a count_tokens body holds too (it has `mcp_servers` besides).
+_COUNTED = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
 
 
 def anthropic_count_request(body: Any, headers: Mapping[str, str]) -> Routed:
     """An Anthropic `messages/count_tokens` body as the request /v1/messages would route
-    (its model, messages, system, tools and tool_choice, read and checked the same way); a
-    call's own fields (max_tokens, stream, sampling) are a 400, as Anthropic's API answers
-    them. `thinking` changes no prompt token, so it is checked and left out; an MCP server
-    runs at Anthropic's side, which no routed provider has."""
+    (its model, messages, system, tools, tool_choice and thinking, read and checked the
+    same way); a call's own fields (max_tokens, stream, sampling) are a 400, as Anthropic's
+    API answers them, and so are MCP servers, which run at Anthropic's side."""
     if not isinstance(body, Mapping):
         raise _bad("the request body must be a JSON object")
-    called = sorted(set(body) & (_ANTHROPIC - {"model", "messages", "system", "tools",
-                                               "tool_choice"}))  # fmt: skip
+    called = sorted(set(body) & (_ANTHROPIC - _COUNTED))
     if called:
         raise _bad(f"{called} are a call's fields, not count_tokens'; remove them")
     if body.get("mcp_servers"):
         raise _bad("'mcp_servers' run at Anthropic's side, which routed providers do not "
                    "reach; remove them")  # fmt: skip
-    thinking = body.get("thinking")
-    if thinking is not None and not isinstance(thinking, Mapping):
-        raise _bad("'thinking' must be an object")
-    fields = {k: v for k, v in body.items() if k not in _COUNT_ONLY}
+    fields = {k: v for k, v in body.items() if k != "mcp_servers"}
     return anthropic_request({**fields, "max_tokens": 1}, headers)
 
 
