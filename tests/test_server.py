@@ -1942,6 +1942,13 @@ def test_the_anthropic_beta_header_reaches_anthropic_upstreams_only(served: Any)
     assert r.status_code == 200 and upstream.seen(wire("beta"))[-1].headers["anthropic-beta"] == (
         "x,\ty"
     )
+    # two anthropic-beta headers: both lists reach the upstream (the second had been dropped)
+    two = [("anthropic-beta", "a-1"), ("anthropic-beta", "b-2")]
+    r = httpx.post(url + "/v1/messages", headers=two,
+                   json={"model": "beta", "max_tokens": 20, "messages": msgs})  # fmt: skip
+    assert r.status_code == 200 and upstream.seen(wire("beta"))[-1].headers["anthropic-beta"] == (
+        "a-1,b-2"
+    )
 
 
 def test_a_tool_result_naming_no_tool_use_is_said_in_the_messages_apis_words(served: Any) -> None:

@@ -725,13 +725,17 @@ _BODY_WAIT_S = 0.01
 
 def _headers(scope: Mapping[str, Any]) -> dict[str, str]:
     """A request's headers as a dict, read once: names lower-cased, the first of a repeated
-    name kept (as Starlette's `Headers.get` answers). Starlette's `Headers` scans the raw
-    list and lower-cases each name on every lookup, and a request made nine."""
+    name kept (as Starlette's `Headers.get` answers), but for `anthropic-beta`, a list
+    whose every header's values are joined (the second had been dropped). Starlette's
+    `Headers` scans the raw list and lower-cases each name on every lookup, and a request
+    made nine."""
     out: dict[str, str] = {}
     for k, v in scope["headers"]:
         name = k.decode("latin-1").lower()
         if name not in out:
             out[name] = v.decode("latin-1")
+        elif name == "anthropic-beta":
+            out[name] += "," + v.decode("latin-1")
     return out
 
 
