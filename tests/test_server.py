@@ -2104,3 +2104,50 @@ def test_thinking_and_reasoning_effort_route_to_rows_that_think_as_asked(
             thinking={"type": "enabled", "budget_tokens": 3000},
         )
         assert n.headers["x-satisfice-model"] == "beta@low"
+
+
+def test_what_coding_agents_send_on_every_turn_is_taken(upstream: LocalUpstream) -> None:
+    """Claude Code sends `context_management` (Anthropic's context editing) on every turn
+    and `output_config` (an effort, or a JSON schema) on some: each had been a 400
+    "unsupported parameter", which ended every turn. Context editing reaches Anthropic
+    deployments, which alone apply it (the answer says which edits they applied); the
+    effort picks the rows of that effort; the schema is JSON mode."""
+    upstream.wait_idle()
+    upstream.reset_script()
+    router = Router(_thinking_registry(upstream.url), Policy(quality_floor=0.5))
+    edits = {"edits": [{"type": "clear_tool_uses_20250919"}]}
+    with running(ServerConfig(), router) as (url, _):
+        c = _anthropic(url)
+        ask: Any = {"max_tokens": 100, "messages": [{"role": "user", "content": "hi"}],
+                    "thinking": {"type": "adaptive"}}  # fmt: skip
+        for model in ("alpha", "beta"):
+            before = len(upstream.requests)
+            m = c.messages.create(model=model, extra_body={"context_management": edits}, **ask)
+            (seen,) = upstream.requests[before:]
+            extra = m.model_extra or {}
+            if model == "beta":  # an Anthropic upstream: sent, and its applied edits said
+                assert seen.body["context_management"] == edits
+                assert extra["context_management"] == {"applied_edits": []}
+            else:  # any other is sent the conversation whole, and no edit is said applied
+                assert "context_management" not in seen.body
+                assert "context_management" not in extra
+        before = len(upstream.requests)
+        raw = c.messages.with_raw_response.create(
+            model="auto", extra_body={"output_config": {"effort": "high"}}, **ask
+        )
+        assert raw.headers["x-satisfice-model"].endswith("@high")
+        body = upstream.requests[before:][0].body
+        assert body.get("reasoning_effort") == "high" or body["thinking"]["type"] == "enabled"
+        schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+        before = len(upstream.requests)
+        c.messages.create(model="alpha", extra_body={"output_config": {"format": {
+            "type": "json_schema", "schema": schema}}}, **ask)  # fmt: skip
+        rf = upstream.requests[before:][0].body["response_format"]
+        assert rf["type"] == "json_schema" and rf["json_schema"]["schema"] == schema
+        before = len(upstream.requests)
+        for bad in ({"effort": "max"}, {"format": {"type": "regex"}}, {"speed": 1}, "high"):
+            with pytest.raises(anthropic.BadRequestError, match="output_config"):
+                c.messages.create(model="auto", extra_body={"output_config": bad}, **ask)
+        with pytest.raises(anthropic.BadRequestError, match="context_management"):
+            c.messages.create(model="auto", extra_body={"context_management": [1]}, **ask)
+        assert len(upstream.requests) == before

@@ -29,6 +29,8 @@ class RequestOptions(TypedDict, total=False):
     # Anthropic's `anthropic-beta` header (its API's features in beta, comma-separated):
     # sent to Anthropic deployments, which alone read it
     anthropic_beta: str | None
+    # Anthropic's `context_management` (context editing), sent to Anthropic deployments only
+    context_management: Mapping[str, Any] | None
     timeout: float | None  # seconds for the whole request (default: the latency SLO)
     metadata: Mapping[str, Any] | None  # the caller's tags, copied onto the record
     # call as this decision says (one `decide()` made for the same request), routing

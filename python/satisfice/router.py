@@ -63,7 +63,7 @@ def __getattr__(name: str) -> object:
 
 _CALL_FIELDS = (
     "max_tokens", "temperature", "tools", "tool_choice", "response_format", "extra", "user",
-    "prompt_cache_key", "anthropic_beta",
+    "prompt_cache_key", "anthropic_beta", "context_management",
 )  # fmt: skip
 #: Wire fields `extra` may not set: what the router routes, prices and reads by.
 _OWNED = frozenset(
@@ -344,6 +344,13 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
             f"anthropic_beta must be the anthropic-beta header's value (ASCII text, up to "
             f"8,192 characters), got {beta!r:.60}"
         )
+    cm = call["context_management"]
+    if cm is not None:
+        if not isinstance(cm, Mapping):
+            raise ConfigError(
+                f"context_management must be a dict (Anthropic's), got {type(cm).__name__}"
+            )
+        call["context_management"] = dict(cm) or None
     if timeout is not None and not (
         isinstance(timeout, int | float) and not isinstance(timeout, bool) and 0 < timeout < 1e9
     ):

@@ -293,6 +293,8 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
         p["stream"] = True
     if sendable(r.user, 256):  # OpenAI's `user` (Anthropic caches by prefix alone)
         p["metadata"] = {"user_id": r.user}
+    if r.context_management:
+        p["context_management"] = r.context_management
     if r.extra:
         p.update(r.extra)
     return p

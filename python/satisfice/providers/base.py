@@ -119,6 +119,10 @@ class ChatRequest:
     prompt_cache_key: str | None = None
     # Anthropic's `anthropic-beta` header, sent to Anthropic deployments only (its API's)
     anthropic_beta: str | None = None
+    # Anthropic's `context_management` (its API's context editing: old tool results and
+    # thinking cleared as a conversation grows), sent to Anthropic deployments only; other
+    # models are sent the conversation whole
+    context_management: dict[str, Any] | None = None
 
 
 def sendable(hint: str | None, most: int | None = None) -> bool:

@@ -278,6 +278,35 @@ def _thinking(t: Any) -> dict[str, Any]:
     raise _bad(f"'thinking.type' must be 'adaptive', 'enabled' or 'disabled', got {kind!r:.40}")
 
 
+#: Anthropic's effort levels (`output_config.effort`), each one of the router's.
+_ANTHROPIC_EFFORTS = ("low", "medium", "high", "xhigh")
+
+
+def _output_config(oc: Any) -> tuple[str | None, dict[str, Any] | None]:
+    """Anthropic's `output_config`: its `effort` (how much the model spends, thinking
+    included) as the (model, effort) rows of that effort, and its `format` (a JSON schema
+    the answer follows) as `response_format`."""
+    if oc is None:
+        return None, None
+    if not isinstance(oc, Mapping) or set(oc) - {"effort", "format"}:
+        raise _bad("'output_config' must be an object with 'effort' and/or 'format'")
+    effort = oc.get("effort")
+    if effort is not None and effort not in _ANTHROPIC_EFFORTS:
+        raise _bad(f"'output_config.effort' must be one of {list(_ANTHROPIC_EFFORTS)}, got "
+                   f"{effort!r:.40}")  # fmt: skip
+    fmt = oc.get("format")
+    if fmt is None:
+        return effort, None
+    if (
+        not isinstance(fmt, Mapping)
+        or fmt.get("type") != "json_schema"
+        or not isinstance(fmt.get("schema"), Mapping)
+    ):
+        raise _bad('\'output_config.format\' must be {"type": "json_schema", "schema": {...}}')
+    return effort, {"type": "json_schema",
+                    "json_schema": {"name": "output", "schema": dict(fmt["schema"])}}  # fmt: skip
+
+
 def _same(v: Any, default: Any) -> bool:
     """`v` is `default` as JSON says it (1 is not true, nor 0.0 false)."""
     numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (v, default))
@@ -423,6 +452,8 @@ _ANTHROPIC = {
     "stream",
     "metadata",
     "thinking",
+    "output_config",
+    "context_management",
 }
 _STOP = {
     "stop": "end_turn",
@@ -585,7 +616,21 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
                 "auto": "auto",
             }[kind]
     opts.update(constraints_from(body, headers))
-    _reasoning(opts, _thinking(body.get("thinking")), "thinking")
+    thinking = _thinking(body.get("thinking"))
+    effort, fmt = _output_config(body.get("output_config"))
+    if effort is not None:  # more precise than "on": the rows of that effort
+        thinking = {**thinking, "reasoning": effort}
+    _reasoning(opts, thinking, "thinking and output_config.effort")
+    if fmt is not None:
+        if "response_format" in opts or tools:
+            raise _bad("'output_config.format' cannot be combined with tools")
+        opts["response_format"] = fmt
+    cm = body.get("context_management")
+    if cm is not None:  # applied by Anthropic deployments, which alone have it
+        if not isinstance(cm, Mapping):
+            raise _bad("'context_management' must be an object")
+        if cm:
+            opts["context_management"] = dict(cm)
     opts.update(cascade)
     meta = body.get("metadata")
     if meta is None:
@@ -608,7 +653,10 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
 
 
 #: The Messages fields a count_tokens body holds too (it has `mcp_servers` besides).
-_COUNTED = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
+_COUNTED = frozenset({
+    "model", "messages", "system", "tools", "tool_choice", "thinking", "output_config",
+    "context_management",
+})  # fmt: skip
 
 
 def anthropic_count_request(body: Any, headers: Mapping[str, str]) -> Routed:
@@ -750,7 +798,16 @@ def anthropic_response(res: Any) -> dict[str, Any]:
         "stop_sequence": res.stop_sequence,
         "usage": anthropic_usage(res.usage),
         "satisfice": decision_field(res),
+        **_context_edits(res),
     }
+
+
+def _context_edits(res: Any) -> dict[str, Any]:
+    """`context_management` as an Anthropic upstream answered it (the edits it applied);
+    from any other, nothing: no edit was applied."""
+    raw = res.raw
+    cm = raw.get("context_management") if isinstance(raw, Mapping) else None
+    return {"context_management": cm} if isinstance(cm, Mapping) else {}
 
 
 def tool_input(arguments: str) -> dict[str, Any]:

@@ -65,7 +65,9 @@ def _words(messages: Any) -> int:
 class _Answer:
     """The pieces of one scripted answer, rendered in either wire format."""
 
-    __slots__ = ("cached", "forced_tool", "n_in", "n_out", "pieces", "text", "tool", "usage")
+    __slots__ = (
+        "cached", "edits", "forced_tool", "n_in", "n_out", "pieces", "text", "tool", "usage",
+    )  # fmt: skip
 
     def __init__(self, b: Behavior, model: str, body: dict[str, Any]) -> None:
         self.text = b.text if b.text is not None else f"answer from {model}"
@@ -78,6 +80,9 @@ class _Answer:
             self.n_in = _words(body.get("messages")) + 1
             self.n_out, self.cached = len(words), 0
         self.tool = b.tool_call
+        # context editing asked of an Anthropic model: it says which edits it applied (none
+        # here), as the real API does
+        self.edits = "context_management" in body
         choice = body.get("tool_choice")
         # Anthropic JSON mode is a forced tool: answer through it, as the real API does.
         self.forced_tool = (
@@ -213,6 +218,8 @@ class _Answer:
         }
         if self.usage:
             out["usage"] = self._anthropic_usage()
+        if self.edits:
+            out["context_management"] = {"applied_edits": []}
         return json.dumps(out).encode()
 
     def anthropic_events(self, model: str) -> Iterator[bytes]:
