@@ -618,7 +618,9 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     opts.update(constraints_from(body, headers))
     thinking = _thinking(body.get("thinking"))
     effort, fmt = _output_config(body.get("output_config"))
-    if effort is not None:  # more precise than "on": the rows of that effort
+    if effort is not None and thinking.get("reasoning") != "none":
+        # more precise than "on": the rows of that effort (thinking disabled keeps the rows
+        # that do not think, which no effort row is)
         thinking = {**thinking, "reasoning": effort}
     _reasoning(opts, thinking, "thinking and output_config.effort")
     if fmt is not None:
