@@ -431,8 +431,11 @@ def test_reasoning_constraints_pick_rows_that_think_as_asked() -> None:
         assert 0 < reg[m].reasoning_tokens <= 2048, m
     high = r.route(prompt, reasoning="high")
     assert all(reg[m].effort == "high" for m in (high.model, *high.fallbacks))
-    with pytest.raises(NoRouteError, match="reasoning='high'.*gpt-5.4: effort default"):
+    with pytest.raises(NoRouteError, match="loosen 'reasoning'.*gpt-5.4: effort default"):
         r.route(prompt, reasoning="high", allow=["gpt-5.4", "claude-haiku-4-5"])
+    # another constraint the rows of that effort fail is the one to loosen
+    with pytest.raises(NoRouteError, match="loosen 'max_cost' first. [^ ]+@high: est"):
+        r.route(prompt, reasoning="high", max_cost_usd=1e-9)
     with pytest.raises(ConfigError, match="reasoning must be one of"):
         r.route(prompt, reasoning="loud")
     with pytest.raises(ConfigError, match="max_reasoning_tokens"):

@@ -33,6 +33,10 @@ _ID_LOCK = threading.Lock()
 #: the ids tuple is kept to tell a reused id() apart.
 _UNREASONED: dict[tuple[int, str | None, int | None], tuple[tuple[str, ...], list[int]]] = {}
 
+#: How late a no-route message names a row ruled out for each reason: the constraints to
+#: loosen first, then the reasoning asked, then what the caller or health excluded.
+_LAST = {"reasoning": 1, "exclude": 2, "disabled": 2}
+
 #: Candidates a request record keeps (see `Decision.record`).
 RECORDED = 16
 
@@ -113,40 +117,26 @@ class Snapshot(Frozen):
         return self._excluded(c, skip)  # (its comprehensions' cells made only when needed)
 
     def _excluded(self, c: Constraints, skip: frozenset[str]) -> list[int]:
+        out = self._listed(c, skip)
+        if c.reasoning is not None or c.max_reasoning_tokens is not None:
+            out += self._unreasoned(c.reasoning, c.max_reasoning_tokens)
+        return out
+
+    def _listed(self, c: Constraints, skip: frozenset[str]) -> list[int]:
+        """Rows the allow and deny lists and `skip` rule out."""
         idx = self.index
         for m in (*(c.allow or ()), *c.deny):
             if m not in idx:
                 self.registry[m]  # raises UnknownModelError listing the known ids
         if c.allow is None:  # the usual case: as long as the lists, not the registry
-            out = [idx[m] for m in (*c.deny, *skip) if m in idx]
-        else:
-            allowed = set(c.allow)
-            out = [i for m, i in idx.items() if m in c.deny or m in skip or m not in allowed]
-        if c.reasoning is not None or c.max_reasoning_tokens is not None:
-            unreasoned = self._unreasoned(c.reasoning, c.max_reasoning_tokens)
-            left = set(range(len(self.ids))).difference(out)
-            if left and left.issubset(unreasoned):  # said as what it is, not "excluded"
-                raise self._no_reasoning(c, sorted(left))
-            out += unreasoned
-        return out
+            return [idx[m] for m in (*c.deny, *skip) if m in idx]
+        allowed = set(c.allow)
+        return [i for m, i in idx.items() if m in c.deny or m in skip or m not in allowed]
 
-    def _no_reasoning(self, c: Constraints, rows: list[int]) -> NoRouteError:
-        asked = " and ".join(
-            f"{k}={v!r}" for k, v in (("reasoning", c.reasoning),
-                                      ("max_reasoning_tokens", c.max_reasoning_tokens))
-            if v is not None
-        )  # fmt: skip
-        why = {
-            m.id: f"effort {m.effort or 'default'}, {m.reasoning_tokens} reasoning tokens expected"
-            for m in (self.registry[self.ids[i]] for i in rows)
-        }
-        some = "; ".join(f"{k}: {v}" for k, v in list(why.items())[:4])
-        more = f" (+{len(why) - 4} more)" if len(why) > 4 else ""
-        return NoRouteError(
-            f"no model this request may use has {asked}; loosen it, or allow models of other "
-            f"efforts. {some}{more}",
-            why,
-        )
+    def _effort_of(self, row: int, asked: str) -> str:
+        m = self.registry[self.ids[row]]
+        return (f"effort {m.effort or 'default'}, {m.reasoning_tokens} reasoning tokens "
+                f"expected: not {asked}")  # fmt: skip
 
     def _unreasoned(self, want: str | None, most: int | None) -> list[int]:
         """Rows `Constraints.reasoning` and `max_reasoning_tokens` rule out, worked out once
@@ -182,17 +172,42 @@ class Snapshot(Frozen):
             {self.ids[r[0]]: f"predicted quality {_apart(r[1], floor)}" for r in ranked},
         )
 
-    def no_route(self, filtered: list[tuple[int, str, str]]) -> NoRouteError:
+    def no_route(
+        self,
+        filtered: list[tuple[int, str, str]],
+        c: Constraints | None = None,
+        skip: frozenset[str] = frozenset(),
+    ) -> NoRouteError:
         ids = self.ids
+        if c is not None and (c.reasoning is not None or c.max_reasoning_tokens is not None):
+            # the rows the reasoning asked ruled out, said as such (the table calls every
+            # row ruled out before it "excluded": not allowed, cooling, no deployment)
+            off = set(self._unreasoned(c.reasoning, c.max_reasoning_tokens))
+            off.difference_update(self._listed(c, skip))
+            asked = " and ".join(
+                f"{k}={v!r}" for k, v in (("reasoning", c.reasoning),
+                                          ("max_reasoning_tokens", c.max_reasoning_tokens))
+                if v is not None
+            )  # fmt: skip
+            filtered = [
+                (f[0], "reasoning", self._effort_of(f[0], asked)) if f[0] in off else f
+                for f in filtered
+            ]
         counts: dict[str, int] = {}
         for _, constraint, _ in filtered:
             counts[constraint] = counts.get(constraint, 0) + 1
         # The models the request could have had name the constraint to loosen: under an
         # allow list every other model is "excluded", and that count had been blamed for
         # what ruled out the allowed ones (their window, a capability, the cap)
-        tried = {k: n for k, n in counts.items() if k not in ("exclude", "disabled")} or counts
+        # (and so do the rows of the reasoning asked, which the caller chose as it chose
+        # an allow list)
+        tried = (
+            {k: n for k, n in counts.items() if k not in ("exclude", "disabled", "reasoning")}
+            or {k: n for k, n in counts.items() if k == "reasoning"}
+            or counts
+        )
         worst = max(tried, key=lambda k: tried[k]) if tried else "registry"
-        filtered = sorted(filtered, key=lambda f: f[1] in ("exclude", "disabled"))
+        filtered = sorted(filtered, key=lambda f: _LAST.get(f[1], 0))
         detail = "; ".join(f"{ids[i]}: {why}" for i, _, why in filtered[:8])
         more = f" (+{len(filtered) - 8} more)" if len(filtered) > 8 else ""
         summary = ", ".join(f"{n} by {k}" for k, n in sorted(counts.items()))

@@ -485,7 +485,7 @@ class Router:
             count_prompt=c.count_prompt,
         )
         if not len(plan):
-            raise snap.no_route(plan.filtered)
+            raise snap.no_route(plan.filtered, c, skip)
         if plan.below_floor and (policy.strict_floor if c.strict_floor is None else c.strict_floor):
             raise snap.below_floor(plan, c)
         return Decision(snap, plan, c, self._feedback)
