@@ -844,11 +844,13 @@ def _opt_str(v: Any, where: str) -> str | None:
 def _default_effort(m: Any) -> Any:
     """A model with effort levels, called without one, runs at the provider's default: a
     declared `medium` level is that default (OpenAI, Gemini) and prices the model; without
-    one the default is no extended reasoning (Anthropic's), priced with none."""
+    one, or on Anthropic's API, whose default is no extended thinking (the call is sent
+    none), priced with none."""
     if not isinstance(m, ModelSpec) or m.base is not None or not m.efforts:
         return m
     medium = m.efforts.get("medium")
-    tokens = medium.reasoning_tokens if medium is not None else 0
+    anthropic = bool(m.deployments) and all(d.api == "anthropic" for d in m.deployments)
+    tokens = medium.reasoning_tokens if medium is not None and not anthropic else 0
     return m if tokens == m.reasoning_tokens else m.replace(reasoning_tokens=tokens)
 
 

@@ -599,27 +599,41 @@ class Service:
         return out
 
     def resolve(self, routed: wire.Routed, key: VirtualKey | None) -> dict[str, Any]:
-        """`model` as routing options: auto, an alias's constraints, or one model."""
+        """The request's options with its `model` as routing constraints: auto, an alias's
+        constraints (with the caller's own: the stricter of two limits, a conflict a 400),
+        or one model. A request that says how the model thinks (`routed.efforts`) takes the
+        named models' effort rows too; under a key's model list, only the rows it lists
+        (a model's effort row is a model of its own there)."""
         name = routed.model
-        if key is not None and key.models is not None:
-            if name not in key.models:
-                raise HTTPError(403, f"this key may not use {name!r}; it may use {key.models}",
+        reg = self.router.registry
+        listed = None if key is None else key.models
+        if listed is not None:
+            by_effort = routed.efforts and any(m.base == name and m.id in listed for m in reg)
+            if name not in listed and not by_effort:
+                raise HTTPError(403, f"this key may not use {name!r}; it may use {listed}",
                                 "invalid_request_error", "model_not_allowed")  # fmt: skip
             if "allow" in routed.options or "deny" in routed.options:
                 raise HTTPError(403, "this key's model list decides which models serve it: "
                                 "remove allow/deny", "invalid_request_error",
                                 "model_not_allowed")  # fmt: skip
+        alias = name in self.config.aliases
         if name == "auto":
-            return {}
-        if name in self.config.aliases:
-            return dict(self.config.aliases[name])
-        reg = self.router.registry
-        reg[name]  # UnknownModelError (404) names the known ids
-        if "reasoning" in routed.options or "max_reasoning_tokens" in routed.options:
-            # the model at the effort asked (`reasoning_effort`, Anthropic's `thinking`):
-            # its effort rows are the same model
-            return {"allow": (name, *(m.id for m in reg if m.base == name))}
-        return {"allow": (name,)}
+            own: dict[str, Any] = {}
+        elif alias:
+            own = dict(self.config.aliases[name])
+        else:
+            reg[name]  # UnknownModelError (404) names the known ids
+            own = {"allow": (name,)}
+        opts = _with_model(dict(routed.options), own, name)
+        allow = opts.get("allow")
+        if routed.efforts and allow:
+            models = set(allow)
+            rows = [m.id for m in reg if m.base in models]
+            if listed is not None and not alias:  # the key's list, row by row
+                allow = tuple(m for m in allow if m in listed)
+                rows = [m for m in rows if m in listed]
+            opts["allow"] = tuple(dict.fromkeys((*allow, *rows)))
+        return opts
 
     def worst_case(
         self, d: Decision, max_tokens: int | None, cascade: bool = False, write: str | None = None
@@ -719,6 +733,45 @@ def _admitted(key: VirtualKey) -> bool:
 
 
 _CONSTRAINT_KEYS = frozenset(Constraints.__match_args__)  # what routing takes per request
+
+#: How a model name's constraints (an alias's, a model's allow) and the caller's own combine
+#: when both set one: the stricter limit; the other constraints must agree.
+_STRICTER: dict[str, Callable[[Any, Any], Any]] = {
+    "max_cost_usd": min, "latency_slo_ms": min, "max_output_tokens": min,
+    "max_reasoning_tokens": min, "timeout": min, "quality_floor": max,
+    "needs": lambda a, b: tuple(dict.fromkeys((*a, *b))),
+    "deny": lambda a, b: tuple(dict.fromkeys((*a, *b))),
+    "allow": lambda a, b: tuple(m for m in a if m in set(b)),
+}  # fmt: skip
+
+
+def _with_model(opts: dict[str, Any], own: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """`opts` (the request's) with the constraints its model name stands for. An alias had
+    overwritten what the caller asked (an effort, a thinking budget, a cost cap), silently."""
+    for k, v in own.items():
+        mine = opts.get(k)
+        if mine is None:
+            opts[k] = v
+            continue
+        both = _STRICTER.get(k)
+        if both is not None:
+            lists = k in ("allow", "needs", "deny")
+            try:
+                opts[k] = both(tuple(v) if lists else v, tuple(mine) if lists else mine)
+            except TypeError:  # a value of the wrong type: Constraints says which
+                opts[k] = mine
+                continue
+            if k == "allow" and not opts[k]:
+                raise HTTPError(400, f"model {name!r} allows {list(v)} and the request's "
+                                f"'allow' {list(mine)}: no model is in both",
+                                "invalid_request_error", "no_route")  # fmt: skip
+        elif mine != v:
+            raise HTTPError(400, f"model {name!r} sets {k}={v!r} and the request {k}="
+                            f"{mine!r:.60}; send only one", "invalid_request_error",
+                            "conflicting_constraints")  # fmt: skip
+    return opts
+
+
 # A body that took longer to arrive than this has its caller's key read again once it is in.
 _BODY_WAIT_S = 0.01
 
@@ -852,7 +905,7 @@ def create_app(
             parse = wire.openai_request if api == "openai" else wire.anthropic_request
             routed = parse(body, headers)
             try:
-                opts = {**routed.options, **svc.resolve(routed, key)}
+                opts = svc.resolve(routed, key)
             except HTTPError:
                 if recheck:
                     raise KeyChanged() from None
@@ -1114,8 +1167,16 @@ def create_app(
                 request.receive, headers, cfg.max_body_bytes, deadlines, cfg.read_timeout_s
             )
             routed = wire.anthropic_count_request(_json(raw), headers)
-            opts = {**routed.options, **svc.resolve(routed, key)}
+            opts = svc.resolve(routed, key)
+            # a count_tokens body has no max_tokens: routed with the expected output, as
+            # the turn would be without one (a placeholder had been routed as the output)
+            opts.pop("max_tokens", None)
             cascade = opts.pop("cascade", None)
+            if routed.session and cascade is None:  # the session's pin, as `handle` reads it
+                session = f"{key.id if key is not None else 'anon'}:{routed.session}"
+                pinned = await svc.state.pin(session)
+                if pinned and "allow" not in opts and pinned in svc.router.registry:
+                    opts["prefer"] = pinned
             d = await svc.router.decide(routed.messages, cascade=cascade, count_prompt=True, **opts)
         except HTTPError as e:
             return JSONResponse(e.body("anthropic"), e.status, headers=e.headers)
@@ -1128,10 +1189,15 @@ def create_app(
             he = HTTPError(400, "the request nests JSON too deeply (over ~900 levels)",
                            "invalid_request_error", "invalid_json")  # fmt: skip
             return JSONResponse(he.body("anthropic"), he.status)
-        c = d.primary
-        return JSONResponse({"input_tokens": c.tokens_in}, headers={
-            "x-satisfice-model": c.model,
-            "x-satisfice-tokens": "exact" if c.tokens_in_exact else "estimated",
+        first = d.model
+        if cascade is not None:  # a tuned ladder calls its first step's model first
+            ladder = tuned_ladder(d)[0]
+            if ladder is not None:
+                first = ladder.steps[0].models[0]
+        exact = next((c.tokens_in_exact for c in d.candidates if c.model == first), False)
+        return JSONResponse({"input_tokens": d.tokens_in(first)}, headers={
+            "x-satisfice-model": first,
+            "x-satisfice-tokens": "exact" if exact else "estimated",
         })  # fmt: skip
 
     def direct(api: str) -> Callable[[Any, Any, Any], Awaitable[None]]:

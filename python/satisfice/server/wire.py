@@ -110,6 +110,9 @@ class Routed:
     options: dict[str, Any] = field(default_factory=dict)  # chat()/stream() options
     session: str | None = None
     metadata: dict[str, str] | None = None  # the caller's own (OpenAI's `metadata`): recorded
+    # the request says how the model thinks (OpenAI's `reasoning_effort`, Anthropic's
+    # `thinking` or `output_config.effort`): a model it names stands for its effort rows too
+    efforts: bool = False
 
 
 def _bad(msg: str) -> InputError:
@@ -242,6 +245,7 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
         options=opts,
         session=session_key(session),
         metadata=_metadata(body.get("metadata")),
+        efforts=effort is not None,
     )
 
 
@@ -651,7 +655,8 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
             raise _bad("the anthropic-beta header must be ASCII text (beta names, commas)")
         opts["anthropic_beta"] = beta
     session = headers.get("x-satisfice-session") or user
-    return Routed(msgs, model, body.get("stream") is True, False, opts, session_key(session))
+    return Routed(msgs, model, body.get("stream") is True, False, opts, session_key(session),
+                  efforts=body.get("thinking") is not None or effort is not None)  # fmt: skip
 
 
 #: The Messages fields a count_tokens body holds too (it has `mcp_servers` besides).
