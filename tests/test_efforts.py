@@ -145,11 +145,17 @@ async def test_what_anthropic_refuses_beside_thinking_goes_to_the_next_model(
             execution=ExecutionConfig(read_timeout_s=5.0)
         ) as r:
             res = await r.chat("hi", prefer="think@high", max_tokens=100, **kw)
-            assert res.model == "plain"
+            # the next routed model: think's own row at Anthropic's default, no thinking
+            # (priced so: it had been priced with the medium level's reasoning tokens)
+            assert res.model == "think" and res.attempts[-1].outcome == "ok"
             assert res.attempts[0].model == "think@high"
             assert named in (res.attempts[0].error or "")
             with pytest.raises(UnsupportedRequestError, match="extended thinking"):
                 await r.chat("hi", allow=("think@high",), max_tokens=100, **kw)
             ok = await r.chat("hi", allow=("think@high",), max_tokens=100, temperature=1)
             assert ok.model == "think@high"
-        assert [s.model for s in up.requests] == ["plain-wire", "think-wire"]
+        # refusals are never sent: think's own row (no thinking), then think@high (thinking)
+        assert [(s.model, "thinking" in s.body) for s in up.requests] == [
+            ("think-wire", False),
+            ("think-wire", True),
+        ]

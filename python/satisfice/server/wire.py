@@ -812,7 +812,7 @@ def anthropic_response(res: Any) -> dict[str, Any]:
 def _context_edits(res: Any) -> dict[str, Any]:
     """`context_management` as an Anthropic upstream answered it (the edits it applied);
     from any other, nothing: no edit was applied."""
-    raw = res.raw
+    raw = getattr(res, "raw", None)
     cm = raw.get("context_management") if isinstance(raw, Mapping) else None
     return {"context_management": cm} if isinstance(cm, Mapping) else {}
 
