@@ -625,15 +625,36 @@ class Service:
             reg[name]  # UnknownModelError (404) names the known ids
             own = {"allow": (name,)}
         opts = _with_model(dict(routed.options), own, name)
-        allow = opts.get("allow")
-        if routed.efforts and allow:
-            models = set(allow)
+        allow = _ids(opts.get("allow"))
+        thinks = routed.efforts or opts.get("reasoning") is not None or (
+            opts.get("max_reasoning_tokens") is not None
+        )  # fmt: skip
+        if thinks and isinstance(allow, tuple) and allow:
+            models = frozenset(allow)
             rows = [m.id for m in reg if m.base in models]
+            every = tuple(dict.fromkeys((*allow, *rows)))
+            opts["allow"] = every
             if listed is not None and not alias:  # the key's list, row by row
-                allow = tuple(m for m in allow if m in listed)
-                rows = [m for m in rows if m in listed]
-            opts["allow"] = tuple(dict.fromkeys((*allow, *rows)))
+                keep = frozenset(listed)
+                opts["allow"] = tuple(m for m in every if m in keep)
+                if not self._thinks_as_asked(opts["allow"], opts) and self._thinks_as_asked(
+                    every, opts
+                ):  # the key rules out the rows that think as asked: said as the key's
+                    raise HTTPError(403, f"this key may not use {name!r} at the effort asked; "
+                                    f"it may use {listed}", "invalid_request_error",
+                                    "model_not_allowed")  # fmt: skip
         return opts
+
+    def _thinks_as_asked(self, ids: tuple[str, ...], opts: Mapping[str, Any]) -> bool:
+        """Whether any of `ids` passes the reasoning constraints in `opts` (a wrong value:
+        True, for Constraints to name)."""
+        snap = self.router._snap
+        try:
+            off = snap._unreasoned(opts.get("reasoning"), opts.get("max_reasoning_tokens"))
+        except (TypeError, ValueError):
+            return True
+        out = frozenset(snap.ids[i] for i in off)
+        return any(m not in out for m in ids)
 
     def worst_case(
         self, d: Decision, max_tokens: int | None, cascade: bool = False, write: str | None = None
@@ -735,14 +756,31 @@ def _admitted(key: VirtualKey) -> bool:
 _CONSTRAINT_KEYS = frozenset(Constraints.__match_args__)  # what routing takes per request
 
 #: How a model name's constraints (an alias's, a model's allow) and the caller's own combine
-#: when both set one: the stricter limit; the other constraints must agree.
+#: when both set one: the stricter; the other constraints must agree.
 _STRICTER: dict[str, Callable[[Any, Any], Any]] = {
     "max_cost_usd": min, "latency_slo_ms": min, "max_output_tokens": min,
     "max_reasoning_tokens": min, "timeout": min, "quality_floor": max,
+    "strict_floor": lambda a, b: a is True or b is True,  # strict: the floor must hold
     "needs": lambda a, b: tuple(dict.fromkeys((*a, *b))),
     "deny": lambda a, b: tuple(dict.fromkeys((*a, *b))),
-    "allow": lambda a, b: tuple(m for m in a if m in set(b)),
+    "allow": lambda a, b: (lambda bs: tuple(m for m in a if m in bs))(frozenset(b)),
+    # "on" (any effort that thinks) and one effort: that effort
+    "reasoning": lambda a, b: (
+        a if a == b else b if a == "on" and b != "none" else a if b == "on" and a != "none"
+        else None
+    ),
 }  # fmt: skip
+_LISTS = ("allow", "needs", "deny")
+
+
+def _ids(v: Any) -> Any:
+    """A list constraint as a tuple: one id (a str) is one id, not its letters, as
+    `Constraints` reads it; anything else as given (Constraints names a wrong type)."""
+    if isinstance(v, str):
+        return (v,)
+    if isinstance(v, list | tuple):
+        return tuple(v)
+    return v
 
 
 def _with_model(opts: dict[str, Any], own: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -755,20 +793,23 @@ def _with_model(opts: dict[str, Any], own: Mapping[str, Any], name: str) -> dict
             continue
         both = _STRICTER.get(k)
         if both is not None:
-            lists = k in ("allow", "needs", "deny")
+            a, b = (_ids(v), _ids(mine)) if k in _LISTS else (v, mine)
             try:
-                opts[k] = both(tuple(v) if lists else v, tuple(mine) if lists else mine)
+                opts[k] = both(a, b)
             except TypeError:  # a value of the wrong type: Constraints says which
                 opts[k] = mine
                 continue
             if k == "allow" and not opts[k]:
-                raise HTTPError(400, f"model {name!r} allows {list(v)} and the request's "
-                                f"'allow' {list(mine)}: no model is in both",
+                raise HTTPError(400, f"model {name!r} allows {list(a)} and the request's "
+                                f"'allow' {list(b)}: no model is in both",
                                 "invalid_request_error", "no_route")  # fmt: skip
-        elif mine != v:
-            raise HTTPError(400, f"model {name!r} sets {k}={v!r} and the request {k}="
-                            f"{mine!r:.60}; send only one", "invalid_request_error",
-                            "conflicting_constraints")  # fmt: skip
+            if opts[k] is not None:
+                continue
+        elif mine == v:
+            continue
+        raise HTTPError(400, f"model {name!r} sets {k}={v!r} and the request {k}="
+                        f"{mine!r:.60}; send only one", "invalid_request_error",
+                        "conflicting_constraints")  # fmt: skip
     return opts
 
 

@@ -226,7 +226,7 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     effort = body.get("reasoning_effort")
     if effort is not None:  # the rows of that effort, which send it
         if effort not in EFFORTS:
-            raise _bad(f"'reasoning_effort' must be one of {list(EFFORTS)}, got {effort!r:.40}")
+            raise _bad(f"'reasoning_effort' must be one of {list(EFFORTS)}")
         _reasoning(opts, {"reasoning": effort}, "reasoning_effort")
     opts.update(cascade)
     so = body.get("stream_options") or {}
@@ -279,7 +279,7 @@ def _thinking(t: Any) -> dict[str, Any]:
         if isinstance(b, bool) or not isinstance(b, int) or not 0 < b < 2**31:
             raise _bad("'thinking.budget_tokens' must be a positive integer")
         return {"reasoning": "on", "max_reasoning_tokens": b}
-    raise _bad(f"'thinking.type' must be 'adaptive', 'enabled' or 'disabled', got {kind!r:.40}")
+    raise _bad("'thinking.type' must be 'adaptive', 'enabled' or 'disabled'")
 
 
 #: Anthropic's effort levels (`output_config.effort`), each one of the router's.
@@ -296,8 +296,9 @@ def _output_config(oc: Any) -> tuple[str | None, dict[str, Any] | None]:
         raise _bad("'output_config' must be an object with 'effort' and/or 'format'")
     effort = oc.get("effort")
     if effort is not None and effort not in _ANTHROPIC_EFFORTS:
-        raise _bad(f"'output_config.effort' must be one of {list(_ANTHROPIC_EFFORTS)}, got "
-                   f"{effort!r:.40}")  # fmt: skip
+        # (the value is not quoted back: a field that takes one of four words may hold
+        # anything, a key pasted in the wrong place too)
+        raise _bad(f"'output_config.effort' must be one of {list(_ANTHROPIC_EFFORTS)}")
     fmt = oc.get("format")
     if fmt is None:
         return effort, None
