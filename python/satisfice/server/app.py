@@ -645,10 +645,26 @@ class Service:
                                     "model_not_allowed")  # fmt: skip
         return opts
 
+    async def pin(
+        self, routed: wire.Routed, key: VirtualKey | None, opts: dict[str, Any]
+    ) -> str | None:
+        """The request's session as pins are kept, per key (one caller cannot steer
+        another's), with its pinned model as `opts["prefer"]`: tried first, the routed order
+        after it (a pin that was the only model the call might use failed the session
+        whenever its model did, or was disabled; a model that cannot be called now is routed
+        around). None without a session."""
+        if not routed.session:
+            return None
+        session = f"{key.id if key is not None else 'anon'}:{routed.session}"
+        pinned = await self.state.pin(session)
+        if pinned and "allow" not in opts and pinned in self.router.registry:
+            opts["prefer"] = pinned
+        return session
+
     def _thinks_as_asked(self, ids: tuple[str, ...], opts: Mapping[str, Any]) -> bool:
         """Whether any of `ids` passes the reasoning constraints in `opts` (a wrong value:
         True, for Constraints to name)."""
-        snap = self.router._snap
+        snap = self.router.snapshot
         try:
             off = snap._unreasoned(opts.get("reasoning"), opts.get("max_reasoning_tokens"))
         except (TypeError, ValueError):
@@ -962,15 +978,9 @@ def create_app(
             shape = {k: opts[k] for k in ("tools", "response_format") if opts.get(k)}
             if "cascade" in opts:  # the ladder is the policy's: session pins apply to routing
                 routed.session = None
-            if routed.session:  # pins are per key: one caller cannot steer another's
-                routed.session = f"{key.id if key is not None else 'anon'}:{routed.session}"
+            routed.session = await svc.pin(routed, key, opts)
+            if routed.session:
                 meta["session"] = routed.session
-                pinned = await svc.state.pin(routed.session)
-                if pinned and "allow" not in opts and pinned in svc.router.registry:
-                    # tried first, the routed order after it: a pin that was the only model
-                    # the call might use failed the session whenever its model did (or was
-                    # disabled); a model that cannot be called now is routed around
-                    opts["prefer"] = pinned
             opts["metadata"] = meta
             budgets = await svc.budgets_of(key)
             limited = key is not None and (key.rpm is not None or key.tpm is not None)
@@ -1213,11 +1223,8 @@ def create_app(
             # the turn would be without one (a placeholder had been routed as the output)
             opts.pop("max_tokens", None)
             cascade = opts.pop("cascade", None)
-            if routed.session and cascade is None:  # the session's pin, as `handle` reads it
-                session = f"{key.id if key is not None else 'anon'}:{routed.session}"
-                pinned = await svc.state.pin(session)
-                if pinned and "allow" not in opts and pinned in svc.router.registry:
-                    opts["prefer"] = pinned
+            if cascade is None:  # as `handle` reads it
+                await svc.pin(routed, key, opts)
             d = await svc.router.decide(routed.messages, cascade=cascade, count_prompt=True, **opts)
         except HTTPError as e:
             return JSONResponse(e.body("anthropic"), e.status, headers=e.headers)
