@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 quality=priors(entry),
                 deployments=tuple(deps),
                 efforts=_efforts(entry.get("efforts"), f"model {entry['id']!r}"),
+                thinking=entry.get("thinking"),
             )
         )
     meta = dict(sel["meta"])

@@ -159,3 +159,36 @@ async def test_what_anthropic_refuses_beside_thinking_goes_to_the_next_model(
             ("think-wire", False),
             ("think-wire", True),
         ]
+
+
+async def test_an_adaptive_models_effort_rows_send_adaptive_thinking_at_their_effort() -> None:
+    """Claude Opus 4.7 takes adaptive thinking only (a budget_tokens is a 400 there) and
+    Claude 4.6 has the budget deprecated: the bundled registry's effort rows of both had
+    been sent a thinking budget. A model with `thinking = "adaptive"` sends adaptive
+    thinking at the row's effort, with the row's reasoning tokens as room in max_tokens;
+    one without it (Haiku 4.5) still sends a budget."""
+    with LocalUpstream() as up:
+        async with Router(up.patch(Registry.default())) as r:
+            for row in ("claude-opus-4-7@high", "claude-sonnet-4-6@low", "claude-haiku-4-5@low"):
+                await r.chat("hi", allow=[row], max_tokens=100)
+        bodies = {s.body["model"]: s.body for s in up.requests}
+    names = ("claude-opus-4-7", "claude-sonnet-4-6", "claude-haiku-4-5")
+    opus, sonnet, haiku = (bodies[m] for m in names)
+    assert opus["thinking"] == {"type": "adaptive"} and opus["output_config"] == {"effort": "high"}
+    assert opus["max_tokens"] == 100 + 16384
+    assert sonnet["thinking"] == {"type": "adaptive"}
+    assert sonnet["output_config"] == {"effort": "low"}
+    assert haiku["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert "output_config" not in haiku
+
+
+def test_a_models_thinking_mode_is_checked() -> None:
+    base = _reg().to_dict()["model"][0]
+    with pytest.raises(ConfigError, match="thinking must be"):
+        Registry.from_dict({"model": [{**base, "thinking": "budget"}]})
+    with pytest.raises(ConfigError, match="adaptive thinking takes the efforts"):
+        minimal = {"minimal": {"reasoning_tokens": 100}}
+        Registry.from_dict({"model": [{**base, "thinking": "adaptive", "efforts": minimal}]})
+    reg = Registry.from_dict({"model": [{**base, "thinking": "adaptive"}]})
+    assert reg["think@high"].thinking == "adaptive"
+    assert Registry.from_dict(reg.to_dict())["think"].thinking == "adaptive"

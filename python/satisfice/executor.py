@@ -631,8 +631,9 @@ class Executor:
 
     def _provider(self, t: _Target) -> Provider:
         if t.provider is None:
+            s = t.spec
             t.provider = make_provider(
-                self.client, t.model, t.dep, t.spec.effort, t.spec.reasoning_tokens
+                self.client, t.model, t.dep, s.effort, s.reasoning_tokens, s.thinking
             )  # AuthError: no key set
         return t.provider
 

@@ -510,6 +510,9 @@ def thinking_budget(effort: str | None, reasoning_tokens: int | None) -> int:
 
 #: Effort names the APIs accept (OpenAI's reasoning_effort; Anthropic takes a token budget).
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+#: The efforts a model with adaptive thinking takes (`output_config.effort`; "none" is the
+#: row sent no thinking).
+ADAPTIVE_EFFORTS = frozenset(("none", "low", "medium", "high"))
 
 
 def _bad_id(mid: str) -> str | None:
@@ -548,6 +551,7 @@ class ModelSpec(Value):
         "effort",
         "base",
         "reasoning_tokens",
+        "thinking",
     )
     id: str
     provider: str
@@ -568,6 +572,10 @@ class ModelSpec(Value):
     effort: str | None
     base: str | None
     reasoning_tokens: int  # a variant's expected reasoning tokens per call
+    # How an Anthropic model's effort rows think: None, extended thinking with a token
+    # budget; "adaptive", adaptive thinking at the row's effort (`output_config.effort`),
+    # which Claude Opus 4.7 alone takes (a budget is a 400 there) and Claude 4.6 prefers
+    thinking: str | None
 
     def __init__(
         self,
@@ -588,6 +596,7 @@ class ModelSpec(Value):
         effort: str | None = None,
         base: str | None = None,
         reasoning_tokens: int = 0,
+        thinking: str | None = None,
     ) -> None:
         _set(self, "id", id)
         _set(self, "provider", provider)
@@ -606,6 +615,7 @@ class ModelSpec(Value):
         _set(self, "effort", effort)
         _set(self, "base", base)
         _set(self, "reasoning_tokens", reasoning_tokens)
+        _set(self, "thinking", thinking)
         self.__post_init__()
 
     def __post_init__(self) -> None:
@@ -642,6 +652,12 @@ class ModelSpec(Value):
             )
         if not isinstance(self.disabled, bool):
             raise ConfigError(f"{where}: disabled must be True or False, got {self.disabled!r:.40}")
+        if self.thinking not in (None, "adaptive"):
+            raise ConfigError(f"{where}: thinking must be \"adaptive\" or left out (a "
+                              f"thinking budget), got {self.thinking!r:.40}")  # fmt: skip
+        if self.thinking == "adaptive" and (odd := sorted(set(self.efforts) - ADAPTIVE_EFFORTS)):
+            raise ConfigError(f"{where}: adaptive thinking takes the efforts "
+                              f"{sorted(ADAPTIVE_EFFORTS)}, not {odd}")  # fmt: skip
         if not isinstance(self.efforts, Mapping) or not all(
             k in EFFORTS and isinstance(e, Effort) for k, e in self.efforts.items()
         ):
@@ -746,6 +762,7 @@ class ModelSpec(Value):
             deprecation_date=_date(d.get("deprecation_date"), f"{where}.deprecation_date"),
             successor=_opt_str(d.get("successor"), f"{where}.successor"),
             efforts=_efforts(d.get("efforts"), where),
+            thinking=_opt_str(d.get("thinking"), f"{where}.thinking"),
         )
 
     def variant(self, name: str) -> ModelSpec:
@@ -795,6 +812,8 @@ class ModelSpec(Value):
             d["successor"] = self.successor
         if self.disabled:
             d["disabled"] = True
+        if self.thinking is not None:
+            d["thinking"] = self.thinking
         if self.efforts:
             d["efforts"] = {
                 k: {"reasoning_tokens": e.reasoning_tokens, "quality": e.quality}

@@ -39,8 +39,9 @@ def carries(spec: ModelSpec, dep: Deployment, request: ChatRequest) -> bool:
         return True
     try:
         anthropic_wire(
-            request, dep.model, False, thinking_budget(spec.effort, spec.reasoning_tokens)
-        )
+            request, dep.model, False, thinking_budget(spec.effort, spec.reasoning_tokens),
+            spec.effort if spec.thinking == "adaptive" else None,
+        )  # fmt: skip
     except (UnsupportedRequestError, BadRequestError):
         return False
     return True
@@ -52,6 +53,7 @@ def make_provider(
     dep: Deployment,
     effort: str | None = None,
     reasoning_tokens: int = 0,
+    thinking: str | None = None,
 ) -> Provider:
     """The provider for a registry deployment, with its key read from the environment now.
 
@@ -95,4 +97,5 @@ def make_provider(
         model_id=model_id,
         effort=effort,
         reasoning_tokens=reasoning_tokens,
+        thinking=thinking,
     )

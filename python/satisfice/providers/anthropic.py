@@ -300,11 +300,14 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
     return p
 
 
-def anthropic_wire(r: ChatRequest, model: str, stream: bool, budget: int) -> dict[str, Any]:
+def anthropic_wire(
+    r: ChatRequest, model: str, stream: bool, budget: int, adaptive: str | None = None
+) -> dict[str, Any]:
     """The Messages API body of `r` for `model`, with extended thinking of `budget` tokens
-    (0: none). UnsupportedRequestError where Anthropic documents it refuses what comes
-    beside thinking (`_thinking_refuses`): refused here, the request goes on to the next
-    model it was routed to; sent, the 400 had ended it there."""
+    (0: none), or, given `adaptive` (an effort), adaptive thinking at that effort with
+    `budget` tokens of room. UnsupportedRequestError where Anthropic documents it refuses
+    what comes beside thinking (`_thinking_refuses`): refused here, the request goes on to
+    the next model it was routed to; sent, the 400 had ended it there."""
     p = to_anthropic(r, model, stream=stream)
     if "stop" in p:  # OpenAI's `stop` (a string or a list) is Anthropic's stop_sequences
         stop = p.pop("stop")
@@ -321,8 +324,14 @@ def anthropic_wire(r: ChatRequest, model: str, stream: bool, budget: int) -> dic
                 f"Anthropic refuses {why} with thinking; leave it out, or ask for a model "
                 "without thinking (an effort of none)"
             )
-        # extended thinking: the budget is spent before the answer, within max_tokens
-        p["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if adaptive is not None:
+            # the model decides how much to think, at this effort (a budget is a 400 on
+            # the models that take only this)
+            p["thinking"] = {"type": "adaptive"}
+            p["output_config"] = {**p.get("output_config", {}), "effort": adaptive}
+        else:
+            # extended thinking: the budget is spent before the answer, within max_tokens
+            p["thinking"] = {"type": "enabled", "budget_tokens": budget}
         p["max_tokens"] = p["max_tokens"] + budget
     return p
 
@@ -415,8 +424,9 @@ class AnthropicProvider(HTTPProvider):
 
     def _wire(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         return anthropic_wire(
-            request, self.model, stream, thinking_budget(self.effort, self.reasoning_tokens)
-        )
+            request, self.model, stream, thinking_budget(self.effort, self.reasoning_tokens),
+            self.effort if self.thinking == "adaptive" else None,
+        )  # fmt: skip
 
     @staticmethod
     def _extra_headers() -> dict[str, str]:

@@ -477,7 +477,7 @@ class HTTPProvider:
 
     __slots__ = (
         "_client", "_headers", "_merged", "_poster", "_posters", "_url", "deployment", "effort",
-        "model", "model_id", "reasoning_tokens",
+        "model", "model_id", "reasoning_tokens", "thinking",
     )  # fmt: skip
 
     def __init__(
@@ -491,11 +491,14 @@ class HTTPProvider:
         model_id: str | None = None,
         effort: str | None = None,
         reasoning_tokens: int = 0,
+        thinking: str | None = None,
     ) -> None:
         self._client = client
         # a (model, effort) variant: OpenAI-style APIs get `reasoning_effort`, Anthropic a
-        # thinking budget of `reasoning_tokens`
+        # thinking budget of `reasoning_tokens`, or adaptive thinking at the effort
+        # (`thinking="adaptive"`, `ModelSpec.thinking`)
         self.effort, self.reasoning_tokens = effort, reasoning_tokens
+        self.thinking = thinking
         # parsed once here: httpx re-parses a URL given as text on every request (~45 µs)
         try:
             self._url = httpx.URL(self._endpoint(base_url.rstrip("/")))
