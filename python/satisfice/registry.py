@@ -510,9 +510,9 @@ def thinking_budget(effort: str | None, reasoning_tokens: int | None) -> int:
 
 #: Effort names the APIs accept (OpenAI's reasoning_effort; Anthropic takes a token budget).
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
-#: The efforts a model with adaptive thinking takes (`output_config.effort`; "none" is the
-#: row sent no thinking).
-ADAPTIVE_EFFORTS = frozenset(("none", "low", "medium", "high"))
+#: The efforts a model with adaptive thinking takes (`output_config.effort`: "xhigh" from
+#: Claude Opus 4.7 on; "none" is the row sent no thinking).
+ADAPTIVE_EFFORTS = frozenset(("none", "low", "medium", "high", "xhigh"))
 
 
 def _bad_id(mid: str) -> str | None:
