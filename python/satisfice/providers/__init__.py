@@ -10,7 +10,7 @@ import httpx
 from .._redact import MIN_KEY_CHARS
 from ..errors import AuthError, BadRequestError, UnsupportedRequestError
 from ..registry import thinking_budget
-from .anthropic import AnthropicProvider, anthropic_wire
+from .anthropic import AnthropicProvider, adaptive_effort, anthropic_wire
 from .base import ChatRequest, ChatResponse, Provider, StreamDelta, ToolCall, Usage
 from .openai import OpenAIProvider
 
@@ -40,7 +40,7 @@ def carries(spec: ModelSpec, dep: Deployment, request: ChatRequest) -> bool:
     try:
         anthropic_wire(
             request, dep.model, False, thinking_budget(spec.effort, spec.reasoning_tokens),
-            spec.effort if spec.thinking == "adaptive" else None,
+            adaptive_effort(spec.thinking, spec.effort),
         )  # fmt: skip
     except (UnsupportedRequestError, BadRequestError):
         return False

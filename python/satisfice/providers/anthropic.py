@@ -316,19 +316,24 @@ def anthropic_wire(
         if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop):
             raise BadRequestError("stop must be a non-empty string or a list of them")
         p["stop_sequences"] = stop
-    if budget:
+    if budget or adaptive is not None:
         why = _thinking_refuses(p)
         if why is not None:
+            how = (f"adaptive thinking at effort {adaptive}" if adaptive is not None
+                   else f"extended thinking, {budget} tokens")  # fmt: skip
             raise UnsupportedRequestError(
-                f"{model} thinks before it answers (extended thinking, {budget} tokens), and "
-                f"Anthropic refuses {why} with thinking; leave it out, or ask for a model "
-                "without thinking (an effort of none)"
+                f"{model} thinks before it answers ({how}), and Anthropic refuses {why} with "
+                "thinking; leave it out, or ask for a model without thinking (an effort of "
+                "none)"
             )
         if adaptive is not None:
             # the model decides how much to think, at this effort (a budget is a 400 on
             # the models that take only this)
+            oc = p.get("output_config", {})
+            if not isinstance(oc, dict):  # a caller's `extra`, merged into the body
+                raise BadRequestError("extra output_config must be an object")
             p["thinking"] = {"type": "adaptive"}
-            p["output_config"] = {**p.get("output_config", {}), "effort": adaptive}
+            p["output_config"] = {**oc, "effort": adaptive}
         else:
             # extended thinking: the budget is spent before the answer, within max_tokens
             p["thinking"] = {"type": "enabled", "budget_tokens": budget}
@@ -337,6 +342,12 @@ def anthropic_wire(
 
 
 _THINKING = ("thinking", "redacted_thinking")
+
+
+def adaptive_effort(thinking: str | None, effort: str | None) -> str | None:
+    """The effort an adaptive-thinking row sends (`ModelSpec.thinking`), whatever reasoning
+    tokens its level expects; None for a row that does not think so."""
+    return effort if thinking == "adaptive" and effort not in (None, "none") else None
 
 
 def _thinking_refuses(p: dict[str, Any]) -> str | None:
@@ -425,7 +436,7 @@ class AnthropicProvider(HTTPProvider):
     def _wire(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         return anthropic_wire(
             request, self.model, stream, thinking_budget(self.effort, self.reasoning_tokens),
-            self.effort if self.thinking == "adaptive" else None,
+            adaptive_effort(self.thinking, self.effort),
         )  # fmt: skip
 
     @staticmethod
