@@ -81,3 +81,20 @@ def wire(model: str) -> str:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+#: (chat() keywords, what the refusal names): what Anthropic refuses beside thinking, which
+#: a thinking row refuses before sending (`providers.anthropic._thinking_refuses`).
+REFUSED_BESIDE_THINKING: list[tuple[dict[str, Any], str]] = [
+    ({"temperature": 0.2}, "temperature 0.2"),
+    ({"extra": {"top_p": 0.5}}, "top_p 0.5"),
+    ({"extra": {"top_k": 5}}, "top_k"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    (
+        {
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            "tool_choice": "required",
+        },
+        "a forced tool_choice",
+    ),
+]

@@ -19,6 +19,7 @@ from satisfice.executor import ExecutionConfig, worst_bill
 from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream, reply
 
+from .chat_support import REFUSED_BESIDE_THINKING
 from .server_support import running
 
 OPUS, SONNET, HAIKU = "claude-opus-4-7", "claude-sonnet-4-6", "claude-haiku-4-5"
@@ -102,22 +103,7 @@ async def test_a_cost_cap_bounds_what_an_adaptive_row_bills() -> None:
 
 
 # -- what Anthropic refuses beside thinking ----------------------------------------------------
-@pytest.mark.parametrize(
-    "kw, named",
-    [
-        ({"temperature": 0.2}, "temperature 0.2"),
-        ({"extra": {"top_p": 0.5}}, "top_p 0.5"),
-        ({"extra": {"top_k": 5}}, "top_k"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        (
-            {
-                "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
-                "tool_choice": "required",
-            },
-            "a forced tool_choice",
-        ),
-    ],
-)
+@pytest.mark.parametrize("kw, named", REFUSED_BESIDE_THINKING)
 async def test_adaptive_rows_refuse_what_thinking_refuses_and_fall_through(
     kw: dict[str, Any], named: str
 ) -> None:

@@ -12,6 +12,8 @@ from satisfice.errors import ConfigError
 from satisfice.executor import ExecutionConfig
 from satisfice.testing import LocalUpstream
 
+from .chat_support import REFUSED_BESIDE_THINKING
+
 
 def _reg(url: str = "https://example.invalid", api: str = "openai") -> Registry:
     efforts: dict[str, Any] = {
@@ -118,21 +120,7 @@ def _thinking_and_plain(url: str) -> Registry:
     return Registry.from_dict(reg)
 
 
-@pytest.mark.parametrize(
-    "kw, named",
-    [
-        ({"temperature": 0.2}, "temperature 0.2"),
-        ({"extra": {"top_p": 0.5}}, "top_p 0.5"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        (
-            {
-                "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
-                "tool_choice": "required",
-            },
-            "a forced tool_choice",
-        ),
-    ],
-)
+@pytest.mark.parametrize("kw, named", REFUSED_BESIDE_THINKING)
 async def test_what_anthropic_refuses_beside_thinking_goes_to_the_next_model(
     kw: dict[str, Any], named: str
 ) -> None:
