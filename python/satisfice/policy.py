@@ -61,7 +61,8 @@ class Constraints(Value):
     reasoning tokens: a model's `@none` effort, a model that does not think by default),
     "on" (rows that do), or an effort level ("minimal" ... "xhigh": the rows of that
     effort, which send it). `max_reasoning_tokens`: rows whose expected reasoning tokens
-    (an Anthropic row's thinking budget) are at most this many.
+    (a budget row's thinking budget; an expectation, not a cap, for adaptive and OpenAI
+    rows) are at most this many.
     """
 
     __match_args__ = __slots__ = (
