@@ -17,7 +17,7 @@ from ._frozen import Frozen, Value, _set
 from .errors import ConfigError, NoRouteError
 from .policy import Constraints, Policy
 from .predict import ModelParams
-from .registry import Registry
+from .registry import ModelSpec, Registry
 
 TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:
@@ -39,6 +39,18 @@ _LAST = {"reasoning": 1, "exclude": 2, "disabled": 2}
 
 #: Candidates a request record keeps (see `Decision.record`).
 RECORDED = 16
+
+
+def thinks_as_asked(m: ModelSpec, want: str | None, most: int | None) -> bool:
+    """Whether row `m` passes `Constraints.reasoning` (`want`) and `max_reasoning_tokens`
+    (`most`): by the reasoning tokens its registry entry expects, and its effort."""
+    spent = m.reasoning_tokens
+    ok = (
+        spent == 0 if want == "none"
+        else spent > 0 if want == "on"
+        else want is None or m.effort == want
+    )  # fmt: skip
+    return ok and (most is None or spent <= most)
 
 
 class Snapshot(Frozen):
@@ -145,16 +157,7 @@ class Snapshot(Frozen):
         hit = _UNREASONED.get(key)
         if hit is not None and hit[0] is self.ids:
             return hit[1]
-        rows = []
-        for m in self.registry:
-            spent = m.reasoning_tokens
-            ok = (
-                spent == 0 if want == "none"
-                else spent > 0 if want == "on"
-                else want is None or m.effort == want
-            )  # fmt: skip
-            if not ok or (most is not None and spent > most):
-                rows.append(self.index[m.id])
+        rows = [self.index[m.id] for m in self.registry if not thinks_as_asked(m, want, most)]
         if len(_UNREASONED) >= 64:
             _UNREASONED.clear()
         _UNREASONED[key] = (self.ids, rows)

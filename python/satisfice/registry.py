@@ -765,6 +765,10 @@ class ModelSpec(Value):
             thinking=_opt_str(d.get("thinking"), f"{where}.thinking"),
         )
 
+    def effort_ids(self) -> tuple[str, ...]:
+        """The ids of this model's effort rows ("MODEL@LEVEL", `variant`)."""
+        return tuple(f"{self.id}@{name}" for name in self.efforts)
+
     def variant(self, name: str) -> ModelSpec:
         """This model at one effort level: its own row in the routing table, priced with
         the level's reasoning tokens and its priors moved by the level's quality delta."""

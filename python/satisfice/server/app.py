@@ -39,7 +39,7 @@ from starlette.routing import Route
 from .. import _core
 from .._json import dumps, loads
 from .._watchdog import Deadlines
-from ..decision import Decision
+from ..decision import Decision, thinks_as_asked
 from ..errors import (
     AllAttemptsFailedError,
     AuthError,
@@ -608,8 +608,9 @@ class Service:
         reg = self.router.registry
         listed = None if key is None else key.models
         if listed is not None:
-            by_effort = routed.efforts and any(m.base == name and m.id in listed for m in reg)
-            if name not in listed and not by_effort:
+            if name not in listed and not (  # or one of its effort rows, asked by effort
+                routed.efforts and name in reg and any(v in listed for v in reg[name].effort_ids())
+            ):
                 raise HTTPError(403, f"this key may not use {name!r}; it may use {listed}",
                                 "invalid_request_error", "model_not_allowed")  # fmt: skip
             if "allow" in routed.options or "deny" in routed.options:
@@ -630,13 +631,11 @@ class Service:
             opts.get("max_reasoning_tokens") is not None
         )  # fmt: skip
         if thinks and isinstance(allow, tuple) and allow:
-            models = frozenset(allow)
-            rows = [m.id for m in reg if m.base in models]
+            rows = [v for m in allow if m in reg for v in reg[m].effort_ids()]
             every = tuple(dict.fromkeys((*allow, *rows)))
             opts["allow"] = every
             if listed is not None and not alias:  # the key's list, row by row
-                keep = frozenset(listed)
-                opts["allow"] = tuple(m for m in every if m in keep)
+                opts["allow"] = tuple(m for m in every if m in listed)
                 if not self._thinks_as_asked(opts["allow"], opts) and self._thinks_as_asked(
                     every, opts
                 ):  # the key rules out the rows that think as asked: said as the key's
@@ -664,13 +663,12 @@ class Service:
     def _thinks_as_asked(self, ids: tuple[str, ...], opts: Mapping[str, Any]) -> bool:
         """Whether any of `ids` passes the reasoning constraints in `opts` (a wrong value:
         True, for Constraints to name)."""
-        snap = self.router.snapshot
+        reg = self.router.registry
+        want, most = opts.get("reasoning"), opts.get("max_reasoning_tokens")
         try:
-            off = snap._unreasoned(opts.get("reasoning"), opts.get("max_reasoning_tokens"))
-        except (TypeError, ValueError):
+            return any(thinks_as_asked(reg[m], want, most) for m in ids if m in reg)
+        except TypeError:
             return True
-        out = frozenset(snap.ids[i] for i in off)
-        return any(m not in out for m in ids)
 
     def worst_case(
         self, d: Decision, max_tokens: int | None, cascade: bool = False, write: str | None = None
@@ -771,6 +769,23 @@ def _admitted(key: VirtualKey) -> bool:
 
 _CONSTRAINT_KEYS = frozenset(Constraints.__match_args__)  # what routing takes per request
 
+
+def _overlap(a: tuple[str, ...], b: frozenset[str]) -> tuple[str, ...]:
+    return tuple(m for m in a if m in b)
+
+
+def _stricter_reasoning(a: str, b: str) -> str | None:
+    """Two `reasoning` values as one: the same, or "on" (any effort that thinks) and one
+    effort that thinks (that effort); None where they disagree."""
+    if a == b:
+        return a
+    if a == "on" and b != "none":
+        return b
+    if b == "on" and a != "none":
+        return a
+    return None
+
+
 #: How a model name's constraints (an alias's, a model's allow) and the caller's own combine
 #: when both set one: the stricter; the other constraints must agree.
 _STRICTER: dict[str, Callable[[Any, Any], Any]] = {
@@ -779,13 +794,11 @@ _STRICTER: dict[str, Callable[[Any, Any], Any]] = {
     "strict_floor": lambda a, b: a is True or b is True,  # strict: the floor must hold
     "needs": lambda a, b: tuple(dict.fromkeys((*a, *b))),
     "deny": lambda a, b: tuple(dict.fromkeys((*a, *b))),
-    "allow": lambda a, b: (lambda bs: tuple(m for m in a if m in bs))(frozenset(b)),
-    # "on" (any effort that thinks) and one effort: that effort
-    "reasoning": lambda a, b: (
-        a if a == b else b if a == "on" and b != "none" else a if b == "on" and a != "none"
-        else None
-    ),
+    "allow": lambda a, b: _overlap(a, frozenset(b)),
+    "reasoning": _stricter_reasoning,
 }  # fmt: skip
+
+
 _LISTS = ("allow", "needs", "deny")
 
 
@@ -1219,9 +1232,6 @@ def create_app(
             )
             routed = wire.anthropic_count_request(_json(raw), headers)
             opts = svc.resolve(routed, key)
-            # a count_tokens body has no max_tokens: routed with the expected output, as
-            # the turn would be without one (a placeholder had been routed as the output)
-            opts.pop("max_tokens", None)
             cascade = opts.pop("cascade", None)
             if cascade is None:  # as `handle` reads it
                 await svc.pin(routed, key, opts)

@@ -681,7 +681,10 @@ def anthropic_count_request(body: Any, headers: Mapping[str, str]) -> Routed:
         raise _bad("'mcp_servers' run at Anthropic's side, which routed providers do not "
                    "reach; remove them")  # fmt: skip
     fields = {k: v for k, v in body.items() if k != "mcp_servers"}
-    return anthropic_request({**fields, "max_tokens": 1}, headers)
+    routed = anthropic_request({**fields, "max_tokens": 1}, headers)  # (1: read, then left out)
+    # no max_tokens: routed with the expected output, as the turn would be without one
+    del routed.options["max_tokens"]
+    return routed
 
 
 #: A custom tool's fields that every routed provider's tool can carry.
