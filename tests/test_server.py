@@ -814,18 +814,30 @@ def test_messages_beside_tool_blocks_are_carried_or_refused(served: Any) -> None
                 "role": "user", "content": [tool_result, bad]}])  # fmt: skip
 
 
-def test_thinking_is_left_out_of_any_assistant_turn() -> None:
-    """With a tool_use or without: an agent's history with extended thinking is accepted."""
+def test_thinking_is_kept_apart_in_any_assistant_turn() -> None:
+    """With a tool_use or without: an agent's history with extended thinking is accepted,
+    its thinking kept apart as the message's thinking_blocks (sent back to a model that
+    thinks, left out for any other: tests/test_thinking_blocks.py)."""
     from satisfice.server import wire
 
     user = {"role": "user", "content": "hi"}
-    turn = {"role": "assistant", "content": [
-        {"type": "thinking", "thinking": "x", "signature": "s"},
-        {"type": "redacted_thinking", "data": "y"}, {"type": "text", "text": "hello"}]}  # fmt: skip
+    thought = [{"type": "thinking", "thinking": "x", "signature": "s"},
+               {"type": "redacted_thinking", "data": "y"}]  # fmt: skip
+    turn = {"role": "assistant", "content": [*thought, {"type": "text", "text": "hello"}]}
     r = wire.anthropic_request(
         {"model": "auto", "max_tokens": 9, "messages": [user, turn, user]}, {}
     )
-    assert r.messages[1] == {"role": "assistant", "content": [{"type": "text", "text": "hello"}]}
+    assert r.messages[1] == {
+        "role": "assistant", "content": [{"type": "text", "text": "hello"}],
+        "thinking_blocks": thought,
+    }  # fmt: skip
+    use = {"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}
+    turn = {"role": "assistant", "content": [*thought, use]}
+    r = wire.anthropic_request(
+        {"model": "auto", "max_tokens": 9, "messages": [user, turn, user]}, {}
+    )
+    assert r.messages[1]["thinking_blocks"] == thought
+    assert r.messages[1]["tool_calls"][0]["id"] == "t1"
 
 
 def test_a_revoked_key_cannot_be_patched_back(served: Any) -> None:
@@ -1427,7 +1439,7 @@ def test_a_refusal_beside_text_reaches_anthropic_clients_whole(
     monkeypatch.setattr(w, "decision_field", lambda r: {})
     res = SimpleNamespace(
         text="Sure, here", refusal="I can't help with that.", tool_calls=[], request_id="r",
-        model="m", stop_sequence=None, finish_reason="stop", usage=None,
+        model="m", stop_sequence=None, finish_reason="stop", usage=None, thinking=[],
     )  # fmt: skip
     out = w.anthropic_response(res)
     assert [b["text"] for b in out["content"]] == ["Sure, here", "I can't help with that."]

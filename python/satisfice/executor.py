@@ -73,8 +73,8 @@ class ExecutionConfig:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 120.0  # longest silence between bytes (when no deadline is tighter)
     attempt_timeout_s: float = 600.0  # one whole attempt, when the request has no deadline
-    # longest wait for the next piece of a stream's text (keep-alive comments and pings are
-    # not text); a request's deadline bounds the whole stream as well
+    # longest wait for the next piece of a stream's text or thinking (keep-alive comments
+    # and pings are neither); a request's deadline bounds the whole stream as well
     stream_idle_timeout_s: float = 120.0
     max_retries: int = 1  # extra tries of the same deployment for retryable errors
     backoff_base_s: float = 0.1
@@ -989,6 +989,7 @@ class Executor:
             ttft,
             stop_sequence=resp.stop_sequence,
             refusal=resp.refusal,
+            thinking=resp.thinking,
         )
 
     async def _failure(self, run: Run) -> ProviderError:
@@ -1234,6 +1235,7 @@ class Executor:
             cascade=result,
             stop_sequence=resp.stop_sequence,
             refusal=resp.refusal,
+            thinking=resp.thinking,
         )
 
     async def _stream(
@@ -1243,11 +1245,12 @@ class Executor:
 
         async def open_(
             p: Provider, request: ChatRequest, timeout: httpx.Timeout
-        ) -> tuple[Any, str | ChatResponse]:
+        ) -> tuple[Any, str | StreamDelta | ChatResponse]:
             gen = p.stream(request, timeout)
             try:
-                # keep-alive comments or pings are no progress: the first text must come
-                # within the idle timeout (and, as every wait, inside the deadline)
+                # keep-alive comments or pings are no progress: the first text (or
+                # thinking) must come within the idle timeout (and, as every wait, inside
+                # the deadline)
                 async with asyncio.timeout(idle):
                     return gen, await anext(gen)
             except TimeoutError:  # in this limit's own words, not the attempt budget's
@@ -1273,13 +1276,21 @@ class Executor:
         delivered: list[str] = []
         finished = False  # the result was yielded
         scrubber = StreamScrubber()  # a key split across pieces never reaches the caller
+        thinks = StreamScrubber()  # the same for the model's thinking
         wd = Watchdog()  # the idle timeout between pieces: one timer for the whole stream
         # in flight until its end, not only until its first text: balancing counts it
         self._in_flight[t.key] += 1
         try:
             while not isinstance(item, ChatResponse):
-                piece = scrubber.feed(item)
                 w = perf_counter()
+                if isinstance(item, StreamDelta):  # the model's thinking
+                    for d in _thinking(item, thinks):
+                        yield d
+                    y, w = w, perf_counter()
+                    paused += w - y
+                    piece = ""
+                else:
+                    piece = scrubber.feed(item)
                 if piece:
                     if ttft is None:
                         ttft = w - run.t0
@@ -1533,6 +1544,17 @@ class Executor:
     def _hedge_delay(self, t: _Target) -> float:
         p95 = self._p95_s(t)
         return self.config.hedge_default_s if p95 is None else p95
+
+
+def _thinking(d: StreamDelta, scrubber: StreamScrubber) -> list[StreamDelta]:
+    """What the caller is given of a provider's piece of thinking: a key in it scrubbed,
+    split across pieces too (a block's whole text, which its end carries, the provider
+    scrubbed)."""
+    if d.thought is None:
+        piece = scrubber.feed(d.thinking)
+        return [StreamDelta(thinking=piece)] if piece else []
+    rest = scrubber.flush()
+    return [StreamDelta(thinking=rest), d] if rest else [d]
 
 
 def _with_reasoning(usage: Usage, t: _Target) -> Usage:

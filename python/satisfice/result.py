@@ -120,6 +120,10 @@ class ChatResult:
     metadata: dict[str, Any] = field(default_factory=dict)  # the caller's tags
     stop_sequence: str | None = None  # the caller's stop sequence that ended the answer
     refusal: str | None = None  # the model's refusal to answer, when it said so apart
+    # A Claude model's thinking, as Anthropic's API gave it ("thinking" and
+    # "redacted_thinking" blocks): put it on the assistant message as `thinking_blocks`
+    # when a tool loop goes on (a thinking model's next turn needs it back, unchanged)
+    thinking: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
     def request_id(self) -> str:

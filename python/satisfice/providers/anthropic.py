@@ -26,6 +26,7 @@ from .base import (
     ChatResponse,
     Halves,
     HTTPProvider,
+    StreamDelta,
     ToolCall,
     Usage,
     encode_body,
@@ -35,6 +36,7 @@ from .base import (
     sendable,
     sse_events,
     text_field,
+    thinking_blocks,
     token_count,
     whole,
 )
@@ -152,14 +154,18 @@ def _allowed_tools(p: dict[str, Any], choice: dict[str, Any]) -> None:
     p["tool_choice"] = {"type": "any" if mode == "required" else "auto"}
 
 
-def to_anthropic(r: ChatRequest, model: str, stream: bool = False) -> dict[str, Any]:
-    """The Messages API payload for a normalized request.
+def to_anthropic(
+    r: ChatRequest, model: str, stream: bool = False, *, thinks: bool = False
+) -> dict[str, Any]:
+    """The Messages API payload for a normalized request; `thinks`: for a model that thinks
+    (an assistant message's `thinking_blocks` are sent back then, first in its turn, and
+    left out otherwise: only thinking asks for them).
 
     Raises BadRequestError when a message, tool call or tool is not shaped as the OpenAI
     vocabulary says (a missing `function`, `name` or `id`): no retry would fix it.
     """
     try:
-        return _payload(r, model, stream)
+        return _payload(r, model, stream, thinks)
     except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
         raise BadRequestError(
             f"the request cannot be translated for the Anthropic Messages API "
@@ -168,7 +174,7 @@ def to_anthropic(r: ChatRequest, model: str, stream: bool = False) -> dict[str, 
         ) from None
 
 
-def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
+def _payload(r: ChatRequest, model: str, stream: bool, thinks: bool) -> dict[str, Any]:
     system: list[Any] = []
     msgs: list[dict[str, Any]] = []
     for i, m in enumerate(r.messages):
@@ -243,6 +249,12 @@ def _payload(r: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
                         use["cache_control"] = c["cache_control"]
                     blocks.append(use)
                 body = blocks
+            thought = m.get("thinking_blocks") if role == "assistant" else None
+            if thought is not None:
+                thought = thinking_blocks(thought, f"messages[{i}].thinking_blocks")
+                if thinks and thought:  # first in the turn, as the model wrote them
+                    text = [{"type": "text", "text": body}] if body else []
+                    body = thought + (body if isinstance(body, list) else text)
             msgs.append({"role": role, "content": body})
         else:
             raise BadRequestError(
@@ -308,7 +320,7 @@ def anthropic_wire(
     `budget` tokens of room. UnsupportedRequestError where Anthropic documents it refuses
     what comes beside thinking (`_thinking_refuses`): refused here, the request goes on to
     the next model it was routed to; sent, the 400 had ended it there."""
-    p = to_anthropic(r, model, stream=stream)
+    p = to_anthropic(r, model, stream=stream, thinks=bool(budget) or adaptive is not None)
     if "stop" in p:  # OpenAI's `stop` (a string or a list) is Anthropic's stop_sequences
         stop = p.pop("stop")
         if isinstance(stop, str):
@@ -342,6 +354,14 @@ def anthropic_wire(
 
 
 _THINKING = ("thinking", "redacted_thinking")
+
+
+def _thought(b: dict[str, Any]) -> dict[str, Any]:
+    """A thinking block of an answer, as it is sent back: its own fields, checked."""
+    if b["type"] == "redacted_thinking":
+        return {"type": "redacted_thinking", "data": scrub(text_field(b["data"], "data"))}
+    text = scrub(text_field(b["thinking"], "thinking"))
+    return {"type": "thinking", "thinking": text, "signature": text_field(b["signature"], "sig")}
 
 
 def adaptive_effort(thinking: str | None, effort: str | None) -> str | None:
@@ -454,9 +474,12 @@ class AnthropicProvider(HTTPProvider):
         try:
             texts: list[str] = []
             calls: list[ToolCall] = []
+            thought: list[dict[str, Any]] = []
             for b in data["content"]:
                 if b["type"] == "text":
                     texts.append(text_field(b["text"], "content[].text"))
+                elif b["type"] in _THINKING:
+                    thought.append(_thought(b))
                 elif b["type"] == "tool_use":
                     calls.append(
                         ToolCall(
@@ -476,13 +499,14 @@ class AnthropicProvider(HTTPProvider):
             return ChatResponse(
                 "".join(texts), data, _usage(data.get("usage")), finish, calls, wire,
                 stop_sequence=(seq or None) if stop == "stop_sequence" else None,
+                thinking=thought,
             )  # fmt: skip
         except PARSE_ERRORS as e:
             raise self._not_an_answer(data, e) from None
 
     async def stream(
         self, request: ChatRequest, timeout: httpx.Timeout
-    ) -> AsyncGenerator[str | ChatResponse, None]:
+    ) -> AsyncGenerator[str | StreamDelta | ChatResponse, None]:
         body = encode_body(self._wire(request, True))
         resp = await self._open(body, timeout, self._beta(request))
         halves = Halves()  # a surrogate pair split between two events, joined
@@ -491,6 +515,11 @@ class AnthropicProvider(HTTPProvider):
             json_halves = Halves()  # the same for a forced JSON tool's streamed text
             # index -> [id, name, json pieces] for tool_use blocks
             tools: dict[int, tuple[str, str, list[str]]] = {}
+            # index -> [thinking pieces, signature pieces] for thinking blocks, open; the
+            # blocks as they closed
+            thinking: dict[Any, tuple[list[str], list[str]]] = {}
+            thought: list[dict[str, Any]] = []
+            think_halves = Halves()
             usage_in: dict[str, Any] = {}
             out_tokens: Any = None
             stop: str | None = None
@@ -511,6 +540,17 @@ class AnthropicProvider(HTTPProvider):
                             open_blocks.add(ev.get("index"))
                         elif kind == "content_block_stop":
                             open_blocks.discard(ev.get("index"))
+                            if (t_ := thinking.pop(ev.get("index"), None)) is not None:
+                                if tail := think_halves.rest():
+                                    t_[0].append(tail)
+                                    yield StreamDelta(thinking=tail)
+                                block = {
+                                    "type": "thinking",
+                                    "thinking": scrub("".join(t_[0])),
+                                    "signature": "".join(t_[1]),
+                                }
+                                thought.append(block)
+                                yield StreamDelta(thought=block)
                         if kind == "content_block_delta":
                             # as sent, lone surrogate halves and all (joined with the next
                             # event's; what is left alone becomes U+FFFD)
@@ -520,6 +560,15 @@ class AnthropicProvider(HTTPProvider):
                                 if piece:
                                     parts.append(piece)
                                     yield piece
+                            elif d["type"] == "thinking_delta":
+                                t_ = thinking[ev["index"]]
+                                piece = text_field(d["thinking"], "thinking_delta.thinking")
+                                if piece := think_halves.take(piece):
+                                    t_[0].append(piece)
+                                    yield StreamDelta(thinking=piece)
+                            elif d["type"] == "signature_delta":
+                                sig = text_field(d["signature"], "signature_delta.signature")
+                                thinking[ev["index"]][1].append(sig)
                             elif d["type"] == "input_json_delta":
                                 t = tools[ev["index"]]
                                 piece = text_field(d["partial_json"], "partial_json")
@@ -528,7 +577,17 @@ class AnthropicProvider(HTTPProvider):
                                     yield piece
                         elif kind == "content_block_start":
                             b = ev["content_block"]
-                            if b["type"] == "tool_use":
+                            if b["type"] == "thinking":
+                                first = text_field(b.get("thinking"), "thinking")
+                                sig = text_field(b.get("signature"), "signature")
+                                thinking[ev["index"]] = ([first] if first else [], [sig])
+                                if first:
+                                    yield StreamDelta(thinking=first)
+                            elif b["type"] == "redacted_thinking":  # whole, at its start
+                                block = _thought(b)
+                                thought.append(block)
+                                yield StreamDelta(thought=block)
+                            elif b["type"] == "tool_use":
                                 if len(tools) >= 128:
                                     raise ValueError("more than 128 tool calls in one answer")
                                 tools[token_count(ev["index"], "content_block.index")] = (
@@ -603,7 +662,7 @@ class AnthropicProvider(HTTPProvider):
             usage = _usage(usage_in, out_tokens) if out_tokens is not None else None
             yield ChatResponse(
                 text, last, usage, finish, calls,
-                stop_sequence=seq_hit if stop == "stop_sequence" else None,
+                stop_sequence=seq_hit if stop == "stop_sequence" else None, thinking=thought,
             )  # fmt: skip
         except (httpx.RequestError, ProviderError) as e:
             if tail := halves.rest():  # what came before the cut, half a pair included

@@ -63,6 +63,7 @@ __all__ = [
     "error_from_response",
     "error_from_transport",
     "stream_error",
+    "thinking_blocks",
 ]
 
 
@@ -155,6 +156,11 @@ class ChatResponse:
     wire_s: float | None = None
     stop_sequence: str | None = None  # the caller's stop sequence that ended it, when told
     refusal: str | None = None  # the model's refusal to answer, when it says so apart
+    # The model's thinking as Anthropic's API gives it: "thinking" blocks (the text and its
+    # signature) and "redacted_thinking" blocks, in order. Sent back unchanged on the
+    # assistant turn of a tool loop (a message's `thinking_blocks`), as a thinking model's
+    # next turn must be.
+    thinking: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Every answer, whichever provider built it: JSON its caller decodes (a tool call's
@@ -180,25 +186,33 @@ def _scrubbed_calls(calls: list[ToolCall]) -> list[ToolCall]:
 
 @dataclass(slots=True)
 class StreamDelta:
-    """One piece of a streamed answer. The last item has `done=True` and `.result` set."""
+    """One piece of a streamed answer. The last item has `done=True` and `.result` set.
+
+    A model that thinks streams its thinking before (or, interleaved, between) its text:
+    `thinking` is a piece of it, and `thought` the block it ends, whole, once it is signed
+    (or a `redacted_thinking` block, which comes whole), as `ChatResult.thinking` lists
+    them."""
 
     text: str = ""
     done: bool = False
     result: Any = None  # satisfice.result.ChatResult on the final item
+    thinking: str = ""
+    thought: dict[str, Any] | None = None
 
 
 class Provider(Protocol):
     """Calls one deployment. Implementations hold no per-request state.
 
-    `stream` yields text pieces, then exactly one ChatResponse (the assembled answer with
-    usage and tool calls) as its last item.
+    `stream` yields text pieces (and a thinking model's thinking, as StreamDelta items with
+    `thinking` or `thought` set), then exactly one ChatResponse (the assembled answer with
+    usage, tool calls and thinking blocks) as its last item.
     """
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse: ...
 
     def stream(
         self, request: ChatRequest, timeout: httpx.Timeout
-    ) -> AsyncGenerator[str | ChatResponse, None]: ...
+    ) -> AsyncGenerator[str | StreamDelta | ChatResponse, None]: ...
 
 
 _RETRYABLE = frozenset({408, 409, 425, 429, 529})
@@ -228,6 +242,30 @@ PARSE_ERRORS = (
 )
 #: A reported token count above this is not believable (no context window is that large).
 MAX_REPORTED_TOKENS = 100_000_000
+
+
+def thinking_blocks(v: Any, where: str) -> list[dict[str, Any]]:
+    """An assistant message's `thinking_blocks` (a thinking model's own, from
+    `ChatResult.thinking`, to send back in a tool loop), checked: a list of "thinking"
+    blocks (text and signature) and "redacted_thinking" blocks (data). BadRequestError
+    otherwise: Anthropic would refuse the request for it, and no retry fixes that."""
+    if not isinstance(v, list):
+        raise BadRequestError(f"{where} must be a list of thinking blocks")
+    for b in v:
+        kind = b.get("type") if isinstance(b, dict) else None
+        if kind == "thinking":
+            ok = isinstance(b.get("thinking"), str) and isinstance(b.get("signature"), str)
+        elif kind == "redacted_thinking":
+            ok = isinstance(b.get("data"), str)
+        else:
+            ok = False
+        if not ok:
+            raise BadRequestError(
+                f'{where}: each block is {{"type": "thinking", "thinking": ..., '
+                '"signature": ...} or {"type": "redacted_thinking", "data": ...}, as the '
+                "model gave it (ChatResult.thinking)"
+            )
+    return v
 
 
 def text_field(v: Any, what: str) -> str:

@@ -128,12 +128,14 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     serve's /v1/messages) leaves marks this API has no field for: a tool result's
     `is_error` is said in the text the model reads ("Error: ..."), and a prompt-cache mark
     on a tool call or a tool result is left out, as on a tool (a mark on a content part is
-    sent on, as OpenAI-compatible gateways read it). The messages themselves when they hold
-    neither (the usual case: nothing copied)."""
+    sent on, as OpenAI-compatible gateways read it). An assistant's `thinking_blocks` (a
+    Claude model's thinking, signed for Anthropic's API alone) are left out too. The
+    messages themselves when they hold none of these (the usual case: nothing copied)."""
     for m in messages:  # a loop, not any(): no generator made on every call
         if (
             "is_error" in m
             or "cache_control" in m
+            or "thinking_blocks" in m
             or ("tool_calls" in m and _marked(m["tool_calls"]))
         ):
             break
@@ -141,9 +143,10 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return messages
     out = []
     for m in messages:
-        if "is_error" in m or "cache_control" in m:  # a tool result's, from Anthropic's shape
+        if "is_error" in m or "cache_control" in m or "thinking_blocks" in m:
+            # a tool result's marks, from Anthropic's shape; a Claude model's thinking
             failed = m.get("is_error") is True and m.get("role") == "tool"
-            m = {k: v for k, v in m.items() if k not in ("is_error", "cache_control")}
+            m = {k: v for k, v in m.items() if k not in _ANTHROPIC_ONLY}
             if failed:
                 m["content"] = _error_text(m.get("content"))
         if _marked(m.get("tool_calls")):
@@ -152,6 +155,9 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ]}  # fmt: skip
         out.append(m)
     return out
+
+
+_ANTHROPIC_ONLY = ("is_error", "cache_control", "thinking_blocks")
 
 
 def _marked(calls: Any) -> bool:

@@ -1530,6 +1530,9 @@ class _InFlight(StreamingResponse):
             conn.waiting.discard(task)
 
 
+_THINKING_START = {"type": "thinking", "thinking": "", "signature": ""}
+
+
 async def _stream(
     svc: Service,
     routed: wire.Routed,
@@ -1575,6 +1578,8 @@ async def _stream(
                     tail: list[dict[str, Any]] = []
                     if res.refusal:  # whole at the end: it is not streamed as text
                         tail.append({"refusal": res.refusal})
+                    if res.thinking:  # whole, signed, to send back (ChatResult.thinking)
+                        tail.append({"thinking_blocks": res.thinking})
                     if res.tool_calls:
                         calls = [
                             {"index": i, **wire.openai_tool_call(c)}
@@ -1604,8 +1609,12 @@ async def _stream(
                         await svc.state.set_pin(routed.session, res.model)
                     yield b"data: [DONE]\n\n"
                     return
-                if d.text:
-                    delta: dict[str, Any] = {"content": d.text}
+                if d.text or d.thinking:
+                    # thinking as the gateways that stream it say it (a stream that thinks
+                    # for minutes is not silent, which a proxy's idle timeout would cut)
+                    delta: dict[str, Any] = (
+                        {"content": d.text} if d.text else {"reasoning_content": d.thinking}
+                    )
                     if not sent_role:
                         delta["role"] = "assistant"
                         sent_role = True
@@ -1636,17 +1645,18 @@ async def _stream(
                     }
                 },
             )
-            # Blocks as anthropic_response gives them: the text (opened at its first piece:
-            # an answer of tool calls alone had begun with an empty text block), a refusal
-            # as a text block of its own, the tool calls; an empty text block for nothing.
+            # Blocks as anthropic_response gives them: the model's thinking as it streams
+            # (each block signed at its end), the text (opened at its first piece: an
+            # answer of tool calls alone had begun with an empty text block), a refusal as
+            # a text block of its own, the tool calls; an empty text block for nothing.
             block = -1  # the index of the block open or last closed
-            text_open = False
+            text_open = thinking_open = False
             d = first
             while True:
                 if d.done:
                     res = d.result
                     settled = res.total_cost_usd  # None (unpriced): the hold stands
-                    if text_open:
+                    if text_open or thinking_open:
                         yield wire.anthropic_event("content_block_stop", {"index": block})
                     if res.refusal or (block < 0 and not res.tool_calls):
                         block += 1
@@ -1693,16 +1703,47 @@ async def _stream(
                     yield wire.anthropic_event("message_stop", {})
                     return
                 if d.text:
+                    if thinking_open:  # (it closes at its signature: not seen here)
+                        yield wire.anthropic_event("content_block_stop", {"index": block})
+                        thinking_open = False
                     if not text_open:
-                        block, text_open = 0, True
+                        block, text_open = block + 1, True
                         yield wire.anthropic_event(
                             "content_block_start",
-                            {"index": 0, "content_block": {"type": "text", "text": ""}},
+                            {"index": block, "content_block": {"type": "text", "text": ""}},
                         )
                     yield wire.anthropic_event(
                         "content_block_delta",
-                        {"index": 0, "delta": {"type": "text_delta", "text": d.text}},
+                        {"index": block, "delta": {"type": "text_delta", "text": d.text}},
                     )
+                elif d.thinking or d.thought is not None:
+                    if text_open:  # interleaved thinking, after text
+                        yield wire.anthropic_event("content_block_stop", {"index": block})
+                        text_open = False
+                    redacted = d.thought is not None and d.thought["type"] == "redacted_thinking"
+                    if redacted and thinking_open:
+                        yield wire.anthropic_event("content_block_stop", {"index": block})
+                        thinking_open = False
+                    if not thinking_open:
+                        block, thinking_open = block + 1, True
+                        start = d.thought if redacted else _THINKING_START
+                        yield wire.anthropic_event(
+                            "content_block_start", {"index": block, "content_block": start}
+                        )
+                    if d.thinking:
+                        yield wire.anthropic_event(
+                            "content_block_delta",
+                            {"index": block,
+                             "delta": {"type": "thinking_delta", "thinking": d.thinking}},
+                        )  # fmt: skip
+                    if d.thought is not None:  # the block's end
+                        if not redacted:
+                            sig = {"type": "signature_delta", "signature": d.thought["signature"]}
+                            yield wire.anthropic_event(
+                                "content_block_delta", {"index": block, "delta": sig}
+                            )
+                        yield wire.anthropic_event("content_block_stop", {"index": block})
+                        thinking_open = False
                 d = await it.__anext__()
         except SatisficeError as e:
             he = http_error(e)

@@ -18,7 +18,8 @@ from typing import Any
 
 from .._extra import header_text
 from .._json import dumps
-from ..errors import InputError
+from ..errors import BadRequestError, InputError
+from ..providers.base import thinking_blocks
 from ..registry import EFFORTS
 
 __all__ = [
@@ -387,6 +388,10 @@ def openai_response(res: Any, *, with_decision: bool = True) -> dict[str, Any]:
     msg: dict[str, Any] = {"role": "assistant", "content": res.text, "refusal": res.refusal}
     if res.tool_calls:
         msg["tool_calls"] = [openai_tool_call(c) for c in res.tool_calls]
+    if res.thinking:  # a Claude model's, to send back on this message (ChatResult.thinking)
+        msg["thinking_blocks"] = res.thinking
+        # and its text, as the gateways that pass thinking on say it (streamed alike)
+        msg["reasoning_content"] = "".join(b.get("thinking", "") for b in res.thinking)
     if not res.text and (res.tool_calls or res.refusal):
         msg["content"] = None
     u = res.usage
@@ -566,18 +571,24 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
             "role": "system",
             "content": system if isinstance(system, str) else [_text_part(b) for b in system],
         })  # fmt: skip
-    for m in raw:
+    for i, m in enumerate(raw):
         if not isinstance(m, Mapping) or m.get("role") not in ("user", "assistant"):
             raise _bad("each message needs role 'user' or 'assistant'")
         content = m.get("content")
+        thought = None
+        if m["role"] == "assistant" and isinstance(content, list):
+            # the model's thinking: sent back to a model that thinks (see _tool_blocks)
+            thought = _thought(content, i)
+            if thought:
+                content = [b for b in content if not _is_thinking(b)]
         if isinstance(content, list) and any(
             isinstance(b, Mapping) and b.get("type") in ("tool_use", "tool_result") for b in content
         ):
             msgs.extend(_tool_blocks(m["role"], content))
-            continue
-        if m["role"] == "assistant" and isinstance(content, list):  # see _tool_blocks
-            content = [b for b in content if not _is_thinking(b)]
-        msgs.append({"role": m["role"], "content": _to_openai_content(content)})
+        else:
+            msgs.append({"role": m["role"], "content": _to_openai_content(content)})
+        if thought:
+            msgs[-1]["thinking_blocks"] = thought
     opts: dict[str, Any] = {"max_tokens": mt}
     if body.get("temperature") is not None:
         opts["temperature"] = body["temperature"]
@@ -721,11 +732,24 @@ def _is_thinking(block: Any) -> bool:
     return isinstance(block, Mapping) and block.get("type") in ("thinking", "redacted_thinking")
 
 
+def _thought(content: list[Any], i: int) -> list[dict[str, Any]] | None:
+    """An assistant turn's `thinking` and `redacted_thinking` blocks, checked, as the
+    message's `thinking_blocks`: a Claude model that thinks is sent them back, first in the
+    turn (its tool loop needs them, signed as they are); another model, which cannot read
+    them, is not."""
+    blocks = [b for b in content if _is_thinking(b)]
+    if not blocks:
+        return None
+    try:
+        return thinking_blocks([dict(b) for b in blocks], f"messages[{i}].content")
+    except BadRequestError as e:
+        raise _bad(str(e)) from None
+
+
 def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
     """A message with tool_use or tool_result blocks, as OpenAI-shaped messages. Every block
-    is carried over or refused (400): none is dropped silently. The one exception is an
-    assistant's `thinking` (and `redacted_thinking`): its private reasoning, signed for
-    Anthropic's API alone, which no other provider can read and routing may leave. Texts
+    is carried over or refused (400): none is dropped silently (an assistant's thinking is
+    taken out before, `_thought`). Texts
     stay apart (they had been run together), and prompt-cache marks and `is_error` are
     kept, for an Anthropic upstream to send on (they had been dropped: an agent loop that
     marks its last tool result for the cache never hit it); an OpenAI upstream is sent
@@ -745,7 +769,7 @@ def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
                 if isinstance(b.get("cache_control"), Mapping):
                     call["cache_control"] = dict(b["cache_control"])
                 calls.append(call)
-            elif not _is_thinking(b):
+            else:
                 raise _bad(
                     f"assistant content block type {kind!r} is not supported beside tool_use"
                 )
@@ -792,9 +816,10 @@ def _texts(parts: list[dict[str, Any]]) -> Any:
 
 
 def anthropic_response(res: Any) -> dict[str, Any]:
-    # a refusal is text in Anthropic's shape (stop "refusal"), a block of its own beside the
-    # answer's text (it had been lost where both came)
-    blocks = [{"type": "text", "text": t} for t in (res.text, res.refusal) if t]
+    # the model's thinking first, as it was given; a refusal is text in Anthropic's shape
+    # (stop "refusal"), a block of its own beside the answer's text (it had been lost
+    # where both came)
+    blocks = [*res.thinking, *({"type": "text", "text": t} for t in (res.text, res.refusal) if t)]
     for c in res.tool_calls:
         blocks.append(
             {"type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(c.arguments)}

@@ -25,6 +25,9 @@ class Behavior:
     after_chunks: int = 0  # reset: stream events (or body bytes / 8) sent before the reset
     chunk_delay: float = 0.0  # streaming: pause between events
     tool_call: tuple[str, str] | None = None  # (name, JSON arguments)
+    # what an Anthropic model asked to think writes as its thinking (None: a line of its
+    # own); "redacted" gives a redacted_thinking block instead
+    thinking: str | None = None
 
 
 def reply(
@@ -34,9 +37,13 @@ def reply(
     usage: bool | tuple[int, int, int] = True,
     chunk_delay: float = 0.0,
     tool_call: tuple[str, str] | None = None,
+    thinking: str | None = None,
 ) -> Behavior:
     """A normal answer (streamed as SSE when the request asks for it)."""
-    return Behavior("reply", latency, text, usage, chunk_delay=chunk_delay, tool_call=tool_call)
+    return Behavior(
+        "reply", latency, text, usage, chunk_delay=chunk_delay, tool_call=tool_call,
+        thinking=thinking,
+    )  # fmt: skip
 
 
 def status(

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ..registry import Registry
 
 from .behaviors import Behavior, reply
-from .wire import _Answer, _chunk, _error_response, _head
+from .wire import _Answer, _chunk, _error_response, _head, anthropic_refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +302,10 @@ class LocalUpstream:
             model = str(body["model"])
         except (ValueError, KeyError, TypeError):
             conn.write(_error_response(400, "the body must be JSON with a 'model'", api))
+            return
+        why = anthropic_refusal(body) if api == "anthropic" else None
+        if why is not None:  # as Anthropic's API refuses it (its thinking, sent back wrong)
+            conn.write(_error_response(400, why, api))
             return
         b = self._next(model)
         if self.record:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -62,17 +63,70 @@ def _words(messages: Any) -> int:
     return n
 
 
+def signature(thinking: str) -> str:
+    """The local upstream's signature of a thinking block: what it checks when the block
+    comes back (as Anthropic's API does), so a block changed on the way fails."""
+    return "sig-" + hashlib.sha256(thinking.encode()).hexdigest()[:32]
+
+
+_REDACTED = "cmVkYWN0ZWQgdGhpbmtpbmc="  # a redacted_thinking block's (opaque) data
+
+
+def anthropic_refusal(body: dict[str, Any]) -> str | None:
+    """Why Anthropic's API would refuse `body` for its thinking, if it would: thinking on,
+    a tool loop whose assistant turn does not begin with its thinking; a thinking block
+    whose signature does not match what it was given."""
+    msgs = body.get("messages")
+    if not isinstance(msgs, list):
+        return None
+    for i, m in enumerate(msgs):
+        blocks = m.get("content") if isinstance(m, dict) else None
+        for b in blocks if isinstance(blocks, list) else ():
+            if (
+                isinstance(b, dict)
+                and b.get("type") == "thinking"
+                and b.get("signature") != signature(str(b.get("thinking")))
+            ):
+                return f"messages.{i}.content: Invalid `signature` in `thinking` block"
+    thinking = body.get("thinking")
+    if not (isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")):
+        return None
+    last = next((m for m in reversed(msgs) if m.get("role") == "assistant"), None)
+    blocks = last.get("content") if last is not None else None
+    if (
+        isinstance(blocks, list)
+        and any(isinstance(b, dict) and b.get("type") == "tool_use" for b in blocks)
+        and blocks[0].get("type") not in ("thinking", "redacted_thinking")
+    ):
+        return (
+            "messages: Expected `thinking` or `redacted_thinking`, but found "
+            f"`{blocks[0].get('type')}`. When `thinking` is enabled, a final `assistant` "
+            "message must start with a thinking block"
+        )
+    return None
+
+
 class _Answer:
     """The pieces of one scripted answer, rendered in either wire format."""
 
     __slots__ = (
-        "cached", "edits", "forced_tool", "n_in", "n_out", "pieces", "text", "tool", "usage",
+        "cached", "edits", "forced_tool", "n_in", "n_out", "pieces", "text", "thought", "tool",
+        "usage",
     )  # fmt: skip
 
     def __init__(self, b: Behavior, model: str, body: dict[str, Any]) -> None:
         self.text = b.text if b.text is not None else f"answer from {model}"
         words = self.text.split(" ")
         self.pieces = [w + " " for w in words[:-1]] + [words[-1]]
+        # thinking, when an Anthropic request asks for it: the block as the API gives it
+        t = body.get("thinking")
+        self.thought: dict[str, Any] | None = None
+        if isinstance(t, dict) and t.get("type") in ("enabled", "adaptive"):
+            said = b.thinking if b.thinking is not None else f"{model} thinks it over"
+            self.thought = (
+                {"type": "redacted_thinking", "data": _REDACTED} if said == "redacted" else
+                {"type": "thinking", "thinking": said, "signature": signature(said)}
+            )  # fmt: skip
         self.usage = b.usage is not False
         if isinstance(b.usage, tuple):
             self.n_in, self.n_out, self.cached = b.usage
@@ -195,7 +249,7 @@ class _Answer:
         }
 
     def anthropic(self, model: str) -> bytes:
-        content: list[Any] = []
+        content: list[Any] = [self.thought] if self.thought else []
         if not self.forced_tool:
             content.append({"type": "text", "text": self.text})
         if self.tool:
@@ -242,13 +296,29 @@ class _Answer:
             msg["usage"] = {**self._anthropic_usage(), "output_tokens": 1}
         yield ev("message_start", message=msg)
         idx = 0
-        if not self.forced_tool:
-            yield ev("content_block_start", index=0, content_block={"type": "text", "text": ""})
-            yield ev("ping")
-            for p in self.pieces:
-                yield ev("content_block_delta", index=0, delta={"type": "text_delta", "text": p})
+        t = self.thought
+        if t is not None and t["type"] == "redacted_thinking":
+            yield ev("content_block_start", index=0, content_block=t)
             yield ev("content_block_stop", index=0)
             idx = 1
+        elif t is not None:
+            start = {"type": "thinking", "thinking": "", "signature": ""}
+            yield ev("content_block_start", index=0, content_block=start)
+            words = t["thinking"].split(" ")
+            for p in [w + " " for w in words[:-1]] + [words[-1]]:
+                yield ev("content_block_delta", index=0,
+                         delta={"type": "thinking_delta", "thinking": p})  # fmt: skip
+            sig = {"type": "signature_delta", "signature": t["signature"]}
+            yield ev("content_block_delta", index=0, delta=sig)
+            yield ev("content_block_stop", index=0)
+            idx = 1
+        if not self.forced_tool:
+            yield ev("content_block_start", index=idx, content_block={"type": "text", "text": ""})
+            yield ev("ping")
+            for p in self.pieces:
+                yield ev("content_block_delta", index=idx, delta={"type": "text_delta", "text": p})
+            yield ev("content_block_stop", index=idx)
+            idx += 1
         if self.tool:
             name, args = self.tool
             half = len(args) // 2
