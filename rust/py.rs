@@ -237,9 +237,15 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
         // (`{'role': 'user'}` alone, a tool result naming no call).
         let said = has_content
             || calls.is_some()
-            || ["function_call", "refusal", "reasoning_content", "audio"]
-                .iter()
-                .any(|k| matches!(field(item, k), Some(Some(v)) if !v.is_none()));
+            || [
+                "function_call",
+                "refusal",
+                "reasoning_content",
+                "audio",
+                "thinking_blocks",
+            ]
+            .iter()
+            .any(|k| matches!(field(item, k), Some(Some(v)) if !v.is_none()));
         if !said {
             return Err(CoreError::Input(format!(
                 "messages[{i}] ({role}) has no 'content'{}: give it a str or a list of parts",
@@ -309,6 +315,20 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
                         }
                     }
                     None => push_loose(&mut content, &v, || format!("messages[{i}].{key}"))?,
+                }
+            }
+        }
+        // a Claude model's thinking, sent back on its assistant turn (`thinking_blocks`):
+        // billed as prompt tokens where it is sent, so counted as its text (an upper
+        // bound for the models it is not sent to)
+        if let Some(blocks) = get("thinking_blocks")?.filter(|v| !v.is_none()) {
+            for (j, b) in items(&blocks).unwrap_or_default().iter().enumerate() {
+                for key in ["thinking", "data"] {
+                    if let Some(Some(v)) = field(b, key) {
+                        push_loose(&mut content, &v, || {
+                            format!("messages[{i}].thinking_blocks[{j}].{key}")
+                        })?;
+                    }
                 }
             }
         }
@@ -383,6 +403,8 @@ fn field_name<'py>(py: Python<'py>, key: &'static str) -> Bound<'py, PyString> {
         "input" => intern!(py, "input"),
         "function_call" => intern!(py, "function_call"),
         "tool_call_id" => intern!(py, "tool_call_id"),
+        "reasoning_content" => intern!(py, "reasoning_content"),
+        "thinking_blocks" => intern!(py, "thinking_blocks"),
         _ => return PyString::new(py, key),
     }
     .clone()

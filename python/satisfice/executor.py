@@ -1245,26 +1245,36 @@ class Executor:
 
         async def open_(
             p: Provider, request: ChatRequest, timeout: httpx.Timeout
-        ) -> tuple[Any, str | StreamDelta | ChatResponse]:
+        ) -> tuple[Any, str | StreamDelta | ChatResponse, list[StreamDelta]]:
+            """The stream, its first text (or signed thinking block, or whole answer) and
+            the pieces of thinking before it. The stream is the caller's from that item
+            on; a failure before it (a reset or an overloaded error while the model thinks)
+            moves on as any failed attempt does, its thinking held back, never shown."""
             gen = p.stream(request, timeout)
+            held: list[StreamDelta] = []
             try:
-                # keep-alive comments or pings are no progress: the first text (or
-                # thinking) must come within the idle timeout (and, as every wait, inside
-                # the deadline)
-                async with asyncio.timeout(idle):
-                    return gen, await anext(gen)
+                while True:
+                    # keep-alive comments or pings are no progress: text or thinking must
+                    # come within the idle timeout (and, as every wait, inside the deadline)
+                    async with asyncio.timeout(idle):
+                        item = await anext(gen)
+                    if not (isinstance(item, StreamDelta) and item.thought is None):
+                        return gen, item, held
+                    held.append(item)
             except TimeoutError:  # in this limit's own words, not the attempt budget's
                 await gen.aclose()
-                raise TimeoutError(
-                    f"no text within {idle:g}s of the stream's start (stream_idle_timeout_s)"
-                ) from None
+                why = (
+                    f"no new thinking for {idle:g}s, before any text" if held
+                    else f"no text within {idle:g}s of the stream's start"
+                )  # fmt: skip
+                raise TimeoutError(f"{why} (stream_idle_timeout_s)") from None
             except BaseException:
                 await gen.aclose()
                 raise
             # StopAsyncIteration cannot happen: a provider stream ends with a ChatResponse
 
         try:
-            t, started, (gen, item) = await self._first_success(run, open_)
+            t, started, (gen, item, held) = await self._first_success(run, open_)
         except (GeneratorExit, asyncio.CancelledError):  # left before its first text
             self._cut_off(run)  # the call it cut off may be billed: on record, estimated
             raise
@@ -1281,6 +1291,9 @@ class Executor:
         # in flight until its end, not only until its first text: balancing counts it
         self._in_flight[t.key] += 1
         try:
+            for h in held:  # the thinking before the stream was the caller's
+                for d in _thinking(h, thinks):
+                    yield d
             while not isinstance(item, ChatResponse):
                 w = perf_counter()
                 if isinstance(item, StreamDelta):  # the model's thinking

@@ -100,6 +100,13 @@ def _content(content: Any) -> Any:
     return [_block(p) for p in content]
 
 
+def _blocks(body: Any) -> list[Any]:
+    """A message's content (a text, blocks or nothing) as blocks."""
+    if isinstance(body, list):
+        return body
+    return [{"type": "text", "text": body}] if body else []
+
+
 def _tool(t: dict[str, Any]) -> dict[str, Any]:
     if "input_schema" in t:  # already Anthropic-shaped
         return t
@@ -252,10 +259,15 @@ def _payload(r: ChatRequest, model: str, stream: bool, thinks: bool) -> dict[str
             thought = m.get("thinking_blocks") if role == "assistant" else None
             if thought is not None:
                 thought = thinking_blocks(thought, f"messages[{i}].thinking_blocks")
-                if thinks and thought:  # first in the turn, as the model wrote them
-                    text = [{"type": "text", "text": body}] if body else []
-                    body = thought + (body if isinstance(body, list) else text)
-            msgs.append({"role": role, "content": body})
+                if thinks and thought:  # first in the message, as the model wrote them
+                    body = thought + _blocks(body)
+            prev = msgs[-1] if msgs else None
+            if role == "assistant" and prev is not None and prev["role"] == "assistant":
+                # one turn, as Anthropic's API reads consecutive assistant messages: an
+                # interleaved turn comes as several (thinking after text), in its order
+                prev["content"] = _blocks(prev["content"]) + _blocks(body)
+            else:
+                msgs.append({"role": role, "content": body})
         else:
             raise BadRequestError(
                 f"messages[{i}].role {role!r} is not one of system, developer, user, "
@@ -547,7 +559,7 @@ class AnthropicProvider(HTTPProvider):
                                 block = {
                                     "type": "thinking",
                                     "thinking": scrub("".join(t_[0])),
-                                    "signature": "".join(t_[1]),
+                                    "signature": scrub("".join(t_[1])),
                                 }
                                 thought.append(block)
                                 yield StreamDelta(thought=block)

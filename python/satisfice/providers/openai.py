@@ -147,6 +147,8 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             # a tool result's marks, from Anthropic's shape; a Claude model's thinking
             failed = m.get("is_error") is True and m.get("role") == "tool"
             m = {k: v for k, v in m.items() if k not in _ANTHROPIC_ONLY}
+            if not (m.get("content") or m.get("tool_calls")):
+                continue  # an interleaved turn's part that held thinking alone
             if failed:
                 m["content"] = _error_text(m.get("content"))
         if _marked(m.get("tool_calls")):

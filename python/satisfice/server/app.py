@@ -1569,7 +1569,7 @@ async def _stream(
         model = answering
         try:
             d = first
-            sent_role = False
+            sent_role = apart = False
             while True:
                 if d.done:
                     res = d.result
@@ -1609,12 +1609,17 @@ async def _stream(
                         await svc.state.set_pin(routed.session, res.model)
                     yield b"data: [DONE]\n\n"
                     return
+                if d.thought is not None:
+                    apart = True  # the next block's thinking, a paragraph of its own
                 if d.text or d.thinking:
                     # thinking as the gateways that stream it say it (a stream that thinks
-                    # for minutes is not silent, which a proxy's idle timeout would cut)
+                    # for minutes is not silent, which a proxy's idle timeout would cut),
+                    # a block a paragraph (see wire.reasoning_text)
                     delta: dict[str, Any] = (
-                        {"content": d.text} if d.text else {"reasoning_content": d.thinking}
-                    )
+                        {"content": d.text} if d.text
+                        else {"reasoning_content": "\n\n" + d.thinking if apart else d.thinking}
+                    )  # fmt: skip
+                    apart = apart and not d.thinking
                     if not sent_role:
                         delta["role"] = "assistant"
                         sent_role = True

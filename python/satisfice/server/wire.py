@@ -391,7 +391,7 @@ def openai_response(res: Any, *, with_decision: bool = True) -> dict[str, Any]:
     if res.thinking:  # a Claude model's, to send back on this message (ChatResult.thinking)
         msg["thinking_blocks"] = res.thinking
         # and its text, as the gateways that pass thinking on say it (streamed alike)
-        msg["reasoning_content"] = "".join(b.get("thinking", "") for b in res.thinking)
+        msg["reasoning_content"] = reasoning_text(res.thinking)
     if not res.text and (res.tool_calls or res.refusal):
         msg["content"] = None
     u = res.usage
@@ -413,6 +413,12 @@ def openai_response(res: Any, *, with_decision: bool = True) -> dict[str, Any]:
     if with_decision:
         out["satisfice"] = decision_field(res)
     return out
+
+
+def reasoning_text(thinking: list[dict[str, Any]]) -> str:
+    """Thinking blocks' text, a paragraph each (each block was scrubbed of keys alone: run
+    together, a key an upstream split between two would be whole again)."""
+    return "\n\n".join(b["thinking"] for b in thinking if b["type"] == "thinking")
 
 
 def openai_chunk(
@@ -575,20 +581,19 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
         if not isinstance(m, Mapping) or m.get("role") not in ("user", "assistant"):
             raise _bad("each message needs role 'user' or 'assistant'")
         content = m.get("content")
-        thought = None
+        runs: list[tuple[list[dict[str, Any]] | None, Any]] = [(None, content)]
         if m["role"] == "assistant" and isinstance(content, list):
-            # the model's thinking: sent back to a model that thinks (see _tool_blocks)
-            thought = _thought(content, i)
+            runs = _runs(content, i)  # the model's thinking apart, in its order
+        for thought, content in runs:
+            if isinstance(content, list) and any(
+                isinstance(b, Mapping) and b.get("type") in ("tool_use", "tool_result")
+                for b in content
+            ):
+                msgs.extend(_tool_blocks(m["role"], content))
+            else:
+                msgs.append({"role": m["role"], "content": _to_openai_content(content)})
             if thought:
-                content = [b for b in content if not _is_thinking(b)]
-        if isinstance(content, list) and any(
-            isinstance(b, Mapping) and b.get("type") in ("tool_use", "tool_result") for b in content
-        ):
-            msgs.extend(_tool_blocks(m["role"], content))
-        else:
-            msgs.append({"role": m["role"], "content": _to_openai_content(content)})
-        if thought:
-            msgs[-1]["thinking_blocks"] = thought
+                msgs[-1]["thinking_blocks"] = thought
     opts: dict[str, Any] = {"max_tokens": mt}
     if body.get("temperature") is not None:
         opts["temperature"] = body["temperature"]
@@ -732,16 +737,27 @@ def _is_thinking(block: Any) -> bool:
     return isinstance(block, Mapping) and block.get("type") in ("thinking", "redacted_thinking")
 
 
-def _thought(content: list[Any], i: int) -> list[dict[str, Any]] | None:
-    """An assistant turn's `thinking` and `redacted_thinking` blocks, checked, as the
-    message's `thinking_blocks`: a Claude model that thinks is sent them back, first in the
-    turn (its tool loop needs them, signed as they are); another model, which cannot read
-    them, is not."""
-    blocks = [b for b in content if _is_thinking(b)]
-    if not blocks:
-        return None
+def _runs(content: list[Any], i: int) -> list[tuple[list[dict[str, Any]] | None, Any]]:
+    """An assistant turn as (its thinking, the blocks after it) runs, in its order: the
+    thinking, checked, becomes a message's `thinking_blocks`, which a Claude model that
+    thinks is sent back first in that message (its tool loop needs them, signed and in the
+    order it wrote them), and another model, which cannot read them, is not. A turn whose
+    thinking comes after text or a tool call (interleaved) is several messages, which the
+    Anthropic wire joins into one turn again."""
+    if not any(_is_thinking(b) for b in content):
+        return [(None, content)]
+    runs: list[tuple[list[Any], list[Any]]] = [([], [])]
+    for b in content:
+        if _is_thinking(b):
+            if runs[-1][1]:  # after text or a tool call: a run of its own
+                runs.append(([], []))
+            runs[-1][0].append(dict(b))
+        else:
+            runs[-1][1].append(b)
     try:
-        return thinking_blocks([dict(b) for b in blocks], f"messages[{i}].content")
+        return [
+            (thinking_blocks(t, f"messages[{i}].content") if t else None, rest) for t, rest in runs
+        ]
     except BadRequestError as e:
         raise _bad(str(e)) from None
 
@@ -749,7 +765,7 @@ def _thought(content: list[Any], i: int) -> list[dict[str, Any]] | None:
 def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
     """A message with tool_use or tool_result blocks, as OpenAI-shaped messages. Every block
     is carried over or refused (400): none is dropped silently (an assistant's thinking is
-    taken out before, `_thought`). Texts
+    taken out before, `_runs`). Texts
     stay apart (they had been run together), and prompt-cache marks and `is_error` are
     kept, for an Anthropic upstream to send on (they had been dropped: an agent loop that
     marks its last tool result for the cache never hit it); an OpenAI upstream is sent
@@ -816,10 +832,10 @@ def _texts(parts: list[dict[str, Any]]) -> Any:
 
 
 def anthropic_response(res: Any) -> dict[str, Any]:
-    # the model's thinking first, as it was given; a refusal is text in Anthropic's shape
-    # (stop "refusal"), a block of its own beside the answer's text (it had been lost
-    # where both came)
-    blocks = [*res.thinking, *({"type": "text", "text": t} for t in (res.text, res.refusal) if t)]
+    # the model's thinking and text in the order it gave them; a refusal is text in
+    # Anthropic's shape (stop "refusal"), a block of its own beside the answer's text (it
+    # had been lost where both came)
+    blocks = _said(res) + [{"type": "text", "text": t} for t in (res.refusal,) if t]
     for c in res.tool_calls:
         blocks.append(
             {"type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(c.arguments)}
@@ -836,6 +852,26 @@ def anthropic_response(res: Any) -> dict[str, Any]:
         "satisfice": decision_field(res),
         **_context_edits(res),
     }
+
+
+def _said(res: Any) -> list[dict[str, Any]]:
+    """The answer's thinking and text blocks: the thinking first, or, where an Anthropic
+    upstream's answer interleaved them (thinking after text), in its order."""
+    text = [{"type": "text", "text": res.text}] if res.text else []
+    if not res.thinking:
+        return text
+    raw = res.raw.get("content") if isinstance(res.raw, Mapping) else None
+    blocks = [b for b in raw if isinstance(b, Mapping)] if isinstance(raw, list) else []
+    thinks = [_is_thinking(b) for b in blocks if b.get("type") != "tool_use"]
+    if thinks.count(True) != len(res.thinking) or thinks == sorted(thinks, reverse=True):
+        return [*res.thinking, *text]  # thinking first (or not told apart)
+    out, thought = [], iter(res.thinking)
+    for b in blocks:  # the upstream's texts, scrubbed as it was read (base.parse_json)
+        if b.get("type") == "text" and b.get("text"):
+            out.append({"type": "text", "text": b["text"]})
+        elif _is_thinking(b):
+            out.append(next(thought))
+    return out
 
 
 def _context_edits(res: Any) -> dict[str, Any]:
