@@ -49,7 +49,15 @@ from .errors import (
 )
 from .providers import carries, make_provider
 from .providers.anthropic import DEFAULT_MAX_TOKENS
-from .providers.base import ChatRequest, ChatResponse, Provider, StreamDelta, Usage
+from .providers.base import (
+    KEEPALIVE_S,
+    PROGRESS,
+    ChatRequest,
+    ChatResponse,
+    Provider,
+    StreamDelta,
+    Usage,
+)
 from .registry import thinking_budget
 from .result import Attempt, ChatResult, billed_cost
 from .retry import Action, backoff_s, classify, cooldown_wait_s
@@ -73,8 +81,8 @@ class ExecutionConfig:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 120.0  # longest silence between bytes (when no deadline is tighter)
     attempt_timeout_s: float = 600.0  # one whole attempt, when the request has no deadline
-    # longest wait for the next piece of a stream's text or thinking (keep-alive comments
-    # and pings are neither); a request's deadline bounds the whole stream as well
+    # longest wait for the next piece of a stream's text, thinking or tool call (keep-alive
+    # comments and pings are none of these); a request's deadline bounds the whole stream
     stream_idle_timeout_s: float = 120.0
     max_retries: int = 1  # extra tries of the same deployment for retryable errors
     backoff_base_s: float = 0.1
@@ -1252,19 +1260,24 @@ class Executor:
             moves on as any failed attempt does, its thinking held back, never shown."""
             gen = p.stream(request, timeout)
             held: list[StreamDelta] = []
+            moved = False  # anything came (a tool call's pieces too)
             try:
-                while True:
-                    # keep-alive comments or pings are no progress: text or thinking must
-                    # come within the idle timeout (and, as every wait, inside the deadline)
-                    async with asyncio.timeout(idle):
+                # keep-alive comments or pings are no progress: text, thinking or a tool
+                # call's pieces must come within the idle timeout (and, as every wait,
+                # inside the deadline)
+                async with asyncio.timeout(idle) as cm:
+                    while True:
                         item = await anext(gen)
-                    if not (isinstance(item, StreamDelta) and item.thought is None):
-                        return gen, item, held
-                    held.append(item)
+                        if not isinstance(item, StreamDelta) or item.thought is not None:
+                            return gen, item, held
+                        if item is not PROGRESS:  # (a tool call's piece: given whole)
+                            held.append(item)
+                        moved = True
+                        cm.reschedule(asyncio.get_running_loop().time() + idle)
             except TimeoutError:  # in this limit's own words, not the attempt budget's
                 await gen.aclose()
                 why = (
-                    f"no new thinking for {idle:g}s, before any text" if held
+                    f"nothing new for {idle:g}s, before any text" if moved
                     else f"no text within {idle:g}s of the stream's start"
                 )  # fmt: skip
                 raise TimeoutError(f"{why} (stream_idle_timeout_s)") from None
@@ -1294,14 +1307,22 @@ class Executor:
             for h in held:  # the thinking before the stream was the caller's
                 for d in _thinking(h, thinks):
                     yield d
+            said = perf_counter()  # when the caller was last given something
             while not isinstance(item, ChatResponse):
                 w = perf_counter()
-                if isinstance(item, StreamDelta):  # the model's thinking
+                piece = ""
+                if item is PROGRESS:  # a tool call's piece: now and then, a keep-alive
+                    if w - said >= KEEPALIVE_S:
+                        yield StreamDelta()
+                        y, w = w, perf_counter()
+                        paused += w - y
+                        said = w
+                elif isinstance(item, StreamDelta):  # the model's thinking
                     for d in _thinking(item, thinks):
                         yield d
                     y, w = w, perf_counter()
                     paused += w - y
-                    piece = ""
+                    said = w
                 else:
                     piece = scrubber.feed(item)
                 if piece:
@@ -1311,6 +1332,7 @@ class Executor:
                     yield StreamDelta(piece)
                     y, w = w, perf_counter()
                     paused += w - y
+                    said = w
                 # Inside the deadline, else inside attempt_timeout_s of upstream time (the
                 # caller's pauses do not count): an upstream that trickles text forever
                 # must not hold a stream open forever.
@@ -1328,7 +1350,7 @@ class Executor:
                     ) from None
                 except TimeoutError:
                     if wait >= idle:
-                        why = f"no new text for {idle:g}s (stream_idle_timeout_s)"
+                        why = f"nothing new for {idle:g}s (stream_idle_timeout_s)"
                     elif run.deadline is not None:
                         why = "the request's deadline passed"
                     else:

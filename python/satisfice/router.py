@@ -969,10 +969,12 @@ class Router:
     ) -> ChatStream:
         """Like chat(), streamed: `async with router.stream(msgs) as s: async for d in s:`.
 
-        Text pieces arrive as `d.text`; the last item has `d.done` and `d.result` (a
-        ChatResult). Fallbacks happen only before the first piece; a failure after it raises
+        Text pieces arrive as `d.text` (a thinking model's thinking as `d.thinking` and
+        `d.thought`; an empty item now and then while a tool call is written); the last
+        item has `d.done` and `d.result` (a ChatResult). Fallbacks happen only before the
+        first piece of text (or signed thinking); a failure after it raises
         StreamInterruptedError. `timeout` (default: the latency SLO) bounds the whole
-        stream; `ExecutionConfig.stream_idle_timeout_s` bounds each wait for more text.
+        stream; `ExecutionConfig.stream_idle_timeout_s` bounds each wait for more.
         """
         runs: list[Run] = []
         return (_ChatStream or _chat_stream())(

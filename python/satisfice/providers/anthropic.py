@@ -22,6 +22,7 @@ from ..errors import BadRequestError, ProviderError, RetryableError, Unsupported
 from ..registry import thinking_budget
 from .base import (
     PARSE_ERRORS,
+    PROGRESS,
     ChatRequest,
     ChatResponse,
     Halves,
@@ -366,6 +367,9 @@ def anthropic_wire(
 
 
 _THINKING = ("thinking", "redacted_thinking")
+#: Events that give the caller nothing until the answer's end, yet are the upstream's
+#: progress (a ping is not): a stream's idle timeout counts them (see base.PROGRESS).
+_PROGRESS = frozenset({"content_block_start", "content_block_stop", "message_delta"})
 
 
 def _thought(b: dict[str, Any]) -> dict[str, Any]:
@@ -548,6 +552,8 @@ class AnthropicProvider(HTTPProvider):
                         last = ev
                         if kind != "ping":  # message_delta last: all but message_stop is in
                             closing = kind == "message_delta"
+                            if kind in _PROGRESS:  # a block's edge, a tool call's piece, ...
+                                yield PROGRESS
                         if kind == "content_block_start":
                             open_blocks.add(ev.get("index"))
                         elif kind == "content_block_stop":
@@ -581,11 +587,14 @@ class AnthropicProvider(HTTPProvider):
                             elif d["type"] == "signature_delta":
                                 sig = text_field(d["signature"], "signature_delta.signature")
                                 thinking[ev["index"]][1].append(sig)
+                                yield PROGRESS
                             elif d["type"] == "input_json_delta":
                                 t = tools[ev["index"]]
                                 piece = text_field(d["partial_json"], "partial_json")
                                 t[2].append(piece)
-                                if t[1] == _JSON_TOOL and (piece := json_halves.take(piece)):
+                                if t[1] != _JSON_TOOL:
+                                    yield PROGRESS  # given whole at the end
+                                elif piece := json_halves.take(piece):
                                     yield piece
                         elif kind == "content_block_start":
                             b = ev["content_block"]

@@ -191,7 +191,11 @@ class StreamDelta:
     A model that thinks streams its thinking before (or, interleaved, between) its text:
     `thinking` is a piece of it, and `thought` the block it ends, whole, once it is signed
     (or a `redacted_thinking` block, which comes whole), as `ChatResult.thinking` lists
-    them."""
+    them.
+
+    An item with none of these set says the model is still writing what comes whole at the
+    end (a tool call's arguments, which can take minutes): at most one every
+    `KEEPALIVE_S`, once the stream has begun (a server sends it on as a ping)."""
 
     text: str = ""
     done: bool = False
@@ -200,12 +204,21 @@ class StreamDelta:
     thought: dict[str, Any] | None = None
 
 
+#: What a provider's stream yields for a piece of what it gives whole at the end (a tool
+#: call's arguments, a refusal): progress, which the stream's idle timeout counts (a long
+#: tool call had been cut by it, whatever was arriving).
+PROGRESS = StreamDelta()
+#: Seconds between the keep-alive items a stream gives while only PROGRESS comes.
+KEEPALIVE_S = 5.0
+
+
 class Provider(Protocol):
     """Calls one deployment. Implementations hold no per-request state.
 
     `stream` yields text pieces (and a thinking model's thinking, as StreamDelta items with
-    `thinking` or `thought` set), then exactly one ChatResponse (the assembled answer with
-    usage, tool calls and thinking blocks) as its last item.
+    `thinking` or `thought` set, and PROGRESS for a piece of a tool call), then exactly one
+    ChatResponse (the assembled answer with usage, tool calls and thinking blocks) as its
+    last item.
     """
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse: ...

@@ -12,10 +12,12 @@ from .._redact import scrub
 from ..errors import ProviderError
 from .base import (
     PARSE_ERRORS,
+    PROGRESS,
     ChatRequest,
     ChatResponse,
     Halves,
     HTTPProvider,
+    StreamDelta,
     ToolCall,
     Usage,
     encode_body,
@@ -254,7 +256,7 @@ class OpenAIProvider(HTTPProvider):
 
     async def stream(
         self, request: ChatRequest, timeout: httpx.Timeout
-    ) -> AsyncGenerator[str | ChatResponse, None]:
+    ) -> AsyncGenerator[str | StreamDelta | ChatResponse, None]:
         resp = await self._open(encode_body(self._payload(request, True)), timeout)
         halves = Halves()  # a surrogate pair split between two events, joined
         try:
@@ -264,7 +266,7 @@ class OpenAIProvider(HTTPProvider):
             finish: str | None = None
             usage: Usage | None = None
             last: Any = None
-            done = False
+            done = began = False
             events = sse_events(resp)
             try:
                 async for _, data in events:
@@ -279,6 +281,7 @@ class OpenAIProvider(HTTPProvider):
                         last = chunk
                         if chunk.get("usage"):
                             usage = _usage(chunk["usage"])
+                        piece = ""
                         for c, choice in enumerate(chunk.get("choices") or ()):
                             # its text as sent, lone surrogate halves and all (joined with
                             # the next event's; what is left alone becomes U+FFFD)
@@ -316,6 +319,11 @@ class OpenAIProvider(HTTPProvider):
                             finish = (
                                 text_field(choice.get("finish_reason"), "finish_reason") or finish
                             )
+                        if not piece and began:
+                            # a tool call's piece, reasoning some servers stream apart, a
+                            # finish, a usage (the first chunk, its role, is the start)
+                            yield PROGRESS
+                        began = True
                     except PARSE_ERRORS as e:
                         why = f"bad stream event ({type(e).__name__}: {e})"
                         raise self._malformed(why) from None

@@ -1531,6 +1531,7 @@ class _InFlight(StreamingResponse):
 
 
 _THINKING_START = {"type": "thinking", "thinking": "", "signature": ""}
+_PING = wire.anthropic_event("ping", {})
 
 
 async def _stream(
@@ -1624,6 +1625,8 @@ async def _stream(
                         delta["role"] = "assistant"
                         sent_role = True
                     yield wire.openai_chunk(sid, model, created, delta)
+                elif d.thought is None:  # the model is writing a tool call: a keep-alive
+                    yield b": keep-alive\n\n"
                 d = await it.__anext__()
         except SatisficeError as e:
             he = http_error(e)
@@ -1749,6 +1752,8 @@ async def _stream(
                             )
                         yield wire.anthropic_event("content_block_stop", {"index": block})
                         thinking_open = False
+                else:  # the model is writing a tool call, given whole at the end
+                    yield _PING
                 d = await it.__anext__()
         except SatisficeError as e:
             he = http_error(e)
