@@ -64,12 +64,14 @@ def ant(c: httpx.AsyncClient, up: LocalUpstream, model: str = "m-ant") -> Anthro
     return AnthropicProvider(c, base_url=up.url, model=model, api_key=SECRET)
 
 
-async def collect(it: AsyncIterator[str | ChatResponse]) -> tuple[list[str], ChatResponse]:
+async def collect(it: AsyncIterator[Any]) -> tuple[list[str], ChatResponse]:
+    """A provider stream's text pieces (not its progress or thinking) and its answer."""
     pieces: list[str] = []
     async for x in it:
         if isinstance(x, ChatResponse):
             return pieces, x
-        pieces.append(x)
+        if isinstance(x, str):
+            pieces.append(x)
     raise AssertionError("a provider stream must end with a ChatResponse")
 
 

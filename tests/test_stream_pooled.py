@@ -147,6 +147,8 @@ async def stream(p: HTTPProvider, timeout: float = 2.0, early: bool = False) -> 
         async for x in gen:
             if isinstance(x, ChatResponse):
                 return pieces, x
+            if not isinstance(x, str):  # progress (a tool call's piece), thinking
+                continue
             pieces.append(x)
             if early:
                 await gen.aclose()

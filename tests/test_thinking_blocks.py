@@ -567,3 +567,68 @@ def test_an_interleaved_turn_reaches_an_openai_model_without_its_thinking() -> N
     sent = _openai_messages(r.messages)
     assert [m["role"] for m in sent] == ["user", "assistant", "user"]
     assert "thinking_blocks" not in json.dumps(sent)
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True},
+        {
+            "type": "tool_result",
+            "tool_use_id": "toolu_1",
+            "content": "",
+            "cache_control": {"type": "ephemeral"},
+        },
+    ],
+    ids=["is_error-no-content", "cache_control-empty"],
+)
+def test_v1_messages_keeps_an_empty_tool_result_for_an_openai_model(
+    result: dict[str, Any],
+) -> None:
+    """A tool that printed nothing (Claude Code marks its last tool result for the cache;
+    a failed one may say nothing): its tool message is dropped on the way to an OpenAI
+    model (an assistant tool_calls message with no tool message after it, a 400 from
+    OpenAI's API)."""
+    with LocalUpstream() as up:
+        up.default = reply("ok")
+        with running(ServerConfig(), Router(up.patch(Registry.default()))) as (url, _):
+            body: dict[str, Any] = {
+                "model": "gpt-5.4-mini", "max_tokens": 500,
+                "tools": [{"name": "Bash", "input_schema": {"type": "object"}}],
+                "messages": [
+                    {"role": "user", "content": "run it"},
+                    {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1",
+                                                       "name": "Bash", "input": {}}]},
+                    {"role": "user", "content": [result]},
+                ],
+            }  # fmt: skip
+            h = {"anthropic-version": "2023-06-01", "x-api-key": "anything"}
+            r = httpx.post(url + "/v1/messages", json=body, headers=h, timeout=30)
+            assert r.status_code == 200, r.text
+        sent = up.requests[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"], sent
+
+
+async def test_a_streamed_interleaved_turn_keeps_its_text_before_its_thinking() -> None:
+    """Text, thinking, text: the stream had given the first text's last character (an 's',
+    which a key such as 'sk-...' begins with, held back by the scrubber) after the second
+    thinking block, glued to the text that follows it."""
+    from satisfice._redact import register
+
+    register("sk-review-interleave-" + "5d1e" * 8)  # every provider key is registered so
+    content = [
+        {"type": "thinking", "thinking": "first", "signature": signature("first")},
+        {"type": "text", "text": "Let me look at the files"},
+        {"type": "thinking", "thinking": "then", "signature": signature("then")},
+        {"type": "text", "text": "Done."},
+    ]
+    with RawUpstream() as raw:
+        raw.push(_sse(*_events(content)))
+        async with Router(patch_registry(Registry.default(), raw.url)) as r:
+            said: list[str] = [""]  # the text between thinking blocks
+            async with r.stream("hi", allow=["claude-haiku-4-5@low"], max_tokens=4000) as s:
+                async for d in s:
+                    if d.thought is not None:
+                        said.append("")
+                    said[-1] += d.text
+    assert said == ["", "Let me look at the files", "Done."], said

@@ -1257,10 +1257,14 @@ class Executor:
             """The stream, its first text (or signed thinking block, or whole answer) and
             the pieces of thinking before it. The stream is the caller's from that item
             on; a failure before it (a reset or an overloaded error while the model thinks)
-            moves on as any failed attempt does, its thinking held back, never shown."""
+            moves on as any failed attempt does, its thinking held back, never shown. A
+            model still at it after KEEPALIVE_S (thinking, writing a tool call) makes it
+            the caller's then, with a keep-alive: minutes of silence a proxy would cut."""
             gen = p.stream(request, timeout)
             held: list[StreamDelta] = []
             moved = False  # anything came (a tool call's pieces too)
+            loop = asyncio.get_running_loop()
+            since = loop.time()
             try:
                 # keep-alive comments or pings are no progress: text, thinking or a tool
                 # call's pieces must come within the idle timeout (and, as every wait,
@@ -1273,7 +1277,10 @@ class Executor:
                         if item is not PROGRESS:  # (a tool call's piece: given whole)
                             held.append(item)
                         moved = True
-                        cm.reschedule(asyncio.get_running_loop().time() + idle)
+                        now = loop.time()
+                        if now - since >= KEEPALIVE_S:
+                            return gen, StreamDelta(), held
+                        cm.reschedule(now + idle)
             except TimeoutError:  # in this limit's own words, not the attempt budget's
                 await gen.aclose()
                 why = (
@@ -1317,9 +1324,15 @@ class Executor:
                         y, w = w, perf_counter()
                         paused += w - y
                         said = w
-                elif isinstance(item, StreamDelta):  # the model's thinking
-                    for d in _thinking(item, thinks):
-                        yield d
+                elif isinstance(item, StreamDelta):
+                    if item.thinking or item.thought is not None:  # the model's thinking
+                        if rest := scrubber.flush():  # the text before it, whole
+                            delivered.append(rest)
+                            yield StreamDelta(rest)
+                        for d in _thinking(item, thinks):
+                            yield d
+                    else:  # the keep-alive that made the stream the caller's (open_)
+                        yield item
                     y, w = w, perf_counter()
                     paused += w - y
                     said = w

@@ -148,9 +148,10 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if "is_error" in m or "cache_control" in m or "thinking_blocks" in m:
             # a tool result's marks, from Anthropic's shape; a Claude model's thinking
             failed = m.get("is_error") is True and m.get("role") == "tool"
-            m = {k: v for k, v in m.items() if k not in _ANTHROPIC_ONLY}
-            if not (m.get("content") or m.get("tool_calls")):
+            thought_alone = "thinking_blocks" in m and not (m.get("content") or m.get("tool_calls"))
+            if thought_alone:
                 continue  # an interleaved turn's part that held thinking alone
+            m = {k: v for k, v in m.items() if k not in _ANTHROPIC_ONLY}
             if failed:
                 m["content"] = _error_text(m.get("content"))
         if _marked(m.get("tool_calls")):
@@ -162,6 +163,23 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 _ANTHROPIC_ONLY = ("is_error", "cache_control", "thinking_blocks")
+
+
+def _moves(chunk: dict[str, Any]) -> bool:
+    """Whether a stream's chunk without text carries anything (a tool call's piece, a
+    refusal's, reasoning, a finish, a usage): progress. One with an empty delta is a
+    keep-alive in all but name, which the idle timeout must still cut."""
+    if chunk.get("usage"):
+        return True
+    for c in chunk.get("choices") or ():
+        if not isinstance(c, dict):
+            continue
+        if c.get("finish_reason"):
+            return True
+        d = c.get("delta")
+        if isinstance(d, dict) and any(v for k, v in d.items() if k != "role"):
+            return True
+    return False
 
 
 def _marked(calls: Any) -> bool:
@@ -319,7 +337,7 @@ class OpenAIProvider(HTTPProvider):
                             finish = (
                                 text_field(choice.get("finish_reason"), "finish_reason") or finish
                             )
-                        if not piece and began:
+                        if not piece and began and _moves(chunk):
                             # a tool call's piece, reasoning some servers stream apart, a
                             # finish, a usage (the first chunk, its role, is the start)
                             yield PROGRESS
