@@ -377,7 +377,11 @@ def _thought(b: dict[str, Any]) -> dict[str, Any]:
     if b["type"] == "redacted_thinking":
         return {"type": "redacted_thinking", "data": scrub(text_field(b["data"], "data"))}
     text = scrub(text_field(b["thinking"], "thinking"))
-    return {"type": "thinking", "thinking": text, "signature": text_field(b["signature"], "sig")}
+    return {
+        "type": "thinking",
+        "thinking": text,
+        "signature": text_field(b["signature"], "signature"),
+    }
 
 
 def adaptive_effort(thinking: str | None, effort: str | None) -> str | None:
