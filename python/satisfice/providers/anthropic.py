@@ -341,7 +341,9 @@ def anthropic_wire(
         if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop):
             raise BadRequestError("stop must be a non-empty string or a list of them")
         p["stop_sequences"] = stop
-    if budget or adaptive is not None:
+    if not budget and adaptive is None:
+        _without_thinking_edits(p)
+    else:
         why = _thinking_refuses(p)
         if why is not None:
             how = (f"adaptive thinking at effort {adaptive}" if adaptive is not None
@@ -367,6 +369,27 @@ def anthropic_wire(
 
 
 _THINKING = ("thinking", "redacted_thinking")
+
+
+def _without_thinking_edits(p: dict[str, Any]) -> None:
+    """`context_management` for a row sent no thinking: without the edits that clear
+    thinking (Anthropic refuses them unless thinking is on, and this row is sent no
+    thinking to clear), the others kept; none left, none sent."""
+    cm = p.get("context_management")
+    if not isinstance(cm, dict) or not isinstance(edits := cm.get("edits"), list):
+        return
+    kept = [
+        e for e in edits
+        if not (isinstance(e, dict) and str(e.get("type", "")).startswith("clear_thinking"))
+    ]  # fmt: skip
+    if len(kept) == len(edits):
+        return
+    if kept:
+        p["context_management"] = {**cm, "edits": kept}
+    else:
+        del p["context_management"]
+
+
 #: Events that give the caller nothing until the answer's end, yet are the upstream's
 #: progress (a ping is not): a stream's idle timeout counts them (see base.PROGRESS).
 _PROGRESS = frozenset({"content_block_start", "content_block_stop", "message_delta"})

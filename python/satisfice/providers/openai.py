@@ -143,15 +143,20 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             break
     else:
         return messages
-    out = []
+    out: list[dict[str, Any]] = []
     for m in messages:
         if "is_error" in m or "cache_control" in m or "thinking_blocks" in m:
             # a tool result's marks, from Anthropic's shape; a Claude model's thinking
             failed = m.get("is_error") is True and m.get("role") == "tool"
-            thought_alone = "thinking_blocks" in m and not (m.get("content") or m.get("tool_calls"))
-            if thought_alone:
-                continue  # an interleaved turn's part that held thinking alone
+            split = "thinking_blocks" in m and m.get("role") == "assistant"
             m = {k: v for k, v in m.items() if k not in _ANTHROPIC_ONLY}
+            if split and out and out[-1].get("role") == "assistant":
+                # an interleaved turn's next part (thinking after its text or a call): one
+                # assistant message again, whose calls its tool messages follow at once
+                out[-1] = _joined(out[-1], m)
+                continue
+            if split and not (m.get("content") or m.get("tool_calls")):
+                continue  # a part that held thinking alone
             if failed:
                 m["content"] = _error_text(m.get("content"))
         if _marked(m.get("tool_calls")):
@@ -163,6 +168,20 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 _ANTHROPIC_ONLY = ("is_error", "cache_control", "thinking_blocks")
+
+
+def _joined(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two assistant messages as one: their texts in order, their tool calls in order."""
+    parts = [
+        p
+        for c in (a.get("content"), b.get("content"))
+        for p in ([{"type": "text", "text": c}] if isinstance(c, str) and c else c or [])
+    ]
+    out = {**a, "content": parts or None}
+    calls = [*(a.get("tool_calls") or []), *(b.get("tool_calls") or [])]
+    if calls:
+        out["tool_calls"] = calls
+    return out
 
 
 def _moves(chunk: dict[str, Any]) -> bool:

@@ -656,7 +656,9 @@ class Service:
             return None
         session = f"{key.id if key is not None else 'anon'}:{routed.session}"
         pinned = await self.state.pin(session)
-        if pinned and "allow" not in opts and pinned in self.router.registry:
+        if pinned and pinned in self.router.registry:
+            # under an alias, a named model's effort rows or a key's model list too: the
+            # pin is preferred only where it passed every filter (Decision.preferring)
             opts["prefer"] = pinned
         return session
 

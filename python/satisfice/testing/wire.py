@@ -75,7 +75,8 @@ _REDACTED = "cmVkYWN0ZWQgdGhpbmtpbmc="  # a redacted_thinking block's (opaque) d
 def anthropic_refusal(body: dict[str, Any]) -> str | None:
     """Why Anthropic's API would refuse `body` for its thinking, if it would: thinking on,
     a tool loop whose assistant turn does not begin with its thinking; a thinking block
-    whose signature does not match what it was given."""
+    whose signature does not match what it was given; thinking off, context editing that
+    clears thinking."""
     msgs = body.get("messages")
     if not isinstance(msgs, list):
         return None
@@ -89,7 +90,14 @@ def anthropic_refusal(body: dict[str, Any]) -> str | None:
             ):
                 return f"messages.{i}.content: Invalid `signature` in `thinking` block"
     thinking = body.get("thinking")
-    if not (isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")):
+    thinks = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+    cm = body.get("context_management")
+    edits = cm.get("edits") if isinstance(cm, dict) else None
+    for e in edits if isinstance(edits, list) and not thinks else ():
+        kind = str(e.get("type", "")) if isinstance(e, dict) else ""
+        if kind.startswith("clear_thinking"):
+            return f"`{kind}` strategy requires `thinking` to be enabled"
+    if not thinks:
         return None
     last = next((m for m in reversed(msgs) if m.get("role") == "assistant"), None)
     blocks = last.get("content") if last is not None else None

@@ -1,0 +1,159 @@
+"""Claude Code's turns through satisfice serve, end to end (the official anthropic and openai
+SDKs, the local upstream): each test failed before its fix, found by an end-to-end review of
+a coding agent's sessions (effort levels the wire takes and the registry had no row for,
+context editing beside a row sent no thinking, a session pin under an alias, interleaved
+thinking after a tool call sent to an OpenAI model)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from satisfice import Registry, Router
+from satisfice.server import ServerConfig
+from satisfice.testing import LocalUpstream, reply
+from satisfice.testing.wire import signature
+
+from .server_support import running
+
+SYSTEM = [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}]
+TOOLS = [{
+    "name": "Bash", "description": "Run a shell command",
+    "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
+    "cache_control": {"type": "ephemeral"},
+}]  # fmt: skip
+BETAS = ["interleaved-thinking-2025-05-14", "fine-grained-tool-streaming-2025-05-14",
+         "context-management-2025-06-27"]  # fmt: skip
+#: what Claude Code sends on every turn (context editing that keeps every thinking block)
+CONTEXT = {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}
+H = {"anthropic-version": "2023-06-01", "x-api-key": "anything"}
+
+
+def _router(up: LocalUpstream) -> Router:
+    return Router(up.patch(Registry.default()))
+
+
+def _client(url: str) -> anthropic.Anthropic:
+    """A client closed with the server's test (an open one's socket warns at collection)."""
+    c = anthropic.Anthropic(base_url=url, api_key="anything", max_retries=0, timeout=60)
+    _OPEN.append(c)
+    return c
+
+
+_OPEN: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _closed() -> Any:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-6", "claude-opus-4-7"])
+def test_claude_codes_effort_medium_on_a_named_claude_model_is_served(model: str) -> None:
+    """Claude Code's `output_config.effort` "medium" (Anthropic's own level, which both
+    models take) is accepted by the wire and then routes to nothing: a 400 on every turn."""
+    with LocalUpstream() as up:
+        with running(ServerConfig(), _router(up)) as (url, _), _client(url).messages.stream(
+            model=model, max_tokens=32000, system=SYSTEM, tools=TOOLS,
+            thinking={"type": "adaptive"}, output_config={"effort": "medium"},
+            messages=[{"role": "user", "content": "fix the failing test"}],
+        ) as s:  # fmt: skip
+            res = s.get_final_message()
+        assert res.model.startswith(model)
+        assert up.requests[-1].body["output_config"]["effort"] == "medium"
+
+
+def test_openai_reasoning_effort_medium_on_a_claude_model_is_served() -> None:
+    with LocalUpstream() as up:
+        with running(ServerConfig(), _router(up)) as (url, _):
+            c = openai.OpenAI(base_url=url + "/v1", api_key="anything", max_retries=0)
+            _OPEN.append(c)
+            r = c.chat.completions.create(model="claude-sonnet-4-6", reasoning_effort="medium",
+                                          messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+        assert r.model.startswith("claude-sonnet-4-6")
+
+
+def test_claude_codes_context_editing_never_reaches_a_row_sent_no_thinking() -> None:
+    """Claude Code sends `clear_thinking_20251015` beside `thinking: adaptive` on every turn.
+    Routed to a Claude model's base row (sent no thinking), the edit went on without
+    thinking, which Anthropic's API refuses: "`clear_thinking_20251015` strategy requires
+    `thinking` to be enabled" (anthropics/claude-code#11971), as the local upstream does."""
+    turn: dict[str, Any] = {
+        "model": "claude-sonnet-4-6", "max_tokens": 32000, "system": SYSTEM, "tools": TOOLS,
+        "thinking": {"type": "adaptive"}, "betas": BETAS, "context_management": CONTEXT,
+        "metadata": {"user_id": "session-1"}, "messages": [{"role": "user", "content": "hi"}],
+    }  # fmt: skip
+    with (
+        LocalUpstream() as up,
+        running(ServerConfig(), _router(up)) as (url, _),
+        _client(url).beta.messages.stream(**turn) as s,
+    ):
+        res = s.get_final_message()
+    assert res.model.startswith("claude-sonnet-4-6")
+
+
+def test_a_session_pin_holds_under_an_alias_as_under_auto() -> None:
+    """The session's model is tried first "while it fits the constraints" (README): under
+    "auto" it is; under an alias whose models include it (or a named model's effort rows,
+    or any request under a key's model list, which must name one) the pin is never read."""
+    cfg = ServerConfig(aliases={"claude": {"allow": ["claude-sonnet-4-6", "claude-opus-4-7"]}})
+    with LocalUpstream() as up:
+        up.default = reply("ok")
+        with running(cfg, _router(up)) as (url, _):
+            msgs = [{"role": "user", "content": "write a python function to parse a csv file"}]
+
+            def turn(model: str) -> httpx.Response:
+                body = {"model": model, "max_tokens": 2000, "messages": msgs,
+                        "metadata": {"user_id": "session-7"}}  # fmt: skip
+                r = httpx.post(url + "/v1/messages", headers=H, json=body, timeout=30)
+                assert r.status_code == 200, r.text
+                return r
+
+            assert turn("claude").headers["x-satisfice-model"] == "claude-sonnet-4-6"
+            turn("claude-opus-4-7")  # the session is now pinned to Opus
+            assert turn("auto").headers["x-satisfice-model"] == "claude-opus-4-7"  # held
+            again = turn("claude")  # Opus is one of the alias's models
+    assert again.headers["x-satisfice-model"] == "claude-opus-4-7", again.json()["satisfice"]["why"]
+
+
+def test_an_interleaved_turn_with_thinking_after_a_tool_call_is_valid_openai() -> None:
+    """[thinking, text, tool_use, thinking, tool_use] (interleaved thinking between two
+    calls of one turn), then an OpenAI model: it was sent two assistant messages with
+    tool_calls back to back, the first not followed by its tool message, which OpenAI's
+    API refuses ("An assistant message with 'tool_calls' must be followed by tool messages
+    responding to each 'tool_call_id'")."""
+
+    def th(t: str) -> dict[str, Any]:
+        return {"type": "thinking", "thinking": t, "signature": signature(t)}
+
+    turn = [
+        th("first"),
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "toolu_x", "name": "Bash", "input": {"command": "ls"}},
+        th("then"),
+        {"type": "tool_use", "id": "toolu_y", "name": "Bash", "input": {"command": "pwd"}},
+    ]
+    results = [{"type": "tool_result", "tool_use_id": "toolu_x", "content": "a.py"},
+               {"type": "tool_result", "tool_use_id": "toolu_y", "content": "/repo"}]  # fmt: skip
+    with LocalUpstream() as up:
+        up.default = reply("done")
+        with running(ServerConfig(), _router(up)) as (url, _), _client(url).messages.stream(
+            model="gpt-5.4-mini", max_tokens=2000, tools=TOOLS,
+            messages=[{"role": "user", "content": "go"},
+                      {"role": "assistant", "content": turn},
+                      {"role": "user", "content": results}],
+        ) as s:  # fmt: skip
+            s.get_final_message()
+        sent = up.requests[-1].body["messages"]
+    for i, m in enumerate(sent):  # each call's results follow its assistant message at once
+        if m.get("tool_calls"):
+            ids = [c["id"] for c in m["tool_calls"]]
+            after = [x.get("tool_call_id") for x in sent[i + 1 : i + 1 + len(ids)]]
+            assert after == ids, json.dumps(sent)[:600]
