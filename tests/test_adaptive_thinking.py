@@ -153,9 +153,11 @@ def test_variants_inherit_the_field() -> None:
     assert {m.id for m in reg if m.thinking == "adaptive"} == {
         OPUS,
         f"{OPUS}@low",
+        f"{OPUS}@medium",
         f"{OPUS}@high",
         SONNET,
         f"{SONNET}@low",
+        f"{SONNET}@medium",
         f"{SONNET}@high",
     }
 

@@ -157,3 +157,34 @@ def test_an_interleaved_turn_with_thinking_after_a_tool_call_is_valid_openai() -
             ids = [c["id"] for c in m["tool_calls"]]
             after = [x.get("tool_call_id") for x in sent[i + 1 : i + 1 + len(ids)]]
             assert after == ids, json.dumps(sent)[:600]
+
+
+def test_back_to_a_claude_model_with_thinking_after_another_models_tool_call() -> None:
+    """Mixed routing: a non-Claude model made the last tool call (no thinking block), then
+    Claude Code's next turn names a Claude model with `thinking: enabled`. Every row of
+    the model that thinks refuses that loop (as Anthropic's API would), and the model's own
+    row without thinking, which could answer it, is left out: a 400 the agent cannot avoid
+    (it sends the same thinking on every turn). That turn is answered without thinking."""
+    with LocalUpstream() as up:
+        up.script("gpt-5.4-mini", reply("look", tool_call=("Bash", '{"command": "ls"}')))
+        with running(ServerConfig(), _router(up)) as (url, _):
+            c = _client(url)
+            msgs: list[Any] = [{"role": "user", "content": "fix it"}]
+            with c.messages.stream(model="gpt-5.4-mini", max_tokens=32000, tools=TOOLS,
+                                   messages=msgs) as s:  # fmt: skip
+                first = s.get_final_message()
+            use = next(b for b in first.content if b.type == "tool_use")
+            msgs += [
+                {"role": "assistant", "content": first.content},
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "a.py"}],
+                },
+            ]
+            with c.messages.stream(
+                model="claude-haiku-4-5", max_tokens=32000, tools=TOOLS, messages=msgs,
+                thinking={"type": "enabled", "budget_tokens": 31999},
+            ) as s:  # fmt: skip
+                second = s.get_final_message()
+    assert second.model.startswith("claude-haiku-4-5")
+    assert "thinking" not in up.requests[-1].body

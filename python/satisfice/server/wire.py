@@ -283,6 +283,20 @@ def _thinking(t: Any) -> dict[str, Any]:
     raise _bad("'thinking.type' must be 'adaptive', 'enabled' or 'disabled'")
 
 
+def _unthought_loop(messages: list[Any]) -> bool:
+    """Whether the conversation is a tool loop whose last assistant turn, a tool call, does
+    not begin with thinking (a model without thinking made it)."""
+    last = next(
+        (m for m in reversed(messages) if isinstance(m, Mapping) and m.get("role") == "assistant"),
+        None,
+    )
+    blocks = last.get("content") if last is not None else None
+    if not isinstance(blocks, list) or not blocks:
+        return False
+    calls = any(isinstance(b, Mapping) and b.get("type") == "tool_use" for b in blocks)
+    return calls and not _is_thinking(blocks[0])
+
+
 #: Anthropic's effort levels (`output_config.effort`), each one of the router's.
 _ANTHROPIC_EFFORTS = ("low", "medium", "high", "xhigh")
 
@@ -643,6 +657,13 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
         # more precise than "on": the rows of that effort (thinking disabled keeps the rows
         # that do not think, which no effort row is)
         thinking = {**thinking, "reasoning": effort}
+    asked = body.get("thinking") is not None or effort is not None
+    if asked and thinking.get("reasoning") != "none" and _unthought_loop(raw):
+        # another model made the last call (no thinking to send back): a Claude model
+        # that thinks cannot take this turn (Anthropic refuses it; it had been a 400), its
+        # row without thinking can. This turn is answered without thinking; the next,
+        # after a call made thinking, thinks again
+        thinking = {"reasoning": "none"}
     _reasoning(opts, thinking, "thinking and output_config.effort")
     if fmt is not None:
         if "response_format" in opts or tools:
