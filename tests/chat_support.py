@@ -98,3 +98,14 @@ REFUSED_BESIDE_THINKING: list[tuple[dict[str, Any], str]] = [
         "a forced tool_choice",
     ),
 ]
+
+
+#: What Claude Code sends on every turn: system blocks and tools marked for the prompt cache.
+CLAUDE_CODE_SYSTEM = [
+    {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}
+]
+CLAUDE_CODE_TOOLS = [{
+    "name": "Bash", "description": "Run a shell command",
+    "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
+    "cache_control": {"type": "ephemeral"},
+}]  # fmt: skip

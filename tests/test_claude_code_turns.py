@@ -19,14 +19,10 @@ from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream, reply
 from satisfice.testing.wire import signature
 
+from .chat_support import CLAUDE_CODE_SYSTEM, CLAUDE_CODE_TOOLS
 from .server_support import running
 
-SYSTEM = [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}]
-TOOLS = [{
-    "name": "Bash", "description": "Run a shell command",
-    "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
-    "cache_control": {"type": "ephemeral"},
-}]  # fmt: skip
+SYSTEM, TOOLS = CLAUDE_CODE_SYSTEM, CLAUDE_CODE_TOOLS
 BETAS = ["interleaved-thinking-2025-05-14", "fine-grained-tool-streaming-2025-05-14",
          "context-management-2025-06-27"]  # fmt: skip
 #: what Claude Code sends on every turn (context editing that keeps every thinking block)

@@ -19,18 +19,14 @@ from satisfice.server.app import _CONSTRAINT_KEYS, HTTPError, Service, http_erro
 from satisfice.server.state import VirtualKey
 from satisfice.testing import LocalUpstream
 
+from .chat_support import CLAUDE_CODE_SYSTEM, CLAUDE_CODE_TOOLS
 from .server_support import running
 
 MASTER = "master-test-key-0123456789abcdef"
 
 #: what Claude Code sends on every turn: system blocks and tools with cache_control,
 #: anthropic-beta headers
-SYSTEM = [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}]
-TOOLS = [{
-    "name": "Bash", "description": "Run a shell command",
-    "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
-    "cache_control": {"type": "ephemeral"},
-}]  # fmt: skip
+SYSTEM, TOOLS = CLAUDE_CODE_SYSTEM, CLAUDE_CODE_TOOLS
 BETA = {
     "anthropic-version": "2023-06-01",
     "anthropic-beta": "interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14",

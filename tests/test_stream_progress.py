@@ -42,15 +42,19 @@ async def test_a_tool_call_longer_than_the_idle_timeout_is_not_cut(model: str) -
     assert [a.outcome for a in res.attempts] == ["ok"]
 
 
+@pytest.mark.parametrize("text", ["ok", ""], ids=["after-text", "tool-call-alone"])
 @pytest.mark.parametrize("model", MODELS)
 async def test_while_only_a_tool_call_comes_the_caller_gets_keep_alives(
-    model: str, monkeypatch: pytest.MonkeyPatch
+    model: str, text: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """After text, and for an answer that is a tool call alone (an OpenAI model's usual tool
+    turn, a Claude model's often), which had given none: no text ever made the stream the
+    caller's before the call was whole."""
     import satisfice.executor as ex
 
     monkeypatch.setattr(ex, "KEEPALIVE_S", 0.05)
     with LocalUpstream() as up:
-        up.default = reply("ok", tool_call=("Write", ARGS), chunk_delay=0.1)
+        up.default = reply(text, tool_call=("Write", ARGS), chunk_delay=0.1)
         async with _router(up) as r:
             kinds: list[str] = []
             async with r.stream("write it", allow=[model], tools=[TOOL]) as s:
@@ -59,18 +63,24 @@ async def test_while_only_a_tool_call_comes_the_caller_gets_keep_alives(
                         "text" if d.text else "done" if d.done
                         else "thinking" if d.thinking or d.thought else "keep-alive"
                     )  # fmt: skip
+                    if d.done:
+                        assert d.result.tool_calls[0].arguments == ARGS
     assert kinds[-1] == "done"
-    assert "keep-alive" in kinds[kinds.index("text") :]
+    assert "keep-alive" in kinds[kinds.index("text") if text else 0 :], kinds
 
 
-def test_servers_streams_ping_while_a_tool_call_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Anthropic's `ping` event and an SSE comment for OpenAI clients; both SDKs read the
-    streams whole, the tool call at the end."""
+@pytest.mark.parametrize("text", ["ok", ""], ids=["after-text", "tool-call-alone"])
+def test_servers_streams_ping_while_a_tool_call_is_written(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anthropic's `ping` event and an SSE comment for OpenAI clients, before the tool call
+    given whole (a call alone had given no ping, nor even the response's headers, before
+    it was whole); both SDKs read the streams whole."""
     import satisfice.executor as ex
 
     monkeypatch.setattr(ex, "KEEPALIVE_S", 0.05)
     with LocalUpstream() as up:
-        up.default = reply("ok", tool_call=("Write", ARGS), chunk_delay=0.1)
+        up.default = reply(text, tool_call=("Write", ARGS), chunk_delay=0.1)
         with running(ServerConfig(), Router(up.patch(Registry.default()))) as (url, _):
             body: dict[str, Any] = {
                 "model": "claude-haiku-4-5", "max_tokens": 500, "stream": True,
@@ -79,7 +89,7 @@ def test_servers_streams_ping_while_a_tool_call_is_written(monkeypatch: pytest.M
             }  # fmt: skip
             h = {"anthropic-version": "2023-06-01", "x-api-key": "anything"}
             raw = httpx.post(url + "/v1/messages", json=body, headers=h, timeout=30).text
-            assert "event: ping" in raw.split('"text_delta"', 1)[1]
+            assert "event: ping" in raw.split('"tool_use"', 1)[0], raw
             with (
                 anthropic.Anthropic(base_url=url, api_key="anything", max_retries=0) as c,
                 c.messages.stream(**{k: v for k, v in body.items() if k != "stream"}) as s,
@@ -102,51 +112,6 @@ def test_servers_streams_ping_while_a_tool_call_is_written(monkeypatch: pytest.M
 
 
 # -- from a review: each failed on the first version ------------------------------------------
-@pytest.mark.parametrize("model", MODELS)
-async def test_a_tool_call_with_no_text_before_it_gets_keep_alives(
-    model: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The README: while a tool call is written 'the stream gives an empty delta (no text,
-    not done) at most every 5 s'. An answer that is a tool call alone (no text first: an
-    OpenAI model's usual tool turn, a Claude model's often) gives none."""
-    import satisfice.executor as ex
-
-    monkeypatch.setattr(ex, "KEEPALIVE_S", 0.05)
-    with LocalUpstream() as up:
-        up.default = reply("", tool_call=("Write", ARGS), chunk_delay=0.1)
-        async with _router(up) as r:
-            kinds: list[str] = []
-            async with r.stream("write it", allow=[model], tools=[TOOL]) as s:
-                async for d in s:
-                    kinds.append(
-                        "text" if d.text else "done" if d.done
-                        else "thinking" if d.thinking or d.thought else "keep-alive"
-                    )  # fmt: skip
-                    if d.done:
-                        assert d.result.tool_calls[0].arguments == ARGS
-    assert "keep-alive" in kinds, kinds
-
-
-def test_server_pings_while_a_tool_call_alone_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
-    """satisfice serve: no ping (not even the response's headers) before the tool call is
-    whole, when no text came before it."""
-    import satisfice.executor as ex
-
-    monkeypatch.setattr(ex, "KEEPALIVE_S", 0.05)
-    with LocalUpstream() as up:
-        up.default = reply("", tool_call=("Write", ARGS), chunk_delay=0.1)
-        with running(ServerConfig(), Router(up.patch(Registry.default()))) as (url, _):
-            body: dict[str, Any] = {
-                "model": "claude-haiku-4-5", "max_tokens": 500, "stream": True,
-                "messages": [{"role": "user", "content": "write it"}],
-                "tools": [{"name": "Write", "input_schema": {"type": "object"}}],
-            }  # fmt: skip
-            h = {"anthropic-version": "2023-06-01", "x-api-key": "anything"}
-            raw = httpx.post(url + "/v1/messages", json=body, headers=h, timeout=30).text
-    assert '"tool_use"' in raw
-    assert "event: ping" in raw.split('"tool_use"', 1)[0], raw
-
-
 @pytest.mark.parametrize("text", ["", "hi"], ids=["before-text", "after-text"])
 async def test_empty_chunks_are_no_progress(text: str) -> None:
     """A chunk with nothing in it (`"delta": {}`: no text, tool call, reasoning, finish or

@@ -34,6 +34,8 @@ A_TOOLS = [{"name": "Bash", "description": "Run a shell command",
             "input_schema": TOOL["function"]["parameters"]}]  # fmt: skip
 CALL = ("Bash", '{"command": "ls"}')
 H = {"anthropic-version": "2023-06-01", "x-api-key": "anything"}
+#: extended thinking as an older Claude Code asks it, within max_tokens
+ENABLED = {"max_tokens": 8000, "thinking": {"type": "enabled", "budget_tokens": 4096}}
 
 
 def _router(up: LocalUpstream) -> Router:
@@ -199,10 +201,7 @@ def test_claude_code_tool_loop_with_thinking_on_a_named_model(stream: bool) -> N
         up.script(HAIKU, reply(tool_call=CALL, thinking="look first"), reply("two files"))
         with running(ServerConfig(), _router(up)) as (url, _):
             c = anthropic.Anthropic(base_url=url, api_key="anything", max_retries=0)
-            kw: dict[str, Any] = {
-                "model": HAIKU, "max_tokens": 8000, "tools": A_TOOLS,
-                "thinking": {"type": "enabled", "budget_tokens": 4096},
-            }  # fmt: skip
+            kw: dict[str, Any] = {"model": HAIKU, "tools": A_TOOLS, **ENABLED}
             msgs: list[Any] = [{"role": "user", "content": "list the files"}]
 
             def turn() -> Any:
@@ -236,10 +235,7 @@ def test_a_changed_thinking_block_is_the_upstreams_400_passed_on() -> None:
         up.script(HAIKU, reply(tool_call=CALL, thinking="look first"))
         with running(ServerConfig(), _router(up)) as (url, _):
             c = anthropic.Anthropic(base_url=url, api_key="anything", max_retries=0)
-            kw: dict[str, Any] = {
-                "model": HAIKU, "max_tokens": 8000, "tools": A_TOOLS,
-                "thinking": {"type": "enabled", "budget_tokens": 4096},
-            }  # fmt: skip
+            kw: dict[str, Any] = {"model": HAIKU, "tools": A_TOOLS, **ENABLED}
             first = c.messages.create(messages=[{"role": "user", "content": "ls"}], **kw)
             blocks = [b.model_dump() for b in first.content]
             blocks[0]["thinking"] = "something else"
