@@ -184,3 +184,30 @@ def test_back_to_a_claude_model_with_thinking_after_another_models_tool_call() -
                 second = s.get_final_message()
     assert second.model.startswith("claude-haiku-4-5")
     assert "thinking" not in up.requests[-1].body
+
+
+def test_an_interleaved_turns_later_call_loses_its_cache_mark_on_openais_wire() -> None:
+    """The part joined back into the turn had skipped the step that leaves prompt-cache
+    marks out of an OpenAI model's tool calls."""
+    from satisfice.providers.openai import _openai_messages
+    from satisfice.server import wire as server_wire
+
+    def th(t: str) -> dict[str, Any]:
+        return {"type": "thinking", "thinking": t, "signature": signature(t)}
+
+    mark = {"type": "ephemeral"}
+    turn = [th("first"), {"type": "tool_use", "id": "toolu_x", "name": "Bash", "input": {}},
+            th("then"), {"type": "tool_use", "id": "toolu_y", "name": "Bash", "input": {},
+                         "cache_control": mark}]  # fmt: skip
+    r = server_wire.anthropic_request({"model": "auto", "max_tokens": 9, "messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": turn},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_x", "content": "a"},
+            {"type": "tool_result", "tool_use_id": "toolu_y", "content": "b"},
+        ]},
+    ]}, {})  # fmt: skip
+    sent = _openai_messages(r.messages)
+    calls = sent[1]["tool_calls"]
+    assert [c["id"] for c in calls] == ["toolu_x", "toolu_y"]
+    assert all("cache_control" not in c for c in calls)

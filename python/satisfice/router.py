@@ -973,9 +973,8 @@ class Router:
         `d.thought`; an empty item now and then while a tool call is written); the last
         item has `d.done` and `d.result` (a ChatResult). Fallbacks happen only before the
         first piece of text (or signed thinking, or 5 s of the model at work); a failure
-        after it raises
-        StreamInterruptedError. `timeout` (default: the latency SLO) bounds the whole
-        stream; `ExecutionConfig.stream_idle_timeout_s` bounds each wait for more.
+        after it raises StreamInterruptedError. `timeout` (default: the latency SLO) bounds
+        the whole stream; `ExecutionConfig.stream_idle_timeout_s` bounds each wait for more.
         """
         runs: list[Run] = []
         return (_ChatStream or _chat_stream())(

@@ -238,11 +238,7 @@ def _payload(r: ChatRequest, model: str, stream: bool, thinks: bool) -> dict[str
             body = _content(content)
             calls = m.get("tool_calls") if role == "assistant" else None
             if calls:
-                blocks = (
-                    [{"type": "text", "text": body}]
-                    if isinstance(body, str) and body
-                    else (body if isinstance(body, list) else [])
-                )
+                blocks = list(_blocks(body))
                 for c in calls:
                     fn = c["function"]
                     try:

@@ -145,25 +145,24 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return messages
     out: list[dict[str, Any]] = []
     for m in messages:
+        split = False
         if "is_error" in m or "cache_control" in m or "thinking_blocks" in m:
             # a tool result's marks, from Anthropic's shape; a Claude model's thinking
             failed = m.get("is_error") is True and m.get("role") == "tool"
             split = "thinking_blocks" in m and m.get("role") == "assistant"
             m = {k: v for k, v in m.items() if k not in _ANTHROPIC_ONLY}
-            if split and out and out[-1].get("role") == "assistant":
-                # an interleaved turn's next part (thinking after its text or a call): one
-                # assistant message again, whose calls its tool messages follow at once
-                out[-1] = _joined(out[-1], m)
-                continue
-            if split and not (m.get("content") or m.get("tool_calls")):
-                continue  # a part that held thinking alone
             if failed:
                 m["content"] = _error_text(m.get("content"))
         if _marked(m.get("tool_calls")):
             m = {**m, "tool_calls": [
                 {k: v for k, v in c.items() if k != "cache_control"} for c in m["tool_calls"]
             ]}  # fmt: skip
-        out.append(m)
+        if split and out and out[-1].get("role") == "assistant":
+            # an interleaved turn's next part (thinking after its text or a call): one
+            # assistant message again, whose calls its tool messages follow at once
+            out[-1] = _joined(out[-1], m)
+        elif not split or m.get("content") or m.get("tool_calls"):
+            out.append(m)  # (a part that held thinking alone is left out)
     return out
 
 
