@@ -43,6 +43,9 @@ pub struct ModelRow {
     pub long_out: f64,
     /// USD billed per call on top of tokens (0 for most models).
     pub fee: f64,
+    /// Tokens of thinking the wire adds to every call's max_tokens (Anthropic's budget),
+    /// already taken off `context_window` and `max_output`.
+    pub thinking: u32,
 }
 
 impl ModelRow {
@@ -229,6 +232,10 @@ pub struct Constraints {
     /// limit: a budget's reservation or a tokens-a-minute limit reads the count, and an
     /// estimate may be several times under it (punctuation, CJK, base64).
     pub count_prompt: bool,
+    /// `max_output_tokens` bounds a row's thinking and its answer together (what Anthropic's
+    /// max_tokens and OpenAI's max_completion_tokens mean): a row that thinks for B tokens
+    /// answers within max_output_tokens − B, and one whose B fills it is left out.
+    pub output_includes_thinking: bool,
 }
 
 /// Prompt tokens of one image: a lower bound, an estimate and an upper bound wide enough
@@ -264,6 +271,7 @@ impl Default for Constraints {
             uncounted: 0,
             extra_text: String::new(),
             count_prompt: false,
+            output_includes_thinking: false,
         }
     }
 }
@@ -286,6 +294,11 @@ pub enum Filtered {
         max: u32,
         /// the caller's max_tokens (else the task's expected answer)
         given: bool,
+    },
+    /// The row's thinking budget leaves no answer within a limit that counts thinking in it.
+    ThinkingFillsLimit {
+        thinking: u32,
+        limit: u32,
     },
     LatencyUnknown,
     Latency {
@@ -340,6 +353,10 @@ impl Filtered {
                     )
                 }
             }
+            Filtered::ThinkingFillsLimit { thinking, limit } => format!(
+                "it thinks for {thinking} tokens within max_tokens {limit}, which leaves no room \
+                 for an answer (raise max_tokens, or ask for less thinking)"
+            ),
             Filtered::LatencyUnknown => "p95 latency unknown, cannot meet a latency SLO".into(),
             Filtered::Latency { p95, slo } => format!("p95 {p95:.0} ms > SLO {slo:.0} ms"),
             Filtered::Unpriced => "unpriced: cannot check max_cost".into(),
@@ -364,7 +381,9 @@ impl Filtered {
             Filtered::Excluded => "exclude",
             Filtered::MissingCaps(_) => "needs",
             Filtered::ContextWindow { .. } | Filtered::OverWindow { .. } => "context_window",
-            Filtered::OutputTooLong { .. } => "max_output_tokens",
+            Filtered::OutputTooLong { .. } | Filtered::ThinkingFillsLimit { .. } => {
+                "max_output_tokens"
+            }
             Filtered::LatencyUnknown | Filtered::Latency { .. } => "latency_slo_ms",
             Filtered::Unpriced | Filtered::CostUnbounded { .. } | Filtered::Cost { .. } => {
                 "max_cost"
@@ -848,6 +867,7 @@ impl DispatchTable {
         let tokens_out = c
             .max_output_tokens
             .unwrap_or(self.expected_out[info.task as usize]);
+        let total_limit = c.output_includes_thinking && c.max_output_tokens.is_some();
         let overhead =
             (messages.len() * tokens::PER_MESSAGE_OVERHEAD + tokens::PER_REQUEST_OVERHEAD) as f64;
         let mut info = info;
@@ -877,11 +897,19 @@ impl DispatchTable {
                 if missing != 0 {
                     break 'check Some(Filtered::MissingCaps(missing));
                 }
-                if tokens_out > r.max_output {
+                // the row's thinking within the caller's limit, when the limit counts it
+                let within = if total_limit { r.thinking } else { 0 };
+                if tokens_out > r.max_output + within {
                     break 'check Some(Filtered::OutputTooLong {
                         want: tokens_out,
-                        max: r.max_output,
+                        max: r.max_output + within,
                         given: c.max_output_tokens.is_some(),
+                    });
+                }
+                if within > 0 && tokens_out <= within {
+                    break 'check Some(Filtered::ThinkingFillsLimit {
+                        thinking: within,
+                        limit: tokens_out,
                     });
                 }
                 if c.latency_slo_ms.is_finite() {
@@ -918,7 +946,8 @@ impl DispatchTable {
             let (lo, hi) = (lo + img * IMAGE_TOKENS.0, hi + img * img_max);
             // the estimate is no bound: where it falls outside the bounds, they are nearer
             let mut t_in = (est + img * IMAGE_TOKENS.1).max(lo).min(hi);
-            let out = tokens_out as f64;
+            // the answer's room (the wire adds the row's thinking to it)
+            let out = (tokens_out - if total_limit { r.thinking } else { 0 }) as f64;
             let (base, ratio) = r.family.base();
             let ratio = ratio as f64;
             // images have no exact count: the safe side of their range
@@ -1108,6 +1137,7 @@ mod tests {
             long_in: f64::NAN,
             long_out: f64::NAN,
             fee: 0.0,
+            thinking: 0,
         };
         (r, bias)
     }
@@ -1205,6 +1235,52 @@ mod tests {
         };
         let p = t.plan(&msg("hi"), &c);
         assert_eq!(p.filtered, vec![(0, Filtered::Unpriced)]);
+    }
+
+    #[test]
+    fn a_limit_that_holds_thinking_leaves_each_row_its_answer() {
+        // A row that thinks for 1,000 tokens (taken off its 4,096 max output and 8,000
+        // window, as the policy builds it) beside one that does not.
+        let mut thinks = row("thinks", 1.0, 1.0, 0.0);
+        thinks.0.thinking = 1000;
+        thinks.0.max_output -= 1000;
+        thinks.0.context_window -= 1000;
+        let t = table(vec![thinks, row("plain", 1.0, 1.0, 0.0)], vec![]);
+        let plan = |limit: u32, total: bool| {
+            let c = Constraints {
+                max_output_tokens: Some(limit),
+                output_includes_thinking: total,
+                ..Default::default()
+            };
+            t.plan(&msg("hi"), &c)
+        };
+        // the answer's limit: the budget on top, past the max output
+        let p = plan(4000, false);
+        assert_eq!(p.filtered.len(), 1);
+        assert!(matches!(
+            p.filtered[0],
+            (0, Filtered::OutputTooLong { max: 3096, .. })
+        ));
+        // the limit holds both: the budget within it, the cost that of 4,000 tokens
+        let p = plan(4000, true);
+        assert!(p.filtered.is_empty());
+        // (the row's answer is 3,000 tokens: its thinking is priced in its fee, as the
+        // policy builds it)
+        let cost = |row: usize| p.candidates.iter().find(|c| c.row == row).unwrap().est_cost;
+        assert!((cost(0) - (cost(1) - 1000.0 / 1e6)).abs() < 1e-12);
+        // the budget fills the limit: no room for an answer, said so
+        let p = plan(1000, true);
+        assert_eq!(
+            p.filtered,
+            vec![(
+                0,
+                Filtered::ThinkingFillsLimit {
+                    thinking: 1000,
+                    limit: 1000
+                }
+            )]
+        );
+        assert!(p.filtered[0].1.describe().contains("no room for an answer"));
     }
 
     #[test]

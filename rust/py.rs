@@ -837,6 +837,9 @@ struct RowSpec {
     long_out: f64,
     /// USD per call on top of tokens.
     fee: f64,
+    /// Thinking tokens the wire adds to max_tokens (taken off the window and max output).
+    #[pyo3(default)]
+    thinking: u32,
 }
 
 /// One rule, by name (`RuleSpec` in the stub); `models` are row indices in preference order.
@@ -994,6 +997,7 @@ impl PyDispatchTable {
                 long_in: r.long_in,
                 long_out: r.long_out,
                 fee: r.fee,
+                thinking: r.thinking,
             });
         }
         let mut compiled = Vec::with_capacity(rules.len());
@@ -1109,8 +1113,9 @@ impl PyDispatchTable {
     /// pairs that replace the registry's p95 under a latency SLO.
     /// `extra_text`: what the request sends besides its messages (tool definitions, a
     /// response schema), counted as prompt tokens and not featurised. `count_prompt`: count
-    /// the prompt for every candidate, not only near a limit.
-    #[pyo3(signature = (messages, *, max_cost = None, latency_slo_ms = None, quality_floor = 0.0, needs = None, max_output_tokens = None, lam = None, exclude = None, live_p95_ms = None, extra_text = None, count_prompt = false))]
+    /// the prompt for every candidate, not only near a limit. `output_includes_thinking`:
+    /// `max_output_tokens` holds a row's thinking as well as its answer.
+    #[pyo3(signature = (messages, *, max_cost = None, latency_slo_ms = None, quality_floor = 0.0, needs = None, max_output_tokens = None, lam = None, exclude = None, live_p95_ms = None, extra_text = None, count_prompt = false, output_includes_thinking = false))]
     #[allow(clippy::too_many_arguments)]
     fn plan(
         &self,
@@ -1126,6 +1131,7 @@ impl PyDispatchTable {
         live_p95_ms: Option<Vec<(usize, f64)>>,
         extra_text: Option<Bound<'_, PyString>>,
         count_prompt: bool,
+        output_includes_thinking: bool,
     ) -> PyResult<PyPlan> {
         let (msgs, images, uncounted) = messages_from(messages)?;
         let mut c = self.constraints(
@@ -1147,6 +1153,7 @@ impl PyDispatchTable {
         }
         c.uncounted = uncounted;
         c.count_prompt = count_prompt;
+        c.output_includes_thinking = output_includes_thinking;
         let table = &self.table;
         let plan = if detach_for(total_bytes(&msgs) + c.extra_text.len()) {
             py.detach(|| table.plan(&msgs, &c))

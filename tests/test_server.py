@@ -2060,7 +2060,8 @@ def test_thinking_and_reasoning_effort_route_to_rows_that_think_as_asked(
     router = Router(_thinking_registry(upstream.url), Policy(quality_floor=0.5))
     with running(ServerConfig(), router) as (url, _):
         c, o = _anthropic(url), _client(url)
-        ask: Any = {"max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+        # (room for the thinking: Anthropic's max_tokens holds it)
+        ask: Any = {"max_tokens": 20000, "messages": [{"role": "user", "content": "hi"}]}
 
         def sent(**kw: Any) -> tuple[str, dict[str, Any]]:
             before = len(upstream.requests)

@@ -220,7 +220,8 @@ def test_adaptive_thinking_on_a_named_model_leaves_the_effort_to_routing(
     request reached them. Adaptive leaves the effort to routing, among the model's rows."""
     router = Router(_one_claude(up.url), Policy(quality_floor=0.8))
     with running(ServerConfig(), router) as (url, _):
-        body = {"max_tokens": 100, "messages": [{"role": "user", "content": "hi"}],
+        # (room for the thinking: Anthropic's max_tokens holds it)
+        body = {"max_tokens": 20000, "messages": [{"role": "user", "content": "hi"}],
                 "thinking": {"type": "adaptive"}}  # fmt: skip
         auto, _ = _post(url, "/v1/messages", {**body, "model": "auto"}, up=up)
         assert auto.headers["x-satisfice-model"].startswith("beta@")  # routing picks a level

@@ -148,11 +148,14 @@ class DispatchTable:
         live_p95_ms: Sequence[tuple[int, float]] | None = None,
         extra_text: str | None = None,
         count_prompt: bool = False,
+        output_includes_thinking: bool = False,
     ) -> Plan:
         """Featurise, estimate, filter and rank in one call; `live_p95_ms` (row, ms) pairs
         replace the registry's p95 under a latency SLO; `extra_text` (tool definitions, a
         response schema) is counted as prompt tokens, not featurised; `count_prompt`: the
-        prompt counted for every candidate, not only near a limit."""
+        prompt counted for every candidate, not only near a limit;
+        `output_includes_thinking`: `max_output_tokens` holds a row's thinking (its
+        `thinking`) as well as its answer."""
 
 @final
 class Plan:

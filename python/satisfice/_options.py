@@ -53,3 +53,4 @@ class RequestOptions(TypedDict, total=False):
     count_prompt: bool
     reasoning: str | None
     max_reasoning_tokens: int | None
+    output_includes_thinking: bool

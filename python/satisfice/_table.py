@@ -27,6 +27,9 @@ class ModelRowSpec(TypedDict):
     long_in: float
     long_out: float
     fee: float  # USD per call on top of tokens
+    # thinking tokens the wire adds to max_tokens (Anthropic's budget), already taken off
+    # context_window and max_output
+    thinking: NotRequired[int]
 
 
 class RuleSpec(TypedDict):

@@ -136,12 +136,16 @@ def _hold(t: _Target) -> tuple[str, str]:
     return t.model, t.dep.name
 
 
+def thinking_added(spec: ModelSpec, api: str) -> int:
+    """The thinking budget `api`'s wire adds to max_tokens for `spec` (Anthropic's; 0 for
+    the others, whose limits hold the reasoning)."""
+    return thinking_budget(spec.effort, spec.reasoning_tokens) if api == "anthropic" else 0
+
+
 def answer_max(spec: ModelSpec, api: str) -> int:
     """The most an answer may be let write on `api`: the model's max_output, less the
     thinking budget Anthropic's wire adds to max_tokens (it had asked past max_output)."""
-    if api != "anthropic":
-        return spec.max_output
-    return max(spec.max_output - thinking_budget(spec.effort, spec.reasoning_tokens), 1)
+    return max(spec.max_output - thinking_added(spec, api), 1)
 
 
 def worst_bill(
@@ -151,8 +155,8 @@ def worst_bill(
     when `write` says so), `out` output tokens plus the thinking budget Anthropic's API
     spends on top of them, at the dearer of the text and reasoning rates, fees included.
     One rule for a cost cap's holds and a server budget's reservation."""
-    if api == "anthropic" and out:
-        out += thinking_budget(spec.effort, spec.reasoning_tokens)
+    if out:
+        out += thinking_added(spec, api)
     writes = {
         "cache_write": tokens_in if write == "5m" else 0.0,
         "cache_write_1h": tokens_in if write == "1h" else 0.0,
@@ -401,6 +405,9 @@ class Run:
         leaves for the answer (`output_cap`), and the call holds its slice until its
         attempt is recorded, so that no answer runs past the cap."""
         request = self.request
+        limit = self.answer_limit(t)
+        if limit != request.max_tokens:
+            request = replace(request, max_tokens=limit)
         most_answer = answer_max(t.spec, t.dep.api)
         if request.max_tokens is not None and request.max_tokens > most_answer:
             # no model writes more than its max_output, and some APIs refuse a larger limit
@@ -452,10 +459,9 @@ class Run:
             cache_write_1h=write == "1h",
         )
         if n is None:  # output is free: what the call may take
-            n = self.request.max_tokens or t.spec.max_output
-        if t.dep.api == "anthropic":  # its thinking comes on top
-            n = max(n - thinking_budget(t.spec.effort, t.spec.reasoning_tokens), 0)
-        return n, usd
+            n = self.answer_limit(t) or t.spec.max_output
+        # its thinking comes on top
+        return max(n - thinking_added(t.spec, t.dep.api), 0), usd
 
     def _worst(self, t: _Target, out: int) -> float:
         """The most a call to `t` allowed `out` output tokens may be billed."""
@@ -468,7 +474,7 @@ class Run:
         """The most output tokens a call to `t` was allowed on the wire (None: no limit
         was sent)."""
         held = self.holds.get(_hold(t))
-        n = held[1] if held is not None else self.request.max_tokens
+        n = held[1] if held is not None else self.answer_limit(t)
         if n is None and t.dep.api == "anthropic":
             n = DEFAULT_MAX_TOKENS  # what `wire` sends when the caller sends none
         if n is not None:
@@ -483,9 +489,21 @@ class Run:
                 if n is None
                 else max(n, *(int(extra[k]) for k in LIMITS & extra.keys()))
             )
-        if n is not None and t.dep.api == "anthropic":
-            n += thinking_budget(t.spec.effort, t.spec.reasoning_tokens)
+        if n is not None:
+            n += thinking_added(t.spec, t.dep.api)
         return n
+
+    def answer_limit(self, t: _Target) -> int | None:
+        """The request's max_tokens as the answer's limit on a call to `t`: less the
+        thinking the wire adds, when the caller's limit holds thinking too
+        (`Constraints.output_includes_thinking`: the wire then sends the caller's limit,
+        not that plus the budget). None: the caller set none."""
+        n = self.request.max_tokens
+        if n is None or not self.decision.constraints.output_includes_thinking:
+            return n
+        # at least 1: routing left out a row whose budget fills the limit, but a decision
+        # made without the flag may be called with it (`decision=`)
+        return max(n - thinking_added(t.spec, t.dep.api), 1)
 
     def record(self, attempt: Attempt, t: _Target) -> None:
         """A call's attempt, on the record; its hold on the cap is released."""
@@ -918,11 +936,7 @@ class Executor:
             # lying usage had been billed whatever it said)
             most = run.max_out(t)
             if most is None:
-                most = t.spec.max_output + (
-                    thinking_budget(t.spec.effort, t.spec.reasoning_tokens)
-                    if t.dep.api == "anthropic"
-                    else 0
-                )
+                most = t.spec.max_output + thinking_added(t.spec, t.dep.api)
             if u.prompt_tokens <= t.spec.context_window and u.completion_tokens <= most:
                 return u
             # more than the window took or the call was let write: no bill of this call,

@@ -63,6 +63,12 @@ class Constraints(Value):
     effort, which send it). `max_reasoning_tokens`: rows whose expected reasoning tokens
     (a budget row's thinking budget; an expectation, not a cap, for adaptive and OpenAI
     rows) are at most this many.
+
+    `output_includes_thinking`: `max_output_tokens` bounds a model's thinking and its answer
+    together, as Anthropic's `max_tokens` and OpenAI's `max_completion_tokens` do (the
+    server sets it for those); a row that thinks within a budget of B tokens then answers
+    within max_output_tokens − B, and one whose budget fills the limit is left out. False:
+    the limit is the answer's, the budget comes on top (billed as output).
     """
 
     __match_args__ = __slots__ = (
@@ -78,6 +84,7 @@ class Constraints(Value):
         "count_prompt",
         "reasoning",
         "max_reasoning_tokens",
+        "output_includes_thinking",
     )
     max_cost_usd: float | None
     latency_slo_ms: float | None
@@ -91,6 +98,7 @@ class Constraints(Value):
     count_prompt: bool
     reasoning: str | None
     max_reasoning_tokens: int | None
+    output_includes_thinking: bool
 
     def __init__(
         self,
@@ -106,6 +114,7 @@ class Constraints(Value):
         count_prompt: bool = False,
         reasoning: str | None = None,
         max_reasoning_tokens: int | None = None,
+        output_includes_thinking: bool = False,
     ) -> None:
         _set(self, "max_cost_usd", max_cost_usd)
         _set(self, "latency_slo_ms", latency_slo_ms)
@@ -119,6 +128,7 @@ class Constraints(Value):
         _set(self, "count_prompt", count_prompt)
         _set(self, "reasoning", reasoning)
         _set(self, "max_reasoning_tokens", max_reasoning_tokens)
+        _set(self, "output_includes_thinking", output_includes_thinking)
         self.__post_init__()
 
     def __post_init__(self) -> None:
@@ -142,8 +152,9 @@ class Constraints(Value):
             object.__setattr__(self, "max_output_tokens", n)
         if self.strict_floor is not None and not isinstance(self.strict_floor, bool):
             raise ConfigError("constraints.strict_floor must be True, False or None")
-        if not isinstance(self.count_prompt, bool):
-            raise ConfigError("constraints.count_prompt must be True or False")
+        for name in ("count_prompt", "output_includes_thinking"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"constraints.{name} must be True or False")
         if self.reasoning is not None and self.reasoning not in REASONING:
             raise ConfigError(
                 f"constraints.reasoning must be one of {list(REASONING)}, got "
@@ -505,6 +516,7 @@ class Policy(Value):
                     "long_in": long_in,
                     "long_out": long_out,
                     "fee": _fee(m),
+                    "thinking": think,
                 }
             )
         rules: list[RuleSpec] = []

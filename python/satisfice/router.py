@@ -483,6 +483,7 @@ class Router:
             live_p95_ms=live_p95_ms,
             extra_text=extra,
             count_prompt=c.count_prompt,
+            output_includes_thinking=c.output_includes_thinking,
         )
         if not len(plan):
             raise snap.no_route(plan.filtered, c, skip)

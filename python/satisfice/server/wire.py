@@ -217,6 +217,10 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     mt = body.get("max_completion_tokens", body.get("max_tokens"))
     if mt is not None:
         opts["max_tokens"] = mt
+    if body.get("max_completion_tokens") is not None:
+        # OpenAI's limit on the reasoning and the answer together: a Claude row's thinking
+        # budget is sent within it, not on top of it
+        opts["output_includes_thinking"] = True
     for k in ("temperature", "tools", "tool_choice", "response_format"):
         if body.get(k) is not None:
             opts[k] = body[k]
@@ -608,7 +612,10 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
                 msgs.append({"role": m["role"], "content": _to_openai_content(content)})
             if thought:
                 msgs[-1]["thinking_blocks"] = thought
-    opts: dict[str, Any] = {"max_tokens": mt}
+    # Anthropic's max_tokens holds the thinking and the answer together: a row's thinking
+    # budget is sent within it (on top, 32,000 had gone out as 34,048, and 64,000 with
+    # thinking on Claude Haiku 4.5 was refused though Anthropic takes it)
+    opts: dict[str, Any] = {"max_tokens": mt, "output_includes_thinking": True}
     if body.get("temperature") is not None:
         opts["temperature"] = body["temperature"]
     extra = {}

@@ -1,0 +1,114 @@
+"""A limit that holds the thinking (Anthropic's max_tokens, OpenAI's max_completion_tokens,
+`Constraints.output_includes_thinking`): a Claude row's thinking budget is sent within the
+caller's limit, not on top of it. Before, /v1/messages sent 32,000 as 34,048 (the caller's
+bound on billed output broken by the budget), and refused max_tokens 64,000 with thinking on
+Claude Haiku 4.5 ("exceeds the model's max output 61952"), which Anthropic's API takes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from satisfice import NoRouteError, Registry, Router
+from satisfice.server import ServerConfig
+from satisfice.testing import LocalUpstream
+
+from .server_support import running
+
+H = {"anthropic-version": "2023-06-01", "x-api-key": "anything"}
+HI = [{"role": "user", "content": "hi"}]
+
+
+def _router(up: LocalUpstream) -> Router:
+    return Router(up.patch(Registry.default()))
+
+
+def _messages(url: str, **body: Any) -> httpx.Response:
+    return httpx.post(url + "/v1/messages", headers=H, json={"messages": HI, **body}, timeout=30)
+
+
+@pytest.mark.parametrize("max_tokens", [32000, 64000])
+def test_v1_messages_sends_the_thinking_budget_within_max_tokens(max_tokens: int) -> None:
+    with LocalUpstream() as up, running(ServerConfig(), _router(up)) as (url, _):
+        c = anthropic.Anthropic(base_url=url, api_key="anything", max_retries=0)
+        try:
+            with c.messages.stream(
+                model="claude-haiku-4-5", max_tokens=max_tokens, messages=HI,  # type: ignore[arg-type]
+                thinking={"type": "enabled", "budget_tokens": 31999},
+            ) as s:  # fmt: skip
+                res = s.get_final_message()
+        finally:
+            c.close()
+        sent = up.requests[-1].body
+    assert res.model.startswith("claude-haiku-4-5@")
+    assert sent["max_tokens"] == max_tokens  # the caller's bound, the thinking inside it
+    assert 0 < sent["thinking"]["budget_tokens"] < max_tokens
+
+
+def test_v1_messages_with_a_limit_the_thinking_fills_says_so() -> None:
+    """Haiku's low effort thinks for 2,048 tokens: within max_tokens 2,000 it has no room
+    to answer. A 400 that says why (it had been sent as 2,000 + the budget)."""
+    with LocalUpstream() as up, running(ServerConfig(), _router(up)) as (url, _):
+        r = _messages(url, model="claude-haiku-4-5", max_tokens=2000,
+                      output_config={"effort": "low"})  # fmt: skip
+        assert not up.requests
+    assert r.status_code == 400, r.text
+    assert "leaves no room for an answer" in r.json()["error"]["message"]
+
+
+def test_v1_messages_routes_a_thinking_row_within_max_tokens_unasked() -> None:
+    """No `thinking` sent, routed by "auto" to a row that thinks: Anthropic's max_tokens
+    holds what that row thinks too (the caller's bound on the answer's tokens)."""
+    with LocalUpstream() as up, running(ServerConfig(), _router(up)) as (url, _):
+        r = _messages(url, model="claude-sonnet-4-6", max_tokens=20000,
+                      output_config={"effort": "high"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        sent = up.requests[-1].body
+    assert r.json()["model"] == "claude-sonnet-4-6@high"
+    assert sent["max_tokens"] == 20000
+
+
+def test_openai_max_completion_tokens_holds_a_claude_rows_thinking() -> None:
+    """OpenAI's max_completion_tokens is the reasoning and the answer together; its legacy
+    max_tokens is the answer's (a Claude row's budget comes on top of it, billed)."""
+    with LocalUpstream() as up, running(ServerConfig(), _router(up)) as (url, _):
+        c = openai.OpenAI(base_url=url + "/v1", api_key="anything", max_retries=0)
+        try:
+            for key in ("max_completion_tokens", "max_tokens"):
+                c.chat.completions.create(
+                    model="claude-haiku-4-5@high",
+                    messages=HI,
+                    **{key: 20000},  # type: ignore[arg-type]
+                )
+        finally:
+            c.close()
+        total, answer = (q.body for q in up.requests[-2:])
+    assert total["max_tokens"] == 20000
+    assert answer["max_tokens"] == 20000 + answer["thinking"]["budget_tokens"]
+
+
+def test_the_python_api_takes_the_limit_either_way() -> None:
+    router = Router(Registry.default())
+    asked = {"allow": ["claude-haiku-4-5@high"], "max_output_tokens": 60000}
+    with pytest.raises(NoRouteError, match="max output 47616"):
+        router.route(HI, **asked)  # the answer's 60,000 and the 16,384 budget on top
+    d = router.route(HI, **asked, output_includes_thinking=True)
+    assert d.model == "claude-haiku-4-5@high"
+    with pytest.raises(NoRouteError, match="thinks for 16384 tokens within max_tokens 16000"):
+        router.route(HI, allow=["claude-haiku-4-5@high"], max_output_tokens=16000,
+                     output_includes_thinking=True)  # fmt: skip
+
+    async def sent(**kw: Any) -> dict[str, Any]:
+        with LocalUpstream() as up:
+            r = Router(up.patch(Registry.default()))
+            async with r:
+                await r.chat(HI, allow=["claude-haiku-4-5@high"], max_tokens=30000, **kw)
+            return up.requests[-1].body
+
+    assert asyncio.run(sent())["max_tokens"] == 30000 + 16384
+    assert asyncio.run(sent(output_includes_thinking=True))["max_tokens"] == 30000
