@@ -131,20 +131,29 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     `is_error` is said in the text the model reads ("Error: ..."), and a prompt-cache mark
     on a tool call or a tool result is left out, as on a tool (a mark on a content part is
     sent on, as OpenAI-compatible gateways read it). An assistant's `thinking_blocks` (a
-    Claude model's thinking, signed for Anthropic's API alone) are left out too. The
-    messages themselves when they hold none of these (the usual case: nothing copied)."""
+    Claude model's thinking, signed for Anthropic's API alone) are left out too. A tool
+    result's images (which OpenAI's tool messages cannot hold) are sent in a user message
+    after the turn's tool results, the result's text saying so. The messages themselves
+    when they hold none of these (the usual case: nothing copied)."""
     for m in messages:  # a loop, not any(): no generator made on every call
         if (
             "is_error" in m
             or "cache_control" in m
             or "thinking_blocks" in m
             or ("tool_calls" in m and _marked(m["tool_calls"]))
+            or (m.get("role") == "tool" and _pictured(m.get("content")))
         ):
             break
     else:
         return messages
     out: list[dict[str, Any]] = []
+    seen: list[dict[str, Any]] = []  # the images of this turn's tool results, labelled
     for m in messages:
+        if seen and m.get("role") != "tool":  # the turn's results are over: its images
+            out.append({"role": "user", "content": seen})
+            seen = []
+        if m.get("role") == "tool" and _pictured(m.get("content")):
+            m = _unpictured(m, seen)
         split = False
         if "is_error" in m or "cache_control" in m or "thinking_blocks" in m:
             # a tool result's marks, from Anthropic's shape; a Claude model's thinking
@@ -163,7 +172,32 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out[-1] = _joined(out[-1], m)
         elif not split or m.get("content") or m.get("tool_calls"):
             out.append(m)  # (a part that held thinking alone is left out)
+    if seen:
+        out.append({"role": "user", "content": seen})
     return out
+
+
+def _pictured(content: Any) -> bool:
+    """Whether a tool message's content holds a part other than text (an image)."""
+    return isinstance(content, list) and any(
+        isinstance(p, dict) and p.get("type") != "text" for p in content
+    )
+
+
+def _unpictured(m: dict[str, Any], seen: list[dict[str, Any]]) -> dict[str, Any]:
+    """A tool message with its text alone, saying where its images went; they are added to
+    `seen` (the user message after the turn's results) under the call's id."""
+    texts = [p for p in m["content"] if isinstance(p, dict) and p.get("type") == "text"]
+    images = [p for p in m["content"] if not (isinstance(p, dict) and p.get("type") == "text")]
+    call = m.get("tool_call_id", "")
+    note = f"[{len(images)} image(s) returned: in the user message after the tool results]"
+    seen.append({"type": "text", "text": f"The image(s) tool call {call} returned:"})
+    seen.extend(images)
+    if all(p.keys() == {"type", "text"} for p in texts):  # plain: one string, as usual
+        content: Any = "\n".join([*(p["text"] for p in texts if p["text"]), note])
+    else:  # a prompt-cache mark on a text part is sent on, as on any part
+        content = [*texts, {"type": "text", "text": note}]
+    return {**m, "content": content}
 
 
 _ANTHROPIC_ONLY = ("is_error", "cache_control", "thinking_blocks")

@@ -833,10 +833,12 @@ def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
         parts = [{"type": "text", "text": c}] if isinstance(c, str) else (
             [] if c is None else _to_openai_content(c)
         )  # fmt: skip
-        if any(p["type"] != "text" for p in parts):
-            why = "an OpenAI tool message cannot carry images"
-            raise _bad(f"a tool_result may hold text only ({why}): send images in a user block")
-        msg = {"role": "tool", "tool_call_id": use_id, "content": _texts(parts) or ""}
+        # text alone as a string; with images (Claude Code's Read of a screenshot), the
+        # parts: Anthropic's API takes them in the result, an OpenAI model is sent them
+        # after the turn's results (`providers.openai`); it had been a 400
+        pictured = any(p["type"] != "text" for p in parts)
+        said = parts if pictured else _texts(parts) or ""
+        msg: dict[str, Any] = {"role": "tool", "tool_call_id": use_id, "content": said}
         if isinstance(b.get("cache_control"), Mapping):  # the result's own mark, on it
             msg["cache_control"] = dict(b["cache_control"])
         if b.get("is_error") is True:
