@@ -156,10 +156,13 @@ def test_variants_inherit_the_field() -> None:
         f"{OPUS}@low",
         f"{OPUS}@medium",
         f"{OPUS}@high",
+        f"{OPUS}@xhigh",
+        f"{OPUS}@max",
         SONNET,
         f"{SONNET}@low",
         f"{SONNET}@medium",
         f"{SONNET}@high",
+        f"{SONNET}@max",
     }
 
 

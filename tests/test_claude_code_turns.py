@@ -66,6 +66,36 @@ def test_claude_codes_effort_medium_on_a_named_claude_model_is_served(model: str
         assert up.requests[-1].body["output_config"]["effort"] == "medium"
 
 
+@pytest.mark.parametrize(
+    ("model", "effort"),
+    [("claude-sonnet-4-6", "max"), ("claude-opus-4-7", "xhigh"), ("claude-opus-4-7", "max")],
+)
+def test_claude_codes_highest_efforts_are_served(model: str, effort: str) -> None:
+    """`claude --effort max` (Opus 4.6+, Sonnet 4.6) and "xhigh" (Opus 4.7+): Anthropic's
+    own levels, which the wire refused ("max") or routed to no row: a 400 on every turn."""
+    with LocalUpstream() as up:
+        with running(ServerConfig(), _router(up)) as (url, _), _client(url).messages.stream(
+            model=model, max_tokens=64000, system=SYSTEM, tools=TOOLS,
+            thinking={"type": "adaptive"}, output_config={"effort": effort},  # type: ignore[typeddict-item]
+            messages=[{"role": "user", "content": "fix the failing test"}],
+        ) as s:  # fmt: skip
+            res = s.get_final_message()
+        sent = up.requests[-1].body
+    assert res.model == f"{model}@{effort}"
+    assert sent["output_config"]["effort"] == effort and sent["thinking"] == {"type": "adaptive"}
+    assert sent["max_tokens"] == 64000  # the thinking within it (Anthropic's max_tokens)
+
+
+def test_an_effort_a_model_does_not_take_is_a_400_that_says_so() -> None:
+    """Sonnet 4.6 has no "xhigh" (Opus 4.7 on): refused before any call, naming it."""
+    with LocalUpstream() as up, running(ServerConfig(), _router(up)) as (url, _):
+        r = httpx.post(url + "/v1/messages", headers=H, timeout=30, json={
+            "model": "claude-sonnet-4-6", "max_tokens": 64000, "output_config": {"effort": "xhigh"},
+            "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+        assert not up.requests
+    assert r.status_code == 400 and "xhigh" in r.json()["error"]["message"], r.text
+
+
 def test_openai_reasoning_effort_medium_on_a_claude_model_is_served() -> None:
     with LocalUpstream() as up:
         with running(ServerConfig(), _router(up)) as (url, _):

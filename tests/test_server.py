@@ -2153,7 +2153,7 @@ def test_what_coding_agents_send_on_every_turn_is_taken(upstream: LocalUpstream)
         rf = upstream.requests[before:][0].body["response_format"]
         assert rf["type"] == "json_schema" and rf["json_schema"]["schema"] == schema
         before = len(upstream.requests)
-        for bad in ({"effort": "max"}, {"format": {"type": "regex"}}, {"speed": 1}, "high"):
+        for bad in ({"effort": "maximal"}, {"format": {"type": "regex"}}, {"speed": 1}, "high"):
             with pytest.raises(anthropic.BadRequestError, match="output_config"):
                 c.messages.create(model="auto", extra_body={"output_config": bad}, **ask)
         with pytest.raises(anthropic.BadRequestError, match="context_management"):

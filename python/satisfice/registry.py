@@ -508,11 +508,13 @@ def thinking_budget(effort: str | None, reasoning_tokens: int | None) -> int:
     return max(reasoning_tokens, ANTHROPIC_MIN_THINKING)
 
 
-#: Effort names the APIs accept (OpenAI's reasoning_effort; Anthropic takes a token budget).
-EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
-#: The efforts a model with adaptive thinking takes (`output_config.effort`: "xhigh" from
-#: Claude Opus 4.7 on; "none" is the row sent no thinking).
-ADAPTIVE_EFFORTS = frozenset(("none", "low", "medium", "high", "xhigh"))
+#: Effort names the APIs accept (OpenAI's reasoning_effort up to "xhigh"; Anthropic's
+#: output_config.effort up to "max", or a token budget), lowest first.
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+#: The efforts a model with adaptive thinking takes (`output_config.effort`: "max" from
+#: Claude Opus 4.6 and Sonnet 4.6 on, "xhigh" from Opus 4.7 on; "none" is the row sent no
+#: thinking).
+ADAPTIVE_EFFORTS = frozenset(("none", "low", "medium", "high", "xhigh", "max"))
 
 
 def _bad_id(mid: str) -> str | None:

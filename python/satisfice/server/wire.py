@@ -302,7 +302,7 @@ def _unthought_loop(messages: list[Any]) -> bool:
 
 
 #: Anthropic's effort levels (`output_config.effort`), each one of the router's.
-_ANTHROPIC_EFFORTS = ("low", "medium", "high", "xhigh")
+_ANTHROPIC_EFFORTS = ("low", "medium", "high", "xhigh", "max")
 
 
 def _output_config(oc: Any) -> tuple[str | None, dict[str, Any] | None]:
@@ -315,7 +315,7 @@ def _output_config(oc: Any) -> tuple[str | None, dict[str, Any] | None]:
         raise _bad("'output_config' must be an object with 'effort' and/or 'format'")
     effort = oc.get("effort")
     if effort is not None and effort not in _ANTHROPIC_EFFORTS:
-        # (the value is not quoted back: a field that takes one of four words may hold
+        # (the value is not quoted back: a field that takes one of five words may hold
         # anything, a key pasted in the wrong place too)
         raise _bad(f"'output_config.effort' must be one of {list(_ANTHROPIC_EFFORTS)}")
     fmt = oc.get("format")
