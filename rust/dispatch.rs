@@ -46,6 +46,10 @@ pub struct ModelRow {
     /// Tokens of thinking the wire adds to every call's max_tokens (Anthropic's budget),
     /// already taken off `context_window` and `max_output`.
     pub thinking: u32,
+    /// The thinking is a budget Anthropic wants under max_tokens (extended thinking), not
+    /// room the model may use (adaptive thinking): a limit that holds the thinking must
+    /// exceed it.
+    pub thinking_fixed: bool,
 }
 
 impl ModelRow {
@@ -906,7 +910,7 @@ impl DispatchTable {
                         given: c.max_output_tokens.is_some(),
                     });
                 }
-                if within > 0 && tokens_out <= within {
+                if r.thinking_fixed && within > 0 && tokens_out <= within {
                     break 'check Some(Filtered::ThinkingFillsLimit {
                         thinking: within,
                         limit: tokens_out,
@@ -946,8 +950,10 @@ impl DispatchTable {
             let (lo, hi) = (lo + img * IMAGE_TOKENS.0, hi + img * img_max);
             // the estimate is no bound: where it falls outside the bounds, they are nearer
             let mut t_in = (est + img * IMAGE_TOKENS.1).max(lo).min(hi);
-            // the answer's room (the wire adds the row's thinking to it)
-            let out = (tokens_out - if total_limit { r.thinking } else { 0 }) as f64;
+            // the answer's room (the wire adds the row's thinking to it): under a limit that
+            // holds the thinking, less its room, below 0 for adaptive thinking the limit
+            // cuts (then the window and the cost, which add the room back, read the limit)
+            let out = tokens_out as f64 - if total_limit { r.thinking as f64 } else { 0.0 };
             let (base, ratio) = r.family.base();
             let ratio = ratio as f64;
             // images have no exact count: the safe side of their range
@@ -1138,6 +1144,7 @@ mod tests {
             long_out: f64::NAN,
             fee: 0.0,
             thinking: 0,
+            thinking_fixed: false,
         };
         (r, bias)
     }
@@ -1243,6 +1250,7 @@ mod tests {
         // window, as the policy builds it) beside one that does not.
         let mut thinks = row("thinks", 1.0, 1.0, 0.0);
         thinks.0.thinking = 1000;
+        thinks.0.thinking_fixed = true;
         thinks.0.max_output -= 1000;
         thinks.0.context_window -= 1000;
         let t = table(vec![thinks, row("plain", 1.0, 1.0, 0.0)], vec![]);
@@ -1281,6 +1289,18 @@ mod tests {
             )]
         );
         assert!(p.filtered[0].1.describe().contains("no room for an answer"));
+        // adaptive thinking's room is no budget: the limit cuts it, the row stays
+        let mut adaptive = row("adaptive", 1.0, 1.0, 0.0);
+        adaptive.0.thinking = 1000;
+        adaptive.0.max_output -= 1000;
+        adaptive.0.context_window -= 1000;
+        let t = table(vec![adaptive], vec![]);
+        let c = Constraints {
+            max_output_tokens: Some(1000),
+            output_includes_thinking: true,
+            ..Default::default()
+        };
+        assert!(t.plan(&msg("hi"), &c).filtered.is_empty());
     }
 
     #[test]

@@ -840,6 +840,9 @@ struct RowSpec {
     /// Thinking tokens the wire adds to max_tokens (taken off the window and max output).
     #[pyo3(default)]
     thinking: u32,
+    /// The thinking is a budget max_tokens must exceed (extended thinking), not room.
+    #[pyo3(default)]
+    thinking_fixed: bool,
 }
 
 /// One rule, by name (`RuleSpec` in the stub); `models` are row indices in preference order.
@@ -998,6 +1001,7 @@ impl PyDispatchTable {
                 long_out: r.long_out,
                 fee: r.fee,
                 thinking: r.thinking,
+                thinking_fixed: r.thinking_fixed,
             });
         }
         let mut compiled = Vec::with_capacity(rules.len());

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from satisfice import NoRouteError, Registry, Router
+from satisfice import NoRouteError, Registry, Router, UnsupportedRequestError
 from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream
 
@@ -112,3 +112,79 @@ def test_the_python_api_takes_the_limit_either_way() -> None:
 
     assert asyncio.run(sent())["max_tokens"] == 30000 + 16384
     assert asyncio.run(sent(output_includes_thinking=True))["max_tokens"] == 30000
+
+
+# -- found by review: adaptive room, cost caps, decision=, a limit in extra ----------------------
+
+
+def _free_output(url: str) -> Registry:
+    """A Claude model whose output is free (input priced): a cost cap then bounds the
+    prompt only, and leaves the answer whatever the caller's limit allows."""
+    return Registry.from_dict({"model": [{
+        "id": "beta", "provider": "anthropic", "tokenizer": "claude",
+        "context_window": 100_000, "max_output": 40_000,
+        "capabilities": ["json", "tools", "streaming", "system_prompt", "reasoning"],
+        "price": {"input": 0.1, "output": 0.0}, "quality": {"general": 0.5},
+        "efforts": {"high": {"reasoning_tokens": 16384, "quality": 0.45}},
+        "deployments": [{"name": "beta-dep", "api": "anthropic", "model": "beta-wire",
+                         "base_url": url}],
+    }]})  # fmt: skip
+
+
+def _sent(reg_of: Any, **kw: Any) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        with LocalUpstream() as up:
+            async with Router(reg_of(up)) as r:
+                await r.chat(HI, **kw)
+            return up.requests[-1].body
+
+    return asyncio.run(go())
+
+
+def test_free_output_under_a_cap_sends_the_callers_limit_when_it_holds_thinking() -> None:
+    """Output free: the cap leaves the call all the caller allowed (20,000 with the
+    thinking in it). Without the cap it goes out as 20,000; with a $1 cap it must too."""
+    kw: Any = dict(allow=["beta@high"], max_tokens=20000, output_includes_thinking=True)
+    assert _sent(lambda up: _free_output(up.url), **kw)["max_tokens"] == 20000
+    sent = _sent(lambda up: _free_output(up.url), **kw, max_cost_usd=1.0)
+    assert sent["max_tokens"] == 20000
+
+
+def test_a_cap_too_large_to_bound_the_output_changes_nothing() -> None:
+    """A cap so large that output_within overflows (None, "no bound") takes the same path
+    as free output: the answer limit must be the caller's, not less the budget twice."""
+    kw: Any = dict(allow=["claude-haiku-4-5@high"], max_tokens=40000,
+                   output_includes_thinking=True)  # fmt: skip
+    reg = lambda up: up.patch(Registry.default())  # noqa: E731
+    assert _sent(reg, **kw)["max_tokens"] == 40000
+    assert _sent(reg, **kw, max_cost_usd=1e308)["max_tokens"] == 40000
+
+
+def test_a_decision_that_holds_thinking_called_with_a_smaller_limit_keeps_it() -> None:
+    """decide() with output_includes_thinking and max_output_tokens 20,000, then called
+    with max_tokens=1,000 (a call field decision= takes): the call's limit holds the
+    thinking too, but the wire had sent 1 + the 16,384 budget = 16,385 (billed up to that)."""
+
+    async def go() -> dict[str, Any]:
+        with LocalUpstream() as up:
+            async with Router(up.patch(Registry.default())) as r:
+                d = await r.decide(
+                    HI, allow=["claude-haiku-4-5@high"], max_output_tokens=20000,
+                    output_includes_thinking=True,
+                )  # fmt: skip
+                await r.chat(HI, decision=d, max_tokens=1000)
+            return up.requests[-1].body
+
+    with pytest.raises(UnsupportedRequestError, match="max_tokens 1000 must exceed"):
+        asyncio.run(go())  # refused, as routing refuses it (it had sent 1 + 16,384)
+
+
+def test_a_limit_in_extra_holds_the_thinking_too() -> None:
+    """A limit in `extra` replaces max_tokens on the wire (README); with the caller's limit
+    holding the thinking, extra={"max_tokens": 20000} still goes out as 20,000 + the
+    16,384 budget = 36,384 (max_tokens=20000 alone goes out as 20,000)."""
+    reg = lambda up: up.patch(Registry.default())  # noqa: E731
+    kw: Any = dict(allow=["claude-haiku-4-5@high"], max_tokens=20000,
+                   output_includes_thinking=True)  # fmt: skip
+    assert _sent(reg, **kw)["max_tokens"] == 20000
+    assert _sent(reg, **kw, extra={"max_tokens": 20000})["max_tokens"] == 20000

@@ -47,7 +47,8 @@ def _turn(model: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _post(model: str) -> tuple[httpx.Response, list[Any]]:
+def _post(model: str, body: dict[str, Any] | None = None) -> tuple[httpx.Response, list[Any]]:
+    """`body` (else `_turn(model)`) on /v1/messages: the answer and what the upstream got."""
     with (
         LocalUpstream() as up,
         running(ServerConfig(), Router(up.patch(Registry.default()))) as (
@@ -55,8 +56,17 @@ def _post(model: str) -> tuple[httpx.Response, list[Any]]:
             _,
         ),
     ):
-        r = httpx.post(url + "/v1/messages", headers=H, json=_turn(model), timeout=30)
+        r = httpx.post(url + "/v1/messages", headers=H, json=body or _turn(model), timeout=30)
         return r, [q.body for q in up.requests]
+
+
+def _one_result(model: str, content: list[Any]) -> dict[str, Any]:
+    """`_turn` whose user turn is one tool result (of its first call), holding `content`."""
+    body = _turn(model)
+    call = {**body["messages"][1], "content": body["messages"][1]["content"][:1]}
+    result = {"type": "tool_result", "tool_use_id": "toolu_a", "content": content}
+    body["messages"] = [body["messages"][0], call, {"role": "user", "content": [result]}]
+    return body
 
 
 def test_a_claude_model_gets_the_image_inside_its_tool_result() -> None:
@@ -97,3 +107,25 @@ def test_routing_asks_for_vision(model: str) -> None:
 def test_a_text_only_conversation_is_sent_as_it_is() -> None:
     msgs = [{"role": "tool", "tool_call_id": "x", "content": [{"type": "text", "text": "a"}]}]
     assert _openai_messages(msgs) is msgs
+
+
+# -- found by review: a cache mark on the image, an empty text beside it ----------------------
+def test_a_cache_mark_on_an_image_in_a_tool_result_reaches_claude() -> None:
+    """Prompt-cache marks on a tool_result's blocks are carried (text blocks keep theirs);
+    an agent that marks the last block of its turn marks the image when the result ends on
+    one."""
+    marked = {**IMAGE, "cache_control": {"type": "ephemeral"}}
+    body = _one_result("claude-haiku-4-5", [{"type": "text", "text": "s.png"}, marked])
+    r, sent = _post("", body)
+    assert r.status_code == 200, r.text
+    result = sent[-1]["messages"][-1]["content"][0]
+    assert result["content"][1].get("cache_control") == {"type": "ephemeral"}, result
+
+
+def test_an_empty_text_beside_an_image_is_left_out_for_claude() -> None:
+    """Empty texts are left out of a tool_result (Anthropic refuses an empty text block):
+    also when an image comes beside it."""
+    r, sent = _post("", _one_result("claude-haiku-4-5", [{"type": "text", "text": ""}, IMAGE]))
+    assert r.status_code == 200, r.text
+    blocks = sent[-1]["messages"][-1]["content"][0]["content"]
+    assert all(b.get("text") != "" for b in blocks if b["type"] == "text"), blocks

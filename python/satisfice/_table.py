@@ -30,6 +30,9 @@ class ModelRowSpec(TypedDict):
     # thinking tokens the wire adds to max_tokens (Anthropic's budget), already taken off
     # context_window and max_output
     thinking: NotRequired[int]
+    # the thinking is a budget max_tokens must exceed (extended thinking), not room that
+    # adaptive thinking may use
+    thinking_fixed: NotRequired[bool]
 
 
 class RuleSpec(TypedDict):

@@ -136,27 +136,37 @@ def _hold(t: _Target) -> tuple[str, str]:
     return t.model, t.dep.name
 
 
-def thinking_added(spec: ModelSpec, api: str) -> int:
-    """The thinking budget `api`'s wire adds to max_tokens for `spec` (Anthropic's; 0 for
-    the others, whose limits hold the reasoning)."""
-    return thinking_budget(spec.effort, spec.reasoning_tokens) if api == "anthropic" else 0
+def thinking_added(spec: ModelSpec, api: str, within: bool = False) -> int:
+    """The thinking budget `api`'s wire adds to max_tokens for `spec`: Anthropic's, unless
+    the request's limit holds the thinking (`within`, `ChatRequest.thinking_within`); 0 for
+    the others, whose limits hold the reasoning."""
+    if within or api != "anthropic":
+        return 0
+    return thinking_budget(spec.effort, spec.reasoning_tokens)
 
 
-def answer_max(spec: ModelSpec, api: str) -> int:
-    """The most an answer may be let write on `api`: the model's max_output, less the
-    thinking budget Anthropic's wire adds to max_tokens (it had asked past max_output)."""
-    return max(spec.max_output - thinking_added(spec, api), 1)
+def answer_max(spec: ModelSpec, api: str, within: bool = False) -> int:
+    """The most max_tokens may ask on `api`: the model's max_output, less the thinking
+    budget Anthropic's wire adds to it (it had asked past max_output)."""
+    return max(spec.max_output - thinking_added(spec, api, within), 1)
 
 
 def worst_bill(
-    price: Price, spec: ModelSpec, api: str, tokens_in: float, out: int, write: str | None
+    price: Price,
+    spec: ModelSpec,
+    api: str,
+    tokens_in: float,
+    out: int,
+    write: str | None,
+    within: bool = False,
 ) -> float:
     """The most one call may be billed: `tokens_in` prompt tokens (every one a cache write
     when `write` says so), `out` output tokens plus the thinking budget Anthropic's API
     spends on top of them, at the dearer of the text and reasoning rates, fees included.
-    One rule for a cost cap's holds and a server budget's reservation."""
+    One rule for a cost cap's holds and a server budget's reservation. `within`: `out`
+    holds the thinking (`ChatRequest.thinking_within`)."""
     if out:
-        out += thinking_added(spec, api)
+        out += thinking_added(spec, api, within)
     writes = {
         "cache_write": tokens_in if write == "5m" else 0.0,
         "cache_write_1h": tokens_in if write == "1h" else 0.0,
@@ -405,10 +415,7 @@ class Run:
         leaves for the answer (`output_cap`), and the call holds its slice until its
         attempt is recorded, so that no answer runs past the cap."""
         request = self.request
-        limit = self.answer_limit(t)
-        if limit != request.max_tokens:
-            request = replace(request, max_tokens=limit)
-        most_answer = answer_max(t.spec, t.dep.api)
+        most_answer = answer_max(t.spec, t.dep.api, request.thinking_within)
         if request.max_tokens is not None and request.max_tokens > most_answer:
             # no model writes more than its max_output, and some APIs refuse a larger limit
             # (Anthropic's counts the thinking budget the wire adds in it)
@@ -458,8 +465,14 @@ class Run:
             cache_write=write == "5m",
             cache_write_1h=write == "1h",
         )
-        if n is None:  # output is free: what the call may take
-            n = self.answer_limit(t) or t.spec.max_output
+        if n is None:  # output is free (or the cap past counting): what the call may take
+            return self.request.max_tokens or t.spec.max_output, usd
+        if self.request.thinking_within:  # the limit holds the thinking too
+            budget = thinking_budget(t.spec.effort, t.spec.reasoning_tokens)
+            if t.dep.api == "anthropic" and budget and t.spec.thinking != "adaptive":
+                # a budget must stay under max_tokens: the cap leaves no answer then
+                return (n if n > budget else 0), usd
+            return n, usd
         # its thinking comes on top
         return max(n - thinking_added(t.spec, t.dep.api), 0), usd
 
@@ -468,17 +481,19 @@ class Run:
         assert t.price is not None
         tokens_in = self.decision.max_tokens_in(t.model)
         write = cache_write_of(self.request.messages, self.request.tools)
-        return worst_bill(t.price, t.spec, t.dep.api, tokens_in, out, write)
+        within = self.request.thinking_within
+        return worst_bill(t.price, t.spec, t.dep.api, tokens_in, out, write, within)
 
     def max_out(self, t: _Target) -> int | None:
         """The most output tokens a call to `t` was allowed on the wire (None: no limit
         was sent)."""
         held = self.holds.get(_hold(t))
-        n = held[1] if held is not None else self.answer_limit(t)
+        n = held[1] if held is not None else self.request.max_tokens
         if n is None and t.dep.api == "anthropic":
             n = DEFAULT_MAX_TOKENS  # what `wire` sends when the caller sends none
         if n is not None:
-            n = min(n, answer_max(t.spec, t.dep.api))  # what `wire` sent
+            # what `wire` sent
+            n = min(n, answer_max(t.spec, t.dep.api, self.request.thinking_within))
         extra = self.request.extra
         if held is None and extra and LIMITS & extra.keys():
             # uncapped, a limit in `extra` goes on the wire as given (the payload's last
@@ -490,20 +505,8 @@ class Run:
                 else max(n, *(int(extra[k]) for k in LIMITS & extra.keys()))
             )
         if n is not None:
-            n += thinking_added(t.spec, t.dep.api)
+            n += thinking_added(t.spec, t.dep.api, self.request.thinking_within)
         return n
-
-    def answer_limit(self, t: _Target) -> int | None:
-        """The request's max_tokens as the answer's limit on a call to `t`: less the
-        thinking the wire adds, when the caller's limit holds thinking too
-        (`Constraints.output_includes_thinking`: the wire then sends the caller's limit,
-        not that plus the budget). None: the caller set none."""
-        n = self.request.max_tokens
-        if n is None or not self.decision.constraints.output_includes_thinking:
-            return n
-        # at least 1: routing left out a row whose budget fills the limit, but a decision
-        # made without the flag may be called with it (`decision=`)
-        return max(n - thinking_added(t.spec, t.dep.api), 1)
 
     def record(self, attempt: Attempt, t: _Target) -> None:
         """A call's attempt, on the record; its hold on the cap is released."""
@@ -936,7 +939,9 @@ class Executor:
             # lying usage had been billed whatever it said)
             most = run.max_out(t)
             if most is None:
-                most = t.spec.max_output + thinking_added(t.spec, t.dep.api)
+                most = t.spec.max_output + thinking_added(
+                    t.spec, t.dep.api, run.request.thinking_within
+                )
             if u.prompt_tokens <= t.spec.context_window and u.completion_tokens <= most:
                 return u
             # more than the window took or the call was let write: no bill of this call,
@@ -1087,7 +1092,12 @@ class Executor:
     ) -> Run:
         """The state of one request, for `complete`, `stream` or `cascade`: `call` holds
         the wire request's parameters (ChatRequest's fields besides the messages)."""
-        return Run(decision, ChatRequest(messages, **call), t0, deadline, accept)
+        # a limit that holds the thinking (`Constraints.output_includes_thinking`) is sent
+        # as given, any thinking budget inside it
+        within = decision.constraints.output_includes_thinking
+        within = within and call.get("max_tokens") is not None
+        request = ChatRequest(messages, **call, thinking_within=within)
+        return Run(decision, request, t0, deadline, accept)
 
     async def complete(self, run: Run, *, hedge: bool = False, race: int = 0) -> ChatResult:
         """One answer: the first target that answers, or (hedge/race) the first accepted

@@ -517,6 +517,7 @@ class Policy(Value):
                     "long_out": long_out,
                     "fee": _fee(m),
                     "thinking": think,
+                    "thinking_fixed": bool(think) and m.thinking != "adaptive",
                 }
             )
         rules: list[RuleSpec] = []

@@ -75,11 +75,13 @@ def _block(part: Any) -> Any:
         url = url.get("url", "") if isinstance(url, dict) else str(url or "")
         if url.startswith("data:") and ";base64," in url:
             media, data = url[5:].split(";base64,", 1)
-            return {
-                "type": "image",
-                "source": {"type": "base64", "media_type": media, "data": data},
-            }
-        return {"type": "image", "source": {"type": "url", "url": url}}
+            source = {"type": "base64", "media_type": media, "data": data}
+            image = {"type": "image", "source": source}
+        else:
+            image = {"type": "image", "source": {"type": "url", "url": url}}
+        if "cache_control" in part:  # a prompt-cache mark, as on a text part
+            image["cache_control"] = part["cache_control"]
+        return image
     if kind in _OPENAI_ONLY:  # OpenAI's shape, which Anthropic's API refuses or misreads
         raise UnsupportedRequestError(
             f"a {kind!r} content part is OpenAI's; Anthropic models do not take it in this "
@@ -360,7 +362,16 @@ def anthropic_wire(
         else:
             # extended thinking: the budget is spent before the answer, within max_tokens
             p["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        p["max_tokens"] = p["max_tokens"] + budget
+            if r.thinking_within and budget >= p["max_tokens"]:
+                # Anthropic's API wants the budget under max_tokens (refused here, the
+                # request goes on to the next model it was routed to)
+                raise UnsupportedRequestError(
+                    f"{model} thinks within a budget of {budget} tokens, which max_tokens "
+                    f"{p['max_tokens']} must exceed (it holds the thinking too): raise "
+                    "max_tokens, or ask for less thinking"
+                )
+        if not r.thinking_within:  # the answer's limit: the thinking's room on top
+            p["max_tokens"] = p["max_tokens"] + budget
     return p
 
 

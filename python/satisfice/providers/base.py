@@ -124,6 +124,10 @@ class ChatRequest:
     # thinking cleared as a conversation grows), sent to Anthropic deployments only; other
     # models are sent the conversation whole
     context_management: dict[str, Any] | None = None
+    # max_tokens holds the model's thinking as well as its answer (what Anthropic's
+    # max_tokens means; `Constraints.output_includes_thinking`): sent as given, a thinking
+    # budget inside it, not added on top
+    thinking_within: bool = False
 
 
 def sendable(hint: str | None, most: int | None = None) -> bool:

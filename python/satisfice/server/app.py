@@ -54,7 +54,7 @@ from ..errors import (
     UnknownModelError,
     UpstreamTimeoutError,
 )
-from ..executor import cache_write_of, thinking_added, tuned_ladder, worst_bill
+from ..executor import cache_write_of, tuned_ladder, worst_bill
 from ..metrics import Metrics
 from ..policy import Constraints, Policy, reasoning_usd
 from ..registry import Registry
@@ -703,7 +703,8 @@ class Service:
         # answer adds to its prompt: the most of those for one answer, their sum along a
         # ladder (every step may answer).
         answers, prompts = [], 0.0
-        total = max_tokens is not None and d.constraints.output_includes_thinking
+        # the caller's limit holds the thinking (the executor's `thinking_within`)
+        within = max_tokens is not None and d.constraints.output_includes_thinking
         for mid in called:
             m = reg[mid]
             most = 0.0
@@ -713,9 +714,7 @@ class Service:
                     return math.inf, out
                 prompt = worst_bill(price, m, api, tokens_in[mid], 0, write)
                 answer = min(out, m.max_output)
-                if total and answer > 1:  # the caller's limit holds the thinking the wire adds
-                    answer = max(answer - thinking_added(m, api), 1)
-                full = worst_bill(price, m, api, tokens_in[mid], answer, write)
+                full = worst_bill(price, m, api, tokens_in[mid], answer, write, within)
                 if api != "anthropic":  # its reasoning is not within max_tokens everywhere
                     full += reasoning_usd(m, price)
                 most = max(most, full - prompt)

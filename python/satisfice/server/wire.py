@@ -528,7 +528,10 @@ def _to_openai_content(content: Any) -> Any:
                     f"image source type {src.get('type')!r} is not supported: send the image "
                     "as base64 data or a URL"
                 )
-            parts.append({"type": "image_url", "image_url": {"url": url}})
+            part: dict[str, Any] = {"type": "image_url", "image_url": {"url": url}}
+            if isinstance(b.get("cache_control"), Mapping):  # kept, as on a text block
+                part["cache_control"] = dict(b["cache_control"])
+            parts.append(part)
         else:
             raise _bad(f"content block type {b.get('type')!r} is not supported here")
     return parts
@@ -837,7 +840,9 @@ def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
         # parts: Anthropic's API takes them in the result, an OpenAI model is sent them
         # after the turn's results (`providers.openai`); it had been a 400
         pictured = any(p["type"] != "text" for p in parts)
-        said = parts if pictured else _texts(parts) or ""
+        # (empty texts left out, as `_texts` leaves them: Anthropic's API refuses them)
+        kept = [p for p in parts if p["type"] != "text" or p["text"]]
+        said = kept if pictured else _texts(parts) or ""
         msg: dict[str, Any] = {"role": "tool", "tool_call_id": use_id, "content": said}
         if isinstance(b.get("cache_control"), Mapping):  # the result's own mark, on it
             msg["cache_control"] = dict(b["cache_control"])
