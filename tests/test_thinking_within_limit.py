@@ -188,3 +188,31 @@ def test_a_limit_in_extra_holds_the_thinking_too() -> None:
                    output_includes_thinking=True)  # fmt: skip
     assert _sent(reg, **kw)["max_tokens"] == 20000
     assert _sent(reg, **kw, extra={"max_tokens": 20000})["max_tokens"] == 20000
+
+
+MASTER = "master-test-key-0123456789abcdef"
+
+
+@pytest.mark.parametrize(("tpm", "admitted"), [(5000, False), (30000, True)])
+def test_a_tpm_count_covers_the_thinking_a_legacy_max_tokens_adds(
+    monkeypatch: pytest.MonkeyPatch, tpm: int, admitted: bool
+) -> None:
+    """OpenAI's legacy max_tokens is the answer's: a Claude row's budget goes on top of it.
+    A key's tpm count had been the prompt and max_tokens alone, and a key of 5,000 tokens a
+    minute let a call out that may write 2,000 + 16,384 (found by review)."""
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
+    admin = {"authorization": f"Bearer {MASTER}"}
+    with LocalUpstream() as up, running(ServerConfig(), _router(up)) as (url, _):
+        k = httpx.post(url + "/admin/keys", headers=admin,
+                       json={"name": "t", "tpm": tpm}).json()  # fmt: skip
+        r = httpx.post(url + "/v1/chat/completions", timeout=30,
+                       headers={"authorization": f"Bearer {k['key']}"},
+                       json={"model": "claude-haiku-4-5@high", "max_tokens": 2000,
+                             "messages": HI})  # fmt: skip
+        sent = [q.body for q in up.requests]
+    if admitted:
+        assert r.status_code == 200, r.text
+        assert sent[-1]["max_tokens"] == 2000 + 16384
+    else:
+        assert r.status_code == 429 and not sent, r.text
+        assert "tpm" in r.json()["error"]["message"]

@@ -54,7 +54,7 @@ from ..errors import (
     UnknownModelError,
     UpstreamTimeoutError,
 )
-from ..executor import cache_write_of, tuned_ladder, worst_bill
+from ..executor import cache_write_of, thinking_added, tuned_ladder, worst_bill
 from ..metrics import Metrics
 from ..policy import Constraints, Policy, reasoning_usd
 from ..registry import Registry
@@ -386,6 +386,24 @@ class SharedHealth(Health):
                 Health.enable(self, key)
                 self._pushed.pop(key, None)
                 del self._held_at[key]
+
+
+def _thinking_on_top(d: Decision) -> int:
+    """The most thinking a call of the request routed as `d` may write beyond its max_tokens
+    (Anthropic's budget, added by the wire when the limit is the answer's: OpenAI's legacy
+    `max_tokens`, or the limit the server sets), over the models it may go to: a tpm count
+    of the prompt and max_tokens alone had let a call write 16,384 tokens past it."""
+    if d.constraints.output_includes_thinking:
+        return 0
+    reg = d.registry
+    return max(
+        (
+            thinking_added(reg[m], dep.api)
+            for m in (d.model, *d.fallbacks)
+            for dep in reg[m].deployments
+        ),
+        default=0,
+    )
 
 
 class Service:
@@ -1053,7 +1071,7 @@ def create_app(
                 if key.tpm is not None:
                     opts.setdefault("max_tokens", cap)  # the count holds only if the call does
                 count = RateCount(  # the prompt counted (`count_prompt`), as billed
-                    key.id, key.rpm, key.tpm, d.max_tokens_in(d.model) + cap,
+                    key.id, key.rpm, key.tpm, d.max_tokens_in(d.model) + cap + _thinking_on_top(d),
                     hold or uuid.uuid4().hex,
                 )  # fmt: skip
                 if key.tpm is not None and d.uncounted_parts:
