@@ -14,9 +14,18 @@ import httpx
 import openai
 import pytest
 
-from satisfice import NoRouteError, Registry, Router, UnsupportedRequestError
+from satisfice import (
+    AllAttemptsFailedError,
+    NoRouteError,
+    Policy,
+    Registry,
+    Router,
+    UnsupportedRequestError,
+)
+from satisfice import validators as v
+from satisfice.cascade import Cascade, Step
 from satisfice.server import ServerConfig
-from satisfice.testing import LocalUpstream
+from satisfice.testing import LocalUpstream, hang, malformed, reply
 
 from .server_support import running
 
@@ -216,3 +225,148 @@ def test_a_tpm_count_covers_the_thinking_a_legacy_max_tokens_adds(
     else:
         assert r.status_code == 429 and not sent, r.text
         assert "tpm" in r.json()["error"]["message"]
+
+
+# -- found by a second review: estimates of failed calls, retries under a cap, cascades -------
+def test_a_failed_call_is_not_estimated_past_what_it_was_allowed_to_write() -> None:
+    """claude-sonnet-4-6@max sent max_tokens 1,000 (the limit holds its thinking): a 2xx the
+    provider cannot read may be billed, estimated at its prompt and expected reasoning, but
+    never more output than the wire allowed (1,000), as `_usage` caps a counted answer."""
+
+    async def go() -> tuple[Any, list[dict[str, Any]]]:
+        with LocalUpstream() as up:
+            up.script("claude-sonnet-4-6", malformed())
+            up.script("gpt-5.4-mini", reply("ok"))
+            async with Router(up.patch(Registry.default())) as r:
+                d = await r.decide(
+                    HI,
+                    allow=["claude-sonnet-4-6@max", "gpt-5.4-mini"],
+                    max_output_tokens=1000,
+                    output_includes_thinking=True,
+                    prefer="claude-sonnet-4-6@max",
+                )
+                assert d.model == "claude-sonnet-4-6@max", d.model
+                res = await r.chat(HI, decision=d)
+            return res, [q.body for q in up.requests]
+
+    res, sent = asyncio.run(go())
+    assert sent[0]["max_tokens"] == 1000
+    failed = res.attempts[0]
+    assert failed.model == "claude-sonnet-4-6@max" and failed.usage is not None
+    assert failed.usage.completion_tokens <= 1000, failed.usage
+
+
+def test_a_failed_call_settles_within_its_budget_hold(monkeypatch: Any) -> None:
+    """/v1/messages, max_tokens 1,000 at effort max on Sonnet 4.6 (adaptive: the limit
+    holds the thinking), a key with a budget: the reservation is the prompt and 1,000
+    output tokens; a call that timed out (which the upstream may bill) is settled at the
+    prompt plus 32,768 expected reasoning tokens, $0.49 over a $0.015 hold."""
+    import time
+
+    master = "master-test-key-0123456789abcdef"
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", master)
+    admin = {"authorization": f"Bearer {master}"}
+    with LocalUpstream() as up:
+        up.script("claude-sonnet-4-6", hang())
+        with running(ServerConfig(), Router(up.patch(Registry.default()))) as (url, app):
+            k = httpx.post(url + "/admin/keys", headers=admin,
+                           json={"name": "b", "budget_usd": 10.0}).json()  # fmt: skip
+            r = httpx.post(url + "/v1/messages", timeout=30,
+                           headers={"x-api-key": k["key"], "anthropic-version": "2023-06-01"},
+                           json={"model": "claude-sonnet-4-6", "max_tokens": 1000,
+                                 "output_config": {"effort": "max"}, "messages": HI,
+                                 "timeout": 1.0})  # fmt: skip
+            assert up.requests and up.requests[0].body["max_tokens"] == 1000, r.text
+            reg = app.state.service.metrics.registry
+            deadline = time.monotonic() + 5
+            over = 0.0
+            while time.monotonic() < deadline and not over:
+                over = reg.get_sample_value("satisfice_settled_over_hold_usd_total") or 0.0
+                time.sleep(0.02)
+    assert over == 0.0, f"settled ${over:.6f} over its hold ({r.status_code})"
+
+
+def test_a_malformed_answer_under_a_cap_leaves_the_fallback_its_room() -> None:
+    """max_cost_usd $0.05, max_tokens 1,000 holding the thinking: Sonnet 4.6 at effort max
+    may cost at most ~$0.015 (1,000 output tokens); its malformed 2xx had been estimated
+    at $0.49 (32,768 reasoning tokens), over the request's own cap, and the fallback
+    (gpt-5.4-mini, well within what is left) was skipped for the cap."""
+
+    async def go() -> Any:
+        with LocalUpstream() as up:
+            up.script("claude-sonnet-4-6", malformed(), malformed())
+            up.script("gpt-5.4-mini", reply("ok"))
+            async with Router(up.patch(Registry.default())) as r:
+                d = await r.decide(
+                    HI,
+                    allow=["claude-sonnet-4-6@max", "gpt-5.4-mini"],
+                    max_output_tokens=1000,
+                    output_includes_thinking=True,
+                    max_cost_usd=0.05,
+                    prefer="claude-sonnet-4-6@max",
+                )
+                assert d.model == "claude-sonnet-4-6@max", d.model
+                try:
+                    return await r.chat(HI, decision=d)
+                except AllAttemptsFailedError as e:
+                    return e
+
+    res = asyncio.run(go())
+    assert not isinstance(res, Exception), str(res)
+    assert res.model == "gpt-5.4-mini"
+    assert res.total_cost_usd is not None and res.total_cost_usd <= 0.05, res.total_cost_usd
+
+
+def test_a_retry_after_the_cap_is_spent_is_not_sent_past_it() -> None:
+    """A retry on the same deployment was not checked against the cost cap again: after a
+    malformed 2xx (billed, estimated), the cap left nothing, the retry went out with
+    max_tokens 0, which the Anthropic wire reads as its 4,096 default (+ the budget)."""
+
+    async def go() -> tuple[list[Any], list[int]]:
+        with LocalUpstream() as up:
+            up.script("claude-haiku-4-5", malformed(), malformed())
+            async with Router(up.patch(Registry.default())) as r:
+                try:
+                    res = await r.chat(HI, allow=["claude-haiku-4-5@high"], max_tokens=1000,
+                                       max_cost_usd=0.09)  # fmt: skip
+                    attempts = res.attempts
+                except AllAttemptsFailedError as e:
+                    attempts = e.attempts
+            return attempts, [q.body["max_tokens"] for q in up.requests]
+
+    attempts, sent = asyncio.run(go())
+    billed = sum(a.cost_usd or 0.0 for a in attempts)
+    # the first call: 1,000 + 16,384; a second one only within what the cap leaves
+    assert sent[0] == 1000 + 16384
+    assert all(n <= 1000 + 16384 for n in sent), sent  # had been [17384, 20480]
+    assert billed <= 0.09 + 1e-12, (billed, [(a.outcome, a.cost_usd) for a in attempts])
+
+
+def test_a_tpm_count_under_cascade_auto_holds_a_ladder_models_thinking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OpenAI's legacy max_tokens 2,000, a 5,000-token key: the tuned ladder's second step
+    (claude-haiku-4-5@high) is sent 2,000 + 16,384. Routed plainly, the same key is
+    refused that call (test_a_tpm_count_covers_the_thinking_a_legacy_max_tokens_adds);
+    under cascade "auto" it is let out, as the routed model (gpt-5.4-nano, no fallbacks)
+    adds no thinking."""
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
+    admin = {"authorization": f"Bearer {MASTER}"}
+    ladder = Cascade([Step(("gpt-5.4-nano",), v.regex("NEVER", fullmatch=True)),
+                      Step(("claude-haiku-4-5@high",))])  # fmt: skip
+    policy = Policy(max_fallbacks=0, cascades={"*": ladder})
+    with LocalUpstream() as up:
+        up.script("gpt-5.4-nano", reply("I am not sure."))
+        router = Router(up.patch(Registry.default()), policy)
+        with running(ServerConfig(), router) as (url, _):
+            k = httpx.post(url + "/admin/keys", headers=admin,
+                           json={"name": "t", "tpm": 5000}).json()  # fmt: skip
+            r = httpx.post(url + "/v1/chat/completions", timeout=30,
+                           headers={"authorization": f"Bearer {k['key']}"},
+                           json={"model": "auto", "cascade": "auto", "max_tokens": 2000,
+                                 "allow": ["gpt-5.4-nano", "claude-haiku-4-5@high"],
+                                 "messages": HI})  # fmt: skip
+            sent = [(q.body["model"], q.body.get("max_tokens")) for q in up.requests]
+    # a call that may write 2,000 + 16,384 tokens must not pass a 5,000-token-a-minute key
+    assert ("claude-haiku-4-5", 18384) not in sent, (r.status_code, sent)
+    assert r.status_code == 429, r.text

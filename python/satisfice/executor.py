@@ -721,18 +721,28 @@ class Executor:
                     run.skip(t.model, t.dep.name, "unavailable", why, self.health.retry_in(t.key))
                     cooled.append(t)
                     continue
-                capped = run.output_cap(t)
-                if capped is not None and capped[0] == 0:
-                    run.skip(
-                        t.model,
-                        t.dep.name,
-                        "cost_cap",
-                        f"the cost cap (${run.cap:.6f}) leaves nothing for its answer after "
-                        "its prompt, what this request was billed and what calls in flight "
-                        "hold (or a bill on it is unknown: an unpriced call)",
-                    )
+                if self._capped_out(run, t):
                     continue
                 yield t
+
+    @staticmethod
+    def _capped_out(run: Run, t: _Target) -> bool:
+        """Whether the cost cap leaves a call to `t` nothing for its answer (then skipped,
+        on the record): before its first call, and before each retry, as what the request
+        was billed meanwhile counts (a retry had gone out with max_tokens 0, which the
+        Anthropic wire reads as its 4,096 default, past the cap)."""
+        capped = run.output_cap(t)
+        if capped is None or capped[0] > 0:
+            return False
+        run.skip(
+            t.model,
+            t.dep.name,
+            "cost_cap",
+            f"the cost cap (${run.cap:.6f}) leaves nothing for its answer after its prompt, "
+            "what this request was billed and what calls in flight hold (or a bill on it is "
+            "unknown: an unpriced call)",
+        )
+        return True
 
     # one attempt --------------------------------------------------------------------------
     def _budget(self, run: Run, t: _Target) -> tuple[httpx.Timeout, float]:
@@ -915,6 +925,8 @@ class Executor:
                             break
                         await asyncio.sleep(wait)
                         retry += 1
+                        if self._capped_out(run, t):
+                            break
                         continue
                     return t, started, value
             wait = self._cooldown_wait(run, cooled)
@@ -948,15 +960,8 @@ class Executor:
             # and a buggy upstream's 50M tokens had drained a budget; counted instead
             resp = replace(resp, usage=None)
         extra = extra_text(run.request.tools, run.request.response_format)
-        usage = _with_reasoning(usage_of(run.request.messages, t.spec.tokenizer, resp, extra), t)
-        most = run.max_out(t)  # no call is billed for more than it was allowed to write
-        if most is not None and usage.completion_tokens > most:
-            usage = replace(
-                usage,
-                completion_tokens=most,
-                reasoning_tokens=min(usage.reasoning_tokens, most),
-            )
-        return usage
+        counted = usage_of(run.request.messages, t.spec.tokenizer, resp, extra)
+        return _with_reasoning(counted, t, run.max_out(t))
 
     def _answered(
         self, run: Run, t: _Target, resp: ChatResponse, started: float, now: float
@@ -984,7 +989,7 @@ class Executor:
         decision's count for this model), plus any text that already streamed."""
         tokens_in = run.decision.tokens_in(t.model)
         out = text_tokens(completion, t.spec.tokenizer) if completion else 0
-        return _with_reasoning(Usage(tokens_in, out, source="estimated"), t)
+        return _with_reasoning(Usage(tokens_in, out, source="estimated"), t, run.max_out(t))
 
     def _result(
         self,
@@ -1629,19 +1634,25 @@ def _thinking(d: StreamDelta, scrubber: StreamScrubber) -> list[StreamDelta]:
     return [StreamDelta(thinking=rest), d] if rest else [d]
 
 
-def _with_reasoning(usage: Usage, t: _Target) -> Usage:
-    """Our own count of a reasoning-effort variant's call (no usage from the upstream): the
-    visible text plus the reasoning tokens it is expected to spend, which the provider bills
-    as output although none of them is seen (the count was the visible text alone)."""
+def _with_reasoning(usage: Usage, t: _Target, most: int | None) -> Usage:
+    """Our own count of a call (no usage from the upstream), of a reasoning-effort variant:
+    the visible text plus the reasoning tokens it is expected to spend, which the provider
+    bills as output although none of them is seen (the count was the visible text alone);
+    never more output than the call was let write (`most`: a limit that holds the thinking
+    may be under the expected reasoning, and a failed call's estimate had been over it)."""
     r = t.spec.reasoning_tokens
-    if not r:
-        return usage
-    return replace(
-        usage,
-        completion_tokens=usage.completion_tokens + r,
-        reasoning_tokens=r,
-        source="estimated",
-    )
+    if r:
+        usage = replace(
+            usage,
+            completion_tokens=usage.completion_tokens + r,
+            reasoning_tokens=r,
+            source="estimated",
+        )
+    if most is not None and usage.completion_tokens > most:
+        usage = replace(
+            usage, completion_tokens=most, reasoning_tokens=min(usage.reasoning_tokens, most)
+        )
+    return usage
 
 
 class ChatStream:

@@ -59,16 +59,18 @@ class Constraints(Value):
     `reasoning`: the caller's say in how a model thinks before it answers, where routing
     otherwise picks the (model, effort) row: "none" (rows the registry expects to spend no
     reasoning tokens: a model's `@none` effort, a model that does not think by default),
-    "on" (rows that do), or an effort level ("minimal" ... "xhigh": the rows of that
+    "on" (rows that do), or an effort level ("minimal" ... "max": the rows of that
     effort, which send it). `max_reasoning_tokens`: rows whose expected reasoning tokens
     (a budget row's thinking budget; an expectation, not a cap, for adaptive and OpenAI
     rows) are at most this many.
 
     `output_includes_thinking`: `max_output_tokens` bounds a model's thinking and its answer
     together, as Anthropic's `max_tokens` and OpenAI's `max_completion_tokens` do (the
-    server sets it for those); a row that thinks within a budget of B tokens then answers
-    within max_output_tokens − B, and one whose budget fills the limit is left out. False:
-    the limit is the answer's, the budget comes on top (billed as output).
+    server sets it for those); the limit goes to the model as given: a row that thinks
+    within a budget of B tokens (extended thinking) answers within max_output_tokens − B,
+    one whose budget fills the limit is left out, and adaptive thinking, which has no
+    budget, thinks within it. False: the limit is the answer's, the thinking's budget or
+    room comes on top (billed as output).
     """
 
     __match_args__ = __slots__ = (

@@ -28,7 +28,7 @@ from collections.abc import (
     Mapping,
     MutableMapping,
 )
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -76,6 +76,9 @@ from .state import (
     StateUnavailable,
     VirtualKey,
 )
+
+if TYPE_CHECKING:
+    from ..cascade import Cascade
 
 __all__ = ["Service", "create_app"]
 
@@ -388,20 +391,26 @@ class SharedHealth(Health):
                 del self._held_at[key]
 
 
-def _thinking_on_top(d: Decision) -> int:
+def _called(d: Decision, ladder: Cascade | None) -> list[str]:
+    """The models a request routed as `d` may call: every model of its cascade's `ladder`
+    once, else the primary or a fallback."""
+    if ladder is not None:
+        return [m for step in ladder.steps for m in step.models]
+    return [d.model, *d.fallbacks]
+
+
+def _thinking_on_top(d: Decision, cascade: bool) -> int:
     """The most thinking a call of the request routed as `d` may write beyond its max_tokens
     (Anthropic's budget, added by the wire when the limit is the answer's: OpenAI's legacy
-    `max_tokens`, or the limit the server sets), over the models it may go to: a tpm count
-    of the prompt and max_tokens alone had let a call write 16,384 tokens past it."""
+    `max_tokens`, or the limit the server sets), over the models it may call (a cascade's
+    ladder with `cascade`): a tpm count of the prompt and max_tokens alone had let a call
+    write 16,384 tokens past it."""
     if d.constraints.output_includes_thinking:
         return 0
     reg = d.registry
+    models = _called(d, tuned_ladder(d)[0] if cascade else None)
     return max(
-        (
-            thinking_added(reg[m], dep.api)
-            for m in (d.model, *d.fallbacks)
-            for dep in reg[m].deployments
-        ),
+        (thinking_added(reg[m], dep.api) for m in models for dep in reg[m].deployments),
         default=0,
     )
 
@@ -710,10 +719,7 @@ class Service:
             return math.inf, out
         reg = d.registry  # the snapshot it was routed on: a reload meanwhile changes nothing
         ladder = tuned_ladder(d)[0] if cascade else None
-        if ladder is not None:  # a cascade may call every model of its ladder once
-            called = [m for step in ladder.steps for m in step.models]
-        else:  # one answer, from the primary or a fallback
-            called = [d.model, *d.fallbacks]
+        called = _called(d, ladder)
         # counted (`count_prompt`), and then at their upper bound: a prompt's estimate may
         # be several times under what it is billed
         tokens_in = {m: d.max_tokens_in(m) for m in set(called)}
@@ -1070,10 +1076,11 @@ def create_app(
                 cap = int(opts.get("max_tokens") or 4 * max(d.tokens_out, 256))
                 if key.tpm is not None:
                     opts.setdefault("max_tokens", cap)  # the count holds only if the call does
+                # (and the thinking a Claude row writes past an answer's limit)
+                tokens = d.max_tokens_in(d.model) + cap + _thinking_on_top(d, "cascade" in opts)
                 count = RateCount(  # the prompt counted (`count_prompt`), as billed
-                    key.id, key.rpm, key.tpm, d.max_tokens_in(d.model) + cap + _thinking_on_top(d),
-                    hold or uuid.uuid4().hex,
-                )  # fmt: skip
+                    key.id, key.rpm, key.tpm, tokens, hold or uuid.uuid4().hex
+                )
                 if key.tpm is not None and d.uncounted_parts:
                     if recheck:
                         raise KeyChanged()
