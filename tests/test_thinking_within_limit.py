@@ -25,7 +25,7 @@ from satisfice import (
 from satisfice import validators as v
 from satisfice.cascade import Cascade, Step
 from satisfice.server import ServerConfig
-from satisfice.testing import LocalUpstream, hang, malformed, reply
+from satisfice.testing import LocalUpstream, context_length, hang, malformed, reply
 
 from .server_support import running
 
@@ -370,3 +370,37 @@ def test_a_tpm_count_under_cascade_auto_holds_a_ladder_models_thinking(
     # a call that may write 2,000 + 16,384 tokens must not pass a 5,000-token-a-minute key
     assert ("claude-haiku-4-5", 18384) not in sent, (r.status_code, sent)
     assert r.status_code == 429, r.text
+
+
+def test_a_context_length_retry_beyond_the_fallbacks_stays_within_the_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a context-length error the executor had looked past the decision's fallbacks,
+    down the ranked candidates; a key's budget reserves for the primary and its fallbacks
+    only, and a pricier model tried that way was settled over the hold (found by review)."""
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
+    admin = {"authorization": f"Bearer {MASTER}"}
+    with LocalUpstream() as up:
+        up.script("gpt-5.4-nano", context_length())
+        up.script("claude-opus-4-7", reply("ok", usage=(3, 2000, 0)))
+        router = Router(up.patch(Registry.default()), Policy(max_fallbacks=0))
+        with running(ServerConfig(), router) as (url, _):
+            k = httpx.post(
+                url + "/admin/keys", headers=admin, json={"name": "b", "budget_usd": 100.0}
+            ).json()
+            r = httpx.post(
+                url + "/v1/messages",
+                timeout=30,
+                headers={"x-api-key": k["key"], "anthropic-version": "2023-06-01"},
+                json={
+                    "model": "auto",
+                    "max_tokens": 2000,
+                    "messages": HI,
+                    "allow": ["gpt-5.4-nano", "claude-opus-4-7@max"],
+                },
+            )
+            sent = [q.body["model"] for q in up.requests]
+    # the reserved models alone: an answer that says why, not a call to Opus (settled
+    # $0.042 over a $0.0076 hold)
+    assert r.status_code >= 400 and "context" in r.text.lower(), r.text
+    assert sent == ["gpt-5.4-nano"], sent  # the reserved models alone (it had gone to Opus)

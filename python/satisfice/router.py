@@ -691,6 +691,11 @@ class Router:
             timeout = c.latency_slo_ms / 1000.0
         deadline = None if timeout is None else t0 + timeout
         run = io.run(decision, msgs, call, t0=t0, deadline=deadline, accept=accept)
+        if options.get("decision") is not None:
+            # the call goes where the decision given says, and nowhere else: a caller
+            # bounded a budget on its models (the server), and a context-length error had
+            # sent it on down the ranked candidates, past the bound
+            run.order = [decision.model, *decision.fallbacks]
         run.reroute = reroute
         return io, run, metadata
 
