@@ -238,7 +238,8 @@ pub struct Constraints {
     pub count_prompt: bool,
     /// `max_output_tokens` bounds a row's thinking and its answer together (what Anthropic's
     /// max_tokens and OpenAI's max_completion_tokens mean): a row that thinks for B tokens
-    /// answers within max_output_tokens − B, and one whose B fills it is left out.
+    /// answers within max_output_tokens − B, and one whose budget (`thinking_fixed`) fills
+    /// it is left out; adaptive thinking's room is cut by it.
     pub output_includes_thinking: bool,
 }
 

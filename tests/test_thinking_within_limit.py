@@ -228,28 +228,31 @@ def test_a_tpm_count_covers_the_thinking_a_legacy_max_tokens_adds(
 
 
 # -- found by a second review: estimates of failed calls, retries under a cap, cascades -------
+async def _sonnet_max_first(malformed_answers: int, **kw: Any) -> tuple[Any, list[Any]]:
+    """1,000 tokens holding the thinking, decided for claude-sonnet-4-6@max first (which
+    answers `malformed_answers` unreadable 2xx) and gpt-5.4-mini after: the result (or the
+    error) and what the upstream was sent."""
+    with LocalUpstream() as up:
+        up.script("claude-sonnet-4-6", *(malformed() for _ in range(malformed_answers)))
+        up.script("gpt-5.4-mini", reply("ok"))
+        async with Router(up.patch(Registry.default())) as r:
+            d = await r.decide(
+                HI, allow=["claude-sonnet-4-6@max", "gpt-5.4-mini"], max_output_tokens=1000,
+                output_includes_thinking=True, prefer="claude-sonnet-4-6@max", **kw,
+            )  # fmt: skip
+            assert d.model == "claude-sonnet-4-6@max", d.model
+            try:
+                res: Any = await r.chat(HI, decision=d)
+            except AllAttemptsFailedError as e:
+                res = e
+        return res, [q.body for q in up.requests]
+
+
 def test_a_failed_call_is_not_estimated_past_what_it_was_allowed_to_write() -> None:
     """claude-sonnet-4-6@max sent max_tokens 1,000 (the limit holds its thinking): a 2xx the
     provider cannot read may be billed, estimated at its prompt and expected reasoning, but
     never more output than the wire allowed (1,000), as `_usage` caps a counted answer."""
-
-    async def go() -> tuple[Any, list[dict[str, Any]]]:
-        with LocalUpstream() as up:
-            up.script("claude-sonnet-4-6", malformed())
-            up.script("gpt-5.4-mini", reply("ok"))
-            async with Router(up.patch(Registry.default())) as r:
-                d = await r.decide(
-                    HI,
-                    allow=["claude-sonnet-4-6@max", "gpt-5.4-mini"],
-                    max_output_tokens=1000,
-                    output_includes_thinking=True,
-                    prefer="claude-sonnet-4-6@max",
-                )
-                assert d.model == "claude-sonnet-4-6@max", d.model
-                res = await r.chat(HI, decision=d)
-            return res, [q.body for q in up.requests]
-
-    res, sent = asyncio.run(go())
+    res, sent = asyncio.run(_sonnet_max_first(1))
     assert sent[0]["max_tokens"] == 1000
     failed = res.attempts[0]
     assert failed.model == "claude-sonnet-4-6@max" and failed.usage is not None
@@ -291,27 +294,7 @@ def test_a_malformed_answer_under_a_cap_leaves_the_fallback_its_room() -> None:
     may cost at most ~$0.015 (1,000 output tokens); its malformed 2xx had been estimated
     at $0.49 (32,768 reasoning tokens), over the request's own cap, and the fallback
     (gpt-5.4-mini, well within what is left) was skipped for the cap."""
-
-    async def go() -> Any:
-        with LocalUpstream() as up:
-            up.script("claude-sonnet-4-6", malformed(), malformed())
-            up.script("gpt-5.4-mini", reply("ok"))
-            async with Router(up.patch(Registry.default())) as r:
-                d = await r.decide(
-                    HI,
-                    allow=["claude-sonnet-4-6@max", "gpt-5.4-mini"],
-                    max_output_tokens=1000,
-                    output_includes_thinking=True,
-                    max_cost_usd=0.05,
-                    prefer="claude-sonnet-4-6@max",
-                )
-                assert d.model == "claude-sonnet-4-6@max", d.model
-                try:
-                    return await r.chat(HI, decision=d)
-                except AllAttemptsFailedError as e:
-                    return e
-
-    res = asyncio.run(go())
+    res, _ = asyncio.run(_sonnet_max_first(2, max_cost_usd=0.05))
     assert not isinstance(res, Exception), str(res)
     assert res.model == "gpt-5.4-mini"
     assert res.total_cost_usd is not None and res.total_cost_usd <= 0.05, res.total_cost_usd
