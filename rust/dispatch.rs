@@ -891,6 +891,8 @@ impl DispatchTable {
         // every row ends in `passing` or here: one allocation, not a doubling per few rows
         let mut filtered = Vec::with_capacity(self.rows.len());
         for (i, r) in self.rows.iter().enumerate() {
+            // the row's thinking within the caller's limit, when the limit counts it
+            let within = if total_limit { r.thinking } else { 0 };
             let reason = 'check: {
                 if r.disabled {
                     break 'check Some(Filtered::Disabled);
@@ -902,8 +904,6 @@ impl DispatchTable {
                 if missing != 0 {
                     break 'check Some(Filtered::MissingCaps(missing));
                 }
-                // the row's thinking within the caller's limit, when the limit counts it
-                let within = if total_limit { r.thinking } else { 0 };
                 if tokens_out > r.max_output + within {
                     break 'check Some(Filtered::OutputTooLong {
                         want: tokens_out,
@@ -954,7 +954,7 @@ impl DispatchTable {
             // the answer's room (the wire adds the row's thinking to it): under a limit that
             // holds the thinking, less its room, below 0 for adaptive thinking the limit
             // cuts (then the window and the cost, which add the room back, read the limit)
-            let out = tokens_out as f64 - if total_limit { r.thinking as f64 } else { 0.0 };
+            let out = tokens_out as f64 - within as f64;
             let (base, ratio) = r.family.base();
             let ratio = ratio as f64;
             // images have no exact count: the safe side of their range

@@ -839,10 +839,11 @@ def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
         # text alone as a string; with images (Claude Code's Read of a screenshot), the
         # parts: Anthropic's API takes them in the result, an OpenAI model is sent them
         # after the turn's results (`providers.openai`); it had been a 400
-        pictured = any(p["type"] != "text" for p in parts)
-        # (empty texts left out, as `_texts` leaves them: Anthropic's API refuses them)
-        kept = [p for p in parts if p["type"] != "text" or p["text"]]
-        said = kept if pictured else _texts(parts) or ""
+        if any(p["type"] != "text" for p in parts):
+            # the parts, empty texts left out as `_texts` leaves them (Anthropic refuses them)
+            said: Any = [p for p in parts if p["type"] != "text" or p["text"]]
+        else:
+            said = _texts(parts) or ""
         msg: dict[str, Any] = {"role": "tool", "tool_call_id": use_id, "content": said}
         if isinstance(b.get("cache_control"), Mapping):  # the result's own mark, on it
             msg["cache_control"] = dict(b["cache_control"])
