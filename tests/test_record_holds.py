@@ -36,6 +36,52 @@ async def test_a_cancelled_chat_is_recorded(up: LocalUpstream, tmp_path: Path) -
     assert rec["total_cost_usd"] == a["cost_usd"] > 0 and rec["cost_estimated"]
 
 
+@pytest.mark.parametrize("how", ["chat", "stream"])
+async def test_a_request_cancelled_while_it_is_routed_is_recorded(
+    up: LocalUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A large prompt routes on a worker thread; a caller gone meanwhile (a server's client
+    that disconnected) left no record. It is a request all the same: recorded, cancelled
+    before any call, at $0 (known: nothing was called)."""
+    import satisfice.router as rt
+
+    up.default = reply("never asked")
+    routing, gate = threading.Event(), threading.Event()
+    route = rt.Router._route
+
+    def held(self: rt.Router, *a: Any, **k: Any) -> Any:
+        routing.set()
+        gate.wait(10)
+        return route(self, *a, **k)
+
+    monkeypatch.setattr(rt, "_route_inline", lambda *a: False)  # as for a large prompt
+    monkeypatch.setattr(rt.Router, "_route", held)
+
+    async def request(r: rt.Router) -> None:
+        if how == "chat":
+            await r.chat("hi", metadata={"team": "a"})
+        else:
+            async with r.stream("hi", metadata={"team": "a"}) as s:
+                async for _ in s:
+                    pass
+
+    try:
+        async with router(up.url).attach(ledger=tmp_path / "l.db") as r:
+            task = asyncio.ensure_future(request(r))
+            assert await asyncio.to_thread(routing.wait, 10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            gate.set()
+            assert r.ledger is not None and r.ledger.flush(5.0)
+    finally:
+        gate.set()
+    (rec,) = list(read_records(tmp_path / "l.db"))
+    assert rec["error_type"] == "RequestCancelled" and "while it was routed" in rec["error"]
+    assert rec["attempts"] == [] and rec["total_cost_usd"] == 0.0
+    assert rec["metadata"] == {"team": "a"} and not up.requests
+
+
 def test_records_tried_while_the_sink_was_down_are_retried_not_dropped() -> None:
     class Flaky(ScriptedSink):  # down for its first six writes: a database restarting
         def refuse(self, records: Any) -> bool:

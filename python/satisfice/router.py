@@ -121,12 +121,16 @@ class ClientClosedStream(Exception):
 
 
 class RequestCancelled(Exception):
-    """The record's error for a chat() its caller cancelled before the answer."""
+    """The record's error for a request its caller cancelled before the answer."""
 
-    cost_unknown = True  # a call may have been in flight: the record states no total
-
-    def __init__(self) -> None:
-        super().__init__("the caller cancelled the request before its answer")
+    def __init__(self, called: bool = True) -> None:
+        # after a call began, one may have been in flight: the record states no total;
+        # cancelled while it was routed, no call was made, and it cost $0
+        self.cost_unknown = called
+        super().__init__(
+            "the caller cancelled the request before its answer" if called else
+            "the caller cancelled the request while it was routed, before any call"
+        )  # fmt: skip
 
 
 def _as_sent(messages: Messages) -> Messages:
@@ -878,14 +882,14 @@ class Router:
         except BaseException as e:  # cancelled by its caller (a timeout, a client gone)
             import asyncio  # loaded already (we are in a coroutine)
 
-            if run is not None and isinstance(e, asyncio.CancelledError):
-                # the call it cut off may be billed: on record at its prompt, estimated
-                io._cut_off(run)
+            if isinstance(e, asyncio.CancelledError):
+                if run is not None:
+                    # the call it cut off may be billed: on record at its prompt, estimated
+                    io._cut_off(run)
                 billed = _bill_to_check(run)
-                if rec is not None:  # a request all the same, recorded
-                    self._record_failure(
-                        rec, RequestCancelled(), run, started_at, t0, options, not billed
-                    )
+                if rec is not None:  # a request all the same, recorded (if routed, unbilled)
+                    self._record_failure(rec, RequestCancelled(run is not None), run,
+                                         started_at, t0, options, not billed)  # fmt: skip
             raise
         finally:
             self._in_flight.discard(token)
@@ -1004,8 +1008,16 @@ class Router:
             inner = io.stream(run, started_at=started_at, metadata=metadata)
         except BaseException as e:
             self._in_flight.discard(token)
-            if rec is not None and isinstance(e, SatisficeError):
-                self._record_failure(rec, e, run, started_at, t0, options)
+            if rec is not None:
+                import asyncio  # loaded already (we are in a coroutine)
+
+                # refused or failed as chat() is, or cancelled while it was routed (a
+                # client gone, no call made): a request all the same, recorded
+                if isinstance(e, asyncio.CancelledError):
+                    self._record_failure(rec, RequestCancelled(False), run, started_at, t0,
+                                         options)  # fmt: skip
+                elif isinstance(e, Exception):
+                    self._record_failure(rec, e, run, started_at, t0, options)
             raise
         done = billed = False
         try:
