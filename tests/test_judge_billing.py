@@ -81,6 +81,8 @@ async def test_a_judge_cut_off_mid_call_is_billed_to_the_step(up: LocalUpstream)
     (check,) = [a for a in res.attempts if a.outcome == "check"]
     assert (check.model, check.deployment, check.step) == ("judge", "judge", 0)
     assert check.cost_usd is not None and check.cost_usd > 0  # the judge's prompt at $50/1M
+    # at an estimate, and said so: the attempt and the request's record (were unmarked)
+    assert check.cost_estimated and res.to_record()["cost_estimated"]
     assert res.total_cost_usd == pytest.approx(
         sum(a.cost_usd or 0.0 for a in res.attempts if a.outcome in ("ok", "check")
             or a.cost_estimated)
@@ -139,6 +141,8 @@ async def test_a_judge_cut_off_with_its_request_is_billed(
     outcomes = [a["outcome"] for a in rec["attempts"]]
     # was: no "check" attempt; the judge's call (its prompt at $50/1M) cost the request $0
     assert "check" in outcomes, f"the judge's cut-off call is on no attempt: {outcomes}"
+    (check,) = [a for a in rec["attempts"] if a["outcome"] == "check"]
+    assert check["cost_estimated"] and rec["cost_estimated"]
 
 
 async def test_a_streaming_judge_cut_off_mid_call_is_billed_to_the_step(
@@ -209,6 +213,8 @@ async def test_a_streaming_judge_that_answered_is_billed_once(up: LocalUpstream)
     checks = [a for a in res.attempts if a.outcome == "check"]
     assert len(checks) == 1 and len(judged) == 1, res.attempts
     assert checks[0].cost_usd == pytest.approx(judged[0])
+    # the upstream reported its usage: a cost billed as reported is no estimate
+    assert not checks[0].cost_estimated
 
 
 async def test_a_judge_stream_left_early_is_billed_once(up: LocalUpstream) -> None:

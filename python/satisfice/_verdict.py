@@ -22,8 +22,10 @@ Messages: TypeAlias = Sequence[Mapping[str, Any]]
 class Answer:
     """One model's answer with what it cost; what a cascade's `call` returns.
 
-    `cost_usd` None means unknown (unpriced), never free. `logprobs` are the completion's
-    per-token log-probabilities when the provider returned them.
+    `cost_usd` None means unknown (unpriced), never free; `cost_estimated` when it is not
+    from the upstream's own usage figures (a call cut off, or answered without usage).
+    `logprobs` are the completion's per-token log-probabilities when the provider returned
+    them.
     """
 
     model: str
@@ -34,6 +36,7 @@ class Answer:
     latency_ms: float | None = None
     logprobs: tuple[float, ...] | None = None
     finish_reason: str | None = None
+    cost_estimated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

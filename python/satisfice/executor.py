@@ -545,6 +545,7 @@ class Run:
                     (c.latency_ms or 0.0) / 1e3,
                     usage=usage,
                     cost_usd=c.cost_usd,
+                    cost_estimated=c.cost_estimated,
                     step=self.step if step is None else step,
                 )
             )

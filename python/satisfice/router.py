@@ -1222,6 +1222,7 @@ def _bill_answer_to_check(result: ChatResult) -> bool:
         sum(u.prompt_tokens for u in used),
         sum(u.completion_tokens for u in used),
         result.total_cost_usd,
+        cost_estimated=any(a.cost_estimated for a in result.attempts),
     )
     return routed_call(answer, answered=True)
 
@@ -1251,5 +1252,6 @@ def _bill_to_check(run: Run | None) -> bool:
         sum(u.prompt_tokens for u in used),
         sum(u.completion_tokens for u in used),
         None if spent is None else spent[0],
+        cost_estimated=any(a.cost_estimated for a in attempts),
     )
     return routed_call(answer, answered=False)
