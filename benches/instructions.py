@@ -18,8 +18,8 @@ symbols (a pyenv build has them).
   `Router()` and the tokenizers' build (whose hash maps are seeded at random, so its count
   moves by thousands a process) are out of the figure.
 - chat: the same way, sequential calls answered at once from memory (`bench_own_cpu.py
-  --in-process`'s transport): the bare call (`client.post`), the lean call (the request
-  built as the providers build theirs), the provider's own call (`provider.complete`) and
+  --in-process`'s transport): the bare call (`client.post`), the lean call (the exchange
+  as the providers make it: their encoder, request, streamed read and parser), the provider's own call (`provider.complete`) and
   `router.chat()`. chat() less the provider's call is the router's work around the call.
 - feedback: `router.feedback(request_id, 1.0)` on the bundled registry, a new id each
   time (the same 3 KB prompt's decisions: an answer is scored once), inside one
@@ -76,6 +76,15 @@ from bench_own_cpu import ANSWER, Canned, MESSAGES, MODEL, bench_registry
 from satisfice import Router, _core
 from satisfice.executor import _Client
 from satisfice.providers import ChatRequest
+try:
+    from satisfice._json import loads
+    from satisfice.providers.base import encode_body
+    from satisfice.transport import read_body
+except ImportError:  # a build from before them (--against): the standard library's json
+    loads, encode_body = json.loads, lambda o: json.dumps(o).encode()
+
+    async def read_body(r):
+        return await r.aread()
 url = "http://127.0.0.1:9"
 client = _Client(transport=Canned(), timeout=httpx.Timeout(5.0))
 router = Router(bench_registry(url)).configure(http=client)
@@ -92,14 +101,19 @@ async def bare():
     r = await client.post(endpoint, content=body, headers=headers)
     assert json.loads(r.content)["choices"][0]["message"]["content"]
 
-async def lean():
-    body = json.dumps({{"model": MODEL, "messages": MESSAGES}}).encode()
+async def lean():  # the providers' exchange on this client (bench_own_cpu.py's lean call)
+    body = encode_body({{"model": MODEL, "messages": MESSAGES}})
     h = httpx.Headers(merged)
     h["Content-Length"] = str(len(body))
     req = httpx.Request("POST", endpoint, headers=h, stream=httpx.ByteStream(body),
                         extensions=timeout)
-    r = await client.send(req)
-    assert json.loads(r.content)["choices"][0]["message"]["content"]
+    req.read()
+    r = await client.send(req, stream=True)
+    try:
+        content = await read_body(r)
+    finally:
+        await r.aclose()
+    assert loads(content)["choices"][0]["message"]["content"]
 
 async def call():
     await provider.complete(ChatRequest([dict(m) for m in MESSAGES]), httpx.Timeout(5.0))
@@ -298,7 +312,7 @@ def main() -> None:
     elif args.what == "chat":
         rows = [(label, partial(per_call, child=CHAT, args=[w], n=500)) for label, w in (
             ("bare call (`client.post`)", "bare"),
-            ("lean call (the request built as the providers build it)", "lean"),
+            ("lean call (the exchange as the providers make it)", "lean"),
             ("the provider's call (`provider.complete`)", "provider"),
             ("`router.chat()`", "chat"),
         )]  # fmt: skip
