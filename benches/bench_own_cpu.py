@@ -42,13 +42,14 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 from bench_overhead import MESSAGES, MODEL, bench_registry, upstream, warm_tokenizers
 
 from satisfice import Router
-from satisfice.executor import ExecutionConfig, _Client, make_client
 from satisfice._json import loads
+from satisfice.executor import ExecutionConfig, _Client, make_client
 from satisfice.providers.base import encode_body
 from satisfice.transport import Poster, read_body
 
@@ -65,6 +66,40 @@ class Canned(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"content-type": "application/json"}, content=ANSWER)
+
+
+def lean_call(client: httpx.AsyncClient, url: str) -> Callable[[], Awaitable[None]]:
+    """The lean call on `client`: `HTTPProvider._exchange`'s steps with no router around
+    them (on the router's own transport through its `Poster`, else as the providers send on
+    a client of another transport). `instructions.py chat` counts the same call."""
+    endpoint = httpx.URL(url + "/v1/chat/completions")  # parsed once, as a provider's is
+    merged = client.merged_headers({"content-type": "application/json"}, endpoint)
+    timeout = {"timeout": httpx.Timeout(5.0).as_dict()}
+    pool = getattr(client, "pool", None)  # the router's PooledTransport (None for `Canned`)
+    poster = None if pool is None else Poster(pool, endpoint, merged)
+
+    async def lean() -> None:
+        body = encode_body({"model": MODEL, "messages": MESSAGES})
+        if poster is not None:
+            _, _, stream = await poster.pool.post(poster, body, timeout["timeout"])
+            try:
+                content = await stream.read_all()
+            finally:
+                await stream.aclose()
+        else:
+            h = httpx.Headers(merged)
+            h["Content-Length"] = str(len(body))
+            request = httpx.Request("POST", endpoint, headers=h, stream=httpx.ByteStream(body),
+                                    extensions=timeout)  # fmt: skip
+            request.read()
+            resp = await client.send(request, stream=True)
+            try:
+                content = await read_body(resp)
+            finally:
+                await resp.aclose()
+        assert loads(content)["choices"][0]["message"]["content"]
+
+    return lean
 
 
 async def measure(url: str, n: int, rounds: int, canned: bool) -> dict[str, list[float]]:
@@ -85,28 +120,7 @@ async def measure(url: str, n: int, rounds: int, canned: bool) -> dict[str, list
         r = await client.post(endpoint, content=body, headers=headers)
         assert json.loads(r.content)["choices"][0]["message"]["content"]
 
-    merged = client.merged_headers(headers, endpoint)
-    timeout = {"timeout": httpx.Timeout(5.0).as_dict()}
-    pool = client.pool  # the router's PooledTransport (None for `Canned`)
-    poster = None if pool is None else Poster(pool, endpoint, merged)
-
-    async def lean() -> None:  # HTTPProvider._exchange's steps, with no router around them
-        body = encode_body({"model": MODEL, "messages": MESSAGES})
-        if poster is not None:  # as the providers POST on the router's own transport
-            _, _, stream = await poster.pool.post(poster, body, timeout["timeout"])
-            content = await stream.read_all()
-        else:  # as they POST on a client of another transport
-            h = httpx.Headers(merged)
-            h["Content-Length"] = str(len(body))
-            request = httpx.Request("POST", endpoint, headers=h, stream=httpx.ByteStream(body),
-                                    extensions=timeout)  # fmt: skip
-            request.read()
-            resp = await client.send(request, stream=True)
-            try:
-                content = await read_body(resp)
-            finally:
-                await resp.aclose()
-        assert loads(content)["choices"][0]["message"]["content"]
+    lean = lean_call(client, url)
 
     overheads: list[float] = []
     exchanges: list[float] = []  # what chat() left out of overhead_s: its exchange, timed

@@ -19,8 +19,9 @@ symbols (a pyenv build has them).
   moves by thousands a process) are out of the figure.
 - chat: the same way, sequential calls answered at once from memory (`bench_own_cpu.py
   --in-process`'s transport): the bare call (`client.post`), the lean call (the exchange
-  as the providers make it: their encoder, request, streamed read and parser), the provider's own call (`provider.complete`) and
-  `router.chat()`. chat() less the provider's call is the router's work around the call.
+  as the providers make it: their encoder, request, streamed read and parser), the
+  provider's own call (`provider.complete`) and `router.chat()`. chat() less the
+  provider's call is the router's work around the call.
 - feedback: `router.feedback(request_id, 1.0)` on the bundled registry, a new id each
   time (the same 3 KB prompt's decisions: an answer is scored once), inside one
   `functools.reduce` as for route.
@@ -72,27 +73,16 @@ CHAT = """
 import asyncio, functools, json, sys
 sys.path.insert(0, {benches!r})
 import httpx
-from bench_own_cpu import ANSWER, Canned, MESSAGES, MODEL, bench_registry
+from bench_own_cpu import ANSWER, Canned, MESSAGES, MODEL, bench_registry, lean_call
 from satisfice import Router, _core
 from satisfice.executor import _Client
 from satisfice.providers import ChatRequest
-try:
-    from satisfice._json import loads
-    from satisfice.providers.base import encode_body
-    from satisfice.transport import read_body
-except ImportError:  # a build from before them (--against): the standard library's json
-    loads, encode_body = json.loads, lambda o: json.dumps(o).encode()
-
-    async def read_body(r):
-        return await r.aread()
 url = "http://127.0.0.1:9"
 client = _Client(transport=Canned(), timeout=httpx.Timeout(5.0))
 router = Router(bench_registry(url)).configure(http=client)
 _core.wait_for_tokenizers()  # after Router(): it starts the build this waits for
 endpoint = httpx.URL(url + "/v1/chat/completions")
 headers = {{"content-type": "application/json"}}
-merged = client.merged_headers(headers, endpoint)
-timeout = {{"timeout": httpx.Timeout(5.0).as_dict()}}
 io = router._executor()
 provider = io._provider(io.targets(router.registry, MODEL)[0])
 
@@ -101,19 +91,7 @@ async def bare():
     r = await client.post(endpoint, content=body, headers=headers)
     assert json.loads(r.content)["choices"][0]["message"]["content"]
 
-async def lean():  # the providers' exchange on this client (bench_own_cpu.py's lean call)
-    body = encode_body({{"model": MODEL, "messages": MESSAGES}})
-    h = httpx.Headers(merged)
-    h["Content-Length"] = str(len(body))
-    req = httpx.Request("POST", endpoint, headers=h, stream=httpx.ByteStream(body),
-                        extensions=timeout)
-    req.read()
-    r = await client.send(req, stream=True)
-    try:
-        content = await read_body(r)
-    finally:
-        await r.aclose()
-    assert loads(content)["choices"][0]["message"]["content"]
+lean = lean_call(client, url)  # bench_own_cpu.py's
 
 async def call():
     await provider.complete(ChatRequest([dict(m) for m in MESSAGES]), httpx.Timeout(5.0))
