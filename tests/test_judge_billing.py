@@ -7,6 +7,7 @@ had counted it as $0."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -417,3 +418,75 @@ async def test_a_judges_reply_is_matched_by_the_task_that_routed_it(
     assert len(costs) == 2 and costs[1] == 1.0 and costs[0] < 0.01
     ids = {x["request_id"] for x in read_records(tmp_path / "l.jsonl")}
     assert ids == {res.request_id, skipped.request_id}
+
+
+@pytest.mark.parametrize("how", ["chat", "stream"])
+async def test_a_judge_request_cancelled_while_routed_is_no_request_of_its_own(
+    up: LocalUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A judge's chat() or stream() inside a router request's check, cancelled (its
+    request's caller gone) while the judge's prompt is routed on a worker thread: no call
+    was made and nothing is on the check's bill; chat() then writes no record of its own
+    (_bill_to_check -> routed_call(None) -> not own). stream() must do the same."""
+    import satisfice.router as rt
+
+    up.default = reply("hello")
+    r = _router(_model("alpha", up.url, 0.1), _model("beta", up.url, 0.1))
+    judge_router = _router(_model("judge", up.url, 50.0))
+    routing, gate = threading.Event(), threading.Event()
+    route = rt.Router._route
+
+    def held(self: rt.Router, *a: Any, **k: Any) -> Any:
+        if self is judge_router:  # only the judge's prompt is held on its worker thread
+            routing.set()
+            gate.wait(10)
+        return route(self, *a, **k)
+
+    monkeypatch.setattr(rt, "_route_inline", lambda *a: False)  # as for a large prompt
+    monkeypatch.setattr(rt.Router, "_route", held)
+    ladder = Cascade([Step(("alpha",), _judge(judge_router, stream=how == "stream")),
+                      Step(("beta",))])  # fmt: skip
+    try:
+        async with r.attach(ledger=tmp_path / "outer.db"), \
+                judge_router.attach(ledger=tmp_path / "judge.db"):  # fmt: skip
+            task = asyncio.ensure_future(r.chat("hi", cascade=ladder))
+            assert await asyncio.to_thread(routing.wait, 10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            gate.set()
+            assert r.ledger is not None and r.ledger.flush(5.0)
+            assert judge_router.ledger is not None and judge_router.ledger.flush(5.0)
+    finally:
+        gate.set()
+    (outer,) = list(read_records(tmp_path / "outer.db"))
+    assert outer["error_type"] == "RequestCancelled"
+    assert not up.seen("judge-d")
+    judge_recs = list(read_records(tmp_path / "judge.db"))
+    assert judge_recs == [], (
+        f"the judge's {how}() cancelled while routed inside a check wrote a request of "
+        f"its own: {[(x['error_type'], x['error']) for x in judge_recs]}"
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_judges_estimated_bill_is_not_called_the_upstreams_usage(
+    up: LocalUpstream, stream: bool
+) -> None:
+    """The judge's routed call answered without the upstream's usage: satisfice counted
+    it, and the check's attempt is cost_estimated. Its usage had said source "provider"
+    all the same: the record said both "estimated" and "the upstream's own figures"."""
+    up.default = reply("hello")
+    up.script("judge-d", reply("VERDICT: FAIL\nCONFIDENCE: 90", usage=False))
+    r = _router(_model("alpha", up.url, 0.1), _model("beta", up.url, 0.1))
+    judge_router = _router(_model("judge", up.url, 50.0))
+    ladder = Cascade([Step(("alpha",), _judge(judge_router, stream=stream)), Step(("beta",))])
+    async with r, judge_router:
+        res = await r.chat("hi", cascade=ladder)
+    (check,) = [a for a in res.attempts if a.outcome == "check"]
+    assert check.cost_estimated  # the change: marked
+    assert check.usage is not None
+    rec = next(a for a in res.to_record()["attempts"] if a["outcome"] == "check")
+    assert rec["usage"]["source"] != "provider", (
+        f"check attempt: cost_estimated={rec['cost_estimated']} but usage={rec['usage']}"
+    )

@@ -261,3 +261,72 @@ def test_a_binary_file_is_not_read_as_an_empty_jsonl_ledger(tmp_path: Path) -> N
     for data in (torn, torn + zeros, zeros, torn + zeros + b"\n" + zeros, torn + b"\n\n"):
         (tmp_path / "x.jsonl").write_bytes(data)
         assert list(read_records(tmp_path / "x.jsonl")) == [], data[:40]
+
+
+@pytest.mark.parametrize("budget", [False, True])
+def test_a_served_request_cancelled_while_routed_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: bool
+) -> None:
+    """A served request whose client leaves while its prompt is routed on a worker thread
+    is on record at $0. A key with a budget (or rpm/tpm, or a session pin) is routed by
+    the server itself (`router.decide`) before chat(): its client gone then, the request
+    had left no record."""
+    import socket
+    import time
+
+    import httpx
+
+    import satisfice.router as rt
+    from satisfice import Policy, Router
+    from satisfice.server import ServerConfig
+
+    from .chat_support import registry
+    from .server_support import running
+    from .test_server import MASTER
+
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
+    routing, gate = threading.Event(), threading.Event()
+    route = rt.Router._route
+
+    def held(self: rt.Router, *a: Any, **k: Any) -> Any:
+        routing.set()
+        gate.wait(10)
+        return route(self, *a, **k)
+
+    monkeypatch.setattr(rt, "_route_inline", lambda *a: False)  # as for a large prompt
+    monkeypatch.setattr(rt.Router, "_route", held)
+    try:
+        with LocalUpstream(default=reply("never asked")) as up:
+            router = Router(registry(up.url), Policy(quality_floor=0.5))
+            cfg = ServerConfig(ledger=str(tmp_path / "l.db"))
+            with running(cfg, router) as (url, app):
+                svc = app.state.service
+                admin = {"authorization": f"Bearer {MASTER}"}
+                spec: dict[str, Any] = {"name": "leaver"}
+                if budget:
+                    spec["budget_usd"] = 5.0
+                k = httpx.post(url + "/admin/keys", headers=admin, json=spec).json()
+                msgs = [{"role": "user", "content": "hi"}]
+                body = json.dumps({"model": "auto", "messages": msgs}).encode()
+                host, port = url.removeprefix("http://").split(":")
+                with socket.create_connection((host, int(port)), timeout=10) as s:
+                    s.sendall(
+                        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                        b"content-type: application/json\r\nauthorization: Bearer %s\r\n"
+                        b"content-length: %d\r\n\r\n%s" % (k["key"].encode(), len(body), body)
+                    )
+                    assert routing.wait(10)  # routed on a worker thread, held there
+                # the client is gone while its request is routed
+                deadline = time.monotonic() + 5
+                while svc.in_flight and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                gate.set()
+                assert svc.in_flight == 0
+                svc.router.ledger.flush()
+                assert not up.requests  # no call was made
+    finally:
+        gate.set()
+    recs = list(read_records(str(tmp_path / "l.db")))
+    assert [(r["error_type"], r["total_cost_usd"]) for r in recs] == [("RequestCancelled", 0.0)], (
+        f"a served request cancelled while routed (key budget={budget}): {recs}"
+    )

@@ -531,10 +531,12 @@ class Run:
         now = perf_counter()
         for c in v.calls:
             self.spans.append((now - (c.latency_ms or 0.0) / 1e3, now))
+            # the upstream's figures, unless the bill is an estimate (then so are they)
+            source = "estimated" if c.cost_estimated else "provider"
             usage = (
                 None
                 if c.tokens_in is None or c.tokens_out is None
-                else Usage(c.tokens_in, c.tokens_out)
+                else Usage(c.tokens_in, c.tokens_out, source=source)
             )
             self.attempts.append(
                 Attempt(

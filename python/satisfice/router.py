@@ -655,6 +655,7 @@ class Router:
         constraints: Constraints | Mapping[str, Any] | None = None,
         *,
         cascade: Literal["auto"] | None = None,
+        record: bool = False,
         **options: Unpack[RequestOptions],
     ) -> Decision:
         """The decision `chat()` or `stream()` would make now with these arguments: cooling
@@ -662,8 +663,17 @@ class Router:
         bound, a `prefer`red model first. Pass it back as `chat(..., decision=d)` and the
         call goes where `d` says, whatever changes meanwhile: what a caller that bounds a
         budget on the decision needs (the server does). A second call given the same `d`
-        is a request of its own, with an id of its own (its `result.request_id`)."""
-        return (await self._prepare(messages, constraints, options, cascade == "auto"))[1]
+        is a request of its own, with an id of its own (its `result.request_id`).
+        `record`: this is a request's first step (the server's, which then calls chat() with
+        the decision), so a failure or cancellation here is on the record as chat()'s would
+        be: no chat() follows to record it."""
+        t0, started_at = perf_counter(), time()
+        try:
+            return (await self._prepare(messages, constraints, options, cascade == "auto"))[1]
+        except BaseException as e:
+            if record:
+                self._unstarted(e, started_at, t0, options)
+            raise
 
     async def _begin(
         self,
@@ -948,6 +958,22 @@ class Router:
                     "a Cascade"
                 )
 
+    def _unstarted(
+        self, e: BaseException, started_at: float, t0: float, options: Mapping[str, Any]
+    ) -> None:
+        """A request that failed or was cancelled before its first call (while it was
+        routed, its options checked): on the record as chat() puts one, unless a check's
+        bill takes it (a judge's call, which made none: nothing billed)."""
+        import asyncio  # loaded already (we are in a coroutine)
+
+        if isinstance(e, asyncio.CancelledError):  # a caller gone: no call made, $0
+            e = RequestCancelled(False)
+        elif not isinstance(e, Exception):
+            return
+        billed = _bill_to_check(None)
+        if self._rec is not None:
+            self._record_failure(self._rec, e, None, started_at, t0, options, not billed)
+
     @staticmethod
     def _record_failure(
         rec: Recorder,
@@ -1008,16 +1034,7 @@ class Router:
             inner = io.stream(run, started_at=started_at, metadata=metadata)
         except BaseException as e:
             self._in_flight.discard(token)
-            if rec is not None:
-                import asyncio  # loaded already (we are in a coroutine)
-
-                # refused or failed as chat() is, or cancelled while it was routed (a
-                # client gone, no call made): a request all the same, recorded
-                if isinstance(e, asyncio.CancelledError):
-                    self._record_failure(rec, RequestCancelled(False), run, started_at, t0,
-                                         options)  # fmt: skip
-                elif isinstance(e, Exception):
-                    self._record_failure(rec, e, run, started_at, t0, options)
+            self._unstarted(e, started_at, t0, options)
             raise
         done = billed = False
         try:

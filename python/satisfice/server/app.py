@@ -1034,9 +1034,11 @@ def create_app(
                 kw = {k: v for k, v in opts.items() if k != "cascade"}
                 if limited or budgets:  # the bound and the count read the prompt's count
                     kw["count_prompt"] = True
+                # recorded if it fails or its client leaves here: no chat() follows then
                 d = await svc.router.decide(
-                    routed.messages, cascade="auto" if "cascade" in opts else None, **kw
-                )
+                    routed.messages, cascade="auto" if "cascade" in opts else None,
+                    record=True, **kw,
+                )  # fmt: skip
                 opts["decision"] = d
                 for k in _CONSTRAINT_KEYS & opts.keys():  # the decision holds them
                     del opts[k]
