@@ -241,3 +241,107 @@ def test_an_interleaved_turns_later_call_loses_its_cache_mark_on_openais_wire() 
     calls = sent[1]["tool_calls"]
     assert [c["id"] for c in calls] == ["toolu_x", "toolu_y"]
     assert all("cache_control" not in c for c in calls)
+
+
+#: a coding agent's Write of a Japanese text file (any non-ASCII file content alike)
+_JA = "日本語のテキスト " * 300
+_WRITE = [{"name": "Write", "input_schema": {
+    "type": "object", "properties": {"content": {"type": "string"}}}}]  # fmt: skip
+_HI = [{"role": "user", "content": "hi"}]
+
+
+def _wrote(content: str) -> list[dict[str, Any]]:
+    return [
+        {"role": "user", "content": "write the file"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "Write", "input": {"content": content}},
+        ]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"},
+        ]},
+    ]  # fmt: skip
+
+
+def test_a_non_ascii_tool_input_is_sent_and_counted_as_written() -> None:
+    """A tool_use's input was re-serialised with \\u escapes: an OpenAI model was sent
+    its own earlier call as escapes (about 5x the tokens for Japanese, billed), and
+    count_tokens (with the budget and tpm counts) counted a Claude model's prompt so."""
+    from satisfice import _core
+
+    with LocalUpstream() as up, running(ServerConfig(), _router(up)) as (url, _):
+        c = _client(url)
+        c.messages.create(model="gpt-5.4-mini", max_tokens=100, messages=_wrote(_JA),
+                          tools=_WRITE)  # fmt: skip
+        args = up.requests[-1].body["messages"][1]["tool_calls"][0]["function"]["arguments"]
+        assert json.loads(args) == {"content": _JA} and "日本語" in args
+        written = _core.count_tokens(json.dumps({"content": _JA}, ensure_ascii=False))
+        assert _core.count_tokens(args) == written
+
+        def counted(messages: Any) -> int:
+            n = c.messages.count_tokens(model="claude-sonnet-4-6", messages=messages,
+                                        tools=_WRITE)  # fmt: skip
+            return n.input_tokens
+
+        in_tool = counted(_wrote(_JA)) - counted(_wrote("a"))
+        as_text = counted([{"role": "user", "content": _JA}]) - counted(
+            [{"role": "user", "content": "a"}]
+        )
+        assert in_tool < 2 * as_text, (in_tool, as_text)
+
+
+def test_the_sdks_top_level_cache_control_marks_the_last_block() -> None:
+    """`cache_control=` on messages.create and count_tokens (Anthropic's automatic prompt
+    caching: a breakpoint on the last cacheable block) was a 400 "unsupported
+    parameter(s)". Now the last block carries the mark, as a mark the caller set there
+    would be."""
+    with LocalUpstream() as up, running(ServerConfig(), _router(up)) as (url, _):
+        c = _client(url)
+        r = c.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=_HI,
+                              cache_control={"type": "ephemeral", "ttl": "1h"})  # fmt: skip
+        assert r.content
+        last = up.requests[-1].body["messages"][-1]["content"][-1]
+        assert last == {"type": "text", "text": "hi",
+                        "cache_control": {"type": "ephemeral", "ttl": "1h"}}  # fmt: skip
+        assert c.messages.create(model="gpt-5.4-mini", max_tokens=100, messages=_HI,
+                                 cache_control={"type": "ephemeral"}).content  # fmt: skip
+        n = c.messages.count_tokens(model="claude-sonnet-4-6", messages=_HI,
+                                    cache_control={"type": "ephemeral"})  # fmt: skip
+        assert n.input_tokens > 0
+        with pytest.raises(anthropic.BadRequestError, match="cache_control"):
+            c.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=_HI,
+                              cache_control={"type": "persistent"})  # type: ignore[typeddict-item]  # fmt: skip
+
+
+def test_thinking_display_is_sent_with_the_thinking() -> None:
+    """`thinking.display` ("omitted": the answer without the thinking's text) was read
+    and dropped: the upstream was sent {"type": "adaptive"}, and the caller got the
+    thinking it asked to omit."""
+    with LocalUpstream() as up, running(ServerConfig(), _router(up)) as (url, _):
+        c = _client(url)
+        c.messages.create(model="claude-opus-4-7", max_tokens=8000, messages=_HI,
+                          thinking={"type": "adaptive", "display": "omitted"})  # type: ignore[typeddict-unknown-key]  # fmt: skip
+        assert up.requests[-1].body["thinking"] == {"type": "adaptive", "display": "omitted"}
+        with pytest.raises(anthropic.BadRequestError, match="display"):
+            c.messages.create(model="claude-opus-4-7", max_tokens=8000, messages=_HI,
+                              thinking={"type": "adaptive", "display": "loud"})  # type: ignore[typeddict-unknown-key]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kw", "refused"),
+    [({"service_tier": "auto"}, {"service_tier": "standard_only"}),
+     ({"speed": "standard"}, {"speed": "fast"})],
+)  # fmt: skip
+def test_sdk_parameters_at_their_default_are_taken(
+    kw: dict[str, Any], refused: dict[str, Any]
+) -> None:
+    """`service_tier="auto"` and `speed="standard"` are the API's defaults, which change
+    nothing: /v1/chat/completions took such defaults, /v1/messages answered 400. Another
+    value is still refused (some routed providers would not honour it)."""
+    with LocalUpstream() as up, running(ServerConfig(), _router(up)) as (url, _):
+        c = _client(url)
+        assert c.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=_HI,
+                                 **kw).content  # fmt: skip
+        assert not set(kw) & set(up.requests[-1].body)
+        with pytest.raises(anthropic.BadRequestError, match="unsupported parameter"):
+            c.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=_HI,
+                              **refused)  # fmt: skip

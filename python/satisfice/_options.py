@@ -31,6 +31,9 @@ class RequestOptions(TypedDict, total=False):
     anthropic_beta: str | None
     # Anthropic's `context_management` (context editing), sent to Anthropic deployments only
     context_management: Mapping[str, Any] | None
+    # Anthropic's `thinking.display` ("summarized" or "omitted": whether a Claude model's
+    # thinking comes back as text), sent with the thinking to Anthropic deployments only
+    thinking_display: str | None
     timeout: float | None  # seconds for the whole request (default: the latency SLO)
     metadata: Mapping[str, Any] | None  # the caller's tags, copied onto the record
     # call as this decision says (one `decide()` made for the same request), routing

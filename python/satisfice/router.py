@@ -63,7 +63,7 @@ def __getattr__(name: str) -> object:
 
 _CALL_FIELDS = (
     "max_tokens", "temperature", "tools", "tool_choice", "response_format", "extra", "user",
-    "prompt_cache_key", "anthropic_beta", "context_management",
+    "prompt_cache_key", "anthropic_beta", "context_management", "thinking_display",
 )  # fmt: skip
 #: Wire fields `extra` may not set: what the router routes, prices and reads by.
 _OWNED = frozenset(
@@ -355,6 +355,12 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
                 f"context_management must be a dict (Anthropic's), got {type(cm).__name__}"
             )
         call["context_management"] = dict(cm) or None
+    display = call["thinking_display"]
+    if display not in (None, "summarized", "omitted"):
+        raise ConfigError(
+            f"thinking_display must be 'summarized' or 'omitted' (Anthropic's thinking.display),"
+            f" got {display!r:.40}"
+        )
     if timeout is not None and not (
         isinstance(timeout, int | float) and not isinstance(timeout, bool) and 0 < timeout < 1e9
     ):

@@ -370,6 +370,8 @@ def anthropic_wire(
                     f"{p['max_tokens']} must exceed (it holds the thinking too): raise "
                     "max_tokens, or ask for less thinking"
                 )
+        if r.thinking_display is not None:  # whether the thinking comes back as text
+            p["thinking"]["display"] = r.thinking_display
         if not r.thinking_within:  # the answer's limit: the thinking's room on top
             p["max_tokens"] = p["max_tokens"] + budget
     return p

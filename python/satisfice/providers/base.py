@@ -124,6 +124,9 @@ class ChatRequest:
     # thinking cleared as a conversation grows), sent to Anthropic deployments only; other
     # models are sent the conversation whole
     context_management: dict[str, Any] | None = None
+    # Anthropic's `thinking.display` ("summarized", "omitted"), sent with the thinking to
+    # Anthropic deployments only (no other API returns its reasoning as text)
+    thinking_display: str | None = None
     # max_tokens holds the model's thinking as well as its answer (what Anthropic's
     # max_tokens means; `Constraints.output_includes_thinking`): sent as given, a thinking
     # budget inside it, not added on top

@@ -488,7 +488,11 @@ _ANTHROPIC = {
     "thinking",
     "output_config",
     "context_management",
+    "cache_control",
 }
+#: Messages parameters at their default, which change nothing (an SDK may send them), taken
+#: as /v1/chat/completions takes its `_DEFAULTS`; any other value is refused.
+_ANTHROPIC_DEFAULTS: dict[str, Any] = {"service_tier": "auto", "speed": "standard"}
 _STOP = {
     "stop": "end_turn",
     "length": "max_tokens",
@@ -579,9 +583,15 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
             "'tool_choice.disable_parallel_tool_use' is not supported: not every routed "
             "provider can turn parallel tool calls off; remove it"
         )
-    unknown = set(body) - _ANTHROPIC - _CONSTRAINTS - {"cascade"}
+    unknown = {
+        k for k in set(body) - _ANTHROPIC - _CONSTRAINTS - {"cascade"}
+        if not (k in _ANTHROPIC_DEFAULTS and (body[k] is None
+                                             or _same(body[k], _ANTHROPIC_DEFAULTS[k])))
+    }  # fmt: skip
     if unknown:
-        raise _bad(f"unsupported parameter(s) {sorted(unknown)}; remove them")
+        at = sorted(f"{k}: {json.dumps(v)}" for k, v in _ANTHROPIC_DEFAULTS.items() if k in unknown)
+        at_default = f" (taken only at their default: {', '.join(at)})" if at else ""
+        raise _bad(f"unsupported parameter(s) {sorted(unknown)}; remove them{at_default}")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("'model' is required")
@@ -591,6 +601,8 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise _bad("'messages' must be a non-empty array")
+    if body.get("cache_control") is not None:
+        raw = _cached_last(raw, body["cache_control"])
     msgs: list[dict[str, Any]] = []
     system = body.get("system")
     if system is not None:
@@ -661,7 +673,12 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
                 "auto": "auto",
             }[kind]
     opts.update(constraints_from(body, headers))
-    thinking = _thinking(body.get("thinking"))
+    thinking = _thinking(body.get("thinking"))  # an object, if given
+    display = body["thinking"].get("display") if body.get("thinking") is not None else None
+    if display is not None:  # sent on with the thinking (it had been read and dropped)
+        if display not in ("summarized", "omitted"):
+            raise _bad("'thinking.display' must be 'summarized' or 'omitted'")
+        opts["thinking_display"] = display
     effort, fmt = _output_config(body.get("output_config"))
     if effort is not None and thinking.get("reasoning") != "none":
         # more precise than "on": the rows of that effort (thinking disabled keeps the rows
@@ -707,10 +724,31 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
                   efforts=body.get("thinking") is not None or effort is not None)  # fmt: skip
 
 
+def _cached_last(raw: list[Any], cc: Any) -> list[Any]:
+    """The messages with Anthropic's top-level `cache_control` (automatic prompt caching:
+    a cache breakpoint on the last cacheable block) set on the last message's last block,
+    and then carried, priced and sent on as a mark the caller set there would be (it had
+    been a 400)."""
+    if not isinstance(cc, Mapping) or cc.get("type") != "ephemeral":
+        raise _bad("'cache_control' must be {\"type\": \"ephemeral\"}, with an optional 'ttl'")
+    last = raw[-1]
+    if not isinstance(last, Mapping):
+        return raw  # refused where the messages are read
+    content = last.get("content")
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    if not isinstance(content, list) or not content or not isinstance(content[-1], Mapping):
+        return raw  # (as above)
+    if content[-1].get("cache_control") is not None:  # marked there already
+        return raw
+    marked = [*content[:-1], {**content[-1], "cache_control": dict(cc)}]
+    return [*raw[:-1], {**last, "content": marked}]
+
+
 #: The Messages fields a count_tokens body holds too (it has `mcp_servers` besides).
 _COUNTED = frozenset({
     "model", "messages", "system", "tools", "tool_choice", "thinking", "output_config",
-    "context_management",
+    "context_management", "cache_control",
 })  # fmt: skip
 
 
@@ -810,7 +848,9 @@ def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
             if kind == "text":
                 texts.append(_text_part(b))
             elif kind == "tool_use":
-                args = json.dumps(b.get("input", {}))
+                # as written: \u escapes had sent an OpenAI model several times the tokens
+                # of its own call (and counted them so for a Claude one)
+                args = json.dumps(b.get("input", {}), ensure_ascii=False)
                 call = {"id": b["id"], "type": "function",
                         "function": {"name": b["name"], "arguments": args}}  # fmt: skip
                 if isinstance(b.get("cache_control"), Mapping):
