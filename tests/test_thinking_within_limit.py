@@ -387,3 +387,29 @@ def test_a_context_length_retry_beyond_the_fallbacks_stays_within_the_hold(
     # $0.042 over a $0.0076 hold)
     assert r.status_code >= 400 and "context" in r.text.lower(), r.text
     assert sent == ["gpt-5.4-nano"], sent  # the reserved models alone (it had gone to Opus)
+
+
+async def test_a_given_decision_with_cascade_true_is_refused_not_climbed_past() -> None:
+    """chat(decision=d) calls where d says (a caller bounded a budget on it); with
+    cascade=True the ladder built from d's candidates had escalated to a model d never
+    named (alpha, beta named; delta called). Refused now, with how to name the ladder; a
+    ladder passed whole is the caller's own naming and runs."""
+    from satisfice import ConfigError, Policy
+
+    from .chat_support import registry, wire
+
+    hi = [{"role": "user", "content": "hi"}]
+    with LocalUpstream() as up:
+        reg = registry(up.url)
+        r = Router(reg, Policy(quality_floor=0.0, max_fallbacks=1))
+        async with r:
+            d = await r.decide(hi)
+            assert [d.model, *d.fallbacks] == ["alpha", "beta"]
+            says_4 = v.check(lambda text: "4" in text, name="says 4")
+            with pytest.raises(ConfigError, match="Cascade.from_decision"):
+                await r.chat(hi, decision=d, cascade=True, accept=says_4)
+            assert not up.requests
+            up.default = reply("4")
+            ladder = Cascade([Step(("alpha",), says_4)])
+            res = await r.chat(hi, decision=d, cascade=ladder)
+            assert res.model == "alpha" and [s.model for s in up.requests] == [wire("alpha")]

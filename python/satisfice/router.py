@@ -871,6 +871,14 @@ class Router:
         plain = race.__class__ is int and not race and hedge is False
         if not plain or accept is not None or cascade is not None:  # not the usual plain call
             self._check_modes(race, hedge, accept, cascade)
+            if cascade is True and options.get("decision") is not None:
+                # a given decision calls its model and fallbacks alone (what a caller bounded
+                # on it); the ladder cascade=True builds climbs its other candidates
+                raise ConfigError(
+                    "cascade=True climbs a ladder of the decision's candidates, beyond the "
+                    "model and fallbacks a given decision= calls; pass the ladder itself "
+                    "(cascade=Cascade.from_decision(d, check)) to name its models"
+                )
         rec, run = self._rec, None
         sent = _as_sent(messages) if rec is not None and rec.record_prompts else messages
         token = self._enter()
