@@ -345,3 +345,32 @@ def test_sdk_parameters_at_their_default_are_taken(
         with pytest.raises(anthropic.BadRequestError, match="unsupported parameter"):
             c.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=_HI,
                               **refused)  # fmt: skip
+
+
+
+def test_an_effort_without_thinking_is_sent_without_thinking() -> None:
+    """`output_config.effort` alone (Anthropic's default is no thinking) went to the
+    effort's row with its thinking: the answer began with a thinking block (an app reading
+    content[0].text broke) and the caller paid for thinking it never asked for. Now the
+    row is sent the effort alone (a budget row, Haiku 4.5's, has none to send)."""
+    with LocalUpstream() as up, running(ServerConfig(), _router(up)) as (url, _):
+        c = _client(url)
+        for stream in (False, True):
+            kw: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 1000,
+                                  "messages": _HI, "output_config": {"effort": "low"}}  # fmt: skip
+            if stream:
+                with c.messages.stream(**kw) as s:
+                    r = s.get_final_message()
+            else:
+                r = c.messages.create(**kw)
+            sent = up.requests[-1].body
+            assert "thinking" not in sent and sent["output_config"] == {"effort": "low"}, sent
+            assert [b.type for b in r.content] == ["text"]
+            assert r.model == "claude-sonnet-4-6@low"
+        c.messages.create(model="claude-haiku-4-5", max_tokens=4000, messages=_HI,
+                          output_config={"effort": "low"})  # fmt: skip
+        assert not {"output_config", "thinking"} & set(up.requests[-1].body)
+        # asked with thinking, the effort's row thinks as before
+        c.messages.create(model="claude-sonnet-4-6", max_tokens=4000, messages=_HI,
+                          thinking={"type": "adaptive"}, output_config={"effort": "low"})  # fmt: skip
+        assert up.requests[-1].body["thinking"] == {"type": "adaptive"}

@@ -31,6 +31,9 @@ class RequestOptions(TypedDict, total=False):
     anthropic_beta: str | None
     # Anthropic's `context_management` (context editing), sent to Anthropic deployments only
     context_management: Mapping[str, Any] | None
+    # send a Claude row its effort (`output_config.effort`) without thinking: Anthropic's
+    # effort asked with no `thinking`, whose default is none (routed by effort as usual)
+    no_thinking: bool | None
     # Anthropic's `thinking.display` ("summarized" or "omitted": whether a Claude model's
     # thinking comes back as text), sent with the thinking to Anthropic deployments only
     thinking_display: str | None

@@ -64,6 +64,7 @@ def __getattr__(name: str) -> object:
 _CALL_FIELDS = (
     "max_tokens", "temperature", "tools", "tool_choice", "response_format", "extra", "user",
     "prompt_cache_key", "anthropic_beta", "context_management", "thinking_display",
+    "no_thinking",
 )  # fmt: skip
 #: Wire fields `extra` may not set: what the router routes, prices and reads by.
 _OWNED = frozenset(
@@ -355,6 +356,9 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
                 f"context_management must be a dict (Anthropic's), got {type(cm).__name__}"
             )
         call["context_management"] = dict(cm) or None
+    if call["no_thinking"] is not None and not isinstance(call["no_thinking"], bool):
+        raise ConfigError(f"no_thinking must be True or False, got {call['no_thinking']!r:.40}")
+    call["no_thinking"] = bool(call["no_thinking"])
     display = call["thinking_display"]
     if display not in (None, "summarized", "omitted"):
         raise ConfigError(

@@ -506,10 +506,19 @@ class AnthropicProvider(HTTPProvider):
         return {"x-api-key": api_key}
 
     def _wire(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
-        return anthropic_wire(
-            request, self.model, stream, thinking_budget(self.effort, self.reasoning_tokens),
-            adaptive_effort(self.thinking, self.effort),
-        )  # fmt: skip
+        effort = adaptive_effort(self.thinking, self.effort)
+        if not request.no_thinking:
+            budget = thinking_budget(self.effort, self.reasoning_tokens)
+            return anthropic_wire(request, self.model, stream, budget, effort)
+        # the caller's effort without thinking: the effort alone, where the model takes one
+        # (an adaptive row's; a budget row, Haiku 4.5's, has none to send)
+        p = anthropic_wire(request, self.model, stream, 0)
+        if effort is not None:
+            oc = p.get("output_config", {})
+            if not isinstance(oc, dict):  # a caller's `extra`, merged into the body
+                raise BadRequestError("extra output_config must be an object")
+            p["output_config"] = {**oc, "effort": effort}
+        return p
 
     @staticmethod
     def _extra_headers() -> dict[str, str]:

@@ -124,6 +124,9 @@ class ChatRequest:
     # thinking cleared as a conversation grows), sent to Anthropic deployments only; other
     # models are sent the conversation whole
     context_management: dict[str, Any] | None = None
+    # a Claude row is sent its effort (`output_config.effort`) and no thinking: Anthropic's
+    # effort asked without thinking (other APIs' efforts are their reasoning's)
+    no_thinking: bool = False
     # Anthropic's `thinking.display` ("summarized", "omitted"), sent with the thinking to
     # Anthropic deployments only (no other API returns its reasoning as text)
     thinking_display: str | None = None

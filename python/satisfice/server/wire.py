@@ -684,7 +684,12 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
         # more precise than "on": the rows of that effort (thinking disabled keeps the rows
         # that do not think, which no effort row is)
         thinking = {**thinking, "reasoning": effort}
-    asked = body.get("thinking") is not None or effort is not None
+        if body.get("thinking") is None:
+            # an effort without thinking (Anthropic's default is none): a Claude row is sent
+            # the effort alone (the row's thinking had been sent too: the answer began with
+            # a thinking block, and the caller paid for thinking it did not ask for)
+            opts["no_thinking"] = True
+    asked = body.get("thinking") is not None
     if asked and thinking.get("reasoning") != "none" and _unthought_loop(raw):
         # another model made the last call (no thinking to send back): a Claude model
         # that thinks cannot take this turn (Anthropic refuses it; it had been a 400), its
