@@ -962,8 +962,8 @@ def test_messages_what_a_routed_model_cannot_honour_is_refused_not_rewritten(ser
     msgs: list[Any] = [{"role": "user", "content": "hello"}]
     tool = {"name": "look", "input_schema": {"type": "object", "properties": {}}}
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]},
-         "server tool"),
+        ({"tools": [{"type": "code_execution_20250825", "name": "code_execution"}]},
+         "one of Anthropic's own tools"),  # (web search and web fetch: test_server_tools.py)
         ({"tools": [tool], "tool_choice": {"type": "auto", "disable_parallel_tool_use": True}},
          "disable_parallel_tool_use"),
         ({"messages": [{"role": "user", "content": [
@@ -1434,7 +1434,7 @@ def test_a_refusal_beside_text_reaches_anthropic_clients_whole(
     monkeypatch.setattr(w, "decision_field", lambda r: {})
     res = SimpleNamespace(
         text="Sure, here", refusal="I can't help with that.", tool_calls=[], request_id="r",
-        model="m", stop_sequence=None, finish_reason="stop", usage=None, thinking=[],
+        model="m", stop_sequence=None, finish_reason="stop", usage=None, thinking=[], raw=None,
     )  # fmt: skip
     out = w.anthropic_response(res)
     assert [b["text"] for b in out["content"]] == ["Sure, here", "I can't help with that."]

@@ -31,6 +31,9 @@ class RequestOptions(TypedDict, total=False):
     anthropic_beta: str | None
     # Anthropic's `context_management` (context editing), sent to Anthropic deployments only
     context_management: Mapping[str, Any] | None
+    # Anthropic's server tools ({"type": "web_search_20250305", "name": "web_search", ...},
+    # web_fetch_*): run at Anthropic's side, so the request routes to Claude models alone
+    server_tools: list[Mapping[str, Any]] | None
     # send a Claude row its effort (`output_config.effort`) without thinking: Anthropic's
     # effort asked with no `thinking`, whose default is none (routed by effort as usual)
     no_thinking: bool | None

@@ -89,9 +89,16 @@ _TEXT_PARTS = ("text", "input_text", "refusal")
 
 
 def cost_of(price: Price | None, usage: Usage) -> float | None:
+    """USD of a call's usage at `price`: None when unpriced, or when it ran web searches
+    the price has no rate for (unknown, never free)."""
     if price is None:
         return None
-    return price.cost(
+    searches = 0.0
+    if usage.web_searches:
+        if price.per_search is None:
+            return None
+        searches = usage.web_searches * price.per_search
+    return searches + price.cost(
         usage.prompt_tokens,
         usage.completion_tokens,
         usage.cached_tokens,

@@ -964,6 +964,8 @@ class Executor:
             resp = replace(resp, usage=None)
         extra = extra_text(run.request.tools, run.request.response_format)
         counted = usage_of(run.request.messages, t.spec.tokenizer, resp, extra)
+        if resp.web_searches:  # billed apart, whatever the tokens
+            counted = replace(counted, web_searches=resp.web_searches)
         return _with_reasoning(counted, t, run.max_out(t))
 
     def _answered(
@@ -1304,7 +1306,9 @@ class Executor:
                 async with asyncio.timeout(idle) as cm:
                     while True:
                         item = await anext(gen)
-                        if not isinstance(item, StreamDelta) or item.thought is not None:
+                        if not isinstance(item, StreamDelta) or item.thought is not None or (
+                            item.block is not None  # a server tool ran: billed, the caller's
+                        ):  # fmt: skip
                             return gen, item, held
                         if item is not PROGRESS:  # (a tool call's piece: given whole)
                             held.append(item)
@@ -1363,6 +1367,11 @@ class Executor:
                             yield StreamDelta(rest)
                         for d in _thinking(item, thinks):
                             yield d
+                    elif item.block is not None or item.citation is not None:
+                        if rest := scrubber.flush():  # the text before it, whole
+                            delivered.append(rest)
+                            yield StreamDelta(rest)
+                        yield item  # a server tool's block, a citation: as the provider read it
                     else:  # the keep-alive that made the stream the caller's (open_)
                         yield item
                     y, w = w, perf_counter()
@@ -1629,7 +1638,9 @@ class Executor:
 def _thinking(d: StreamDelta, scrubber: StreamScrubber) -> list[StreamDelta]:
     """What the caller is given of a provider's piece of thinking: a key in it scrubbed,
     split across pieces too (a block's whole text, which its end carries, the provider
-    scrubbed)."""
+    scrubbed; a server tool's block or a citation, held with it, as it is)."""
+    if d.block is not None or d.citation is not None:
+        return [d]
     if d.thought is None:
         piece = scrubber.feed(d.thinking)
         return [StreamDelta(thinking=piece)] if piece else []

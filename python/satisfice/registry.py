@@ -143,9 +143,10 @@ _OPTIONAL_RATES = (
 
 
 class Price(Value):
-    """USD per 1M tokens; `per_request` in USD per call. Optional rates are None when the
-    provider does not offer them (a cache read is then billed at the input rate, reasoning
-    at the output rate).
+    """USD per 1M tokens; `per_request` in USD per call, `per_search` in USD per web search
+    (Anthropic's web search tool). Optional rates are None when the provider does not offer
+    them (a cache read is then billed at the input rate, reasoning at the output rate; a
+    search then has no price, and a call that searched is unpriced, never free).
 
     `long_context`: tiers of higher rates above a prompt length, lowest first; the highest
     tier the prompt exceeds applies to the whole request. Batch, priority and flex rates are
@@ -168,6 +169,7 @@ class Price(Value):
         "flex_input",
         "flex_output",
         "per_request",
+        "per_search",
     )
     input: float
     output: float
@@ -183,6 +185,7 @@ class Price(Value):
     flex_input: float | None
     flex_output: float | None
     per_request: float | None
+    per_search: float | None
 
     def __init__(
         self,
@@ -200,6 +203,7 @@ class Price(Value):
         flex_input: float | None = None,
         flex_output: float | None = None,
         per_request: float | None = None,
+        per_search: float | None = None,
     ) -> None:
         _set(self, "input", input)
         _set(self, "output", output)
@@ -215,12 +219,13 @@ class Price(Value):
         _set(self, "flex_input", flex_input)
         _set(self, "flex_output", flex_output)
         _set(self, "per_request", per_request)
+        _set(self, "per_search", per_search)
         self.__post_init__()
 
     def __post_init__(self) -> None:
         # Built by hand too, not only from a registry file: a NaN or negative rate would
         # bill NaN or negative USD (and pass any cost cap).
-        for k in ("input", "output", "per_request", *_OPTIONAL_RATES):
+        for k in ("input", "output", "per_request", "per_search", *_OPTIONAL_RATES):
             _num(
                 {k: getattr(self, k)}, k, "Price", required=k in ("input", "output"), most=_MAX_RATE
             )
@@ -238,7 +243,7 @@ class Price(Value):
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> Price:
-        known = {"input", "output", "long_context", "per_request", *_OPTIONAL_RATES}
+        known = {"input", "output", "long_context", "per_request", "per_search", *_OPTIONAL_RATES}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(
@@ -255,6 +260,7 @@ class Price(Value):
                 out,
                 long_context=_tiers(long, where) if long is not None else (),
                 per_request=_num(d, "per_request", where, most=_MAX_RATE),
+                per_search=_num(d, "per_search", where, most=_MAX_RATE),
                 **rates,
             )
         except ConfigError as e:  # a tier's own error names its place already
@@ -268,6 +274,8 @@ class Price(Value):
                 d[k] = v
         if self.per_request is not None:
             d["per_request"] = self.per_request
+        if self.per_search is not None:
+            d["per_search"] = self.per_search
         if self.long_context:
             tiers = [{"above": t.above, "input": t.input, "output": t.output}
                      for t in self.long_context]  # fmt: skip

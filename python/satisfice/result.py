@@ -80,6 +80,7 @@ class Attempt:
                 "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
                 "cached_tokens": u.cached_tokens, "cache_write_tokens": u.cache_write_tokens,
                 "source": u.source,
+                **({"web_searches": u.web_searches} if u.web_searches else {}),
             },
             "cost_usd": self.cost_usd, "cost_estimated": self.cost_estimated,
             "step": self.step, "verdict": self.verdict,

@@ -64,7 +64,7 @@ def __getattr__(name: str) -> object:
 _CALL_FIELDS = (
     "max_tokens", "temperature", "tools", "tool_choice", "response_format", "extra", "user",
     "prompt_cache_key", "anthropic_beta", "context_management", "thinking_display",
-    "no_thinking",
+    "no_thinking", "server_tools",
 )  # fmt: skip
 #: Wire fields `extra` may not set: what the router routes, prices and reads by.
 _OWNED = frozenset(
@@ -179,6 +179,21 @@ def _message_list(messages: object) -> list[dict[str, Any]]:
         "messages must be a str or a list of {'role': ..., 'content': ...} dicts, got "
         f"{type(messages).__name__}" + (" holding a non-dict" if isinstance(messages, list) else "")
     )
+
+
+def _on_anthropic(registry: Registry, c: Constraints) -> Constraints:
+    """`c`, allowing only models with an Anthropic deployment: a request with Anthropic's
+    server tools (run at its side while the model answers) can go to Claude models alone."""
+    claude = {m.id for m in registry if any(d.api == "anthropic" for d in m.deployments)}
+    allow = sorted(claude) if c.allow is None else [m for m in c.allow if m in claude]
+    if not allow:
+        among = "the models the request allows" if c.allow is not None else "the registry"
+        raise NoRouteError(
+            f"Anthropic's server tools (web search, web fetch) run on Anthropic's API, and "
+            f"no model in {among} has an Anthropic deployment; ask for a Claude model, or "
+            "leave the server tools out"
+        )
+    return Constraints.of(c, allow=tuple(allow))
 
 
 def _check_shape(tools: object, rf: object) -> None:
@@ -356,6 +371,18 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
                 f"context_management must be a dict (Anthropic's), got {type(cm).__name__}"
             )
         call["context_management"] = dict(cm) or None
+    st = call["server_tools"]
+    if st is not None:
+        if not isinstance(st, Sequence) or not all(
+            isinstance(t, Mapping) and isinstance(t.get("type"), str)
+            and isinstance(t.get("name"), str) for t in st
+        ):  # fmt: skip
+            raise ConfigError(
+                "server_tools must be a list of Anthropic server tool definitions, each with "
+                "a 'type' and a 'name' (e.g. {'type': 'web_search_20250305', 'name': "
+                "'web_search'})"
+            )
+        call["server_tools"] = [dict(t) for t in st] or None
     if call["no_thinking"] is not None and not isinstance(call["no_thinking"], bool):
         raise ConfigError(f"no_thinking must be True or False, got {call['no_thinking']!r:.40}")
     call["no_thinking"] = bool(call["no_thinking"])
@@ -800,6 +827,8 @@ class Router:
             opts["max_output_tokens"] = call["max_tokens"]
         c = Constraints.of(constraints, **opts)
         c, extra = _shaped(c, call["tools"], call["response_format"])
+        if call["server_tools"]:
+            c = _on_anthropic(snap.registry, c)
         skip = snap.undeployable
         blocked = io.health.blocked()
         if blocked:  # models whose every deployment is cooling or disabled are routed around

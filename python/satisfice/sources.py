@@ -206,6 +206,15 @@ def _per_million(v: Any) -> float | None:
     return None if f is None else round(f, 6)
 
 
+def _per_search(v: Any) -> float | None:
+    """USD per web search from LiteLLM's `search_context_cost_per_query` (a price per
+    search context size): the dearest, which no search is billed above."""
+    if not isinstance(v, Mapping):
+        return None
+    usd = [u for u in map(_usd, v.values()) if u is not None]
+    return round(max(usd), 6) if usd else None
+
+
 def _positive_int(v: Any) -> int | None:
     if isinstance(v, bool):
         return None
@@ -298,6 +307,7 @@ def parse_litellm(data: Mapping[str, Any]) -> Catalogue:
             "flex_input": _per_token(e.get("input_cost_per_token_flex")),
             "flex_output": _per_token(e.get("output_cost_per_token_flex")),
             "per_request": _per_million(e.get("input_cost_per_request")),
+            "per_search": _per_search(e.get("search_context_cost_per_query")),
         }
         if rates["cache_write"] == 0:  # "no charge listed" for hosts with automatic caching
             rates["cache_write"] = None
@@ -350,6 +360,7 @@ def parse_openrouter(data: Mapping[str, Any]) -> Catalogue:
             "cache_write_1h": _per_token(p.get("input_cache_write_1h")),
             "reasoning": _per_token(p.get("internal_reasoning")),
             "per_request": _per_million(p.get("request")) or None,
+            "per_search": _per_million(p.get("web_search")) or None,
         }
         for k in ("cached_input", "cache_write", "cache_write_1h", "reasoning"):
             if rates[k] == 0:
@@ -661,7 +672,9 @@ def _price_changes(model: str, where: str, old: Price | None, new: Price | None)
         if a.get(k) == b.get(k):
             continue
         base = None
-        if k == "per_request":  # a 1,000-in, 1,000-out call's tokens, which the fee adds to
+        if k == "per_search":  # USD a search, not per 1M tokens: no rate it defaulted to
+            base = None
+        elif k == "per_request":  # a 1,000-in, 1,000-out call's tokens, which the fee adds to
             base = (old.input + old.output) / 1000
         elif a.get(k) is None and not k.endswith("above"):  # it defaulted to its side's rate
             base = old.output if "output" in k or "reasoning" in k else old.input

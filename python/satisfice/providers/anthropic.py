@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
-from .._redact import scrub
+from .._redact import scrub, scrub_nested
 from ..errors import BadRequestError, ProviderError, RetryableError, UnsupportedRequestError
 from ..registry import thinking_budget
 from .base import (
@@ -294,13 +295,15 @@ def _payload(r: ChatRequest, model: str, stream: bool, thinks: bool) -> dict[str
         p["temperature"] = r.temperature
     if r.tools:
         p["tools"] = [_tool(t) for t in r.tools]
+    if r.server_tools:  # run at Anthropic's side, as given
+        p["tools"] = [*p.get("tools", ()), *r.server_tools]
     choice = r.tool_choice
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
         _allowed_tools(p, choice)
     elif choice is not None:
         p["tool_choice"] = _tool_choice(choice)
     if r.response_format is not None and r.response_format.get("type") != "text":
-        if r.tools:
+        if r.tools or r.server_tools:
             raise UnsupportedRequestError(
                 "Anthropic models take response_format as a forced tool, so it cannot be "
                 "combined with tools; drop one of the two"
@@ -475,11 +478,30 @@ def _usage(u: Any, out: Any = None) -> Usage | None:
         hour = 0
         if isinstance(split, dict) and split.get("ephemeral_1h_input_tokens"):
             hour = token_count(split["ephemeral_1h_input_tokens"], "ephemeral_1h_input_tokens")
+        tools = u.get("server_tool_use")  # {web_search_requests, web_fetch_requests}
+        searches = 0
+        if isinstance(tools, dict) and tools.get("web_search_requests"):
+            searches = token_count(tools["web_search_requests"], "web_search_requests")
     except ValueError:
         return None
     if hour > write:
         return None  # implausible: count it ourselves
-    return Usage(fresh + read + write, out_n, read, write - hour, cache_write_1h_tokens=hour)
+    return Usage(fresh + read + write, out_n, read, write - hour, cache_write_1h_tokens=hour,
+                 web_searches=searches)  # fmt: skip
+
+
+def server_result(b: Any) -> bool:
+    """A server tool's result block (`web_search_tool_result`, `web_fetch_tool_result`,
+    ...), which Anthropic ran; not a client tool's `tool_result`."""
+    kind = b.get("type") if isinstance(b, dict) else None
+    return isinstance(kind, str) and kind.endswith("_tool_result") and kind != "tool_result"
+
+
+def _searched(usage: Usage | None, searches: int) -> Usage | None:
+    """`usage` billing at least the `searches` the answer shows it ran."""
+    if usage is None or usage.web_searches >= searches:
+        return usage
+    return replace(usage, web_searches=searches)
 
 
 def _json_finish(finish: str | None) -> str | None:
@@ -536,8 +558,11 @@ class AnthropicProvider(HTTPProvider):
             texts: list[str] = []
             calls: list[ToolCall] = []
             thought: list[dict[str, Any]] = []
+            searches = 0
             for b in data["content"]:
-                if b["type"] == "text":
+                if b["type"] == "web_search_tool_result":  # one search, run by Anthropic
+                    searches += 1
+                elif b["type"] == "text":
                     texts.append(text_field(b["text"], "content[].text"))
                 elif b["type"] in _THINKING:
                     thought.append(_thought(b))
@@ -558,9 +583,9 @@ class AnthropicProvider(HTTPProvider):
                 texts, calls = [calls[0].arguments], []
                 finish = _json_finish(finish)
             return ChatResponse(
-                "".join(texts), data, _usage(data.get("usage")), finish, calls, wire,
-                stop_sequence=(seq or None) if stop == "stop_sequence" else None,
-                thinking=thought,
+                "".join(texts), data, _searched(_usage(data.get("usage")), searches), finish,
+                calls, wire, stop_sequence=(seq or None) if stop == "stop_sequence" else None,
+                thinking=thought, web_searches=searches,
             )  # fmt: skip
         except PARSE_ERRORS as e:
             raise self._not_an_answer(data, e) from None
@@ -581,6 +606,9 @@ class AnthropicProvider(HTTPProvider):
             thinking: dict[Any, tuple[list[str], list[str]]] = {}
             thought: list[dict[str, Any]] = []
             think_halves = Halves()
+            # index -> [a server tool's call, its input's json pieces], open; searches run
+            calling: dict[Any, tuple[dict[str, Any], list[str]]] = {}
+            searches = 0
             usage_in: dict[str, Any] = {}
             out_tokens: Any = None
             stop: str | None = None
@@ -603,6 +631,11 @@ class AnthropicProvider(HTTPProvider):
                             open_blocks.add(ev.get("index"))
                         elif kind == "content_block_stop":
                             open_blocks.discard(ev.get("index"))
+                            if (c_ := calling.pop(ev.get("index"), None)) is not None:
+                                given = "".join(c_[1])  # its input, whole
+                                yield StreamDelta(block=scrub_nested(
+                                    {**c_[0], "input": json.loads(given) if given else {}}
+                                ))  # fmt: skip
                             if (t_ := thinking.pop(ev.get("index"), None)) is not None:
                                 if tail := think_halves.rest():
                                     t_[0].append(tail)
@@ -633,6 +666,12 @@ class AnthropicProvider(HTTPProvider):
                                 sig = text_field(d["signature"], "signature_delta.signature")
                                 thinking[ev["index"]][1].append(sig)
                                 yield PROGRESS
+                            elif d["type"] == "citations_delta":  # of the text to come
+                                yield StreamDelta(citation=scrub_nested(dict(d["citation"])))
+                            elif d["type"] == "input_json_delta" and ev["index"] in calling:
+                                piece = text_field(d["partial_json"], "partial_json")
+                                calling[ev["index"]][1].append(piece)
+                                yield PROGRESS
                             elif d["type"] == "input_json_delta":
                                 t = tools[ev["index"]]
                                 piece = text_field(d["partial_json"], "partial_json")
@@ -653,6 +692,13 @@ class AnthropicProvider(HTTPProvider):
                                 block = _thought(b)
                                 thought.append(block)
                                 yield StreamDelta(thought=block)
+                            elif b["type"] == "server_tool_use":  # whole at its end
+                                if len(calling) >= 128:
+                                    raise ValueError("more than 128 server tool calls")
+                                calling[ev["index"]] = (dict(b), [])
+                            elif server_result(b):  # a server tool's result comes whole
+                                searches += b["type"] == "web_search_tool_result"
+                                yield StreamDelta(block=scrub_nested(dict(b)))
                             elif b["type"] == "tool_use":
                                 if len(tools) >= 128:
                                     raise ValueError("more than 128 tool calls in one answer")
@@ -675,6 +721,7 @@ class AnthropicProvider(HTTPProvider):
                                 "input_tokens",
                                 "cache_read_input_tokens",
                                 "cache_creation_input_tokens",
+                                "server_tool_use",
                             ):
                                 if u.get(k) is not None:
                                     usage_in[k] = u[k]
@@ -727,8 +774,9 @@ class AnthropicProvider(HTTPProvider):
                 finish = _json_finish(finish)
             usage = _usage(usage_in, out_tokens) if out_tokens is not None else None
             yield ChatResponse(
-                text, last, usage, finish, calls,
+                text, last, _searched(usage, searches), finish, calls,
                 stop_sequence=seq_hit if stop == "stop_sequence" else None, thinking=thought,
+                web_searches=searches,
             )  # fmt: skip
         except (httpx.RequestError, ProviderError) as e:
             if tail := halves.rest():  # what came before the cut, half a pair included

@@ -82,6 +82,7 @@ class Usage:
     source: str = "provider"
     cache_write_1h_tokens: int = 0  # prompt-cache writes with a 1-hour lifetime
     reasoning_tokens: int = 0  # of completion_tokens, those spent reasoning
+    web_searches: int = 0  # searches Anthropic's web search tool ran (billed apart)
 
     @property
     def total_tokens(self) -> int:
@@ -124,6 +125,9 @@ class ChatRequest:
     # thinking cleared as a conversation grows), sent to Anthropic deployments only; other
     # models are sent the conversation whole
     context_management: dict[str, Any] | None = None
+    # Anthropic's server tools (web search, web fetch: Anthropic runs them while the model
+    # answers), sent as given beside `tools` to Anthropic deployments, which alone run them
+    server_tools: list[dict[str, Any]] | None = None
     # a Claude row is sent its effort (`output_config.effort`) and no thinking: Anthropic's
     # effort asked without thinking (other APIs' efforts are their reasoning's)
     no_thinking: bool = False
@@ -171,6 +175,9 @@ class ChatResponse:
     # assistant turn of a tool loop (a message's `thinking_blocks`), as a thinking model's
     # next turn must be.
     thinking: list[dict[str, Any]] = field(default_factory=list)
+    # web searches the answer shows it ran (Anthropic's server tool: one result block each),
+    # billed by the search even when the upstream reports no usage
+    web_searches: int = 0
 
     def __post_init__(self) -> None:
         # Every answer, whichever provider built it: JSON its caller decodes (a tool call's
@@ -201,7 +208,9 @@ class StreamDelta:
     A model that thinks streams its thinking before (or, interleaved, between) its text:
     `thinking` is a piece of it, and `thought` the block it ends, whole, once it is signed
     (or a `redacted_thinking` block, which comes whole), as `ChatResult.thinking` lists
-    them.
+    them. A server tool Anthropic ran (a web search) comes as `block`s, whole, in their place
+    among the text: its call (`server_tool_use`, with its input) and its result; `citation`
+    is a citation of the text that follows (Anthropic's `citations_delta`).
 
     An item with none of these set says the model is still writing what comes whole at the
     end (a tool call's arguments, which can take minutes): at most one every
@@ -212,6 +221,8 @@ class StreamDelta:
     result: Any = None  # satisfice.result.ChatResult on the final item
     thinking: str = ""
     thought: dict[str, Any] | None = None
+    block: dict[str, Any] | None = None
+    citation: dict[str, Any] | None = None
 
 
 #: What a provider's stream yields for a piece of what it gives whole at the end (a tool

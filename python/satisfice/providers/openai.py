@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from .._redact import scrub
-from ..errors import ProviderError
+from ..errors import ProviderError, UnsupportedRequestError
 from .base import (
     PARSE_ERRORS,
     PROGRESS,
@@ -279,6 +279,11 @@ class OpenAIProvider(HTTPProvider):
         self._openai = self._url.host == "api.openai.com"
 
     def _payload(self, r: ChatRequest, stream: bool) -> dict[str, Any]:
+        if r.server_tools:  # (routing sends such a request to Claude models alone)
+            raise UnsupportedRequestError(
+                f"{self.model_id}: Anthropic's server tools (web search, web fetch) run on "
+                "Anthropic's API alone, not on this OpenAI-style one"
+            )
         p: dict[str, Any] = {"model": self.model, "messages": _openai_messages(r.messages)}
         if r.max_tokens is not None:
             p[self._max_key] = r.max_tokens

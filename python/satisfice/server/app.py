@@ -1784,6 +1784,41 @@ async def _stream(
                             )
                         yield wire.anthropic_event("content_block_stop", {"index": block})
                         thinking_open = False
+                elif d.block is not None:  # a server tool's call or result, whole
+                    if text_open or thinking_open:
+                        yield wire.anthropic_event("content_block_stop", {"index": block})
+                        text_open = thinking_open = False
+                    block += 1
+                    b = d.block
+                    if b["type"] == "server_tool_use":  # its input as Anthropic streams it
+                        yield wire.anthropic_event(
+                            "content_block_start",
+                            {"index": block, "content_block": {**b, "input": {}}},
+                        )
+                        said = {"type": "input_json_delta", "partial_json": json.dumps(b["input"])}
+                        yield wire.anthropic_event(
+                            "content_block_delta", {"index": block, "delta": said}
+                        )
+                    else:
+                        yield wire.anthropic_event(
+                            "content_block_start", {"index": block, "content_block": b}
+                        )
+                    yield wire.anthropic_event("content_block_stop", {"index": block})
+                elif d.citation is not None:  # of the text that follows, in its block
+                    if thinking_open:
+                        yield wire.anthropic_event("content_block_stop", {"index": block})
+                        thinking_open = False
+                    if not text_open:
+                        block, text_open = block + 1, True
+                        yield wire.anthropic_event(
+                            "content_block_start",
+                            {"index": block, "content_block": {"type": "text", "text": ""}},
+                        )
+                    yield wire.anthropic_event(
+                        "content_block_delta",
+                        {"index": block,
+                         "delta": {"type": "citations_delta", "citation": d.citation}},
+                    )  # fmt: skip
                 else:  # the model is writing a tool call, given whole at the end
                     yield _PING
                 d = await it.__anext__()

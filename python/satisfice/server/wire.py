@@ -19,6 +19,7 @@ from typing import Any
 from .._extra import header_text
 from .._json import dumps
 from ..errors import BadRequestError, InputError
+from ..providers.anthropic import server_result
 from ..providers.base import thinking_blocks
 from ..registry import EFFORTS
 
@@ -570,12 +571,13 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     for t in tools_in:
         if not isinstance(t, Mapping) or not isinstance(t.get("name"), str):
             raise _bad("each tool needs a string 'name'")
-        if t.get("type") not in (None, "custom"):
-            # a server tool (web search, bash, ...) runs at Anthropic's side: a routed model
-            # would be offered a client tool of that name with no schema instead
+        if t.get("type") not in (None, "custom") and not _server_tool(t):
+            # another of Anthropic's own tools (code execution, bash, computer use, ...):
+            # a routed model would be offered a client tool of that name with no schema
             raise _bad(
-                f"tool type {t.get('type')!r} ({t['name']!r}) is a server tool, which routed "
-                "providers do not run; define it as a custom tool with an input_schema"
+                f"tool type {t.get('type')!r} ({t['name']!r}) is one of Anthropic's own "
+                "tools, which routed providers do not run (web_search and web_fetch are "
+                "carried, to Claude models); define it as a custom tool with an input_schema"
             )
     tc_in = body.get("tool_choice")
     if isinstance(tc_in, Mapping) and tc_in.get("disable_parallel_tool_use"):
@@ -645,9 +647,11 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
         raise _bad("'top_k' is not supported: not every routed provider has it; remove it")
     if extra:
         opts["extra"] = extra
-    tools = body.get("tools")
+    tools = [t for t in body.get("tools") or () if not _server_tool(t)]
     if tools:
         opts["tools"] = [_function_tool(t) for t in tools]
+    if server := [dict(t) for t in body.get("tools") or () if _server_tool(t)]:
+        opts["server_tools"] = server  # run at Anthropic's side: routed to Claude models
     tc = body.get("tool_choice")
     if tc is not None:
         # Anthropic's shape, checked: a string or an unknown type had been read as "auto",
@@ -698,7 +702,7 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
         thinking = {"reasoning": "none"}
     _reasoning(opts, thinking, "thinking and output_config.effort")
     if fmt is not None:
-        if "response_format" in opts or tools:
+        if "response_format" in opts or tools or "server_tools" in opts:
             raise _bad("'output_config.format' cannot be combined with tools")
         opts["response_format"] = fmt
     cm = body.get("context_management")
@@ -775,6 +779,14 @@ def anthropic_count_request(body: Any, headers: Mapping[str, str]) -> Routed:
     # no max_tokens: routed with the expected output, as the turn would be without one
     del routed.options["max_tokens"]
     return routed
+
+
+def _server_tool(t: Mapping[str, Any]) -> bool:
+    """Anthropic's web search or web fetch (a `web_search_*` or `web_fetch_*` type): a
+    server tool, which Anthropic runs while the model answers, carried as given to a
+    Claude model (`ChatRequest.server_tools`)."""
+    kind = t.get("type")
+    return isinstance(kind, str) and kind.startswith(("web_search_", "web_fetch_"))
 
 
 #: A custom tool's fields that every routed provider's tool can carry.
@@ -916,11 +928,17 @@ def anthropic_response(res: Any) -> dict[str, Any]:
     # the model's thinking and text in the order it gave them; a refusal is text in
     # Anthropic's shape (stop "refusal"), a block of its own beside the answer's text (it
     # had been lost where both came)
-    blocks = _said(res) + [{"type": "text", "text": t} for t in (res.refusal,) if t]
-    for c in res.tool_calls:
-        blocks.append(
-            {"type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(c.arguments)}
-        )
+    raw = res.raw.get("content") if isinstance(res.raw, Mapping) else None
+    if isinstance(raw, list) and any(server_block(b) for b in raw):
+        # a server tool's call and result beside the text that cites them: the content as
+        # the (Anthropic) upstream gave it, scrubbed as it was read (base.parse_json)
+        blocks = [dict(b) for b in raw]
+    else:
+        blocks = _said(res) + [{"type": "text", "text": t} for t in (res.refusal,) if t]
+        for c in res.tool_calls:
+            blocks.append(
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(c.arguments)}
+            )
     return {
         "id": f"msg_{res.request_id}",
         "type": "message",
@@ -933,6 +951,12 @@ def anthropic_response(res: Any) -> dict[str, Any]:
         "satisfice": decision_field(res),
         **_context_edits(res),
     }
+
+
+def server_block(b: Any) -> bool:
+    """A server tool's block: its call (`server_tool_use`) or its result (a
+    `web_search_tool_result`, `web_fetch_tool_result`, ...), run at Anthropic's side."""
+    return (isinstance(b, dict) and b.get("type") == "server_tool_use") or server_result(b)
 
 
 def _said(res: Any) -> list[dict[str, Any]]:
@@ -984,16 +1008,19 @@ def anthropic_stop(res: Any) -> str:
     return _STOP.get(res.finish_reason or "stop", "end_turn")
 
 
-def anthropic_usage(u: Any) -> dict[str, int]:
+def anthropic_usage(u: Any) -> dict[str, Any]:
     """Usage as Anthropic reports it: input_tokens are the uncached prompt tokens, cache
-    reads and writes beside them."""
+    reads and writes beside them; the web searches run, when any."""
     writes = u.cache_write_tokens + u.cache_write_1h_tokens
-    return {
+    out: dict[str, Any] = {
         "input_tokens": max(u.prompt_tokens - u.cached_tokens - writes, 0),
         "cache_read_input_tokens": u.cached_tokens,
         "cache_creation_input_tokens": writes,
         "output_tokens": u.completion_tokens,
     }
+    if u.web_searches:
+        out["server_tool_use"] = {"web_search_requests": u.web_searches}
+    return out
 
 
 def anthropic_event(kind: str, data: Mapping[str, Any]) -> bytes:

@@ -118,8 +118,8 @@ class _Answer:
     """The pieces of one scripted answer, rendered in either wire format."""
 
     __slots__ = (
-        "cached", "edits", "forced_tool", "n_in", "n_out", "pieces", "text", "thought", "tool",
-        "usage",
+        "cached", "edits", "forced_tool", "n_in", "n_out", "pieces", "search", "text", "thought",
+        "tool", "usage",
     )  # fmt: skip
 
     def __init__(self, b: Behavior, model: str, body: dict[str, Any]) -> None:
@@ -142,6 +142,12 @@ class _Answer:
             self.n_in = _words(body.get("messages")) + 1
             self.n_out, self.cached = len(words), 0
         self.tool = b.tool_call
+        # Anthropic's web search server tool, when offered: one search, run "at Anthropic's
+        # side", its result and the answer's citation of it, as the API gives them
+        tools: list[Any] = body["tools"] if isinstance(body.get("tools"), list) else []
+        searches = [t for t in tools if isinstance(t, dict) and str(t.get("type")).startswith(
+            "web_search_")]  # fmt: skip
+        self.search = searches[0] if searches else None
         # context editing asked of an Anthropic model: it says which edits it applied (none
         # here), as the real API does
         self.edits = "context_management" in body
@@ -256,9 +262,26 @@ class _Answer:
             "cache_creation_input_tokens": 0,
         }
 
+    def _searched(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The web search's blocks: its call, its result, and the text's citation of it."""
+        assert self.search is not None
+        use = {"type": "server_tool_use", "id": "srvtoolu_1", "name": self.search["name"],
+               "input": {"query": "satisfice"}}  # fmt: skip
+        result = {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": [
+            {"type": "web_search_result", "url": "https://example.com/a", "title": "A",
+             "encrypted_content": "EqgfCioIARgB", "page_age": None},
+        ]}  # fmt: skip
+        cite = {"type": "web_search_result_location", "url": "https://example.com/a",
+                "title": "A", "encrypted_index": "Eo8BCioIAhgB",
+                "cited_text": "a page"}  # fmt: skip
+        return use, result, cite
+
     def anthropic(self, model: str) -> bytes:
         content: list[Any] = [self.thought] if self.thought else []
-        if not self.forced_tool:
+        if self.search is not None:
+            use, result, cite = self._searched()
+            content += [use, result, {"type": "text", "text": self.text, "citations": [cite]}]
+        elif not self.forced_tool:
             content.append({"type": "text", "text": self.text})
         if self.tool:
             content.append(
@@ -280,6 +303,8 @@ class _Answer:
         }
         if self.usage:
             out["usage"] = self._anthropic_usage()
+            if self.search is not None:
+                out["usage"]["server_tool_use"] = {"web_search_requests": 1}
         if self.edits:
             out["context_management"] = {"applied_edits": []}
         return json.dumps(out).encode()
@@ -320,9 +345,24 @@ class _Answer:
             yield ev("content_block_delta", index=0, delta=sig)
             yield ev("content_block_stop", index=0)
             idx = 1
-        if not self.forced_tool:
+        cite = None
+        if self.search is not None:
+            use, result, cite = self._searched()
+            yield ev("content_block_start", index=idx, content_block={**use, "input": {}})
+            query = json.dumps(use["input"])
+            for part in (query[:5], query[5:]):
+                yield ev("content_block_delta", index=idx,
+                         delta={"type": "input_json_delta", "partial_json": part})  # fmt: skip
+            yield ev("content_block_stop", index=idx)
+            yield ev("content_block_start", index=idx + 1, content_block=result)
+            yield ev("content_block_stop", index=idx + 1)
+            idx += 2
+        if not self.forced_tool or self.search is not None:
             yield ev("content_block_start", index=idx, content_block={"type": "text", "text": ""})
             yield ev("ping")
+            if cite is not None:
+                yield ev("content_block_delta", index=idx,
+                         delta={"type": "citations_delta", "citation": cite})  # fmt: skip
             for p in self.pieces:
                 yield ev("content_block_delta", index=idx, delta={"type": "text_delta", "text": p})
             yield ev("content_block_stop", index=idx)
@@ -347,6 +387,8 @@ class _Answer:
         }
         if self.usage:
             delta["usage"] = {"output_tokens": self.n_out}
+            if self.search is not None:
+                delta["usage"]["server_tool_use"] = {"web_search_requests": 1}
         yield ev("message_delta", **delta)
         yield ev("message_stop")
 
