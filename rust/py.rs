@@ -294,13 +294,16 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
         // and what else the OpenAI wire sends of a message as given: an assistant turn's
         // `refusal` (what `message.model_dump()` puts back into a history) and the
         // `reasoning_content` some servers return and callers echo (21k tokens of it had
-        // routed to an 8k window as 20 tokens)
+        // routed to an 8k window as 20 tokens); and a turn Anthropic's wire sends back as it
+        // came (`anthropic_content`: a web search's call, its results and the text citing
+        // them), counted as its text
         for key in [
             "function_call",
             "name",
             "tool_call_id",
             "refusal",
             "reasoning_content",
+            "anthropic_content",
         ] {
             if let Some(v) = get(key)?.filter(|v| !v.is_none()) {
                 match field(&v, "name") {
@@ -404,6 +407,7 @@ fn field_name<'py>(py: Python<'py>, key: &'static str) -> Bound<'py, PyString> {
         "function_call" => intern!(py, "function_call"),
         "tool_call_id" => intern!(py, "tool_call_id"),
         "reasoning_content" => intern!(py, "reasoning_content"),
+        "anthropic_content" => intern!(py, "anthropic_content"),
         "thinking_blocks" => intern!(py, "thinking_blocks"),
         _ => return PyString::new(py, key),
     }

@@ -372,5 +372,6 @@ def test_an_effort_without_thinking_is_sent_without_thinking() -> None:
         assert not {"output_config", "thinking"} & set(up.requests[-1].body)
         # asked with thinking, the effort's row thinks as before
         c.messages.create(model="claude-sonnet-4-6", max_tokens=4000, messages=_HI,
-                          thinking={"type": "adaptive"}, output_config={"effort": "low"})  # fmt: skip
+                          thinking={"type": "adaptive"},
+                          output_config={"effort": "low"})  # fmt: skip
         assert up.requests[-1].body["thinking"] == {"type": "adaptive"}

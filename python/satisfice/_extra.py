@@ -45,6 +45,8 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]]) -> int:
         for k in ("name", "refusal", "reasoning_content"):  # as the Rust count reads them
             if isinstance(v := m.get(k), str):
                 n += len(v)
+        if (turn := m.get("anthropic_content")) is not None:  # counted as its str()
+            n += len(str(turn))
         calls = m.get("tool_calls")
         for call in calls if isinstance(calls, list | tuple) else ():  # else refused later
             if isinstance(call, dict):

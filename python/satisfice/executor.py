@@ -177,6 +177,24 @@ def worst_bill(
     )
 
 
+def search_bound(price: Price | None, server_tools: Sequence[Any] | None) -> float:
+    """The most a call's web searches may be billed (Anthropic's web search tool, offered
+    in `server_tools`): each tool's `max_uses` at the price's `per_search`; infinite when a
+    tool sets no max_uses or the price has no per_search (unbounded, or unknown); 0 with no
+    search tool. One bound for a cost cap's holds and a budget's reservation."""
+    usd = 0.0
+    for t in server_tools or ():
+        if not str(t.get("type", "")).startswith("web_search_"):
+            continue  # (web fetch has no fee of its own: its tokens are the call's)
+        n = t.get("max_uses")
+        if price is None or price.per_search is None or isinstance(n, bool):
+            return math.inf
+        if not isinstance(n, int) or n < 0:
+            return math.inf
+        usd += n * price.per_search
+    return usd
+
+
 def cache_write_of(messages: Sequence[Any], tools: Sequence[Any] | None) -> str | None:
     """ "1h" or "5m" when a request asks for a prompt-cache write (Anthropic's
     cache_control on a message, a content part or a tool), priced dearer than input."""
@@ -458,10 +476,13 @@ class Run:
             return None
         slots = max(self.share - len(self.holds.keys() - {key}), 1)
         usd = max(left, 0.0) / slots
+        searches = search_bound(t.price, self.request.server_tools)
+        if searches > usd:  # the searches the call may run alone may cost more (or unbounded)
+            return 0, usd
         write = cache_write_of(self.request.messages, self.request.tools)
         n = t.price.output_within(
             self.decision.max_tokens_in(t.model),
-            usd,
+            usd - searches,
             cache_write=write == "5m",
             cache_write_1h=write == "1h",
         )
@@ -482,7 +503,8 @@ class Run:
         tokens_in = self.decision.max_tokens_in(t.model)
         write = cache_write_of(self.request.messages, self.request.tools)
         within = self.request.thinking_within
-        return worst_bill(t.price, t.spec, t.dep.api, tokens_in, out, write, within)
+        searches = search_bound(t.price, self.request.server_tools)
+        return worst_bill(t.price, t.spec, t.dep.api, tokens_in, out, write, within) + searches
 
     def max_out(self, t: _Target) -> int | None:
         """The most output tokens a call to `t` was allowed on the wire (None: no limit
@@ -737,14 +759,18 @@ class Executor:
         capped = run.output_cap(t)
         if capped is None or capped[0] > 0:
             return False
+        searches = search_bound(t.price, run.request.server_tools)
         run.skip(
             t.model,
             t.dep.name,
             "cost_cap",
             f"the cost cap (${run.cap:.6f}) leaves nothing for its answer after its prompt, "
             "what this request was billed and what calls in flight hold (or a bill on it is "
-            "unknown: an unpriced call)",
-        )
+            "unknown: an unpriced call)"
+            + (f"; its web searches may cost ${searches:.4f}" if 0 < searches < math.inf else
+               "; its web searches are unbounded or unpriced: set the web_search tool's "
+               "max_uses, on a model with a per_search price" if searches else ""),
+        )  # fmt: skip
         return True
 
     # one attempt --------------------------------------------------------------------------

@@ -181,11 +181,19 @@ def _message_list(messages: object) -> list[dict[str, Any]]:
     )
 
 
-def _on_anthropic(registry: Registry, c: Constraints) -> Constraints:
+def _on_anthropic(registry: Registry, c: Constraints, tools: list[dict[str, Any]]) -> Constraints:
     """`c`, allowing only models with an Anthropic deployment: a request with Anthropic's
-    server tools (run at its side while the model answers) can go to Claude models alone."""
+    server tools (run at its side while the model answers) can go to Claude models alone;
+    one that may search, to those whose price has a `per_search` when any is allowed (a
+    search on another is billed at a price nobody knows)."""
     claude = {m.id for m in registry if any(d.api == "anthropic" for d in m.deployments)}
     allow = sorted(claude) if c.allow is None else [m for m in c.allow if m in claude]
+    if any(str(t.get("type", "")).startswith("web_search_") for t in tools):
+        priced = [m for m in allow if all(
+            (p := d.price or registry[m].price) is not None and p.per_search is not None
+            for d in registry[m].deployments if d.api == "anthropic"
+        )]  # fmt: skip
+        allow = priced or allow
     if not allow:
         among = "the models the request allows" if c.allow is not None else "the registry"
         raise NoRouteError(
@@ -382,7 +390,8 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
                 "a 'type' and a 'name' (e.g. {'type': 'web_search_20250305', 'name': "
                 "'web_search'})"
             )
-        call["server_tools"] = [dict(t) for t in st] or None
+        # (empty: none offered now, but a turn sent back ran one: still Anthropic's)
+        call["server_tools"] = [dict(t) for t in st]
     if call["no_thinking"] is not None and not isinstance(call["no_thinking"], bool):
         raise ConfigError(f"no_thinking must be True or False, got {call['no_thinking']!r:.40}")
     call["no_thinking"] = bool(call["no_thinking"])
@@ -827,8 +836,8 @@ class Router:
             opts["max_output_tokens"] = call["max_tokens"]
         c = Constraints.of(constraints, **opts)
         c, extra = _shaped(c, call["tools"], call["response_format"])
-        if call["server_tools"]:
-            c = _on_anthropic(snap.registry, c)
+        if call["server_tools"] is not None:
+            c = _on_anthropic(snap.registry, c, call["server_tools"])
         skip = snap.undeployable
         blocked = io.health.blocked()
         if blocked:  # models whose every deployment is cooling or disabled are routed around

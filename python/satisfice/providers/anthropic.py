@@ -239,6 +239,9 @@ def _payload(r: ChatRequest, model: str, stream: bool, thinks: bool) -> dict[str
                     "take; send it as tool_calls"
                 )
             body = _content(content)
+            carried = m.get("anthropic_content") if role == "assistant" else None
+            if carried is not None:  # a turn in which a server tool ran, as it came
+                body = [dict(b) for b in carried if thinks or b.get("type") not in _THINKING]
             calls = m.get("tool_calls") if role == "assistant" else None
             if calls:
                 blocks = list(_blocks(body))

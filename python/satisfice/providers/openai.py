@@ -279,7 +279,7 @@ class OpenAIProvider(HTTPProvider):
         self._openai = self._url.host == "api.openai.com"
 
     def _payload(self, r: ChatRequest, stream: bool) -> dict[str, Any]:
-        if r.server_tools:  # (routing sends such a request to Claude models alone)
+        if r.server_tools is not None:  # (routing sends such a request to Claude models alone)
             raise UnsupportedRequestError(
                 f"{self.model_id}: Anthropic's server tools (web search, web fetch) run on "
                 "Anthropic's API alone, not on this OpenAI-style one"

@@ -54,7 +54,7 @@ from ..errors import (
     UnknownModelError,
     UpstreamTimeoutError,
 )
-from ..executor import cache_write_of, thinking_added, tuned_ladder, worst_bill
+from ..executor import cache_write_of, search_bound, thinking_added, tuned_ladder, worst_bill
 from ..metrics import Metrics
 from ..policy import Constraints, Policy, reasoning_usd
 from ..registry import Registry
@@ -399,6 +399,11 @@ def _called(d: Decision, ladder: Cascade | None) -> list[str]:
     return [d.model, *d.fallbacks]
 
 
+def _searches(server_tools: list[dict[str, Any]] | None) -> bool:
+    """Whether a request offers Anthropic's web search (billed by the search)."""
+    return any(str(t.get("type", "")).startswith("web_search_") for t in server_tools or ())
+
+
 def _thinking_on_top(d: Decision, cascade: bool) -> int:
     """The most thinking a call of the request routed as `d` may write beyond its max_tokens
     (Anthropic's budget, added by the wire when the limit is the answer's: OpenAI's legacy
@@ -700,7 +705,12 @@ class Service:
             return True
 
     def worst_case(
-        self, d: Decision, max_tokens: int | None, cascade: bool = False, write: str | None = None
+        self,
+        d: Decision,
+        max_tokens: int | None,
+        cascade: bool = False,
+        write: str | None = None,
+        server_tools: list[dict[str, Any]] | None = None,
     ) -> tuple[float, int]:
         """What the request routed as `d` may cost at most, and the output cap that bound
         assumes: over the models it may go to (primary and fallbacks) and each of their
@@ -711,9 +721,10 @@ class Service:
         its upstream may be billed for the prompt, and is settled at that estimate before
         the next is tried (timeouts are not retried on the same deployment). Each call is
         bounded as a cost cap's hold is (`executor.worst_bill`: a prompt-cache `write`,
-        Anthropic's thinking budget, the dearer of text and reasoning rates). Unpriced, or
-        with file or audio parts (whose tokens nothing counts): infinite (refused under a
-        budget)."""
+        Anthropic's thinking budget, the dearer of text and reasoning rates; the web
+        searches `server_tools` may run, `executor.search_bound`). Unpriced, or with file or
+        audio parts (whose tokens nothing counts), or searches without max_uses or a price:
+        infinite (refused under a budget)."""
         out = int(max_tokens or 4 * max(d.tokens_out, 256))
         if d.uncounted_parts:
             return math.inf, out
@@ -741,6 +752,7 @@ class Service:
                 full = worst_bill(price, m, api, tokens_in[mid], answer, write, within)
                 if api != "anthropic":  # its reasoning is not within max_tokens everywhere
                     full += reasoning_usd(m, price)
+                full += search_bound(price, server_tools)
                 most = max(most, full - prompt)
                 prompts += prompt
             answers.append(most)
@@ -1067,7 +1079,9 @@ def create_app(
                 hold = uuid.uuid4().hex
                 budgets = [b.pinned(svc.state.now(), hold=hold) for b in budgets]
                 write = cache_write_of(routed.messages, opts.get("tools"))
-                worst, out_cap = svc.worst_case(d, opts.get("max_tokens"), "cascade" in opts, write)
+                worst, out_cap = svc.worst_case(
+                    d, opts.get("max_tokens"), "cascade" in opts, write, opts.get("server_tools")
+                )
                 opts.setdefault("max_tokens", out_cap)  # the bound holds only if the call does
             count = None
             if limited:
@@ -1148,6 +1162,9 @@ def create_app(
                     "tokens, so its cost cannot be bounded (send their content as text or "
                     "images, or use a key without a budget)"
                     if d is not None and d.uncounted_parts
+                    else "its web searches cannot be bounded (set the web_search tool's "
+                    "max_uses; a model without a per_search price cannot be bounded either)"
+                    if math.isinf(worst) and _searches(opts.get("server_tools"))
                     else "the routed models are unpriced, so the cost cannot be bounded"
                     if math.isinf(worst)
                     else f"this request may cost up to ${worst:.6f}"

@@ -616,6 +616,13 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
         if not isinstance(m, Mapping) or m.get("role") not in ("user", "assistant"):
             raise _bad("each message needs role 'user' or 'assistant'")
         content = m.get("content")
+        if (
+            m["role"] == "assistant"
+            and isinstance(content, list)
+            and any(server_block(b) for b in content)
+        ):  # a turn in which Anthropic ran a server tool: sent back to it as it came
+            msgs.append(_searched_turn(content, i))
+            continue
         runs: list[tuple[list[dict[str, Any]] | None, Any]] = [(None, content)]
         if m["role"] == "assistant" and isinstance(content, list):
             runs = _runs(content, i)  # the model's thinking apart, in its order
@@ -650,8 +657,11 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     tools = [t for t in body.get("tools") or () if not _server_tool(t)]
     if tools:
         opts["tools"] = [_function_tool(t) for t in tools]
-    if server := [dict(t) for t in body.get("tools") or () if _server_tool(t)]:
-        opts["server_tools"] = server  # run at Anthropic's side: routed to Claude models
+    server = [dict(t) for t in body.get("tools") or () if _server_tool(t)]
+    if server or any("anthropic_content" in m for m in msgs):
+        # run at Anthropic's side (or, none offered now, run in a turn sent back): routed
+        # to Claude models alone
+        opts["server_tools"] = server
     tc = body.get("tool_choice")
     if tc is not None:
         # Anthropic's shape, checked: a string or an unknown type had been read as "auto",
@@ -821,6 +831,21 @@ def _function_tool(t: Mapping[str, Any]) -> dict[str, Any]:
 
 def _is_thinking(block: Any) -> bool:
     return isinstance(block, Mapping) and block.get("type") in ("thinking", "redacted_thinking")
+
+
+def _searched_turn(content: list[Any], i: int) -> dict[str, Any]:
+    """An assistant turn in which Anthropic ran a server tool (a web search's call and
+    result, the text citing it): its blocks as they came (`anthropic_content`), which only
+    Anthropic's API reads, so the request routes to Claude models alone."""
+    for b in content:
+        if not isinstance(b, Mapping):
+            raise _bad(f"messages[{i}].content: content blocks must be objects")
+        if b.get("type") == "tool_use":
+            raise _bad(
+                f"messages[{i}]: a turn with a server tool's blocks and a tool call of yours "
+                "is not carried; send the tool call in a turn of its own"
+            )
+    return {"role": "assistant", "content": "", "anthropic_content": [dict(b) for b in content]}
 
 
 def _runs(content: list[Any], i: int) -> list[tuple[list[dict[str, Any]] | None, Any]]:
