@@ -347,7 +347,6 @@ def test_sdk_parameters_at_their_default_are_taken(
                               **refused)  # fmt: skip
 
 
-
 def test_an_effort_without_thinking_is_sent_without_thinking() -> None:
     """`output_config.effort` alone (Anthropic's default is no thinking) went to the
     effort's row with its thinking: the answer began with a thinking block (an app reading

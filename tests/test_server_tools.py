@@ -14,7 +14,7 @@ import pytest
 
 from satisfice import NoRouteError, Registry, Router
 from satisfice.server import ServerConfig
-from satisfice.testing import LocalUpstream, reply
+from satisfice.testing import LocalUpstream
 
 from .server_support import running
 
@@ -76,7 +76,6 @@ def test_a_web_search_is_served_by_a_claude_model_and_billed(stream: bool) -> No
         assert res["cost_usd"] == pytest.approx(tokens + price.per_search)
 
 
-
 def test_auto_routes_a_search_to_a_claude_model_that_prices_it() -> None:
     """model "auto" with a search: only models with an Anthropic deployment can run it,
     and of those the ones whose price has a per_search (the cheapest Claude model, Haiku
@@ -109,8 +108,7 @@ async def test_the_python_api_carries_server_tools_and_bounds_their_cost() -> No
             assert res.model.startswith("claude-") and res.usage.web_searches == 1
             price = _price(res.model.split("@")[0])
             assert res.cost_usd == pytest.approx(
-                price.cost(res.usage.prompt_tokens, res.usage.completion_tokens)
-                + price.per_search
+                price.cost(res.usage.prompt_tokens, res.usage.completion_tokens) + price.per_search
             )
             assert "web_searches" in str(res.to_record())
             # a cap the searches' bound fits: the call goes out
