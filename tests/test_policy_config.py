@@ -107,5 +107,5 @@ def test_a_misspelt_field_is_a_config_error_naming_it() -> None:
         with pytest.raises(ConfigError, match=word):
             make()  # type: ignore[no-untyped-call]
     with pytest.raises(TypeError):  # a wrong call that names no unknown field: Python's own
-        Price(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)  # type: ignore[call-arg]
+        Price(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)  # type: ignore[call-arg]
     assert Policy(quality_floor=0.7).replace(lam=0.1).lam == 0.1
