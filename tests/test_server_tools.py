@@ -7,14 +7,17 @@ been a 400 whatever the model (Claude Code's WebSearch among them)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
 import pytest
 
-from satisfice import NoRouteError, Registry, Router
+from satisfice import NoRouteError, Registry, Router, StreamInterruptedError
 from satisfice.server import ServerConfig
-from satisfice.testing import LocalUpstream
+from satisfice.testing import LocalUpstream, RawUpstream, http_response
+from satisfice.testing.upstream import patch_registry
 
 from .server_support import running
 
@@ -111,13 +114,14 @@ async def test_the_python_api_carries_server_tools_and_bounds_their_cost() -> No
                 price.cost(res.usage.prompt_tokens, res.usage.completion_tokens) + price.per_search
             )
             assert "web_searches" in str(res.to_record())
-            # a cap the searches' bound fits: the call goes out
-            ok = await r.chat(ASK, server_tools=[SEARCH], max_tokens=500, max_cost_usd=0.2)
-            assert ok.cost_usd is not None and ok.cost_usd <= 0.2
-            # one it does not (3 searches at $0.01 past $0.02): refused before any call
+            # a cap the searches' bound fits (3 at $0.01, their results at 20,000 input
+            # tokens each: $0.18 on Sonnet 4.6): the call goes out
+            ok = await r.chat(ASK, server_tools=[SEARCH], max_tokens=500, max_cost_usd=0.5)
+            assert ok.cost_usd is not None and ok.cost_usd <= 0.5
+            # one it does not: refused before any call, saying why
             n = len(up.requests)
             with pytest.raises(AllAttemptsFailedError, match="web searches may cost"):
-                await r.chat(ASK, server_tools=[SEARCH], max_tokens=500, max_cost_usd=0.02)
+                await r.chat(ASK, server_tools=[SEARCH], max_tokens=500, max_cost_usd=0.1)
             unbounded = {"type": "web_search_20250305", "name": "web_search"}
             with pytest.raises(AllAttemptsFailedError, match="max_uses"):
                 await r.chat(ASK, server_tools=[unbounded], max_tokens=500, max_cost_usd=1.0)
@@ -130,8 +134,9 @@ async def test_the_python_api_carries_server_tools_and_bounds_their_cost() -> No
 
 def test_a_budget_reserves_the_searches_a_request_may_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """A key's budget holds a search request's worst case with max_uses searches at the
-    model's per_search (the reservation had left them out, and each search went unbudgeted);
-    a search tool without max_uses cannot be bounded: refused under a budget, saying so."""
+    model's per_search and their results at 20,000 input tokens each (the reservation had
+    left them out, and each search went unbudgeted); a search tool without max_uses cannot
+    be bounded: refused under a budget, saying so."""
     import httpx
 
     from .test_server import MASTER
@@ -140,17 +145,17 @@ def test_a_budget_reserves_the_searches_a_request_may_run(monkeypatch: pytest.Mo
     with LocalUpstream() as up, running(ServerConfig(), _router(up)) as (url, _):
         admin = {"authorization": f"Bearer {MASTER}"}
         key = httpx.post(url + "/admin/keys", headers=admin,
-                         json={"name": "searcher", "budget_usd": 0.02}).json()["key"]  # fmt: skip
+                         json={"name": "searcher", "budget_usd": 0.1}).json()["key"]  # fmt: skip
         c = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0, timeout=60)
         try:
-            with pytest.raises(anthropic.RateLimitError, match=r"may cost up to \$0\.0[3-9]"):
+            with pytest.raises(anthropic.RateLimitError, match=r"may cost up to \$0\.2"):
                 c.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=ASK,
-                                  tools=[SEARCH])  # 3 searches: $0.03 past $0.02  # fmt: skip
+                                  tools=[SEARCH])  # 3 searches: $0.03 and 60k tokens  # fmt: skip
             unbounded = {"type": "web_search_20250305", "name": "web_search"}
             with pytest.raises(anthropic.RateLimitError, match="max_uses"):
                 c.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=ASK,
                                   tools=[unbounded])  # fmt: skip
-            one = {**SEARCH, "max_uses": 1}  # $0.01 and the tokens: within $0.02
+            one = {**SEARCH, "max_uses": 1}  # $0.01 and 20k tokens ($0.06): within $0.1
             r = c.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=ASK,
                                   tools=[one])  # fmt: skip
             assert r.usage.server_tool_use is not None
@@ -189,3 +194,223 @@ def test_a_turn_that_searched_is_sent_back_as_it_came() -> None:
             assert n > short + 20  # the search's call, result and citation counted
         finally:
             c.close()
+
+
+# -- found by review: a raw-socket upstream, every byte the test's --------------------
+
+USE = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search",
+       "input": {"query": "satisfice"}}  # fmt: skip
+RESULT = {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": [
+    {"type": "web_search_result", "url": "https://example.com/a", "title": "A",
+     "encrypted_content": "EqgfCioIARgB", "page_age": None}]}  # fmt: skip
+SONNET = "claude-sonnet-4-6"
+
+
+def _cite(n: str) -> dict[str, Any]:
+    return {"type": "web_search_result_location", "url": f"https://example.com/{n}",
+            "title": n, "encrypted_index": "Eo8BCioIAhgB", "cited_text": n}  # fmt: skip
+
+
+def _ev(kind: str, **d: Any) -> bytes:
+    return f"event: {kind}\ndata: ".encode() + json.dumps({"type": kind, **d}).encode() + b"\n\n"
+
+
+def _body(content: list[Any], stop: str = "end_turn", **usage: Any) -> bytes:
+    u = {"input_tokens": 10, "output_tokens": 5, "server_tool_use": {"web_search_requests": 1}}
+    return http_response(json.dumps({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": SONNET,
+        "content": content, "stop_reason": stop, "stop_sequence": None, "usage": {**u, **usage},
+    }).encode())  # fmt: skip
+
+
+def _stream(blocks: list[dict[str, Any]], stop: str = "end_turn", end: bool = True) -> bytes:
+    """Anthropic's SSE for `blocks` (a server_tool_use's input in two input_json_delta
+    pieces, a text's citations as citations_delta before its text); without `end`, the
+    stream stops after the blocks (no message_delta, no message_stop)."""
+    out = [_ev("message_start", message={
+        "id": "msg_1", "type": "message", "role": "assistant", "model": SONNET, "content": [],
+        "stop_reason": None, "usage": {"input_tokens": 10, "output_tokens": 1}})]  # fmt: skip
+    for i, b in enumerate(blocks):
+        if b["type"] == "server_tool_use":
+            out.append(_ev("content_block_start", index=i, content_block={**b, "input": {}}))
+            s = json.dumps(b["input"])
+            for p in (s[:7], s[7:]):
+                out.append(_ev("content_block_delta", index=i,
+                               delta={"type": "input_json_delta", "partial_json": p}))  # fmt: skip
+        elif b["type"] == "text":
+            out.append(_ev("content_block_start", index=i,
+                           content_block={"type": "text", "text": ""}))  # fmt: skip
+            for c in b.get("citations") or ():
+                out.append(_ev("content_block_delta", index=i,
+                               delta={"type": "citations_delta", "citation": c}))  # fmt: skip
+            out.append(_ev("content_block_delta", index=i,
+                           delta={"type": "text_delta", "text": b["text"]}))  # fmt: skip
+        else:
+            out.append(_ev("content_block_start", index=i, content_block=b))
+        out.append(_ev("content_block_stop", index=i))
+    if end:
+        out.append(_ev("message_delta", delta={"stop_reason": stop, "stop_sequence": None},
+                       usage={"output_tokens": 5,
+                              "server_tool_use": {"web_search_requests": 1}}))  # fmt: skip
+        out.append(_ev("message_stop"))
+    return http_response(b"".join(out), ctype="text/event-stream")
+
+
+@pytest.fixture
+def raw() -> Iterator[RawUpstream]:
+    with RawUpstream() as r:
+        yield r
+
+
+# 1 ------------------------------------------------------------------------------------------
+def test_pause_turn_reaches_the_client(raw: RawUpstream) -> None:
+    """Anthropic ends a long server-tool turn with stop_reason "pause_turn": the client is
+    to send the answer back as it came to let Claude continue. It reaches the client as
+    "end_turn" (streamed and not), so an SDK app takes a half-done search as the answer."""
+    raw.push(_body([USE, RESULT], "pause_turn"), _stream([USE, RESULT], "pause_turn"))
+    kw: dict[str, Any] = {"model": SONNET, "max_tokens": 500, "messages": ASK, "tools": [SEARCH]}
+    with running(ServerConfig(), Router(patch_registry(Registry.default(), raw.url))) as (url, _):
+        c = _client(url)
+        try:
+            made = c.messages.create(**kw)
+            with c.messages.stream(**kw) as s:
+                streamed = s.get_final_message()
+        finally:
+            c.close()
+    assert [b.type for b in made.content] == ["server_tool_use", "web_search_tool_result"]
+    assert made.stop_reason == "pause_turn"
+    assert streamed.stop_reason == "pause_turn"
+
+
+# 2 ------------------------------------------------------------------------------------------
+def test_streamed_and_created_give_the_same_text_blocks_and_citations(raw: RawUpstream) -> None:
+    """Anthropic answers a search in several text blocks, each with its own citations (and
+    uncited ones between). create() gives them as they came; the stream runs every text
+    after the search into one block holding all the citations, so get_final_message()
+    differs from create() and a citation no longer marks its own text."""
+    content = [{"type": "text", "text": "Let me look. "}, USE, RESULT,
+               {"type": "text", "text": "A is true", "citations": [_cite("a")]},
+               {"type": "text", "text": " and "},
+               {"type": "text", "text": "B is too", "citations": [_cite("b")]}]  # fmt: skip
+    raw.push(_body(content), _stream(content))
+    kw: dict[str, Any] = {"model": SONNET, "max_tokens": 500, "messages": ASK, "tools": [SEARCH]}
+    with running(ServerConfig(), Router(patch_registry(Registry.default(), raw.url))) as (url, _):
+        c = _client(url)
+        try:
+            made = c.messages.create(**kw)
+            with c.messages.stream(**kw) as s:
+                streamed = s.get_final_message()
+        finally:
+            c.close()
+
+    def shape(m: Any) -> list[Any]:
+        return [(b.type, getattr(b, "text", None),
+                 [x.cited_text for x in getattr(b, "citations", None) or ()])
+                for b in m.content]  # fmt: skip
+
+    assert shape(made) == [(b["type"], b.get("text"), [x["cited_text"] for x in
+                            b.get("citations") or ()]) for b in content]  # fmt: skip
+    assert shape(streamed) == shape(made)
+
+
+# 3 ------------------------------------------------------------------------------------------
+async def test_a_key_split_across_a_server_tool_calls_input_pieces_is_scrubbed(
+    raw: RawUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server_tool_use's input streams as input_json_delta pieces; each event is
+    scrubbed alone and the joined input only when it has a backslash (scrub_nested), so a
+    deployment key split between two pieces reaches the caller whole. (A client tool call's
+    pieces are scrubbed once joined.)"""
+    key = "sk-ant-api03-SECRETSECRETSECRET0123456789"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    given = json.dumps({"query": "look up " + key})
+    cut = given.index(key) + 10
+    events = [
+        _ev("message_start", message={"id": "m", "type": "message", "role": "assistant",
+                                      "model": SONNET, "content": [], "stop_reason": None,
+                                      "usage": {"input_tokens": 10, "output_tokens": 1}}),
+        _ev("content_block_start", index=0, content_block={**USE, "input": {}}),
+        _ev("content_block_delta", index=0,
+            delta={"type": "input_json_delta", "partial_json": given[:cut]}),
+        _ev("content_block_delta", index=0,
+            delta={"type": "input_json_delta", "partial_json": given[cut:]}),
+        _ev("content_block_stop", index=0),
+        _ev("content_block_start", index=1, content_block=RESULT),
+        _ev("content_block_stop", index=1),
+        _ev("content_block_start", index=2, content_block={"type": "text", "text": ""}),
+        _ev("content_block_delta", index=2, delta={"type": "text_delta", "text": "ok"}),
+        _ev("content_block_stop", index=2),
+        _ev("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 5}),
+        _ev("message_stop"),
+    ]  # fmt: skip
+    raw.push(http_response(b"".join(events), ctype="text/event-stream"))
+    reg = patch_registry(Registry.default(), raw.url, drop_keys=False)
+    blocks: list[Any] = []
+    r = Router(reg)
+    async with r, r.stream(ASK, allow=[SONNET], server_tools=[SEARCH], max_tokens=100) as s:
+        async for d in s:
+            if d.block is not None:
+                blocks.append(d.block)
+    served = [b["type"] for b in blocks if b["type"] != "text"]  # (a text block's start)
+    assert served == ["server_tool_use", "web_search_tool_result"]
+    assert key not in json.dumps(blocks), blocks[0]
+
+
+# 4 ------------------------------------------------------------------------------------------
+async def test_a_stream_cut_after_a_search_still_bills_the_search(raw: RawUpstream) -> None:
+    """A stream that breaks after the search's call and result reached the caller: the
+    search ran (Anthropic bills it) and the content shows it, but the failed attempt's
+    estimated usage has web_searches=0, so its cost (and a budget's settlement) leaves
+    the search out."""
+    raw.push(_stream([USE, RESULT, {"type": "text", "text": "partial answer"}], end=False))
+    async with Router(patch_registry(Registry.default(), raw.url)) as r:
+        with pytest.raises(StreamInterruptedError) as ei:
+            async with r.stream(ASK, allow=[SONNET], server_tools=[SEARCH], max_tokens=100) as s:
+                async for _ in s:
+                    pass
+    a = ei.value.attempts[-1]
+    assert a.model == SONNET and a.usage is not None
+    assert a.usage.web_searches == 1, a.usage
+    per_search = Registry.default()[SONNET].price.per_search  # type: ignore[union-attr]
+    assert a.cost_usd is not None and a.cost_usd >= per_search, a.cost_usd
+
+
+# 5 ------------------------------------------------------------------------------------------
+async def test_an_errored_search_is_not_billed(raw: RawUpstream) -> None:
+    """max_uses 1: the model's second search comes back as a web_search_tool_result whose
+    content is an error (max_uses_exceeded), which Anthropic does not bill; its usage says
+    web_search_requests 1. The provider counts result blocks and takes the larger, so the
+    call had been billed 2 searches."""
+    use2 = {**USE, "id": "srvtoolu_2"}
+    err = {
+        "type": "web_search_tool_result",
+        "tool_use_id": "srvtoolu_2",
+        "content": {"type": "web_search_tool_result_error", "error_code": "max_uses_exceeded"},
+    }
+    raw.push(_body([USE, RESULT, use2, err, {"type": "text", "text": "A"}]))
+    async with Router(patch_registry(Registry.default(), raw.url)) as r:
+        res = await r.chat(ASK, allow=[SONNET], server_tools=[{**SEARCH, "max_uses": 1}],
+                           max_tokens=100, max_cost_usd=0.1)  # fmt: skip
+    assert res.usage.web_searches == 1, res.usage
+    assert res.total_cost_usd is not None and res.total_cost_usd < 0.02, res.total_cost_usd
+
+
+# 6 ------------------------------------------------------------------------------------------
+async def test_a_cost_cap_holds_with_a_search_results_tokens(raw: RawUpstream) -> None:
+    """A search's results are billed as input tokens (often tens of thousands). Under
+    max_cost_usd the hold had been the prompt, the answer and max_uses x per_search, nothing
+    for the results' tokens: a $0.05 cap was billed $0.19 (one search, 60k result tokens).
+    Each search now holds SEARCH_RESULT_TOKENS of them."""
+    from satisfice import AllAttemptsFailedError
+
+    raw.push(_body([USE, RESULT, {"type": "text", "text": "A"}], input_tokens=60_000))
+    one = [{**SEARCH, "max_uses": 1}]
+    async with Router(patch_registry(Registry.default(), raw.url)) as r:
+        # a search's results held at 20,000 input tokens ($0.06 on Sonnet 4.6), and its $0.01
+        with pytest.raises(AllAttemptsFailedError, match="20,000 input tokens"):
+            await r.chat(ASK, allow=[SONNET], server_tools=one, max_tokens=100,
+                         max_cost_usd=0.05)  # fmt: skip
+        assert not raw.requests  # refused before any call
+        res = await r.chat(ASK, allow=[SONNET], server_tools=one, max_tokens=100,
+                           max_cost_usd=0.2)  # fmt: skip
+    assert res.total_cost_usd is not None and res.total_cost_usd <= 0.2, res.total_cost_usd

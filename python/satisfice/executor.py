@@ -48,7 +48,7 @@ from .errors import (
     UpstreamTimeoutError,
 )
 from .providers import carries, make_provider
-from .providers.anthropic import DEFAULT_MAX_TOKENS
+from .providers.anthropic import DEFAULT_MAX_TOKENS, search_ran
 from .providers.base import (
     KEEPALIVE_S,
     PROGRESS,
@@ -177,6 +177,37 @@ def worst_bill(
     )
 
 
+#: Input tokens a web search's results are taken to add at most: they are billed as the
+#: call's input, and nothing can count them before the call. Cost caps and budgets hold this
+#: much for each search a tool's `max_uses` allows; a call whose searches bring more is billed
+#: what it reports, past its hold by the difference (a budget's settlement logs it).
+SEARCH_RESULT_TOKENS = 20_000
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def server_tokens(server_tools: Sequence[Any] | None) -> float:
+    """The most input tokens Anthropic's server tools may add to a call: a web search's
+    results (`SEARCH_RESULT_TOKENS` each, up to its `max_uses`), a web fetch's page (its
+    `max_content_tokens`, up to its `max_uses`); infinite when a tool leaves either unset
+    (unbounded)."""
+    n = 0.0
+    for t in server_tools or ():
+        kind = str(t.get("type", ""))
+        if not kind.startswith(("web_search_", "web_fetch_")):
+            continue
+        uses = t.get("max_uses")
+        most = (
+            SEARCH_RESULT_TOKENS if kind.startswith("web_search_") else t.get("max_content_tokens")
+        )
+        if not (_count(uses) and _count(most)):
+            return math.inf
+        n += uses * most
+    return n
+
+
 def search_bound(price: Price | None, server_tools: Sequence[Any] | None) -> float:
     """The most a call's web searches may be billed (Anthropic's web search tool, offered
     in `server_tools`): each tool's `max_uses` at the price's `per_search`; infinite when a
@@ -187,9 +218,7 @@ def search_bound(price: Price | None, server_tools: Sequence[Any] | None) -> flo
         if not str(t.get("type", "")).startswith("web_search_"):
             continue  # (web fetch has no fee of its own: its tokens are the call's)
         n = t.get("max_uses")
-        if price is None or price.per_search is None or isinstance(n, bool):
-            return math.inf
-        if not isinstance(n, int) or n < 0:
+        if price is None or price.per_search is None or not _count(n):
             return math.inf
         usd += n * price.per_search
     return usd
@@ -476,12 +505,14 @@ class Run:
             return None
         slots = max(self.share - len(self.holds.keys() - {key}), 1)
         usd = max(left, 0.0) / slots
-        searches = search_bound(t.price, self.request.server_tools)
-        if searches > usd:  # the searches the call may run alone may cost more (or unbounded)
+        served = self.request.server_tools
+        searches = search_bound(t.price, served)
+        fetched = server_tokens(served)  # what the server tools' results add to the prompt
+        if searches > usd or math.isinf(fetched):  # may cost more alone, or unbounded
             return 0, usd
         write = cache_write_of(self.request.messages, self.request.tools)
         n = t.price.output_within(
-            self.decision.max_tokens_in(t.model),
+            self.decision.max_tokens_in(t.model) + fetched,
             usd - searches,
             cache_write=write == "5m",
             cache_write_1h=write == "1h",
@@ -500,10 +531,11 @@ class Run:
     def _worst(self, t: _Target, out: int) -> float:
         """The most a call to `t` allowed `out` output tokens may be billed."""
         assert t.price is not None
-        tokens_in = self.decision.max_tokens_in(t.model)
+        served = self.request.server_tools
+        tokens_in = self.decision.max_tokens_in(t.model) + server_tokens(served)
         write = cache_write_of(self.request.messages, self.request.tools)
         within = self.request.thinking_within
-        searches = search_bound(t.price, self.request.server_tools)
+        searches = search_bound(t.price, served)
         return worst_bill(t.price, t.spec, t.dep.api, tokens_in, out, write, within) + searches
 
     def max_out(self, t: _Target) -> int | None:
@@ -759,7 +791,9 @@ class Executor:
         capped = run.output_cap(t)
         if capped is None or capped[0] > 0:
             return False
-        searches = search_bound(t.price, run.request.server_tools)
+        served = run.request.server_tools
+        searches = search_bound(t.price, served)
+        unbounded = math.isinf(searches) or math.isinf(server_tokens(served))
         run.skip(
             t.model,
             t.dep.name,
@@ -767,9 +801,11 @@ class Executor:
             f"the cost cap (${run.cap:.6f}) leaves nothing for its answer after its prompt, "
             "what this request was billed and what calls in flight hold (or a bill on it is "
             "unknown: an unpriced call)"
-            + (f"; its web searches may cost ${searches:.4f}" if 0 < searches < math.inf else
-               "; its web searches are unbounded or unpriced: set the web_search tool's "
-               "max_uses, on a model with a per_search price" if searches else ""),
+            + ("; its server tools are unbounded or unpriced: set max_uses on each (and "
+               "max_content_tokens on web_fetch), on a model with a per_search price"
+               if unbounded else
+               f"; its web searches may cost ${searches:.4f}, and their results "
+               f"{SEARCH_RESULT_TOKENS:,} input tokens each" if searches else ""),
         )  # fmt: skip
         return True
 
@@ -863,7 +899,13 @@ class Executor:
             self._in_flight[t.key] -= 1
 
     def _failed(
-        self, run: Run, t: _Target, e: ProviderError, started: float, streamed: str | None = None
+        self,
+        run: Run,
+        t: _Target,
+        e: ProviderError,
+        started: float,
+        streamed: str | None = None,
+        searched: int = 0,
     ) -> Action:
         """Record a failed attempt, update health, and say what to do next.
 
@@ -885,7 +927,7 @@ class Executor:
             step=run.step,
         )
         if streamed is not None or isinstance(e, UpstreamTimeoutError) or e.answered:
-            usage = self._prompt_usage(run, t, streamed or "")
+            usage = self._prompt_usage(run, t, streamed or "", searched)
             attempt.usage, attempt.cost_estimated = usage, True
             attempt.cost_usd = cost_of(t.price, usage)
         run.record(attempt, t)
@@ -1015,12 +1057,14 @@ class Executor:
         run.record(attempt, t)
         return attempt
 
-    def _prompt_usage(self, run: Run, t: _Target, completion: str = "") -> Usage:
+    def _prompt_usage(self, run: Run, t: _Target, completion: str = "", searched: int = 0) -> Usage:
         """What a call that got no final answer may be billed: the prompt as routed (the
-        decision's count for this model), plus any text that already streamed."""
+        decision's count for this model), plus any text that already streamed and the web
+        searches its stream showed it ran."""
         tokens_in = run.decision.tokens_in(t.model)
         out = text_tokens(completion, t.spec.tokenizer) if completion else 0
-        return _with_reasoning(Usage(tokens_in, out, source="estimated"), t, run.max_out(t))
+        usage = Usage(tokens_in, out, source="estimated", web_searches=searched)
+        return _with_reasoning(usage, t, run.max_out(t))
 
     def _result(
         self,
@@ -1366,6 +1410,7 @@ class Executor:
         ttft = None
         paused = 0.0
         delivered: list[str] = []
+        searched = 0  # web searches the stream showed it ran (billed, answer or not)
         finished = False  # the result was yielded
         scrubber = StreamScrubber()  # a key split across pieces never reaches the caller
         thinks = StreamScrubber()  # the same for the model's thinking
@@ -1397,6 +1442,7 @@ class Executor:
                         if rest := scrubber.flush():  # the text before it, whole
                             delivered.append(rest)
                             yield StreamDelta(rest)
+                        searched += search_ran(item.block)
                         yield item  # a server tool's block, a citation: as the provider read it
                     else:  # the keep-alive that made the stream the caller's (open_)
                         yield item
@@ -1462,7 +1508,7 @@ class Executor:
             # keeps an estimate of that (prompt and text so far) for the record and budgets.
             now = perf_counter()
             run.upstream_s += now - started
-            usage = self._prompt_usage(run, t, "".join(delivered))
+            usage = self._prompt_usage(run, t, "".join(delivered), searched)
             run.record(Attempt(
                 t.model, t.dep.name, "cancelled", started - run.t0, now - started,
                 "ClientClosedStream", run.closed_because or _CLOSED_EARLY,
@@ -1472,7 +1518,7 @@ class Executor:
             raise
         except ProviderError as e:
             text = "".join(delivered)
-            self._failed(run, t, e, started, streamed=text)
+            self._failed(run, t, e, started, streamed=text, searched=searched)
             raise StreamInterruptedError(
                 f"the stream from {t.model} via {t.dep.name} failed after {len(text)} characters "
                 f"had reached you, so no fallback was possible ({e}); retry the request if you "

@@ -52,7 +52,9 @@ _JSON_TOOL = "satisfice_json_answer"
 _FINISH = {
     "end_turn": "stop",
     "stop_sequence": "stop",
-    "pause_turn": "stop",
+    # a long turn of server tools, paused: the caller sends it back for Claude to go on
+    # (read as "stop", it had reached Anthropic clients as a final "end_turn")
+    "pause_turn": "pause_turn",
     "max_tokens": "length",
     "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
@@ -500,6 +502,16 @@ def server_result(b: Any) -> bool:
     return isinstance(kind, str) and kind.endswith("_tool_result") and kind != "tool_result"
 
 
+def search_ran(b: Any) -> bool:
+    """A web search's result block with results: a search Anthropic bills (one whose
+    content is an error, `max_uses_exceeded` say, is not billed)."""
+    return (
+        isinstance(b, dict)
+        and b.get("type") == "web_search_tool_result"
+        and isinstance(b.get("content"), list)
+    )
+
+
 def _searched(usage: Usage | None, searches: int) -> Usage | None:
     """`usage` billing at least the `searches` the answer shows it ran."""
     if usage is None or usage.web_searches >= searches:
@@ -563,7 +575,7 @@ class AnthropicProvider(HTTPProvider):
             thought: list[dict[str, Any]] = []
             searches = 0
             for b in data["content"]:
-                if b["type"] == "web_search_tool_result":  # one search, run by Anthropic
+                if search_ran(b):  # one search, run by Anthropic
                     searches += 1
                 elif b["type"] == "text":
                     texts.append(text_field(b["text"], "content[].text"))
@@ -612,6 +624,7 @@ class AnthropicProvider(HTTPProvider):
             # index -> [a server tool's call, its input's json pieces], open; searches run
             calling: dict[Any, tuple[dict[str, Any], list[str]]] = {}
             searches = 0
+            served = False  # a server tool ran: each text block after it is said apart
             usage_in: dict[str, Any] = {}
             out_tokens: Any = None
             stop: str | None = None
@@ -635,7 +648,9 @@ class AnthropicProvider(HTTPProvider):
                         elif kind == "content_block_stop":
                             open_blocks.discard(ev.get("index"))
                             if (c_ := calling.pop(ev.get("index"), None)) is not None:
-                                given = "".join(c_[1])  # its input, whole
+                                # its input, whole, and scrubbed whole (a key split
+                                # between two pieces had reached the caller)
+                                given = scrub("".join(c_[1]))
                                 yield StreamDelta(block=scrub_nested(
                                     {**c_[0], "input": json.loads(given) if given else {}}
                                 ))  # fmt: skip
@@ -695,12 +710,18 @@ class AnthropicProvider(HTTPProvider):
                                 block = _thought(b)
                                 thought.append(block)
                                 yield StreamDelta(thought=block)
+                            elif b["type"] == "text" and served:
+                                # a text block of its own (its citations its own), as the
+                                # answer unstreamed has it
+                                yield StreamDelta(block={"type": "text", "text": ""})
                             elif b["type"] == "server_tool_use":  # whole at its end
+                                served = True
                                 if len(calling) >= 128:
                                     raise ValueError("more than 128 server tool calls")
                                 calling[ev["index"]] = (dict(b), [])
                             elif server_result(b):  # a server tool's result comes whole
-                                searches += b["type"] == "web_search_tool_result"
+                                served = True
+                                searches += search_ran(b)
                                 yield StreamDelta(block=scrub_nested(dict(b)))
                             elif b["type"] == "tool_use":
                                 if len(tools) >= 128:

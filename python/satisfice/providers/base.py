@@ -209,8 +209,10 @@ class StreamDelta:
     `thinking` is a piece of it, and `thought` the block it ends, whole, once it is signed
     (or a `redacted_thinking` block, which comes whole), as `ChatResult.thinking` lists
     them. A server tool Anthropic ran (a web search) comes as `block`s, whole, in their place
-    among the text: its call (`server_tool_use`, with its input) and its result; `citation`
-    is a citation of the text that follows (Anthropic's `citations_delta`).
+    among the text: its call (`server_tool_use`, with its input) and its result; after one,
+    each text block's start is a `block` too (`{"type": "text", "text": ""}`, its text the
+    pieces that follow), and `citation` a citation of that block's text (Anthropic's
+    `citations_delta`).
 
     An item with none of these set says the model is still writing what comes whole at the
     end (a tool call's arguments, which can take minutes): at most one every

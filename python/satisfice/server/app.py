@@ -54,7 +54,14 @@ from ..errors import (
     UnknownModelError,
     UpstreamTimeoutError,
 )
-from ..executor import cache_write_of, search_bound, thinking_added, tuned_ladder, worst_bill
+from ..executor import (
+    cache_write_of,
+    search_bound,
+    server_tokens,
+    thinking_added,
+    tuned_ladder,
+    worst_bill,
+)
 from ..metrics import Metrics
 from ..policy import Constraints, Policy, reasoning_usd
 from ..registry import Registry
@@ -399,11 +406,6 @@ def _called(d: Decision, ladder: Cascade | None) -> list[str]:
     return [d.model, *d.fallbacks]
 
 
-def _searches(server_tools: list[dict[str, Any]] | None) -> bool:
-    """Whether a request offers Anthropic's web search (billed by the search)."""
-    return any(str(t.get("type", "")).startswith("web_search_") for t in server_tools or ())
-
-
 def _thinking_on_top(d: Decision, cascade: bool) -> int:
     """The most thinking a call of the request routed as `d` may write beyond its max_tokens
     (Anthropic's budget, added by the wire when the limit is the answer's: OpenAI's legacy
@@ -733,7 +735,11 @@ class Service:
         called = _called(d, ladder)
         # counted (`count_prompt`), and then at their upper bound: a prompt's estimate may
         # be several times under what it is billed
-        tokens_in = {m: d.max_tokens_in(m) for m in set(called)}
+        # and what the server tools' results may add to it (`executor.server_tokens`)
+        fetched = server_tokens(server_tools)
+        if math.isinf(fetched):
+            return math.inf, out
+        tokens_in = {m: d.max_tokens_in(m) + fetched for m in set(called)}
         # Every deployment's prompt (billed whether it answers or times out), plus what an
         # answer adds to its prompt: the most of those for one answer, their sum along a
         # ladder (every step may answer).
@@ -1162,9 +1168,10 @@ def create_app(
                     "tokens, so its cost cannot be bounded (send their content as text or "
                     "images, or use a key without a budget)"
                     if d is not None and d.uncounted_parts
-                    else "its web searches cannot be bounded (set the web_search tool's "
-                    "max_uses; a model without a per_search price cannot be bounded either)"
-                    if math.isinf(worst) and _searches(opts.get("server_tools"))
+                    else "its server tools cannot be bounded (set max_uses on each, and "
+                    "max_content_tokens on web_fetch; a search on a model without a "
+                    "per_search price cannot be bounded either)"
+                    if math.isinf(worst) and opts.get("server_tools")
                     else "the routed models are unpriced, so the cost cannot be bounded"
                     if math.isinf(worst)
                     else f"this request may cost up to ${worst:.6f}"
@@ -1807,6 +1814,13 @@ async def _stream(
                         text_open = thinking_open = False
                     block += 1
                     b = d.block
+                    if b["type"] == "text":  # a text block's start: its pieces follow
+                        text_open = True
+                        yield wire.anthropic_event(
+                            "content_block_start", {"index": block, "content_block": b}
+                        )
+                        d = await it.__anext__()
+                        continue
                     if b["type"] == "server_tool_use":  # its input as Anthropic streams it
                         yield wire.anthropic_event(
                             "content_block_start",

@@ -495,6 +495,7 @@ _ANTHROPIC = {
 #: as /v1/chat/completions takes its `_DEFAULTS`; any other value is refused.
 _ANTHROPIC_DEFAULTS: dict[str, Any] = {"service_tier": "auto", "speed": "standard"}
 _STOP = {
+    "pause_turn": "pause_turn",  # a server tool's long turn, to be sent back to go on
     "stop": "end_turn",
     "length": "max_tokens",
     "tool_calls": "tool_use",
