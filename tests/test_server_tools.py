@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import httpx
 import pytest
 
-from satisfice import NoRouteError, Registry, Router, StreamInterruptedError
+from satisfice import Cascade, NoRouteError, Registry, Router, Step, StreamInterruptedError
+from satisfice.ledger import read_records
 from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream, RawUpstream, http_response
 from satisfice.testing.upstream import patch_registry
@@ -414,3 +416,103 @@ async def test_a_cost_cap_holds_with_a_search_results_tokens(raw: RawUpstream) -
         res = await r.chat(ASK, allow=[SONNET], server_tools=one, max_tokens=100,
                            max_cost_usd=0.2)  # fmt: skip
     assert res.total_cost_usd is not None and res.total_cost_usd <= 0.2, res.total_cost_usd
+
+
+# -- found by a second review ------------------------------------------------------------
+
+
+# 1 ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_paused_turns_continuation_keeps_its_citations_and_blocks(
+    raw: RawUpstream, stream: bool
+) -> None:
+    """pause_turn: the client sends the paused turn back (assistant last) and Claude goes
+    on. The continuation cites the earlier search but runs none itself, so its content has
+    no server block: anthropic_response then rebuilds it from the joined text (citations
+    dropped, blocks merged), and the stream, with no server block seen, runs its text
+    blocks into one. An SDK app loses every citation of the finished answer."""
+    rest = [{"type": "text", "text": "A is true", "citations": [_cite("a")]},
+            {"type": "text", "text": " and more."}]  # fmt: skip
+    raw.push(_body([USE, RESULT], "pause_turn"), (_stream if stream else _body)(rest))
+    kw: dict[str, Any] = {"model": SONNET, "max_tokens": 500, "tools": [SEARCH]}
+    with running(ServerConfig(), Router(patch_registry(Registry.default(), raw.url))) as (url, _):
+        c = _client(url)
+        try:
+            first = c.messages.create(messages=ASK, **kw)
+            assert first.stop_reason == "pause_turn"
+            history = [*ASK, {"role": "assistant", "content": first.content}]
+            if stream:
+                with c.messages.stream(messages=history, **kw) as s:
+                    done = s.get_final_message()
+            else:
+                done = c.messages.create(messages=history, **kw)
+        finally:
+            c.close()
+    assert [b.model_dump(exclude_none=True) for b in done.content] == rest
+
+
+# 2 ------------------------------------------------------------------------------------------
+def test_a_session_switch_for_a_search_says_why(tmp_path: Any) -> None:
+    """A session pinned on an OpenAI model (an earlier turn without a search) asks for a
+    search: the request must go to Claude, and the record's session_switch says why the
+    pin no longer fits. The check re-routes the pin without the server tools, so it fits,
+    and the record says the pin "cannot be called now (disabled or cooling down)": false,
+    gpt-5.4-mini is healthy."""
+    from satisfice.server.wire import session_key
+
+    cfg = ServerConfig(ledger=str(tmp_path / "l.db"))
+    with LocalUpstream() as up, running(cfg, Router(up.patch(Registry.default()))) as (url, app):
+        svc = app.state.service
+        svc.state._pins[f"anon:{session_key('s1')}"] = ("gpt-5.4-mini", 1e12)
+        c = _client(url)
+        try:
+            r = c.messages.create(model="auto", max_tokens=500, messages=ASK, tools=[SEARCH],
+                                  metadata={"user_id": "s1"})  # fmt: skip
+        finally:
+            c.close()
+        svc.router.ledger.flush()
+        recs = list(read_records(tmp_path / "l.db"))
+    assert r.model.startswith("claude-")
+    why = recs[-1]["metadata"]["session_switch"]
+    assert "cooling" not in why and ("server tool" in why or "Anthropic" in why), why
+
+
+# 3 ------------------------------------------------------------------------------------------
+async def test_a_cascade_step_on_an_openai_model_says_it_is_the_server_tools() -> None:
+    """A cascade naming an OpenAI model, with server_tools: refused (fine), but in words
+    that blame "this request's allow/deny", which the caller never set (the allow list
+    is the one server_tools put in); the server tools go unnamed."""
+    from satisfice import ConfigError
+
+    ladder = Cascade([Step(("gpt-5.4-mini",)), Step((SONNET,))])
+    with LocalUpstream() as up:
+        async with Router(up.patch(Registry.default())) as r:
+            with pytest.raises(ConfigError) as ei:
+                await r.chat(ASK, server_tools=[SEARCH], max_tokens=100, cascade=ladder)
+    assert "server tool" in str(ei.value) or "server_tools" in str(ei.value), str(ei.value)
+
+
+# 4 ------------------------------------------------------------------------------------------
+def test_a_tpm_limit_counts_the_search_results_a_request_may_bring(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A budget holds each search's results at SEARCH_RESULT_TOKENS input tokens; a key's
+    tpm count takes the prompt, max_tokens and (for Claude) the thinking budget, but not
+    the results: a request that may add 5 x 20,000 input tokens passes a 10,000 tpm key
+    (Anthropic counts those tokens against its own input-token limit)."""
+    from .test_server import MASTER
+
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
+    with LocalUpstream() as up, running(ServerConfig(), Router(up.patch(Registry.default()))) as (
+        url, _,
+    ):  # fmt: skip
+        admin = {"authorization": f"Bearer {MASTER}"}
+        key = httpx.post(url + "/admin/keys", headers=admin,
+                         json={"name": "t", "tpm": 10_000}).json()["key"]  # fmt: skip
+        c = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0, timeout=60)
+        try:
+            with pytest.raises(anthropic.RateLimitError):
+                c.messages.create(model=SONNET, max_tokens=100, messages=ASK,
+                                  tools=[{**SEARCH, "max_uses": 5}])  # fmt: skip
+        finally:
+            c.close()

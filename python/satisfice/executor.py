@@ -1234,6 +1234,18 @@ class Executor:
         for rung in ladder.steps:
             for m in rung.models:
                 run.registry[m]  # UnknownModelError names the known ids, before any call
+        if run.request.server_tools is not None:  # (what put Claude models alone in `allow`)
+            unserved = sorted({
+                m for rung in ladder.steps for m in rung.models
+                if not any(dep.api == "anthropic" for dep in run.registry[m].deployments)
+            })  # fmt: skip
+            if unserved:
+                raise ConfigError(
+                    f"the cascade calls {', '.join(unserved)}, which cannot run Anthropic's "
+                    "server tools (web search, web fetch) this request offers: only models "
+                    "with an Anthropic deployment can; take them out of the ladder, or the "
+                    "server tools out of the request"
+                )
         ruled_out = sorted(
             {
                 m

@@ -624,7 +624,9 @@ class AnthropicProvider(HTTPProvider):
             # index -> [a server tool's call, its input's json pieces], open; searches run
             calling: dict[Any, tuple[dict[str, Any], list[str]]] = {}
             searches = 0
-            served = False  # a server tool ran: each text block after it is said apart
+            # server tools in play (offered, or a turn sent back ran one): each text block
+            # is said apart, its citations its own (a paused turn's continuation runs none)
+            served = request.server_tools is not None
             usage_in: dict[str, Any] = {}
             out_tokens: Any = None
             stop: str | None = None
@@ -715,12 +717,10 @@ class AnthropicProvider(HTTPProvider):
                                 # answer unstreamed has it
                                 yield StreamDelta(block={"type": "text", "text": ""})
                             elif b["type"] == "server_tool_use":  # whole at its end
-                                served = True
                                 if len(calling) >= 128:
                                     raise ValueError("more than 128 server tool calls")
                                 calling[ev["index"]] = (dict(b), [])
                             elif server_result(b):  # a server tool's result comes whole
-                                served = True
                                 searches += search_ran(b)
                                 yield StreamDelta(block=scrub_nested(dict(b)))
                             elif b["type"] == "tool_use":

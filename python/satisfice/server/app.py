@@ -406,6 +406,29 @@ def _called(d: Decision, ladder: Cascade | None) -> list[str]:
     return [d.model, *d.fallbacks]
 
 
+def _server_tools_why(
+    reg: Registry, model: str, server_tools: list[dict[str, Any]] | None
+) -> str | None:
+    """Why `model` cannot take a request with Anthropic's server tools, if it cannot (the
+    router's `_on_anthropic` rule), for a session pin it switched from."""
+    if server_tools is None or model not in reg:
+        return None
+    m = reg[model]
+    if not any(dep.api == "anthropic" for dep in m.deployments):
+        return (
+            "it cannot run Anthropic's server tools (web search, web fetch), which this "
+            "request offers"
+        )
+    searches = any(str(t.get("type", "")).startswith("web_search_") for t in server_tools)
+    prices = [dep.price or m.price for dep in m.deployments if dep.api == "anthropic"]
+    if searches and any(p is None or p.per_search is None for p in prices):
+        return (
+            "this request may search the web, and its price has no per_search (a model "
+            "whose price has one was chosen)"
+        )
+    return None
+
+
 def _thinking_on_top(d: Decision, cascade: bool) -> int:
     """The most thinking a call of the request routed as `d` may write beyond its max_tokens
     (Anthropic's budget, added by the wire when the limit is the answer's: OpenAI's legacy
@@ -1065,13 +1088,15 @@ def create_app(
                 if d.model == pinned:
                     meta["session_pin"] = pinned
                 else:  # say why: a constraint it fails, else that it cannot be called now
-                    why = "it cannot be called now (disabled or cooling down)"
+                    why = _server_tools_why(d.registry, pinned, opts.get("server_tools"))
                     try:
-                        await svc.router.aroute(
-                            routed.messages,
-                            {**constraints, "allow": (pinned,), "strict_floor": True},
-                            **shape,
-                        )
+                        if why is None:
+                            why = "it cannot be called now (disabled or cooling down)"
+                            await svc.router.aroute(
+                                routed.messages,
+                                {**constraints, "allow": (pinned,), "strict_floor": True},
+                                **shape,
+                            )
                     except NoRouteError as e:
                         why = str(e)
                     meta["session_switch"] = f"{pinned} no longer fits: {why}"[:300]
@@ -1098,11 +1123,27 @@ def create_app(
                 cap = int(opts.get("max_tokens") or 4 * max(d.tokens_out, 256))
                 if key.tpm is not None:
                     opts.setdefault("max_tokens", cap)  # the count holds only if the call does
-                # (and the thinking a Claude row writes past an answer's limit)
+                # (and the thinking a Claude row writes past an answer's limit, and what
+                # server tools' results may add to the prompt, as a budget holds them)
+                fetched = server_tokens(opts.get("server_tools"))
                 tokens = d.max_tokens_in(d.model) + cap + _thinking_on_top(d, "cascade" in opts)
+                tokens += 0 if math.isinf(fetched) else int(fetched)
                 count = RateCount(  # the prompt counted (`count_prompt`), as billed
                     key.id, key.rpm, key.tpm, tokens, hold or uuid.uuid4().hex
                 )
+                if key.tpm is not None and math.isinf(fetched):
+                    if recheck:
+                        raise KeyChanged()
+                    svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
+                    raise HTTPError(
+                        429,
+                        f"this request's server tools may add any number of tokens, so key "
+                        f"{key.name!r}'s tpm limit cannot be checked; set max_uses on each "
+                        "(and max_content_tokens on web_fetch)",
+                        "rate_limit_error",
+                        "rate_limit_exceeded",
+                        _NO_RETRY,
+                    )
                 if key.tpm is not None and d.uncounted_parts:
                     if recheck:
                         raise KeyChanged()

@@ -955,9 +955,10 @@ def anthropic_response(res: Any) -> dict[str, Any]:
     # Anthropic's shape (stop "refusal"), a block of its own beside the answer's text (it
     # had been lost where both came)
     raw = res.raw.get("content") if isinstance(res.raw, Mapping) else None
-    if isinstance(raw, list) and any(server_block(b) for b in raw):
-        # a server tool's call and result beside the text that cites them: the content as
-        # the (Anthropic) upstream gave it, scrubbed as it was read (base.parse_json)
+    if isinstance(raw, list) and any(server_block(b) or _cites(b) for b in raw):
+        # a server tool's call and result beside the text that cites them (or, a paused
+        # turn's continuation, the citing text alone): the content as the (Anthropic)
+        # upstream gave it, scrubbed as it was read (base.parse_json)
         blocks = [dict(b) for b in raw]
     else:
         blocks = _said(res) + [{"type": "text", "text": t} for t in (res.refusal,) if t]
@@ -977,6 +978,11 @@ def anthropic_response(res: Any) -> dict[str, Any]:
         "satisfice": decision_field(res),
         **_context_edits(res),
     }
+
+
+def _cites(b: Any) -> bool:
+    """A text block with citations (of a search's results)."""
+    return isinstance(b, Mapping) and b.get("type") == "text" and bool(b.get("citations"))
 
 
 def server_block(b: Any) -> bool:
