@@ -516,3 +516,29 @@ def test_a_tpm_limit_counts_the_search_results_a_request_may_bring(
                                   tools=[{**SEARCH, "max_uses": 5}])  # fmt: skip
         finally:
             c.close()
+
+
+async def test_a_call_cut_off_before_anything_was_seen_bills_the_searches_it_may_have_run() -> None:
+    """A search request whose call times out after reaching Anthropic (or is cancelled, a
+    race's loser): it may have run its searches, which Anthropic bills; nothing was seen.
+    Its estimate had been the prompt alone. Now: the searches its tools allow, their
+    results' tokens too; with no max_uses to bound them, a cost unknown, never a number."""
+    from satisfice import AllAttemptsFailedError
+    from satisfice.executor import ExecutionConfig
+    from satisfice.testing import hang
+
+    cfg = ExecutionConfig(read_timeout_s=0.5, attempt_timeout_s=0.5, max_retries=0)
+    with LocalUpstream() as up:
+        up.default = hang()
+        async with Router(up.patch(Registry.default())).configure(execution=cfg) as r:
+            for tools, priced in (([SEARCH], True), ([{**SEARCH, "max_uses": None}], False)):
+                tools = [{k: v for k, v in t.items() if v is not None} for t in tools]
+                with pytest.raises(AllAttemptsFailedError) as ei:
+                    await r.chat(ASK, allow=[SONNET], server_tools=tools, max_tokens=100)
+                (a,) = [a for a in ei.value.attempts if a.outcome == "error"][:1]
+                assert a.usage is not None and a.cost_estimated
+                if priced:  # 3 searches at $0.01, their results 3 x 20,000 input tokens
+                    assert a.usage.web_searches == 3 and a.usage.prompt_tokens > 60_000
+                    assert a.cost_usd is not None and a.cost_usd > 0.03 + 60_000 * 3 / 1e6
+                else:
+                    assert a.cost_usd is None

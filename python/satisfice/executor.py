@@ -208,6 +208,19 @@ def server_tokens(server_tools: Sequence[Any] | None) -> float:
     return n
 
 
+def most_searches(server_tools: Sequence[Any] | None) -> int | None:
+    """The most web searches a call may run (its search tools' `max_uses`, summed); None
+    when one sets none (unbounded)."""
+    n = 0
+    for t in server_tools or ():
+        if str(t.get("type", "")).startswith("web_search_"):
+            uses = t.get("max_uses")
+            if not _count(uses):
+                return None
+            n += uses
+    return n
+
+
 def search_bound(price: Price | None, server_tools: Sequence[Any] | None) -> float:
     """The most a call's web searches may be billed (Anthropic's web search tool, offered
     in `server_tools`): each tool's `max_uses` at the price's `per_search`; infinite when a
@@ -905,7 +918,7 @@ class Executor:
         e: ProviderError,
         started: float,
         streamed: str | None = None,
-        searched: int = 0,
+        searched: int | None = None,
     ) -> Action:
         """Record a failed attempt, update health, and say what to do next.
 
@@ -929,7 +942,7 @@ class Executor:
         if streamed is not None or isinstance(e, UpstreamTimeoutError) or e.answered:
             usage = self._prompt_usage(run, t, streamed or "", searched)
             attempt.usage, attempt.cost_estimated = usage, True
-            attempt.cost_usd = cost_of(t.price, usage)
+            attempt.cost_usd = self._cut_cost(run, t, usage, searched)
         run.record(attempt, t)
         action = classify(e)
         if action is Action.DISABLE:
@@ -1057,14 +1070,27 @@ class Executor:
         run.record(attempt, t)
         return attempt
 
-    def _prompt_usage(self, run: Run, t: _Target, completion: str = "", searched: int = 0) -> Usage:
+    def _prompt_usage(
+        self, run: Run, t: _Target, completion: str = "", searched: int | None = None
+    ) -> Usage:
         """What a call that got no final answer may be billed: the prompt as routed (the
-        decision's count for this model), plus any text that already streamed and the web
-        searches its stream showed it ran."""
-        tokens_in = run.decision.tokens_in(t.model)
+        decision's count for this model), plus any text that already streamed, and the web
+        searches it ran (`searched`: as many as its stream showed; None, nothing seen: as
+        many as its tools allow), their results at SEARCH_RESULT_TOKENS input tokens."""
+        if searched is None:
+            searched = most_searches(run.request.server_tools) or 0  # (unbounded: _cut_cost)
+        tokens_in = run.decision.tokens_in(t.model) + searched * SEARCH_RESULT_TOKENS
         out = text_tokens(completion, t.spec.tokenizer) if completion else 0
         usage = Usage(tokens_in, out, source="estimated", web_searches=searched)
         return _with_reasoning(usage, t, run.max_out(t))
+
+    @staticmethod
+    def _cut_cost(run: Run, t: _Target, usage: Usage, searched: int | None) -> float | None:
+        """The cost of a call with no final answer, billed at `usage` (`_prompt_usage`):
+        unknown when it may have run web searches nobody saw and no max_uses bounds."""
+        if searched is None and most_searches(run.request.server_tools) is None:
+            return None
+        return cost_of(t.price, usage)
 
     def _result(
         self,
@@ -1671,7 +1697,9 @@ class Executor:
                 started - run.t0,
                 now - started,
                 usage=usage,
-                cost_usd=cost_of(t.price, billed),
+                cost_usd=cost_of(t.price, billed)
+                if usage is not None
+                else self._cut_cost(run, t, billed, None),
                 cost_estimated=billed.source != "provider",
                 step=run.step,
             ),
