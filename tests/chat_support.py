@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
+
+import pytest
 
 from satisfice import Policy, Registry, Router
 from satisfice.executor import ExecutionConfig
@@ -109,3 +112,35 @@ CLAUDE_CODE_TOOLS = [{
     "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
     "cache_control": {"type": "ephemeral"},
 }]  # fmt: skip
+
+
+def held_routing(
+    monkeypatch: pytest.MonkeyPatch, only: Router | None = None
+) -> tuple[threading.Event, threading.Event]:
+    """Routing made to run on a worker thread, as a large prompt's does, and held there
+    (`only` that router's) until the second event is set; the first is set once it is."""
+    import satisfice.router as rt
+
+    routing, gate = threading.Event(), threading.Event()
+    route = rt.Router._route
+
+    def held(self: Router, *a: Any, **k: Any) -> Any:
+        if only is None or self is only:
+            routing.set()
+            gate.wait(10)
+        return route(self, *a, **k)
+
+    monkeypatch.setattr(rt, "_route_inline", lambda *a: False)
+    monkeypatch.setattr(rt.Router, "_route", held)
+    return routing, gate
+
+
+async def cancel_while_routed(aw: Any, routing: threading.Event) -> None:
+    """Run `aw` as a task and cancel it once its routing is held (`held_routing`)."""
+    import asyncio
+
+    task = asyncio.ensure_future(aw)
+    assert await asyncio.to_thread(routing.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -45,3 +46,16 @@ def running(config: ServerConfig | None = None, router: Any = None) -> Iterator[
     finally:
         server.should_exit = True
         t.join(30)
+
+
+def post_chat(url: str, key: str, body: bytes) -> socket.socket:
+    """A /v1/chat/completions request sent on a socket of its own (the caller closes it,
+    as a client that leaves does): the connection, open."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+        b"content-type: application/json\r\nauthorization: Bearer %s\r\n"
+        b"content-length: %d\r\n\r\n%s" % (key.encode(), len(body), body)
+    )
+    return s

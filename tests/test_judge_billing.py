@@ -7,7 +7,6 @@ had counted it as $0."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from satisfice.executor import ExecutionConfig
 from satisfice.ledger import read_records
 from satisfice.testing import LocalUpstream, hang, reply
 
+from .chat_support import cancel_while_routed, held_routing
 from .polling import until_async
 
 
@@ -428,32 +428,17 @@ async def test_a_judge_request_cancelled_while_routed_is_no_request_of_its_own(
     request's caller gone) while the judge's prompt is routed on a worker thread: no call
     was made and nothing is on the check's bill; chat() then writes no record of its own
     (_bill_to_check -> routed_call(None) -> not own). stream() must do the same."""
-    import satisfice.router as rt
 
     up.default = reply("hello")
     r = _router(_model("alpha", up.url, 0.1), _model("beta", up.url, 0.1))
     judge_router = _router(_model("judge", up.url, 50.0))
-    routing, gate = threading.Event(), threading.Event()
-    route = rt.Router._route
-
-    def held(self: rt.Router, *a: Any, **k: Any) -> Any:
-        if self is judge_router:  # only the judge's prompt is held on its worker thread
-            routing.set()
-            gate.wait(10)
-        return route(self, *a, **k)
-
-    monkeypatch.setattr(rt, "_route_inline", lambda *a: False)  # as for a large prompt
-    monkeypatch.setattr(rt.Router, "_route", held)
+    routing, gate = held_routing(monkeypatch, only=judge_router)  # the judge's prompt
     ladder = Cascade([Step(("alpha",), _judge(judge_router, stream=how == "stream")),
                       Step(("beta",))])  # fmt: skip
     try:
         async with r.attach(ledger=tmp_path / "outer.db"), \
                 judge_router.attach(ledger=tmp_path / "judge.db"):  # fmt: skip
-            task = asyncio.ensure_future(r.chat("hi", cascade=ladder))
-            assert await asyncio.to_thread(routing.wait, 10)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await cancel_while_routed(r.chat("hi", cascade=ladder), routing)
             gate.set()
             assert r.ledger is not None and r.ledger.flush(5.0)
             assert judge_router.ledger is not None and judge_router.ledger.flush(5.0)

@@ -17,7 +17,7 @@ from satisfice.errors import ConfigError
 from satisfice.ledger import Ledger, PostgresSink, read_records
 from satisfice.testing import LocalUpstream, hang, reply
 
-from .chat_support import router, wire
+from .chat_support import cancel_while_routed, held_routing, router, wire
 from .ledger_support import ScriptedSink
 from .servers import postgres
 
@@ -46,16 +46,7 @@ async def test_a_request_cancelled_while_it_is_routed_is_recorded(
     import satisfice.router as rt
 
     up.default = reply("never asked")
-    routing, gate = threading.Event(), threading.Event()
-    route = rt.Router._route
-
-    def held(self: rt.Router, *a: Any, **k: Any) -> Any:
-        routing.set()
-        gate.wait(10)
-        return route(self, *a, **k)
-
-    monkeypatch.setattr(rt, "_route_inline", lambda *a: False)  # as for a large prompt
-    monkeypatch.setattr(rt.Router, "_route", held)
+    routing, gate = held_routing(monkeypatch)
 
     async def request(r: rt.Router) -> None:
         if how == "chat":
@@ -67,11 +58,7 @@ async def test_a_request_cancelled_while_it_is_routed_is_recorded(
 
     try:
         async with router(up.url).attach(ledger=tmp_path / "l.db") as r:
-            task = asyncio.ensure_future(request(r))
-            assert await asyncio.to_thread(routing.wait, 10)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await cancel_while_routed(request(r), routing)
             gate.set()
             assert r.ledger is not None and r.ledger.flush(5.0)
     finally:
@@ -271,30 +258,19 @@ def test_a_served_request_cancelled_while_routed_is_recorded(
     is on record at $0. A key with a budget (or rpm/tpm, or a session pin) is routed by
     the server itself (`router.decide`) before chat(): its client gone then, the request
     had left no record."""
-    import socket
     import time
 
     import httpx
 
-    import satisfice.router as rt
     from satisfice import Policy, Router
     from satisfice.server import ServerConfig
 
     from .chat_support import registry
-    from .server_support import running
+    from .server_support import post_chat, running
     from .test_server import MASTER
 
     monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
-    routing, gate = threading.Event(), threading.Event()
-    route = rt.Router._route
-
-    def held(self: rt.Router, *a: Any, **k: Any) -> Any:
-        routing.set()
-        gate.wait(10)
-        return route(self, *a, **k)
-
-    monkeypatch.setattr(rt, "_route_inline", lambda *a: False)  # as for a large prompt
-    monkeypatch.setattr(rt.Router, "_route", held)
+    routing, gate = held_routing(monkeypatch)
     try:
         with LocalUpstream(default=reply("never asked")) as up:
             router = Router(registry(up.url), Policy(quality_floor=0.5))
@@ -308,13 +284,7 @@ def test_a_served_request_cancelled_while_routed_is_recorded(
                 k = httpx.post(url + "/admin/keys", headers=admin, json=spec).json()
                 msgs = [{"role": "user", "content": "hi"}]
                 body = json.dumps({"model": "auto", "messages": msgs}).encode()
-                host, port = url.removeprefix("http://").split(":")
-                with socket.create_connection((host, int(port)), timeout=10) as s:
-                    s.sendall(
-                        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                        b"content-type: application/json\r\nauthorization: Bearer %s\r\n"
-                        b"content-length: %d\r\n\r\n%s" % (k["key"].encode(), len(body), body)
-                    )
+                with post_chat(url, k["key"], body):
                     assert routing.wait(10)  # routed on a worker thread, held there
                 # the client is gone while its request is routed
                 deadline = time.monotonic() + 5

@@ -22,7 +22,7 @@ from satisfice.testing import LocalUpstream, reply, status
 
 from .chat_support import TOOLS, registry, wire
 from .polling import until
-from .server_support import running
+from .server_support import post_chat, running
 
 MASTER = "master-test-key-0123456789abcdef"
 
@@ -1129,7 +1129,6 @@ def test_a_client_that_leaves_cancels_the_call(
     now, the request on record as cancelled, its budget's hold settled. A stream is written
     on its request's own task, which the connection cancels the same way (Starlette's
     response had run a second task and a task group for each stream to notice)."""
-    import socket
 
     from satisfice.testing.behaviors import hang
 
@@ -1147,13 +1146,7 @@ def test_a_client_that_leaves_cancels_the_call(
             body = json.dumps(
                 {"model": "auto", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
             ).encode()
-            host, port = url.removeprefix("http://").split(":")
-            with socket.create_connection((host, int(port)), timeout=10) as s:
-                s.sendall(
-                    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                    b"content-type: application/json\r\nauthorization: Bearer %s\r\n"
-                    b"content-length: %d\r\n\r\n%s" % (k["key"].encode(), len(body), body)
-                )
+            with post_chat(url, k["key"], body) as s:
                 deadline = time.monotonic() + 10
                 if stream:
                     got = b""

@@ -264,6 +264,19 @@ def raw() -> Iterator[RawUpstream]:
         yield r
 
 
+def _made_and_streamed(raw: RawUpstream, kw: dict[str, Any]) -> tuple[Any, Any]:
+    """The same request created, then streamed, through `satisfice serve` (the official
+    SDK's messages.create and messages.stream(...).get_final_message())."""
+    with running(ServerConfig(), Router(patch_registry(Registry.default(), raw.url))) as (url, _):
+        c = _client(url)
+        try:
+            made = c.messages.create(**kw)
+            with c.messages.stream(**kw) as s:
+                return made, s.get_final_message()
+        finally:
+            c.close()
+
+
 # 1 ------------------------------------------------------------------------------------------
 def test_pause_turn_reaches_the_client(raw: RawUpstream) -> None:
     """Anthropic ends a long server-tool turn with stop_reason "pause_turn": the client is
@@ -271,14 +284,7 @@ def test_pause_turn_reaches_the_client(raw: RawUpstream) -> None:
     "end_turn" (streamed and not), so an SDK app takes a half-done search as the answer."""
     raw.push(_body([USE, RESULT], "pause_turn"), _stream([USE, RESULT], "pause_turn"))
     kw: dict[str, Any] = {"model": SONNET, "max_tokens": 500, "messages": ASK, "tools": [SEARCH]}
-    with running(ServerConfig(), Router(patch_registry(Registry.default(), raw.url))) as (url, _):
-        c = _client(url)
-        try:
-            made = c.messages.create(**kw)
-            with c.messages.stream(**kw) as s:
-                streamed = s.get_final_message()
-        finally:
-            c.close()
+    made, streamed = _made_and_streamed(raw, kw)
     assert [b.type for b in made.content] == ["server_tool_use", "web_search_tool_result"]
     assert made.stop_reason == "pause_turn"
     assert streamed.stop_reason == "pause_turn"
@@ -296,14 +302,7 @@ def test_streamed_and_created_give_the_same_text_blocks_and_citations(raw: RawUp
                {"type": "text", "text": "B is too", "citations": [_cite("b")]}]  # fmt: skip
     raw.push(_body(content), _stream(content))
     kw: dict[str, Any] = {"model": SONNET, "max_tokens": 500, "messages": ASK, "tools": [SEARCH]}
-    with running(ServerConfig(), Router(patch_registry(Registry.default(), raw.url))) as (url, _):
-        c = _client(url)
-        try:
-            made = c.messages.create(**kw)
-            with c.messages.stream(**kw) as s:
-                streamed = s.get_final_message()
-        finally:
-            c.close()
+    made, streamed = _made_and_streamed(raw, kw)
 
     def shape(m: Any) -> list[Any]:
         return [(b.type, getattr(b, "text", None),

@@ -1131,45 +1131,25 @@ def create_app(
                 count = RateCount(  # the prompt counted (`count_prompt`), as billed
                     key.id, key.rpm, key.tpm, tokens, hold or uuid.uuid4().hex
                 )
-                if key.tpm is not None and math.isinf(fetched):
+                # what no minute of the key's tpm will ever fit, or cannot be counted
+                tpm_why = None if key.tpm is None else (
+                    f"this request's server tools may add any number of tokens, so key "
+                    f"{key.name!r}'s tpm limit cannot be checked; set max_uses on each (and "
+                    "max_content_tokens on web_fetch)" if math.isinf(fetched) else
+                    f"this request has {d.uncounted_parts} file or audio part(s), whose "
+                    f"tokens cannot be counted, so key {key.name!r}'s tpm limit cannot be "
+                    "checked; send their content as text or images, or use a key without "
+                    "a tpm limit" if d.uncounted_parts else
+                    f"this request may take {count.tokens} tokens (prompt and max_tokens), "
+                    f"more than key {key.name!r} allows in a minute (tpm {key.tpm}); "
+                    "lower max_tokens or shorten the prompt" if count.tokens > key.tpm else None
+                )  # fmt: skip
+                if tpm_why is not None:
                     if recheck:
                         raise KeyChanged()
                     svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
                     raise HTTPError(
-                        429,
-                        f"this request's server tools may add any number of tokens, so key "
-                        f"{key.name!r}'s tpm limit cannot be checked; set max_uses on each "
-                        "(and max_content_tokens on web_fetch)",
-                        "rate_limit_error",
-                        "rate_limit_exceeded",
-                        _NO_RETRY,
-                    )
-                if key.tpm is not None and d.uncounted_parts:
-                    if recheck:
-                        raise KeyChanged()
-                    svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
-                    raise HTTPError(
-                        429,
-                        f"this request has {d.uncounted_parts} file or audio part(s), whose "
-                        f"tokens cannot be counted, so key {key.name!r}'s tpm limit cannot be "
-                        "checked; send their content as text or images, or use a key without "
-                        "a tpm limit",
-                        "rate_limit_error",
-                        "rate_limit_exceeded",
-                        _NO_RETRY,
-                    )
-                if key.tpm is not None and count.tokens > key.tpm:  # no minute will ever fit it
-                    if recheck:
-                        raise KeyChanged()
-                    svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
-                    raise HTTPError(
-                        429,
-                        f"this request may take {count.tokens} tokens (prompt and max_tokens), "
-                        f"more than key {key.name!r} allows in a minute (tpm {key.tpm}); "
-                        "lower max_tokens or shorten the prompt",
-                        "rate_limit_error",
-                        "rate_limit_exceeded",
-                        _NO_RETRY,
+                        429, tpm_why, "rate_limit_error", "rate_limit_exceeded", _NO_RETRY
                     )
             if budgets and math.isinf(worst):
                 if recheck:
@@ -1807,7 +1787,7 @@ async def _stream(
                         await svc.state.set_pin(routed.session, res.model)
                     yield wire.anthropic_event("message_stop", {})
                     return
-                if d.text:
+                if d.text or d.citation is not None:  # text, or a citation of what follows
                     if thinking_open:  # (it closes at its signature: not seen here)
                         yield wire.anthropic_event("content_block_stop", {"index": block})
                         thinking_open = False
@@ -1817,9 +1797,12 @@ async def _stream(
                             "content_block_start",
                             {"index": block, "content_block": {"type": "text", "text": ""}},
                         )
+                    piece = (
+                        {"type": "text_delta", "text": d.text} if d.text
+                        else {"type": "citations_delta", "citation": d.citation}
+                    )  # fmt: skip
                     yield wire.anthropic_event(
-                        "content_block_delta",
-                        {"index": block, "delta": {"type": "text_delta", "text": d.text}},
+                        "content_block_delta", {"index": block, "delta": piece}
                     )
                 elif d.thinking or d.thought is not None:
                     if text_open:  # interleaved thinking, after text
@@ -1876,21 +1859,6 @@ async def _stream(
                             "content_block_start", {"index": block, "content_block": b}
                         )
                     yield wire.anthropic_event("content_block_stop", {"index": block})
-                elif d.citation is not None:  # of the text that follows, in its block
-                    if thinking_open:
-                        yield wire.anthropic_event("content_block_stop", {"index": block})
-                        thinking_open = False
-                    if not text_open:
-                        block, text_open = block + 1, True
-                        yield wire.anthropic_event(
-                            "content_block_start",
-                            {"index": block, "content_block": {"type": "text", "text": ""}},
-                        )
-                    yield wire.anthropic_event(
-                        "content_block_delta",
-                        {"index": block,
-                         "delta": {"type": "citations_delta", "citation": d.citation}},
-                    )  # fmt: skip
                 else:  # the model is writing a tool call, given whole at the end
                     yield _PING
                 d = await it.__anext__()
