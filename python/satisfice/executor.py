@@ -226,15 +226,12 @@ def search_bound(price: Price | None, server_tools: Sequence[Any] | None) -> flo
     in `server_tools`): each tool's `max_uses` at the price's `per_search`; infinite when a
     tool sets no max_uses or the price has no per_search (unbounded, or unknown); 0 with no
     search tool. One bound for a cost cap's holds and a budget's reservation."""
-    usd = 0.0
-    for t in server_tools or ():
-        if not str(t.get("type", "")).startswith("web_search_"):
-            continue  # (web fetch has no fee of its own: its tokens are the call's)
-        n = t.get("max_uses")
-        if price is None or price.per_search is None or not _count(n):
-            return math.inf
-        usd += n * price.per_search
-    return usd
+    n = most_searches(server_tools)  # (web fetch has no fee: its tokens are the call's)
+    if n == 0:
+        return 0.0
+    if n is None or price is None or price.per_search is None:
+        return math.inf
+    return n * price.per_search
 
 
 def cache_write_of(messages: Sequence[Any], tools: Sequence[Any] | None) -> str | None:
