@@ -48,7 +48,13 @@ from .errors import (
     UpstreamTimeoutError,
 )
 from .providers import carries, make_provider
-from .providers.anthropic import DEFAULT_MAX_TOKENS, search_ran
+from .providers.anthropic import (
+    DEFAULT_MAX_TOKENS,
+    runs_server_tools,
+    search_ran,
+    searches,
+    server_tool,
+)
 from .providers.base import (
     KEEPALIVE_S,
     PROGRESS,
@@ -195,13 +201,10 @@ def server_tokens(server_tools: Sequence[Any] | None) -> float:
     (unbounded)."""
     n = 0.0
     for t in server_tools or ():
-        kind = str(t.get("type", ""))
-        if not kind.startswith(("web_search_", "web_fetch_")):
+        if not server_tool(t):
             continue
         uses = t.get("max_uses")
-        most = (
-            SEARCH_RESULT_TOKENS if kind.startswith("web_search_") else t.get("max_content_tokens")
-        )
+        most = SEARCH_RESULT_TOKENS if searches(t) else t.get("max_content_tokens")
         if not (_count(uses) and _count(most)):
             return math.inf
         n += uses * most
@@ -213,7 +216,7 @@ def most_searches(server_tools: Sequence[Any] | None) -> int | None:
     when one sets none (unbounded)."""
     n = 0
     for t in server_tools or ():
-        if str(t.get("type", "")).startswith("web_search_"):
+        if searches(t):
             uses = t.get("max_uses")
             if not _count(uses):
                 return None
@@ -516,14 +519,14 @@ class Run:
         slots = max(self.share - len(self.holds.keys() - {key}), 1)
         usd = max(left, 0.0) / slots
         served = self.request.server_tools
-        searches = search_bound(t.price, served)
+        search_usd = search_bound(t.price, served)
         fetched = server_tokens(served)  # what the server tools' results add to the prompt
-        if searches > usd or math.isinf(fetched):  # may cost more alone, or unbounded
+        if search_usd > usd or math.isinf(fetched):  # may cost more alone, or unbounded
             return 0, usd
         write = cache_write_of(self.request.messages, self.request.tools)
         n = t.price.output_within(
             self.decision.max_tokens_in(t.model) + fetched,
-            usd - searches,
+            usd - search_usd,
             cache_write=write == "5m",
             cache_write_1h=write == "1h",
         )
@@ -545,8 +548,8 @@ class Run:
         tokens_in = self.decision.max_tokens_in(t.model) + server_tokens(served)
         write = cache_write_of(self.request.messages, self.request.tools)
         within = self.request.thinking_within
-        searches = search_bound(t.price, served)
-        return worst_bill(t.price, t.spec, t.dep.api, tokens_in, out, write, within) + searches
+        search_usd = search_bound(t.price, served)
+        return worst_bill(t.price, t.spec, t.dep.api, tokens_in, out, write, within) + search_usd
 
     def max_out(self, t: _Target) -> int | None:
         """The most output tokens a call to `t` was allowed on the wire (None: no limit
@@ -802,8 +805,8 @@ class Executor:
         if capped is None or capped[0] > 0:
             return False
         served = run.request.server_tools
-        searches = search_bound(t.price, served)
-        unbounded = math.isinf(searches) or math.isinf(server_tokens(served))
+        search_usd = search_bound(t.price, served)
+        unbounded = math.isinf(search_usd) or math.isinf(server_tokens(served))
         run.skip(
             t.model,
             t.dep.name,
@@ -814,8 +817,8 @@ class Executor:
             + ("; its server tools are unbounded or unpriced: set max_uses on each (and "
                "max_content_tokens on web_fetch), on a model with a per_search price"
                if unbounded else
-               f"; its web searches may cost ${searches:.4f}, and their results "
-               f"{SEARCH_RESULT_TOKENS:,} input tokens each" if searches else ""),
+               f"; its web searches may cost ${search_usd:.4f}, and their results "
+               f"{SEARCH_RESULT_TOKENS:,} input tokens each" if search_usd else ""),
         )  # fmt: skip
         return True
 
@@ -1260,7 +1263,7 @@ class Executor:
         if run.request.server_tools is not None:  # (what put Claude models alone in `allow`)
             unserved = sorted({
                 m for rung in ladder.steps for m in rung.models
-                if not any(dep.api == "anthropic" for dep in run.registry[m].deployments)
+                if not runs_server_tools(run.registry[m])
             })  # fmt: skip
             if unserved:
                 raise ConfigError(

@@ -186,14 +186,12 @@ def _on_anthropic(registry: Registry, c: Constraints, tools: list[dict[str, Any]
     server tools (run at its side while the model answers) can go to Claude models alone;
     one that may search, to those whose price has a `per_search` when any is allowed (a
     search on another is billed at a price nobody knows)."""
-    claude = {m.id for m in registry if any(d.api == "anthropic" for d in m.deployments)}
+    from .providers.anthropic import prices_searches, runs_server_tools, searches
+
+    claude = {m.id for m in registry if runs_server_tools(m)}
     allow = sorted(claude) if c.allow is None else [m for m in c.allow if m in claude]
-    if any(str(t.get("type", "")).startswith("web_search_") for t in tools):
-        priced = [m for m in allow if all(
-            (p := d.price or registry[m].price) is not None and p.per_search is not None
-            for d in registry[m].deployments if d.api == "anthropic"
-        )]  # fmt: skip
-        allow = priced or allow
+    if any(searches(t) for t in tools):
+        allow = [m for m in allow if prices_searches(registry[m])] or allow
     if not allow:
         among = "the models the request allows" if c.allow is not None else "the registry"
         raise NoRouteError(

@@ -20,7 +20,7 @@ import httpx
 
 from .._redact import scrub, scrub_nested
 from ..errors import BadRequestError, ProviderError, RetryableError, UnsupportedRequestError
-from ..registry import thinking_budget
+from ..registry import ModelSpec, thinking_budget
 from .base import (
     PARSE_ERRORS,
     PROGRESS,
@@ -493,6 +493,32 @@ def _usage(u: Any, out: Any = None) -> Usage | None:
         return None  # implausible: count it ourselves
     return Usage(fresh + read + write, out_n, read, write - hour, cache_write_1h_tokens=hour,
                  web_searches=searches)  # fmt: skip
+
+
+def server_tool(t: Any) -> bool:
+    """Anthropic's web search or web fetch (a `web_search_*` or `web_fetch_*` tool type): a
+    server tool, which Anthropic runs while the model answers (`ChatRequest.server_tools`)."""
+    kind = t.get("type") if isinstance(t, dict) else None
+    return isinstance(kind, str) and kind.startswith(("web_search_", "web_fetch_"))
+
+
+def searches(t: Any) -> bool:
+    """Anthropic's web search tool, billed by the search (`Price.per_search`)."""
+    return server_tool(t) and t["type"].startswith("web_search_")
+
+
+def runs_server_tools(m: ModelSpec) -> bool:
+    """Whether `m` can run Anthropic's server tools: it has an Anthropic deployment."""
+    return any(d.api == "anthropic" for d in m.deployments)
+
+
+def prices_searches(m: ModelSpec) -> bool:
+    """Whether every Anthropic deployment of `m` prices a web search (`per_search`)."""
+    return all(
+        (p := d.price or m.price) is not None and p.per_search is not None
+        for d in m.deployments
+        if d.api == "anthropic"
+    )
 
 
 def server_result(b: Any) -> bool:

@@ -64,6 +64,7 @@ from ..executor import (
 )
 from ..metrics import Metrics
 from ..policy import Constraints, Policy, reasoning_usd
+from ..providers.anthropic import prices_searches, runs_server_tools, searches
 from ..registry import Registry
 from ..result import billed_cost
 from ..router import Router
@@ -413,15 +414,12 @@ def _server_tools_why(
     router's `_on_anthropic` rule), for a session pin it switched from."""
     if server_tools is None or model not in reg:
         return None
-    m = reg[model]
-    if not any(dep.api == "anthropic" for dep in m.deployments):
+    if not runs_server_tools(reg[model]):
         return (
             "it cannot run Anthropic's server tools (web search, web fetch), which this "
             "request offers"
         )
-    searches = any(str(t.get("type", "")).startswith("web_search_") for t in server_tools)
-    prices = [dep.price or m.price for dep in m.deployments if dep.api == "anthropic"]
-    if searches and any(p is None or p.per_search is None for p in prices):
+    if any(searches(t) for t in server_tools) and not prices_searches(reg[model]):
         return (
             "this request may search the web, and its price has no per_search (a model "
             "whose price has one was chosen)"

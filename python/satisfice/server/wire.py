@@ -19,7 +19,7 @@ from typing import Any
 from .._extra import header_text
 from .._json import dumps
 from ..errors import BadRequestError, InputError
-from ..providers.anthropic import server_result
+from ..providers.anthropic import server_result, server_tool
 from ..providers.base import thinking_blocks
 from ..registry import EFFORTS
 
@@ -572,7 +572,7 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     for t in tools_in:
         if not isinstance(t, Mapping) or not isinstance(t.get("name"), str):
             raise _bad("each tool needs a string 'name'")
-        if t.get("type") not in (None, "custom") and not _server_tool(t):
+        if t.get("type") not in (None, "custom") and not server_tool(t):
             # another of Anthropic's own tools (code execution, bash, computer use, ...):
             # a routed model would be offered a client tool of that name with no schema
             raise _bad(
@@ -655,10 +655,10 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
         raise _bad("'top_k' is not supported: not every routed provider has it; remove it")
     if extra:
         opts["extra"] = extra
-    tools = [t for t in body.get("tools") or () if not _server_tool(t)]
+    tools = [t for t in body.get("tools") or () if not server_tool(t)]
     if tools:
         opts["tools"] = [_function_tool(t) for t in tools]
-    server = [dict(t) for t in body.get("tools") or () if _server_tool(t)]
+    server = [dict(t) for t in body.get("tools") or () if server_tool(t)]
     if server or any("anthropic_content" in m for m in msgs):
         # run at Anthropic's side (or, none offered now, run in a turn sent back): routed
         # to Claude models alone
@@ -790,14 +790,6 @@ def anthropic_count_request(body: Any, headers: Mapping[str, str]) -> Routed:
     # no max_tokens: routed with the expected output, as the turn would be without one
     del routed.options["max_tokens"]
     return routed
-
-
-def _server_tool(t: Mapping[str, Any]) -> bool:
-    """Anthropic's web search or web fetch (a `web_search_*` or `web_fetch_*` type): a
-    server tool, which Anthropic runs while the model answers, carried as given to a
-    Claude model (`ChatRequest.server_tools`)."""
-    kind = t.get("type")
-    return isinstance(kind, str) and kind.startswith(("web_search_", "web_fetch_"))
 
 
 #: A custom tool's fields that every routed provider's tool can carry.
