@@ -639,14 +639,51 @@ impl Ranking {
     }
 }
 
+/// Per row, `[bias, ability_0..ability_{k-1}]` (stride k+1), in blocks of `BLOCK_ROWS`
+/// rows shared between copies: a feedback update copies one block and the blocks' pointers,
+/// where copying every row's had made `feedback()` grow with the registry (2,000 models:
+/// 1.9 µs a copy against 0.45 at the bundled size).
+#[derive(Clone)]
+pub struct Params {
+    blocks: Vec<Arc<[f32]>>,
+    stride: usize,
+}
+
+impl Params {
+    const BLOCK_ROWS: usize = 64;
+
+    fn new(flat: &[f32], stride: usize) -> Params {
+        let blocks = flat
+            .chunks(Self::BLOCK_ROWS * stride)
+            .map(Arc::from)
+            .collect();
+        Params { blocks, stride }
+    }
+
+    /// One row's `[bias, ability..]`.
+    #[inline]
+    pub fn row(&self, i: usize) -> &[f32] {
+        let at = (i % Self::BLOCK_ROWS) * self.stride;
+        &self.blocks[i / Self::BLOCK_ROWS][at..at + self.stride]
+    }
+
+    fn set(&mut self, i: usize, bias: f32, ability: &[f32]) {
+        let at = (i % Self::BLOCK_ROWS) * self.stride;
+        let block = &mut self.blocks[i / Self::BLOCK_ROWS];
+        let mut copy = block.to_vec();
+        copy[at] = bias;
+        copy[at + 1..at + self.stride].copy_from_slice(ability);
+        *block = copy.into();
+    }
+}
+
 /// The compiled routing table. What feedback changes (each model's learned parameters) is
-/// one flat vector; the rest is shared between a table and the copies `with_model` makes,
-/// so a feedback update copies `rows * (k+1)` floats, not the rows, rules and predictor.
+/// `Params`; the rest is shared between a table and the copies `with_model` makes, so a
+/// feedback update copies one block of parameters, not the rows, rules and predictor.
 #[derive(Clone)]
 pub struct DispatchTable {
     pub rows: Arc<[ModelRow]>,
-    /// Per row, `[bias, ability_0..ability_{k-1}]` (stride k+1), row-major.
-    pub params: Vec<f32>,
+    pub params: Params,
     pub predictor: Arc<Predictor>,
     pub emb: Option<Arc<EmbWeights>>,
     pub rules: Arc<[Rule]>,
@@ -777,7 +814,7 @@ impl DispatchTable {
         }
         Ok(Self {
             rows: rows.into(),
-            params,
+            params: Params::new(&params, stride),
             predictor: Arc::new(predictor),
             emb: emb.filter(|e| e.has.iter().any(|&h| h)).map(Arc::new),
             rules: rules.into(),
@@ -805,9 +842,7 @@ impl DispatchTable {
             )));
         }
         let mut t = self.clone();
-        let k1 = self.predictor.k + 1;
-        t.params[row * k1] = bias;
-        t.params[row * k1 + 1..(row + 1) * k1].copy_from_slice(&ability);
+        t.params.set(row, bias, &ability);
         Ok(t)
     }
 
@@ -887,7 +922,6 @@ impl DispatchTable {
         };
         let mut by_family: [Option<(f64, f64, f64)>; Family::ALL.len()] = [None; Family::ALL.len()];
         let mut passing: Vec<Candidate> = Vec::with_capacity(self.rows.len());
-        let k1 = self.predictor.k + 1;
         // every row ends in `passing` or here: one allocation, not a doubling per few rows
         let mut filtered = Vec::with_capacity(self.rows.len());
         for (i, r) in self.rows.iter().enumerate() {
@@ -1058,9 +1092,7 @@ impl DispatchTable {
                     continue;
                 }
             }
-            let mut logit = self
-                .predictor
-                .logit(&latent, &self.params[i * k1..(i + 1) * k1]);
+            let mut logit = self.predictor.logit(&latent, self.params.row(i));
             if let Some((e, u)) = &emb {
                 if e.has[i] {
                     logit = (logit + e.logit(i, u)) / 2.0;
@@ -1445,7 +1477,7 @@ mod tests {
         assert_eq!(t.rows[t.plan(&msg("hi"), &c).candidates[0].row].id, "b");
         let t2 = t.with_model(0, 3.0, vec![0.0]).unwrap();
         assert_eq!(t2.rows[t2.plan(&msg("hi"), &c).candidates[0].row].id, "a");
-        assert_eq!(t.params[0], -3.0); // the original is unchanged
+        assert_eq!(t.params.row(0)[0], -3.0); // the original is unchanged
         assert!(t.with_model(0, f32::NAN, vec![0.0]).is_err());
         assert!(t.with_model(5, 0.0, vec![0.0]).is_err());
     }
