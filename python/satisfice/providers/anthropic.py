@@ -12,6 +12,7 @@ inside `prompt_tokens` (Anthropic's `input_tokens` excludes them) and separately
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncGenerator
 from dataclasses import replace
 from typing import Any
@@ -41,6 +42,7 @@ from .base import (
     thinking_blocks,
     token_count,
     whole,
+    wire_tool_id,
 )
 
 __all__ = ["AnthropicProvider", "to_anthropic"]
@@ -48,6 +50,16 @@ __all__ = ["AnthropicProvider", "to_anthropic"]
 API_VERSION = "2023-06-01"
 # The Messages API requires max_tokens; used when the caller sets none.
 DEFAULT_MAX_TOKENS = 4096
+# Anthropic's API takes a tool call's id only as letters, digits, "_" and "-" ("String
+# should match pattern '^[a-zA-Z0-9_-]+$'"); other providers' models make ids such as
+# "functions.get_weather:0", which a conversation routed here carries
+
+
+def _tool_id(call_id: Any) -> str:
+    return wire_tool_id(call_id, _TOOL_ID, 24, "toolu_")
+
+
+_TOOL_ID = re.compile(r"[A-Za-z0-9_-]+")
 _JSON_TOOL = "satisfice_json_answer"
 _FINISH = {
     "end_turn": "stop",
@@ -212,7 +224,7 @@ def _payload(r: ChatRequest, model: str, stream: bool, thinks: bool) -> dict[str
         elif role == "tool":
             result = {
                 "type": "tool_result",
-                "tool_use_id": m.get("tool_call_id", ""),
+                "tool_use_id": _tool_id(m.get("tool_call_id", "")),
                 # blocks as they came (their prompt-cache marks too; images, which a tool
                 # result here can hold), a text as it is
                 "content": _content(content),
@@ -256,7 +268,8 @@ def _payload(r: ChatRequest, model: str, stream: bool, thinks: bool) -> dict[str
                             f"messages[{i}].tool_calls: arguments of {fn['name']!r} are not "
                             "JSON; Anthropic needs them as an object"
                         ) from None
-                    use = {"type": "tool_use", "id": c["id"], "name": fn["name"], "input": args}
+                    use = {"type": "tool_use", "id": _tool_id(c["id"]), "name": fn["name"],
+                           "input": args}  # fmt: skip
                     if isinstance(c.get("cache_control"), dict):  # the caller's cache mark
                         use["cache_control"] = c["cache_control"]
                     blocks.append(use)

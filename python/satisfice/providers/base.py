@@ -24,6 +24,7 @@ import asyncio
 import codecs
 import contextlib
 import email.utils
+import hashlib
 import math
 import re
 import time
@@ -152,6 +153,25 @@ def sendable(hint: str | None, most: int | None = None) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def wire_tool_id(call_id: Any, valid: re.Pattern[str], length: int, prefix: str = "") -> str:
+    """A tool call's id as an API that checks its ids takes it: the id itself when `valid`
+    matches it whole, else `prefix` and `length` base-62 characters of its hash. The same
+    id always maps alike, so a call and its result (and every turn that sends them again)
+    still pair up; ids are chosen by whichever model made the call, and a conversation
+    routed to another provider carries them there."""
+    if isinstance(call_id, str) and valid.fullmatch(call_id):
+        return call_id
+    digest = hashlib.blake2b(str(call_id).encode("utf-8", "surrogatepass"), digest_size=16)
+    n, out = int.from_bytes(digest.digest(), "big"), []
+    for _ in range(length):
+        n, r = divmod(n, 62)
+        out.append(_BASE62[r])
+    return prefix + "".join(out)
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ from .base import (
     text_field,
     token_count,
     whole,
+    wire_tool_id,
 )
 
 __all__ = ["OpenAIProvider"]
@@ -177,6 +178,38 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# Mistral's API (and its models' chat templates, wherever they are served) takes a tool
+# call's id only as 9 letters and digits: "Tool call id was call_0fypS1hVX but must be
+# a-z, A-Z, 0-9, with a length of 9", a 400 for a conversation whose calls another
+# provider's model made
+_MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
+_MISTRAL_MODEL = re.compile(
+    r"(?i)(^|/)(mistral|mixtral|ministral|magistral|codestral|devstral|pixtral|voxtral)"
+)
+
+
+def _mistral_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with every tool call's id as Mistral takes it (`wire_tool_id`: a call
+    and its result still pair); the messages themselves when every id already is."""
+
+    def bad(call_id: Any) -> bool:
+        return not (isinstance(call_id, str) and _MISTRAL_ID.fullmatch(call_id))
+
+    def fixed(m: dict[str, Any]) -> dict[str, Any]:
+        calls = m.get("tool_calls")
+        if isinstance(calls, list) and any(isinstance(c, dict) and bad(c.get("id")) for c in calls):
+            m = {**m, "tool_calls": [
+                {**c, "id": wire_tool_id(c.get("id"), _MISTRAL_ID, 9)} if isinstance(c, dict) else c
+                for c in calls
+            ]}  # fmt: skip
+        if m.get("role") == "tool" and bad(m.get("tool_call_id")):
+            m = {**m, "tool_call_id": wire_tool_id(m.get("tool_call_id"), _MISTRAL_ID, 9)}
+        return m
+
+    out = [fixed(m) for m in messages]
+    return messages if all(a is b for a, b in zip(out, messages, strict=True)) else out
+
+
 def _pictured(content: Any) -> bool:
     """Whether a tool message's content holds a part other than text (an image)."""
     return isinstance(content, list) and any(
@@ -257,7 +290,7 @@ def _error_text(content: Any) -> Any:
 class OpenAIProvider(HTTPProvider):
     """One OpenAI-compatible deployment on a shared `httpx.AsyncClient`."""
 
-    __slots__ = ("_max_key", "_openai")
+    __slots__ = ("_max_key", "_mistral", "_openai")
 
     default_deployment = "openai"
 
@@ -277,6 +310,9 @@ class OpenAIProvider(HTTPProvider):
         # OpenAI's own API documents `user` and `prompt_cache_key`; OpenAI-compatible hosts
         # differ (some refuse a field they do not know), so only OpenAI is sent them
         self._openai = self._url.host == "api.openai.com"
+        self._mistral = bool(
+            self._url.host == "api.mistral.ai" or _MISTRAL_MODEL.search(self.model)
+        )
 
     def _payload(self, r: ChatRequest, stream: bool) -> dict[str, Any]:
         if r.server_tools is not None:  # (routing sends such a request to Claude models alone)
@@ -284,7 +320,10 @@ class OpenAIProvider(HTTPProvider):
                 f"{self.model_id}: Anthropic's server tools (web search, web fetch) run on "
                 "Anthropic's API alone, not on this OpenAI-style one"
             )
-        p: dict[str, Any] = {"model": self.model, "messages": _openai_messages(r.messages)}
+        messages = _openai_messages(r.messages)
+        if self._mistral:
+            messages = _mistral_ids(messages)
+        p: dict[str, Any] = {"model": self.model, "messages": messages}
         if r.max_tokens is not None:
             p[self._max_key] = r.max_tokens
         if r.temperature is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,28 @@ def signature(thinking: str) -> str:
 _REDACTED = "cmVkYWN0ZWQgdGhpbmtpbmc="  # a redacted_thinking block's (opaque) data
 
 
+_ANTHROPIC_ID = re.compile(r"[A-Za-z0-9_-]+")
+_MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
+
+
+def mistral_refusal(body: dict[str, Any]) -> str | None:
+    """Why Mistral's API would refuse `body` (sent to a model whose name says Mistral): a
+    tool call's id that is not 9 letters and digits."""
+    msgs = body.get("messages")
+    if "mistral" not in str(body.get("model")).lower() or not isinstance(msgs, list):
+        return None
+    for m in msgs:
+        if not isinstance(m, dict):
+            continue
+        ids = [c.get("id") for c in m.get("tool_calls") or () if isinstance(c, dict)]
+        if m.get("role") == "tool":
+            ids.append(m.get("tool_call_id"))
+        for call_id in ids:
+            if not _MISTRAL_ID.fullmatch(str(call_id)):
+                return f"Tool call id was {call_id} but must be a-z, A-Z, 0-9, with a length of 9."
+    return None
+
+
 def anthropic_refusal(body: dict[str, Any]) -> str | None:
     """Why Anthropic's API would refuse `body` for its thinking, if it would: thinking on,
     a tool loop whose assistant turn does not begin with its thinking; a thinking block
@@ -89,6 +112,14 @@ def anthropic_refusal(body: dict[str, Any]) -> str | None:
                 and b.get("signature") != signature(str(b.get("thinking")))
             ):
                 return f"messages.{i}.content: Invalid `signature` in `thinking` block"
+        for j, b in enumerate(blocks if isinstance(blocks, list) else ()):
+            kind = b.get("type") if isinstance(b, dict) else None
+            key = {"tool_use": "id", "tool_result": "tool_use_id"}.get(str(kind))
+            if key is not None and not _ANTHROPIC_ID.fullmatch(str(b.get(key))):
+                return (
+                    f"messages.{i}.content.{j}.{b['type']}.{key}: String should match "
+                    "pattern '^[a-zA-Z0-9_-]+$'"
+                )
     thinking = body.get("thinking")
     thinks = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
     cm = body.get("context_management")
