@@ -37,6 +37,12 @@ __all__ = ["OpenAIProvider"]
 # OpenAI's reasoning models reject `max_tokens` and want `max_completion_tokens`; every other
 # OpenAI-compatible server understands `max_tokens`.
 _COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)")
+# OpenAI's reasoning models (the o-series, gpt-5 but its -chat models) refuse a request
+# that sets how they sample ("Unsupported parameter: 'stop' is not supported with this
+# model"), which had ended a routed request with a 400; gpt-5.1 and later take temperature,
+# top_p and logprobs at an effort of none, their default
+_REASONING_MODELS = re.compile(r"^(o\d|gpt-5(?!(\.\d+)?-chat))")
+_SAMPLES_AT_NONE = re.compile(r"^gpt-5\.[1-9]")
 
 
 def _usage(u: Any) -> Usage | None:
@@ -287,6 +293,27 @@ def _error_text(content: Any) -> Any:
     return f"Error: {content or ''}"
 
 
+def _reasoning_refuses(p: dict[str, Any], samples: bool) -> str | None:
+    """What of body `p` OpenAI's reasoning models refuse, if anything: `stop`, penalties
+    and `logit_bias` always, and temperature, top_p and logprobs unless `samples` (a model
+    that takes them at an effort of none, sent none)."""
+    for k, default in (("frequency_penalty", 0), ("presence_penalty", 0)):
+        if p.get(k) not in (None, default):
+            return f"{k} {p[k]!r:.20}"
+    if p.get("stop"):
+        return "stop sequences (stop)"
+    if p.get("logit_bias"):
+        return "logit_bias"
+    if samples:
+        return None
+    for k in ("temperature", "top_p"):
+        if p.get(k) not in (None, 1):
+            return f"{k} {p[k]!r:.20} (only 1)"
+    if p.get("logprobs") or p.get("top_logprobs") is not None:
+        return "logprobs"
+    return None
+
+
 class OpenAIProvider(HTTPProvider):
     """One OpenAI-compatible deployment on a shared `httpx.AsyncClient`."""
 
@@ -349,6 +376,17 @@ class OpenAIProvider(HTTPProvider):
                 p["prompt_cache_key"] = r.prompt_cache_key
         if r.extra:
             p.update(r.extra)
+        if _REASONING_MODELS.match(self.model):
+            at_none = bool(_SAMPLES_AT_NONE.match(self.model))
+            always = _reasoning_refuses(p, True)
+            why = always or _reasoning_refuses(p, at_none and self.effort in (None, "none"))
+            if why is not None:  # refused here, the request goes on to its next model
+                how = "" if self.effort is None else f" (effort {self.effort})"
+                raise UnsupportedRequestError(
+                    f"{self.model_id}{how} is one of OpenAI's reasoning models, which refuse "
+                    f"{why}; leave it out, or ask for "
+                    + ("an effort of none" if at_none and not always else "another model")
+                )
         return p
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:

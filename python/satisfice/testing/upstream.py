@@ -17,7 +17,15 @@ if TYPE_CHECKING:
     from ..registry import Registry
 
 from .behaviors import Behavior, reply
-from .wire import _Answer, _chunk, _error_response, _head, anthropic_refusal, mistral_refusal
+from .wire import (
+    _Answer,
+    _chunk,
+    _error_response,
+    _head,
+    anthropic_refusal,
+    mistral_refusal,
+    openai_refusal,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +311,10 @@ class LocalUpstream:
         except (ValueError, KeyError, TypeError):
             conn.write(_error_response(400, "the body must be JSON with a 'model'", api))
             return
-        why = anthropic_refusal(body) if api == "anthropic" else mistral_refusal(body)
+        if api == "anthropic":
+            why = anthropic_refusal(body)
+        else:
+            why = mistral_refusal(body) or openai_refusal(body)
         if why is not None:  # as the provider's API refuses it (thinking or ids sent wrong)
             conn.write(_error_response(400, why, api))
             return

@@ -95,6 +95,22 @@ def mistral_refusal(body: dict[str, Any]) -> str | None:
     return None
 
 
+def openai_refusal(body: dict[str, Any]) -> str | None:
+    """Why OpenAI's API would refuse `body` for a reasoning model (the o-series, gpt-5 but
+    its -chat models): a stop sequence or a penalty at any effort, a temperature, top_p or
+    logprobs but at an effort of none on gpt-5.1 and later (their default)."""
+    model = str(body.get("model"))
+    if not re.match(r"(o\d|gpt-5(?!(\.\d+)?-chat))", model):
+        return None
+    bad = [k for k in ("stop", "logit_bias") if body.get(k)]
+    bad += [k for k in ("frequency_penalty", "presence_penalty") if body.get(k) not in (None, 0)]
+    at_none = body.get("reasoning_effort") in (None, "none") and re.match(r"gpt-5\.[1-9]", model)
+    if not at_none:
+        bad += [k for k in ("temperature", "top_p") if body.get(k) not in (None, 1)]
+        bad += [k for k in ("logprobs", "top_logprobs") if body.get(k) not in (None, False)]
+    return f"Unsupported parameter: '{bad[0]}' is not supported with this model." if bad else None
+
+
 def anthropic_refusal(body: dict[str, Any]) -> str | None:
     """Why Anthropic's API would refuse `body` for its thinking, if it would: thinking on,
     a tool loop whose assistant turn does not begin with its thinking; a thinking block
