@@ -101,3 +101,19 @@ def test_window_and_cost_decisions_hold_on_the_exact_count(
             assert not fits_window, (exact, window, reason)
         else:
             assert reason[1] == "max_cost" and fits_window and not fits_cap, (reason, exact, cap)
+
+
+def test_a_long_run_that_fits_a_limit_to_the_token_passes_it() -> None:
+    """A pre-token past 64 KB (a run of one letter) had its count's forced-cut slack left
+    standing: at a window or cap it fits to the token, it was refused. It is counted again
+    whole and exactly up to 256 KB."""
+    for tokenizer in ("o200k_base", "cl100k_base"):
+        for n in (65_827, 131_000, 199_999):
+            msgs = [{"role": "user", "content": "x" * n}]
+            exact = _core.count_message_tokens(msgs, tokenizer)
+            router = Router(registry(exact + OUT, 1.0, tokenizer))
+            cap = (exact + OUT) / 1e6
+            plan = router.snapshot.table.plan(msgs, max_output_tokens=OUT, max_cost=cap)
+            assert len(plan) == 1, (tokenizer, n, exact, plan.filtered)
+            over = router.snapshot.table.plan(msgs, max_output_tokens=OUT + 1, max_cost=cap)
+            assert not len(over), (tokenizer, n)  # a token more does not fit
