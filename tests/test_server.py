@@ -2000,6 +2000,13 @@ def test_count_tokens_counts_for_the_model_the_request_would_reach(served: Any) 
     raw = c.messages.with_raw_response.count_tokens(model="beta", messages=msgs)
     assert raw.headers["x-satisfice-model"] == "beta"
     assert raw.headers["x-satisfice-tokens"] == "estimated" and raw.parse().input_tokens > 0
+    # Claude's thinking in the conversation: counted, though an OpenAI model is never sent
+    # it, so the count is no longer exact (it had said "exact")
+    thought = [*msgs, {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "They want a count. " * 20, "signature": "s"},
+        {"type": "text", "text": "Seven."}]}, {"role": "user", "content": "And now?"}]  # fmt: skip
+    raw = c.messages.with_raw_response.count_tokens(model="alpha", messages=thought)
+    assert raw.headers["x-satisfice-tokens"] == "estimated"
     assert len(up.requests) == before  # nothing was called
     # a call's own fields, an unknown model and empty messages: 400 / 404 in Anthropic's shape
     with pytest.raises(anthropic.BadRequestError, match="max_tokens"):

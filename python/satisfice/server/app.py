@@ -1292,7 +1292,9 @@ def create_app(
         read and routed as that request (the key's model list, an alias's constraints).
         Nothing is called, reserved or counted against a rate limit. `x-satisfice-model`
         names the model counted for; `x-satisfice-tokens` says whether the count is exact
-        (an OpenAI tokenizer) or estimated (every other family: no exact tokenizer ships)."""
+        (an OpenAI tokenizer) or estimated (every other family: no exact tokenizer ships;
+        and a conversation carrying a Claude model's thinking, counted though an OpenAI
+        model is never sent it)."""
         headers = _headers(request.scope)
         try:
             key = await svc.key_of(headers)
@@ -1328,6 +1330,9 @@ def create_app(
             if ladder is not None:
                 first = ladder.steps[0].models[0]
         exact = next((c.tokens_in_exact for c in d.candidates if c.model == first), False)
+        # a Claude model's thinking is counted for every model (routing reads one prompt),
+        # though only a Claude model is sent it: for any other, the count is an upper bound
+        exact = exact and not any("thinking_blocks" in m for m in routed.messages)
         return JSONResponse({"input_tokens": d.tokens_in(first)}, headers={
             "x-satisfice-model": first,
             "x-satisfice-tokens": "exact" if exact else "estimated",
