@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -94,3 +95,111 @@ def test_the_openai_client_gets_a_400_naming_the_parameter() -> None:
             model="gpt-5.4@none", messages=[{"role": "user", "content": "hi"}], temperature=0.3
         )
         assert ok.choices[0].message.content
+
+
+# Found by review: a row skipped (no key, cooling) that would refuse the request too; the
+# effort the body sends.
+NOKEY = "SATISFICE_REVIEW_UNSET_KEY"
+
+
+def _one_keyless(up: LocalUpstream, base: str) -> Registry:
+    """The bundled registry on the local upstream, `base` (and so its effort rows) on a
+    key variable that is not set: skipped as no_api_key when routed to."""
+    reg = up.patch(Registry.default())
+    models = [
+        m.replace(deployments=tuple(d.replace(api_key_env=NOKEY) for d in m.deployments))
+        if m.id == base else m
+        for m in reg
+    ]  # fmt: skip
+    return Registry(models, reg.meta)
+
+
+async def test_every_routed_row_refuses_stop_one_of_them_keyless_is_still_a_400(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gpt-5.4@high is called and refuses `stop`; gpt-5.5@high is skipped (no key). The
+    skipped row would refuse the stop sequence too, yet `providers.carries` says an
+    OpenAI-wire row carries anything, so `_failure` returns AllAttemptsFailedError (the
+    server: a 503 "models unavailable") where every model refused the request's shape."""
+    monkeypatch.delenv(NOKEY, raising=False)
+    with LocalUpstream() as up:
+        router = Router(_one_keyless(up, "gpt-5.5"))
+        rows = ["gpt-5.4@high", "gpt-5.5@high"]
+        try:
+            with pytest.raises(UnsupportedRequestError):
+                await router.chat("hi", allow=rows, prefer=rows[0], extra={"stop": ["END"]})
+        finally:
+            await router.aclose()
+
+
+def test_server_every_routed_row_refuses_stop_one_keyless_answers_400(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(NOKEY, raising=False)
+    with (
+        LocalUpstream() as up,
+        running(ServerConfig(), Router(_one_keyless(up, "gpt-5.5"))) as (url, _),
+    ):
+        r = httpx.post(
+            url + "/v1/chat/completions",
+            json={
+                "model": "auto",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stop": ["END"],
+                "allow": ["gpt-5.4@high", "gpt-5.5@high"],
+            },
+            timeout=30,
+        )
+        # a retry (the 503's promise) will be refused again: the request must change
+        assert r.status_code == 400, (r.status_code, r.text[:400])
+        assert "stop" in r.text
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "refused"),
+    [
+        # row at its default effort (none on gpt-5.1+), effort raised through `extra`:
+        # the body says reasoning_effort high with a temperature, which OpenAI refuses;
+        # the check read the row's effort (None) and sent it: a 400 that ended the request
+        ("gpt-5.4", {"reasoning_effort": "high"}, True),
+        # the row's effort lowered to none through `extra`: OpenAI takes the temperature,
+        # the check (row effort high) refused it
+        ("gpt-5.4@high", {"reasoning_effort": "none"}, False),
+    ],
+)
+async def test_the_check_reads_the_effort_the_body_sends(
+    model: str, extra: dict[str, Any], refused: bool
+) -> None:
+    with LocalUpstream() as up:
+        router = Router(up.patch(Registry.default()))
+        try:
+            if refused:
+                with pytest.raises(UnsupportedRequestError):
+                    await router.chat("hi", allow=[model], temperature=0.2, extra=extra)
+                assert not up.requests  # refused before the call, not by OpenAI's 400
+            else:
+                r = await router.chat("hi", allow=[model], temperature=0.2, extra=extra)
+                assert r.text
+        finally:
+            await router.aclose()
+
+
+def test_server_every_routed_row_refuses_stop_one_cooling_answers_400_not_503() -> None:
+    """The same with the other row cooling down: `_failure`'s reroute finds gpt-5.5@high
+    cooling and, `carries` saying an OpenAI row takes anything, records it skipped with its
+    wait; the client is served a 503 with Retry-After (retry, and be refused again)."""
+    with LocalUpstream() as up:
+        router = Router(up.patch(Registry.default()))
+        with running(ServerConfig(), router) as (url, _):
+            router._executor().health.cool("gpt-5.5/openai", 30, "HTTP 503")
+            r = httpx.post(
+                url + "/v1/chat/completions",
+                json={
+                    "model": "auto",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "stop": "END",
+                    "allow": ["gpt-5.4@high", "gpt-5.5@high"],
+                },
+                timeout=30,
+            )
+            assert r.status_code == 400, (r.status_code, r.headers.get("retry-after"))

@@ -2,21 +2,25 @@
 the tools, and routing can send its next turn to another provider, whose API may refuse
 them: Mistral's takes only 9 letters and digits ("Tool call id was call_0fypS1hVX but must
 be a-z, A-Z, 0-9, with a length of 9"), Anthropic's only letters, digits, "_" and "-"
-(Kimi's "functions.get_weather:0" is a 400 there). Each such turn had been a 400 whatever
-the caller did. The local upstream now refuses them as those APIs do; the providers send an
-id such an API refuses as a hash of it (the same id always alike, so a call and its result
-still pair) and every other id as it came."""
+(Kimi's "functions.get_weather:0" is a 400 there) and each call's its own, OpenAI's at
+most 40 characters. Each such turn had been a 400 whatever the caller did. The local
+upstream now refuses them as those APIs do; the providers send an id such an API refuses
+as a hash of it (the same id always alike, so a call and its result still pair) and every
+other id as it came."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 import anthropic
+import httpx
 import pytest
 
 from satisfice import Registry, Router
-from satisfice.providers.base import wire_tool_id
+from satisfice.providers.base import ChatRequest, wire_tool_id
+from satisfice.providers.openai import OpenAIProvider
 from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream
 
@@ -82,7 +86,7 @@ async def test_mistral_gets_9_character_ids_that_still_pair(stream: bool) -> Non
 async def test_ids_an_api_takes_are_sent_as_they_came() -> None:
     sent = await _chat("mistral-small", _loop("D681PevKs"))
     assert _pairs(sent[0]) == (["D681PevKs"], ["D681PevKs"])
-    sent = await _chat("gpt-5.4-mini", _loop("functions.get_weather:0"))  # OpenAI takes any
+    sent = await _chat("gpt-5.4-mini", _loop("functions.get_weather:0"))  # (40 at most)
     assert _pairs(sent[0]) == (["functions.get_weather:0"], ["functions.get_weather:0"])
     sent = await _chat("claude-haiku-4-5", _loop("call_abc-123"))
     blocks = [b for m in sent[0]["messages"] for b in m["content"] if isinstance(b, dict)]
@@ -154,3 +158,62 @@ def test_hashed_ids_are_stable_and_distinct() -> None:
     once = [wire_tool_id(i, MISTRAL_ID, 9) for i in ids]
     assert once == [wire_tool_id(i, MISTRAL_ID, 9) for i in ids]
     assert len(set(once)) == len(ids) and all(MISTRAL_ID.fullmatch(i) for i in once)
+
+
+def _call(i: str) -> dict[str, Any]:
+    fn = {"name": "weather", "arguments": "{}"}
+    return {"role": "assistant", "content": None, "tool_calls": [{"id": i, "type": "function",
+                                                                   "function": fn}]}  # fmt: skip
+
+
+async def test_an_id_repeated_across_turns_reaches_claude_unique() -> None:
+    """Some models call every turn's first tool `call_0`; OpenAI's API takes that,
+    Anthropic's refuses it ("`tool_use` ids must be unique"). Found by review."""
+    msgs = [
+        {"role": "user", "content": "weather?"},
+        _call("call_0"),
+        {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny."},
+        {"role": "user", "content": "and tomorrow?"},
+        _call("call_0"),
+        {"role": "tool", "tool_call_id": "call_0", "content": "rain"},
+    ]
+    sent = await _chat("claude-haiku-4-5", msgs)
+    assert len(sent) == 1
+    blocks = [b for m in sent[0]["messages"] if isinstance(m["content"], list)
+              for b in m["content"]]  # fmt: skip
+    uses = [b["id"] for b in blocks if b["type"] == "tool_use"]
+    results = [b["tool_use_id"] for b in blocks if b["type"] == "tool_result"]
+    assert uses[0] == "call_0" and len(set(uses)) == 2  # the first as it came
+    assert uses == results  # each result answers its own turn's call
+
+
+def test_openai_is_sent_ids_of_at_most_40_characters() -> None:
+    """OpenAI's API refuses an id over 40 characters ("string too long. Expected a string
+    with maximum length 40"): DeepSeek's `call_0_<uuid>` is 43. Found by review."""
+    long_id = "call_0_8f1d2b0e-5b8c-4f0a-9f3c-2d3b1a0c9e7f"
+    client = httpx.AsyncClient()
+    p = OpenAIProvider(client, base_url="https://api.openai.com/v1", model="gpt-5.4-mini")
+    asyncio.run(client.aclose())  # (only the payload is built: no call is made)
+    request = ChatRequest(_loop(long_id), tools=[WEATHER])
+    body = p._payload(request, False)
+    calls, results = _pairs(body)
+    assert len(calls[0]) <= 40 and calls == results
+
+
+async def test_mistral_s_image_note_names_the_id_mistral_is_sent() -> None:
+    """A tool result's images reach Mistral in a user message after the results, labelled
+    with the call's id: the id Mistral is sent, not the one it never sees. Found by
+    review."""
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    original = "call_PTLP8xhu3uwZk4l3nlnrrJha"
+    msgs = [
+        {"role": "user", "content": "a screenshot?"},
+        _call(original),
+        {"role": "tool", "tool_call_id": original,
+         "content": [{"type": "text", "text": "here"}, image]},
+    ]  # fmt: skip
+    sent = (await _chat("mistral-medium-3.5", msgs))[-1]["messages"]
+    wire_id = sent[1]["tool_calls"][0]["id"]
+    label = next(p["text"] for p in sent[-1]["content"] if p.get("type") == "text")
+    assert MISTRAL_ID.fullmatch(wire_id) and wire_id in label and original not in label

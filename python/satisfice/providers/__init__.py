@@ -12,7 +12,7 @@ from ..errors import AuthError, BadRequestError, UnsupportedRequestError
 from ..registry import thinking_budget
 from .anthropic import AnthropicProvider, adaptive_effort, anthropic_wire
 from .base import ChatRequest, ChatResponse, Provider, StreamDelta, ToolCall, Usage
-from .openai import OpenAIProvider
+from .openai import OpenAIProvider, reasoning_refusal
 
 if TYPE_CHECKING:
     from ..registry import Deployment, ModelSpec
@@ -35,8 +35,10 @@ def carries(spec: ModelSpec, dep: Deployment, request: ChatRequest) -> bool:
     """Whether `dep`'s wire format can take `request` as it is for model `spec` (its effort:
     see UnsupportedRequestError): asked of the wire alone, so a deployment whose key is not
     set is asked too."""
-    if dep.api != "anthropic":  # OpenAI's wire carries what the router takes
-        return True
+    if dep.api != "anthropic":  # OpenAI's wire carries what the router takes, but for
+        # what OpenAI's reasoning models refuse
+        sent = {"temperature": request.temperature, **(request.extra or {})}
+        return reasoning_refusal(dep.model, spec.effort, sent) is None
     try:
         anthropic_wire(
             request, dep.model, False, thinking_budget(spec.effort, spec.reasoning_tokens),

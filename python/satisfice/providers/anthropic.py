@@ -50,16 +50,36 @@ __all__ = ["AnthropicProvider", "to_anthropic"]
 API_VERSION = "2023-06-01"
 # The Messages API requires max_tokens; used when the caller sets none.
 DEFAULT_MAX_TOKENS = 4096
-# Anthropic's API takes a tool call's id only as letters, digits, "_" and "-" ("String
-# should match pattern '^[a-zA-Z0-9_-]+$'"); other providers' models make ids such as
-# "functions.get_weather:0", which a conversation routed here carries
 
 
-def _tool_id(call_id: Any) -> str:
-    return wire_tool_id(call_id, _TOOL_ID, 24, "toolu_")
+class _ToolIds:
+    """A conversation's tool call ids as Anthropic's API takes them: letters, digits, "_"
+    and "-" ("String should match pattern '^[a-zA-Z0-9_-]+$'"; other providers' models make
+    ids such as "functions.get_weather:0") and each call's its own ("`tool_use` ids must be
+    unique"; some models call every turn's first tool `call_0`). An id that breaks either
+    rule is sent as a hash of it (and of how many calls had it before); a result answers
+    the latest call of its id."""
+
+    __slots__ = ("latest", "seen")
+    _VALID = re.compile(r"[A-Za-z0-9_-]+")
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+        self.latest: dict[str, str] = {}
+
+    def call(self, call_id: Any) -> str:
+        key = call_id if isinstance(call_id, str) else repr(call_id)
+        n = self.seen.get(key, 0)
+        self.seen[key] = n + 1
+        again = f"{key}\x00{n}" if n else call_id  # (no valid id holds a NUL: hashed)
+        self.latest[key] = wire_tool_id(again, self._VALID, 24, "toolu_")
+        return self.latest[key]
+
+    def result(self, call_id: Any) -> str:
+        key = call_id if isinstance(call_id, str) else repr(call_id)
+        return self.latest.get(key) or wire_tool_id(call_id, self._VALID, 24, "toolu_")
 
 
-_TOOL_ID = re.compile(r"[A-Za-z0-9_-]+")
 _JSON_TOOL = "satisfice_json_answer"
 _FINISH = {
     "end_turn": "stop",
@@ -202,6 +222,7 @@ def to_anthropic(
 def _payload(r: ChatRequest, model: str, stream: bool, thinks: bool) -> dict[str, Any]:
     system: list[Any] = []
     msgs: list[dict[str, Any]] = []
+    ids = _ToolIds()
     for i, m in enumerate(r.messages):
         role = m.get("role")
         content = m.get("content")
@@ -224,7 +245,7 @@ def _payload(r: ChatRequest, model: str, stream: bool, thinks: bool) -> dict[str
         elif role == "tool":
             result = {
                 "type": "tool_result",
-                "tool_use_id": _tool_id(m.get("tool_call_id", "")),
+                "tool_use_id": ids.result(m.get("tool_call_id", "")),
                 # blocks as they came (their prompt-cache marks too; images, which a tool
                 # result here can hold), a text as it is
                 "content": _content(content),
@@ -268,7 +289,7 @@ def _payload(r: ChatRequest, model: str, stream: bool, thinks: bool) -> dict[str
                             f"messages[{i}].tool_calls: arguments of {fn['name']!r} are not "
                             "JSON; Anthropic needs them as an object"
                         ) from None
-                    use = {"type": "tool_use", "id": _tool_id(c["id"]), "name": fn["name"],
+                    use = {"type": "tool_use", "id": ids.call(c["id"]), "name": fn["name"],
                            "input": args}  # fmt: skip
                     if isinstance(c.get("cache_control"), dict):  # the caller's cache mark
                         use["cache_control"] = c["cache_control"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import httpx
@@ -184,32 +184,39 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-# Mistral's API (and its models' chat templates, wherever they are served) takes a tool
-# call's id only as 9 letters and digits: "Tool call id was call_0fypS1hVX but must be
-# a-z, A-Z, 0-9, with a length of 9", a 400 for a conversation whose calls another
-# provider's model made
-_MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
+# Tool call ids as the APIs that check them take them: Mistral's (and its models' chat
+# templates, wherever they are served) only 9 letters and digits ("Tool call id was
+# call_0fypS1hVX but must be a-z, A-Z, 0-9, with a length of 9"), OpenAI's at most 40
+# characters (an OpenAI Responses `fc_` id is 53, DeepSeek's `call_0_<uuid>` 43): each a
+# 400 for a conversation whose calls another provider's model made
+_MISTRAL_ID = (re.compile(r"[A-Za-z0-9]{9}"), 9, "")
+_OPENAI_ID = (re.compile(r"(?s).{1,40}"), 24, "call_")
 _MISTRAL_MODEL = re.compile(
     r"(?i)(^|/)(mistral|mixtral|ministral|magistral|codestral|devstral|pixtral|voxtral)"
 )
+_OPENAI_MODEL = re.compile(r"(gpt-|chatgpt|o\d)")
 
 
-def _mistral_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The messages with every tool call's id as Mistral takes it (`wire_tool_id`: a call
+def _wire_ids(
+    messages: list[dict[str, Any]], valid: re.Pattern[str], length: int, prefix: str
+) -> list[dict[str, Any]]:
+    """The messages with every tool call's id as `valid` takes it (`wire_tool_id`: a call
     and its result still pair); the messages themselves when every id already is."""
 
-    def bad(call_id: Any) -> bool:
-        return not (isinstance(call_id, str) and _MISTRAL_ID.fullmatch(call_id))
+    def fix(call_id: Any) -> Any:
+        ok = isinstance(call_id, str) and valid.fullmatch(call_id)
+        return call_id if ok else wire_tool_id(call_id, valid, length, prefix)
 
     def fixed(m: dict[str, Any]) -> dict[str, Any]:
         calls = m.get("tool_calls")
-        if isinstance(calls, list) and any(isinstance(c, dict) and bad(c.get("id")) for c in calls):
+        if isinstance(calls, list) and any(
+            isinstance(c, dict) and fix(c.get("id")) is not c.get("id") for c in calls
+        ):
             m = {**m, "tool_calls": [
-                {**c, "id": wire_tool_id(c.get("id"), _MISTRAL_ID, 9)} if isinstance(c, dict) else c
-                for c in calls
+                {**c, "id": fix(c.get("id"))} if isinstance(c, dict) else c for c in calls
             ]}  # fmt: skip
-        if m.get("role") == "tool" and bad(m.get("tool_call_id")):
-            m = {**m, "tool_call_id": wire_tool_id(m.get("tool_call_id"), _MISTRAL_ID, 9)}
+        if m.get("role") == "tool" and fix(m.get("tool_call_id")) is not m.get("tool_call_id"):
+            m = {**m, "tool_call_id": fix(m.get("tool_call_id"))}
         return m
 
     out = [fixed(m) for m in messages]
@@ -293,7 +300,25 @@ def _error_text(content: Any) -> Any:
     return f"Error: {content or ''}"
 
 
-def _reasoning_refuses(p: dict[str, Any], samples: bool) -> str | None:
+def reasoning_refusal(model: str, effort: str | None, p: Mapping[str, Any]) -> str | None:
+    """Why OpenAI would refuse body `p` (its sampling fields) on `model` at `effort` (the
+    body's own `reasoning_effort`, given in `extra`, wins): the end of a sentence after the
+    model's id; None when it takes it."""
+    if not _REASONING_MODELS.match(model):
+        return None
+    effort = p.get("reasoning_effort", effort)
+    at_none = bool(_SAMPLES_AT_NONE.match(model))
+    always = _reasoning_refuses(p, True)
+    why = always or _reasoning_refuses(p, at_none and effort in (None, "none"))
+    if why is None:
+        return None
+    how = "" if effort is None else f" (effort {effort})"
+    return f"{how} is one of OpenAI's reasoning models, which refuse {why}; leave it out, or " + (
+        "ask for an effort of none" if at_none and not always else "ask for another model"
+    )
+
+
+def _reasoning_refuses(p: Mapping[str, Any], samples: bool) -> str | None:
     """What of body `p` OpenAI's reasoning models refuse, if anything: `stop`, penalties
     and `logit_bias` always, and temperature, top_p and logprobs unless `samples` (a model
     that takes them at an effort of none, sent none)."""
@@ -317,7 +342,7 @@ def _reasoning_refuses(p: dict[str, Any], samples: bool) -> str | None:
 class OpenAIProvider(HTTPProvider):
     """One OpenAI-compatible deployment on a shared `httpx.AsyncClient`."""
 
-    __slots__ = ("_max_key", "_mistral", "_openai")
+    __slots__ = ("_ids", "_max_key", "_openai")
 
     default_deployment = "openai"
 
@@ -337,9 +362,11 @@ class OpenAIProvider(HTTPProvider):
         # OpenAI's own API documents `user` and `prompt_cache_key`; OpenAI-compatible hosts
         # differ (some refuse a field they do not know), so only OpenAI is sent them
         self._openai = self._url.host == "api.openai.com"
-        self._mistral = bool(
-            self._url.host == "api.mistral.ai" or _MISTRAL_MODEL.search(self.model)
-        )
+        self._ids = (
+            _MISTRAL_ID if self._url.host == "api.mistral.ai" or _MISTRAL_MODEL.search(self.model)
+            else _OPENAI_ID if self._openai or _OPENAI_MODEL.match(self.model)
+            else None
+        )  # fmt: skip
 
     def _payload(self, r: ChatRequest, stream: bool) -> dict[str, Any]:
         if r.server_tools is not None:  # (routing sends such a request to Claude models alone)
@@ -347,10 +374,8 @@ class OpenAIProvider(HTTPProvider):
                 f"{self.model_id}: Anthropic's server tools (web search, web fetch) run on "
                 "Anthropic's API alone, not on this OpenAI-style one"
             )
-        messages = _openai_messages(r.messages)
-        if self._mistral:
-            messages = _mistral_ids(messages)
-        p: dict[str, Any] = {"model": self.model, "messages": messages}
+        messages = r.messages if self._ids is None else _wire_ids(r.messages, *self._ids)
+        p: dict[str, Any] = {"model": self.model, "messages": _openai_messages(messages)}
         if r.max_tokens is not None:
             p[self._max_key] = r.max_tokens
         if r.temperature is not None:
@@ -376,17 +401,9 @@ class OpenAIProvider(HTTPProvider):
                 p["prompt_cache_key"] = r.prompt_cache_key
         if r.extra:
             p.update(r.extra)
-        if _REASONING_MODELS.match(self.model):
-            at_none = bool(_SAMPLES_AT_NONE.match(self.model))
-            always = _reasoning_refuses(p, True)
-            why = always or _reasoning_refuses(p, at_none and self.effort in (None, "none"))
-            if why is not None:  # refused here, the request goes on to its next model
-                how = "" if self.effort is None else f" (effort {self.effort})"
-                raise UnsupportedRequestError(
-                    f"{self.model_id}{how} is one of OpenAI's reasoning models, which refuse "
-                    f"{why}; leave it out, or ask for "
-                    + ("an effort of none" if at_none and not always else "another model")
-                )
+        why = reasoning_refusal(self.model, self.effort, p)
+        if why is not None:  # refused here, the request goes on to its next model
+            raise UnsupportedRequestError(f"{self.model_id}{why}")
         return p
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:

@@ -96,10 +96,19 @@ def mistral_refusal(body: dict[str, Any]) -> str | None:
 
 
 def openai_refusal(body: dict[str, Any]) -> str | None:
-    """Why OpenAI's API would refuse `body` for a reasoning model (the o-series, gpt-5 but
-    its -chat models): a stop sequence or a penalty at any effort, a temperature, top_p or
+    """Why OpenAI's API would refuse `body`: on an OpenAI model a tool call id over 40
+    characters; on a reasoning model (the o-series, gpt-5 but its -chat models) a stop
+    sequence or a penalty at any effort, a temperature, top_p or
     logprobs but at an effort of none on gpt-5.1 and later (their default)."""
     model = str(body.get("model"))
+    for m in body.get("messages") or () if re.match(r"(gpt-|chatgpt|o\d)", model) else ():
+        calls = m.get("tool_calls") if isinstance(m, dict) else None
+        for c in calls if isinstance(calls, list) else ():
+            if isinstance(c, dict) and len(str(c.get("id"))) > 40:
+                return (
+                    "Invalid 'tool_calls.id': string too long. Expected a string with "
+                    "maximum length 40"
+                )
     if not re.match(r"(o\d|gpt-5(?!(\.\d+)?-chat))", model):
         return None
     bad = [k for k in ("stop", "logit_bias") if body.get(k)]
@@ -119,6 +128,7 @@ def anthropic_refusal(body: dict[str, Any]) -> str | None:
     msgs = body.get("messages")
     if not isinstance(msgs, list):
         return None
+    uses: set[Any] = set()
     for i, m in enumerate(msgs):
         blocks = m.get("content") if isinstance(m, dict) else None
         for b in blocks if isinstance(blocks, list) else ():
@@ -136,6 +146,10 @@ def anthropic_refusal(body: dict[str, Any]) -> str | None:
                     f"messages.{i}.content.{j}.{b['type']}.{key}: String should match "
                     "pattern '^[a-zA-Z0-9_-]+$'"
                 )
+            if kind == "tool_use":
+                if b.get("id") in uses:
+                    return f"messages.{i}.content.{j}: `tool_use` ids must be unique"
+                uses.add(b.get("id"))
     thinking = body.get("thinking")
     thinks = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
     cm = body.get("context_management")
