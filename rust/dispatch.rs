@@ -736,15 +736,16 @@ impl Counter<'_> {
         if tally.slack == 0 || tally.tokens > limit + tally.slack || bytes > EXACT_RECOUNT {
             return None;
         }
+        // counted whole (at most EXACT_RECOUNT bytes) whether it fits or not, and kept:
+        // every later limit reads it (a count that stopped at the limit, kept or not, had
+        // every further row in the same slack count the whole text again: 2,000 rows of
+        // one window, 1 s a route)
         let mut exact = Tally::default();
         for text in texts() {
-            tokens::count_on(text, &mut 0, base, false, &mut exact, limit);
-            if exact.exceeds(limit) {
-                return None;
-            }
+            tokens::count_on(text, &mut 0, base, false, &mut exact, usize::MAX);
         }
-        self.at[k] = (usize::MAX, 0, exact); // counted whole: later limits read it
-        Some(exact)
+        self.at[k] = (usize::MAX, 0, exact);
+        (!exact.exceeds(limit)).then_some(exact)
     }
 }
 
@@ -1194,6 +1195,32 @@ mod tests {
         let params = rows.iter().flat_map(|&(_, bias)| [bias, 0.0]).collect();
         let rows = rows.into_iter().map(|(r, _)| r).collect();
         DispatchTable::new(rows, params, p, None, rules, cfg, [256; 8]).unwrap()
+    }
+
+    #[test]
+    fn a_refused_exact_recount_is_kept_for_later_limits() {
+        // Found by review: a recount that found the prompt over its limit was thrown away.
+        let text = "x".repeat(200_000);
+        let exact = tokens::count(&text, Family::O200k);
+        let messages = msg(&text);
+        let mut counter = Counter {
+            messages: &messages,
+            extra: "",
+            at: Default::default(),
+        };
+        // just under the exact count, within the forced cuts' slack: recounted, refused
+        assert_eq!(counter.upto(Family::O200k, exact - 1), None);
+        // the next row's limit reads the exact count, not the text again
+        let whole = Tally {
+            tokens: exact,
+            slack: 0,
+        };
+        assert_eq!(counter.at[0], (usize::MAX, 0, whole));
+        assert_eq!(counter.upto(Family::O200k, exact - 1), None);
+        assert_eq!(
+            counter.upto(Family::O200k, exact).map(|t| t.tokens),
+            Some(exact)
+        );
     }
 
     fn msg(s: &str) -> Vec<Message> {
