@@ -37,6 +37,8 @@ def carries(spec: ModelSpec, dep: Deployment, request: ChatRequest) -> bool:
     set is asked too."""
     if dep.api != "anthropic":  # OpenAI's wire carries what the router takes, but for
         # what OpenAI's reasoning models refuse
+        if request.temperature is None and not request.extra:
+            return True
         sent = {"temperature": request.temperature, **(request.extra or {})}
         return reasoning_refusal(dep.model, spec.effort, sent) is None
     try:

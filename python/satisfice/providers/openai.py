@@ -132,7 +132,9 @@ def _without_pieces(chunk: Any) -> Any:
     return {**chunk, "choices": choices}
 
 
-def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _openai_messages(
+    messages: list[dict[str, Any]], ids: _IdRule | None = None
+) -> list[dict[str, Any]]:
     """The messages as OpenAI's API reads them. An Anthropic-shaped request (satisfice
     serve's /v1/messages) leaves marks this API has no field for: a tool result's
     `is_error` is said in the text the model reads ("Error: ..."), and a prompt-cache mark
@@ -140,19 +142,24 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     sent on, as OpenAI-compatible gateways read it). An assistant's `thinking_blocks` (a
     Claude model's thinking, signed for Anthropic's API alone) are left out too. A tool
     result's images (which OpenAI's tool messages cannot hold) are sent in a user message
-    after the turn's tool results, the result's text saying so. The messages themselves
-    when they hold none of these (the usual case: nothing copied)."""
+    after the turn's tool results, the result's text saying so. Given `ids` (the API's rule
+    for tool call ids), every call's id as it takes them (`_wire_ids`), before the images'
+    label names it. The messages themselves when they hold none of these (the usual case:
+    nothing copied)."""
     for m in messages:  # a loop, not any(): no generator made on every call
         if (
             "is_error" in m
             or "cache_control" in m
             or "thinking_blocks" in m
-            or ("tool_calls" in m and _marked(m["tool_calls"]))
+            or ("tool_calls" in m and (ids is not None or _marked(m["tool_calls"])))
+            or (ids is not None and "tool_call_id" in m)
             or (m.get("role") == "tool" and _pictured(m.get("content")))
         ):
             break
     else:
         return messages
+    if ids is not None:
+        messages = _wire_ids(messages, *ids)
     out: list[dict[str, Any]] = []
     seen: list[dict[str, Any]] = []  # the images of this turn's tool results, labelled
     for m in messages:
@@ -189,8 +196,9 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # call_0fypS1hVX but must be a-z, A-Z, 0-9, with a length of 9"), OpenAI's at most 40
 # characters (an OpenAI Responses `fc_` id is 53, DeepSeek's `call_0_<uuid>` 43): each a
 # 400 for a conversation whose calls another provider's model made
-_MISTRAL_ID = (re.compile(r"[A-Za-z0-9]{9}"), 9, "")
-_OPENAI_ID = (re.compile(r"(?s).{1,40}"), 24, "call_")
+_IdRule = tuple[re.Pattern[str], int, str]  # valid ids; a hashed id's length and prefix
+_MISTRAL_ID: _IdRule = (re.compile(r"[A-Za-z0-9]{9}"), 9, "")
+_OPENAI_ID: _IdRule = (re.compile(r"(?s).{1,40}"), 24, "call_")
 _MISTRAL_MODEL = re.compile(
     r"(?i)(^|/)(mistral|mixtral|ministral|magistral|codestral|devstral|pixtral|voxtral)"
 )
@@ -374,8 +382,8 @@ class OpenAIProvider(HTTPProvider):
                 f"{self.model_id}: Anthropic's server tools (web search, web fetch) run on "
                 "Anthropic's API alone, not on this OpenAI-style one"
             )
-        messages = r.messages if self._ids is None else _wire_ids(r.messages, *self._ids)
-        p: dict[str, Any] = {"model": self.model, "messages": _openai_messages(messages)}
+        messages = _openai_messages(r.messages, self._ids)
+        p: dict[str, Any] = {"model": self.model, "messages": messages}
         if r.max_tokens is not None:
             p[self._max_key] = r.max_tokens
         if r.temperature is not None:
@@ -401,9 +409,10 @@ class OpenAIProvider(HTTPProvider):
                 p["prompt_cache_key"] = r.prompt_cache_key
         if r.extra:
             p.update(r.extra)
-        why = reasoning_refusal(self.model, self.effort, p)
-        if why is not None:  # refused here, the request goes on to its next model
-            raise UnsupportedRequestError(f"{self.model_id}{why}")
+        if r.temperature is not None or r.extra:  # (where a sampling field can come from)
+            why = reasoning_refusal(self.model, self.effort, p)
+            if why is not None:  # refused here, the request goes on to its next model
+                raise UnsupportedRequestError(f"{self.model_id}{why}")
         return p
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
