@@ -17,6 +17,7 @@ import pytest
 
 from satisfice import Cascade, NoRouteError, Registry, Router, Step, StreamInterruptedError
 from satisfice.ledger import read_records
+from satisfice.providers.anthropic import runs_server_tools
 from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream, RawUpstream, http_response
 from satisfice.testing.upstream import patch_registry
@@ -541,3 +542,26 @@ async def test_a_call_cut_off_before_anything_was_seen_bills_the_searches_it_may
                     assert a.cost_usd is not None and a.cost_usd > 0.03 + 60_000 * 3 / 1e6
                 else:
                     assert a.cost_usd is None
+
+
+async def test_a_python_caller_s_searched_turn_goes_to_claude_models_alone() -> None:
+    """A Python caller sends back a turn in which a search ran (`anthropic_content`)
+    without offering a server tool now: only a Claude model can be sent those blocks. The
+    router had routed it anywhere, and an OpenAI model was sent a field its API refuses.
+    Found by review; the server already routed it so."""
+    turn = {"role": "assistant", "content": "",
+            "anthropic_content": [USE, RESULT, {"type": "text", "text": "A says so."}]}  # fmt: skip
+    msgs = [*ASK, turn, {"role": "user", "content": "and B?"}]
+    with LocalUpstream() as up:
+        router = _router(up)
+        try:
+            rows = ["gpt-5.4-nano", "claude-haiku-4-5"]  # the OpenAI one first, if it may
+            d = await router.decide(msgs, allow=rows, prefer=rows[0])
+            r = await router.chat(msgs, allow=rows, prefer=rows[0])
+        finally:
+            await router.aclose()
+        sent = up.requests[-1]
+    claude = {m.id for m in Registry.default() if runs_server_tools(m)}
+    assert d.model in claude and set(d.fallbacks) <= claude
+    assert r.model in claude and sent.api == "anthropic"
+    assert sent.body["messages"][1]["content"][:2] == [USE, RESULT]

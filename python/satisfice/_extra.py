@@ -1,5 +1,6 @@
-"""The text a request sends besides its messages, for counting (a module of its own: the
-router reads it on every route, and must not import the HTTP stack to do so)."""
+"""The text a request sends besides its messages, for counting, and what routing must know
+of its messages (a module of its own: the router reads it on every route, and must not
+import the HTTP stack to do so)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_sta
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["LIMITS", "extra_text", "header_text", "text_bytes"]
+__all__ = ["LIMITS", "extra_text", "header_text", "server_turns", "text_bytes"]
 
 
 #: The output limits a request's `extra` may carry (any wire's name for max_tokens).
@@ -33,6 +34,16 @@ def extra_text(tools: Any, response_format: Any) -> str | None:
             "pass plain dicts, lists, strings and numbers, nested less deeply"
         ) from None
     return "".join(parts) or None
+
+
+def server_turns(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a turn sent back ran one of Anthropic's server tools (an assistant message's
+    `anthropic_content`, Anthropic's blocks as they came): only a Claude model can be sent
+    it, so the request goes to Claude models alone, server tools offered now or not."""
+    for m in messages:  # noqa: SIM110 (a loop, not any(): no generator made on every call)
+        if "anthropic_content" in m:
+            return True
+    return False
 
 
 def text_bytes(msgs: Sequence[Mapping[str, Any]]) -> int:

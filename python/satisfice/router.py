@@ -12,7 +12,7 @@ from time import perf_counter, time
 
 from . import _core
 from ._bill import CHECK_BILL
-from ._extra import LIMITS, extra_text, header_text, text_bytes
+from ._extra import LIMITS, extra_text, header_text, server_turns, text_bytes
 from ._real import as_count, as_real
 from .decision import Candidate, Decision, Snapshot
 from .errors import (
@@ -802,6 +802,8 @@ class Router:
                 None,
             )
         msgs = _message_list(messages)
+        if call["server_tools"] is None and server_turns(msgs):
+            call["server_tools"] = []  # (routed to Claude models alone: see server_turns)
         if given is not None:
             if not isinstance(given, Decision):
                 raise ConfigError(

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._extra import header_text
+from .._extra import header_text, server_turns
 from .._json import dumps
 from ..errors import BadRequestError, InputError
 from ..providers.anthropic import server_result, server_tool
@@ -659,7 +659,7 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if tools:
         opts["tools"] = [_function_tool(t) for t in tools]
     server = [dict(t) for t in body.get("tools") or () if server_tool(t)]
-    if server or any("anthropic_content" in m for m in msgs):
+    if server or server_turns(msgs):
         # run at Anthropic's side (or, none offered now, run in a turn sent back): routed
         # to Claude models alone
         opts["server_tools"] = server
