@@ -72,12 +72,15 @@ class _ToolIds:
         n = self.seen.get(key, 0)
         self.seen[key] = n + 1
         again = f"{key}\x00{n}" if n else call_id  # (no valid id holds a NUL: hashed)
-        self.latest[key] = wire_tool_id(again, self._VALID, 24, "toolu_")
+        self.latest[key] = self._wire(again)
         return self.latest[key]
 
     def result(self, call_id: Any) -> str:
         key = call_id if isinstance(call_id, str) else repr(call_id)
-        return self.latest.get(key) or wire_tool_id(call_id, self._VALID, 24, "toolu_")
+        return self.latest.get(key) or self._wire(call_id)
+
+    def _wire(self, call_id: Any) -> str:
+        return wire_tool_id(call_id, self._VALID, 24, "toolu_")
 
 
 _JSON_TOOL = "satisfice_json_answer"

@@ -211,20 +211,23 @@ def _wire_ids(
     """The messages with every tool call's id as `valid` takes it (`wire_tool_id`: a call
     and its result still pair); the messages themselves when every id already is."""
 
-    def fix(call_id: Any) -> Any:
-        ok = isinstance(call_id, str) and valid.fullmatch(call_id)
-        return call_id if ok else wire_tool_id(call_id, valid, length, prefix)
-
     def fixed(m: dict[str, Any]) -> dict[str, Any]:
+        # (`wire_tool_id` gives a valid id back itself: `is not` tells a rewritten one)
         calls = m.get("tool_calls")
-        if isinstance(calls, list) and any(
-            isinstance(c, dict) and fix(c.get("id")) is not c.get("id") for c in calls
-        ):
-            m = {**m, "tool_calls": [
-                {**c, "id": fix(c.get("id"))} if isinstance(c, dict) else c for c in calls
-            ]}  # fmt: skip
-        if m.get("role") == "tool" and fix(m.get("tool_call_id")) is not m.get("tool_call_id"):
-            m = {**m, "tool_call_id": fix(m.get("tool_call_id"))}
+        if isinstance(calls, list):
+            new = [
+                {**c, "id": i}
+                if isinstance(c, dict)
+                and (i := wire_tool_id(c.get("id"), valid, length, prefix)) is not c.get("id")
+                else c
+                for c in calls
+            ]
+            if any(a is not b for a, b in zip(new, calls, strict=True)):
+                m = {**m, "tool_calls": new}
+        if m.get("role") == "tool":
+            i = wire_tool_id(m.get("tool_call_id"), valid, length, prefix)
+            if i is not m.get("tool_call_id"):
+                m = {**m, "tool_call_id": i}
         return m
 
     out = [fixed(m) for m in messages]
