@@ -50,9 +50,27 @@ pub struct ModelRow {
     /// room the model may use (adaptive thinking): a limit that holds the thinking must
     /// exceed it.
     pub thinking_fixed: bool,
+    /// USD per thinking token at the cheapest of its deployments' rates: what a budget
+    /// lowered to `Constraints::thinking_cap` takes off `fee` per token (the fee stays at
+    /// or over what any deployment bills, the dearest-fee one included).
+    pub thinking_rate: f64,
 }
 
 impl ModelRow {
+    /// This row sent a thinking budget of `cap` in place of its own (`thinking`, over it):
+    /// its window and max output get back the budget's difference, its fee loses it.
+    fn lowered(&self, cap: u32) -> ModelRow {
+        let cut = self.thinking - cap;
+        ModelRow {
+            id: String::new(), // (a lowered row is read for its limits and prices only)
+            context_window: self.context_window.saturating_add(cut),
+            max_output: self.max_output.saturating_add(cut),
+            fee: (self.fee - cut as f64 * self.thinking_rate).max(0.0),
+            thinking: cap,
+            ..*self
+        }
+    }
+
     pub fn priced(&self) -> bool {
         self.price_in.is_finite() && self.price_out.is_finite()
     }
@@ -241,6 +259,11 @@ pub struct Constraints {
     /// answers within max_output_tokens − B, and one whose budget (`thinking_fixed`) fills
     /// it is left out; adaptive thinking's room is cut by it.
     pub output_includes_thinking: bool,
+    /// The caller's most thinking tokens (`max_reasoning_tokens`): a row with a fixed budget
+    /// over it (`thinking_fixed`) is sent this budget instead. The rows that may not be
+    /// (under Anthropic's smallest budget, or not the model's smallest) come excluded
+    /// (`registry.lowered_budget`).
+    pub thinking_cap: Option<u32>,
 }
 
 /// Prompt tokens of one image: a lower bound, an estimate and an upper bound wide enough
@@ -277,6 +300,7 @@ impl Default for Constraints {
             extra_text: String::new(),
             count_prompt: false,
             output_includes_thinking: false,
+            thinking_cap: None,
         }
     }
 }
@@ -929,6 +953,14 @@ impl DispatchTable {
         // every row ends in `passing` or here: one allocation, not a doubling per few rows
         let mut filtered = Vec::with_capacity(self.rows.len());
         for (i, r) in self.rows.iter().enumerate() {
+            let lowered;
+            let r = match c.thinking_cap {
+                Some(cap) if r.thinking_fixed && r.thinking > cap => {
+                    lowered = r.lowered(cap);
+                    &lowered
+                }
+                _ => r,
+            };
             // the row's thinking within the caller's limit, when the limit counts it
             let within = if total_limit { r.thinking } else { 0 };
             let reason = 'check: {
@@ -1182,6 +1214,7 @@ mod tests {
             fee: 0.0,
             thinking: 0,
             thinking_fixed: false,
+            thinking_rate: 0.0,
         };
         (r, bias)
     }
@@ -1364,6 +1397,43 @@ mod tests {
             ..Default::default()
         };
         assert!(t.plan(&msg("hi"), &c).filtered.is_empty());
+    }
+
+    #[test]
+    fn a_budget_lowered_to_the_callers_cap_is_priced_and_limited_as_sent() {
+        // A row thinking within a fixed 4,000-token budget ($1 per 1M thinking tokens, in
+        // its fee), its window and max output less the budget, as the policy builds it.
+        let mut thinks = row("thinks", 1.0, 1.0, 0.0);
+        thinks.0.thinking = 4000;
+        thinks.0.thinking_fixed = true;
+        thinks.0.thinking_rate = 1.0 / 1e6;
+        thinks.0.fee = 4000.0 / 1e6;
+        thinks.0.max_output = 10_000 - 4000;
+        thinks.0.context_window = 12_000 - 4000;
+        let t = table(vec![thinks], vec![]);
+        let plan = |limit: u32, cap: Option<u32>| {
+            let c = Constraints {
+                max_output_tokens: Some(limit),
+                thinking_cap: cap,
+                ..Default::default()
+            };
+            t.plan(&msg("hi"), &c)
+        };
+        let full = plan(100, None).candidates[0].est_cost;
+        let lowered = plan(100, Some(1500)).candidates[0].est_cost;
+        assert!(
+            (full - lowered - 2500.0 / 1e6).abs() < 1e-12,
+            "{full} {lowered}"
+        );
+        // a cap over the budget changes nothing
+        assert_eq!(plan(100, Some(8000)).candidates[0].est_cost, full);
+        // the answer gets the room the budget no longer takes: 8,000 tokens fit under
+        // 1,500 of thinking, not under 4,000
+        assert!(matches!(
+            plan(8000, None).filtered[..],
+            [(0, Filtered::OutputTooLong { max: 6000, .. })]
+        ));
+        assert!(plan(8000, Some(1500)).filtered.is_empty());
     }
 
     #[test]

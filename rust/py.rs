@@ -847,6 +847,9 @@ struct RowSpec {
     /// The thinking is a budget max_tokens must exceed (extended thinking), not room.
     #[pyo3(default)]
     thinking_fixed: bool,
+    /// USD per thinking token, the cheapest deployment's (a lowered budget's fee).
+    #[pyo3(default)]
+    thinking_rate: f64,
 }
 
 /// One rule, by name (`RuleSpec` in the stub); `models` are row indices in preference order.
@@ -977,6 +980,8 @@ impl PyDispatchTable {
                 && rate(r.long_out)
                 && r.fee.is_finite()
                 && r.fee >= 0.0
+                && r.thinking_rate.is_finite()
+                && r.thinking_rate >= 0.0
                 && !r.long_above.is_nan();
             if !ok {
                 return Err(CoreError::Config(format!(
@@ -1006,6 +1011,7 @@ impl PyDispatchTable {
                 fee: r.fee,
                 thinking: r.thinking,
                 thinking_fixed: r.thinking_fixed,
+                thinking_rate: r.thinking_rate,
             });
         }
         let mut compiled = Vec::with_capacity(rules.len());
@@ -1122,8 +1128,9 @@ impl PyDispatchTable {
     /// `extra_text`: what the request sends besides its messages (tool definitions, a
     /// response schema), counted as prompt tokens and not featurised. `count_prompt`: count
     /// the prompt for every candidate, not only near a limit. `output_includes_thinking`:
-    /// `max_output_tokens` holds a row's thinking as well as its answer.
-    #[pyo3(signature = (messages, *, max_cost = None, latency_slo_ms = None, quality_floor = 0.0, needs = None, max_output_tokens = None, lam = None, exclude = None, live_p95_ms = None, extra_text = None, count_prompt = false, output_includes_thinking = false))]
+    /// `max_output_tokens` holds a row's thinking as well as its answer. `thinking_cap`: a
+    /// fixed thinking budget over it is sent as it (`Constraints::thinking_cap`).
+    #[pyo3(signature = (messages, *, max_cost = None, latency_slo_ms = None, quality_floor = 0.0, needs = None, max_output_tokens = None, lam = None, exclude = None, live_p95_ms = None, extra_text = None, count_prompt = false, output_includes_thinking = false, thinking_cap = None))]
     #[allow(clippy::too_many_arguments)]
     fn plan(
         &self,
@@ -1140,6 +1147,7 @@ impl PyDispatchTable {
         extra_text: Option<Bound<'_, PyString>>,
         count_prompt: bool,
         output_includes_thinking: bool,
+        thinking_cap: Option<u32>,
     ) -> PyResult<PyPlan> {
         let (msgs, images, uncounted) = messages_from(messages)?;
         let mut c = self.constraints(
@@ -1162,6 +1170,7 @@ impl PyDispatchTable {
         c.uncounted = uncounted;
         c.count_prompt = count_prompt;
         c.output_includes_thinking = output_includes_thinking;
+        c.thinking_cap = thinking_cap;
         let table = &self.table;
         let plan = if detach_for(total_bytes(&msgs) + c.extra_text.len()) {
             py.detach(|| table.plan(&msgs, &c))

@@ -445,3 +445,81 @@ def test_output_config_values_are_not_echoed() -> None:
         wire.anthropic_request({"model": "auto", "max_tokens": 5, "messages": MSGS,
                                 "output_config": {"effort": secret}}, {})  # fmt: skip
     assert secret[:16] not in str(e.value)
+
+
+# a caller's thinking budget under a model's smallest budget row ----------------------------
+def test_a_thinking_budget_under_the_smallest_row_is_sent_as_asked(up: LocalUpstream) -> None:
+    """Anthropic takes any budget_tokens from 1,024. Claude Haiku 4.5's smallest thinking
+    row thinks within 2,048, so a budget of 1,024 to 2,047 left no row: a 400 that the
+    Anthropic API does not give. The smallest row is sent the caller's budget; a larger
+    budget still picks among the rows within it, and under 1,024 stays a 400."""
+    router = _bundled(up)
+    reg = router.registry
+    haiku = reg["claude-haiku-4-5"]
+    smallest = min(e.reasoning_tokens for e in haiku.efforts.values() if e.reasoning_tokens)
+    assert smallest > 1024, "the bundled Haiku rows changed: pick a budget under the smallest"
+    with running(ServerConfig(), router) as (url, _):
+        for budget in (1024, smallest - 1):
+            r, sent = _post(url, "/v1/messages", {
+                "model": "claude-haiku-4-5", "max_tokens": 4000,
+                "messages": [{"role": "user", "content": "Write a function to reverse a list."}],
+                "thinking": {"type": "enabled", "budget_tokens": budget}}, up=up)  # fmt: skip
+            assert r.status_code == 200, r.text
+            (seen,) = sent
+            assert seen["thinking"] == {"type": "enabled", "budget_tokens": budget}, seen
+            # Anthropic's max_tokens holds the thinking: sent as the caller gave it
+            assert seen["max_tokens"] == 4000
+            assert r.headers["x-satisfice-model"].startswith("claude-haiku-4-5@")
+        # a budget the smallest row fits in: that row, at its own budget
+        r, sent = _post(url, "/v1/messages", {
+            "model": "claude-haiku-4-5", "max_tokens": 8000,
+            "messages": [{"role": "user", "content": "hi"}],
+            "thinking": {"type": "enabled", "budget_tokens": smallest + 1}}, up=up)  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert sent[0]["thinking"]["budget_tokens"] == smallest
+        # under Anthropic's smallest: refused, nothing called
+        r, sent = _post(url, "/v1/messages", {
+            "model": "claude-haiku-4-5", "max_tokens": 4000,
+            "messages": [{"role": "user", "content": "hi"}],
+            "thinking": {"type": "enabled", "budget_tokens": 1023}}, up=up)  # fmt: skip
+        assert r.status_code == 400 and not sent, r.text
+        assert "max_reasoning_tokens=1023" in r.text
+
+
+async def test_a_lowered_budget_is_what_the_cost_hold_and_the_limit_count() -> None:
+    """The Python API's max_reasoning_tokens lowers the smallest budget row the same way:
+    the wire's max_tokens adds the budget sent (not the row's), and a cost cap that the
+    row's own budget would break but the lowered one fits is met."""
+    from satisfice.registry import Deployment, Effort, ModelSpec, Price
+    from satisfice.testing import LocalUpstream
+
+    with LocalUpstream() as up:
+        spec = ModelSpec(
+            "claude-x", "anthropic", tokenizer="cl100k_base", context_window=100_000,
+            max_output=20_000, price=Price(1.0, 100.0),
+            efforts={"low": Effort(4096), "high": Effort(16384)},
+            deployments=[Deployment("anthropic", "anthropic", "https://x.example", "claude-x")],
+        )  # fmt: skip
+        router = Router(up.patch(Registry([spec])))
+        msgs = [{"role": "user", "content": "hi"}]
+        before = len(up.requests)
+        res = await router.chat(msgs, reasoning="on", max_reasoning_tokens=1500, max_tokens=100)
+        assert res.model == "claude-x@low"
+        (seen,) = [s.body for s in up.requests[before:]]
+        assert seen["thinking"] == {"type": "enabled", "budget_tokens": 1500}
+        assert seen["max_tokens"] == 100 + 1500  # the answer's limit, the budget on top
+        # $100 per million output tokens: the row's 4,096 + 100 cost $0.42; 1,600, $0.16
+        before = len(up.requests)
+        res = await router.chat(msgs, reasoning="on", max_reasoning_tokens=1500,
+                                max_tokens=100, max_cost_usd=0.2)  # fmt: skip
+        assert [s.body["thinking"] for s in up.requests[before:]] == [
+            {"type": "enabled", "budget_tokens": 1500}
+        ]
+        assert res.model == "claude-x@low"
+        # the estimate prices the budget sent: 1,600 output tokens and the prompt's few
+        d = router.route(msgs, reasoning="on", max_reasoning_tokens=1500, max_output_tokens=100)
+        assert d.est_cost_usd is not None and 0.16 < d.est_cost_usd < 0.1601
+        # the high row is not lowered: the caller's budget is the smallest row's, sent
+        with pytest.raises(NoRouteError, match="max_reasoning_tokens=900"):
+            router.route(msgs, reasoning="on", max_reasoning_tokens=900)
+        await router.aclose()

@@ -149,13 +149,16 @@ class DispatchTable:
         extra_text: str | None = None,
         count_prompt: bool = False,
         output_includes_thinking: bool = False,
+        thinking_cap: int | None = None,
     ) -> Plan:
         """Featurise, estimate, filter and rank in one call; `live_p95_ms` (row, ms) pairs
         replace the registry's p95 under a latency SLO; `extra_text` (tool definitions, a
         response schema) is counted as prompt tokens, not featurised; `count_prompt`: the
         prompt counted for every candidate, not only near a limit;
         `output_includes_thinking`: `max_output_tokens` holds a row's thinking (its
-        `thinking`) as well as its answer."""
+        `thinking`) as well as its answer; `thinking_cap` (`max_reasoning_tokens`): a row's
+        fixed thinking budget over it is sent as it, its limits and fee follow (the rows
+        that may not be come excluded)."""
 
 @final
 class Plan:

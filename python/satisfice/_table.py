@@ -33,6 +33,9 @@ class ModelRowSpec(TypedDict):
     # the thinking is a budget max_tokens must exceed (extended thinking), not room that
     # adaptive thinking may use
     thinking_fixed: NotRequired[bool]
+    # USD per thinking token at the cheapest deployment's rate: what a budget lowered to a
+    # caller's `thinking_cap` takes off `fee` per token
+    thinking_rate: NotRequired[float]
 
 
 class RuleSpec(TypedDict):

@@ -17,7 +17,7 @@ from ._frozen import Frozen, Value, _set
 from .errors import ConfigError, NoRouteError
 from .policy import Constraints, Policy
 from .predict import ModelParams
-from .registry import ModelSpec, Registry
+from .registry import ModelSpec, Registry, lowered_budget
 
 TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:
@@ -41,16 +41,17 @@ _LAST = {"reasoning": 1, "exclude": 2, "disabled": 2}
 RECORDED = 16
 
 
-def thinks_as_asked(m: ModelSpec, want: str | None, most: int | None) -> bool:
-    """Whether row `m` passes `Constraints.reasoning` (`want`) and `max_reasoning_tokens`
-    (`most`): by the reasoning tokens its registry entry expects, and its effort."""
+def thinks_as_asked(m: ModelSpec, want: str | None, most: int | None, reg: Registry) -> bool:
+    """Whether row `m` of `reg` passes `Constraints.reasoning` (`want`) and
+    `max_reasoning_tokens` (`most`): by the reasoning tokens its registry entry expects, and
+    its effort; or it is a budget row sent `most` as its budget (`lowered_budget`)."""
     spent = m.reasoning_tokens
     ok = (
         spent == 0 if want == "none"
         else spent > 0 if want == "on"
         else want is None or m.effort == want
     )  # fmt: skip
-    return ok and (most is None or spent <= most)
+    return ok and (most is None or spent <= most or lowered_budget(m, most, reg))
 
 
 class Snapshot(Frozen):
@@ -157,7 +158,8 @@ class Snapshot(Frozen):
         hit = _UNREASONED.get(key)
         if hit is not None and hit[0] is self.ids:
             return hit[1]
-        rows = [self.index[m.id] for m in self.registry if not thinks_as_asked(m, want, most)]
+        reg = self.registry
+        rows = [self.index[m.id] for m in reg if not thinks_as_asked(m, want, most, reg)]
         if len(_UNREASONED) >= 64:
             _UNREASONED.clear()
         _UNREASONED[key] = (self.ids, rows)

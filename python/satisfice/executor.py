@@ -142,19 +142,19 @@ def _hold(t: _Target) -> tuple[str, str]:
     return t.model, t.dep.name
 
 
-def thinking_added(spec: ModelSpec, api: str, within: bool = False) -> int:
+def thinking_added(spec: ModelSpec, api: str, within: bool = False, cap: int | None = None) -> int:
     """The thinking budget `api`'s wire adds to max_tokens for `spec`: Anthropic's, unless
     the request's limit holds the thinking (`within`, `ChatRequest.thinking_within`); 0 for
-    the others, whose limits hold the reasoning."""
+    the others, whose limits hold the reasoning. `cap`: `ChatRequest.thinking_cap`."""
     if within or api != "anthropic":
         return 0
-    return thinking_budget(spec.effort, spec.reasoning_tokens)
+    return thinking_budget(spec.effort, spec.reasoning_tokens, cap)
 
 
-def answer_max(spec: ModelSpec, api: str, within: bool = False) -> int:
+def answer_max(spec: ModelSpec, api: str, within: bool = False, cap: int | None = None) -> int:
     """The most max_tokens may ask on `api`: the model's max_output, less the thinking
     budget Anthropic's wire adds to it (it had asked past max_output)."""
-    return max(spec.max_output - thinking_added(spec, api, within), 1)
+    return max(spec.max_output - thinking_added(spec, api, within, cap), 1)
 
 
 def worst_bill(
@@ -165,14 +165,15 @@ def worst_bill(
     out: int,
     write: str | None,
     within: bool = False,
+    cap: int | None = None,
 ) -> float:
     """The most one call may be billed: `tokens_in` prompt tokens (every one a cache write
     when `write` says so), `out` output tokens plus the thinking budget Anthropic's API
     spends on top of them, at the dearer of the text and reasoning rates, fees included.
     One rule for a cost cap's holds and a server budget's reservation. `within`: `out`
-    holds the thinking (`ChatRequest.thinking_within`)."""
+    holds the thinking (`ChatRequest.thinking_within`); `cap`, its `thinking_cap`."""
     if out:
-        out += thinking_added(spec, api, within)
+        out += thinking_added(spec, api, within, cap)
     writes = {
         "cache_write": tokens_in if write == "5m" else 0.0,
         "cache_write_1h": tokens_in if write == "1h" else 0.0,
@@ -475,7 +476,7 @@ class Run:
         leaves for the answer (`output_cap`), and the call holds its slice until its
         attempt is recorded, so that no answer runs past the cap."""
         request = self.request
-        most_answer = answer_max(t.spec, t.dep.api, request.thinking_within)
+        most_answer = answer_max(t.spec, t.dep.api, request.thinking_within, request.thinking_cap)
         if request.max_tokens is not None and request.max_tokens > most_answer:
             # no model writes more than its max_output, and some APIs refuse a larger limit
             # (Anthropic's counts the thinking budget the wire adds in it)
@@ -533,13 +534,15 @@ class Run:
         if n is None:  # output is free (or the cap past counting): what the call may take
             return self.request.max_tokens or t.spec.max_output, usd
         if self.request.thinking_within:  # the limit holds the thinking too
-            budget = thinking_budget(t.spec.effort, t.spec.reasoning_tokens)
+            budget = thinking_budget(
+                t.spec.effort, t.spec.reasoning_tokens, self.request.thinking_cap
+            )
             if t.dep.api == "anthropic" and budget and t.spec.thinking != "adaptive":
                 # a budget must stay under max_tokens: the cap leaves no answer then
                 return (n if n > budget else 0), usd
             return n, usd
         # its thinking comes on top
-        return max(n - thinking_added(t.spec, t.dep.api), 0), usd
+        return max(n - thinking_added(t.spec, t.dep.api, cap=self.request.thinking_cap), 0), usd
 
     def _worst(self, t: _Target, out: int) -> float:
         """The most a call to `t` allowed `out` output tokens may be billed."""
@@ -547,21 +550,25 @@ class Run:
         served = self.request.server_tools
         tokens_in = self.decision.max_tokens_in(t.model) + server_tokens(served)
         write = cache_write_of(self.request.messages, self.request.tools)
-        within = self.request.thinking_within
+        r = self.request
         search_usd = search_bound(t.price, served)
-        return worst_bill(t.price, t.spec, t.dep.api, tokens_in, out, write, within) + search_usd
+        bill = worst_bill(
+            t.price, t.spec, t.dep.api, tokens_in, out, write, r.thinking_within, r.thinking_cap
+        )
+        return bill + search_usd
 
     def max_out(self, t: _Target) -> int | None:
         """The most output tokens a call to `t` was allowed on the wire (None: no limit
         was sent)."""
+        r = self.request
         held = self.holds.get(_hold(t))
-        n = held[1] if held is not None else self.request.max_tokens
+        n = held[1] if held is not None else r.max_tokens
         if n is None and t.dep.api == "anthropic":
             n = DEFAULT_MAX_TOKENS  # what `wire` sends when the caller sends none
         if n is not None:
             # what `wire` sent
-            n = min(n, answer_max(t.spec, t.dep.api, self.request.thinking_within))
-        extra = self.request.extra
+            n = min(n, answer_max(t.spec, t.dep.api, r.thinking_within, r.thinking_cap))
+        extra = r.extra
         if held is None and extra and LIMITS & extra.keys():
             # uncapped, a limit in `extra` goes on the wire as given (the payload's last
             # word, not cut to max_output; integers >= 1, `_check_options`): the largest
@@ -572,7 +579,7 @@ class Run:
                 else max(n, *(int(extra[k]) for k in LIMITS & extra.keys()))
             )
         if n is not None:
-            n += thinking_added(t.spec, t.dep.api, self.request.thinking_within)
+            n += thinking_added(t.spec, t.dep.api, r.thinking_within, r.thinking_cap)
         return n
 
     def record(self, attempt: Attempt, t: _Target) -> None:
@@ -1035,8 +1042,9 @@ class Executor:
             # lying usage had been billed whatever it said)
             most = run.max_out(t)
             if most is None:
+                r = run.request
                 most = t.spec.max_output + thinking_added(
-                    t.spec, t.dep.api, run.request.thinking_within
+                    t.spec, t.dep.api, r.thinking_within, r.thinking_cap
                 )
             if u.prompt_tokens <= t.spec.context_window and u.completion_tokens <= most:
                 return u
@@ -1202,7 +1210,12 @@ class Executor:
         # as given, any thinking budget inside it
         within = decision.constraints.output_includes_thinking
         within = within and call.get("max_tokens") is not None
-        request = ChatRequest(messages, **call, thinking_within=within)
+        request = ChatRequest(
+            messages,
+            **call,
+            thinking_within=within,
+            thinking_cap=decision.constraints.max_reasoning_tokens,
+        )
         return Run(decision, request, t0, deadline, accept)
 
     async def complete(self, run: Run, *, hedge: bool = False, race: int = 0) -> ChatResult:

@@ -351,10 +351,24 @@ def _worst_price(m: ModelSpec) -> Price | None:
 def reasoning_usd(m: ModelSpec, p: Price) -> float:
     """USD of an effort variant's expected reasoning tokens, at the highest output-side rate
     any of its tiers bills them at (the table holds one tier; billing applies each exactly)."""
+    return m.reasoning_tokens * _reasoning_rate(p) / 1e6
+
+
+def _reasoning_rate(p: Price) -> float:
+    """USD per million reasoning tokens, the dearest tier's (`reasoning_usd`)."""
     base = p.reasoning if p.reasoning is not None else p.output
-    rate = max([base, *(t.output * base / p.output if p.output else t.output
+    return max([base, *(t.output * base / p.output if p.output else t.output
                         for t in p.long_context)])  # fmt: skip
-    return m.reasoning_tokens * rate / 1e6
+
+
+def _thinking_rate(m: ModelSpec) -> float:
+    """USD per thinking token at the cheapest of the model's deployments (the table's
+    `thinking_rate`: a budget lowered by N tokens takes N of these off `_fee`, which keeps
+    it at or over any deployment's bill); 0 when one is unpriced (no fee then)."""
+    prices = _prices(m)
+    if any(p is None for p in prices):
+        return 0.0
+    return min(_reasoning_rate(p) for p in prices if p is not None) / 1e6
 
 
 def _fee(m: ModelSpec) -> float:
@@ -520,6 +534,7 @@ class Policy(Value):
                     "fee": _fee(m),
                     "thinking": think,
                     "thinking_fixed": bool(think) and m.thinking != "adaptive",
+                    "thinking_rate": _thinking_rate(m),
                 }
             )
         rules: list[RuleSpec] = []

@@ -508,12 +508,46 @@ class Effort(Value):
 ANTHROPIC_MIN_THINKING = 1024
 
 
-def thinking_budget(effort: str | None, reasoning_tokens: int | None) -> int:
+def thinking_budget(
+    effort: str | None, reasoning_tokens: int | None, cap: int | None = None
+) -> int:
     """Extended thinking's budget_tokens for an effort variant (0: no thinking). The wire
-    max_tokens is the answer's plus this, as the Messages API spends it within max_tokens."""
+    max_tokens is the answer's plus this, as the Messages API spends it within max_tokens.
+    `cap`: the caller's most thinking tokens (`Constraints.max_reasoning_tokens`, what
+    Anthropic's `thinking.budget_tokens` says), the budget sent when it is the smaller
+    (and one Anthropic takes)."""
     if effort is None or effort == "none" or not reasoning_tokens:
         return 0
-    return max(reasoning_tokens, ANTHROPIC_MIN_THINKING)
+    budget = max(reasoning_tokens, ANTHROPIC_MIN_THINKING)
+    if cap is not None and ANTHROPIC_MIN_THINKING <= cap < budget:
+        return cap
+    return budget
+
+
+def lowered_budget(m: ModelSpec, most: int, registry: Registry) -> bool:
+    """Whether row `m`, over a caller's `most` thinking tokens, is sent a budget of `most`
+    instead: a row thinking within a budget on Anthropic's API (which takes any budget
+    from 1,024), the smallest of its model's. A caller's budget_tokens under a model's
+    smallest row (1,024 to 2,047 on Claude Haiku 4.5) had no row to call, a 400 that
+    Anthropic's own API does not give; the rows above it are not lowered, which had
+    made them the one request at a quality they do not have at that budget."""
+    if (
+        most < ANTHROPIC_MIN_THINKING
+        or m.base is None
+        or m.thinking is not None  # adaptive: the model decides, no budget to lower
+        or not m.deployments
+        or any(d.api != "anthropic" for d in m.deployments)
+    ):
+        return False
+    own = thinking_budget(m.effort, m.reasoning_tokens)
+    if not own or m.base not in registry:
+        return False
+    base = registry[m.base]
+    return own == min(
+        (b for name in base.efforts
+         if (b := thinking_budget(name, base.efforts[name].reasoning_tokens))),
+        default=0,
+    )  # fmt: skip
 
 
 #: Effort names the APIs accept (OpenAI's reasoning_effort up to "xhigh"; Anthropic's

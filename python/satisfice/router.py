@@ -532,6 +532,7 @@ class Router:
             extra_text=extra,
             count_prompt=c.count_prompt,
             output_includes_thinking=c.output_includes_thinking,
+            thinking_cap=c.max_reasoning_tokens,
         )
         if not len(plan):
             raise snap.no_route(plan.filtered, c, skip)

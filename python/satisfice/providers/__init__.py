@@ -43,7 +43,8 @@ def carries(spec: ModelSpec, dep: Deployment, request: ChatRequest) -> bool:
         return reasoning_refusal(dep.model, spec.effort, sent) is None
     try:
         anthropic_wire(
-            request, dep.model, False, thinking_budget(spec.effort, spec.reasoning_tokens),
+            request, dep.model, False,
+            thinking_budget(spec.effort, spec.reasoning_tokens, request.thinking_cap),
             adaptive_effort(spec.thinking, spec.effort),
         )  # fmt: skip
     except (UnsupportedRequestError, BadRequestError):

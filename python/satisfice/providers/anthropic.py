@@ -608,7 +608,7 @@ class AnthropicProvider(HTTPProvider):
     def _wire(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         effort = adaptive_effort(self.thinking, self.effort)
         if not request.no_thinking:
-            budget = thinking_budget(self.effort, self.reasoning_tokens)
+            budget = thinking_budget(self.effort, self.reasoning_tokens, request.thinking_cap)
             return anthropic_wire(request, self.model, stream, budget, effort)
         # the caller's effort without thinking: the effort alone, where the model takes one
         # (an adaptive row's; a budget row, Haiku 4.5's, has none to send)

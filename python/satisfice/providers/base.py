@@ -139,6 +139,10 @@ class ChatRequest:
     # max_tokens means; `Constraints.output_includes_thinking`): sent as given, a thinking
     # budget inside it, not added on top
     thinking_within: bool = False
+    # the caller's most thinking tokens (`Constraints.max_reasoning_tokens`, what
+    # Anthropic's thinking.budget_tokens says): a thinking budget above it is sent as this
+    # (`registry.thinking_budget`)
+    thinking_cap: int | None = None
 
 
 def sendable(hint: str | None, most: int | None = None) -> bool:

@@ -723,7 +723,7 @@ class Service:
         reg = self.router.registry
         want, most = opts.get("reasoning"), opts.get("max_reasoning_tokens")
         try:
-            return any(thinks_as_asked(reg[m], want, most) for m in ids if m in reg)
+            return any(thinks_as_asked(reg[m], want, most, reg) for m in ids if m in reg)
         except TypeError:
             return True
 
