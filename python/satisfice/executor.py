@@ -926,12 +926,13 @@ class Executor:
         started: float,
         streamed: str | None = None,
         searched: int | None = None,
+        thought: str = "",
     ) -> Action:
         """Record a failed attempt, update health, and say what to do next.
 
         A call the upstream may still bill (it timed out after reaching it, a stream broke
-        after `streamed` text, or a 2xx answer was cut or malformed) carries an estimated
-        cost: the prompt (and that text)."""
+        after `streamed` text and `thought` thinking, or a 2xx answer was cut or malformed)
+        carries an estimated cost: the prompt (and that text)."""
         now = perf_counter()
         run.upstream_s += now - started
         attempt = Attempt(
@@ -947,7 +948,7 @@ class Executor:
             step=run.step,
         )
         if streamed is not None or isinstance(e, UpstreamTimeoutError) or e.answered:
-            usage = self._prompt_usage(run, t, streamed or "", searched)
+            usage = self._prompt_usage(run, t, streamed or "", searched, thought)
             attempt.usage, attempt.cost_estimated = usage, True
             attempt.cost_usd = self._cut_cost(run, t, usage, searched)
         run.record(attempt, t)
@@ -1079,18 +1080,26 @@ class Executor:
         return attempt
 
     def _prompt_usage(
-        self, run: Run, t: _Target, completion: str = "", searched: int | None = None
+        self,
+        run: Run,
+        t: _Target,
+        completion: str = "",
+        searched: int | None = None,
+        thought: str = "",
     ) -> Usage:
         """What a call that got no final answer may be billed: the prompt as routed (the
-        decision's count for this model), plus any text that already streamed, and the web
-        searches it ran (`searched`: as many as its stream showed; None, nothing seen: as
-        many as its tools allow), their results at SEARCH_RESULT_TOKENS input tokens."""
+        decision's count for this model), plus any text that already streamed, the thinking
+        it expects or, where more streamed (`thought`), that, and the web searches it ran
+        (`searched`: as many as its stream showed; None, nothing seen: as many as its tools
+        allow), their results at SEARCH_RESULT_TOKENS input tokens."""
         if searched is None:
             searched = most_searches(run.request.server_tools) or 0  # (unbounded: _cut_cost)
         tokens_in = run.decision.tokens_in(t.model) + searched * SEARCH_RESULT_TOKENS
-        out = text_tokens(completion, t.spec.tokenizer) if completion else 0
+        tok = t.spec.tokenizer
+        out = text_tokens(completion, tok) if completion else 0
         usage = Usage(tokens_in, out, source="estimated", web_searches=searched)
-        return _with_reasoning(usage, t, run.max_out(t))
+        seen = text_tokens(thought, tok) if thought else 0
+        return _with_reasoning(usage, t, run.max_out(t), seen)
 
     @staticmethod
     def _cut_cost(run: Run, t: _Target, usage: Usage, searched: int | None) -> float | None:
@@ -1461,6 +1470,7 @@ class Executor:
         ttft = None
         paused = 0.0
         delivered: list[str] = []
+        thought = [h.thinking for h in held if h.thinking]  # the thinking it streamed
         searched = 0  # web searches the stream showed it ran (billed, answer or not)
         finished = False  # the result was yielded
         scrubber = StreamScrubber()  # a key split across pieces never reaches the caller
@@ -1484,6 +1494,8 @@ class Executor:
                         said = w
                 elif isinstance(item, StreamDelta):
                     if item.thinking or item.thought is not None:  # the model's thinking
+                        if item.thinking:
+                            thought.append(item.thinking)
                         if rest := scrubber.flush():  # the text before it, whole
                             delivered.append(rest)
                             yield StreamDelta(rest)
@@ -1559,7 +1571,7 @@ class Executor:
             # keeps an estimate of that (prompt and text so far) for the record and budgets.
             now = perf_counter()
             run.upstream_s += now - started
-            usage = self._prompt_usage(run, t, "".join(delivered), searched)
+            usage = self._prompt_usage(run, t, "".join(delivered), searched, "".join(thought))
             run.record(Attempt(
                 t.model, t.dep.name, "cancelled", started - run.t0, now - started,
                 "ClientClosedStream", run.closed_because or _CLOSED_EARLY,
@@ -1569,7 +1581,7 @@ class Executor:
             raise
         except ProviderError as e:
             text = "".join(delivered)
-            self._failed(run, t, e, started, streamed=text, searched=searched)
+            self._failed(run, t, e, started, text, searched, "".join(thought))
             raise StreamInterruptedError(
                 f"the stream from {t.model} via {t.dep.name} failed after {len(text)} characters "
                 f"had reached you, so no fallback was possible ({e}); retry the request if you "
@@ -1773,13 +1785,15 @@ def _thinking(d: StreamDelta, scrubber: StreamScrubber) -> list[StreamDelta]:
     return [StreamDelta(thinking=rest), d] if rest else [d]
 
 
-def _with_reasoning(usage: Usage, t: _Target, most: int | None) -> Usage:
+def _with_reasoning(usage: Usage, t: _Target, most: int | None, seen: int = 0) -> Usage:
     """Our own count of a call (no usage from the upstream), of a reasoning-effort variant:
     the visible text plus the reasoning tokens it is expected to spend, which the provider
-    bills as output although none of them is seen (the count was the visible text alone);
-    never more output than the call was let write (`most`: a limit that holds the thinking
-    may be under the expected reasoning, and a failed call's estimate had been over it)."""
-    r = t.spec.reasoning_tokens
+    bills as output although none of them is seen (the count was the visible text alone),
+    or the `seen` tokens of thinking it streamed where those are more (a stream left after
+    46,000 tokens of thinking had been billed the 6,144 its row expects); never more output
+    than the call was let write (`most`: a limit that holds the thinking may be under the
+    expected reasoning, and a failed call's estimate had been over it)."""
+    r = max(t.spec.reasoning_tokens, seen)
     if r:
         usage = replace(
             usage,
