@@ -4,6 +4,7 @@ failed before its fix."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -17,7 +18,8 @@ from .test_server import MASTER, served, upstream  # noqa: F401  (fixtures)
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_the_reservation_covers_prompts_billed_by_retried_malformed_answers(
-    served: Any, stream: bool
+    served: Any,  # noqa: F811  (the fixture imported above)
+    stream: bool,
 ) -> None:
     """A 2xx whose body is malformed is billed at its prompt (the upstream generated it) and
     is RETRIED on the same deployment (max_retries=1): each deployment's prompt may be billed
@@ -28,10 +30,15 @@ def test_the_reservation_covers_prompts_billed_by_retried_malformed_answers(
     admin = {"authorization": f"Bearer {MASTER}"}
     body = {"model": "auto", "messages": [{"role": "user", "content": "word " * 6000}],
             "max_tokens": 1, "stream": stream}  # fmt: skip
-    # the worst case as the server reckons it: ~6000 tokens on each of 4 models' prompts
-    # (0.1+0.2+0.5+1.0 $/M) ~ $0.0108; a budget of $0.0125 admits the request
+    # the worst case as the server reckons it (its refusal says), then a budget of just that
+    probe = httpx.post(url + "/admin/keys", headers=admin,
+                       json={"name": "p", "budget_usd": 0.0001}).json()  # fmt: skip
+    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=30,
+                   headers={"authorization": f"Bearer {probe['key']}"})  # fmt: skip
+    assert r.status_code == 429, r.text
+    held = float(re.search(r"may cost up to \$([0-9.]+)", r.text)[1])  # type: ignore[index]
     k = httpx.post(url + "/admin/keys", headers=admin,
-                   json={"name": "m", "budget_usd": 0.0125}).json()  # fmt: skip
+                   json={"name": "m", "budget_usd": held * 1.001}).json()  # fmt: skip
     for m in ("alpha", "beta", "gamma"):
         # non-streamed: a 200 with a body that is not JSON; streamed: a 200 head, then a
         # reset before any text. Both are `answered` (billed at the prompt) and RETRIED.
@@ -45,8 +52,6 @@ def test_the_reservation_covers_prompts_billed_by_retried_malformed_answers(
     b = next(x for x in spend if x["scope"] == f"key:{k['id']}")
     assert b["held_usd"] == 0
     assert b["spent_usd"] <= b["limit_usd"], b  # admitted within the limit, settled past it
-
-
 
 
 async def test_a_stream_left_after_its_thinking_is_billed_for_the_thinking_it_sent() -> None:

@@ -49,12 +49,7 @@ def classify(e: ProviderError) -> Action:
         return Action.NEXT
     if isinstance(e, BadRequestError):
         return Action.STOP
-    if isinstance(e, UpstreamTimeoutError) or e.answered:
-        # the upstream may bill it (it reached the model, or a 2xx answer was cut or
-        # malformed): a retry on the same deployment bills the prompt again, past what a
-        # cost cap or a budget's reservation holds for it (one call per deployment)
-        return Action.NEXT
-    if isinstance(e, RetryableError):
+    if isinstance(e, RetryableError) and not isinstance(e, UpstreamTimeoutError):
         return Action.RETRY
     return Action.NEXT
 

@@ -23,6 +23,7 @@ from .errors import (
     RouterClosedError,
     SatisficeError,
     UnknownModelError,
+    UpstreamTimeoutError,
 )
 from .feedback import FeedbackLog, score_of
 from .policy import _NO_CONSTRAINTS, Constraints, Policy
@@ -562,15 +563,28 @@ class Router:
         live: list[tuple[int, float]] | None = None,
         *,
         extra: str | None = None,
+        deadline: float | None = None,
     ) -> Decision:
         """`_route` on the event loop when that is cheap (`_route_inline`), else on a
-        worker thread."""
+        worker thread, waited for until `deadline` (perf_counter time) at most."""
         if _route_inline(msgs, extra):
             return self._route(snap, msgs, c, skip, live, extra=extra)
         import asyncio  # loaded already (we are in a coroutine); Router() alone does not need it
 
         route = partial(self._route, extra=extra)
-        return await asyncio.to_thread(route, snap, msgs, c, skip, live)
+        routing = asyncio.to_thread(route, snap, msgs, c, skip, live)
+        if deadline is None:
+            return await routing
+        try:
+            return await asyncio.wait_for(routing, max(deadline - perf_counter(), 0.0))
+        except TimeoutError:
+            # (a process's first seconds build the exact counters' tokenizers, which a
+            # large prompt's count waits for: 1-2 s past a 0.2 s deadline)
+            raise UpstreamTimeoutError(
+                "the request's deadline passed while its prompt was routed (counted on a "
+                "worker thread; in a process's first seconds the exact counters' tokenizers "
+                "are still being built): nothing was called; retry, or give it more time"
+            ) from None
 
     def feedback(self, request_id: str, score: float, model: str | None = None) -> ModelParams:
         """Tell the router how good an answer was (score in [0, 1]; 1 = acceptable).
@@ -732,7 +746,7 @@ class Router:
         """The one request builder behind chat() and stream(): the decision (`_prepare`),
         then the wire request and its deadline."""
         io, decision, call, timeout, metadata, msgs, reroute = await self._prepare(
-            messages, constraints, options, tuned_cascade
+            messages, constraints, options, tuned_cascade, t0
         )
         if self._rec is not None:
             self._rec.decision(decision)
@@ -764,6 +778,7 @@ class Router:
         constraints: Constraints | Mapping[str, Any] | None,
         options: Mapping[str, Any],
         tuned_cascade: bool,
+        t0: float | None = None,
     ) -> tuple[
         Executor,
         Decision,
@@ -845,10 +860,15 @@ class Router:
             skip = skip | set(io.blocked_models(snap.registry, blocked))
         # under a latency SLO, what the deployments have measured replaces the registry's p95
         live = io.live_p95_ms(snap.registry, snap.index) if c.latency_slo_ms is not None else None
-        decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra)
+        # the request's deadline bounds its routing too (a large prompt's, on a thread)
+        limit = timeout if timeout is not None or c.latency_slo_ms is None else (
+            c.latency_slo_ms / 1000.0
+        )  # fmt: skip
+        end = None if limit is None or t0 is None else t0 + limit
+        decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra, end)
         if tuned_cascade and snap.policy.ladder_replaces_floor(decision.task):
             c = Constraints.of(c, quality_floor=0.0)
-            decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra)
+            decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra, end)
         if prefer is not None and prefer != decision.model:
             if not isinstance(prefer, str):
                 raise ConfigError(f"prefer must be a model id, got {prefer!r:.40}")
@@ -874,15 +894,20 @@ class Router:
         fallback_skip: frozenset[str],
         live: list[tuple[int, float]] | None,
         extra: str | None = None,
+        deadline: float | None = None,
     ) -> Decision:
         """Route skipping `skip`; if that leaves nothing, skipping only `fallback_skip`, so
         that the executor reports each cooldown instead of a bare "no route"."""
         try:
-            return await self._route_off_loop(snap, msgs, c, skip, live, extra=extra)
+            return await self._route_off_loop(
+                snap, msgs, c, skip, live, extra=extra, deadline=deadline
+            )
         except NoRouteError:
             if skip == fallback_skip:
                 raise
-            return await self._route_off_loop(snap, msgs, c, fallback_skip, live, extra=extra)
+            return await self._route_off_loop(
+                snap, msgs, c, fallback_skip, live, extra=extra, deadline=deadline
+            )
 
     async def chat(
         self,

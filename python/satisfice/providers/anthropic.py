@@ -812,6 +812,12 @@ class AnthropicProvider(HTTPProvider):
                             ):
                                 if u.get(k) is not None:
                                     usage_in[k] = u[k]
+                            if stop and out_tokens is not None and not open_blocks:
+                                # all that comes before message_stop, read briefly after it
+                                # (as OpenAI's usage chunk after the finish)
+                                ended = True
+                                await finish_stream(events)
+                                break
                         elif kind == "message_stop":
                             ended = True
                             await finish_stream(events)

@@ -26,6 +26,7 @@ import contextlib
 import email.utils
 import hashlib
 import math
+import os
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -100,6 +101,13 @@ class ToolCall:
     name: str
     arguments: str
     type: str = "function"
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            # Some OpenAI-compatible servers give a call no id. One is made here: given on
+            # as "", the caller's result for it (tool_use_id "") was refused on the next
+            # turn, by Anthropic's API and by satisfice's server, and the agent loop stuck.
+            object.__setattr__(self, "id", "call_" + os.urandom(12).hex())
 
 
 @dataclass(slots=True)

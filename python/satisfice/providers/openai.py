@@ -505,6 +505,14 @@ class OpenAIProvider(HTTPProvider):
                             # finish, a usage (the first chunk, its role, is the start)
                             yield PROGRESS
                         began = True
+                        if finish is not None and chunk.get("usage") and not chunk.get("choices"):
+                            # the usage-only chunk that follows the finish: all that comes
+                            # before [DONE], read briefly after it (an upstream that then
+                            # held the connection had failed the whole answer at the
+                            # stream's idle timeout or the deadline, before the read timeout)
+                            done = True
+                            await finish_stream(events)
+                            break
                     except PARSE_ERRORS as e:
                         why = f"bad stream event ({type(e).__name__}: {e})"
                         raise self._malformed(why) from None

@@ -3,7 +3,7 @@
 [server]
 host = "127.0.0.1"          # anything but loopback requires keys (a master key)
 port = 4000
-max_body_bytes = 4194304
+max_body_bytes = 33554432   # 32 MiB, what Anthropic's Messages API takes (a few screenshots)
 read_timeout_s = 30         # a request head not in by then: closed; a body: 408
 shutdown_grace_s = 30
 master_key_env = "SATISFICE_MASTER_KEY"   # the admin API's key, read from this variable
@@ -129,7 +129,9 @@ def _file(path: str | None, where: str) -> str | None:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 4000
-    max_body_bytes: int = 4 * 1024 * 1024
+    # 32 MiB: Anthropic's Messages API takes requests to 32 MB (images to 5 MB each); at 4
+    # MiB an agent's conversation with one screenshot was a 413 on every later turn
+    max_body_bytes: int = 32 * 1024 * 1024
     read_timeout_s: float = 30.0
     shutdown_grace_s: float = 30.0
     master_key_env: str = "SATISFICE_MASTER_KEY"
@@ -280,7 +282,7 @@ class ServerConfig:
             host=host,
             port=_int(srv.get("port", 4000), "[server].port", 0, 65535),
             max_body_bytes=_int(
-                srv.get("max_body_bytes", 4 << 20), "[server].max_body_bytes", 1024, 1 << 30
+                srv.get("max_body_bytes", 32 << 20), "[server].max_body_bytes", 1024, 1 << 30
             ),
             read_timeout_s=_num(srv.get("read_timeout_s", 30), "[server].read_timeout_s", 3600),
             shutdown_grace_s=_num(

@@ -82,6 +82,7 @@ _DEFAULTS: dict[str, Any] = {
     "frequency_penalty": 0,
     "logit_bias": {},
     "modalities": ["text"],
+    "service_tier": "auto",  # (the API's default: the project's tier)
 }
 
 
@@ -186,9 +187,11 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if not isinstance(body, Mapping):
         raise _bad("the request body must be a JSON object")
     cascade = _cascade(body)
+    # a parameter sent as null is not sent, as OpenAI's API reads it (clients that write
+    # every unset option as null: `seed`, `top_logprobs`, `service_tier` had been 400s)
     unknown = {
         k for k in body.keys() - _OPENAI
-        if not (k in _DEFAULTS and (body[k] is None or _same(body[k], _DEFAULTS[k])))
+        if not (body[k] is None or (k in _DEFAULTS and _same(body[k], _DEFAULTS[k])))
     }  # fmt: skip
     if unknown:
         at = sorted(f"{k}: {json.dumps(v)}" for k, v in _DEFAULTS.items() if k in unknown)
@@ -1024,11 +1027,16 @@ def tool_input(arguments: str) -> dict[str, Any]:
 
 def anthropic_stop(res: Any) -> str:
     """Anthropic's stop_reason for a result: "stop_sequence" when the upstream said which
-    of the caller's sequences ended it (it had read "end_turn", the sequence lost)."""
+    of the caller's sequences ended it (it had read "end_turn", the sequence lost), and
+    "tool_use" for an answer that calls a tool whatever its upstream said: OpenAI's API
+    ends a call forced by a named tool_choice with "stop", which read "end_turn" beside the
+    tool_use block, and an agent loop keyed on "tool_use" stopped without running it."""
     if res.stop_sequence:
         return "stop_sequence"
     if res.refusal:
         return "refusal"
+    if res.tool_calls and res.finish_reason in (None, "stop"):
+        return "tool_use"
     return _STOP.get(res.finish_reason or "stop", "end_turn")
 
 
