@@ -126,6 +126,15 @@ def _exchange_s(resp: ChatResponse, started: float, done: float) -> float:
     return resp.wire_s if resp.wire_s is not None else done - started
 
 
+def _rebills(run: Run, e: ProviderError) -> bool:
+    """Whether retrying `e` on the same deployment bills its prompt again past the bound
+    the run was given: an answer the upstream may bill (a 2xx cut or malformed), under a
+    decision whose cost was bounded on one call per deployment (`run.order`: a server
+    budget's hold; three models that answered garbage twice settled a request 43% over
+    it). A cost cap of the run's own counts what each try spent, and retries within it."""
+    return e.answered and run.order is not None
+
+
 def _union_s(spans: list[tuple[float, float]]) -> float:
     """Seconds covered by at least one of `spans` (calls in parallel overlap)."""
     total, reach = 0.0, -math.inf
@@ -1010,7 +1019,8 @@ class Executor:
                         if isinstance(e, StaleConnectionError) and not resent:
                             resent = True  # the pool's race, not the upstream's failure
                             continue
-                        wait = self._backoff(run, e, retry) if action is Action.RETRY else None
+                        retrying = action is Action.RETRY and not _rebills(run, e)
+                        wait = self._backoff(run, e, retry) if retrying else None
                         if wait is None:
                             if e.retry_after is not None:
                                 cooled.append(t)  # free again soon: a second pass may wait

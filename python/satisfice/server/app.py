@@ -740,12 +740,10 @@ class Service:
         deployments, the prompt's upper bound and `max_tokens` (else 4x the expected output,
         which the caller then sends as max_tokens) at those rates, fees and reasoning
         included; with `cascade` (="auto"), the sum over the tuned ladder's models. Plus the
-        prompt of every deployment that may be tried, once per try: a call that times out
-        after reaching its upstream may be billed for the prompt, and is settled at that
-        estimate before the next is tried (timeouts are not retried on the same deployment),
-        and so may one whose 2xx answer came cut or malformed, which is retried there up to
-        `max_retries` times (each deployment's prompt had been held once, and three models
-        answering garbage twice settled 43% over the hold). Each call is
+        prompt of every deployment that may be tried: a call that times out after reaching
+        its upstream may be billed for the prompt, and is settled at that estimate before
+        the next is tried, and so may one whose 2xx answer came cut or malformed; neither is
+        retried on the same deployment under this bound (`executor._rebills`). Each call is
         bounded as a cost cap's hold is (`executor.worst_bill`: a prompt-cache `write`,
         Anthropic's thinking budget, the dearer of text and reasoning rates; the web
         searches `server_tools` may run, `executor.search_bound`). Unpriced, or with file or
@@ -768,7 +766,6 @@ class Service:
         # answer adds to its prompt: the most of those for one answer, their sum along a
         # ladder (every step may answer).
         answers, prompts = [], 0.0
-        tries = 1 + self.router._executor().config.max_retries
         # the caller's limit holds the thinking (the executor's `thinking_within`)
         within = max_tokens is not None and d.constraints.output_includes_thinking
         for mid in called:
@@ -785,7 +782,7 @@ class Service:
                     full += reasoning_usd(m, price)
                 full += search_bound(price, server_tools)
                 most = max(most, full - prompt)
-                prompts += prompt * tries
+                prompts += prompt
             answers.append(most)
         return prompts + (sum(answers) if ladder is not None else max(answers)), out
 
@@ -799,8 +796,7 @@ class Service:
             self.metrics.over_hold.inc(actual - reserved)
             _log.warning(
                 "a request was billed $%.6f above its hold of $%.6f: its upstream reported "
-                "more tokens than satisfice counted, or it made more calls than held (a "
-                "retry past a cap it could not know); budgets %s may end past their limits",
+                "more tokens than satisfice counted; budgets %s may end past their limits",
                 actual - reserved, reserved, ", ".join(b.scope for b in budgets),
                 extra={"event": "settled_over_hold"},
             )  # fmt: skip
