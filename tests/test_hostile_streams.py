@@ -248,3 +248,21 @@ async def test_streamed_thinking_counts_in_a_cut_streams_estimate(up: LocalUpstr
     assert len(seen) > 10_000  # the caller was shown the thinking
     (a,) = [a for a in e.value.attempts if a.model.startswith("beta")]
     assert a.usage is not None and a.usage.completion_tokens >= 2500, a.usage
+
+
+async def test_a_done_marker_with_a_trailing_space_ends_the_stream(
+    raw: RawUpstream, up: LocalUpstream
+) -> None:
+    """`data: [DONE] ` (a space after it) had been read as a malformed event, and a whole
+    answer with its usage failed as a StreamInterruptedError; openai-python takes it."""
+    body = (
+        sse_head()
+        + oa({"choices": [{"delta": {"content": "Hello"}, "finish_reason": "stop"}]})
+        + chunk(b"data: [DONE] \n\n")
+        + b"0\r\n\r\n"
+    )
+    raw.push(body)
+    async with router(up.url) as r:
+        r.update(alpha_on(raw, up))
+        res = await r.stream(MSGS, allow=["alpha"], timeout=5).result()
+    assert res.text == "Hello" and res.finish_reason == "stop"

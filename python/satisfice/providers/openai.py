@@ -451,7 +451,7 @@ class OpenAIProvider(HTTPProvider):
             events = sse_events(resp)
             try:
                 async for _, data in events:
-                    if data == "[DONE]":
+                    if data.startswith("[DONE]"):  # (a space after it: as openai-python)
                         done = True
                         await finish_stream(events)
                         break
