@@ -50,8 +50,8 @@ STREAMS = {
         b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
         b'"delta":{"type":"text_delta","text":"hi"}}\n\n',
         b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":'
-        b'"end_turn"},"echo":"' + ESC.encode() + b'","usage":{"output_tokens":1}}\n\n',
-        b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
+        b'"end_turn"},"usage":{"output_tokens":1}}\n\n',
+        b'event: message_stop\ndata: {"type":"message_stop","echo":"' + ESC.encode() + b'"}\n\n',
     ),
 }
 

@@ -273,6 +273,7 @@ class Decision:
         "_request_id",
         "constraints",
         "fallbacks",
+        "held",
         "model",
         "snapshot",
     )
@@ -293,6 +294,9 @@ class Decision:
         self._request_id: str | None = None
         self._remembered: str | None = None  # the model feedback credits, once remembered
         self._called = False  # a chat() took it (see `again`)
+        # a budget's hold was bounded on it at one call per deployment (the server sets it):
+        # an answer the upstream may bill is not retried there (`executor._rebills`)
+        self.held = False
         self.constraints = constraints
         ids = snapshot.ids
         rows = plan.head(1 + snapshot.policy.max_fallbacks)

@@ -129,10 +129,10 @@ def _exchange_s(resp: ChatResponse, started: float, done: float) -> float:
 def _rebills(run: Run, e: ProviderError) -> bool:
     """Whether retrying `e` on the same deployment bills its prompt again past the bound
     the run was given: an answer the upstream may bill (a 2xx cut or malformed), under a
-    decision whose cost was bounded on one call per deployment (`run.order`: a server
-    budget's hold; three models that answered garbage twice settled a request 43% over
-    it). A cost cap of the run's own counts what each try spent, and retries within it."""
-    return e.answered and run.order is not None
+    decision a budget's hold was bounded on at one call per deployment (`Decision.held`:
+    three models that answered garbage twice settled a request 43% over it). A cost cap
+    of the run's own counts what each try spent, and retries within it."""
+    return e.answered and run.decision.held
 
 
 def _union_s(spans: list[tuple[float, float]]) -> float:

@@ -36,6 +36,7 @@ from .base import (
     encode_json,
     finish_stream,
     parse_event,
+    quiet_after,
     sendable,
     sse_events,
     text_field,
@@ -695,9 +696,10 @@ class AnthropicProvider(HTTPProvider):
             stop: str | None = None
             seq_hit: str | None = None  # the stop sequence that ended it, when told
             last: Any = None
-            ended = closing = False
+            ended = False
             open_blocks: set[Any] = set()  # content blocks started and not yet stopped
-            events = sse_events(resp)
+            at_end = [False]  # the answer is whole but for message_stop
+            events = quiet_after(sse_events(resp), at_end)
             try:
                 async for _, data in events:
                     try:
@@ -705,7 +707,7 @@ class AnthropicProvider(HTTPProvider):
                         kind = ev["type"]
                         last = ev
                         if kind != "ping":  # message_delta last: all but message_stop is in
-                            closing = kind == "message_delta"
+                            at_end[0] = at_end[0] and kind == "message_delta"
                             if kind in _PROGRESS:  # a block's edge, a tool call's piece, ...
                                 yield PROGRESS
                         if kind == "content_block_start":
@@ -812,12 +814,8 @@ class AnthropicProvider(HTTPProvider):
                             ):
                                 if u.get(k) is not None:
                                     usage_in[k] = u[k]
-                            if stop and out_tokens is not None and not open_blocks:
-                                # all that comes before message_stop, read briefly after it
-                                # (as OpenAI's usage chunk after the finish)
-                                ended = True
-                                await finish_stream(events)
-                                break
+                            # all but message_stop is in: waited for briefly (quiet_after)
+                            at_end[0] = bool(stop) and out_tokens is not None and not open_blocks
                         elif kind == "message_stop":
                             ended = True
                             await finish_stream(events)
@@ -839,12 +837,13 @@ class AnthropicProvider(HTTPProvider):
                         raise self._malformed(
                             f"bad stream event ({type(e).__name__}: {e})"
                         ) from None
-            except httpx.ReadTimeout:
-                if not (closing and stop and out_tokens is not None) or open_blocks:
+            except httpx.TransportError:
+                if not at_end[0]:
                     raise
                 # message_delta (the stop reason and the output's count) came last, all that
                 # comes before message_stop, then the upstream went quiet holding the
-                # connection: the answer, not a lost one (as for OpenAI's usage chunk)
+                # connection (`quiet_after`), or cut it: the answer, not a lost one (as for
+                # OpenAI's usage chunk), billed at the usage it reported
                 ended = True
             if tail := halves.rest():
                 parts.append(tail)

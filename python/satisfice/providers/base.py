@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -874,6 +874,34 @@ async def sse_events(
         data.append(line[6:] if line.startswith("data: ") else line[5:])
     if data:
         yield event, "\n".join(data)
+
+
+T = TypeVar("T")
+
+#: How long a stream whose answer is whole but for its end marker waits for more.
+END_GRACE_S = 0.5
+
+
+async def quiet_after(events: AsyncIterator[T], at_end: list[bool]) -> AsyncIterator[T]:
+    """`events` as they come, and once `at_end[0]` says the answer is whole but for its end
+    marker, httpx.ReadTimeout after END_GRACE_S without one more: the silence a provider
+    reads as the answer's end (Anthropic's message_delta comes last but for message_stop,
+    and may come more than once, its usage growing). An upstream holding the connection
+    there had failed the whole answer at the stream's idle timeout or the deadline,
+    whichever came before the read timeout."""
+    it = aiter(events)
+    while True:
+        try:
+            if at_end[0]:
+                async with asyncio.timeout(END_GRACE_S):
+                    item = await anext(it)
+            else:
+                item = await anext(it)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"nothing after the answer for {END_GRACE_S}s") from None
+        yield item
 
 
 async def finish_stream(events: AsyncIterator[Any]) -> None:

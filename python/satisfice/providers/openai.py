@@ -94,13 +94,13 @@ def _tool_call(c: Any) -> ToolCall:
     `custom.input`, which had failed the whole answer as malformed)."""
     if _custom(c):
         return ToolCall(
-            text_field(c["id"], "tool_calls[].id"),
+            text_field(c.get("id"), "tool_calls[].id"),
             text_field(c["custom"]["name"], "tool_calls[].custom.name"),
             text_field(c["custom"].get("input"), "tool_calls[].custom.input"),
             "custom",
         )
     return ToolCall(
-        text_field(c["id"], "tool_calls[].id"),
+        text_field(c.get("id"), "tool_calls[].id"),  # (none: ToolCall makes one)
         text_field(c["function"]["name"], "tool_calls[].function.name"),
         text_field(c["function"].get("arguments"), "tool_calls[].function.arguments"),
     )

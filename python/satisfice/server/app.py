@@ -743,7 +743,7 @@ class Service:
         prompt of every deployment that may be tried: a call that times out after reaching
         its upstream may be billed for the prompt, and is settled at that estimate before
         the next is tried, and so may one whose 2xx answer came cut or malformed; neither is
-        retried on the same deployment under this bound (`executor._rebills`). Each call is
+        retried on the same deployment under this bound (`Decision.held`). Each call is
         bounded as a cost cap's hold is (`executor.worst_bill`: a prompt-cache `write`,
         Anthropic's thinking budget, the dearer of text and reasoning rates; the web
         searches `server_tools` may run, `executor.search_bound`). Unpriced, or with file or
@@ -1113,6 +1113,7 @@ def create_app(
                     d, opts.get("max_tokens"), "cascade" in opts, write, opts.get("server_tools")
                 )
                 opts.setdefault("max_tokens", out_cap)  # the bound holds only if the call does
+                d.held = True  # (and only if no call the upstream may bill is retried)
             count = None
             if limited:
                 assert key is not None and d is not None
