@@ -311,6 +311,10 @@ class SharedHealth(Health):
         self._held_at: dict[str, float] = {}
         self._enabled_seen: dict[str, float] = {}  # enable stamps acted on
         self._shared_until: dict[str, float] = {}  # other replicas' cooldowns seen, by end
+        # this replica's own cooldowns not yet shared: (until, why, made); those whose
+        # write failed (the store away) are tried again at each sync
+        self._cool_want: dict[str, tuple[float, str, float]] = {}
+        self._cool_failed: set[str] = set()
 
     def record_failure(self, key: str, **kw: Any) -> None:
         super().record_failure(key, **kw)
@@ -321,7 +325,8 @@ class SharedHealth(Health):
             if self._pushed.get(key, 0.0) < until - 0.01:
                 self._pushed[key] = until
                 self._held_at[key] = now
-                self._push(self._state.push_cooldown(key, until, self._s[key].reason, now))
+                self._cool_want[key] = (until, self._s[key].reason, now)
+                self._push(self._share_cooldown(key))
 
     def disable(self, key: str, reason: str) -> None:
         super().disable(key, reason)
@@ -334,6 +339,8 @@ class SharedHealth(Health):
         super().enable(key)
         self._remote_disabled.discard(key)
         self._pushed.pop(key, None)
+        self._cool_want.pop(key, None)
+        self._cool_failed.discard(key)
         self._want[key] = (None, time.time())
         self._push(self._share(key))
 
@@ -349,6 +356,36 @@ class SharedHealth(Health):
             if why is None:
                 self._enabled_seen[key] = at
 
+    async def _share_cooldown(self, key: str) -> None:
+        """Write this replica's last cooldown of `key`; kept to try again in `sync` while
+        the store is away and the cooldown lasts (it had been dropped: begun while Redis
+        was away, it never reached the other replicas, which called the deployment into
+        a second 429)."""
+        want = self._cool_want.get(key)
+        if want is None:
+            return
+        until, why, made = want
+        if until > time.time() and not await self._state.push_cooldown(key, until, why, made):
+            self._cool_failed.add(key)
+        elif self._cool_want.get(key) == want:  # (not one begun since)
+            del self._cool_want[key]
+
+    def _reshare(self) -> None:
+        """This replica's own disables and cooldowns, to be shared again (`sync`): the
+        store lost them (`lost_state`), and another replica had read a disable missing
+        from it as an enable."""
+        now = time.time()
+        for key, st in self._s.items():
+            if key in self._want:
+                continue
+            if st.disabled is not None and key not in self._remote_disabled:
+                self._want[key] = (st.disabled, self._held_at.get(key, now))
+        for key, until in self._pushed.items():
+            if until > now and key not in self._cool_want:
+                why = self._s[key].reason if key in self._s else "cooling"
+                self._cool_want[key] = (until, why, self._held_at.get(key, now))
+                self._cool_failed.add(key)
+
     def _push(self, coro: Any) -> None:
         try:
             t = asyncio.get_running_loop().create_task(coro)
@@ -359,8 +396,13 @@ class SharedHealth(Health):
         t.add_done_callback(self._tasks.discard)
 
     async def sync(self) -> None:
+        if await self._state.lost_state():
+            self._reshare()
         for key in list(self._want):  # what the store missed, before reading what it holds
             await self._share(key)
+        for key in list(self._cool_failed):
+            self._cool_failed.discard(key)
+            await self._share_cooldown(key)
         enabled = await self._state.enabled_now()  # before the cooldowns: see set_disabled
         for key, (until, why, made, mine) in (await self._state.cooldowns_now()).items():
             if mine or self._pushed.get(key, 0.0) >= until - 0.01 or key in self._want:

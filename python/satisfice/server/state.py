@@ -360,8 +360,9 @@ class MemoryState:
             self._pins = {k: v for k, v in self._pins.items() if v[1] > now}
             self._pin_sweep_at = max(2 * len(self._pins), 10_000)
 
-    async def push_cooldown(self, key: str, until: float, why: str, made: float = 0.0) -> None:
+    async def push_cooldown(self, key: str, until: float, why: str, made: float = 0.0) -> bool:
         self.cooldowns[key] = (until, why, made, True)  # one process: every one is its own
+        return True
 
     async def cooldowns_now(self) -> dict[str, tuple[float, str, float, bool]]:
         now = time.time()
@@ -708,6 +709,7 @@ class RedisState:
         self._renew = _Script(_RENEW)
         self._stamp = _Script(_STAMP)
         self.writer = secrets.token_hex(8)  # whose cooldowns are whose (see _STAMP)
+        self._marked = False  # its mark was set in the store once (`lost_state`)
         # this replica's holds not yet settled, renewed by `renew_holds`: the hold's key ->
         # its holds sets, its member in them, and when it was made (monotonic)
         self._leases: dict[str, tuple[list[str], str, float]] = {}
@@ -1018,27 +1020,55 @@ class RedisState:
 
     # sessions and cooldowns: fail open -------------------------------------------------------
     async def pin(self, session: str) -> str | None:
+        """The session's pin; while the store is away, this replica's own view of it (the
+        pins it set or read; it had forgotten them all, and the next turn was routed anew,
+        its prompt cache cold)."""
         try:
             v = await self._do(self._r.call("GET", f"{self._p}pin:{session}"))
         except StateUnavailable:
+            return await self._local.pin(session)
+        if v is None:
             return None
-        return None if v is None else v.decode()
+        model: str = v.decode()
+        await self._local.set_pin(session, model)  # (an hour, as pins are set)
+        return model
 
     async def set_pin(self, session: str, model: str, ttl_s: float = 3600) -> None:
+        await self._local.set_pin(session, model, ttl_s)  # this replica's view, kept anyway
         with contextlib.suppress(StateUnavailable):  # fail open
             await self._do(self._r.call("SET", f"{self._p}pin:{session}", model, "EX", int(ttl_s)))
 
-    async def push_cooldown(self, key: str, until: float, why: str, made: float = 0.0) -> None:
+    async def push_cooldown(self, key: str, until: float, why: str, made: float = 0.0) -> bool:
         """Share a cooldown of `key` until `until`, begun at `made` (unix s): an enable
-        stamped later ends it on every replica."""
+        stamped later ends it on every replica. False: the store is away (the caller tries
+        again once it is back, while the cooldown lasts)."""
         now = time.time()
         left = min(until - now, 1e9)  # finite for the script's JSON (and no NaN)
         if not left > 0:
-            return
+            return True  # (over: nothing to share)
         reason = why.encode("utf-8", "backslashreplace")  # a lone surrogate too
         args = [key, left, reason, now - made if made else -1, self.writer]
-        with contextlib.suppress(StateUnavailable):  # fail open, stamped by the store
+        try:  # fail open, stamped by the store
             await self._do(self._eval(self._stamp, [f"{self._p}cooldowns"], args))
+        except StateUnavailable:
+            return False
+        return True
+
+    async def lost_state(self) -> bool:
+        """Whether the store lost what this replica shared since it last asked (restarted
+        without persistence, flushed): its own mark, set at its first ask, is gone. The
+        replica then shares its own disables and cooldowns again (another replica had read
+        a disable missing from an emptied store as an enable). False while the store is
+        away. (The mark lasts a day, then is set again: a needless share of what this
+        replica holds now, which changes nothing.)"""
+        try:
+            made = await self._do(
+                self._r.call("SET", f"{self._p}replica:{self.writer}", "1", "NX", "EX", 86_400)
+            )
+        except StateUnavailable:
+            return False
+        lost, self._marked = made is not None and self._marked, True
+        return lost
 
     async def set_disabled(self, key: str, why: str | None, at: float = 0.0) -> bool:
         """Share that a deployment was disabled (`why`) or enabled again (None) at `at`
