@@ -206,7 +206,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
     if args.action == "check":
         reg = Registry.load(args.registry) if args.registry else Registry.default()
         notes = reg.attention(max_price_age_days=args.max_price_age_days)
-        print("\n".join(notes) if notes else f"{len(reg)} models: nothing needs attention")
+        models = sum(1 for m in reg if m.base is None)  # (not its effort rows, as update says)
+        print("\n".join(notes) if notes else f"{models} models: nothing needs attention")
         return 1 if notes else 0
     if args.source is None:
         raise SatisficeError(

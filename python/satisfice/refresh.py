@@ -16,12 +16,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import sources
 from .errors import ConfigError, SatisficeError
 
 if TYPE_CHECKING:
+    from .registry import Registry
     from .router import Router
 
 __all__ = ["RefreshRefused", "RegistryRefresher"]
@@ -68,6 +69,7 @@ class RegistryRefresher:
         self.timeout_s, self.on_diff = timeout_s, on_diff
         self.refreshes = self.failures = self.refused = 0
         self.last_diff: sources.Diff | None = None
+        self._catalogue: Any = None  # the last one applied (`onto`)
         self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> sources.Diff:
@@ -92,6 +94,7 @@ class RegistryRefresher:
             )  # fmt: skip
         self.refreshes += 1
         self.last_diff = diff
+        self._catalogue = cat
         if applied and self.on_diff is not None:
             try:  # the caller's hook: its failure is its own, the refresh was applied
                 self.on_diff(diff)
@@ -99,6 +102,17 @@ class RegistryRefresher:
                 _log.error("registry refresh hook on_diff failed: %s: %s", type(e).__name__, e,
                            extra={"event": "registry_refresh_hook_failed"})  # fmt: skip
         return diff
+
+    def onto(self, registry: Registry) -> Registry:
+        """`registry` (a file read again: `/admin/reload`) with the prices the last refresh
+        brought, as that refresh checked them (a reload had put the file's old prices back
+        until the next refresh, up to interval_s later); as it is before any refresh."""
+        if self._catalogue is None:
+            return registry
+        new, diff = sources.apply(registry, self._catalogue, prices_as_of=date.today())
+        if diff.absurd(self.max_ratio) and not self.confirm:
+            return registry  # (the next refresh says so, and refuses it)
+        return new
 
     async def _loop(self) -> None:
         while True:

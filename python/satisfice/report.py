@@ -168,7 +168,8 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "cost_usd": None if unpriced and unpriced == n else cost,
         "unpriced_requests": unpriced,
         # what failed requests' calls were billed (in cost_usd, in no task's or model's row)
-        "failed_cost_usd": failed_cost if errors > failed_unknown else None,
+        # ($0 with no failed request: nothing was billed for one, which "unknown" had said)
+        "failed_cost_usd": failed_cost if errors > failed_unknown or not errors else None,
         "estimated_cost_requests": estimated,
         "reference_cost_usd": ref_cost if ref_known else None,
         # the answered requests against the same answers on the reference model: like with

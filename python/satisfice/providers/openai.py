@@ -68,6 +68,10 @@ def _usage(u: Any) -> Usage | None:
                 details.get("cache_write_tokens") or 0,
                 "usage.prompt_tokens_details.cache_write_tokens",
             )
+        if not cached and u.get("prompt_cache_hit_tokens"):
+            # DeepSeek's own API says its cache hits at the top level (billed at its cached
+            # rate: read as none, they had been billed ~50x over)
+            cached = token_count(u["prompt_cache_hit_tokens"], "usage.prompt_cache_hit_tokens")
         if done and isinstance(done, dict):
             reasoning = token_count(
                 done.get("reasoning_tokens") or 0,

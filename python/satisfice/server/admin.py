@@ -234,6 +234,8 @@ def admin_routes(svc: Service) -> list[Route]:
         c = svc.config
         reg = Registry.load(c.registry_path) if c.registry_path else Registry.default()
         pol = Policy.load(c.policy_path) if c.policy_path else None
+        if svc.refresher is not None:  # the prices the last refresh brought, kept
+            reg = svc.refresher.onto(reg)
         check_aliases(c.aliases, reg)  # as at start: a model renamed or dropped since
         svc.router.update(registry=reg, policy=pol)
         return JSONResponse({"models": len(reg), "prices_as_of": str(reg.meta.get("prices_as_of"))})

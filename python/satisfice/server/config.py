@@ -248,9 +248,13 @@ class ServerConfig:
                     f"[registry].refresh.source must be one of {list(SOURCES)}, got "
                     f"{refresh['source']!r:.40}"
                 )
-            loc = refresh.get("location", "")
-            if not isinstance(loc, str):
-                raise ConfigError("[registry].refresh.location must be a file path or URL")
+            loc = refresh.get("location")
+            if loc is not None and (not isinstance(loc, str) or not loc.strip()):
+                # ("" had passed, and every refresh failed, said only in the log)
+                raise ConfigError(
+                    "[registry].refresh.location must be a file path or URL (leave it out "
+                    "for the source's own)"
+                )
             # a file: said now, where it had been said by the first refresh's log line after
             # the server started (read from the working directory, as the refresher reads it)
             if loc and not loc.startswith(("http://", "https://")) and not Path(loc).is_file():
@@ -261,6 +265,11 @@ class ServerConfig:
             for k in ("interval_s", "max_ratio"):
                 if k in refresh:
                     refresh[k] = _num(refresh[k], f"[registry].refresh.{k}")
+            if refresh.get("max_ratio", 10) <= 1:  # (had passed, and the server crashed)
+                raise ConfigError(
+                    "[registry].refresh.max_ratio must be above 1: a price that moves by more "
+                    "than this factor is refused, which at 1 or less is every change"
+                )
             if refresh.get("interval_s", 3600) < 60:  # 1e-300 had fetched back to back
                 raise ConfigError(
                     "[registry].refresh.interval_s must be at least 60 (seconds): each "
@@ -337,8 +346,9 @@ class ServerConfig:
 
 
 def check_aliases(aliases: Mapping[str, Mapping[str, Any]], registry: Registry) -> None:
-    """An alias neither hides a model nor names one the registry lacks (either had been
-    accepted: the alias answered where the model was asked for, or failed every request)."""
+    """An alias neither hides a model nor names one the registry lacks, nor leaves no model
+    (each had been accepted: the alias answered where the model was asked for, or failed
+    every request)."""
     for name, c in aliases.items():
         if name == "auto" or name in registry:
             raise ConfigError(
@@ -352,6 +362,12 @@ def check_aliases(aliases: Mapping[str, Mapping[str, Any]], registry: Registry) 
                 raise ConfigError(
                     f"[aliases].{name}.{kind} names models the registry lacks: {unknown}"
                 )
+        if ids.allow is not None and not set(ids.allow) - set(ids.deny):
+            # (loaded, and every request to it had failed with no route)
+            raise ConfigError(
+                f"[aliases].{name} leaves no model to route to: its allow list is empty or "
+                "every model on it is denied"
+            )
 
 
 #: The shortest time between two probe runs: each run calls every model it probes (paid
