@@ -69,16 +69,17 @@ class RegistryRefresher:
         self.timeout_s, self.on_diff = timeout_s, on_diff
         self.refreshes = self.failures = self.refused = 0
         self.last_diff: sources.Diff | None = None
-        self._catalogue: Any = None  # the last one applied (`onto`)
+        self._catalogue: tuple[Any, date] | None = None  # the last applied, read when (`onto`)
         self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> sources.Diff:
         """One refresh: read, apply, validate, swap. Raises RefreshRefused or ConfigError
         (the old registry stays)."""
+        read = date.today()
         cat = await asyncio.to_thread(sources.load, self.source, self.location,
                                       timeout_s=self.timeout_s)  # fmt: skip
         current = self.router.registry
-        new, diff = sources.apply(current, cat, prices_as_of=date.today())
+        new, diff = sources.apply(current, cat, prices_as_of=read)
         bad = diff.absurd(self.max_ratio)
         if bad and not self.confirm:
             self.refused += 1
@@ -94,7 +95,7 @@ class RegistryRefresher:
             )  # fmt: skip
         self.refreshes += 1
         self.last_diff = diff
-        self._catalogue = cat
+        self._catalogue = cat, read
         if applied and self.on_diff is not None:
             try:  # the caller's hook: its failure is its own, the refresh was applied
                 self.on_diff(diff)
@@ -109,7 +110,8 @@ class RegistryRefresher:
         until the next refresh, up to interval_s later); as it is before any refresh."""
         if self._catalogue is None:
             return registry
-        new, diff = sources.apply(registry, self._catalogue, prices_as_of=date.today())
+        cat, read = self._catalogue  # (dated as read: a reload checks no price)
+        new, diff = sources.apply(registry, cat, prices_as_of=read)
         if diff.absurd(self.max_ratio) and not self.confirm:
             return registry  # (the next refresh says so, and refuses it)
         return new

@@ -370,17 +370,20 @@ class SharedHealth(Health):
         elif self._cool_want.get(key) == want:  # (not one begun since)
             del self._cool_want[key]
 
-    def _reshare(self) -> None:
+    def _reshare(self, enabled: Mapping[str, float]) -> None:
         """This replica's own disables and cooldowns, to be shared again (`sync`): the
         store lost them (`lost_state`), and another replica had read a disable missing
-        from it as an enable."""
+        from it as an enable. Not one an enable stamped since (`enabled`) ended: that
+        enable stands (written over, it had been lost on every replica)."""
         now = time.time()
         for key, st in self._s.items():
-            if key in self._want:
+            if key in self._want or enabled.get(key, 0.0) > self._held_at.get(key, now):
                 continue
             if st.disabled is not None and key not in self._remote_disabled:
                 self._want[key] = (st.disabled, self._held_at.get(key, now))
         for key, until in self._pushed.items():
+            if enabled.get(key, 0.0) > self._held_at.get(key, now):
+                continue
             if until > now and key not in self._cool_want:
                 why = self._s[key].reason if key in self._s else "cooling"
                 self._cool_want[key] = (until, why, self._held_at.get(key, now))
@@ -397,7 +400,7 @@ class SharedHealth(Health):
 
     async def sync(self) -> None:
         if await self._state.lost_state():
-            self._reshare()
+            self._reshare(await self._state.enabled_now())
         for key in list(self._want):  # what the store missed, before reading what it holds
             await self._share(key)
         for key in list(self._cool_failed):
