@@ -388,7 +388,13 @@ def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
         ("cost", _cost(s["cost_usd"], s["unpriced_requests"])),
         ("on the reference model", _usd(s["reference_cost_usd"])),
         ("saved", saving or "-"),
-        ("billed for failed requests", _usd(s["failed_cost_usd"])),
+        # (left out with no failed request: there is nothing to bill, neither $0 next to an
+        # unpriced total nor "unpriced", which it had read)
+        *(
+            [("billed for failed requests", _usd(s["failed_cost_usd"]))]
+            if s["answered"] < s["requests"]
+            else []
+        ),
         ("failure rate", f"{s['failure_rate']:.2%}"),
         ("fallback rate", f"{s['fallback_rate']:.2%}"),
         ("p50 / p99 latency", f"{_ms(s['latency_s']['p50'])} / {_ms(s['latency_s']['p99'])}"),
