@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,6 +137,24 @@ def test_a_ledger_without_failures_says_nothing_was_billed_for_failures() -> Non
 # -- /admin/reload ----------------------------------------------------------------------------
 
 
+def _priced_and_repriced(tmp_path: Path) -> tuple[Any, Path]:
+    """A one-model registry (input $1/M) and a LiteLLM catalogue that reprices it ($3/M)."""
+    from satisfice import Registry
+
+    reg = Registry.from_dict({"model": [{
+        "id": "alpha", "provider": "openai", "context_window": 8000, "max_output": 1000,
+        "price": {"input": 1.0, "output": 2.0},
+        "deployments": [{"name": "openai", "api": "openai", "base_url": "http://127.0.0.1:9/v1",
+                         "model": "alpha-wire"}],
+    }]})  # fmt: skip
+    cat = tmp_path / "cat.json"
+    cat.write_text(json.dumps({"alpha-wire": {
+        "mode": "chat", "litellm_provider": "openai",
+        "input_cost_per_token": 3e-6, "output_cost_per_token": 6e-6,
+    }}))  # fmt: skip
+    return reg, cat
+
+
 def test_admin_reload_keeps_the_prices_a_refresh_brought(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -147,26 +166,15 @@ def test_admin_reload_keeps_the_prices_a_refresh_brought(
 
     import httpx
 
-    from satisfice import Registry
     from satisfice.server import ServerConfig
 
     from .server_support import running
 
     master = "master-test-key-0123456789abcdef"
     monkeypatch.setenv("SATISFICE_MASTER_KEY", master)
-    reg = Registry.from_dict({"model": [{
-        "id": "alpha", "provider": "openai", "context_window": 8000, "max_output": 1000,
-        "price": {"input": 1.0, "output": 2.0},
-        "deployments": [{"name": "openai", "api": "openai", "base_url": "http://127.0.0.1:9/v1",
-                         "model": "alpha-wire"}],
-    }]})  # fmt: skip
+    reg, cat = _priced_and_repriced(tmp_path)
     path = tmp_path / "r.toml"
     path.write_text(reg.to_toml())
-    cat = tmp_path / "cat.json"
-    cat.write_text(json.dumps({"alpha-wire": {
-        "mode": "chat", "litellm_provider": "openai",
-        "input_cost_per_token": 3e-6, "output_cost_per_token": 6e-6,
-    }}))  # fmt: skip
     cfg = ServerConfig(registry_path=str(path),
                        refresh={"source": "litellm", "location": str(cat)})  # fmt: skip
     with running(cfg) as (url, app):
@@ -178,6 +186,43 @@ def test_admin_reload_keeps_the_prices_a_refresh_brought(
         r = httpx.post(url + "/admin/reload", headers={"authorization": f"Bearer {master}"})
         assert r.status_code == 200, r.text
         assert router.registry["alpha"].price.input == 3.0, "reload reverted the price"
+
+
+async def test_a_reload_does_not_date_an_old_refresh_as_checked_today(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`RegistryRefresher.onto` re-applies the last refreshed catalogue at /admin/reload,
+    dated `date.today()` at the reload, not the day that catalogue was read: with the
+    source failing since (every refresh after it failed), a reload five days later says
+    the prices were checked today (`prices_as_of`, which `registry check`'s price age and
+    the reload's own answer read), hiding five days of unchecked prices."""
+    import datetime as dt
+
+    from satisfice import Router
+    from satisfice import refresh as refresh_mod
+    from satisfice.refresh import RegistryRefresher
+
+    reg, cat = _priced_and_repriced(tmp_path)
+    router = Router(registry=reg)
+    r = RegistryRefresher(router, "litellm", str(cat))
+    await r.refresh()
+    read_on = router.registry.meta.get("prices_as_of")
+    assert str(read_on) == str(dt.date.today())
+
+    later = dt.date.today() + dt.timedelta(days=5)
+
+    class _Later(dt.date):
+        @classmethod
+        def today(cls) -> dt.date:  # type: ignore[override]
+            return later
+
+    monkeypatch.setattr(refresh_mod, "date", _Later)
+    reloaded = r.onto(reg)  # the file read again, five days on; the source failing since
+    assert reloaded["alpha"].price.input == 3.0
+    got = reloaded.meta.get("prices_as_of")
+    assert str(got) == str(read_on), (
+        f"a catalogue read on {read_on} is dated {got} by a reload five days later"
+    )
 
 
 def test_registry_check_counts_models_not_routable_rows(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,7 +1,6 @@
 """A replica sharing its state again after Redis came back empty leaves a later enable
-standing, and a reload dates the prices it keeps as they were read. From a review of the
-fixes for `test_replicas_recover.py` and `test_config_and_report_truths.py`: each test
-failed before its fix."""
+standing. From a review of the fixes for `test_replicas_recover.py`: each test failed
+before its fix."""
 
 from __future__ import annotations
 
@@ -78,52 +77,3 @@ async def test_an_enable_made_while_redis_was_away_is_not_undone_when_it_comes_b
         await sa.close()
         await sb.close()
         assert got == ("ok", "ok"), f"B's enable was undone by A's reshare: {got}"
-
-
-async def test_a_reload_does_not_date_an_old_refresh_as_checked_today(
-    tmp_path,
-    monkeypatch,  # type: ignore[no-untyped-def]
-) -> None:
-    """`RegistryRefresher.onto` re-applies the last refreshed catalogue at /admin/reload,
-    dated `date.today()` at the reload, not the day that catalogue was read: with the
-    source failing since (every refresh after it failed), a reload five days later says
-    the prices were checked today (`prices_as_of`, which `registry check`'s price age and
-    the reload's own answer read), hiding five days of unchecked prices."""
-    import datetime as dt
-    import json
-
-    from satisfice import Registry, Router
-    from satisfice import refresh as refresh_mod
-    from satisfice.refresh import RegistryRefresher
-
-    reg = Registry.from_dict({"model": [{
-        "id": "alpha", "provider": "openai", "context_window": 8000, "max_output": 1000,
-        "price": {"input": 1.0, "output": 2.0},
-        "deployments": [{"name": "openai", "api": "openai", "base_url": "http://127.0.0.1:9/v1",
-                         "model": "alpha-wire"}],
-    }]})  # fmt: skip
-    cat = tmp_path / "cat.json"
-    cat.write_text(json.dumps({"alpha-wire": {
-        "mode": "chat", "litellm_provider": "openai",
-        "input_cost_per_token": 3e-6, "output_cost_per_token": 6e-6,
-    }}))  # fmt: skip
-    router = Router(registry=reg)
-    r = RegistryRefresher(router, "litellm", str(cat))
-    await r.refresh()
-    read_on = router.registry.meta.get("prices_as_of")
-    assert str(read_on) == str(dt.date.today())
-
-    later = dt.date.today() + dt.timedelta(days=5)
-
-    class _Later(dt.date):
-        @classmethod
-        def today(cls):  # type: ignore[no-untyped-def, override]
-            return later
-
-    monkeypatch.setattr(refresh_mod, "date", _Later)
-    reloaded = r.onto(reg)  # the file read again, five days on; the source failing since
-    assert reloaded["alpha"].price.input == 3.0
-    got = reloaded.meta.get("prices_as_of")
-    assert str(got) == str(read_on), (
-        f"a catalogue read on {read_on} is dated {got} by a reload five days later"
-    )
