@@ -333,6 +333,14 @@ def _tool_name(t: Any) -> object:
     return (inner if isinstance(inner, Mapping) else t).get("name")
 
 
+def _deadline(timeout: float | None, c: Constraints, t0: float | None) -> float | None:
+    """The request's deadline (perf_counter time): `timeout` seconds from `t0`, else its
+    latency SLO's; None without either (or without `t0`: routing alone)."""
+    if timeout is None and c.latency_slo_ms is not None:
+        timeout = c.latency_slo_ms / 1000.0
+    return None if timeout is None or t0 is None else t0 + timeout
+
+
 def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> None:
     """The call's own options have the types the wire needs (values are checked there)."""
     extra = call["extra"]
@@ -745,7 +753,7 @@ class Router:
     ) -> tuple[Executor, Run, dict[str, Any]]:
         """The one request builder behind chat() and stream(): the decision (`_prepare`),
         then the wire request and its deadline."""
-        io, decision, call, timeout, metadata, msgs, reroute = await self._prepare(
+        io, decision, call, deadline, metadata, msgs, reroute = await self._prepare(
             messages, constraints, options, tuned_cascade, t0
         )
         if self._rec is not None:
@@ -760,9 +768,6 @@ class Router:
         c = decision.constraints
         if call["max_tokens"] is None:
             call["max_tokens"] = c.max_output_tokens
-        if timeout is None and c.latency_slo_ms is not None:
-            timeout = c.latency_slo_ms / 1000.0
-        deadline = None if timeout is None else t0 + timeout
         run = io.run(decision, msgs, call, t0=t0, deadline=deadline, accept=accept)
         if options.get("decision") is not None:
             # the call goes where the decision given says, and nowhere else: a caller
@@ -783,14 +788,15 @@ class Router:
         Executor,
         Decision,
         dict[str, Any],
-        Any,
+        float | None,
         dict[str, Any],
         list[dict[str, Any]],
         Callable[[], Awaitable[Decision]] | None,
     ]:
         """Check the options and route (around cooling deployments; a large prompt on a
-        worker thread, so an exact count never holds the event loop), or take the
-        `decision` given. The caller's dicts are read, never changed."""
+        worker thread, so an exact count never holds the event loop, within the request's
+        deadline, which it returns), or take the `decision` given. The caller's dicts are
+        read, never changed."""
         io = self._executor()
         opts: dict[str, Any] = dict(options)
         if opts:
@@ -846,7 +852,8 @@ class Router:
                     self._route_off_loop, snap, msgs, given.constraints, snap.undeployable,
                     extra=extra,
                 )  # fmt: skip
-            return io, given, call, timeout, metadata, msgs, reroute
+            deadline = _deadline(timeout, given.constraints, t0)
+            return io, given, call, deadline, metadata, msgs, reroute
         snap = self._snap  # one snapshot for every routing of this request
         if call["max_tokens"] is not None and "max_output_tokens" not in opts:
             opts["max_output_tokens"] = call["max_tokens"]
@@ -861,10 +868,7 @@ class Router:
         # under a latency SLO, what the deployments have measured replaces the registry's p95
         live = io.live_p95_ms(snap.registry, snap.index) if c.latency_slo_ms is not None else None
         # the request's deadline bounds its routing too (a large prompt's, on a thread)
-        limit = timeout if timeout is not None or c.latency_slo_ms is None else (
-            c.latency_slo_ms / 1000.0
-        )  # fmt: skip
-        end = None if limit is None or t0 is None else t0 + limit
+        end = _deadline(timeout, c, t0)
         decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra, end)
         if tuned_cascade and snap.policy.ladder_replaces_floor(decision.task):
             c = Constraints.of(c, quality_floor=0.0)
@@ -883,7 +887,7 @@ class Router:
             reroute = partial(
                 self._route_off_loop, snap, msgs, c, snap.undeployable, live, extra=extra
             )
-        return io, decision, call, timeout, metadata, msgs, reroute
+        return io, decision, call, end, metadata, msgs, reroute
 
     async def _decide(
         self,
