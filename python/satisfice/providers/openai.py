@@ -453,84 +453,73 @@ class OpenAIProvider(HTTPProvider):
             last: Any = None
             done = began = False
             events = sse_events(resp)
-            try:
-                async for _, data in events:
-                    if data.startswith("[DONE]"):  # (a space after it: as openai-python)
+            async for _, data in events:
+                if data.startswith("[DONE]"):  # (a space after it: as openai-python)
+                    done = True
+                    await finish_stream(events)
+                    break
+                try:
+                    chunk, kept = parse_event(data)
+                    if chunk.get("error") is not None:  # `"error": null` is no error
+                        raise stream_error(data.encode(), self.model_id, self.deployment)
+                    last = chunk
+                    if chunk.get("usage"):
+                        usage = _usage(chunk["usage"])
+                    piece = ""
+                    for c, choice in enumerate(chunk.get("choices") or ()):
+                        # its text as sent, lone surrogate halves and all (joined with
+                        # the next event's; what is left alone becomes U+FFFD)
+                        delta = (choice if kept is None else kept["choices"][c]).get("delta") or {}
+                        piece = halves.take(text_field(delta.get("content"), "delta.content"))
+                        if piece:
+                            parts.append(piece)
+                            yield piece
+                        refusal.append(text_field(delta.get("refusal"), "delta.refusal"))
+                        for tc in delta.get("tool_calls") or ():
+                            call_id = text_field(tc.get("id"), "tool_calls[].id")
+                            if tc.get("index") is not None:
+                                i = token_count(tc["index"], "tool_calls[].index")
+                            else:
+                                # Some upstreams (Gemini's) stream each call whole, with no
+                                # index: a new id starts the next call, no id continues one.
+                                i = max(tools, default=0)
+                                if call_id and tools and tools[i].id not in ("", call_id):
+                                    i += 1
+                            if i not in tools and len(tools) >= 128:
+                                raise ValueError("more than 128 tool calls in one answer")
+                            acc = tools.setdefault(i, _ToolAcc())
+                            if not acc.id and not acc.name and _custom(tc):
+                                acc.type = "custom"  # its first piece says; free text follows
+                            acc.id = call_id or acc.id
+                            kind, text = (
+                                ("custom", "input") if acc.type == "custom" else
+                                ("function", "arguments")
+                            )  # fmt: skip
+                            fn = tc.get(kind) or {}
+                            acc.name = text_field(fn.get("name"), f"{kind}.name") or acc.name
+                            acc.args.append(text_field(fn.get(text), f"{kind}.{text}"))
+                        finish = text_field(choice.get("finish_reason"), "finish_reason") or finish
+                    if not piece and began and _moves(chunk):
+                        # a tool call's piece, reasoning some servers stream apart, a
+                        # finish, a usage (the first chunk, its role, is the start)
+                        yield PROGRESS
+                    began = True
+                    if finish is not None and chunk.get("usage") and not chunk.get("choices"):
+                        # The usage-only chunk that follows the finish (a chunk without
+                        # choices leaves `finish` as the ones before it set it): all that
+                        # comes before [DONE], read briefly after it. An upstream that then
+                        # held the connection had failed the whole answer at the stream's
+                        # idle timeout or the deadline, before the read timeout. Silence
+                        # before it is a cut answer: usage may come before the finish and
+                        # be updated after it, content may follow a finish (tool-call
+                        # arguments), and some upstreams send a finish and a usage on
+                        # every chunk.
                         done = True
                         await finish_stream(events)
                         break
-                    try:
-                        chunk, kept = parse_event(data)
-                        if chunk.get("error") is not None:  # `"error": null` is no error
-                            raise stream_error(data.encode(), self.model_id, self.deployment)
-                        last = chunk
-                        if chunk.get("usage"):
-                            usage = _usage(chunk["usage"])
-                        piece = ""
-                        for c, choice in enumerate(chunk.get("choices") or ()):
-                            # its text as sent, lone surrogate halves and all (joined with
-                            # the next event's; what is left alone becomes U+FFFD)
-                            delta = (choice if kept is None else kept["choices"][c]).get(
-                                "delta"
-                            ) or {}
-                            piece = halves.take(text_field(delta.get("content"), "delta.content"))
-                            if piece:
-                                parts.append(piece)
-                                yield piece
-                            refusal.append(text_field(delta.get("refusal"), "delta.refusal"))
-                            for tc in delta.get("tool_calls") or ():
-                                call_id = text_field(tc.get("id"), "tool_calls[].id")
-                                if tc.get("index") is not None:
-                                    i = token_count(tc["index"], "tool_calls[].index")
-                                else:
-                                    # Some upstreams (Gemini's) stream each call whole, with no
-                                    # index: a new id starts the next call, no id continues one.
-                                    i = max(tools, default=0)
-                                    if call_id and tools and tools[i].id not in ("", call_id):
-                                        i += 1
-                                if i not in tools and len(tools) >= 128:
-                                    raise ValueError("more than 128 tool calls in one answer")
-                                acc = tools.setdefault(i, _ToolAcc())
-                                if not acc.id and not acc.name and _custom(tc):
-                                    acc.type = "custom"  # its first piece says; free text follows
-                                acc.id = call_id or acc.id
-                                kind, text = (
-                                    ("custom", "input") if acc.type == "custom" else
-                                    ("function", "arguments")
-                                )  # fmt: skip
-                                fn = tc.get(kind) or {}
-                                acc.name = text_field(fn.get("name"), f"{kind}.name") or acc.name
-                                acc.args.append(text_field(fn.get(text), f"{kind}.{text}"))
-                            finish = (
-                                text_field(choice.get("finish_reason"), "finish_reason") or finish
-                            )
-                        if not piece and began and _moves(chunk):
-                            # a tool call's piece, reasoning some servers stream apart, a
-                            # finish, a usage (the first chunk, its role, is the start)
-                            yield PROGRESS
-                        began = True
-                        if finish is not None and chunk.get("usage") and not chunk.get("choices"):
-                            # the usage-only chunk that follows the finish: all that comes
-                            # before [DONE], read briefly after it (an upstream that then
-                            # held the connection had failed the whole answer at the
-                            # stream's idle timeout or the deadline, before the read timeout)
-                            done = True
-                            await finish_stream(events)
-                            break
-                    except PARSE_ERRORS as e:
-                        why = f"bad stream event ({type(e).__name__}: {e})"
-                        raise self._malformed(why) from None
-            except httpx.ReadTimeout:
-                # The usage-only chunk that follows the finish came last (all that comes
-                # before [DONE]; a chunk without choices leaves `finish` as the ones before
-                # it set it), then the upstream went quiet, holding the connection: the
-                # answer, not a lost one. Any earlier silence is a cut answer: usage may come
-                # before the finish and be updated after it, content may follow a finish
-                # (other choices, tool-call arguments), and some upstreams send a finish and
-                # a usage on every chunk. Reading on to [DONE] is what bills right.
-                if finish is None or last.get("choices") or not last.get("usage"):
-                    raise
-                done = True
+                except PARSE_ERRORS as e:
+                    why = f"bad stream event ({type(e).__name__}: {e})"
+                    raise self._malformed(why) from None
             if tail := halves.rest():
                 parts.append(tail)
                 yield tail
