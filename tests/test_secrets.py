@@ -221,3 +221,42 @@ def test_a_key_encoded_and_split_between_stream_pieces_never_leaks() -> None:
     assert scrub(plain) == plain
     s = StreamScrubber()
     assert "".join([s.feed(plain[:10]), s.feed(plain[10:]), s.flush()]) == plain
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_key_echoed_base64_encoded_never_leaks(
+    up: LocalUpstream, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """An upstream that echoed the key base64-encoded (a Basic header `user:key`, a debug
+    dump of the request, in either alphabet, at any of the three alignments) kept it
+    readable in the error, its attempts and the answer. Found by review."""
+    import base64
+
+    monkeypatch.setenv("SATISFICE_CANARY_KEY", CANARY)
+    raw = [pre + CANARY.encode() + post for pre in (b"", b"u:", b"me:") for post in (b"", b"!")]
+    forms = [base64.b64encode(b).decode() for b in raw]
+    forms += [base64.urlsafe_b64encode(b).decode() for b in raw]
+    echo = "you sent " + " and ".join(f"Basic {f}" for f in forms)
+
+    def clean(*surfaces: object) -> None:
+        for s in surfaces:
+            text = s if isinstance(s, str) else repr(s)
+            for f in forms:
+                assert f not in text, f"{f!r} leaked into {text[:300]!r}"
+                assert f[4:-4] not in text, f"{f[4:-4]!r} leaked into {text[:300]!r}"
+
+    for m in ("alpha", "beta", "gamma", "delta"):
+        up.script(wire(m), status(401, message=echo))
+    async with router(up.url) as r:
+        r.update(keyed(up.url))  # type: ignore[arg-type]
+        with pytest.raises(SatisficeError) as e:
+            await (r.stream(MSGS).result() if stream else r.chat(MSGS))
+        err = e.value
+        for m in ("alpha", "beta", "gamma", "delta"):
+            r.enable(m)
+        up.script(wire("alpha"), reply(f"the key: {echo}."))
+        res = await (r.stream(MSGS).result() if stream else r.chat(MSGS))
+    clean(str(err), repr(err), [a.to_dict() for a in getattr(err, "attempts", [])])
+    clean(res.text, repr(res), json.dumps(res.to_record()), str(res.raw))
+    assert res.text.count("[redacted]") == len(forms)
+    assert "Basic [redacted]" in res.text  # what is around a spelling is kept

@@ -91,12 +91,33 @@ def _encoded_tail(text: str) -> int:
     return len(tail) if "%" in tail or "&" in tail else 0
 
 
+def _base64_spellings(value: str) -> set[str]:
+    """The characters that spell `value` in any base64 text that holds it (an upstream's
+    echo of a Basic header, a debug dump of the request): one spelling for each of its
+    three alignments in the encoded bytes, in both alphabets, cut to the characters that
+    only the key's own bytes decide."""
+    from base64 import b64encode  # here: only a key's registration pays for it
+
+    key = value.encode()
+    out: set[str] = set()
+    for lead in range(3):
+        enc = b64encode(b"\0" * lead + key).decode().rstrip("=")
+        first = -(-8 * lead // 6)  # the first character wholly within the key's bits
+        last = 8 * (lead + len(key)) // 6  # the characters before it are wholly within
+        core = enc[first:last]
+        out |= {core, core.replace("+", "-").replace("/", "_")}
+    return out
+
+
 def register(value: str) -> None:
-    """Remember a key so that `scrub` removes it from anything derived from upstream text."""
+    """Remember a key so that `scrub` removes it from anything derived from upstream text:
+    as it is and as base64 writes it (percent-encoded, HTML-escaped and JSON-escaped
+    spellings are read where they are found)."""
     global _secrets, _secrets_b
     if len(value) >= MIN_KEY_CHARS and value not in _secrets:
         # longest first: a key that contains another is removed whole
-        _secrets = tuple(sorted({*_secrets, value}, key=len, reverse=True))
+        new = {value, *_base64_spellings(value)}
+        _secrets = tuple(sorted({*_secrets, *new}, key=len, reverse=True))
         _secrets_b = tuple(s.encode() for s in _secrets)
 
 
