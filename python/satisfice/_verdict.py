@@ -12,10 +12,34 @@ from ._bill import CHECK_BILL
 
 __all__ = [
     "PASS", "Answer", "Context", "Messages", "Validator", "Verdict", "accept", "bill_mark",
-    "check_name", "checked", "claim", "made_call", "resolve", "routed_call",
+    "check_name", "checked", "claim", "content_text", "flag", "made_call", "resolve",
+    "routed_call",
 ]  # fmt: skip
 
 Messages: TypeAlias = Sequence[Mapping[str, Any]]
+
+
+def content_text(content: object) -> str:
+    """A message's text, whichever shape its content came in: a string, or a list of parts
+    whose text parts are joined by newlines (Anthropic's content blocks, OpenAI's text
+    parts); "" when it holds none."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list | tuple):
+        return "\n".join(
+            t for p in content if isinstance(p, Mapping) and isinstance(t := p.get("text"), str)
+        )
+    return ""
+
+
+def flag(value: object, what: str) -> bool:
+    """A check's on/off switch, which must be a bool: a saved check's `"forbid": "false"` is
+    a true string, and had switched the rule on, the opposite of what its file says."""
+    if not isinstance(value, bool):
+        from .errors import ConfigError
+
+        raise ConfigError(f"{what} must be true or false, got {value!r:.40}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +217,12 @@ def check_name(check: object) -> str:
         return f"{type(check).__name__} (its name raised {type(e).__name__})"
 
 
+#: Answers longer than this are checked off the event loop by the built-in checks, which
+#: mark themselves `runs_off_loop` (they read only the answer and the context); a user's
+#: check runs where it was written to, on the loop.
+OFF_LOOP_CHARS = 1 << 16
+
+
 async def checked(
     check: Validator,
     answer: Answer,
@@ -218,7 +248,14 @@ async def checked(
     token = _CALLS.set(made)
     try:
         async with asyncio.timeout(None if time_left_s is None else max(time_left_s, 0.0)):
-            out: object = check(answer, ctx)
+            if len(answer.text) > OFF_LOOP_CHARS and getattr(check, "runs_off_loop", False):
+                # A built-in check of a long answer runs on a worker thread: on the loop it
+                # could be cut by neither the deadline nor a latency budget, and held every
+                # other request meanwhile (5 MB of "1+1=2 " took arithmetic() 3 s). One cut
+                # off runs on to its end on the thread (it reads only its arguments).
+                out: object = await asyncio.to_thread(check, answer, ctx)
+            else:
+                out = check(answer, ctx)
             if not isinstance(out, Verdict) and inspect.isawaitable(out):
                 out = await out
     except TimeoutError:

@@ -7,12 +7,12 @@ final number lives here too, since agreement on numbers uses it.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 
 from . import _arith
-from ._verdict import PASS, Answer, Context, Validator, Verdict
+from ._real import as_real
+from ._verdict import PASS, Answer, Context, Validator, Verdict, content_text, flag
 from .errors import ConfigError
 
 __all__ = [
@@ -47,9 +47,9 @@ def _normal_number(raw: str) -> str | None:
     return str(int(v)) if v == int(v) and abs(v) < 1e15 else repr(v)
 
 
-@functools.lru_cache(maxsize=64)
 def _marked_final(text: str) -> re.Match[str] | None:
-    # Cached: final_answer, consistent_final and agreement read the same answer in turn.
+    # Not cached: a cache keyed on the answer kept the last 64 answers (up to 64 MB each)
+    # alive after their requests; each check reads it once.
     for pattern in _FINAL_MARKED:
         found = list(pattern.finditer(text))
         if found:
@@ -77,9 +77,10 @@ def final_number_or_last(text: str) -> str | None:
 
 class _Final:
     __slots__ = ("_integer", "name")
+    runs_off_loop = True  # see _verdict.checked
 
     def __init__(self, integer: bool) -> None:
-        self._integer = integer
+        self._integer = flag(integer, "final_answer: integer")
         self.name = "final_answer_int" if integer else "final_answer"
 
     def __call__(self, answer: Answer, ctx: Context) -> Verdict:
@@ -110,6 +111,7 @@ def final_answer(*, integer: bool = False) -> Validator:
 
 class _Arithmetic:
     __slots__ = ("name",)
+    runs_off_loop = True  # see _verdict.checked
 
     def __init__(self) -> None:
         self.name = "arithmetic"
@@ -129,6 +131,7 @@ def arithmetic() -> Validator:
 
 class _Consistent:
     __slots__ = ("name",)
+    runs_off_loop = True  # see _verdict.checked
 
     def __init__(self) -> None:
         self.name = "consistent_final"
@@ -172,26 +175,22 @@ def _numbers(text: str) -> set[str]:
     return out
 
 
-@functools.lru_cache(maxsize=256)
-def _request_numbers(text: str) -> frozenset[str]:
-    # Every answer of a cascade is compared with the same request: parse it once.
-    return frozenset(_numbers(text))
-
-
 class _UsesInputs:
     __slots__ = ("_min", "name")
+    runs_off_loop = True  # see _verdict.checked
 
     def __init__(self, min_share: float) -> None:
-        if not 0.0 <= min_share <= 1.0:
-            raise ConfigError(f"uses_inputs: min_share must be in [0, 1], got {min_share}")
-        self._min = min_share
+        share = as_real(min_share)
+        if share is None or not 0.0 <= share <= 1.0:  # True, NaN, "1": no share
+            raise ConfigError(f"uses_inputs: min_share must be in [0, 1], got {min_share!r:.40}")
+        self._min = share
         self.name = "uses_inputs"
 
     def __call__(self, answer: Answer, ctx: Context) -> Verdict:
-        given: frozenset[str] = frozenset()
+        given: set[str] = set()
         for m in ctx.messages:
-            if m.get("role", "user") == "user" and isinstance(m.get("content"), str):
-                given |= _request_numbers(m["content"])
+            if m.get("role", "user") == "user":
+                given |= _numbers(content_text(m.get("content")))
         if not given:
             return Verdict(True, 1.0, "the request states no numbers")
         used = given & _numbers(answer.text)

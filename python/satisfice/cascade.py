@@ -272,6 +272,10 @@ class Cascade:
     ) -> None:
         """`steps` are Steps, or model ids / lists of them that get `validator` (all but
         the last)."""
+        if isinstance(steps, str):  # one model id: a ladder of its letters otherwise
+            raise ConfigError(
+                f"a cascade's steps are a list: Cascade([{steps!r:.40}, ...]), not one model id"
+            )
         if not steps:
             raise ConfigError("a cascade needs at least one step")
         built: list[Step] = []

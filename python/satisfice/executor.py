@@ -1267,6 +1267,7 @@ class Executor:
         from .cascade import (
             UNCHECKED,
             Cascade,
+            CascadeResult,
             StepRecord,
             answer_from_chat,
             current_step,
@@ -1365,14 +1366,31 @@ class Executor:
                 sum(u.completion_tokens for u in used),
             )
 
+        def marked(result: CascadeResult, returned: bool = True) -> CascadeResult:
+            # Each checked answer's attempt takes its verdict, and one rejected (not the
+            # answer returned) its outcome: on a ladder that raised as on one that returned,
+            # whose record had shown the answers its checks rejected as answered.
+            for step in result.steps:
+                # a step cut off by the latency budget mid-check has answers without verdicts
+                for a, v in zip(step.answers, step.verdicts, strict=False):
+                    if v is UNCHECKED or id(a) not in answered:  # nothing to learn from
+                        continue
+                    attempt = answered[id(a)][2]
+                    attempt.verdict = _verdict_dict(v)
+                    if not v.passed and not (returned and a is result.answer):
+                        attempt.outcome = "rejected"
+            return result
+
         try:
-            result = await ladder.run(
-                call,
-                run.request.messages,
-                estimates=estimates_from(d, run.registry),
-                deadline=run.deadline,
-                on_check=run.checked,
-                billed=billed,
+            result = marked(
+                await ladder.run(
+                    call,
+                    run.request.messages,
+                    estimates=estimates_from(d, run.registry),
+                    deadline=run.deadline,
+                    on_check=run.checked,
+                    billed=billed,
+                )
             )
         except AllAttemptsFailedError as e:
             # The ladder knows its calls' errors only as text; the run has every attempt.
@@ -1384,18 +1402,10 @@ class Executor:
                 ) from None
             raise AllAttemptsFailedError(str(e), list(run.attempts)) from None
         except CascadeBudgetError as e:
+            if isinstance(e.result, CascadeResult):
+                marked(e.result, returned=False)  # its best answer was not returned
             e.attempts = list(run.attempts)  # what its steps were billed, for a budget's settle
             raise
-        for step in result.steps:
-            # a step cut off by the latency budget mid-check has answers without verdicts
-            for a, v in zip(step.answers, step.verdicts, strict=False):
-                if v is UNCHECKED:  # no check ran: nothing for a record to learn from
-                    continue
-                if id(a) in answered:
-                    attempt = answered[id(a)][2]
-                    attempt.verdict = _verdict_dict(v)
-                    if not v.passed and a is not result.answer:
-                        attempt.outcome = "rejected"
         assert result.answer is not None  # Cascade.run raises when there is none
         run.upstream_s += _union_s(run.spans)
         t, resp, attempt = answered[id(result.answer)]

@@ -45,7 +45,7 @@ from ._json import dumps_record, record_default
 from ._real import as_real
 from ._redact import scrub
 from .accounting import cost_of
-from .errors import ConfigError
+from .errors import CascadeBudgetError, ConfigError
 
 if TYPE_CHECKING:
     from .decision import Decision
@@ -278,6 +278,9 @@ def failure_record(
         rec["task"] = decision.task
         rec["decision"] = decision.record()
         rec["est_cost_usd"] = decision.est_cost_usd
+    if isinstance(error, CascadeBudgetError) and hasattr(error.result, "to_dict"):
+        # the steps it climbed (what the report's escalation figures read)
+        rec["cascade"] = error.result.to_dict()
     from .result import billed_cost  # the rule ChatResult.total_cost_usd follows
 
     # What the attempts were billed ($0 when every call was refused before any billing);

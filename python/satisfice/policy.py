@@ -470,6 +470,18 @@ class Policy(Value):
             raise ConfigError(
                 f"policy.quality must be a QualityModel, got {type(self.quality).__name__}"
             )
+        if not isinstance(self.cascades, Mapping):
+            raise ConfigError(
+                f"policy.cascades must map a task to a Cascade, got {type(self.cascades).__name__}"
+            )
+        if self.cascades:
+            from .cascade import Cascade  # here: a policy without ladders keeps Router() lean
+        for task, ladder in self.cascades.items():
+            if not isinstance(ladder, Cascade):  # a list of ids, or a saved ladder not yet read
+                raise ConfigError(
+                    f"policy.cascades[{task!r}] must be a Cascade, got {type(ladder).__name__} "
+                    "(a saved ladder is read with Cascade.from_dict)"
+                )
         bad = set(self.cascades) - {*_core.TASKS, "*"}
         if bad:
             raise ConfigError(

@@ -333,6 +333,14 @@ def _tool_name(t: Any) -> object:
     return (inner if isinstance(inner, Mapping) else t).get("name")
 
 
+def _ladder(cascade: object) -> Literal["auto", "given"] | None:
+    """Which ladder a chat() climbs: the policy's tuned one, one it names (a Cascade), or
+    none (cascade=True builds its ladder of the decision's candidates, floor and all)."""
+    if cascade == "auto":
+        return "auto"
+    return None if cascade is None or isinstance(cascade, bool) else "given"
+
+
 def _deadline(timeout: float | None, c: Constraints, t0: float | None) -> float | None:
     """The request's deadline (perf_counter time): `timeout` seconds from `t0`, else its
     latency SLO's; None without either (or without `t0`: routing alone)."""
@@ -736,7 +744,8 @@ class Router:
         be: no chat() follows to record it."""
         t0, started_at = perf_counter(), time()
         try:
-            return (await self._prepare(messages, constraints, options, cascade == "auto"))[1]
+            tuned: Literal["auto"] | None = "auto" if cascade == "auto" else None
+            return (await self._prepare(messages, constraints, options, tuned))[1]
         except BaseException as e:
             if record:
                 self._unstarted(e, started_at, t0, options)
@@ -749,12 +758,12 @@ class Router:
         options: RequestOptions,
         t0: float,
         accept: Validator | None = None,
-        tuned_cascade: bool = False,
+        ladder: Literal["auto", "given"] | None = None,
     ) -> tuple[Executor, Run, dict[str, Any]]:
         """The one request builder behind chat() and stream(): the decision (`_prepare`),
         then the wire request and its deadline."""
         io, decision, call, deadline, metadata, msgs, reroute = await self._prepare(
-            messages, constraints, options, tuned_cascade, t0
+            messages, constraints, options, ladder, t0
         )
         if self._rec is not None:
             self._rec.decision(decision)
@@ -782,7 +791,7 @@ class Router:
         messages: Messages,
         constraints: Constraints | Mapping[str, Any] | None,
         options: Mapping[str, Any],
-        tuned_cascade: bool,
+        ladder: Literal["auto", "given"] | None,
         t0: float | None = None,
     ) -> tuple[
         Executor,
@@ -796,7 +805,10 @@ class Router:
         """Check the options and route (around cooling deployments; a large prompt on a
         worker thread, so an exact count never holds the event loop, within the request's
         deadline, which it returns), or take the `decision` given. The caller's dicts are
-        read, never changed."""
+        read, never changed. `ladder`: the request climbs a cascade, the policy's tuned one
+        ("auto") or one it names ("given"), whose checks stand in for the quality floor
+        (unless the policy's floor is strict): its cheap steps, below the floor by design,
+        must be candidates, whose estimates its cost and latency rules read."""
         io = self._executor()
         opts: dict[str, Any] = dict(options)
         if opts:
@@ -858,6 +870,8 @@ class Router:
         if call["max_tokens"] is not None and "max_output_tokens" not in opts:
             opts["max_output_tokens"] = call["max_tokens"]
         c = Constraints.of(constraints, **opts)
+        if ladder == "given" and not snap.policy.strict_floor:
+            c = Constraints.of(c, quality_floor=0.0)
         c, extra = _shaped(c, call["tools"], call["response_format"])
         if call["server_tools"] is not None:
             c = _on_anthropic(snap.registry, c, call["server_tools"])
@@ -870,7 +884,7 @@ class Router:
         # the request's deadline bounds its routing too (a large prompt's, on a thread)
         end = _deadline(timeout, c, t0)
         decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra, end)
-        if tuned_cascade and snap.policy.ladder_replaces_floor(decision.task):
+        if ladder == "auto" and snap.policy.ladder_replaces_floor(decision.task):
             c = Constraints.of(c, quality_floor=0.0)
             decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra, end)
         if prefer is not None and prefer != decision.model:
@@ -956,7 +970,7 @@ class Router:
         token = self._enter()
         try:
             io, run, metadata = await self._begin(
-                messages, constraints, options, t0, accept, cascade == "auto"
+                messages, constraints, options, t0, accept, _ladder(cascade)
             )
             if cascade:
                 result = await io.cascade(run, cascade)

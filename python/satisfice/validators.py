@@ -27,7 +27,6 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import Any, Literal, TypeAlias
 
 from ._real import as_real
@@ -42,6 +41,8 @@ from ._verdict import (
     bill_mark,
     check_name,
     claim,
+    content_text,
+    flag,
     made_call,
     resolve,
 )
@@ -150,8 +151,15 @@ def extract_code(text: str) -> tuple[str, str] | None:
 _JSON_FENCE = re.compile(r"\A\s*```(?:json)?[ \t]*\n(.*?)\n?```\s*\Z", re.S | re.IGNORECASE)
 
 
+def _no_constant(word: str) -> object:
+    # json.loads reads NaN, Infinity and -Infinity by default: they are no JSON (RFC 8259),
+    # and a strict consumer of the answer cannot parse them
+    raise ValueError(f"{word} is not a JSON value")
+
+
 class _Json:
     __slots__ = ("_check", "name")
+    runs_off_loop = True  # see _verdict.checked
 
     def __init__(self, schema: Mapping[str, Any] | None) -> None:
         self.name = "json_schema" if schema is not None else "json"
@@ -185,7 +193,7 @@ class _Json:
         text = answer.text
         fenced = _JSON_FENCE.match(text)
         try:
-            doc = json.loads(fenced.group(1) if fenced else text)
+            doc = json.loads(fenced.group(1) if fenced else text, parse_constant=_no_constant)
         except ValueError as e:
             return Verdict(False, 0.0, f"not valid JSON: {e}")
         if self._check is not None:
@@ -206,6 +214,7 @@ def json_valid(schema: Mapping[str, Any] | None = None) -> Validator:
 
 class _Regex:
     __slots__ = ("_forbid", "_full", "_pattern", "name")
+    runs_off_loop = True  # see _verdict.checked
 
     def __init__(
         self,
@@ -224,8 +233,8 @@ class _Regex:
             self._pattern = re.compile(pattern, flags) if isinstance(pattern, str) else pattern
         except (re.error, TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"regex: invalid pattern {pattern!r:.80}: {e}") from None
-        self._full = fullmatch
-        self._forbid = forbid
+        self._full = flag(fullmatch, "regex: fullmatch")
+        self._forbid = flag(forbid, "regex: forbid")
         self.name = name or ("forbid" if forbid else "regex")
 
     def __call__(self, answer: Answer, ctx: Context) -> Verdict:
@@ -258,6 +267,7 @@ def regex(
 
 class _Extracts:
     __slots__ = ("_extract", "name")
+    runs_off_loop = True  # see _verdict.checked
 
     def __init__(self, extract: Callable[[str], object | None], name: str | None) -> None:
         self._extract = extract
@@ -276,12 +286,13 @@ def extracts(extract: Callable[[str], object | None], *, name: str | None = None
 
 class _Code:
     __slots__ = ("_language", "_parses", "name")
+    runs_off_loop = True  # see _verdict.checked
 
     def __init__(self, language: str | None, parses: bool) -> None:
         if language is not None and not isinstance(language, str):
             raise ConfigError(f"code_block: language must be a string, got {language!r:.40}")
         self._language = language.lower() if language else None
-        self._parses = parses
+        self._parses = flag(parses, "code_block: parses")
         self.name = "code_block"
 
     def __call__(self, answer: Answer, ctx: Context) -> Verdict:
@@ -311,6 +322,7 @@ def code_block(language: str | None = None, *, parses: bool = True) -> Validator
 
 class _Agreement:
     __slots__ = ("_extract", "_min", "_weights", "name")
+    runs_off_loop = True  # see _verdict.checked
 
     def __init__(
         self,
@@ -370,6 +382,7 @@ def agreement(
 
 class _Logprob:
     __slots__ = ("_if_missing", "_min", "name")
+    runs_off_loop = True  # see _verdict.checked
 
     def __init__(self, min_prob: float, if_missing: Literal["pass", "fail"]) -> None:
         if not _number(min_prob) or not 0.0 <= min_prob <= 1.0:
@@ -414,6 +427,7 @@ def openai_logprobs(raw: Any) -> tuple[float, ...] | None:
 
 class _Predicted:
     __slots__ = ("_min", "name")
+    runs_off_loop = True  # see _verdict.checked
 
     def __init__(self, min_p: float) -> None:
         if not _number(min_p) or not 0.0 <= min_p <= 1.0:
@@ -474,8 +488,7 @@ def _judge_confidence(reply: str) -> float | None:
 def _request_text(messages: Messages) -> str:
     parts = []
     for m in messages:
-        content = m.get("content")
-        if isinstance(content, str):
+        if content := content_text(m.get("content")):
             parts.append(f"[{m.get('role', 'user')}] {content}")
     return "\n\n".join(parts)
 
@@ -607,6 +620,10 @@ def _validators(parts: Sequence[object], what: str) -> None:
 class _AllOf:
     __slots__ = ("_parts", "name")
 
+    @property
+    def runs_off_loop(self) -> bool:
+        return all(getattr(p, "runs_off_loop", False) for p in self._parts)
+
     def __init__(self, parts: Sequence[Validator]) -> None:
         _validators(parts, "all_of")
         self._parts = tuple(parts)
@@ -685,6 +702,10 @@ async def _every_rest(
 class _AnyOf:
     __slots__ = ("_parts", "name")
 
+    @property
+    def runs_off_loop(self) -> bool:
+        return all(getattr(p, "runs_off_loop", False) for p in self._parts)
+
     def __init__(self, parts: Sequence[Validator]) -> None:
         _validators(parts, "any_of")
         self._parts = tuple(parts)
@@ -717,6 +738,10 @@ class Calibrated:
     def __call__(self, answer: Answer, ctx: Context) -> Verdict | Awaitable[Verdict]:
         return _every(self.parts, answer, ctx, self._score)
 
+    @property
+    def runs_off_loop(self) -> bool:
+        return all(getattr(p, "runs_off_loop", False) for p in self.parts)
+
     def at(self, threshold: float) -> Calibrated:
         """The same score passing at another threshold (for sweeps)."""
         return calibrated(self.parts, self.weights, self.bias, threshold)
@@ -746,8 +771,8 @@ def calibrated(
     if len(validators) != len(weights) or not validators:
         raise ConfigError(f"calibrated: {len(validators)} validators but {len(weights)} weights")
     nums = [*weights, bias, threshold]
-    if not all(not isinstance(v, bool) and isinstance(v, Real) for v in nums):
-        raise ConfigError("calibrated: weights, bias and threshold must be numbers")
+    if not all(_number(v) for v in nums):  # NaN fails every answer, infinity passes every one
+        raise ConfigError("calibrated: weights, bias and threshold must be finite numbers")
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"calibrated: threshold must be in [0, 1], got {threshold}")
     return Calibrated(

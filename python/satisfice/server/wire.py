@@ -123,8 +123,9 @@ def _bad(msg: str) -> InputError:
 
 
 def _cascade(body: Mapping[str, Any]) -> dict[str, Any]:
-    """`"cascade": "auto"`: climb the policy's tuned ladder (checks run on the server)."""
-    if "cascade" not in body:
+    """`"cascade": "auto"`: climb the policy's tuned ladder (checks run on the server).
+    Null is not sent, as for every other parameter."""
+    if body.get("cascade") is None:
         return {}
     if body["cascade"] != "auto":
         raise _bad(
