@@ -218,6 +218,11 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
                                 )))
                             }
                         }
+                        if len_over(p, 2) {
+                            push_unknown(&mut buf, p, PART_KEYS, || {
+                                format!("messages[{i}].content[{j}]")
+                            })?;
+                        }
                     }
                     buf
                 } else {
@@ -268,6 +273,8 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
             })?;
             for (j, call) in calls.iter().enumerate() {
                 let what = || format!("messages[{i}].tool_calls[{j}]");
+                // its id (which the tool result's tool_call_id repeats) and any other key
+                push_unknown(&mut content, call, CALL_KEYS, what)?;
                 // a function call's name and arguments; a custom tool's name and free-form
                 // input (OpenAI's "custom" tools), billed the same way
                 for (kind, keys) in [
@@ -335,9 +342,85 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
                 }
             }
         }
+        if !has_content || len_over(item, 2) {
+            push_unknown(&mut content, item, MESSAGE_KEYS, || {
+                format!("messages[{i}]")
+            })?;
+        }
         out.push(Message { role, content });
     }
     Ok((out, images, uncounted))
+}
+
+/// The keys `messages_from` reads of a message, a content part and a tool call: any other
+/// is counted by `push_unknown`. `cache_control` marks a prompt-cache breakpoint, which no
+/// provider bills as text.
+const MESSAGE_KEYS: &[&str] = &[
+    "cache_control",
+    "role",
+    "content",
+    "tool_calls",
+    "function_call",
+    "name",
+    "tool_call_id",
+    "refusal",
+    "reasoning_content",
+    "anthropic_content",
+    "thinking_blocks",
+];
+const PART_KEYS: &[&str] = &[
+    "cache_control",
+    "type",
+    "text",
+    "image_url",
+    "image",
+    "input_image",
+    "input_audio",
+    "file",
+    "input_file",
+    "refusal",
+];
+const CALL_KEYS: &[&str] = &["type", "function", "custom"];
+
+/// Whether `obj` is a dict of more than `n` keys (anything else: true, to be looked at).
+fn len_over(obj: &Bound<'_, PyAny>, n: usize) -> bool {
+    obj.downcast::<PyDict>().map_or(true, |d| d.len() > n)
+}
+
+/// Append each key of `obj` (a mapping) that is not in `known`, and its value, as text:
+/// the OpenAI wire forwards a message, a part or a tool call as it was given, so whatever
+/// else it holds (an assistant's `audio` id, a tool call's id, a key of the caller's own)
+/// is sent and billed as prompt. 100 KB under a key the count did not read had been
+/// counted as 20 tokens and sent to an 8k window under a cost cap it broke.
+fn push_unknown(
+    buf: &mut String,
+    obj: &Bound<'_, PyAny>,
+    known: &[&str],
+    what: impl Fn() -> String,
+) -> Result<(), CoreError> {
+    let pairs: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)> = if let Ok(d) = obj.downcast::<PyDict>() {
+        d.iter().collect()
+    } else if let Ok(m) = obj.downcast::<PyMapping>() {
+        let items = m
+            .items()
+            .map_err(|_| CoreError::Input(format!("{} cannot be read", what())))?;
+        items
+            .iter()
+            .filter_map(|kv| kv.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>().ok())
+            .collect()
+    } else {
+        return Ok(());
+    };
+    for (k, v) in pairs {
+        let name = k.downcast::<PyString>().ok().and_then(|s| s.to_str().ok());
+        if name.is_some_and(|n| known.contains(&n)) || v.is_none() {
+            continue;
+        }
+        let key = || format!("{}'s key {k}", what());
+        push_loose(buf, &k, key)?;
+        push_loose(buf, &v, || format!("{}[{k}]", what()))?;
+    }
+    Ok(())
 }
 
 /// Append `v`'s text to `buf` (a line apart): a str as it is, anything else (arguments

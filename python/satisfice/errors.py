@@ -105,7 +105,10 @@ class CascadeBudgetError(SatisficeError):
     that might have produced one. `.result` holds every step run and why the rest were not;
     raise the budget, or use on_budget="best" to take the best answer so far."""
 
-    def __init__(self, message: str, result: Any, attempts: list[Any] | None = None) -> None:
+    # Every argument past the message has a default, as in every error here: pickle and copy
+    # make an error again from its message alone, then restore its fields (a required one
+    # had made these errors break a process pool that a failing chat_sync() raised them in).
+    def __init__(self, message: str, result: Any = None, attempts: list[Any] | None = None) -> None:
         super().__init__(message)
         self.result = result
         self.attempts = attempts or []  # every call its steps made (router.chat fills it)
@@ -158,6 +161,13 @@ class StaleConnectionError(RetryableError):
 class UpstreamTimeoutError(RetryableError):
     """No answer within the attempt's timeout: the next candidate is tried, not this one again."""
 
+    #: The request never left: its time ran out waiting for a pooled connection or while
+    #: connecting, so the upstream cannot bill it.
+    unsent = False
+    #: It ran out waiting in line for a pooled connection (the router's own limit,
+    #: `max_connections`): no fault of the upstream's, so no mark against its health.
+    queued = False
+
 
 class AuthError(ProviderError):
     """401/403: the key is wrong or missing; the deployment is disabled until fixed."""
@@ -191,5 +201,5 @@ class StreamInterruptedError(ProviderError):
 class AllAttemptsFailedError(ProviderError):
     """Every candidate failed. `.attempts` lists each attempt and its cause."""
 
-    def __init__(self, message: str, attempts: list[Any]) -> None:
-        super().__init__(message, attempts=attempts)
+    def __init__(self, message: str, attempts: list[Any] | None = None) -> None:
+        super().__init__(message, attempts=attempts)  # (a default: see CascadeBudgetError)

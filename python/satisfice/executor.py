@@ -68,6 +68,7 @@ from .registry import thinking_budget
 from .result import Attempt, ChatResult, billed_cost
 from .retry import Action, backoff_s, classify, cooldown_wait_s
 from .state import HealthStore
+from .transport import CONNECTING, STAGE, UNKNOWN, WAITING
 from .validators import Answer, Context, Validator, Verdict
 
 if TYPE_CHECKING:
@@ -99,6 +100,33 @@ class ExecutionConfig:
     max_connections_per_host: int | None = None  # None: half of max_connections
     keepalive_expiry_s: float = 60.0
     max_response_bytes: int = 64 << 20  # a body (after decompression) above this is an error
+
+    def __post_init__(self) -> None:
+        # A NaN timeout reached the timers as NaN (a hung call never ended), a zero one
+        # failed every call and cooled every deployment, and no pool slot failed them all.
+        from ._real import as_count, as_real
+
+        def check(field: str, ok: bool, what: str) -> None:
+            if not ok:
+                raise ConfigError(
+                    f"ExecutionConfig.{field} must be {what}, got {getattr(self, field)!r:.40}"
+                )
+
+        for f in ("connect_timeout_s", "read_timeout_s", "attempt_timeout_s",
+                  "stream_idle_timeout_s"):  # fmt: skip
+            v = as_real(getattr(self, f))
+            check(f, v is not None and v > 0, "a finite number of seconds > 0")
+        for f in ("backoff_base_s", "backoff_max_s", "max_retry_wait_s", "hedge_default_s",
+                  "keepalive_expiry_s"):  # fmt: skip
+            v = as_real(getattr(self, f))
+            check(f, v is not None and v >= 0, "a finite number of seconds >= 0")
+        for f, least in (("max_retries", 0), ("max_connections", 1), ("max_response_bytes", 1)):
+            n = as_count(getattr(self, f))
+            check(f, n is not None and n >= least, f"a whole number >= {least}")
+        per_host = self.max_connections_per_host
+        n = None if per_host is None else as_count(per_host)
+        check("max_connections_per_host", per_host is None or (n is not None and n >= 1),
+              "None or a whole number >= 1")  # fmt: skip
 
 
 def make_client(config: ExecutionConfig | None = None) -> httpx.AsyncClient:
@@ -367,6 +395,13 @@ class _Target:
         self.key = f"{spec.base or spec.id}/{dep.name}"
         self.price: Price | None = dep.price if dep.price is not None else spec.price
         self.provider: Provider | None = None
+
+
+def _unsent(e: UpstreamTimeoutError, stage: int) -> UpstreamTimeoutError:
+    """`e`, marked with how far its request got (the transport's STAGE when it timed out)."""
+    e.unsent = stage in (WAITING, CONNECTING)
+    e.queued = stage == WAITING
+    return e
 
 
 def tuned_ladder(d: Decision) -> tuple[Cascade | None, str | None]:
@@ -912,6 +947,8 @@ class Executor:
         deadlines = self._deadlines.get(loop)
         if deadlines is None:  # one per event loop: a router may serve several threads' loops
             deadlines = self._deadlines[loop] = Deadlines(loop)
+        stage = [UNKNOWN]  # how far the request got (the transport's STAGE)
+        token = STAGE.set(stage)
         try:
             return await deadlines.wait(call(timeout), budget)
         except TimeoutError as e:  # the budget's, unless a limit inside said which it was
@@ -919,12 +956,17 @@ class Executor:
                 f"no answer within {budget:.3g}s "
                 "(its share of the request's deadline, or attempt_timeout_s)"
             )
-            raise UpstreamTimeoutError(
-                f"{t.model} via {t.dep.name}: {why}",
-                model=t.model,
-                deployment=t.dep.name,
+            raise _unsent(
+                UpstreamTimeoutError(
+                    f"{t.model} via {t.dep.name}: {why}", model=t.model, deployment=t.dep.name
+                ),
+                stage[0],
             ) from None
+        except UpstreamTimeoutError as e:  # the transport's pool or connect timeout, or later
+            _unsent(e, stage[0])
+            raise
         finally:
+            STAGE.reset(token)
             self._in_flight[t.key] -= 1
 
     def _failed(
@@ -956,7 +998,11 @@ class Executor:
             e.retry_after,
             step=run.step,
         )
-        if streamed is not None or isinstance(e, UpstreamTimeoutError) or e.answered:
+        if (
+            streamed is not None
+            or (isinstance(e, UpstreamTimeoutError) and not e.unsent)
+            or e.answered
+        ):
             usage = self._prompt_usage(run, t, streamed or "", searched, thought)
             attempt.usage, attempt.cost_estimated = usage, True
             attempt.cost_usd = self._cut_cost(run, t, usage, searched)
@@ -966,9 +1012,13 @@ class Executor:
             self.health.disable(t.key, str(e))
         elif action is Action.WIDEN:
             run.min_window = max(run.min_window, t.spec.context_window)
-        elif action is not Action.STOP and not isinstance(
-            e,
-            StaleConnectionError | UnsupportedRequestError,  # neither is the upstream's fault
+        elif (
+            action is not Action.STOP
+            and not isinstance(
+                e,
+                StaleConnectionError | UnsupportedRequestError,  # neither is the upstream's fault
+            )
+            and not (isinstance(e, UpstreamTimeoutError) and e.queued)  # the router's own pool
         ):
             self.health.record_failure(
                 t.key,

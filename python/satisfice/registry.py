@@ -356,6 +356,25 @@ class Price(Value):
         return usd + (self.per_request or 0.0)
 
 
+#: Query parameters of a base URL whose values are credentials (a gateway's `?key=...`).
+_SECRET_PARAMS = ("key", "token", "secret", "sig", "password", "auth", "credential")
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials a base URL carries in its query (`?key=...`, `?access_token=...`),
+    which a repr masks and the provider scrubs from what the upstream sends back, as it
+    does a key's."""
+    if "?" not in url:
+        return []
+    from urllib.parse import parse_qsl, urlsplit
+
+    return [
+        v
+        for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=False)
+        if any(p in k.lower() for p in _SECRET_PARAMS) and v
+    ]
+
+
 class Deployment(Value):
     """One place to call a model: an API wire format, a base URL and a key variable."""
 
@@ -429,10 +448,14 @@ class Deployment(Value):
 
         out = super().__repr__()
         parts = urlsplit(self.base_url)
+        shown = self.base_url
         if parts.password:
-            shown = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
-            out = out.replace(repr(self.base_url), repr(shown.geturl()), 1)
-        return out
+            shown = parts._replace(
+                netloc=parts.netloc.replace(f":{parts.password}@", ":***@")
+            ).geturl()
+        for secret in url_secrets(self.base_url):  # a key in the query (?key=...)
+            shown = shown.replace(secret, "***")
+        return out.replace(repr(self.base_url), repr(shown), 1)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str, default_model: str) -> Deployment:

@@ -6,7 +6,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence, Sized
 from functools import partial
 from time import perf_counter, time
 
@@ -102,13 +102,21 @@ def _new_locks_in_child() -> None:
 
 os.register_at_fork(after_in_child=_new_locks_in_child)
 
-# Prompts above this many bytes are routed on a worker thread (the GIL is released there).
+# Prompts above this many bytes, or of more messages, are routed on a worker thread (the
+# GIL is released there): reading 300,000 empty messages had held the loop for 0.5 s.
 _ROUTE_INLINE_BYTES = 32 * 1024
+_ROUTE_INLINE_MESSAGES = 1024
+#: The most messages a request may hold: Anthropic's API limit (100,000), which no
+#: provider's goes past; a million tiny ones had held the event loop for seconds.
+MAX_MESSAGES = 100_000
 
 
 def _route_inline(msgs: list[dict[str, Any]], extra: str | None = None) -> bool:
     """Whether to route on the event loop: not when an exact count could be long (a large
-    prompt) or must wait for the tokenizers' build (a process's first second)."""
+    prompt, or many messages) or must wait for the tokenizers' build (a process's first
+    second)."""
+    if len(msgs) > _ROUTE_INLINE_MESSAGES:
+        return False
     size = text_bytes(msgs) + (len(extra) if extra else 0)
     return size < _ROUTE_INLINE_BYTES and _core.tokenizers_ready()
 
@@ -170,6 +178,15 @@ def _shaped(c: Constraints, tools: Any, rf: Any) -> tuple[Constraints, str | Non
 
 def _message_list(messages: object) -> list[dict[str, Any]]:
     """The caller's messages as a list of fresh dicts (theirs are never changed)."""
+    if (
+        isinstance(messages, Sized)
+        and not isinstance(messages, str)  # one prompt: its length is in characters
+        and len(messages) > MAX_MESSAGES
+    ):
+        raise InputError(
+            f"{len(messages):,} messages: a request holds at most {MAX_MESSAGES:,} (the most "
+            "any provider's API takes); send fewer, e.g. the conversation's recent turns"
+        )
     if type(messages) is list and all(type(m) is dict for m in messages):
         return [m.copy() for m in messages]  # the usual case, without the ABC checks below
     if isinstance(messages, str):

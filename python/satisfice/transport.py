@@ -40,12 +40,21 @@ import ssl
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from time import monotonic
 from typing import Any
 
 import httpx
 
 from ._watchdog import Watchdog
+
+#: How far the request now being sent has got (`Executor._bounded` sets a fresh list per
+#: call): WAITING in line for a pooled connection, CONNECTING, or SENT (its bytes being
+#: written). A call cut off before SENT never reached the upstream, which cannot bill it;
+#: one cut off WAITING ran into the router's own limit, no fault of the upstream's. Another
+#: transport (a client of the caller's) leaves it UNKNOWN.
+STAGE: ContextVar[list[int] | None] = ContextVar("satisfice_send_stage", default=None)
+UNKNOWN, WAITING, CONNECTING, SENT = 0, 1, 2, 3
 
 __all__ = ["PooledTransport", "Poster", "StaleConnection", "body_pieces", "read_body"]
 
@@ -245,6 +254,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
             host_full = self._per_host.get(key, 0) >= self._max_host
             if self._total < self._max and not host_full:
                 self._count(key, +1)
+                if (stage := STAGE.get()) is not None:
+                    stage[0] = CONNECTING
                 try:
                     return await self._connect(key, request, timeouts.get("connect")), False
                 except BaseException:
@@ -397,7 +408,12 @@ class PooledTransport(httpx.AsyncBaseTransport):
         request: httpx.Request,
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]], _Body]:
         """Send the request and read its response's head: (status, reason, headers, body)."""
+        stage = STAGE.get()
+        if stage is not None:
+            stage[0] = WAITING
         conn, reused = await self._acquire(key, request, timeouts)
+        if stage is not None:
+            stage[0] = SENT
         wd = Watchdog()  # the read timeout, one timer for the head and the body
         unsent: BaseException | None = None
         sent = monotonic()

@@ -48,6 +48,7 @@ from ..errors import (
     StaleConnectionError,
     UpstreamTimeoutError,
 )
+from ..registry import url_secrets
 from ..transport import Poster, StaleConnection, body_pieces, read_body
 
 #: A request's headers of its own, beside its deployment's: (name, value) pairs, or None.
@@ -605,17 +606,22 @@ class HTTPProvider:
         # (`thinking="adaptive"`, `ModelSpec.thinking`)
         self.effort, self.reasoning_tokens = effort, reasoning_tokens
         self.thinking = thinking
-        # parsed once here: httpx re-parses a URL given as text on every request (~45 µs)
+        # parsed once here: httpx re-parses a URL given as text on every request (~45 µs).
+        # The endpoint's path goes after the base's path, before its query (Azure's
+        # `?api-version=...`), where text appended after the query had mangled both.
         try:
-            self._url = httpx.URL(self._endpoint(base_url.rstrip("/")))
+            base = httpx.URL(base_url)
+            self._url = base.copy_with(path=self._endpoint(base.path.rstrip("/")))
         except httpx.InvalidURL as e:
             raise ConfigError(
                 f"deployment {deployment or self.default_deployment!r} of {model_id or model!r}: "
                 f"base_url {base_url!r} is not a URL ({e})"
             ) from None
         self._headers = {"content-type": "application/json", **self._extra_headers()}
+        for secret in [api_key, *url_secrets(base_url)]:
+            if secret:
+                register(secret)  # from now on scrubbed from anything an upstream sends back
         if api_key:
-            register(api_key)  # from now on scrubbed from anything an upstream sends back
             self._headers.update(self._auth(api_key))
         # The router's own client (executor._Client) has no cookies, params or auth flow
         # to merge per request: its headers and ours are merged once, here.
