@@ -46,34 +46,50 @@ def server_turns(messages: Sequence[Mapping[str, Any]]) -> bool:
     return False
 
 
+#: What the exact count reads of a message besides its content (`messages_from` in
+#: rust/py.rs): any other key of a message, a part or a tool call is counted as its str().
+_READ = frozenset({"role", "content", "cache_control", "tool_calls", "function_call",
+                   "thinking_blocks"})  # fmt: skip
+_PART_READ = frozenset({"cache_control", "type", "image_url", "image", "input_image",
+                        "input_audio", "file", "input_file"})  # fmt: skip
+
+
+def _size(v: object) -> int:
+    return len(v) if isinstance(v, str) else 0 if v is None else len(str(v))
+
+
 def text_bytes(msgs: Sequence[Mapping[str, Any]]) -> int:
-    """The text an exact count reads: contents and, in an agent's history, tool calls'
-    arguments and custom tools' input (4 MB of them had been counted on the event loop)."""
+    """How much text (characters) an exact count of `msgs` reads: everything the Rust count
+    reads (contents; in an agent's history tool calls, their ids and names, thinking sent
+    back; any key of a message or part it does not know, which the OpenAI wire forwards).
+    What decides whether a count can run on the event loop: a 4 MB tool_call_id, missed
+    here, had been counted on it."""
     n = 0
     for m in msgs:
-        if isinstance(f := m.get("function_call"), dict):  # the legacy form of a tool call
-            n += len(str(f.get("arguments") or ""))
-        for k in ("name", "refusal", "reasoning_content"):  # as the Rust count reads them
-            if isinstance(v := m.get(k), str):
-                n += len(v)
-        if (turn := m.get("anthropic_content")) is not None:  # counted as its str()
-            n += len(str(turn))
-        calls = m.get("tool_calls")
-        for call in calls if isinstance(calls, list | tuple) else ():  # else refused later
-            if isinstance(call, dict):
-                if isinstance(f := call.get("function"), dict):
-                    n += len(str(f.get("arguments") or ""))
-                if isinstance(f := call.get("custom"), dict):
-                    n += len(str(f.get("input") or ""))
         content = m.get("content")
         if isinstance(content, str):
             n += len(content)
         elif isinstance(content, list):
-            n += sum(
-                len(t)
-                for p in content
-                if isinstance(p, dict) and isinstance(t := p.get("text", p.get("refusal")), str)
-            )
+            for p in content:
+                if isinstance(p, dict):
+                    n += sum(_size(v) for k, v in p.items() if k not in _PART_READ)
+        if len(m) > 2:  # more than role and content: an agent's turn, a named one
+            for k, v in m.items():
+                if k not in _READ:
+                    n += _size(v)
+            if isinstance(f := m.get("function_call"), dict):  # the legacy tool call
+                n += _size(f.get("name")) + _size(f.get("arguments"))
+            calls = m.get("tool_calls")
+            for call in calls if isinstance(calls, list | tuple) else ():  # else refused
+                if isinstance(call, dict):
+                    n += sum(_size(v) for k, v in call.items() if k not in ("function", "custom"))
+                    for kind in ("function", "custom"):
+                        if isinstance(f := call.get(kind), dict):
+                            n += sum(_size(v) for v in f.values())
+            blocks = m.get("thinking_blocks")
+            for b in blocks if isinstance(blocks, list | tuple) else ():
+                if isinstance(b, dict):
+                    n += _size(b.get("thinking")) + _size(b.get("data"))
     return n
 
 

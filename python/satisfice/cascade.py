@@ -240,6 +240,7 @@ class _Climb:
     deadline: float | None = None  # the request's (perf_counter), for the checks
     on_check: Callable[[Verdict, str, int], None] | None = None
     billed: Bill | None = None
+    ruled_out: Mapping[str, str] = field(default_factory=dict)  # see Cascade.run
 
 
 _NO_ESTIMATE = ModelEstimate()
@@ -438,8 +439,11 @@ class Cascade:
         deadline: float | None = None,
         on_check: Callable[[Verdict, str, int], None] | None = None,
         billed: Bill | None = None,
+        ruled_out: Mapping[str, str] | None = None,
     ) -> CascadeResult:
-        """Run the ladder for one request. `estimates` (see `estimates_from`) give each
+        """Run the ladder for one request. `ruled_out` names the models the request cannot
+        be sent to (its window, its output limit, a capability it needs), with why: a step
+        calling one is skipped. `estimates` (see `estimates_from`) give each
         model's P(good), estimated cost and p95; without them only the cost of calls
         already made and the time already spent limit the cascade. `deadline` (a
         `time.perf_counter()` value) bounds each check: one still running then fails.
@@ -459,6 +463,7 @@ class Cascade:
         climb.deadline = deadline
         climb.on_check = on_check
         climb.billed = billed
+        climb.ruled_out = ruled_out or {}
         if self.latency_budget_ms is None:  # no timer to arm: the common case stays cheap
             done = await self._climb(climb, call, est)
         else:
@@ -498,6 +503,9 @@ class Cascade:
             why, step_cost, hit = self._blocked(
                 step, est, i == last, climb.spent, climb.elapsed, climb.deadline
             )
+            unfit = [f"{m}: {climb.ruled_out[m]}" for m in step.models if m in climb.ruled_out]
+            if unfit:  # whatever its budgets say, the request cannot be sent there
+                why, hit = "; ".join(unfit), None
             if why is not None:
                 climb.budget_hit = climb.budget_hit or hit
                 climb.records.append(

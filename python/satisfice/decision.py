@@ -263,6 +263,7 @@ class Decision:
     and reason is read from the snapshot the plan was made with."""
 
     __slots__ = (
+        "_asked",
         "_called",
         "_cands",
         "_feedback",
@@ -294,6 +295,9 @@ class Decision:
         self._request_id: str | None = None
         self._remembered: str | None = None  # the model feedback credits, once remembered
         self._called = False  # a chat() took it (see `again`)
+        # the prompt it was routed for: (messages, tools' and schema's text), which a
+        # chat() given it may not outgrow (its caps and window were worked out for it)
+        self._asked: tuple[list[dict[str, Any]], str | None] | None = None
         # a budget's hold was bounded on it at one call per deployment (the server sets it):
         # an answer the upstream may bill is not retried there (`executor._rebills`)
         self.held = False

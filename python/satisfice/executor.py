@@ -404,6 +404,18 @@ def _unsent(e: UpstreamTimeoutError, stage: int) -> UpstreamTimeoutError:
     return e
 
 
+#: The filters a ladder's own models are held to: what the request cannot be sent past
+#: (its window, its output limit, a capability it needs). A cascade's cost, latency and
+#: quality rules are its own.
+_HARD_FILTERS = frozenset({"context_window", "max_output_tokens", "needs", "disabled"})
+
+
+def _unfit(d: Decision) -> dict[str, str]:
+    """The models `d`'s request cannot be sent to, with why: a ladder naming one skips its
+    step (a prompt past a model's window had been sent there)."""
+    return {m: why for m, (rule, why) in d.filtered.items() if rule in _HARD_FILTERS}
+
+
 def tuned_ladder(d: Decision) -> tuple[Cascade | None, str | None]:
     """The policy's tuned ladder for this decision (`cascade="auto"`), or None and why the
     request is routed plainly instead: no ladder for its task, or one that would call a
@@ -1440,6 +1452,7 @@ class Executor:
                     deadline=run.deadline,
                     on_check=run.checked,
                     billed=billed,
+                    ruled_out=_unfit(d),
                 )
             )
         except AllAttemptsFailedError as e:

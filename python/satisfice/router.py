@@ -350,6 +350,29 @@ def _tool_name(t: Any) -> object:
     return (inner if isinstance(inner, Mapping) else t).get("name")
 
 
+def _check_asked(
+    given: Decision, msgs: list[dict[str, Any]], tools: object, response_format: object
+) -> None:
+    """A decision is called with the prompt it was routed for, or a smaller one: its cost
+    cap's output limit and its window were worked out for that prompt (100 tool
+    definitions added at the call had been sent under a cap they broke 28 times over)."""
+    if given._asked is None:
+        return
+    routed, extra = given._asked
+    if msgs is routed:
+        return
+    before = text_bytes(routed) + (len(extra) if extra else 0)
+    now_extra = extra_text(tools, response_format)
+    now = text_bytes(msgs) + (len(now_extra) if now_extra else 0)
+    if now > before:
+        raise ConfigError(
+            f"decision= was routed for a prompt of {before:,} characters (messages, tools "
+            f"and response_format) and this call sends {now:,}: its cost cap and window were "
+            "worked out for that prompt; pass the messages and tools it was decided on, or "
+            "decide again"
+        )
+
+
 def _ladder(cascade: object) -> Literal["auto", "given"] | None:
     """Which ladder a chat() climbs: the policy's tuned one, one it names (a Cascade), or
     none (cascade=True builds its ladder of the decision's candidates, floor and all)."""
@@ -870,6 +893,7 @@ class Router:
                     "router.decide() instead, or leave decision= out"
                 )
             _check_shape(call["tools"], call["response_format"])  # routed without them
+            _check_asked(given, msgs, call["tools"], call["response_format"])
             if given._called:  # a second call on one decision is a request of its own
                 given = given.again()
             given._called = True
@@ -904,6 +928,7 @@ class Router:
         if ladder == "auto" and snap.policy.ladder_replaces_floor(decision.task):
             c = Constraints.of(c, quality_floor=0.0)
             decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra, end)
+        decision._asked = (msgs, extra)
         if prefer is not None and prefer != decision.model:
             if not isinstance(prefer, str):
                 raise ConfigError(f"prefer must be a model id, got {prefer!r:.40}")
