@@ -149,3 +149,60 @@ def test_train_says_what_to_do_about_models_the_registry_lacks_and_checks_the_po
     assert main(["train", "--from-ledger", str(db), "--save-predictor", str(pred),
                  "--holdout", "0", "--policy", str(bad)]) == 2  # fmt: skip
     assert not pred.exists()
+
+
+def _scored_beside(path: Path) -> None:
+    """One request answered by alpha, scored 1.0 for alpha and then 0.0 for beta."""
+    ledger = Ledger.open(path)
+    ledger.put({"request_id": "r1", "started_at": 1, "outcome": "ok", "model": "alpha",
+                "messages": [{"role": "user", "content": "Say hello"}]})  # fmt: skip
+    assert ledger.flush()
+    ledger.feedback("r1", 1.0, "feedback", "alpha")
+    ledger.feedback("r1", 0.0, "feedback", "beta")
+    ledger.close()
+
+
+@pytest.mark.parametrize("name", ["l.db", "l.jsonl"])
+def test_each_score_is_read_for_the_model_it_was_given_for(tmp_path: Path, name: str) -> None:
+    """The answer's score is "feedback"; another model's, scored beside it, is under
+    "feedback_for" and never the answer's (in the records, the report and the training rows)."""
+    from satisfice.report import rows
+
+    _scored_beside(tmp_path / name)
+    (rec,) = read_records(tmp_path / name)
+    assert rec["feedback"] == 1.0 and rec["feedback_for"] == {"beta": 0.0}
+    (row,) = rows(tmp_path / name)
+    assert row["feedback"] == 1.0
+    train, _ = ledger_outcomes([rec], holdout=0.0)
+    assert dict(zip(train.models, train.scores[0].tolist(), strict=True)) == {
+        "alpha": 1.0, "beta": 0.0,
+    }  # fmt: skip
+
+
+def test_a_ledger_from_before_scores_named_their_model_is_read_and_written(
+    tmp_path: Path,
+) -> None:
+    """A feedback table without the model column: its scores are the answering model's; a
+    writer adds the column and scores then name their model."""
+    import sqlite3
+
+    from satisfice.ledger import COLUMNS
+
+    db_path = tmp_path / "old.db"
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute(f"CREATE TABLE requests ({', '.join(f'{n} {t}' for n, t, _ in COLUMNS)})")
+    db.execute("CREATE TABLE feedback (request_id TEXT, ts REAL, score REAL, source TEXT)")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    rec = {"request_id": "r1", "started_at": 1, "outcome": "ok", "model": "alpha"}
+    db.execute("INSERT INTO requests (request_id, ts, model, record) VALUES (?, 1, 'alpha', ?)",
+               ("r1", json.dumps(rec)))  # fmt: skip
+    db.execute("INSERT INTO feedback VALUES ('r1', 1, 0.5, 'feedback')")
+    db.close()
+    (got,) = read_records(db_path)
+    assert got["feedback"] == 0.5 and "feedback_for" not in got
+    ledger = Ledger.open(db_path)  # adds the column
+    ledger.feedback("r1", 0.0, "feedback", "beta")
+    ledger.close()
+    (got,) = read_records(db_path)
+    assert got["feedback"] == 0.5 and got["feedback_for"] == {"beta": 0.0}

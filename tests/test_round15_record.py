@@ -37,7 +37,10 @@ def sqlite_ledger(tmp_path: Path, feedback: Any = None, **columns: Any) -> Path:
     marks = ",".join("?" * len(_NAMES))
     db.execute(f"INSERT INTO requests VALUES ({marks})", [row[n] for n in _NAMES])
     if feedback is not None:
-        db.execute("INSERT INTO feedback VALUES ('r1', 1, ?, 'user')", (feedback,))
+        db.execute(
+            "INSERT INTO feedback (request_id, ts, score, source) VALUES ('r1', 1, ?, 'user')",
+            (feedback,),
+        )
     db.close()
     return path
 

@@ -343,6 +343,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .eval.progress import ProgressLine
     from .flywheel import train_from_ledger
     from .registry import Registry
 
@@ -352,7 +353,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .policy import Policy
 
         pol = Policy.load(args.policy) if Path(args.policy).exists() else Policy()
-    qm, report = train_from_ledger(args.from_ledger, registry=reg, holdout=args.holdout)
+    # "before" is the predictor the policy uses now, which the new one replaces (it had been
+    # the bundled prior: a second run reported the gain over the prior, not over the first)
+    qm, report = train_from_ledger(
+        args.from_ledger,
+        start=pol.quality_model() if pol is not None else None,
+        registry=reg,
+        holdout=args.holdout,
+        progress=ProgressLine(enabled=not args.quiet),
+    )
     qm.save(args.save_predictor)
     report["predictor"] = args.save_predictor
     if pol is not None:
@@ -522,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", help="registry file (TOML or JSON) whose priors seed the fit")
     p.add_argument("--holdout", type=float, default=0.2, help="share of records held out")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("probe", help="re-measure models with checkable probe tasks")

@@ -112,7 +112,7 @@ class Snapshot(Frozen):
         """This snapshot with one model's learned parameters replaced (feedback): the
         table's other rows are reused as compiled."""
         qm = self.policy.quality_model()
-        policy = self.policy.with_quality(qm.with_model(model, params))
+        policy = self.policy.with_quality(qm.with_feedback(model, params))
         if qm.name != "prior" and any(m.id not in qm.models for m in self.registry):
             # a trained predictor seeds models it never saw from the mean of those it knows,
             # which this update moves: every such row changes, so compile them all

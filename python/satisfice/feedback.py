@@ -160,7 +160,11 @@ def _fisher(qm: QualityModel) -> tuple[list[list[float]], float]:
     entry = qm.meta.get("fisher")
     if isinstance(entry, Mapping):
         raw = entry.get("phi_moment")
-        w = float(str(entry.get("mean_weight", _DEFAULT_WEIGHT)))
+        # a mean curvature p(1 - p): anything else (NaN, negative, text), which a loaded
+        # file cannot hold (QualityModel.load refuses it), counts as unrecorded
+        w = as_real(entry.get("mean_weight", _DEFAULT_WEIGHT))
+        if w is None or not 0.0 <= w <= 0.25:
+            w = _DEFAULT_WEIGHT
         try:
             m = [[float(v) for v in row] for row in raw]  # type: ignore[union-attr]
         except (TypeError, ValueError):

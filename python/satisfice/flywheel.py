@@ -4,7 +4,8 @@ A router attached with `record_prompts=True` writes each request's messages on i
 `router.feedback()` (explicit scores) and a cascade's validator verdicts (implicit ones) land
 on the same record. `satisfice train --from-ledger LEDGER` turns every record that has both
 into one row of outcomes (the prompt, the model that answered, its score; the other models
-unobserved) and refits the predictor on them with the trainer `satisfice eval` uses, holding
+unobserved, but for those `router.feedback(rid, score, model=M)` scored on it, each credited
+with its own score) and refits the predictor on them with the trainer `satisfice eval` uses, holding
 out a hash-chosen share of the records: the report compares the old and the new predictor's
 calibration (log loss, Brier) on those held-out records only.
 """
@@ -54,36 +55,52 @@ def _held_out(key: str, share: float) -> bool:
     return h / 2**64 < share
 
 
+def _observed(rec: Mapping[str, Any]) -> dict[str, tuple[float, Any]]:
+    """{model: (score, cost or None)} a record observes: its answering model's score
+    (`_score`) at the record's cost, and each other model's feedback score (`feedback_for`:
+    scored beside the answer, so its own cost is not on the record)."""
+    out: dict[str, tuple[float, Any]] = {}
+    others = rec.get("feedback_for")
+    if isinstance(others, Mapping):
+        for m, v in others.items():
+            if isinstance(m, str) and isinstance(v, int | float) and not isinstance(v, bool):
+                out[m] = (float(v), None)
+    if rec.get("model") and (s := _score(rec)) is not None:
+        out[rec["model"]] = (s, rec.get("total_cost_usd"))
+    return out
+
+
 def ledger_outcomes(records: Iterable[Mapping[str, Any]], holdout: float = 0.2) -> tuple[Any, Any]:
     """(train, held-out) OutcomeSets from ledger records with messages and a score. Each row
-    observes one model; every other model's score and cost are NaN (never 0)."""
+    observes the models scored on it (the answering one, and any `feedback_for`); every other
+    model's score and cost are NaN (never 0)."""
     from .eval._outcomes import messages_to_text
     from .eval._set import OutcomeSet
 
     rows = []
     for r in records:
-        s = _score(r)
         msgs = r.get("messages")
-        if s is None or not msgs or r.get("outcome", "ok") != "ok" or not r.get("model"):
+        if not msgs or r.get("outcome", "ok") != "ok":
             continue
-        rows.append((r["request_id"], messages_to_text(msgs), r["model"], s,
-                     r.get("total_cost_usd")))  # fmt: skip
+        if seen := _observed(r):
+            rows.append((r["request_id"], messages_to_text(msgs), seen))
     if not rows:
         raise DatasetError(
             "the ledger has no records with both messages and a score: attach the ledger "
             "with record_prompts=True and give feedback (router.feedback) or use validators"
         )
-    models = sorted({m for _, _, m, _, _ in rows})
+    models = sorted({m for _, _, seen in rows for m in seen})
     col = {m: j for j, m in enumerate(models)}
 
     def build(part: Sequence[tuple[Any, ...]]) -> Any:
         n = len(part)
         scores = np.full((n, len(models)), np.nan)
         costs = np.full((n, len(models)), np.nan)
-        for i, (_, _, m, s, c) in enumerate(part):
-            scores[i, col[m]] = s
-            costs[i, col[m]] = np.nan if c is None else c
-        return OutcomeSet([p for _, p, _, _, _ in part], list(models), scores, costs,
+        for i, (_, _, seen) in enumerate(part):
+            for m, (s, c) in seen.items():
+                scores[i, col[m]] = s
+                costs[i, col[m]] = np.nan if c is None else c
+        return OutcomeSet([p for _, p, _ in part], list(models), scores, costs,
                           ["ledger"] * n, [rid for rid, *_ in part])  # fmt: skip
 
     # held out by prompt, not by request: the same prompt asked again (or answered by
@@ -96,8 +113,8 @@ def ledger_outcomes(records: Iterable[Mapping[str, Any]], holdout: float = 0.2) 
 
 
 def score_predictor(qm: Any, test: Any, registry: Any = None) -> dict[str, float]:
-    """Log loss and Brier score of `qm`'s P(good) for the model that answered each held-out
-    record, against its recorded score."""
+    """Log loss and Brier score of `qm`'s P(good) for each model scored on a held-out
+    record (the one that answered, and any scored beside it), against its recorded score."""
     from .eval.evaluate import predict_for
 
     pred = predict_for(qm, test, registry)
@@ -120,32 +137,50 @@ def train_from_ledger(
     registry: Any = None,
     holdout: float = 0.2,
     config: Any = None,
+    progress: Any = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Fit a predictor on the ledger's scored records; returns it and a before/after report
-    on the held-out records. `start` is the predictor to compare with (default: the policy
-    default's), whose registry priors also seed the fit."""
+    on the held-out records. `start` is the predictor the new one would replace, scored as
+    "before" (default: the policy default's); the registry's priors seed the fit.
+    `progress` (a `ProgressLine`) shows each stage on stderr: reading a large ledger and
+    fitting take minutes."""
     from .eval import train as T
+    from .eval.progress import ProgressLine
     from .ledger import read_records
     from .policy import Policy
     from .registry import Registry
 
     if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 <= holdout < 1:
         raise DatasetError(f"holdout must be a share in [0, 1), got {holdout!r:.40}")
+    show = progress if progress is not None else ProgressLine(enabled=False)
     reg = registry if registry is not None else Registry.default()
     before = start if start is not None else Policy().quality_model()
+    show.stage("reading the ledger")
     train, test = ledger_outcomes(read_records(target), holdout)
-    unknown = sorted(set(test.models) - set(reg.ids)) if test is not None else []
-    if unknown and start is None:  # checked before the fit: the comparison needs their priors
+    show.done()
+    # checked before the fit: the comparison needs their parameters or priors
+    known = set(reg.ids) | set(before.models)
+    unknown = sorted(set(test.models) - known) if test is not None else []
+    if unknown:
         raise DatasetError(
-            f"the ledger's models {unknown[:10]} are not in the registry, so the default "
-            "predictor cannot be scored on them: pass --registry FILE with them, or "
+            f"the ledger's models {unknown[:10]} are not in the registry, so the predictor "
+            f"{before.name!r} cannot be scored on them: pass --registry FILE with them, or "
             "--holdout 0 to train without the before/after comparison"
         )
     priors = {m.id: m.quality_prior() for m in reg if m.id in train.models}
-    qm = T.fit(train, config or T.TrainConfig(name="ledger"), priors=priors or None)
+    show.stage(f"training on {len(train)} records")
+    qm = T.fit(
+        train,
+        config or T.TrainConfig(name="ledger"),
+        priors=priors or None,
+        progress=lambda step, total, loss: show.update(step, total, f"loss {loss:.4f}"),
+    )
+    show.done()
     report: dict[str, Any] = {"train_rows": len(train), "held_out_rows": 0 if test is None else
                               len(test), "models": list(train.models)}  # fmt: skip
     if test is not None:
+        show.stage(f"scoring before and after on {len(test)} held-out records")
         report["before"] = score_predictor(before, test, reg)
         report["after"] = score_predictor(qm, test, reg)
+        show.done()
     return qm, report

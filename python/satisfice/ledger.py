@@ -17,8 +17,10 @@ while new records queue behind it (built, and counted in the metrics, as they co
 `satisfice_ledger_dropped_total` metric) and logged.
 
 Schema (version 1): `requests` holds the columns reports filter and group by and the whole
-record as JSON; `feedback` holds scores given later (`router.feedback`, validators);
-`meta` holds `schema_version`. `retention_days` deletes older requests once a day.
+record as JSON; `feedback` holds scores given later (`router.feedback`, validators), each
+with the model it was given for (`model`; a row without one, written before it was
+stored, scores the answering model); `meta` holds `schema_version`. `retention_days`
+deletes older requests once a day.
 """
 
 from __future__ import annotations
@@ -86,6 +88,11 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("record", "TEXT", "TEXT"),
 )
 _NAMES = [c[0] for c in COLUMNS]
+
+#: A feedback row: (request_id, ts, score, source, the model it scores or None for the
+#: answering one). The model is stored because `router.feedback(rid, s, model=M)` may score
+#: another model's answer beside the primary's: training had credited it to the primary.
+FeedbackRow = tuple[str, float, float, str, str | None]
 
 
 def _text(v: Any) -> str | None:
@@ -303,8 +310,8 @@ class Sink(Protocol):
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Write the records durably (one transaction); raise to have them retried."""
 
-    def feedback(self, rows: Sequence[tuple[str, float, float, str]]) -> None:
-        """(request_id, ts, score, source) rows."""
+    def feedback(self, rows: Sequence[FeedbackRow]) -> None:
+        """(request_id, ts, score, source, model) rows; model None: the answering one."""
 
     def expire(self, before_ts: float) -> int: ...
 
@@ -349,12 +356,13 @@ class SQLiteSink:
             db.execute("ROLLBACK")
             raise
 
-    def feedback(self, rows: Sequence[tuple[str, float, float, str]]) -> None:
+    def feedback(self, rows: Sequence[FeedbackRow]) -> None:
         db = self._connect()
         db.execute("BEGIN")
         try:
             db.executemany(
-                "INSERT INTO feedback (request_id, ts, score, source) VALUES (?,?,?,?)", rows
+                "INSERT INTO feedback (request_id, ts, score, source, model) VALUES (?,?,?,?,?)",
+                rows,
             )
             db.execute("COMMIT")
         except BaseException:
@@ -376,8 +384,15 @@ def _sqlite_schema(db: sqlite3.Connection) -> None:
     db.execute(f"CREATE TABLE IF NOT EXISTS requests ({cols})")
     db.execute("CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)")
     db.execute(
-        "CREATE TABLE IF NOT EXISTS feedback (request_id TEXT, ts REAL, score REAL, source TEXT)"
+        "CREATE TABLE IF NOT EXISTS feedback "
+        "(request_id TEXT, ts REAL, score REAL, source TEXT, model TEXT)"
     )
+    if not _has_model_column(db):  # a ledger from before scores named their model
+        try:
+            db.execute("ALTER TABLE feedback ADD COLUMN model TEXT")
+        except sqlite3.OperationalError as e:  # another process added it meanwhile
+            if "duplicate column" not in str(e):
+                raise
     db.execute("CREATE INDEX IF NOT EXISTS feedback_id ON feedback (request_id)")
     db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
     row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -455,9 +470,9 @@ class JSONLSink:
                     ) from None
                 time.sleep(0.005)
 
-    def feedback(self, rows: Sequence[tuple[str, float, float, str]]) -> None:
-        self.write([{"feedback": {"request_id": i, "ts": t, "score": s, "source": src}}
-                    for i, t, s, src in rows])  # fmt: skip
+    def feedback(self, rows: Sequence[FeedbackRow]) -> None:
+        self.write([{"feedback": {"request_id": i, "ts": t, "score": s, "source": src,
+                                  "model": m}} for i, t, s, src, m in rows])  # fmt: skip
 
     def expire(self, before_ts: float) -> int:
         return 0  # an append-only file: rotate it with the pipeline's tools
@@ -502,6 +517,8 @@ class PostgresSink:
                     "CREATE TABLE IF NOT EXISTS feedback (request_id TEXT, ts DOUBLE PRECISION,"
                     " score DOUBLE PRECISION, source TEXT)"
                 )
+                # added since: a ledger from before scores named their model gains it
+                cur.execute("ALTER TABLE feedback ADD COLUMN IF NOT EXISTS model TEXT")
                 cur.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
                 cur.execute(
                     "INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
@@ -534,10 +551,10 @@ class PostgresSink:
             [_row(r) for r in records],
         )
 
-    def feedback(self, rows: Sequence[tuple[str, float, float, str]]) -> None:
+    def feedback(self, rows: Sequence[FeedbackRow]) -> None:
         self._run(
-            "INSERT INTO feedback (request_id, ts, score, source) VALUES (%s,%s,%s,%s)",
-            [(_text(i), t, s, _text(src)) for i, t, s, src in rows],
+            "INSERT INTO feedback (request_id, ts, score, source, model) VALUES (%s,%s,%s,%s,%s)",
+            [(_text(i), t, s, _text(src), _text(m)) for i, t, s, src, m in rows],
         )
 
     def expire(self, before_ts: float) -> int:
@@ -601,7 +618,7 @@ class Ledger:
         self.max_buffer, self.batch, self.flush_interval_s = max_buffer, batch, flush_interval_s
         self.retention_days, self.on_ack, self.on_record = retention_days, on_ack, on_record
         self._q: deque[Any] = deque()
-        self._fb: deque[tuple[str, float, float, str]] = deque()
+        self._fb: deque[FeedbackRow] = deque()
         # built (and counted by on_record: metrics) as they come, whatever the sink does,
         # and waiting for a batch; metrics had stood still while a sink failed
         self._built: deque[dict[str, Any]] = deque()
@@ -664,8 +681,12 @@ class Ledger:
                 extra={"event": "ledger_dropped", "dropped": n},
             )  # fmt: skip
 
-    def feedback(self, request_id: str, score: float, source: str = "user") -> None:
-        self._fb.append((request_id, time.time(), float(score), source))
+    def feedback(
+        self, request_id: str, score: float, source: str = "user", model: str | None = None
+    ) -> None:
+        """Queue a score for a request's answer: `model`'s (a fallback's, scored beside the
+        primary's), or the answering model's when None."""
+        self._fb.append((request_id, time.time(), float(score), source, model))
         if self._asleep:
             self._wake()
 
@@ -888,8 +909,10 @@ class Ledger:
 
 
 def read_records(target: str | Path) -> Iterator[dict[str, Any]]:
-    """Every request record in a ledger (SQLite, JSONL or PostgreSQL), with its latest
-    feedback score under "feedback" when one was given."""
+    """Every request record in a ledger (SQLite, JSONL or PostgreSQL), with the latest
+    feedback score for its answer under "feedback" when one was given, and the latest score
+    of each other model scored on it (`router.feedback(rid, s, model=M)`) under
+    "feedback_for" ({model: score}) when there are any."""
     t = str(target)
     if t.startswith(("postgresql://", "postgres://")):
         yield from _read_pg(t)
@@ -902,7 +925,7 @@ def read_records(target: str | Path) -> Iterator[dict[str, Any]]:
         return
     db = open_ledger_db(p)
     try:
-        scores = _scores(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"), p)
+        scores = _scores(db.execute(feedback_query(db)), p)
         for rid, text in db.execute("SELECT request_id, record FROM requests ORDER BY ts"):
             yield _stored(rid, text, scores, p)
     except sqlite3.DatabaseError as e:
@@ -976,6 +999,12 @@ def _problem(r: Any) -> str | None:
     for field, _ in _AMOUNTS:
         if why := _amount_problem(field, r.get(field)):
             return why
+    if (others := r.get("feedback_for")) is not None:
+        if not isinstance(others, dict) or not all(isinstance(m, str) for m in others):
+            return "feedback_for must be an object of model ids to scores"
+        for v in others.values():
+            if why := _score_problem(v):
+                return f"feedback_for: {why}"
     return None if r.get("feedback") is None else _score_problem(r["feedback"])
 
 
@@ -1010,17 +1039,64 @@ def first_bad_row(db: sqlite3.Connection) -> tuple[Any, str] | None:
     return r["request_id"], _row_problem(r) or "a number out of range"
 
 
-def _scores(pairs: Iterable[tuple[Any, Any]], ledger: object) -> dict[Any, Any]:
-    """The latest feedback score per request id, from a database's `feedback` rows."""
-    out = {}
-    for rid, score in pairs:
+def _has_model_column(db: sqlite3.Connection) -> bool:
+    return any(row[1] == "model" for row in db.execute("PRAGMA table_info(feedback)"))
+
+
+def feedback_query(db: sqlite3.Connection) -> str:
+    """The SELECT of a SQLite ledger's feedback rows as (request_id, score, model), oldest
+    first; model NULL in a ledger written before scores named their model (read-only
+    readers cannot add the column)."""
+    model = "model" if _has_model_column(db) else "NULL"
+    return f"SELECT request_id, score, {model} FROM feedback ORDER BY ts"
+
+
+def _scores(rows: Iterable[Sequence[Any]], ledger: object) -> dict[Any, dict[str | None, Any]]:
+    """The latest feedback score per request id and model scored (None: the answering
+    model), from a database's `feedback` rows, oldest first; each request's scores in the
+    order they were last given (the latest last)."""
+    out: dict[Any, dict[str | None, Any]] = {}
+    for rid, score, model in rows:
         if why := _score_problem(score):
             raise ConfigError(f"ledger {ledger}, feedback for request {rid!r:.60}: {why}")
-        out[rid] = score
+        if model is not None and not isinstance(model, str):
+            raise ConfigError(
+                f"ledger {ledger}, feedback for request {rid!r:.60}: its model must be a "
+                f"model id or null, got {model!r:.40}"
+            )
+        given = out.setdefault(rid, {})
+        given.pop(model, None)  # re-inserted: the latest score of all sits last
+        given[model] = score
     return out
 
 
-def _stored(rid: Any, text: Any, scores: Mapping[Any, Any], ledger: object) -> dict[str, Any]:
+def split_feedback(
+    given: Mapping[str | None, Any] | None, answering: Any
+) -> tuple[Any, dict[str, Any]]:
+    """(the latest score of the answer, {other model: its latest score}) from a request's
+    scores by model (`_scores`): a score that names no model, or the answering one, is the
+    answer's; one naming another model is that model's, never the answer's."""
+    own = None
+    others: dict[str, Any] = {}
+    for model, score in (given or {}).items():
+        if model is None or model == answering:
+            own = score  # in the order last given: the latest wins
+        else:
+            others[model] = score
+    return own, others
+
+
+def _put_feedback(rec: dict[str, Any], given: Mapping[str | None, Any] | None) -> None:
+    own, others = split_feedback(given, rec.get("model"))
+    if own is not None:
+        rec["feedback"] = own
+    if others:
+        rec["feedback_for"] = {**(rec.get("feedback_for") or {}), **others}
+
+
+def _stored(
+    rid: Any, text: Any, scores: Mapping[Any, Mapping[str | None, Any]], ledger: object
+) -> dict[str, Any]:
     """A database row's record, checked as a JSONL line is, with its latest feedback. A
     database writes a row whole (no crash tears one, as one can the last line of a JSONL
     file), so a record that is not JSON is damage too: an error naming the row."""
@@ -1033,8 +1109,7 @@ def _stored(rid: Any, text: Any, scores: Mapping[Any, Any], ledger: object) -> d
     if why := _problem(r):
         raise ConfigError(f"{where}: {why}; {fix}")
     rec: dict[str, Any] = r  # _problem has made sure it is one
-    if rec["request_id"] in scores:
-        rec["feedback"] = scores[rec["request_id"]]
+    _put_feedback(rec, scores.get(rec["request_id"]))
     return rec
 
 
@@ -1045,7 +1120,7 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
     traceback in whatever reads it."""
     if p.is_dir():
         raise ConfigError(f"ledger {p} is a directory, not a JSONL file")
-    scores: dict[str, Any] = {}
+    fed: list[tuple[str, Any, Any]] = []  # (request_id, score, model), as given
     recs = []
     torn: list[int] = []
     binary = False  # a line is a binary file's bytes, not text a crash tore
@@ -1067,14 +1142,14 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
             if isinstance(r, dict) and "request_id" not in r and isinstance(fb, dict):
                 if why := _score_problem(fb.get("score")):
                     raise ConfigError(f"ledger {p}, line {n}: {why}")
-                scores[str(fb.get("request_id"))] = fb["score"]
+                fed.append((str(fb.get("request_id")), fb["score"], fb.get("model")))
                 continue
             if why := _problem(r):
                 raise ConfigError(f"ledger {p}, line {n}: {why}")
             recs.append(r)
     # lines a crash tore are skipped (an empty ledger, if that is all), but not a binary
     # file's bytes (a SQLite database named *.jsonl had read as an empty ledger)
-    if binary and not recs and not scores:
+    if binary and not recs and not fed:
         raise ConfigError(f"ledger {p} is not UTF-8 text (a JSONL ledger)")
     inside = [k for k in torn if k != last]  # the last line torn by a crash is expected
     if inside:
@@ -1083,9 +1158,9 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
             f"(line {', '.join(map(str, inside[:5]))}{', ...' if len(inside) > 5 else ''})",
             stacklevel=2,
         )
+    scores = _scores(fed, p)
     for r in recs:
-        if r["request_id"] in scores:
-            r["feedback"] = scores[r["request_id"]]
+        _put_feedback(r, scores.get(r["request_id"]))
         yield r
 
 
@@ -1148,6 +1223,13 @@ def _read_pg(dsn: str) -> Iterable[dict[str, Any]]:
         ) from None
     with db:
         where = "(PostgreSQL)"
-        scores = _scores(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"), where)
+        has_model = db.execute(  # a ledger from before scores named their model has none
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = 'feedback' AND column_name = 'model'"
+        ).fetchone()
+        model = "model" if has_model else "NULL"
+        scores = _scores(
+            db.execute(f"SELECT request_id, score, {model} FROM feedback ORDER BY ts"), where
+        )
         for rid, text in db.execute("SELECT request_id, record FROM requests ORDER BY ts"):
             yield _stored(rid, text, scores, where)

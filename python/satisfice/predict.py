@@ -71,6 +71,8 @@ if TYPE_CHECKING:  # numpy is imported where arrays are used: routing does not n
 
 
 _F32_MAX = 3.4e38  # weights are evaluated in float32: anything larger (or NaN) is refused
+#: meta key of what changed a predictor after its fit: {"feedback_observations": n}
+SINCE_FIT, _FED = "since_fit", "feedback_observations"
 
 
 class ModelParams(Value):
@@ -261,10 +263,29 @@ class QualityModel(Value):
         return self._sharing(dict(models))
 
     def with_model(self, model: str, params: ModelParams) -> QualityModel:
-        """This predictor with one model's parameters replaced (a feedback update): only
-        that entry is checked."""
+        """This predictor with one model's parameters replaced: only that entry is checked."""
         self._check(model, params)
         return self._sharing({**self.models, model: params})
+
+    def with_feedback(self, model: str, params: ModelParams) -> QualityModel:
+        """`with_model` for a feedback update, counted in meta["since_fit"]: feedback learns
+        from prompts the training-prompt filter does not hold (the feedback log keeps no
+        prompt text), so eval can say that it cannot exclude them (`feedback_since_fit`)."""
+        new = self.with_model(model, params)
+        since = self.meta.get(SINCE_FIT)
+        n = self.feedback_since_fit() or 0
+        new.__dict__["meta"] = {
+            **self.meta,
+            SINCE_FIT: {**(since if isinstance(since, Mapping) else {}), _FED: n + 1},
+        }
+        return new
+
+    def feedback_since_fit(self) -> int | None:
+        """How many feedback observations refined this predictor after it was fitted (None:
+        none recorded)."""
+        since = self.meta.get(SINCE_FIT)
+        n = since.get(_FED) if isinstance(since, Mapping) else None
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
     # -- batch evaluation, for offline work (the router's hot path runs the same maths in Rust)
     def featurizer(self) -> _core.Featurizer:
@@ -392,6 +413,17 @@ class QualityModel(Value):
                 f"predictor file {path}: weights shape {weights.shape}, expected "
                 f"({_core.DENSE + buckets}, {k + 1}) for hash_buckets={buckets}; {redo}"
             )
+        # Checked here, where the file can be named: a NaN weight had surfaced as NaN in
+        # the user's outcome data (eval) or a nameless error when the router compiled it,
+        # and damaged feedback evidence only at the first feedback() (or never: a negative
+        # weight made a good score lower a model's bias).
+        why = (
+            _numbers_problem(weights, intercept, (a, b), models)
+            or _fisher_problem(extra.get("fisher"), k)
+            or _filter_problem(extra.get("training_prompts"))
+        )
+        if why is not None:
+            raise ConfigError(f"predictor file {path} is damaged: {why}; {redo}")
         return cls(
             name,
             k,
@@ -453,3 +485,95 @@ class QualityModel(Value):
         g = logit(spec.quality_prior("general"))
         ab = tuple(0.0 if t == "general" else logit(spec.quality_prior(t)) - g for t in tasks)
         return ModelParams(g, ab, 0.0, "prior")
+
+
+def _finite(values: Any) -> bool:
+    """Whether every value is finite and within float32's range (weights are evaluated in
+    float32: a larger one is an infinity there)."""
+    import numpy as np
+
+    arr = np.asarray(values, dtype=np.float64)
+    return bool(np.isfinite(arr).all() and (np.abs(arr) < _F32_MAX).all())
+
+
+def _numbers_problem(
+    weights: Any, intercept: Any, prior_map: tuple[float, float], models: Mapping[str, ModelParams]
+) -> str | None:
+    """What is not a finite number among a predictor's weights and per-model parameters."""
+    if not _finite(weights):
+        return "weights hold NaN or infinite values"
+    if not _finite(intercept):
+        return "intercept holds NaN or infinite values"
+    if not _finite(prior_map):
+        return "prior_map must be two finite numbers"
+    for m, p in models.items():
+        where = f"models[{m!r:.80}]"
+        if not _finite((p.bias, *p.ability)):
+            return f"{where}: bias and ability must be finite numbers"
+        if not (math.isfinite(p.n_obs) and p.n_obs >= 0):
+            return f"{where}.n_obs must be a count of observations >= 0, got {p.n_obs!r}"
+    return None
+
+
+def _fisher_problem(entry: object, k: int) -> str | None:
+    """What is wrong with meta.fisher, the moments feedback weighs a model's evidence by
+    (`feedback.prior_belief`): a NaN, negative or non-number mean_weight had made every
+    feedback() fail, or a good score lower a model's bias."""
+    if entry is None:
+        return None
+    if not isinstance(entry, Mapping):
+        return f"meta.fisher must be an object, got {type(entry).__name__}"
+    from ._real import as_real
+
+    if "mean_weight" in entry:
+        w = as_real(entry["mean_weight"])
+        if w is None or not 0.0 <= w <= 0.25:  # a mean of p(1 - p)
+            return (
+                "meta.fisher.mean_weight must be a mean curvature p(1 - p), a number in "
+                f"[0, 0.25], got {entry['mean_weight']!r:.40}"
+            )
+    raw = entry.get("phi_moment")
+    if raw is not None and not (
+        isinstance(raw, list)
+        and len(raw) == k + 1
+        and all(
+            isinstance(row, list) and len(row) == k + 1 and all(as_real(v) is not None for v in row)
+            for row in raw
+        )
+    ):
+        return f"meta.fisher.phi_moment must be a {k + 1}x{k + 1} matrix of finite numbers"
+    return None
+
+
+def _filter_problem(entry: object) -> str | None:
+    """What is wrong with meta.training_prompts, the Bloom filter of the training prompts
+    that eval drops from its test rows (`eval.membership`): damaged, it had failed eval
+    with a raw traceback, or (0 hashes) claimed every prompt as trained on."""
+    if entry is None:
+        return None
+    if not isinstance(entry, Mapping):
+        return f"meta.training_prompts must be an object, got {type(entry).__name__}"
+    import base64
+    import binascii
+
+    from ._real import as_count
+
+    bloom = entry.get("bloom")
+    try:
+        bits = base64.b64decode(bloom, validate=True) if isinstance(bloom, str) else b""
+    except (binascii.Error, ValueError):
+        bits = b""
+    if not bits:
+        return "meta.training_prompts.bloom must be the filter's bits, base64 (non-empty)"
+    hashes, count = as_count(entry.get("hashes")), as_count(entry.get("count"))
+    if hashes is None or hashes < 1:
+        return (
+            "meta.training_prompts.hashes must be a whole number >= 1, got "
+            f"{entry.get('hashes')!r:.40}"
+        )
+    if count is None or count < 0:
+        return (
+            "meta.training_prompts.count must be a whole number >= 0, got "
+            f"{entry.get('count')!r:.40}"
+        )
+    return None

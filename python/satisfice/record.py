@@ -172,6 +172,7 @@ class Recorder:
             for a in attempts:
                 self._call(self.on_attempt, a)
 
-    def feedback(self, request_id: str, score: float, source: str) -> None:
+    def feedback(self, request_id: str, score: float, source: str, model: str | None) -> None:
+        """A score for `model`'s answer to the request (None: the answering model's)."""
         if self.ledger is not None:
-            self.ledger.feedback(request_id, score, source)
+            self.ledger.feedback(request_id, score, source, model)

@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .ledger import _NAMES, _row, _scores, _stored, first_bad_row, open_ledger_db, read_records
+from .ledger import (
+    _NAMES,
+    _row,
+    _scores,
+    _stored,
+    feedback_query,
+    first_bad_row,
+    open_ledger_db,
+    read_records,
+    split_feedback,
+)
 
 __all__ = ["render_html", "render_text", "rows", "summarize"]
 
@@ -33,7 +43,7 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
             raise ConfigError(f"ledger {p} does not exist")
         db = open_ledger_db(p)
         try:
-            scores = _scores(db.execute("SELECT request_id, score FROM feedback ORDER BY ts"), p)
+            scores = _scores(db.execute(feedback_query(db)), p)
             # the same checks as every reader's: a row hand-edited or written by another
             # program is an error naming it, not a traceback (SQLite types no column)
             if bad := first_bad_row(db):
@@ -43,7 +53,8 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
             q = f"SELECT {','.join(cols)}, {casc} FROM requests"
             for values in db.execute(q):
                 r = dict(zip(cols, values, strict=False))
-                r["feedback"] = scores.get(r["request_id"])
+                # the answer's score: one given for another model is not its quality
+                r["feedback"] = split_feedback(scores.get(r["request_id"]), r["model"])[0]
                 rec = _stored(r["request_id"], values[-1], {}, p) if values[-1] else {}
                 r["steps"] = _steps(rec)
                 yield r

@@ -663,7 +663,8 @@ class Router:
             new = self._feedback.observe(qm, target, qm.params_for(spec), latent, score, embedding)
             self._snap = snap.with_params(target, new)
         if self._rec is not None:
-            self._rec.feedback(request_id, score, "feedback")
+            # with the model it scored: `satisfice train` credits it as this update did
+            self._rec.feedback(request_id, score, "feedback", target)
         return new
 
     def save_policy(self, policy_path: str | Path, predictor_path: str | Path) -> None:

@@ -34,13 +34,24 @@ def read_llmrouter_prices(path: PathArg) -> dict[str, tuple[float, float]]:
     prices: dict[str, tuple[float, float]] = {}
     for model, entry in data.items():
         try:
-            prices[model] = (float(entry["input_price"]), float(entry["output_price"]))
+            prices[model] = (_price(entry["input_price"]), _price(entry["output_price"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise DatasetError(
-                f"{path}: model {model!r} needs numeric 'input_price' and 'output_price' "
-                f"(USD per 1M tokens): {exc}"
+                f"{path}: model {model!r} needs 'input_price' and 'output_price' that are "
+                f"finite numbers >= 0 (USD per 1M tokens): {exc}"
             ) from exc
     return prices
+
+
+def _price(value: object) -> float:
+    """A price in USD per 1M tokens: a finite number >= 0 (a negative one had made costs
+    smaller, and "1e400" or "nan" failed later with no file or model named)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{value!r} is not a number")
+    number = float(value)  # type: ignore[arg-type]  # TypeError/ValueError: not a number
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"got {value!r:.40}")
+    return number
 
 
 def _read_json(path: Path) -> Any:

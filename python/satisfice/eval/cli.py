@@ -205,6 +205,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         test, seen = E.exclude_trained_rows(split.test, qm)
         if seen:
             notes.append(f"dropped {seen} test rows the predictor {qm.name!r} was trained on")
+        if fed := E.feedback_note(qm):
+            notes.append(fed)
         split.info["n_test"] = len(test)
     if args.save_predictor:
         qm.save(args.save_predictor)

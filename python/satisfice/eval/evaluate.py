@@ -29,6 +29,7 @@ __all__ = [
     "SplitSpec",
     "evaluate_predictor",
     "exclude_trained_rows",
+    "feedback_note",
     "params_for_models",
     "parse_split",
     "shipped_predictor",
@@ -169,7 +170,8 @@ def shipped_predictor() -> QualityModel:
 
 
 def exclude_trained_rows(test: OutcomeSet, qm: QualityModel) -> tuple[OutcomeSet, int]:
-    """Drop rows whose prompt the predictor was trained on (if it records them)."""
+    """Drop rows whose prompt the predictor was trained on (if it records them). Prompts
+    that feedback refined it on are not recorded: `feedback_note` says so."""
     filt = PromptFilter.from_meta(qm.meta)
     if filt is None:
         return test, 0
@@ -181,6 +183,21 @@ def exclude_trained_rows(test: OutcomeSet, qm: QualityModel) -> tuple[OutcomeSet
             f"disjoint parts with --train FILES --test-split hash:0.3 (or fold:0/3)"
         )
     return (test.subset(~mask) if mask.any() else test), int(mask.sum())
+
+
+def feedback_note(qm: QualityModel) -> str | None:
+    """A note for an evaluation of a predictor that feedback refined after its fit: the
+    feedback log keeps no prompt text, so `exclude_trained_rows` cannot drop those prompts
+    (None when no feedback is recorded)."""
+    n = qm.feedback_since_fit()
+    if n is None:
+        return None
+    return (
+        f"predictor {qm.name!r} was refined by {n} feedback observation(s) after it was "
+        "fitted, on prompts it does not record: test rows among them could not be excluded "
+        "and are scored in-sample; evaluate the predictor as fitted (before feedback) for an "
+        "out-of-sample figure"
+    )
 
 
 def params_for_models(
