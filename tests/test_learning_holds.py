@@ -1,4 +1,4 @@
-"""Adversarial review of learned routing, evaluation and training: each test names a defect
+"""Learned routing, evaluation and training, as reviewed: each test names a defect
 found on the current code and the behaviour expected instead."""
 
 from __future__ import annotations
