@@ -374,3 +374,30 @@ def test_an_effort_without_thinking_is_sent_without_thinking() -> None:
                           thinking={"type": "adaptive"},
                           output_config={"effort": "low"})  # fmt: skip
         assert up.requests[-1].body["thinking"] == {"type": "adaptive"}
+
+
+async def test_a_tool_loop_without_its_thinking_is_not_routed_to_claude_thinking_rows() -> None:
+    """A tool loop whose last assistant turn carries no thinking block (what OpenAI's
+    messages and most agents send) is refused by Anthropic beside thinking. It had been
+    routed to Claude Sonnet 4.6's four thinking rows (primary and every fallback), each
+    refused before the call, and the request failed with a 400; routing now skips those
+    rows for it, and a turn that begins with its thinking (`thinking_blocks`) keeps them."""
+    from satisfice import Registry, Router
+    from satisfice.providers.anthropic import thinks_on_anthropic
+
+    reg = Registry.default()
+    thinking = {m.id for m in reg if thinks_on_anthropic(m)}
+    assert thinking
+    call = {"id": "toolu_a", "type": "function",
+            "function": {"name": "Read", "arguments": '{"path": "a.py"}'}}  # fmt: skip
+    loop = [
+        {"role": "user", "content": "Prove the scheduler is deadlock-free, then fix it. " * 40},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "toolu_a", "content": "def run(): ..."},
+    ]
+    d = await Router(reg).decide(loop, quality_floor=0.85)
+    assert not {d.model, *d.fallbacks} & thinking, (d.model, d.fallbacks)
+    block = {"type": "thinking", "thinking": "look first", "signature": "c2ln"}
+    kept = [loop[0], {**loop[1], "thinking_blocks": [block]}, loop[2]]
+    d = await Router(reg).decide(kept, quality_floor=0.85)
+    assert {d.model, *d.fallbacks} & thinking, (d.model, d.fallbacks)

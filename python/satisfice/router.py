@@ -373,6 +373,23 @@ def _check_asked(
         )
 
 
+def _thinks_refused(msgs: list[dict[str, Any]]) -> bool:
+    """Whether Anthropic's thinking rows would refuse these messages (see
+    `providers.anthropic.refused_beside_thinking`): checked only for a conversation with an
+    assistant turn, so the usual request imports nothing for it."""
+    if not any(m.get("role") == "assistant" for m in msgs):
+        return False
+    from .providers.anthropic import refused_beside_thinking
+
+    return refused_beside_thinking(msgs)
+
+
+def _thinking_on_anthropic(registry: Registry) -> frozenset[str]:
+    from .providers.anthropic import thinks_on_anthropic
+
+    return frozenset(m.id for m in registry if thinks_on_anthropic(m))
+
+
 def _ladder(cascade: object) -> Literal["auto", "given"] | None:
     """Which ladder a chat() climbs: the policy's tuned one, one it names (a Cascade), or
     none (cascade=True builds its ladder of the decision's candidates, floor and all)."""
@@ -918,6 +935,8 @@ class Router:
         if call["server_tools"] is not None:
             c = _on_anthropic(snap.registry, c, call["server_tools"])
         skip = snap.undeployable
+        if _thinks_refused(msgs):
+            skip = skip | _thinking_on_anthropic(snap.registry)
         blocked = io.health.blocked()
         if blocked:  # models whose every deployment is cooling or disabled are routed around
             skip = skip | set(io.blocked_models(snap.registry, blocked))

@@ -545,6 +545,35 @@ def searches(t: Any) -> bool:
     return server_tool(t) and t["type"].startswith("web_search_")
 
 
+def thinks_on_anthropic(m: ModelSpec) -> bool:
+    """Whether row `m` thinks (a budget or adaptive thinking) and is served by Anthropic's
+    API alone, which refuses some requests beside thinking (`refused_beside_thinking`)."""
+    return (
+        bool(m.deployments)
+        and all(d.api == "anthropic" for d in m.deployments)
+        and (m.reasoning_tokens > 0 or adaptive_effort(m.thinking, m.effort) is not None)
+    )
+
+
+def refused_beside_thinking(msgs: list[dict[str, Any]]) -> bool:
+    """Whether Anthropic refuses these messages (OpenAI's form) beside thinking, as
+    `_thinking_refuses` finds on the wire: a conversation that ends on an assistant turn,
+    or a tool loop whose last assistant turn has no thinking to begin with (which OpenAI's
+    messages cannot carry). Routing skips such rows (the call's own parameters, a
+    temperature, are refused at the call, which falls through to the next model): a coding
+    agent's tool loop had been routed to four thinking rows of one model, each refusing
+    it, and failed."""
+    if msgs and msgs[-1].get("role") == "assistant":
+        return True
+    last = next((m for m in reversed(msgs) if m.get("role") == "assistant"), None)
+    return (
+        last is not None
+        and bool(last.get("tool_calls"))
+        and not last.get("thinking_blocks")
+        and last.get("anthropic_content") is None
+    )
+
+
 def runs_server_tools(m: ModelSpec) -> bool:
     """Whether `m` can run Anthropic's server tools: it has an Anthropic deployment."""
     return any(d.api == "anthropic" for d in m.deployments)
