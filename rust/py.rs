@@ -219,7 +219,7 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
                             }
                         }
                         if len_over(p, 2) {
-                            push_unknown(&mut buf, p, PART_KEYS, || {
+                            push_unknown(&mut buf, p, part_keys(&kind), || {
                                 format!("messages[{i}].content[{j}]")
                             })?;
                         }
@@ -294,6 +294,7 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
                                 })?;
                             }
                         }
+                        push_unknown(&mut content, &f, &keys, || format!("{}.{kind}", what()))?;
                     }
                 }
             }
@@ -368,18 +369,26 @@ const MESSAGE_KEYS: &[&str] = &[
     "anthropic_content",
     "thinking_blocks",
 ];
-const PART_KEYS: &[&str] = &[
-    "cache_control",
-    "type",
-    "text",
-    "image_url",
-    "image",
-    "input_image",
-    "input_audio",
-    "file",
-    "input_file",
-    "refusal",
-];
+/// A part's keys `messages_from` reads, by its type: the same key on a part of another type
+/// (a `refusal` on a text part) is text the wire sends that nothing else counts.
+fn part_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "text" | "input_text" => &["cache_control", "type", "text"],
+        "refusal" => &["cache_control", "type", "refusal"],
+        "image_url" => &["cache_control", "type", "image_url"],
+        "image" => &["cache_control", "type", "image", "source"],
+        "input_image" => &["cache_control", "type", "image_url", "file_id", "detail"],
+        "input_audio" => &["cache_control", "type", "input_audio"],
+        _ => &[
+            "cache_control",
+            "type",
+            "file",
+            "file_id",
+            "file_data",
+            "filename",
+        ],
+    }
+}
 const CALL_KEYS: &[&str] = &["type", "function", "custom"];
 
 /// Whether `obj` is a dict of more than `n` keys (anything else: true, to be looked at).

@@ -47,15 +47,22 @@ def server_turns(messages: Sequence[Mapping[str, Any]]) -> bool:
 
 
 #: What the exact count reads of a message besides its content (`messages_from` in
-#: rust/py.rs): any other key of a message, a part or a tool call is counted as its str().
+#: rust/py.rs): any other key of a message, a part or a tool call is counted, its name and
+#: its str().
 _READ = frozenset({"role", "content", "cache_control", "tool_calls", "function_call",
                    "thinking_blocks"})  # fmt: skip
-_PART_READ = frozenset({"cache_control", "type", "image_url", "image", "input_image",
-                        "input_audio", "file", "input_file"})  # fmt: skip
+_PART_SKIP = frozenset({"cache_control", "type"})
+#: Parts whose payload is no text (an image's, a file's): bounded, not counted as text.
+_MEDIA = frozenset({"image_url", "image", "input_image", "input_audio", "file", "input_file"})
 
 
 def _size(v: object) -> int:
     return len(v) if isinstance(v, str) else 0 if v is None else len(str(v))
+
+
+def _unread(d: Mapping[str, Any], read: frozenset[str] | tuple[str, ...]) -> int:
+    """The keys of `d` outside `read`, and their values, as the count reads them."""
+    return sum(len(str(k)) + _size(v) for k, v in d.items() if k not in read)
 
 
 def text_bytes(msgs: Sequence[Mapping[str, Any]]) -> int:
@@ -69,23 +76,21 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]]) -> int:
         content = m.get("content")
         if isinstance(content, str):
             n += len(content)
-        elif isinstance(content, list):
+        elif isinstance(content, list | tuple):
             for p in content:
-                if isinstance(p, dict):
-                    n += sum(_size(v) for k, v in p.items() if k not in _PART_READ)
+                if isinstance(p, Mapping) and p.get("type") not in _MEDIA:
+                    n += _unread(p, _PART_SKIP)
         if len(m) > 2:  # more than role and content: an agent's turn, a named one
-            for k, v in m.items():
-                if k not in _READ:
-                    n += _size(v)
-            if isinstance(f := m.get("function_call"), dict):  # the legacy tool call
-                n += _size(f.get("name")) + _size(f.get("arguments"))
+            n += _unread(m, _READ)
+            if isinstance(f := m.get("function_call"), Mapping):  # the legacy tool call
+                n += _unread(f, ())
             calls = m.get("tool_calls")
             for call in calls if isinstance(calls, list | tuple) else ():  # else refused
-                if isinstance(call, dict):
-                    n += sum(_size(v) for k, v in call.items() if k not in ("function", "custom"))
+                if isinstance(call, Mapping):
+                    n += _unread(call, ("function", "custom"))
                     for kind in ("function", "custom"):
-                        if isinstance(f := call.get(kind), dict):
-                            n += sum(_size(v) for v in f.values())
+                        if isinstance(f := call.get(kind), Mapping):
+                            n += _unread(f, ())
             blocks = m.get("thinking_blocks")
             for b in blocks if isinstance(blocks, list | tuple) else ():
                 if isinstance(b, dict):

@@ -221,6 +221,23 @@ def check_name(check: object) -> str:
 #: mark themselves `runs_off_loop` (they read only the answer and the context); a user's
 #: check runs where it was written to, on the loop.
 OFF_LOOP_CHARS = 1 << 16
+_CHECKS: Any = None  # their own threads (see _off_loop)
+
+
+async def _off_loop(check: Validator, answer: Answer, ctx: Context) -> object:
+    """`check(answer, ctx)` on the checks' own threads, not asyncio's default pool: a check
+    cut off by its deadline runs on to its end on its thread, and six such had held every
+    worker of the default pool, which routes large prompts and resolves hostnames."""
+    global _CHECKS
+    import asyncio
+    import contextvars
+
+    if _CHECKS is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _CHECKS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="satisfice-check")
+    call = contextvars.copy_context().run
+    return await asyncio.get_running_loop().run_in_executor(_CHECKS, call, check, answer, ctx)
 
 
 async def checked(
@@ -253,7 +270,7 @@ async def checked(
                 # could be cut by neither the deadline nor a latency budget, and held every
                 # other request meanwhile (5 MB of "1+1=2 " took arithmetic() 3 s). One cut
                 # off runs on to its end on the thread (it reads only its arguments).
-                out: object = await asyncio.to_thread(check, answer, ctx)
+                out: object = await _off_loop(check, answer, ctx)
             else:
                 out = check(answer, ctx)
             if not isinstance(out, Verdict) and inspect.isawaitable(out):

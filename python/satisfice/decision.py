@@ -295,9 +295,9 @@ class Decision:
         self._request_id: str | None = None
         self._remembered: str | None = None  # the model feedback credits, once remembered
         self._called = False  # a chat() took it (see `again`)
-        # the prompt it was routed for: (messages, tools' and schema's text), which a
-        # chat() given it may not outgrow (its caps and window were worked out for it)
-        self._asked: tuple[list[dict[str, Any]], str | None] | None = None
+        # what it remembers of the prompt it was routed for (router._prompt_mark): a chat()
+        # given it sends that prompt (its caps and window were worked out for it)
+        self._asked: tuple[int, int, int, int] | None = None
         # a budget's hold was bounded on it at one call per deployment (the server sets it):
         # an answer the upstream may bill is not retried there (`executor._rebills`)
         self.held = False

@@ -362,17 +362,18 @@ _SECRET_PARAMS = ("key", "token", "secret", "sig", "password", "auth", "credenti
 
 def url_secrets(url: str) -> list[str]:
     """The credentials a base URL carries in its query (`?key=...`, `?access_token=...`),
-    which a repr masks and the provider scrubs from what the upstream sends back, as it
-    does a key's."""
+    as written and as read (percent-encoded, `+` for a space), which a repr masks and the
+    provider scrubs from what the upstream sends back, as it does a key's."""
     if "?" not in url:
         return []
-    from urllib.parse import parse_qsl, urlsplit
+    from urllib.parse import unquote_plus, urlsplit
 
-    return [
-        v
-        for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=False)
-        if any(p in k.lower() for p in _SECRET_PARAMS) and v
-    ]
+    out: list[str] = []
+    for pair in urlsplit(url).query.split("&"):
+        name, _, value = pair.partition("=")
+        if value and any(p in unquote_plus(name).lower() for p in _SECRET_PARAMS):
+            out += dict.fromkeys([value, unquote_plus(value), value.replace("+", " ")])
+    return out
 
 
 class Deployment(Value):

@@ -102,6 +102,12 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     for r in source:
         n += 1
         estimated += bool(r.get("cost_estimated"))  # a failed request's bill may be too
+        # a ladder's steps, answered or not: one that ran out of budget escalated too
+        for i, status in enumerate(r.get("steps") or ()):
+            if status in ("escalated", "accepted", "failed"):
+                step_ran[i] += 1
+            if status == "escalated":
+                step_up[i] += 1
         if r.get("outcome") != "ok":
             errors += 1
             if r.get("cost_usd") is not None:  # calls billed before the request failed
@@ -149,11 +155,6 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             bm["p"].append(float(r["p_good"]))
         fell_back += bool(r.get("fallbacks"))
         days[str(r.get("day"))][m] += 1
-        for i, status in enumerate(r.get("steps") or ()):
-            if status in ("escalated", "accepted", "failed"):
-                step_ran[i] += 1
-            if status == "escalated":
-                step_up[i] += 1
     lat.sort()
     over.sort()
     models = {}

@@ -350,26 +350,46 @@ def _tool_name(t: Any) -> object:
     return (inner if isinstance(inner, Mapping) else t).get("name")
 
 
+def _prompt_mark(messages: object, extra: str | None) -> tuple[int, int, int, int]:
+    """What a decision remembers of the prompt it was routed for: its text's length (as the
+    exact count reads it, tools and schema included), its messages, its content parts (an
+    image is a part) and a hash of its texts (a str caches its hash: the server's second
+    look at the same strings is cheap). Numbers, taken when it is routed: a prompt grown in
+    place later is not the one routed, and neither is another text of the same length."""
+    h = hash(extra)
+    if isinstance(messages, str):
+        return len(messages) + (len(extra) if extra else 0), 1, 0, hash((h, messages))
+    msgs = messages if isinstance(messages, list | tuple) else list(messages)  # type: ignore[call-overload]
+    parts = 0
+    for m in msgs:
+        c = m.get("content")
+        if isinstance(c, str):
+            h = hash((h, c))
+        elif isinstance(c, list | tuple):
+            parts += len(c)
+            for p in c:
+                if isinstance(p, Mapping) and isinstance(t := p.get("text"), str):
+                    h = hash((h, t))
+    return text_bytes(msgs) + (len(extra) if extra else 0), len(msgs), parts, h
+
+
 def _check_asked(
     given: Decision, msgs: list[dict[str, Any]], tools: object, response_format: object
 ) -> None:
-    """A decision is called with the prompt it was routed for, or a smaller one: its cost
-    cap's output limit and its window were worked out for that prompt (100 tool
+    """A decision is called with the prompt it was routed for: its cost cap's output limit,
+    its window and its capabilities (vision) were worked out for that prompt (100 tool
     definitions added at the call had been sent under a cap they broke 28 times over)."""
     if given._asked is None:
         return
-    routed, extra = given._asked
-    if msgs is routed:
-        return
-    before = text_bytes(routed) + (len(extra) if extra else 0)
-    now_extra = extra_text(tools, response_format)
-    now = text_bytes(msgs) + (len(now_extra) if now_extra else 0)
-    if now > before:
+    now = _prompt_mark(msgs, extra_text(tools, response_format))
+    if now != given._asked:
+        (chars, n, parts, _), (was, n0, parts0, _) = now, given._asked
         raise ConfigError(
-            f"decision= was routed for a prompt of {before:,} characters (messages, tools "
-            f"and response_format) and this call sends {now:,}: its cost cap and window were "
-            "worked out for that prompt; pass the messages and tools it was decided on, or "
-            "decide again"
+            f"decision= was routed for another prompt ({was:,} characters in {n0} message(s) "
+            f"and {parts0} part(s), tools and response_format included; this call sends "
+            f"{chars:,} in {n} and {parts}): its cost cap, window and capabilities were "
+            "worked out for that prompt; pass the messages, tools and response_format it "
+            "was decided on, or decide again"
         )
 
 
@@ -612,7 +632,9 @@ class Router:
             raise snap.no_route(plan.filtered, c, skip)
         if plan.below_floor and (policy.strict_floor if c.strict_floor is None else c.strict_floor):
             raise snap.below_floor(plan, c)
-        return Decision(snap, plan, c, self._feedback)
+        d = Decision(snap, plan, c, self._feedback)
+        d._asked = _prompt_mark(messages, extra)
+        return d
 
     async def aroute(
         self,
@@ -948,7 +970,6 @@ class Router:
         if ladder == "auto" and snap.policy.ladder_replaces_floor(decision.task):
             c = Constraints.of(c, quality_floor=0.0)
             decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra, end)
-        decision._asked = (msgs, extra)
         if prefer is not None and prefer != decision.model:
             if not isinstance(prefer, str):
                 raise ConfigError(f"prefer must be a model id, got {prefer!r:.40}")

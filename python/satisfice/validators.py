@@ -158,12 +158,13 @@ def _no_constant(word: str) -> object:
 
 
 class _Json:
-    __slots__ = ("_check", "name")
+    __slots__ = ("_check", "_schema", "name")
     runs_off_loop = True  # see _verdict.checked
 
     def __init__(self, schema: Mapping[str, Any] | None) -> None:
         self.name = "json_schema" if schema is not None else "json"
         self._check: Callable[[Any], str | None] | None = None
+        self._schema = schema  # (what `to_spec` saves)
         if schema is None:
             return
         try:
@@ -267,7 +268,10 @@ def regex(
 
 class _Extracts:
     __slots__ = ("_extract", "name")
-    runs_off_loop = True  # see _verdict.checked
+
+    @property
+    def runs_off_loop(self) -> bool:  # see _verdict.checked: a caller's extractor runs on the loop
+        return _built_in(self._extract)
 
     def __init__(self, extract: Callable[[str], object | None], name: str | None) -> None:
         self._extract = extract
@@ -322,7 +326,10 @@ def code_block(language: str | None = None, *, parses: bool = True) -> Validator
 
 class _Agreement:
     __slots__ = ("_extract", "_min", "_weights", "name")
-    runs_off_loop = True  # see _verdict.checked
+
+    @property
+    def runs_off_loop(self) -> bool:  # see _Extracts
+        return _built_in(self._extract)
 
     def __init__(
         self,
@@ -788,6 +795,11 @@ EXTRACTORS: Mapping[str, Callable[[str], object | None]] = {
 }
 
 
+def _built_in(fn: Callable[[str], object | None]) -> bool:
+    """Whether `fn` is one of satisfice's extractors (a caller's may need its thread)."""
+    return EXTRACTORS.get(getattr(fn, "__name__", "")) is fn
+
+
 def _extractor_name(fn: Callable[[str], object | None], where: str) -> str:
     name = getattr(fn, "__name__", "")
     if EXTRACTORS.get(name) is not fn:
@@ -805,6 +817,12 @@ def to_spec(val: Validator) -> dict[str, Any]:
 
     if isinstance(val, _Code):
         return {"check": "code_block", "language": val._language, "parses": val._parses}
+    if isinstance(val, _Json):
+        if val._schema is None:
+            return {"check": "json_valid"}
+        return {"check": "json_valid", "schema": json.loads(json.dumps(val._schema))}
+    if val is accept:
+        return {"check": "accept"}
     if isinstance(val, _Extracts):
         return {"check": "extracts", "extract": _extractor_name(val._extract, "extracts")}
     if isinstance(val, _Agreement):
@@ -858,6 +876,8 @@ def to_spec(val: Validator) -> dict[str, Any]:
 
 
 _BUILDERS: Mapping[str, Callable[..., Validator]] = {
+    "accept": lambda: accept,
+    "json_valid": json_valid,
     "code_block": code_block,
     "extracts": lambda extract: extracts(_extractor(extract)),
     "agreement": lambda extract, **kw: agreement(_extractor(extract), **kw),

@@ -609,9 +609,12 @@ class HTTPProvider:
         # parsed once here: httpx re-parses a URL given as text on every request (~45 µs).
         # The endpoint's path goes after the base's path, before its query (Azure's
         # `?api-version=...`), where text appended after the query had mangled both.
+        # (as written: a decoded path had sent /acc%2Fgw as /acc/gw, another path)
         try:
             base = httpx.URL(base_url)
-            self._url = base.copy_with(path=self._endpoint(base.path.rstrip("/")))
+            path, sep, query = base.raw_path.decode("ascii").partition("?")
+            raw = self._endpoint(path.rstrip("/")) + sep + query
+            self._url = base.copy_with(raw_path=raw.encode("ascii"))
         except httpx.InvalidURL as e:
             raise ConfigError(
                 f"deployment {deployment or self.default_deployment!r} of {model_id or model!r}: "
