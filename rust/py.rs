@@ -325,6 +325,17 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
                             }
                         }
                     }
+                    // A message's name costs its own tokens and one more (OpenAI's documented
+                    // accounting): written after a NUL, which no token joins to the text
+                    // around it, where a line break had merged into the content's last
+                    // punctuation and lost that token (200 named "Hi." turns: 1,403
+                    // counted, 1,603 billed).
+                    None if key == "name" => {
+                        content.push('\0');
+                        let mut name = String::new();
+                        push_loose(&mut name, &v, || format!("messages[{i}].name"))?;
+                        content.push_str(&name);
+                    }
                     None => push_loose(&mut content, &v, || format!("messages[{i}].{key}"))?,
                 }
             }

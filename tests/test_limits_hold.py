@@ -19,6 +19,8 @@ from satisfice.cascade import Cascade, Step
 from satisfice.errors import SatisficeError
 from satisfice.testing import LocalUpstream, reply
 
+from .reference import tiktoken_encoding
+
 CAPS = ["json", "tools", "streaming", "system_prompt"]
 
 
@@ -180,6 +182,27 @@ def _cookbook(messages: list[dict[str, str]], enc: Any) -> int:
             if k == "name":
                 n += 1
     return n
+
+
+@pytest.mark.parametrize("encoding", ["o200k_base", "cl100k_base"])
+def test_a_named_message_counts_its_name_token(encoding: str) -> None:
+    """Defect: a message's `name` is counted by appending "\\n" + name to its content, so
+    when the content ends in punctuation or whitespace (or is empty) the "\\n" merges into
+    the content's last token and the name's documented extra token is lost: 200 messages
+    {"role": "user", "content": "Hi.", "name": "bob"} count 1,403 where OpenAI's documented
+    accounting (which the code says it follows) gives 1,603, so a prompt 200 tokens past a
+    window is routed to it. Expected: count_message_tokens at least the documented count."""
+    enc = tiktoken_encoding(encoding)
+    msgs = [{"role": "user", "content": "Hi.", "name": "bob"}] * 200
+    want = _cookbook(msgs, enc)
+    got = _core.count_message_tokens(msgs, encoding)
+    assert got >= want, f"{got} < OpenAI's documented {want}"
+    # and the window decision reads the same count: a window one token short of the
+    # documented prompt + answer must refuse it
+    reg = _registry("http://127.0.0.1:1", [("m", want + 50 - 1, 50, 1.0, 1.0)])
+    reg = reg.replace(reg["m"].replace(tokenizer=encoding))
+    plan = Router(reg).snapshot.table.plan(msgs, max_output_tokens=50)
+    assert len(plan) == 0, "routed to a window the documented prompt + answer overflows"
 
 
 # --- the event loop ------------------------------------------------------------------------

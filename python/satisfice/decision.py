@@ -297,7 +297,8 @@ class Decision:
         self._called = False  # a chat() took it (see `again`)
         # what it remembers of the prompt it was routed for (router._prompt_mark): a chat()
         # given it sends that prompt (its caps and window were worked out for it)
-        self._asked: tuple[int, int, int, int] | None = None
+        # (or, until handed out, the messages and extra text to take it from)
+        self._asked: tuple[int, int, int, int] | tuple[Any, str | None] | None = None
         # a budget's hold was bounded on it at one call per deployment (the server sets it):
         # an answer the upstream may bill is not retried there (`executor._rebills`)
         self.held = False

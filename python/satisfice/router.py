@@ -373,17 +373,28 @@ def _prompt_mark(messages: object, extra: str | None) -> tuple[int, int, int, in
     return text_bytes(msgs) + (len(extra) if extra else 0), len(msgs), parts, h
 
 
+def _marked(d: Decision) -> Decision:
+    """`d` with its prompt's mark (`_prompt_mark`) taken now, as it is handed out (by
+    route(), aroute() and decide()): a prompt grown in place later is not the one routed.
+    A chat()'s own decision keeps a reference until a caller gives it back (`result.decision`),
+    so the usual request pays nothing for it."""
+    if d._asked is not None and len(d._asked) == 2:
+        d._asked = _prompt_mark(*d._asked)
+    return d
+
+
 def _check_asked(
     given: Decision, msgs: list[dict[str, Any]], tools: object, response_format: object
 ) -> None:
     """A decision is called with the prompt it was routed for: its cost cap's output limit,
     its window and its capabilities (vision) were worked out for that prompt (100 tool
     definitions added at the call had been sent under a cap they broke 28 times over)."""
-    if given._asked is None:
+    asked = _marked(given)._asked
+    if asked is None or len(asked) != 4:
         return
     now = _prompt_mark(msgs, extra_text(tools, response_format))
-    if now != given._asked:
-        (chars, n, parts, _), (was, n0, parts0, _) = now, given._asked
+    if now != asked:
+        (chars, n, parts, _), (was, n0, parts0, _) = now, asked
         raise ConfigError(
             f"decision= was routed for another prompt ({was:,} characters in {n0} message(s) "
             f"and {parts0} part(s), tools and response_format included; this call sends "
@@ -594,10 +605,10 @@ class Router:
         constraint that does not exist or has a bad value.
         """
         if constraints is None and not overrides:  # the usual call: nothing to check or shape
-            return self._route(self._snap, messages, _NO_CONSTRAINTS)
+            return _marked(self._route(self._snap, messages, _NO_CONSTRAINTS))
         tools, rf = overrides.pop("tools", None), overrides.pop("response_format", None)
         c, extra = _shaped(Constraints.of(constraints, **overrides), tools, rf)
-        return self._route(self._snap, messages, c, extra=extra)
+        return _marked(self._route(self._snap, messages, c, extra=extra))
 
     def _route(
         self,
@@ -633,7 +644,7 @@ class Router:
         if plan.below_floor and (policy.strict_floor if c.strict_floor is None else c.strict_floor):
             raise snap.below_floor(plan, c)
         d = Decision(snap, plan, c, self._feedback)
-        d._asked = _prompt_mark(messages, extra)
+        d._asked = (messages, extra)  # marked when the decision is handed out (_marked)
         return d
 
     async def aroute(
@@ -647,7 +658,8 @@ class Router:
         waits for an exact count."""
         tools, rf = overrides.pop("tools", None), overrides.pop("response_format", None)
         c, extra = _shaped(Constraints.of(constraints, **overrides), tools, rf)
-        return await self._route_off_loop(self._snap, _message_list(messages), c, extra=extra)
+        msgs = _message_list(messages)
+        return _marked(await self._route_off_loop(self._snap, msgs, c, extra=extra))
 
     async def _route_off_loop(
         self,
@@ -825,7 +837,7 @@ class Router:
         t0, started_at = perf_counter(), time()
         try:
             tuned: Literal["auto"] | None = "auto" if cascade == "auto" else None
-            return (await self._prepare(messages, constraints, options, tuned))[1]
+            return _marked((await self._prepare(messages, constraints, options, tuned))[1])
         except BaseException as e:
             if record:
                 self._unstarted(e, started_at, t0, options)
