@@ -229,8 +229,9 @@ async def test_the_judge_is_shown_a_request_sent_as_text_parts() -> None:
 # -- what a failed cascade puts on record -------------------------------------------------
 
 
+@pytest.mark.parametrize("ledger", ["l.jsonl", "l.db"])
 async def test_a_cascade_that_raises_records_its_rejected_answers_as_rejected(
-    up: LocalUpstream, tmp_path: object
+    up: LocalUpstream, tmp_path: object, ledger: str
 ) -> None:
     """Defect: the verdicts of a cascade's checks are written onto its attempts (outcome
     "rejected", `verdict`) only when the cascade returns. One that raises
@@ -238,13 +239,16 @@ async def test_a_cascade_that_raises_records_its_rejected_answers_as_rejected(
     leaves the answer its check rejected as outcome "ok" with no verdict, on the error's
     `attempts` and in the ledger's record: the record says the request got an answer it
     never returned and loses the check's verdict (what `satisfice report` and the flywheel
-    learn from). Expected: as for a returned cascade, "rejected" with its verdict."""
+    learn from). Expected: as for a returned cascade, "rejected" with its verdict; and its
+    steps on the record, which the report's escalation rates count (a second review found
+    them skipped there with every record not "ok"), in either kind of ledger."""
     from pathlib import Path
 
     from satisfice.errors import CascadeBudgetError
     from satisfice.ledger import read_records
+    from satisfice.report import rows, summarize
 
-    path = Path(str(tmp_path)) / "l.jsonl"
+    path = Path(str(tmp_path)) / ledger
     r = Router(registry(up.url), Policy(quality_floor=0.0))
     r.attach(ledger=path)
     up.script(wire("alpha"), reply("no"))
@@ -264,6 +268,8 @@ async def test_a_cascade_that_raises_records_its_rejected_answers_as_rejected(
     assert got and got[0][0] == "rejected" and got[0][1] is not None, got
     steps = (rec.get("cascade") or {}).get("steps") or []
     assert [s["models"] for s in steps][:2] == [["alpha"], ["gamma"]], rec.get("cascade")
+    esc = summarize(rows(path))["escalation"]
+    assert esc.get("0", {}).get("escalated") == 1, esc
 
 
 # -- ladders built in code are checked as a policy file's are ------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -160,6 +161,22 @@ def test_the_admin_api_off_does_not_name_the_variable() -> None:
     assert r.status_code == 403 and "SOME_TEAM_MASTER_KEY_VAR" not in r.text
 
 
+async def _echoed(up: LocalUpstream, echo: str, stream: bool) -> tuple[SatisficeError, Any]:
+    """Every model refuses with `echo` as its error (the request's error), then alpha
+    answers with it (the answer): what the key-echo tests read."""
+    for m in ("alpha", "beta", "gamma", "delta"):
+        up.script(wire(m), status(401, message=echo))
+    async with router(up.url) as r:
+        r.update(keyed(up.url))  # type: ignore[arg-type]
+        with pytest.raises(SatisficeError) as e:
+            await (r.stream(MSGS).result() if stream else r.chat(MSGS))
+        for m in ("alpha", "beta", "gamma", "delta"):
+            r.enable(m)
+        up.script(wire("alpha"), reply(f"the key: {echo}."))
+        res = await (r.stream(MSGS).result() if stream else r.chat(MSGS))
+    return e.value, res
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_key_echoed_percent_or_html_encoded_never_leaks(
     up: LocalUpstream, monkeypatch: pytest.MonkeyPatch, stream: bool
@@ -187,17 +204,7 @@ async def test_a_key_echoed_percent_or_html_encoded_never_leaks(
                 assert form not in text, f"{form!r} leaked into {text[:300]!r}"
             assert core not in text and CANARY.replace("-", "%2D")[6:-6] not in text
 
-    for m in ("alpha", "beta", "gamma", "delta"):
-        up.script(wire(m), status(401, message=echo))
-    async with router(up.url) as r:
-        r.update(keyed(up.url))  # type: ignore[arg-type]
-        with pytest.raises(SatisficeError) as e:
-            await (r.stream(MSGS).result() if stream else r.chat(MSGS))
-        err = e.value
-        for m in ("alpha", "beta", "gamma", "delta"):
-            r.enable(m)
-        up.script(wire("alpha"), reply(f"the key: {echo}."))
-        res = await (r.stream(MSGS).result() if stream else r.chat(MSGS))
+    err, res = await _echoed(up, echo, stream)
     clean(str(err), repr(err), [a.to_dict() for a in getattr(err, "attempts", [])])
     clean(res.text, repr(res), json.dumps(res.to_record()), str(res.raw))
     assert res.text.count("[redacted]") == len(forms)
@@ -245,17 +252,7 @@ async def test_a_key_echoed_base64_encoded_never_leaks(
                 assert f not in text, f"{f!r} leaked into {text[:300]!r}"
                 assert f[4:-4] not in text, f"{f[4:-4]!r} leaked into {text[:300]!r}"
 
-    for m in ("alpha", "beta", "gamma", "delta"):
-        up.script(wire(m), status(401, message=echo))
-    async with router(up.url) as r:
-        r.update(keyed(up.url))  # type: ignore[arg-type]
-        with pytest.raises(SatisficeError) as e:
-            await (r.stream(MSGS).result() if stream else r.chat(MSGS))
-        err = e.value
-        for m in ("alpha", "beta", "gamma", "delta"):
-            r.enable(m)
-        up.script(wire("alpha"), reply(f"the key: {echo}."))
-        res = await (r.stream(MSGS).result() if stream else r.chat(MSGS))
+    err, res = await _echoed(up, echo, stream)
     clean(str(err), repr(err), [a.to_dict() for a in getattr(err, "attempts", [])])
     clean(res.text, repr(res), json.dumps(res.to_record()), str(res.raw))
     assert res.text.count("[redacted]") == len(forms)
