@@ -415,10 +415,22 @@ def _thinks_refused(msgs: list[dict[str, Any]]) -> bool:
     return refused_beside_thinking(msgs)
 
 
-def _thinking_on_anthropic(registry: Registry) -> frozenset[str]:
-    from .providers.anthropic import thinks_on_anthropic
+_THINKING_ROWS: tuple[Registry, frozenset[str]] | None = None
 
-    return frozenset(m.id for m in registry if thinks_on_anthropic(m))
+
+def _thinking_on_anthropic(registry: Registry) -> frozenset[str]:
+    """The rows of `registry` that think on Anthropic's API alone: worked out once per
+    registry (an agent's every turn asks), the last one kept (replaced whole: any thread)."""
+    global _THINKING_ROWS
+    kept = _THINKING_ROWS
+    if kept is None or kept[0] is not registry:
+        from .providers.anthropic import thinks_on_anthropic
+
+        kept = _THINKING_ROWS = (
+            registry,
+            frozenset(m.id for m in registry if thinks_on_anthropic(m)),
+        )
+    return kept[1]
 
 
 def _ladder(cascade: object) -> Literal["auto", "given"] | None:
