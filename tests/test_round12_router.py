@@ -351,3 +351,22 @@ async def test_what_a_record_reads_of_the_decision_is_made_while_the_call_waits(
         await r.chat("hi")
     assert seen["waiting"] == (False, False)
     assert r._feedback._next == 0  # no slot taken
+
+
+def test_a_router_dropped_without_close_ends_its_chat_sync_loop_thread() -> None:
+    """A script that makes a Router per task, calls chat_sync() and never closes it had left
+    two threads a router (its loop thread and the loop's DNS worker) for the process's
+    life: 5 routers, 10 threads. An unclosed router, once garbage-collected, ends them."""
+    import gc
+
+    def ours() -> int:
+        return sum(t.name == "satisfice-sync" for t in threading.enumerate())
+
+    with LocalUpstream() as up:
+        before = ours()
+        for _ in range(5):
+            r = router(up.url)
+            assert r.chat_sync("hi").text
+            del r
+        gc.collect()
+        assert until(lambda: ours() == before), f"{ours() - before} loop threads left running"

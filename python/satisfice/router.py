@@ -1352,6 +1352,13 @@ class Router:
                     # thread does not exist. Its loop is left as it is: closing it would
                     # unregister the parent's sockets from the epoll instance both share.
                     self._sync = _LoopThread()
+                    # A router dropped unclosed ends its loop thread (and the loop's worker),
+                    # closing its own client's connections (those of the loop that used them
+                    # last: `PooledTransport` drops an old loop's), rather than leave them
+                    # open for the process's life.
+                    io = self._executor()
+                    owned = io.client if self._owns_client else None
+                    weakref.finalize(self, self._sync.abandon, owned).atexit = False
                 sync = self._sync
         result: ChatResult = sync.run(self.chat(messages, constraints, **kw))
         return result
@@ -1386,10 +1393,27 @@ class _LoopThread:
         self.loop = asyncio.new_event_loop()
         self._lock = threading.Lock()
         self._open = True
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, daemon=True, name="satisfice-sync"
-        )
+        self._abandoned = False
+        self.thread = threading.Thread(target=self._run, daemon=True, name="satisfice-sync")
         self.thread.start()
+
+    def _run(self) -> None:
+        self.loop.run_forever()
+        if self._abandoned:  # no stop() will close it
+            self.loop.close()
+
+    def abandon(self, client: httpx.AsyncClient | None) -> None:
+        """Its router was garbage-collected without close(): cancel what still runs, close
+        `client` (the router's own, whose connections are this loop's) and end the thread
+        (the loop's worker threads end with the loop)."""
+        import asyncio
+
+        with self._lock:
+            if not self._open or self.pid != os.getpid():  # closed, or a fork's copy
+                return
+            self._open = False
+            self._abandoned = True
+            asyncio.run_coroutine_threadsafe(_wind_down(client), self.loop)
 
     def run(self, coro: Any) -> Any:
         import asyncio
@@ -1418,6 +1442,17 @@ class _LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
+
+
+async def _wind_down(client: httpx.AsyncClient | None) -> None:
+    """`_LoopThread.abandon`'s end of the loop, on the loop."""
+    import asyncio
+
+    await _cancel_the_rest()
+    if client is not None:
+        await client.aclose()
+        await asyncio.sleep(0)  # the closed connections' callbacks run before the loop stops
+    asyncio.get_running_loop().stop()
 
 
 async def _cancel_the_rest() -> None:
