@@ -626,6 +626,7 @@ class Ledger:
         self._drop_lock = threading.Lock()  # `dropped`, and `_built` against put()
         self._asleep = False  # the writer waits for put() to wake it (_IDLE_WAIT_S)
         self.queued = self.acked = self.dropped = self.failures = self.rejected = 0
+        self._fb_queued = self._fb_written = 0  # scores, which flush() waits for as well
         self._closing = False
         self._last_expire = 0.0
         self._thread = threading.Thread(target=self._run, name="satisfice-ledger", daemon=True)
@@ -687,6 +688,7 @@ class Ledger:
         """Queue a score for a request's answer: `model`'s (a fallback's, scored beside the
         primary's), or the answering model's when None."""
         self._fb.append((request_id, time.time(), float(score), source, model))
+        self._fb_queued += 1
         if self._asleep:
             self._wake()
 
@@ -700,17 +702,18 @@ class Ledger:
         return len(self._q) + len(self._built)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every record queued so far is acknowledged (False on timeout)."""
-        target = self.queued - self.dropped
+        """Wait until every record and score queued so far is written (False on timeout): a
+        score given just before a script's end had been lost with the writer thread."""
+        target, scores = self.queued - self.dropped, self._fb_queued
         deadline = time.monotonic() + timeout
         with self._cv:
             self._cv.notify()
-        while self.acked < target and time.monotonic() < deadline:
+        while (self.acked < target or self._fb_written < scores) and time.monotonic() < deadline:
             if not self._thread.is_alive():
                 return False
             time.sleep(0.002)
             target = min(target, self.queued - self.dropped)
-        return self.acked >= target
+        return self.acked >= target and self._fb_written >= scores
 
     def close(self, timeout: float = 10.0) -> None:
         if self._closing:
@@ -890,6 +893,7 @@ class Ledger:
                     rows.append(self._fb.popleft())
                 try:
                     self.sink.feedback(rows)
+                    self._fb_written += len(rows)
                 except Exception as e:
                     self._fb.extendleft(reversed(rows))
                     _log.warning("ledger feedback write failed: %s", e)
