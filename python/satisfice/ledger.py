@@ -510,6 +510,14 @@ class PostgresSink:
                 # Replicas starting together would race their CREATE ... IF NOT EXISTS (it
                 # is not atomic in PostgreSQL): one transaction-scoped lock serialises them.
                 cur.execute("SELECT pg_advisory_xact_lock(7461023)")
+                # the version first: another version's ledger is refused, not altered
+                cur.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+                cur.execute(
+                    "INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
+                    (str(SCHEMA_VERSION),),
+                )
+                cur.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+                _pg_version((cur.fetchone() or (None,))[0], "write", "writes")
                 cols = ", ".join(f"{n} {pg}" for n, _, pg in COLUMNS)
                 cur.execute(f"CREATE TABLE IF NOT EXISTS requests ({cols})")
                 cur.execute("CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)")
@@ -519,14 +527,12 @@ class PostgresSink:
                 )
                 # added since: a ledger from before scores named their model gains it
                 cur.execute("ALTER TABLE feedback ADD COLUMN IF NOT EXISTS model TEXT")
-                cur.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-                cur.execute(
-                    "INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
-                    (str(SCHEMA_VERSION),),
-                )
             self._db.commit()
         except psycopg.Error as e:
             raise ConfigError(f"cannot open the PostgreSQL ledger: {type(e).__name__}") from None
+        except ConfigError:
+            self._db.close()  # (its transaction, and the lock, go with it)
+            raise
         return self._db
 
     def _run(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
@@ -1214,6 +1220,17 @@ def open_ledger_db(p: Path) -> sqlite3.Connection:
     return db
 
 
+def _pg_version(value: object, verb: str, verbs: str) -> None:
+    """ConfigError unless a PostgreSQL ledger's `meta` says this satisfice's schema version
+    (as SQLite ledgers are checked, by the writer and by readers)."""
+    if value is None or str(value) == str(SCHEMA_VERSION):
+        return
+    raise ConfigError(
+        f"the PostgreSQL ledger has schema version {value!s:.20}; this satisfice {verbs} "
+        f"{SCHEMA_VERSION} ({verb} it with the satisfice that wrote it)"
+    )
+
+
 def _read_pg(dsn: str) -> Iterable[dict[str, Any]]:
     import psycopg
 
@@ -1227,6 +1244,13 @@ def _read_pg(dsn: str) -> Iterable[dict[str, Any]]:
         ) from None
     with db:
         where = "(PostgreSQL)"
+        has_meta = db.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() "
+            "AND table_name = 'meta'"
+        ).fetchone()
+        if has_meta:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            _pg_version(None if row is None else row[0], "read", "reads")
         has_model = db.execute(  # a ledger from before scores named their model has none
             "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
             "AND table_name = 'feedback' AND column_name = 'model'"

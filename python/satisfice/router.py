@@ -787,6 +787,7 @@ class Router:
         return token
 
     _rec: Recorder | None = None  # set by attach(): ledger, metrics, logs, callbacks
+    _retiring: list[threading.Thread] = []  # noqa: RUF012 (replaced, never changed in place)
     _owns_ledger = False  # attach() opened it from a path: aclose() closes it
 
     def attach(
@@ -812,7 +813,11 @@ class Router:
 
         if self._rec is not None and self._rec.ledger is not None:  # attached again
             if self._owns_ledger:
-                self._rec.ledger.close()
+                # closed once the requests in flight, which record to it, have ended: closed
+                # at once, it had dropped their records
+                closing = _close_after(self._rec.ledger, self._in_flight)
+                if closing is not None:  # aclose() waits for it
+                    self._retiring = [*self._retiring, closing]
             else:
                 self._rec.ledger.flush()
         # a ledger made here (from a path, or for metrics alone) is the router's to close
@@ -1309,6 +1314,8 @@ class Router:
         io, self._io = self._io, None
         if io is not None and self._owns_client:
             await io.client.aclose()
+        for closing in self._retiring:  # ledgers an attach() again left to close
+            await asyncio.to_thread(closing.join)
         ledger = self.ledger
         if ledger is not None:
             await asyncio.to_thread(ledger.close if self._owns_ledger else ledger.flush)
@@ -1442,6 +1449,32 @@ class _LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
+
+
+def _close_after(
+    ledger: Ledger, in_flight: set[object], grace_s: float = 30.0
+) -> threading.Thread | None:
+    """Close `ledger` once the requests now `in_flight` have ended (at most `grace_s`, as
+    aclose() waits for them), on a thread of its own (returned): now if none is."""
+    while True:
+        try:  # (a chat_sync() on another thread may start one meanwhile)
+            waiting = tuple(in_flight)
+            break
+        except RuntimeError:
+            continue
+    if not waiting:
+        ledger.close()
+        return None
+
+    def close() -> None:
+        deadline = perf_counter() + grace_s
+        while any(t in in_flight for t in waiting) and perf_counter() < deadline:
+            threading.Event().wait(0.01)
+        ledger.close()
+
+    thread = threading.Thread(target=close, name="satisfice-ledger-close", daemon=True)
+    thread.start()
+    return thread
 
 
 async def _wind_down(client: httpx.AsyncClient | None) -> None:
