@@ -364,7 +364,7 @@ _AFTER_FINISH = {  # what comes with or after a finish, read to the end
     "two choices, usage on every chunk": (
         [_chunk("A", None, 1, 0), _chunk("B", None, 2, 1), _chunk("a", "stop", 3, 0),
          _chunk("b", None, 4, 1), _chunk("bb", "stop", 5, 1)],
-        "ABabbb", 5, "",
+        "Aa", 5, "",  # the first choice's text, as unstreamed (both had been spliced)
     ),
     "a tool call's arguments after its finish": (
         [_chunk(None, "tool_calls", 3, tool={"index": 0, "id": "c1", "type": "function",

@@ -127,6 +127,12 @@ class ProviderError(SatisficeError):
     #: The upstream answered 2xx, then the answer was lost (its body cut, or malformed): it
     #: generated the answer and may bill it, so the attempt carries an estimated cost.
     answered = False
+    #: What a stream had generated when it failed, beside the text that reached its caller
+    #: (tool calls' arguments; `thought`: reasoning), and the usage the upstream last
+    #: reported (`reported`): set by the providers, billed by the executor as at least that.
+    generated = ""
+    thought = ""
+    reported: Any = None
 
     def __init__(
         self,

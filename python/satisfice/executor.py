@@ -1015,7 +1015,12 @@ class Executor:
             or (isinstance(e, UpstreamTimeoutError) and not e.unsent)
             or e.answered
         ):
-            usage = self._prompt_usage(run, t, streamed or "", searched, thought)
+            # what reached the caller, and what the stream generated beside it (a tool
+            # call's arguments, reasoning); at least the usage the upstream last reported
+            thought = thought if len(thought) >= len(e.thought) else e.thought
+            usage = self._prompt_usage(run, t, (streamed or "") + e.generated, searched, thought)
+            if e.reported is not None:
+                usage = self._at_least_reported(run, t, usage, e.reported)
             attempt.usage, attempt.cost_estimated = usage, True
             attempt.cost_usd = self._cut_cost(run, t, usage, searched)
         run.record(attempt, t)
@@ -1128,7 +1133,11 @@ class Executor:
         counted = usage_of(run.request.messages, t.spec.tokenizer, resp, extra)
         if resp.web_searches:  # billed apart, whatever the tokens
             counted = replace(counted, web_searches=resp.web_searches)
-        return _with_reasoning(counted, t, run.max_out(t))
+        # the thinking it showed, where more than its row expects (3,000 tokens of it had
+        # been billed as the 1,024 expected)
+        shown = "".join(b.get("thinking") or "" for b in resp.thinking or ())
+        seen = text_tokens(shown, t.spec.tokenizer) if shown else 0
+        return _with_reasoning(counted, t, run.max_out(t), seen)
 
     def _answered(
         self, run: Run, t: _Target, resp: ChatResponse, started: float, now: float
@@ -1172,6 +1181,24 @@ class Executor:
         usage = Usage(tokens_in, out, source="estimated", web_searches=searched)
         seen = text_tokens(thought, tok) if thought else 0
         return _with_reasoning(usage, t, run.max_out(t), seen)
+
+    @staticmethod
+    def _at_least_reported(run: Run, t: _Target, usage: Usage, said: Usage) -> Usage:
+        """`usage` (estimated), raised to what the upstream reported before the call failed
+        where that is more and within what the call could use (as `_usage` checks it)."""
+        most = run.max_out(t)
+        if most is None:
+            most = t.spec.max_output + t.spec.reasoning_tokens
+        if said.prompt_tokens > t.spec.context_window or said.completion_tokens > most:
+            return usage
+        if said.completion_tokens <= usage.completion_tokens:
+            return usage
+        return replace(
+            said,
+            prompt_tokens=max(said.prompt_tokens, usage.prompt_tokens),
+            web_searches=max(said.web_searches, usage.web_searches),
+            source="estimated",
+        )
 
     @staticmethod
     def _cut_cost(run: Run, t: _Target, usage: Usage, searched: int | None) -> float | None:

@@ -709,6 +709,7 @@ class AnthropicProvider(HTTPProvider):
             json_halves = Halves()  # the same for a forced JSON tool's streamed text
             # index -> [id, name, json pieces] for tool_use blocks
             tools: dict[int, tuple[str, str, list[str]]] = {}
+            start_input: dict[int, str] = {}  # index -> a tool_use's input given at its start
             # index -> [thinking pieces, signature pieces] for thinking blocks, open; the
             # blocks as they closed
             thinking: dict[Any, tuple[list[str], list[str]]] = {}
@@ -806,10 +807,17 @@ class AnthropicProvider(HTTPProvider):
                                 block = _thought(b)
                                 thought.append(block)
                                 yield StreamDelta(thought=block)
-                            elif b["type"] == "text" and served:
-                                # a text block of its own (its citations its own), as the
-                                # answer unstreamed has it
-                                yield StreamDelta(block={"type": "text", "text": ""})
+                            elif b["type"] == "text":
+                                if served:
+                                    # a text block of its own (its citations its own), as the
+                                    # answer unstreamed has it
+                                    yield StreamDelta(block={"type": "text", "text": ""})
+                                # text given at the start, as Anthropic's SDK reads it (it
+                                # had been dropped)
+                                first = text_field(b.get("text"), "content_block.text")
+                                if first and (piece := halves.take(first)):
+                                    parts.append(piece)
+                                    yield piece
                             elif b["type"] == "server_tool_use":  # whole at its end
                                 if len(calling) >= 128:
                                     raise ValueError("more than 128 server tool calls")
@@ -820,11 +828,18 @@ class AnthropicProvider(HTTPProvider):
                             elif b["type"] == "tool_use":
                                 if len(tools) >= 128:
                                     raise ValueError("more than 128 tool calls in one answer")
-                                tools[token_count(ev["index"], "content_block.index")] = (
+                                i_ = token_count(ev["index"], "content_block.index")
+                                tools[i_] = (
                                     text_field(b["id"], "tool_use.id"),
                                     text_field(b["name"], "tool_use.name"),
                                     [],
                                 )
+                                if given_ := b.get("input"):  # its input given at the start:
+                                    # the answer's unless input_json_delta pieces follow (as
+                                    # Anthropic's SDK reads it; it had been "{}")
+                                    if not isinstance(given_, dict):
+                                        raise TypeError("tool_use.input is not an object")
+                                    start_input[i_] = json.dumps(given_)
                         elif kind == "message_start":
                             usage_in = ev["message"].get("usage") or {}
                         elif kind == "message_delta":
@@ -885,8 +900,10 @@ class AnthropicProvider(HTTPProvider):
                 # message_start and message_stop alone: no answer, and it had been one
                 raise self._malformed("the stream ended without an answer or a stop_reason")
             calls = [  # a tool_use with an empty input streams no JSON: it is {}
-                ToolCall(scrub(i), scrub(n), whole(scrub("".join(a))) or "{}")
-                for _, (i, n, a) in sorted(tools.items())
+                ToolCall(
+                    scrub(i), scrub(n), whole(scrub("".join(a) or start_input.get(k, ""))) or "{}"
+                )
+                for k, (i, n, a) in sorted(tools.items())
             ]
             finish = _FINISH.get(stop or "", stop)
             text = scrub("".join(parts))  # a key split across pieces is whole only now
@@ -902,8 +919,22 @@ class AnthropicProvider(HTTPProvider):
         except (httpx.RequestError, ProviderError) as e:
             if tail := halves.rest():  # what came before the cut, half a pair included
                 yield tail
-            if isinstance(e, ProviderError):
-                raise
-            raise self._answer_lost(e) from None
+            out = "".join(
+                [
+                    *("".join(a) for _, _, a in tools.values()),
+                    *("".join(c[1]) for c in calling.values()),
+                ]
+            )
+            thinking_seen = "".join(
+                [
+                    *(b.get("thinking") or "" for b in thought),
+                    *("".join(t_[0]) for t_ in thinking.values()),
+                ]
+            )
+            try:
+                usage_seen = _usage(usage_in, out_tokens) if out_tokens is not None else None
+            except PARSE_ERRORS:  # (the stream's failure is the error, not its usage)
+                usage_seen = None
+            raise self._stream_failed(e, out, thinking_seen, usage_seen) from None
         finally:
             await resp.aclose()

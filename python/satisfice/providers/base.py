@@ -685,6 +685,20 @@ class HTTPProvider:
     def _transport_error(self, e: Exception) -> RetryableError:
         return error_from_transport(e, self.model_id, self.deployment)
 
+    def _stream_failed(
+        self, e: httpx.RequestError | ProviderError, out: str, thought: str, usage: Usage | None
+    ) -> ProviderError:
+        """The error a stream that failed raises (a transport failure after its 2xx head is
+        `_answer_lost`), with what it had generated beside its text (`out`: tool calls'
+        arguments; `thought`: reasoning) and the usage last reported: billed at least that.
+        A stream that generated any of it is an answer the upstream bills: a cut or an error
+        event after 5,000 tokens of a tool call had been billed at the prompt, or $0."""
+        err = e if isinstance(e, ProviderError) else self._answer_lost(e)
+        if out or thought or usage is not None:
+            err.generated, err.thought, err.reported = out, thought, usage
+            err.answered = True
+        return err
+
     def _answer_lost(self, e: Exception) -> RetryableError:
         """A transport failure after a 2xx head (a body or a stream cut): the upstream was
         generating an answer and may bill it, so the attempt carries an estimated cost."""
@@ -897,14 +911,20 @@ async def quiet_after(events: AsyncIterator[T], at_end: list[bool]) -> AsyncIter
     reads as the answer's end (Anthropic's message_delta comes last but for message_stop,
     and may come more than once, its usage growing). An upstream holding the connection
     there had failed the whole answer at the stream's idle timeout or the deadline,
-    whichever came before the read timeout."""
+    whichever came before the read timeout. The grace runs from the moment the answer is
+    whole, whatever comes meanwhile: keep-alive pings after it had put the end off until
+    the idle timeout failed the answer."""
     it = aiter(events)
+    ends: float | None = None  # when the grace runs out (the answer is whole)
     while True:
         try:
             if at_end[0]:
-                async with asyncio.timeout(END_GRACE_S):
+                if ends is None:
+                    ends = asyncio.get_running_loop().time() + END_GRACE_S
+                async with asyncio.timeout_at(ends):
                     item = await anext(it)
             else:
+                ends = None
                 item = await anext(it)
         except StopAsyncIteration:
             return

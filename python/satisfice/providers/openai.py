@@ -447,6 +447,7 @@ class OpenAIProvider(HTTPProvider):
         try:
             parts: list[str] = []
             refusal: list[str] = []
+            reasoning: list[str] = []  # what some servers stream apart (billed if cut)
             tools: dict[int, _ToolAcc] = {}
             finish: str | None = None
             usage: Usage | None = None
@@ -467,6 +468,8 @@ class OpenAIProvider(HTTPProvider):
                         usage = _usage(chunk["usage"])
                     piece = ""
                     for c, choice in enumerate(chunk.get("choices") or ()):
+                        if choice.get("index") not in (0, None):
+                            continue  # the answer is the first choice (as unstreamed)
                         # its text as sent, lone surrogate halves and all (joined with
                         # the next event's; what is left alone becomes U+FFFD)
                         delta = (choice if kept is None else kept["choices"][c]).get("delta") or {}
@@ -475,15 +478,24 @@ class OpenAIProvider(HTTPProvider):
                             parts.append(piece)
                             yield piece
                         refusal.append(text_field(delta.get("refusal"), "delta.refusal"))
+                        for k in ("reasoning_content", "reasoning"):
+                            if isinstance(r_ := delta.get(k), str):
+                                reasoning.append(r_)
                         for tc in delta.get("tool_calls") or ():
                             call_id = text_field(tc.get("id"), "tool_calls[].id")
                             if tc.get("index") is not None:
                                 i = token_count(tc["index"], "tool_calls[].index")
                             else:
                                 # Some upstreams (Gemini's) stream each call whole, with no
-                                # index: a new id starts the next call, no id continues one.
+                                # index: a new id starts the next call, no id continues one,
+                                # but a name again (with no id) starts one too: two such
+                                # calls had been merged into one of invalid JSON.
                                 i = max(tools, default=0)
-                                if call_id and tools and tools[i].id not in ("", call_id):
+                                named = (tc.get("function") or tc.get("custom") or {}).get("name")
+                                if tools and (
+                                    (call_id and tools[i].id not in ("", call_id))
+                                    or (not call_id and named and tools[i].name)
+                                ):
                                     i += 1
                             if i not in tools and len(tools) >= 128:
                                 raise ValueError("more than 128 tool calls in one answer")
@@ -543,8 +555,7 @@ class OpenAIProvider(HTTPProvider):
         except (httpx.RequestError, ProviderError) as e:
             if tail := halves.rest():  # what came before the cut, half a pair included
                 yield tail
-            if isinstance(e, ProviderError):
-                raise
-            raise self._answer_lost(e) from None
+            out = "".join("".join(a.args) for a in tools.values())
+            raise self._stream_failed(e, out, "".join(reasoning), usage) from None
         finally:
             await resp.aclose()
