@@ -248,6 +248,7 @@ def admin_routes(svc: Service) -> list[Route]:
         Route("/admin/teams", wrap(create_team), methods=["POST"]),
         Route("/admin/spend", wrap(spend), methods=["GET"]),
         Route("/admin/health", wrap(health), methods=["GET"]),
-        Route("/admin/deployments/{model}/{action}", wrap(set_deployment), methods=["POST"]),
+        # `path`: a model id may hold "/" (OpenRouter's do); the action is the last segment
+        Route("/admin/deployments/{model:path}/{action}", wrap(set_deployment), methods=["POST"]),
         Route("/admin/reload", wrap(reload), methods=["POST"]),
     ]

@@ -1381,7 +1381,7 @@ def create_app(
         # though only a Claude model is sent it: for any other, the count is an upper bound
         exact = exact and not any("thinking_blocks" in m for m in routed.messages)
         return JSONResponse({"input_tokens": d.tokens_in(first)}, headers={
-            "x-satisfice-model": first,
+            "x-satisfice-model": wire.header_value(first),
             "x-satisfice-tokens": "exact" if exact else "estimated",
         })  # fmt: skip
 
@@ -1952,6 +1952,6 @@ async def _stream(
         headers={
             "cache-control": "no-cache",
             "x-satisfice-request-id": sid,
-            "x-satisfice-model": answering,
+            "x-satisfice-model": wire.header_value(answering),
         },
     )

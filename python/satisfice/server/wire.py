@@ -461,14 +461,25 @@ def sse_data(obj: Any) -> bytes:
     return b"data: " + dumps(obj) + b"\n\n"
 
 
+def header_value(s: str) -> str:
+    """A model id or deployment name as a header's value: as it is when printable ASCII
+    without `%`, else percent-encoded as UTF-8 (a registry may name a model `模型`, which
+    the Latin-1 of headers cannot carry: the answer, called and billed, had been a 500)."""
+    if s.isascii() and s.isprintable() and "%" not in s:
+        return s
+    from urllib.parse import quote
+
+    return quote(s, safe="")
+
+
 def headers_of(res: Any) -> list[tuple[bytes, bytes]]:
     """The decision's `x-satisfice-*` headers of an answer, as the bytes they are sent as."""
     cost, est = res.total_cost_usd, res.decision.est_cost_usd
     return [
         (b"x-satisfice-request-id", res.request_id.encode("latin-1")),
-        (b"x-satisfice-model", res.model.encode("latin-1")),
-        (b"x-satisfice-deployment", res.deployment.encode("latin-1")),
-        (b"x-satisfice-routed-to", res.decision.model.encode("latin-1")),
+        (b"x-satisfice-model", header_value(res.model).encode()),
+        (b"x-satisfice-deployment", header_value(res.deployment).encode()),
+        (b"x-satisfice-routed-to", header_value(res.decision.model).encode()),
         (b"x-satisfice-est-cost-usd", b"unpriced" if est is None else b"%.8f" % est),
         (b"x-satisfice-cost-usd", b"unpriced" if cost is None else b"%.8f" % cost),
         (b"x-satisfice-attempts", b"%d" % len(res.attempts)),
