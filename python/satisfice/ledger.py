@@ -606,6 +606,31 @@ def _refused(e: Exception) -> bool:
     return not names & {"OperationalError", "InterfaceError"}
 
 
+_OPTIONS = ("max_buffer", "batch", "flush_interval_s", "retention_days")
+
+
+def _check_options(
+    max_buffer: object = 1, batch: object = 1, flush_interval_s: object = 0.0,
+    retention_days: object = None,
+) -> None:  # fmt: skip
+    """ConfigError naming a ledger option that cannot work: `retention_days=-1` had deleted
+    every record on the writer's first pass, and `batch=0` had written none."""
+    for name, v in (("max_buffer", max_buffer), ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"Ledger {name} must be a whole number >= 1, got {v!r:.40}")
+    checks = (("flush_interval_s", flush_interval_s, 0.0), ("retention_days", retention_days, 0.0))
+    for name, v, low in checks:
+        if name == "retention_days" and v is None:
+            continue
+        x = as_real(v)
+        if x is None or not math.isfinite(x) or x < low or (name == "retention_days" and x == 0):
+            raise ConfigError(
+                f"Ledger {name} must be a finite number "
+                f"{'> 0 (or None: keep every record)' if name == 'retention_days' else '>= 0'}, "
+                f"got {v!r:.40}"
+            )
+
+
 class Ledger:
     """Batches records to a sink from a writer thread (see the module docstring)."""
 
@@ -620,6 +645,7 @@ class Ledger:
         on_ack: Callable[[list[str]], None] | None = None,
         on_record: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
+        _check_options(max_buffer, batch, flush_interval_s, retention_days)
         self.sink = sink
         self.max_buffer, self.batch, self.flush_interval_s = max_buffer, batch, flush_interval_s
         self.retention_days, self.on_ack, self.on_record = retention_days, on_ack, on_record
@@ -646,6 +672,7 @@ class Ledger:
     @classmethod
     def open(cls, target: str | Path, **kw: Any) -> Ledger:
         """A ledger on SQLite (a path), JSONL (*.jsonl) or PostgreSQL (postgresql://...)."""
+        _check_options(**{k: kw[k] for k in _OPTIONS if k in kw})  # before the sink opens
         return cls(open_sink(target), **kw)
 
     # the request path: append only ---------------------------------------------------------

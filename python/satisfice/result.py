@@ -80,6 +80,11 @@ class Attempt:
                 "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
                 "cached_tokens": u.cached_tokens, "cache_write_tokens": u.cache_write_tokens,
                 "source": u.source,
+                # billed apart (a 1-hour cache write at 2x input; reasoning is output): the
+                # record's cost had not been explainable from its own tokens without them
+                **({"cache_write_1h_tokens": u.cache_write_1h_tokens}
+                   if u.cache_write_1h_tokens else {}),
+                **({"reasoning_tokens": u.reasoning_tokens} if u.reasoning_tokens else {}),
                 **({"web_searches": u.web_searches} if u.web_searches else {}),
             },
             "cost_usd": self.cost_usd, "cost_estimated": self.cost_estimated,

@@ -252,11 +252,14 @@ _Tier = tuple[float, float, float]
 
 def _make_price(rates: Mapping[str, float | None], tiers: Iterable[_Tier] = ()) -> Price | None:
     """A Price from parsed rates, or None (unpriced) when input or output is missing or both
-    are 0: a source's 0 means 'not listed' far more often than 'free'."""
+    are 0: a source's 0 means 'not listed' far more often than 'free'. So does a 0 for any
+    other rate (cache reads and writes, reasoning, tiers, per request or search), in every
+    catalogue: the price then bills those as input or output, never as free (LiteLLM's and
+    models.dev's 0 cache-read and reasoning rates had made them free)."""
     inp, out = rates.get("input"), rates.get("output")
     if inp is None or out is None or (inp == 0 and out == 0):
         return None
-    extra = {k: v for k, v in rates.items() if k not in ("input", "output") and v is not None}
+    extra = {k: v for k, v in rates.items() if k not in ("input", "output") and v}
     try:
         return Price.from_dict(
             {"input": inp, "output": out, **extra,
@@ -309,8 +312,6 @@ def parse_litellm(data: Mapping[str, Any]) -> Catalogue:
             "per_request": _per_million(e.get("input_cost_per_request")),
             "per_search": _per_search(e.get("search_context_cost_per_query")),
         }
-        if rates["cache_write"] == 0:  # "no charge listed" for hosts with automatic caching
-            rates["cache_write"] = None
         successor = e.get("successor_model")
         if isinstance(successor, str) and successor.startswith(prefix):
             successor = successor[len(prefix) :]
@@ -362,9 +363,6 @@ def parse_openrouter(data: Mapping[str, Any]) -> Catalogue:
             "per_request": _per_million(p.get("request")) or None,
             "per_search": _per_million(p.get("web_search")) or None,
         }
-        for k in ("cached_input", "cache_write", "cache_write_1h", "reasoning"):
-            if rates[k] == 0:
-                rates[k] = None
         tiers: list[_Tier] = []
         for o in _seq(p, "overrides"):  # {min_prompt_tokens, prompt, completion, ...}
             if isinstance(o, Mapping) and (n := _positive_int(o.get("min_prompt_tokens"))):
