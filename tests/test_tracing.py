@@ -76,8 +76,12 @@ async def test_failures_are_error_spans(up: LocalUpstream) -> None:
     async with router(up.url).attach(tracing=Tracing(provider)) as r:
         with pytest.raises(BadRequestError):
             await r.chat("Say hello")
-    (s,) = exp.get_finished_spans()
+    spans = exp.get_finished_spans()
+    (s,) = [x for x in spans if x.parent is None]  # the request's, and its attempt's under it
     assert s.status.status_code == StatusCode.ERROR and s.attributes["error.type"]
+    (a,) = [x for x in spans if x.parent is not None]
+    assert a.attributes["gen_ai.request.model"] == "alpha"
+    assert a.attributes["http.response.status_code"] == 400
 
 
 async def test_otlp_http_export_to_a_local_receiver(up: LocalUpstream) -> None:

@@ -17,31 +17,32 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .result import Attempt, ChatResult
+    from .result import ChatResult
 
 __all__ = ["Tracing"]
 
 
-def _gen_ai(a: Attempt, provider: str | None) -> dict[str, Any]:
+def _gen_ai(a: Mapping[str, Any], provider: str | None) -> dict[str, Any]:
+    """An attempt's span attributes, from its record (`Attempt.to_dict()`)."""
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": "chat",
-        "gen_ai.request.model": a.model,
-        "satisfice.deployment": a.deployment,
-        "satisfice.outcome": a.outcome,
+        "gen_ai.request.model": a["model"],
+        "satisfice.deployment": a["deployment"],
+        "satisfice.outcome": a["outcome"],
     }
     if provider:
         attrs["gen_ai.provider.name"] = provider
-    if a.usage is not None:
-        attrs["gen_ai.usage.input_tokens"] = a.usage.prompt_tokens
-        attrs["gen_ai.usage.output_tokens"] = a.usage.completion_tokens
-    if a.cost_usd is not None:
-        attrs["satisfice.cost_usd"] = a.cost_usd
-    if a.error_type:
-        attrs["error.type"] = a.error_type
-    if a.status is not None:
-        attrs["http.response.status_code"] = a.status
-    if a.verdict is not None:
-        attrs["satisfice.verdict.passed"] = bool(a.verdict.get("passed"))
+    if (u := a.get("usage")) is not None:
+        attrs["gen_ai.usage.input_tokens"] = u["prompt_tokens"]
+        attrs["gen_ai.usage.output_tokens"] = u["completion_tokens"]
+    if a.get("cost_usd") is not None:
+        attrs["satisfice.cost_usd"] = a["cost_usd"]
+    if a.get("error_type"):
+        attrs["error.type"] = a["error_type"]
+    if a.get("status") is not None:
+        attrs["http.response.status_code"] = a["status"]
+    if (v := a.get("verdict")) is not None:
+        attrs["satisfice.verdict.passed"] = bool(v.get("passed"))
     return attrs
 
 
@@ -104,14 +105,7 @@ class Tracing:
         for a in r.attempts:
             spec = reg[a.model] if a.model in reg else None  # noqa: SIM401 (a Registry, not a dict)
             parent_span = steps[a.step][0] if a.step in steps else root
-            s = self._tracer.start_span(
-                f"chat {a.model}", context=trace.set_span_in_context(parent_span),
-                kind=trace.SpanKind.CLIENT, start_time=t0 + int(a.started_s * 1e9),
-                attributes=_gen_ai(a, spec.provider if spec else None),
-            )  # fmt: skip
-            if a.outcome == "error":
-                s.set_status(trace.Status(trace.StatusCode.ERROR, a.error_type or "error"))
-            s.end(t0 + int((a.started_s + a.duration_s) * 1e9))
+            self._attempt(a.to_dict(), t0, parent_span, spec.provider if spec else None)
         for span, end in steps.values():
             span.end(t0 + int(end * 1e9))
         root.end(t0 + int(r.latency_s * 1e9))
@@ -126,4 +120,18 @@ class Tracing:
             "error.type": rec.get("error_type", "error"),
             "satisfice.request_id": rec["request_id"]})  # fmt: skip
         span.set_status(trace.Status(trace.StatusCode.ERROR, rec.get("error_type", "error")))
+        for a in rec.get("attempts") or ():  # each call it made: which failed, and how
+            self._attempt(a, t0, span, None)
         span.end(t0 + int(float(rec.get("latency_s") or 0) * 1e9))
+
+    def _attempt(self, a: Mapping[str, Any], t0: int, parent: Any, provider: str | None) -> None:
+        """The span of one attempt (its record), under `parent`."""
+        trace = self._trace
+        s = self._tracer.start_span(
+            f"chat {a['model']}", context=trace.set_span_in_context(parent),
+            kind=trace.SpanKind.CLIENT, start_time=t0 + int(a["started_s"] * 1e9),
+            attributes=_gen_ai(a, provider),
+        )  # fmt: skip
+        if a["outcome"] == "error":
+            s.set_status(trace.Status(trace.StatusCode.ERROR, a.get("error_type") or "error"))
+        s.end(t0 + int((a["started_s"] + a["duration_s"]) * 1e9))
