@@ -469,6 +469,14 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
             # under a cap, a string switched the usage check off
             if (v := as_count(extra[k])) is None or v < 1:
                 raise ConfigError(f"extra {k} must be an integer >= 1, got {extra[k]!r:.40}")
+    if extra and extra.get("service_tier", "auto") not in ("auto", "default", None):
+        # billed at the tier's rates by the upstream, at the standard ones here: a $0.04
+        # priority call had been recorded, budgeted and capped as $0.02
+        raise ConfigError(
+            f"extra service_tier={extra['service_tier']!r:.20}: satisfice prices calls at "
+            "the standard tier's rates, so a priority or flex call would be billed wrong; "
+            'leave service_tier out (or "auto")'
+        )
     if extra and extra.get("n", 1) != 1:
         # a stream ran the answers' pieces into one text; a complete call took the first
         raise ConfigError(
