@@ -23,6 +23,7 @@ from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream, RawUpstream
 
 from .chat_support import move_alpha, registry, router
+from .polling import until_async
 from .server_support import running
 
 MSGS = [{"role": "user", "content": "hello there"}]
@@ -508,3 +509,38 @@ def test_served_streams_keep_text_given_in_a_content_block_start(
             ))  # fmt: skip
             text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == "Hello world", text
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+async def test_a_caller_that_leaves_while_a_tool_call_streams_is_billed_for_it(
+    up: LocalUpstream, raw: RawUpstream, api: str
+) -> None:
+    """A caller that leaves (its task cancelled, as a server's is when its client hangs up)
+    while the model writes a tool call had its attempt settled at the prompt alone, however
+    many thousand tokens of arguments had streamed: the pieces never reached the executor.
+    The attempt is billed for them too."""
+    body = sse_head() + (oa_tool_pieces() if api == "openai" else an_tool_pieces())
+
+    async def send(w: asyncio.StreamWriter) -> None:
+        w.write(body)
+        await w.drain()
+        await asyncio.sleep(30)  # writing on: the caller leaves first
+
+    raw.push(send)
+    async with router(up.url) as r:
+        r.update(move_alpha(registry(up.url), raw.url, api))
+        s = r.stream(MSGS, allow=["alpha"], timeout=20)
+        task = asyncio.create_task(s.result())
+
+        def written() -> int:  # what the call in flight has generated so far
+            return sum(len("".join(c[2].out)) for run in s._runs for c in run.calling.values())
+
+        assert await until_async(lambda: written() >= len(BIG_ARGS)), written()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    (a,) = s.attempts
+    assert a.outcome == "cancelled" and a.cost_estimated
+    # alpha's output is $0.40 a million tokens: more than 1,000 of them (the prompt's ~10
+    # input tokens had been the whole bill)
+    assert a.cost_usd is not None and a.cost_usd > 1000 * 0.40 / 1e6, a

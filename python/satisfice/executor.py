@@ -56,10 +56,12 @@ from .providers.anthropic import (
     server_tool,
 )
 from .providers.base import (
+    GENERATED,
     KEEPALIVE_S,
     PROGRESS,
     ChatRequest,
     ChatResponse,
+    Generated,
     Provider,
     StreamDelta,
     Usage,
@@ -501,7 +503,8 @@ class Run:
         self.min_window = 0  # after a context-length error: windows must be larger than this
         self.tried: set[str] = set()  # targets already called: no longer fallbacks
         # calls sent and not yet on record, with their start: what a cancellation cuts off
-        self.calling: dict[tuple[str, str], tuple[_Target, float]] = {}
+        # the calls in flight: their target, start, and what a stream of theirs generated
+        self.calling: dict[tuple[str, str], tuple[_Target, float, Generated]] = {}
         self.answering: str | None = None  # the model a stream's text comes from, once known
         # routes the request again without leaving out cooling models (set by the router
         # when it left some out): what `_failure` asks when no model routed could take it
@@ -953,14 +956,15 @@ class Executor:
         launch, while the others are still untried, the first racer's share was halved for
         a fallback)."""
         timeout, budget = self._budget(run, t)
-        run.calling[_hold(t)] = t, perf_counter()
+        made = Generated()  # what a stream generates beside its text (the providers add)
+        run.calling[_hold(t)] = t, perf_counter(), made
         self._in_flight[t.key] += 1
         loop = asyncio.get_running_loop()
         deadlines = self._deadlines.get(loop)
         if deadlines is None:  # one per event loop: a router may serve several threads' loops
             deadlines = self._deadlines[loop] = Deadlines(loop)
         stage = [UNKNOWN]  # how far the request got (the transport's STAGE)
-        token = STAGE.set(stage)
+        token, generating = STAGE.set(stage), GENERATED.set(made)
         try:
             return await deadlines.wait(call(timeout), budget)
         except TimeoutError as e:  # the budget's, unless a limit inside said which it was
@@ -979,6 +983,7 @@ class Executor:
             raise
         finally:
             STAGE.reset(token)
+            GENERATED.reset(generating)
             self._in_flight[t.key] -= 1
 
     def _failed(
@@ -1527,7 +1532,7 @@ class Executor:
 
         async def open_(
             p: Provider, request: ChatRequest, timeout: httpx.Timeout
-        ) -> tuple[Any, str | StreamDelta | ChatResponse, list[StreamDelta]]:
+        ) -> tuple[Any, str | StreamDelta | ChatResponse, list[StreamDelta], Generated]:
             """The stream, its first text (or signed thinking block, or whole answer) and
             the pieces of thinking before it. The stream is the caller's from that item
             on; a failure before it (a reset or an overloaded error while the model thinks)
@@ -1535,6 +1540,7 @@ class Executor:
             model still at it after KEEPALIVE_S (thinking, writing a tool call) makes it
             the caller's then, with a keep-alive: minutes of silence a proxy would cut."""
             gen = p.stream(request, timeout)
+            made = GENERATED.get() or Generated()  # the call's (`_bounded`), the stream's too
             held: list[StreamDelta] = []
             moved = False  # anything came (a tool call's pieces too)
             loop = asyncio.get_running_loop()
@@ -1549,13 +1555,13 @@ class Executor:
                         if not isinstance(item, StreamDelta) or item.thought is not None or (
                             item.block is not None  # a server tool ran: billed, the caller's
                         ):  # fmt: skip
-                            return gen, item, held
+                            return gen, item, held, made
                         if item is not PROGRESS:  # (a tool call's piece: given whole)
                             held.append(item)
                         moved = True
                         now = loop.time()
                         if now - since >= KEEPALIVE_S:
-                            return gen, StreamDelta(), held
+                            return gen, StreamDelta(), held, made
                         cm.reschedule(now + idle)
             except TimeoutError:  # in this limit's own words, not the attempt budget's
                 await gen.aclose()
@@ -1570,7 +1576,7 @@ class Executor:
             # StopAsyncIteration cannot happen: a provider stream ends with a ChatResponse
 
         try:
-            t, started, (gen, item, held) = await self._first_success(run, open_)
+            t, started, (gen, item, held, made) = await self._first_success(run, open_)
         except (GeneratorExit, asyncio.CancelledError):  # left before its first text
             self._cut_off(run)  # the call it cut off may be billed: on record, estimated
             raise
@@ -1681,7 +1687,12 @@ class Executor:
             # keeps an estimate of that (prompt and text so far) for the record and budgets.
             now = perf_counter()
             run.upstream_s += now - started
-            usage = self._prompt_usage(run, t, "".join(delivered), searched, "".join(thought))
+            # and what it generated beside the text (a tool call it was writing: a client
+            # that left then had been settled at the prompt alone)
+            seen = max("".join(thought), "".join(made.thought), key=len)
+            usage = self._prompt_usage(
+                run, t, "".join(delivered) + "".join(made.out), searched, seen
+            )
             run.record(Attempt(
                 t.model, t.dep.name, "cancelled", started - run.t0, now - started,
                 "ClientClosedStream", run.closed_because or _CLOSED_EARLY,
@@ -1815,15 +1826,27 @@ class Executor:
         price: it may be billed the prompt (estimated). Between calls (a backoff, a wait
         for a cooldown) none is open, and every call made is on record already."""
         now = perf_counter()
-        for t, started in list(run.calling.values()):
-            self._cancelled(run, t, started, now)
+        for t, started, made in list(run.calling.values()):
+            self._cancelled(run, t, started, now, made=made)
 
     def _cancelled(
-        self, run: Run, t: _Target, started: float, now: float, usage: Usage | None = None
+        self,
+        run: Run,
+        t: _Target,
+        started: float,
+        now: float,
+        usage: Usage | None = None,
+        made: Generated | None = None,
     ) -> None:
         """Put a call cancelled in flight on record: with its answer's `usage` when it had
-        finished, else at its prompt, estimated (billed or not, which cannot be known)."""
-        billed = self._prompt_usage(run, t) if usage is None else usage
+        finished, else at its prompt and what its stream generated (`made`), estimated
+        (billed or not, which cannot be known)."""
+        if usage is not None:
+            billed = usage
+        elif made is not None and (made.out or made.thought):
+            billed = self._prompt_usage(run, t, "".join(made.out), None, "".join(made.thought))
+        else:
+            billed = self._prompt_usage(run, t)
         run.record(
             Attempt(
                 t.model,

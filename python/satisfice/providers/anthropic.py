@@ -23,10 +23,12 @@ from .._redact import scrub, scrub_nested
 from ..errors import BadRequestError, ProviderError, RetryableError, UnsupportedRequestError
 from ..registry import ModelSpec, thinking_budget
 from .base import (
+    GENERATED,
     PARSE_ERRORS,
     PROGRESS,
     ChatRequest,
     ChatResponse,
+    Generated,
     Halves,
     HTTPProvider,
     StreamDelta,
@@ -710,6 +712,7 @@ class AnthropicProvider(HTTPProvider):
             # index -> [id, name, json pieces] for tool_use blocks
             tools: dict[int, tuple[str, str, list[str]]] = {}
             start_input: dict[int, str] = {}  # index -> a tool_use's input given at its start
+            made = GENERATED.get() or Generated()  # tool calls and thinking (billed if cut)
             # index -> [thinking pieces, signature pieces] for thinking blocks, open; the
             # blocks as they closed
             thinking: dict[Any, tuple[list[str], list[str]]] = {}
@@ -776,6 +779,7 @@ class AnthropicProvider(HTTPProvider):
                                 piece = text_field(d["thinking"], "thinking_delta.thinking")
                                 if piece := think_halves.take(piece):
                                     t_[0].append(piece)
+                                    made.thought.append(piece)
                                     yield StreamDelta(thinking=piece)
                             elif d["type"] == "signature_delta":
                                 sig = text_field(d["signature"], "signature_delta.signature")
@@ -786,11 +790,13 @@ class AnthropicProvider(HTTPProvider):
                             elif d["type"] == "input_json_delta" and ev["index"] in calling:
                                 piece = text_field(d["partial_json"], "partial_json")
                                 calling[ev["index"]][1].append(piece)
+                                made.out.append(piece)
                                 yield PROGRESS
                             elif d["type"] == "input_json_delta":
                                 t = tools[ev["index"]]
                                 piece = text_field(d["partial_json"], "partial_json")
                                 t[2].append(piece)
+                                made.out.append(piece)
                                 if t[1] != _JSON_TOOL:
                                     yield PROGRESS  # given whole at the end
                                 elif piece := json_halves.take(piece):
@@ -802,6 +808,7 @@ class AnthropicProvider(HTTPProvider):
                                 sig = text_field(b.get("signature"), "signature")
                                 thinking[ev["index"]] = ([first] if first else [], [sig])
                                 if first:
+                                    made.thought.append(first)
                                     yield StreamDelta(thinking=first)
                             elif b["type"] == "redacted_thinking":  # whole, at its start
                                 block = _thought(b)
@@ -919,22 +926,10 @@ class AnthropicProvider(HTTPProvider):
         except (httpx.RequestError, ProviderError) as e:
             if tail := halves.rest():  # what came before the cut, half a pair included
                 yield tail
-            out = "".join(
-                [
-                    *("".join(a) for _, _, a in tools.values()),
-                    *("".join(c[1]) for c in calling.values()),
-                ]
-            )
-            thinking_seen = "".join(
-                [
-                    *(b.get("thinking") or "" for b in thought),
-                    *("".join(t_[0]) for t_ in thinking.values()),
-                ]
-            )
             try:
                 usage_seen = _usage(usage_in, out_tokens) if out_tokens is not None else None
             except PARSE_ERRORS:  # (the stream's failure is the error, not its usage)
                 usage_seen = None
-            raise self._stream_failed(e, out, thinking_seen, usage_seen) from None
+            raise self._stream_failed(e, made, usage_seen) from None
         finally:
             await resp.aclose()

@@ -30,6 +30,7 @@ import os
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -264,6 +265,24 @@ class StreamDelta:
 #: call's arguments, a refusal): progress, which the stream's idle timeout counts (a long
 #: tool call had been cut by it, whatever was arriving).
 PROGRESS = StreamDelta()
+
+
+class Generated:
+    """What a stream generated beside the text it gives (a tool call's arguments, `out`;
+    reasoning a server streams apart, and thinking, `thought`), kept as it comes: the
+    executor bills at least that for a stream that fails or is left before its end (a
+    tool call 5,000 tokens long had been billed at the prompt alone)."""
+
+    __slots__ = ("out", "thought")
+
+    def __init__(self) -> None:
+        self.out: list[str] = []
+        self.thought: list[str] = []
+
+
+#: The `Generated` of the call being made (the executor's, per call; a stream takes it as
+#: it starts and keeps it to its end).
+GENERATED: ContextVar[Generated | None] = ContextVar("satisfice_generated", default=None)
 #: Seconds between the keep-alive items a stream gives while only PROGRESS comes.
 KEEPALIVE_S = 5.0
 
@@ -686,17 +705,17 @@ class HTTPProvider:
         return error_from_transport(e, self.model_id, self.deployment)
 
     def _stream_failed(
-        self, e: httpx.RequestError | ProviderError, out: str, thought: str, usage: Usage | None
+        self, e: httpx.RequestError | ProviderError, made: Generated, usage: Usage | None
     ) -> ProviderError:
         """The error a stream that failed raises (a transport failure after its 2xx head is
-        `_answer_lost`), with what it had generated beside its text (`out`: tool calls'
-        arguments; `thought`: reasoning) and the usage last reported: billed at least that.
-        A stream that generated any of it is an answer the upstream bills: a cut or an error
-        event after 5,000 tokens of a tool call had been billed at the prompt, or $0."""
+        `_answer_lost`), with what it had generated beside its text (`made`) and the usage
+        last reported: billed at least that. A stream that generated any of it is an answer
+        the upstream bills: a cut or an error event after 5,000 tokens of a tool call had
+        been billed at the prompt, or $0."""
         err = e if isinstance(e, ProviderError) else self._answer_lost(e)
-        if out or thought or usage is not None:
-            err.generated, err.thought, err.reported = out, thought, usage
-            err.answered = True
+        if made.out or made.thought or usage is not None:
+            err.generated, err.thought = "".join(made.out), "".join(made.thought)
+            err.reported, err.answered = usage, True
         return err
 
     def _answer_lost(self, e: Exception) -> RetryableError:

@@ -11,10 +11,12 @@ import httpx
 from .._redact import scrub
 from ..errors import ProviderError, UnsupportedRequestError
 from .base import (
+    GENERATED,
     PARSE_ERRORS,
     PROGRESS,
     ChatRequest,
     ChatResponse,
+    Generated,
     Halves,
     HTTPProvider,
     StreamDelta,
@@ -447,7 +449,7 @@ class OpenAIProvider(HTTPProvider):
         try:
             parts: list[str] = []
             refusal: list[str] = []
-            reasoning: list[str] = []  # what some servers stream apart (billed if cut)
+            made = GENERATED.get() or Generated()  # tool calls and reasoning (billed if cut)
             tools: dict[int, _ToolAcc] = {}
             finish: str | None = None
             usage: Usage | None = None
@@ -480,7 +482,7 @@ class OpenAIProvider(HTTPProvider):
                         refusal.append(text_field(delta.get("refusal"), "delta.refusal"))
                         for k in ("reasoning_content", "reasoning"):
                             if isinstance(r_ := delta.get(k), str):
-                                reasoning.append(r_)
+                                made.thought.append(r_)
                         for tc in delta.get("tool_calls") or ():
                             call_id = text_field(tc.get("id"), "tool_calls[].id")
                             if tc.get("index") is not None:
@@ -510,6 +512,7 @@ class OpenAIProvider(HTTPProvider):
                             fn = tc.get(kind) or {}
                             acc.name = text_field(fn.get("name"), f"{kind}.name") or acc.name
                             acc.args.append(text_field(fn.get(text), f"{kind}.{text}"))
+                            made.out.append(acc.args[-1])
                         finish = text_field(choice.get("finish_reason"), "finish_reason") or finish
                     if not piece and began and _moves(chunk):
                         # a tool call's piece, reasoning some servers stream apart, a
@@ -555,7 +558,6 @@ class OpenAIProvider(HTTPProvider):
         except (httpx.RequestError, ProviderError) as e:
             if tail := halves.rest():  # what came before the cut, half a pair included
                 yield tail
-            out = "".join("".join(a.args) for a in tools.values())
-            raise self._stream_failed(e, out, "".join(reasoning), usage) from None
+            raise self._stream_failed(e, made, usage) from None
         finally:
             await resp.aclose()
