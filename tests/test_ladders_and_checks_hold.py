@@ -321,3 +321,29 @@ def test_the_server_reads_cascade_null_as_not_sent(up: LocalUpstream) -> None:
     up.wait_idle()
     up.reset_script()
     assert got.status_code == 200, got.text
+
+
+async def test_a_regex_check_that_backtracks_neither_holds_the_loop_nor_runs_on() -> None:
+    """Python's `re` holds the interpreter's lock for a whole search, so a `regex()` check
+    whose pattern backtracks (`(a|aa)+$` on 40 letters: minutes) held the event loop, and
+    every request on it, until it ended, however short the answer. It is searched with the
+    `regex` module off the loop, which releases the lock while it matches and stops at
+    REGEX_TIMEOUT_S: the loop runs meanwhile, and the answer fails with that reason."""
+    from satisfice._verdict import Answer, Context, checked
+    from satisfice.validators import REGEX_TIMEOUT_S, regex
+
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    t = asyncio.create_task(ticker())
+    v = await checked(regex(r"(a|aa)+$"), Answer("m", "a" * 40 + "b"), Context(), 30.0)
+    done.set()
+    await t
+    assert not v.passed and f"took over {REGEX_TIMEOUT_S:g}s" in v.reason, v
+    assert ticks >= 10, f"the loop turned {ticks} times while the check ran"

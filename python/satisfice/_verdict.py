@@ -265,7 +265,9 @@ async def checked(
     token = _CALLS.set(made)
     try:
         async with asyncio.timeout(None if time_left_s is None else max(time_left_s, 0.0)):
-            if len(answer.text) > OFF_LOOP_CHARS and getattr(check, "runs_off_loop", False):
+            if getattr(check, "runs_off_loop", False) and (
+                len(answer.text) > OFF_LOOP_CHARS or getattr(check, "may_backtrack", False)
+            ):
                 # A built-in check of a long answer runs on a worker thread: on the loop it
                 # could be cut by neither the deadline nor a latency budget, and held every
                 # other request meanwhile (5 MB of "1+1=2 " took arithmetic() 3 s). One cut

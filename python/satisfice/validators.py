@@ -213,9 +213,20 @@ def json_valid(schema: Mapping[str, Any] | None = None) -> Validator:
     return _Json(schema)
 
 
+#: How long a `regex()` check may search one answer: a pattern that backtracks (`(a|aa)+$`)
+#: can take seconds on a few dozen characters, and minutes on a long answer.
+REGEX_TIMEOUT_S = 1.0
+
+
 class _Regex:
-    __slots__ = ("_forbid", "_full", "_pattern", "name")
+    """Searched with the `regex` module, which releases the interpreter's lock while it
+    matches and stops at REGEX_TIMEOUT_S (Python's `re` holds the lock for the whole
+    search: a pattern that backtracked on a long answer had held the event loop, and every
+    request on it, until it ended)."""
+
+    __slots__ = ("_flags", "_forbid", "_full", "_pattern", "name")
     runs_off_loop = True  # see _verdict.checked
+    may_backtrack = True  # off the loop whatever the answer's length (see _verdict.checked)
 
     def __init__(
         self,
@@ -225,25 +236,37 @@ class _Regex:
         flags: int,
         name: str | None,
     ) -> None:
+        import regex as regex_module
+
         if not isinstance(pattern, str | re.Pattern):
             raise ConfigError(
                 f"regex: pattern must be a string or a compiled re.Pattern, got "
                 f"{type(pattern).__name__}"
             )
         try:
-            self._pattern = re.compile(pattern, flags) if isinstance(pattern, str) else pattern
-        except (re.error, TypeError, ValueError, OverflowError) as e:
+            compiled = re.compile(pattern, flags) if isinstance(pattern, str) else pattern
+            # (re's flags, without the implied UNICODE: what `to_spec` saves)
+            self._flags = int(compiled.flags) & ~int(re.UNICODE)
+            self._pattern = regex_module.compile(compiled.pattern, self._flags)
+        except (re.error, regex_module.error, TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"regex: invalid pattern {pattern!r:.80}: {e}") from None
         self._full = flag(fullmatch, "regex: fullmatch")
         self._forbid = flag(forbid, "regex: forbid")
         self.name = name or ("forbid" if forbid else "regex")
 
     def __call__(self, answer: Answer, ctx: Context) -> Verdict:
-        # A whole-answer format check ignores the blank lines models put around answers.
-        if self._full:
-            found = self._pattern.fullmatch(answer.text.strip())
-        else:
-            found = self._pattern.search(answer.text)
+        try:
+            # A whole-answer format check ignores the blank lines models put around answers.
+            if self._full:
+                found = self._pattern.fullmatch(
+                    answer.text.strip(), concurrent=True, timeout=REGEX_TIMEOUT_S
+                )
+            else:
+                found = self._pattern.search(answer.text, concurrent=True, timeout=REGEX_TIMEOUT_S)
+        except TimeoutError:
+            return Verdict(
+                False, 0.0, f"{self._pattern.pattern!r:.80} took over {REGEX_TIMEOUT_S:g}s on it"
+            )
         if self._forbid:
             if found is None:
                 return PASS
@@ -838,7 +861,7 @@ def to_spec(val: Validator) -> dict[str, Any]:
         return {
             "check": "regex",
             "pattern": val._pattern.pattern,
-            "flags": int(val._pattern.flags) & ~int(re.UNICODE),
+            "flags": val._flags,
             "fullmatch": val._full,
             "forbid": val._forbid,
             "name": val.name,
