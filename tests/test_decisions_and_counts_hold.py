@@ -296,3 +296,26 @@ async def test_a_base_url_path_keeps_its_percent_encoded_slash() -> None:
                 await r.chat("hello")
         line = raw.requests[0].split(b"\r\n", 1)[0]
     assert line == b"POST /acc%2Fgw/v1/chat/completions HTTP/1.1", line
+
+
+async def test_a_decision_is_refused_for_other_tool_call_arguments_of_the_same_length(
+    up: LocalUpstream,
+) -> None:
+    """The decision's prompt mark hashed the texts of contents and text parts only: an
+    agent's history whose tool call's arguments changed (same length) passed as the prompt
+    it was routed for. Its arguments are in the mark too."""
+    up.default = reply("ok")
+
+    def turns(args: str) -> list[dict[str, Any]]:
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": args}}
+        return [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "done"},
+        ]
+
+    async with router(up.url) as r:
+        d = await r.decide(turns('{"a": 1}'))
+        with pytest.raises(ConfigError):
+            await r.chat(turns('{"b": 2}'), decision=d)
+        assert (await r.chat(turns('{"a": 1}'), decision=d)).text == "ok"

@@ -370,6 +370,11 @@ def _prompt_mark(messages: object, extra: str | None) -> tuple[int, int, int, in
             for p in c:
                 if isinstance(p, Mapping) and isinstance(t := p.get("text"), str):
                     h = hash((h, t))
+        if calls := m.get("tool_calls"):  # an agent's turns: their arguments are text too
+            for tc in calls if isinstance(calls, list | tuple) else ():
+                fn = tc.get("function") if isinstance(tc, Mapping) else None
+                if isinstance(fn, Mapping) and isinstance(a := fn.get("arguments"), str):
+                    h = hash((h, a))
     return text_bytes(msgs) + (len(extra) if extra else 0), len(msgs), parts, h
 
 
