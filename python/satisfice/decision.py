@@ -275,6 +275,7 @@ class Decision:
         "constraints",
         "fallbacks",
         "held",
+        "hold_usd",
         "model",
         "snapshot",
     )
@@ -302,6 +303,9 @@ class Decision:
         # a budget's hold was bounded on it at one call per deployment (the server sets it):
         # an answer the upstream may bill is not retried there (`executor._rebills`)
         self.held = False
+        # that hold (USD): the request's calls are held to it as to a cost cap, so a billed
+        # cut answer and a fallback's answer cannot both fill it (`executor.Run.cap`)
+        self.hold_usd: float | None = None
         self.constraints = constraints
         ids = snapshot.ids
         rows = plan.head(1 + snapshot.policy.max_fallbacks)

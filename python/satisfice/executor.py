@@ -490,7 +490,11 @@ class Run:
         self.step = step  # the cascade step this run belongs to
         # The request's cost cap, which bounds each answer on the wire (max_tokens), and
         # how many calls may run at once under it (a race, a cascade's parallel step)
-        self.cap = decision.constraints.max_cost_usd if attempts is None else cap
+        if attempts is None:  # the request's own run: its cap, and a budget's hold
+            cap, hold = decision.constraints.max_cost_usd, decision.hold_usd
+            if hold is not None and math.isfinite(hold):
+                cap = hold if cap is None else min(cap, hold)
+        self.cap = cap
         self.share = share
         # Under a cap, each call in flight holds its slice of the cap (USD, and the
         # max_tokens it was sent) until its attempt is recorded: shared with a cascade's
@@ -1190,17 +1194,19 @@ class Executor:
     @staticmethod
     def _at_least_reported(run: Run, t: _Target, usage: Usage, said: Usage) -> Usage:
         """`usage` (estimated), raised to what the upstream reported before the call failed
-        where that is more and within what the call could use (as `_usage` checks it)."""
+        (or was left), its prompt and its output each, where that is more and within what
+        the call could use (as `_usage` checks it): a prompt Anthropic reported at 6,000
+        tokens had been settled at the 9 of satisfice's estimate."""
         most = run.max_out(t)
         if most is None:
             most = t.spec.max_output + t.spec.reasoning_tokens
         if said.prompt_tokens > t.spec.context_window or said.completion_tokens > most:
             return usage
-        if said.completion_tokens <= usage.completion_tokens:
-            return usage
         return replace(
             said,
             prompt_tokens=max(said.prompt_tokens, usage.prompt_tokens),
+            completion_tokens=max(said.completion_tokens, usage.completion_tokens),
+            reasoning_tokens=max(said.reasoning_tokens, usage.reasoning_tokens),
             web_searches=max(said.web_searches, usage.web_searches),
             source="estimated",
         )
@@ -1693,6 +1699,8 @@ class Executor:
             usage = self._prompt_usage(
                 run, t, "".join(delivered) + "".join(made.out), searched, seen
             )
+            if made.usage is not None:  # at least what the upstream said before it was left
+                usage = self._at_least_reported(run, t, usage, made.usage)
             run.record(Attempt(
                 t.model, t.dep.name, "cancelled", started - run.t0, now - started,
                 "ClientClosedStream", run.closed_because or _CLOSED_EARLY,
@@ -1847,6 +1855,8 @@ class Executor:
             billed = self._prompt_usage(run, t, "".join(made.out), None, "".join(made.thought))
         else:
             billed = self._prompt_usage(run, t)
+        if usage is None and made is not None and made.usage is not None:
+            billed = self._at_least_reported(run, t, billed, made.usage)
         run.record(
             Attempt(
                 t.model,

@@ -163,7 +163,7 @@ class Recorder:
                                                   "error_type": type(error).__name__})  # fmt: skip
         if self.tracing is not None:
             try:
-                self.tracing.failure(rec)
+                self.tracing.failure(rec, registry=None if decision is None else decision.registry)
             except Exception as e:
                 _hooks_log.error("tracing failed: %s: %s", type(e).__name__, e)
         if self.ledger is not None and record:

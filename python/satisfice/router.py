@@ -454,6 +454,11 @@ def _deadline(timeout: float | None, c: Constraints, t0: float | None) -> float 
     return None if timeout is None or t0 is None else t0 + timeout
 
 
+#: Service tiers an upstream bills at rates of their own (OpenAI's priority, flex, scale);
+#: Anthropic's `standard_only` and every `auto` or default one bill at the standard rates.
+_TIERS_PRICED_APART = frozenset({"priority", "flex", "scale"})
+
+
 def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> None:
     """The call's own options have the types the wire needs (values are checked there)."""
     extra = call["extra"]
@@ -474,7 +479,7 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
             # under a cap, a string switched the usage check off
             if (v := as_count(extra[k])) is None or v < 1:
                 raise ConfigError(f"extra {k} must be an integer >= 1, got {extra[k]!r:.40}")
-    if extra and extra.get("service_tier", "auto") not in ("auto", "default", None):
+    if extra and isinstance(tier := extra.get("service_tier"), str) and tier in _TIERS_PRICED_APART:
         # billed at the tier's rates by the upstream, at the standard ones here: a $0.04
         # priority call had been recorded, budgeted and capped as $0.02
         raise ConfigError(
@@ -837,6 +842,9 @@ class Router:
         self._owns_ledger = not isinstance(ledger, Ledger)
         if ledger is not None and not isinstance(ledger, Ledger):
             ledger = Ledger.open(ledger)
+            # a router dropped unclosed closes the ledger it opened (its writer thread and
+            # its connection had run on for the process's life), off the collecting thread
+            weakref.finalize(self, _close_soon, ledger).atexit = False
         self._rec = Recorder(
             ledger, metrics, on_decision, on_attempt, on_result, record_prompts, tracing
         )
@@ -1462,6 +1470,11 @@ class _LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
+
+
+def _close_soon(ledger: Ledger) -> None:
+    """Close `ledger` on a thread of its own (a finalizer must not wait on its flush)."""
+    threading.Thread(target=ledger.close, name="satisfice-ledger-close", daemon=True).start()
 
 
 def _close_after(

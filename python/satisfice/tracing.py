@@ -110,7 +110,7 @@ class Tracing:
             span.end(t0 + int(end * 1e9))
         root.end(t0 + int(r.latency_s * 1e9))
 
-    def failure(self, rec: Mapping[str, Any], parent: Any = None) -> None:
+    def failure(self, rec: Mapping[str, Any], parent: Any = None, registry: Any = None) -> None:
         trace = self._trace
         t0 = int(float(rec["started_at"]) * 1e9)
         model = (rec.get("decision") or {}).get("model", "unrouted")
@@ -121,7 +121,8 @@ class Tracing:
             "satisfice.request_id": rec["request_id"]})  # fmt: skip
         span.set_status(trace.Status(trace.StatusCode.ERROR, rec.get("error_type", "error")))
         for a in rec.get("attempts") or ():  # each call it made: which failed, and how
-            self._attempt(a, t0, span, None)
+            spec = registry[a["model"]] if registry is not None and a["model"] in registry else None
+            self._attempt(a, t0, span, spec.provider if spec else None)
         span.end(t0 + int(float(rec.get("latency_s") or 0) * 1e9))
 
     def _attempt(self, a: Mapping[str, Any], t0: int, parent: Any, provider: str | None) -> None:

@@ -796,8 +796,8 @@ class AnthropicProvider(HTTPProvider):
                                 t = tools[ev["index"]]
                                 piece = text_field(d["partial_json"], "partial_json")
                                 t[2].append(piece)
-                                made.out.append(piece)
                                 if t[1] != _JSON_TOOL:
+                                    made.out.append(piece)  # (a JSON answer's is its text)
                                     yield PROGRESS  # given whole at the end
                                 elif piece := json_halves.take(piece):
                                     yield piece
@@ -847,8 +847,11 @@ class AnthropicProvider(HTTPProvider):
                                     if not isinstance(given_, dict):
                                         raise TypeError("tool_use.input is not an object")
                                     start_input[i_] = json.dumps(given_)
+                                    if tools[i_][1] == _JSON_TOOL:  # the answer, as text
+                                        yield start_input[i_]
                         elif kind == "message_start":
                             usage_in = ev["message"].get("usage") or {}
+                            made.usage = _usage(usage_in)  # (the prompt's, and output so far)
                         elif kind == "message_delta":
                             said = (ev.get("delta") or {}).get("stop_reason")
                             stop = text_field(said, "stop_reason") or stop
@@ -865,6 +868,7 @@ class AnthropicProvider(HTTPProvider):
                             ):
                                 if u.get(k) is not None:
                                     usage_in[k] = u[k]
+                            made.usage = _usage(usage_in, out_tokens) or made.usage
                             # all but message_stop is in: waited for briefly (quiet_after)
                             at_end[0] = bool(stop) and out_tokens is not None and not open_blocks
                         elif kind == "message_stop":
@@ -926,10 +930,6 @@ class AnthropicProvider(HTTPProvider):
         except (httpx.RequestError, ProviderError) as e:
             if tail := halves.rest():  # what came before the cut, half a pair included
                 yield tail
-            try:
-                usage_seen = _usage(usage_in, out_tokens) if out_tokens is not None else None
-            except PARSE_ERRORS:  # (the stream's failure is the error, not its usage)
-                usage_seen = None
-            raise self._stream_failed(e, made, usage_seen) from None
+            raise self._stream_failed(e, made) from None
         finally:
             await resp.aclose()

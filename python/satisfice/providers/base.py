@@ -273,11 +273,12 @@ class Generated:
     executor bills at least that for a stream that fails or is left before its end (a
     tool call 5,000 tokens long had been billed at the prompt alone)."""
 
-    __slots__ = ("out", "thought")
+    __slots__ = ("out", "thought", "usage")
 
     def __init__(self) -> None:
         self.out: list[str] = []
         self.thought: list[str] = []
+        self.usage: Usage | None = None  # the usage it last reported
 
 
 #: The `Generated` of the call being made (the executor's, per call; a stream takes it as
@@ -705,7 +706,7 @@ class HTTPProvider:
         return error_from_transport(e, self.model_id, self.deployment)
 
     def _stream_failed(
-        self, e: httpx.RequestError | ProviderError, made: Generated, usage: Usage | None
+        self, e: httpx.RequestError | ProviderError, made: Generated
     ) -> ProviderError:
         """The error a stream that failed raises (a transport failure after its 2xx head is
         `_answer_lost`), with what it had generated beside its text (`made`) and the usage
@@ -713,7 +714,8 @@ class HTTPProvider:
         the upstream bills: a cut or an error event after 5,000 tokens of a tool call had
         been billed at the prompt, or $0."""
         err = e if isinstance(e, ProviderError) else self._answer_lost(e)
-        if made.out or made.thought or usage is not None:
+        usage = made.usage
+        if made.out or made.thought or (usage is not None and usage.completion_tokens > 0):
             err.generated, err.thought = "".join(made.out), "".join(made.thought)
             err.reported, err.answered = usage, True
         return err

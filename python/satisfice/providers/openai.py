@@ -467,7 +467,7 @@ class OpenAIProvider(HTTPProvider):
                         raise stream_error(data.encode(), self.model_id, self.deployment)
                     last = chunk
                     if chunk.get("usage"):
-                        usage = _usage(chunk["usage"])
+                        usage = made.usage = _usage(chunk["usage"])
                     piece = ""
                     for c, choice in enumerate(chunk.get("choices") or ()):
                         if choice.get("index") not in (0, None):
@@ -480,9 +480,10 @@ class OpenAIProvider(HTTPProvider):
                             parts.append(piece)
                             yield piece
                         refusal.append(text_field(delta.get("refusal"), "delta.refusal"))
-                        for k in ("reasoning_content", "reasoning"):
-                            if isinstance(r_ := delta.get(k), str):
-                                made.thought.append(r_)
+                        # one of the two names (vLLM sends the same text under both)
+                        r_ = delta.get("reasoning_content") or delta.get("reasoning")
+                        if isinstance(r_, str):
+                            made.thought.append(r_)
                         for tc in delta.get("tool_calls") or ():
                             call_id = text_field(tc.get("id"), "tool_calls[].id")
                             if tc.get("index") is not None:
@@ -558,6 +559,6 @@ class OpenAIProvider(HTTPProvider):
         except (httpx.RequestError, ProviderError) as e:
             if tail := halves.rest():  # what came before the cut, half a pair included
                 yield tail
-            raise self._stream_failed(e, made, usage) from None
+            raise self._stream_failed(e, made) from None
         finally:
             await resp.aclose()

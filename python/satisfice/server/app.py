@@ -1159,6 +1159,7 @@ def create_app(
                 )
                 opts.setdefault("max_tokens", out_cap)  # the bound holds only if the call does
                 d.held = True  # (and only if no call the upstream may bill is retried)
+                d.hold_usd = worst  # and its calls' answers held to it, as to a cost cap
             count = None
             if limited:
                 assert key is not None and d is not None
