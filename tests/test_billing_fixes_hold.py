@@ -1,13 +1,12 @@
 """Adversarial review of the fixes made since 154dfdf (streams billing what they generated,
 Anthropic content given at a block's start, the dropped-router finalizer, extra
-service_tier, failed requests' attempt spans). Each test failed on the code it was written
-against because of the defect its docstring names; each uses real parts (raw-socket upstreams, the local
-test upstream, OpenTelemetry's SDK) on 127.0.0.1 only."""
+service_tier, failed requests' attempt spans). Each test failed on the code it was
+written against because of the defect its docstring names; each uses real parts
+(raw-socket upstreams, the local test upstream, OpenTelemetry's SDK) on 127.0.0.1 only."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import subprocess
@@ -24,7 +23,7 @@ from satisfice.result import Attempt
 from satisfice.testing import LocalUpstream, RawUpstream
 
 from .chat_support import move_alpha, registry, router
-from .test_streams_hold import END, MSGS, _AN_PRELUDE, an, oa, sse_head, then_reset
+from .test_streams_hold import _AN_PRELUDE, END, MSGS, an, oa, sse_head, then_reset
 
 # ~4,000 characters (~750 tokens): well under the rows' max_output of 4,000 tokens
 CONTENT = json.dumps({"content": "lorem ipsum dolor sit amet " * 150})
@@ -37,8 +36,9 @@ def raw() -> Iterator[RawUpstream]:
         yield r
 
 
-async def _cut_stream_attempt(up: LocalUpstream, raw: RawUpstream, api: str, body: bytes,
-                              **kw: Any) -> tuple[str, Attempt]:
+async def _cut_stream_attempt(
+    up: LocalUpstream, raw: RawUpstream, api: str, body: bytes, **kw: Any
+) -> tuple[str, Attempt]:
     """alpha alone (on `raw`, wire `api`), its stream reset after `body`: the text that
     reached the caller, and the failed attempt."""
     raw.push(then_reset(sse_head() + body))
@@ -135,7 +135,8 @@ async def test_reasoning_sent_under_both_field_names_is_billed_once(
     _, both = await _cut_stream_attempt(up, raw, "openai", _oa_reasoning(True))
     assert one.usage is not None and both.usage is not None
     assert both.usage.completion_tokens <= one.usage.completion_tokens * 1.05, (
-        one.usage, both.usage
+        one.usage,
+        both.usage,
     )
 
 
