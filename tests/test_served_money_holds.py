@@ -27,65 +27,15 @@ from satisfice.testing import LocalUpstream, RawUpstream, reply
 
 from .chat_support import move_alpha, registry, wire
 from .server_support import post_chat, running
+from .test_streams_hold import an, an_tool_pieces, oa_tool_pieces, sse_head, then_reset
 
 MASTER = "master-review-money-0123456789abcdef"
 ADMIN = {"authorization": f"Bearer {MASTER}"}
-#: ~21,600 characters of tool-call arguments: about 4,000 tokens in any tokenizer
-BIG_ARGS = json.dumps({"content": "lorem ipsum dolor sit amet " * 800})
+_TEXT = "Writing the file."
 TOOLS = [{"type": "function", "function": {"name": "write", "parameters": {"type": "object"}}}]
 ALPHA_OUT_USD = 0.40e-6  # alpha's output price per token (tests/chat_support.py)
 ALPHA_IN_USD = 0.10e-6
 BETA_IN_USD = 0.20e-6
-
-
-# -- raw SSE -------------------------------------------------------------------------------
-SSE_HEAD = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-)
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def oa(event: Any) -> bytes:
-    return _chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
-
-
-def an(kind: str, **fields: Any) -> bytes:
-    body = json.dumps({"type": kind, **fields}).encode()
-    return _chunk(b"event: %s\ndata: %s\n\n" % (kind.encode(), body))
-
-
-def oa_text_then_tool_call() -> bytes:
-    """An OpenAI stream: a line of text, then a tool call whose arguments (BIG_ARGS) come in
-    500-character pieces; no finish."""
-    out = oa({"choices": [{"delta": {"role": "assistant", "content": "Writing the file."}}]})
-    out += oa({"choices": [{"delta": {"tool_calls": [
-        {"index": 0, "id": "call_1", "type": "function",
-         "function": {"name": "write", "arguments": ""}}]}}]})  # fmt: skip
-    for i in range(0, len(BIG_ARGS), 500):
-        out += oa({"choices": [{"delta": {"tool_calls": [
-            {"index": 0, "function": {"arguments": BIG_ARGS[i : i + 500]}}]}}]})  # fmt: skip
-    return out
-
-
-def an_text_then_tool_use() -> bytes:
-    """An Anthropic stream: a text block, then a tool_use block whose input (BIG_ARGS) comes
-    in 500-character input_json_delta pieces; not stopped."""
-    out = an("message_start", message={
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "alpha-wire",
-        "content": [], "usage": {"input_tokens": 10, "output_tokens": 1}})  # fmt: skip
-    out += an("content_block_start", index=0, content_block={"type": "text", "text": ""})
-    out += an("content_block_delta", index=0,
-              delta={"type": "text_delta", "text": "Writing the file."})  # fmt: skip
-    out += an("content_block_stop", index=0)
-    use = {"type": "tool_use", "id": "toolu_1", "name": "write", "input": {}}
-    out += an("content_block_start", index=1, content_block=use)
-    for i in range(0, len(BIG_ARGS), 500):
-        piece = {"type": "input_json_delta", "partial_json": BIG_ARGS[i : i + 500]}
-        out += an("content_block_delta", index=1, delta=piece)
-    return out
 
 
 Reply = Callable[[asyncio.StreamWriter], Awaitable[None]]
@@ -101,16 +51,6 @@ def then_hold(data: bytes, sent: threading.Event) -> Reply:
         sent.set()
         with contextlib.suppress(asyncio.CancelledError, Exception):  # the upstream stops
             await asyncio.sleep(60)
-
-    return send
-
-
-def then_reset(data: bytes) -> Reply:
-    async def send(w: asyncio.StreamWriter) -> None:
-        w.write(data)
-        await w.drain()
-        await asyncio.sleep(0.05)
-        w.transport.abort()
 
     return send
 
@@ -196,9 +136,9 @@ def test_a_client_leaving_while_a_tool_call_streams_is_settled_past_the_prompt(
     `_cut_off`, as `_failed` does with `e.generated`."""
     sent = threading.Event()
     api = "openai" if client.startswith("raw") else "anthropic"
-    body = oa_text_then_tool_call() if api == "openai" else an_text_then_tool_use()
+    body = oa_tool_pieces(_TEXT) if api == "openai" else an_tool_pieces(_TEXT)
     with LocalUpstream() as up, RawUpstream() as raw:
-        raw.push(then_hold(SSE_HEAD + body, sent))
+        raw.push(then_hold(sse_head() + body, sent))
         reg = move_alpha(registry(up.url), raw.url, api)
         with serve(reg, tmp_path) as (url, svc):
             key = _key(url)
@@ -278,7 +218,7 @@ def test_a_cut_stream_is_settled_at_least_at_the_prompt_its_upstream_reported(
     completion) independently; and make the usage a provider has read so far reachable
     from the cancel path (as for test 1), then apply `_at_least_reported` there too."""
     sent = threading.Event()
-    body = SSE_HEAD + _an_reports_prompt(6000)
+    body = sse_head() + _an_reports_prompt(6000)
     with LocalUpstream() as up, RawUpstream() as raw:
         raw.push(then_hold(body, sent) if end == "client-leaves" else then_reset(body))
         reg = _on_raw(registry(up.url), "beta", raw.url)
@@ -336,12 +276,7 @@ def test_a_fallback_after_a_billed_cut_stream_does_not_overspend_the_budget(
     be tried, as the cascade bound does."""
     mt = 200
     msgs = [{"role": "user", "content": "write the file"}]
-    cut = SSE_HEAD + oa({"choices": [{"delta": {"role": "assistant", "tool_calls": [
-        {"index": 0, "id": "call_1", "type": "function",
-         "function": {"name": "write", "arguments": ""}}]}}]})  # fmt: skip
-    for i in range(0, len(BIG_ARGS), 500):
-        cut += oa({"choices": [{"delta": {"tool_calls": [
-            {"index": 0, "function": {"arguments": BIG_ARGS[i : i + 500]}}]}}]})  # fmt: skip
+    cut = sse_head() + oa_tool_pieces()
     with LocalUpstream() as up, RawUpstream() as raw:
         raw.push(then_reset(cut))
         up.script(wire("beta"), reply("done", usage=(5, mt, 0)))  # a whole answer, as billed

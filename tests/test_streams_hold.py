@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from satisfice.testing import LocalUpstream, RawUpstream
 from .chat_support import move_alpha, registry, router
 from .polling import until_async
 from .server_support import running
+from .test_hostile_streams import an, chunk, oa, sse_head, then_reset
 
 MSGS = [{"role": "user", "content": "hello there"}]
 TOOLS = [
@@ -35,46 +36,16 @@ TOOLS = [
 BIG_ARGS = json.dumps({"content": "lorem ipsum dolor sit amet " * 800})
 
 
-# -- raw SSE helpers ----------------------------------------------------------------------------
-def sse_head() -> bytes:
-    return (
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-    )
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
+# -- raw SSE helpers (tests/test_hostile_streams.py's) ------------------------------------------
 END = b"0\r\n\r\n"
-
-
-def oa(event: Any) -> bytes:
-    return chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
-
-
-def an(kind: str, **fields: Any) -> bytes:
-    return chunk(
-        b"event: %s\ndata: %s\n\n" % (kind.encode(), json.dumps({"type": kind, **fields}).encode())
-    )
-
-
 OA_DONE = chunk(b"data: [DONE]\n\n") + END
 
 
-def then_reset(data: bytes) -> Callable[[asyncio.StreamWriter], Awaitable[None]]:
-    async def send(w: asyncio.StreamWriter) -> None:
-        w.write(data)
-        await w.drain()
-        await asyncio.sleep(0.05)
-        w.transport.abort()
-
-    return send
-
-
-def oa_tool_pieces() -> bytes:
-    """An OpenAI stream's tool call, BIG_ARGS in 500-character pieces (no finish)."""
-    out = oa({"choices": [{"delta": {"role": "assistant", "tool_calls": [
+def oa_tool_pieces(text: str = "") -> bytes:
+    """An OpenAI stream's tool call (after `text`, if any), BIG_ARGS in 500-character pieces
+    (no finish)."""
+    out = oa({"choices": [{"delta": {"role": "assistant", "content": text}}]}) if text else b""
+    out += oa({"choices": [{"delta": {"role": "assistant", "tool_calls": [
         {"index": 0, "id": "call_1", "type": "function",
          "function": {"name": "write", "arguments": ""}}]}}]})  # fmt: skip
     for i in range(0, len(BIG_ARGS), 500):
@@ -83,14 +54,21 @@ def oa_tool_pieces() -> bytes:
     return out
 
 
-def an_tool_pieces() -> bytes:
-    """An Anthropic stream's tool_use block, BIG_ARGS in 500-character pieces (not stopped)."""
+def an_tool_pieces(text: str = "") -> bytes:
+    """An Anthropic stream's tool_use block (after a text block of `text`, if any), BIG_ARGS
+    in 500-character pieces (not stopped)."""
     out = an("message_start", message={"usage": {"input_tokens": 10, "output_tokens": 1}})
+    at = 0
+    if text:
+        out += an("content_block_start", index=0, content_block={"type": "text", "text": ""})
+        out += an("content_block_delta", index=0, delta={"type": "text_delta", "text": text})
+        out += an("content_block_stop", index=0)
+        at = 1
     use = {"type": "tool_use", "id": "toolu_1", "name": "write", "input": {}}
-    out += an("content_block_start", index=0, content_block=use)
+    out += an("content_block_start", index=at, content_block=use)
     for i in range(0, len(BIG_ARGS), 500):
         piece = {"type": "input_json_delta", "partial_json": BIG_ARGS[i : i + 500]}
-        out += an("content_block_delta", index=0, delta=piece)
+        out += an("content_block_delta", index=at, delta=piece)
     return out
 
 
