@@ -427,3 +427,25 @@ async def test_a_failed_requests_attempts_are_traced() -> None:
     attempt_spans = [s for s in spans if s.parent is not None and s.name.startswith("chat ")]
     tried = {s.attributes.get("gen_ai.request.model") for s in attempt_spans}
     assert tried >= {"a", "b"}, [(s.name, dict(s.attributes or {})) for s in spans]
+
+
+def test_a_postgres_ledger_that_cannot_reconnect_is_down_not_refusing_the_record() -> None:
+    """A PostgreSQL sink whose connection was lost reopens it on the next write; a failure
+    to reopen it had been a ConfigError, which the writer reads as "the sink refused this
+    record" (`ledger._refused`): records written while PostgreSQL restarted were dropped
+    one by one as refused. It is the sink down now, and nothing is dropped for it; opening
+    a ledger that cannot connect is still a ConfigError, as it was."""
+    pytest.importorskip("psycopg")
+    from satisfice.ledger import PostgresSink, _refused
+
+    from .servers import postgres
+
+    with postgres() as dsn:
+        sink = PostgresSink(dsn)
+        sink._db.close()  # the connection lost (a restart)
+        sink.dsn = "postgresql://nobody@127.0.0.1:9/none?connect_timeout=2"  # still away
+        with pytest.raises(Exception) as e:
+            sink.write([_rec("r1")])
+        assert not _refused(e.value), f"{type(e.value).__name__}: {e.value}"
+        with pytest.raises(ConfigError):
+            PostgresSink("postgresql://nobody@127.0.0.1:9/none?connect_timeout=2")

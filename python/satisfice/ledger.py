@@ -496,10 +496,16 @@ class PostgresSink:
             ) from None
         self.dsn = dsn
         self._db: Any = None
-        self._connect()
+        try:
+            self._connect()
+        except _SinkDown as e:  # opening it: the caller's to fix
+            raise ConfigError(str(e)) from None
 
     def _connect(self) -> Any:
-        """The connection, (re)opened when it is missing or closed (a restart, a failover)."""
+        """The connection, (re)opened when it is missing or closed (a restart, a failover).
+        A failure to reopen it is the sink down (`_SinkDown`, an OSError), never a record
+        the sink refused: as a ConfigError, a record written while PostgreSQL restarted had
+        been dropped as refused (`_refused`)."""
         import psycopg
 
         if self._db is not None and not self._db.closed:
@@ -529,7 +535,7 @@ class PostgresSink:
                 cur.execute("ALTER TABLE feedback ADD COLUMN IF NOT EXISTS model TEXT")
             self._db.commit()
         except psycopg.Error as e:
-            raise ConfigError(f"cannot open the PostgreSQL ledger: {type(e).__name__}") from None
+            raise _SinkDown(f"cannot open the PostgreSQL ledger: {type(e).__name__}") from None
         except ConfigError:
             self._db.close()  # (its transaction, and the lock, go with it)
             raise
@@ -592,6 +598,10 @@ _HOLD_S = 2e-4
 _IDLE_WAIT_S = 1.0
 
 # -- the ledger: a queue and a writer thread --------------------------------------------------
+
+
+class _SinkDown(ConnectionError):
+    """A sink that cannot be reached (reopening its connection failed)."""
 
 
 def _refused(e: Exception) -> bool:
