@@ -449,3 +449,18 @@ def test_a_postgres_ledger_that_cannot_reconnect_is_down_not_refusing_the_record
         assert not _refused(e.value), f"{type(e.value).__name__}: {e.value}"
         with pytest.raises(ConfigError):
             PostgresSink("postgresql://nobody@127.0.0.1:9/none?connect_timeout=2")
+
+
+def test_a_score_the_sink_refuses_is_dropped_not_retried_forever(tmp_path: Path) -> None:
+    """A score the sink could not store (a lone surrogate in its request id, given to the
+    public `Ledger.feedback`) was put back and retried forever, with every later score
+    queued behind it, and `flush()` waited out its timeout. It is dropped on its own, and
+    the others are written."""
+    db = tmp_path / "l.db"
+    led = Ledger.open(db)
+    led.put(_rec("r1"))
+    led.feedback("bad\ud800", 1.0, "feedback", "m")
+    led.feedback("r1", 0.5, "feedback", "m")
+    assert led.flush(5), "flush() waited out its timeout"
+    led.close()
+    assert [r.get("feedback") for r in read_records(db)] == [0.5]

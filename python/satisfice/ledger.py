@@ -855,6 +855,22 @@ class Ledger:
                        rec.get("request_id"), extra={"event": "ledger_rejected"})  # fmt: skip
         return []
 
+    def _feedback_each(self, rows: list[FeedbackRow]) -> None:
+        """Write scores one by one after their batch was refused: one the sink refuses on
+        its own is dropped (counted as written, and logged), where it had been retried
+        forever with every later score behind it; the sink down keeps the rest queued."""
+        for i, row in enumerate(rows):
+            try:
+                self.sink.feedback([row])
+            except Exception as e:
+                if not _refused(e):
+                    self._fb.extendleft(reversed(rows[i:]))
+                    return
+                _log.error("ledger: the sink refused the score for %.60r on its own (%s); "
+                           "dropped it", row[0], type(e).__name__,
+                           extra={"event": "ledger_rejected"})  # fmt: skip
+            self._fb_written += 1
+
     def _write_each(
         self, recs: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -938,6 +954,9 @@ class Ledger:
                     self.sink.feedback(rows)
                     self._fb_written += len(rows)
                 except Exception as e:
+                    if _refused(e):  # a score the sink cannot store: the others are written
+                        self._feedback_each(rows)
+                        continue
                     self._fb.extendleft(reversed(rows))
                     _log.warning("ledger feedback write failed: %s", e)
                     time.sleep(backoff)
