@@ -451,6 +451,14 @@ def test_a_postgres_ledger_that_cannot_reconnect_is_down_not_refusing_the_record
             PostgresSink("postgresql://nobody@127.0.0.1:9/none?connect_timeout=2")
 
 
+def test_whole_number_ledger_options_of_numpy_or_json_are_taken(tmp_path: Path) -> None:
+    """The option checks had refused numpy's integers and 3.0 (what JSON writers give) for
+    `batch` and `max_buffer`, whole numbers both."""
+    import numpy as np
+
+    Ledger.open(tmp_path / "l.db", batch=np.int64(8), max_buffer=1000.0).close()
+
+
 def test_a_score_the_sink_refuses_is_dropped_not_retried_forever(tmp_path: Path) -> None:
     """A score the sink could not store (a lone surrogate in its request id, given to the
     public `Ledger.feedback`) was put back and retried forever, with every later score

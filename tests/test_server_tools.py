@@ -226,15 +226,20 @@ def _body(content: list[Any], stop: str = "end_turn", **usage: Any) -> bytes:
     }).encode())  # fmt: skip
 
 
-def _stream(blocks: list[dict[str, Any]], stop: str = "end_turn", end: bool = True) -> bytes:
+def _stream(
+    blocks: list[dict[str, Any]], stop: str = "end_turn", end: bool = True, whole: bool = False
+) -> bytes:
     """Anthropic's SSE for `blocks` (a server_tool_use's input in two input_json_delta
-    pieces, a text's citations as citations_delta before its text); without `end`, the
-    stream stops after the blocks (no message_delta, no message_stop)."""
+    pieces, or `whole` in its start; a text's citations as citations_delta before its
+    text); without `end`, the stream stops after the blocks (no message_delta, no
+    message_stop)."""
     out = [_ev("message_start", message={
         "id": "msg_1", "type": "message", "role": "assistant", "model": SONNET, "content": [],
         "stop_reason": None, "usage": {"input_tokens": 10, "output_tokens": 1}})]  # fmt: skip
     for i, b in enumerate(blocks):
-        if b["type"] == "server_tool_use":
+        if b["type"] == "server_tool_use" and whole:
+            out.append(_ev("content_block_start", index=i, content_block=b))
+        elif b["type"] == "server_tool_use":
             out.append(_ev("content_block_start", index=i, content_block={**b, "input": {}}))
             s = json.dumps(b["input"])
             for p in (s[:7], s[7:]):
@@ -289,6 +294,16 @@ def test_pause_turn_reaches_the_client(raw: RawUpstream) -> None:
     assert [b.type for b in made.content] == ["server_tool_use", "web_search_tool_result"]
     assert made.stop_reason == "pause_turn"
     assert streamed.stop_reason == "pause_turn"
+
+
+def test_a_server_tool_call_given_whole_at_its_start_keeps_its_input(raw: RawUpstream) -> None:
+    """A server_tool_use whose input came whole in its content_block_start, with no
+    input_json_delta after it, reached a streaming client with the input {}: its query was
+    lost from the turn the client sends back."""
+    raw.push(_body([USE, RESULT], "pause_turn"), _stream([USE, RESULT], "pause_turn", whole=True))
+    kw: dict[str, Any] = {"model": SONNET, "max_tokens": 500, "messages": ASK, "tools": [SEARCH]}
+    made, streamed = _made_and_streamed(raw, kw)
+    assert made.content[0].input == streamed.content[0].input == USE["input"]
 
 
 # 2 ------------------------------------------------------------------------------------------

@@ -522,3 +522,26 @@ async def test_a_caller_that_leaves_while_a_tool_call_streams_is_billed_for_it(
     # alpha's output is $0.40 a million tokens: more than 1,000 of them (the prompt's ~10
     # input tokens had been the whole bill)
     assert a.cost_usd is not None and a.cost_usd > 1000 * 0.40 / 1e6, a
+
+
+async def test_the_end_grace_counts_the_upstreams_silence_not_its_readers_pauses() -> None:
+    """Once an answer is whole but for its end marker, `quiet_after` waits END_GRACE_S of
+    the upstream's silence for more. Made a fixed deadline (so that pings cannot put it
+    off), it had counted the time its reader spent between events too: a reader that took
+    longer than the grace over one event cut off the next, a `message_delta` whose usage
+    grew. Pings still use the grace up; the reader's own time does not."""
+    from satisfice.providers.base import END_GRACE_S, quiet_after
+
+    async def events() -> Any:
+        for i in range(3):
+            await asyncio.sleep(0.05)
+            yield i
+
+    at_end = [False]
+    q = quiet_after(events(), at_end)
+    got = [await anext(q)]
+    at_end[0] = True  # the answer is whole: the grace runs
+    got.append(await anext(q))
+    await asyncio.sleep(END_GRACE_S + 0.2)  # the reader's own work
+    got.append(await anext(q))
+    assert got == [0, 1, 2]

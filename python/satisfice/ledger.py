@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._json import dumps_record, record_default
-from ._real import as_real
+from ._real import as_count, as_real
 from ._redact import scrub
 from .accounting import cost_of
 from .errors import CascadeBudgetError, ConfigError
@@ -626,7 +626,7 @@ def _check_options(
     """ConfigError naming a ledger option that cannot work: `retention_days=-1` had deleted
     every record on the writer's first pass, and `batch=0` had written none."""
     for name, v in (("max_buffer", max_buffer), ("batch", batch)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if (n := as_count(v)) is None or n < 1:  # (numpy's integers, and 3.0, are whole)
             raise ConfigError(f"Ledger {name} must be a whole number >= 1, got {v!r:.40}")
     checks = (("flush_interval_s", flush_interval_s, 0.0), ("retention_days", retention_days, 0.0))
     for name, v, low in checks:
@@ -657,6 +657,7 @@ class Ledger:
     ) -> None:
         _check_options(max_buffer, batch, flush_interval_s, retention_days)
         self.sink = sink
+        max_buffer, batch = int(max_buffer), int(batch)  # whole numbers, checked
         self.max_buffer, self.batch, self.flush_interval_s = max_buffer, batch, flush_interval_s
         self.retention_days, self.on_ack, self.on_record = retention_days, on_ack, on_record
         self._q: deque[Any] = deque()

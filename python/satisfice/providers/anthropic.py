@@ -751,8 +751,11 @@ class AnthropicProvider(HTTPProvider):
                                 # its input, whole, and scrubbed whole (a key split
                                 # between two pieces had reached the caller)
                                 given = scrub("".join(c_[1]))
+                                # (an input given whole at the block's start, with no
+                                # pieces after it, is the call's)
                                 yield StreamDelta(block=scrub_nested(
-                                    {**c_[0], "input": json.loads(given) if given else {}}
+                                    {**c_[0], "input": json.loads(given) if given
+                                     else c_[0].get("input") or {}}
                                 ))  # fmt: skip
                             if (t_ := thinking.pop(ev.get("index"), None)) is not None:
                                 if tail := think_halves.rest():

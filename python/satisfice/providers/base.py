@@ -936,16 +936,20 @@ async def quiet_after(events: AsyncIterator[T], at_end: list[bool]) -> AsyncIter
     whole, whatever comes meanwhile: keep-alive pings after it had put the end off until
     the idle timeout failed the answer."""
     it = aiter(events)
-    ends: float | None = None  # when the grace runs out (the answer is whole)
+    left: float | None = None  # the grace's seconds of waiting left (the answer is whole)
     while True:
         try:
             if at_end[0]:
-                if ends is None:
-                    ends = asyncio.get_running_loop().time() + END_GRACE_S
-                async with asyncio.timeout_at(ends):
-                    item = await anext(it)
+                if left is None:
+                    left = END_GRACE_S
+                t = asyncio.get_running_loop().time()
+                try:
+                    async with asyncio.timeout(left):
+                        item = await anext(it)
+                finally:  # (the time its reader takes between events is not the upstream's)
+                    left -= asyncio.get_running_loop().time() - t
             else:
-                ends = None
+                left = None
                 item = await anext(it)
         except StopAsyncIteration:
             return
