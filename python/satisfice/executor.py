@@ -508,7 +508,7 @@ class Run:
         self.tried: set[str] = set()  # targets already called: no longer fallbacks
         # calls sent and not yet on record, with their start: what a cancellation cuts off
         # the calls in flight: their target, start, and what a stream of theirs generated
-        self.calling: dict[tuple[str, str], tuple[_Target, float, Generated]] = {}
+        self.calling: dict[tuple[str, str], tuple[_Target, float, Generated | None]] = {}
         self.answering: str | None = None  # the model a stream's text comes from, once known
         # routes the request again without leaving out cooling models (set by the router
         # when it left some out): what `_failure` asks when no model routed could take it
@@ -881,7 +881,8 @@ class Executor:
             t.model,
             t.dep.name,
             "cost_cap",
-            f"the cost cap (${run.cap:.6f}) leaves nothing for its answer after its prompt, "
+            f"{'the budget hold' if run.decision.hold_usd == run.cap else 'the cost cap'} "
+            f"(${run.cap:.6f}) leaves nothing for its answer after its prompt, "
             "what this request was billed and what calls in flight hold (or a bill on it is "
             "unknown: an unpriced call)"
             + ("; its server tools are unbounded or unpriced: set max_uses on each (and "
@@ -953,14 +954,19 @@ class Executor:
         return ms / 1000.0 if ms else None
 
     async def _bounded(
-        self, run: Run, t: _Target, call: Callable[[httpx.Timeout], Awaitable[T]]
+        self,
+        run: Run,
+        t: _Target,
+        call: Callable[[httpx.Timeout], Awaitable[T]],
+        streamed: bool = False,
     ) -> T:
         """`call(timeout)` within its share of the deadline (or attempt_timeout_s), both taken
         once, as the call starts (a race's, once every racer has been launched: taken at
         launch, while the others are still untried, the first racer's share was halved for
         a fallback)."""
         timeout, budget = self._budget(run, t)
-        made = Generated()  # what a stream generates beside its text (the providers add)
+        # what a stream generates beside its text (its provider adds to it as it comes)
+        made = Generated() if streamed else None
         run.calling[_hold(t)] = t, perf_counter(), made
         self._in_flight[t.key] += 1
         loop = asyncio.get_running_loop()
@@ -968,7 +974,8 @@ class Executor:
         if deadlines is None:  # one per event loop: a router may serve several threads' loops
             deadlines = self._deadlines[loop] = Deadlines(loop)
         stage = [UNKNOWN]  # how far the request got (the transport's STAGE)
-        token, generating = STAGE.set(stage), GENERATED.set(made)
+        token = STAGE.set(stage)
+        generating = None if made is None else GENERATED.set(made)
         try:
             return await deadlines.wait(call(timeout), budget)
         except TimeoutError as e:  # the budget's, unless a limit inside said which it was
@@ -987,7 +994,8 @@ class Executor:
             raise
         finally:
             STAGE.reset(token)
-            GENERATED.reset(generating)
+            if generating is not None:
+                GENERATED.reset(generating)
             self._in_flight[t.key] -= 1
 
     def _failed(
@@ -1068,7 +1076,10 @@ class Executor:
         )
 
     async def _first_success(
-        self, run: Run, open_: Callable[[Provider, ChatRequest, httpx.Timeout], Awaitable[T]]
+        self,
+        run: Run,
+        open_: Callable[[Provider, ChatRequest, httpx.Timeout], Awaitable[T]],
+        streamed: bool = False,
     ) -> tuple[_Target, float, T]:
         """Walk the targets until one answers: (target, start time, what `open_` returned).
 
@@ -1086,7 +1097,7 @@ class Executor:
                     started = perf_counter()
                     try:
                         call = partial(open_, self._provider(t), run.wire(t))
-                        value = await self._bounded(run, t, call)
+                        value = await self._bounded(run, t, call, streamed)
                     except ProviderError as e:
                         action = self._failed(run, t, e, started)
                         if action is Action.STOP:
@@ -1144,8 +1155,10 @@ class Executor:
             counted = replace(counted, web_searches=resp.web_searches)
         # the thinking it showed, where more than its row expects (3,000 tokens of it had
         # been billed as the 1,024 expected)
-        shown = "".join(b.get("thinking") or "" for b in resp.thinking or ())
-        seen = text_tokens(shown, t.spec.tokenizer) if shown else 0
+        seen = 0
+        if resp.thinking:
+            shown = "".join(b.get("thinking") or "" for b in resp.thinking)
+            seen = text_tokens(shown, t.spec.tokenizer) if shown else 0
         return _with_reasoning(counted, t, run.max_out(t), seen)
 
     def _answered(
@@ -1418,7 +1431,7 @@ class Executor:
                 f"the cascade calls {', '.join(ruled_out)}, which this request's allow/deny "
                 "rule out; take them out of the ladder or out of the constraints"
             )
-        cap = d.constraints.max_cost_usd
+        cap = run.cap  # the request's max_cost_usd, and a budget's hold (`Run.__init__`)
         if cap is not None and (ladder.max_cost_usd is None or ladder.max_cost_usd > cap):
             ladder = ladder.capped(cap)  # the request's cap (a job's share) binds the ladder
         run.cap = ladder.max_cost_usd  # and the ladder's cap bounds each answer on the wire
@@ -1582,7 +1595,7 @@ class Executor:
             # StopAsyncIteration cannot happen: a provider stream ends with a ChatResponse
 
         try:
-            t, started, (gen, item, held, made) = await self._first_success(run, open_)
+            t, started, (gen, item, held, made) = await self._first_success(run, open_, True)
         except (GeneratorExit, asyncio.CancelledError):  # left before its first text
             self._cut_off(run)  # the call it cut off may be billed: on record, estimated
             raise

@@ -316,10 +316,12 @@ class Price(Value):
         )
         if per_token <= 0:
             return None
-        room = (usd - prompt) // per_token
-        if not math.isfinite(room):  # a cap so large the arithmetic overflows: no bound
+        q = (usd - prompt) / per_token
+        if not math.isfinite(q):  # a cap so large the arithmetic overflows: no bound
             return None
-        return max(int(room), 0)
+        # (a bound priced from this count, as a budget's hold is, divides back to a hair
+        # under it in floats: 999.9999999999 tokens had sent max_tokens 999, not 1000)
+        return max(math.floor(q * (1 + 1e-12)), 0)
 
     def cost(
         self,

@@ -854,7 +854,8 @@ class AnthropicProvider(HTTPProvider):
                                         yield start_input[i_]
                         elif kind == "message_start":
                             usage_in = ev["message"].get("usage") or {}
-                            made.usage = _usage(usage_in)  # (the prompt's, and output so far)
+                            # the prompt's (its output_tokens, 1, is no output written yet)
+                            made.usage = _usage(usage_in, 0)
                         elif kind == "message_delta":
                             said = (ev.get("delta") or {}).get("stop_reason")
                             stop = text_field(said, "stop_reason") or stop

@@ -714,10 +714,10 @@ class HTTPProvider:
         the upstream bills: a cut or an error event after 5,000 tokens of a tool call had
         been billed at the prompt, or $0."""
         err = e if isinstance(e, ProviderError) else self._answer_lost(e)
-        usage = made.usage
-        if made.out or made.thought or (usage is not None and usage.completion_tokens > 0):
-            err.generated, err.thought = "".join(made.out), "".join(made.thought)
-            err.reported, err.answered = usage, True
+        out, thought, usage = "".join(made.out), "".join(made.thought), made.usage
+        err.generated, err.thought, err.reported = out, thought, usage
+        if out or thought or (usage is not None and usage.completion_tokens > 0):
+            err.answered = True  # output was written (a prompt's usage alone is none)
         return err
 
     def _answer_lost(self, e: Exception) -> RetryableError:

@@ -827,7 +827,10 @@ class Service:
                     full += reasoning_usd(m, price)
                 full += search_bound(price, server_tools)
                 most = max(most, full - prompt)
-                prompts += prompt
+                # a call that fails is billed its prompt and, on a reasoning row, the
+                # reasoning it is expected to have spent (`executor._prompt_usage`): a
+                # timed-out first deployment had left its second no room under the hold
+                prompts += worst_bill(price, m, api, tokens_in[mid], m.reasoning_tokens, write)
             answers.append(most)
         return prompts + (sum(answers) if ladder is not None else max(answers)), out
 
