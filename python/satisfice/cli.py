@@ -283,9 +283,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.save_policy:
         router.save_policy(args.save_policy, args.save_predictor or f"{args.save_policy}.npz")
     out = report.to_dict()
+    # every probe call failed (no key, no route, an upstream down): a failure, said as such
+    failed = bool(report.asked) and sum(report.errors.values()) == sum(report.asked.values())
     if args.json:
         print(_dumps(out, indent=2))
-        return 0
+        return 1 if failed else 0
     print(f"{'model':<24} {'passed':>8} {'errors':>7} {'P(good) before':>15} {'after':>7}")
     for m, r in out["models"].items():
         print(f"{m:<24} {r['passed']:>4}/{r['asked']:<3} {r['errors']:>7} "
@@ -297,6 +299,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
     )
     if not args.save_policy:
         print("(abilities updated in memory only; --save-policy PATH keeps them)")
+    if failed:
+        print(f"satisfice: every probe call failed; the first: {report.first_error}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

@@ -620,7 +620,7 @@ class Policy(Value):
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], quality: QualityModel | None = None) -> Policy:
-        unknown = set(d) - {
+        known = (
             "quality_floor",
             "lam",
             "max_fallbacks",
@@ -629,9 +629,11 @@ class Policy(Value):
             "rules",
             "predictor",
             "cascades",
-        }
-        if unknown:
-            raise ConfigError(f"policy: unknown field(s) {sorted(unknown)}")
+        )
+        if unknown := set(d) - set(known):  # (named with the known ones, as a registry's are)
+            raise ConfigError(
+                f"policy: unknown field(s) {sorted(map(str, unknown))}; known: {list(known)}"
+            )
         pred = d.get("predictor")
         if pred is not None and not isinstance(pred, str):
             raise ConfigError(f"policy.predictor must be a file path, got {pred!r:.60}")

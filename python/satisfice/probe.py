@@ -195,6 +195,7 @@ class ProbeReport:
     spent_usd: float = 0.0  # of the calls whose cost is known
     cost_unknown: bool = False  # a call of unknown cost (unpriced) was billed as well
     stopped: str | None = None  # why the run stopped early (budget)
+    first_error: str | None = None  # the first failed call's error, as said (a missing key)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -210,6 +211,7 @@ class ProbeReport:
             },
             "spent_usd": None if self.cost_unknown else round(self.spent_usd, 6),
             "stopped": self.stopped,
+            "first_error": self.first_error,
         }
 
 
@@ -286,8 +288,10 @@ async def run_probes(
                     report.stopped = (
                         f"the budget left (${left:.6f}) is less than a probe of {m} may cost"
                     )
-                if progress:
-                    progress(f"{m} {p.name}: error {type(e).__name__}")
+                why = " ".join(str(e).split())[:400]  # (scrubbed of keys, as every error is)
+                report.first_error = report.first_error or f"{m}: {type(e).__name__}: {why}"
+                if progress:  # the cause, not the class alone (a missing key had said nothing)
+                    progress(f"{m} {p.name}: error {type(e).__name__}: {why[:200]}")
                 if report.stopped:
                     break
                 continue

@@ -300,10 +300,13 @@ def render_text(s: Mapping[str, Any]) -> str:
     if s["drift"]:
         out += ["", "traffic share per day (top models)"]
         top = list(s["models"])[:5]
-        out.append(f"{'day':<11} " + " ".join(f"{_plain(m)[:14]:>14}" for m in top))
+        # as wide as the longest id (to 40): cut to 14, `claude-opus-4-7` and
+        # `claude-opus-4-7@low` had both been headed `claude-opus-4-`
+        w = min(max([8, *(len(_plain(m)) for m in top)]), 40)
+        out.append(f"{'day':<11} " + " ".join(f"{_plain(m)[:w]:>{w}}" for m in top))
         for d, c in s["drift"].items():
             tot = sum(c.values())
-            out.append(f"{_plain(d):<11} " + " ".join(f"{c.get(m, 0) / tot:>14.1%}" for m in top))
+            out.append(f"{_plain(d):<11} " + " ".join(f"{c.get(m, 0) / tot:>{w}.1%}" for m in top))
     return "\n".join(out)
 
 

@@ -90,7 +90,7 @@ class Table:
     cost: np.ndarray  # (n, m), inf where filtered, NaN where unpriced
     forced: np.ndarray  # (n,) model index a rule picks, -1 if none
     models: list[str]
-    top: int
+    top: np.ndarray  # the top model's rows: its own and its effort variants
 
 
 def plan_table(router: Router, prompts: Sequence[str], progress: ProgressLine) -> Table:
@@ -108,7 +108,10 @@ def plan_table(router: Router, prompts: Sequence[str], progress: ProgressLine) -
     keep = np.isfinite(p).any(axis=1)  # a prompt no model can take is not routable
     if not keep.any():
         raise ConfigError("no logged prompt can be routed with this registry and policy")
-    top = snap.index[snap.registry.reference.id]
+    # the top model at every effort: its `@max` row is the top model too (counting its
+    # base row alone had called a policy that sent every prompt to `@max` "0% top")
+    ref, reg = snap.registry.reference.id, snap.registry
+    top = np.array([i for i, mid in enumerate(snap.ids) if ref in (mid, reg[mid].base)], np.int64)
     return Table(p[keep], cost[keep], forced[keep], list(snap.ids), top)
 
 
@@ -125,7 +128,7 @@ def picks(t: Table, knob: str, settings: Sequence[float]) -> np.ndarray:
 def _figures(t: Table, pick: np.ndarray) -> tuple[float, float, float]:
     rows = np.arange(len(pick))
     c = t.cost[rows, pick]
-    return float(np.nanmean(c)), float(np.mean(t.p[rows, pick])), float(np.mean(pick == t.top))
+    return float(np.nanmean(c)), float(np.mean(t.p[rows, pick])), float(np.isin(pick, t.top).mean())
 
 
 def _settings(t: Table, knob: str) -> np.ndarray:

@@ -238,7 +238,10 @@ def admin_routes(svc: Service) -> list[Route]:
             reg = svc.refresher.onto(reg)
         check_aliases(c.aliases, reg)  # as at start: a model renamed or dropped since
         svc.router.update(registry=reg, policy=pol)
-        return JSONResponse({"models": len(reg), "prices_as_of": str(reg.meta.get("prices_as_of"))})
+        as_of = reg.meta.get("prices_as_of")  # (a TOML date: said as text; none: null)
+        return JSONResponse(
+            {"models": len(reg), "prices_as_of": None if as_of is None else str(as_of)}
+        )
 
     return [
         Route("/admin/keys", wrap(create_key), methods=["POST"]),
