@@ -46,7 +46,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from ._real import as_real
 from ._verdict import check_name, checked
-from .errors import AllAttemptsFailedError, CascadeBudgetError, ConfigError, ProviderError
+from .errors import (
+    AllAttemptsFailedError,
+    CascadeBudgetError,
+    ConfigError,
+    NoRouteError,
+    ProviderError,
+)
 from .validators import Answer, Context, Validator, Verdict
 
 if TYPE_CHECKING:
@@ -440,6 +446,7 @@ class Cascade:
         on_check: Callable[[Verdict, str, int], None] | None = None,
         billed: Bill | None = None,
         ruled_out: Mapping[str, str] | None = None,
+        steps: list[StepRecord] | None = None,
     ) -> CascadeResult:
         """Run the ladder for one request. `ruled_out` names the models the request cannot
         be sent to (its window, its output limit, a capability it needs), with why: a step
@@ -452,7 +459,9 @@ class Cascade:
         `billed(step_record)` gives a step's bill from the caller's own records, which hold
         what the step's answers cannot: calls that failed and were billed anyway (a timeout,
         at an estimate); the step's cost, and what the cost cap counts as spent, is then that
-        bill. Without it a step's bill is its answers' and its checks' calls."""
+        bill. Without it a step's bill is its answers' and its checks' calls. `steps`: a
+        list the step records are kept in as they are made, for a caller whose request may
+        be cancelled midway (its record keeps the steps that ran and their verdicts)."""
         msgs: list[dict[str, Any]] = (
             [{"role": "user", "content": messages}]
             if isinstance(messages, str)
@@ -464,6 +473,8 @@ class Cascade:
         climb.on_check = on_check
         climb.billed = billed
         climb.ruled_out = ruled_out or {}
+        if steps is not None:
+            climb.records = steps
         if self.latency_budget_ms is None:  # no timer to arm: the common case stays cheap
             done = await self._climb(climb, call, est)
         else:
@@ -488,8 +499,21 @@ class Cascade:
                     rec.verdicts += [_LATE] * (len(rec.answers) - len(rec.verdicts))
                     for a, v in zip(rec.answers, rec.verdicts, strict=True):
                         climb.offer(a, v)
+                    # an answer that passed its check before the cut (a second check was
+                    # still running) is the step's accepted answer: it had been thrown away
+                    if passed := [
+                        (a, v) for a, v in zip(rec.answers, rec.verdicts, strict=True) if v.passed
+                    ]:
+                        a, v = max(passed, key=lambda p: p[1].confidence)
+                        rec.status, rec.reason = "accepted", v.reason
+                        return CascadeResult(a, v, True, climb.records)
                 climb.budget_hit = climb.budget_hit or "latency"
                 done = None
+                # the steps it left unstarted, on the record as a cost cap's are
+                for i in range(len(climb.records), len(self.steps)):
+                    climb.records.append(
+                        StepRecord(i, self.steps[i].models, "skipped", _NOT_STARTED)
+                    )
         if done is not None:
             return done
         return self._finish(climb.records, climb.best, climb.budget_hit)
@@ -637,7 +661,13 @@ class Cascade:
         # A step lasts as long as its slowest call says it took, or as long as we waited.
         rec.latency_ms = max((self.clock() - climb.t0) * 1000.0, slowest)
         passed = [v for v in rec.verdicts if v.passed]
-        if not rec.answers:
+        if not rec.answers and got and all(_capped_out(e, rec.index) for e in got):
+            # the executor's cost cap left them nothing (an unknown bill before, charged at
+            # its estimate here, leaves the executor none): the budget stopped the ladder,
+            # not a failure (its rejected answer had come back as a result)
+            rec.status, rec.reason = "skipped", "the cost cap leaves nothing for its answer"
+            climb.budget_hit = climb.budget_hit or "cost"
+        elif not rec.answers:
             rec.status, rec.reason = "failed", "every call failed"
         elif passed:
             rec.status = "accepted"
@@ -679,6 +709,14 @@ class Cascade:
                 + "; check the providers' health or add fallbacks to the ladder",
                 attempts,
             )
+        if best is None and not ran and budget_hit is None:
+            # every step ruled out for this request (a window, a capability): no call was
+            # made, and the result had had no answer (a raw AssertionError in the executor)
+            raise NoRouteError(
+                "every step of the ladder was ruled out for this request: "
+                + "; ".join(f"step {r.index} ({', '.join(r.models)}): {r.reason}" for r in records)
+                + "; add a step whose model can take it, or shorten the prompt"
+            )
         if budget_hit is not None and (self.on_budget == "raise" or best is None):
             skipped = "; ".join(
                 f"step {r.index}: {r.reason}"
@@ -697,7 +735,15 @@ class Cascade:
 # attempt's record (a "pass" no check gave would train the flywheel on made-up labels).
 UNCHECKED = Verdict(True, 1.0, "last step: accepted without a check")
 _CUT_OFF = "cut off: the latency budget ran out mid-step"
+_NOT_STARTED = "not started: the latency budget ran out before it"
 _LATE = Verdict(False, 0.0, "arrived as the latency budget ran out: not checked")
+
+
+def _capped_out(out: object, step: int) -> bool:
+    """Whether a step's call failed only because the cost cap left it no room: every attempt
+    of the step on its error was skipped for the cap."""
+    mine = [a for a in getattr(out, "attempts", None) or () if getattr(a, "step", None) == step]
+    return bool(mine) and all(a.outcome == "skipped" and a.error_type == "cost_cap" for a in mine)
 
 
 async def _calls(

@@ -1494,6 +1494,7 @@ class Executor:
                         attempt.outcome = "rejected"
             return result
 
+        steps: list[StepRecord] = []  # as they are made: a cancelled request keeps them
         try:
             result = marked(
                 await ladder.run(
@@ -1504,8 +1505,14 @@ class Executor:
                     on_check=run.checked,
                     billed=billed,
                     ruled_out=_unfit(d),
+                    steps=steps,
                 )
             )
+        except asyncio.CancelledError:
+            # the caller left mid-ladder: the answers its checks rejected are on its record
+            # as rejected, with their verdicts (they had shown as answered, unchecked)
+            marked(CascadeResult(None, None, False, steps, "cancelled"), returned=False)
+            raise
         except AllAttemptsFailedError as e:
             # The ladder knows its calls' errors only as text; the run has every attempt.
             if self._unsupported(run):  # a 400 served, as for one call (it had been a 502)

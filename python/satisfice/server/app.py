@@ -213,7 +213,8 @@ def http_error(e: SatisficeError) -> HTTPError:
     if isinstance(e, NoRouteError):
         return HTTPError(400, msg, "invalid_request_error", "no_route")
     if isinstance(e, CascadeBudgetError):
-        return HTTPError(400, msg, "invalid_request_error", "cascade_budget")
+        # with its calls (billed, and on the key's budget), as every other error lists them
+        return HTTPError(400, msg, "invalid_request_error", "cascade_budget", None, **att)
     if isinstance(e, UpstreamTimeoutError):
         return HTTPError(504, msg, "upstream_timeout", "upstream_timeout", None, **att)
     if isinstance(e, AllAttemptsFailedError):
