@@ -33,7 +33,9 @@ import numpy as np
 
 from satisfice.eval import datasets as D
 from satisfice.eval import train as T
+from satisfice.eval.membership import META_KEY, PromptFilter
 from satisfice.eval.seed import seed_registry_models
+from satisfice.predict import QualityModel
 from satisfice.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +82,12 @@ def load_all(root: Path) -> list[D.OutcomeSet]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--refilter",
+        action="store_true",
+        help="only rebuild the shipped predictor's filter of its training prompts "
+        "(as `satisfice eval` keys them), its weights as they are",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     root = os.environ.get("SATISFICE_DATA_DIR")
@@ -88,6 +96,13 @@ def main() -> int:
     t0 = time.perf_counter()
     sets = load_all(Path(root))
     t1 = time.perf_counter()
+    if args.refilter:
+        qm = QualityModel.load(OUT)
+        prompts = [p for s in sets for p in s.prompts]
+        qm.meta[META_KEY] = PromptFilter.build(prompts).to_meta()
+        qm.save(args.out)
+        print(f"refiltered {len(prompts)} prompts into {args.out}")
+        return 0
     cfg = T.TrainConfig(name="satisfice-default")
     qm = T.fit(sets, cfg, priors=PUBLIC_MMLU)
     t2 = time.perf_counter()

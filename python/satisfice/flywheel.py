@@ -76,6 +76,7 @@ def ledger_outcomes(records: Iterable[Mapping[str, Any]], holdout: float = 0.2) 
     model's score and cost are NaN (never 0)."""
     from .eval._outcomes import messages_to_text
     from .eval._set import OutcomeSet
+    from .eval.membership import prompt_key
 
     rows = []
     for r in records:
@@ -107,6 +108,9 @@ def ledger_outcomes(records: Iterable[Mapping[str, Any]], holdout: float = 0.2) 
     # another model) must not sit on both sides of the split
     test = [r for r in rows if _held_out(r[1], holdout)]
     train = [r for r in rows if not _held_out(r[1], holdout)]
+    # nor the same prompt with other whitespace (`prompt_key`): such a copy is not held out
+    trained = {prompt_key(r[1]) for r in train}
+    test = [r for r in test if prompt_key(r[1]) not in trained]
     if not train:
         raise DatasetError("every scored record fell in the held-out share; lower --holdout")
     return build(train), (build(test) if test else None)

@@ -39,6 +39,7 @@ from ..errors import DatasetError
 from ..predict import sigmoid
 from ..replay import Replay
 from ._set import OutcomeSet
+from .membership import prompt_key
 from .metrics import (
     aiq,
     apgr,
@@ -632,8 +633,8 @@ def evaluate_cascade(
                 f"the tuning files lack: {missing}. Tune on files of the same tasks (e.g. a "
                 "benchmark's train split for its test split)"
             )
-        seen = set(train.prompts)
-        keep = np.array([p not in seen for p in outcomes.prompts])
+        seen = {prompt_key(p) for p in train.prompts}  # (a copy with other whitespace too)
+        keep = np.array([prompt_key(p) not in seen for p in outcomes.prompts])
         if not keep.any():
             raise DatasetError("every test prompt is also in the tuning files: nothing to report")
         tune, test = train, outcomes.subset(np.where(keep)[0])

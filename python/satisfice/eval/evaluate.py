@@ -22,7 +22,7 @@ from ..registry import Registry
 from . import metrics as M
 from . import train as T
 from ._set import OutcomeSet
-from .membership import PromptFilter
+from .membership import PromptFilter, prompt_key
 
 __all__ = [
     "EvalReport",
@@ -107,8 +107,9 @@ def split_data(
 ) -> Split:
     """(train, test) from the files to evaluate, their split and any extra training files.
 
-    Test rows whose exact prompt text is among the training rows are dropped (datasets repeat
-    prompts across groups and files), so no figure is ever measured on a training prompt.
+    Test rows whose prompt is among the training rows are dropped (datasets repeat prompts
+    across groups and files), so no figure is ever measured on a training prompt: compared
+    by `prompt_key` (a copy with other whitespace is the same prompt).
     """
     info: dict[str, Any] = {}
     if spec is None:
@@ -135,9 +136,11 @@ def split_data(
         train_parts = [t for t in train_parts if len(t)]
         if not train_parts:
             raise DatasetError("the split leaves no training rows; choose a smaller test part")
-        seen = {p for t in train_parts for p in t.prompts}
+        seen = {prompt_key(p) for t in train_parts for p in t.prompts}
         before = len(test)
-        test = _drop_seen(test, lambda ps: np.fromiter((p in seen for p in ps), np.bool_, len(ps)))
+        test = _drop_seen(
+            test, lambda ps: np.fromiter((prompt_key(p) in seen for p in ps), np.bool_, len(ps))
+        )
         info["test_rows_dropped_as_seen_in_training"] = before - len(test)
         info["n_train"] = sum(len(t) for t in train_parts)
     if not len(test):
