@@ -235,7 +235,9 @@ async def _off_loop(check: Validator, answer: Answer, ctx: Context) -> object:
     if _CHECKS is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        _CHECKS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="satisfice-check")
+        # eight: every regex() check runs here, and one that backtracks holds its thread for
+        # up to REGEX_TIMEOUT_S; four such had made a quick check behind them miss its deadline
+        _CHECKS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="satisfice-check")
     call = contextvars.copy_context().run
     return await asyncio.get_running_loop().run_in_executor(_CHECKS, call, check, answer, ctx)
 

@@ -448,6 +448,7 @@ class Run:
         "attempts",
         "calling",
         "cap",
+        "climbed",
         "closed_because",
         "deadline",
         "decision",
@@ -515,6 +516,7 @@ class Run:
         self.reroute: Callable[[], Awaitable[Decision]] | None = None
         # why a stream's caller closed it before its end, when it says (`ChatStream.aclose`)
         self.closed_because: str | None = None
+        self.climbed: Any = None  # a ladder's steps when its caller left (its record's)
 
     def sub(self, model: str, messages: list[dict[str, Any]], step: int | None, share: int) -> Run:
         """One model of a cascade step (`share`: the models the step calls at once): its
@@ -1510,18 +1512,27 @@ class Executor:
             )
         except asyncio.CancelledError:
             # the caller left mid-ladder: the answers its checks rejected are on its record
-            # as rejected, with their verdicts (they had shown as answered, unchecked)
-            marked(CascadeResult(None, None, False, steps, "cancelled"), returned=False)
+            # as rejected, with their verdicts (they had shown as answered, unchecked), and
+            # the steps it climbed (`Run.climbed`, for the record)
+            run.climbed = marked(
+                CascadeResult(None, None, False, steps, "the request was cancelled"),
+                returned=False,
+            )
             raise
         except AllAttemptsFailedError as e:
             # The ladder knows its calls' errors only as text; the run has every attempt.
+            climbed = marked(CascadeResult(None, None, False, steps, str(e)), returned=False)
+            err: ProviderError | AllAttemptsFailedError
             if self._unsupported(run):  # a 400 served, as for one call (it had been a 502)
-                raise UnsupportedRequestError(
+                err = UnsupportedRequestError(
                     "no model this cascade called can take the request as it is:\n"
                     + _lines(run.attempts),
                     attempts=list(run.attempts),
-                ) from None
-            raise AllAttemptsFailedError(str(e), list(run.attempts)) from None
+                )
+            else:
+                err = AllAttemptsFailedError(str(e), list(run.attempts))
+            setattr(err, "result", climbed)  # noqa: B010 (its steps, for the record)
+            raise err from None
         except CascadeBudgetError as e:
             if isinstance(e.result, CascadeResult):
                 marked(e.result, returned=False)  # its best answer was not returned

@@ -47,7 +47,7 @@ from ._json import dumps_record, record_default
 from ._real import as_count, as_real
 from ._redact import scrub
 from .accounting import cost_of
-from .errors import CascadeBudgetError, ConfigError
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .decision import Decision
@@ -285,9 +285,11 @@ def failure_record(
         rec["task"] = decision.task
         rec["decision"] = decision.record()
         rec["est_cost_usd"] = decision.est_cost_usd
-    if isinstance(error, CascadeBudgetError) and hasattr(error.result, "to_dict"):
-        # the steps it climbed (what the report's escalation figures read)
-        rec["cascade"] = error.result.to_dict()
+    result: Any = getattr(error, "result", None)
+    if result is not None and hasattr(result, "to_dict"):
+        # the steps a ladder climbed, however it ended (a budget, every call failed, its
+        # caller gone): what the report's escalation figures read
+        rec["cascade"] = result.to_dict()
     from .result import billed_cost  # the rule ChatResult.total_cost_usd follows
 
     # What the attempts were billed ($0 when every call was refused before any billing);

@@ -137,6 +137,7 @@ class RequestCancelled(Exception):
         # after a call began, one may have been in flight: the record states no total;
         # cancelled while it was routed, no call was made, and it cost $0
         self.cost_unknown = called
+        self.result: Any = None  # a ladder's steps so far (CascadeResult), for the record
         super().__init__(
             "the caller cancelled the request before its answer" if called else
             "the caller cancelled the request while it was routed, before any call"
@@ -1131,7 +1132,9 @@ class Router:
                     io._cut_off(run)
                 billed = _bill_to_check(run)
                 if rec is not None:  # a request all the same, recorded (if routed, unbilled)
-                    self._record_failure(rec, RequestCancelled(run is not None), run,
+                    cancelled = RequestCancelled(run is not None)
+                    cancelled.result = None if run is None else run.climbed  # a ladder's steps
+                    self._record_failure(rec, cancelled, run,
                                          started_at, t0, options, not billed)  # fmt: skip
             raise
         finally:

@@ -219,10 +219,13 @@ REGEX_TIMEOUT_S = 1.0
 
 
 class _Regex:
-    """Searched with the `regex` module, which releases the interpreter's lock while it
-    matches and stops at REGEX_TIMEOUT_S (Python's `re` holds the lock for the whole
-    search: a pattern that backtracked on a long answer had held the event loop, and every
-    request on it, until it ended)."""
+    r"""Searched with the `regex` module, which releases the interpreter's lock while it
+    matches and stops at REGEX_TIMEOUT_S of its own work (Python's `re` holds the lock for
+    the whole search: a pattern that backtracked on a long answer had held the event loop,
+    and every request on it, until it ended). The pattern is compiled by `re` too (its
+    errors, and its flags, as `re` reads them) and searched in the regex module's version
+    0, `re`'s dialect but for Unicode's finer points: there `\w` also matches combining
+    marks, `\s` leaves out the separators U+001C-U+001F, and `[[:alpha:]]` is a class."""
 
     __slots__ = ("_flags", "_forbid", "_full", "_pattern", "name")
     runs_off_loop = True  # see _verdict.checked
@@ -247,7 +250,14 @@ class _Regex:
             compiled = re.compile(pattern, flags) if isinstance(pattern, str) else pattern
             # (re's flags, without the implied UNICODE: what `to_spec` saves)
             self._flags = int(compiled.flags) & ~int(re.UNICODE)
-            self._pattern = regex_module.compile(compiled.pattern, self._flags)
+            # the same flags in the regex module's numbers (its ASCII is not re's 256, which
+            # it reads as VERSION1): its version 0, re's dialect as near as it comes
+            same = [
+                (re.I, regex_module.I), (re.L, regex_module.L), (re.M, regex_module.M),
+                (re.S, regex_module.S), (re.X, regex_module.X), (re.A, regex_module.A),
+            ]  # fmt: skip
+            ours = sum(int(r) for f, r in same if self._flags & f)
+            self._pattern = regex_module.compile(compiled.pattern, ours | regex_module.V0)
         except (re.error, regex_module.error, TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"regex: invalid pattern {pattern!r:.80}: {e}") from None
         self._full = flag(fullmatch, "regex: fullmatch")
@@ -654,6 +664,10 @@ class _AllOf:
     def runs_off_loop(self) -> bool:
         return all(getattr(p, "runs_off_loop", False) for p in self._parts)
 
+    @property
+    def may_backtrack(self) -> bool:  # a regex() among them: off the loop (_verdict.checked)
+        return any(getattr(p, "may_backtrack", False) for p in self._parts)
+
     def __init__(self, parts: Sequence[Validator]) -> None:
         _validators(parts, "all_of")
         self._parts = tuple(parts)
@@ -736,6 +750,10 @@ class _AnyOf:
     def runs_off_loop(self) -> bool:
         return all(getattr(p, "runs_off_loop", False) for p in self._parts)
 
+    @property
+    def may_backtrack(self) -> bool:  # a regex() among them: off the loop (_verdict.checked)
+        return any(getattr(p, "may_backtrack", False) for p in self._parts)
+
     def __init__(self, parts: Sequence[Validator]) -> None:
         _validators(parts, "any_of")
         self._parts = tuple(parts)
@@ -771,6 +789,10 @@ class Calibrated:
     @property
     def runs_off_loop(self) -> bool:
         return all(getattr(p, "runs_off_loop", False) for p in self.parts)
+
+    @property
+    def may_backtrack(self) -> bool:  # see _AllOf
+        return any(getattr(p, "may_backtrack", False) for p in self.parts)
 
     def at(self, threshold: float) -> Calibrated:
         """The same score passing at another threshold (for sweeps)."""
