@@ -472,3 +472,25 @@ def test_a_score_the_sink_refuses_is_dropped_not_retried_forever(tmp_path: Path)
     assert led.flush(5), "flush() waited out its timeout"
     led.close()
     assert [r.get("feedback") for r in read_records(db)] == [0.5]
+
+
+def test_a_postgres_ledger_migrated_meanwhile_keeps_its_records_queued() -> None:
+    """A PostgreSQL ledger whose schema version changed while the writer ran (another
+    satisfice migrated it) refused the reconnect with a ConfigError, which the writer reads
+    as "the sink refused this record": its records were dropped one by one. It is the sink
+    down now (kept, retried, logged); opening such a ledger is still a ConfigError."""
+    psycopg = pytest.importorskip("psycopg")
+    from satisfice.ledger import PostgresSink, _refused
+
+    from .servers import postgres
+
+    with postgres() as dsn:
+        sink = PostgresSink(dsn)
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        sink._db.close()  # the writer reconnects
+        with pytest.raises(Exception) as e:
+            sink.write([_rec("r1")])
+        assert not _refused(e.value), f"{type(e.value).__name__}: {e.value}"
+        with pytest.raises(ConfigError, match="schema version 2"):
+            PostgresSink(dsn)

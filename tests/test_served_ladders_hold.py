@@ -300,6 +300,10 @@ async def test_an_answer_that_passed_its_check_is_not_thrown_away_by_a_later_che
         except CascadeBudgetError as e:
             pytest.fail(f"alpha's answer passed its check, yet: CascadeBudgetError({e})")
         assert res.cascade is not None and res.cascade.accepted, res.cascade
+        # beta's check never ended: no verdict on its attempt, and not "rejected" (a fail no
+        # check gave had gone on its record, a made-up label for the flywheel)
+        (b,) = [a for a in res.attempts if a.model == "beta"]
+        assert b.verdict is None and b.outcome != "rejected", b
     finally:
         await r.aclose()
 

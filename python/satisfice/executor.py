@@ -1380,6 +1380,7 @@ class Executor:
         has none for that task); every model call goes through the attempt loop and lands
         in `run.attempts`, tagged with its step and, once checked, its verdict."""
         from .cascade import (
+            _LATE,
             UNCHECKED,
             Cascade,
             CascadeResult,
@@ -1488,7 +1489,9 @@ class Executor:
             for step in result.steps:
                 # a step cut off by the latency budget mid-check has answers without verdicts
                 for a, v in zip(step.answers, step.verdicts, strict=False):
-                    if v is UNCHECKED or id(a) not in answered:  # nothing to learn from
+                    # nothing to learn from: no check, or none before the latency budget ran
+                    # out (a "fail" no check gave would train the flywheel on made-up labels)
+                    if v is UNCHECKED or v is _LATE or id(a) not in answered:
                         continue
                     attempt = answered[id(a)][2]
                     attempt.verdict = _verdict_dict(v)

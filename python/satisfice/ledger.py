@@ -538,9 +538,10 @@ class PostgresSink:
             self._db.commit()
         except psycopg.Error as e:
             raise _SinkDown(f"cannot open the PostgreSQL ledger: {type(e).__name__}") from None
-        except ConfigError:
+        except ConfigError as e:  # another schema version: opening it, the caller's to fix;
+            # reopening it (migrated meanwhile), the sink down: records kept, not dropped
             self._db.close()  # (its transaction, and the lock, go with it)
-            raise
+            raise _SinkDown(str(e)) from None
         return self._db
 
     def _run(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
