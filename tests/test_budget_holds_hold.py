@@ -24,7 +24,7 @@ from satisfice.testing import LocalUpstream, RawUpstream, reply
 from .chat_support import move_alpha, registry, wire
 from .server_support import running
 from .test_served_money_holds import MASTER, _key, _on_raw
-from .test_streams_hold import an, oa, sse_head, then_reset
+from .test_streams_hold import an, oa, oa_tool_pieces, sse_head, then_reset
 
 END = b"0\r\n\r\n"
 WRITE = [{"type": "function", "function": {"name": "write", "parameters": {"type": "object"}}}]
@@ -238,13 +238,7 @@ def test_a_thinking_rows_second_deployment_is_not_capped_out_after_a_timeout(
 
 # 5 ------------------------------------------------------------------------------------------
 def _cut_tool_call(args: str) -> bytes:
-    out = sse_head() + oa({"choices": [{"delta": {"role": "assistant", "tool_calls": [
-        {"index": 0, "id": "call_1", "type": "function",
-         "function": {"name": "write", "arguments": ""}}]}}]})  # fmt: skip
-    for i in range(0, len(args), 500):
-        out += oa({"choices": [{"delta": {"tool_calls": [
-            {"index": 0, "function": {"arguments": args[i : i + 500]}}]}}]})  # fmt: skip
-    return out
+    return sse_head() + oa_tool_pieces(args=args)
 
 
 def test_a_fallback_the_budget_hold_leaves_no_room_for_is_said_as_the_hold(

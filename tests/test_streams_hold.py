@@ -41,16 +41,16 @@ END = b"0\r\n\r\n"
 OA_DONE = chunk(b"data: [DONE]\n\n") + END
 
 
-def oa_tool_pieces(text: str = "") -> bytes:
-    """An OpenAI stream's tool call (after `text`, if any), BIG_ARGS in 500-character pieces
+def oa_tool_pieces(text: str = "", args: str = BIG_ARGS) -> bytes:
+    """An OpenAI stream's tool call (after `text`, if any), `args` in 500-character pieces
     (no finish)."""
     out = oa({"choices": [{"delta": {"role": "assistant", "content": text}}]}) if text else b""
     out += oa({"choices": [{"delta": {"role": "assistant", "tool_calls": [
         {"index": 0, "id": "call_1", "type": "function",
          "function": {"name": "write", "arguments": ""}}]}}]})  # fmt: skip
-    for i in range(0, len(BIG_ARGS), 500):
+    for i in range(0, len(args), 500):
         out += oa({"choices": [{"delta": {"tool_calls": [
-            {"index": 0, "function": {"arguments": BIG_ARGS[i : i + 500]}}]}}]})  # fmt: skip
+            {"index": 0, "function": {"arguments": args[i : i + 500]}}]}}]})  # fmt: skip
     return out
 
 
