@@ -354,3 +354,17 @@ def test_settings_that_would_run_but_not_as_configured_are_refused(
                             redis_url="redis://127.0.0.1:9/0"))  # fmt: skip
     monkeypatch.setenv("SATISFICE_MASTER_KEY", "k" * 32)
     create_app(ServerConfig(require_keys=True))
+
+
+def test_a_short_master_key_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3-character master key had been taken for the admin API (which makes keys, sets
+    budgets and reloads the registry), where an upstream key under 8 characters is refused.
+    Under 16 characters it is a ConfigError at start, saying how to make one."""
+    from satisfice.server import create_app
+
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", "abc")
+    with pytest.raises(ConfigError, match="at least 16") as e:
+        create_app(ServerConfig())
+    assert "abc" not in str(e.value)  # (a key is never said)
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", "k" * 16)
+    create_app(ServerConfig())

@@ -125,6 +125,10 @@ def _file(path: str | None, where: str) -> str | None:
     return path
 
 
+#: The shortest master key `satisfice serve` takes (it guards the admin API).
+MIN_MASTER_KEY = 16
+
+
 @dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -327,6 +331,14 @@ class ServerConfig:
                 f"[server].require_keys = true, but ${self.master_key_env} "
                 "([server].master_key_env) is not set: no key could ever be made, and every "
                 "request would be refused; set the variable to a master key"
+            )
+        master = os.environ.get(self.master_key_env)
+        if master and len(master) < MIN_MASTER_KEY:  # (a 3-character one had been taken)
+            raise ConfigError(
+                f"${self.master_key_env} ([server].master_key_env) holds {len(master)} "
+                f"characters: the master key guards keys, budgets and the registry, so use at "
+                f'least {MIN_MASTER_KEY}; make one with: python -c "import secrets; '
+                'print(secrets.token_urlsafe(32))"'
             )
 
     @classmethod
