@@ -1037,9 +1037,9 @@ class Executor:
             # what reached the caller, and what the stream generated beside it (a tool
             # call's arguments, reasoning); at least the usage the upstream last reported
             thought = thought if len(thought) >= len(e.thought) else e.thought
-            usage = self._prompt_usage(run, t, (streamed or "") + e.generated, searched, thought)
-            if e.reported is not None:
-                usage = self._at_least_reported(run, t, usage, e.reported)
+            usage = self._prompt_usage(
+                run, t, (streamed or "") + e.generated, searched, thought, e.reported
+            )
             attempt.usage, attempt.cost_estimated = usage, True
             attempt.cost_usd = self._cut_cost(run, t, usage, searched)
         run.record(attempt, t)
@@ -1138,15 +1138,7 @@ class Executor:
     # results ------------------------------------------------------------------------------
     def _usage(self, run: Run, t: _Target, resp: ChatResponse) -> Usage:
         if (u := reported(resp)) is not None:  # the upstream's own figures: nothing to count
-            # with no limit sent, the model's max_output bounds what it could write (a
-            # lying usage had been billed whatever it said)
-            most = run.max_out(t)
-            if most is None:
-                r = run.request
-                most = t.spec.max_output + thinking_added(
-                    t.spec, t.dep.api, r.thinking_within, r.thinking_cap
-                )
-            if u.prompt_tokens <= t.spec.context_window and u.completion_tokens <= most:
+            if self._believable(run, t, u):
                 return u
             # more than the window took or the call was let write: no bill of this call,
             # and a buggy upstream's 50M tokens had drained a budget; counted instead
@@ -1162,6 +1154,20 @@ class Executor:
             shown = "".join(b.get("thinking") or "" for b in resp.thinking)
             seen = text_tokens(shown, t.spec.tokenizer) if shown else 0
         return _with_reasoning(counted, t, run.max_out(t), seen)
+
+    @staticmethod
+    def _believable(run: Run, t: _Target, u: Usage) -> bool:
+        """Whether a reported usage is within what the call could use: its prompt within
+        the window, its output within the limit it was sent (with none, the model's
+        max_output and the thinking the wire adds): a lying usage had been billed whatever
+        it said."""
+        most = run.max_out(t)
+        if most is None:
+            r = run.request
+            most = t.spec.max_output + thinking_added(
+                t.spec, t.dep.api, r.thinking_within, r.thinking_cap
+            )
+        return u.prompt_tokens <= t.spec.context_window and u.completion_tokens <= most
 
     def _answered(
         self, run: Run, t: _Target, resp: ChatResponse, started: float, now: float
@@ -1191,12 +1197,15 @@ class Executor:
         completion: str = "",
         searched: int | None = None,
         thought: str = "",
+        reported: Usage | None = None,
     ) -> Usage:
         """What a call that got no final answer may be billed: the prompt as routed (the
         decision's count for this model), plus any text that already streamed, the thinking
         it expects or, where more streamed (`thought`), that, and the web searches it ran
         (`searched`: as many as its stream showed; None, nothing seen: as many as its tools
-        allow), their results at SEARCH_RESULT_TOKENS input tokens."""
+        allow), their results at SEARCH_RESULT_TOKENS input tokens; at least, field by
+        field, the usage the upstream `reported` before the end, where believable (a prompt
+        Anthropic reported at 6,000 tokens had been settled at the 9 of the estimate)."""
         if searched is None:
             searched = most_searches(run.request.server_tools) or 0  # (unbounded: _cut_cost)
         tokens_in = run.decision.tokens_in(t.model) + searched * SEARCH_RESULT_TOKENS
@@ -1204,25 +1213,15 @@ class Executor:
         out = text_tokens(completion, tok) if completion else 0
         usage = Usage(tokens_in, out, source="estimated", web_searches=searched)
         seen = text_tokens(thought, tok) if thought else 0
-        return _with_reasoning(usage, t, run.max_out(t), seen)
-
-    @staticmethod
-    def _at_least_reported(run: Run, t: _Target, usage: Usage, said: Usage) -> Usage:
-        """`usage` (estimated), raised to what the upstream reported before the call failed
-        (or was left), its prompt and its output each, where that is more and within what
-        the call could use (as `_usage` checks it): a prompt Anthropic reported at 6,000
-        tokens had been settled at the 9 of satisfice's estimate."""
-        most = run.max_out(t)
-        if most is None:
-            most = t.spec.max_output + t.spec.reasoning_tokens
-        if said.prompt_tokens > t.spec.context_window or said.completion_tokens > most:
+        usage = _with_reasoning(usage, t, run.max_out(t), seen)
+        if reported is None or not self._believable(run, t, reported):
             return usage
         return replace(
-            said,
-            prompt_tokens=max(said.prompt_tokens, usage.prompt_tokens),
-            completion_tokens=max(said.completion_tokens, usage.completion_tokens),
-            reasoning_tokens=max(said.reasoning_tokens, usage.reasoning_tokens),
-            web_searches=max(said.web_searches, usage.web_searches),
+            reported,
+            prompt_tokens=max(reported.prompt_tokens, usage.prompt_tokens),
+            completion_tokens=max(reported.completion_tokens, usage.completion_tokens),
+            reasoning_tokens=max(reported.reasoning_tokens, usage.reasoning_tokens),
+            web_searches=max(reported.web_searches, usage.web_searches),
             source="estimated",
         )
 
@@ -1731,10 +1730,8 @@ class Executor:
             # that left then had been settled at the prompt alone)
             seen = max("".join(thought), "".join(made.thought), key=len)
             usage = self._prompt_usage(
-                run, t, "".join(delivered) + "".join(made.out), searched, seen
+                run, t, "".join(delivered) + "".join(made.out), searched, seen, made.usage
             )
-            if made.usage is not None:  # at least what the upstream said before it was left
-                usage = self._at_least_reported(run, t, usage, made.usage)
             run.record(Attempt(
                 t.model, t.dep.name, "cancelled", started - run.t0, now - started,
                 "ClientClosedStream", run.closed_because or _CLOSED_EARLY,
@@ -1885,12 +1882,12 @@ class Executor:
         (billed or not, which cannot be known)."""
         if usage is not None:
             billed = usage
-        elif made is not None and (made.out or made.thought):
-            billed = self._prompt_usage(run, t, "".join(made.out), None, "".join(made.thought))
-        else:
+        elif made is None:
             billed = self._prompt_usage(run, t)
-        if usage is None and made is not None and made.usage is not None:
-            billed = self._at_least_reported(run, t, billed, made.usage)
+        else:
+            billed = self._prompt_usage(
+                run, t, "".join(made.out), None, "".join(made.thought), made.usage
+            )
         run.record(
             Attempt(
                 t.model,
