@@ -341,10 +341,13 @@ def test_settings_that_would_run_but_not_as_configured_are_refused(
         cfg.write_text(text)
         with pytest.raises(ConfigError, match=word):
             ServerConfig.load(cfg)
-    (tmp_path / "map.json").write_text("{}")  # read from the working directory, as before
-    monkeypatch.chdir(tmp_path)
+    # read from the config file's folder, as [registry].path is, wherever the server starts
+    (tmp_path / "map.json").write_text("{}")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     cfg.write_text('[registry]\nrefresh = { source = "litellm", location = "map.json" }\n')
-    assert ServerConfig.load(cfg).refresh["location"] == "map.json"  # type: ignore[index]
+    assert ServerConfig.load(cfg).refresh["location"] == str(tmp_path / "map.json")  # type: ignore[index]
     cfg.write_text("[probe]\ninterval_s = 600\nbudget_usd = 0.5\n")
     assert ServerConfig.load(cfg).probe_interval_s == 600
     monkeypatch.delenv("SATISFICE_MASTER_KEY", raising=False)

@@ -30,6 +30,7 @@ from weakref import WeakKeyDictionary
 
 import httpx
 
+from ._bill import CHECK_ROOM
 from ._extra import LIMITS, extra_text
 from ._redact import StreamScrubber
 from ._verdict import check_name, checked
@@ -1499,6 +1500,8 @@ class Executor:
             return result
 
         steps: list[StepRecord] = []  # as they are made: a cancelled request keeps them
+        # the checks' own router calls (a judge's) within what the cap leaves (`CHECK_ROOM`)
+        room = None if run.cap is None else CHECK_ROOM.set(run.room)
         try:
             result = marked(
                 await ladder.run(
@@ -1540,6 +1543,9 @@ class Executor:
                 marked(e.result, returned=False)  # its best answer was not returned
             e.attempts = list(run.attempts)  # what its steps were billed, for a budget's settle
             raise
+        finally:
+            if room is not None:
+                CHECK_ROOM.reset(room)
         assert result.answer is not None  # Cascade.run raises when there is none
         run.upstream_s += _union_s(run.spans)
         t, resp, attempt = answered[id(result.answer)]
@@ -1916,9 +1922,14 @@ class Executor:
         # cut off (the caller gone, a winner elsewhere): its calls are billed all the same
         name = check_name(run.accept)
         cut = partial(run.checked, name=name)
-        v = await checked(
-            run.accept, answer, Context(run.request.messages), left, cut, recorded=True
-        )
+        room = None if run.cap is None else CHECK_ROOM.set(run.room)  # as a ladder's checks
+        try:
+            v = await checked(
+                run.accept, answer, Context(run.request.messages), left, cut, recorded=True
+            )
+        finally:
+            if room is not None:
+                CHECK_ROOM.reset(room)
         run.checked(v, name)
         return v
 

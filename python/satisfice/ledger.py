@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._json import dumps_record, record_default
 from ._real import as_count, as_real
@@ -580,13 +580,30 @@ class PostgresSink:
             self._db.close()
 
 
-def open_sink(target: str | Path) -> Sink:
+def target_kind(target: str | Path) -> Literal["pg", "jsonl", "sqlite"]:
+    """Which store a ledger target names. A URL other than postgresql:// is refused, saying
+    only its scheme: "postgresql+psycopg://app:PASSWORD@..." (SQLAlchemy's form) had been
+    taken for a SQLite path, and the error that it could not be opened printed it whole."""
     t = str(target)
     if t.startswith(("postgresql://", "postgres://")):
+        return "pg"
+    if "://" in t:
+        scheme = t.split("://", 1)[0][:40]
+        raise ConfigError(
+            f"the ledger target's URL scheme {scheme!r} is not one satisfice writes to: give "
+            "postgresql://USER:PASSWORD@HOST/DB (psycopg 3), a .jsonl file or a SQLite file"
+        )
+    if "\x00" in t:
+        raise ConfigError("the ledger target holds a NUL character; give a file path")
+    return "jsonl" if t.endswith((".jsonl", ".ndjson")) else "sqlite"
+
+
+def open_sink(target: str | Path) -> Sink:
+    t = str(target)
+    kind = target_kind(t)
+    if kind == "pg":
         return PostgresSink(t)
-    if t.endswith((".jsonl", ".ndjson")):
-        return JSONLSink(t)
-    return SQLiteSink(t)
+    return JSONLSink(t) if kind == "jsonl" else SQLiteSink(t)
 
 
 #: The longest the writer thread builds records (and counts them for /metrics) before it hands
@@ -984,13 +1001,14 @@ def read_records(target: str | Path) -> Iterator[dict[str, Any]]:
     of each other model scored on it (`router.feedback(rid, s, model=M)`) under
     "feedback_for" ({model: score}) when there are any."""
     t = str(target)
-    if t.startswith(("postgresql://", "postgres://")):
+    kind = target_kind(t)
+    if kind == "pg":
         yield from _read_pg(t)
         return
     p = Path(t)
     if not p.exists():
         raise ConfigError(f"ledger {p} does not exist")
-    if t.endswith((".jsonl", ".ndjson")):
+    if kind == "jsonl":
         yield from _read_jsonl(p)
         return
     db = open_ledger_db(p)

@@ -104,6 +104,7 @@ class LongContext(Value):
         for k in ("above", "input", "output"):
             most = math.inf if k == "above" else _MAX_RATE
             _num({k: getattr(self, k)}, k, "LongContext", required=True, most=most)
+            _set(self, k, float(getattr(self, k)))  # as Price's
 
 
 def _tiers(v: Any, where: str) -> tuple[LongContext, ...]:
@@ -226,9 +227,10 @@ class Price(Value):
         # Built by hand too, not only from a registry file: a NaN or negative rate would
         # bill NaN or negative USD (and pass any cost cap).
         for k in ("input", "output", "per_request", "per_search", *_OPTIONAL_RATES):
-            _num(
-                {k: getattr(self, k)}, k, "Price", required=k in ("input", "output"), most=_MAX_RATE
-            )
+            v = getattr(self, k)
+            _num({k: v}, k, "Price", required=k in ("input", "output"), most=_MAX_RATE)
+            if v is not None:  # Price(3, 15): floats, as a file's are (a refresh's checks
+                _set(self, k, float(v))  # read floats: an int $3 had moved to $3000 unasked)
         if not isinstance(self.long_context, tuple) or not all(
             isinstance(t, LongContext) for t in self.long_context
         ):
@@ -1150,7 +1152,17 @@ class Registry:
         """The registry as TOML that `from_toml` reads back to an equal registry."""
         import tomli_w
 
-        return header + tomli_w.dumps(self.to_dict())
+        def written(v: Any) -> Any:
+            # TOML has no null: a key set to null (a JSON registry's "reference_model":
+            # null) is a key not set, as reading it back takes it (it had been a traceback)
+            if isinstance(v, Mapping):
+                return {k: written(x) for k, x in v.items() if x is not None}
+            return [written(x) for x in v] if isinstance(v, list) else v
+
+        try:
+            return header + tomli_w.dumps(written(self.to_dict()))
+        except TypeError as e:  # a null inside a list, which no key-dropping can mean
+            raise ConfigError(f"the registry cannot be written as TOML: {e}") from None
 
     def replace(self, *models: ModelSpec) -> Registry:
         """A new registry with these models added or replacing those with the same id."""

@@ -28,6 +28,7 @@ from .ledger import (
     open_ledger_db,
     read_records,
     split_feedback,
+    target_kind,
 )
 
 __all__ = ["render_html", "render_text", "rows", "summarize"]
@@ -37,7 +38,7 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
     """The ledger's requests as flat rows (the `requests` columns, `feedback`, and the
     cascade steps' statuses). SQLite is read by column; other ledgers record by record."""
     t = str(target)
-    if not t.startswith(("postgresql://", "postgres://")) and not t.endswith((".jsonl", ".ndjson")):
+    if target_kind(t) == "sqlite":
         p = Path(t)
         if not p.exists():
             raise ConfigError(f"ledger {p} does not exist")

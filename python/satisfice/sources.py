@@ -490,7 +490,7 @@ def load(source: str, location: str | None = None, *, timeout_s: float = 30.0) -
         raise ConfigError(f"unknown source {source!r}; use one of {list(SOURCES)}")
     if location is None:
         location = str(bundled_litellm_map()) if source == "litellm" else DEFAULT_URLS[source]
-    if location.startswith(("http://", "https://")):
+    if is_url(location):
         raw = _fetch(location, timeout_s)
     else:
         p = Path(location)
@@ -507,6 +507,12 @@ def load(source: str, location: str | None = None, *, timeout_s: float = 30.0) -
         raise ConfigError(f"{source}: {shown(location)} is not JSON ({e})") from None
     # a lone surrogate (\ud800), valid JSON, is no text any file or terminal takes: U+FFFD
     return parse(source, scrubbed(data, raw))
+
+
+def is_url(location: str) -> bool:
+    """Whether a catalogue's location is an http(s) URL (a scheme is any case: an
+    "HTTPS://user:pw@..." had been read as a file name, and said whole as one)."""
+    return location[:8].lower().startswith(("http://", "https://"))
 
 
 def shown(location: str) -> str:

@@ -121,6 +121,15 @@ def admin_routes(svc: Service) -> list[Route]:
                 )
             for i, m in enumerate(d["models"]):
                 _name(m, f"models[{i}]")
+            # a model this server's registry lacks (a typo) had made a key every request on
+            # which was refused, as an alias naming one is refused at start (check_aliases)
+            reg, aliases = svc.router.registry, svc.config.aliases
+            unknown = [m for m in d["models"] if m != "auto" and m not in aliases and m not in reg]
+            if unknown:
+                raise ConfigError(
+                    f"models names what this server neither has nor routes by: {unknown}; "
+                    "give model ids, aliases or auto (GET /v1/models lists them)"
+                )
         return d
 
     def wrap(fn: Any) -> Any:

@@ -16,7 +16,6 @@ import gc
 import json
 import logging
 import math
-import os
 import sys
 import time
 import uuid
@@ -536,7 +535,7 @@ class Service:
 
     @property
     def master_key(self) -> str | None:
-        return os.environ.get(self.config.master_key_env) or None
+        return self.config.master_key()
 
     async def startup(self) -> None:
         if self.config.refresh:
@@ -1176,8 +1175,14 @@ def create_app(
                 # (and the thinking a Claude row writes past an answer's limit, and what
                 # server tools' results may add to the prompt, as a budget holds them)
                 fetched = server_tokens(opts.get("server_tools"))
-                tokens = d.max_tokens_in(d.model) + cap + _thinking_on_top(d, "cascade" in opts)
-                tokens += 0 if math.isinf(fetched) else int(fetched)
+                each = cap + _thinking_on_top(d, "cascade" in opts)
+                each += 0 if math.isinf(fetched) else int(fetched)
+                # every call a cascade's ladder may make, as its budget hold sums them (one
+                # call had been counted: a 3-step ladder took 1.5x a key's tpm in a request)
+                ladder = tuned_ladder(d)[0] if "cascade" in opts else None
+                calls = _called(d, ladder) if ladder is not None else [d.model]
+                tokens = sum(d.max_tokens_in(m) + each for m in calls)
+                on = f", on each of its cascade's {len(calls)} calls" if len(calls) > 1 else ""
                 count = RateCount(  # the prompt counted (`count_prompt`), as billed
                     key.id, key.rpm, key.tpm, tokens, hold or uuid.uuid4().hex
                 )
@@ -1190,8 +1195,8 @@ def create_app(
                     f"tokens cannot be counted, so key {key.name!r}'s tpm limit cannot be "
                     "checked; send their content as text or images, or use a key without "
                     "a tpm limit" if d.uncounted_parts else
-                    f"this request may take {count.tokens} tokens (prompt and max_tokens), "
-                    f"more than key {key.name!r} allows in a minute (tpm {key.tpm}); "
+                    f"this request may take {count.tokens} tokens (prompt and max_tokens{on}"
+                    f"), more than key {key.name!r} allows in a minute (tpm {key.tpm}); "
                     "lower max_tokens or shorten the prompt" if count.tokens > key.tpm else None
                 )  # fmt: skip
                 if tpm_why is not None:
@@ -1575,10 +1580,16 @@ async def _close_and_settle(
     finally:
         if reserved is not None:
             if settled is None:
-                spent = billed_cost(s.attempts) if closed and not cut else None
-                # no billed call on record (e.g. cut before its estimate was kept): the hold
-                settled = reserved[1] if spent is None or not spent[1] else spent[0]
+                settled = _so_far(s, reserved[1]) if closed and not cut else reserved[1]
             svc.settle_soon(reserved[0], reserved[1], settled)
+
+
+def _so_far(s: Any, hold: float) -> float:
+    """What a closed stream's calls may have cost so far (the executor keeps an estimate
+    for a call cut short: its prompt and the text sent); the whole `hold` when no billed
+    call is on record (e.g. cut before its estimate was kept) or one is unpriced."""
+    spent = billed_cost(s.attempts)
+    return hold if spent is None or not spent[1] else spent[0]
 
 
 def _writing(conn: Connection | None) -> asyncio.Task[Any] | None:
@@ -1682,10 +1693,14 @@ async def _stream(
     try:
         first = await it.__anext__()
     except BaseException as e:
-        cut = isinstance(e, asyncio.CancelledError) and _cut_by_shutdown(conn, waiting)
+        left = isinstance(e, asyncio.CancelledError)
+        cut = left and _cut_by_shutdown(conn, waiting)
         await s.aclose()
-        if reserved is not None:  # (a cancel, a cut too: the whole reservation)
-            await svc.settle(reserved[0], reserved[1], _billed(e, reserved[1]))
+        if reserved is not None:
+            billed = _billed(e, reserved[1])
+            if left and not cut:  # the client left: as after a first piece (the whole hold
+                billed = _so_far(s, reserved[1])  # had been kept for 4,000 tokens unwritten)
+            await svc.settle(reserved[0], reserved[1], billed)
         if cut:
             raise _shut() from None
         raise

@@ -12,6 +12,7 @@ require_keys = false        # true: every /v1 request needs a virtual key, /metr
 [registry]
 path = "registry.toml"      # default: the bundled registry
 refresh = { source = "litellm", location = "...", interval_s = 3600 }  # a file, or a URL
+# (every relative path here is read from the config file's folder)
 
 [policy]
 path = "policy.json"        # default: the bundled policy
@@ -125,6 +126,19 @@ def _file(path: str | None, where: str) -> str | None:
     return path
 
 
+def _ledger(target: str | None) -> str | None:
+    """[ledger].target: a file the server writes, or a postgresql:// URL."""
+    if target is None:
+        return None
+    from ..ledger import target_kind
+
+    try:
+        target_kind(target)
+    except ConfigError as e:
+        raise ConfigError(f"[ledger].target: {e}") from None
+    return _file(target, "[ledger].target")
+
+
 #: The shortest master key `satisfice serve` takes (it guards the admin API).
 MIN_MASTER_KEY = 16
 
@@ -141,7 +155,8 @@ class ServerConfig:
     master_key_env: str = "SATISFICE_MASTER_KEY"
     require_keys: bool = False
     registry_path: str | None = None
-    refresh: dict[str, Any] | None = None
+    # out of the repr: its location may be a URL with a password or a token in it
+    refresh: dict[str, Any] | None = field(default=None, repr=False)
     policy_path: str | None = None
     aliases: dict[str, dict[str, Any]] = field(default_factory=dict)
     state_backend: str = "memory"
@@ -228,6 +243,8 @@ class ServerConfig:
                 return None
             if not isinstance(p, str) or not p:
                 raise ConfigError(f"{where} must be a path")
+            if "\x00" in p:  # (a TOML "\u0000" escape had been a traceback at the open)
+                raise ConfigError(f"{where} holds a NUL character; give a file path")
             if "://" in p or base is None or Path(p).is_absolute():
                 return p
             return str(base / p)
@@ -239,12 +256,14 @@ class ServerConfig:
                 "location",
                 "interval_s",
                 "max_ratio",
+                "timeout_s",
             }:
                 raise ConfigError(
                     "[registry].refresh must be { source = litellm|openrouter|models.dev, "
-                    "location = FILE_OR_URL, interval_s = 3600, max_ratio = 10 }"
+                    "location = FILE_OR_URL, interval_s = 3600, max_ratio = 10, "
+                    "timeout_s = 30 }"
                 )
-            from ..sources import SOURCES
+            from ..sources import SOURCES, is_url, shown
 
             refresh = dict(refresh)
             if refresh["source"] not in SOURCES:
@@ -261,14 +280,24 @@ class ServerConfig:
                 )
             # a file: said now, where it had been said by the first refresh's log line after
             # the server started (read from the working directory, as the refresher reads it)
-            if loc and not loc.startswith(("http://", "https://")) and not Path(loc).is_file():
+            if loc and not is_url(loc):
+                # a file: beside the config file, as [registry].path is (it had been read
+                # from the working directory, the one path here that was)
+                refresh["location"] = loc = rel(loc, "[registry].refresh.location")
+            if loc and not is_url(loc) and not Path(loc).is_file():
                 raise ConfigError(
-                    f"[registry].refresh.location {loc!r:.200} is not a file: give the "
+                    f"[registry].refresh.location {shown(loc)!r:.200} is not a file: give the "
                     "catalogue's file, or an http(s) URL"
                 )
-            for k in ("interval_s", "max_ratio"):
+            for k in ("interval_s", "max_ratio", "timeout_s"):
                 if k in refresh:
                     refresh[k] = _num(refresh[k], f"[registry].refresh.{k}")
+            # (the log line of a slow download says to raise it: it had been an unknown field)
+            if not 1 <= refresh.get("timeout_s", 30) <= 3600:
+                raise ConfigError(
+                    "[registry].refresh.timeout_s must be 1 to 3600 (seconds): how long one "
+                    "download of the catalogue may take"
+                )
             if refresh.get("max_ratio", 10) <= 1:  # (had passed, and the server crashed)
                 raise ConfigError(
                     "[registry].refresh.max_ratio must be above 1: a price that moves by more "
@@ -309,7 +338,7 @@ class ServerConfig:
             aliases={str(k): dict(v) if isinstance(v, Mapping) else v for k, v in aliases.items()},
             state_backend=str(state.get("backend", "memory")),
             redis_url=_redis_url(state.get("redis_url")),
-            ledger=_file(rel(led.get("target"), "[ledger].target"), "[ledger].target"),
+            ledger=_ledger(rel(led.get("target"), "[ledger].target")),
             probe_interval_s=_probe_interval(probe),
             probe_budget_usd=None if "budget_usd" not in probe
             else _num(probe["budget_usd"], "[probe].budget_usd"),
@@ -317,22 +346,23 @@ class ServerConfig:
                               "[probe].health_file"),
         )  # fmt: skip
 
+    def master_key(self) -> str | None:
+        """The master key from [server].master_key_env, trimmed as HTTP trims the caller's
+        (a secret file's trailing newline had made every right key a 401), None if unset."""
+        return (os.environ.get(self.master_key_env) or "").strip() or None
+
     def check_keys(self) -> None:
         """ConfigError when keys are required but none can ever be made: memory state, and
         no master key in [server].master_key_env for the admin API that makes them. (With
         Redis another replica's admin API may make them.) Checked as the app is made, since
         the variable is read then."""
-        if (
-            self.require_keys
-            and self.state_backend == "memory"
-            and not os.environ.get(self.master_key_env)
-        ):
+        master = self.master_key()
+        if self.require_keys and self.state_backend == "memory" and master is None:
             raise ConfigError(
                 f"[server].require_keys = true, but ${self.master_key_env} "
                 "([server].master_key_env) is not set: no key could ever be made, and every "
                 "request would be refused; set the variable to a master key"
             )
-        master = os.environ.get(self.master_key_env)
         if master and len(master) < MIN_MASTER_KEY:  # (a 3-character one had been taken)
             raise ConfigError(
                 f"${self.master_key_env} ([server].master_key_env) holds {len(master)} "
