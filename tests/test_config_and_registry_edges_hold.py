@@ -196,3 +196,67 @@ def test_a_master_key_with_a_trailing_newline_is_trimmed(
         assert "SATISFICE_MASTER_KEY" in str(e)
         return
     assert r.status_code == 201, (r.status_code, r.text)
+
+
+@pytest.mark.parametrize(
+    ("toml", "said"),
+    [
+        ('[aliases]\n"" = { quality_floor = 0.5 }\n', "it is empty"),
+        ('[aliases]\n"cheap " = { quality_floor = 0.5 }\n', "spaces"),
+        ('[aliases]\n"che\\u0007ap" = { quality_floor = 0.5 }\n', "control"),
+        ("[server]\nread_timeout_s = 1e-300\n", r"read_timeout_s must be a number in \[1,"),
+    ],
+    ids=["empty-alias", "spaced-alias", "control-alias", "read-timeout"],
+)
+def test_a_config_value_no_request_could_use_is_refused(
+    tmp_path: Path, toml: str, said: str
+) -> None:
+    """Defect: an alias named "" or "cheap " or with a control character loaded (a model
+    id is refused for each: callers send it as `model`, metrics and logs print it), and a
+    [server].read_timeout_s of 1e-300 was taken (every request would be a 408).
+    Expected: a ConfigError naming the field."""
+    from satisfice.errors import ConfigError
+    from satisfice.server import ServerConfig
+
+    cfg = tmp_path / "satisfice.toml"
+    cfg.write_text(toml)
+    with pytest.raises(ConfigError, match=said):
+        ServerConfig.load(cfg)
+
+
+def test_a_registry_file_says_what_it_cannot_mean(tmp_path: Path) -> None:
+    """Defect: a JSON registry naming "input" twice in one price silently took the last
+    (TOML refuses a repeated key); `provider = ["x"]` was read as the text "['x']"; and a
+    per-token price written where USD per 1M tokens go ($2.5e-06) loaded without a word,
+    making the model a million times too cheap. Expected: the first two are ConfigErrors
+    naming the file or model; the third is in `attention()` (a RegistryWarning at load)."""
+    from satisfice.errors import ConfigError
+    from satisfice.registry import Registry
+
+    model = {"id": "m", "provider": "openai", "context_window": 1000, "max_output": 100}
+    twice = tmp_path / "twice.json"
+    twice.write_text(
+        '{"model": [{"id": "m", "provider": "openai", "context_window": 1000, '
+        '"max_output": 100, "price": {"input": 3, "input": 0.3, "output": 1}}]}'
+    )
+    with pytest.raises(ConfigError, match=r"twice\.json.*'input' is given twice"):
+        Registry.load(twice)
+    with pytest.raises(ConfigError, match="provider must be a string"):
+        Registry.from_dict({"model": [{**model, "provider": ["x"]}]})
+    tiny = Registry.from_dict({"model": [{**model, "price": {"input": 2.5e-6, "output": 1e-5}}]})
+    assert any("per 1M tokens" in n and "'m'" in n for n in tiny.attention()), tiny.attention()
+
+
+def test_a_catalogue_price_with_one_side_at_zero_is_unpriced(tmp_path: Path) -> None:
+    """Defect: a catalogue entry with a paid input and a $0 output (the LiteLLM map lists
+    one) was imported with free output: its answers billed $0. A catalogue's 0 means "not
+    listed" (both at 0 was already unpriced). Expected: the model is unpriced."""
+    from satisfice import sources
+
+    cat = sources.parse_litellm({"gpt-x": {
+        "mode": "chat", "litellm_provider": "openai",
+        "input_cost_per_token": 3e-6, "output_cost_per_token": 0,
+    }})  # fmt: skip
+    listing = cat.find("gpt-x")
+    assert listing is not None, cat.listings
+    assert listing.price is None, listing.price

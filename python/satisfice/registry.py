@@ -602,6 +602,26 @@ def _bad_id(mid: str) -> str | None:
     return None
 
 
+#: The least rate (USD per 1M tokens) no warning is given for: no listed model charges
+#: less than a cent per million, and a per-token price is a millionth of one that does.
+_LEAST_RATE = 0.001
+
+
+def _json_once(text: str) -> Any:
+    """JSON whose objects name each key once, as TOML requires (a repeated "input" had
+    silently taken the last of two prices)."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in items:
+            if k in out:
+                raise ConfigError(f"the key {k!r:.80} is given twice in one object")
+            out[k] = v
+        return out
+
+    return json.loads(text, object_pairs_hook=pairs)
+
+
 class ModelSpec(Value):
     """One model. `price=None` means unpriced (cost unknown), never free."""
 
@@ -816,12 +836,15 @@ class ModelSpec(Value):
             isinstance(q, int | float) and not isinstance(q, bool) for q in quality.values()
         ):
             raise ConfigError(f"{where}: quality must be a table of task = number in (0, 1)")
+        for key in ("provider", "tokenizer"):  # (["x"] had been read as the text "['x']")
+            if key in d and not isinstance(d[key], str):
+                raise ConfigError(f"{where}: {key} must be a string, got {d[key]!r:.40}")
         return cls(
             id=mid,
-            provider=str(d.get("provider", "unknown")),
+            provider=d.get("provider", "unknown"),
             context_window=int(d["context_window"]),
             max_output=int(d["max_output"]),
-            tokenizer=str(d.get("tokenizer", "o200k_base")),
+            tokenizer=d.get("tokenizer", "o200k_base"),
             price=Price.from_dict(price, f"{where}.price") if price is not None else None,
             capabilities=frozenset(caps),
             p95_latency_ms=_num(d, "p95_latency_ms", where),
@@ -1018,7 +1041,7 @@ class Registry:
 
     @classmethod
     def from_json(cls, path: str | Path) -> Registry:
-        return cls._read(path, "JSON", json.loads, json.JSONDecodeError)
+        return cls._read(path, "JSON", _json_once, json.JSONDecodeError)
 
     @classmethod
     def load(cls, path: str | Path) -> Registry:
@@ -1045,6 +1068,8 @@ class Registry:
             ) from None
         except OSError as e:
             raise ConfigError(f"registry file {p} cannot be read: {e.strerror}") from None
+        except ConfigError as e:  # a key given twice (`_json_once`)
+            raise ConfigError(f"registry file {p} is not valid {kind}: {e}"[:400]) from None
         if not isinstance(data, dict):
             raise ConfigError(
                 f"registry file {p} must hold a table of models, not a {type(data).__name__}"
@@ -1129,6 +1154,16 @@ class Registry:
             elif left <= soon_days:
                 notes.append(
                     f"model {m.id!r} is retired on {m.deprecation_date} (in {left} days); {move}"
+                )
+        for m in self._models:
+            p = m.price
+            # USD per 1M tokens: a per-token figure given there ($2.5e-06) had made a model
+            # a million times too cheap, and every cost cap and budget meaningless
+            if p is not None and m.base is None and 0 < min(p.input, p.output) < _LEAST_RATE:
+                notes.append(
+                    f"model {m.id!r} is priced ${p.input:g} in / ${p.output:g} out per 1M "
+                    f"tokens, under ${_LEAST_RATE:g}: prices are USD per 1M tokens; multiply "
+                    "a per-token price by 1,000,000"
                 )
         as_of = self.meta.get("prices_as_of")
         if as_of is not None:

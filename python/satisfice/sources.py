@@ -251,13 +251,14 @@ _Tier = tuple[float, float, float]
 
 
 def _make_price(rates: Mapping[str, float | None], tiers: Iterable[_Tier] = ()) -> Price | None:
-    """A Price from parsed rates, or None (unpriced) when input or output is missing or both
-    are 0: a source's 0 means 'not listed' far more often than 'free'. So does a 0 for any
+    """A Price from parsed rates, or None (unpriced) when input or output is missing or 0: a
+    source's 0 means 'not listed' far more often than 'free' (a chat model listed with a
+    paid prompt and a $0 answer had been imported with free output). So does a 0 for any
     other rate (cache reads and writes, reasoning, tiers, per request or search), in every
     catalogue: the price then bills those as input or output, never as free (LiteLLM's and
     models.dev's 0 cache-read and reasoning rates had made them free)."""
     inp, out = rates.get("input"), rates.get("output")
-    if inp is None or out is None or (inp == 0 and out == 0):
+    if not inp or not out:
         return None
     extra = {k: v for k, v in rates.items() if k not in ("input", "output") and v}
     try:

@@ -68,10 +68,14 @@ def _int(v: Any, where: str, lo: int, hi: int) -> int:
     return v
 
 
-def _num(v: Any, where: str, hi: float = 1e9) -> float:
-    """A finite number in (0, hi] (TOML has inf and nan, and a grace of inf overflowed)."""
-    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= hi:
-        raise ConfigError(f"{where} must be a number in (0, {hi:g}], got {v!r:.40}")
+def _num(v: Any, where: str, hi: float = 1e9, lo: float = 0.0) -> float:
+    """A finite number in (lo, hi] (TOML has inf and nan, and a grace of inf overflowed);
+    `lo` itself is taken when it is above 0 (a read timeout of 1e-300 had been taken, and
+    every request would have been a 408)."""
+    num = not isinstance(v, bool) and isinstance(v, int | float)
+    if not num or not (lo <= v <= hi if lo > 0 else 0 < v <= hi):
+        span = f"[{lo:g}, {hi:g}]" if lo > 0 else f"(0, {hi:g}]"
+        raise ConfigError(f"{where} must be a number in {span}, got {v!r:.40}")
     return float(v)
 
 
@@ -173,6 +177,12 @@ class ServerConfig:
             raise ConfigError("[server].host (--host) must be a host name or address")
         _int(self.port, "[server].port (--port)", 0, 65535)
         for name, c in self.aliases.items():
+            from ..registry import _bad_id
+
+            # a name callers send as `model`, as a model's id is ("" and "cheap " had loaded)
+            why = "it is empty" if not name else None if name == "auto" else _bad_id(name)
+            if why is not None:
+                raise ConfigError(f"[aliases] name {name!r:.80}: {why}")
             if not isinstance(c, Mapping):
                 raise ConfigError(f"[aliases].{name} must be a table of constraints")
             try:
@@ -326,7 +336,7 @@ class ServerConfig:
             max_body_bytes=_int(
                 srv.get("max_body_bytes", 32 << 20), "[server].max_body_bytes", 1024, 1 << 30
             ),
-            read_timeout_s=_num(srv.get("read_timeout_s", 30), "[server].read_timeout_s", 3600),
+            read_timeout_s=_num(srv.get("read_timeout_s", 30), "[server].read_timeout_s", 3600, 1),
             shutdown_grace_s=_num(
                 srv.get("shutdown_grace_s", 30), "[server].shutdown_grace_s", 86_400
             ),
