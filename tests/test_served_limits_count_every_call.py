@@ -233,3 +233,30 @@ def test_a_served_ladders_judge_calls_stay_within_the_keys_budget(
         f"spent (the answer's cost_usd ${cost}); judge called on delta: "
         f"{len(up.seen(wire('delta')))} time(s)"
     )
+
+
+def test_a_keys_tpm_counts_the_prompt_by_the_tokenizer_of_any_model_it_may_go_to(
+    master: None, up: LocalUpstream, tmp_path: Path
+) -> None:
+    """Defect: a key's tpm count took the prompt by the primary model's count only (alpha,
+    OpenAI's exact tokenizer), though a fallback (beta, a Claude model, whose tokens are
+    estimated at an upper bound) may answer it and bill more prompt tokens. Expected: the
+    count is the most any model the request may go to counts (the same request routed
+    with fallbacks takes a larger count than without), as a budget's hold takes its
+    priciest fallback."""
+    said = {}
+    for fallbacks in (0, 1):
+        router = Router(registry(up.url), Policy(quality_floor=0.5, max_fallbacks=fallbacks))
+        (tmp_path / str(fallbacks)).mkdir()
+        with serve(router, tmp_path / str(fallbacks)) as (url, _svc):
+            key, _ = _key(url, tpm=1)
+            with _client(url, key) as c, pytest.raises(openai.RateLimitError) as e:
+                c.chat.completions.create(
+                    model="auto", max_tokens=10,
+                    messages=[{"role": "user", "content": "数据 " * 300}],
+                )  # fmt: skip
+            said[fallbacks] = str(e.value)
+    import re
+
+    taken = {k: int(re.search(r"may take (\d+) tokens", v).group(1)) for k, v in said.items()}  # type: ignore[union-attr]
+    assert taken[1] > taken[0], (taken, said)

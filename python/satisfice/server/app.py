@@ -1180,9 +1180,12 @@ def create_app(
                 # every call a cascade's ladder may make, as its budget hold sums them (one
                 # call had been counted: a 3-step ladder took 1.5x a key's tpm in a request)
                 ladder = tuned_ladder(d)[0] if "cascade" in opts else None
-                calls = _called(d, ladder) if ladder is not None else [d.model]
-                tokens = sum(d.max_tokens_in(m) + each for m in calls)
-                on = f", on each of its cascade's {len(calls)} calls" if len(calls) > 1 else ""
+                models, on = _called(d, ladder), ""
+                if ladder is not None:
+                    tokens = sum(d.max_tokens_in(m) + each for m in models)
+                    on = f", on each of its cascade's {len(models)} calls"
+                else:  # one answer, from the primary or a fallback, by its own tokenizer
+                    tokens = max(d.max_tokens_in(m) for m in models) + each
                 count = RateCount(  # the prompt counted (`count_prompt`), as billed
                     key.id, key.rpm, key.tpm, tokens, hold or uuid.uuid4().hex
                 )
