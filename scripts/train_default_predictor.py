@@ -13,8 +13,8 @@ trained bias, fitted on the data models below whose MMLU score is public.
 `satisfice eval` scores this predictor when it is not told to train. `satisfice.Router()`
 does not route with it (`QualityModel.bundled()` is the hand-set prior): trained on benchmark
 items only, it rates chit-chat and one-line lookups ("Hi!", "capital of Australia?") as hard
-as an average benchmark question: with the bundled registry, `satisfice demo` would cost 26x
-the hand-set prior ($1.25 vs $0.048 for the 20 demo prompts;
+as an average benchmark question: with the bundled registry, `satisfice demo` would cost 45x
+the hand-set prior ($2.17 vs $0.048 for the 20 demo prompts;
 scripts/default_predictor_check.py measures it and the alternatives). Use it with
 `Policy(quality=QualityModel.load(...))` or `"predictor"` in a policy JSON for traffic that
 looks like the benchmarks. Rerun this script after any FEATURE_VERSION change.

@@ -322,9 +322,11 @@ def test_outcomes_format(tmp_path: Path) -> None:
     assert loaded.responses is not None and loaded.responses[0] == ["hi", None]
     assert loaded.latency_ms is not None and loaded.latency_ms[0, 0] == 12.5
 
+    # by default a row some model has no score for, or an unknown cost (where the model's
+    # others are known), is dropped: no metric can score it
     dropped = ds.load_outcomes(path, prices={"b": (2.0, 4.0)})
-    assert len(dropped) == 2
-    assert dropped.latency_ms is not None and dropped.latency_ms.shape == (2, 2)
+    assert len(dropped) == 1
+    assert dropped.latency_ms is not None and dropped.latency_ms.shape == (1, 2)
 
 
 @pytest.mark.parametrize(

@@ -378,10 +378,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print(f"trained on {report['train_rows']} scored ledger records; models: "
           f"{', '.join(report['models'])}")  # fmt: skip
-    if "after" in report:
+    if "before" in report:
         b, a = report["before"], report["after"]
-        print(f"held out {report['held_out_rows']} records:   log loss  {b['log_loss']:.4f} -> "
-              f"{a['log_loss']:.4f}   Brier {b['brier']:.4f} -> {a['brier']:.4f}")  # fmt: skip
+        seen = report["held_out_in_before_training"]
+        left = f" ({seen} the old predictor trained on left out)" if seen else ""
+        print(f"held out {report['held_out_rows']} records{left}:   log loss  "
+              f"{b['log_loss']:.4f} -> {a['log_loss']:.4f}   Brier {b['brier']:.4f} -> "
+              f"{a['brier']:.4f}")  # fmt: skip
+    elif "after" in report:
+        a = report["after"]
+        print(f"{report['note']}: log loss {a['log_loss']:.4f}, Brier {a['brier']:.4f}")
     print(f"wrote {args.save_predictor}" + (f" and {args.policy}" if args.policy else ""))
     return 0
 

@@ -183,8 +183,25 @@ def train_from_ledger(
     report: dict[str, Any] = {"train_rows": len(train), "held_out_rows": 0 if test is None else
                               len(test), "models": list(train.models)}  # fmt: skip
     if test is not None:
-        show.stage(f"scoring before and after on {len(test)} held-out records")
-        report["before"] = score_predictor(before, test, reg)
-        report["after"] = score_predictor(qm, test, reg)
+        # Both scored on the held-out records "before" was not trained on (its prompt filter):
+        # a first run with --holdout 0 had trained it on every record, and the next run's
+        # "before" was then scored on its own training rows, the comparison tilted its way.
+        from .eval.membership import PromptFilter
+
+        filt = PromptFilter.from_meta(getattr(before, "meta", {}) or {})
+        seen = filt.mask(test.prompts) if filt is not None else np.zeros(len(test), dtype=bool)
+        report["held_out_in_before_training"] = int(seen.sum())
+        if seen.all():
+            report["note"] = (
+                f"all {len(test)} held-out records trained the before predictor "
+                f"{before.name!r}: no out-of-sample comparison; the new predictor alone is "
+                "scored on them"
+            )
+            report["after"] = score_predictor(qm, test, reg)
+        else:
+            fair = test.subset(np.flatnonzero(~seen)) if seen.any() else test
+            show.stage(f"scoring before and after on {len(fair)} held-out records")
+            report["before"] = score_predictor(before, fair, reg)
+            report["after"] = score_predictor(qm, fair, reg)
         show.done()
     return qm, report

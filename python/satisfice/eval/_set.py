@@ -170,12 +170,19 @@ class OutcomeSet:
         return self.subset(~mask), self.subset(mask)
 
     def missing_mask(self) -> np.ndarray:
-        """Boolean (n,): rows where at least one model has no recorded score."""
-        mask: np.ndarray = np.isnan(self.scores).any(axis=1)
+        """Boolean (n,): rows where at least one model has no recorded score, or an unknown
+        cost where its other rows' are known (the metrics take neither: a row with a blank
+        cost had been kept, and the metrics' advice to drop_missing() then changed nothing).
+        A model with no known cost at all is unpriced, not a gap in some rows: its rows are
+        kept, for `select_models` to leave it out (the metrics say so)."""
+        unknown = np.isnan(self.costs)
+        gaps = unknown & ~unknown.all(axis=0)
+        mask: np.ndarray = np.isnan(self.scores).any(axis=1) | gaps.any(axis=1)
         return mask
 
     def drop_missing(self, *, source: str = "outcome set") -> OutcomeSet:
-        """Only the rows where every model has a score; logs how many rows were dropped.
+        """Only the rows where every model has a score and a known cost; logs how many rows
+        were dropped.
 
         Metrics compare models on the same prompts, so a row where one model has no outcome
         cannot be scored fairly. Raises DatasetError when nothing would remain.
@@ -186,12 +193,12 @@ class OutcomeSet:
             return self
         if dropped == len(self):
             raise DatasetError(
-                f"{source}: every one of the {dropped} rows lacks a score for at least one "
-                f"model; load with keep_missing=True and use select_models(...) to keep the "
-                f"models that were actually measured on the same prompts"
+                f"{source}: every one of the {dropped} rows lacks a score or a cost for at "
+                f"least one model; load with keep_missing=True and use select_models(...) to "
+                f"keep the models that were measured on the same prompts"
             )
         log.warning(
-            "%s: dropped %d of %d rows where some model has no score "
+            "%s: dropped %d of %d rows where some model has no score or an unknown cost "
             "(load with keep_missing=True to keep them as NaN)",
             source,
             dropped,

@@ -127,8 +127,10 @@ def picks(t: Table, knob: str, settings: Sequence[float]) -> np.ndarray:
 
 def _figures(t: Table, pick: np.ndarray) -> tuple[float, float, float]:
     rows = np.arange(len(pick))
+    # a setting that sends any prompt to an unpriced model has an unknown mean cost (NaN):
+    # a mean of the priced prompts alone had met a cost target with half the traffic unpriced
     c = t.cost[rows, pick]
-    return float(np.nanmean(c)), float(np.mean(t.p[rows, pick])), float(np.isin(pick, t.top).mean())
+    return float(np.mean(c)), float(np.mean(t.p[rows, pick])), float(np.isin(pick, t.top).mean())
 
 
 def _settings(t: Table, knob: str) -> np.ndarray:
@@ -170,9 +172,11 @@ def choose(t: Table, knob: str, target: Target) -> dict[str, Any]:
         fallback = int(np.argmax(quality))
     else:
         measure = cost if target.kind == "cost" else share
-        ok = measure <= target.value + 1e-12
+        ok = measure <= target.value + 1e-12  # (an unknown cost meets no target)
         order = np.lexsort((cost, -quality))  # best quality first
-        fallback = int(np.argmin(measure))
+        # the closest: the least of the known (argmin had taken the first unknown cost)
+        known = np.where(np.isnan(measure), np.inf, measure)
+        fallback = int(np.argmin(known))
     met = bool(ok.any())
     k = int(next(i for i in order if ok[i])) if met else fallback
     return {
@@ -180,17 +184,27 @@ def choose(t: Table, knob: str, target: Target) -> dict[str, Any]:
         "value": float(settings[k]),
         "met": met,
         "predicted": {
-            "mean_cost_usd": float(cost[k]),
+            "mean_cost_usd": None if np.isnan(cost[k]) else float(cost[k]),  # unknown
             "mean_p_good": float(quality[k]),
             "top_share": float(share[k]),
         },
         "best_single": {"model": best_model, "mean_p_good": best_q},
         "range": {
-            "cost_usd": [float(cost.min()), float(cost.max())],
+            "cost_usd": _known_range(cost),
             "top_share": [float(share.min()), float(share.max())],
             "mean_p_good": [float(quality.min()), float(quality.max())],
         },
     }
+
+
+def _known_range(v: np.ndarray) -> list[float | None]:
+    """[least, most] of the known values; None for both when none is known."""
+    known = v[~np.isnan(v)]
+    return [float(known.min()), float(known.max())] if known.size else [None, None]
+
+
+def _usd(v: float | None) -> str:
+    return "unknown (an unpriced model)" if v is None or v != v else f"${v:.6f}"
 
 
 def _inputs(
@@ -254,12 +268,12 @@ def format_result(r: dict[str, Any]) -> str:
         f"{r['knob']} = {r['value']:.6g}"
         + (f"  (written to {r['policy']})" if r["written"] else "  (dry run: not written)"),
         f"on {r['routable']} of {r['prompts']} prompts, routed with this setting:",
-        f"  mean est. cost  ${pred['mean_cost_usd']:.6f} per request",
+        f"  mean est. cost  {_usd(pred['mean_cost_usd'])} per request",
         f"  top model share {100 * pred['top_share']:.1f}% ({r['top_model']})",
         f"  mean P(good)    {pred['mean_p_good']:.4f} (best single model "
         f"{r['best_single']['model']}: {r['best_single']['mean_p_good']:.4f}, predicted)",
-        "reachable: cost ${:.6f}..${:.6f}, top share {:.1f}%..{:.1f}%".format(
-            *r["range"]["cost_usd"], *(100 * v for v in r["range"]["top_share"])
+        "reachable: cost {}..{}, top share {:.1f}%..{:.1f}%".format(
+            *map(_usd, r["range"]["cost_usd"]), *(100 * v for v in r["range"]["top_share"])
         ),
     ]
     return "\n".join(lines)

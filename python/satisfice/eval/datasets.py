@@ -14,7 +14,9 @@ Formats (`load(format, paths)`):
 
 Missing outcomes. A NaN score means the source recorded no outcome for that model on that
 prompt; a NaN cost means the cost is unknown or the model is unpriced. Neither is ever
-replaced by 0. By default every loader drops rows where any model lacks a score and logs a
+replaced by 0. By default every loader drops rows where any model lacks a score, or has an
+unknown cost where its other rows' are known (a model with no known cost at all is unpriced:
+kept, for `select_models`), and logs a
 warning on the `satisfice.eval` logger saying how many rows went; pass `keep_missing=True`
 to keep them as NaN and decide yourself (`OutcomeSet.missing_mask()`, `drop_missing()`,
 `select_models(...)`). The metrics in `satisfice.eval.metrics` refuse NaN rather than guess.

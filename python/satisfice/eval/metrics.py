@@ -109,10 +109,17 @@ def _complete(name: str, values: np.ndarray) -> np.ndarray:
     bad = np.isnan(arr)
     if bad.any():
         rows = int(bad.any(axis=-1).sum()) if arr.ndim > 1 else int(bad.sum())
+        # a column with nothing known is a model never measured or never priced: dropping
+        # rows cannot help (drop_missing keeps them), leaving the model out does
+        whole = [int(j) for j in np.flatnonzero(bad.all(axis=0))] if arr.ndim > 1 else []
+        fix = (
+            f"select models without column(s) {whole} (OutcomeSet.select_models), which "
+            "have no known value on any row" if whole else
+            "drop those rows (OutcomeSet.drop_missing())"
+        )  # fmt: skip
         raise DatasetError(
             f"{name} has NaN in {rows} row(s); a metric cannot score a missing outcome or an "
-            f"unknown cost: drop those rows (OutcomeSet.drop_missing()) or select models "
-            f"with complete data"
+            f"unknown cost: {fix}"
         )
     return arr
 
