@@ -109,12 +109,13 @@ class _Bill(list[Answer]):
     router's chat() or stream() made of itself (`routed_call`), by index: (the task that
     made it, whether it answered, claimed by a report yet)."""
 
-    __slots__ = ("open", "recorded", "routed")
+    __slots__ = ("granted", "open", "recorded", "routed")
 
     def __init__(self, recorded: bool) -> None:
         super().__init__()
         self.open, self.recorded = True, recorded
         self.routed: dict[int, list[Any]] = {}
+        self.granted = 0.0  # USD of the request's room its router calls were given (`room_for`)
 
 
 _CALLS = cast("ContextVar[_Bill | None]", CHECK_BILL)
@@ -127,6 +128,32 @@ def _task() -> object:
         return asyncio.current_task()
     except RuntimeError:
         return None
+
+
+def room_for(cap: float | None) -> float | None:
+    """The cost cap of a router call a check makes now (a judge's), given the cap it asked
+    for (None: none): within what the request's cap or budget hold leaves (`CHECK_ROOM`),
+    less what the check's earlier calls were given, each call's whole cap taken from it (the
+    check's calls are the request's only when it ends: two judges had each been given the
+    same room, and spent 1.6x the cap). None: no room bounds it (no capped request's check
+    is running: a task a check spawned and outlived it is a request of its own).
+    NoRouteError when nothing is left."""
+    from ._bill import CHECK_ROOM
+
+    bill, room = _CALLS.get(), CHECK_ROOM.get()
+    if room is None or bill is None or not bill.open:
+        return cap
+    left: float = room() - bill.granted  # type: ignore[operator]
+    if left <= 0:
+        from .errors import NoRouteError
+
+        raise NoRouteError(
+            "this check's call has no room: the request's cost cap (or budget hold) is spent, "
+            "or held by its calls and the check's earlier calls"
+        )
+    given = left if cap is None else min(cap, left)
+    bill.granted += given
+    return given
 
 
 def made_call(answer: Answer) -> bool:

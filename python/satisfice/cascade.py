@@ -830,10 +830,19 @@ def routed_judge(
     router: Router, call: Call, *, quality_floor: float = 0.5, **constraints: Any
 ) -> Callable[[list[dict[str, Any]]], Awaitable[Answer]]:
     """A judge `ask` for `validators.judge` that routes each grading prompt through `router`
-    (cheapest model predicted good enough at `quality_floor`) and calls it with `call`."""
+    (cheapest model predicted good enough at `quality_floor`) and calls it with `call`.
+    Checking a request with a cost cap (or a server budget's hold), it routes within what
+    that leaves (`room_for`: a model estimated past it is ruled out, none left is a failed
+    check); the call itself is `call`'s, bounded by what it sends (its max_tokens)."""
 
     async def ask(messages: list[dict[str, Any]]) -> Answer:
-        decision = router.route(messages, quality_floor=quality_floor, **constraints)
+        from ._verdict import room_for
+
+        given = dict(constraints)
+        cap = room_for(given.get("max_cost_usd"))
+        if cap is not None:
+            given["max_cost_usd"] = cap
+        decision = router.route(messages, quality_floor=quality_floor, **given)
         return await call(decision.model, messages)
 
     return ask

@@ -11,7 +11,7 @@ from functools import partial
 from time import perf_counter, time
 
 from . import _core
-from ._bill import CHECK_BILL, CHECK_ROOM
+from ._bill import CHECK_BILL
 from ._extra import LIMITS, extra_text, header_text, server_turns, text_bytes
 from ._real import as_count, as_real
 from .decision import Candidate, Decision, Snapshot
@@ -1003,7 +1003,11 @@ class Router:
             opts["max_output_tokens"] = call["max_tokens"]
         c = Constraints.of(constraints, **opts)
         if CHECK_BILL.get() is not None:  # a check's call (a judge's): within the request's cap
-            c = _within_room(c)
+            from ._verdict import room_for
+
+            cap = room_for(c.max_cost_usd)
+            if cap != c.max_cost_usd:
+                c = Constraints.of(c, max_cost_usd=cap)
         if ladder == "given" and not snap.policy.strict_floor:
             c = Constraints.of(c, quality_floor=0.0)
         c, extra = _shaped(c, call["tools"], call["response_format"])
@@ -1527,24 +1531,6 @@ async def _cancel_the_rest() -> None:
     for task in rest:
         task.cancel()
     await asyncio.gather(*rest, return_exceptions=True)
-
-
-def _within_room(c: Constraints) -> Constraints:
-    """A check's router call (a judge's) made while a request with a cost cap runs its
-    checks (`CHECK_ROOM`): capped by what that cap leaves, so that the request's cap, or a
-    server budget's hold, holds the judge's bill too; refused when it leaves nothing."""
-    room = CHECK_ROOM.get()
-    if room is None:
-        return c
-    left = room()  # type: ignore[operator]
-    if left is None or (c.max_cost_usd is not None and c.max_cost_usd <= left):
-        return c
-    if left <= 0:
-        raise NoRouteError(
-            "this check's call has no room: the request's cost cap (or budget hold) is spent "
-            "or held by its calls so far"
-        )
-    return Constraints.of(c, max_cost_usd=left)
 
 
 def _bill_answer_to_check(result: ChatResult) -> bool:
