@@ -62,6 +62,22 @@ def test_the_summary_adds_up(ledger: tuple[Path, list[float]]) -> None:
     assert sum(sum(c.values()) for c in s["drift"].values()) == 13
 
 
+def test_the_spend_per_key_adds_up_to_the_total(
+    ledger: tuple[Path, list[float]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where the money went per key of a shared service (`satisfice serve` records the key's
+    name): the report had no such breakdown. Every request's bill is on its key's row, a
+    failed one's too, and the requests without a key on "(no key)"."""
+    db, costs = ledger
+    keys = summarize(rows(db))["keys"]
+    assert {k: v["requests"] for k, v in keys.items()} == {"k0": 6, "k1": 6, "(no key)": 2}
+    assert sum(v["cost_usd"] for v in keys.values()) == pytest.approx(sum(costs))
+    assert keys["k0"]["cost_usd"] == pytest.approx(sum(costs[0:12:2]))
+    assert main(["report", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "(no key)" in out and "k0" in out
+
+
 def test_jsonl_and_sqlite_say_the_same(ledger: tuple[Path, list[float]], tmp_path: Path) -> None:
     from satisfice.ledger import read_records
 
@@ -96,6 +112,7 @@ def test_html_report_renders_in_headless_chromium(
     dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True,
                          text=True, timeout=120, check=True).stdout  # fmt: skip
     assert "Cost per model" in dom and "Traffic share per model per day" in dom
+    assert "Cost per key" in dom and ">k0<" in dom
     assert dom.count("<rect") >= 4 and "alpha" in dom
     png = tmp_path / "report.png"
     subprocess.run([*flags, f"--screenshot={png}", "--window-size=1100,1400", page.as_uri()],

@@ -85,6 +85,17 @@ def _pct(xs: Sequence[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
 
 
+#: The key row of requests made without a key (the library's, a probe's, an anonymous caller's).
+_NO_KEY = "(no key)"
+
+
+def _key_row(name: Any) -> str:
+    """A key's row name; a key named as the keyless row is told apart from it."""
+    if name is None:
+        return _NO_KEY
+    return f"{name} " if str(name) == _NO_KEY else str(name)
+
+
 def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     n = ok = errors = fell_back = estimated = unpriced = failed_unknown = 0
     cost = ref_cost = failed_cost = 0.0
@@ -100,8 +111,20 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     days: dict[str, Counter[str]] = defaultdict(Counter)
     step_ran: Counter[int] = Counter()
     step_up: Counter[int] = Counter()
+    # per key of `satisfice serve` (its name): [requests, cost, requests of unknown cost, team]
+    by_key: dict[str, list[Any]] = {}
     for r in source:
         n += 1
+        # every request's bill, answered or failed, on its key's row (a request without a
+        # key, a library call or a probe, on "(no key)")
+        k = by_key.get(name := _key_row(r.get("api_key")))
+        if k is None:
+            k = by_key[name] = [0, 0.0, 0, r.get("team")]
+        k[0] += 1
+        if r.get("cost_usd") is None:
+            k[2] += 1
+        else:
+            k[1] += r["cost_usd"]
         estimated += bool(r.get("cost_estimated"))  # a failed request's bill may be too
         # a ladder's steps, answered or not: one that ran out of budget escalated too
         for i, status in enumerate(r.get("steps") or ()):
@@ -204,6 +227,18 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             for k, v in sorted(by_task.items(), key=lambda kv: -kv[1][1])
         },
         "models": models,
+        # (empty when no request had a key: the library's ledger, a server without keys)
+        "keys": {
+            k: {
+                "requests": v[0],
+                "team": v[3],
+                "cost_usd": v[1] if v[2] < v[0] else None,
+                "unpriced_requests": v[2],
+            }
+            for k, v in sorted(by_key.items(), key=lambda kv: -kv[1][1])
+        }
+        if any(k != _NO_KEY for k in by_key)
+        else {},
         "escalation": {
             str(i): {
                 "ran": step_ran[i],
@@ -294,6 +329,12 @@ def render_text(s: Mapping[str, Any]) -> str:
         out.append(f"{_plain(m):<24} {v['share']:>6.1%} {_usd(v['cost_usd']):>12} "
                    f"{_ms(v['p50_latency_s']):>10} {_ms(v['p95_latency_s']):>10} {fb:>9} "
                    f"{pr:>9}{_partial(v['unpriced_requests'])}")  # fmt: skip
+    if s["keys"]:
+        out += ["", f"{'key':<24} {'team':<16} {'requests':>9} {'cost':>12}"]
+        for k, v in s["keys"].items():
+            team = "-" if v["team"] is None else _plain(v["team"])[:16]
+            out.append(f"{_plain(k)[:24]:<24} {team:<16} {v['requests']:>9,} "
+                       f"{_usd(v['cost_usd']):>12}{_partial(v['unpriced_requests'])}")  # fmt: skip
     if s["escalation"]:
         out += ["", "cascade step   ran   escalated   rate"]
         for i, v in s["escalation"].items():
@@ -425,6 +466,19 @@ def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
     )
     model_bars = [(m, v["cost_usd"], v["unpriced_requests"])
                   for m, v in s["models"].items() if v["cost_usd"] is not None]  # fmt: skip
+    keys = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v['team'] or '-'))}</td>"
+        f"<td>{v['requests']:,}</td><td>{_cost(v['cost_usd'], v['unpriced_requests'])}</td></tr>"
+        for k, v in s["keys"].items()
+    )
+    key_bars = [(k, v["cost_usd"], v["unpriced_requests"])
+                for k, v in s["keys"].items() if v["cost_usd"] is not None]  # fmt: skip
+    by_key = (
+        f"<h2>Cost per key</h2>\n{_bars(key_bars[:12])}\n<table><tr><th>key</th><th>team</th>"
+        f"<th>requests</th><th>cost</th></tr>{keys}</table>"
+        if keys
+        else ""
+    )
     esc = "".join(
         f"<tr><td>{i}</td><td>{v['ran']:,}</td><td>{v['escalated']:,}</td>"
         f"<td>{v['rate']:.1%}</td></tr>"
@@ -450,6 +504,7 @@ h2 {{ margin-top: 28px; }} .legend {{ font-size: 12px; }}
 {_bars(model_bars[:12])}
 <h2>Cost per task class</h2>
 {_bars([(k, v["cost_usd"], v["unpriced_requests"]) for k, v in s["tasks"].items()])}
+{by_key}
 <h2>Traffic share per model per day (drift)</h2>
 {_stacked(drift, [*top, rest])}
 <h2>Models</h2>
