@@ -689,6 +689,7 @@ class Ledger:
         self._drop_lock = threading.Lock()  # `dropped`, and `_built` against put()
         self._asleep = False  # the writer waits for put() to wake it (_IDLE_WAIT_S)
         self.queued = self.acked = self.dropped = self.failures = self.rejected = 0
+        self.dropped_scores = 0  # feedback given after close()
         self._fb_queued = self._fb_written = 0  # scores, which flush() waits for as well
         self._closing = False
         self._last_expire = 0.0
@@ -751,6 +752,10 @@ class Ledger:
     ) -> None:
         """Queue a score for a request's answer: `model`'s (a fallback's, scored beside the
         primary's), or the answering model's when None."""
+        if self._closing:  # as a record put after close: said, never queued for no writer
+            self.dropped_scores += 1
+            _log.error("ledger closed: dropped a feedback score (%d so far)", self.dropped_scores)
+            return
         self._fb.append((request_id, time.time(), float(score), source, model))
         self._fb_queued += 1
         if self._asleep:

@@ -734,6 +734,11 @@ class Router:
         Persist them with `save_policy()`.
         """
         score = score_of(score)  # a plain float: the record is JSON
+        if self._closed:  # (accepted, the score had reached no ledger, without a word)
+            raise RouterClosedError(
+                "the router is closed: a score given after aclose() would reach no ledger "
+                "and no request would route with it; score answers before closing the router"
+            )
         with self._swap:
             snap = self._snap
             # InputError if unknown or scored already; UnknownModelError names the known ids
@@ -1143,17 +1148,20 @@ class Router:
                     self._record_failure(rec, cancelled, run,
                                          started_at, t0, options, not billed)  # fmt: skip
             raise
+        else:
+            result.started_at, result.metadata = started_at, metadata
+            # the clock runs until the caller has the result (but for its record): building
+            # it and handing it back up through the executor were the router's time too
+            waited = perf_counter() - t0
+            result.overhead_s += waited - result.latency_s
+            result.latency_s = waited
+            billed = _bill_answer_to_check(result)
+            if rec is not None:
+                rec.result(result, sent, not billed)
         finally:
+            # in flight until it is on the record: an aclose() from another thread's loop
+            # had seen none in flight and closed the ledger before the answer's record
             self._in_flight.discard(token)
-        result.started_at, result.metadata = started_at, metadata
-        # the clock runs until the caller has the result (but for its record): building it
-        # and handing it back up through the executor were the router's time too
-        waited = perf_counter() - t0
-        result.overhead_s += waited - result.latency_s
-        result.latency_s = waited
-        billed = _bill_answer_to_check(result)
-        if rec is not None:
-            rec.result(result, sent, not billed)
         return result
 
     def _check_modes(self, race: object, hedge: object, accept: object, cascade: object) -> None:
