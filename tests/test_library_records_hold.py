@@ -15,7 +15,7 @@ import satisfice.router as router_module
 from satisfice.ledger import read_records
 from satisfice.testing import LocalUpstream, reply
 
-from .chat_support import router
+from .chat_support import ORDER, router, wire
 
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -72,7 +72,9 @@ def test_aclose_on_another_loop_closes_the_ledger_before_an_answered_request_is_
         r = router(up.url)
         r.attach(ledger=str(db))
         got = []
-        th = threading.Thread(target=lambda: got.append(asyncio.run(r.chat(MSGS))))
+        # (chat_sync: the router's own loop thread, whose connections aclose() closes; a
+        # thread's asyncio.run() would end its loop with a pooled connection left open)
+        th = threading.Thread(target=lambda: got.append(r.chat_sync(MSGS)))
         th.start()
 
         async def closer() -> None:
@@ -102,3 +104,33 @@ def test_a_score_given_to_a_closed_ledger_is_counted_as_dropped(
         led.feedback("r1", 1.0)
     assert led.dropped_scores == 1
     assert "dropped a feedback score" in caplog.text
+
+
+async def test_a_call_cancelled_before_its_request_left_is_not_billed(tmp_path: Path) -> None:
+    """Defect: a call cancelled while it waited in line for a pooled connection (its request
+    never sent) was put on record at its prompt, estimated, as one the upstream may bill:
+    under random cancellations 220 attempts were billed where the upstream had received
+    201 requests. Expected: such a call is on record as cancelled at $0, not estimated, and
+    the upstream saw one request."""
+    import asyncio
+
+    db = tmp_path / "l.db"
+    async with LocalUpstream() as up:
+        up.default = reply("Paris.", latency=1.5)
+        r = router(up.url, max_connections=1, max_connections_per_host=1)
+        r.attach(ledger=str(db))
+        first = asyncio.create_task(r.chat(MSGS))
+        await asyncio.sleep(0.3)  # the first holds the one connection, waiting for its answer
+        second = asyncio.create_task(r.chat(MSGS, metadata={"n": 2}))
+        await asyncio.sleep(0.3)  # the second is in line for the pool
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        assert (await first).text == "Paris."
+        seen = sum(len(up.seen(wire(m))) for m in ORDER)
+        await r.aclose()
+    assert seen == 1, seen
+    (cut,) = [x for x in read_records(db) if (x.get("metadata") or {}).get("n") == 2]
+    (attempt,) = cut["attempts"]
+    assert attempt["outcome"] == "cancelled", attempt
+    assert attempt["cost_usd"] == 0.0 and not attempt["cost_estimated"], attempt

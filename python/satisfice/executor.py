@@ -510,7 +510,9 @@ class Run:
         self.tried: set[str] = set()  # targets already called: no longer fallbacks
         # calls sent and not yet on record, with their start: what a cancellation cuts off
         # the calls in flight: their target, start, and what a stream of theirs generated
-        self.calling: dict[tuple[str, str], tuple[_Target, float, Generated | None]] = {}
+        # each call in flight: its target, when it started, what its stream generated, and
+        # how far its request got (the transport's STAGE)
+        self.calling: dict[tuple[str, str], tuple[_Target, float, Generated | None, list[int]]] = {}
         self.answering: str | None = None  # the model a stream's text comes from, once known
         # routes the request again without leaving out cooling models (set by the router
         # when it left some out): what `_failure` asks when no model routed could take it
@@ -970,13 +972,13 @@ class Executor:
         timeout, budget = self._budget(run, t)
         # what a stream generates beside its text (its provider adds to it as it comes)
         made = Generated() if streamed else None
-        run.calling[_hold(t)] = t, perf_counter(), made
+        stage = [UNKNOWN]  # how far the request got (the transport's STAGE)
+        run.calling[_hold(t)] = t, perf_counter(), made, stage
         self._in_flight[t.key] += 1
         loop = asyncio.get_running_loop()
         deadlines = self._deadlines.get(loop)
         if deadlines is None:  # one per event loop: a router may serve several threads' loops
             deadlines = self._deadlines[loop] = Deadlines(loop)
-        stage = [UNKNOWN]  # how far the request got (the transport's STAGE)
         token = STAGE.set(stage)
         generating = None if made is None else GENERATED.set(made)
         try:
@@ -1871,7 +1873,7 @@ class Executor:
         price: it may be billed the prompt (estimated). Between calls (a backoff, a wait
         for a cooldown) none is open, and every call made is on record already."""
         now = perf_counter()
-        for t, started, made in list(run.calling.values()):
+        for t, started, made, _ in list(run.calling.values()):
             self._cancelled(run, t, started, now, made=made)
 
     def _cancelled(
@@ -1885,7 +1887,18 @@ class Executor:
     ) -> None:
         """Put a call cancelled in flight on record: with its answer's `usage` when it had
         finished, else at its prompt and what its stream generated (`made`), estimated
-        (billed or not, which cannot be known)."""
+        (billed or not, which cannot be known); at $0 when its request never left (cut while
+        it waited for a pooled connection or connected: such calls had been billed their
+        prompt, 19 of 220 under cancellations, though the upstream never saw them)."""
+        calling = run.calling.get(_hold(t))
+        if usage is None and calling is not None and calling[3][0] in (WAITING, CONNECTING):
+            run.record(
+                Attempt(t.model, t.dep.name, "cancelled", started - run.t0, now - started,
+                        error="cancelled before its request was sent", cost_usd=0.0,
+                        step=run.step),
+                t,
+            )  # fmt: skip
+            return
         if usage is not None:
             billed = usage
         elif made is None:
