@@ -28,3 +28,14 @@ def up(upstream: LocalUpstream) -> Iterator[LocalUpstream]:
     assert upstream.wait_idle(), "a connection from an earlier test is still open"
     upstream.reset_script()
     yield upstream
+
+
+@pytest.fixture
+def master(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The master key set (`server_support.MASTER`), and the exact counters built."""
+    from satisfice import _core
+
+    from .server_support import MASTER
+
+    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
+    _core.wait_for_tokenizers()

@@ -16,6 +16,10 @@ from satisfice.server._http import http_protocol
 
 from .servers import free_port
 
+#: The master key the served tests set (`master` in conftest.py), and its admin header.
+MASTER = "master-test-key-0123456789abcdef"
+ADMIN = {"authorization": f"Bearer {MASTER}"}
+
 
 @contextlib.contextmanager
 def running(config: ServerConfig | None = None, router: Any = None) -> Iterator[tuple[str, Any]]:
@@ -46,6 +50,13 @@ def running(config: ServerConfig | None = None, router: Any = None) -> Iterator[
     finally:
         server.should_exit = True
         t.join(30)
+
+
+@contextlib.contextmanager
+def serving(router: Any, tmp_path: Any) -> Iterator[tuple[str, Any]]:
+    """`running` the router with a SQLite ledger in `tmp_path`: (base URL, the Service)."""
+    with running(ServerConfig(ledger=str(tmp_path / "l.db")), router) as (url, app):
+        yield url, app.state.service
 
 
 def post_chat(url: str, key: str, body: bytes) -> socket.socket:

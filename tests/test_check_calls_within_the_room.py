@@ -8,9 +8,7 @@ defect and what should hold instead."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +20,12 @@ from satisfice import Policy, Router
 from satisfice import validators as v
 from satisfice.cascade import Cascade, Step, routed_judge
 from satisfice.errors import NoRouteError
-from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream, reply
 
 from .chat_support import registry, wire
-from .server_support import running
+from .server_support import ADMIN, serving
 
 ASK = [{"role": "user", "content": "What is 2+2?"}]
-MASTER = "master-review-second-look-0123456789"
-ADMIN = {"authorization": f"Bearer {MASTER}"}
-
-
-@pytest.fixture
-def up() -> Iterator[LocalUpstream]:
-    with LocalUpstream() as u:
-        yield u
 
 
 def _run(coro: Any) -> Any:
@@ -169,14 +158,8 @@ def test_routed_judges_routing_is_within_the_requests_room(up: LocalUpstream) ->
 
 
 # 4 ------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _serve(router: Router, tmp_path: Path) -> Iterator[tuple[str, Any]]:
-    with running(ServerConfig(ledger=str(tmp_path / "l.db")), router) as (url, app):
-        yield url, app.state.service
-
-
 def test_a_served_checks_three_router_calls_stay_within_the_keys_budget(
-    monkeypatch: pytest.MonkeyPatch, up: LocalUpstream, tmp_path: Path
+    master: None, up: LocalUpstream, tmp_path: Path
 ) -> None:
     """Defect: served ladder [alpha, checked by a check asking the router three times
     (allow=delta, max_tokens=500: $0.002 each)] -> [gamma]; key budget $0.005; request
@@ -185,7 +168,6 @@ def test_a_served_checks_three_router_calls_stay_within_the_keys_budget(
     bill until it ends): all three are made, and the key's spend settles at ~$0.006, past
     its $0.005 limit, from one request admitted within it.
     Expected: the check's calls together stay within the hold: spend <= $0.005."""
-    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
     router: Router
 
     async def three_asks(answer: v.Answer, ctx: Any) -> v.Verdict:
@@ -199,7 +181,7 @@ def test_a_served_checks_three_router_calls_stay_within_the_keys_budget(
     up.script(wire("alpha"), reply("4"))
     up.script(wire("gamma"), reply("4"))
     up.script(wire("delta"), *(reply("x " * 499) for _ in range(3)))
-    with _serve(router, tmp_path) as (url, svc):
+    with serving(router, tmp_path) as (url, svc):
         k = httpx.post(url + "/admin/keys", headers=ADMIN,
                        json={"name": "k", "budget_usd": 0.005, "period": "day"})  # fmt: skip
         assert k.status_code == 201, k.text

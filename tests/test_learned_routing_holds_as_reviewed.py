@@ -20,9 +20,10 @@ from satisfice.eval.datasets import concat, load
 from satisfice.eval.evaluate import shipped_predictor
 from satisfice.eval.membership import PromptFilter, prompt_key
 from satisfice.flywheel import ledger_outcomes, train_from_ledger
-from satisfice.ledger import Ledger, read_records
+from satisfice.ledger import read_records
 
 from .chat_support import registry
+from .test_flywheel import _fill
 
 DATA = os.environ.get("SATISFICE_DATA_DIR")
 needs_data = pytest.mark.skipif(
@@ -59,21 +60,6 @@ def test_shipped_predictor_is_what_the_training_script_produces() -> None:
 
 
 # -- (f) the flywheel: train's before/after report --------------------------------------------
-
-CODE = "Write a Python function that parses this CSV file and returns the rows: ```{}```"
-CHAT = "Hi! What's a nice name for a cat? I like {}."
-
-
-def _fill(path: Path) -> None:
-    ledger = Ledger.open(path)
-    for i in range(300):
-        code = i % 2 == 0
-        for model, ok in (("alpha", not code), ("beta", code)):
-            ledger.put({"request_id": f"r{i}-{model}", "started_at": i, "outcome": "ok",
-                        "model": model, "feedback": 1.0 if ok else 0.0,
-                        "messages": [{"role": "user",
-                                      "content": (CODE if code else CHAT).format(i)}]})  # fmt: skip
-    ledger.close()
 
 
 def test_train_does_not_score_the_before_predictor_on_its_own_training_records(
@@ -185,51 +171,23 @@ def test_the_advice_for_an_unknown_cost_removes_it(tmp_path: Path) -> None:
 
 # -- (c) unpriced models in `satisfice calibrate` ---------------------------------------------
 
-_REG = """
-[[model]]
-id = "cheap"
-provider = "openai"
-tokenizer = "o200k_base"
-context_window = 32000
-max_output = 4000
-capabilities = ["system_prompt"]
-price = {input = 0.6, output = 0.6}
-quality = {general = 0.6}
-[[model.deployments]]
-name = "c"
-api = "openai"
-base_url = "http://127.0.0.1:9/v1"
-model = "cheap"
 
-[[model]]
-id = "dear"
-provider = "openai"
-tokenizer = "o200k_base"
-context_window = 128000
-max_output = 4000
-capabilities = ["system_prompt"]
-price = {input = 10.0, output = 30.0}
-quality = {general = 0.9}
-[[model.deployments]]
-name = "d"
-api = "openai"
-base_url = "http://127.0.0.1:9/v1"
-model = "dear"
+def _model(mid: str, quality: float, price: str | None) -> str:
+    return "\n".join([
+        "[[model]]", f'id = "{mid}"', 'provider = "openai"', 'tokenizer = "o200k_base"',
+        "context_window = 128000", "max_output = 4000", 'capabilities = ["system_prompt"]',
+        *([f"price = {price}"] if price else []), f"quality = {{general = {quality}}}",
+        "[[model.deployments]]", f'name = "{mid}"', 'api = "openai"',
+        'base_url = "http://127.0.0.1:9/v1"', f'model = "{mid}"', "",
+    ])  # fmt: skip
 
-[[model]]
-id = "mystery"
-provider = "openai"
-tokenizer = "o200k_base"
-context_window = 128000
-max_output = 4000
-capabilities = ["system_prompt"]
-quality = {general = 0.95}
-[[model.deployments]]
-name = "m"
-api = "openai"
-base_url = "http://127.0.0.1:9/v1"
-model = "mystery"
-"""
+
+# "mystery" has no price: unknown cost, never free
+_REG = (
+    _model("cheap", 0.6, "{input = 0.6, output = 0.6}")
+    + _model("dear", 0.9, "{input = 10.0, output = 30.0}")
+    + _model("mystery", 0.95, None)
+)
 
 _PROMPTS = [f"What is {i} plus {i * 3}? Explain step by step." for i in range(200)] + [
     f"Hello {i}" for i in range(200)

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,36 +24,11 @@ from satisfice import validators as v
 from satisfice.cascade import Cascade, Step
 from satisfice.errors import CascadeBudgetError, SatisficeError
 from satisfice.ledger import read_records
-from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream, hang, reply
 
 from .chat_support import registry, wire
 from .polling import until
-from .server_support import post_chat, running
-
-MASTER = "master-review-cascade-0123456789abcdef"
-ADMIN = {"authorization": f"Bearer {MASTER}"}
-
-
-@pytest.fixture
-def master(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
-    from satisfice import _core
-
-    _core.wait_for_tokenizers()
-
-
-@pytest.fixture
-def up() -> Iterator[LocalUpstream]:
-    with LocalUpstream() as u:
-        yield u
-
-
-@contextlib.contextmanager
-def serve(router: Router, tmp_path: Path) -> Iterator[tuple[str, Any]]:
-    cfg = ServerConfig(ledger=str(tmp_path / "l.db"))
-    with running(cfg, router) as (url, app):
-        yield url, app.state.service
+from .server_support import ADMIN, post_chat, serving
 
 
 def _key(url: str, budget: float = 1.0) -> str:
@@ -100,7 +74,7 @@ def test_a_served_cascade_budget_error_lists_its_attempts(
     router = Router(registry(up.url), Policy(quality_floor=0.0, cascades={"*": ladder}))
     up.script(wire("alpha"), reply("word " * 400))
     msgs = [{"role": "user", "content": "hi " * 50}]
-    with serve(router, tmp_path) as (url, _svc):
+    with serving(router, tmp_path) as (url, _svc):
         key = _key(url)
         body: Any
         if client == "openai-sdk":
@@ -234,7 +208,7 @@ def test_a_client_leaving_mid_cascade_records_the_rejected_answer_as_rejected(
     router = Router(registry(up.url), Policy(quality_floor=0.0, cascades={"*": ladder}))
     up.script(wire("alpha"), reply("cheap"))
     up.script(wire("delta"), hang())
-    with serve(router, tmp_path) as (url, svc):
+    with serving(router, tmp_path) as (url, svc):
         key = _key(url)
         body = json.dumps(
             {

@@ -6,10 +6,8 @@ defect its docstring names."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,36 +18,11 @@ import pytest
 from satisfice import Policy, Router
 from satisfice import validators as v
 from satisfice.cascade import Cascade, Step
-from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream, reply
 
 from .chat_support import registry, wire
 from .polling import until
-from .server_support import post_chat, running
-
-MASTER = "master-review-budgets-0123456789abcdef"
-ADMIN = {"authorization": f"Bearer {MASTER}"}
-
-
-@pytest.fixture
-def master(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
-    from satisfice import _core
-
-    _core.wait_for_tokenizers()
-
-
-@pytest.fixture
-def up() -> Iterator[LocalUpstream]:
-    with LocalUpstream() as u:
-        yield u
-
-
-@contextlib.contextmanager
-def serve(router: Router, tmp_path: Path) -> Iterator[tuple[str, Any]]:
-    cfg = ServerConfig(ledger=str(tmp_path / "l.db"))
-    with running(cfg, router) as (url, app):
-        yield url, app.state.service
+from .server_support import ADMIN, post_chat, serving
 
 
 def _key(url: str, **body: Any) -> tuple[str, str]:
@@ -105,7 +78,7 @@ def test_a_cascade_counts_every_call_against_the_keys_tpm(
     text = " ".join(["w"] * 290)
     for m in ("alpha", "gamma", "delta"):
         up.script(wire(m), reply(text))
-    with serve(router, tmp_path) as (url, _svc):
+    with serving(router, tmp_path) as (url, _svc):
         key, _ = _key(url, tpm=1000)
         c = _client(url, key)
         with c:
@@ -144,7 +117,7 @@ def test_a_stream_left_before_its_first_piece_is_settled_at_its_prompt_not_the_w
     Expected: the key's spend is what the cut call may have cost so far: its prompt (and
     no text), well under the hold."""
     up.script(wire("alpha"), reply("late answer", latency=30.0))
-    with serve(_plain(up), tmp_path) as (url, svc):
+    with serving(_plain(up), tmp_path) as (url, svc):
         key, _ = _key(url, budget_usd=1.0, period="day")
         body = json.dumps({
             "model": "alpha", "max_tokens": 4000, "stream": True,
@@ -176,7 +149,7 @@ def test_the_admin_api_refuses_a_model_list_naming_an_unknown_model(
     is refused at start and at /admin/reload (README).
     Expected: a 400 naming the unknown id(s), as for an alias; the key not created or
     left unchanged."""
-    with serve(_plain(up), tmp_path) as (url, _svc):
+    with serving(_plain(up), tmp_path) as (url, _svc):
         k = httpx.post(url + "/admin/keys", headers=ADMIN,
                        json={"name": "x", "models": ["alpha", "no-such-model"]})  # fmt: skip
         good = httpx.post(url + "/admin/keys", headers=ADMIN,
@@ -219,7 +192,7 @@ def test_a_served_ladders_judge_calls_stay_within_the_keys_budget(
     up.script(wire("alpha"), reply("4"))
     up.script(wire("delta"), reply("VERDICT: FAIL\nCONFIDENCE: 90\n" + " ".join(["x"] * 3000)))
     up.script(wire("gamma"), reply("4"))
-    with serve(router, tmp_path) as (url, svc):
+    with serving(router, tmp_path) as (url, svc):
         key, _ = _key(url, budget_usd=0.005, period="day")
         with _client(url, key) as c:
             r = c.chat.completions.create(
@@ -248,7 +221,7 @@ def test_a_keys_tpm_counts_the_prompt_by_the_tokenizer_of_any_model_it_may_go_to
     for fallbacks in (0, 1):
         router = Router(registry(up.url), Policy(quality_floor=0.5, max_fallbacks=fallbacks))
         (tmp_path / str(fallbacks)).mkdir()
-        with serve(router, tmp_path / str(fallbacks)) as (url, _svc):
+        with serving(router, tmp_path / str(fallbacks)) as (url, _svc):
             key, _ = _key(url, tpm=1)
             with _client(url, key) as c, pytest.raises(openai.RateLimitError) as e:
                 c.chat.completions.create(
