@@ -223,6 +223,22 @@ class ChatResponse:
             # one was there: `raw` (the upstream's JSON, for callers) holds it too, inside a
             # string that is JSON itself
             self.text, self.tool_calls, self.raw = text, calls, scrub_nested(self.raw)
+        if len(calls) > 1 and len({c.id for c in calls}) < len(calls):
+            self.tool_calls = _distinct_ids(calls)
+
+
+def _distinct_ids(calls: list[ToolCall]) -> list[ToolCall]:
+    """`calls` with a repeated id made anew (as a missing one is): an OpenAI-compatible
+    upstream had given two parallel calls one id, and the caller's two results, sent back,
+    both went to one call (the other left with none, which Anthropic's API refuses)."""
+    seen: set[str] = set()
+    out = []
+    for c in calls:
+        if c.id in seen:
+            c = replace(c, id="call_" + os.urandom(12).hex())
+        seen.add(c.id)
+        out.append(c)
+    return out
 
 
 def _scrubbed_calls(calls: list[ToolCall]) -> list[ToolCall]:
