@@ -181,7 +181,7 @@ async def test_text_the_exact_count_reads_is_counted_off_the_loop(where: str) ->
 
     Expected (README, "Limits on exact counts"; `text_bytes`: "everything the Rust count
     reads"): such a prompt is counted on a worker thread, as the list of dicts is (the
-    loop held under 0.1 s)."""
+    loop held under 0.25 s)."""
     msgs = _OFF_LOOP[where](_dense(24_000_000, 1))  # ~16M tokens: counted exactly
     async with _big_window_router() as r:
         await r.decide("warm up")
@@ -193,7 +193,10 @@ async def test_text_the_exact_count_reads_is_counted_off_the_loop(where: str) ->
             await r.decide(msgs)
         stop.set()
         await ticker
-    assert max(lags) < 0.1, f"{where}: the event loop was held {max(lags):.2f}s"
+    # 0.25 s: the defect held the loop 0.41-0.46 s; the control itself had been held 0.21 s
+    # on a machine running other suites at once (what routing does on the loop: reading
+    # the 24 MB, its mark's hash), which a 0.1 s bound failed
+    assert max(lags) < 0.25, f"{where}: the event loop was held {max(lags):.2f}s"
 
 
 # what the OpenAI wire sends, counted --------------------------------------------------------

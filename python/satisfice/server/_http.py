@@ -9,6 +9,7 @@ import asyncio
 import logging
 import math
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -72,6 +73,8 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
 
         def shutdown(self) -> None:
             super().shutdown()
+            if _STOPPING[0] is None:  # when the graceful shutdown began (`stopping_since`)
+                _STOPPING[0] = time.monotonic()
             # uvicorn cancels what is still running once its graceful shutdown's time is up
             # (the grace in whole seconds); a stream cut so had ended with no word, and was
             # settled as if its client had left. Cut a little before, by satisfice: each
@@ -218,6 +221,15 @@ _CUT_EARLY_S = 0.5  # how long before the shutdown's grace runs out the server c
 #: its error event: the process exited with them in its buffers.
 DRAIN_S = 5
 _ABANDON_EARLY_S = 0.25  # a connection not drained is closed this long before uvicorn exits
+
+
+_STOPPING: list[float | None] = [None]
+
+
+def stopping_since() -> float | None:
+    """When this process's graceful shutdown began (monotonic s: uvicorn told its first
+    connection), None if no connection was open then, or it has not begun."""
+    return _STOPPING[0]
 
 
 def shutdown_timeout(grace_s: float) -> int:

@@ -590,6 +590,8 @@ class Service:
         while True:
             with contextlib.suppress(StateUnavailable):  # logged by the store
                 await self.state.sync_clock()  # before anything shared is read
+            with contextlib.suppress(StateUnavailable):  # the next turn tries again
+                await self.state.share_pins()  # set while the store was away
             if time.monotonic() - renewed >= HOLD_RENEW_S:
                 try:
                     await self.state.renew_holds()
@@ -625,11 +627,14 @@ class Service:
                 continue
             self.unsettled.pop(0)
         if deadline is not None and self.unsettled:
+            lost = sum(actual for _, _, actual in self.unsettled)
             _log.error(
                 "shutting down with %d settlement(s) the budget store never took: their "
-                "holds are released within state.HOLD_S and their spend is not counted",
-                len(self.unsettled),
-                extra={"event": "settlements_lost"},
+                "holds are released within state.HOLD_S and their spend, $%.6f in all, is "
+                "not counted in budgets %s",
+                len(self.unsettled), lost,
+                ", ".join(sorted({b.scope for bs, _, _ in self.unsettled for b in bs})),
+                extra={"event": "settlements_lost", "usd": lost},
             )  # fmt: skip
 
     async def shutdown(self) -> None:
@@ -642,7 +647,14 @@ class Service:
             with contextlib.suppress(OSError):
                 self.health.save(self.config.health_file)
         await self.settled()
-        await self._settle_queued(deadline=time.monotonic() + 10.0)
+        # settlements the store missed, tried until what uvicorn gives the whole shutdown
+        # runs out, less a second to close (a fixed 10 s on top had taken a 2 s grace's
+        # exit to 11-13 s past SIGTERM, where an orchestrator sized on it kills the process)
+        from ._http import shutdown_timeout, stopping_since
+
+        began = stopping_since() or time.monotonic()
+        end = began + shutdown_timeout(self.config.shutdown_grace_s) - 1.0
+        await self._settle_queued(deadline=min(time.monotonic() + 10.0, end))
         # uvicorn gave requests and streams their shutdown_grace_s already: no second grace
         await self.router.aclose(grace_s=1.0)
         if self.router.ledger is not None:
@@ -1703,7 +1715,9 @@ async def _stream(
             billed = _billed(e, reserved[1])
             if left and not cut:  # the client left: as after a first piece (the whole hold
                 billed = _so_far(s, reserved[1])  # had been kept for 4,000 tokens unwritten)
-            await svc.settle(reserved[0], reserved[1], billed)
+            # soon, not awaited here: a client leaving while it was awaited (a slow store)
+            # cancelled it, and no settlement was queued (the hold renewed for 6 hours)
+            svc.settle_soon(reserved[0], reserved[1], billed)
         if cut:
             raise _shut() from None
         raise

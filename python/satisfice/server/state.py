@@ -20,7 +20,6 @@ Everything recovers on the next request after Redis returns (a new connection is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -220,7 +219,7 @@ class MemoryState:
 
     backend = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, max_pins: int = 100_000) -> None:
         self.keys: dict[str, VirtualKey] = {}
         self._by_hash: dict[str, str] = {}  # a secret's hash -> its key's id
         self.teams: dict[str, Budget] = {}
@@ -228,8 +227,9 @@ class MemoryState:
         self._reserved: dict[str, int] = {}
         self._holds: set[str] = set()  # reservations not yet settled, by id
         self._windows: dict[str, int] = {}
-        self._pins: dict[str, tuple[str, float]] = {}
+        self._pins: dict[str, tuple[str, float]] = {}  # the least recently set first
         self._pin_sweep_at = 10_000
+        self._max_pins = max_pins
         self.cooldowns: dict[str, tuple[float, str, float, bool]] = {}
 
     async def close(self) -> None:
@@ -353,12 +353,31 @@ class MemoryState:
 
     async def set_pin(self, session: str, model: str, ttl_s: float = 3600) -> None:
         now = time.time()
+        self._pins.pop(session, None)  # set again: the most recent, last
         self._pins[session] = (model, now + ttl_s)
         # Expired pins go, a sweep each time the dict doubles: a caller may send a new
-        # session id with every request, and the memory must not grow with them.
+        # session id with every request, and the memory must not grow with them; past
+        # `max_pins` live ones, the least recently set go (a new session a request had
+        # grown a replica by ~200 B each for their hour: ~700 MiB at 1,000 a second).
         if len(self._pins) > self._pin_sweep_at:
             self._pins = {k: v for k, v in self._pins.items() if v[1] > now}
             self._pin_sweep_at = max(2 * len(self._pins), 10_000)
+        while len(self._pins) > self._max_pins:
+            del self._pins[next(iter(self._pins))]
+
+    def pin_left(self, session: str) -> tuple[str, float] | None:
+        """(model, seconds left) of a live pin."""
+        v = self._pins.get(session)
+        left = 0.0 if v is None else v[1] - time.time()
+        return None if v is None or left <= 0 else (v[0], left)
+
+    def live_pins(self) -> list[str]:
+        """The sessions with a live pin, the least recently set first."""
+        now = time.time()
+        return [k for k, (_, until) in self._pins.items() if until > now]
+
+    async def share_pins(self) -> None:
+        """(One process: nothing to share.)"""
 
     async def push_cooldown(self, key: str, until: float, why: str, made: float = 0.0) -> bool:
         self.cooldowns[key] = (until, why, made, True)  # one process: every one is its own
@@ -687,6 +706,7 @@ class _Script:
 
 
 _AWAY_S = 1.0  # after a Redis command timed out, how long state calls fail at once
+_LOCAL_PINS = 4096  # the session pins a replica on Redis keeps in its own view
 
 
 class RedisState:
@@ -721,8 +741,12 @@ class RedisState:
         self._warned_at = -math.inf
         self._away_until = 0.0  # a command timed out: calls fail at once until then
         self._unreadable_at = -math.inf
-        # rate windows while Redis is away: this replica's own view (they had no limit)
-        self._local = MemoryState()
+        # rate windows and session pins while Redis is away: this replica's own view (they
+        # had no limit, and the next turn was routed anew); the pins it set or read, the
+        # most recent `_LOCAL_PINS` (a fallback: Redis holds them), and those it set while
+        # Redis was away, shared once it is back (`share_pins`)
+        self._local = MemoryState(max_pins=_LOCAL_PINS)
+        self._unshared: dict[str, None] = {}
         # the store's clock less this replica's (s), measured by `sync_clock`
         self._skew = 0.0
 
@@ -1035,8 +1059,26 @@ class RedisState:
 
     async def set_pin(self, session: str, model: str, ttl_s: float = 3600) -> None:
         await self._local.set_pin(session, model, ttl_s)  # this replica's view, kept anyway
-        with contextlib.suppress(StateUnavailable):  # fail open
+        self._unshared.pop(session, None)
+        try:  # fail open
             await self._do(self._r.call("SET", f"{self._p}pin:{session}", model, "EX", int(ttl_s)))
+        except StateUnavailable:
+            # shared once the store is back (a pin set in an outage had been forgotten then,
+            # and the session's next turn routed anew, its prompt cache cold)
+            self._unshared[session] = None
+            while len(self._unshared) > _LOCAL_PINS:
+                del self._unshared[next(iter(self._unshared))]
+
+    async def share_pins(self) -> None:
+        """Share the pins set while the store was away, unless another replica pinned the
+        session since (`NX`); StateUnavailable while it still is."""
+        for session in list(self._unshared):
+            live = self._local.pin_left(session)
+            if live is not None:
+                model, left = live
+                key = f"{self._p}pin:{session}"
+                await self._do(self._r.call("SET", key, model, "NX", "EX", max(int(left), 1)))
+            self._unshared.pop(session, None)
 
     async def push_cooldown(self, key: str, until: float, why: str, made: float = 0.0) -> bool:
         """Share a cooldown of `key` until `until`, begun at `made` (unix s): an enable
@@ -1068,6 +1110,8 @@ class RedisState:
         except StateUnavailable:
             return False
         lost, self._marked = made is not None and self._marked, True
+        if lost:  # its own pins too, as it shares its disables and cooldowns again
+            self._unshared.update(dict.fromkeys(self._local.live_pins()))
         return lost
 
     async def set_disabled(self, key: str, why: str | None, at: float = 0.0) -> bool:
