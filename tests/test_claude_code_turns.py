@@ -401,3 +401,27 @@ async def test_a_tool_loop_without_its_thinking_is_not_routed_to_claude_thinking
     kept = [loop[0], {**loop[1], "thinking_blocks": [block]}, loop[2]]
     d = await Router(reg).decide(kept, quality_floor=0.85)
     assert {d.model, *d.fallbacks} & thinking, (d.model, d.fallbacks)
+
+
+def test_a_streamed_message_start_gives_the_prompts_count() -> None:
+    """A streamed answer's `message_start` said `input_tokens: 0` whatever the prompt (a
+    client's context meter, which reads it there as Anthropic's API gives it, showed an
+    empty context); the upstream's totals came only in `message_delta`. Now it gives the
+    prompt as routing counted it, and the final usage is still the upstream's."""
+    with LocalUpstream() as up:
+        up.default = reply("ok", usage=(1234, 1, 0))
+        with running(ServerConfig(), _router(up)) as (url, _):
+            ask = [{"role": "user", "content": "hi " * 300}]
+            body = {"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
+                    "system": SYSTEM, "messages": ask}  # fmt: skip
+            with httpx.stream("POST", url + "/v1/messages", json=body, headers=H,
+                              timeout=60) as r:  # fmt: skip
+                lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+            with _client(url).messages.stream(
+                **{k: v for k, v in body.items() if k != "stream"}
+            ) as s:
+                final = s.get_final_message()
+    start = json.loads(lines[0][6:])
+    assert start["type"] == "message_start", start
+    assert start["message"]["usage"]["input_tokens"] > 300, start["message"]["usage"]
+    assert final.usage.input_tokens == 1234  # the upstream's figure, from message_delta

@@ -2036,6 +2036,17 @@ class ChatStream:
         it in a stream's first event, before the result says so)."""
         return self._runs[0].answering if self._runs else None
 
+    @property
+    def prompt_tokens(self) -> int | None:
+        """The prompt's tokens for the model the text comes from, as routing counted (or
+        estimated) them, once its first piece has arrived; the upstream's own figure comes
+        with the result (a server gives this in a stream's first event, as Anthropic's API
+        gives the prompt's count in `message_start`)."""
+        run = self._runs[0] if self._runs else None
+        return (
+            None if run is None or run.answering is None else run.decision.tokens_in(run.answering)
+        )
+
     def __aiter__(self) -> AsyncIterator[StreamDelta]:
         return self._gen
 

@@ -1813,7 +1813,9 @@ async def _stream(
                         "content": [],
                         "stop_reason": None,
                         "stop_sequence": None,
-                        "usage": {"input_tokens": 0, "output_tokens": 0},
+                        # the prompt as routing counted it (a context meter read 0 here);
+                        # message_delta carries the upstream's totals, which the SDKs take
+                        "usage": {"input_tokens": s.prompt_tokens or 0, "output_tokens": 0},
                     }
                 },
             )
@@ -1865,7 +1867,7 @@ async def _stream(
                                 "stop_reason": wire.anthropic_stop(res),
                                 "stop_sequence": res.stop_sequence,
                             },
-                            # the totals, which the SDKs take over message_start's zeros
+                            # the totals, which the SDKs take over message_start's figures
                             "usage": wire.anthropic_usage(res.usage),
                             "satisfice": wire.decision_field(res),
                         },
