@@ -425,3 +425,28 @@ def test_a_streamed_message_start_gives_the_prompts_count() -> None:
     assert start["type"] == "message_start", start
     assert start["message"]["usage"]["input_tokens"] > 300, start["message"]["usage"]
     assert final.usage.input_tokens == 1234  # the upstream's figure, from message_delta
+
+
+def test_an_answer_with_no_text_sent_back_reaches_a_claude_upstream_without_empty_blocks() -> None:
+    """An answer with no text (a reasoning model that spent its limit thinking) is served as
+    `content: [{"type": "text", "text": ""}]`; sent back as the conversation's next turn to
+    a Claude model, the empty block (or the plain path's `content: ""`) went to the
+    upstream, which Anthropic's API refuses ("text content blocks must be non-empty"):
+    a 400 on every later turn. Now no empty text block or empty turn is sent on."""
+    with LocalUpstream() as up:
+        up.default = reply("ok")
+        with running(ServerConfig(), _router(up)) as (url, _):
+            for empty in ([{"type": "text", "text": ""}], ""):
+                _client(url).messages.create(
+                    model="claude-sonnet-4-6", max_tokens=100,
+                    messages=[{"role": "user", "content": "hi"},
+                              {"role": "assistant", "content": empty},
+                              {"role": "user", "content": "go on"}],
+                )  # fmt: skip
+        sent = [s.body for s in up.requests if s.api == "anthropic"]
+    assert len(sent) == 2, [s.model for s in up.requests]
+    for body in sent:
+        for m in body["messages"]:
+            assert m["content"], body["messages"]
+            blocks = m["content"] if isinstance(m["content"], list) else []
+            assert all(b.get("text") != "" for b in blocks if b.get("type") == "text"), m

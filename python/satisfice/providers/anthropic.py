@@ -144,6 +144,10 @@ def _content(content: Any) -> Any:
     return [_block(p) for p in content]
 
 
+def _empty_text(b: Any) -> bool:
+    return isinstance(b, dict) and b.get("type") == "text" and not b.get("text")
+
+
 def _blocks(body: Any) -> list[Any]:
     """A message's content (a text, blocks or nothing) as blocks."""
     if isinstance(body, list):
@@ -306,6 +310,14 @@ def _payload(r: ChatRequest, model: str, stream: bool, thinks: bool) -> dict[str
                 thought = thinking_blocks(thought, f"messages[{i}].thinking_blocks")
                 if thinks and thought:  # first in the message, as the model wrote them
                     body = thought + _blocks(body)
+            if role == "assistant":
+                # Anthropic refuses an empty text block and an empty turn ("text content
+                # blocks must be non-empty"): an answer with no text (a reasoning model that
+                # spent its limit thinking), served as "" and sent back, had been a 400 on
+                # every later turn; the API reads the turns either side as one
+                body = [b for b in body if not _empty_text(b)] if isinstance(body, list) else body
+                if not body:
+                    continue
             prev = msgs[-1] if msgs else None
             if role == "assistant" and prev is not None and prev["role"] == "assistant":
                 # one turn, as Anthropic's API reads consecutive assistant messages: an
