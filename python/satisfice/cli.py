@@ -292,6 +292,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     for m, r in out["models"].items():
         print(f"{m:<24} {r['passed']:>4}/{r['asked']:<3} {r['errors']:>7} "
               f"{r['p_good_before']:>15.3f} {r['p_good_after']:>7.3f}")  # fmt: skip
+    for m, why in out["skipped"].items():
+        print(f"{m:<24} not probed: {why}")
     spent = out["spent_usd"]
     print(
         ("spent: unknown (unpriced calls)" if spent is None else f"spent ${spent:.4f}")

@@ -55,10 +55,12 @@ def _number(expected: float) -> Callable[[str], bool]:
 
 def _json_fields(**want: Any) -> Callable[[str], bool]:
     def check(text: str) -> bool:
-        m = re.search(r"\{.*\}", text, re.S)
+        # the first "{" to the last "}", found in one pass each (the regex \{.*\} had
+        # backtracked from every "{": 120,000 of them took 9 s, on the event loop)
+        i, j = text.find("{"), text.rfind("}")
         try:
-            data = json.loads(m.group(0)) if m else None
-        except ValueError:
+            data = json.loads(text[i : j + 1]) if 0 <= i < j else None
+        except (ValueError, RecursionError):
             return False
         return isinstance(data, dict) and all(data.get(k) == v for k, v in want.items())
 
@@ -109,10 +111,12 @@ def _code(tests: str) -> Callable[[str], bool]:
             # started with an environment of its own does not carry it: not a sandbox)
             mark = f"SATISFICE_PROBE_RUN={secrets.token_hex(8)}"
             try:
+                # in the temporary directory, removed with it (it had run in the operator's
+                # working directory, beside policy.json and health.json)
                 p = subprocess.Popen([sys.executable, "-I", path], stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                                      env=dict([mark.split("=")]), start_new_session=True,
-                                     pass_fds=(r,))  # fmt: skip
+                                     pass_fds=(r,), cwd=d)  # fmt: skip
             finally:
                 os.close(r)
             try:
@@ -133,7 +137,9 @@ def _code(tests: str) -> Callable[[str], bool]:
 
 def _kill_marked(mark: bytes) -> None:
     """SIGKILL every process whose environment holds `mark` (Linux /proc; elsewhere the
-    process group's kill is all there is)."""
+    process group's kill is all there is). One scan: a chain of processes that each fork
+    and exit faster than /proc is read moves to a new process id before the scan reaches
+    it, and can outlive the check (not a sandbox)."""
     try:
         pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
     except OSError:
@@ -195,6 +201,7 @@ class ProbeReport:
     spent_usd: float = 0.0  # of the calls whose cost is known
     cost_unknown: bool = False  # a call of unknown cost (unpriced) was billed as well
     stopped: str | None = None  # why the run stopped early (budget)
+    skipped: dict[str, str] = field(default_factory=dict)  # models not probed, and why
     first_error: str | None = None  # the first failed call's error, as said (a missing key)
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,6 +218,7 @@ class ProbeReport:
             },
             "spent_usd": None if self.cost_unknown else round(self.spent_usd, 6),
             "stopped": self.stopped,
+            "skipped": dict(self.skipped),
             "first_error": self.first_error,
         }
 
@@ -221,6 +229,19 @@ def _mean_p(router: Router, model: str, probes: Sequence[Probe]) -> float:
         d = router.route(p.prompt, allow=(model,), max_output_tokens=p.max_tokens, quality_floor=0)
         ps.append(d.primary.p_good)
     return sum(ps) / len(ps)
+
+
+def _cause(e: BaseException, said: str) -> str:
+    """What failed, attempt by attempt (a missing key's variable, a status), else `said`:
+    an error's own words open with what every failure shares, and a progress line cut at
+    200 characters had kept that alone."""
+    attempts = [a for a in getattr(e, "attempts", None) or () if a.outcome != "ok"]
+    if not attempts:
+        return said
+    return "; ".join(
+        f"{a.deployment}: {a.error_type or a.outcome}" + (f": {a.error}" if a.error else "")
+        for a in attempts
+    )
 
 
 async def run_probes(
@@ -252,6 +273,16 @@ async def run_probes(
         router.registry[m]  # UnknownModelError names the known ids
         report.p_before[m] = _mean_p(router, m, probes)
     for m in ids:
+        spec = router.registry[m]
+        if (
+            budget_usd is not None
+            and spec.price is None
+            and not any(d.price is not None for d in spec.deployments)
+        ):
+            # no price, no bound: said and passed over (it had stopped the run, as if the
+            # budget were spent, before any priced model was probed)
+            report.skipped[m] = "unpriced: a budget cannot bound its calls; probe it without one"
+            continue
         for p in probes:
             if report.stopped:
                 break
@@ -291,7 +322,7 @@ async def run_probes(
                 why = " ".join(str(e).split())[:400]  # (scrubbed of keys, as every error is)
                 report.first_error = report.first_error or f"{m}: {type(e).__name__}: {why}"
                 if progress:  # the cause, not the class alone (a missing key had said nothing)
-                    progress(f"{m} {p.name}: error {type(e).__name__}: {why[:200]}")
+                    progress(f"{m} {p.name}: error {type(e).__name__}: {_cause(e, why)[:200]}")
                 if report.stopped:
                     break
                 continue
