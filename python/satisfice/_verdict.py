@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -109,13 +110,15 @@ class _Bill(list[Answer]):
     router's chat() or stream() made of itself (`routed_call`), by index: (the task that
     made it, whether it answered, claimed by a report yet)."""
 
-    __slots__ = ("granted", "open", "recorded", "routed")
+    __slots__ = ("holding", "open", "recorded", "routed")
 
     def __init__(self, recorded: bool) -> None:
         super().__init__()
         self.open, self.recorded = True, recorded
         self.routed: dict[int, list[Any]] = {}
-        self.granted = 0.0  # USD of the request's room its router calls were given (`room_for`)
+        # the request's room its router calls in flight hold, by task (`room_for`): each
+        # is let go as its call puts itself on the bill (`routed_call`)
+        self.holding: dict[object, float] = {}
 
 
 _CALLS = cast("ContextVar[_Bill | None]", CHECK_BILL)
@@ -130,29 +133,33 @@ def _task() -> object:
         return None
 
 
-def room_for(cap: float | None) -> float | None:
+def room_for(cap: float | None, hold: bool = True) -> float | None:
     """The cost cap of a router call a check makes now (a judge's), given the cap it asked
     for (None: none): within what the request's cap or budget hold leaves (`CHECK_ROOM`),
-    less what the check's earlier calls were given, each call's whole cap taken from it (the
-    check's calls are the request's only when it ends: two judges had each been given the
-    same room, and spent 1.6x the cap). None: no room bounds it (no capped request's check
-    is running: a task a check spawned and outlived it is a request of its own).
-    NoRouteError when nothing is left."""
+    less what the check's calls were billed and what its calls in flight hold (the check's
+    calls are the request's only when it ends: two judges had each been given the same
+    room, and spent 1.6x the cap). `hold`: the call holds what it is given until it is on
+    the bill (`routed_call`); a routing alone (`routed_judge`'s) holds nothing. None: no
+    room bounds it (no capped request's check is running: a task a check spawned and
+    outlived it is a request of its own). NoRouteError when nothing is left."""
     from ._bill import CHECK_ROOM
 
     bill, room = _CALLS.get(), CHECK_ROOM.get()
     if room is None or bill is None or not bill.open:
         return cap
-    left: float = room() - bill.granted  # type: ignore[operator]
+    billed = [a.cost_usd for a in bill]
+    spent = math.inf if None in billed else sum(c for c in billed if c is not None)
+    left: float = room() - spent - sum(bill.holding.values())  # type: ignore[operator]
     if left <= 0:
         from .errors import NoRouteError
 
         raise NoRouteError(
             "this check's call has no room: the request's cost cap (or budget hold) is spent, "
-            "or held by its calls and the check's earlier calls"
+            "or held by its calls and the check's calls so far"
         )
     given = left if cap is None else min(cap, left)
-    bill.granted += given
+    if hold:
+        bill.holding[_task()] = given
     return given
 
 
@@ -174,6 +181,7 @@ def routed_call(answer: Answer | None, answered: bool) -> bool:
     calls = _CALLS.get()
     if calls is None or not calls.open:
         return False
+    calls.holding.pop(_task(), None)  # its room, held while it ran, is its bill's now
     if answer is not None:
         calls.routed[len(calls)] = [_task(), answered, False]
         calls.append(answer)

@@ -839,7 +839,7 @@ def routed_judge(
         from ._verdict import room_for
 
         given = dict(constraints)
-        cap = room_for(given.get("max_cost_usd"))
+        cap = room_for(given.get("max_cost_usd"), hold=False)  # routing spends nothing
         if cap is not None:
             given["max_cost_usd"] = cap
         decision = router.route(messages, quality_floor=quality_floor, **given)

@@ -13,7 +13,7 @@ import html
 import math
 import sqlite3
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,17 +85,6 @@ def _pct(xs: Sequence[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
 
 
-#: The key row of requests made without a key (the library's, a probe's, an anonymous caller's).
-_NO_KEY = "(no key)"
-
-
-def _key_row(name: Any) -> str:
-    """A key's row name; a key named as the keyless row is told apart from it."""
-    if name is None:
-        return _NO_KEY
-    return f"{name} " if str(name) == _NO_KEY else str(name)
-
-
 def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     n = ok = errors = fell_back = estimated = unpriced = failed_unknown = 0
     cost = ref_cost = failed_cost = 0.0
@@ -111,15 +100,16 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     days: dict[str, Counter[str]] = defaultdict(Counter)
     step_ran: Counter[int] = Counter()
     step_up: Counter[int] = Counter()
-    # per key of `satisfice serve` (its name): [requests, cost, requests of unknown cost, team]
-    by_key: dict[str, list[Any]] = {}
+    # per key of `satisfice serve` (its name, with its team: key names are not unique) and
+    # the keyless (None): [requests, cost, requests of unknown cost]
+    by_key: dict[tuple[Any, Any], list[Any]] = {}
     for r in source:
         n += 1
         # every request's bill, answered or failed, on its key's row (a request without a
         # key, a library call or a probe, on "(no key)")
-        k = by_key.get(name := _key_row(r.get("api_key")))
+        k = by_key.get(row := (r.get("api_key"), r.get("team")))
         if k is None:
-            k = by_key[name] = [0, 0.0, 0, r.get("team")]
+            k = by_key[row] = [0, 0.0, 0]
         k[0] += 1
         if r.get("cost_usd") is None:
             k[2] += 1
@@ -227,18 +217,20 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             for k, v in sorted(by_task.items(), key=lambda kv: -kv[1][1])
         },
         "models": models,
+        # a row per key and team, the dearest first; the keyless requests' key is None
         # (empty when no request had a key: the library's ledger, a server without keys)
-        "keys": {
-            k: {
+        "keys": [
+            {
+                "key": k,
+                "team": team,
                 "requests": v[0],
-                "team": v[3],
                 "cost_usd": v[1] if v[2] < v[0] else None,
                 "unpriced_requests": v[2],
             }
-            for k, v in sorted(by_key.items(), key=lambda kv: -kv[1][1])
-        }
-        if any(k != _NO_KEY for k in by_key)
-        else {},
+            for (k, team), v in sorted(by_key.items(), key=lambda kv: -kv[1][1])
+        ]
+        if any(k is not None for k, _ in by_key)
+        else [],
         "escalation": {
             str(i): {
                 "ran": step_ran[i],
@@ -252,6 +244,14 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 # -- text -------------------------------------------------------------------------------------
+
+
+def _key_name(key: Any, shown: Callable[[str], str]) -> str:
+    """A key's name as `shown` (escaped, or made plain), "(no key)" for the keyless row
+    (in italics in HTML, so that no key's own name reads as it)."""
+    if key is None:
+        return "<i>(no key)</i>" if shown is html.escape else "(no key)"
+    return shown(str(key))
 
 
 def _usd(x: float | None) -> str:
@@ -331,9 +331,9 @@ def render_text(s: Mapping[str, Any]) -> str:
                    f"{pr:>9}{_partial(v['unpriced_requests'])}")  # fmt: skip
     if s["keys"]:
         out += ["", f"{'key':<24} {'team':<16} {'requests':>9} {'cost':>12}"]
-        for k, v in s["keys"].items():
+        for v in s["keys"]:
             team = "-" if v["team"] is None else _plain(v["team"])[:16]
-            out.append(f"{_plain(k)[:24]:<24} {team:<16} {v['requests']:>9,} "
+            out.append(f"{_key_name(v['key'], _plain)[:24]:<24} {team:<16} {v['requests']:>9,} "
                        f"{_usd(v['cost_usd']):>12}{_partial(v['unpriced_requests'])}")  # fmt: skip
     if s["escalation"]:
         out += ["", "cascade step   ran   escalated   rate"]
@@ -467,12 +467,14 @@ def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
     model_bars = [(m, v["cost_usd"], v["unpriced_requests"])
                   for m, v in s["models"].items() if v["cost_usd"] is not None]  # fmt: skip
     keys = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v['team'] or '-'))}</td>"
-        f"<td>{v['requests']:,}</td><td>{_cost(v['cost_usd'], v['unpriced_requests'])}</td></tr>"
-        for k, v in s["keys"].items()
+        f"<tr><td>{_key_name(v['key'], html.escape)}</td>"
+        f"<td>{html.escape(str(v['team'] or '-'))}</td><td>{v['requests']:,}</td>"
+        f"<td>{_cost(v['cost_usd'], v['unpriced_requests'])}</td></tr>"
+        for v in s["keys"]
     )
-    key_bars = [(k, v["cost_usd"], v["unpriced_requests"])
-                for k, v in s["keys"].items() if v["cost_usd"] is not None]  # fmt: skip
+    key_bars = [(_key_name(v["key"], str) + (f" ({v['team']})" if v["team"] else ""),
+                 v["cost_usd"], v["unpriced_requests"])
+                for v in s["keys"] if v["cost_usd"] is not None]  # fmt: skip
     by_key = (
         f"<h2>Cost per key</h2>\n{_bars(key_bars[:12])}\n<table><tr><th>key</th><th>team</th>"
         f"<th>requests</th><th>cost</th></tr>{keys}</table>"

@@ -1283,8 +1283,10 @@ class Router:
             runs.append(run)  # the stream's own view of its attempts (ChatStream.attempts)
             inner = io.stream(run, started_at=started_at, metadata=metadata)
         except BaseException as e:
-            self._in_flight.discard(token)
-            self._unstarted(e, started_at, t0, options)
+            try:
+                self._unstarted(e, started_at, t0, options)
+            finally:  # in flight until its record is queued, as chat()'s
+                self._in_flight.discard(token)
             raise
         done = billed = False
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
@@ -45,6 +46,15 @@ _COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)")
 # top_p and logprobs at an effort of none, their default
 _REASONING_MODELS = re.compile(r"^(o\d|gpt-5(?!(\.\d+)?-chat))")
 _SAMPLES_AT_NONE = re.compile(r"^gpt-5\.[1-9]")
+
+
+def _whole(pieces: list[str]) -> bool:
+    """Whether a tool call's arguments so far are one whole JSON value."""
+    try:
+        json.loads("".join(pieces))
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _usage(u: Any) -> Usage | None:
@@ -491,13 +501,16 @@ class OpenAIProvider(HTTPProvider):
                             else:
                                 # Some upstreams (Gemini's) stream each call whole, with no
                                 # index: a new id starts the next call, no id continues one,
-                                # but a name again (with no id) starts one too: two such
-                                # calls had been merged into one of invalid JSON.
+                                # but a name again (with no id) starts one too, and so does a
+                                # name again with the same id after whole arguments (two
+                                # calls given one id): such calls had been merged into one
+                                # of invalid JSON.
                                 i = max(tools, default=0)
                                 named = (tc.get("function") or tc.get("custom") or {}).get("name")
                                 if tools and (
                                     (call_id and tools[i].id not in ("", call_id))
                                     or (not call_id and named and tools[i].name)
+                                    or (named and tools[i].name and _whole(tools[i].args))
                                 ):
                                     i += 1
                             if i not in tools and len(tools) >= 128:

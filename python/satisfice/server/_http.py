@@ -232,6 +232,12 @@ def stopping_since() -> float | None:
     return _STOPPING[0]
 
 
+def serving_again() -> None:
+    """A server starts: no shutdown has begun (a second server in the process had taken
+    the first's shutdown for its own, its settlements' deadline already past)."""
+    _STOPPING[0] = None
+
+
 def shutdown_timeout(grace_s: float) -> int:
     """uvicorn's `timeout_graceful_shutdown` for a grace of `grace_s`: whole seconds (rounded
     up: int() had cut a grace of 0.9 s to none), and `DRAIN_S` for the cut's last bytes."""

@@ -538,6 +538,9 @@ class Service:
         return self.config.master_key()
 
     async def startup(self) -> None:
+        from ._http import serving_again
+
+        serving_again()
         if self.config.refresh:
             from ..refresh import RegistryRefresher
 
