@@ -116,9 +116,9 @@ class _Bill(list[Answer]):
         super().__init__()
         self.open, self.recorded = True, recorded
         self.routed: dict[int, list[Any]] = {}
-        # the request's room its router calls in flight hold, by task (`room_for`): each
-        # is let go as its call puts itself on the bill (`routed_call`)
-        self.holding: dict[object, float] = {}
+        # the request's room its router calls in flight hold (`room_for`), each until its
+        # caller releases it (`RoomHold`)
+        self.holding: dict[RoomHold, float] = {}
 
 
 _CALLS = cast("ContextVar[_Bill | None]", CHECK_BILL)
@@ -133,20 +133,45 @@ def _task() -> object:
         return None
 
 
-def room_for(cap: float | None, hold: bool = True) -> float | None:
+class RoomHold:
+    """What one router call a check makes holds of the request's room while it runs
+    (`room_for`), until its caller `release`s it, whatever task that is (a stream left
+    mid-way is closed by the loop's finaliser, in a task of its own)."""
+
+    __slots__ = ("bill",)
+
+    def __init__(self) -> None:
+        self.bill: _Bill | None = None
+
+    def release(self) -> None:
+        if self.bill is not None:
+            self.bill.holding.pop(self, None)
+            self.bill = None
+
+
+#: The room a routed judge holds while its call runs (`cascade.routed_judge`).
+_JUDGING: ContextVar[RoomHold | None] = ContextVar("satisfice_judging", default=None)
+
+
+def room_for(cap: float | None, hold: RoomHold | None = None) -> float | None:
     """The cost cap of a router call a check makes now (a judge's), given the cap it asked
     for (None: none): within what the request's cap or budget hold leaves (`CHECK_ROOM`),
     less what the check's calls were billed and what its calls in flight hold (the check's
     calls are the request's only when it ends: two judges had each been given the same
-    room, and spent 1.6x the cap). `hold`: the call holds what it is given until it is on
-    the bill (`routed_call`); a routing alone (`routed_judge`'s) holds nothing. None: no
-    room bounds it (no capped request's check is running: a task a check spawned and
-    outlived it is a request of its own). NoRouteError when nothing is left."""
+    room, and spent 1.6x the cap). `hold`: the call holds what it is given until it is
+    released (routing alone, `decide()`, holds nothing). None: no room bounds it (no
+    capped request's check is running: a task a check spawned and outlived it is a
+    request of its own). NoRouteError when nothing is left."""
     from ._bill import CHECK_ROOM
 
     bill, room = _CALLS.get(), CHECK_ROOM.get()
     if room is None or bill is None or not bill.open:
         return cap
+    judging = _JUDGING.get()
+    if hold is not None and judging is not None and judging.bill is bill:
+        # a routed judge's own call through a router: it takes over the room the judge's
+        # routing held (held twice, the call had found none and been refused)
+        judging.release()
     billed = [a.cost_usd for a in bill]
     spent = math.inf if None in billed else sum(c for c in billed if c is not None)
     left: float = room() - spent - sum(bill.holding.values())  # type: ignore[operator]
@@ -158,8 +183,10 @@ def room_for(cap: float | None, hold: bool = True) -> float | None:
             "or held by its calls and the check's calls so far"
         )
     given = left if cap is None else min(cap, left)
-    if hold:
-        bill.holding[_task()] = given
+    if hold is not None:
+        hold.release()
+        hold.bill = bill
+        bill.holding[hold] = given
     return given
 
 
@@ -181,7 +208,6 @@ def routed_call(answer: Answer | None, answered: bool) -> bool:
     calls = _CALLS.get()
     if calls is None or not calls.open:
         return False
-    calls.holding.pop(_task(), None)  # its room, held while it ran, is its bill's now
     if answer is not None:
         calls.routed[len(calls)] = [_task(), answered, False]
         calls.append(answer)

@@ -836,13 +836,20 @@ def routed_judge(
     check); the call itself is `call`'s, bounded by what it sends (its max_tokens)."""
 
     async def ask(messages: list[dict[str, Any]]) -> Answer:
-        from ._verdict import room_for
+        from ._verdict import _JUDGING, RoomHold, room_for
 
-        given = dict(constraints)
-        cap = room_for(given.get("max_cost_usd"), hold=False)  # routing spends nothing
-        if cap is not None:
-            given["max_cost_usd"] = cap
-        decision = router.route(messages, quality_floor=quality_floor, **given)
-        return await call(decision.model, messages)
+        given, hold = dict(constraints), RoomHold()
+        try:  # the room it is routed within, held until its call is on the check's bill
+            cap = room_for(given.get("max_cost_usd"), hold)
+            if cap is not None:
+                given["max_cost_usd"] = cap
+            decision = router.route(messages, quality_floor=quality_floor, **given)
+            token = _JUDGING.set(hold)  # (a call through a router takes the room over)
+            try:
+                return await call(decision.model, messages)
+            finally:
+                _JUDGING.reset(token)
+        finally:
+            hold.release()
 
     return ask

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # httpx costs ~100 ms to import: only chat() and stream() loa
     import httpx
 
     from ._options import RequestOptions
+    from ._verdict import RoomHold
     from .cascade import Cascade
     from .executor import ChatStream, ExecutionConfig, Executor, Run
     from .ledger import Ledger
@@ -895,11 +896,13 @@ class Router:
         t0: float,
         accept: Validator | None = None,
         ladder: Literal["auto", "given"] | None = None,
+        hold: RoomHold | None = None,
     ) -> tuple[Executor, Run, dict[str, Any]]:
         """The one request builder behind chat() and stream(): the decision (`_prepare`),
-        then the wire request and its deadline."""
+        then the wire request and its deadline. `hold`: inside a check, what of the
+        request's room this call holds (its caller releases it)."""
         io, decision, call, deadline, metadata, msgs, reroute = await self._prepare(
-            messages, constraints, options, ladder, t0
+            messages, constraints, options, ladder, t0, hold
         )
         if self._rec is not None:
             self._rec.decision(decision)
@@ -929,6 +932,7 @@ class Router:
         options: Mapping[str, Any],
         ladder: Literal["auto", "given"] | None,
         t0: float | None = None,
+        hold: RoomHold | None = None,
     ) -> tuple[
         Executor,
         Decision,
@@ -1010,7 +1014,7 @@ class Router:
         if CHECK_BILL.get() is not None:  # a check's call (a judge's): within the request's cap
             from ._verdict import room_for
 
-            cap = room_for(c.max_cost_usd)
+            cap = room_for(c.max_cost_usd, hold)
             if cap != c.max_cost_usd:
                 c = Constraints.of(c, max_cost_usd=cap)
         if ladder == "given" and not snap.policy.strict_floor:
@@ -1113,9 +1117,10 @@ class Router:
         rec, run = self._rec, None
         sent = _as_sent(messages) if rec is not None and rec.record_prompts else messages
         token = self._enter()
+        hold = _room_hold()
         try:
             io, run, metadata = await self._begin(
-                messages, constraints, options, t0, accept, _ladder(cascade)
+                messages, constraints, options, t0, accept, _ladder(cascade), hold
             )
             if cascade:
                 result = await io.cascade(run, cascade)
@@ -1159,6 +1164,8 @@ class Router:
             if rec is not None:
                 rec.result(result, sent, not billed)
         finally:
+            if hold is not None:
+                hold.release()  # (on the check's bill by now, answered or not)
             # in flight until it is on the record: an aclose() from another thread's loop
             # had seen none in flight and closed the ledger before the answer's record
             self._in_flight.discard(token)
@@ -1278,14 +1285,17 @@ class Router:
         rec, run = self._rec, None
         sent = _as_sent(messages) if rec is not None and rec.record_prompts else messages
         token = self._enter()
+        hold = _room_hold()
         try:
-            io, run, metadata = await self._begin(messages, constraints, options, t0)
+            io, run, metadata = await self._begin(messages, constraints, options, t0, hold=hold)
             runs.append(run)  # the stream's own view of its attempts (ChatStream.attempts)
             inner = io.stream(run, started_at=started_at, metadata=metadata)
         except BaseException as e:
             try:
                 self._unstarted(e, started_at, t0, options)
             finally:  # in flight until its record is queued, as chat()'s
+                if hold is not None:
+                    hold.release()
                 self._in_flight.discard(token)
             raise
         done = billed = False
@@ -1319,6 +1329,8 @@ class Router:
                     self._record_failure(
                         rec, ClientClosedStream(why), run, started_at, t0, options, own
                     )
+            if hold is not None:  # whichever task closes it (a loop's finaliser too)
+                hold.release()
             self._in_flight.discard(token)
 
     def enable(self, model: str, deployment: str | None = None) -> None:
@@ -1541,6 +1553,15 @@ async def _cancel_the_rest() -> None:
     for task in rest:
         task.cancel()
     await asyncio.gather(*rest, return_exceptions=True)
+
+
+def _room_hold() -> RoomHold | None:
+    """Inside a check, what of the request's room a router call will hold (`room_for`)."""
+    if CHECK_BILL.get() is None:  # (every chat() asks)
+        return None
+    from ._verdict import RoomHold
+
+    return RoomHold()
 
 
 def _bill_answer_to_check(result: ChatResult) -> bool:

@@ -145,7 +145,9 @@ def _content(content: Any) -> Any:
 
 
 def _empty_text(b: Any) -> bool:
-    return isinstance(b, dict) and b.get("type") == "text" and not b.get("text")
+    """A text block Anthropic refuses on an assistant turn: empty, or whitespace only."""
+    text = b.get("text") if isinstance(b, dict) and b.get("type") == "text" else None
+    return isinstance(b, dict) and b.get("type") == "text" and not (text or "").strip()
 
 
 def _blocks(body: Any) -> list[Any]:
@@ -315,7 +317,10 @@ def _payload(r: ChatRequest, model: str, stream: bool, thinks: bool) -> dict[str
                 # blocks must be non-empty"): an answer with no text (a reasoning model that
                 # spent its limit thinking), served as "" and sent back, had been a 400 on
                 # every later turn; the API reads the turns either side as one
-                body = [b for b in body if not _empty_text(b)] if isinstance(body, list) else body
+                if isinstance(body, list):
+                    body = [b for b in body if not _empty_text(b)]
+                elif isinstance(body, str) and not body.strip():
+                    body = ""  # ("text content blocks must contain non-whitespace text")
                 if not body:
                     continue
             prev = msgs[-1] if msgs else None

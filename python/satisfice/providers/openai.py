@@ -506,12 +506,16 @@ class OpenAIProvider(HTTPProvider):
                                 # calls given one id): such calls had been merged into one
                                 # of invalid JSON.
                                 i = max(tools, default=0)
-                                named = (tc.get("function") or tc.get("custom") or {}).get("name")
+                                part = tc.get("function") or tc.get("custom") or {}
+                                named, more = part.get("name"), part.get("arguments")
                                 if tools and (
                                     (call_id and tools[i].id not in ("", call_id))
                                     or (not call_id and named and tools[i].name)
-                                    or (named and tools[i].name and _whole(tools[i].args))
-                                ):
+                                    # (arguments again: a call that restates its id and name
+                                    # with an empty last piece is one call still)
+                                    or (named and tools[i].name and _whole(tools[i].args)
+                                        and isinstance(more, str) and more.strip())
+                                ):  # fmt: skip
                                     i += 1
                             if i not in tools and len(tools) >= 128:
                                 raise ValueError("more than 128 tool calls in one answer")
