@@ -375,6 +375,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if pol is not None:
         pol.save(args.policy, args.save_predictor)
         report["policy"] = args.policy
+        # its floor (or λ) was set on the old predictor's P(good): the same setting routes
+        # otherwise on the new one (a cost target calibrate met had been passed silently)
+        report["recalibrate"] = (
+            f"{args.policy}'s quality floor and λ were set for the predictor it used before; "
+            "re-run `satisfice calibrate ... --policy` on your prompts so a cost or quality "
+            "target you calibrated for still holds"
+        )
+        b, a = report.get("before"), report.get("after")
+        if b is not None and a is not None and a["log_loss"] > b["log_loss"]:
+            report["worse"] = (
+                f"the new predictor's held-out log loss {a['log_loss']:.4f} is worse than "
+                f"the one it replaces ({b['log_loss']:.4f})"
+            )
     if args.json:
         print(_dumps(report, indent=2))
         return 0
@@ -391,6 +404,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         a = report["after"]
         print(f"{report['note']}: log loss {a['log_loss']:.4f}, Brier {a['brier']:.4f}")
     print(f"wrote {args.save_predictor}" + (f" and {args.policy}" if args.policy else ""))
+    for k in ("worse", "recalibrate"):
+        if k in report:
+            print(f"note: {report[k]}", file=sys.stderr)
     return 0
 
 

@@ -254,7 +254,13 @@ def calibrate_files(
         policy=str(path),
         written=write,
         predictor=predictor_path or "shipped",
-    )
+        # trained models the registry has no id for: their parameters route nothing (a log
+        # naming models as a gateway does, "openai/gpt-5.4-nano", had been taken silently)
+        unused_models=sorted(
+            m for m, p in policy.quality_model().models.items()
+            if p.source == "trained" and m not in reg
+        ),
+    )  # fmt: skip
     if write:
         new.save(path, predictor_path)
     return result
@@ -276,6 +282,14 @@ def format_result(r: dict[str, Any]) -> str:
             *map(_usd, r["range"]["cost_usd"]), *(100 * v for v in r["range"]["top_share"])
         ),
     ]
+    if r.get("unused_models"):
+        unused = r["unused_models"]
+        lines.append(
+            f"note: the predictor's trained models {unused[:8]}"
+            f"{f' and {len(unused) - 8} more' if len(unused) > 8 else ''} are not in the "
+            "registry (not its ids): their trained abilities route nothing; name them as the "
+            "registry does, or add them to it"
+        )
     return "\n".join(lines)
 
 

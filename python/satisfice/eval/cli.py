@@ -132,10 +132,21 @@ def register_calibrate(sub: Any) -> None:
 # -- eval -------------------------------------------------------------------------------------
 
 
-def _load(fmt: str, files: list[str], max_rows: int | None = None) -> OutcomeSet:
+def _load(
+    fmt: str, files: list[str], max_rows: int | None = None, registry: str | None = None
+) -> OutcomeSet:
+    """Outcome files; a log of your own (`outcomes`) prices the tokens a model logged
+    without a `cost_usd` at the registry's rates (`--registry`, else the bundled one):
+    the CLI had passed none, and every such cost was unknown."""
     import numpy as np
 
-    data = load(fmt, files)
+    kw: dict[str, Any] = {}
+    if fmt == "outcomes":
+        from ..registry import Registry
+
+        reg = Registry.load(registry) if registry else Registry.default()
+        kw["prices"] = {m.id: (m.price.input, m.price.output) for m in reg if m.price}
+    data = load(fmt, files, **kw)
     if max_rows is not None and max_rows < len(data):
         if max_rows < 1:
             raise DatasetError("--max-rows must be >= 1")
@@ -146,7 +157,7 @@ def _load(fmt: str, files: list[str], max_rows: int | None = None) -> OutcomeSet
 def cmd_eval(args: argparse.Namespace) -> int:
     progress = ProgressLine(enabled=not args.quiet)
     progress.stage("loading outcomes")
-    data = _load(args.format, args.files, args.max_rows)
+    data = _load(args.format, args.files, args.max_rows, getattr(args, "registry", None))
     progress.done()
     if args.strategy == "cascade":
         return _eval_cascade(args, data)
@@ -163,7 +174,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     extra = []
     if args.train:
         progress.stage("loading training files")
-        extra.append(_load(args.train_format or args.format, args.train))
+        extra.append(_load(args.train_format or args.format, args.train, registry=args.registry))
         progress.done()
     split = E.split_data(data, spec, extra)
     registry = Registry.load(args.registry) if args.registry else None
@@ -431,7 +442,8 @@ def _eval_cascade(args: argparse.Namespace, data: OutcomeSet) -> int:
     if args.train:
         if args.test_split:
             raise SatisficeError("--train tunes on other files: drop --test-split")
-        kw["train"] = _load(args.train_format or args.format, args.train).drop_missing()
+        train_files = _load(args.train_format or args.format, args.train, registry=args.registry)
+        kw["train"] = train_files.drop_missing()
     if args.test_split:
         from .evaluate import parse_split
 
