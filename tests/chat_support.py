@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from typing import Any
@@ -144,3 +145,39 @@ async def cancel_while_routed(aw: Any, routing: threading.Event) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+WEATHER_TOOLS = [{"type": "function", "function": {"name": "get_weather",
+                                                   "parameters": {"type": "object"}}}]  # fmt: skip
+
+
+def sse_chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    """One OpenAI streamed chunk (alpha's), its first choice's `delta`."""
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    head = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "alpha-wire"}
+    return json.dumps({**head, **extra, "choices": [choice]}).encode()
+
+
+def streamed_from_raw(pieces: list[dict[str, Any]]) -> Any:
+    """The result of streaming alpha (with `WEATHER_TOOLS`) from a raw-socket upstream
+    that sends these deltas, a tool-call finish with usage and [DONE]: what the stream
+    reader makes of an upstream's exact bytes."""
+    import asyncio
+
+    from satisfice.testing.raw import RawUpstream, http_response
+
+    usage = {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
+    events = [sse_chunk({"role": "assistant"}), *map(sse_chunk, pieces),
+              sse_chunk({}, "tool_calls", usage=usage), b"[DONE]"]  # fmt: skip
+    body = b"".join(b"data: " + e + b"\n\n" for e in events)
+
+    async def go(url: str) -> Any:
+        r = Router(registry(url), Policy(quality_floor=0.0, max_fallbacks=0))
+        async with r, r.stream([{"role": "user", "content": "weather?"}], allow=("alpha",),
+                               tools=WEATHER_TOOLS) as s:  # fmt: skip
+            out = [d async for d in s]
+        return out[-1].result
+
+    with RawUpstream(keep_alive=True) as raw:
+        raw.push(http_response(body, ctype="text/event-stream"))
+        return asyncio.run(asyncio.wait_for(go(raw.url), 60))

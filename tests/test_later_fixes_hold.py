@@ -149,48 +149,12 @@ def test_a_streamed_answer_with_two_whole_calls_of_one_id_keeps_both_calls() -> 
     call, get_weather('{"city": "Paris"}{"city": "Rome"}') (not JSON), where the same
     answer unstreamed gives two calls with ids of their own. Expected: two tool calls,
     Paris and Rome, each with valid JSON arguments and a distinct id."""
-    from satisfice.testing.raw import RawUpstream, http_response
-
-    from . import chat_support as cs
-
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        return json.dumps(
-            {
-                "id": "c",
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": "alpha-wire",
-                **extra,
-                "choices": [choice],
-            }
-        ).encode()
+    from .chat_support import streamed_from_raw
 
     calls = [{"id": "call_0", "type": "function",
               "function": {"name": "get_weather", "arguments": json.dumps({"city": c})}}
              for c in ("Paris", "Rome")]  # fmt: skip
-    usage = {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
-    events = [
-        chunk({"role": "assistant"}),
-        chunk({"tool_calls": [calls[0]]}),
-        chunk({"tool_calls": [calls[1]]}),
-        chunk({}, "tool_calls", usage=usage),
-        b"[DONE]",
-    ]
-    body = b"".join(b"data: " + e + b"\n\n" for e in events)
-    tools = [{"type": "function", "function": {"name": "get_weather",
-                                               "parameters": {"type": "object"}}}]  # fmt: skip
-
-    async def go(url: str) -> Any:
-        r = Router(cs.registry(url), Policy(quality_floor=0.0, max_fallbacks=0))
-        async with r, r.stream([{"role": "user", "content": "weather?"}], allow=("alpha",),
-                            tools=tools) as s:  # fmt: skip
-            out = [d async for d in s]
-        return out[-1].result
-
-    with RawUpstream(keep_alive=True) as raw:
-        raw.push(http_response(body, ctype="text/event-stream"))
-        res = _run(go(raw.url))
+    res = streamed_from_raw([{"tool_calls": [calls[0]]}, {"tool_calls": [calls[1]]}])
     got = [(c.id, c.arguments) for c in res.tool_calls]
     assert len(got) == 2 and len({i for i, _ in got}) == 2, f"tool calls streamed: {got}"
     assert [json.loads(a)["city"] for _, a in got] == ["Paris", "Rome"], got

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import Any
 
 from satisfice import Policy, Router
@@ -24,6 +23,33 @@ def _run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
+def _checked_by(up: LocalUpstream, calls: Any, *delta: Any) -> tuple[Any, list[str]]:
+    """A request under a $0.05 cap climbing [alpha, checked by a check that runs
+    `calls(router)`] -> [gamma]; delta (the check's own calls) answers `delta`: the result,
+    and the errors the check's calls raised."""
+    errors: list[str] = []
+    router = Router(registry(up.url), Policy(quality_floor=0.0))
+
+    async def check(answer: v.Answer, ctx: Any) -> bool:
+        try:
+            await calls(router)
+        except Exception as e:  # said by the assertion
+            errors.append(f"{type(e).__name__}: {e}"[:200])
+            raise
+        return True
+
+    up.script(wire("alpha"), reply("4"))
+    up.script(wire("gamma"), reply("4"))
+    up.script(wire("delta"), *delta)
+    ladder = Cascade([Step(("alpha",), check), Step(("gamma",))])
+
+    async def go() -> Any:
+        async with router:
+            return await router.chat(ASK, cascade=ladder, max_tokens=100, max_cost_usd=0.05)
+
+    return _run(go()), errors
+
+
 # 1: room_for -------------------------------------------------------------------------------
 def test_a_checks_decide_holds_no_room_its_chat_then_needs(up: LocalUpstream) -> None:
     """Defect: a check under a $0.05 cap calls `router.decide(GRADE, allow=delta)` (a
@@ -33,31 +59,12 @@ def test_a_checks_decide_holds_no_room_its_chat_then_needs(up: LocalUpstream) ->
     and the check fails, the request escalating to gamma, though ~$0.00005 was spent.
     Expected: a routing alone holds nothing (as routed_judge's): the chat is made and
     alpha's answer accepted."""
-    errors: list[str] = []
-    box: dict[str, Router] = {}
 
-    async def check(answer: v.Answer, ctx: Any) -> bool:
-        router = box["r"]
-        try:
-            await router.decide(GRADE, allow=("delta",), max_tokens=10)
-            await router.chat(GRADE, allow=("delta",), max_tokens=10)
-        except Exception as e:  # said by the assertion
-            errors.append(f"{type(e).__name__}: {e}"[:200])
-            raise
-        return True
+    async def calls(router: Router) -> None:
+        await router.decide(GRADE, allow=("delta",), max_tokens=10)
+        await router.chat(GRADE, allow=("delta",), max_tokens=10)
 
-    router = Router(registry(up.url), Policy(quality_floor=0.0))
-    box["r"] = router
-    up.script(wire("alpha"), reply("4"))
-    up.script(wire("gamma"), reply("4"))
-    up.script(wire("delta"), reply("yes"))
-    ladder = Cascade([Step(("alpha",), check), Step(("gamma",))])
-
-    async def go() -> Any:
-        async with router:
-            return await router.chat(ASK, cascade=ladder, max_tokens=100, max_cost_usd=0.05)
-
-    r = _run(go())
+    r, errors = _checked_by(up, calls, reply("yes"))
     assert not errors and r.model == "alpha", (
         f"decide() then chat() in a check under a $0.05 cap: {errors}; answered by {r.model}"
     )
@@ -72,34 +79,15 @@ def test_a_checks_stream_left_mid_way_gives_back_its_hold(up: LocalUpstream) -> 
     room" (NoRouteError), the request escalating to gamma.
     Expected: a stream left mid-way lets its hold go (its spend is on the bill): the chat
     is made and alpha's answer accepted."""
-    errors: list[str] = []
-    box: dict[str, Router] = {}
 
-    async def check(answer: v.Answer, ctx: Any) -> bool:
-        router = box["r"]
-        try:
-            async for _d in router.stream(GRADE, allow=("delta",), max_tokens=10):
-                break
-            for _ in range(5):  # the finalizer's aclose() runs
-                await asyncio.sleep(0.01)
-            await router.chat(GRADE, allow=("delta",), max_tokens=10)
-        except Exception as e:  # said by the assertion
-            errors.append(f"{type(e).__name__}: {e}"[:200])
-            raise
-        return True
+    async def calls(router: Router) -> None:
+        async for _d in router.stream(GRADE, allow=("delta",), max_tokens=10):
+            break
+        for _ in range(5):  # the finalizer's aclose() runs
+            await asyncio.sleep(0.01)
+        await router.chat(GRADE, allow=("delta",), max_tokens=10)
 
-    router = Router(registry(up.url), Policy(quality_floor=0.0))
-    box["r"] = router
-    up.script(wire("alpha"), reply("4"))
-    up.script(wire("gamma"), reply("4"))
-    up.script(wire("delta"), reply("yes yes yes"), reply("yes"))
-    ladder = Cascade([Step(("alpha",), check), Step(("gamma",))])
-
-    async def go() -> Any:
-        async with router:
-            return await router.chat(ASK, cascade=ladder, max_tokens=100, max_cost_usd=0.05)
-
-    r = _run(go())
+    r, errors = _checked_by(up, calls, reply("yes yes yes"), reply("yes"))
     assert not errors and r.model == "alpha", (
         f"a stream left mid-way, then chat() in a check under a $0.05 cap: {errors}; "
         f"answered by {r.model}"
@@ -115,36 +103,13 @@ def test_a_streamed_call_restating_its_id_and_name_in_its_last_piece_stays_one_c
     result has two calls, ('call_0', '{"city": "Paris"}') and a phantom
     ('call_<new id>', get_weather, '') the caller would run with no arguments. Before the
     change it was one call. Expected: one tool call, get_weather('{"city": "Paris"}')."""
-    from satisfice.testing.raw import RawUpstream, http_response
-
-    from . import chat_support as cs
-
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        head = {"id": "c", "object": "chat.completion.chunk", "created": 0}
-        return json.dumps({**head, "model": "alpha-wire", **extra, "choices": [choice]}).encode()
+    from .chat_support import streamed_from_raw
 
     def piece(args: str) -> dict[str, Any]:
         fn = {"name": "get_weather", "arguments": args}
         return {"tool_calls": [{"id": "call_0", "type": "function", "function": fn}]}
 
-    usage = {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
-    events = [chunk({"role": "assistant"}), chunk(piece('{"city": "Paris"}')), chunk(piece("")),
-              chunk({}, "tool_calls", usage=usage), b"[DONE]"]  # fmt: skip
-    body = b"".join(b"data: " + e + b"\n\n" for e in events)
-    tools = [{"type": "function", "function": {"name": "get_weather",
-                                               "parameters": {"type": "object"}}}]  # fmt: skip
-
-    async def go(url: str) -> Any:
-        r = Router(cs.registry(url), Policy(quality_floor=0.0, max_fallbacks=0))
-        async with r, r.stream([{"role": "user", "content": "weather?"}], allow=("alpha",),
-                               tools=tools) as s:  # fmt: skip
-            out = [d async for d in s]
-        return out[-1].result
-
-    with RawUpstream(keep_alive=True) as raw:
-        raw.push(http_response(body, ctype="text/event-stream"))
-        res = _run(go(raw.url))
+    res = streamed_from_raw([piece('{"city": "Paris"}'), piece("")])
     got = [(c.id, c.name, c.arguments) for c in res.tool_calls]
     assert [(n, a) for _, n, a in got] == [("get_weather", '{"city": "Paris"}')], (
         f"one streamed call came out as: {got}"
