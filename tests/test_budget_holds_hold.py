@@ -48,6 +48,16 @@ def _post(url: str, key: str, body: dict[str, Any]) -> httpx.Response:
     )
 
 
+def _served_stream(reg: Any, model: str, tmp_path: Path) -> httpx.Response:
+    """A budgeted key's streamed request for `model`, served on `reg` with no fallback."""
+    r = Router(reg, Policy(quality_floor=0.5, max_fallbacks=0))
+    with running(ServerConfig(ledger=str(tmp_path / "l.db")), r) as (url, _app):
+        return _post(url, _key(url), {
+            "model": model, "max_tokens": 100, "stream": True,
+            "messages": [{"role": "user", "content": "hello there"}],
+        })  # fmt: skip
+
+
 def _limits(seen: list[Any]) -> list[int | None]:
     return [s.body.get("max_tokens") or s.body.get("max_completion_tokens") for s in seen]
 
@@ -134,12 +144,7 @@ def test_an_anthropic_overload_right_after_message_start_is_retried_under_a_budg
     with LocalUpstream() as up, RawUpstream() as raw:
         raw.push(_AN_OVERLOADED, _AN_WHOLE)
         reg = _on_raw(registry(up.url), "beta", raw.url)
-        r = Router(reg, Policy(quality_floor=0.5, max_fallbacks=0))
-        with running(ServerConfig(ledger=str(tmp_path / "l.db")), r) as (url, _app):
-            res = _post(url, _key(url), {
-                "model": "beta", "max_tokens": 100, "stream": True,
-                "messages": [{"role": "user", "content": "hello there"}],
-            })  # fmt: skip
+        res = _served_stream(reg, "beta", tmp_path)
     assert res.status_code == 200 and "Hello world" in res.text, res.text[-700:]
 
 
@@ -176,12 +181,7 @@ def test_an_empty_reasoning_field_does_not_stop_a_retry_under_a_budget(
     with LocalUpstream() as up, RawUpstream() as raw:
         raw.push(bad, good)
         reg = move_alpha(registry(up.url), raw.url, "openai")
-        r = Router(reg, Policy(quality_floor=0.5, max_fallbacks=0))
-        with running(ServerConfig(ledger=str(tmp_path / "l.db")), r) as (url, _app):
-            res = _post(url, _key(url), {
-                "model": "alpha", "max_tokens": 100, "stream": True,
-                "messages": [{"role": "user", "content": "hello there"}],
-            })  # fmt: skip
+        res = _served_stream(reg, "alpha", tmp_path)
     assert res.status_code == 200 and "Hello world" in res.text, res.text[-700:]
 
 

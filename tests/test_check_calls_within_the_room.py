@@ -80,7 +80,7 @@ def test_a_task_a_check_spawned_is_not_capped_by_the_finished_requests_room(
     """Defect: a check spawns a task (asyncio.create_task) that calls router.chat() after
     the check and its request have ended. README: "A task a check spawns that calls after
     the check has ended is a request of its own". But the task's copied context still
-    holds CHECK_BILL (a closed `_Bill`, not None) and CHECK_ROOM (the finished request's
+    holds CHECK_BILL (a closed `_Bill`, not None) and its room (the finished request's
     `Run.room`): `_prepare` applies `_within_room`, and the task's own uncapped request is
     refused: NoRouteError "... delta: est $0.004009 > max_cost $0.000999" (a max_cost it
     never set: the $0.001 cap of a request that is over).

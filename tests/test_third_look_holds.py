@@ -159,7 +159,6 @@ def test_two_routed_judges_at_once_in_a_check_are_not_each_routed_within_the_who
     same room, and spent 1.6x the cap"), back for routed judges.
     Expected: judges routed at once share the room: the caps they are routed within sum
     to no more than $0.05 (or the second is refused)."""
-    from satisfice._bill import CHECK_ROOM
     from satisfice._verdict import checked
     from satisfice.cascade import routed_judge
 
@@ -190,11 +189,8 @@ def test_two_routed_judges_at_once_in_a_check_are_not_each_routed_within_the_who
             await asyncio.gather(ask(GRADE), ask(GRADE))
             return True
 
-        token = CHECK_ROOM.set(lambda: 0.05)
-        try:
-            return await checked(check, v.Answer("alpha", "4"), v.Context(), recorded=True)
-        finally:
-            CHECK_ROOM.reset(token)
+        return await checked(check, v.Answer("alpha", "4"), v.Context(), recorded=True,
+                             room=lambda: 0.05)  # fmt: skip
 
     _run(go())
     assert caps and sum(c if c is not None else 1.0 for c in caps) <= 0.05 + 1e-9, (

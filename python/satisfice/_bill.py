@@ -7,14 +7,8 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
-__all__ = ["CHECK_BILL", "CHECK_ROOM"]
+__all__ = ["CHECK_BILL"]
 
 #: `_verdict._Bill` while a check runs (`_verdict.checked`), else None (typed there; no
 #: `typing` here, which Router() does not import).
 CHECK_BILL: ContextVar[object] = ContextVar("satisfice_check_calls", default=None)
-
-#: While a request with a cost cap (its max_cost_usd, or a server budget's hold) runs its
-#: checks: a function of the USD its cap has left (`Run.room`). A router call a check makes
-#: (a judge's) is capped by it: a judge's 3,000 tokens had taken a key 2.4x past its budget,
-#: in one admitted request whose hold had not counted them.
-CHECK_ROOM: ContextVar[object] = ContextVar("satisfice_check_room", default=None)

@@ -110,11 +110,14 @@ class _Bill(list[Answer]):
     router's chat() or stream() made of itself (`routed_call`), by index: (the task that
     made it, whether it answered, claimed by a report yet)."""
 
-    __slots__ = ("holding", "open", "recorded", "routed")
+    __slots__ = ("holding", "open", "recorded", "room", "routed")
 
-    def __init__(self, recorded: bool) -> None:
+    def __init__(self, recorded: bool, room: Callable[[], float | None] | None = None) -> None:
         super().__init__()
         self.open, self.recorded = True, recorded
+        # what the request's cost cap (or a server budget's hold) has left (`Run.room`), for
+        # the check's own router calls (`room_for`); None: the request has no cap
+        self.room = room
         self.routed: dict[int, list[Any]] = {}
         # the request's room its router calls in flight hold (`room_for`), each until its
         # caller releases it (`RoomHold`)
@@ -155,17 +158,15 @@ _JUDGING: ContextVar[RoomHold | None] = ContextVar("satisfice_judging", default=
 
 def room_for(cap: float | None, hold: RoomHold | None = None) -> float | None:
     """The cost cap of a router call a check makes now (a judge's), given the cap it asked
-    for (None: none): within what the request's cap or budget hold leaves (`CHECK_ROOM`),
+    for (None: none): within what the request's cap or budget hold leaves (`_Bill.room`),
     less what the check's calls were billed and what its calls in flight hold (the check's
     calls are the request's only when it ends: two judges had each been given the same
     room, and spent 1.6x the cap). `hold`: the call holds what it is given until it is
     released (routing alone, `decide()`, holds nothing). None: no room bounds it (no
     capped request's check is running: a task a check spawned and outlived it is a
     request of its own). NoRouteError when nothing is left."""
-    from ._bill import CHECK_ROOM
-
-    bill, room = _CALLS.get(), CHECK_ROOM.get()
-    if room is None or bill is None or not bill.open:
+    bill = _CALLS.get()
+    if bill is None or bill.room is None or not bill.open:
         return cap
     judging = _JUDGING.get()
     if hold is not None and judging is not None and judging.bill is bill:
@@ -174,7 +175,7 @@ def room_for(cap: float | None, hold: RoomHold | None = None) -> float | None:
         judging.release()
     billed = [a.cost_usd for a in bill]
     spent = math.inf if None in billed else sum(c for c in billed if c is not None)
-    left: float = room() - spent - sum(bill.holding.values())  # type: ignore[operator]
+    left: float = (bill.room() or 0.0) - spent - sum(bill.holding.values())
     if left <= 0:
         from .errors import NoRouteError
 
@@ -310,6 +311,7 @@ async def checked(
     time_left_s: float | None = None,
     on_cut: Callable[[Verdict], None] | None = None,
     recorded: bool = False,
+    room: Callable[[], float | None] | None = None,
 ) -> Verdict:
     """What a check says of `answer`, whatever the check does: one that raises, returns
     something other than a Verdict or a bool, or runs past the request's deadline
@@ -319,12 +321,13 @@ async def checked(
     the check is cancelled (a latency budget, the caller gone), they are handed to
     `on_cut` as a failing verdict before the cancellation goes on, to be billed.
     `recorded`: the caller keeps a record of the check's calls (a router request), so a
-    router call made in the check writes none of its own."""
+    router call made in the check writes none of its own. `room`: what the request's cost
+    cap has left (`Run.room`), which the check's own router calls stay within."""
     import asyncio
     import inspect
 
     name = check_name(check)
-    made = _Bill(recorded)
+    made = _Bill(recorded, room)
     token = _CALLS.set(made)
     try:
         async with asyncio.timeout(None if time_left_s is None else max(time_left_s, 0.0)):

@@ -246,6 +246,7 @@ class _Climb:
     deadline: float | None = None  # the request's (perf_counter), for the checks
     on_check: Callable[[Verdict, str, int], None] | None = None
     billed: Bill | None = None
+    room: Callable[[], float | None] | None = None  # see Cascade.run
     ruled_out: Mapping[str, str] = field(default_factory=dict)  # see Cascade.run
 
 
@@ -447,6 +448,7 @@ class Cascade:
         billed: Bill | None = None,
         ruled_out: Mapping[str, str] | None = None,
         steps: list[StepRecord] | None = None,
+        room: Callable[[], float | None] | None = None,
     ) -> CascadeResult:
         """Run the ladder for one request. `ruled_out` names the models the request cannot
         be sent to (its window, its output limit, a capability it needs), with why: a step
@@ -461,7 +463,9 @@ class Cascade:
         at an estimate); the step's cost, and what the cost cap counts as spent, is then that
         bill. Without it a step's bill is its answers' and its checks' calls. `steps`: a
         list the step records are kept in as they are made, for a caller whose request may
-        be cancelled midway (its record keeps the steps that ran and their verdicts)."""
+        be cancelled midway (its record keeps the steps that ran and their verdicts).
+        `room()`: what the request's cost cap has left, which the checks' own router calls
+        (a judge's) stay within."""
         msgs: list[dict[str, Any]] = (
             [{"role": "user", "content": messages}]
             if isinstance(messages, str)
@@ -471,7 +475,7 @@ class Cascade:
         climb = _Climb(msgs, {m: e.p_good for m, e in est.items() if e.p_good is not None})
         climb.deadline = deadline
         climb.on_check = on_check
-        climb.billed = billed
+        climb.billed, climb.room = billed, room
         climb.ruled_out = ruled_out or {}
         if steps is not None:
             climb.records = steps
@@ -650,7 +654,13 @@ class Cascade:
                     # a caller with records of its own (billed=: a router request) keeps
                     # the check's calls on them: a router call in the check writes none
                     else await checked(
-                        step.validator, a, ctx, left, on_cut, climb.billed is not None
+                        step.validator,
+                        a,
+                        ctx,
+                        left,
+                        on_cut,
+                        climb.billed is not None,
+                        climb.room,
                     )
                 )
                 rec.verdicts.append(v)

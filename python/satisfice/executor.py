@@ -30,7 +30,6 @@ from weakref import WeakKeyDictionary
 
 import httpx
 
-from ._bill import CHECK_ROOM
 from ._extra import LIMITS, extra_text
 from ._redact import StreamScrubber
 from ._verdict import check_name, checked
@@ -1502,8 +1501,6 @@ class Executor:
             return result
 
         steps: list[StepRecord] = []  # as they are made: a cancelled request keeps them
-        # the checks' own router calls (a judge's) within what the cap leaves (`CHECK_ROOM`)
-        room = None if run.cap is None else CHECK_ROOM.set(run.room)
         try:
             result = marked(
                 await ladder.run(
@@ -1515,6 +1512,8 @@ class Executor:
                     billed=billed,
                     ruled_out=_unfit(d),
                     steps=steps,
+                    # the checks' own router calls (a judge's) within what the cap leaves
+                    room=None if run.cap is None else run.room,
                 )
             )
         except asyncio.CancelledError:
@@ -1545,9 +1544,6 @@ class Executor:
                 marked(e.result, returned=False)  # its best answer was not returned
             e.attempts = list(run.attempts)  # what its steps were billed, for a budget's settle
             raise
-        finally:
-            if room is not None:
-                CHECK_ROOM.reset(room)
         assert result.answer is not None  # Cascade.run raises when there is none
         run.upstream_s += _union_s(run.spans)
         t, resp, attempt = answered[id(result.answer)]
@@ -1935,14 +1931,11 @@ class Executor:
         # cut off (the caller gone, a winner elsewhere): its calls are billed all the same
         name = check_name(run.accept)
         cut = partial(run.checked, name=name)
-        room = None if run.cap is None else CHECK_ROOM.set(run.room)  # as a ladder's checks
-        try:
-            v = await checked(
-                run.accept, answer, Context(run.request.messages), left, cut, recorded=True
-            )
-        finally:
-            if room is not None:
-                CHECK_ROOM.reset(room)
+        room = None if run.cap is None else run.room  # as a ladder's checks
+        v = await checked(
+            run.accept, answer, Context(run.request.messages), left, cut, recorded=True,
+            room=room,
+        )  # fmt: skip
         run.checked(v, name)
         return v
 
