@@ -57,7 +57,14 @@ _MEDIA = frozenset({"image_url", "image", "input_image", "input_audio", "file", 
 
 
 def _size(v: object) -> int:
-    return len(v) if isinstance(v, str) else 0 if v is None else len(str(v))
+    if isinstance(v, str):
+        return len(v)
+    if v is None:
+        return 0
+    try:
+        return len(str(v))
+    except Exception:  # (1,000 nested lists: a RecursionError had come out of chat() raw)
+        return 0  # the count, inline now, refuses it with its field's name (InputError)
 
 
 def _unread(d: Mapping[str, Any], read: frozenset[str] | tuple[str, ...]) -> int:

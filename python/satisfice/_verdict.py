@@ -196,7 +196,7 @@ def made_call(answer: Answer) -> bool:
     moment it answered. It still belongs on the check's `Verdict.calls` too: `checked`
     counts a call reported both ways once. True: the bill reaches a request's record."""
     calls = _CALLS.get()
-    if calls is None or not calls.open:
+    if calls is None or not calls.open or not isinstance(answer, Answer):
         return False
     calls.append(answer)
     return calls.recorded
@@ -355,11 +355,11 @@ async def checked(
             out = Verdict(False, 0.0, f"the check {name!r} raised CancelledError: {e}"[:300])
         else:  # cancelled: no verdict, but its calls were made
             if made and on_cut is not None:
-                on_cut(Verdict(False, 0.0, f"the check {name!r} was cut off", tuple(made)))
+                on_cut(Verdict(False, 0.0, f"the check {name!r} was cut off", _bill_of(made)))
             raise
     except BaseException:  # interrupted: no verdict, but its calls were made
         if made and on_cut is not None:
-            on_cut(Verdict(False, 0.0, f"the check {name!r} was cut off", tuple(made)))
+            on_cut(Verdict(False, 0.0, f"the check {name!r} was cut off", _bill_of(made)))
         raise
     finally:
         made.open = False
@@ -372,9 +372,41 @@ async def checked(
         v = Verdict(False, 0.0, f"the check {name!r} returned a {type(out).__name__}, not a "
                                 "Verdict or a bool")  # fmt: skip
     calls, left = _merge(made, v.calls)  # each call once
-    if not left and all(a is b for a, b in zip(calls, v.calls, strict=True)):
+    sane = tuple(_billable(a) for a in (*calls, *left))
+    if len(sane) == len(v.calls) and all(a is b for a, b in zip(sane, v.calls, strict=True)):
         return v
-    return replace(v, calls=(*calls, *left))
+    return replace(v, calls=sane)
+
+
+def _billable(a: Answer) -> Answer:
+    """A check's call as a bill reads it: a cost that is no number of dollars (negative,
+    NaN, infinite, not a number) is unknown, as are token counts and a latency that are no
+    counts; a judge's -$5 had given the request's cost cap $5 more room, a NaN had lifted it."""
+    cost, t_in, t_out, ms = a.cost_usd, a.tokens_in, a.tokens_out, a.latency_ms
+    if cost is not None and not (_real(cost) and 0.0 <= cost < math.inf):
+        cost = None
+    if t_in is not None and not _count(t_in):
+        t_in = None
+    if t_out is not None and not _count(t_out):
+        t_out = None
+    if ms is not None and not (_real(ms) and 0.0 <= ms < math.inf):
+        ms = None
+    if (cost, t_in, t_out, ms) == (a.cost_usd, a.tokens_in, a.tokens_out, a.latency_ms):
+        return a
+    # (an unknown cost is an estimate's absence, not a figure the upstream gave)
+    return replace(a, cost_usd=cost, tokens_in=t_in, tokens_out=t_out, latency_ms=ms)
+
+
+def _bill_of(made: Sequence[Answer]) -> tuple[Answer, ...]:
+    return tuple(_billable(a) for a in made)
+
+
+def _count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _real(x: object) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool)
 
 
 def _well_formed(v: Verdict, name: str) -> Verdict:

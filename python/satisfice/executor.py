@@ -414,7 +414,12 @@ _HARD_FILTERS = frozenset({"context_window", "max_output_tokens", "needs", "disa
 
 def _unfit(d: Decision) -> dict[str, str]:
     """The models `d`'s request cannot be sent to, with why: a ladder naming one skips its
-    step (a prompt past a model's window had been sent there)."""
+    step (a prompt past a model's window had been sent there); under a strict floor (the
+    policy's or the request's), one predicted below it too (it had answered)."""
+    strict = d.constraints.strict_floor
+    if strict if strict is not None else d.snapshot.policy.strict_floor:
+        return {m: why for m, (rule, why) in d.filtered.items()
+                if rule in _HARD_FILTERS or rule == "quality_floor"}  # fmt: skip
     return {m: why for m, (rule, why) in d.filtered.items() if rule in _HARD_FILTERS}
 
 

@@ -1017,7 +1017,9 @@ class Router:
             cap = room_for(c.max_cost_usd, hold)
             if cap != c.max_cost_usd:
                 c = Constraints.of(c, max_cost_usd=cap)
-        if ladder == "given" and not snap.policy.strict_floor:
+        # a strict floor, the policy's or the request's, holds on a ladder's steps too
+        strict = snap.policy.strict_floor if c.strict_floor is None else c.strict_floor
+        if ladder == "given" and not strict:
             c = Constraints.of(c, quality_floor=0.0)
         c, extra = _shaped(c, call["tools"], call["response_format"])
         if call["server_tools"] is not None:
@@ -1033,7 +1035,7 @@ class Router:
         # the request's deadline bounds its routing too (a large prompt's, on a thread)
         end = _deadline(timeout, c, t0)
         decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra, end)
-        if ladder == "auto" and snap.policy.ladder_replaces_floor(decision.task):
+        if ladder == "auto" and not strict and snap.policy.ladder_replaces_floor(decision.task):
             c = Constraints.of(c, quality_floor=0.0)
             decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra, end)
         if prefer is not None and prefer != decision.model:
@@ -1309,12 +1311,20 @@ class Router:
                     # its result is out: a caller that never closes the stream holds no aclose()
                     self._in_flight.discard(token)
                 yield delta
-        except SatisficeError as e:
+        except Exception as e:  # as chat()'s: recorded, raised on purpose or not
             billed = True  # (or nothing was billed: on no check's bill)
+            err = e
+            if self._closed and not isinstance(e, SatisficeError):
+                # the client aclose() closed under it (a raw RuntimeError had come out)
+                err = RouterClosedError(
+                    f"the router was closed while this stream ran ({type(e).__name__})"
+                )
             own = not _bill_to_check(run)
             if rec is not None:
-                self._record_failure(rec, e, run, started_at, t0, options, own)
-            raise
+                self._record_failure(rec, err, run, started_at, t0, options, own)
+            if err is e:
+                raise
+            raise err from e
         finally:  # an early exit releases the upstream connection now, not at collection
             await inner.aclose()
             import asyncio  # loaded already (we are in a coroutine)

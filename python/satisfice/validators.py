@@ -566,6 +566,9 @@ class _Judge:
                 {"role": "user", "content": prompt},
             ]
         )
+        if not isinstance(reply, Answer):  # its router calls, if any, are on the bill
+            return Verdict(False, 0.0, f"the judge's ask returned a {type(reply).__name__}, "
+                                       "not an Answer")  # fmt: skip
         calls: tuple[Answer, ...] = ()
         if not claim(mark):  # no router call of this ask answered and billed itself
             made_call(reply)  # billed even if a later part of the check fails
