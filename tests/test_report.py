@@ -172,7 +172,7 @@ def test_failed_bills_races_and_escalations_are_said_as_what_they_are(
     assert s["saving"] == pytest.approx(1 - 3.0 / 12.0)  # the answers against theirs
     assert s["fallback_rate"] == pytest.approx(1 / 3)
     assert main(["report", str(p)]) == 0
-    assert "of it $2" in capsys.readouterr().out
+    assert "of it, billed for failed requests: $2" in capsys.readouterr().out
     text = render_text({**s, "drift": {"2026-01-01\x1b]0;pwned\x07": {"b": 1}}})
     assert "\x1b" not in text and "\x07" not in text
 

@@ -689,7 +689,8 @@ class Ledger:
         self._drop_lock = threading.Lock()  # `dropped`, and `_built` against put()
         self._asleep = False  # the writer waits for put() to wake it (_IDLE_WAIT_S)
         self.queued = self.acked = self.dropped = self.failures = self.rejected = 0
-        self.dropped_scores = 0  # feedback given after close()
+        self.dropped_scores = 0  # feedback given after close(), or left unwritten by it
+        self._abandon = False  # close() gave up on the writer (its sink down)
         self._fb_queued = self._fb_written = 0  # scores, which flush() waits for as well
         self._closing = False
         self._last_expire = 0.0
@@ -784,16 +785,35 @@ class Ledger:
             target = min(target, self.queued - self.dropped)
         return self.acked >= target and self._fb_written >= scores
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0) -> bool:
+        """Write out what is queued (within `timeout`), then stop the writer and close the
+        sink. False when records or scores were left unwritten (the sink down): they are
+        counted in `dropped` and `dropped_scores` and logged, where they had been lost
+        without a word, the writer left retrying on a closed sink."""
         if self._closing:
-            return
+            return True
         self.flush(timeout)
         atexit.unregister(self._at_exit)
         self._closing = True
         with self._cv:
             self._cv.notify()
         self._thread.join(timeout)
+        if self._thread.is_alive():  # still retrying a sink that is down: it gives up
+            self._abandon = True
+            with self._cv:
+                self._cv.notify()
+            self._thread.join(1.0)
+        with self._drop_lock:
+            lost = max(self.queued - self.acked - self.dropped, 0)
+            self.dropped += lost
+        lost_scores = max(self._fb_queued - self._fb_written, 0)
+        self.dropped_scores += lost_scores
+        if lost or lost_scores:
+            _log.error("ledger closed with %d record(s) and %d score(s) unwritten (the sink "
+                       "was failing); they are lost", lost, lost_scores,
+                       extra={"event": "ledger_lost"})  # fmt: skip
         self.sink.close()
+        return not (lost or lost_scores)
 
     # the writer thread ----------------------------------------------------------------------
     def _build(self) -> None:
@@ -949,6 +969,8 @@ class Ledger:
             # (alone, it would be retried forever with every later record behind it).
             if not pending or (streak >= 3 and len(pending) == 1):
                 pending += self._take()
+            if self._abandon:  # close() gave up on a sink that is down (it counts them)
+                return
             if pending:
                 try:
                     self.sink.write(pending)
@@ -1207,17 +1229,28 @@ def _stored(
 
 
 def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
-    """A JSONL ledger's records. A line that is not JSON (torn by a crash mid-write) is
-    skipped, with a warning naming it unless it is the last; a line that is JSON but no
-    record, or a record whose fields have the wrong types, is an error naming it, not a
-    traceback in whatever reads it."""
+    """A JSONL ledger's records, one at a time. A line that is not JSON (torn by a crash
+    mid-write) is skipped, with a warning naming it unless it is the last; a line that is
+    JSON but no record, or a record whose fields have the wrong types, is an error naming
+    it, not a traceback in whatever reads it. Read twice: the scores first (a score's line
+    comes after its record's), then the records, so that memory does not grow with the
+    ledger (every record had been held before the first was yielded: 130 MB for 40,000)."""
     if p.is_dir():
         raise ConfigError(f"ledger {p} is a directory, not a JSONL file")
     fed: list[tuple[str, Any, Any]] = []  # (request_id, score, model), as given
-    recs = []
+    with p.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            if b'"feedback"' not in raw:  # no score's line (nor one to parse for it)
+                continue
+            if (fb := _score_line(raw)) is not None:
+                if why := _score_problem(fb.get("score")):
+                    raise ConfigError(f"ledger {p}, line {n}: {why}")
+                fed.append((str(fb.get("request_id")), fb["score"], fb.get("model")))
+    scores = _scores(fed, p)
     torn: list[int] = []
     binary = False  # a line is a binary file's bytes, not text a crash tore
     last = 0  # the last line with something in it
+    records = 0
     with p.open("rb") as f:
         for n, raw in enumerate(f, 1):
             if not raw.strip(b" \t\r\n\0"):  # blank, or the zeros a crash may leave
@@ -1233,16 +1266,15 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
                 continue
             fb = r.get("feedback") if isinstance(r, dict) else None
             if isinstance(r, dict) and "request_id" not in r and isinstance(fb, dict):
-                if why := _score_problem(fb.get("score")):
-                    raise ConfigError(f"ledger {p}, line {n}: {why}")
-                fed.append((str(fb.get("request_id")), fb["score"], fb.get("model")))
-                continue
+                continue  # a score, read above
             if why := _problem(r):
                 raise ConfigError(f"ledger {p}, line {n}: {why}")
-            recs.append(r)
+            records += 1
+            _put_feedback(r, scores.get(r["request_id"]))
+            yield r
     # lines a crash tore are skipped (an empty ledger, if that is all), but not a binary
     # file's bytes (a SQLite database named *.jsonl had read as an empty ledger)
-    if binary and not recs and not fed:
+    if binary and not records and not fed:
         raise ConfigError(f"ledger {p} is not UTF-8 text (a JSONL ledger)")
     inside = [k for k in torn if k != last]  # the last line torn by a crash is expected
     if inside:
@@ -1251,10 +1283,18 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
             f"(line {', '.join(map(str, inside[:5]))}{', ...' if len(inside) > 5 else ''})",
             stacklevel=2,
         )
-    scores = _scores(fed, p)
-    for r in recs:
-        _put_feedback(r, scores.get(r["request_id"]))
-        yield r
+
+
+def _score_line(raw: bytes) -> dict[str, Any] | None:
+    """The score a JSONL line holds (`{"feedback": {...}}`), or None: a record, a torn line."""
+    try:
+        r = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    fb = r.get("feedback") if isinstance(r, dict) else None
+    if isinstance(r, dict) and "request_id" not in r and isinstance(fb, dict):
+        return fb
+    return None
 
 
 def _binary(line: bytes) -> bool:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import ConfigError
+from .result import billed_calls
 
 __all__ = ["Metrics"]
 
@@ -41,10 +42,11 @@ class Metrics:
         lab = ("model", "deployment", "task", "key")
         self.requests = Counter(f"{p}_requests", "Requests by outcome", (*lab, "outcome"),
                                 registry=r)  # fmt: skip
+        # by the model and deployment called (a request's calls to several, each on its own)
         self.tokens = Counter(f"{p}_tokens", "Tokens billed", (*lab, "direction"), registry=r)
         self.cost = Counter(f"{p}_cost_usd", "USD billed (known costs)", lab, registry=r)
-        self.unpriced = Counter(f"{p}_unpriced_requests", "Requests whose cost is unknown "
-                                "(an unpriced model, a call cancelled in flight)", lab,
+        self.unpriced = Counter(f"{p}_unpriced_requests", "Billed calls whose cost is unknown "
+                                "(an unpriced model, a call cut off in flight)", lab,
                                 registry=r)  # fmt: skip
         self.latency = Histogram(f"{p}_request_latency_seconds", "Request latency", ("model",),
                                  buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
@@ -101,19 +103,19 @@ class Metrics:
         # values equal but not alike (1, 1.0, True) would share one series
         outcome = str(rec.get("outcome", "ok"))
         self._kid(self.requests, model, dep, task, key, outcome).inc()
-        if outcome != "ok":  # calls billed before the request failed, or unknown: never $0
-            if rec.get("total_cost_usd") is not None:
-                self._kid(self.cost, model, dep, task, key).inc(rec["total_cost_usd"])
+        # each billed call on the model and deployment called, answered or not (a
+        # cascade's rejected call, a race's loser had been counted on the answering model,
+        # their tokens on none); unknown costs apart, never $0
+        for m, d, usd, t_in, t_out in billed_calls(rec):
+            if usd is None:
+                self._kid(self.unpriced, m, d, task, key).inc()
             else:
-                self._kid(self.unpriced, model, dep, task, key).inc()
+                self._kid(self.cost, m, d, task, key).inc(usd)
+            if t_in:
+                self._kid(self.tokens, m, d, task, key, "in").inc(t_in)
+            if t_out:
+                self._kid(self.tokens, m, d, task, key, "out").inc(t_out)
         if outcome == "ok":
-            self._kid(self.tokens, model, dep, task, key, "in").inc(rec.get("tokens_in") or 0)
-            self._kid(self.tokens, model, dep, task, key, "out").inc(rec.get("tokens_out") or 0)
-            cost = rec.get("total_cost_usd")
-            if cost is None:
-                self._kid(self.unpriced, model, dep, task, key).inc()
-            else:
-                self._kid(self.cost, model, dep, task, key).inc(cost)
             self._kid(self.latency, model).observe(rec.get("latency_s") or 0.0)
             self.overhead.observe(rec.get("overhead_s") or 0.0)
             if rec.get("cache_hit"):

@@ -30,6 +30,7 @@ from .ledger import (
     split_feedback,
     target_kind,
 )
+from .result import billed_calls
 
 __all__ = ["render_html", "render_text", "rows", "summarize"]
 
@@ -50,14 +51,16 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
             if bad := first_bad_row(db):
                 raise ConfigError(f"ledger {p}, request {bad[0]!r:.60}: {bad[1]}")
             cols = [n for n in _NAMES if n != "record"]
-            casc = "CASE WHEN cascade_steps > 0 THEN record END"
-            q = f"SELECT {','.join(cols)}, {casc} FROM requests"
+            # the record, where its bill is more than one call's (or a failed request's)
+            whole = "CASE WHEN cascade_steps > 0 OR attempts > 1 OR outcome != 'ok' THEN record END"
+            q = f"SELECT {','.join(cols)}, {whole} FROM requests"
             for values in db.execute(q):
                 r = dict(zip(cols, values, strict=False))
                 # the answer's score: one given for another model is not its quality
                 r["feedback"] = split_feedback(scores.get(r["request_id"]), r["model"])[0]
-                rec = _stored(r["request_id"], values[-1], {}, p) if values[-1] else {}
-                r["steps"] = _steps(rec)
+                rec = _stored(r["request_id"], values[-1], {}, p) if values[-1] else None
+                r["steps"] = _steps(rec or {})
+                r["bills"] = None if rec is None else billed_calls(rec)
                 yield r
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"ledger {p} cannot be read: SQLite says {e}") from None
@@ -69,6 +72,7 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
         del r["record"]
         r["feedback"] = rec.get("feedback")
         r["steps"] = _steps(rec)
+        r["bills"] = billed_calls(rec)
         yield r
 
 
@@ -92,8 +96,9 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     # per task: [priced requests, their cost, their reference cost, requests, unpriced,
     # priced requests whose reference cost is unknown]
     by_task: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0, 0, 0])
+    # per model: the requests it answered, and the calls to it billed (priced, or unknown)
     by_model: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"n": 0, "cost": 0.0, "lat": [], "fb": [], "p": [], "unpriced": 0}
+        lambda: {"n": 0, "cost": 0.0, "lat": [], "fb": [], "p": [], "unpriced": 0, "priced": 0}
     )
     lat: list[float] = []
     over: list[float] = []
@@ -122,6 +127,20 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 step_ran[i] += 1
             if status == "escalated":
                 step_up[i] += 1
+        # each call's bill on the model called (a cascade's rejected call, a race's loser
+        # and a failed request's calls had been on the answering model's row, or on none)
+        bills = r.get("bills")
+        if bills is None:  # a request of one call: its bill is its model's
+            bills = [(r.get("model") or r.get("routed_model"), None, r.get("cost_usd"))]
+        for bill in bills:
+            if not bill[0]:  # a failed request routed to no model (written by hand): none
+                continue
+            bm = by_model[str(bill[0])]
+            if bill[2] is None:
+                bm["unpriced"] += 1
+            else:
+                bm["cost"] += bill[2]
+                bm["priced"] += 1
         if r.get("outcome") != "ok":
             errors += 1
             if r.get("cost_usd") is not None:  # calls billed before the request failed
@@ -138,10 +157,8 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         bm["n"] += 1
         if c is None:
             unpriced += 1
-            bm["unpriced"] += 1
         else:
             cost += c
-            bm["cost"] += c
         rc = r.get("reference_cost_usd")
         if rc is None:
             ref_known = False
@@ -177,8 +194,9 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         models[m] = {
             "requests": b["n"],
             "share": b["n"] / ok if ok else 0.0,
-            "cost_usd": b["cost"] if b["unpriced"] < b["n"] else None,
-            "unpriced_requests": b["unpriced"],
+            # what its calls were billed, answered or not; None when no bill of it is known
+            "cost_usd": b["cost"] if b["priced"] or not b["unpriced"] else None,
+            "unpriced_requests": b["unpriced"],  # its calls of unknown cost
             "p50_latency_s": _pct(b["lat"], 0.5),
             "p95_latency_s": _pct(b["lat"], 0.95),
             "feedback_n": len(b["fb"]),
@@ -193,9 +211,11 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         # of the priced requests; unknown (not $0) when none was priced
         "cost_usd": None if unpriced and unpriced == n else cost,
         "unpriced_requests": unpriced,
-        # what failed requests' calls were billed (in cost_usd, in no task's or model's row)
-        # ($0 with no failed request: nothing was billed for one, which "unknown" had said)
+        # what failed requests' calls were billed (in cost_usd and their models' rows, in
+        # no task's) ($0 with no failed request: nothing was billed for one, which
+        # "unknown" had said), and how many failed requests' bills are unknown
         "failed_cost_usd": failed_cost if errors > failed_unknown or not errors else None,
+        "failed_unpriced_requests": failed_unknown,
         "estimated_cost_requests": estimated,
         "reference_cost_usd": ref_cost if ref_known else None,
         # the answered requests against the same answers on the reference model: like with
@@ -302,8 +322,9 @@ def render_text(s: Mapping[str, Any]) -> str:
             else ""
         )
         + (
-            f"; of it {_usd(s['failed_cost_usd'])} billed for failed requests"
-            if s["failed_cost_usd"]
+            "; of it, billed for failed requests: "
+            + _cost(s["failed_cost_usd"], s["failed_unpriced_requests"])
+            if s["failed_cost_usd"] or s["failed_unpriced_requests"]
             else ""
         ),
         "latency p50/p90/p99: "
@@ -448,7 +469,8 @@ def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
         # (left out with no failed request: there is nothing to bill, neither $0 next to an
         # unpriced total nor "unpriced", which it had read)
         *(
-            [("billed for failed requests", _usd(s["failed_cost_usd"]))]
+            [("billed for failed requests",
+              _cost(s["failed_cost_usd"], s["failed_unpriced_requests"]))]
             if s["answered"] < s["requests"]
             else []
         ),

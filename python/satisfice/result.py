@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from time import time
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,47 @@ def billed_cost(attempts: Sequence[Any]) -> tuple[float, bool] | None:
         total += cost
         billed = True
     return total, billed
+
+
+def billed_calls(rec: Mapping[str, Any]) -> list[tuple[str, str, float | None, int, int]]:
+    """A request record's bill call by call: (model, deployment, USD or None when unknown,
+    tokens in, tokens out) of each attempt an upstream may bill (`billed_cost`'s rule), and
+    an unknown part of the request's total that no call names (a stream cut off in flight)
+    on its model. Where money went, model by model: the request's total had been put on
+    the model that answered, a cascade's rejected call and a race's loser with it."""
+    model = str(rec.get("model") or (rec.get("decision") or {}).get("model") or "")
+    out: list[tuple[str, str, float | None, int, int]] = []
+    for a in rec.get("attempts") or ():
+        if not isinstance(a, Mapping):
+            continue
+        if a.get("outcome") not in _BILLED and not a.get("cost_estimated"):
+            continue
+        cost = a.get("cost_usd")
+        if not (isinstance(cost, int | float) and not isinstance(cost, bool)
+                and 0.0 <= cost < math.inf):  # fmt: skip
+            cost = None  # (a hand-edited record's, or unpriced: unknown, never $0)
+        u = a.get("usage") if isinstance(a.get("usage"), Mapping) else {}
+        t_in, t_out = _tokens(u.get("prompt_tokens")), _tokens(u.get("completion_tokens"))
+        called = str(a.get("model") or model)
+        out.append((called, str(a.get("deployment") or ""), cost, t_in, t_out))
+    dep, total = str(rec.get("deployment") or ""), rec.get("total_cost_usd")
+    if total is None:
+        if all(c is not None for _, _, c, _, _ in out):
+            out.append((model, dep, None, 0, 0))
+        return out
+    known = [c for _, _, c, _, _ in out if c is not None]
+    if len(known) < len(out) or not math.isclose(sum(known), total, rel_tol=1e-9, abs_tol=1e-12):
+        # calls that do not add up to the total (a record written by hand, or by another
+        # program): the total on the request's model, its tokens an answer's
+        if rec.get("outcome", "ok") != "ok":
+            return [(model, dep, total, 0, 0)]
+        t_in, t_out = _tokens(rec.get("tokens_in")), _tokens(rec.get("tokens_out"))
+        return [(model, dep, total, t_in, t_out)]
+    return out
+
+
+def _tokens(n: object) -> int:
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0
 
 
 @dataclass(slots=True)

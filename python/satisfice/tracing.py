@@ -118,7 +118,9 @@ class Tracing:
                                        kind=trace.SpanKind.CLIENT, start_time=t0, attributes={
             "gen_ai.operation.name": "chat", "gen_ai.request.model": model,
             "error.type": rec.get("error_type", "error"),
-            "satisfice.request_id": rec["request_id"]})  # fmt: skip
+            "satisfice.request_id": rec["request_id"],
+            # what its calls were billed before it failed, as an answer's span says it
+            **_bill(rec)})  # fmt: skip
         span.set_status(trace.Status(trace.StatusCode.ERROR, rec.get("error_type", "error")))
         for a in rec.get("attempts") or ():  # each call it made: which failed, and how
             spec = registry[a["model"]] if registry is not None and a["model"] in registry else None
@@ -136,3 +138,9 @@ class Tracing:
         if a["outcome"] == "error":
             s.set_status(trace.Status(trace.StatusCode.ERROR, a.get("error_type") or "error"))
         s.end(t0 + int((a["started_s"] + a["duration_s"]) * 1e9))
+
+
+def _bill(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """What a failed request's calls were billed, as an answer's span says it."""
+    usd = rec.get("total_cost_usd")
+    return {"satisfice.cost_usd": usd} if usd is not None else {"satisfice.cost_unpriced": True}
