@@ -461,6 +461,7 @@ def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
         for m, k in c.items():
             drift[d][m if m in top else rest] += k
     saving = "" if s["saving"] is None else f"{s['saving']:.1%}"
+    failed_unknown = s["failed_unpriced_requests"]
     cards = [
         ("requests", f"{s['requests']:,}"),
         ("cost", _cost(s["cost_usd"], s["unpriced_requests"])),
@@ -469,8 +470,7 @@ def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
         # (left out with no failed request: there is nothing to bill, neither $0 next to an
         # unpriced total nor "unpriced", which it had read)
         *(
-            [("billed for failed requests",
-              _cost(s["failed_cost_usd"], s["failed_unpriced_requests"]))]
+            [("billed for failed requests", _cost(s["failed_cost_usd"], failed_unknown))]
             if s["answered"] < s["requests"]
             else []
         ),
