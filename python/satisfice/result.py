@@ -55,7 +55,9 @@ def billed_calls(rec: Mapping[str, Any]) -> list[tuple[str, str, float | None, i
         if not (isinstance(cost, int | float) and not isinstance(cost, bool)
                 and 0.0 <= cost < math.inf):  # fmt: skip
             cost = None  # (a hand-edited record's, or unpriced: unknown, never $0)
-        u = a.get("usage") if isinstance(a.get("usage"), Mapping) else {}
+        u = a.get("usage")
+        if not isinstance(u, Mapping):
+            u = {}
         t_in, t_out = _tokens(u.get("prompt_tokens")), _tokens(u.get("completion_tokens"))
         called = str(a.get("model") or model)
         out.append((called, str(a.get("deployment") or ""), cost, t_in, t_out))
