@@ -36,13 +36,21 @@ def _may_hold_long(raw: bytes | str) -> bool:
 
 
 def loads(raw: bytes | str) -> Any:
-    """`json.loads(raw)`: the same values, the same errors (ValueError, RecursionError)."""
+    """`json.loads(raw)`: the same values, the same errors (ValueError, RecursionError), but
+    bytes in UTF-16 or UTF-32, which json.loads decodes and RFC 8259 rules out: refused. An
+    upstream's answer in them had got past the scrubbing of the API key, which looks for
+    its UTF-8 bytes."""
     if not _may_hold_long(raw):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass
+    if isinstance(raw, bytes | bytearray) and json.detect_encoding(raw) not in _UTF8:
+        raise ValueError(f"JSON must be UTF-8 (RFC 8259), not {json.detect_encoding(raw)}")
     return json.loads(raw)
+
+
+_UTF8 = ("utf-8", "utf-8-sig")
 
 
 # Compact, non-ASCII kept: the bytes httpx's `json=` would send, without its per-call encoder.

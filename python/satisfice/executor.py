@@ -65,6 +65,7 @@ from .providers.base import (
     Provider,
     StreamDelta,
     Usage,
+    carry_generated,
 )
 from .registry import thinking_budget
 from .result import Attempt, ChatResult, billed_cost
@@ -992,12 +993,11 @@ class Executor:
                 f"no answer within {budget:.3g}s "
                 "(its share of the request's deadline, or attempt_timeout_s)"
             )
-            raise _unsent(
-                UpstreamTimeoutError(
-                    f"{t.model} via {t.dep.name}: {why}", model=t.model, deployment=t.dep.name
-                ),
-                stage[0],
-            ) from None
+            err = UpstreamTimeoutError(
+                f"{t.model} via {t.dep.name}: {why}", model=t.model, deployment=t.dep.name
+            )
+            # with what its stream had generated before the timeout (billed at least that)
+            raise carry_generated(_unsent(err, stage[0]), made) from None
         except UpstreamTimeoutError as e:  # the transport's pool or connect timeout, or later
             _unsent(e, stage[0])
             raise
@@ -1750,6 +1750,7 @@ class Executor:
             raise
         except ProviderError as e:
             text = "".join(delivered)
+            carry_generated(e, made)  # (the deadline's own error, raised here, carried none)
             self._failed(run, t, e, started, text, searched, "".join(thought))
             raise StreamInterruptedError(
                 f"the stream from {t.model} via {t.dep.name} failed after {len(text)} characters "
@@ -1865,6 +1866,9 @@ class Executor:
                         raise exc
                     if len(running) < width:
                         launch()
+            # the calls the deadline cut off go on record first: the error lists every
+            # attempt (a race cut by its deadline had said "every attempt failed" with none)
+            await self._cancel(run, running)
             raise await self._failure(run)
         finally:
             await self._cancel(run, running)

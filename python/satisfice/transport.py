@@ -430,8 +430,14 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 unsent = e
             sent = monotonic()
             status, reason, headers, keep = await _read_head(conn, request, timeouts, wd)
-            length = _body_length(request, status, headers)
-            decoder = _decoder(headers, request)
+            try:
+                length = _body_length(request, status, headers)
+                decoder = _decoder(headers, request)
+            except httpx.RemoteProtocolError as e:
+                # a 2xx whose framing is refused: the upstream generated the answer, and
+                # may bill it (the providers then estimate it; it had been billed $0)
+                e.answered = 200 <= status < 300  # type: ignore[attr-defined]
+                raise
         except _NothingRead:
             wd.close()
             self._discard(conn)

@@ -297,6 +297,30 @@ class Generated:
         self.usage: Usage | None = None  # the usage it last reported
 
 
+E = TypeVar("E", bound=ProviderError)
+
+
+def carry_generated(err: E, made: Generated | None) -> E:
+    """`err` with what its stream generated beside the text (`made`: a tool call's arguments,
+    thinking, the usage last reported), where it carries less, and marked answered when
+    that is output: billed at least that. A stream that timed out (its deadline, its idle
+    limit) had been billed at the prompt alone, 2,000 tokens of a tool call and Anthropic's
+    reported 6,000-token prompt left out."""
+    if made is None:
+        return err
+    out, thought = "".join(made.out), "".join(made.thought)
+    if len(out) > len(err.generated):
+        err.generated = out
+    if len(thought) > len(err.thought):
+        err.thought = thought
+    if err.reported is None:
+        err.reported = made.usage
+    u = err.reported
+    if err.generated or err.thought or (u is not None and u.completion_tokens > 0):
+        err.answered = True  # output was written (a prompt's usage alone is none)
+    return err
+
+
 #: The `Generated` of the call being made (the executor's, per call; a stream takes it as
 #: it starts and keeps it to its end).
 GENERATED: ContextVar[Generated | None] = ContextVar("satisfice_generated", default=None)
@@ -719,7 +743,10 @@ class HTTPProvider:
         return self._malformed(f"{type(e).__name__}: {e}")
 
     def _transport_error(self, e: Exception) -> RetryableError:
-        return error_from_transport(e, self.model_id, self.deployment)
+        err = error_from_transport(e, self.model_id, self.deployment)
+        if getattr(e, "answered", False):  # a 2xx head whose framing the transport refused
+            err.answered = True
+        return err
 
     def _stream_failed(
         self, e: httpx.RequestError | ProviderError, made: Generated
@@ -730,11 +757,7 @@ class HTTPProvider:
         the upstream bills: a cut or an error event after 5,000 tokens of a tool call had
         been billed at the prompt, or $0."""
         err = e if isinstance(e, ProviderError) else self._answer_lost(e)
-        out, thought, usage = "".join(made.out), "".join(made.thought), made.usage
-        err.generated, err.thought, err.reported = out, thought, usage
-        if out or thought or (usage is not None and usage.completion_tokens > 0):
-            err.answered = True  # output was written (a prompt's usage alone is none)
-        return err
+        return carry_generated(err, made)
 
     def _answer_lost(self, e: Exception) -> RetryableError:
         """A transport failure after a 2xx head (a body or a stream cut): the upstream was
