@@ -220,9 +220,7 @@ async def test_a_key_echoed_in_a_utf16_or_utf32_answer_is_scrubbed(
         async with router(raw.url) as r:
             r.update(reg)
             try:
-                res = await asyncio.wait_for(
-                    r.chat(MSGS, allow=["alpha"], timeout=5, **mode), 10
-                )
+                res = await asyncio.wait_for(r.chat(MSGS, allow=["alpha"], timeout=5, **mode), 10)
             except SatisficeError as e:  # refused as no JSON (RFC 8259: UTF-8), clearly
                 assert "UTF-8" in str(e), e
                 assert CANARY not in str(e) and CANARY not in repr(e.attempts)
