@@ -220,6 +220,7 @@ class Snapshot(Frozen):
             f"no model satisfies the constraints ({summary}); loosen {worst!r} first. "
             f"{detail}{more}",
             {ids[i]: why for i, _, why in filtered},
+            {ids[i]: rule for i, rule, _ in filtered},
         )
 
 

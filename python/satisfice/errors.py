@@ -89,11 +89,18 @@ class DatasetError(SatisficeError, ValueError):
 
 
 class NoRouteError(SatisficeError):
-    """No model satisfies the constraints. `.filtered` maps each model to why it was dropped."""
+    """No model satisfies the constraints. `.filtered` maps each model to why it was dropped,
+    `.rules` to the constraint that dropped it (`context_window`, `needs`, `exclude`, ...)."""
 
-    def __init__(self, message: str, filtered: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        filtered: dict[str, str] | None = None,
+        rules: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.filtered: dict[str, str] = dict(filtered or {})
+        self.rules: dict[str, str] = dict(rules or {})
 
 
 class UnpricedModelError(SatisficeError):

@@ -19,6 +19,7 @@ ledger, the report and the metrics). Its hooks and trace still run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Callable, Mapping
@@ -157,6 +158,8 @@ class Recorder:
     ) -> None:
         rec = failure_record(decision, error, attempts, started_at=started_at,
                              latency_s=latency_s, metadata=metadata)  # fmt: skip
+        with contextlib.suppress(AttributeError):  # the record's id, for a server's answer
+            error.request_id = rec["request_id"]  # type: ignore[attr-defined]
         _req_log.warning("%s failed: %s: %s", rec["request_id"], type(error).__name__,
                          rec["error"][:300], extra={"event": "failure",
                                                   "request_id": rec["request_id"],

@@ -215,9 +215,10 @@ def _on_anthropic(registry: Registry, c: Constraints, tools: list[dict[str, Any]
     if not allow:
         among = "the models the request allows" if c.allow is not None else "the registry"
         raise NoRouteError(
-            f"Anthropic's server tools (web search, web fetch) run on Anthropic's API, and "
-            f"no model in {among} has an Anthropic deployment; ask for a Claude model, or "
-            "leave the server tools out"
+            "this request can go to models on Anthropic's API alone (it has Anthropic's "
+            "server tools, such as web search, or ends on an assistant turn to continue), "
+            f"and no model in {among} has an Anthropic deployment; ask for a Claude model, "
+            "or leave those out"
         )
     return Constraints.of(c, allow=tuple(allow))
 

@@ -285,6 +285,14 @@ def _payload(r: ChatRequest, model: str, stream: bool, thinks: bool) -> dict[str
                     f"messages[{i}] has a legacy function_call, which Anthropic models do not "
                     "take; send it as tool_calls"
                 )
+            refused = m.get("refusal") if role == "assistant" else None
+            if isinstance(refused, str) and refused.strip() and not content and not (
+                m.get("tool_calls") or m.get("anthropic_content")
+            ):  # fmt: skip
+                # OpenAI's refused turn (content null, the refusal beside it), which is how
+                # a served Claude refusal comes back: its words are the turn (it had been
+                # dropped, two user turns then sent, the model never told it refused)
+                content = refused
             body = _content(content)
             carried = m.get("anthropic_content") if role == "assistant" else None
             if carried is not None:  # a turn in which a server tool ran, as it came

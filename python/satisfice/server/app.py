@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import gc
 import json
 import logging
 import math
+import re
 import sys
 import time
 import uuid
@@ -147,12 +149,13 @@ class HTTPError(Exception):
         kind: str,
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
+        param: str | None = None,
         **extra: Any,
     ) -> None:
         # extra: fields added to the error object (attempts, budget, remaining_usd)
         super().__init__(message)
         self.status, self.message, self.kind, self.code = status, message, kind, code
-        self.headers, self.extra = dict(headers or {}), extra
+        self.headers, self.extra, self.param = dict(headers or {}), extra, param
 
     def body(self, api: str = "openai") -> dict[str, Any]:
         """The error in the shape of the API asked: OpenAI's, or Anthropic's for
@@ -165,7 +168,7 @@ class HTTPError(Exception):
             "error": {
                 "message": self.message,
                 "type": self.kind,
-                "param": None,
+                "param": self.param,
                 "code": self.code,
                 **self.extra,
             }
@@ -201,6 +204,49 @@ def _billed(e: BaseException | None, reserved: float) -> float:
     return reserved if out is None else out[0]
 
 
+def _error(he: HTTPError, api: str, cause: BaseException | None = None) -> JSONResponse:
+    """An error answer, with its request's id in the headers the SDKs read (`request_id`
+    of their errors): the record's when the request is on the record, else one of its own."""
+    rid = getattr(cause, "request_id", None) or f"req-{uuid.uuid4().hex[:16]}"
+    ids = {"x-request-id": rid, "request-id": rid, "x-satisfice-request-id": rid}
+    return JSONResponse(he.body(api), he.status, headers={**he.headers, **ids})
+
+
+def _anthropic_model(m: Mapping[str, Any]) -> dict[str, Any]:
+    """A model of GET /v1/models in the shape Anthropic's API lists one."""
+    when = datetime.datetime.fromtimestamp(m["created"], datetime.UTC)
+    return {"type": "model", "id": m["id"], "display_name": m["id"],
+            "created_at": when.isoformat().replace("+00:00", "Z")}  # fmt: skip
+
+
+_NEED = re.compile(r"needs (\d+) tokens, context window is (\d+)|context window of (\d+)")
+
+
+def _too_long(e: NoRouteError) -> str | None:
+    """ "prompt is too long: N tokens > M maximum" (Anthropic's words, the largest window M)
+    when every model the request could have had was ruled out by its window alone, else
+    None: routing's own count refused it as an upstream would (it had said `no_route`,
+    which no client takes for a prompt to shorten)."""
+    could = {m: r for m, r in e.rules.items() if r not in ("exclude", "disabled")}
+    if not could or set(could.values()) != {"context_window"}:
+        return None
+    best: tuple[int, int | None] | None = None  # (window, tokens)
+    for m in could:
+        found = _NEED.search(e.filtered.get(m, ""))
+        if found is None:
+            continue
+        window = int(found.group(2) or found.group(3))
+        need = int(found.group(1)) if found.group(1) else None
+        if best is None or window > best[0]:
+            best = (window, need)
+    if best is None:
+        return "prompt is too long for every model's context window"
+    window, need = best
+    if need is None:
+        return f"prompt is too long: more than {window} tokens > {window} maximum"
+    return f"prompt is too long: {need} tokens > {window} maximum"
+
+
 def http_error(e: SatisficeError) -> HTTPError:
     """satisfice's errors as status codes and OpenAI's error types, attempts listed."""
     att: dict[str, Any] = {"attempts": _attempts(e)} if getattr(e, "attempts", None) else {}
@@ -210,6 +256,9 @@ def http_error(e: SatisficeError) -> HTTPError:
     if isinstance(e, InputError | ConfigError | BadRequestError | ContextLengthError):
         return HTTPError(400, msg, "invalid_request_error", type(e).__name__, None, **att)
     if isinstance(e, NoRouteError):
+        if too_long := _too_long(e):  # as OpenAI and Anthropic say it (agents compact on it)
+            return HTTPError(400, f"{too_long}; {msg}", "invalid_request_error",
+                             "context_length_exceeded", param="messages")  # fmt: skip
         return HTTPError(400, msg, "invalid_request_error", "no_route")
     if isinstance(e, CascadeBudgetError):
         # with its calls (billed, and on the key's budget), as every other error lists them
@@ -1313,9 +1362,9 @@ def create_app(
                 return await handle(scope, receive, api, raw)
             he = HTTPError(503, "this key changed twice while the request was admitted; "
                            "send it again", "server_error", "key_changed")  # fmt: skip
-            return JSONResponse(he.body(api), he.status)
+            return _error(he, api)
         except HTTPError as e:
-            return JSONResponse(e.body(api), e.status, headers=e.headers)
+            return _error(e, api)
         except ClientDisconnect:  # left while sending its body: nothing was called
             return Response(status_code=499)  # never sent: the connection is gone
         except asyncio.CancelledError:
@@ -1324,7 +1373,7 @@ def create_app(
             # be billed, its answer unknown.
             if _cut_by_shutdown(conn, task):
                 he = _shut()
-                return JSONResponse(he.body(api), he.status)
+                return _error(he, api)
             if conn is None or task not in conn.cancelled:
                 raise  # not ours: cancelled from above
             conn.cancelled.discard(task)
@@ -1335,17 +1384,17 @@ def create_app(
         except SatisficeError as e:
             failed = e  # handled here, so no longer in sys.exc_info() in `finally`
             he = http_error(e)
-            return JSONResponse(he.body(api), he.status, headers=he.headers)
+            return _error(he, api, e)
         except RecursionError:  # JSON nested too deep for a field's own reading
             he = HTTPError(400, "the request nests JSON too deeply (over ~900 levels)",
                            "invalid_request_error", "invalid_json")  # fmt: skip
-            return JSONResponse(he.body(api), he.status)
+            return _error(he, api)
         except Exception as e:  # a bug of ours: an error in the API's shape, not a bare 500
             failed = e  # a call may have been billed: `finally` keeps the reservation
             # the type alone: a message may quote a request or an upstream's reply
             _log.error("request failed: %s", type(e).__name__, extra={"event": "internal"})
             he = HTTPError(500, f"internal error ({type(e).__name__})", "server_error")
-            return JSONResponse(he.body(api), he.status)
+            return _error(he, api)
         finally:
             if task is not None:
                 conn.waiting.discard(task)  # type: ignore[union-attr]
@@ -1421,16 +1470,26 @@ def create_app(
         return endpoint
 
     async def models(request: Request) -> Response:
+        # the Anthropic SDK (which sends anthropic-version) reads Anthropic's shapes
+        api = "anthropic" if "anthropic-version" in request.headers else "openai"
         try:
-            await svc.authenticate(request)
+            key = await svc.authenticate(request)
         except HTTPError as e:
-            return JSONResponse(e.body(), e.status)
+            return JSONResponse(e.body(api), e.status)
         except SatisficeError as e:  # the key store away: 503, as /v1/chat/completions says
             he = http_error(e)
-            return JSONResponse(he.body(), he.status)
+            return JSONResponse(he.body(api), he.status)
         data = model_objects()
+        if key is not None and key.models is not None:  # what this key may call, only
+            data = [m for m in data if m["id"] in key.models]
+        if api == "anthropic":
+            data = [_anthropic_model(m) for m in data]
         wanted = request.path_params.get("model")
         if wanted is None:
+            if api == "anthropic":
+                return JSONResponse({"data": data, "has_more": False,
+                                     "first_id": data[0]["id"] if data else None,
+                                     "last_id": data[-1]["id"] if data else None})  # fmt: skip
             return JSONResponse({"object": "list", "data": data})
         # one model (the SDKs' models.retrieve), by id or alias; it had been a 404 "no such
         # endpoint"
@@ -1439,10 +1498,12 @@ def create_app(
                 return JSONResponse(m)
         he = HTTPError(404, f"unknown model {wanted!r:.200}: GET /v1/models lists them",
                        "invalid_request_error", "model_not_found")  # fmt: skip
-        return JSONResponse(he.body(), he.status)
+        return JSONResponse(he.body(api), he.status)
+
+    listed_since = wire.now()  # a model's `created`: the same on every call
 
     def model_objects() -> list[dict[str, Any]]:
-        now = wire.now()
+        now = listed_since
         data = [{"id": "auto", "object": "model", "created": now, "owned_by": "satisfice"}]
         data += [
             {
@@ -1994,6 +2055,8 @@ async def _stream(
         headers={
             "cache-control": "no-cache",
             "x-satisfice-request-id": sid,
+            "x-request-id": sid,  # what the SDKs read an answer's id from
+            "request-id": sid,
             "x-satisfice-model": wire.header_value(answering),
         },
     )

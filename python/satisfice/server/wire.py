@@ -211,14 +211,20 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if not isinstance(model, str) or not model:
         raise _bad("'model' is required: a model id from GET /v1/models, or 'auto'")
     n = body.get("n", 1)
-    if n not in (1, None):
+    if n is not None and (type(n) is not int or n != 1):  # (true == 1 had passed)
         raise _bad("'n' must be 1: satisfice returns one routed answer per request")
-    if body.get("store") not in (None, False):
+    if body.get("store") is not None and body.get("store") is not False:
         raise _bad(
             "'store' must be false or left out: satisfice does not ask a provider to keep "
             "the completion (its own ledger records every request: [ledger] in the config)"
         )
     opts: dict[str, Any] = {}
+    if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
+        # as OpenAI's API refuses them: the first had been dropped without a word
+        raise _bad(
+            "'max_tokens' and 'max_completion_tokens' cannot both be set: send one "
+            "('max_completion_tokens' bounds the reasoning and the answer together)"
+        )
     mt = body.get("max_completion_tokens", body.get("max_tokens"))
     if mt is not None:
         opts["max_tokens"] = mt
@@ -475,8 +481,12 @@ def header_value(s: str) -> str:
 def headers_of(res: Any) -> list[tuple[bytes, bytes]]:
     """The decision's `x-satisfice-*` headers of an answer, as the bytes they are sent as."""
     cost, est = res.total_cost_usd, res.decision.est_cost_usd
+    rid = res.request_id.encode("latin-1")
     return [
-        (b"x-satisfice-request-id", res.request_id.encode("latin-1")),
+        (b"x-satisfice-request-id", rid),
+        # the headers the SDKs read an answer's id from (`_request_id`): openai's, anthropic's
+        (b"x-request-id", rid),
+        (b"request-id", rid),
         (b"x-satisfice-model", header_value(res.model).encode()),
         (b"x-satisfice-deployment", header_value(res.deployment).encode()),
         (b"x-satisfice-routed-to", header_value(res.decision.model).encode()),
@@ -674,9 +684,13 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if tools:
         opts["tools"] = [_function_tool(t) for t in tools]
     server = [dict(t) for t in body.get("tools") or () if server_tool(t)]
-    if server or server_turns(msgs):
-        # run at Anthropic's side (or, none offered now, run in a turn sent back): routed
-        # to Claude models alone
+    # a conversation that ends on the assistant's turn is Anthropic's prefill, which the
+    # answer continues: no OpenAI-style API continues it (an OpenAI model had answered
+    # anew, the caller's prefill and answer then broken)
+    prefill = bool(msgs) and isinstance(msgs[-1], Mapping) and msgs[-1].get("role") == "assistant"
+    if server or server_turns(msgs) or prefill:
+        # run at Anthropic's side (or, none offered now, run in a turn sent back), or a
+        # prefill: routed to Claude models alone
         opts["server_tools"] = server
     tc = body.get("tool_choice")
     if tc is not None:
