@@ -246,3 +246,24 @@ def test_failed_requests_bill_says_the_ones_of_unknown_cost(
     assert main(["report", str(p)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "failed requests" in x)
     assert re.search(r"billed for failed requests[^;]*unpriced", line), line
+
+
+# -- 7. a served request's first step, in flight until its record ------------------------------
+
+
+async def test_aclose_waits_for_a_decide_that_records(up: LocalUpstream, tmp_path: Path) -> None:
+    """`decide(record=True)` is a served request's first step, whose failure or cancellation
+    is on the record as chat()'s would be; it was not counted in flight, so aclose() (from
+    any thread's loop) closed the ledger while one still routed a large prompt on a worker
+    thread, and its record would have found the ledger gone."""
+    from satisfice.errors import NoRouteError
+
+    r = router(up.url).attach(ledger=tmp_path / "l.db")
+    big = "word " * 4_000_000  # 20 MB, past every window: routed on a worker thread
+    task = asyncio.ensure_future(r.decide(big, record=True))
+    await asyncio.sleep(0)  # under way
+    await r.aclose(grace_s=30)
+    assert task.done(), "aclose() returned while decide(record=True) was still routing"
+    assert isinstance(task.exception(), NoRouteError)
+    recorded = [x for x in rows(tmp_path / "l.db") if x["outcome"] != "ok"]
+    assert len(recorded) == 1, "the failure's record was lost with the closed ledger"

@@ -881,6 +881,9 @@ class Router:
         the decision), so a failure or cancellation here is on the record as chat()'s would
         be: no chat() follows to record it."""
         t0, started_at = perf_counter(), time()
+        # a request's first step is in flight until its record (aclose() waits for it: one
+        # from another thread's loop had closed the ledger before a failure's record)
+        token = self._enter() if record else None
         try:
             tuned: Literal["auto"] | None = "auto" if cascade == "auto" else None
             return _marked((await self._prepare(messages, constraints, options, tuned))[1])
@@ -888,6 +891,9 @@ class Router:
             if record:
                 self._unstarted(e, started_at, t0, options)
             raise
+        finally:
+            if token is not None:
+                self._in_flight.discard(token)
 
     async def _begin(
         self,
