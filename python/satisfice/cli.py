@@ -1,4 +1,5 @@
-"""`satisfice` command line: route, count, demo, eval, calibrate."""
+"""`satisfice` command line: route prompts, count tokens, serve the router, report where the
+money went, evaluate and calibrate routing, train predictors, probe models, keep the registry."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import RegistryWarning, SatisficeError
+from .errors import ConfigError, RegistryWarning, SatisficeError
 from .eval.cli import _dumps, register_calibrate, register_eval
 
 __all__ = ["main"]
@@ -329,7 +330,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import ServerConfig, create_app, listen, serve
+    try:
+        from .server import ServerConfig, create_app, listen, serve
+    except ImportError as e:  # the server's extra not installed: said, not a traceback
+        raise ConfigError(
+            f"satisfice serve needs the server's extra ({e.name or e} is missing): "
+            "pip install 'satisfice[server]' (from a checkout: pip install '.[server]')"
+        ) from None
 
     cfg = ServerConfig.load(args.config)
     if args.host is not None:

@@ -676,6 +676,12 @@ class Ledger:
         on_record: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         _check_options(max_buffer, batch, flush_interval_s, retention_days)
+        if not all(callable(getattr(sink, m, None)) for m in ("write", "feedback", "close")):
+            # a path given here had made a ledger that failed on its first write, later
+            raise ConfigError(
+                f"Ledger() takes a sink, got {type(sink).__name__}; for a path or a "
+                "postgresql:// DSN use Ledger.open(target, ...)"
+            )
         self.sink = sink
         max_buffer, batch = int(max_buffer), int(batch)  # whole numbers, checked
         self.max_buffer, self.batch, self.flush_interval_s = max_buffer, batch, flush_interval_s

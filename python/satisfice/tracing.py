@@ -48,7 +48,14 @@ def _gen_ai(a: Mapping[str, Any], provider: str | None) -> dict[str, Any]:
 
 class Tracing:
     def __init__(self, tracer_provider: Any = None) -> None:
-        from opentelemetry import context, trace
+        try:
+            from opentelemetry import context, trace
+        except ImportError:  # said as Metrics() says its own (a raw ModuleNotFoundError had)
+            from .errors import ConfigError
+
+            raise ConfigError(
+                "tracing needs the OpenTelemetry SDK: pip install 'satisfice[otel]'"
+            ) from None
 
         from . import __version__
 
