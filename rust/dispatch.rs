@@ -967,9 +967,9 @@ impl DispatchTable {
                 if r.disabled {
                     break 'check Some(Filtered::Disabled);
                 }
-                // What the request cannot be sent past comes before `exclude`: a model
-                // excluded while it cooled had read "exclude", and a cascade step naming it
-                // called it once it was back, with the tools it has no use of.
+                if c.exclude.get(i).copied().unwrap_or(false) {
+                    break 'check Some(Filtered::Excluded);
+                }
                 let missing = c.required_caps & !r.caps;
                 if missing != 0 {
                     break 'check Some(Filtered::MissingCaps(missing));
@@ -986,9 +986,6 @@ impl DispatchTable {
                         thinking: within,
                         limit: tokens_out,
                     });
-                }
-                if c.exclude.get(i).copied().unwrap_or(false) {
-                    break 'check Some(Filtered::Excluded);
                 }
                 if c.latency_slo_ms.is_finite() {
                     let p95 = match c.live_p95_ms.get(i) {

@@ -94,6 +94,8 @@ def cmd_route(args: argparse.Namespace) -> int:
             messages = json.loads(prompt)
         except json.JSONDecodeError as e:
             raise SatisficeError(f"--messages: {args.file} is not JSON: {e}") from None
+        except RecursionError:
+            raise SatisficeError(f"--messages: {args.file} nests JSON too deeply") from None
     d = _router(args).route(messages, _constraints(args))
     if args.json:
         print(_dumps(d.to_dict(), indent=2))
@@ -281,11 +283,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
             return report
 
     report = asyncio.run(go())
-    if args.save_policy:
-        router.save_policy(args.save_policy, args.save_predictor or f"{args.save_policy}.npz")
     out = report.to_dict()
     # every probe call failed (no key, no route, an upstream down): a failure, said as such
     failed = bool(report.asked) and sum(report.errors.values()) == sum(report.asked.values())
+    if args.save_policy and not failed:  # (a failed run had rewritten the policy all the same)
+        router.save_policy(args.save_policy, args.save_predictor or f"{args.save_policy}.npz")
     if args.json:
         print(_dumps(out, indent=2))
         return 1 if failed else 0
@@ -302,6 +304,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     )
     if not args.save_policy:
         print("(abilities updated in memory only; --save-policy PATH keeps them)")
+    elif failed:
+        print(f"(nothing learned: {args.save_policy} left as it was)")
     if failed:
         print(f"satisfice: every probe call failed; the first: {report.first_error}",
               file=sys.stderr)  # fmt: skip
@@ -632,6 +636,10 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     except SatisficeError as e:
         print(f"satisfice {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except RecursionError:  # input nested past what a reader takes: said, not a traceback
+        print(f"satisfice {args.command}: error: an input nests too deeply to read",
+              file=sys.stderr)  # fmt: skip
         return 2
     except BrokenPipeError:  # `satisfice demo | head`: the reader left; not an error
         sys.stderr.close()

@@ -418,10 +418,31 @@ def _unfit(d: Decision) -> dict[str, str]:
     step (a prompt past a model's window had been sent there); under a strict floor (the
     policy's or the request's), one predicted below it too (it had answered)."""
     strict = d.constraints.strict_floor
+    hard = _HARD_FILTERS
     if strict if strict is not None else d.snapshot.policy.strict_floor:
-        return {m: why for m, (rule, why) in d.filtered.items()
-                if rule in _HARD_FILTERS or rule == "quality_floor"}  # fmt: skip
-    return {m: why for m, (rule, why) in d.filtered.items() if rule in _HARD_FILTERS}
+        hard = hard | {"quality_floor"}
+    out = {m: why for m, (rule, why) in d.filtered.items() if rule in hard}
+    reg = d.snapshot.registry
+    for m, (rule, _) in d.filtered.items():
+        # routing ruled it out before its hard filters (not allowed, or cooling then), so
+        # none is on record: a step naming it, called once its cooldown was over, had been
+        # sent tools it has no use of and a prompt past its window
+        if rule == "exclude" and m in reg and (why := _cannot_take(d, reg[m])):
+            out[m] = why
+    return out
+
+
+def _cannot_take(d: Decision, spec: ModelSpec) -> str | None:
+    """Why `d`'s request cannot be sent to `spec` (a capability it lacks, a prompt past its
+    window by the request's estimate), else None."""
+    c = d.constraints
+    missing = sorted(set(c.needs) - set(spec.capabilities))
+    if missing:
+        return f"lacks capability {', '.join(missing)}"
+    need = d.max_tokens_in(spec.id) + (c.max_output_tokens or 0)
+    if need > spec.context_window:
+        return f"needs {need} tokens, context window is {spec.context_window}"
+    return None
 
 
 def tuned_ladder(d: Decision) -> tuple[Cascade | None, str | None]:

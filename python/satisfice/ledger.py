@@ -26,6 +26,7 @@ deletes older requests once a day.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import functools
 import json
@@ -697,6 +698,7 @@ class Ledger:
         self.queued = self.acked = self.dropped = self.failures = self.rejected = 0
         self.dropped_scores = 0  # feedback given after close(), or left unwritten by it
         self._abandon = False  # close() gave up on the writer (its sink down)
+        self._lost = 0  # records close() counted lost (dropped) that a write may land yet
         self._fb_queued = self._fb_written = 0  # scores, which flush() waits for as well
         self._closing = False
         self._last_expire = 0.0
@@ -812,13 +814,15 @@ class Ledger:
         with self._drop_lock:
             lost = max(self.queued - self.acked - self.dropped, 0)
             self.dropped += lost
+            self._lost = lost  # (a write still running may land them yet: see _acked)
         lost_scores = max(self._fb_queued - self._fb_written, 0)
         self.dropped_scores += lost_scores
         if lost or lost_scores:
             _log.error("ledger closed with %d record(s) and %d score(s) unwritten (the sink "
                        "was failing); they are lost", lost, lost_scores,
                        extra={"event": "ledger_lost"})  # fmt: skip
-        self.sink.close()
+        if not self._thread.is_alive():  # else the writer closes it as it leaves (closed
+            self.sink.close()  # under a write still running, SQLite's had crashed the process)
         return not (lost or lost_scores)
 
     # the writer thread ----------------------------------------------------------------------
@@ -941,6 +945,13 @@ class Ledger:
         return ok, bad, []
 
     def _acked(self, recs: list[dict[str, Any]]) -> None:
+        if self._abandon and self._lost:  # counted lost by close(), written after all
+            with self._drop_lock:
+                back = min(len(recs), self._lost)
+                self._lost -= back
+                self.dropped -= back
+            _log.warning("ledger: %d record(s) counted lost at close were written after all",
+                         back, extra={"event": "ledger_lost"})  # fmt: skip
         self.acked += len(recs)
         if self.on_ack is not None:
             try:
@@ -976,6 +987,8 @@ class Ledger:
             if not pending or (streak >= 3 and len(pending) == 1):
                 pending += self._take()
             if self._abandon:  # close() gave up on a sink that is down (it counts them)
+                with contextlib.suppress(Exception):
+                    self.sink.close()  # (close() leaves it to this thread, out of its write)
                 return
             if pending:
                 try:
@@ -1244,8 +1257,11 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
     if p.is_dir():
         raise ConfigError(f"ledger {p} is a directory, not a JSONL file")
     fed: list[tuple[str, Any, Any]] = []  # (request_id, score, model), as given
+    end = 0  # how far the first pass read: the second stops there (a ledger still growing
+    # had its newest records read without the scores given after the first pass)
     with p.open("rb") as f:
         for n, raw in enumerate(f, 1):
+            end += len(raw)
             if b'"feedback"' not in raw:  # no score's line (nor one to parse for it)
                 continue
             if (fb := _score_line(raw)) is not None:
@@ -1257,8 +1273,12 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
     binary = False  # a line is a binary file's bytes, not text a crash tore
     last = 0  # the last line with something in it
     records = 0
+    read = 0
     with p.open("rb") as f:
         for n, raw in enumerate(f, 1):
+            read += len(raw)
+            if read > end:  # written after the first pass: the next read has it
+                break
             if not raw.strip(b" \t\r\n\0"):  # blank, or the zeros a crash may leave
                 continue
             last = n
@@ -1283,6 +1303,8 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
     if binary and not records and not fed:
         raise ConfigError(f"ledger {p} is not UTF-8 text (a JSONL ledger)")
     inside = [k for k in torn if k != last]  # the last line torn by a crash is expected
+    if inside and not records and not fed:  # no line of it is JSON: some other text file
+        raise ConfigError(f"ledger {p} is not a JSONL ledger: none of its lines is a record")
     if inside:
         warnings.warn(
             f"ledger {p}: {len(inside)} line(s) that are not JSON were skipped "
@@ -1371,6 +1393,11 @@ def _read_pg(dsn: str) -> Iterable[dict[str, Any]]:
             f"cannot read the PostgreSQL ledger: {why}; check that the server is up and the "
             "DSN (host, port, database, user) is right"
         ) from None
+    except psycopg.Error as e:  # a DSN it cannot parse: its words quote the DSN, password too
+        raise ConfigError(
+            f"cannot read the PostgreSQL ledger: the DSN is malformed ({type(e).__name__}); "
+            "write it as postgresql://user:password@host:port/database"
+        ) from None
     with db:
         where = "(PostgreSQL)"
         has_meta = db.execute(
@@ -1388,5 +1415,9 @@ def _read_pg(dsn: str) -> Iterable[dict[str, Any]]:
         scores = _scores(
             db.execute(f"SELECT request_id, score, {model} FROM feedback ORDER BY ts"), where
         )
-        for rid, text in db.execute("SELECT request_id, record FROM requests ORDER BY ts"):
-            yield _stored(rid, text, scores, where)
+        # on a server-side cursor, fetched in batches: a client-side one had held every
+        # record of the ledger in memory before the first was read
+        with db.cursor(name="satisfice_report") as cur:
+            cur.execute("SELECT request_id, record FROM requests ORDER BY ts")
+            for rid, text in cur:
+                yield _stored(rid, text, scores, where)

@@ -362,7 +362,7 @@ def render_text(s: Mapping[str, Any]) -> str:
             out.append(f"{i:>12} {v['ran']:>5} {v['escalated']:>11} {v['rate']:>6.1%}")
     if s["drift"]:
         out += ["", "traffic share per day (top models)"]
-        top = list(s["models"])[:5]
+        top = [m for m, v in s["models"].items() if v["requests"]][:5]  # models that answered
         # as wide as the longest id (to 40): cut to 14, `claude-opus-4-7` and
         # `claude-opus-4-7@low` had both been headed `claude-opus-4-`
         w = min(max([8, *(len(_plain(m)) for m in top)]), 40)
@@ -449,7 +449,7 @@ def _cost(cost: float | None, unknown: int) -> str:
 
 
 def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
-    models = list(s["models"])
+    models = [m for m, v in s["models"].items() if v["requests"]]  # (a model only called: none)
     top = models[:9]
     # the bucket for the rest, named so no model's own id can take it (a model may be
     # called "other")

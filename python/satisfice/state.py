@@ -296,8 +296,9 @@ class Health:
                 s = h._get(str(key))
                 s.lat_mean, s.lat_var = float(v["lat_mean"]), float(v["lat_var"])
                 s.n_ok, s.err = int(v["n_ok"]), float(v["err"])
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ConfigError(f"health file {p} is not one Health.save() wrote: {e}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            why = "nested too deeply" if isinstance(e, RecursionError) else e
+            raise ConfigError(f"health file {p} is not one Health.save() wrote: {why}") from None
         return h
 
     def restore(self, other: Health) -> None:

@@ -62,6 +62,8 @@ def _read_json(path: Path) -> Any:
             return json.load(handle)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply to read") from None
 
 
 def _data_files(path: Path) -> list[Path]:
@@ -114,8 +116,9 @@ def load_llmrouter(
     price_file = Path(prices_path) if prices_path is not None else files[0].parent / PRICES_FILE
     if not price_file.is_file():
         raise DatasetError(
-            f"{price_file}: no price file; pass prices_path=<llm_prices.json> "
-            f"(USD per 1M tokens per model)"
+            f"{price_file}: no price file (USD per 1M tokens per model); on the command "
+            f"line put {PRICES_FILE} beside the data or list it among the files, in Python "
+            "pass prices_path=..."
         )
     prices: Prices = read_llmrouter_prices(price_file)
     counter = count_tokens if count_tokens is not None else default_token_counter()

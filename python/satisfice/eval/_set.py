@@ -194,8 +194,9 @@ class OutcomeSet:
         if dropped == len(self):
             raise DatasetError(
                 f"{source}: every one of the {dropped} rows lacks a score or a cost for at "
-                f"least one model; load with keep_missing=True and use select_models(...) to "
-                f"keep the models that were measured on the same prompts"
+                "least one model: give outcomes where the models answered the same prompts "
+                "(on the command line, fewer models or other files; in Python, load with "
+                "keep_missing=True and use select_models(...) to keep those measured together)"
             )
         log.warning(
             "%s: dropped %d of %d rows where some model has no score or an unknown cost "

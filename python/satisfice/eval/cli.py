@@ -179,6 +179,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = E.split_data(data, spec, extra)
     registry = Registry.load(args.registry) if args.registry else None
     notes: list[str] = []
+    if args.save_onnx:  # that it can be written, before training or saving anything
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise SatisficeError("--save-onnx needs onnx: pip install 'satisfice[train]'") from None
     if split.train:
         if args.predictor:
             raise SatisficeError("--predictor scores a saved predictor; drop it when training")
@@ -187,6 +192,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "--save-onnx exports the IRT predictor only: add --no-embedding to train one "
                 "without the embedding logistic, which the ONNX graph does not hold"
             )
+
         progress.stage("training")
         cfg = T.TrainConfig(embedding=not args.no_embedding)
         qm = T.fit(

@@ -33,8 +33,8 @@ def onnx_bytes(qm: QualityModel, params: Mapping[str, ModelParams]) -> bytes:
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
-    except ImportError as exc:
-        raise ImportError("ONNX export needs onnx: pip install 'satisfice[train]'") from exc
+    except ImportError:
+        raise ConfigError("ONNX export needs onnx: pip install 'satisfice[train]'") from None
     if not params:
         raise ConfigError("export at least one model's parameters")
     with_emb = [m for m, p in params.items() if p.emb is not None]
@@ -104,6 +104,9 @@ def onnx_bytes(qm: QualityModel, params: Mapping[str, ModelParams]) -> bytes:
 def export_onnx(
     qm: QualityModel, params: Mapping[str, ModelParams], path: str | os.PathLike[str]
 ) -> None:
-    """Write `onnx_bytes(qm, params)` to `path`."""
-    with open(path, "wb") as f:
-        f.write(onnx_bytes(qm, params))
+    """Write `onnx_bytes(qm, params)` to `path`: built first, then written whole (an
+    export that failed had left `path` truncated)."""
+    from .._atomic import write_atomic
+
+    data = onnx_bytes(qm, params)
+    write_atomic(os.fspath(path), lambda f: f.write(data))

@@ -25,6 +25,7 @@ import codecs
 import contextlib
 import email.utils
 import hashlib
+import json
 import math
 import os
 import re
@@ -452,6 +453,10 @@ def _message_of(body: bytes) -> str:
     try:
         data = parse_json(body)
     except (ValueError, RecursionError):
+        if json.detect_encoding(body) not in ("utf-8", "utf-8-sig"):
+            # UTF-16 or UTF-32: the key's UTF-8 bytes, which the scrubbing looks for, are not
+            # in it, and decoded as UTF-8 its text (a key echoed in it) had come through
+            return f"(a body that is not UTF-8 text, {len(body):,} bytes)"
         return body[:300].decode("utf-8", "replace").strip()
     err = data.get("error") if isinstance(data, dict) else None
     if isinstance(err, dict):

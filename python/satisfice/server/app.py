@@ -227,7 +227,8 @@ def _too_long(e: NoRouteError) -> str | None:
     when every model the request could have had was ruled out by its window alone, else
     None: routing's own count refused it as an upstream would (it had said `no_route`,
     which no client takes for a prompt to shorten)."""
-    could = {m: r for m, r in e.rules.items() if r not in ("exclude", "disabled")}
+    # (a model lacking a capability the request needs could not take it however short)
+    could = {m: r for m, r in e.rules.items() if r not in ("exclude", "disabled", "needs")}
     if not could or set(could.values()) != {"context_window"}:
         return None
     best: tuple[int, int | None] | None = None  # (window, tokens)
@@ -510,8 +511,8 @@ def _server_tools_why(
         return None
     if not runs_server_tools(reg[model]):
         return (
-            "it cannot run Anthropic's server tools (web search, web fetch), which this "
-            "request offers"
+            "it is not on Anthropic's API, which this request needs (Anthropic's server "
+            "tools, or an assistant turn to continue)"
         )
     if any(searches(t) for t in server_tools) and not prices_searches(reg[model]):
         return (
@@ -1091,9 +1092,13 @@ async def _body(
 def _json(raw: bytes) -> Any:
     try:
         return loads(raw)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError) as e:
+        why = f" ({e})" if "UTF-8" in str(e) else ""  # UTF-16 or UTF-32: said which
         raise HTTPError(
-            400, "the request body is not valid JSON", "invalid_request_error", "invalid_json"
+            400,
+            f"the request body is not valid JSON{why}",
+            "invalid_request_error",
+            "invalid_json",
         ) from None
 
 
@@ -1475,10 +1480,10 @@ def create_app(
         try:
             key = await svc.authenticate(request)
         except HTTPError as e:
-            return JSONResponse(e.body(api), e.status)
+            return _error(e, api)
         except SatisficeError as e:  # the key store away: 503, as /v1/chat/completions says
             he = http_error(e)
-            return JSONResponse(he.body(api), he.status)
+            return _error(he, api)
         data = model_objects()
         if key is not None and key.models is not None:  # what this key may call, only
             data = [m for m in data if m["id"] in key.models]
@@ -1498,7 +1503,7 @@ def create_app(
                 return JSONResponse(m)
         he = HTTPError(404, f"unknown model {wanted!r:.200}: GET /v1/models lists them",
                        "invalid_request_error", "model_not_found")  # fmt: skip
-        return JSONResponse(he.body(api), he.status)
+        return _error(he, api)
 
     listed_since = wire.now()  # a model's `created`: the same on every call
 

@@ -391,6 +391,8 @@ class ServerConfig:
             raise ConfigError(f"config file {p} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {p} is not valid TOML: {e}"[:300]) from None
+        except RecursionError:
+            raise ConfigError(f"config file {p} nests its tables or arrays too deeply") from None
         except OSError as e:  # a directory, no permission
             raise ConfigError(f"config file {p} cannot be read: {e.strerror}") from None
         return cls.from_dict(data, p.parent)

@@ -1,0 +1,181 @@
+"""The command line's errors, as an adversarial review from a separate clone found them.
+Every test here failed on the code it was written against: deeply nested JSON or TOML given
+to route, serve, probe and eval came out as a RecursionError traceback; a malformed
+PostgreSQL DSN as a traceback quoting its password; --save-onnx without onnx as a traceback
+after the predictor was saved and the old .onnx truncated; a probe whose every call failed
+rewrote the policy; the eval loaders' errors named only Python arguments; a JSONL "ledger"
+none of whose lines is JSON read as an empty ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SATISFICE_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def _env() -> dict[str, str]:
+    """The environment without any provider key: no probe or chat call can succeed."""
+    env = {k: v for k, v in os.environ.items() if "API_KEY" not in k and "_KEY" not in k}
+    env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def cli(*args: str, cwd: Path | None = None, pre: str = "",
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """`satisfice ARGS` in a child process; `pre` is Python run first (e.g. to hide a module)."""
+    code = f"{pre}\nimport sys\nfrom satisfice.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True, text=True, timeout=timeout, env=_env(), cwd=cwd,
+    )  # fmt: skip
+
+
+# -- 1. deeply nested input: a RecursionError traceback ---------------------------------------
+
+
+def _deep_cases(tmp: Path) -> list[tuple[str, list[str]]]:
+    deep = "[" * 50_000 + "]" * 50_000
+    (tmp / "deep.json").write_text(deep)
+    (tmp / "llm").mkdir()
+    (tmp / "llm" / "dcrouter_train.json").write_text(deep)
+    (tmp / "llm" / "llm_prices.json").write_bytes(
+        (DATA / "llmrouter" / "llm_prices.json").read_bytes()
+    )
+    (tmp / "deep.toml").write_text("x = " + "[" * 5_000 + "]" * 5_000 + "\n")
+    return [
+        ("route --messages", ["route", "--messages", "--file", str(tmp / "deep.json")]),
+        ("serve --config", ["serve", "--config", str(tmp / "deep.toml"), "--port", "0"]),
+        ("probe --health", ["probe", "--models", "gpt-5.4-nano", "--health",
+                            str(tmp / "deep.json")]),
+        ("eval llmrouter", ["eval", "--format", "llmrouter", str(tmp / "llm"), "--quiet"]),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("i", range(4), ids=["route", "serve", "probe", "eval"])
+def test_deeply_nested_input_is_a_clear_error_not_a_traceback(i: int, tmp_path: Path) -> None:
+    """A file nested past Python's recursion limit is refused with one line by the registry,
+    policy, outcomes and catalogue readers, but not by these four: `route --messages`
+    (cli.cmd_route catches JSONDecodeError only), `serve --config` (ServerConfig.load lacks
+    RecursionError), `probe --health` (state.Health.load) and the llmrouter loader."""
+    name, argv = _deep_cases(tmp_path)[i]
+    p = cli(*argv, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "error:" in p.stderr, (
+        name,
+        p.returncode,
+        p.stderr[-400:],
+    )
+
+
+# -- 2. a malformed PostgreSQL DSN: a traceback with the password in it ------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["report"],
+    ["train", "--save-predictor", "p.npz", "--from-ledger"],
+    ["calibrate", "--target", "cost:0.1", "--policy", "p.json", "--from-ledger"],
+], ids=["report", "train", "calibrate"])  # fmt: skip
+@pytest.mark.parametrize("dsn", [
+    "postgresql://bob:SECRETPW123@[::1/db",          # an unclosed IPv6 bracket
+    "postgresql://bob:SECRETPW123@127.0.0.1/db?bogus=1",  # an unknown query parameter
+], ids=["bracket", "query"])  # fmt: skip
+def test_a_malformed_postgres_ledger_dsn_is_an_error_without_its_password(
+    argv: list[str], dsn: str, tmp_path: Path
+) -> None:
+    """ledger._read_pg catches psycopg.OperationalError only: a DSN psycopg cannot parse
+    raises ProgrammingError, a raw traceback whose last line quotes the DSN, password and
+    all (the writer, Ledger._connect, catches psycopg.Error and names the type alone)."""
+    p = cli(*argv, dsn, cwd=tmp_path, timeout=60)
+    assert p.returncode == 2, p.stderr[-400:]
+    assert "Traceback" not in p.stderr and "SECRETPW123" not in p.stderr, p.stderr[-400:]
+
+
+# -- 3. --save-onnx without onnx: a traceback and an emptied file -----------------------------
+
+
+def test_save_onnx_without_onnx_is_said_before_anything_is_written(tmp_path: Path) -> None:
+    """eval_cli.cmd_eval saves --save-predictor, then onnx_export.export_onnx opens the
+    --save-onnx path with open("wb") *before* onnx_bytes imports onnx: with onnx missing,
+    the ImportError (not caught by cli._run) is a traceback, the existing .onnx is truncated
+    to 0 bytes, and the predictor was written by a run that failed."""
+    onnx, pred = tmp_path / "old.onnx", tmp_path / "p.npz"
+    onnx.write_bytes(b"the previous export")
+    p = cli("eval", "--format", "routerbench", str(DATA / "routerbench" / "mbpp_train.csv"),
+            "--max-rows", "200", "--test-split", "hash:0.3", "--no-embedding", "--no-humility",
+            "--quiet", "--save-onnx", str(onnx), "--save-predictor", str(pred),
+            pre="import sys; sys.modules['onnx'] = None")  # fmt: skip
+    assert "Traceback" not in p.stderr and p.returncode == 2, p.stderr[-400:]
+    assert "onnx" in p.stderr
+    assert onnx.read_bytes() == b"the previous export"  # not truncated
+    assert not pred.exists()  # said before the work, as other unusable outputs are
+
+
+# -- 4. a probe whose every call failed rewrites the policy ------------------------------------
+
+
+def test_a_probe_that_failed_every_call_leaves_the_saved_policy_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """cli.cmd_probe calls router.save_policy before it looks at whether any probe call
+    succeeded: with no API key (every call failed, exit 1) it still replaced --save-policy's
+    file (a calibrated quality_floor 0.5 became the default 0.8) and wrote POLICY.npz."""
+    pol = tmp_path / "policy.json"
+    pol.write_text(json.dumps({"quality_floor": 0.5}) + "\n")
+    before = pol.read_text()
+    p = cli("probe", "--models", "gpt-5.4-nano", "--save-policy", str(pol), timeout=120)
+    assert p.returncode == 1 and "every probe call failed" in p.stderr, p.stderr[-400:]
+    assert pol.read_text() == before
+    assert not (tmp_path / "policy.json.npz").exists()
+
+
+# -- 5. errors that tell a command-line user to pass Python keyword arguments ------------------
+
+
+def _python_only_cases(tmp: Path) -> list[tuple[list[str], str]]:
+    (tmp / "llm").mkdir()
+    src = DATA / "llmrouter" / "dcrouter_train.json"
+    (tmp / "llm" / "dcrouter_train.json").write_bytes(src.read_bytes())
+    with open(tmp / "split.jsonl", "w") as f:  # two models never measured on one prompt
+        for i in range(20):
+            m = "gpt-5.4-nano" if i % 2 else "gpt-5.4"
+            f.write(json.dumps({"prompt": f"q {i}", "outcomes": {m: {"score": 1.0,
+                                "cost_usd": 0.001}}}) + "\n")  # fmt: skip
+    return [
+        (["eval", "--format", "llmrouter", str(tmp / "llm" / "dcrouter_train.json"),
+          "--quiet"], "among the files"),
+        (["eval", "--format", "outcomes", str(tmp / "split.jsonl"), "--quiet"],
+         "the same prompts (on the command line"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("i", range(2), ids=["llmrouter-prices", "outcomes-disjoint"])
+def test_an_eval_error_says_what_to_do_on_the_command_line(i: int, tmp_path: Path) -> None:
+    """The loaders' DatasetErrors reach the CLI verbatim, and said only "pass
+    prices_path=<llm_prices.json>" (_llmrouter.load_llmrouter) and "load with
+    keep_missing=True and use select_models(...)" (_set.OutcomeSet.drop_missing): Python
+    arguments no `satisfice eval` option sets. They now say the command line's remedies too:
+    list llm_prices.json among the files, give outcomes where the models answered the same
+    prompts."""
+    argv, for_the_cli = _python_only_cases(tmp_path)[i]
+    p = cli(*argv, timeout=60)
+    assert p.returncode == 2 and "error:" in p.stderr, p.stderr[-400:]
+    assert for_the_cli in " ".join(p.stderr.split()), p.stderr[-400:]
+
+
+# -- 6. a .jsonl "ledger" with no JSON in it reads as an empty ledger, exit 0 ------------------
+
+
+def test_a_jsonl_ledger_none_of_whose_lines_is_json_is_an_error(tmp_path: Path) -> None:
+    """ledger._read_jsonl skips every line that is not JSON as torn by a crash, refusing
+    only binary bytes: a prose or CSV file named *.jsonl (no line of it JSON, so no crash
+    tore it) reported "0 requests ... cost $0.000000" and exited 0."""
+    led = tmp_path / "notes.jsonl"
+    led.write_text("hello world\nthis is not a ledger\nat all\n")
+    p = cli("report", str(led), "--json", timeout=60)
+    assert p.returncode == 2 and "not" in p.stderr, (p.returncode, p.stdout[:200], p.stderr)
