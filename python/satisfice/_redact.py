@@ -19,9 +19,11 @@ if TYPE_CHECKING:
 __all__ = [
     "REDACTED",
     "StreamScrubber",
+    "guard_logs",
     "register",
     "scrub",
     "scrub_bytes",
+    "scrub_escaped",
     "scrub_json",
     "scrub_nested",
     "scrub_values",
@@ -32,6 +34,12 @@ _REDACTED_B = REDACTED.encode()
 MIN_KEY_CHARS = 8  # shorter values would redact ordinary words (a shorter key is refused)
 _secrets: tuple[str, ...] = ()
 _secrets_b: tuple[bytes, ...] = ()
+# The keys as registered, in lower case: found in any case (an upstream's error that
+# shouted "INVALID_KEY 3F9A..." had shown a hex key whole); their base64 spellings, whose
+# case is their bytes, only as they are.
+_folded: tuple[str, ...] = ()
+_folded_b: tuple[bytes, ...] = ()
+_ASCII_FOLD = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 # Keys as a URL or an HTML page writes them: characters percent-encoded or as numeric
 # character references, in any mix (a URL quotes some characters and not others). Where a
 # text holds such an encoding (`_ENCODING`, one scan, usually finding nothing), the run of
@@ -113,21 +121,66 @@ def register(value: str) -> None:
     """Remember a key so that `scrub` removes it from anything derived from upstream text:
     as it is and as base64 writes it (percent-encoded, HTML-escaped and JSON-escaped
     spellings are read where they are found)."""
-    global _secrets, _secrets_b
+    global _secrets, _secrets_b, _folded, _folded_b
     if len(value) >= MIN_KEY_CHARS and value not in _secrets:
         # longest first: a key that contains another is removed whole
         new = {value, *_base64_spellings(value)}
         _secrets = tuple(sorted({*_secrets, *new}, key=len, reverse=True))
         _secrets_b = tuple(s.encode() for s in _secrets)
+        if value.isascii():  # (keys are; a non-ASCII one is matched as it is)
+            _folded = tuple(sorted({*_folded, value.lower()}, key=len, reverse=True))
+            _folded_b = tuple(s.encode() for s in _folded)
+
+
+def _fold(text: str) -> str:
+    """`text` with A-Z in lower case, each character where it was (str.lower() may lengthen
+    a non-ASCII one, which would move what follows)."""
+    return text.lower() if text.isascii() else text.translate(_ASCII_FOLD)
+
+
+def _any_case(text: Any, low: Any, keys: tuple[Any, ...], red: Any) -> Any:
+    """`text` with every span where `low` (`text` folded) holds one of `keys` replaced by
+    `red` (str or bytes alike)."""
+    spans: list[tuple[int, int]] = []
+    for k in keys:
+        i = low.find(k)
+        while i >= 0:
+            spans.append((i, i + len(k)))
+            i = low.find(k, i + len(k))
+    if not spans:
+        return text
+    spans.sort()
+    out: list[Any] = []
+    last = 0
+    for a, b in spans:
+        if b <= last:
+            continue
+        out += (text[last : max(a, last)], red)
+        last = b
+    out.append(text[last:])
+    return text[:0].join(out)
 
 
 def scrub(text: str) -> str:
     for s in _secrets:
         if s in text:
             text = text.replace(s, REDACTED)
+    if _folded:
+        low = _fold(text)
+        for k in _folded:
+            if low.find(k) >= 0:  # in another case (as it is, it is gone already)
+                text = _any_case(text, low, _folded, REDACTED)
+                break
     if _secrets and ("%" in text or "&#" in text):
         text = _unencode(text)
     return text
+
+
+def scrub_escaped(text: str) -> str:
+    """`scrub`, and a key spelled with JSON escapes (`\\u0073k-...`) in text that is no
+    JSON to decode (an error body cut, or not JSON at all) removed as well."""
+    text = scrub(text)
+    return _unhide(text) if _secrets and "\\" in text else text
 
 
 def scrub_values(data: Any) -> Any:
@@ -242,15 +295,15 @@ def _key_start(text: str) -> int:
     global _STARTS
     if _STARTS[0] is not _secrets:
         table: dict[str, list[str]] = {}
-        for key in _secrets:
+        for key in {s.lower() for s in _secrets}:  # in any case (a base64 one: held more)
             for k in range(1, len(key)):
                 table.setdefault(key[k - 1], []).append(key[:k])
         for starts in table.values():
             starts.sort(key=len, reverse=True)
         _STARTS = (_secrets, table)
     if text:
-        for start in _STARTS[1].get(text[-1], ()):
-            if text.endswith(start):
+        for start in _STARTS[1].get(text[-1].lower(), ()):
+            if _fold(text[-len(start) :]) == start:
                 return len(start)
     return 0
 
@@ -319,7 +372,42 @@ def scrub_bytes(data: bytes) -> bytes:
         # int and formats the TypeError it gets, ~1,200 instructions a test (callgrind)
         if data.find(s) >= 0:
             data = data.replace(s, _REDACTED_B)
+    low = data.lower()  # (ASCII letters only: each byte where it was)
+    for k in _folded_b:
+        if low.find(k) >= 0:  # in another case
+            data = _any_case(data, low, _folded_b, _REDACTED_B)
+            break
     if data.find(b"%") >= 0 or data.find(b"&#") >= 0:
         # read as latin-1, every byte one character and back: the runs are ASCII
         data = _unencode(data.decode("latin-1")).encode("latin-1")
     return data
+
+
+_GUARDED = False
+
+
+def _scrubbed_arg(a: object) -> object:
+    return a if isinstance(a, int | float) else scrub(str(a))
+
+
+def guard_logs() -> None:
+    """Scrub what httpx and httpcore log (a request's URL at INFO, with the credentials a
+    base URL or a catalogue's location may carry in it): a filter on their loggers, once."""
+    global _GUARDED
+    if _GUARDED:
+        return
+    import logging  # here: Router() does not import logging (cold_start.py)
+
+    class _Scrubbed(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if _secrets:
+                record.msg = scrub(str(record.msg))
+                if isinstance(record.args, dict):
+                    record.args = {k: _scrubbed_arg(v) for k, v in record.args.items()}
+                elif record.args:
+                    record.args = tuple(_scrubbed_arg(a) for a in record.args)
+            return True
+
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).addFilter(_Scrubbed())
+    _GUARDED = True

@@ -365,15 +365,24 @@ _SECRET_PARAMS = ("key", "token", "secret", "sig", "password", "auth", "credenti
 
 
 def url_secrets(url: str) -> list[str]:
-    """The credentials a base URL carries in its query (`?key=...`, `?access_token=...`),
-    as written and as read (percent-encoded, `+` for a space), which a repr masks and the
-    provider scrubs from what the upstream sends back, as it does a key's."""
-    if "?" not in url:
+    """The credentials a base URL carries in its query (`?key=...`, `?access_token=...`)
+    and its user info (`user:password@`: the password, and the pair a Basic header
+    encodes), as written and as read (percent-encoded, `+` for a space), which a repr masks
+    and the provider scrubs from what the upstream sends back, as it does a key's."""
+    if "?" not in url and "@" not in url:
         return []
-    from urllib.parse import unquote_plus, urlsplit
+    from urllib.parse import unquote, unquote_plus, urlsplit
 
     out: list[str] = []
-    for pair in urlsplit(url).query.split("&"):
+    try:
+        parts = urlsplit(url)
+        password, user = parts.password, parts.username
+    except ValueError:  # (a port that is no number: no credentials read from it)
+        return out
+    if password:
+        pair = f"{unquote(user or '')}:{unquote(password)}"
+        out += dict.fromkeys([password, unquote(password), pair])
+    for pair in parts.query.split("&") if "?" in url else ():
         name, _, value = pair.partition("=")
         if value and any(p in unquote_plus(name).lower() for p in _SECRET_PARAMS):
             out += dict.fromkeys([value, unquote_plus(value), value.replace("+", " ")])

@@ -535,6 +535,15 @@ def shown(location: str) -> str:
 def _fetch(url: str, timeout_s: float) -> bytes:
     import httpx
 
+    from ._redact import guard_logs, register
+    from .registry import url_secrets
+
+    # the location's credentials (user info, a ?token=): scrubbed from what httpx logs of
+    # the request (its URL, at INFO) and from anything said of it
+    for secret in url_secrets(url):
+        register(secret)
+    guard_logs()
+
     # httpx's timeout bounds each read; a trickle of bytes (of the head or the body) would
     # pass every one of them, so a timer closes the client when `timeout_s` is up
     late = ConfigError(

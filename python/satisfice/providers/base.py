@@ -39,7 +39,16 @@ from typing import Any, Protocol, TypeVar
 import httpx
 
 from .._json import dumps_body, encode_json, loads
-from .._redact import register, scrub, scrub_bytes, scrub_json, scrub_nested, scrub_values
+from .._redact import (
+    guard_logs,
+    register,
+    scrub,
+    scrub_bytes,
+    scrub_escaped,
+    scrub_json,
+    scrub_nested,
+    scrub_values,
+)
 from ..errors import (
     AuthError,
     BadRequestError,
@@ -457,7 +466,9 @@ def _message_of(body: bytes) -> str:
             # UTF-16 or UTF-32: the key's UTF-8 bytes, which the scrubbing looks for, are not
             # in it, and decoded as UTF-8 its text (a key echoed in it) had come through
             return f"(a body that is not UTF-8 text, {len(body):,} bytes)"
-        return body[:300].decode("utf-8", "replace").strip()
+        # no JSON to decode: a key spelled with its escapes is read where it stands (before
+        # the cut, which could split one)
+        return scrub_escaped(body[:65536].decode("utf-8", "replace"))[:300].strip()
     err = data.get("error") if isinstance(data, dict) else None
     if isinstance(err, dict):
         return str(err.get("message") or err.get("type") or "")[:300]
@@ -675,6 +686,10 @@ class HTTPProvider:
         # The endpoint's path goes after the base's path, before its query (Azure's
         # `?api-version=...`), where text appended after the query had mangled both.
         # (as written: a decoded path had sent /acc%2Fgw as /acc/gw, another path)
+        for secret in [api_key, *url_secrets(base_url)]:
+            if secret:
+                register(secret)  # from now on scrubbed from anything an upstream sends back
+        guard_logs()  # and from what httpx logs (a request's URL, a base URL's credentials)
         try:
             base = httpx.URL(base_url)
             path, sep, query = base.raw_path.decode("ascii").partition("?")
@@ -683,12 +698,9 @@ class HTTPProvider:
         except httpx.InvalidURL as e:
             raise ConfigError(
                 f"deployment {deployment or self.default_deployment!r} of {model_id or model!r}: "
-                f"base_url {base_url!r} is not a URL ({e})"
+                f"base_url {scrub(base_url)!r} is not a URL ({scrub(str(e))})"
             ) from None
         self._headers = {"content-type": "application/json", **self._extra_headers()}
-        for secret in [api_key, *url_secrets(base_url)]:
-            if secret:
-                register(secret)  # from now on scrubbed from anything an upstream sends back
         if api_key:
             self._headers.update(self._auth(api_key))
         # The router's own client (executor._Client) has no cookies, params or auth flow

@@ -118,7 +118,7 @@ class VirtualKey:
 
     id: str
     name: str
-    key_hash: str
+    key_hash: str = field(repr=False)  # (a repr in a log or a traceback: not the hash)
     team: str | None = None
     budget_usd: float | None = None
     period: str = "month"
