@@ -1894,13 +1894,18 @@ class Executor:
         finally:
             await self._cancel(run, running)
 
-    def _cut_off(self, run: Run) -> None:
+    def _cut_off(self, run: Run) -> bool:
         """Record the calls a cancellation cut off in flight, each at its own deployment's
         price: it may be billed the prompt (estimated). Between calls (a backoff, a wait
-        for a cooldown) none is open, and every call made is on record already."""
+        for a cooldown) none is open, and every call made is on record already. True when
+        one was sent: its bill may run past the estimate (an upstream goes on writing an
+        answer nobody reads); a call still waiting for a connection was never sent."""
         now = perf_counter()
-        for t, started, made, _ in list(run.calling.values()):
+        sent = False
+        for t, started, made, stage in list(run.calling.values()):
+            sent = sent or stage[0] not in (WAITING, CONNECTING)
             self._cancelled(run, t, started, now, made=made)
+        return sent
 
     def _cancelled(
         self,

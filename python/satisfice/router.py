@@ -125,7 +125,9 @@ def _route_inline(msgs: list[dict[str, Any]], extra: str | None = None) -> bool:
 class ClientClosedStream(Exception):
     """The record's error for a stream its caller closed before the end."""
 
-    cost_unknown = True  # a call may have been in flight: the record states no total
+    # the call it cut off is on record (the executor estimates it: the prompt, the text
+    # sent), and between calls none was in flight: its calls' bills are its total
+    cost_unknown = False
 
     def __init__(self, why: str | None = None) -> None:
         super().__init__(why or "the caller closed the stream before its end")
@@ -135,14 +137,23 @@ class RequestCancelled(Exception):
     """The record's error for a request its caller cancelled before the answer."""
 
     def __init__(self, called: bool = True) -> None:
-        # after a call began, one may have been in flight: the record states no total;
-        # cancelled while it was routed, no call was made, and it cost $0
+        # `called`: a call was cut off after it was sent (on record at an estimate); with
+        # none, what its calls were billed is its total ($0 while it was routed, or waited
+        # between calls)
         self.cost_unknown = called
         self.result: Any = None  # a ladder's steps so far (CascadeResult), for the record
         super().__init__(
             "the caller cancelled the request before its answer" if called else
             "the caller cancelled the request while it was routed, before any call"
         )  # fmt: skip
+
+
+def _known_bill(attempts: list[Any]) -> float | None:
+    """What `attempts` were billed, by the rule of `total_cost_usd` (None: one unpriced)."""
+    from .result import billed_cost  # (result imports the providers: not at import time)
+
+    out = billed_cost(attempts)
+    return None if out is None else out[0]
 
 
 def _as_sent(messages: Messages) -> Messages:
@@ -1152,12 +1163,18 @@ class Router:
             import asyncio  # loaded already (we are in a coroutine)
 
             if isinstance(e, asyncio.CancelledError):
-                if run is not None:
-                    # the call it cut off may be billed: on record at its prompt, estimated
-                    io._cut_off(run)
+                # the call it cut off may be billed: on record at its prompt, estimated
+                on_its_way = run is not None and io._cut_off(run)
+                # what it was billed, for a caller settling a budget on it (the server): its
+                # calls' bills when none was cut off after it was sent, else None (such a
+                # call may be billed past its estimate); a request cancelled in a backoff
+                # had kept its whole reservation, billed nothing
+                e.billed_usd = (  # type: ignore[attr-defined]
+                    None if on_its_way else 0.0 if run is None else _known_bill(run.attempts)
+                )
                 billed = _bill_to_check(run)
                 if rec is not None:  # a request all the same, recorded (if routed, unbilled)
-                    cancelled = RequestCancelled(run is not None)
+                    cancelled = RequestCancelled(on_its_way)
                     cancelled.result = None if run is None else run.climbed  # a ladder's steps
                     self._record_failure(rec, cancelled, run,
                                          started_at, t0, options, not billed)  # fmt: skip

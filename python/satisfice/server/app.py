@@ -196,8 +196,14 @@ class ClientGone(SatisficeError):
 def _billed(e: BaseException | None, reserved: float) -> float:
     """What a failed request's calls were billed (they may have reached an upstream), for
     settling its reservation: its attempts' bills by the rule of `total_cost_usd`; the
-    whole reservation when that is unknown: an unpriced call, or a request cut off by
-    something other than satisfice (a shutdown's cancel) with a call maybe in flight."""
+    whole reservation when that is unknown: an unpriced call, a call cut off after it was
+    sent (an upstream may go on writing the answer and bill it), or a request cut off by
+    something other than satisfice with a call maybe in flight. A request cancelled with no
+    call in flight (its client gone in a backoff) is settled at what its calls were billed:
+    router.chat() says it on the cancellation (`billed_usd`)."""
+    if isinstance(e, asyncio.CancelledError):
+        known = getattr(e, "billed_usd", None)
+        return reserved if known is None else known
     if not isinstance(e, SatisficeError):
         return reserved
     out = billed_cost(getattr(e, "attempts", None) or ())
@@ -1119,7 +1125,8 @@ def create_app(
         svc.in_flight += 1
         reserved: tuple[list[Budget], float] | None = None
         streaming = handed = False
-        failed: Exception | None = None
+        failed: BaseException | None = None
+        calling = False  # router.chat() was called: before, a cancel has nothing to bill
         # The request's task waits on its connection from the start (`_http.py`): a client
         # that leaves cancels it wherever it is (the body, admission, its call), and so does
         # the server's cut at shutdown, which had reached only the call and its streams
@@ -1348,6 +1355,7 @@ def create_app(
             if conn is not None and conn.gone:  # left while it was admitted: no call made
                 failed = ClientGone()  # nothing billed: `finally` releases the reservation
                 return Response(status_code=499)  # never sent: the connection is gone
+            calling = True
             res = await svc.router.chat(routed.messages, **opts)  # a cancel: see below
             if reserved is not None:
                 budgets, held = reserved
@@ -1372,10 +1380,14 @@ def create_app(
             return _error(e, api)
         except ClientDisconnect:  # left while sending its body: nothing was called
             return Response(status_code=499)  # never sent: the connection is gone
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as e:
             # The shutdown's cut, or the client gone (wherever the request was: its body,
-            # admission, its call). `finally` keeps a reservation made whole: a call may
-            # be billed, its answer unknown.
+            # admission, its call). `finally` keeps a reservation made whole when a call was
+            # cut off after it was sent (billed, its answer unknown), else settles it at
+            # what the calls were billed (`_billed`)
+            failed = e
+            if not calling:  # cut before any call (its body, admission): nothing billed
+                e.billed_usd = 0.0  # type: ignore[attr-defined]
             if _cut_by_shutdown(conn, task):
                 he = _shut()
                 return _error(he, api)
@@ -1670,10 +1682,11 @@ async def _close_and_settle(
 
 def _so_far(s: Any, hold: float) -> float:
     """What a closed stream's calls may have cost so far (the executor keeps an estimate
-    for a call cut short: its prompt and the text sent); the whole `hold` when no billed
-    call is on record (e.g. cut before its estimate was kept) or one is unpriced."""
+    for a call cut short: its prompt and the text sent; a stream's upstream stops writing
+    when it is closed); the whole `hold` when one is unpriced. Closed between calls (a
+    backoff), what its calls were billed: $0 when none was (the hold had been kept)."""
     spent = billed_cost(s.attempts)
-    return hold if spent is None or not spent[1] else spent[0]
+    return hold if spent is None else spent[0]
 
 
 def _writing(conn: Connection | None) -> asyncio.Task[Any] | None:
