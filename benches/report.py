@@ -56,6 +56,8 @@ def main(path: str) -> None:
             f"{pct(data, 0.99) * 1e6:.1f} | {ratio} |"
         )
 
+    if "test_tiktoken_encode[prose]" not in by:  # bench_route.py alone: no token rows
+        return
     print("\n### token counting on held-out text (MB/s, median; ratio vs tiktoken)\n")
     print(
         "| text | KB | tiktoken | fastokens | satisfice exact | exact ÷ tiktoken "
