@@ -3,8 +3,9 @@ Every test here failed on the code it was written against: deeply nested JSON or
 to route, serve, probe and eval came out as a RecursionError traceback; a malformed
 PostgreSQL DSN as a traceback quoting its password; --save-onnx without onnx as a traceback
 after the predictor was saved and the old .onnx truncated; a probe whose every call failed
-rewrote the policy; the eval loaders' errors named only Python arguments; a JSONL "ledger"
-none of whose lines is JSON read as an empty ledger."""
+rewrote the policy, and one given --save-policy but not --policy replaced that file with the
+default policy; the eval loaders' errors named only Python arguments; a JSONL "ledger" none
+of whose lines is JSON read as an empty ledger; progress was written only to a terminal."""
 
 from __future__ import annotations
 
@@ -128,10 +129,42 @@ def test_a_probe_that_failed_every_call_leaves_the_saved_policy_as_it_was(
     pol = tmp_path / "policy.json"
     pol.write_text(json.dumps({"quality_floor": 0.5}) + "\n")
     before = pol.read_text()
-    p = cli("probe", "--models", "gpt-5.4-nano", "--save-policy", str(pol), timeout=120)
+    p = cli("probe", "--models", "gpt-5.4-nano", "--policy", str(pol), "--save-policy",
+            str(pol), timeout=120)  # fmt: skip
     assert p.returncode == 1 and "every probe call failed" in p.stderr, p.stderr[-400:]
     assert pol.read_text() == before
     assert not (tmp_path / "policy.json.npz").exists()
+
+
+def test_a_probe_does_not_replace_a_saved_policy_it_did_not_start_from(tmp_path: Path) -> None:
+    """`probe --save-policy P` without `--policy P` started from the default policy and
+    replaced P with it, updated: a calibrated floor, lambda and ladders gone without a word
+    (the review's suspicion, confirmed here)."""
+    pol = tmp_path / "policy.json"
+    pol.write_text(json.dumps({"quality_floor": 0.5}) + "\n")
+    before = pol.read_text()
+    p = cli("probe", "--models", "gpt-5.4-nano", "--save-policy", str(pol), timeout=120)
+    assert p.returncode == 2 and "--policy" in p.stderr, p.stderr[-400:]
+    assert pol.read_text() == before
+
+
+def test_progress_is_written_as_lines_where_stderr_is_no_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Progress went only to a terminal: to a log or a pipe (CI), a long training stage
+    said nothing until it ended."""
+    import io
+
+    from satisfice.eval import progress as P
+
+    monkeypatch.setattr(P, "_LOG_EVERY_S", 0.0)
+    out = io.StringIO()
+    line = P.ProgressLine(out)
+    line.stage("training")
+    line.update(5, 10, "loss 0.5")
+    line.done()
+    text = out.getvalue()
+    assert "training ..." in text and "training: 5/10 (50%) loss 0.5" in text, text
 
 
 # -- 5. errors that tell a command-line user to pass Python keyword arguments ------------------
@@ -179,3 +212,15 @@ def test_a_jsonl_ledger_none_of_whose_lines_is_json_is_an_error(tmp_path: Path) 
     led.write_text("hello world\nthis is not a ledger\nat all\n")
     p = cli("report", str(led), "--json", timeout=60)
     assert p.returncode == 2 and "not" in p.stderr, (p.returncode, p.stdout[:200], p.stderr)
+
+
+def test_a_policy_file_giving_a_key_twice_is_refused(tmp_path: Path) -> None:
+    """A policy JSON with a key given twice was read with the last value, unsaid (the
+    registry's JSON refuses it): a floor typed twice took whichever came last."""
+    from satisfice import Policy
+    from satisfice.errors import ConfigError
+
+    pol = tmp_path / "policy.json"
+    pol.write_text('{"quality_floor": 0.9, "quality_floor": 0.1}\n')
+    with pytest.raises(ConfigError, match="twice"):
+        Policy.load(pol)

@@ -267,3 +267,14 @@ async def test_aclose_waits_for_a_decide_that_records(up: LocalUpstream, tmp_pat
     assert isinstance(task.exception(), NoRouteError)
     recorded = [x for x in rows(tmp_path / "l.db") if x["outcome"] != "ok"]
     assert len(recorded) == 1, "the failure's record was lost with the closed ledger"
+
+
+def test_an_unpriced_attempts_span_says_it_is_unpriced() -> None:
+    """An attempt billed at a price nobody knows had a span with no cost attribute at all,
+    which a sum of `satisfice.cost_usd` over spans reads as $0."""
+    from satisfice.tracing import _gen_ai
+
+    a = {"model": "m", "deployment": "d", "outcome": "ok", "cost_usd": None, "started_s": 0.0,
+         "duration_s": 0.1, "usage": None}  # fmt: skip
+    assert _gen_ai(a, None).get("satisfice.cost_unpriced") is True
+    assert "satisfice.cost_unpriced" not in _gen_ai({**a, "outcome": "error"}, None)

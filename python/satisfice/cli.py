@@ -264,6 +264,18 @@ def cmd_probe(args: argparse.Namespace) -> int:
             "--save-predictor names where --save-policy's predictor goes: give --save-policy "
             "PATH too, or drop --save-predictor"
         )
+    if (
+        args.save_policy
+        and Path(args.save_policy).exists()
+        and (args.policy is None or Path(args.policy).resolve() != Path(args.save_policy).resolve())
+    ):
+        # the probe starts from --policy (else the default), and would have replaced this
+        # file with it: a calibrated floor, lambda and ladders gone without a word
+        raise SatisficeError(
+            f"--save-policy {args.save_policy} exists and the probe would replace it with "
+            f"{'--policy ' + args.policy if args.policy else 'the default policy'} updated; "
+            f"pass --policy {args.save_policy} to update it, or save elsewhere"
+        )
     router = _router(args)
     if args.health:
         from .state import Health

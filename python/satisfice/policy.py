@@ -18,7 +18,15 @@ from ._frozen import Value, _set
 from ._real import as_count, as_real
 from .errors import ConfigError
 from .predict import QualityModel
-from .registry import EFFORTS, LongContext, ModelSpec, Price, Registry, thinking_budget
+from .registry import (
+    EFFORTS,
+    LongContext,
+    ModelSpec,
+    Price,
+    Registry,
+    _json_once,
+    thinking_budget,
+)
 
 TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:
@@ -679,7 +687,8 @@ class Policy(Value):
         from pathlib import Path
 
         try:
-            data = json.loads(Path(path).read_text("utf-8-sig"))  # a byte-order mark is no error
+            # a byte-order mark is no error; a key given twice is (the last had won unsaid)
+            data = _json_once(Path(path).read_text("utf-8-sig"))
             if isinstance(data, dict) and isinstance(data.get("predictor"), str):
                 data["predictor"] = str(Path(path).parent / data["predictor"])
             if not isinstance(data, dict):
@@ -687,6 +696,8 @@ class Policy(Value):
             return cls.from_dict(data)
         except FileNotFoundError:
             raise ConfigError(f"policy file {path} does not exist") from None
+        except ConfigError as e:
+            raise ConfigError(f"policy file {path}: {e}"[:300]) from None
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise ConfigError(f"policy file {path} is not valid JSON: {e}"[:300]) from None
         except OSError as e:  # a directory, no permission

@@ -361,7 +361,7 @@ def render_text(s: Mapping[str, Any]) -> str:
         for i, v in s["escalation"].items():
             out.append(f"{i:>12} {v['ran']:>5} {v['escalated']:>11} {v['rate']:>6.1%}")
     if s["drift"]:
-        out += ["", "traffic share per day (top models)"]
+        out += ["", "traffic share per day, UTC (top models)"]
         top = [m for m, v in s["models"].items() if v["requests"]][:5]  # models that answered
         # as wide as the longest id (to 40): cut to 14, `claude-opus-4-7` and
         # `claude-opus-4-7@low` had both been headed `claude-opus-4-`
@@ -529,7 +529,7 @@ h2 {{ margin-top: 28px; }} .legend {{ font-size: 12px; }}
 <h2>Cost per task class</h2>
 {_bars([(k, v["cost_usd"], v["unpriced_requests"]) for k, v in s["tasks"].items()])}
 {by_key}
-<h2>Traffic share per model per day (drift)</h2>
+<h2>Traffic share per model per day, UTC (drift)</h2>
 {_stacked(drift, [*top, rest])}
 <h2>Models</h2>
 <table><tr><th>model</th><th>requests</th><th>share</th><th>cost</th><th>p50</th><th>p95</th>

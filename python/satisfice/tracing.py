@@ -37,6 +37,8 @@ def _gen_ai(a: Mapping[str, Any], provider: str | None) -> dict[str, Any]:
         attrs["gen_ai.usage.output_tokens"] = u["completion_tokens"]
     if a.get("cost_usd") is not None:
         attrs["satisfice.cost_usd"] = a["cost_usd"]
+    elif a.get("outcome") in ("ok", "rejected", "cancelled", "check") or a.get("cost_estimated"):
+        attrs["satisfice.cost_unpriced"] = True  # billed, at a price nobody knows: not $0
     if a.get("error_type"):
         attrs["error.type"] = a["error_type"]
     if a.get("status") is not None:

@@ -13,6 +13,9 @@ from typing import TextIO
 __all__ = ["ProgressLine"]
 
 
+_LOG_EVERY_S = 10.0  # how often progress is written as lines when not to a terminal
+
+
 class ProgressLine:
     """`stage(name)`, then `update(done, total, note)` as work advances, then `done()`."""
 
@@ -28,8 +31,11 @@ class ProgressLine:
     def stage(self, name: str) -> None:
         self.done()
         self._name, self._note = name, ""
-        self._t0 = time.perf_counter()
+        self._t0 = self._last = time.perf_counter()
         self._draw(f"{name} ...")
+        if self._enabled and not self._tty:  # a log, not a terminal: a line as it starts
+            self._stream.write(f"{name} ...\n")
+            self._stream.flush()
 
     def update(self, done: int, total: int, note: str = "") -> None:
         self._note = note
@@ -39,6 +45,13 @@ class ProgressLine:
             self._last = now
             pct = 100.0 * done / total if total else 100.0
             self._draw(f"{self._name}: {done}/{total} ({pct:.0f}%) {note}")
+        elif self._enabled and not self._tty and now - self._last > _LOG_EVERY_S:
+            # not a terminal (CI, a pipe): a line now and then, where it had been silent
+            # until the stage ended, minutes of training
+            self._last = now
+            pct = 100.0 * done / total if total else 100.0
+            self._stream.write(f"{self._name}: {done}/{total} ({pct:.0f}%) {note}".rstrip() + "\n")
+            self._stream.flush()
 
     def done(self) -> None:
         if not self._name or not self._enabled:
