@@ -230,3 +230,39 @@ def test_answers_carry_the_request_id_header_the_sdks_read(
     with pytest.raises(openai.BadRequestError) as e:
         _openai(url).chat.completions.create(model="alpha", messages=_HI, seed=1)
     assert e.value.request_id is not None  # the failed request's too
+
+
+# 8 -------------------------------------------------------------------------------------------
+def test_stream_options_without_a_stream_is_refused(served: tuple[str, LocalUpstream]) -> None:
+    """OpenAI's API refuses `stream_options` on a request that does not stream; it was
+    taken, and ignored, without a word (the review's suspicion, confirmed here)."""
+    url, _ = served
+    with pytest.raises(openai.BadRequestError) as e:
+        _openai(url).chat.completions.create(
+            model="alpha", messages=_HI, stream_options={"include_usage": True}
+        )
+    assert "stream_options" in str(e.value)
+
+
+async def test_more_stop_sequences_than_openais_api_takes_go_to_another_model(
+    upstream: LocalUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenAI's API takes at most 4 stop sequences (a 400 there); six were sent to it. The
+    request now moves on to a model whose wire takes them, the skip recorded."""
+    from .chat_support import router as make_router
+
+    monkeypatch.setenv("SATISFICE_TEST_OPENAI_KEY", "sk-test-not-a-real-key-123")
+    r = make_router(upstream.url)
+    reg = r.registry
+    alpha = reg["alpha"]
+    dep = alpha.deployments[0].replace(
+        base_url="https://api.openai.com/v1", api_key_env="SATISFICE_TEST_OPENAI_KEY"
+    )
+    r.update(reg.replace(alpha.replace(deployments=(dep,))))
+    async with r:
+        res = await r.chat(
+            _HI, allow=["alpha", "beta"], extra={"stop": ["a", "b", "c", "d", "e", "f"]}
+        )
+    assert res.model == "beta"
+    (skipped,) = [a for a in res.attempts if a.model == "alpha"]
+    assert skipped.error_type == "UnsupportedRequestError", skipped

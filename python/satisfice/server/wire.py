@@ -246,6 +246,9 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
         _reasoning(opts, {"reasoning": effort}, "reasoning_effort")
     opts.update(cascade)
     so = body.get("stream_options") or {}
+    if body.get("stream_options") is not None and not body.get("stream"):
+        # as OpenAI's API refuses it (it had been taken, and ignored, without a word)
+        raise _bad("'stream_options' is only allowed with \"stream\": true")
     for k in ("user", "prompt_cache_key"):  # sent on where they are taken (see ChatRequest)
         v = body.get(k)
         if v is not None and not isinstance(v, str):
