@@ -77,13 +77,15 @@ AN_WHOLE = (
 WHOLE = {"openai": OA_WHOLE, "anthropic": AN_WHOLE}
 
 
-def then_hold(data: bytes) -> Callable[[asyncio.StreamWriter], Awaitable[None]]:
-    """Send `data`, then hold the connection open, silent."""
+def then_hold(
+    data: bytes, hold_s: float = 30.0
+) -> Callable[[asyncio.StreamWriter], Awaitable[None]]:
+    """Send `data`, then hold the connection open, silent (at most `hold_s`)."""
 
     async def send(w: asyncio.StreamWriter) -> None:
         w.write(data)
         await w.drain()
-        await asyncio.sleep(30)
+        await asyncio.sleep(hold_s)
 
     return send
 

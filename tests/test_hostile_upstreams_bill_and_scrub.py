@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,75 +19,11 @@ from satisfice.errors import AllAttemptsFailedError, SatisficeError
 from satisfice.testing import RawUpstream, http_response
 
 from .chat_support import move_alpha, registry, router
+from .test_hostile_streams import an, sse_head, then_hold
+from .test_streams_hold import an_tool_pieces, oa_tool_pieces
 
 MSGS = [{"role": "user", "content": "hello there"}]
 CANARY = "sk-canary-" + "5e1d2b" * 6
-
-
-def sse_head() -> bytes:
-    return (
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-    )
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def oa(event: Any) -> bytes:
-    return chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
-
-
-def an(kind: str, **fields: Any) -> bytes:
-    return chunk(
-        b"event: %s\ndata: %s\n\n" % (kind.encode(), json.dumps({"type": kind, **fields}).encode())
-    )
-
-
-def then_hold(
-    data: bytes, hold_s: float = 15.0
-) -> Callable[[asyncio.StreamWriter], Awaitable[None]]:
-    """Send `data`, then hold the connection open, silent (at most `hold_s`)."""
-
-    async def send(w: asyncio.StreamWriter) -> None:
-        w.write(data)
-        await w.drain()
-        await asyncio.sleep(hold_s)
-
-    return send
-
-
-# A tool call's arguments, ~2,000 tokens of them, streamed in pieces.
-BIG_ARGS = json.dumps({"content": "word " * 2000})
-
-
-def oa_tool_pieces(text: str = "") -> bytes:
-    out = b""
-    if text:
-        out += oa({"choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}]})
-    first = {"index": 0, "id": "call_1", "type": "function",
-             "function": {"name": "write", "arguments": ""}}  # fmt: skip
-    out += oa({"choices": [{"index": 0, "delta": {"tool_calls": [first]}}]})
-    for i in range(0, len(BIG_ARGS), 500):
-        piece = {"index": 0, "function": {"arguments": BIG_ARGS[i : i + 500]}}
-        out += oa({"choices": [{"index": 0, "delta": {"tool_calls": [piece]}}]})
-    return out
-
-
-def an_tool_pieces(text: str = "", input_tokens: int = 10) -> bytes:
-    out = an("message_start", message={"usage": {"input_tokens": input_tokens, "output_tokens": 1}})
-    at = 0
-    if text:
-        out += an("content_block_start", index=0, content_block={"type": "text", "text": ""})
-        out += an("content_block_delta", index=0, delta={"type": "text_delta", "text": text})
-        out += an("content_block_stop", index=0)
-        at = 1
-    use = {"type": "tool_use", "id": "toolu_1", "name": "write", "input": {}}
-    out += an("content_block_start", index=at, content_block=use)
-    for i in range(0, len(BIG_ARGS), 500):
-        piece = {"type": "input_json_delta", "partial_json": BIG_ARGS[i : i + 500]}
-        out += an("content_block_delta", index=at, delta=piece)
-    return out
 
 
 TOOL_PIECES = {"openai": oa_tool_pieces, "anthropic": an_tool_pieces}

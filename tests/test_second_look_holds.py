@@ -10,7 +10,6 @@ process; a JSONL record appended between the reader's two passes lost its score;
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,6 @@ from .test_router import spec
 ADMIN = {"authorization": f"Bearer {MASTER}"}
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[LocalUpstream]:
-    with LocalUpstream() as up:
-        yield up
-
-
 def _serve(up: LocalUpstream, tmp_path: Path, reg: Registry) -> Any:
     path = tmp_path / "r.toml"
     path.write_text(reg.to_toml())
@@ -44,21 +37,9 @@ def _serve(up: LocalUpstream, tmp_path: Path, reg: Registry) -> Any:
 
 
 @pytest.fixture
-def up(upstream: LocalUpstream) -> LocalUpstream:
-    assert upstream.wait_idle()
-    upstream.reset_script()
-    return upstream
-
-
-@pytest.fixture
-def fresh(upstream: LocalUpstream, monkeypatch: pytest.MonkeyPatch) -> LocalUpstream:
-    monkeypatch.setenv("SATISFICE_MASTER_KEY", MASTER)
-    upstream.wait_idle()
-    upstream.reset_script()
-    from satisfice import _core
-
-    _core.wait_for_tokenizers()
-    return upstream
+def fresh(up: LocalUpstream, master: None) -> LocalUpstream:
+    """The local upstream (conftest's `up`), with the master key set and counters built."""
+    return up
 
 
 # 1 -------------------------------------------------------------------------------------------

@@ -54,10 +54,11 @@ def oa_tool_pieces(text: str = "", args: str = BIG_ARGS) -> bytes:
     return out
 
 
-def an_tool_pieces(text: str = "") -> bytes:
+def an_tool_pieces(text: str = "", input_tokens: int = 10) -> bytes:
     """An Anthropic stream's tool_use block (after a text block of `text`, if any), BIG_ARGS
-    in 500-character pieces (not stopped)."""
-    out = an("message_start", message={"usage": {"input_tokens": 10, "output_tokens": 1}})
+    in 500-character pieces (not stopped); its message_start reports `input_tokens`."""
+    usage = {"input_tokens": input_tokens, "output_tokens": 1}
+    out = an("message_start", message={"usage": usage})
     at = 0
     if text:
         out += an("content_block_start", index=0, content_block={"type": "text", "text": ""})
