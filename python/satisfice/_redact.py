@@ -39,6 +39,9 @@ _secrets_b: tuple[bytes, ...] = ()
 # case is their bytes, only as they are.
 _folded: tuple[str, ...] = ()
 _folded_b: tuple[bytes, ...] = ()
+# What is matched as it is: the base64 spellings, and a key that is not ASCII.
+_exact: tuple[str, ...] = ()
+_exact_b: tuple[bytes, ...] = ()
 _ASCII_FOLD = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 # Keys as a URL or an HTML page writes them: characters percent-encoded or as numeric
 # character references, in any mix (a URL quotes some characters and not others). Where a
@@ -59,7 +62,8 @@ def _holds_key(run: str) -> bool:
     from urllib.parse import unquote
 
     read = unescape(unquote(run))
-    return any(k in read for k in _secrets)
+    low = read.lower()  # a key percent-encoded in another case too
+    return any(k in read for k in _secrets) or any(k in low for k in _folded)
 
 
 def _run_start(text: str, end: int, lo: int) -> int:
@@ -121,15 +125,19 @@ def register(value: str) -> None:
     """Remember a key so that `scrub` removes it from anything derived from upstream text:
     as it is and as base64 writes it (percent-encoded, HTML-escaped and JSON-escaped
     spellings are read where they are found)."""
-    global _secrets, _secrets_b, _folded, _folded_b
+    global _secrets, _secrets_b, _folded, _folded_b, _exact, _exact_b
     if len(value) >= MIN_KEY_CHARS and value not in _secrets:
         # longest first: a key that contains another is removed whole
-        new = {value, *_base64_spellings(value)}
-        _secrets = tuple(sorted({*_secrets, *new}, key=len, reverse=True))
+        spellings = _base64_spellings(value)
+        _secrets = tuple(sorted({*_secrets, value, *spellings}, key=len, reverse=True))
         _secrets_b = tuple(s.encode() for s in _secrets)
         if value.isascii():  # (keys are; a non-ASCII one is matched as it is)
             _folded = tuple(sorted({*_folded, value.lower()}, key=len, reverse=True))
             _folded_b = tuple(s.encode() for s in _folded)
+        else:
+            spellings.add(value)
+        _exact = tuple(sorted({*_exact, *spellings}, key=len, reverse=True))
+        _exact_b = tuple(s.encode() for s in _exact)
 
 
 def _fold(text: str) -> str:
@@ -162,15 +170,17 @@ def _any_case(text: Any, low: Any, keys: tuple[Any, ...], red: Any) -> Any:
 
 
 def scrub(text: str) -> str:
-    for s in _secrets:
+    if _folded:
+        # the keys in any case, in one pass (a key inside a longer one removed whole): found
+        # in str.lower()'s text (fast; it can only find more), placed by the exact fold
+        low = text.lower()
+        for k in _folded:
+            if low.find(k) >= 0:
+                text = _any_case(text, low if text.isascii() else _fold(text), _folded, REDACTED)
+                break
+    for s in _exact:  # base64 spellings
         if s in text:
             text = text.replace(s, REDACTED)
-    if _folded:
-        low = _fold(text)
-        for k in _folded:
-            if low.find(k) >= 0:  # in another case (as it is, it is gone already)
-                text = _any_case(text, low, _folded, REDACTED)
-                break
     if _secrets and ("%" in text or "&#" in text):
         text = _unencode(text)
     return text
@@ -367,16 +377,17 @@ def scrub_bytes(data: bytes) -> bytes:
     """`scrub` for bytes."""
     if not _secrets_b:
         return data
-    for s in _secrets_b:
-        # `find`, not `in`: Python 3.11's `bytes in bytes` first tries its operand as an
-        # int and formats the TypeError it gets, ~1,200 instructions a test (callgrind)
+    if _folded_b:
+        low = data.lower()  # (ASCII letters only: each byte where it was)
+        for k in _folded_b:
+            # `find`, not `in`: Python 3.11's `bytes in bytes` first tries its operand as
+            # an int and formats the TypeError it gets, ~1,200 instructions a test
+            if low.find(k) >= 0:  # the keys in any case, in one pass
+                data = _any_case(data, low, _folded_b, _REDACTED_B)
+                break
+    for s in _exact_b:  # base64 spellings
         if data.find(s) >= 0:
             data = data.replace(s, _REDACTED_B)
-    low = data.lower()  # (ASCII letters only: each byte where it was)
-    for k in _folded_b:
-        if low.find(k) >= 0:  # in another case
-            data = _any_case(data, low, _folded_b, _REDACTED_B)
-            break
     if data.find(b"%") >= 0 or data.find(b"&#") >= 0:
         # read as latin-1, every byte one character and back: the runs are ASCII
         data = _unencode(data.decode("latin-1")).encode("latin-1")
@@ -386,8 +397,17 @@ def scrub_bytes(data: bytes) -> bytes:
 _GUARDED = False
 
 
+_HTTP_LOGGERS = ("httpx", "httpcore", "httpcore.connection", "httpcore.http11",
+                 "httpcore.http2", "httpcore.proxy", "httpcore.socks")  # fmt: skip
+
+
 def _scrubbed_arg(a: object) -> object:
-    return a if isinstance(a, int | float) else scrub(str(a))
+    """`a` as it is unless its text holds a key (a %r or %d then reads it as before)."""
+    if isinstance(a, int | float):
+        return a
+    text = str(a)
+    clean = scrub(text)
+    return a if clean == text else clean
 
 
 def guard_logs() -> None:
@@ -408,6 +428,9 @@ def guard_logs() -> None:
                     record.args = tuple(_scrubbed_arg(a) for a in record.args)
             return True
 
-    for name in ("httpx", "httpcore"):
+    # each logger that logs: a filter applies to the records of its own logger alone (not a
+    # child's: httpcore logs on httpcore.http11, .connection, ..., where a Location with a
+    # catalogue's ?token= had come through)
+    for name in _HTTP_LOGGERS:
         logging.getLogger(name).addFilter(_Scrubbed())
     _GUARDED = True

@@ -413,7 +413,7 @@ def _unsent(e: UpstreamTimeoutError, stage: int) -> UpstreamTimeoutError:
 _HARD_FILTERS = frozenset({"context_window", "max_output_tokens", "needs", "disabled"})
 
 
-def _unfit(d: Decision) -> dict[str, str]:
+def _unfit(d: Decision, messages: Sequence[Mapping[str, Any]] = ()) -> dict[str, str]:
     """The models `d`'s request cannot be sent to, with why: a ladder naming one skips its
     step (a prompt past a model's window had been sent there); under a strict floor (the
     policy's or the request's), one predicted below it too (it had answered)."""
@@ -423,20 +423,36 @@ def _unfit(d: Decision) -> dict[str, str]:
         hard = hard | {"quality_floor"}
     out = {m: why for m, (rule, why) in d.filtered.items() if rule in hard}
     reg = d.snapshot.registry
+    sees = _with_images(messages)
     for m, (rule, _) in d.filtered.items():
         # routing ruled it out before its hard filters (not allowed, or cooling then), so
         # none is on record: a step naming it, called once its cooldown was over, had been
         # sent tools it has no use of and a prompt past its window
-        if rule == "exclude" and m in reg and (why := _cannot_take(d, reg[m])):
+        if rule == "exclude" and m in reg and (why := _cannot_take(d, reg[m], sees)):
             out[m] = why
     return out
 
 
-def _cannot_take(d: Decision, spec: ModelSpec) -> str | None:
-    """Why `d`'s request cannot be sent to `spec` (a capability it lacks, a prompt past its
-    window by the request's estimate), else None."""
+_IMAGES = frozenset({"image_url", "image", "input_image"})
+
+
+def _with_images(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a message holds an image part (which routing reads as a need for vision)."""
+    return any(
+        isinstance(p, Mapping) and p.get("type") in _IMAGES
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for p in m["content"]
+    )
+
+
+def _cannot_take(d: Decision, spec: ModelSpec, sees: bool = False) -> str | None:
+    """Why `d`'s request cannot be sent to `spec` (a capability it lacks, vision for an
+    image (`sees`), a prompt past its window by the request's estimate), else None."""
     c = d.constraints
     missing = sorted(set(c.needs) - set(spec.capabilities))
+    if sees and "vision" not in spec.capabilities:
+        missing.append("vision")
     if missing:
         return f"lacks capability {', '.join(missing)}"
     need = d.max_tokens_in(spec.id) + (c.max_output_tokens or 0)
@@ -477,6 +493,7 @@ class Run:
         "cap",
         "climbed",
         "closed_because",
+        "cut",
         "deadline",
         "decision",
         "holds",
@@ -506,6 +523,7 @@ class Run:
         cap: float | None = None,
         share: int = 1,
         holds: dict[tuple[str, str], tuple[float, int]] | None = None,
+        cut: list[bool] | None = None,
     ) -> None:
         self.registry: Registry = decision.registry
         self.decision = decision
@@ -546,6 +564,10 @@ class Run:
         # why a stream's caller closed it before its end, when it says (`ChatStream.aclose`)
         self.closed_because: str | None = None
         self.climbed: Any = None  # a ladder's steps when its caller left (its record's)
+        # a call was cut off in flight after its request was sent (shared with a ladder's
+        # sub-runs): its bill may run past the estimate on its record (the upstream may go
+        # on writing the answer), which a budget's settlement must not take for the whole
+        self.cut: list[bool] = [False] if cut is None else cut
 
     def sub(self, model: str, messages: list[dict[str, Any]], step: int | None, share: int) -> Run:
         """One model of a cascade step (`share`: the models the step calls at once): its
@@ -563,6 +585,7 @@ class Run:
             self.cap,
             share,
             self.holds,
+            self.cut,
         )
 
     def wire(self, t: _Target) -> ChatRequest:
@@ -1536,7 +1559,7 @@ class Executor:
                     deadline=run.deadline,
                     on_check=run.checked,
                     billed=billed,
-                    ruled_out=_unfit(d),
+                    ruled_out=_unfit(d, run.request.messages),
                     steps=steps,
                     # the checks' own router calls (a judge's) within what the cap leaves
                     room=None if run.cap is None else run.room,
@@ -1894,18 +1917,14 @@ class Executor:
         finally:
             await self._cancel(run, running)
 
-    def _cut_off(self, run: Run) -> bool:
+    def _cut_off(self, run: Run) -> None:
         """Record the calls a cancellation cut off in flight, each at its own deployment's
-        price: it may be billed the prompt (estimated). Between calls (a backoff, a wait
-        for a cooldown) none is open, and every call made is on record already. True when
-        one was sent: its bill may run past the estimate (an upstream goes on writing an
-        answer nobody reads); a call still waiting for a connection was never sent."""
+        price: it may be billed the prompt (estimated; `run.cut` says one was sent). Between
+        calls (a backoff, a wait for a cooldown) none is open, and every call made is on
+        record already."""
         now = perf_counter()
-        sent = False
-        for t, started, made, stage in list(run.calling.values()):
-            sent = sent or stage[0] not in (WAITING, CONNECTING)
+        for t, started, made, _ in list(run.calling.values()):
             self._cancelled(run, t, started, now, made=made)
-        return sent
 
     def _cancelled(
         self,
@@ -1930,6 +1949,8 @@ class Executor:
                 t,
             )  # fmt: skip
             return
+        if usage is None:
+            run.cut[0] = True  # sent, and cut off before its answer
         if usage is not None:
             billed = usage
         elif made is None:

@@ -699,6 +699,7 @@ class Ledger:
         self.dropped_scores = 0  # feedback given after close(), or left unwritten by it
         self._abandon = False  # close() gave up on the writer (its sink down)
         self._lost = 0  # records close() counted lost (dropped) that a write may land yet
+        self._lost_scores = 0  # the same for scores (dropped_scores)
         self._fb_queued = self._fb_written = 0  # scores, which flush() waits for as well
         self._closing = False
         self._last_expire = 0.0
@@ -815,8 +816,10 @@ class Ledger:
             lost = max(self.queued - self.acked - self.dropped, 0)
             self.dropped += lost
             self._lost = lost  # (a write still running may land them yet: see _acked)
-        lost_scores = max(self._fb_queued - self._fb_written, 0)
-        self.dropped_scores += lost_scores
+        with self._drop_lock:
+            lost_scores = max(self._fb_queued - self._fb_written, 0)
+            self.dropped_scores += lost_scores
+            self._lost_scores = lost_scores
         if lost or lost_scores:
             _log.error("ledger closed with %d record(s) and %d score(s) unwritten (the sink "
                        "was failing); they are lost", lost, lost_scores,
@@ -886,6 +889,13 @@ class Ledger:
                 out.append(built.popleft())
         return out
 
+    def _scores_written(self, n: int) -> None:
+        with self._drop_lock:
+            self._fb_written += n
+            back = min(n, self._lost_scores) if self._abandon else 0
+            self._lost_scores -= back
+            self.dropped_scores -= back  # counted lost by close(), written after all
+
     def _isolate(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """After a batch failed again and again: write its records one by one. Those that
         go through are acknowledged; one the sink refuses for what it holds (`_refused`:
@@ -925,7 +935,7 @@ class Ledger:
                 _log.error("ledger: the sink refused the score for %.60r on its own (%s); "
                            "dropped it", row[0], type(e).__name__,
                            extra={"event": "ledger_rejected"})  # fmt: skip
-            self._fb_written += 1
+            self._scores_written(1)
 
     def _write_each(
         self, recs: list[dict[str, Any]]
@@ -945,14 +955,14 @@ class Ledger:
         return ok, bad, []
 
     def _acked(self, recs: list[dict[str, Any]]) -> None:
-        if self._abandon and self._lost:  # counted lost by close(), written after all
-            with self._drop_lock:
-                back = min(len(recs), self._lost)
-                self._lost -= back
-                self.dropped -= back
+        with self._drop_lock:  # (close() counts what is lost under it)
+            back = min(len(recs), self._lost) if self._abandon else 0
+            self._lost -= back
+            self.dropped -= back  # counted lost by close(), written after all
+            self.acked += len(recs)
+        if back:
             _log.warning("ledger: %d record(s) counted lost at close were written after all",
                          back, extra={"event": "ledger_lost"})  # fmt: skip
-        self.acked += len(recs)
         if self.on_ack is not None:
             try:
                 self.on_ack([r["request_id"] for r in recs])
@@ -1019,7 +1029,7 @@ class Ledger:
                     rows.append(self._fb.popleft())
                 try:
                     self.sink.feedback(rows)
-                    self._fb_written += len(rows)
+                    self._scores_written(len(rows))
                 except Exception as e:
                     if _refused(e):  # a score the sink cannot store: the others are written
                         self._feedback_each(rows)
@@ -1035,6 +1045,9 @@ class Ledger:
                 except Exception as e:
                     _log.warning("ledger retention delete failed: %s", e)
             if self._closing and not (self._q or self._built or pending or self._fb):
+                if self._abandon:  # close() left the sink to this thread, out of its write
+                    with contextlib.suppress(Exception):
+                        self.sink.close()
                 return
 
 

@@ -364,11 +364,12 @@ class Price(Value):
 _SECRET_PARAMS = ("key", "token", "secret", "sig", "password", "auth", "credential")
 
 
-def url_secrets(url: str) -> list[str]:
+def url_secrets(url: str, userinfo: bool = True) -> list[str]:
     """The credentials a base URL carries in its query (`?key=...`, `?access_token=...`)
-    and its user info (`user:password@`: the password, and the pair a Basic header
-    encodes), as written and as read (percent-encoded, `+` for a space), which a repr masks
-    and the provider scrubs from what the upstream sends back, as it does a key's."""
+    and, with `userinfo`, before its host (`user:password@`: the password, and the pair a
+    Basic header encodes; `token@` alone: the token), as written and as read
+    (percent-encoded, `+` for a space), which a repr masks and the provider scrubs from what
+    the upstream sends back, as it does a key's."""
     if "?" not in url and "@" not in url:
         return []
     from urllib.parse import unquote, unquote_plus, urlsplit
@@ -379,9 +380,11 @@ def url_secrets(url: str) -> list[str]:
         password, user = parts.password, parts.username
     except ValueError:  # (a port that is no number: no credentials read from it)
         return out
-    if password:
+    if userinfo and password:
         pair = f"{unquote(user or '')}:{unquote(password)}"
         out += dict.fromkeys([password, unquote(password), pair])
+    elif userinfo and user:  # a token given as the user name, as some gateways take one
+        out += dict.fromkeys([user, unquote(user)])
     for pair in parts.query.split("&") if "?" in url else ():
         name, _, value = pair.partition("=")
         if value and any(p in unquote_plus(name).lower() for p in _SECRET_PARAMS):
@@ -463,12 +466,16 @@ class Deployment(Value):
         out = super().__repr__()
         parts = urlsplit(self.base_url)
         shown = self.base_url
+        query = parts.query
+        for secret in url_secrets(self.base_url, userinfo=False):  # (?key=...): there only
+            query = query.replace(secret, "***")  # (the user info is masked whole below)
+        netloc = parts.netloc
         if parts.password:
-            shown = parts._replace(
-                netloc=parts.netloc.replace(f":{parts.password}@", ":***@")
-            ).geturl()
-        for secret in url_secrets(self.base_url):  # a key in the query (?key=...)
-            shown = shown.replace(secret, "***")
+            netloc = netloc.replace(f":{parts.password}@", ":***@")
+        elif parts.username:  # a token as the user name
+            netloc = "***@" + netloc.rpartition("@")[2]
+        if (netloc, query) != (parts.netloc, parts.query):
+            shown = parts._replace(netloc=netloc, query=query).geturl()
         return out.replace(repr(self.base_url), repr(shown), 1)
 
     @classmethod

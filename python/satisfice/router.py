@@ -136,11 +136,11 @@ class ClientClosedStream(Exception):
 class RequestCancelled(Exception):
     """The record's error for a request its caller cancelled before the answer."""
 
-    def __init__(self, called: bool = True) -> None:
-        # `called`: a call was cut off after it was sent (on record at an estimate); with
-        # none, what its calls were billed is its total ($0 while it was routed, or waited
-        # between calls)
-        self.cost_unknown = called
+    def __init__(self, called: bool = True, cut: bool | None = None) -> None:
+        # `called`: routed, so calls may have been made; `cut`: one was cut off after it
+        # was sent (on record at an estimate). With none cut, what its calls were billed is
+        # its total ($0 while it was routed, or waiting between calls)
+        self.cost_unknown = called if cut is None else cut
         self.result: Any = None  # a ladder's steps so far (CascadeResult), for the record
         super().__init__(
             "the caller cancelled the request before its answer" if called else
@@ -1164,17 +1164,22 @@ class Router:
 
             if isinstance(e, asyncio.CancelledError):
                 # the call it cut off may be billed: on record at its prompt, estimated
-                on_its_way = run is not None and io._cut_off(run)
+                if run is not None:
+                    io._cut_off(run)
+                # (a ladder's step, a race's loser, a judge's call: each marks `run.cut`)
+                on_its_way = run is not None and run.cut[0]
                 # what it was billed, for a caller settling a budget on it (the server): its
                 # calls' bills when none was cut off after it was sent, else None (such a
                 # call may be billed past its estimate); a request cancelled in a backoff
-                # had kept its whole reservation, billed nothing
-                e.billed_usd = (  # type: ignore[attr-defined]
-                    None if on_its_way else 0.0 if run is None else _known_bill(run.attempts)
-                )
+                # had kept its whole reservation, billed nothing. A call inside it (a
+                # judge's, the same cancellation) that said None has the last word.
+                if getattr(e, "billed_usd", 0.0) is not None:
+                    e.billed_usd = (  # type: ignore[attr-defined]
+                        None if on_its_way else 0.0 if run is None else _known_bill(run.attempts)
+                    )
                 billed = _bill_to_check(run)
                 if rec is not None:  # a request all the same, recorded (if routed, unbilled)
-                    cancelled = RequestCancelled(on_its_way)
+                    cancelled = RequestCancelled(run is not None, on_its_way)
                     cancelled.result = None if run is None else run.climbed  # a ladder's steps
                     self._record_failure(rec, cancelled, run,
                                          started_at, t0, options, not billed)  # fmt: skip
