@@ -305,7 +305,7 @@ def _key_start(text: str) -> int:
     global _STARTS
     if _STARTS[0] is not _secrets:
         table: dict[str, list[str]] = {}
-        for key in {s.lower() for s in _secrets}:  # in any case (a base64 one: held more)
+        for key in {_fold(s) for s in _secrets}:  # in any case (a base64 one: held more)
             for k in range(1, len(key)):
                 table.setdefault(key[k - 1], []).append(key[:k])
         for starts in table.values():

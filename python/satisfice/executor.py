@@ -441,7 +441,7 @@ def _with_images(messages: Sequence[Mapping[str, Any]]) -> bool:
     return any(
         isinstance(p, Mapping) and p.get("type") in _IMAGES
         for m in messages
-        if isinstance(m.get("content"), list)
+        if isinstance(m.get("content"), list | tuple)  # (routing reads a tuple's parts too)
         for p in m["content"]
     )
 
@@ -450,9 +450,7 @@ def _cannot_take(d: Decision, spec: ModelSpec, sees: bool = False) -> str | None
     """Why `d`'s request cannot be sent to `spec` (a capability it lacks, vision for an
     image (`sees`), a prompt past its window by the request's estimate), else None."""
     c = d.constraints
-    missing = sorted(set(c.needs) - set(spec.capabilities))
-    if sees and "vision" not in spec.capabilities:
-        missing.append("vision")
+    missing = sorted(({*c.needs, "vision"} if sees else set(c.needs)) - set(spec.capabilities))
     if missing:
         return f"lacks capability {', '.join(missing)}"
     need = d.max_tokens_in(spec.id) + (c.max_output_tokens or 0)
@@ -2007,8 +2005,12 @@ class Executor:
         await asyncio.gather(*running, return_exceptions=True)
         now = perf_counter()
         for task, (t, started) in running.items():
+            failed = None if task.cancelled() else task.exception()
+            if isinstance(failed, ProviderError):  # it had failed already (with the winner):
+                self._failed(run, t, failed, started)  # a failure, not a call cut off
+                continue
             self.health.record_slow(t.key, now - started)  # it took at least this long
-            finished = not task.cancelled() and task.exception() is None  # with the winner
+            finished = not task.cancelled() and failed is None  # answered with the winner
             self._cancelled(
                 run, t, started, now, self._usage(run, t, task.result()) if finished else None
             )

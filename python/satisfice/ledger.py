@@ -26,7 +26,6 @@ deletes older requests once a day.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import fcntl
 import functools
 import json
@@ -700,6 +699,7 @@ class Ledger:
         self._abandon = False  # close() gave up on the writer (its sink down)
         self._lost = 0  # records close() counted lost (dropped) that a write may land yet
         self._lost_scores = 0  # the same for scores (dropped_scores)
+        self._sink_closed = False  # (close() and the writer: one of them closes it)
         self._fb_queued = self._fb_written = 0  # scores, which flush() waits for as well
         self._closing = False
         self._last_expire = 0.0
@@ -763,7 +763,8 @@ class Ledger:
         """Queue a score for a request's answer: `model`'s (a fallback's, scored beside the
         primary's), or the answering model's when None."""
         if self._closing:  # as a record put after close: said, never queued for no writer
-            self.dropped_scores += 1
+            with self._drop_lock:  # (the writer may be counting scores back under it)
+                self.dropped_scores += 1
             _log.error("ledger closed: dropped a feedback score (%d so far)", self.dropped_scores)
             return
         self._fb.append((request_id, time.time(), float(score), source, model))
@@ -825,7 +826,7 @@ class Ledger:
                        "was failing); they are lost", lost, lost_scores,
                        extra={"event": "ledger_lost"})  # fmt: skip
         if not self._thread.is_alive():  # else the writer closes it as it leaves (closed
-            self.sink.close()  # under a write still running, SQLite's had crashed the process)
+            self._close_sink()  # under a write still running, SQLite's had crashed the process)
         return not (lost or lost_scores)
 
     # the writer thread ----------------------------------------------------------------------
@@ -888,6 +889,17 @@ class Ledger:
             while built and len(out) < self.batch:
                 out.append(built.popleft())
         return out
+
+    def _close_sink(self) -> None:
+        """Close the sink once, whichever of close() and the writer comes to it first."""
+        with self._drop_lock:
+            if self._sink_closed:
+                return
+            self._sink_closed = True
+        try:
+            self.sink.close()
+        except Exception as e:  # said, not raised into a shutdown (or lost on a thread)
+            _log.error("ledger: closing its sink failed: %s: %s", type(e).__name__, e)
 
     def _scores_written(self, n: int) -> None:
         with self._drop_lock:
@@ -997,8 +1009,7 @@ class Ledger:
             if not pending or (streak >= 3 and len(pending) == 1):
                 pending += self._take()
             if self._abandon:  # close() gave up on a sink that is down (it counts them)
-                with contextlib.suppress(Exception):
-                    self.sink.close()  # (close() leaves it to this thread, out of its write)
+                self._close_sink()  # (close() leaves it to this thread, out of its write)
                 return
             if pending:
                 try:
@@ -1046,8 +1057,7 @@ class Ledger:
                     _log.warning("ledger retention delete failed: %s", e)
             if self._closing and not (self._q or self._built or pending or self._fb):
                 if self._abandon:  # close() left the sink to this thread, out of its write
-                    with contextlib.suppress(Exception):
-                        self.sink.close()
+                    self._close_sink()
                 return
 
 

@@ -383,8 +383,8 @@ def url_secrets(url: str, userinfo: bool = True) -> list[str]:
     if userinfo and password:
         pair = f"{unquote(user or '')}:{unquote(password)}"
         out += dict.fromkeys([password, unquote(password), pair])
-    elif userinfo and user:  # a token given as the user name, as some gateways take one
-        out += dict.fromkeys([user, unquote(user)])
+    elif userinfo and user and len(user) >= 16:  # a token as the user name, as some gateways
+        out += dict.fromkeys([user, unquote(user)])  # take one (a short name is no token)
     for pair in parts.query.split("&") if "?" in url else ():
         name, _, value = pair.partition("=")
         if value and any(p in unquote_plus(name).lower() for p in _SECRET_PARAMS):
