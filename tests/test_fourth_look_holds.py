@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from satisfice import Policy, Registry, Router, _redact
 from satisfice.executor import _unfit
 from satisfice.testing import LocalUpstream
@@ -169,3 +171,16 @@ async def test_a_race_loser_that_failed_beside_the_winner_is_a_failure_not_a_cut
     assert res.model == "alpha"
     (beta,) = [a for a in res.attempts if a.model == "beta"]
     assert beta.outcome == "error" and beta.status == 500, beta
+
+
+def test_a_key_start_is_the_longest_of_any_cased_and_exact_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the any-case keys and the exact ones (base64 spellings, a non-ASCII key) held
+    back from two tables, the first table's one-letter match ("t" of another key) had been
+    taken over the second's longer one ("ÉT"): the key, split after it, went out whole."""
+    for name in ("_secrets", "_secrets_b", "_folded", "_folded_b", "_exact", "_exact_b"):
+        monkeypatch.setattr(_redact, name, ())
+    _redact.register("thirdlookkeyabcd")
+    _redact.register("ÉTÉ-fourth-look-0123456789")
+    assert _redact._key_start("before ÉT") == 2

@@ -296,26 +296,38 @@ def _unhide(text: str) -> str:
 
 # Every proper start of every key, by its last character, longest first: a text's end is
 # checked only against the starts that end as it does (one or two, not a key's length).
-_STARTS: tuple[tuple[str, ...], dict[str, list[str]]] = ((), {})
+_STARTS: tuple[tuple[str, ...], dict[str, list[str]], dict[str, list[str]]] = ((), {}, {})
+
+
+def _starts_table(keys: set[str]) -> dict[str, list[str]]:
+    table: dict[str, list[str]] = {}
+    for key in keys:
+        for k in range(1, len(key)):
+            table.setdefault(key[k - 1], []).append(key[:k])
+    for starts in table.values():
+        starts.sort(key=len, reverse=True)
+    return table
 
 
 def _key_start(text: str) -> int:
     """How many characters at the end of `text` could be where a key begins: the longest
-    end that is the start of one."""
+    end that is the start of one (a key's in any case, a base64 spelling's as it is)."""
     global _STARTS
     if _STARTS[0] is not _secrets:
-        table: dict[str, list[str]] = {}
-        for key in {_fold(s) for s in _secrets}:  # in any case (a base64 one: held more)
-            for k in range(1, len(key)):
-                table.setdefault(key[k - 1], []).append(key[:k])
-        for starts in table.values():
-            starts.sort(key=len, reverse=True)
-        _STARTS = (_secrets, table)
-    if text:
-        for start in _STARTS[1].get(text[-1].lower(), ()):
-            if _fold(text[-len(start) :]) == start:
-                return len(start)
-    return 0
+        _STARTS = (_secrets, _starts_table(set(_folded)), _starts_table(set(_exact)))
+    if not text:
+        return 0
+    tail, held = text[-1], 0
+    for start in _STARTS[1].get(_fold(tail), ()):  # (longest first: the first that ends it)
+        if _fold(text[-len(start) :]) == start:
+            held = len(start)
+            break
+    for start in _STARTS[2].get(tail, ()):
+        if len(start) <= held:
+            break
+        if text.endswith(start):
+            return len(start)
+    return held
 
 
 def _escaped_hold(text: str, hold: int) -> int:
