@@ -45,7 +45,7 @@ def _row(url: str, svc: Any) -> dict[str, Any]:
     return row  # type: ignore[no-any-return]
 
 
-def _wait_seen(up: LocalUpstream, model: str, n: int) -> None:
+def _wait_seen(up: LocalUpstream, model: str, n: int = 1) -> None:
     deadline = time.monotonic() + 10
     while len(up.seen(wire(model))) < n:
         assert time.monotonic() < deadline, "the upstream never saw the call"
@@ -120,3 +120,6 @@ def test_a_client_that_leaves_while_its_request_waits_out_a_429_is_billed_nothin
         f"record total {rec['total_cost_usd']!r}, budget spent ${row['spent_usd']:.9f} for "
         "a request no upstream billed"
     )
+    # and worded as one that made a call (the third look: "before any call", beside its 429)
+    said = json.dumps({k: v for k, v in rec.items() if "error" in k})
+    assert "before any call" not in said, said

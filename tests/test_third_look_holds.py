@@ -29,39 +29,29 @@ from satisfice.testing import LocalUpstream, hang, reply
 
 from .chat_support import registry, wire
 from .server_support import ADMIN, post_chat, running
+from .test_budgets_settle_as_recorded import HELLO, _key, _row, _wait_seen
 
-HELLO = [{"role": "user", "content": "hello"}]
 
-
-def _key(url: str, **kw: Any) -> str:
-    k = httpx.post(url + "/admin/keys", headers=ADMIN, json={"name": "k", **kw})
-    assert k.status_code in (200, 201), k.text
-    return str(k.json()["key"])
+async def _cancelled_once_seen(
+    up: LocalUpstream, model: str, task: asyncio.Task[Any], after_s: float
+) -> BaseException:
+    """`task` cancelled `after_s` once `model`'s upstream has its call; its CancelledError."""
+    deadline = time.monotonic() + 10
+    while not up.seen(wire(model)):
+        assert time.monotonic() < deadline, f"the call never reached {model}"
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(after_s)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError as e:
+        return e
+    raise AssertionError("not cancelled")
 
 
 def _budget(url: str) -> dict[str, Any]:
     (row,) = httpx.get(url + "/admin/spend", headers=ADMIN).json()["budgets"]
     return row  # type: ignore[no-any-return]
-
-
-def _settled(url: str, svc: Any) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
-    while True:
-        row = _budget(url)
-        if (svc.in_flight == 0 and row["held_usd"] == 0 and not svc._settling) or (
-            time.monotonic() > deadline
-        ):
-            break
-        time.sleep(0.05)
-    svc.router.ledger.flush()
-    return row
-
-
-def _wait_seen(up: LocalUpstream, model: str, n: int = 1) -> None:
-    deadline = time.monotonic() + 10
-    while len(up.seen(wire(model))) < n:
-        assert time.monotonic() < deadline, "the upstream never saw the call"
-        time.sleep(0.01)
 
 
 # 1 ------------------------------------------------------------------------------------------
@@ -97,7 +87,7 @@ def test_a_served_request_cut_while_its_call_is_upstream_keeps_its_whole_hold(
             held = _budget(url)["held_usd"]
             assert held > 0
             s.close()  # the client leaves
-            row = _settled(url, svc)
+            row = _row(url, svc)
             recs = list(read_records(str(tmp_path / "l.db")))
     assert [a["outcome"] for a in recs[0]["attempts"]] == ["cancelled"]
     assert row["spent_usd"] == pytest.approx(held), (
@@ -124,17 +114,7 @@ def test_a_race_or_hedge_cut_while_its_calls_are_upstream_has_no_known_bill(
         router = Router(registry(up.url), Policy(quality_floor=0.5, max_fallbacks=3))
         async with router:
             task = asyncio.create_task(router.chat(HELLO, max_tokens=1000, **mode))
-            deadline = time.monotonic() + 10
-            while not up.seen(wire("alpha")):
-                assert time.monotonic() < deadline, "the call never reached alpha"
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.3)
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError as e:
-                return e
-        raise AssertionError("not cancelled")
+            return await _cancelled_once_seen(up, "alpha", task, 0.3)
 
     with LocalUpstream() as up:
         for m in ("alpha", "beta", "gamma", "delta"):
@@ -170,17 +150,7 @@ def test_a_request_cut_while_its_checks_router_call_is_upstream_has_no_known_bil
         router = Router(registry(up.url), Policy(quality_floor=0.0, cascades={"*": ladder}))
         async with router:
             task = asyncio.create_task(router.chat(HELLO, cascade="auto", max_tokens=100))
-            deadline = time.monotonic() + 10
-            while not up.seen(wire("delta")):
-                assert time.monotonic() < deadline, "the judge's call never reached delta"
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.2)
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError as e:
-                return e
-        raise AssertionError("not cancelled")
+            return await _cancelled_once_seen(up, "delta", task, 0.2)
 
     with LocalUpstream() as up:
         up.script(wire("alpha"), reply("4"))
@@ -337,37 +307,6 @@ def test_a_ladder_step_excluded_at_routing_is_unfit_for_an_image_it_cannot_see()
     assert "alpha" in _unfit(d, msgs), (
         f"_unfit lets a ladder call alpha (no vision) with an image: {_unfit(d, msgs)}"
     )
-
-
-# 8 ------------------------------------------------------------------------------------------
-def test_a_request_cancelled_in_a_backoff_is_not_recorded_as_cancelled_before_any_call(
-    master: None, tmp_path: Path
-) -> None:
-    """Defect (17769d9): `RequestCancelled(called)` now gets `called` = "a call was cut off
-    after it was sent" (`on_its_way`), but its message still reads `called` as "a call was
-    made": a request whose call was refused (429) and that was cancelled while it waited to
-    retry is recorded as "cancelled the request while it was routed, before any call",
-    beside the 429 attempt on the same record (and so is a ladder, a race, or a check cut
-    mid-call: see the tests above). Fix: word the message on `run is None` (no call
-    made) separately from `cost_unknown`."""
-    from satisfice.testing import status
-
-    with LocalUpstream() as up:
-        r = Router(registry(up.url), Policy(quality_floor=0.5, max_fallbacks=0))
-        with running(ServerConfig(ledger=str(tmp_path / "l.db")), r) as (url, app):
-            svc = app.state.service
-            key = _key(url, budget_usd=5.0)
-            up.script(wire("alpha"), status(429, retry_after=1.5))
-            asked = {"model": "alpha", "max_tokens": 100, "messages": HELLO}
-            s = post_chat(url, key, json.dumps(asked).encode())
-            _wait_seen(up, "alpha")
-            time.sleep(0.3)
-            s.close()
-            _settled(url, svc)
-            (rec,) = list(read_records(str(tmp_path / "l.db")))
-    assert [a["outcome"] for a in rec["attempts"]] == ["error"]  # the 429
-    said = json.dumps({k: v for k, v in rec.items() if "error" in k})
-    assert "before any call" not in said, said
 
 
 # 9 ------------------------------------------------------------------------------------------
