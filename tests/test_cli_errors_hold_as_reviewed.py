@@ -224,3 +224,19 @@ def test_a_policy_file_giving_a_key_twice_is_refused(tmp_path: Path) -> None:
     pol.write_text('{"quality_floor": 0.9, "quality_floor": 0.1}\n')
     with pytest.raises(ConfigError, match="twice"):
         Policy.load(pol)
+
+
+def test_a_long_report_says_how_far_it_has_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`satisfice report` over a large ledger said nothing until it had read it all (the
+    record review's suspicion, confirmed): now a line every 2 s of reading."""
+    from satisfice import cli
+
+    monkeypatch.setattr(cli, "_REPORT_EVERY_S", 0.0)
+    p = tmp_path / "l.jsonl"
+    rec = {"started_at": 1700000000, "outcome": "ok", "task": "general", "model": "a",
+           "total_cost_usd": 0.001}  # fmt: skip
+    p.write_text("".join(json.dumps({**rec, "request_id": f"r{i}"}) + "\n" for i in range(2048)))
+    assert cli.main(["report", str(p)]) == 0
+    assert "2,048 requests read" in capsys.readouterr().err

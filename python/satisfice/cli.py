@@ -325,6 +325,23 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+_REPORT_EVERY_S = 2.0  # how often a long read of a ledger says how far it got
+
+
+def _read_as_it_goes(it: Any, t0: float) -> Any:
+    """`it`'s rows, with a line on stderr every `_REPORT_EVERY_S` of reading: a ledger of
+    millions of requests had been read for minutes without a word."""
+    import time
+
+    last = t0
+    for n, r in enumerate(it, 1):
+        if not n & 1023 and (now := time.perf_counter()) - last >= _REPORT_EVERY_S:
+            last = now
+            print(f"satisfice report: {n:,} requests read ({now - t0:.0f} s)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        yield r
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import time
 
@@ -332,7 +349,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import render_html, render_text, rows, summarize
 
     t0 = time.perf_counter()
-    s = summarize(rows(args.ledger))
+    s = summarize(_read_as_it_goes(rows(args.ledger), t0))
     if args.html:
         page = render_html(s).encode()
         write_atomic(args.html, lambda f: f.write(page))
