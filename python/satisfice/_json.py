@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["dumps", "dumps_body", "dumps_record", "loads", "record_default"]
+__all__ = ["NotUTF8", "dumps", "dumps_body", "dumps_record", "loads", "record_default", "utf8"]
 
 # 19 ASCII digits in a row: maybe an integer past 64 bits, which only json.loads keeps an
 # int. Found as a run of b"0" in the body with every digit mapped to b"0" and every other
@@ -45,12 +45,18 @@ def loads(raw: bytes | str) -> Any:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass
-    if isinstance(raw, bytes | bytearray) and json.detect_encoding(raw) not in _UTF8:
-        raise ValueError(f"JSON must be UTF-8 (RFC 8259), not {json.detect_encoding(raw)}")
+    if isinstance(raw, bytes | bytearray) and not utf8(raw):
+        raise NotUTF8(f"JSON must be UTF-8 (RFC 8259), not {json.detect_encoding(raw)}")
     return json.loads(raw)
 
 
-_UTF8 = ("utf-8", "utf-8-sig")
+class NotUTF8(ValueError):
+    """JSON bytes in UTF-16 or UTF-32 (`loads` refuses them)."""
+
+
+def utf8(raw: bytes | bytearray) -> bool:
+    """Whether JSON `raw` is UTF-8 (a byte-order mark or not), as json.loads detects it."""
+    return json.detect_encoding(raw) in ("utf-8", "utf-8-sig")
 
 
 # Compact, non-ASCII kept: the bytes httpx's `json=` would send, without its per-call encoder.

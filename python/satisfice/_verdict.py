@@ -10,6 +10,7 @@ from numbers import Real
 from typing import Any, Protocol, TypeAlias, cast
 
 from ._bill import CHECK_BILL
+from ._real import as_count, as_real
 
 __all__ = [
     "PASS", "Answer", "Context", "Messages", "Validator", "Verdict", "accept", "bill_mark",
@@ -382,15 +383,8 @@ def _billable(a: Answer) -> Answer:
     """A check's call as a bill reads it: a cost that is no number of dollars (negative,
     NaN, infinite, not a number) is unknown, as are token counts and a latency that are no
     counts; a judge's -$5 had given the request's cost cap $5 more room, a NaN had lifted it."""
-    cost, t_in, t_out, ms = a.cost_usd, a.tokens_in, a.tokens_out, a.latency_ms
-    if cost is not None and not (_real(cost) and 0.0 <= cost < math.inf):
-        cost = None
-    if t_in is not None and not _count(t_in):
-        t_in = None
-    if t_out is not None and not _count(t_out):
-        t_out = None
-    if ms is not None and not (_real(ms) and 0.0 <= ms < math.inf):
-        ms = None
+    cost, ms = _at_least_0(as_real(a.cost_usd)), _at_least_0(as_real(a.latency_ms))
+    t_in, t_out = _at_least_0(as_count(a.tokens_in)), _at_least_0(as_count(a.tokens_out))
     if (cost, t_in, t_out, ms) == (a.cost_usd, a.tokens_in, a.tokens_out, a.latency_ms):
         return a
     # (an unknown cost is an estimate's absence, not a figure the upstream gave)
@@ -401,12 +395,8 @@ def _bill_of(made: Sequence[Answer]) -> tuple[Answer, ...]:
     return tuple(_billable(a) for a in made)
 
 
-def _count(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
-
-def _real(x: object) -> bool:
-    return isinstance(x, Real) and not isinstance(x, bool)
+def _at_least_0(x: float | None) -> Any:
+    return x if x is not None and x >= 0 else None
 
 
 def _well_formed(v: Verdict, name: str) -> Verdict:

@@ -817,7 +817,6 @@ class Ledger:
             lost = max(self.queued - self.acked - self.dropped, 0)
             self.dropped += lost
             self._lost = lost  # (a write still running may land them yet: see _acked)
-        with self._drop_lock:
             lost_scores = max(self._fb_queued - self._fb_written, 0)
             self.dropped_scores += lost_scores
             self._lost_scores = lost_scores
@@ -1313,8 +1312,7 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
                 torn.append(n)
                 binary = binary or _binary(raw)
                 continue
-            fb = r.get("feedback") if isinstance(r, dict) else None
-            if isinstance(r, dict) and "request_id" not in r and isinstance(fb, dict):
+            if _score_of(r) is not None:
                 continue  # a score, read above
             if why := _problem(r):
                 raise ConfigError(f"ledger {p}, line {n}: {why}")
@@ -1339,13 +1337,15 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
 def _score_line(raw: bytes) -> dict[str, Any] | None:
     """The score a JSONL line holds (`{"feedback": {...}}`), or None: a record, a torn line."""
     try:
-        r = json.loads(raw.decode("utf-8"))
+        return _score_of(json.loads(raw.decode("utf-8")))
     except (ValueError, RecursionError):
         return None
+
+
+def _score_of(r: Any) -> dict[str, Any] | None:
+    """The score a parsed JSONL line is (`{"feedback": {...}}`, no request id), or None."""
     fb = r.get("feedback") if isinstance(r, dict) else None
-    if isinstance(r, dict) and "request_id" not in r and isinstance(fb, dict):
-        return fb
-    return None
+    return fb if isinstance(fb, dict) and "request_id" not in r else None
 
 
 def _binary(line: bytes) -> bool:

@@ -131,7 +131,7 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         # and a failed request's calls had been on the answering model's row, or on none)
         bills = r.get("bills")
         if bills is None:  # a request of one call: its bill is its model's
-            bills = [(r.get("model") or r.get("routed_model"), None, r.get("cost_usd"))]
+            bills = [(r.get("model") or r.get("routed_model"), "", r.get("cost_usd"), 0, 0)]
         for bill in bills:
             if not bill[0]:  # a failed request routed to no model (written by hand): none
                 continue

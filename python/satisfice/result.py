@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from time import time
 from typing import TYPE_CHECKING, Any
 
+from ._real import as_count, as_real
 from .providers.base import ToolCall, Usage
 
 if TYPE_CHECKING:
@@ -20,6 +21,12 @@ __all__ = ["Attempt", "ChatResult"]
 _BILLED = frozenset({"ok", "rejected", "cancelled", "check"})
 
 
+def bills(outcome: object, estimated: object) -> bool:
+    """Whether an attempt (its `outcome`, and whether its cost is `estimated`) is one an
+    upstream may bill: the one rule for a total, a record's calls and a span."""
+    return outcome in _BILLED or bool(estimated)
+
+
 def billed_cost(attempts: Sequence[Any]) -> tuple[float, bool] | None:
     """(USD, whether any was billed) over the attempts an upstream may bill: answers, hedge
     and race losers, rejected answers, and calls that timed out or broke after reaching it
@@ -28,7 +35,7 @@ def billed_cost(attempts: Sequence[Any]) -> tuple[float, bool] | None:
     `total_cost_usd` and a failed request's record."""
     total, billed = 0.0, False
     for a in attempts:
-        if getattr(a, "outcome", None) not in _BILLED and not getattr(a, "cost_estimated", False):
+        if not bills(getattr(a, "outcome", None), getattr(a, "cost_estimated", False)):
             continue
         cost = getattr(a, "cost_usd", None)
         if cost is None:
@@ -49,11 +56,10 @@ def billed_calls(rec: Mapping[str, Any]) -> list[tuple[str, str, float | None, i
     for a in rec.get("attempts") or ():
         if not isinstance(a, Mapping):
             continue
-        if a.get("outcome") not in _BILLED and not a.get("cost_estimated"):
+        if not bills(a.get("outcome"), a.get("cost_estimated")):
             continue
-        cost = a.get("cost_usd")
-        if not (isinstance(cost, int | float) and not isinstance(cost, bool)
-                and 0.0 <= cost < math.inf):  # fmt: skip
+        cost = as_real(a.get("cost_usd"))
+        if cost is not None and cost < 0:
             cost = None  # (a hand-edited record's, or unpriced: unknown, never $0)
         u = a.get("usage")
         if not isinstance(u, Mapping):
@@ -78,7 +84,8 @@ def billed_calls(rec: Mapping[str, Any]) -> list[tuple[str, str, float | None, i
 
 
 def _tokens(n: object) -> int:
-    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0
+    """A usage's count as a bill reads it: 0 for none, or one that is no count."""
+    return max(as_count(n) or 0, 0)
 
 
 @dataclass(slots=True)

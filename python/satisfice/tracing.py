@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .result import bills
+
 if TYPE_CHECKING:
     from .result import ChatResult
 
@@ -37,7 +39,7 @@ def _gen_ai(a: Mapping[str, Any], provider: str | None) -> dict[str, Any]:
         attrs["gen_ai.usage.output_tokens"] = u["completion_tokens"]
     if a.get("cost_usd") is not None:
         attrs["satisfice.cost_usd"] = a["cost_usd"]
-    elif a.get("outcome") in ("ok", "rejected", "cancelled", "check") or a.get("cost_estimated"):
+    elif bills(a.get("outcome"), a.get("cost_estimated")):
         attrs["satisfice.cost_unpriced"] = True  # billed, at a price nobody knows: not $0
     if a.get("error_type"):
         attrs["error.type"] = a["error_type"]

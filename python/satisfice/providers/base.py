@@ -25,7 +25,6 @@ import codecs
 import contextlib
 import email.utils
 import hashlib
-import json
 import math
 import os
 import re
@@ -38,7 +37,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
-from .._json import dumps_body, encode_json, loads
+from .._json import dumps_body, encode_json, loads, utf8
 from .._redact import (
     guard_logs,
     register,
@@ -462,7 +461,7 @@ def _message_of(body: bytes) -> str:
     try:
         data = parse_json(body)
     except (ValueError, RecursionError):
-        if json.detect_encoding(body) not in ("utf-8", "utf-8-sig"):
+        if not utf8(body):
             # UTF-16 or UTF-32: the key's UTF-8 bytes, which the scrubbing looks for, are not
             # in it, and decoded as UTF-8 its text (a key echoed in it) had come through
             return f"(a body that is not UTF-8 text, {len(body):,} bytes)"

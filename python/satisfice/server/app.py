@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import _core
-from .._json import dumps, loads
+from .._json import NotUTF8, dumps, loads
 from .._watchdog import Deadlines
 from ..decision import Decision, thinks_as_asked
 from ..errors import (
@@ -214,8 +214,7 @@ def _error(he: HTTPError, api: str, cause: BaseException | None = None) -> JSONR
     """An error answer, with its request's id in the headers the SDKs read (`request_id`
     of their errors): the record's when the request is on the record, else one of its own."""
     rid = getattr(cause, "request_id", None) or f"req-{uuid.uuid4().hex[:16]}"
-    ids = {"x-request-id": rid, "request-id": rid, "x-satisfice-request-id": rid}
-    return JSONResponse(he.body(api), he.status, headers={**he.headers, **ids})
+    return JSONResponse(he.body(api), he.status, headers={**he.headers, **wire.id_headers(rid)})
 
 
 def _anthropic_model(m: Mapping[str, Any]) -> dict[str, Any]:
@@ -1099,7 +1098,7 @@ def _json(raw: bytes) -> Any:
     try:
         return loads(raw)
     except (ValueError, RecursionError) as e:
-        why = f" ({e})" if "UTF-8" in str(e) else ""  # UTF-16 or UTF-32: said which
+        why = f" ({e})" if isinstance(e, NotUTF8) else ""  # UTF-16 or UTF-32: said which
         raise HTTPError(
             400,
             f"the request body is not valid JSON{why}",
@@ -2072,9 +2071,7 @@ async def _stream(
         media_type="text/event-stream",
         headers={
             "cache-control": "no-cache",
-            "x-satisfice-request-id": sid,
-            "x-request-id": sid,  # what the SDKs read an answer's id from
-            "request-id": sid,
+            **wire.id_headers(sid),
             "x-satisfice-model": wire.header_value(answering),
         },
     )

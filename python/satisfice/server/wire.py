@@ -481,15 +481,21 @@ def header_value(s: str) -> str:
     return quote(s, safe="")
 
 
+#: The headers an answer's request id goes out in: satisfice's own, and those the `openai`
+#: and `anthropic` SDKs read it from (`_request_id`, an error's `request_id`).
+ID_HEADERS = ("x-satisfice-request-id", "x-request-id", "request-id")
+
+
+def id_headers(rid: str) -> dict[str, str]:
+    return dict.fromkeys(ID_HEADERS, rid)
+
+
 def headers_of(res: Any) -> list[tuple[bytes, bytes]]:
     """The decision's `x-satisfice-*` headers of an answer, as the bytes they are sent as."""
     cost, est = res.total_cost_usd, res.decision.est_cost_usd
     rid = res.request_id.encode("latin-1")
     return [
-        (b"x-satisfice-request-id", rid),
-        # the headers the SDKs read an answer's id from (`_request_id`): openai's, anthropic's
-        (b"x-request-id", rid),
-        (b"request-id", rid),
+        *((name.encode(), rid) for name in ID_HEADERS),
         (b"x-satisfice-model", header_value(res.model).encode()),
         (b"x-satisfice-deployment", header_value(res.deployment).encode()),
         (b"x-satisfice-routed-to", header_value(res.decision.model).encode()),
