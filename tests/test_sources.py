@@ -24,6 +24,20 @@ from satisfice.testing import LocalUpstream
 FIX = Path(__file__).parent / "fixtures" / "sources"
 
 
+class JSONHandler(BaseHTTPRequestHandler):
+    """A handler that answers JSON (`send_json`) and logs nothing."""
+
+    def send_json(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a: Any) -> None:
+        pass
+
+
 class _Catalogue:
     """A catalogue served over HTTP on 127.0.0.1 whose body a test replaces at will."""
 
@@ -32,18 +46,10 @@ class _Catalogue:
         self.hits = 0
         outer = self
 
-        class H(BaseHTTPRequestHandler):
+        class H(JSONHandler):
             def do_GET(self) -> None:
                 outer.hits += 1
-                body = outer.body
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a: Any) -> None:
-                pass
+                self.send_json(outer.body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

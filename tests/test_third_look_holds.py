@@ -30,6 +30,7 @@ from satisfice.testing import LocalUpstream, hang, reply
 from .chat_support import registry, wire
 from .server_support import ADMIN, post_chat, running
 from .test_budgets_settle_as_recorded import HELLO, _key, _row, _wait_seen
+from .test_sources import JSONHandler
 
 
 async def _cancelled_once_seen(
@@ -163,7 +164,7 @@ def test_a_request_cut_while_its_checks_router_call_is_upstream_has_no_known_bil
 
 
 # 3 ------------------------------------------------------------------------------------------
-class _Echo(http.server.BaseHTTPRequestHandler):
+class _Echo(JSONHandler):
     """A catalogue host that redirects the GET to where the file is, its token kept in the
     Location (as an object store's or a proxy's redirect does)."""
 
@@ -174,15 +175,7 @@ class _Echo(http.server.BaseHTTPRequestHandler):
             self.send_header("content-length", "0")
             self.end_headers()
             return
-        body = b'{"models": []}'
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a: Any) -> None:
-        pass
+        self.send_json(b'{"models": []}')
 
 
 def test_guard_logs_scrubs_what_httpcore_logs() -> None:
