@@ -23,7 +23,7 @@ from .result import billed_calls
 
 __all__ = ["Metrics"]
 
-#: Distinct `key` label values; later keys are counted as "other".
+#: Distinct `key` label values; later keys are counted as "other" (see Metrics._other).
 MAX_KEYS = 1000
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
 _OVERHEAD_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
@@ -74,7 +74,20 @@ class Metrics:
         self._dropped_seen: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._ledgers: weakref.WeakSet[Any] = weakref.WeakSet()  # whose backlogs are summed
         self._keys: set[str] = set()  # label values seen for `key`: bounded (MAX_KEYS)
+        self._other_label: str | None = None
         self._kids: dict[tuple[Any, ...], Any] = {}  # (metric, *labels) -> its child
+
+    @property
+    def _other(self) -> str:
+        """The `key` label of keys past MAX_KEYS: "other", with a space added for each key
+        of that name already labelled (a key named "other" had taken every later key's
+        counts). Fixed once the keys are full, so it stays apart."""
+        if self._other_label is None:
+            label = "other"
+            while label in self._keys:
+                label += " "
+            self._other_label = label
+        return self._other_label
 
     def _kid(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, kept: prometheus-client checks the label values and
@@ -93,7 +106,7 @@ class Metrics:
         key = str(meta.get("key") or "")
         if key not in self._keys:  # a caller's own keys could be unbounded: cap the labels
             if len(self._keys) >= MAX_KEYS:
-                key = "other"
+                key = self._other
             else:
                 self._keys.add(key)
         task = str(rec.get("task") or "")

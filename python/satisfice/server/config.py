@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,9 +63,21 @@ def _table(d: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any]:
     return dict(v)
 
 
+_KEYLIKE = re.compile(r"(?=.*[A-Za-z])(?=.*\d)\S+", re.DOTALL)
+
+
+def _shown(v: Any) -> str:
+    """A value the file gave, as an error quotes it: not a string that could be a key pasted
+    into the wrong field (16+ characters, no space, letters and digits), which a log of the
+    failed start would keep; cut at 40 characters."""
+    if isinstance(v, str) and len(v) >= 16 and _KEYLIKE.fullmatch(v):
+        return f"a {len(v)}-character string (not shown: it may be a key)"
+    return f"{v!r:.40}"
+
+
 def _int(v: Any, where: str, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise ConfigError(f"{where} must be an integer in [{lo}, {hi}], got {v!r:.40}")
+        raise ConfigError(f"{where} must be an integer in [{lo}, {hi}], got {_shown(v)}")
     return v
 
 
@@ -75,7 +88,7 @@ def _num(v: Any, where: str, hi: float = 1e9, lo: float = 0.0) -> float:
     num = not isinstance(v, bool) and isinstance(v, int | float)
     if not num or not (lo <= v <= hi if lo > 0 else 0 < v <= hi):
         span = f"[{lo:g}, {hi:g}]" if lo > 0 else f"(0, {hi:g}]"
-        raise ConfigError(f"{where} must be a number in {span}, got {v!r:.40}")
+        raise ConfigError(f"{where} must be a number in {span}, got {_shown(v)}")
     return float(v)
 
 
@@ -191,7 +204,7 @@ class ServerConfig:
                 raise ConfigError(f"[aliases].{name}: {e}") from None
         if self.state_backend not in ("memory", "redis"):
             raise ConfigError(
-                f"[state].backend must be memory or redis, got {self.state_backend!r}"
+                f"[state].backend must be memory or redis, got {_shown(self.state_backend)}"
             )
         if self.state_backend == "redis" and not self.redis_url:
             raise ConfigError("[state].backend = redis needs [state].redis_url")
@@ -204,8 +217,8 @@ class ServerConfig:
             )
         if not self.loopback and not self.require_keys:
             raise ConfigError(
-                f"[server].host = {self.host!r} is not loopback: set require_keys = true (and "
-                "a master key in the variable [server].master_key_env names) before serving "
+                f"[server].host = {_shown(self.host)} is not loopback: set require_keys = true "
+                "(and a master key in the variable [server].master_key_env names) before serving "
                 "beyond this machine"
             )
 
@@ -279,7 +292,7 @@ class ServerConfig:
             if refresh["source"] not in SOURCES:
                 raise ConfigError(
                     f"[registry].refresh.source must be one of {list(SOURCES)}, got "
-                    f"{refresh['source']!r:.40}"
+                    f"{_shown(refresh['source'])}"
                 )
             loc = refresh.get("location")
             if loc is not None and (not isinstance(loc, str) or not loc.strip()):
