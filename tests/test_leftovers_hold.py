@@ -60,3 +60,35 @@ def test_keys_past_the_label_cap_do_not_merge_with_a_key_named_other() -> None:
     assert by_key["other"] == 1, by_key  # the real key's own request alone
     overflow = [k for k in by_key if k.strip() == "other" and k != "other"]
     assert len(overflow) == 1 and by_key[overflow[0]] == 2, by_key
+
+
+def test_serve_limits_malloc_arenas_unless_told(tmp_path) -> None:
+    """`satisfice serve` limits glibc's malloc arenas before its threads start: with one per
+    thread its RSS grew by 16-23 MiB a 100,000 requests (benches/bench_server.py's memory
+    phase), where issue 13 asks for flat. A MALLOC_ARENA_MAX the user set is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's arenas: Linux only")
+    code = (
+        "from unittest import mock\n"
+        "import satisfice.cli as cli, satisfice.server as s\n"
+        "calls, real = [], s.limit_malloc_arenas\n"
+        "def limit(n=2):\n"
+        "    calls.append(real(n)); raise SystemExit(0)\n"
+        "with mock.patch.object(s, 'limit_malloc_arenas', limit):\n"
+        "    try:\n"
+        "        cli.main(['serve', '--port', '0'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(calls)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert out.stdout.strip() == "[True]", out.stdout + out.stderr
+    told = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_ARENA_MAX": "4"},
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert told.stdout.strip() == "[False]", told.stdout + told.stderr

@@ -364,12 +364,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from .server import ServerConfig, create_app, listen, serve
+        from .server import ServerConfig, create_app, limit_malloc_arenas, listen, serve
     except ImportError as e:  # the server's extra not installed: said, not a traceback
         raise ConfigError(
             f"satisfice serve needs the server's extra ({e.name or e} is missing): "
             "pip install 'satisfice[server]' (from a checkout: pip install '.[server]')"
         ) from None
+
+    limit_malloc_arenas()  # the process is the server's: before its threads start
 
     cfg = ServerConfig.load(args.config)
     if args.host is not None:
