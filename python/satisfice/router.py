@@ -191,7 +191,10 @@ def _shaped(c: Constraints, tools: Any, rf: Any) -> tuple[Constraints, str | Non
 
 def _message_list(messages: object) -> list[dict[str, Any]]:
     """The caller's messages as a list of fresh dicts (theirs are never changed)."""
-    if (
+    if type(messages) is list and len(messages) <= MAX_MESSAGES:  # the usual case: no ABCs
+        if all(type(m) is dict for m in messages):
+            return [m.copy() for m in messages]
+    elif (
         isinstance(messages, Sized)
         and not isinstance(messages, str)  # one prompt: its length is in characters
         and len(messages) > MAX_MESSAGES
@@ -200,8 +203,6 @@ def _message_list(messages: object) -> list[dict[str, Any]]:
             f"{len(messages):,} messages: a request holds at most {MAX_MESSAGES:,} (the most "
             "any provider's API takes); send fewer, e.g. the conversation's recent turns"
         )
-    if type(messages) is list and all(type(m) is dict for m in messages):
-        return [m.copy() for m in messages]  # the usual case, without the ABC checks below
     if isinstance(messages, str):
         return [{"role": "user", "content": messages}]
     if isinstance(messages, Sequence) and all(isinstance(m, Mapping) for m in messages):
