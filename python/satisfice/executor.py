@@ -790,10 +790,12 @@ class Executor:
         # Calls open now per deployment key, for balancing: kept here, not on the targets,
         # which a registry swap rebuilds while the calls made on the old one are still open.
         self._in_flight: Counter[str] = Counter()
-        # the attempts' time bounds, one timer per event loop (see _watchdog.Deadlines)
+        # the attempts' time bounds, one timer per event loop (see _watchdog.Deadlines); the
+        # last one used first, without a weak reference made to look it up
         self._deadlines: WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = (
             WeakKeyDictionary()
         )
+        self._last_deadlines: Deadlines | None = None
 
     # targets ------------------------------------------------------------------------------
     def targets(self, registry: Registry, model: str) -> tuple[_Target, ...]:
@@ -1023,9 +1025,12 @@ class Executor:
         run.calling[_hold(t)] = t, perf_counter(), made, stage
         self._in_flight[t.key] += 1
         loop = asyncio.get_running_loop()
-        deadlines = self._deadlines.get(loop)
-        if deadlines is None:  # one per event loop: a router may serve several threads' loops
-            deadlines = self._deadlines[loop] = Deadlines(loop)
+        deadlines = self._last_deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines.get(loop)
+            if deadlines is None:  # one per event loop: a router may serve several threads' loops
+                deadlines = self._deadlines[loop] = Deadlines(loop)
+            self._last_deadlines = deadlines
         token = STAGE.set(stage)
         generating = None if made is None else GENERATED.set(made)
         try:
