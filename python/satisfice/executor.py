@@ -787,6 +787,9 @@ class Executor:
         self._reg: Registry | None = None
         self._targets: dict[str, tuple[_Target, ...]] = {}
         self._key_model: dict[str, list[str]] | None = None  # "model/deployment" -> models
+        # the last `blocked_models` answer: the blocked keys stay the same request after
+        # request while a deployment cools
+        self._blocked_memo: tuple[Registry, frozenset[str], frozenset[str]] | None = None
         # Calls open now per deployment key, for balancing: kept here, not on the targets,
         # which a registry swap rebuilds while the calls made on the old one are still open.
         self._in_flight: Counter[str] = Counter()
@@ -840,9 +843,12 @@ class Executor:
             )
         return chosen
 
-    def blocked_models(self, registry: Registry, keys: set[str] | frozenset[str]) -> list[str]:
+    def blocked_models(self, registry: Registry, keys: set[str] | frozenset[str]) -> frozenset[str]:
         """Models none of whose deployments may be called now (`keys` are blocked): read
         from the blocked keys, so it costs the same at 20 models as at 2,000."""
+        memo = self._blocked_memo
+        if memo is not None and memo[0] is registry and memo[1] == keys:
+            return memo[2]
         if registry is not self._reg or self._key_model is None:
             self.targets(registry, registry.ids[0])  # (re)bind to this registry
             self._key_model = {}
@@ -850,7 +856,9 @@ class Executor:
                 for d in m.deployments:
                     self._key_model.setdefault(f"{m.base or m.id}/{d.name}", []).append(m.id)
         models = {m for k in keys for m in self._key_model.get(k, ())}
-        return [m for m in models if all(t.key in keys for t in self.targets(registry, m))]
+        out = frozenset(m for m in models if all(t.key in keys for t in self.targets(registry, m)))
+        self._blocked_memo = (registry, frozenset(keys), out)
+        return out
 
     def _provider(self, t: _Target) -> Provider:
         if t.provider is None:

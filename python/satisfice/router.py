@@ -1048,7 +1048,7 @@ class Router:
             skip = skip | _thinking_on_anthropic(snap.registry)
         blocked = io.health.blocked()
         if blocked:  # models whose every deployment is cooling or disabled are routed around
-            skip = skip | set(io.blocked_models(snap.registry, blocked))
+            skip = skip | io.blocked_models(snap.registry, blocked)
         # under a latency SLO, what the deployments have measured replaces the registry's p95
         live = io.live_p95_ms(snap.registry, snap.index) if c.latency_slo_ms is not None else None
         # the request's deadline bounds its routing too (a large prompt's, on a thread)
