@@ -504,7 +504,11 @@ pub struct Plan {
     pub candidates: Vec<Candidate>,
     pub sorted: usize,
     pub ranking: Ranking,
+    /// The rows filtered out but those disabled in the registry (`disabled`), in row
+    /// order, then those below the floor; `all_filtered` puts the disabled ones back.
     pub filtered: Vec<(usize, Filtered)>,
+    /// The table's disabled rows, filtered out of every plan.
+    pub disabled: Arc<[usize]>,
     pub rule: Option<usize>,
     /// No model met the floor: candidates are ranked by P(good) instead and say so.
     pub below_floor: bool,
@@ -520,6 +524,23 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Every row filtered out, in row order, those below the floor last.
+    pub fn all_filtered(&self) -> Vec<(usize, Filtered)> {
+        let cut = self
+            .filtered
+            .iter()
+            .position(|(_, f)| matches!(f, Filtered::BelowFloor { .. }))
+            .unwrap_or(self.filtered.len());
+        let mut out: Vec<(usize, Filtered)> = self.filtered[..cut]
+            .iter()
+            .cloned()
+            .chain(self.disabled.iter().map(|&i| (i, Filtered::Disabled)))
+            .collect();
+        out.sort_unstable_by_key(|&(i, _)| i);
+        out.extend_from_slice(&self.filtered[cut..]);
+        out
+    }
+
     /// Every candidate in rank order (the tail beyond `sorted` is ordered here, on read).
     pub fn ranked(&self) -> std::borrow::Cow<'_, [Candidate]> {
         self.first(usize::MAX)
@@ -707,6 +728,10 @@ impl Params {
 #[derive(Clone)]
 pub struct DispatchTable {
     pub rows: Arc<[ModelRow]>,
+    /// Rows disabled in the registry, and the rest: a plan walks the rest alone, so that
+    /// a registry of thousands of disabled rows routes as fast as one without them.
+    disabled: Arc<[usize]>,
+    live: Arc<[usize]>,
     pub params: Params,
     pub predictor: Arc<Predictor>,
     pub emb: Option<Arc<EmbWeights>>,
@@ -840,8 +865,12 @@ impl DispatchTable {
                 )));
             }
         }
+        let (disabled, live): (Vec<usize>, Vec<usize>) =
+            (0..rows.len()).partition(|&i| rows[i].disabled);
         Ok(Self {
             rows: rows.into(),
+            disabled: disabled.into(),
+            live: live.into(),
             params: Params::new(&params, stride),
             predictor: Arc::new(predictor),
             emb: emb.filter(|e| e.has.iter().any(|&h| h)).map(Arc::new),
@@ -949,10 +978,11 @@ impl DispatchTable {
             at: Default::default(),
         };
         let mut by_family: [Option<(f64, f64, f64)>; Family::ALL.len()] = [None; Family::ALL.len()];
-        let mut passing: Vec<Candidate> = Vec::with_capacity(self.rows.len());
+        let mut passing: Vec<Candidate> = Vec::with_capacity(self.live.len());
         // every row ends in `passing` or here: one allocation, not a doubling per few rows
-        let mut filtered = Vec::with_capacity(self.rows.len());
-        for (i, r) in self.rows.iter().enumerate() {
+        let mut filtered = Vec::with_capacity(self.live.len());
+        for &i in self.live.iter() {
+            let r = &self.rows[i];
             let lowered;
             let r = match c.thinking_cap {
                 Some(cap) if r.thinking_fixed && r.thinking > cap => {
@@ -964,9 +994,6 @@ impl DispatchTable {
             // the row's thinking within the caller's limit, when the limit counts it
             let within = if total_limit { r.thinking } else { 0 };
             let reason = 'check: {
-                if r.disabled {
-                    break 'check Some(Filtered::Disabled);
-                }
                 if c.exclude.get(i).copied().unwrap_or(false) {
                     break 'check Some(Filtered::Excluded);
                 }
@@ -1180,6 +1207,7 @@ impl DispatchTable {
             sorted: by_rule + sorted,
             ranking,
             filtered,
+            disabled: self.disabled.clone(),
             rule,
             below_floor,
             tokens_out,
@@ -1254,6 +1282,38 @@ mod tests {
             counter.upto(Family::O200k, exact).map(|t| t.tokens),
             Some(exact)
         );
+    }
+
+    #[test]
+    fn disabled_rows_are_listed_in_row_order_without_being_walked() {
+        let mut rows: Vec<(ModelRow, f32)> = (0..5)
+            .map(|i| row(&format!("m{i}"), 1.0, 1.0, if i == 3 { 5.0 } else { 0.0 }))
+            .collect();
+        rows[0].0.disabled = true;
+        rows[2].0.disabled = true;
+        let t = table(rows, vec![]);
+        let c = Constraints {
+            exclude: vec![false, true, false, false, false],
+            quality_floor: 0.6,
+            ..Constraints::default()
+        };
+        let p = t.plan(&msg("hi"), &c);
+        assert_eq!(
+            p.candidates.iter().map(|c| c.row).collect::<Vec<_>>(),
+            vec![3]
+        );
+        let all = p.all_filtered();
+        let rows_and_kinds: Vec<_> = all.iter().map(|(i, f)| (*i, f.constraint())).collect();
+        assert_eq!(
+            rows_and_kinds,
+            vec![
+                (0, "disabled"),
+                (1, "exclude"),
+                (2, "disabled"),
+                (4, "quality_floor")
+            ]
+        );
+        assert!(p.filtered.iter().all(|(_, f)| *f != Filtered::Disabled));
     }
 
     fn msg(s: &str) -> Vec<Message> {

@@ -1318,6 +1318,9 @@ impl PyPlan {
     /// (constraint, how many models it filtered out), without formatting every reason.
     fn filtered_counts(&self) -> Vec<(&'static str, usize)> {
         let mut out: Vec<(&'static str, usize)> = Vec::new();
+        if !self.plan.disabled.is_empty() {
+            out.push((Filtered::Disabled.constraint(), self.plan.disabled.len()));
+        }
         for (_, f) in &self.plan.filtered {
             match out.iter_mut().find(|(k, _)| *k == f.constraint()) {
                 Some((_, n)) => *n += 1,
@@ -1339,7 +1342,8 @@ impl PyPlan {
     fn filtered(&self) -> Vec<(usize, &'static str, String)> {
         // Those below the quality floor come last (the ranking drops them after the other
         // filters); they are listed best first, as a reader looks for the nearest miss.
-        let mut all: Vec<&(usize, Filtered)> = self.plan.filtered.iter().collect();
+        let filtered = self.plan.all_filtered();
+        let mut all: Vec<&(usize, Filtered)> = filtered.iter().collect();
         let below = |f: &Filtered| match f {
             Filtered::BelowFloor { p, .. } => Some(*p),
             _ => None,
