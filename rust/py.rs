@@ -14,7 +14,7 @@ use numpy::{
 use pyo3::buffer::PyBuffer;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyMapping, PySequence, PyString};
+use pyo3::types::{PyDict, PyList, PyMapping, PySequence, PyString, PyTuple};
 
 pyo3::import_exception!(satisfice.errors, ConfigError);
 pyo3::import_exception!(satisfice.errors, InputError);
@@ -708,7 +708,8 @@ fn tokenizers_ready() -> bool {
 /// `update_belief` (see dispatch.rs): the new (mean, cov) after one feedback score. The
 /// covariance comes and goes as native-endian float64 bytes: its (k+1)^2 floats converted
 /// one by one, to a Vec and back to a list, had been 15% of a `feedback()` call
-/// (`benches/instructions.py feedback`: 97,645 against 83,320 instructions a call).
+/// (`benches/instructions.py feedback`: 97,645 against 83,320 instructions a call). The mean
+/// comes back as the tuple `AbilityBelief` keeps (a list had been copied into one).
 #[pyfunction]
 #[pyo3(signature = (mean, cov, latent, score, scale = 1.0, offset = 0.0))]
 fn update_belief<'py>(
@@ -719,7 +720,7 @@ fn update_belief<'py>(
     score: f64,
     scale: f64,
     offset: f64,
-) -> PyResult<(Vec<f64>, Bound<'py, pyo3::types::PyBytes>)> {
+) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, pyo3::types::PyBytes>)> {
     if cov.len() % 8 != 0 {
         return Err(CoreError::Input(format!(
             "cov must be float64 bytes, got {} bytes",
@@ -733,7 +734,7 @@ fn update_belief<'py>(
         .collect();
     crate::dispatch::update_belief(&mut mean, &mut c, &latent, score, scale, offset)?;
     let out: Vec<u8> = c.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    Ok((mean, pyo3::types::PyBytes::new(py, &out)))
+    Ok((PyTuple::new(py, mean)?, pyo3::types::PyBytes::new(py, &out)))
 }
 
 /// Fast estimate of the token count in a tokenizer family (see `is_exact_family`).

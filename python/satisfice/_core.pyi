@@ -206,7 +206,7 @@ def update_belief(
     score: float,
     scale: float = 1.0,
     offset: float = 0.0,
-) -> tuple[list[float], bytes]: ...
+) -> tuple[tuple[float, ...], bytes]: ...
 def wait_for_tokenizers() -> None:
     """Block until a tokenizer build in progress has finished (runs before every fork)."""
 

@@ -219,7 +219,7 @@ def update_belief(
     if len(latent) != k + 1:
         raise InputError(f"latent must hold {k + 1} values (k skills and a difficulty)")
     mean, cov = _core.update_belief(belief.mean, belief.cov, latent, y, scale, offset)
-    return AbilityBelief(tuple(mean), cov, belief.n_obs + 1.0)
+    return AbilityBelief(mean, cov, belief.n_obs + 1.0)
 
 
 def new_request_id() -> str:
@@ -379,7 +379,8 @@ class FeedbackLog:
         # exactly the 32 lower-case hex digits issued (int() alone took " 0x", "_", ...)
         if not request_id.startswith(self._tag) or _ID.fullmatch(request_id) is None:
             return None
-        seq, check = int(request_id[4:16], 16), int(request_id[16:], 16)
+        n = int(request_id[4:], 16)  # the decision's number and its check, in one parse
+        seq, check = n >> 64, n & 0xFFFF_FFFF_FFFF_FFFF
         slot = seq % self.capacity
         if slot >= len(self._seq) or self._seq[slot] != seq or self._check[slot] != check:
             return None

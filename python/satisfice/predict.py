@@ -114,6 +114,20 @@ def floats32(v: Any) -> array[float]:
     return array("f", v)
 
 
+def _since_fit(meta: Mapping[str, object]) -> Mapping[str, object]:
+    """meta["since_fit"], or {} when it is missing or not a mapping."""
+    since = meta.get(SINCE_FIT)
+    # a dict (as loaded, and as `with_feedback` makes it) without the ABC check, which had
+    # been a sizeable part of every feedback() call
+    return since if type(since) is dict or isinstance(since, Mapping) else {}
+
+
+def _fed(since: Mapping[str, object]) -> int | None:
+    """The feedback observations `since` (meta["since_fit"]) counts, if any."""
+    n = since.get(_FED)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
 class QualityModel(Value):
     """A predictor the DispatchTable evaluates; immutable, saved as one .npz file.
 
@@ -249,11 +263,17 @@ class QualityModel(Value):
                 "embedding weights (or none)"
             )
 
-    def _sharing(self, models: dict[str, ModelParams]) -> QualityModel:
-        """A copy with `models` (already checked), sharing the weights and their arrays."""
+    def _sharing(
+        self, models: dict[str, ModelParams], meta: Mapping[str, object] | None = None
+    ) -> QualityModel:
+        """A copy with `models` (and `meta`, if given; already checked), sharing the weights
+        and their arrays."""
         new = object.__new__(QualityModel)
-        new.__dict__.update(self.__dict__)
-        new.__dict__["models"] = models
+        d = new.__dict__
+        d.update(self.__dict__)
+        d["models"] = models
+        if meta is not None:
+            d["meta"] = meta
         return new
 
     def with_models(self, models: Mapping[str, ModelParams]) -> QualityModel:
@@ -271,21 +291,16 @@ class QualityModel(Value):
         """`with_model` for a feedback update, counted in meta["since_fit"]: feedback learns
         from prompts the training-prompt filter does not hold (the feedback log keeps no
         prompt text), so eval can say that it cannot exclude them (`feedback_since_fit`)."""
-        new = self.with_model(model, params)
-        since = self.meta.get(SINCE_FIT)
-        n = self.feedback_since_fit() or 0
-        new.__dict__["meta"] = {
-            **self.meta,
-            SINCE_FIT: {**(since if isinstance(since, Mapping) else {}), _FED: n + 1},
-        }
-        return new
+        self._check(model, params)
+        since = _since_fit(self.meta)
+        n = _fed(since) or 0
+        meta = {**self.meta, SINCE_FIT: {**since, _FED: n + 1}}
+        return self._sharing({**self.models, model: params}, meta)
 
     def feedback_since_fit(self) -> int | None:
         """How many feedback observations refined this predictor after it was fitted (None:
         none recorded)."""
-        since = self.meta.get(SINCE_FIT)
-        n = since.get(_FED) if isinstance(since, Mapping) else None
-        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+        return _fed(_since_fit(self.meta))
 
     # -- batch evaluation, for offline work (the router's hot path runs the same maths in Rust)
     def featurizer(self) -> _core.Featurizer:
