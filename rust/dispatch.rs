@@ -652,6 +652,9 @@ impl Ranking {
         // in place: most candidates usually pass, and a λ ranking passes them all
         let mut below = Vec::new();
         if let Ranking::Floor(_) = self {
+            // room for every candidate at once: pushed one by one, those below the floor (a
+            // dozen or more at the bundled size) had regrown the vector several times a route
+            below.reserve(cands.len());
             cands.retain(|c| {
                 let ok = self.passes(c.p_good as f64);
                 if !ok {
