@@ -115,20 +115,13 @@ class _Kept:
         pass
 
 
-async def test_a_loop_that_never_waits_on_io_does_not_starve_the_ledger() -> None:
-    """An event loop that seldom waits on I/O (CPU-bound work, an upstream answering at
-    once) left the ledger's writer 0.2 ms of every 5 ms switch interval, and its build loop
-    ran until the queue was empty, which under such a loop it never was: 20,000 in-process
-    requests left 15,000 records queued and none written after the first, the queue
-    growing until records were dropped (here 5,556 and 9,108 of 20,000 in two runs; the
-    writer now keeps within ~1,000 of the loop). Now the writer builds what was queued when it
-    began, writes it, and holds the GIL longer while it is behind."""
+def _answered_at_once():  # -> Router
+    """A router on one model whose upstream answers from memory: no I/O wait."""
     import os
 
     import httpx
 
     from satisfice import Policy, Registry, Router
-    from satisfice.ledger import Ledger
 
     reg = Registry.from_dict({"model": [
         {"id": "a", "provider": "openai", "context_window": 100_000, "max_output": 4_000,
@@ -141,16 +134,26 @@ async def test_a_loop_that_never_waits_on_io_does_not_starve_the_ledger() -> Non
                      "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 1},
     }  # fmt: skip
-
-    def handler(req: httpx.Request) -> httpx.Response:  # answered at once: no I/O wait
-        return httpx.Response(200, json=answer)
-
     os.environ["LEFTOVER_KEY"] = "sk-leftover-0123456789"
+    client = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda _: httpx.Response(200, json=answer))
+    )
+    return Router(reg, Policy(quality_floor=0.0)).configure(http=client)
+
+
+async def test_a_loop_that_never_waits_on_io_does_not_starve_the_ledger() -> None:
+    """An event loop that seldom waits on I/O (CPU-bound work, an upstream answering at
+    once) left the ledger's writer 0.2 ms of every 5 ms switch interval, and its build loop
+    ran until the queue was empty, which under such a loop it never was: 20,000 in-process
+    requests left 15,000 records queued and none written after the first, the queue
+    growing until records were dropped (here 5,556 and 9,108 of 20,000 in two runs; the
+    writer now keeps within ~1,000 of the loop). Now the writer builds what was queued when it
+    began, writes it, and holds the GIL longer while it is behind."""
+    from satisfice.ledger import Ledger
+
     sink = _Kept()
     ledger = Ledger(sink, max_buffer=3000)
-    r = Router(reg, Policy(quality_floor=0.0)).configure(
-        http=httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    )
+    r = _answered_at_once()
     r.attach(ledger=ledger)
     n = 20_000
     for _ in range(n):
@@ -162,3 +165,22 @@ async def test_a_loop_that_never_waits_on_io_does_not_starve_the_ledger() -> Non
     # written as they came: at most about ledger._BEHIND records behind (it had fallen a
     # quarter of the requests behind, and further the longer the loop ran)
     assert written_during >= n - 2500, written_during
+
+
+def test_a_router_called_from_many_event_loops_keeps_none_of_them_alive() -> None:
+    """The executor kept each event loop's deadline timer in a WeakKeyDictionary keyed by the
+    loop, but the timer holds its loop: every `asyncio.run(router.chat(...))` left a closed
+    loop alive for the router's life (50 runs, 50 loops)."""
+    import asyncio
+    import gc
+
+    r = _answered_at_once()
+
+    def loops() -> int:
+        gc.collect()
+        return sum(isinstance(o, asyncio.AbstractEventLoop) for o in gc.get_objects())
+
+    before = loops()
+    for _ in range(20):
+        asyncio.run(r.chat("hello"))
+    assert loops() - before <= 1, loops() - before  # the last one's timer may stay

@@ -26,7 +26,6 @@ from functools import partial
 from http.cookiejar import Cookie, CookieJar
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
-from weakref import WeakKeyDictionary
 
 import httpx
 
@@ -793,12 +792,11 @@ class Executor:
         # Calls open now per deployment key, for balancing: kept here, not on the targets,
         # which a registry swap rebuilds while the calls made on the old one are still open.
         self._in_flight: Counter[str] = Counter()
-        # the attempts' time bounds, one timer per event loop (see _watchdog.Deadlines); the
-        # last one used first, without a weak reference made to look it up
-        self._deadlines: WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = (
-            WeakKeyDictionary()
-        )
-        self._last_deadlines: Deadlines | None = None
+        # the attempts' time bounds, one timer on the loop that made the last attempt (see
+        # _watchdog.Deadlines); another loop's attempt makes its own, and the waits on the
+        # old one keep it. (Kept per loop in a WeakKeyDictionary, each Deadlines, holding
+        # its loop, had kept every loop alive: one per asyncio.run(router.chat(...)).)
+        self._deadlines: Deadlines | None = None
 
     # targets ------------------------------------------------------------------------------
     def targets(self, registry: Registry, model: str) -> tuple[_Target, ...]:
@@ -1033,12 +1031,9 @@ class Executor:
         run.calling[_hold(t)] = t, perf_counter(), made, stage
         self._in_flight[t.key] += 1
         loop = asyncio.get_running_loop()
-        deadlines = self._last_deadlines
+        deadlines = self._deadlines
         if deadlines is None or deadlines.loop is not loop:
-            deadlines = self._deadlines.get(loop)
-            if deadlines is None:  # one per event loop: a router may serve several threads' loops
-                deadlines = self._deadlines[loop] = Deadlines(loop)
-            self._last_deadlines = deadlines
+            deadlines = self._deadlines = Deadlines(loop)
         token = STAGE.set(stage)
         generating = None if made is None else GENERATED.set(made)
         try:

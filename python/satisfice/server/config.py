@@ -63,14 +63,15 @@ def _table(d: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any]:
     return dict(v)
 
 
-_KEYLIKE = re.compile(r"(?=.*[A-Za-z])(?=.*\d)\S+", re.DOTALL)
+# 16+ characters, no space, letters and digits: a key's shape
+_KEYLIKE = re.compile(r"(?=\S*[A-Za-z])(?=\S*\d)\S{16,}")
 
 
 def _shown(v: Any) -> str:
     """A value the file gave, as an error quotes it: not a string that could be a key pasted
     into the wrong field (16+ characters, no space, letters and digits), which a log of the
     failed start would keep; cut at 40 characters."""
-    if isinstance(v, str) and len(v) >= 16 and _KEYLIKE.fullmatch(v):
+    if isinstance(v, str) and _KEYLIKE.fullmatch(v):
         return f"a {len(v)}-character string (not shown: it may be a key)"
     return f"{v!r:.40}"
 
