@@ -188,10 +188,14 @@ def _python() -> str:
     return os.path.realpath(sys.executable)
 
 
+#: "this build": the checkout this script is in (not whichever satisfice is installed, which
+#: had measured /work/main's editable install when run from another clone)
+THIS = str(Path(BENCHES).parent / "python")
+
+
 def _env(python_dir: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    if python_dir is not None:
-        env["PYTHONPATH"] = python_dir
+    env["PYTHONPATH"] = THIS if python_dir is None else python_dir
     return env
 
 
