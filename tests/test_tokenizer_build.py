@@ -73,7 +73,7 @@ LOOP_CHILD = textwrap.dedent(
         msgs = [{"role": "user", "content": prompt}]
         c = Constraints.of(None, max_output_tokens=256)
         snap = router._snap
-        d = await router._decide(snap, msgs, c, frozenset(), frozenset(), None)
+        d = await router._route_off_loop(snap, msgs, c, frozenset(), None)
         assert d.model
         done = True
         await ticker
@@ -121,7 +121,7 @@ def test_ready_means_the_first_count_is_cheap() -> None:
 
 
 AROUTE_CHILD = LOOP_CHILD.replace(
-    "d = await router._decide(snap, msgs, c, frozenset(), frozenset(), None)",
+    "d = await router._route_off_loop(snap, msgs, c, frozenset(), None)",
     "d = await router.aroute(msgs, max_output_tokens=256)",
 )
 

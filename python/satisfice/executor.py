@@ -175,12 +175,6 @@ def _union_s(spans: list[tuple[float, float]]) -> float:
     return total
 
 
-def _hold(t: _Target) -> tuple[str, str]:
-    """A call's hold on the cost cap: per model (effort variants share a deployment key)
-    and deployment, which one request never calls twice at once."""
-    return t.model, t.dep.name
-
-
 def thinking_added(spec: ModelSpec, api: str, within: bool = False, cap: int | None = None) -> int:
     """The thinking budget `api`'s wire adds to max_tokens for `spec`: Anthropic's, unless
     the request's limit holds the thinking (`within`, `ChatRequest.thinking_within`); 0 for
@@ -387,7 +381,7 @@ _NO_COOKIES = _NoCookies()
 class _Target:
     """One deployment of one model, with its provider built on first use."""
 
-    __slots__ = ("dep", "key", "model", "price", "provider", "spec")
+    __slots__ = ("dep", "hold", "key", "model", "price", "provider", "spec")
 
     def __init__(self, spec: ModelSpec, dep: Deployment) -> None:
         self.spec = spec
@@ -395,8 +389,17 @@ class _Target:
         self.model = spec.id
         # health is the deployment's: a model's effort variants call the same one
         self.key = f"{spec.base or spec.id}/{dep.name}"
+        # a call's hold on the cost cap, and its entry among the calls in flight: per model
+        # (effort variants share a deployment key) and deployment, which one request never
+        # calls twice at once
+        self.hold = (spec.id, dep.name)
         self.price: Price | None = dep.price if dep.price is not None else spec.price
         self.provider: Provider | None = None
+
+
+def _complete(p: Provider, request: ChatRequest, timeout: httpx.Timeout) -> Awaitable[ChatResponse]:
+    """What `_first_success` opens for an answer whole: `p.complete(request, timeout)`."""
+    return p.complete(request, timeout)
 
 
 def _unsent(e: UpstreamTimeoutError, stage: int) -> UpstreamTimeoutError:
@@ -522,7 +525,7 @@ class Run:
         holds: dict[tuple[str, str], tuple[float, int]] | None = None,
         cut: list[bool] | None = None,
     ) -> None:
-        self.registry: Registry = decision.registry
+        self.registry: Registry = decision.snapshot.registry  # (`decision.registry`)
         self.decision = decision
         self.request = request
         self.t0 = t0
@@ -598,7 +601,7 @@ class Run:
         elif request.max_tokens is None and t.dep.api == "anthropic":
             # Anthropic's API needs a limit: its default answer, within what the budget leaves
             request = replace(request, max_tokens=min(DEFAULT_MAX_TOKENS, most_answer))
-        capped = self.output_cap(t)
+        capped = None if self.cap is None else self.output_cap(t)  # (no cap: None)
         if capped is None:
             return request
         n, usd = capped  # (extra n != 1 is refused before: router._check_options)
@@ -613,9 +616,9 @@ class Run:
             DEFAULT_MAX_TOKENS if t.dep.api == "anthropic" else t.spec.max_output
         )
         if n >= most:  # the cap allows more than the call could take: it holds what it can
-            self.holds[_hold(t)] = (min(usd, self._worst(t, most)), most)
+            self.holds[t.hold] = (min(usd, self._worst(t, most)), most)
             return request
-        self.holds[_hold(t)] = (usd, n)
+        self.holds[t.hold] = (usd, n)
         return replace(request, max_tokens=n)
 
     def output_cap(self, t: _Target) -> tuple[int, float] | None:
@@ -625,9 +628,9 @@ class Run:
         priced at its upper bound, as a cache write when it asks for one. (0, 0) when a bill
         on the request is unknown (an unpriced call): the cap cannot be kept then. None:
         no cap applies."""
-        if t.price is None:
+        if t.price is None or self.cap is None:
             return None
-        key = _hold(t)
+        key = t.hold
         left = self.room(besides=key)
         if left is None:
             return None
@@ -675,7 +678,7 @@ class Run:
         """The most output tokens a call to `t` was allowed on the wire (None: no limit
         was sent)."""
         r = self.request
-        held = self.holds.get(_hold(t))
+        held = self.holds.get(t.hold)
         n = held[1] if held is not None else r.max_tokens
         if n is None and t.dep.api == "anthropic":
             n = DEFAULT_MAX_TOKENS  # what `wire` sends when the caller sends none
@@ -699,8 +702,8 @@ class Run:
     def record(self, attempt: Attempt, t: _Target) -> None:
         """A call's attempt, on the record; its hold on the cap is released."""
         self.attempts.append(attempt)
-        self.holds.pop(_hold(t), None)
-        self.calling.pop(_hold(t), None)
+        self.holds.pop(t.hold, None)
+        self.calling.pop(t.hold, None)
 
     def room(self, besides: tuple[str, str] | None = None) -> float | None:
         """USD the cap has left (None: no cap): what neither the bills nor the calls in
@@ -921,7 +924,7 @@ class Executor:
                     run.skip(t.model, t.dep.name, "unavailable", why, self.health.retry_in(t.key))
                     cooled.append(t)
                     continue
-                if self._capped_out(run, t):
+                if run.cap is not None and self._capped_out(run, t):  # (no cap: never)
                     continue
                 yield t
 
@@ -1024,11 +1027,15 @@ class Executor:
         once, as the call starts (a race's, once every racer has been launched: taken at
         launch, while the others are still untried, the first racer's share was halved for
         a fallback)."""
-        timeout, budget = self._budget(run, t)
+        timeout, budget = (
+            (self._timeout, self.config.attempt_timeout_s)  # (as `_budget` has it: no call)
+            if run.deadline is None
+            else self._budget(run, t)
+        )
         # what a stream generates beside its text (its provider adds to it as it comes)
         made = Generated() if streamed else None
         stage = [UNKNOWN]  # how far the request got (the transport's STAGE)
-        run.calling[_hold(t)] = t, perf_counter(), made, stage
+        run.calling[t.hold] = t, perf_counter(), made, stage
         self._in_flight[t.key] += 1
         loop = asyncio.get_running_loop()
         deadlines = self._deadlines
@@ -1155,7 +1162,12 @@ class Executor:
                 while True:
                     started = perf_counter()
                     try:
-                        call = partial(open_, self._provider(t), run.wire(t))
+                        call: Callable[[httpx.Timeout], Awaitable[T]] = (
+                            # the provider's own method: no frame of `_complete`'s
+                            partial(self._provider(t).complete, run.wire(t))  # type: ignore[assignment]
+                            if open_ is _complete
+                            else partial(open_, self._provider(t), run.wire(t))
+                        )
                         value = await self._bounded(run, t, call, streamed)
                     except ProviderError as e:
                         action = self._failed(run, t, e, started)
@@ -1413,9 +1425,7 @@ class Executor:
         among concurrent attempts."""
         if hedge or race > 1:
             return await self._concurrent(run, max(race, 2), hedge=hedge and race <= 1)
-        t, started, resp = await self._first_success(
-            run, lambda p, request, timeout: p.complete(request, timeout)
-        )
+        t, started, resp = await self._first_success(run, _complete)
         done = perf_counter()
         run.upstream_s += _exchange_s(resp, started, done)
         self.health.record_success(t.key, done - started)
@@ -1508,9 +1518,7 @@ class Executor:
             sub = run.sub(model, messages, step, 1 if step is None else width[step])
             began = perf_counter()
             try:
-                t, started, resp = await self._first_success(
-                    sub, lambda p, request, timeout: p.complete(request, timeout)
-                )
+                t, started, resp = await self._first_success(sub, _complete)
             except asyncio.CancelledError:  # the ladder's latency budget cut the step off
                 self._cut_off(sub)
                 raise
@@ -1946,7 +1954,7 @@ class Executor:
         (billed or not, which cannot be known); at $0 when its request never left (cut while
         it waited for a pooled connection or connected: such calls had been billed their
         prompt, 19 of 220 under cancellations, though the upstream never saw them)."""
-        calling = run.calling.get(_hold(t))
+        calling = run.calling.get(t.hold)
         if usage is None and calling is not None and calling[3][0] in (WAITING, CONNECTING):
             run.record(
                 Attempt(t.model, t.dep.name, "cancelled", started - run.t0, now - started,

@@ -340,23 +340,35 @@ class Price(Value):
         part is billed at its own rate, and the whole request at a long-context tier's rates
         when the prompt is longer than its threshold."""
         inp, out = self.input, self.output
-        long = self.tier(tokens_in)
-        if long is not None:
-            inp, out = long.input, long.output
-        scale = inp / self.input if self.input else 1.0  # tiers scale with the input rate
-        cached_rate = (self.cached_input if self.cached_input is not None else self.input) * scale
-        write_rate = (self.cache_write if self.cache_write is not None else self.input) * scale
-        write_1h = self.cache_write_1h * scale if self.cache_write_1h is not None else write_rate
+        scale = 1.0
+        if self.long_context:
+            long = self.tier(tokens_in)
+            if long is not None:
+                inp, out = long.input, long.output
+                scale = inp / self.input if self.input else 1.0  # tiers scale with the input rate
         fresh = max(tokens_in - cached_in - cache_write - cache_write_1h, 0.0)
+        # Only the parts a call has are priced (most calls have no cache reads, writes or
+        # reasoning): a part at 0 tokens adds 0.0, so skipping it leaves the sum, summed in
+        # the same order, bit for bit what it was, at half the work per call. (Rates are
+        # finite: a 0-token part at any rate is 0.0.)
+        usd = fresh * inp
+        if cached_in:
+            usd += cached_in * (
+                (self.cached_input if self.cached_input is not None else self.input) * scale
+            )
+        if cache_write or cache_write_1h:
+            write_rate = (self.cache_write if self.cache_write is not None else self.input) * scale
+            usd += cache_write * write_rate
+            if cache_write_1h:
+                write_1h = (
+                    self.cache_write_1h * scale if self.cache_write_1h is not None else write_rate
+                )
+                usd += cache_write_1h * write_1h
         reasoning = min(reasoning_tokens, tokens_out) if self.reasoning is not None else 0.0
-        usd = (
-            fresh * inp
-            + cached_in * cached_rate
-            + cache_write * write_rate
-            + cache_write_1h * write_1h
-            + (tokens_out - reasoning) * out
-            + reasoning * (self.reasoning or 0.0) * (out / self.output if self.output else 1.0)
-        ) / 1e6
+        usd += (tokens_out - reasoning) * out
+        if reasoning and self.reasoning is not None:  # (`reasoning` is 0 without the rate)
+            usd += reasoning * self.reasoning * (out / self.output if self.output else 1.0)
+        usd /= 1e6
         return usd + (self.per_request or 0.0)
 
 

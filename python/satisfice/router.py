@@ -664,10 +664,13 @@ class Router:
         live_p95_ms: list[tuple[int, float]] | None = None,
         *,
         extra: str | None = None,
+        fallback_skip: frozenset[str] | None = None,
     ) -> Decision:
         """route() on one snapshot, with `skip` (models this request cannot call) excluded,
         measured p95 latencies (table row, ms) in place of the registry's, and `extra` (the
-        request's tool definitions and response schema) counted as prompt tokens."""
+        request's tool definitions and response schema) counted as prompt tokens. If that
+        leaves nothing, routed again skipping only `fallback_skip` (when given), so that the
+        executor reports each cooldown instead of a bare "no route"."""
         policy = snap.policy
         plan = snap.table.plan(
             messages,
@@ -685,8 +688,12 @@ class Router:
             thinking_cap=c.max_reasoning_tokens,
         )
         if not len(plan):
+            if fallback_skip is not None and skip != fallback_skip:
+                return self._route(snap, messages, c, fallback_skip, live_p95_ms, extra=extra)
             raise snap.no_route(plan.filtered, c, skip)
         if plan.below_floor and (policy.strict_floor if c.strict_floor is None else c.strict_floor):
+            if fallback_skip is not None and skip != fallback_skip:
+                return self._route(snap, messages, c, fallback_skip, live_p95_ms, extra=extra)
             raise snap.below_floor(plan, c)
         d = Decision(snap, plan, c, self._feedback)
         d._asked = (messages, extra)  # marked when the decision is handed out (_marked)
@@ -716,14 +723,32 @@ class Router:
         *,
         extra: str | None = None,
         deadline: float | None = None,
+        fallback_skip: frozenset[str] | None = None,
     ) -> Decision:
         """`_route` on the event loop when that is cheap (`_route_inline`), else on a
         worker thread, waited for until `deadline` (perf_counter time) at most."""
         if _route_inline(msgs, extra):
-            return self._route(snap, msgs, c, skip, live, extra=extra)
+            return self._route(snap, msgs, c, skip, live, extra=extra, fallback_skip=fallback_skip)
+        return await self._route_on_thread(
+            snap, msgs, c, skip, live, extra, deadline, fallback_skip
+        )
+
+    async def _route_on_thread(
+        self,
+        snap: Snapshot,
+        msgs: list[dict[str, Any]],
+        c: Constraints,
+        skip: frozenset[str],
+        live: list[tuple[int, float]] | None,
+        extra: str | None,
+        deadline: float | None,
+        fallback_skip: frozenset[str] | None,
+    ) -> Decision:
+        """`_route` on a worker thread (the GIL released while it counts), waited for until
+        `deadline` (perf_counter time) at most."""
         import asyncio  # loaded already (we are in a coroutine); Router() alone does not need it
 
-        route = partial(self._route, extra=extra)
+        route = partial(self._route, extra=extra, fallback_skip=fallback_skip)
         routing = asyncio.to_thread(route, snap, msgs, c, skip, live)
         if deadline is None:
             return await routing
@@ -1053,10 +1078,21 @@ class Router:
         live = io.live_p95_ms(snap.registry, snap.index) if c.latency_slo_ms is not None else None
         # the request's deadline bounds its routing too (a large prompt's, on a thread)
         end = _deadline(timeout, c, t0)
-        decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra, end)
+        # the usual prompt is routed here, without a coroutine (`_route_off_loop`'s) to await
+        inline = _route_inline(msgs, extra)
+        around = snap.undeployable  # if routing around the cooling ones leaves nothing
+        decision = (
+            self._route(snap, msgs, c, skip, live, extra=extra, fallback_skip=around)
+            if inline
+            else await self._route_on_thread(snap, msgs, c, skip, live, extra, end, around)
+        )
         if ladder == "auto" and not strict and snap.policy.ladder_replaces_floor(decision.task):
             c = Constraints.of(c, quality_floor=0.0)
-            decision = await self._decide(snap, msgs, c, skip, snap.undeployable, live, extra, end)
+            decision = (
+                self._route(snap, msgs, c, skip, live, extra=extra, fallback_skip=around)
+                if inline
+                else await self._route_on_thread(snap, msgs, c, skip, live, extra, end, around)
+            )
         if prefer is not None and prefer != decision.model:
             if not isinstance(prefer, str):
                 raise ConfigError(f"prefer must be a model id, got {prefer!r:.40}")
@@ -1072,30 +1108,6 @@ class Router:
                 self._route_off_loop, snap, msgs, c, snap.undeployable, live, extra=extra
             )
         return io, decision, call, end, metadata, msgs, reroute
-
-    async def _decide(
-        self,
-        snap: Snapshot,
-        msgs: list[dict[str, Any]],
-        c: Constraints,
-        skip: frozenset[str],
-        fallback_skip: frozenset[str],
-        live: list[tuple[int, float]] | None,
-        extra: str | None = None,
-        deadline: float | None = None,
-    ) -> Decision:
-        """Route skipping `skip`; if that leaves nothing, skipping only `fallback_skip`, so
-        that the executor reports each cooldown instead of a bare "no route"."""
-        try:
-            return await self._route_off_loop(
-                snap, msgs, c, skip, live, extra=extra, deadline=deadline
-            )
-        except NoRouteError:
-            if skip == fallback_skip:
-                raise
-            return await self._route_off_loop(
-                snap, msgs, c, fallback_skip, live, extra=extra, deadline=deadline
-            )
 
     async def chat(
         self,

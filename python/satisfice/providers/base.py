@@ -417,6 +417,8 @@ def text_field(v: Any, what: str) -> str:
 
 def token_count(v: Any, what: str) -> int:
     """A reported token count: an integer in [0, MAX_REPORTED_TOKENS], else ValueError."""
+    if v.__class__ is int and 0 <= v <= MAX_REPORTED_TOKENS:  # as JSON gives one (no bool)
+        return v
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_REPORTED_TOKENS:
         raise ValueError(f"{what} = {str(v)[:40]!r} is not a plausible token count")
     return v
