@@ -182,7 +182,7 @@ def _undated(rec: Mapping[str, Any]) -> str | None:
     the batch was retried forever) and a reader refuses one (`_problem`)."""
     ts = rec.get("started_at")
     if ts is None:
-        return None  # written as the time it is written
+        return None  # the writer stamps the time it writes it (`_build`)
     if isinstance(ts, bool) or not isinstance(ts, int | float) or not 0 <= ts < _LATEST_TS:
         return f"started_at must be a Unix time in seconds (1970 to 9999), got {ts!r:.40}"
     return None
@@ -200,7 +200,8 @@ def _row(rec: Mapping[str, Any]) -> tuple[Any, ...]:
     cands = dec.get("candidates") or []
     routed = dec.get("model")
     p_good = next((c.get("p_good") for c in cands if c.get("model") == rec.get("model")), None)
-    ts = float(rec.get("started_at") or time.time())
+    ts = rec.get("started_at")  # (0 is 1970, not "none": `_undated`)
+    ts = time.time() if ts is None else float(ts)
     casc = rec.get("cascade")
     attempts = [a for a in rec.get("attempts") or () if isinstance(a, Mapping)]
     return (
@@ -878,6 +879,11 @@ class Ledger:
                 _log.error("ledger: dropped record %.60r: %s", rec.get("request_id"),
                            why, extra={"event": "ledger_rejected"})  # fmt: skip
                 continue
+            if rec.get("started_at") is None:
+                # a record dict put without a time: the time it is written, in the record
+                # itself, so that every sink keeps it (a JSONL line had none, and each read
+                # put its spend on the day the report was run)
+                rec["started_at"] = time.time()
             built.append(rec)
             if self.on_record is not None:
                 try:

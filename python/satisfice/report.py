@@ -53,9 +53,15 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
             cols = [n for n in _NAMES if n != "record"]
             # the record, where its bill is more than one call's (or a failed request's)
             whole = "CASE WHEN cascade_steps > 0 OR attempts > 1 OR outcome != 'ok' THEN record END"
-            q = f"SELECT {','.join(cols)}, {whole} FROM requests"
+            # a served request's key id (`_key_id`), read from its record where it has a key
+            key_id = (
+                "CASE WHEN api_key IS NOT NULL AND json_valid(record) "
+                "THEN json_extract(record, '$.metadata.key_id') END"
+            )
+            q = f"SELECT {','.join(cols)}, {key_id}, {whole} FROM requests"
             for values in db.execute(q):
                 r = dict(zip(cols, values, strict=False))
+                r["key_id"] = values[-2]
                 # the answer's score: one given for another model is not its quality
                 r["feedback"] = split_feedback(scores.get(r["request_id"]), r["model"])[0]
                 rec = _stored(r["request_id"], values[-1], {}, p) if values[-1] else None
@@ -70,6 +76,8 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
     for rec in read_records(t):
         r = dict(zip(_NAMES, _row(rec), strict=True))
         del r["record"]
+        meta = rec.get("metadata")
+        r["key_id"] = meta.get("key_id") if isinstance(meta, Mapping) else None
         r["feedback"] = rec.get("feedback")
         r["steps"] = _steps(rec)
         r["bills"] = billed_calls(rec)
@@ -105,14 +113,16 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     days: dict[str, Counter[str]] = defaultdict(Counter)
     step_ran: Counter[int] = Counter()
     step_up: Counter[int] = Counter()
-    # per key of `satisfice serve` (its name, with its team: key names are not unique) and
-    # the keyless (None): [requests, cost, requests of unknown cost]
-    by_key: dict[tuple[Any, Any], list[Any]] = {}
+    # per key of `satisfice serve` (its name and team, and its id: names are not unique, not
+    # even in a team, and two keys of one name had been summed as one) and the keyless
+    # (None): [requests, cost, requests of unknown cost]
+    by_key: dict[tuple[Any, Any, Any], list[Any]] = {}
     for r in source:
         n += 1
         # every request's bill, answered or failed, on its key's row (a request without a
         # key, a library call or a probe, on "(no key)")
-        k = by_key.get(row := (r.get("api_key"), r.get("team")))
+        kid = r.get("key_id")
+        k = by_key.get(row := (r.get("api_key"), r.get("team"), _key_id(kid)))
         if k is None:
             k = by_key[row] = [0, 0.0, 0]
         k[0] += 1
@@ -243,13 +253,14 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             {
                 "key": k,
                 "team": team,
+                "key_id": kid,
                 "requests": v[0],
                 "cost_usd": v[1] if v[2] < v[0] else None,
                 "unpriced_requests": v[2],
             }
-            for (k, team), v in sorted(by_key.items(), key=lambda kv: -kv[1][1])
+            for (k, team, kid), v in sorted(by_key.items(), key=lambda kv: -kv[1][1])
         ]
-        if any(k is not None for k, _ in by_key)
+        if any(k is not None for k, _, _ in by_key)
         else [],
         "escalation": {
             str(i): {
@@ -266,12 +277,27 @@ def summarize(source: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 # -- text -------------------------------------------------------------------------------------
 
 
-def _key_name(key: Any, shown: Callable[[str], str]) -> str:
-    """A key's name as `shown` (escaped, or made plain), "(no key)" for the keyless row
-    (in italics in HTML, so that no key's own name reads as it)."""
-    if key is None:
-        return "<i>(no key)</i>" if shown is html.escape else "(no key)"
-    return shown(str(key))
+def _key_id(v: Any) -> str | None:
+    """A record's key id as the report keeps it: a str, else none (a record written by hand
+    or by a server before ids were recorded: its key is told by its name and team)."""
+    return v if isinstance(v, str) else None
+
+
+def _key_names(keys: list[dict[str, Any]], shown: Callable[[str], str]) -> list[str]:
+    """Each key row's name as `shown` (escaped, or made plain), "(no key)" for the keyless
+    row (in italics in HTML, so that no key's own name reads as it); a name that more than
+    one key of a team has, with the key's id beside it."""
+    twice = Counter((v["key"], v["team"]) for v in keys)
+    out = []
+    for v in keys:
+        if v["key"] is None:
+            out.append("<i>(no key)</i>" if shown is html.escape else "(no key)")
+            continue
+        name = str(v["key"])
+        if twice[v["key"], v["team"]] > 1 and v.get("key_id") is not None:
+            name += f" [{v['key_id']}]"
+        out.append(shown(name))
+    return out
 
 
 def _usd(x: float | None) -> str:
@@ -352,9 +378,9 @@ def render_text(s: Mapping[str, Any]) -> str:
                    f"{pr:>9}{_partial(v['unpriced_requests'])}")  # fmt: skip
     if s["keys"]:
         out += ["", f"{'key':<24} {'team':<16} {'requests':>9} {'cost':>12}"]
-        for v in s["keys"]:
+        for name, v in zip(_key_names(s["keys"], _plain), s["keys"], strict=True):
             team = "-" if v["team"] is None else _plain(v["team"])[:16]
-            out.append(f"{_key_name(v['key'], _plain)[:24]:<24} {team:<16} {v['requests']:>9,} "
+            out.append(f"{name[:24]:<24} {team:<16} {v['requests']:>9,} "
                        f"{_usd(v['cost_usd']):>12}{_partial(v['unpriced_requests'])}")  # fmt: skip
     if s["escalation"]:
         out += ["", "cascade step   ran   escalated   rate"]
@@ -489,14 +515,15 @@ def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
     model_bars = [(m, v["cost_usd"], v["unpriced_requests"])
                   for m, v in s["models"].items() if v["cost_usd"] is not None]  # fmt: skip
     keys = "".join(
-        f"<tr><td>{_key_name(v['key'], html.escape)}</td>"
+        f"<tr><td>{name}</td>"
         f"<td>{html.escape(str(v['team'] or '-'))}</td><td>{v['requests']:,}</td>"
         f"<td>{_cost(v['cost_usd'], v['unpriced_requests'])}</td></tr>"
-        for v in s["keys"]
+        for name, v in zip(_key_names(s["keys"], html.escape), s["keys"], strict=True)
     )
-    key_bars = [(_key_name(v["key"], str) + (f" ({v['team']})" if v["team"] else ""),
+    key_bars = [(name + (f" ({v['team']})" if v["team"] else ""),
                  v["cost_usd"], v["unpriced_requests"])
-                for v in s["keys"] if v["cost_usd"] is not None]  # fmt: skip
+                for name, v in zip(_key_names(s["keys"], str), s["keys"], strict=True)
+                if v["cost_usd"] is not None]  # fmt: skip
     by_key = (
         f"<h2>Cost per key</h2>\n{_bars(key_bars[:12])}\n<table><tr><th>key</th><th>team</th>"
         f"<th>requests</th><th>cost</th></tr>{keys}</table>"

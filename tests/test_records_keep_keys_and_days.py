@@ -1,0 +1,78 @@
+"""The record says whose and when, whatever reads it later: two served keys of one name
+and team are two rows of `satisfice report`, and a record put without a time keeps the
+day it was written on, in every kind of ledger."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from satisfice import ledger as ledger_mod
+from satisfice.cli import main
+from satisfice.ledger import Ledger, read_records
+from satisfice.report import rows, summarize
+
+DAY = 86_400.0
+
+
+def _served(rid: str, key: str, key_id: str, team: str, usd: float) -> dict[str, Any]:
+    """A served request's record as `satisfice serve` tags it (its key's name, id, team)."""
+    return {
+        "request_id": rid,
+        "started_at": time.time(),
+        "outcome": "ok",
+        "model": "m",
+        "total_cost_usd": usd,
+        "metadata": {"key": key, "key_id": key_id, "team": team},
+    }
+
+
+@pytest.mark.parametrize("name", ["l.db", "l.jsonl"])
+def test_two_keys_of_one_name_in_one_team_are_two_rows(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by review: the report summed keys by name and team, and an admin may give two
+    keys one name (a rotated key beside the old, a key per replica): their spends were one
+    row. Each key is a row of its own, its id beside the name they share."""
+    path = tmp_path / name
+    led = Ledger.open(path)
+    led.put(_served("a", "bot", "aaaa11", "red", 1.0))
+    led.put(_served("b", "bot", "bbbb22", "red", 2.0))
+    led.put(_served("c", "bot", "bbbb22", "red", 2.0))
+    led.put(_served("d", "ci", "cccc33", "red", 0.5))
+    assert led.close()
+    keys = summarize(rows(path))["keys"]
+    got = {(k["key"], k["key_id"]): (k["requests"], k["cost_usd"]) for k in keys}
+    assert got == {
+        ("bot", "bbbb22"): (2, 4.0),
+        ("bot", "aaaa11"): (1, 1.0),
+        ("ci", "cccc33"): (1, 0.5),
+    }, keys
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "bot [aaaa11]" in out and "bot [bbbb22]" in out, out
+    assert "ci [" not in out  # a name only one key has is shown as it is
+
+
+def test_a_record_put_without_a_time_keeps_the_day_it_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a record dict put without `started_at` was written to a JSONL ledger
+    without one, and every read dated it at the time of reading: run three days later, the
+    report put its spend on that day. The writer stamps the time it writes it."""
+    path = tmp_path / "l.jsonl"
+    before = time.time()
+    led = Ledger.open(path)
+    led.put({"request_id": "x", "outcome": "ok", "model": "m", "total_cost_usd": 1.0})
+    assert led.close()
+    after = time.time()
+    (rec,) = list(read_records(path))
+    assert before <= rec["started_at"] <= after, rec
+    written_on = time.strftime("%Y-%m-%d", time.gmtime(rec["started_at"]))
+    later = time.time() + 3 * DAY  # the report, run three days later
+    monkeypatch.setattr(ledger_mod.time, "time", lambda: later)
+    (row,) = list(rows(path))
+    assert row["day"] == written_on, row
