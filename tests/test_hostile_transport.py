@@ -441,7 +441,11 @@ async def test_a_stream_is_utf8_whatever_charset_the_upstream_names(
         b"text/event-stream", b"text/event-stream; charset=" + charset.encode()
     )
     end = (
-        chunk(b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
+        chunk(
+            b'event: message_delta\ndata: {"type": "message_delta", "delta": {"stop_reason":'
+            b' "end_turn"}, "usage": {"output_tokens": 5}}\n\n'
+            b'event: message_stop\ndata: {"type": "message_stop"}\n\n'
+        )
         if api == "anthropic"
         else chunk(b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
     )

@@ -39,7 +39,7 @@ def sse(*events: bytes) -> bytes:
 
 STREAMS = {
     "openai": sse(
-        b'data: {"choices":[{"index":0,"delta":{"content":"hello"}}]}\n\n',
+        b'data: {"choices":[{"index":0,"delta":{"content":"hello"},"finish_reason":"stop"}]}\n\n',
         b'data: {"choices":[],"echo":"' + ESC.encode() + b'","usage":'
         b'{"prompt_tokens":1,"completion_tokens":1}}\n\n',
         b"data: [DONE]\n\n",

@@ -939,13 +939,19 @@ class AnthropicProvider(HTTPProvider):
             if stop is None and not (parts or tools):
                 # message_start and message_stop alone: no answer, and it had been one
                 raise self._malformed("the stream ended without an answer or a stop_reason")
+            if stop is None:
+                # whole once it says why it ended (message_delta's stop_reason), as OpenAI's
+                # stream at [DONE]: a message_stop after no stop_reason ends a cut answer
+                raise self._malformed(
+                    "the stream ended at message_stop with no stop_reason: cut short upstream"
+                )
             calls = [  # a tool_use with an empty input streams no JSON: it is {}
                 ToolCall(
                     scrub(i), scrub(n), whole(scrub("".join(a) or start_input.get(k, ""))) or "{}"
                 )
                 for k, (i, n, a) in sorted(tools.items())
             ]
-            finish = _FINISH.get(stop or "", stop)
+            finish: str | None = _FINISH.get(stop, stop)
             text = scrub("".join(parts))  # a key split across pieces is whole only now
             if calls and calls[0].name == _JSON_TOOL:
                 text, calls = calls[0].arguments, []

@@ -567,6 +567,15 @@ class OpenAIProvider(HTTPProvider):
             if finish is None and not (parts or tools or any(refusal)):
                 # an empty stream ("data: [DONE]" alone) had been an answer, and no fallback
                 raise self._malformed("the stream ended without an answer or a finish_reason")
+            if finish is None:
+                # A stream is whole once it says why it ended, as one cut before [DONE] is
+                # (above): a proxy or a gateway whose upstream failed mid-answer ends its own
+                # stream with [DONE], and the half answer had been taken as whole (finish
+                # None, which the server sent on as "stop"). Cut, then: billed at an
+                # estimate and at least the usage reported, as any cut stream is.
+                raise self._malformed(
+                    "the stream ended at [DONE] with no finish_reason: cut short upstream"
+                )
             calls = [  # whole: a surrogate pair split between two pieces is joined now
                 ToolCall(whole(scrub(a.id)), whole(scrub(a.name)),
                          whole(scrub("".join(a.args))), a.type)
