@@ -131,3 +131,66 @@ def test_served_a_cut_stream_ends_in_an_error_event_not_a_finish(
     assert '"finish_reason":"stop"' not in text and "data: [DONE]" not in text, text
     assert "end_turn" not in text and "event: message_stop" not in text, text
     assert ("event: error" if path == "/v1/messages" else '"error"') in text, text
+
+
+# -- 2. usage reported more than once: the larger figures --------------------------------------
+
+
+async def test_a_later_smaller_openai_usage_does_not_lower_the_bill(
+    raw: RawUpstream, up: LocalUpstream
+) -> None:
+    """An OpenAI-compatible upstream that reports usage on several chunks, the last the
+    smallest: billed at the last (5 output tokens for 3,000 reported)."""
+    raw.push(sse(
+        oa_chunk({"role": "assistant", "content": "Hello"}, usage=REPORTED),
+        oa_chunk({}, "stop"),
+        oa_chunk(None, usage={"prompt_tokens": 4, "completion_tokens": 5,
+                              "prompt_tokens_details": {"cached_tokens": 4}}),
+        b"data: [DONE]\n\n",
+    ))  # fmt: skip
+    res = await _stream(raw, up, "openai")
+    assert res.model == "alpha" and res.text == "Hello", res
+    u = res.usage
+    assert (u.prompt_tokens, u.completion_tokens, u.cached_tokens) == (10, 3000, 0), u
+    assert u.source == "provider"
+
+
+async def test_a_smaller_message_delta_does_not_lower_anthropics_bill(
+    raw: RawUpstream, up: LocalUpstream
+) -> None:
+    """message_start reports the prompt (2,000 tokens, none cached); message_delta then
+    says 10 tokens, 1,990 of them read from the cache, and a second one fewer output
+    tokens than the first: the last figures had been billed."""
+    start = {"usage": {"input_tokens": 2000, "output_tokens": 1}}
+    later = {"input_tokens": 10, "cache_read_input_tokens": 1990}
+    raw.push(sse(
+        an_event("message_start", message=start),
+        an_event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+        an_event("content_block_delta", index=0, delta={"type": "text_delta", "text": "Hi"}),
+        an_event("content_block_stop", index=0),
+        an_event("message_delta", delta={"stop_reason": "end_turn"},
+                 usage={"output_tokens": 900, **later}),
+        an_event("message_delta", delta={}, usage={"output_tokens": 3}),
+        an_event("message_stop"),
+    ))  # fmt: skip
+    res = await _stream(raw, up, "anthropic")
+    assert res.model == "alpha" and res.text == "Hi", res
+    u = res.usage
+    assert (u.prompt_tokens, u.completion_tokens, u.cached_tokens) == (2000, 900, 0), u
+
+
+def test_the_usage_billed_is_never_below_any_reported() -> None:
+    """Each count moves the way that bills more (reads, priced under the input rate, at
+    their fewest), and what comes out still passes the checks each report passed."""
+    from satisfice.providers.base import Usage, most_billed
+
+    a = Usage(100, 10, cached_tokens=60, cache_write_tokens=40)
+    b = Usage(100, 20, cached_tokens=0, cache_write_tokens=0, cache_write_1h_tokens=100,
+              reasoning_tokens=15, web_searches=1)  # fmt: skip
+    m = most_billed(a, b)
+    assert m == most_billed(b, a)
+    assert (m.prompt_tokens, m.completion_tokens, m.cached_tokens) == (100, 20, 0)
+    assert (m.cache_write_tokens, m.cache_write_1h_tokens) == (0, 100)
+    assert (m.reasoning_tokens, m.web_searches) == (15, 1)
+    assert m.cached_tokens + m.cache_write_tokens + m.cache_write_1h_tokens <= m.prompt_tokens
+    assert most_billed(a, None) is a and most_billed(None, b) is b

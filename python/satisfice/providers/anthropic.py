@@ -37,6 +37,7 @@ from .base import (
     encode_body,
     encode_json,
     finish_stream,
+    most_billed,
     parse_event,
     quiet_after,
     sendable,
@@ -751,6 +752,7 @@ class AnthropicProvider(HTTPProvider):
             served = request.server_tools is not None
             usage_in: dict[str, Any] = {}
             out_tokens: Any = None
+            reported: Usage | None = None  # the most billed of every usage reported
             stop: str | None = None
             seq_hit: str | None = None  # the stop sequence that ended it, when told
             last: Any = None
@@ -880,7 +882,8 @@ class AnthropicProvider(HTTPProvider):
                         elif kind == "message_start":
                             usage_in = ev["message"].get("usage") or {}
                             # the prompt's (its output_tokens, 1, is no output written yet)
-                            made.usage = _usage(usage_in, 0)
+                            said_ = _usage(usage_in, 0)
+                            reported = made.usage = most_billed(reported, said_)
                         elif kind == "message_delta":
                             said = (ev.get("delta") or {}).get("stop_reason")
                             stop = text_field(said, "stop_reason") or stop
@@ -897,7 +900,9 @@ class AnthropicProvider(HTTPProvider):
                             ):
                                 if u.get(k) is not None:
                                     usage_in[k] = u[k]
-                            made.usage = _usage(usage_in, out_tokens) or made.usage
+                            # (a later, smaller figure had lowered the bill: the larger)
+                            said_ = _usage(usage_in, out_tokens)
+                            reported = made.usage = most_billed(reported, said_)
                             # all but message_stop is in: waited for briefly (quiet_after)
                             at_end[0] = bool(stop) and out_tokens is not None and not open_blocks
                         elif kind == "message_stop":
@@ -956,7 +961,7 @@ class AnthropicProvider(HTTPProvider):
             if calls and calls[0].name == _JSON_TOOL:
                 text, calls = calls[0].arguments, []
                 finish = _json_finish(finish)
-            usage = _usage(usage_in, out_tokens) if out_tokens is not None else None
+            usage = reported if out_tokens is not None else None  # (no output count: none)
             yield ChatResponse(
                 text, last, _searched(usage, searches), finish, calls,
                 stop_sequence=seq_hit if stop == "stop_sequence" else None, thinking=thought,

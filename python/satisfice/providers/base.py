@@ -102,6 +102,35 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+def most_billed(kept: Usage | None, said: Usage | None) -> Usage | None:
+    """The usage to bill of a stream that reported `kept` and then `said`: each count at the
+    figure of either that bills more, so that no later report lowers the bill (the last had
+    won: a message_delta's smaller input_tokens after message_start's, or an upstream that
+    sends a usage on several chunks and a small one last, had billed the smaller figures).
+    The prompt, the output, its reasoning, cache writes (priced over the input rate, a
+    1-hour write over a 5-minute one) and searches at their largest; cache reads, priced
+    under the input rate, at their smallest. Each report passed its provider's checks, so
+    the result does too: the fewest reads and the most writes fit in the largest prompt (the
+    report with the most writes had at least the fewest reads beside them). A report that
+    failed them (None) leaves the one before it."""
+    if said is None or kept is None:
+        return kept if said is None else said
+    written = max(
+        kept.cache_write_tokens + kept.cache_write_1h_tokens,
+        said.cache_write_tokens + said.cache_write_1h_tokens,
+    )
+    hour = max(kept.cache_write_1h_tokens, said.cache_write_1h_tokens)
+    return Usage(
+        max(kept.prompt_tokens, said.prompt_tokens),
+        max(kept.completion_tokens, said.completion_tokens),
+        min(kept.cached_tokens, said.cached_tokens),
+        written - hour,
+        cache_write_1h_tokens=hour,
+        reasoning_tokens=max(kept.reasoning_tokens, said.reasoning_tokens),
+        web_searches=max(kept.web_searches, said.web_searches),
+    )
+
+
 @dataclass(slots=True, frozen=True)
 class ToolCall:
     """A tool call the model asked for. For a function (`type` "function"), `arguments` is

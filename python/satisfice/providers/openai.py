@@ -25,6 +25,7 @@ from .base import (
     Usage,
     encode_body,
     finish_stream,
+    most_billed,
     parse_event,
     sendable,
     sse_events,
@@ -482,8 +483,8 @@ class OpenAIProvider(HTTPProvider):
                     if chunk.get("error") is not None:  # `"error": null` is no error
                         raise stream_error(data.encode(), self.model_id, self.deployment)
                     last = chunk
-                    if chunk.get("usage"):
-                        usage = made.usage = _usage(chunk["usage"])
+                    if chunk.get("usage"):  # (reported again: the larger figures)
+                        usage = made.usage = most_billed(usage, _usage(chunk["usage"]))
                     piece = ""
                     for c, choice in enumerate(chunk.get("choices") or ()):
                         if choice.get("index") not in (0, None):
