@@ -382,7 +382,8 @@ def test_to_anthropic_rejects_malformed_requests_as_bad_requests(
 
 
 def test_to_anthropic_refuses_tool_arguments_too_deep_to_parse() -> None:
-    """A raw RecursionError escaped chat() (and missed the ledger): now a BadRequestError."""
+    """A raw RecursionError escaped chat() (and missed the ledger): now refused as any
+    arguments that hold no JSON object are (UnsupportedRequestError, a BadRequestError)."""
     from satisfice.errors import BadRequestError
 
     deep = "[" * 100_000 + "]" * 100_000
@@ -392,7 +393,7 @@ def test_to_anthropic_refuses_tool_arguments_too_deep_to_parse() -> None:
             {"id": "c1", "type": "function", "function": {"name": "f", "arguments": deep}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "done"},
     ]  # fmt: skip
-    with pytest.raises(BadRequestError, match="RecursionError"):
+    with pytest.raises(BadRequestError, match="not JSON"):
         to_anthropic(ChatRequest(msgs), "claude-x")
 
 

@@ -10,20 +10,22 @@ to Anthropic's API as the call's input."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import httpx
 import pytest
 
 from satisfice import Policy, Router
-from satisfice.errors import StreamInterruptedError
+from satisfice.errors import StreamInterruptedError, UnsupportedRequestError
 from satisfice.server import ServerConfig
-from satisfice.testing import LocalUpstream, RawUpstream
+from satisfice.testing import LocalUpstream, RawUpstream, http_response
 
 from .chat_support import WEATHER_TOOLS, move_alpha, registry, router
 from .server_support import running
-from .test_round15_wire import an_event, oa_chunk, sse
+from .test_round15_wire import an_event, oa_chunk, oa_tool_call, sse
 from .test_round15_wire import registry as served_registry
 
 MSGS = [{"role": "user", "content": "hello there"}]
@@ -194,3 +196,57 @@ def test_the_usage_billed_is_never_below_any_reported() -> None:
     assert (m.reasoning_tokens, m.web_searches) == (15, 1)
     assert m.cached_tokens + m.cache_write_tokens + m.cache_write_1h_tokens <= m.prompt_tokens
     assert most_billed(a, None) is a and most_billed(None, b) is b
+
+
+# -- 3. tool-call arguments that hold no JSON object ------------------------------------------
+
+
+@pytest.mark.parametrize("arguments", ['{"t": NaN}', '{"t": -Infinity}'])
+def test_served_arguments_with_nan_reach_anthropic_clients_whole(
+    served: tuple[RawUpstream, str], arguments: str
+) -> None:
+    """NaN is no JSON: served as {"t": null} (a value the model never wrote), and streamed
+    as NaN, which the SDK cannot parse. Kept whole as {"_raw": ...}, as other arguments
+    that hold no object are (tests/test_round15_wire.py)."""
+    upstream, base = served
+    tools: Any = [{"name": "get", "input_schema": {"type": "object"}}]
+    call = {"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "get", "arguments": arguments}}  # fmt: skip
+    upstream.push(
+        oa_tool_call(arguments),
+        sse(oa_chunk({"tool_calls": [call]}), oa_chunk({}, "tool_calls"),
+            oa_chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 5}),
+            b"data: [DONE]\n\n"),
+    )  # fmt: skip
+    with anthropic.Anthropic(base_url=base, api_key="x", max_retries=0, timeout=20) as an:
+        plain = an.messages.create(model="oa", max_tokens=50, messages=MSGS, tools=tools)
+        with an.messages.stream(model="oa", max_tokens=50, messages=MSGS, tools=tools) as s:
+            streamed = s.get_final_message()
+    for m in (plain, streamed):
+        assert [b.input for b in m.content if b.type == "tool_use"] == [{"_raw": arguments}]
+
+
+@pytest.mark.parametrize("arguments", ["[1, 2]", '"text"', "7", '{"t": NaN}'])
+async def test_arguments_that_hold_no_object_are_not_sent_to_anthropic_as_the_input(
+    raw: RawUpstream, arguments: str
+) -> None:
+    """An earlier turn's call whose arguments are JSON but no object had been sent as the
+    tool_use's input, which Anthropic's API refuses (a 400 that ended the request; NaN a
+    BadRequestError of its own): refused before sending, as invalid JSON is, so the request
+    goes on to a model that takes the turn as it is."""
+    history = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "get_weather", "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]  # fmt: skip
+    usage = {"input_tokens": 5, "output_tokens": 1}
+    answer = {"type": "message", "content": [{"type": "text", "text": "ok"}],
+              "stop_reason": "end_turn", "usage": usage}  # fmt: skip
+    raw.push(http_response(json.dumps(answer).encode()))
+    async with router(raw.url, max_retries=0) as r:
+        r.update(move_alpha(registry(raw.url), raw.url, "anthropic"))
+        with pytest.raises(UnsupportedRequestError, match="not JSON, or not an object"):
+            await r.chat(history, allow=["alpha"], tools=WEATHER_TOOLS, timeout=5)
+    assert raw.requests == []  # nothing was sent

@@ -49,7 +49,7 @@ from .base import (
     wire_tool_id,
 )
 
-__all__ = ["AnthropicProvider", "to_anthropic"]
+__all__ = ["AnthropicProvider", "arguments_object", "to_anthropic"]
 
 API_VERSION = "2023-06-01"
 # The Messages API requires max_tokens; used when the caller sets none.
@@ -85,6 +85,27 @@ class _ToolIds:
 
     def _wire(self, call_id: Any) -> str:
         return wire_tool_id(call_id, self._VALID, 24, "toolu_")
+
+
+def _no_constant(word: str) -> Any:
+    # json.loads reads NaN, Infinity and -Infinity: they are no JSON (RFC 8259), and an
+    # object holding one is written `null` by orjson or `NaN` by json.dumps (which the SDKs
+    # cannot parse)
+    raise ValueError(f"{word} is not a JSON value")
+
+
+def arguments_object(arguments: str) -> dict[str, Any] | None:
+    """A tool call's OpenAI-style `arguments` as the object Anthropic's tool_use `input`
+    must be: {} for none (""), None when they hold no JSON object (invalid JSON, a call cut
+    short, NaN, nesting past the parser's depth, JSON that is another value). Both ways
+    read them so: an earlier turn's call that holds none is refused for Anthropic models
+    (`_payload`), and a model's answer holds it whole on /v1/messages
+    (`server.wire.tool_input`)."""
+    try:
+        args = json.loads(arguments, parse_constant=_no_constant) if arguments else {}
+    except (ValueError, RecursionError):
+        return None
+    return args if isinstance(args, dict) else None
 
 
 _JSON_TOOL = "satisfice_json_answer"
@@ -303,13 +324,13 @@ def _payload(r: ChatRequest, model: str, stream: bool, thinks: bool) -> dict[str
                 blocks = list(_blocks(body))
                 for c in calls:
                     fn = c["function"]
-                    try:
-                        args = json.loads(fn.get("arguments") or "{}")
-                    except ValueError:
+                    # (arguments that are not a string: a TypeError, refused as malformed)
+                    args = arguments_object(fn.get("arguments") or "")
+                    if args is None:  # (another value had been sent: a 400 from the API)
                         raise UnsupportedRequestError(
                             f"messages[{i}].tool_calls: arguments of {fn['name']!r} are not "
-                            "JSON; Anthropic needs them as an object"
-                        ) from None
+                            "JSON, or not an object; Anthropic needs them as an object"
+                        )
                     use = {"type": "tool_use", "id": ids.call(c["id"]), "name": fn["name"],
                            "input": args}  # fmt: skip
                     if isinstance(c.get("cache_control"), dict):  # the caller's cache mark

@@ -19,7 +19,7 @@ from typing import Any
 from .._extra import header_text, server_turns
 from .._json import dumps
 from ..errors import BadRequestError, InputError
-from ..providers.anthropic import server_result, server_tool
+from ..providers.anthropic import arguments_object, server_result, server_tool
 from ..providers.base import thinking_blocks
 from ..registry import EFFORTS
 
@@ -1051,13 +1051,12 @@ def _context_edits(res: Any) -> dict[str, Any]:
 
 def tool_input(arguments: str) -> dict[str, Any]:
     """A tool call's arguments as Anthropic's tool_use `input`, which is always an object:
-    arguments that are not a JSON object (a model's invalid, cut or non-object JSON) are
-    kept whole as {"_raw": text}, streamed or not (the SDKs fail on anything else)."""
-    try:
-        args = json.loads(arguments) if arguments else {}
-    except (ValueError, RecursionError):
-        args = None
-    return args if isinstance(args, dict) else {"_raw": arguments}
+    arguments that hold no JSON object (`arguments_object`: a model's invalid, cut or
+    non-object JSON, NaN) are kept whole as {"_raw": text}, streamed or not (the SDKs fail
+    on anything else; NaN had been served as null, or streamed as NaN). The OpenAI endpoint
+    passes them on as they came, as OpenAI's API does."""
+    args = arguments_object(arguments)
+    return {"_raw": arguments} if args is None else args
 
 
 def anthropic_stop(res: Any) -> str:
