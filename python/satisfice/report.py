@@ -56,6 +56,7 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
             # a served request's key id (`_key_id`), read from its record where it has a key
             key_id = (
                 "CASE WHEN api_key IS NOT NULL AND json_valid(record) "
+                "AND json_type(record, '$.metadata.key_id') = 'text' "
                 "THEN json_extract(record, '$.metadata.key_id') END"
             )
             q = f"SELECT {','.join(cols)}, {key_id}, {whole} FROM requests"
@@ -77,7 +78,10 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
         r = dict(zip(_NAMES, _row(rec), strict=True))
         del r["record"]
         meta = rec.get("metadata")
-        r["key_id"] = meta.get("key_id") if isinstance(meta, Mapping) else None
+        # (as SQLite reads it: a served key's, where the record has a key; a library call's
+        # metadata is the caller's own, and its "key_id" is no key's)
+        kid = meta.get("key_id") if isinstance(meta, Mapping) and r["api_key"] is not None else None
+        r["key_id"] = kid if isinstance(kid, str) else None
         r["feedback"] = rec.get("feedback")
         r["steps"] = _steps(rec)
         r["bills"] = billed_calls(rec)
