@@ -108,10 +108,10 @@ def most_billed(kept: Usage | None, said: Usage | None) -> Usage | None:
     won: a message_delta's smaller input_tokens after message_start's, or an upstream that
     sends a usage on several chunks and a small one last, had billed the smaller figures).
     The prompt, the output, its reasoning, cache writes (priced over the input rate, a
-    1-hour write over a 5-minute one) and searches at their largest; cache reads, priced
-    under the input rate, at their smallest. Each report passed its provider's checks, so
-    the result does too: the fewest reads and the most writes fit in the largest prompt (the
-    report with the most writes had at least the fewest reads beside them). A report that
+    1-hour write over a 5-minute one), the fresh input and searches at their largest; cache
+    reads, priced under the input rate, what the prompt leaves beside them (so reports that
+    grow, as cumulative ones do, are billed the last). Each report passed its provider's
+    checks, so the result does too: the parts sum to the largest prompt. A report that
     failed them (None) leaves the one before it."""
     if said is None or kept is None:
         return kept if said is None else said
@@ -120,10 +120,26 @@ def most_billed(kept: Usage | None, said: Usage | None) -> Usage | None:
         said.cache_write_tokens + said.cache_write_1h_tokens,
     )
     hour = max(kept.cache_write_1h_tokens, said.cache_write_1h_tokens)
+    prompt = max(kept.prompt_tokens, said.prompt_tokens)
+    # The fresh input (neither read nor written) at its largest too, the reads what is left
+    # of the prompt: Anthropic's message_delta counts are cumulative (server tools sample
+    # more than once, and a later sampling reads what an earlier one wrote), and reads at
+    # their fewest had billed a turn's 1,000 reads at the input rate. Still no report's
+    # bill is lowered: the fresh input, the prompt and the writes are each at least its.
+    fresh = min(
+        max(
+            kept.prompt_tokens - kept.cached_tokens - kept.cache_write_tokens
+            - kept.cache_write_1h_tokens,
+            said.prompt_tokens - said.cached_tokens - said.cache_write_tokens
+            - said.cache_write_1h_tokens,
+            0,
+        ),
+        prompt - written,
+    )  # fmt: skip
     return Usage(
-        max(kept.prompt_tokens, said.prompt_tokens),
+        prompt,
         max(kept.completion_tokens, said.completion_tokens),
-        min(kept.cached_tokens, said.cached_tokens),
+        prompt - written - fresh,
         written - hour,
         cache_write_1h_tokens=hour,
         reasoning_tokens=max(kept.reasoning_tokens, said.reasoning_tokens),
