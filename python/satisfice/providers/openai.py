@@ -470,6 +470,7 @@ class OpenAIProvider(HTTPProvider):
             tools: dict[int, _ToolAcc] = {}
             finish: str | None = None
             usage: Usage | None = None
+            floor: Usage | None = None  # the most billed of every report (`most_billed`)
             last: Any = None
             done = began = False
             events = sse_events(resp)
@@ -484,7 +485,11 @@ class OpenAIProvider(HTTPProvider):
                         raise stream_error(data.encode(), self.model_id, self.deployment)
                     last = chunk
                     if chunk.get("usage"):  # (reported again: the larger figures)
-                        usage = made.usage = most_billed(usage, _usage(chunk["usage"]))
+                        said = _usage(chunk["usage"])
+                        floor = made.usage = most_billed(floor, said)  # what a cut bills
+                        # the answer's: unknown (counted) when the last report fails the
+                        # checks, as it was, not an earlier report's smaller figures
+                        usage = None if said is None else floor
                     piece = ""
                     for c, choice in enumerate(chunk.get("choices") or ()):
                         if choice.get("index") not in (0, None):
