@@ -94,15 +94,28 @@ def _no_constant(word: str) -> Any:
     raise ValueError(f"{word} is not a JSON value")
 
 
+def _finite(text: str) -> float:
+    # a number past a float's range (1e999) reads as ±inf: written `null` as NaN is
+    v = float(text)
+    if v - v != 0.0:  # (inf - inf is nan)
+        raise ValueError(f"{text[:20]} is past a float's range")
+    return v
+
+
 def arguments_object(arguments: str) -> dict[str, Any] | None:
     """A tool call's OpenAI-style `arguments` as the object Anthropic's tool_use `input`
     must be: {} for none (""), None when they hold no JSON object (invalid JSON, a call cut
-    short, NaN, nesting past the parser's depth, JSON that is another value). Both ways
+    short, NaN or a number past a float's range (1e999, read as inf), nesting past the
+    parser's depth, JSON that is another value). Both ways
     read them so: an earlier turn's call that holds none is refused for Anthropic models
     (`_payload`), and a model's answer holds it whole on /v1/messages
     (`server.wire.tool_input`)."""
     try:
-        args = json.loads(arguments, parse_constant=_no_constant) if arguments else {}
+        args = (
+            json.loads(arguments, parse_constant=_no_constant, parse_float=_finite)
+            if arguments
+            else {}
+        )
     except (ValueError, RecursionError):
         return None
     return args if isinstance(args, dict) else None
