@@ -129,7 +129,10 @@ def test_served_a_cut_stream_ends_in_an_error_event_not_a_finish(
                       timeout=20) as resp:  # fmt: skip
         assert resp.status_code == 200
         text = resp.read().decode()
-    assert "The answer" in text  # the text came, then the error
+    # the text came, then the error (its last characters may be held back, never sent, when
+    # an earlier test in the process registered a key: `_redact` holds a tail that could
+    # start one, and a cut stream ends without it)
+    assert "The answe" in text
     assert '"finish_reason":"stop"' not in text and "data: [DONE]" not in text, text
     assert "end_turn" not in text and "event: message_stop" not in text, text
     assert ("event: error" if path == "/v1/messages" else '"error"') in text, text
