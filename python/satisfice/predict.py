@@ -27,7 +27,7 @@ from functools import cached_property
 
 from . import _core
 from ._atomic import write_atomic
-from ._frozen import Value, _set
+from ._frozen import Value, _set, slot_setters
 from .errors import ConfigError
 from .registry import ModelSpec
 
@@ -101,6 +101,30 @@ class ModelParams(Value):
         _set(self, "n_obs", n_obs)
         _set(self, "source", source)
         _set(self, "emb", emb)
+
+
+_new = object.__new__
+_SET_BIAS, _SET_ABILITY, _SET_N_OBS, _SET_SOURCE, _SET_EMB = slot_setters(ModelParams)
+
+
+def new_params(
+    bias: float,
+    ability: tuple[float, ...],
+    n_obs: float,
+    source: str,
+    emb: tuple[float, ...] | None = None,
+) -> ModelParams:
+    """`ModelParams(bias, ability, n_obs, source, emb)` (which checks nothing), in half its
+    instructions: without the misspelt-field wrapper's *args/**kw call (`_named_fields`),
+    and stored by the slots' own setters (`slot_setters`). feedback() makes one a call:
+    ~4,900 instructions, where the constructor took ~9,600."""
+    p = _new(ModelParams)
+    _SET_BIAS(p, bias)
+    _SET_ABILITY(p, ability)
+    _SET_N_OBS(p, n_obs)
+    _SET_SOURCE(p, source)
+    _SET_EMB(p, emb)
+    return p
 
 
 def floats32(v: Any) -> array[float]:
