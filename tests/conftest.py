@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from satisfice.testing import LocalUpstream
+from satisfice.testing import LocalUpstream, RawUpstream
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +19,13 @@ def upstream() -> Iterator[LocalUpstream]:
     _core.count_tokens("warm", "cl100k_base")
     with LocalUpstream() as up:
         yield up
+
+
+@pytest.fixture
+def raw() -> Iterator[RawUpstream]:
+    """An upstream whose every byte the test scripts (a module may keep its own, shared)."""
+    with RawUpstream() as r:
+        yield r
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,6 @@ from .test_streams_hold import _AN_PRELUDE, END, MSGS, an, oa, sse_head, then_re
 # ~4,000 characters (~750 tokens): well under the rows' max_output of 4,000 tokens
 CONTENT = json.dumps({"content": "lorem ipsum dolor sit amet " * 150})
 REASONING = "lorem ipsum dolor sit amet " * 100
-
-
-@pytest.fixture
-def raw() -> Iterator[RawUpstream]:
-    with RawUpstream() as r:
-        yield r
 
 
 async def _cut_stream_attempt(

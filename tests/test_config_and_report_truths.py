@@ -6,7 +6,6 @@ before its fix."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,6 @@ from satisfice.testing import LocalUpstream, RawUpstream, http_response
 from .chat_support import move_alpha, registry, router
 
 MSGS = [{"role": "user", "content": "hello there"}]
-
-
-@pytest.fixture
-def raw() -> Iterator[RawUpstream]:
-    with RawUpstream() as r:
-        yield r
 
 
 # -- server config ---------------------------------------------------------------------------

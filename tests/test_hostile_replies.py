@@ -4,7 +4,6 @@ success or a counted usage, with every attempt recorded, never a raw Python exce
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,12 +13,6 @@ from satisfice.testing import LocalUpstream, RawUpstream, http_response
 from .chat_support import move_alpha, registry, router
 
 MSGS = [{"role": "user", "content": "hello there"}]
-
-
-@pytest.fixture
-def raw() -> Iterator[RawUpstream]:
-    with RawUpstream() as r:
-        yield r
 
 
 def openai_body(message: object, usage: object = None, finish: object = "stop") -> bytes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,12 +17,6 @@ from satisfice.testing import LocalUpstream, RawUpstream
 from .chat_support import move_alpha, registry, router
 
 MSGS = [{"role": "user", "content": "hello there"}]
-
-
-@pytest.fixture
-def raw() -> Iterator[RawUpstream]:
-    with RawUpstream() as r:
-        yield r
 
 
 def alpha_on(raw: RawUpstream, up: LocalUpstream, api: str = "openai") -> Any:

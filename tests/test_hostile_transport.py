@@ -9,7 +9,7 @@ import contextlib
 import gzip
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -23,12 +23,6 @@ MSGS = [{"role": "user", "content": "hello there"}]
 OK_BODY = json.dumps(
     {"choices": [{"message": {"content": "right"}, "finish_reason": "stop"}]}
 ).encode()
-
-
-@pytest.fixture
-def raw() -> Iterator[RawUpstream]:
-    with RawUpstream() as r:
-        yield r
 
 
 def alpha_on(raw: RawUpstream, up: LocalUpstream, api: str = "openai") -> Any:

@@ -3,31 +3,15 @@ reads at the min): what that rule bills where a later report is the true one."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from satisfice.testing import LocalUpstream, RawUpstream
 
-from .chat_support import move_alpha, registry, router
 from .test_round15_wire import an_event, oa_chunk, sse
+from .test_stream_ends_and_reports_hold import _stream
 
 MSGS = [{"role": "user", "content": "hello there"}]
 TEXT = "word " * 200  # ~200 output tokens
-
-
-@pytest.fixture
-def raw() -> Iterator[RawUpstream]:
-    with RawUpstream() as r:
-        yield r
-
-
-async def _stream(raw: RawUpstream, up: LocalUpstream, api: str, **kw: Any) -> Any:
-    async with router(up.url, max_retries=0) as r:
-        r.update(move_alpha(registry(up.url), raw.url, api))
-        return await asyncio.wait_for(r.stream(MSGS, timeout=10, **kw).result(), 20)
 
 
 def _an(start_usage: dict[str, Any], delta_usage: dict[str, Any]) -> bytes:

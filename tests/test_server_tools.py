@@ -8,7 +8,6 @@ been a 400 whatever the model (Claude Code's WebSearch among them)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -262,12 +261,6 @@ def _stream(
                               "server_tool_use": {"web_search_requests": 1}}))  # fmt: skip
         out.append(_ev("message_stop"))
     return http_response(b"".join(out), ctype="text/event-stream")
-
-
-@pytest.fixture
-def raw() -> Iterator[RawUpstream]:
-    with RawUpstream() as r:
-        yield r
 
 
 def _made_and_streamed(raw: RawUpstream, kw: dict[str, Any]) -> tuple[Any, Any]:

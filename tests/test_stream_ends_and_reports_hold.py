@@ -32,12 +32,6 @@ MSGS = [{"role": "user", "content": "hello there"}]
 REPORTED = {"prompt_tokens": 10, "completion_tokens": 3000}
 
 
-@pytest.fixture
-def raw() -> Iterator[RawUpstream]:
-    with RawUpstream() as r:
-        yield r
-
-
 async def _stream(raw: RawUpstream, up: LocalUpstream, api: str, **kw: Any) -> Any:
     """alpha (wire `api`) on `raw`, the others on `up`: the result, or the error raised."""
     async with router(up.url, max_retries=0) as r:

@@ -81,12 +81,6 @@ def oa_reasoning_pieces() -> bytes:
     return out
 
 
-@pytest.fixture
-def raw() -> Iterator[RawUpstream]:
-    with RawUpstream() as r:
-        yield r
-
-
 def _billed_out(attempts: list[Attempt]) -> int:
     return sum(a.usage.completion_tokens for a in attempts if a.usage is not None)
 
