@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from satisfice.errors import ConfigError
+from satisfice.record import _NullSink
 from satisfice.server import ServerConfig
 
 # the shape of a pasted project key: letters and digits, no space
@@ -94,7 +95,7 @@ def test_serve_limits_malloc_arenas_unless_told(tmp_path) -> None:
     assert told.stdout.strip() == "[False]", told.stdout + told.stderr
 
 
-class _Kept:
+class _Kept(_NullSink):
     """A sink that keeps what it is given, and counts its writes."""
 
     def __init__(self) -> None:
@@ -104,15 +105,6 @@ class _Kept:
     def write(self, records: list[dict]) -> None:
         self.rows += records
         self.writes += 1
-
-    def feedback(self, rows: list) -> None:
-        pass
-
-    def expire(self, before_ts: float) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
 
 
 def _answered_at_once():  # -> Router

@@ -601,7 +601,7 @@ class Run:
         elif request.max_tokens is None and t.dep.api == "anthropic":
             # Anthropic's API needs a limit: its default answer, within what the budget leaves
             request = replace(request, max_tokens=min(DEFAULT_MAX_TOKENS, most_answer))
-        capped = None if self.cap is None else self.output_cap(t)  # (no cap: None)
+        capped = self.output_cap(t)
         if capped is None:
             return request
         n, usd = capped  # (extra n != 1 is refused before: router._check_options)
@@ -924,7 +924,7 @@ class Executor:
                     run.skip(t.model, t.dep.name, "unavailable", why, self.health.retry_in(t.key))
                     cooled.append(t)
                     continue
-                if run.cap is not None and self._capped_out(run, t):  # (no cap: never)
+                if self._capped_out(run, t):
                     continue
                 yield t
 
@@ -1027,11 +1027,7 @@ class Executor:
         once, as the call starts (a race's, once every racer has been launched: taken at
         launch, while the others are still untried, the first racer's share was halved for
         a fallback)."""
-        timeout, budget = (
-            (self._timeout, self.config.attempt_timeout_s)  # (as `_budget` has it: no call)
-            if run.deadline is None
-            else self._budget(run, t)
-        )
+        timeout, budget = self._budget(run, t)
         # what a stream generates beside its text (its provider adds to it as it comes)
         made = Generated() if streamed else None
         stage = [UNKNOWN]  # how far the request got (the transport's STAGE)

@@ -687,14 +687,13 @@ class Router:
             output_includes_thinking=c.output_includes_thinking,
             thinking_cap=c.max_reasoning_tokens,
         )
-        if not len(plan):
+        empty = not len(plan)
+        if empty or (
+            plan.below_floor and (policy.strict_floor if c.strict_floor is None else c.strict_floor)
+        ):
             if fallback_skip is not None and skip != fallback_skip:
                 return self._route(snap, messages, c, fallback_skip, live_p95_ms, extra=extra)
-            raise snap.no_route(plan.filtered, c, skip)
-        if plan.below_floor and (policy.strict_floor if c.strict_floor is None else c.strict_floor):
-            if fallback_skip is not None and skip != fallback_skip:
-                return self._route(snap, messages, c, fallback_skip, live_p95_ms, extra=extra)
-            raise snap.below_floor(plan, c)
+            raise snap.no_route(plan.filtered, c, skip) if empty else snap.below_floor(plan, c)
         d = Decision(snap, plan, c, self._feedback)
         d._asked = (messages, extra)  # marked when the decision is handed out (_marked)
         return d
