@@ -85,6 +85,7 @@ from .state import (
     StateUnavailable,
     VirtualKey,
 )
+from .unsettled import Unsettled
 
 if TYPE_CHECKING:
     from ..cascade import Cascade
@@ -551,6 +552,9 @@ class Service:
     ) -> None:
         config.check_keys()
         self.config = config
+        # before anything else is opened: a file another replica holds, or not this
+        # server's, is refused at once
+        self.unsettled = Unsettled(config.unsettled_file)
         self.freeze_heap = freeze_heap
         registry = (
             Registry.load(config.registry_path) if config.registry_path else Registry.default()
@@ -573,7 +577,6 @@ class Service:
         self.started = False
         self.in_flight = 0
         self._tasks: list[asyncio.Task[Any]] = []
-        self.unsettled: list[tuple[list[Budget], float, float]] = []
         self.probe_runs = 0
         self._settling: set[asyncio.Task[Any]] = set()
         self._sync_warned_at = -math.inf
@@ -672,10 +675,12 @@ class Service:
 
     async def _settle_queued(self, deadline: float | None = None) -> None:
         """Settle what the store missed, in order, while it answers; with a `deadline`
-        (shutdown), keep trying until then, and log what is left (on Redis, admission releases
-        those holds state.HOLD_S after their last renewal; their spend is not counted)."""
-        while self.unsettled:
-            budgets, reserved, actual = self.unsettled[0]
+        (shutdown), keep trying until then, and say what is left: kept for the next start
+        ([state].unsettled_file), else lost (on Redis, admission releases those holds
+        state.HOLD_S after their last renewal; their spend is not counted)."""
+        q = self.unsettled
+        while q:
+            budgets, reserved, actual = q[0]
             try:
                 await self.state.settle(budgets, reserved, actual)
             except StateUnavailable:
@@ -683,17 +688,25 @@ class Service:
                     break
                 await asyncio.sleep(0.2)
                 continue
-            self.unsettled.pop(0)
-        if deadline is not None and self.unsettled:
-            lost = sum(actual for _, _, actual in self.unsettled)
-            _log.error(
-                "shutting down with %d settlement(s) the budget store never took: their "
-                "holds are released within state.HOLD_S and their spend, $%.6f in all, is "
-                "not counted in budgets %s",
-                len(self.unsettled), lost,
-                ", ".join(sorted({b.scope for bs, _, _ in self.unsettled for b in bs})),
-                extra={"event": "settlements_lost", "usd": lost},
+            q.popleft()
+        if deadline is None or not q:
+            return
+        if q.path is not None:
+            _log.warning(
+                "shutting down with %d settlement(s) the budget store never took ($%.6f in "
+                "all, budgets %s): kept in %s, settled by the next start with it",
+                len(q), q.usd(), q.scopes(), q.path,
+                extra={"event": "settlements_kept", "usd": q.usd()},
             )  # fmt: skip
+            return
+        _log.error(
+            "shutting down with %d settlement(s) the budget store never took: their "
+            "holds are released within state.HOLD_S and their spend, $%.6f in all, is "
+            "not counted in budgets %s (set [state].unsettled_file to keep them for the "
+            "next start)",
+            len(q), q.usd(), q.scopes(),
+            extra={"event": "settlements_lost", "usd": q.usd()},
+        )  # fmt: skip
 
     async def shutdown(self) -> None:
         self.ready = self.started = False
@@ -718,6 +731,7 @@ class Service:
         if self.router.ledger is not None:
             self.router.ledger.close()
         await self.state.close()
+        self.unsettled.close()
 
     # keys, budgets, limits -------------------------------------------------------------------
     async def authenticate(self, request: Request) -> VirtualKey | None:

@@ -24,6 +24,7 @@ auto-best = { quality_floor = 0.9, strict_floor = false }
 [state]
 backend = "memory"          # or "redis"
 redis_url = "redis://127.0.0.1:6379/0"
+# unsettled_file = "unsettled.json"  # redis: settlements it missed, kept for the next start
 
 [ledger]
 target = "satisfice-ledger.db"   # SQLite path, *.jsonl or postgresql://...
@@ -184,6 +185,8 @@ class ServerConfig:
     probe_interval_s: float | None = None
     probe_budget_usd: float | None = None
     health_file: str | None = None
+    # settlements Redis missed, kept here until it takes them (across a restart too)
+    unsettled_file: str | None = None
 
     def __post_init__(self) -> None:
         # here, not only in load(): `satisfice serve --host/--port` override the file's
@@ -215,6 +218,12 @@ class ServerConfig:
             raise ConfigError(
                 "[state].redis_url is set but [state].backend is memory: set backend = "
                 '"redis" to share state through it, or remove redis_url'
+            )
+        if self.unsettled_file is not None and self.state_backend != "redis":
+            # budgets on memory state end with the process: there is nothing to settle later
+            raise ConfigError(
+                "[state].unsettled_file keeps the settlements Redis missed until it takes "
+                'them; it needs [state].backend = "redis": remove it, or set the backend'
             )
         if not self.loopback and not self.require_keys:
             raise ConfigError(
@@ -256,7 +265,7 @@ class ServerConfig:
         )
         reg = _table(d, "registry", {"path", "refresh"})
         pol = _table(d, "policy", {"path"})
-        state = _table(d, "state", {"backend", "redis_url"})
+        state = _table(d, "state", {"backend", "redis_url", "unsettled_file"})
         led = _table(d, "ledger", {"target"})
         aliases = d.get("aliases", {})
         if not isinstance(aliases, Mapping):
@@ -367,6 +376,8 @@ class ServerConfig:
             else _num(probe["budget_usd"], "[probe].budget_usd"),
             health_file=_file(rel(probe.get("health_file"), "[probe].health_file"),
                               "[probe].health_file"),
+            unsettled_file=_file(rel(state.get("unsettled_file"), "[state].unsettled_file"),
+                                 "[state].unsettled_file"),
         )  # fmt: skip
 
     def master_key(self) -> str | None:
