@@ -271,16 +271,20 @@ class Health:
             return None
         return s.lat_mean + 1.645 * math.sqrt(s.lat_var)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, probed_at: float | None = None) -> None:
         """Write what was measured (latency mean/variance and counts per deployment) so a
         restart starts from it: `Health.load(path)`. Cooldowns are not kept: they are about
-        the moment, and a restarted process probes again."""
+        the moment, and a restarted process probes again. `probed_at`: the Unix time of the
+        last scheduled probe run (`Health.probed_at`), so that a restart keeps the schedule."""
         data = {
             key: {"lat_mean": s.lat_mean, "lat_var": s.lat_var, "n_ok": s.n_ok, "err": s.err}
             for key, s in self._s.items()
             if s.n_ok
         }
-        text = json.dumps({"version": 1, "latency": data}).encode()
+        doc: dict[str, Any] = {"version": 1, "latency": data}
+        if probed_at is not None:
+            doc["probed_at"] = probed_at
+        text = json.dumps(doc).encode()
         write_atomic(path, lambda f: f.write(text))  # a failed write leaves the old file
 
     @classmethod
@@ -300,6 +304,18 @@ class Health:
             why = "nested too deeply" if isinstance(e, RecursionError) else e
             raise ConfigError(f"health file {p} is not one Health.save() wrote: {why}") from None
         return h
+
+    @staticmethod
+    def probed_at(path: str | Path) -> float | None:
+        """When the last scheduled probe run that `save()` kept in `path` ran (Unix time);
+        None if no run was kept there (or no file). A time to come is taken as now."""
+        try:
+            v = json.loads(Path(path).read_text("utf-8")).get("probed_at")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            return None  # (what `load` refuses, it says)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return None
+        return min(float(v), time.time())
 
     def restore(self, other: Health) -> None:
         """Take the latencies another Health measured (`Health.load`'s result)."""

@@ -568,8 +568,11 @@ class Service:
             else MemoryState()
         )
         self.health = SharedHealth(self.state) if self.state.backend == "redis" else Health()
+        # the last scheduled probe run's time, kept with the latencies (see _probe_loop)
+        self.probed_at: float | None = None
         if config.health_file:  # latencies measured before a restart
             self.health.restore(Health.load(config.health_file))
+            self.probed_at = Health.probed_at(config.health_file)
         self.router.configure(health=self.health)
         self.metrics = Metrics()
         self.router.attach(ledger=config.ledger, metrics=self.metrics)
@@ -629,20 +632,37 @@ class Service:
 
     async def _probe_loop(self) -> None:
         """Probes every `[probe].interval_s`, each run within `[probe].budget_usd` (code
-        probes are never run by the server: they execute model-written code)."""
+        probes are never run by the server: they execute model-written code). With a
+        `[probe].health_file`, the schedule holds across restarts: the first run comes an
+        interval after the last one kept there (a replica restarted in a loop had paid a
+        whole run at every start)."""
         from ..probe import run_probes
 
-        assert self.config.probe_interval_s is not None
+        every = self.config.probe_interval_s
+        assert every is not None
+        path = self.config.health_file
+        wait = 0.0
+        if self.probed_at is not None:  # (read from the health file at start)
+            ago = time.time() - self.probed_at
+            wait = min(every - ago, every)
+            if wait > 0:
+                _log.info(
+                    "probes: the last run was %.0f s ago; the next in %.0f s", ago, wait,
+                    extra={"event": "probe_scheduled"},
+                )  # fmt: skip
         while True:
+            if wait > 0:
+                await asyncio.sleep(wait)
+            wait = every
             try:
                 rep = await run_probes(self.router, budget_usd=self.config.probe_budget_usd)
                 self.probe_runs += 1
+                self.probed_at = time.time()
                 _log.info("probes: %s", rep.to_dict(), extra={"event": "probe_run"})
-                if self.config.health_file:
-                    self.health.save(self.config.health_file)
+                if path:
+                    self.health.save(path, self.probed_at)
             except Exception as e:  # a failed run is logged; the next one comes
                 _log.warning("probe run failed: %s: %s", type(e).__name__, e)
-            await asyncio.sleep(self.config.probe_interval_s)
 
     async def _sync_loop(self) -> None:
         """Every 0.2 s: the store's clock, cooldowns from other replicas, and settlements the
@@ -716,7 +736,7 @@ class Service:
             t.cancel()
         if self.config.health_file:
             with contextlib.suppress(OSError):
-                self.health.save(self.config.health_file)
+                self.health.save(self.config.health_file, self.probed_at)
         await self.settled()
         # settlements the store missed, tried until what uvicorn gives the whole shutdown
         # runs out, less a second to close (a fixed 10 s on top had taken a 2 s grace's
