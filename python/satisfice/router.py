@@ -192,8 +192,10 @@ def _shaped(c: Constraints, tools: Any, rf: Any) -> tuple[Constraints, str | Non
 def _message_list(messages: object) -> list[dict[str, Any]]:
     """The caller's messages as a list of fresh dicts (theirs are never changed)."""
     if type(messages) is list and len(messages) <= MAX_MESSAGES:  # the usual case: no ABCs
-        if all(type(m) is dict for m in messages):
-            return [m.copy() for m in messages]
+        # (copied first, checked by the count: no generator's frame for `all`)
+        copied = [m.copy() for m in messages if type(m) is dict]
+        if len(copied) == len(messages):
+            return copied
     elif (
         isinstance(messages, Sized)
         and not isinstance(messages, str)  # one prompt: its length is in characters
@@ -428,11 +430,12 @@ def _thinks_refused(msgs: list[dict[str, Any]]) -> bool:
     """Whether Anthropic's thinking rows would refuse these messages (see
     `providers.anthropic.refused_beside_thinking`): checked only for a conversation with an
     assistant turn, so the usual request imports nothing for it."""
-    if not any(m.get("role") == "assistant" for m in msgs):
-        return False
-    from .providers.anthropic import refused_beside_thinking
+    for m in msgs:  # (a loop: `any` over a generator made a frame for it)
+        if m.get("role") == "assistant":
+            from .providers.anthropic import refused_beside_thinking
 
-    return refused_beside_thinking(msgs)
+            return refused_beside_thinking(msgs)
+    return False
 
 
 _THINKING_ROWS: tuple[Registry, frozenset[str]] | None = None

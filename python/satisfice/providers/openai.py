@@ -446,7 +446,8 @@ class OpenAIProvider(HTTPProvider):
         try:
             msg = data["choices"][0]
             message = msg["message"]
-            calls = [_tool_call(c) for c in message.get("tool_calls") or ()]
+            calls = message.get("tool_calls")  # (most answers have none: no list's frame)
+            calls = [_tool_call(c) for c in calls] if calls else []
             text = text_field(message.get("content"), "message.content")
             finish = text_field(msg.get("finish_reason"), "finish_reason") or None
             refusal = text_field(message.get("refusal"), "message.refusal") or None
