@@ -47,7 +47,18 @@ def loads(raw: bytes | str) -> Any:
             pass
     if isinstance(raw, bytes | bytearray) and not utf8(raw):
         raise NotUTF8(f"JSON must be UTF-8 (RFC 8259), not {json.detect_encoding(raw)}")
-    return json.loads(raw)
+    return json.loads(raw, parse_int=_int)
+
+
+def _int(digits: str) -> int | float:
+    """A JSON integer; one past Python's limit on an int's digits (4,300) as the float it
+    rounds to (inf): a number, which every check of a count or a limit refuses, where
+    json.loads had refused the whole document (an upstream's usage report with one had
+    failed the answer it came with)."""
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
 
 
 class NotUTF8(ValueError):
