@@ -232,6 +232,13 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
                 }
             }
         };
+        // A dict of its role and content alone (most messages) holds none of the keys read
+        // below, nor any unknown one: taken as it is, without their seven lookups (a tool
+        // result goes on, to be refused for its missing tool_call_id).
+        if has_content && !len_over(item, 2) && role != "tool" {
+            out.push(Message { role, content });
+            continue;
+        }
         let mut content = content;
         // An agent's history: the assistant's tool calls (and the legacy function_call),
         // a message's `name` and a tool result's call id go to the provider with the
