@@ -3,7 +3,7 @@
 //! tokens and cost per model, filters by the constraints and ranks what is left.
 
 use crate::features::{self, FeaturizerConfig, Message, PromptInfo, Task};
-use crate::tokens::{self, Family, Tally};
+use crate::tokens::{self, BaseFigures, Family, Tally};
 use crate::CoreError;
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -170,6 +170,14 @@ impl Predictor {
         let (bias, ability) = (params[0], &params[1..]);
         bias + ability.iter().zip(e).map(|(a, b)| a * b).sum::<f32>() - d[0]
     }
+}
+
+/// `x.ceil() as u32` without a libm call per model (x86-64's baseline has no rounding
+/// instruction): the truncation, one more when it fell short of `x`. The same for every
+/// `x`: NaN and what is at most 0 give 0, and past `u32::MAX` both saturate.
+fn ceil_u32(x: f64) -> u32 {
+    let t = x as u32;
+    t.saturating_add(u32::from((t as f64) < x))
 }
 
 fn sigmoid(z: f32) -> f32 {
@@ -579,12 +587,17 @@ pub enum Ranking {
 /// (`Plan::first`).
 pub const HEAD: usize = 16;
 
-/// Put the `HEAD` candidates with the smallest keys first, in order (the rest after them,
-/// unordered); returns how many are in order. Keys are unique (they end with the row), so
-/// the result is the full sort's prefix. Keys are computed once per candidate: comparing
-/// integers is what makes selecting among thousands of models cheap.
-fn sort_head<K: Ord + Copy>(v: &mut Vec<Candidate>, key: impl Fn(&Candidate) -> K) -> usize {
-    let mut keyed: Vec<(K, usize)> = v.iter().enumerate().map(|(i, c)| (key(c), i)).collect();
+/// Append to `out` the candidates `keyed` names (a key and an index into `cands`), the
+/// `HEAD` with the smallest keys first, in order (the rest after them, unordered); returns
+/// how many are in order. Keys are unique (they end with the row), so the result is the
+/// full sort's prefix. Keys are computed once per candidate: comparing integers is what
+/// makes selecting among thousands of models cheap. Written straight into the plan's
+/// vector: a vector of its own had been one more allocation, copy and free a route.
+fn sort_head<K: Ord + Copy>(
+    mut keyed: Vec<(K, usize)>,
+    cands: &[Candidate],
+    out: &mut Vec<Candidate>,
+) -> usize {
     let n = if keyed.len() > HEAD {
         keyed.select_nth_unstable(HEAD - 1);
         keyed[..HEAD].sort_unstable();
@@ -593,7 +606,7 @@ fn sort_head<K: Ord + Copy>(v: &mut Vec<Candidate>, key: impl Fn(&Candidate) -> 
         keyed.sort_unstable();
         keyed.len()
     };
-    *v = keyed.iter().map(|&(_, i)| v[i]).collect();
+    out.extend(keyed.iter().map(|&(_, i)| cands[i]));
     n
 }
 
@@ -644,32 +657,37 @@ impl Ranking {
         }
     }
 
-    /// Order `cands` as far as a request reads them (see `sort_head`). Under a floor, those
-    /// below it are removed and returned, unless nothing else is left (and no rule chose a
-    /// model): then all are kept, ordered by P(good), and the first value is true ("below
-    /// floor"). The second is how many leading candidates are in their final order.
-    fn order(self, cands: &mut Vec<Candidate>, rule_chose: bool) -> (bool, usize, Vec<Candidate>) {
-        // in place: most candidates usually pass, and a λ ranking passes them all
-        let mut below = Vec::new();
-        if let Ranking::Floor(_) = self {
-            // room for every candidate at once: pushed one by one, those below the floor (a
-            // dozen or more at the bundled size) had regrown the vector several times a route
-            below.reserve(cands.len());
-            cands.retain(|c| {
-                let ok = self.passes(c.p_good as f64);
-                if !ok {
-                    below.push(*c);
-                }
-                ok
-            });
+    /// Append `cands` to `out`, ordered as far as a request reads them (see `sort_head`).
+    /// Under a floor, those below it are left out and handed to `below`, unless nothing
+    /// else is left (and no rule chose a model): then all are kept, ordered by P(good), and
+    /// the first value is true ("below floor"). The second is how many leading candidates
+    /// are in their final order.
+    fn order(
+        self,
+        cands: &[Candidate],
+        rule_chose: bool,
+        out: &mut Vec<Candidate>,
+        mut below: impl FnMut(&Candidate),
+    ) -> (bool, usize) {
+        let passes = |c: &Candidate| self.passes(c.p_good as f64);
+        // (a λ ranking passes every candidate; under a floor most usually pass, and the
+        // first that does ends the search)
+        if !rule_chose && !cands.is_empty() && !cands.iter().any(passes) {
+            let keyed = cands.iter().enumerate();
+            let keyed = keyed.map(|(i, c)| (self.cand_key(true, c), i)).collect();
+            return (true, sort_head(keyed, cands, out));
         }
-        if cands.is_empty() && !rule_chose && !below.is_empty() {
-            *cands = below;
-            let n = sort_head(cands, |c| self.cand_key(true, c));
-            return (true, n, Vec::new());
+        // Keyed as they are sifted, without a vector of those below or a second pass over
+        // the rest: the ones below go to `below` in candidate order.
+        let mut keyed = Vec::with_capacity(cands.len());
+        for (i, c) in cands.iter().enumerate() {
+            if passes(c) {
+                keyed.push((self.cand_key(false, c), i));
+            } else {
+                below(c);
+            }
         }
-        let n = sort_head(cands, |c| self.cand_key(false, c));
-        (false, n, below)
+        (false, sort_head(keyed, cands, out))
     }
 
     /// The primary among one prompt's models: `p[j]` is P(good), `cost[j]` the estimated USD
@@ -799,6 +817,33 @@ impl Counter<'_> {
         self.at[k] = (usize::MAX, 0, exact);
         (!exact.exceeds(limit)).then_some(exact)
     }
+}
+
+/// The prompt's tokens as the rows of one tokenizer family read them (`plan_features`).
+#[derive(Clone, Copy)]
+struct FamilyTokens {
+    /// The point estimate, within the bounds.
+    t_in: f64,
+    /// At most this many: the upper bound, or the estimate if over it.
+    t_max: f64,
+    lo: f64,
+    hi: f64,
+    /// Tokens besides the text's: the chat overhead and the images' upper bound.
+    fixed: f64,
+    /// The encoding the family's counts are made in, and its count's ratio to it.
+    base: Family,
+    ratio: f64,
+    /// A count in `base` is the family's own exact count (no ratio, no images).
+    exact: bool,
+}
+
+/// The prompt's figures in `base` (`PromptInfo::figures`), worked out once per plan.
+fn figures<'a>(
+    by_base: &'a mut [Option<BaseFigures>; 2],
+    info: &PromptInfo,
+    base: Family,
+) -> &'a BaseFigures {
+    by_base[usize::from(base == Family::Cl100k)].get_or_insert_with(|| info.figures(base))
 }
 
 /// The most text `Counter::upto` counts again whole and exactly when only a forced cut's
@@ -980,7 +1025,8 @@ impl DispatchTable {
             extra: &c.extra_text,
             at: Default::default(),
         };
-        let mut by_family: [Option<(f64, f64, f64)>; Family::ALL.len()] = [None; Family::ALL.len()];
+        let mut by_base = [None; 2];
+        let mut by_family: [Option<FamilyTokens>; Family::ALL.len()] = [None; Family::ALL.len()];
         let mut passing: Vec<Candidate> = Vec::with_capacity(self.live.len());
         // every row ends in `passing` or here: one allocation, not a doubling per few rows
         let mut filtered = Vec::with_capacity(self.live.len());
@@ -1041,24 +1087,43 @@ impl DispatchTable {
             // A limit is decided on the estimate only when its bounds agree (the upper bound
             // is the byte count, which no byte-level BPE count exceeds); otherwise on the
             // exact count, made only as far as the limit (see `Counter`).
-            let img = c.images as f64;
-            // one estimate per tokenizer family, however many rows share it
-            let (est, lo, hi) = *by_family[r.family as usize].get_or_insert_with(|| {
-                let (e, l, h) = info.bounds(r.family);
-                (e as f64, l as f64, h as f64)
+            // the prompt's tokens as the row's family reads them, worked out for the first
+            // row of each family (every row of it had done the same arithmetic again)
+            let FamilyTokens {
+                mut t_in,
+                mut t_max,
+                lo,
+                hi,
+                fixed,
+                base,
+                ratio,
+                exact: exact_family,
+            } = *by_family[r.family as usize].get_or_insert_with(|| {
+                let img = c.images as f64;
+                let (base, ratio) = r.family.base();
+                // one estimate per tokenizer family, however many rows share it, from
+                // figures worked out once per base encoding
+                let (est, lo, hi) = info.bounds(figures(&mut by_base, &info, base), ratio);
+                let img_max = image_max(r.family);
+                let (lo, hi) = (lo as f64 + img * IMAGE_TOKENS.0, hi as f64 + img * img_max);
+                // the estimate is no bound: where it falls outside the bounds, they are nearer
+                let t_in = (est as f64 + img * IMAGE_TOKENS.1).max(lo).min(hi);
+                FamilyTokens {
+                    t_in,
+                    t_max: hi.max(t_in),
+                    lo,
+                    hi,
+                    // images have no exact count: the safe side of their range
+                    fixed: overhead + img * img_max,
+                    base,
+                    ratio: ratio as f64,
+                    exact: r.family.is_exact() && c.images == 0,
+                }
             });
-            let img_max = image_max(r.family);
-            let (lo, hi) = (lo + img * IMAGE_TOKENS.0, hi + img * img_max);
-            // the estimate is no bound: where it falls outside the bounds, they are nearer
-            let mut t_in = (est + img * IMAGE_TOKENS.1).max(lo).min(hi);
             // the answer's room (the wire adds the row's thinking to it): under a limit that
             // holds the thinking, less its room, below 0 for adaptive thinking the limit
             // cuts (then the window and the cost, which add the room back, read the limit)
             let out = tokens_out as f64 - within as f64;
-            let (base, ratio) = r.family.base();
-            let ratio = ratio as f64;
-            // images have no exact count: the safe side of their range
-            let fixed = overhead + img * img_max;
             let counted = |n: usize| (n as f64 * ratio).round() + fixed;
             // (point, upper) tokens of a tally; the point no lower than the lower bound
             let tallied = |n: Tally| {
@@ -1069,8 +1134,6 @@ impl DispatchTable {
                 let x = ((room - fixed) / ratio).floor();
                 (x >= 0.0).then(|| x.min(u32::MAX as f64) as usize)
             };
-            let exact_family = r.family.is_exact() && c.images == 0;
-            let mut t_max = hi.max(t_in);
             let mut is_exact = false;
             let window = r.context_window as f64;
             // Counted as far as the window (what the window's test reads, forced cuts' slack
@@ -1171,13 +1234,14 @@ impl DispatchTable {
                 // t_in >= 0: adding a half and truncating rounds as round() does, without
                 // a libm call per model (x86-64's baseline has no rounding instruction).
                 tokens_in: (t_in + 0.5) as u32,
-                tokens_in_max: t_max.ceil() as u32,
+                tokens_in_max: ceil_u32(t_max),
                 tokens_in_exact: is_exact,
                 by_rule: false,
             });
         }
 
-        let tokens_ref = info.est_tokens(Family::O200k);
+        let (base, ratio) = Family::O200k.base();
+        let tokens_ref = info.estimate(figures(&mut by_base, &info, base), ratio);
         let rule = self.rules.iter().position(|r| r.matches(&info, tokens_ref));
         let mut ranked: Vec<Candidate> = Vec::with_capacity(passing.len());
         if let Some(ri) = rule {
@@ -1194,17 +1258,15 @@ impl DispatchTable {
             None => Ranking::Floor(c.quality_floor as f64),
         };
         let by_rule = ranked.len();
-        let (below_floor, sorted, dropped) = ranking.order(&mut passing, by_rule > 0);
-        for cnd in dropped {
+        let (below_floor, sorted) = ranking.order(&passing, by_rule > 0, &mut ranked, |cnd| {
             filtered.push((
                 cnd.row,
                 Filtered::BelowFloor {
                     p: cnd.p_good,
                     floor: c.quality_floor,
                 },
-            ));
-        }
-        ranked.extend(passing);
+            ))
+        });
         Plan {
             candidates: ranked,
             sorted: by_rule + sorted,
@@ -1324,6 +1386,34 @@ mod tests {
             role: "user".into(),
             content: s.into(),
         }]
+    }
+
+    #[test]
+    fn ceil_u32_is_ceil_as_u32() {
+        let edges = [
+            f64::NAN,
+            f64::NEG_INFINITY,
+            -1.5,
+            -1.0,
+            -0.5,
+            -0.0,
+            0.0,
+            f64::MIN_POSITIVE,
+            0.5,
+            1.0,
+            1.0 + f64::EPSILON,
+            8.0,
+            8.5,
+            4_294_967_294.5,
+            u32::MAX as f64,
+            u32::MAX as f64 + 0.5,
+            1e300,
+            f64::INFINITY,
+        ];
+        let steps = (0..20_000).map(|i| i as f64 * 0.37 - 100.0);
+        for x in edges.into_iter().chain(steps) {
+            assert_eq!(ceil_u32(x), x.ceil() as u32, "{x}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! L2-normalised hashed word unigrams and bigrams (xxh3 with a fixed seed, so the same
 //! prompt maps to the same buckets on every platform and release).
 
-use crate::tokens::{self, CharCounts, Family};
+use crate::tokens::{self, BaseFigures, CharCounts, Family};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 pub const FEATURE_VERSION: u32 = 3;
@@ -187,13 +187,24 @@ pub struct PromptInfo {
 impl PromptInfo {
     /// Estimated prompt tokens for a family, including chat-format overhead.
     pub fn est_tokens(&self, family: Family) -> f32 {
-        tokens::estimate_from_counts(&self.counts, family) + self.overhead()
+        let (base, ratio) = family.base();
+        self.estimate(&self.figures(base), ratio)
     }
 
-    /// (estimate, lower, upper) prompt tokens in `family`, chat overhead included (see
-    /// `tokens::bounds_from_counts`).
-    pub fn bounds(&self, family: Family) -> (f32, f32, f32) {
-        let (est, lo, hi) = tokens::bounds_from_counts(&self.counts, family);
+    /// The counts' figures in `base`, which a family's estimate and bounds scale.
+    pub fn figures(&self, base: Family) -> BaseFigures {
+        BaseFigures::new(&self.counts, base)
+    }
+
+    /// `est_tokens` of a family whose count is `ratio` times that of the base `f` is in.
+    pub fn estimate(&self, f: &BaseFigures, ratio: f32) -> f32 {
+        f.estimate(ratio) + self.overhead()
+    }
+
+    /// (estimate, lower, upper) prompt tokens in a family whose count is `ratio` times that
+    /// of the base `f` is in, chat overhead included (see `tokens::bounds_from_counts`).
+    pub fn bounds(&self, f: &BaseFigures, ratio: f32) -> (f32, f32, f32) {
+        let (est, lo, hi) = f.bounds(ratio);
         let o = self.overhead();
         (est + o, lo + o, hi + o)
     }

@@ -719,36 +719,73 @@ pub fn is_cjk(ch: char) -> bool {
         | 0xF900..=0xFAFF | 0xFF66..=0xFF9F | 0x20000..=0x2FA1F)
 }
 
-/// Estimated tokens from counts already gathered (the hot path calls this once per family).
+/// What the estimate and its bounds read of the counts in one base encoding: every family
+/// on that base scales the same figures by its ratio (`Family::base`), so a plan over rows
+/// of many families works them out once a base (once a family, the bundled registry's eight
+/// had been a tenth of a short prompt's plan).
+#[derive(Clone, Copy, Debug)]
+pub struct BaseFigures {
+    /// The estimator's dot product, before the ratio.
+    dot: f32,
+    /// No estimator input is set (an empty text): the estimate is 0.
+    empty: bool,
+    /// `CharCounts::lower_bound`.
+    lower: f32,
+    bytes: u32,
+}
+
+impl BaseFigures {
+    pub fn new(c: &CharCounts, base: Family) -> BaseFigures {
+        let coefs = match base {
+            Family::Cl100k => &CL100K_COEFS,
+            _ => &O200K_COEFS,
+        };
+        let dot: f32 = c
+            .counts
+            .iter()
+            .zip(coefs.iter())
+            .map(|(a, b)| a * b)
+            .sum::<f32>()
+            + c.long_run_chars as f32 * LONG_RUN_TOKENS_PER_CHAR;
+        BaseFigures {
+            dot,
+            empty: c.counts.iter().take(N_EST - 1).all(|&v| v == 0.0),
+            lower: c.lower_bound(),
+            bytes: c.bytes,
+        }
+    }
+
+    /// Estimated tokens in a family on this base whose count is `ratio` times the base's.
+    pub fn estimate(&self, ratio: f32) -> f32 {
+        if self.empty {
+            return 0.0;
+        }
+        (self.dot * ratio).max(1.0)
+    }
+
+    /// (estimate, lower, upper) for the exact count in a family on this base (see
+    /// `bounds_from_counts`).
+    pub fn bounds(&self, ratio: f32) -> (f32, f32, f32) {
+        let est = self.estimate(ratio);
+        let hi = (self.bytes as f32 * ratio).ceil().max(est);
+        // rounding is monotone: a count of at least `lower` scales to at least this
+        let lo = (self.lower * ratio).round();
+        (est, lo, hi)
+    }
+}
+
+/// Estimated tokens from counts already gathered.
 pub fn estimate_from_counts(c: &CharCounts, family: Family) -> f32 {
     let (base, ratio) = family.base();
-    let coefs = match base {
-        Family::Cl100k => &CL100K_COEFS,
-        _ => &O200K_COEFS,
-    };
-    let dot: f32 = c
-        .counts
-        .iter()
-        .zip(coefs.iter())
-        .map(|(a, b)| a * b)
-        .sum::<f32>()
-        + c.long_run_chars as f32 * LONG_RUN_TOKENS_PER_CHAR;
-    if c.counts.iter().take(N_EST - 1).all(|&v| v == 0.0) {
-        return 0.0;
-    }
-    (dot * ratio).max(1.0)
+    BaseFigures::new(c, base).estimate(ratio)
 }
 
 /// (estimate, lower, upper) for the exact count in `family` of text with counts `c`.
 /// Upper: the byte count, which no byte-level BPE count can exceed; lower:
 /// `CharCounts::lower_bound`; both scaled like the family's exact count.
 pub fn bounds_from_counts(c: &CharCounts, family: Family) -> (f32, f32, f32) {
-    let est = estimate_from_counts(c, family);
-    let ratio = family.base().1;
-    let hi = (c.bytes as f32 * ratio).ceil().max(est);
-    // rounding is monotone: a count of at least `lower` scales to at least this
-    let lo = (c.lower_bound() * ratio).round();
-    (est, lo, hi)
+    let (base, ratio) = family.base();
+    BaseFigures::new(c, base).bounds(ratio)
 }
 
 pub fn estimate(text: &str, family: Family) -> f32 {
