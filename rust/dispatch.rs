@@ -5,6 +5,7 @@
 use crate::features::{self, FeaturizerConfig, Message, PromptInfo, Task};
 use crate::tokens::{self, BaseFigures, Family, Tally};
 use crate::CoreError;
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
@@ -594,7 +595,7 @@ pub const HEAD: usize = 16;
 /// makes selecting among thousands of models cheap. Written straight into the plan's
 /// vector: a vector of its own had been one more allocation, copy and free a route.
 fn sort_head<K: Ord + Copy>(
-    mut keyed: Vec<(K, usize)>,
+    keyed: &mut [(K, usize)],
     cands: &[Candidate],
     out: &mut Vec<Candidate>,
 ) -> usize {
@@ -608,6 +609,19 @@ fn sort_head<K: Ord + Copy>(
     };
     out.extend(keyed.iter().map(|&(_, i)| cands[i]));
     n
+}
+
+/// A candidate's sort key (`Ranking::key`): smaller first.
+type Key = (u64, u64, usize);
+
+thread_local! {
+    /// `plan`'s two vectors of the length of the registry that do not outlive it (the rows
+    /// that passed, their sort keys), kept for the thread's next plan: of 1.5 KB at the
+    /// bundled size, past what the allocator keeps at hand per thread, each allocation and
+    /// free had been ~500 instructions a route. They keep the capacity of the largest
+    /// registry planned on the thread (32 bytes a row each).
+    static PASSING: Cell<Vec<Candidate>> = const { Cell::new(Vec::new()) };
+    static KEYED: Cell<Vec<(Key, usize)>> = const { Cell::new(Vec::new()) };
 }
 
 /// `f64::total_cmp`'s order as an unsigned integer (the same bit trick it uses).
@@ -627,7 +641,7 @@ fn cost_key(cost: f64) -> f64 {
 
 impl Ranking {
     /// The sort key of a candidate that passed, (p_good, est_cost, row): smaller first.
-    fn key(self, p: f64, cost: f64, row: usize) -> (u64, u64, usize) {
+    fn key(self, p: f64, cost: f64, row: usize) -> Key {
         let c = cost_key(cost);
         match self {
             Ranking::Lambda(lam) if lam.is_finite() => (!ord(p - lam * c.min(1e12)), ord(c), row),
@@ -649,7 +663,7 @@ impl Ranking {
 
     /// The candidate order `plan` serves: by this ranking, or, when nothing reached the
     /// floor (`below_floor`), by P(good).
-    fn cand_key(self, below_floor: bool, c: &Candidate) -> (u64, u64, usize) {
+    fn cand_key(self, below_floor: bool, c: &Candidate) -> Key {
         if below_floor {
             (!ord(c.p_good as f64), 0, c.row)
         } else {
@@ -672,22 +686,27 @@ impl Ranking {
         let passes = |c: &Candidate| self.passes(c.p_good as f64);
         // (a λ ranking passes every candidate; under a floor most usually pass, and the
         // first that does ends the search)
-        if !rule_chose && !cands.is_empty() && !cands.iter().any(passes) {
-            let keyed = cands.iter().enumerate();
-            let keyed = keyed.map(|(i, c)| (self.cand_key(true, c), i)).collect();
-            return (true, sort_head(keyed, cands, out));
-        }
-        // Keyed as they are sifted, without a vector of those below or a second pass over
-        // the rest: the ones below go to `below` in candidate order.
-        let mut keyed = Vec::with_capacity(cands.len());
-        for (i, c) in cands.iter().enumerate() {
-            if passes(c) {
-                keyed.push((self.cand_key(false, c), i));
-            } else {
-                below(c);
+        let all_below = !rule_chose && !cands.is_empty() && !cands.iter().any(passes);
+        let mut keyed = KEYED.take();
+        keyed.clear();
+        keyed.reserve(cands.len());
+        if all_below {
+            let by_p = cands.iter().enumerate();
+            keyed.extend(by_p.map(|(i, c)| (self.cand_key(true, c), i)));
+        } else {
+            // Keyed as they are sifted, without a vector of those below or a second pass
+            // over the rest: the ones below go to `below` in candidate order.
+            for (i, c) in cands.iter().enumerate() {
+                if passes(c) {
+                    keyed.push((self.cand_key(false, c), i));
+                } else {
+                    below(c);
+                }
             }
         }
-        (false, sort_head(keyed, cands, out))
+        let n = sort_head(&mut keyed, cands, out);
+        KEYED.set(keyed);
+        (all_below, n)
     }
 
     /// The primary among one prompt's models: `p[j]` is P(good), `cost[j]` the estimated USD
@@ -1027,8 +1046,12 @@ impl DispatchTable {
         };
         let mut by_base = [None; 2];
         let mut by_family: [Option<FamilyTokens>; Family::ALL.len()] = [None; Family::ALL.len()];
-        let mut passing: Vec<Candidate> = Vec::with_capacity(self.live.len());
-        // every row ends in `passing` or here: one allocation, not a doubling per few rows
+        // (the thread's vector from its last plan, see `PASSING`)
+        let mut passing = PASSING.take();
+        passing.clear();
+        passing.reserve(self.live.len());
+        // every row ends in `passing` or here: room for them all at once, not a doubling
+        // per few rows
         let mut filtered = Vec::with_capacity(self.live.len());
         for &i in self.live.iter() {
             let r = &self.rows[i];
@@ -1267,6 +1290,7 @@ impl DispatchTable {
                 },
             ))
         });
+        PASSING.set(passing);
         Plan {
             candidates: ranked,
             sorted: by_rule + sorted,
