@@ -1234,14 +1234,16 @@ impl PyDispatchTable {
         self.table.rows.iter().map(|r| r.id.clone()).collect()
     }
 
-    /// Featurise, estimate, filter and rank in one call. `live_p95_ms`: (row, measured p95)
+    /// Featurise, estimate, filter and rank in one call. Its arguments may be given in
+    /// order (the router does: matching 13 keywords by name had been about 2,200
+    /// instructions a route) or by name. `live_p95_ms`: (row, measured p95)
     /// pairs that replace the registry's p95 under a latency SLO.
     /// `extra_text`: what the request sends besides its messages (tool definitions, a
     /// response schema), counted as prompt tokens and not featurised. `count_prompt`: count
     /// the prompt for every candidate, not only near a limit. `output_includes_thinking`:
     /// `max_output_tokens` holds a row's thinking as well as its answer. `thinking_cap`: a
     /// fixed thinking budget over it is sent as it (`Constraints::thinking_cap`).
-    #[pyo3(signature = (messages, *, max_cost = None, latency_slo_ms = None, quality_floor = 0.0, needs = None, max_output_tokens = None, lam = None, exclude = None, live_p95_ms = None, extra_text = None, count_prompt = false, output_includes_thinking = false, thinking_cap = None))]
+    #[pyo3(signature = (messages, max_cost = None, latency_slo_ms = None, quality_floor = 0.0, needs = None, max_output_tokens = None, lam = None, exclude = None, live_p95_ms = None, extra_text = None, count_prompt = false, output_includes_thinking = false, thinking_cap = None))]
     #[allow(clippy::too_many_arguments)]
     fn plan(
         &self,

@@ -137,7 +137,6 @@ class DispatchTable:
     def plan(
         self,
         messages: _Messages,
-        *,
         max_cost: float | None = None,
         latency_slo_ms: float | None = None,
         quality_floor: float = 0.0,
