@@ -3,6 +3,7 @@
     python benches/bench_own_cpu.py            # 3 rounds of 4,000 sequential requests
     python benches/bench_own_cpu.py --n 1000 --rounds 2
     python benches/bench_own_cpu.py --in-process --interleaved   # see `_interleaved`
+    python benches/bench_own_cpu.py --in-process --interleaved --wait-us 150 [--busy]
 
 Two callers against the same local upstream (`python -m satisfice.testing`, its own process,
 so its CPU is not this process's), on the same client and transport (the router's own,
@@ -30,8 +31,12 @@ not wall time: the machine is shared and noisy, and CPU time is what the router 
 
 `--in-process` swaps the socket for a transport that answers at once from memory (same
 client class, same answer bytes): no kernel and no event-loop waits, measured the same way
-(process CPU per round). An earlier version of this mode printed medians of wall time per
-call, on warm caches: about half the CPU means, and no measure of the same thing.
+(process CPU per round). `--wait-us N` has it answer after blocking the thread N µs
+(`time.sleep`), as a thread waiting on a socket does, or, with `--busy`, after spinning
+for them: what the caches lose while the thread sleeps, without a kernel's network work
+(the difference between the two is the cold start after a wait). An earlier version of
+this mode printed medians of wall time per call, on warm caches: about half the CPU means,
+and no measure of the same thing.
 """
 
 from __future__ import annotations
@@ -63,9 +68,20 @@ ANSWER = json.dumps({
 
 
 class Canned(httpx.AsyncBaseTransport):
-    """Answers every request at once, from memory."""
+    """Answers every request from memory: at once, or after `wait_s` asleep (else, `busy`,
+    spinning) on the event loop's thread."""
+
+    def __init__(self, wait_s: float = 0.0, busy: bool = False) -> None:
+        self.wait_s, self.busy = wait_s, busy
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.wait_s:
+            if self.busy:
+                end = time.perf_counter() + self.wait_s
+                while time.perf_counter() < end:
+                    pass
+            else:
+                time.sleep(self.wait_s)
         return httpx.Response(200, headers={"content-type": "application/json"}, content=ANSWER)
 
 
@@ -141,13 +157,19 @@ async def _interleaved(
 
 
 async def measure(
-    url: str, n: int, rounds: int, canned: bool, interleaved: bool = False
+    url: str,
+    n: int,
+    rounds: int,
+    canned: bool,
+    interleaved: bool = False,
+    canned_wait: Canned | None = None,
 ) -> dict[str, list[float]]:
     """Process CPU per request of the bare call and chat(), round by round, on one client:
     the router's own over a socket, or one on the `Canned` transport; in blocks of one call
     repeated, or `interleaved` (`_interleaved`)."""
     if canned:
-        client: httpx.AsyncClient = _Client(transport=Canned(), timeout=httpx.Timeout(5.0))
+        transport = canned_wait or Canned()
+        client: httpx.AsyncClient = _Client(transport=transport, timeout=httpx.Timeout(5.0))
         router = Router(bench_registry(url)).configure(http=client)
     else:
         client = make_client(ExecutionConfig())
@@ -207,17 +229,28 @@ def main() -> None:
     ap.add_argument(
         "--interleaved", action="store_true", help="each request makes the three calls in turn"
     )
+    ap.add_argument("--wait-us", type=float, default=0.0,
+                    help="--in-process: answer after blocking the thread this long")  # fmt: skip
+    ap.add_argument("--busy", action="store_true", help="--wait-us spinning, not asleep")
     args = ap.parse_args()
+    if args.wait_us and not args.in_process:
+        ap.error("--wait-us is for --in-process (a socket's upstream waits on its own)")
     warm_tokenizers()
     if args.in_process:
-        r = asyncio.run(measure("http://127.0.0.1:9", args.n, args.rounds, True, args.interleaved))
+        wait = Canned(args.wait_us / 1e6, args.busy)
+        r = asyncio.run(
+            measure("http://127.0.0.1:9", args.n, args.rounds, True, args.interleaved, wait)
+        )
     else:
         with upstream() as url:
             r = asyncio.run(measure(url, args.n, args.rounds, False, args.interleaved))
     own = [c - b for c, b in zip(r["chat"], r["bare"], strict=True)]
     own_lean = [c - b for c, b in zip(r["chat"], r["lean"], strict=True)]
-    how = (" --in-process" if args.in_process else "") + (
-        " --interleaved" if args.interleaved else ""
+    how = (
+        (" --in-process" if args.in_process else "")
+        + (" --interleaved" if args.interleaved else "")
+        + (f" --wait-us {args.wait_us:g}" if args.wait_us else "")
+        + (" --busy" if args.busy else "")
     )
     print(f"`python benches/bench_own_cpu.py{how} --n {args.n} --rounds {args.rounds}` "
           f"(Python {sys.version.split()[0]}; CPU µs per request, median of rounds)\n")  # fmt: skip
