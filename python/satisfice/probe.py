@@ -83,7 +83,8 @@ def _words(n: int, lower: bool) -> Callable[[str], bool]:
 
 def _code(tests: str) -> Callable[[str], bool]:
     """Run the answer's first Python code block with `tests` appended, in a child Python
-    (-I, no environment, its own process group, killed whole after 5 s); it passes only when
+    (-I, no environment, its own process group, killed whole after 5 s, with every process
+    it started: see `_SUPERVISE`); it passes only when
     the tests ran to the end: then the child reads a random token from a pipe and prints it,
     so code that exits early does not pass. The token is in neither the source nor the
     command line (code that printed what it found there passed without running the tests);
@@ -113,14 +114,15 @@ def _code(tests: str) -> Callable[[str], bool]:
             try:
                 # in the temporary directory, removed with it (it had run in the operator's
                 # working directory, beside policy.json and health.json)
-                p = subprocess.Popen([sys.executable, "-I", path], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                     env=dict([mark.split("=")]), start_new_session=True,
-                                     pass_fds=(r,), cwd=d)  # fmt: skip
+                p = subprocess.Popen([sys.executable, "-I", "-c", _SUPERVISE, path, "5"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL, env=dict([mark.split("=")]),
+                                     start_new_session=True, pass_fds=(r,), cwd=d)  # fmt: skip
             finally:
                 os.close(r)
             try:
-                out, _ = p.communicate(timeout=5)
+                # (the supervisor's 5 s, and its cleanup's at most 5 more)
+                out, _ = p.communicate(timeout=12)
             except subprocess.TimeoutExpired:
                 out = b""
             finally:
@@ -133,6 +135,77 @@ def _code(tests: str) -> Callable[[str], bool]:
         return p.returncode == 0 and token in out
 
     return check
+
+
+# The code's parent (Linux): a subreaper (prctl PR_SET_CHILD_SUBREAPER), so every process
+# the code starts and leaves, in any session or group, becomes its child once its own parent
+# is gone. After the code ends (or its time, argv[2] s, is up) it kills its children and
+# reaps them until it has none: a chain of processes that each fork and exit (a new
+# session each time) moves past a scan of /proc, and 16 such chains had outlived the check
+# by half an hour, but cannot leave the subreaper's children. Exits 0 only if the code did,
+# in time, and left no process running.
+_SUPERVISE = """
+import ctypes, os, signal, sys, time
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+except (OSError, AttributeError):
+    pass  # not Linux: the caller's kill of the group and of the marked is all there is
+code = os.fork()
+if code == 0:
+    os.execv(sys.executable, [sys.executable, "-I", sys.argv[1]])
+status, me = None, str(os.getpid()).encode()
+end = time.monotonic() + float(sys.argv[2])
+while status is None and time.monotonic() < end:
+    pid, st = os.waitpid(code, os.WNOHANG)
+    if pid:
+        status = st
+    else:
+        time.sleep(0.005)
+end, left = time.monotonic() + 5, False
+kids = "/proc/%d/task/%d/children" % (os.getpid(), os.getpid())
+
+
+def children():
+    # this process's children now: its children file (one read, current), else a scan
+    try:
+        with open(kids, "rb") as f:
+            return f.read().split()
+    except OSError:
+        pass
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open("/proc/" + d + "/stat", "rb") as f:
+                if d.isdigit() and f.read().rsplit(b")", 1)[1].split()[1] == me:
+                    out.append(d.encode())
+        except (OSError, IndexError):
+            pass
+    return out
+
+
+while time.monotonic() < end:
+    for k in children():
+        try:
+            with open(b"/proc/" + k + b"/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    continue  # (reaped below)
+            left = True
+            os.kill(int(k), signal.SIGKILL)
+        except (OSError, IndexError):
+            pass
+    try:
+        while True:
+            pid, st = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            if pid == code and status is None:
+                status = st
+    except ChildProcessError:
+        break
+# passed: the code ran to its end in time, and left nothing running behind it
+ok = status is not None and os.waitstatus_to_exitcode(status) == 0 and not left
+sys.exit(0 if ok else 1)
+"""
 
 
 def _kill_marked(mark: bytes) -> None:
