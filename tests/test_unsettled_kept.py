@@ -199,3 +199,32 @@ def test_settlements_kept_over_a_week_are_said_as_not_counted(
 def test_the_file_needs_redis_state() -> None:
     with pytest.raises(ConfigError, match='needs \\[state\\].backend = "redis"'):
         ServerConfig(unsettled_file="u.json")
+
+
+def test_releases_of_holds_are_not_written_to_the_file(tmp_path: Path) -> None:
+    """Every budgeted request refused while Redis is away queues a release of its hold
+    (nothing billed); each had rewritten (and fsynced) the whole file on the event loop, so
+    an outage under load stalled every request (2,000 refused: about a minute of writes).
+    Expected: releases stay in memory only (their holds lapse within state.HOLD_S); billed
+    settlements are written, in order."""
+    path = tmp_path / "u.json"
+    q = Unsettled(str(path))
+    writes: list[int] = []
+    real = q._save
+
+    def counted() -> None:
+        writes.append(1)
+        real()
+
+    q._save = counted  # type: ignore[method-assign]
+    for i in range(50):
+        q.append((_budgets(i), 0.5, 0.0))  # releases
+    assert not writes and not path.exists()
+    q.append((_budgets(99), 0.5, 0.25))
+    assert len(writes) == 1 and [s["billed_usd"] for s in _queued(path)] == [0.25]
+    for _ in range(50):
+        q.popleft()  # the releases, settled: the file is as it was
+    assert len(writes) == 1 and len(q) == 1
+    q.popleft()
+    assert not path.exists()
+    q.close()

@@ -711,11 +711,11 @@ class Service:
             q.popleft()
         if deadline is None or not q:
             return
-        if q.path is not None:
+        if q.path is not None:  # (releases of holds, nothing billed, lapse within HOLD_S)
             _log.warning(
-                "shutting down with %d settlement(s) the budget store never took ($%.6f in "
-                "all, budgets %s): kept in %s, settled by the next start with it",
-                len(q), q.usd(), q.scopes(), q.path,
+                "shutting down with %d billed settlement(s) the budget store never took "
+                "($%.6f in all, budgets %s): kept in %s, settled by the next start with it",
+                sum(1 for _, _, a in q if a > 0), q.usd(), q.scopes(), q.path,
                 extra={"event": "settlements_kept", "usd": q.usd()},
             )  # fmt: skip
             return

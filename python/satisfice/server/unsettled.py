@@ -86,13 +86,15 @@ class Unsettled:
     def append(self, s: Settlement) -> None:
         self._items.append(s)
         self._queued_at.append(time.time())
-        self._save()
+        if s[2] > 0:  # (a release changes nothing the file keeps: see `_save`)
+            self._save()
 
     def popleft(self) -> None:
         """The oldest one, settled."""
-        self._items.pop(0)
+        s = self._items.pop(0)
         self._queued_at.pop(0)
-        self._save()
+        if s[2] > 0:
+            self._save()
 
     def usd(self) -> float:
         return sum(a for _, _, a in self._items)
@@ -105,13 +107,18 @@ class Unsettled:
             self._lock.close()
 
     def _save(self) -> None:
-        """The queue to the file (none when empty), replaced whole: a crash mid-write leaves
-        the previous queue. Written on the event loop: the queue only grows while the store
-        is away, when budgeted requests are refused, so it stays a few entries long."""
+        """The queue's billed settlements to the file (none when there are none), replaced
+        whole: a crash mid-write leaves the previous queue. A release (a request refused
+        while the store was away frees the hold its lost admission may have made: nothing
+        billed) is not kept: its hold lapses `state.HOLD_S` after its last renewal, as a
+        killed replica's does, and keeping them had rewritten the file at every request
+        refused during an outage. Written on the event loop: billed settlements queue only
+        for requests in flight as the store went away, a few."""
         if self.path is None:
             return
+        kept = [(s, at) for s, at in zip(self._items, self._queued_at, strict=True) if s[2] > 0]
         try:
-            if not self._items:
+            if not kept:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
                 return
@@ -120,7 +127,7 @@ class Unsettled:
                 "settlements": [
                     {"budgets": [asdict(b) for b in bs], "reserved_usd": r, "billed_usd": a,
                      "queued_at": at}
-                    for (bs, r, a), at in zip(self._items, self._queued_at, strict=True)
+                    for (bs, r, a), at in kept
                 ],
             }  # fmt: skip
             tmp = f"{self.path}.tmp"
@@ -133,7 +140,7 @@ class Unsettled:
             _log.error(
                 "could not keep %d unsettled settlement(s) in %s (%s): a stop before the "
                 "budget store takes them loses their spend ($%.6f)",
-                len(self._items), self.path, type(e).__name__, self.usd(),
+                len(kept), self.path, type(e).__name__, self.usd(),
                 extra={"event": "unsettled_not_kept"},
             )  # fmt: skip
 
