@@ -166,6 +166,11 @@ def test_a_second_replica_on_the_same_file_is_refused(tmp_path: Path) -> None:
         '"billed_usd": 1, "queued_at": 0}]}',
         '{"version": 1, "settlements": [{"budgets": [{"scope": "k", "limit_usd": 1, '
         '"period": "week"}], "reserved_usd": 1, "billed_usd": 1, "queued_at": 0}]}',
+        # no reservation id: Redis would count it at every replay
+        '{"version": 1, "settlements": [{"budgets": [{"scope": "k", "limit_usd": 1}], '
+        '"reserved_usd": 1, "billed_usd": 1, "queued_at": 0}]}',
+        '{"version": 1, "settlements": [{"budgets": [{"scope": 7, "limit_usd": 1, '
+        '"hold": "h"}], "reserved_usd": 1, "billed_usd": 1, "queued_at": 0}]}',
     ],
 )
 def test_a_file_that_is_no_queue_is_refused_and_left_as_it_is(tmp_path: Path, text: str) -> None:

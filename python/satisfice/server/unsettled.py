@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, fields
 from typing import Any
 
+from .._atomic import write_atomic
 from ..errors import ConfigError
 from .state import Budget
 
@@ -130,12 +131,8 @@ class Unsettled:
                     for (bs, r, a), at in kept
                 ],
             }  # fmt: skip
-            tmp = f"{self.path}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(doc, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            text = json.dumps(doc).encode()
+            write_atomic(self.path, lambda f: f.write(text))
         except OSError as e:  # the queue in memory holds on; the next change tries again
             _log.error(
                 "could not keep %d unsettled settlement(s) in %s (%s): a stop before the "
@@ -180,7 +177,15 @@ def _read(path: str) -> list[tuple[Settlement, float]]:
         for s in doc["settlements"]:
             budgets = []
             for b in s["budgets"]:
-                if not isinstance(b, dict) or not set(b) <= _BUDGET_FIELDS:
+                # its scope named, and its reservation's id, which settles it once however
+                # often it is replayed (without one, `_SETTLE` counts it every time)
+                if (
+                    not isinstance(b, dict)
+                    or not set(b) <= _BUDGET_FIELDS
+                    or not isinstance(b.get("scope"), str)
+                    or not isinstance(b.get("hold"), str)
+                    or not b["hold"]
+                ):
                     raise ValueError(f"a budget is {str(b)[:80]}")
                 budgets.append(Budget(**b))
             nums = (s["reserved_usd"], s["billed_usd"], s["queued_at"])
