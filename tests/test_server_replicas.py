@@ -45,12 +45,15 @@ def replica_process(cfg: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # (a loaded host)
         while True:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url + "/ready", timeout=1).status_code == 200:
                     break
             if p.poll() is not None or time.monotonic() > deadline:
+                # ended first: reading stderr of a replica still starting waited for good
+                p.kill()
+                p.wait(30)
                 raise RuntimeError(f"replica did not start: {p.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
             time.sleep(0.05)
         yield url, p
