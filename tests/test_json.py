@@ -39,9 +39,24 @@ def test_a_body_is_the_bytes_the_standard_library_wrote(payload: object) -> None
 def test_nan_and_infinity_are_not_sent_as_null(bad: float) -> None:
     """orjson writes them as null, a value the caller did not send; nor are they sent as NaN,
     which is no JSON (the standard library's spelling had gone out): a BadRequestError."""
-    with pytest.raises(BadRequestError, match="cannot be sent as JSON"):
+    with pytest.raises(BadRequestError, match="cannot be sent as JSON.*NaN, Infinity or a"):
         encode_body({"temperature": 0.5, "extra": {"x": bad}})
+    with pytest.raises(BadRequestError, match="NaN, Infinity or a"):  # orjson refuses it first
+        encode_body({"extra": {"x": bad, "big": 2**70}})
     assert dumps_body({"content": None}) == b'{"content":null}'  # a real null stays one
+
+
+def test_a_number_past_4300_digits_a_caller_sent_is_refused_saying_so() -> None:
+    """A served request's tool schema with a 5,000-digit integer reads as inf (`loads`); it
+    had been refused as "Out of range float values are not JSON compliant", a float the
+    caller never sent. A cycle is still refused as one."""
+    body = loads(b'{"tools": [{"maximum": ' + b"9" * 5000 + b"}]}")
+    with pytest.raises(BadRequestError, match=r"past a float's range \(or 4,300 digits\)"):
+        encode_body(body)
+    cycle: dict[str, object] = {"big": 2**70}
+    cycle["me"] = cycle
+    with pytest.raises(BadRequestError, match="Circular reference"):
+        encode_body(cycle)
 
 
 def test_what_the_standard_library_refuses_is_still_refused() -> None:

@@ -86,3 +86,55 @@ async def test_an_anthropic_stream_with_a_huge_usage_count_is_answered_and_count
         an_event("message_stop"),
     ))  # fmt: skip
     _counted(await _call(raw, up, "anthropic", True), "Four")
+
+
+# A tool call's input holding a number JSON cannot write back (5,000 digits read as inf,
+# 1e999, NaN): Anthropic's `input` object becomes the call's `arguments` text. Defect: it
+# was written `Infinity` or `NaN`, text no JSON parser takes, and handed to the caller as
+# the model's call. Expected: alpha's answer fails as a broken reply, saying why, and
+# another model answers.
+BAD_NUMBERS = [HUGE, b"1e999", b"NaN", b"-Infinity"]
+
+
+def _tool_use_answer(number: bytes) -> bytes:
+    body = json.dumps({
+        "id": "m", "type": "message", "role": "assistant", "model": "w",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"n": 0}}],
+        "stop_reason": "tool_use", "usage": {"input_tokens": 5, "output_tokens": 3},
+    }).encode()  # fmt: skip
+    return body.replace(b'"n": 0', b'"n": ' + number)
+
+
+def _failed_over(res: Any) -> None:
+    assert res.model != "alpha", res.tool_calls
+    alpha = [a for a in res.attempts if a.model == "alpha"]
+    assert alpha and all(a.outcome != "ok" for a in alpha), alpha
+    assert "number" in (alpha[0].error or ""), alpha[0].error
+
+
+async def test_an_anthropic_tool_input_with_a_number_json_cannot_write_fails_the_answer(
+    raw: RawUpstream, up: LocalUpstream
+) -> None:
+    for number in BAD_NUMBERS:
+        raw.push(http_response(_tool_use_answer(number)))
+        _failed_over(await _call(raw, up, "anthropic", False))
+
+
+async def test_an_anthropic_streamed_tool_input_with_a_number_json_cannot_write_fails(
+    raw: RawUpstream, up: LocalUpstream
+) -> None:
+    for number in BAD_NUMBERS:
+        start = json.dumps({
+            "type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"n": 0}},
+        }).encode().replace(b'"n": 0', b'"n": ' + number)  # fmt: skip
+        raw.push(sse(
+            an_event("message_start", message={"role": "assistant", "content": [],
+                                               "usage": {"input_tokens": 5, "output_tokens": 1}}),
+            b"event: content_block_start\ndata: " + start + b"\n\n",
+            an_event("content_block_stop", index=0),
+            an_event("message_delta", delta={"stop_reason": "tool_use"},
+                     usage={"output_tokens": 2}),
+            an_event("message_stop"),
+        ))  # fmt: skip
+        _failed_over(await _call(raw, up, "anthropic", True))

@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
 import orjson
 
-__all__ = ["NotUTF8", "dumps", "dumps_body", "dumps_record", "loads", "record_default", "utf8"]
+__all__ = [
+    "NotUTF8",
+    "dumps",
+    "dumps_body",
+    "dumps_record",
+    "encode_finite",
+    "loads",
+    "record_default",
+    "utf8",
+]
 
 # 19 ASCII digits in a row: maybe an integer past 64 bits, which only json.loads keeps an
 # int. Found as a run of b"0" in the body with every digit mapped to b"0" and every other
@@ -88,6 +98,27 @@ def _numpy_scalar(o: Any) -> Any:
 _encode_body = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_numpy_scalar
 ).encode
+_encode_finite = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# json.loads reads NaN and ±Infinity, and a number past a float's range (1e999) or past
+# 4,300 digits (`_int`) as ±inf: such a value cannot be written back as JSON
+NON_FINITE = "NaN, Infinity or a number past a float's range (or 4,300 digits): no JSON number"
+
+
+def _finite_only(encode: Callable[[Any], str], obj: Any) -> str:
+    try:
+        return encode(obj)
+    except ValueError as e:  # its "Out of range float values are not JSON compliant" names
+        if str(e).startswith("Out of range float"):  # neither the value nor the cause (not
+            raise ValueError(NON_FINITE) from None  # `_non_finite(obj)`: obj may be a cycle)
+        raise
+
+
+def encode_finite(obj: Any) -> str:
+    """`encode_json(obj)` for a parsed object written back as JSON text (an Anthropic tool
+    call's `input` as its `arguments`), but NaN and ±Infinity refused (a ValueError): they
+    had been written `Infinity` and `NaN`, text no JSON parser takes."""
+    return _finite_only(_encode_finite, obj)
+
 
 # What the standard library refuses (a dataclass, a datetime, a str or int subclass orjson
 # would write its own way) goes to it, to be refused or written as before.
@@ -103,17 +134,17 @@ def dumps_body(obj: Any) -> bytes:
     errors, but for an `Enum` and a `UUID`, which orjson writes as their value and string
     (the standard library refused them). orjson writes NaN and ±Infinity as `null`, a
     value the caller did not send: a body with a `null` in it that holds such a float is
-    written by the standard library, which refuses NaN and ±Infinity (a ValueError: they
-    are no JSON, and had been sent as NaN), so nothing is silently changed. (Every body
+    refused (a ValueError, `NON_FINITE`: they are no JSON, and had been sent as NaN), as
+    the standard library refuses them, so nothing is silently changed. (Every body
     with a `null` had gone to the standard library: an agent's history, whose tool-call
     turns have `"content": null`, then took 111 ms on the event loop for 20 MB.)"""
     try:
         out = orjson.dumps(obj, option=_PASSTHROUGH)
     except TypeError:  # orjson.JSONEncodeError: a type, a key or an integer it does not take
-        return _encode_body(obj).encode()
+        return _finite_only(_encode_body, obj).encode()
     # `find`, not `in`: see `_redact.scrub_bytes`
     if out.find(b"null") >= 0 and _non_finite(obj):
-        return _encode_body(obj).encode()
+        raise ValueError(NON_FINITE)
     return out
 
 

@@ -35,7 +35,7 @@ from .base import (
     ToolCall,
     Usage,
     encode_body,
-    encode_json,
+    encode_finite,
     finish_stream,
     most_billed,
     parse_event,
@@ -741,7 +741,7 @@ class AnthropicProvider(HTTPProvider):
                         ToolCall(
                             text_field(b["id"], "tool_use.id"),
                             text_field(b["name"], "tool_use.name"),
-                            encode_json(b["input"]),
+                            encode_finite(b["input"]),
                         )
                     )
             stop = text_field(data.get("stop_reason"), "stop_reason")
@@ -910,7 +910,7 @@ class AnthropicProvider(HTTPProvider):
                                     # Anthropic's SDK reads it; it had been "{}")
                                     if not isinstance(given_, dict):
                                         raise TypeError("tool_use.input is not an object")
-                                    start_input[i_] = json.dumps(given_)
+                                    start_input[i_] = encode_finite(given_)
                                     if tools[i_][1] == _JSON_TOOL:  # the answer, as text
                                         yield start_input[i_]
                         elif kind == "message_start":

@@ -37,7 +37,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
-from .._json import dumps_body, encode_json, loads, utf8
+from .._json import dumps_body, encode_finite, loads, utf8
 from .._redact import (
     guard_logs,
     register,
@@ -72,7 +72,7 @@ __all__ = [
     "StreamDelta",
     "ToolCall",
     "Usage",
-    "encode_json",
+    "encode_finite",
     "error_from_response",
     "error_from_transport",
     "stream_error",
