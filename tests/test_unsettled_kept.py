@@ -206,6 +206,25 @@ def test_the_file_needs_redis_state() -> None:
         ServerConfig(unsettled_file="u.json")
 
 
+@pytest.mark.parametrize(
+    ("table", "key"), [("probe", "health_file"), ("ledger", "target"), ("registry", "path")]
+)
+def test_two_settings_naming_one_file_are_refused(tmp_path: Path, table: str, key: str) -> None:
+    """The server would write one's records over the other's file (or over the registry it
+    reads): a ConfigError naming both, however the file is spelled."""
+    (tmp_path / "sub").mkdir()
+    cfg = tmp_path / "satisfice.toml"
+    head = '[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:1/0"\n'
+    cfg.write_text(
+        head + f'unsettled_file = "state.json"\n[{table}]\n{key} = "sub/../state.json"\n'
+    )
+    with pytest.raises(ConfigError, match="name the same file") as e:
+        ServerConfig.load(cfg)
+    assert f"[{table}].{key}" in str(e.value) and "[state].unsettled_file" in str(e.value)
+    cfg.write_text(head + f'unsettled_file = "state.json"\n[{table}]\n{key} = "sub/own.json"\n')
+    assert ServerConfig.load(cfg).unsettled_file == str(tmp_path / "state.json")
+
+
 def test_releases_of_holds_are_not_written_to_the_file(tmp_path: Path) -> None:
     """Every budgeted request refused while Redis is away queues a release of its hold
     (nothing billed); each had rewritten (and fsynced) the whole file on the event loop, so

@@ -231,6 +231,30 @@ class ServerConfig:
                 "(and a master key in the variable [server].master_key_env names) before serving "
                 "beyond this machine"
             )
+        self._files_apart()
+
+    def _files_apart(self) -> None:
+        """ConfigError when two settings name one file: the server would write a record
+        over another's (a health file and an unsettled file both "state.json" had each
+        replaced the other's at every write) or over the registry or policy it reads."""
+        seen: dict[str, str] = {}
+        for where, path in (
+            ("[ledger].target", self.ledger),
+            ("[probe].health_file", self.health_file),
+            ("[state].unsettled_file", self.unsettled_file),
+            ("[registry].path", self.registry_path),  # read: listed last, never written
+            ("[policy].path", self.policy_path),
+        ):
+            if path is None or "://" in path:
+                continue
+            key = os.path.realpath(path)  # the same file however spelled or linked
+            if key in seen:
+                raise ConfigError(
+                    f"{seen[key]} and {where} name the same file ({path!r:.200}): the server "
+                    f"writes {seen[key]} there, over what {where} holds; give each a file of "
+                    "its own"
+                )
+            seen[key] = where
 
     @property
     def loopback(self) -> bool:
