@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 from pathlib import Path
@@ -152,6 +153,40 @@ def test_a_second_replica_on_the_same_file_is_refused(tmp_path: Path) -> None:
         Unsettled(path)
     first.close()
     Unsettled(path).close()  # free again once the first is closed
+
+
+def test_the_file_and_its_rename_reach_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """write_atomic synced the new file but not its directory: a crash after the rename
+    could bring back the previous queue (or none), settlements lost."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    q = Unsettled(str(tmp_path / "u.json"))
+    q.append((_budgets(1), 0.5, 0.25))
+    q.close()
+    assert synced == ["file", "dir"], synced
+
+
+def test_a_closed_queue_writes_nothing_over_the_next_replicas_file(tmp_path: Path) -> None:
+    """A settlement that reached a queue after its close (its lock let go) had been written
+    over the file the next replica had taken by then."""
+    path = str(tmp_path / "u.json")
+    first = Unsettled(path)
+    first.append((_budgets(1), 0.5, 0.25))
+    first.close()
+    second = Unsettled(path)
+    second.append((_budgets(2), 0.5, 0.5))
+    first.append((_budgets(3), 0.5, 0.125))
+    first.popleft()
+    assert [s["billed_usd"] for s in _queued(Path(path))] == [0.25, 0.5]
+    second.close()
 
 
 @pytest.mark.parametrize(

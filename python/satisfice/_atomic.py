@@ -101,3 +101,19 @@ def write_atomic(
                 e.errno, f"{e.strerror} (not written; any previous file is unchanged)", str(p)
             ) from e
         raise
+    _sync_dir(target.parent)
+
+
+def _sync_dir(d: Path) -> None:
+    """The rename made durable: until its directory reaches the disk, a crash may bring back
+    the previous file (or none), whatever was synced of the new one. Not every filesystem
+    syncs a directory; the file is in place either way."""
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)

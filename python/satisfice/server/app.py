@@ -748,6 +748,9 @@ class Service:
         await self._settle_queued(deadline=min(time.monotonic() + 10.0, end))
         # uvicorn gave requests and streams their shutdown_grace_s already: no second grace
         await self.router.aclose(grace_s=1.0)
+        # the settlements of the requests it cut: landed, or queued (and kept in the file)
+        # while the store and the file's lock are still this replica's
+        await self.settled()
         if self.router.ledger is not None:
             self.router.ledger.close()
         await self.state.close()

@@ -104,8 +104,11 @@ class Unsettled:
         return _scopes(self._items)
 
     def close(self) -> None:
+        """The file's lock let go: another replica may take the file now, so nothing is
+        written to it after (the shutdown waits for its settlements before closing)."""
         if self.path is not None:
             self._lock.close()
+            self.path = None
 
     def _save(self) -> None:
         """The queue's billed settlements to the file (none when there are none), replaced
