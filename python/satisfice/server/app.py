@@ -745,12 +745,14 @@ class Service:
 
         began = stopping_since() or time.monotonic()
         end = began + shutdown_timeout(self.config.shutdown_grace_s) - 1.0
-        await self._settle_queued(deadline=min(time.monotonic() + 10.0, end))
         # uvicorn gave requests and streams their shutdown_grace_s already: no second grace
         await self.router.aclose(grace_s=1.0)
         # the settlements of the requests it cut: landed, or queued (and kept in the file)
         # while the store and the file's lock are still this replica's
         await self.settled()
+        # then the queue, theirs too (tried before the close, one queued by a request it
+        # cut had been tried once and dropped, unsaid, with the grace's seconds left)
+        await self._settle_queued(deadline=min(time.monotonic() + 10.0, end))
         if self.router.ledger is not None:
             self.router.ledger.close()
         await self.state.close()
