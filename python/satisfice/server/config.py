@@ -245,7 +245,12 @@ class ServerConfig:
             ("[registry].path", self.registry_path),  # read: listed last, never written
             ("[policy].path", self.policy_path),
         ):
-            if path is None or "://" in path:
+            if path is None:
+                continue
+            path = os.fspath(path)  # (a pathlib.Path built in code, as the readers take it)
+            if "\x00" in path:  # (realpath's raw "embedded null byte" ValueError)
+                raise ConfigError(f"{where} holds a NUL character; give a file path")
+            if "://" in path:
                 continue
             key = os.path.realpath(path)  # the same file however spelled or linked
             if key in seen:
