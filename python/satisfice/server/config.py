@@ -259,7 +259,11 @@ class ServerConfig:
                     f"writes {seen[key]} there, over what {where} holds; give each a file of "
                     "its own"
                 )
-            seen[key] = where
+            # the registry and the policy are only read: one file for both overwrites
+            # nothing (their loaders say what is wrong with it; "the server writes
+            # [registry].path there" had been said of it)
+            if not where.endswith("].path"):
+                seen[key] = where
 
     @property
     def loopback(self) -> bool:
