@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._extra import header_text, server_turns
-from .._json import dumps
+from .._json import NON_FINITE, dumps
 from ..errors import BadRequestError, InputError
 from ..providers.anthropic import arguments_object, server_result, server_tool
 from ..providers.base import thinking_blocks
@@ -923,7 +923,11 @@ def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
             elif kind == "tool_use":
                 # as written: \u escapes had sent an OpenAI model several times the tokens
                 # of its own call (and counted them so for a Claude one)
-                args = json.dumps(b.get("input", {}), ensure_ascii=False)
+                try:  # (NaN and ±inf, which a body's 1e999 or NaN reads as, refused:
+                    # written `Infinity`, they had reached the upstream in the arguments)
+                    args = json.dumps(b.get("input", {}), ensure_ascii=False, allow_nan=False)
+                except ValueError:
+                    raise _bad(f"messages: a tool_use input holds {NON_FINITE}") from None
                 call = {"id": b["id"], "type": "function",
                         "function": {"name": b["name"], "arguments": args}}  # fmt: skip
                 if isinstance(b.get("cache_control"), Mapping):
