@@ -109,7 +109,8 @@ def _sync_dir(d: Path) -> None:
     the previous file (or none), whatever was synced of the new one. Not every filesystem
     syncs a directory; the file is in place either way."""
     try:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        # (no O_DIRECTORY on Windows, where opening a directory fails: not synced)
+        fd = os.open(d, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         return
     try:
