@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "NON_FINITE",
     "NotUTF8",
     "dumps",
     "dumps_body",
