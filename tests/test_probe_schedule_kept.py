@@ -8,10 +8,14 @@ the latencies, and a start runs its first probes an interval after it."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
+import pytest
+
 from satisfice.server import ServerConfig
+from satisfice.state import Health
 from satisfice.testing import LocalUpstream
 
 from .chat_support import registry
@@ -62,3 +66,27 @@ def test_a_first_start_probes_at_once(upstream: LocalUpstream, tmp_path: Path) -
         svc = app.state.service
         assert until(lambda: svc.probe_runs >= 1, 30)
     assert json.loads(health.read_text())["probed_at"] <= time.time()
+
+
+def test_a_health_file_that_cannot_be_written_is_said_naming_the_setting(
+    upstream: LocalUpstream,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run's save that failed had been said as the probe run failing (it had run, and
+    been paid), the shutdown's dropped unsaid. Expected: each says which setting's file
+    was not written and what is lost; the run is counted."""
+    cfg, health = _config(upstream, tmp_path, 3600.0)
+
+    def save(*_: object) -> None:
+        raise PermissionError(13, "Permission denied", str(health))
+
+    monkeypatch.setattr(Health, "save", save)
+    with caplog.at_level(logging.WARNING, logger="satisfice.server"), running(cfg) as (_, app):
+        svc = app.state.service
+        assert until(lambda: svc.probe_runs >= 1, 30)
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "health_not_kept"]
+    assert len(said) == 2, caplog.text  # the run's, the shutdown's
+    assert all("[probe].health_file" in m and "PermissionError" in m for m in said), said
+    assert "probe run failed" not in caplog.text

@@ -640,7 +640,6 @@ class Service:
 
         every = self.config.probe_interval_s
         assert every is not None
-        path = self.config.health_file
         wait = 0.0
         if self.probed_at is not None:  # (read from the health file at start)
             ago = time.time() - self.probed_at
@@ -659,10 +658,26 @@ class Service:
                 self.probe_runs += 1
                 self.probed_at = time.time()
                 _log.info("probes: %s", rep.to_dict(), extra={"event": "probe_run"})
-                if path:
-                    self.health.save(path, self.probed_at)
+                self._save_health()
             except Exception as e:  # a failed run is logged; the next one comes
                 _log.warning("probe run failed: %s: %s", type(e).__name__, e)
+
+    def _save_health(self) -> None:
+        """The measured latencies and the last run's time to `[probe].health_file`; a write
+        that fails is said, naming the setting (the shutdown's had been dropped unsaid, a
+        run's said as the probe run failing), and the next run or the shutdown tries
+        again."""
+        path = self.config.health_file
+        if not path:
+            return
+        try:
+            self.health.save(path, self.probed_at)
+        except OSError as e:
+            _log.error(
+                "[probe].health_file %s not written (%s: %s): the measured latencies and the "
+                "last probe run's time are not kept for the next start",
+                path, type(e).__name__, e.strerror, extra={"event": "health_not_kept"},
+            )  # fmt: skip
 
     async def _sync_loop(self) -> None:
         """Every 0.2 s: the store's clock, cooldowns from other replicas, and settlements the
@@ -734,9 +749,7 @@ class Service:
             await self.refresher.stop()
         for t in self._tasks:
             t.cancel()
-        if self.config.health_file:
-            with contextlib.suppress(OSError):
-                self.health.save(self.config.health_file, self.probed_at)
+        self._save_health()
         await self.settled()
         # settlements the store missed, tried until what uvicorn gives the whole shutdown
         # runs out, less a second to close (a fixed 10 s on top had taken a 2 s grace's
