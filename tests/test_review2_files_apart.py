@@ -27,3 +27,11 @@ def test_a_path_object_is_taken_and_compared_as_its_text(tmp_path: Path) -> None
     assert cfg.health_file == tmp_path / "h.json"
     with pytest.raises(ConfigError, match="name the same file"):
         ServerConfig(ledger=tmp_path / "x.json", health_file=str(tmp_path / "x.json"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field", ["ledger", "health_file"])
+def test_a_directory_given_in_code_is_a_config_error(tmp_path: Path, field: str) -> None:
+    """Load's check (`_file`) had been skipped for a config made in code: the app's making
+    raised a raw IsADirectoryError reading the health file."""
+    with pytest.raises(ConfigError, match="is a directory; name a file in it"):
+        ServerConfig(**{field: str(tmp_path)})

@@ -252,6 +252,9 @@ class ServerConfig:
                 raise ConfigError(f"{where} holds a NUL character; give a file path")
             if "://" in path:
                 continue
+            written = not where.endswith("].path")
+            if written:  # (a config made in code skips load's checks: a directory had been
+                _file(path, where)  # a raw IsADirectoryError as the app was made)
             key = os.path.realpath(path)  # the same file however spelled or linked
             if key in seen:
                 raise ConfigError(
@@ -262,7 +265,7 @@ class ServerConfig:
             # the registry and the policy are only read: one file for both overwrites
             # nothing (their loaders say what is wrong with it; "the server writes
             # [registry].path there" had been said of it)
-            if not where.endswith("].path"):
+            if written:
                 seen[key] = where
 
     @property
