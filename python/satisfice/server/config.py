@@ -238,12 +238,14 @@ class ServerConfig:
         over another's (a health file and an unsettled file both "state.json" had each
         replaced the other's at every write) or over the registry or policy it reads."""
         seen: dict[str, str] = {}
-        for where, path in (
-            ("[ledger].target", self.ledger),
-            ("[probe].health_file", self.health_file),
-            ("[state].unsettled_file", self.unsettled_file),
-            ("[registry].path", self.registry_path),  # read: listed last, never written
-            ("[policy].path", self.policy_path),
+        for where, path, written in (
+            ("[ledger].target", self.ledger, True),
+            ("[probe].health_file", self.health_file, True),
+            ("[state].unsettled_file", self.unsettled_file, True),
+            # only read: one file for both overwrites nothing (their loaders say what is
+            # wrong with it), but one the server writes must be another
+            ("[registry].path", self.registry_path, False),
+            ("[policy].path", self.policy_path, False),
         ):
             if path is None:
                 continue
@@ -252,7 +254,6 @@ class ServerConfig:
                 raise ConfigError(f"{where} holds a NUL character; give a file path")
             if "://" in path:
                 continue
-            written = not where.endswith("].path")
             if written:  # (a config made in code skips load's checks: a directory had been
                 _file(path, where)  # a raw IsADirectoryError as the app was made)
             key = os.path.realpath(path)  # the same file however spelled or linked
@@ -262,9 +263,6 @@ class ServerConfig:
                     f"writes {seen[key]} there, over what {where} holds; give each a file of "
                     "its own"
                 )
-            # the registry and the policy are only read: one file for both overwrites
-            # nothing (their loaders say what is wrong with it; "the server writes
-            # [registry].path there" had been said of it)
             if written:
                 seen[key] = where
 
