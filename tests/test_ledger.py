@@ -834,6 +834,44 @@ def test_max_buffer_bounds_the_queued_and_the_built_together() -> None:
     ledger.close()
 
 
+def test_a_record_put_while_one_is_being_built_keeps_the_bound() -> None:
+    """Between the writer's pop from the queue and its append to the built, the record is in
+    neither: a put() then saw room that was not there, and the append left max_buffer + 1
+    (CI saw 101 under max_buffer=100). A record whose copying puts another stands in for
+    that put, deterministically."""
+    from collections.abc import Iterator, Mapping
+
+    seen: list[int] = []
+
+    class PutsOneWhileCopied(Mapping[str, Any]):
+        def __init__(self) -> None:
+            self.d = {"request_id": "s", "started_at": 1.7e9, "outcome": "ok"}
+
+        def __getitem__(self, k: str) -> Any:
+            return self.d[k]
+
+        def __len__(self) -> int:
+            return len(self.d)
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self.d)
+
+        def keys(self) -> Any:  # dict(it) asks for these on the writer thread
+            ledger.put({"request_id": "c", "started_at": 1.7e9, "outcome": "ok"})
+            return self.d.keys()
+
+    sink = ScriptedSink()
+    ledger = Ledger(sink, max_buffer=3, batch=100, flush_interval_s=60.0,
+                    on_record=lambda r: seen.append(ledger.backlog))  # fmt: skip
+    ledger.put(PutsOneWhileCopied())
+    ledger.put({"request_id": "a", "started_at": 1.7e9, "outcome": "ok"})
+    ledger.put({"request_id": "b", "started_at": 1.7e9, "outcome": "ok"})
+    assert ledger.flush(10)  # wakes the writer: it builds the three, and "c" put meanwhile
+    ledger.close()
+    assert max(seen) <= 3, seen
+    assert sink.rows == ["a", "b", "c"] and ledger.dropped == 1  # the oldest went
+
+
 def test_puts_from_threads_dropping_for_room_never_kill_the_writer() -> None:
     """put() drops the oldest built record for room from the caller's thread; taken between
     the writer's check and its own pop, it had killed the writer thread (IndexError): the

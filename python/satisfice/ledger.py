@@ -884,19 +884,28 @@ class Ledger:
                 # itself, so that every sink keeps it (a JSONL line had none, and each read
                 # put its spend on the day the report was run)
                 rec["started_at"] = time.time()
-            built.append(rec)
+            # Room made before it goes in, under the lock put() drops with: between the pop
+            # above and this the record is in neither deque, so put() saw room that was not
+            # there, and an append unchecked had left max_buffer + 1 (the bound checked on
+            # `built` alone, at the build's end, never saw the queue beside it).
+            with self._drop_lock:
+                full = len(q) + len(built) >= self.max_buffer
+                kept = not full or bool(built)  # with none built, this one is the oldest
+                if full:
+                    self.dropped += 1
+                    if built:
+                        built.popleft()  # the oldest built (counted in metrics already)
+                if kept:
+                    built.append(rec)
+            if full:
+                self._overflowed()
+            if not kept:
+                continue  # dropped unbuilt, as a queued one is: not in the metrics
             if self.on_record is not None:
                 try:
                     self.on_record(rec)
                 except Exception as e:
                     _log.error("ledger on_record hook failed: %s", e)
-        while True:
-            with self._drop_lock:  # checked and taken together: put() drops from it too
-                if len(built) <= self.max_buffer:
-                    break
-                built.popleft()
-                self.dropped += 1
-            self._overflowed()
 
     def _take(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
