@@ -728,15 +728,18 @@ class Ledger:
     # the request path: append only ---------------------------------------------------------
     def put(self, item: Any) -> None:
         """Queue a ChatResult or a ready record dict (never blocks, never raises)."""
-        if self._closing:
-            with self._drop_lock:
+        q = self._q
+        with self._drop_lock:  # against close() setting _closing: no put lands after it
+            closed = self._closing
+            self.queued += 1  # counted before it is seen (and counted queued when dropped)
+            if closed:
                 self.dropped += 1
+            else:
+                q.append(item)
+        if closed:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 _log.error("ledger closed: dropped a record (%d so far)", self.dropped)
             return
-        q = self._q
-        q.append(item)
-        self.queued += 1
         if len(q) + len(self._built) > self.max_buffer:
             # the oldest of both (queued and built), so that max_buffer bounds them together;
             # under the lock the writer takes `_built` with (a pop between its check and its
@@ -770,13 +773,17 @@ class Ledger:
     ) -> None:
         """Queue a score for a request's answer: `model`'s (a fallback's, scored beside the
         primary's), or the answering model's when None."""
-        if self._closing:  # as a record put after close: said, never queued for no writer
-            with self._drop_lock:  # (the writer may be counting scores back under it)
+        row = (request_id, time.time(), float(score), source, model)
+        with self._drop_lock:
+            closed = self._closing
+            if closed:
                 self.dropped_scores += 1
+            else:
+                self._fb_queued += 1
+                self._fb.append(row)
+        if closed:
             _log.error("ledger closed: dropped a feedback score (%d so far)", self.dropped_scores)
             return
-        self._fb.append((request_id, time.time(), float(score), source, model))
-        self._fb_queued += 1
         if self._asleep:
             self._wake()
 
@@ -812,7 +819,8 @@ class Ledger:
             return True
         self.flush(timeout)
         atexit.unregister(self._at_exit)
-        self._closing = True
+        with self._drop_lock:
+            self._closing = True
         with self._cv:
             self._cv.notify()
         self._thread.join(timeout)
@@ -824,10 +832,10 @@ class Ledger:
         with self._drop_lock:
             lost = max(self.queued - self.acked - self.dropped, 0)
             self.dropped += lost
-            self._lost = lost  # (a write still running may land them yet: see _acked)
+            self._lost += lost  # (a write still running may land them yet: see _acked)
             lost_scores = max(self._fb_queued - self._fb_written, 0)
             self.dropped_scores += lost_scores
-            self._lost_scores = lost_scores
+            self._lost_scores += lost_scores
         if lost or lost_scores:
             _log.error("ledger closed with %d record(s) and %d score(s) unwritten (the sink "
                        "was failing); they are lost", lost, lost_scores,
@@ -868,14 +876,14 @@ class Ledger:
             except Exception as e:  # a record that cannot be built: say so, go on
                 self.rejected += 1  # counted: flush() had waited its whole timeout
                 with self._drop_lock:
-                    self.dropped += 1
+                    self._drop_locked()
                 _log.error("ledger: a record could not be built: %s", e,
                            extra={"event": "ledger_rejected"})  # fmt: skip
                 continue
             if (why := _undated(rec)) is not None:  # no sink takes it, no reader
                 self.rejected += 1
                 with self._drop_lock:
-                    self.dropped += 1
+                    self._drop_locked()
                 _log.error("ledger: dropped record %.60r: %s", rec.get("request_id"),
                            why, extra={"event": "ledger_rejected"})  # fmt: skip
                 continue
@@ -892,7 +900,7 @@ class Ledger:
                 full = len(q) + len(built) >= self.max_buffer
                 kept = not full or bool(built)  # with none built, this one is the oldest
                 if full:
-                    self.dropped += 1
+                    self._drop_locked()
                     if built:
                         built.popleft()  # the oldest built (counted in metrics already)
                 if kept:
@@ -906,6 +914,14 @@ class Ledger:
                     self.on_record(rec)
                 except Exception as e:
                     _log.error("ledger on_record hook failed: %s", e)
+
+    def _drop_locked(self) -> None:
+        """Count one record the writer drops (under `_drop_lock`): one close() already
+        counted lost is not counted again."""
+        if self._abandon and self._lost:
+            self._lost -= 1
+        else:
+            self.dropped += 1
 
     def _take(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -953,7 +969,7 @@ class Ledger:
         for rec in bad:
             self.rejected += 1
             with self._drop_lock:
-                self.dropped += 1
+                self._drop_locked()
             _log.error("ledger: the sink refused record %s on its own; dropped it",
                        rec.get("request_id"), extra={"event": "ledger_rejected"})  # fmt: skip
         return []
