@@ -1155,8 +1155,8 @@ def test_a_client_that_leaves_cancels_the_call(
                     got = b""
                     while got.count(b"data: ") < 3:  # the stream is under way
                         got += s.recv(65536)
-                while up.open_connections == 0 and time.monotonic() < deadline:
-                    time.sleep(0.02)  # the call is out
+                while not up.requests and time.monotonic() < deadline:
+                    time.sleep(0.02)  # the call is out: the upstream has read the request
                 assert up.open_connections == 1 and svc.in_flight == 1
             deadline = time.monotonic() + 5
             while (svc.in_flight or up.open_connections) and time.monotonic() < deadline:
