@@ -729,31 +729,26 @@ class Ledger:
     def put(self, item: Any) -> None:
         """Queue a ChatResult or a ready record dict (never blocks, never raises)."""
         q = self._q
-        with self._drop_lock:  # against close() setting _closing: no put lands after it
+        # Under the lock close() sets `_closing` under (no put lands after it) and the writer
+        # takes and drops with: counted before it is seen (counted queued when refused too),
+        # and room made before it goes in, the oldest of the queued and the built going, so
+        # that max_buffer bounds them together at every moment.
+        with self._drop_lock:
             closed = self._closing
-            self.queued += 1  # counted before it is seen (and counted queued when dropped)
-            if closed:
+            self.queued += 1
+            full = not closed and len(q) + len(self._built) >= self.max_buffer
+            if closed or full:
                 self.dropped += 1
-            else:
+            if full:
+                (self._built or q).popleft()  # built already: counted in metrics
+            if not closed:
                 q.append(item)
         if closed:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 _log.error("ledger closed: dropped a record (%d so far)", self.dropped)
             return
-        if len(q) + len(self._built) > self.max_buffer:
-            # the oldest of both (queued and built), so that max_buffer bounds them together;
-            # under the lock the writer takes `_built` with (a pop between its check and its
-            # own pop had killed the writer thread)
-            with self._drop_lock:
-                dropped = len(q) + len(self._built) > self.max_buffer  # still, under it
-                if dropped:
-                    try:
-                        (self._built or q).popleft()  # built already: counted in metrics
-                        self.dropped += 1
-                    except IndexError:  # the writer took it meanwhile: there is room
-                        dropped = False
-            if dropped:
-                self._overflowed()
+        if full:
+            self._overflowed()
         if len(q) >= self.batch or self._asleep:
             self._wake()
 
