@@ -1074,3 +1074,29 @@ def test_two_closes_at_once_keep_a_late_write_counted_once() -> None:
     sink.gate.set()
     led._thread.join(5)
     assert sink.rows == ["a"] and led.acked == 1 and led.dropped == 0
+
+
+def test_a_record_dropped_for_room_is_freed_out_of_the_lock() -> None:
+    """A record dropped for room was freed under the ledger's lock: a finalizer in its
+    metadata that scored on the same ledger waited on that lock for good, and with it the
+    request's put()."""
+    import threading
+
+    sink = _Hung(fails=False)
+    led = Ledger(sink, max_buffer=1, batch=1, flush_interval_s=0.005)
+
+    class ScoresWhenGone:
+        def __del__(self) -> None:
+            led.feedback("x", 1.0)
+
+    led.put(_rec("a"))
+    assert sink.entered.wait(5)  # the writer holds "a", its write hung
+    led.put({**_rec("b"), "metadata": {"s": ScoresWhenGone()}})
+    t = threading.Thread(target=led.put, args=(_rec("c"),), daemon=True)
+    t.start()  # "b" goes for room
+    t.join(5)
+    returned = not t.is_alive()
+    sink.gate.set()
+    assert returned, "put() waited on the ledger's own lock"
+    assert led.flush(5) and led.close(5)
+    assert sink.rows == ["a", "c"] and led.dropped == 1

@@ -740,7 +740,7 @@ class Ledger:
             if closed or full:
                 self.dropped += 1
             if full:
-                (self._built or q).popleft()  # built already: counted in metrics
+                gone = (self._built or q).popleft()  # built already: counted in metrics
             if not closed:
                 q.append(item)
         if closed:
@@ -748,6 +748,9 @@ class Ledger:
                 _log.error("ledger closed: dropped a record (%d so far)", self.dropped)
             return
         if full:
+            # freed here, out of the lock: a finalizer in its metadata that put or scored
+            # on this ledger had deadlocked on it
+            del gone
             self._overflowed()
         if len(q) >= self.batch or self._asleep:
             self._wake()
@@ -897,10 +900,12 @@ class Ledger:
                 if full:
                     self._drop_locked()
                     if built:
-                        built.popleft()  # the oldest built (counted in metrics already)
+                        gone = built.popleft()  # the oldest built (counted in metrics)
                 if kept:
                     built.append(rec)
             if full:
+                if kept:
+                    del gone  # freed out of the lock (see put())
                 self._overflowed()
             if not kept:
                 continue  # dropped unbuilt, as a queued one is: not in the metrics
