@@ -727,7 +727,7 @@ class Ledger:
 
     # the request path: append only ---------------------------------------------------------
     def put(self, item: Any) -> None:
-        """Queue a ChatResult or a ready record dict (never blocks, never raises)."""
+        """Queue a ChatResult or a ready record dict (never waits on the sink, never raises)."""
         q = self._q
         # Under the lock close() sets `_closing` under (no put lands after it) and the writer
         # takes and drops with: counted before it is seen (counted queued when refused too),
