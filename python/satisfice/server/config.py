@@ -238,14 +238,17 @@ class ServerConfig:
         over another's (a health file and an unsettled file both "state.json" had each
         replaced the other's at every write) or over the registry or policy it reads."""
         seen: dict[str, str] = {}
-        for where, path, written in (
-            ("[ledger].target", self.ledger, True),
-            ("[probe].health_file", self.health_file, True),
-            ("[state].unsettled_file", self.unsettled_file, True),
+        # the files each setting has the server write beside the one it names: SQLite's
+        # journal files, the unsettled queue's lock (a health file named "x.db-wal" had
+        # replaced a SQLite ledger's write-ahead log, and the records in it)
+        for where, path, beside in (
+            ("[ledger].target", self.ledger, ("-wal", "-shm", "-journal")),
+            ("[probe].health_file", self.health_file, ()),
+            ("[state].unsettled_file", self.unsettled_file, (".lock",)),
             # only read: one file for both overwrites nothing (their loaders say what is
             # wrong with it), but one the server writes must be another
-            ("[registry].path", self.registry_path, False),
-            ("[policy].path", self.policy_path, False),
+            ("[registry].path", self.registry_path, None),
+            ("[policy].path", self.policy_path, None),
         ):
             if path is None:
                 continue
@@ -254,17 +257,25 @@ class ServerConfig:
                 raise ConfigError(f"{where} holds a NUL character; give a file path")
             if "://" in path:
                 continue
+            written = beside is not None
             if written:  # (a config made in code skips load's checks: a directory had been
                 _file(path, where)  # a raw IsADirectoryError as the app was made)
+            if where == "[ledger].target":
+                from ..ledger import target_kind
+
+                if target_kind(path) == "jsonl":
+                    beside = ()  # a JSONL ledger is the one file (locked itself)
             key = os.path.realpath(path)  # the same file however spelled or linked
-            if key in seen:
-                raise ConfigError(
-                    f"{seen[key]} and {where} name the same file ({path!r:.200}): the server "
-                    f"writes {seen[key]} there, over what {where} holds; give each a file of "
-                    "its own"
-                )
+            files = {key: where, **{key + end: f"{where}'s {end} file" for end in beside or ()}}
+            for f, what in files.items():
+                if f in seen:
+                    raise ConfigError(
+                        f"{seen[f]} and {what} name the same file ({f!r:.200}): the server "
+                        f"writes {seen[f]} there, over what {what} holds; give each a file "
+                        "of its own"
+                    )
             if written:
-                seen[key] = where
+                seen.update(files)
 
     @property
     def loopback(self) -> bool:
