@@ -472,6 +472,8 @@ def test_a_score_the_sink_refuses_is_dropped_not_retried_forever(tmp_path: Path)
     assert led.flush(5), "flush() waited out its timeout"
     led.close()
     assert [r.get("feedback") for r in read_records(db)] == [0.5]
+    assert led.dropped_scores == 1  # counted dropped, as a refused record is (it had been
+    # in no count: done with as written, for flush(), and nowhere else)
 
 
 def test_a_postgres_ledger_migrated_meanwhile_keeps_its_records_queued() -> None:

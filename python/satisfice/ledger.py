@@ -976,8 +976,10 @@ class Ledger:
 
     def _feedback_each(self, rows: list[FeedbackRow]) -> None:
         """Write scores one by one after their batch was refused: one the sink refuses on
-        its own is dropped (counted as written, and logged), where it had been retried
-        forever with every later score behind it; the sink down keeps the rest queued."""
+        its own is dropped (done with, as a written one is, for flush(); counted in
+        `dropped_scores`, where it had been in no count; and logged), where it had been
+        retried forever with every later score behind it; the sink down keeps the rest
+        queued."""
         for i, row in enumerate(rows):
             try:
                 self.sink.feedback([row])
@@ -985,6 +987,8 @@ class Ledger:
                 if not _refused(e):
                     self._fb.extendleft(reversed(rows[i:]))
                     return
+                with self._drop_lock:
+                    self.dropped_scores += 1
                 _log.error("ledger: the sink refused the score for %.60r on its own (%s); "
                            "dropped it", row[0], type(e).__name__,
                            extra={"event": "ledger_rejected"})  # fmt: skip
