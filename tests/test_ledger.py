@@ -1100,3 +1100,35 @@ def test_a_record_dropped_for_room_is_freed_out_of_the_lock() -> None:
     assert returned, "put() waited on the ledger's own lock"
     assert led.flush(5) and led.close(5)
     assert sink.rows == ["a", "c"] and led.dropped == 1
+
+
+def test_backlog_never_counts_a_record_the_writer_moves_while_it_reads() -> None:
+    """`backlog` read its two deques one after the other without the lock: a record the
+    writer moved from the queue to the built ones between the two reads was counted twice
+    (a gauge past max_buffer). A queue whose length read lets a mover in, as the writer
+    does (its append under `_drop_lock`), stands in for the thread switch."""
+    import threading
+    from collections import deque
+
+    ledger = Ledger(ScriptedSink(), max_buffer=10)
+    ledger.close()  # its writer gone: the test is the only mover
+    movers: list[threading.Thread] = []
+
+    class MovedWhileRead(deque):  # type: ignore[type-arg]
+        def __len__(self) -> int:
+            n = super().__len__()
+            if not movers:
+
+                def move() -> None:
+                    with ledger._drop_lock:
+                        ledger._built.append(self.popleft())
+
+                movers.append(threading.Thread(target=move))
+                movers[0].start()
+                movers[0].join(0.5)  # it moves now, unless the reader holds the lock
+            return n
+
+    ledger._q = MovedWhileRead([{"request_id": "r"}])
+    assert ledger.backlog == 1
+    movers[0].join(5)
+    assert ledger.backlog == 1 and len(ledger._built) == 1

@@ -792,7 +792,12 @@ class Ledger:
 
     @property
     def backlog(self) -> int:
-        return len(self._q) + len(self._built)
+        """Records queued or built, waiting to be written (not the one the writer is
+        building, nor the batch it is writing): both deques read under the lock the writer
+        appends to `_built` under (one read apart, a record it moved between them in
+        between was counted twice, which `max_buffer` never allows)."""
+        with self._drop_lock:
+            return len(self._q) + len(self._built)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every record and score queued so far is written (False on timeout): a

@@ -1204,7 +1204,9 @@ class Router:
         else:
             result.started_at, result.metadata = started_at, metadata
             # the clock runs until the caller has the result (but for its record): building
-            # it and handing it back up through the executor were the router's time too
+            # it and handing it back up through the executor were the router's time too, as
+            # is freeing the request's state (its last reference here)
+            run = None
             waited = perf_counter() - t0
             result.overhead_s += waited - result.latency_s
             result.latency_s = waited
