@@ -226,6 +226,20 @@ def test_a_policy_file_giving_a_key_twice_is_refused(tmp_path: Path) -> None:
         Policy.load(pol)
 
 
+def test_a_policy_file_with_an_integer_past_pythons_digits_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    """A number of 5,000 digits in a policy JSON raised the standard library's raw
+    ValueError (past the 4,300 digits it reads) through `satisfice route --policy`."""
+    from satisfice import Policy
+    from satisfice.errors import ConfigError
+
+    pol = tmp_path / "policy.json"
+    pol.write_text('{"quality_floor": 1' + "0" * 5000 + "}\n")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        Policy.load(pol)
+
+
 def test_a_long_report_says_how_far_it_has_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -124,6 +124,30 @@ def test_cli_writes_the_policy_and_keeps_its_predictor(
     assert json.loads(policy.read_text()) == saved
 
 
+def test_a_relative_predictor_is_kept_from_the_policys_folder_whatever_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A policy names its predictor from its own folder (as `train --policy` writes it):
+    calibrate read that path from where it ran and wrote it back resolved from there, a
+    policy naming a file that did not exist; and a policy with a byte-order mark, which
+    `route` reads, failed with a raw JSONDecodeError."""
+    from satisfice.eval.evaluate import shipped_predictor
+
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    shipped_predictor().save(conf / "pred.npz")
+    policy = conf / "policy.json"
+    policy.write_bytes(b"\xef\xbb\xbf" + json.dumps({"predictor": "pred.npz"}).encode())
+    data = logs(tmp_path / "l.jsonl")
+    monkeypatch.chdir(tmp_path)  # not the policy's folder
+    code = main(["calibrate", "--format", "outcomes", str(data), "--target", "quality:90",
+                 "--policy", "conf/policy.json", "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["written"]
+    assert json.loads(policy.read_text())["predictor"] == "pred.npz"
+    assert Policy.load(policy).quality is not None  # loads, its predictor found
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [("cost", "use cost:"), ("speed:3", "use cost:"), ("cost:abc", "not a number"),

@@ -110,6 +110,23 @@ def test_predictor_with_nan_weights_is_refused_when_loaded(tmp_path: Path) -> No
         QualityModel.load(bad)
 
 
+@pytest.mark.parametrize(
+    "ability",
+    [["x", "x", "x", "x"], ["0.1"] * 4, "1234", {"a": 1, "b": 2, "c": 3, "d": 4}],
+    ids=["strings", "numeric-strings", "digit-string", "object"],
+)
+def test_predictor_whose_abilities_are_not_numbers_is_refused_naming_the_file(
+    tmp_path: Path, ability: Any
+) -> None:
+    """An ability list of strings raised numpy's raw ValueError from the file's check (a
+    traceback out of `satisfice route --policy`); strings of digits loaded and failed at
+    routing with a TypeError; a string "1234" or an object was iterated into abilities."""
+    bad = _edited(_trained(tmp_path), tmp_path / "abil.npz",
+                  edit=lambda m: m["models"][NANO].__setitem__("ability", ability))  # fmt: skip
+    with pytest.raises(ConfigError, match="abil.npz.*malformed"):
+        QualityModel.load(bad)
+
+
 def _set_fisher_weight(v: Any) -> Any:
     return lambda m: m["meta"]["fisher"].__setitem__("mean_weight", v)
 

@@ -684,24 +684,39 @@ class Policy(Value):
     @classmethod
     def load(cls, path: str | Path) -> Policy:
         """Read a policy JSON; a relative `"predictor"` path is taken from the file's folder."""
-        from pathlib import Path
-
+        data = read_policy_file(path)
         try:
-            # a byte-order mark is no error; a key given twice is (the last had won unsaid)
-            data = _json_once(Path(path).read_text("utf-8-sig"))
-            if isinstance(data, dict) and isinstance(data.get("predictor"), str):
-                data["predictor"] = str(Path(path).parent / data["predictor"])
-            if not isinstance(data, dict):
-                raise ConfigError(f"policy file {path} must hold a JSON object")
             return cls.from_dict(data)
-        except FileNotFoundError:
-            raise ConfigError(f"policy file {path} does not exist") from None
         except ConfigError as e:
             raise ConfigError(f"policy file {path}: {e}"[:300]) from None
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-            raise ConfigError(f"policy file {path} is not valid JSON: {e}"[:300]) from None
-        except OSError as e:  # a directory, no permission
+        except OSError as e:  # its predictor file: a directory, no permission
             raise ConfigError(f"policy file {path} cannot be read: {e.strerror}") from None
+
+
+def read_policy_file(path: str | Path) -> dict[str, Any]:
+    """A policy file's JSON object, its relative `"predictor"` path taken from the file's
+    folder: what `Policy.load` reads, and what a command rewriting the file keeps (one that
+    read the path from where it ran had written a policy naming a predictor that was not
+    there)."""
+    from pathlib import Path
+
+    try:
+        # a byte-order mark is no error; a key given twice is (the last had won unsaid)
+        data = _json_once(Path(path).read_text("utf-8-sig"))
+    except FileNotFoundError:
+        raise ConfigError(f"policy file {path} does not exist") from None
+    except ConfigError as e:
+        raise ConfigError(f"policy file {path}: {e}"[:300]) from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        # (ValueError: JSON's errors, and an integer past the 4,300 digits Python reads)
+        raise ConfigError(f"policy file {path} is not valid JSON: {e}"[:300]) from None
+    except OSError as e:  # a directory, no permission
+        raise ConfigError(f"policy file {path} cannot be read: {e.strerror}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"policy file {path} must hold a JSON object")
+    if isinstance(data.get("predictor"), str):
+        data["predictor"] = str(Path(path).parent / data["predictor"])
+    return data
 
 
 def _cascades(d: object) -> dict[str, Cascade]:

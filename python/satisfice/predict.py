@@ -436,14 +436,14 @@ class QualityModel(Value):
             models = {
                 m: ModelParams(
                     float(p["bias"]),
-                    tuple(p["ability"]),
+                    _reals(p["ability"]),
                     float(p.get("n_obs", 0)),
                     str(p.get("source", "trained")),
-                    None if p.get("emb") is None else tuple(float(v) for v in p["emb"]),
+                    None if p.get("emb") is None else _reals(p["emb"]),
                 )
                 for m, p in meta["models"].items()
             }
-        except (KeyError, ValueError, TypeError, AttributeError) as e:
+        except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as e:
             raise ConfigError(
                 f"predictor file {path}: a model's parameters are malformed: {e}; {redo}"
             ) from None
@@ -524,6 +524,17 @@ class QualityModel(Value):
         g = logit(spec.quality_prior("general"))
         ab = tuple(0.0 if t == "general" else logit(spec.quality_prior(t)) - g for t in tasks)
         return ModelParams(g, ab, 0.0, "prior")
+
+
+def _reals(v: object) -> tuple[float, ...]:
+    """A JSON list of numbers, as floats: an ability of strings had raised numpy's raw
+    ValueError at the file's check, and a string of digits or an object had been iterated
+    into abilities."""
+    if not isinstance(v, list) or not all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in v
+    ):
+        raise TypeError(f"expected a list of numbers, got {v!r:.60}")
+    return tuple(float(x) for x in v)
 
 
 def _finite(values: Any) -> bool:

@@ -17,7 +17,6 @@ Quality here is predicted, not measured: logged traffic rarely has every model's
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import numpy as np
 
 from .. import _core
 from ..errors import ConfigError
-from ..policy import Policy
+from ..policy import Policy, read_policy_file
 from ..predict import QualityModel
 from ..registry import Registry
 from ..router import Router
@@ -214,7 +213,9 @@ def _inputs(
     the registry (the bundled one by default)."""
     path = Path(policy_path)
     policy = Policy.load(path) if path.is_file() else Policy()  # checks the file first
-    raw: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    # its predictor as the policy names it, from the policy's folder (as `Policy.load` takes
+    # it: read from where the command ran, the rewritten policy had named a missing file)
+    raw = read_policy_file(path) if path.is_file() else {}
     predictor_path = str(predictor) if predictor else raw.get("predictor")
     if predictor:
         policy = policy.replace(quality=QualityModel.load(predictor))
