@@ -254,3 +254,31 @@ def test_plot_without_matplotlib_still_prints_the_report(
                          "--plot", str(tmp_path / "c.png"))  # fmt: skip
     assert code == 1 and "AIQ" in out and "plotting needs matplotlib" in err
     assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("local_usd", [0.0001, 0.0], ids=["cheap", "free"])
+def test_the_train_chosen_baseline_shares_the_routers_aiq_scale(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], local_usd: float
+) -> None:
+    """The cheaper model is also the better one, so the training rows' hull is that model
+    alone: its AIQ was taken on its own scale (its own cost), 0.0 beside the router's 0.99
+    for the same routing, and a free one failed the whole run after it had been evaluated
+    ("max_cost must be > 0 USD")."""
+    lines = []
+    for i in range(120):
+        local = 1.0 if i % 10 else 0.0  # 90% right
+        lines.append(json.dumps({"prompt": f"Question number {i}: what is {i} squared?",
+                                 "outcomes": {"local": {"score": local, "cost_usd": local_usd},
+                                              "paid": {"score": float(i % 2),
+                                                       "cost_usd": 0.01}}}))  # fmt: skip
+    data = tmp_path / "o.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    code, out, err = run(capsys, "--format", "outcomes", str(data), "--test-split", "hash:0.3",
+                         "--json")  # fmt: skip
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["train_chosen_random"]["models"] == ["local"]
+    # routing everything to the one model: the same AIQ as the router's random among the
+    # single models' hull (which is that model too), on one scale
+    assert r["train_chosen_random"]["aiq"] == pytest.approx(r["random_aiq"])
+    assert r["train_chosen_random"]["aiq"] > 0.5

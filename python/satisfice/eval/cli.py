@@ -242,7 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     progress.done()
     baselines: dict[str, Any] = {}
     if anchor is not None:
-        baselines = _train_chosen(split.train, test, anchor)
+        baselines = _train_chosen(split.train, test, anchor, report.summary.max_cost)
         baselines["switches"] = H.switch_report(pred, test, anchor)
         baselines["switches_without_humility"] = switches_raw
         baselines["humility"] = humility_info
@@ -290,10 +290,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_chosen(train: list[Any], test: Any, anchor: str) -> dict[str, Any]:
+def _train_chosen(train: list[Any], test: Any, anchor: str, max_cost: float) -> dict[str, Any]:
     """The baselines a user could have picked from the training rows, scored on the test rows:
     the best single model, and random routing among the models on the training rows'
-    cost-quality hull."""
+    cost-quality hull, its AIQ on the router's scale (`max_cost`: its own, the largest cost
+    of its few models, had scored one model 0 where the router's AIQ scored it 0.99, and
+    one free model had failed the whole run)."""
     import numpy as np
 
     from . import metrics as M
@@ -320,7 +322,7 @@ def _train_chosen(train: list[Any], test: Any, anchor: str) -> dict[str, Any]:
     out["train_chosen_random"] = {
         "models": hull,
         "aiq": float(M.aiq(np.nanmean(test.costs[:, idx], axis=0),
-                           np.nanmean(test.scores[:, idx], axis=0))),
+                           np.nanmean(test.scores[:, idx], axis=0), max_cost)),
     }  # fmt: skip
     return out
 

@@ -253,7 +253,9 @@ class EvalReport:
         best = self.summary.best_single
         for key in ("cost_at_best_quality", "cost_at_95pct_best_quality"):
             v = out[key]
-            out[key.replace("cost_at", "cost_share_at")] = None if v is None else v / best.cost
+            # (no share of a free best model's cost: it had failed the run, dividing by 0)
+            share = None if v is None or not best.cost > 0 else v / best.cost
+            out[key.replace("cost_at", "cost_share_at")] = share
         out["weak_strong"] = list(self.weak_strong) if self.weak_strong else None
         out["single_models"] = out.pop("singles")
         if singles:

@@ -384,6 +384,12 @@ class Summary:
     cost_at_95pct_best_quality: float | None
     share_curve: StrongShareCurve | None = None
 
+    @property
+    def max_cost(self) -> float:
+        """The cost scale its AIQs share (`aiq`'s max_cost): another AIQ beside them, on
+        these prompts, must use it too to be compared."""
+        return _aiq_scale(self.curve, self.singles)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; APGR and CPT are null unless a strong-share curve was given."""
         two = self.share_curve
@@ -410,6 +416,11 @@ class Summary:
         }
 
 
+def _aiq_scale(curve: Curve, singles: Sequence[ModelPoint]) -> float:
+    """The largest cost of a router's curve and the single models: one AIQ scale for all."""
+    return max(float(curve.costs.max()), max(p.cost for p in singles))
+
+
 def summarize(
     curve: Curve,
     models: Sequence[str],
@@ -421,7 +432,7 @@ def summarize(
     the same prompts. AIQs use one scale: the largest cost of the curve and single models."""
     singles = single_models(models, scores, costs)
     best = best_single(singles)
-    max_cost = max(float(curve.costs.max()), max(p.cost for p in singles))
+    max_cost = _aiq_scale(curve, singles)
     return Summary(
         n=int(np.asarray(scores).shape[0]),
         models=list(models),
