@@ -174,7 +174,9 @@ def test_predictor_with_bad_feedback_evidence_is_refused_or_learns_sensibly(
 # -- malformed price files ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("price", [-0.1, "1e400", "nan"], ids=["negative", "infinite", "nan"])
+@pytest.mark.parametrize(
+    "price", [-0.1, "1e400", "nan", 10**400], ids=["negative", "infinite", "nan", "long-integer"]
+)
 def test_llmrouter_price_that_is_not_a_finite_non_negative_number_is_refused(
     tmp_path: Path, price: Any
 ) -> None:
@@ -353,3 +355,23 @@ def test_train_with_policy_reports_before_as_the_policys_own_predictor(
         f"before = {report['before']['log_loss']:.4f}, the policy's predictor scores "
         f"{expected['log_loss']:.4f} on the same held-out records"
     )
+
+
+def test_llmrouter_numbers_past_a_float_or_pythons_digits_are_dataset_errors(
+    tmp_path: Path,
+) -> None:
+    """A score of 1 and 400 zeros raised a raw OverflowError (int too large to convert to
+    float), and a 5,000-digit price the standard library's ValueError (past the 4,300
+    digits it reads), through `satisfice eval --format llmrouter`."""
+    prices = tmp_path / "llm_prices.json"
+    prices.write_text(json.dumps({m: {"input_price": 1.0, "output_price": 1.0} for m in "ab"}))
+    rows = [{"question": q, "scores": {"a": i % 2, "b": 1.0}, "cluster_id": i % 3}
+            for i, q in enumerate(_prompts(30, "q"))]  # fmt: skip
+    rows[4]["scores"]["a"] = 10**400
+    data = tmp_path / "dcrouter_train.json"
+    data.write_text(json.dumps(rows))
+    with pytest.raises(DatasetError, match="outside"):
+        load_llmrouter(data, prices)
+    prices.write_text('{"a": {"input_price": 1' + "0" * 5000 + ', "output_price": 1}}')
+    with pytest.raises(DatasetError, match=r"llm_prices\.json.*not valid JSON"):
+        read_llmrouter_prices(prices)

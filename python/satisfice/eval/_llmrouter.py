@@ -35,7 +35,7 @@ def read_llmrouter_prices(path: PathArg) -> dict[str, tuple[float, float]]:
     for model, entry in data.items():
         try:
             prices[model] = (_price(entry["input_price"]), _price(entry["output_price"]))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise DatasetError(
                 f"{path}: model {model!r} needs 'input_price' and 'output_price' that are "
                 f"finite numbers >= 0 (USD per 1M tokens): {exc}"
@@ -60,7 +60,9 @@ def _read_json(path: Path) -> Any:
     try:
         with utf8(path), path.open(encoding="utf-8") as handle:
             return json.load(handle)
-    except json.JSONDecodeError as exc:
+    except DatasetError:  # (not UTF-8: `utf8` names the file and the byte)
+        raise
+    except ValueError as exc:  # JSON's errors, and an integer past Python's 4,300 digits
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
     except RecursionError:
         raise DatasetError(f"{path}: JSON nested too deeply to read") from None
@@ -82,7 +84,7 @@ def _score(value: object, where: str) -> float:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise DatasetError(f"{where}: score {value!r} is not a number")
-    number = float(value)
+    number = float(value) if not isinstance(value, int) or abs(value) <= 1 else math.inf
     if not 0.0 <= number <= 1.0:
         raise DatasetError(f"{where}: score {number:g} is outside [0, 1]")
     return number
