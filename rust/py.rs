@@ -350,8 +350,15 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
         // a Claude model's thinking, sent back on its assistant turn (`thinking_blocks`):
         // billed as prompt tokens where it is sent, so counted as its text (an upper
         // bound for the models it is not sent to)
+        // (a list, as `tool_calls` is: anything else had been read as no blocks here,
+        // admitted and counted against a key's rate limit, and refused only by the wire)
         if let Some(blocks) = get("thinking_blocks")?.filter(|v| !v.is_none()) {
-            for (j, b) in items(&blocks).unwrap_or_default().iter().enumerate() {
+            let blocks = items(&blocks).ok_or_else(|| {
+                CoreError::Input(format!(
+                    "messages[{i}].thinking_blocks must be a list of thinking blocks"
+                ))
+            })?;
+            for (j, b) in blocks.iter().enumerate() {
                 for key in ["thinking", "data"] {
                     if let Some(Some(v)) = field(b, key) {
                         push_loose(&mut content, &v, || {

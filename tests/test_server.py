@@ -482,6 +482,36 @@ def test_keys_budgets_allow_lists_and_rate_limits(served: Any) -> None:
         c2.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
 
 
+def test_malformed_requests_are_refused_before_they_count_against_a_key(served: Any) -> None:
+    """A lone surrogate in `stop` or a tool's description, or `thinking_blocks`
+    that is not a list, passed the server's checks and routing: the request was admitted
+    (the key's rpm counted) and refused only by the provider's encoder, so three of them
+    locked a key of rpm 3 out for a minute, with no call made."""
+    url, _, upstream, _ = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    k = httpx.post(url + "/admin/keys", headers=admin, json={"name": "strict", "rpm": 3}).json()
+    h = {"authorization": f"Bearer {k['key']}", "content-type": "application/json"}
+    hi = ', "messages": [{"role": "user", "content": "hi"}]}'
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x",
+             "thinking_blocks": "x"}, {"role": "user", "content": "hi"}]  # fmt: skip
+    bad = [
+        '{"model": "auto", "stop": "\\ud800"' + hi,
+        '{"model": "auto", "tools": [{"type": "function", "function": {"name": "f", '
+        '"description": "\\ud800", "parameters": {"type": "object"}}}]' + hi,
+        json.dumps({"model": "auto", "messages": turns}),
+    ]
+    calls = len(upstream.requests)
+    for raw in bad:
+        r = httpx.post(url + "/v1/chat/completions", content=raw.encode(), headers=h)
+        assert r.status_code == 400, (raw, r.text)
+        assert r.json()["error"]["type"] == "invalid_request_error"
+    assert len(upstream.requests) == calls  # nothing sent
+    for _ in range(3):  # the key's whole rpm is left
+        r = httpx.post(url + "/v1/chat/completions", content=('{"model": "auto"' + hi).encode(),
+                       headers=h)  # fmt: skip
+        assert r.status_code == 200, r.text
+
+
 def test_admin_health_disable_and_reload(served: Any) -> None:
     url, *_ = served
     admin = {"authorization": f"Bearer {MASTER}"}

@@ -28,6 +28,8 @@ def extra_text(tools: Any, response_format: Any) -> str | None:
     try:
         parts = [json.dumps(v, separators=(",", ":"), ensure_ascii=False, default=str)
                  for v in (tools, response_format) if v]  # fmt: skip
+        for p in parts:  # a lone surrogate, no UTF-8: refused here, before any admission
+            p.encode()
     except (ValueError, TypeError, RecursionError) as e:
         raise InputError(
             f"tools or response_format cannot be sent as JSON ({type(e).__name__}); "

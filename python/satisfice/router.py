@@ -552,6 +552,22 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
             f"thinking_display must be 'summarized' or 'omitted' (Anthropic's thinking.display),"
             f" got {display!r:.40}"
         )
+    sent = (extra, call["tool_choice"], cm, st)
+    if any(v is not None for v in sent):
+        # sent upstream as given, so checked as they will be encoded, before routing: a lone
+        # surrogate in `stop` had been routed, admitted (a served key's rate counted) and
+        # refused only when the provider encoded the request. (`user` and
+        # `prompt_cache_key` are hints, sent only where `sendable`: never refused.)
+        from ._json import dumps_body
+
+        try:
+            dumps_body(sent)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise InputError(
+                f"the request cannot be sent as JSON ({type(e).__name__}: {e}"[:200]
+                + "); pass only JSON values (valid Unicode, finite numbers) in extra, "
+                "tool_choice, context_management and server_tools"
+            ) from None
     if timeout is not None and not (
         isinstance(timeout, int | float) and not isinstance(timeout, bool) and 0 < timeout < 1e9
     ):
