@@ -512,6 +512,28 @@ def test_malformed_requests_are_refused_before_they_count_against_a_key(served: 
         assert r.status_code == 200, r.text
 
 
+@pytest.mark.parametrize("text", [None, 5, {"a": 1}], ids=["null", "number", "object"])
+@pytest.mark.parametrize("where", ["system", "messages"])
+def test_a_messages_text_block_whose_text_is_no_string_is_refused(
+    served: Any, text: Any, where: str
+) -> None:
+    """/v1/messages took a text block's "text" through str(): null, 5 or {"a": 1} went to
+    the model as the prompt "None", "5" or "{'a': 1}" (as /v1/chat/completions refuses it)."""
+    url, _, upstream, _ = served
+    block = [{"type": "text", "text": text}]
+    body: dict[str, Any] = {"model": "beta", "max_tokens": 10,
+                            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    if where == "system":
+        body["system"] = block
+    else:
+        body["messages"] = [{"role": "user", "content": block}]
+    calls = len(upstream.requests)
+    r = httpx.post(url + "/v1/messages", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["type"] == "error" and "'text' must be a string" in r.json()["error"]["message"]
+    assert len(upstream.requests) == calls
+
+
 def test_admin_health_disable_and_reload(served: Any) -> None:
     url, *_ = served
     admin = {"authorization": f"Bearer {MASTER}"}

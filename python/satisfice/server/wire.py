@@ -540,7 +540,10 @@ _STOP = {
 def _text_part(b: Mapping[str, Any]) -> dict[str, Any]:
     """A text block as an OpenAI text part, its prompt-cache mark kept (it was dropped, and
     Anthropic callers lost prompt caching)."""
-    part: dict[str, Any] = {"type": "text", "text": str(b.get("text", ""))}
+    text = b.get("text")
+    if not isinstance(text, str):  # as Anthropic's API refuses it: str() had sent "None"
+        raise _bad(f"a text block's 'text' must be a string, got {type(text).__name__}")
+    part: dict[str, Any] = {"type": "text", "text": text}
     if isinstance(b.get("cache_control"), Mapping):
         part["cache_control"] = dict(b["cache_control"])
     return part
