@@ -244,6 +244,21 @@ def test_stream_options_without_a_stream_is_refused(served: tuple[str, LocalUpst
     assert "stream_options" in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "options", ["x", 5, [], {"include_usage": "no"}, {"bogus": 1}, {"include_obfuscation": 1}]
+)
+def test_stream_options_that_are_not_openais_shape_are_refused(
+    served: tuple[str, LocalUpstream], options: Any
+) -> None:
+    """`stream_options` was read only for whether it was there: "include_usage": "no"
+    turned the usage chunk on, and a string, a number or an unknown key streamed on
+    without a word (OpenAI's API refuses each)."""
+    url, _ = served
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "alpha", "messages": _HI,
+                   "stream": True, "stream_options": options})  # fmt: skip
+    assert r.status_code == 400 and "stream_options" in r.json()["error"]["message"], r.text
+
+
 async def test_more_stop_sequences_than_openais_api_takes_go_to_another_model(
     upstream: LocalUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ from ._extra import LIMITS, extra_text, header_text, server_turns, text_bytes
 from ._real import as_count, as_real
 from .decision import Candidate, Decision, Snapshot
 from .errors import (
+    BadRequestError,
     ConfigError,
     InputError,
     NoRouteError,
@@ -563,7 +564,7 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
         try:
             dumps_body(sent)
         except (TypeError, ValueError, RecursionError) as e:
-            raise InputError(
+            raise BadRequestError(  # as the provider's encoder says it (`encode_body`)
                 f"the request cannot be sent as JSON ({type(e).__name__}: {e}"[:200]
                 + "); pass only JSON values (valid Unicode, finite numbers) in extra, "
                 "tool_choice, context_management and server_tools"

@@ -245,10 +245,18 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
             raise _bad(f"'reasoning_effort' must be one of {list(EFFORTS)}")
         _reasoning(opts, {"reasoning": effort}, "reasoning_effort")
     opts.update(cascade)
-    so = body.get("stream_options") or {}
-    if body.get("stream_options") is not None and not body.get("stream"):
-        # as OpenAI's API refuses it (it had been taken, and ignored, without a word)
-        raise _bad("'stream_options' is only allowed with \"stream\": true")
+    so = body.get("stream_options")
+    if so is not None:
+        if not body.get("stream"):
+            # as OpenAI's API refuses it (it had been taken, and ignored, without a word)
+            raise _bad("'stream_options' is only allowed with \"stream\": true")
+        # as OpenAI's API checks it: "include_usage": "no" had been read as true
+        if not isinstance(so, Mapping) or set(so) - {"include_usage", "include_obfuscation"}:
+            raise _bad("'stream_options' must be an object with 'include_usage' (and "
+                       "'include_obfuscation')")  # fmt: skip
+        for k, v in so.items():
+            if v is not None and not isinstance(v, bool):
+                raise _bad(f"'stream_options.{k}' must be true or false")
     for k in ("user", "prompt_cache_key"):  # sent on where they are taken (see ChatRequest)
         v = body.get(k)
         if v is not None and not isinstance(v, str):
@@ -260,7 +268,7 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
         messages=list(msgs),
         model=model,
         stream=body.get("stream") is True,
-        include_usage=bool(isinstance(so, Mapping) and so.get("include_usage")),
+        include_usage=so is not None and so.get("include_usage") is True,
         options=opts,
         session=session_key(session),
         metadata=_metadata(body.get("metadata")),
