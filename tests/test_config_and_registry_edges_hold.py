@@ -260,3 +260,24 @@ def test_a_catalogue_price_with_one_side_at_zero_is_unpriced(tmp_path: Path) -> 
     listing = cat.find("gpt-x")
     assert listing is not None, cat.listings
     assert listing.price is None, listing.price
+
+
+@pytest.mark.parametrize("name", ["r.json", "r.toml"])
+def test_a_registry_file_with_an_integer_past_pythons_digits_is_a_config_error(
+    tmp_path: Path, name: str
+) -> None:
+    """Defect: a registry file holding an integer of more than 4,300 digits (valid JSON and
+    TOML) made `Registry.load` raise a raw ValueError ("Exceeds the limit (4300 digits) for
+    integer string conversion"): `_read` caught only the parser's own error. Expected: a
+    ConfigError naming the file, as for any other unreadable registry."""
+    from satisfice.errors import ConfigError
+    from satisfice.registry import Registry
+
+    big = "9" * 5000
+    path = tmp_path / name
+    if name.endswith(".json"):
+        path.write_text(f'{{"model": [{{"id": "m", "context_window": {big}}}]}}')
+    else:
+        path.write_text(f'[[model]]\nid = "m"\ncontext_window = {big}\n')
+    with pytest.raises(ConfigError, match=rf"registry file .*{name} is not valid"):
+        Registry.load(path)

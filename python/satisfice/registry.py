@@ -1065,11 +1065,11 @@ class Registry:
     def from_toml(cls, path: str | Path) -> Registry:
         import tomllib  # here: the bundled registry is JSON, so Router() never imports it
 
-        return cls._read(path, "TOML", tomllib.loads, tomllib.TOMLDecodeError)
+        return cls._read(path, "TOML", tomllib.loads)
 
     @classmethod
     def from_json(cls, path: str | Path) -> Registry:
-        return cls._read(path, "JSON", _json_once, json.JSONDecodeError)
+        return cls._read(path, "JSON", _json_once)
 
     @classmethod
     def load(cls, path: str | Path) -> Registry:
@@ -1078,9 +1078,7 @@ class Registry:
         return cls.from_json(path) if is_json_name(path) else cls.from_toml(path)
 
     @classmethod
-    def _read(
-        cls, path: str | Path, kind: str, parse: Any, parse_error: type[Exception]
-    ) -> Registry:
+    def _read(cls, path: str | Path, kind: str, parse: Any) -> Registry:
         from pathlib import Path
 
         p = Path(path)
@@ -1089,15 +1087,17 @@ class Registry:
             data = parse(p.read_bytes().decode("utf-8-sig"))
         except FileNotFoundError:
             raise ConfigError(f"registry file {p} does not exist") from None
-        except (parse_error, UnicodeDecodeError, RecursionError) as e:
+        except ConfigError as e:  # a key given twice (`_json_once`); before ValueError's
+            raise ConfigError(f"registry file {p} is not valid {kind}: {e}"[:400]) from None
+        except (ValueError, RecursionError) as e:
+            # (ValueError: JSON's and TOML's errors, UTF-8's, and an integer past the 4,300
+            # digits Python reads, which had escaped raw)
             hint = " (a JSON registry's name must end in .json)" if kind == "TOML" else ""
             raise ConfigError(
                 f"registry file {p} is not valid {kind} (UTF-8){hint}: {e}"[:400]
             ) from None
         except OSError as e:
             raise ConfigError(f"registry file {p} cannot be read: {e.strerror}") from None
-        except ConfigError as e:  # a key given twice (`_json_once`)
-            raise ConfigError(f"registry file {p} is not valid {kind}: {e}"[:400]) from None
         if not isinstance(data, dict):
             raise ConfigError(
                 f"registry file {p} must hold a table of models, not a {type(data).__name__}"
