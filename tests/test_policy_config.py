@@ -26,6 +26,9 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
      "above max_tokens_in"),
     ("negative bound", {"rules": [{**RULE, "when": {"max_tokens_in": -1}}]}, "max_tokens_in"),
     ("NaN bound", {"rules": [{**RULE, "when": {"max_tokens_in": float("nan")}}]}, "max_tokens_in"),
+    # math.isnan(10**400) had raised a raw OverflowError
+    ("huge bound", {"rules": [{**RULE, "when": {"min_tokens_in": 10**400}}]},
+     "rule 'r': when.min_tokens_in"),
     ("outputs as a list", {"expected_output_tokens": [1, 2]}, "expected_output_tokens"),
     ("output as text", {"expected_output_tokens": {"general": "x"}}, "expected_output_tokens"),
     ("negative output", {"expected_output_tokens": {"general": -500}}, "expected_output_tokens"),

@@ -274,7 +274,10 @@ class Rule(Value):
             raise ConfigError(f"{where}: when.flags must be a list of flag names")
         lo, hi = self.min_tokens_in, self.max_tokens_in
         for k, v in (("min_tokens_in", lo), ("max_tokens_in", hi)):
-            if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) or v < 0:
+            # a number a float holds (math.isnan(10**400) had raised a raw OverflowError),
+            # or +inf: no bound (max_tokens_in's default)
+            bound = isinstance(v, float) and v == math.inf
+            if (as_real(v) is None and not bound) or v < 0:
                 raise ConfigError(f"{where}: when.{k} must be a number >= 0, got {v!r:.40}")
         if lo > hi:  # a rule that can never match is a mistake, not a rule
             raise ConfigError(f"{where}: when.min_tokens_in {lo} is above max_tokens_in {hi}")
