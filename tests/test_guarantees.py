@@ -69,6 +69,19 @@ def test_a_key_pasted_into_api_key_env_is_refused_and_never_echoed() -> None:
     assert key not in str(e.value) and "environment variable" in str(e.value)
 
 
+def test_a_key_pasted_into_api_is_refused_and_never_echoed() -> None:
+    """Defect: a bad `api` was echoed (`got 'sk-proj-xxxxxxxx...'`), so a key pasted there
+    reached the error and any log of it. Expected: refused, the key not in the error; a
+    mistyped name is still shown."""
+    key = "sk-proj-" + "x" * 40
+    dep = {"name": "a", "base_url": "http://127.0.0.1:1/v1", "api": key}
+    with pytest.raises(ConfigError, match="api must be one of") as e:
+        Registry.from_dict({"model": [model(deployments=[dep])]})
+    assert key[:12] not in str(e.value)
+    with pytest.raises(ConfigError, match="got 'opnai'"):
+        Registry.from_dict({"model": [model(deployments=[{**dep, "api": "opnai"}])]})
+
+
 async def test_a_missing_key_is_skipped_and_used_once_it_is_set(
     up: LocalUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -437,7 +437,9 @@ class Deployment(Value):
         # checked here, not only from a file: one built in code (or .replace()d) had taken a
         # key pasted as api_key_env and echoed it in every error naming the variable
         if api not in _APIS:
-            raise ConfigError(f"api must be one of {list(_APIS)}, got {api!r:.40}")
+            # echoed only when it reads as a name: a key pasted here must not reach a log
+            got = f", got {api!r:.40}" if is_env_name(api) else ""
+            raise ConfigError(f"api must be one of {list(_APIS)}{got}")
         if not isinstance(base_url, str) or not _is_url(base_url):
             # its start only: a key pasted in the wrong field must not reach a log
             got = f"{base_url[:12]!r}..." if isinstance(base_url, str) else repr(base_url)[:40]
