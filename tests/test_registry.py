@@ -186,3 +186,18 @@ def test_a_password_in_a_base_url_is_in_no_repr() -> None:
     dep = reg["m"].deployments[0].replace(base_url="http://user:a@127.0.0.1:9/v1")
     assert repr(dep).startswith("Deployment(name='d', api='openai', base_url='http://user:***@")
     assert reg["m"].deployments[0].base_url.startswith("http://user:UrlPassw0rdSecret@")
+
+
+def test_a_retirement_is_said_once_per_model_not_per_effort_row() -> None:
+    """Defect: `attention()` said a model's retirement once per row: the model and each of
+    its effort rows (m, m@low, m@high), the same date and successor three times. Expected:
+    once, naming the model."""
+    from datetime import date
+
+    reg = Registry.from_dict({"model": [{
+        "id": "m", "context_window": 8000, "max_output": 1000, "price": {"input": 1, "output": 2},
+        "deprecation_date": "2026-01-01", "successor": "n",
+        "efforts": {"low": {"reasoning_tokens": 100}, "high": {"reasoning_tokens": 1000}},
+    }]})  # fmt: skip
+    notes = [n for n in reg.attention(date(2026, 6, 1)) if "retired" in n]
+    assert len(notes) == 1 and "model 'm' " in notes[0], notes

@@ -1168,7 +1168,8 @@ class Registry:
         today = today or date.today()
         notes = []
         for m in self._models:
-            if m.deprecation_date is None or m.disabled:
+            # once per model: its effort rows (m@low, ...) share its date and successor
+            if m.deprecation_date is None or m.disabled or m.base is not None:
                 continue
             left = (m.deprecation_date - today).days
             move = (
