@@ -127,6 +127,21 @@ def test_bad_sources_are_clear_errors(tmp_path: Path) -> None:
         sources.load("litellm", str(tmp_path / "missing.json"))
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["https://999.1.1.1/x?token=SECRETTOKEN123", "https://bad..host/x?token=SECRETTOKEN123"],
+    ids=["ipv4", "idna"],
+)
+def test_a_url_httpx_cannot_read_is_a_config_error_without_its_secrets(url: str) -> None:
+    """Defect: a catalogue URL with an IPv4 address out of range or an empty host label
+    raised a raw httpx.InvalidURL or UnicodeError from `_fetch`, out of a refresh
+    documented to raise RefreshRefused or ConfigError. Expected: a ConfigError naming the
+    URL without its query."""
+    with pytest.raises(ConfigError, match=r"GET https://.*/x\?\.\.\. failed") as e:
+        sources.load("litellm", url)
+    assert "SECRETTOKEN123" not in str(e.value)
+
+
 def test_load_over_http(served: _Catalogue) -> None:
     served.body = (FIX / "openrouter_models.json").read_bytes()
     cat = sources.load("openrouter", served.url)

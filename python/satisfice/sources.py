@@ -574,7 +574,9 @@ def _fetch(url: str, timeout_s: float) -> bytes:
                     if expired.is_set():
                         raise late
                 return bytes(body)
-        except (httpx.HTTPError, OSError, RuntimeError) as e:
+        # (InvalidURL, UnicodeError: a URL httpx or IDNA cannot read, https://999.1.1.1/ or
+        # https://bad..host/, given or redirected to; they had escaped raw)
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError, OSError, RuntimeError) as e:
             if expired.is_set():
                 raise late from None
             raise ConfigError(f"GET {shown(url)} failed: {type(e).__name__}") from None
