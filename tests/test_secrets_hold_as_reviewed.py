@@ -160,6 +160,27 @@ def test_a_refresh_locations_credentials_are_not_logged(
         assert secret not in caplog.text, f"logged: {_line(caplog.text, secret)!r}"
 
 
+def test_a_redirect_targets_credentials_are_not_logged(
+    raw: RawUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A catalogue host that redirects to a signed URL (an S3 `?X-Amz-Signature=`): only
+    the first URL's secrets were registered, and httpx's INFO line for the redirect's
+    request wrote the signature whole. (httpcore's DEBUG trace of the 302's headers, the
+    Location among them, is written before any hook can read it: INFO is what is held.)"""
+    from satisfice import sources
+
+    caplog.set_level(logging.INFO)
+    raw.push(
+        http_response(b"", status="302 Found",
+                      extra="location: /signed.json?X-Amz-Signature=AMZSIGNATURE12345\r\n"),
+        http_response(b"{}"),
+    )  # fmt: skip
+    with contextlib.suppress(SatisficeError):
+        sources.load("litellm", f"http://127.0.0.1:{raw.port}/prices.json")
+    assert len(raw.requests) == 2, "the redirect was followed"
+    assert "AMZSIGNATURE12345" not in caplog.text, _line(caplog.text, "AMZSIGNATURE12345")
+
+
 # -- 4. a base URL's credentials with the caller's own httpx client ---------------------------
 
 

@@ -538,10 +538,13 @@ def _fetch(url: str, timeout_s: float) -> bytes:
     from ._redact import guard_logs, register
     from .registry import url_secrets
 
-    # the location's credentials (user info, a ?token=): scrubbed from what httpx logs of
-    # the request (its URL, at INFO) and from anything said of it
-    for secret in url_secrets(url):
-        register(secret)
+    # each request's credentials (user info, a ?token=): scrubbed from what httpx logs of
+    # it (its URL, at INFO) and from anything said of it; registered as each is sent, as a
+    # redirect's target carries its own (a signed ?X-Amz-Signature= had been logged whole)
+    def register_secrets(request: httpx.Request) -> None:
+        for secret in url_secrets(str(request.url)):
+            register(secret)
+
     guard_logs()
 
     # httpx's timeout bounds each read; a trickle of bytes (of the head or the body) would
@@ -551,7 +554,8 @@ def _fetch(url: str, timeout_s: float) -> bytes:
         "or use a faster mirror"
     )
     expired = threading.Event()
-    with httpx.Client(timeout=timeout_s, follow_redirects=True) as client:
+    hooks = {"request": [register_secrets]}
+    with httpx.Client(timeout=timeout_s, follow_redirects=True, event_hooks=hooks) as client:
 
         def expire() -> None:
             expired.set()
