@@ -54,6 +54,12 @@ def model(**over: Any) -> dict[str, Any]:
             "base_url must be an http",
         ),
         ({"model": [model(deployments=[{"name": "a", "base_url": "https:///v1"}])]}, "with a host"),
+        # health is kept per "MODEL/NAME": model "team/llama" deployment "fast" and model
+        # "team" deployment "llama/fast" had shared one slot (disabling one disabled both)
+        (
+            {"model": [model(deployments=[{"name": "llama/fast", "base_url": "http://x/v1"}])]},
+            "deployment name 'llama/fast' may not hold a '/'",
+        ),
     ],
 )
 def test_config_mistakes_are_refused_with_the_field(doc: dict[str, Any], match: str) -> None:

@@ -454,6 +454,12 @@ class Deployment(Value):
             )
         if not isinstance(name, str) or not name:
             raise ConfigError("name must be a non-empty string")
+        if "/" in name:  # health is keyed "MODEL/NAME", and a model id may hold a "/"
+            raise ConfigError(
+                f"deployment name {name!r:.80} may not hold a '/': health is kept per "
+                "MODEL/NAME, which model 'a' deployment 'b/c' would share with model 'a/b' "
+                "deployment 'c'"
+            )
         if not isinstance(model, str) or not model:
             raise ConfigError(f"model (the id sent on the wire) must be a non-empty string, "
                               f"got {model!r:.40}")  # fmt: skip
