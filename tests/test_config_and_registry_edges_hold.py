@@ -281,3 +281,36 @@ def test_a_registry_file_with_an_integer_past_pythons_digits_is_a_config_error(
         path.write_text(f'[[model]]\nid = "m"\ncontext_window = {big}\n')
     with pytest.raises(ConfigError, match=rf"registry file .*{name} is not valid"):
         Registry.load(path)
+
+
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [("successor", "model 'm': successor"),
+     ("wire", r"model 'm'\.deployments\[0\]: model \(the id sent on the wire\)"),
+     ("deployment", r"model 'm'\.deployments\[0\]: name"),
+     ("provider", "model 'm': provider")],
+)  # fmt: skip
+def test_a_lone_surrogate_in_a_registry_is_refused_naming_the_field(
+    tmp_path: Path, where: str, said: str
+) -> None:
+    """Defect: a JSON registry holding a lone surrogate ("\\ud800", valid JSON) in a model's
+    successor or provider, or a deployment's name or wire model, loaded; `registry update`
+    then died writing it with a raw UnicodeEncodeError, and a wire model's made every call
+    fail with an error blaming the caller's messages. Expected: a ConfigError at load
+    naming the field."""
+    from satisfice.errors import ConfigError
+    from satisfice.registry import Registry
+
+    dep = {"name": "a", "base_url": "http://127.0.0.1:1/v1", "model": "w"}
+    model = {"id": "m", "provider": "p", "context_window": 1000, "max_output": 100,
+             "deployments": [dep]}  # fmt: skip
+    if where == "successor":
+        model["successor"] = "n\ud800"
+    elif where == "provider":
+        model["provider"] = "p\ud800"
+    else:
+        dep["model" if where == "wire" else "name"] = "w\ud800"
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"model": [model]}))  # ASCII: the surrogate as an escape
+    with pytest.raises(ConfigError, match=said):
+        Registry.load(path)

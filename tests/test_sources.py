@@ -588,6 +588,27 @@ def test_a_lone_surrogate_in_a_catalogue_is_replaced(tmp_path: Path) -> None:
     assert "gpt-y\ufffd" in repr(entry)  # what no terminal or file takes, replaced
 
 
+def test_an_escape_code_in_a_successor_never_reaches_the_diff() -> None:
+    """Defect: a catalogue's `successor_model` holding a terminal escape code (ESC [2J clears
+    the screen) was carried into the registry and printed raw by `registry diff/update`
+    (`Change.__str__`); a registry file's successor took one too. Expected: the catalogue's
+    is dropped, as its other bad values are (the registry's own kept), and a file's is a
+    ConfigError naming the model and field."""
+    cat = sources.parse_litellm({"claude-sonnet-4-7": {
+        "mode": "chat", "litellm_provider": "anthropic", "input_cost_per_token": 1e-6,
+        "output_cost_per_token": 2e-6, "successor_model": "claude-next\x1b[2J",
+    }})  # fmt: skip
+    (entry,) = cat.listings.values()
+    assert entry.successor is None
+    reg = _reg().replace(_reg()["sonnet"].replace(successor="claude-known"))
+    new, diff = sources.apply(reg, cat)
+    assert "\x1b" not in diff.render() and new["sonnet"].successor == "claude-known"
+    doc = reg.to_dict()
+    doc["model"][0]["successor"] = "claude-next\x1b[2J"
+    with pytest.raises(ConfigError, match="model 'sonnet': successor may not hold control"):
+        Registry.from_dict(doc)
+
+
 def test_a_window_or_output_limit_moved_tenfold_is_absurd() -> None:
     """A catalogue listing a 200k model at 1k tokens would have filtered it out of every
     route on the next refresh; it is refused like a price moved tenfold."""

@@ -463,6 +463,8 @@ class Deployment(Value):
         if not isinstance(model, str) or not model:
             raise ConfigError(f"model (the id sent on the wire) must be a non-empty string, "
                               f"got {model!r:.40}")  # fmt: skip
+        _printable(name, "name")
+        _printable(model, "model (the id sent on the wire)")
         if price is not None and not isinstance(price, Price):
             raise ConfigError(f"price must be a Price, got {type(price).__name__}")
         p95 = None if p95_latency_ms is None else as_real(p95_latency_ms)
@@ -623,6 +625,19 @@ EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 ADAPTIVE_EFFORTS = frozenset(("none", "low", "medium", "high", "xhigh", "max"))
 
 
+def _printable(text: str, where: str) -> None:
+    """Refuse a registry's text (a deployment's name and wire model, a model's provider and
+    successor) holding control or format characters or a lone surrogate, as an id is
+    refused: an escape code reached `registry diff`'s terminal as it was, and a surrogate,
+    which no UTF-8 file or request body takes, failed `registry update` or every call to
+    the model later, raw (blaming the caller's messages)."""
+    if not text.isprintable():
+        raise ConfigError(
+            f"{where} may not hold control or format characters, odd spaces or lone "
+            f"surrogates, got {text!r:.60}"
+        )
+
+
 def _bad_id(mid: str) -> str | None:
     """Why `mid` cannot be a model's id, or None. An id is what callers send as `model`,
     metrics label and logs print: blank ones, spaces at an end, control or format
@@ -764,6 +779,11 @@ class ModelSpec(Value):
         # (or .replace()d) too: a str price or a non-Deployment failed later, raw
         if not isinstance(self.provider, str):
             raise ConfigError(f"{where}: provider must be a string, got {self.provider!r:.40}")
+        if self.successor is not None and not isinstance(self.successor, str):
+            raise ConfigError(f"{where}: successor must be a model id, got {self.successor!r:.40}")
+        for k in ("provider", "successor"):
+            if (text := getattr(self, k)) is not None:
+                _printable(text, f"{where}: {k}")
         if self.price is not None and not isinstance(self.price, Price):
             raise ConfigError(f"{where}: price must be a Price or None (unpriced), got "
                               f"{type(self.price).__name__}")  # fmt: skip

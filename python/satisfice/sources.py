@@ -314,7 +314,9 @@ def parse_litellm(data: Mapping[str, Any]) -> Catalogue:
             "per_search": _per_search(e.get("search_context_cost_per_query")),
         }
         successor = e.get("successor_model")
-        if isinstance(successor, str) and successor.startswith(prefix):
+        if not isinstance(successor, str) or not successor.isprintable():
+            successor = None  # an escape code in it had reached `registry diff`'s terminal
+        elif successor.startswith(prefix):
             successor = successor[len(prefix) :]
         listings.put(Listing(
             host,
@@ -324,7 +326,7 @@ def parse_litellm(data: Mapping[str, Any]) -> Catalogue:
             _positive_int(e.get("max_output_tokens")),
             _litellm_caps(e),
             _safe_date(e.get("deprecation_date")),
-            successor if isinstance(successor, str) and successor else None,
+            successor or None,
         ))  # fmt: skip
     return listings.catalogue("litellm")
 
