@@ -588,6 +588,63 @@ def test_a_lone_surrogate_in_a_catalogue_is_replaced(tmp_path: Path) -> None:
     assert "gpt-y\ufffd" in repr(entry)  # what no terminal or file takes, replaced
 
 
+@pytest.mark.parametrize("source", ["models.dev", "openrouter"])
+def test_a_rate_the_sources_format_never_carries_keeps_the_registrys(source: str) -> None:
+    """Defect: a refresh replaced a model's whole price with the catalogue's, so the rates a
+    source's format never carries (models.dev: no 1-hour cache write, batch, priority, flex
+    or per-search rate; OpenRouter: no batch, priority or flex) went to None: every refresh
+    from it was refused as a change "to unknown", and, confirmed, a 1-hour cache write was
+    billed at the 5-minute rate. Expected: those rates are kept; a rate the format carries
+    and the entry leaves out (here the cache read) is still a change to unknown."""
+    price = {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75,
+             "cache_write_1h": 6.0, "batch_input": 1.5, "batch_output": 7.5,
+             "priority_input": 6.0, "flex_input": 1.5}  # fmt: skip
+    reg = _reg(**price)
+    if source == "models.dev":
+        data: dict[str, Any] = {
+            "anthropic": {
+                "models": {
+                    "claude-sonnet-4-7": {
+                        "cost": {"input": 3.5, "output": 15, "cache_read": 0.3, "cache_write": 3.75}
+                    }
+                }
+            }
+        }
+    else:
+        reg = reg.replace(
+            reg["sonnet"].replace(
+                deployments=(
+                    reg["sonnet"]
+                    .deployments[0]
+                    .replace(name="openrouter", model="anthropic/claude-sonnet-4.7"),
+                )
+            )
+        )
+        data = {
+            "data": [
+                {
+                    "id": "anthropic/claude-sonnet-4.7",
+                    "pricing": {
+                        "prompt": "0.0000035",
+                        "completion": "0.000015",
+                        "input_cache_read": "0.0000003",
+                        "input_cache_write": "0.00000375",
+                        "input_cache_write_1h": "0.000006",
+                    },
+                }
+            ]
+        }
+    new, diff = sources.apply(reg, sources.parse(source, data))
+    assert diff.absurd() == [], diff.render()
+    got = new["sonnet"].price
+    assert got is not None and got.input == 3.5
+    assert (got.cache_write_1h, got.batch_input, got.priority_input) == (6.0, 1.5, 6.0)
+    if source == "models.dev":
+        del data["anthropic"]["models"]["claude-sonnet-4-7"]["cost"]["cache_read"]
+        _, diff = sources.apply(reg, sources.parse(source, data))
+        assert [c.what for c in diff.absurd()] == ["price.cached_input"], diff.render()
+
+
 def test_an_escape_code_in_a_successor_never_reaches_the_diff() -> None:
     """Defect: a catalogue's `successor_model` holding a terminal escape code (ESC [2J clears
     the screen) was carried into the registry and printed raw by `registry diff/update`

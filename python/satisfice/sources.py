@@ -133,6 +133,10 @@ class Catalogue:
     source: str
     listings: Mapping[tuple[str, str], Listing]
     conflicts: frozenset[tuple[str, str]] = frozenset()
+    # the price fields the source's format carries: a rate it never carries (models.dev has
+    # no 1-hour cache write, OpenRouter no batch rate) is no word on it, and `apply` keeps
+    # the registry's (a refresh had made it unknown, and a 1-hour write billed at 5 minutes')
+    rates: frozenset[str] = frozenset(Price.__match_args__)
 
     def find(self, name: str) -> Listing | None:
         """A listing by `host:model` or by a bare model name (first-party hosts first)."""
@@ -158,11 +162,18 @@ class Catalogue:
 
 class _Listings:
     """A parser's listings as it collects them: a second, different entry for the same
-    (host, model) takes both out, into `conflicts` (an identical one is harmless)."""
+    (host, model) takes both out, into `conflicts` (an identical one is harmless). The
+    rates its prices are made from are the ones its format carries (`Catalogue.rates`)."""
 
     def __init__(self) -> None:
         self.listings: dict[tuple[str, str], Listing] = {}
         self.conflicts: set[tuple[str, str]] = set()
+        self.rates: set[str] = set()
+
+    def price(self, rates: Mapping[str, float | None], tiers: Iterable[_Tier] = ()) -> Price | None:
+        """An entry's price (`_make_price`), its rates' names noted as carried."""
+        self.rates.update(rates, ("long_context",))
+        return _make_price(rates, tiers)
 
     def put(self, listing: Listing) -> None:
         key = (listing.host, listing.model)
@@ -174,7 +185,7 @@ class _Listings:
             self.listings[key] = listing
 
     def catalogue(self, source: str) -> Catalogue:
-        return Catalogue(source, self.listings, frozenset(self.conflicts))
+        return Catalogue(source, self.listings, frozenset(self.conflicts), frozenset(self.rates))
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -321,7 +332,7 @@ def parse_litellm(data: Mapping[str, Any]) -> Catalogue:
         listings.put(Listing(
             host,
             model,
-            _make_price(rates, _litellm_tiers(e)),
+            listings.price(rates, _litellm_tiers(e)),
             _positive_int(e.get("max_input_tokens") or e.get("max_tokens")),
             _positive_int(e.get("max_output_tokens")),
             _litellm_caps(e),
@@ -383,7 +394,7 @@ def parse_openrouter(data: Mapping[str, Any]) -> Catalogue:
         listings.put(Listing(
             "openrouter",
             mid,
-            _make_price(rates, tiers),
+            listings.price(rates, tiers),
             _positive_int(e.get("context_length") or top.get("context_length")),
             _positive_int(top.get("max_completion_tokens")),
             frozenset(caps),
@@ -442,7 +453,7 @@ def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
             listings.put(Listing(
                 host,
                 str(mid),
-                _make_price(rates, tiers),
+                listings.price(rates, tiers),
                 _positive_int(lim.get("context")),
                 _positive_int(lim.get("output")),
                 frozenset(caps),
@@ -779,7 +790,7 @@ def apply(
         unpriced = [d for d, h in hits if h.price is None and d is not m.deployments[0]]
         notes += [Change(m.id, "unpriced", f"{d.name}:{d.model}", None) for d in unpriced]
         unchecked = unchecked or bool(unpriced) or len(hits) < len(m.deployments)
-        models.append(_updated(m, hits))
+        models.append(_updated(m, hits, cat.rates))
     known = {m.id for m in models}
     for name in add:
         hit = cat.find(name)
@@ -824,21 +835,36 @@ def apply(
     return new, Diff(d.changes + tuple(notes))
 
 
-def _updated(m: ModelSpec, hits: list[tuple[Deployment, Listing]]) -> ModelSpec:
+def _listed_price(listed: Price | None, had: Price | None, rates: frozenset[str]) -> Price | None:
+    """A listing's price over the one it replaces: a rate the source's format never carries
+    keeps its old value; one it carries is the source's, unknown (None) where it lists none."""
+    if listed is None or had is None:
+        return listed
+    return listed.replace(**{k: getattr(had, k) for k in Price.__match_args__ if k not in rates})
+
+
+def _updated(
+    m: ModelSpec, hits: list[tuple[Deployment, Listing]], rates: frozenset[str]
+) -> ModelSpec:
     """The model's price follows its first deployment's listing; another deployment keeps
     an own price where its listing differs, and one the source does not list keeps the price
-    it had (pinned, so it does not silently inherit the first deployment's new price)."""
+    it had (pinned, so it does not silently inherit the first deployment's new price). The
+    rates the source never carries (`rates`: those it does) are kept from the old price."""
     listed = {id(d): h for d, h in hits}
     head = listed.get(id(m.deployments[0])) if m.deployments else None
     # the first deployment listed without a price makes the model unpriced (which a
     # refresh refuses unconfirmed): the old price had been kept and stamped as checked;
     # another keeps its own (see `apply`)
-    model_price = head.price if head is not None else m.price
+    model_price = m.price if head is None else _listed_price(head.price, m.price, rates)
     deps = []
     for dep in m.deployments:
         had = dep.price if dep.price is not None else m.price
         h = listed.get(id(dep))
-        now = h.price if h is not None and (h.price is not None or h is head) else had
+        now = (
+            _listed_price(h.price, had, rates)
+            if h is not None and (h.price is not None or h is head)
+            else had
+        )
         deps.append(dep.replace(price=None if now == model_price else now))
     windows = [h.context_window for _, h in hits if h.context_window]
     outs = [h.max_output for _, h in hits if h.max_output]
