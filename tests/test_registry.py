@@ -42,6 +42,28 @@ def test_unpriced_model_has_no_cost() -> None:
     assert reg.unpriced == ["local"]
 
 
+def test_a_model_priced_on_its_deployments_alone_is_priced() -> None:
+    """Defect: a model with no model price and a price on each deployment was listed by
+    `Registry.unpriced`, had `priced` False and `cost()` None (so no reference cost, no
+    demo saving), while routing priced it at its deployments' prices (it passed max_cost).
+    Expected: priced, costed at its dearest deployment's price; one deployment unpriced
+    leaves it unpriced (never $0)."""
+    from satisfice import Deployment
+
+    def dep(name: str, price: Price | None) -> Deployment:
+        return Deployment(name, "openai", "http://127.0.0.1:9/v1", "m", price=price)
+
+    deps = (dep("a", Price(1.0, 2.0)), dep("b", Price(3.0, 4.0)))
+    both = ModelSpec("m", "openai", 8000, 1000, quality={"general": 0.9}, deployments=deps)
+    half = ModelSpec(
+        "h", "openai", 8000, 1000, deployments=(dep("a", Price(1.0, 2.0)), dep("b", None))
+    )
+    reg = Registry([both, half])
+    assert both.priced and both.cost(1e6, 1e6) == 7.0
+    assert not half.priced and half.cost(1e6, 1e6) is None
+    assert reg.unpriced == ["h"] and reg.reference.id == "m"
+
+
 def test_duplicate_and_unknown_ids() -> None:
     m = ModelSpec("a", "p", 100, 10, price=Price(1, 1))
     with pytest.raises(ConfigError, match="twice"):

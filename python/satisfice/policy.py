@@ -317,11 +317,6 @@ class Rule(Value):
         )
 
 
-def _prices(m: ModelSpec) -> list[Price | None]:
-    """What each of the model's deployments bills at (its own price, else the model's)."""
-    return [d.price if d.price is not None else m.price for d in m.deployments] or [m.price]
-
-
 def _thinking_reserve(m: ModelSpec) -> int:
     """The thinking budget an Anthropic deployment of `m` adds to every call's max_tokens."""
     if not any(d.api == "anthropic" for d in m.deployments):
@@ -334,10 +329,9 @@ def _worst_price(m: ModelSpec) -> Price | None:
     deployments bills at every prompt length (a fallback to a pricier host must not break
     the cap, and which host is dearer depends on the request: one may bill the prompt
     higher, another the answer), None if any deployment is unpriced."""
-    prices = _prices(m)
-    if any(p is None for p in prices):
+    if not m.priced:
         return None
-    ps: list[Price] = prices  # type: ignore[assignment]
+    ps: list[Price] = m.prices  # type: ignore[assignment]
     if len(ps) == 1:
         return ps[0]
     tiers = [t for p in ps for t in p.long_context]
@@ -376,7 +370,7 @@ def _thinking_rate(m: ModelSpec) -> float:
     """USD per thinking token at the cheapest of the model's deployments (the table's
     `thinking_rate`: a budget lowered by N tokens takes N of these off `_fee`, which keeps
     it at or over any deployment's bill); 0 when one is unpriced (no fee then)."""
-    prices = _prices(m)
+    prices = m.prices
     if any(p is None for p in prices):
         return 0.0
     return min(_reasoning_rate(p) for p in prices if p is not None) / 1e6
@@ -385,7 +379,7 @@ def _thinking_rate(m: ModelSpec) -> float:
 def _fee(m: ModelSpec) -> float:
     """USD a call costs beyond its prompt and answer, the per-request fee and reasoning, at
     the dearest of its deployments (each prices reasoning at its own rates)."""
-    prices = _prices(m)
+    prices = m.prices
     if any(p is None for p in prices):
         return 0.0
     return max((p.per_request or 0.0) + reasoning_usd(m, p) for p in prices if p is not None)

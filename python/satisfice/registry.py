@@ -844,16 +844,29 @@ class ModelSpec(Value):
             seen.add(dep.name)
 
     @property
+    def prices(self) -> list[Price | None]:
+        """What each of the model's deployments bills at (its own price, else the model's)."""
+        return [d.price if d.price is not None else self.price for d in self.deployments] or [
+            self.price
+        ]
+
+    @property
     def priced(self) -> bool:
-        return self.price is not None
+        """Whether every call to it is priced (by the model's price, or each deployment's
+        own): what routing checks a cost cap against and billing bills. A model priced on
+        its deployments alone had been listed as unpriced, while routing priced it."""
+        return all(p is not None for p in self.prices)
 
     def quality_prior(self, task: str = "general") -> float:
         """Prior P(good) for a task: the task's entry, else `general`, else 0.7."""
         return float(self.quality.get(task, self.quality.get("general", 0.7)))
 
     def cost(self, tokens_in: float, tokens_out: float, cached_in: float = 0.0) -> float | None:
-        """USD for a request, or None when the model is unpriced."""
-        return None if self.price is None else self.price.cost(tokens_in, tokens_out, cached_in)
+        """USD for a request at its dearest deployment's price (which a cost cap is checked
+        against), or None when the model is unpriced."""
+        if not self.priced:
+            return None
+        return max(p.cost(tokens_in, tokens_out, cached_in) for p in self.prices if p is not None)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
@@ -1170,7 +1183,7 @@ class Registry:
     @property
     def unpriced(self) -> list[str]:
         """Models whose cost is unknown: they never pass a max_cost constraint."""
-        return [m.id for m in self._models if m.price is None]
+        return [m.id for m in self._models if not m.priced]
 
     def index(self, model_id: str) -> int:
         self[model_id]  # raises UnknownModelError with the list of known ids
