@@ -46,8 +46,8 @@ def test_a_model_priced_on_its_deployments_alone_is_priced() -> None:
     """Defect: a model with no model price and a price on each deployment was listed by
     `Registry.unpriced`, had `priced` False and `cost()` None (so no reference cost, no
     demo saving), while routing priced it at its deployments' prices (it passed max_cost).
-    Expected: priced, costed at its dearest deployment's price; one deployment unpriced
-    leaves it unpriced (never $0)."""
+    Expected: priced, costed at its first deployment's price (as the ledger prices the
+    reference's saving); one deployment unpriced leaves it unpriced (never $0)."""
     from satisfice import Deployment
 
     def dep(name: str, price: Price | None) -> Deployment:
@@ -59,7 +59,7 @@ def test_a_model_priced_on_its_deployments_alone_is_priced() -> None:
         "h", "openai", 8000, 1000, deployments=(dep("a", Price(1.0, 2.0)), dep("b", None))
     )
     reg = Registry([both, half])
-    assert both.priced and both.cost(1e6, 1e6) == 7.0
+    assert both.priced and both.cost(1e6, 1e6) == 3.0
     assert not half.priced and half.cost(1e6, 1e6) is None
     assert reg.unpriced == ["h"] and reg.reference.id == "m"
 

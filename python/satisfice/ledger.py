@@ -255,8 +255,7 @@ def record_of(result: ChatResult) -> dict[str, Any]:
     if result.model == ref.id:  # answered by the reference: what it was billed, saving 0
         rec["reference_cost_usd"] = result.cost_usd
     else:  # its own price, else its first deployment's (a model priced per deployment)
-        price = ref.price or next((d.price for d in ref.deployments if d.price), None)
-        rec["reference_cost_usd"] = cost_of(price, result.usage)
+        rec["reference_cost_usd"] = cost_of(ref.quoted_price, result.usage)
     return rec
 
 

@@ -861,12 +861,18 @@ class ModelSpec(Value):
         """Prior P(good) for a task: the task's entry, else `general`, else 0.7."""
         return float(self.quality.get(task, self.quality.get("general", 0.7)))
 
+    @property
+    def quoted_price(self) -> Price | None:
+        """The price its figures quote (the reference's cost, the saving a report shows):
+        its own, else (priced on its deployments alone) its first deployment's; None when
+        unpriced. Not the dearest deployment's: a reference priced at its dearest host
+        overstates what routing saved."""
+        return None if not self.priced else self.price or self.prices[0]
+
     def cost(self, tokens_in: float, tokens_out: float, cached_in: float = 0.0) -> float | None:
-        """USD for a request at its dearest deployment's price (which a cost cap is checked
-        against), or None when the model is unpriced."""
-        if not self.priced:
-            return None
-        return max(p.cost(tokens_in, tokens_out, cached_in) for p in self.prices if p is not None)
+        """USD for a request at `quoted_price`, or None when the model is unpriced."""
+        price = self.quoted_price
+        return None if price is None else price.cost(tokens_in, tokens_out, cached_in)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
