@@ -31,7 +31,9 @@ from .data_support import DATA, needs_data
 
 
 def _norm(text: str) -> str:
-    """What a leakage key should at least see through: Unicode form and whitespace."""
+    """What a leakage key should at least see through: Unicode form, invisible format
+    characters and whitespace."""
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
     return " ".join(unicodedata.normalize("NFKC", text).split())
 
 
@@ -59,6 +61,10 @@ def _set(prompts: Sequence[str], groups: Sequence[str] | None = None) -> Outcome
     [
         pytest.param(lambda p: p + "\n", id="trailing-newline"),
         pytest.param(lambda p: " ".join(p.split()), id="whitespace-collapsed"),
+        # (the shipped filter keeps the format characters in its keys: found all the same)
+        pytest.param(lambda p: p + "\u200b", id="zero-width-space"),
+        pytest.param(lambda p: "\ufeff" + p, id="byte-order-mark"),
+        pytest.param(lambda p: p.replace(" ", "\u00ad ", 1), id="soft-hyphen"),
     ],
 )
 def test_shipped_predictor_filter_misses_whitespace_variants_of_its_training_prompts(
@@ -91,7 +97,8 @@ def test_shipped_predictor_filter_misses_whitespace_variants_of_its_training_pro
 # -- 2. split_data: test rows against training rows --------------------------------------------
 
 
-def test_hash_split_puts_whitespace_copies_of_a_prompt_on_both_sides() -> None:
+@pytest.mark.parametrize("tail", [" ", "\u200b", "\u00ad"], ids=["space", "zwsp", "soft-hyphen"])
+def test_hash_split_puts_whitespace_copies_of_a_prompt_on_both_sides(tail: str) -> None:
     """Claimed (`OutcomeSet.split_by_hash`, `evaluate.split_data`): "a prompt that occurs
     twice cannot leak from train into test"; "test rows whose exact prompt text is among the
     training rows are dropped ... so no figure is ever measured on a training prompt".
@@ -107,7 +114,7 @@ def test_hash_split_puts_whitespace_copies_of_a_prompt_on_both_sides() -> None:
     split_data, evaluate_cascade(train=...) and PromptFilter.
     """
     base = [f"Question {i}: what is {i} plus {i + 1}?" for i in range(60)]
-    prompts = [*base, *(p + " " for p in base)]
+    prompts = [*base, *(p + tail for p in base)]
     data = _set(prompts)
     split = E.split_data(data, E.parse_split(["hash:0.5:0"]))
     train_keys = {_norm(p) for t in split.train for p in t.prompts}
@@ -179,3 +186,19 @@ def test_flywheel_holdout_puts_whitespace_copies_of_a_prompt_on_both_sides() -> 
     train_keys = {_norm(p) for p in train.prompts}
     both = [p for p in test.prompts if _norm(p) in train_keys]
     assert not both, f"{len(both)} of {len(test)} held-out records repeat a training prompt"
+
+
+def test_a_saved_filter_finds_copies_that_differ_by_format_characters() -> None:
+    """A filter saved now keys prompts without their format characters; one saved before
+    (key "nfkc-spaces") is read as it was built, and a copy is looked up by both keys."""
+    from satisfice.eval.membership import PromptFilter
+
+    trained = [f"Question {i}: what is {i} plus {i + 1}?" for i in range(50)]
+    new = PromptFilter.build(trained)
+    old = PromptFilter.from_meta({"training_prompts": {**new.to_meta(), "key": "nfkc-spaces"}})
+    assert old is not None and old.key == "nfkc-spaces"
+    for f in (new, PromptFilter.from_meta({"training_prompts": new.to_meta()})):
+        assert f is not None
+        assert all(p.replace(" ", " \u200b", 2) in f for p in trained)
+    assert all(p + "\u200b" in old for p in trained)  # (its keys of these hold none)
+    assert sum(f"Another question {i}?" in new for i in range(2000)) <= 2
