@@ -151,7 +151,7 @@ def test_routerbench_bad_cell_names_file_and_line(tmp_path: Path) -> None:
         RB_HEADER,
         [rb_row(0, "s1", "p", "g", ["1", "1"]), rb_row(1, "s2", "p", "g", ["yes-ish", "1"])],
     )
-    with pytest.raises(DatasetError, match=r"a\.csv:3: score 'yes-ish'"):
+    with pytest.raises(DatasetError, match=r"a\.csv:3, column 'm-small': score 'yes-ish'"):
         ds.load_routerbench(path)
 
 
@@ -500,3 +500,33 @@ def test_a_routerbench_file_read_as_routellm_says_which_format_it_is(tmp_path: P
                      [["0", "507", "hi", "arc", "1.0"]])  # fmt: skip
     with pytest.raises(DatasetError, match=r"RouterBench's.*Try --format routerbench"):
         ds.load_routellm([path])
+
+
+def test_a_bad_score_names_its_column_and_minus_nan_is_no_outcome(tmp_path: Path) -> None:
+    """A score outside [0, 1] named its file and line alone (in an 11-model file, which
+    model?), and "-nan" (what C's printf writes) was "outside [0, 1]", not missing."""
+    bad = write_csv(tmp_path / "a.csv", RB_HEADER, [rb_row(0, "s1", "p", "g", ["1", "inf"])])
+    with pytest.raises(DatasetError, match=rf"a\.csv:2, column {RB_MODELS[1]!r}: score inf"):
+        ds.load_routerbench(bad)
+    ok = write_csv(tmp_path / "b.csv", RB_HEADER, [rb_row(0, "s1", "p", "g", ["1", "-nan"])])
+    assert math.isnan(ds.load_routerbench(ok, keep_missing=True).scores[0, 1])
+
+
+def _outcome_line(outcomes: str) -> str:
+    return '{"prompt": "What is 2 + 2?", "outcomes": {' + outcomes + "}}\n"
+
+
+def test_an_outcome_line_naming_a_model_twice_or_negative_tokens_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A model given twice on one line kept the last entry without a word; negative
+    tokens_in were priced as given and failed as "costs must be finite and >= 0 USD", with
+    no file or line."""
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(_outcome_line('"a": {"score": 1}, "b": {"score": 1}, "a": {"score": 0}'))
+    with pytest.raises(DatasetError, match=r"twice\.jsonl:1.*'a' is given twice"):
+        ds.load_outcomes(twice)
+    neg = tmp_path / "neg.jsonl"
+    neg.write_text(_outcome_line('"a": {"score": 1, "tokens_in": -5, "tokens_out": 3}'))
+    with pytest.raises(DatasetError, match=r"neg\.jsonl:1\.outcomes\['a'\]\.tokens_in: -5"):
+        ds.load_outcomes(neg, prices={"a": (1.0, 1.0)})

@@ -103,7 +103,7 @@ def read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[tuple
 
 _TRUE = {"true", "1", "1.0", "yes"}
 _FALSE = {"false", "0", "0.0", "no"}
-_MISSING = {"", "nan", "none", "null", "na"}
+_MISSING = {"", "nan", "-nan", "+nan", "none", "null", "na"}  # (-nan: what C's printf writes)
 
 
 def parse_score(text: str, where: str) -> float:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError
+from ..registry import _json_once
 from ._io import Paths, Prices, cost_usd, expand_paths, unique_ids, utf8
 from ._set import OutcomeSet
 
@@ -125,6 +126,9 @@ def _parse_line(record: Any, where: str, prices: Prices) -> _Row:
             raise DatasetError(f"{at}.cost_usd: {cost:g} is negative")
         if cost is None:
             t_in, t_out = _number(out, "tokens_in", at), _number(out, "tokens_out", at)
+            for k, t in (("tokens_in", t_in), ("tokens_out", t_out)):
+                if t is not None and t < 0:  # (priced as given, it had failed unplaced)
+                    raise DatasetError(f"{at}.{k}: {t:g} is negative")
             if t_in is not None and t_out is not None:
                 cost = cost_usd(prices, model, int(t_in), int(t_out))
         row.costs[model] = math.nan if cost is None else cost
@@ -157,8 +161,8 @@ def load_outcomes(
                 if not line.strip():
                     continue
                 where = f"{file}:{line_no}"
-                try:
-                    record = json.loads(line)
+                try:  # a model named twice on a line is refused: the last had won unsaid
+                    record = _json_once(line)
                 except json.JSONDecodeError as exc:
                     raise DatasetError(f"{where}: not valid JSON ({exc.msg})") from exc
                 except (ValueError, RecursionError) as exc:  # an integer of 5000 digits

@@ -102,7 +102,7 @@ def _load_file(
         answers = [None if c is None else row[c] or None for c in resp_cols]
         tokens_in = count_tokens(prompt)
         prompts.append(prompt)
-        scores.append([parse_score(row[col[m]], where) for m in models])
+        scores.append([parse_score(row[col[m]], f"{where}, column {m!r}") for m in models])
         costs.append(
             [
                 cost_usd(

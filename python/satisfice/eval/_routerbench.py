@@ -65,8 +65,8 @@ def _load_file(path: Path, with_responses: bool) -> OutcomeSet:
         prompts.append(_unlist(row[col["prompt"]]))
         groups.append(row[col["eval_name"]])
         raw_ids.append(row[col["sample_id"]])
-        scores.append([parse_score(row[c], where) for c in score_cols])
-        costs.append([parse_cost(row[c], where) for c in cost_cols])
+        scores.append([parse_score(row[c], f"{where}, column {header[c]!r}") for c in score_cols])
+        costs.append([parse_cost(row[c], f"{where}, column {header[c]!r}") for c in cost_cols])
         if with_responses:
             responses.append([None if c is None else _unlist(row[c]) for c in resp_cols])
     m = len(models)
