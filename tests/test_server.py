@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -532,6 +533,53 @@ def test_a_messages_text_block_whose_text_is_no_string_is_refused(
     assert r.status_code == 400, r.text
     assert r.json()["type"] == "error" and "'text' must be a string" in r.json()["error"]["message"]
     assert len(upstream.requests) == calls
+
+
+def test_the_servers_keys_pasted_into_a_request_never_reach_the_log_or_the_ledger(
+    served: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The master key or a virtual key sent as a model id (`allow`) was quoted whole by the
+    UnknownModelError it made, in the server's log and the ledger's record; one sent in
+    `metadata` was recorded whole (the upstream keys were scrubbed, once a provider had
+    read them: the server's own never)."""
+    url, app, _, tmp = served
+    admin = {"authorization": f"Bearer {MASTER}"}
+    vk = httpx.post(url + "/admin/keys", headers=admin, json={"name": "paste"}).json()["key"]
+    h = {"authorization": f"Bearer {vk}"}
+    hi = [{"role": "user", "content": "hi"}]
+    with caplog.at_level(logging.INFO):
+        for secret in (MASTER, vk):
+            r = httpx.post(url + "/v1/chat/completions", headers=h,
+                           json={"model": "auto", "allow": [secret], "messages": hi})  # fmt: skip
+            assert r.status_code in (400, 404), r.text
+        r = httpx.post(url + "/v1/chat/completions", headers=h,
+                       json={"model": "auto", "metadata": {"k": vk}, "messages": hi})  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert app.state.service.router.ledger.flush()
+    records = json.dumps(list(read_records(tmp / "l.db")))
+    assert records.count("[redacted]") >= 3  # both errors and the metadata, recorded
+    for secret in (MASTER, vk):
+        assert secret not in caplog.text and secret not in records
+
+
+def test_an_upstream_key_is_scrubbed_from_the_start_not_from_its_first_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider registered its key when it first read it, at its deployment's first
+    call: until then a client that pasted the key into a field had it quoted whole into
+    the log. The server registers every key its registry names as it starts."""
+    from satisfice._redact import scrub
+    from satisfice.server.app import Service
+
+    secret = "sk-upstream-eager-" + "Zq7" * 8
+    monkeypatch.setenv("SATISFICE_TEST_EAGER_KEY", secret)
+    reg = registry("http://127.0.0.1:9").to_dict()
+    reg["model"][0]["deployments"][0]["api_key_env"] = "SATISFICE_TEST_EAGER_KEY"
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(reg))
+    assert secret in scrub(f"unknown model {secret!r}")  # (not registered yet)
+    Service(ServerConfig(registry_path=str(path))).router.close()
+    assert secret not in scrub(f"unknown model {secret!r}")
 
 
 def test_admin_health_disable_and_reload(served: Any) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "StreamScrubber",
     "guard_logs",
     "register",
+    "register_prefix",
     "scrub",
     "scrub_bytes",
     "scrub_escaped",
@@ -140,6 +141,20 @@ def register(value: str) -> None:
         _exact_b = tuple(s.encode() for s in _exact)
 
 
+#: Keys known by their prefix alone (`register_prefix`: the server's virtual keys, minted
+#: by the thousand and stored hashed, so never registered one by one, each a scan of every
+#: text scrubbed): (prefix, the pattern of a key that starts with it).
+_prefixed: tuple[str, re.Pattern[str]] | None = None
+
+
+def register_prefix(prefix: str) -> None:
+    """Remember that every key starting with `prefix` (and 16 or more characters of
+    base64url after it) is a secret, for `scrub` to remove from text a client sent (a key
+    pasted into a request's field, quoted back in an error that is logged and recorded)."""
+    global _prefixed
+    _prefixed = (prefix, re.compile(re.escape(prefix) + r"[A-Za-z0-9_-]{16,}"))
+
+
 def _fold(text: str) -> str:
     """`text` with A-Z in lower case, each character where it was (str.lower() may lengthen
     a non-ASCII one, which would move what follows)."""
@@ -183,6 +198,8 @@ def scrub(text: str) -> str:
             text = text.replace(s, REDACTED)
     if _secrets and ("%" in text or "&#" in text):
         text = _unencode(text)
+    if _prefixed is not None and _prefixed[0] in text:
+        text = _prefixed[1].sub(REDACTED, text)
     return text
 
 
@@ -195,7 +212,7 @@ def scrub_escaped(text: str) -> str:
 
 def scrub_values(data: Any) -> Any:
     """`data` (parsed JSON) with every string scrubbed, keys included."""
-    if not _secrets:
+    if not _secrets and _prefixed is None:
         return data
     if isinstance(data, str):
         return scrub(data)

@@ -247,6 +247,7 @@ def admin_routes(svc: Service) -> list[Route]:
             reg = svc.refresher.onto(reg)
         check_aliases(c.aliases, reg)  # as at start: a model renamed or dropped since
         svc.router.update(registry=reg, policy=pol)
+        svc.register_secrets(reg)  # (the keys its deployments name now)
         as_of = reg.meta.get("prices_as_of")  # (a TOML date: said as text; none: null)
         return JSONResponse(
             {"models": len(reg), "prices_as_of": None if as_of is None else str(as_of)}

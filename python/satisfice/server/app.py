@@ -17,6 +17,7 @@ import gc
 import json
 import logging
 import math
+import os
 import re
 import sys
 import time
@@ -39,6 +40,7 @@ from starlette.routing import Route
 
 from .. import _core
 from .._json import NotUTF8, dumps, loads
+from .._redact import scrub_values
 from .._watchdog import Deadlines
 from ..decision import Decision, thinks_as_asked
 from ..errors import (
@@ -562,6 +564,7 @@ class Service:
         policy = Policy.load(config.policy_path) if config.policy_path else Policy()
         self.router = router or Router(registry, policy)
         check_aliases(config.aliases, self.router.registry)
+        self.register_secrets(self.router.registry)
         self.state: MemoryState | RedisState = (
             RedisState(config.redis_url)
             if config.state_backend == "redis" and config.redis_url
@@ -585,6 +588,26 @@ class Service:
         self._sync_warned_at = -math.inf
         self.refresher: Any = None
         self._deadlines: Deadlines | None = None
+
+    def register_secrets(self, registry: Registry) -> None:
+        """Every key this server holds, scrubbed (as a provider's key is from what its
+        upstream sends) from anything a client's request makes the server say, log or
+        record: the master key, the virtual keys (by their prefix), and the upstream keys
+        and URL credentials of `registry`'s deployments now, not at their first call. A key
+        pasted into a field (`allow`, `metadata`) had been quoted into the log and the
+        ledger by the error it made, an upstream key until its provider first read it."""
+        from .._redact import register, register_prefix
+        from ..registry import url_secrets
+
+        register_prefix(KEY_PREFIX)
+        held = [self.config.master_key()]
+        for m in registry:
+            for d in m.deployments:
+                held += [os.environ.get(d.api_key_env) if d.api_key_env else None]
+                held += url_secrets(d.base_url)
+        for secret in held:
+            if secret:
+                register(secret)
 
     def deadlines(self) -> Deadlines:
         """The request bodies' time bounds, one timer on the running loop."""
@@ -1226,7 +1249,8 @@ def create_app(
                 raise
             meta: dict[str, Any] = {"api": api}
             if routed.metadata:  # the caller's own, apart: never the server's key or team
-                meta["caller"] = routed.metadata
+                # (scrubbed of the server's keys: a key pasted there was recorded whole)
+                meta["caller"] = scrub_values(routed.metadata)
             if key is not None:
                 meta.update(key=key.name, key_id=key.id, team=key.team)
             constraints = {k: v for k, v in opts.items() if k in _CONSTRAINT_KEYS}
