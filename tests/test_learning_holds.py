@@ -367,11 +367,12 @@ def test_llmrouter_numbers_past_a_float_or_pythons_digits_are_dataset_errors(
     prices.write_text(json.dumps({m: {"input_price": 1.0, "output_price": 1.0} for m in "ab"}))
     rows = [{"question": q, "scores": {"a": i % 2, "b": 1.0}, "cluster_id": i % 3}
             for i, q in enumerate(_prompts(30, "q"))]  # fmt: skip
-    rows[4]["scores"]["a"] = 10**400
     data = tmp_path / "dcrouter_train.json"
-    data.write_text(json.dumps(rows))
-    with pytest.raises(DatasetError, match="outside"):
-        load_llmrouter(data, prices)
+    for score, said in ((10**400, "score 1000"), (5, "score 5 is outside")):
+        rows[4]["scores"]["a"] = score
+        data.write_text(json.dumps(rows))
+        with pytest.raises(DatasetError, match=said):
+            load_llmrouter(data, prices)
     prices.write_text('{"a": {"input_price": 1' + "0" * 5000 + ', "output_price": 1}}')
     with pytest.raises(DatasetError, match=r"llm_prices\.json.*not valid JSON"):
         read_llmrouter_prices(prices)

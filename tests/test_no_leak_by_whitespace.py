@@ -202,3 +202,7 @@ def test_a_saved_filter_finds_copies_that_differ_by_format_characters() -> None:
         assert all(p.replace(" ", " \u200b", 2) in f for p in trained)
     assert all(p + "\u200b" in old for p in trained)  # (its keys of these hold none)
     assert sum(f"Another question {i}?" in new for i in range(2000)) <= 2
+    # one between a letter and its accent: taken out before NFKC composes them
+    from satisfice.eval.membership import prompt_key
+
+    assert prompt_key("cafe\u200b\u0301") == prompt_key("caf\u00e9") == "caf\u00e9"

@@ -62,6 +62,9 @@ def test_a_model_priced_on_its_deployments_alone_is_priced() -> None:
     assert both.priced and both.cost(1e6, 1e6) == 3.0
     assert not half.priced and half.cost(1e6, 1e6) is None
     assert reg.unpriced == ["h"] and reg.reference.id == "m"
+    # a per-token figure given as a deployment's price is said, as on the model's
+    tiny = ModelSpec("t", "openai", 8000, 1000, deployments=(dep("a", Price(2.5e-6, 1e-5)),))
+    assert any("per-token" in n for n in Registry([both, tiny]).attention())
 
 
 def test_duplicate_and_unknown_ids() -> None:

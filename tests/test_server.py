@@ -567,12 +567,13 @@ def test_an_upstream_key_is_scrubbed_from_the_start_not_from_its_first_call(
 ) -> None:
     """A provider registered its key when it first read it, at its deployment's first
     call: until then a client that pasted the key into a field had it quoted whole into
-    the log. The server registers every key its registry names as it starts."""
+    the log. The server registers every key its registry names as it starts, as its
+    provider sends it (trimmed: a key in a secret file ends in a newline)."""
     from satisfice._redact import scrub
     from satisfice.server.app import Service
 
     secret = "sk-upstream-eager-" + "Zq7" * 8
-    monkeypatch.setenv("SATISFICE_TEST_EAGER_KEY", secret)
+    monkeypatch.setenv("SATISFICE_TEST_EAGER_KEY", secret + "\n")  # read from a file
     reg = registry("http://127.0.0.1:9").to_dict()
     reg["model"][0]["deployments"][0]["api_key_env"] = "SATISFICE_TEST_EAGER_KEY"
     path = tmp_path / "r.json"

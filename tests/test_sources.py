@@ -639,6 +639,10 @@ def test_a_rate_the_sources_format_never_carries_keeps_the_registrys(source: str
     got = new["sonnet"].price
     assert got is not None and got.input == 3.5
     assert (got.cache_write_1h, got.batch_input, got.priority_input) == (6.0, 1.5, 6.0)
+    # kept while the input rate moved: said, as no refresh from this source checks them
+    (kept,) = [c for c in diff.changes if c.what == "kept"]
+    assert "price.batch_input" in kept.old and "price.input" not in kept.old.split(", ")
+    assert f"{source} lists no" in str(kept) and kept.what in sources.NOTES
     if source == "models.dev":
         del data["anthropic"]["models"]["claude-sonnet-4-7"]["cost"]["cache_read"]
         _, diff = sources.apply(reg, sources.parse(source, data))

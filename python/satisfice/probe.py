@@ -347,11 +347,7 @@ async def run_probes(
         report.p_before[m] = _mean_p(router, m, probes)
     for m in ids:
         spec = router.registry[m]
-        if (
-            budget_usd is not None
-            and spec.price is None
-            and not any(d.price is not None for d in spec.deployments)
-        ):
+        if budget_usd is not None and not spec.priced:  # (one deployment unpriced is enough)
             # no price, no bound: said and passed over (it had stopped the run, as if the
             # budget were spent, before any priced model was probed)
             report.skipped[m] = "unpriced: a budget cannot bound its calls; probe it without one"

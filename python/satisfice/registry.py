@@ -1232,15 +1232,16 @@ class Registry:
                     f"model {m.id!r} is retired on {m.deprecation_date} (in {left} days); {move}"
                 )
         for m in self._models:
-            p = m.price
             # USD per 1M tokens: a per-token figure given there ($2.5e-06) had made a model
-            # a million times too cheap, and every cost cap and budget meaningless
-            if p is not None and m.base is None and 0 < min(p.input, p.output) < _LEAST_RATE:
-                notes.append(
-                    f"model {m.id!r} is priced ${p.input:g} in / ${p.output:g} out per 1M "
-                    f"tokens, under ${_LEAST_RATE:g}: prices are USD per 1M tokens; multiply "
-                    "a per-token price by 1,000,000"
-                )
+            # a million times too cheap, and every cost cap and budget meaningless (on a
+            # deployment's own price as on the model's)
+            for p in dict.fromkeys(m.prices) if m.base is None else ():
+                if p is not None and 0 < min(p.input, p.output) < _LEAST_RATE:
+                    notes.append(
+                        f"model {m.id!r} is priced ${p.input:g} in / ${p.output:g} out per "
+                        f"1M tokens, under ${_LEAST_RATE:g}: prices are USD per 1M tokens; "
+                        "multiply a per-token price by 1,000,000"
+                    )
         as_of = self.meta.get("prices_as_of")
         if as_of is not None:
             try:

@@ -626,6 +626,11 @@ class Change:
                 f"? {self.model}: the source lists {self.old} without a price; its price kept "
                 "(check it at the provider)"
             )
+        if self.what == "kept":
+            return (
+                f"? {self.model}: {self.new} lists no {self.old}; kept as they were while "
+                "its other rates moved (check them at the provider)"
+            )
         if self.what == "conflicting":
             return (
                 f"! {self.model}: the source lists {self.old} twice with different facts; "
@@ -634,7 +639,7 @@ class Change:
         return f"~ {self.model}: {self.what} {self.old} -> {self.new}"
 
 
-NOTES = ("unlisted", "assumed", "conflicting", "unpriced")  # lines that tell, not change
+NOTES = ("unlisted", "assumed", "conflicting", "unpriced", "kept")  # lines that tell
 
 
 @dataclass(frozen=True, slots=True)
@@ -791,6 +796,8 @@ def apply(
         notes += [Change(m.id, "unpriced", f"{d.name}:{d.model}", None) for d in unpriced]
         unchecked = unchecked or bool(unpriced) or len(hits) < len(m.deployments)
         models.append(_updated(m, hits, cat.rates))
+        if kept := _kept_rates(m, models[-1], cat.rates):
+            notes.append(Change(m.id, "kept", ", ".join(kept), cat.source))
     known = {m.id for m in models}
     for name in add:
         hit = cat.find(name)
@@ -841,6 +848,19 @@ def _listed_price(listed: Price | None, had: Price | None, rates: frozenset[str]
     if listed is None or had is None:
         return listed
     return listed.replace(**{k: getattr(had, k) for k in Price.__match_args__ if k not in rates})
+
+
+def _kept_rates(old: ModelSpec, new: ModelSpec, rates: frozenset[str]) -> list[str]:
+    """The rates `new` kept from `old` (the source's format carries none of them) beside
+    rates of the same price the source moved: said, as the kept ones may no longer fit
+    (a batch rate above a cut input rate), and no refresh ever checks them."""
+    out: set[str] = set()
+    for was, now in zip(old.prices, new.prices, strict=True):
+        if was is None or now is None or was == now:
+            continue
+        out |= {f"price.{k}" for k in Price.__match_args__
+                if k not in rates and getattr(was, k) is not None}  # fmt: skip
+    return sorted(out)
 
 
 def _updated(

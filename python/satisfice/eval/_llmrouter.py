@@ -84,9 +84,9 @@ def _score(value: object, where: str) -> float:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise DatasetError(f"{where}: score {value!r} is not a number")
-    number = float(value) if not isinstance(value, int) or abs(value) <= 1 else math.inf
-    if not 0.0 <= number <= 1.0:
-        raise DatasetError(f"{where}: score {number:g} is outside [0, 1]")
+    if not 0 <= value <= 1:  # (before float(): 10**400 is no float)
+        raise DatasetError(f"{where}: score {value!r:.40} is outside [0, 1]")
+    number = float(value)
     return number
 
 

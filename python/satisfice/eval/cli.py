@@ -145,7 +145,8 @@ def _load(
         from ..registry import Registry
 
         reg = Registry.load(registry) if registry else Registry.default()
-        kw["prices"] = {m.id: (m.price.input, m.price.output) for m in reg if m.price}
+        # (its quoted price: a model priced on its deployments alone had no price here)
+        kw["prices"] = {m.id: (p.input, p.output) for m in reg if (p := m.quoted_price) is not None}
     data = load(fmt, files, **kw)
     if max_rows is not None and max_rows < len(data):
         if max_rows < 1:

@@ -40,7 +40,9 @@ def prompt_key(text: str) -> str:
     """What tells two prompts apart when leakage is checked (see the module docstring):
     the filter, the splits and the held-out sets all compare prompts by it."""
     if not text.isascii():  # (ASCII has no format characters)
-        text = unicodedata.normalize("NFKC", text).translate(_format_characters())
+        # (the format characters first: one between a letter and its accent had kept
+        # NFKC from composing them, and "café" two keys)
+        text = unicodedata.normalize("NFKC", text.translate(_format_characters()))
     return " ".join(text.split())
 
 

@@ -52,6 +52,12 @@ def carries(spec: ModelSpec, dep: Deployment, request: ChatRequest) -> bool:
     return True
 
 
+def env_key(dep: Deployment) -> str:
+    """The key `dep.api_key_env` holds now, as it is sent ("" when unset): trimmed, as HTTP
+    trims a header's value (a key read from a secret file ends in a newline)."""
+    return (os.environ.get(dep.api_key_env) or "").strip() if dep.api_key_env else ""
+
+
 def make_provider(
     client: httpx.AsyncClient,
     model_id: str,
@@ -66,7 +72,7 @@ def make_provider(
     """
     key = None
     if dep.api_key_env:
-        key = (os.environ.get(dep.api_key_env) or "").strip()  # HTTP trims it: so do we
+        key = env_key(dep)
         if key and not (key.isascii() and key.isprintable()):
             raise AuthError(
                 f"{model_id} via {dep.name}: environment variable {dep.api_key_env} holds "

@@ -17,7 +17,6 @@ import gc
 import json
 import logging
 import math
-import os
 import re
 import sys
 import time
@@ -597,14 +596,14 @@ class Service:
         pasted into a field (`allow`, `metadata`) had been quoted into the log and the
         ledger by the error it made, an upstream key until its provider first read it."""
         from .._redact import register, register_prefix
+        from ..providers import env_key
         from ..registry import url_secrets
 
         register_prefix(KEY_PREFIX)
         held = [self.config.master_key()]
         for m in registry:
-            for d in m.deployments:
-                held += [os.environ.get(d.api_key_env) if d.api_key_env else None]
-                held += url_secrets(d.base_url)
+            for d in m.deployments:  # (as its provider will send them)
+                held += [env_key(d), *url_secrets(d.base_url)]
         for secret in held:
             if secret:
                 register(secret)
