@@ -85,7 +85,8 @@ def _score(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise DatasetError(f"{where}: score {value!r} is not a number")
     if not 0 <= value <= 1:  # (before float(): 10**400 is no float)
-        raise DatasetError(f"{where}: score {value!r:.40} is outside [0, 1]")
+        shown = f"{value:g}" if isinstance(value, float) else f"{value}"[:40]
+        raise DatasetError(f"{where}: score {shown} is outside [0, 1]")
     number = float(value)
     return number
 
