@@ -137,6 +137,47 @@ def test_a_router_survives_a_new_event_loop(upstream: LocalUpstream) -> None:
     gc.collect()
 
 
+def test_two_event_loops_at_once_keep_their_connections_apart(upstream: LocalUpstream) -> None:
+    """An app's loop calling chat() while a thread calls chat_sync() (the router's own
+    loop): one pool handed the connection chat_sync() had made to the app's loop, whose read
+    then waited on a future the other loop's thread resolved, until its read timeout (an
+    answer sent at once took 30 s), and its counts took both loops' slots as one."""
+    import threading
+    import time
+
+    from satisfice.testing import reply
+
+    from .chat_support import wire
+
+    upstream.wait_idle()
+    upstream.reset_script()
+    r = router(upstream.url, read_timeout_s=10.0, attempt_timeout_s=20.0)
+    upstream.script(wire("alpha"), reply(latency=0.6))  # chat_sync()'s: its slot busy a while
+    sent = len(upstream.requests)
+    t = threading.Thread(target=lambda: r.chat_sync("hi"))
+    t.start()
+
+    async def app() -> None:
+        took = []
+        end = time.monotonic() + 10
+        while len(upstream.requests) == sent and time.monotonic() < end:
+            await asyncio.sleep(0.01)  # until chat_sync() has its connection, in use
+        for _ in range(2):
+            t0 = time.perf_counter()
+            assert (await r.chat("hi")).text.startswith("answer from")
+            took.append(time.perf_counter() - t0)
+            await asyncio.to_thread(t.join)  # chat_sync()'s connection back in the pool
+        assert max(took) < 2.0, took  # answered at once, not at the read timeout
+        pool = r._io.client.pool  # type: ignore[union-attr]
+        mine = pool._here()
+        assert mine is not pool  # this loop's own pool
+        for p in (pool, mine):  # each counts its own: one connection, idle
+            assert p._total == sum(len(s) for s in p._idle.values()) == 1
+        await r.aclose()
+
+    asyncio.run(app())
+
+
 async def test_tls_with_verification(tmp_path: Path) -> None:
     """HTTPS through the pool against a local TLS server with a throwaway certificate."""
     if shutil.which("openssl") is None:

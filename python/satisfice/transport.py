@@ -37,6 +37,7 @@ import contextlib
 import os
 import select
 import ssl
+import threading
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator
@@ -218,6 +219,13 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = os.getpid()  # the process whose event loop `_loop` is
+        # A pool of its own for each other event loop that runs requests while `_loop` is
+        # open (an app's loop and `chat_sync()`'s, on two threads): one pool had handed a
+        # connection made on one loop to the other, whose reads then waited on a future
+        # the first loop's thread resolved (30 s for an answer sent at once), and counted
+        # slots of both as one. Looked up only when the running loop is not `_loop`.
+        self._others: dict[asyncio.AbstractEventLoop, PooledTransport] = {}
+        self._others_lock = threading.Lock()
 
     # pool -----------------------------------------------------------------------------------
     def _ssl_context(self) -> ssl.SSLContext:
@@ -227,22 +235,55 @@ class PooledTransport(httpx.AsyncBaseTransport):
             self._ssl.set_alpn_protocols(["http/1.1"])
         return self._ssl
 
+    def _here(self) -> PooledTransport:
+        """The pool of the running event loop: this one, else (another loop runs requests
+        while this one's is open) that loop's own, made on its first request."""
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return self
+        with self._others_lock:
+            pool = self._others.get(loop)
+            if pool is not None:
+                return pool
+            old = self._loop
+            if old is None or old.is_closed() or self._pid != os.getpid():
+                # The first loop, or a new one after the old one closed (a second
+                # asyncio.run()) or in a forked child: connections and waiters of the old one
+                # cannot be used from here.
+                if old is not None:
+                    self._reset()
+                self._loop, self._pid = loop, os.getpid()
+                return self
+            for done in [x for x in self._others if x.is_closed()]:  # (their sockets too)
+                self._others.pop(done)._reset()
+            pool = self._others[loop] = PooledTransport(
+                max_connections=self._max, max_per_host=self._max_host,
+                keepalive_expiry=self._expiry, max_body=self._max_body, verify=self._verify,
+            )  # fmt: skip
+            pool._ssl, pool._loop, pool._closed = self._ssl, loop, self._closed
+            return pool
+
+    def _reset(self) -> None:
+        """Forget this pool's loop: its idle connections closed (in a forked child, this
+        process's copy of each only), its counts and waiters dropped; the same for the
+        other loops' pools in a forked child, whose loops ran on the parent's threads."""
+        self._close_idle()
+        self._waiters.clear()
+        self._total = 0
+        self._per_host.clear()
+        if self._pid != os.getpid():
+            for pool in self._others.values():
+                pool._reset()
+            self._others.clear()
+
     async def _acquire(
         self, key: tuple[str, str, int], request: httpx.Request, timeouts: dict[str, Any]
     ) -> tuple[_Conn, bool]:
-        """A connection for `key`, and whether it was reused."""
+        """A connection for `key`, and whether it was reused (on this pool's loop: see
+        `_here`)."""
         if self._closed:
             raise RuntimeError("the transport is closed")
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            # A new event loop (e.g. a second asyncio.run(), or a forked child's first
-            # request): connections and waiters of the old one cannot be used from here.
-            if self._loop is not None:
-                self._close_idle()
-                self._waiters.clear()
-                self._total = 0
-                self._per_host.clear()
-            self._loop, self._pid = loop, os.getpid()
         deadline = None
         while True:
             stack = self._idle.get(key)
@@ -360,6 +401,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
 
     # requests -------------------------------------------------------------------------------
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if (pool := self._here()) is not self:
+            return await pool.handle_async_request(request)
         url = request.url
         https = url.scheme == "https"
         key = (url.scheme, url.host, url.port or (443 if https else 80))
@@ -393,6 +436,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
         `handle_async_request` does for a request with a Content-Length, with the head made
         of bytes prepared once (see `Poster`) and without httpx's request and response
         objects (benches/bench_stream.py, bench_overhead.py)."""
+        if (pool := self._here()) is not self:
+            return await pool.post(poster, body, timeouts)
         head = poster.head + b"%d\r\n\r\n" % len(body)
         status, _, headers, stream = await self._exchange(
             poster.key, head, body, timeouts, poster.request
@@ -471,8 +516,20 @@ class PooledTransport(httpx.AsyncBaseTransport):
         return status, reason, headers, stream
 
     async def aclose(self) -> None:
+        """Close every pool's idle connections, each on its own loop's thread (a transport
+        is aborted only there); a pool whose loop is closed has none left to close."""
         self._closed = True
-        self._close_idle()
+        with self._others_lock:
+            pools = [self, *self._others.values()]
+        here = asyncio.get_running_loop()
+        for pool in pools:
+            pool._closed = True
+            loop = pool._loop
+            if loop is None or loop is here or loop.is_closed():
+                pool._close_idle()
+            else:
+                with contextlib.suppress(RuntimeError):  # (closed meanwhile)
+                    loop.call_soon_threadsafe(pool._close_idle)
 
 
 class Poster:
