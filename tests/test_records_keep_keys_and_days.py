@@ -76,3 +76,25 @@ def test_a_record_put_without_a_time_keeps_the_day_it_was_written(
     monkeypatch.setattr(ledger_mod.time, "time", lambda: later)
     (row,) = list(rows(path))
     assert row["day"] == written_on, row
+
+
+@pytest.mark.parametrize("name", ["l.db", "l.jsonl"])
+def test_a_key_id_with_half_a_surrogate_pair_is_read_as_the_columns_are(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by an adversarial test: a library caller's `metadata["key_id"]` holding a lone
+    surrogate failed `satisfice report` on SQLite whole ("Could not decode to UTF-8") and
+    its `--html` on JSONL (UnicodeEncodeError). It is read as every text column is, the
+    surrogate replaced by U+FFFD."""
+    path = tmp_path / name
+    led = Ledger.open(path)
+    led.put(_served("a", "bot", "id-\udc80", "red", 1.0))
+    led.put(_served("b", "bot", "id-2", "red", 2.0))
+    assert led.close()
+    keys = summarize(rows(path))["keys"]
+    assert {k["key_id"]: k["cost_usd"] for k in keys} == {"id-\ufffd": 1.0, "id-2": 2.0}, keys
+    page = tmp_path / "r.html"
+    assert main(["report", str(path), "--html", str(page)]) == 0
+    assert "bot [id-\ufffd]" in page.read_text(encoding="utf-8")
+    assert main(["report", str(path)]) == 0
+    assert "bot [id-\ufffd]" in capsys.readouterr().out

@@ -23,6 +23,7 @@ from .ledger import (
     _row,
     _scores,
     _stored,
+    _text,
     feedback_query,
     first_bad_row,
     open_ledger_db,
@@ -53,16 +54,19 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
             cols = [n for n in _NAMES if n != "record"]
             # the record, where its bill is more than one call's (or a failed request's)
             whole = "CASE WHEN cascade_steps > 0 OR attempts > 1 OR outcome != 'ok' THEN record END"
-            # a served request's key id (`_key_id`), read from its record where it has a key
+            # a served request's key id (`_key_id`), read from its record where it has a key;
+            # as bytes, since its JSON may hold half a surrogate pair (a library caller's
+            # metadata, kept in the record as given), which SQLite decodes to no UTF-8 text
+            # and sqlite3 then refused, failing the whole report
             key_id = (
                 "CASE WHEN api_key IS NOT NULL AND json_valid(record) "
                 "AND json_type(record, '$.metadata.key_id') = 'text' "
-                "THEN json_extract(record, '$.metadata.key_id') END"
+                "THEN CAST(json_extract(record, '$.metadata.key_id') AS BLOB) END"
             )
             q = f"SELECT {','.join(cols)}, {key_id}, {whole} FROM requests"
             for values in db.execute(q):
                 r = dict(zip(cols, values, strict=False))
-                r["key_id"] = values[-2]
+                r["key_id"] = None if values[-2] is None else _text(_decoded(values[-2]))
                 # the answer's score: one given for another model is not its quality
                 r["feedback"] = split_feedback(scores.get(r["request_id"]), r["model"])[0]
                 rec = _stored(r["request_id"], values[-1], {}, p) if values[-1] else None
@@ -81,11 +85,20 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
         # (as SQLite reads it: a served key's, where the record has a key; a library call's
         # metadata is the caller's own, and its "key_id" is no key's)
         kid = meta.get("key_id") if isinstance(meta, Mapping) and r["api_key"] is not None else None
-        r["key_id"] = kid if isinstance(kid, str) else None
+        r["key_id"] = _text(kid) if isinstance(kid, str) else None  # as the columns are
         r["feedback"] = rec.get("feedback")
         r["steps"] = _steps(rec)
         r["bills"] = billed_calls(rec)
         yield r
+
+
+def _decoded(raw: bytes) -> str:
+    """Text SQLite gave as bytes: a lone surrogate as SQLite encodes it (for `_text` to
+    replace), any other byte that is no UTF-8 replaced."""
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace")
 
 
 def _steps(rec: Mapping[str, Any]) -> list[str]:
