@@ -248,6 +248,19 @@ async def test_metrics_without_a_ledger(up: LocalUpstream) -> None:
     assert b'satisfice_requests_total{deployment="alpha-dep"' in m.exposition()
 
 
+def test_metrics_labels_take_half_a_surrogate_pair_as_the_ledger_does() -> None:
+    """Found by an adversarial test: a library caller's metadata key with a lone surrogate
+    was a label value as given, and every later exposition() raised UnicodeEncodeError.
+    Every label is written as the ledger writes a column: U+FFFD in its place."""
+    m = Metrics()
+    failed = {"model": "m\udfff", "deployment": "d", "outcome": "error"}
+    m.observe({"metadata": {"key": "bot\udc80"}, "task": "t\ud800", "model": "m\x00",
+               "outcome": "ok", "total_cost_usd": 0.5, "attempts": [failed]})  # fmt: skip
+    text = m.exposition().decode()
+    assert 'key="bot\ufffd"' in text and 'task="t\ufffd"' in text, text
+    assert 'model="m"' in text and 'model="m\ufffd"' in text, text
+
+
 def test_metrics_count_each_series_apart_with_their_children_kept() -> None:
     """observe() keeps each label set's child (prometheus-client's labels() checks and locks
     on every call): repeated and interleaved records still land on their own series."""

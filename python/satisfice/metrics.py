@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import ConfigError
+from .ledger import _text
 from .result import billed_calls
 
 __all__ = ["Metrics"]
@@ -93,11 +94,13 @@ class Metrics:
         """`metric.labels(*labels)`, kept: prometheus-client checks the label values and
         takes a lock on every labels() call (2.3 against 0.6 µs a count, timeit). The label
         sets are bounded (registry ids, tasks, outcomes, at most MAX_KEYS keys), as
-        prometheus-client's own children are."""
+        prometheus-client's own children are. Each value as the ledger writes it (`_text`):
+        half a surrogate pair in a caller's key name had made every later exposition()
+        raise UnicodeEncodeError."""
         k = (metric, *labels)
         kid = self._kids.get(k)
         if kid is None:
-            kid = self._kids[k] = metric.labels(*labels)
+            kid = self._kids[k] = metric.labels(*(_text(v) for v in labels))
         return kid
 
     def observe(self, rec: Mapping[str, Any]) -> None:
