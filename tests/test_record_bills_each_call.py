@@ -23,6 +23,7 @@ import pytest
 
 from satisfice import validators
 from satisfice.cascade import Cascade, Step
+from satisfice.cli import main
 from satisfice.ledger import Ledger
 from satisfice.report import rows, summarize
 from satisfice.testing import LocalUpstream, reply
@@ -169,6 +170,24 @@ def test_a_jsonl_report_reads_in_bounded_memory(tmp_path: Path) -> None:
 
 
 # -- 5. records lost when the ledger closes with its sink down --------------------------------
+
+
+def test_a_model_id_with_nul_or_half_a_surrogate_pair_is_one_row(tmp_path: Path) -> None:
+    """Found by an adversarial test: a model id with NUL or a lone surrogate was counted on
+    its row as the ledger writes the column (cleaned) and billed on a row of the id as
+    given: two rows, one $0, and --html raised UnicodeEncodeError on the surrogate. Its
+    bill is on the row its requests are."""
+    path = tmp_path / "l.jsonl"
+    lines = [
+        {"request_id": f"r{i}", "started_at": 1.7e9, "outcome": "ok", "model": m,
+         "total_cost_usd": 0.5, "attempts": [{"model": m, "outcome": "ok", "cost_usd": 0.5}]}
+        for i, m in enumerate(["m\x00", "m\ud800"])
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    models = summarize(rows(path))["models"]
+    got = {m: (v["requests"], v["cost_usd"]) for m, v in models.items()}
+    assert got == {"m": (1, 0.5), "m\ufffd": (1, 0.5)}, got
+    assert main(["report", str(path), "--html", str(tmp_path / "r.html")]) == 0
 
 
 def _stop_postgres(dsn: str) -> None:

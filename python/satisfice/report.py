@@ -71,7 +71,7 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
                 r["feedback"] = split_feedback(scores.get(r["request_id"]), r["model"])[0]
                 rec = _stored(r["request_id"], values[-1], {}, p) if values[-1] else None
                 r["steps"] = _steps(rec or {})
-                r["bills"] = None if rec is None else billed_calls(rec)
+                r["bills"] = None if rec is None else _bills(rec)
                 yield r
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"ledger {p} cannot be read: SQLite says {e}") from None
@@ -88,8 +88,15 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
         r["key_id"] = _text(kid) if isinstance(kid, str) else None  # as the columns are
         r["feedback"] = rec.get("feedback")
         r["steps"] = _steps(rec)
-        r["bills"] = billed_calls(rec)
+        r["bills"] = _bills(rec)
         yield r
+
+
+def _bills(rec: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """`billed_calls(rec)` with each model and deployment as its column is written (`_text`):
+    a model id with NUL or half a surrogate pair had been two rows, its requests on one
+    and its cost on another."""
+    return [(_text(m), _text(d), *rest) for m, d, *rest in billed_calls(rec)]
 
 
 def _decoded(raw: bytes) -> str:
