@@ -4,6 +4,7 @@ caps of the wrong type, a cascade naming models the request rules out."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from satisfice import Registry, Router, validators
 from satisfice.cascade import Cascade
 from satisfice.errors import ConfigError
 from satisfice.ledger import Ledger, read_records
-from satisfice.report import render_html, summarize
+from satisfice.report import render_html, rows, summarize
 from satisfice.testing import LocalUpstream, reply
 from satisfice.workflow import Job
 
@@ -69,6 +70,26 @@ def test_jsonl_values_no_record_has_are_errors_naming_the_line(tmp_path: Path, l
     path.write_text(ok + "\n" + line + "\n")
     with pytest.raises(ConfigError, match="line 2"):
         summarize(read_records(path))
+
+
+@pytest.mark.parametrize(
+    ("field", "line"),
+    [
+        ("attempts[0].model", '"attempts":[{"model":["x"],"outcome":"error"}]'),
+        ("attempts[1].model", '"attempts":[{"model":"m"},{"model":{"a":1},"outcome":"error"}]'),
+        ("decision.candidates[0].model", '"decision":{"candidates":[{"model":["x"]}]}'),
+    ],
+)
+def test_a_model_id_that_is_no_text_is_an_error_naming_the_line(
+    tmp_path: Path, field: str, line: str
+) -> None:
+    """Found by an adversarial test: an attempt whose model was a list or an object raised
+    TypeError (unhashable) from the report's count of fallbacks."""
+    ok = '{"request_id":"z","started_at":1764547200,"outcome":"ok","model":"m"}'
+    path = tmp_path / "l.jsonl"
+    path.write_text(ok + "\n" + ok.replace('"z"', '"y"')[:-1] + "," + line + "}\n")
+    with pytest.raises(ConfigError, match=rf"l\.jsonl, line 2: {re.escape(field)} must be a model"):
+        summarize(rows(path))
 
 
 @pytest.mark.parametrize("cap", ["0.05", [0.05], float("inf"), float("nan"), -1.0, True])

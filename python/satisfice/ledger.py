@@ -1202,6 +1202,10 @@ def _problem(r: Any) -> str | None:
             isinstance(items, list) and all(isinstance(x, dict) for x in items)
         ):
             return f"{where} must be a list of objects"
+        for i, x in enumerate(items or ()):  # (a list as an attempt's model had raised
+            # TypeError: unhashable, counting fallbacks)
+            if x.get("model") is not None and not isinstance(x["model"], str):
+                return f"{where}[{i}].model must be a model id, got {type(x['model']).__name__}"
     for field, _ in _AMOUNTS:
         if why := _amount_problem(field, r.get(field)):
             return why
