@@ -92,6 +92,26 @@ def test_a_model_id_that_is_no_text_is_an_error_naming_the_line(
         summarize(rows(path))
 
 
+@pytest.mark.parametrize("name", ["l.jsonl", "l.db"])
+@pytest.mark.parametrize("p_good", [-7, 1e308, 1.5])
+def test_a_p_good_that_is_no_probability_is_an_error_naming_it(
+    tmp_path: Path, name: str, p_good: float
+) -> None:
+    """Found by an adversarial test: a candidate's p_good of -7 or 1e308 was shown as the
+    answering model's mean prediction as it was, where every other number out of its range
+    is an error naming the record."""
+    path = tmp_path / name
+    led = Ledger.open(path)
+    led.put({"request_id": "a", "started_at": 1764547200, "outcome": "ok", "model": "m"})
+    decision = {"model": "m", "candidates": [{"model": "m", "p_good": p_good}]}
+    led.put({"request_id": "b", "started_at": 1764547200, "outcome": "ok", "model": "m",
+             "decision": decision})  # fmt: skip
+    assert led.close()
+    where = "line 2" if name.endswith(".jsonl") else "request 'b'"
+    with pytest.raises(ConfigError, match=f"{where}: .*p_good must be a number in"):
+        summarize(rows(path))
+
+
 @pytest.mark.parametrize("cap", ["0.05", [0.05], float("inf"), float("nan"), -1.0, True])
 def test_a_job_cap_that_is_no_amount_is_a_config_error(cap: Any) -> None:
     with pytest.raises(ConfigError, match="max_cost_usd must be a number of USD"):

@@ -1182,6 +1182,13 @@ def _score_problem(v: Any) -> str | None:
     return f"a feedback score must be a number in [0, 1], got {v!r:.40}"
 
 
+def _p_good_problem(v: Any) -> str | None:
+    """A predicted P(good) is a probability, or null (-7 or 1e308 had been shown as is)."""
+    if v is None or _score_problem(v) is None:
+        return None
+    return f"p_good must be a number in [0, 1] or null, got {v!r:.40}"
+
+
 def _problem(r: Any) -> str | None:
     """What makes `r` no record a reader can take apart (None when it is one): the one check
     of every ledger's records, so a damaged or foreign one is an error naming it, not a
@@ -1206,6 +1213,8 @@ def _problem(r: Any) -> str | None:
             # TypeError: unhashable, counting fallbacks)
             if x.get("model") is not None and not isinstance(x["model"], str):
                 return f"{where}[{i}].model must be a model id, got {type(x['model']).__name__}"
+            if why := _p_good_problem(x.get("p_good")):
+                return f"{where}[{i}].{why}"
     for field, _ in _AMOUNTS:
         if why := _amount_problem(field, r.get(field)):
             return why
@@ -1229,7 +1238,7 @@ def _row_problem(row: Mapping[str, Any]) -> str | None:
     for _, column in _AMOUNTS:
         if why := _amount_problem(column, row.get(column)):
             return why
-    return None
+    return _p_good_problem(row.get("p_good"))
 
 
 def first_bad_row(db: sqlite3.Connection) -> tuple[Any, str] | None:
@@ -1239,6 +1248,7 @@ def first_bad_row(db: sqlite3.Connection) -> tuple[Any, str] | None:
     numeric = [n for n, kind, _ in COLUMNS if kind in ("REAL", "INTEGER")]
     wrong = [f"typeof({n}) NOT IN ('integer', 'real', 'null')" for n in numeric]
     wrong += [f"{c} < 0 OR {c} > {_MAX_AMOUNT!r}" for _, c in _AMOUNTS]
+    wrong.append("p_good < 0 OR p_good > 1")
     names = [n for n, _, _ in COLUMNS if n != "record"]
     row = db.execute(
         f"SELECT {', '.join(names)} FROM requests WHERE {' OR '.join(wrong)} LIMIT 1"
