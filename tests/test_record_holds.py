@@ -132,6 +132,28 @@ def test_the_flywheel_splits_by_prompt_and_skips_unchecked_answers() -> None:
     assert "never checked" not in [*train.prompts, *test.prompts]
 
 
+@pytest.mark.parametrize("text", ["this is not a ledger at all\n", "a,b,c\n", "notes"])
+def test_a_one_line_file_that_is_not_json_is_no_ledger(tmp_path: Path, text: str) -> None:
+    """Found by an adversarial test: a one-line file that is not JSON read as an empty
+    ledger ("0 requests ... $0", exit 0), its only line taken for one a crash tore; a
+    crash cuts a record, which begins with "{"."""
+    path = tmp_path / "l.jsonl"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="not a JSONL ledger"):
+        list(read_records(path))
+    path.write_text('{"request_id": "torn", "start')  # the first record, torn: no error
+    assert list(read_records(path)) == []
+
+
+def test_a_byte_order_mark_does_not_lose_the_first_record(tmp_path: Path) -> None:
+    """Found by an adversarial test: a JSONL ledger saved with a byte-order mark (an editor
+    on Windows) lost its first record, skipped as a line torn by a crash."""
+    path = tmp_path / "l.jsonl"
+    lines = [json.dumps({"request_id": i, "started_at": 1.0, "outcome": "ok"}) for i in "ab"]
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
+    assert [r["request_id"] for r in read_records(path)] == ["a", "b"]
+
+
 def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path: Path) -> None:
     from satisfice.ledger import JSONLSink
 

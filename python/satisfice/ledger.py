@@ -26,6 +26,7 @@ deletes older requests once a day.
 from __future__ import annotations
 
 import atexit
+import codecs
 import fcntl
 import functools
 import json
@@ -1356,6 +1357,7 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
                 fed.append((str(fb.get("request_id")), fb["score"], fb.get("model")))
     scores = _scores(fed, p)
     torn: list[int] = []
+    cut = False  # the last line not JSON may be one a crash tore
     binary = False  # a line is a binary file's bytes, not text a crash tore
     last = 0  # the last line with something in it
     records = 0
@@ -1371,10 +1373,14 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
             try:
                 # a line at a time: a crash that cut a character in two tears its line
                 # alone (reading the file as text had refused the whole ledger for good)
-                r = json.loads(raw.decode("utf-8"))
+                # (utf-8-sig: a byte-order mark an editor wrote had lost the first record)
+                r = json.loads(raw.decode("utf-8-sig"))
             except (ValueError, RecursionError):  # (UnicodeDecodeError among them)
                 torn.append(n)
                 binary = binary or _binary(raw)
+                # what a crash cuts began as a record does: a last line that did not is no
+                # tear (a one-line text file had read as an empty ledger)
+                cut = raw.lstrip().startswith((b"{", codecs.BOM_UTF8 + b"{"))
                 continue
             if _score_of(r) is not None:
                 continue  # a score, read above
@@ -1387,7 +1393,7 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
     # file's bytes (a SQLite database named *.jsonl had read as an empty ledger)
     if binary and not records and not fed:
         raise ConfigError(f"ledger {p} is not UTF-8 text (a JSONL ledger)")
-    inside = [k for k in torn if k != last]  # the last line torn by a crash is expected
+    inside = [k for k in torn if k != last or not cut]  # the last line a crash tore is expected
     if inside and not records and not fed:  # no line of it is JSON: some other text file
         raise ConfigError(f"ledger {p} is not a JSONL ledger: none of its lines is a record")
     if inside:
@@ -1401,7 +1407,7 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
 def _score_line(raw: bytes) -> dict[str, Any] | None:
     """The score a JSONL line holds (`{"feedback": {...}}`), or None: a record, a torn line."""
     try:
-        return _score_of(json.loads(raw.decode("utf-8")))
+        return _score_of(json.loads(raw.decode("utf-8-sig")))
     except (ValueError, RecursionError):
         return None
 
