@@ -98,3 +98,21 @@ def test_a_key_id_with_half_a_surrogate_pair_is_read_as_the_columns_are(
     assert "bot [id-\ufffd]" in page.read_text(encoding="utf-8")
     assert main(["report", str(path)]) == 0
     assert "bot [id-\ufffd]" in capsys.readouterr().out
+
+
+def test_a_jsonl_record_without_a_time_is_undated_not_dated_by_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by an adversarial test: a JSONL line without `started_at` (an older writer's)
+    was dated when the report ran, so its day moved with each run. It is undated."""
+    path = tmp_path / "l.jsonl"
+    path.write_text(
+        '{"request_id":"a","outcome":"ok","model":"m","total_cost_usd":1.0}\n'
+        '{"request_id":"b","started_at":1700000000,"outcome":"ok","model":"m"}\n'
+    )
+    days = [r["day"] for r in rows(path)]
+    assert days == ["undated", "2023-11-14"], days
+    assert summarize(rows(path))["drift"] == {"2023-11-14": {"m": 1}, "undated": {"m": 1}}
+    assert main(["report", str(path), "--html", str(tmp_path / "r.html")]) == 0
+    assert main(["report", str(path)]) == 0
+    assert "\nundated " in capsys.readouterr().out

@@ -202,13 +202,15 @@ def _row(rec: Mapping[str, Any]) -> tuple[Any, ...]:
     routed = dec.get("model")
     p_good = next((c.get("p_good") for c in cands if c.get("model") == rec.get("model")), None)
     ts = rec.get("started_at")  # (0 is 1970, not "none": `_undated`)
-    ts = time.time() if ts is None else float(ts)
+    # a record without one (a JSONL line an older writer wrote) is undated, not dated by
+    # whoever reads it: each report had put its spend on the day it was run
+    ts = None if ts is None else float(ts)
     casc = rec.get("cascade")
     attempts = [a for a in rec.get("attempts") or () if isinstance(a, Mapping)]
     return (
         _text(rec["request_id"]),
         ts,
-        _day(int(ts // 86400)),
+        "undated" if ts is None else _day(int(ts // 86400)),
         _text(rec.get("outcome", "ok")),
         _text(meta.get("key")),
         _text(meta.get("team")),

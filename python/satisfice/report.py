@@ -479,7 +479,7 @@ def _stacked(drift: Mapping[str, Mapping[str, int]], models: Sequence[str]) -> s
                          f'{html.escape(m)} {share:.1%}</title></rect>')  # fmt: skip
         if len(days) <= 14 or i % max(1, len(days) // 10) == 0:
             parts.append(f'<text x="{x:.1f}" y="{height + 15}" font-size="10">'
-                         f'{html.escape(d[5:])}</text>')  # fmt: skip
+                         f'{html.escape(d[5:] if d[:4].isdigit() else d)}</text>')  # fmt: skip
     parts.append(f'<text x="0" y="12" font-size="10">100%</text>'
                  f'<text x="0" y="{height}" font-size="10">0%</text></svg>')  # fmt: skip
     legend = " ".join(
