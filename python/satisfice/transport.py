@@ -283,7 +283,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
         `_here`)."""
         if self._closed:
             raise RuntimeError("the transport is closed")
-        loop = asyncio.get_running_loop()
+        loop = self._loop  # the running one (`_here` chose this pool for it)
+        assert loop is not None
         deadline = None
         while True:
             stack = self._idle.get(key)
