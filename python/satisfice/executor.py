@@ -98,7 +98,7 @@ class ExecutionConfig:
     backoff_max_s: float = 2.0
     max_retry_wait_s: float = 2.0  # a longer Retry-After moves on instead of waiting
     hedge_default_s: float = 2.0  # hedge delay when no p95 is known for a deployment
-    max_connections: int = 512  # every slot may stay alive (httpx keeps 20 by default)
+    max_connections: int = 512  # every slot may stay alive (httpx keeps 20); per event loop
     max_connections_per_host: int | None = None  # None: half of max_connections
     keepalive_expiry_s: float = 60.0
     max_response_bytes: int = 64 << 20  # a body (after decompression) above this is an error
