@@ -269,7 +269,8 @@ async def test_a_call_its_caller_cut_off_is_on_the_record_at_an_estimate(
 
 def test_a_fork_while_another_thread_holds_the_routers_locks_leaves_the_child_working() -> None:
     # a lock held by another thread at the fork stayed held in the child for good: its first
-    # chat_sync() (which builds the loop thread under the setup lock) and update() hung
+    # chat_sync() (which builds the loop thread under the setup lock, and whose new loop
+    # asks the transport for a pool of its own under the transport's lock) and update() hung
     code = """
 import os, sys, threading
 sys.path.insert(0, sys.argv[1])
@@ -278,12 +279,14 @@ from tests.chat_support import router
 
 with LocalUpstream() as up:
     r = router(up.url)
+    r.chat_sync("parent")  # its transport's pool, on the parent's loop: the child's is another
     held, release = threading.Event(), threading.Event()
 
     def hold():
         import satisfice.decision as d
 
-        with r._setup, r._swap, r._feedback._lock, d._ID_LOCK:
+        pools = r._io.client.pool._others_lock  # (the transport's: its other loops' pools)
+        with r._setup, r._swap, r._feedback._lock, d._ID_LOCK, pools:
             held.set()
             release.wait()
 

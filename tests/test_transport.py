@@ -9,6 +9,7 @@ import gc
 import shutil
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -300,3 +301,39 @@ def test_nothing_can_be_put_in_the_shared_empty_jar() -> None:
     assert not b.cookies
     req = b.build_request("POST", "http://upstream.test/v1/chat/completions")
     assert "cookie" not in req.headers
+
+
+def test_loops_left_unclosed_or_closed_keep_no_pool_and_no_socket(
+    upstream: LocalUpstream,
+) -> None:
+    """Threads that each ran a request on a loop of their own and left it unclosed had each
+    kept a pool and its socket for the router's life (30 loops: 30 upstream connections);
+    one closed after the router closed kept its sockets until collected."""
+    import threading
+
+    upstream.wait_idle()
+    upstream.reset_script()
+    r = router(upstream.url)
+    r.chat_sync("hi")  # the first loop's pool: chat_sync()'s
+    kept: list[asyncio.AbstractEventLoop] = []
+
+    def job() -> None:
+        loop = asyncio.new_event_loop()  # left open, as a worker's may be
+        kept.append(loop)
+        loop.run_until_complete(r.chat("hi"))
+
+    for _ in range(10):
+        t = threading.Thread(target=job)
+        t.start()
+        t.join()
+    pool = r._io.client.pool  # type: ignore[union-attr]
+    assert len(pool._others) <= 1
+    r.close()
+    for loop in kept:
+        loop.run_until_complete(asyncio.sleep(0))  # a closing its pool left it runs
+        loop.close()
+    gc.collect()
+    end = time.monotonic() + 5
+    while upstream.open_connections > 0 and time.monotonic() < end:
+        time.sleep(0.02)
+    assert upstream.open_connections == 0

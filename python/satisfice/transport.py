@@ -38,6 +38,7 @@ import os
 import select
 import ssl
 import threading
+import weakref
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator
@@ -179,18 +180,34 @@ class _Conn(asyncio.Protocol):
 
     def close(self) -> None:
         # No graceful TLS close: the connection is dead to us. A loop that has been closed
-        # cannot abort its transport; the socket is then closed when it is collected.
-        with contextlib.suppress(RuntimeError):
+        # cannot abort its transport: its socket is closed here then (it had waited for
+        # the garbage collector, and a pool kept had kept it open).
+        try:
             self.transport.abort()
+        except RuntimeError:
+            self.forget()
 
     def forget(self) -> None:
-        """In a forked child: close this process's copy of the socket, and nothing else. The
+        """Close the socket, and nothing else: in a forked child, this process's copy (the
         transport is the parent's event loop's: abort() would unregister the socket from the
-        epoll instance both processes share, and the parent would never see its answer."""
+        epoll instance both processes share, and the parent would never see its answer);
+        on a closed loop, which can abort nothing."""
         self.ended = True  # never reused: `usable`'s poll object holds its number, not it
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
             sock._sock.close()  # asyncio's wrapper offers no close(); this is the socket's own
+
+
+_TRANSPORTS: weakref.WeakSet[PooledTransport] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    # a lock another thread of the parent held at the fork is held for good in the child
+    for t in list(_TRANSPORTS):
+        t._others_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
 class PooledTransport(httpx.AsyncBaseTransport):
@@ -226,6 +243,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         # slots of both as one. Looked up only when the running loop is not `_loop`.
         self._others: dict[asyncio.AbstractEventLoop, PooledTransport] = {}
         self._others_lock = threading.Lock()
+        _TRANSPORTS.add(self)
 
     # pool -----------------------------------------------------------------------------------
     def _ssl_context(self) -> ssl.SSLContext:
@@ -239,12 +257,12 @@ class PooledTransport(httpx.AsyncBaseTransport):
         """The pool of the running event loop: this one, else (another loop runs requests
         while this one's is open) that loop's own, made on its first request."""
         loop = asyncio.get_running_loop()
-        if loop is self._loop:
+        if loop is self._loop or self._closed:  # (closed: `_acquire` says so)
             return self
+        pool = self._others.get(loop)  # (a dict read is whole under the GIL: no lock)
+        if pool is not None:
+            return pool
         with self._others_lock:
-            pool = self._others.get(loop)
-            if pool is not None:
-                return pool
             old = self._loop
             if old is None or old.is_closed() or self._pid != os.getpid():
                 # The first loop, or a new one after the old one closed (a second
@@ -254,14 +272,44 @@ class PooledTransport(httpx.AsyncBaseTransport):
                     self._reset()
                 self._loop, self._pid = loop, os.getpid()
                 return self
-            for done in [x for x in self._others if x.is_closed()]:  # (their sockets too)
-                self._others.pop(done)._reset()
+            self._prune()
             pool = self._others[loop] = PooledTransport(
                 max_connections=self._max, max_per_host=self._max_host,
                 keepalive_expiry=self._expiry, max_body=self._max_body, verify=self._verify,
             )  # fmt: skip
-            pool._ssl, pool._loop, pool._closed = self._ssl, loop, self._closed
+            pool._ssl, pool._loop = self._ssl, loop
             return pool
+
+    def _prune(self) -> None:
+        """Drop the other loops' pools that cannot be used again or need not be kept: a
+        closed loop's (its sockets closed here), and one whose loop is not running with
+        nothing in flight (its idle connections closed on that loop, when it next runs, or
+        with it: 30 threads' loops left unclosed had kept 30 pools and their sockets; a
+        loop that runs again makes a new one). Under `_others_lock`."""
+        for loop, pool in list(self._others.items()):
+            if loop.is_closed():
+                del self._others[loop]
+                pool._reset()
+            elif not loop.is_running() and pool._total == pool._idle_count():
+                del self._others[loop]
+                pool._close_soon()
+
+    def _idle_count(self) -> int:
+        return sum(len(stack) for stack in list(self._idle.values()))
+
+    def _close_soon(self) -> None:
+        """Close the idle connections on this pool's own loop, the thread that may abort its
+        transports (at once if the loop is gone or is the running one)."""
+        loop = self._loop
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if loop is None or loop is here or loop.is_closed():
+            self._close_idle()
+            return
+        with contextlib.suppress(RuntimeError):  # (closed meanwhile: closed with it)
+            loop.call_soon_threadsafe(self._close_idle)
 
     def _reset(self) -> None:
         """Forget this pool's loop: its idle connections closed (in a forked child, this
@@ -335,14 +383,15 @@ class PooledTransport(httpx.AsyncBaseTransport):
     def _close_idle(self) -> None:
         """Close every idle connection; in a forked child, only its copy of each."""
         forked = self._pid != os.getpid()
-        for stack in self._idle.values():
+        # taken whole first: a close and a prune on two threads had walked one dict
+        idle, self._idle = self._idle, {}
+        for stack in idle.values():
             for conn in stack:
                 if forked:
                     conn.forget()
                 else:
                     conn.close()
                 self._count(conn.key, -1)
-        self._idle.clear()
 
     def _drop_idle(self) -> bool:
         for stack in self._idle.values():
@@ -518,19 +567,15 @@ class PooledTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         """Close every pool's idle connections, each on its own loop's thread (a transport
-        is aborted only there); a pool whose loop is closed has none left to close."""
-        self._closed = True
+        is aborted only there), and let go of the other loops' pools (a loop left unclosed
+        had kept its pool and sockets for the transport's life)."""
         with self._others_lock:
+            self._closed = True
             pools = [self, *self._others.values()]
-        here = asyncio.get_running_loop()
+            self._others.clear()
         for pool in pools:
             pool._closed = True
-            loop = pool._loop
-            if loop is None or loop is here or loop.is_closed():
-                pool._close_idle()
-            else:
-                with contextlib.suppress(RuntimeError):  # (closed meanwhile)
-                    loop.call_soon_threadsafe(pool._close_idle)
+            pool._close_soon()
 
 
 class Poster:
