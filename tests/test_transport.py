@@ -337,3 +337,76 @@ def test_loops_left_unclosed_or_closed_keep_no_pool_and_no_socket(
     while upstream.open_connections > 0 and time.monotonic() < end:
         time.sleep(0.02)
     assert upstream.open_connections == 0
+
+
+def test_a_pool_let_go_of_keeps_no_connection_and_none_is_made_after_close(
+    upstream: LocalUpstream,
+) -> None:
+    """Two races on the pools of loops besides the first: a loop that began a request on
+    its pool just as another thread let the pool go (its loop not running, nothing in
+    flight) had released the connection into a pool no one held, open for good; and a
+    request that looked for its loop's pool just before aclose() made one after it, never
+    closed."""
+    import threading
+
+    from satisfice.transport import PooledTransport
+
+    upstream.wait_idle()
+    transport = PooledTransport()
+    c = httpx.AsyncClient(transport=transport)
+    url = upstream.url + "/v1/chat/completions"
+    first = asyncio.new_event_loop()
+    first.run_until_complete(c.post(url, json=BODY))  # the first loop's pool
+    other = asyncio.new_event_loop()  # another loop, its own pool
+
+    async def post() -> int:
+        return (await c.post(url, json=BODY)).status_code
+
+    def on_other() -> None:
+        assert other.run_until_complete(post()) == 200
+
+    t = threading.Thread(target=on_other)
+    t.start()
+    t.join()
+    pool = transport._others[other]
+    with transport._others_lock:  # its loop is not running, nothing in flight: let go
+        transport._prune()
+    assert other not in transport._others
+    # ...while its loop had begun a request on it: the connection is not kept there
+    assert pool._loop is other
+
+    async def read() -> None:
+        _, _, body = await pool.post(_poster(transport, url), b"{}", {})
+        await body.read_all()
+        await body.aclose()
+
+    other.run_until_complete(read())
+    assert pool._idle_count() == 0 and pool._total == 0
+    # a request that looked before aclose() and takes the lock after it makes no pool
+    with transport._others_lock:
+        looked = threading.Event()
+
+        def late() -> None:
+            async def here() -> object:
+                looked.set()
+                return transport._here()
+
+            assert other.run_until_complete(here()) is transport
+
+        t = threading.Thread(target=late)
+        t.start()
+        looked.wait(5)
+        time.sleep(0.1)  # at the lock by now
+        transport._closed = True  # what aclose() does, under the lock
+        transport._others.clear()
+    t.join()
+    assert transport._others == {}
+    first.run_until_complete(c.aclose())
+    for loop in (first, other):
+        loop.close()
+
+
+def _poster(transport: object, url: str) -> object:
+    from satisfice.transport import Poster
+
+    return Poster(transport, httpx.URL(url), httpx.Headers({"content-type": "application/json"}))  # type: ignore[arg-type]

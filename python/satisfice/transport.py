@@ -243,6 +243,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         # slots of both as one. Looked up only when the running loop is not `_loop`.
         self._others: dict[asyncio.AbstractEventLoop, PooledTransport] = {}
         self._others_lock = threading.Lock()
+        self._dropped = False  # let go of by `_prune`: kept by no one, it keeps no connection
         _TRANSPORTS.add(self)
 
     # pool -----------------------------------------------------------------------------------
@@ -263,6 +264,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
         if pool is not None:
             return pool
         with self._others_lock:
+            if self._closed:  # (closed since the look above: no new pool after aclose())
+                return self
             old = self._loop
             if old is None or old.is_closed() or self._pid != os.getpid():
                 # The first loop, or a new one after the old one closed (a second
@@ -271,6 +274,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 if old is not None:
                     self._reset()
                 self._loop, self._pid = loop, os.getpid()
+                self._prune()
                 return self
             self._prune()
             pool = self._others[loop] = PooledTransport(
@@ -292,6 +296,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 pool._reset()
             elif not loop.is_running() and pool._total == pool._idle_count():
                 del self._others[loop]
+                # (its loop may have started a request on it meanwhile, from `_here`'s look
+                # without the lock: that connection is closed when released, not kept)
+                pool._dropped = True
                 pool._close_soon()
 
     def _idle_count(self) -> int:
@@ -421,7 +428,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._wake()
 
     def _release(self, conn: _Conn, reusable: bool) -> None:
-        if not reusable or self._closed:
+        if not reusable or self._closed or self._dropped:
             self._discard(conn)
             return
         conn.used = monotonic()
