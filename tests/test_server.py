@@ -463,6 +463,7 @@ def test_keys_budgets_allow_lists_and_rate_limits(served: Any) -> None:
             spent += 1
     body: Any = e.value.body
     assert body["code"] == "budget_exceeded" and body["budget"] == f"key:{k['id']}"
+    assert "($0.010000 per day)" in body["message"]  # as its other figures ($1e-05 had been)
     assert e.value.response.headers["x-should-retry"] == "false"  # the SDKs had sent it 3x
     assert 0 <= body["remaining_usd"] < 0.0041 and 25 < spent < 40
     s = httpx.get(url + "/admin/spend", headers=admin).json()["budgets"][0]

@@ -1407,7 +1407,7 @@ def create_app(
                 )
                 raise HTTPError(
                     429,
-                    f"budget {b.scope} (${b.limit_usd} per {b.period}) "
+                    f"budget {b.scope} (${b.limit_usd:.6f} per {b.period}) "
                     + (f"has ${left:.6f} left and {why}" if bounded else f"refuses it: {why}"),
                     "insufficient_quota",
                     "budget_exceeded",
