@@ -254,3 +254,51 @@ def test_a_long_report_says_how_far_it_has_read(
     p.write_text("".join(json.dumps({**rec, "request_id": f"r{i}"}) + "\n" for i in range(2048)))
     assert cli.main(["report", str(p)]) == 0
     assert "2,048 requests read" in capsys.readouterr().err
+
+
+def _one_record_ledger(tmp: Path) -> Path:
+    led = tmp / "l.jsonl"
+    led.write_text(json.dumps({"request_id": "r0", "started_at": 1.7e9, "model": "m",
+                               "total_cost_usd": 0.01}) + "\n")  # fmt: skip
+    return led
+
+
+def test_an_output_path_that_is_a_loop_of_symlinks_is_an_error_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """`Path.resolve()` raises RuntimeError on a symlink loop (Python 3.11), which the CLI
+    let through as a traceback (exit 1) from every command that writes a file."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    p = cli("report", str(_one_record_ledger(tmp_path)), "--html", str(tmp_path / "a"))
+    assert p.returncode == 2 and "loop of symbolic links" in p.stderr, p.stderr[-400:]
+    assert "Traceback" not in p.stderr
+
+
+def test_a_jsonl_ledger_that_is_a_pipe_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A JSONL ledger is read twice; a FIFO's second open waited for a writer for good."""
+    fifo = tmp_path / "f.jsonl"
+    os.mkfifo(fifo)
+    p = cli("report", str(fifo), timeout=30)
+    assert p.returncode == 2 and "not a regular file" in p.stderr, p.stderr[-400:]
+
+
+def test_a_write_to_a_full_device_names_the_path(tmp_path: Path) -> None:
+    """Writing into a device (/dev/full) said only "[Errno 28] No space left on device"."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    p = cli("report", str(_one_record_ledger(tmp_path)), "--html", "/dev/full")
+    assert p.returncode == 2 and "/dev/full" in p.stderr, p.stderr[-400:]
+
+
+def test_registry_update_writes_its_out_file_even_when_nothing_moved(tmp_path: Path) -> None:
+    """With no price moved, `registry update --out NEW` said the file was "left as it was",
+    wrote nothing and exited 0."""
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    out = tmp_path / "out.toml"
+    p = cli("registry", "update", "--from", "litellm", str(empty), "--out", str(out))
+    assert p.returncode == 0 and out.is_file(), (p.stdout[-400:], p.stderr[-400:])
+    from satisfice import Registry
+
+    assert len(Registry.load(out)) == len(Registry.default())

@@ -70,8 +70,11 @@ def write_atomic(
                 probe = Path(d) / p.name
                 probe.write_bytes(buf.getvalue())
                 check(probe)
-        with open(p, "ab") as f:  # appended: opened anew, "wb" had cut a file shell's >> kept
-            f.write(buf.getvalue())
+        try:
+            with open(p, "ab") as f:  # appended: opened anew, "wb" had cut a file shell's >> kept
+                f.write(buf.getvalue())
+        except OSError as e:  # named, as below (/dev/full had said only "No space left")
+            raise OSError(e.errno, f"{e.strerror} (not written)", str(p)) from e
         return
     # A symlink is followed, as `open("wb")` would: the file it points at is replaced.
     target = p.resolve() if p.is_symlink() else p

@@ -231,7 +231,10 @@ def cmd_registry(args: argparse.Namespace) -> int:
             + "\ncheck them at the provider, then run again with --yes"
         )
     out = args.out or args.registry  # given: `_outputs` said so before the catalogue was read
-    if not diff and new.meta == base.meta:  # no price checked, or none moved today
+    # (a file of its own, --out, is written all the same: "left as it was" had named a file
+    # that did not exist, and exited 0)
+    same = args.registry is not None and Path(out).resolve() == Path(args.registry).resolve()
+    if same and not diff and new.meta == base.meta:  # no price checked, or none moved today
         print(f"nothing to change (prices as of {base.meta.get('prices_as_of')}): {out} "
               "left as it was")  # fmt: skip
         return 0
@@ -489,7 +492,12 @@ def _check_outputs(args: argparse.Namespace) -> None:
             if not os.access(p, os.W_OK):
                 raise SatisficeError(f"{flag} {path} is not writable; give another path")
             continue
-        target = p.resolve()  # through a symlink: the file replaced is the one it points at
+        try:
+            target = p.resolve()  # through a symlink: the file replaced is the one it points at
+        except RuntimeError:  # (Python 3.11's word for a symlink loop)
+            raise SatisficeError(
+                f"{flag} {path} is a loop of symbolic links; give another path"
+            ) from None
         parent = target.parent
         if not parent.exists():
             raise SatisficeError(

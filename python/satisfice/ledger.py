@@ -1345,6 +1345,11 @@ def _read_jsonl(p: Path) -> Iterator[dict[str, Any]]:
     ledger (every record had been held before the first was yielded: 130 MB for 40,000)."""
     if p.is_dir():
         raise ConfigError(f"ledger {p} is a directory, not a JSONL file")
+    if p.exists() and not p.is_file():  # (read twice: a FIFO's second open had waited for good)
+        raise ConfigError(
+            f"ledger {p} is not a regular file (a pipe or a device): a JSONL ledger is read "
+            "twice, its scores then its records; copy it to a file and read that"
+        )
     fed: list[tuple[str, Any, Any]] = []  # (request_id, score, model), as given
     end = 0  # how far the first pass read: the second stops there (a ledger still growing
     # had its newest records read without the scores given after the first pass)
