@@ -54,9 +54,8 @@ import httpx
 from bench_overhead import MESSAGES, MODEL, bench_registry, upstream, warm_tokenizers
 
 from satisfice import Router
-from satisfice._json import loads
+from satisfice._json import encode_body, loads
 from satisfice.executor import ExecutionConfig, _Client, make_client
-from satisfice.providers.base import encode_body
 from satisfice.transport import Poster, read_body
 
 ANSWER = json.dumps({

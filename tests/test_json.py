@@ -12,9 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from satisfice._json import dumps, dumps_body, loads
+from satisfice._json import dumps, dumps_body, encode_body, loads
 from satisfice.errors import BadRequestError
-from satisfice.providers.base import encode_body
 
 STDLIB = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 

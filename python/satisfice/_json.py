@@ -18,12 +18,15 @@ from typing import Any
 
 import orjson
 
+from .errors import BadRequestError
+
 __all__ = [
     "NON_FINITE",
     "NotUTF8",
     "dumps",
     "dumps_body",
     "dumps_record",
+    "encode_body",
     "encode_finite",
     "loads",
     "record_default",
@@ -152,6 +155,21 @@ def dumps_body(obj: Any) -> bytes:
     if out.find(b"null") >= 0 and _non_finite(obj):
         raise ValueError(NON_FINITE)
     return out
+
+
+def encode_body(payload: Any) -> bytes:
+    """The JSON body of a request (compact, non-ASCII kept: the bytes httpx's `json=` would
+    send); what cannot be JSON (an object in `extra`, a non-string key, a lone surrogate)
+    is the request's fault: BadRequestError, never a raw TypeError. The router checks what
+    a request sends as given with it before routing (`router._check_options`)."""
+    try:
+        return dumps_body(payload)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise BadRequestError(
+            f"the request cannot be sent as JSON ({type(e).__name__}: {e}"[:200] + "); pass "
+            "only JSON values (valid Unicode, finite numbers) in messages, tools, tool_choice, "
+            "response_format, extra, context_management and server_tools"
+        ) from None
 
 
 def _non_finite(obj: Any) -> bool:

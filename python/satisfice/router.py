@@ -16,7 +16,6 @@ from ._extra import LIMITS, extra_text, header_text, server_turns, text_bytes
 from ._real import as_count, as_real
 from .decision import Candidate, Decision, Snapshot
 from .errors import (
-    BadRequestError,
     ConfigError,
     InputError,
     NoRouteError,
@@ -559,16 +558,9 @@ def _check_options(call: dict[str, Any], timeout: object, metadata: object) -> N
         # surrogate in `stop` had been routed, admitted (a served key's rate counted) and
         # refused only when the provider encoded the request. (`user` and
         # `prompt_cache_key` are hints, sent only where `sendable`: never refused.)
-        from ._json import dumps_body
+        from ._json import encode_body
 
-        try:
-            dumps_body(sent)
-        except (TypeError, ValueError, RecursionError) as e:
-            raise BadRequestError(  # as the provider's encoder says it (`encode_body`)
-                f"the request cannot be sent as JSON ({type(e).__name__}: {e}"[:200]
-                + "); pass only JSON values (valid Unicode, finite numbers) in extra, "
-                "tool_choice, context_management and server_tools"
-            ) from None
+        encode_body(sent)  # BadRequestError, as the provider's encoding would say
     if timeout is not None and not (
         isinstance(timeout, int | float) and not isinstance(timeout, bool) and 0 < timeout < 1e9
     ):

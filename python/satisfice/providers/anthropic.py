@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from .._json import encode_body
 from .._redact import scrub, scrub_nested
 from ..errors import BadRequestError, ProviderError, RetryableError, UnsupportedRequestError
 from ..registry import ModelSpec, thinking_budget
@@ -34,7 +35,6 @@ from .base import (
     StreamDelta,
     ToolCall,
     Usage,
-    encode_body,
     encode_finite,
     finish_stream,
     most_billed,

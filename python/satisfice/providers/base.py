@@ -37,7 +37,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
-from .._json import dumps_body, encode_finite, loads, utf8
+from .._json import encode_body, encode_finite, loads, utf8
 from .._redact import (
     guard_logs,
     register,
@@ -599,19 +599,6 @@ def error_from_transport(exc: Exception, model: str, deployment: str) -> Retryab
         model=model,
         deployment=deployment,
     )
-
-
-def encode_body(payload: Any) -> bytes:
-    """The JSON body of a request (compact, non-ASCII kept: the bytes httpx's `json=` would
-    send); what cannot be JSON (an object in `extra`, a non-string key) is the request's
-    fault: BadRequestError, never a raw TypeError."""
-    try:
-        return dumps_body(payload)
-    except (TypeError, ValueError, RecursionError) as e:
-        raise BadRequestError(
-            f"the request cannot be sent as JSON ({type(e).__name__}: {e}); pass only JSON "
-            "values in messages, tools, tool_choice, response_format and extra"
-        ) from None
 
 
 def parse_json(content: bytes | str) -> Any:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from .._json import encode_body
 from .._redact import scrub
 from ..errors import ProviderError, UnsupportedRequestError
 from .base import (
@@ -23,7 +24,6 @@ from .base import (
     StreamDelta,
     ToolCall,
     Usage,
-    encode_body,
     finish_stream,
     most_billed,
     parse_event,
