@@ -1,0 +1,98 @@
+"""A refused request's error quotes what it refuses within a bound (adversarial input through
+`satisfice serve`): each test failed on the code it was written against because of the defect
+its docstring names. Servers run on 127.0.0.1 only, through tests/server_support.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from satisfice import Registry, Router, _core
+from satisfice.errors import ConfigError, UnknownModelError
+from satisfice.server import ServerConfig
+from satisfice.testing import LocalUpstream
+
+from .chat_support import registry
+from .server_support import running
+
+BIG = "m" * 1_000_000
+U = [{"role": "user", "content": "hi"}]
+#: far above any message a refusal needs (the registry's ids listed, a field's name)
+BOUND = 4_000
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[str]:
+    with LocalUpstream() as up:
+        reg = registry(up.url)
+        _core.wait_for_tokenizers()
+        with running(ServerConfig(), Router(reg)) as (url, _):
+            yield url
+
+
+# (path, body): each quotes a 1 MB string the caller sent
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "model id": ("/v1/chat/completions", {"model": BIG, "messages": U}),
+    "anthropic model id": ("/v1/messages", {"model": BIG, "max_tokens": 5, "messages": U}),
+    "allow": ("/v1/chat/completions", {"model": "auto", "messages": U, "allow": [BIG]}),
+    "needs": ("/v1/chat/completions", {"model": "auto", "messages": U, "needs": [BIG]}),
+    "parameter name": ("/v1/chat/completions", {"model": "auto", "messages": U, BIG: 1}),
+    "many parameter names": (
+        "/v1/chat/completions",
+        {"model": "auto", "messages": U, **{f"p{i}" + "x" * 60: 1 for i in range(20_000)}},
+    ),
+    "anthropic parameter name": (
+        "/v1/messages",
+        {"model": "auto", "max_tokens": 5, "messages": U, BIG: 1},
+    ),
+    "anthropic block type": (
+        "/v1/messages",
+        {
+            "model": "auto",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": [{"type": BIG}]}],
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_refusal_does_not_echo_a_megabyte_back(served: str, case: str) -> None:
+    """Defect: a request refused for a string it sent (an unknown model id, an `allow` or
+    `needs` entry, a parameter's name, an Anthropic block's type) had its error quote the
+    string whole: a 1 MB model id came back as a 1 MB error message (1.2 MB for 20,000
+    unknown parameter names), where the same server quotes a `tool_choice` name or a
+    `response_format` type to 40-60 characters, and its log and ledger bound the message.
+
+    Expected: a 4xx in the API's error shape that names what is wrong, its message bounded
+    (the string cut, a long list of names shortened, saying how many more)."""
+    path, body = CASES[case]
+    r = httpx.post(served + path, json=body, timeout=30)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:200])
+    err = r.json()["error"]
+    assert err["message"] and err["type"]
+    assert len(r.content) < BOUND, f"{case}: a {len(r.content):,}-byte error body"
+    # the next ordinary request is served
+    ok = httpx.post(served + "/v1/chat/completions", json={"model": "auto", "messages": U})
+    assert ok.status_code == 200, ok.text[:200]
+
+
+def test_library_errors_quote_a_bound_of_what_they_refuse(tmp_path: Path) -> None:
+    """The same in the library: `Registry[...]` (every unknown id a caller names: a model,
+    `allow`, `deny`, `prefer`) and `needs` had put the caller's whole string in the error's
+    message, which callers log."""
+    reg = Registry.default()
+    with pytest.raises(UnknownModelError) as e:
+        reg[BIG]
+    assert "unknown model 'mmm" in str(e.value) and len(str(e.value)) < BOUND
+    r = Router(reg)
+    with pytest.raises(ConfigError) as c:
+        r.route("hi", needs=(BIG,))
+    assert "constraints.needs: unknown" in str(c.value) and len(str(c.value)) < BOUND
+    with pytest.raises(ConfigError) as c:
+        r.route("hi", allow=[1] * 100_000)
+    assert len(str(c.value)) < BOUND
