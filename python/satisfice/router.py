@@ -118,6 +118,16 @@ def _route_inline(msgs: list[dict[str, Any]], extra: str | None = None) -> bool:
     second)."""
     if len(msgs) > _ROUTE_INLINE_MESSAGES:
         return False
+    # the parts and tool calls the count (and text_bytes, below) reads one by one: 500,000
+    # one-letter parts in one message had been measured on the loop for 0.25 s
+    items = 0
+    for m in msgs:
+        c, calls = m.get("content"), m.get("tool_calls")
+        items += (len(c) if isinstance(c, list | tuple) else 0) + (
+            len(calls) if isinstance(calls, list | tuple) else 0
+        )
+    if items > _ROUTE_INLINE_MESSAGES:
+        return False
     size = text_bytes(msgs) + (len(extra) if extra else 0)
     return size < _ROUTE_INLINE_BYTES and _core.tokenizers_ready()
 

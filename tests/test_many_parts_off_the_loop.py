@@ -1,0 +1,65 @@
+"""A prompt of many content parts or tool calls in few messages is routed off the event
+loop (adversarial input through `Router.chat()`): the test failed on the code it was written
+against because of the defect its docstring names."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import pytest
+
+from satisfice.errors import SatisficeError
+from satisfice.testing import LocalUpstream, reply
+
+from .chat_support import router
+
+
+async def _max_lag(stop: asyncio.Event, lags: list[float]) -> None:
+    while not stop.is_set():
+        t = time.perf_counter()
+        await asyncio.sleep(0.005)
+        lags.append(time.perf_counter() - t - 0.005)
+
+
+def _parts(n: int) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "text", "text": "a"}] * n}]
+
+
+def _calls(n: int) -> list[dict[str, Any]]:
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    return [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": None, "tool_calls": [call] * n},
+    ]
+
+
+@pytest.mark.parametrize("shape", ["parts", "tool_calls"])
+async def test_many_parts_in_one_message_do_not_hold_the_loop(
+    up: LocalUpstream, shape: str
+) -> None:
+    """Defect: whether a prompt is routed on a worker thread (`router._route_inline`) was
+    decided by its message count (over 1,024: off the loop) and then by `text_bytes`, which
+    walks every part and tool call on the event loop. One message of 500,000 one-letter
+    parts, or an assistant turn of 300,000 tool calls, passed the message count and was
+    measured there: the loop was held 0.25-0.3 s (1.2-1.4 s under a profiler) before
+    routing went to its thread, where 600,000 one-letter messages take ~10 ms of loop.
+
+    Expected (README, "Hostile upstreams": a prompt of more than 1,024 messages is routed
+    on a worker thread; the loop is not held for hundreds of milliseconds): as many parts
+    or calls in one message as messages are routed off the loop too."""
+    up.default = reply("ok")
+    messages = _parts(500_000) if shape == "parts" else _calls(300_000)
+    async with router(up.url) as r:
+        await r.chat("warm up")  # the tokenizers built, as in a server's steady state
+        stop, lags = asyncio.Event(), []
+        ticker = asyncio.ensure_future(_max_lag(stop, lags))
+        await asyncio.sleep(0.02)
+        # no model's window takes them: the time the loop was held is the point
+        with contextlib.suppress(SatisficeError):
+            await r.chat(messages, timeout=5)
+        stop.set()
+        await ticker
+        assert max(lags) < 0.15, f"{shape}: the event loop was held {max(lags):.2f}s"
