@@ -101,6 +101,15 @@ fn text<'a>(
     })
 }
 
+/// `s` as an error quotes it (`{:?}`), its first 60 characters: a megabyte-long role or
+/// part type had been quoted whole, into the error and every log of it.
+fn quoted(s: &str) -> String {
+    match s.char_indices().nth(60) {
+        None => format!("{s:?}"),
+        Some((at, _)) => format!("{:?}...", &s[..at]),
+    }
+}
+
 fn family(name: &str) -> Result<Family, CoreError> {
     Family::parse(name)
 }
@@ -160,7 +169,8 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
             "system" | "developer" | "user" | "assistant" | "tool" | "function"
         ) {
             return Err(CoreError::Input(format!(
-                "messages[{i}].role {role:?} is not one of system, developer, user, assistant, tool"
+                "messages[{i}].role {} is not one of system, developer, user, assistant, tool",
+                quoted(&role)
             )));
         }
         let given = get("content")?;
@@ -213,8 +223,9 @@ fn messages_from(obj: &Bound<'_, PyAny>) -> Result<(Vec<Message>, usize, u32), C
                             }
                             other => {
                                 return Err(CoreError::Input(format!(
-                                    "messages[{i}].content[{j}] has type {other:?}; known: \
-                                     text, image_url, input_audio, file, refusal"
+                                    "messages[{i}].content[{j}] has type {}; known: \
+                                     text, image_url, input_audio, file, refusal",
+                                    quoted(other)
                                 )))
                             }
                         }
@@ -601,9 +612,11 @@ fn rank<'py>(
         "floor" => Ranking::Floor,
         "lambda" => Ranking::Lambda,
         other => {
-            return Err(
-                CoreError::Input(format!("by must be 'floor' or 'lambda', got {other:?}")).into(),
-            )
+            return Err(CoreError::Input(format!(
+                "by must be 'floor' or 'lambda', got {}",
+                quoted(other)
+            ))
+            .into())
         }
     };
     if let Some(bad) = settings.iter().find(|v| v.is_nan() || **v < 0.0) {
@@ -986,7 +999,8 @@ fn caps_of(names: &[String], what: &str) -> Result<u32, CoreError> {
     names.iter().try_fold(0u32, |acc, n| {
         cap::parse(n).map(|b| acc | b).ok_or_else(|| {
             CoreError::Config(format!(
-                "{what}: unknown capability {n:?}; known: {}",
+                "{what}: unknown capability {}; known: {}",
+                quoted(n),
                 cap::NAMES.join(", ")
             ))
         })

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from satisfice import Registry, Router, _core
-from satisfice.errors import ConfigError, UnknownModelError
+from satisfice.errors import ConfigError, InputError, UnknownModelError
 from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream
 
@@ -96,3 +96,20 @@ def test_library_errors_quote_a_bound_of_what_they_refuse(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as c:
         r.route("hi", allow=[1] * 100_000)
     assert len(str(c.value)) < BOUND
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": BIG, "content": "hi"}],
+        [{"role": "user", "content": [{"type": BIG, "text": "hi"}]}],
+    ],
+    ids=["role", "part type"],
+)
+def test_the_count_quotes_a_bound_of_a_role_or_part_type(messages: list[dict]) -> None:
+    """The same in the extension's reading of messages (rust/py.rs): an unknown role or
+    content part type had been quoted whole in the InputError."""
+    with pytest.raises(InputError) as e:
+        Router().route(messages)
+    msg = str(e.value)
+    assert "mmm" in msg and "..." in msg and len(msg) < 300

@@ -57,14 +57,14 @@ __all__ = [
 ]
 
 
-def _quoted(v: object, width: int = 200) -> str:
+def quoted(v: object, width: int = 200) -> str:
     """`repr(v)` cut to `width` characters: what an error quotes of a caller's value (a
     megabyte-long model id had come back whole in its error, and into every log of it)."""
     r = repr(v)
     return r if len(r) <= width else r[: width - 3] + "..."
 
 
-def _quoted_names(names: Iterable[Any], most: int = 10, width: int = 60) -> str:
+def quoted_names(names: Iterable[Any], most: int = 10, width: int = 60) -> str:
     """Sorted names as a list's repr (`['seed', 'top_k']`), each cut to `width` characters,
     at most `most` of them and how many more: 20,000 unknown parameter names had been
     quoted whole, a 1.2 MB error."""
@@ -72,7 +72,7 @@ def _quoted_names(names: Iterable[Any], most: int = 10, width: int = 60) -> str:
         every = sorted(names)
     except TypeError:  # names of mixed types
         every = list(names)
-    shown = [_quoted(n, width) for n in every[:most]]
+    shown = [quoted(n, width) for n in every[:most]]
     if len(every) > most:
         shown.append(f"... {len(every) - most} more")
     return "[" + ", ".join(shown) + "]"

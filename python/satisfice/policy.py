@@ -16,7 +16,7 @@ from . import _core
 from ._atomic import write_atomic
 from ._frozen import Value, _set
 from ._real import as_count, as_real
-from .errors import ConfigError, _quoted, _quoted_names
+from .errors import ConfigError, quoted, quoted_names
 from .predict import QualityModel
 from .registry import (
     EFFORTS,
@@ -196,12 +196,12 @@ class Constraints(Value):
             v = getattr(self, name)
             if v is not None and not all(isinstance(x, str) for x in v):
                 raise ConfigError(
-                    f"constraints.{name} must be a list of strings, got {_quoted(v, 80)}"
+                    f"constraints.{name} must be a list of strings, got {quoted(v, 80)}"
                 )
         bad = set(self.needs) - set(_core.CAPABILITIES)
         if bad:
             raise ConfigError(
-                f"constraints.needs: unknown {_quoted_names(bad)}; known: {_core.CAPABILITIES}"
+                f"constraints.needs: unknown {quoted_names(bad)}; known: {_core.CAPABILITIES}"
             )
 
     @classmethod

@@ -15,7 +15,7 @@ from datetime import date, datetime
 from . import _core
 from ._frozen import Value, _set
 from ._real import as_count, as_real
-from .errors import ConfigError, UnknownModelError, _quoted
+from .errors import ConfigError, UnknownModelError, quoted
 
 TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:  # pathlib is imported where a path is opened: Router() does not need it
@@ -1179,7 +1179,7 @@ class Registry:
             return self._by_id[model_id]
         except KeyError:
             raise UnknownModelError(
-                f"unknown model {_quoted(model_id)}; the registry has: {', '.join(self.ids)}"
+                f"unknown model {quoted(model_id)}; the registry has: {', '.join(self.ids)}"
             ) from None
 
     @property

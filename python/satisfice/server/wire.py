@@ -18,7 +18,7 @@ from typing import Any
 
 from .._extra import header_text, server_turns
 from .._json import NON_FINITE, dumps
-from ..errors import BadRequestError, InputError, _quoted, _quoted_names
+from ..errors import BadRequestError, InputError, quoted, quoted_names
 from ..providers.anthropic import arguments_object, server_result, server_tool
 from ..providers.base import thinking_blocks
 from ..registry import EFFORTS
@@ -197,7 +197,7 @@ def openai_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if unknown:
         at = sorted(f"{k}: {json.dumps(v)}" for k, v in _DEFAULTS.items() if k in unknown)
         raise _bad(
-            f"unsupported parameter(s) {_quoted_names(unknown)}: satisfice routes across providers "
+            f"unsupported parameter(s) {quoted_names(unknown)}: satisfice routes across providers "
             "whose APIs differ, and these would be honoured by some and dropped by others; "
             f"remove them. Supported: {sorted(_CALL | _SERVER)}, and satisfice constraints "
             f"{sorted(_CONSTRAINTS)}"
@@ -584,7 +584,7 @@ def _to_openai_content(content: Any) -> Any:
                 part["cache_control"] = dict(b["cache_control"])
             parts.append(part)
         else:
-            raise _bad(f"content block type {_quoted(b.get('type'), 60)} is not supported here")
+            raise _bad(f"content block type {quoted(b.get('type'), 60)} is not supported here")
     return parts
 
 
@@ -639,7 +639,7 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     if unknown:
         at = sorted(f"{k}: {json.dumps(v)}" for k, v in _ANTHROPIC_DEFAULTS.items() if k in unknown)
         at_default = f" (taken only at their default: {', '.join(at)})" if at else ""
-        raise _bad(f"unsupported parameter(s) {_quoted_names(unknown)}; remove them{at_default}")
+        raise _bad(f"unsupported parameter(s) {quoted_names(unknown)}; remove them{at_default}")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("'model' is required")
@@ -946,7 +946,7 @@ def _tool_blocks(role: str, content: list[Any]) -> list[dict[str, Any]]:
                 calls.append(call)
             else:
                 raise _bad(
-                    f"assistant content block type {_quoted(kind, 60)} is not supported "
+                    f"assistant content block type {quoted(kind, 60)} is not supported "
                     "beside tool_use"
                 )
         out.append({"role": "assistant", "content": _texts(texts), "tool_calls": calls})
