@@ -11,7 +11,7 @@ from .errors import InputError
 
 TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, overload
 
 __all__ = ["LIMITS", "extra_text", "header_text", "server_turns", "text_bytes"]
 
@@ -74,18 +74,31 @@ def _unread(d: Mapping[str, Any], read: frozenset[str] | tuple[str, ...]) -> int
     return sum(len(str(k)) + _size(v) for k, v in d.items() if k not in read)
 
 
-def text_bytes(msgs: Sequence[Mapping[str, Any]]) -> int:
+if TYPE_CHECKING:
+
+    @overload
+    def text_bytes(msgs: Sequence[Mapping[str, Any]], most_items: None = None) -> int: ...
+    @overload
+    def text_bytes(msgs: Sequence[Mapping[str, Any]], most_items: int) -> int | None: ...
+
+
+def text_bytes(msgs: Sequence[Mapping[str, Any]], most_items: int | None = None) -> int | None:
     """How much text (characters) an exact count of `msgs` reads: everything the Rust count
     reads (contents; in an agent's history tool calls, their ids and names, thinking sent
     back; any key of a message or part it does not know, which the OpenAI wire forwards).
     What decides whether a count can run on the event loop: a 4 MB tool_call_id, missed
-    here, had been counted on it."""
-    n = 0
+    here, had been counted on it. None, unread, when the messages hold more than
+    `most_items` content parts and tool calls in all: walking them is itself long (one
+    message of 500,000 one-letter parts had held the event loop 0.24 s here)."""
+    n = items = 0
     for m in msgs:
         content = m.get("content")
         if isinstance(content, str):
             n += len(content)
         elif isinstance(content, list | tuple):
+            items += len(content)
+            if most_items is not None and items > most_items:
+                return None
             for p in content:
                 if isinstance(p, Mapping) and p.get("type") not in _MEDIA:
                     n += _unread(p, _PART_SKIP)
@@ -94,7 +107,12 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]]) -> int:
             if isinstance(f := m.get("function_call"), Mapping):  # the legacy tool call
                 n += _unread(f, ())
             calls = m.get("tool_calls")
-            for call in calls if isinstance(calls, list | tuple) else ():  # else refused
+            if not isinstance(calls, list | tuple):
+                calls = ()  # (refused by the count)
+            items += len(calls)
+            if most_items is not None and items > most_items:
+                return None
+            for call in calls:
                 if isinstance(call, Mapping):
                     n += _unread(call, ("function", "custom"))
                     for kind in ("function", "custom"):

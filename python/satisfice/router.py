@@ -118,17 +118,12 @@ def _route_inline(msgs: list[dict[str, Any]], extra: str | None = None) -> bool:
     second)."""
     if len(msgs) > _ROUTE_INLINE_MESSAGES:
         return False
-    # the parts and tool calls the count (and text_bytes, below) reads one by one: 500,000
-    # one-letter parts in one message had been measured on the loop for 0.25 s
-    items = 0
-    for m in msgs:
-        c, calls = m.get("content"), m.get("tool_calls")
-        items += (len(c) if isinstance(c, list | tuple) else 0) + (
-            len(calls) if isinstance(calls, list | tuple) else 0
-        )
-    if items > _ROUTE_INLINE_MESSAGES:
+    # as many content parts and tool calls as that are read one by one too (by the count,
+    # and by text_bytes itself): not on the loop either
+    size = text_bytes(msgs, _ROUTE_INLINE_MESSAGES)
+    if size is None:
         return False
-    size = text_bytes(msgs) + (len(extra) if extra else 0)
+    size += len(extra) if extra else 0
     return size < _ROUTE_INLINE_BYTES and _core.tokenizers_ready()
 
 
