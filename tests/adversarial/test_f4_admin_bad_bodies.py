@@ -70,3 +70,14 @@ def test_patch_with_a_bad_period_is_refused(url):
     assert r.status_code == 400, r.status_code
     assert httpx.get(url + "/admin/spend", headers=ADMIN).status_code == 200
     assert _req(url, other["key"]).status_code == 200
+
+
+@pytest.mark.parametrize("method", ["PATCH", "DELETE"])
+def test_an_unknown_key_id_is_a_404(url, method):
+    """A key id nothing answers to had been a 400 whose `code` was null, as if the request
+    were malformed: it is a 404 saying where the ids are."""
+    body = {"rpm": 5} if method == "PATCH" else None
+    r = httpx.request(method, url + "/admin/keys/nope", headers=ADMIN, json=body)
+    assert r.status_code == 404, (r.status_code, r.text[:200])
+    err = r.json()["error"]
+    assert err["code"] == "key_not_found" and "GET /admin/keys" in err["message"]

@@ -168,8 +168,11 @@ def admin_routes(svc: Service) -> list[Route]:
 
     async def _find(kid: str) -> VirtualKey:
         k = await svc.state.key_by_id(kid)
-        if k is None:
-            raise ConfigError(f"no key with id {kid!r}")
+        if k is None:  # a 404, as for any id nothing answers to (it had been a 400)
+            from .app import HTTPError
+
+            raise HTTPError(404, f"no key with id {kid!r:.80}; GET /admin/keys lists them",
+                            "invalid_request_error", "key_not_found")  # fmt: skip
         return k
 
     async def update_key(request: Request) -> Response:
