@@ -809,6 +809,18 @@ class HTTPProvider:
         err = e if isinstance(e, ProviderError) else self._answer_lost(e)
         return carry_generated(err, made)
 
+    def _unreadable(self, status: int, headers: Any, e: Exception) -> ProviderError:
+        """A non-2xx answer whose body could not be read (cut by a close, undecodable, too
+        large, stalled): what its status says, as a readable one's is, the body's failure
+        in place of the upstream's message. It had been a "connection failed" with no
+        status: a 401 retried and its deployment left enabled, a 400 retried, a 429's
+        Retry-After ignored."""
+        detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        said = f"its body could not be read: {detail}".encode()
+        return error_from_response(
+            status, httpx.Headers(headers), said, self.model_id, self.deployment
+        )
+
     def _answer_lost(self, e: Exception) -> RetryableError:
         """A transport failure after a 2xx head (a body or a stream cut): the upstream was
         generating an answer and may bill it, so the attempt carries an estimated cost."""
@@ -902,7 +914,7 @@ class HTTPProvider:
         except httpx.RequestError as e:
             if 200 <= status < 300:
                 raise self._answer_lost(e) from None
-            raise self._transport_error(e) from None
+            raise self._unreadable(status, headers, e) from None
         finally:
             await close()
         wire = time.perf_counter() - t
@@ -926,12 +938,14 @@ class HTTPProvider:
                 resp = await self._client.send(self._request(body, timeout, extra), stream=True)
             if 200 <= resp.status_code < 300:  # as `_post`
                 return resp
-            try:
-                content = await read_body(resp)
-            finally:
-                await resp.aclose()
         except httpx.RequestError as e:
             raise self._transport_error(e) from None
+        try:
+            content = await read_body(resp)
+        except httpx.RequestError as e:
+            raise self._unreadable(resp.status_code, resp.headers, e) from None
+        finally:
+            await resp.aclose()
         raise error_from_response(
             resp.status_code, resp.headers, content, self.model_id, self.deployment
         )
