@@ -5,11 +5,13 @@ broken the bytes around it."""
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import pytest
 
 from satisfice.errors import ProviderError
-from satisfice.testing import RawUpstream
+from satisfice.testing import RawUpstream, http_response
 
 from .chat_support import move_alpha, registry, router
 
@@ -69,3 +71,92 @@ async def test_an_error_status_whose_body_cannot_be_read_is_still_that_status(
     assert a.retry_after == retry_after, a
     assert "its body could not be read" in (a.error or ""), a.error
     assert len(raw.requests) == 1  # not retried by the transport either
+
+
+def _whole_answer(api: str) -> dict[str, Any]:
+    if api == "openai":
+        return {
+            "choices": [{"message": {"content": "whole"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 300},
+        }
+    return {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "text", "text": "whole"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 9, "output_tokens": 300},
+    }
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+async def test_a_json_error_in_place_of_an_event_stream_says_the_error(api: str) -> None:
+    # A gateway that answers a stream request 200 with {"error": ...} as JSON: read as an
+    # event stream, its message was lost behind "the stream ended before [DONE]" (or
+    # message_stop), and the error billed as a cut answer at an estimate.
+    said = {"error": {"message": "quota exceeded for this organization"}}
+    with RawUpstream() as raw:
+        raw.push(http_response(json.dumps(said).encode()))
+        async with router(raw.url, max_retries=0) as r:
+            r.update(move_alpha(registry(raw.url), raw.url, api))
+            with pytest.raises(ProviderError) as info:
+                await asyncio.wait_for(_drain(r.stream(MSGS, allow=["alpha"])), 10)
+    (a,) = [a for a in info.value.attempts if a.outcome == "error"]
+    assert "quota exceeded for this organization" in (a.error or ""), a.error
+    assert not a.cost_estimated and not a.cost_usd, a  # an error said: nothing generated
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+async def test_a_whole_json_answer_in_place_of_an_event_stream_is_the_answer(api: str) -> None:
+    # A proxy that ignores `stream: true` and answers with the whole completion as JSON: it
+    # had been refused as a malformed stream, billed at an estimate and asked again.
+    with RawUpstream() as raw:
+        raw.push(http_response(json.dumps(_whole_answer(api)).encode()))
+        async with router(raw.url, max_retries=0) as r:
+            r.update(move_alpha(registry(raw.url), raw.url, api))
+            pieces: list[str] = []
+            result = None
+            async with asyncio.timeout(10):
+                async for d in r.stream(MSGS, allow=["alpha"]):
+                    pieces.append(d.text)
+                    if d.done:
+                        result = d.result
+    assert result is not None and "".join(pieces) == "whole" == result.text
+    assert result.usage.completion_tokens == 300 and result.usage.source == "provider"
+    assert len(raw.requests) == 1 and [a.outcome for a in result.attempts] == ["ok"]
+
+
+async def _drain(stream: Any) -> None:
+    async for _ in stream:
+        pass
+
+
+@pytest.mark.parametrize("ctype", ["application/json", "text/plain", ""])
+async def test_an_event_stream_labelled_otherwise_is_still_read_as_events(ctype: str) -> None:
+    # What the SDKs read as events whatever its label: read so still, as it comes.
+    def event(doc: dict[str, Any]) -> bytes:
+        data = b"data: " + json.dumps(doc).encode() + b"\n\n"
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
+    async def send(w: asyncio.StreamWriter) -> None:
+        label = f"content-type: {ctype}\r\n" if ctype else ""
+        w.write(f"HTTP/1.1 200 OK\r\n{label}transfer-encoding: chunked\r\n\r\n".encode())
+        w.write(event({"choices": [{"index": 0, "delta": {"content": "Hel"}}]}))
+        await w.drain()
+        await asyncio.sleep(0.3)  # the first piece reaches the caller before the rest
+        w.write(event({"choices": [{"index": 0, "delta": {"content": "lo"}}]}))
+        done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        w.write(event(done) + b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+        await w.drain()
+
+    with RawUpstream() as raw:
+        raw.push(send)
+        async with router(raw.url, max_retries=0) as r:
+            r.update(move_alpha(registry(raw.url), raw.url, "openai"))
+            seen: list[tuple[str, float]] = []
+            t = asyncio.get_running_loop().time()
+            async with asyncio.timeout(10):
+                async for d in r.stream(MSGS, allow=["alpha"]):
+                    if d.text:
+                        seen.append((d.text, asyncio.get_running_loop().time() - t))
+    assert "".join(s for s, _ in seen) == "Hello", seen
+    assert seen[0][1] < 0.25, seen  # as it came, not once the body was whole

@@ -724,6 +724,10 @@ class AnthropicProvider(HTTPProvider):
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
         data, wire = await self._exchange(self._wire(request, False), timeout, self._beta(request))
+        return self._answer(data, wire)
+
+    def _answer(self, data: Any, wire: float | None) -> ChatResponse:
+        """The answer a whole (unstreamed) reply's decoded JSON says."""
         try:
             texts: list[str] = []
             calls: list[ToolCall] = []
@@ -765,6 +769,15 @@ class AnthropicProvider(HTTPProvider):
     ) -> AsyncGenerator[str | StreamDelta | ChatResponse, None]:
         body = encode_body(self._wire(request, True))
         resp = await self._open(body, timeout, self._beta(request))
+        resp, whole_ = await self._json_in_place(resp)
+        if whole_ is not None:
+            answer = self._answer(whole_[0], None)  # (an error object: raised as said)
+            for block in answer.thinking:
+                yield StreamDelta(thought=block)
+            if answer.text:
+                yield answer.text
+            yield answer
+            return
         halves = Halves()  # a surrogate pair split between two events, joined
         try:
             parts: list[str] = []

@@ -924,6 +924,45 @@ class HTTPProvider:
             )
         return scrub_bytes(content), wire
 
+    async def _json_in_place(self, resp: httpx.Response) -> tuple[httpx.Response, list[Any] | None]:
+        """A 2xx answer to a stream request, and beside it `[its data]` when its body is JSON,
+        not an event stream (a gateway's 200 `{"error": ...}`, a proxy that ignores
+        `stream`): read whole (bounded as any body), scrubbed, the response closed. Read as
+        events, such a body had been "the stream ended before [DONE]": an error's message
+        lost and billed at an estimate, a whole answer refused, billed and asked again.
+
+        Told by its first byte, `{` or `[` (no event stream starts so), not by its content
+        type alone: an event stream labelled JSON, which the SDKs read as events, is read as
+        events still (the bytes taken to tell, then the rest, as they come). A body labelled
+        an event stream is not looked at: read as events, as it was."""
+        ctype = resp.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if ctype == "text/event-stream":
+            return resp, None
+        pieces = aiter(body_pieces(resp))
+        taken = b""
+        try:
+            while not taken.lstrip(b"\xef\xbb\xbf \t\r\n"):  # (a BOM, blank lines)
+                taken += await anext(pieces)
+        except StopAsyncIteration:
+            pass
+        except httpx.RequestError as e:
+            await resp.aclose()
+            raise self._answer_lost(e) from None
+        if taken.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] not in (b"{", b"["):
+            return httpx.Response(resp.status_code, stream=_Replay(taken, pieces, resp)), None
+        try:
+            content = taken + b"".join([p async for p in pieces])
+        except httpx.RequestError as e:
+            raise self._answer_lost(e) from None
+        finally:
+            await resp.aclose()
+        try:
+            return resp, [parse_json(scrub_bytes(content))]
+        except PARSE_ERRORS as e:
+            raise self._malformed(
+                f"JSON in place of an event stream, unreadable ({type(e).__name__}: {e})"
+            ) from None
+
     async def _open(
         self, body: bytes, timeout: httpx.Timeout, extra: OwnHeaders = None
     ) -> httpx.Response:
@@ -949,6 +988,25 @@ class HTTPProvider:
         raise error_from_response(
             resp.status_code, resp.headers, content, self.model_id, self.deployment
         )
+
+
+class _Replay(httpx.AsyncByteStream):
+    """A body whose first bytes were taken already (`HTTPProvider._json_in_place`): those,
+    then the rest as it comes; closed with the response it came from."""
+
+    __slots__ = ("_first", "_resp", "_rest")
+
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes], resp: httpx.Response) -> None:
+        self._first, self._rest, self._resp = first, rest, resp
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._first:
+            yield self._first
+        async for piece in self._rest:
+            yield piece
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
 
 
 #: Longest SSE line (or event) accepted; a line that never ends must not grow without bound.

@@ -443,6 +443,10 @@ class OpenAIProvider(HTTPProvider):
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
         data, wire = await self._exchange(self._payload(request, False), timeout)
+        return self._answer(data, wire)
+
+    def _answer(self, data: Any, wire: float | None) -> ChatResponse:
+        """The answer a whole (unstreamed) reply's decoded JSON says."""
         try:
             msg = data["choices"][0]
             message = msg["message"]
@@ -463,6 +467,13 @@ class OpenAIProvider(HTTPProvider):
         self, request: ChatRequest, timeout: httpx.Timeout
     ) -> AsyncGenerator[str | StreamDelta | ChatResponse, None]:
         resp = await self._open(encode_body(self._payload(request, True)), timeout)
+        resp, whole_ = await self._json_in_place(resp)
+        if whole_ is not None:
+            answer = self._answer(whole_[0], None)  # (an error object: raised as said)
+            if answer.text:
+                yield answer.text
+            yield answer
+            return
         halves = Halves()  # a surrogate pair split between two events, joined
         try:
             parts: list[str] = []
