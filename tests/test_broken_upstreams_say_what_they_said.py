@@ -160,3 +160,40 @@ async def test_an_event_stream_labelled_otherwise_is_still_read_as_events(ctype:
                         seen.append((d.text, asyncio.get_running_loop().time() - t))
     assert "".join(s for s, _ in seen) == "Hello", seen
     assert seen[0][1] < 0.25, seen  # as it came, not once the body was whole
+
+
+_ANSWER = json.dumps(
+    {"choices": [{"message": {"content": "right"}, "finish_reason": "stop"}]}
+).encode()
+
+
+@pytest.mark.parametrize(
+    "size",
+    [b"0x%x", b"+%x", b" %x", b"%x_", b"-%x", b"0_%x"],
+    ids=["0x", "plus", "leading-space", "underscore", "minus", "leading-underscore"],
+)
+async def test_a_chunk_size_is_hex_digits_and_nothing_else(size: bytes) -> None:
+    # int(..., 16) took each of these for a size (as it had taken -1, 0200 and 2_00 for a
+    # status): a body framed as no HTTP/1.1 parser reads it ("-0" ended it at once).
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n"
+    reply = head + b"connection: close\r\n\r\n" + size % len(_ANSWER) + b"\r\n"
+    with RawUpstream() as raw:
+        raw.push(reply + _ANSWER + b"\r\n0\r\n\r\n")
+        async with router(raw.url, max_retries=0) as r:
+            r.update(move_alpha(registry(raw.url), raw.url, "openai"))
+            with pytest.raises(ProviderError) as info:
+                await asyncio.wait_for(r.chat(MSGS, allow=["alpha"]), 10)
+    (a,) = [a for a in info.value.attempts if a.outcome == "error"]
+    assert "a chunk size that is not a number" in (a.error or ""), a.error
+
+
+@pytest.mark.parametrize("size", [b"%x", b"%X", b"00%x", b"%x ", b"%x;name=value", b"%x \t;ext"])
+async def test_a_chunk_size_as_the_spec_writes_it_is_read(size: bytes) -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n"
+    reply = head + b"connection: close\r\n\r\n" + size % len(_ANSWER) + b"\r\n"
+    with RawUpstream() as raw:
+        raw.push(reply + _ANSWER + b"\r\n0;last\r\n\r\n")
+        async with router(raw.url, max_retries=0) as r:
+            r.update(move_alpha(registry(raw.url), raw.url, "openai"))
+            res = await asyncio.wait_for(r.chat(MSGS, allow=["alpha"]), 10)
+    assert res.text == "right"

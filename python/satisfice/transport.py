@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import select
 import ssl
 import threading
@@ -62,6 +63,9 @@ __all__ = ["PooledTransport", "Poster", "StaleConnection", "body_pieces", "read_
 
 _MAX_HEAD = 1 << 20  # largest response head accepted
 _MAX_FIELDS = 256  # most trailer lines accepted after a chunked body
+# A chunk's size line: hex digits, then blanks and extensions (`;name=value`) it may have.
+# int(..., 16) alone took 0x10, +10, " 10" and 1_0 for sizes, which no HTTP/1.1 parser reads.
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[^\r\n]*)?\r\n")
 # most 1xx heads accepted before the answer: room for a long call's `102 Processing`
 # keep-alives, a bound on a flood of them
 _MAX_INFORMATIONAL = 1024
@@ -1006,12 +1010,10 @@ async def read_body(resp: httpx.Response) -> bytes:
 async def _chunk_size(conn: _Conn, wd: Watchdog, t: float | None, req: httpx.Request) -> int:
     """The size of a chunked body's next chunk; after the last one (0), its trailers read."""
     line = await _until(conn, b"\r\n", wd, t, req)
-    try:
-        size = int(line.split(b";", 1)[0], 16)
-        if size < 0:
-            raise ValueError(size)
-    except ValueError:
-        raise httpx.RemoteProtocolError("a chunk size that is not a number", request=req) from None
+    m = _CHUNK_LINE.fullmatch(line)
+    if m is None:
+        raise httpx.RemoteProtocolError("a chunk size that is not a number", request=req)
+    size = int(m[1], 16)
     if size == 0:
         # trailers (read and dropped), as many as a head has room for: an endless run of
         # them, already buffered, had held the event loop without an await
