@@ -197,3 +197,21 @@ async def test_a_chunk_size_as_the_spec_writes_it_is_read(size: bytes) -> None:
             r.update(move_alpha(registry(raw.url), raw.url, "openai"))
             res = await asyncio.wait_for(r.chat(MSGS, allow=["alpha"]), 10)
     assert res.text == "right"
+
+
+async def test_a_connection_switched_by_a_101_is_not_reused() -> None:
+    # After a 101 Switching Protocols the connection speaks another protocol: it had gone
+    # back to the pool, and the next request was written into it.
+    switched = (
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+    )
+    with RawUpstream(keep_alive=True) as raw:
+        raw.push(switched, http_response(_ANSWER).replace(b"connection: close\r\n", b""))
+        raw.push(http_response(_ANSWER).replace(b"connection: close\r\n", b""))
+        async with router(raw.url, max_retries=0) as r:
+            r.update(move_alpha(registry(raw.url), raw.url, "openai"))
+            with pytest.raises(ProviderError, match="HTTP 101"):
+                await asyncio.wait_for(r.chat(MSGS, allow=["alpha"]), 10)
+            res = await asyncio.wait_for(r.chat(MSGS, allow=["alpha"]), 10)
+    assert res.text == "right"
+    assert raw.connections == 2  # the next request on a connection of its own

@@ -726,7 +726,8 @@ async def _read_head(
             headers.append((k.strip(), v))
             if k.strip().lower() == b"connection":
                 keep = b"close" not in v.lower() if keep else b"keep-alive" in v.lower()
-        return status, parts[2] if len(parts) > 2 else b"", headers, keep
+        # (after a 101 the connection speaks another protocol: never reused for HTTP)
+        return status, parts[2] if len(parts) > 2 else b"", headers, keep and status != 101
 
 
 def _body_length(
