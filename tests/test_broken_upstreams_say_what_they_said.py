@@ -215,3 +215,19 @@ async def test_a_connection_switched_by_a_101_is_not_reused() -> None:
             res = await asyncio.wait_for(r.chat(MSGS, allow=["alpha"]), 10)
     assert res.text == "right"
     assert raw.connections == 2  # the next request on a connection of its own
+
+
+async def test_a_head_of_bare_lf_lines_is_said_at_once() -> None:
+    """A response head whose lines end in a bare LF, its connection kept open, had been
+    waited on for the CRLF that never came: the whole read timeout, then "no answer in
+    time" for an answer that was there. It is a protocol error, said when it comes."""
+    head = b"HTTP/1.1 200 OK\ncontent-type: application/json\ncontent-length: 2\n\n{}"
+    with RawUpstream(keep_alive=True) as raw:  # the connection stays open after it
+        raw.push(head)
+        async with router(raw.url, max_retries=0) as r:
+            r.update(move_alpha(registry(raw.url), raw.url, "openai"))
+            with pytest.raises(ProviderError) as info:
+                await asyncio.wait_for(r.chat(MSGS, allow=["alpha"]), 10)
+    (a,) = [a for a in info.value.attempts if a.outcome == "error"]
+    assert "bare LF" in (a.error or ""), a.error
+    assert a.duration_s < 2.0, a  # said at once, not after the read timeout

@@ -62,6 +62,7 @@ UNKNOWN, WAITING, CONNECTING, SENT = 0, 1, 2, 3
 __all__ = ["PooledTransport", "Poster", "StaleConnection", "body_pieces", "read_body"]
 
 _MAX_HEAD = 1 << 20  # largest response head accepted
+_HEAD_END = b"\r\n\r\n"
 _MAX_FIELDS = 256  # most trailer lines accepted after a chunked body
 # A chunk's size line: hex digits, then blanks and extensions (`;name=value`) it may have.
 # int(..., 16) alone took 0x10, +10, " 10" and 1_0 for sizes, which no HTTP/1.1 parser reads.
@@ -680,6 +681,12 @@ async def _until(
         # (a read brings up to 256 KiB: the separator may arrive with the bytes past the limit)
         if i > _MAX_HEAD or len(buf) > _MAX_HEAD:
             raise httpx.RemoteProtocolError("response head or chunk line too long", request=request)
+        if sep == _HEAD_END and b"\n\n" in buf:  # (no head of CRLF lines holds one)
+            # said at once: waited for, the CRLF that never came had taken the read timeout
+            # and been "no answer in time" for an answer that was there
+            raise httpx.RemoteProtocolError(
+                "a response head whose lines end in a bare LF, not CRLF", request=request
+            )
         start = max(len(buf) - len(sep) + 1, 0)
         await _more(conn, wd, timeout, request, head)
 
@@ -691,7 +698,7 @@ async def _read_head(
     first = True
     informational = 0
     while True:
-        raw = await _until(conn, b"\r\n\r\n", wd, read, request, first)
+        raw = await _until(conn, _HEAD_END, wd, read, request, first)
         first = False
         lines = raw[:-4].split(b"\r\n")
         parts = lines[0].split(b" ", 2)
