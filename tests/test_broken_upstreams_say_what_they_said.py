@@ -231,3 +231,26 @@ async def test_a_head_of_bare_lf_lines_is_said_at_once() -> None:
     (a,) = [a for a in info.value.attempts if a.outcome == "error"]
     assert "bare LF" in (a.error or ""), a.error
     assert a.duration_s < 2.0, a  # said at once, not after the read timeout
+
+
+@pytest.mark.parametrize("error", ["upstream exploded", 42, ["upstream exploded"]])
+async def test_an_anthropic_error_event_said_as_no_object_says_what_it_said(error: Any) -> None:
+    """An Anthropic stream's `error` event whose `error` is not an object (a bare string)
+    had been "bad stream event (AttributeError: 'str' object has no attribute 'get')",
+    what the upstream said lost. It is the error event it is, its words in the message."""
+    start = {"type": "message_start", "message": {"usage": {"input_tokens": 5}}}
+    body = (
+        b"event: message_start\ndata: " + json.dumps(start).encode() + b"\n\n"
+        b"event: error\ndata: " + json.dumps({"type": "error", "error": error}).encode()
+        + b"\n\n"
+    )  # fmt: skip
+    with RawUpstream() as raw:
+        raw.push(http_response(body, ctype="text/event-stream"))
+        async with router(raw.url, max_retries=0) as r:
+            r.update(move_alpha(registry(raw.url), raw.url, "anthropic"))
+            with pytest.raises(ProviderError) as info:
+                await asyncio.wait_for(_drain(r.stream(MSGS, allow=["alpha"])), 10)
+    (a,) = [a for a in info.value.attempts if a.outcome == "error"]
+    assert "error event in the stream: " in (a.error or ""), a.error
+    assert str(error if not isinstance(error, list) else error[0]) in (a.error or ""), a.error
+    assert "AttributeError" not in (a.error or ""), a.error

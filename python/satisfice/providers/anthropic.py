@@ -958,10 +958,14 @@ class AnthropicProvider(HTTPProvider):
                             break
                         elif kind == "error":
                             err = ev.get("error") or {}
+                            if not isinstance(err, dict):  # said as a bare string (or else)
+                                # (read as a dict, it had been "bad stream event
+                                # (AttributeError: ...)", what the upstream said lost)
+                                err = {"message": err}
+                            kind_ = f"{err['type']}: " if err.get("type") is not None else ""
                             msg = (
                                 f"{self.model_id} via {self.deployment}: error event in the "
-                                f"stream: {err.get('type')}: "
-                                f"{str(err.get('message', ''))[:300]}"
+                                f"stream: {kind_}{str(err.get('message', ''))[:300]}"
                             )
                             cls = (
                                 RetryableError
