@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -109,8 +112,26 @@ class _State:
         self.disabled: str | None = None
 
 
+#: Every Health, given a new lock in a forked child (one another thread of the parent held
+#: at the fork stays held there for good).
+_STORES: weakref.WeakSet[Health] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    for h in list(_STORES):
+        h._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
 class Health:
-    """In-memory HealthStore. Keys are "model/deployment". Not thread-safe: one event loop."""
+    """In-memory HealthStore. Keys are "model/deployment". Thread-safe: one router's
+    requests may run on several event loops at once (an app's and chat_sync()'s thread),
+    and router.health() may be read from any thread, so every change is made under a lock
+    (two threads dropping one ended cooldown had raised KeyError out of chat(); one
+    dropping it as another disabled the deployment had unblocked it; a snapshot beside a
+    request meeting a new deployment had raised "dictionary changed size")."""
 
     _MIN_LATENCY_SAMPLES = 20
 
@@ -121,6 +142,8 @@ class Health:
         # key -> until when (inf: disabled); lets the router skip cooled models in O(1)
         # when, as usual, nothing is cooling.
         self._blocked: dict[str, float] = {}
+        self._lock = threading.RLock()  # re-entrant: a subclass may call these under it
+        _STORES.add(self)
 
     def _get(self, key: str) -> _State:
         s = self._s.get(key)
@@ -129,98 +152,104 @@ class Health:
         return s
 
     def unavailable(self, key: str) -> str | None:
-        s = self._s.get(key)
-        if s is None:
+        with self._lock:
+            s = self._s.get(key)
+            if s is None:
+                return None
+            if s.disabled is not None:
+                return f"disabled: {s.disabled}"
+            if s.cool_until:
+                now = self._clock()
+                if now < s.cool_until:
+                    return f"cooling for {s.cool_until - now:.2f}s more ({s.reason})"
+                if s.cool_kind == "breaker":
+                    # Half-open: let this request probe, and hold others back for one window.
+                    s.cool_until = now + self.config.base_cooldown_s
+                    s.cool_kind, s.reason = "probe", "half-open: a probe is in flight"
+                    self._blocked[key] = s.cool_until
+                else:  # the upstream's own Retry-After has passed
+                    s.cool_until, s.cool_kind, s.reason = 0.0, "", ""
             return None
-        if s.disabled is not None:
-            return f"disabled: {s.disabled}"
-        if s.cool_until:
-            now = self._clock()
-            if now < s.cool_until:
-                return f"cooling for {s.cool_until - now:.2f}s more ({s.reason})"
-            if s.cool_kind == "breaker":
-                # Half-open: let this request probe, and hold others back for one window.
-                s.cool_until = now + self.config.base_cooldown_s
-                s.cool_kind, s.reason = "probe", "half-open: a probe is in flight"
-                self._blocked[key] = s.cool_until
-            else:  # the upstream's own Retry-After has passed
-                s.cool_until, s.cool_kind, s.reason = 0.0, "", ""
-        return None
 
     def retry_in(self, key: str) -> float | None:
-        s = self._s.get(key)
-        if s is None or s.disabled is not None:
-            return None
-        left = s.cool_until - self._clock()
-        return left if left > 0 else None
+        with self._lock:
+            s = self._s.get(key)
+            if s is None or s.disabled is not None:
+                return None
+            left = s.cool_until - self._clock()
+            return left if left > 0 else None
 
     def blocked(self) -> frozenset[str]:
         if not self._blocked:
             return frozenset()
-        now = self._clock()
-        for key, until in list(self._blocked.items()):  # (a comprehension: a cell a call)
-            if until <= now:
-                del self._blocked[key]
-        return frozenset(self._blocked)
+        with self._lock:  # (nothing cooling, as usual: no lock taken)
+            now = self._clock()
+            for key, until in list(self._blocked.items()):  # (no comprehension: no cell)
+                if until <= now:
+                    del self._blocked[key]
+            return frozenset(self._blocked)
 
     def record_success(self, key: str, latency_s: float) -> None:
-        s = self._get(key)
-        a = self.config.alpha
-        if s.n_ok == 0:
-            s.lat_mean = latency_s
-        else:
-            d = latency_s - s.lat_mean
-            s.lat_mean += a * d
-            s.lat_var = (1 - a) * (s.lat_var + a * d * d)
-        s.n_ok += 1
-        s.err *= 1 - a
-        s.consecutive = 0
-        # A success closes the breaker, but an upstream's Retry-After still holds: a request
-        # that was in flight before the 429 proves nothing about the rate limit.
-        if s.cool_until and s.cool_kind != "retry_after":
-            s.cool_until, s.cool_kind, s.opens, s.reason = 0.0, "", 0, ""
-            if s.disabled is None:
-                self._blocked.pop(key, None)
+        with self._lock:
+            s = self._get(key)
+            a = self.config.alpha
+            if s.n_ok == 0:
+                s.lat_mean = latency_s
+            else:
+                d = latency_s - s.lat_mean
+                s.lat_mean += a * d
+                s.lat_var = (1 - a) * (s.lat_var + a * d * d)
+            s.n_ok += 1
+            s.err *= 1 - a
+            s.consecutive = 0
+            # A success closes the breaker, but an upstream's Retry-After still holds: a request
+            # that was in flight before the 429 proves nothing about the rate limit.
+            if s.cool_until and s.cool_kind != "retry_after":
+                s.cool_until, s.cool_kind, s.opens, s.reason = 0.0, "", 0, ""
+                if s.disabled is None:
+                    self._blocked.pop(key, None)
 
     def record_slow(self, key: str, at_least_s: float) -> None:
-        s = self._s.get(key)
-        if s is None or s.n_ok == 0 or at_least_s <= s.lat_mean:
-            return  # a lower bound under the mean says nothing new
-        a = self.config.alpha
-        d = at_least_s - s.lat_mean
-        s.lat_mean += a * d
-        s.lat_var = (1 - a) * (s.lat_var + a * d * d)
+        with self._lock:
+            s = self._s.get(key)
+            if s is None or s.n_ok == 0 or at_least_s <= s.lat_mean:
+                return  # a lower bound under the mean says nothing new
+            a = self.config.alpha
+            d = at_least_s - s.lat_mean
+            s.lat_mean += a * d
+            s.lat_var = (1 - a) * (s.lat_var + a * d * d)
 
     def record_failure(
         self, key: str, *, rate_limited: bool, retry_after: float | None, reason: str
     ) -> None:
-        s = self._get(key)
-        c = self.config
-        s.n_err += 1
-        s.n_429 += rate_limited
-        s.err = s.err * (1 - c.alpha) + c.alpha
-        s.consecutive += 1
-        s.last_error = reason
-        now = self._clock()
-        if s.cool_kind == "probe":  # the half-open probe failed: reopen, Retry-After or not
-            self._open(key, s, now, "half-open probe failed", reason, retry_after or 0.0)
-            return
-        if retry_after is not None and retry_after > 0:
-            wait = min(retry_after, c.max_retry_after_s)
-            if now + wait > s.cool_until:
-                s.cool_until, s.cool_kind = now + wait, "retry_after"
-                s.reason = f"Retry-After {wait:g}s: {reason}"
-                self._block(key, s.cool_until)
-            return
-        if s.cool_kind == "breaker" and now < s.cool_until:
-            return  # calls that were in flight when it opened: already counted against it
-        if s.consecutive >= c.consecutive_failures:
-            why = f"{s.consecutive} failures in a row"
-        elif s.n_ok + s.n_err >= c.min_samples and s.err >= c.error_rate:
-            why = f"error rate {s.err:.0%}"
-        else:
-            return
-        self._open(key, s, now, why, reason)
+        with self._lock:
+            s = self._get(key)
+            c = self.config
+            s.n_err += 1
+            s.n_429 += rate_limited
+            s.err = s.err * (1 - c.alpha) + c.alpha
+            s.consecutive += 1
+            s.last_error = reason
+            now = self._clock()
+            if s.cool_kind == "probe":  # the half-open probe failed: reopen, Retry-After or not
+                self._open(key, s, now, "half-open probe failed", reason, retry_after or 0.0)
+                return
+            if retry_after is not None and retry_after > 0:
+                wait = min(retry_after, c.max_retry_after_s)
+                if now + wait > s.cool_until:
+                    s.cool_until, s.cool_kind = now + wait, "retry_after"
+                    s.reason = f"Retry-After {wait:g}s: {reason}"
+                    self._block(key, s.cool_until)
+                return
+            if s.cool_kind == "breaker" and now < s.cool_until:
+                return  # calls that were in flight when it opened: already counted against it
+            if s.consecutive >= c.consecutive_failures:
+                why = f"{s.consecutive} failures in a row"
+            elif s.n_ok + s.n_err >= c.min_samples and s.err >= c.error_rate:
+                why = f"error rate {s.err:.0%}"
+            else:
+                return
+            self._open(key, s, now, why, reason)
 
     def _open(
         self, key: str, s: _State, now: float, why: str, reason: str, at_least: float = 0.0
@@ -240,30 +269,34 @@ class Health:
     def cool(self, key: str, seconds: float, reason: str) -> None:
         """Hold `key` back for `seconds` on another's word (a replica saw it fail): like a
         Retry-After, a success here does not end it early."""
-        s = self._get(key)
-        until = self._clock() + min(seconds, self.config.max_retry_after_s)
-        if until > s.cool_until:
-            s.cool_until, s.cool_kind, s.reason = until, "retry_after", reason
-            self._block(key, until)
+        with self._lock:
+            s = self._get(key)
+            until = self._clock() + min(seconds, self.config.max_retry_after_s)
+            if until > s.cool_until:
+                s.cool_until, s.cool_kind, s.reason = until, "retry_after", reason
+                self._block(key, until)
 
     def cooling_for(self, key: str) -> float | None:
         """Seconds `key` stays cooling (None when it is not)."""
-        s = self._s.get(key)
-        if s is None or s.disabled is not None:
-            return None
-        left = s.cool_until - self._clock()
-        return left if left > 0 else None
+        with self._lock:
+            s = self._s.get(key)
+            if s is None or s.disabled is not None:
+                return None
+            left = s.cool_until - self._clock()
+            return left if left > 0 else None
 
     def disable(self, key: str, reason: str) -> None:
-        self._get(key).disabled = reason
-        self._blocked[key] = math.inf
+        with self._lock:
+            self._get(key).disabled = reason
+            self._blocked[key] = math.inf
 
     def enable(self, key: str) -> None:
         """Re-enable a deployment (after fixing its key) and close its breaker."""
-        s = self._get(key)
-        s.disabled = None
-        s.cool_until, s.cool_kind, s.opens, s.consecutive, s.reason = 0.0, "", 0, 0, ""
-        self._blocked.pop(key, None)
+        with self._lock:
+            s = self._get(key)
+            s.disabled = None
+            s.cool_until, s.cool_kind, s.opens, s.consecutive, s.reason = 0.0, "", 0, 0, ""
+            self._blocked.pop(key, None)
 
     def p95_s(self, key: str) -> float | None:
         s = self._s.get(key)
@@ -276,11 +309,12 @@ class Health:
         restart starts from it: `Health.load(path)`. Cooldowns are not kept: they are about
         the moment, and a restarted process probes again. `probed_at`: the Unix time of the
         last scheduled probe run (`Health.probed_at`), so that a restart keeps the schedule."""
-        data = {
-            key: {"lat_mean": s.lat_mean, "lat_var": s.lat_var, "n_ok": s.n_ok, "err": s.err}
-            for key, s in self._s.items()
-            if s.n_ok
-        }
+        with self._lock:  # (a request on another loop may meet a new deployment meanwhile)
+            data = {
+                key: {"lat_mean": s.lat_mean, "lat_var": s.lat_var, "n_ok": s.n_ok, "err": s.err}
+                for key, s in self._s.items()
+                if s.n_ok
+            }
         doc: dict[str, Any] = {"version": 1, "latency": data}
         if probed_at is not None:
             doc["probed_at"] = probed_at
@@ -319,35 +353,38 @@ class Health:
 
     def restore(self, other: Health) -> None:
         """Take the latencies another Health measured (`Health.load`'s result)."""
-        for key, s in other._s.items():
-            mine = self._get(key)
-            mine.lat_mean, mine.lat_var, mine.n_ok, mine.err = s.lat_mean, s.lat_var, s.n_ok, s.err
+        with self._lock:
+            for key, s in other._s.items():
+                mine = self._get(key)
+                mine.lat_mean, mine.lat_var = s.lat_mean, s.lat_var
+                mine.n_ok, mine.err = s.n_ok, s.err
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Every deployment seen so far: state, smoothed latency and error rate, counters."""
-        now = self._clock()
-        out: dict[str, dict[str, Any]] = {}
-        for key, s in self._s.items():
-            if s.disabled is not None:
-                state = "disabled"
-            elif s.cool_until > now:
-                state = "half_open" if s.cool_kind == "probe" else "cooling"
-            else:
-                state = "ok"
-            p95 = self.p95_s(key)
-            out[key] = {
-                "state": state,
-                "reason": s.disabled
-                if state == "disabled"
-                else (s.reason if state != "ok" else None),
-                "last_error": s.last_error or None,
-                "cooldown_remaining_s": round(max(s.cool_until - now, 0.0), 3),
-                "ewma_latency_ms": round(s.lat_mean * 1000, 3) if s.n_ok else None,
-                "p95_latency_ms": round(p95 * 1000, 3) if p95 is not None else None,
-                "error_rate": round(s.err, 4),
-                "successes": s.n_ok,
-                "failures": s.n_err,
-                "rate_limited": s.n_429,
-                "consecutive_failures": s.consecutive,
-            }
-        return out
+        with self._lock:
+            now = self._clock()
+            out: dict[str, dict[str, Any]] = {}
+            for key, s in self._s.items():
+                if s.disabled is not None:
+                    state = "disabled"
+                elif s.cool_until > now:
+                    state = "half_open" if s.cool_kind == "probe" else "cooling"
+                else:
+                    state = "ok"
+                p95 = self.p95_s(key)
+                out[key] = {
+                    "state": state,
+                    "reason": s.disabled
+                    if state == "disabled"
+                    else (s.reason if state != "ok" else None),
+                    "last_error": s.last_error or None,
+                    "cooldown_remaining_s": round(max(s.cool_until - now, 0.0), 3),
+                    "ewma_latency_ms": round(s.lat_mean * 1000, 3) if s.n_ok else None,
+                    "p95_latency_ms": round(p95 * 1000, 3) if p95 is not None else None,
+                    "error_rate": round(s.err, 4),
+                    "successes": s.n_ok,
+                    "failures": s.n_err,
+                    "rate_limited": s.n_429,
+                    "consecutive_failures": s.consecutive,
+                }
+            return out
