@@ -30,6 +30,7 @@ import os
 import re
 import struct
 import threading
+import weakref
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 
@@ -259,6 +260,18 @@ def _unpacker(n: int) -> struct.Struct:
     return s
 
 
+#: Every FeedbackLog, given fresh random checks (and a new lock) in a forked child.
+_LOGS: weakref.WeakSet[FeedbackLog] = weakref.WeakSet()
+
+
+def _logs_after_fork() -> None:
+    for log in list(_LOGS):
+        log._after_fork()
+
+
+os.register_at_fork(after_in_child=_logs_after_fork)
+
+
 class FeedbackLog:
     """The last `capacity` decisions whose request id was read -> (prompt latent, model
     credited, embedding); and the beliefs.
@@ -304,6 +317,14 @@ class FeedbackLog:
         self._scored = array("I")
         self._scored_more: dict[int, set[int]] = {}
         self._lock = threading.Lock()
+        _LOGS.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: random checks of its own. The numbers and the checks drawn
+        ahead were the parent's, so a child's requests had the ids of the parent's next
+        ones (a shared ledger kept one record of each pair and put each score on both)."""
+        self._lock = threading.Lock()
+        self._rand, self._rand_at = array("Q"), 0
 
     def issue(self, latent: Sequence[float], model: str, embedding: bytes | None = None) -> str:
         """Keep a decision (`model` credited) and return the new request id that finds it."""
