@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import codecs
+import contextlib
 import fcntl
 import functools
 import json
@@ -39,6 +40,7 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
@@ -384,6 +386,12 @@ class SQLiteSink:
             self._db.close()
             self._db = None
 
+    def after_fork(self) -> None:
+        """In a forked child: a connection of its own, opened at its first write. The
+        parent's is kept, never used nor closed here (SQLite's connections do not cross a
+        fork)."""
+        self._inherited, self._db = self._db, None
+
 
 def _sqlite_schema(db: sqlite3.Connection) -> None:
     cols = ", ".join(f"{n} {t}" for n, t, _ in COLUMNS)
@@ -489,6 +497,16 @@ class JSONLSink:
                 os.close(self._fd)
                 self._fd = None
 
+    def after_fork(self) -> None:
+        """In a forked child: the file opened anew, so that its `flock` keeps the child's
+        batches and the parent's apart (a lock is the open file's, which a fork shares)."""
+        self._busy = threading.Lock()
+        if self._fd is not None:
+            os.close(self._fd)  # (the child's copy: the parent's stays open)
+            self._fd = None
+            with contextlib.suppress(OSError):  # (else written off as down, and retried)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+
 
 class PostgresSink:
     """PostgreSQL (psycopg 3) for several replicas writing one ledger."""
@@ -583,6 +601,12 @@ class PostgresSink:
         if self._db is not None:
             self._db.close()
 
+    def after_fork(self) -> None:
+        """In a forked child: a connection of its own, opened at its first write. The
+        parent's is kept, never used nor closed here (closed, it would end the parent's
+        session on the socket they share)."""
+        self._inherited, self._db = self._db, None
+
 
 def target_kind(target: str | Path) -> Literal["pg", "jsonl", "sqlite"]:
     """Which store a ledger target names. A URL other than postgresql:// is refused, saying
@@ -671,6 +695,18 @@ def _check_options(
             )
 
 
+#: Every open Ledger, given a writer of its own in a forked child (`Ledger._after_fork`).
+_LEDGERS: weakref.WeakSet[Ledger] = weakref.WeakSet()
+
+
+def _ledgers_after_fork() -> None:
+    for ledger in list(_LEDGERS):
+        ledger._after_fork()
+
+
+os.register_at_fork(after_in_child=_ledgers_after_fork)
+
+
 class Ledger:
     """Batches records to a sink from a writer thread (see the module docstring)."""
 
@@ -716,6 +752,34 @@ class Ledger:
         self._thread = threading.Thread(target=self._run, name="satisfice-ledger", daemon=True)
         self._thread.start()
         atexit.register(self._at_exit)  # a script that ends without close() keeps its records
+        _LEDGERS.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child (a pre-forking server's worker): a writer of its own, where
+        none had run (the parent's does not cross the fork), so the child's records and
+        scores are written, not queued for nothing and called lost at close(). What the
+        parent had queued is the parent's to write (written here too, it would be there
+        twice), and the sink is reopened for the child (`after_fork`)."""
+        if self._closing:
+            return
+        self._cv = threading.Condition()
+        self._drop_lock = threading.Lock()
+        self._q.clear()
+        self._fb.clear()
+        self._built.clear()
+        self.queued = self.acked = self.dropped = self.failures = self.rejected = 0
+        self.dropped_scores = self._lost = self._lost_scores = 0
+        self._fb_queued = self._fb_written = 0
+        self._asleep = False
+        reopen = getattr(self.sink, "after_fork", None)
+        if reopen is not None:
+            try:
+                reopen()
+            except Exception as e:  # said; the writer retries the sink as it would when down
+                _log.error("ledger: reopening its sink in a forked child failed: %s: %s",
+                           type(e).__name__, e)  # fmt: skip
+        self._thread = threading.Thread(target=self._run, name="satisfice-ledger", daemon=True)
+        self._thread.start()
 
     def _at_exit(self) -> None:
         if not self._closing and self._thread.is_alive():
