@@ -4,6 +4,7 @@ so the test process (with its threads) never forks."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from satisfice.ledger import read_records
+
+from .servers import postgres
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -41,11 +44,17 @@ with LocalUpstream() as up:
 """
 
 
-@pytest.mark.parametrize("name", ["ledger.jsonl", "ledger.db"])
+@pytest.mark.parametrize("name", ["ledger.jsonl", "ledger.db", "postgresql"])
 def test_a_forked_childs_requests_are_on_the_ledger_once(tmp_path: Path, name: str) -> None:
     # the child inherited the ledger without its writer thread: its records and scores were
     # queued where nothing wrote them, and close() called them lost, "the sink was failing"
-    path = tmp_path / name
+    with contextlib.ExitStack() as stack:
+        # (PostgreSQL: the child's own connection, the parent's session left as it was)
+        path = stack.enter_context(postgres()) if name == "postgresql" else tmp_path / name
+        _fork_and_check(path)
+
+
+def _fork_and_check(path: str | Path) -> None:
     out = subprocess.run(
         [sys.executable, "-c", FORK, ROOT, str(path)], capture_output=True, text=True, timeout=60
     )
