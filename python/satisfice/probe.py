@@ -18,10 +18,12 @@ import json
 import os
 import re
 import secrets
+import selectors
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -122,19 +124,50 @@ def _code(tests: str) -> Callable[[str], bool]:
                 os.close(r)
             try:
                 # (the supervisor's 5 s, and its cleanup's at most 5 more)
-                out, _ = p.communicate(timeout=12)
-            except subprocess.TimeoutExpired:
-                out = b""
+                out = _tail(p, timeout=12)
             finally:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(p.pid, signal.SIGKILL)  # and anything it left behind
                 _kill_marked(mark.encode())
                 p.wait()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.communicate(timeout=1)  # the pipe a survivor held is closed now
-        return p.returncode == 0 and token in out
+                assert p.stdout is not None
+                p.stdout.close()  # (a survivor that held the pipe is killed now)
+        return out is not None and p.returncode == 0 and token in out
 
     return check
+
+
+#: What a code probe's answer may print: its tests print nothing, and the done token is
+#: 25 bytes. Past it the answer fails at once (all of it had been kept in memory: 1 GB
+#: printed had held 2.9 GB here for the 9 s it took, and passed).
+_MAX_OUTPUT = 1 << 20
+
+
+def _tail(p: subprocess.Popen[bytes], timeout: float) -> bytes | None:
+    """The last 4 KB the process printed, once it closed its output and ended within
+    `timeout` s; None when it did not, or printed more than `_MAX_OUTPUT` bytes."""
+    assert p.stdout is not None
+    fd = p.stdout.fileno()
+    end = time.monotonic() + timeout
+    tail, size = b"", 0
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > _MAX_OUTPUT:
+                return None
+            tail = (tail + chunk)[-4096:]
+    try:
+        p.wait(timeout=max(end - time.monotonic(), 0.0))
+    except subprocess.TimeoutExpired:
+        return None
+    return tail
 
 
 # The code's parent (Linux): a subreaper (prctl PR_SET_CHILD_SUBREAPER), so every process
