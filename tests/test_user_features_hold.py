@@ -4,10 +4,32 @@ what should hold."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import tracemalloc
+from typing import Any
 
-from satisfice.probe import _code
+from satisfice import Policy, Registry, Router
+from satisfice.probe import PROBES, _code, run_probes
+from satisfice.testing import LocalUpstream, reply
+
+
+def _reg(url: str, models: Any = (("good", {"input": 0.1, "output": 0.4}),)) -> Registry:
+    out = []
+    for m, price in models:
+        d: dict[str, Any] = {
+            "id": m,
+            "provider": "openai",
+            "context_window": 100_000,
+            "max_output": 4000,
+            "quality": {"general": 0.8},
+            "p95_latency_ms": 100,
+            "deployments": [{"name": "d", "base_url": url + "/v1", "model": f"{m}-wire"}],
+        }
+        if price is not None:
+            d["price"] = price
+        out.append(d)
+    return Registry.from_dict({"model": out})
 
 
 def test_a_code_answer_that_floods_its_output_is_not_kept_in_memory() -> None:
@@ -31,3 +53,34 @@ def test_a_code_answer_that_floods_its_output_is_not_kept_in_memory() -> None:
     assert peak < 4 << 20, f"the probe held {peak >> 20} MB of the answer's output"
     assert ok is False
     assert took < 5, took
+
+
+async def test_a_code_probe_runs_off_the_event_loop() -> None:
+    """Defect: run_probes(run_code=True) ran a code answer's check (a child process, up to
+    5 s and 5 s of cleanup) synchronously on the event loop: an answer that worked for
+    1.5 s froze every other task of the loop (a server's requests) for those 1.5 s.
+    Expected: the loop keeps running while the code runs."""
+    slow = "```python\nimport time\ntime.sleep(1.5)\ndef add(a, b):\n    return a + b\n```"
+    with LocalUpstream() as up:
+        up.script("good-wire", reply(slow))
+        router = Router(_reg(up.url), Policy(quality_floor=0.5))
+        async with router:
+            gaps: list[float] = []
+
+            async def tick() -> None:
+                last = time.monotonic()
+                while True:
+                    await asyncio.sleep(0.02)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            ticker = asyncio.create_task(tick())
+            try:
+                add = next(p for p in PROBES if p.name == "add")
+                report = await run_probes(router, ["good"], [add], run_code=True)
+                await asyncio.sleep(0.1)  # the tick after the run sees any stall
+            finally:
+                ticker.cancel()
+    assert report.passed == {"good": 1}
+    assert max(gaps) < 0.5, f"the event loop stood still for {max(gaps):.2f} s"
