@@ -9,7 +9,10 @@ import time
 import tracemalloc
 from typing import Any
 
-from satisfice import Policy, Registry, Router
+import pytest
+
+from satisfice import Job, Policy, Registry, Router
+from satisfice.errors import ConfigError
 from satisfice.probe import PROBES, _code, run_probes
 from satisfice.testing import LocalUpstream, reply
 
@@ -84,3 +87,23 @@ async def test_a_code_probe_runs_off_the_event_loop() -> None:
                 ticker.cancel()
     assert report.passed == {"good": 1}
     assert max(gaps) < 0.5, f"the event loop stood still for {max(gaps):.2f} s"
+
+
+async def test_a_steps_bad_cost_cap_is_refused_and_leaves_the_job_usable() -> None:
+    """Defect: under a job cap, a step given max_cost_usd=NaN added NaN to what the job's
+    steps in flight hold, and `_held - NaN` left it NaN for good: every later step of the
+    job failed with "max_cost_usd must be a finite number >= 0, got nan" though none was
+    given one; a cap given as text ("0.01") raised a bare TypeError ('>' not supported).
+    Expected: a ConfigError naming the step's bad cap, and the job's next step runs."""
+    with LocalUpstream() as up:
+        up.default = reply("fine")
+        router = Router(_reg(up.url), Policy(quality_floor=0.0))
+        async with router:
+            job = Job(router, name="j", max_cost_usd=0.01)
+            for bad in (float("nan"), "0.01", -1.0):
+                with pytest.raises(ConfigError, match="max_cost_usd"):
+                    await job.step("bad", "hi", max_cost_usd=bad)  # type: ignore[typeddict-item]
+            step = await job.step("next", "hi")
+    assert step.cost_usd is not None and step.cost_usd > 0
+    assert job.cost_usd == job.spent_usd == step.cost_usd
+    assert job.to_dict()["cost_usd"] == sum(s["cost_usd"] for s in job.to_dict()["steps"])

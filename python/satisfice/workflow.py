@@ -132,6 +132,14 @@ class Job:
         """Answer `messages` with `router.chat` under this step's constraints (and what is
         left of the job's cap), and record the step on the job."""
         c = Constraints.of(constraints)
+        own = options.get("max_cost_usd")
+        if own is not None and not _finite_number(own):
+            # refused before the job holds it: a NaN held had left every later step's
+            # share NaN for good, and text had raised a bare TypeError comparing it
+            raise ConfigError(
+                f"job {self.name!r}, step {name!r}: max_cost_usd must be a number of USD >= 0 "
+                f"(or None for what is left of the job's cap), got {own!r:.40}"
+            )
         held = 0.0
         if self.max_cost_usd is not None:
             left = max(self.max_cost_usd - self.spent_usd - self._held, 0.0)
