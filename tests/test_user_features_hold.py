@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from satisfice import Job, Policy, Registry, Router
-from satisfice.errors import ConfigError
+from satisfice.errors import AllAttemptsFailedError, ConfigError
+from satisfice.executor import ExecutionConfig
 from satisfice.probe import PROBES, _code, run_probes
-from satisfice.testing import LocalUpstream, reply
+from satisfice.testing import LocalUpstream, hang, reply
 
 
 def _reg(url: str, models: Any = (("good", {"input": 0.1, "output": 0.4}),)) -> Registry:
@@ -107,3 +108,32 @@ async def test_a_steps_bad_cost_cap_is_refused_and_leaves_the_job_usable() -> No
     assert step.cost_usd is not None and step.cost_usd > 0
     assert job.cost_usd == job.spent_usd == step.cost_usd
     assert job.to_dict()["cost_usd"] == sum(s["cost_usd"] for s in job.to_dict()["steps"])
+
+
+async def test_a_failed_steps_bill_is_on_a_step_of_the_jobs_record() -> None:
+    """Defect: a step that raised after being billed (both models timed out, each billed
+    its prompt) was charged to the job's cost_usd, but Job.to_dict() listed only the steps
+    that returned: its steps' costs summed to $0.00001 under a job total of $0.000037, and
+    its tokens were in no total. Expected: every step that raised is listed with what it
+    was charged, and the steps add up to the job's totals exactly."""
+    models = (("a", {"input": 1.0, "output": 4.0}), ("b", {"input": 2.0, "output": 8.0}))
+    with LocalUpstream() as up:
+        up.default = reply("fine")
+        router = Router(_reg(up.url, models), Policy(quality_floor=0.0))
+        router.configure(
+            execution=ExecutionConfig(read_timeout_s=0.3, attempt_timeout_s=0.3, max_retries=0)
+        )
+        async with router:
+            job = Job(router, name="j", max_cost_usd=0.05)
+            await job.step("one", "hi")
+            up.script("a-wire", hang())
+            up.script("b-wire", hang())
+            with pytest.raises(AllAttemptsFailedError):
+                await job.step("two", "hi there")
+    d = job.to_dict()
+    failed = d["failed_steps"]
+    assert [f["name"] for f in failed] == ["two"] and failed[0]["cost_usd"] > 0
+    assert d["cost_usd"] == job.cost_usd == job.spent_usd
+    assert d["cost_usd"] == sum(s["cost_usd"] for s in d["steps"]) + failed[0]["cost_usd"]
+    assert d["tokens_in"] == sum(s["tokens_in"] for s in d["steps"]) + failed[0]["tokens_in"]
+    assert failed[0]["tokens_in"] > 0

@@ -95,6 +95,7 @@ class Job:
         # What steps that raised were billed (None: unknown), and the caps of steps in
         # flight: a cap is kept across failures and steps run side by side.
         self.failed_usd: list[float | None] = []
+        self.failed_steps: list[dict[str, Any]] = []  # each: name, error, cost_usd, tokens
         self._held = 0.0
 
     @property
@@ -154,11 +155,24 @@ class Job:
         except BaseException as e:
             # a step that raised may have been billed (rejected answers, timeouts): charged
             # to the job, at its cap when the bill is unknown (cancelled mid-call)
-            billed = billed_cost(getattr(e, "attempts", None) or ())
+            attempts = getattr(e, "attempts", None) or ()
+            billed = billed_cost(attempts)
+            charged: float | None
             if billed is not None and not isinstance(e, asyncio.CancelledError):
-                self.failed_usd.append(billed[0])
+                charged = billed[0]
             else:
-                self.failed_usd.append(held if self.max_cost_usd is not None else None)
+                charged = held if self.max_cost_usd is not None else None
+            self.failed_usd.append(charged)
+            # and listed in to_dict(), so that its steps add up to the job's totals (a failed
+            # step's bill had been in the job's cost_usd and in no step)
+            usages = [a.usage for a in attempts if getattr(a, "usage", None) is not None]
+            self.failed_steps.append({
+                "name": name,
+                "error": type(e).__name__,
+                "cost_usd": charged,
+                "tokens_in": sum(u.prompt_tokens for u in usages),
+                "tokens_out": sum(u.completion_tokens for u in usages),
+            })  # fmt: skip
             raise
         finally:
             self._held -= held
@@ -167,12 +181,16 @@ class Job:
         return rec
 
     def to_dict(self) -> dict[str, Any]:
-        """The job's ledger: each step, and the totals."""
+        """The job's ledger: each step, each step that raised (what it was charged), and the
+        totals over both."""
+        failed = self.failed_steps
         return {
             "job": self.name,
             "cost_usd": self.cost_usd,
             "max_cost_usd": self.max_cost_usd,
-            "tokens_in": sum(s.tokens_in for s in self.steps),
-            "tokens_out": sum(s.tokens_out for s in self.steps),
+            "tokens_in": sum(s.tokens_in for s in self.steps) + sum(f["tokens_in"] for f in failed),
+            "tokens_out": sum(s.tokens_out for s in self.steps)
+            + sum(f["tokens_out"] for f in failed),
             "steps": [s.to_dict() for s in self.steps],
+            "failed_steps": [dict(f) for f in failed],
         }
