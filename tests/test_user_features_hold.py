@@ -5,15 +5,18 @@ what should hold."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from satisfice import Job, Policy, Registry, Router
-from satisfice.errors import AllAttemptsFailedError, ConfigError
+from satisfice.errors import AllAttemptsFailedError, ConfigError, DatasetError
 from satisfice.executor import ExecutionConfig
+from satisfice.flywheel import train_from_ledger
 from satisfice.probe import PROBES, _code, run_probes
 from satisfice.testing import LocalUpstream, hang, reply
 
@@ -137,3 +140,37 @@ async def test_a_failed_steps_bill_is_on_a_step_of_the_jobs_record() -> None:
     assert d["cost_usd"] == sum(s["cost_usd"] for s in d["steps"]) + failed[0]["cost_usd"]
     assert d["tokens_in"] == sum(s["tokens_in"] for s in d["steps"]) + failed[0]["tokens_in"]
     assert failed[0]["tokens_in"] > 0
+
+
+def _scored_ledger(path: Path, n: int = 20) -> list[str]:
+    """A JSONL ledger of `n` requests recorded with their prompts, each scored; its lines."""
+
+    async def run() -> None:
+        with LocalUpstream() as up:
+            up.default = reply("fine")
+            router = Router(_reg(up.url), Policy(quality_floor=0.0))
+            router.attach(ledger=str(path), record_prompts=True)
+            async with router:
+                for i in range(n):
+                    r = await router.chat(f"question {i}: what is {i} + {3 * i}?")
+                    router.feedback(r.request_id, float(i % 3 != 0))
+
+    asyncio.run(run())
+    return path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+
+def test_a_record_with_unreadable_messages_is_named(tmp_path: Path) -> None:
+    """Defect: one ledger record whose messages were not chat messages (["hi"], a content
+    of 5, a lone surrogate) stopped `satisfice train` with "messages[0] must be an object
+    with 'role' and 'content'" (or "prompts[0]: the prompt is not valid Unicode"), naming
+    neither the ledger record nor what to do. Expected: a DatasetError naming the record's
+    request id and saying to delete it."""
+    path = tmp_path / "l.jsonl"
+    lines = _scored_ledger(path, n=6)
+    first = json.loads(lines[0])
+    for bad in (["hi"], [{"role": "user", "content": 5}], [{"role": "user", "content": "\ud800"}]):
+        rec = {**first, "messages": bad}
+        path.write_text("".join([json.dumps(rec) + "\n", *lines[1:]]), encoding="utf-8")
+        with pytest.raises(DatasetError) as e:
+            train_from_ledger(path, registry=_reg("http://127.0.0.1:9"), holdout=0.0)
+        assert first["request_id"] in str(e.value) and "delete" in str(e.value), str(e.value)

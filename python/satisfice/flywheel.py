@@ -70,11 +70,29 @@ def _observed(rec: Mapping[str, Any]) -> dict[str, tuple[float, Any]]:
     return out
 
 
+def _prompt_of(rec: Mapping[str, Any]) -> str:
+    """The record's prompt text, or a DatasetError naming the record (its messages had been
+    refused as "messages[0] must be an object ...", no record named)."""
+    from .eval._outcomes import messages_to_text
+
+    where = f"ledger record {rec['request_id']!r:.60}"
+    fix = "delete that record from the ledger (or restore it from a backup) and train again"
+    try:
+        text = messages_to_text(rec["messages"])
+        text.encode("utf-8")
+    except DatasetError as e:
+        raise DatasetError(f"{where}: {e}; {fix}") from None
+    except UnicodeEncodeError:
+        raise DatasetError(
+            f"{where}: its messages are not valid Unicode (an unpaired surrogate); {fix}"
+        ) from None
+    return text
+
+
 def ledger_outcomes(records: Iterable[Mapping[str, Any]], holdout: float = 0.2) -> tuple[Any, Any]:
     """(train, held-out) OutcomeSets from ledger records with messages and a score. Each row
     observes the models scored on it (the answering one, and any `feedback_for`); every other
     model's score and cost are NaN (never 0)."""
-    from .eval._outcomes import messages_to_text
     from .eval._set import OutcomeSet
     from .eval.membership import prompt_key
 
@@ -84,7 +102,7 @@ def ledger_outcomes(records: Iterable[Mapping[str, Any]], holdout: float = 0.2) 
         if not msgs or r.get("outcome", "ok") != "ok":
             continue
         if seen := _observed(r):
-            rows.append((r["request_id"], messages_to_text(msgs), seen))
+            rows.append((r["request_id"], _prompt_of(r), seen))
     if not rows:
         raise DatasetError(
             "the ledger has no records with both messages and a score: attach the ledger "
