@@ -159,6 +159,23 @@ def _scored_ledger(path: Path, n: int = 20) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines(keepends=True)
 
 
+def test_a_request_recorded_twice_is_trained_on_once(tmp_path: Path) -> None:
+    """Defect: a JSONL ledger holding each record twice (appended to itself, two copies
+    concatenated) trained the predictor on every request twice: 136 rows from 68 scored
+    requests, each counted double, without a word. Expected: a request id met again is
+    skipped, and the report says how many were."""
+    once = tmp_path / "once.jsonl"
+    lines = _scored_ledger(once)
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text("".join(lines + lines), encoding="utf-8")
+    reg = _reg("http://127.0.0.1:9")
+    _, one = train_from_ledger(once, registry=reg, holdout=0.0)
+    _, two = train_from_ledger(twice, registry=reg, holdout=0.0)
+    assert one["train_rows"] == 20
+    assert two["train_rows"] == 20
+    assert two["duplicates_skipped"] == 20
+
+
 def test_a_record_with_unreadable_messages_is_named(tmp_path: Path) -> None:
     """Defect: one ledger record whose messages were not chat messages (["hi"], a content
     of 5, a lone surrogate) stopped `satisfice train` with "messages[0] must be an object

@@ -438,6 +438,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print(f"trained on {report['train_rows']} scored ledger records; models: "
           f"{', '.join(report['models'])}")  # fmt: skip
+    if report.get("duplicates_skipped"):
+        print(f"note: {report['duplicates_skipped']} records repeated a request id read "
+              "before and were skipped", file=sys.stderr)  # fmt: skip
     if "before" in report:
         b, a = report["before"], report["after"]
         seen = report["held_out_in_before_training"]

@@ -89,20 +89,35 @@ def _prompt_of(rec: Mapping[str, Any]) -> str:
     return text
 
 
-def ledger_outcomes(records: Iterable[Mapping[str, Any]], holdout: float = 0.2) -> tuple[Any, Any]:
+def ledger_outcomes(
+    records: Iterable[Mapping[str, Any]],
+    holdout: float = 0.2,
+    *,
+    counts: dict[str, int] | None = None,
+) -> tuple[Any, Any]:
     """(train, held-out) OutcomeSets from ledger records with messages and a score. Each row
     observes the models scored on it (the answering one, and any `feedback_for`); every other
-    model's score and cost are NaN (never 0)."""
+    model's score and cost are NaN (never 0). A request id met again (a JSONL ledger
+    appended twice) is one row: the repeats are skipped, and counted in `counts`
+    ("duplicates_skipped") when given."""
     from .eval._set import OutcomeSet
     from .eval.membership import prompt_key
 
     rows = []
+    ids: set[str] = set()
+    repeats = 0
     for r in records:
         msgs = r.get("messages")
         if not msgs or r.get("outcome", "ok") != "ok":
             continue
         if seen := _observed(r):
+            if r["request_id"] in ids:  # (each copy had been a row: trained on twice)
+                repeats += 1
+                continue
+            ids.add(r["request_id"])
             rows.append((r["request_id"], _prompt_of(r), seen))
+    if counts is not None:
+        counts["duplicates_skipped"] = repeats
     if not rows:
         raise DatasetError(
             "the ledger has no records with both messages and a score: attach the ledger "
@@ -178,7 +193,8 @@ def train_from_ledger(
     reg = registry if registry is not None else Registry.default()
     before = start if start is not None else Policy().quality_model()
     show.stage("reading the ledger")
-    train, test = ledger_outcomes(read_records(target), holdout)
+    counts: dict[str, int] = {}
+    train, test = ledger_outcomes(read_records(target), holdout, counts=counts)
     show.done()
     # checked before the fit: the comparison needs their parameters or priors
     known = set(reg.ids) | set(before.models)
@@ -200,6 +216,8 @@ def train_from_ledger(
     show.done()
     report: dict[str, Any] = {"train_rows": len(train), "held_out_rows": 0 if test is None else
                               len(test), "models": list(train.models)}  # fmt: skip
+    if counts["duplicates_skipped"]:
+        report["duplicates_skipped"] = counts["duplicates_skipped"]
     if test is not None:
         # Both scored on the held-out records "before" was not trained on (its prompt filter):
         # a first run with --holdout 0 had trained it on every record, and the next run's
