@@ -11,13 +11,21 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from satisfice import Job, Policy, Registry, Router
-from satisfice.errors import AllAttemptsFailedError, ConfigError, DatasetError
+from satisfice.errors import (
+    AllAttemptsFailedError,
+    ConfigError,
+    DatasetError,
+    SatisficeError,
+)
+from satisfice.eval._set import OutcomeSet
 from satisfice.executor import ExecutionConfig
 from satisfice.flywheel import train_from_ledger
 from satisfice.probe import PROBES, _code, run_probes
+from satisfice.replay import Replay
 from satisfice.testing import LocalUpstream, hang, reply
 
 
@@ -191,3 +199,42 @@ def test_a_record_with_unreadable_messages_is_named(tmp_path: Path) -> None:
         with pytest.raises(DatasetError) as e:
             train_from_ledger(path, registry=_reg("http://127.0.0.1:9"), holdout=0.0)
         assert first["request_id"] in str(e.value) and "delete" in str(e.value), str(e.value)
+
+
+def _replay(responses: Any = (("A", "B"), (None, "B1"))) -> Replay:
+    return Replay(
+        OutcomeSet(
+            prompts=["p0", "p1"],
+            models=["a", "b"],
+            scores=np.array([[1.0, 0.0], [np.nan, 1.0]]),
+            costs=np.array([[0.1, 0.2], [0.1, np.nan]]),
+            groups=["g", "g"],
+            ids=["0", "1"],
+            responses=[list(r) for r in responses],
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda r: r.answer(0.5, "a"),  # TypeError: list indices must be integers
+        lambda r: r.answer("1", "b"),  # TypeError: '<=' not supported
+        lambda r: r.answer(True, "b"),  # answered as row 1
+        lambda r: r.score(1.5, "a"),  # numpy's IndexError
+        lambda r: r.call_for("0"),  # TypeError
+        lambda r: r.answer(0, ["a"]),  # TypeError: unhashable type: 'list'
+        lambda r: r.row_of([None]),  # AttributeError: 'NoneType' object has no attribute 'get'
+        lambda r: _replay((("A", float("nan")), (None, "B1"))).answer(0, "b"),  # TypeError
+    ],
+)
+def test_replay_refuses_what_is_no_row_model_or_answer_with_its_own_error(call: Any) -> None:
+    """Defect: Replay checked a row's range but not its type (a float or text row raised a
+    bare TypeError or IndexError, True answered as row 1), a model that is no id raised
+    TypeError (unhashable), a message that is no object AttributeError, and a recorded
+    response that is not text (the NaN a data frame keeps for a missing one) reached the
+    token counter as "argument 'text': 'float' object cannot be converted". Expected: a
+    satisfice error saying what is wrong (a recorded answer that is not text is no
+    recorded answer: ProviderError, which a cascade records and moves past)."""
+    with pytest.raises(SatisficeError):  # (ProviderError is one)
+        call(_replay())

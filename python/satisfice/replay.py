@@ -37,9 +37,16 @@ def _prompt_of(messages: Sequence[Mapping[str, Any]] | str) -> str:
         return messages
     # The recorded prompt is the last user message the cascade was given.
     for m in reversed(messages):
+        if not isinstance(m, Mapping):  # (None had raised a bare AttributeError)
+            raise ConfigError(f"replay: a message must be an object, got {type(m).__name__}")
         if m.get("role", "user") == "user" and isinstance(m.get("content"), str):
             return str(m["content"])
     raise ConfigError("replay: the messages hold no user text to look the prompt up by")
+
+
+def _is_row(row: object) -> bool:
+    """An integer row index (a numpy one too), not a bool, a float or text."""
+    return isinstance(row, int | np.integer) and not isinstance(row, bool)
 
 
 class Replay:
@@ -103,7 +110,9 @@ class Replay:
         responses = self.outcomes.responses
         assert responses is not None  # checked in __init__
         text = responses[row][j]
-        if text is None or math.isnan(float(self.outcomes.scores[row, j])):
+        # not text (a NaN a data frame keeps for a missing answer) is no recorded answer: it
+        # had reached the token counter as a bare TypeError
+        if not isinstance(text, str) or math.isnan(float(self.outcomes.scores[row, j])):
             raise ProviderError(
                 f"replay: {model} has no recorded answer for row {row}",
                 model=model,
@@ -129,8 +138,10 @@ class Replay:
 
     def call_for(self, row: int) -> Call:
         """A cascade `call` bound to one row (exact even when prompts repeat)."""
-        if not 0 <= row < len(self.outcomes):
-            raise ConfigError(f"replay: row {row} is outside 0..{len(self.outcomes) - 1}")
+        if not _is_row(row) or not 0 <= row < len(self.outcomes):
+            raise ConfigError(
+                f"replay: row {row!r:.40} is not a row index: outside 0..{len(self.outcomes) - 1}"
+            )
 
         async def call(model: str, messages: list[dict[str, Any]]) -> Answer:
             return self.answer(row, model)
@@ -143,9 +154,12 @@ class Replay:
         return float(self.outcomes.scores[row, self._column(model)])
 
     def _check_row(self, row: int) -> None:
-        # numpy would wrap a negative row around and raise a bare IndexError past the end
-        if not 0 <= row < len(self.outcomes):
-            raise InputError(f"replay: row {row} is outside 0..{len(self.outcomes) - 1}")
+        # numpy would wrap a negative row around and raise a bare IndexError past the end;
+        # a float or text row had been a bare TypeError, and True row 1
+        if not _is_row(row) or not 0 <= row < len(self.outcomes):
+            raise InputError(
+                f"replay: row {row!r:.40} is not a row index: outside 0..{len(self.outcomes) - 1}"
+            )
 
     def estimates(
         self,
@@ -176,7 +190,7 @@ class Replay:
     def _column(self, model: str) -> int:
         try:
             return self._col[model]
-        except KeyError:
+        except (KeyError, TypeError):  # (a list had been a bare TypeError: unhashable)
             raise ConfigError(
                 f"replay: model {model!r} is not in the outcome set; it has "
                 f"{', '.join(self.outcomes.models)}"
