@@ -238,3 +238,19 @@ def test_replay_refuses_what_is_no_row_model_or_answer_with_its_own_error(call: 
     recorded answer: ProviderError, which a cascade records and moves past)."""
     with pytest.raises(SatisficeError):  # (ProviderError is one)
         call(_replay())
+
+
+@pytest.mark.parametrize(
+    "hog",
+    [
+        "_ = bytearray(3 << 30)",  # 3 GiB of address space (not touched: cheap to ask)
+        "open('big', 'wb').write(b'x' * (32 << 20))",  # a 32 MiB file in its directory
+    ],
+)
+def test_a_code_answers_memory_and_files_are_bounded(hog: str) -> None:
+    """Defect: the code probe's child had only a time limit: an answer could take any
+    memory (3 GiB asked and given) or write any amount to disk (the temporary directory,
+    often a tmpfs, is memory too) for its 5 s, and passed. Expected: the child runs under
+    resource limits (1 GiB of address space, files of 16 MiB), so such an answer fails."""
+    answer = f"```python\n{hog}\ndef add(a, b):\n    return a + b\n```"
+    assert _code("assert add(2, 3) == 5")(answer) is False

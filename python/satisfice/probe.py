@@ -177,7 +177,9 @@ def _tail(p: subprocess.Popen[bytes], timeout: float) -> bytes | None:
 # reaps them until it has none: a chain of processes that each fork and exit (a new
 # session each time) moves past a scan of /proc, and 16 such chains had outlived the check
 # by half an hour, but cannot leave the subreaper's children. Exits 0 only if the code did,
-# in time, and left no process running.
+# in time, and left no process running. The code gets 1 GiB of address space and may write
+# files of 16 MiB at most (an answer had taken what memory and disk it liked for its 5 s;
+# the temporary directory is often a tmpfs, in memory too).
 _SUPERVISE = """
 import ctypes, os, signal, sys, time
 try:
@@ -186,6 +188,14 @@ except (OSError, AttributeError):
     pass  # not Linux: the caller's kill of the group and of the marked is all there is
 code = os.fork()
 if code == 0:
+    try:  # the code's memory and the files it writes are bounded, with its children's
+        import resource
+        for lim, n in ((resource.RLIMIT_AS, 1 << 30), (resource.RLIMIT_FSIZE, 16 << 20)):
+            hard = resource.getrlimit(lim)[1]
+            n = n if hard == resource.RLIM_INFINITY else min(n, hard)
+            resource.setrlimit(lim, (n, n))
+    except (ImportError, ValueError, OSError):
+        pass  # (no such limits here: the time limit is all there is)
     os.execv(sys.executable, [sys.executable, "-I", sys.argv[1]])
 status, me = None, str(os.getpid()).encode()
 end = time.monotonic() + float(sys.argv[2])
