@@ -92,11 +92,16 @@ class Job:
         self.name = name
         self.max_cost_usd = None if max_cost_usd is None else float(max_cost_usd)
         self.steps: list[JobStep] = []
-        # What steps that raised were billed (None: unknown), and the caps of steps in
-        # flight: a cap is kept across failures and steps run side by side.
-        self.failed_usd: list[float | None] = []
+        # The steps that raised, with what each was charged (cost_usd, None: unknown), and
+        # the caps of steps in flight: a cap is kept across failures and steps run side by
+        # side.
         self.failed_steps: list[dict[str, Any]] = []  # each: name, error, cost_usd, tokens
         self._held = 0.0
+
+    @property
+    def failed_usd(self) -> list[float | None]:
+        """What each step that raised was charged (None: unknown)."""
+        return [f["cost_usd"] for f in self.failed_steps]
 
     @property
     def cost_usd(self) -> float | None:
@@ -162,7 +167,6 @@ class Job:
                 charged = billed[0]
             else:
                 charged = held if self.max_cost_usd is not None else None
-            self.failed_usd.append(charged)
             # and listed in to_dict(), so that its steps add up to the job's totals (a failed
             # step's bill had been in the job's cost_usd and in no step)
             usages = [a.usage for a in attempts if getattr(a, "usage", None) is not None]
