@@ -152,10 +152,10 @@ class Health:
         return s
 
     def unavailable(self, key: str) -> str | None:
+        s = self._s.get(key)
+        if s is None or (s.disabled is None and not s.cool_until):
+            return None  # the usual answer, nothing to change: no lock taken for it
         with self._lock:
-            s = self._s.get(key)
-            if s is None:
-                return None
             if s.disabled is not None:
                 return f"disabled: {s.disabled}"
             if s.cool_until:
