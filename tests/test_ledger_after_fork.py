@@ -65,3 +65,58 @@ def _fork_and_check(path: str | Path) -> None:
     assert who == ["child", "parent", "parent again"]  # each once: none written twice
     child = next(r for r in recs if r["metadata"]["who"] == "child")
     assert child.get("feedback") == 1.0  # the score given in the child, written there
+
+
+CLOSE_BESIDE = """
+import asyncio, os, sys
+sys.path.insert(0, sys.argv[1])
+from satisfice.testing import LocalUpstream
+from tests.chat_support import router
+
+with LocalUpstream() as up:
+    r = router(up.url)
+    r.attach(ledger=sys.argv[2])
+    r.chat_sync("parent", metadata={"who": "parent"})
+    assert r.ledger.flush(10)  # written: the parent's connection is open at the fork
+    wrote, closed = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            async def child(n):
+                for i in range(n):
+                    await r.chat(f"child {i}", metadata={"who": "child"})
+            asyncio.run(child(1))
+            assert r.ledger.flush(10)
+            os.write(wrote[1], b"x")
+            os.read(closed[0], 1)  # the parent has closed its ledger meanwhile
+            asyncio.run(child(20))
+            r.close(grace_s=5)
+            code = 0
+        finally:
+            os._exit(code)
+    os.read(wrote[0], 1)
+    r.close()  # the last connection the parent knows of: it checkpoints its WAL
+    os.write(closed[1], b"x")
+    _, st = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(st))
+"""
+
+
+def test_a_sqlite_ledger_closed_by_the_parent_keeps_what_its_child_writes_after(
+    tmp_path: Path,
+) -> None:
+    """The child had opened a connection of its own beside the one it inherited: SQLite's
+    locks are the process's, and its bookkeeping, copied from the parent, said the new
+    connection held them already, so it took none. The parent, closing what it took for the
+    last connection, checkpointed and deleted the WAL the child went on committing to: 20
+    records the child's ledger acknowledged were in no file. The connection is now closed
+    before the fork and each process opens its own."""
+    path = tmp_path / "ledger.db"
+    out = subprocess.run(
+        [sys.executable, "-c", CLOSE_BESIDE, ROOT, str(path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "0", out.stderr
+    who = sorted(r["metadata"]["who"] for r in read_records(path))
+    assert who == ["child"] * 21 + ["parent"], who

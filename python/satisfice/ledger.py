@@ -325,6 +325,10 @@ class Sink(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: `after_fork()`, called in a forked child before the child's writer starts,
+    # makes the sink's connection (or file) the child's own. A ledger whose sink has none
+    # writes nothing in a forked child, saying so (its connection is the parent's).
+
 
 class SQLiteSink:
     """SQLite in WAL mode: no set-up, one file, readers never block the writer."""
@@ -335,9 +339,15 @@ class SQLiteSink:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self._sync = synchronous
-        self._connect()  # fail now, in the caller's thread, on a path that cannot be opened
+        # held while the connection is used, and across a fork (`_before_fork`)
+        self._use = threading.Lock()
+        self._connect(ConfigError)  # fail now, in the caller's thread, on a bad path
+        _SQLITE_SINKS.add(self)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, error: type[Exception] = OSError) -> sqlite3.Connection:
+        """The connection, opened if it is not. Failing, `error`: the caller's to fix at
+        the start (ConfigError), else the sink down (`_SinkDown`: retried, no record's
+        fault; a "database is locked" reopening after a fork had dropped scores)."""
         if self._db is None:
             try:
                 db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -346,51 +356,92 @@ class SQLiteSink:
                 db.execute("PRAGMA busy_timeout=5000")
                 _sqlite_schema(db)
             except sqlite3.Error as e:
-                raise ConfigError(f"cannot open the ledger {self.path}: {e}") from None
+                why = f"cannot open the ledger {self.path}: {e}"
+                raise (ConfigError(why) if error is ConfigError else _SinkDown(why)) from None
             self._db = db
         return self._db
 
+    def _in_transaction(self, sql: str, rows: Sequence[Any]) -> None:
+        with self._use:
+            db = self._connect()
+            db.execute("BEGIN")
+            try:
+                db.executemany(sql, rows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
-        db = self._connect()
         marks = ",".join("?" * len(_NAMES))
-        db.execute("BEGIN")
-        try:
-            db.executemany(
-                f"INSERT OR REPLACE INTO requests ({','.join(_NAMES)}) VALUES ({marks})",
-                [_row(r) for r in records],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        self._in_transaction(
+            f"INSERT OR REPLACE INTO requests ({','.join(_NAMES)}) VALUES ({marks})",
+            [_row(r) for r in records],
+        )
 
     def feedback(self, rows: Sequence[FeedbackRow]) -> None:
-        db = self._connect()
-        db.execute("BEGIN")
-        try:
-            db.executemany(
-                "INSERT INTO feedback (request_id, ts, score, source, model) VALUES (?,?,?,?,?)",
-                rows,
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        self._in_transaction(
+            "INSERT INTO feedback (request_id, ts, score, source, model) VALUES (?,?,?,?,?)",
+            rows,
+        )
 
     def expire(self, before_ts: float) -> int:
-        cur = self._connect().execute("DELETE FROM requests WHERE ts < ?", (before_ts,))
-        return cur.rowcount
+        with self._use:
+            cur = self._connect().execute("DELETE FROM requests WHERE ts < ?", (before_ts,))
+            return cur.rowcount
 
     def close(self) -> None:
+        with self._use:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # SQLite's connections do not cross a fork: its locks are the process's, and a child
+    # that opened its own beside the one it inherited took none of them (its bookkeeping
+    # said it held them already), so the parent's close deleted the WAL the child was
+    # committing to. The connection is closed before any fork (between two writes) and
+    # opened again at the next write, in the parent and in the child alike.
+    def _before_fork(self) -> None:
+        self._use.acquire()
         if self._db is not None:
             self._db.close()
             self._db = None
 
+    def _after_fork_in_parent(self) -> None:
+        self._use.release()
+
     def after_fork(self) -> None:
-        """In a forked child: a connection of its own, opened at its first write. The
-        parent's is kept, never used nor closed here (SQLite's connections do not cross a
-        fork)."""
-        self._inherited, self._db = self._db, None
+        """In a forked child: the ledger may write here (the connection was closed before
+        the fork and opens at the child's first write)."""
+        self._use = threading.Lock()
+
+
+#: Every SQLiteSink, its connection closed before a fork (`SQLiteSink._before_fork`).
+_SQLITE_SINKS: weakref.WeakSet[SQLiteSink] = weakref.WeakSet()
+
+
+def _sqlite_before_fork() -> None:
+    for sink in list(_SQLITE_SINKS):
+        sink._before_fork()
+
+
+def _sqlite_after_fork_in_parent() -> None:
+    for sink in list(_SQLITE_SINKS):
+        sink._after_fork_in_parent()
+
+
+def _sqlite_after_fork_in_child() -> None:
+    for sink in list(_SQLITE_SINKS):
+        sink.after_fork()
+
+
+# (registered before the ledgers' handler, so called before it: a ledger's writer in the
+# child starts on a sink whose lock is its own)
+os.register_at_fork(
+    before=_sqlite_before_fork,
+    after_in_parent=_sqlite_after_fork_in_parent,
+    after_in_child=_sqlite_after_fork_in_child,
+)
 
 
 def _sqlite_schema(db: sqlite3.Connection) -> None:
@@ -772,12 +823,21 @@ class Ledger:
         self._fb_queued = self._fb_written = 0
         self._asleep = False
         reopen = getattr(self.sink, "after_fork", None)
-        if reopen is not None:
-            try:
-                reopen()
-            except Exception as e:  # said; the writer retries the sink as it would when down
-                _log.error("ledger: reopening its sink in a forked child failed: %s: %s",
-                           type(e).__name__, e)  # fmt: skip
+        if reopen is None:
+            # a sink of the caller's that does not say how it crosses a fork: written from
+            # here, the child's writes had gone through the parent's connection or socket
+            _log.error(
+                "ledger: its sink (%s) has no after_fork(), so this forked process's records "
+                "are not written; attach the ledger after the fork, or give the sink an "
+                "after_fork() that makes its connection the child's own",
+                type(self.sink).__name__,
+            )
+            return
+        try:
+            reopen()
+        except Exception as e:  # said; the writer retries the sink as it would when down
+            _log.error("ledger: reopening its sink in a forked child failed: %s: %s",
+                       type(e).__name__, e)  # fmt: skip
         self._thread = threading.Thread(target=self._run, name="satisfice-ledger", daemon=True)
         self._thread.start()
 
