@@ -28,15 +28,34 @@ def _parts(n: int) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "text", "text": "a"}] * n}]
 
 
-def _calls(n: int) -> list[dict[str, Any]]:
+def _calls(n: int, content_key: bool = True) -> list[dict[str, Any]]:
     call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    turn: dict[str, Any] = {"role": "assistant", "tool_calls": [call] * n}
+    if content_key:
+        turn["content"] = None
+    return [{"role": "user", "content": "q"}, turn]
+
+
+def _thinking(n: int) -> list[dict[str, Any]]:
+    block = {"type": "thinking", "thinking": "t", "signature": "s"}
     return [
         {"role": "user", "content": "q"},
-        {"role": "assistant", "content": None, "tool_calls": [call] * n},
+        {"role": "assistant", "content": "a", "thinking_blocks": [block] * n},
+        {"role": "user", "content": "and?"},
     ]
 
 
-@pytest.mark.parametrize("shape", ["parts", "tool_calls"])
+SHAPES = {
+    "parts": lambda: _parts(500_000),
+    "tool_calls": lambda: _calls(300_000),
+    # (an assistant turn of tool calls and no content key at all: a message of two keys,
+    # whose calls text_bytes had not read, nor counted)
+    "tool_calls_no_content": lambda: _calls(300_000, content_key=False),
+    "thinking_blocks": lambda: _thinking(300_000),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
 async def test_many_parts_in_one_message_do_not_hold_the_loop(
     up: LocalUpstream, shape: str
 ) -> None:
@@ -51,7 +70,7 @@ async def test_many_parts_in_one_message_do_not_hold_the_loop(
     on a worker thread; the loop is not held for hundreds of milliseconds): as many parts
     or calls in one message as messages are routed off the loop too."""
     up.default = reply("ok")
-    messages = _parts(500_000) if shape == "parts" else _calls(300_000)
+    messages = SHAPES[shape]()
     async with router(up.url) as r:
         await r.chat("warm up")  # the tokenizers built, as in a server's steady state
         stop, lags = asyncio.Event(), []
@@ -63,3 +82,16 @@ async def test_many_parts_in_one_message_do_not_hold_the_loop(
         stop.set()
         await ticker
         assert max(lags) < 0.15, f"{shape}: the event loop was held {max(lags):.2f}s"
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_many_parts_are_routed_on_a_worker_thread(shape: str) -> None:
+    """The decision itself, without a clock: every shape of many items is routed off the
+    loop, and the usual prompt on it (an assistant turn of tool calls with no content key,
+    and thinking blocks, had been left on the loop, unread and uncounted)."""
+    from satisfice import _core
+    from satisfice.router import _message_list, _route_inline
+
+    _core.wait_for_tokenizers()
+    assert not _route_inline(_message_list(SHAPES[shape]()))
+    assert _route_inline(_message_list([{"role": "user", "content": "q"}]))

@@ -88,7 +88,7 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]], most_items: int | None = None)
     back; any key of a message or part it does not know, which the OpenAI wire forwards).
     What decides whether a count can run on the event loop: a 4 MB tool_call_id, missed
     here, had been counted on it. None, unread, when the messages hold more than
-    `most_items` content parts and tool calls in all: walking them is itself long (one
+    `most_items` content parts, tool calls and thinking blocks in all: walking them is itself long (one
     message of 500,000 one-letter parts had held the event loop 0.24 s here)."""
     n = items = 0
     for m in msgs:
@@ -102,7 +102,8 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]], most_items: int | None = None)
             for p in content:
                 if isinstance(p, Mapping) and p.get("type") not in _MEDIA:
                     n += _unread(p, _PART_SKIP)
-        if len(m) > 2:  # more than role and content: an agent's turn, a named one
+        if len(m) > 2 or "content" not in m:  # more than role and content: an agent's
+            # turn, a named one (an assistant's tool calls with no content key, as well)
             n += _unread(m, _READ)
             if isinstance(f := m.get("function_call"), Mapping):  # the legacy tool call
                 n += _unread(f, ())
@@ -119,7 +120,12 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]], most_items: int | None = None)
                         if isinstance(f := call.get(kind), Mapping):
                             n += _unread(f, ())
             blocks = m.get("thinking_blocks")
-            for b in blocks if isinstance(blocks, list | tuple) else ():
+            if not isinstance(blocks, list | tuple):
+                blocks = ()
+            items += len(blocks)
+            if most_items is not None and items > most_items:
+                return None
+            for b in blocks:
                 if isinstance(b, dict):
                     n += _size(b.get("thinking")) + _size(b.get("data"))
     return n
