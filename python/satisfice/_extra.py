@@ -88,8 +88,9 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]], most_items: int | None = None)
     back; any key of a message or part it does not know, which the OpenAI wire forwards).
     What decides whether a count can run on the event loop: a 4 MB tool_call_id, missed
     here, had been counted on it. None, unread, when the messages hold more than
-    `most_items` content parts, tool calls and thinking blocks in all: walking them is itself long (one
-    message of 500,000 one-letter parts had held the event loop 0.24 s here)."""
+    `most_items` content parts, tool calls and thinking blocks in all: walking them is
+    itself long (one message of 500,000 one-letter parts had held the event loop 0.24 s
+    here)."""
     n = items = 0
     for m in msgs:
         content = m.get("content")
