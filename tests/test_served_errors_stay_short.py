@@ -113,3 +113,12 @@ def test_the_count_quotes_a_bound_of_a_role_or_part_type(messages: list[dict]) -
         Router().route(messages)
     msg = str(e.value)
     assert "mmm" in msg and "..." in msg and len(msg) < 300
+
+
+def test_quoted_names_reads_a_generator_once() -> None:
+    """Names of mixed types from a generator: sorting them had read it, and the fallback
+    then quoted an empty list."""
+    from satisfice.errors import quoted_names
+
+    assert quoted_names(x for x in ["b", 1, "a"]) == "['b', 1, 'a']"
+    assert quoted_names(str(i) for i in range(12)).endswith("... 2 more]")

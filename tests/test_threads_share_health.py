@@ -38,7 +38,7 @@ def _on_another_thread(fn: Callable[[], object], errors: list[BaseException]) ->
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    t.join(0.3)
+    t.join(1.0)  # (with the lock it waits for the caller's call: the join times out)
     _joins.append(t)
 
 
@@ -90,8 +90,12 @@ def test_router_health_read_while_requests_meet_new_deployments_raises_nothing()
     def requests() -> None:
         i = 0
         while not stop.is_set():
-            h.record_success(f"m{i}/d", 0.1)
-            h.record_failure(f"m{i}/d", rate_limited=False, retry_after=None, reason="HTTP 500")
+            try:
+                h.record_success(f"m{i}/d", 0.1)
+                h.record_failure(f"m{i}/d", rate_limited=False, retry_after=None, reason="500")
+            except Exception as e:
+                errors.append(e)
+                stop.set()
             i += 1
 
     def monitor() -> None:
@@ -109,7 +113,7 @@ def test_router_health_read_while_requests_meet_new_deployments_raises_nothing()
         threads = [threading.Thread(target=requests), threading.Thread(target=monitor)]
         for th in threads:
             th.start()
-        end = time.monotonic() + 2.0
+        end = time.monotonic() + 1.0
         while not stop.is_set() and time.monotonic() < end:
             time.sleep(0.01)
         stop.set()

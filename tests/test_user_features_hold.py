@@ -132,7 +132,8 @@ async def test_a_failed_steps_bill_is_on_a_step_of_the_jobs_record() -> None:
         up.default = reply("fine")
         router = Router(_reg(up.url, models), Policy(quality_floor=0.0))
         router.configure(
-            execution=ExecutionConfig(read_timeout_s=0.3, attempt_timeout_s=0.3, max_retries=0)
+            # (1 s: step one must answer on a loaded machine too; step two's hang waits it)
+            execution=ExecutionConfig(read_timeout_s=1.0, attempt_timeout_s=1.0, max_retries=0)
         )
         async with router:
             job = Job(router, name="j", max_cost_usd=0.05)

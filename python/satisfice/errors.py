@@ -68,10 +68,9 @@ def quoted_names(names: Iterable[Any], most: int = 10, width: int = 60) -> str:
     """Sorted names as a list's repr (`['seed', 'top_k']`), each cut to `width` characters,
     at most `most` of them and how many more: 20,000 unknown parameter names had been
     quoted whole, a 1.2 MB error."""
-    try:
-        every = sorted(names)
-    except TypeError:  # names of mixed types
-        every = list(names)
+    every = list(names)  # (once: a generator is read one time)
+    if all(isinstance(n, str) for n in every):  # (names of mixed types: in the order given)
+        every.sort()
     shown = [quoted(n, width) for n in every[:most]]
     if len(every) > most:
         shown.append(f"... {len(every) - most} more")

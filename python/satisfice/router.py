@@ -96,8 +96,7 @@ def _new_locks_in_child() -> None:
 
     decision._ID_LOCK = threading.Lock()  # taken by every request's request_id
     for r in list(_ROUTERS):
-        r._swap, r._setup = threading.Lock(), threading.RLock()
-        r._feedback._lock = threading.Lock()
+        r._swap, r._setup = threading.Lock(), threading.RLock()  # (its FeedbackLog's: its own)
         r._in_flight = set()
 
 

@@ -119,7 +119,7 @@ _STORES: weakref.WeakSet[Health] = weakref.WeakSet()
 
 def _new_locks_in_child() -> None:
     for h in list(_STORES):
-        h._lock = threading.RLock()
+        h._lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_new_locks_in_child)
@@ -142,7 +142,7 @@ class Health:
         # key -> until when (inf: disabled); lets the router skip cooled models in O(1)
         # when, as usual, nothing is cooling.
         self._blocked: dict[str, float] = {}
-        self._lock = threading.RLock()  # re-entrant: a subclass may call these under it
+        self._lock = threading.Lock()  # (no method takes it twice: none calls another under it)
         _STORES.add(self)
 
     def _get(self, key: str) -> _State:

@@ -663,6 +663,12 @@ async def _more(
     raise httpx.ReadError(f"read failed: {e}", request=request)
 
 
+def _bare_lf(request: httpx.Request) -> httpx.RemoteProtocolError:
+    return httpx.RemoteProtocolError(
+        "a response head whose lines end in a bare LF, not CRLF", request=request
+    )
+
+
 async def _until(
     conn: _Conn,
     sep: bytes,
@@ -677,6 +683,8 @@ async def _until(
         buf = conn.buf
         i = buf.find(sep, start)
         if 0 <= i <= _MAX_HEAD:
+            if sep == _HEAD_END and b"\n\n" in buf[:i]:  # (a bare-LF head, a CRLF body)
+                raise _bare_lf(request)
             return conn.take(i + len(sep))
         # (a read brings up to 256 KiB: the separator may arrive with the bytes past the limit)
         if i > _MAX_HEAD or len(buf) > _MAX_HEAD:
@@ -684,9 +692,7 @@ async def _until(
         if sep == _HEAD_END and b"\n\n" in buf:  # (no head of CRLF lines holds one)
             # said at once: waited for, the CRLF that never came had taken the read timeout
             # and been "no answer in time" for an answer that was there
-            raise httpx.RemoteProtocolError(
-                "a response head whose lines end in a bare LF, not CRLF", request=request
-            )
+            raise _bare_lf(request)
         start = max(len(buf) - len(sep) + 1, 0)
         await _more(conn, wd, timeout, request, head)
 

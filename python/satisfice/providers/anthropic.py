@@ -962,7 +962,9 @@ class AnthropicProvider(HTTPProvider):
                                 # (read as a dict, it had been "bad stream event
                                 # (AttributeError: ...)", what the upstream said lost)
                                 err = {"message": err}
-                            kind_ = f"{err['type']}: " if err.get("type") is not None else ""
+                            kind_ = (
+                                f"{str(err['type'])[:60]}: " if err.get("type") is not None else ""
+                            )
                             msg = (
                                 f"{self.model_id} via {self.deployment}: error event in the "
                                 f"stream: {kind_}{str(err.get('message', ''))[:300]}"

@@ -948,6 +948,9 @@ class HTTPProvider:
         except httpx.RequestError as e:
             await resp.aclose()
             raise self._answer_lost(e) from None
+        except BaseException:  # cancelled while it waited: the response closed all the same
+            await resp.aclose()
+            raise
         if taken.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] not in (b"{", b"["):
             return httpx.Response(resp.status_code, stream=_Replay(taken, pieces, resp)), None
         try:
