@@ -121,3 +121,30 @@ async def test_otlp_http_export_to_a_local_receiver(up: LocalUpstream) -> None:
     req.ParseFromString(b"".join(got))
     names = {s.name for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans}
     assert {"chat alpha", "route"} <= names
+
+
+async def test_a_streams_spans_are_under_the_span_it_began_in(up: LocalUpstream) -> None:
+    """A stream asked for under a span and read (to its end, or closed early) outside it:
+    its spans are written under the span it began in (they had been roots of a trace of
+    their own, the context being the one current where the stream ended)."""
+    from satisfice.testing import reply
+
+    provider, exp = _provider()
+    tracer = provider.get_tracer("test")
+    up.script(wire("alpha"), reply("one two three"), reply("word " * 100, chunk_delay=0.01))
+    async with router(up.url).attach(tracing=Tracing(provider)) as r:
+        with tracer.start_as_current_span("outer") as outer:
+            whole = r.stream("Say hello")
+        async for _ in whole:  # read to its end outside the span
+            pass
+        with tracer.start_as_current_span("outer") as outer2:
+            cut = r.stream("Say hello")
+            pieces = cut.__aiter__()
+            await pieces.__anext__()
+        await cut.aclose()  # closed early, outside the span
+    roots = [s for s in exp.get_finished_spans() if s.name == "chat alpha"
+             and s.attributes.get("satisfice.request_id")]  # fmt: skip
+    assert len(roots) == 2
+    parents = sorted(s.parent.span_id if s.parent else 0 for s in roots)
+    want = sorted(o.get_span_context().span_id for o in (outer, outer2))
+    assert parents == want

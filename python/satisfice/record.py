@@ -110,14 +110,22 @@ class Recorder:
         if self.on_decision is not None:
             self._call(self.on_decision, d)
 
-    def result(self, r: ChatResult, messages: Any = None, record: bool = True) -> None:
+    def parent(self) -> Any:
+        """The tracing context current as a request begins (its spans' parent, given back
+        to result() or failure()), or None without tracing."""
+        return None if self.tracing is None else self.tracing.begin()
+
+    def result(
+        self, r: ChatResult, messages: Any = None, record: bool = True, parent: Any = None
+    ) -> None:
         """`record`: a request of its own on the record (False: a call on a check's bill,
-        on the record of the request it checked)."""
+        on the record of the request it checked). `parent`: its spans' parent (`parent()`
+        as it began; None: the context current now)."""
         if self.metrics is not None and self.ledger is not None:  # live even if the sink stalls
             self.metrics.dropped(self.ledger)
         if self.tracing is not None:
             try:
-                self.tracing.result(r)
+                self.tracing.result(r, parent)
             except Exception as e:  # a tracing backend's fault never reaches the request
                 _hooks_log.error("tracing failed: %s: %s", type(e).__name__, e)
         if self.ledger is not None and record:
@@ -155,6 +163,7 @@ class Recorder:
         latency_s: float,
         metadata: Mapping[str, Any] | None,
         record: bool = True,
+        parent: Any = None,
     ) -> None:
         rec = failure_record(decision, error, attempts, started_at=started_at,
                              latency_s=latency_s, metadata=metadata)  # fmt: skip
@@ -166,7 +175,8 @@ class Recorder:
                                                   "error_type": type(error).__name__})  # fmt: skip
         if self.tracing is not None:
             try:
-                self.tracing.failure(rec, registry=None if decision is None else decision.registry)
+                reg = None if decision is None else decision.registry
+                self.tracing.failure(rec, parent, registry=reg)
             except Exception as e:
                 _hooks_log.error("tracing failed: %s: %s", type(e).__name__, e)
         if self.ledger is not None and record:

@@ -1166,6 +1166,7 @@ class Router:
                 )
         rec, run = self._rec, None
         sent = _as_sent(messages) if rec is not None and rec.record_prompts else messages
+        parent = None if rec is None else rec.parent()  # its spans' parent, as it began
         token = self._enter()
         hold = _room_hold()
         try:
@@ -1185,7 +1186,7 @@ class Router:
                 )
             billed = _bill_to_check(run)
             if rec is not None:  # on the check's bill: a part of the request it checked
-                self._record_failure(rec, err, run, started_at, t0, options, not billed)
+                self._record_failure(rec, err, run, started_at, t0, options, not billed, parent)
             if err is e:
                 raise
             raise err from e
@@ -1211,8 +1212,8 @@ class Router:
                 if rec is not None:  # a request all the same, recorded (if routed, unbilled)
                     cancelled = RequestCancelled(run is not None, on_its_way)
                     cancelled.result = None if run is None else run.climbed  # a ladder's steps
-                    self._record_failure(rec, cancelled, run,
-                                         started_at, t0, options, not billed)  # fmt: skip
+                    self._record_failure(rec, cancelled, run, started_at, t0,
+                                         options, not billed, parent)  # fmt: skip
             raise
         else:
             result.started_at, result.metadata = started_at, metadata
@@ -1225,7 +1226,7 @@ class Router:
             result.latency_s = waited
             billed = _bill_answer_to_check(result)
             if rec is not None:
-                rec.result(result, sent, not billed)
+                rec.result(result, sent, not billed, parent)
         finally:
             if hold is not None:
                 hold.release()  # (on the check's bill by now, answered or not)
@@ -1279,7 +1280,12 @@ class Router:
                 )
 
     def _unstarted(
-        self, e: BaseException, started_at: float, t0: float, options: Mapping[str, Any]
+        self,
+        e: BaseException,
+        started_at: float,
+        t0: float,
+        options: Mapping[str, Any],
+        parent: Any = None,
     ) -> None:
         """A request that failed or was cancelled before its first call (while it was
         routed, its options checked): on the record as chat() puts one, unless a check's
@@ -1292,7 +1298,7 @@ class Router:
             return
         billed = _bill_to_check(None)
         if self._rec is not None:
-            self._record_failure(self._rec, e, None, started_at, t0, options, not billed)
+            self._record_failure(self._rec, e, None, started_at, t0, options, not billed, parent)
 
     @staticmethod
     def _record_failure(
@@ -1303,8 +1309,10 @@ class Router:
         t0: float,
         options: Mapping[str, Any],
         own: bool = True,
+        parent: Any = None,
     ) -> None:
-        """`own`: a request of its own on the record (not one billed to a check)."""
+        """`own`: a request of its own on the record (not one billed to a check); `parent`:
+        its spans' parent, taken as it began (`Recorder.parent`)."""
         meta = options.get("metadata") if isinstance(options.get("metadata"), Mapping) else None
         rec.failure(
             None if run is None else run.decision,
@@ -1315,6 +1323,7 @@ class Router:
             latency_s=perf_counter() - t0,
             metadata=meta,
             record=own,
+            parent=parent,
         )
 
     def stream(
@@ -1333,8 +1342,11 @@ class Router:
         the whole stream; `ExecutionConfig.stream_idle_timeout_s` bounds each wait for more.
         """
         runs: list[Run] = []
+        # its spans' parent: the context current as the caller asked for it (a stream read
+        # or closed under another had its spans written under that one, or under none)
+        parent = None if self._rec is None else self._rec.parent()
         return (_ChatStream or _chat_stream())(
-            self._stream(messages, constraints, options, runs), runs
+            self._stream(messages, constraints, options, runs, parent), runs
         )
 
     async def _stream(
@@ -1343,6 +1355,7 @@ class Router:
         constraints: Constraints | Mapping[str, Any] | None,
         options: RequestOptions,
         runs: list[Run],
+        parent: Any = None,
     ) -> AsyncIterator[StreamDelta]:
         t0, started_at = perf_counter(), time()
         rec, run = self._rec, None
@@ -1355,7 +1368,7 @@ class Router:
             inner = io.stream(run, started_at=started_at, metadata=metadata)
         except BaseException as e:
             try:
-                self._unstarted(e, started_at, t0, options)
+                self._unstarted(e, started_at, t0, options, parent)
             finally:  # in flight until its record is queued, as chat()'s
                 if hold is not None:
                     hold.release()
@@ -1368,7 +1381,7 @@ class Router:
                     done = True
                     own = not _bill_answer_to_check(delta.result)
                     if rec is not None:
-                        rec.result(delta.result, sent, own)
+                        rec.result(delta.result, sent, own, parent)
                     # its result is out: a caller that never closes the stream holds no aclose()
                     self._in_flight.discard(token)
                 yield delta
@@ -1382,7 +1395,7 @@ class Router:
                 )
             own = not _bill_to_check(run)
             if rec is not None:
-                self._record_failure(rec, err, run, started_at, t0, options, own)
+                self._record_failure(rec, err, run, started_at, t0, options, own, parent)
             if err is e:
                 raise
             raise err from e
@@ -1398,7 +1411,7 @@ class Router:
                     # cost (the attempt the executor kept), in the record like any other
                     why = None if run is None else run.closed_because  # a server's shutdown
                     self._record_failure(
-                        rec, ClientClosedStream(why), run, started_at, t0, options, own
+                        rec, ClientClosedStream(why), run, started_at, t0, options, own, parent
                     )
             if hold is not None:  # whichever task closes it (a loop's finaliser too)
                 hold.release()
