@@ -122,3 +122,30 @@ def test_quoted_names_reads_a_generator_once() -> None:
 
     assert quoted_names(x for x in ["b", 1, "a"]) == "['b', 1, 'a']"
     assert quoted_names(str(i) for i in range(12)).endswith("... 2 more]")
+
+
+MASTER = "sk-master-" + "q7" * 16
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/chat/completions", {"model": MASTER, "messages": U}),
+        ("POST", "/v1/messages", {"model": MASTER, "max_tokens": 5, "messages": U}),
+        ("GET", f"/v1/models/{MASTER}", None),
+    ],
+    ids=["chat", "messages", "models"],
+)
+def test_a_key_sent_as_a_model_id_is_not_quoted_back(
+    monkeypatch: pytest.MonkeyPatch, method: str, path: str, body: Any
+) -> None:
+    """The server scrubs its keys from what a request makes it say: an unknown model id
+    quoted in its 404 had come back whole when it was the master key."""
+    monkeypatch.setenv("SATISFICE_TEST_MASTER", MASTER)
+    with LocalUpstream() as up:
+        cfg = ServerConfig(master_key_env="SATISFICE_TEST_MASTER")
+        with running(cfg, Router(registry(up.url))) as (url, _):
+            auth = {"authorization": f"Bearer {MASTER}"}
+            r = httpx.request(method, url + path, json=body, headers=auth, timeout=30)
+    assert r.status_code == 404, (r.status_code, r.text[:300])
+    assert MASTER not in r.text and "[redacted]" in r.text, r.text[:300]

@@ -39,7 +39,7 @@ from starlette.routing import Route
 
 from .. import _core
 from .._json import NotUTF8, dumps, loads
-from .._redact import scrub_values
+from .._redact import scrub, scrub_values
 from .._watchdog import Deadlines
 from ..decision import Decision, thinks_as_asked
 from ..errors import (
@@ -155,6 +155,9 @@ class HTTPError(Exception):
         **extra: Any,
     ) -> None:
         # extra: fields added to the error object (attempts, budget, remaining_usd)
+        # the server's keys scrubbed from what it says, a caller's input quoted back too (a
+        # master key sent as a model id had come back whole in the 404)
+        message = scrub(message)
         super().__init__(message)
         self.status, self.message, self.kind, self.code = status, message, kind, code
         self.headers, self.extra, self.param = dict(headers or {}), extra, param
