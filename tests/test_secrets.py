@@ -257,3 +257,30 @@ async def test_a_key_echoed_base64_encoded_never_leaks(
     clean(res.text, repr(res), json.dumps(res.to_record()), str(res.raw))
     assert res.text.count("[redacted]") == len(forms)
     assert "Basic [redacted]" in res.text  # what is around a spelling is kept
+
+
+async def test_a_key_a_caller_puts_in_metadata_or_the_prompt_is_not_recorded(
+    up: LocalUpstream, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The ledger (and the metrics it counts) keep a caller's metadata and, with
+    record_prompts, its messages: an upstream key put there (a log line pasted into a
+    prompt, a key id in metadata) had been stored whole, and metadata's `key` had become a
+    metrics label of it. Scrubbed as the record is built, as the server scrubs its own."""
+    from satisfice.ledger import read_records
+    from satisfice.metrics import Metrics
+
+    monkeypatch.setenv("SATISFICE_CANARY_KEY", CANARY)
+    up.script(wire("alpha"), reply("fine"))
+    path = tmp_path / "ledger.jsonl"
+    metrics = Metrics()
+    async with router(up.url) as r:
+        r.update(keyed(up.url))  # type: ignore[arg-type]
+        r.attach(ledger=str(path), record_prompts=True, metrics=metrics)
+        await r.chat(MSGS)  # (the deployment's key known: its provider made)
+        msgs = [{"role": "user", "content": f"why does {CANARY} fail?"}]
+        await r.chat(msgs, metadata={"key": CANARY, "note": [f"k={CANARY}"], CANARY: 1})
+        assert r.ledger is not None and r.ledger.flush(10)
+    recs = list(read_records(path))
+    assert len(recs) == 2
+    assert_clean(path.read_text(), json.dumps(recs), metrics.exposition().decode())
+    assert "[redacted]" in json.dumps(recs[-1]["metadata"])

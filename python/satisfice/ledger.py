@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._json import dumps_record, record_default
 from ._real import as_count, as_real
-from ._redact import scrub
+from ._redact import scrub, scrub_values
 from .accounting import cost_of
 from .errors import ConfigError
 
@@ -244,6 +244,22 @@ def _row(rec: Mapping[str, Any]) -> tuple[Any, ...]:
         int(bool(rec.get("cache_hit"))),
         _json(rec),
     )
+
+
+def _scrub_callers(rec: dict[str, Any]) -> None:
+    """The caller's parts of a record (its metadata, and the messages `record_prompts`
+    keeps) with the keys satisfice knows scrubbed, here on the writer's thread: an upstream
+    key a caller put in either had been stored whole, and its metadata's `key` made a
+    metrics label of it. Nested past what can be walked, the part is left out, said so."""
+    for part, empty in (("metadata", {}), ("messages", None)):
+        v = rec.get(part)
+        if v:
+            try:
+                rec[part] = scrub_values(v)
+            except RecursionError:
+                rec[part] = empty
+                _log.warning("ledger: record %.60r: its %s, nested too deeply to scrub of "
+                             "keys, left out", rec.get("request_id"), part)  # fmt: skip
 
 
 def record_of(result: ChatResult) -> dict[str, Any]:
@@ -1009,6 +1025,7 @@ class Ledger:
                 _log.error("ledger: a record could not be built: %s", e,
                            extra={"event": "ledger_rejected"})  # fmt: skip
                 continue
+            _scrub_callers(rec)
             if (why := _undated(rec)) is not None:  # no sink takes it, no reader
                 self.rejected += 1
                 with self._drop_lock:
