@@ -278,9 +278,13 @@ async def test_a_key_a_caller_puts_in_metadata_or_the_prompt_is_not_recorded(
         r.attach(ledger=str(path), record_prompts=True, metrics=metrics)
         await r.chat(MSGS)  # (the deployment's key known: its provider made)
         msgs = [{"role": "user", "content": f"why does {CANARY} fail?"}]
-        await r.chat(msgs, metadata={"key": CANARY, "note": [f"k={CANARY}"], CANARY: 1})
+        cyc: dict[str, Any] = {"k": CANARY}
+        cyc["self"] = cyc  # (a cycle: made plain, then scrubbed)
+        meta = {"key": CANARY, "note": [f"k={CANARY}"], CANARY: 1, "c": cyc}
+        await r.chat(msgs, metadata=meta)
         assert r.ledger is not None and r.ledger.flush(10)
     recs = list(read_records(path))
     assert len(recs) == 2
     assert_clean(path.read_text(), json.dumps(recs), metrics.exposition().decode())
     assert "[redacted]" in json.dumps(recs[-1]["metadata"])
+    assert recs[-1]["metadata"]["c"] == {"k": "[redacted]", "self": "<cycle>"}

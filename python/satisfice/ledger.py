@@ -250,16 +250,15 @@ def _scrub_callers(rec: dict[str, Any]) -> None:
     """The caller's parts of a record (its metadata, and the messages `record_prompts`
     keeps) with the keys satisfice knows scrubbed, here on the writer's thread: an upstream
     key a caller put in either had been stored whole, and its metadata's `key` made a
-    metrics label of it. Nested past what can be walked, the part is left out, said so."""
-    for part, empty in (("metadata", {}), ("messages", None)):
+    metrics label of it. A part holding a cycle or nested past what can be walked is made
+    plain first (`_plain`: a marker in their place), as it is written then anyway."""
+    for part in ("metadata", "messages"):
         v = rec.get(part)
         if v:
             try:
                 rec[part] = scrub_values(v)
             except RecursionError:
-                rec[part] = empty
-                _log.warning("ledger: record %.60r: its %s, nested too deeply to scrub of "
-                             "keys, left out", rec.get("request_id"), part)  # fmt: skip
+                rec[part] = scrub_values(_plain(v))
 
 
 def record_of(result: ChatResult) -> dict[str, Any]:
