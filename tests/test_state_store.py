@@ -401,13 +401,13 @@ async def test_an_enable_or_disable_reaches_every_replica_even_made_while_redis_
         assert state_of(a, "m/d") == "ok"
         for _ in range(5):  # A's breaker opens
             a.record_failure("m/d", rate_limited=False, retry_after=None, reason="HTTP 500")
-        assert a.cooling_for("m/d") is not None
+        assert a.retry_in("m/d") is not None
         await asyncio.gather(*a._tasks)
         await asyncio.sleep(0.01)  # the enable's stamp is later than the cooldown
         b.enable("m/d")
         await asyncio.gather(*b._tasks)
         await a.sync()
-        assert a.cooling_for("m/d") is None and state_of(a, "m/d") == "ok"
+        assert a.retry_in("m/d") is None and state_of(a, "m/d") == "ok"
         server.stop()  # Redis away: A's disable waits, B's view holds
         a.disable("m/e", "maintenance")
         await asyncio.gather(*a._tasks)
@@ -431,7 +431,7 @@ async def test_an_enable_or_disable_reaches_every_replica_even_made_while_redis_
         sc = RedisState(server.url)
         c = SharedHealth(sc)
         await c.sync()
-        assert c.cooling_for("m/d") is not None
+        assert c.retry_in("m/d") is not None
         await sa.close()
         await sb.close()
         await sc.close()
@@ -450,7 +450,7 @@ async def test_an_enable_whose_writes_land_late_still_ends_a_shared_cooldown() -
             a.record_failure("m/d", rate_limited=False, retry_after=None, reason="HTTP 500")
         await asyncio.gather(*a._tasks)
         await b.sync()
-        assert b.cooling_for("m/d") is not None
+        assert b.retry_in("m/d") is not None
         await asyncio.sleep(0.01)
         real = sa.set_disabled
         landed = asyncio.Event()
@@ -467,7 +467,7 @@ async def test_an_enable_whose_writes_land_late_still_ends_a_shared_cooldown() -
         await b.sync()  # the cooldown is still in the store
         await landed.wait()
         await b.sync()
-        assert b.cooling_for("m/d") is None
+        assert b.retry_in("m/d") is None
         await sa.close()
         await sb.close()
 
@@ -502,14 +502,14 @@ async def test_a_cooldown_begun_before_an_enable_but_written_after_it_stays_ende
         await asyncio.gather(*b._tasks)  # B's cooldown lands now
         for h in (a, b, c):
             await h.sync()
-        assert [h.cooling_for("m/d") for h in (a, b, c)] == [None, None, None]
+        assert [h.retry_in("m/d") for h in (a, b, c)] == [None, None, None]
         # an older replica's entry: [until, why], no start; enables from long ago stand
         await sa._r.call("HSET", "satisfice:cooldowns", "m/e",
                          json.dumps([time.time() + 60, "HTTP 429"]))  # fmt: skip
         await sa._r.call("HSET", "satisfice:enabled", "m/e", repr(time.time() - 3600))
         fresh = SharedHealth(RedisState(server.url))
         await fresh.sync()
-        assert fresh.cooling_for("m/e") is not None
+        assert fresh.retry_in("m/e") is not None
         for s in (sa, sb, sc, fresh._state):
             await s.close()
 
@@ -667,14 +667,14 @@ async def test_a_replica_takes_its_own_breaker_cooldown_back_as_its_own_when_its
             for _ in range(3):
                 h.record_failure("m/d1", rate_limited=False, retry_after=None, reason="boom")
             await asyncio.gather(*h._tasks)
-            assert h.cooling_for("m/d1") is not None
+            assert h.retry_in("m/d1") is not None
             before = h._s["m/d1"].reason
             step["s"] = 0.1  # an NTP step
             await s.sync_clock()
             await h.sync()
             assert h._s["m/d1"].reason == before  # its own, as it was
             h.record_success("m/d1", 0.1)
-            assert h.cooling_for("m/d1") is None  # a breaker's cooldown: a success ends it
+            assert h.retry_in("m/d1") is None  # a breaker's cooldown: a success ends it
         finally:
             await s.close()
 
@@ -702,7 +702,7 @@ async def test_a_shared_cooldown_keeps_its_longest_end_and_reads_the_same_at_eac
             await asyncio.gather(*b._tasks)
             for h in (a, b, c):
                 await h.sync()
-                assert h.cooling_for(key) == pytest.approx(120, abs=2)
+                assert h.retry_in(key) == pytest.approx(120, abs=2)
             # an entry an older replica wrote (no start): an enable made after it was seen
             # ends it, however late its write lands
             fresh = f"old{time.time_ns()}:"
@@ -714,14 +714,14 @@ async def test_a_shared_cooldown_keeps_its_longest_end_and_reads_the_same_at_eac
             first = (await sb.cooldowns_now())[key][0]
             assert (await sb.cooldowns_now())[key][0] == first
             await hb.sync()
-            assert hb.cooling_for(key) is not None
+            assert hb.retry_in(key) is not None
             await asyncio.sleep(0.3)
             enabled_at = time.time()  # an enable on a; its write lands 0.3 s later
             await asyncio.sleep(0.3)
             await hb.sync()
             assert await sa.set_disabled(key, None, enabled_at)
             await hb.sync()
-            assert hb.cooling_for(key) is None
+            assert hb.retry_in(key) is None
         finally:
             for x in ss:
                 await x.close()

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from satisfice import Job, Policy, Registry, Router
+from satisfice import Job, Policy, Router
 from satisfice.errors import (
     AllAttemptsFailedError,
     ConfigError,
@@ -28,23 +28,7 @@ from satisfice.probe import PROBES, _code, run_probes
 from satisfice.replay import Replay
 from satisfice.testing import LocalUpstream, hang, reply
 
-
-def _reg(url: str, models: Any = (("good", {"input": 0.1, "output": 0.4}),)) -> Registry:
-    out = []
-    for m, price in models:
-        d: dict[str, Any] = {
-            "id": m,
-            "provider": "openai",
-            "context_window": 100_000,
-            "max_output": 4000,
-            "quality": {"general": 0.8},
-            "p95_latency_ms": 100,
-            "deployments": [{"name": "d", "base_url": url + "/v1", "model": f"{m}-wire"}],
-        }
-        if price is not None:
-            d["price"] = price
-        out.append(d)
-    return Registry.from_dict({"model": out})
+from .test_probes_hold import _reg
 
 
 def test_a_code_answer_that_floods_its_output_is_not_kept_in_memory() -> None:

@@ -172,6 +172,7 @@ class Health:
             return None
 
     def retry_in(self, key: str) -> float | None:
+        """Seconds `key` stays cooling (None when it is not, or is disabled)."""
         with self._lock:
             s = self._s.get(key)
             if s is None or s.disabled is not None:
@@ -276,14 +277,6 @@ class Health:
                 s.cool_until, s.cool_kind, s.reason = until, "retry_after", reason
                 self._block(key, until)
 
-    def cooling_for(self, key: str) -> float | None:
-        """Seconds `key` stays cooling (None when it is not)."""
-        with self._lock:
-            s = self._s.get(key)
-            if s is None or s.disabled is not None:
-                return None
-            left = s.cool_until - self._clock()
-            return left if left > 0 else None
 
     def disable(self, key: str, reason: str) -> None:
         with self._lock:

@@ -378,7 +378,7 @@ class SharedHealth(Health):
 
     def record_failure(self, key: str, **kw: Any) -> None:
         super().record_failure(key, **kw)
-        left = self.cooling_for(key)
+        left = self.retry_in(key)
         if left is not None:
             now = time.time()
             until = now + left
