@@ -280,7 +280,8 @@ async def test_a_key_a_caller_puts_in_metadata_or_the_prompt_is_not_recorded(
         msgs = [{"role": "user", "content": f"why does {CANARY} fail?"}]
         cyc: dict[str, Any] = {"k": CANARY}
         cyc["self"] = cyc  # (a cycle: made plain, then scrubbed)
-        meta = {"key": CANARY, "note": [f"k={CANARY}"], CANARY: 1, "c": cyc}
+        meta = {"key": CANARY, "note": [f"k={CANARY}"], CANARY: 1, "c": cyc,
+                "t": (CANARY, (CANARY,)), "b": CANARY.encode(), "s": {CANARY}}  # fmt: skip
         await r.chat(msgs, metadata=meta)
         assert r.ledger is not None and r.ledger.flush(10)
     recs = list(read_records(path))
@@ -288,3 +289,48 @@ async def test_a_key_a_caller_puts_in_metadata_or_the_prompt_is_not_recorded(
     assert_clean(path.read_text(), json.dumps(recs), metrics.exposition().decode())
     assert "[redacted]" in json.dumps(recs[-1]["metadata"])
     assert recs[-1]["metadata"]["c"] == {"k": "[redacted]", "self": "<cycle>"}
+
+
+def test_metadata_that_changes_while_written_rejects_one_record_not_the_writer(
+    tmp_path: Path,
+) -> None:
+    """A caller's metadata that fails while the writer walks it (a dict another thread
+    changes meanwhile) had ended the ledger's writer thread, every later record lost; it is
+    that record rejected, the rest written."""
+    from satisfice import _redact
+    from satisfice.ledger import Ledger, read_records
+
+    class Moving(dict):  # type: ignore[type-arg]
+        def items(self):  # type: ignore[no-untyped-def]
+            raise RuntimeError("dictionary changed size during iteration")
+
+    _redact.register(CANARY)  # (keys known: the writer scrubs what it writes)
+    led = Ledger.open(tmp_path / "l.jsonl")
+    try:
+        led.put({"request_id": "bad", "metadata": {"m": Moving(a=1)}})
+        led.put({"request_id": "good", "metadata": {"m": 1}})
+        assert led.flush(5.0)
+    finally:
+        led.close()
+    assert [r["request_id"] for r in read_records(tmp_path / "l.jsonl")] == ["good"]
+    assert led.rejected == 1
+
+
+def test_a_key_in_metadata_of_any_type_is_not_written(tmp_path: Path) -> None:
+    """A record put as it is (a failure's) kept its metadata's tuples, bytes and sets as
+    they were: scrub_values reads str, list and dict alone, and the key in them had been
+    written whole. What is written is scrubbed, after it is made plain."""
+    from satisfice import _redact
+    from satisfice.ledger import Ledger
+
+    _redact.register(CANARY)
+    path = tmp_path / "l.jsonl"
+    led = Ledger.open(path)
+    try:
+        meta = {"t": (CANARY, (CANARY,)), "b": CANARY.encode(), "s": {CANARY}}
+        led.put({"request_id": "r", "metadata": meta})
+        assert led.flush(5.0)
+    finally:
+        led.close()
+    assert_clean(path.read_text())
+    assert "[redacted]" in path.read_text()

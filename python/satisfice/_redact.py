@@ -28,6 +28,7 @@ __all__ = [
     "scrub_json",
     "scrub_nested",
     "scrub_values",
+    "scrubbing",
 ]
 
 REDACTED = "[redacted]"
@@ -211,6 +212,11 @@ def scrub_escaped(text: str) -> str:
     JSON to decode (an error body cut, or not JSON at all) removed as well."""
     text = scrub(text)
     return _unhide(text) if _secrets and "\\" in text else text
+
+
+def scrubbing() -> bool:
+    """Whether any key is registered: else every scrub returns its input as it is."""
+    return bool(_secrets) or _prefixed is not None
 
 
 def scrub_values(data: Any) -> Any:

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._json import dumps_record, record_default
 from ._real import as_count, as_real
-from ._redact import scrub, scrub_values
+from ._redact import scrub, scrub_values, scrubbing
 from .accounting import cost_of
 from .errors import ConfigError
 
@@ -250,15 +250,16 @@ def _scrub_callers(rec: dict[str, Any]) -> None:
     """The caller's parts of a record (its metadata, and the messages `record_prompts`
     keeps) with the keys satisfice knows scrubbed, here on the writer's thread: an upstream
     key a caller put in either had been stored whole, and its metadata's `key` made a
-    metrics label of it. A part holding a cycle or nested past what can be walked is made
-    plain first (`_plain`: a marker in their place), as it is written then anyway."""
+    metrics label of it. Made plain first (`_plain`, a cycle or a deep nest a marker), as it
+    is written then anyway."""
+    if not scrubbing():
+        return
     for part in ("metadata", "messages"):
         v = rec.get(part)
         if v:
-            try:
-                rec[part] = scrub_values(v)
-            except RecursionError:
-                rec[part] = scrub_values(_plain(v))
+            # as it is written (`_plain`: tuples as lists, bytes, sets and other objects as
+            # their text, where scrub_values reads str, list and dict alone)
+            rec[part] = scrub_values(_plain(v))
 
 
 def record_of(result: ChatResult) -> dict[str, Any]:
@@ -1017,6 +1018,9 @@ class Ledger:
                     )
                 else:
                     rec = record_of(it) if isinstance(it, ChatResult) else dict(it)
+                # (in the try: a caller's metadata changed while it is walked, say, rejects
+                # this record, where it had ended the writer and every record after it)
+                _scrub_callers(rec)
             except Exception as e:  # a record that cannot be built: say so, go on
                 self.rejected += 1  # counted: flush() had waited its whole timeout
                 with self._drop_lock:
@@ -1024,7 +1028,6 @@ class Ledger:
                 _log.error("ledger: a record could not be built: %s", e,
                            extra={"event": "ledger_rejected"})  # fmt: skip
                 continue
-            _scrub_callers(rec)
             if (why := _undated(rec)) is not None:  # no sink takes it, no reader
                 self.rejected += 1
                 with self._drop_lock:

@@ -277,7 +277,6 @@ class Health:
                 s.cool_until, s.cool_kind, s.reason = until, "retry_after", reason
                 self._block(key, until)
 
-
     def disable(self, key: str, reason: str) -> None:
         with self._lock:
             self._get(key).disabled = reason
