@@ -1951,7 +1951,10 @@ class Executor:
         it waited for a pooled connection or connected: such calls had been billed their
         prompt, 19 of 220 under cancellations, though the upstream never saw them)."""
         calling = run.calling.get(t.hold)
-        if usage is None and calling is not None and calling[3][0] in (WAITING, CONNECTING):
+        # a race's task cancelled before its first step never reached `_bounded` (nothing
+        # in `run.calling`): no request left, as for one cut off in line (it had been billed
+        # its prompt, and `run.cut` set, for a call no upstream saw)
+        if usage is None and (calling is None or calling[3][0] in (WAITING, CONNECTING)):
             run.record(
                 Attempt(t.model, t.dep.name, "cancelled", started - run.t0, now - started,
                         error="cancelled before its request was sent", cost_usd=0.0,
@@ -2021,7 +2024,8 @@ class Executor:
             if isinstance(failed, ProviderError):  # it had failed already (with the winner):
                 self._failed(run, t, failed, started)  # a failure, not a call cut off
                 continue
-            self.health.record_slow(t.key, now - started)  # it took at least this long
+            if t.hold in run.calling or not task.cancelled():  # (one that never ran: no call)
+                self.health.record_slow(t.key, now - started)  # it took at least this long
             finished = not task.cancelled() and failed is None  # answered with the winner
             self._cancelled(
                 run, t, started, now, self._usage(run, t, task.result()) if finished else None

@@ -1,0 +1,75 @@
+"""A race or hedge bills what reached an upstream, and only that."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from typing import Any
+
+import pytest
+
+import satisfice.executor as executor_module
+from satisfice.testing import LocalUpstream, reply, status
+
+from .chat_support import router
+
+HELLO = [{"role": "user", "content": "say hi"}]
+
+
+def wire(model: str) -> str:
+    return f"{model}-wire"
+
+
+def _same_turn(first: str) -> Any:
+    """An `asyncio` for the executor whose `wait` hands back every call that ends within
+    0.5 s at once, `first`'s model's call looked at first: two answers that reach the
+    event loop in one turn, as they do on a busy one."""
+    real = asyncio.wait
+
+    async def wait(fs: Any, *, timeout: Any = None, return_when: Any = None) -> Any:
+        done, pending = await real(fs, timeout=0.5, return_when=asyncio.ALL_COMPLETED)
+        if not done:
+            return await real(fs, timeout=timeout, return_when=return_when)
+        tasks = dict(fs) if isinstance(fs, dict) else {}
+        ordered = sorted(done, key=lambda f: tasks.get(f, (None,))[0].model != first)
+        return ordered, pending
+
+    shim = types.SimpleNamespace(**{k: getattr(asyncio, k) for k in dir(asyncio) if k[0] != "_"})
+    shim.wait = wait
+    return shim
+
+
+def test_a_racer_launched_and_cancelled_before_it_ran_is_not_billed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Defect: `_concurrent` launches a replacement racer (a task) when a call fails, and
+    when the winner is in the same turn it returns at once: `_cancel` cancels the new
+    task before its first step, so it never reached `_bounded` (nothing in `run.calling`,
+    no request sent), yet `_cancelled` put it on the record as a call cut off upstream,
+    billed its prompt at an estimate (and `run.cut` set: a budget's settlement took the
+    bill as unknown), with a slow mark on the deployment's health. Expected: on record at
+    $0, 'cancelled before its request was sent', as a call cut off in line is."""
+    with LocalUpstream() as up:
+        up.script(wire("alpha"), status(500))
+        up.script(wire("beta"), reply("hi", latency=0.05))
+        r = router(up.url, max_retries=0)
+        monkeypatch.setattr(executor_module, "asyncio", _same_turn("alpha"))
+
+        async def go() -> Any:
+            async with r:
+                return await asyncio.wait_for(r.chat(HELLO, race=2, max_tokens=50), 10)
+
+        res = asyncio.run(go())
+        monkeypatch.undo()
+        gamma_seen = len(up.seen(wire("gamma")))
+    assert res.model == "beta"
+    gamma = [a for a in res.attempts if a.model == "gamma"]
+    assert gamma, [(a.model, a.outcome) for a in res.attempts]
+    assert gamma_seen == 0  # the replacement never left
+    billed = [a for a in gamma if a.cost_usd]
+    assert not billed, (
+        f"a racer never sent is billed: {[(a.outcome, a.cost_usd, a.error) for a in gamma]}"
+    )
+    assert all(a.cost_usd == 0.0 for a in gamma)
+    beta = next(a for a in res.attempts if a.model == "beta")
+    assert res.total_cost_usd == pytest.approx(beta.cost_usd)
