@@ -73,3 +73,51 @@ def test_a_racer_launched_and_cancelled_before_it_ran_is_not_billed(
     assert all(a.cost_usd == 0.0 for a in gamma)
     beta = next(a for a in res.attempts if a.model == "beta")
     assert res.total_cost_usd == pytest.approx(beta.cost_usd)
+
+
+@pytest.mark.parametrize("mode", [{"race": 2}, {"hedge": True}], ids=["race", "hedge"])
+def test_an_answer_cut_off_while_its_accept_check_runs_is_billed_its_usage(
+    mode: dict[str, Any], tmp_path: Any
+) -> None:
+    """Defect: `_concurrent` takes an answered call out of `running` and awaits its
+    `accept` check before the answer is on record. A caller gone during that check (a
+    timeout, a client that hung up) left it to router.chat()'s `_cut_off`, which put it
+    on record as a call cut off upstream: its prompt alone, estimated. The upstream had
+    answered and reported 2,900 output tokens ($0.00116); the record said $0.0000008.
+    Expected: the answer's own usage and cost on its attempt, in the result's error and
+    the ledger alike."""
+    from satisfice.ledger import read_records
+
+    async def slow(answer: Any, ctx: Any) -> Any:
+        from satisfice import validators as v
+
+        await asyncio.sleep(5)
+        return v.Verdict(True, 1.0, "ok")
+
+    with LocalUpstream() as up:
+        up.script(wire("alpha"), reply("hi", usage=(10, 2900, 0)))
+        up.script(wire("beta"), reply("late", latency=3))
+        r = router(up.url)
+        path = tmp_path / "ledger.jsonl"
+        r.attach(ledger=path)
+
+        async def go() -> None:
+            async with r:
+                task = asyncio.create_task(r.chat(HELLO, accept=slow, max_tokens=3000, **mode))
+                for _ in range(200):  # until alpha's answer is being checked
+                    await asyncio.sleep(0.01)
+                    if up.seen(wire("alpha")) and (not mode.get("race") or up.seen(wire("beta"))):
+                        break
+                await asyncio.sleep(0.3)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(task, 10)
+
+        asyncio.run(go())
+    (rec,) = read_records(path)
+    alpha = [a for a in rec["attempts"] if a["model"] == "alpha"]
+    assert len(alpha) == 1, alpha
+    usage = alpha[0]["usage"] or {}
+    assert usage.get("completion_tokens") == 2900, alpha[0]
+    assert alpha[0]["cost_usd"] == pytest.approx((10 * 0.10 + 2900 * 0.40) / 1e6)
+    assert rec["total_cost_usd"] >= alpha[0]["cost_usd"]

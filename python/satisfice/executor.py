@@ -1885,7 +1885,16 @@ class Executor:
                     if exc is None:
                         resp = task.result()
                         now = perf_counter()
-                        verdict = await self._check(run, t, resp)
+                        try:
+                            verdict = await self._check(run, t, resp)
+                        except BaseException:
+                            # cut off (its caller gone) while its answer was checked: out of
+                            # `running`, the answer is on record here, at its own usage (left
+                            # to `_cut_off`, it had been billed its prompt alone)
+                            self._cancelled(
+                                run, t, started, perf_counter(), self._usage(run, t, resp)
+                            )
+                            raise
                         if verdict is None or verdict.passed:
                             self.health.record_success(t.key, now - started)
                             # the wait, less the winner's own encoding and parsing, and its
