@@ -121,3 +121,26 @@ def test_an_answer_cut_off_while_its_accept_check_runs_is_billed_its_usage(
     assert usage.get("completion_tokens") == 2900, alpha[0]
     assert alpha[0]["cost_usd"] == pytest.approx((10 * 0.10 + 2900 * 0.40) / 1e6)
     assert rec["total_cost_usd"] >= alpha[0]["cost_usd"]
+
+
+def test_a_race_whose_answers_every_check_rejected_says_why() -> None:
+    """Defect: the AllAttemptsFailedError of a race (or hedge) whose every answer its
+    `accept` check rejected listed them as "rejected (None)": `_lines` printed the
+    attempt's `error`, which a rejected answer has none of. Expected: the check's reason."""
+    from satisfice import validators as v
+    from satisfice.errors import AllAttemptsFailedError
+
+    with LocalUpstream() as up:
+        up.default = reply("not json")
+        r = router(up.url)
+
+        async def go() -> None:
+            async with r:
+                await asyncio.wait_for(
+                    r.chat(HELLO, race=2, accept=v.json_valid(), allow=["alpha", "beta"]), 10
+                )
+
+        with pytest.raises(AllAttemptsFailedError) as err:
+            asyncio.run(go())
+    assert "(None)" not in str(err.value), str(err.value)
+    assert str(err.value).count("rejected (its check failed it: ") == 2, str(err.value)

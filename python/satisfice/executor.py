@@ -759,10 +759,19 @@ class Run:
 
 def _lines(attempts: list[Attempt]) -> str:
     return "\n".join(
-        f"  {i}. {a.model} via {a.deployment}: {a.outcome}"
-        + (f" ({a.error_type}: {a.error})" if a.error_type else f" ({a.error})")
+        f"  {i}. {a.model} via {a.deployment}: {a.outcome} ({_why(a)})"
         for i, a in enumerate(attempts, 1)
     )
+
+
+def _why(a: Attempt) -> str:
+    """What an error's line says of an attempt: its error, or for an answer a check
+    rejected, the check's reason (a race's had read "rejected (None)")."""
+    if a.error_type:
+        return f"{a.error_type}: {a.error}"
+    if a.error is None and a.verdict is not None:
+        return f"its check failed it: {a.verdict.get('reason')}"
+    return str(a.error)
 
 
 def _targets_of(spec: ModelSpec) -> tuple[_Target, ...]:
