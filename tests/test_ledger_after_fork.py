@@ -120,3 +120,28 @@ def test_a_sqlite_ledger_closed_by_the_parent_keeps_what_its_child_writes_after(
     assert out.returncode == 0 and out.stdout.strip() == "0", out.stderr
     who = sorted(r["metadata"]["who"] for r in read_records(path))
     assert who == ["child"] * 21 + ["parent"], who
+
+
+def test_a_sqlite_sink_made_while_a_fork_is_under_way_waits_for_it(tmp_path: Path) -> None:
+    """A sink made by another thread between the before-fork handler (which a writer's busy
+    wait can hold up for seconds) and the after-fork one had been released unlocked by the
+    latter: a RuntimeError that left the sinks after it locked, their writers stopped for
+    good. It now joins once the fork is over, and exactly the sinks locked are released."""
+    import threading
+
+    from satisfice import ledger
+
+    first = ledger.SQLiteSink(tmp_path / "a.db")
+    made: list[ledger.SQLiteSink] = []
+    ledger._sqlite_before_fork()  # as os.fork() runs it
+    try:
+        t = threading.Thread(target=lambda: made.append(ledger.SQLiteSink(tmp_path / "b.db")))
+        t.start()
+        t.join(0.5)  # (it waits for the fork to end)
+    finally:
+        ledger._sqlite_after_fork_in_parent()
+    t.join(10)
+    assert made and not first._use.locked() and not made[0]._use.locked()
+    first.write([])  # each usable: the connection opened again
+    first.close()
+    made[0].close()

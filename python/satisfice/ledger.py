@@ -358,7 +358,8 @@ class SQLiteSink:
         # held while the connection is used, and across a fork (`_before_fork`)
         self._use = threading.Lock()
         self._connect(ConfigError)  # fail now, in the caller's thread, on a bad path
-        _SQLITE_SINKS.add(self)
+        with _SQLITE_FORK:  # (not while a fork is under way: see _sqlite_before_fork)
+            _SQLITE_SINKS.add(self)
 
     def _connect(self, error: type[Exception] = OSError) -> sqlite3.Connection:
         """The connection, opened if it is not. Failing, `error`: the caller's to fix at
@@ -419,9 +420,10 @@ class SQLiteSink:
     # opened again at the next write, in the parent and in the child alike.
     def _before_fork(self) -> None:
         self._use.acquire()
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):  # (a fork is not stopped for it)
+                db.close()
 
     def _after_fork_in_parent(self) -> None:
         self._use.release()
@@ -434,19 +436,32 @@ class SQLiteSink:
 
 #: Every SQLiteSink, its connection closed before a fork (`SQLiteSink._before_fork`).
 _SQLITE_SINKS: weakref.WeakSet[SQLiteSink] = weakref.WeakSet()
+#: Held from before a fork to after it: no sink joins `_SQLITE_SINKS` meanwhile, and those
+#: locked before it (`_FORKING`) are the ones released after it (a sink made by another
+#: thread while a writer's busy wait held the fork up had been released unlocked: a
+#: RuntimeError that left the sinks after it locked, their writers stopped for good).
+_SQLITE_FORK = threading.Lock()
+_FORKING: list[SQLiteSink] = []
 
 
 def _sqlite_before_fork() -> None:
-    for sink in list(_SQLITE_SINKS):
+    _SQLITE_FORK.acquire()
+    _FORKING[:] = list(_SQLITE_SINKS)
+    for sink in _FORKING:
         sink._before_fork()
 
 
 def _sqlite_after_fork_in_parent() -> None:
-    for sink in list(_SQLITE_SINKS):
+    for sink in _FORKING:
         sink._after_fork_in_parent()
+    _FORKING.clear()
+    _SQLITE_FORK.release()
 
 
 def _sqlite_after_fork_in_child() -> None:
+    global _SQLITE_FORK
+    _SQLITE_FORK = threading.Lock()
+    _FORKING.clear()
     for sink in list(_SQLITE_SINKS):
         sink.after_fork()
 
