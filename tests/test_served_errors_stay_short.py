@@ -149,3 +149,26 @@ def test_a_key_sent_as_a_model_id_is_not_quoted_back(
             r = httpx.request(method, url + path, json=body, headers=auth, timeout=30)
     assert r.status_code == 404, (r.status_code, r.text[:300])
     assert MASTER not in r.text and "[redacted]" in r.text, r.text[:300]
+
+
+def test_an_alias_conflict_and_a_keys_model_list_quote_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An alias's allow list against a request's, and a key limited to some models asked
+    for another: each error had quoted the caller's model id and list whole (1 MB back,
+    scrubbed on the event loop)."""
+    monkeypatch.setenv("SATISFICE_TEST_MASTER", MASTER)
+    with LocalUpstream() as up:
+        cfg = ServerConfig(master_key_env="SATISFICE_TEST_MASTER",
+                           aliases={"fast": {"allow": ["beta"]}})  # fmt: skip
+        with running(cfg, Router(registry(up.url))) as (url, _):
+            admin = {"authorization": f"Bearer {MASTER}"}
+            k = httpx.post(url + "/admin/keys", headers=admin, timeout=30,
+                           json={"name": "k", "models": ["alpha"]}).json()["key"]  # fmt: skip
+            caller = {"authorization": f"Bearer {k}"}
+            conflict = httpx.post(url + "/v1/chat/completions", headers=admin, timeout=30, json={
+                "model": "fast", "messages": U, "allow": [BIG]})  # fmt: skip
+            listed = httpx.post(url + "/v1/chat/completions", headers=caller, timeout=30,
+                                json={"model": BIG, "messages": U})  # fmt: skip
+    assert conflict.status_code == 400 and len(conflict.content) < BOUND, conflict.text[:200]
+    assert listed.status_code == 403 and len(listed.content) < BOUND, listed.text[:200]

@@ -55,6 +55,8 @@ from ..errors import (
     SatisficeError,
     UnknownModelError,
     UpstreamTimeoutError,
+    quoted,
+    quoted_names,
 )
 from ..executor import (
     cache_write_of,
@@ -858,7 +860,7 @@ class Service:
             if name not in listed and not (  # or one of its effort rows, asked by effort
                 routed.efforts and name in reg and any(v in listed for v in reg[name].effort_ids())
             ):
-                raise HTTPError(403, f"this key may not use {name!r}; it may use {listed}",
+                raise HTTPError(403, f"this key may not use {quoted(name)}; it may use {listed}",
                                 "invalid_request_error", "model_not_allowed")  # fmt: skip
             if "allow" in routed.options or "deny" in routed.options:
                 raise HTTPError(403, "this key's model list decides which models serve it: "
@@ -886,8 +888,8 @@ class Service:
                 if not self._thinks_as_asked(opts["allow"], opts) and self._thinks_as_asked(
                     every, opts
                 ):  # the key rules out the rows that think as asked: said as the key's
-                    raise HTTPError(403, f"this key may not use {name!r} at the effort asked; "
-                                    f"it may use {listed}", "invalid_request_error",
+                    raise HTTPError(403, f"this key may not use {quoted(name)} at the effort "
+                                    f"asked; it may use {listed}", "invalid_request_error",
                                     "model_not_allowed")  # fmt: skip
         return opts
 
@@ -1093,14 +1095,14 @@ def _with_model(opts: dict[str, Any], own: Mapping[str, Any], name: str) -> dict
                 opts[k] = mine
                 continue
             if k == "allow" and not opts[k]:
-                raise HTTPError(400, f"model {name!r} allows {list(a)} and the request's "
-                                f"'allow' {list(b)}: no model is in both",
+                raise HTTPError(400, f"model {quoted(name)} allows {quoted_names(a)} and the "
+                                f"request's 'allow' {quoted_names(b)}: no model is in both",
                                 "invalid_request_error", "no_route")  # fmt: skip
             if opts[k] is not None:
                 continue
         elif mine == v:
             continue
-        raise HTTPError(400, f"model {name!r} sets {k}={v!r} and the request {k}="
+        raise HTTPError(400, f"model {quoted(name)} sets {k}={v!r:.60} and the request {k}="
                         f"{mine!r:.60}; send only one", "invalid_request_error",
                         "conflicting_constraints")  # fmt: skip
     return opts
