@@ -393,7 +393,13 @@ def _nano(usd: float) -> int:
 
 
 def _nano_up(usd: float) -> int:
-    return int(-(-usd * NANO // 1))
+    """`usd` in nano-dollars, rounded up (a hold or a charge is never under-counted), but
+    not for a float's noise: a cost the ledger records as $7.000000000000001e-07 (700 nano-
+    dollars and a ten-trillionth) had been charged 701, a nano-dollar more than on record
+    for every request whose cost the float arithmetic left a hair over a whole one."""
+    n = usd * NANO
+    whole = round(n)
+    return whole if abs(n - whole) <= 1e-9 * max(1.0, abs(n)) else math.ceil(n)
 
 
 # KEYS[1] the keys hash; ARGV: id, the JSON read, the JSON to write.
