@@ -773,6 +773,11 @@ class AnthropicProvider(HTTPProvider):
         if whole_ is not None:
             answer = self._answer(whole_[0], None)  # (an error object: raised as said)
             for block in answer.thinking:
+                # a thinking block's text, then the block, as a streamed one comes: a
+                # served stream says the text in its pieces alone (the block had reached an
+                # Anthropic client empty, beside the signature of its text)
+                if block.get("type") == "thinking" and block.get("thinking"):
+                    yield StreamDelta(thinking=block["thinking"])
                 yield StreamDelta(thought=block)
             if answer.text:
                 yield answer.text
