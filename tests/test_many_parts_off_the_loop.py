@@ -45,6 +45,10 @@ def _thinking(n: int) -> list[dict[str, Any]]:
     ]
 
 
+def _keys(n: int) -> dict[str, str]:
+    return {f"k{i}": "v" for i in range(n)}
+
+
 SHAPES = {
     "parts": lambda: _parts(500_000),
     "tool_calls": lambda: _calls(300_000),
@@ -52,7 +56,17 @@ SHAPES = {
     # whose calls text_bytes had not read, nor counted)
     "tool_calls_no_content": lambda: _calls(300_000, content_key=False),
     "thinking_blocks": lambda: _thinking(300_000),
-}
+    # keys read one by one, and a container made into text (had held the loop 0.1-0.2 s)
+    "message_keys": lambda: [{"role": "user", "content": "q", **_keys(100_000)}],
+    "part_keys": lambda: [{"role": "user", "content": [
+        {"type": "text", "text": "q", **_keys(100_000)}]}],
+    "function_keys": lambda: [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
+            "name": "f", "arguments": "{}", **_keys(100_000)}}]},
+    ],
+    "list_in_a_field": lambda: [{"role": "user", "content": "q", "extra": ["x"] * 300_000}],
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
@@ -89,9 +103,23 @@ def test_many_parts_are_routed_on_a_worker_thread(shape: str) -> None:
     """The decision itself, without a clock: every shape of many items is routed off the
     loop, and the usual prompt on it (an assistant turn of tool calls with no content key,
     and thinking blocks, had been left on the loop, unread and uncounted)."""
-    from satisfice import _core
+    from satisfice import Router, _core
     from satisfice.router import _message_list, _route_inline
 
+    Router()  # (it starts the tokenizers' build, which this waits for)
     _core.wait_for_tokenizers()
     assert not _route_inline(_message_list(SHAPES[shape]()))
     assert _route_inline(_message_list([{"role": "user", "content": "q"}]))
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_what_decides_stops_reading_past_its_bound(shape: str) -> None:
+    """Deciding must not be the long walk itself: `text_bytes` stops once it has met more
+    items (parts, calls, blocks, keys of the dicts it reads) than routing inline takes, or
+    sizes a container too large to make into text without making it. A message of a million
+    keys had been read key by key on the loop (0.2 s) before routing went to its thread."""
+    from satisfice._extra import text_bytes
+    from satisfice.router import _message_list
+
+    got = text_bytes(_message_list(SHAPES[shape]()), 1024)
+    assert got is None or got >= 1 << 40, got

@@ -58,11 +58,19 @@ _PART_SKIP = frozenset({"cache_control", "type"})
 _MEDIA = frozenset({"image_url", "image", "input_image", "input_audio", "file", "input_file"})
 
 
+#: What a container of more than `_MANY` items in a text field counts as: past any bound
+#: (made into text, a 3M-item list had held the event loop 90 ms before routing went to a
+#: thread; the count refuses it anyway, or estimates it).
+_MANY, _PAST_ANY_BOUND = 1024, 1 << 40
+
+
 def _size(v: object) -> int:
     if isinstance(v, str):
         return len(v)
     if v is None:
         return 0
+    if isinstance(v, list | tuple | dict) and len(v) > _MANY:
+        return _PAST_ANY_BOUND
     try:
         return len(str(v))
     except Exception:  # (1,000 nested lists: a RecursionError had come out of chat() raw)
@@ -88,9 +96,9 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]], most_items: int | None = None)
     back; any key of a message or part it does not know, which the OpenAI wire forwards).
     What decides whether a count can run on the event loop: a 4 MB tool_call_id, missed
     here, had been counted on it. None, unread, when the messages hold more than
-    `most_items` content parts, tool calls and thinking blocks in all: walking them is
-    itself long (one message of 500,000 one-letter parts had held the event loop 0.24 s
-    here)."""
+    `most_items` content parts, tool calls, thinking blocks and keys of the dicts read in
+    all: walking them is itself long (one message of 500,000 one-letter parts had held the
+    event loop 0.24 s here, one of a million keys 0.2 s)."""
     n = items = 0
     for m in msgs:
         content = m.get("content")
@@ -102,11 +110,20 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]], most_items: int | None = None)
                 return None
             for p in content:
                 if isinstance(p, Mapping) and p.get("type") not in _MEDIA:
+                    items += len(p)  # (its keys are read one by one too)
+                    if most_items is not None and items > most_items:
+                        return None
                     n += _unread(p, _PART_SKIP)
         if len(m) > 2 or "content" not in m:  # more than role and content: an agent's
             # turn, a named one (an assistant's tool calls with no content key, as well)
+            items += len(m)  # (a message of a million keys: each read below)
+            if most_items is not None and items > most_items:
+                return None
             n += _unread(m, _READ)
             if isinstance(f := m.get("function_call"), Mapping):  # the legacy tool call
+                items += len(f)
+                if most_items is not None and items > most_items:
+                    return None
                 n += _unread(f, ())
             calls = m.get("tool_calls")
             if not isinstance(calls, list | tuple):
@@ -116,9 +133,15 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]], most_items: int | None = None)
                 return None
             for call in calls:
                 if isinstance(call, Mapping):
+                    items += len(call)
+                    if most_items is not None and items > most_items:
+                        return None
                     n += _unread(call, ("function", "custom"))
                     for kind in ("function", "custom"):
                         if isinstance(f := call.get(kind), Mapping):
+                            items += len(f)
+                            if most_items is not None and items > most_items:
+                                return None
                             n += _unread(f, ())
             blocks = m.get("thinking_blocks")
             if not isinstance(blocks, list | tuple):
