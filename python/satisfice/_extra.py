@@ -5,6 +5,7 @@ import the HTTP stack to do so)."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 
 from .errors import InputError
@@ -100,54 +101,55 @@ def text_bytes(msgs: Sequence[Mapping[str, Any]], most_items: int | None = None)
     all: walking them is itself long (one message of 500,000 one-letter parts had held the
     event loop 0.24 s here, one of a million keys 0.2 s)."""
     n = items = 0
+    bound = most_items if most_items is not None else math.inf
     for m in msgs:
         content = m.get("content")
         if isinstance(content, str):
             n += len(content)
         elif isinstance(content, list | tuple):
             items += len(content)
-            if most_items is not None and items > most_items:
+            if items > bound:
                 return None
             for p in content:
                 if isinstance(p, Mapping) and p.get("type") not in _MEDIA:
                     items += len(p)  # (its keys are read one by one too)
-                    if most_items is not None and items > most_items:
+                    if items > bound:
                         return None
                     n += _unread(p, _PART_SKIP)
         if len(m) > 2 or "content" not in m:  # more than role and content: an agent's
             # turn, a named one (an assistant's tool calls with no content key, as well)
             items += len(m)  # (a message of a million keys: each read below)
-            if most_items is not None and items > most_items:
+            if items > bound:
                 return None
             n += _unread(m, _READ)
             if isinstance(f := m.get("function_call"), Mapping):  # the legacy tool call
                 items += len(f)
-                if most_items is not None and items > most_items:
+                if items > bound:
                     return None
                 n += _unread(f, ())
             calls = m.get("tool_calls")
             if not isinstance(calls, list | tuple):
                 calls = ()  # (refused by the count)
             items += len(calls)
-            if most_items is not None and items > most_items:
+            if items > bound:
                 return None
             for call in calls:
                 if isinstance(call, Mapping):
                     items += len(call)
-                    if most_items is not None and items > most_items:
+                    if items > bound:
                         return None
                     n += _unread(call, ("function", "custom"))
                     for kind in ("function", "custom"):
                         if isinstance(f := call.get(kind), Mapping):
                             items += len(f)
-                            if most_items is not None and items > most_items:
+                            if items > bound:
                                 return None
                             n += _unread(f, ())
             blocks = m.get("thinking_blocks")
             if not isinstance(blocks, list | tuple):
                 blocks = ()
             items += len(blocks)
-            if most_items is not None and items > most_items:
+            if items > bound:
                 return None
             for b in blocks:
                 if isinstance(b, dict):

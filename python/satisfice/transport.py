@@ -683,7 +683,7 @@ async def _until(
         buf = conn.buf
         i = buf.find(sep, start)
         if 0 <= i <= _MAX_HEAD:
-            if sep == _HEAD_END and b"\n\n" in buf[:i]:  # (a bare-LF head, a CRLF body)
+            if sep == _HEAD_END and buf.find(b"\n\n", 0, i) >= 0:  # (bare-LF head, CRLF body)
                 raise _bare_lf(request)
             return conn.take(i + len(sep))
         # (a read brings up to 256 KiB: the separator may arrive with the bytes past the limit)
