@@ -152,11 +152,12 @@ def constraints_from(body: Mapping[str, Any], headers: Mapping[str, str]) -> dic
 
 def _check_call(body: Mapping[str, Any]) -> None:
     """Types of the call parameters, checked here so none reaches a provider misread."""
-    for k in ("temperature", "top_p"):
+    # (top_p is a probability mass: every API takes [0, 1]; a 1.5 had gone upstream, a 400)
+    for k, most in (("temperature", 2), ("top_p", 1)):
         v = body.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
-                              or v != v or not 0 <= v <= 2):  # fmt: skip
-            raise _bad(f"'{k}' must be a number in [0, 2], got {v!r:.40}")
+                              or v != v or not 0 <= v <= most):  # fmt: skip
+            raise _bad(f"'{k}' must be a number in [0, {most}], got {v!r:.40}")
     for k in ("max_tokens", "max_completion_tokens"):
         v = body.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**31):
