@@ -23,7 +23,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -191,6 +191,38 @@ class _Listings:
 # -- parsing ---------------------------------------------------------------------------------
 
 
+class _Twice:
+    """A key one JSON object of a catalogue names twice with different values: json.loads
+    keeps the last without a word, which had priced a model listed twice by the file's
+    order. A model entry given twice is read as its entries (`_entries`), which conflict; a
+    field given twice is no figure, so its entry is unpriced or skipped."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: list[Any]) -> None:
+        self.values = values
+
+
+def _object(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object_pairs_hook: a key given twice with different values as `_Twice`
+    (the same value twice is harmless, and kept once)."""
+    out = dict(items)
+    if len(out) == len(items):  # (every object of a well-formed catalogue)
+        return out
+    seen: dict[str, list[Any]] = {}
+    for k, v in items:
+        if v not in (vs := seen.setdefault(k, [])):
+            vs.append(v)
+    return {k: vs[0] if len(vs) == 1 else _Twice(vs) for k, vs in seen.items()}
+
+
+def _entries(d: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """`d`'s (key, entry) pairs, each entry of a key given twice (`_Twice`) in turn."""
+    for k, v in d.items():
+        for e in v.values if isinstance(v, _Twice) else (v,):
+            yield k, e
+
+
 def _usd(v: Any) -> float | None:
     """A catalogue's USD figure (a number or a decimal string); None (no figure) for a
     bool (float(True) is 1.0), NaN, infinity or < 0; inf for a number too large for a
@@ -298,7 +330,7 @@ def _litellm_tiers(e: Mapping[str, Any]) -> list[_Tier]:
 
 def parse_litellm(data: Mapping[str, Any]) -> Catalogue:
     listings = _Listings()
-    for key, e in data.items():
+    for key, e in _entries(data):
         if not isinstance(e, Mapping) or e.get("mode") != "chat":
             continue
         host = _BY_LITELLM.get(str(e.get("litellm_provider")))
@@ -405,14 +437,14 @@ def parse_openrouter(data: Mapping[str, Any]) -> Catalogue:
 
 def parse_models_dev(data: Mapping[str, Any]) -> Catalogue:
     listings = _Listings()
-    for pkey, prov in data.items():
+    for pkey, prov in _entries(data):
         host = _BY_MODELS_DEV.get(pkey)
         if host is None or not isinstance(prov, Mapping):
             continue
         models = prov.get("models")
         if not isinstance(models, Mapping):
             continue
-        for mid, e in models.items():
+        for mid, e in _entries(models):
             if not isinstance(e, Mapping):
                 continue
             mods = _sub(e, "modalities")
@@ -516,7 +548,7 @@ def load(source: str, location: str | None = None, *, timeout_s: float = 30.0) -
     from .providers.base import scrubbed
 
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_object)
     except (ValueError, RecursionError) as e:
         raise ConfigError(f"{source}: {shown(location)} is not JSON ({e})") from None
     # a lone surrogate (\ud800), valid JSON, is no text any file or terminal takes: U+FFFD

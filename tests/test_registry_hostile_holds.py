@@ -1,0 +1,39 @@
+"""Hostile and broken catalogues, registries and refreshes, as reviewed. Every test here
+failed on the code it was written against; each docstring says the defect and what should
+hold instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from satisfice import Registry, sources
+from satisfice.registry import Deployment, ModelSpec, Price
+
+
+def _sonnet() -> Registry:
+    dep = Deployment("anthropic", "anthropic", "https://api.anthropic.com", "claude-sonnet-4-6")
+    return Registry([ModelSpec("sonnet", "anthropic", 200_000, 64_000, "claude",
+                               Price(3.0, 15.0), deployments=(dep,))])  # fmt: skip
+
+
+def _litellm(input_per_token: float) -> str:
+    return (
+        '"claude-sonnet-4-6": {"mode": "chat", "litellm_provider": "anthropic", '
+        f'"input_cost_per_token": {input_per_token}, "output_cost_per_token": 1.5e-05}}'
+    )
+
+
+def test_a_model_key_given_twice_in_a_catalogue_file_conflicts(tmp_path: Path) -> None:
+    """A LiteLLM map naming one model's key twice with different prices had been read by
+    json.loads as the last entry alone, which then priced the model ($3 to $0.30 here)
+    without a word; it is listed twice with different facts, and kept as it is."""
+    f = tmp_path / "map.json"
+    f.write_text("{" + _litellm(3e-07) + ", " + _litellm(3e-06) + "}")
+    cat = sources.load("litellm", str(f))
+    assert cat.conflicts == {("anthropic", "claude-sonnet-4-6")}
+    new, diff = sources.apply(_sonnet(), cat)
+    assert new["sonnet"].price == Price(3.0, 15.0)
+    assert "lists anthropic:claude-sonnet-4-6 twice" in diff.render()
+    # the same entry twice is harmless, as a model listed twice the same is
+    f.write_text("{" + _litellm(3e-06) + ", " + _litellm(3e-06) + "}")
+    assert not sources.load("litellm", str(f)).conflicts
