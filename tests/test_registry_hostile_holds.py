@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from satisfice import Registry, sources
 from satisfice.registry import Deployment, ModelSpec, Price
 
@@ -37,3 +39,25 @@ def test_a_model_key_given_twice_in_a_catalogue_file_conflicts(tmp_path: Path) -
     # the same entry twice is harmless, as a model listed twice the same is
     f.write_text("{" + _litellm(3e-06) + ", " + _litellm(3e-06) + "}")
     assert not sources.load("litellm", str(f)).conflicts
+
+
+@pytest.mark.parametrize("figure", ["1e999", "NaN", "-1", "true", '"n/a"', "[6e-06]"])
+@pytest.mark.parametrize(
+    "field", ["input_cost_per_token_above_200k_tokens", "cache_creation_input_token_cost"]
+)
+def test_a_rate_given_as_no_price_makes_its_entry_unpriced(
+    tmp_path: Path, field: str, figure: str
+) -> None:
+    """A long-context tier's or a cache write's rate given as no price (1e999, which
+    json.loads reads as infinity; NaN, a negative, a bool, text) had been read as no rate:
+    the tier dropped (a 500k-token prompt billed at the base rates, where the same tier at
+    1e305 made the entry unpriced) or the write billed at the input rate. Such an entry is
+    unpriced, as one whose input rate is no price is."""
+    f = tmp_path / "map.json"
+    f.write_text(
+        '{"claude-sonnet-4-6": {"mode": "chat", "litellm_provider": "anthropic", '
+        '"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05, '
+        f'"output_cost_per_token_above_200k_tokens": 2.25e-05, "{field}": {figure}}}}}'
+    )
+    (listing,) = sources.load("litellm", str(f)).listings.values()
+    assert listing.price is None

@@ -224,18 +224,21 @@ def _entries(d: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
 
 
 def _usd(v: Any) -> float | None:
-    """A catalogue's USD figure (a number or a decimal string); None (no figure) for a
-    bool (float(True) is 1.0), NaN, infinity or < 0; inf for a number too large for a
-    float, which makes its entry unpriced as an absurd rate does."""
-    if isinstance(v, bool):
+    """A catalogue's USD figure (a number or a decimal string); None when it gives none;
+    inf for one that is no price (a bool, as float(True) is 1.0; NaN, infinity, < 0, text,
+    a number too large for a float), which makes its entry unpriced as an absurd rate does.
+    (Read as none, such a cache-write or reasoning rate had been billed at the input or
+    output rate, and such a long-context tier dropped: a long prompt billed at the base
+    rates, where the same tier at 1e305 made the entry unpriced.)"""
+    if v is None:
         return None
+    if isinstance(v, bool):
+        return math.inf
     try:
         f = float(v)
-    except OverflowError:
-        return math.inf if v > 0 else None
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) and f >= 0 else None
+    except (TypeError, ValueError, OverflowError):
+        return math.inf
+    return f if math.isfinite(f) and f >= 0 else math.inf
 
 
 def _per_token(v: Any) -> float | None:
