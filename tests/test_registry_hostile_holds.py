@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from satisfice import Registry, sources
+from satisfice.errors import ConfigError
 from satisfice.registry import Deployment, ModelSpec, Price
 
 
@@ -61,3 +62,17 @@ def test_a_rate_given_as_no_price_makes_its_entry_unpriced(
     )
     (listing,) = sources.load("litellm", str(f)).listings.values()
     assert listing.price is None
+
+
+@pytest.mark.parametrize("name", ["registry.toml", "registry.json"])
+def test_a_registry_file_past_any_size_is_refused_unread(tmp_path: Path, name: str) -> None:
+    """A registry file had been read whole, however large: `--registry /dev/zero` (or a
+    file of gigabytes) read until memory ran out, a MemoryError traceback. What is past
+    the bound is refused, said, and not read."""
+    f = tmp_path / name
+    with f.open("wb") as out:  # sparse: 65 MB of NULs, taking no disk
+        out.truncate(65 << 20)
+    with pytest.raises(ConfigError, match=r"is over 64 MB"):
+        Registry.load(f)
+    with pytest.raises(ConfigError, match=r"is over 64 MB"):
+        Registry.load("/dev/zero")

@@ -653,6 +653,9 @@ def _bad_id(mid: str) -> str | None:
     return None
 
 
+#: The most bytes of a registry file read (the bundled registry is 18 kB).
+_MAX_FILE_BYTES = 64 << 20
+
 #: The least rate (USD per 1M tokens) no warning is given for: no listed model charges
 #: less than a cent per million, and a per-token price is a millionth of one that does.
 _LEAST_RATE = 0.001
@@ -1130,10 +1133,20 @@ class Registry:
 
         p = Path(path)
         try:
-            # utf-8-sig: a byte-order mark, which editors on Windows write, is no error
-            data = parse(p.read_bytes().decode("utf-8-sig"))
+            with p.open("rb") as f:  # bounded: /dev/zero, or a file of gigabytes, had been
+                raw = f.read(_MAX_FILE_BYTES + 1)  # read until memory ran out (MemoryError)
         except FileNotFoundError:
             raise ConfigError(f"registry file {p} does not exist") from None
+        except OSError as e:
+            raise ConfigError(f"registry file {p} cannot be read: {e.strerror}") from None
+        if len(raw) > _MAX_FILE_BYTES:
+            raise ConfigError(
+                f"registry file {p} is over {_MAX_FILE_BYTES >> 20} MB, which no registry "
+                "needs; give the registry's own file"
+            )
+        try:
+            # utf-8-sig: a byte-order mark, which editors on Windows write, is no error
+            data = parse(raw.decode("utf-8-sig"))
         except ConfigError as e:  # a key given twice (`_json_once`); before ValueError's
             raise ConfigError(f"registry file {p} is not valid {kind}: {e}"[:400]) from None
         except (ValueError, RecursionError) as e:
@@ -1143,8 +1156,6 @@ class Registry:
             raise ConfigError(
                 f"registry file {p} is not valid {kind} (UTF-8){hint}: {e}"[:400]
             ) from None
-        except OSError as e:
-            raise ConfigError(f"registry file {p} cannot be read: {e.strerror}") from None
         if not isinstance(data, dict):
             raise ConfigError(
                 f"registry file {p} must hold a table of models, not a {type(data).__name__}"
