@@ -4,12 +4,15 @@ hold instead."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from satisfice import Registry, sources
+from satisfice import Registry, Router, sources
 from satisfice.errors import ConfigError
+from satisfice.refresh import RegistryRefresher
 from satisfice.registry import Deployment, ModelSpec, Price
 
 
@@ -76,3 +79,17 @@ def test_a_registry_file_past_any_size_is_refused_unread(tmp_path: Path, name: s
         Registry.load(f)
     with pytest.raises(ConfigError, match=r"is over 64 MB"):
         Registry.load("/dev/zero")
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"timeout_s": math.nan}, {"timeout_s": 0}, {"timeout_s": -1.0}, {"timeout_s": 1e300},
+     {"timeout_s": "30"}, {"timeout_s": None}, {"interval_s": "60"}, {"max_ratio": "10"}],
+)  # fmt: skip
+def test_a_refresher_refuses_a_bad_setting_when_made(kw: dict[str, Any]) -> None:
+    """`RegistryRefresher` checked interval_s and max_ratio (raw TypeErrors for text) and
+    not timeout_s at all: NaN, 0 or -1 failed every refresh later, said in the log only as
+    "not downloaded within nans"; 1e300 an OverflowError and a thread's traceback. Each is
+    refused as the refresher is made, as [registry].refresh refuses it."""
+    with pytest.raises(ConfigError, match=next(iter(kw))):
+        RegistryRefresher(Router(_sonnet()), "litellm", "map.json", **kw)

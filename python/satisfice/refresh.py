@@ -19,6 +19,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from . import sources
+from ._real import as_real
 from .errors import ConfigError, SatisficeError
 
 if TYPE_CHECKING:
@@ -62,11 +63,17 @@ class RegistryRefresher:
     ) -> None:
         if source not in sources.SOURCES:
             raise ConfigError(f"unknown source {source!r}; use one of {list(sources.SOURCES)}")
-        if not (interval_s > 0 and max_ratio > 1):
+        interval, ratio, timeout = as_real(interval_s), as_real(max_ratio), as_real(timeout_s)
+        if interval is None or ratio is None or not (interval > 0 and ratio > 1):
             raise ConfigError("interval_s must be > 0 and max_ratio > 1")
+        if timeout is None or not 0 < timeout <= 3600:
+            # as [registry].refresh takes it: unchecked here, NaN, 0 or -1 failed every
+            # refresh as "not downloaded within nans", and 1e300, "x" or None raw
+            raise ConfigError(f"timeout_s must be a number of seconds in (0, 3600], got "
+                              f"{timeout_s!r:.40}")  # fmt: skip
         self.router, self.source, self.location = router, source, location
-        self.interval_s, self.max_ratio, self.confirm = interval_s, max_ratio, confirm
-        self.timeout_s, self.on_diff = timeout_s, on_diff
+        self.interval_s, self.max_ratio, self.confirm = interval, ratio, confirm
+        self.timeout_s, self.on_diff = timeout, on_diff
         self.refreshes = self.failures = self.refused = 0
         self.last_diff: sources.Diff | None = None
         self._catalogue: tuple[Any, date] | None = None  # the last applied, read when (`onto`)
