@@ -4,6 +4,7 @@ hold instead."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
 from typing import Any
@@ -93,3 +94,16 @@ def test_a_refresher_refuses_a_bad_setting_when_made(kw: dict[str, Any]) -> None
     refused as the refresher is made, as [registry].refresh refuses it."""
     with pytest.raises(ConfigError, match=next(iter(kw))):
         RegistryRefresher(Router(_sonnet()), "litellm", "map.json", **kw)
+
+
+def test_a_catalogue_is_read_from_a_path_as_a_registry_is() -> None:
+    """`sources.load` (and so each refresh of `RegistryRefresher(router, "litellm", PATH)`)
+    took a file's name as a str only: a `Path`, which `Registry.load` takes, failed each
+    refresh, said in the log as "TypeError: 'PosixPath' object is not subscriptable"; a
+    location of another type is refused, said as such."""
+    path = Path(__file__).parent / "fixtures" / "sources" / "litellm_prices.json"
+    assert sources.load("litellm", path).listings
+    refresher = RegistryRefresher(Router(_sonnet()), "litellm", path)
+    assert asyncio.run(refresher.refresh()) is not None
+    with pytest.raises(ConfigError, match="a location is a file path or an http"):
+        sources.load("litellm", 5)  # type: ignore[arg-type]

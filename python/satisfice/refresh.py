@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,7 @@ class RegistryRefresher:
         self,
         router: Router,
         source: str,
-        location: str | None = None,
+        location: str | os.PathLike[str] | None = None,
         *,
         interval_s: float = 3600.0,
         max_ratio: float = 10.0,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -532,13 +533,23 @@ def bundled_litellm_map() -> Path:
     return path
 
 
-def load(source: str, location: str | None = None, *, timeout_s: float = 30.0) -> Catalogue:
+def load(
+    source: str, location: str | os.PathLike[str] | None = None, *, timeout_s: float = 30.0
+) -> Catalogue:
     """Read a source from a file or an http(s) URL (default: the source's public URL, or
     for litellm the map inside the installed litellm package) and parse it."""
     if source not in _PARSERS:
         raise ConfigError(f"unknown source {source!r}; use one of {list(SOURCES)}")
     if location is None:
         location = str(bundled_litellm_map()) if source == "litellm" else DEFAULT_URLS[source]
+    elif isinstance(location, os.PathLike):
+        # a Path, as Registry.load takes one: it had failed each refresh, said in the log
+        # as "'PosixPath' object is not subscriptable"
+        location = os.fspath(location)
+    if not isinstance(location, str):
+        raise ConfigError(
+            f"{source}: a location is a file path or an http(s) URL, got {type(location).__name__}"
+        )
     if is_url(location):
         raw = _fetch(location, timeout_s)
     else:
