@@ -211,6 +211,16 @@ class QualityModel(Value):
         self.__post_init__()
 
     def __post_init__(self) -> None:
+        # what the Rust table takes as unsigned: a negative k, hash_buckets or seed (or a seed
+        # past 64 bits) in a saved file had loaded, then failed Router() with a raw
+        # OverflowError or BufferError when the table was compiled
+        for field in ("k", "hash_buckets", "seed"):
+            v = getattr(self, field)
+            if not 0 <= v < 2**64:
+                raise ConfigError(
+                    f"predictor {self.name!r}: {field} must be a whole number in [0, 2**64), "
+                    f"got {v!r:.40}; retrain it with `satisfice eval --train ... --save-predictor`"
+                )
         dim = _core.DENSE + self.hash_buckets
         shape = getattr(self.w, "shape", None)
         if shape is not None and len(shape) == 2 and tuple(shape) != (dim, self.k + 1):
@@ -427,6 +437,8 @@ class QualityModel(Value):
         except (
             KeyError, ValueError, TypeError, AttributeError, OverflowError, OSError, EOFError,
             zipfile.BadZipFile,  # truncated or empty: a save that was cut short
+            RecursionError,  # a metadata block of nested lists
+            MemoryError,  # an array header claiming terabytes, in a file of 300 bytes
         ) as e:  # fmt: skip
             what = f"missing field {e}" if isinstance(e, KeyError) else f"{e}"[:200]
             raise ConfigError(

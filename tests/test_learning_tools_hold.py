@@ -1,0 +1,76 @@
+"""Learned-routing tools against hostile artifacts and data: each failure says what to do,
+never a raw traceback, and leaves the router as it was."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from satisfice import Router, _core
+from satisfice.errors import ConfigError
+from satisfice.policy import Policy
+from satisfice.predict import QualityModel
+
+
+def _tampered(tmp_path: Path, meta_bytes: bytes | None = None, **meta_over: object) -> Path:
+    """The prior predictor saved, then its metadata changed (or replaced by `meta_bytes`)."""
+    good = tmp_path / "good.npz"
+    QualityModel.prior().save(good)
+    with np.load(good) as z:
+        meta = json.loads(bytes(z["meta"]).decode())
+        weights, intercept = z["weights"], z["intercept"]
+    meta.update(meta_over)
+    raw = json.dumps(meta).encode() if meta_bytes is None else meta_bytes
+    out = tmp_path / "bad.npz"
+    np.savez(out, weights=weights, intercept=intercept, meta=np.frombuffer(raw, np.uint8))
+    return out
+
+
+@pytest.mark.parametrize(
+    "field,value", [("seed", -1), ("seed", 2**70), ("hash_buckets", -3), ("k", -1)]
+)
+def test_a_predictor_with_an_out_of_range_count_is_refused_when_read(
+    tmp_path: Path, field: str, value: int
+) -> None:
+    # (loaded, these had failed Router() with a raw OverflowError or BufferError)
+    over: dict[str, object] = {field: value}
+    path = _tampered(tmp_path, **over)
+    if field in ("k", "hash_buckets"):  # weights of the shape the field then asks for
+        with np.load(path) as z:
+            meta = bytes(z["meta"])
+            k = value if field == "k" else 8
+            dim = _core.DENSE + (value if field == "hash_buckets" else 0)
+        zeros = np.zeros((dim, k + 1), np.float32)
+        np.savez(path, weights=zeros, intercept=zeros[0], meta=np.frombuffer(meta, np.uint8))
+    with pytest.raises(ConfigError, match=f"{field} must be a whole number"):
+        Router(policy=Policy(quality=QualityModel.load(path)))
+
+
+def test_a_predictor_with_deeply_nested_metadata_is_damaged_not_a_recursion_error(
+    tmp_path: Path,
+) -> None:
+    path = _tampered(tmp_path, meta_bytes=b"[" * 200_000)
+    with pytest.raises(ConfigError, match="damaged or not a satisfice predictor"):
+        QualityModel.load(path)
+
+
+def test_a_predictor_whose_array_header_claims_terabytes_is_damaged(tmp_path: Path) -> None:
+    good = _tampered(tmp_path)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**7, 10**7)}
+    )
+    path = tmp_path / "huge.npz"
+    with np.load(good) as z, zipfile.ZipFile(path, "w") as out:
+        out.writestr("weights.npy", header.getvalue() + b"\0" * 16)
+        for name in ("intercept", "meta"):
+            buf = io.BytesIO()
+            np.save(buf, z[name])
+            out.writestr(f"{name}.npy", buf.getvalue())
+    with pytest.raises(ConfigError, match="damaged or not a satisfice predictor"):
+        QualityModel.load(path)
