@@ -74,3 +74,28 @@ def test_a_predictor_whose_array_header_claims_terabytes_is_damaged(tmp_path: Pa
             out.writestr(f"{name}.npy", buf.getvalue())
     with pytest.raises(ConfigError, match="damaged or not a satisfice predictor"):
         QualityModel.load(path)
+
+
+def test_eval_of_free_models_reports_rather_than_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log of local models that cost nothing had failed the whole evaluation, after it
+    was computed, with "max_cost must be > 0 USD": AIQ has no cost range to integrate over
+    there, and is 0, as the report's note says for models that cost the same."""
+    from satisfice.cli import main
+
+    lines = []
+    for i in range(120):
+        outcomes = {m: {"score": float((i + j) % 3 == 0), "cost_usd": 0.0}
+                    for j, m in enumerate(("local-a", "local-b"))}  # fmt: skip
+        lines.append(json.dumps({"prompt": f"Question {i}: what is {i} cubed?",
+                                 "outcomes": outcomes}))  # fmt: skip
+    data = tmp_path / "free.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    code = main(["eval", "--quiet", "--format", "outcomes", str(data), "--test-split",
+                 "hash:0.3", "--json"])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    r = json.loads(out.out)
+    assert r["aiq"] == 0.0 and r["random"]["aiq"] == 0.0
+    assert any("no cost range" in n for n in r["notes"])

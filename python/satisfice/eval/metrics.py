@@ -169,6 +169,11 @@ def aiq(costs: Floats, qualities: Floats, max_cost: float | None = None) -> floa
     """
     hull = non_decreasing_hull(costs, qualities)
     x_max = float(np.max(np.asarray(costs, dtype=np.float64))) if max_cost is None else max_cost
+    if x_max == 0.0 and hull[-1, 0] == 0.0:
+        # every point free (local models): no cost range to integrate quality over, so 0, as
+        # for models that all cost the same (eval's note says so); it had failed the whole
+        # evaluation of a log of free models after it was computed
+        return 0.0
     if not x_max > 0.0:
         raise DatasetError(f"max_cost must be > 0 USD, got {x_max}")
     if x_max < hull[-1, 0] - _TOL * max(1.0, x_max):
