@@ -99,3 +99,33 @@ def test_eval_of_free_models_reports_rather_than_fails(
     r = json.loads(out.out)
     assert r["aiq"] == 0.0 and r["random"]["aiq"] == 0.0
     assert any("no cost range" in n for n in r["notes"])
+
+
+def test_calibrate_cascade_prices_a_logs_tokens_at_the_registrys_rates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`eval --strategy cascade` prices a log's token counts at the registry's rates; the
+    same file given to `calibrate --strategy cascade` with the same --registry had every
+    cost unknown, and failed: "tuning a cascade needs complete scores and costs"."""
+    from satisfice.cli import main
+
+    reg = Path(__file__).parents[1] / "docs" / "examples" / "gsm8k_models.toml"
+    weak, strong = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
+    lines = []
+    for i in range(120):
+        right = {weak: i % 3 != 0, strong: i % 7 != 0}
+        outcomes = {m: {"score": float(r), "tokens_in": 40 + i, "tokens_out": 90,
+                        "response": f"So the answer is {i if r else i + 1}."}
+                    for m, r in right.items()}  # fmt: skip
+        lines.append(json.dumps({"prompt": f"Problem {i}: what is {i} plus zero?",
+                                 "outcomes": outcomes}))  # fmt: skip
+    data = tmp_path / "log.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    policy = tmp_path / "policy.json"
+    code = main(["calibrate", "--strategy", "cascade", "--format", "outcomes", str(data),
+                 "--registry", str(reg), "--target", "quality:90", "--policy", str(policy),
+                 "--json"])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert json.loads(out.out)["tuning"]["mean_cost_usd"] > 0
+    assert "cascades" in json.loads(policy.read_text())

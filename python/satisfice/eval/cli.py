@@ -485,7 +485,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 "--strategy cascade tunes on recorded answers: give --format and outcome FILES "
                 "with responses (not --from-ledger or --knob)"
             )
-        data = load(args.format, args.files).drop_missing()
+        # priced as eval prices them: a log's token counts at the registry's rates (read
+        # without them, every cost of such a log was unknown and the tuning refused it)
+        data = _load(args.format, args.files, registry=args.registry)
         res = C.calibrate_cascade(
             data,
             target,
