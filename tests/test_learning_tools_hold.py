@@ -13,6 +13,7 @@ import pytest
 
 from satisfice import Router, _core
 from satisfice.errors import ConfigError
+from satisfice.eval.membership import prompt_key
 from satisfice.policy import Policy
 from satisfice.predict import QualityModel
 
@@ -129,3 +130,27 @@ def test_calibrate_cascade_prices_a_logs_tokens_at_the_registrys_rates(
     assert code == 0, out.err
     assert json.loads(out.out)["tuning"]["mean_cost_usd"] > 0
     assert "cascades" in json.loads(policy.read_text())
+
+
+@pytest.mark.parametrize("groups", ["one", "two"])
+def test_humility_cross_fitting_keeps_every_copy_of_a_prompt_in_one_fold(groups: str) -> None:
+    """A log repeats prompts under request ids of their own (or in two groups): the margin's
+    folds had split the copies, and each fold was scored on prompts its fit trained on."""
+    from satisfice.eval import humble as H
+    from satisfice.eval.datasets import OutcomeSet
+
+    prompts = [f"Question {i}: what is {i} squared?" for i in range(60)]
+    prompts += [f"{p}\n" for p in prompts]  # the same prompts asked again (a trailing newline)
+    n = len(prompts)
+    data = OutcomeSet(
+        prompts=prompts,
+        models=["a", "b"],
+        scores=np.ones((n, 2)),
+        costs=np.ones((n, 2)),
+        groups=["default"] * n if groups == "one" else ["x"] * 60 + ["y"] * 60,
+        ids=[f"req-{i}" for i in range(n)],
+    )
+    fold_of: dict[str, int] = {}
+    for f, idx in enumerate(H._folds(data, 3)):
+        for i in idx.tolist():
+            assert fold_of.setdefault(prompt_key(prompts[i]), f) == f, prompts[i]

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..predict import ModelParams, QualityModel
 from ._set import OutcomeSet
+from .membership import prompt_key
 
 __all__ = ["Humility", "choose", "switch_report"]
 
@@ -108,6 +109,12 @@ def _folds(data: OutcomeSet, k: int) -> list[np.ndarray]:
     else:
         label = np.array([hashlib.blake2b(i.encode(), digest_size=2).digest()[0] % k
                           for i in data.ids])  # fmt: skip
+    # Every copy of a prompt (`prompt_key`) in the fold of its first: a log's repeats, under
+    # request ids of their own (or in two groups), had been split across folds, so the margin
+    # was chosen on held-out rows the fold's fit had trained on.
+    first: dict[str, int] = {}
+    for row, prompt in enumerate(data.prompts):
+        label[row] = label[first.setdefault(prompt_key(prompt), row)]
     return [np.where(label == f)[0] for f in range(k)]
 
 
