@@ -487,7 +487,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             )
         # priced as eval prices them: a log's token counts at the registry's rates (read
         # without them, every cost of such a log was unknown and the tuning refused it)
-        data = _load(args.format, args.files, registry=args.registry)
+        data = _load(args.format, args.files, registry=args.registry).drop_missing()
         res = C.calibrate_cascade(
             data,
             target,
