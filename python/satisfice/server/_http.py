@@ -1,11 +1,13 @@
 """uvicorn's HTTP/1.1 protocol, with a response's head and body sent in one write, a
-bound on how long a request's head may take to arrive, and a non-streamed request's call
-cancelled when its client leaves before the answer, and streams cut by the server itself
-(an error event, the hold kept) just before a shutdown's grace runs out."""
+bound on how long a request's head may take to arrive, what it refuses itself answered in
+the API's error shape, a non-streamed request's call cancelled when its client leaves
+before the answer, and streams cut by the server itself (an error event, the hold kept)
+just before a shutdown's grace runs out."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
@@ -27,7 +29,7 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
     client that opened a connection and sent nothing, or a head a byte at a time, held the
     connection for good."""
     try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
     except ImportError:
         return "auto"
 
@@ -50,6 +52,33 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
             super().on_message_begin()
             if self._head_since is None:
                 self._head_since = self.loop.time()
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn's answer to bytes that are not HTTP, in the API's error shape: it had
+            # been text/plain, which the SDKs show as a bare status
+            self._refuse(400, "the request is not valid HTTP/1.1 (its request line, headers, "
+                         "content-length or chunk sizes); check the client, or a proxy "
+                         "before the server", "invalid_http")  # fmt: skip
+
+        def _refuse(self, status: int, message: str, code: str) -> None:
+            """Answer `status` in the API's error shape (Anthropic's on /v1/messages, as
+            `_no_such_route` chooses) and close the connection: what the protocol reads
+            cannot reach the app. Closed unanswered where a response is under way."""
+            from .app import HTTPError
+
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete or not cycle.response_started:
+                url = getattr(self, "url", b"")
+                api = "anthropic" if url.startswith(b"/v1/messages") else "openai"
+                body = json.dumps(HTTPError(status, message, "invalid_request_error", code)
+                                  .body(api)).encode()  # fmt: skip
+                head = [STATUS_LINE[status]]
+                for name, value in self.server_state.default_headers:
+                    head += (name, b": ", value, b"\r\n")
+                head.append(b"content-type: application/json\r\ncontent-length: %d\r\n"
+                            b"connection: close\r\n\r\n" % len(body))  # fmt: skip
+                self.transport.write(b"".join(head) + body)
+            self.transport.close()
 
         def on_headers_complete(self) -> None:
             self._head_since = None

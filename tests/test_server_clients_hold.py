@@ -1,0 +1,91 @@
+"""`satisfice serve` facing hostile or careless clients (raw sockets, the admin API): each
+test failed on the code it was written against because of the defect its docstring names.
+Servers run on 127.0.0.1 only, through tests/server_support.py."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from satisfice import Router, _core
+from satisfice.server import ServerConfig
+from satisfice.testing import LocalUpstream
+
+from .chat_support import registry
+from .server_support import running
+
+BODY = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+@pytest.fixture(scope="module")
+def served(master: None) -> Iterator[str]:
+    with LocalUpstream() as up:
+        _core.wait_for_tokenizers()
+        with running(ServerConfig(read_timeout_s=5), Router(registry(up.url))) as (url, _):
+            yield url
+
+
+@pytest.fixture(scope="module")
+def master() -> Iterator[None]:  # module-wide: the server is (`conftest.master` is per test)
+    mp = pytest.MonkeyPatch()
+    from .server_support import MASTER
+
+    mp.setenv("SATISFICE_MASTER_KEY", MASTER)
+    yield
+    mp.undo()
+
+
+def _exchange(url: str, data: bytes, timeout: float = 10) -> tuple[bytes, float]:
+    """`data` sent on a connection of its own; what came back until the server closed it,
+    and how long that took."""
+    host, port = url.removeprefix("http://").split(":")
+    start = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        with contextlib.suppress(ConnectionError):  # refused before all of it was sent
+            s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except ConnectionError:
+            pass
+    return out, time.monotonic() - start
+
+
+def _head(path: str, extra: bytes = b"", chunked: bool = False) -> bytes:
+    framing = b"transfer-encoding: chunked" if chunked else b"content-length: %d" % len(BODY)
+    return (
+        b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n%s\r\n%s"
+        b"connection: close\r\n\r\n" % (path.encode(), framing, extra)
+    )
+
+
+def _error_of(reply: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("path", "api"), [("/v1/chat/completions", "openai"), ("/v1/messages", "anthropic")]
+)
+def test_bad_framing_is_answered_in_the_api_error_shape(served: str, path: str, api: str) -> None:
+    """Defect: a request whose framing is not HTTP (here a chunk size that is not hex) was
+    answered `Invalid HTTP request received.` as text/plain, which an SDK shows as a bare
+    status with no message (the Anthropic SDK's error has no `type` to branch on).
+
+    Expected: the 400 in the shape of the API asked, saying what was wrong."""
+    body = b"zz\r\n" + BODY + b"\r\n0\r\n\r\n"
+    reply, _ = _exchange(served, _head(path, chunked=True) + body)
+    status, err = _error_of(reply)
+    assert status == 400, reply[:300]
+    assert b"application/json" in reply.partition(b"\r\n\r\n")[0]
+    if api == "anthropic":
+        assert err["type"] == "error"
+        assert err["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert "HTTP" in err["error"]["message"]  # type: ignore[index]
