@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from satisfice import Router, _core
@@ -69,6 +70,28 @@ def _error_of(reply: bytes) -> tuple[int, dict[str, object]]:
     head, _, body = reply.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     return status, json.loads(body)
+
+
+def test_a_head_past_its_bound_is_refused(served: str) -> None:
+    """Defect: a request's head (request line and headers) had no bound: a 60 MB header
+    was read whole and the request served (uvicorn's httptools protocol has no limit, where
+    its h11 one refuses 16 KiB), while the body is bounded at `max_body_bytes`; a few
+    such connections at once held gigabytes.
+
+    Expected: a 431 in the API's error shape once the head passes its bound, the
+    connection closed, and the next request served; a head of 64 KB (more than any real
+    client's) is served."""
+    big = b"x-big: " + b"a" * 8_000_000 + b"\r\n"
+    reply, took = _exchange(served, _head("/v1/chat/completions", big) + BODY)
+    status, err = _error_of(reply)
+    assert status == 431, reply[:300]
+    assert "header" in err["error"]["message"]  # type: ignore[index]
+    assert took < 5
+    ok = httpx.post(served + "/v1/chat/completions", content=BODY, timeout=10)
+    assert ok.status_code == 200
+    extra = b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 1000) for i in range(64))
+    reply, _ = _exchange(served, _head("/v1/chat/completions", extra) + BODY)
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
 
 
 @pytest.mark.parametrize(

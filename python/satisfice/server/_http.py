@@ -1,8 +1,8 @@
 """uvicorn's HTTP/1.1 protocol, with a response's head and body sent in one write, a
-bound on how long a request's head may take to arrive, what it refuses itself answered in
-the API's error shape, a non-streamed request's call cancelled when its client leaves
-before the answer, and streams cut by the server itself (an error event, the hold kept)
-just before a shutdown's grace runs out."""
+bound on how long a request's head may take to arrive and on its size, what it refuses
+itself answered in the API's error shape, a non-streamed request's call cancelled when its
+client leaves before the answer, and streams cut by the server itself (an error event, the
+hold kept) just before a shutdown's grace runs out."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
         # the connections once a second while there are any, on the loop it was started on.
         _sweep_loop: asyncio.AbstractEventLoop | None = None
         _head_since: float | None = None  # when the server began waiting for this head
+        _head_bytes = 0  # what has been read of it
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(_OneWrite(transport, self.loop))  # type: ignore[arg-type]
@@ -52,6 +53,20 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
             super().on_message_begin()
             if self._head_since is None:
                 self._head_since = self.loop.time()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            # httptools keeps a head until it is whole, however long (uvicorn's h11 protocol
+            # refuses one past 16 KiB): a 60 MB header had been read and served. Still
+            # waiting for the head after `data`, all of it was head (but for the end of a
+            # body read with it, which the bound's room takes in)
+            if self._head_since is not None and not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > _HEAD_MAX:
+                    self._head_since = None
+                    self._refuse(431, f"the request's head (its line and headers) is over "
+                                 f"{_HEAD_MAX} bytes; send large values in the body",
+                                 "headers_too_large")  # fmt: skip
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn's answer to bytes that are not HTTP, in the API's error shape: it had
@@ -82,6 +97,7 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
 
         def on_headers_complete(self) -> None:
             self._head_since = None
+            self._head_bytes = 0
             super().on_headers_complete()
             # every request of the connection (pipelined ones too) shares its record of
             # whether the client is still there, and of the calls that wait on its behalf
@@ -161,6 +177,9 @@ def http_protocol(head_timeout_s: float = 30.0, shutdown_grace_s: float | None =
     return OneWriteProtocol
 
 
+#: The bound on a request's head: far past any client's (the real APIs' fronts refuse heads
+#: a fraction of this size), and a connection's hold on memory bounded by it.
+_HEAD_MAX = 1 << 20
 _SWEEP_S = 1.0  # how often the heads' deadline is checked: a head may take up to this longer
 
 ANSWER = "satisfice.answer"  # a request's scope key for its `Own`

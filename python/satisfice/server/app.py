@@ -140,6 +140,7 @@ _ANTHROPIC_ERRORS = {
     408: "timeout_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    431: "request_too_large",  # a request's head past its bound (`_http.py`)
     503: "overloaded_error",
     504: "timeout_error",
 }
