@@ -18,7 +18,7 @@ from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream
 
 from .chat_support import registry
-from .server_support import running
+from .server_support import ADMIN, running
 
 BODY = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
@@ -112,3 +112,23 @@ def test_bad_framing_is_answered_in_the_api_error_shape(served: str, path: str, 
         assert err["type"] == "error"
         assert err["error"]["type"] == "invalid_request_error"  # type: ignore[index]
     assert "HTTP" in err["error"]["message"]  # type: ignore[index]
+
+
+def test_admin_errors_do_not_quote_a_key_back(served: str) -> None:
+    """Defect: the admin API's errors quoted a caller's input whole where /v1's scrub the
+    server's keys from it: a satisfice key (or the master key) pasted into a field (a
+    budget, a key's model list, a field's name, a model in a disable's path) came back
+    whole in the 400.
+
+    Expected: each refused with its 400, the key shown as [redacted]."""
+    made = httpx.post(served + "/admin/keys", json={"name": "pasted"}, headers=ADMIN)
+    secret = made.json()["key"]
+    for method, path, body in [
+        ("POST", "/admin/keys", {"name": "x", "budget_usd": secret}),
+        ("POST", "/admin/keys", {"name": "x", "models": [secret]}),
+        ("POST", "/admin/keys", {"name": "x", secret: 1}),
+        ("POST", f"/admin/deployments/{secret}/disable", {}),
+    ]:
+        r = httpx.request(method, served + path, json=body, headers=ADMIN, timeout=10)
+        assert r.status_code == 400, (path, r.text[:300])
+        assert secret not in r.text and "[redacted]" in r.json()["error"]["message"], r.text

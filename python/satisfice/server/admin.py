@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .._redact import scrub
 from ..errors import ConfigError, SatisficeError
 from .config import check_aliases
 from .state import Budget, StateUnavailable, VirtualKey
@@ -37,7 +38,9 @@ _MAX_MODELS = 4096  # a key's model list: more than any registry names
 
 
 def _err(status: int, msg: str, kind: str = "invalid_request_error") -> Response:
-    body = {"error": {"message": msg, "type": kind, "param": None, "code": None}}
+    # the server's keys scrubbed from it, as /v1's errors are (`HTTPError`): a message may
+    # quote what the caller sent, and a satisfice key pasted into a field came back whole
+    body = {"error": {"message": scrub(msg), "type": kind, "param": None, "code": None}}
     return JSONResponse(body, status)
 
 
