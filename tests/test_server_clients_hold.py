@@ -132,3 +132,16 @@ def test_admin_errors_do_not_quote_a_key_back(served: str) -> None:
         r = httpx.request(method, served + path, json=body, headers=ADMIN, timeout=10)
         assert r.status_code == 400, (path, r.text[:300])
         assert secret not in r.text and "[redacted]" in r.json()["error"]["message"], r.text
+
+
+def test_too_many_betas_are_told_the_bound(served: str) -> None:
+    """Defect: `anthropic-beta` headers past the 8,192 characters the server sends on (a
+    client's betas over several headers, joined) were refused as "must be ASCII text",
+    though every one was ASCII: the client was told to fix what was not wrong.
+
+    Expected: the 400 names the bound."""
+    betas = [("anthropic-beta", f"feature-{i}-2025-01-01") for i in range(500)]
+    body = {"model": "auto", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(served + "/v1/messages", json=body, headers=betas, timeout=10)
+    assert r.status_code == 400, r.text[:300]
+    assert "8,192" in r.json()["error"]["message"], r.text

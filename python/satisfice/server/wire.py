@@ -787,7 +787,9 @@ def _anthropic_request(body: Any, headers: Mapping[str, str]) -> Routed:
     beta = headers.get("anthropic-beta")
     if beta:  # Anthropic's features in beta: sent on to Anthropic deployments
         if not header_text(beta):  # checked as the library checks it, said in its words
-            raise _bad("the anthropic-beta header must be ASCII text (beta names, commas)")
+            # (its bound said too: betas past it, all ASCII, had been told to be ASCII)
+            raise _bad("the anthropic-beta header must be ASCII text (beta names, commas), "
+                       "up to 8,192 characters over all its headers")  # fmt: skip
         opts["anthropic_beta"] = beta
     session = headers.get("x-satisfice-session") or user
     return Routed(msgs, model, body.get("stream") is True, False, opts, session_key(session),
