@@ -51,7 +51,9 @@ async def test_a_check_returning_an_odd_verdict_fails_the_answer(
 def test_catalogue_figures_no_float_holds_are_unpriced() -> None:
     huge = 10**400
     assert _per_token(huge) == _per_million(huge) == math.inf  # absurd: the entry is unpriced
-    assert _per_token(True) is None and _positive_int(True) is None  # float(True) was $1e6
+    # float(True) was $1e6; a bool is no price, so its entry is unpriced (since the 37th
+    # session: read as no figure, an optional rate had fallen back to another rate)
+    assert _per_token(True) == math.inf and _positive_int(True) is None
     assert _per_token("0.000001") == 1.0 and _positive_int(128000) == 128000
 
 
