@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import math
 import sqlite3
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -78,7 +79,18 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
         finally:
             db.close()
         return
+    # a request id met again (a JSONL ledger appended twice, two rotated files joined over
+    # each other) is one request, as a database keeps one row per id: each copy had been
+    # counted, its cost summed again, without a word (JSONL's ids alone are held: a
+    # database's key has made its ids unique)
+    seen: set[str] | None = set() if target_kind(t) == "jsonl" else None
+    repeats = 0
     for rec in read_records(t):
+        if seen is not None:
+            if rec["request_id"] in seen:
+                repeats += 1
+                continue
+            seen.add(rec["request_id"])
         r = dict(zip(_NAMES, _row(rec), strict=True))
         del r["record"]
         meta = rec.get("metadata")
@@ -90,6 +102,12 @@ def rows(target: str | Path) -> Iterator[dict[str, Any]]:
         r["steps"] = _steps(rec)
         r["bills"] = _bills(rec)
         yield r
+    if repeats:
+        warnings.warn(
+            f"ledger {t}: {repeats:,} record(s) repeated a request id read before and were "
+            "skipped (each request is counted once, as first recorded)",
+            stacklevel=2,
+        )
 
 
 def _bills(rec: Mapping[str, Any]) -> list[tuple[Any, ...]]:

@@ -1,0 +1,46 @@
+"""`satisfice report` reads what a ledger holds, whatever it holds: each request once, every
+name as it is (not as a browser would act on it), and a ledger it cannot read said so."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from satisfice.cli import main
+from satisfice.report import rows, summarize
+
+
+def _rec(i: int, **kw: Any) -> dict[str, Any]:
+    r = {"request_id": f"r{i}", "started_at": 1_700_000_000 + i * 86_400, "outcome": "ok",
+         "task": "general", "model": "m", "total_cost_usd": 0.5, "reference_cost_usd": 1.0,
+         "latency_s": 0.1}  # fmt: skip
+    return {**r, **kw}
+
+
+def _jsonl(p: Path, recs: list[dict[str, Any]]) -> Path:
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return p
+
+
+def test_a_jsonl_ledger_appended_twice_counts_each_request_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A JSONL ledger appended to itself (`cat a.jsonl >> b.jsonl` twice, rotated files
+    joined over each other) had every request counted twice, its cost doubled, without a
+    word; a database keeps one row per id. Each id is one request, the repeats said."""
+    recs = [_rec(0), _rec(1, total_cost_usd=0.25)]
+    p = _jsonl(tmp_path / "l.jsonl", recs + recs)
+    with pytest.warns(UserWarning, match="2 record"):
+        s = summarize(rows(p))
+    assert s["requests"] == 2 and s["cost_usd"] == pytest.approx(0.75)
+    assert s["reference_cost_usd"] == pytest.approx(2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # (shown by the CLI as its one line)
+        assert main(["report", str(p)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("2 requests") and "$0.750000" in out
+    assert err.startswith(f"satisfice report: warning: ledger {p}: 2 record(s) repeated")
