@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from satisfice.cli import main
-from satisfice.report import rows, summarize
+from satisfice.report import render_html, rows, summarize
 
 
 def _rec(i: int, **kw: Any) -> dict[str, Any]:
@@ -44,3 +44,16 @@ def test_a_jsonl_ledger_appended_twice_counts_each_request_once(
     out, err = capsys.readouterr()
     assert out.startswith("2 requests") and "$0.750000" in out
     assert err.startswith(f"satisfice report: warning: ledger {p}: 2 record(s) repeated")
+
+
+def test_a_long_model_id_is_not_written_on_every_day_of_the_drift_chart(tmp_path: Path) -> None:
+    """The drift chart wrote every top model's id on every day's column, as a tooltip of a
+    column 0 px high on the days it had no traffic: nine ids of 100 KB, each answering one
+    request, beside 300 days of another model's traffic made a 1 MB ledger a 250 MB page
+    (0.8 GB of memory to build). A model's id is written where it has traffic."""
+    long = "x" * 20_000
+    recs = [_rec(0, model=long), *(_rec(i, model="m") for i in range(1, 60))]
+    page = render_html(summarize(rows(_jsonl(tmp_path / "l.jsonl", recs))))
+    # its row in the table, its bar, its legend and its one day's column
+    assert page.count(long) <= 4, page.count(long)
+    assert len(page) < 200_000
