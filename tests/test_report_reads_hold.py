@@ -4,6 +4,8 @@ name as it is (not as a browser would act on it), and a ledger it cannot read sa
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
@@ -57,3 +59,28 @@ def test_a_long_model_id_is_not_written_on_every_day_of_the_drift_chart(tmp_path
     # its row in the table, its bar, its legend and its one day's column
     assert page.count(long) <= 4, page.count(long)
     assert len(page) < 200_000
+
+
+def test_names_that_turn_text_around_or_hide_show_escaped_in_the_page(tmp_path: Path) -> None:
+    """The terminal report showed a model id's right-to-left override and zero-width space
+    escaped; the HTML page wrote them as they were. In Chromium one id's override turned
+    the drift legend's other ids around ("gpt-4o" read "o4-tpg") and off their colours,
+    and "gpt-4o" with a zero-width space was a second row reading "gpt-4o". Each shows as
+    the terminal shows it, markup still as text."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    recs = [_rec(0, model="gpt-\u202eevil"), _rec(1, model="gpt-4o"),
+            _rec(2, model="gpt-4o\u200b", metadata={"key": "k\u2067", "team": "\u202eteam"}),
+            _rec(3, model="<script>alert(1)</script>", task="<img src=x onerror=alert(1)>",
+                 metadata={"key": "</svg><script>x</script>"})]  # fmt: skip
+    page = tmp_path / "r.html"
+    assert main(["report", str(_jsonl(tmp_path / "l.jsonl", recs)), "--html", str(page)]) == 0
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=120, check=True).stdout  # fmt: skip
+    for c in "\u202e\u200b\u2067":
+        assert c not in dom, repr(c)
+    assert "gpt-\\u202eevil" in dom and "gpt-4o\\u200b" in dom and "\\u202eteam" in dom
+    assert "<script" not in dom and "<img" not in dom and "&lt;script&gt;" in dom

@@ -333,7 +333,7 @@ def _key_names(keys: list[dict[str, Any]], shown: Callable[[str], str]) -> list[
     out = []
     for v in keys:
         if v["key"] is None:
-            out.append("<i>(no key)</i>" if shown is html.escape else "(no key)")
+            out.append("<i>(no key)</i>" if shown is _markup else "(no key)")
             continue
         name = str(v["key"])
         if twice[v["key"], v["team"]] > 1 and v.get("key_id") is not None:
@@ -366,6 +366,14 @@ def _plain(name: object) -> str:
     if t.isprintable():
         return t
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in t)
+
+
+def _markup(name: object) -> str:
+    """A name from the ledger as HTML text: as the terminal shows it (`_plain`), escaped. A
+    browser acts on what a terminal would: a right-to-left override in one model's id had
+    turned the drift legend's other ids around and moved them off their colours, and an id
+    with a zero-width space read as the id without it, two rows of one name."""
+    return html.escape(_plain(name))
 
 
 def render_text(s: Mapping[str, Any]) -> str:
@@ -464,7 +472,7 @@ def _bars(items: Sequence[tuple[str, float | None, int]], width: int = 560) -> s
         w = max(1.0, room * (v or 0.0) / top)
         y = i * h + 4
         parts.append(
-            f'<text x="0" y="{y + 15}" font-size="12">{html.escape(label[:28])}</text>'
+            f'<text x="0" y="{y + 15}" font-size="12">{html.escape(_plain(label)[:28])}</text>'
             f'<rect x="190" y="{y}" width="{w:.1f}" height="{h - 6}" '
             f'fill="{_PALETTE[i % len(_PALETTE)]}"/>'
             f'<text x="{194 + w:.1f}" y="{y + 15}" font-size="12">{text}</text>'
@@ -497,15 +505,15 @@ def _stacked(drift: Mapping[str, Mapping[str, int]], models: Sequence[str]) -> s
             hh = share * height
             y -= hh
             parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw:.1f}" height="{hh:.1f}" '
-                         f'fill="{_PALETTE[j % len(_PALETTE)]}"><title>{html.escape(d)} '
-                         f'{html.escape(m)} {share:.1%}</title></rect>')  # fmt: skip
+                         f'fill="{_PALETTE[j % len(_PALETTE)]}"><title>{_markup(d)} '
+                         f'{_markup(m)} {share:.1%}</title></rect>')  # fmt: skip
         if len(days) <= 14 or i % max(1, len(days) // 10) == 0:
             parts.append(f'<text x="{x:.1f}" y="{height + 15}" font-size="10">'
-                         f'{html.escape(d[5:] if d[:4].isdigit() else d)}</text>')  # fmt: skip
+                         f'{_markup(d[5:] if d[:4].isdigit() else d)}</text>')  # fmt: skip
     parts.append(f'<text x="0" y="12" font-size="10">100%</text>'
                  f'<text x="0" y="{height}" font-size="10">0%</text></svg>')  # fmt: skip
     legend = " ".join(
-        f'<span style="color:{_PALETTE[j % len(_PALETTE)]}">&#9632;</span> {html.escape(m)}'
+        f'<span style="color:{_PALETTE[j % len(_PALETTE)]}">&#9632;</span> {_markup(m)}'
         for j, m in enumerate(models)
     )
     return "".join(parts) + f"<p class=legend>{legend}</p>"
@@ -552,7 +560,7 @@ def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
         ("router overhead p50", _ms(s["overhead_s"]["p50"])),
     ]
     rows_m = "".join(
-        f"<tr><td>{html.escape(m)}</td><td>{v['requests']:,}</td><td>{v['share']:.1%}</td>"
+        f"<tr><td>{_markup(m)}</td><td>{v['requests']:,}</td><td>{v['share']:.1%}</td>"
         f"<td>{_cost(v['cost_usd'], v['unpriced_requests'])}</td>"
         f"<td>{_ms(v['p50_latency_s'])}</td><td>{_ms(v['p95_latency_s'])}</td>"
         f"<td>{_num(v['mean_feedback'])}</td><td>{_num(v['mean_predicted'])}</td></tr>"
@@ -562,9 +570,9 @@ def render_html(s: Mapping[str, Any], title: str = "satisfice report") -> str:
                   for m, v in s["models"].items() if v["cost_usd"] is not None]  # fmt: skip
     keys = "".join(
         f"<tr><td>{name}</td>"
-        f"<td>{html.escape(str(v['team'] or '-'))}</td><td>{v['requests']:,}</td>"
+        f"<td>{_markup(v['team'] or '-')}</td><td>{v['requests']:,}</td>"
         f"<td>{_cost(v['cost_usd'], v['unpriced_requests'])}</td></tr>"
-        for name, v in zip(_key_names(s["keys"], html.escape), s["keys"], strict=True)
+        for name, v in zip(_key_names(s["keys"], _markup), s["keys"], strict=True)
     )
     key_bars = [(name + (f" ({v['team']})" if v["team"] else ""),
                  v["cost_usd"], v["unpriced_requests"])
