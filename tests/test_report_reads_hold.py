@@ -84,3 +84,34 @@ def test_names_that_turn_text_around_or_hide_show_escaped_in_the_page(tmp_path: 
         assert c not in dom, repr(c)
     assert "gpt-\\u202eevil" in dom and "gpt-4o\\u200b" in dom and "\\u202eteam" in dom
     assert "<script" not in dom and "<img" not in dom and "&lt;script&gt;" in dom
+
+
+def test_a_postgres_database_it_cannot_read_as_a_ledger_is_an_error_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A DSN naming a database without the ledger's tables (the server's default database,
+    a typo in the name of one that exists), or a reader the ledger's tables are not granted
+    to, had ended `satisfice report` in a psycopg traceback (`relation "feedback" does not
+    exist`, `permission denied for table feedback`); a SQLite file that is no ledger is
+    said so. Each is one line saying what to check."""
+    import psycopg
+
+    from satisfice.ledger import PostgresSink
+
+    from .servers import postgres
+
+    with postgres() as dsn:
+        assert main(["report", dsn]) == 2
+        err = capsys.readouterr().err
+        assert "is not a satisfice ledger" in err and "Traceback" not in err
+        sink = PostgresSink(dsn)
+        sink.write([_rec(0)])
+        sink.close()
+        with psycopg.connect(dsn, autocommit=True) as db:
+            db.execute("CREATE ROLE reader LOGIN")
+        assert main(["report", dsn.replace("postgres@", "reader@")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("satisfice report: error: cannot read the PostgreSQL ledger: ")
+        assert "permission denied for table" in err
+        assert main(["report", dsn]) == 0  # (the ledger itself reads)
+        assert capsys.readouterr().out.startswith("1 requests")

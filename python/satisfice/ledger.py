@@ -1656,13 +1656,28 @@ def _read_pg(dsn: str) -> Iterable[dict[str, Any]]:
             f"cannot read the PostgreSQL ledger: the DSN is malformed ({type(e).__name__}); "
             "write it as postgresql://user:password@host:port/database"
         ) from None
+    try:
+        yield from _pg_records(db)
+    except psycopg.Error as e:  # a table not granted to the reader, the server gone mid-read
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot read the PostgreSQL ledger: PostgreSQL says {why}") from None
+
+
+def _pg_records(db: Any) -> Iterator[dict[str, Any]]:
     with db:
         where = "(PostgreSQL)"
-        has_meta = db.execute(
-            "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() "
-            "AND table_name = 'meta'"
+        # the tables the queries below name, found as they find them (by search_path, seen
+        # by a reader without privileges on them too); as a SQLite file is checked
+        # (`open_ledger_db`): a database without them had been a psycopg traceback
+        requests, feedback, meta = db.execute(
+            "SELECT to_regclass('requests'), to_regclass('feedback'), to_regclass('meta')"
         ).fetchone()
-        if has_meta:
+        if requests is None or feedback is None:
+            raise ConfigError(
+                "the PostgreSQL database is not a satisfice ledger (it has no requests and "
+                "feedback tables): check the database and schema the DSN names"
+            )
+        if meta is not None:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             _pg_version(None if row is None else row[0], "read", "reads")
         has_model = db.execute(  # a ledger from before scores named their model has none
