@@ -145,3 +145,25 @@ def test_too_many_betas_are_told_the_bound(served: str) -> None:
     r = httpx.post(served + "/v1/messages", json=body, headers=betas, timeout=10)
     assert r.status_code == 400, r.text[:300]
     assert "8,192" in r.json()["error"]["message"], r.text
+
+
+def test_a_key_cut_short_in_an_error_is_still_redacted(served: str) -> None:
+    """Defect: an error quotes a caller's value cut to ~60 characters (`{v!r:.60}`) before
+    the server scrubs it, and its keys were known by their prefix and 16 characters after
+    it: a key as a tool_choice's name came back (and went to the log) as `sk-sat-` and the
+    first characters of its secret.
+
+    Expected: whatever of the key's secret the cut left is redacted."""
+    made = httpx.post(served + "/admin/keys", json={"name": "cut"}, headers=ADMIN)
+    secret = made.json()["key"]
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        "tool_choice": {"type": "function", "function": {"name": "x" * 40 + secret}},
+    }
+    r = httpx.post(served + "/v1/chat/completions", json=body, timeout=10,
+                   headers={"authorization": f"Bearer {secret}"})  # fmt: skip
+    assert r.status_code == 400, r.text[:300]
+    said = r.json()["error"]["message"]
+    assert "[redacted]" in said and secret[7:12] not in said, said

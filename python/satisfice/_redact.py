@@ -152,14 +152,15 @@ _prefixed: tuple[str, re.Pattern[str]] | None = None
 
 
 def register_prefix(prefix: str) -> None:
-    """Remember that every key starting with `prefix` (and 16 or more characters of
-    base64url after it) is a secret, for `scrub` to remove: from text a client sent (a key
-    pasted into a request's field, quoted back in an error that is logged and recorded),
-    and from decoded upstream text that `scrub` reads (an answer that repeats one). Not
-    from raw bytes (`scrub_bytes`) or stream pieces: only the server's callers hold these
-    keys, and an upstream is never sent one."""
+    """Remember that every key starting with `prefix` (and base64url after it) is a secret,
+    for `scrub` to remove: from text a client sent (a key pasted into a request's field,
+    quoted back in an error that is logged and recorded), and from decoded upstream text
+    that `scrub` reads (an answer that repeats one). Not from raw bytes (`scrub_bytes`) or
+    stream pieces: only the server's callers hold these keys, and an upstream is never sent
+    one. However few characters follow the prefix: an error quotes a value cut short
+    (`{v!r:.60}`) before it is scrubbed, and a key it cut had kept its first characters."""
     global _prefixed
-    _prefixed = (prefix, re.compile(re.escape(prefix) + r"[A-Za-z0-9_-]{16,}"))
+    _prefixed = (prefix, re.compile(re.escape(prefix) + r"[A-Za-z0-9_-]+"))
 
 
 def _fold(text: str) -> str:
