@@ -17,3 +17,13 @@ def test_top_p_past_one_is_refused_as_a_client_error(parse: object) -> None:
         parse({**BASE, "top_p": 1.5}, {})  # type: ignore[operator]
     parse({**BASE, "top_p": 1}, {})  # type: ignore[operator]
     parse({**BASE, "temperature": 1.5}, {})  # type: ignore[operator]  # (OpenAI's go to 2)
+
+
+def test_a_mistyped_url_is_not_quoted_with_its_password() -> None:
+    from satisfice import sources
+    from satisfice.errors import ConfigError
+
+    # one slash: no URL to split, and "is not a file" had quoted it whole, password and all
+    with pytest.raises(ConfigError, match="is not a file") as e:
+        sources.load("litellm", "https:/user:SECRET@host/x")
+    assert "SECRET" not in str(e.value)

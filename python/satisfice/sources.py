@@ -583,6 +583,9 @@ def shown(location: str) -> str:
     try:
         u = urlsplit(location)
         host = u.hostname or ""
+        if u.scheme.lower() in ("http", "https") and not u.netloc:
+            # a URL mistyped (`https:/user:KEY@host`): not one to split, so not one to quote
+            return u.scheme + "://..."
         if not u.scheme or not u.netloc:
             return location
         netloc = host if u.port is None else f"{host}:{u.port}"
