@@ -27,3 +27,29 @@ def test_a_mistyped_url_is_not_quoted_with_its_password() -> None:
     with pytest.raises(ConfigError, match="is not a file") as e:
         sources.load("litellm", "https:/user:SECRET@host/x")
     assert "SECRET" not in str(e.value)
+
+
+def test_a_bug_under_count_tokens_is_an_error_in_anthropics_shape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import anthropic
+
+    from satisfice import Router
+    from satisfice.server import ServerConfig
+    from satisfice.testing import LocalUpstream
+
+    from .chat_support import registry
+    from .server_support import running
+
+    with LocalUpstream() as up, running(ServerConfig(), Router(registry(up.url))) as (url, app):
+
+        async def broken(*a: object, **k: object) -> None:
+            raise RuntimeError("a bug quoting sk-secret-material")
+
+        monkeypatch.setattr(app.state.service.router, "decide", broken)
+        c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+        with pytest.raises(anthropic.InternalServerError) as e:
+            c.messages.count_tokens(model="auto", messages=[{"role": "user", "content": "hi"}])
+    # (Starlette's text/plain 500 had no error type for the SDK, and a traceback in the log)
+    assert e.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    assert "RuntimeError" in str(e.value) and "sk-secret" not in str(e.value)

@@ -1545,6 +1545,11 @@ def create_app(
             he = HTTPError(400, "the request nests JSON too deeply (over ~900 levels)",
                            "invalid_request_error", "invalid_json")  # fmt: skip
             return JSONResponse(he.body("anthropic"), he.status)
+        except Exception as e:  # a bug of ours, as `handle` answers one: in the API's shape
+            # (Starlette's had been a text/plain 500, and a traceback quoting the request)
+            _log.error("count_tokens failed: %s", type(e).__name__, extra={"event": "internal"})
+            he = HTTPError(500, f"internal error ({type(e).__name__})", "server_error")
+            return JSONResponse(he.body("anthropic"), he.status)
         first = d.model
         if cascade is not None:  # a tuned ladder calls its first step's model first
             ladder = tuned_ladder(d)[0]
