@@ -53,3 +53,26 @@ def test_a_bug_under_count_tokens_is_an_error_in_anthropics_shape(
     # (Starlette's text/plain 500 had no error type for the SDK, and a traceback in the log)
     assert e.value.body["error"]["type"] == "api_error"  # type: ignore[index]
     assert "RuntimeError" in str(e.value) and "sk-secret" not in str(e.value)
+
+
+def test_a_predictor_file_that_is_text_is_not_told_to_be_unpickled(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from satisfice.errors import ConfigError
+    from satisfice.predict import QualityModel
+
+    p = Path(str(tmp_path)) / "pred.npz"
+    p.write_text("not a predictor at all\n")
+    with pytest.raises(ConfigError, match="not an .npz archive") as e:
+        QualityModel.load(p)
+    assert "allow_pickle" not in str(e.value)  # numpy's advice: load it unsafely
+
+
+def test_a_policy_files_empty_predictor_is_no_predictor(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from satisfice.policy import Policy
+
+    p = Path(str(tmp_path)) / "policy.json"
+    p.write_text('{"predictor": ""}')
+    assert Policy.load(p).quality is None  # it had been the folder: "damaged (Is a directory)"

@@ -713,7 +713,7 @@ def read_policy_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"policy file {path} cannot be read: {e.strerror}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"policy file {path} must hold a JSON object")
-    if isinstance(data.get("predictor"), str):
+    if isinstance(data.get("predictor"), str) and data["predictor"]:  # ("": none, as from_dict)
         data["predictor"] = str(Path(path).parent / data["predictor"])
     return data
 

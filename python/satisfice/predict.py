@@ -441,6 +441,8 @@ class QualityModel(Value):
             MemoryError,  # an array header claiming terabytes, in a file of 300 bytes
         ) as e:  # fmt: skip
             what = f"missing field {e}" if isinstance(e, KeyError) else f"{e}"[:200]
+            if "pickle" in what:  # numpy's word for any file not .npy/.npz: not its advice
+                what = "not an .npz archive"  # (to load it unsafely) to pass on
             raise ConfigError(
                 f"predictor file {path} is damaged or not a satisfice predictor ({what}); {redo}"
             ) from None
