@@ -167,3 +167,16 @@ def test_a_key_cut_short_in_an_error_is_still_redacted(served: str) -> None:
     assert r.status_code == 400, r.text[:300]
     said = r.json()["error"]["message"]
     assert "[redacted]" in said and secret[7:12] not in said, said
+
+
+def test_a_key_is_not_stored_as_a_keys_name_or_team(served: str) -> None:
+    """Defect: the admin API stored a satisfice key pasted as another key's name or team,
+    then showed it in /admin/keys, as a metrics label and on every record of that key.
+
+    Expected: refused with a 400 that says why (the key redacted), nothing stored."""
+    secret = httpx.post(served + "/admin/keys", json={"name": "a"}, headers=ADMIN).json()["key"]
+    before = httpx.get(served + "/admin/keys", headers=ADMIN).text
+    for body in ({"name": f"ops {secret}"}, {"name": "ops", "team": secret}):
+        r = httpx.post(served + "/admin/keys", json=body, headers=ADMIN, timeout=10)
+        assert r.status_code == 400 and "holds a key" in r.text and secret not in r.text, r.text
+    assert httpx.get(served + "/admin/keys", headers=ADMIN).text == before

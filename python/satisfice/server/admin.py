@@ -56,6 +56,8 @@ def _name(v: Any, field: str) -> str:
         raise ConfigError(f"{field} holds an unpaired surrogate (such as \\ud800)") from None
     if any(ord(c) < 32 for c in v):
         raise ConfigError(f"{field} holds a control character")
+    if scrub(v) != v:  # stored, it had been listed, a metric's label and on every record
+        raise ConfigError(f"{field} holds a key (a secret the server redacts); name it otherwise")
     return v
 
 
