@@ -26,6 +26,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Iterator,
     Mapping,
     MutableMapping,
 )
@@ -712,29 +713,38 @@ class Service:
         store missed; every `HOLD_RENEW_S`, this replica's budget holds (see state.HOLD_S)."""
         renewed = time.monotonic()
         while True:
-            with contextlib.suppress(StateUnavailable):  # logged by the store
+            # Each step's failure is logged and the next turn tries again: one reply the
+            # code cannot read (a TIME answered as one integer) had ended this loop for
+            # good, and with it the holds' renewals and the queued settlements' spend.
+            with self._turn("reading the store's clock"):
                 await self.state.sync_clock()  # before anything shared is read
-            with contextlib.suppress(StateUnavailable):  # the next turn tries again
+            with self._turn("sharing session pins"):
                 await self.state.share_pins()  # set while the store was away
             if time.monotonic() - renewed >= HOLD_RENEW_S:
-                try:
+                with self._turn("renewing budget holds"):
                     await self.state.renew_holds()
                     renewed = time.monotonic()
-                except StateUnavailable:
-                    pass  # logged by the store; tried again at the next turn
             if isinstance(self.health, SharedHealth):
-                try:
-                    await self.health.sync()
-                except Exception as e:  # logged, not swallowed: replicas drift apart meanwhile
-                    now = time.monotonic()
-                    if now - self._sync_warned_at > 10:
-                        self._sync_warned_at = now
-                        _log.warning(
-                            "sharing health with other replicas failed: %s", type(e).__name__,
-                            extra={"event": "sync_failed"},
-                        )  # fmt: skip
-            await self._settle_queued()
+                with self._turn("sharing health with other replicas"):
+                    await self.health.sync()  # (replicas drift apart meanwhile)
+            with self._turn("settling what the store missed"):
+                await self._settle_queued()
             await asyncio.sleep(0.2)
+
+    @contextlib.contextmanager
+    def _turn(self, what: str) -> Iterator[None]:
+        """A step of `_sync_loop`: StateUnavailable is the store's to log; anything else is
+        logged here (the type alone, at most every 10 s), not raised out of the loop."""
+        try:
+            yield
+        except StateUnavailable:
+            pass
+        except Exception as e:
+            now = time.monotonic()
+            if now - self._sync_warned_at > 10:
+                self._sync_warned_at = now
+                _log.warning("%s failed: %s", what, type(e).__name__,
+                             extra={"event": "sync_failed"})  # fmt: skip
 
     async def _settle_queued(self, deadline: float | None = None) -> None:
         """Settle what the store missed, in order, while it answers; with a `deadline`
