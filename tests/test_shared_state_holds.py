@@ -8,12 +8,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
-from satisfice.server import ServerConfig
+import httpx
+import pytest
+
+from satisfice.server import ServerConfig, create_app
 from satisfice.server.app import Service
 from satisfice.server.state import Budget
+from satisfice.testing import LocalUpstream
 
+from .chat_support import registry
 from .polling import until_async
+from .server_support import ADMIN
 from .servers import redis
 
 #: What the proxy does with one command: None forwards it; ("garbage", reply) answers that
@@ -124,3 +131,51 @@ async def test_one_reply_the_replica_cannot_read_does_not_end_its_sync_loop() ->
                 assert await svc.state.spent(b) == (0.25, 0.0)
             finally:
                 await svc.shutdown()
+
+
+def _rule_on(*command: bytes, act: tuple[str, object]) -> Rule:
+    """`act` on each command that begins with `command`."""
+
+    def rule(parts: list[bytes]) -> tuple[str, object] | None:
+        return act if [parts[0].upper(), *parts[1 : len(command)]] == [*command] else None
+
+    return rule
+
+
+@pytest.mark.usefixtures("master")
+async def test_replies_of_another_shape_are_the_store_unavailable_not_a_500(
+    tmp_path: Path,
+) -> None:
+    """README: while Redis is unavailable, budgets fail closed (503 `state_unavailable`) and
+    session pins fail open on the replica's own view. A reply of another shape than its
+    command's (well-formed RESP: here one integer, as a fake Redis or a proxy might send)
+    had raised TypeError or AttributeError out of the state: a budgeted request got a 500
+    (`internal error (TypeError)`, its lost admission's hold left unreleased) and so did
+    every request with a session, whose pin read the same way."""
+    with redis() as server, LocalUpstream(record=False) as up:
+        reg = tmp_path / "r.toml"
+        reg.write_text(registry(up.url).to_toml())
+        proxy = _Proxy(server.port)
+        async with proxy.url() as url:
+            app = create_app(
+                ServerConfig(registry_path=str(reg), state_backend="redis", redis_url=url)
+            )
+            svc = app.state.service
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                made = await c.post("/admin/keys", headers=ADMIN,
+                                    json={"name": "k", "budget_usd": 1.0})  # fmt: skip
+                auth = {"authorization": f"Bearer {made.json()['key']}"}
+                body = {"model": "auto", "max_tokens": 20,
+                        "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+                admission = svc.state._admit.sha.encode()
+                proxy.rule = _rule_on(b"EVALSHA", admission, act=("garbage", b":1\r\n"))
+                r = await c.post("/v1/chat/completions", json=body, headers=auth)
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["code"] == "state_unavailable"
+                assert len(svc.unsettled) == 1  # its hold's release, settled once it answers
+                proxy.rule = _rule_on(b"GET", act=("garbage", b":1\r\n"))
+                session = {"x-satisfice-session": "s1"}
+                r = await c.post("/v1/chat/completions", json=body, headers=session)
+                assert r.status_code == 200, r.text
+            await svc.state.close()

@@ -335,9 +335,9 @@ async def test_a_late_key_changed_reply_does_not_forget_a_key_read_anew() -> Non
         assert await a.replace_key(k, replace(k, rpm=999))
         real, gate = b._do, asyncio.Event()
 
-        async def late(coro: Any) -> Any:  # this request's reply is handled later
+        async def late(coro: Any, *read: Any) -> Any:  # this request's reply is handled later
             try:
-                return await real(coro)
+                return await real(coro, *read)
             finally:
                 await gate.wait()
 

@@ -200,6 +200,20 @@ def _stored(cls: type[_T], raw: str | bytes) -> _T | None:
         return None
 
 
+def _two_ints(reply: Any) -> tuple[int, int]:
+    """A reply of two integers (TIME's seconds and microseconds; MGET's counters)."""
+    a, b = reply
+    return int(a), int(b)
+
+
+def _admission_reply(reply: Any, n: int) -> tuple[int, int, int]:
+    """`_ADMIT`'s reply for `n` budgets: (outcome, left or ms, unheld)."""
+    i, left = int(reply[0]), int(reply[1])
+    if not -2 <= i <= n:
+        raise ValueError(f"no budget {i}")
+    return i, left, int(reply[2]) if i > 0 else 0
+
+
 def _pairs(raw: list[Any] | dict[Any, Any]) -> Iterable[tuple[Any, Any]]:
     """A hash as HGETALL answers it (RESP2: field, value, field, value, ...) as pairs; a map
     (RESP3, when the URL asks for `protocol=3`) as it is."""
@@ -771,9 +785,9 @@ class RedisState:
         middle; good to half a round trip), taken up when it moved by more than that and
         `_SKEW_STEP_S`. Raises StateUnavailable while Redis is away."""
         t0 = time.time()
-        sec, usec = await self._do(self._r.call("TIME"))
+        sec, usec = await self._do(self._r.call("TIME"), _two_ints)
         t1 = time.time()
-        skew = int(sec) + int(usec) / 1e6 - (t0 + t1) / 2
+        skew = sec + usec / 1e6 - (t0 + t1) / 2
         if abs(skew - self._skew) > max(_SKEW_STEP_S, t1 - t0):
             self._skew = skew
 
@@ -787,13 +801,16 @@ class RedisState:
             await call("SCRIPT", "LOAD", script.source)
             return await call("EVALSHA", script.sha, len(keys), *keys, *args)
 
-    async def _do(self, coro: Any) -> Any:
-        """`coro`'s reply, or StateUnavailable. Redis that does not answer (hung, or a
-        network that drops packets) costs a command its 2 s timeout: after one, the calls
-        of the next `_AWAY_S` fail at once (their kinds of state fall back as they do
-        when Redis is down), and then one call tries again while the others still fail
-        at once. Every state call of every request had waited out its own timeout (a
-        request with a session and a team budget 6 s)."""
+    async def _do(self, coro: Any, read: Callable[[Any], Any] | None = None) -> Any:
+        """`coro`'s reply (as `read` reads it), or StateUnavailable. Redis that does not
+        answer (hung, or a network that drops packets) costs a command its 2 s timeout:
+        after one, the calls of the next `_AWAY_S` fail at once (their kinds of state fall
+        back as they do when Redis is down), and then one call tries again while the
+        others still fail at once. Every state call of every request had waited out its
+        own timeout (a request with a session and a team budget 6 s). A reply `read`
+        cannot read (a proxy's or a fake Redis's, well-formed RESP of another shape) is
+        the store unavailable too: it had raised TypeError or ValueError, a 500 for a
+        budgeted request (whose hold then went unreleased) and for every session's."""
         import redis.exceptions
 
         now = time.monotonic()
@@ -804,6 +821,12 @@ class RedisState:
             self._away_until = now + _AWAY_S  # this call tries it; the others wait it out
         try:
             out = await coro
+            if read is not None:
+                try:
+                    out = read(out)
+                except (TypeError, ValueError, AttributeError, IndexError):
+                    # as redis-py takes a reply that is not RESP
+                    raise redis.exceptions.InvalidResponse("a reply of another shape") from None
         except (redis.exceptions.RedisError, OSError) as e:
             if isinstance(e, TimeoutError | redis.exceptions.TimeoutError):  # (a connect's)
                 self._away_until = time.monotonic() + _AWAY_S
@@ -878,7 +901,7 @@ class RedisState:
         return k
 
     async def list_keys(self) -> list[VirtualKey]:
-        raw = await self._do(self._r.call("HVALS", f"{self._p}keys"))
+        raw = await self._do(self._r.call("HVALS", f"{self._p}keys"), list)
         keys = [_stored(VirtualKey, v) for v in raw]
         if None in keys:  # listed without it: the others can still be managed
             self._unreadable("a key")
@@ -958,12 +981,13 @@ class RedisState:
                 raise KeyChanged(key.id)
         keys, args = self._admission(budgets, usd, rate, seen)
         try:
-            i, left, *unheld = await self._do(self._eval(self._admit, keys, args))
+            i, left, unheld = await self._do(
+                self._eval(self._admit, keys, args), lambda r: _admission_reply(r, len(budgets))
+            )
         except StateUnavailable:
             if budgets or rate is None:
                 raise
             return await self._local.admit((), 0.0, rate)
-        i = int(i)
         if i == -2:
             assert key is not None
             # forgotten only if no request read it anew meanwhile: a late reply had dropped
@@ -982,8 +1006,8 @@ class RedisState:
                 self._leases[hold] = (keys[2 : 3 * len(budgets) : 3], member, time.monotonic())
             return None
         if i < 0:
-            return Refused(retry_in_s=max(int(left), 1) / 1000)
-        return Refused(budgets[i - 1], max(int(left), 0) / NANO, int(unheld[0]) / NANO)
+            return Refused(retry_in_s=max(left, 1) / 1000)
+        return Refused(budgets[i - 1], max(left, 0) / NANO, unheld / NANO)
 
     def _admission(
         self,
@@ -1045,8 +1069,10 @@ class RedisState:
 
     async def spent(self, b: Budget) -> tuple[float, float]:
         s, h, _ = self._bkeys([b])
-        vals = await self._do(self._r.call("MGET", s, h))
-        return (int(vals[0] or 0) / NANO, int(vals[1] or 0) / NANO)
+        spent, held = await self._do(
+            self._r.call("MGET", s, h), lambda v: _two_ints([x or 0 for x in v])
+        )
+        return spent / NANO, held / NANO
 
     # sessions and cooldowns: fail open -------------------------------------------------------
     async def pin(self, session: str) -> str | None:
@@ -1054,12 +1080,14 @@ class RedisState:
         pins it set or read; it had forgotten them all, and the next turn was routed anew,
         its prompt cache cold)."""
         try:
-            v = await self._do(self._r.call("GET", f"{self._p}pin:{session}"))
+            model: str | None = await self._do(
+                self._r.call("GET", f"{self._p}pin:{session}"),
+                lambda v: None if v is None else v.decode(),
+            )
         except StateUnavailable:
             return await self._local.pin(session)
-        if v is None:
+        if model is None:
             return None
-        model: str = v.decode()
         await self._local.set_pin(session, model)  # (an hour, as pins are set)
         return model
 
