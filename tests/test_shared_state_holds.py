@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 
 from satisfice.server import ServerConfig, create_app
 from satisfice.server.app import Service
-from satisfice.server.state import Budget
+from satisfice.server.state import Budget, RedisState, VirtualKey
 from satisfice.testing import LocalUpstream
 
 from .chat_support import registry
@@ -179,3 +180,25 @@ async def test_replies_of_another_shape_are_the_store_unavailable_not_a_500(
                 r = await c.post("/v1/chat/completions", json=body, headers=session)
                 assert r.status_code == 200, r.text
             await svc.state.close()
+
+
+async def test_a_key_update_whose_reply_was_cut_is_said_as_made() -> None:
+    """A command whose connection is cut before its reply is sent again on another
+    (`_Connections.call`; the scripts are idempotent). A key's compare-and-set is not, as it
+    was: applied the first time, sent again it found the stored record no longer the one
+    read and said the key had changed meanwhile (PATCH /admin/keys answered 409, "read it and
+    try again", for the change it had made)."""
+    with redis() as server:
+        proxy = _Proxy(server.port)
+        async with proxy.url() as url:
+            s = RedisState(url)
+            k, _ = VirtualKey.new("k", rpm=10)
+            await s.put_key(k)
+            nine = replace(k, rpm=9)
+            assert await s.replace_key(k, nine)  # (its script loaded)
+            proxy.rule = cut = _Once(b"EVALSHA", ("cut", None))
+            assert await s.replace_key(nine, replace(nine, rpm=5))
+            assert cut.done
+            stored = await s.key_by_id(k.id)
+            await s.close()
+        assert stored is not None and stored.rpm == 5

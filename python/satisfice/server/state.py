@@ -416,9 +416,13 @@ def _nano_up(usd: float) -> int:
     return whole if abs(n - whole) <= 1e-9 * max(1.0, abs(n)) else math.ceil(n)
 
 
-# KEYS[1] the keys hash; ARGV: id, the JSON read, the JSON to write.
+# KEYS[1] the keys hash; ARGV: id, the JSON read, the JSON to write. The record already
+# written is a success: the command sent again after its reply was lost (`_Connections.call`
+# sends it again on another connection) had been told the key changed meanwhile (a 409).
 _CAS = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if stored == ARGV[3] then return 1 end
+if stored ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
