@@ -76,3 +76,13 @@ def test_a_policy_files_empty_predictor_is_no_predictor(tmp_path: object) -> Non
     p = Path(str(tmp_path)) / "policy.json"
     p.write_text('{"predictor": ""}')
     assert Policy.load(p).quality is None  # it had been the folder: "damaged (Is a directory)"
+
+
+@pytest.mark.parametrize("value", ["1_0", "nan", "infinity", "0x10", "1e"])
+def test_a_constraint_header_is_a_number_as_json_writes_one(value: str) -> None:
+    # float() took `1_0` as 10: a cost cap meant as 1.0 let a request spend ten times
+    with pytest.raises(InputError, match="x-satisfice-max-cost-usd"):
+        wire.constraints_from({}, {"x-satisfice-max-cost-usd": value})
+    assert wire.constraints_from({}, {"x-satisfice-max-cost-usd": " 1.5e-3 "}) == {
+        "max_cost_usd": 0.0015
+    }

@@ -11,6 +11,7 @@ Anthropic's shape.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -90,13 +91,25 @@ def _needs(v: str) -> list[str]:
     return [x.strip() for x in v.split(",") if x.strip()]
 
 
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _number(v: str) -> float:
+    """A header's number, written as JSON writes one (float() also took `1_0` as 10, and
+    `nan`, `infinity`: a cost cap of 1_0 meant as 1.0 had let a request spend ten times)."""
+    v = v.strip()
+    if not _DECIMAL.fullmatch(v):
+        raise ValueError(v)
+    return float(v)
+
+
 # header, the option it sets, how its value is read
 _HEADER_CONSTRAINTS: tuple[tuple[str, str, Any], ...] = tuple(
     (f"x-satisfice-{h}", h.replace("-", "_"), conv)
     for h, conv in {
-        "max-cost-usd": float,
-        "latency-slo-ms": float,
-        "quality-floor": float,
+        "max-cost-usd": _number,
+        "latency-slo-ms": _number,
+        "quality-floor": _number,
         "needs": _needs,
     }.items()
 )
