@@ -50,10 +50,13 @@ def usage_of(
     tokenizer: str,
     resp: ChatResponse,
     extra: str | None = None,
+    routed: int | None = None,
 ) -> Usage:
     """Provider-reported usage, else our own count (exact for OpenAI encodings when
     `countable`; estimated otherwise, and `source` says so). `extra` (`extra_text`: tool
-    definitions, a response schema) is prompt text too."""
+    definitions, a response schema) is prompt text too. `routed`: the prompt's tokens as
+    its routing took them for this model (`Decision.tokens_in`), what a prompt that is not
+    `countable` is billed."""
     u = reported(resp)
     if u is not None:
         return u
@@ -63,7 +66,12 @@ def usage_of(
     big = not countable(len(out) + text_bytes(messages))
     exact = _core.is_exact_family(tokenizer) and not big and _text_only(messages)
     try:
-        if big:
+        if big and routed:
+            # routing's figure is its count when it made one, else the same estimate held
+            # within the count's bounds: the raw estimate had billed 300 KB of punctuation,
+            # counted at 200,008 tokens for a cost cap, as 40,660
+            n_in = routed
+        elif big:
             n_in = round(_core.estimate_message_tokens(messages, tokenizer))
         else:
             n_in = _core.count_message_tokens(messages, tokenizer)

@@ -1218,7 +1218,8 @@ class Executor:
             # and a buggy upstream's 50M tokens had drained a budget; counted instead
             resp = replace(resp, usage=None)
         extra = extra_text(run.request.tools, run.request.response_format)
-        counted = usage_of(run.request.messages, t.spec.tokenizer, resp, extra)
+        routed = run.decision.tokens_in(t.model)
+        counted = usage_of(run.request.messages, t.spec.tokenizer, resp, extra, routed)
         if resp.web_searches:  # billed apart, whatever the tokens
             counted = replace(counted, web_searches=resp.web_searches)
         # the thinking it showed, where more than its row expects (3,000 tokens of it had
