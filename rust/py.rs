@@ -14,7 +14,7 @@ use numpy::{
 use pyo3::buffer::PyBuffer;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyMapping, PySequence, PyString, PyTuple};
+use pyo3::types::{PyDict, PyInt, PyList, PyMapping, PySequence, PyString, PyTuple};
 
 pyo3::import_exception!(satisfice.errors, ConfigError);
 pyo3::import_exception!(satisfice.errors, InputError);
@@ -701,9 +701,20 @@ fn count_tokens(py: Python<'_>, text: &Bound<'_, PyString>, encoding: &str) -> P
 fn count_tokens_till_limit(
     py: Python<'_>,
     text: &Bound<'_, PyString>,
-    limit: usize,
+    limit: &Bound<'_, PyInt>,
     encoding: &str,
 ) -> PyResult<Option<usize>> {
+    // any limit: one past what a usize holds is none at all (as a usize, -1 or 2**70 had
+    // been a raw OverflowError)
+    let limit = match limit.extract::<usize>() {
+        Ok(n) => n,
+        Err(_) if limit.lt(0)? => {
+            return Err(InputError::new_err(format!(
+                "limit must be a whole number >= 0, got {limit}"
+            )))
+        }
+        Err(_) => usize::MAX,
+    };
     let f = family(encoding)?;
     let s = self::text(text, || "text".into())?.to_owned();
     Ok(py.detach(|| tokens::count_till_limit(&s, f, limit)))

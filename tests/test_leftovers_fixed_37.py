@@ -86,3 +86,11 @@ def test_a_constraint_header_is_a_number_as_json_writes_one(value: str) -> None:
     assert wire.constraints_from({}, {"x-satisfice-max-cost-usd": " 1.5e-3 "}) == {
         "max_cost_usd": 0.0015
     }
+
+
+def test_count_tokens_till_limit_takes_any_limit() -> None:
+    from satisfice import count_tokens_till_limit
+
+    assert count_tokens_till_limit("hello world", 2**70) == 2  # had been a raw OverflowError
+    with pytest.raises(InputError, match="limit must be a whole number >= 0, got -1"):
+        count_tokens_till_limit("hello world", -1)
