@@ -1933,7 +1933,7 @@ async def _stream(
                         tail[0] = {"role": "assistant", **tail[0]}
                     last = len(tail) - 1
                     for i, part in enumerate(tail):
-                        fin = (res.finish_reason or "stop") if i == last else None
+                        fin = wire.openai_finish(res) if i == last else None
                         yield wire.openai_chunk(sid, model, created, part, fin)
                     if routed.include_usage:
                         yield wire.sse_data(

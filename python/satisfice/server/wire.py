@@ -458,7 +458,7 @@ def openai_response(res: Any, *, with_decision: bool = True) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": msg,
-                "finish_reason": res.finish_reason or "stop",
+                "finish_reason": openai_finish(res),
                 "logprobs": None,
             }
         ],
@@ -467,6 +467,19 @@ def openai_response(res: Any, *, with_decision: bool = True) -> dict[str, Any]:
     if with_decision:
         out["satisfice"] = decision_field(res)
     return out
+
+
+#: The finish reasons OpenAI's API gives, the only ones its SDKs' types take.
+_OPENAI_FINISH = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+
+
+def openai_finish(res: Any) -> str:
+    """OpenAI's finish_reason for a result: the upstream's when OpenAI's API could give it,
+    else "stop". An upstream's own reason (Anthropic's `pause_turn` or one newer than
+    satisfice, an OpenAI-compatible API's `eos` or `error`) had been passed on as it came,
+    which the `openai` SDK's types refuse."""
+    f = res.finish_reason or "stop"
+    return f if f in _OPENAI_FINISH else "stop"
 
 
 def reasoning_text(thinking: list[dict[str, Any]]) -> str:
