@@ -10,8 +10,10 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import httpx
 import pytest
+from anthropic.types import ModelInfo
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from satisfice import Policy, Registry, Router
@@ -139,3 +141,16 @@ def test_a_finish_reason_openai_does_not_give_reaches_openai_clients_as_one_it_d
         return
     last = [ChatCompletionChunk.model_validate(c, strict=True) for c in chunks(r)][-1]
     assert last.choices[0].finish_reason == "stop"
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+def test_anthropic_clients_read_models_the_sdks_modelinfo_takes(url: str) -> None:
+    """GET /v1/models[/{id}] in Anthropic's shape left out `lifecycle`, a field the
+    `anthropic` SDK's ModelInfo requires."""
+    with anthropic.Anthropic(base_url=url, api_key="x", max_retries=0, timeout=20) as c:
+        listed = c.models.with_raw_response.list().http_response.json()["data"]
+        one = c.models.with_raw_response.retrieve("an").http_response.json()
+    for m in [*listed, one]:
+        assert ModelInfo.model_validate_json(json.dumps(m), strict=True).lifecycle == "active"

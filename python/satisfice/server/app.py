@@ -229,8 +229,10 @@ def _error(he: HTTPError, api: str, cause: BaseException | None = None) -> JSONR
 def _anthropic_model(m: Mapping[str, Any]) -> dict[str, Any]:
     """A model of GET /v1/models in the shape Anthropic's API lists one."""
     when = datetime.datetime.fromtimestamp(m["created"], datetime.UTC)
+    # `lifecycle` is required by the SDK's ModelInfo: a model listed here may be called
     return {"type": "model", "id": m["id"], "display_name": m["id"],
-            "created_at": when.isoformat().replace("+00:00", "Z")}  # fmt: skip
+            "created_at": when.isoformat().replace("+00:00", "Z"),
+            "lifecycle": "active"}  # fmt: skip
 
 
 _NEED = re.compile(r"needs (\d+) tokens, context window is (\d+)|context window of (\d+)")
