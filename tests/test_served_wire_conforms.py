@@ -13,7 +13,7 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
-from anthropic.types import ModelInfo
+from anthropic.types import ErrorResponse, ModelInfo
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from satisfice import Policy, Registry, Router
@@ -154,3 +154,17 @@ def test_anthropic_clients_read_models_the_sdks_modelinfo_takes(url: str) -> Non
         one = c.models.with_raw_response.retrieve("an").http_response.json()
     for m in [*listed, one]:
         assert ModelInfo.model_validate_json(json.dumps(m), strict=True).lifecycle == "active"
+
+
+def test_a_path_an_anthropic_client_asks_that_is_not_served_is_answered_in_its_shape(
+    url: str,
+) -> None:
+    """A path the server does not answer (the SDK's Files API, /v1/files) was
+    answered in OpenAI's error shape to the Anthropic SDK, which sent anthropic-version as
+    it does on every request: no ErrorResponse, and `e.type` "invalid_request_error" for a
+    404. GET /v1/models, which reads the same header, answered in Anthropic's."""
+    c = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0, timeout=20)
+    with c, pytest.raises(anthropic.NotFoundError) as e:
+        c.beta.files.list()
+    assert e.value.type == "not_found_error"
+    ErrorResponse.model_validate(e.value.body, strict=True)

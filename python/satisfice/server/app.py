@@ -1713,8 +1713,11 @@ async def _no_such_route(request: Request, exc: Exception) -> Response:
     else:
         msg = f"no such endpoint: {method} {path} (this server answers {_PATHS})"
         he = HTTPError(404, msg, "invalid_request_error", "unknown_url")
-    # /v1/messages and what lies under it (count_tokens, batches: an Anthropic SDK's calls)
-    api = "anthropic" if "/v1/messages" in path else "openai"
+    # /v1/messages and what lies under it (count_tokens, batches), and any path an
+    # Anthropic SDK asks (it sends anthropic-version on every request, as GET /v1/models
+    # reads it: its /v1/files or /v1/complete had been answered in OpenAI's shape)
+    asked = "/v1/messages" in path or "anthropic-version" in request.headers
+    api = "anthropic" if asked else "openai"
     return JSONResponse(he.body(api), he.status, headers=he.headers)
 
 
