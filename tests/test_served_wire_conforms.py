@@ -168,3 +168,23 @@ def test_a_path_an_anthropic_client_asks_that_is_not_served_is_answered_in_its_s
         c.beta.files.list()
     assert e.value.type == "not_found_error"
     ErrorResponse.model_validate(e.value.body, strict=True)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_mistrals_model_length_reaches_clients_as_an_answer_cut_short(
+    raw: RawUpstream, url: str, stream: bool
+) -> None:
+    """Mistral's `model_length` (the context window cut the answer) had reached an OpenAI
+    client as `stop` and an Anthropic one as `end_turn`: a cut answer read as whole."""
+    raw.push(oa_answer("model_length", stream))
+    r = chat(url, {"model": "oa", "messages": U, "stream": stream})
+    fin = (
+        r.json()["choices"][0]["finish_reason"]
+        if not stream
+        else chunks(r)[-1]["choices"][0]["finish_reason"]
+    )
+    assert fin == "length"
+    raw.push(oa_answer("model_length", False))
+    with anthropic.Anthropic(base_url=url, api_key="x", max_retries=0, timeout=20) as c:
+        m = c.messages.create(model="oa", max_tokens=50, messages=U)  # type: ignore[arg-type]
+    assert m.stop_reason == "max_tokens"

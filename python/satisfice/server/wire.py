@@ -479,6 +479,8 @@ def openai_finish(res: Any) -> str:
     satisfice, an OpenAI-compatible API's `eos` or `error`) had been passed on as it came,
     which the `openai` SDK's types refuse."""
     f = res.finish_reason or "stop"
+    if f == "model_length":  # Mistral's: the context window cut the answer, OpenAI's length
+        return "length"
     return f if f in _OPENAI_FINISH else "stop"
 
 
@@ -567,6 +569,7 @@ _STOP = {
     "pause_turn": "pause_turn",  # a server tool's long turn, to be sent back to go on
     "stop": "end_turn",
     "length": "max_tokens",
+    "model_length": "max_tokens",  # Mistral's: the context window cut the answer
     "tool_calls": "tool_use",
     "content_filter": "refusal",
 }
