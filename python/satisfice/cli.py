@@ -45,6 +45,8 @@ def _constraints(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _read_text(path: str) -> str:
+    if path == "-" and sys.stdin is None:  # run with stdin closed (`<&-`): Python's is None
+        raise SatisficeError("stdin is closed: pipe the text in, or give a file's path for -")
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except FileNotFoundError:

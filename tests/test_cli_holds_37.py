@@ -1,0 +1,59 @@
+"""The command line's edges, as an adversarial review from a separate clone found them.
+Every test here failed on the code it was written against: `route --file -` and `count -`
+with stdin closed came out as an AttributeError traceback."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ROOT / "tests" / "fixtures" / "sources"
+
+
+def _env() -> dict[str, str]:
+    """The environment without any provider key: no probe or chat call can succeed."""
+    env = {k: v for k, v in os.environ.items() if "API_KEY" not in k and "_KEY" not in k}
+    env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _capped() -> None:
+    # 3 GB of address space: an unbounded read of /dev/zero fails in a second, not after
+    # filling the machine's memory
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+
+def cli(*args: str, cwd: Path | None = None, stdin: int | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    code = "import sys\nfrom satisfice.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+        env=_env(), cwd=cwd, stdin=stdin, preexec_fn=_capped,
+    )  # fmt: skip
+
+
+def _one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], r.stderr[-2000:]
+    return lines[0]
+
+
+# -- 1. stdin closed -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["route", "--file", "-"], ["count", "-"]])
+def test_stdin_closed_is_said(args: list[str]) -> None:
+    # `<&-` in a shell: Python's sys.stdin is None, and `.buffer` had raised AttributeError
+    r = subprocess.run(
+        [sys.executable, "-m", "satisfice.cli", *args], capture_output=True, text=True,
+        timeout=60, env=_env(), preexec_fn=lambda: os.close(0),
+    )  # fmt: skip
+    assert "stdin" in _one_line_error(r)
