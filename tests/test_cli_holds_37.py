@@ -1,6 +1,8 @@
 """The command line's edges, as an adversarial review from a separate clone found them.
 Every test here failed on the code it was written against: `route --file -` and `count -`
-with stdin closed came out as an AttributeError traceback."""
+with stdin closed came out as an AttributeError traceback; a prompt file, a policy, a server
+config or a health file that is /dev/zero (or a file of gigabytes) was read until memory
+ran out."""
 
 from __future__ import annotations
 
@@ -57,3 +59,27 @@ def test_stdin_closed_is_said(args: list[str]) -> None:
         timeout=60, env=_env(), preexec_fn=lambda: os.close(0),
     )  # fmt: skip
     assert "stdin" in _one_line_error(r)
+
+
+# -- 2. /dev/zero as an input file -----------------------------------------------------------
+
+
+def _zero_cases(tmp: Path) -> list[list[str]]:
+    (tmp / "policy.toml").write_text('[policy]\npath = "/dev/zero"\n')
+    (tmp / "health.toml").write_text('[probe]\ninterval_s = 600\nhealth_file = "/dev/zero"\n')
+    return [
+        ["route", "--file", "/dev/zero"],
+        ["count", "/dev/zero"],
+        ["route", "--policy", "/dev/zero", "hello"],
+        ["serve", "--config", "/dev/zero", "--port", "0"],
+        ["serve", "--config", str(tmp / "policy.toml"), "--port", "0"],
+        ["serve", "--config", str(tmp / "health.toml"), "--port", "0"],
+        ["probe", "--models", "gpt-5.4-nano", "--health", "/dev/zero"],
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_dev_zero_is_refused_not_read_until_memory_runs_out(tmp_path: Path, case: int) -> None:
+    args = _zero_cases(tmp_path)[case]
+    r = cli(*args, cwd=tmp_path, timeout=60)
+    assert "MB" in _one_line_error(r)

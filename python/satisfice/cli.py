@@ -44,11 +44,27 @@ def _constraints(args: argparse.Namespace) -> dict[str, Any]:
     return c
 
 
+# a hundred times a million-token window: /dev/zero, or a file of gigabytes named by
+# mistake, had been read until memory ran out
+_MAX_TEXT_BYTES = 256 << 20
+
+
 def _read_text(path: str) -> str:
+    from ._bounded import read_bounded
+
     if path == "-" and sys.stdin is None:  # run with stdin closed (`<&-`): Python's is None
         raise SatisficeError("stdin is closed: pipe the text in, or give a file's path for -")
+    too_large = (
+        f"{'stdin' if path == '-' else path} holds over {_MAX_TEXT_BYTES >> 20} MB, more "
+        "than this command reads; give a smaller file (or split it)"
+    )
     try:
-        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        if path == "-":
+            data = sys.stdin.buffer.read(_MAX_TEXT_BYTES + 1)
+            if len(data) > _MAX_TEXT_BYTES:
+                raise SatisficeError(too_large)
+        else:
+            data = read_bounded(path, too_large, _MAX_TEXT_BYTES)
     except FileNotFoundError:
         raise SatisficeError(f"file {path} does not exist") from None
     try:

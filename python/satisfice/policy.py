@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from . import _core
 from ._atomic import write_atomic
+from ._bounded import MAX_FILE_BYTES, read_bounded
 from ._frozen import Value, _set
 from ._real import as_count, as_real
 from .errors import ConfigError, quoted, quoted_names
@@ -701,7 +702,9 @@ def read_policy_file(path: str | Path) -> dict[str, Any]:
 
     try:
         # a byte-order mark is no error; a key given twice is (the last had won unsaid)
-        data = _json_once(Path(path).read_text("utf-8-sig"))
+        raw = read_bounded(path, f"over {MAX_FILE_BYTES >> 20} MB, which no policy needs; "
+                           "give the policy's own file")  # fmt: skip
+        data = _json_once(raw.decode("utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"policy file {path} does not exist") from None
     except ConfigError as e:

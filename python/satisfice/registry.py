@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import date, datetime
 
 from . import _core
+from ._bounded import MAX_FILE_BYTES, read_bounded
 from ._frozen import Value, _set
 from ._real import as_count, as_real
 from .errors import ConfigError, UnknownModelError, quoted
@@ -653,9 +654,6 @@ def _bad_id(mid: str) -> str | None:
     return None
 
 
-#: The most bytes of a registry file read (the bundled registry is 18 kB).
-_MAX_FILE_BYTES = 64 << 20
-
 #: The least rate (USD per 1M tokens) no warning is given for: no listed model charges
 #: less than a cent per million, and a per-token price is a millionth of one that does.
 _LEAST_RATE = 0.001
@@ -1133,17 +1131,12 @@ class Registry:
 
         p = Path(path)
         try:
-            with p.open("rb") as f:  # bounded: /dev/zero, or a file of gigabytes, had been
-                raw = f.read(_MAX_FILE_BYTES + 1)  # read until memory ran out (MemoryError)
+            raw = read_bounded(p, f"registry file {p} is over {MAX_FILE_BYTES >> 20} MB, "
+                               "which no registry needs; give the registry's own file")  # fmt: skip
         except FileNotFoundError:
             raise ConfigError(f"registry file {p} does not exist") from None
         except OSError as e:
             raise ConfigError(f"registry file {p} cannot be read: {e.strerror}") from None
-        if len(raw) > _MAX_FILE_BYTES:
-            raise ConfigError(
-                f"registry file {p} is over {_MAX_FILE_BYTES >> 20} MB, which no registry "
-                "needs; give the registry's own file"
-            )
         try:
             # utf-8-sig: a byte-order mark, which editors on Windows write, is no error
             data = parse(raw.decode("utf-8-sig"))

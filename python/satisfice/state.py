@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ._atomic import write_atomic
+from ._bounded import MAX_FILE_BYTES, read_bounded
 from .errors import ConfigError
 
 __all__ = ["Health", "HealthConfig", "HealthStore"]
@@ -320,8 +321,10 @@ class Health:
         p = Path(path)
         if not p.exists():
             return h
+        raw = read_bounded(p, f"health file {p} is over {MAX_FILE_BYTES >> 20} MB, which no "
+                           "health file needs; give the one Health.save() wrote")  # fmt: skip
         try:
-            data = json.loads(p.read_text("utf-8"))["latency"]
+            data = json.loads(raw.decode("utf-8"))["latency"]
             for key, v in data.items():
                 s = h._get(str(key))
                 s.lat_mean, s.lat_var = float(v["lat_mean"]), float(v["lat_var"])
@@ -336,7 +339,7 @@ class Health:
         """When the last scheduled probe run that `save()` kept in `path` ran (Unix time);
         None if no run was kept there (or no file). A time to come is taken as now."""
         try:
-            v = json.loads(Path(path).read_text("utf-8")).get("probed_at")
+            v = json.loads(read_bounded(path, "too large")).get("probed_at")
         except (OSError, ValueError, AttributeError, RecursionError):
             return None  # (what `load` refuses, it says)
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):

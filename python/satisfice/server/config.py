@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .._bounded import MAX_FILE_BYTES, read_bounded
 from ..errors import ConfigError
 from ..policy import Constraints
 from ..registry import is_env_name
@@ -456,7 +457,9 @@ class ServerConfig:
             return cls()
         p = Path(path)
         try:
-            data = tomllib.loads(p.read_text("utf-8-sig"))  # a byte-order mark is no error
+            raw = read_bounded(p, f"config file {p} is over {MAX_FILE_BYTES >> 20} MB, which "
+                               "no config needs; give the config's own file")  # fmt: skip
+            data = tomllib.loads(raw.decode("utf-8-sig"))  # a byte-order mark is no error
         except FileNotFoundError:
             raise ConfigError(f"config file {p} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
