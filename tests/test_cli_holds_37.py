@@ -2,7 +2,8 @@
 Every test here failed on the code it was written against: `route --file -` and `count -`
 with stdin closed came out as an AttributeError traceback; a prompt file, a policy, a server
 config or a health file that is /dev/zero (or a file of gigabytes) was read until memory
-ran out."""
+ran out; an output path naming one of the command's inputs (`registry update --out` its
+catalogue, `probe --save-predictor` or `--health` its registry) wrote over that input."""
 
 from __future__ import annotations
 
@@ -83,3 +84,29 @@ def test_dev_zero_is_refused_not_read_until_memory_runs_out(tmp_path: Path, case
     args = _zero_cases(tmp_path)[case]
     r = cli(*args, cwd=tmp_path, timeout=60)
     assert "MB" in _one_line_error(r)
+
+
+# -- 3. an output that is one of the command's inputs -----------------------------------------
+
+
+def test_registry_update_out_is_not_its_catalogue(tmp_path: Path) -> None:
+    cat = tmp_path / "litellm.json"
+    cat.write_bytes((SOURCES / "litellm_prices.json").read_bytes())
+    before = cat.read_bytes()
+    r = cli("registry", "update", "--from", "litellm", str(cat), "--out", str(cat), cwd=tmp_path)
+    assert "--out" in _one_line_error(r)
+    assert cat.read_bytes() == before
+
+
+@pytest.mark.parametrize("flag", ["--save-predictor", "--health"])
+def test_probe_does_not_write_over_its_registry(tmp_path: Path, flag: str) -> None:
+    reg = tmp_path / "reg.json"
+    from satisfice import Registry
+
+    reg.write_text(Registry.default().to_json())
+    before = reg.read_bytes()
+    extra = ["--save-policy", str(tmp_path / "p.json")] if flag == "--save-predictor" else []
+    r = cli("probe", "--registry", str(reg), "--models", "gpt-5.4-nano", flag, str(reg), *extra,
+            cwd=tmp_path)  # fmt: skip
+    assert flag in _one_line_error(r)
+    assert reg.read_bytes() == before

@@ -500,6 +500,21 @@ def _outputs(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [(flag, path) for flag, path in out if path]
 
 
+def _inputs(args: argparse.Namespace) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The files the command reads, each said as an error names it, with the output options
+    that update it in place."""
+    cmd = args.command
+    ins: list[tuple[str, str | None, tuple[str, ...]]] = []
+    if cmd == "probe":
+        ins = [("the registry (--registry)", args.registry, ()),
+               ("the policy (--policy)", args.policy, ("--save-policy",))]  # fmt: skip
+    elif cmd == "registry" and args.action == "update":
+        cat = args.location if args.location and "://" not in args.location else None
+        ins = [("the catalogue", cat, ()),
+               ("the registry (--registry)", args.registry, ("--out", "--registry"))]  # fmt: skip
+    return [(what, path, by) for what, path, by in ins if path]
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse an output path the command could not write, before any of its work: each was
     found only at the end, after paid probe calls, a training run or a whole evaluation.
@@ -530,6 +545,14 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise SatisficeError(
                 f"{flag} {path}: directory {parent} is not writable; give another path"
             )
+        for what, src, by in _inputs(args):
+            # written over, the input was gone (`registry update --out` its catalogue,
+            # `probe --save-predictor` its registry), unless the write is its update
+            if flag not in by and p.exists() and Path(src).exists() and os.path.samefile(p, src):
+                raise SatisficeError(
+                    f"{flag} {path} is {what}, which the command reads and the write would "
+                    "replace; give another path"
+                )
         if str(target) in seen:  # the second write would replace the first
             raise SatisficeError(f"{seen[str(target)]} and {flag} both name {path}; give two files")
         seen[str(target)] = flag
