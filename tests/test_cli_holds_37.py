@@ -3,7 +3,8 @@ Every test here failed on the code it was written against: `route --file -` and 
 with stdin closed came out as an AttributeError traceback; a prompt file, a policy, a server
 config or a health file that is /dev/zero (or a file of gigabytes) was read until memory
 ran out; an output path naming one of the command's inputs (`registry update --out` its
-catalogue, `probe --save-predictor` or `--health` its registry) wrote over that input."""
+catalogue, `probe --save-predictor` or `--health` its registry) wrote over that input;
+`probe --models M M` probed M twice, paying for each call twice."""
 
 from __future__ import annotations
 
@@ -110,3 +111,26 @@ def test_probe_does_not_write_over_its_registry(tmp_path: Path, flag: str) -> No
             cwd=tmp_path)  # fmt: skip
     assert flag in _one_line_error(r)
     assert reg.read_bytes() == before
+
+
+# -- 4. a model named twice is probed once ----------------------------------------------------
+
+
+def test_probe_models_named_twice_are_probed_once() -> None:
+    import asyncio
+
+    from satisfice import Router
+    from satisfice.errors import SatisficeError
+    from satisfice.probe import PROBES, run_probes
+
+    asked: list[str] = []
+
+    async def chat(*_: object, allow: tuple[str, ...] = (), **__: object) -> None:
+        asked.append(allow[0])
+        raise SatisficeError("no upstream here")  # counted as the probe's error
+
+    router = Router()
+    router.chat = chat  # type: ignore[method-assign]
+    report = asyncio.run(run_probes(router, ["gpt-5.4-nano", "gpt-5.4-nano"], PROBES[:1]))
+    assert asked == ["gpt-5.4-nano"]
+    assert report.asked == {"gpt-5.4-nano": 1}

@@ -382,7 +382,9 @@ async def run_probes(
         raise ConfigError(f"budget_usd must be a number of USD > 0, got {budget_usd!r:.40}")
     if not run_code:
         probes = [p for p in probes if p.task != "code"]
-    ids = list(models) if models is not None else [
+    # a model named twice is probed once: it had been asked (and paid for) twice, and its
+    # ability moved twice as far on the same evidence
+    ids = list(dict.fromkeys(models)) if models is not None else [
         m.id for m in router.registry if m.deployments and not m.disabled
     ]  # fmt: skip
     report = ProbeReport()
