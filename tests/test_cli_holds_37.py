@@ -4,7 +4,9 @@ with stdin closed came out as an AttributeError traceback; a prompt file, a poli
 config or a health file that is /dev/zero (or a file of gigabytes) was read until memory
 ran out; an output path naming one of the command's inputs (`registry update --out` its
 catalogue, `probe --save-predictor` or `--health` its registry) wrote over that input;
-`probe --models M M` probed M twice, paying for each call twice."""
+`probe --models M M` probed M twice, paying for each call twice; a file's option given
+empty was taken as absent (`route --registry ''` routed on the bundled registry) or, for
+`registry update --out ''`, a TypeError traceback."""
 
 from __future__ import annotations
 
@@ -134,3 +136,26 @@ def test_probe_models_named_twice_are_probed_once() -> None:
     report = asyncio.run(run_probes(router, ["gpt-5.4-nano", "gpt-5.4-nano"], PROBES[:1]))
     assert asked == ["gpt-5.4-nano"]
     assert report.asked == {"gpt-5.4-nano": 1}
+
+
+# -- 5. a file's option given empty ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["registry", "update", "--from", "litellm", str(SOURCES / "litellm_prices.json"),
+          "--out", ""], "--out"),
+        (["route", "--registry", "", "hello"], "--registry"),
+        (["route", "--policy", "", "hello"], "--policy"),
+        (["count", "--registry", "", "--model", "gpt-5.4-nano", "-"], "--registry"),
+    ],
+)  # fmt: skip
+def test_an_empty_path_is_said_not_taken_as_absent(
+    tmp_path: Path, args: list[str], flag: str
+) -> None:
+    # `--registry "$REG"` with REG unset had routed on the bundled registry without a word;
+    # `registry update --out ''` had been a TypeError traceback
+    r = cli(*args, cwd=tmp_path)
+    assert f"{flag} is empty" in _one_line_error(r)
+    assert not list(tmp_path.iterdir())

@@ -515,6 +515,20 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str, tuple[str, ...]]]:
     return [(what, path, by) for what, path, by in ins if path]
 
 
+# the options that name a file: given empty (`--registry "$REG"` with REG unset), the
+# option had been taken as absent (the bundled registry, the default policy, no policy
+# saved) without a word, or ended in a TypeError traceback (`registry update --out ''`)
+_PATH_OPTIONS = ("file", "config", "registry", "policy", "health", "out", "save_policy",
+                 "save_predictor", "html", "plot", "save_onnx")  # fmt: skip
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    for dest in _PATH_OPTIONS:
+        if getattr(args, dest, None) == "":
+            flag = "--" + dest.replace("_", "-")
+            raise SatisficeError(f"{flag} is empty; give a file's path, or leave {flag} out")
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse an output path the command could not write, before any of its work: each was
     found only at the end, after paid probe calls, a training run or a whole evaluation.
@@ -712,6 +726,7 @@ def _warning_line(command: str) -> Callable[..., None]:
 
 def _run(args: argparse.Namespace) -> int:
     try:
+        _check_paths(args)
         _check_outputs(args)
         return int(args.func(args))
     except KeyboardInterrupt:  # Ctrl-C: what was being written is left as it was (atomic)
