@@ -94,3 +94,12 @@ def test_count_tokens_till_limit_takes_any_limit() -> None:
     assert count_tokens_till_limit("hello world", 2**70) == 2  # had been a raw OverflowError
     with pytest.raises(InputError, match="limit must be a whole number >= 0, got -1"):
         count_tokens_till_limit("hello world", -1)
+
+
+def test_a_health_file_that_is_a_directory_is_said_so(tmp_path: object) -> None:
+    from satisfice.errors import ConfigError
+    from satisfice.state import Health
+
+    with pytest.raises(ConfigError, match="cannot be read: Is a directory"):
+        Health.load(str(tmp_path))  # had been a raw IsADirectoryError
+    assert Health.probed_at(str(tmp_path)) is None

@@ -321,8 +321,11 @@ class Health:
         p = Path(path)
         if not p.exists():
             return h
-        raw = read_bounded(p, f"health file {p} is over {MAX_FILE_BYTES >> 20} MB, which no "
-                           "health file needs; give the one Health.save() wrote")  # fmt: skip
+        try:
+            raw = read_bounded(p, f"health file {p} is over {MAX_FILE_BYTES >> 20} MB, which "
+                               "no health file needs; give one Health.save() wrote")  # fmt: skip
+        except OSError as e:  # a directory, no permission
+            raise ConfigError(f"health file {p} cannot be read: {e.strerror}") from None
         try:
             data = json.loads(raw.decode("utf-8"))["latency"]
             for key, v in data.items():
@@ -340,7 +343,7 @@ class Health:
         None if no run was kept there (or no file). A time to come is taken as now."""
         try:
             v = json.loads(read_bounded(path, "too large")).get("probed_at")
-        except (OSError, ValueError, AttributeError, RecursionError):
+        except (OSError, ValueError, AttributeError, RecursionError, ConfigError):
             return None  # (what `load` refuses, it says)
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             return None
