@@ -162,7 +162,7 @@ def test_a_key_cut_short_in_an_error_is_still_redacted(served: str) -> None:
         "model": "auto",
         "messages": [{"role": "user", "content": "hi"}],
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
-        "tool_choice": {"type": "function", "function": {"name": "x" * 40 + secret}},
+        "tool_choice": {"type": "function", "function": {"name": "x " * 20 + secret}},
     }
     r = httpx.post(served + "/v1/chat/completions", json=body, timeout=10,
                    headers={"authorization": f"Bearer {secret}"})  # fmt: skip
@@ -182,3 +182,24 @@ def test_a_key_is_not_stored_as_a_keys_name_or_team(served: str) -> None:
         r = httpx.post(served + "/admin/keys", json=body, headers=ADMIN, timeout=10)
         assert r.status_code == 400 and "holds a key" in r.text and secret not in r.text, r.text
     assert httpx.get(served + "/admin/keys", headers=ADMIN).text == before
+
+
+def test_a_word_holding_the_key_prefix_is_no_key(served: str) -> None:
+    """Defect: a server key was redacted however few characters followed its prefix, within
+    a word too: an answer's `.task-sat-score` (a CSS class) reached the client as
+    `.ta[redacted]`, and a key named `risk-sat-ops` was refused as holding a key.
+
+    Expected: within a word the prefix is a key's only with a key's run after it (16 or more
+    characters, as before); where it starts a word, a key however short (the cut above)."""
+    from satisfice._redact import register_prefix, scrub
+    from satisfice.server.state import KEY_PREFIX
+
+    register_prefix(KEY_PREFIX)  # (as the server did: the same prefix)
+    answer = "Add .task-sat-score\nto the risk-sat-weighted row, desk-sat-1."
+    assert scrub(answer) == answer
+    assert scrub("paste sk-sat-ab") == "paste [redacted]"
+    assert "[redacted]" in scrub("x" * 40 + KEY_PREFIX + "A" * 16)
+    made = httpx.post(served + "/admin/keys", json={"name": "risk-sat-ops", "team": "task-sat-a"},
+                      headers=ADMIN, timeout=10)  # fmt: skip
+    assert made.status_code == 201, made.text[:300]
+    assert made.json()["name"] == "risk-sat-ops" and made.json()["team"] == "task-sat-a"

@@ -157,10 +157,14 @@ def register_prefix(prefix: str) -> None:
     quoted back in an error that is logged and recorded), and from decoded upstream text
     that `scrub` reads (an answer that repeats one). Not from raw bytes (`scrub_bytes`) or
     stream pieces: only the server's callers hold these keys, and an upstream is never sent
-    one. However few characters follow the prefix: an error quotes a value cut short
-    (`{v!r:.60}`) before it is scrubbed, and a key it cut had kept its first characters."""
+    one. However few characters follow the prefix where it starts a word: an error quotes a
+    value cut short (`{v!r:.60}`) before it is scrubbed, and a key it cut had kept its first
+    characters. Within a word (`task-sat-score`, a CSS class in an answer; a team named
+    `risk-sat-ops`), 16 or more, as a key's 32 are: any length there had redacted a word of
+    an answer sent to the client, and refused such a name as holding a key."""
     global _prefixed
-    _prefixed = (prefix, re.compile(re.escape(prefix) + r"[A-Za-z0-9_-]+"))
+    p, tail = re.escape(prefix), r"[A-Za-z0-9_-]"
+    _prefixed = (prefix, re.compile(rf"(?<![A-Za-z0-9]){p}{tail}+|{p}{tail}{{16,}}"))
 
 
 def _fold(text: str) -> str:
