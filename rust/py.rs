@@ -14,7 +14,7 @@ use numpy::{
 use pyo3::buffer::PyBuffer;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyList, PyMapping, PySequence, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyMapping, PySequence, PyString, PyTuple};
 
 pyo3::import_exception!(satisfice.errors, ConfigError);
 pyo3::import_exception!(satisfice.errors, InputError);
@@ -701,19 +701,26 @@ fn count_tokens(py: Python<'_>, text: &Bound<'_, PyString>, encoding: &str) -> P
 fn count_tokens_till_limit(
     py: Python<'_>,
     text: &Bound<'_, PyString>,
-    limit: &Bound<'_, PyInt>,
+    limit: &Bound<'_, PyAny>,
     encoding: &str,
 ) -> PyResult<Option<usize>> {
     // any limit: one past what a usize holds is none at all (as a usize, -1 or 2**70 had
-    // been a raw OverflowError)
+    // been a raw OverflowError). Any whole number, as a usize is read (`__index__`: a
+    // numpy integer too, which a PyInt argument had refused); a float is still none.
     let limit = match limit.extract::<usize>() {
         Ok(n) => n,
-        Err(_) if limit.lt(0)? => {
-            return Err(InputError::new_err(format!(
-                "limit must be a whole number >= 0, got {limit}"
-            )))
+        Err(e) => {
+            let operator = py.import(intern!(py, "operator"))?;
+            let Ok(whole) = operator.call_method1(intern!(py, "index"), (limit,)) else {
+                return Err(e);
+            };
+            if whole.lt(0)? {
+                return Err(InputError::new_err(format!(
+                    "limit must be a whole number >= 0, got {whole}"
+                )));
+            }
+            usize::MAX
         }
-        Err(_) => usize::MAX,
     };
     let f = family(encoding)?;
     let s = self::text(text, || "text".into())?.to_owned();

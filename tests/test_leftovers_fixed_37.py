@@ -103,3 +103,19 @@ def test_a_health_file_that_is_a_directory_is_said_so(tmp_path: object) -> None:
     with pytest.raises(ConfigError, match="cannot be read: Is a directory"):
         Health.load(str(tmp_path))  # had been a raw IsADirectoryError
     assert Health.probed_at(str(tmp_path)) is None
+
+
+def test_count_tokens_till_limit_takes_a_numpy_integer_as_before() -> None:
+    """Defect: the limit became a PyInt argument to tell 2**70 from -1, and refused what a
+    usize argument had taken, any whole number (`__index__`): a numpy integer, a limit read
+    from an array, was a TypeError."""
+    import numpy as np
+
+    from satisfice import count_tokens_till_limit
+
+    assert count_tokens_till_limit("hello world", np.int64(5)) == 2
+    assert count_tokens_till_limit("hello world", np.int64(1)) is None
+    with pytest.raises(InputError, match="got -3"):
+        count_tokens_till_limit("hello world", np.int64(-3))
+    with pytest.raises(TypeError):  # a float is no limit, as before
+        count_tokens_till_limit("hello world", 5.0)  # type: ignore[arg-type]
