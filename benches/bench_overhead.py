@@ -329,6 +329,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=3200, help="requests per concurrent cell per round")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
+    if args.n < WIDE:  # (a cell of fewer requests than its concurrency had divided by zero)
+        ap.error(f"--n must be at least {WIDE}, the widest cell's concurrency")
     with upstream() as url:
         rows, own = asyncio.run(measure(url, args.n, args.rounds))
     cmd = (

@@ -50,4 +50,10 @@ def main(who: str, cat: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("who", choices=("satisfice", "fastokens", "tiktoken"))
+    ap.add_argument("cat", choices=("prose", "code", "json", "cjk"))
+    a = ap.parse_args()
+    main(a.who, a.cat)

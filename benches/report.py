@@ -125,4 +125,9 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else ".benchmarks/bench.json")
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("path", nargs="?", default=".benchmarks/bench.json",
+                    help="a pytest-benchmark JSON file")  # fmt: skip
+    main(ap.parse_args().path)

@@ -9,6 +9,7 @@ four categories weighted equally. Reports the error on the `eval` half it did no
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -82,4 +83,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # (no options: --help says what it does, and does nothing; it had run, and rewritten
+    # rust/estimator_coefs.rs)
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     main()

@@ -10,6 +10,7 @@ public; chat() bills from provider-reported usage, never from this estimate.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -40,4 +41,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # (no options: --help says what it does, and does nothing; it had run, and rewritten
+    # rust/estimator_coefs.rs)
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     main()
