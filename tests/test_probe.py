@@ -108,8 +108,10 @@ def test_the_probe_command_saves_abilities_and_latency(
         code = main(["probe", "--registry", str(reg), "--save-policy", str(tmp_path / "p.json"),
                      "--health", str(health), "--json", "--run-code"])  # fmt: skip
     assert code == 0
-    out = json.loads(capsys.readouterr().out)
+    said = capsys.readouterr()
+    out = json.loads(said.out)
     assert out["models"]["good"]["passed"] == len(PROBES)
+    assert "good" in said.err  # progress on stderr with --json too (it had been silent)
     h = Health.load(health)
     saved = json.loads(health.read_text())["latency"]
     assert set(saved) == {"good/d", "bad/d"} and saved["good/d"]["n_ok"] == len(PROBES)

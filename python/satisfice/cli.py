@@ -309,7 +309,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     async def go() -> Any:
         async with router:
             report = await run_probes(router, args.models or None, budget_usd=args.budget_usd,
-                                      progress=None if args.json else say,
+                                      progress=say,  # (stderr: --json's stdout is apart)
                                       run_code=args.run_code)  # fmt: skip
             if args.health:
                 router._io.health.save(args.health)
