@@ -119,3 +119,11 @@ def test_count_tokens_till_limit_takes_a_numpy_integer_as_before() -> None:
         count_tokens_till_limit("hello world", np.int64(-3))
     with pytest.raises(TypeError):  # a float is no limit, as before
         count_tokens_till_limit("hello world", 5.0)  # type: ignore[arg-type]
+
+
+def test_demo_says_a_dearer_route_as_a_multiple(capsys: pytest.CaptureFixture[str]) -> None:
+    from satisfice.cli import main
+
+    assert main(["demo", "--quality-floor", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "x its cost" in out and "-" not in out.rsplit("(", 1)[1].split(";")[0]  # had been -7377%

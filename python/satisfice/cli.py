@@ -198,9 +198,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         return 0
     saving = 1 - total / total_ref if total_ref else 0.0
+    # routed dearer than the reference (a floor only pricier models meet): said as a multiple,
+    # not a "-7377% saving"
+    said = f"{saving:.0%} saving" if saving >= 0 else f"{total / total_ref:.1f}x its cost"
     print(
         f"\n{len(rows)} prompts: est ${total:.4f} routed vs ${total_ref:.4f} always on {ref.id} "
-        f"({saving:.0%} saving; estimates from the registry's list prices, expected output "
+        f"({said}; estimates from the registry's list prices, expected output "
         "lengths per task and the policy's quality predictor: the hand-set prior unless a "
         "policy names another)"
     )
