@@ -159,3 +159,25 @@ def test_an_empty_path_is_said_not_taken_as_absent(
     r = cli(*args, cwd=tmp_path)
     assert f"{flag} is empty" in _one_line_error(r)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report", "L", "--html", "L"],
+        ["train", "--from-ledger", "L", "--save-predictor", "L"],
+        ["eval", "--format", "outcomes", "L", "--plot", "L"],
+    ],
+    ids=["report", "train", "eval"],
+)
+def test_an_output_naming_the_ledger_or_data_it_reads_is_refused(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """Defect: `report L --html L` replaced the ledger with its HTML page (exit 0); train's
+    --save-predictor and eval's --plot wrote over their inputs the same way."""
+    led = tmp_path / "led.jsonl"
+    led.write_text('{"request_id": "r1"}\n')
+    before = led.read_bytes()
+    r = cli(*[str(led) if a == "L" else a for a in args], cwd=tmp_path)
+    assert r.returncode == 2 and "which the command reads" in _one_line_error(r), r.stderr
+    assert led.read_bytes() == before

@@ -515,6 +515,16 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str, tuple[str, ...]]]:
         cat = args.location if args.location and "://" not in args.location else None
         ins = [("the catalogue", cat, ()),
                ("the registry (--registry)", args.registry, ("--out", "--registry"))]  # fmt: skip
+    elif cmd == "report":  # (`report L --html L` had replaced the ledger with its page)
+        ins = [("the ledger", args.ledger, ())]
+    elif cmd == "train":
+        ins = [("the ledger (--from-ledger)", args.from_ledger, ()),
+               ("the registry (--registry)", args.registry, ())]  # fmt: skip
+    elif cmd in ("eval", "calibrate"):
+        ins = [(f"an input file ({f})", f, ()) for f in args.files or ()]
+        ins += [("the registry (--registry)", args.registry, ())]
+        if cmd == "calibrate" and getattr(args, "from_ledger", None):
+            ins += [("the ledger (--from-ledger)", args.from_ledger, ())]
     return [(what, path, by) for what, path, by in ins if path]
 
 
