@@ -207,14 +207,7 @@ def worst_bill(
     holds the thinking (`ChatRequest.thinking_within`); `cap`, its `thinking_cap`."""
     if out:
         out += thinking_added(spec, api, within, cap)
-    writes = {
-        "cache_write": tokens_in if write == "5m" else 0.0,
-        "cache_write_1h": tokens_in if write == "1h" else 0.0,
-    }
-    return max(
-        price.cost(tokens_in, out, **writes),
-        price.cost(tokens_in, out, **writes, reasoning_tokens=out),
-    )
+    return price.most(tokens_in, out, cache_write=write == "5m", cache_write_1h=write == "1h")
 
 
 #: Input tokens a web search's results are taken to add at most: they are billed as the

@@ -301,30 +301,69 @@ class Price(Value):
         cache_write: bool = False,
         cache_write_1h: bool = False,
     ) -> int | None:
-        """The most output tokens a request with `tokens_in` prompt tokens (every one of them
-        a cache write, when asked) can be billed for and cost at most `usd`: what a cost cap
-        allows an answer on the wire. Priced by `cost` itself, an output token at the dearer
-        of the text and reasoning rates. None: output is free."""
-        writes = {
-            "cache_write": tokens_in if cache_write else 0.0,
-            "cache_write_1h": tokens_in if cache_write_1h else 0.0,
-        }
-        prompt = self.cost(tokens_in, 0, **writes)
-        per_token = (
-            max(
-                self.cost(tokens_in, 1, **writes),
-                self.cost(tokens_in, 1, **writes, reasoning_tokens=1),
-            )
-            - prompt
-        )
-        if per_token <= 0:
-            return None
-        q = (usd - prompt) / per_token
-        if not math.isfinite(q):  # a cap so large the arithmetic overflows: no bound
-            return None
-        # (a bound priced from this count, as a budget's hold is, divides back to a hair
-        # under it in floats: 999.9999999999 tokens had sent max_tokens 999, not 1000)
-        return max(math.floor(q * (1 + 1e-12)), 0)
+        """The most output tokens a request with at most `tokens_in` prompt tokens (every one
+        of them a cache write, when asked) can be billed for and cost at most `usd`: what a
+        cost cap allows an answer on the wire. Priced by `cost` itself, an output token at
+        the dearer of the text and reasoning rates, the prompt as `_dearest` bills it. None:
+        output is free."""
+        most: int | None = None
+        for shape in self._dearest(tokens_in, cache_write, cache_write_1h):
+            prompt = self.cost(tokens_out=0, **shape)
+            per_token = (
+                max(self.cost(tokens_out=1, **shape), self.cost(tokens_out=1, **shape,
+                                                                 reasoning_tokens=1))
+                - prompt
+            )  # fmt: skip
+            if per_token <= 0:
+                continue
+            q = (usd - prompt) / per_token
+            if not math.isfinite(q):  # a cap so large the arithmetic overflows: no bound
+                continue
+            # (a bound priced from this count, as a budget's hold is, divides back to a hair
+            # under it in floats: 999.9999999999 tokens had sent max_tokens 999, not 1000)
+            n = max(math.floor(q * (1 + 1e-12)), 0)
+            most = n if most is None else min(most, n)
+        return most
+
+    def most(
+        self,
+        tokens_in: float,
+        tokens_out: float,
+        *,
+        cache_write: bool = False,
+        cache_write_1h: bool = False,
+    ) -> float:
+        """The most a request with at most `tokens_in` prompt tokens (a cache write, when
+        asked) and `tokens_out` output tokens may be billed: its output at the dearer of the
+        text and reasoning rates, its prompt as `_dearest` bills it."""
+        return max(
+            max(self.cost(tokens_out=tokens_out, **shape),
+                self.cost(tokens_out=tokens_out, **shape, reasoning_tokens=tokens_out))
+            for shape in self._dearest(tokens_in, cache_write, cache_write_1h)
+        )  # fmt: skip
+
+    def _dearest(
+        self, tokens_in: float, cache_write: bool, cache_write_1h: bool
+    ) -> list[dict[str, float]]:
+        """The ways a prompt of at most `tokens_in` tokens may be billed that can cost the
+        most, as `cost` arguments. A cap's bound on a prompt is often above its count (the
+        byte count), and rates need not rise with it: a long-context tier cheaper than the
+        rates below it bills a prompt just under its threshold more than one at the bound,
+        a cache read dearer than input bills the prompt read from the cache more, and a
+        write cheaper than input bills it more when no write is made (a $0.01 cap had
+        been billed $0.04 by a 357-token prompt priced at its 1,256-token bound's tier)."""
+        shapes: list[dict[str, float]] = []
+        for n in (tokens_in, *(t.above for t in self.long_context if t.above < tokens_in)):
+            writes = {
+                "cache_write": n if cache_write else 0.0,
+                "cache_write_1h": n if cache_write_1h else 0.0,
+            }
+            shapes.append({"tokens_in": n, **writes})
+            if cache_write or cache_write_1h:
+                shapes.append({"tokens_in": n})
+            if self.cached_input is not None and self.cached_input > self.input:
+                shapes.append({"tokens_in": n, "cached_in": n})
+        return shapes
 
     def cost(
         self,
