@@ -959,22 +959,29 @@ class Executor:
         return True
 
     # one attempt --------------------------------------------------------------------------
-    def _budget(self, run: Run, t: _Target) -> tuple[httpx.Timeout, float]:
+    def _budget(self, run: Run, t: _Target, streamed: bool = False) -> tuple[httpx.Timeout, float]:
         """httpx timeouts and the whole-attempt bound, from what is left of the deadline.
 
         While another target could still answer, one attempt may take at most the larger
         of twice its deployment's p95 (live, else the registry's) and half of what is
-        left: a hung primary cannot spend the whole deadline, the fallback gets time."""
+        left: a hung primary cannot spend the whole deadline, the fallback gets time.
+
+        A stream's reads are timed against the whole of what is left, its share bounding
+        only the wait for its first text (`_bounded`): from there on no fallback can
+        follow, and its own loop bounds each wait by the idle timeout and the deadline. Its
+        reads had kept the share as their read timeout, so a pause mid-answer longer than
+        that share (half the deadline) cut a stream well inside its deadline."""
         c = self.config
         if run.deadline is None:
             return self._timeout, c.attempt_timeout_s
-        left = max(run.deadline - perf_counter(), 0.001)
+        whole = left = max(run.deadline - perf_counter(), 0.001)
         if self._fallback_ready(run, t):
             p95 = self._p95_s(t)
             left = min(left, max(left / 2, 0.0 if p95 is None else 2 * p95))
         if left >= c.read_timeout_s:
             return self._timeout, left
-        return httpx.Timeout(left, connect=min(c.connect_timeout_s, left)), left
+        read = min(whole, c.read_timeout_s) if streamed else left
+        return httpx.Timeout(read, connect=min(c.connect_timeout_s, left)), left
 
     def _fallback_ready(self, run: Run, t: _Target) -> bool:
         """Is there a target besides `t` in this request's order that is not cooling?"""
@@ -1029,7 +1036,7 @@ class Executor:
         once, as the call starts (a race's, once every racer has been launched: taken at
         launch, while the others are still untried, the first racer's share was halved for
         a fallback)."""
-        timeout, budget = self._budget(run, t)
+        timeout, budget = self._budget(run, t, streamed)
         # what a stream generates beside its text (its provider adds to it as it comes)
         made = Generated() if streamed else None
         stage = [UNKNOWN]  # how far the request got (the transport's STAGE)
