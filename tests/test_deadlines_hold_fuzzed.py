@@ -7,12 +7,17 @@ happened. What that run found is pinned here, deterministically."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
+import pytest
+
+from satisfice.errors import AllAttemptsFailedError
 from satisfice.testing import LocalUpstream, RawUpstream
 
-from .chat_support import router
+from .chat_support import move_alpha, registry, router
 from .test_hostile_transport import alpha_on, chunk, piece, sse_head
 
 MSGS = [{"role": "user", "content": "hello there"}]
@@ -52,3 +57,43 @@ async def test_a_stream_that_pauses_past_its_first_share_of_the_deadline_ends_wh
         took = time.perf_counter() - t
     assert "".join(got) == "one two"
     assert took < 2.5 + 0.5
+
+
+@contextlib.contextmanager
+def _never_accepting() -> Iterator[str]:
+    """A loopback port whose listening socket is never accepted from, its backlog full: a
+    new connection's handshake never completes (its SYN is dropped)."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(0)
+    port = ls.getsockname()[1]
+    fill = []
+    for _ in range(3):
+        c = socket.socket()
+        c.setblocking(False)
+        with contextlib.suppress(BlockingIOError, OSError):
+            c.connect(("127.0.0.1", port))
+        fill.append(c)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for c in fill:
+            c.close()
+        ls.close()
+
+
+async def test_a_connect_that_never_completes_says_so(up: LocalUpstream) -> None:
+    """An upstream that never accepts the connection: the request ends at its deadline, as
+    it did, but its error had said "no answer within 0.5s", a slow model's words, for a
+    request that never reached the upstream (and, rightly, was not billed)."""
+    with _never_accepting() as url:
+        async with router(up.url) as r:
+            r.update(move_alpha(registry(up.url), url))
+            t = time.perf_counter()
+            with pytest.raises(AllAttemptsFailedError) as ei:
+                await r.chat(MSGS, allow=["alpha"], timeout=0.5)
+            took = time.perf_counter() - t
+    (a,) = ei.value.attempts
+    assert a.error_type == "UpstreamTimeoutError" and a.cost_usd in (None, 0.0), a
+    assert "no connection to the upstream (the request was not sent) within" in a.error, a.error
+    assert took < 0.5 + 0.5

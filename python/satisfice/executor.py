@@ -395,6 +395,13 @@ def _complete(p: Provider, request: ChatRequest, timeout: httpx.Timeout) -> Awai
     return p.complete(request, timeout)
 
 
+#: What a call cut off by its time had not got to, by the transport's STAGE then.
+_NOT_SO_FAR = {
+    WAITING: "no free connection in the router's pool (the request was not sent)",
+    CONNECTING: "no connection to the upstream (the request was not sent)",
+}
+
+
 def _unsent(e: UpstreamTimeoutError, stage: int) -> UpstreamTimeoutError:
     """`e`, marked with how far its request got (the transport's STAGE when it timed out)."""
     e.unsent = stage in (WAITING, CONNECTING)
@@ -1051,8 +1058,11 @@ class Executor:
         try:
             return await deadlines.wait(call(timeout), budget)
         except TimeoutError as e:  # the budget's, unless a limit inside said which it was
+            # how far it got: a connect that never completed had read as "no answer", a
+            # slow model, for a request that never reached the upstream
+            what = _NOT_SO_FAR.get(stage[0], "no answer")
             why = str(e) or (
-                f"no answer within {budget:.3g}s "
+                f"{what} within {budget:.3g}s "
                 "(its share of the request's deadline, or attempt_timeout_s)"
             )
             err = UpstreamTimeoutError(
