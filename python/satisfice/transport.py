@@ -626,7 +626,7 @@ async def _timed(
         async with asyncio.timeout(timeout):
             return await aw
     except TimeoutError:
-        raise exc(f"no progress within {timeout}s", request=request) from None
+        raise exc(f"no progress within {timeout:.3g}s", request=request) from None
 
 
 async def _more(
@@ -647,7 +647,7 @@ async def _more(
         try:
             await wd.wait(conn.more(), timeout)
         except TimeoutError:
-            raise httpx.ReadTimeout(f"no progress within {timeout}s", request=request) from None
+            raise httpx.ReadTimeout(f"no progress within {timeout:.3g}s", request=request) from None
         if len(conn.buf) > n or not conn.ended:
             return
     e = conn.error
