@@ -162,6 +162,32 @@ def test_an_empty_path_is_said_not_taken_as_absent(
 
 
 @pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["count", ""], "FILE is empty; give a file's path"),  # had said "leave --file out"
+        (["report", ""], "LEDGER is empty"),  # had been "ledger . is a directory"
+        (["eval", "--format", "routerbench", "x.csv", "--predictor", ""], "--predictor is empty"),
+        (["calibrate", "--format", "routerbench", "x.csv", "--predictor", "", "--target",
+          "cost:0.01", "--policy", "p.json"], "--predictor is empty"),
+        (["calibrate", "--from-ledger", "", "--target", "cost:0.01", "--policy", "p.json"],
+         "--from-ledger is empty"),
+        (["train", "--from-ledger", "", "--save-predictor", "x.npz"], "--from-ledger is empty"),
+        (["eval", "--format", "routerbench", ""], "FILES holds an empty path"),
+        (["eval", "--format", "routerbench", "x.csv", "--train", ""], "--train holds an empty"),
+    ],
+)  # fmt: skip
+def test_an_empty_path_argument_is_said_as_itself(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    # a positional named as the --file count has not; `--predictor ''` had scored the
+    # shipped predictor without a word, and an empty FILES read the directory `.`
+    (tmp_path / "x.csv").write_text("")
+    r = cli(*args, cwd=tmp_path)
+    assert said in _one_line_error(r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv"]
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ["report", "L", "--html", "L"],

@@ -532,10 +532,20 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str, tuple[str, ...]]]:
 # option had been taken as absent (the bundled registry, the default policy, no policy
 # saved) without a word, or ended in a TypeError traceback (`registry update --out ''`)
 _PATH_OPTIONS = ("file", "config", "registry", "policy", "health", "out", "save_policy",
-                 "save_predictor", "html", "plot", "save_onnx")  # fmt: skip
+                 "save_predictor", "html", "plot", "save_onnx", "predictor",
+                 "from_ledger")  # fmt: skip
+# the arguments that name a file by place, not by an option: `count FILE`, `report LEDGER`
+_PATH_ARGUMENTS = {"count": ("file", "FILE"), "report": ("ledger", "LEDGER")}
 
 
 def _check_paths(args: argparse.Namespace) -> None:
+    positional = _PATH_ARGUMENTS.get(args.command)
+    if positional is not None and getattr(args, positional[0], None) == "":
+        # (`count ''` had been told to leave out a --file it has not)
+        raise SatisficeError(f"{positional[1]} is empty; give a file's path")
+    for dest, said in (("files", "FILES"), ("train", "--train")):
+        if "" in (getattr(args, dest, None) or ()):  # ('' had been read as the directory .)
+            raise SatisficeError(f"{said} holds an empty path; give a file's or directory's path")
     for dest in _PATH_OPTIONS:
         if getattr(args, dest, None) == "":
             flag = "--" + dest.replace("_", "-")
