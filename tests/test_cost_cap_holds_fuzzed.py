@@ -461,3 +461,21 @@ async def test_a_cap_holds_where_rates_fall_as_the_prompt_grows(
         f"${billed} billed under a ${cap} cap; "
         f"{[(a.outcome, a.usage, a.cost_usd) for a in attempts]}"
     )
+
+
+def test_a_hold_on_ordinary_rates_prices_one_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect (a cost, not a wrong answer): taking the dearest way to bill a prompt built a
+    dict per way and priced each twice, text and reasoning, even without a reasoning rate
+    (where both are the same): every hold and budget reservation (`worst_bill`, several a
+    request) took 40 to 75% longer on the bundled registry's prices. A price without a
+    reasoning rate, tiers under the prompt or a cache asked is one way, one `cost` call."""
+    from satisfice.registry import Price
+
+    calls = []
+    cost = Price.cost
+    monkeypatch.setattr(Price, "cost", lambda self, *a, **k: calls.append(a) or cost(self, *a, **k))
+    p = Price(input=1.0, output=4.0)
+    assert p.most(1_000, 500) == pytest.approx(0.003)
+    assert len(calls) == 1
+    assert p.output_within(1_000, 0.003) == 500
+    assert len(calls) == 3  # the prompt alone, and with one output token

@@ -307,13 +307,12 @@ class Price(Value):
         the dearer of the text and reasoning rates, the prompt as `_dearest` bills it. None:
         output is free."""
         most: int | None = None
-        for shape in self._dearest(tokens_in, cache_write, cache_write_1h):
-            prompt = self.cost(tokens_out=0, **shape)
-            per_token = (
-                max(self.cost(tokens_out=1, **shape), self.cost(tokens_out=1, **shape,
-                                                                 reasoning_tokens=1))
-                - prompt
-            )  # fmt: skip
+        for n, read, write, write_1h in self._dearest(tokens_in, cache_write, cache_write_1h):
+            prompt = self.cost(n, 0, read, write, cache_write_1h=write_1h)
+            per_token = self.cost(n, 1, read, write, cache_write_1h=write_1h) - prompt
+            if self.reasoning is not None:  # (without its rate, reasoning is billed as text)
+                per_token = max(per_token, self.cost(n, 1, read, write, cache_write_1h=write_1h,
+                                                     reasoning_tokens=1) - prompt)  # fmt: skip
             if per_token <= 0:
                 continue
             q = (usd - prompt) / per_token
@@ -321,8 +320,8 @@ class Price(Value):
                 continue
             # (a bound priced from this count, as a budget's hold is, divides back to a hair
             # under it in floats: 999.9999999999 tokens had sent max_tokens 999, not 1000)
-            n = max(math.floor(q * (1 + 1e-12)), 0)
-            most = n if most is None else min(most, n)
+            k = max(math.floor(q * (1 + 1e-12)), 0)
+            most = k if most is None else min(most, k)
         return most
 
     def most(
@@ -336,33 +335,35 @@ class Price(Value):
         """The most a request with at most `tokens_in` prompt tokens (a cache write, when
         asked) and `tokens_out` output tokens may be billed: its output at the dearer of the
         text and reasoning rates, its prompt as `_dearest` bills it."""
-        return max(
-            max(self.cost(tokens_out=tokens_out, **shape),
-                self.cost(tokens_out=tokens_out, **shape, reasoning_tokens=tokens_out))
-            for shape in self._dearest(tokens_in, cache_write, cache_write_1h)
-        )  # fmt: skip
+        most: float | None = None
+        for n, read, write, write_1h in self._dearest(tokens_in, cache_write, cache_write_1h):
+            usd = self.cost(n, tokens_out, read, write, cache_write_1h=write_1h)
+            if self.reasoning is not None:  # (without its rate, reasoning is billed as text)
+                usd = max(usd, self.cost(n, tokens_out, read, write, cache_write_1h=write_1h,
+                                         reasoning_tokens=tokens_out))  # fmt: skip
+            most = usd if most is None else max(most, usd)
+        assert most is not None  # (`_dearest` gives the bound's own way at least)
+        return most
 
     def _dearest(
         self, tokens_in: float, cache_write: bool, cache_write_1h: bool
-    ) -> list[dict[str, float]]:
+    ) -> list[tuple[float, float, float, float]]:
         """The ways a prompt of at most `tokens_in` tokens may be billed that can cost the
-        most, as `cost` arguments. A cap's bound on a prompt is often above its count (the
-        byte count), and rates need not rise with it: a long-context tier cheaper than the
-        rates below it bills a prompt just under its threshold more than one at the bound,
-        a cache read dearer than input bills the prompt read from the cache more, and a
-        write cheaper than input bills it more when no write is made (a $0.01 cap had
-        been billed $0.04 by a 357-token prompt priced at its 1,256-token bound's tier)."""
-        shapes: list[dict[str, float]] = []
+        most, as `cost`'s (tokens_in, cached_in, cache_write, cache_write_1h). A cap's bound
+        on a prompt is often above its count (the byte count), and rates need not rise with
+        it: a long-context tier cheaper than the rates below it bills a prompt just under its
+        threshold more than one at the bound, a cache read dearer than input bills the
+        prompt read from the cache more, and a write cheaper than input bills it more when
+        no write is made (a $0.01 cap had been billed $0.04 by a 357-token prompt priced at
+        its 1,256-token bound's tier). The bound's own way comes first."""
+        read_dearer = self.cached_input is not None and self.cached_input > self.input
+        shapes = []
         for n in (tokens_in, *(t.above for t in self.long_context if t.above < tokens_in)):
-            writes = {
-                "cache_write": n if cache_write else 0.0,
-                "cache_write_1h": n if cache_write_1h else 0.0,
-            }
-            shapes.append({"tokens_in": n, **writes})
+            shapes.append((n, 0.0, n if cache_write else 0.0, n if cache_write_1h else 0.0))
             if cache_write or cache_write_1h:
-                shapes.append({"tokens_in": n})
-            if self.cached_input is not None and self.cached_input > self.input:
-                shapes.append({"tokens_in": n, "cached_in": n})
+                shapes.append((n, 0.0, 0.0, 0.0))
+            if read_dearer:
+                shapes.append((n, n, 0.0, 0.0))
         return shapes
 
     def cost(
