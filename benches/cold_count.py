@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from corpus import samples
+from corpus import CATEGORIES, samples
 
 
 def main(who: str, cat: str) -> None:
@@ -54,6 +54,6 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("who", choices=("satisfice", "fastokens", "tiktoken"))
-    ap.add_argument("cat", choices=("prose", "code", "json", "cjk"))
+    ap.add_argument("cat", choices=CATEGORIES)
     a = ap.parse_args()
     main(a.who, a.cat)

@@ -1,7 +1,7 @@
 """Rust core of satisfice: token counting, feature extraction and the dispatch table."""
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final, Literal, final
+from typing import Any, Final, Literal, SupportsIndex, final
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +52,9 @@ FAMILIES: Final[list[str]]
 def count_tokens(text: str, encoding: str = "o200k_base") -> int:
     """Exact token count (o200k_base, cl100k_base; other families are scaled from those)."""
 
-def count_tokens_till_limit(text: str, limit: int, encoding: str = "o200k_base") -> int | None:
+def count_tokens_till_limit(
+    text: str, limit: SupportsIndex, encoding: str = "o200k_base"
+) -> int | None:
     """Exact count, or None as soon as it would exceed `limit`."""
 
 def count_tokens_batch(texts: Sequence[str], encoding: str = "o200k_base") -> list[int]:
