@@ -24,10 +24,36 @@ from .result import billed_calls
 
 __all__ = ["Metrics"]
 
-#: Distinct `key` label values; later keys are counted as "other" (see Metrics._other).
+#: Distinct values of a label callers make (`key`, a refusal's `budget`); later ones are
+#: counted as "other" (see _Capped).
 MAX_KEYS = 1000
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
 _OVERHEAD_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
+
+
+class _Capped:
+    """The values of a label that callers make (key names, budgets' scopes: keys are made
+    and revoked for good): the first MAX_KEYS each their own, later ones "other", with a
+    space added for each value of that name already labelled (a key named "other" had
+    taken every later key's counts). "other" is fixed once the values are full, so it
+    stays apart."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self._other: str | None = None
+
+    def __call__(self, value: str) -> str:
+        if value in self.seen:
+            return value
+        if len(self.seen) < MAX_KEYS:
+            self.seen.add(value)
+            return value
+        if self._other is None:
+            label = "other"
+            while label in self.seen:
+                label += " "
+            self._other = label
+        return self._other
 
 
 class Metrics:
@@ -74,21 +100,9 @@ class Metrics:
                                       registry=r)  # fmt: skip
         self._dropped_seen: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._ledgers: weakref.WeakSet[Any] = weakref.WeakSet()  # whose backlogs are summed
-        self._keys: set[str] = set()  # label values seen for `key`: bounded (MAX_KEYS)
-        self._other_label: str | None = None
+        self._key = _Capped()  # the `key` label's values
+        self._budget = _Capped()  # a refusal's `budget` label: "key:<id>", "team:<name>"
         self._kids: dict[tuple[Any, ...], Any] = {}  # (metric, *labels) -> its child
-
-    @property
-    def _other(self) -> str:
-        """The `key` label of keys past MAX_KEYS: "other", with a space added for each key
-        of that name already labelled (a key named "other" had taken every later key's
-        counts). Fixed once the keys are full, so it stays apart."""
-        if self._other_label is None:
-            label = "other"
-            while label in self._keys:
-                label += " "
-            self._other_label = label
-        return self._other_label
 
     def _kid(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, kept: prometheus-client checks the label values and
@@ -106,12 +120,7 @@ class Metrics:
     def observe(self, rec: Mapping[str, Any]) -> None:
         """Count one ledger record."""
         meta = rec.get("metadata") or {}
-        key = str(meta.get("key") or "")
-        if key not in self._keys:  # a caller's own keys could be unbounded: cap the labels
-            if len(self._keys) >= MAX_KEYS:
-                key = self._other
-            else:
-                self._keys.add(key)
+        key = self._key(str(meta.get("key") or ""))  # a caller's own keys: capped labels
         task = str(rec.get("task") or "")
         model = str(rec.get("model") or (rec.get("decision") or {}).get("model") or "")
         dep = str(rec.get("deployment") or "")
@@ -148,6 +157,12 @@ class Metrics:
             for i, step in enumerate(casc.get("steps") or ()):
                 if step.get("status") == "escalated":
                     self._kid(self.escalations, str(i)).inc()
+
+    def refused(self, key: str, budget: str) -> None:
+        """Count a request `budget` refused ("rate_limit", or a budget's scope) for `key`,
+        both labels capped as `observe` caps keys: a key's own budget is named by its id,
+        so keys made and revoked, each refused once, had added a series each for good."""
+        self._kid(self.budget_refusals, self._key(key), self._budget(budget)).inc()
 
     def watch(self, ledger: Any) -> None:
         """Report `ledger`'s backlog, with every other ledger's counted here, as it stands

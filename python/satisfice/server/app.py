@@ -1373,7 +1373,7 @@ def create_app(
                 if tpm_why is not None:
                     if recheck:
                         raise KeyChanged()
-                    svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
+                    svc.metrics.refused(key.name, "rate_limit")
                     raise HTTPError(
                         429, tpm_why, "rate_limit_error", "rate_limit_exceeded", _NO_RETRY
                     )
@@ -1397,7 +1397,7 @@ def create_app(
             if refused is not None:
                 assert key is not None
                 if refused.budget is None:
-                    svc.metrics.budget_refusals.labels(key.name, "rate_limit").inc()
+                    svc.metrics.refused(key.name, "rate_limit")
                     wait = refused.retry_in_s
                     raise HTTPError(
                         429,
@@ -1409,7 +1409,7 @@ def create_app(
                     )
                 b, left = refused.budget, refused.left_usd
                 bounded = not math.isinf(worst)  # else nothing was asked of the store
-                svc.metrics.budget_refusals.labels(key.name, b.scope).inc()
+                svc.metrics.refused(key.name, b.scope)
                 why = (
                     f"its {d.uncounted_parts} file or audio part(s) cannot be counted in "
                     "tokens, so its cost cannot be bounded (send their content as text or "
