@@ -51,3 +51,44 @@ def test_refusals_by_key_keep_the_label_cap(
     keys = {x.split('key="', 1)[1].split('"', 1)[0] for x in refusals}
     assert len(keys) <= 3 + 1, keys  # the first 3 keys and "other"
     assert len(refusals) <= 2 * (3 + 1), refusals
+
+
+async def test_a_replica_forgets_the_keys_and_teams_it_read_long_ago(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On Redis, a replica keeps each key it read (and each team's budget) for 30 s, to
+    serve it without a round trip and through an outage; an entry was only ever replaced,
+    never dropped, so every key ever used (keys made and revoked, a new one per caller)
+    stayed in each replica's memory for good: 3,000 keys read a second apart, 3,000
+    entries of each, where 30 s of them are live."""
+    import time
+
+    import satisfice.server.state as st
+    from satisfice.server.state import RedisState, VirtualKey
+
+    from .servers import redis
+
+    now = {"t": time.time()}
+
+    class Clock:  # the state module's time, whose clock the test moves
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+        def time(self) -> float:
+            return now["t"]
+
+    monkeypatch.setattr(st, "time", Clock())
+    with redis() as server:
+        s = RedisState(server.url)
+        try:
+            for i in range(3000):
+                k, secret = VirtualKey.new(f"k{i}", team=f"t{i}")
+                await s.put_key(k)
+                assert await s.key_by_secret(secret) == k
+                assert await s.team(f"t{i}") is None
+                now["t"] += 1.0
+            cached = len(s._key_cache), len(s._team_cache)
+            assert max(cached) <= 1100, cached
+            assert await s.key_by_secret(secret) == k  # the live ones still served
+        finally:
+            await s.close()

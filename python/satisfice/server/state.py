@@ -731,6 +731,7 @@ class _Script:
 
 _AWAY_S = 1.0  # after a Redis command timed out, how long state calls fail at once
 _LOCAL_PINS = 4096  # the session pins a replica on Redis keeps in its own view
+_CACHE_SWEEP = 1024  # keys and teams cached before the first sweep (`RedisState._cached`)
 
 
 class RedisState:
@@ -761,6 +762,7 @@ class RedisState:
         # record as read (what admission checks is still the stored one)
         self._key_cache: dict[str, tuple[VirtualKey, float, bytes]] = {}
         self._team_cache: dict[str, tuple[Budget | None, float]] = {}
+        self._cache_sweep_at = _CACHE_SWEEP  # (see `_cached`)
         self.errors = 0
         self._warned_at = -math.inf
         self._away_until = 0.0  # a command timed out: calls fail at once until then
@@ -902,6 +904,7 @@ class RedisState:
         if not hmac.compare_digest(k.key_hash, h):
             return None
         self._key_cache[h] = (k, time.time() + 30, raw)
+        self._cached()
         return k
 
     async def list_keys(self) -> list[VirtualKey]:
@@ -952,7 +955,22 @@ class RedisState:
             self._unreadable("a team")
             raise StateUnavailable(f"the stored budget of team {name!r} cannot be read")
         self._team_cache[name] = (b, time.time() + 30)
+        self._cached()
         return b
+
+    def _cached(self) -> None:
+        """Drop the keys and teams read more than 30 s past their 30 s, each time the two
+        caches together double: an entry was only ever replaced, so every key ever used
+        (keys made and revoked, one per caller) stayed in each replica for good. The 30 s
+        of grace leave a request read before them its admission (`admit` looks up the key
+        it read, and takes a key gone from here for one changed: a retry)."""
+        if len(self._key_cache) + len(self._team_cache) <= self._cache_sweep_at:
+            return
+        stale = time.time() - 30
+        self._key_cache = {h: v for h, v in self._key_cache.items() if v[1] > stale}
+        self._team_cache = {n: v for n, v in self._team_cache.items() if v[1] > stale}
+        live = len(self._key_cache) + len(self._team_cache)
+        self._cache_sweep_at = max(2 * live, _CACHE_SWEEP)
 
     # budgets ---------------------------------------------------------------------------------
     def _hold_key(self, budgets: Sequence[Budget], rate: RateCount | None = None) -> str:
