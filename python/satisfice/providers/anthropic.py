@@ -482,10 +482,33 @@ def anthropic_wire(
             p["thinking"]["display"] = r.thinking_display
         if not r.thinking_within:  # the answer's limit: the thinking's room on top
             p["max_tokens"] = p["max_tokens"] + budget
+    why = _sampling_refused(model, p)
+    if why is not None:  # refused here, the request goes on to its next model
+        raise UnsupportedRequestError(f"{model} {why}")
     return p
 
 
 _THINKING = ("thinking", "redacted_thinking")
+
+# Claude Opus 4.7 and later Opus models take no sampling parameters: any value but the
+# default is a 400 ("`temperature` is deprecated for this model"); a dated id's digits
+# (claude-opus-4-20250514) are not a version
+_NO_SAMPLING = re.compile(r"claude-opus-4-[7-9](?!\d)")
+
+
+def _sampling_refused(model: str, p: dict[str, Any]) -> str | None:
+    """What of body `p` Anthropic refuses on `model` among the sampling parameters, if
+    anything (a default value, which changes nothing, is left out of `p`)."""
+    if not _NO_SAMPLING.search(model):
+        return None
+    for k in ("temperature", "top_p"):
+        if p.get(k) == 1:
+            del p[k]
+    asked = [f"{k} {p[k]!r:.20}" for k in ("temperature", "top_p", "top_k") if k in p]
+    if asked:
+        return (f"takes no sampling parameters ({', '.join(asked)}); leave them out, or "
+                "ask for another model")  # fmt: skip
+    return None
 
 
 def _without_thinking_edits(p: dict[str, Any]) -> None:

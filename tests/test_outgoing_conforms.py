@@ -1,0 +1,45 @@
+"""What satisfice sends upstream, held to what the real APIs take: each body the local
+upstream received is read as Anthropic's Messages API reads it. Every test here failed on
+the code it was written against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from satisfice import Registry, Router
+from satisfice.errors import UnsupportedRequestError
+from satisfice.testing import LocalUpstream
+
+OPUS, HAIKU = "claude-opus-4-7", "claude-haiku-4-5"
+
+
+def _router(up: LocalUpstream) -> Router:
+    return Router(up.patch(Registry.default()))
+
+
+# -- Claude Opus 4.7 takes no sampling parameters ------------------------------------------------
+# ("`temperature` is deprecated for this model": a 400 for any value but the default)
+@pytest.mark.parametrize("kw", [{"temperature": 0.3}, {"extra": {"top_p": 0.5}}])
+async def test_opus_4_7_is_sent_no_sampling_parameter(kw: dict[str, Any]) -> None:
+    with LocalUpstream() as up:
+        async with _router(up) as r:
+            with pytest.raises(UnsupportedRequestError, match="sampling"):
+                await r.chat("hi", allow=[OPUS], **kw)
+            assert up.requests == []  # refused before the call, not a 400 from Anthropic
+
+
+async def test_a_temperature_request_goes_on_past_opus_4_7() -> None:
+    with LocalUpstream() as up:
+        async with _router(up) as r:
+            res = await r.chat("hi", allow=[OPUS, HAIKU], prefer=OPUS, temperature=0.3)
+            assert res.model == HAIKU
+            assert [s.body["model"] for s in up.requests] == [HAIKU]
+
+
+async def test_opus_4_7_at_the_default_temperature_is_sent_none() -> None:
+    with LocalUpstream() as up:
+        async with _router(up) as r:
+            await r.chat("hi", allow=[OPUS], temperature=1.0)
+            assert "temperature" not in up.requests[0].body
