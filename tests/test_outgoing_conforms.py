@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 
 from satisfice import Registry, Router
 from satisfice.errors import UnsupportedRequestError
+from satisfice.server import ServerConfig
 from satisfice.testing import LocalUpstream
 
-OPUS, HAIKU = "claude-opus-4-7", "claude-haiku-4-5"
+from .server_support import running
+
+OPUS, SONNET, HAIKU = "claude-opus-4-7", "claude-sonnet-4-6", "claude-haiku-4-5"
 
 
 def _router(up: LocalUpstream) -> Router:
@@ -43,3 +47,24 @@ async def test_opus_4_7_at_the_default_temperature_is_sent_none() -> None:
         async with _router(up) as r:
             await r.chat("hi", allow=[OPUS], temperature=1.0)
             assert "temperature" not in up.requests[0].body
+
+
+# -- Claude 4.5 and later: temperature or top_p, not both ----------------------------------------
+# ("`temperature` and `top_p` cannot both be specified for this model. Please use only one.")
+@pytest.mark.parametrize("model", [HAIKU, SONNET])
+async def test_temperature_and_top_p_together_are_not_sent_to_recent_claude(model: str) -> None:
+    with LocalUpstream() as up:
+        async with _router(up) as r:
+            with pytest.raises(UnsupportedRequestError, match="top_p"):
+                await r.chat("hi", allow=[model], temperature=0.5, extra={"top_p": 0.9})
+            assert up.requests == []
+
+
+def test_served_temperature_and_top_p_reach_no_claude_model_together() -> None:
+    body = {"model": HAIKU, "messages": [{"role": "user", "content": "hi"}],
+            "temperature": 0.5, "top_p": 0.9}  # fmt: skip
+    with LocalUpstream() as up, running(ServerConfig(), _router(up)) as (url, _app):
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=20)
+        assert r.status_code == 400, r.text
+        assert "top_p" in r.text
+        assert up.requests == []

@@ -494,12 +494,17 @@ _THINKING = ("thinking", "redacted_thinking")
 # default is a 400 ("`temperature` is deprecated for this model"); a dated id's digits
 # (claude-opus-4-20250514) are not a version
 _NO_SAMPLING = re.compile(r"claude-opus-4-[7-9](?!\d)")
+# Claude 4.5 and later take temperature or top_p, not both ("`temperature` and `top_p`
+# cannot both be specified for this model"): an OpenAI client's pair is a 400 there
+_ONE_SAMPLER = re.compile(r"claude-(?:opus|sonnet|haiku)-4-[5-9](?!\d)")
 
 
 def _sampling_refused(model: str, p: dict[str, Any]) -> str | None:
     """What of body `p` Anthropic refuses on `model` among the sampling parameters, if
     anything (a default value, which changes nothing, is left out of `p`)."""
     if not _NO_SAMPLING.search(model):
+        if _ONE_SAMPLER.search(model) and "temperature" in p and "top_p" in p:
+            return "takes temperature or top_p, not both; send one of them"
         return None
     for k in ("temperature", "top_p"):
         if p.get(k) == 1:
