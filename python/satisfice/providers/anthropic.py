@@ -502,6 +502,8 @@ _ONE_SAMPLER = re.compile(r"claude-(?:opus|sonnet|haiku)-4-[5-9](?!\d)")
 def _sampling_refused(model: str, p: dict[str, Any]) -> str | None:
     """What of body `p` Anthropic refuses on `model` among the sampling parameters, if
     anything (a default value, which changes nothing, is left out of `p`)."""
+    if "temperature" not in p and "top_p" not in p and "top_k" not in p:
+        return None  # (the usual request: no model's names read)
     if not _NO_SAMPLING.search(model):
         if _ONE_SAMPLER.search(model) and "temperature" in p and "top_p" in p:
             return "takes temperature or top_p, not both; send one of them"
