@@ -92,3 +92,24 @@ async def test_a_replica_forgets_the_keys_and_teams_it_read_long_ago(
             assert await s.key_by_secret(secret) == k  # the live ones still served
         finally:
             await s.close()
+
+
+def test_rate_limit_refusals_keep_their_label_past_the_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refusal's `budget` label is capped as keys are (the first MAX_KEYS values, later
+    ones "other"), but "rate_limit" is one fixed value, not a caller's: once MAX_KEYS keys'
+    own budgets had refused a request each, every later rate-limit refusal was counted as
+    budget="other", among the budget refusals, and a rate-limit alert saw none."""
+    from satisfice import metrics
+
+    monkeypatch.setattr(metrics, "MAX_KEYS", 3)
+    m = metrics.Metrics()
+    for i in range(5):
+        m.refused(f"k{i}", f"key:{i}")
+    m.refused("k9", "rate_limit")
+    text = m.exposition().decode()
+    budgets = {x.split('budget="', 1)[1].split('"', 1)[0]
+               for x in _series(text, "satisfice_budget_refusals_total")}  # fmt: skip
+    assert "rate_limit" in budgets, budgets
+    assert len(budgets) <= 3 + 2, budgets  # the first 3, "other" and "rate_limit"

@@ -161,8 +161,12 @@ class Metrics:
     def refused(self, key: str, budget: str) -> None:
         """Count a request `budget` refused ("rate_limit", or a budget's scope) for `key`,
         both labels capped as `observe` caps keys: a key's own budget is named by its id,
-        so keys made and revoked, each refused once, had added a series each for good."""
-        self._kid(self.budget_refusals, self._key(key), self._budget(budget)).inc()
+        so keys made and revoked, each refused once, had added a series each for good.
+        "rate_limit" is one fixed value, never capped: past MAX_KEYS budgets it had been
+        counted as "other", a budget's refusal."""
+        if budget != "rate_limit":
+            budget = self._budget(budget)
+        self._kid(self.budget_refusals, self._key(key), budget).inc()
 
     def watch(self, ledger: Any) -> None:
         """Report `ledger`'s backlog, with every other ledger's counted here, as it stands
