@@ -68,3 +68,28 @@ def test_served_temperature_and_top_p_reach_no_claude_model_together() -> None:
         assert r.status_code == 400, r.text
         assert "top_p" in r.text
         assert up.requests == []
+
+
+# a default (1) or an unset (None) value changes nothing: left out, what is left is sent
+@pytest.mark.parametrize(
+    ("model", "kw", "sent"),
+    [
+        (SONNET, {"temperature": 0.5, "extra": {"top_p": 1}}, {"temperature": 0.5}),
+        (HAIKU, {"temperature": 1.0, "extra": {"top_p": 0.9}}, {"top_p": 0.9}),
+        (SONNET, {"temperature": 1.0, "extra": {"top_p": 1.0}}, {"temperature": 1.0}),
+        (SONNET, {"temperature": 0.5, "extra": {"top_p": None}}, {"temperature": 0.5}),
+        (OPUS, {"extra": {"top_p": None, "top_k": None}}, {}),
+    ],
+)
+async def test_a_default_or_unset_sampling_parameter_is_no_refusal(
+    model: str, kw: dict[str, Any], sent: dict[str, Any]
+) -> None:
+    """An OpenAI client's usual pair is a temperature and top_p 1, its default: 7b99ede left
+    out a default top_p of 1 on Claude Opus 4.7, but refused the same pair on the other
+    Claude 4.5+ models ("not both"), and refused a top_p of None (not given) on either."""
+    with LocalUpstream() as up:
+        async with _router(up) as r:
+            await r.chat("hi", allow=[model], **kw)
+            (got,) = up.requests
+            keys = ("temperature", "top_p", "top_k")
+            assert {k: got.body[k] for k in keys if k in got.body} == sent

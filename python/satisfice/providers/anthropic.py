@@ -506,10 +506,16 @@ def _sampling_refused(model: str, p: dict[str, Any]) -> str | None:
         return None  # (the usual request: no model's names read)
     if not _NO_SAMPLING.search(model):
         if _ONE_SAMPLER.search(model) and "temperature" in p and "top_p" in p:
+            # an OpenAI client's usual pair has a default top_p of 1: only values that
+            # change something are the pair refused
+            for k in ("top_p", "temperature"):
+                if p[k] is None or p[k] == 1:
+                    del p[k]
+                    return None
             return "takes temperature or top_p, not both; send one of them"
         return None
-    for k in ("temperature", "top_p"):
-        if p.get(k) == 1:
+    for k in ("temperature", "top_p", "top_k"):
+        if k in p and (p[k] is None or (k != "top_k" and p[k] == 1)):
             del p[k]
     asked = [f"{k} {p[k]!r:.20}" for k in ("temperature", "top_p", "top_k") if k in p]
     if asked:
