@@ -354,6 +354,10 @@ class SQLiteSink:
             raise ConfigError("synchronous must be NORMAL or FULL")
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
+        self._file = (0, 0)  # (st_dev, st_ino) of the file the connection has open
+        # what is checked and reopened there: the file it names now (a chdir() since
+        # would have it check, and open, another)
+        self._where = os.path.abspath(self.path)
         self._sync = synchronous
         # held while the connection is used, and across a fork (`_before_fork`)
         self._use = threading.Lock()
@@ -365,18 +369,38 @@ class SQLiteSink:
         """The connection, opened if it is not. Failing, `error`: the caller's to fix at
         the start (ConfigError), else the sink down (`_SinkDown`: retried, no record's
         fault; a "database is locked" reopening after a fork had dropped scores)."""
+        if self._db is not None and not self._still_there():
+            # the file was deleted or replaced under it: its transactions had gone on into
+            # the old file, unlinked or renamed away, acknowledged and lost
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+            _log.warning("ledger: %s was moved, deleted or replaced; opening the file there",
+                         self.path, extra={"event": "ledger_reopened"})  # fmt: skip
         if self._db is None:
             try:
-                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db = sqlite3.connect(self._where, check_same_thread=False, isolation_level=None)
+                st = os.stat(self._where)  # (the file just opened: `_still_there` compares)
+                self._file = (st.st_dev, st.st_ino)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(f"PRAGMA synchronous={self._sync}")
                 db.execute("PRAGMA busy_timeout=5000")
                 _sqlite_schema(db)
-            except sqlite3.Error as e:
+            except (sqlite3.Error, OSError) as e:
                 why = f"cannot open the ledger {self.path}: {e}"
                 raise (ConfigError(why) if error is ConfigError else _SinkDown(why)) from None
             self._db = db
         return self._db
+
+    def _still_there(self) -> bool:
+        """Whether the file at `path` is the one the connection has open."""
+        try:
+            st = os.stat(self._where)
+        except FileNotFoundError:
+            return False
+        except OSError:  # (not ours to judge: the write says what is wrong)
+            return True
+        return (st.st_dev, st.st_ino) == self._file
 
     def _in_transaction(self, sql: str, rows: Sequence[Any]) -> None:
         with self._use:
@@ -511,6 +535,7 @@ class JSONLSink:
 
     def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
         self.path = Path(path)
+        self._where = os.path.abspath(self.path)  # (as SQLiteSink's: a chdir() since)
         self._fsync = fsync
         # held by a batch from its lock to its last byte, and by close(): a descriptor is
         # never closed under a batch (its number may go to another file meanwhile)
@@ -525,13 +550,10 @@ class JSONLSink:
 
     def _append(self, data: bytes) -> None:
         with self._busy:
-            fd = self._fd
-            if fd is None:
-                raise OSError("the ledger file is closed")
-            self._append_locked(fd, data)
+            self._append_locked(data)
 
-    def _append_locked(self, fd: int, data: bytes) -> None:
-        self._lock(fd)
+    def _append_locked(self, data: bytes) -> None:
+        fd = self._lock_current()
         try:
             start = os.fstat(fd).st_size
             if start and os.pread(fd, 1, start - 1) != b"\n":
@@ -548,6 +570,32 @@ class JSONLSink:
                 raise
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _lock_current(self) -> int:
+        """The descriptor of the file now at `path`, locked, reopened (created) when the one
+        open is no longer there: renamed away (logrotate) or deleted, its batches had gone on
+        into the old file, or into none, acknowledged and lost. Checked under the lock, so
+        that a rotation by another process's ledger is seen too; a failure to reopen is the
+        sink down (an OSError: the batch kept and retried)."""
+        while True:
+            fd = self._fd
+            if fd is None:
+                raise OSError("the ledger file is closed")
+            self._lock(fd)
+            try:
+                now, ours = os.stat(self._where), os.fstat(fd)
+                if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
+                    return fd
+            except FileNotFoundError:
+                pass
+            except BaseException:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            self._fd = os.open(self._where, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            os.close(fd)
+            _log.warning("ledger: %s was moved or deleted; writing to a new file there",
+                         self.path, extra={"event": "ledger_reopened"})  # fmt: skip
 
     def _lock(self, fd: int) -> None:
         """The file's lock, waited for at most `LOCK_WAIT_S`: a batch fails (and is tried
