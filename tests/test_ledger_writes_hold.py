@@ -3,6 +3,10 @@ counted and said."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -34,3 +38,37 @@ def test_a_ledger_file_moved_away_is_written_anew(tmp_path: Path, name: str, how
     ledger.put(_rec(2))
     assert ledger.close()
     assert [r["request_id"] for r in read_records(path)] == ["r1", "r2"]
+
+
+def test_records_a_failing_sink_holds_at_exit_are_said_lost(tmp_path: Path) -> None:
+    """A process that exits (no close()) while its sink is down: the records it takes
+    with it are logged as lost, where they had gone without a word."""
+    script = tmp_path / "exits.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import logging, time
+            from ledger_support import ScriptedSink
+            from satisfice.ledger import Ledger
+
+            class Down(ScriptedSink):
+                def refuse(self, records):
+                    return True
+
+            logging.basicConfig(level=logging.ERROR)
+            ledger = Ledger(Down(), flush_interval_s=0.005)
+            for i in range(3):
+                ledger.put({"request_id": f"r{i}", "started_at": time.time()})
+            """
+        )
+    )
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": path},
+        check=True,
+    )
+    assert "exiting with 3 record(s) and 0 score(s) unwritten" in out.stderr

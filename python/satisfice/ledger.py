@@ -921,8 +921,15 @@ class Ledger:
         self._thread.start()
 
     def _at_exit(self) -> None:
-        if not self._closing and self._thread.is_alive():
-            self.flush(5.0)
+        if not self._closing and self._thread.is_alive() and not self.flush(5.0):
+            # what the process takes with it, said: a sink down at exit had lost them
+            # without a word (close() says it; an exit without one said nothing)
+            with self._drop_lock:
+                lost = max(self.queued - self.acked - self.dropped, 0)
+                lost_scores = max(self._fb_queued - self._fb_written, 0)
+            _log.error("ledger: the process is exiting with %d record(s) and %d score(s) "
+                       "unwritten (the sink is failing); they are lost", lost, lost_scores,
+                       extra={"event": "ledger_lost"})  # fmt: skip
 
     @classmethod
     def open(cls, target: str | Path, **kw: Any) -> Ledger:
