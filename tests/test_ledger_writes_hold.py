@@ -72,3 +72,19 @@ def test_records_a_failing_sink_holds_at_exit_are_said_lost(tmp_path: Path) -> N
         check=True,
     )
     assert "exiting with 3 record(s) and 0 score(s) unwritten" in out.stderr
+
+
+def test_a_sqlite_ledger_renamed_away_keeps_its_records(tmp_path: Path) -> None:
+    """A SQLite ledger renamed away (logrotate) keeps the records written before the move:
+    they were in its WAL, which stays at the path's name, and the new file took it as its
+    own, the old file left with none and those records in neither."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger.open(path, flush_interval_s=0.005)
+    for i in range(3):
+        ledger.put(_rec(i))
+    assert ledger.flush()
+    path.rename(tmp_path / "old-ledger.db")
+    ledger.put(_rec(3))
+    assert ledger.close()
+    assert [r["request_id"] for r in read_records(tmp_path / "old-ledger.db")] == ["r0", "r1", "r2"]
+    assert [r["request_id"] for r in read_records(path)] == ["r3"]

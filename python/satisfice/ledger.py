@@ -371,7 +371,12 @@ class SQLiteSink:
         fault; a "database is locked" reopening after a fork had dropped scores)."""
         if self._db is not None and not self._still_there():
             # the file was deleted or replaced under it: its transactions had gone on into
-            # the old file, unlinked or renamed away, acknowledged and lost
+            # the old file, unlinked or renamed away, acknowledged and lost. Its WAL stays
+            # at the path's name (`-wal`): checkpointed into the old file (where a rotation
+            # keeps them) and emptied first, or the new file took it as its own, the records
+            # acknowledged before the move lost from both
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = None
