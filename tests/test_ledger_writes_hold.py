@@ -88,3 +88,42 @@ def test_a_sqlite_ledger_renamed_away_keeps_its_records(tmp_path: Path) -> None:
     assert ledger.close()
     assert [r["request_id"] for r in read_records(tmp_path / "old-ledger.db")] == ["r0", "r1", "r2"]
     assert [r["request_id"] for r in read_records(path)] == ["r3"]
+
+
+def test_a_backlog_a_working_sink_leaves_at_exit_is_not_called_a_failing_sink(
+    tmp_path: Path,
+) -> None:
+    """A process that exits (no close()) with more queued than a slow but working sink
+    writes in the exit hook's wait: the records left are said lost for that, where the
+    sink, which had failed no write, was called failing."""
+    script = tmp_path / "exits.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import logging, time
+            from ledger_support import ScriptedSink
+            from satisfice.ledger import Ledger
+
+            class Slow(ScriptedSink):
+                def refuse(self, records):
+                    time.sleep(1.0)
+                    return False
+
+            logging.basicConfig(level=logging.ERROR)
+            ledger = Ledger(Slow(), flush_interval_s=0.005, batch=1)
+            for i in range(20):
+                ledger.put({"request_id": f"r{i}", "started_at": time.time()})
+            """
+        )
+    )
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": path},
+        check=True,
+    )
+    assert "unwritten (the sink was still writing them when the 5s exit wait ended)" in (out.stderr)
+    assert "failing" not in out.stderr

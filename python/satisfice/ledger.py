@@ -830,6 +830,8 @@ def _check_options(
             )
 
 
+_EXIT_WAIT_S = 5.0  # how long the exit hook waits for the backlog to be written
+
 #: Every open Ledger, given a writer of its own in a forked child (`Ledger._after_fork`).
 _LEDGERS: weakref.WeakSet[Ledger] = weakref.WeakSet()
 
@@ -883,6 +885,7 @@ class Ledger:
         self._sink_closed = False  # (close() and the writer: one of them closes it)
         self._fb_queued = self._fb_written = 0  # scores, which flush() waits for as well
         self._closing = False
+        self._failing = False  # the writer's last write failed (the sink down, for now)
         self._last_expire = 0.0
         self._thread = threading.Thread(target=self._run, name="satisfice-ledger", daemon=True)
         self._thread.start()
@@ -905,7 +908,7 @@ class Ledger:
         self.queued = self.acked = self.dropped = self.failures = self.rejected = 0
         self.dropped_scores = self._lost = self._lost_scores = 0
         self._fb_queued = self._fb_written = 0
-        self._asleep = False
+        self._asleep = self._failing = False
         reopen = getattr(self.sink, "after_fork", None)
         if reopen is None:
             # a sink of the caller's that does not say how it crosses a fork: written from
@@ -926,14 +929,21 @@ class Ledger:
         self._thread.start()
 
     def _at_exit(self) -> None:
-        if not self._closing and self._thread.is_alive() and not self.flush(5.0):
+        if not self._closing and self._thread.is_alive() and not self.flush(_EXIT_WAIT_S):
             # what the process takes with it, said: a sink down at exit had lost them
             # without a word (close() says it; an exit without one said nothing)
             with self._drop_lock:
                 lost = max(self.queued - self.acked - self.dropped, 0)
                 lost_scores = max(self._fb_queued - self._fb_written, 0)
+            # why, as it is: a sink that writes, but not the backlog within the wait (a slow
+            # disk), had been called failing
+            why = (
+                "the sink is failing"
+                if self._failing
+                else f"the sink was still writing them when the {_EXIT_WAIT_S:g}s exit wait ended"
+            )
             _log.error("ledger: the process is exiting with %d record(s) and %d score(s) "
-                       "unwritten (the sink is failing); they are lost", lost, lost_scores,
+                       "unwritten (%s); they are lost", lost, lost_scores, why,
                        extra={"event": "ledger_lost"})  # fmt: skip
 
     @classmethod
@@ -1286,6 +1296,7 @@ class Ledger:
                     self.sink.write(pending)
                 except Exception as e:
                     self.failures += 1
+                    self._failing = True
                     streak += 1
                     _log.warning(
                         "ledger sink failed (%s: %s); keeping %d record(s), retrying in %.2fs",
@@ -1302,6 +1313,7 @@ class Ledger:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff, streak = 0.05, 0
+                self._failing = False
                 self._acked(pending)
                 pending = []
             if self._fb:
@@ -1310,12 +1322,14 @@ class Ledger:
                     rows.append(self._fb.popleft())
                 try:
                     self.sink.feedback(rows)
+                    self._failing = False
                     self._scores_written(len(rows))
                 except Exception as e:
                     if _refused(e):  # a score the sink cannot store: the others are written
                         self._feedback_each(rows)
                         continue
                     self._fb.extendleft(reversed(rows))
+                    self._failing = True
                     _log.warning("ledger feedback write failed: %s", e)
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
