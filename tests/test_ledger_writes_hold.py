@@ -127,3 +127,42 @@ def test_a_backlog_a_working_sink_leaves_at_exit_is_not_called_a_failing_sink(
     )
     assert "unwritten (the sink was still writing them when the 5s exit wait ended)" in (out.stderr)
     assert "failing" not in out.stderr
+
+
+def test_a_jsonl_ledger_reopened_after_a_fork_and_a_chdir_is_the_same_file(
+    tmp_path: Path,
+) -> None:
+    """A JSONL ledger opened by a relative path, then a chdir() and a fork (a daemon's
+    usual start): the child reopens the file it was writing, where it had created one of
+    the same name in the new directory and then warned of a move that never was."""
+    (tmp_path / "sub").mkdir()
+    script = tmp_path / "forks.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import logging, os, time
+            from satisfice.ledger import Ledger
+
+            logging.basicConfig(level=logging.WARNING)
+            ledger = Ledger.open("ledger.jsonl", flush_interval_s=0.005)
+            os.chdir("sub")
+            pid = os.fork()
+            if pid == 0:
+                ledger.put({"request_id": "child", "started_at": time.time()})
+                os._exit(0 if ledger.close() else 1)
+            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+            ledger.close()
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=True,
+    )
+    assert [r["request_id"] for r in read_records(tmp_path / "ledger.jsonl")] == ["child"]
+    assert not (tmp_path / "sub" / "ledger.jsonl").exists()
+    assert "moved or deleted" not in out.stderr

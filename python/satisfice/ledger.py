@@ -640,7 +640,7 @@ class JSONLSink:
             os.close(self._fd)  # (the child's copy: the parent's stays open)
             self._fd = None
             with contextlib.suppress(OSError):  # (else written off as down, and retried)
-                self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+                self._fd = os.open(self._where, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
 
 
 class PostgresSink:
