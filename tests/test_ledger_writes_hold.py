@@ -166,3 +166,29 @@ def test_a_jsonl_ledger_reopened_after_a_fork_and_a_chdir_is_the_same_file(
     assert [r["request_id"] for r in read_records(tmp_path / "ledger.jsonl")] == ["child"]
     assert not (tmp_path / "sub" / "ledger.jsonl").exists()
     assert "moved or deleted" not in out.stderr
+
+
+def test_the_backlog_counts_the_batch_the_writer_is_retrying() -> None:
+    """A sink down with fewer records than a batch: all of them sit in the batch the writer
+    retries, and the backlog (the `satisfice_ledger_backlog` gauge) had read 0 while they
+    waited, telling an operator nothing was."""
+    from .ledger_support import ScriptedSink
+
+    class Down(ScriptedSink):
+        down = True
+
+        def refuse(self, records: object) -> bool:
+            return self.down
+
+    sink = Down()
+    ledger = Ledger(sink, flush_interval_s=0.001)
+    for i in range(5):
+        ledger.put(_rec(i))
+    end = time.monotonic() + 10
+    while sink.calls == 0 and time.monotonic() < end:
+        time.sleep(0.001)  # the writer has taken the five and failed to write them
+    assert sink.calls and ledger.backlog == 5
+    sink.down = False
+    assert ledger.flush(15)
+    assert ledger.backlog == 0 and sink.rows == [f"r{i}" for i in range(5)]
+    ledger.close()

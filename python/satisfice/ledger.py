@@ -1019,12 +1019,14 @@ class Ledger:
 
     @property
     def backlog(self) -> int:
-        """Records queued or built, waiting to be written (not the one the writer is
-        building, nor the batch it is writing): both deques read under the lock the writer
-        appends to `_built` under (one read apart, a record it moved between them in
-        between was counted twice, which `max_buffer` never allows)."""
+        """Records put and neither acknowledged nor dropped: queued, built, being built, and
+        the batch the writer is writing or retrying (it had left that batch out, and read 0
+        while a sink was down under fewer records than a batch). The counts, not the
+        deques: a record is in no deque while it is built or written, and every count moves
+        under the lock. At most `max_buffer` (the queued and the built, together) plus the
+        batch in hand and the record being built."""
         with self._drop_lock:
-            return len(self._q) + len(self._built)
+            return max(self.queued - self.acked - self.dropped, 0)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every record and score queued so far is written (False on timeout): a
