@@ -192,3 +192,29 @@ def test_the_backlog_counts_the_batch_the_writer_is_retrying() -> None:
     assert ledger.flush(15)
     assert ledger.backlog == 0 and sink.rows == [f"r{i}" for i in range(5)]
     ledger.close()
+
+
+def test_a_ledger_opened_while_another_process_writes_waits_its_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    """Opening a SQLite ledger on a file another connection is writing (a replica starting
+    beside another, both making the same new ledger): turning it to WAL came before the busy
+    timeout was set, so the open failed at once, a ConfigError at startup, where it waits
+    for the lock as a write does."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "ledger.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE theirs (a)")  # a file not in WAL mode yet
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: other.execute("ROLLBACK"))
+    release.start()
+    try:
+        ledger = Ledger.open(path, flush_interval_s=0.005)
+    finally:
+        release.join()
+        other.close()
+    ledger.put(_rec(0))
+    assert ledger.close()
+    assert [r["request_id"] for r in read_records(path)] == ["r0"]

@@ -387,9 +387,9 @@ class SQLiteSink:
                 db = sqlite3.connect(self._where, check_same_thread=False, isolation_level=None)
                 st = os.stat(self._where)  # (the file just opened: `_still_there` compares)
                 self._file = (st.st_dev, st.st_ino)
-                db.execute("PRAGMA journal_mode=WAL")
+                _wal(db)
                 db.execute(f"PRAGMA synchronous={self._sync}")
-                db.execute("PRAGMA busy_timeout=5000")
+                db.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_S * 1000)}")
                 _sqlite_schema(db)
             except (sqlite3.Error, OSError) as e:
                 why = f"cannot open the ledger {self.path}: {e}"
@@ -504,6 +504,22 @@ os.register_at_fork(
 )
 
 
+def _wal(db: sqlite3.Connection) -> None:
+    """Turn the file to WAL, waiting for its lock as a write does (`busy_timeout`): SQLite
+    fails the change at once, its busy handler not asked, while another connection writes
+    to a file not in WAL yet, so a replica opening a new ledger beside another that was
+    making it failed (a ConfigError at startup)."""
+    deadline = time.monotonic() + _SQLITE_BUSY_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _sqlite_schema(db: sqlite3.Connection) -> None:
     cols = ", ".join(f"{n} {t}" for n, t, _ in COLUMNS)
     db.execute(f"CREATE TABLE IF NOT EXISTS requests ({cols})")
@@ -527,6 +543,7 @@ def _sqlite_schema(db: sqlite3.Connection) -> None:
         raise ConfigError(f"ledger schema version {row[0]}; this satisfice writes {SCHEMA_VERSION}")
 
 
+_SQLITE_BUSY_S = 5.0  # how long a SQLite write, or the open, waits for another's lock
 LOCK_WAIT_S = 5.0  # how long a JSONL batch waits for the file's lock before it fails
 
 
