@@ -218,3 +218,27 @@ def test_a_ledger_opened_while_another_process_writes_waits_its_busy_timeout(
     ledger.put(_rec(0))
     assert ledger.close()
     assert [r["request_id"] for r in read_records(path)] == ["r0"]
+
+
+def test_a_schema_version_written_by_another_opener_meanwhile_is_taken(tmp_path: Path) -> None:
+    """Two processes making one new SQLite ledger: the one that read no schema version and
+    then found the other's written before its own insert failed with a UNIQUE constraint
+    (a ConfigError at startup). The other's insert, made as this one's begins, stands in
+    for the race."""
+    import sqlite3
+
+    from satisfice.ledger import SCHEMA_VERSION, _sqlite_schema
+
+    path = tmp_path / "ledger.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    _sqlite_schema(db)
+    db.execute("DELETE FROM meta")  # a ledger as it stands before its version is written
+    other = sqlite3.connect(path, isolation_level=None)
+
+    def the_other_inserts_first(sql: str) -> None:
+        if sql.startswith("INSERT") and "meta" in sql:
+            other.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    db.set_trace_callback(the_other_inserts_first)
+    _sqlite_schema(db)
+    assert db.execute("SELECT value FROM meta").fetchall() == [(str(SCHEMA_VERSION),)]

@@ -536,10 +536,16 @@ def _sqlite_schema(db: sqlite3.Connection) -> None:
                 raise
     db.execute("CREATE INDEX IF NOT EXISTS feedback_id ON feedback (request_id)")
     db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = "SELECT value FROM meta WHERE key = 'schema_version'"
+    row = db.execute(version).fetchone()
     if row is None:
-        db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-    elif int(row[0]) != SCHEMA_VERSION:
+        # OR IGNORE, and read again: another process making the same new ledger may have
+        # written it since the read (a plain INSERT failed UNIQUE: a ConfigError at startup)
+        db.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+        row = db.execute(version).fetchone()
+    if int(row[0]) != SCHEMA_VERSION:
         raise ConfigError(f"ledger schema version {row[0]}; this satisfice writes {SCHEMA_VERSION}")
 
 
