@@ -50,7 +50,7 @@ _MAX_TEXT_BYTES = 256 << 20
 
 
 def _read_text(path: str) -> str:
-    from ._bounded import read_bounded
+    from ._bounded import read_bounded, read_within
 
     if path == "-" and sys.stdin is None:  # run with stdin closed (`<&-`): Python's is None
         raise SatisficeError("stdin is closed: pipe the text in, or give a file's path for -")
@@ -60,9 +60,7 @@ def _read_text(path: str) -> str:
     )
     try:
         if path == "-":
-            data = sys.stdin.buffer.read(_MAX_TEXT_BYTES + 1)
-            if len(data) > _MAX_TEXT_BYTES:
-                raise SatisficeError(too_large)
+            data = read_within(sys.stdin.buffer, too_large, _MAX_TEXT_BYTES)
         else:
             data = read_bounded(path, too_large, _MAX_TEXT_BYTES)
     except FileNotFoundError:

@@ -307,12 +307,10 @@ class Price(Value):
         the dearer of the text and reasoning rates, the prompt as `_dearest` bills it. None:
         output is free."""
         most: int | None = None
-        for n, read, write, write_1h in self._dearest(tokens_in, cache_write, cache_write_1h):
+        for shape in self._dearest(tokens_in, cache_write, cache_write_1h):
+            n, read, write, write_1h = shape
             prompt = self.cost(n, 0, read, write, cache_write_1h=write_1h)
-            per_token = self.cost(n, 1, read, write, cache_write_1h=write_1h) - prompt
-            if self.reasoning is not None:  # (without its rate, reasoning is billed as text)
-                per_token = max(per_token, self.cost(n, 1, read, write, cache_write_1h=write_1h,
-                                                     reasoning_tokens=1) - prompt)  # fmt: skip
+            per_token = self._dearer(shape, 1) - prompt
             if per_token <= 0:
                 continue
             q = (usd - prompt) / per_token
@@ -335,15 +333,18 @@ class Price(Value):
         """The most a request with at most `tokens_in` prompt tokens (a cache write, when
         asked) and `tokens_out` output tokens may be billed: its output at the dearer of the
         text and reasoning rates, its prompt as `_dearest` bills it."""
-        most: float | None = None
-        for n, read, write, write_1h in self._dearest(tokens_in, cache_write, cache_write_1h):
-            usd = self.cost(n, tokens_out, read, write, cache_write_1h=write_1h)
-            if self.reasoning is not None:  # (without its rate, reasoning is billed as text)
-                usd = max(usd, self.cost(n, tokens_out, read, write, cache_write_1h=write_1h,
-                                         reasoning_tokens=tokens_out))  # fmt: skip
-            most = usd if most is None else max(most, usd)
-        assert most is not None  # (`_dearest` gives the bound's own way at least)
-        return most
+        shapes = self._dearest(tokens_in, cache_write, cache_write_1h)
+        return max(self._dearer(shape, tokens_out) for shape in shapes)
+
+    def _dearer(self, shape: tuple[float, float, float, float], tokens_out: float) -> float:
+        """`cost` of a prompt billed as `shape` (`_dearest`'s) and `tokens_out` output
+        tokens, at the dearer of the text and reasoning rates."""
+        n, read, write, write_1h = shape
+        usd = self.cost(n, tokens_out, read, write, cache_write_1h=write_1h)
+        if self.reasoning is not None:  # (without its rate, reasoning is billed as text)
+            usd = max(usd, self.cost(n, tokens_out, read, write, cache_write_1h=write_1h,
+                                     reasoning_tokens=tokens_out))  # fmt: skip
+        return usd
 
     def _dearest(
         self, tokens_in: float, cache_write: bool, cache_write_1h: bool
