@@ -239,6 +239,7 @@ class MemoryState:
         self.teams: dict[str, Budget] = {}
         self._spent: dict[str, int] = {}
         self._reserved: dict[str, int] = {}
+        self._spend_sweep_at = 10_000
         self._holds: set[str] = set()  # reservations not yet settled, by id
         self._windows: dict[str, int] = {}
         self._pins: dict[str, tuple[str, float]] = {}  # the least recently set first
@@ -355,6 +356,27 @@ class MemoryState:
             k = f"{b.scope}:{b.tag}"
             self._reserved[k] = self._reserved.get(k, 0) - amount
             self._spent[k] = self._spent.get(k, 0) + actual
+        if len(self._spent) > self._spend_sweep_at:
+            self._sweep_spend()
+
+    def _sweep_spend(self) -> None:
+        """Drop the counters of days and months before the last one, with nothing still
+        held in them, as Redis expires them (`_ttl`): a budget's counters are kept per
+        period, and a replica serving a thousand keys with daily budgets had grown by
+        their counters every day it ran. Swept each time the counters double, as pins are."""
+        now = time.time()
+        t = time.gmtime(now)
+        last_month = f"{t.tm_year - (t.tm_mon == 1):04d}-{(t.tm_mon - 2) % 12 + 1:02d}"
+        keep = {
+            "all", period_tag("day", now), period_tag("day", now - 86400),
+            period_tag("month", now), last_month,
+        }  # fmt: skip
+        held = self._reserved
+        self._spent = {
+            k: v for k, v in self._spent.items() if k.rpartition(":")[2] in keep or held.get(k)
+        }
+        self._reserved = {k: v for k, v in held.items() if v or k in self._spent}
+        self._spend_sweep_at = max(2 * len(self._spent), 10_000)
 
     async def spent(self, b: Budget) -> tuple[float, float]:
         k = f"{b.scope}:{b.tag}"
