@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from satisfice.server.state import Budget, MemoryState
+from satisfice.server.state import Budget, MemoryState, RateCount
 
 
 def test_memory_state_drops_the_counters_of_past_periods() -> None:
@@ -34,3 +34,22 @@ def test_memory_state_drops_the_counters_of_past_periods() -> None:
     assert asyncio.run(state.spent(daily)) == (0.2, 0.0)  # the current periods' stand
     assert asyncio.run(state.spent(monthly)) == (0.2, 0.0)
     assert asyncio.run(state.spent(held)) == (0.0, 0.5)
+
+
+def test_memory_state_sweeps_rate_windows_once_they_double() -> None:
+    """Past 100,000 rate-limit windows in one minute, every admitted request rebuilt the
+    whole dict to drop old minutes (all were current: nothing to drop). The sweep now waits
+    until the windows have doubled again, as the pins' does."""
+    state = MemoryState()
+    rebuilt = 0
+
+    async def run() -> None:
+        nonlocal rebuilt
+        for i in range(50_010):
+            before = state._windows
+            assert await state.admit([], 0.0, RateCount(f"k{i}", 1000, 10**9, 10)) is None
+            rebuilt += state._windows is not before
+
+    asyncio.run(run())
+    assert len(state._windows) > 100_000
+    assert rebuilt <= 1, rebuilt
