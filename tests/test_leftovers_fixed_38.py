@@ -5,7 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
+from satisfice.errors import ProviderError
 from satisfice.server.state import Budget, MemoryState, RateCount
+from satisfice.testing import LocalUpstream, RawUpstream, http_response
+
+from .chat_support import move_alpha, registry, router, sse_chunk
+
+MSGS = [{"role": "user", "content": "hello there"}]
 
 
 def test_memory_state_drops_the_counters_of_past_periods() -> None:
@@ -53,3 +61,53 @@ def test_memory_state_sweeps_rate_windows_once_they_double() -> None:
     asyncio.run(run())
     assert len(state._windows) > 100_000
     assert rebuilt <= 1, rebuilt
+
+
+def _finish_error_body(text: str) -> bytes:
+    import json
+
+    usage = {"prompt_tokens": 9, "completion_tokens": 40, "total_tokens": 49}
+    return json.dumps({
+        "id": "x", "object": "chat.completion", "model": "alpha-wire",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": "error"}],
+        "usage": usage,
+    }).encode()  # fmt: skip
+
+
+async def test_an_answer_that_finished_with_error_falls_back(
+    raw: RawUpstream, up: LocalUpstream
+) -> None:
+    """finish_reason "error" (OpenRouter's, for a generation that failed part-way) had
+    been taken as an answer, and reached OpenAI clients as "stop". It is now a failed call:
+    the request goes on to its next model, and the failed call is billed at least what the
+    upstream reported."""
+    raw.push(http_response(_finish_error_body("The answer is")), http_response(
+        _finish_error_body("The answer is")))  # fmt: skip
+    async with router(up.url) as r:
+        r.update(move_alpha(registry(up.url), raw.url))
+        res = await r.chat(MSGS)
+    assert res.model == "beta", res.text
+    failed = [a for a in res.attempts if a.model == "alpha"]
+    assert failed and all(a.outcome == "error" for a in failed), failed
+    assert all('finish_reason "error"' in (a.error or "") for a in failed), failed
+    assert all(a.usage is not None and a.usage.completion_tokens >= 40 for a in failed)
+    assert all(a.cost_estimated and (a.cost_usd or 0) > 0 for a in failed), failed
+
+
+async def test_a_stream_that_finished_with_error_is_not_whole(
+    raw: RawUpstream, up: LocalUpstream
+) -> None:
+    """The same at a stream's end: the text streamed, then finish_reason "error" and
+    [DONE]. It had ended as a whole answer; the stream now fails as a cut one does."""
+    usage = {"prompt_tokens": 9, "completion_tokens": 40, "total_tokens": 49}
+    events = [sse_chunk({"role": "assistant"}), sse_chunk({"content": "The answer is"}),
+              sse_chunk({}, "error", usage=usage), b"[DONE]"]  # fmt: skip
+    body = b"".join(b"data: " + e + b"\n\n" for e in events)
+    raw.push(http_response(body, ctype="text/event-stream"))
+    async with router(up.url) as r:
+        r.update(move_alpha(registry(up.url), raw.url))
+        with pytest.raises(ProviderError, match='finish_reason "error"'):
+            async with r.stream(MSGS, allow=("alpha",)) as s:
+                async for _ in s:
+                    pass

@@ -11,7 +11,7 @@ import httpx
 
 from .._json import encode_body
 from .._redact import scrub
-from ..errors import ProviderError, UnsupportedRequestError
+from ..errors import ProviderError, RetryableError, UnsupportedRequestError
 from .base import (
     GENERATED,
     PARSE_ERRORS,
@@ -457,11 +457,29 @@ class OpenAIProvider(HTTPProvider):
             refusal = text_field(message.get("refusal"), "message.refusal") or None
             if not (text or calls or refusal or finish):  # nothing said, nor why not
                 raise ValueError("an answer with no content, tool call, refusal or finish_reason")
-            return ChatResponse(
-                text, data, _usage(data.get("usage")), finish, calls, wire, refusal=refusal
-            )
+            usage = _usage(data.get("usage"))
         except PARSE_ERRORS as e:
             raise self._not_an_answer(data, e) from None
+        if finish == "error":
+            err = self._generation_failed()
+            err.generated, err.reported = text, usage  # billed at least what it made
+            raise err
+        return ChatResponse(text, data, usage, finish, calls, wire, refusal=refusal)
+
+    def _generation_failed(self) -> ProviderError:
+        """An answer whose finish_reason is "error" (OpenRouter's, and gateways' after it,
+        for a generation that failed part-way): a failed call, the upstream may bill, not an
+        answer that ended as it should (OpenAI clients had been sent it as "stop")."""
+        err = RetryableError(
+            f"{self.model_id} via {self.deployment}: the upstream ended its answer with "
+            'finish_reason "error" (its generation failed part-way); retrying or another '
+            "deployment usually works",
+            model=self.model_id,
+            deployment=self.deployment,
+            status=200,
+        )
+        err.answered = True
+        return err
 
     async def stream(
         self, request: ChatRequest, timeout: httpx.Timeout
@@ -594,6 +612,8 @@ class OpenAIProvider(HTTPProvider):
                 raise self._malformed(
                     "the stream ended at [DONE] with no finish_reason: cut short upstream"
                 )
+            if finish == "error":  # what streamed is billed, as for any stream cut
+                raise self._generation_failed()
             calls = [  # whole: a surrogate pair split between two pieces is joined now
                 ToolCall(whole(scrub(a.id)), whole(scrub(a.name)),
                          whole(scrub("".join(a.args))), a.type)
