@@ -83,7 +83,10 @@ class Tracing:
                 "gen_ai.response.model": r.model,
                 "gen_ai.usage.input_tokens": r.usage.prompt_tokens,
                 "gen_ai.usage.output_tokens": r.usage.completion_tokens,
-                "gen_ai.response.finish_reasons": [r.finish_reason or "stop"],
+                # as the upstream said it, or none: a reply that gave no reason (its record's
+                # None) had been traced as "stop", an answer ended on its own
+                **({"gen_ai.response.finish_reasons": [r.finish_reason]} if r.finish_reason
+                   else {}),
                 "satisfice.request_id": r.request_id, "satisfice.task": d.task,
                 "satisfice.attempts": len(r.attempts),
                 **({"satisfice.cost_usd": r.total_cost_usd} if r.total_cost_usd is not None
