@@ -40,3 +40,38 @@ async def test_a_reply_that_gives_no_finish_reason_is_traced_without_one(
     assert res.finish_reason is None and res.to_record()["finish_reason"] is None
     (root,) = [s for s in exp.get_finished_spans() if s.attributes.get("satisfice.request_id")]
     assert "gen_ai.response.finish_reasons" not in root.attributes
+
+
+def test_drops_asked_for_from_two_threads_at_once_are_counted_once() -> None:
+    """Metrics.dropped() is called from the request's thread (Recorder.result) and the
+    ledger's writer (each record counted) at once. The second caller, reading the count
+    last seen before the first had written it, added the same drops again: 5 dropped,
+    10 counted (two threads with a 1 µs switch interval: 400,000 dropped, 484,297
+    counted). Here the second call is made, on a thread of its own, at the moment the
+    first writes what it saw (the ledger's hash, which that write reads)."""
+    import threading
+
+    from satisfice.metrics import Metrics
+
+    m = Metrics()
+    others: list[threading.Thread] = []
+
+    class Ledger:
+        dropped = 5
+        hashes = 0
+
+        def __hash__(self) -> int:
+            Ledger.hashes += 1
+            if Ledger.hashes == 2:  # the first call writes the count it saw: the other comes
+                t = threading.Thread(target=m.dropped, args=(self,))
+                others.append(t)
+                t.start()
+                t.join(0.5)  # (with a lock it waits for the first call's end)
+            return 1
+
+    ledger = Ledger()
+    m.dropped(ledger)
+    for t in others:
+        t.join(10)
+    assert others and not others[0].is_alive()  # the other call was made, and ended
+    assert m.ledger_dropped._value.get() == 5

@@ -14,6 +14,7 @@ the label sets stay bounded and nothing an upstream sends can reach them.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -99,6 +100,7 @@ class Metrics:
         self.ledger_dropped = Counter(f"{p}_ledger_dropped", "Records dropped: buffer full",
                                       registry=r)  # fmt: skip
         self._dropped_seen: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._dropped_lock = threading.Lock()  # see dropped()
         self._ledgers: weakref.WeakSet[Any] = weakref.WeakSet()  # whose backlogs are summed
         self._key = _Capped()  # the `key` label's values
         self._budget = _Capped()  # a refusal's `budget` label: "key:<id>", "team:<name>"
@@ -179,13 +181,16 @@ class Metrics:
 
     def dropped(self, ledger: Any) -> None:
         """Count what `ledger` dropped (buffer full) since it was last asked: each ledger
-        apart, so that several feeding these metrics add up."""
+        apart, so that several feeding these metrics add up. Under a lock: it is asked from
+        the request's thread and the ledger's writer at once, and two that both read the
+        same count as last seen had each added what was new since (counted twice)."""
         n = ledger.dropped
         if n:
-            seen = self._dropped_seen.get(ledger, 0)
-            if n > seen:
-                self._dropped_seen[ledger] = n
-                self.ledger_dropped.inc(n - seen)
+            with self._dropped_lock:
+                seen = self._dropped_seen.get(ledger, 0)
+                if n > seen:
+                    self._dropped_seen[ledger] = n
+                    self.ledger_dropped.inc(n - seen)
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest
