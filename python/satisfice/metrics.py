@@ -85,8 +85,11 @@ class Metrics:
                                  registry=r)  # fmt: skip
         self.escalations = Counter(f"{p}_cascade_escalations", "Cascade steps that escalated",
                                    ("step",), registry=r)  # fmt: skip
-        self.cooldowns = Counter(f"{p}_cooldowns", "Deployments put to cool (429/overload)",
-                                 ("model", "deployment"), registry=r)  # fmt: skip
+        # (named for what such answers usually do; it counts the answers, not the cooldowns
+        # the breaker opens on other failures: said so, where it had claimed to count those)
+        self.cooldowns = Counter(f"{p}_cooldowns", "Attempts the upstream answered 429, 503 "
+                                 "or 529 (rate limited or overloaded)", ("model", "deployment"),
+                                 registry=r)  # fmt: skip
         self.budget_refusals = Counter(f"{p}_budget_refusals", "Requests refused by a budget",
                                        ("key", "budget"), registry=r)  # fmt: skip
         self.over_hold = Counter(f"{p}_settled_over_hold_usd", "USD settled above the "
