@@ -111,3 +111,30 @@ async def test_a_stream_that_finished_with_error_is_not_whole(
             async with r.stream(MSGS, allow=("alpha",)) as s:
                 async for _ in s:
                     pass
+
+
+def test_attempt_spans_name_the_service_that_answered() -> None:
+    """`gen_ai.provider.name` had been the model's maker: "google" for Gemini on Google's
+    API, "meta" for Llama served by Groq, where the GenAI conventions name the service
+    (`gcp.gemini`, `groq`). It is now the deployment's host's well-known name, else its
+    wire format."""
+    from satisfice import Registry
+    from satisfice.tracing import _provider_name
+
+    reg = Registry.default()
+    named = {}
+    specs = [reg[m] for m in reg.ids]
+    for spec in specs:
+        for d in spec.deployments:
+            named[(spec.id, d.name)] = _provider_name(spec, d.name)
+    hosts = {(m.id, d.name): d.base_url for m in specs for d in m.deployments}
+    for key, url in hosts.items():
+        if "googleapis.com" in url:
+            assert named[key] == "gcp.gemini", (key, named[key])
+        if "api.groq.com" in url:
+            assert named[key] == "groq", (key, named[key])
+        if "api.mistral.ai" in url:
+            assert named[key] == "mistral_ai", (key, named[key])
+        if "api.together.xyz" in url:
+            assert named[key] == "openai", (key, named[key])  # its wire format's
+    assert any("api.groq.com" in u for u in hosts.values())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .result import bills
 
@@ -22,6 +23,35 @@ if TYPE_CHECKING:
     from .result import ChatResult
 
 __all__ = ["Tracing"]
+
+
+#: The GenAI conventions' well-known `gen_ai.provider.name` values, by the host a deployment
+#: calls (the service that answered, as the providers' own instrumentations name it)
+_HOSTS = {
+    "api.openai.com": "openai", "api.anthropic.com": "anthropic",
+    "generativelanguage.googleapis.com": "gcp.gemini", "aiplatform.googleapis.com":
+    "gcp.vertex_ai", "api.mistral.ai": "mistral_ai", "api.x.ai": "x_ai",
+    "api.deepseek.com": "deepseek", "api.groq.com": "groq", "api.perplexity.ai": "perplexity",
+    "api.cohere.com": "cohere", "api.cohere.ai": "cohere",
+}  # fmt: skip
+
+
+def _provider_name(spec: Any, deployment: str) -> str | None:
+    """An attempt's `gen_ai.provider.name`: the service its deployment calls, by host (a
+    subdomain of Azure's OpenAI or of Bedrock's runtime too), else its wire format, as an
+    instrumentation of that format's SDK names any host it is pointed at. It had been the
+    model's maker ("google", "mistral", "xai"; "meta" for a model served by Groq)."""
+    if spec is None:
+        return None
+    for d in spec.deployments:
+        if d.name == deployment:
+            host = (urlsplit(d.base_url).hostname or "").lower()
+            if host.endswith(".openai.azure.com"):
+                return "azure.ai.openai"
+            if host.startswith("bedrock-runtime.") and host.endswith(".amazonaws.com"):
+                return "aws.bedrock"
+            return _HOSTS.get(host, str(d.api))
+    return str(spec.provider) or None
 
 
 def _gen_ai(a: Mapping[str, Any], provider: str | None) -> dict[str, Any]:
@@ -119,7 +149,7 @@ class Tracing:
         for a in r.attempts:
             spec = reg[a.model] if a.model in reg else None  # noqa: SIM401 (a Registry, not a dict)
             parent_span = steps[a.step][0] if a.step in steps else root
-            self._attempt(a.to_dict(), t0, parent_span, spec.provider if spec else None)
+            self._attempt(a.to_dict(), t0, parent_span, _provider_name(spec, a.deployment))
         for span, end in steps.values():
             span.end(t0 + int(end * 1e9))
         root.end(t0 + int(r.latency_s * 1e9))
@@ -138,7 +168,7 @@ class Tracing:
         span.set_status(trace.Status(trace.StatusCode.ERROR, rec.get("error_type", "error")))
         for a in rec.get("attempts") or ():  # each call it made: which failed, and how
             spec = registry[a["model"]] if registry is not None and a["model"] in registry else None
-            self._attempt(a, t0, span, spec.provider if spec else None)
+            self._attempt(a, t0, span, _provider_name(spec, a["deployment"]))
         span.end(t0 + int(float(rec.get("latency_s") or 0) * 1e9))
 
     def _attempt(self, a: Mapping[str, Any], t0: int, parent: Any, provider: str | None) -> None:
