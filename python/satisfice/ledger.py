@@ -666,16 +666,24 @@ class JSONLSink:
                 self._fd = os.open(self._where, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
 
 
+def _psycopg() -> Any:
+    """psycopg, or a ConfigError that says what to install: the writer's and the readers'
+    (`satisfice report`, `train` and `calibrate --from-ledger` on a postgresql:// ledger had
+    ended in a raw ModuleNotFoundError traceback without it)."""
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError(
+            "a PostgreSQL ledger needs psycopg 3: pip install 'satisfice[postgres]'"
+        ) from None
+    return psycopg
+
+
 class PostgresSink:
     """PostgreSQL (psycopg 3) for several replicas writing one ledger."""
 
     def __init__(self, dsn: str) -> None:
-        try:
-            import psycopg  # noqa: F401  (present, or a clear error now rather than later)
-        except ImportError:
-            raise ConfigError(
-                "a PostgreSQL ledger needs psycopg 3: pip install 'satisfice[postgres]'"
-            ) from None
+        _psycopg()  # present, or a clear error now rather than later
         self.dsn = dsn
         self._db: Any = None
         try:
@@ -1740,8 +1748,7 @@ def _pg_version(value: object, verb: str, verbs: str) -> None:
 
 
 def _read_pg(dsn: str) -> Iterable[dict[str, Any]]:
-    import psycopg
-
+    psycopg = _psycopg()
     try:
         db = psycopg.connect(dsn)
     except psycopg.OperationalError as e:  # psycopg's words name the host, never the password
