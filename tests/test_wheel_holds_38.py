@@ -2,7 +2,8 @@
 Every test here failed on the code it was written against: with the wheel installed alone
 (no `[postgres]` extra), `satisfice report`, `train --from-ledger` and `calibrate
 --from-ledger` on a postgresql:// ledger ended in a raw `ModuleNotFoundError: No module named
-'psycopg'` traceback, where attaching such a ledger said what to install."""
+'psycopg'` traceback, where attaching such a ledger said what to install; `satisfice
+--version` was an error that a command is required."""
 
 from __future__ import annotations
 
@@ -34,3 +35,14 @@ def test_a_postgresql_ledger_read_without_psycopg_says_what_to_install(
     err = capsys.readouterr().err
     assert f"satisfice {args[0]}: error: a PostgreSQL ledger needs psycopg 3" in err
     assert "pip install 'satisfice[postgres]'" in err
+
+
+def test_version_says_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """`satisfice --version`, a new user's first command, had exited 2 saying "the following
+    arguments are required: command"."""
+    import satisfice
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"satisfice {satisfice.__version__}"

@@ -619,7 +619,11 @@ def _add_route_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="satisfice", description=__doc__)
+    # (`satisfice --version` had been told "the following arguments are required: command")
+    parser.add_argument("--version", action="version", version=f"satisfice {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("route", help="show where a prompt would go, and why")
