@@ -229,7 +229,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
         reg = Registry.load(args.registry) if args.registry else Registry.default()
         notes = reg.attention(max_price_age_days=args.max_price_age_days)
         models = sum(1 for m in reg if m.base is None)  # (not its effort rows, as update says)
-        print("\n".join(notes) if notes else f"{models} models: nothing needs attention")
+        print("\n".join(notes) if notes else
+              f"{models} model{'s' * (models != 1)}: nothing needs attention")  # fmt: skip
         return 1 if notes else 0
     if args.source is None:
         raise SatisficeError(
@@ -269,7 +270,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
     check = Registry.from_json if as_json else Registry.from_toml
     write_atomic(out, lambda f: f.write(text.encode()), check=check)
     models = sum(1 for m in new if m.base is None)
-    print(f"wrote {out} ({models} models, {len(new)} routable rows)")
+    print(f"wrote {out} ({models} model{'s' * (models != 1)}, {len(new)} routable "
+          f"row{'s' * (len(new) != 1)})")  # fmt: skip
     if as_of == base.meta.get("prices_as_of"):
         print(f"prices as of {as_of or 'unknown'}, unchanged: {args.source} does not list "
               "every priced deployment (see the unlisted ones above)")  # fmt: skip
@@ -677,8 +679,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the router as an OpenAI/Anthropic-compatible service")
     p.add_argument("--config", help="satisfice.toml (default: bundled registry on 127.0.0.1)")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
+    p.add_argument("--host", help="the address to listen on (default: the config's, else "
+                   "127.0.0.1; one not loopback needs require_keys = true)")  # fmt: skip
+    p.add_argument("--port", type=int, help="the port (default: the config's, else 4000; 0: "
+                   "any free one, printed)")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="where the money went: a report over the ledger")

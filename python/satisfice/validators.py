@@ -172,7 +172,8 @@ class _Json:
             jsonschema: Any = importlib.import_module("jsonschema")
         except ImportError:  # pragma: no cover - depends on the environment
             raise ConfigError(
-                "json_valid(schema=...) needs the jsonschema package: pip install jsonschema"
+                "json_valid(schema=...) needs the jsonschema package: "
+                "pip install 'satisfice[validators]'"
             ) from None
         cls = jsonschema.validators.validator_for(schema)
         try:
