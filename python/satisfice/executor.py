@@ -774,6 +774,21 @@ def _why(a: Attempt) -> str:
     return str(a.error)
 
 
+class _Bound:
+    """What the executor keeps of one registry: its models' targets, built on first use,
+    and which models a deployment key serves. Replaced whole, never emptied in place: a
+    request on another thread's loop may be filling it (one swap of three fields had let a
+    request routed on the old registry store its targets, old prices and all, among the
+    new one's, billed so until the next swap)."""
+
+    __slots__ = ("key_model", "registry", "targets")
+
+    def __init__(self, registry: Registry | None) -> None:
+        self.registry = registry
+        self.targets: dict[str, tuple[_Target, ...]] = {}
+        self.key_model: dict[str, list[str]] | None = None  # "model/deployment" -> models
+
+
 def _targets_of(spec: ModelSpec) -> tuple[_Target, ...]:
     return tuple(_Target(spec, d) for d in spec.deployments)
 
@@ -795,9 +810,9 @@ class Executor:
         self.config = config or ExecutionConfig()
         c = self.config
         self._timeout = httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s)
-        self._reg: Registry | None = None
-        self._targets: dict[str, tuple[_Target, ...]] = {}
-        self._key_model: dict[str, list[str]] | None = None  # "model/deployment" -> models
+        # The targets of one registry, swapped whole when a request runs on another: one
+        # router's requests on several threads' loops read and fill it at once (see _Bound)
+        self._bound = _Bound(None)
         # the last `blocked_models` answer: the blocked keys stay the same request after
         # request while a deployment cools
         self._blocked_memo: tuple[Registry, frozenset[str], frozenset[str]] | None = None
@@ -813,12 +828,18 @@ class Executor:
     # targets ------------------------------------------------------------------------------
     def targets(self, registry: Registry, model: str) -> tuple[_Target, ...]:
         """The deployments of `model`; rebuilt when the router swaps in a new registry."""
-        if registry is not self._reg:
-            self._reg, self._targets, self._key_model = registry, {}, None
-        ts = self._targets.get(model)
+        bound = self._bound_to(registry)
+        ts = bound.targets.get(model)
         if ts is None:
-            ts = self._targets[model] = _targets_of(registry[model])
+            ts = bound.targets[model] = _targets_of(registry[model])
         return ts
+
+    def _bound_to(self, registry: Registry) -> _Bound:
+        """What is kept of `registry`, made anew if the last request ran on another."""
+        bound = self._bound
+        if bound.registry is not registry:
+            bound = self._bound = _Bound(registry)
+        return bound
 
     def enable(self, registry: Registry, model: str, deployment: str | None = None) -> None:
         for t in self._named(registry, model, deployment):
@@ -832,10 +853,11 @@ class Executor:
     def live_p95_ms(self, registry: Registry, index: Mapping[str, int]) -> list[tuple[int, float]]:
         """(table row, p95 ms) for every model with a measured deployment: its fastest
         deployment's p95, measured where known, else the registry's."""
-        if registry is not self._reg:
+        bound = self._bound
+        if bound.registry is not registry:
             return []
         out = []
-        for model, ts in self._targets.items():
+        for model, ts in list(bound.targets.items()):  # (another thread's request may add)
             live = [p for t in ts if (p := self.health.p95_s(t.key)) is not None]
             if not live or model not in index:
                 continue
@@ -859,13 +881,15 @@ class Executor:
         memo = self._blocked_memo
         if memo is not None and memo[0] is registry and memo[1] == keys:
             return memo[2]
-        if registry is not self._reg or self._key_model is None:
-            self.targets(registry, registry.ids[0])  # (re)bind to this registry
-            self._key_model = {}
+        bound = self._bound_to(registry)
+        key_model = bound.key_model
+        if key_model is None:
+            key_model = {}
             for m in registry:
                 for d in m.deployments:
-                    self._key_model.setdefault(f"{m.base or m.id}/{d.name}", []).append(m.id)
-        models = {m for k in keys for m in self._key_model.get(k, ())}
+                    key_model.setdefault(f"{m.base or m.id}/{d.name}", []).append(m.id)
+            bound.key_model = key_model
+        models = {m for k in keys for m in key_model.get(k, ())}
         out = frozenset(m for m in models if all(t.key in keys for t in self.targets(registry, m)))
         self._blocked_memo = (registry, frozenset(keys), out)
         return out

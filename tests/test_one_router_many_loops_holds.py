@@ -1,0 +1,66 @@
+"""One Router as a large async service uses it: shared by several threads' event loops,
+reconfigured while requests run. Each test failed on the code before its fix."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from satisfice import Policy, Registry, Router
+from satisfice.testing import LocalUpstream
+
+from .chat_support import registry
+
+pytestmark = pytest.mark.asyncio
+
+
+class _Hooked(Registry):
+    """A registry that runs `hook` once, when the executor looks up a model's deployments
+    in it (`Executor.targets`): the moment another thread's request may run."""
+
+    hook: Callable[[], None] | None = None
+
+    def __getitem__(self, model_id: str):  # type: ignore[no-untyped-def]
+        if sys._getframe(1).f_code.co_name == "targets":
+            hook, self.hook = self.hook, None
+            if hook is not None:
+                hook()
+        return super().__getitem__(model_id)
+
+
+def _priced(reg: Registry, k: float) -> Registry:
+    alpha = reg["alpha"]
+    assert alpha.price is not None
+    price = alpha.price.replace(input=alpha.price.input * k, output=alpha.price.output * k)
+    return reg.replace(alpha.replace(price=price))
+
+
+async def test_a_request_on_the_old_registry_leaves_the_new_one_its_own_prices(
+    up: LocalUpstream,
+) -> None:
+    # A refresh swapped the registry while one thread's request, routed on the old one,
+    # looked up its model's deployments, and another thread's request on the new one
+    # looked up the same model in between: the first stored its deployments, old prices
+    # and all, in the new registry's cache, and every later request on the new registry
+    # was billed the old price (1.26e-06 for 1.05e-06 seen, 4 loops and a refresh loop)
+    base = registry(up.url)
+    old, new = _Hooked(list(base), base.meta), _priced(base, 1.5)
+    r = Router(old, Policy(quality_floor=0.5))
+    io = r._executor()
+
+    def other_thread() -> None:  # a request on another loop, routed on the new registry
+        r.update(registry=new)
+        io.targets(new, "alpha")
+
+    old.hook = other_thread
+    async with r:
+        first = await r.chat("hi")
+        assert first.decision.snapshot.registry is old
+        second = await r.chat("hi")
+    assert second.decision.snapshot.registry is new and second.model == "alpha"
+    u = second.usage
+    assert u is not None
+    assert second.total_cost_usd == new["alpha"].cost(u.prompt_tokens, u.completion_tokens)
+    assert first.total_cost_usd == old["alpha"].cost(u.prompt_tokens, u.completion_tokens)
