@@ -3,17 +3,16 @@ reconfigured while requests run. Each test failed on the code before its fix."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import sys
+import warnings
 from collections.abc import Callable
-
-import pytest
 
 from satisfice import Policy, Registry, Router
 from satisfice.testing import LocalUpstream
 
 from .chat_support import registry
-
-pytestmark = pytest.mark.asyncio
 
 
 class _Hooked(Registry):
@@ -64,3 +63,19 @@ async def test_a_request_on_the_old_registry_leaves_the_new_one_its_own_prices(
     assert u is not None
     assert second.total_cost_usd == new["alpha"].cost(u.prompt_tokens, u.completion_tokens)
     assert first.total_cost_usd == old["alpha"].cost(u.prompt_tokens, u.completion_tokens)
+
+
+def test_a_loop_shut_down_closes_its_connections_while_it_can(up: LocalUpstream) -> None:
+    # A script's or a test's `asyncio.run(router.chat(...))`, called again: each run's
+    # connection was kept past its loop's end, until the next run's first request closed
+    # its socket behind its transport (the loop closed could abort nothing), which warned
+    # when collected: 3 ResourceWarnings for 3 runs, a pytest run with -W error failed
+    r = Router(registry(up.url), Policy(quality_floor=0.5))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            assert asyncio.run(r.chat("hi")).text
+            assert up.wait_idle(), "the run's connection outlived its loop"
+        r.close()
+        gc.collect()
+    assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []

@@ -42,7 +42,7 @@ import threading
 import weakref
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextvars import ContextVar
 from time import monotonic
 from typing import Any
@@ -215,6 +215,23 @@ def _new_locks_in_child() -> None:
 os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
+async def _until_shutdown(
+    pool: weakref.ref[PooledTransport], loop: asyncio.AbstractEventLoop | None
+) -> AsyncGenerator[None, None]:
+    """Parked at its yield while `pool` uses `loop`: the loop's shutdown (asyncio.run's and
+    a Runner's `shutdown_asyncgens`, pytest-asyncio's) ends it, and the pool's idle
+    connections with it, while that loop can still abort them. Once the loop is closed a
+    socket can only be closed behind its transport, which then warned (ResourceWarning)
+    when collected: a test suite run with -W error failed on `asyncio.run(router.chat())`
+    called twice, each run's connection kept for the next."""
+    try:
+        yield
+    finally:
+        p = pool()
+        if p is not None and p._loop is loop and loop is not None and not loop.is_closed():
+            p._close_idle()
+
+
 class PooledTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 with keep-alive for every connection slot (see the module docstring)."""
 
@@ -249,6 +266,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._others: dict[asyncio.AbstractEventLoop, PooledTransport] = {}
         self._others_lock = threading.Lock()
         self._dropped = False  # let go of by `_prune`: kept by no one, it keeps no connection
+        self._watch: AsyncGenerator[None, None] | None = None  # see `_until_shutdown`
         _TRANSPORTS.add(self)
 
     # pool -----------------------------------------------------------------------------------
@@ -279,6 +297,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 if old is not None:
                     self._reset()
                 self._loop, self._pid = loop, os.getpid()
+                self._watch_loop()
                 self._prune()
                 return self
             self._prune()
@@ -287,7 +306,22 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 keepalive_expiry=self._expiry, max_body=self._max_body, verify=self._verify,
             )  # fmt: skip
             pool._ssl, pool._loop = self._ssl, loop
+            pool._watch_loop()
             return pool
+
+    def _watch_loop(self) -> None:
+        """Close the idle connections as the running loop shuts down (see `_until_shutdown`)."""
+        watch = self._watch = _until_shutdown(weakref.ref(self), self._loop)
+        with contextlib.suppress(StopIteration):  # the loop's hook keeps it from here on
+            watch.asend(None).send(None)
+
+    def _unwatch(self) -> None:
+        """End the watch on a loop this pool no longer uses (its collection would schedule
+        its end on that loop, closed or the parent's in a forked child)."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            with contextlib.suppress(StopIteration, RuntimeError):
+                watch.aclose().send(None)
 
     def _prune(self) -> None:
         """Drop the other loops' pools that cannot be used again or need not be kept: a
@@ -327,6 +361,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         """Forget this pool's loop: its idle connections closed (in a forked child, this
         process's copy of each only), its counts and waiters dropped; the same for the
         other loops' pools in a forked child, whose loops ran on the parent's threads."""
+        self._unwatch()
         self._close_idle()
         self._waiters.clear()
         self._total = 0
