@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 
@@ -79,3 +80,24 @@ def test_a_loop_shut_down_closes_its_connections_while_it_can(up: LocalUpstream)
         r.close()
         gc.collect()
     assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_close_closes_the_connections_of_requests_made_on_the_callers_loops(
+    up: LocalUpstream,
+) -> None:
+    # An app's loop on a thread of its own made the requests (no chat_sync()), and the
+    # process's shutdown called close(): it closed the ledger alone, the router's client
+    # and its connection were left open for good (1 open after close())
+    r = Router(registry(up.url), Policy(quality_floor=0.5))
+    loop = asyncio.new_event_loop()
+    app = threading.Thread(target=loop.run_forever, daemon=True)
+    app.start()
+    try:
+        assert asyncio.run_coroutine_threadsafe(r.chat("hi"), loop).result(10).text
+        assert up.open_connections == 1  # kept alive for the app's next request
+        r.close()
+        assert up.wait_idle(), "close() left the router's connection open"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        app.join(10)
+        loop.close()

@@ -1507,16 +1507,22 @@ class Router:
         return result
 
     def close(self, grace_s: float = 30.0) -> None:
-        """Close what chat_sync() opened (its connections and its loop thread) as aclose()
-        does; a chat_sync() still running after `grace_s` is cancelled and raises
-        RouterClosedError."""
+        """`aclose()` for code without an event loop: the router's connections (those of
+        chat_sync()'s loop thread and of the caller's own loops) and its ledger, as aclose()
+        closes them, and chat_sync()'s loop thread; a chat_sync() still running after
+        `grace_s` is cancelled and raises RouterClosedError."""
         with self._setup:
             sync, self._sync = self._sync, None
             self._closed = True  # from now on no chat_sync() starts another loop thread
+        if (sync is None or sync.pid != os.getpid()) and self._io is not None:
+            # Requests ran on the caller's own loops (`asyncio.run(router.chat(...))`), or
+            # in a forked child, whose parent's loop thread is left alone: closed on a loop
+            # thread of its own. The client had been left open, its connections with it.
+            sync = _LoopThread()
         if sync is not None and sync.pid == os.getpid():
             sync.run(self.aclose(grace_s))
             sync.stop()
-        elif self.ledger is not None:  # a forked child leaves its parent's loop thread alone
+        elif self.ledger is not None:
             (self.ledger.close if self._owns_ledger else self.ledger.flush)()
 
     def __enter__(self) -> Router:

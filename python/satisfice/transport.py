@@ -351,7 +351,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
             here = asyncio.get_running_loop()
         except RuntimeError:
             here = None
-        if loop is None or loop is here or loop.is_closed():
+        if loop is None or loop is here or loop.is_closed() or self._pid != os.getpid():
+            # (in a forked child its loop is the parent's: this process's copies closed here)
             self._close_idle()
             return
         with contextlib.suppress(RuntimeError):  # (closed meanwhile: closed with it)
