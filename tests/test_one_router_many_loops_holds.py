@@ -1,16 +1,19 @@
 """One Router as a large async service uses it: shared by several threads' event loops,
-reconfigured while requests run. Each test failed on the code before its fix."""
+reconfigured while requests run, closed, forked. Each test failed on the code before its
+fix."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
 import sys
 import threading
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
-from satisfice import Policy, Registry, Router
+from satisfice import ModelSpec, Policy, Registry, Router
 from satisfice.testing import LocalUpstream
 
 from .chat_support import registry
@@ -22,7 +25,7 @@ class _Hooked(Registry):
 
     hook: Callable[[], None] | None = None
 
-    def __getitem__(self, model_id: str):  # type: ignore[no-untyped-def]
+    def __getitem__(self, model_id: str) -> ModelSpec:
         if sys._getframe(1).f_code.co_name == "targets":
             hook, self.hook = self.hook, None
             if hook is not None:
@@ -101,3 +104,48 @@ def test_close_closes_the_connections_of_requests_made_on_the_callers_loops(
         loop.call_soon_threadsafe(loop.stop)
         app.join(10)
         loop.close()
+
+
+# Run in a fresh interpreter, so the test process never forks.
+_FORK_WITH_A_CALL_IN_FLIGHT = """
+import asyncio, os, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from satisfice import ModelSpec, Policy, Registry, Router
+from satisfice.testing import LocalUpstream, reply
+with LocalUpstream() as a, LocalUpstream() as b:
+    dep = lambda name, url: {"name": name, "base_url": url + "/v1", "model": "m-wire",
+                             "price": {"input": 1.0, "output": 1.0}}
+    reg = Registry.from_dict({"model": [{
+        "id": "m", "provider": "x", "context_window": 100_000, "max_output": 1000,
+        "quality": {"general": 0.9}, "p95_latency_ms": 1000,
+        "deployments": [dep("a", a.url), dep("b", b.url)],
+    }]})
+    r = Router(reg, Policy(quality_floor=0.5))
+    a.script("m-wire", reply("slow", latency=2.0))
+    t = threading.Thread(target=lambda: asyncio.run(r.chat("in flight at the fork")))
+    t.start()
+    deadline = time.monotonic() + 20
+    while not a.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert a.requests, "the parent's call never reached its upstream"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, asyncio.run(r.chat("the child's first")).deployment.encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    t.join()
+    print(os.read(read, 64).decode())
+"""
+
+
+def test_a_forked_child_counts_none_of_its_parents_calls_as_its_own() -> None:
+    # Two deployments at one price, the parent's call in flight on the first at the fork:
+    # the child counted it in flight for good (it never runs nor ends it), so its own
+    # balancing took that deployment for busy and sent its first request to the other
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_WITH_A_CALL_IN_FLIGHT, str(Path(__file__).parent.parent)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "a"

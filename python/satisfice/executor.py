@@ -825,6 +825,12 @@ class Executor:
         # its loop, had kept every loop alive: one per asyncio.run(router.chat(...)).)
         self._deadlines: Deadlines | None = None
 
+    def after_fork(self) -> None:
+        """In a forked child: the calls in flight are the parent's, which the child never
+        runs nor ends (counted still, their deployments had looked busy for good, and the
+        child's balancing sent its requests elsewhere)."""
+        self._in_flight = Counter()
+
     # targets ------------------------------------------------------------------------------
     def targets(self, registry: Registry, model: str) -> tuple[_Target, ...]:
         """The deployments of `model`; rebuilt when the router swaps in a new registry."""

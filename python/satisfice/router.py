@@ -98,6 +98,8 @@ def _new_locks_in_child() -> None:
     for r in list(_ROUTERS):
         r._swap, r._setup = threading.Lock(), threading.RLock()  # (its FeedbackLog's: its own)
         r._in_flight = set()
+        if r._io is not None:
+            r._io.after_fork()
 
 
 os.register_at_fork(after_in_child=_new_locks_in_child)
