@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -163,3 +164,28 @@ async def test_the_sync_loop_asks_a_store_that_is_away_less_often() -> None:
     finally:
         await svc.shutdown()
     assert 1 <= asked <= 5, asked  # 0, 0.2, 0.6, 1.4 s (was every 0.2 s: 12 or 13)
+
+
+async def test_a_refresher_stops_once_its_router_is_closed(tmp_path: Any) -> None:
+    """A RegistryRefresher went on reading its catalogue and updating a router that had
+    been closed, every interval, for as long as its loop ran; it now stops, and says so."""
+    import json
+
+    from satisfice import Router
+    from satisfice.refresh import RegistryRefresher
+
+    cat = tmp_path / "prices.json"
+    cat.write_text(json.dumps({}))
+    r = Router()
+    refresher = RegistryRefresher(r, "litellm", cat, interval_s=0.05)
+    task = refresher.start()
+    await asyncio.sleep(0.3)
+    before = refresher.refreshes + refresher.failures
+    assert before >= 1
+    await r.aclose()
+    await asyncio.sleep(0.3)
+    try:
+        assert task.done(), "the refresher still runs on a closed router"
+        assert refresher.refreshes + refresher.failures <= before + 1
+    finally:
+        await refresher.stop()

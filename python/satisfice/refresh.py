@@ -126,6 +126,10 @@ class RegistryRefresher:
 
     async def _loop(self) -> None:
         while True:
+            if self.router._closed:  # nobody routes on what it would fetch: done
+                _log.info("registry refresh from %s stopped: its router was closed",
+                          self.source, extra={"event": "registry_refresh_stopped"})  # fmt: skip
+                return
             try:
                 await self.refresh()
             except Exception as e:  # any failure: the old registry stays, the loop goes on
