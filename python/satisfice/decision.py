@@ -276,6 +276,7 @@ class Decision:
         "_called",
         "_cands",
         "_feedback",
+        "_no_answer",
         "_plan",
         "_primary",
         "_reasons",
@@ -305,6 +306,7 @@ class Decision:
         self._request_id: str | None = None
         self._remembered: str | None = None  # the model feedback credits, once remembered
         self._called = False  # a chat() took it (see `again`)
+        self._no_answer = False  # its request failed or was cancelled (see `unanswered`)
         # what it remembers of the prompt it was routed for (router._prompt_mark): a chat()
         # given it sends that prompt (its caps and window were worked out for it)
         # (or, until handed out, the messages and extra text to take it from)
@@ -345,7 +347,7 @@ class Decision:
             return self
         d = copy.copy(self)
         d._request_id, d._remembered, d._reasons, d._primary = None, None, None, None
-        d._called = False
+        d._called = d._no_answer = False
         order = [m for m in (self.model, *self.fallbacks) if m != model]
         d.model, d.fallbacks = model, order[: len(self.fallbacks)]
         return d
@@ -355,7 +357,7 @@ class Decision:
         it so when given a decision a call has used (the second call's record had been
         written over the first's, one of two billed calls lost from the ledger)."""
         d = copy.copy(self)
-        d._request_id, d._remembered, d._called = None, None, False
+        d._request_id, d._remembered, d._called, d._no_answer = None, None, False, False
         return d
 
     def answered_by(self, model: str) -> str:
@@ -376,10 +378,23 @@ class Decision:
                             self._plan.latent, model, self._plan.embedding
                         )
                         self._remembered = model
+                        if self._no_answer:  # read after its request failed
+                            self._feedback.unanswered(self._request_id)
         if self._feedback is not None and self._remembered != model:
             self._remembered = model  # credited once per model (each read did it again)
             self._feedback.credit(self._request_id, model)
         return self._request_id
+
+    def unanswered(self) -> None:
+        """The request this decision routed failed or was cancelled: `router.feedback()`
+        refuses its id, which has no answer to score, and an id first read after this
+        (a stream's `request_id` read after its failure had been scored). An id nobody has
+        read is not made for it: failures take no feedback slot."""
+        with _ID_LOCK:  # (as an id is made: one made meanwhile on another thread is marked)
+            self._no_answer = True
+            rid = self._request_id
+        if rid is not None and self._feedback is not None:
+            self._feedback.unanswered(rid)
 
     @property
     def latent(self) -> list[float]:

@@ -249,6 +249,8 @@ def new_request_id() -> str:
 
 
 _ID = re.compile(r"[0-9a-f]{32}")
+#: `FeedbackLog._scored`'s mark of a request that failed or was cancelled: no answer to score
+_NO_ANSWER = 0xFFFF_FFFF
 _UNPACKERS: dict[int, struct.Struct] = {}
 
 
@@ -362,6 +364,17 @@ class FeedbackLog:
             if slot is not None:
                 self._model[slot] = self._index(model)
 
+    def unanswered(self, request_id: str) -> None:
+        """Mark a kept decision's request as failed or cancelled: `claim` refuses it, as
+        there is no answer to score (a score had moved the primary's ability for an answer
+        it never gave, and `satisfice train` skips such records). Unknown ids are ignored."""
+        with self._lock:
+            slot = self._slot(request_id)
+            if slot is not None:
+                self._scored[slot] = _NO_ANSWER
+                if self._scored_more:
+                    self._scored_more.pop(slot, None)
+
     def lookup(self, request_id: str) -> tuple[tuple[float, ...], str, bytes | None]:
         """(prompt latent, model credited, embedding) of a kept decision; InputError if
         `request_id` is not (or no longer) kept."""
@@ -385,6 +398,11 @@ class FeedbackLog:
             known(target)
             m = self._index(target) + 1
             first = self._scored[slot]
+            if first == _NO_ANSWER:
+                raise InputError(
+                    f"request {request_id!r:.60} failed or was cancelled: it has no answer to "
+                    "score (feedback scores an answer a model gave)"
+                )
             if first == 0:
                 self._scored[slot] = m
             else:

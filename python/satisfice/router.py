@@ -789,7 +789,8 @@ class Router:
         latent difficulty and skills and swaps in a snapshot with that one row changed, so
         the next route() uses it. `model` defaults to the decision's primary; pass the model
         that actually answered if a fallback did. Returns the model's new parameters.
-        Persist them with `save_policy()`.
+        Persist them with `save_policy()`. A request that failed or was cancelled has no
+        answer to score: its id is an InputError.
         """
         score = score_of(score)  # a plain float: the record is JSON
         if self._closed:  # (accepted, the score had reached no ledger, without a word)
@@ -1186,6 +1187,7 @@ class Router:
                 err = RouterClosedError(
                     f"the router was closed while this request ran ({type(e).__name__})"
                 )
+            _unanswered(run)
             billed = _bill_to_check(run)
             if rec is not None:  # on the check's bill: a part of the request it checked
                 self._record_failure(rec, err, run, started_at, t0, options, not billed, parent)
@@ -1195,6 +1197,7 @@ class Router:
         except BaseException as e:  # cancelled by its caller (a timeout, a client gone)
             import asyncio  # loaded already (we are in a coroutine)
 
+            _unanswered(run)
             if isinstance(e, asyncio.CancelledError):
                 # the call it cut off may be billed: on record at its prompt, estimated
                 if run is not None:
@@ -1395,6 +1398,7 @@ class Router:
                 err = RouterClosedError(
                     f"the router was closed while this stream ran ({type(e).__name__})"
                 )
+            _unanswered(run)
             own = not _bill_to_check(run)
             if rec is not None:
                 self._record_failure(rec, err, run, started_at, t0, options, own, parent)
@@ -1407,6 +1411,8 @@ class Router:
 
             left = sys.exc_info()[0] in (GeneratorExit, asyncio.CancelledError, None)
             if not done and not billed:  # a judge's stream that ended without its answer
+                if left:  # (its caller gone: a request without an answer too)
+                    _unanswered(run)
                 own = not _bill_to_check(run)
                 if rec is not None and left:
                     # the caller left before the end: a request, with what it may have
@@ -1675,6 +1681,14 @@ def _bill_answer_to_check(result: ChatResult) -> bool:
         cost_estimated=any(a.cost_estimated for a in result.attempts),
     )
     return routed_call(answer, answered=True)
+
+
+def _unanswered(run: Run | None) -> None:
+    """A request that failed or was cancelled once routed: its id, which its error, record
+    and stream carry, scores nothing (`FeedbackLog.unanswered`). Not a decision given to a
+    request that failed before its run (it may be an earlier request's, answered)."""
+    if run is not None:
+        run.decision.unanswered()
 
 
 def _bill_to_check(run: Run | None) -> bool:

@@ -1,0 +1,65 @@
+"""The loop from the record back to routing holds: feedback scores answers a model gave."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from satisfice.errors import InputError, SatisficeError
+from satisfice.ledger import read_records
+from satisfice.testing import LocalUpstream, hang, status
+
+from .chat_support import ORDER, router
+
+
+async def test_a_failed_or_cancelled_request_has_no_answer_to_score(tmp_path: Path) -> None:
+    """Every attempt refused (HTTP 400): feedback(e.request_id, 0.0) had been accepted and
+    moved alpha's ability (bias 2.197 -> 2.175, n_obs 0 -> 1) for an answer it never gave,
+    while `satisfice train` skips the failure's record; a cancelled chat(decision=d) alike."""
+    with LocalUpstream() as up:
+        for m in ORDER:
+            up.script(f"{m}-wire", status(400))
+        async with router(up.url).attach(ledger=tmp_path / "l.jsonl", record_prompts=True) as r:
+            before = r.snapshot.policy.quality_model().params_for(r.snapshot.registry["alpha"])
+            with pytest.raises(SatisficeError) as failed:
+                await r.chat("Say hello")
+            rid = failed.value.request_id  # type: ignore[attr-defined]
+            with pytest.raises(InputError, match="failed or was cancelled"):
+                r.feedback(rid, 0.0)
+            with pytest.raises(InputError, match="failed or was cancelled"):
+                r.feedback(rid, 1.0, model="beta")
+            up.reset_script()
+            up.script("alpha-wire", hang())
+            d = r.route("Say hi")
+            cancelled_id = d.request_id
+            call = asyncio.create_task(r.chat("Say hi", decision=d))
+            await asyncio.sleep(0.2)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            with pytest.raises(InputError, match="failed or was cancelled"):
+                r.feedback(cancelled_id, 0.0)
+            after = r.snapshot.policy.quality_model().params_for(r.snapshot.registry["alpha"])
+            assert after == before
+            assert r.ledger is not None and r.ledger.flush()
+    records = list(read_records(tmp_path / "l.jsonl"))
+    assert {x["request_id"] for x in records} == {rid, cancelled_id}
+    assert all("feedback" not in x and x["outcome"] == "error" for x in records)
+
+
+async def test_a_stream_that_failed_has_no_answer_to_score() -> None:
+    """stream() whose every attempt is refused: its request id had been scored as chat()'s."""
+    with LocalUpstream() as up:
+        for m in ORDER:
+            up.script(f"{m}-wire", status(400))
+        async with router(up.url) as r:
+            s = r.stream("Say hello")
+            with pytest.raises(SatisficeError):
+                async with s:
+                    async for _ in s:
+                        pass
+            assert s.request_id is not None
+            with pytest.raises(InputError, match="failed or was cancelled"):
+                r.feedback(s.request_id, 0.0)
