@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
-from satisfice.errors import InputError, SatisficeError
+from satisfice.errors import ConfigError, InputError, SatisficeError
+from satisfice.flywheel import train_from_ledger
 from satisfice.ledger import read_records
 from satisfice.testing import LocalUpstream, hang, status
 
-from .chat_support import ORDER, router
+from .chat_support import ORDER, registry, router
 
 
 async def test_a_failed_or_cancelled_request_has_no_answer_to_score(tmp_path: Path) -> None:
@@ -63,3 +65,23 @@ async def test_a_stream_that_failed_has_no_answer_to_score() -> None:
             assert s.request_id is not None
             with pytest.raises(InputError, match="failed or was cancelled"):
                 r.feedback(s.request_id, 0.0)
+
+
+@pytest.mark.parametrize("passed", ["no", None, 0.3, [False]])
+def test_a_verdict_that_is_no_pass_or_fail_is_named_not_trained_on(
+    tmp_path: Path, passed: object
+) -> None:
+    """A validator verdict is an implicit score: {"passed": "no"} had been trained as a pass
+    (any text is true), {"passed": null} as a fail, each without a word."""
+    lines = [
+        {"request_id": f"r{i}", "started_at": i, "outcome": "ok", "model": "alpha",
+         "feedback": float(i % 2), "messages": [{"role": "user", "content": f"q {i}"}]}
+        for i in range(20)
+    ]  # fmt: skip
+    lines.append({"request_id": "checked", "started_at": 20, "outcome": "ok", "model": "alpha",
+                  "attempts": [{"model": "alpha", "verdict": {"passed": passed}}],
+                  "messages": [{"role": "user", "content": "checked"}]})  # fmt: skip
+    ledger = tmp_path / "l.jsonl"
+    ledger.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(ConfigError, match=r"line 21: attempts\[0\]\.verdict must be an object"):
+        train_from_ledger(ledger, registry=registry("http://127.0.0.1:9"), holdout=0)

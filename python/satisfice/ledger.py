@@ -1483,6 +1483,12 @@ def _problem(r: Any) -> str | None:
                 return f"{where}[{i}].model must be a model id, got {type(x['model']).__name__}"
             if why := _p_good_problem(x.get("p_good")):
                 return f"{where}[{i}].{why}"
+            # a check's verdict is a score `satisfice train` learns from: {"passed": "no"}
+            # had been trained on as a pass (any text is true), {"passed": null} as a fail
+            if (v := x.get("verdict")) is not None and not (
+                isinstance(v, dict) and isinstance(v.get("passed"), bool)
+            ):
+                return f"{where}[{i}].verdict must be an object whose passed is true or false"
     for field, _ in _AMOUNTS:
         if why := _amount_problem(field, r.get(field)):
             return why
