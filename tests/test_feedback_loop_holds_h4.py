@@ -10,7 +10,7 @@ import pytest
 
 from satisfice.errors import ConfigError, InputError, SatisficeError
 from satisfice.flywheel import train_from_ledger
-from satisfice.ledger import read_records
+from satisfice.ledger import Ledger, read_records
 from satisfice.testing import LocalUpstream, hang, status
 
 from .chat_support import ORDER, registry, router
@@ -85,3 +85,19 @@ def test_a_verdict_that_is_no_pass_or_fail_is_named_not_trained_on(
     ledger.write_text("".join(json.dumps(x) + "\n" for x in lines))
     with pytest.raises(ConfigError, match=r"line 21: attempts\[0\]\.verdict must be an object"):
         train_from_ledger(ledger, registry=registry("http://127.0.0.1:9"), holdout=0)
+
+
+@pytest.mark.parametrize("score", [float("nan"), 1.5, -1.0, True])
+def test_a_score_no_reader_takes_is_refused_as_it_is_given(tmp_path: Path, score: object) -> None:
+    """Ledger.feedback() had queued and written NaN, 1.5, -1 and True: the ledger was then
+    unreadable as a whole (read_records: "line 31: a feedback score must be a number in
+    [0, 1], got None"), for `satisfice report` and `train` alike."""
+    ledger = Ledger.open(tmp_path / "l.jsonl")
+    for i in range(30):
+        ledger.put({"request_id": f"r{i}", "started_at": i, "outcome": "ok", "model": "alpha",
+                    "messages": [{"role": "user", "content": f"question {i}"}]})  # fmt: skip
+        ledger.feedback(f"r{i}", float(i % 2))
+    with pytest.raises(InputError, match=r"feedback score must be a number in \[0, 1\]"):
+        ledger.feedback("r0", score)  # type: ignore[arg-type]
+    assert ledger.close()
+    assert [r["feedback"] for r in read_records(tmp_path / "l.jsonl")] == [i % 2 for i in range(30)]

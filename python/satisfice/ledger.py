@@ -51,7 +51,7 @@ from ._json import dumps_record, record_default
 from ._real import as_count, as_real
 from ._redact import scrub, scrub_values, scrubbing
 from .accounting import cost_of
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from .decision import Decision
@@ -1028,7 +1028,13 @@ class Ledger:
         self, request_id: str, score: float, source: str = "user", model: str | None = None
     ) -> None:
         """Queue a score for a request's answer: `model`'s (a fallback's, scored beside the
-        primary's), or the answering model's when None."""
+        primary's), or the answering model's when None. InputError for a score no reader
+        takes: one NaN, 1.5 or True written had made the whole ledger unreadable to
+        `satisfice report` and `train` (each refuses a score outside [0, 1])."""
+        if why := _score_problem(score):
+            raise InputError(why)
+        if not isinstance(request_id, str) or not (model is None or isinstance(model, str)):
+            raise InputError("a feedback's request_id must be a str, its model a str or None")
         row = (request_id, time.time(), float(score), source, model)
         with self._drop_lock:
             closed = self._closing
