@@ -101,3 +101,32 @@ def test_a_score_no_reader_takes_is_refused_as_it_is_given(tmp_path: Path, score
         ledger.feedback("r0", score)  # type: ignore[arg-type]
     assert ledger.close()
     assert [r["feedback"] for r in read_records(tmp_path / "l.jsonl")] == [i % 2 for i in range(30)]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"request_id": 7},
+        {"request_id": None, "feedback": {"request_id": "r0", "score": 0.0}},
+        {"total_cost_usd": -3},
+        {"feedback": 5},
+        {"attempts": [{"model": "alpha", "verdict": {"passed": "no"}}]},
+    ],
+)
+@pytest.mark.parametrize("kind", ["jsonl", "db"])
+def test_a_record_no_reader_takes_is_dropped_not_written(
+    tmp_path: Path, bad: dict[str, object], kind: str
+) -> None:
+    """Ledger.put() of a record dict had written what every reader refuses (no string
+    request_id, a cost of -3, a score of 5): read_records, `satisfice report` and `train`
+    then refused the whole ledger ("line 2: not a satisfice record ..."). It is dropped and
+    counted, as a record with no time already was."""
+    path = tmp_path / f"l.{kind}"
+    ledger = Ledger.open(path)
+    good = {"request_id": "r0", "started_at": 1, "outcome": "ok", "model": "alpha"}
+    ledger.put(good)
+    ledger.put({"request_id": "bad", "started_at": 2, "outcome": "ok", **bad})
+    ledger.put({**good, "request_id": "r1", "started_at": 3})
+    assert ledger.close()
+    assert ledger.rejected == 1
+    assert [r["request_id"] for r in read_records(path)] == ["r0", "r1"]

@@ -14,7 +14,7 @@ import pytest
 from satisfice import Registry, Router, validators
 from satisfice.cascade import Cascade
 from satisfice.errors import ConfigError
-from satisfice.ledger import Ledger, read_records
+from satisfice.ledger import Ledger, open_sink, read_records
 from satisfice.report import render_html, rows, summarize
 from satisfice.testing import LocalUpstream, reply
 from satisfice.workflow import Job
@@ -103,10 +103,13 @@ def test_a_p_good_that_is_no_probability_is_an_error_naming_it(
     path = tmp_path / name
     led = Ledger.open(path)
     led.put({"request_id": "a", "started_at": 1764547200, "outcome": "ok", "model": "m"})
-    decision = {"model": "m", "candidates": [{"model": "m", "p_good": p_good}]}
-    led.put({"request_id": "b", "started_at": 1764547200, "outcome": "ok", "model": "m",
-             "decision": decision})  # fmt: skip
     assert led.close()
+    decision = {"model": "m", "candidates": [{"model": "m", "p_good": p_good}]}
+    # written by the sink itself: a Ledger drops a record no reader takes, unwritten
+    sink = open_sink(path)
+    sink.write([{"request_id": "b", "started_at": 1764547200, "outcome": "ok", "model": "m",
+                 "decision": decision}])  # fmt: skip
+    sink.close()
     where = "line 2" if name.endswith(".jsonl") else "request 'b'"
     with pytest.raises(ConfigError, match=f"{where}: .*p_good must be a number in"):
         summarize(rows(path))

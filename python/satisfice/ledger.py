@@ -1152,7 +1152,12 @@ class Ledger:
                 _log.error("ledger: a record could not be built: %s", e,
                            extra={"event": "ledger_rejected"})  # fmt: skip
                 continue
-            if (why := _undated(rec)) is not None:  # no sink takes it, no reader
+            # no sink takes it, or no reader: a record dict put as it is is checked as a
+            # reader checks it (one with no request_id, a cost of -3 or a score of 5 had
+            # been written, and every read of the ledger then refused it whole); one built
+            # here from a result has its time alone to check
+            why = _problem(rec) if isinstance(it, dict) else _undated(rec)
+            if why is not None:
                 self.rejected += 1
                 with self._drop_lock:
                     self._drop_locked()
