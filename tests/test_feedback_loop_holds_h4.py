@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from satisfice.errors import ConfigError, InputError, SatisficeError
-from satisfice.flywheel import train_from_ledger
+from satisfice.errors import ConfigError, DatasetError, InputError, SatisficeError
+from satisfice.flywheel import ledger_prompts, train_from_ledger
 from satisfice.ledger import Ledger, read_records
 from satisfice.testing import LocalUpstream, hang, status
 
@@ -130,3 +130,22 @@ def test_a_record_no_reader_takes_is_dropped_not_written(
     assert ledger.close()
     assert ledger.rejected == 1
     assert [r["request_id"] for r in read_records(path)] == ["r0", "r1"]
+
+
+@pytest.mark.parametrize("content", [{"a": 1}, "half a pair \ud800"])
+def test_calibrate_from_ledger_names_the_record_it_cannot_read(
+    tmp_path: Path, content: object
+) -> None:
+    """`calibrate --from-ledger` had said "messages[0].content must be a string or a list of
+    parts", or "prompts[5]: the prompt is not valid Unicode", naming no ledger record."""
+    lines = [
+        {"request_id": f"r{i}", "started_at": i, "outcome": "ok", "model": "alpha",
+         "messages": [{"role": "user", "content": f"q {i}"}]}
+        for i in range(5)
+    ]  # fmt: skip
+    lines.append({"request_id": "damaged", "started_at": 9, "outcome": "ok", "model": "alpha",
+                  "messages": [{"role": "user", "content": content}]})  # fmt: skip
+    ledger = tmp_path / "l.jsonl"
+    ledger.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(DatasetError, match="ledger record 'damaged': .*delete that record"):
+        ledger_prompts(ledger)

@@ -38,11 +38,12 @@ def _score(rec: Mapping[str, Any]) -> float | None:
 
 def ledger_prompts(target: str | Path) -> list[str]:
     """The prompts of every request a ledger recorded with its messages (for `satisfice
-    calibrate --from-ledger`, which re-picks the floor or lambda on real traffic)."""
-    from .eval._outcomes import messages_to_text
+    calibrate --from-ledger`, which re-picks the floor or lambda on real traffic). A record
+    whose messages cannot be read is named, as `satisfice train` names it (calibrate had said
+    "messages[0].content must be ..." or "prompts[5]: ... not valid Unicode", no record)."""
     from .ledger import read_records
 
-    out = [messages_to_text(r["messages"]) for r in read_records(target) if r.get("messages")]
+    out = [_prompt_of(r) for r in read_records(target) if r.get("messages")]
     if not out:
         raise DatasetError("the ledger has no recorded prompts: attach it with record_prompts=True")
     return out
