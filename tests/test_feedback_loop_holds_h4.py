@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,23 @@ def test_calibrate_from_ledger_names_the_record_it_cannot_read(
     ledger.write_text("".join(json.dumps(x) + "\n" for x in lines))
     with pytest.raises(DatasetError, match="ledger record 'damaged': .*delete that record"):
         ledger_prompts(ledger)
+
+
+def test_one_long_prompt_trains_without_overflow_warnings(tmp_path: Path) -> None:
+    """A ledger of short prompts and one of 2,000 characters: `satisfice train` had printed
+    "RuntimeWarning: overflow encountered in exp" (32 times) from the fit's sigmoid."""
+    code = "Write a Python function that parses this CSV file and returns the rows: ```{}```"
+    chat = "Hi! What's a nice name for a cat? I like {}."
+    lines = [
+        {"request_id": f"r{i}-{m}", "started_at": i, "outcome": "ok", "model": m,
+         "feedback": float((m == "beta") == (i % 2 == 0)),
+         "messages": [{"role": "user", "content": (code if i % 2 == 0 else chat).format(i)}]}
+        for i in range(50) for m in ("alpha", "beta")
+    ]  # fmt: skip
+    lines[0]["messages"] = [{"role": "user", "content": "x" * 2000}]
+    ledger = tmp_path / "l.jsonl"
+    ledger.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        _, report = train_from_ledger(ledger, registry=registry("http://127.0.0.1:9"), holdout=0)
+    assert report["train_rows"] == 100

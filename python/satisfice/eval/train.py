@@ -204,7 +204,10 @@ def fit(
         z = xs @ w + c
         e, d = z[:, :k], z[:, k]
         logits = e @ ability.T + bias[None, :] - d[:, None]
-        p = 1.0 / (1.0 + np.exp(-logits))
+        # e^-logits past float32's range is inf, and p its limit 0: no warning (one prompt
+        # much longer than the rest had printed "overflow encountered in exp" 32 times)
+        with np.errstate(over="ignore"):
+            p = 1.0 / (1.0 + np.exp(-logits))
         g = np.where(obs, p - y, 0.0).astype(np.float32) / n_obs  # d loss / d logits
         grad_e = g @ ability
         grad_d = -g.sum(axis=1)
