@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from satisfice import Policy, Router
 from satisfice.errors import ConfigError, DatasetError, InputError, SatisficeError
+from satisfice.eval.train import TrainConfig
 from satisfice.flywheel import ledger_prompts, train_from_ledger
 from satisfice.ledger import Ledger, read_records
 from satisfice.testing import LocalUpstream, hang, status
@@ -170,3 +172,30 @@ def test_one_long_prompt_trains_without_overflow_warnings(tmp_path: Path) -> Non
         warnings.simplefilter("error", RuntimeWarning)
         _, report = train_from_ledger(ledger, registry=registry("http://127.0.0.1:9"), holdout=0)
     assert report["train_rows"] == 100
+
+
+def test_a_score_for_a_request_routed_before_a_predictor_of_another_k_is_refused_unmarked(
+    tmp_path: Path,
+) -> None:
+    """Routed by the prior (8 skills), then router.update() swapped in a predictor trained
+    on the ledger (4): feedback had said "latent must hold 5 values (k skills and a
+    difficulty)", having marked the answer scored, and then "already scored" for a score
+    that had moved nothing. It is refused, unmarked, saying why."""
+    ledger = tmp_path / "l.jsonl"
+    lines = [
+        {"request_id": f"r{i}-{m}", "started_at": i, "outcome": "ok", "model": m,
+         "feedback": float((m == "beta") == (i % 2 == 0)),
+         "messages": [{"role": "user", "content": f"{'def f(): pass' if i % 2 else 'hi'} {i}"}]}
+        for i in range(40) for m in ("alpha", "beta")
+    ]  # fmt: skip
+    ledger.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    reg = registry("http://127.0.0.1:9")
+    qm, _ = train_from_ledger(ledger, registry=reg, config=TrainConfig(name="l", k=4), holdout=0)
+    r = Router(reg)
+    assert r.snapshot.policy.quality_model().k != 4
+    rid = r.route("Write a Python function").request_id
+    r.update(policy=Policy(quality=qm))
+    for _ in range(2):
+        with pytest.raises(InputError, match="routed by a predictor of 8 skills, and the rou"):
+            r.feedback(rid, 1.0)
+    assert r.feedback(r.route("Write a Python function").request_id, 1.0).n_obs > 0

@@ -382,18 +382,31 @@ class FeedbackLog:
             return self._kept(self._slot_of(request_id))
 
     def claim(
-        self, request_id: str, model: str | None, known: Callable[[str], object]
+        self,
+        request_id: str,
+        model: str | None,
+        known: Callable[[str], object],
+        width: int | None = None,
     ) -> tuple[tuple[float, ...], str, bytes | None]:
         """`lookup`, and the answer of `model` (default the one credited) marked scored,
         once: the same id scored again had counted as new evidence each time (one answer
         scored 0 a hundred times moved a model's P(good) from 0.76 to 0.36). `known(model)`
-        raises for a model the router does not know, before anything is marked. One parse
-        of the id, under one lock."""
+        raises for a model the router does not know, and a latent of other than `width`
+        numbers (a predictor of another k swapped in since) is refused, before anything is
+        marked. One parse of the id, under one lock."""
         if model is not None and not isinstance(model, str):  # a list had been a raw TypeError
             raise InputError(f"model must be a model id (a str), got {type(model).__name__}")
         with self._lock:
             slot = self._slot_of(request_id)
             latent, chosen, emb = self._kept(slot)
+            if width is not None and len(latent) != width:
+                # (the update had failed on it after the mark: "latent must hold 5 values",
+                # then "already scored" for a score that had moved nothing)
+                raise InputError(
+                    f"request {request_id!r:.60} was routed by a predictor of "
+                    f"{len(latent) - 1} skills, and the router's now has {width - 1} "
+                    "(router.update() swapped it in since): its score cannot update this one"
+                )
             target = model if model is not None else chosen
             known(target)
             m = self._index(target) + 1

@@ -800,12 +800,13 @@ class Router:
             )
         with self._swap:
             snap = self._snap
-            # InputError if unknown or scored already; UnknownModelError names the known ids
+            qm = snap.policy.quality_model()
+            # InputError if unknown, scored already or routed by a predictor of another k;
+            # UnknownModelError names the known ids
             latent, target, embedding = self._feedback.claim(
-                request_id, model, snap.registry.__getitem__
+                request_id, model, snap.registry.__getitem__, qm.k + 1
             )
             spec = snap.registry[target]
-            qm = snap.policy.quality_model()
             new = self._feedback.observe(qm, target, qm.params_for(spec), latent, score, embedding)
             self._snap = snap.with_params(target, new)
         if self._rec is not None:
