@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,3 +202,42 @@ def test_a_score_for_a_request_routed_before_a_predictor_of_another_k_is_refused
         with pytest.raises(InputError, match="routed by a predictor of 8 skills, and the rou"):
             r.feedback(rid, 1.0)
     assert r.feedback(r.route("Write a Python function").request_id, 1.0).n_obs > 0
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "pg"])
+def test_retention_deletes_the_scores_of_the_requests_it_deletes(tmp_path: Path, kind: str) -> None:
+    """expire() (retention_days) deleted old requests and kept every score ever given: the
+    feedback table grew for good, and each read_records() held all of its rows."""
+    from satisfice.ledger import PostgresSink, SQLiteSink
+
+    from .servers import postgres
+
+    def check(sink: SQLiteSink | PostgresSink, count: Any) -> None:
+        try:
+            sink.write([{"request_id": "old", "started_at": 100.0, "outcome": "ok"},
+                        {"request_id": "new", "started_at": 2e9, "outcome": "ok"}])  # fmt: skip
+            sink.feedback([("old", 101.0, 1.0, "feedback", None),
+                           ("new", 2e9 + 1, 0.0, "feedback", None)])  # fmt: skip
+            assert sink.expire(1e9) == 1
+            assert count() == 1
+        finally:
+            sink.close()
+
+    if kind == "sqlite":
+        path = tmp_path / "l.db"
+        sink = SQLiteSink(path)
+
+        def count() -> Any:
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                return db.execute("SELECT count(*) FROM feedback").fetchone()[0]
+
+        check(sink, count)
+        return
+    psycopg = pytest.importorskip("psycopg")
+    with postgres() as dsn:
+
+        def count_pg() -> Any:
+            with psycopg.connect(dsn) as db:
+                return db.execute("SELECT count(*) FROM feedback").fetchone()[0]
+
+        check(PostgresSink(dsn), count_pg)

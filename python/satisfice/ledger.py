@@ -20,7 +20,7 @@ Schema (version 1): `requests` holds the columns reports filter and group by and
 record as JSON; `feedback` holds scores given later (`router.feedback`, validators), each
 with the model it was given for (`model`; a row without one, written before it was
 stored, scores the answering model); `meta` holds `schema_version`. `retention_days`
-deletes older requests once a day.
+deletes older requests, and the scores given before the same time, once a day.
 """
 
 from __future__ import annotations
@@ -433,7 +433,11 @@ class SQLiteSink:
 
     def expire(self, before_ts: float) -> int:
         with self._use:
-            cur = self._connect().execute("DELETE FROM requests WHERE ts < ?", (before_ts,))
+            db = self._connect()
+            cur = db.execute("DELETE FROM requests WHERE ts < ?", (before_ts,))
+            # and the scores given before it, whose requests are older still: kept, they
+            # grew the file for good and every read held them all (`_scores`)
+            db.execute("DELETE FROM feedback WHERE ts < ?", (before_ts,))
             return cur.rowcount
 
     def close(self) -> None:
@@ -761,7 +765,9 @@ class PostgresSink:
         )
 
     def expire(self, before_ts: float) -> int:
-        return self._run("DELETE FROM requests WHERE ts < %s", [(before_ts,)])
+        n = self._run("DELETE FROM requests WHERE ts < %s", [(before_ts,)])
+        self._run("DELETE FROM feedback WHERE ts < %s", [(before_ts,)])  # (as SQLite's)
+        return n
 
     def close(self) -> None:
         if self._db is not None:
