@@ -15,7 +15,7 @@ import pytest
 from satisfice import Policy, Router
 from satisfice.errors import ConfigError, DatasetError, InputError, SatisficeError
 from satisfice.eval.train import TrainConfig
-from satisfice.flywheel import ledger_prompts, train_from_ledger
+from satisfice.flywheel import _held_out, ledger_prompts, train_from_ledger
 from satisfice.ledger import Ledger, read_records
 from satisfice.testing import LocalUpstream, hang, status
 
@@ -241,3 +241,25 @@ def test_retention_deletes_the_scores_of_the_requests_it_deletes(tmp_path: Path,
                 return db.execute("SELECT count(*) FROM feedback").fetchone()[0]
 
         check(PostgresSink(dsn), count_pg)
+
+
+def test_a_model_scored_only_on_held_out_records_is_not_trained_from_nothing(
+    tmp_path: Path,
+) -> None:
+    """gamma answered only prompts the hash held out: it had been a training column with no
+    observation, saved as ModelParams(bias=0.0, n_obs=0.0, source='trained') in place of
+    its registry prior (and in the prior map's fit). It is left to its prior."""
+    lines = []
+    for i in range(200):
+        prompt = f"new q {i}"
+        model = "gamma" if _held_out(prompt, 0.2) else "alpha"
+        lines.append({"request_id": f"b{i}", "started_at": i, "outcome": "ok", "model": model,
+                      "feedback": float(i % 2),
+                      "messages": [{"role": "user", "content": prompt}]})  # fmt: skip
+    ledger = tmp_path / "l.jsonl"
+    ledger.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    reg = registry("http://127.0.0.1:9")
+    qm, report = train_from_ledger(ledger, registry=reg)
+    assert report["held_out_rows"] > 0 and "after" in report
+    assert "gamma" not in qm.models and report["models"] == ["alpha"]
+    assert qm.params_for(reg["gamma"]).source == "prior"

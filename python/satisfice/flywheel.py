@@ -124,10 +124,12 @@ def ledger_outcomes(
             "the ledger has no records with both messages and a score: attach the ledger "
             "with record_prompts=True and give feedback (router.feedback) or use validators"
         )
-    models = sorted({m for _, _, seen in rows for m in seen})
-    col = {m: j for j, m in enumerate(models)}
 
     def build(part: Sequence[tuple[Any, ...]]) -> Any:
+        # the models this part observes: a model scored on held-out records alone had been
+        # a training column with no observation, fitted as "trained" from nothing
+        models = sorted({m for _, _, seen in part for m in seen})
+        col = {m: j for j, m in enumerate(models)}
         n = len(part)
         scores = np.full((n, len(models)), np.nan)
         costs = np.full((n, len(models)), np.nan)
@@ -197,8 +199,9 @@ def train_from_ledger(
     counts: dict[str, int] = {}
     train, test = ledger_outcomes(read_records(target), holdout, counts=counts)
     show.done()
-    # checked before the fit: the comparison needs their parameters or priors
-    known = set(reg.ids) | set(before.models)
+    # checked before the fit: the comparison needs their parameters or priors, from both
+    # predictors (the new one learns only the models the training records observe)
+    known = set(reg.ids) | (set(before.models) & set(train.models))
     unknown = sorted(set(test.models) - known) if test is not None else []
     if unknown:
         raise DatasetError(

@@ -198,6 +198,8 @@ def fit(
     l2_rows[:DENSE] = cfg.l2_dense
 
     n_obs = float(obs.sum())
+    if not n_obs:  # (every gradient had been 0/0: a predictor of NaNs, or of no model)
+        raise DatasetError("no training row holds an observed score: nothing to fit")
     opt = _Adam([w.shape, c.shape, bias.shape, ability.shape], cfg.learning_rate)
     loss = float("nan")
     for step in range(1, cfg.steps + 1):
@@ -244,6 +246,9 @@ def fit(
         if cfg.embedding
         else [None] * len(prob.models)
     )
+    # only the models some training row observes: one with no outcome here had been kept
+    # as "trained" from nothing (n_obs 0, its bias the 0.5 it started at, in place of its
+    # prior) and pulled the prior map toward that 0.5; unseen, it is seeded from its prior
     params = {
         m: ModelParams(
             float(bias[j]),
@@ -253,8 +258,9 @@ def fit(
             emb[j],
         )
         for j, m in enumerate(prob.models)
+        if counts[j]
     }
-    seen_quality = {m: float(mean_score[j]) for j, m in enumerate(prob.models)}
+    seen_quality = {m: float(mean_score[j]) for j, m in enumerate(prob.models) if counts[j]}
     prior_map = _fit_prior_map(
         {m: p.bias for m, p in params.items()}, priors if priors else seen_quality
     )
