@@ -457,14 +457,16 @@ class OpenAIProvider(HTTPProvider):
             refusal = text_field(message.get("refusal"), "message.refusal") or None
             if not (text or calls or refusal or finish):  # nothing said, nor why not
                 raise ValueError("an answer with no content, tool call, refusal or finish_reason")
-            usage = _usage(data.get("usage"))
+            resp = ChatResponse(
+                text, data, _usage(data.get("usage")), finish, calls, wire, refusal=refusal
+            )
         except PARSE_ERRORS as e:
             raise self._not_an_answer(data, e) from None
         if finish == "error":
             err = self._generation_failed()
-            err.generated, err.reported = text, usage  # billed at least what it made
+            err.generated, err.reported = resp.text, resp.usage  # billed at least what it made
             raise err
-        return ChatResponse(text, data, usage, finish, calls, wire, refusal=refusal)
+        return resp
 
     def _generation_failed(self) -> ProviderError:
         """An answer whose finish_reason is "error" (OpenRouter's, and gateways' after it,
