@@ -46,12 +46,23 @@ fn start_preload() {
             .name("satisfice-tokenizers".into())
             .spawn(tokens::preload);
         // No thread (a sandbox that forbids them): the first exact count builds instead.
-        drop(spawned);
+        if let Ok(handle) = spawned {
+            *preloader() = Some(handle);
+        }
     });
 }
 
 /// Completed once `start_preload` has started the build.
 static PRELOAD: std::sync::Once = std::sync::Once::new();
+/// The thread `start_preload` started, until a `wait_for_tokenizers` joins it.
+static PRELOADER: std::sync::Mutex<Option<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(None);
+
+fn preloader() -> std::sync::MutexGuard<'static, Option<std::thread::JoinHandle<()>>> {
+    PRELOADER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Block until a tokenizer build that `start_preload` started has finished (GIL released);
 /// return at once if none was started. Registered to run before every `os.fork()`: a child
@@ -60,7 +71,21 @@ static PRELOAD: std::sync::Once = std::sync::Once::new();
 #[pyfunction]
 fn wait_for_tokenizers(py: Python<'_>) {
     if PRELOAD.is_completed() {
-        py.detach(tokens::preload);
+        py.detach(|| {
+            // Join the thread doing the build rather than finish it here: a first encode
+            // gives the thread that makes it the tokenizers' per-thread caches (48 MiB for
+            // the two, each a copy of a table of every short vocabulary word), which an
+            // executor thread that only waited had then held for good (the server's
+            // readiness wait: RssAnon 265 MiB against 201). The lock is held across the
+            // join, so a second waiter waits for it too, and the thread has exited (its
+            // caches unmapped) before a fork.
+            let mut handle = preloader();
+            if let Some(h) = handle.take() {
+                drop(h.join()); // a build that panicked is retried just below, as before
+            }
+            drop(handle);
+            tokens::preload(); // nothing left to do, unless no thread could be started
+        });
     }
     if emb::started() {
         // the embedding table, likewise: a load in progress finishes before the fork
