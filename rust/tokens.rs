@@ -531,17 +531,27 @@ fn run_len(w: u64) -> usize {
 }
 
 /// The letter run at `b[i]` (a letter): (length, `Word::key`, `Word::upper`, whether a
-/// letter after the first is upper case). Most words fit in one 8-byte load.
+/// letter after the first is upper case), counted in `by_len` (by length, 25 and more in
+/// the last) and `long_run` (its letters beyond the 24th). Most words fit in one 8-byte
+/// load.
 // Always inlined: as a call (which its 8-15 letter branch had made it) it cost more than it
-// saved.
+// saved. The run is counted in each branch, where its length's range is known: counted
+// after them, every word had paid for the clamp to 25 and the test for more than 24
+// letters (~5% of a 4 KB prompt's `route()` instructions, `benches/instructions.py route`).
 #[inline(always)]
-fn letter_run(b: &[u8], i: usize) -> (usize, [u128; 2], usize, bool) {
+fn letter_run(
+    b: &[u8],
+    i: usize,
+    by_len: &mut [u32; 26],
+    long_run: &mut u32,
+) -> (usize, [u128; 2], usize, bool) {
     let w = load8(b, i);
     let run = run_len(w);
     if run < 8 {
         let keep = u64::MAX >> (64 - 8 * run); // the run's bytes (run >= 1)
         let up = upper_bytes(w, keep);
         let key = ((w | lanes(0x20)) & keep) as u128;
+        by_len[run] += 1;
         return (run, [key, 0], flagged(up), up >> 8 != 0);
     }
     // 8 to 15 letters (a fifth of the words of prose) end in the next 8 bytes: taken here,
@@ -553,9 +563,15 @@ fn letter_run(b: &[u8], i: usize) -> (usize, [u128; 2], usize, bool) {
         let (up, up1) = (upper_bytes(w, u64::MAX), upper_bytes(w1, keep1));
         let key = ((w | lanes(0x20)) as u128) | ((((w1 | lanes(0x20)) & keep1) as u128) << 64);
         let upper = flagged(up) + flagged(up1);
+        by_len[8 + run1] += 1;
         return (8 + run1, [key, 0], upper, (up >> 8) | up1 != 0);
     }
-    long_letter_run(b, i)
+    let run = long_letter_run(b, i);
+    if run.0 > 24 {
+        *long_run += (run.0 - 24) as u32;
+    }
+    by_len[run.0.min(25)] += 1;
+    run
 }
 
 /// `letter_run` for a run of 16 letters or more, 8 bytes at a time (kept out of line, so
@@ -604,11 +620,7 @@ fn take_word<V: Visitor>(
     caps: &mut u32,
     long_run: &mut u32,
 ) -> usize {
-    let (len, key, upper, caps_inside) = letter_run(b, i);
-    if len > 24 {
-        *long_run += (len - 24) as u32;
-    }
-    by_len[len.min(25)] += 1;
+    let (len, key, upper, caps_inside) = letter_run(b, i, by_len, long_run);
     *caps += caps_inside as u32;
     v.word(&Word {
         rest: &b[i..],
@@ -1073,8 +1085,13 @@ mod tests {
                         .collect();
                     let text = format!("{word}{tail}");
                     let b = text.as_bytes();
-                    let (n, key, upper, caps_inside) = letter_run(b, 0);
+                    let (mut by_len, mut long) = ([0u32; 26], 0);
+                    let (n, key, upper, caps_inside) = letter_run(b, 0, &mut by_len, &mut long);
                     assert_eq!(n, len, "{text:?}");
+                    let mut want_by_len = [0u32; 26];
+                    want_by_len[len.min(25)] = 1;
+                    assert_eq!(by_len, want_by_len, "{text:?}");
+                    assert_eq!(long as usize, len.saturating_sub(24), "{text:?}");
                     let mut want = [0u8; 32];
                     for (w, c) in want.iter_mut().zip(&b[..len.min(32)]) {
                         *w = c.to_ascii_lowercase();
