@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass, replace
 from functools import partial
 from http.cookiejar import Cookie, CookieJar
-from time import perf_counter
+from time import perf_counter, time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -393,6 +393,29 @@ class _Target:
 def _complete(p: Provider, request: ChatRequest, timeout: httpx.Timeout) -> Awaitable[ChatResponse]:
     """What `_first_success` opens for an answer whole: `p.complete(request, timeout)`."""
     return p.complete(request, timeout)
+
+
+# The request path builds these by position (`Executor.run`): the field order it passes.
+# A field added or moved must be passed there too, or this fails at import.
+if (
+    ChatRequest.__match_args__[:17] != (
+        "messages", "max_tokens", "temperature", "tools", "tool_choice", "response_format",
+        "stream", "extra", "user", "prompt_cache_key", "anthropic_beta",
+        "context_management", "server_tools", "no_thinking", "thinking_display",
+        "thinking_within", "thinking_cap",
+    )
+    or Attempt.__match_args__[5:13] != (
+        "error_type", "error", "status", "retry_after", "usage", "cost_usd",
+        "cost_estimated", "step",
+    )
+    or ChatResult.__match_args__[13:20] != (
+        "cascade", "cascade_skipped", "started_at", "metadata", "stop_sequence", "refusal",
+        "thinking",
+    )
+    or ChatResponse.__match_args__[5:8] != ("wire_s", "stop_sequence", "refusal")
+    or Usage.__match_args__[4:7] != ("source", "cache_write_1h_tokens", "reasoning_tokens")
+):  # fmt: skip
+    raise ImportError("a dataclass the request path builds by position has changed its fields")
 
 
 #: What a call cut off by its time had not got to, by the transport's STAGE then.
@@ -1289,18 +1312,22 @@ class Executor:
     ) -> Attempt:
         """Record a call that answered: its usage, its cost, on the request's attempts."""
         usage = self._usage(run, t, resp)
-        attempt = Attempt(
+        attempt = Attempt(  # by position (see `run`)
             t.model,
             t.dep.name,
             "ok",
-            started - run.t0,
-            now - started,
-            usage=usage,
-            cost_usd=cost_of(t.price, usage),
+            started - run.t0,  # started_s
+            now - started,  # duration_s
+            None,  # error_type
+            None,  # error
+            None,  # status
+            None,  # retry_after
+            usage,
+            cost_of(t.price, usage),  # cost_usd
             # not the upstream's own figures (none, or past what the call allowed): counted
             # or estimated here, and the record says so
-            cost_estimated=usage.source != "provider",
-            step=run.step,
+            usage.source != "provider",  # cost_estimated
+            run.step,
         )
         run.record(attempt, t)
         return attempt
@@ -1362,23 +1389,28 @@ class Executor:
         # read after the answer's usage and cost are worked out: they are the router's work
         # too, which overhead_s left out when the clock stopped at the call's end
         latency = perf_counter() - run.t0
-        return ChatResult(
+        own = latency - run.upstream_s - paused
+        return ChatResult(  # by position (see `run`)
             resp.text,
             t.model,
             t.dep.name,
             attempt.usage,
             attempt.cost_usd,
             latency,
-            max(latency - run.upstream_s - paused, 0.0),
+            0.0 if own < 0.0 else own,  # overhead_s (as max(own, 0.0), without its call)
             run.attempts,
             run.decision,
             resp.finish_reason,
             resp.tool_calls,
             resp.raw,
             ttft,
-            stop_sequence=resp.stop_sequence,
-            refusal=resp.refusal,
-            thinking=resp.thinking,
+            None,  # cascade
+            None,  # cascade_skipped
+            time(),  # started_at (its default)
+            {},  # metadata (its default)
+            resp.stop_sequence,
+            resp.refusal,
+            resp.thinking,
         )
 
     async def _failure(self, run: Run) -> ProviderError:
@@ -1453,16 +1485,34 @@ class Executor:
         accept: Validator | None = None,
     ) -> Run:
         """The state of one request, for `complete`, `stream` or `cascade`: `call` holds
-        the wire request's parameters (ChatRequest's fields besides the messages)."""
+        each of the wire request's parameters (the router's `_CALL_FIELDS`: ChatRequest's
+        fields besides the messages, `stream` and the thinking pair set here)."""
+        c = decision.constraints
         # a limit that holds the thinking (`Constraints.output_includes_thinking`) is sent
         # as given, any thinking budget inside it
-        within = decision.constraints.output_includes_thinking
-        within = within and call.get("max_tokens") is not None
+        within = c.output_includes_thinking and call["max_tokens"] is not None
+        # in ChatRequest's field order, passed by position: a class called with keywords
+        # (or `**call`) has them made into a dict and back again on its way to __init__
+        # (type_call), some 500 instructions a keyword; so too the request's other
+        # dataclasses on the usual path (Attempt, ChatResult, ChatResponse, Usage)
         request = ChatRequest(
             messages,
-            **call,
-            thinking_within=within,
-            thinking_cap=decision.constraints.max_reasoning_tokens,
+            call["max_tokens"],
+            call["temperature"],
+            call["tools"],
+            call["tool_choice"],
+            call["response_format"],
+            False,  # stream
+            call["extra"],
+            call["user"],
+            call["prompt_cache_key"],
+            call["anthropic_beta"],
+            call["context_management"],
+            call["server_tools"],
+            call["no_thinking"],
+            call["thinking_display"],
+            within,  # thinking_within
+            c.max_reasoning_tokens,  # thinking_cap
         )
         return Run(decision, request, t0, deadline, accept)
 

@@ -94,7 +94,7 @@ def _usage(u: Any) -> Usage | None:
         return None
     if cached + written > prompt or reasoning > out:
         return None
-    return Usage(prompt, out, cached, written, reasoning_tokens=reasoning)
+    return Usage(prompt, out, cached, written, "provider", 0, reasoning)  # by position
 
 
 def _custom(c: Any) -> bool:
@@ -457,8 +457,9 @@ class OpenAIProvider(HTTPProvider):
             refusal = text_field(message.get("refusal"), "message.refusal") or None
             if not (text or calls or refusal or finish):  # nothing said, nor why not
                 raise ValueError("an answer with no content, tool call, refusal or finish_reason")
+            # by position (a class called with keywords makes a dict of them: executor.run)
             resp = ChatResponse(
-                text, data, _usage(data.get("usage")), finish, calls, wire, refusal=refusal
+                text, data, _usage(data.get("usage")), finish, calls, wire, None, refusal
             )
         except PARSE_ERRORS as e:
             raise self._not_an_answer(data, e) from None
