@@ -106,7 +106,8 @@ class Deadlines:
     async def wait(self, aw: Awaitable[T], timeout: float) -> T:
         task = asyncio.current_task(self.loop)  # see Watchdog.wait
         assert task is not None
-        due = self.loop.time() + max(timeout, 0.0)
+        # (max(timeout, 0.0), without max()'s parsing of its arguments)
+        due = self.loop.time() + (0.0 if timeout < 0.0 else timeout)
         w: list[object] = [task, due, task.cancelling(), False]
         self._waits[id(w)] = w
         h = self._handle

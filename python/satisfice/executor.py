@@ -187,7 +187,8 @@ def thinking_added(spec: ModelSpec, api: str, within: bool = False, cap: int | N
 def answer_max(spec: ModelSpec, api: str, within: bool = False, cap: int | None = None) -> int:
     """The most max_tokens may ask on `api`: the model's max_output, less the thinking
     budget Anthropic's wire adds to it (it had asked past max_output)."""
-    return max(spec.max_output - thinking_added(spec, api, within, cap), 1)
+    n = spec.max_output - thinking_added(spec, api, within, cap)
+    return 1 if n < 1 else n  # (max(n, 1), without max()'s parsing of its arguments)
 
 
 def worst_bill(
@@ -1089,13 +1090,14 @@ class Executor:
         self,
         run: Run,
         t: _Target,
-        call: Callable[[httpx.Timeout], Awaitable[T]],
+        call: Callable[[ChatRequest, httpx.Timeout], Awaitable[T]],
+        request: ChatRequest,
         streamed: bool = False,
     ) -> T:
-        """`call(timeout)` within its share of the deadline (or attempt_timeout_s), both taken
-        once, as the call starts (a race's, once every racer has been launched: taken at
-        launch, while the others are still untried, the first racer's share was halved for
-        a fallback)."""
+        """`call(request, timeout)` within its share of the deadline (or attempt_timeout_s),
+        both taken once, as the call starts (a race's, once every racer has been launched:
+        taken at launch, while the others are still untried, the first racer's share was
+        halved for a fallback)."""
         timeout, budget = self._budget(run, t, streamed)
         # what a stream generates beside its text (its provider adds to it as it comes)
         made = Generated() if streamed else None
@@ -1109,7 +1111,7 @@ class Executor:
         token = STAGE.set(stage)
         generating = None if made is None else GENERATED.set(made)
         try:
-            return await deadlines.wait(call(timeout), budget)
+            return await deadlines.wait(call(request, timeout), budget)
         except TimeoutError as e:  # the budget's, unless a limit inside said which it was
             # how far it got: a connect that never completed had read as "no answer", a
             # slow model, for a request that never reached the upstream
@@ -1230,13 +1232,16 @@ class Executor:
                 while True:
                     started = perf_counter()
                     try:
-                        call: Callable[[httpx.Timeout], Awaitable[T]] = (
-                            # the provider's own method: no frame of `_complete`'s
-                            partial(self._provider(t).complete, run.wire(t))  # type: ignore[assignment]
+                        p = self._provider(t)
+                        call: Callable[[ChatRequest, httpx.Timeout], Awaitable[T]] = (
+                            # the provider's own method: no frame of `_complete`'s, and no
+                            # partial made (a partial's making and calling cost about 2,000
+                            # instructions more than the method's)
+                            p.complete  # type: ignore[assignment]
                             if open_ is _complete
-                            else partial(open_, self._provider(t), run.wire(t))
+                            else partial(open_, p)
                         )
-                        value = await self._bounded(run, t, call, streamed)
+                        value = await self._bounded(run, t, call, run.wire(t), streamed)
                     except ProviderError as e:
                         action = self._failed(run, t, e, started)
                         if action is Action.STOP:
@@ -1944,8 +1949,7 @@ class Executor:
                     self._failed(run, t, e, perf_counter())
                     continue
                 run.tried.add(t.key)
-                call = partial(p.complete, run.wire(t))
-                task = asyncio.ensure_future(self._bounded(run, t, call))
+                task = asyncio.ensure_future(self._bounded(run, t, p.complete, run.wire(t)))
                 running[task] = (t, perf_counter())
                 return
 
