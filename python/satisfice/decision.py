@@ -321,7 +321,12 @@ class Decision:
         ids = snapshot.ids
         rows = plan.head(1 + snapshot.policy.max_fallbacks)
         self.model: str = ids[rows[0]]
-        self.fallbacks: list[str] = list(map(ids.__getitem__, rows[1:]))
+        # (a loop: list(map(ids.__getitem__, ...)) or a comprehension cost about 1,000-1,900
+        # more instructions, in the method-wrapper and map, or the comprehension's frame)
+        fallbacks: list[str] = []
+        for r in rows[1:]:
+            fallbacks.append(ids[r])
+        self.fallbacks = fallbacks
 
     @property
     def registry(self) -> Registry:

@@ -625,7 +625,7 @@ class Run:
         elif request.max_tokens is None and t.dep.api == "anthropic":
             # Anthropic's API needs a limit: its default answer, within what the budget leaves
             request = replace(request, max_tokens=min(DEFAULT_MAX_TOKENS, most_answer))
-        capped = self.output_cap(t)
+        capped = None if self.cap is None else self.output_cap(t)  # (None without a cap)
         if capped is None:
             return request
         n, usd = capped  # (extra n != 1 is refused before: router._check_options)
@@ -987,7 +987,8 @@ class Executor:
                     run.skip(t.model, t.dep.name, "unavailable", why, self.health.retry_in(t.key))
                     cooled.append(t)
                     continue
-                if self._capped_out(run, t):
+                # (without a cap nothing can be capped out: no call made to say so)
+                if run.cap is not None and self._capped_out(run, t):
                     continue
                 yield t
 

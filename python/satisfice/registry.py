@@ -388,7 +388,8 @@ class Price(Value):
             if long is not None:
                 inp, out = long.input, long.output
                 scale = inp / self.input if self.input else 1.0  # tiers scale with the input rate
-        fresh = max(tokens_in - cached_in - cache_write - cache_write_1h, 0.0)
+        fresh = tokens_in - cached_in - cache_write - cache_write_1h
+        fresh = 0.0 if fresh < 0.0 else fresh  # (max(fresh, 0.0), without max()'s call)
         # Only the parts a call has are priced (most calls have no cache reads, writes or
         # reasoning): a part at 0 tokens adds 0.0, so skipping it leaves the sum, summed in
         # the same order, bit for bit what it was, at half the work per call. (Rates are
