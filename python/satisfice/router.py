@@ -626,7 +626,7 @@ class Router:
         self._swap = threading.Lock()  # writers only: two updates must not lose one another
         # the executor and chat_sync()'s loop thread are made once, however many threads ask
         self._setup = threading.RLock()
-        self._in_flight: set[object] = set()  # requests running: aclose() waits for them
+        self._in_flight: set[_Request] = set()  # requests running: aclose() waits for them
         self._closed = False
         _ROUTERS.add(self)
 
@@ -860,10 +860,12 @@ class Router:
             assert io is not None
         return io
 
-    def _enter(self) -> object:
+    def _enter(self) -> _Request:
         """Count a request in flight (aclose() waits for it), or refuse it: the router is
         closed."""
-        token = object()
+        import asyncio  # loaded already (we are in a coroutine)
+
+        token = _Request(asyncio.get_running_loop())
         self._in_flight.add(token)  # before the check: an aclose() past the check sees it
         if self._closed:
             self._in_flight.discard(token)
@@ -1449,11 +1451,16 @@ class Router:
         closed if attach() opened it from a path, flushed if it is yours. A request still
         running after `grace_s` is left to end without them: a call it starts then fails with
         RouterClosedError, and its record is lost."""
+        await self._aclose(grace_s, None)
+
+    async def _aclose(self, grace_s: float, blocked: object) -> None:
+        """`aclose()`, waiting for no request on the `blocked` loop: close()'s caller's, which
+        runs none of them while close() waits."""
         import asyncio
 
         self._closed = True
         deadline = perf_counter() + grace_s
-        while self._in_flight and perf_counter() < deadline:
+        while _waiting(self._in_flight, blocked) and perf_counter() < deadline:
             # polled: requests may run on other event loops (threads) than this one
             await asyncio.sleep(0.01)
         io, self._io = self._io, None
@@ -1529,7 +1536,10 @@ class Router:
             # thread of its own. The client had been left open, its connections with it.
             sync = _LoopThread()
         if sync is not None and sync.pid == os.getpid():
-            sync.run(self.aclose(grace_s))
+            # Called on a running loop (`with router:` in async code): its own requests do
+            # not run while this waits, and are not waited for (the grace had blocked that
+            # loop, a server's say, for all of `grace_s`, 30 s, none of them any nearer its end)
+            sync.run(self._aclose(grace_s, _running_loop()))
             sync.stop()
         elif self.ledger is not None:
             (self.ledger.close if self._owns_ledger else self.ledger.flush)()
@@ -1607,8 +1617,36 @@ def _close_soon(ledger: Ledger) -> None:
     threading.Thread(target=ledger.close, name="satisfice-ledger-close", daemon=True).start()
 
 
+class _Request:
+    """A request in flight (`Router._enter`), on the event loop that runs it."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self, loop: object) -> None:
+        self.loop = loop
+
+
+def _running_loop() -> object:
+    """This thread's running event loop, or None."""
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _waiting(in_flight: set[_Request], blocked: object) -> bool:
+    """Whether a request in flight runs on a loop other than `blocked`."""
+    while True:
+        try:  # (another thread may start or end one meanwhile)
+            return any(t.loop is not blocked for t in in_flight)
+        except RuntimeError:
+            continue
+
+
 def _close_after(
-    ledger: Ledger, in_flight: set[object], grace_s: float = 30.0
+    ledger: Ledger, in_flight: set[_Request], grace_s: float = 30.0
 ) -> threading.Thread | None:
     """Close `ledger` once the requests now `in_flight` have ended (at most `grace_s`, as
     aclose() waits for them), on a thread of its own (returned): now if none is."""
