@@ -38,9 +38,10 @@ _HOSTS = {
 
 def _provider_name(spec: Any, deployment: str) -> str | None:
     """An attempt's `gen_ai.provider.name`: the service its deployment calls, by host (a
-    subdomain of Azure's OpenAI or of Bedrock's runtime too), else its wire format, as an
-    instrumentation of that format's SDK names any host it is pointed at. It had been the
-    model's maker ("google", "mistral", "xai"; "meta" for a model served by Groq)."""
+    subdomain of Azure's OpenAI or of Bedrock's runtime, and a region's Vertex AI endpoint,
+    too), else its wire format, as an instrumentation of that format's SDK names any host it
+    is pointed at. It had been the model's maker ("google", "mistral", "xai"; "meta" for a
+    model served by Groq)."""
     if spec is None:
         return None
     for d in spec.deployments:
@@ -50,6 +51,8 @@ def _provider_name(spec: Any, deployment: str) -> str | None:
                 return "azure.ai.openai"
             if host.startswith("bedrock-runtime.") and host.endswith(".amazonaws.com"):
                 return "aws.bedrock"
+            if host.endswith("-aiplatform.googleapis.com"):  # Vertex AI's regional endpoints
+                return "gcp.vertex_ai"
             return _HOSTS.get(host, str(d.api))
     return str(spec.provider) or None
 
