@@ -204,10 +204,12 @@ def train_from_ledger(
     known = set(reg.ids) | (set(before.models) & set(train.models))
     unknown = sorted(set(test.models) - known) if test is not None else []
     if unknown:
+        # (one `before` learned, scored on held-out records alone, had been blamed on it)
         raise DatasetError(
-            f"the ledger's models {unknown[:10]} are not in the registry, so the predictor "
-            f"{before.name!r} cannot be scored on them: pass --registry FILE with them, or "
-            "--holdout 0 to train without the before/after comparison"
+            f"the ledger's models {unknown[:10]} are not in the registry, so the before/after "
+            f"comparison cannot score them ({before.name!r} has no parameters for those it "
+            "never learned, the new predictor none for those no training record observes): "
+            "pass --registry FILE with them, or --holdout 0 to train without the comparison"
         )
     priors = {m.id: m.quality_prior() for m in reg if m.id in train.models}
     show.stage(f"training on {len(train)} records")
