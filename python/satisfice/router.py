@@ -863,9 +863,9 @@ class Router:
     def _enter(self) -> _Request:
         """Count a request in flight (aclose() waits for it), or refuse it: the router is
         closed."""
-        import asyncio  # loaded already (we are in a coroutine)
-
-        token = _Request(asyncio.get_running_loop())
+        # its thread, which runs its loop (a thread ident: Python 3.11's running-loop
+        # lookup makes a getpid() system call)
+        token = _Request(threading.get_ident())
         self._in_flight.add(token)  # before the check: an aclose() past the check sees it
         if self._closed:
             self._in_flight.discard(token)
@@ -1453,9 +1453,9 @@ class Router:
         RouterClosedError, and its record is lost."""
         await self._aclose(grace_s, None)
 
-    async def _aclose(self, grace_s: float, blocked: object) -> None:
-        """`aclose()`, waiting for no request on the `blocked` loop: close()'s caller's, which
-        runs none of them while close() waits."""
+    async def _aclose(self, grace_s: float, blocked: int | None) -> None:
+        """`aclose()`, waiting for no request on the `blocked` thread's loop: close()'s
+        caller's, which runs none of them while close() waits."""
         import asyncio
 
         self._closed = True
@@ -1539,7 +1539,7 @@ class Router:
             # Called on a running loop (`with router:` in async code): its own requests do
             # not run while this waits, and are not waited for (the grace had blocked that
             # loop, a server's say, for all of `grace_s`, 30 s, none of them any nearer its end)
-            sync.run(self._aclose(grace_s, _running_loop()))
+            sync.run(self._aclose(grace_s, _on_a_loop()))
             sync.stop()
         elif self.ledger is not None:
             (self.ledger.close if self._owns_ledger else self.ledger.flush)()
@@ -1618,29 +1618,30 @@ def _close_soon(ledger: Ledger) -> None:
 
 
 class _Request:
-    """A request in flight (`Router._enter`), on the event loop that runs it."""
+    """A request in flight (`Router._enter`), on the thread whose event loop runs it."""
 
-    __slots__ = ("loop",)
+    __slots__ = ("thread",)
 
-    def __init__(self, loop: object) -> None:
-        self.loop = loop
+    def __init__(self, thread: int) -> None:
+        self.thread = thread
 
 
-def _running_loop() -> object:
-    """This thread's running event loop, or None."""
+def _on_a_loop() -> int | None:
+    """This thread's ident if an event loop runs on it, else None."""
     import asyncio
 
     try:
-        return asyncio.get_running_loop()
+        asyncio.get_running_loop()
     except RuntimeError:
         return None
+    return threading.get_ident()
 
 
-def _waiting(in_flight: set[_Request], blocked: object) -> bool:
-    """Whether a request in flight runs on a loop other than `blocked`."""
+def _waiting(in_flight: set[_Request], blocked: int | None) -> bool:
+    """Whether a request in flight runs on another thread's loop than `blocked`'s."""
     while True:
         try:  # (another thread may start or end one meanwhile)
-            return any(t.loop is not blocked for t in in_flight)
+            return any(t.thread != blocked for t in in_flight)
         except RuntimeError:
             continue
 
