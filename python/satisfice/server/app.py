@@ -712,8 +712,9 @@ class Service:
             )  # fmt: skip
 
     async def _sync_loop(self) -> None:
-        """Every 0.2 s: the store's clock, cooldowns from other replicas, and settlements the
-        store missed; every `HOLD_RENEW_S`, this replica's budget holds (see state.HOLD_S)."""
+        """Every 0.2 s (while the store is away, twice as long apart each turn, up to 3.2 s):
+        the store's clock, cooldowns from other replicas, and settlements the store missed;
+        every `HOLD_RENEW_S`, this replica's budget holds (see state.HOLD_S)."""
         renewed = time.monotonic()
         pause = 0.2
         while True:
