@@ -397,7 +397,10 @@ def _complete(p: Provider, request: ChatRequest, timeout: httpx.Timeout) -> Awai
 
 
 # The request path builds these by position (`Executor.run`): the field order it passes.
-# A field added or moved must be passed there too, or this fails at import.
+# A field added or moved must be passed there too, or this fails at import; so must a field
+# the router adds to the call's (`**call` had passed any of them).
+from .router import _CALL_FIELDS  # noqa: E402  (loaded already: the router imports this)
+
 if (
     ChatRequest.__match_args__[:17] != (
         "messages", "max_tokens", "temperature", "tools", "tool_choice", "response_format",
@@ -405,6 +408,8 @@ if (
         "context_management", "server_tools", "no_thinking", "thinking_display",
         "thinking_within", "thinking_cap",
     )
+    or set(_CALL_FIELDS)
+    != set(ChatRequest.__match_args__[1:17]) - {"stream", "thinking_within", "thinking_cap"}
     or Attempt.__match_args__[5:13] != (
         "error_type", "error", "status", "retry_after", "usage", "cost_usd",
         "cost_estimated", "step",
@@ -416,7 +421,11 @@ if (
     or ChatResponse.__match_args__[5:8] != ("wire_s", "stop_sequence", "refusal")
     or Usage.__match_args__[4:7] != ("source", "cache_write_1h_tokens", "reasoning_tokens")
 ):  # fmt: skip
-    raise ImportError("a dataclass the request path builds by position has changed its fields")
+    raise ImportError(
+        "a dataclass the request path builds by position changed its fields, or the router's "
+        "_CALL_FIELDS changed: pass them by position as they stand (Executor.run, _answered, "
+        "_result, the providers' answers)"
+    )
 
 
 #: What a call cut off by its time had not got to, by the transport's STAGE then.
