@@ -19,6 +19,19 @@ def _rec(i: int) -> dict[str, object]:
     return {"request_id": f"r{i}", "started_at": time.time()}
 
 
+def _exits(script: Path) -> subprocess.CompletedProcess[str]:
+    """`script` run to its end in a process of its own, `ledger_support` importable."""
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": path},
+        check=True,
+    )
+
+
 @pytest.mark.parametrize("name", ["ledger.jsonl", "ledger.db"])
 @pytest.mark.parametrize("how", ["renamed", "deleted"])
 def test_a_ledger_file_moved_away_is_written_anew(tmp_path: Path, name: str, how: str) -> None:
@@ -62,15 +75,7 @@ def test_records_a_failing_sink_holds_at_exit_are_said_lost(tmp_path: Path) -> N
             """
         )
     )
-    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
-    out = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": path},
-        check=True,
-    )
+    out = _exits(script)
     assert "exiting with 3 record(s) and 0 score(s) unwritten" in out.stderr
 
 
@@ -116,15 +121,7 @@ def test_a_backlog_a_working_sink_leaves_at_exit_is_not_called_a_failing_sink(
             """
         )
     )
-    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
-    out = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": path},
-        check=True,
-    )
+    out = _exits(script)
     assert "unwritten (the sink was still writing them when the 5s exit wait ended)" in (out.stderr)
     assert "failing" not in out.stderr
 
