@@ -51,6 +51,18 @@ if TYPE_CHECKING:  # httpx costs ~100 ms to import: only chat() and stream() loa
     from .validators import Validator
 
     Messages = str | Sequence[Mapping[str, Any]]
+    #: What `Router._prepare` makes of a request: the executor, the decision, the call's
+    #: parameters, the deadline, the metadata, the messages (copied) and, when it routed
+    #: around cooling deployments, how to route again without leaving them out.
+    _Prepared = tuple[
+        Executor,
+        Decision,
+        dict[str, Any],
+        float | None,
+        dict[str, Any],
+        list[dict[str, Any]],
+        Callable[[], Awaitable[Decision]] | None,
+    ]
 
 __all__ = ["Candidate", "Decision", "RequestOptions", "Router"]
 
@@ -955,22 +967,18 @@ class Router:
             if token is not None:
                 self._in_flight.discard(token)
 
-    async def _begin(
+    def _begin(
         self,
-        messages: Messages,
-        constraints: Constraints | Mapping[str, Any] | None,
+        prepared: _Prepared,
         options: RequestOptions,
         t0: float,
         accept: Validator | None = None,
-        ladder: Literal["auto", "given"] | None = None,
-        hold: RoomHold | None = None,
     ) -> tuple[Executor, Run, dict[str, Any]]:
-        """The one request builder behind chat() and stream(): the decision (`_prepare`),
-        then the wire request and its deadline. `hold`: inside a check, what of the
-        request's room this call holds (its caller releases it)."""
-        io, decision, call, deadline, metadata, msgs, reroute = await self._prepare(
-            messages, constraints, options, ladder, t0, hold
-        )
+        """The one request builder behind chat() and stream(): from the decision and the
+        rest `_prepare` made, the request's run. (Not a coroutine of its own around
+        `_prepare`'s: a coroutine's frame, made and sent into, costs about 1,000
+        instructions more than a call.)"""
+        io, decision, call, deadline, metadata, msgs, reroute = prepared
         if self._rec is not None:
             self._rec.decision(decision)
             if self._rec.ledger is not None:
@@ -1000,15 +1008,7 @@ class Router:
         ladder: Literal["auto", "given"] | None,
         t0: float | None = None,
         hold: RoomHold | None = None,
-    ) -> tuple[
-        Executor,
-        Decision,
-        dict[str, Any],
-        float | None,
-        dict[str, Any],
-        list[dict[str, Any]],
-        Callable[[], Awaitable[Decision]] | None,
-    ]:
+    ) -> _Prepared:
         """Check the options and route (around cooling deployments; a large prompt on a
         worker thread, so an exact count never holds the event loop, within the request's
         deadline, which it returns), or take the `decision` given. The caller's dicts are
@@ -1176,9 +1176,10 @@ class Router:
         token = self._enter()
         hold = _room_hold()
         try:
-            io, run, metadata = await self._begin(
-                messages, constraints, options, t0, accept, _ladder(cascade), hold
+            prepared = await self._prepare(
+                messages, constraints, options, _ladder(cascade), t0, hold
             )
+            io, run, metadata = self._begin(prepared, options, t0, accept)
             if cascade:
                 result = await io.cascade(run, cascade)
             else:
@@ -1371,7 +1372,8 @@ class Router:
         token = self._enter()
         hold = _room_hold()
         try:
-            io, run, metadata = await self._begin(messages, constraints, options, t0, hold=hold)
+            prepared = await self._prepare(messages, constraints, options, None, t0, hold)
+            io, run, metadata = self._begin(prepared, options, t0)
             runs.append(run)  # the stream's own view of its attempts (ChatStream.attempts)
             inner = io.stream(run, started_at=started_at, metadata=metadata)
         except BaseException as e:
