@@ -539,6 +539,8 @@ def _sqlite_schema(db: sqlite3.Connection) -> None:
             if "duplicate column" not in str(e):
                 raise
     db.execute("CREATE INDEX IF NOT EXISTS feedback_id ON feedback (request_id)")
+    # retention's daily delete finds scores by time: without it, a scan of them all
+    db.execute("CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts)")
     db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
     version = "SELECT value FROM meta WHERE key = 'schema_version'"
     row = db.execute(version).fetchone()
@@ -727,6 +729,9 @@ class PostgresSink:
                 )
                 # added since: a ledger from before scores named their model gains it
                 cur.execute("ALTER TABLE feedback ADD COLUMN IF NOT EXISTS model TEXT")
+                # scores are read in time order and deleted by time (retention): without
+                # it, each was a scan of every score ever given
+                cur.execute("CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts)")
             self._db.commit()
         except psycopg.Error as e:
             raise _SinkDown(f"cannot open the PostgreSQL ledger: {type(e).__name__}") from None
