@@ -45,3 +45,18 @@ def test_retention_finds_old_scores_by_an_index(tmp_path: Path, kind: str) -> No
             ).fetchall()
         defs = " ".join(r[0] for r in rows)
         assert "feedback_ts" in defs and "(ts)" in defs, defs
+
+
+def test_a_prompt_of_lone_carriage_returns_is_not_estimated_at_nothing() -> None:
+    """A lone `\\r` was counted by none of the estimator's inputs: a prompt of 3,000 of them
+    was estimated at 0 tokens for every family without an exact count (o200k counts 1,500),
+    so its routing priced it as free and an unreported usage would have billed it so."""
+    from satisfice import Router, _core
+
+    text = "\r" * 3000
+    exact = _core.count_tokens(text, "o200k")
+    for family in ("llama", "claude", "gemini"):
+        est = _core.estimate_tokens(text, family)
+        assert 0.3 * exact <= est <= 3 * exact, (family, est, exact)
+    d = Router().route(text)
+    assert d.tokens_in(d.model) > 0.3 * exact
