@@ -13,6 +13,7 @@ cancelled it.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -93,43 +94,66 @@ class Deadlines:
     read timers, which come due sooner, dozens pile up, and every timer pushed or popped sifts
     through them via TimerHandle.__lt__ (Python), most of a deadline's cost per request. Here
     a wait records its due time; the timer is re-armed only for a wait due before it, and
-    when it fires it cancels the tasks past their due time and re-arms for the next one."""
+    when it fires it cancels the tasks past their due time and re-arms for the next one.
 
-    __slots__ = ("_handle", "_waits", "loop")
+    `wait` in three steps, for a caller that awaits inside its own frame (the executor's
+    attempt: a coroutine of `wait`'s around each call had cost about 1,000 instructions):
+    `w = d.enter(timeout)`, then around the await, on CancelledError `d.timed_out(w)` (True:
+    raise TimeoutError), and in `finally` `d.leave(w)`."""
+
+    __slots__ = ("_armed", "_handle", "_waits", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._handle: asyncio.TimerHandle | None = None
+        self._armed = math.inf  # when the timer fires (inf: none armed)
         # one per wait in progress: [task, due, its cancelling() at the start, expired]
         self._waits: dict[int, list[object]] = {}
 
     async def wait(self, aw: Awaitable[T], timeout: float) -> T:
+        w = self.enter(timeout)
+        try:
+            return await aw
+        except asyncio.CancelledError:
+            if self.timed_out(w):
+                raise TimeoutError from None
+            raise
+        finally:
+            self.leave(w)
+
+    def enter(self, timeout: float) -> list[object]:
+        """A wait of the current task for `timeout` seconds begins: its record."""
         task = asyncio.current_task(self.loop)  # see Watchdog.wait
         assert task is not None
         # (max(timeout, 0.0), without max()'s parsing of its arguments)
         due = self.loop.time() + (0.0 if timeout < 0.0 else timeout)
         w: list[object] = [task, due, task.cancelling(), False]
         self._waits[id(w)] = w
-        h = self._handle
-        if h is None or h.when() > due:
-            if h is not None:
-                h.cancel()
+        if due < self._armed:  # no timer, or it would fire too late
+            if self._handle is not None:
+                self._handle.cancel()
             self._handle = self.loop.call_at(due, self._fire)
-        try:
-            return await aw
-        except asyncio.CancelledError:
-            if w[3]:
-                w[3] = False
-                if task.uncancel() <= w[2]:  # type: ignore[operator]
-                    raise TimeoutError from None
-            raise
-        finally:
-            del self._waits[id(w)]
-            if w[3]:  # it fired, but `aw` swallowed the cancellation: undo ours
-                task.uncancel()
+            self._armed = due
+        return w
+
+    @staticmethod
+    def timed_out(w: list[object]) -> bool:
+        """On a CancelledError in the wait: whether it was this deadline's (the task is then
+        uncancelled, and the caller raises TimeoutError), not another canceller's."""
+        if w[3]:
+            w[3] = False
+            return w[0].uncancel() <= w[2]  # type: ignore[attr-defined,no-any-return]
+        return False
+
+    def leave(self, w: list[object]) -> None:
+        """The wait is over, however it ended."""
+        del self._waits[id(w)]
+        if w[3]:  # it fired, but the awaited swallowed the cancellation: undo ours
+            w[0].uncancel()  # type: ignore[attr-defined]
 
     def _fire(self) -> None:
         self._handle = None
+        self._armed = math.inf
         now = self.loop.time()
         soonest: float | None = None
         for w in self._waits.values():
@@ -143,3 +167,4 @@ class Deadlines:
                 soonest = due
         if soonest is not None:
             self._handle = self.loop.call_at(soonest, self._fire)
+            self._armed = soonest

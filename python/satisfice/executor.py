@@ -1120,8 +1120,16 @@ class Executor:
             deadlines = self._deadlines = Deadlines(loop)
         token = STAGE.set(stage)
         generating = None if made is None else GENERATED.set(made)
+        waiting = deadlines.enter(budget)
         try:
-            return await deadlines.wait(call(request, timeout), budget)
+            try:
+                return await call(request, timeout)
+            except asyncio.CancelledError:
+                if deadlines.timed_out(waiting):  # the budget's
+                    raise TimeoutError from None
+                raise
+            finally:
+                deadlines.leave(waiting)
         except TimeoutError as e:  # the budget's, unless a limit inside said which it was
             # how far it got: a connect that never completed had read as "no answer", a
             # slow model, for a request that never reached the upstream
@@ -1290,6 +1298,19 @@ class Executor:
     # results ------------------------------------------------------------------------------
     def _usage(self, run: Run, t: _Target, resp: ChatResponse) -> Usage:
         if (u := reported(resp)) is not None:  # the upstream's own figures: nothing to count
+            r, spec = run.request, t.spec
+            if (
+                u.completion_tokens <= spec.max_output
+                and u.prompt_tokens <= spec.context_window
+                and (r.max_tokens is None or u.completion_tokens <= r.max_tokens)
+                and not run.holds
+                and not r.extra
+                and t.dep.api != "anthropic"
+            ):
+                # within `_believable`'s bounds, without its calls: a call held to no cap,
+                # with no limit in `extra` and no thinking added on its wire, was sent at
+                # most its max_tokens, and none writes past its max_output
+                return u
             if self._believable(run, t, u):
                 return u
             # more than the window took or the call was let write: no bill of this call,
