@@ -1016,7 +1016,9 @@ class Router:
         ("auto") or one it names ("given"), whose checks stand in for the quality floor
         (unless the policy's floor is strict): its cheap steps, below the floor by design,
         must be candidates, whose estimates its cost and latency rules read."""
-        io = self._executor()
+        io = self._io
+        if io is None:
+            io = self._executor()
         opts: dict[str, Any] = dict(options)
         if opts:
             unknown = opts.keys() - _OPTIONS
@@ -1077,7 +1079,12 @@ class Router:
         snap = self._snap  # one snapshot for every routing of this request
         if call["max_tokens"] is not None and "max_output_tokens" not in opts:
             opts["max_output_tokens"] = call["max_tokens"]
-        c = Constraints.of(constraints, **opts)
+        # (the usual request's constraints without a call that makes a dict of no keywords)
+        c = (
+            _NO_CONSTRAINTS
+            if constraints is None and not opts
+            else Constraints.of(constraints, **opts)
+        )
         if CHECK_BILL.get() is not None:  # a check's call (a judge's): within the request's cap
             from ._verdict import room_for
 
@@ -1088,7 +1095,9 @@ class Router:
         strict = snap.policy.strict_floor if c.strict_floor is None else c.strict_floor
         if ladder == "given" and not strict:
             c = Constraints.of(c, quality_floor=0.0)
-        c, extra = _shaped(c, call["tools"], call["response_format"])
+        extra = None
+        if call["tools"] is not None or call["response_format"] is not None:
+            c, extra = _shaped(c, call["tools"], call["response_format"])
         if call["server_tools"] is not None:
             c = _on_anthropic(snap.registry, c, call["server_tools"])
         skip = snap.undeployable
@@ -1100,7 +1109,7 @@ class Router:
         # under a latency SLO, what the deployments have measured replaces the registry's p95
         live = io.live_p95_ms(snap.registry, snap.index) if c.latency_slo_ms is not None else None
         # the request's deadline bounds its routing too (a large prompt's, on a thread)
-        end = _deadline(timeout, c, t0)
+        end = None if timeout is None and c.latency_slo_ms is None else _deadline(timeout, c, t0)
         # the usual prompt is routed here, without a coroutine (`_route_off_loop`'s) to await
         inline = _route_inline(msgs, extra)
         around = snap.undeployable  # if routing around the cooling ones leaves nothing
@@ -1174,14 +1183,17 @@ class Router:
         sent = _as_sent(messages) if rec is not None and rec.record_prompts else messages
         parent = None if rec is None else rec.parent()  # its spans' parent, as it began
         token = self._enter()
-        hold = _room_hold()
+        # inside a check (a judge's call)? Asked once here: most requests are not
+        checking = CHECK_BILL.get() is not None
+        hold = _room_hold() if checking else None
         try:
-            prepared = await self._prepare(
-                messages, constraints, options, _ladder(cascade), t0, hold
-            )
+            ladder = None if cascade is None else _ladder(cascade)
+            prepared = await self._prepare(messages, constraints, options, ladder, t0, hold)
             io, run, metadata = self._begin(prepared, options, t0, accept)
             if cascade:
                 result = await io.cascade(run, cascade)
+            elif plain:
+                result = await io.complete(run)
             else:
                 result = await io.complete(run, hedge=hedge, race=race)
         except Exception as e:  # raised on purpose or not: a request all the same, recorded
@@ -1233,7 +1245,7 @@ class Router:
             waited = perf_counter() - t0
             result.overhead_s += waited - result.latency_s
             result.latency_s = waited
-            billed = _bill_answer_to_check(result)
+            billed = checking and _bill_answer_to_check(result)
             if rec is not None:
                 rec.result(result, sent, not billed, parent)
         finally:
