@@ -626,13 +626,18 @@ class Run:
         leaves for the answer (`output_cap`), and the call holds its slice until its
         attempt is recorded, so that no answer runs past the cap."""
         request = self.request
-        most_answer = answer_max(t.spec, t.dep.api, request.thinking_within, request.thinking_cap)
-        if request.max_tokens is not None and request.max_tokens > most_answer:
-            # no model writes more than its max_output, and some APIs refuse a larger limit
-            # (Anthropic's counts the thinking budget the wire adds in it)
-            request = replace(request, max_tokens=most_answer)
-        elif request.max_tokens is None and t.dep.api == "anthropic":
+        if request.max_tokens is not None:
+            r = request
+            most_answer = answer_max(t.spec, t.dep.api, r.thinking_within, r.thinking_cap)
+            if request.max_tokens > most_answer:
+                # no model writes more than its max_output, and some APIs refuse a larger
+                # limit (Anthropic's counts the thinking budget the wire adds in it)
+                request = replace(request, max_tokens=most_answer)
+        elif t.dep.api == "anthropic":
             # Anthropic's API needs a limit: its default answer, within what the budget leaves
+            most_answer = answer_max(
+                t.spec, t.dep.api, request.thinking_within, request.thinking_cap
+            )
             request = replace(request, max_tokens=min(DEFAULT_MAX_TOKENS, most_answer))
         capped = None if self.cap is None else self.output_cap(t)  # (None without a cap)
         if capped is None:
@@ -967,7 +972,8 @@ class Executor:
                     "no_deployment",
                     "no deployments configured; add one to the registry",
                 )
-            for t in self._balanced(targets, run):
+            # a model's deployments in the order to try them (`_ranked`; one needs none)
+            for t in targets if len(targets) < 2 else self._ranked(targets, run):
                 if only is not None and t.key not in only:
                     continue
                 if t.spec.context_window <= run.min_window:
@@ -1064,17 +1070,14 @@ class Executor:
                     return True
         return False
 
-    def _balanced(self, targets: tuple[_Target, ...], run: Run) -> Sequence[_Target]:
-        """A model's deployments in the order to try them: those within 10% of the cheapest
-        for this request first, among them the least busy (calls in flight), then the
-        fastest (measured p95); then the pricier ones by price; unpriced ones last. Equal on
-        all of these: the registry's order. (Health is applied by the caller: a cooling
-        deployment is skipped wherever it is.)"""
-        # (the ranking in a method of its own: the cells its lambdas close over are made
-        # when a function is entered, whichever way it goes)
-        return targets if len(targets) < 2 else self._ranked(targets, run)
-
     def _ranked(self, targets: tuple[_Target, ...], run: Run) -> list[_Target]:
+        """A model's deployments (two or more) in the order to try them: those within 10%
+        of the cheapest for this request first, among them the least busy (calls in
+        flight), then the fastest (measured p95); then the pricier ones by price; unpriced
+        ones last. Equal on all of these: the registry's order. (Health is applied by the
+        caller: a cooling deployment is skipped wherever it is.) A method of its own: the
+        cells its lambdas close over are made when a function is entered, whichever way
+        it goes."""
         # priced for this request's prompt and answer, tiers and fees included: by the sum
         # of the rates, a deployment dear on the side this request is heavy on went first
         d = run.decision
@@ -1250,7 +1253,7 @@ class Executor:
                 while True:
                     started = perf_counter()
                     try:
-                        p = self._provider(t)
+                        p = t.provider or self._provider(t)  # (made once: no call after)
                         call: Callable[[ChatRequest, httpx.Timeout], Awaitable[T]] = (
                             # the provider's own method: no frame of `_complete`'s, and no
                             # partial made (a partial's making and calling cost about 2,000
@@ -1559,7 +1562,8 @@ class Executor:
             return await self._concurrent(run, max(race, 2), hedge=hedge and race <= 1)
         t, started, resp = await self._first_success(run, _complete)
         done = perf_counter()
-        run.upstream_s += _exchange_s(resp, started, done)
+        # (`_exchange_s`, without its call)
+        run.upstream_s += resp.wire_s if resp.wire_s is not None else done - started
         self.health.record_success(t.key, done - started)
         return self._result(run, t, resp, started)
 
