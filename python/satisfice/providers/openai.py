@@ -14,6 +14,7 @@ from .._redact import scrub
 from ..errors import ProviderError, RetryableError, UnsupportedRequestError
 from .base import (
     GENERATED,
+    MAX_REPORTED_TOKENS,
     PARSE_ERRORS,
     PROGRESS,
     ChatRequest,
@@ -62,6 +63,30 @@ def _usage(u: Any) -> Usage | None:
     """The reported usage; None when absent, incomplete (no prompt or no completion count:
     a missing count is not zero) or implausible (negative, huge, not integers, more cached
     and written than sent): the executor then counts the tokens itself."""
+    if u.__class__ is dict:
+        # The usual report, first: two counts as JSON gives them (ints, no bool), no cache
+        # or reasoning figures (their fields absent, or zeros, or details dicts that hold
+        # zeros), which the checks below would read as these same figures. Anything else
+        # takes the checks.
+        prompt, out = u.get("prompt_tokens"), u.get("completion_tokens")
+        details = u.get("prompt_tokens_details")
+        done = u.get("completion_tokens_details")
+        if (
+            prompt.__class__ is int
+            and out.__class__ is int
+            and 0 <= prompt <= MAX_REPORTED_TOKENS
+            and 0 <= out <= MAX_REPORTED_TOKENS
+            and (not details or (details.__class__ is dict and not details.get("cached_tokens")
+                                 and not details.get("cache_write_tokens")))
+            and (not done or (done.__class__ is dict and not done.get("reasoning_tokens")))
+            and not u.get("prompt_cache_hit_tokens")
+        ):  # fmt: skip
+            return Usage(prompt, out, 0, 0, "provider", 0, 0)  # by position
+    return _checked_usage(u)
+
+
+def _checked_usage(u: Any) -> Usage | None:
+    """`_usage` of any report: each figure checked (`token_count`)."""
     if not isinstance(u, dict) or u.get("prompt_tokens") is None:
         return None
     if u.get("completion_tokens") is None:
