@@ -477,9 +477,17 @@ class OpenAIProvider(HTTPProvider):
             message = msg["message"]
             calls = message.get("tool_calls")  # (most answers have none: no list's frame)
             calls = [_tool_call(c) for c in calls] if calls else []
-            text = text_field(message.get("content"), "message.content")
-            finish = text_field(msg.get("finish_reason"), "finish_reason") or None
-            refusal = text_field(message.get("refusal"), "message.refusal") or None
+            # `text_field`'s checks, the usual str read at once (no call)
+            text = message.get("content")
+            if text.__class__ is not str:
+                text = text_field(text, "message.content")
+            finish = msg.get("finish_reason")
+            if finish.__class__ is not str:
+                finish = text_field(finish, "finish_reason")
+            finish = finish or None
+            refusal = message.get("refusal")  # (usually null or absent)
+            if refusal is not None:
+                refusal = text_field(refusal, "message.refusal") or None
             if not (text or calls or refusal or finish):  # nothing said, nor why not
                 raise ValueError("an answer with no content, tool call, refusal or finish_reason")
             # by position (a class called with keywords makes a dict of them: executor.run)
