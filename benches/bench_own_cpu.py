@@ -85,9 +85,9 @@ class Canned(httpx.AsyncBaseTransport):
 
 
 def lean_call(client: httpx.AsyncClient, url: str) -> Callable[[], Awaitable[None]]:
-    """The lean call on `client`: `HTTPProvider._exchange`'s steps with no router around
-    them (on the router's own transport through its `Poster`, else as the providers send on
-    a client of another transport). `instructions.py chat` counts the same call."""
+    """The lean call on `client`: `HTTPProvider._post`'s and `_decode`'s steps with no router
+    around them (on the router's own transport through its `Poster`, else as the providers
+    send on a client of another transport). `instructions.py chat` counts the same call."""
     endpoint = httpx.URL(url + "/v1/chat/completions")  # parsed once, as a provider's is
     merged = client.merged_headers({"content-type": "application/json"}, endpoint)
     timeout = {"timeout": httpx.Timeout(5.0).as_dict()}

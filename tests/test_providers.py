@@ -432,8 +432,9 @@ async def test_a_pooled_post_sends_the_bytes_httpx_would_send(api: str) -> None:
                 c, base_url=raw.url + "/v1", model="m", api_key=SECRET
             )
             assert p._poster is not None  # the pooled path is the one taken
+            payload = {"messages": [{"role": "user", "content": "héllo"}]}
             body = '{"messages":[{"role":"user","content":"héllo"}]}'.encode()
-            content, _ = await p._post(body, T)
+            content, _ = await p._post(payload, T)  # (encoded there: these bytes)
             theirs = c.build_request("POST", p._url, content=body, headers=p._headers, timeout=T)
             resp = await c.send(theirs)
         assert content == resp.content == answer

@@ -181,7 +181,7 @@ async def test_a_coding_on_a_second_content_encoding_line_is_decoded_within_max_
     async with client(path, max_body=1 << 20) as c:
         p = provider("oa", c, up.url)
         with pytest.raises(RetryableError, match="max_body"):
-            await p._post(b"{}", httpx.Timeout(5))
+            await p._post({}, httpx.Timeout(5))
 
 
 @pytest.mark.parametrize("api", APIS)

@@ -759,7 +759,8 @@ class AnthropicProvider(HTTPProvider):
         return None if beta is None else (("anthropic-beta", beta),)
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
-        data, wire = await self._exchange(self._wire(request, False), timeout, self._beta(request))
+        content, wire = await self._post(self._wire(request, False), timeout, self._beta(request))
+        data, wire = self._decode(content, wire)
         return self._answer(data, wire)
 
     def _answer(self, data: Any, wire: float | None) -> ChatResponse:

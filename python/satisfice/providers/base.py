@@ -828,23 +828,19 @@ class HTTPProvider:
         err.answered = True
         return err
 
-    async def _exchange(
-        self, payload: Any, timeout: httpx.Timeout, headers: OwnHeaders = None
-    ) -> tuple[Any, float]:
-        """POST `payload` and decode the JSON answer (scrubbed): (data, the seconds a direct
-        call would spend as well: encoding the JSON, the HTTP exchange, decoding the answer's
-        JSON). Building the payload and reading the answer are the router's own work, which
-        `ChatResult.overhead_s` counts."""
-        t = time.perf_counter()
-        body = encode_body(payload)
-        encoding = time.perf_counter() - t
-        content, wire = await self._post(body, timeout, headers)
+    def _decode(self, content: bytes, wire: float) -> tuple[Any, float]:
+        """The JSON answer `_post` read, decoded (scrubbed), and beside it `wire` (the seconds
+        `_post` measured) with the decoding's added: the seconds a direct call would spend
+        as well (encoding the JSON, the HTTP exchange, decoding the answer's JSON). Building
+        the payload, scrubbing the answer and reading it are the router's own work, which
+        `ChatResult.overhead_s` counts. (A function beside `_post`, not a coroutine around
+        it: a second coroutine layer had cost a frame a call.)"""
         t = time.perf_counter()
         try:
             data = loads(content)
         except PARSE_ERRORS as e:
             raise self._malformed(f"{type(e).__name__}: {e}") from None
-        wire += encoding + time.perf_counter() - t
+        wire += time.perf_counter() - t
         # `scrubbed`, whose work is for a body with a backslash (a key behind an escape,
         # a lone surrogate's) or an ED byte (a lone surrogate's UTF-8): most have neither
         if content.find(b"\\") >= 0 or content.find(b"\xed") >= 0:
@@ -895,12 +891,14 @@ class HTTPProvider:
         return poster
 
     async def _post(
-        self, body: bytes, timeout: httpx.Timeout, extra: OwnHeaders = None
+        self, payload: Any, timeout: httpx.Timeout, extra: OwnHeaders = None
     ) -> tuple[bytes, float]:
-        """The body of a 2xx answer and the seconds the exchange took, else the mapped
-        error. On the router's own PooledTransport without httpx's request and response
-        objects (`PooledTransport.post`), else through the client."""
+        """POST `payload` (encoded here): the body of a 2xx answer (scrubbed) and the seconds
+        the encoding and the exchange took (timed as one stretch), else the mapped error.
+        On the router's own PooledTransport without httpx's request and response objects
+        (`PooledTransport.post`), else through the client. `_decode` reads the body."""
         t = time.perf_counter()
+        body = encode_body(payload)
         poster = self._poster if extra is None else self._poster_for(extra)
         headers: Any
         try:

@@ -467,7 +467,8 @@ class OpenAIProvider(HTTPProvider):
         return p
 
     async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
-        data, wire = await self._exchange(self._payload(request, False), timeout)
+        content, wire = await self._post(self._payload(request, False), timeout)
+        data, wire = self._decode(content, wire)
         return self._answer(data, wire)
 
     def _answer(self, data: Any, wire: float | None) -> ChatResponse:
