@@ -271,6 +271,8 @@ class ChatResponse:
         # Every answer, whichever provider built it: JSON its caller decodes (a tool call's
         # arguments, a JSON answer) may hide a key behind an escape that scrubbing the text
         # cannot see.
+        if not self.tool_calls and "\\" not in self.text:
+            return  # (the usual answer: no call, and no escape to hide a key behind)
         text = scrub_json(self.text)
         calls = _scrubbed_calls(self.tool_calls) if self.tool_calls else self.tool_calls
         if text is not self.text or calls is not self.tool_calls:
