@@ -454,12 +454,12 @@ class OpenAIProvider(HTTPProvider):
                 p["prompt_cache_key"] = r.prompt_cache_key
         if r.extra:
             p.update(r.extra)
-        stop = p.get("stop")
-        if self._openai and isinstance(stop, list) and len(stop) > 4:
-            # OpenAI's API takes at most 4 (a 400 there): another model's may take them
-            raise UnsupportedRequestError(
-                f"{self.model_id}: OpenAI's API takes at most 4 stop sequences, got {len(stop)}"
-            )
+            stop = p.get("stop")  # (only `extra` sets it)
+            if self._openai and isinstance(stop, list) and len(stop) > 4:
+                # OpenAI's API takes at most 4 (a 400 there): another model's may take them
+                raise UnsupportedRequestError(
+                    f"{self.model_id}: OpenAI's API takes at most 4 stop sequences, got {len(stop)}"
+                )
         if r.temperature is not None or r.extra:  # (where a sampling field can come from)
             why = reasoning_refusal(self.model, self.effort, p)
             if why is not None:  # refused here, the request goes on to its next model
