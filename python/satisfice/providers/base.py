@@ -32,7 +32,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -906,15 +905,15 @@ class HTTPProvider:
         try:
             if poster is not None and not self._client.is_closed:
                 status, headers, stream = await poster.pool.post(poster, body, timeout.as_dict())
-                read, close = stream.read_all, stream.aclose
+                reading, close = stream.read_all(), stream.aclose  # (awaited just below)
             else:
                 resp = await self._client.send(self._request(body, timeout, extra), stream=True)
                 status, headers = resp.status_code, resp.headers
-                read, close = partial(read_body, resp), resp.aclose
+                reading, close = read_body(resp), resp.aclose
         except httpx.RequestError as e:
             raise self._transport_error(e) from None
         try:
-            content = await read()
+            content = await reading
         except httpx.RequestError as e:
             if 200 <= status < 300:
                 raise self._answer_lost(e) from None
