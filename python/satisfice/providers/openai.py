@@ -81,7 +81,7 @@ def _usage(u: Any) -> Usage | None:
             and (not done or (done.__class__ is dict and not done.get("reasoning_tokens")))
             and not u.get("prompt_cache_hit_tokens")
         ):  # fmt: skip
-            return Usage(prompt, out, 0, 0, "provider", 0, 0)  # by position
+            return Usage(prompt, out)  # (the rest its defaults: none cached, "provider")
     return _checked_usage(u)
 
 
