@@ -859,7 +859,8 @@ class HTTPProvider:
         # The merged headers and Content-Length, set here: `content=` had httpx encode the
         # body again and fill in the same two headers through its MutableMapping methods,
         # two thirds of building the request (11.5 -> 3.7 µs, measured by timeit).
-        headers = self._merged_with(extra)
+        # (`_merged_with`'s copy, without its call, for a request with no headers of its own)
+        headers = httpx.Headers(self._merged) if extra is None else self._merged_with(extra)
         headers["Content-Length"] = str(len(body))
         request = httpx.Request(
             "POST",
