@@ -42,10 +42,11 @@ _LONG = b"0" * 19
 
 
 def _may_hold_long(raw: bytes | str) -> bool:
-    if isinstance(raw, str):  # a JSON number is ASCII digits, whatever else the text holds
-        raw = raw.encode("utf-8", "surrogatepass")
-    elif not isinstance(raw, bytes | bytearray):
-        return True  # json.loads takes it, or refuses it with its own error
+    if raw.__class__ is not bytes:  # (bytes, the usual, as they are: no union made to test)
+        if isinstance(raw, str):  # a JSON number is ASCII digits, whatever else the text holds
+            raw = raw.encode("utf-8", "surrogatepass")
+        elif not isinstance(raw, bytes | bytearray):
+            return True  # json.loads takes it, or refuses it with its own error
     return raw.translate(_DIGITS).find(_LONG) >= 0
 
 
