@@ -694,7 +694,7 @@ class HTTPProvider:
     headers (the key lives there and nowhere else), failures mapped to errors.py."""
 
     __slots__ = (
-        "_client", "_headers", "_merged", "_poster", "_posters", "_timeout", "_timeouts", "_url",
+        "_client", "_headers", "_merged", "_poster", "_posters", "_timeouts", "_url",
         "deployment", "effort", "model", "model_id", "reasoning_tokens", "thinking",
     )  # fmt: skip
 
@@ -747,8 +747,9 @@ class HTTPProvider:
         merged = self._merged
         self._poster = None if pool is None or merged is None else Poster(pool, self._url, merged)
         self._posters: dict[tuple[tuple[str, str], ...], Poster] = {}  # `_poster_for`
-        self._timeout: httpx.Timeout | None = None  # `_timeouts_of`
-        self._timeouts: dict[str, float | None] = {}
+        # `_timeouts_of`: the last Timeout and its dict, one pair (one attribute written:
+        # no thread can read one's Timeout beside another's dict)
+        self._timeouts: tuple[httpx.Timeout | None, dict[str, float | None]] = (None, {})
         self.model = model  # the name the upstream expects
         self.model_id = model_id or model  # the registry id, used in errors
         self.deployment = deployment or self.default_deployment
@@ -880,9 +881,10 @@ class HTTPProvider:
         same Timeout, as the executor gives its own to every call without a deadline: a
         method call and a dict (~1,500 instructions) a request, spared. (Only read: no
         transport writes into it, and no one changes an httpx.Timeout once made.)"""
-        if timeout is not self._timeout:
-            self._timeout, self._timeouts = timeout, timeout.as_dict()
-        return self._timeouts
+        kept = self._timeouts
+        if kept[0] is not timeout:
+            kept = self._timeouts = (timeout, timeout.as_dict())
+        return kept[1]
 
     def _merged_with(self, extra: OwnHeaders) -> httpx.Headers:
         """The deployment's merged headers, with a request's own as well."""
