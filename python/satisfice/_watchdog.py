@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -101,10 +102,14 @@ class Deadlines:
     `w = d.enter(timeout)`, then around the await, on CancelledError `d.timed_out(w)` (True:
     raise TimeoutError), and in `finally` `d.leave(w)`."""
 
-    __slots__ = ("_armed", "_handle", "_waits", "loop")
+    __slots__ = ("_armed", "_handle", "_time", "_waits", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        # the loop's clock: the standard loop's time() is time.monotonic() behind a Python
+        # method's frame, read here without it (another loop's, uvloop's, as it says)
+        standard = getattr(type(loop), "time", None) is asyncio.BaseEventLoop.time
+        self._time = time.monotonic if standard else loop.time
         self._handle: asyncio.TimerHandle | None = None
         self._armed = math.inf  # when the timer fires (inf: none armed)
         # one per wait in progress: [task, due, its cancelling() at the start, expired]
@@ -126,7 +131,7 @@ class Deadlines:
         task = asyncio.current_task(self.loop)  # see Watchdog.wait
         assert task is not None
         # (max(timeout, 0.0), without max()'s parsing of its arguments)
-        due = self.loop.time() + (0.0 if timeout < 0.0 else timeout)
+        due = self._time() + (0.0 if timeout < 0.0 else timeout)
         w: list[object] = [task, due, task.cancelling(), False]
         self._waits[id(w)] = w
         if due < self._armed:  # no timer, or it would fire too late
@@ -154,7 +159,7 @@ class Deadlines:
     def _fire(self) -> None:
         self._handle = None
         self._armed = math.inf
-        now = self.loop.time()
+        now = self._time()
         soonest: float | None = None
         for w in self._waits.values():
             due: float = w[1]  # type: ignore[assignment]

@@ -872,7 +872,9 @@ class Executor:
     # targets ------------------------------------------------------------------------------
     def targets(self, registry: Registry, model: str) -> tuple[_Target, ...]:
         """The deployments of `model`; rebuilt when the router swaps in a new registry."""
-        bound = self._bound_to(registry)
+        bound = self._bound
+        if bound.registry is not registry:  # (swapped: the call only then)
+            bound = self._bound_to(registry)
         ts = bound.targets.get(model)
         if ts is None:
             ts = bound.targets[model] = _targets_of(registry[model])
@@ -1111,7 +1113,10 @@ class Executor:
         both taken once, as the call starts (a race's, once every racer has been launched:
         taken at launch, while the others are still untried, the first racer's share was
         halved for a fallback)."""
-        timeout, budget = self._budget(run, t, streamed)
+        if run.deadline is None:  # (`_budget`'s first answer, without its call)
+            timeout, budget = self._timeout, self.config.attempt_timeout_s
+        else:
+            timeout, budget = self._budget(run, t, streamed)
         # what a stream generates beside its text (its provider adds to it as it comes)
         made = Generated() if streamed else None
         stage = [UNKNOWN]  # how far the request got (the transport's STAGE)
