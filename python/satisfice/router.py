@@ -126,17 +126,20 @@ _ROUTE_INLINE_MESSAGES = 1024
 MAX_MESSAGES = 100_000
 
 
-def _route_inline(msgs: list[dict[str, Any]], extra: str | None = None) -> bool:
+def _route_inline(
+    msgs: list[dict[str, Any]], extra: str | None = None, size: int | None = None
+) -> bool:
     """Whether to route on the event loop: not when an exact count could be long (a large
     prompt, or many messages) or must wait for the tokenizers' build (a process's first
-    second)."""
+    second). `size`: the messages' text, when `_plain_size` told it."""
     if len(msgs) > _ROUTE_INLINE_MESSAGES:
         return False
-    # as many content parts and tool calls as that are read one by one too (by the count,
-    # and by text_bytes itself): not on the loop either
-    size = text_bytes(msgs, _ROUTE_INLINE_MESSAGES)
     if size is None:
-        return False
+        # as many content parts and tool calls as that are read one by one too (by the
+        # count, and by text_bytes itself): not on the loop either
+        size = text_bytes(msgs, _ROUTE_INLINE_MESSAGES)
+        if size is None:
+            return False
     size += len(extra) if extra else 0
     return size < _ROUTE_INLINE_BYTES and _core.tokenizers_ready()
 
@@ -206,6 +209,21 @@ def _shaped(c: Constraints, tools: Any, rf: Any) -> tuple[Constraints, str | Non
     if needs and not set(needs) <= set(c.needs):
         c = Constraints.of(c, needs=tuple(sorted({*c.needs, *needs})))
     return c, extra_text(tools, rf)
+
+
+def _plain_size(msgs: list[dict[str, Any]]) -> int | None:
+    """The text of `msgs` (characters), when each is a plain turn, a role that is not the
+    assistant's and a str content, nothing else (the usual request): `text_bytes` of them,
+    and neither `server_turns` nor `_thinks_refused` is true of them, told in one pass
+    without their three calls. None: any other message (those ask them)."""
+    size = 0
+    for m in msgs:
+        content, role = m.get("content"), m.get("role")
+        # (two keys, a str content and a role: no key but these two)
+        if len(m) != 2 or content.__class__ is not str or role is None or role == "assistant":
+            return None
+        size += len(content)
+    return size
 
 
 def _message_list(messages: object) -> list[dict[str, Any]]:
@@ -1046,7 +1064,8 @@ class Router:
                 None,
             )
         msgs = _message_list(messages)
-        if call["server_tools"] is None and server_turns(msgs):
+        plain = _plain_size(msgs)
+        if call["server_tools"] is None and plain is None and server_turns(msgs):
             call["server_tools"] = []  # (routed to Claude models alone: see server_turns)
         if given is not None:
             if not isinstance(given, Decision):
@@ -1102,7 +1121,7 @@ class Router:
         if call["server_tools"] is not None:
             c = _on_anthropic(snap.registry, c, call["server_tools"])
         skip = snap.undeployable
-        if _thinks_refused(msgs):
+        if plain is None and _thinks_refused(msgs):
             skip = skip | _thinking_on_anthropic(snap.registry)
         blocked = io.health.blocked()
         if blocked:  # models whose every deployment is cooling or disabled are routed around
@@ -1112,7 +1131,7 @@ class Router:
         # the request's deadline bounds its routing too (a large prompt's, on a thread)
         end = None if timeout is None and c.latency_slo_ms is None else _deadline(timeout, c, t0)
         # the usual prompt is routed here, without a coroutine (`_route_off_loop`'s) to await
-        inline = _route_inline(msgs, extra)
+        inline = _route_inline(msgs, extra, plain)
         around = snap.undeployable  # if routing around the cooling ones leaves nothing
         decision = (
             self._route(snap, msgs, c, skip, live, extra=extra, fallback_skip=around)
