@@ -731,7 +731,8 @@ class Router:
             list(c.needs) if c.needs else None,  # needs
             c.max_output_tokens,  # max_output_tokens
             c.lam if c.lam is not None else policy.lam,  # lam
-            snap.exclude(c, skip),  # exclude
+            # (nothing to exclude for the usual request: no call to `exclude` to say so)
+            snap.exclude(c, skip) if skip or c is not _NO_CONSTRAINTS else None,  # exclude
             live_p95_ms,  # live_p95_ms
             extra,  # extra_text
             c.count_prompt,  # count_prompt

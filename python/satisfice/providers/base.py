@@ -913,15 +913,18 @@ class HTTPProvider:
         the encoding and the exchange took (timed as one stretch), else the mapped error.
         On the router's own PooledTransport without httpx's request and response objects
         (`PooledTransport.post`), else through the client. `_decode` reads the body."""
+        poster = self._poster if extra is None else self._poster_for(extra)
+        if poster is not None and self._client.is_closed:
+            poster = None  # (the client's own send says it is closed)
+        timeouts = None if poster is None else self._timeouts_of(timeout)
+        # the clock starts here: what came before is the router's own work (overhead_s)
         t = time.perf_counter()
         body = encode_body(payload)
-        poster = self._poster if extra is None else self._poster_for(extra)
         headers: Any
         try:
-            if poster is not None and not self._client.is_closed:
-                status, headers, stream = await poster.pool.post(
-                    poster, body, self._timeouts_of(timeout)
-                )
+            if timeouts is not None:
+                assert poster is not None
+                status, headers, stream = await poster.pool.post(poster, body, timeouts)
                 reading, close = stream.read_all(), stream.aclose  # (awaited just below)
             else:
                 resp = await self._client.send(self._request(body, timeout, extra), stream=True)
