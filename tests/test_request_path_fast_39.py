@@ -38,3 +38,41 @@ def test_plain_size_speaks_only_for_messages_the_full_checks_pass() -> None:
             assert not server_turns(ms), ms
             assert not _thinks_refused(ms), ms
     assert answered >= 4  # the plain shapes were answered for, not all left to the checks
+
+
+def test_deadlines_know_the_loop_running_here_without_asking_for_it() -> None:
+    """`Deadlines.running_here` stands in for `get_running_loop() is d.loop`: true on its
+    loop, false on another loop of the same thread after it, and on another thread's."""
+    import asyncio
+    import threading
+
+    from satisfice._watchdog import Deadlines
+
+    async def make() -> tuple[Deadlines, bool]:
+        d = Deadlines(asyncio.get_running_loop())
+        return d, d.running_here()
+
+    d, here = asyncio.run(make())
+    assert here
+
+    async def later() -> bool:
+        return d.running_here()
+
+    assert not asyncio.run(later())  # another loop, the same thread
+
+    seen: list[bool] = []
+
+    async def beside() -> None:
+        other: list[bool] = []
+        t = threading.Thread(target=lambda: other.append(asyncio.run(later())))
+        t.start()
+        t.join()
+        seen.extend(other)
+
+    async def own() -> None:
+        nonlocal d
+        d = Deadlines(asyncio.get_running_loop())
+        await beside()
+
+    asyncio.run(own())
+    assert seen == [False]  # the first loop runs on another thread
