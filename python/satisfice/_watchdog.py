@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
-import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
 T = TypeVar("T")
 
 __all__ = ["Deadlines", "Watchdog"]
-
-_UNKNOWN = object()
 
 
 class Watchdog:
@@ -105,14 +101,10 @@ class Deadlines:
     `w = d.enter(timeout)`, then around the await, on CancelledError `d.timed_out(w)` (True:
     raise TimeoutError), and in `finally` `d.leave(w)`."""
 
-    __slots__ = ("_armed", "_handle", "_time", "_waits", "loop")
+    __slots__ = ("_armed", "_handle", "_waits", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        # the loop's clock: the standard loop's time() is time.monotonic() behind a Python
-        # method's frame, read here without it (another loop's, uvloop's, as it says)
-        standard = getattr(type(loop), "time", None) is asyncio.BaseEventLoop.time
-        self._time = time.monotonic if standard else loop.time
         self._handle: asyncio.TimerHandle | None = None
         self._armed = math.inf  # when the timer fires (inf: none armed)
         # one per wait in progress: [task, due, its cancelling() at the start, expired]
@@ -129,21 +121,12 @@ class Deadlines:
         finally:
             self.leave(w)
 
-    def running_here(self) -> bool:
-        """Whether its loop is the one running on this thread: told by the thread the loop
-        says runs it (the standard loop's `_thread_id`), without `get_running_loop`, whose
-        getpid() system call on Python 3.11 is ~110 ns of an attempt's; else by that."""
-        thread = getattr(self.loop, "_thread_id", _UNKNOWN)
-        if thread is _UNKNOWN:
-            return asyncio.get_running_loop() is self.loop
-        return thread == threading.get_ident()
-
     def enter(self, timeout: float) -> list[object]:
         """A wait of the current task for `timeout` seconds begins: its record."""
         task = asyncio.current_task(self.loop)  # see Watchdog.wait
         assert task is not None
         # (max(timeout, 0.0), without max()'s parsing of its arguments)
-        due = self._time() + (0.0 if timeout < 0.0 else timeout)
+        due = self.loop.time() + (0.0 if timeout < 0.0 else timeout)
         w: list[object] = [task, due, task.cancelling(), False]
         self._waits[id(w)] = w
         if due < self._armed:  # no timer, or it would fire too late
@@ -171,7 +154,7 @@ class Deadlines:
     def _fire(self) -> None:
         self._handle = None
         self._armed = math.inf
-        now = self._time()
+        now = self.loop.time()
         soonest: float | None = None
         for w in self._waits.values():
             due: float = w[1]  # type: ignore[assignment]

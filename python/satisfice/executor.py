@@ -1122,13 +1122,14 @@ class Executor:
         stage = [UNKNOWN]  # how far the request got (the transport's STAGE)
         run.calling[t.hold] = t, perf_counter(), made, stage
         self._in_flight[t.key] += 1
+        loop = asyncio.get_running_loop()
         deadlines = self._deadlines
-        if deadlines is None or not deadlines.running_here():
-            deadlines = self._deadlines = Deadlines(asyncio.get_running_loop())
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines = Deadlines(loop)
         token = STAGE.set(stage)
         generating = None if made is None else GENERATED.set(made)
-        waiting = deadlines.enter(budget)
         try:
+            waiting = deadlines.enter(budget)
             try:
                 return await call(request, timeout)
             except asyncio.CancelledError:

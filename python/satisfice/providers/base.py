@@ -270,8 +270,12 @@ class ChatResponse:
         # Every answer, whichever provider built it: JSON its caller decodes (a tool call's
         # arguments, a JSON answer) may hide a key behind an escape that scrubbing the text
         # cannot see.
-        if not self.tool_calls and "\\" not in self.text:
-            return  # (the usual answer: no call, and no escape to hide a key behind)
+        if not self.tool_calls:
+            t = self.text
+            # the usual answer: no call, and no escape to hide a key behind (a text that is
+            # no str, which no provider of the package gives, passed as it was)
+            if (t.__class__ is str and "\\" not in t) or not isinstance(t, str):
+                return
         text = scrub_json(self.text)
         calls = _scrubbed_calls(self.tool_calls) if self.tool_calls else self.tool_calls
         if text is not self.text or calls is not self.tool_calls:
