@@ -375,7 +375,7 @@ _NO_COOKIES = _NoCookies()
 class _Target:
     """One deployment of one model, with its provider built on first use."""
 
-    __slots__ = ("dep", "hold", "key", "model", "price", "provider", "spec")
+    __slots__ = ("balanced", "dep", "hold", "key", "model", "price", "provider", "spec")
 
     def __init__(self, spec: ModelSpec, dep: Deployment) -> None:
         self.spec = spec
@@ -389,6 +389,9 @@ class _Target:
         self.hold = (spec.id, dep.name)
         self.price: Price | None = dep.price if dep.price is not None else spec.price
         self.provider: Provider | None = None
+        # one of its model's several deployments: its calls in flight are counted, which
+        # `_ranked` balances them by (a model of one deployment has nothing to balance)
+        self.balanced = len(spec.deployments) > 1
 
 
 def _complete(p: Provider, request: ChatRequest, timeout: httpx.Timeout) -> Awaitable[ChatResponse]:
@@ -1121,7 +1124,8 @@ class Executor:
         made = Generated() if streamed else None
         stage = [UNKNOWN]  # how far the request got (the transport's STAGE)
         run.calling[t.hold] = t, perf_counter(), made, stage
-        self._in_flight[t.key] += 1
+        if t.balanced:
+            self._in_flight[t.key] += 1
         loop = asyncio.get_running_loop()
         deadlines = self._deadlines
         if deadlines is None or deadlines.loop is not loop:
@@ -1158,7 +1162,8 @@ class Executor:
             STAGE.reset(token)
             if generating is not None:
                 GENERATED.reset(generating)
-            self._in_flight[t.key] -= 1
+            if t.balanced:
+                self._in_flight[t.key] -= 1
 
     def _failed(
         self,
@@ -1840,7 +1845,8 @@ class Executor:
         thinks = StreamScrubber()  # the same for the model's thinking
         wd = Watchdog()  # the idle timeout between pieces: one timer for the whole stream
         # in flight until its end, not only until its first text: balancing counts it
-        self._in_flight[t.key] += 1
+        if t.balanced:
+            self._in_flight[t.key] += 1
         try:
             for h in held:  # the thinking before the stream was the caller's
                 for d in _thinking(h, thinks):
@@ -1962,7 +1968,8 @@ class Executor:
                 attempts=run.attempts,
             ) from e
         finally:
-            self._in_flight[t.key] -= 1
+            if t.balanced:
+                self._in_flight[t.key] -= 1
             wd.close()
             await gen.aclose()
 
