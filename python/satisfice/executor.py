@@ -20,7 +20,7 @@ import math
 import os
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, replace
 from functools import partial
 from http.cookiejar import Cookie, CookieJar
@@ -952,10 +952,15 @@ class Executor:
         return t.provider
 
     def _available(
-        self, run: Run, cooled: list[_Target], only: set[str] | None = None
+        self,
+        run: Run,
+        cooled: list[_Target],
+        only: set[str] | None = None,
+        got: Sized = (),
     ) -> Iterator[_Target]:
         """Targets in order, skipping (and recording) those that cannot be called now;
-        the cooling ones are added to `cooled`. `only`: keys to consider (a second pass)."""
+        the cooling ones are added to `cooled`. `only`: keys to consider (a second pass).
+        Ends once `got` holds something (its caller's answer, `_first_success`)."""
         d = run.decision
         order = list(run.order) if run.order is not None else [d.model, *d.fallbacks]
         i = 0
@@ -1011,6 +1016,10 @@ class Executor:
                 if run.cap is not None and self._capped_out(run, t):
                     continue
                 yield t
+                if got:
+                    # answered: ended, not dropped while suspended (a generator dropped so is
+                    # closed by a GeneratorExit thrown through it, about 1,000 instructions)
+                    return
 
     @staticmethod
     def _capped_out(run: Run, t: _Target) -> bool:
@@ -1254,9 +1263,10 @@ class Executor:
         max_retry_wait_s (and the deadline), wait for it once rather than fail.
         """
         only: set[str] | None = None
+        got: list[tuple[_Target, float, T]] = []  # the answer, which ends `_available`
         for _ in range(2):
             cooled: list[_Target] = []
-            for t in self._available(run, cooled, only):
+            for t in self._available(run, cooled, only, got):
                 retry = 0
                 resent = False  # a stale pooled connection's request, sent again at once
                 run.tried.add(t.key)
@@ -1292,7 +1302,10 @@ class Executor:
                         if self._capped_out(run, t):
                             break
                         continue
-                    return t, started, value
+                    got.append((t, started, value))
+                    break  # (to the loop's next turn, where `_available` ends)
+            if got:
+                return got[0]
             wait = self._cooldown_wait(run, cooled)
             if wait is None:
                 break
