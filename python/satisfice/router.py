@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence, Sized
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence, Sized
 from functools import partial
 from time import perf_counter, time
 
@@ -978,7 +978,10 @@ class Router:
         token = self._enter() if record else None
         try:
             tuned: Literal["auto"] | None = "auto" if cascade == "auto" else None
-            return _marked((await self._prepare(messages, constraints, options, tuned))[1])
+            prepared = self._prepare(messages, constraints, options, tuned)
+            if not isinstance(prepared, tuple):  # (see `_prepare`)
+                prepared = await prepared
+            return _marked(prepared[1])
         except BaseException as e:
             if record:
                 self._unstarted(e, started_at, t0, options)
@@ -1020,7 +1023,7 @@ class Router:
         run.reroute = reroute
         return io, run, metadata
 
-    async def _prepare(
+    def _prepare(
         self,
         messages: Messages,
         constraints: Constraints | Mapping[str, Any] | None,
@@ -1028,14 +1031,18 @@ class Router:
         ladder: Literal["auto", "given"] | None,
         t0: float | None = None,
         hold: RoomHold | None = None,
-    ) -> _Prepared:
+    ) -> _Prepared | Coroutine[Any, Any, _Prepared]:
         """Check the options and route (around cooling deployments; a large prompt on a
         worker thread, so an exact count never holds the event loop, within the request's
         deadline, which it returns), or take the `decision` given. The caller's dicts are
         read, never changed. `ladder`: the request climbs a cascade, the policy's tuned one
         ("auto") or one it names ("given"), whose checks stand in for the quality floor
         (unless the policy's floor is strict): its cheap steps, below the floor by design,
-        must be candidates, whose estimates its cost and latency rules read."""
+        must be candidates, whose estimates its cost and latency rules read.
+
+        What it made, or (when routing may wait: `_routed`) a coroutine for the caller to
+        await: the usual request needs no coroutine of its own (its frame, made and sent
+        into, cost about 700 instructions more than a call)."""
         io = self._io
         if io is None:
             io = self._executor()
@@ -1134,6 +1141,39 @@ class Router:
         # the usual prompt is routed here, without a coroutine (`_route_off_loop`'s) to await
         inline = _route_inline(msgs, extra, plain)
         around = snap.undeployable  # if routing around the cooling ones leaves nothing
+        if inline and ladder is None and prefer is None and not blocked:
+            # the usual request: nothing for `_routed` to do after its routing (no ladder, no
+            # preferred model, nothing cooling to route around again)
+            decision = self._route(snap, msgs, c, skip, live, extra=extra, fallback_skip=around)
+            return io, decision, call, end, metadata, msgs, None
+        return self._routed(
+            io, snap, msgs, c, skip, live, extra, end, around, inline,
+            ladder, strict, prefer, blocked, call, metadata,
+        )  # fmt: skip
+
+    async def _routed(
+        self,
+        io: Executor,
+        snap: Snapshot,
+        msgs: list[dict[str, Any]],
+        c: Constraints,
+        skip: frozenset[str],
+        live: list[tuple[int, float]] | None,
+        extra: str | None,
+        end: float | None,
+        around: frozenset[str],
+        inline: bool,
+        ladder: Literal["auto", "given"] | None,
+        strict: bool,
+        prefer: Any,
+        blocked: frozenset[str],
+        call: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> _Prepared:
+        """`_prepare`'s routing, from what it worked out: on a worker thread unless
+        `inline`; again without the quality floor where the tuned ladder replaces it; the
+        `prefer`red model first; and, when it routed around `blocked` deployments, how to
+        route again without leaving them out."""
         decision = (
             self._route(snap, msgs, c, skip, live, extra=extra, fallback_skip=around)
             if inline
@@ -1209,7 +1249,9 @@ class Router:
         hold = _room_hold() if checking else None
         try:
             ladder = None if cascade is None else _ladder(cascade)
-            prepared = await self._prepare(messages, constraints, options, ladder, t0, hold)
+            prepared = self._prepare(messages, constraints, options, ladder, t0, hold)
+            if not isinstance(prepared, tuple):  # (see `_prepare`)
+                prepared = await prepared
             io, run, metadata = self._begin(prepared, options, t0, accept)
             if cascade:
                 result = await io.cascade(run, cascade)
@@ -1405,7 +1447,9 @@ class Router:
         token = self._enter()
         hold = _room_hold()
         try:
-            prepared = await self._prepare(messages, constraints, options, None, t0, hold)
+            prepared = self._prepare(messages, constraints, options, None, t0, hold)
+            if not isinstance(prepared, tuple):  # (see `_prepare`)
+                prepared = await prepared
             io, run, metadata = self._begin(prepared, options, t0)
             runs.append(run)  # the stream's own view of its attempts (ChatStream.attempts)
             inner = io.stream(run, started_at=started_at, metadata=metadata)
