@@ -229,8 +229,12 @@ def _plain_size(msgs: list[dict[str, Any]]) -> int | None:
 def _message_list(messages: object) -> list[dict[str, Any]]:
     """The caller's messages as a list of fresh dicts (theirs are never changed)."""
     if type(messages) is list and len(messages) <= MAX_MESSAGES:  # the usual case: no ABCs
-        # (copied first, checked by the count: no generator's frame for `all`)
-        copied = [m.copy() for m in messages if type(m) is dict]
+        # (copied first, checked by the count: no generator's frame for `all`; a loop: a
+        # comprehension's own frame cost more than its appends for a few messages)
+        copied = []
+        for m in messages:
+            if type(m) is dict:
+                copied.append(m.copy())
         if len(copied) == len(messages):
             return copied
     elif (
