@@ -1002,8 +1002,8 @@ class Router:
         accept: Validator | None = None,
     ) -> tuple[Executor, Run, dict[str, Any]]:
         """The one request builder behind chat() and stream(): from the decision and the
-        rest `_prepare` made, the request's run. (Not a coroutine of its own around
-        `_prepare`'s: a coroutine's frame, made and sent into, costs about 1,000
+        rest `_prepare` made, the request's run. (A plain function, as `_prepare` is for
+        the usual request: a coroutine's frame, made and sent into, costs several hundred
         instructions more than a call.)"""
         io, decision, call, deadline, metadata, msgs, reroute = prepared
         if self._rec is not None:
