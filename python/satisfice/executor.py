@@ -630,8 +630,9 @@ class Run:
         attempt is recorded, so that no answer runs past the cap."""
         request = self.request
         if request.max_tokens is not None:
-            r = request
-            most_answer = answer_max(t.spec, t.dep.api, r.thinking_within, r.thinking_cap)
+            most_answer = answer_max(
+                t.spec, t.dep.api, request.thinking_within, request.thinking_cap
+            )
             if request.max_tokens > most_answer:
                 # no model writes more than its max_output, and some APIs refuse a larger
                 # limit (Anthropic's counts the thinking budget the wire adds in it)

@@ -920,14 +920,14 @@ class HTTPProvider:
         poster = self._poster if extra is None else self._poster_for(extra)
         if poster is not None and self._client.is_closed:
             poster = None  # (the client's own send says it is closed)
-        timeouts = None if poster is None else self._timeouts_of(timeout)
+        # what the pooled transport reads of the timeout (a client's send reads the Timeout)
+        timeouts = self._timeouts_of(timeout) if poster is not None else {}
         # the clock starts here: what came before is the router's own work (overhead_s)
         t = time.perf_counter()
         body = encode_body(payload)
         headers: Any
         try:
-            if timeouts is not None:
-                assert poster is not None
+            if poster is not None:
                 status, headers, stream = await poster.pool.post(poster, body, timeouts)
                 reading, close = stream.read_all(), stream.aclose  # (awaited just below)
             else:
