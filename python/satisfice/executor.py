@@ -402,7 +402,7 @@ def _complete(p: Provider, request: ChatRequest, timeout: httpx.Timeout) -> Awai
 # The request path builds these by position (`Executor.run`): the field order it passes.
 # A field added or moved must be passed there too, or this fails at import; so must a field
 # the router adds to the call's (`**call` had passed any of them).
-from .router import _CALL_FIELDS  # noqa: E402  (loaded already: the router imports this)
+from .router import _CALL_FIELDS, NO_CALL  # noqa: E402  (loaded already: the router imports this)
 
 if (
     ChatRequest.__match_args__[:17] != (
@@ -1551,6 +1551,11 @@ class Executor:
         each of the wire request's parameters (the router's `_CALL_FIELDS`: ChatRequest's
         fields besides the messages, `stream` and the thinking pair set here)."""
         c = decision.constraints
+        if call is NO_CALL:  # the usual request: its call's fields unset (None, as NO_CALL's)
+            return Run(decision, ChatRequest(
+                messages, None, None, None, None, None, False, None, None, None, None, None,
+                None, None, None, False, c.max_reasoning_tokens,
+            ), t0, deadline, accept)  # fmt: skip
         # a limit that holds the thinking (`Constraints.output_includes_thinking`) is sent
         # as given, any thinking budget inside it
         within = c.output_includes_thinking and call["max_tokens"] is not None

@@ -10,6 +10,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence, Sized
 from functools import partial
 from time import perf_counter, time
+from types import MappingProxyType
 
 from . import _core
 from ._bill import CHECK_BILL
@@ -58,7 +59,7 @@ if TYPE_CHECKING:  # httpx costs ~100 ms to import: only chat() and stream() loa
     _Prepared = tuple[
         Executor,
         Decision,
-        dict[str, Any],
+        Mapping[str, Any],
         float | None,
         dict[str, Any],
         list[dict[str, Any]],
@@ -86,7 +87,10 @@ _OWNED = frozenset(
     ("model", "messages", "system", "stream", "stream_options", "tools", "tool_choice",
      "response_format", "functions", "function_call")
 )  # fmt: skip
-_NO_CALL = dict.fromkeys(_CALL_FIELDS)  # copied: a tenth of building it anew (callgrind)
+# The call of a request that sets none of its fields (the usual one): shared, read-only (a
+# request that sets one copies it), and told by identity where the wire request is built
+# (`Executor.run`), which then passes its fields' defaults without 13 lookups.
+NO_CALL: Mapping[str, Any] = MappingProxyType(dict.fromkeys(_CALL_FIELDS))
 # RequestOptions' keys (a test checks them): the call's, the request's own, and the
 # constraint overrides. The TypedDict is in a module of its own, imported when asked for
 # (`satisfice.RequestOptions`), since it needs typing and Router() does not.
@@ -1016,8 +1020,8 @@ class Router:
 
                 asyncio.get_running_loop().call_soon(decision.made_for_record)
         c = decision.constraints
-        if call["max_tokens"] is None:
-            call["max_tokens"] = c.max_output_tokens
+        if call["max_tokens"] is None and c.max_output_tokens is not None:
+            call = {**call, "max_tokens": c.max_output_tokens}
         run = io.run(decision, msgs, call, t0=t0, deadline=deadline, accept=accept)
         if options.get("decision") is not None:
             # the call goes where the decision given says, and nowhere else: a caller
@@ -1051,6 +1055,7 @@ class Router:
         if io is None:
             io = self._executor()
         opts: dict[str, Any] = dict(options)
+        call: Mapping[str, Any]
         if opts:
             unknown = opts.keys() - _OPTIONS
             if unknown:
@@ -1058,18 +1063,19 @@ class Router:
                     f"unknown option(s) {sorted(unknown)}: chat() and stream() take "
                     f"{sorted(_OPTIONS)}; pass other OpenAI parameters in extra={{...}}"
                 )
-            call = {}
+            fields = {}
             for k in _CALL_FIELDS:  # a loop: a comprehension made `opts` a cell on every call
-                call[k] = opts.pop(k, None)
+                fields[k] = opts.pop(k, None)
             timeout = opts.pop("timeout", None)
             metadata = opts.pop("metadata", None)
             given = opts.pop("decision", None)
             prefer = opts.pop("prefer", None)
-            _check_options(call, timeout, metadata)
+            _check_options(fields, timeout, metadata)
+            call = fields
             metadata = dict(metadata or {})
         else:  # the usual call: no options, nothing to check
             call, timeout, metadata, given, prefer = (
-                _NO_CALL.copy(),
+                NO_CALL,
                 None,
                 {},
                 None,
@@ -1078,7 +1084,7 @@ class Router:
         msgs = _message_list(messages)
         plain = _plain_size(msgs)
         if call["server_tools"] is None and plain is None and server_turns(msgs):
-            call["server_tools"] = []  # (routed to Claude models alone: see server_turns)
+            call = {**call, "server_tools": []}  # (routed to Claude models alone: server_turns)
         if given is not None:
             if not isinstance(given, Decision):
                 raise ConfigError(
@@ -1171,7 +1177,7 @@ class Router:
         strict: bool,
         prefer: Any,
         blocked: frozenset[str],
-        call: dict[str, Any],
+        call: Mapping[str, Any],
         metadata: dict[str, Any],
     ) -> _Prepared:
         """`_prepare`'s routing, from what it worked out: on a worker thread unless

@@ -917,9 +917,9 @@ class HTTPProvider:
         the encoding and the exchange took (timed as one stretch), else the mapped error.
         On the router's own PooledTransport without httpx's request and response objects
         (`PooledTransport.post`), else through the client. `_decode` reads the body."""
+        # (a closed client's pool is closed too, and says so: its aclose() closes its
+        # transport, and a closed PooledTransport raises on a request)
         poster = self._poster if extra is None else self._poster_for(extra)
-        if poster is not None and self._client.is_closed:
-            poster = None  # (the client's own send says it is closed)
         # what the pooled transport reads of the timeout (a client's send reads the Timeout)
         timeouts = self._timeouts_of(timeout) if poster is not None else {}
         # the clock starts here: what came before is the router's own work (overhead_s)
@@ -1000,7 +1000,7 @@ class HTTPProvider:
         transport failure while reading it with `_answer_lost`)."""
         poster = self._poster if extra is None else self._poster_for(extra)
         try:
-            if poster is not None and not self._client.is_closed:  # as `_post` does
+            if poster is not None:  # as `_post` does
                 status, headers, stream = await poster.pool.post(
                     poster, body, self._timeouts_of(timeout)
                 )

@@ -1,0 +1,53 @@
+"""The usual request's shortcuts (fortieth session) build what the full path builds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from satisfice import Router
+from satisfice.router import NO_CALL
+from satisfice.testing import LocalUpstream, reply
+
+from .chat_support import router
+
+
+def _run_request(r: Router, call: Any, **constraints: Any) -> Any:
+    d = r.route("hi", constraints or None)
+    io = r._executor()
+    return io.run(d, [{"role": "user", "content": "hi"}], call, t0=0.0).request
+
+
+@pytest.mark.parametrize(
+    "constraints",
+    [{}, {"max_reasoning_tokens": 2048}, {"output_includes_thinking": True}],
+)
+def test_the_usual_calls_request_is_the_one_its_fields_build(constraints: dict[str, Any]) -> None:
+    """NO_CALL (no call field set) is told by identity and built from constants: the same
+    ChatRequest as a copy of it, which takes the full path, field by field."""
+    r = Router()
+    fast = _run_request(r, NO_CALL, **constraints)
+    full = _run_request(r, dict(NO_CALL), **constraints)
+    assert fast == full
+
+
+def test_no_call_is_shared_read_only() -> None:
+    """Shared by every usual request: a write would reach every request after it."""
+    with pytest.raises(TypeError):
+        NO_CALL["max_tokens"] = 5  # type: ignore[index]
+
+
+async def test_a_request_that_sets_a_field_gets_its_own_call(up: LocalUpstream) -> None:
+    """A request with a field of its own (max_tokens from its constraints) copies the
+    shared call: the next usual request is sent without it."""
+    r = router(up.url)
+    up.script("alpha-wire", reply("one"), reply("two"))
+    before = len(up.seen("alpha-wire"))
+    await r.chat("hi", constraints={"max_output_tokens": 7})
+    await r.chat("hi")
+    first, second = up.seen("alpha-wire")[before:]
+    assert first.body.get("max_tokens") == 7
+    assert "max_tokens" not in second.body
+    assert dict(NO_CALL) == dict.fromkeys(NO_CALL)
+    await r.aclose()
