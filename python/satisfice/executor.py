@@ -1551,10 +1551,10 @@ class Executor:
         each of the wire request's parameters (the router's `_CALL_FIELDS`: ChatRequest's
         fields besides the messages, `stream` and the thinking pair set here)."""
         c = decision.constraints
-        if call is NO_CALL:  # the usual request: its call's fields unset (None, as NO_CALL's)
+        if call is NO_CALL:  # the usual request: its call's fields unset (NO_CALL's values)
             return Run(decision, ChatRequest(
                 messages, None, None, None, None, None, False, None, None, None, None, None,
-                None, None, None, False, c.max_reasoning_tokens,
+                None, False, None, False, c.max_reasoning_tokens,
             ), t0, deadline, accept)  # fmt: skip
         # a limit that holds the thinking (`Constraints.output_includes_thinking`) is sent
         # as given, any thinking budget inside it

@@ -90,7 +90,7 @@ _OWNED = frozenset(
 # The call of a request that sets none of its fields (the usual one): shared, read-only (a
 # request that sets one copies it), and told by identity where the wire request is built
 # (`Executor.run`), which then passes its fields' defaults without 13 lookups.
-NO_CALL: Mapping[str, Any] = MappingProxyType(dict.fromkeys(_CALL_FIELDS))
+NO_CALL: Mapping[str, Any] = MappingProxyType({**dict.fromkeys(_CALL_FIELDS), "no_thinking": False})
 # RequestOptions' keys (a test checks them): the call's, the request's own, and the
 # constraint overrides. The TypedDict is in a module of its own, imported when asked for
 # (`satisfice.RequestOptions`), since it needs typing and Router() does not.
