@@ -51,3 +51,38 @@ async def test_a_request_that_sets_a_field_gets_its_own_call(up: LocalUpstream) 
     assert "max_tokens" not in second.body
     assert dict(NO_CALL) == {**dict.fromkeys(NO_CALL), "no_thinking": False}
     await r.aclose()
+
+
+async def test_the_watchdogs_task_and_clock_are_the_loops() -> None:
+    """`current_task` (the dict lookup on 3.11) finds what asyncio.current_task finds, on
+    this loop and for another loop's task; `clock_of` reads the loop's own time."""
+    import asyncio
+    import threading
+
+    from satisfice._watchdog import clock_of, current_task
+
+    loop = asyncio.get_running_loop()
+    assert current_task(loop) is asyncio.current_task(loop) is not None
+    got: list[object] = []
+    other = asyncio.new_event_loop()
+
+    async def there() -> None:
+        got.extend([current_task(other), asyncio.current_task(other), current_task(loop)])
+
+    th = threading.Thread(target=other.run_until_complete, args=(there(),))
+    th.start()
+    th.join()
+    other.close()
+    assert got[0] is got[1] is not None and got[0] is not asyncio.current_task(loop)
+    assert got[2] is asyncio.current_task(loop)  # (this loop's task, as asyncio says too)
+    assert abs(clock_of(loop)() - loop.time()) < 1.0
+
+    class Shifted(asyncio.SelectorEventLoop):
+        def time(self) -> float:
+            return super().time() + 1000.0
+
+    shifted = Shifted()
+    try:
+        assert clock_of(shifted)() > loop.time() + 999.0  # its own clock, not monotonic()
+    finally:
+        shifted.close()
