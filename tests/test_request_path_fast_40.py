@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from satisfice import Router
+from satisfice.errors import AllAttemptsFailedError
 from satisfice.router import NO_CALL
 from satisfice.testing import LocalUpstream, reply
 
@@ -86,3 +88,45 @@ async def test_the_watchdogs_task_and_clock_are_the_loops() -> None:
         assert clock_of(shifted)() > loop.time() + 999.0  # its own clock, not monotonic()
     finally:
         shifted.close()
+
+
+# -- how far a request got: marked on what the transport raises, not kept per call ---------------
+async def test_a_request_that_times_out_in_line_for_a_connection_says_so_unbilled(
+    up: LocalUpstream,
+) -> None:
+    """One pooled connection, held by a slow answer: the next request waits in line for it
+    until its deadline. It never reached the upstream: its error says so, it is not billed,
+    and the deployment is not marked down for the router's own limit."""
+    r = router(up.url, max_connections=1)
+    up.script("alpha-wire", reply("slow", latency=1.5), reply("fast"))
+    held = asyncio.ensure_future(r.chat("first", allow=["alpha"], timeout=5))
+    await asyncio.sleep(0.3)  # the first holds the one connection
+    with pytest.raises(AllAttemptsFailedError) as ei:
+        await r.chat("second", allow=["alpha"], timeout=0.4)
+    (a,) = ei.value.attempts
+    assert a.error_type == "UpstreamTimeoutError" and a.cost_usd in (None, 0.0), a
+    assert "no free connection in the router's pool (the request was not sent)" in (a.error or "")
+    assert (await held).text == "slow"
+    await r.aclose()
+
+
+async def test_a_request_cancelled_in_line_or_on_the_wire_is_billed_as_far_as_it_got(
+    up: LocalUpstream,
+) -> None:
+    """Cancelled by its caller while it waited for the pool's one connection: its call is
+    known unbilled (`billed_usd` 0.0, the call on record at $0); one cancelled after its
+    request went out may be billed past any estimate (`billed_usd` None)."""
+    r = router(up.url, max_connections=1)
+    up.script("alpha-wire", reply("slow", latency=1.5), reply("slow", latency=1.5))
+    sent = asyncio.ensure_future(r.chat("first", allow=["alpha"], timeout=5))
+    await asyncio.sleep(0.3)
+    queued = asyncio.ensure_future(r.chat("second", allow=["alpha"], timeout=5))
+    await asyncio.sleep(0.3)
+    billed = []
+    for task in (queued, sent):
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError) as ei:
+            await task
+        billed.append(getattr(ei.value, "billed_usd", "unset"))
+    assert billed == [0.0, None]
+    await r.aclose()

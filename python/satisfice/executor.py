@@ -70,7 +70,7 @@ from .registry import thinking_budget
 from .result import Attempt, ChatResult, billed_cost
 from .retry import Action, backoff_s, classify, cooldown_wait_s
 from .state import HealthStore
-from .transport import CONNECTING, STAGE, UNKNOWN, WAITING
+from .transport import CONNECTING, UNKNOWN, WAITING, stage_of
 from .validators import Answer, Context, Validator, Verdict
 
 if TYPE_CHECKING:
@@ -431,7 +431,7 @@ if (
     )
 
 
-#: What a call cut off by its time had not got to, by the transport's STAGE then.
+#: What a call cut off by its time had not got to, by the stage the transport marked.
 _NOT_SO_FAR = {
     WAITING: "no free connection in the router's pool (the request was not sent)",
     CONNECTING: "no connection to the upstream (the request was not sent)",
@@ -439,7 +439,7 @@ _NOT_SO_FAR = {
 
 
 def _unsent(e: UpstreamTimeoutError, stage: int) -> UpstreamTimeoutError:
-    """`e`, marked with how far its request got (the transport's STAGE when it timed out)."""
+    """`e`, marked with how far its request got (`transport.stage_of` when it timed out)."""
     e.unsent = stage in (WAITING, CONNECTING)
     e.queued = stage == WAITING
     return e
@@ -591,8 +591,8 @@ class Run:
         # calls sent and not yet on record, with their start: what a cancellation cuts off
         # the calls in flight: their target, start, and what a stream of theirs generated
         # each call in flight: its target, when it started, what its stream generated, and
-        # how far its request got (the transport's STAGE)
-        self.calling: dict[tuple[str, str], tuple[_Target, float, Generated | None, list[int]]] = {}
+        # how far its request got when it was cut off (`transport.stage_of`; else UNKNOWN)
+        self.calling: dict[tuple[str, str], tuple[_Target, float, Generated | None, int]] = {}
         self.answering: str | None = None  # the model a stream's text comes from, once known
         # routes the request again without leaving out cooling models (set by the router
         # when it left some out): what `_failure` asks when no model routed could take it
@@ -1132,30 +1132,33 @@ class Executor:
             timeout, budget = self._budget(run, t, streamed)
         # what a stream generates beside its text (its provider adds to it as it comes)
         made = Generated() if streamed else None
-        stage = [UNKNOWN]  # how far the request got (the transport's STAGE)
-        run.calling[t.hold] = t, perf_counter(), made, stage
+        began = perf_counter()
+        run.calling[t.hold] = t, began, made, UNKNOWN
         if t.balanced:
             self._in_flight[t.key] += 1
         loop = asyncio.get_running_loop()
         deadlines = self._deadlines
         if deadlines is None or deadlines.loop is not loop:
             deadlines = self._deadlines = Deadlines(loop)
-        token = STAGE.set(stage)
         generating = None if made is None else GENERATED.set(made)
+        stage = UNKNOWN  # how far the request got, if it is cut off (`transport.stage_of`)
         try:
             waiting = deadlines.enter(budget)
             try:
                 return await call(request, timeout)
-            except asyncio.CancelledError:
-                if deadlines.timed_out(waiting):  # the budget's
-                    raise TimeoutError from None
+            except BaseException as e:
+                stage = stage_of(e)
+                if stage != UNKNOWN:  # (a cancellation's record reads it: `_cancelled`)
+                    run.calling[t.hold] = t, began, made, stage
+                if isinstance(e, asyncio.CancelledError) and deadlines.timed_out(waiting):
+                    raise TimeoutError from None  # the budget's
                 raise
             finally:
                 deadlines.leave(waiting)
         except TimeoutError as e:  # the budget's, unless a limit inside said which it was
             # how far it got: a connect that never completed had read as "no answer", a
             # slow model, for a request that never reached the upstream
-            what = _NOT_SO_FAR.get(stage[0], "no answer")
+            what = _NOT_SO_FAR.get(stage, "no answer")
             why = str(e) or (
                 f"{what} within {budget:.3g}s "
                 "(its share of the request's deadline, or attempt_timeout_s)"
@@ -1164,12 +1167,11 @@ class Executor:
                 f"{t.model} via {t.dep.name}: {why}", model=t.model, deployment=t.dep.name
             )
             # with what its stream had generated before the timeout (billed at least that)
-            raise carry_generated(_unsent(err, stage[0]), made) from None
+            raise carry_generated(_unsent(err, stage), made) from None
         except UpstreamTimeoutError as e:  # the transport's pool or connect timeout, or later
-            _unsent(e, stage[0])
+            _unsent(e, stage)
             raise
         finally:
-            STAGE.reset(token)
             if generating is not None:
                 GENERATED.reset(generating)
             if t.balanced:
@@ -2133,7 +2135,7 @@ class Executor:
         # a race's task cancelled before its first step never reached `_bounded` (nothing
         # in `run.calling`): no request left, as for one cut off in line (it had been billed
         # its prompt, and `run.cut` set, for a call no upstream saw)
-        if usage is None and (calling is None or calling[3][0] in (WAITING, CONNECTING)):
+        if usage is None and (calling is None or calling[3] in (WAITING, CONNECTING)):
             run.record(
                 Attempt(t.model, t.dep.name, "cancelled", started - run.t0, now - started,
                         error="cancelled before its request was sent", cost_usd=0.0,

@@ -43,7 +43,6 @@ import weakref
 import zlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextvars import ContextVar
 from time import monotonic
 from typing import Any
 
@@ -51,13 +50,27 @@ import httpx
 
 from ._watchdog import Watchdog
 
-#: How far the request now being sent has got (`Executor._bounded` sets a fresh list per
-#: call): WAITING in line for a pooled connection, CONNECTING, or SENT (its bytes being
-#: written). A call cut off before SENT never reached the upstream, which cannot bill it;
-#: one cut off WAITING ran into the router's own limit, no fault of the upstream's. Another
-#: transport (a client of the caller's) leaves it UNKNOWN.
-STAGE: ContextVar[list[int] | None] = ContextVar("satisfice_send_stage", default=None)
-UNKNOWN, WAITING, CONNECTING, SENT = 0, 1, 2, 3
+#: How far a request had got when it failed or was cancelled before it was sent: WAITING in
+#: line for a pooled connection, or CONNECTING. Such a call never reached the upstream,
+#: which cannot bill it; one cut off WAITING ran into the router's own limit, no fault of
+#: the upstream's. The transport marks what it raises then (any exception, a cancellation
+#: too: `stage_of` reads it); a request cut off later, or by another transport (a client
+#: of the caller's), is UNKNOWN: it may have been sent. (Told on the way out, not kept up
+#: to date in a context variable set per call: that had cost about 4,000 instructions on
+#: every call, for the few that fail in line.)
+UNKNOWN, WAITING, CONNECTING = 0, 1, 2
+
+
+def stage_of(e: BaseException) -> int:
+    """How far the request had got when `e` was raised (see WAITING)."""
+    return getattr(e, "satisfice_stage", UNKNOWN)
+
+
+def mark_stage(e: BaseException, stage: int) -> None:
+    """Mark `e` with `stage`, unless a deeper step marked it first."""
+    if not hasattr(e, "satisfice_stage"):
+        e.satisfice_stage = stage  # type: ignore[attr-defined]
+
 
 __all__ = ["PooledTransport", "Poster", "StaleConnection", "body_pieces", "read_body"]
 
@@ -392,11 +405,10 @@ class PooledTransport(httpx.AsyncBaseTransport):
             host_full = self._per_host.get(key, 0) >= self._max_host
             if self._total < self._max and not host_full:
                 self._count(key, +1)
-                if (stage := STAGE.get()) is not None:
-                    stage[0] = CONNECTING
                 try:
                     return await self._connect(key, request, timeouts.get("connect")), False
-                except BaseException:
+                except BaseException as e:
+                    mark_stage(e, CONNECTING)
                     self._count(key, -1)
                     self._wake()
                     raise
@@ -551,12 +563,11 @@ class PooledTransport(httpx.AsyncBaseTransport):
         request: httpx.Request,
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]], _Body]:
         """Send the request and read its response's head: (status, reason, headers, body)."""
-        stage = STAGE.get()
-        if stage is not None:
-            stage[0] = WAITING
-        conn, reused = await self._acquire(key, request, timeouts)
-        if stage is not None:
-            stage[0] = SENT
+        try:
+            conn, reused = await self._acquire(key, request, timeouts)
+        except BaseException as e:
+            mark_stage(e, WAITING)  # (unless it was connecting)
+            raise
         wd = Watchdog()  # the read timeout, one timer for the head and the body
         unsent: BaseException | None = None
         sent = monotonic()

@@ -58,7 +58,15 @@ from ..errors import (
     UpstreamTimeoutError,
 )
 from ..registry import url_secrets
-from ..transport import Poster, StaleConnection, body_pieces, read_body
+from ..transport import (
+    UNKNOWN,
+    Poster,
+    StaleConnection,
+    body_pieces,
+    mark_stage,
+    read_body,
+    stage_of,
+)
 
 #: A request's headers of its own, beside its deployment's: (name, value) pairs, or None.
 OwnHeaders = tuple[tuple[str, str], ...] | None
@@ -805,6 +813,8 @@ class HTTPProvider:
         err = error_from_transport(e, self.model_id, self.deployment)
         if getattr(e, "answered", False):  # a 2xx head whose framing the transport refused
             err.answered = True
+        if (stage := stage_of(e)) != UNKNOWN:  # never sent: how far it got
+            mark_stage(err, stage)
         return err
 
     def _stream_failed(
