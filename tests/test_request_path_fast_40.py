@@ -130,3 +130,35 @@ async def test_a_request_cancelled_in_line_or_on_the_wire_is_billed_as_far_as_it
         billed.append(getattr(ei.value, "billed_usd", "unset"))
     assert billed == [0.0, None]
     await r.aclose()
+
+
+def test_a_plain_calls_price_is_the_full_sums_bit_for_bit() -> None:
+    """Price.cost's shortcut for a call with no cache reads or writes, no reasoning and no
+    long-context tier: the full sum's result, bit for bit (its parts at 0 tokens left
+    out, the rest in the same order), over random counts and rates."""
+    import random
+
+    from satisfice.registry import Price
+
+    rng = random.Random(40)
+    for _ in range(20_000):
+        rates = {"input": rng.choice([0.0, rng.uniform(0, 100)]), "output": rng.uniform(0, 200)}
+        if rng.random() < 0.5:
+            rates["reasoning"] = rng.uniform(0, 300)
+        if rng.random() < 0.3:
+            rates["per_request"] = rng.uniform(0, 0.01)
+        p = Price(**rates)
+        n_in, n_out = rng.randrange(0, 2_000_000), rng.randrange(0, 200_000)
+        # the full sum's steps (Price.cost below its shortcut) for such a call: no reasoning
+        # tokens (min(0, n_out) of them, or 0.0 without a reasoning rate), no cache parts
+        fresh = max(n_in - 0 - 0 - 0, 0.0)
+        usd = fresh * p.input
+        usd += (n_out - 0.0) * p.output
+        usd /= 1e6
+        want = usd + (p.per_request or 0.0)
+        got = p.cost(n_in, n_out)
+        assert got.hex() == want.hex(), (rates, n_in, n_out, got, want)
+    # a part the shortcut leaves out is priced by the full sum
+    p = Price(input=1.0, output=2.0, cached_input=0.5, reasoning=3.0)
+    assert p.cost(1000, 100, 400) == (600 * 1.0 + 400 * 0.5 + 100 * 2.0) / 1e6
+    assert p.cost(1000, 100, reasoning_tokens=40) == (1000 * 1.0 + 60 * 2.0 + 40 * 3.0) / 1e6
