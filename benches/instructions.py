@@ -3,6 +3,7 @@ optionally another, side by side.
 
     python benches/instructions.py route                 # 100 B and 4 KB prompts
     python benches/instructions.py chat                  # chat() and the direct calls, in process
+    python benches/instructions.py chat-socket           # the lean call and chat(), over a socket
     python benches/instructions.py feedback              # router.feedback(), a request id each
     python benches/instructions.py app                   # the server's ASGI app, in process
     python benches/instructions.py serve                 # one request through `satisfice serve`
@@ -22,6 +23,10 @@ symbols (a pyenv build has them).
   as the providers make it: their encoder, request, streamed read and parser), the
   provider's own call (`provider.complete`) and `router.chat()`. chat() less the
   provider's call is the router's work around the call.
+- chat-socket: the lean call and `router.chat()` over a socket to the local upstream (as
+  `bench_own_cpu.py` runs them without `--in-process`), each on a client of the router's
+  own kind; the upstream is a process of its own, and the kernel's work (system calls)
+  is not counted: what the router's own instructions are over a socket.
 - feedback: `router.feedback(request_id, 1.0)` on the bundled registry, a new id each
   time (the same 3 KB prompt's decisions: an answer is scored once), inside one
   `functools.reduce` as for route.
@@ -109,6 +114,34 @@ async def calls(k):
 loop = asyncio.new_event_loop()
 loop.run_until_complete(calls(300))  # warm: caches, the tokenizers
 functools.reduce(lambda *_: loop.run_until_complete(calls(n)), range(1), None)  # counted
+"""
+
+CHAT_SOCKET = """
+import asyncio, functools, sys
+sys.path.insert(0, {benches!r})
+from bench_own_cpu import MESSAGES, bench_registry, lean_call
+from bench_overhead import upstream
+from satisfice import Router, _core
+from satisfice.executor import ExecutionConfig, make_client
+which, n = sys.argv[1], int(sys.argv[2])
+with upstream() as url:  # its own process: not counted
+    router = Router(bench_registry(url))
+    _core.wait_for_tokenizers()
+    lean = lean_call(make_client(ExecutionConfig()), url)  # on a client as the router's
+
+    async def chat():
+        await router.chat(MESSAGES)
+
+    fn = {{"lean": lean, "chat": chat}}[which]
+
+    async def calls(k):
+        for _ in range(k):
+            await fn()
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(calls(300))  # warm: caches, the tokenizers, the connection
+    functools.reduce(lambda *_: loop.run_until_complete(calls(n)), range(1), None)  # counted
+    loop.close()
 """
 
 FEEDBACK = """
@@ -281,7 +314,7 @@ def per_request(python_dir: str | None, n: int, redis: bool = False) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("route", "chat", "feedback", "app", "serve"))
+    ap.add_argument("what", choices=("route", "chat", "chat-socket", "feedback", "app", "serve"))
     ap.add_argument("--against", metavar="PYTHON_DIR", help="another build's python directory")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control"):
@@ -296,6 +329,11 @@ def main() -> None:
             ("bare call (`client.post`)", "bare"),
             ("lean call (the exchange as the providers make it)", "lean"),
             ("the provider's call (`provider.complete`)", "provider"),
+            ("`router.chat()`", "chat"),
+        )]  # fmt: skip
+    elif args.what == "chat-socket":
+        rows = [(label, partial(per_call, child=CHAT_SOCKET, args=[w], n=1000)) for label, w in (
+            ("lean call (the exchange as the providers make it)", "lean"),
             ("`router.chat()`", "chat"),
         )]  # fmt: skip
     elif args.what == "feedback":
