@@ -38,8 +38,12 @@ current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = 
 def clock_of(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
     """`loop.time`, or `time.monotonic` itself where that is all the loop's time() does (the
     standard loops'): the C function, without BaseEventLoop.time's Python frame around it
-    (about 800 instructions a read). Another loop (uvloop) keeps its own clock."""
-    return time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+    (about 800 instructions a read). Another loop (uvloop) keeps its own clock, and so does
+    one whose `time` is set on the loop itself (a test's virtual clock): asked of its class,
+    such a loop's deadlines had been due on monotonic() while its timers ran on its clock
+    (fired at once, or never)."""
+    own = getattr(loop.time, "__func__", None)  # (the method the loop's `time` is bound to)
+    return time.monotonic if own is asyncio.BaseEventLoop.time else loop.time
 
 
 class Watchdog:
