@@ -70,7 +70,7 @@ from .registry import thinking_budget
 from .result import Attempt, ChatResult, billed_cost
 from .retry import Action, backoff_s, classify, cooldown_wait_s
 from .state import HealthStore
-from .transport import CONNECTING, UNKNOWN, WAITING, mark_stage, stage_of
+from .transport import CONNECTING, UNKNOWN, WAITING, stage_of
 from .validators import Answer, Context, Validator, Verdict
 
 if TYPE_CHECKING:
@@ -1842,16 +1842,11 @@ class Executor:
                     f"nothing new for {idle:g}s, before any text" if moved
                     else f"no text within {idle:g}s of the stream's start"
                 )  # fmt: skip
-                err = TimeoutError(f"{why} (stream_idle_timeout_s)")
-                # how far its request got: the limit runs from the stream's start, and may cut
-                # it off in line for a pooled connection or connecting (the transport marked
-                # the cancellation, the cause of this limit's TimeoutError), which `_bounded`
-                # reads off what it is raised (unmarked, such a call had been billed and its
-                # deployment marked down for the router's own pool)
-                cause = e.__cause__
-                if cause is not None and (stage := stage_of(cause)) != UNKNOWN:
-                    mark_stage(err, stage)
-                raise err from None
+                # raised from the limit's own (itself from the cancellation it cut in with):
+                # how far the request got, if the limit cut it off in line for a pooled
+                # connection or connecting, is read there (`transport.stage_of`); from None,
+                # such a call had been billed and its deployment marked down
+                raise TimeoutError(f"{why} (stream_idle_timeout_s)") from e
             except BaseException:
                 await gen.aclose()
                 raise

@@ -62,8 +62,16 @@ UNKNOWN, WAITING, CONNECTING = 0, 1, 2
 
 
 def stage_of(e: BaseException) -> int:
-    """How far the request had got when `e` was raised (see WAITING)."""
-    return getattr(e, "satisfice_stage", UNKNOWN)
+    """How far the request had got when `e` was raised (see WAITING): marked on it, or on
+    what it was raised from (`raise ... from`: a limit's TimeoutError raised from the
+    cancellation it cut in with, as asyncio.timeout raises it, had lost the mark)."""
+    cause: BaseException | None = e
+    while cause is not None:
+        stage = getattr(cause, "satisfice_stage", None)
+        if stage is not None:
+            return stage  # type: ignore[no-any-return]
+        cause = cause.__cause__
+    return UNKNOWN
 
 
 def mark_stage(e: BaseException, stage: int) -> None:
