@@ -588,10 +588,9 @@ class Run:
         self.spans: list[tuple[float, float]] = []
         self.min_window = 0  # after a context-length error: windows must be larger than this
         self.tried: set[str] = set()  # targets already called: no longer fallbacks
-        # calls sent and not yet on record, with their start: what a cancellation cuts off
-        # the calls in flight: their target, start, and what a stream of theirs generated
-        # each call in flight: its target, when it started, what its stream generated, and
-        # how far its request got when it was cut off (`transport.stage_of`; else UNKNOWN)
+        # each call in flight (sent, not yet on record: what a cancellation cuts off): its
+        # target, when it started, what its stream generated, and how far its request got
+        # when it was cut off (`transport.stage_of`; else UNKNOWN)
         self.calling: dict[tuple[str, str], tuple[_Target, float, Generated | None, int]] = {}
         self.answering: str | None = None  # the model a stream's text comes from, once known
         # routes the request again without leaving out cooling models (set by the router
