@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -424,7 +425,14 @@ async def test_a_pooled_post_sends_the_bytes_httpx_would_send(api: str) -> None:
     from satisfice.executor import ExecutionConfig, make_client
     from satisfice.testing import RawUpstream, http_response
 
-    answer = b'{"ok": true}'
+    answer = (
+        b'{"choices": [{"message": {"role": "assistant", "content": "hi"}, '
+        b'"finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}'
+        if api == "openai"
+        else b'{"type": "message", "role": "assistant", "content": [{"type": "text", '
+        b'"text": "hi"}], "stop_reason": "end_turn", '
+        b'"usage": {"input_tokens": 3, "output_tokens": 1}}'
+    )
     with RawUpstream(keep_alive=True) as raw:
         raw.push(*[http_response(answer).replace(b"connection: close", b"x-n: 1")] * 2)
         async with make_client(ExecutionConfig()) as c:
@@ -434,10 +442,10 @@ async def test_a_pooled_post_sends_the_bytes_httpx_would_send(api: str) -> None:
             assert p._poster is not None  # the pooled path is the one taken
             payload = {"messages": [{"role": "user", "content": "héllo"}]}
             body = '{"messages":[{"role":"user","content":"héllo"}]}'.encode()
-            content, _ = await p._post(payload, T)  # (encoded there: these bytes)
+            got = await p._post(payload, T)  # (encoded there: these bytes)
             theirs = c.build_request("POST", p._url, content=body, headers=p._headers, timeout=T)
             resp = await c.send(theirs)
-        assert content == resp.content == answer
+        assert resp.content == answer and got.raw == json.loads(answer) and got.text == "hi"
         assert len(raw.requests) == 2 and raw.connections == 1  # and the connection kept
         assert raw.requests[0] == raw.requests[1]
         assert raw.requests[0].endswith(b"Content-Length: %d\r\n\r\n" % len(body) + body)

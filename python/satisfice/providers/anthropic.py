@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -758,10 +758,10 @@ class AnthropicProvider(HTTPProvider):
         beta = request.anthropic_beta
         return None if beta is None else (("anthropic-beta", beta),)
 
-    async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
-        content, wire = await self._post(self._wire(request, False), timeout, self._beta(request))
-        data, wire = self._decode(content, wire)
-        return self._answer(data, wire)
+    def complete(
+        self, request: ChatRequest, timeout: httpx.Timeout
+    ) -> Coroutine[Any, Any, ChatResponse]:
+        return self._post(self._wire(request, False), timeout, self._beta(request))  # (`_post`)
 
     def _answer(self, data: Any, wire: float | None) -> ChatResponse:
         """The answer a whole (unstreamed) reply's decoded JSON says."""

@@ -847,12 +847,16 @@ class HTTPProvider:
         err.answered = True
         return err
 
+    def _answer(self, data: Any, wire: float | None) -> ChatResponse:
+        """The answer a whole (unstreamed) reply's decoded JSON says: each wire format's."""
+        raise NotImplementedError
+
     def _decode(self, content: bytes, wire: float) -> tuple[Any, float]:
         """The JSON answer `_post` read, decoded (scrubbed), and beside it `wire` (the seconds
         `_post` measured) with the decoding's added: the seconds a direct call would spend
         as well (encoding the JSON, the HTTP exchange, decoding the answer's JSON). Building
         the payload, scrubbing the answer and reading it are the router's own work, which
-        `ChatResult.overhead_s` counts. (A function beside `_post`, not a coroutine around
+        `ChatResult.overhead_s` counts. (A function `_post` calls, not a coroutine around
         it: a second coroutine layer had cost a frame a call.)"""
         t = time.perf_counter()
         try:
@@ -922,11 +926,15 @@ class HTTPProvider:
 
     async def _post(
         self, payload: Any, timeout: httpx.Timeout, extra: OwnHeaders = None
-    ) -> tuple[bytes, float]:
-        """POST `payload` (encoded here): the body of a 2xx answer (scrubbed) and the seconds
-        the encoding and the exchange took (timed as one stretch), else the mapped error.
-        On the router's own PooledTransport without httpx's request and response objects
-        (`PooledTransport.post`), else through the client. `_decode` reads the body."""
+    ) -> ChatResponse:
+        """POST `payload` (encoded here) and read the answer of a 2xx reply (its body
+        scrubbed and decoded, `_decode`, then `_answer`), else raise the mapped error. The
+        seconds the encoding, the exchange and the decoding took are its `wire_s`. On the
+        router's own PooledTransport without httpx's request and response objects
+        (`PooledTransport.post`), else through the client. What a provider's `complete`
+        returns for its caller to await: a coroutine of `complete`'s own around this one had
+        cost about 950 instructions a call in process, 1,900 over a socket (callgrind,
+        `benches/instructions.py chat` and `chat-socket`)."""
         # (a closed client's pool is closed too, and says so: its aclose() closes its
         # transport, and a closed PooledTransport raises on a request)
         poster = self._poster if extra is None else self._poster_for(extra)
@@ -959,7 +967,8 @@ class HTTPProvider:
             raise error_from_response(
                 status, httpx.Headers(headers), content, self.model_id, self.deployment
             )
-        return scrub_bytes(content), wire
+        data, wire = self._decode(scrub_bytes(content), wire)
+        return self._answer(data, wire)
 
     async def _json_in_place(self, resp: httpx.Response) -> tuple[httpx.Response, list[Any] | None]:
         """A 2xx answer to a stream request, and beside it `[its data]` when its body is JSON,

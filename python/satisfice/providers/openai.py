@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Mapping
 from typing import Any
 
 import httpx
@@ -466,10 +466,10 @@ class OpenAIProvider(HTTPProvider):
                 raise UnsupportedRequestError(f"{self.model_id}{why}")
         return p
 
-    async def complete(self, request: ChatRequest, timeout: httpx.Timeout) -> ChatResponse:
-        content, wire = await self._post(self._payload(request, False), timeout)
-        data, wire = self._decode(content, wire)
-        return self._answer(data, wire)
+    def complete(
+        self, request: ChatRequest, timeout: httpx.Timeout
+    ) -> Coroutine[Any, Any, ChatResponse]:
+        return self._post(self._payload(request, False), timeout)  # (see `_post`)
 
     def _answer(self, data: Any, wire: float | None) -> ChatResponse:
         """The answer a whole (unstreamed) reply's decoded JSON says."""
