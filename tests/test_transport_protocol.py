@@ -148,10 +148,32 @@ async def via_aread(c: httpx.AsyncClient, url: str, body: bytes = b"{}") -> byte
     return (await c.post(url + "/v1/x", content=body, timeout=T)).content
 
 
+class _BodyAsRead:
+    """A provider whose `_post` gives the body it read (scrubbed), not the answer the
+    provider makes of it: what these tests compare."""
+
+    __slots__ = ()
+
+    def _decode(self, content: bytes, wire: float) -> tuple[Any, float]:
+        return content, wire
+
+    def _answer(self, data: Any, wire: float | None) -> Any:
+        return data
+
+
+class RawOpenAI(_BodyAsRead, OpenAIProvider):
+    __slots__ = ()
+
+
+class RawAnthropic(_BodyAsRead, AnthropicProvider):
+    __slots__ = ()
+
+
 async def via_provider(c: httpx.AsyncClient, url: str, body: bytes = b"{}") -> bytes:
-    p = OpenAIProvider(c, base_url=url + "/v1", model="m", api_key="k")
+    p = RawOpenAI(c, base_url=url + "/v1", model="m", api_key="k")
     assert p._poster is not None  # the pooled path
-    return (await p._post(json.loads(body), T))[0]  # (`_post` encodes it: the same bytes)
+    got: bytes = await p._post(json.loads(body), T)  # type: ignore[assignment]  # (encoded there)
+    return got
 
 
 WAYS = {"stream": via_stream, "aread": via_aread, "provider": via_provider}
@@ -661,8 +683,8 @@ async def test_many_requests_through_few_connections_with_failures(way: str) -> 
                 timeout = httpx.Timeout(0.25 if k == "hang" else 2.0, pool=20)
                 try:
                     if way == "provider":
-                        p = OpenAIProvider(c, base_url=up.url + "/v1", model="m", api_key="k")
-                        got = (await p._post({"k": k}, timeout))[0]
+                        p = RawOpenAI(c, base_url=up.url + "/v1", model="m", api_key="k")
+                        got = await p._post({"k": k}, timeout)
                     else:
                         r = await c.post(up.url + "/x", content=body, timeout=timeout)
                         if r.status_code >= 300:
@@ -834,7 +856,7 @@ async def test_the_pooled_post_ends_as_the_httpx_path_does(case: str, api: str) 
     async with Upstream() as up:
         for pooled in (True, False):
             async with pooled_client(max_response_bytes=MiB) as c:
-                cls = OpenAIProvider if api == "openai" else AnthropicProvider
+                cls = RawOpenAI if api == "openai" else RawAnthropic
                 p = cls(c, base_url=up.url + "/v1", model="m", api_key="k")
                 if not pooled:
                     p._poster = None
@@ -845,9 +867,45 @@ async def test_the_pooled_post_ends_as_the_httpx_path_does(case: str, api: str) 
                 # own, and a stalled CI machine must not time them out
                 timeout = httpx.Timeout(0.3 if case.startswith("hang") else 2.0)
                 try:
-                    got = (await p._post({}, timeout))[0]
+                    got = await p._post({}, timeout)
                 except Exception as e:
                     err = e
                 outcomes.append(_outcome(err, got))
                 assert pool_of(c)._total <= 1
     assert outcomes[0] == outcomes[1]
+
+
+@ALL_WAYS
+async def test_a_kept_connection_times_out_each_request_by_its_own_read_timeout(way: str) -> None:
+    """The connection's watchdog outlives its requests: the second request on a kept
+    connection, with a read timeout far shorter than the first's (whose timer is still
+    armed) and an upstream that sends half a head and stops, times out on its own limit;
+    the connection is dropped, and a third request, on a new one, is answered."""
+    async with Upstream() as up, pooled_client() as c:
+        up.scripts += [
+            send(with_length(BODY)),
+            send(b"HTTP/1.1 200 OK\r\n", end="hang"),
+            send(with_length(BODY)),
+        ]
+        long_, short = httpx.Timeout(600.0), httpx.Timeout(0.3)
+
+        async def one(timeout: httpx.Timeout) -> bytes:
+            if way == "provider":
+                p = RawOpenAI(c, base_url=up.url + "/v1", model="m", api_key="k")
+                got: bytes = await p._post({}, timeout)  # type: ignore[assignment]
+                return got
+            req = c.build_request("POST", up.url + "/v1/x", content=b"{}", timeout=timeout)
+            r = await c.send(req, stream=way == "stream")
+            try:
+                return b"".join([p async for p in r.aiter_bytes()])
+            finally:
+                await r.aclose()
+
+        assert await asyncio.create_task(one(long_)) == BODY
+        t = time.perf_counter()
+        with pytest.raises((httpx.ReadTimeout, UpstreamTimeoutError)):
+            # (bounded: a timer that missed its task would leave it waiting for good)
+            await asyncio.wait_for(asyncio.create_task(one(short)), 10.0)
+        assert time.perf_counter() - t < 5.0
+        assert await asyncio.create_task(one(short)) == BODY
+        assert up.connections == 2

@@ -106,14 +106,20 @@ def _live_watchdog_timers(loop: asyncio.AbstractEventLoop) -> list[asyncio.Timer
     ]
 
 
-async def test_requests_leave_no_timer_behind(up: LocalUpstream) -> None:
+async def test_requests_leave_no_timer_behind_but_one_per_kept_connection(
+    up: LocalUpstream,
+) -> None:
     """Found by review: the response head's watchdog was never closed, so each request left
-    a timer for the whole read timeout, holding its finished task (and its result)."""
+    a timer for the whole read timeout, holding its finished task (and its result). A
+    connection's watchdog now serves all its requests, its timer armed once: at most one
+    timer per connection kept, none holding a task, a second round of requests on the kept
+    connections arming none, and none left once the connections are closed."""
     from satisfice.transport import PooledTransport
 
-    for _ in range(20):
+    for _ in range(40):
         up.script("m", reply("ok"))
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    loop = asyncio.get_running_loop()
     async with httpx.AsyncClient(transport=PooledTransport()) as c:
 
         async def one() -> int:
@@ -121,7 +127,12 @@ async def test_requests_leave_no_timer_behind(up: LocalUpstream) -> None:
             return r.status_code
 
         assert await asyncio.gather(*(one() for _ in range(20))) == [200] * 20
-        assert _live_watchdog_timers(asyncio.get_running_loop()) == []
+        first = _live_watchdog_timers(loop)
+        assert 1 <= len(first) <= 20
+        assert all(h._callback.__self__._task is None for h in first)  # type: ignore[attr-defined]
+        assert await asyncio.gather(*(one() for _ in range(20))) == [200] * 20
+        assert set(_live_watchdog_timers(loop)) <= set(first)  # (kept: none armed anew)
+    assert _live_watchdog_timers(loop) == []
 
 
 def test_deadlines_time_out_each_task_on_its_own_due_time_with_one_timer() -> None:
@@ -156,3 +167,36 @@ def test_deadlines_leave_an_outside_cancel_alone() -> None:
         await d.wait(asyncio.sleep(0.01), 1.0)  # still usable
 
     asyncio.run(main())
+
+
+def test_tasks_taking_turns_on_one_watchdog_each_get_their_own_timeout() -> None:
+    """A kept-alive connection's watchdog serves each of its requests, each its own task:
+    the timer armed for one task's long wait fires for the next task's shorter one on time,
+    cancels that task alone, and the watchdog keeps working for a third."""
+
+    async def main() -> list[str]:
+        wd = Watchdog()
+        out: list[str] = []
+
+        async def turn(name: str, takes: float, limit: float) -> None:
+            try:
+                await wd.wait(asyncio.sleep(takes), limit)
+                out.append(f"{name} done")
+            except TimeoutError:
+                assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+                out.append(f"{name} timed out")
+
+        loop = asyncio.get_running_loop()
+        await asyncio.create_task(turn("first", 0.01, 600.0))  # arms a timer 10 minutes out
+        t = loop.time()
+        await asyncio.create_task(turn("second", 5.0, 0.05))
+        assert loop.time() - t < 1.0  # not the first one's 10 minutes
+        await asyncio.sleep(0.1)  # a timer firing between turns, no wait pending: nothing
+        await asyncio.create_task(turn("third", 0.01, 0.3))
+        await asyncio.create_task(turn("fourth", 5.0, 0.05))
+        wd.close()
+        return out
+
+    assert asyncio.run(main()) == [
+        "first done", "second timed out", "third done", "fourth timed out"
+    ]  # fmt: skip

@@ -48,7 +48,12 @@ def clock_of(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
 
 class Watchdog:
     """`await wd.wait(aw, timeout)`: `aw`, or TimeoutError if it takes longer than `timeout`
-    seconds (None: no limit). Use from one task at a time; `close()` when done."""
+    seconds (None: no limit). Use from one event loop (its first wait's), by one task at a
+    time; tasks may take turns (a kept-alive connection's requests, each its own task, share
+    its watchdog: the timer stays armed between them, where a watchdog per request armed
+    and cancelled one each through asyncio's timer heap, about 18,000 of the 174,000
+    instructions of a request over a socket: `benches/instructions.py chat-socket`'s lean
+    call). `close()` when done."""
 
     __slots__ = ("_cancelling", "_due", "_expired", "_handle", "_loop", "_now", "_task", "_waiting")
 
@@ -65,15 +70,16 @@ class Watchdog:
     async def wait(self, aw: Awaitable[T], timeout: float | None) -> T:
         if timeout is None:
             return await aw
-        # the task, found on the loop of the last wait: a lookup by loop skips the running
+        # the task, found on the loop of the first wait: a lookup by loop skips the running
         # loop's check, a getpid() system call on Python 3.11 (the first wait still pays it)
         task = None if self._loop is None else current_task(self._loop)
-        if task is None or task is not self._task:
+        if task is None:  # the first wait (or, misused, one on another loop: its own timer)
             self.close()
             self._loop = asyncio.get_running_loop()
             self._now = clock_of(self._loop)
-            self._task = task = current_task(self._loop)
+            task = current_task(self._loop)
         assert task is not None and self._loop is not None
+        self._task = task  # the task the timer cancels if this wait outlasts its due time
         due = self._now() + max(timeout, 0.0)
         self._due = due
         h = self._handle
@@ -93,6 +99,7 @@ class Watchdog:
             raise
         finally:
             self._waiting = False
+            self._task = None  # not kept (with its result) by a timer armed for a later wait
             if self._expired:  # it fired, but `aw` swallowed the cancellation: undo ours
                 self._expired = False
                 task.uncancel()

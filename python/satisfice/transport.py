@@ -106,7 +106,7 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = (
         "_drained", "_paused", "_poll", "_waiter", "buf", "ended", "error", "key", "transport",
-        "used",
+        "used", "wd",
     )  # fmt: skip
 
     def __init__(self, key: tuple[str, str, int]) -> None:
@@ -120,6 +120,9 @@ class _Conn(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None  # a write waiting for room
         self._paused = False  # reading paused: the buffer is full
         self._poll: Any = None  # `usable`'s poll object on the socket, made at its first reuse
+        # the read timeout of every response it carries, one timer for the head and the
+        # body, armed once for the connection's life (see Watchdog)
+        self.wd = Watchdog()
 
     # asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -208,6 +211,7 @@ class _Conn(asyncio.Protocol):
         # No graceful TLS close: the connection is dead to us. A loop that has been closed
         # cannot abort its transport: its socket is closed here then (it had waited for
         # the garbage collector, and a pool kept had kept it open).
+        self.wd.close()
         try:
             self.transport.abort()
         except RuntimeError:
@@ -576,7 +580,6 @@ class PooledTransport(httpx.AsyncBaseTransport):
         except BaseException as e:
             mark_stage(e, WAITING)  # (unless it was connecting)
             raise
-        wd = Watchdog()  # the read timeout, one timer for the head and the body
         unsent: BaseException | None = None
         sent = monotonic()
         try:
@@ -591,7 +594,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 # (what arrived stays readable after the connection ends).
                 unsent = e
             sent = monotonic()
-            status, reason, headers, keep = await _read_head(conn, request, timeouts, wd)
+            status, reason, headers, keep = await _read_head(conn, request, timeouts)
             try:
                 length = _body_length(request, status, headers)
                 decoder = _decoder(headers, request)
@@ -601,7 +604,6 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 e.answered = 200 <= status < 300  # type: ignore[attr-defined]
                 raise
         except _NothingRead:
-            wd.close()
             self._discard(conn)
             # Stale: the close met the request at once (it was under way before the request
             # arrived). A close long after it (an upstream that read the request, worked on
@@ -624,12 +626,11 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 "the upstream closed the connection without answering", request=request
             ) from None
         except BaseException:
-            wd.close()
             self._discard(conn)
             raise
         if decoder is not None:  # decoded here, bounded; httpx must not decode it again
             headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
-        stream = _Body(self, conn, request, length, keep, timeouts.get("read"), wd, decoder)
+        stream = _Body(self, conn, request, length, keep, timeouts.get("read"), decoder)
         return status, reason, headers, stream
 
     async def aclose(self) -> None:
@@ -686,13 +687,12 @@ async def _timed(
 
 async def _more(
     conn: _Conn,
-    wd: Watchdog,
     timeout: float | None,
     request: httpx.Request,
     head: bool = False,
     eof_ok: bool = False,
 ) -> None:
-    """Wait, within the read timeout (kept by `wd`, one timer for a whole response), for
+    """Wait, within the read timeout (kept by the connection's watchdog), for
     more bytes than `conn.buf` holds; the error of a connection that ends without them.
     `head`: the read is the first of a response's head (the upstream closing before a byte of
     it is `_NothingRead`). `eof_ok`: a clean EOF is the caller's to judge (a body read until
@@ -700,7 +700,7 @@ async def _more(
     n = len(conn.buf)
     if not conn.ended:
         try:
-            await wd.wait(conn.more(), timeout)
+            await conn.wd.wait(conn.more(), timeout)
         except TimeoutError:
             raise httpx.ReadTimeout(f"no progress within {timeout:.3g}s", request=request) from None
         if len(conn.buf) > n or not conn.ended:
@@ -727,7 +727,6 @@ def _bare_lf(request: httpx.Request) -> httpx.RemoteProtocolError:
 async def _until(
     conn: _Conn,
     sep: bytes,
-    wd: Watchdog,
     timeout: float | None,
     request: httpx.Request,
     head: bool = False,
@@ -749,17 +748,17 @@ async def _until(
             # and been "no answer in time" for an answer that was there
             raise _bare_lf(request)
         start = max(len(buf) - len(sep) + 1, 0)
-        await _more(conn, wd, timeout, request, head)
+        await _more(conn, timeout, request, head)
 
 
 async def _read_head(
-    conn: _Conn, request: httpx.Request, timeouts: dict[str, Any], wd: Watchdog
+    conn: _Conn, request: httpx.Request, timeouts: dict[str, Any]
 ) -> tuple[int, bytes, list[tuple[bytes, bytes]], bool]:
     read = timeouts.get("read")
     first = True
     informational = 0
     while True:
-        raw = await _until(conn, _HEAD_END, wd, read, request, first)
+        raw = await _until(conn, _HEAD_END, read, request, first)
         first = False
         lines = raw[:-4].split(b"\r\n")
         parts = lines[0].split(b" ", 2)
@@ -907,7 +906,6 @@ class _Body(httpx.AsyncByteStream):
         "_request",
         "_size",
         "_transport",
-        "_wd",
     )
 
     def __init__(
@@ -918,7 +916,6 @@ class _Body(httpx.AsyncByteStream):
         length: int | None,
         keep: bool,
         read: float | None,
-        wd: Watchdog,
         decoder: Any = None,
     ) -> None:
         self._transport = transport
@@ -930,7 +927,6 @@ class _Body(httpx.AsyncByteStream):
         self._decoder = decoder
         self._size = 0  # body bytes so far, after decoding: what max_body bounds
         self._chunk = 0  # chunked: bytes left of the chunk being read
-        self._wd = wd  # the read timeout, shared with the head's read
 
     def _count(self, n: int) -> None:
         self._size += n
@@ -942,7 +938,7 @@ class _Body(httpx.AsyncByteStream):
 
     async def _raw(self, conn: _Conn) -> AsyncIterator[bytes]:
         """The body's bytes as sent (still encoded), as they arrive."""
-        req, t, wd = self._request, self._read, self._wd
+        req, t = self._request, self._read
         if self._left is None:  # until the upstream closes the connection
             while True:
                 if conn.buf:
@@ -952,11 +948,11 @@ class _Body(httpx.AsyncByteStream):
                         raise httpx.ReadError(f"read failed: {conn.error}", request=req)
                     return
                 else:
-                    await _more(conn, wd, t, req, eof_ok=True)
+                    await _more(conn, t, req, eof_ok=True)
         chunked = self._left < 0
         while True:
             if chunked and not self._chunk:
-                self._chunk = await _chunk_size(conn, wd, t, req)
+                self._chunk = await _chunk_size(conn, t, req)
                 if not self._chunk:
                     self._left = 0  # the last chunk and its trailers are read
                     return
@@ -967,13 +963,13 @@ class _Body(httpx.AsyncByteStream):
                     raise httpx.ReadError(
                         "the upstream closed the connection mid-body", request=req
                     )
-                await _more(conn, wd, t, req, eof_ok=not chunked)
+                await _more(conn, t, req, eof_ok=not chunked)
             piece = conn.take(min(self._chunk if chunked else self._left, 65536))
             if chunked:
                 self._chunk -= len(piece)
                 if not self._chunk:  # a chunk ends with CRLF
                     while len(conn.buf) < 2:
-                        await _more(conn, wd, t, req)
+                        await _more(conn, t, req)
                     if conn.take(2) != b"\r\n":
                         raise httpx.RemoteProtocolError(
                             "a chunk does not end with CRLF", request=req
@@ -1046,7 +1042,6 @@ class _Body(httpx.AsyncByteStream):
             raise
 
     def _done(self, reusable: bool) -> None:
-        self._wd.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             self._transport._release(conn, reusable)
@@ -1076,9 +1071,9 @@ async def read_body(resp: httpx.Response) -> bytes:
     return b"".join([piece async for piece in resp.aiter_bytes()])
 
 
-async def _chunk_size(conn: _Conn, wd: Watchdog, t: float | None, req: httpx.Request) -> int:
+async def _chunk_size(conn: _Conn, t: float | None, req: httpx.Request) -> int:
     """The size of a chunked body's next chunk; after the last one (0), its trailers read."""
-    line = await _until(conn, b"\r\n", wd, t, req)
+    line = await _until(conn, b"\r\n", t, req)
     m = _CHUNK_LINE.fullmatch(line)
     if m is None:
         raise httpx.RemoteProtocolError("a chunk size that is not a number", request=req)
@@ -1087,7 +1082,7 @@ async def _chunk_size(conn: _Conn, wd: Watchdog, t: float | None, req: httpx.Req
         # trailers (read and dropped), as many as a head has room for: an endless run of
         # them, already buffered, had held the event loop without an await
         for _ in range(_MAX_FIELDS):
-            if await _until(conn, b"\r\n", wd, t, req) == b"\r\n":
+            if await _until(conn, b"\r\n", t, req) == b"\r\n":
                 break
         else:
             raise httpx.RemoteProtocolError("more trailers than a response has", request=req)
