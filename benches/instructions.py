@@ -78,16 +78,16 @@ CHAT = """
 import asyncio, functools, json, sys
 sys.path.insert(0, {benches!r})
 import httpx
-from bench_own_cpu import ANSWER, Canned, MESSAGES, MODEL, bench_registry, lean_call
+from bench_own_cpu import ANSWER, Canned, MESSAGES, MODEL, _auth, lean_call, own_registry
 from satisfice import Router, _core
 from satisfice.executor import _Client
 from satisfice.providers import ChatRequest
 url = "http://127.0.0.1:9"
 client = _Client(transport=Canned(), timeout=httpx.Timeout(5.0))
-router = Router(bench_registry(url)).configure(http=client)
+router = Router(own_registry(url)).configure(http=client)
 _core.wait_for_tokenizers()  # after Router(): it starts the build this waits for
 endpoint = httpx.URL(url + "/v1/chat/completions")
-headers = {{"content-type": "application/json"}}
+headers = {{"content-type": "application/json", **_auth()}}
 io = router._executor()
 provider = io._provider(io.targets(router.registry, MODEL)[0])
 
@@ -119,13 +119,13 @@ functools.reduce(lambda *_: loop.run_until_complete(calls(n)), range(1), None)  
 CHAT_SOCKET = """
 import asyncio, functools, sys
 sys.path.insert(0, {benches!r})
-from bench_own_cpu import MESSAGES, bench_registry, lean_call
+from bench_own_cpu import MESSAGES, lean_call, own_registry
 from bench_overhead import upstream
 from satisfice import Router, _core
 from satisfice.executor import ExecutionConfig, make_client
 which, n = sys.argv[1], int(sys.argv[2])
 with upstream() as url:  # its own process: not counted
-    router = Router(bench_registry(url))
+    router = Router(own_registry(url))
     _core.wait_for_tokenizers()
     lean = lean_call(make_client(ExecutionConfig()), url)  # on a client as the router's
 

@@ -902,10 +902,9 @@ async def test_a_kept_connection_times_out_each_request_by_its_own_read_timeout(
                 await r.aclose()
 
         assert await asyncio.create_task(one(long_)) == BODY
-        t = time.perf_counter()
         with pytest.raises((httpx.ReadTimeout, UpstreamTimeoutError)):
-            # (bounded: a timer that missed its task would leave it waiting for good)
+            # (bounded: a timer that missed its task would leave it waiting for good, and
+            # wait_for's TimeoutError is neither of these)
             await asyncio.wait_for(asyncio.create_task(one(short)), 10.0)
-        assert time.perf_counter() - t < 5.0
         assert await asyncio.create_task(one(short)) == BODY
         assert up.connections == 2

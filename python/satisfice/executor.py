@@ -394,6 +394,27 @@ class _Target:
         self.balanced = len(spec.deployments) > 1
 
 
+#: Environment variables' names as os.environ keeps them (`_env_value`), encoded once each.
+_ENCODED: dict[str, Any] = {}
+_Environ = getattr(os, "_Environ", None)  # (CPython's class of os.environ)
+
+
+def _env_value(name: str) -> object:
+    """The value of environment variable `name` now (None when unset; empty when set to
+    ""): read per request, so that a key exported while the router runs is used from its
+    next request. From os.environ's own dict of encoded names and values (CPython's
+    `os._Environ`): `os.environ.get` goes through Mapping.get, `__getitem__` and the name's
+    encoding, three Python frames, about 4,000 instructions a call (callgrind) on every
+    request to a deployment with a key."""
+    environ = os.environ
+    if environ.__class__ is not _Environ:  # (replaced by something else: asked as a mapping)
+        return environ.get(name)
+    key = _ENCODED.get(name)
+    if key is None:
+        key = _ENCODED[name] = environ.encodekey(name)
+    return environ._data.get(key)  # type: ignore[attr-defined]
+
+
 def _complete(p: Provider, request: ChatRequest, timeout: httpx.Timeout) -> Awaitable[ChatResponse]:
     """What `_first_success` opens for an answer whole: `p.complete(request, timeout)`."""
     return p.complete(request, timeout)
@@ -999,7 +1020,7 @@ class Executor:
                     run.skip(t.model, t.dep.name, "deadline", "the request's deadline had passed")
                     return
                 env = t.dep.api_key_env
-                if env and not os.environ.get(env):  # read per request: set it and it is used
+                if env and not _env_value(env):
                     run.skip(
                         t.model,
                         t.dep.name,

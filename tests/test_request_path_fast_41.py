@@ -1,0 +1,100 @@
+"""The forty-first session's request-path changes hold what the old path held: a
+deployment's API key variable is read per request (set, unset, emptied, os.environ
+replaced), and so on."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from satisfice.testing import LocalUpstream
+
+from .chat_support import registry, router, wire
+
+MSGS = [{"role": "user", "content": "hello"}]
+
+
+async def test_a_key_variable_is_read_per_request_set_emptied_unset_or_replaced(
+    up: LocalUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_env_value` reads os.environ's own dict (not os.environ.get's Python frames): each
+    change to the variable is seen by the next request, however it was made; and a
+    process whose os.environ is replaced by a plain mapping is read through that."""
+    name = "SATISFICE_TEST_KEY_41"
+    monkeypatch.setenv(name, "k-1-test-key")
+    reg = registry(up.url)
+    alpha = reg["alpha"]
+    dep = alpha.deployments[0].replace(api_key_env=name)
+    async with router(up.url) as r:
+        r.update(reg.replace(alpha.replace(deployments=(dep,))))
+        assert (await r.chat(MSGS)).model == "alpha"
+        monkeypatch.setenv(name, "")  # set, but empty: no key
+        skipped = await r.chat(MSGS)
+        assert skipped.model == "beta" and f"{name} is not set" in str(skipped.attempts[0].error)
+        monkeypatch.setenv(name, "k-2-test-key")
+        assert (await r.chat(MSGS)).model == "alpha"
+        monkeypatch.delenv(name)
+        assert (await r.chat(MSGS)).model == "beta"
+        os.environ.update({name: "k-3-test-key"})  # os.environ's own methods, not setenv's
+        assert (await r.chat(MSGS)).model == "alpha"
+        monkeypatch.setattr(os, "environ", {name: "k-4-test-key"})  # replaced by a plain dict
+        assert (await r.chat(MSGS)).model == "alpha"
+        monkeypatch.setattr(os, "environ", {})
+        assert (await r.chat(MSGS)).model == "beta"
+    keys = [s.headers["authorization"] for s in up.seen(wire("alpha"))]
+    # (each answer's call sent the key its provider was made with, when first called)
+    assert keys == ["Bearer k-1-test-key"] * 4
+
+
+def _scrub_bytes_before(data: bytes) -> bytes:
+    """`scrub_bytes` as it was before its first test moved to latin-1 text (the forty-first session:
+    every spelling looked for with bytes' find)."""
+    from satisfice import _redact as r
+
+    if not r._secrets_b:
+        return data
+    if r._folded_b:
+        low = data.lower()
+        for k in r._folded_b:
+            if low.find(k) >= 0:
+                data = r._any_case(data, low, r._folded_b, r._REDACTED_B)
+                break
+    for s in r._exact_b:
+        if data.find(s) >= 0:
+            data = data.replace(s, r._REDACTED_B)
+    if r._PERCENT in data or (r._AMPERSAND in data and data.find(b"&#") >= 0):
+        data = r._unencode(data.decode("latin-1")).encode("latin-1")
+    return data
+
+
+def test_scrub_bytes_gives_what_it_gave_for_every_spelling_of_a_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The usual answer's test for a key (none there) on the bytes read as latin-1 text, the
+    rest as before: bit for bit what the old `scrub_bytes` gave, for answers holding a key
+    as it is, in other cases, in base64, percent-encoded, as character references, a key
+    that is not ASCII, beside bytes that are not ASCII, and none."""
+    import base64
+    import random
+    import urllib.parse
+
+    from satisfice import _redact as r
+
+    for name in ("_secrets", "_secrets_b", "_folded", "_folded_b", "_exact", "_exact_b",
+                 "_folded_l1", "_exact_l1"):  # fmt: skip
+        monkeypatch.setattr(r, name, getattr(r, name))  # (restored after: registered here)
+    keys = ["sk-test-41-" + "a1B2c3D4" * 4, "clé-secrète-41-" + "Zz9" * 6]
+    for k in keys:
+        r.register(k)
+    rng = random.Random(41)
+    spellings = [s.encode() for k in keys for s in (k, k.upper(), k.lower())]
+    spellings += [base64.b64encode(pad.encode() + keys[0].encode()) for pad in ("", "x", "xy")]
+    spellings += [urllib.parse.quote(keys[0], safe="").encode(), b"&#115;" + keys[0][1:].encode()]
+    fillers = [b'{"text": "hello"}', "é ü ß À".encode(), "Ωmega".encode(), b"%", b"&", b""]
+    for _ in range(3000):
+        parts = [rng.choice(fillers) for _ in range(rng.randint(0, 4))]
+        if rng.random() < 0.5:
+            parts.insert(rng.randint(0, len(parts)), rng.choice(spellings))
+        data = b" ".join(parts)
+        assert r.scrub_bytes(data) == _scrub_bytes_before(data), data
