@@ -71,7 +71,7 @@ ANSWER = json.dumps({
 #: The API key variable of MODEL's deployment here. A real deployment has one, which the
 #: router reads on every request and the provider sends (`Authorization`); the bundled
 #: registry on the local upstream (`bench_registry`) has none, and the figures here had left
-#: that read out (until 2026-12-07: os.environ.get, about 4,000 instructions a request).
+#: that read out (until 2026-12-06: os.environ.get, about 4,000 instructions a request).
 KEY_ENV = "SATISFICE_BENCH_KEY"
 os.environ.setdefault(KEY_ENV, "bench-key-" + "0" * 24)
 
