@@ -48,8 +48,8 @@ async def test_a_key_variable_is_read_per_request_set_emptied_unset_or_replaced(
 
 
 def _scrub_bytes_before(data: bytes) -> bytes:
-    """`scrub_bytes` as it was before its first test moved to latin-1 text (the forty-first session:
-    every spelling looked for with bytes' find)."""
+    """`scrub_bytes` as it was before its first test moved to Rust (`_core.AnyOf`, the
+    forty-first session): every spelling looked for with bytes' find."""
     from satisfice import _redact as r
 
     if not r._secrets_b:
@@ -71,10 +71,10 @@ def _scrub_bytes_before(data: bytes) -> bytes:
 def test_scrub_bytes_gives_what_it_gave_for_every_spelling_of_a_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The usual answer's test for a key (none there) on the bytes read as latin-1 text, the
-    rest as before: bit for bit what the old `scrub_bytes` gave, for answers holding a key
-    as it is, in other cases, in base64, percent-encoded, as character references, a key
-    that is not ASCII, beside bytes that are not ASCII, and none."""
+    """The usual answer's test for a key (none there) in one Rust call, the rest as before:
+    bit for bit what the old `scrub_bytes` gave, for answers holding a key as it is, in
+    other cases, in base64, percent-encoded, as character references, a key that is not
+    ASCII, beside bytes that are not ASCII, and none."""
     import base64
     import random
     import urllib.parse
@@ -82,7 +82,7 @@ def test_scrub_bytes_gives_what_it_gave_for_every_spelling_of_a_key(
     from satisfice import _redact as r
 
     for name in ("_secrets", "_secrets_b", "_folded", "_folded_b", "_exact", "_exact_b",
-                 "_folded_l1", "_exact_l1"):  # fmt: skip
+                 "_any_b"):  # fmt: skip
         monkeypatch.setattr(r, name, getattr(r, name))  # (restored after: registered here)
     keys = ["sk-test-41-" + "a1B2c3D4" * 4, "clé-secrète-41-" + "Zz9" * 6]
     for k in keys:
@@ -98,3 +98,18 @@ def test_scrub_bytes_gives_what_it_gave_for_every_spelling_of_a_key(
             parts.insert(rng.randint(0, len(parts)), rng.choice(spellings))
         data = b" ".join(parts)
         assert r.scrub_bytes(data) == _scrub_bytes_before(data), data
+
+
+def test_any_of_finds_each_string_in_any_ascii_case_and_nothing_else() -> None:
+    """`_core.AnyOf`: a string at the start, the end, alone, in upper or mixed case; bytes
+    that are not ASCII only as they are; nothing in a text without one, or too short for
+    one; an empty string refused (it occurs in every text)."""
+    from satisfice import InputError, _core
+
+    a = _core.AnyOf([b"sk-AbC123xyz", "clé-ß".encode()])
+    for hit in (b"sk-abc123xyz", b"xx SK-ABC123XYZ", b"Sk-aBc123XyZ.", "clé-ß!".encode()):
+        assert a.found_in(hit), hit
+    for miss in (b"", b"sk-abc123xy", b"sk-abc123 xyz", "CLÉ-ß".encode(), "clé-ss".encode()):
+        assert not a.found_in(miss), miss
+    with pytest.raises(InputError, match="empty"):
+        _core.AnyOf([b"ok", b""])

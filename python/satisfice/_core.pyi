@@ -19,6 +19,7 @@ __all__ = [
     "FEATURE_VERSION",
     "FLAGS",
     "TASKS",
+    "AnyOf",
     "DispatchTable",
     "Featurizer",
     "Plan",
@@ -75,6 +76,15 @@ def count_message_tokens(messages: _Messages, encoding: str = "o200k_base") -> i
 
 def is_exact_family(family: str) -> bool:
     """True for o200k_base and cl100k_base; other families are approximations."""
+
+@final
+class AnyOf:
+    """Whether any of some byte strings occurs in a text, ASCII letters in any case
+    (`_redact.scrub_bytes`'s first test for a key)."""
+
+    def __new__(cls, needles: Sequence[bytes]) -> AnyOf: ...
+    def found_in(self, text: bytes) -> bool:
+        """Whether one of the strings occurs in `text` (ASCII letters in any case)."""
 
 @final
 class Featurizer:
