@@ -113,3 +113,53 @@ def test_any_of_finds_each_string_in_any_ascii_case_and_nothing_else() -> None:
         assert not a.found_in(miss), miss
     with pytest.raises(InputError, match="empty"):
         _core.AnyOf([b"ok", b""])
+
+
+def _key_start_before(text: str) -> int:
+    """`_redact._key_start` as it was before the forty-first session: each start that ends
+    as the text does folded on its own, the base64 spellings' compared with `endswith`."""
+    from satisfice import _redact as r
+
+    if not text:
+        return 0
+    r._key_start("x")  # (its table of starts, made for the keys registered)
+    tail, held = text[-1], 0
+    for start in r._STARTS[1].get(r._fold(tail), ()):
+        if r._fold(text[-len(start) :]) == start:
+            held = len(start)
+            break
+    for start in r._STARTS[2].get(tail, ()):
+        if len(start) <= held:
+            break
+        if text.endswith(start):
+            return len(start)
+    return held
+
+
+def test_a_streamed_pieces_held_end_is_what_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """How much of a streamed text's end `StreamScrubber` holds back (`_key_start`: the
+    longest end that may begin a key, in any case, or a base64 spelling of one as it is),
+    now with the end folded once and compared by slices: the same as before for 5,000
+    ends made of keys' starts in every case, their spellings' starts, and other text."""
+    import base64
+    import random
+
+    from satisfice import _redact as r
+
+    for name in ("_secrets", "_secrets_b", "_folded", "_folded_b", "_exact", "_exact_b",
+                 "_any_b", "_STARTS"):  # fmt: skip
+        monkeypatch.setattr(r, name, getattr(r, name))  # (restored after: registered here)
+    keys = ["sk-test-41-" + "a1B2c3D4" * 4, "Ab9-Xy" * 5, "clé-secrète-41-" + "Zz9" * 6]
+    for k in keys:
+        r.register(k)
+    rng = random.Random(41)
+    sources = [*keys, *(base64.b64encode(p.encode() + keys[0].encode()).decode() for p in "xy")]
+    fillers = ["hello ", "SK-", "é À ", "a", "Ω", " ", "x9"]
+    for _ in range(5000):
+        src = rng.choice(sources)
+        start = src[: rng.randint(1, len(src) - 1)]
+        start = rng.choice([start, start.upper(), start.lower(), start.swapcase()])
+        text = "".join(rng.choice(fillers) for _ in range(rng.randint(0, 3)))
+        if rng.random() < 0.7:
+            text += start
+        assert r._key_start(text) == _key_start_before(text), text

@@ -208,7 +208,7 @@ def scrub(text: str) -> str:
         # in str.lower()'s text (fast; it can only find more), placed by the exact fold
         low = text.lower()
         for k in _folded:
-            if low.find(k) >= 0:
+            if k in low:  # (str's `in`: `find` parses its arguments the slow way)
                 text = _any_case(text, low if text.isascii() else _fold(text), _folded, REDACTED)
                 break
     for s in _exact:  # base64 spellings
@@ -358,15 +358,20 @@ def _key_start(text: str) -> int:
     if not text:
         return 0
     tail, held = text[-1], 0
-    for start in _STARTS[1].get(_fold(tail), ()):  # (longest first: the first that ends it)
-        if _fold(text[-len(start) :]) == start:
-            held = len(start)
-            break
+    starts = _STARTS[1].get(_fold(tail))
+    if starts:
+        # the text's end folded once, as long as the longest start (each folded on its own,
+        # a call and a fold a start: about 700 instructions each, several a streamed piece)
+        low = _fold(text[-len(starts[0]) :])
+        for start in starts:  # (longest first: the first that ends it)
+            if low[-len(start) :] == start:
+                held = len(start)
+                break
     for start in _STARTS[2].get(tail, ()):
         if len(start) <= held:
             break
-        if text.endswith(start):
-            return len(start)
+        if text[-len(start) :] == start:  # (a slice's comparison: `endswith` parses its
+            return len(start)  # arguments the slow way)
     return held
 
 
