@@ -432,7 +432,8 @@ class StreamScrubber:
 
 def scrub_bytes(data: bytes) -> bytes:
     """`scrub` for bytes."""
-    if not _secrets_b:
+    any_b = _any_b  # (set last by `register`: with it, every key's spellings are there)
+    if any_b is None:
         return data
     # Whether a key is there at all, every spelling looked for in Rust (`_core.AnyOf`, ASCII
     # letters in any case: it finds all that the tests below find, and more), where each
@@ -441,7 +442,7 @@ def scrub_bytes(data: bytes) -> bytes:
     # instructions with one key registered, 26,800 with three; now 3,300 and 4,800
     # (callgrind). An answer with none in it (the usual one) has only an encoded spelling
     # left to look for.
-    if not _any_b.found_in(data):
+    if not any_b.found_in(data):
         if _PERCENT in data or (_AMPERSAND in data and data.find(b"&#") >= 0):
             return _unencode(data.decode("latin-1")).encode("latin-1")
         return data
