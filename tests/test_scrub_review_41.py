@@ -37,3 +37,33 @@ def test_scrub_bytes_while_the_first_key_is_being_registered(
     r.register(key)
     assert seen == [b'{"text": "hello"}']
     assert r.scrub_bytes(f"x {key.upper()} y".encode()) == b"x [redacted] y"  # registered now
+
+
+def test_a_stream_read_while_a_key_is_being_registered_holds_the_key_once_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`_key_start`'s table of keys' starts was made again when `_secrets` changed, and
+    `register` sets `_secrets` first: a stream read in between (another thread) made the
+    table from the keys before the new one and tagged it with the new `_secrets`, so it
+    was never made again. Each stream after that let a key split between two pieces
+    through, its first part in one piece and the rest in the next. The table is tagged
+    with `_any_b`, which `register` sets last."""
+    from satisfice._redact import StreamScrubber
+
+    for name in (*_STATE, "_STARTS"):  # (restored after: registered here)
+        monkeypatch.setattr(r, name, getattr(r, name))
+    before = {name: getattr(r, name) for name in _STATE}
+    key = "sk-review-41-" + "w3" * 10
+    r.register(key)
+    after = {name: getattr(r, name) for name in _STATE}
+    # register() between its first step and the rest: `_secrets` new, the others not yet
+    for name in _STATE:
+        setattr(r, name, after[name] if name == "_secrets" else before[name])
+    s = StreamScrubber()
+    s.feed("a stream read meanwhile ")
+    for name in _STATE:  # register() done
+        setattr(r, name, after[name])
+    for cut in range(1, len(key)):
+        s = StreamScrubber()
+        out = s.feed("x " + key[:cut]) + s.feed(key[cut:] + " y") + s.flush()
+        assert out == "x [redacted] y", (cut, out)

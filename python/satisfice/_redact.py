@@ -336,7 +336,9 @@ def _unhide(text: str) -> str:
 
 # Every proper start of every key, by its last character, longest first: a text's end is
 # checked only against the starts that end as it does (one or two, not a key's length).
-_STARTS: tuple[tuple[str, ...], dict[str, list[str]], dict[str, list[str]]] = ((), {}, {})
+# Made for the `_any_b` it names, which `register` sets last (for `_secrets`, set first, a
+# table made in between had missed the new key for good).
+_STARTS: tuple[Any, dict[str, list[str]], dict[str, list[str]]] = (None, {}, {})
 
 
 def _starts_table(keys: set[str]) -> dict[str, list[str]]:
@@ -353,8 +355,8 @@ def _key_start(text: str) -> int:
     """How many characters at the end of `text` could be where a key begins: the longest
     end that is the start of one (a key's in any case, a base64 spelling's as it is)."""
     global _STARTS
-    if _STARTS[0] is not _secrets:
-        _STARTS = (_secrets, _starts_table(set(_folded)), _starts_table(set(_exact)))
+    if _STARTS[0] is not _any_b:
+        _STARTS = (_any_b, _starts_table(set(_folded)), _starts_table(set(_exact)))
     if not text:
         return 0
     tail, held = text[-1], 0
