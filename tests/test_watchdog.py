@@ -4,6 +4,8 @@ happens between waits, and never swallows a cancellation that came from elsewher
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import httpx
 import pytest
@@ -135,18 +137,30 @@ async def test_requests_leave_no_timer_behind_but_one_per_kept_connection(
     assert _live_watchdog_timers(loop) == []
 
 
+async def _timed(
+    wait: Callable[[Awaitable[None], float], Awaitable[None]],
+    out: list[str],
+    name: str,
+    takes: float,
+    limit: float,
+) -> None:
+    """`name`'s wait of `takes` seconds within `limit`, said on `out`: done, or timed out
+    (and the task uncancelled)."""
+    try:
+        await wait(asyncio.sleep(takes), limit)
+        out.append(f"{name} done")
+    except TimeoutError:
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        out.append(f"{name} timed out")
+
+
 def test_deadlines_time_out_each_task_on_its_own_due_time_with_one_timer() -> None:
     async def main() -> list[str]:
         d = Deadlines(asyncio.get_running_loop())
         out: list[str] = []
 
-        async def one(name: str, takes: float, limit: float) -> None:
-            try:
-                await d.wait(asyncio.sleep(takes), limit)
-                out.append(f"{name} done")
-            except TimeoutError:
-                assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
-                out.append(f"{name} timed out")
+        def one(name: str, takes: float, limit: float) -> Awaitable[None]:
+            return _timed(d.wait, out, name, takes, limit)
 
         # a late due armed first, then an earlier one: the timer is re-armed for it (the
         # margins are wide: a stall past the slow one's due would time both out at once)
@@ -178,13 +192,8 @@ def test_tasks_taking_turns_on_one_watchdog_each_get_their_own_timeout() -> None
         wd = Watchdog()
         out: list[str] = []
 
-        async def turn(name: str, takes: float, limit: float) -> None:
-            try:
-                await wd.wait(asyncio.sleep(takes), limit)
-                out.append(f"{name} done")
-            except TimeoutError:
-                assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
-                out.append(f"{name} timed out")
+        def turn(name: str, takes: float, limit: float) -> Coroutine[Any, Any, None]:
+            return _timed(wd.wait, out, name, takes, limit)
 
         await asyncio.create_task(turn("first", 0.01, 600.0))  # arms a timer 10 minutes out
         await asyncio.create_task(turn("second", 5.0, 0.05))  # (not waited out: "done")
