@@ -200,14 +200,15 @@ class Health:
         try:
             s = self._s.get(key) or self._get(key)
             a = self.config.alpha
+            keep = 1.0 - a  # (float from float: int 1 less a float is Python's slow path)
             if s.n_ok == 0:
                 s.lat_mean = latency_s
             else:
                 d = latency_s - s.lat_mean
                 s.lat_mean += a * d
-                s.lat_var = (1 - a) * (s.lat_var + a * d * d)
+                s.lat_var = keep * (s.lat_var + a * d * d)
             s.n_ok += 1
-            s.err *= 1 - a
+            s.err *= keep
             s.consecutive = 0
             # A success closes the breaker, but an upstream's Retry-After still holds: a request
             # that was in flight before the 429 proves nothing about the rate limit.
