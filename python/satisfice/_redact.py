@@ -444,23 +444,20 @@ def scrub_bytes(data: bytes) -> bytes:
     # instructions with one key registered, 26,800 with three; now 3,300 and 4,800
     # (callgrind). An answer with none in it (the usual one) has only an encoded spelling
     # left to look for.
-    if not any_b.found_in(data):
-        if _PERCENT in data or (_AMPERSAND in data and data.find(b"&#") >= 0):
-            return _unencode(data.decode("latin-1")).encode("latin-1")
-        return data
-    if _folded_b:
-        low = data.lower()  # (ASCII letters only: each byte where it was)
-        for k in _folded_b:
-            # `find`, not `in`: Python 3.11's `bytes in bytes` first tries its operand as
-            # an int and formats the TypeError it gets, ~1,200 instructions a test. One
-            # byte is tested for as an int (`0x25 in data`): one memchr, where `find`
-            # parses its arguments the slow way (~1,600 instructions a test, callgrind)
-            if low.find(k) >= 0:  # the keys in any case, in one pass
-                data = _any_case(data, low, _folded_b, _REDACTED_B)
-                break
-    for s in _exact_b:  # base64 spellings
-        if data.find(s) >= 0:
-            data = data.replace(s, _REDACTED_B)
+    if any_b.found_in(data):
+        if _folded_b:
+            low = data.lower()  # (ASCII letters only: each byte where it was)
+            for k in _folded_b:
+                # `find`, not `in`: Python 3.11's `bytes in bytes` first tries its operand
+                # as an int and formats the TypeError it gets, ~1,200 instructions a test.
+                # One byte is tested for as an int (`0x25 in data`): one memchr, where
+                # `find` parses its arguments the slow way (~1,600 instructions a test)
+                if low.find(k) >= 0:  # the keys in any case, in one pass
+                    data = _any_case(data, low, _folded_b, _REDACTED_B)
+                    break
+        for s in _exact_b:  # base64 spellings
+            if data.find(s) >= 0:
+                data = data.replace(s, _REDACTED_B)
     if _PERCENT in data or (_AMPERSAND in data and data.find(b"&#") >= 0):
         # read as latin-1, every byte one character and back: the runs are ASCII
         data = _unencode(data.decode("latin-1")).encode("latin-1")
