@@ -5,6 +5,7 @@ optionally another, side by side.
     python benches/instructions.py chat                  # chat() and the direct calls, in process
     python benches/instructions.py chat-socket           # the lean call and chat(), over a socket
     python benches/instructions.py feedback              # router.feedback(), a request id each
+    python benches/instructions.py scrub                 # an answer's and a streamed piece's
     python benches/instructions.py app                   # the server's ASGI app, in process
     python benches/instructions.py serve                 # one request through `satisfice serve`
     python benches/instructions.py route --against OTHER/python
@@ -30,6 +31,10 @@ symbols (a pyenv build has them).
 - feedback: `router.feedback(request_id, 1.0)` on the bundled registry, a new id each
   time (the same 3 KB prompt's decisions: an answer is scored once), inside one
   `functools.reduce` as for route.
+- scrub: what keeping API keys out of upstream text costs, with 0, 1 and 3 keys registered
+  (each a 46-character key and its base64 spellings): `scrub_bytes` of `bench_own_cpu.py`'s
+  252-byte answer (every answer's), and `StreamScrubber.feed` of a streamed piece of a few
+  words (every piece's), inside one `functools.reduce` as for route.
 - app: the served request in process: `satisfice serve`'s ASGI app called directly (no
   socket, no uvicorn) with the router's upstream answered from memory, as `chat` answers
   it; the event loop's thread only (the ledger's writer thread, which counts the metrics,
@@ -155,6 +160,23 @@ rids = [r.route(prompt).request_id for _ in range(n + 200)]  # an answer is scor
 for rid in rids[n:]:
     r.feedback(rid, 1.0)
 functools.reduce(lambda _, i: r.feedback(rids[i], 1.0), range(n), None)  # counted
+"""
+
+SCRUB = """
+import functools, sys
+sys.path.insert(0, {benches!r})
+from bench_own_cpu import ANSWER
+from satisfice import _redact
+which, keys, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(keys):
+    _redact.register(f"sk-test-key-{{i}}-" + "0123456789abcdef" * 2)
+pieces = ["Hello", " there", ", how", " are", " you", " today", "? I", " am", " fine", "."]
+s = _redact.StreamScrubber()
+f = (lambda _, i: _redact.scrub_bytes(ANSWER)) if which == "answer" else (
+    lambda _, i: s.feed(pieces[i % 10]))
+for i in range(100):
+    f(None, i)
+functools.reduce(f, range(n), None)  # the counted part
 """
 
 APP = """
@@ -314,7 +336,9 @@ def per_request(python_dir: str | None, n: int, redis: bool = False) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("route", "chat", "chat-socket", "feedback", "app", "serve"))
+    ap.add_argument(
+        "what", choices=("route", "chat", "chat-socket", "feedback", "scrub", "app", "serve")
+    )
     ap.add_argument("--against", metavar="PYTHON_DIR", help="another build's python directory")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control"):
@@ -338,6 +362,14 @@ def main() -> None:
         )]  # fmt: skip
     elif args.what == "feedback":
         rows = [("`router.feedback()`", partial(per_call, child=FEEDBACK, args=[], n=2000))]
+    elif args.what == "scrub":
+        rows = [
+            (f"{label}, {k} key{'s' * (k != 1)} registered",
+             partial(per_call, child=SCRUB, args=[w, str(k)], n=5000))
+            for label, w, ks in (("`scrub_bytes` of an answer", "answer", (0, 1, 3)),
+                                 ("`StreamScrubber.feed` of a piece", "piece", (1, 3)))
+            for k in ks
+        ]  # fmt: skip
     elif args.what == "app":
         rows = [
             ("`router.chat()`", partial(per_call, child=CHAT, args=["chat"], n=500)),
