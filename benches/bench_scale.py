@@ -49,22 +49,31 @@ def cpu_us(f: Callable[[], object], reps: int) -> float:
     return statistics.median(ts) / 1e3
 
 
-async def chat_overhead(url: str, n: int, calls: int) -> tuple[float, float]:
-    """chat() with another model's deployment disabled: CPU per call, overhead_s p50."""
-    reg = grown(bench_registry(url), n)
-    router = Router(reg).configure()
-    other = next(m for m in reg if m.id != MODEL and m.deployments)
-    assert router._io is not None
-    router._io.health.disable(f"{other.id}/{other.deployments[0].name}", "bench: cooling")
-    for _ in range(100):
-        await router.chat(MESSAGES)
-    over = []
-    c = time.process_time()
-    for _ in range(calls):
-        over.append((await router.chat(MESSAGES)).overhead_s)
-    cpu = (time.process_time() - c) / calls
-    await router.aclose()
-    return cpu * 1e6, statistics.median(over) * 1e6
+async def chat_overheads(url: str, sizes: list[int], calls: int) -> list[tuple[float, float]]:
+    """chat() with another model's deployment disabled, one router per size: CPU per call
+    and overhead_s p50. The routers take turns, 100 calls at a time, so that a slow spell
+    of a shared machine (they last seconds) falls on every size alike."""
+    routers = []
+    for n in sizes:
+        reg = grown(bench_registry(url), n)
+        router = Router(reg).configure()
+        other = next(m for m in reg if m.id != MODEL and m.deployments)
+        assert router._io is not None
+        router._io.health.disable(f"{other.id}/{other.deployments[0].name}", "bench: cooling")
+        for _ in range(100):
+            await router.chat(MESSAGES)
+        routers.append(router)
+    over: list[list[float]] = [[] for _ in sizes]
+    cpu = [0.0 for _ in sizes]
+    for _ in range(max(calls // 100, 1)):
+        for i, router in enumerate(routers):
+            c = time.process_time()
+            for _ in range(100):
+                over[i].append((await router.chat(MESSAGES)).overhead_s)
+            cpu[i] += time.process_time() - c
+    for router in routers:
+        await router.aclose()
+    return [(c / len(o) * 1e6, statistics.median(o) * 1e6) for c, o in zip(cpu, over, strict=True)]
 
 
 def main() -> None:
@@ -88,8 +97,9 @@ def main() -> None:
         ex = cpu_us(d.explain, 50)
         rows.append([n, len(reg.ids), route[100], route[4096], fb, ex])
     with upstream() as url:
-        for row in rows:
-            row.extend(asyncio.run(chat_overhead(url, row[0], args.reps)))
+        chats = asyncio.run(chat_overheads(url, [row[0] for row in rows], args.reps))
+    for row, chat in zip(rows, chats, strict=True):
+        row.extend(chat)
     print(f"`python benches/bench_scale.py --reps {args.reps}` (CPU time, medians)\n")
     print(
         "| models | table rows | route 100 B µs | route 4 KB µs | feedback µs | explain µs "
