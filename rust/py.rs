@@ -885,37 +885,40 @@ fn is_exact_family(family: &str) -> PyResult<bool> {
     Ok(self::family(family)?.is_exact())
 }
 
-/// Whether any of a set of byte strings occurs in a text, ASCII letters in any case: the
-/// first test `_redact.scrub_bytes` makes of every answer for the keys it must not let
-/// through (each key as it is and its base64 spellings). The text lower-cased once and
-/// each string looked for with memchr's SIMD substring search, where Python looked for
-/// each in turn, about 2,500 instructions apiece on a small answer (and aho-corasick's
-/// automaton took 15 instructions a byte); a text it finds one in is scrubbed by the exact
-/// rules in Python.
+/// The keys' spellings `_redact` must not let through (`spellings.rs`): whether a text
+/// holds any (an answer's bytes, a str), and how much of a streamed text's end could start
+/// one.
 #[pyclass(frozen, module = "satisfice._core")]
-struct AnyOf {
-    finders: Vec<memchr::memmem::Finder<'static>>,
+struct Spellings(crate::spellings::Spellings);
+
+/// A str's UTF-8, or its `surrogatepass` bytes when it holds an unpaired surrogate (which
+/// no spelling's valid UTF-8 matches; `spellings.rs`).
+fn str_bytes<'a>(s: &'a Bound<'_, PyString>) -> PyResult<std::borrow::Cow<'a, [u8]>> {
+    match s.to_str() {
+        Ok(t) => Ok(std::borrow::Cow::Borrowed(t.as_bytes())),
+        Err(_) => {
+            let b = s.call_method1(intern!(s.py(), "encode"), ("utf-8", "surrogatepass"))?;
+            Ok(std::borrow::Cow::Owned(b.extract::<Vec<u8>>()?))
+        }
+    }
 }
 
 #[pymethods]
-impl AnyOf {
+impl Spellings {
     #[new]
-    fn new(needles: Vec<Vec<u8>>) -> PyResult<Self> {
-        if needles.iter().any(|n| n.is_empty()) {
-            return Err(
-                CoreError::Input("AnyOf: an empty string occurs in every text".into()).into(),
-            );
-        }
-        let finders = needles
-            .iter()
-            .map(|n| memchr::memmem::Finder::new(&n.to_ascii_lowercase()).into_owned())
-            .collect();
-        Ok(Self { finders })
+    fn new(folded: Vec<String>, exact: Vec<String>) -> PyResult<Self> {
+        Ok(Self(crate::spellings::Spellings::new(folded, exact)?))
     }
-    /// Whether one of the strings occurs in `text` (ASCII letters in any case).
-    fn found_in(&self, text: &[u8]) -> bool {
-        let low = text.to_ascii_lowercase();
-        self.finders.iter().any(|f| f.find(&low).is_some())
+    /// Whether a spelling occurs in `text` (bytes or str), ASCII letters in any case.
+    fn found_in(&self, text: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if let Ok(b) = text.downcast::<pyo3::types::PyBytes>() {
+            return Ok(self.0.found_in(b.as_bytes()));
+        }
+        Ok(self.0.found_in(&str_bytes(text.downcast::<PyString>()?)?))
+    }
+    /// How many characters at the end of `text` could be where a spelling begins.
+    fn key_start(&self, text: &Bound<'_, PyString>) -> PyResult<usize> {
+        Ok(self.0.key_start(&str_bytes(text)?))
     }
 }
 
@@ -1532,7 +1535,7 @@ mod _core {
         count_message_tokens, count_tokens, count_tokens_batch, count_tokens_till_limit, embed,
         embed_batch, estimate_message_tokens, estimate_tokens, estimate_tokens_batch,
         estimator_inputs, is_exact_family, rank, tokenizers_ready, update_belief,
-        wait_for_tokenizers, AnyOf, Featurizer, PyDispatchTable, PyPlan,
+        wait_for_tokenizers, Featurizer, PyDispatchTable, PyPlan, Spellings,
     };
 
     #[pymodule_export]

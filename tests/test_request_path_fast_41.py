@@ -49,7 +49,7 @@ async def test_a_key_variable_is_read_per_request_set_emptied_unset_or_replaced(
 
 def _scrub_bytes_before(data: bytes) -> bytes:
     """`scrub_bytes` as it was before its first test moved to Rust (`_core.AnyOf`, the
-    forty-first session): every spelling looked for with bytes' find."""
+    forty-first session; `_core.Spellings` since): every spelling looked for with bytes' find."""
     from satisfice import _redact as r
 
     if not r._secrets_b:
@@ -82,7 +82,7 @@ def test_scrub_bytes_gives_what_it_gave_for_every_spelling_of_a_key(
     from satisfice import _redact as r
 
     for name in ("_secrets", "_secrets_b", "_folded", "_folded_b", "_exact", "_exact_b",
-                 "_any_b"):  # fmt: skip
+                 "_spellings"):  # fmt: skip
         monkeypatch.setattr(r, name, getattr(r, name))  # (restored after: registered here)
     keys = ["sk-test-41-" + "a1B2c3D4" * 4, "clé-secrète-41-" + "Zz9" * 6]
     for k in keys:
@@ -100,35 +100,47 @@ def test_scrub_bytes_gives_what_it_gave_for_every_spelling_of_a_key(
         assert r.scrub_bytes(data) == _scrub_bytes_before(data), data
 
 
-def test_any_of_finds_each_string_in_any_ascii_case_and_nothing_else() -> None:
-    """`_core.AnyOf`: a string at the start, the end, alone, in upper or mixed case; bytes
-    that are not ASCII only as they are; nothing in a text without one, or too short for
-    one; an empty string refused (it occurs in every text)."""
+def test_spellings_find_each_string_in_any_ascii_case_and_nothing_else() -> None:
+    """`_core.Spellings.found_in` (bytes or str): a string at the start, the end, alone, in
+    upper or mixed case; bytes that are not ASCII only as they are; nothing in a text
+    without one, or too short for one; an empty string refused (it occurs in every text)."""
     from satisfice import InputError, _core
 
-    a = _core.AnyOf([b"sk-AbC123xyz", "clé-ß".encode()])
-    for hit in (b"sk-abc123xyz", b"xx SK-ABC123XYZ", b"Sk-aBc123XyZ.", "clé-ß!".encode()):
-        assert a.found_in(hit), hit
-    for miss in (b"", b"sk-abc123xy", b"sk-abc123 xyz", "CLÉ-ß".encode(), "clé-ss".encode()):
+    a = _core.Spellings(["sk-AbC123xyz"], ["clé-ß"])
+    for hit in ("sk-abc123xyz", "xx SK-ABC123XYZ", "Sk-aBc123XyZ.", "clé-ß!", "\ud800 clé-ß"):
+        assert a.found_in(hit) and a.found_in(hit.encode("utf-8", "surrogatepass")), hit
+    for miss in ("", "sk-abc123xy", "sk-abc123 xyz", "CLÉ-ß", "clé-ss", "\ud800"):
         assert not a.found_in(miss), miss
+        assert not a.found_in(miss.encode("utf-8", "surrogatepass")), miss
     with pytest.raises(InputError, match="empty"):
-        _core.AnyOf([b"ok", b""])
+        _core.Spellings(["ok"], [""])
+    with pytest.raises(TypeError):
+        a.found_in(["sk-abc123xyz"])
 
 
 def _key_start_before(text: str) -> int:
-    """`_redact._key_start` as it was before the forty-first session: each start that ends
-    as the text does folded on its own, the base64 spellings' compared with `endswith`."""
+    """`_redact._key_start` as it was before the forty-first session: a table of the keys'
+    starts by their last character, each start that ends as the text does folded on its
+    own, the base64 spellings' compared with `endswith`."""
     from satisfice import _redact as r
+
+    def table(keys: tuple[str, ...]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for key in set(keys):
+            for k in range(1, len(key)):
+                out.setdefault(key[k - 1], []).append(key[:k])
+        for starts in out.values():
+            starts.sort(key=len, reverse=True)
+        return out
 
     if not text:
         return 0
-    r._key_start("x")  # (its table of starts, made for the keys registered)
     tail, held = text[-1], 0
-    for start in r._STARTS[1].get(r._fold(tail), ()):
+    for start in table(r._folded).get(r._fold(tail), ()):
         if r._fold(text[-len(start) :]) == start:
             held = len(start)
             break
-    for start in r._STARTS[2].get(tail, ()):
+    for start in table(r._exact).get(tail, ()):
         if len(start) <= held:
             break
         if text.endswith(start):
@@ -147,14 +159,16 @@ def test_a_streamed_pieces_held_end_is_what_it_was(monkeypatch: pytest.MonkeyPat
     from satisfice import _redact as r
 
     for name in ("_secrets", "_secrets_b", "_folded", "_folded_b", "_exact", "_exact_b",
-                 "_any_b", "_STARTS"):  # fmt: skip
+                 "_spellings"):  # fmt: skip
         monkeypatch.setattr(r, name, getattr(r, name))  # (restored after: registered here)
     keys = ["sk-test-41-" + "a1B2c3D4" * 4, "Ab9-Xy" * 5, "clé-secrète-41-" + "Zz9" * 6]
     for k in keys:
         r.register(k)
     rng = random.Random(41)
     sources = [*keys, *(base64.b64encode(p.encode() + keys[0].encode()).decode() for p in "xy")]
-    fillers = ["hello ", "SK-", "é À ", "a", "Ω", " ", "x9"]
+    # (an unpaired surrogate, which a str may hold and UTF-8 may not; the Kelvin sign and
+    # dotted I, which str.lower() makes ASCII and the ASCII fold leaves)
+    fillers = ["hello ", "SK-", "é À ", "a", "Ω", " ", "x9", "\ud800", "\u212a", "\u0130"]
     for _ in range(5000):
         src = rng.choice(sources)
         start = src[: rng.randint(1, len(src) - 1)]

@@ -1,5 +1,5 @@
 """Review of the forty-first session's scrubbing changes (scrub_bytes' first test in Rust,
-`_core.AnyOf`): what broke, each with the test that shows it."""
+`_core.AnyOf`, since `_core.Spellings`): what broke, each with the test that shows it."""
 
 from __future__ import annotations
 
@@ -8,31 +8,32 @@ import pytest
 from satisfice import _core
 from satisfice import _redact as r
 
-_STATE = ("_secrets", "_secrets_b", "_folded", "_folded_b", "_exact", "_exact_b", "_any_b")
+_STATE = ("_secrets", "_secrets_b", "_folded", "_folded_b", "_exact", "_exact_b", "_spellings")
 
 
 def test_scrub_bytes_while_the_first_key_is_being_registered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`register` sets the keys' tuples one by one and `_any_b` (scrub_bytes' first test)
+    """`register` sets the keys' tuples one by one and `_any_b` (scrub_bytes' first test,
+    now `_spellings`)
     last: an answer scrubbed in between (on another thread: a catalogue refresh registers
     its URL's token in a worker thread while the loop scrubs answers) saw keys registered
-    and no `_any_b` yet, and raised AttributeError ('NoneType' has no 'found_in') in place
+    and none yet, and raised AttributeError ('NoneType' has no 'found_in') in place
     of the answer. It is scrubbed as before the key was registered, until it is."""
     for name in _STATE:  # no key yet, the one below the first (restored after)
-        monkeypatch.setattr(r, name, None if name == "_any_b" else ())
+        monkeypatch.setattr(r, name, None if name == "_spellings" else ())
     seen: list[object] = []
-    built = _core.AnyOf
+    built = _core.Spellings
 
-    def any_of(needles: list[bytes]) -> object:
-        # the moment register() builds `_any_b`: the keys' tuples set, `_any_b` not yet
+    def spellings(folded: list[str], exact: list[str]) -> object:
+        # the moment register() builds `_spellings`: the keys' tuples set, it not yet
         try:
             seen.append(r.scrub_bytes(b'{"text": "hello"}'))
         except Exception as e:  # (on another thread, the answer's request failed with it)
             seen.append(e)
-        return built(needles)
+        return built(folded, exact)
 
-    monkeypatch.setattr(_core, "AnyOf", any_of)
+    monkeypatch.setattr(_core, "Spellings", spellings)
     key = "sk-review-41-" + "q7" * 10
     r.register(key)
     assert seen == [b'{"text": "hello"}']
@@ -47,10 +48,11 @@ def test_a_stream_read_while_a_key_is_being_registered_holds_the_key_once_it_is(
     table from the keys before the new one and tagged it with the new `_secrets`, so it
     was never made again. Each stream after that let a key split between two pieces
     through, its first part in one piece and the rest in the next. The table is tagged
-    with `_any_b`, which `register` sets last."""
+    with `_any_b`, which `register` sets last; since, the starts are `_core.Spellings`'
+    (`_spellings`, set last), made with the keys and kept nowhere else."""
     from satisfice._redact import StreamScrubber
 
-    for name in (*_STATE, "_STARTS"):  # (restored after: registered here)
+    for name in _STATE:  # (restored after: registered here)
         monkeypatch.setattr(r, name, getattr(r, name))
     before = {name: getattr(r, name) for name in _STATE}
     key = "sk-review-41-" + "w3" * 10

@@ -19,10 +19,10 @@ __all__ = [
     "FEATURE_VERSION",
     "FLAGS",
     "TASKS",
-    "AnyOf",
     "DispatchTable",
     "Featurizer",
     "Plan",
+    "Spellings",
     "__version__",
     "count_message_tokens",
     "count_tokens",
@@ -78,13 +78,15 @@ def is_exact_family(family: str) -> bool:
     """True for o200k_base and cl100k_base; other families are approximations."""
 
 @final
-class AnyOf:
-    """Whether any of some byte strings occurs in a text, ASCII letters in any case
-    (`_redact.scrub_bytes`'s first test for a key)."""
+class Spellings:
+    """The keys' spellings `_redact` must not let through: `folded` matched with ASCII
+    letters in any case, `exact` as they are."""
 
-    def __new__(cls, needles: Sequence[bytes]) -> AnyOf: ...
-    def found_in(self, text: bytes) -> bool:
-        """Whether one of the strings occurs in `text` (ASCII letters in any case)."""
+    def __new__(cls, folded: Sequence[str], exact: Sequence[str]) -> Spellings: ...
+    def found_in(self, text: bytes | str) -> bool:
+        """Whether a spelling occurs in `text` (bytes or str), ASCII letters in any case."""
+    def key_start(self, text: str) -> int:
+        """How many characters at the end of `text` could be where a spelling begins."""
 
 @final
 class Featurizer:

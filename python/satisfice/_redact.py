@@ -45,8 +45,10 @@ _folded_b: tuple[bytes, ...] = ()
 # What is matched as it is: the base64 spellings, and a key that is not ASCII.
 _exact: tuple[str, ...] = ()
 _exact_b: tuple[bytes, ...] = ()
-# Every bytes spelling above, for `scrub_bytes`'s first test (`_core.AnyOf`; None: none)
-_any_b: Any = None
+# Every spelling above, for the first test of every text scrubbed (`_core.Spellings`:
+# whether any is there) and what a stream holds back (where one could begin); None: none.
+# Set last by `register`: with it, every key's spellings are there.
+_spellings: Any = None
 _ASCII_FOLD = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 # Keys as a URL or an HTML page writes them: characters percent-encoded or as numeric
 # character references, in any mix (a URL quotes some characters and not others). Where a
@@ -133,7 +135,7 @@ def register(value: str) -> None:
     """Remember a key so that `scrub` removes it from anything derived from upstream text:
     as it is and as base64 writes it (percent-encoded, HTML-escaped and JSON-escaped
     spellings are read where they are found)."""
-    global _secrets, _secrets_b, _folded, _folded_b, _exact, _exact_b, _any_b
+    global _secrets, _secrets_b, _folded, _folded_b, _exact, _exact_b, _spellings
     if len(value) >= MIN_KEY_CHARS and value not in _secrets:
         # longest first: a key that contains another is removed whole
         spellings = _base64_spellings(value)
@@ -146,9 +148,9 @@ def register(value: str) -> None:
             spellings.add(value)
         _exact = tuple(sorted({*_exact, *spellings}, key=len, reverse=True))
         _exact_b = tuple(s.encode() for s in _exact)
-        from ._core import AnyOf
+        from ._core import Spellings
 
-        _any_b = AnyOf([*_folded_b, *_exact_b])
+        _spellings = Spellings(list(_folded), list(_exact))
 
 
 #: Keys known by their prefix alone (`register_prefix`: the server's virtual keys, minted
@@ -203,17 +205,24 @@ def _any_case(text: Any, low: Any, keys: tuple[Any, ...], red: Any) -> Any:
 
 
 def scrub(text: str) -> str:
-    if _folded:
-        # the keys in any case, in one pass (a key inside a longer one removed whole): found
-        # in str.lower()'s text (fast; it can only find more), placed by the exact fold
-        low = text.lower()
-        for k in _folded:
-            if k in low:  # (str's `in`: `find` parses its arguments the slow way)
-                text = _any_case(text, low if text.isascii() else _fold(text), _folded, REDACTED)
-                break
-    for s in _exact:  # base64 spellings
-        if s in text:
-            text = text.replace(s, REDACTED)
+    spellings = _spellings
+    # Whether a key is there at all, in Rust (`scrub_bytes`): a streamed piece's scrub with
+    # one key registered had looked for each spelling in turn here.
+    if spellings is not None and spellings.found_in(text):
+        if _folded:
+            # the keys in any case, in one pass (a key inside a longer one removed whole):
+            # found in str.lower()'s text (fast; it can only find more), placed by the
+            # exact fold
+            low = text.lower()
+            for k in _folded:
+                if k in low:  # (str's `in`: `find` parses its arguments the slow way)
+                    text = _any_case(
+                        text, low if text.isascii() else _fold(text), _folded, REDACTED
+                    )
+                    break
+        for s in _exact:  # base64 spellings
+            if s in text:
+                text = text.replace(s, REDACTED)
     if _secrets and ("%" in text or "&#" in text):
         text = _unencode(text)
     if _prefixed is not None and _prefixed[0] in text:
@@ -334,47 +343,14 @@ def _unhide(text: str) -> str:
     return _patterns()[0].sub(clean, text)
 
 
-# Every proper start of every key, by its last character, longest first: a text's end is
-# checked only against the starts that end as it does (one or two, not a key's length).
-# Made for the `_any_b` it names, which `register` sets last (for `_secrets`, set first, a
-# table made in between had missed the new key for good).
-_STARTS: tuple[Any, dict[str, list[str]], dict[str, list[str]]] = (None, {}, {})
-
-
-def _starts_table(keys: set[str]) -> dict[str, list[str]]:
-    table: dict[str, list[str]] = {}
-    for key in keys:
-        for k in range(1, len(key)):
-            table.setdefault(key[k - 1], []).append(key[:k])
-    for starts in table.values():
-        starts.sort(key=len, reverse=True)
-    return table
-
-
 def _key_start(text: str) -> int:
     """How many characters at the end of `text` could be where a key begins: the longest
-    end that is the start of one (a key's in any case, a base64 spelling's as it is)."""
-    global _STARTS
-    if _STARTS[0] is not _any_b:
-        _STARTS = (_any_b, _starts_table(set(_folded)), _starts_table(set(_exact)))
-    if not text:
-        return 0
-    tail, held = text[-1], 0
-    starts = _STARTS[1].get(_fold(tail))
-    if starts:
-        # the text's end folded once, as long as the longest start (each folded on its own,
-        # a call and a fold a start: about 700 instructions each, several a streamed piece)
-        low = _fold(text[-len(starts[0]) :])
-        for start in starts:  # (longest first: the first that ends it)
-            if low[-len(start) :] == start:
-                held = len(start)
-                break
-    for start in _STARTS[2].get(tail, ()):
-        if len(start) <= held:
-            break
-        if text[-len(start) :] == start:  # (a slice's comparison: `endswith` parses its
-            return len(start)  # arguments the slow way)
-    return held
+    end that is the start of one (a key's in any case, a base64 spelling's as it is). In
+    Rust (`_core.Spellings.key_start`), where a table of starts by their last character,
+    kept here and checked against the text's end one by one, had cost about 6,900
+    instructions a streamed piece with one key registered (callgrind)."""
+    spellings = _spellings
+    return 0 if spellings is None else spellings.key_start(text)
 
 
 def _escaped_hold(text: str, hold: int) -> int:
@@ -434,17 +410,17 @@ class StreamScrubber:
 
 def scrub_bytes(data: bytes) -> bytes:
     """`scrub` for bytes."""
-    any_b = _any_b  # (set last by `register`: with it, every key's spellings are there)
-    if any_b is None:
+    spellings = _spellings
+    if spellings is None:
         return data
-    # Whether a key is there at all, every spelling looked for in Rust (`_core.AnyOf`, ASCII
-    # letters in any case: it finds all that the tests below find, and more), where each
+    # Whether a key is there at all, every spelling looked for in Rust (`_core.Spellings`,
+    # ASCII letters in any case: it finds all that the tests below find, and more), where each
     # was looked for here in turn, about 2,500 instructions apiece on a small answer
     # (bytes' `find` parses its arguments the slow way): a 252-byte answer's scrub 11,800
     # instructions with one key registered, 26,800 with three; now 3,300 and 4,800
     # (callgrind). An answer with none in it (the usual one) has only an encoded spelling
     # left to look for.
-    if any_b.found_in(data):
+    if spellings.found_in(data):
         if _folded_b:
             low = data.lower()  # (ASCII letters only: each byte where it was)
             for k in _folded_b:
