@@ -93,10 +93,15 @@ Call = Callable[[], Awaitable[str]]
 
 
 @contextmanager
-def upstream() -> Iterator[str]:
-    """The local upstream in a child process; yields its base URL."""
+def upstream(words: int = 0) -> Iterator[str]:
+    """The local upstream in a child process; yields its base URL. `words`: each answer
+    that many words long (one streamed piece a word), else three. This checkout's, whatever
+    build the bench measures (`PYTHONPATH=DIR`, `instructions.py --against DIR`): the same
+    upstream for both."""
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "python")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "satisfice.testing"],
+        [sys.executable, "-m", "satisfice.testing", "--words", str(words)],
+        env={**os.environ, "PYTHONPATH": os.path.normpath(here)},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -85,8 +85,8 @@ async def measure(
     return [(t, c / len(t)) for t, c in zip(ttfts, cpu, strict=True)]
 
 
-async def main_async(n: int) -> None:
-    with upstream() as url:
+async def main_async(n: int, words: int) -> None:
+    with upstream(words) as url:
         client = plain_client()
         router = Router(own_registry(url))
         assert router.route(MESSAGES).model == MODEL
@@ -97,7 +97,9 @@ async def main_async(n: int) -> None:
             for name, (t, cpu) in zip(names, results, strict=True)
         ]
         base_ttft, base_cpu = rows[0][1], rows[0][2]
-        print(f"`python benches/bench_stream.py --n {n}` (2 CPUs, the two take turns)\n")
+        size = f" --words {words}" if words else ""
+        print(f"`python benches/bench_stream.py --n {n}{size}` (2 CPUs, the two take turns; "
+              f"{words or 3} pieces of text a stream)\n")  # fmt: skip
         print("| client | TTFT p50 ms | CPU µs per stream | TTFT vs direct | CPU vs direct |")
         print("|---|---:|---:|---:|---:|")
         for name, ttft, cpu in rows:
@@ -111,7 +113,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     warm_tokenizers()
     ap.add_argument("--n", type=int, default=500)
-    asyncio.run(main_async(ap.parse_args().n))
+    ap.add_argument("--words", type=int, default=0,
+                    help="answers this many words long, one piece a word (0: three)")  # fmt: skip
+    args = ap.parse_args()
+    asyncio.run(main_async(args.n, args.words))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ optionally another, side by side.
     python benches/instructions.py route                 # 100 B and 4 KB prompts
     python benches/instructions.py chat                  # chat() and the direct calls, in process
     python benches/instructions.py chat-socket           # the lean call and chat(), over a socket
+    python benches/instructions.py stream                # a stream of 200 pieces, over a socket
     python benches/instructions.py feedback              # router.feedback(), a request id each
     python benches/instructions.py scrub                 # an answer's and a streamed piece's
     python benches/instructions.py app                   # the server's ASGI app, in process
@@ -28,6 +29,10 @@ symbols (a pyenv build has them).
   `bench_own_cpu.py` runs them without `--in-process`), each on a client of the router's
   own kind; the upstream is a process of its own, and the kernel's work (system calls)
   is not counted: what the router's own instructions are over a socket.
+- stream: a stream of 200 pieces of text (the local upstream's `--words 200`), over a socket
+  as chat-socket: `router.stream()` read to its end, and `bench_stream.py`'s direct httpx
+  stream (each line read, each piece's JSON decoded) on a client of the router's kind,
+  with the same key header. Per stream; divide by 200 for a piece.
 - feedback: `router.feedback(request_id, 1.0)` on the bundled registry, a new id each
   time (the same 3 KB prompt's decisions: an answer is scored once), inside one
   `functools.reduce` as for route.
@@ -145,6 +150,43 @@ with upstream() as url:  # its own process: not counted
 
     loop = asyncio.new_event_loop()
     loop.run_until_complete(calls(300))  # warm: caches, the tokenizers, the connection
+    functools.reduce(lambda *_: loop.run_until_complete(calls(n)), range(1), None)  # counted
+    loop.close()
+"""
+
+STREAM = """
+import asyncio, functools, json, sys
+sys.path.insert(0, {benches!r})
+from bench_own_cpu import MESSAGES, MODEL, _auth, own_registry
+from bench_overhead import plain_client, upstream
+from satisfice import Router, _core
+which, n = sys.argv[1], int(sys.argv[2])
+with upstream(200) as url:  # its own process: not counted; 200 pieces of text a stream
+    router = Router(own_registry(url))
+    _core.wait_for_tokenizers()
+    client = plain_client()  # bench_stream.py's direct stream, on the same transport
+    body = {{"model": MODEL, "messages": MESSAGES, "stream": True}}
+
+    async def direct():
+        async with client.stream("POST", url + "/v1/chat/completions", json=body,
+                                 headers=_auth()) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    json.loads(line[6:])
+
+    async def routed():
+        async with router.stream(MESSAGES) as s:
+            async for _ in s:
+                pass
+
+    fn = {{"direct": direct, "stream": routed}}[which]
+
+    async def calls(k):
+        for _ in range(k):
+            await fn()
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(calls(30))  # warm: caches, the tokenizers, the connection
     functools.reduce(lambda *_: loop.run_until_complete(calls(n)), range(1), None)  # counted
     loop.close()
 """
@@ -337,7 +379,8 @@ def per_request(python_dir: str | None, n: int, redis: bool = False) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
-        "what", choices=("route", "chat", "chat-socket", "feedback", "scrub", "app", "serve")
+        "what",
+        choices=("route", "chat", "chat-socket", "stream", "feedback", "scrub", "app", "serve"),
     )
     ap.add_argument("--against", metavar="PYTHON_DIR", help="another build's python directory")
     args = ap.parse_args()
@@ -359,6 +402,11 @@ def main() -> None:
         rows = [(label, partial(per_call, child=CHAT_SOCKET, args=[w], n=1000)) for label, w in (
             ("lean call (the exchange as the providers make it)", "lean"),
             ("`router.chat()`", "chat"),
+        )]  # fmt: skip
+    elif args.what == "stream":
+        rows = [(label, partial(per_call, child=STREAM, args=[w], n=50)) for label, w in (
+            ("a direct httpx stream of 200 pieces (`aiter_lines`, `json.loads`)", "direct"),
+            ("`router.stream()` of the same 200 pieces", "stream"),
         )]  # fmt: skip
     elif args.what == "feedback":
         rows = [("`router.feedback()`", partial(per_call, child=FEEDBACK, args=[], n=2000))]
