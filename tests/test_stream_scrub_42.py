@@ -85,3 +85,25 @@ def test_a_key_split_anywhere_across_pieces_is_held_and_removed(keys: list[str])
             out = s.feed(lead + key[:cut]) + s.feed(key[cut:] + " y") + s.flush()
             whole = r.scrub(lead + key + " y")
             assert out == whole != lead + key + " y", (ascii(key), cut, ascii(out))
+
+
+def test_lines_scrubbed_as_one_text_are_each_line_scrubbed(
+    keys: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event stream's lines read whole are scrubbed as one text (`sse_events`): for
+    2,000 blocks of lines holding keys in every spelling, encoded ones among them, a
+    server key by its prefix, at a line's start and end, the same as scrubbing each line
+    (no spelling holds a line's end, nor does a run an encoding is read in)."""
+    monkeypatch.setattr(r, "_prefixed", None)
+    r.register_prefix("sk-sat-")
+    rng = random.Random(4242)
+    spellings = [s for k in keys for s in _spellings(k)] + ["sk-sat-" + "Qw3" * 11, "sk-sat-x"]
+    fillers = ['data: {"a": "', '"}', "", "event: x", "%", "&#", "é", "\ud800", ": ping", " "]
+    for _ in range(2000):
+        lines = []
+        for _ in range(rng.randint(1, 5)):
+            parts = [rng.choice(fillers) for _ in range(rng.randint(0, 3))]
+            if rng.random() < 0.5:
+                parts.insert(rng.randint(0, len(parts)), rng.choice(spellings))
+            lines.append("".join(parts))
+        assert r.scrub("\n".join(lines)) == "\n".join(map(r.scrub, lines)), ascii(lines)
