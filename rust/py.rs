@@ -892,13 +892,21 @@ fn is_exact_family(family: &str) -> PyResult<bool> {
 struct Spellings(crate::spellings::Spellings);
 
 /// A str's UTF-8, or its `surrogatepass` bytes when it holds an unpaired surrogate (which
-/// no spelling's valid UTF-8 matches; `spellings.rs`).
+/// no spelling's valid UTF-8 matches; `spellings.rs`). Encoded by `str.encode` itself, not
+/// the text's own `encode`: a str subclass that overrides it (returning other bytes, or
+/// raising) had had its key let through by `scrub`, or made it raise. The bytes copied
+/// whole (`extract::<Vec<u8>>` had read them one int at a time).
 fn str_bytes<'a>(s: &'a Bound<'_, PyString>) -> PyResult<std::borrow::Cow<'a, [u8]>> {
     match s.to_str() {
         Ok(t) => Ok(std::borrow::Cow::Borrowed(t.as_bytes())),
         Err(_) => {
-            let b = s.call_method1(intern!(s.py(), "encode"), ("utf-8", "surrogatepass"))?;
-            Ok(std::borrow::Cow::Owned(b.extract::<Vec<u8>>()?))
+            let py = s.py();
+            let b = py.get_type::<PyString>().call_method1(
+                intern!(py, "encode"),
+                (s, intern!(py, "utf-8"), intern!(py, "surrogatepass")),
+            )?;
+            let b = b.downcast::<pyo3::types::PyBytes>()?;
+            Ok(std::borrow::Cow::Owned(b.as_bytes().to_vec()))
         }
     }
 }
