@@ -6,6 +6,7 @@
 pub mod dispatch;
 pub mod embed;
 pub mod features;
+pub mod scan;
 pub mod spellings;
 pub mod tokens;
 

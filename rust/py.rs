@@ -911,6 +911,26 @@ fn str_bytes<'a>(s: &'a Bound<'_, PyString>) -> PyResult<std::borrow::Cow<'a, [u
     }
 }
 
+/// Whether `text` (bytes, bytearray or str) holds `n` ASCII digits in a row (`scan.rs`).
+#[pyfunction]
+fn has_digit_run(text: &Bound<'_, PyAny>, n: usize) -> PyResult<bool> {
+    if n == 0 {
+        return Err(
+            CoreError::Input("has_digit_run: a run of no digits is in every text".into()).into(),
+        );
+    }
+    if let Ok(b) = text.downcast::<pyo3::types::PyBytes>() {
+        return Ok(crate::scan::has_digit_run(b.as_bytes(), n));
+    }
+    if let Ok(b) = text.downcast::<pyo3::types::PyByteArray>() {
+        return Ok(crate::scan::has_digit_run(&b.to_vec(), n));
+    }
+    Ok(crate::scan::has_digit_run(
+        &str_bytes(text.downcast::<PyString>()?)?,
+        n,
+    ))
+}
+
 #[pymethods]
 impl Spellings {
     #[new]
@@ -1542,7 +1562,7 @@ mod _core {
     use super::{
         count_message_tokens, count_tokens, count_tokens_batch, count_tokens_till_limit, embed,
         embed_batch, estimate_message_tokens, estimate_tokens, estimate_tokens_batch,
-        estimator_inputs, is_exact_family, rank, tokenizers_ready, update_belief,
+        estimator_inputs, has_digit_run, is_exact_family, rank, tokenizers_ready, update_belief,
         wait_for_tokenizers, Featurizer, PyDispatchTable, PyPlan, Spellings,
     };
 

@@ -107,3 +107,26 @@ def test_lines_scrubbed_as_one_text_are_each_line_scrubbed(
                 parts.insert(rng.randint(0, len(parts)), rng.choice(spellings))
             lines.append("".join(parts))
         assert r.scrub("\n".join(lines)) == "\n".join(map(r.scrub, lines)), ascii(lines)
+
+
+def test_a_long_integer_is_told_as_before_in_bytes_and_text() -> None:
+    """`_json._may_hold_long` (19 digits in a row: maybe an integer past 64 bits, read by
+    json.loads) in Rust now: what a search for 19 ASCII digits finds, in 20,000 bytes and
+    texts of digits, other ASCII, non-ASCII digits (which are no JSON digits), surrogates
+    and runs of every length around 19; and a long integer still read exactly."""
+    import re
+
+    from satisfice import _json
+
+    rng = random.Random(19)
+    run = re.compile(rb"[0-9]{19}")
+    parts = ["1", "23", "456789", "0" * 9, " ", '"', "x", "\u0663", "\ud800", "é", "-", "."]
+    for _ in range(20000):
+        text = "".join(rng.choice(parts) for _ in range(rng.randint(0, 30)))
+        raw = text.encode("utf-8", "surrogatepass")
+        want = run.search(raw) is not None
+        assert _json._may_hold_long(text) is want, ascii(text)
+        assert _json._may_hold_long(raw) is want, raw
+        assert _json._may_hold_long(bytearray(raw)) is want, raw
+    assert _json._may_hold_long(memoryview(b"1")) is True  # (json.loads decides)
+    assert _json.loads(b'{"n": 123456789012345678901}') == {"n": 123456789012345678901}

@@ -34,6 +34,7 @@ __all__ = [
     "estimate_tokens",
     "estimate_tokens_batch",
     "estimator_inputs",
+    "has_digit_run",
     "is_exact_family",
     "rank",
     "tokenizers_ready",
@@ -73,6 +74,9 @@ def estimator_inputs(text: str) -> list[float]:
 def count_message_tokens(messages: _Messages, encoding: str = "o200k_base") -> int:
     """Tokens of a chat request: its texts (contents, tool calls, names) exactly, with
     OpenAI's per-message overhead, and images at the typical figure (not exact)."""
+
+def has_digit_run(text: bytes | bytearray | str, n: int) -> bool:
+    """Whether `text` holds `n` ASCII digits in a row (n > 0)."""
 
 def is_exact_family(family: str) -> bool:
     """True for o200k_base and cl100k_base; other families are approximations."""
