@@ -131,26 +131,41 @@ def _base64_spellings(value: str) -> set[str]:
     return out
 
 
+#: Where a key is cut into the lines it is known by (`register`)
+_LINE_ENDS = re.compile(r"[\r\n]+")
+
+
 def register(value: str) -> None:
     """Remember a key so that `scrub` removes it from anything derived from upstream text:
     as it is and as base64 writes it (percent-encoded, HTML-escaped and JSON-escaped
-    spellings are read where they are found)."""
-    global _secrets, _secrets_b, _folded, _folded_b, _exact, _exact_b, _spellings
-    if len(value) >= MIN_KEY_CHARS and value not in _secrets:
-        # longest first: a key that contains another is removed whole
-        spellings = _base64_spellings(value)
-        _secrets = tuple(sorted({*_secrets, value, *spellings}, key=len, reverse=True))
-        _secrets_b = tuple(s.encode() for s in _secrets)
-        if value.isascii():  # (keys are; a non-ASCII one is matched as it is)
-            _folded = tuple(sorted({*_folded, value.lower()}, key=len, reverse=True))
-            _folded_b = tuple(s.encode() for s in _folded)
-        else:
-            spellings.add(value)
-        _exact = tuple(sorted({*_exact, *spellings}, key=len, reverse=True))
-        _exact_b = tuple(s.encode() for s in _exact)
-        from ._core import Spellings
+    spellings are read where they are found).
 
-        _spellings = Spellings(list(_folded), list(_exact))
+    A key that holds a line's end (a base URL's credential read with its %0A,
+    `registry.url_secrets`) is known by its lines of `MIN_KEY_CHARS` or more (and by its
+    base64 spellings, whole, which hold none): no spelling holds a line's end, so text read
+    a line at a time (an event stream's, whose lines are scrubbed as one text,
+    `sse_events`) never holds one across two lines. Found across two, such a key had joined
+    them: the data line after a comment that echoed it taken into the comment, and its
+    text lost from the answer."""
+    global _secrets, _secrets_b, _folded, _folded_b, _exact, _exact_b, _spellings
+    if len(value) < MIN_KEY_CHARS:
+        return
+    keys = [k for k in _LINE_ENDS.split(value) if len(k) >= MIN_KEY_CHARS]  # (usually [value])
+    exact = _base64_spellings(value).union(*map(_base64_spellings, keys))
+    exact.update(k for k in keys if not k.isascii())  # (keys are; one that is not: as it is)
+    if not exact.union(keys) - set(_secrets):
+        return  # registered before
+    # longest first: a key that contains another is removed whole
+    _secrets = tuple(sorted({*_secrets, *keys, *exact}, key=len, reverse=True))
+    _secrets_b = tuple(s.encode() for s in _secrets)
+    _folded = tuple(sorted({*_folded, *(k.lower() for k in keys if k.isascii())}, key=len,
+                           reverse=True))  # fmt: skip
+    _folded_b = tuple(s.encode() for s in _folded)
+    _exact = tuple(sorted({*_exact, *exact}, key=len, reverse=True))
+    _exact_b = tuple(s.encode() for s in _exact)
+    from ._core import Spellings
+
+    _spellings = Spellings(list(_folded), list(_exact))
 
 
 #: Keys known by their prefix alone (`register_prefix`: the server's virtual keys, minted

@@ -1108,9 +1108,9 @@ async def sse_events(
             unyielded = 0
             await asyncio.sleep(0)
         # The lines read whole, scrubbed as one text: a key is found in it as in each line
-        # (no spelling holds a line's end, nor do the runs an encoded one is read in), and
-        # one call a piece of text, where a call a line had scrubbed each event's empty
-        # line as well (about 1,100 instructions a streamed piece).
+        # (no spelling holds a line's end: `register` cuts a key at them; nor does a run an
+        # encoded one is read in), and one call a piece of text, where a call a line had
+        # scrubbed each event's empty line as well (about 1,100 instructions a piece).
         block, _, buf = buf.rpartition("\n")
         for line in scrub(block).split("\n"):
             if not line:
