@@ -10,6 +10,7 @@ The registry is a tuple replaced whole, so readers on any thread never see it ha
 from __future__ import annotations
 
 import re
+import threading  # (imported already: `import satisfice` has it)
 from collections import deque
 
 TYPE_CHECKING = False  # not typing's: Router() does not import typing (cold_start.py)
@@ -147,9 +148,21 @@ def register(value: str) -> None:
     `sse_events`) never holds one across two lines. Found across two, such a key had joined
     them: the data line after a comment that echoed it taken into the comment, and its
     text lost from the answer."""
-    global _secrets, _secrets_b, _folded, _folded_b, _exact, _exact_b, _spellings
     if len(value) < MIN_KEY_CHARS:
         return
+    # One registration at a time: each reads the registry and writes it back built anew,
+    # and a key another thread registered in between had been lost (never scrubbed: a
+    # provider registers its key once, when it is built, lazily on a Router shared by
+    # threads). Readers take no lock: each tuple is replaced whole.
+    with _REGISTERING:
+        _register(value)
+
+
+_REGISTERING = threading.Lock()
+
+
+def _register(value: str) -> None:
+    global _secrets, _secrets_b, _folded, _folded_b, _exact, _exact_b, _spellings
     keys = [k for k in _LINE_ENDS.split(value) if len(k) >= MIN_KEY_CHARS]  # (usually [value])
     exact = _base64_spellings(value).union(*map(_base64_spellings, keys))
     exact.update(k for k in keys if not k.isascii())  # (keys are; one that is not: as it is)
