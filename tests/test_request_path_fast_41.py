@@ -52,7 +52,7 @@ def _scrub_bytes_before(data: bytes) -> bytes:
     forty-first session; `_core.Spellings` since): every spelling looked for with bytes' find."""
     from satisfice import _redact as r
 
-    if not r._secrets_b:
+    if not r._secrets:
         return data
     if r._folded_b:
         low = data.lower()
@@ -81,7 +81,7 @@ def test_scrub_bytes_gives_what_it_gave_for_every_spelling_of_a_key(
 
     from satisfice import _redact as r
 
-    for name in ("_secrets", "_secrets_b", "_folded", "_folded_b", "_exact", "_exact_b",
+    for name in ("_secrets", "_folded", "_folded_b", "_exact", "_exact_b",
                  "_spellings"):  # fmt: skip
         monkeypatch.setattr(r, name, getattr(r, name))  # (restored after: registered here)
     keys = ["sk-test-41-" + "a1B2c3D4" * 4, "clé-secrète-41-" + "Zz9" * 6]
@@ -158,7 +158,7 @@ def test_a_streamed_pieces_held_end_is_what_it_was(monkeypatch: pytest.MonkeyPat
 
     from satisfice import _redact as r
 
-    for name in ("_secrets", "_secrets_b", "_folded", "_folded_b", "_exact", "_exact_b",
+    for name in ("_secrets", "_folded", "_folded_b", "_exact", "_exact_b",
                  "_spellings"):  # fmt: skip
         monkeypatch.setattr(r, name, getattr(r, name))  # (restored after: registered here)
     keys = ["sk-test-41-" + "a1B2c3D4" * 4, "Ab9-Xy" * 5, "clé-secrète-41-" + "Zz9" * 6]

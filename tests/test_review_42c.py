@@ -12,7 +12,7 @@ import pytest
 
 from satisfice import _redact as r
 
-_STATE = ("_secrets", "_secrets_b", "_folded", "_folded_b", "_exact", "_exact_b", "_spellings")
+_STATE = ("_secrets", "_folded", "_folded_b", "_exact", "_exact_b", "_spellings")
 
 
 def test_a_key_registered_by_another_thread_meanwhile_is_kept(

@@ -10,7 +10,7 @@ import pytest
 
 from satisfice import _redact as r
 
-_STATE = ("_secrets", "_secrets_b", "_folded", "_folded_b", "_exact", "_exact_b", "_spellings")
+_STATE = ("_secrets", "_folded", "_folded_b", "_exact", "_exact_b", "_spellings")
 KEY = "sk-review-42-" + "Q7w8E9r0" * 3
 
 

@@ -15,7 +15,7 @@ from satisfice import _redact as r
 from satisfice.providers.base import sse_events
 from satisfice.registry import url_secrets
 
-_STATE = ("_secrets", "_secrets_b", "_folded", "_folded_b", "_exact", "_exact_b", "_spellings")
+_STATE = ("_secrets", "_folded", "_folded_b", "_exact", "_exact_b", "_spellings")
 
 
 class _Pieces(httpx.AsyncByteStream):

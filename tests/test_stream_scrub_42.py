@@ -13,7 +13,7 @@ import pytest
 
 from satisfice import _redact as r
 
-_STATE = ("_secrets", "_secrets_b", "_folded", "_folded_b", "_exact", "_exact_b", "_spellings")
+_STATE = ("_secrets", "_folded", "_folded_b", "_exact", "_exact_b", "_spellings")
 KEYS = ["sk-test-42-" + "a1B2c3D4" * 4, "clé-secrète-42-" + "Zz9" * 6]
 
 

@@ -37,7 +37,6 @@ _REDACTED_B = REDACTED.encode()
 _PERCENT, _AMPERSAND = ord("%"), ord("&")  # bytes tested for as ints (`scrub_bytes`)
 MIN_KEY_CHARS = 8  # shorter values would redact ordinary words (a shorter key is refused)
 _secrets: tuple[str, ...] = ()
-_secrets_b: tuple[bytes, ...] = ()
 # The keys as registered, in lower case: found in any case (an upstream's error that
 # shouted "INVALID_KEY 3F9A..." had shown a hex key whole); their base64 spellings, whose
 # case is their bytes, only as they are.
@@ -162,7 +161,7 @@ _REGISTERING = threading.Lock()
 
 
 def _register(value: str) -> None:
-    global _secrets, _secrets_b, _folded, _folded_b, _exact, _exact_b, _spellings
+    global _secrets, _folded, _folded_b, _exact, _exact_b, _spellings
     keys = [k for k in _LINE_ENDS.split(value) if len(k) >= MIN_KEY_CHARS]  # (usually [value])
     exact = _base64_spellings(value).union(*map(_base64_spellings, keys))
     exact.update(k for k in keys if not k.isascii())  # (keys are; one that is not: as it is)
@@ -170,7 +169,6 @@ def _register(value: str) -> None:
         return  # registered before
     # longest first: a key that contains another is removed whole
     _secrets = tuple(sorted({*_secrets, *keys, *exact}, key=len, reverse=True))
-    _secrets_b = tuple(s.encode() for s in _secrets)
     _folded = tuple(sorted({*_folded, *(k.lower() for k in keys if k.isascii())}, key=len,
                            reverse=True))  # fmt: skip
     _folded_b = tuple(s.encode() for s in _folded)
