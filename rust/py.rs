@@ -911,6 +911,17 @@ fn str_bytes<'a>(s: &'a Bound<'_, PyString>) -> PyResult<std::borrow::Cow<'a, [u
     }
 }
 
+/// The bytes of a bytes, bytearray or str (`str_bytes`) that a scan reads.
+fn text_bytes<'a>(text: &'a Bound<'_, PyAny>) -> PyResult<std::borrow::Cow<'a, [u8]>> {
+    if let Ok(b) = text.downcast::<pyo3::types::PyBytes>() {
+        return Ok(std::borrow::Cow::Borrowed(b.as_bytes()));
+    }
+    if let Ok(b) = text.downcast::<pyo3::types::PyByteArray>() {
+        return Ok(std::borrow::Cow::Owned(b.to_vec()));
+    }
+    str_bytes(text.downcast::<PyString>()?)
+}
+
 /// Whether `text` (bytes, bytearray or str) holds `n` ASCII digits in a row (`scan.rs`).
 #[pyfunction]
 fn has_digit_run(text: &Bound<'_, PyAny>, n: usize) -> PyResult<bool> {
@@ -919,16 +930,7 @@ fn has_digit_run(text: &Bound<'_, PyAny>, n: usize) -> PyResult<bool> {
             CoreError::Input("has_digit_run: a run of no digits is in every text".into()).into(),
         );
     }
-    if let Ok(b) = text.downcast::<pyo3::types::PyBytes>() {
-        return Ok(crate::scan::has_digit_run(b.as_bytes(), n));
-    }
-    if let Ok(b) = text.downcast::<pyo3::types::PyByteArray>() {
-        return Ok(crate::scan::has_digit_run(&b.to_vec(), n));
-    }
-    Ok(crate::scan::has_digit_run(
-        &str_bytes(text.downcast::<PyString>()?)?,
-        n,
-    ))
+    Ok(crate::scan::has_digit_run(&text_bytes(text)?, n))
 }
 
 #[pymethods]
@@ -937,12 +939,10 @@ impl Spellings {
     fn new(folded: Vec<String>, exact: Vec<String>) -> PyResult<Self> {
         Ok(Self(crate::spellings::Spellings::new(folded, exact)?))
     }
-    /// Whether a spelling occurs in `text` (bytes or str), ASCII letters in any case.
+    /// Whether a spelling occurs in `text` (bytes, bytearray or str), ASCII letters in any
+    /// case.
     fn found_in(&self, text: &Bound<'_, PyAny>) -> PyResult<bool> {
-        if let Ok(b) = text.downcast::<pyo3::types::PyBytes>() {
-            return Ok(self.0.found_in(b.as_bytes()));
-        }
-        Ok(self.0.found_in(&str_bytes(text.downcast::<PyString>()?)?))
+        Ok(self.0.found_in(&text_bytes(text)?))
     }
     /// How many characters at the end of `text` could be where a spelling begins.
     fn key_start(&self, text: &Bound<'_, PyString>) -> PyResult<usize> {

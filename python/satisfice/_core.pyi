@@ -87,8 +87,9 @@ class Spellings:
     letters in any case, `exact` as they are."""
 
     def __new__(cls, folded: Sequence[str], exact: Sequence[str]) -> Spellings: ...
-    def found_in(self, text: bytes | str) -> bool:
-        """Whether a spelling occurs in `text` (bytes or str), ASCII letters in any case."""
+    def found_in(self, text: bytes | bytearray | str) -> bool:
+        """Whether a spelling occurs in `text` (bytes, bytearray or str), ASCII letters in any
+        case."""
     def key_start(self, text: str) -> int:
         """How many characters at the end of `text` could be where a spelling begins."""
 
